@@ -1,0 +1,60 @@
+# observer-bus — every target installs what it needs, idempotently.
+# make demo : local Kafka + six organization nodes + observers + auditor, then the verdict
+# make test : unit tests + integration tests against a real local Kafka broker
+
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: help venv test unit lint typecheck proto proto-check demo kafka-up kafka-down kafka-fetch bench clean
+
+help:  ## show the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11+ or run make PYTHON=python3.12"; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install observer-bus with dev dependencies
+
+kafka-fetch:  ## download Apache Kafka jars via Maven into .cache/kafka (idempotent)
+	deploy/local/kafka.sh fetch
+
+kafka-up:  ## start a single-node KRaft broker on 127.0.0.1 (or use $$OBUS_BOOTSTRAP)
+	deploy/local/kafka.sh up
+
+kafka-down:  ## stop the broker started by kafka-up
+	deploy/local/kafka.sh down
+
+proto: $(STAMP)  ## regenerate bus/_pb from schemas/
+	$(PY) -m bus.codegen
+
+proto-check: $(STAMP)  ## fail when the checked-in generated code is stale
+	$(PY) -m bus.codegen --check
+
+lint: $(STAMP)  ## ruff
+	$(VENV)/bin/ruff check bus nodes tests bench
+	$(VENV)/bin/ruff format --check bus nodes tests bench
+
+typecheck: $(STAMP)  ## mypy --strict on bus and nodes
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)  ## unit tests only (no broker)
+	$(PY) -m pytest tests/unit -q
+
+test: $(STAMP) kafka-fetch  ## all tests; integration tests start their own broker on a free port
+	$(PY) -m pytest -q
+
+demo: $(STAMP) kafka-fetch  ## start Kafka, six org nodes, observers and an auditor; show the result
+	$(PY) -m nodes.demo
+
+bench: $(STAMP) kafka-fetch  ## benchmarks; prints a table and writes bench/results/*.json
+	$(PY) -m bench.run
+
+clean:  ## remove venv, caches and local state (keeps downloaded Kafka jars in .cache)
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,101 @@
+"""One exception tree for observer-bus.
+
+Every error the library raises is a :class:`BusError`. Verification failures carry a stable,
+machine-readable :class:`Reason` code: the code is what nodes store in quarantine, what the auditor
+reports and what the gateway answers, so codes are never renamed, only added. Transport errors
+carry ``retriable`` so adapters retry exactly the failures that can heal by themselves.
+
+Foreign exceptions are wrapped at the edge (``raise TransportError(...) from exc``); code outside
+``bus`` should never need to catch anything but :class:`BusError`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from typing import Any
+
+
+class Reason(enum.StrEnum):
+    """Stable reason codes for rejected input. Values are part of the wire contract."""
+
+    # Envelope / encoding
+    MALFORMED = "malformed"  # bytes do not parse as the expected protobuf message
+    OVERSIZED = "oversized"  # record larger than the configured limit
+    WRONG_PAYLOAD_TYPE = "wrong_payload_type"  # payload_type not what this topic carries
+    INVALID_FIELD = "invalid_field"  # a field parsed but breaks a documented invariant
+    # Signatures and keys
+    MISSING_SIGNATURE = "missing_signature"
+    BAD_SIGNATURE = "bad_signature"
+    MALFORMED_KEY = "malformed_key"  # public key not 32 bytes or not a valid point
+    UNKNOWN_KEY = "unknown_key"  # key id not accredited under the mandate
+    KEY_REVOKED = "key_revoked"
+    KEY_EXPIRED = "key_expired"  # outside the accreditation's validity window
+    WRONG_ROLE = "wrong_role"  # key accredited, but not for this kind of message
+    WRONG_ORG = "wrong_org"  # claimed organization differs from the accrediting one
+    WRONG_TOPIC = "wrong_topic"  # report of organization A on organization B's topic
+    # Mandate
+    THRESHOLD_NOT_MET = "threshold_not_met"
+    MANDATE_EXPIRED = "mandate_expired"
+    MANDATE_ROLLBACK = "mandate_rollback"
+    WRONG_MANDATE = "wrong_mandate"  # report names another mandate id
+    OUTSIDE_ZONE = "outside_zone"
+    OUTSIDE_WINDOW = "outside_window"  # observed/signed time outside the mandate window
+    CLOCK_SKEW = "clock_skew"  # claimed time too far in the future
+    # Per-observer hash chain
+    CHAIN_GAP = "chain_gap"
+    CHAIN_FORK = "chain_fork"
+    DUPLICATE_CONFLICT = "duplicate_conflict"  # same report id, other bytes
+
+
+class BusError(Exception):
+    """Root of every observer-bus error.
+
+    Args:
+        message: one sentence for humans.
+        **context: structured fields (topic, offset, key id, ...) for logs and diagnostics.
+    """
+
+    def __init__(self, message: str, **context: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.context: Mapping[str, Any] = dict(context)
+
+    def diagnostics(self) -> str:
+        """A multi-line explanation for humans: the message, then each context field."""
+        lines = [self.message]
+        lines.extend(f"  {k}: {v}" for k, v in sorted(self.context.items()))
+        return "\n".join(lines)
+
+
+class ConfigError(BusError):
+    """A configuration value is missing or wrong. The message names the key and the fix."""
+
+    def __init__(self, key: str, problem: str, fix: str) -> None:
+        super().__init__(f"config {key}: {problem}; fix: {fix}", key=key, fix=fix)
+        self.key = key
+        self.fix = fix
+
+
+class VerificationError(BusError):
+    """Input was rejected. ``reason`` is the stable machine-readable code."""
+
+    def __init__(self, reason: Reason, message: str, **context: Any) -> None:
+        super().__init__(message, reason=reason.value, **context)
+        self.reason = reason
+
+
+class TransportError(BusError):
+    """A broker, network or HTTP failure. ``retriable`` says whether trying again can help."""
+
+    def __init__(self, message: str, *, retriable: bool, **context: Any) -> None:
+        super().__init__(message, retriable=retriable, **context)
+        self.retriable = retriable
+
+
+class StoreError(BusError):
+    """The local store failed (disk full, read-only, corrupt). Consumption must stop."""
+
+
+class KeyStoreError(BusError):
+    """A key file cannot be read, decrypted or written."""
