@@ -32,10 +32,10 @@ kafka-down:  ## stop the broker started by kafka-up
 	deploy/local/kafka.sh down
 
 proto: $(STAMP)  ## regenerate bus/_pb from schemas/
-	$(PY) -m bus.codegen
+	$(PY) schemas/generate.py
 
 proto-check: $(STAMP)  ## fail when the checked-in generated code is stale
-	$(PY) -m bus.codegen --check
+	$(PY) schemas/generate.py --check
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check bus nodes tests bench
