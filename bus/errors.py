@@ -34,6 +34,7 @@ class Reason(enum.StrEnum):
     WRONG_ROLE = "wrong_role"  # key accredited, but not for this kind of message
     WRONG_ORG = "wrong_org"  # claimed organization differs from the accrediting one
     WRONG_TOPIC = "wrong_topic"  # report of organization A on organization B's topic
+    SUBJECT_MISMATCH = "subject_mismatch"  # signer accredited as another subject than claimed
     # Mandate
     THRESHOLD_NOT_MET = "threshold_not_met"
     MANDATE_EXPIRED = "mandate_expired"
@@ -46,6 +47,7 @@ class Reason(enum.StrEnum):
     CHAIN_GAP = "chain_gap"
     CHAIN_FORK = "chain_fork"
     DUPLICATE_CONFLICT = "duplicate_conflict"  # same report id, other bytes
+    REPLAYED = "replayed"  # the same envelope again at a later log position
 
 
 class BusError(Exception):

@@ -1,0 +1,62 @@
+"""One verification path for nodes and auditors: record bytes -> accepted or quarantined.
+
+Pure glue of :func:`bus.verify.verify_report`, the per-observer :class:`~bus.verify.ChainBook`
+and an organization's :class:`~bus.policy.Policy`. It never raises on input: every record ends
+as exactly one :class:`~bus.store.Accepted` or :class:`~bus.store.Quarantined` outcome.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bus.errors import Reason, VerificationError
+from bus.policy import Decision, Policy
+from bus.store import Accepted, Outcome, Quarantined, RecordRef
+from bus.trust import KeyRing
+from bus.verify import ChainBook, Limits, verify_report
+
+
+@dataclass
+class Ingestor:
+    """Judges report records in log order.
+
+    Args:
+        keyring: accreditations under the mandate (kept current by the caller).
+        chain: chain heads and report-id idempotency.
+        org_of_topic: maps a topic name to the organization whose topic it is (None: not a
+            report topic).
+        policy: this organization's follow-up policy, or None (auditors decide nothing).
+        limits: verification limits.
+    """
+
+    keyring: KeyRing
+    chain: ChainBook
+    org_of_topic: dict[str, str] = field(default_factory=dict)
+    policy: Policy | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    def judge(self, ref: RecordRef, raw: bytes | None, org: str | None) -> Outcome:
+        """Verify one record and extend its observer's chain; never raises on bad input."""
+        value = raw or b""
+        if org is None:
+            return Quarantined(ref, Reason.WRONG_TOPIC.value, "not a report topic", value)
+        if raw is None:
+            return Quarantined(ref, Reason.MALFORMED.value, "record has no value", value)
+        try:
+            vr = verify_report(
+                raw,
+                expected_org=org,
+                keyring=self.keyring,
+                reference_ms=ref.log_time_ms,
+                limits=self.limits,
+            )
+            self.chain.accept(vr)
+        except VerificationError as exc:
+            return Quarantined(ref, exc.reason.value, exc.message, value)
+        return Accepted(ref, vr, raw)
+
+    def decide(self, outcome: Outcome) -> list[Decision]:
+        """This organization's decisions on an accepted report (none for quarantined ones)."""
+        if self.policy is None or not isinstance(outcome, Accepted):
+            return []
+        return self.policy.evaluate(outcome.verified.report)

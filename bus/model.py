@@ -1,0 +1,602 @@
+"""Typed domain objects and their wire codec.
+
+Generated protobuf classes never leave this module: the rest of the code works with the frozen
+dataclasses below, which check their invariants on construction. Decoding is strict and fails
+closed: the bytes must parse, carry no unknown fields, and be the canonical (deterministic)
+encoding of what they parse to, so one logical message has exactly one byte form on the bus and
+one digest. Every decode failure is a :class:`~bus.errors.VerificationError` with reason
+``malformed``; every invariant failure names the field, with reason ``invalid_field``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Final, Protocol, TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from bus._pb.obus.v1 import envelope_pb2, report_pb2, trust_pb2
+from bus.errors import Reason, VerificationError
+
+# DSSE payload types. A signature is bound to one of these through PAE, so a signature over a
+# report can never be presented as an accreditation or a mandate.
+PAYLOAD_REPORT: Final = "application/vnd.obus.report.v1+protobuf"
+PAYLOAD_MANDATE: Final = "application/vnd.obus.mandate.v1+protobuf"
+PAYLOAD_ACCREDITATION: Final = "application/vnd.obus.accreditation.v1+protobuf"
+PAYLOAD_REVOCATION: Final = "application/vnd.obus.revocation.v1+protobuf"
+
+ED25519_PUBLIC_KEY_BYTES: Final = 32
+ED25519_SIGNATURE_BYTES: Final = 64
+DIGEST_BYTES: Final = 32
+# Lower-case ids used in topic names and as primary keys: Kafka topic names allow [a-zA-Z0-9._-]
+# and we keep a conservative subset so every id is safe in a topic, a file name and a URL.
+_ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+# RFC 9562 UUID version 7, canonical lower-case text form.
+_UUID7_RE: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def sha256(data: bytes) -> bytes:
+    """SHA-256 digest of data."""
+    return hashlib.sha256(data).digest()
+
+
+def _invalid(field_name: str, problem: str) -> VerificationError:
+    return VerificationError(Reason.INVALID_FIELD, f"{field_name}: {problem}", field=field_name)
+
+
+def check_id(field_name: str, value: str) -> None:
+    """Raise invalid_field unless value is a safe lower-case identifier."""
+    if not _ID_RE.fullmatch(value):
+        raise _invalid(field_name, f"{value!r} is not 1-63 chars of [a-z0-9_-] starting alnum")
+
+
+_M = TypeVar("_M", bound=Message)
+
+
+def _parse(cls: type[_M], data: bytes, what: str) -> _M:
+    msg = cls()
+    try:
+        msg.ParseFromString(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:  # upb raises DecodeError; be safe
+        raise VerificationError(Reason.MALFORMED, f"{what} does not parse: {exc}") from exc
+    if msg.SerializeToString(deterministic=True) != data:
+        raise VerificationError(
+            Reason.MALFORMED, f"{what} is not canonically encoded (unknown or repeated fields)"
+        )
+    return msg
+
+
+class _ToPb(Protocol):
+    def to_pb(self) -> Message: ...
+
+
+def encode(obj: _ToPb) -> bytes:
+    """Canonical bytes of a domain object."""
+    return obj.to_pb().SerializeToString(deterministic=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """One signature of an envelope: SHA-256 key id and Ed25519 signature bytes."""
+
+    key_id: bytes
+    sig: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.key_id) != DIGEST_BYTES:
+            raise _invalid("signatures.key_id", f"must be {DIGEST_BYTES} bytes")
+        if len(self.sig) != ED25519_SIGNATURE_BYTES:
+            raise VerificationError(
+                Reason.BAD_SIGNATURE, f"signature must be {ED25519_SIGNATURE_BYTES} bytes"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A DSSE-style signed envelope. ``payload`` is exactly the signed bytes."""
+
+    payload_type: str
+    payload: bytes
+    signatures: tuple[Signature, ...]
+
+    def to_pb(self) -> envelope_pb2.SignedEnvelope:
+        """The generated protobuf message (for the codec only)."""
+        return envelope_pb2.SignedEnvelope(
+            payload_type=self.payload_type,
+            payload=self.payload,
+            signatures=[envelope_pb2.Signature(key_id=s.key_id, sig=s.sig) for s in self.signatures],
+        )
+
+    def encode(self) -> bytes:
+        """Canonical wire bytes."""
+        return encode(self)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Envelope:
+        """Parse envelope bytes strictly.
+
+        Raises:
+            VerificationError: ``malformed`` when the bytes are not a canonical envelope,
+                ``missing_signature`` when it carries none, ``bad_signature``/``invalid_field``
+                when a signature entry has the wrong length.
+        """
+        pb = _parse(envelope_pb2.SignedEnvelope, data, "envelope")
+        if not pb.payload_type:
+            raise VerificationError(Reason.MALFORMED, "envelope has no payload_type")
+        if not pb.signatures:
+            raise VerificationError(Reason.MISSING_SIGNATURE, "envelope carries no signature")
+        sigs = tuple(Signature(bytes(s.key_id), bytes(s.sig)) for s in pb.signatures)
+        return cls(pb.payload_type, bytes(pb.payload), sigs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+class Category(enum.IntEnum):
+    """ACLED-like event taxonomy; names (lower-case) are what people write in files."""
+
+    ARMED_CLASH = report_pb2.ARMED_CLASH
+    SHELLING = report_pb2.SHELLING
+    CEASEFIRE_VIOLATION = report_pb2.CEASEFIRE_VIOLATION
+    TROOP_MOVEMENT = report_pb2.TROOP_MOVEMENT
+    HEAVY_WEAPONS = report_pb2.HEAVY_WEAPONS
+    CIVILIAN_CASUALTIES = report_pb2.CIVILIAN_CASUALTIES
+    HUMANITARIAN_ACCESS = report_pb2.HUMANITARIAN_ACCESS
+    DETENTION = report_pb2.DETENTION
+    PROTEST = report_pb2.PROTEST
+    OTHER = report_pb2.OTHER
+
+    @property
+    def label(self) -> str:
+        """Lower-case name, e.g. ``ceasefire_violation``."""
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Category:
+        """Category from its lower-case label; raises invalid_field listing the allowed ones."""
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            allowed = ", ".join(c.label for c in cls)
+            raise _invalid("category", f"{text!r} is not one of: {allowed}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """WGS 84 position with an uncertainty radius in metres and a place name."""
+
+    lat: float
+    lon: float
+    precision_m: int = 0
+    place: str = ""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lat) and -90.0 <= self.lat <= 90.0):
+            raise _invalid("location.lat", f"{self.lat} is not a latitude in [-90, 90]")
+        if not (math.isfinite(self.lon) and -180.0 <= self.lon <= 180.0):
+            raise _invalid("location.lon", f"{self.lon} is not a longitude in [-180, 180]")
+        if not 0 <= self.precision_m <= 1_000_000:
+            raise _invalid("location.precision_m", "must be 0..1,000,000 metres")
+        if len(self.place) > 200:
+            raise _invalid("location.place", "longer than 200 characters")
+
+
+@dataclass(frozen=True, slots=True)
+class Casualties:
+    """Casualty counts; ``civilian`` says whether they are civilians."""
+
+    killed: int = 0
+    injured: int = 0
+    missing: int = 0
+    civilian: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A reference to an attachment carried separately: its SHA-256, size and media type."""
+
+    sha256: bytes
+    size: int
+    media_type: str
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.sha256) != DIGEST_BYTES:
+            raise _invalid("attachments.sha256", f"must be {DIGEST_BYTES} bytes")
+        if "/" not in self.media_type or len(self.media_type) > 127:
+            raise _invalid("attachments.media_type", f"{self.media_type!r} is not a media type")
+        if len(self.name) > 255:
+            raise _invalid("attachments.name", "longer than 255 characters")
+
+
+# Bounds that hold for every report on the wire, whatever a node's own configuration says.
+MAX_NARRATIVE_CHARS: Final = 20_000
+MAX_ATTACHMENTS: Final = 64
+MAX_SUB_TYPE_CHARS: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """An observer report (see schemas/obus/v1/report.proto for field meanings)."""
+
+    report_id: str
+    mandate_id: str
+    zone: str
+    observer_id: str
+    org: str
+    seq: int
+    prev_digest: bytes
+    observed_at_ms: int
+    signed_at_ms: int
+    location: Location
+    category: Category
+    severity: int
+    confidence: float
+    sub_type: str = ""
+    casualties: Casualties = field(default_factory=Casualties)
+    narrative: str = ""
+    attachments: tuple[Attachment, ...] = ()
+    corrects: str = ""
+
+    def __post_init__(self) -> None:
+        if not _UUID7_RE.fullmatch(self.report_id):
+            raise _invalid("report_id", "must be a lower-case UUIDv7")
+        for name in ("mandate_id", "zone", "observer_id", "org"):
+            check_id(name, getattr(self, name))
+        if self.seq < 1:
+            raise _invalid("seq", "must start at 1")
+        if self.seq == 1 and self.prev_digest:
+            raise _invalid("prev_digest", "must be empty when seq is 1")
+        if self.seq > 1 and len(self.prev_digest) != DIGEST_BYTES:
+            raise _invalid("prev_digest", f"must be {DIGEST_BYTES} bytes when seq > 1")
+        if self.observed_at_ms <= 0 or self.signed_at_ms <= 0:
+            raise _invalid("observed_at_ms", "timestamps must be positive Unix milliseconds")
+        if not 1 <= self.severity <= 5:
+            raise _invalid("severity", f"{self.severity} is not in 1..5")
+        if not (math.isfinite(self.confidence) and 0.0 <= self.confidence <= 1.0):
+            raise _invalid("confidence", f"{self.confidence} is not in 0.0..1.0")
+        if len(self.sub_type) > MAX_SUB_TYPE_CHARS:
+            raise _invalid("sub_type", f"longer than {MAX_SUB_TYPE_CHARS} characters")
+        if len(self.narrative) > MAX_NARRATIVE_CHARS:
+            raise _invalid("narrative", f"longer than {MAX_NARRATIVE_CHARS} characters")
+        if len(self.attachments) > MAX_ATTACHMENTS:
+            raise _invalid("attachments", f"more than {MAX_ATTACHMENTS}")
+        if self.corrects and not _UUID7_RE.fullmatch(self.corrects):
+            raise _invalid("corrects", "must be empty or a lower-case UUIDv7")
+        if self.corrects == self.report_id:
+            raise _invalid("corrects", "a report cannot correct itself")
+
+    def to_pb(self) -> report_pb2.ObserverReport:
+        """The generated protobuf message (for the codec only)."""
+        loc, cas = self.location, self.casualties
+        return report_pb2.ObserverReport(
+            report_id=self.report_id,
+            mandate_id=self.mandate_id,
+            zone=self.zone,
+            observer_id=self.observer_id,
+            org=self.org,
+            seq=self.seq,
+            prev_digest=self.prev_digest,
+            observed_at_ms=self.observed_at_ms,
+            signed_at_ms=self.signed_at_ms,
+            location=report_pb2.Location(
+                lat=loc.lat, lon=loc.lon, precision_m=loc.precision_m, place=loc.place
+            ),
+            category=int(self.category),  # type: ignore[arg-type]
+            sub_type=self.sub_type,
+            severity=self.severity,
+            confidence=self.confidence,
+            casualties=report_pb2.Casualties(
+                killed=cas.killed, injured=cas.injured, missing=cas.missing, civilian=cas.civilian
+            ),
+            narrative=self.narrative,
+            attachments=[
+                report_pb2.Attachment(sha256=a.sha256, size=a.size, media_type=a.media_type, name=a.name)
+                for a in self.attachments
+            ],
+            corrects=self.corrects,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Report:
+        """Parse and validate report payload bytes.
+
+        Raises:
+            VerificationError: ``malformed`` or ``invalid_field`` (naming the field).
+        """
+        pb = _parse(report_pb2.ObserverReport, data, "report")
+        if not pb.HasField("location"):
+            raise _invalid("location", "is required")
+        try:
+            category = Category(pb.category)
+        except ValueError:
+            raise _invalid("category", f"{pb.category} is not a known category") from None
+        return cls(
+            report_id=pb.report_id,
+            mandate_id=pb.mandate_id,
+            zone=pb.zone,
+            observer_id=pb.observer_id,
+            org=pb.org,
+            seq=pb.seq,
+            prev_digest=bytes(pb.prev_digest),
+            observed_at_ms=pb.observed_at_ms,
+            signed_at_ms=pb.signed_at_ms,
+            location=Location(
+                pb.location.lat, pb.location.lon, pb.location.precision_m, pb.location.place
+            ),
+            category=category,
+            sub_type=pb.sub_type,
+            severity=pb.severity,
+            confidence=pb.confidence,
+            casualties=Casualties(
+                pb.casualties.killed,
+                pb.casualties.injured,
+                pb.casualties.missing,
+                pb.casualties.civilian,
+            ),
+            narrative=pb.narrative,
+            attachments=tuple(
+                Attachment(bytes(a.sha256), a.size, a.media_type, a.name) for a in pb.attachments
+            ),
+            corrects=pb.corrects,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Trust roots
+
+
+class Role(enum.IntEnum):
+    """What an accredited key may sign."""
+
+    OBSERVER = trust_pb2.OBSERVER
+    NODE = trust_pb2.NODE
+    AUDITOR = trust_pb2.AUDITOR
+
+
+@dataclass(frozen=True, slots=True)
+class Organization:
+    """A participating organization: short id, display name and Ed25519 root public key."""
+
+    org: str
+    name: str
+    root_public_key: bytes
+
+    def __post_init__(self) -> None:
+        check_id("organizations.org", self.org)
+        if len(self.root_public_key) != ED25519_PUBLIC_KEY_BYTES:
+            raise _invalid("organizations.root_public_key", "must be 32 bytes")
+
+    @property
+    def root_key_id(self) -> bytes:
+        """SHA-256 of the root public key."""
+        return sha256(self.root_public_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    """A mandate zone as a latitude/longitude bounding box."""
+
+    id: str
+    name: str
+    min_lat: float
+    min_lon: float
+    max_lat: float
+    max_lon: float
+
+    def __post_init__(self) -> None:
+        check_id("zones.id", self.id)
+        if not (-90 <= self.min_lat < self.max_lat <= 90):
+            raise _invalid("zones.lat", f"zone {self.id}: need -90 <= min_lat < max_lat <= 90")
+        if not (-180 <= self.min_lon < self.max_lon <= 180):
+            raise _invalid("zones.lon", f"zone {self.id}: need -180 <= min_lon < max_lon <= 180")
+
+    def contains(self, lat: float, lon: float) -> bool:
+        """True when the point lies in the box (edges included)."""
+        return self.min_lat <= lat <= self.max_lat and self.min_lon <= lon <= self.max_lon
+
+
+@dataclass(frozen=True, slots=True)
+class Mandate:
+    """One version of the common mandate (the root of trust)."""
+
+    mandate_id: str
+    version: int
+    zones: tuple[Zone, ...]
+    not_before_ms: int
+    not_after_ms: int
+    organizations: tuple[Organization, ...]
+    threshold: int
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        check_id("mandate_id", self.mandate_id)
+        if self.version < 1:
+            raise _invalid("version", "must be >= 1")
+        if not self.organizations:
+            raise _invalid("organizations", "a mandate needs at least one organization")
+        orgs = [o.org for o in self.organizations]
+        if len(set(orgs)) != len(orgs):
+            raise _invalid("organizations", "organization ids must be unique")
+        keys = [o.root_public_key for o in self.organizations]
+        if len(set(keys)) != len(keys):
+            raise _invalid("organizations", "two organizations share one root key")
+        if not 1 <= self.threshold <= len(self.organizations):
+            raise _invalid(
+                "threshold", f"{self.threshold} must be in 1..{len(self.organizations)}"
+            )
+        if not self.zones:
+            raise _invalid("zones", "a mandate needs at least one zone")
+        zone_ids = [z.id for z in self.zones]
+        if len(set(zone_ids)) != len(zone_ids):
+            raise _invalid("zones", "zone ids must be unique")
+        if not 0 < self.not_before_ms < self.not_after_ms:
+            raise _invalid("not_after_ms", "need 0 < not_before_ms < not_after_ms")
+
+    def organization(self, org: str) -> Organization | None:
+        """The organization with this id, or None."""
+        return next((o for o in self.organizations if o.org == org), None)
+
+    def zone(self, zone_id: str) -> Zone | None:
+        """The zone with this id, or None."""
+        return next((z for z in self.zones if z.id == zone_id), None)
+
+    def to_pb(self) -> trust_pb2.Mandate:
+        """The generated protobuf message (for the codec only)."""
+        return trust_pb2.Mandate(
+            mandate_id=self.mandate_id,
+            version=self.version,
+            zones=[
+                trust_pb2.Zone(
+                    id=z.id,
+                    name=z.name,
+                    min_lat=z.min_lat,
+                    min_lon=z.min_lon,
+                    max_lat=z.max_lat,
+                    max_lon=z.max_lon,
+                )
+                for z in self.zones
+            ],
+            not_before_ms=self.not_before_ms,
+            not_after_ms=self.not_after_ms,
+            organizations=[
+                trust_pb2.Organization(org=o.org, name=o.name, root_public_key=o.root_public_key)
+                for o in self.organizations
+            ],
+            threshold=self.threshold,
+            description=self.description,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Mandate:
+        """Parse and validate mandate payload bytes (malformed / invalid_field)."""
+        pb = _parse(trust_pb2.Mandate, data, "mandate")
+        return cls(
+            mandate_id=pb.mandate_id,
+            version=pb.version,
+            zones=tuple(
+                Zone(z.id, z.name, z.min_lat, z.min_lon, z.max_lat, z.max_lon) for z in pb.zones
+            ),
+            not_before_ms=pb.not_before_ms,
+            not_after_ms=pb.not_after_ms,
+            organizations=tuple(
+                Organization(o.org, o.name, bytes(o.root_public_key)) for o in pb.organizations
+            ),
+            threshold=pb.threshold,
+            description=pb.description,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Accreditation:
+    """An organization vouches for a subject's key in a role, for a validity window."""
+
+    subject_id: str
+    org: str
+    role: Role
+    public_key: bytes
+    not_before_ms: int
+    not_after_ms: int
+    serial: int
+    mandate_id: str
+
+    def __post_init__(self) -> None:
+        check_id("subject_id", self.subject_id)
+        check_id("org", self.org)
+        check_id("mandate_id", self.mandate_id)
+        if len(self.public_key) != ED25519_PUBLIC_KEY_BYTES:
+            raise _invalid("public_key", "must be 32 bytes")
+        if not 0 < self.not_before_ms < self.not_after_ms:
+            raise _invalid("not_after_ms", "need 0 < not_before_ms < not_after_ms")
+
+    @property
+    def key_id(self) -> bytes:
+        """SHA-256 of the accredited public key."""
+        return sha256(self.public_key)
+
+    def to_pb(self) -> trust_pb2.Accreditation:
+        """The generated protobuf message (for the codec only)."""
+        return trust_pb2.Accreditation(
+            subject_id=self.subject_id,
+            org=self.org,
+            role=int(self.role),  # type: ignore[arg-type]
+            public_key=self.public_key,
+            not_before_ms=self.not_before_ms,
+            not_after_ms=self.not_after_ms,
+            serial=self.serial,
+            mandate_id=self.mandate_id,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Accreditation:
+        """Parse and validate accreditation payload bytes (malformed / invalid_field)."""
+        pb = _parse(trust_pb2.Accreditation, data, "accreditation")
+        try:
+            role = Role(pb.role)
+        except ValueError:
+            raise _invalid("role", f"{pb.role} is not a known role") from None
+        return cls(
+            pb.subject_id,
+            pb.org,
+            role,
+            bytes(pb.public_key),
+            pb.not_before_ms,
+            pb.not_after_ms,
+            pb.serial,
+            pb.mandate_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """An organization withdraws a key; reports with seq > last_valid_seq stop counting."""
+
+    org: str
+    key_id: bytes
+    last_valid_seq: int
+    revoked_at_ms: int
+    reason: str
+    serial: int
+    mandate_id: str
+
+    def __post_init__(self) -> None:
+        check_id("org", self.org)
+        check_id("mandate_id", self.mandate_id)
+        if len(self.key_id) != DIGEST_BYTES:
+            raise _invalid("key_id", f"must be {DIGEST_BYTES} bytes")
+
+    def to_pb(self) -> trust_pb2.Revocation:
+        """The generated protobuf message (for the codec only)."""
+        return trust_pb2.Revocation(
+            org=self.org,
+            key_id=self.key_id,
+            last_valid_seq=self.last_valid_seq,
+            revoked_at_ms=self.revoked_at_ms,
+            reason=self.reason,
+            serial=self.serial,
+            mandate_id=self.mandate_id,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Revocation:
+        """Parse and validate revocation payload bytes (malformed / invalid_field)."""
+        pb = _parse(trust_pb2.Revocation, data, "revocation")
+        return cls(
+            pb.org,
+            bytes(pb.key_id),
+            pb.last_valid_seq,
+            pb.revoked_at_ms,
+            pb.reason,
+            pb.serial,
+            pb.mandate_id,
+        )
+

@@ -1,0 +1,223 @@
+"""A node's durable store: accepted reports, quarantine, chain heads, decisions, log positions.
+
+SQLite (WAL). One :meth:`NodeStore.commit_batch` call is one transaction: the reports and
+quarantined records of a batch of Kafka records, the new chain heads, the decisions and the
+next offset of every topic-partition the batch touched. The store, not Kafka's committed group
+offsets, is the source of truth for where to resume, so a crash anywhere never loses a record
+and never stores one twice. Quarantine and report rows are unique by (topic, partition, offset).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from bus.errors import StoreError
+from bus.policy import Decision
+from bus.verify import ChainHead, VerifiedReport
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS reports (
+    report_id TEXT PRIMARY KEY,
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    observer_id TEXT NOT NULL, org TEXT NOT NULL, seq INTEGER NOT NULL,
+    zone TEXT NOT NULL, category TEXT NOT NULL, severity INTEGER NOT NULL,
+    observed_at_ms INTEGER NOT NULL, log_time_ms INTEGER NOT NULL,
+    digest BLOB NOT NULL, key_id BLOB NOT NULL, envelope BLOB NOT NULL,
+    UNIQUE (topic, partition, "offset"), UNIQUE (observer_id, seq)
+);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, log_time_ms INTEGER NOT NULL,
+    record_key BLOB, raw BLOB NOT NULL,
+    UNIQUE (topic, partition, "offset")
+);
+CREATE TABLE IF NOT EXISTS chain_heads (
+    observer_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, digest BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS positions (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    decision_id TEXT PRIMARY KEY, org TEXT NOT NULL, rule TEXT NOT NULL, action TEXT NOT NULL,
+    priority TEXT NOT NULL, zone TEXT NOT NULL, evidence TEXT NOT NULL,
+    decided_at_ms INTEGER NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRef:
+    """Where a Kafka record sits in the log, plus the broker's timestamp and record key."""
+
+    topic: str
+    partition: int
+    offset: int
+    log_time_ms: int
+    key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A record that verified and extended its chain."""
+
+    ref: RecordRef
+    verified: VerifiedReport
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A rejected record, kept with its reason code and raw bytes."""
+
+    ref: RecordRef
+    reason: str
+    detail: str
+    raw: bytes
+
+
+Outcome = Accepted | Quarantined
+
+
+class NodeStore:
+    """SQLite store of one organization node. Not thread-safe: use from one thread at a time."""
+
+    def __init__(self, path: Path | str) -> None:
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # NORMAL in WAL mode survives process crashes; a power loss may lose the last
+            # transactions, which are then read again from Kafka (positions live here too).
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}", path=str(path)) from exc
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store transaction failed: {exc}") from exc
+
+    def commit_batch(
+        self,
+        outcomes: Iterable[Outcome],
+        heads: dict[str, ChainHead],
+        decisions: Iterable[Decision],
+        positions: dict[tuple[str, int], int],
+    ) -> None:
+        """Store a batch atomically (see module docstring).
+
+        Raises:
+            StoreError: the transaction failed and nothing of the batch was stored.
+        """
+        reports, quarantine = [], []
+        for o in outcomes:
+            ref = o.ref
+            if isinstance(o, Accepted):
+                r = o.verified.report
+                reports.append(
+                    (r.report_id, ref.topic, ref.partition, ref.offset, r.observer_id, r.org,
+                     r.seq, r.zone, r.category.label, r.severity, r.observed_at_ms,
+                     ref.log_time_ms, o.verified.envelope_digest, o.verified.key_id, o.raw)
+                )  # fmt: skip
+            else:
+                quarantine.append(
+                    (ref.topic, ref.partition, ref.offset, o.reason, o.detail, ref.log_time_ms,
+                     ref.key, o.raw)
+                )  # fmt: skip
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO reports VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", reports
+            )
+            db.executemany(
+                'INSERT INTO quarantine (topic, partition, "offset", reason, detail, log_time_ms,'
+                " record_key, raw) VALUES (?,?,?,?,?,?,?,?)",
+                quarantine,
+            )
+            db.executemany(
+                "INSERT INTO chain_heads VALUES (?,?,?) ON CONFLICT(observer_id) DO UPDATE"
+                " SET seq=excluded.seq, digest=excluded.digest",
+                [(o, h.seq, h.digest) for o, h in heads.items()],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO decisions VALUES (?,?,?,?,?,?,?,?)",
+                [
+                    (d.decision_id, d.org, d.rule, d.action, d.priority, d.zone,
+                     ",".join(d.evidence), d.decided_at_ms)
+                    for d in decisions
+                ],
+            )  # fmt: skip
+            db.executemany(
+                "INSERT INTO positions VALUES (?,?,?) ON CONFLICT(topic, partition) DO UPDATE"
+                " SET next_offset=excluded.next_offset",
+                [(t, p, o) for (t, p), o in positions.items()],
+            )
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def positions(self) -> dict[tuple[str, int], int]:
+        """Next offset to read per (topic, partition)."""
+        rows = self._db.execute("SELECT topic, partition, next_offset FROM positions")
+        return {(t, p): o for t, p, o in rows}
+
+    def chain_heads(self) -> dict[str, ChainHead]:
+        """Every observer's chain head."""
+        rows = self._db.execute("SELECT observer_id, seq, digest FROM chain_heads")
+        return {o: ChainHead(s, bytes(d)) for o, s, d in rows}
+
+    def report_digest(self, report_id: str) -> bytes | None:
+        """Envelope digest of a stored report, or None."""
+        row = self._db.execute(
+            "SELECT digest FROM reports WHERE report_id = ?", (report_id,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def envelopes(self) -> Iterator[bytes]:
+        """Envelope bytes of every accepted report, in the order they were stored."""
+        for (raw,) in self._db.execute("SELECT envelope FROM reports ORDER BY rowid"):
+            yield bytes(raw)
+
+    def count_reports(self) -> int:
+        """Number of accepted reports."""
+        return int(self._db.execute("SELECT count(*) FROM reports").fetchone()[0])
+
+    def quarantine_rows(self) -> list[tuple[str, int, int, str, str]]:
+        """(topic, partition, offset, reason, detail) of every quarantined record."""
+        return list(
+            self._db.execute(
+                'SELECT topic, partition, "offset", reason, detail FROM quarantine'
+                ' ORDER BY topic, partition, "offset"'
+            )
+        )
+
+    def accepted_digests(self) -> list[tuple[str, bytes]]:
+        """(report id, envelope digest) of every accepted report, ordered by report id."""
+        rows = self._db.execute("SELECT report_id, digest FROM reports ORDER BY report_id")
+        return [(r, bytes(d)) for r, d in rows]
+
+    def decisions(self) -> list[tuple[str, str, str, str, str]]:
+        """(rule, action, priority, zone, evidence) of every decision, oldest first."""
+        return list(
+            self._db.execute(
+                "SELECT rule, action, priority, zone, evidence FROM decisions"
+                " ORDER BY decided_at_ms, decision_id"
+            )
+        )

@@ -1,0 +1,246 @@
+"""Trust roots: the mandate, accreditations, revocations and the key ring built from them.
+
+Pure state machine in the spirit of python-tuf's ``TrustedMetadataSet``: it takes envelope
+bytes, returns verified objects, and refuses anything that does not chain to the mandate.
+
+Rules (one rule for every node and the auditor):
+
+* A mandate version counts signatures of **distinct organizations**: several signatures by one
+  organization's root key count once; signatures by keys the mandate does not list are ignored.
+  Version 1 (given out of band) must carry ``threshold`` signatures of its own organizations.
+  Version N+1 must carry ``threshold(N)`` signatures of version N's organizations **and**
+  ``threshold(N+1)`` of its own, and its version must be exactly N+1 (rollback refused).
+  An expired mandate is refused (freeze attack).
+* An accreditation or revocation is valid only when signed by the root key of the organization
+  it names, for the current mandate id.
+* A revocation takes effect at a position in the subject's own signed sequence
+  (``last_valid_seq``), not at a claimed time, so every node decides identically however it
+  interleaves topics, and a thief holding the key cannot backdate around it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bus.crypto import verify_pae
+from bus.errors import Reason, VerificationError
+from bus.model import (
+    PAYLOAD_ACCREDITATION,
+    PAYLOAD_MANDATE,
+    PAYLOAD_REVOCATION,
+    Accreditation,
+    Envelope,
+    Mandate,
+    Organization,
+    Revocation,
+    Role,
+)
+
+
+def signing_organizations(envelope: Envelope, organizations: tuple[Organization, ...]) -> set[str]:
+    """Ids of the organizations whose root key made a valid signature on the envelope.
+
+    Signatures by unknown keys and invalid signatures are ignored here: the caller decides
+    whether the count reaches its threshold.
+    """
+    by_key = {o.root_key_id: o for o in organizations}
+    signed: set[str] = set()
+    for s in envelope.signatures:
+        org = by_key.get(s.key_id)
+        if org is None or org.org in signed:
+            continue
+        try:
+            verify_pae(org.root_public_key, envelope.payload_type, envelope.payload, s.sig)
+        except VerificationError:
+            continue
+        signed.add(org.org)
+    return signed
+
+
+def _expect_type(envelope: Envelope, payload_type: str) -> None:
+    if envelope.payload_type != payload_type:
+        raise VerificationError(
+            Reason.WRONG_PAYLOAD_TYPE,
+            f"expected {payload_type}, got {envelope.payload_type!r}",
+            payload_type=envelope.payload_type,
+        )
+
+
+def verify_mandate(envelope: Envelope, *, previous: Mandate | None, now_ms: int) -> Mandate:
+    """Verify a mandate version against the previous trusted one (None: out-of-band root).
+
+    Raises:
+        VerificationError: ``wrong_payload_type``, ``malformed``/``invalid_field``,
+            ``mandate_rollback`` (version not exactly previous + 1), ``threshold_not_met``,
+            ``mandate_expired``.
+    """
+    _expect_type(envelope, PAYLOAD_MANDATE)
+    mandate = Mandate.decode(envelope.payload)
+    if previous is not None:
+        if mandate.mandate_id != previous.mandate_id:
+            raise VerificationError(
+                Reason.WRONG_MANDATE,
+                f"mandate id {mandate.mandate_id!r} differs from {previous.mandate_id!r}",
+            )
+        if mandate.version != previous.version + 1:
+            raise VerificationError(
+                Reason.MANDATE_ROLLBACK,
+                f"version {mandate.version} does not follow {previous.version}",
+                version=mandate.version,
+            )
+        old = signing_organizations(envelope, previous.organizations)
+        if len(old) < previous.threshold:
+            raise VerificationError(
+                Reason.THRESHOLD_NOT_MET,
+                f"signed by {len(old)} of the previous version's organizations,"
+                f" {previous.threshold} required",
+                signed_by=sorted(old),
+            )
+    new = signing_organizations(envelope, mandate.organizations)
+    if len(new) < mandate.threshold:
+        raise VerificationError(
+            Reason.THRESHOLD_NOT_MET,
+            f"signed by {len(new)} distinct organizations, {mandate.threshold} required",
+            signed_by=sorted(new),
+        )
+    if now_ms > mandate.not_after_ms:
+        raise VerificationError(
+            Reason.MANDATE_EXPIRED,
+            f"mandate version {mandate.version} expired",
+            not_after_ms=mandate.not_after_ms,
+        )
+    return mandate
+
+
+def _signed_by_org_root(envelope: Envelope, mandate: Mandate, org_id: str) -> None:
+    org = mandate.organization(org_id)
+    if org is None:
+        raise VerificationError(
+            Reason.WRONG_ORG, f"organization {org_id!r} is not part of the mandate", org=org_id
+        )
+    if org.org not in signing_organizations(envelope, (org,)):
+        if any(s.key_id == org.root_key_id for s in envelope.signatures):
+            raise VerificationError(Reason.BAD_SIGNATURE, f"bad signature by {org_id} root key")
+        raise VerificationError(
+            Reason.UNKNOWN_KEY, f"not signed by the root key of {org_id}", org=org_id
+        )
+
+
+def verify_accreditation(envelope: Envelope, mandate: Mandate) -> Accreditation:
+    """Verify an accreditation record against the mandate.
+
+    Raises:
+        VerificationError: wrong type, malformed, wrong organization or mandate, bad signature.
+    """
+    _expect_type(envelope, PAYLOAD_ACCREDITATION)
+    acc = Accreditation.decode(envelope.payload)
+    if acc.mandate_id != mandate.mandate_id:
+        raise VerificationError(Reason.WRONG_MANDATE, f"accreditation for {acc.mandate_id!r}")
+    _signed_by_org_root(envelope, mandate, acc.org)
+    return acc
+
+
+def verify_revocation(envelope: Envelope, mandate: Mandate) -> Revocation:
+    """Verify a revocation record against the mandate (same failures as accreditations)."""
+    _expect_type(envelope, PAYLOAD_REVOCATION)
+    rev = Revocation.decode(envelope.payload)
+    if rev.mandate_id != mandate.mandate_id:
+        raise VerificationError(Reason.WRONG_MANDATE, f"revocation for {rev.mandate_id!r}")
+    _signed_by_org_root(envelope, mandate, rev.org)
+    return rev
+
+
+@dataclass
+class KeyRing:
+    """Accredited keys and revocations under one mandate, built from the registry in log order.
+
+    The registry topic has a single partition, so every node applies records in the same order.
+    The first accreditation of a key id wins; a later one for the same key by another subject
+    or organization is refused (a key identifies exactly one subject).
+    """
+
+    mandate: Mandate
+
+    def __post_init__(self) -> None:
+        self._accredited: dict[bytes, Accreditation] = {}
+        self._revoked: dict[bytes, Revocation] = {}
+
+    def __len__(self) -> int:
+        return len(self._accredited)
+
+    def add_accreditation(self, acc: Accreditation) -> None:
+        """Add a verified accreditation.
+
+        Raises:
+            VerificationError: ``duplicate_conflict`` if the key is accredited to someone else.
+        """
+        known = self._accredited.get(acc.key_id)
+        if known is not None and (known.subject_id, known.org) != (acc.subject_id, acc.org):
+            raise VerificationError(
+                Reason.DUPLICATE_CONFLICT,
+                f"key already accredited to {known.org}/{known.subject_id}",
+                key_id=acc.key_id.hex(),
+            )
+        if known is None or acc.serial > known.serial:
+            self._accredited[acc.key_id] = acc
+
+    def add_revocation(self, rev: Revocation) -> None:
+        """Add a verified revocation; only the accrediting organization may revoke a key.
+
+        The earliest cut-off wins: a later revocation can never re-validate reports.
+        """
+        acc = self._accredited.get(rev.key_id)
+        if acc is not None and acc.org != rev.org:
+            raise VerificationError(
+                Reason.WRONG_ORG, f"{rev.org} cannot revoke a key accredited by {acc.org}"
+            )
+        known = self._revoked.get(rev.key_id)
+        if known is None or rev.last_valid_seq < known.last_valid_seq:
+            self._revoked[rev.key_id] = rev
+
+    def apply(self, envelope: Envelope) -> Accreditation | Revocation:
+        """Verify a registry envelope and add it (accreditation or revocation)."""
+        if envelope.payload_type == PAYLOAD_REVOCATION:
+            rev = verify_revocation(envelope, self.mandate)
+            self.add_revocation(rev)
+            return rev
+        acc = verify_accreditation(envelope, self.mandate)
+        self.add_accreditation(acc)
+        return acc
+
+    def lookup(self, key_id: bytes) -> Accreditation:
+        """The accreditation of a key id.
+
+        Raises:
+            VerificationError: ``unknown_key``.
+        """
+        acc = self._accredited.get(key_id)
+        if acc is None:
+            raise VerificationError(
+                Reason.UNKNOWN_KEY, "signing key is not accredited", key_id=key_id.hex()
+            )
+        return acc
+
+    def check_usable(self, acc: Accreditation, *, role: Role, at_ms: int, seq: int) -> None:
+        """Check that an accredited key may sign a message of ``role`` at time/sequence.
+
+        Raises:
+            VerificationError: ``wrong_role``, ``key_expired``, ``key_revoked``.
+        """
+        if acc.role != role:
+            raise VerificationError(
+                Reason.WRONG_ROLE, f"key accredited as {acc.role.name}, not {role.name}"
+            )
+        if not acc.not_before_ms <= at_ms <= acc.not_after_ms:
+            raise VerificationError(
+                Reason.KEY_EXPIRED,
+                "signed outside the accreditation's validity window",
+                signed_at_ms=at_ms,
+            )
+        rev = self._revoked.get(acc.key_id)
+        if rev is not None and seq > rev.last_valid_seq:
+            raise VerificationError(
+                Reason.KEY_REVOKED,
+                f"key revoked after seq {rev.last_valid_seq}",
+                revocation_serial=rev.serial,
+            )

@@ -1,0 +1,214 @@
+"""Report verification and the per-observer hash chain: pure, deterministic, fail closed.
+
+``verify_report`` turns the raw bytes of one Kafka record into a :class:`VerifiedReport` or
+raises :class:`~bus.errors.VerificationError` with a stable reason code; it never raises anything
+else. Its only clock is ``reference_ms``, which callers take from the broker's log-append
+timestamp of the record, so every node (and a replay years later) judges clock skew identically.
+
+``ChainBook`` holds each observer's chain head and decides, per record, whether it extends the
+chain, repeats an envelope already stored (``replayed``), reuses a report id with other bytes
+(``duplicate_conflict``), leaves a gap (``chain_gap``) or forks it (``chain_fork``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from bus.crypto import verify_pae
+from bus.errors import Reason, VerificationError
+from bus.model import PAYLOAD_REPORT, Envelope, Report, Role, sha256
+from bus.trust import KeyRing
+
+# Largest record value accepted by default. Kafka's default message.max.bytes is 1 MiB; reports
+# are small (bounded narrative, attachments travel by reference), so 256 KiB leaves headroom.
+DEFAULT_MAX_RECORD_BYTES: Final = 256 * 1024
+# How far a signed_at may run ahead of the broker's append time: observers' device clocks drift.
+DEFAULT_MAX_CLOCK_SKEW_MS: Final = 5 * 60 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Verification limits; every node of a mandate should use the same values."""
+
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
+
+    def __post_init__(self) -> None:
+        if self.max_record_bytes < 1024:
+            raise ValueError("max_record_bytes must be at least 1024")
+        if self.max_clock_skew_ms < 0:
+            raise ValueError("max_clock_skew_ms must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedReport:
+    """A report whose signature, accreditation and mandate checks passed."""
+
+    report: Report
+    envelope_digest: bytes
+    key_id: bytes
+
+
+def verify_report(
+    raw: bytes,
+    *,
+    expected_org: str,
+    keyring: KeyRing,
+    reference_ms: int,
+    limits: Limits = Limits(),  # noqa: B008 - frozen, immutable default
+) -> VerifiedReport:
+    """Verify one report record read from organization ``expected_org``'s topic.
+
+    Args:
+        raw: the record value exactly as read from Kafka.
+        expected_org: organization whose topic the record was read from.
+        keyring: accreditations and revocations under the current mandate.
+        reference_ms: the broker's timestamp of the record (the common clock).
+        limits: size and clock-skew limits.
+
+    Returns:
+        The verified report with the SHA-256 of ``raw`` (the chain digest) and the signer key id.
+
+    Raises:
+        VerificationError: the first check that fails, with its reason code.
+    """
+    if len(raw) > limits.max_record_bytes:
+        raise VerificationError(
+            Reason.OVERSIZED, f"{len(raw)} bytes > limit {limits.max_record_bytes}", size=len(raw)
+        )
+    env = Envelope.decode(raw)
+    if env.payload_type != PAYLOAD_REPORT:
+        raise VerificationError(
+            Reason.WRONG_PAYLOAD_TYPE,
+            f"expected {PAYLOAD_REPORT}, got {env.payload_type!r}",
+            payload_type=env.payload_type,
+        )
+    if len(env.signatures) != 1:
+        raise VerificationError(
+            Reason.INVALID_FIELD, "a report carries exactly one signature", field="signatures"
+        )
+    sig = env.signatures[0]
+    acc = keyring.lookup(sig.key_id)
+    verify_pae(acc.public_key, env.payload_type, env.payload, sig.sig)
+    report = Report.decode(env.payload)
+
+    if report.observer_id != acc.subject_id:
+        raise VerificationError(
+            Reason.SUBJECT_MISMATCH,
+            f"signed by {acc.org}/{acc.subject_id}, claims observer {report.observer_id}",
+        )
+    if report.org != acc.org:
+        raise VerificationError(
+            Reason.WRONG_ORG, f"claims org {report.org!r}, key accredited by {acc.org!r}"
+        )
+    if report.org != expected_org:
+        raise VerificationError(
+            Reason.WRONG_TOPIC, f"report of {report.org!r} on the topic of {expected_org!r}"
+        )
+    keyring.check_usable(acc, role=Role.OBSERVER, at_ms=report.signed_at_ms, seq=report.seq)
+
+    mandate = keyring.mandate
+    if report.mandate_id != mandate.mandate_id:
+        raise VerificationError(Reason.WRONG_MANDATE, f"report for {report.mandate_id!r}")
+    zone = mandate.zone(report.zone)
+    if zone is None:
+        raise VerificationError(Reason.OUTSIDE_ZONE, f"zone {report.zone!r} is not in the mandate")
+    if not zone.contains(report.location.lat, report.location.lon):
+        raise VerificationError(
+            Reason.OUTSIDE_ZONE,
+            f"location ({report.location.lat}, {report.location.lon}) outside zone {zone.id}",
+        )
+    for name, at in (("observed_at_ms", report.observed_at_ms), ("signed_at_ms", report.signed_at_ms)):
+        if not mandate.not_before_ms <= at <= mandate.not_after_ms:
+            raise VerificationError(
+                Reason.OUTSIDE_WINDOW, f"{name} outside the mandate window", field=name
+            )
+    if report.signed_at_ms > reference_ms + limits.max_clock_skew_ms:
+        raise VerificationError(
+            Reason.CLOCK_SKEW,
+            f"signed_at is {report.signed_at_ms - reference_ms} ms after the log time",
+        )
+    if report.observed_at_ms > report.signed_at_ms + limits.max_clock_skew_ms:
+        raise VerificationError(
+            Reason.INVALID_FIELD, "observed after it was signed", field="observed_at_ms"
+        )
+    return VerifiedReport(report, sha256(raw), sig.key_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """Last accepted position of an observer's chain."""
+
+    seq: int
+    digest: bytes
+
+
+# (report_id) -> envelope digest already stored, or None.
+DigestLookup = Callable[[str], bytes | None]
+
+
+class ChainBook:
+    """Chain heads per observer plus report-id idempotency.
+
+    ``lookup_digest`` asks the durable store for a report id; reports accepted through this
+    book but not yet stored are remembered in memory until :meth:`flushed`.
+    """
+
+    def __init__(self, heads: dict[str, ChainHead], lookup_digest: DigestLookup) -> None:
+        self._heads = dict(heads)
+        self._lookup = lookup_digest
+        self._pending: dict[str, bytes] = {}
+
+    def head(self, observer_id: str) -> ChainHead | None:
+        """The observer's chain head, or None before its first report."""
+        return self._heads.get(observer_id)
+
+    def accept(self, vr: VerifiedReport) -> None:
+        """Extend the observer's chain with a verified report.
+
+        Raises:
+            VerificationError: ``replayed``, ``duplicate_conflict``, ``chain_gap``, ``chain_fork``.
+        """
+        r = vr.report
+        known = self._pending.get(r.report_id) or self._lookup(r.report_id)
+        if known is not None:
+            if known == vr.envelope_digest:
+                raise VerificationError(
+                    Reason.REPLAYED, f"report {r.report_id} is already stored", report_id=r.report_id
+                )
+            raise VerificationError(
+                Reason.DUPLICATE_CONFLICT,
+                f"report id {r.report_id} already stored with other content",
+                report_id=r.report_id,
+            )
+        head = self._heads.get(r.observer_id)
+        expected_seq = 1 if head is None else head.seq + 1
+        if r.seq > expected_seq:
+            raise VerificationError(
+                Reason.CHAIN_GAP,
+                f"observer {r.observer_id}: seq {r.seq} after {expected_seq - 1}",
+                expected_seq=expected_seq,
+            )
+        if r.seq < expected_seq:
+            raise VerificationError(
+                Reason.CHAIN_FORK,
+                f"observer {r.observer_id}: a second report at seq {r.seq}",
+                expected_seq=expected_seq,
+            )
+        if head is not None and r.prev_digest != head.digest:
+            raise VerificationError(
+                Reason.CHAIN_FORK,
+                f"observer {r.observer_id}: prev_digest does not match the report at seq {head.seq}",
+            )
+        self._heads[r.observer_id] = ChainHead(r.seq, vr.envelope_digest)
+        self._pending[r.report_id] = vr.envelope_digest
+
+    def flushed(self) -> None:
+        """Forget in-memory report ids once the store has committed them."""
+        self._pending.clear()
+
+    def heads(self) -> dict[str, ChainHead]:
+        """A copy of all chain heads."""
+        return dict(self._heads)

@@ -1,0 +1,185 @@
+"""``obus``: the one command-line entry point of observer-bus.
+
+Only this module (and nodes/demo.py) read the environment and files given on the command line;
+everything below it takes explicit configuration objects.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+from rich.console import Console
+
+from bus import logs
+from bus.crypto import SigningKey
+from bus.errors import BusError
+from bus.kafka import Topics
+from bus.policy import load_policy
+
+DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
+
+_EPILOG = textwrap.dedent(
+    """\
+    Quick start (a full local mission on a real Kafka broker):
+      make demo
+
+    Run one organization's node against a broker you run:
+      obus node --org un --mandate mandate.bin --db var/un.db --policy deploy/policies/un.toml
+
+    Audit everything on the bus (exit 1 names every violation):
+      obus audit --mandate mandate.bin --json-out audit.json
+
+    Environment:
+      OBUS_BOOTSTRAP   Kafka bootstrap servers (default 127.0.0.1:9092); --bootstrap overrides it
+      OBUS_LOG_JSON    1 forces JSON logs, 0 forces console logs (default: JSON unless a TTY)
+    """
+)
+
+
+def _bootstrap(args: argparse.Namespace) -> str:
+    return str(args.bootstrap or os.environ.get("OBUS_BOOTSTRAP") or DEFAULT_BOOTSTRAP)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--bootstrap",
+        metavar="HOST:PORT",
+        help=f"Kafka bootstrap servers (default: $OBUS_BOOTSTRAP or {DEFAULT_BOOTSTRAP})",
+    )
+    p.add_argument(
+        "--topic-prefix", default="obus.", metavar="PREFIX", help="topic prefix (default obus.)"
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from nodes.files import load_mandate  # noqa: PLC0415 - keep `obus --help` fast
+    from nodes.org_node import NodeConfig, run_node  # noqa: PLC0415
+
+    mandate, _ = load_mandate(Path(args.mandate))
+    policy = load_policy(Path(args.policy)) if args.policy else None
+    if policy is not None and policy.org != args.org:
+        raise BusError(
+            f"policy file is for org {policy.org!r}, not {args.org!r}; pass this org's policy"
+        )
+    if mandate.organization(args.org) is None:
+        known = ", ".join(o.org for o in mandate.organizations)
+        raise BusError(f"--org {args.org!r} is not part of the mandate; known: {known}")
+    config = NodeConfig(
+        org=args.org,
+        bootstrap=_bootstrap(args),
+        db_path=Path(args.db),
+        mandate=mandate,
+        policy=policy,
+        topics=Topics(args.topic_prefix),
+    )
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(run_node(config))
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from nodes.auditor import audit, render, write_json  # noqa: PLC0415
+    from nodes.files import load_mandate  # noqa: PLC0415
+
+    mandate, _ = load_mandate(Path(args.mandate))
+    console = Console(stderr=True)
+    result = asyncio.run(
+        audit(_bootstrap(args), mandate, topics=Topics(args.topic_prefix), console=console)
+    )
+    render(result, Console())
+    if args.json_out:
+        write_json(result, Path(args.json_out))
+    return 0 if result.ok else 1
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from nodes.files import write_key  # noqa: PLC0415
+
+    key = SigningKey.generate()
+    write_key(Path(args.path), key)
+    print(f"wrote {args.path} (key id {key.key_id.hex()})")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from nodes.demo import main as demo_main  # noqa: PLC0415
+
+    return demo_main(reports_per_observer=args.reports_per_observer, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and documentation)."""
+    parser = argparse.ArgumentParser(
+        prog="obus",
+        description="observer-bus: signed observer reports on shared Kafka topics, verified "
+        "independently by every organization.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    node = sub.add_parser(
+        "node",
+        help="run an organization's node: verify, store and quarantine every report",
+        description="Subscribe to every obus.reports.* topic, verify each record against the "
+        "mandate and the accreditations on obus.registry, store accepted reports in SQLite, "
+        "quarantine rejected ones with a reason code, and apply this organization's policy. "
+        "Stops cleanly on SIGINT/SIGTERM; restarts resume exactly where the store stopped.",
+    )
+    node.add_argument("--org", required=True, help="this organization's id, e.g. un")
+    node.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    node.add_argument("--db", required=True, metavar="FILE", help="SQLite store of this node")
+    node.add_argument("--policy", metavar="FILE", help="this organization's rules (TOML)")
+    _common(node)
+    node.set_defaults(func=_cmd_node)
+
+    aud = sub.add_parser(
+        "audit",
+        help="replay every topic from the start and verify everything",
+        description="Replays obus.registry and every obus.reports.* topic with its own consumer "
+        "(no group, nothing committed), re-verifies every signature, accreditation and chain "
+        "link, prints a summary per organization and exits 1 naming every violation.",
+    )
+    aud.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    aud.add_argument("--json-out", metavar="FILE", help="also write the result as JSON")
+    _common(aud)
+    aud.set_defaults(func=_cmd_audit)
+
+    kg = sub.add_parser("keygen", help="generate an Ed25519 key file (mode 0600)")
+    kg.add_argument("path", help="where to write the key file (must not exist)")
+    kg.add_argument("--log-level", default="info")
+    kg.set_defaults(func=_cmd_keygen)
+
+    demo = sub.add_parser(
+        "demo",
+        help="a full local mission: Kafka, six nodes, observers, an auditor (make demo)",
+    )
+    demo.add_argument("--reports-per-observer", type=int, default=12)
+    demo.add_argument("--keep", action="store_true", help="keep var/demo after the run")
+    demo.add_argument("--log-level", default="info")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``obus`` console script."""
+    args = build_parser().parse_args(argv)
+    json_env = os.environ.get("OBUS_LOG_JSON")
+    logs.configure(json=None if json_env is None else json_env == "1", level=args.log_level)
+    try:
+        code: int = args.func(args)
+    except BusError as exc:
+        print(f"obus: error: {exc.diagnostics()}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,312 @@
+"""``make demo``: a whole joint monitoring mission on a real local Kafka broker.
+
+1. starts a single-node KRaft broker on free 127.0.0.1 ports (deploy/local/kafka.sh), unless
+   ``OBUS_BOOTSTRAP`` names one you run (then topics get a unique prefix);
+2. creates a mandate for UN, OSCE, EU, NATO, CSTO and SCO with threshold 4 and accredits three
+   observers per organization on ``obus.registry``;
+3. starts six organization nodes as separate processes with separate SQLite stores;
+4. publishes a stream of signed, chained reports through each organization's idempotent
+   producer, then injects directly into Kafka one report with a broken signature and one signed
+   by an unaccredited key;
+5. waits until every node has stored or quarantined every record, stops the nodes, and shows:
+   identical accepted sets on all six nodes, both bad records quarantined with their reasons at
+   every node, each organization's own decisions, and the auditor's verdict.
+
+Exit code 0 when everything above holds, 1 otherwise. Everything it starts is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import os
+import random
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Final
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from rich.console import Console
+from rich.table import Table
+
+from bus.kafka import Topics, ensure_topics, end_offsets, reliable_producer, report_headers, standard_topics
+from bus.model import Envelope, Signature
+from bus.sign import ReportSigner
+from nodes.auditor import audit, render
+from nodes.scenario import (
+    ORGANIZATIONS,
+    ObserverIdentity,
+    Scenario,
+    build_scenario,
+    demo_key,
+    draft_report,
+    signed_reports,
+)
+
+log = structlog.get_logger(__name__)
+
+REPO: Final = Path(__file__).resolve().parent.parent
+KAFKA_SH: Final = REPO / "deploy" / "local" / "kafka.sh"
+POLICIES: Final = REPO / "deploy" / "policies"
+WAIT_FOR_NODES_S: Final = 180
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalBroker:
+    """A broker started with deploy/local/kafka.sh for this process (stopped in ``stop``)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.bootstrap = f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Start and wait until the broker answers (the script waits)."""
+        subprocess.run(
+            [str(KAFKA_SH), "up", "--port", str(self.port), "--controller-port",
+             str(free_port()), "--data-dir", str(self.data_dir), "--exit-with", str(os.getpid())],
+            check=True,
+        )  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop the broker."""
+        subprocess.run([str(KAFKA_SH), "down", "--data-dir", str(self.data_dir)], check=False)
+
+
+def _fingerprint(rows: list[tuple[str, bytes]]) -> str:
+    h = hashlib.sha256()
+    for rid, digest in rows:
+        h.update(rid.encode() + b"\0" + digest)
+    return h.hexdigest()[:16]
+
+
+def _node_progress(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            row = con.execute(
+                "SELECT coalesce(sum(next_offset), 0) FROM positions WHERE topic LIKE ?",
+                ("%reports.%",),
+            ).fetchone()
+            return int(row[0])
+    except sqlite3.Error:
+        return 0
+
+
+async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
+    external = os.environ.get("OBUS_BOOTSTRAP")
+    broker: LocalBroker | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        if external:
+            bootstrap = external
+            topics = Topics(f"obus.demo{int(time.time())}.")
+            console.print(f"Using your broker at {bootstrap}, topic prefix {topics.prefix}")
+        else:
+            broker = LocalBroker(work / "kafka")
+            console.rule("1. Local Apache Kafka (KRaft) on 127.0.0.1")
+            broker.start()
+            bootstrap, topics = broker.bootstrap, Topics()
+        now = int(time.time() * 1000)
+        scenario = build_scenario(now, observers_per_org=3, threshold=4)
+        orgs = [o for o, _ in ORGANIZATIONS]
+        await ensure_topics(bootstrap, standard_topics(topics, orgs))
+        mandate_file = work / "mandate.bin"
+        mandate_file.write_bytes(scenario.mandate_envelope)
+
+        console.rule("2. Mandate and accreditations")
+        console.print(
+            f"mandate {scenario.mandate.mandate_id} v{scenario.mandate.version}: "
+            f"{len(orgs)} organizations, threshold {scenario.mandate.threshold}, "
+            f"zones {', '.join(z.id for z in scenario.mandate.zones)}; "
+            f"signed by {len(Envelope.decode(scenario.mandate_envelope).signatures)} root keys"
+        )
+        producer = reliable_producer(bootstrap)
+        await producer.start()
+        try:
+            for raw in scenario.accreditations:
+                await producer.send_and_wait(topics.registry, raw)
+            console.print(f"{len(scenario.accreditations)} observers accredited on {topics.registry}")
+
+            console.rule("3. Six organization nodes")
+            for org in orgs:
+                logf = (work / "logs" / f"{org}.log").open("wb")
+                procs[org] = subprocess.Popen(
+                    [sys.executable, "-m", "nodes.cli", "node", "--org", org,
+                     "--mandate", str(mandate_file), "--db", str(work / f"{org}.db"),
+                     "--policy", str(POLICIES / f"{org}.toml"), "--bootstrap", bootstrap,
+                     "--topic-prefix", topics.prefix],
+                    stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
+                    env={**os.environ, "OBUS_LOG_JSON": "1"},
+                )  # fmt: skip
+            console.print(f"started nodes: {', '.join(f'{o} (pid {p.pid})' for o, p in procs.items())}")
+
+            console.rule("4. Observers publish signed reports")
+            rng = random.Random(2026)
+            stream = signed_reports(scenario, reports_per_observer, now, rng)
+            futures = [
+                await producer.send(
+                    topics.reports(obs.org), raw, key=obs.observer_id.encode(),
+                    headers=report_headers(rid, obs.org, obs.observer_id),
+                )
+                for obs, rid, raw in stream
+            ]  # fmt: skip
+            await asyncio.gather(*futures)
+            console.print(f"{len(stream)} genuine reports published by {len(scenario.observers)} observers")
+            injected = await _inject(producer, scenario, topics, now, rng)
+            for label, (topic, partition, offset) in injected.items():
+                console.print(f"[yellow]injected[/yellow] {label} at {topic}[{partition}]@{offset}")
+        finally:
+            await producer.stop()
+
+        ends = await end_offsets(bootstrap, topics.reports_pattern)
+        total = sum(ends.values())
+        deadline = time.monotonic() + WAIT_FOR_NODES_S
+        while time.monotonic() < deadline:
+            done = {o: _node_progress(work / f"{o}.db") for o in orgs}
+            dead = [o for o, p in procs.items() if p.poll() is not None]
+            if dead:
+                console.print(f"[red]node(s) exited early: {dead}; see {work / 'logs'}[/red]")
+                return False
+            if all(v >= total for v in done.values()):
+                break
+            await asyncio.sleep(0.5)
+        else:
+            console.print(f"[red]nodes did not finish within {WAIT_FOR_NODES_S}s: {done}[/red]")
+            return False
+        _stop_nodes(procs)
+
+        console.rule("5. What every node holds")
+        ok = _show_nodes(console, work, orgs, len(stream), injected)
+
+        console.rule("6. The auditor replays the log")
+        result = await audit(bootstrap, scenario.mandate, topics=topics, console=console)
+        render(result, console)
+        expected = {(t, p, o) for t, p, o in injected.values()}
+        found = {(v.topic, v.partition, v.offset) for v in result.violations}
+        audit_ok = found == expected and sum(result.accepted.values()) == len(stream)
+        console.print(
+            ("[green]" if audit_ok else "[red]")
+            + f"auditor named {len(found)} violation(s); expected exactly the {len(expected)} injected"
+        )
+        return ok and audit_ok
+    finally:
+        _stop_nodes(procs)
+        if broker is not None:
+            console.rule("Stopping Kafka")
+            broker.stop()
+
+
+async def _inject(
+    producer: AIOKafkaProducer, scenario: Scenario, topics: Topics, now: int, rng: random.Random
+) -> dict[str, tuple[str, int, int]]:
+    """Publish two bad records straight into Kafka; returns where they landed."""
+    out: dict[str, tuple[str, int, int]] = {}
+    # (a) a genuine OSCE observer's next report with one bit of the signature flipped.
+    victim = next(o for o in scenario.observers if o.org == "osce")
+    signer = ReportSigner(victim.key, scenario.signers[victim.observer_id].head)
+    raw = signer.sign(draft_report(rng, victim, scenario.mandate, now))
+    env = Envelope.decode(raw)
+    sig = env.signatures[0]
+    broken = bytes([sig.sig[0] ^ 0x01]) + sig.sig[1:]
+    tampered = dataclasses.replace(env, signatures=(Signature(sig.key_id, broken),)).encode()
+    md = await producer.send_and_wait(topics.reports("osce"), tampered, key=victim.observer_id.encode())
+    out["broken signature (expect bad_signature)"] = (md.topic, md.partition, md.offset)
+    # (b) a report by a key no organization accredited, claiming to be an EU observer.
+    rogue = ObserverIdentity("eu-obs-9", "eu", demo_key("rogue"))
+    raw = ReportSigner(rogue.key).sign(draft_report(rng, rogue, scenario.mandate, now))
+    md = await producer.send_and_wait(topics.reports("eu"), raw, key=rogue.observer_id.encode())
+    out["unaccredited key (expect unknown_key)"] = (md.topic, md.partition, md.offset)
+    return out
+
+
+def _stop_nodes(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    for p in procs.values():
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs.values():
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def _show_nodes(
+    console: Console, work: Path, orgs: list[str], genuine: int, injected: dict[str, tuple[str, int, int]]
+) -> bool:
+    ok = True
+    table = Table(title="Per node: accepted set and quarantine")
+    for col in ("node", "accepted", "set fingerprint", "quarantined", "reasons"):
+        table.add_column(col)
+    prints, decisions = set(), {}
+    expected_q = {(t, p, o) for t, p, o in injected.values()}
+    for org in orgs:
+        with sqlite3.connect(f"file:{work / f'{org}.db'}?mode=ro", uri=True) as con:
+            rows = [(r, bytes(d)) for r, d in con.execute("SELECT report_id, digest FROM reports ORDER BY report_id")]
+            q = list(con.execute('SELECT topic, partition, "offset", reason FROM quarantine'))
+            decisions[org] = list(con.execute("SELECT rule, action, priority FROM decisions"))
+        fp = _fingerprint(rows)
+        prints.add(fp)
+        reasons = Counter(r for *_, r in q)
+        node_ok = len(rows) == genuine and {(t, p, o) for t, p, o, _ in q} == expected_q
+        ok &= node_ok
+        table.add_row(
+            org, str(len(rows)), fp, str(len(q)),
+            ", ".join(f"{k}×{v}" for k, v in sorted(reasons.items())),
+            style=None if node_ok else "red",
+        )  # fmt: skip
+    console.print(table)
+    same = len(prints) == 1
+    ok &= same
+    console.print(
+        "[green]all six nodes hold the identical set of reports[/green]"
+        if same
+        else "[red]nodes disagree on the accepted set[/red]"
+    )
+    dt = Table(title="Each organization's own follow-up decisions (same data, own policy)")
+    for col in ("organization", "decisions", "by action"):
+        dt.add_column(col)
+    for org in orgs:
+        by = Counter(f"{a} ({p})" for _, a, p in decisions[org])
+        dt.add_row(org, str(len(decisions[org])), "; ".join(f"{k}: {v}" for k, v in by.most_common()))
+    console.print(dt)
+    distinct = len({tuple(sorted(d)) for d in decisions.values()})
+    differ = distinct >= 2
+    ok &= differ
+    console.print(f"{distinct} distinct decision sets across {len(orgs)} organizations")
+    return ok
+
+
+def main(*, reports_per_observer: int = 12, keep: bool = False) -> int:
+    """Run the demo; returns the process exit code."""
+    console = Console()
+    work = REPO / "var" / "demo"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "logs").mkdir(parents=True)
+    started = time.monotonic()
+    ok = asyncio.run(_run(console, work, reports_per_observer))
+    console.rule()
+    console.print(
+        ("[bold green]DEMO OK" if ok else "[bold red]DEMO FAILED")
+        + f"[/] in {time.monotonic() - started:.0f}s; node logs and stores in {work.relative_to(REPO)}"
+    )
+    if not keep and ok:
+        shutil.rmtree(work / "kafka", ignore_errors=True)
+    return 0 if ok else 1

@@ -1,0 +1,235 @@
+"""An organization's node: subscribe to every report topic, verify, store, quarantine, decide.
+
+Resumption: the node's SQLite store holds the next offset of every topic-partition, written in
+the same transaction as the records it covers. On every partition assignment the consumer
+seeks to the store's position (0 when unknown), so a crash between the store commit and the
+Kafka offset commit never loses or doubles a record. Kafka group offsets are committed after
+each store commit only so that operators' lag tooling sees progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from bus.errors import BusError, StoreError, VerificationError
+from bus.ingest import Ingestor
+from bus.kafka import Topics, wrap
+from bus.model import Envelope, Mandate, Report
+from bus.policy import Decision, Policy
+from bus.store import NodeStore, Outcome, Quarantined, RecordRef
+from bus.trust import KeyRing
+from bus.verify import ChainBook, Limits
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs; built by the CLI, never read from the environment here."""
+
+    org: str
+    bootstrap: str
+    db_path: Path
+    mandate: Mandate
+    policy: Policy | None = None
+    topics: Topics = field(default_factory=Topics)
+    limits: Limits = field(default_factory=Limits)
+    max_batch: int = 1000
+    poll_timeout_ms: int = 500
+    # How often new topics matching the report pattern are discovered.
+    metadata_max_age_ms: int = 5000
+
+
+class RegistryFollower:
+    """Reads ``obus.registry`` (one partition) into a :class:`KeyRing`, catching up on demand.
+
+    Rejected registry records are logged and counted, never applied.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, keyring: KeyRing) -> None:
+        self.keyring = keyring
+        self.rejected = 0
+        self._tp = TopicPartition(topic, 0)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        self._position = 0
+
+    async def start(self) -> None:
+        """Connect and read the registry to its current end."""
+        await self._consumer.start()
+        self._consumer.assign([self._tp])
+        self._consumer.seek(self._tp, 0)
+        await self.catch_up()
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        await self._consumer.stop()
+
+    async def catch_up(self) -> int:
+        """Apply registry records up to the end offset seen now; returns how many were read."""
+        end = (await self._consumer.end_offsets([self._tp]))[self._tp]
+        read = 0
+        while self._position < end:
+            batch = await self._consumer.getmany(self._tp, timeout_ms=1000, max_records=1000)
+            for rec in batch.get(self._tp, []):
+                self._position = rec.offset + 1
+                read += 1
+                try:
+                    entry = self.keyring.apply(Envelope.decode(rec.value or b""))
+                    log.debug("registry_applied", kind=type(entry).__name__, offset=rec.offset)
+                except VerificationError as exc:
+                    self.rejected += 1
+                    log.warning(
+                        "registry_record_rejected",
+                        offset=rec.offset,
+                        reason=exc.reason.value,
+                        detail=exc.message,
+                    )
+        return read
+
+
+class _SeekToStore(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, node: OrgNode) -> None:
+        self._node = node
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        log.info("partitions_revoked", count=len(revoked))
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self._node.seek_to_store(assigned)
+
+
+class OrgNode:
+    """One organization's subscriber. ``run()`` until ``stop()``; raises StoreError on disk trouble."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.store = NodeStore(config.db_path)
+        self.keyring = KeyRing(config.mandate)
+        self.registry = RegistryFollower(config.bootstrap, config.topics.registry, self.keyring)
+        self.chain = ChainBook(self.store.chain_heads(), self.store.report_digest)
+        self.ingestor = Ingestor(self.keyring, self.chain, {}, config.policy, config.limits)
+        self._positions = self.store.positions()
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self.counts: dict[str, int] = {"accepted": 0, "quarantined": 0, "decisions": 0}
+        self._log = log.bind(org=config.org)
+
+    def stop(self) -> None:
+        """Ask run() to finish its current batch and return."""
+        self._stopping.set()
+
+    def seek_to_store(self, assigned: list[TopicPartition]) -> None:
+        """Position the consumer at the store's next offset for each assigned partition."""
+        assert self._consumer is not None
+        for tp in assigned:
+            self._consumer.seek(tp, self._positions.get((tp.topic, tp.partition), 0))
+        self._log.info("partitions_assigned", count=len(assigned))
+
+    def _replay_policy(self) -> None:
+        # Aggregating rules need the reports already stored: feed them in stored order.
+        # Decisions they yield are already stored (same stable ids), so they are dropped here.
+        policy = self.config.policy
+        if policy is None:
+            return
+        for raw in self.store.envelopes():
+            policy.evaluate(Report.decode(Envelope.decode(raw).payload))
+
+    async def run(self) -> None:
+        """Consume until stop(); every batch is stored before its offsets are committed."""
+        cfg = self.config
+        self._replay_policy()
+        await self.registry.start()
+        self._log.info("node_started", accredited_keys=len(self.keyring), db=str(cfg.db_path))
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap,
+            group_id=f"{cfg.topics.prefix}node.{cfg.org}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            metadata_max_age_ms=cfg.metadata_max_age_ms,
+            max_partition_fetch_bytes=2 * cfg.limits.max_record_bytes,
+        )
+        self._consumer = consumer
+        try:
+            await consumer.start()
+            consumer.subscribe(pattern=cfg.topics.reports_pattern, listener=_SeekToStore(self))
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch)
+                if batch:
+                    await self._process(consumer, batch)
+        except KafkaError as exc:
+            raise wrap(exc, "consuming reports") from exc
+        finally:
+            await consumer.stop()
+            await self.registry.stop()
+            self.store.close()
+            self._log.info("node_stopped", **self.counts)
+
+    async def _process(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
+        await self.registry.catch_up()
+        outcomes: list[Outcome] = []
+        decisions: list[Decision] = []
+        touched: dict[tuple[str, int], int] = {}
+        for tp, records in batch.items():
+            org = self.config.topics.org_of_report_topic(tp.topic)
+            start = self._positions.get((tp.topic, tp.partition), 0)
+            for rec in records:
+                if rec.offset < start:
+                    continue  # stored before a crash or rebalance: never store twice
+                ref = RecordRef(tp.topic, tp.partition, rec.offset, rec.timestamp, rec.key)
+                outcome = self.ingestor.judge(ref, rec.value, org)
+                outcomes.append(outcome)
+                decisions.extend(self.ingestor.decide(outcome))
+                touched[(tp.topic, tp.partition)] = rec.offset + 1
+        if not touched:
+            return
+        try:
+            await asyncio.to_thread(
+                self.store.commit_batch, outcomes, self.chain.heads(), decisions, touched
+            )
+        except StoreError:
+            self._log.exception("store_failed_stopping", pending=len(outcomes))
+            raise
+        self.chain.flushed()
+        self._positions.update(touched)
+        for o in outcomes:
+            if isinstance(o, Quarantined):
+                self.counts["quarantined"] += 1
+                self._log.warning(
+                    "record_quarantined",
+                    topic=o.ref.topic,
+                    partition=o.ref.partition,
+                    offset=o.ref.offset,
+                    reason=o.reason,
+                    detail=o.detail,
+                )
+            else:
+                self.counts["accepted"] += 1
+        for d in decisions:
+            self.counts["decisions"] += 1
+            self._log.info(
+                "decision", rule=d.rule, action=d.action, priority=d.priority, zone=d.zone
+            )
+        await consumer.commit({TopicPartition(t, p): o for (t, p), o in touched.items()})
+        self._log.debug("batch_stored", records=len(outcomes), **self.counts)
+
+
+async def run_node(config: NodeConfig) -> int:
+    """Run a node until SIGINT/SIGTERM; returns a process exit code."""
+    import signal  # noqa: PLC0415 - only the process entry point handles signals
+
+    node = OrgNode(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, node.stop)
+    try:
+        await node.run()
+    except BusError as exc:
+        log.error("node_failed", org=config.org, error=exc.diagnostics())
+        return 1
+    return 0
