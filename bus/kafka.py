@@ -6,6 +6,8 @@ Only this module (and the nodes) import aiokafka. Foreign errors are wrapped in
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -75,6 +77,16 @@ def report_headers(report_id: str, org: str, observer_id: str) -> list[tuple[str
     ]
 
 
+def registry_key(envelope_payload_type: str, key_id: bytes) -> bytes:
+    """Record key on the compacted registry: one slot per (kind, key id).
+
+    Accreditations and revocations of one key live in different slots, so compaction can never
+    let a revocation erase the accreditation it refers to (or the reverse).
+    """
+    kind = "rev" if envelope_payload_type.startswith("application/vnd.obus.revocation") else "acc"
+    return f"{kind}:{key_id.hex()}".encode()
+
+
 def wrap(exc: BaseException, what: str) -> TransportError:
     """A TransportError for a foreign exception, keeping aiokafka's retriable flag."""
     retriable = bool(getattr(exc, "retriable", False))
@@ -133,15 +145,47 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], replication:
             if s.name not in existing
         ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile: fine
                 await admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass
             log.info("topics_created", topics=[t.name for t in new])
+        # Producing before every partition has a leader only earns NotLeaderForPartition
+        # retries; wait (bounded) until the metadata shows a leader everywhere.
+        names = [s.name for s in specs]
+        for _ in range(100):
+            described = await admin.describe_topics(names)
+            if all(p["leader"] >= 0 for t in described for p in t["partitions"]) and all(
+                t["partitions"] for t in described
+            ):
+                break
+            await asyncio.sleep(0.1)
     except KafkaError as exc:
         raise wrap(exc, "creating topics") from exc
     finally:
         await admin.close()
+
+
+async def topic_partitions(
+    bootstrap: str, topic_names: Sequence[str] = (), pattern: str | None = None
+) -> list[TopicPartition]:
+    """Every partition of the named topics and of the existing topics matching pattern."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        await admin.start()
+        names = set(topic_names)
+        if pattern is not None:
+            rx = re.compile(pattern)
+            names |= {t for t in await admin.list_topics() if rx.match(t)}
+        if not names:
+            return []
+        described = await admin.describe_topics(sorted(names))
+    except KafkaError as exc:
+        raise wrap(exc, "describing topics") from exc
+    finally:
+        await admin.close()
+    return sorted(
+        (TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]),
+        key=lambda tp: (tp.topic, tp.partition),
+    )
 
 
 async def replay(
@@ -152,22 +196,14 @@ async def replay(
     No consumer group is used: nothing is committed and nobody's position changes. Records of
     one partition come in offset order.
     """
+    tps = await topic_partitions(bootstrap, topic_names, pattern)
+    if not tps:
+        return
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
     )
     try:
         await consumer.start()
-        names = list(topic_names)
-        if pattern is not None:
-            rx = re.compile(pattern)
-            names += sorted(t for t in await consumer.topics() if rx.match(t))
-        tps = [
-            TopicPartition(t, p)
-            for t in names
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
-        if not tps:
-            return
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -192,17 +228,13 @@ async def replay(
 
 async def end_offsets(bootstrap: str, pattern: str) -> dict[tuple[str, int], int]:
     """End offset of every partition of the topics matching pattern."""
+    tps = await topic_partitions(bootstrap, pattern=pattern)
+    if not tps:
+        return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
     try:
         await consumer.start()
-        rx = re.compile(pattern)
-        tps = [
-            TopicPartition(t, p)
-            for t in sorted(await consumer.topics())
-            if rx.match(t)
-            for p in sorted(consumer.partitions_for_topic(t) or ())
-        ]
-        ends = await consumer.end_offsets(tps) if tps else {}
+        ends = await consumer.end_offsets(tps)
         return {(tp.topic, tp.partition): o for tp, o in ends.items()}
     except KafkaError as exc:
         raise wrap(exc, "reading end offsets") from exc

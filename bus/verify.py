@@ -57,7 +57,7 @@ def verify_report(
     expected_org: str,
     keyring: KeyRing,
     reference_ms: int,
-    limits: Limits = Limits(),  # noqa: B008 - frozen, immutable default
+    limits: Limits = Limits(),
 ) -> VerifiedReport:
     """Verify one report record read from organization ``expected_org``'s topic.
 
@@ -120,7 +120,10 @@ def verify_report(
             Reason.OUTSIDE_ZONE,
             f"location ({report.location.lat}, {report.location.lon}) outside zone {zone.id}",
         )
-    for name, at in (("observed_at_ms", report.observed_at_ms), ("signed_at_ms", report.signed_at_ms)):
+    for name, at in (
+        ("observed_at_ms", report.observed_at_ms),
+        ("signed_at_ms", report.signed_at_ms),
+    ):
         if not mandate.not_before_ms <= at <= mandate.not_after_ms:
             raise VerificationError(
                 Reason.OUTSIDE_WINDOW, f"{name} outside the mandate window", field=name
@@ -176,7 +179,9 @@ class ChainBook:
         if known is not None:
             if known == vr.envelope_digest:
                 raise VerificationError(
-                    Reason.REPLAYED, f"report {r.report_id} is already stored", report_id=r.report_id
+                    Reason.REPLAYED,
+                    f"report {r.report_id} is already stored",
+                    report_id=r.report_id,
                 )
             raise VerificationError(
                 Reason.DUPLICATE_CONFLICT,
@@ -200,7 +205,7 @@ class ChainBook:
         if head is not None and r.prev_digest != head.digest:
             raise VerificationError(
                 Reason.CHAIN_FORK,
-                f"observer {r.observer_id}: prev_digest does not match the report at seq {head.seq}",
+                f"observer {r.observer_id}: prev_digest is not the digest of seq {head.seq}",
             )
         self._heads[r.observer_id] = ChainHead(r.seq, vr.envelope_digest)
         self._pending[r.report_id] = vr.envelope_digest

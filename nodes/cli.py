@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--reports-per-observer", type=int, default=12)
     demo.add_argument("--keep", action="store_true", help="keep var/demo after the run")
-    demo.add_argument("--log-level", default="info")
+    demo.add_argument("--log-level", default="warning")
     demo.set_defaults(func=_cmd_demo)
     return parser
 

@@ -38,8 +38,16 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from bus.kafka import Topics, ensure_topics, end_offsets, reliable_producer, report_headers, standard_topics
-from bus.model import Envelope, Signature
+from bus.kafka import (
+    Topics,
+    end_offsets,
+    ensure_topics,
+    registry_key,
+    reliable_producer,
+    report_headers,
+    standard_topics,
+)
+from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Signature
 from bus.sign import ReportSigner
 from nodes.auditor import audit, render
 from nodes.scenario import (
@@ -141,13 +149,17 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         await producer.start()
         try:
             for raw in scenario.accreditations:
-                await producer.send_and_wait(topics.registry, raw)
-            console.print(f"{len(scenario.accreditations)} observers accredited on {topics.registry}")
+                acc = Accreditation.decode(Envelope.decode(raw).payload)
+                key = registry_key(PAYLOAD_ACCREDITATION, acc.key_id)
+                await producer.send_and_wait(topics.registry, raw, key=key)
+            console.print(
+                f"{len(scenario.accreditations)} observers accredited on {topics.registry}"
+            )
 
             console.rule("3. Six organization nodes")
             for org in orgs:
                 logf = (work / "logs" / f"{org}.log").open("wb")
-                procs[org] = subprocess.Popen(
+                procs[org] = subprocess.Popen(  # noqa: ASYNC220 - returns at once
                     [sys.executable, "-m", "nodes.cli", "node", "--org", org,
                      "--mandate", str(mandate_file), "--db", str(work / f"{org}.db"),
                      "--policy", str(POLICIES / f"{org}.toml"), "--bootstrap", bootstrap,
@@ -155,7 +167,9 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
                     stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
                     env={**os.environ, "OBUS_LOG_JSON": "1"},
                 )  # fmt: skip
-            console.print(f"started nodes: {', '.join(f'{o} (pid {p.pid})' for o, p in procs.items())}")
+            console.print(
+                f"started nodes: {', '.join(f'{o} (pid {p.pid})' for o, p in procs.items())}"
+            )
 
             console.rule("4. Observers publish signed reports")
             rng = random.Random(2026)
@@ -168,7 +182,9 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
                 for obs, rid, raw in stream
             ]  # fmt: skip
             await asyncio.gather(*futures)
-            console.print(f"{len(stream)} genuine reports published by {len(scenario.observers)} observers")
+            console.print(
+                f"{len(stream)} genuine reports published by {len(scenario.observers)} observers"
+            )
             injected = await _inject(producer, scenario, topics, now, rng)
             for label, (topic, partition, offset) in injected.items():
                 console.print(f"[yellow]injected[/yellow] {label} at {topic}[{partition}]@{offset}")
@@ -203,7 +219,8 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         audit_ok = found == expected and sum(result.accepted.values()) == len(stream)
         console.print(
             ("[green]" if audit_ok else "[red]")
-            + f"auditor named {len(found)} violation(s); expected exactly the {len(expected)} injected"
+            + f"auditor named {len(found)} violation(s);"
+            + f" expected exactly the {len(expected)} injected"
         )
         return ok and audit_ok
     finally:
@@ -226,7 +243,9 @@ async def _inject(
     sig = env.signatures[0]
     broken = bytes([sig.sig[0] ^ 0x01]) + sig.sig[1:]
     tampered = dataclasses.replace(env, signatures=(Signature(sig.key_id, broken),)).encode()
-    md = await producer.send_and_wait(topics.reports("osce"), tampered, key=victim.observer_id.encode())
+    md = await producer.send_and_wait(
+        topics.reports("osce"), tampered, key=victim.observer_id.encode()
+    )
     out["broken signature (expect bad_signature)"] = (md.topic, md.partition, md.offset)
     # (b) a report by a key no organization accredited, claiming to be an EU observer.
     rogue = ObserverIdentity("eu-obs-9", "eu", demo_key("rogue"))
@@ -249,7 +268,11 @@ def _stop_nodes(procs: dict[str, subprocess.Popen[bytes]]) -> None:
 
 
 def _show_nodes(
-    console: Console, work: Path, orgs: list[str], genuine: int, injected: dict[str, tuple[str, int, int]]
+    console: Console,
+    work: Path,
+    orgs: list[str],
+    genuine: int,
+    injected: dict[str, tuple[str, int, int]],
 ) -> bool:
     ok = True
     table = Table(title="Per node: accepted set and quarantine")
@@ -259,7 +282,10 @@ def _show_nodes(
     expected_q = {(t, p, o) for t, p, o in injected.values()}
     for org in orgs:
         with sqlite3.connect(f"file:{work / f'{org}.db'}?mode=ro", uri=True) as con:
-            rows = [(r, bytes(d)) for r, d in con.execute("SELECT report_id, digest FROM reports ORDER BY report_id")]
+            rows = [
+                (r, bytes(d))
+                for r, d in con.execute("SELECT report_id, digest FROM reports ORDER BY report_id")
+            ]
             q = list(con.execute('SELECT topic, partition, "offset", reason FROM quarantine'))
             decisions[org] = list(con.execute("SELECT rule, action, priority FROM decisions"))
         fp = _fingerprint(rows)
@@ -269,7 +295,7 @@ def _show_nodes(
         ok &= node_ok
         table.add_row(
             org, str(len(rows)), fp, str(len(q)),
-            ", ".join(f"{k}×{v}" for k, v in sorted(reasons.items())),
+            ", ".join(f"{k}x{v}" for k, v in sorted(reasons.items())),
             style=None if node_ok else "red",
         )  # fmt: skip
     console.print(table)
@@ -285,7 +311,9 @@ def _show_nodes(
         dt.add_column(col)
     for org in orgs:
         by = Counter(f"{a} ({p})" for _, a, p in decisions[org])
-        dt.add_row(org, str(len(decisions[org])), "; ".join(f"{k}: {v}" for k, v in by.most_common()))
+        dt.add_row(
+            org, str(len(decisions[org])), "; ".join(f"{k}: {v}" for k, v in by.most_common())
+        )
     console.print(dt)
     distinct = len({tuple(sorted(d)) for d in decisions.values()})
     differ = distinct >= 2
@@ -305,7 +333,8 @@ def main(*, reports_per_observer: int = 12, keep: bool = False) -> int:
     console.rule()
     console.print(
         ("[bold green]DEMO OK" if ok else "[bold red]DEMO FAILED")
-        + f"[/] in {time.monotonic() - started:.0f}s; node logs and stores in {work.relative_to(REPO)}"
+        + f"[/] in {time.monotonic() - started:.0f}s;"
+        + f" node logs and stores in {work.relative_to(REPO)}"
     )
     if not keep and ok:
         shutil.rmtree(work / "kafka", ignore_errors=True)

@@ -105,7 +105,11 @@ class _SeekToStore(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class OrgNode:
-    """One organization's subscriber. ``run()`` until ``stop()``; raises StoreError on disk trouble."""
+    """One organization's subscriber: ``run()`` until ``stop()``.
+
+    Raises StoreError (from run) when the store cannot commit: it then stops consuming and
+    commits no offset for what it could not store.
+    """
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
@@ -159,7 +163,9 @@ class OrgNode:
             await consumer.start()
             consumer.subscribe(pattern=cfg.topics.reports_pattern, listener=_SeekToStore(self))
             while not self._stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch)
+                batch = await consumer.getmany(
+                    timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch
+                )
                 if batch:
                     await self._process(consumer, batch)
         except KafkaError as exc:
@@ -230,6 +236,8 @@ async def run_node(config: NodeConfig) -> int:
     try:
         await node.run()
     except BusError as exc:
-        log.error("node_failed", org=config.org, error=exc.diagnostics())
+        log.error(  # noqa: TRY400 - diagnostics() carries the cause; no traceback for input
+            "node_failed", org=config.org, error=exc.diagnostics()
+        )
         return 1
     return 0
