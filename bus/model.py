@@ -36,7 +36,9 @@ DIGEST_BYTES: Final = 32
 # and we keep a conservative subset so every id is safe in a topic, a file name and a URL.
 _ID_RE: Final = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 # RFC 9562 UUID version 7, canonical lower-case text form.
-_UUID7_RE: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+_UUID7_RE: Final = re.compile(
+    r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+)
 
 
 def sha256(data: bytes) -> bytes:
@@ -112,7 +114,9 @@ class Envelope:
         return envelope_pb2.SignedEnvelope(
             payload_type=self.payload_type,
             payload=self.payload,
-            signatures=[envelope_pb2.Signature(key_id=s.key_id, sig=s.sig) for s in self.signatures],
+            signatures=[
+                envelope_pb2.Signature(key_id=s.key_id, sig=s.sig) for s in self.signatures
+            ],
         )
 
     def encode(self) -> bytes:
@@ -300,7 +304,9 @@ class Report:
             ),
             narrative=self.narrative,
             attachments=[
-                report_pb2.Attachment(sha256=a.sha256, size=a.size, media_type=a.media_type, name=a.name)
+                report_pb2.Attachment(
+                    sha256=a.sha256, size=a.size, media_type=a.media_type, name=a.name
+                )
                 for a in self.attachments
             ],
             corrects=self.corrects,
@@ -431,9 +437,7 @@ class Mandate:
         if len(set(keys)) != len(keys):
             raise _invalid("organizations", "two organizations share one root key")
         if not 1 <= self.threshold <= len(self.organizations):
-            raise _invalid(
-                "threshold", f"{self.threshold} must be in 1..{len(self.organizations)}"
-            )
+            raise _invalid("threshold", f"{self.threshold} must be in 1..{len(self.organizations)}")
         if not self.zones:
             raise _invalid("zones", "a mandate needs at least one zone")
         zone_ids = [z.id for z in self.zones]
@@ -599,4 +603,3 @@ class Revocation:
             pb.serial,
             pb.mandate_id,
         )
-

@@ -159,10 +159,14 @@ def _rule(index: int, raw: Any) -> Rule:
         raise ConfigError(f"{where}", exc.message, "see the allowed values above") from exc
     sev = raw["min_severity"]
     if not isinstance(sev, int) or not 1 <= sev <= 5:
-        raise ConfigError(f"{where}.min_severity", f"{sev!r} is not 1..5", "use a whole number 1..5")
+        raise ConfigError(
+            f"{where}.min_severity", f"{sev!r} is not 1..5", "use a whole number 1..5"
+        )
     priority = raw.get("priority", "medium")
     if priority not in PRIORITIES:
-        raise ConfigError(f"{where}.priority", f"{priority!r}", f"use one of {', '.join(PRIORITIES)}")
+        raise ConfigError(
+            f"{where}.priority", f"{priority!r}", f"use one of {', '.join(PRIORITIES)}"
+        )
     count = raw.get("count_at_least", 1)
     window = raw.get("window_minutes", 0)
     if not isinstance(count, int) or count < 1:
@@ -212,5 +216,7 @@ def load_policy(path: Path) -> Policy:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError("policy", f"cannot read {path}: {exc.strerror}", "pass --policy FILE") from exc
+        raise ConfigError(
+            "policy", f"cannot read {path}: {exc.strerror}", "pass --policy FILE"
+        ) from exc
     return parse_policy(text, source=str(path))

@@ -144,9 +144,7 @@ class NodeStore:
                      ref.key, o.raw)
                 )  # fmt: skip
         with self._tx() as db:
-            db.executemany(
-                "INSERT INTO reports VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", reports
-            )
+            db.executemany("INSERT INTO reports VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", reports)
             db.executemany(
                 'INSERT INTO quarantine (topic, partition, "offset", reason, detail, log_time_ms,'
                 " record_key, raw) VALUES (?,?,?,?,?,?,?,?)",
