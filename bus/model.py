@@ -65,6 +65,7 @@ def _parse(cls: type[_M], data: bytes, what: str) -> _M:
         msg.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as exc:  # upb raises DecodeError; be safe
         raise VerificationError(Reason.MALFORMED, f"{what} does not parse: {exc}") from exc
+    msg.DiscardUnknownFields()  # then any unknown field shows as a difference below
     if msg.SerializeToString(deterministic=True) != data:
         raise VerificationError(
             Reason.MALFORMED, f"{what} is not canonically encoded (unknown or repeated fields)"

@@ -88,8 +88,14 @@ Outcome = Accepted | Quarantined
 class NodeStore:
     """SQLite store of one organization node. Not thread-safe: use from one thread at a time."""
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+        """Open (and create) the store; ``read_only`` opens an existing one for reading only."""
         try:
+            if read_only:
+                self._db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10
+                )
+                return
             self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives process crashes; a power loss may lose the last
