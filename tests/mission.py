@@ -72,9 +72,13 @@ class Mission:
         """The observer's next chained, correctly signed envelope bytes."""
         return self.signer(org, i).sign(self.draft(org, i, **changes))
 
-    def accredit(self, subject: str, org: str, key: SigningKey, role: Role, **changes: object) -> None:
+    def accredit(
+        self, subject: str, org: str, key: SigningKey, role: Role, **changes: object
+    ) -> None:
         m = self.scenario.mandate
-        acc = Accreditation(subject, org, role, key.public_key, m.not_before_ms, m.not_after_ms, 99, m.mandate_id)
+        acc = Accreditation(
+            subject, org, role, key.public_key, m.not_before_ms, m.not_after_ms, 99, m.mandate_id
+        )
         acc = dataclasses.replace(acc, **changes)  # type: ignore[arg-type]
         self.keyring.apply(sign_accreditation(acc, self.scenario.org_roots[org]))
 
@@ -91,7 +95,9 @@ def make_mission(observers_per_org: int = 2) -> Mission:
     return Mission(sc, kr)
 
 
-def raw_report_envelope(payload: bytes, key: SigningKey, payload_type: str = PAYLOAD_REPORT) -> bytes:
+def raw_report_envelope(
+    payload: bytes, key: SigningKey, payload_type: str = PAYLOAD_REPORT
+) -> bytes:
     """Sign arbitrary payload bytes as a report (for invariant-breaking payloads)."""
     return sign_envelope(payload_type, payload, [key]).encode()
 

@@ -64,7 +64,11 @@ def test_report_round_trip_is_exact(report: Report) -> None:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.text(min_size=1, max_size=60), st.binary(max_size=300), st.lists(st.tuples(digests, st.binary(min_size=64, max_size=64)), min_size=1, max_size=4))
+@given(
+    st.text(min_size=1, max_size=60),
+    st.binary(max_size=300),
+    st.lists(st.tuples(digests, st.binary(min_size=64, max_size=64)), min_size=1, max_size=4),
+)
 def test_envelope_round_trip(ptype: str, payload: bytes, sigs: list[tuple[bytes, bytes]]) -> None:
     env = Envelope(ptype, payload, tuple(Signature(k, s) for k, s in sigs))
     assert Envelope.decode(env.encode()) == env

@@ -148,7 +148,9 @@ def test_earliest_revocation_cut_off_wins() -> None:
     _, key = m.observer("un", 1)
     root = m.scenario.org_roots["un"]
     for cut in (5, 2, 9):
-        m.keyring.apply(sign_revocation(Revocation("un", key.key_id, cut, NOW_MS, "", cut, m.mandate_id), root))
+        m.keyring.apply(
+            sign_revocation(Revocation("un", key.key_id, cut, NOW_MS, "", cut, m.mandate_id), root)
+        )
     acc = m.keyring.lookup(key.key_id)
     m.keyring.check_usable(acc, role=Role.OBSERVER, at_ms=NOW_MS, seq=2)
     with pytest.raises(VerificationError) as exc:
