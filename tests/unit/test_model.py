@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -78,10 +80,8 @@ def test_envelope_round_trip(ptype: str, payload: bytes, sigs: list[tuple[bytes,
 @given(st.binary(max_size=600))
 def test_decoders_raise_only_bus_errors(data: bytes) -> None:
     for decode in (Envelope.decode, Report.decode, Accreditation.decode, Revocation.decode):
-        try:
+        with contextlib.suppress(BusError):
             decode(data)
-        except BusError:
-            pass
 
 
 def test_unknown_fields_are_refused() -> None:
