@@ -3,18 +3,18 @@
 # make test : unit tests + integration tests against a real local Kafka broker
 
 SHELL := /bin/bash
-PYTHON ?= python3.11
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv test unit lint typecheck proto proto-check demo kafka-up kafka-down kafka-fetch bench clean
+.PHONY: help venv test unit check lint typecheck proto proto-check demo kafka-up kafka-down kafka-fetch bench clean
 
 help:  ## show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11+ or run make PYTHON=python3.12"; exit 1; }
+	@test -n "$(PYTHON)" || { echo "error: no python3.11 or python3 on PATH; install Python 3.11+ or pass make PYTHON=/path/to/python3"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -43,6 +43,8 @@ lint: $(STAMP)  ## ruff
 
 typecheck: $(STAMP)  ## mypy --strict on bus and nodes
 	$(VENV)/bin/mypy
+
+check: lint typecheck proto-check  ## all static checks
 
 unit: $(STAMP)  ## unit tests only (no broker)
 	$(PY) -m pytest tests/unit -q
