@@ -48,6 +48,12 @@ class Reason(enum.StrEnum):
     CHAIN_FORK = "chain_fork"
     DUPLICATE_CONFLICT = "duplicate_conflict"  # same report id, other bytes
     REPLAYED = "replayed"  # the same envelope again at a later log position
+    # A verifier bug met this input. The record is kept like any other rejected one and the
+    # node goes on; the log event carries the traceback so the bug can be fixed.
+    INTERNAL_ERROR = "internal_error"
+    # Delivery (observer gateway and receipts)
+    RATE_LIMITED = "rate_limited"  # too many submissions by one observer; retry after a while
+    RECEIPT_MISMATCH = "receipt_mismatch"  # receipt does not name the envelope it answers
 
 
 class BusError(Exception):

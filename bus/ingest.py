@@ -7,6 +7,7 @@ as exactly one :class:`~bus.store.Accepted` or :class:`~bus.store.Quarantined` o
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from bus.errors import Reason, VerificationError
@@ -14,6 +15,9 @@ from bus.policy import Decision, Policy
 from bus.store import Accepted, Outcome, Quarantined, RecordRef
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits, verify_report
+
+# stdlib logging (not structlog) keeps this module free of any I/O framework import.
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +57,12 @@ class Ingestor:
             self.chain.accept(vr)
         except VerificationError as exc:
             return Quarantined(ref, exc.reason.value, exc.message, value)
+        except Exception as exc:  # a node never crashes on input (see Reason.INTERNAL_ERROR)
+            log.exception(
+                "verifier_internal_error",
+                extra={"topic": ref.topic, "partition": ref.partition, "offset": ref.offset},
+            )
+            return Quarantined(ref, Reason.INTERNAL_ERROR.value, repr(exc), value)
         return Accepted(ref, vr, raw)
 
     def decide(self, outcome: Outcome) -> list[Decision]:

@@ -97,6 +97,23 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return 0 if result.ok else 1
 
 
+def _cmd_topics(args: argparse.Namespace) -> int:
+    from bus.kafka import ensure_topics, standard_topics  # noqa: PLC0415
+
+    orgs = [o.strip() for o in args.orgs.split(",") if o.strip()]
+    if args.mandate:
+        from nodes.files import load_mandate  # noqa: PLC0415
+
+        orgs = [o.org for o in load_mandate(Path(args.mandate))[0].organizations]
+    if not orgs:
+        raise BusError("no organizations: pass --mandate FILE or --orgs un,osce,...")
+    specs = standard_topics(Topics(args.topic_prefix), orgs, partitions=args.partitions)
+    asyncio.run(ensure_topics(_bootstrap(args), specs, replication=args.replication))
+    for s in specs:
+        print(f"{s.name}  partitions={s.partitions}  {dict(s.configs)}")
+    return 0
+
+
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from nodes.files import write_key  # noqa: PLC0415
 
@@ -149,6 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     aud.add_argument("--json-out", metavar="FILE", help="also write the result as JSON")
     _common(aud)
     aud.set_defaults(func=_cmd_audit)
+
+    tp = sub.add_parser(
+        "topics",
+        help="create the bus topics (idempotent)",
+        description="Create every topic of the design for the mandate's organizations: "
+        "<prefix>reports.<org> and <prefix>decisions.<org> (broker log-append time), and the "
+        "shared registry, mandate (compacted, one partition) and checkpoints topics. Existing "
+        "topics are left as they are.",
+    )
+    tp.add_argument("--mandate", metavar="FILE", help="take the organizations from the mandate")
+    tp.add_argument("--orgs", default="", help="or list them: un,osce,eu,nato,csto,sco")
+    tp.add_argument("--partitions", type=int, default=3, help="partitions of report topics")
+    tp.add_argument("--replication", type=int, default=1, help="replication factor (3 in prod)")
+    _common(tp)
+    tp.set_defaults(func=_cmd_topics)
 
     kg = sub.add_parser("keygen", help="generate an Ed25519 key file (mode 0600)")
     kg.add_argument("path", help="where to write the key file (must not exist)")

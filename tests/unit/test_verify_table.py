@@ -13,8 +13,17 @@ from hypothesis import strategies as st
 from bus._pb.obus.v1 import envelope_pb2, report_pb2
 from bus.errors import Reason, VerificationError
 from bus.ingest import Ingestor
-from bus.model import PAYLOAD_ACCREDITATION, Envelope, Location, Role, Signature, encode
+from bus.model import (
+    PAYLOAD_ACCREDITATION,
+    Accreditation,
+    Envelope,
+    Location,
+    Role,
+    Signature,
+    encode,
+)
 from bus.store import Accepted, Quarantined
+from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits, verify_report
 from tests.mission import NOW_MS, Mission, demo_key, make_mission, raw_report_envelope, ref
 
@@ -210,13 +219,16 @@ def test_bad_input_is_quarantined_with_its_reason(name: str) -> None:
 def test_catalog_is_large_and_covers_every_report_reason() -> None:
     assert len(CASES) >= 30
     reasons = {r for _, r in CASES.values()}
-    not_for_reports = {
-        Reason.MALFORMED_KEY,  # keys come from accreditations, checked there
-        Reason.THRESHOLD_NOT_MET,
-        Reason.MANDATE_EXPIRED,
-        Reason.MANDATE_ROLLBACK,
-    }
-    assert set(Reason) - not_for_reports <= reasons
+    # Every code the report path (verify_report + ChainBook) can return has a named case.
+    report_path = {
+        Reason.MALFORMED, Reason.OVERSIZED, Reason.WRONG_PAYLOAD_TYPE, Reason.INVALID_FIELD,
+        Reason.MISSING_SIGNATURE, Reason.BAD_SIGNATURE, Reason.UNKNOWN_KEY, Reason.KEY_REVOKED,
+        Reason.KEY_EXPIRED, Reason.WRONG_ROLE, Reason.WRONG_ORG, Reason.WRONG_TOPIC,
+        Reason.SUBJECT_MISMATCH, Reason.WRONG_MANDATE, Reason.OUTSIDE_ZONE,
+        Reason.OUTSIDE_WINDOW, Reason.CLOCK_SKEW, Reason.CHAIN_GAP, Reason.CHAIN_FORK,
+        Reason.DUPLICATE_CONFLICT, Reason.REPLAYED,
+    }  # fmt: skip
+    assert report_path <= reasons
 
 
 def test_genuine_chain_is_accepted_in_order() -> None:
@@ -249,3 +261,18 @@ def test_any_mutation_of_a_genuine_record_is_rejected(data: st.DataObject) -> No
 
 _FUZZ_MISSION = make_mission(1)
 _FUZZ_RECORD = _FUZZ_MISSION.next_report()
+
+
+class _BrokenKeyRing(KeyRing):
+    """A key ring with a bug: stands for any unexpected exception inside verification."""
+
+    def lookup(self, key_id: bytes) -> Accreditation:
+        raise RuntimeError("bug")
+
+
+def test_a_verifier_bug_quarantines_instead_of_crashing() -> None:
+    m = make_mission()
+    ing = Ingestor(_BrokenKeyRing(m.scenario.mandate), ChainBook({}, {}.get))
+    out = ing.judge(ref(), m.next_report(), "un")
+    assert isinstance(out, Quarantined)
+    assert out.reason == Reason.INTERNAL_ERROR.value
