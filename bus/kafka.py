@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from bus.errors import TransportError
+from bus.model import PAYLOAD_REVOCATION, Accreditation, Envelope, Revocation
 
 log = structlog.get_logger(__name__)
 
@@ -83,8 +84,20 @@ def registry_key(envelope_payload_type: str, key_id: bytes) -> bytes:
     Accreditations and revocations of one key live in different slots, so compaction can never
     let a revocation erase the accreditation it refers to (or the reverse).
     """
-    kind = "rev" if envelope_payload_type.startswith("application/vnd.obus.revocation") else "acc"
+    kind = "rev" if envelope_payload_type == PAYLOAD_REVOCATION else "acc"
     return f"{kind}:{key_id.hex()}".encode()
+
+
+def registry_record_key(raw: bytes) -> bytes:
+    """The compaction key of a registry envelope (see :func:`registry_key`).
+
+    Raises:
+        VerificationError: the bytes are not an accreditation or revocation envelope.
+    """
+    env = Envelope.decode(raw)
+    if env.payload_type == PAYLOAD_REVOCATION:
+        return registry_key(env.payload_type, Revocation.decode(env.payload).key_id)
+    return registry_key(env.payload_type, Accreditation.decode(env.payload).key_id)
 
 
 def wrap(exc: BaseException, what: str) -> TransportError:

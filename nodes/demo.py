@@ -42,12 +42,12 @@ from bus.kafka import (
     Topics,
     end_offsets,
     ensure_topics,
-    registry_key,
+    registry_record_key,
     reliable_producer,
     report_headers,
     standard_topics,
 )
-from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Signature
+from bus.model import Envelope, Signature
 from bus.sign import ReportSigner
 from nodes.auditor import audit, render
 from nodes.scenario import (
@@ -149,9 +149,7 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         await producer.start()
         try:
             for raw in scenario.accreditations:
-                acc = Accreditation.decode(Envelope.decode(raw).payload)
-                key = registry_key(PAYLOAD_ACCREDITATION, acc.key_id)
-                await producer.send_and_wait(topics.registry, raw, key=key)
+                await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
             console.print(
                 f"{len(scenario.accreditations)} observers accredited on {topics.registry}"
             )

@@ -29,32 +29,48 @@ NOW_MS = 1_793_491_200_000
 
 @dataclass
 class Mission:
-    """A scenario with a keyring and a per-observer signer, plus record builders."""
+    """A scenario with a keyring and a per-observer signer, plus record builders.
+
+    ``base`` shifts observer numbers so that several views of one mission (see :meth:`view`)
+    use disjoint observers; ``registry`` collects every registry envelope made, so a test can
+    publish the same trust state to a real broker.
+    """
 
     scenario: Scenario
     keyring: KeyRing
+    now: int = NOW_MS
+    base: int = 0
+    registry: list[bytes] = field(default_factory=list)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
+
+    def view(self, base: int) -> Mission:
+        """The same mission (shared keys, signers and registry) with observers shifted by base."""
+        return dataclasses.replace(self, base=base)
+
+    def sid(self, name: str) -> str:
+        """A subject id unique to this view."""
+        return f"{name}-{self.base}"
 
     @property
     def mandate_id(self) -> str:
         return self.scenario.mandate.mandate_id
 
     def observer(self, org: str = "un", i: int = 1) -> tuple[str, SigningKey]:
-        oid = f"{org}-obs-{i}"
+        oid = f"{org}-obs-{i + self.base}"
         return oid, next(o.key for o in self.scenario.observers if o.observer_id == oid)
 
     def draft(self, org: str = "un", i: int = 1, **changes: object) -> Report:
         oid, _ = self.observer(org, i)
         base = Report(
-            report_id=uuid7(NOW_MS - 3_600_000, self.rng.randbytes(10)),
+            report_id=uuid7(self.now - 3_600_000, self.rng.randbytes(10)),
             mandate_id=self.mandate_id,
             zone="north",
             observer_id=oid,
             org=org,
             seq=1,
             prev_digest=b"",
-            observed_at_ms=NOW_MS - 3_600_000,
-            signed_at_ms=NOW_MS - 3_000_000,
+            observed_at_ms=self.now - 3_600_000,
+            signed_at_ms=self.now - 3_000_000,
             location=Location(48.2, 38.0, 100, "Riverford"),
             category=Category.SHELLING,
             severity=4,
@@ -80,19 +96,24 @@ class Mission:
             subject, org, role, key.public_key, m.not_before_ms, m.not_after_ms, 99, m.mandate_id
         )
         acc = dataclasses.replace(acc, **changes)  # type: ignore[arg-type]
-        self.keyring.apply(sign_accreditation(acc, self.scenario.org_roots[org]))
+        self.apply(sign_accreditation(acc, self.scenario.org_roots[org]))
+
+    def apply(self, envelope: Envelope) -> None:
+        """Apply a registry envelope to the keyring and remember it for publishing."""
+        self.keyring.apply(envelope)
+        self.registry.append(envelope.encode())
 
 
 def ref(topic: str = "obus.reports.un", offset: int = 0, log_time_ms: int = NOW_MS) -> RecordRef:
     return RecordRef(topic, 0, offset, log_time_ms, None)
 
 
-def make_mission(observers_per_org: int = 2) -> Mission:
-    sc = build_scenario(NOW_MS, observers_per_org=observers_per_org)
+def make_mission(observers_per_org: int = 2, now_ms: int = NOW_MS) -> Mission:
+    sc = build_scenario(now_ms, observers_per_org=observers_per_org)
     kr = KeyRing(sc.mandate)
     for raw in sc.accreditations:
         kr.apply(Envelope.decode(raw))
-    return Mission(sc, kr)
+    return Mission(sc, kr, now=now_ms, registry=list(sc.accreditations))
 
 
 def raw_report_envelope(

@@ -19,12 +19,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bus.kafka import (
     Topics,
     ensure_topics,
-    registry_key,
+    registry_record_key,
     reliable_producer,
     report_headers,
     standard_topics,
 )
-from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Report, Signature
+from bus.model import Envelope, Report, Signature
 from bus.policy import load_policy
 from bus.store import NodeStore
 from nodes.auditor import audit
@@ -46,11 +46,8 @@ async def _setup(bootstrap: str, topics: Topics, m: Mission) -> AIOKafkaProducer
     await ensure_topics(bootstrap, standard_topics(topics, ORGS, partitions=2))
     producer = reliable_producer(bootstrap)
     await producer.start()
-    for raw in m.scenario.accreditations:
-        acc = Accreditation.decode(Envelope.decode(raw).payload)
-        await producer.send_and_wait(
-            topics.registry, raw, key=registry_key(PAYLOAD_ACCREDITATION, acc.key_id)
-        )
+    for raw in m.registry:
+        await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
     return producer
 
 

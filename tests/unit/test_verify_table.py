@@ -79,14 +79,14 @@ def _missing_sig(m: Mission) -> bytes:
 
 def _node_key(m: Mission) -> bytes:
     key = demo_key("un-node")
-    m.accredit("un-node", "un", key, Role.NODE)
-    return raw_report_envelope(encode(m.draft(observer_id="un-node")), key)
+    m.accredit(m.sid("un-node"), "un", key, Role.NODE)
+    return raw_report_envelope(encode(m.draft(observer_id=m.sid("un-node"))), key)
 
 
 def _expired(m: Mission) -> bytes:
-    key = demo_key("short-lived")
-    m.accredit("un-obs-7", "un", key, Role.OBSERVER, not_after_ms=NOW_MS - 3_500_000)
-    return raw_report_envelope(encode(m.draft(observer_id="un-obs-7")), key)
+    key = demo_key(m.sid("short-lived"))
+    m.accredit(m.sid("un-exp"), "un", key, Role.OBSERVER, not_after_ms=m.now - 3_500_000)
+    return raw_report_envelope(encode(m.draft(observer_id=m.sid("un-exp"))), key)
 
 
 def _revoked(m: Mission) -> list[tuple[str, bytes | None, int]]:
@@ -95,8 +95,8 @@ def _revoked(m: Mission) -> list[tuple[str, bytes | None, int]]:
 
     first = m.next_report()
     _, key = m.observer()
-    rev = Revocation("un", key.key_id, 1, NOW_MS, "device lost", 1, m.mandate_id)
-    m.keyring.apply(sign_revocation(rev, m.scenario.org_roots["un"]))
+    rev = Revocation("un", key.key_id, 1, m.now, "device lost", 1, m.mandate_id)
+    m.apply(sign_revocation(rev, m.scenario.org_roots["un"]))
     return [(UN, first, NOW_MS), (UN, m.next_report(), NOW_MS)]
 
 
@@ -152,7 +152,7 @@ CASES: dict[str, tuple[Case, Reason]] = {
     "signature bit flipped": (lambda m: one(_flip_sig(m.next_report())), Reason.BAD_SIGNATURE),
     "payload altered after signing": (lambda m: one(_other_payload(m)), Reason.BAD_SIGNATURE),
     "unaccredited key": (
-        lambda m: one(raw_report_envelope(encode(m.draft()), demo_key("rogue"))),
+        lambda m: one(raw_report_envelope(encode(m.draft()), demo_key(m.sid("rogue")))),
         Reason.UNKNOWN_KEY,
     ),
     "signed by another observer's key": (
@@ -179,7 +179,7 @@ CASES: dict[str, tuple[Case, Reason]] = {
         Reason.OUTSIDE_WINDOW,
     ),
     "signed far in the future": (
-        lambda m: one(m.next_report(signed_at_ms=NOW_MS + 3_600_000)), Reason.CLOCK_SKEW,
+        lambda m: one(m.next_report(signed_at_ms=m.now + 3_600_000)), Reason.CLOCK_SKEW,
     ),
     "severity 0": (lambda m: one(_pb_report(m, severity=0)), Reason.INVALID_FIELD),
     "severity 9": (lambda m: one(_pb_report(m, severity=9)), Reason.INVALID_FIELD),
