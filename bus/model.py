@@ -604,3 +604,86 @@ class Revocation:
             pb.serial,
             pb.mandate_id,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Receipts (issue 3: observer delivery). Kept together at the end of the module.
+
+from bus._pb.obus.v1 import receipt_pb2  # noqa: E402 - this section is self-contained
+
+PAYLOAD_RECEIPT: Final = "application/vnd.obus.receipt.v1+protobuf"
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A node's signed statement that it published a report (schemas/obus/v1/receipt.proto)."""
+
+    report_id: str
+    envelope_digest: bytes
+    topic: str
+    partition: int
+    offset: int
+    logged_at_ms: int
+    issued_at_ms: int
+    org: str
+    node_id: str
+    node_key_id: bytes
+    observer_id: str
+    seq: int
+    mandate_id: str
+
+    def __post_init__(self) -> None:
+        if not _UUID7_RE.fullmatch(self.report_id):
+            raise _invalid("report_id", "must be a lower-case UUIDv7")
+        if len(self.envelope_digest) != DIGEST_BYTES:
+            raise _invalid("envelope_digest", f"must be {DIGEST_BYTES} bytes")
+        if len(self.node_key_id) != DIGEST_BYTES:
+            raise _invalid("node_key_id", f"must be {DIGEST_BYTES} bytes")
+        if not self.topic or len(self.topic) > 249:  # Kafka's topic name limit
+            raise _invalid("topic", "must be 1..249 characters")
+        if self.partition < 0 or self.offset < 0:
+            raise _invalid("offset", "partition and offset must be >= 0")
+        if self.issued_at_ms <= 0:
+            raise _invalid("issued_at_ms", "must be positive Unix milliseconds")
+        for name in ("org", "node_id", "observer_id", "mandate_id"):
+            check_id(name, getattr(self, name))
+        if self.seq < 1:
+            raise _invalid("seq", "must be >= 1")
+
+    def to_pb(self) -> receipt_pb2.Receipt:
+        """The generated protobuf message (for the codec only)."""
+        return receipt_pb2.Receipt(
+            report_id=self.report_id,
+            envelope_digest=self.envelope_digest,
+            topic=self.topic,
+            partition=self.partition,
+            offset=self.offset,
+            logged_at_ms=self.logged_at_ms,
+            issued_at_ms=self.issued_at_ms,
+            org=self.org,
+            node_id=self.node_id,
+            node_key_id=self.node_key_id,
+            observer_id=self.observer_id,
+            seq=self.seq,
+            mandate_id=self.mandate_id,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Receipt:
+        """Parse and validate receipt payload bytes (malformed / invalid_field)."""
+        pb = _parse(receipt_pb2.Receipt, data, "receipt")
+        return cls(
+            report_id=pb.report_id,
+            envelope_digest=bytes(pb.envelope_digest),
+            topic=pb.topic,
+            partition=pb.partition,
+            offset=pb.offset,
+            logged_at_ms=pb.logged_at_ms,
+            issued_at_ms=pb.issued_at_ms,
+            org=pb.org,
+            node_id=pb.node_id,
+            node_key_id=bytes(pb.node_key_id),
+            observer_id=pb.observer_id,
+            seq=pb.seq,
+            mandate_id=pb.mandate_id,
+        )
