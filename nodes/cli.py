@@ -120,6 +120,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     key = SigningKey.generate()
     write_key(Path(args.path), key)
     print(f"wrote {args.path} (key id {key.key_id.hex()})")
+    print(f"public key {key.public_key.hex()}")
     return 0
 
 
@@ -195,6 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--keep", action="store_true", help="keep var/demo after the run")
     demo.add_argument("--log-level", default="warning")
     demo.set_defaults(func=_cmd_demo)
+
+    from nodes.trust_cli import add_trust_commands  # noqa: PLC0415 - issue 4: mandate, org
+
+    add_trust_commands(sub, _common, _bootstrap)
     return parser
 
 

@@ -9,6 +9,7 @@ import sys
 PURE = [
     "bus.errors", "bus.crypto", "bus.model", "bus.trust", "bus.verify", "bus.sign",
     "bus.policy", "bus.ingest", "bus.merkle", "bus.uuid7",
+    "bus.ceremony",
 ]  # fmt: skip
 FORBIDDEN = ["asyncio", "aiokafka", "socket", "http", "aiohttp", "ssl", "selectors"]
 

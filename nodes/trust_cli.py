@@ -1,0 +1,513 @@
+"""``obus mandate ...`` and ``obus org ...``: the offline ceremony and the registry commands.
+
+The file formats live in :mod:`bus.ceremony` (pure); this module only reads and writes files,
+publishes to Kafka and prints. Registered into the main parser by :func:`add_trust_commands`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+
+from bus import ceremony
+from bus.crypto import pae, verify
+from bus.errors import ConfigError, Reason, VerificationError
+from bus.model import (
+    PAYLOAD_MANDATE,
+    Accreditation,
+    Envelope,
+    Mandate,
+    Revocation,
+    Role,
+    check_id,
+)
+from bus.sign import sign_accreditation, sign_revocation
+from bus.trust import verify_mandate
+from nodes.files import load_mandate, read_key
+
+log = structlog.get_logger(__name__)
+
+Common = Callable[[argparse.ArgumentParser], None]
+Bootstrap = Callable[[argparse.Namespace], str]
+
+# The accreditation request written by `obus observer init` (nodes/observer.py, issue 3).
+REQUEST_TYPE = "obus-accreditation-request"
+REQUEST_PAYLOAD_TYPE = "application/vnd.obus.accreditation-request.v1+json"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def mandate_key(mandate: Mandate) -> bytes:
+    """Record key of a mandate version on the compacted mandate topic: ``<id>:<version>``."""
+    return f"{mandate.mandate_id}:{mandate.version}".encode()
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(what, f"cannot read {path}: {exc.strerror}", f"check {what}") from exc
+
+
+def _write_new(path: str, data: bytes, what: str) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_bytes(data)
+    print(f"wrote {what} {p}")
+
+
+def _load_description(path: str) -> dict[str, Any]:
+    raw = _read(path, "DESCRIPTION")
+    try:
+        doc = (
+            yaml.safe_load(raw)
+            if path.endswith((".yaml", ".yml"))
+            else tomllib.loads(raw.decode("utf-8"))
+        )
+    except (tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ConfigError("DESCRIPTION", f"{path} does not parse: {exc}", "fix its syntax") from exc
+    if not isinstance(doc, dict):
+        raise ConfigError("DESCRIPTION", f"{path} is not a table", "see obus mandate draft -h")
+    return doc
+
+
+def _previous(args: argparse.Namespace) -> Mandate | None:
+    if not getattr(args, "previous", None):
+        return None
+    return load_mandate(Path(args.previous))[0]
+
+
+def _load_any_mandate(path: str) -> tuple[Mandate, Envelope | None]:
+    """A draft file (JSON) or a signed mandate file (envelope bytes), not yet trusted."""
+    raw = _read(path, "FILE")
+    if raw.lstrip().startswith(b"{"):
+        return ceremony.Draft.decode(raw).mandate, None
+    env = Envelope.decode(raw)
+    if env.payload_type != PAYLOAD_MANDATE:
+        raise VerificationError(Reason.WRONG_PAYLOAD_TYPE, f"{path} is not a mandate envelope")
+    return Mandate.decode(env.payload), env
+
+
+# ---------------------------------------------------------------------------------------------
+# obus mandate
+
+
+def _cmd_draft(args: argparse.Namespace) -> int:
+    previous = _previous(args)
+    if previous is None and not args.description:
+        raise ConfigError(
+            "DESCRIPTION", "missing", "pass a description file, or --previous FILE to rotate"
+        )
+    if previous is None:
+        mandate = ceremony.mandate_from_description(_load_description(args.description))
+    else:
+        changes = ceremony.RotationChanges(
+            threshold=args.threshold,
+            add=tuple(
+                ceremony.organization_from({"org": o, "name": n, "root_public_key": k}, i)
+                for i, (o, n, k) in enumerate(args.add_org or [])
+            ),
+            remove=tuple(args.remove_org or ()),
+            replace_keys=tuple(
+                (o, bytes.fromhex(k) if len(k) == 64 else b"") for o, k in args.replace_key or []
+            ),
+            not_after_ms=(
+                None
+                if args.not_after is None
+                else ceremony.parse_time_ms("--not-after", args.not_after)
+            ),
+            description=args.text,
+        )
+        for org, key in changes.replace_keys:
+            if len(key) != 32:
+                raise ConfigError("--replace-key", f"key of {org} is not 64 hex", "paste the key")
+        mandate = ceremony.next_version(previous, changes)
+        if args.description:
+            raise ConfigError("DESCRIPTION", "given with --previous", "pass one of the two")
+    draft = ceremony.Draft.of(mandate)
+    _write_new(args.out, draft.encode(), "draft")
+    print("\n".join(ceremony.describe(mandate, previous=previous)))
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    draft = ceremony.Draft.decode(_read(args.draft, "DRAFT"))
+    previous = _previous(args)
+    key = read_key(Path(args.key))
+    sig = ceremony.sign_draft(draft, key, previous=previous)
+    print("\n".join(ceremony.describe(draft.mandate, previous=previous)))
+    if not sig.org:
+        print(
+            f"warning: key {key.key_id.hex()[:16]} is no root key of this draft"
+            + ("" if previous else " (pass --previous if it is one of the previous version)"),
+            file=sys.stderr,
+        )
+    if args.bundle:
+        bundle = Path(args.bundle)
+        existing = bundle.read_bytes() if bundle.exists() else None
+        _write_new(args.bundle, ceremony.add_to_bundle(existing, sig), "signatures bundle")
+    else:
+        out = args.out or f"{args.draft}.{sig.org or key.key_id.hex()[:8]}.sig"
+        _write_new(out, ceremony.encode_signatures([sig]), "signature")
+    print(
+        f"signed as {sig.org or '?'} (key {key.key_id.hex()[:16]});"
+        f" draft sha256 {draft.digest.hex()}"
+    )
+    return 0
+
+
+def _cmd_combine(args: argparse.Namespace) -> int:
+    draft = ceremony.Draft.decode(_read(args.draft, "DRAFT"))
+    previous = _previous(args)
+    sigs = [s for f in args.signatures for s in ceremony.decode_signatures(_read(f, "SIGNATURES"))]
+    env = ceremony.combine(draft, sigs, previous=previous, now_ms=_now_ms())
+    _write_new(args.out, env.encode(), "signed mandate")
+    print("\n".join(ceremony.describe(draft.mandate, envelope=env, previous=previous)))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    raw = _read(args.file, "FILE")
+    previous = _previous(args)
+    env = Envelope.decode(raw)
+    try:
+        mandate = verify_mandate(env, previous=previous, now_ms=_now_ms())
+    except VerificationError as exc:
+        print(f"REJECTED ({exc.reason.value}): {exc.message}")
+        return 1
+    print("\n".join(ceremony.describe(mandate, envelope=env, previous=previous)))
+    print(
+        f"OK: version {mandate.version} verifies"
+        + (f" as the successor of version {previous.version}" if previous else "")
+    )
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    mandate, env = _load_any_mandate(args.file)
+    previous = _previous(args)
+    print("\n".join(ceremony.describe(mandate, envelope=env, previous=previous)))
+    if env is None:
+        print("  (a draft: not signed yet)")
+    return 0
+
+
+async def publish(bootstrap: str, topic: str, value: bytes, key: bytes) -> tuple[int, int]:
+    """Publish one record with the idempotent acks=all producer; returns (partition, offset)."""
+    from aiokafka.errors import KafkaError  # noqa: PLC0415
+
+    from bus.kafka import reliable_producer, wrap  # noqa: PLC0415
+
+    producer = reliable_producer(bootstrap)
+    try:
+        await producer.start()
+        md = await producer.send_and_wait(topic, value, key=key)
+    except KafkaError as exc:
+        raise wrap(exc, f"publishing to {topic}") from exc
+    finally:
+        await producer.stop()
+    return md.partition, md.offset
+
+
+async def _ensure(bootstrap: str, topics: Any, name: str) -> None:
+    from bus.kafka import ensure_topics, standard_topics  # noqa: PLC0415
+
+    await ensure_topics(bootstrap, [s for s in standard_topics(topics, []) if s.name == name])
+
+
+def _cmd_publish(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    from bus.kafka import Topics  # noqa: PLC0415
+
+    raw = _read(args.file, "FILE")
+    # A version must at least carry its own threshold; its predecessor check is every reader's.
+    mandate = verify_mandate(Envelope.decode(raw), previous=_previous(args), now_ms=_now_ms())
+    topics = Topics(args.topic_prefix)
+
+    async def go() -> tuple[int, int]:
+        await _ensure(bootstrap(args), topics, topics.mandate)
+        return await publish(bootstrap(args), topics.mandate, raw, mandate_key(mandate))
+
+    partition, offset = asyncio.run(go())
+    print(
+        f"published mandate {mandate.mandate_id} version {mandate.version}"
+        f" to {topics.mandate}[{partition}]@{offset} (key {mandate_key(mandate).decode()})"
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# obus org
+
+
+def read_accreditation_request(data: bytes) -> tuple[str, str, bytes, Role | None]:
+    """(subject id, org, public key, role or None) from an accreditation request file.
+
+    Accepts the request ``obus observer init`` writes (its proof of possession is checked) or
+    a plain JSON ``{"subject_id", "org", "public_key": hex}``.
+
+    Raises:
+        VerificationError: not JSON, fields missing, or a proof that does not verify.
+    """
+    try:
+        doc = json.loads(data)
+        public_key = bytes.fromhex(str(doc["public_key"]))
+        if doc.get("type") == REQUEST_TYPE:
+            subject, org = str(doc["observer_id"]), str(doc["org"])
+            role = Role[str(doc.get("role", "observer")).upper()]
+            body = {k: v for k, v in doc.items() if k != "proof"}
+            canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+            verify(public_key, pae(REQUEST_PAYLOAD_TYPE, canonical), bytes.fromhex(doc["proof"]))
+            return subject, org, public_key, role
+        return str(doc["subject_id"]), str(doc["org"]), public_key, None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise VerificationError(
+            Reason.MALFORMED, f"accreditation request is not usable: {exc!r}"
+        ) from exc
+
+
+def _root_for(args: argparse.Namespace, mandate: Mandate) -> Any:
+    key = read_key(Path(args.root_key))
+    org = mandate.organization(args.org)
+    if org is None:
+        known = ", ".join(o.org for o in mandate.organizations)
+        raise ConfigError("--org", f"{args.org!r} is not in the mandate", f"use one of: {known}")
+    if org.root_key_id != key.key_id:
+        raise ConfigError(
+            "--root-key",
+            f"{args.root_key} is not the root key of {args.org} in mandate version"
+            f" {mandate.version}",
+            f"pass {args.org}'s root key file",
+        )
+    return key
+
+
+def _publish_registry(
+    args: argparse.Namespace, bootstrap: Bootstrap, env: Envelope, key_id: bytes
+) -> None:
+    from bus.kafka import Topics, registry_key  # noqa: PLC0415
+
+    raw = env.encode()
+    if args.out:
+        _write_new(args.out, raw, "registry record")
+    if args.offline:
+        return
+    topics = Topics(args.topic_prefix)
+    rkey = registry_key(env.payload_type, key_id)
+
+    async def go() -> tuple[int, int]:
+        await _ensure(bootstrap(args), topics, topics.registry)
+        return await publish(bootstrap(args), topics.registry, raw, rkey)
+
+    partition, offset = asyncio.run(go())
+    print(f"published to {topics.registry}[{partition}]@{offset} (key {rkey.decode()})")
+
+
+def _cmd_accredit(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    mandate, _ = load_mandate(Path(args.mandate))
+    root = _root_for(args, mandate)
+    role = Role[args.role.upper()]
+    if args.request:
+        subject, org, public_key, req_role = read_accreditation_request(
+            _read(args.request, "--request")
+        )
+        if org != args.org:
+            raise ConfigError("--request", f"request is for org {org!r}", f"accredit as {org}")
+        if req_role is not None and req_role != role:
+            raise ConfigError("--role", f"request asks for {req_role.name.lower()}", "match it")
+        if args.subject and args.subject != subject:
+            raise ConfigError("--subject", f"request names {subject!r}", "omit --subject")
+    else:
+        if not (args.public_key and args.subject):
+            raise ConfigError(
+                "--public-key", "missing", "pass --subject ID --public-key HEX, or --request FILE"
+            )
+        subject, public_key = args.subject, bytes.fromhex(args.public_key)
+    check_id("subject", subject)
+    from bus.crypto import validate_public_key  # noqa: PLC0415
+
+    validate_public_key(public_key)
+    not_before = (
+        mandate.not_before_ms
+        if args.not_before is None
+        else ceremony.parse_time_ms("--not-before", args.not_before)
+    )
+    not_after = (
+        mandate.not_after_ms
+        if args.not_after is None
+        else ceremony.parse_time_ms("--not-after", args.not_after)
+    )
+    acc = Accreditation(
+        subject_id=subject,
+        org=args.org,
+        role=role,
+        public_key=public_key,
+        not_before_ms=not_before,
+        not_after_ms=not_after,
+        serial=args.serial if args.serial is not None else _now_ms(),
+        mandate_id=mandate.mandate_id,
+    )
+    env = sign_accreditation(acc, root)
+    print(
+        f"accreditation: {args.org}/{subject} as {role.name.lower()}, key id {acc.key_id.hex()},"
+        f" valid {ceremony.format_time_ms(not_before)} .. {ceremony.format_time_ms(not_after)}"
+    )
+    _publish_registry(args, bootstrap, env, acc.key_id)
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    mandate, _ = load_mandate(Path(args.mandate))
+    root = _root_for(args, mandate)
+    try:
+        key_id = bytes.fromhex(args.key_id)
+    except ValueError:
+        key_id = b""
+    if len(key_id) != 32:
+        raise ConfigError("--key-id", "is not 64 hex characters", "pass the revoked key's id")
+    if args.last_valid_seq < 0:
+        raise ConfigError("--last-valid-seq", "is negative", "0 revokes everything the key signed")
+    rev = Revocation(
+        org=args.org,
+        key_id=key_id,
+        last_valid_seq=args.last_valid_seq,
+        revoked_at_ms=_now_ms(),
+        reason=args.reason,
+        serial=args.serial if args.serial is not None else _now_ms(),
+        mandate_id=mandate.mandate_id,
+    )
+    env = sign_revocation(rev, root)
+    print(
+        f"revocation by {args.org} of key {key_id.hex()}: reports with seq >"
+        f" {args.last_valid_seq} stop counting ({args.reason})"
+    )
+    _publish_registry(args, bootstrap, env, key_id)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+
+
+def add_trust_commands(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    common: Common,
+    bootstrap: Bootstrap,
+) -> None:
+    """Add ``mandate`` and ``org`` sub-commands to the ``obus`` parser."""
+    md = sub.add_parser(
+        "mandate",
+        help="the offline mandate ceremony: draft, sign, combine, verify, show, publish",
+        description="Mandate versions are signed offline: one person drafts, every organization "
+        "signs the same draft file with its root key on its own machine, anyone combines the "
+        "signatures into the signed mandate file. Version N+1 needs the threshold of version N's "
+        "organizations and of its own.",
+        epilog="Example rotation: obus mandate draft --previous v1.bin --add-org osce2 'OSCE' "
+        "HEX --out v2.draft; obus mandate sign --key un.key v2.draft --previous v1.bin; ... ; "
+        "obus mandate combine v2.draft *.sig --previous v1.bin --out v2.bin; "
+        "obus mandate publish v2.bin",
+    )
+    msub = md.add_subparsers(dest="mandate_command", required=True, metavar="STEP")
+
+    d = msub.add_parser("draft", help="write a draft from a description or a previous version")
+    d.add_argument("description", nargs="?", help="TOML or YAML description (first version)")
+    d.add_argument("--previous", metavar="FILE", help="signed current version (draft N+1)")
+    d.add_argument("--out", required=True, metavar="DRAFT", help="draft file to write")
+    d.add_argument("--threshold", type=int, help="new threshold (rotation)")
+    d.add_argument(
+        "--add-org", nargs=3, action="append", metavar=("ORG", "NAME", "ROOT_PUBLIC_KEY_HEX")
+    )
+    d.add_argument("--remove-org", action="append", metavar="ORG")
+    d.add_argument(
+        "--replace-key", nargs=2, action="append", metavar=("ORG", "ROOT_PUBLIC_KEY_HEX")
+    )
+    d.add_argument("--not-after", metavar="TIME", help="new end of validity (RFC 3339)")
+    d.add_argument("--text", metavar="TEXT", help="new description text")
+    d.add_argument("--log-level", default="warning")
+    d.set_defaults(func=_cmd_draft)
+
+    s = msub.add_parser("sign", help="sign a draft with one organization's root key (offline)")
+    s.add_argument("draft", metavar="DRAFT")
+    s.add_argument("--key", required=True, metavar="ROOT_KEY_FILE")
+    s.add_argument("--previous", metavar="FILE", help="signed previous version (to name the org)")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--out", metavar="FILE", help="detached signature file (default DRAFT.ORG.sig)")
+    g.add_argument("--bundle", metavar="FILE", help="append to a signatures bundle instead")
+    s.add_argument("--log-level", default="warning")
+    s.set_defaults(func=_cmd_sign)
+
+    c = msub.add_parser("combine", help="draft + signatures -> the signed mandate file")
+    c.add_argument("draft", metavar="DRAFT")
+    c.add_argument("signatures", nargs="+", metavar="SIGNATURES")
+    c.add_argument("--previous", metavar="FILE", help="signed previous version (rotation)")
+    c.add_argument("--out", required=True, metavar="FILE")
+    c.add_argument("--log-level", default="warning")
+    c.set_defaults(func=_cmd_combine)
+
+    v = msub.add_parser("verify", help="verify a signed mandate file (exit 1 with the reason)")
+    v.add_argument("file", metavar="FILE")
+    v.add_argument("--previous", metavar="FILE", help="verify as the successor of this version")
+    v.add_argument("--log-level", default="warning")
+    v.set_defaults(func=_cmd_verify)
+
+    sh = msub.add_parser("show", help="print a draft or a signed mandate for humans")
+    sh.add_argument("file", metavar="FILE")
+    sh.add_argument("--previous", metavar="FILE", help="also show the changes from this version")
+    sh.add_argument("--log-level", default="warning")
+    sh.set_defaults(func=_cmd_show)
+
+    p = msub.add_parser("publish", help="put a signed version on <prefix>mandate")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--previous", metavar="FILE", help="also check it follows this version")
+    common(p)
+    p.set_defaults(func=lambda a: _cmd_publish(a, bootstrap))
+
+    org = sub.add_parser("org", help="an organization's registry records: accredit, revoke")
+    osub = org.add_subparsers(dest="org_command", required=True, metavar="ACTION")
+
+    def registry_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--org", required=True, help="your organization id")
+        q.add_argument("--root-key", required=True, metavar="FILE", help="your root key file")
+        q.add_argument("--mandate", required=True, metavar="FILE", help="current mandate file")
+        q.add_argument("--serial", type=int, help="record serial (default: now in ms)")
+        q.add_argument("--out", metavar="FILE", help="also write the signed record here")
+        q.add_argument("--offline", action="store_true", help="do not publish (use with --out)")
+        common(q)
+
+    a = osub.add_parser("accredit", help="accredit an observer, node or auditor key")
+    registry_args(a)
+    a.add_argument("--subject", help="subject id (observer id, node id)")
+    a.add_argument("--role", required=True, choices=["observer", "node", "auditor"])
+    kg = a.add_mutually_exclusive_group(required=True)
+    kg.add_argument("--public-key", metavar="HEX", help="the subject's Ed25519 public key")
+    kg.add_argument("--request", metavar="FILE", help="accreditation request file")
+    a.add_argument("--not-before", metavar="TIME", help="default: the mandate's start")
+    a.add_argument("--not-after", metavar="TIME", help="default: the mandate's end")
+    a.set_defaults(func=lambda x: _cmd_accredit(x, bootstrap))
+
+    r = osub.add_parser(
+        "revoke",
+        help="revoke a key after a position in its own chain",
+        description="Reports signed by the key with seq <= --last-valid-seq stay valid; every "
+        "later one is quarantined as key_revoked at every node, and already accepted ones are "
+        "marked revoked_after_acceptance.",
+    )
+    registry_args(r)
+    r.add_argument("--key-id", required=True, metavar="HEX", help="SHA-256 of the revoked key")
+    r.add_argument("--last-valid-seq", required=True, type=int, metavar="N")
+    r.add_argument("--reason", required=True, metavar="TEXT")
+    r.set_defaults(func=lambda x: _cmd_revoke(x, bootstrap))
+
+
+__all__ = ["add_trust_commands", "mandate_key", "publish", "read_accreditation_request"]
