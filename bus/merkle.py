@@ -357,15 +357,15 @@ def verify_inclusion(
         root: the expected tree root.
 
     Raises:
-        VerificationError: ``Reason.INVALID_FIELD`` for malformed input (wrong hash lengths,
-            index not below size, proof of the wrong length) and for a proof that does not
-            lead to ``root``.
+        VerificationError: ``Reason.INCLUSION_PROOF_INVALID`` for malformed input (wrong hash
+            lengths, index not below size, proof of the wrong length) and for a proof that
+            does not lead to ``root``.
     """
     ctx = {"proof_kind": "inclusion", "index": index, "size": size}
     _require_uint64(index, "leaf index", ctx)
     _require_uint64(size, "tree size", ctx)
     if index >= size:
-        raise VerificationError(Reason.INVALID_FIELD, "leaf index is not below tree size", **ctx)
+        raise VerificationError(_reason(ctx), "leaf index is not below tree size", **ctx)
     _require_verify_hash(leaf_hash, "leaf hash", ctx)
     _require_verify_bytes(root, "root", ctx)
     path = _require_proof(proof, _inclusion_proof_len(index, size), ctx)
@@ -375,7 +375,7 @@ def verify_inclusion(
     for p in path:
         # sn == 0 cannot happen once the length matched; kept as in the RFC text.
         if sn == 0:  # pragma: no cover
-            raise VerificationError(Reason.INVALID_FIELD, "inclusion proof too long", **ctx)
+            raise VerificationError(_reason(ctx), "inclusion proof too long", **ctx)
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
             while not fn & 1 and fn != 0:
@@ -387,7 +387,7 @@ def verify_inclusion(
         sn >>= 1
     if sn != 0 or r != root:
         raise VerificationError(
-            Reason.INVALID_FIELD, "inclusion proof does not lead to the given root", **ctx
+            _reason(ctx), "inclusion proof does not lead to the given root", **ctx
         )
 
 
@@ -401,8 +401,8 @@ def verify_consistency(
     ``old_size == 0`` and ``old_size > new_size`` are rejected.
 
     Raises:
-        VerificationError: ``Reason.INVALID_FIELD`` for malformed input and for a proof that
-            does not reproduce both roots.
+        VerificationError: ``Reason.CONSISTENCY_PROOF_INVALID`` for malformed input and for
+            a proof that does not reproduce both roots.
     """
     ctx = {"proof_kind": "consistency", "old_size": old_size, "new_size": new_size}
     _require_uint64(old_size, "old size", ctx)
@@ -411,15 +411,15 @@ def verify_consistency(
     _require_verify_bytes(new_root, "new root", ctx)
     if old_size == 0:
         raise VerificationError(
-            Reason.INVALID_FIELD, "consistency with the empty tree proves nothing", **ctx
+            _reason(ctx), "consistency with the empty tree proves nothing", **ctx
         )
     if old_size > new_size:
-        raise VerificationError(Reason.INVALID_FIELD, "old size exceeds new size", **ctx)
+        raise VerificationError(_reason(ctx), "old size exceeds new size", **ctx)
     if old_size == new_size:
         # RFC 9162 defines no proof here; like transparency-dev: empty proof, same root.
         _require_proof(proof, 0, ctx)
         if old_root != new_root:
-            raise VerificationError(Reason.INVALID_FIELD, "equal sizes but different roots", **ctx)
+            raise VerificationError(_reason(ctx), "equal sizes but different roots", **ctx)
         return
     path = _require_proof(proof, _consistency_proof_len(old_size, new_size), ctx)
     if old_size & (old_size - 1) == 0:
@@ -433,7 +433,7 @@ def verify_consistency(
     fr = sr = path[0]
     for c in path[1:]:
         if sn == 0:  # pragma: no cover - excluded by the length check above
-            raise VerificationError(Reason.INVALID_FIELD, "consistency proof too long", **ctx)
+            raise VerificationError(_reason(ctx), "consistency proof too long", **ctx)
         if fn & 1 or fn == sn:
             fr = node_hash(c, fr)
             sr = node_hash(c, sr)
@@ -446,8 +446,15 @@ def verify_consistency(
         sn >>= 1
     if sn != 0 or fr != old_root or sr != new_root:
         raise VerificationError(
-            Reason.INVALID_FIELD, "consistency proof does not reproduce both roots", **ctx
+            _reason(ctx), "consistency proof does not reproduce both roots", **ctx
         )
+
+
+def _reason(ctx: dict[str, object]) -> Reason:
+    """The reason code of a failed check: which kind of proof it belongs to."""
+    if ctx.get("proof_kind") == "consistency":
+        return Reason.CONSISTENCY_PROOF_INVALID
+    return Reason.INCLUSION_PROOF_INVALID
 
 
 def _inclusion_proof_len(index: int, size: int) -> int:
@@ -477,7 +484,7 @@ def _require_hash(value: object, what: str) -> None:
 def _require_uint64(value: object, what: str, ctx: dict[str, object]) -> None:
     if not _is_uint64(value):
         raise VerificationError(
-            Reason.INVALID_FIELD, f"{what} must be an int in [0, 2**64)", field=what, **ctx
+            _reason(ctx), f"{what} must be an int in [0, 2**64)", field=what, **ctx
         )
 
 
@@ -485,13 +492,13 @@ def _require_verify_bytes(value: object, what: str, ctx: dict[str, object]) -> N
     # Roots are compared, not hashed, so any length is accepted here (a wrong length simply
     # never matches); transparency-dev's equal-size probe with 12-byte roots relies on this.
     if not isinstance(value, bytes):
-        raise VerificationError(Reason.INVALID_FIELD, f"{what} must be bytes", field=what, **ctx)
+        raise VerificationError(_reason(ctx), f"{what} must be bytes", field=what, **ctx)
 
 
 def _require_verify_hash(value: object, what: str, ctx: dict[str, object]) -> None:
     if not isinstance(value, bytes) or len(value) != HASH_SIZE:
         raise VerificationError(
-            Reason.INVALID_FIELD,
+            _reason(ctx),
             f"{what} must be {HASH_SIZE} bytes",
             field=what,
             got=_describe(value),
@@ -503,12 +510,12 @@ def _require_proof(proof: object, want: int, ctx: dict[str, object]) -> list[byt
     """Return ``proof`` as a list after checking its type, its length, then each element."""
     if isinstance(proof, (bytes, bytearray, str)) or not isinstance(proof, Sequence):
         raise VerificationError(
-            Reason.INVALID_FIELD, "proof must be a sequence of hashes", field="proof", **ctx
+            _reason(ctx), "proof must be a sequence of hashes", field="proof", **ctx
         )
     # Length first: a huge proof is refused without touching its elements.
     if len(proof) != want:
         raise VerificationError(
-            Reason.INVALID_FIELD,
+            _reason(ctx),
             f"{ctx['proof_kind']} proof has {len(proof)} hashes, expected {want}",
             field="proof",
             **ctx,
@@ -517,7 +524,7 @@ def _require_proof(proof: object, want: int, ctx: dict[str, object]) -> list[byt
     for i, p in enumerate(path):
         if not isinstance(p, bytes) or len(p) != HASH_SIZE:
             raise VerificationError(
-                Reason.INVALID_FIELD,
+                _reason(ctx),
                 f"proof[{i}] must be {HASH_SIZE} bytes",
                 field="proof",
                 got=_describe(p),

@@ -221,6 +221,10 @@ class KeyRing:
             )
         return acc
 
+    def accreditations(self, role: Role | None = None) -> list[Accreditation]:
+        """Every accredited key (of ``role`` when given), in the order first accredited."""
+        return [a for a in self._accredited.values() if role is None or a.role == role]
+
     def check_usable(self, acc: Accreditation, *, role: Role, at_ms: int, seq: int) -> None:
         """Check that an accredited key may sign a message of ``role`` at time/sequence.
 

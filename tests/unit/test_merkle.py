@@ -208,7 +208,7 @@ def test_inclusion_probe(probe: dict[str, Any]) -> None:
     if probe["want_error"]:
         with pytest.raises(VerificationError) as exc:
             verify_inclusion(*args)
-        assert exc.value.reason is Reason.INVALID_FIELD
+        assert exc.value.reason is Reason.INCLUSION_PROOF_INVALID
     else:
         assert verify_inclusion(*args) is None
 
@@ -225,7 +225,7 @@ def test_consistency_probe(probe: dict[str, Any]) -> None:
     if probe["want_error"]:
         with pytest.raises(VerificationError) as exc:
             verify_consistency(*args)
-        assert exc.value.reason is Reason.INVALID_FIELD
+        assert exc.value.reason is Reason.CONSISTENCY_PROOF_INVALID
     else:
         assert verify_consistency(*args) is None
 
@@ -507,7 +507,7 @@ def test_verify_inclusion_returns_none_or_raises_verification_error(
     try:
         assert verify_inclusion(lh, index, size, proof, root) is None
     except VerificationError as exc:
-        assert exc.reason is Reason.INVALID_FIELD
+        assert exc.reason is Reason.INCLUSION_PROOF_INVALID
 
 
 @settings(max_examples=150, deadline=None)
@@ -524,4 +524,4 @@ def test_verify_consistency_returns_none_or_raises_verification_error(
     try:
         assert verify_consistency(old, new, r1, r2, proof) is None
     except VerificationError as exc:
-        assert exc.reason is Reason.INVALID_FIELD
+        assert exc.reason is Reason.CONSISTENCY_PROOF_INVALID
