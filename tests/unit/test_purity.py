@@ -8,8 +8,9 @@ import sys
 
 PURE = [
     "bus.errors", "bus.crypto", "bus.model", "bus.trust", "bus.verify", "bus.sign",
-    "bus.policy", "bus.ingest", "bus.merkle", "bus.uuid7",
+    "bus.policy", "bus.ingest", "bus.merkle", "bus.uuid7", "bus.checkpoint",
     "bus.ceremony",
+    "bus.receipt", "bus.report_file",
 ]  # fmt: skip
 FORBIDDEN = ["asyncio", "aiokafka", "socket", "http", "aiohttp", "ssl", "selectors"]
 
