@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from bus.errors import Reason, VerificationError
+from bus.lifecycle import TrustTimeline
 from bus.policy import Decision, Policy
 from bus.store import Accepted, Outcome, Quarantined, RecordRef
 from bus.trust import KeyRing
@@ -31,6 +32,7 @@ class Ingestor:
             report topic).
         policy: this organization's follow-up policy, or None (auditors decide nothing).
         limits: verification limits.
+        timeline: mandate versions over log time (None: ``keyring`` judges every record).
     """
 
     keyring: KeyRing
@@ -38,6 +40,7 @@ class Ingestor:
     org_of_topic: dict[str, str] = field(default_factory=dict)
     policy: Policy | None = None
     limits: Limits = field(default_factory=Limits)
+    timeline: TrustTimeline | None = None
 
     def judge(self, ref: RecordRef, raw: bytes | None, org: str | None) -> Outcome:
         """Verify one record and extend its observer's chain; never raises on bad input."""
@@ -50,7 +53,9 @@ class Ingestor:
             vr = verify_report(
                 raw,
                 expected_org=org,
-                keyring=self.keyring,
+                keyring=self.keyring
+                if self.timeline is None
+                else self.timeline.at(ref.log_time_ms),
                 reference_ms=ref.log_time_ms,
                 limits=self.limits,
             )

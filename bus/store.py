@@ -49,6 +49,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     priority TEXT NOT NULL, zone TEXT NOT NULL, evidence TEXT NOT NULL,
     decided_at_ms INTEGER NOT NULL
 );
+-- Reports accepted before a revocation of their key reached this node, with seq above the
+-- revocation's last_valid_seq: no longer valid (README "Revocation"), kept and marked here.
+CREATE TABLE IF NOT EXISTS revoked_after_acceptance (
+    report_id TEXT PRIMARY KEY, key_id BLOB NOT NULL, seq INTEGER NOT NULL,
+    last_valid_seq INTEGER NOT NULL, revoking_org TEXT NOT NULL, detail TEXT NOT NULL
+);
 """
 
 
@@ -216,6 +222,38 @@ class NodeStore:
         """(report id, envelope digest) of every accepted report, ordered by report id."""
         rows = self._db.execute("SELECT report_id, digest FROM reports ORDER BY report_id")
         return [(r, bytes(d)) for r, d in rows]
+
+    def mark_revoked(self, key_id: bytes, last_valid_seq: int, org: str, detail: str) -> list[str]:
+        """Mark accepted reports signed by ``key_id`` with seq > ``last_valid_seq`` as revoked.
+
+        Idempotent (a report is marked once, with the first revocation that reached it).
+
+        Returns:
+            The report ids newly marked.
+
+        Raises:
+            StoreError: the transaction failed.
+        """
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT report_id, seq FROM reports WHERE key_id = ? AND seq > ? AND report_id"
+                " NOT IN (SELECT report_id FROM revoked_after_acceptance) ORDER BY seq",
+                (key_id, last_valid_seq),
+            ).fetchall()
+            db.executemany(
+                "INSERT INTO revoked_after_acceptance VALUES (?,?,?,?,?,?)",
+                [(r, key_id, s, last_valid_seq, org, detail) for r, s in rows],
+            )
+        return [r for r, _ in rows]
+
+    def revoked_after_acceptance(self) -> list[tuple[str, int, int]]:
+        """(report id, seq, last valid seq) of every report marked revoked after acceptance."""
+        return list(
+            self._db.execute(
+                "SELECT report_id, seq, last_valid_seq FROM revoked_after_acceptance"
+                " ORDER BY report_id"
+            )
+        )
 
     def decisions(self) -> list[tuple[str, str, str, str, str]]:
         """(rule, action, priority, zone, evidence) of every decision, oldest first."""

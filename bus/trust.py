@@ -198,6 +198,10 @@ class KeyRing:
         if known is None or rev.last_valid_seq < known.last_valid_seq:
             self._revoked[rev.key_id] = rev
 
+    def revocations(self) -> list[Revocation]:
+        """Every revocation in force (the earliest cut-off per key)."""
+        return list(self._revoked.values())
+
     def apply(self, envelope: Envelope) -> Accreditation | Revocation:
         """Verify a registry envelope and add it (accreditation or revocation)."""
         if envelope.payload_type == PAYLOAD_REVOCATION:

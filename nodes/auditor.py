@@ -21,9 +21,9 @@ from rich.table import Table
 from bus.errors import VerificationError
 from bus.ingest import Ingestor
 from bus.kafka import Topics, end_offsets, replay
+from bus.lifecycle import TrustTimeline
 from bus.model import Envelope, Mandate
 from bus.store import Accepted, RecordRef
-from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits
 
 log = structlog.get_logger(__name__)
@@ -48,6 +48,7 @@ class AuditResult:
     rejected: Counter[str] = field(default_factory=Counter)
     violations: list[Violation] = field(default_factory=list)
     registry_records: int = 0
+    mandate_versions: list[int] = field(default_factory=list)  # versions applied from the topic
 
     @property
     def ok(self) -> bool:
@@ -59,6 +60,7 @@ class AuditResult:
         return {
             "ok": self.ok,
             "registry_records": self.registry_records,
+            "mandate_versions": self.mandate_versions,
             "accepted": dict(self.accepted),
             "rejected": dict(self.rejected),
             "violations": [v.__dict__ for v in self.violations],
@@ -84,17 +86,30 @@ async def audit(
     """
     topics = topics or Topics()
     result = AuditResult()
-    keyring = KeyRing(mandate)
+    # Mandate versions first (each in effect from its log time), then the registry: the same
+    # TrustTimeline rules as every node (README "Mandate versions").
+    timeline = TrustTimeline(mandate)
+    async for rec in replay(bootstrap, [topics.mandate]):
+        try:
+            env = Envelope.decode(rec.value or b"")
+            if timeline.offer_mandate(env, log_time_ms=rec.timestamp) is not None:
+                result.mandate_versions.append(timeline.mandate.version)
+        except VerificationError as exc:
+            result.violations.append(
+                Violation(rec.topic, rec.partition, rec.offset, exc.reason.value, exc.message)
+            )
+    keyring = timeline.current
     async for rec in replay(bootstrap, [topics.registry]):
         result.registry_records += 1
         try:
-            keyring.apply(Envelope.decode(rec.value or b""))
+            timeline.apply_registry(Envelope.decode(rec.value or b""))
         except VerificationError as exc:
             result.violations.append(
                 Violation(rec.topic, rec.partition, rec.offset, exc.reason.value, exc.message)
             )
     digests: dict[str, bytes] = {}
     ingestor = Ingestor(keyring, ChainBook({}, digests.get), limits=limits or Limits())
+    ingestor.timeline = timeline
     total = sum((await end_offsets(bootstrap, topics.reports_pattern)).values())
     progress = Progress(
         TextColumn("audit"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -20,11 +20,13 @@ from aiokafka.errors import KafkaError
 from bus.errors import BusError, StoreError, VerificationError
 from bus.ingest import Ingestor
 from bus.kafka import Topics, wrap
-from bus.model import Envelope, Mandate, Report
+from bus.lifecycle import TrustTimeline
+from bus.model import Envelope, Mandate, Report, Revocation
 from bus.policy import Decision, Policy
 from bus.store import NodeStore, Outcome, Quarantined, RecordRef
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits
+from nodes.trust_follower import TrustFollower
 
 log = structlog.get_logger(__name__)
 
@@ -114,8 +116,11 @@ class OrgNode:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.store = NodeStore(config.db_path)
-        self.keyring = KeyRing(config.mandate)
-        self.registry = RegistryFollower(config.bootstrap, config.topics.registry, self.keyring)
+        # Mandate versions and key state over log time (README "Mandate versions").
+        self.trust = TrustTimeline(config.mandate)
+        self.registry = TrustFollower(
+            config.bootstrap, config.topics.mandate, config.topics.registry, self.trust
+        )
         self.chain = ChainBook(self.store.chain_heads(), self.store.report_digest)
         self.ingestor = Ingestor(self.keyring, self.chain, {}, config.policy, config.limits)
         self._positions = self.store.positions()
@@ -123,6 +128,29 @@ class OrgNode:
         self._consumer: AIOKafkaConsumer | None = None
         self.counts: dict[str, int] = {"accepted": 0, "quarantined": 0, "decisions": 0}
         self._log = log.bind(org=config.org)
+        self.ingestor.timeline = self.trust
+        self.counts["revoked_after_acceptance"] = 0
+
+    @property
+    def keyring(self) -> KeyRing:
+        """The key ring of the newest mandate version."""
+        return self.trust.current
+
+    async def _mark_revoked(self, revocations: list[Revocation]) -> None:
+        # A revocation that reached this node after reports it invalidates: mark them (never
+        # silently keep them valid). Idempotent, so replaying the registry on restart is safe.
+        for rev in revocations:
+            ids = await asyncio.to_thread(
+                self.store.mark_revoked, rev.key_id, rev.last_valid_seq, rev.org, rev.reason
+            )
+            if ids:
+                self.counts["revoked_after_acceptance"] += len(ids)
+                self._log.warning(
+                    "reports_revoked_after_acceptance",
+                    key_id=rev.key_id.hex(),
+                    last_valid_seq=rev.last_valid_seq,
+                    report_ids=ids,
+                )
 
     def stop(self) -> None:
         """Ask run() to finish its current batch and return."""
@@ -148,7 +176,7 @@ class OrgNode:
         """Consume until stop(); every batch is stored before its offsets are committed."""
         cfg = self.config
         self._replay_policy()
-        await self.registry.start()
+        await self._mark_revoked(await self.registry.start())
         self._log.info("node_started", accredited_keys=len(self.keyring), db=str(cfg.db_path))
         consumer = AIOKafkaConsumer(
             bootstrap_servers=cfg.bootstrap,
@@ -177,7 +205,7 @@ class OrgNode:
             self._log.info("node_stopped", **self.counts)
 
     async def _process(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
-        await self.registry.catch_up()
+        await self._mark_revoked(await self.registry.catch_up())
         outcomes: list[Outcome] = []
         decisions: list[Decision] = []
         touched: dict[tuple[str, int], int] = {}

@@ -1,0 +1,166 @@
+"""Trust over time: mandate versions followed from the log, each with the key ring it implies.
+
+Pure state machine (no I/O). A node or auditor starts from the mandate file it was given out of
+band, then feeds every record of ``<prefix>mandate`` and ``<prefix>registry`` in log order:
+
+* :meth:`TrustTimeline.offer_mandate` applies a version only when it verifies against the
+  current one (:func:`bus.trust.verify_mandate` with ``previous``: exactly N+1, ``threshold``
+  of version N's organizations **and** of its own). Anything else raises the
+  :class:`~bus.errors.VerificationError` the caller logs and counts as an alarm; it is never
+  applied. A byte-identical copy of a version already held is ignored (compaction and
+  republishing make those normal). An older version seen before any newer one on the topic is
+  history and ignored; an older or different version appearing **after** a newer one is a
+  rollback alarm.
+* **When a version takes effect** is the broker's log-append time of its record on the
+  mandate topic (the one clock every reader shares, see README "Clock"). A report is judged
+  under the version in effect at its own log-append time (:meth:`TrustTimeline.at`), so every
+  node, however it interleaves topics, and every later replay reach the same verdict. The
+  out-of-band version is in effect from the beginning of the log. Its freshness check
+  (``mandate_expired``) also uses the record's log time, never a local clock.
+* **Key state under each version** is rebuilt from every registry record seen so far, verified
+  against that version: an accreditation counts while its organization is a member **and** its
+  signature is by that organization's root key in that version. So an organization that
+  leaves takes its accreditations with it, and an organization that rotates its root key must
+  re-accredit its keys under the new one (a rotated-out key may be the compromised one).
+  Revocations are never undone: every revocation verified under any version stays in force in
+  every later one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from dataclasses import dataclass
+
+from bus.errors import Reason, VerificationError
+from bus.model import PAYLOAD_MANDATE, Accreditation, Envelope, Mandate, Revocation, encode
+from bus.trust import KeyRing, verify_mandate
+
+RegistryEntry = Accreditation | Revocation
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """A mandate version in effect from ``active_from_ms`` (log time) with its key ring."""
+
+    active_from_ms: int
+    payload: bytes
+    keyring: KeyRing
+
+    @property
+    def mandate(self) -> Mandate:
+        """The mandate of this version."""
+        return self.keyring.mandate
+
+
+class TrustTimeline:
+    """Mandate versions in log-time order, each with its key ring (see module docstring).
+
+    Args:
+        root: the out-of-band mandate (already verified by the caller).
+    """
+
+    def __init__(self, root: Mandate) -> None:
+        # Decoding is canonical, so the encoding is the payload every copy of it carries.
+        self._versions: list[Version] = [Version(0, encode(root), KeyRing(root))]
+        self._starts: list[int] = [0]
+        self._registry: list[Envelope] = []
+        self._newest_on_topic = 0  # highest version number seen on the mandate topic
+
+    # -- reads -------------------------------------------------------------------------------
+
+    @property
+    def current(self) -> KeyRing:
+        """The key ring of the newest version."""
+        return self._versions[-1].keyring
+
+    @property
+    def mandate(self) -> Mandate:
+        """The newest applied mandate version."""
+        return self.current.mandate
+
+    @property
+    def versions(self) -> tuple[Version, ...]:
+        """Every applied version, oldest first."""
+        return tuple(self._versions)
+
+    def at(self, log_time_ms: int) -> KeyRing:
+        """The key ring of the version in effect at a record's log-append time."""
+        return self._versions[bisect.bisect_right(self._starts, log_time_ms) - 1].keyring
+
+    # -- registry ----------------------------------------------------------------------------
+
+    def apply_registry(self, envelope: Envelope) -> RegistryEntry:
+        """Apply a registry record to every version's key ring.
+
+        Returns:
+            The entry as verified under the newest version.
+
+        Raises:
+            VerificationError: the newest version refuses it (older versions may still count
+                it; a record that counts nowhere changes nothing).
+        """
+        self._registry.append(envelope)
+        for v in self._versions[:-1]:
+            with contextlib.suppress(VerificationError):  # counts under that version or not
+                v.keyring.apply(envelope)
+        return self.current.apply(envelope)
+
+    def revocations(self) -> list[Revocation]:
+        """Every revocation in force under the newest version."""
+        return self.current.revocations()
+
+    # -- mandate -----------------------------------------------------------------------------
+
+    def offer_mandate(self, envelope: Envelope, *, log_time_ms: int) -> Mandate | None:
+        """Consider a mandate record read from the mandate topic at ``log_time_ms``.
+
+        Returns:
+            The new mandate when it was applied; None for a duplicate or older history.
+
+        Raises:
+            VerificationError: an alarm, never applied: ``wrong_payload_type``, ``malformed``,
+                ``wrong_mandate``, ``mandate_rollback`` (older or conflicting version after a
+                newer one, or a skipped version), ``threshold_not_met``, ``mandate_expired``.
+        """
+        if envelope.payload_type != PAYLOAD_MANDATE:
+            raise VerificationError(
+                Reason.WRONG_PAYLOAD_TYPE, f"not a mandate: {envelope.payload_type!r}"
+            )
+        offered = Mandate.decode(envelope.payload)
+        current = self.mandate
+        if offered.mandate_id != current.mandate_id:
+            raise VerificationError(
+                Reason.WRONG_MANDATE,
+                f"mandate id {offered.mandate_id!r} differs from {current.mandate_id!r}",
+            )
+        newest_before = self._newest_on_topic
+        self._newest_on_topic = max(self._newest_on_topic, offered.version)
+        if offered.version <= current.version:
+            held = next((v for v in self._versions if v.mandate.version == offered.version), None)
+            if held is not None and held.payload == envelope.payload:
+                return None  # the same version again
+            if held is None and offered.version > newest_before:
+                return None  # history older than what we were given out of band
+            raise VerificationError(
+                Reason.MANDATE_ROLLBACK,
+                f"version {offered.version} appears after version"
+                f" {max(newest_before, current.version)}"
+                + (" with other content" if held is not None else ""),
+                version=offered.version,
+            )
+        mandate = verify_mandate(envelope, previous=current, now_ms=log_time_ms)
+        self._activate(mandate, envelope.payload, log_time_ms)
+        return mandate
+
+    def _activate(self, mandate: Mandate, payload: bytes, log_time_ms: int) -> None:
+        keyring = KeyRing(mandate)
+        for env in self._registry:
+            with contextlib.suppress(VerificationError):  # left, re-keyed: does not count
+                keyring.apply(env)
+        for rev in self.current.revocations():
+            with contextlib.suppress(VerificationError):  # key now another org's: cannot revoke
+                keyring.add_revocation(rev)
+        start = max(log_time_ms, self._starts[-1])
+        self._versions.append(Version(start, payload, keyring))
+        self._starts.append(start)

@@ -1,0 +1,141 @@
+"""Does a Kafka broker answer on HOST:PORT? Standard library only (runs before any venv exists).
+
+Sends ApiVersions v0 (every broker answers it, whatever its version) and then Metadata
+(v4..v8, the newest both sides speak, without the flexible encoding) and requires at least
+one registered broker in the answer. Prints one line describing the cluster.
+
+    python3 deploy/local/kafka_probe.py 127.0.0.1:9092 [--wait SECONDS] [--quiet]
+
+Exit status: 0 when the broker answers, 1 when it does not (before --wait runs out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import struct
+import sys
+import time
+
+API_METADATA = 3
+API_VERSIONS = 18
+CLIENT_ID = b"obus-probe"
+
+
+class ProbeError(Exception):
+    """The peer did not answer like a Kafka broker."""
+
+
+class _Reader:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def take(self, fmt: str) -> int:
+        size = struct.calcsize(fmt)
+        if self.pos + size > len(self.data):
+            raise ProbeError("truncated response")
+        (value,) = struct.unpack_from(fmt, self.data, self.pos)
+        self.pos += size
+        return int(value)
+
+    def string(self) -> str | None:
+        length = self.take(">h")
+        if length < 0:
+            return None
+        raw = self.data[self.pos : self.pos + length]
+        self.pos += length
+        return raw.decode("utf-8", "replace")
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < size:
+        chunk = sock.recv(size - len(buf))
+        if not chunk:
+            raise ProbeError("connection closed by peer")
+        buf += chunk
+    return bytes(buf)
+
+
+def _request(
+    sock: socket.socket, api_key: int, version: int, correlation_id: int, body: bytes
+) -> _Reader:
+    header = struct.pack(">hhih", api_key, version, correlation_id, len(CLIENT_ID)) + CLIENT_ID
+    payload = header + body
+    sock.sendall(struct.pack(">i", len(payload)) + payload)
+    (size,) = struct.unpack(">i", _recv_exact(sock, 4))
+    reader = _Reader(_recv_exact(sock, size))
+    if reader.take(">i") != correlation_id:
+        raise ProbeError("correlation id mismatch")
+    return reader
+
+
+def probe(host: str, port: int, timeout: float) -> str:
+    """Return a one-line description of the cluster, or raise OSError/ProbeError."""
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        reader = _request(sock, API_VERSIONS, 0, 1, b"")
+        error = reader.take(">h")
+        if error != 0:
+            raise ProbeError(f"ApiVersions error code {error}")
+        versions = {}
+        for _ in range(reader.take(">i")):
+            key, low, high = reader.take(">h"), reader.take(">h"), reader.take(">h")
+            versions[key] = (low, high)
+        if API_METADATA not in versions:
+            raise ProbeError("broker does not offer Metadata")
+        low, high = versions[API_METADATA]
+        version = min(high, 8)
+        if version < max(low, 4):
+            raise ProbeError(f"no common Metadata version (broker offers v{low}..v{high})")
+        body = struct.pack(">ib", -1, 0)  # all topics, no auto-creation
+        if version >= 8:
+            body += struct.pack(">bb", 0, 0)  # no authorized operations
+        reader = _request(sock, API_METADATA, version, 2, body)
+        reader.take(">i")  # throttle_time_ms
+        brokers = []
+        for _ in range(reader.take(">i")):
+            node_id = reader.take(">i")
+            node_host = reader.string()
+            node_port = reader.take(">i")
+            reader.string()  # rack
+            brokers.append(f"{node_id}@{node_host}:{node_port}")
+        cluster_id = reader.string()
+        controller = reader.take(">i")
+        if not brokers:
+            raise ProbeError("no broker registered yet")
+        return (
+            f"cluster {cluster_id} answers on {host}:{port}: "
+            f"brokers {','.join(brokers)}, controller {controller}, "
+            f"{len(versions)} APIs"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bootstrap", help="HOST:PORT")
+    parser.add_argument("--wait", type=float, default=0.0, help="retry for this many seconds")
+    parser.add_argument("--timeout", type=float, default=3.0, help="socket timeout per attempt")
+    parser.add_argument("--quiet", action="store_true", help="print nothing on success")
+    args = parser.parse_args(argv)
+    host, sep, port_text = args.bootstrap.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        parser.error(f"expected HOST:PORT, got {args.bootstrap!r}")
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            line = probe(host.strip("[]"), int(port_text), args.timeout)
+        except (OSError, ProbeError) as exc:
+            if time.monotonic() >= deadline:
+                print(f"no Kafka broker answers on {args.bootstrap}: {exc}", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        else:
+            if not args.quiet:
+                print(line)
+            return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Following mandate versions over log time: named scenarios and their outcomes (pure)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bus.errors import Reason, VerificationError
+from bus.ingest import Ingestor
+from bus.lifecycle import TrustTimeline
+from bus.model import Accreditation, Envelope, Mandate, Organization, Revocation, Role, Zone
+from bus.sign import sign_accreditation, sign_mandate, sign_revocation
+from bus.store import Accepted, Quarantined
+from bus.verify import ChainBook
+from tests.mission import NOW_MS, Mission, demo_key, make_mission, ref
+
+ORGS = ["un", "osce", "eu", "nato", "csto", "sco"]
+T_V2 = NOW_MS - 1_000_000  # log time at which version 2 appears on the mandate topic
+WEST = Zone("west", "Lowlands", 47.0, 35.0, 48.0, 37.0)
+
+
+def _timeline(m: Mission) -> TrustTimeline:
+    tl = TrustTimeline(m.scenario.mandate)
+    for raw in m.scenario.accreditations:
+        tl.apply_registry(Envelope.decode(raw))
+    return tl
+
+
+def _v(m: Mission, version: int, signers: list[str], **changes: object) -> Envelope:
+    new = dataclasses.replace(m.scenario.mandate, version=version, **changes)  # type: ignore[arg-type]
+    return sign_mandate(new, [m.scenario.org_roots[o] for o in signers])
+
+
+def _orgs(m: Mission, drop: str = "", rekey: str = "") -> tuple[Organization, ...]:
+    out = []
+    for o in m.scenario.mandate.organizations:
+        if o.org == drop:
+            continue
+        key = demo_key(f"new-root:{rekey}").public_key if o.org == rekey else o.root_public_key
+        out.append(dataclasses.replace(o, root_public_key=key))
+    return tuple(out)
+
+
+# name -> (build the offered versions, index of the one judged, expected reason or None)
+OFFERS: dict[str, tuple[list[tuple[list[str], dict[str, object], int]], Reason | None]] = {
+    "v2 signed by 4 of 6": ([(ORGS[:4], {}, 2)], None),
+    "v2 signed by 3 of 6": ([(ORGS[:3], {}, 2)], Reason.THRESHOLD_NOT_MET),
+    "v2 signed four times by one organization": ([(["un"] * 4, {}, 2)], Reason.THRESHOLD_NOT_MET),
+    "v3 skips a version": ([(ORGS, {}, 3)], Reason.MANDATE_ROLLBACK),
+    "other mandate id": ([(ORGS, {"mandate_id": "other"}, 2)], Reason.WRONG_MANDATE),
+    "expired at its log time": ([(ORGS, {"not_after_ms": T_V2 - 1}, 2)], Reason.MANDATE_EXPIRED),
+    "a second, different v2 after v2": ([(ORGS, {}, 2), (ORGS, {"description": "other"}, 2)], Reason.MANDATE_ROLLBACK),
+    "v1 again with other content after v2": ([(ORGS, {}, 2), (ORGS, {"description": "x"}, 1)], Reason.MANDATE_ROLLBACK),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(OFFERS))
+def test_mandate_offers(name: str) -> None:
+    offers, reason = OFFERS[name]
+    m = make_mission()
+    tl = _timeline(m)
+    *before, (signers, changes, version) = offers
+    for s, c, v in before:
+        assert tl.offer_mandate(_v(m, v, s, **c), log_time_ms=T_V2) is not None
+    applied = len(tl.versions)
+    env = _v(m, version, signers, **changes)
+    if reason is None:
+        assert tl.offer_mandate(env, log_time_ms=T_V2) is not None
+        assert tl.mandate.version == version
+    else:
+        with pytest.raises(VerificationError) as exc:
+            tl.offer_mandate(env, log_time_ms=T_V2 + 1)
+        assert exc.value.reason is reason
+        assert len(tl.versions) == applied  # never applied
+
+
+def test_copies_and_history_are_not_alarms() -> None:
+    m = make_mission()
+    tl = _timeline(m)
+    v1 = Envelope.decode(m.scenario.mandate_envelope)
+    assert tl.offer_mandate(v1, log_time_ms=1) is None  # the out-of-band version, published
+    v2 = _v(m, 2, ORGS[:4])
+    assert tl.offer_mandate(v2, log_time_ms=T_V2) is not None
+    assert tl.offer_mandate(v2, log_time_ms=T_V2 + 5) is None  # republished copy
+    # A node started from the v2 file sees v1 first on the topic: history, ignored.
+    late = TrustTimeline(tl.mandate)
+    assert late.offer_mandate(v1, log_time_ms=1) is None
+    assert late.offer_mandate(v2, log_time_ms=T_V2) is None
+    # ... but v1 published again after v2 is a rollback attempt.
+    with pytest.raises(VerificationError) as exc:
+        late.offer_mandate(v1, log_time_ms=T_V2 + 9)
+    assert exc.value.reason is Reason.MANDATE_ROLLBACK
+
+
+def _judge(m: Mission, tl: TrustTimeline, raw: bytes, org: str, t: int) -> Accepted | Quarantined:
+    ing = Ingestor(tl.current, ChainBook({}, {}.get), timeline=tl)
+    return ing.judge(ref(f"obus.reports.{org}", 0, t), raw, org)
+
+
+def test_reports_are_judged_under_the_version_in_effect_at_their_log_time() -> None:
+    m = make_mission()
+    tl = _timeline(m)
+    assert tl.offer_mandate(
+        _v(m, 2, ORGS[:4], zones=(*m.scenario.mandate.zones, WEST)), log_time_ms=T_V2
+    )
+    west = m.draft(
+        "un", 1, zone="west", location=dataclasses.replace(m.draft().location, lat=47.5, lon=36.0)
+    )
+    raw = m.signer("un", 1).sign(west)
+    before = _judge(m, tl, raw, "un", T_V2 - 1)
+    after = _judge(m, tl, raw, "un", T_V2)
+    assert isinstance(before, Quarantined)
+    assert before.reason == "outside_zone"
+    assert isinstance(after, Accepted)
+
+
+def test_organization_leaving_takes_its_accreditations_with_it() -> None:
+    m = make_mission()
+    tl = _timeline(m)
+    raw = m.next_report("sco", 1)
+    assert tl.offer_mandate(
+        _v(m, 2, ORGS[:4], organizations=_orgs(m, drop="sco")), log_time_ms=T_V2
+    )
+    assert isinstance(_judge(m, tl, raw, "sco", T_V2 - 1), Accepted)
+    late = _judge(m, tl, raw, "sco", T_V2 + 1)
+    assert isinstance(late, Quarantined)
+    assert late.reason == "unknown_key"
+    # A registry record of the departed organization no longer counts under the newest version.
+    acc = Accreditation("sco-obs-9", "sco", Role.OBSERVER, demo_key("sco9").public_key,
+                        NOW_MS - 10**9, NOW_MS + 10**9, 9, m.mandate_id)  # fmt: skip
+    with pytest.raises(VerificationError) as exc:
+        tl.apply_registry(sign_accreditation(acc, m.scenario.org_roots["sco"]))
+    assert exc.value.reason is Reason.WRONG_ORG
+
+
+def test_root_key_rotated_inside_an_organization_needs_re_accreditation() -> None:
+    m = make_mission()
+    tl = _timeline(m)
+    v2 = dataclasses.replace(m.scenario.mandate, version=2, organizations=_orgs(m, rekey="un"))
+    signers = [m.scenario.org_roots[o] for o in ORGS[:4]] + [demo_key("new-root:un")]
+    assert tl.offer_mandate(sign_mandate(v2, signers), log_time_ms=T_V2)
+    raw = m.next_report("un", 1)
+    assert isinstance(_judge(m, tl, raw, "un", T_V2 + 1), Quarantined)
+    # The organization re-accredits the same observer key under its new root key.
+    _, key = m.observer("un", 1)
+    acc = Accreditation("un-obs-1", "un", Role.OBSERVER, key.public_key,
+                        NOW_MS - 10**9, NOW_MS + 10**9, 100, m.mandate_id)  # fmt: skip
+    tl.apply_registry(sign_accreditation(acc, demo_key("new-root:un")))
+    assert isinstance(_judge(m, tl, raw, "un", T_V2 + 1), Accepted)
+
+
+def test_revocations_survive_rotations() -> None:
+    m = make_mission()
+    tl = _timeline(m)
+    _, key = m.observer("un", 2)
+    rev = Revocation("un", key.key_id, 0, NOW_MS, "lost", 1, m.mandate_id)
+    tl.apply_registry(sign_revocation(rev, m.scenario.org_roots["un"]))
+    assert tl.offer_mandate(_v(m, 2, ORGS[:4]), log_time_ms=T_V2)
+    assert [r.key_id for r in tl.revocations()] == [key.key_id]
+    out = _judge(m, tl, m.next_report("un", 2), "un", T_V2 + 1)
+    assert isinstance(out, Quarantined)
+    assert out.reason == "key_revoked"
+
+
+def test_new_organization_can_accredit_after_it_joins() -> None:
+    m = make_mission()
+    tl = _timeline(m)
+    au_root = demo_key("root:au")
+    au = Organization("au", "African Union", au_root.public_key)
+    new: Mandate = dataclasses.replace(
+        m.scenario.mandate, version=2, organizations=(*m.scenario.mandate.organizations, au)
+    )
+    acc = Accreditation("au-obs-1", "au", Role.OBSERVER, demo_key("au1").public_key,
+                        NOW_MS - 10**9, NOW_MS + 10**9, 1, m.mandate_id)  # fmt: skip
+    with pytest.raises(VerificationError):  # not a member yet
+        tl.apply_registry(sign_accreditation(acc, au_root))
+    signers = [m.scenario.org_roots[o] for o in ORGS[:4]]
+    assert tl.offer_mandate(sign_mandate(new, signers), log_time_ms=T_V2)
+    # The record read before the version is re-judged under it: order of reading does not matter.
+    assert tl.current.lookup(acc.key_id).subject_id == "au-obs-1"
