@@ -200,6 +200,10 @@ def build_parser() -> argparse.ArgumentParser:
     from nodes.trust_cli import add_trust_commands  # noqa: PLC0415 - issue 4: mandate, org
 
     add_trust_commands(sub, _common, _bootstrap)
+
+    from nodes.observer_cli import add_commands  # noqa: PLC0415 - issue 3: observer, gateway
+
+    add_commands(sub, _common, _bootstrap)
     return parser
 
 

@@ -1,0 +1,631 @@
+"""The field observer's client: key at rest, report submission, outbox delivery, receipts.
+
+An observer's home directory (``--home``, default ``$OBUS_OBSERVER_HOME`` or
+``~/.obus/observer``) holds:
+
+=============================  ================================================================
+``observer.json``              observer id, organization, mandate id, gateway URL
+``mandate.bin``                the signed mandate (checked at ``init``; used to validate
+                               reports before signing and to verify receipts offline)
+``key.json``                   the Ed25519 seed, encrypted: scrypt (n=2^15, r=8, p=1) derives
+                               an AES-256-GCM key from the passphrase; the key id is the AAD
+``accreditation-request.json`` what the organization signs to accredit this key (with a proof
+                               of possession: the observer's signature over the request)
+``outbox.db``                  signed reports, chain head, delivery state, receipts
+                               (:mod:`nodes.outbox`)
+=============================  ================================================================
+
+Delivery (:func:`sync`): strictly oldest first, one report at a time (the gateway checks the
+chain, so order matters); a failure that can heal (no connection, timeout, HTTP 429/5xx) is
+retried with exponential backoff and full jitter (delay drawn uniformly from
+``[0, min(cap, base * 2^n)]``, the "full jitter" of AWS's backoff study), a ``Retry-After``
+is honoured; a refusal (other 4xx) is recorded with the gateway's reason code and delivery
+moves on. Every outcome is written to the outbox before the next report is sent, so ``sync``
+can be killed at any moment and run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp
+import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from bus.crypto import SigningKey, pae
+from bus.errors import BusError, ConfigError, KeyStoreError, Reason, VerificationError
+from bus.model import Envelope, Mandate, Role, check_id
+from bus.receipt import verify_receipt
+from bus.report_file import Identity, format_of, parse_report
+from bus.sign import ReportSigner
+from bus.trust import KeyRing, verify_accreditation, verify_mandate
+from bus.uuid7 import uuid7
+from bus.verify import ChainHead
+from nodes.outbox import DELIVERED, QUEUED, REJECTED, Entry, Outbox
+
+log = structlog.get_logger(__name__)
+
+ENCRYPTED_KEY_TYPE: Final = "obus-ed25519-encrypted"
+REQUEST_TYPE: Final = "obus-accreditation-request"
+REQUEST_PAYLOAD_TYPE: Final = "application/vnd.obus.accreditation-request.v1+json"
+PASSPHRASE_ENV: Final = "OBUS_PASSPHRASE"  # noqa: S105 - a variable name
+HOME_ENV: Final = "OBUS_OBSERVER_HOME"
+# scrypt cost: n=2^15, r=8 is the interactive-login setting of the scrypt paper (Percival
+# 2009) and RFC 7914's examples; about 32 MiB and ~0.1 s here, paid once per submit.
+SCRYPT_N: Final = 2**15
+SCRYPT_R: Final = 8
+SCRYPT_P: Final = 1
+MIN_PASSPHRASE_CHARS: Final = 8
+
+
+# ---------------------------------------------------------------------------------------------
+# Key at rest
+
+
+def _kdf(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode("utf-8"))
+
+
+def write_encrypted_key(path: Path, key: SigningKey, passphrase: str, *, n: int = SCRYPT_N) -> None:
+    """Write the key encrypted under the passphrase (mode 0600; refuses to overwrite).
+
+    Raises:
+        KeyStoreError: the passphrase is too short or the file exists.
+    """
+    if len(passphrase) < MIN_PASSPHRASE_CHARS:
+        raise KeyStoreError(f"passphrase must have at least {MIN_PASSPHRASE_CHARS} characters")
+    salt, nonce = os.urandom(16), os.urandom(12)
+    secret = _kdf(passphrase, salt, n, SCRYPT_R, SCRYPT_P)
+    ciphertext = AESGCM(secret).encrypt(nonce, key.seed, key.key_id)
+    doc = {
+        "type": ENCRYPTED_KEY_TYPE,
+        "key_id": key.key_id.hex(),
+        "public_key": key.public_key.hex(),
+        "kdf": {"name": "scrypt", "n": n, "r": SCRYPT_R, "p": SCRYPT_P, "salt": salt.hex()},
+        "cipher": {"name": "aes-256-gcm", "nonce": nonce.hex(), "ciphertext": ciphertext.hex()},
+    }
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise KeyStoreError(f"{path} exists; refusing to overwrite a key", path=str(path)) from exc
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_encrypted_key(path: Path, passphrase: str) -> SigningKey:
+    """Decrypt a key file.
+
+    Raises:
+        KeyStoreError: missing or malformed file, or a wrong passphrase (the message says which).
+    """
+    try:
+        doc = json.loads(path.read_bytes())
+        if doc.get("type") != ENCRYPTED_KEY_TYPE:
+            raise KeyStoreError(f"{path}: not an {ENCRYPTED_KEY_TYPE} key file", path=str(path))
+        kdf, cipher = doc["kdf"], doc["cipher"]
+        key_id = bytes.fromhex(doc["key_id"])
+        secret = _kdf(passphrase, bytes.fromhex(kdf["salt"]), kdf["n"], kdf["r"], kdf["p"])
+        nonce, ciphertext = bytes.fromhex(cipher["nonce"]), bytes.fromhex(cipher["ciphertext"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise KeyStoreError(f"cannot read key file {path}: {exc}", path=str(path)) from exc
+    try:
+        seed = AESGCM(secret).decrypt(nonce, ciphertext, key_id)
+    except InvalidTag:
+        raise KeyStoreError("wrong passphrase (or the key file was altered)") from None
+    key = SigningKey.from_seed(seed)
+    if key.key_id != key_id:
+        raise KeyStoreError(f"{path}: key id does not match the decrypted key", path=str(path))
+    return key
+
+
+# ---------------------------------------------------------------------------------------------
+# Home directory
+
+
+@dataclass(frozen=True, slots=True)
+class ObserverConfig:
+    """What ``init`` records about this observer."""
+
+    observer_id: str
+    org: str
+    mandate_id: str
+    gateway: str
+
+    @property
+    def identity(self) -> Identity:
+        """The identity filled into every report."""
+        return Identity(self.observer_id, self.org, self.mandate_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Home:
+    """Paths of an observer's home directory."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "observer.json"
+
+    @property
+    def mandate(self) -> Path:
+        return self.root / "mandate.bin"
+
+    @property
+    def key(self) -> Path:
+        return self.root / "key.json"
+
+    @property
+    def request(self) -> Path:
+        return self.root / "accreditation-request.json"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "outbox.db"
+
+    def load_config(self) -> ObserverConfig:
+        """Read observer.json.
+
+        Raises:
+            ConfigError: not initialised.
+        """
+        try:
+            doc = json.loads(self.config.read_text())
+            return ObserverConfig(doc["observer_id"], doc["org"], doc["mandate_id"], doc["gateway"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise ConfigError(
+                "observer home", f"{self.root} is not initialised ({exc})", "run obus observer init"
+            ) from exc
+
+    def load_mandate(self, *, now_ms: int) -> Mandate:
+        """The mandate kept at init (verified again, as any input).
+
+        Raises:
+            ConfigError: missing or no longer valid.
+        """
+        try:
+            return verify_mandate(
+                Envelope.decode(self.mandate.read_bytes()), previous=None, now_ms=now_ms
+            )
+        except (OSError, BusError) as exc:
+            raise ConfigError(
+                "mandate", f"{self.mandate} cannot be used: {exc}", "run obus observer init again"
+            ) from exc
+
+
+def now_ms() -> int:
+    """Wall-clock Unix milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+def init_observer(
+    home: Home,
+    *,
+    observer_id: str,
+    org: str,
+    mandate_envelope: bytes,
+    gateway: str,
+    passphrase: str,
+    at_ms: int,
+    scrypt_n: int = SCRYPT_N,
+) -> SigningKey:
+    """Create an observer home: a new key (encrypted), config, mandate, accreditation request.
+
+    Returns:
+        The new signing key.
+
+    Raises:
+        ConfigError: home already initialised, the mandate does not verify, or the org is
+            not part of it.
+        KeyStoreError: passphrase too short.
+        VerificationError: ``invalid_field`` for a bad observer id.
+    """
+    if home.config.exists() or home.key.exists():
+        raise ConfigError(
+            "observer home", f"{home.root} is already initialised", "use another --home"
+        )
+    try:
+        mandate = verify_mandate(Envelope.decode(mandate_envelope), previous=None, now_ms=at_ms)
+    except BusError as exc:
+        raise ConfigError(
+            "mandate", f"does not verify: {exc.message}", "pass the signed mandate"
+        ) from exc
+    if mandate.organization(org) is None:
+        known = ", ".join(o.org for o in mandate.organizations)
+        raise ConfigError("org", f"{org!r} is not part of the mandate", f"one of {known}")
+    check_id("observer_id", observer_id)
+    home.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = SigningKey.generate()
+    write_encrypted_key(home.key, key, passphrase, n=scrypt_n)
+    home.mandate.write_bytes(mandate_envelope)
+    config = ObserverConfig(observer_id, org, mandate.mandate_id, gateway)
+    home.config.write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    home.request.write_text(json.dumps(accreditation_request(config, key, at_ms), indent=2) + "\n")
+    Outbox(home.outbox).close()
+    log.info("observer_initialised", observer_id=observer_id, org=org, key_id=key.key_id.hex())
+    return key
+
+
+def accreditation_request(config: ObserverConfig, key: SigningKey, at_ms: int) -> dict[str, Any]:
+    """The request an organization signs: who, which key, and a proof of possession.
+
+    ``proof`` is the observer key's Ed25519 signature over DSSE PAE of type
+    ``application/vnd.obus.accreditation-request.v1+json`` and the canonical JSON (sorted keys,
+    no spaces) of every other field, so the organization knows the requester holds the key.
+    """
+    body = {
+        "type": REQUEST_TYPE,
+        "version": 1,
+        "observer_id": config.observer_id,
+        "org": config.org,
+        "role": Role.OBSERVER.name.lower(),
+        "mandate_id": config.mandate_id,
+        "public_key": key.public_key.hex(),
+        "key_id": key.key_id.hex(),
+        "requested_at_ms": at_ms,
+    }
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return {**body, "proof": key.sign(pae(REQUEST_PAYLOAD_TYPE, canonical)).hex()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Submit
+
+
+def _hash_file(base: Path) -> Callable[[str], tuple[bytes, int]]:
+    def resolve(path: str) -> tuple[bytes, int]:
+        p = (base / path) if not Path(path).is_absolute() else Path(path)
+        h, size = hashlib.sha256(), 0
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                size += len(chunk)
+        return h.digest(), size
+
+    return resolve
+
+
+def submit_file(home: Home, outbox: Outbox, key: SigningKey, path: Path, *, at_ms: int) -> Entry:
+    """Validate a report file, sign it as the next link of the chain and queue it durably.
+
+    Returns:
+        The queued entry (committed to disk).
+
+    Raises:
+        ReportFileError: the file has problems (all listed).
+        ConfigError: the file cannot be read, or the home is not initialised.
+        StoreError: the outbox could not commit (nothing was queued).
+    """
+    config = home.load_config()
+    mandate = home.load_mandate(now_ms=at_ms)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("report file", f"cannot read {path}: {exc}", "pass a UTF-8 file") from exc
+    draft = parse_report(
+        text,
+        identity=config.identity,
+        now_ms=at_ms,
+        fmt=format_of(path.name),
+        mandate=mandate,
+        resolve_path=_hash_file(path.parent),
+        source=str(path),
+    )
+
+    def sign_next(head: ChainHead | None) -> tuple[str, bytes]:
+        report = draft.to_report(report_id=uuid7(at_ms), signed_at_ms=at_ms)
+        return report.report_id, ReportSigner(key, head).sign(report)
+
+    entry = outbox.append(sign_next, source=path.name, now_ms=at_ms)
+    log.info("report_queued", report_id=entry.report_id, seq=entry.seq, source=entry.source)
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The gateway's HTTP answer."""
+
+    status: int
+    body: bytes
+    retry_after_s: float | None = None
+
+    def error(self) -> tuple[str, str]:
+        """(reason, detail) of a JSON error body, or ("http_<status>", text)."""
+        try:
+            doc = json.loads(self.body)
+            return str(doc["reason"]), str(doc.get("detail", ""))
+        except (ValueError, KeyError, TypeError):
+            return f"http_{self.status}", self.body[:200].decode("utf-8", "replace")
+
+
+class Unreachable(Exception):  # noqa: N818 - a state, not a failure of ours
+    """The gateway could not be reached (connection refused, reset, timeout)."""
+
+
+class GatewayClient:
+    """HTTP client of an organization gateway (aiohttp); ``async with`` opens the session."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0, connect_timeout_s: float = 5.0):
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> GatewayClient:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _call(self, method: str, path: str, body: bytes | None = None) -> Answer:
+        assert self._session is not None
+        headers = {"content-type": "application/protobuf"} if body is not None else {}
+        try:
+            async with self._session.request(
+                method, self.base_url + path, data=body, headers=headers
+            ) as resp:
+                data = await resp.read()
+                retry = resp.headers.get("Retry-After")
+                retry_s = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
+                return Answer(resp.status, data, retry_s)
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def submit(self, envelope: bytes) -> Answer:
+        """POST the envelope bytes to /v1/reports."""
+        return await self._call("POST", "/v1/reports", envelope)
+
+    async def node_accreditation(self) -> Answer:
+        """GET /v1/node: the gateway's node-key accreditation envelope."""
+        return await self._call("GET", "/v1/node")
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits U(0, min(cap, base * 2^(n-1)))."""
+
+    base_s: float = 0.5
+    cap_s: float = 60.0
+
+    def delay(self, failures: int, rng: random.Random, retry_after_s: float | None) -> float:
+        """Seconds to wait after ``failures`` consecutive failures (>= Retry-After if given)."""
+        bound = min(self.cap_s, self.base_s * 2 ** max(0, failures - 1))
+        wait = rng.uniform(0, bound)
+        return max(wait, retry_after_s or 0.0)
+
+
+@dataclass
+class SyncResult:
+    """What one sync run did."""
+
+    delivered: int = 0
+    duplicates: int = 0  # answered 200: the gateway had it already (an earlier lost answer)
+    rejected: int = 0
+    failures: int = 0
+    remaining: int = 0
+    bad_receipts: int = 0
+
+
+def receipt_keyring(home: Home, outbox: Outbox, *, at_ms: int) -> KeyRing:
+    """A key ring of the mandate and the node accreditations kept in the outbox."""
+    ring = KeyRing(home.load_mandate(now_ms=at_ms))
+    for raw in outbox.node_accreditations():
+        ring.apply(Envelope.decode(raw))
+    return ring
+
+
+async def fetch_node_accreditation(
+    client: GatewayClient, home: Home, outbox: Outbox, config: ObserverConfig, *, at_ms: int
+) -> None:
+    """Fetch, verify and keep the gateway's node accreditation (for checking receipts).
+
+    Raises:
+        Unreachable: no answer.
+        VerificationError: the accreditation does not verify, is not a NODE of our org.
+    """
+    answer = await client.node_accreditation()
+    if answer.status != 200:
+        raise Unreachable(f"GET /v1/node answered {answer.status}")
+    mandate = home.load_mandate(now_ms=at_ms)
+    acc = verify_accreditation(Envelope.decode(answer.body), mandate)
+    if acc.role != Role.NODE or acc.org != config.org:
+        raise VerificationError(
+            Reason.WRONG_ROLE, f"gateway key is {acc.org}/{acc.role.name}, not {config.org}/NODE"
+        )
+    outbox.add_node_accreditation(acc.key_id, answer.body)
+
+
+async def sync(
+    home: Home,
+    outbox: Outbox,
+    client: GatewayClient,
+    *,
+    backoff: Backoff = Backoff(),
+    max_seconds: float = 600.0,
+    max_failures: int | None = None,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> SyncResult:
+    """Deliver queued reports oldest first until none is left or the budget is spent.
+
+    Args:
+        max_seconds: stop retrying after this long (the queue stays for the next sync).
+        max_failures: stop after this many consecutive failures (``submit`` uses 1).
+
+    Returns:
+        Counts of what happened; ``remaining`` queued reports are left for the next run.
+    """
+    config = home.load_config()
+    rng = rng or random.Random()
+    deadline = clock() + max_seconds
+    result = SyncResult()
+    ring: KeyRing | None = None
+    failures = 0
+    while (entry := outbox.next_queued()) is not None:
+        bound = log.bind(report_id=entry.report_id, seq=entry.seq)
+        answer: Answer | None = None
+        try:
+            answer = await client.submit(entry.envelope)
+        except Unreachable as exc:
+            error = str(exc)
+        else:
+            error = f"HTTP {answer.status}: {answer.error()[0]}"
+        if answer is not None and answer.status in (200, 201):
+            if ring is None or not _knows_signer(ring, answer.body):
+                ring = await _refresh_ring(client, home, outbox, config)
+            ok = _receipt_ok(ring, answer.body, entry.envelope)
+            outbox.mark_delivered(
+                entry.seq,
+                receipt=answer.body,
+                receipt_ok=ok,
+                http_status=answer.status,
+                now_ms=now_ms(),
+            )
+            result.delivered += 1
+            result.duplicates += answer.status == 200
+            result.bad_receipts += not ok
+            bound.info("report_delivered", status=answer.status, receipt_ok=ok)
+            failures = 0
+            continue
+        if answer is not None and _is_refusal(answer.status):
+            reason, detail = answer.error()
+            outbox.mark_rejected(
+                entry.seq, reason=reason, detail=detail, http_status=answer.status, now_ms=now_ms()
+            )
+            result.rejected += 1
+            bound.warning("report_rejected", status=answer.status, reason=reason, detail=detail)
+            failures = 0
+            continue
+        outbox.record_failure(entry.seq, error)
+        failures += 1
+        result.failures += 1
+        wait = backoff.delay(failures, rng, None if answer is None else answer.retry_after_s)
+        bound.info("delivery_failed", error=error, failures=failures, retry_in_s=round(wait, 2))
+        if (max_failures is not None and failures >= max_failures) or clock() + wait > deadline:
+            break
+        await sleep(wait)
+    result.remaining = outbox.counts()[QUEUED]
+    return result
+
+
+def _is_refusal(status: int) -> bool:
+    # 429 (rate limited) and 408 (timeout) heal by waiting; every other 4xx is a verdict.
+    return 400 <= status < 500 and status not in (408, 429)
+
+
+def _knows_signer(ring: KeyRing, receipt: bytes) -> bool:
+    try:
+        ring.lookup(Envelope.decode(receipt).signatures[0].key_id)
+    except (VerificationError, IndexError):
+        return False
+    return True
+
+
+async def _refresh_ring(
+    client: GatewayClient, home: Home, outbox: Outbox, config: ObserverConfig
+) -> KeyRing:
+    try:
+        await fetch_node_accreditation(client, home, outbox, config, at_ms=now_ms())
+    except (Unreachable, BusError) as exc:
+        log.warning("node_accreditation_unavailable", error=str(exc))
+    return receipt_keyring(home, outbox, at_ms=now_ms())
+
+
+def _receipt_ok(ring: KeyRing, receipt: bytes, envelope: bytes) -> bool:
+    try:
+        verify_receipt(receipt, ring, envelope=envelope)
+    except VerificationError as exc:
+        log.warning("receipt_invalid", reason=exc.reason.value, detail=exc.message)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Status and receipts
+
+
+def status(home: Home, outbox: Outbox) -> dict[str, Any]:
+    """A JSON-able summary: identity, chain head, counts, the oldest queued, every rejection."""
+    config = home.load_config()
+    head = outbox.head()
+    queued = outbox.entries(QUEUED)
+    return {
+        "observer_id": config.observer_id,
+        "org": config.org,
+        "mandate_id": config.mandate_id,
+        "gateway": config.gateway,
+        "head": None if head is None else {"seq": head.seq, "digest": head.digest.hex()},
+        "counts": outbox.counts(),
+        "queued": [
+            {
+                "seq": e.seq,
+                "report_id": e.report_id,
+                "source": e.source,
+                "queued_at_ms": e.created_at_ms,
+                "attempts": e.attempts,
+                "last_error": e.last_error,
+            }
+            for e in queued
+        ],
+        "rejected": [
+            {
+                "seq": e.seq,
+                "report_id": e.report_id,
+                "source": e.source,
+                "http_status": e.http_status,
+                "reason": e.reason,
+                "detail": e.detail,
+            }
+            for e in outbox.entries(REJECTED)
+        ],
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptCheck:
+    """One receipt's verdict."""
+
+    seq: int
+    report_id: str
+    ok: bool
+    reason: str
+    detail: str
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+def check_receipts(home: Home, outbox: Outbox, *, at_ms: int) -> list[ReceiptCheck]:
+    """Verify every stored receipt against the mandate and the kept node accreditations."""
+    ring = receipt_keyring(home, outbox, at_ms=at_ms)
+    out = []
+    for e in outbox.entries(DELIVERED):
+        try:
+            r = verify_receipt(e.receipt or b"", ring, envelope=e.envelope)
+        except VerificationError as exc:
+            out.append(ReceiptCheck(e.seq, e.report_id, False, exc.reason.value, exc.message))
+        else:
+            out.append(
+                ReceiptCheck(e.seq, e.report_id, True, "", "", r.topic, r.partition, r.offset)
+            )
+    return out

@@ -1,0 +1,270 @@
+"""The observer's durable outbox: signed reports, the chain head and delivery state in SQLite.
+
+Crash safety rests on two rules:
+
+* :meth:`Outbox.append` signs the next report **inside** one write transaction that reads the
+  chain head, inserts the envelope and stores the new head. Either all three are on disk or
+  none is; two submits can never sign the same ``seq`` (the transaction holds SQLite's write
+  lock while signing). ``submit`` reports success only after the commit returns.
+* A delivery outcome (receipt or rejection) is written in one transaction per report. A report
+  whose receipt is stored is never sent again; one that was sent but whose answer was lost
+  (crash, dropped link) is sent again with the **same bytes**, and the gateway's idempotency
+  answers with the same receipt.
+
+``synchronous=FULL`` because the outbox lives on a field device that may lose power: a submit
+the person saw succeed must survive it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from bus.errors import StoreError
+from bus.model import sha256
+from bus.verify import ChainHead
+
+QUEUED: Final = "queued"
+DELIVERED: Final = "delivered"
+REJECTED: Final = "rejected"
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS chain_head (
+    id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, digest BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    report_id TEXT NOT NULL UNIQUE,
+    envelope BLOB NOT NULL,
+    digest BLOB NOT NULL,
+    source TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('queued', 'delivered', 'rejected')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    http_status INTEGER,
+    reason TEXT NOT NULL DEFAULT '',
+    detail TEXT NOT NULL DEFAULT '',
+    receipt BLOB,
+    receipt_ok INTEGER,
+    done_at_ms INTEGER
+);
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, seq);
+CREATE TABLE IF NOT EXISTS node_accreditations (
+    key_id BLOB PRIMARY KEY, envelope BLOB NOT NULL
+);
+"""
+
+# Called inside the append transaction with the current head; returns (report id, envelope).
+SignNext = Callable[[ChainHead | None], tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One outbox row."""
+
+    seq: int
+    report_id: str
+    envelope: bytes
+    digest: bytes
+    source: str
+    created_at_ms: int
+    state: str
+    attempts: int
+    last_error: str
+    http_status: int | None
+    reason: str
+    detail: str
+    receipt: bytes | None
+    receipt_ok: bool | None
+    done_at_ms: int | None
+
+
+_COLUMNS: Final = (
+    "seq, report_id, envelope, digest, source, created_at_ms, state, attempts, last_error,"
+    " http_status, reason, detail, receipt, receipt_ok, done_at_ms"
+)
+
+
+def _entry(row: tuple[object, ...]) -> Entry:
+    (seq, rid, env, dig, src, created, state, attempts, err, status, reason, detail, rec, ok,
+     done) = row  # fmt: skip
+    return Entry(
+        seq=int(seq),  # type: ignore[call-overload]
+        report_id=str(rid),
+        envelope=bytes(env),  # type: ignore[call-overload]
+        digest=bytes(dig),  # type: ignore[call-overload]
+        source=str(src),
+        created_at_ms=int(created),  # type: ignore[call-overload]
+        state=str(state),
+        attempts=int(attempts),  # type: ignore[call-overload]
+        last_error=str(err),
+        http_status=None if status is None else int(status),  # type: ignore[call-overload]
+        reason=str(reason),
+        detail=str(detail),
+        receipt=None if rec is None else bytes(rec),  # type: ignore[call-overload]
+        receipt_ok=None if ok is None else bool(ok),
+        done_at_ms=None if done is None else int(done),  # type: ignore[call-overload]
+    )
+
+
+class Outbox:
+    """SQLite outbox of one observer. One connection per process; not thread-safe.
+
+    Raises:
+        StoreError: the database cannot be opened or a transaction fails.
+    """
+
+    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+        try:
+            if read_only:
+                self._db = sqlite3.connect(
+                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10
+                )
+                return
+            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open outbox {path}: {exc}", path=str(path)) from exc
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"outbox transaction failed: {exc}") from exc
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def append(self, sign_next: SignNext, *, source: str, now_ms: int) -> Entry:
+        """Sign the next report against the stored head and queue it, atomically.
+
+        Args:
+            sign_next: signs with the given head and returns (report id, envelope bytes).
+            source: where the report came from (file name), for ``status``.
+            now_ms: the queueing time.
+
+        Returns:
+            The queued entry; it is on disk when this returns.
+
+        Raises:
+            StoreError: nothing was queued and the head did not move.
+            BusError: whatever ``sign_next`` raises (nothing was queued).
+        """
+        with self._tx() as db:
+            head = self._read_head(db)
+            report_id, envelope = sign_next(head)
+            digest = sha256(envelope)
+            seq = 1 if head is None else head.seq + 1
+            db.execute(
+                "INSERT INTO outbox (seq, report_id, envelope, digest, source, created_at_ms,"
+                " state) VALUES (?,?,?,?,?,?,?)",
+                (seq, report_id, envelope, digest, source, now_ms, QUEUED),
+            )
+            db.execute(
+                "INSERT INTO chain_head VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE"
+                " SET seq=excluded.seq, digest=excluded.digest",
+                (seq, digest),
+            )
+        entry = self.get(seq)
+        assert entry is not None
+        return entry
+
+    def record_failure(self, seq: int, error: str) -> None:
+        """Count a failed delivery attempt of a queued report (it stays queued)."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE seq = ?",
+                (error[:500], seq),
+            )
+
+    def mark_delivered(
+        self, seq: int, *, receipt: bytes, receipt_ok: bool, http_status: int, now_ms: int
+    ) -> None:
+        """Store the receipt; the report is never sent again."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET state = ?, receipt = ?, receipt_ok = ?, http_status = ?,"
+                " attempts = attempts + 1, done_at_ms = ?, last_error = '' WHERE seq = ?",
+                (DELIVERED, receipt, int(receipt_ok), http_status, now_ms, seq),
+            )
+
+    def mark_rejected(
+        self, seq: int, *, reason: str, detail: str, http_status: int, now_ms: int
+    ) -> None:
+        """Record the gateway's refusal; the report is not sent again."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET state = ?, reason = ?, detail = ?, http_status = ?,"
+                " attempts = attempts + 1, done_at_ms = ? WHERE seq = ?",
+                (REJECTED, reason, detail[:2000], http_status, now_ms, seq),
+            )
+
+    def add_node_accreditation(self, key_id: bytes, envelope: bytes) -> None:
+        """Keep a (verified) node accreditation envelope for checking receipts offline."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO node_accreditations VALUES (?, ?)", (key_id, envelope)
+            )
+
+    # -- reads -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _read_head(db: sqlite3.Connection) -> ChainHead | None:
+        row = db.execute("SELECT seq, digest FROM chain_head WHERE id = 1").fetchone()
+        return None if row is None else ChainHead(int(row[0]), bytes(row[1]))
+
+    def head(self) -> ChainHead | None:
+        """The chain head (last signed report), or None before the first."""
+        return self._read_head(self._db)
+
+    def get(self, seq: int) -> Entry | None:
+        """The entry at a sequence number."""
+        row = self._db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE seq = ?", (seq,)).fetchone()  # noqa: S608
+        return None if row is None else _entry(row)
+
+    def next_queued(self) -> Entry | None:
+        """The oldest queued entry (lowest seq), or None."""
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE state = ? ORDER BY seq LIMIT 1",  # noqa: S608
+            (QUEUED,),
+        ).fetchone()
+        return None if row is None else _entry(row)
+
+    def entries(self, state: str | None = None) -> list[Entry]:
+        """Entries in seq order, optionally of one state."""
+        if state is None:
+            rows = self._db.execute(f"SELECT {_COLUMNS} FROM outbox ORDER BY seq")  # noqa: S608
+        else:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM outbox WHERE state = ? ORDER BY seq",  # noqa: S608
+                (state,),
+            )
+        return [_entry(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        """Number of entries per state (every state present, zero included)."""
+        out = {QUEUED: 0, DELIVERED: 0, REJECTED: 0}
+        for state, n in self._db.execute("SELECT state, count(*) FROM outbox GROUP BY state"):
+            out[str(state)] = int(n)
+        return out
+
+    def node_accreditations(self) -> list[bytes]:
+        """Stored node accreditation envelopes."""
+        return [bytes(r[0]) for r in self._db.execute("SELECT envelope FROM node_accreditations")]
