@@ -57,6 +57,21 @@ class Topics:
         return f"{self.prefix}checkpoints"
 
     @property
+    def statements(self) -> str:
+        """Joint statements: drafts and co-signatures (one partition: one order)."""
+        return f"{self.prefix}statements"
+
+    @property
+    def decisions_pattern(self) -> str:
+        """Regex matching every organization's decisions topic."""
+        return "^" + re.escape(f"{self.prefix}decisions.") + r"[a-z0-9_-]+$"
+
+    def org_of_decision_topic(self, topic: str) -> str | None:
+        """Organization id of a decisions topic, or None for any other topic."""
+        head = f"{self.prefix}decisions."
+        return topic[len(head) :] if topic.startswith(head) else None
+
+    @property
     def reports_pattern(self) -> str:
         """Regex matching every organization's report topic."""
         return "^" + re.escape(f"{self.prefix}reports.") + r"[a-z0-9_-]+$"
@@ -143,6 +158,7 @@ def standard_topics(topics: Topics, orgs: Iterable[str], partitions: int = 3) ->
     specs.append(TopicSpec(topics.registry, 1, compacted))
     specs.append(TopicSpec(topics.mandate, 1, compacted))
     specs.append(TopicSpec(topics.checkpoints, 1, (LOG_APPEND_TIME,)))
+    specs.append(TopicSpec(topics.statements, 1, (LOG_APPEND_TIME,)))
     return specs
 
 
