@@ -387,7 +387,11 @@ class GatewayClient:
                 retry = resp.headers.get("Retry-After")
                 retry_s = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
                 return Answer(resp.status, data, retry_s)
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        except aiohttp.ClientConnectorError as exc:
+            raise Unreachable(f"cannot connect to {exc.host}:{exc.port} ({exc.os_error})") from exc
+        except TimeoutError as exc:
+            raise Unreachable(f"no answer from {self.base_url} in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
             raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
 
     async def submit(self, envelope: bytes) -> Answer:

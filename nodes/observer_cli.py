@@ -98,9 +98,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             print(f"queued {name}: report {entry.report_id} (seq {entry.seq})")
     finally:
         outbox.close()
-    if args.no_deliver:
-        return 0
-    return _sync(home, max_seconds=10.0, max_failures=1, quiet_offline=True)
+    if not args.no_deliver:  # queued is success: delivery goes on with `sync`
+        _sync(home, max_seconds=10.0, max_failures=1, quiet_offline=True)
+    return 0
 
 
 def _sync(
@@ -167,7 +167,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(doc, indent=2))
         return 0
-    out = Console(highlight=False)
+    out = Console(highlight=False, soft_wrap=True)
     c = doc["counts"]
     out.print(f"observer [bold]{doc['observer_id']}[/] ({doc['org']}, mandate {doc['mandate_id']})")
     out.print(f"gateway  {doc['gateway']}")
