@@ -7,10 +7,11 @@ band, then feeds every record of ``<prefix>mandate`` and ``<prefix>registry`` in
   current one (:func:`bus.trust.verify_mandate` with ``previous``: exactly N+1, ``threshold``
   of version N's organizations **and** of its own). Anything else raises the
   :class:`~bus.errors.VerificationError` the caller logs and counts as an alarm; it is never
-  applied. A byte-identical copy of a version already held is ignored (compaction and
-  republishing make those normal). An older version seen before any newer one on the topic is
-  history and ignored; an older or different version appearing **after** a newer one is a
-  rollback alarm.
+  applied. A byte-identical copy of the current version is ignored (the out-of-band version
+  published, compaction). An older version seen before any newer one on the topic is history
+  and ignored (a node given version 2 out of band meets version 1 first); an older version, or
+  a different one with the current number, appearing **after** a newer one is a rollback alarm,
+  even as an identical copy of a genuine old version (the classic replay).
 * **When a version takes effect** is the broker's log-append time of its record on the
   mandate topic (the one clock every reader shares, see README "Clock"). A report is judged
   under the version in effect at its own log-append time (:meth:`TrustTimeline.at`), so every
@@ -136,17 +137,15 @@ class TrustTimeline:
             )
         newest_before = self._newest_on_topic
         self._newest_on_topic = max(self._newest_on_topic, offered.version)
+        if offered.version == current.version and envelope.payload == self._versions[-1].payload:
+            return None  # the current version again (published copy, compaction)
         if offered.version <= current.version:
-            held = next((v for v in self._versions if v.mandate.version == offered.version), None)
-            if held is not None and held.payload == envelope.payload:
-                return None  # the same version again
-            if held is None and offered.version > newest_before:
+            if offered.version < current.version and offered.version > newest_before:
                 return None  # history older than what we were given out of band
             raise VerificationError(
                 Reason.MANDATE_ROLLBACK,
                 f"version {offered.version} appears after version"
-                f" {max(newest_before, current.version)}"
-                + (" with other content" if held is not None else ""),
+                f" {max(newest_before, current.version)}",
                 version=offered.version,
             )
         mandate = verify_mandate(envelope, previous=current, now_ms=log_time_ms)
