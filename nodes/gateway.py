@@ -65,7 +65,15 @@ from aiokafka.errors import KafkaError
 
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError, Reason, StoreError, VerificationError
-from bus.kafka import Topics, registry_key, reliable_producer, replay, report_headers, wrap
+from bus.kafka import (
+    Topics,
+    registry_key,
+    reliable_producer,
+    replay,
+    report_headers,
+    topic_partitions,
+    wrap,
+)
 from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Mandate, Receipt, Role, sha256
 from bus.receipt import sign_receipt
 from bus.trust import KeyRing, verify_accreditation
@@ -458,11 +466,11 @@ class Gateway:
         try:
             vr = await self._verify(body)
         except VerificationError as exc:
-            return self._refuse(exc)
+            return self.refuse(exc)
         report = vr.report
         wait = self.buckets.take(report.observer_id, time.monotonic())
         if wait > 0:
-            return self._refuse(
+            return self.refuse(
                 VerificationError(Reason.RATE_LIMITED, "too many reports; slow down"),
                 retry_after_s=wait,
             )
@@ -476,7 +484,7 @@ class Gateway:
             try:
                 self.chain.accept(vr)
             except VerificationError as exc:
-                return self._refuse(exc)
+                return self.refuse(exc)
             row = Row(report.report_id, report.observer_id, report.seq, digest, body,
                       PUBLISHING, None)  # fmt: skip
             try:
@@ -510,7 +518,8 @@ class Gateway:
                 await self._catch_up_registry()  # maybe accredited a moment ago
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _refuse(self, exc: VerificationError, retry_after_s: float = 0) -> Reply:
+    def refuse(self, exc: VerificationError, retry_after_s: float = 0) -> Reply:
+        """The JSON refusal for a verification error (logged with its reason)."""
         self._log.info("report_refused", reason=exc.reason.value, detail=exc.message)
         return Reply.error(http_status(exc.reason), exc.reason.value, exc.message, retry_after_s)
 
@@ -632,9 +641,9 @@ class Gateway:
         )
         found: dict[bytes, tuple[int, int, int]] = {}
         marks = self.store.watermarks()
+        tps = await self._partitions()
         await consumer.start()
         try:
-            tps = await self._partitions(consumer)
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
             todo = set()
@@ -665,19 +674,17 @@ class Gateway:
             await consumer.stop()
         return found
 
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        for _ in range(50):
-            parts = consumer.partitions_for_topic(self.topic)
-            if parts:
-                return [TopicPartition(self.topic, p) for p in sorted(parts)]
-            await consumer._client.force_metadata_update()
-        raise KafkaError(f"topic {self.topic} has no partitions")
+    async def _partitions(self) -> list[TopicPartition]:
+        tps = await topic_partitions(self.config.bootstrap, [self.topic])
+        if not tps:
+            raise KafkaError(f"topic {self.topic} has no partitions")
+        return tps
 
     async def _end_offsets(self) -> dict[int, int]:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.config.bootstrap, group_id=None)
+        tps = await self._partitions()
         await consumer.start()
         try:
-            tps = await self._partitions(consumer)
             ends = await consumer.end_offsets(tps)
         finally:
             await consumer.stop()
@@ -698,7 +705,7 @@ def make_app(gateway: Gateway) -> web.Application:
 
     async def post_report(request: web.Request) -> web.Response:
         if request.content_length is not None and request.content_length > limit:
-            reply = gateway._refuse(
+            reply = gateway.refuse(
                 VerificationError(Reason.OVERSIZED, f"{request.content_length} bytes > {limit}")
             )
             return _response(reply)
@@ -707,7 +714,7 @@ def make_app(gateway: Gateway) -> web.Application:
             total += len(chunk)
             if total > limit:
                 return _response(
-                    gateway._refuse(
+                    gateway.refuse(
                         VerificationError(Reason.OVERSIZED, f"body larger than {limit} bytes")
                     )
                 )

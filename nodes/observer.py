@@ -19,9 +19,10 @@ Delivery (:func:`sync`): strictly oldest first, one report at a time (the gatewa
 chain, so order matters); a failure that can heal (no connection, timeout, HTTP 429/5xx) is
 retried with exponential backoff and full jitter (delay drawn uniformly from
 ``[0, min(cap, base * 2^n)]``, the "full jitter" of AWS's backoff study), a ``Retry-After``
-is honoured; a refusal (other 4xx) is recorded with the gateway's reason code and delivery
-moves on. Every outcome is written to the outbox before the next report is sent, so ``sync``
-can be killed at any moment and run again.
+is honoured, and so is ``unknown_key`` (the organization may not have published the
+accreditation yet); a refusal (any other 4xx) is recorded with the gateway's reason code and
+delivery moves on. Every outcome is written to the outbox before the next report is sent, so
+``sync`` can be killed at any moment and run again.
 """
 
 from __future__ import annotations
@@ -511,7 +512,7 @@ async def sync(
             bound.info("report_delivered", status=answer.status, receipt_ok=ok)
             failures = 0
             continue
-        if answer is not None and _is_refusal(answer.status):
+        if answer is not None and _is_refusal(answer):
             reason, detail = answer.error()
             outbox.mark_rejected(
                 entry.seq, reason=reason, detail=detail, http_status=answer.status, now_ms=now_ms()
@@ -532,9 +533,16 @@ async def sync(
     return result
 
 
-def _is_refusal(status: int) -> bool:
-    # 429 (rate limited) and 408 (timeout) heal by waiting; every other 4xx is a verdict.
-    return 400 <= status < 500 and status not in (408, 429)
+# Refusals that heal by waiting: the gateway is busy, or the organization has not published
+# this observer's accreditation yet (an observer may submit before it is accredited).
+RETRY_REASONS: Final = frozenset({Reason.RATE_LIMITED.value, Reason.UNKNOWN_KEY.value})
+
+
+def _is_refusal(answer: Answer) -> bool:
+    # A 4xx is the gateway's verdict on the report, except 408/429 and the reasons above.
+    if not 400 <= answer.status < 500 or answer.status in (408, 429):
+        return False
+    return answer.error()[0] not in RETRY_REASONS
 
 
 def _knows_signer(ring: KeyRing, receipt: bytes) -> bool:

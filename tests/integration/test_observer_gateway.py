@@ -417,5 +417,22 @@ async def test_bad_submissions_are_refused_with_their_reason_and_nothing_is_publ
             rc = verify_receipt(receipt, m.keyring, envelope=good)
             assert (rc.topic, rc.report_id) == (w.topics.reports("un"), rid)
         assert server.gateway.store.counts()["published"] == 2
+
+        # An observer whose accreditation is not published yet is told unknown_key; its
+        # report stays queued (not rejected), so the chain survives until it is accredited.
+        newcomer = Home(tmp_path / "newcomer")
+        key = init_observer(
+            newcomer, observer_id="un-obs-new", org="un", gateway=w.url, passphrase=PASSPHRASE,
+            mandate_envelope=m.scenario.mandate_envelope, at_ms=now_ms(), scrypt_n=2**12,
+        )  # fmt: skip
+        box = Outbox(newcomer.outbox)
+        try:
+            submit_file(newcomer, box, key, _report_file(tmp_path), at_ms=now_ms())
+            async with GatewayClient(w.url) as client:
+                result = await sync(newcomer, box, client, max_failures=1)
+            assert (result.delivered, result.rejected, result.remaining) == (0, 0, 1)
+            assert "unknown_key" in box.entries()[0].last_error
+        finally:
+            box.close()
     ends = await end_offsets(w.bootstrap, "^" + w.topics.reports("un").replace(".", r"\.") + "$")
     assert sum(ends.values()) == 2
