@@ -9,7 +9,7 @@ import sys
 PURE = [
     "bus.errors", "bus.crypto", "bus.model", "bus.trust", "bus.verify", "bus.sign",
     "bus.policy", "bus.ingest", "bus.merkle", "bus.uuid7", "bus.checkpoint",
-    "bus.witness",
+    "bus.witness", "bus.export",
     "bus.ceremony",
     "bus.receipt", "bus.report_file",
 ]  # fmt: skip

@@ -1,0 +1,336 @@
+"""The portable log export (``obus log export``): its byte format, a writer and a streaming reader.
+
+Pure code over binary streams the caller opens (no Kafka, no asyncio).
+
+Format ``obus-log-export`` version 1: JSON Lines (RFC 8259 objects, UTF-8, one per line, each
+line ending in ``\\n``; the writer emits sorted keys and no spaces). Bytes are standard padded
+base64 (RFC 4648 section 4); ``null`` stands for a Kafka null key or value.
+
+1. One header line::
+
+       {"format": "obus-log-export", "version": 1, "created_at_ms": <int>,
+        "mandate_id": "<id>", "topic_prefix": "<prefix>", "root_mandate": "<base64>"}
+
+   ``root_mandate`` is the signed mandate envelope the exporter started from (its out-of-band
+   trust root); an auditor should bring its own copy (``--mandate``) and uses this one only
+   when it has none, saying so in its report.
+2. Record lines, one per Kafka record, in four sections in this order: ``mandate`` (the mandate
+   topic), ``registry``, ``checkpoints``, ``reports`` (every report topic)::
+
+       {"section": "<section>", "topic": "<topic>", "partition": <int>, "offset": <int>,
+        "timestamp_ms": <int>, "key": "<base64>"|null, "value": "<base64>"|null}
+
+   Records of one topic-partition appear in offset order; partitions may interleave. Headers
+   are not exported (no reader trusts them). The checkpoints are exported before the reports
+   and were read before them, so every genuine checkpoint covers records the file holds.
+3. One trailer line::
+
+       {"end": true, "counts": {"mandate": <n>, "registry": <n>, "checkpoints": <n>,
+        "reports": <n>}, "sha256": "<hex SHA-256 of every byte before this line>"}
+
+   The counts and digest catch truncation and accidental damage only: anybody can recompute
+   them. What the records say is trusted through their signatures and the witnessed
+   checkpoints, which the auditor verifies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Final
+
+from bus.errors import Reason, VerificationError
+
+__all__ = [
+    "FORMAT",
+    "MAX_LINE_BYTES",
+    "SECTIONS",
+    "VERSION",
+    "ExportHeader",
+    "ExportProblem",
+    "ExportReader",
+    "ExportWriter",
+    "LogRecord",
+]
+
+FORMAT: Final = "obus-log-export"
+VERSION: Final = 1
+SECTIONS: Final = ("mandate", "registry", "checkpoints", "reports")
+# A record value is at most ~1 MiB (Kafka's default message.max.bytes); base64 adds a third.
+MAX_LINE_BYTES: Final = 2 * 1024 * 1024
+_RECORD_KEYS: Final = frozenset(
+    {"section", "topic", "partition", "offset", "timestamp_ms", "key", "value"}
+)
+
+
+def _corrupt(problem: str, **context: object) -> VerificationError:
+    return VerificationError(Reason.EXPORT_CORRUPT, problem, **context)
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode()
+
+
+def _unb64(text: object, what: str) -> bytes | None:
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        raise _corrupt(f"{what} must be base64 text or null")
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error as exc:
+        raise _corrupt(f"{what} is not base64") from exc
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+
+
+@dataclass(frozen=True, slots=True)
+class ExportHeader:
+    """The first line: when, which mandate, which topic prefix, and the root mandate bytes."""
+
+    created_at_ms: int
+    mandate_id: str
+    topic_prefix: str
+    root_mandate: bytes
+
+    def encode(self) -> bytes:
+        """The header line."""
+        return _line(
+            {
+                "format": FORMAT,
+                "version": VERSION,
+                "created_at_ms": self.created_at_ms,
+                "mandate_id": self.mandate_id,
+                "topic_prefix": self.topic_prefix,
+                "root_mandate": _b64(self.root_mandate),
+            }
+        )
+
+    @classmethod
+    def decode(cls, line: bytes) -> ExportHeader:
+        """Parse the header line.
+
+        Raises:
+            VerificationError: ``EXPORT_CORRUPT`` when it is not a version-1 header.
+        """
+        obj = _json(line, 1)
+        if obj.get("format") != FORMAT or obj.get("version") != VERSION:
+            raise _corrupt(f"not an {FORMAT} version {VERSION} file")
+        created, mid, prefix = (
+            obj.get("created_at_ms"),
+            obj.get("mandate_id"),
+            obj.get("topic_prefix"),
+        )
+        if type(created) is not int or not isinstance(mid, str) or not isinstance(prefix, str):
+            raise _corrupt("header fields created_at_ms, mandate_id, topic_prefix are required")
+        root = _unb64(obj.get("root_mandate"), "root_mandate")
+        if not root:
+            raise _corrupt("header carries no root_mandate")
+        return cls(created, mid, prefix, root)
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    """One Kafka record as exported (also what the auditor reads from a live replay)."""
+
+    section: str
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+
+    def encode(self) -> bytes:
+        """The record line."""
+        return _line(
+            {
+                "section": self.section,
+                "topic": self.topic,
+                "partition": self.partition,
+                "offset": self.offset,
+                "timestamp_ms": self.timestamp_ms,
+                "key": _b64(self.key),
+                "value": _b64(self.value),
+            }
+        )
+
+    @classmethod
+    def decode(cls, line: bytes, line_no: int = 0) -> LogRecord:
+        """Parse a record line.
+
+        Raises:
+            VerificationError: ``EXPORT_CORRUPT`` naming the line.
+        """
+        return cls.from_json(_json(line, line_no), line_no)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any], line_no: int = 0) -> LogRecord:
+        """Build a record from a parsed record line (``EXPORT_CORRUPT`` when malformed)."""
+        if set(obj) != _RECORD_KEYS:
+            raise _corrupt(f"line {line_no}: record fields must be {sorted(_RECORD_KEYS)}")
+        section, topic = obj["section"], obj["topic"]
+        partition, offset, ts = obj["partition"], obj["offset"], obj["timestamp_ms"]
+        if section not in SECTIONS or not isinstance(topic, str) or not topic:
+            raise _corrupt(f"line {line_no}: unknown section or empty topic")
+        if not all(type(v) is int and v >= 0 for v in (partition, offset)) or type(ts) is not int:
+            raise _corrupt(f"line {line_no}: partition, offset, timestamp_ms must be integers")
+        return cls(
+            section,
+            topic,
+            partition,
+            offset,
+            ts,
+            _unb64(obj["key"], f"line {line_no} key"),
+            _unb64(obj["value"], f"line {line_no} value"),
+        )
+
+
+def _json(line: bytes, line_no: int) -> dict[str, Any]:
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _corrupt(f"line {line_no} is not JSON") from exc
+    if not isinstance(obj, dict):
+        raise _corrupt(f"line {line_no} is not a JSON object")
+    return obj
+
+
+@dataclass
+class ExportWriter:
+    """Writes an export to a binary stream: the header now, records, then :meth:`finish`.
+
+    Raises (from write): ValueError when a record's section comes before the current one.
+    """
+
+    stream: BinaryIO
+    header: ExportHeader
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SECTIONS, 0))
+
+    def __post_init__(self) -> None:
+        self._digest = hashlib.sha256()
+        self._section = 0
+        self._put(self.header.encode())
+
+    def _put(self, data: bytes) -> None:
+        self._digest.update(data)
+        self.stream.write(data)
+
+    def write(self, record: LogRecord) -> None:
+        """Append one record line."""
+        index = SECTIONS.index(record.section)
+        if index < self._section:
+            raise ValueError(f"section {record.section} after {SECTIONS[self._section]}")
+        self._section = index
+        self.counts[record.section] += 1
+        self._put(record.encode())
+
+    def finish(self) -> None:
+        """Write the trailer (counts and digest). Nothing may be written after it."""
+        trailer = {"end": True, "counts": self.counts, "sha256": self._digest.hexdigest()}
+        self.stream.write(_line(trailer))
+
+
+@dataclass(frozen=True, slots=True)
+class ExportProblem:
+    """Something wrong with the file itself (not with what a record says)."""
+
+    line_no: int
+    detail: str
+
+
+class ExportReader:
+    """Streams an export: the header at construction, then records and problems in file order.
+
+    Memory stays bounded by one line. Problems (bad lines, sections out of order, a missing
+    or wrong trailer, bytes after it) are yielded as :class:`ExportProblem` in place of the
+    damaged line, so a reader can name each and go on.
+
+    Raises (at construction): VerificationError ``EXPORT_CORRUPT`` when the header is unusable.
+    """
+
+    def __init__(self, stream: BinaryIO, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        self._stream = stream
+        self._max = max_line_bytes
+        self._digest = hashlib.sha256()
+        self.bytes_read = 0
+        first = self._readline()
+        if first is None or not first.endswith(b"\n"):
+            raise _corrupt("empty file or header line too long")
+        self.header = ExportHeader.decode(first)
+        self._digest.update(first)
+        self.line_no = 1
+
+    def _readline(self) -> bytes | None:
+        line = self._stream.readline(self._max + 1)
+        if not line:
+            return None
+        self.bytes_read += len(line)
+        return line
+
+    def _skip_rest_of_line(self) -> None:
+        while True:
+            chunk = self._stream.readline(self._max + 1)
+            self.bytes_read += len(chunk)
+            self._digest.update(chunk)
+            if not chunk or chunk.endswith(b"\n"):
+                return
+
+    def __iter__(self) -> Iterator[LogRecord | ExportProblem]:
+        return self._records()
+
+    def _records(self) -> Iterator[LogRecord | ExportProblem]:
+        counts = dict.fromkeys(SECTIONS, 0)
+        section = 0
+        while True:
+            line = self._readline()
+            if line is None:
+                yield ExportProblem(self.line_no + 1, "file ends without a trailer (truncated)")
+                return
+            self.line_no += 1
+            if not line.endswith(b"\n"):
+                if len(line) > self._max:
+                    self._digest.update(line)
+                    self._skip_rest_of_line()
+                    yield ExportProblem(self.line_no, "line longer than the limit")
+                    continue
+                yield ExportProblem(self.line_no, "last line has no newline (truncated)")
+                return
+            try:
+                obj = _json(line, self.line_no)
+                if "end" in obj:
+                    yield from self._trailer(obj, counts)
+                    return
+                self._digest.update(line)
+                rec = LogRecord.from_json(obj, self.line_no)
+            except VerificationError as exc:
+                self._digest.update(line)
+                yield ExportProblem(self.line_no, exc.message)
+                continue
+            index = SECTIONS.index(rec.section)
+            if index < section:
+                yield ExportProblem(
+                    self.line_no, f"{rec.section} record after the {SECTIONS[section]} section"
+                )
+                continue
+            section = index
+            counts[rec.section] += 1
+            yield rec
+
+    def _trailer(self, obj: dict[str, Any], counts: dict[str, int]) -> Iterator[ExportProblem]:
+        if obj.get("end") is not True:
+            yield ExportProblem(self.line_no, "malformed trailer")
+        if obj.get("sha256") != self._digest.hexdigest():
+            yield ExportProblem(self.line_no, "trailer digest does not match the file")
+        if obj.get("counts") != counts:
+            yield ExportProblem(
+                self.line_no, f"trailer counts {obj.get('counts')} but the file holds {counts}"
+            )
+        if self._readline() is not None:
+            yield ExportProblem(self.line_no + 1, "data after the trailer")
