@@ -724,6 +724,9 @@ def make_app(gateway: Gateway) -> web.Application:
         except BusError as exc:
             log.exception("gateway_error", error=exc.diagnostics())
             reply = Reply.error(503, UNAVAILABLE, exc.message, retry_after_s=1)
+        except Exception:  # a bug of ours: answer (retriable) and log it loudly
+            log.exception("gateway_internal_error")
+            reply = Reply.error(500, Reason.INTERNAL_ERROR.value, "internal error", 1)
         return _response(reply)
 
     async def get_node(_: web.Request) -> web.Response:
