@@ -13,8 +13,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-from rich.console import Console
-
 from bus import logs
 from bus.crypto import SigningKey
 from bus.errors import BusError
@@ -32,7 +30,12 @@ _EPILOG = textwrap.dedent(
       obus node --org un --mandate mandate.bin --db var/un.db --policy deploy/policies/un.toml
 
     Audit everything on the bus (exit 1 names every violation):
-      obus audit --mandate mandate.bin --json-out audit.json
+      obus audit --mandate mandate.bin --json-out audit.json --html-out audit.html
+
+    Export the log and audit the copy offline; prove one record's inclusion:
+      obus log export log.jsonl --mandate mandate.bin
+      obus audit --from log.jsonl --mandate mandate.bin --require-witnessed
+      obus audit prove --mandate mandate.bin --topic obus.reports.un --partition 0 --offset 7
 
     Environment:
       OBUS_BOOTSTRAP   Kafka bootstrap servers (default 127.0.0.1:9092); --bootstrap overrides it
@@ -59,7 +62,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _cmd_node(args: argparse.Namespace) -> int:
     from nodes.files import load_mandate  # noqa: PLC0415 - keep `obus --help` fast
-    from nodes.org_node import NodeConfig, run_node  # noqa: PLC0415
+    from nodes.org_node import NodeConfig  # noqa: PLC0415
 
     mandate, _ = load_mandate(Path(args.mandate))
     policy = load_policy(Path(args.policy)) if args.policy else None
@@ -79,22 +82,15 @@ def _cmd_node(args: argparse.Namespace) -> int:
         topics=Topics(args.topic_prefix),
     )
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_node(config))
+    from nodes.witness_cli import run_with_witness  # noqa: PLC0415 - issue 5: the witness
+
+    return asyncio.run(run_with_witness(args, config))
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from nodes.auditor import audit, render, write_json  # noqa: PLC0415
-    from nodes.files import load_mandate  # noqa: PLC0415
+    from nodes.witness_cli import cmd_audit  # noqa: PLC0415 - live or --from an export
 
-    mandate, _ = load_mandate(Path(args.mandate))
-    console = Console(stderr=True)
-    result = asyncio.run(
-        audit(_bootstrap(args), mandate, topics=Topics(args.topic_prefix), console=console)
-    )
-    render(result, Console())
-    if args.json_out:
-        write_json(result, Path(args.json_out))
-    return 0 if result.ok else 1
+    return cmd_audit(args, _bootstrap)
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
@@ -158,12 +154,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     aud = sub.add_parser(
         "audit",
-        help="replay every topic from the start and verify everything",
-        description="Replays obus.registry and every obus.reports.* topic with its own consumer "
-        "(no group, nothing committed), re-verifies every signature, accreditation and chain "
-        "link, prints a summary per organization and exits 1 naming every violation.",
+        help="replay every topic (or an export file) and verify everything",
+        description="Replays the mandate, registry, checkpoints and every obus.reports.* topic "
+        "with its own consumer (no group, nothing committed), or reads an export file "
+        "(--from), and re-verifies every signature, accreditation, revocation, chain link and "
+        "checkpoint (Merkle roots recomputed from the records, split views, witness quorum); "
+        "prints a summary and exits 1 naming every violation.",
     )
-    aud.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    aud.add_argument(
+        "--mandate", metavar="FILE", help="signed mandate file (the trust root; required live)"
+    )
     aud.add_argument("--json-out", metavar="FILE", help="also write the result as JSON")
     _common(aud)
     aud.set_defaults(func=_cmd_audit)
@@ -204,6 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
     from nodes.observer_cli import add_commands  # noqa: PLC0415 - issue 3: observer, gateway
 
     add_commands(sub, _common, _bootstrap)
+
+    from nodes.witness_cli import add_witness_commands  # noqa: PLC0415 - issue 5
+
+    add_witness_commands(sub, _common, _bootstrap)
     return parser
 
 

@@ -10,8 +10,10 @@ each store commit only so that operators' lag tooling sees progress.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -253,19 +255,41 @@ class OrgNode:
         self._log.debug("batch_stored", records=len(outcomes), **self.counts)
 
 
-async def run_node(config: NodeConfig) -> int:
-    """Run a node until SIGINT/SIGTERM; returns a process exit code."""
+class Companion(Protocol):
+    """Something that runs next to the node in its process (e.g. its witness)."""
+
+    async def run(self) -> None:
+        """Work until stop()."""
+
+    def stop(self) -> None:
+        """Ask run() to return soon."""
+
+
+async def run_node(config: NodeConfig, *, companions: Sequence[Companion] = ()) -> int:
+    """Run a node (and its companions) until SIGINT/SIGTERM; returns a process exit code.
+
+    When one part stops or fails, every other part is asked to stop; the code is 1 when any
+    part failed.
+    """
     import signal  # noqa: PLC0415 - only the process entry point handles signals
 
-    node = OrgNode(config)
+    parts: list[Companion] = [OrgNode(config), *companions]
+
+    def stop_all() -> None:
+        for part in parts:
+            part.stop()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, node.stop)
-    try:
-        await node.run()
-    except BusError as exc:
-        log.error(  # noqa: TRY400 - diagnostics() carries the cause; no traceback for input
-            "node_failed", org=config.org, error=exc.diagnostics()
-        )
-        return 1
-    return 0
+        loop.add_signal_handler(sig, stop_all)
+    code = 0
+    for done in asyncio.as_completed([asyncio.ensure_future(p.run()) for p in parts]):
+        try:
+            await done
+        except BusError as exc:
+            log.error(  # noqa: TRY400 - diagnostics() carries the cause; no traceback for input
+                "node_failed", org=config.org, error=exc.diagnostics()
+            )
+            code = 1
+        stop_all()
+    return code

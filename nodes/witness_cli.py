@@ -1,0 +1,269 @@
+"""Command-line parts of the witnessed log (issue 5), hooked into ``obus`` by nodes/cli.py.
+
+* ``obus node``: the witness options (``--witness``/``--no-witness``, default on, needs
+  ``--node-key``; ``--checkpoint-every N``, ``--checkpoint-interval SECONDS``,
+  ``--witness-db FILE``);
+* ``obus audit``: ``--from FILE`` (offline audit of an export), ``--html-out FILE``,
+  ``--require-witnessed``;
+* ``obus audit prove``: the inclusion proof of one record against a quorum checkpoint;
+* ``obus log export FILE``: the portable export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bus.errors import ConfigError, VerificationError
+from bus.kafka import Topics
+
+Common = Callable[[argparse.ArgumentParser], None]
+Bootstrap = Callable[[argparse.Namespace], str]
+
+
+def add_witness_commands(sub: Any, common: Common, bootstrap: Bootstrap) -> None:
+    """Add the witnessed-log options and commands to the ``obus`` parser."""
+    node: argparse.ArgumentParser = sub.choices["node"]
+    with contextlib.suppress(argparse.ArgumentError):  # issue 6 may have added it already
+        node.add_argument(
+            "--node-key", metavar="FILE", help="node key (role NODE): signs checkpoints"
+        )
+    g = node.add_argument_group(
+        "witness",
+        "Keep a Merkle tree of every report partition, publish signed checkpoints to "
+        "<prefix>checkpoints, cosign other organizations' consistent checkpoints and raise a "
+        "split-view alarm on inconsistent ones. Needs --node-key (accredited with role NODE).",
+    )
+    g.add_argument(
+        "--witness", action=argparse.BooleanOptionalAction, default=True,
+        help="run the witness (default: on)",
+    )  # fmt: skip
+    g.add_argument(
+        "--checkpoint-every", type=int, default=1000, metavar="N",
+        help="publish a checkpoint at every multiple of N records of a partition (1000)",
+    )  # fmt: skip
+    g.add_argument(
+        "--checkpoint-interval", type=float, default=10.0, metavar="SECONDS",
+        help="and after this long when the partition grew (10)",
+    )  # fmt: skip
+    g.add_argument(
+        "--witness-db", metavar="FILE", help="the witness's SQLite file (<db>.witness.db)"
+    )
+
+    aud: argparse.ArgumentParser = sub.choices["audit"]
+    aud.add_argument(
+        "--from", dest="from_file", metavar="FILE",
+        help="audit an export file (obus log export) instead of the live bus; no broker needed",
+    )  # fmt: skip
+    aud.add_argument("--html-out", metavar="FILE", help="also write a self-contained HTML report")
+    aud.add_argument(
+        "--require-witnessed", action="store_true",
+        help="every report record must be covered by a checkpoint signed by a quorum",
+    )  # fmt: skip
+    audsub = aud.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
+    prove = audsub.add_parser(
+        "prove",
+        help="prove one record's inclusion in a checkpoint signed by a quorum of organizations",
+        description="Prints (JSON) the RFC 9162 inclusion proof of one record against the "
+        "largest checkpoint of its partition signed or cosigned by at least the mandate's "
+        "threshold of organizations, with the merged signed note, and verifies it. Exit 1 when "
+        "the record cannot be proven (named reason).",
+    )
+    prove.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    prove.add_argument("--topic", help="the record's topic, e.g. obus.reports.un")
+    prove.add_argument("--partition", type=int, default=0)
+    prove.add_argument("--offset", type=int)
+    prove.add_argument("--report-id", help="or name the record by its report id")
+    prove.add_argument("--from", dest="from_file", metavar="FILE", help="prove from an export")
+    prove.add_argument("--json-out", metavar="FILE", help="also write the proof to a file")
+    common(prove)
+    prove.set_defaults(func=lambda a: cmd_prove(a, bootstrap))
+
+    logp = sub.add_parser("log", help="the whole log: export it to a portable file")
+    logsub = logp.add_subparsers(dest="log_command", required=True, metavar="SUBCOMMAND")
+    exp = logsub.add_parser(
+        "export",
+        help="write every record, checkpoint, mandate version and registry record to FILE",
+        description="Writes the obus-log-export v1 file (JSON Lines: header, mandate, registry, "
+        "checkpoints, reports, trailer; see README 'Export format'). Audit it offline with "
+        "obus audit --from FILE.",
+    )
+    exp.add_argument("path", metavar="FILE")
+    exp.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    common(exp)
+    exp.set_defaults(func=lambda a: cmd_log_export(a, bootstrap))
+
+
+# ---------------------------------------------------------------------------------------------
+# obus node
+
+
+def witness_config(args: argparse.Namespace, node: Any) -> Any:
+    """The witness configuration for ``obus node``, or None with ``--no-witness``.
+
+    Raises:
+        ConfigError: the witness is on and no ``--node-key`` was given, or a limit is wrong.
+    """
+    from bus.witness import WitnessPolicy  # noqa: PLC0415
+    from nodes.files import read_key  # noqa: PLC0415
+    from nodes.witness import WitnessConfig, default_witness_db  # noqa: PLC0415
+
+    if not getattr(args, "witness", False):
+        return None
+    if not getattr(args, "node_key", None):
+        raise ConfigError(
+            "--node-key",
+            "the witness signs checkpoints with the node key",
+            "pass --node-key FILE (a key your organization accredited with role NODE:"
+            " obus org accredit --role node), or --no-witness",
+        )
+    if args.checkpoint_every < 1 or args.checkpoint_interval < 0:
+        raise ConfigError(
+            "--checkpoint-every", "must be >= 1 (and --checkpoint-interval >= 0)", "fix the value"
+        )
+    db = Path(args.witness_db) if args.witness_db else default_witness_db(Path(args.db))
+    return WitnessConfig(
+        org=node.org,
+        bootstrap=node.bootstrap,
+        db_path=db,
+        mandate=node.mandate,
+        node_key=read_key(Path(args.node_key)),
+        topics=node.topics,
+        policy=WitnessPolicy(args.checkpoint_every, round(args.checkpoint_interval * 1000)),
+    )
+
+
+async def run_with_witness(args: argparse.Namespace, node: Any) -> int:
+    """Run the node of ``obus node`` with its witness (unless ``--no-witness``)."""
+    from nodes.org_node import run_node  # noqa: PLC0415
+    from nodes.witness import Witness  # noqa: PLC0415
+
+    cfg = witness_config(args, node)
+    if cfg is None:
+        return await run_node(node)
+    return await run_node(node, companions=[Witness(cfg)])
+
+
+# ---------------------------------------------------------------------------------------------
+# obus audit, obus audit prove, obus log export
+
+
+def _export_time(path: Path) -> int:
+    """The export's creation time; raises ConfigError when the file cannot be read."""
+    from bus.export import ExportReader  # noqa: PLC0415
+
+    try:
+        with path.open("rb") as f:
+            return ExportReader(f).header.created_at_ms
+    except OSError as exc:
+        raise ConfigError("--from", f"cannot read {path}: {exc.strerror}", "pass FILE") from exc
+
+
+def cmd_audit(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    """``obus audit`` live or ``--from FILE``; exit 1 names every violation."""
+    from nodes.audit_report import write_html  # noqa: PLC0415
+    from nodes.auditor import audit, audit_export, render, write_json  # noqa: PLC0415
+    from nodes.files import load_mandate  # noqa: PLC0415
+
+    console = Console(stderr=True)
+    if args.from_file:
+        path = Path(args.from_file)
+        created_at_ms = _export_time(path)
+        mandate = None
+        if args.mandate:
+            # An export is audited as of when it was made: an old mandate has expired since.
+            mandate, _ = load_mandate(Path(args.mandate), now_ms=created_at_ms)
+        else:
+            console.print(
+                "[yellow]no --mandate: trusting the mandate embedded in the export[/yellow]"
+            )
+        result = audit_export(
+            path, mandate, console=console, require_witnessed=args.require_witnessed
+        )
+    else:
+        if not args.mandate:
+            raise ConfigError("--mandate", "is required to audit the live bus", "pass FILE")
+        mandate, _ = load_mandate(Path(args.mandate))
+        result = asyncio.run(
+            audit(
+                bootstrap(args), mandate, topics=Topics(args.topic_prefix), console=console,
+                require_witnessed=args.require_witnessed,
+            )
+        )  # fmt: skip
+    render(result, Console())
+    if args.json_out:
+        write_json(result, Path(args.json_out))
+    if args.html_out:
+        write_html(result, Path(args.html_out))
+    return 0 if result.ok else 1
+
+
+def cmd_prove(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    """``obus audit prove``: print and verify one record's inclusion proof."""
+    from nodes.files import load_mandate  # noqa: PLC0415
+    from nodes.prove import prove_from_file, prove_live  # noqa: PLC0415
+
+    if args.report_id is None and (args.topic is None or args.offset is None):
+        raise ConfigError(
+            "prove", "no record named", "pass --topic T --partition P --offset O or --report-id"
+        )
+    where = None if args.topic is None else (args.topic, args.partition, args.offset)
+    err = Console(stderr=True)
+    try:
+        if args.from_file:
+            path = Path(args.from_file)
+            mandate, _ = load_mandate(Path(args.mandate), now_ms=_export_time(path))
+            proof = prove_from_file(path, mandate, where=where, report_id=args.report_id)
+        else:
+            mandate, _ = load_mandate(Path(args.mandate))
+            proof = asyncio.run(
+                prove_live(
+                    bootstrap(args), Topics(args.topic_prefix), mandate,
+                    where=where, report_id=args.report_id,
+                )
+            )  # fmt: skip
+    except VerificationError as exc:
+        err.print(f"[red]cannot prove: {exc.reason.value}: {exc.message}[/red]")
+        return 1
+    doc = json.dumps(proof.to_json(), indent=2)
+    sys.stdout.write(doc + "\n")
+    if args.json_out:
+        Path(args.json_out).write_text(doc + "\n", encoding="utf-8")
+    cp = proof.checkpoint
+    err.print(
+        f"[green]verified[/green]: {proof.topic}[{proof.partition}]@{proof.offset} is leaf "
+        f"{proof.leaf_index} of {cp.origin} at size {cp.size}, signed by "
+        f"{', '.join(proof.orgs)} (quorum {proof.quorum}); audit path of {len(proof.proof)} hashes"
+    )
+    return 0
+
+
+def cmd_log_export(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    """``obus log export FILE``."""
+    from nodes.files import load_mandate  # noqa: PLC0415
+    from nodes.log_export import export_log  # noqa: PLC0415
+
+    mandate, raw = load_mandate(Path(args.mandate))
+    path = Path(args.path)
+    started = time.monotonic()
+    counts = asyncio.run(
+        export_log(
+            bootstrap(args), Topics(args.topic_prefix), mandate, raw, path,
+            console=Console(stderr=True),
+        )
+    )  # fmt: skip
+    print(
+        f"wrote {path}: "
+        + ", ".join(f"{n} {section}" for section, n in counts.items())
+        + f" records in {time.monotonic() - started:.1f}s"
+    )
+    return 0
