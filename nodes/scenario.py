@@ -93,6 +93,10 @@ class Scenario:
     observers: list[ObserverIdentity]
     accreditations: list[bytes]
     signers: dict[str, ReportSigner] = field(default_factory=dict)
+    # One node key per organization, accredited with role NODE (subject "<org>-node-1"): it
+    # signs the witness's checkpoints and cosignatures (issue 5).
+    node_keys: dict[str, SigningKey] = field(default_factory=dict)
+    node_accreditations: list[bytes] = field(default_factory=list)
 
 
 def build_scenario(
@@ -133,7 +137,25 @@ def build_scenario(
             accreditations.append(sign_accreditation(acc, roots[org]).encode())
     scenario = Scenario(mandate, envelope, roots, observers, accreditations)
     scenario.signers = {o.observer_id: ReportSigner(o.key) for o in observers}
+    for org, _ in ORGANIZATIONS:
+        key = scenario.node_keys[org] = demo_key(f"{seed}:node:{org}")
+        acc = Accreditation(
+            subject_id=node_subject(org),
+            org=org,
+            role=Role.NODE,
+            public_key=key.public_key,
+            not_before_ms=mandate.not_before_ms,
+            not_after_ms=mandate.not_after_ms,
+            serial=100,
+            mandate_id=mandate.mandate_id,
+        )
+        scenario.node_accreditations.append(sign_accreditation(acc, roots[org]).encode())
     return scenario
+
+
+def node_subject(org: str) -> str:
+    """The accredited subject id of an organization's demonstration node key."""
+    return f"{org}-node-1"
 
 
 def draft_report(
