@@ -195,7 +195,8 @@ class WitnessCore:
         """Checkpoints to publish now, each with its signed record bytes; marks them published.
 
         For each partition that grew: the newest multiple of ``checkpoint_every`` above the last
-        published size, or the current size once ``checkpoint_interval_ms`` has passed.
+        published size, or the current size once ``checkpoint_interval_ms`` has passed. A text
+        this witness already cosigned is not published again under its own signature.
         """
         every, interval = self.policy.checkpoint_every, self.policy.checkpoint_interval_ms
         out: list[tuple[Checkpoint, bytes]] = []
@@ -212,8 +213,10 @@ class WitnessCore:
             else:
                 continue
             cp = Checkpoint(origin, target, tree.root_at(target))
-            out.append((cp, signed_checkpoint(cp, self.key, self.name)))
             self.published[origin] = (target, now_ms)
+            if self._seen(cp.text()):
+                continue  # already cosigned as another organization's checkpoint
+            out.append((cp, signed_checkpoint(cp, self.key, self.name)))
             self._remember(cp.text())
         return out
 

@@ -28,6 +28,7 @@ counters by organization, zone and day. Only the list of violations grows, with 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sqlite3
@@ -117,7 +118,7 @@ class AuditResult:
             "quorum": self.quorum,
             "witness": self.witness,
             "violations_by_kind": dict(self.violations_by_kind()),
-            "violations": [v.__dict__ for v in self.violations],
+            "violations": [dataclasses.asdict(v) for v in self.violations],
         }
 
 
@@ -622,13 +623,13 @@ def render(result: AuditResult, console: Console) -> None:
     console.print(table)
     if result.witness and result.checkpoint_records:
         wt = Table(title=f"Witnessed log (quorum: {result.quorum} organizations)")
-        for col in ("partition", "records", "checkpoints checked", "witnessed up to", "by"):
+        for col in ("partition", "records", "checked", "witnessed up to", "signed by"):
             wt.add_column(col)
         for w in result.witness:
             wt.add_row(
                 f"{w['topic']}[{w['partition']}]", str(w["records"]),
                 str(w["checkpoints_checked"]), str(w["witnessed_size"]),
-                ", ".join(w["witnessed_by"]),
+                f"{len(w['witnessed_by'])} orgs",
                 style="red" if w["checkpoints_mismatched"] else None,
             )  # fmt: skip
         console.print(wt)

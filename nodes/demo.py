@@ -10,7 +10,12 @@
    by an unaccredited key;
 5. waits until every node has stored or quarantined every record, stops the nodes, and shows:
    identical accepted sets on all six nodes, both bad records quarantined with their reasons at
-   every node, each organization's own decisions, and the auditor's verdict.
+   every node, each organization's own decisions, and the auditor's verdict;
+6. (witnessed log) before stopping the nodes, waits until each node's witness holds, for every
+   report partition, a checkpoint of its full size signed or cosigned by all six organizations,
+   then shows the agreement (same trees everywhere, no split-view alarm), exports the log
+   (``obus log export``), audits the export offline (``obus audit --from``, JSON and HTML
+   reports in var/demo) and proves one report's inclusion against a quorum checkpoint.
 
 Exit code 0 when everything above holds, 1 otherwise. Everything it starts is stopped.
 """
@@ -49,7 +54,11 @@ from bus.kafka import (
 )
 from bus.model import Envelope, Signature
 from bus.sign import ReportSigner
-from nodes.auditor import audit, render
+from nodes.audit_report import write_html
+from nodes.auditor import audit, audit_export, render, write_json
+from nodes.files import write_key
+from nodes.log_export import export_log
+from nodes.prove import prove_from_file
 from nodes.scenario import (
     ORGANIZATIONS,
     ObserverIdentity,
@@ -59,6 +68,7 @@ from nodes.scenario import (
     draft_report,
     signed_reports,
 )
+from nodes.witness import default_witness_db, witness_fingerprint, witness_status
 
 log = structlog.get_logger(__name__)
 
@@ -66,6 +76,7 @@ REPO: Final = Path(__file__).resolve().parent.parent
 KAFKA_SH: Final = REPO / "deploy" / "local" / "kafka.sh"
 POLICIES: Final = REPO / "deploy" / "policies"
 WAIT_FOR_NODES_S: Final = 180
+CHECKPOINT_INTERVAL_S: Final = 2  # witnesses checkpoint the demo's small partitions quickly
 
 
 def free_port() -> int:
@@ -153,6 +164,11 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             console.print(
                 f"{len(scenario.accreditations)} observers accredited on {topics.registry}"
             )
+            node_keys = await _accredit_node_keys(producer, scenario, topics, work)
+            console.print(
+                f"{len(node_keys)} node keys accredited (role NODE): each node's witness signs"
+                " checkpoints with it"
+            )
 
             console.rule("3. Six organization nodes")
             for org in orgs:
@@ -161,7 +177,8 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
                     [sys.executable, "-m", "nodes.cli", "node", "--org", org,
                      "--mandate", str(mandate_file), "--db", str(work / f"{org}.db"),
                      "--policy", str(POLICIES / f"{org}.toml"), "--bootstrap", bootstrap,
-                     "--topic-prefix", topics.prefix],
+                     "--topic-prefix", topics.prefix, "--node-key", str(node_keys[org]),
+                     "--checkpoint-interval", str(CHECKPOINT_INTERVAL_S)],
                     stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
                     env={**os.environ, "OBUS_LOG_JSON": "1"},
                 )  # fmt: skip
@@ -204,6 +221,8 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         else:
             console.print(f"[red]nodes did not finish within {WAIT_FOR_NODES_S}s: {done}[/red]")
             return False
+        if not await _wait_for_witnesses(console, work, orgs, ends, procs):
+            return False
         _stop_nodes(procs)
 
         console.rule("5. What every node holds")
@@ -220,7 +239,16 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             + f"auditor named {len(found)} violation(s);"
             + f" expected exactly the {len(expected)} injected"
         )
-        return ok and audit_ok
+
+        console.rule("7. Witnessed log: checkpoint agreement across the six organizations")
+        witness_ok = _show_witnesses(console, work, orgs, ends)
+
+        console.rule("8. Export the log and audit the copy offline")
+        export_ok = await _export_and_audit(
+            console, work, bootstrap=bootstrap, topics=topics, scenario=scenario,
+            expected=expected, report_id=stream[0][1],
+        )  # fmt: skip
+        return ok and audit_ok and witness_ok and export_ok
     finally:
         _stop_nodes(procs)
         if broker is not None:
@@ -251,6 +279,138 @@ async def _inject(
     md = await producer.send_and_wait(topics.reports("eu"), raw, key=rogue.observer_id.encode())
     out["unaccredited key (expect unknown_key)"] = (md.topic, md.partition, md.offset)
     return out
+
+
+async def _accredit_node_keys(
+    producer: AIOKafkaProducer, scenario: Scenario, topics: Topics, work: Path
+) -> dict[str, Path]:
+    """Publish each organization's NODE accreditation; write its key file for its node."""
+    files: dict[str, Path] = {}
+    for raw in scenario.node_accreditations:
+        await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+    for org, key in scenario.node_keys.items():
+        files[org] = work / "keys" / f"{org}-node.json"
+        write_key(files[org], key)
+    return files
+
+
+def _witness_db(work: Path, org: str) -> Path:
+    return default_witness_db(work / f"{org}.db")
+
+
+async def _wait_for_witnesses(
+    console: Console,
+    work: Path,
+    orgs: list[str],
+    ends: dict[tuple[str, int], int],
+    procs: dict[str, subprocess.Popen[bytes]],
+) -> bool:
+    """Wait until every node's witness holds, for every report partition, a checkpoint of the
+    partition's full size signed or cosigned by all six organizations."""
+    want = {(t, p): n for (t, p), n in ends.items() if n > 0}
+    deadline = time.monotonic() + WAIT_FOR_NODES_S
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs.values()):
+            console.print(f"[red]a node exited early; see {work / 'logs'}[/red]")
+            return False
+        agreed = 0
+        for org in orgs:
+            try:
+                parts = witness_status(_witness_db(work, org), len(orgs))["partitions"]
+            except sqlite3.Error:
+                break
+            full = {
+                (w["topic"], w["partition"])
+                for w in parts
+                if w["quorum_size"] == w["size"] == want.get((w["topic"], w["partition"]))
+            }
+            agreed += full == set(want)
+        if agreed == len(orgs):
+            return True
+        await asyncio.sleep(0.5)
+    console.print(f"[red]witnesses did not agree within {WAIT_FOR_NODES_S}s[/red]")
+    return False
+
+
+def _show_witnesses(
+    console: Console, work: Path, orgs: list[str], ends: dict[tuple[str, int], int]
+) -> bool:
+    """Per partition: the checkpoint all six signed; per node: its tree fingerprint, alarms."""
+    statuses = {org: witness_status(_witness_db(work, org), len(orgs)) for org in orgs}
+    table = Table(title="Checkpoints of every report partition, signed or cosigned by all six")
+    for col in ("partition", "records", "checkpoint root (base64)", "signed by"):
+        table.add_column(col)
+    for w in statuses[orgs[0]]["partitions"]:
+        table.add_row(
+            f"{w['topic']}[{w['partition']}]", str(w["quorum_size"]),
+            (w["quorum_root"] or "")[:20] + "…", f"{len(w['quorum_orgs'])}/{len(orgs)}",
+        )  # fmt: skip
+    console.print(table)
+    nt = Table(title="Each node's witness")
+    for col in ("node", "partitions", "leaves", "trees fingerprint", "split-view alarms"):
+        nt.add_column(col)
+    prints = set()
+    alarms = 0
+    for org in orgs:
+        st = statuses[org]
+        fp = witness_fingerprint(_witness_db(work, org))
+        prints.add(fp)
+        alarms += len(st["alarms"])
+        nt.add_row(
+            org, str(len(st["partitions"])), str(sum(w["size"] for w in st["partitions"])), fp,
+            str(len(st["alarms"])),
+        )  # fmt: skip
+    console.print(nt)
+    total = sum(ends.values())
+    ok = len(prints) == 1 and alarms == 0
+    console.print(
+        f"[green]all six witnesses hold the same trees over {total} records, every checkpoint"
+        " cosigned by all six organizations, no split-view alarm[/green]"
+        if ok
+        else "[red]the witnesses disagree or raised alarms[/red]"
+    )
+    return ok
+
+
+async def _export_and_audit(
+    console: Console,
+    work: Path,
+    *,
+    bootstrap: str,
+    topics: Topics,
+    scenario: Scenario,
+    expected: set[tuple[str, int, int]],
+    report_id: str,
+) -> bool:
+    """`obus log export`, then `obus audit --from` (JSON + HTML) and one inclusion proof."""
+    path = work / "log.obus.jsonl"
+    counts = await export_log(bootstrap, topics, scenario.mandate, scenario.mandate_envelope, path)
+    console.print(
+        f"exported {path.relative_to(REPO)} ({path.stat().st_size // 1024} KiB): "
+        + ", ".join(f"{n} {k}" for k, n in counts.items())
+    )
+    result = audit_export(path, scenario.mandate, console=console, require_witnessed=True)
+    render(result, console)
+    write_json(result, work / "audit.json")
+    write_html(result, work / "audit.html")
+    found = {(v.topic, v.partition, v.offset) for v in result.violations}
+    witnessed = all(w["unwitnessed"] == 0 for w in result.witness)
+    ok = found == expected and witnessed
+    console.print(
+        ("[green]" if ok else "[red]")
+        + f"offline audit named {len(found)} violation(s) (expected the {len(expected)}"
+        + " injected); every record covered by a checkpoint of a quorum"
+        + f" ({result.quorum}): {witnessed}; reports in"
+        + f" {(work / 'audit.html').relative_to(REPO)} and audit.json"
+    )
+    proof = prove_from_file(path, scenario.mandate, where=None, report_id=report_id)
+    console.print(
+        f"inclusion proof of report {report_id}: leaf {proof.leaf_index} of"
+        f" {proof.checkpoint.origin} at size {proof.checkpoint.size}, signed by"
+        f" {len(proof.orgs)} organizations, {len(proof.proof)} hashes: [green]verified[/green]"
+        f" (obus audit prove --from {path.relative_to(REPO)} --report-id {report_id})"
+    )
+    return ok
 
 
 def _stop_nodes(procs: dict[str, subprocess.Popen[bytes]]) -> None:

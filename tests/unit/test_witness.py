@@ -197,3 +197,15 @@ def test_policy_limits() -> None:
         WitnessPolicy(checkpoint_every=0)
     with pytest.raises(ValueError, match="interval"):
         WitnessPolicy(checkpoint_interval_ms=-1)
+
+
+def test_a_checkpoint_already_cosigned_is_not_published_again() -> None:
+    m, keys = _mission()
+    un, eu = _core(m, keys, "un", checkpoint_every=5), _core(m, keys, "eu", checkpoint_every=5)
+    for c in (un, eu):
+        _feed(c, VALUES[:5])
+    ((_, record),) = un.due(now_ms=1)
+    vc = verify_checkpoint(record, m.keyring, at_ms=NOW_MS, seq=1)
+    assert eu.review(vc, offset=0, now_ms=1).cosignature is not None
+    assert eu.due(now_ms=2) == []  # the same text: EU's cosignature already stands
+    assert eu.published[eu.origin(TOPIC, 0)][0] == 5
