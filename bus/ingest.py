@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from bus.errors import Reason, VerificationError
 from bus.lifecycle import TrustTimeline
 from bus.policy import Decision, Policy
-from bus.store import Accepted, Outcome, Quarantined, RecordRef
+from bus.sealed import DecryptionKey, is_sealed, verify_sealed_report
+from bus.store import Accepted, AcceptedSealed, Outcome, Quarantined, RecordRef
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits, verify_report
 
@@ -41,6 +42,8 @@ class Ingestor:
     policy: Policy | None = None
     limits: Limits = field(default_factory=Limits)
     timeline: TrustTimeline | None = None
+    # This organization's X25519 keys by key id, to read restricted reports sealed to it.
+    decryption_keys: dict[bytes, DecryptionKey] = field(default_factory=dict)
 
     def judge(self, ref: RecordRef, raw: bytes | None, org: str | None) -> Outcome:
         """Verify one record and extend its observer's chain; never raises on bad input."""
@@ -49,13 +52,23 @@ class Ingestor:
             return Quarantined(ref, Reason.WRONG_TOPIC.value, "not a report topic", value)
         if raw is None:
             return Quarantined(ref, Reason.MALFORMED.value, "record has no value", value)
+        keyring = self.keyring if self.timeline is None else self.timeline.at(ref.log_time_ms)
         try:
+            if is_sealed(raw):
+                vs = verify_sealed_report(
+                    raw,
+                    expected_org=org,
+                    keyring=keyring,
+                    reference_ms=ref.log_time_ms,
+                    limits=self.limits,
+                    keys=self.decryption_keys,
+                )
+                self.chain.accept_link(vs.sealed, vs.envelope_digest)
+                return AcceptedSealed(ref, vs, raw)
             vr = verify_report(
                 raw,
                 expected_org=org,
-                keyring=self.keyring
-                if self.timeline is None
-                else self.timeline.at(ref.log_time_ms),
+                keyring=keyring,
                 reference_ms=ref.log_time_ms,
                 limits=self.limits,
             )

@@ -19,7 +19,14 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from bus.errors import TransportError
-from bus.model import PAYLOAD_REVOCATION, Accreditation, Envelope, Revocation
+from bus.model import (
+    PAYLOAD_ENCRYPTION_KEY,
+    PAYLOAD_REVOCATION,
+    Accreditation,
+    EncryptionKey,
+    Envelope,
+    Revocation,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -100,6 +107,8 @@ def registry_key(envelope_payload_type: str, key_id: bytes) -> bytes:
     let a revocation erase the accreditation it refers to (or the reverse).
     """
     kind = "rev" if envelope_payload_type == PAYLOAD_REVOCATION else "acc"
+    if envelope_payload_type == PAYLOAD_ENCRYPTION_KEY:
+        kind = "enc"  # an organization's X25519 key (restricted reports), keyed by its key id
     return f"{kind}:{key_id.hex()}".encode()
 
 
@@ -112,6 +121,8 @@ def registry_record_key(raw: bytes) -> bytes:
     env = Envelope.decode(raw)
     if env.payload_type == PAYLOAD_REVOCATION:
         return registry_key(env.payload_type, Revocation.decode(env.payload).key_id)
+    if env.payload_type == PAYLOAD_ENCRYPTION_KEY:
+        return registry_key(env.payload_type, EncryptionKey.decode(env.payload).key_id)
     return registry_key(env.payload_type, Accreditation.decode(env.payload).key_id)
 
 

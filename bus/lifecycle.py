@@ -34,10 +34,18 @@ import contextlib
 from dataclasses import dataclass
 
 from bus.errors import Reason, VerificationError
-from bus.model import PAYLOAD_MANDATE, Accreditation, Envelope, Mandate, Revocation, encode
+from bus.model import (
+    PAYLOAD_MANDATE,
+    Accreditation,
+    EncryptionKey,
+    Envelope,
+    Mandate,
+    Revocation,
+    encode,
+)
 from bus.trust import KeyRing, verify_mandate
 
-RegistryEntry = Accreditation | Revocation
+RegistryEntry = Accreditation | Revocation | EncryptionKey
 
 
 @dataclass(frozen=True, slots=True)

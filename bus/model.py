@@ -687,3 +687,176 @@ class Receipt:
             seq=pb.seq,
             mandate_id=pb.mandate_id,
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# Restricted reports and encryption keys (issue 4; schemas/obus/v1/sealed.proto). Kept together
+# at the end of the module.
+
+from bus._pb.obus.v1 import sealed_pb2  # noqa: E402 - this section is self-contained
+
+PAYLOAD_SEALED_REPORT: Final = "application/vnd.obus.sealed-report.v1+protobuf"
+PAYLOAD_ENCRYPTION_KEY: Final = "application/vnd.obus.encryption-key.v1+protobuf"
+X25519_PUBLIC_KEY_BYTES: Final = 32
+HPKE_ENC_BYTES: Final = 32  # DHKEM(X25519) encapsulated key, RFC 9180 §7.1 Nenc
+WRAPPED_KEY_BYTES: Final = 32 + 16  # a 32-byte content key plus the AES-GCM tag
+GCM_NONCE_BYTES: Final = 12
+GCM_TAG_BYTES: Final = 16
+# Bounded so one record cannot make every node do unbounded HPKE work; 16 is more than the
+# organizations of any mandate we know of.
+MAX_RECIPIENTS: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class SealedRecipient:
+    """One recipient organization's HPKE-wrapped copy of a sealed report's content key."""
+
+    org: str
+    key_id: bytes
+    enc: bytes
+    wrapped_key: bytes
+
+    def __post_init__(self) -> None:
+        check_id("recipients.org", self.org)
+        if len(self.key_id) != DIGEST_BYTES:
+            raise _invalid("recipients.key_id", f"must be {DIGEST_BYTES} bytes")
+        if len(self.enc) != HPKE_ENC_BYTES:
+            raise _invalid("recipients.enc", f"must be {HPKE_ENC_BYTES} bytes")
+        if len(self.wrapped_key) != WRAPPED_KEY_BYTES:
+            raise _invalid("recipients.wrapped_key", f"must be {WRAPPED_KEY_BYTES} bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class SealedReport:
+    """A report encrypted to named organizations; routing fields in clear (sealed.proto)."""
+
+    report_id: str
+    mandate_id: str
+    zone: str
+    observer_id: str
+    org: str
+    seq: int
+    prev_digest: bytes
+    signed_at_ms: int
+    recipients: tuple[SealedRecipient, ...]
+    nonce: bytes
+    ciphertext: bytes
+
+    def __post_init__(self) -> None:
+        if not _UUID7_RE.fullmatch(self.report_id):
+            raise _invalid("report_id", "must be a lower-case UUIDv7")
+        for name in ("mandate_id", "zone", "observer_id", "org"):
+            check_id(name, getattr(self, name))
+        if self.seq < 1:
+            raise _invalid("seq", "must start at 1")
+        if self.seq == 1 and self.prev_digest:
+            raise _invalid("prev_digest", "must be empty when seq is 1")
+        if self.seq > 1 and len(self.prev_digest) != DIGEST_BYTES:
+            raise _invalid("prev_digest", f"must be {DIGEST_BYTES} bytes when seq > 1")
+        if self.signed_at_ms <= 0:
+            raise _invalid("signed_at_ms", "must be positive Unix milliseconds")
+        if not 1 <= len(self.recipients) <= MAX_RECIPIENTS:
+            raise _invalid("recipients", f"need 1..{MAX_RECIPIENTS} recipient organizations")
+        orgs = [r.org for r in self.recipients]
+        if len(set(orgs)) != len(orgs):
+            raise _invalid("recipients", "an organization is named twice")
+        if len(self.nonce) != GCM_NONCE_BYTES:
+            raise _invalid("nonce", f"must be {GCM_NONCE_BYTES} bytes")
+        if len(self.ciphertext) < GCM_TAG_BYTES:
+            raise _invalid("ciphertext", "shorter than the AES-GCM tag")
+
+    @property
+    def recipient_orgs(self) -> tuple[str, ...]:
+        """The organizations that can read the content, in the order named."""
+        return tuple(r.org for r in self.recipients)
+
+    def to_pb(self) -> sealed_pb2.SealedReport:
+        """The generated protobuf message (for the codec only)."""
+        return sealed_pb2.SealedReport(
+            report_id=self.report_id,
+            mandate_id=self.mandate_id,
+            zone=self.zone,
+            observer_id=self.observer_id,
+            org=self.org,
+            seq=self.seq,
+            prev_digest=self.prev_digest,
+            signed_at_ms=self.signed_at_ms,
+            recipients=[
+                sealed_pb2.SealedRecipient(
+                    org=r.org, key_id=r.key_id, enc=r.enc, wrapped_key=r.wrapped_key
+                )
+                for r in self.recipients
+            ],
+            nonce=self.nonce,
+            ciphertext=self.ciphertext,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> SealedReport:
+        """Parse and validate sealed report payload bytes (malformed / invalid_field)."""
+        pb = _parse(sealed_pb2.SealedReport, data, "sealed report")
+        return cls(
+            report_id=pb.report_id,
+            mandate_id=pb.mandate_id,
+            zone=pb.zone,
+            observer_id=pb.observer_id,
+            org=pb.org,
+            seq=pb.seq,
+            prev_digest=bytes(pb.prev_digest),
+            signed_at_ms=pb.signed_at_ms,
+            recipients=tuple(
+                SealedRecipient(r.org, bytes(r.key_id), bytes(r.enc), bytes(r.wrapped_key))
+                for r in pb.recipients
+            ),
+            nonce=bytes(pb.nonce),
+            ciphertext=bytes(pb.ciphertext),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionKey:
+    """An organization's X25519 key for restricted reports, vouched for by its root key."""
+
+    org: str
+    public_key: bytes
+    not_before_ms: int
+    not_after_ms: int
+    serial: int
+    mandate_id: str
+
+    def __post_init__(self) -> None:
+        check_id("org", self.org)
+        check_id("mandate_id", self.mandate_id)
+        if len(self.public_key) != X25519_PUBLIC_KEY_BYTES:
+            raise _invalid("public_key", f"must be {X25519_PUBLIC_KEY_BYTES} bytes")
+        if not 0 < self.not_before_ms < self.not_after_ms:
+            raise _invalid("not_after_ms", "need 0 < not_before_ms < not_after_ms")
+
+    @property
+    def key_id(self) -> bytes:
+        """SHA-256 of the raw X25519 public key."""
+        return sha256(self.public_key)
+
+    def to_pb(self) -> sealed_pb2.EncryptionKey:
+        """The generated protobuf message (for the codec only)."""
+        return sealed_pb2.EncryptionKey(
+            org=self.org,
+            public_key=self.public_key,
+            not_before_ms=self.not_before_ms,
+            not_after_ms=self.not_after_ms,
+            serial=self.serial,
+            mandate_id=self.mandate_id,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> EncryptionKey:
+        """Parse and validate encryption key payload bytes (malformed / invalid_field)."""
+        pb = _parse(sealed_pb2.EncryptionKey, data, "encryption key")
+        return cls(
+            pb.org,
+            bytes(pb.public_key),
+            pb.not_before_ms,
+            pb.not_after_ms,
+            pb.serial,
+            pb.mandate_id,
+        )

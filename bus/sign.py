@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from bus.crypto import SigningKey
 from bus.model import (
     PAYLOAD_ACCREDITATION,
+    PAYLOAD_ENCRYPTION_KEY,
     PAYLOAD_MANDATE,
     PAYLOAD_REPORT,
     PAYLOAD_REVOCATION,
+    PAYLOAD_SEALED_REPORT,
     Accreditation,
+    EncryptionKey,
     Envelope,
     Mandate,
     Report,
@@ -73,3 +76,27 @@ class ReportSigner:
         raw = sign_envelope(PAYLOAD_REPORT, encode(report), [self._key]).encode()
         self.head = ChainHead(seq, sha256(raw))
         return raw
+
+    def sign_sealed(self, draft: Report, recipients: Sequence[EncryptionKey]) -> bytes:
+        """Sign the next report as a restricted report readable only by ``recipients``.
+
+        The report takes the next chain position like :meth:`sign`; it is sealed with
+        :func:`bus.sealed.seal_report` and the signature covers the ciphertext.
+
+        Returns:
+            The envelope bytes (payload type sealed report) exactly as they go on the bus.
+        """
+        from bus.sealed import seal_report  # noqa: PLC0415 - HPKE only when sealing
+
+        seq = 1 if self.head is None else self.head.seq + 1
+        prev = b"" if self.head is None else self.head.digest
+        report = dataclasses.replace(draft, seq=seq, prev_digest=prev)
+        sealed = seal_report(report, recipients)
+        raw = sign_envelope(PAYLOAD_SEALED_REPORT, encode(sealed), [self._key]).encode()
+        self.head = ChainHead(seq, sha256(raw))
+        return raw
+
+
+def sign_encryption_key(ek: EncryptionKey, org_root: SigningKey) -> Envelope:
+    """An encryption key record signed by the organization's root key."""
+    return sign_envelope(PAYLOAD_ENCRYPTION_KEY, encode(ek), [org_root])

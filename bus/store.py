@@ -18,6 +18,7 @@ from typing import Final
 
 from bus.errors import StoreError
 from bus.policy import Decision
+from bus.sealed import VerifiedSealed
 from bus.verify import ChainHead, VerifiedReport
 
 _SCHEMA: Final = """
@@ -55,6 +56,13 @@ CREATE TABLE IF NOT EXISTS revoked_after_acceptance (
     report_id TEXT PRIMARY KEY, key_id BLOB NOT NULL, seq INTEGER NOT NULL,
     last_valid_seq INTEGER NOT NULL, revoking_org TEXT NOT NULL, detail TEXT NOT NULL
 );
+-- Restricted (sealed) reports this node accepted: who can read them and whether this node
+-- could (README "Restricted reports"). Their `reports` row holds the clear fields, with
+-- category 'sealed' and severity 0 when this node cannot read the content.
+CREATE TABLE IF NOT EXISTS sealed_reports (
+    report_id TEXT PRIMARY KEY, recipients TEXT NOT NULL, readability TEXT NOT NULL,
+    detail TEXT NOT NULL, content BLOB
+);
 """
 
 
@@ -88,7 +96,16 @@ class Quarantined:
     raw: bytes
 
 
-Outcome = Accepted | Quarantined
+@dataclass(frozen=True, slots=True)
+class AcceptedSealed:
+    """A restricted report that verified and extended its chain (readable or not here)."""
+
+    ref: RecordRef
+    verified: VerifiedSealed
+    raw: bytes
+
+
+Outcome = Accepted | Quarantined | AcceptedSealed
 
 
 class NodeStore:
@@ -140,7 +157,7 @@ class NodeStore:
         Raises:
             StoreError: the transaction failed and nothing of the batch was stored.
         """
-        reports, quarantine = [], []
+        reports, quarantine, sealed_rows = [], [], []
         for o in outcomes:
             ref = o.ref
             if isinstance(o, Accepted):
@@ -150,6 +167,19 @@ class NodeStore:
                      r.seq, r.zone, r.category.label, r.severity, r.observed_at_ms,
                      ref.log_time_ms, o.verified.envelope_digest, o.verified.key_id, o.raw)
                 )  # fmt: skip
+            elif isinstance(o, AcceptedSealed):
+                s, inner, v = o.verified.sealed, o.verified.report, o.verified
+                reports.append(
+                    (s.report_id, ref.topic, ref.partition, ref.offset, s.observer_id, s.org,
+                     s.seq, s.zone, inner.category.label if inner else "sealed",
+                     inner.severity if inner else 0,
+                     inner.observed_at_ms if inner else s.signed_at_ms, ref.log_time_ms,
+                     v.envelope_digest, v.key_id, o.raw)
+                )  # fmt: skip
+                sealed_rows.append(
+                    (s.report_id, ",".join(s.recipient_orgs), v.readability.value, v.detail,
+                     v.content or None)
+                )  # fmt: skip
             else:
                 quarantine.append(
                     (ref.topic, ref.partition, ref.offset, o.reason, o.detail, ref.log_time_ms,
@@ -157,6 +187,7 @@ class NodeStore:
                 )  # fmt: skip
         with self._tx() as db:
             db.executemany("INSERT INTO reports VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", reports)
+            db.executemany("INSERT INTO sealed_reports VALUES (?,?,?,?,?)", sealed_rows)
             db.executemany(
                 'INSERT INTO quarantine (topic, partition, "offset", reason, detail, log_time_ms,'
                 " record_key, raw) VALUES (?,?,?,?,?,?,?,?)",
@@ -201,9 +232,27 @@ class NodeStore:
         return None if row is None else bytes(row[0])
 
     def envelopes(self) -> Iterator[bytes]:
-        """Envelope bytes of every accepted report, in the order they were stored."""
-        for (raw,) in self._db.execute("SELECT envelope FROM reports ORDER BY rowid"):
+        """Envelope bytes of every accepted plain report, in the order they were stored."""
+        for (raw,) in self._db.execute(
+            "SELECT envelope FROM reports WHERE report_id NOT IN"
+            " (SELECT report_id FROM sealed_reports) ORDER BY rowid"
+        ):
             yield bytes(raw)
+
+    def sealed_reports(self) -> list[tuple[str, str, str]]:
+        """(report id, recipient organizations, readability here) of every sealed report."""
+        return list(
+            self._db.execute(
+                "SELECT report_id, recipients, readability FROM sealed_reports ORDER BY report_id"
+            )
+        )
+
+    def sealed_content(self, report_id: str) -> bytes | None:
+        """The decrypted ObserverReport bytes of a sealed report this node could read."""
+        row = self._db.execute(
+            "SELECT content FROM sealed_reports WHERE report_id = ?", (report_id,)
+        ).fetchone()
+        return None if row is None or row[0] is None else bytes(row[0])
 
     def count_reports(self) -> int:
         """Number of accepted reports."""

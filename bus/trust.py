@@ -26,9 +26,11 @@ from bus.crypto import verify_pae
 from bus.errors import Reason, VerificationError
 from bus.model import (
     PAYLOAD_ACCREDITATION,
+    PAYLOAD_ENCRYPTION_KEY,
     PAYLOAD_MANDATE,
     PAYLOAD_REVOCATION,
     Accreditation,
+    EncryptionKey,
     Envelope,
     Mandate,
     Organization,
@@ -150,6 +152,20 @@ def verify_revocation(envelope: Envelope, mandate: Mandate) -> Revocation:
     return rev
 
 
+def verify_encryption_key(envelope: Envelope, mandate: Mandate) -> EncryptionKey:
+    """Verify an organization's X25519 encryption key record (restricted reports).
+
+    Raises:
+        VerificationError: same failures as accreditations.
+    """
+    _expect_type(envelope, PAYLOAD_ENCRYPTION_KEY)
+    ek = EncryptionKey.decode(envelope.payload)
+    if ek.mandate_id != mandate.mandate_id:
+        raise VerificationError(Reason.WRONG_MANDATE, f"encryption key for {ek.mandate_id!r}")
+    _signed_by_org_root(envelope, mandate, ek.org)
+    return ek
+
+
 @dataclass
 class KeyRing:
     """Accredited keys and revocations under one mandate, built from the registry in log order.
@@ -164,6 +180,7 @@ class KeyRing:
     def __post_init__(self) -> None:
         self._accredited: dict[bytes, Accreditation] = {}
         self._revoked: dict[bytes, Revocation] = {}
+        self._encryption: dict[str, EncryptionKey] = {}  # newest serial per organization
 
     def __len__(self) -> int:
         return len(self._accredited)
@@ -202,8 +219,18 @@ class KeyRing:
         """Every revocation in force (the earliest cut-off per key)."""
         return list(self._revoked.values())
 
-    def apply(self, envelope: Envelope) -> Accreditation | Revocation:
-        """Verify a registry envelope and add it (accreditation or revocation)."""
+    def encryption_key(self, org: str) -> EncryptionKey | None:
+        """The organization's current encryption key (newest serial), or None."""
+        return self._encryption.get(org)
+
+    def apply(self, envelope: Envelope) -> Accreditation | Revocation | EncryptionKey:
+        """Verify a registry envelope and add it (accreditation, revocation, encryption key)."""
+        if envelope.payload_type == PAYLOAD_ENCRYPTION_KEY:
+            ek = verify_encryption_key(envelope, self.mandate)
+            known = self._encryption.get(ek.org)
+            if known is None or ek.serial > known.serial:
+                self._encryption[ek.org] = ek
+            return ek
         if envelope.payload_type == PAYLOAD_REVOCATION:
             rev = verify_revocation(envelope, self.mandate)
             self.add_revocation(rev)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from bus.crypto import verify_pae
 from bus.errors import Reason, VerificationError
-from bus.model import PAYLOAD_REPORT, Envelope, Report, Role, sha256
+from bus.model import PAYLOAD_REPORT, Accreditation, Envelope, Report, Role, Zone, sha256
 from bus.trust import KeyRing
 
 # Largest record value accepted by default. Kafka's default message.max.bytes is 1 MiB; reports
@@ -74,47 +74,10 @@ def verify_report(
     Raises:
         VerificationError: the first check that fails, with its reason code.
     """
-    if len(raw) > limits.max_record_bytes:
-        raise VerificationError(
-            Reason.OVERSIZED, f"{len(raw)} bytes > limit {limits.max_record_bytes}", size=len(raw)
-        )
-    env = Envelope.decode(raw)
-    if env.payload_type != PAYLOAD_REPORT:
-        raise VerificationError(
-            Reason.WRONG_PAYLOAD_TYPE,
-            f"expected {PAYLOAD_REPORT}, got {env.payload_type!r}",
-            payload_type=env.payload_type,
-        )
-    if len(env.signatures) != 1:
-        raise VerificationError(
-            Reason.INVALID_FIELD, "a report carries exactly one signature", field="signatures"
-        )
-    sig = env.signatures[0]
-    acc = keyring.lookup(sig.key_id)
-    verify_pae(acc.public_key, env.payload_type, env.payload, sig.sig)
+    env, acc = open_observer_envelope(raw, PAYLOAD_REPORT, keyring, limits)
     report = Report.decode(env.payload)
-
-    if report.observer_id != acc.subject_id:
-        raise VerificationError(
-            Reason.SUBJECT_MISMATCH,
-            f"signed by {acc.org}/{acc.subject_id}, claims observer {report.observer_id}",
-        )
-    if report.org != acc.org:
-        raise VerificationError(
-            Reason.WRONG_ORG, f"claims org {report.org!r}, key accredited by {acc.org!r}"
-        )
-    if report.org != expected_org:
-        raise VerificationError(
-            Reason.WRONG_TOPIC, f"report of {report.org!r} on the topic of {expected_org!r}"
-        )
-    keyring.check_usable(acc, role=Role.OBSERVER, at_ms=report.signed_at_ms, seq=report.seq)
-
+    zone = check_claims(report, acc, expected_org=expected_org, keyring=keyring)
     mandate = keyring.mandate
-    if report.mandate_id != mandate.mandate_id:
-        raise VerificationError(Reason.WRONG_MANDATE, f"report for {report.mandate_id!r}")
-    zone = mandate.zone(report.zone)
-    if zone is None:
-        raise VerificationError(Reason.OUTSIDE_ZONE, f"zone {report.zone!r} is not in the mandate")
     if not zone.contains(report.location.lat, report.location.lon):
         raise VerificationError(
             Reason.OUTSIDE_ZONE,
@@ -137,7 +100,90 @@ def verify_report(
         raise VerificationError(
             Reason.INVALID_FIELD, "observed after it was signed", field="observed_at_ms"
         )
-    return VerifiedReport(report, sha256(raw), sig.key_id)
+    return VerifiedReport(report, sha256(raw), env.signatures[0].key_id)
+
+
+class Claims(Protocol):
+    """The routing fields a report states in clear (plain and sealed reports alike)."""
+
+    @property
+    def observer_id(self) -> str: ...
+    @property
+    def org(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def signed_at_ms(self) -> int: ...
+    @property
+    def mandate_id(self) -> str: ...
+    @property
+    def zone(self) -> str: ...
+
+
+def open_observer_envelope(
+    raw: bytes, payload_type: str, keyring: KeyRing, limits: Limits
+) -> tuple[Envelope, Accreditation]:
+    """Size, envelope, payload type, exactly one signature, by an accredited key, verifying.
+
+    Raises:
+        VerificationError: ``oversized``, ``malformed``, ``wrong_payload_type``,
+            ``invalid_field``, ``unknown_key``, ``bad_signature``, ``malformed_key``.
+    """
+    if len(raw) > limits.max_record_bytes:
+        raise VerificationError(
+            Reason.OVERSIZED, f"{len(raw)} bytes > limit {limits.max_record_bytes}", size=len(raw)
+        )
+    env = Envelope.decode(raw)
+    if env.payload_type != payload_type:
+        raise VerificationError(
+            Reason.WRONG_PAYLOAD_TYPE,
+            f"expected {payload_type}, got {env.payload_type!r}",
+            payload_type=env.payload_type,
+        )
+    if len(env.signatures) != 1:
+        raise VerificationError(
+            Reason.INVALID_FIELD, "a report carries exactly one signature", field="signatures"
+        )
+    sig = env.signatures[0]
+    acc = keyring.lookup(sig.key_id)
+    verify_pae(acc.public_key, env.payload_type, env.payload, sig.sig)
+    return env, acc
+
+
+def check_claims(
+    claims: Claims, acc: Accreditation, *, expected_org: str, keyring: KeyRing
+) -> Zone:
+    """The signer is the claimed observer of the topic's organization, usable at that seq and
+    time, under this mandate, in one of its zones.
+
+    Returns:
+        The mandate zone the report names.
+
+    Raises:
+        VerificationError: ``subject_mismatch``, ``wrong_org``, ``wrong_topic``, ``wrong_role``,
+            ``key_expired``, ``key_revoked``, ``wrong_mandate``, ``outside_zone``.
+    """
+    if claims.observer_id != acc.subject_id:
+        raise VerificationError(
+            Reason.SUBJECT_MISMATCH,
+            f"signed by {acc.org}/{acc.subject_id}, claims observer {claims.observer_id}",
+        )
+    if claims.org != acc.org:
+        raise VerificationError(
+            Reason.WRONG_ORG, f"claims org {claims.org!r}, key accredited by {acc.org!r}"
+        )
+    if claims.org != expected_org:
+        raise VerificationError(
+            Reason.WRONG_TOPIC, f"report of {claims.org!r} on the topic of {expected_org!r}"
+        )
+    keyring.check_usable(acc, role=Role.OBSERVER, at_ms=claims.signed_at_ms, seq=claims.seq)
+    mandate = keyring.mandate
+    if claims.mandate_id != mandate.mandate_id:
+        raise VerificationError(Reason.WRONG_MANDATE, f"report for {claims.mandate_id!r}")
+    zone = mandate.zone(claims.zone)
+    if zone is None:
+        raise VerificationError(Reason.OUTSIDE_ZONE, f"zone {claims.zone!r} is not in the mandate")
+    return zone
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +192,19 @@ class ChainHead:
 
     seq: int
     digest: bytes
+
+
+class ChainLink(Protocol):
+    """What the chain needs of a report: its id, observer, position and predecessor digest."""
+
+    @property
+    def report_id(self) -> str: ...
+    @property
+    def observer_id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def prev_digest(self) -> bytes: ...
 
 
 # (report_id) -> envelope digest already stored, or None.
@@ -174,10 +233,17 @@ class ChainBook:
         Raises:
             VerificationError: ``replayed``, ``duplicate_conflict``, ``chain_gap``, ``chain_fork``.
         """
-        r = vr.report
+        self.accept_link(vr.report, vr.envelope_digest)
+
+    def accept_link(self, r: ChainLink, envelope_digest: bytes) -> None:
+        """Extend a chain with any verified report, plain or sealed (same rules as accept).
+
+        Raises:
+            VerificationError: ``replayed``, ``duplicate_conflict``, ``chain_gap``, ``chain_fork``.
+        """
         known = self._pending.get(r.report_id) or self._lookup(r.report_id)
         if known is not None:
-            if known == vr.envelope_digest:
+            if known == envelope_digest:
                 raise VerificationError(
                     Reason.REPLAYED,
                     f"report {r.report_id} is already stored",
@@ -207,8 +273,8 @@ class ChainBook:
                 Reason.CHAIN_FORK,
                 f"observer {r.observer_id}: prev_digest is not the digest of seq {head.seq}",
             )
-        self._heads[r.observer_id] = ChainHead(r.seq, vr.envelope_digest)
-        self._pending[r.report_id] = vr.envelope_digest
+        self._heads[r.observer_id] = ChainHead(r.seq, envelope_digest)
+        self._pending[r.report_id] = envelope_digest
 
     def flushed(self) -> None:
         """Forget in-memory report ids once the store has committed them."""

@@ -52,7 +52,7 @@ from bus.kafka import Topics, end_offsets, replay
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree
 from bus.model import Envelope, Mandate
-from bus.store import Accepted, RecordRef
+from bus.store import Accepted, AcceptedSealed, RecordRef
 from bus.trust import verify_mandate
 from bus.verify import ChainBook, Limits
 
@@ -83,6 +83,7 @@ class AuditResult:
     violations: list[Violation] = field(default_factory=list)
     registry_records: int = 0
     mandate_versions: list[int] = field(default_factory=list)  # versions applied from the topic
+    sealed_verified: int = 0  # restricted reports verified without reading them
     by_zone: Counter[str] = field(default_factory=Counter)
     by_day: Counter[str] = field(default_factory=Counter)
     checkpoint_records: int = 0
@@ -109,6 +110,7 @@ class AuditResult:
             "trust_root": self.trust_root,
             "registry_records": self.registry_records,
             "mandate_versions": self.mandate_versions,
+            "sealed_verified": self.sealed_verified,
             "accepted": dict(self.accepted),
             "rejected": dict(self.rejected),
             "reports_by_zone": dict(self.by_zone),
@@ -355,6 +357,15 @@ class AuditRun:
             day = dt.datetime.fromtimestamp(report.observed_at_ms / 1000, dt.UTC).date()
             self.result.by_day[day.isoformat()] += 1
             self._pending_ids.append((report.report_id, outcome.verified.envelope_digest))
+            if len(self._pending_ids) >= _ID_FLUSH:
+                self._flush_ids()
+        elif isinstance(outcome, AcceptedSealed):
+            # Authorship, accreditation, mandate and chain verified; the content stays sealed.
+            sealed = outcome.verified.sealed
+            self.result.accepted[owner] += 1
+            self.result.sealed_verified += 1
+            self.result.by_zone[sealed.zone] += 1
+            self._pending_ids.append((sealed.report_id, outcome.verified.envelope_digest))
             if len(self._pending_ids) >= _ID_FLUSH:
                 self._flush_ids()
         else:

@@ -81,6 +81,13 @@ def _cmd_node(args: argparse.Namespace) -> int:
         policy=policy,
         topics=Topics(args.topic_prefix),
     )
+    if args.decryption_key:  # restricted reports sealed to this organization (issue 4)
+        import dataclasses  # noqa: PLC0415
+
+        from nodes.trust_cli import read_decryption_key  # noqa: PLC0415
+
+        keys = tuple(read_decryption_key(Path(f), args.org) for f in args.decryption_key)
+        config = dataclasses.replace(config, decryption_keys=keys)
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     from nodes.witness_cli import run_with_witness  # noqa: PLC0415 - issue 5: the witness
 
@@ -149,6 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
     node.add_argument("--db", required=True, metavar="FILE", help="SQLite store of this node")
     node.add_argument("--policy", metavar="FILE", help="this organization's rules (TOML)")
+    node.add_argument(
+        "--decryption-key",
+        action="append",
+        metavar="FILE",
+        help="this organization's X25519 key file (obus org enckey): read restricted reports",
+    )
     _common(node)
     node.set_defaults(func=_cmd_node)
 

@@ -25,6 +25,7 @@ from bus.kafka import Topics, wrap
 from bus.lifecycle import TrustTimeline
 from bus.model import Envelope, Mandate, Report, Revocation
 from bus.policy import Decision, Policy
+from bus.sealed import DecryptionKey
 from bus.store import NodeStore, Outcome, Quarantined, RecordRef
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits
@@ -48,6 +49,8 @@ class NodeConfig:
     poll_timeout_ms: int = 500
     # How often new topics matching the report pattern are discovered.
     metadata_max_age_ms: int = 5000
+    # Restricted reports (issue 4): this organization's X25519 keys, to read reports sealed to it.
+    decryption_keys: tuple[DecryptionKey, ...] = ()
 
 
 class RegistryFollower:
@@ -131,6 +134,7 @@ class OrgNode:
         self.counts: dict[str, int] = {"accepted": 0, "quarantined": 0, "decisions": 0}
         self._log = log.bind(org=config.org)
         self.ingestor.timeline = self.trust
+        self.ingestor.decryption_keys = {k.key_id: k for k in config.decryption_keys}
         self.counts["revoked_after_acceptance"] = 0
 
     @property

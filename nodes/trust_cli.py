@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import tomllib
@@ -21,17 +22,19 @@ import yaml
 
 from bus import ceremony
 from bus.crypto import pae, verify
-from bus.errors import ConfigError, Reason, VerificationError
+from bus.errors import ConfigError, KeyStoreError, Reason, VerificationError
 from bus.model import (
     PAYLOAD_MANDATE,
     Accreditation,
+    EncryptionKey,
     Envelope,
     Mandate,
     Revocation,
     Role,
     check_id,
 )
-from bus.sign import sign_accreditation, sign_revocation
+from bus.sealed import DecryptionKey
+from bus.sign import sign_accreditation, sign_encryption_key, sign_revocation
 from bus.trust import verify_mandate
 from nodes.files import load_mandate, read_key
 
@@ -396,6 +399,67 @@ def _cmd_revoke(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     return 0
 
 
+DECRYPTION_KEY_TYPE = "obus-x25519-private"
+
+
+def write_decryption_key(path: Path, key: DecryptionKey) -> None:
+    """Write an organization's X25519 private key file, readable only by its owner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"type": DECRYPTION_KEY_TYPE, "org": key.org, "private": key.private_key.hex()}
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError as exc:
+        raise KeyStoreError(f"{path} exists; refusing to overwrite a key", path=str(path)) from exc
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(doc))
+
+
+def read_decryption_key(path: Path, org: str | None = None) -> DecryptionKey:
+    """Read an X25519 private key file (``obus org enckey --private-out``).
+
+    Raises:
+        ConfigError: unreadable, wrong format, or the key of another organization than ``org``.
+    """
+    fix = "pass the file `obus org enckey --private-out` wrote for your organization"
+    try:
+        doc = json.loads(path.read_bytes())
+        kind = doc.get("type")
+        key = DecryptionKey(str(doc["org"]), bytes.fromhex(doc["private"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError("--decryption-key", f"cannot read {path}: {exc}", fix) from exc
+    if kind != DECRYPTION_KEY_TYPE:
+        raise ConfigError("--decryption-key", f"{path} is not an {DECRYPTION_KEY_TYPE} file", fix)
+    if org is not None and key.org != org:
+        raise ConfigError("--decryption-key", f"{path} is the key of {key.org}, not {org}", fix)
+    return key
+
+
+def _cmd_enckey(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    mandate, _ = load_mandate(Path(args.mandate))
+    root = _root_for(args, mandate)
+    key = DecryptionKey.generate(args.org)
+    write_decryption_key(Path(args.private_out), key)
+    not_after = (
+        mandate.not_after_ms
+        if args.not_after is None
+        else ceremony.parse_time_ms("--not-after", args.not_after)
+    )
+    ek = EncryptionKey(
+        org=args.org,
+        public_key=key.public_key,
+        not_before_ms=mandate.not_before_ms,
+        not_after_ms=not_after,
+        serial=args.serial if args.serial is not None else _now_ms(),
+        mandate_id=mandate.mandate_id,
+    )
+    print(
+        f"encryption key of {args.org}: key id {ek.key_id.hex()}; private key in"
+        f" {args.private_out} (give it to your node: obus node --decryption-key FILE)"
+    )
+    _publish_registry(args, bootstrap, sign_encryption_key(ek, root), ek.key_id)
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Parser
 
@@ -509,5 +573,24 @@ def add_trust_commands(
     r.add_argument("--reason", required=True, metavar="TEXT")
     r.set_defaults(func=lambda x: _cmd_revoke(x, bootstrap))
 
+    e = osub.add_parser(
+        "enckey",
+        help="new X25519 key for restricted reports: write the private key, publish the public",
+        description="Observers seal restricted reports to the newest encryption key each "
+        "recipient organization published on the registry; this organization's nodes read them "
+        "with the private key file (obus node --decryption-key FILE).",
+    )
+    registry_args(e)
+    e.add_argument("--private-out", required=True, metavar="FILE", help="private key file")
+    e.add_argument("--not-after", metavar="TIME", help="default: the mandate's end")
+    e.set_defaults(func=lambda x: _cmd_enckey(x, bootstrap))
 
-__all__ = ["add_trust_commands", "mandate_key", "publish", "read_accreditation_request"]
+
+__all__ = [
+    "add_trust_commands",
+    "mandate_key",
+    "publish",
+    "read_accreditation_request",
+    "read_decryption_key",
+    "write_decryption_key",
+]

@@ -30,6 +30,7 @@ from nodes.cli import main
 from nodes.files import write_key
 from nodes.org_node import NodeConfig, OrgNode
 from nodes.scenario import ORGANIZATIONS
+from nodes.trust_cli import read_decryption_key
 from tests.mission import Mission, make_mission
 
 pytestmark = [pytest.mark.kafka]
@@ -64,7 +65,9 @@ async def _publish(producer: AIOKafkaProducer, topics: Topics, raw: bytes) -> No
     )
 
 
-def _node(bootstrap: str, topics: Topics, m: Mission, db: Path, org: str) -> OrgNode:
+def _node(
+    bootstrap: str, topics: Topics, m: Mission, db: Path, org: str, keys: tuple[Path, ...] = ()
+) -> OrgNode:
     return OrgNode(
         NodeConfig(
             org=org,
@@ -73,6 +76,7 @@ def _node(bootstrap: str, topics: Topics, m: Mission, db: Path, org: str) -> Org
             mandate=m.scenario.mandate,
             topics=topics,
             poll_timeout_ms=200,
+            decryption_keys=tuple(read_decryption_key(k, org) for k in keys),
         )
     )
 
@@ -249,3 +253,85 @@ def _quarantined_raw(store: NodeStore) -> list[tuple[str, int, int, str, str, by
 def _seqs_of(store: NodeStore, observer_id: str) -> set[int]:
     rows = store._db.execute("SELECT seq FROM reports WHERE observer_id = ?", (observer_id,))
     return {int(seq) for (seq,) in rows}
+
+
+async def test_restricted_report_is_readable_by_two_organizations_only(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    from bus.kafka import replay  # noqa: PLC0415
+    from bus.trust import KeyRing  # noqa: PLC0415
+
+    m = make_mission()
+    mandate_file = tmp_path / "mandate.bin"
+    mandate_file.write_bytes(m.scenario.mandate_envelope)
+    common = ["--bootstrap", kafka_bootstrap, "--topic-prefix", topics.prefix]
+    producer = await _setup(kafka_bootstrap, topics, m)
+    try:
+        for org in ("un", "osce", "eu"):
+            root = tmp_path / f"{org}-root.key"
+            write_key(root, m.scenario.org_roots[org])
+            code = await _cli(
+                "org", "enckey", "--org", org, "--root-key", str(root), "--mandate",
+                str(mandate_file), "--private-out", str(tmp_path / f"{org}.x25519"), *common,
+            )  # fmt: skip
+            assert code == 0
+        # The observer takes the recipients' current keys from the registry.
+        ring = KeyRing(m.scenario.mandate)
+        async for rec in replay(kafka_bootstrap, [topics.registry]):
+            ring.apply(Envelope.decode(rec.value))
+        recipients = [ring.encryption_key("un"), ring.encryption_key("osce")]
+        assert all(r is not None for r in recipients)
+        await _publish(producer, topics, m.next_report("un", 1))
+        sealed_raw = m.signer("un", 1).sign_sealed(
+            m.draft("un", 1, narrative="Names of detainees: restricted."),
+            [r for r in recipients if r is not None],
+        )
+        await _publish_sealed(producer, topics, sealed_raw)
+        await _publish(producer, topics, m.next_report("un", 1))
+    finally:
+        await producer.stop()
+
+    readability, prints = {}, set()
+    for org in ("un", "osce", "eu", "nato"):
+        db = tmp_path / f"{org}.db"
+        keys = (tmp_path / f"{org}.x25519",) if org != "nato" else ()
+        node = _node(kafka_bootstrap, topics, m, db, org, keys)
+        task = asyncio.create_task(node.run())
+        await _until_processed(db, 3, task)
+        node.stop()
+        await task
+        store = NodeStore(db, read_only=True)
+        assert store.count_reports() == 3
+        assert store.quarantine_rows() == []
+        [(rid, recips, state)] = store.sealed_reports()
+        readability[org] = state
+        assert recips == "un,osce"
+        content = store.sealed_content(rid)
+        if state == "readable":
+            assert content is not None
+            assert Report.decode(content).narrative == "Names of detainees: restricted."
+        else:
+            assert content is None
+        prints.add(tuple(store.accepted_digests()))
+        store.close()
+    assert readability == {
+        "un": "readable", "osce": "readable", "eu": "not_recipient", "nato": "not_recipient"
+    }  # fmt: skip
+    assert len(prints) == 1  # every node holds the same reports, sealed or not
+
+    result = await audit(kafka_bootstrap, m.scenario.mandate, topics=topics)
+    assert result.violations == []
+    assert result.sealed_verified == 1
+    assert sum(result.accepted.values()) == 3
+
+
+async def _publish_sealed(producer: AIOKafkaProducer, topics: Topics, raw: bytes) -> None:
+    from bus.model import SealedReport  # noqa: PLC0415
+
+    s = SealedReport.decode(Envelope.decode(raw).payload)
+    await producer.send_and_wait(
+        topics.reports(s.org),
+        raw,
+        key=s.observer_id.encode(),
+        headers=report_headers(s.report_id, s.org, s.observer_id),
+    )

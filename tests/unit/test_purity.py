@@ -10,7 +10,7 @@ PURE = [
     "bus.errors", "bus.crypto", "bus.model", "bus.trust", "bus.verify", "bus.sign",
     "bus.policy", "bus.ingest", "bus.merkle", "bus.uuid7", "bus.checkpoint",
     "bus.witness", "bus.export",
-    "bus.ceremony",
+    "bus.ceremony", "bus.lifecycle", "bus.sealed",
     "bus.receipt", "bus.report_file",
 ]  # fmt: skip
 FORBIDDEN = ["asyncio", "aiokafka", "socket", "http", "aiohttp", "ssl", "selectors"]
