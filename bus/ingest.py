@@ -8,6 +8,7 @@ as exactly one :class:`~bus.store.Accepted` or :class:`~bus.store.Quarantined` o
 from __future__ import annotations
 
 import logging
+from collections.abc import Container
 from dataclasses import dataclass, field
 
 from bus.errors import Reason, VerificationError
@@ -44,6 +45,9 @@ class Ingestor:
     timeline: TrustTimeline | None = None
     # This organization's X25519 keys by key id, to read restricted reports sealed to it.
     decryption_keys: dict[bytes, DecryptionKey] = field(default_factory=dict)
+    # (public key, raw) pairs whose signature worker processes already verified under the one
+    # rule (bus.verify.preverify_signatures); set per batch by the node, empty otherwise.
+    preverified: Container[tuple[bytes, bytes]] = frozenset()
 
     def judge(self, ref: RecordRef, raw: bytes | None, org: str | None) -> Outcome:
         """Verify one record and extend its observer's chain; never raises on bad input."""
@@ -71,6 +75,7 @@ class Ingestor:
                 keyring=keyring,
                 reference_ms=ref.log_time_ms,
                 limits=self.limits,
+                preverified=self.preverified,
             )
             self.chain.accept(vr)
         except VerificationError as exc:

@@ -12,7 +12,7 @@ chain, repeats an envelope already stored (``replayed``), reuses a report id wit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -58,6 +58,7 @@ def verify_report(
     keyring: KeyRing,
     reference_ms: int,
     limits: Limits = Limits(),
+    preverified: Container[tuple[bytes, bytes]] = frozenset(),
 ) -> VerifiedReport:
     """Verify one report record read from organization ``expected_org``'s topic.
 
@@ -67,6 +68,8 @@ def verify_report(
         keyring: accreditations and revocations under the current mandate.
         reference_ms: the broker's timestamp of the record (the common clock).
         limits: size and clock-skew limits.
+        preverified: ``(public key, raw)`` pairs whose signature :func:`preverify_signatures`
+            already found valid (see there); every other record is verified here.
 
     Returns:
         The verified report with the SHA-256 of ``raw`` (the chain digest) and the signer key id.
@@ -74,7 +77,7 @@ def verify_report(
     Raises:
         VerificationError: the first check that fails, with its reason code.
     """
-    env, acc = open_observer_envelope(raw, PAYLOAD_REPORT, keyring, limits)
+    env, acc = open_observer_envelope(raw, PAYLOAD_REPORT, keyring, limits, preverified)
     report = Report.decode(env.payload)
     zone = check_claims(report, acc, expected_org=expected_org, keyring=keyring)
     mandate = keyring.mandate
@@ -121,9 +124,19 @@ class Claims(Protocol):
 
 
 def open_observer_envelope(
-    raw: bytes, payload_type: str, keyring: KeyRing, limits: Limits
+    raw: bytes,
+    payload_type: str,
+    keyring: KeyRing,
+    limits: Limits,
+    preverified: Container[tuple[bytes, bytes]] = frozenset(),
 ) -> tuple[Envelope, Accreditation]:
     """Size, envelope, payload type, exactly one signature, by an accredited key, verifying.
+
+    The signature check is skipped only when ``(public key, raw)`` is in ``preverified``: then
+    the same libsodium call has already accepted exactly these bytes under exactly this key
+    (:func:`preverify_signatures`), and it is deterministic. A signature found invalid there is
+    never in ``preverified`` and is verified again here, so the reason code is always this
+    function's own.
 
     Raises:
         VerificationError: ``oversized``, ``malformed``, ``wrong_payload_type``,
@@ -146,8 +159,44 @@ def open_observer_envelope(
         )
     sig = env.signatures[0]
     acc = keyring.lookup(sig.key_id)
-    verify_pae(acc.public_key, env.payload_type, env.payload, sig.sig)
+    if (acc.public_key, raw) not in preverified:
+        verify_pae(acc.public_key, env.payload_type, env.payload, sig.sig)
     return env, acc
+
+
+def preverify_signatures(
+    raws: Sequence[bytes], public_keys: Mapping[bytes, bytes]
+) -> list[tuple[int, bytes]]:
+    """Check the Ed25519 signatures of many records ahead of :func:`verify_report`.
+
+    Meant to run in worker processes (the node's ``verify_workers``); the verdicts come from the
+    one rule, :func:`bus.crypto.verify_pae`. Only positive verdicts are returned: anything that
+    does not decode, carries other than one signature, names a key not in ``public_keys`` or
+    does not verify is simply left out, and the ordinary sequential path judges it from scratch.
+
+    Args:
+        raws: record values.
+        public_keys: key id -> raw public key (of the accreditations known when called).
+
+    Returns:
+        ``(index into raws, public key)`` of every record whose single signature verified;
+        the caller passes ``{(public key, raws[index])}`` as ``preverified``.
+    """
+    ok: list[tuple[int, bytes]] = []
+    for i, raw in enumerate(raws):
+        try:
+            env = Envelope.decode(raw)
+            if len(env.signatures) != 1:
+                continue
+            sig = env.signatures[0]
+            pk = public_keys.get(sig.key_id)
+            if pk is None:
+                continue
+            verify_pae(pk, env.payload_type, env.payload, sig.sig)
+        except VerificationError:
+            continue
+        ok.append((i, pk))
+    return ok
 
 
 def check_claims(
