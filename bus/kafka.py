@@ -9,16 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 
-from bus.errors import TransportError
+from bus.errors import ConfigError, TransportError
 from bus.model import (
     PAYLOAD_ENCRYPTION_KEY,
     PAYLOAD_REVOCATION,
@@ -89,6 +90,96 @@ class Topics:
         return topic[len(head) :] if topic.startswith(head) else None
 
 
+SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+# SCRAM keeps passwords off the wire and out of the brokers (salted keys in the metadata log);
+# PLAIN is accepted for brokers that only offer it, and should only ever run over TLS.
+SASL_MECHANISMS: Final = ("SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN")
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """How a client authenticates to the brokers; ``None`` wherever it is accepted: PLAINTEXT.
+
+    Args:
+        protocol: one of :data:`SECURITY_PROTOCOLS`.
+        sasl_mechanism: one of :data:`SASL_MECHANISMS` (SASL_* protocols only).
+        username: the SASL principal, e.g. the organization id (SASL_* only).
+        password: its password (SASL_* only; never shown by ``repr``).
+        ssl_cafile: CA bundle that signed the brokers' certificates (SSL, SASL_SSL).
+        ssl_certfile: client certificate for mutual TLS (SSL only), with ``ssl_keyfile``.
+        ssl_keyfile: its private key.
+
+    Raises:
+        ConfigError: a missing or contradictory setting (the message names the fix).
+    """
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.protocol not in SECURITY_PROTOCOLS:
+            raise ConfigError(
+                "security_protocol",
+                f"{self.protocol!r} is unknown",
+                f"use one of {SECURITY_PROTOCOLS}",
+            )
+        sasl = self.protocol.startswith("SASL_")
+        if sasl:
+            if self.sasl_mechanism not in SASL_MECHANISMS:
+                raise ConfigError(
+                    "sasl_mechanism",
+                    f"{self.sasl_mechanism!r} is not supported",
+                    f"use one of {SASL_MECHANISMS}",
+                )
+            if not self.username or not self.password:
+                raise ConfigError(
+                    "sasl_username",
+                    f"{self.protocol} needs a username and a password",
+                    "give --sasl-username and --sasl-password-file (or OBUS_SASL_PASSWORD)",
+                )
+        elif self.sasl_mechanism or self.username or self.password:
+            raise ConfigError(
+                "security_protocol",
+                f"SASL credentials given but the protocol is {self.protocol}",
+                "use SASL_PLAINTEXT or SASL_SSL",
+            )
+        if not self.protocol.endswith("SSL") and (
+            self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile
+        ):
+            raise ConfigError(
+                "ssl_cafile",
+                f"TLS files given but the protocol is {self.protocol}",
+                "use SASL_SSL or SSL",
+            )
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ConfigError(
+                "ssl_certfile", "a client certificate needs its key and vice versa", "give both"
+            )
+
+    def options(self) -> dict[str, Any]:
+        """aiokafka client keyword arguments (security_protocol, sasl_*, ssl_context)."""
+        opts: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.protocol.startswith("SASL_"):
+            opts["sasl_mechanism"] = self.sasl_mechanism
+            opts["sasl_plain_username"] = self.username
+            opts["sasl_plain_password"] = self.password
+        if self.protocol.endswith("SSL"):
+            opts["ssl_context"] = create_ssl_context(
+                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile
+            )
+        return opts
+
+
+def client_options(bootstrap: str, security: KafkaSecurity | None = None) -> dict[str, Any]:
+    """Keyword arguments every aiokafka client of this process is built with."""
+    return {"bootstrap_servers": bootstrap, **(security.options() if security else {})}
+
+
 def report_headers(report_id: str, org: str, observer_id: str) -> list[tuple[str, bytes]]:
     """CloudEvents binary-mode headers for generic tooling. Readers never trust headers."""
     return [
@@ -132,10 +223,40 @@ def wrap(exc: BaseException, what: str) -> TransportError:
     return TransportError(f"{what}: {exc!r}", retriable=retriable)
 
 
-def reliable_producer(bootstrap: str, **overrides: Any) -> AIOKafkaProducer:
+# How long admin and offset look-ups retry retriable errors (a dead or frozen broker that the
+# bootstrap list or a stale metadata snapshot still names). The controller fences a silent
+# broker after broker.session.timeout.ms (Kafka default 9 s), after which metadata stops
+# naming it; 60 s covers that several times and still bounds every call.
+RETRY_S: Final = 60.0
+_T = TypeVar("_T")
+
+
+async def retrying(what: str, op: Callable[[], Awaitable[_T]], *, within_s: float = RETRY_S) -> _T:
+    """Run ``op`` again while it fails with a retriable Kafka error, for at most ``within_s``.
+
+    Raises:
+        TransportError: a non-retriable error, or a retriable one after ``within_s``.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within_s
+    delay = 0.2
+    while True:
+        try:
+            return await op()
+        except KafkaError as exc:
+            if not getattr(exc, "retriable", False) or loop.time() + delay > deadline:
+                raise wrap(exc, what) from exc
+            log.warning("kafka_retry", what=what, error=repr(exc), delay_s=delay)
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 5.0)
+
+
+def reliable_producer(
+    bootstrap: str, *, security: KafkaSecurity | None = None, **overrides: Any
+) -> AIOKafkaProducer:
     """An idempotent producer with acks=all: no loss, no duplicates from its own retries."""
     options: dict[str, Any] = {
-        "bootstrap_servers": bootstrap,
+        **client_options(bootstrap, security),
         "acks": "all",
         "enable_idempotence": True,
         "linger_ms": 5,
@@ -173,9 +294,31 @@ def standard_topics(topics: Topics, orgs: Iterable[str], partitions: int = 3) ->
     return specs
 
 
-async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], replication: int = 1) -> None:
-    """Create missing topics; existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def ensure_topics(
+    bootstrap: str,
+    specs: Sequence[TopicSpec],
+    replication: int = 1,
+    *,
+    security: KafkaSecurity | None = None,
+) -> None:
+    """Create missing topics; existing ones are left as they are.
+
+    Raises:
+        TransportError: the brokers refused or did not answer (retriable errors are retried
+            for :data:`RETRY_S`).
+    """
+    await retrying(
+        "creating topics", lambda: _ensure_topics(bootstrap, specs, replication, security)
+    )
+
+
+async def _ensure_topics(
+    bootstrap: str,
+    specs: Sequence[TopicSpec],
+    replication: int,
+    security: KafkaSecurity | None,
+) -> None:
+    admin = AIOKafkaAdminClient(**client_options(bootstrap, security))
     try:
         await admin.start()
         existing = set(await admin.list_topics())
@@ -198,30 +341,38 @@ async def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], replication:
             ):
                 break
             await asyncio.sleep(0.1)
-    except KafkaError as exc:
-        raise wrap(exc, "creating topics") from exc
     finally:
         await admin.close()
 
 
 async def topic_partitions(
-    bootstrap: str, topic_names: Sequence[str] = (), pattern: str | None = None
+    bootstrap: str,
+    topic_names: Sequence[str] = (),
+    pattern: str | None = None,
+    *,
+    security: KafkaSecurity | None = None,
 ) -> list[TopicPartition]:
-    """Every partition of the named topics and of the existing topics matching pattern."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        await admin.start()
-        names = set(topic_names)
-        if pattern is not None:
-            rx = re.compile(pattern)
-            names |= {t for t in await admin.list_topics() if rx.match(t)}
-        if not names:
-            return []
-        described = await admin.describe_topics(sorted(names))
-    except KafkaError as exc:
-        raise wrap(exc, "describing topics") from exc
-    finally:
-        await admin.close()
+    """Every partition of the named topics and of the existing topics matching pattern.
+
+    Raises:
+        TransportError: see :func:`ensure_topics`.
+    """
+
+    async def describe() -> list[Any]:
+        admin = AIOKafkaAdminClient(**client_options(bootstrap, security))
+        try:
+            await admin.start()
+            names = set(topic_names)
+            if pattern is not None:
+                rx = re.compile(pattern)
+                names |= {t for t in await admin.list_topics() if rx.match(t)}
+            if not names:
+                return []
+            return list(await admin.describe_topics(sorted(names)))
+        finally:
+            await admin.close()
+
+    described = await retrying("describing topics", describe)
     return sorted(
         (TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]),
         key=lambda tp: (tp.topic, tp.partition),
@@ -229,18 +380,22 @@ async def topic_partitions(
 
 
 async def replay(
-    bootstrap: str, topic_names: Sequence[str] = (), pattern: str | None = None
+    bootstrap: str,
+    topic_names: Sequence[str] = (),
+    pattern: str | None = None,
+    *,
+    security: KafkaSecurity | None = None,
 ) -> AsyncIterator[Any]:
     """Yield every record of the topics from offset 0 up to the end offsets seen at the start.
 
     No consumer group is used: nothing is committed and nobody's position changes. Records of
     one partition come in offset order.
     """
-    tps = await topic_partitions(bootstrap, topic_names, pattern)
+    tps = await topic_partitions(bootstrap, topic_names, pattern, security=security)
     if not tps:
         return
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+        **client_options(bootstrap, security), enable_auto_commit=False, group_id=None
     )
     try:
         await consumer.start()
@@ -266,17 +421,21 @@ async def replay(
         await consumer.stop()
 
 
-async def end_offsets(bootstrap: str, pattern: str) -> dict[tuple[str, int], int]:
+async def end_offsets(
+    bootstrap: str, pattern: str, *, security: KafkaSecurity | None = None
+) -> dict[tuple[str, int], int]:
     """End offset of every partition of the topics matching pattern."""
-    tps = await topic_partitions(bootstrap, pattern=pattern)
+    tps = await topic_partitions(bootstrap, pattern=pattern, security=security)
     if not tps:
         return {}
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
-    try:
-        await consumer.start()
-        ends = await consumer.end_offsets(tps)
-        return {(tp.topic, tp.partition): o for tp, o in ends.items()}
-    except KafkaError as exc:
-        raise wrap(exc, "reading end offsets") from exc
-    finally:
-        await consumer.stop()
+
+    async def read() -> dict[tuple[str, int], int]:
+        consumer = AIOKafkaConsumer(**client_options(bootstrap, security), group_id=None)
+        try:
+            await consumer.start()
+            ends = await consumer.end_offsets(tps)
+            return {(tp.topic, tp.partition): o for tp, o in ends.items()}
+        finally:
+            await consumer.stop()
+
+    return await retrying("reading end offsets", read)

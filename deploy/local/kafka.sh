@@ -48,6 +48,10 @@ Options:
   --timeout S           seconds to wait until the broker answers (default 90)         [up]
   --set KEY=VALUE       extra broker property, repeatable                             [up]
   --exit-with PID       stop the broker when process PID ends (used by the tests)     [up]
+  --cluster-id ID       KRaft cluster id to format new storage with (default: random);
+                        every node of one cluster needs the same (cluster.sh)         [up]
+  --add-scram SPEC      SCRAM credential written at format time, repeatable, e.g.
+                        'SCRAM-SHA-512=[name=admin,password=...]' (cluster.sh --secure) [up]
   -f, --follow          keep printing the log as it grows                           [logs]
   -n, --lines N         how many lines to print (default 100)                       [logs]
   -h, --help            this text
@@ -372,8 +376,8 @@ SETSID=()
 command -v setsid >/dev/null && SETSID=(setsid)
 
 cmd_up() {
-  local port=9092 cport=9093 port_given='' data_dir='' timeout=90 exit_with=''
-  local -a extra=()
+  local port=9092 cport=9093 port_given='' data_dir='' timeout=90 exit_with='' cluster_id=''
+  local -a extra=() format_extra=()
   while (($#)); do
     case $1 in
       --port) port=${2:?--port needs a value} port_given=1 && shift 2 ;;
@@ -382,6 +386,8 @@ cmd_up() {
       --timeout) timeout=${2:?--timeout needs a value} && shift 2 ;;
       --set) extra+=("${2:?--set needs KEY=VALUE}") && shift 2 ;;
       --exit-with) exit_with=${2:?--exit-with needs a pid} && shift 2 ;;
+      --cluster-id) cluster_id=${2:?--cluster-id needs a value} && shift 2 ;;
+      --add-scram) format_extra+=(--add-scram "${2:?--add-scram needs a value}") && shift 2 ;;
       -h | --help) usage && exit 0 ;;
       *) usage_error "up: unknown option '$1'" ;;
     esac
@@ -433,10 +439,9 @@ cmd_up() {
 
   write_config "$port" "$cport" "${extra[@]}"
   if [[ ! -f $DATA_DIR/data/meta.properties ]]; then
-    local cluster_id
-    cluster_id=$(new_cluster_id)
+    [[ -n $cluster_id ]] || cluster_id=$(new_cluster_id)
     if ! "$JAVA" -cp "$LIBS/*" kafka.tools.StorageTool format \
-      --cluster-id "$cluster_id" --config "$DATA_DIR/server.properties" \
+      --cluster-id "$cluster_id" --config "$DATA_DIR/server.properties" "${format_extra[@]}" \
       >"$DATA_DIR/logs/format.log" 2>&1; then
       cat "$DATA_DIR/logs/format.log" >&2
       die "formatting the storage in $DATA_DIR/data failed"

@@ -7,18 +7,30 @@ one registered broker in the answer. Prints one line describing the cluster.
     python3 deploy/local/kafka_probe.py 127.0.0.1:9092 [--wait SECONDS] [--quiet]
 
 Exit status: 0 when the broker answers, 1 when it does not (before --wait runs out).
+
+A SASL listener (deploy/local/cluster.sh --secure) needs credentials: set
+OBUS_PROBE_SASL_FILE to a file of ``mechanism=SCRAM-SHA-512|SCRAM-SHA-256|PLAIN``,
+``username=...`` and ``password=...`` lines (a file, so no secret shows up in ``ps``).
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
+import hmac
+import os
+import secrets
 import socket
 import struct
 import sys
 import time
 
 API_METADATA = 3
+API_SASL_HANDSHAKE = 17
 API_VERSIONS = 18
+API_SASL_AUTHENTICATE = 36
+SCRAM_HASHES = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512}
 CLIENT_ID = b"obus-probe"
 
 
@@ -71,8 +83,73 @@ def _request(
     return reader
 
 
+def _bytes(data: bytes) -> bytes:
+    return struct.pack(">i", len(data)) + data
+
+
+def _str(text: str) -> bytes:
+    raw = text.encode()
+    return struct.pack(">h", len(raw)) + raw
+
+
+def _authenticate(sock: socket.socket, token: bytes, correlation_id: int) -> bytes:
+    """SaslAuthenticate v0: one token out, the server's token back."""
+    reader = _request(sock, API_SASL_AUTHENTICATE, 0, correlation_id, _bytes(token))
+    error = reader.take(">h")
+    message = reader.string()
+    if error != 0:
+        raise ProbeError(f"SASL authentication failed (error {error}): {message}")
+    size = reader.take(">i")
+    data = reader.data[reader.pos : reader.pos + max(size, 0)]
+    reader.pos += max(size, 0)
+    return data
+
+
+def sasl_login(sock: socket.socket, mechanism: str, username: str, password: str) -> None:
+    """SaslHandshake v1, then PLAIN or SCRAM (RFC 5802, no channel binding) over v0 tokens."""
+    reader = _request(sock, API_SASL_HANDSHAKE, 1, 3, _str(mechanism))
+    error = reader.take(">h")
+    if error != 0:
+        offered = [reader.string() for _ in range(reader.take(">i"))]
+        raise ProbeError(f"broker refuses SASL mechanism {mechanism}; it offers {offered}")
+    if mechanism == "PLAIN":
+        _authenticate(sock, f"\0{username}\0{password}".encode(), 4)
+        return
+    digest = SCRAM_HASHES.get(mechanism)
+    if digest is None:
+        raise ProbeError(f"unsupported SASL mechanism {mechanism}")
+    user = username.replace("=", "=3D").replace(",", "=2C")
+    first_bare = f"n={user},r={secrets.token_urlsafe(18)}"
+    server_first = _authenticate(sock, f"n,,{first_bare}".encode(), 4).decode()
+    fields = dict(item.split("=", 1) for item in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac(
+        digest().name, password.encode(), base64.b64decode(fields["s"]), int(fields["i"])
+    )
+    client_key = hmac.new(salted, b"Client Key", digest).digest()
+    final_bare = f"c=biws,r={fields['r']}"
+    auth_message = f"{first_bare},{server_first},{final_bare}".encode()
+    signature = hmac.new(digest(client_key).digest(), auth_message, digest).digest()
+    proof = bytes(a ^ b for a, b in zip(client_key, signature, strict=True))
+    final = f"{final_bare},p={base64.b64encode(proof).decode()}"
+    server_final = _authenticate(sock, final.encode(), 5).decode()
+    server_key = hmac.new(salted, b"Server Key", digest).digest()
+    expected = base64.b64encode(hmac.new(server_key, auth_message, digest).digest()).decode()
+    if server_final != f"v={expected}":
+        raise ProbeError("SCRAM server signature does not verify")
+
+
+def _sasl_settings() -> tuple[str, str, str] | None:
+    path = os.environ.get("OBUS_PROBE_SASL_FILE")
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as fh:
+        items = dict(line.strip().split("=", 1) for line in fh if "=" in line)
+    return items.get("mechanism", "SCRAM-SHA-512"), items["username"], items["password"]
+
+
 def probe(host: str, port: int, timeout: float) -> str:
     """Return a one-line description of the cluster, or raise OSError/ProbeError."""
+    sasl = _sasl_settings()
     with socket.create_connection((host, port), timeout=timeout) as sock:
         sock.settimeout(timeout)
         reader = _request(sock, API_VERSIONS, 0, 1, b"")
@@ -85,6 +162,8 @@ def probe(host: str, port: int, timeout: float) -> str:
             versions[key] = (low, high)
         if API_METADATA not in versions:
             raise ProbeError("broker does not offer Metadata")
+        if sasl is not None:
+            sasl_login(sock, *sasl)
         low, high = versions[API_METADATA]
         version = min(high, 8)
         if version < max(low, 4):
@@ -92,7 +171,7 @@ def probe(host: str, port: int, timeout: float) -> str:
         body = struct.pack(">ib", -1, 0)  # all topics, no auto-creation
         if version >= 8:
             body += struct.pack(">bb", 0, 0)  # no authorized operations
-        reader = _request(sock, API_METADATA, version, 2, body)
+        reader = _request(sock, API_METADATA, version, 6, body)
         reader.take(">i")  # throttle_time_ms
         brokers = []
         for _ in range(reader.take(">i")):
