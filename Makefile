@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv test unit check lint typecheck proto proto-check demo kafka-up kafka-down kafka-fetch bench clean
+.PHONY: help venv test unit check lint typecheck proto proto-check demo demo-trust kafka-up kafka-down kafka-fetch bench clean
 
 help:  ## show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,6 +54,9 @@ test: $(STAMP) kafka-fetch  ## all tests; integration tests start their own brok
 
 demo: $(STAMP) kafka-fetch  ## start Kafka, six org nodes, observers and an auditor; show the result
 	$(PY) -m nodes.demo
+
+demo-trust: $(STAMP) kafka-fetch  ## mandate rotation 4 of 6, a revocation, a restricted report; six nodes agree
+	$(PY) -m nodes.demo_trust
 
 bench: $(STAMP) kafka-fetch  ## benchmarks; prints a table and writes bench/results/*.json
 	$(PY) -m bench.run

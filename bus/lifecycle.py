@@ -143,12 +143,15 @@ class TrustTimeline:
                 Reason.WRONG_MANDATE,
                 f"mandate id {offered.mandate_id!r} differs from {current.mandate_id!r}",
             )
+        # Only versions accepted as genuine (applied, held, or history) count as "seen": a
+        # forged higher version must not turn the genuine history after it into alarms.
         newest_before = self._newest_on_topic
-        self._newest_on_topic = max(self._newest_on_topic, offered.version)
         if offered.version == current.version and envelope.payload == self._versions[-1].payload:
+            self._newest_on_topic = max(newest_before, offered.version)
             return None  # the current version again (published copy, compaction)
         if offered.version <= current.version:
             if offered.version < current.version and offered.version > newest_before:
+                self._newest_on_topic = offered.version
                 return None  # history older than what we were given out of band
             raise VerificationError(
                 Reason.MANDATE_ROLLBACK,
@@ -158,6 +161,7 @@ class TrustTimeline:
             )
         mandate = verify_mandate(envelope, previous=current, now_ms=log_time_ms)
         self._activate(mandate, envelope.payload, log_time_ms)
+        self._newest_on_topic = max(newest_before, mandate.version)
         return mandate
 
     def _activate(self, mandate: Mandate, payload: bytes, log_time_ms: int) -> None:

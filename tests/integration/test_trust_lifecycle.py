@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -35,6 +38,7 @@ from tests.mission import Mission, make_mission
 
 pytestmark = [pytest.mark.kafka]
 ORGS = [o for o, _ in ORGANIZATIONS]
+REPO = Path(__file__).resolve().parents[2]
 WEST = Zone("west", "Lowlands", 47.0, 35.0, 48.0, 37.0)
 
 
@@ -335,3 +339,17 @@ async def _publish_sealed(producer: AIOKafkaProducer, topics: Topics, raw: bytes
         key=s.observer_id.encode(),
         headers=report_headers(s.report_id, s.org, s.observer_id),
     )
+
+
+async def test_trust_demo_runs_against_the_test_broker(kafka_bootstrap: str) -> None:
+    """`make demo-trust` end to end (six node processes, the ceremony CLI, auditor)."""
+    env = {**os.environ, "OBUS_BOOTSTRAP": kafka_bootstrap, "OBUS_LOG_JSON": "1"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nodes.demo_trust",
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout=240)
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-4000:]
+    assert "agree that seq 3-5 of un-obs-2 do not count" in text
+    assert "DEMO-TRUST OK" in text

@@ -1,0 +1,397 @@
+"""``make demo-trust``: the trust lifecycle of a mission on a real local Kafka broker.
+
+1. starts a single-node KRaft broker on free 127.0.0.1 ports (or uses ``OBUS_BOOTSTRAP`` with a
+   unique topic prefix);
+2. mandate version 1 (six organizations, threshold 4) is published with ``obus mandate publish``;
+   observers are accredited; UN, OSCE and EU publish X25519 encryption keys with
+   ``obus org enckey``; six organization nodes start as separate processes, each with its own
+   store (and its encryption key file where it has one);
+3. **rotation**: the African Union joins. ``obus mandate draft --previous`` writes version 2,
+   UN, OSCE, EU and CSTO sign it on "their own machines" (``obus mandate sign``, one key file
+   each), ``obus mandate combine`` checks 4 of 6 and writes the signed file, ``obus mandate
+   publish`` puts it on the mandate topic. An AU report sent before version 2 is quarantined
+   (``unknown_key``), one after it is accepted, at every node. A forged version 3 signed by 3
+   organizations and version 1 published again are refused at every node (alarms);
+4. **revocation**: an UN observer's reports 1-3 are accepted, then ``obus org revoke
+   --last-valid-seq 2``; report 3 is marked ``revoked_after_acceptance`` at nodes that had
+   accepted it, reports 4-5 are quarantined ``key_revoked`` everywhere;
+5. **restricted report**: an OSCE observer seals a report to UN and OSCE only. Every node
+   accepts it (authorship and chain verified); UN and OSCE read it, the other four cannot;
+6. the auditor replays everything and names exactly the expected violations.
+
+Exit code 0 when everything above holds, 1 otherwise. Everything it starts is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import io
+import json
+import os
+import random
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Final
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from rich.console import Console
+from rich.table import Table
+
+from bus.kafka import (
+    Topics,
+    end_offsets,
+    ensure_topics,
+    registry_key,
+    reliable_producer,
+    report_headers,
+    standard_topics,
+)
+from bus.model import (
+    PAYLOAD_ACCREDITATION,
+    PAYLOAD_SEALED_REPORT,
+    Accreditation,
+    Envelope,
+    Report,
+    SealedReport,
+)
+from bus.sign import ReportSigner, sign_mandate
+from bus.trust import KeyRing
+from nodes.auditor import audit, render
+from nodes.cli import main as obus
+from nodes.demo import REPO, LocalBroker, _fingerprint, _node_progress, _stop_nodes
+from nodes.files import write_key
+from nodes.scenario import ORGANIZATIONS, ObserverIdentity, build_scenario, demo_key, draft_report
+
+log = structlog.get_logger(__name__)
+
+WAIT_FOR_NODES_S: Final = 180
+ORGS: Final = [o for o, _ in ORGANIZATIONS]
+ROTATION_SIGNERS: Final = ("un", "osce", "eu", "csto")  # 4 of 6
+READERS: Final = ("un", "osce")  # the restricted report's recipients
+KEY_HOLDERS: Final = ("un", "osce", "eu")  # organizations that published encryption keys
+
+
+async def _cli(console: Console, *argv: str) -> int:
+    """Run one ``obus`` command in-process (its own event loop, in a thread), echoing it."""
+    console.print(f"[bold]$ obus {' '.join(argv)}[/bold]")
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = await asyncio.to_thread(obus, list(argv))
+    out = buf.getvalue().rstrip()
+    if out:
+        console.print(out, markup=False, highlight=False)
+    return code
+
+
+class Mission:
+    """Keys, files and signers of the demo mission."""
+
+    def __init__(self, work: Path, now: int) -> None:
+        self.work = work
+        self.now = now
+        self.scenario = build_scenario(now, observers_per_org=2, threshold=4, seed="trust-demo")
+        self.rng = random.Random(4)
+        for org, key in self.scenario.org_roots.items():
+            write_key(self.root_file(org), key)
+        self.au_root = demo_key("trust-demo:root:au")
+        self.au_observer = ObserverIdentity("au-obs-1", "au", demo_key("trust-demo:obs:au-obs-1"))
+        self.au_signer = ReportSigner(self.au_observer.key)
+        (work / "v1.bin").write_bytes(self.scenario.mandate_envelope)
+
+    def root_file(self, org: str) -> Path:
+        return self.work / "keys" / f"{org}-root.key"
+
+    def observer(self, oid: str) -> ObserverIdentity:
+        return next(o for o in self.scenario.observers if o.observer_id == oid)
+
+    def report(self, oid: str) -> bytes:
+        obs = self.observer(oid)
+        draft = draft_report(self.rng, obs, self.scenario.mandate, self.now)
+        draft = dataclasses.replace(draft, signed_at_ms=min(draft.signed_at_ms, self.now))
+        return self.scenario.signers[oid].sign(draft)
+
+    def au_report(self, *, fresh_chain: bool = False) -> bytes:
+        """An AU observer report; ``fresh_chain``: signed at seq 1 by a throwaway signer (a
+        quarantined report never extends the chain, so the next accepted one is seq 1 again)."""
+        draft = draft_report(self.rng, self.au_observer, self.scenario.mandate, self.now)
+        signer = ReportSigner(self.au_observer.key) if fresh_chain else self.au_signer
+        return signer.sign(dataclasses.replace(draft, signed_at_ms=self.now - 60_000))
+
+
+async def _send(producer: AIOKafkaProducer, topics: Topics, raw: bytes) -> tuple[str, int, int]:
+    env = Envelope.decode(raw)
+    head: Report | SealedReport = (
+        SealedReport.decode(env.payload)
+        if env.payload_type == PAYLOAD_SEALED_REPORT
+        else Report.decode(env.payload)
+    )
+    md = await producer.send_and_wait(
+        topics.reports(head.org),
+        raw,
+        key=head.observer_id.encode(),
+        headers=report_headers(head.report_id, head.org, head.observer_id),
+    )
+    return md.topic, md.partition, md.offset
+
+
+async def _wait_until_processed(
+    work: Path, bootstrap: str, topics: Topics, procs: dict[str, subprocess.Popen[bytes]]
+) -> bool:
+    total = sum((await end_offsets(bootstrap, topics.reports_pattern)).values())
+    deadline = time.monotonic() + WAIT_FOR_NODES_S
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs.values()):
+            return False
+        if all(_node_progress(work / f"{o}.db") >= total for o in procs):
+            return True
+        await asyncio.sleep(0.3)
+    return False
+
+
+def _alarms(work: Path, org: str) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for line in (work / "logs" / f"{org}.log").read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            doc = json.loads(line)
+            if isinstance(doc, dict) and doc.get("event") == "mandate_alarm":
+                out[str(doc.get("reason"))] += 1
+    return out
+
+
+async def _run(console: Console, work: Path) -> bool:
+    external = os.environ.get("OBUS_BOOTSTRAP")
+    broker: LocalBroker | None = None
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        if external:
+            bootstrap, topics = external, Topics(f"obus.trust{int(time.time())}.")
+            console.print(f"Using your broker at {bootstrap}, topic prefix {topics.prefix}")
+        else:
+            console.rule("1. Local Apache Kafka (KRaft) on 127.0.0.1")
+            broker = LocalBroker(work / "kafka")
+            broker.start()
+            bootstrap, topics = broker.bootstrap, Topics()
+        common = ["--bootstrap", bootstrap, "--topic-prefix", topics.prefix]
+        m = Mission(work, int(time.time() * 1000))
+        await ensure_topics(bootstrap, standard_topics(topics, [*ORGS, "au"]))
+
+        console.rule("2. Mandate v1, accreditations, encryption keys, six nodes")
+        ok = await _cli(console, "mandate", "publish", str(work / "v1.bin"), *common) == 0
+        producer = reliable_producer(bootstrap)
+        await producer.start()
+        try:
+            for raw in m.scenario.accreditations:
+                acc = Accreditation.decode(Envelope.decode(raw).payload)
+                await producer.send_and_wait(
+                    topics.registry, raw, key=registry_key(PAYLOAD_ACCREDITATION, acc.key_id)
+                )
+            console.print(f"{len(m.scenario.accreditations)} observers accredited")
+            for org in KEY_HOLDERS:
+                ok &= await _cli(console, "org", "enckey", "--org", org, "--root-key",
+                                 str(m.root_file(org)), "--mandate", str(work / "v1.bin"),
+                                 "--private-out", str(work / "keys" / f"{org}.x25519"),
+                                 *common) == 0  # fmt: skip
+            for org in ORGS:
+                keys = work / "keys" / f"{org}.x25519"
+                extra = ["--decryption-key", str(keys)] if keys.exists() else []
+                logf = (work / "logs" / f"{org}.log").open("wb")
+                procs[org] = subprocess.Popen(  # noqa: ASYNC220 - returns at once
+                    [sys.executable, "-m", "nodes.cli", "node", "--org", org, "--mandate",
+                     str(work / "v1.bin"), "--db", str(work / f"{org}.db"), "--no-witness",
+                     *extra, *common],
+                    stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
+                    env={**os.environ, "OBUS_LOG_JSON": "1"},
+                )  # fmt: skip
+            console.print(f"nodes: {', '.join(f'{o} (pid {p.pid})' for o, p in procs.items())}")
+            for oid in ("un-obs-1", "osce-obs-2", "eu-obs-1", "nato-obs-1", "csto-obs-1"):
+                await _send(producer, topics, m.report(oid))
+
+            console.rule("3. Rotation: the African Union joins, signed by 4 of 6")
+            au_before = await _send(producer, topics, m.au_report(fresh_chain=True))
+            console.print(f"AU observer report before version 2 at {au_before}")
+            v2_draft = work / "v2.draft"
+            ok &= await _cli(console, "mandate", "draft", "--previous", str(work / "v1.bin"),
+                       "--add-org", "au", "African Union", m.au_root.public_key.hex(),
+                       "--text", "Joint monitoring mission, with the African Union",
+                       "--out", str(v2_draft)) == 0  # fmt: skip
+            sigs = []
+            for org in ROTATION_SIGNERS:
+                sig = work / f"v2.{org}.sig"
+                ok &= await _cli(console, "mandate", "sign", "--key", str(m.root_file(org)),
+                           str(v2_draft), "--previous", str(work / "v1.bin"), "--out",
+                           str(sig)) == 0  # fmt: skip
+                sigs.append(str(sig))
+            ok &= await _cli(console, "mandate", "combine", str(v2_draft), *sigs, "--previous",
+                       str(work / "v1.bin"), "--out", str(work / "v2.bin")) == 0  # fmt: skip
+            ok &= await _cli(console, "mandate", "publish", str(work / "v2.bin"), "--previous",
+                       str(work / "v1.bin"), *common) == 0  # fmt: skip
+            write_key(work / "keys" / "au-root.key", m.au_root)
+            ok &= await _cli(console, "org", "accredit", "--org", "au", "--root-key",
+                       str(work / "keys" / "au-root.key"), "--mandate", str(work / "v2.bin"),
+                       "--subject", "au-obs-1", "--role", "observer", "--public-key",
+                       m.au_observer.key.public_key.hex(), *common) == 0  # fmt: skip
+            await asyncio.sleep(0.05)  # a later broker timestamp than version 2
+            au_after = await _send(producer, topics, m.au_report())
+            console.print(f"AU observer report after version 2 at {au_after}")
+            forged = dataclasses.replace(m.scenario.mandate, version=3, threshold=1)
+            env = sign_mandate(forged, [m.scenario.org_roots[o] for o in ("nato", "sco", "eu")])
+            md3 = await producer.send_and_wait(topics.mandate, env.encode(), key=b"jmm-2026:3")
+            md1 = await producer.send_and_wait(
+                topics.mandate, m.scenario.mandate_envelope, key=b"jmm-2026:1"
+            )
+            console.print(
+                f"[yellow]injected[/yellow] a version 3 signed by nato, sco, eu (3 of 6) at offset"
+                f" {md3.offset}, and version 1 again at offset {md1.offset}"
+            )
+
+            console.rule("4. Revocation after seq 2 of un-obs-2")
+            for _ in range(3):
+                await _send(producer, topics, m.report("un-obs-2"))
+            if not await _wait_until_processed(work, bootstrap, topics, procs):
+                console.print("[red]nodes did not process the first reports[/red]")
+                return False
+            victim = m.observer("un-obs-2").key
+            ok &= await _cli(console, "org", "revoke", "--org", "un", "--root-key",
+                       str(m.root_file("un")), "--mandate", str(work / "v1.bin"), "--key-id",
+                       victim.key_id.hex(), "--last-valid-seq", "2", "--reason",
+                       "device seized at a checkpoint", *common) == 0  # fmt: skip
+            for _ in range(2):
+                await _send(producer, topics, m.report("un-obs-2"))
+
+            console.rule("5. A restricted report for UN and OSCE only")
+            ring = KeyRing(m.scenario.mandate)
+            for raw in await _registry(bootstrap, topics):
+                with contextlib.suppress(Exception):
+                    ring.apply(Envelope.decode(raw))
+            recipients = [ring.encryption_key(o) for o in READERS]
+            obs = m.observer("osce-obs-1")
+            draft = draft_report(m.rng, obs, m.scenario.mandate, m.now)
+            draft = dataclasses.replace(
+                draft, signed_at_ms=m.now - 1000, narrative="Names of two detainees: restricted."
+            )
+            sealed_raw = m.scenario.signers[obs.observer_id].sign_sealed(
+                draft, [r for r in recipients if r is not None]
+            )
+            where = await _send(producer, topics, sealed_raw)
+            console.print(f"osce-obs-1 sealed a report to {', '.join(READERS)} at {where}")
+            for oid in ("sco-obs-1", "un-obs-1"):
+                await _send(producer, topics, m.report(oid))
+        finally:
+            await producer.stop()
+
+        if not await _wait_until_processed(work, bootstrap, topics, procs):
+            console.print(f"[red]nodes did not finish; see {work / 'logs'}[/red]")
+            return False
+        _stop_nodes(procs)
+
+        console.rule("6. What every node holds")
+        ok &= _show(console, work, victim_id="un-obs-2")
+
+        console.rule("7. The auditor replays the log")
+        result = await audit(bootstrap, m.scenario.mandate, topics=topics, console=console)
+        render(result, console)
+        reasons = Counter(v.reason for v in result.violations)
+        expected = Counter(
+            {"key_revoked": 3, "unknown_key": 1, "threshold_not_met": 1, "mandate_rollback": 1}
+        )
+        audit_ok = reasons == expected and result.mandate_versions == [2]
+        audit_ok &= result.sealed_verified == 1
+        console.print(
+            ("[green]" if audit_ok else "[red]")
+            + f"auditor: mandate versions followed {result.mandate_versions}, restricted reports"
+            f" verified without reading {result.sealed_verified}, violations {dict(reasons)}"
+            f" (expected {dict(expected)})"
+        )
+        return ok and audit_ok
+    finally:
+        _stop_nodes(procs)
+        if broker is not None:
+            console.rule("Stopping Kafka")
+            broker.stop()
+
+
+async def _registry(bootstrap: str, topics: Topics) -> list[bytes]:
+    from bus.kafka import replay  # noqa: PLC0415
+
+    return [rec.value async for rec in replay(bootstrap, [topics.registry]) if rec.value]
+
+
+def _show(console: Console, work: Path, *, victim_id: str) -> bool:
+    ok = True
+    table = Table(title="Per node after rotation, revocation and a restricted report")
+    for col in ("node", "accepted", "fingerprint", "quarantined", "revoked after acc.",
+                f"invalid seqs {victim_id}", "mandate alarms", "restricted"):  # fmt: skip
+        table.add_column(col)
+    prints, invalid_sets = set(), set()
+    for org in ORGS:
+        with sqlite3.connect(f"file:{work / f'{org}.db'}?mode=ro", uri=True) as con:
+            rows = [(r, bytes(d)) for r, d in con.execute("SELECT report_id, digest FROM reports")]
+            q = list(con.execute("SELECT reason, raw FROM quarantine"))
+            rev = list(con.execute("SELECT seq FROM revoked_after_acceptance"))
+            sealed = list(con.execute("SELECT readability FROM sealed_reports"))
+        invalid = {s for (s,) in rev}
+        for reason, raw in q:
+            with contextlib.suppress(Exception):
+                rep = Report.decode(Envelope.decode(bytes(raw)).payload)
+                if rep.observer_id == victim_id and reason == "key_revoked":
+                    invalid.add(rep.seq)
+        fp = _fingerprint(sorted(rows))
+        prints.add(fp)
+        invalid_sets.add(frozenset(invalid))
+        alarms = _alarms(work, org)
+        reasons = Counter(r for r, _ in q)
+        state = sealed[0][0] if len(sealed) == 1 else f"{len(sealed)} rows"
+        expect_state = "readable" if org in READERS else "not_recipient"
+        node_ok = (
+            invalid == {3, 4, 5}
+            and reasons["unknown_key"] == 1
+            and alarms == Counter({"threshold_not_met": 1, "mandate_rollback": 1})
+            and state == expect_state
+        )
+        ok &= node_ok
+        table.add_row(
+            org, str(len(rows)), fp, ", ".join(f"{k}x{v}" for k, v in sorted(reasons.items())),
+            str(len(rev)), ",".join(map(str, sorted(invalid))),
+            ", ".join(f"{k}x{v}" for k, v in sorted(alarms.items())), state,
+            style=None if node_ok else "red",
+        )  # fmt: skip
+    console.print(table)
+    same = len(prints) == 1 and len(invalid_sets) == 1
+    console.print(
+        "[green]all six nodes hold the identical set of reports and agree that seq 3-5 of"
+        f" {victim_id} do not count[/green]"
+        if same
+        else "[red]nodes disagree[/red]"
+    )
+    return ok and same
+
+
+def main(*, keep: bool = False) -> int:
+    """Run the trust demo; returns the process exit code."""
+    console = Console(width=max(Console().width, 132))  # the per-node table is wide
+    work = REPO / "var" / "demo-trust"
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "logs").mkdir(parents=True)
+    (work / "keys").mkdir(parents=True)
+    started = time.monotonic()
+    ok = asyncio.run(_run(console, work))
+    console.rule()
+    console.print(
+        ("[bold green]DEMO-TRUST OK" if ok else "[bold red]DEMO-TRUST FAILED")
+        + f"[/] in {time.monotonic() - started:.0f}s; logs and stores in {work.relative_to(REPO)}"
+    )
+    if not keep and ok:
+        shutil.rmtree(work / "kafka", ignore_errors=True)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(keep="--keep" in sys.argv))
