@@ -179,3 +179,18 @@ def test_new_organization_can_accredit_after_it_joins() -> None:
     assert tl.offer_mandate(sign_mandate(new, signers), log_time_ms=T_V2)
     # The record read before the version is re-judged under it: order of reading does not matter.
     assert tl.current.lookup(acc.key_id).subject_id == "au-obs-1"
+
+
+def test_a_forged_higher_version_does_not_turn_history_into_alarms() -> None:
+    m = make_mission()
+    tl = _timeline(m)
+    v2 = _v(m, 2, ORGS[:4])
+    assert tl.offer_mandate(v2, log_time_ms=T_V2) is not None
+    with pytest.raises(VerificationError) as exc:
+        tl.offer_mandate(_v(m, 3, ORGS[:3]), log_time_ms=T_V2 + 1)  # 3 of 6: refused
+    assert exc.value.reason is Reason.THRESHOLD_NOT_MET
+    with pytest.raises(VerificationError) as exc:
+        tl.offer_mandate(Envelope.decode(m.scenario.mandate_envelope), log_time_ms=T_V2 + 2)
+    assert exc.value.reason is Reason.MANDATE_ROLLBACK
+    assert "after version 2" in exc.value.message  # the forged 3 was never "seen"
+    assert tl.mandate.version == 2
