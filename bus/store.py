@@ -10,6 +10,7 @@ and never stores one twice. Quarantine and report rows are unique by (topic, par
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ CREATE TABLE IF NOT EXISTS reports (
     zone TEXT NOT NULL, category TEXT NOT NULL, severity INTEGER NOT NULL,
     observed_at_ms INTEGER NOT NULL, log_time_ms INTEGER NOT NULL,
     digest BLOB NOT NULL, key_id BLOB NOT NULL, envelope BLOB NOT NULL,
+    stored_at_ms INTEGER,
     UNIQUE (topic, partition, "offset"), UNIQUE (observer_id, seq)
 );
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -108,6 +110,24 @@ class AcceptedSealed:
 Outcome = Accepted | Quarantined | AcceptedSealed
 
 
+# Column order of the INSERT in commit_batch (explicit: stored_at_ms may have been added last by
+# _add_missing_columns to a store created before it existed).
+_REPORT_COLUMNS: Final = (
+    'report_id, topic, partition, "offset", observer_id, org, seq, zone, category, severity,'
+    " observed_at_ms, log_time_ms, digest, key_id, envelope, stored_at_ms"
+)
+# Columns added after the first release: (table, column, declaration). CREATE TABLE IF NOT
+# EXISTS never changes an existing table, so older stores get them through ALTER TABLE.
+_ADDED_COLUMNS: Final = (("reports", "stored_at_ms", "INTEGER"),)
+
+
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    for table, column, decl in _ADDED_COLUMNS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
 class NodeStore:
     """SQLite store of one organization node. Not thread-safe: use from one thread at a time."""
 
@@ -125,6 +145,7 @@ class NodeStore:
             # transactions, which are then read again from Kafka (positions live here too).
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            _add_missing_columns(self._db)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}", path=str(path)) from exc
 
@@ -151,8 +172,13 @@ class NodeStore:
         heads: dict[str, ChainHead],
         decisions: Iterable[Decision],
         positions: dict[tuple[str, int], int],
+        *,
+        stored_at_ms: int | None = None,
     ) -> None:
         """Store a batch atomically (see module docstring).
+
+        ``stored_at_ms`` (default: now) is written to every report row of the batch: when this
+        node had the report durably, for latency measurements (``make bench``).
 
         Raises:
             StoreError: the transaction failed and nothing of the batch was stored.
@@ -186,7 +212,11 @@ class NodeStore:
                      ref.key, o.raw)
                 )  # fmt: skip
         with self._tx() as db:
-            db.executemany("INSERT INTO reports VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", reports)
+            stored = int(time.time() * 1000) if stored_at_ms is None else stored_at_ms
+            db.executemany(
+                f"INSERT INTO reports ({_REPORT_COLUMNS}) VALUES ({','.join('?' * 16)})",  # noqa: S608
+                [(*row, stored) for row in reports],
+            )
             db.executemany("INSERT INTO sealed_reports VALUES (?,?,?,?,?)", sealed_rows)
             db.executemany(
                 'INSERT INTO quarantine (topic, partition, "offset", reason, detail, log_time_ms,'

@@ -80,6 +80,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         mandate=mandate,
         policy=policy,
         topics=Topics(args.topic_prefix),
+        verify_workers=args.verify_workers,
     )
     if args.decryption_key:  # restricted reports sealed to this organization (issue 4)
         import dataclasses  # noqa: PLC0415
@@ -161,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="FILE",
         help="this organization's X25519 key file (obus org enckey): read restricted reports",
+    )
+    node.add_argument(
+        "--verify-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="check each batch's signatures in N worker processes first (same rule, same "
+        "verdicts; default 0: all in the node process). Useful up to the number of cores.",
     )
     _common(node)
     node.set_defaults(func=_cmd_node)

@@ -23,12 +23,13 @@ from bus.errors import BusError, StoreError, VerificationError
 from bus.ingest import Ingestor
 from bus.kafka import Topics, wrap
 from bus.lifecycle import TrustTimeline
-from bus.model import Envelope, Mandate, Report, Revocation
+from bus.model import Envelope, Mandate, Report, Revocation, Role
 from bus.policy import Decision, Policy
 from bus.sealed import DecryptionKey
 from bus.store import NodeStore, Outcome, Quarantined, RecordRef
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits
+from nodes.preverify import PreVerifier
 from nodes.trust_follower import TrustFollower
 
 log = structlog.get_logger(__name__)
@@ -51,6 +52,9 @@ class NodeConfig:
     metadata_max_age_ms: int = 5000
     # Restricted reports (issue 4): this organization's X25519 keys, to read reports sealed to it.
     decryption_keys: tuple[DecryptionKey, ...] = ()
+    # Worker processes that check a batch's Ed25519 signatures in parallel before the
+    # sequential path runs (nodes/preverify.py); 0: everything in this process.
+    verify_workers: int = 0
 
 
 class RegistryFollower:
@@ -136,6 +140,7 @@ class OrgNode:
         self.ingestor.timeline = self.trust
         self.ingestor.decryption_keys = {k.key_id: k for k in config.decryption_keys}
         self.counts["revoked_after_acceptance"] = 0
+        self._preverifier: PreVerifier | None = None
 
     @property
     def keyring(self) -> KeyRing:
@@ -194,6 +199,9 @@ class OrgNode:
         )
         self._consumer = consumer
         try:
+            if cfg.verify_workers > 0:
+                self._preverifier = PreVerifier(cfg.verify_workers)
+                await self._preverifier.start()
             await consumer.start()
             consumer.subscribe(pattern=cfg.topics.reports_pattern, listener=_SeekToStore(self))
             while not self._stopping.is_set():
@@ -206,12 +214,18 @@ class OrgNode:
             raise wrap(exc, "consuming reports") from exc
         finally:
             await consumer.stop()
+            if self._preverifier is not None:
+                await asyncio.to_thread(self._preverifier.close)
             await self.registry.stop()
             self.store.close()
             self._log.info("node_stopped", **self.counts)
 
     async def _process(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
         await self._mark_revoked(await self.registry.catch_up())
+        if self._preverifier is not None:
+            keys = {a.key_id: a.public_key for a in self.keyring.accreditations(Role.OBSERVER)}
+            raws = [r.value for records in batch.values() for r in records if r.value]
+            self.ingestor.preverified = await self._preverifier.verdicts(raws, keys)
         outcomes: list[Outcome] = []
         decisions: list[Decision] = []
         touched: dict[tuple[str, int], int] = {}
@@ -226,6 +240,7 @@ class OrgNode:
                 outcomes.append(outcome)
                 decisions.extend(self.ingestor.decide(outcome))
                 touched[(tp.topic, tp.partition)] = rec.offset + 1
+        self.ingestor.preverified = frozenset()
         if not touched:
             return
         try:
