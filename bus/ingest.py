@@ -1,8 +1,9 @@
 """One verification path for nodes and auditors: record bytes -> accepted or quarantined.
 
-Pure glue of :func:`bus.verify.verify_report`, the per-observer :class:`~bus.verify.ChainBook`
-and an organization's :class:`~bus.policy.Policy`. It never raises on input: every record ends
-as exactly one :class:`~bus.store.Accepted` or :class:`~bus.store.Quarantined` outcome.
+Pure glue of :func:`bus.verify.verify_report` and the per-observer :class:`~bus.verify.ChainBook`
+(follow-up policies run on accepted reports in :class:`bus.policy.PolicyEngine`). It never
+raises on input: every record ends as exactly one :class:`~bus.store.Accepted` or
+:class:`~bus.store.Quarantined` outcome.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from dataclasses import dataclass, field
 
 from bus.errors import Reason, VerificationError
 from bus.lifecycle import TrustTimeline
-from bus.policy import Decision, Policy
 from bus.sealed import DecryptionKey, is_sealed, verify_sealed_report
 from bus.store import Accepted, AcceptedSealed, Outcome, Quarantined, RecordRef
 from bus.trust import KeyRing
@@ -32,7 +32,6 @@ class Ingestor:
         chain: chain heads and report-id idempotency.
         org_of_topic: maps a topic name to the organization whose topic it is (None: not a
             report topic).
-        policy: this organization's follow-up policy, or None (auditors decide nothing).
         limits: verification limits.
         timeline: mandate versions over log time (None: ``keyring`` judges every record).
     """
@@ -40,7 +39,6 @@ class Ingestor:
     keyring: KeyRing
     chain: ChainBook
     org_of_topic: dict[str, str] = field(default_factory=dict)
-    policy: Policy | None = None
     limits: Limits = field(default_factory=Limits)
     timeline: TrustTimeline | None = None
     # This organization's X25519 keys by key id, to read restricted reports sealed to it.
@@ -87,9 +85,3 @@ class Ingestor:
             )
             return Quarantined(ref, Reason.INTERNAL_ERROR.value, repr(exc), value)
         return Accepted(ref, vr, raw)
-
-    def decide(self, outcome: Outcome) -> list[Decision]:
-        """This organization's decisions on an accepted report (none for quarantined ones)."""
-        if self.policy is None or not isinstance(outcome, Accepted):
-            return []
-        return self.policy.evaluate(outcome.verified.report)

@@ -9,18 +9,24 @@ and never stores one twice. Quarantine and report rows are unique by (topic, par
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Any, Final
 
 from bus.errors import StoreError
-from bus.policy import Decision
+from bus.model import sha256
+from bus.policy import Decision, Evidence
 from bus.sealed import VerifiedSealed
 from bus.verify import ChainHead, VerifiedReport
+
+if TYPE_CHECKING:
+    from bus.decision import VerifiedDecision
+    from bus.statement import StatementStatus
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS reports (
@@ -68,6 +74,45 @@ CREATE TABLE IF NOT EXISTS sealed_reports (
 """
 
 
+# Follow-up (decisions, others' published decisions, joint statements). Kept in tables of their
+# own so the base schema above stays as it is; `decisions` keeps one row per decision and
+# `decision_details` adds what a decision rests on and its publication state.
+_FOLLOWUP_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS decision_details (
+    decision_id TEXT PRIMARY KEY, kind TEXT NOT NULL, grp TEXT NOT NULL,
+    window_start_ms INTEGER NOT NULL, window_end_ms INTEGER NOT NULL,
+    evidence_json TEXT NOT NULL, summary TEXT NOT NULL, publish INTEGER NOT NULL,
+    pub_state TEXT NOT NULL, pub_seq INTEGER UNIQUE, pub_envelope BLOB, pub_offset INTEGER
+);
+CREATE TABLE IF NOT EXISTS peer_decisions (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    log_time_ms INTEGER NOT NULL, decision_id TEXT NOT NULL, org TEXT NOT NULL,
+    node_id TEXT NOT NULL, seq INTEGER NOT NULL, rule TEXT NOT NULL, kind TEXT NOT NULL,
+    action TEXT NOT NULL, priority TEXT NOT NULL, zone TEXT NOT NULL, grp TEXT NOT NULL,
+    window_start_ms INTEGER NOT NULL, window_end_ms INTEGER NOT NULL,
+    evidence_json TEXT NOT NULL, decided_at_ms INTEGER NOT NULL, signed_at_ms INTEGER NOT NULL,
+    summary TEXT NOT NULL, digest BLOB NOT NULL, envelope BLOB NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")
+);
+CREATE TABLE IF NOT EXISTS statements (
+    statement_id TEXT PRIMARY KEY, drafted_by TEXT NOT NULL, title TEXT NOT NULL,
+    text TEXT NOT NULL, references_json TEXT NOT NULL, created_at_ms INTEGER NOT NULL,
+    digest BLOB NOT NULL, threshold INTEGER NOT NULL, organizations INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS statement_signatures (
+    statement_id TEXT NOT NULL, org TEXT NOT NULL, signer TEXT NOT NULL,
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    log_time_ms INTEGER NOT NULL,
+    PRIMARY KEY (statement_id, org)
+);
+CREATE TABLE IF NOT EXISTS board_rejected (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, log_time_ms INTEGER NOT NULL, raw BLOB NOT NULL,
+    PRIMARY KEY (topic, partition, "offset")
+);
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class RecordRef:
     """Where a Kafka record sits in the log, plus the broker's timestamp and record key."""
@@ -110,6 +155,56 @@ class AcceptedSealed:
 Outcome = Accepted | Quarantined | AcceptedSealed
 
 
+def _evidence_json(evidence: Iterable[Evidence]) -> str:
+    return json.dumps([[e.report_id, e.digest.hex()] for e in evidence], separators=(",", ":"))
+
+
+def evidence_from_json(text: str) -> tuple[Evidence, ...]:
+    """Evidence stored by :func:`_evidence_json`."""
+    return tuple(Evidence(r, bytes.fromhex(d)) for r, d in json.loads(text))
+
+
+def _insert_decisions(db: sqlite3.Connection, decisions: Iterable[Decision]) -> list[Decision]:
+    """Insert decisions not stored yet (ids are stable); returns the ones inserted."""
+    new = []
+    for d in decisions:
+        cur = db.execute(
+            "INSERT OR IGNORE INTO decisions VALUES (?,?,?,?,?,?,?,?)",
+            (d.decision_id, d.org, d.rule, d.action, d.priority, d.zone, ",".join(d.report_ids),
+             d.decided_at_ms),
+        )  # fmt: skip
+        if cur.rowcount:
+            db.execute(
+                "INSERT OR IGNORE INTO decision_details (decision_id, kind, grp, window_start_ms,"
+                " window_end_ms, evidence_json, summary, publish, pub_state)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (d.decision_id, d.kind, d.group, d.window_start_ms, d.window_end_ms,
+                 _evidence_json(d.evidence), d.summary, int(d.publish),
+                 PUB_PENDING if d.publish else PUB_LOCAL),
+            )  # fmt: skip
+            new.append(d)
+    return new
+
+
+# Publication states of an own decision: kept locally (policy says publish = false); waiting
+# to be signed; signed (envelope stored, maybe sent); published (the broker acknowledged it).
+PUB_LOCAL: Final = "local"
+PUB_PENDING: Final = "pending"
+PUB_SIGNED: Final = "signed"
+PUB_PUBLISHED: Final = "published"
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDecision:
+    """An own decision with its publication state."""
+
+    decision: Decision
+    pub_state: str
+    pub_seq: int | None
+    pub_envelope: bytes | None
+    pub_offset: int | None
+
+
 # Column order of the INSERT in commit_batch (explicit: stored_at_ms may have been added last by
 # _add_missing_columns to a store created before it existed).
 _REPORT_COLUMNS: Final = (
@@ -145,6 +240,7 @@ class NodeStore:
             # transactions, which are then read again from Kafka (positions live here too).
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            self._db.executescript(_FOLLOWUP_SCHEMA)
             _add_missing_columns(self._db)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}", path=str(path)) from exc
@@ -228,14 +324,7 @@ class NodeStore:
                 " SET seq=excluded.seq, digest=excluded.digest",
                 [(o, h.seq, h.digest) for o, h in heads.items()],
             )
-            db.executemany(
-                "INSERT OR IGNORE INTO decisions VALUES (?,?,?,?,?,?,?,?)",
-                [
-                    (d.decision_id, d.org, d.rule, d.action, d.priority, d.zone,
-                     ",".join(d.evidence), d.decided_at_ms)
-                    for d in decisions
-                ],
-            )  # fmt: skip
+            _insert_decisions(db, decisions)
             db.executemany(
                 "INSERT INTO positions VALUES (?,?,?) ON CONFLICT(topic, partition) DO UPDATE"
                 " SET next_offset=excluded.next_offset",
@@ -342,3 +431,256 @@ class NodeStore:
                 " ORDER BY decided_at_ms, decision_id"
             )
         )
+
+    # -- follow-up: own decisions and their publication (issue 6) ---------------------------
+
+    def add_decisions(self, decisions: Iterable[Decision]) -> list[Decision]:
+        """Store decisions whose id is not stored yet; returns those, in the given order.
+
+        Raises:
+            StoreError: the transaction failed; nothing was stored.
+        """
+        with self._tx() as db:
+            return _insert_decisions(db, decisions)
+
+    def decision_ids(self) -> set[str]:
+        """Ids of every stored own decision."""
+        return {r for (r,) in self._db.execute("SELECT decision_id FROM decisions")}
+
+    def log_records(self) -> Iterator[tuple[str, int, int, int, bytes | None, bytes | None]]:
+        """Every stored report-topic record: (topic, partition, offset, log time, digest,
+        envelope), digest and envelope None for quarantined ones; in offset order per partition.
+        """
+        rows = self._db.execute(
+            'SELECT topic, partition, "offset", log_time_ms, digest, envelope FROM reports'
+            ' UNION ALL SELECT topic, partition, "offset", log_time_ms, NULL, NULL'
+            " FROM quarantine ORDER BY 1, 2, 3"
+        )
+        for topic, part, off, lt, digest, env in rows:
+            yield (topic, part, off, lt, None if digest is None else bytes(digest),
+                   None if env is None else bytes(env))  # fmt: skip
+
+    def log_records_since(
+        self, report_rowid: int, quarantine_id: int
+    ) -> tuple[list[tuple[str, int, int, int, bytes | None, bytes | None]], int, int]:
+        """Records stored after the given marks, from one snapshot of the store.
+
+        Returns:
+            ``(records, report_rowid, quarantine_id)``: the records as in :meth:`log_records`
+            (in offset order per partition), and the marks to pass next time.
+        """
+        try:
+            self._db.execute("BEGIN")  # one snapshot: a batch is seen whole or not at all
+            reports = self._db.execute(
+                'SELECT rowid, topic, partition, "offset", log_time_ms, digest, envelope'
+                " FROM reports WHERE rowid > ?",
+                (report_rowid,),
+            ).fetchall()
+            quarantined = self._db.execute(
+                'SELECT id, topic, partition, "offset", log_time_ms FROM quarantine WHERE id > ?',
+                (quarantine_id,),
+            ).fetchall()
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from exc
+        rows: list[tuple[str, int, int, int, bytes | None, bytes | None]] = [
+            (t, p, o, lt, bytes(d), bytes(e)) for _, t, p, o, lt, d, e in reports
+        ]
+        rows += [(t, p, o, lt, None, None) for _, t, p, o, lt in quarantined]
+        rows.sort(key=lambda r: (r[0], r[1], r[2]))
+        return (
+            rows,
+            max((r[0] for r in reports), default=report_rowid),
+            max((q[0] for q in quarantined), default=quarantine_id),
+        )
+
+    def own_decisions(
+        self, *, limit: int = 1_000_000, unpublished: bool = False
+    ) -> list[StoredDecision]:
+        """Own decisions, newest first; ``unpublished``: only those waiting to be published
+        (oldest first then, the order they are published in)."""
+        rows = self._db.execute(
+            "SELECT d.decision_id, d.org, d.rule, d.action, d.priority, d.zone, d.evidence,"
+            " d.decided_at_ms, coalesce(dd.kind, 'report'), coalesce(dd.grp, d.zone),"
+            " coalesce(dd.window_start_ms, 0), coalesce(dd.window_end_ms, 0), dd.evidence_json,"
+            " coalesce(dd.summary, ''), coalesce(dd.publish, 0), coalesce(dd.pub_state, 'local'),"
+            " dd.pub_seq, dd.pub_envelope, dd.pub_offset"
+            " FROM decisions d LEFT JOIN decision_details dd USING (decision_id)"
+            " WHERE ?1 = 0 OR dd.pub_state IN ('pending', 'signed')"
+            # newest first to show; to publish: signed ones in seq order, then oldest first
+            " ORDER BY CASE WHEN ?1 = 0 THEN -d.decided_at_ms END, dd.pub_seq IS NULL,"
+            " dd.pub_seq, d.decided_at_ms, d.rowid LIMIT ?2",
+            (int(unpublished), limit),
+        )
+        out = []
+        for (_, org, rule, action, prio, zone, ev_ids, at, kind, grp, ws, we, ev_json, summary,
+             publish, state, seq, env, offset) in rows:  # fmt: skip
+            evidence = (
+                evidence_from_json(ev_json)
+                if ev_json
+                else tuple(Evidence(r, b"") for r in ev_ids.split(",") if r)
+            )
+            d = Decision(org, rule, kind, action, prio, zone, grp, ws, we, evidence, at, summary,
+                         bool(publish))  # fmt: skip
+            out.append(StoredDecision(d, state, seq, None if env is None else bytes(env), offset))
+        return out
+
+    def next_publication_seq(self) -> int:
+        """The next per-node publication sequence number (1 for the first)."""
+        row = self._db.execute("SELECT coalesce(max(pub_seq), 0) FROM decision_details")
+        return int(row.fetchone()[0]) + 1
+
+    def mark_signed(self, decision_id: str, seq: int, envelope: bytes) -> None:
+        """Record the signed envelope of a decision before it is sent (resent as is on restart).
+
+        Raises:
+            StoreError: the transaction failed (e.g. seq already used).
+        """
+        with self._tx() as db:
+            db.execute(
+                "UPDATE decision_details SET pub_state = ?, pub_seq = ?, pub_envelope = ?"
+                " WHERE decision_id = ? AND pub_state = ?",
+                (PUB_SIGNED, seq, envelope, decision_id, PUB_PENDING),
+            )
+
+    def mark_published(self, decision_id: str, offset: int) -> None:
+        """Record that the broker acknowledged the decision at ``offset``."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE decision_details SET pub_state = ?, pub_offset = ? WHERE decision_id = ?",
+                (PUB_PUBLISHED, offset, decision_id),
+            )
+
+    # -- follow-up: what other organizations publish (issue 6) ------------------------------
+
+    def commit_board(
+        self,
+        decisions: Iterable[tuple[RecordRef, VerifiedDecision, bytes]],
+        statements: Iterable[tuple[RecordRef, StatementStatus, list[str]]],
+        rejected: Iterable[Quarantined],
+        positions: dict[tuple[str, int], int],
+    ) -> None:
+        """Store verified decisions, statement signatures and rejected records of the decisions
+        and statements topics, with their next offsets, in one transaction.
+
+        Raises:
+            StoreError: the transaction failed and nothing was stored.
+        """
+        with self._tx() as db:
+            for ref, vd, raw in decisions:
+                d = vd.decision
+                db.execute(
+                    "INSERT OR IGNORE INTO peer_decisions VALUES"
+                    " (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (ref.topic, ref.partition, ref.offset, ref.log_time_ms, d.decision_id, d.org,
+                     vd.node_id, d.seq, d.rule, d.kind, d.action, d.priority, d.zone, d.group,
+                     d.window_start_ms, d.window_end_ms, _evidence_json(d.evidence),
+                     d.decided_at_ms, d.signed_at_ms, d.summary, sha256(raw), raw),
+                )  # fmt: skip
+            for ref, st, added in statements:
+                s = st.statement
+                db.execute(
+                    "INSERT OR IGNORE INTO statements VALUES (?,?,?,?,?,?,?,?,?)",
+                    (s.statement_id, s.drafted_by, s.title, s.text, _evidence_json(s.references),
+                     s.created_at_ms, st.digest, st.threshold, st.organizations),
+                )  # fmt: skip
+                db.executemany(
+                    "INSERT OR IGNORE INTO statement_signatures VALUES (?,?,?,?,?,?,?)",
+                    [(s.statement_id, org, st.signed_by[org], ref.topic, ref.partition,
+                      ref.offset, ref.log_time_ms) for org in added],
+                )  # fmt: skip
+            db.executemany(
+                "INSERT OR IGNORE INTO board_rejected VALUES (?,?,?,?,?,?,?)",
+                [(q.ref.topic, q.ref.partition, q.ref.offset, q.reason, q.detail,
+                  q.ref.log_time_ms, q.raw) for q in rejected],
+            )  # fmt: skip
+            db.executemany(
+                "INSERT INTO positions VALUES (?,?,?) ON CONFLICT(topic, partition) DO UPDATE"
+                " SET next_offset=excluded.next_offset",
+                [(t, p, o) for (t, p), o in positions.items()],
+            )
+
+    def peer_decisions(self, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """Published decisions read from the decisions topics, newest first."""
+        cur = self._db.execute(
+            'SELECT topic, partition, "offset", log_time_ms, decision_id, org, node_id, seq, rule,'
+            " kind, action, priority, zone, grp, window_start_ms, window_end_ms, evidence_json,"
+            " decided_at_ms, signed_at_ms, summary FROM peer_decisions"
+            ' ORDER BY log_time_ms DESC, topic, "offset" DESC LIMIT ?',
+            (limit,),
+        )
+        return _dicts(cur)
+
+    def statements(self) -> list[dict[str, Any]]:
+        """Joint statements with the organizations that signed them, oldest first."""
+        out = _dicts(
+            self._db.execute(
+                "SELECT statement_id, drafted_by, title, text, references_json, created_at_ms,"
+                " threshold, organizations FROM statements ORDER BY statement_id"
+            )
+        )
+        sigs: dict[str, list[tuple[str, str]]] = {}
+        for sid, org, signer in self._db.execute(
+            'SELECT statement_id, org, signer FROM statement_signatures ORDER BY "offset", org'
+        ):
+            sigs.setdefault(sid, []).append((org, signer))
+        for s in out:
+            s["signed_by"] = [o for o, _ in sigs.get(str(s["statement_id"]), [])]
+            s["signers"] = dict(sigs.get(str(s["statement_id"]), []))
+        return out
+
+    def board_rejected(self) -> list[tuple[str, int, int, str, str]]:
+        """(topic, partition, offset, reason, detail) of rejected decision/statement records."""
+        return list(
+            self._db.execute(
+                'SELECT topic, partition, "offset", reason, detail FROM board_rejected'
+                ' ORDER BY topic, partition, "offset"'
+            )
+        )
+
+    # -- follow-up: reads for the dashboard (issue 6) ---------------------------------------
+
+    def reports_since(
+        self, rowid: int, *, limit: int = 10_000
+    ) -> list[tuple[int, str, int, int, int, bytes, bytes]]:
+        """(rowid, topic, partition, offset, log time, digest, envelope) of reports stored after
+        ``rowid``, in storage order."""
+        rows = self._db.execute(
+            'SELECT rowid, topic, partition, "offset", log_time_ms, digest, envelope FROM reports'
+            " WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (rowid, limit),
+        )
+        return [(i, t, p, o, lt, bytes(d), bytes(e)) for i, t, p, o, lt, d, e in rows]
+
+    def quarantine_detail(self, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """Quarantined records with reason, detail and log time, newest first."""
+        return _dicts(
+            self._db.execute(
+                'SELECT id, topic, partition, "offset", reason, detail, log_time_ms, record_key,'
+                " length(raw) AS size FROM quarantine ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+        )
+
+    def quarantine_counts(self) -> dict[str, int]:
+        """Quarantined records per reason code."""
+        rows = self._db.execute("SELECT reason, count(*) FROM quarantine GROUP BY reason")
+        return {r: int(n) for r, n in rows}
+
+    def decision_counts(self) -> list[tuple[str, str, str, int]]:
+        """(rule, priority, publication state, count) over own decisions."""
+        return list(
+            self._db.execute(
+                "SELECT d.rule, d.priority, coalesce(dd.pub_state, 'local'), count(*)"
+                " FROM decisions d LEFT JOIN decision_details dd USING (decision_id)"
+                " GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+            )
+        )
+
+
+def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [c[0] for c in cur.description]
+    return [
+        {k: (v.hex() if isinstance(v, bytes) else v) for k, v in zip(names, row, strict=True)}
+        for row in cur
+    ]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from bus import logs
 from bus.crypto import SigningKey
-from bus.errors import BusError
+from bus.errors import BusError, ConfigError
 from bus.kafka import Topics
-from bus.policy import load_policy
+from bus.policy import Policy, load_policy
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -73,6 +73,9 @@ def _cmd_node(args: argparse.Namespace) -> int:
     if mandate.organization(args.org) is None:
         known = ", ".join(o.org for o in mandate.organizations)
         raise BusError(f"--org {args.org!r} is not part of the mandate; known: {known}")
+    node_key = _node_key_for_policy(args, policy)
+    if policy is not None:
+        policy.check_mandate(mandate)
     config = NodeConfig(
         org=args.org,
         bootstrap=_bootstrap(args),
@@ -80,6 +83,9 @@ def _cmd_node(args: argparse.Namespace) -> int:
         mandate=mandate,
         policy=policy,
         topics=Topics(args.topic_prefix),
+        node_key=node_key,
+        http_port=args.http_port,
+        http_host=args.http_host,
         verify_workers=args.verify_workers,
     )
     if args.decryption_key:  # restricted reports sealed to this organization (issue 4)
@@ -93,6 +99,24 @@ def _cmd_node(args: argparse.Namespace) -> int:
     from nodes.witness_cli import run_with_witness  # noqa: PLC0415 - issue 5: the witness
 
     return asyncio.run(run_with_witness(args, config))
+
+
+def _node_key_for_policy(args: argparse.Namespace, policy: Policy | None) -> SigningKey | None:
+    """The node key (--node-key); required when a rule of the policy publishes decisions."""
+    from nodes.files import read_key  # noqa: PLC0415
+
+    if args.node_key:
+        return read_key(Path(args.node_key))
+    publishing = [r.name for r in policy.rules if r.publish] if policy is not None else []
+    if publishing:
+        raise ConfigError(
+            "--node-key",
+            f"rule {publishing[0]} of the policy has publish = true, and published decisions"
+            " are signed by the node key",
+            "pass --node-key FILE (a key your organization accredited with role NODE),"
+            " or set publish = false",
+        )
+    return None
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -164,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="this organization's X25519 key file (obus org enckey): read restricted reports",
     )
     node.add_argument(
+        "--node-key", metavar="FILE", help="node key (role NODE): signs published decisions"
+    )
+    node.add_argument(
+        "--http-port", type=int, metavar="PORT", help="serve the dashboard and API on this port"
+    )
+    node.add_argument("--http-host", default="127.0.0.1", help="dashboard address (127.0.0.1)")
+    node.add_argument(
         "--verify-workers",
         type=int,
         default=0,
@@ -226,6 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     from nodes.observer_cli import add_commands  # noqa: PLC0415 - issue 3: observer, gateway
 
     add_commands(sub, _common, _bootstrap)
+
+    from nodes.followup_cli import add_followup_commands  # noqa: PLC0415 - issue 6
+
+    add_followup_commands(sub, _common, _bootstrap)
 
     from nodes.witness_cli import add_witness_commands  # noqa: PLC0415 - issue 5
 

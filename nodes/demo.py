@@ -66,6 +66,7 @@ from nodes.scenario import (
     build_scenario,
     demo_key,
     draft_report,
+    escalation_reports,
     signed_reports,
 )
 from nodes.witness import default_witness_db, witness_fingerprint, witness_status
@@ -171,6 +172,7 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             )
 
             console.rule("3. Six organization nodes")
+            ports = {org: free_port() for org in orgs}
             for org in orgs:
                 logf = (work / "logs" / f"{org}.log").open("wb")
                 procs[org] = subprocess.Popen(  # noqa: ASYNC220 - returns at once
@@ -178,17 +180,24 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
                      "--mandate", str(mandate_file), "--db", str(work / f"{org}.db"),
                      "--policy", str(POLICIES / f"{org}.toml"), "--bootstrap", bootstrap,
                      "--topic-prefix", topics.prefix, "--node-key", str(node_keys[org]),
-                     "--checkpoint-interval", str(CHECKPOINT_INTERVAL_S)],
+                     "--checkpoint-interval", str(CHECKPOINT_INTERVAL_S),
+                     "--http-port", str(ports[org])],
                     stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
                     env={**os.environ, "OBUS_LOG_JSON": "1"},
                 )  # fmt: skip
             console.print(
                 f"started nodes: {', '.join(f'{o} (pid {p.pid})' for o, p in procs.items())}"
             )
+            for org in orgs:
+                console.print(f"  {org:5} dashboard and API: http://127.0.0.1:{ports[org]}/")
 
             console.rule("4. Observers publish signed reports")
             rng = random.Random(2026)
             stream = signed_reports(scenario, reports_per_observer, now, rng)
+            # and an escalation the OSCE's early-warning rule sees (ceasefire violations in the
+            # east zone more than doubling week over week)
+            escalation = escalation_reports(scenario, now, rng, surge=SURGE)
+            stream += escalation
             futures = [
                 await producer.send(
                     topics.reports(obs.org), raw, key=obs.observer_id.encode(),
@@ -223,6 +232,12 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             return False
         if not await _wait_for_witnesses(console, work, orgs, ends, procs):
             return False
+
+        console.rule("Follow-up: decisions, early warning, a joint statement (4 of 6)")
+        followup_ok = await _joint_statement(
+            console, work, bootstrap=bootstrap, topics=topics, scenario=scenario,
+            escalation=[rid for _, rid, _ in escalation[-SURGE:]], orgs=orgs, ports=ports,
+        )  # fmt: skip
         _stop_nodes(procs)
 
         console.rule("5. What every node holds")
@@ -248,7 +263,9 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             console, work, bootstrap=bootstrap, topics=topics, scenario=scenario,
             expected=expected, report_id=stream[0][1],
         )  # fmt: skip
-        return ok and audit_ok and witness_ok and export_ok
+        console.rule("9. Follow-up: each organization's own decisions, shown to the others")
+        followup_ok &= _show_followup(console, work, orgs)
+        return ok and audit_ok and witness_ok and export_ok and followup_ok
     finally:
         _stop_nodes(procs)
         if broker is not None:
@@ -477,6 +494,127 @@ def _show_nodes(
     differ = distinct >= 2
     ok &= differ
     console.print(f"{distinct} distinct decision sets across {len(orgs)} organizations")
+    return ok
+
+
+STATEMENT_SIGNERS: Final = ("un", "osce", "eu", "nato")  # 4 of 6: the mandate's threshold
+SURGE: Final = 9  # ceasefire violations in the east zone last week (3 the week before)
+
+
+async def _joint_statement(
+    console: Console,
+    work: Path,
+    *,
+    bootstrap: str,
+    topics: Topics,
+    scenario: Scenario,
+    escalation: list[str],
+    orgs: list[str],
+    ports: dict[str, int],
+) -> bool:
+    """UN drafts a statement on the escalation; OSCE, EU and NATO co-sign it after checking the
+    references against their own stores; CSTO and SCO do not sign. Then wait until every node
+    shows it valid (and has made and published its own decisions meanwhile)."""
+    from nodes.followup_cli import draft, references_from_store, sign  # noqa: PLC0415
+
+    mandate = scenario.mandate
+    drafter, *cosigners = STATEMENT_SIGNERS
+    stmt = await draft(
+        bootstrap, topics, mandate, org=drafter, key=scenario.node_keys[drafter],
+        title="Ceasefire violations in the east zone more than doubled",
+        text="Observers of three organizations report ceasefire violations in the Hill "
+        "Country (east) zone at three times the rate of the week before. The signatories "
+        "call on all parties to observe the ceasefire.",
+        references=references_from_store(work / f"{drafter}.db", escalation),
+    )  # fmt: skip
+    console.print(
+        f"{drafter} drafted statement {stmt.statement_id} citing {len(stmt.references)} reports"
+    )
+    status = None
+    for org in cosigners:
+        status = await sign(
+            bootstrap, topics, mandate, statement_id=stmt.statement_id,
+            key=scenario.node_keys[org], db=work / f"{org}.db",
+        )  # fmt: skip
+        console.print(
+            f"  {org} checked the references against its own store and signed: "
+            f"{len(status.signed_by)} of {status.organizations} (k = {status.threshold}),"
+            f" {status.state}"
+        )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        seen = {org: _followup_counts(work / f"{org}.db", org) for org in orgs}
+        if all(
+            s["statement_signers"] == len(STATEMENT_SIGNERS) and s["peers"] for s in seen.values()
+        ):
+            break
+        await asyncio.sleep(0.5)
+    else:
+        console.print(f"[red]nodes did not show the statement and others' decisions: {seen}")
+        return False
+    console.print(
+        "[green]every node shows the statement valid (4 of 6) and others' published decisions"
+    )
+    for org in orgs:
+        console.print(f"  {org:5} http://127.0.0.1:{ports[org]}/#statements")
+    return status is not None and status.valid
+
+
+def _followup_counts(db: Path, org: str) -> dict[str, int]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+        peers = con.execute(
+            "SELECT count(*) FROM peer_decisions WHERE org != ?", (org,)
+        ).fetchone()[0]
+        signers = con.execute(
+            "SELECT coalesce(max(n), 0) FROM (SELECT count(*) AS n FROM statement_signatures"
+            " GROUP BY statement_id)"
+        ).fetchone()[0]
+    return {"peers": int(peers), "statement_signers": int(signers)}
+
+
+def _show_followup(console: Console, work: Path, orgs: list[str]) -> bool:
+    from bus.store import NodeStore  # noqa: PLC0415
+
+    table = Table(title="Follow-up per organization (decided alone, published for transparency)")
+    for col in ("org", "own decisions", "published", "early warnings", "others' decisions seen",
+                "statements (valid)"):  # fmt: skip
+        table.add_column(col)
+    alerts = []
+    ok = True
+    for org in orgs:
+        store = NodeStore(work / f"{org}.db", read_only=True)
+        try:
+            own = store.own_decisions()
+            peers = [d for d in store.peer_decisions() if d["org"] != org]
+            stmts = store.statements()
+        finally:
+            store.close()
+        trend = [sd.decision for sd in own if sd.decision.kind == "trend"]
+        alerts += trend
+        valid = [s for s in stmts if len(s["signed_by"]) >= s["threshold"]]
+        table.add_row(
+            org, str(len(own)), str(sum(1 for sd in own if sd.pub_state == "published")),
+            str(len(trend)), f"{len(peers)} from {len({d['org'] for d in peers})} orgs",
+            f"{len(stmts)} ({len(valid)})",
+        )  # fmt: skip
+        ok &= bool(peers) and len(valid) == 1
+    console.print(table)
+    for d in alerts:
+        console.print(
+            f"[bold red]EARLY WARNING[/] {d.org}: {d.rule} in zone {d.zone}, week of "
+            f"{time.strftime('%Y-%m-%d', time.gmtime(d.window_start_ms / 1000))}: {d.summary}"
+            f" -> {d.action} ({d.priority})"
+        )
+    ok &= bool(alerts)
+    console.print(
+        ("[green]" if alerts else "[red]") + f"{len(alerts)} early-warning alert(s);"
+        f" the joint statement is valid at {len(STATEMENT_SIGNERS)} of {len(orgs)}"
+    )
+    console.print(
+        "dashboards stop with the nodes; serve a store again with: .venv/bin/obus dashboard"
+        f" --org un --db {work / 'un.db'} --mandate {work / 'mandate.bin'}"
+        f" --policy {POLICIES / 'un.toml'} --http-port 8080"
+    )
     return ok
 
 

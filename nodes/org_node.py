@@ -5,6 +5,10 @@ the same transaction as the records it covers. On every partition assignment the
 seeks to the store's position (0 when unknown), so a crash between the store commit and the
 Kafka offset commit never loses or doubles a record. Kafka group offsets are committed after
 each store commit only so that operators' lag tooling sees progress.
+
+Follow-up (this organization's decisions, their publication, others' decisions and joint
+statements) and the dashboard run beside the ingest loop and read the store on their own
+(:mod:`nodes.followup`, :mod:`nodes.dashboard`).
 """
 
 from __future__ import annotations
@@ -13,18 +17,19 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from bus.crypto import SigningKey
 from bus.errors import BusError, StoreError, VerificationError
 from bus.ingest import Ingestor
 from bus.kafka import Topics, wrap
 from bus.lifecycle import TrustTimeline
-from bus.model import Envelope, Mandate, Report, Revocation, Role
-from bus.policy import Decision, Policy
+from bus.model import Envelope, Mandate, Revocation, Role
+from bus.policy import Policy
 from bus.sealed import DecryptionKey
 from bus.store import NodeStore, Outcome, Quarantined, RecordRef
 from bus.trust import KeyRing
@@ -52,6 +57,13 @@ class NodeConfig:
     metadata_max_age_ms: int = 5000
     # Restricted reports (issue 4): this organization's X25519 keys, to read reports sealed to it.
     decryption_keys: tuple[DecryptionKey, ...] = ()
+    # Follow-up and dashboard (issue 6): the key that signs published decisions (accredited
+    # by this organization as NODE), the dashboard's address (None: no dashboard), and how far
+    # the broker's clock may run behind ours (bus/policy.py, canonical order).
+    node_key: SigningKey | None = None
+    http_port: int | None = None
+    http_host: str = "127.0.0.1"
+    idle_margin_ms: int = 2000
     # Worker processes that check a batch's Ed25519 signatures in parallel before the
     # sequential path runs (nodes/preverify.py); 0: everything in this process.
     verify_workers: int = 0
@@ -131,12 +143,13 @@ class OrgNode:
             config.bootstrap, config.topics.mandate, config.topics.registry, self.trust
         )
         self.chain = ChainBook(self.store.chain_heads(), self.store.report_digest)
-        self.ingestor = Ingestor(self.keyring, self.chain, {}, config.policy, config.limits)
+        self.ingestor = Ingestor(self.keyring, self.chain, {}, config.limits)
         self._positions = self.store.positions()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
-        self.counts: dict[str, int] = {"accepted": 0, "quarantined": 0, "decisions": 0}
+        self.counts: dict[str, int] = {"accepted": 0, "quarantined": 0}
         self._log = log.bind(org=config.org)
+        self.extras: Any = None  # follow-up and dashboard (nodes.followup.NodeExtras), in run()
         self.ingestor.timeline = self.trust
         self.ingestor.decryption_keys = {k.key_id: k for k in config.decryption_keys}
         self.counts["revoked_after_acceptance"] = 0
@@ -174,19 +187,26 @@ class OrgNode:
             self._consumer.seek(tp, self._positions.get((tp.topic, tp.partition), 0))
         self._log.info("partitions_assigned", count=len(assigned))
 
-    def _replay_policy(self) -> None:
-        # Aggregating rules need the reports already stored: feed them in stored order.
-        # Decisions they yield are already stored (same stable ids), so they are dropped here.
-        policy = self.config.policy
-        if policy is None:
-            return
-        for raw in self.store.envelopes():
-            policy.evaluate(Report.decode(Envelope.decode(raw).payload))
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records on the broker not yet stored, per assigned partition (as of the last fetch)."""
+        consumer = self._consumer
+        out: dict[tuple[str, int], int] = {}
+        if consumer is None:
+            return out
+        for tp in consumer.assignment():
+            hw = consumer.highwater(tp)
+            if hw is not None:
+                stored = self._positions.get((tp.topic, tp.partition), 0)
+                out[(tp.topic, tp.partition)] = max(0, hw - stored)
+        return out
 
     async def run(self) -> None:
         """Consume until stop(); every batch is stored before its offsets are committed."""
         cfg = self.config
-        self._replay_policy()
+        from nodes.followup import NodeExtras  # noqa: PLC0415 - nodes.followup imports this module
+
+        self.extras = extras = NodeExtras(self)
+        await extras.start()
         await self._mark_revoked(await self.registry.start())
         self._log.info("node_started", accredited_keys=len(self.keyring), db=str(cfg.db_path))
         consumer = AIOKafkaConsumer(
@@ -217,6 +237,7 @@ class OrgNode:
             if self._preverifier is not None:
                 await asyncio.to_thread(self._preverifier.close)
             await self.registry.stop()
+            await extras.stop()
             self.store.close()
             self._log.info("node_stopped", **self.counts)
 
@@ -227,7 +248,6 @@ class OrgNode:
             raws = [r.value for records in batch.values() for r in records if r.value]
             self.ingestor.preverified = await self._preverifier.verdicts(raws, keys)
         outcomes: list[Outcome] = []
-        decisions: list[Decision] = []
         touched: dict[tuple[str, int], int] = {}
         for tp, records in batch.items():
             org = self.config.topics.org_of_report_topic(tp.topic)
@@ -238,14 +258,13 @@ class OrgNode:
                 ref = RecordRef(tp.topic, tp.partition, rec.offset, rec.timestamp, rec.key)
                 outcome = self.ingestor.judge(ref, rec.value, org)
                 outcomes.append(outcome)
-                decisions.extend(self.ingestor.decide(outcome))
                 touched[(tp.topic, tp.partition)] = rec.offset + 1
         self.ingestor.preverified = frozenset()
         if not touched:
             return
         try:
             await asyncio.to_thread(
-                self.store.commit_batch, outcomes, self.chain.heads(), decisions, touched
+                self.store.commit_batch, outcomes, self.chain.heads(), [], touched
             )
         except StoreError:
             self._log.exception("store_failed_stopping", pending=len(outcomes))
@@ -265,11 +284,6 @@ class OrgNode:
                 )
             else:
                 self.counts["accepted"] += 1
-        for d in decisions:
-            self.counts["decisions"] += 1
-            self._log.info(
-                "decision", rule=d.rule, action=d.action, priority=d.priority, zone=d.zone
-            )
         await consumer.commit({TopicPartition(t, p): o for (t, p), o in touched.items()})
         self._log.debug("batch_stored", records=len(outcomes), **self.counts)
 

@@ -214,3 +214,50 @@ def signed_reports(
         draft = replace(draft, signed_at_ms=min(draft.signed_at_ms, now_ms))
         out.append((obs, draft.report_id, scenario.signers[obs.observer_id].sign(draft)))
     return out
+
+
+WEEK_MS: Final = 7 * DAY_MS
+ESCALATION_ZONE: Final = "east"
+
+
+def escalation_reports(
+    scenario: Scenario, now_ms: int, rng: random.Random, *, baseline: int = 3, surge: int = 9
+) -> list[tuple[ObserverIdentity, str, bytes]]:
+    """Ceasefire violations in the east zone: ``baseline`` two weeks ago, ``surge`` last week.
+
+    Weeks are the policies' windows (7 days aligned to the Unix epoch), so last week's count is
+    at least double the week before: the OSCE policy's early-warning rule fires on it. Observers
+    of several organizations report them; each chain continues where ``signed_reports`` left it.
+    Both weeks end before the random reports of :func:`signed_reports` begin at most two days
+    ago, except that these can only add to last week.
+    """
+    zone = scenario.mandate.zone(ESCALATION_ZONE)
+    assert zone is not None
+    week = now_ms - now_ms % WEEK_MS  # this week's start
+    reporters = [o for o in scenario.observers if o.org in ("osce", "un", "eu")]
+    out: list[tuple[ObserverIdentity, str, bytes]] = []
+    for start, n in ((week - 2 * WEEK_MS, baseline), (week - WEEK_MS, surge)):
+        for i in range(n):
+            obs = reporters[i % len(reporters)]
+            observed = start + (i + 1) * (WEEK_MS // (n + 2))
+            place = rng.choice(_PLACES[ESCALATION_ZONE])
+            draft = replace(
+                draft_report(rng, obs, scenario.mandate, now_ms),
+                report_id=uuid7(observed, rng.randbytes(10)),
+                zone=zone.id,
+                observed_at_ms=observed,
+                signed_at_ms=observed + 3_600_000,
+                location=Location(
+                    round(rng.uniform(zone.min_lat, zone.max_lat), 5),
+                    round(rng.uniform(zone.min_lon, zone.max_lon), 5),
+                    100,
+                    place,
+                ),
+                category=Category.CEASEFIRE_VIOLATION,
+                sub_type="small_arms",
+                severity=rng.choice((2, 3)),
+                casualties=Casualties(),
+                narrative=f"Ceasefire violation: small arms fire exchanged near {place}.",
+            )
+            out.append((obs, draft.report_id, scenario.signers[obs.observer_id].sign(draft)))
+    return out

@@ -11,6 +11,7 @@ PURE = [
     "bus.policy", "bus.ingest", "bus.merkle", "bus.uuid7", "bus.checkpoint",
     "bus.witness", "bus.export",
     "bus.ceremony", "bus.lifecycle", "bus.sealed",
+    "bus.decision", "bus.statement",
     "bus.receipt", "bus.report_file", "bus.acl",
 ]  # fmt: skip
 FORBIDDEN = ["asyncio", "aiokafka", "socket", "http", "aiohttp", "ssl", "selectors"]

@@ -1,0 +1,248 @@
+"""Published decisions: an organization's follow-up decision, signed by its node key (pure).
+
+A node publishes the decisions its policy marks ``publish = true`` to ``<prefix>decisions.<org>``
+as a :class:`PublishedDecision` in an :class:`~bus.model.Envelope` of type
+:data:`PAYLOAD_DECISION`, signed by exactly one node key its organization accredited with role
+``NODE`` (schemas/obus/v1/decision.proto). Publishing is for transparency only: every other
+organization reads, verifies and shows these decisions, and never acts on them.
+
+Verification rule (:func:`verify_decision`), the same on every node and for auditors:
+
+1. the bytes are a canonical envelope of type ``decision`` with exactly one signature;
+2. the signing key is accredited, its signature verifies under the pinned Ed25519 rule;
+3. the key is accredited as ``NODE`` by the organization the decision names, which is also the
+   organization of the topic it was read from (``wrong_org`` / ``wrong_topic`` otherwise);
+4. ``signed_at_ms`` lies in the accreditation's window, and a revocation of the node key cuts
+   at the decision's ``seq`` (per-node publication counter), exactly as for observers' chains;
+5. the decision is for the mandate the reader runs under.
+
+Pure: no asyncio, Kafka, socket or HTTP imports.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from bus._pb.obus.v1 import decision_pb2
+from bus.crypto import SigningKey, verify_pae
+from bus.errors import Reason, VerificationError
+from bus.model import (
+    _UUID7_RE,
+    DIGEST_BYTES,
+    Envelope,
+    Role,
+    Signature,
+    _invalid,
+    _parse,
+    check_id,
+    encode,
+)
+from bus.policy import KINDS, PRIORITIES, Decision, Evidence
+from bus.trust import KeyRing
+
+PAYLOAD_DECISION: Final = "application/vnd.obus.decision.v1+protobuf"
+# A decision rests on at most this many reports; a larger window is summarized by its first
+# MAX_EVIDENCE report ids (sorted) and the count in the summary. Keeps records far below the
+# broker's 1 MiB default (each entry is ~75 bytes).
+MAX_EVIDENCE: Final = 2000
+MAX_SUMMARY_CHARS: Final = 500
+
+
+def _check_evidence(items: tuple[Evidence, ...], what: str) -> None:
+    if len(items) > MAX_EVIDENCE:
+        raise _invalid(what, f"more than {MAX_EVIDENCE} entries")
+    for e in items:
+        if not _UUID7_RE.fullmatch(e.report_id):
+            raise _invalid(what, f"{e.report_id!r} is not a report id (UUIDv7)")
+        if len(e.digest) != DIGEST_BYTES:
+            raise _invalid(what, f"digest of {e.report_id} must be {DIGEST_BYTES} bytes")
+    ids = [e.report_id for e in items]
+    if ids != sorted(set(ids)):
+        raise _invalid(what, "must be sorted by report id without repeats")
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedDecision:
+    """A decision as published on the bus (see schemas/obus/v1/decision.proto)."""
+
+    decision_id: str
+    mandate_id: str
+    org: str
+    seq: int
+    rule: str
+    kind: str
+    action: str
+    priority: str
+    zone: str
+    group: str
+    window_start_ms: int
+    window_end_ms: int
+    evidence: tuple[Evidence, ...]
+    decided_at_ms: int
+    signed_at_ms: int
+    summary: str
+    policy_digest: bytes
+
+    def __post_init__(self) -> None:
+        check_id("org", self.org)
+        check_id("mandate_id", self.mandate_id)
+        check_id("rule", self.rule)
+        if (
+            not self.decision_id.startswith(f"{self.org}:{self.rule}:")
+            or len(self.decision_id) > 200
+        ):
+            raise _invalid("decision_id", "must start with '<org>:<rule>:' (at most 200 chars)")
+        if self.seq < 1:
+            raise _invalid("seq", "must be >= 1")
+        if self.kind not in KINDS:
+            raise _invalid("kind", f"{self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.priority not in PRIORITIES:
+            raise _invalid("priority", f"{self.priority!r} is not one of {', '.join(PRIORITIES)}")
+        if not self.action or len(self.action) > 64:
+            raise _invalid("action", "must be 1..64 characters")
+        if not self.evidence:
+            raise _invalid("evidence", "a decision names at least one report")
+        _check_evidence(self.evidence, "evidence")
+        if self.window_start_ms > self.window_end_ms or self.window_start_ms < 0:
+            raise _invalid("window_end_ms", "need 0 <= window_start_ms <= window_end_ms")
+        if self.decided_at_ms <= 0 or self.signed_at_ms <= 0:
+            raise _invalid("signed_at_ms", "timestamps must be positive Unix milliseconds")
+        if len(self.summary) > MAX_SUMMARY_CHARS:
+            raise _invalid("summary", f"longer than {MAX_SUMMARY_CHARS} characters")
+        if len(self.policy_digest) not in (0, DIGEST_BYTES):
+            raise _invalid("policy_digest", f"must be empty or {DIGEST_BYTES} bytes")
+
+    @classmethod
+    def of(
+        cls,
+        decision: Decision,
+        *,
+        mandate_id: str,
+        seq: int,
+        signed_at_ms: int,
+        policy_digest: bytes = b"",
+    ) -> PublishedDecision:
+        """The wire form of a policy decision (evidence capped at MAX_EVIDENCE)."""
+        return cls(
+            decision_id=decision.decision_id,
+            mandate_id=mandate_id,
+            org=decision.org,
+            seq=seq,
+            rule=decision.rule,
+            kind=decision.kind,
+            action=decision.action,
+            priority=decision.priority,
+            zone=decision.zone,
+            group=decision.group,
+            window_start_ms=decision.window_start_ms,
+            window_end_ms=decision.window_end_ms,
+            evidence=decision.evidence[:MAX_EVIDENCE],
+            decided_at_ms=decision.decided_at_ms,
+            signed_at_ms=signed_at_ms,
+            summary=decision.summary[:MAX_SUMMARY_CHARS],
+            policy_digest=policy_digest,
+        )
+
+    def to_pb(self) -> decision_pb2.Decision:
+        """The generated protobuf message (for the codec only)."""
+        return decision_pb2.Decision(
+            decision_id=self.decision_id,
+            mandate_id=self.mandate_id,
+            org=self.org,
+            seq=self.seq,
+            rule=self.rule,
+            kind=self.kind,
+            action=self.action,
+            priority=self.priority,
+            zone=self.zone,
+            group=self.group,
+            window_start_ms=self.window_start_ms,
+            window_end_ms=self.window_end_ms,
+            evidence=[
+                decision_pb2.ReportRef(report_id=e.report_id, envelope_digest=e.digest)
+                for e in self.evidence
+            ],
+            decided_at_ms=self.decided_at_ms,
+            signed_at_ms=self.signed_at_ms,
+            summary=self.summary,
+            policy_digest=self.policy_digest,
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> PublishedDecision:
+        """Parse and validate decision payload bytes (malformed / invalid_field)."""
+        pb = _parse(decision_pb2.Decision, data, "decision")
+        return cls(
+            decision_id=pb.decision_id,
+            mandate_id=pb.mandate_id,
+            org=pb.org,
+            seq=pb.seq,
+            rule=pb.rule,
+            kind=pb.kind,
+            action=pb.action,
+            priority=pb.priority,
+            zone=pb.zone,
+            group=pb.group,
+            window_start_ms=pb.window_start_ms,
+            window_end_ms=pb.window_end_ms,
+            evidence=tuple(Evidence(e.report_id, bytes(e.envelope_digest)) for e in pb.evidence),
+            decided_at_ms=pb.decided_at_ms,
+            signed_at_ms=pb.signed_at_ms,
+            summary=pb.summary,
+            policy_digest=bytes(pb.policy_digest),
+        )
+
+
+def sign_decision(decision: PublishedDecision, node_key: SigningKey) -> bytes:
+    """The envelope bytes of a decision signed by the node key (Ed25519 is deterministic)."""
+    payload = encode(decision)
+    sig = Signature(node_key.key_id, node_key.sign_pae(PAYLOAD_DECISION, payload))
+    return Envelope(PAYLOAD_DECISION, payload, (sig,)).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedDecision:
+    """A published decision whose signature and accreditation checked out."""
+
+    decision: PublishedDecision
+    node_id: str
+    key_id: bytes
+
+
+def verify_decision(raw: bytes, keyring: KeyRing, *, topic_org: str) -> VerifiedDecision:
+    """Verify decision envelope bytes read from ``topic_org``'s decisions topic.
+
+    Raises:
+        VerificationError: ``malformed``, ``missing_signature``, ``wrong_payload_type``,
+            ``invalid_field``, ``unknown_key``, ``bad_signature``, ``malformed_key``,
+            ``wrong_org``, ``wrong_topic``, ``wrong_role``, ``key_expired``, ``key_revoked`` or
+            ``wrong_mandate``.
+    """
+    env = Envelope.decode(raw)
+    if env.payload_type != PAYLOAD_DECISION:
+        raise VerificationError(
+            Reason.WRONG_PAYLOAD_TYPE,
+            f"expected {PAYLOAD_DECISION}, got {env.payload_type!r}",
+            payload_type=env.payload_type,
+        )
+    if len(env.signatures) != 1:
+        raise VerificationError(
+            Reason.INVALID_FIELD, "a decision carries exactly one signature", field="signatures"
+        )
+    sig = env.signatures[0]
+    acc = keyring.lookup(sig.key_id)
+    verify_pae(acc.public_key, env.payload_type, env.payload, sig.sig)
+    decision = PublishedDecision.decode(env.payload)
+    if decision.org != acc.org:
+        raise VerificationError(
+            Reason.WRONG_ORG, f"claims org {decision.org!r}, key accredited by {acc.org!r}"
+        )
+    if decision.org != topic_org:
+        raise VerificationError(
+            Reason.WRONG_TOPIC, f"decision of {decision.org!r} on {topic_org!r}'s topic"
+        )
+    if decision.mandate_id != keyring.mandate.mandate_id:
+        raise VerificationError(Reason.WRONG_MANDATE, f"decision for {decision.mandate_id!r}")
+    keyring.check_usable(acc, role=Role.NODE, at_ms=decision.signed_at_ms, seq=decision.seq)
+    return VerifiedDecision(decision, acc.subject_id, sig.key_id)

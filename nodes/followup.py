@@ -1,0 +1,469 @@
+"""An organization's follow-up: its own decisions, their publication, and what others publish.
+
+Runs beside the ingest loop of :mod:`nodes.org_node` and shares only the node's SQLite file
+with it (through its own connection):
+
+* **Decisions.** It reads every record the ingest loop stored (accepted reports and quarantined
+  records, in offset order per partition) into a :class:`bus.policy.PolicyEngine`, releases
+  them in canonical order up to the watermark, and stores the decisions (stable ids, so a
+  restart that replays the store re-derives the same ones and stores nothing twice). The
+  watermark needs to know when a partition is caught up: every ``refresh_s`` it asks the broker
+  for the end offsets of the report partitions; a partition whose records the engine has all
+  read is caught up as of the moment of that request (see :func:`bus.policy.watermark`).
+* **Publication.** Decisions whose rule says ``publish = true`` are signed with the node key
+  (accredited by this organization with role NODE) and produced (idempotent, acks=all) to
+  ``<prefix>decisions.<org>``, keyed by decision id. The signed envelope and its sequence
+  number are stored before sending, so a crash in between resends the same bytes.
+* **The board.** A consumer without group reads every ``<prefix>decisions.*`` topic and
+  ``<prefix>statements`` from the positions stored in the node's ``positions`` table, verifies
+  each record (:func:`bus.decision.verify_decision`, :class:`bus.statement.StatementBook`)
+  against its own :class:`~bus.trust.KeyRing` (its own registry reader), and stores verified
+  decisions, statement signatures and rejected records with their reason. Other organizations'
+  decisions are shown, never acted upon: nothing here feeds them to the policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from bus.crypto import SigningKey
+from bus.decision import PublishedDecision, sign_decision, verify_decision
+from bus.errors import BusError, Reason, StoreError, VerificationError
+from bus.kafka import Topics, reliable_producer, topic_partitions, wrap
+from bus.model import Envelope, Mandate, Report, Role
+from bus.policy import Decision, Observation, Policy, PolicyEngine, watermark
+from bus.statement import StatementBook, StatementStatus
+from bus.store import PUB_SIGNED, NodeStore, Quarantined, RecordRef
+from bus.trust import KeyRing
+from nodes.org_node import OrgNode, RegistryFollower
+
+log = structlog.get_logger(__name__)
+
+# How far the broker's clock may run behind this node's before canonical order could differ
+# between nodes (bus/policy.py). Same host or NTP: well under a second; 2 s leaves room.
+DEFAULT_IDLE_MARGIN_MS: Final = 2000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class FollowUpConfig:
+    """What the follow-up needs (built from the node's configuration).
+
+    Args:
+        org: this organization.
+        bootstrap: Kafka bootstrap servers.
+        db_path: the node's SQLite store.
+        mandate: the verified mandate.
+        policy: this organization's policy; None: decide nothing (the board still runs).
+        node_key: signs published decisions; None: publishable decisions wait, with a warning.
+        topics: topic naming.
+        idle_margin_ms: see :data:`DEFAULT_IDLE_MARGIN_MS`.
+        refresh_s: how often report partitions and their end offsets are asked for.
+        poll_timeout_ms: longest wait for board records per loop turn.
+        drain_s: on stop, how long to keep releasing reports already read.
+    """
+
+    org: str
+    bootstrap: str
+    db_path: Path
+    mandate: Mandate
+    policy: Policy | None = None
+    node_key: SigningKey | None = None
+    topics: Topics = field(default_factory=Topics)
+    idle_margin_ms: int = DEFAULT_IDLE_MARGIN_MS
+    refresh_s: float = 1.0
+    poll_timeout_ms: int = 200
+    drain_s: float = 5.0
+
+
+class FollowUp:
+    """Decisions, their publication and the board of others' decisions and statements."""
+
+    def __init__(self, config: FollowUpConfig) -> None:
+        self.config = config
+        self.engine = PolicyEngine(config.policy) if config.policy is not None else None
+        self.keyring = KeyRing(config.mandate)
+        self.statements = StatementBook(self.keyring)
+        self.counts: dict[str, int] = {
+            "decisions": 0,
+            "published": 0,
+            "peer_decisions": 0,
+            "statement_signatures": 0,
+            "board_rejected": 0,
+        }
+        self._stopping = asyncio.Event()
+        self._marks = (0, 0)
+        self._known: set[str] = set()
+        self._report_tps: set[tuple[str, int]] = set()
+        self._caught_up: dict[tuple[str, int], int] = {}
+        self._board_tps: set[TopicPartition] = set()
+        self._board_pos: dict[tuple[str, int], int] = {}
+        self._warned: set[str] = set()
+        self._log = log.bind(org=config.org)
+        self.started = asyncio.Event()
+
+    def stop(self) -> None:
+        """Ask run() to drain and return."""
+        self._stopping.set()
+
+    @property
+    def pending(self) -> int:
+        """Reports read but not yet evaluated (waiting for the watermark)."""
+        return 0 if self.engine is None else self.engine.pending
+
+    @property
+    def late(self) -> int:
+        """Records that arrived below the released watermark (see bus/policy.py)."""
+        return 0 if self.engine is None else self.engine.order.late
+
+    async def run(self) -> None:
+        """Run until stop(); then release what the watermark allows within ``drain_s``."""
+        cfg = self.config
+        store = NodeStore(cfg.db_path)
+        registry = RegistryFollower(cfg.bootstrap, cfg.topics.registry, self.keyring)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=cfg.bootstrap, group_id=None, enable_auto_commit=False
+        )
+        producer: AIOKafkaProducer | None = None
+        try:
+            self._known = store.decision_ids()
+            self._read_store(store)  # everything stored so far, before anything new
+            self._board_pos = {
+                tp: o
+                for tp, o in store.positions().items()
+                if tp[0] == cfg.topics.statements or cfg.topics.org_of_decision_topic(tp[0])
+            }
+            await registry.start()
+            await consumer.start()
+            if cfg.policy is not None and any(r.publish for r in cfg.policy.rules):
+                producer = reliable_producer(cfg.bootstrap)
+                await producer.start()
+            self._log.info(
+                "followup_started",
+                replayed=self.pending,
+                decisions=len(self._known),
+                publishing=producer is not None,
+            )
+            self.started.set()
+            last_refresh = 0.0
+            while not self._stopping.is_set():
+                if time.monotonic() - last_refresh >= cfg.refresh_s:
+                    await registry.catch_up()  # node keys accredited meanwhile
+                    await self._refresh(consumer)
+                    last_refresh = time.monotonic()
+                await self._turn(store, registry, consumer, producer)
+            deadline = time.monotonic() + cfg.drain_s
+            while self.pending and time.monotonic() < deadline:
+                await self._refresh(consumer)
+                await self._decide(store)
+                await asyncio.sleep(0.1)
+            await self._publish(store, producer)
+        except KafkaError as exc:
+            raise wrap(exc, "follow-up") from exc
+        finally:
+            self.started.set()
+            if producer is not None:
+                await producer.stop()
+            await consumer.stop()
+            await registry.stop()
+            store.close()
+            self._log.info("followup_stopped", pending=self.pending, **self.counts)
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def _read_store(self, store: NodeStore) -> int:
+        rows, r_mark, q_mark = store.log_records_since(*self._marks)
+        self._marks = (r_mark, q_mark)
+        if self.engine is not None:
+            for topic, part, off, log_time, digest, raw in rows:
+                obs = None
+                if raw is not None and digest is not None:
+                    obs = Observation(Report.decode(Envelope.decode(raw).payload), digest)
+                self.engine.record(topic, part, off, log_time, obs)
+        return len(rows)
+
+    async def _refresh(self, consumer: AIOKafkaConsumer) -> None:
+        """Learn the topics; which report partitions the engine has read to the end."""
+        topics = self.config.topics
+        pattern = "|".join(
+            (topics.reports_pattern, topics.decisions_pattern, f"^{re.escape(topics.statements)}$")
+        )
+        asked_at = _now_ms()  # before the requests: the ends they return are at least this new
+        tps = await topic_partitions(self.config.bootstrap, pattern=pattern)
+        await self._assign_board(consumer, tps)
+        if self.engine is None:
+            return
+        reports = [tp for tp in tps if topics.org_of_report_topic(tp.topic) is not None]
+        ends = await consumer.end_offsets(reports) if reports else {}
+        read = self.engine.order.next_offsets()
+        self._report_tps = {(tp.topic, tp.partition) for tp in reports}
+        self._caught_up = {
+            (tp.topic, tp.partition): asked_at
+            for tp, end in ends.items()
+            if read.get((tp.topic, tp.partition), 0) >= end
+        }
+
+    async def _decide(self, store: NodeStore) -> list[Decision]:
+        self._read_store(store)
+        if self.engine is None:
+            return []
+        w = watermark(
+            self.engine.order.progress(),
+            self._report_tps,
+            self._caught_up,
+            self.config.idle_margin_ms,
+        )
+        fresh = [d for d in self.engine.advance(w) if d.decision_id not in self._known]
+        if not fresh:
+            return []
+        new = await asyncio.to_thread(store.add_decisions, fresh)
+        for d in new:
+            self._known.add(d.decision_id)
+            self.counts["decisions"] += 1
+            self._log.info(
+                "decision",
+                decision_id=d.decision_id,
+                rule=d.rule,
+                kind=d.kind,
+                action=d.action,
+                priority=d.priority,
+                zone=d.zone,
+                evidence=len(d.evidence),
+                publish=d.publish,
+            )
+        return new
+
+    async def _publish(self, store: NodeStore, producer: AIOKafkaProducer | None) -> None:
+        if producer is None:
+            return
+        waiting = store.own_decisions(unpublished=True)
+        if not waiting:
+            return
+        key = self.config.node_key
+        if key is None:
+            self._warn_once("no_node_key", "decisions_waiting_no_node_key", waiting=len(waiting))
+            return
+        problem = self._node_key_problem(key)
+        if problem is not None:
+            self._warn_once("key", "decisions_waiting_node_key_not_accredited", reason=problem)
+            return
+        topic = self.config.topics.decisions(self.config.org)
+        policy_digest = self.config.policy.digest if self.config.policy else b""
+        for sd in waiting:
+            raw = sd.pub_envelope
+            if sd.pub_state != PUB_SIGNED or raw is None:
+                seq = store.next_publication_seq()
+                wire = PublishedDecision.of(
+                    sd.decision,
+                    mandate_id=self.config.mandate.mandate_id,
+                    seq=seq,
+                    signed_at_ms=_now_ms(),
+                    policy_digest=policy_digest,
+                )
+                raw = sign_decision(wire, key)
+                store.mark_signed(sd.decision.decision_id, seq, raw)
+            md = await producer.send_and_wait(topic, raw, key=sd.decision.decision_id.encode())
+            store.mark_published(sd.decision.decision_id, md.offset)
+            self.counts["published"] += 1
+            self._log.info(
+                "decision_published",
+                decision_id=sd.decision.decision_id,
+                topic=topic,
+                offset=md.offset,
+            )
+
+    def _node_key_problem(self, key: SigningKey) -> str | None:
+        try:
+            acc = self.keyring.lookup(key.key_id)
+        except VerificationError as exc:
+            return exc.reason.value
+        if acc.role != Role.NODE:
+            return Reason.WRONG_ROLE.value
+        if acc.org != self.config.org:
+            return Reason.WRONG_ORG.value
+        return None
+
+    def _warn_once(self, key: str, event: str, **kw: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            self._log.warning(event, **kw)
+
+    # -- the board ---------------------------------------------------------------------------
+
+    async def _turn(
+        self,
+        store: NodeStore,
+        registry: RegistryFollower,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer | None,
+    ) -> None:
+        await self._decide(store)
+        await self._publish(store, producer)
+        if not self._board_tps:
+            await asyncio.sleep(self.config.poll_timeout_ms / 1000)
+            return
+        batch = await consumer.getmany(timeout_ms=self.config.poll_timeout_ms, max_records=500)
+        if not batch:
+            return
+        await registry.catch_up()
+        decisions: list[tuple[RecordRef, Any, bytes]] = []
+        signed: list[tuple[RecordRef, StatementStatus, list[str]]] = []
+        rejected: list[Quarantined] = []
+        positions: dict[tuple[str, int], int] = {}
+        counted: dict[int, int] = {}  # statement record offset -> signers after it
+        topics = self.config.topics
+        for tp, records in batch.items():
+            for rec in records:
+                if rec.offset < self._board_pos.get((tp.topic, tp.partition), 0):
+                    continue
+                ref = RecordRef(tp.topic, tp.partition, rec.offset, rec.timestamp, rec.key)
+                raw = rec.value or b""
+                positions[(tp.topic, tp.partition)] = rec.offset + 1
+                try:
+                    org = topics.org_of_decision_topic(tp.topic)
+                    if org is not None:
+                        decisions.append(
+                            (ref, verify_decision(raw, self.keyring, topic_org=org), raw)
+                        )
+                    else:
+                        status, added = self.statements.apply(raw)
+                        signed.append((ref, status, added))
+                        counted[ref.offset] = len(status.signed_by)
+                except VerificationError as exc:
+                    rejected.append(Quarantined(ref, exc.reason.value, exc.message, raw))
+                except BusError as exc:  # never crash on input
+                    rejected.append(Quarantined(ref, Reason.MALFORMED.value, exc.message, raw))
+        try:
+            await asyncio.to_thread(store.commit_board, decisions, signed, rejected, positions)
+        except StoreError:
+            self._log.exception("board_store_failed")
+            raise
+        self._board_pos.update(positions)
+        self.counts["peer_decisions"] += len(decisions)
+        self.counts["statement_signatures"] += sum(len(a) for _, _, a in signed)
+        self.counts["board_rejected"] += len(rejected)
+        for ref, st, added in signed:
+            if added:
+                self._log.info(
+                    "statement_signed",
+                    statement_id=st.statement.statement_id,
+                    by=added,
+                    signed=counted[ref.offset],
+                    threshold=st.threshold,
+                    valid=counted[ref.offset] >= st.threshold,
+                    offset=ref.offset,
+                )
+        for q in rejected:
+            self._log.warning(
+                "board_record_rejected",
+                topic=q.ref.topic,
+                partition=q.ref.partition,
+                offset=q.ref.offset,
+                reason=q.reason,
+                detail=q.detail,
+            )
+
+    async def _assign_board(self, consumer: AIOKafkaConsumer, found: list[TopicPartition]) -> None:
+        topics = self.config.topics
+        tps = {
+            tp
+            for tp in found
+            if tp.topic == topics.statements or topics.org_of_decision_topic(tp.topic) is not None
+        }
+        if tps == self._board_tps:
+            return
+        consumer.assign(sorted(tps, key=lambda tp: (tp.topic, tp.partition)))
+        for tp in tps:
+            consumer.seek(tp, self._board_pos.get((tp.topic, tp.partition), 0))
+        self._board_tps = tps
+        self._log.info("board_assigned", partitions=len(tps))
+
+
+async def wait_started(followup: FollowUp, timeout_s: float = 30) -> None:
+    """Wait until the follow-up has replayed the store and connected (tests, the dashboard)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(followup.started.wait(), timeout_s)
+
+
+class NodeExtras:
+    """What runs beside an :class:`~nodes.org_node.OrgNode`: its follow-up and, when a port is
+    configured, its dashboard. Started before the ingest loop, stopped after it.
+
+    A failing follow-up stops the node (and its error is raised by :meth:`stop`): decisions
+    must not silently stop being made.
+    """
+
+    def __init__(self, node: OrgNode) -> None:
+        cfg = node.config
+        self.node = node
+        self.followup = FollowUp(
+            FollowUpConfig(
+                org=cfg.org,
+                bootstrap=cfg.bootstrap,
+                db_path=cfg.db_path,
+                mandate=cfg.mandate,
+                policy=cfg.policy,
+                node_key=cfg.node_key,
+                topics=cfg.topics,
+                idle_margin_ms=cfg.idle_margin_ms,
+            )
+        )
+        self.dashboard: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the follow-up task and the dashboard (raises when the port is taken)."""
+        cfg = self.node.config
+        if cfg.http_port is not None:
+            from nodes.dashboard import Dashboard, DashboardConfig  # noqa: PLC0415 - aiohttp
+
+            self.dashboard = Dashboard(
+                DashboardConfig(
+                    org=cfg.org,
+                    db_path=cfg.db_path,
+                    mandate=cfg.mandate,
+                    policy=cfg.policy,
+                    host=cfg.http_host,
+                    port=cfg.http_port,
+                ),
+                status=self.status,
+            )
+            await self.dashboard.start()
+        self._task = asyncio.create_task(self.followup.run(), name=f"followup-{cfg.org}")
+        self._task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("followup_failed", org=self.node.config.org, error=repr(task.exception()))
+            self.node.stop()
+
+    def status(self) -> dict[str, Any]:
+        """Live counters of the node and its follow-up (for /healthz and /metrics)."""
+        f = self.followup
+        return {
+            "node": dict(self.node.counts),
+            "lag": {f"{t}/{p}": n for (t, p), n in sorted(self.node.lag().items())},
+            "followup": {**f.counts, "pending": f.pending, "late": f.late},
+            "running": self._task is not None and not self._task.done(),
+        }
+
+    async def stop(self) -> None:
+        """Stop the dashboard, let the follow-up drain, and re-raise its failure if any."""
+        if self.dashboard is not None:
+            await self.dashboard.stop()
+        if self._task is not None:
+            self.followup.stop()
+            await self._task

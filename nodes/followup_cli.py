@@ -1,0 +1,337 @@
+"""``obus statement draft|sign|status`` and ``obus dashboard``, plus the bus-facing helpers the
+demo uses for joint statements.
+
+A joint statement is drafted by one organization (signed with its node key, published on
+``<prefix>statements`` keyed by statement id), co-signed by others (the same payload bytes with
+their own signature) and valid once the distinct signing organizations reach the mandate's
+threshold (see :mod:`bus.statement`). A co-signer checks the references against its own store
+first: it signs only reports it verified itself, with the same envelope digests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from bus.crypto import SigningKey
+from bus.errors import BusError, ConfigError, VerificationError
+from bus.kafka import Topics, ensure_topics, reliable_producer, replay
+from bus.model import Envelope, Mandate
+from bus.policy import Evidence
+from bus.statement import JointStatement, StatementBook, StatementStatus, cosign, sign_statement
+from bus.store import NodeStore
+from bus.trust import KeyRing
+from bus.uuid7 import uuid7
+
+Common = Callable[[argparse.ArgumentParser], None]
+Bootstrap = Callable[[argparse.Namespace], str]
+
+
+@dataclass
+class Board:
+    """The statements topic replayed from the start, verified."""
+
+    book: StatementBook
+    drafts: dict[str, bytes] = field(default_factory=dict)  # statement id -> first record
+    rejected: list[tuple[int, str, str]] = field(default_factory=list)  # offset, reason, detail
+
+
+async def _keyring(bootstrap: str, topics: Topics, mandate: Mandate) -> KeyRing:
+    keyring = KeyRing(mandate)
+    async for rec in replay(bootstrap, [topics.registry]):
+        try:
+            keyring.apply(Envelope.decode(rec.value or b""))
+        except VerificationError:
+            continue  # the nodes and the auditor name these; a reader skips them
+    return keyring
+
+
+async def read_board(bootstrap: str, topics: Topics, mandate: Mandate) -> Board:
+    """Replay the registry and the statements topic (no consumer group, nothing committed)."""
+    board = Board(StatementBook(await _keyring(bootstrap, topics, mandate)))
+    async for rec in replay(bootstrap, [topics.statements]):
+        raw = rec.value or b""
+        try:
+            status, _ = board.book.apply(raw)
+        except VerificationError as exc:
+            board.rejected.append((rec.offset, exc.reason.value, exc.message))
+            continue
+        board.drafts.setdefault(status.statement.statement_id, raw)
+    return board
+
+
+def references_from_store(db: Path, report_ids: list[str]) -> tuple[Evidence, ...]:
+    """Report ids -> (id, envelope digest) as this organization's store verified them.
+
+    Raises:
+        ConfigError: a report is not in the store (name it, and say how to fix it).
+    """
+    store = NodeStore(db, read_only=True)
+    try:
+        out = []
+        for rid in sorted(set(report_ids)):
+            digest = store.report_digest(rid)
+            if digest is None:
+                raise ConfigError(
+                    "--report", f"{rid} is not a verified report in {db}", "name stored reports"
+                )
+            out.append(Evidence(rid, digest))
+        return tuple(out)
+    finally:
+        store.close()
+
+
+def check_references(db: Path, status: StatementStatus) -> list[str]:
+    """Problems with a statement's references as seen from this organization's store."""
+    store = NodeStore(db, read_only=True)
+    try:
+        problems = []
+        for e in status.statement.references:
+            mine = store.report_digest(e.report_id)
+            if mine is None:
+                problems.append(f"{e.report_id}: not among the reports this node verified")
+            elif mine != e.digest:
+                problems.append(f"{e.report_id}: envelope digest differs from ours")
+        return problems
+    finally:
+        store.close()
+
+
+async def publish_statement_record(bootstrap: str, topics: Topics, raw: bytes) -> int:
+    """Produce one statement record (acks=all, idempotent); returns its offset."""
+    await ensure_topics(bootstrap, [_statements_spec(topics)])
+    producer = reliable_producer(bootstrap)
+    await producer.start()
+    try:
+        stmt = JointStatement.decode(Envelope.decode(raw).payload)
+        md = await producer.send_and_wait(topics.statements, raw, key=stmt.statement_id.encode())
+        return int(md.offset)
+    finally:
+        await producer.stop()
+
+
+def _statements_spec(topics: Topics) -> Any:
+    from bus.kafka import LOG_APPEND_TIME, TopicSpec  # noqa: PLC0415
+
+    return TopicSpec(topics.statements, 1, (LOG_APPEND_TIME,))
+
+
+async def draft(
+    bootstrap: str,
+    topics: Topics,
+    mandate: Mandate,
+    *,
+    org: str,
+    key: SigningKey,
+    title: str,
+    text: str,
+    references: tuple[Evidence, ...],
+    now_ms: int | None = None,
+) -> JointStatement:
+    """Draft, sign and publish a statement; returns it."""
+    stmt = JointStatement(
+        statement_id=uuid7(now_ms),
+        mandate_id=mandate.mandate_id,
+        drafted_by=org,
+        title=title,
+        text=text,
+        references=references,
+        created_at_ms=now_ms or time.time_ns() // 1_000_000,
+    )
+    await publish_statement_record(bootstrap, topics, sign_statement(stmt, key))
+    return stmt
+
+
+async def sign(
+    bootstrap: str,
+    topics: Topics,
+    mandate: Mandate,
+    *,
+    statement_id: str,
+    key: SigningKey,
+    db: Path | None = None,
+) -> StatementStatus:
+    """Co-sign a drafted statement on the bus (after checking its references against ``db``).
+
+    Raises:
+        BusError: the statement is unknown, or its references do not match this store.
+    """
+    board = await read_board(bootstrap, topics, mandate)
+    status = board.book.get(statement_id)
+    if status is None:
+        raise BusError(f"no verified statement {statement_id} on {topics.statements}")
+    if db is not None:
+        problems = check_references(db, status)
+        if problems:
+            raise BusError("refusing to sign: " + "; ".join(problems))
+    raw = cosign(board.drafts[statement_id], key)
+    await publish_statement_record(bootstrap, topics, raw)
+    status, _ = board.book.apply(raw)
+    return status
+
+
+def render_statuses(board: Board, console: Console) -> None:
+    """A table of every statement and who signed it."""
+    table = Table(title=f"Joint statements on the bus ({len(board.book.statuses())})")
+    for col in ("statement id", "title", "drafted by", "signed by", "k of n", "state"):
+        table.add_column(col)
+    for s in board.book.statuses():
+        table.add_row(
+            s.statement.statement_id,
+            s.statement.title,
+            s.statement.drafted_by,
+            ", ".join(sorted(s.signed_by)),
+            f"{len(s.signed_by)} of {s.organizations} (k = {s.threshold})",
+            "[green]valid" if s.valid else "[yellow]pending",
+        )
+    console.print(table)
+    for offset, reason, detail in board.rejected:
+        console.print(f"[red]rejected[/red] record at offset {offset}: {reason}: {detail}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+
+
+def _mandate(args: argparse.Namespace) -> Mandate:
+    from nodes.files import load_mandate  # noqa: PLC0415
+
+    return load_mandate(Path(args.mandate))[0]
+
+
+def _key(args: argparse.Namespace) -> SigningKey:
+    from nodes.files import read_key  # noqa: PLC0415
+
+    return read_key(Path(args.node_key))
+
+
+def _cmd_draft(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    mandate = _mandate(args)
+    if mandate.organization(args.org) is None:
+        raise ConfigError("--org", f"{args.org!r} is not part of the mandate", "use your org id")
+    text = Path(args.text_file).read_text(encoding="utf-8") if args.text_file else args.text
+    if not text:
+        raise ConfigError("--text", "is missing", "pass --text TEXT or --text-file FILE")
+    refs = references_from_store(Path(args.db), args.report)
+    stmt = asyncio.run(
+        draft(
+            bootstrap(args), Topics(args.topic_prefix), mandate, org=args.org, key=_key(args),
+            title=args.title, text=text, references=refs,
+        )
+    )  # fmt: skip
+    print(f"drafted statement {stmt.statement_id} ({len(refs)} reports), signed by {args.org}")
+    print(f"others co-sign with: obus statement sign {stmt.statement_id} --org ORG ...")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    status = asyncio.run(
+        sign(
+            bootstrap(args), Topics(args.topic_prefix), _mandate(args),
+            statement_id=args.statement_id, key=_key(args),
+            db=Path(args.db) if args.db else None,
+        )
+    )  # fmt: skip
+    print(
+        f"signed {status.statement.statement_id}: {len(status.signed_by)} of "
+        f"{status.organizations} organizations (k = {status.threshold}): {status.state}"
+    )
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    board = asyncio.run(read_board(bootstrap(args), Topics(args.topic_prefix), _mandate(args)))
+    if args.statement_id:
+        status = board.book.get(args.statement_id)
+        if status is None:
+            print(f"obus: no verified statement {args.statement_id}", file=sys.stderr)
+            return 1
+        print(
+            f"{status.statement.title}: signed by {', '.join(sorted(status.signed_by))}; "
+            f"{len(status.signed_by)} of {status.organizations} (k = {status.threshold}): "
+            f"{status.state}"
+        )
+        return 0 if status.valid else 3
+    render_statuses(board, Console())
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    from bus.policy import load_policy  # noqa: PLC0415
+    from nodes.dashboard import DashboardConfig, serve  # noqa: PLC0415
+
+    db = Path(args.db)
+    if not db.exists():
+        raise ConfigError("--db", f"{db} does not exist", "pass the store of a node")
+    config = DashboardConfig(
+        org=args.org,
+        db_path=db,
+        mandate=_mandate(args),
+        policy=load_policy(Path(args.policy)) if args.policy else None,
+        host=args.http_host,
+        port=args.http_port,
+    )
+    return asyncio.run(serve(config))
+
+
+def add_followup_commands(sub: Any, common: Common, bootstrap: Bootstrap) -> None:
+    """Register ``statement`` and ``dashboard`` on the ``obus`` parser."""
+    st = sub.add_parser(
+        "statement",
+        help="joint statements: draft, co-sign, status (valid at k of n organizations)",
+        description="A statement drafted by one organization and co-signed by others on "
+        "<prefix>statements; valid once the mandate's threshold of distinct organizations "
+        "signed it. Statements never gate any organization's own decisions.",
+    )
+    ss = st.add_subparsers(dest="statement_command", required=True, metavar="ACTION")
+
+    d = ss.add_parser("draft", help="draft and sign a statement referencing verified reports")
+    d.add_argument("--org", required=True, help="your organization id")
+    d.add_argument("--node-key", required=True, metavar="FILE", help="your node key (NODE)")
+    d.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    d.add_argument("--db", required=True, metavar="FILE", help="your node's store (digests)")
+    d.add_argument("--title", required=True)
+    d.add_argument("--text", default="", help="the statement text")
+    d.add_argument("--text-file", metavar="FILE", help="or read the text from a file")
+    d.add_argument("--report", action="append", default=[], metavar="ID", help="repeatable")
+    common(d)
+    d.set_defaults(func=lambda a: _cmd_draft(a, bootstrap))
+
+    s = ss.add_parser("sign", help="co-sign a drafted statement")
+    s.add_argument("statement_id")
+    s.add_argument("--org", required=True, help="your organization id")
+    s.add_argument("--node-key", required=True, metavar="FILE", help="your node key (NODE)")
+    s.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    s.add_argument("--db", metavar="FILE", help="check the references against your store")
+    common(s)
+    s.set_defaults(func=lambda a: _cmd_sign(a, bootstrap))
+
+    t = ss.add_parser("status", help="every statement (or one: exit 0 valid, 3 pending)")
+    t.add_argument("statement_id", nargs="?")
+    t.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    common(t)
+    t.set_defaults(func=lambda a: _cmd_status(a, bootstrap))
+
+    dash = sub.add_parser(
+        "dashboard",
+        help="serve a node store's dashboard without running the node",
+        description="The same dashboard `obus node --http-port` serves, on a store alone "
+        "(read-only): reports, quarantine, decisions, early warning, statements.",
+    )
+    dash.add_argument("--org", required=True)
+    dash.add_argument("--db", required=True, metavar="FILE")
+    dash.add_argument("--mandate", required=True, metavar="FILE")
+    dash.add_argument("--policy", metavar="FILE", help="for the early-warning charts")
+    dash.add_argument("--http-port", type=int, default=8080)
+    dash.add_argument("--http-host", default="127.0.0.1")
+    dash.add_argument("--log-level", default="info")
+    dash.set_defaults(func=_cmd_dashboard)

@@ -1,0 +1,380 @@
+"""Follow-up on a real Kafka broker: decisions, their publication, others' decisions read and
+shown (never acted upon), joint statements at k of n, and the dashboard's API.
+
+Every test uses its own topic prefix; nodes run in this process as asyncio tasks with their
+dashboards on free 127.0.0.1 ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from bus.crypto import SigningKey
+from bus.decision import PublishedDecision, verify_decision
+from bus.kafka import (
+    Topics,
+    ensure_topics,
+    registry_record_key,
+    reliable_producer,
+    replay,
+    report_headers,
+    standard_topics,
+)
+from bus.model import Category, Envelope, Report, Role, Signature
+from bus.policy import Observation, decide_all, load_policy
+from bus.store import NodeStore
+from nodes.followup_cli import draft, read_board, sign
+from nodes.org_node import NodeConfig, OrgNode
+from nodes.scenario import ORGANIZATIONS, demo_key
+from tests.mission import Mission, make_mission
+
+pytestmark = [pytest.mark.kafka]
+REPO = Path(__file__).resolve().parents[2]
+POLICIES = REPO / "deploy" / "policies"
+ORGS = [o for o, _ in ORGANIZATIONS]
+HOUR = 3_600_000
+
+
+@dataclass
+class World:
+    """A mission on the broker: topics, registry with node keys, a producer."""
+
+    bootstrap: str
+    topics: Topics
+    m: Mission
+    producer: AIOKafkaProducer
+    tmp: Path
+    node_keys: dict[str, SigningKey] = field(default_factory=dict)
+
+    async def publish(self, raw: bytes, org: str | None = None) -> None:
+        rep = Report.decode(Envelope.decode(raw).payload)
+        await self.producer.send_and_wait(
+            self.topics.reports(org or rep.org),
+            raw,
+            key=rep.observer_id.encode(),
+            headers=report_headers(rep.report_id, rep.org, rep.observer_id),
+        )
+
+    def config(self, org: str, **changes: Any) -> NodeConfig:
+        cfg = NodeConfig(
+            org=org,
+            bootstrap=self.bootstrap,
+            db_path=self.tmp / f"{org}.db",
+            mandate=self.m.scenario.mandate,
+            policy=load_policy(POLICIES / f"{org}.toml"),
+            topics=self.topics,
+            poll_timeout_ms=200,
+            node_key=self.node_keys[org],
+            http_port=0,
+            idle_margin_ms=500,
+        )
+        return dataclasses.replace(cfg, **changes)
+
+
+@asynccontextmanager
+async def world(bootstrap: str, tmp: Path) -> AsyncIterator[World]:
+    topics = Topics(f"t{uuid.uuid4().hex[:10]}.")
+    m = make_mission()
+    keys = {org: demo_key(f"it:node:{org}") for org in ORGS}
+    for org, key in keys.items():
+        m.accredit(f"{org}-node", org, key, Role.NODE)
+    await ensure_topics(bootstrap, standard_topics(topics, ORGS, partitions=2))
+    producer = reliable_producer(bootstrap)
+    await producer.start()
+    try:
+        for raw in [*m.scenario.accreditations, *m.registry]:
+            await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+        yield World(bootstrap, topics, m, producer, tmp, keys)
+    finally:
+        await producer.stop()
+
+
+@asynccontextmanager
+async def running(*nodes: OrgNode) -> AsyncIterator[list[OrgNode]]:
+    tasks = [asyncio.create_task(n.run()) for n in nodes]
+    try:
+        yield list(nodes)
+    finally:
+        for n in nodes:
+            n.stop()
+        await asyncio.gather(*tasks)
+
+
+async def until(check: Callable[[], Any], timeout_s: float = 60, what: str = "") -> Any:
+    """Poll check() (sync) until it returns something truthy."""
+    async with asyncio.timeout(timeout_s):
+        while True:
+            try:
+                got = check()
+            except Exception:  # noqa: BLE001 - the store may not exist yet
+                got = None
+            if got:
+                return got
+            await asyncio.sleep(0.2)
+    raise AssertionError(what)
+
+
+def read(db: Path, fn: Callable[[NodeStore], Any]) -> Any:
+    store = NodeStore(db, read_only=True)
+    try:
+        return fn(store)
+    finally:
+        store.close()
+
+
+def dashboard_url(node: OrgNode) -> str:
+    return str(node.extras.dashboard.url)
+
+
+async def pattern_reports(w: World) -> list[bytes]:
+    """Ceasefire violations by two observers of two organizations, one bad record."""
+    m = w.m
+    base = m.now - 2 * HOUR  # one 12-hour window, observed before signed
+    raws = []
+    for i, (org, n) in enumerate([("un", 1), ("osce", 1), ("un", 2), ("osce", 2)]):
+        raw = m.next_report(
+            org, n, category=Category.CEASEFIRE_VIOLATION, severity=3, observed_at_ms=base + i
+        )
+        await w.publish(raw)
+        raws.append(raw)
+    for org in ("eu", "nato"):
+        raw = m.next_report(org, 1, category=Category.SHELLING, severity=5)
+        await w.publish(raw)
+        raws.append(raw)
+    # a broken signature: quarantined as bad_signature by every node
+    env = Envelope.decode(m.next_report("un", 1))
+    s = env.signatures[0]
+    bad = dataclasses.replace(
+        env, signatures=(Signature(s.key_id, bytes([s.sig[0] ^ 1]) + s.sig[1:]),)
+    )
+    await w.publish(bad.encode(), "un")
+    return raws
+
+
+async def test_decisions_published_verified_and_shown_by_others_never_acted_upon(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    async with world(kafka_bootstrap, tmp_path) as w:
+        raws = await pattern_reports(w)
+        osce, un = OrgNode(w.config("osce")), OrgNode(w.config("un"))
+        async with running(osce, un):
+            db_o, db_u = tmp_path / "osce.db", tmp_path / "un.db"
+            await until(
+                lambda: read(db_u, lambda s: [
+                    d for d in s.peer_decisions() if d["org"] == "osce"
+                ]), what="un sees osce's published decision",
+            )  # fmt: skip
+            await until(
+                lambda: read(db_o, lambda s: [d for d in s.peer_decisions() if d["org"] == "un"]),
+                what="osce sees un's published decisions",
+            )
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(dashboard_url(un) + "api/decisions/others") as resp,
+            ):
+                assert resp.status == 200
+                others = await resp.json()
+        own_o = read(db_o, lambda s: s.own_decisions())
+        pattern = [sd for sd in own_o if sd.decision.rule == "ceasefire-pattern"]
+        assert len(pattern) == 1
+        d = pattern[0].decision
+        assert d.kind == "aggregate" and d.publish and pattern[0].pub_state == "published"
+        digests = dict(read(db_o, lambda s: s.accepted_digests()))
+        assert len(d.evidence) == 3  # the window reached its count at the third report
+        assert all(digests[e.report_id] == e.digest for e in d.evidence)
+        assert d in _replayed(db_o, "osce")  # canonical order: a replay decides the same
+        # The published record is the signed decision with the same evidence.
+        records = [r async for r in replay(kafka_bootstrap, [w.topics.decisions("osce")])]
+        assert len(records) == sum(1 for sd in own_o if sd.decision.publish)
+        vd = verify_decision(records[0].value, w.m.keyring, topic_org="osce")
+        assert isinstance(vd.decision, PublishedDecision)
+        assert {r.decision.decision_id for r in [vd]} <= {sd.decision.decision_id for sd in own_o}
+        # UN shows osce's decision, with the evidence checked against UN's own store ...
+        seen = [o for o in others if o["org"] == "osce"]
+        assert seen and seen[0]["evidence_check"] == {"matches": 3}
+        # ... and never acts on it: UN's decisions are exactly what its own policy makes of
+        # the log, recomputed here from UN's store.
+        own_u = {sd.decision.decision_id for sd in read(db_u, lambda s: s.own_decisions())}
+        assert own_u == {d.decision_id for d in _replayed(db_u, "un")}
+        assert all(i.startswith("un:") for i in own_u)
+        q = read(db_u, lambda s: s.quarantine_rows())
+        assert [r[3] for r in q] == ["bad_signature"]
+        assert len(raws) == read(db_u, lambda s: s.count_reports())
+
+
+def _replayed(db: Path, org: str) -> list[Any]:
+    """The decisions a replay of the node's stored log makes (canonical order)."""
+
+    def rows(s: NodeStore) -> list[Any]:
+        return [
+            (t, p, o, lt, None if raw is None else Observation(Report.decode(Envelope.decode(raw).payload), dg))  # type: ignore[arg-type]
+            for t, p, o, lt, dg, raw in s.log_records()
+        ]  # fmt: skip
+
+    return decide_all(load_policy(POLICIES / f"{org}.toml"), read(db, rows))
+
+
+async def test_restart_makes_no_decision_twice_and_publishes_nothing_twice(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    async with world(kafka_bootstrap, tmp_path) as w:
+        await pattern_reports(w)
+        db = tmp_path / "un.db"
+        async with running(OrgNode(w.config("un", http_port=None))):
+            await until(lambda: read(db, lambda s: s.own_decisions()), what="un decides")
+        first = read(db, lambda s: s.own_decisions())
+        for _ in range(3):  # more reports after the restart
+            await w.publish(w.m.next_report("nato", 2, severity=5))
+        async with running(OrgNode(w.config("un", http_port=None))):
+            await until(
+                lambda: len(read(db, lambda s: s.own_decisions())) > len(first),
+                what="un decides on the new reports",
+            )
+        after = read(db, lambda s: s.own_decisions())
+        ids = [sd.decision.decision_id for sd in after]
+        assert len(ids) == len(set(ids))
+        assert {sd.decision.decision_id for sd in first} <= set(ids)
+        assert sorted(ids) == sorted(d.decision_id for d in _replayed(db, "un"))
+        records = [r async for r in replay(kafka_bootstrap, [w.topics.decisions("un")])]
+        published = [sd for sd in after if sd.pub_state == "published"]
+        assert len(records) == len(published) == sum(1 for sd in after if sd.decision.publish)
+        assert sorted(sd.pub_seq for sd in published) == list(range(1, len(published) + 1))
+
+
+async def test_joint_statement_valid_at_four_of_six_and_blocks_nothing(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    async with world(kafka_bootstrap, tmp_path) as w:
+        raws = await pattern_reports(w)
+        detention = w.m.next_report("sco", 1, category=Category.DETENTION, severity=3)
+        await w.publish(detention)  # the EU's own policy decides on this one
+        raws.append(detention)
+        node = OrgNode(w.config("eu"))
+        db = tmp_path / "eu.db"
+        async with running(node):
+            await until(lambda: read(db, lambda s: s.count_reports() == len(raws)))
+            ids = [Report.decode(Envelope.decode(r).payload).report_id for r in raws[:4]]
+            refs = tuple(
+                sorted(
+                    (e for e in (read(db, lambda s: s.accepted_digests()))),
+                    key=lambda x: x[0],
+                )
+            )
+            from bus.policy import Evidence  # noqa: PLC0415
+
+            evidence = tuple(Evidence(r, d) for r, d in refs if r in ids)
+            mandate = w.m.scenario.mandate
+            stmt = await draft(
+                w.bootstrap, w.topics, mandate, org="un", key=w.node_keys["un"],
+                title="Ceasefire violations north", text="Four violations in half a day.",
+                references=evidence,
+            )  # fmt: skip
+            for org in ("osce", "eu"):
+                status = await sign(
+                    w.bootstrap, w.topics, mandate, statement_id=stmt.statement_id,
+                    key=w.node_keys[org], db=db,
+                )  # fmt: skip
+            assert status.state == "pending" and sorted(status.signed_by) == ["eu", "osce", "un"]
+            # While the statement is pending, the EU node keeps deciding on its own.
+            await until(lambda: read(db, lambda s: s.own_decisions()), what="eu decides")
+            # A forged co-signature (unaccredited key) counts for nothing.
+            from bus.statement import cosign  # noqa: PLC0415
+            from nodes.followup_cli import publish_statement_record  # noqa: PLC0415
+
+            board = await read_board(w.bootstrap, w.topics, mandate)
+            forged = cosign(board.drafts[stmt.statement_id], demo_key("forger"))
+            await publish_statement_record(w.bootstrap, w.topics, forged)
+            status = await sign(
+                w.bootstrap, w.topics, mandate, statement_id=stmt.statement_id,
+                key=w.node_keys["nato"],
+            )  # fmt: skip
+            assert status.valid and len(status.signed_by) == 4
+            rows = await until(
+                lambda: [s for s in read(db, lambda s: s.statements()) if len(s["signed_by"]) == 4],
+                what="the eu node shows 4 signatures",
+            )
+            assert sorted(rows[0]["signed_by"]) == ["eu", "nato", "osce", "un"]
+            rejected = await until(lambda: read(db, lambda s: s.board_rejected()))
+            assert [r[3] for r in rejected] == ["unknown_key"]
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(dashboard_url(node) + "api/statements") as resp,
+            ):
+                [st] = await resp.json()
+        assert st["state"] == "valid" and st["threshold"] == 4 and st["organizations"] == 6
+        # A co-signer refuses references its own store does not hold.
+        other = tmp_path / "empty.db"
+        NodeStore(other).close()
+        with pytest.raises(Exception, match="refusing to sign"):
+            await sign(
+                w.bootstrap, w.topics, mandate, statement_id=stmt.statement_id,
+                key=w.node_keys["sco"], db=other,
+            )  # fmt: skip
+
+
+async def test_dashboard_api_health_and_metrics(kafka_bootstrap: str, tmp_path: Path) -> None:
+    async with world(kafka_bootstrap, tmp_path) as w:
+        raws = await pattern_reports(w)
+        node = OrgNode(w.config("osce"))
+        db = tmp_path / "osce.db"
+        async with running(node):
+            await until(
+                lambda: read(db, lambda s: [d for d in s.own_decisions() if d.pub_state == "published"])
+            )  # fmt: skip
+            base = dashboard_url(node)
+            assert base.startswith("http://127.0.0.1:")
+            async with aiohttp.ClientSession() as http:
+
+                async def get(path: str) -> tuple[int, Any]:
+                    async with http.get(base + path) as r:
+                        body = await (r.json() if "json" in r.content_type else r.text())
+                        return r.status, body
+
+                status, health = await get("healthz")
+                assert status == 200 and health["status"] == "ok"
+                assert health["reports_verified"] == len(raws)
+                assert health["node"]["running"] is True
+                _, reports = await get("api/reports?limit=3")
+                assert len(reports) == 3 and {r["state"] for r in reports} == {"verified"}
+                _, zone = await get("api/reports?zone=east")
+                assert zone == []
+                assert (await get("api/reports?limit=x"))[0] == 400
+                _, q = await get("api/quarantine")
+                assert [r["reason"] for r in q["records"]] == ["bad_signature"]
+                assert q["by_reason"] == {"bad_signature": 1}
+                _, dec = await get("api/decisions")
+                pattern = [d for d in dec if d["rule"] == "ceasefire-pattern"]
+                assert pattern and pattern[0]["publication"] == "published"
+                assert len(pattern[0]["evidence"]) == 3
+                _, trends = await get("api/trends")
+                assert {s["rule"] for s in trends["early_warning"]} <= {"ceasefire-escalation"}
+                assert "north" in trends["daily"]["zones"]
+                _, cp = await get("api/checkpoints")
+                assert cp["available"] is False and cp["why"]
+                status, metrics = await get("metrics")
+                assert status == 200
+                assert f"obus_reports_verified_total {float(len(raws))}" in metrics
+                assert 'obus_records_quarantined_total{reason="bad_signature"} 1.0' in metrics
+                assert (
+                    'obus_decisions_total{priority="high",publication="published",rule="ceasefire-pattern"} 1.0'
+                    in metrics
+                )
+                assert "obus_consumer_lag_records" in metrics
+                status, page = await get("")
+                assert status == 200 and "bad_signature" in page and "<script" not in page
+                assert "http://" not in page.replace(base, "").replace(
+                    "http://www.w3.org/2000/svg", ""
+                )
+                status, svg = await get("map.svg")
+                assert status == 200 and svg.count('class="report"') == len(raws)

@@ -1,0 +1,202 @@
+"""Published decisions and joint statements: signing, verification, k-of-n counting."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from bus.crypto import SigningKey
+from bus.decision import (
+    PAYLOAD_DECISION,
+    PublishedDecision,
+    sign_decision,
+    verify_decision,
+)
+from bus.errors import VerificationError
+from bus.model import Envelope, Revocation, Role, Signature, encode
+from bus.policy import Decision, Evidence
+from bus.sign import sign_envelope, sign_revocation
+from bus.statement import (
+    PAYLOAD_STATEMENT,
+    JointStatement,
+    StatementBook,
+    cosign,
+    sign_statement,
+)
+from bus.uuid7 import uuid7
+from nodes.scenario import demo_key
+from tests.mission import NOW_MS, Mission, make_mission
+
+ORGS = ("un", "osce", "eu", "nato", "csto", "sco")
+
+
+def _nodes(m: Mission) -> dict[str, SigningKey]:
+    keys = {}
+    for org in ORGS:
+        keys[org] = demo_key(f"test:node:{org}")
+        m.accredit(f"{org}-node", org, keys[org], Role.NODE)
+    return keys
+
+
+def _decision(org: str = "osce", **changes: object) -> PublishedDecision:
+    d = Decision(
+        org=org, rule="ceasefire-pattern", kind="aggregate", action="request_assessment_visit",
+        priority="high", zone="north", group="north", window_start_ms=NOW_MS - 43_200_000,
+        window_end_ms=NOW_MS, evidence=(Evidence(uuid7(NOW_MS, bytes(10)), bytes(32)),),
+        decided_at_ms=NOW_MS, summary="3 reports", publish=True,
+    )  # fmt: skip
+    p = PublishedDecision.of(
+        d, mandate_id="jmm-2026", seq=1, signed_at_ms=NOW_MS, policy_digest=bytes(32)
+    )
+    return dataclasses.replace(p, **changes)  # type: ignore[arg-type]
+
+
+def test_decision_round_trip_and_verify() -> None:
+    m = make_mission()
+    keys = _nodes(m)
+    raw = sign_decision(_decision(), keys["osce"])
+    vd = verify_decision(raw, m.keyring, topic_org="osce")
+    assert vd.decision == _decision()
+    assert vd.node_id == "osce-node"
+    assert PublishedDecision.decode(encode(_decision())) == _decision()
+
+
+def _tampered(raw: bytes) -> bytes:
+    env = Envelope.decode(raw)
+    payload = encode(dataclasses.replace(PublishedDecision.decode(env.payload), action="invade"))
+    return dataclasses.replace(env, payload=payload).encode()
+
+
+def _two_sigs(raw: bytes, key: SigningKey) -> bytes:
+    env = Envelope.decode(raw)
+    extra = Signature(key.key_id, key.sign_pae(env.payload_type, env.payload))
+    return dataclasses.replace(env, signatures=(*env.signatures, extra)).encode()
+
+
+def _revoked(m: Mission, key: SigningKey, last_valid_seq: int) -> None:
+    rev = Revocation("osce", key.key_id, last_valid_seq, NOW_MS, "compromised", 1, m.mandate_id)
+    m.apply(sign_revocation(rev, m.scenario.org_roots["osce"]))
+
+
+DECISION_CASES = {
+    # name: (builder(m, keys) -> (raw, topic_org), expected reason)
+    "tampered payload": (lambda m, k: (_tampered(sign_decision(_decision(), k["osce"])), "osce"), "bad_signature"),
+    "other payload type": (lambda m, k: (sign_envelope(PAYLOAD_STATEMENT, encode(_decision()), [k["osce"]]).encode(), "osce"), "wrong_payload_type"),
+    "two signatures": (lambda m, k: (_two_sigs(sign_decision(_decision(), k["osce"]), k["un"]), "osce"), "invalid_field"),
+    "unknown key": (lambda m, k: (sign_decision(_decision(), demo_key("rogue")), "osce"), "unknown_key"),
+    "observer key": (lambda m, k: (sign_decision(_decision(), m.observer("osce", 1)[1]), "osce"), "wrong_role"),
+    "another org's node": (lambda m, k: (sign_decision(_decision(), k["un"]), "osce"), "wrong_org"),
+    "on another org's topic": (lambda m, k: (sign_decision(_decision(), k["osce"]), "un"), "wrong_topic"),
+    "other mandate": (lambda m, k: (sign_decision(_decision(mandate_id="other"), k["osce"]), "osce"), "wrong_mandate"),
+    "signed after accreditation ended": (lambda m, k: (sign_decision(_decision(signed_at_ms=m.scenario.mandate.not_after_ms + 1), k["osce"]), "osce"), "key_expired"),
+    "seq after revocation": (lambda m, k: (_revoked(m, k["osce"], 0), sign_decision(_decision(), k["osce"]), "osce")[1:], "key_revoked"),
+    "garbage": (lambda m, k: (b"\x00\x01", "osce"), "malformed"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(DECISION_CASES))
+def test_bad_decisions_are_rejected_with_their_reason(name: str) -> None:
+    m = make_mission()
+    keys = _nodes(m)
+    build, reason = DECISION_CASES[name]
+    raw, topic_org = build(m, keys)
+    with pytest.raises(VerificationError) as exc:
+        verify_decision(raw, m.keyring, topic_org=topic_org)
+    assert exc.value.reason.value == reason
+
+
+def test_revocation_cuts_published_decisions_at_their_seq() -> None:
+    m = make_mission()
+    keys = _nodes(m)
+    _revoked(m, keys["osce"], 1)
+    verify_decision(sign_decision(_decision(seq=1), keys["osce"]), m.keyring, topic_org="osce")
+    with pytest.raises(VerificationError) as exc:
+        verify_decision(sign_decision(_decision(seq=2), keys["osce"]), m.keyring, topic_org="osce")
+    assert exc.value.reason.value == "key_revoked"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("seq", 0), ("kind", "vote"), ("priority", "urgent"), ("evidence", ()), ("decision_id", "x"),
+     ("evidence", (Evidence("r", bytes(32)),)), ("policy_digest", b"\x01")],
+)  # fmt: skip
+def test_decision_invariants(field: str, value: object) -> None:
+    with pytest.raises(VerificationError) as exc:
+        _decision(**{field: value})
+    assert exc.value.reason.value == "invalid_field"
+
+
+def test_payload_types_are_distinct() -> None:
+    assert PAYLOAD_DECISION != PAYLOAD_STATEMENT
+
+
+# -- joint statements --------------------------------------------------------------------------
+
+
+def _statement(drafted_by: str = "un", **changes: object) -> JointStatement:
+    s = JointStatement(
+        statement_id=uuid7(NOW_MS, bytes(range(10))),
+        mandate_id="jmm-2026",
+        drafted_by=drafted_by,
+        title="Escalation in the east",
+        text="Ceasefire violations doubled week over week.",
+        references=(Evidence(uuid7(NOW_MS, bytes(10)), bytes(32)),),
+        created_at_ms=NOW_MS,
+    )
+    return dataclasses.replace(s, **changes)  # type: ignore[arg-type]
+
+
+def test_statement_becomes_valid_at_k_distinct_organizations() -> None:
+    m = make_mission()
+    keys = _nodes(m)
+    book = StatementBook(m.keyring)
+    draft = sign_statement(_statement(), keys["un"])
+    status, added = book.apply(draft)
+    assert added == ["un"] and status.state == "pending"
+    assert (status.threshold, status.organizations) == (4, 6)
+    for org in ("osce", "osce", "eu"):  # osce twice counts once
+        status, _ = book.apply(cosign(draft, keys[org]))
+    assert sorted(status.signed_by) == ["eu", "osce", "un"] and not status.valid
+    status, added = book.apply(cosign(draft, m.scenario.org_roots["nato"]))  # a root key counts
+    assert added == ["nato"] and status.valid and status.signed_by["nato"] == "root key"
+    assert [s.statement.statement_id for s in book.statuses()] == [_statement().statement_id]
+
+
+STATEMENT_CASES = {
+    "draft not signed by its drafter": (lambda m, k, d: sign_statement(_statement(), k["osce"]), "wrong_org"),
+    "drafter not in the mandate": (lambda m, k, d: sign_statement(_statement("who"), k["un"]), "wrong_org"),
+    "unknown key only": (lambda m, k, d: sign_statement(_statement(), demo_key("x")), "unknown_key"),
+    "observer key only": (lambda m, k, d: sign_statement(_statement(), m.observer("un", 1)[1]), "unknown_key"),
+    "other bytes under the same id": (lambda m, k, d: (m_apply(m, k, d), sign_statement(_statement(title="Other"), k["un"]))[1], "duplicate_conflict"),
+    "other mandate": (lambda m, k, d: sign_statement(_statement(mandate_id="other"), k["un"]), "wrong_mandate"),
+    "not a statement": (lambda m, k, d: sign_decision(_decision(), k["un"]), "wrong_payload_type"),
+}  # fmt: skip
+
+
+def m_apply(m: Mission, keys: dict[str, SigningKey], book: StatementBook) -> None:
+    book.apply(sign_statement(_statement(), keys["un"]))
+
+
+@pytest.mark.parametrize("name", list(STATEMENT_CASES))
+def test_bad_statement_records(name: str) -> None:
+    m = make_mission()
+    keys = _nodes(m)
+    book = StatementBook(m.keyring)
+    build, reason = STATEMENT_CASES[name]
+    with pytest.raises(VerificationError) as exc:
+        book.apply(build(m, keys, book))
+    assert exc.value.reason.value == reason
+
+
+def test_revoked_node_key_signs_no_statement() -> None:
+    m = make_mission()
+    keys = _nodes(m)
+    book = StatementBook(m.keyring)
+    draft = sign_statement(_statement(), keys["un"])
+    book.apply(draft)
+    _revoked(m, keys["osce"], 10**6)  # any revocation at all: fail closed
+    with pytest.raises(VerificationError) as exc:
+        book.apply(cosign(draft, keys["osce"]))
+    assert exc.value.reason.value == "unknown_key"
+    assert book.get(_statement().statement_id) is not None
