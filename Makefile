@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv test unit check lint typecheck proto proto-check demo demo-trust kafka-up kafka-down kafka-fetch bench clean
+.PHONY: help venv test browser unit check lint typecheck proto proto-check demo demo-trust kafka-up kafka-down kafka-fetch bench clean
 
 help:  ## show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -50,7 +50,16 @@ unit: $(STAMP)  ## unit tests only (no broker)
 	$(PY) -m pytest tests/unit -q
 
 test: $(STAMP) kafka-fetch  ## all tests; integration tests start their own broker on a free port
+	@$(MAKE) --no-print-directory browser || echo "warning: no chromium: the dashboard's browser test will fail (see above)"
 	$(PY) -m pytest -q
+
+browser:  ## Debian's chromium for the dashboard's browser test (idempotent; apt-get as root or sudo)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the dashboard's browser test"; \
+	  if [ "$$(id -u)" = 0 ]; then sudo=; else sudo=sudo; fi; \
+	  { $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium >/dev/null; } \
+	  || { echo "error: could not install chromium; run: apt-get install -y chromium"; exit 1; }; }
+	@chromium --version 2>/dev/null
 
 demo: $(STAMP) kafka-fetch  ## start Kafka, six org nodes, observers and an auditor; show the result
 	$(PY) -m nodes.demo
