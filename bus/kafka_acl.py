@@ -8,6 +8,7 @@ no-op in Kafka, so :func:`apply_acls` is idempotent.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -85,8 +86,37 @@ async def apply_acls(
             raise TransportError(
                 f"creating ACL {rule}: {exc!r}", retriable=bool(getattr(exc, "retriable", False))
             )
+    await _wait_visible(bootstrap, security, set(rules))
     log.info("acls_applied", rules=len(rules))
     return len(rules)
+
+
+async def _wait_visible(
+    bootstrap: str, security: KafkaSecurity | None, rules: set[AclRule], within_s: float = 60
+) -> None:
+    """Wait until every broker serves the rules: the controller commits an ACL before each
+    broker's metadata cache (which its authorizer reads) has caught up."""
+
+    async def check() -> None:
+        client = AIOKafkaClient(**client_options(bootstrap, security))
+        try:
+            await client.bootstrap()
+            for broker in client.cluster.brokers():
+                while True:
+                    response = await client.send(broker.nodeId, _DescribeAllAcls())
+                    if rules <= _parse(response)[0]:
+                        break
+                    await asyncio.sleep(0.2)
+        finally:
+            await client.close()
+
+    try:
+        async with asyncio.timeout(within_s):
+            await retrying("waiting for ACLs", check, within_s=within_s)
+    except TimeoutError as exc:
+        raise TransportError(
+            f"ACLs not served by every broker within {within_s}s", retriable=True
+        ) from exc
 
 
 async def describe_acls(
@@ -103,6 +133,10 @@ async def describe_acls(
         TransportError: see :func:`apply_acls`.
     """
     response = await _call(bootstrap, security, _DescribeAllAcls(), "describing ACLs")
+    return _parse(response)
+
+
+def _parse(response: Any) -> tuple[set[AclRule], list[tuple[Any, ...]]]:
     if response.error_code != 0:
         exc = for_code(response.error_code)(response.error_message)
         raise TransportError(f"describing ACLs: {exc!r}", retriable=False)

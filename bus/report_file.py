@@ -199,13 +199,15 @@ def load_document(text: str, *, fmt: str, source: str = "report") -> Any:
     if fmt == "json":
         try:
             return json.loads(text, object_pairs_hook=_unique_pairs)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurdly deep nesting
             problem = FieldProblem("(file)", f"not valid JSON: {exc}", "a JSON object")
             raise ReportFileError([problem], source=source, reason=Reason.MALFORMED) from exc
     if fmt == "yaml":
         try:
             return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-        except yaml.YAMLError as exc:
+        # Constructors raise more than YAMLError: ValueError for a timestamp like 2026-10-35
+        # (found by make fuzz), TypeError for an unhashable key, RecursionError for deep nesting.
+        except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
             problem = FieldProblem("(file)", f"not valid YAML: {exc}", "a YAML mapping")
             raise ReportFileError([problem], source=source, reason=Reason.MALFORMED) from exc
     raise ValueError(f"unknown report file format {fmt!r}: use yaml or json")

@@ -1,0 +1,198 @@
+"""Broker security: the secure local cluster enforces exactly the ACL model of bus/acl.py.
+
+Three KRaft nodes (deploy/local/cluster.sh --secure): SASL/SCRAM-SHA-512 for clients and
+between brokers, SASL/PLAIN on the controller listener, StandardAuthorizer, super user admin.
+The admin creates the topics and applies :func:`bus.acl.acl_model`; then each organization
+logs in as itself with aiokafka (SASL_PLAINTEXT, SCRAM-SHA-512) and tries to write every topic
+and read every topic. What the broker answers must equal what the model says, request by
+request: all 30 cross-organization report writes (6 x 5) and 30 decision writes denied with
+TopicAuthorizationFailedError, every own and shared write and every read allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaError,
+    TopicAuthorizationFailedError,
+)
+
+from bus.acl import Operation, Resource, acl_model, allows, consumer_groups
+from bus.errors import TransportError
+from bus.kafka import KafkaSecurity, Topics, client_options, ensure_topics, standard_topics
+from bus.kafka_acl import apply_acls, describe_acls
+from tests.kafka_cluster import LocalKafkaCluster
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(900)]
+ORGS = ("un", "osce", "eu", "nato", "csto", "sco")
+TOPICS = Topics()  # the real names: obus.reports.un, obus.registry, ...
+SPECS = standard_topics(TOPICS, ORGS, partitions=1)
+NAMES = [s.name for s in SPECS]
+CALL_S = 60  # bound of every single client call
+
+
+@pytest.fixture(scope="module")
+def secure_cluster() -> Iterator[LocalKafkaCluster]:
+    with LocalKafkaCluster(brokers=3, secure=True, users=ORGS) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="module")
+def prepared(secure_cluster: LocalKafkaCluster) -> LocalKafkaCluster:
+    """The admin (super user) creates the topics and applies the model."""
+    admin = secure_cluster.security("admin")
+
+    async def setup() -> None:
+        async with asyncio.timeout(300):
+            await ensure_topics(secure_cluster.bootstrap, SPECS, replication=3, security=admin)
+            await apply_acls(secure_cluster.bootstrap, acl_model(TOPICS, ORGS), security=admin)
+
+    asyncio.run(setup())
+    return secure_cluster
+
+
+async def _try_write(bootstrap: str, security: KafkaSecurity | None, topic: str) -> str:
+    """'ok', 'denied' (TopicAuthorizationFailedError) or the repr of anything else."""
+    producer = AIOKafkaProducer(
+        **client_options(bootstrap, security), acks="all", enable_idempotence=True,
+        request_timeout_ms=30_000,
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(CALL_S):
+            await producer.start()
+            await producer.send_and_wait(topic, b"probe", key=b"k")
+    except TopicAuthorizationFailedError:
+        return "denied"
+    except (KafkaError, TimeoutError) as exc:
+        return repr(exc)
+    else:
+        return "ok"
+    finally:
+        await producer.stop()
+
+
+async def test_admin_applied_exactly_the_model(prepared: LocalKafkaCluster) -> None:
+    rules, others = await describe_acls(prepared.bootstrap, security=prepared.security("admin"))
+    assert rules == set(acl_model(TOPICS, ORGS))
+    assert others == []
+
+
+async def test_writes_are_allowed_exactly_where_the_model_allows_them(
+    prepared: LocalKafkaCluster,
+) -> None:
+    model = acl_model(TOPICS, ORGS)
+    outcomes = {}
+    for org in ORGS:
+        sec = prepared.security(org)
+        results = await asyncio.gather(*(_try_write(prepared.bootstrap, sec, t) for t in NAMES))
+        outcomes.update({(org, t): r for t, r in zip(NAMES, results, strict=True)})
+    expected = {
+        (org, t): "ok" if allows(model, org, Operation.WRITE, Resource.TOPIC, t) else "denied"
+        for org in ORGS
+        for t in NAMES
+    }
+    assert outcomes == expected
+    cross = [
+        (org, other, kind)
+        for org in ORGS
+        for other in ORGS
+        if other != org
+        for kind in ("reports", "decisions")
+        if outcomes[(org, f"obus.{kind}.{other}")] == "denied"
+    ]
+    cross_reports = [c for c in cross if c[2] == "reports"]
+    print(f"\nFIGURES acl: cross-org report writes denied {len(cross_reports)}/30, "
+          f"cross-org decision writes denied {len(cross) - len(cross_reports)}/30, "
+          f"allowed writes {sum(v == 'ok' for v in outcomes.values())}")  # fmt: skip
+    assert len(cross_reports) == 30
+    assert len(cross) == 60
+
+
+async def test_every_organization_reads_every_topic(prepared: LocalKafkaCluster) -> None:
+    # the admin writes one record to every topic, so each read has something to find
+    producer = AIOKafkaProducer(**client_options(prepared.bootstrap, prepared.security("admin")))
+    async with asyncio.timeout(CALL_S):
+        await producer.start()
+        try:
+            for name in NAMES:
+                await producer.send_and_wait(name, b"for-everyone", key=b"k")
+        finally:
+            await producer.stop()
+    read: dict[str, set[str]] = {}
+    for org in ORGS:
+        consumer = AIOKafkaConsumer(
+            **client_options(prepared.bootstrap, prepared.security(org)), group_id=None,
+            auto_offset_reset="earliest", enable_auto_commit=False,
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(CALL_S * 2):
+                await consumer.start()
+                tps = [TopicPartition(t, 0) for t in NAMES]
+                consumer.assign(tps)
+                await consumer.seek_to_beginning(*tps)
+                seen: set[str] = set()
+                while seen != set(NAMES):
+                    batch = await consumer.getmany(timeout_ms=1000)
+                    seen |= {tp.topic for tp, recs in batch.items() if recs}
+                read[org] = seen
+        finally:
+            await consumer.stop()
+    assert read == {org: set(NAMES) for org in ORGS}
+    print(f"\nFIGURES acl: reads allowed {sum(map(len, read.values()))}/{len(ORGS) * len(NAMES)}")
+
+
+async def test_own_consumer_groups_only(prepared: LocalKafkaCluster) -> None:
+    tp = TopicPartition(TOPICS.reports("un"), 0)
+
+    async def commit_as(org: str, group: str) -> str:
+        consumer = AIOKafkaConsumer(
+            **client_options(prepared.bootstrap, prepared.security(org)), group_id=group,
+            enable_auto_commit=False,
+        )  # fmt: skip
+        try:
+            async with asyncio.timeout(CALL_S):
+                await consumer.start()
+                consumer.assign([tp])
+                await consumer.commit({tp: 0})
+        except GroupAuthorizationFailedError:
+            return "denied"
+        except (KafkaError, TimeoutError) as exc:
+            return repr(exc)
+        else:
+            return "ok"
+        finally:
+            await consumer.stop()
+
+    for org, other in zip(ORGS, ORGS[1:] + ORGS[:1], strict=True):
+        for _, group in consumer_groups(TOPICS, org)[:2]:
+            assert await commit_as(org, group) == "ok", (org, group)
+        assert await commit_as(org, f"obus.{org}.analytics") == "ok"
+        assert await commit_as(org, f"obus.node.{other}") == "denied", (org, other)
+
+
+async def test_organizations_create_nothing_and_strangers_get_nothing(
+    prepared: LocalKafkaCluster,
+) -> None:
+    admin = AIOKafkaAdminClient(**client_options(prepared.bootstrap, prepared.security("un")))
+    try:
+        async with asyncio.timeout(CALL_S):
+            await admin.start()
+            response = await admin.create_topics([NewTopic("obus.reports.rogue", 1, 3)])
+        (error,) = response.to_object()["topic_errors"]
+        assert error["error_code"] == TopicAuthorizationFailedError.errno
+    finally:
+        await admin.close()
+
+    wrong = KafkaSecurity(
+        protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512", username="un",
+        password="not-the-password",
+    )  # fmt: skip
+    with pytest.raises(TransportError):
+        await ensure_topics(prepared.bootstrap, SPECS[:1], replication=3, security=wrong)
+    assert (await _try_write(prepared.bootstrap, wrong, TOPICS.reports("un"))) != "ok"
