@@ -35,7 +35,7 @@ from bus.export import ExportProblem, ExportReader, LogRecord
 from bus.kafka import Topics, replay
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree, leaf_hash, verify_inclusion
-from bus.model import Envelope, Mandate, Report, sha256
+from bus.model import Envelope, Mandate, Receipt, Report, sha256
 from bus.trust import KeyRing
 
 
@@ -110,6 +110,26 @@ def verify_proof(proof: InclusionProof, keyring: KeyRing) -> frozenset[str]:
     cp = proof.checkpoint
     verify_inclusion(leaf_hash(proof.value), proof.leaf_index, cp.size, proof.proof, cp.root)
     return vc.orgs
+
+
+def check_receipt_inclusion(proof: InclusionProof, receipt: Receipt, keyring: KeyRing) -> None:
+    """Check that a proof proves what a (verified) delivery receipt promised.
+
+    The receipt names topic, partition, offset and the envelope's SHA-256; the proof must be of
+    that position and that value, and verify (:func:`verify_proof`).
+
+    Raises:
+        VerificationError: ``receipt_mismatch`` when the proof is of another position or value;
+            otherwise as :func:`verify_proof`.
+    """
+    where = (receipt.topic, receipt.partition, receipt.offset)
+    if (proof.topic, proof.partition, proof.offset) != where:
+        raise VerificationError(Reason.RECEIPT_MISMATCH, "the proof is of another record")
+    if sha256(proof.value) != receipt.envelope_digest:
+        raise VerificationError(
+            Reason.RECEIPT_MISMATCH, "the logged record is not the envelope the receipt names"
+        )
+    verify_proof(proof, keyring)
 
 
 @dataclass

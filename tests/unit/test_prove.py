@@ -10,8 +10,13 @@ import pytest
 
 from bus.checkpoint import Note, parse_note
 from bus.errors import Reason, VerificationError
-from bus.model import Envelope, Report
-from nodes.prove import proof_from_json, prove_from_file, verify_proof
+from bus.model import Envelope, Receipt, Report, sha256
+from nodes.prove import (
+    check_receipt_inclusion,
+    proof_from_json,
+    prove_from_file,
+    verify_proof,
+)
 from tests.witnessed_log import ORGS, PREFIX, Log, build_log, write
 
 T = f"{PREFIX}reports.eu"
@@ -89,3 +94,23 @@ def test_log_that_does_not_match_the_quorum(log: Log, tmp_path: Path) -> None:
     with pytest.raises(VerificationError) as exc:
         prove_from_file(path, log.mission.scenario.mandate, where=(T, 0, 3), report_id=None)
     assert exc.value.reason is Reason.CHECKPOINT_ROOT_MISMATCH
+
+
+def test_a_receipt_is_checked_against_its_proof(log: Log, tmp_path: Path) -> None:
+    path = write(tmp_path / "log.jsonl", log.header, log.records)
+    proof = prove_from_file(path, log.mission.scenario.mandate, where=(T, 0, 2), report_id=None)
+    rep = Report.decode(Envelope.decode(proof.value).payload)
+    receipt = Receipt(
+        report_id=rep.report_id, envelope_digest=sha256(proof.value), topic=T, partition=0,
+        offset=2, logged_at_ms=1, issued_at_ms=1, org="eu", node_id="eu-node",
+        node_key_id=bytes(32), observer_id=rep.observer_id, seq=rep.seq,
+        mandate_id=rep.mandate_id,
+    )  # fmt: skip
+    check_receipt_inclusion(proof, receipt, log.mission.keyring)
+    for bad in (
+        dataclasses.replace(receipt, offset=3),
+        dataclasses.replace(receipt, envelope_digest=bytes(32)),
+    ):
+        with pytest.raises(VerificationError) as exc:
+            check_receipt_inclusion(proof, bad, log.mission.keyring)
+        assert exc.value.reason is Reason.RECEIPT_MISMATCH
