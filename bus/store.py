@@ -611,6 +611,11 @@ class NodeStore:
         )
         return _dicts(cur)
 
+    def peer_decision_counts(self) -> dict[str, int]:
+        """Published decisions read from the decisions topics, per organization."""
+        rows = self._db.execute("SELECT org, count(*) FROM peer_decisions GROUP BY org")
+        return {o: int(n) for o, n in rows}
+
     def statements(self) -> list[dict[str, Any]]:
         """Joint statements with the organizations that signed them, oldest first."""
         out = _dicts(

@@ -175,7 +175,7 @@ class ReadModel:
             idx = self._refresh(store)
             q = store.quarantine_counts()
             own = store.decision_counts()
-            peers = store.peer_decisions(limit=100_000)
+            peers = store.peer_decision_counts()
             stmts = store.statements()
             positions = store.positions()
         m = self.config.mandate
@@ -209,7 +209,7 @@ class ReadModel:
             "quarantined_by_reason": q,
             "decisions": sum(n for *_, n in own),
             "decisions_published": sum(n for _, _, s, n in own if s == "published"),
-            "peer_decisions": len([d for d in peers if d["org"] != self.config.org]),
+            "peer_decisions": sum(n for o, n in peers.items() if o != self.config.org),
             "statements": len(stmts),
             "statements_valid": sum(1 for s in stmts if len(s["signed_by"]) >= s["threshold"]),
             "records_consumed": sum(o for (t, _), o in positions.items() if ".reports." in t),
@@ -443,11 +443,7 @@ class ReadModel:
             q = store.quarantine_counts()
             board = Counter(r for *_, r, _ in store.board_rejected())
             own = store.decision_counts()
-            peers = Counter(
-                str(d["org"])
-                for d in store.peer_decisions(limit=1_000_000)
-                if d["org"] != self.config.org
-            )
+            peers = {o: n for o, n in store.peer_decision_counts().items() if o != self.config.org}
             stmts = store.statements()
             positions = store.positions()
         return {

@@ -1,0 +1,157 @@
+"""Follow-up measurements: policy evaluation rate and dashboard response times.
+
+    .venv/bin/python -m bench.followup [--reports 100000] [--store-reports 20000]
+
+1. Policy evaluation: a log of signed-report observations over 12 partitions (the demo's
+   scenario generator), fed through :func:`bus.policy.decide_all` (canonical order +
+   evaluator) with each organization's shipped policy. CPU time (``time.process_time``), best
+   and median of 5 runs.
+2. Dashboard: a node store with ``--store-reports`` verified reports, some quarantined records
+   and the decisions of the OSCE policy, served by :class:`nodes.dashboard.Dashboard` on
+   127.0.0.1; wall-clock latency of each route over 30 requests after one cold request (the
+   cold one decodes every stored report once). Wall-clock numbers depend on the machine and
+   its load; nothing asserts on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from bus.ingest import Ingestor
+from bus.policy import Observation, PolicyEngine, decide_all, load_policy
+from bus.store import Accepted, NodeStore, Quarantined, RecordRef
+from bus.trust import KeyRing
+from bus.verify import ChainBook
+from nodes.dashboard import Dashboard, DashboardConfig
+from nodes.scenario import ORGANIZATIONS, build_scenario, draft_report
+
+REPO = Path(__file__).resolve().parent.parent
+POLICIES = REPO / "deploy" / "policies"
+
+
+def _log(n: int, now: int) -> list[tuple[str, int, int, int, Observation | None]]:
+    sc = build_scenario(now)
+    rng = random.Random(1)
+    offsets: dict[tuple[str, int], int] = {}
+    out = []
+    for i in range(n):
+        obs = rng.choice(sc.observers)
+        r = draft_report(rng, obs, sc.mandate, now)
+        tp = (f"obus.reports.{obs.org}", i % 2)
+        off = offsets[tp] = offsets.get(tp, -1) + 1
+        out.append((tp[0], tp[1], off, now + i, Observation(r, rng.randbytes(32))))
+    return out
+
+
+def bench_policy(n: int) -> None:
+    now = int(time.time() * 1000)
+    log = _log(n, now)
+    print(f"policy evaluation, {n} reports over 12 partitions (CPU time, best / median of 5):")
+    for org, _ in ORGANIZATIONS:
+        policy = load_policy(POLICIES / f"{org}.toml")
+        times, decisions = [], 0
+        for _ in range(5):
+            t0 = time.process_time()
+            decisions = len(decide_all(policy, log))
+            times.append(time.process_time() - t0)
+        print(
+            f"  {org:5} {len(policy.rules)} rules: {n / min(times):>9,.0f} reports/s best,"
+            f" {n / statistics.median(times):>9,.0f} median; {decisions} decisions"
+        )
+
+
+def _store(path: Path, n: int) -> None:
+    now = int(time.time() * 1000)
+    sc = build_scenario(now, observers_per_org=3)
+    kr = KeyRing(sc.mandate)
+    from bus.model import Envelope  # noqa: PLC0415
+
+    for raw in sc.accreditations:
+        kr.apply(Envelope.decode(raw))
+    store = NodeStore(path)
+    ing = Ingestor(kr, ChainBook({}, store.report_digest))
+    rng = random.Random(2)
+    policy = load_policy(POLICIES / "osce.toml")
+    engine = PolicyEngine(policy)
+    batch: list[Accepted | Quarantined] = []
+    for i in range(n):
+        obs = rng.choice(sc.observers)
+        raw = sc.signers[obs.observer_id].sign(draft_report(rng, obs, sc.mandate, now))
+        if i % 500 == 0:
+            raw = raw[:-1] + bytes([raw[-1] ^ 1])  # some quarantined records
+        out = ing.judge(RecordRef(f"obus.reports.{obs.org}", 0, i, now), raw, obs.org)
+        batch.append(out)
+        if isinstance(out, Accepted):
+            engine.record(
+                out.ref.topic,
+                0,
+                i,
+                now,
+                Observation(out.verified.report, out.verified.envelope_digest),
+            )
+        if len(batch) == 1000:
+            store.commit_batch(batch, ing.chain.heads(), [], {})
+            ing.chain.flushed()
+            batch = []
+    store.commit_batch(batch, ing.chain.heads(), [], {})
+    store.add_decisions(engine.advance(2**62))
+    store.close()
+
+
+async def bench_dashboard(n: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "osce.db"
+        t0 = time.perf_counter()
+        _store(db, n)
+        print(f"dashboard: store of {n} reports built in {time.perf_counter() - t0:.1f}s")
+        sc = build_scenario(int(time.time() * 1000))
+        dash = Dashboard(
+            DashboardConfig("osce", db, sc.mandate, load_policy(POLICIES / "osce.toml"), port=0)
+        )
+        await dash.start()
+        try:
+            async with aiohttp.ClientSession() as http:
+                routes = ["", "api/reports", "api/decisions", "api/trends", "api/quarantine",
+                          "map.svg", "metrics", "healthz"]  # fmt: skip
+                for route in routes:
+                    t0 = time.perf_counter()
+                    async with http.get(dash.url + route) as r:
+                        body = await r.read()
+                    cold = time.perf_counter() - t0
+                    times = []
+                    for _ in range(30):
+                        t0 = time.perf_counter()
+                        async with http.get(dash.url + route) as r:
+                            body = await r.read()
+                            assert r.status == 200, (route, r.status)
+                        times.append(time.perf_counter() - t0)
+                    times.sort()
+                    print(
+                        f"  GET /{route:15} {len(body) / 1024:8.0f} KiB"
+                        f"  first {cold * 1000:7.1f} ms"
+                        f"  median {statistics.median(times) * 1000:7.1f} ms"
+                        f"  p95 {times[int(len(times) * 0.95) - 1] * 1000:7.1f} ms"
+                    )
+        finally:
+            await dash.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--reports", type=int, default=100_000)
+    parser.add_argument("--store-reports", type=int, default=20_000)
+    args = parser.parse_args()
+    bench_policy(args.reports)
+    asyncio.run(bench_dashboard(args.store_reports))
+
+
+if __name__ == "__main__":
+    main()
