@@ -185,7 +185,7 @@ def parse_vkey(vkey: str) -> Verifier:
     key_hash = bytes.fromhex(hash_hex)
     try:
         raw = base64.b64decode(key_b64, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII text (found by make fuzz)
         raise VerificationError(Reason.MALFORMED_KEY, f"malformed verifier key: {exc}") from exc
     if not _valid_name(name) or not raw:
         raise VerificationError(Reason.MALFORMED_KEY, "malformed verifier key")
@@ -461,7 +461,7 @@ def parse_checkpoint(text: bytes, *, hash_size: int | None = HASH_SIZE) -> Check
         raise VerificationError(Reason.MALFORMED, f"checkpoint size {size_s[:30]!r} not a uint64")
     try:
         root = base64.b64decode(root_s, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or non-ASCII text (found by make fuzz)
         raise VerificationError(Reason.MALFORMED, "checkpoint root is not base64") from exc
     if base64.b64encode(root).decode() != root_s:
         raise VerificationError(Reason.MALFORMED, "checkpoint root is not canonical base64")

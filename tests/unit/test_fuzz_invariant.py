@@ -57,6 +57,8 @@ REGRESSIONS = {
     "yaml_unhashable_key": ("report_file_yaml", b"? [a, b]\n: 1\n"),
     "yaml_deep_nesting": ("report_file_yaml", b"[" * 50_000),
     "json_deep_nesting": ("report_file_json", b"[" * 50_000),
+    "checkpoint_root_not_ascii": ("checkpoint", "o/x/0\n1\nAQE\u2014\n".encode()),
+    "vkey_not_ascii": ("vkey", "un/un-obs-1+01234567+AQ\u2014".encode()),
 }
 
 
