@@ -156,7 +156,11 @@ async def test_six_witnesses_agree_cosign_and_resume(
         assert len({witness_fingerprint(db) for db in dbs}) == 1
         assert all(split_view_alarms(db) == [] for db in dbs)
         counts = {o: w.counts for o, (w, _) in fleet.tasks.items()}
-        assert sum(c["cosignatures_published"] for c in counts.values()) > 0
+        # Each organization attests each text once: as publisher or as cosigner (which one
+        # depends on who reached that size first).
+        assert all(
+            c["checkpoints_published"] + c["cosignatures_published"] > 0 for c in counts.values()
+        )
         assert all(c["checkpoints_rejected"] == 0 for c in counts.values())
 
         # A witness stopped while the log grows resumes from its own SQLite file.
