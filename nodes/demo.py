@@ -635,3 +635,9 @@ def main(*, reports_per_observer: int = 12, keep: bool = False) -> int:
     if not keep and ok:
         shutil.rmtree(work / "kafka", ignore_errors=True)
     return 0 if ok else 1
+
+
+if __name__ == "__main__":  # `make demo`: the same as `obus demo` (logs set up by the CLI)
+    from nodes.cli import main as cli_main
+
+    sys.exit(cli_main(["demo", *sys.argv[1:]]))
