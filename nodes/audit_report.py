@@ -24,6 +24,7 @@ table{border-collapse:collapse;font-size:.85rem;width:100%}
 th,td{border-bottom:1px solid #e1e4e8;padding:.3rem .5rem;text-align:left}
 td.n{text-align:right;font-variant-numeric:tabular-nums}tr.bad td{background:#fdf0ef}
 .muted{color:#57606a;font-size:.85rem}svg text{font-size:11px;fill:#1d2733}
+svg{max-width:100%;height:auto}figure{margin:0}
 """
 
 
@@ -51,7 +52,8 @@ def hbar_chart(title: str, items: list[tuple[str, int]], color: str = "#1a73e8")
     return (
         f"<figure><figcaption>{_esc(title)}</figcaption>"
         f'<svg role="img" aria-label="{_esc(title)}" width="{label_w + bar_w + 60}"'
-        f' height="{height}" xmlns="http://www.w3.org/2000/svg">{"".join(bars)}</svg></figure>'
+        f' height="{height}" viewBox="0 0 {label_w + bar_w + 60} {height}"'
+        f' xmlns="http://www.w3.org/2000/svg">{"".join(bars)}</svg></figure>'
     )
 
 
@@ -74,8 +76,8 @@ def column_chart(title: str, items: list[tuple[str, int]], color: str = "#188038
     width = 40 + col * len(items)
     return (
         f"<figure><figcaption>{_esc(title)}</figcaption>"
-        f'<svg role="img" aria-label="{_esc(title)}" width="{max(width, 220)}" height="200"'
-        f' xmlns="http://www.w3.org/2000/svg">'
+        f'<svg role="img" aria-label="{_esc(title)}" width="{max(width, 220) + 10}" height="200"'
+        f' viewBox="0 0 {max(width, 220) + 10} 200" xmlns="http://www.w3.org/2000/svg">'
         f'<text x="2" y="12">{peak}</text><line x1="28" y1="{base}" x2="{width}" y2="{base}"'
         f' stroke="#8c959f"/>{"".join(cols)}'
         f'<text x="30" y="195">{_esc(first)}</text>'

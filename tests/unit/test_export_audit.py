@@ -247,3 +247,16 @@ def test_report_counts_by_zone_and_day(log: Log, tmp_path: Path) -> None:
     assert sum(result.by_zone.values()) == sum(result.by_day.values()) == len(log.reports())
     reports = [Report.decode(Envelope.decode(r.value or b"").payload) for r in log.reports()]
     assert set(result.by_zone) == {r.zone for r in reports}
+
+
+def test_html_report_is_self_contained(log: Log, tmp_path: Path) -> None:
+    from nodes.audit_report import render_html  # noqa: PLC0415
+
+    records = list(log.records)
+    del records[_at(records, T, 0, 1)]
+    result = audit_export(write(tmp_path / "t.jsonl", log.header, records), None)
+    page = render_html(result)
+    assert page.count("<svg") == 4
+    assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
+    assert "record_missing" in page and "VERDICT" in page
+    assert "mandate embedded in the export" in page
