@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv test browser unit check lint typecheck proto proto-check demo demo-trust kafka-up kafka-down kafka-fetch bench clean
+.PHONY: help venv test test-faults fuzz cluster-up cluster-down browser unit check lint typecheck proto proto-check demo demo-trust kafka-up kafka-down kafka-fetch bench clean
 
 help:  ## show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,21 @@ unit: $(STAMP)  ## unit tests only (no broker)
 test: $(STAMP) kafka-fetch  ## all tests; integration tests start their own broker on a free port
 	@$(MAKE) --no-print-directory browser || echo "warning: no chromium: the dashboard's browser test will fail (see above)"
 	$(PY) -m pytest -q
+
+test-faults: $(STAMP) kafka-fetch  ## kill -9/SIGSTOP brokers of a 3-node cluster, crash nodes, full disk; figures in var/faults/
+	$(PY) -m pytest -q -s -m faults tests/faults
+
+FUZZ_RUNS ?= 1000000
+fuzz: $(STAMP)  ## $(FUZZ_RUNS) fuzz inputs over every decoder and verifier (atheris, else Hypothesis)
+	@$(PY) -m pip install --quiet 'atheris>=2.3,<4' 2>/dev/null || echo "atheris does not install here: fuzzing with Hypothesis"
+	$(PY) -m tests.fuzz.run --runs $(FUZZ_RUNS)
+
+cluster-up:  ## 3-node KRaft cluster on 127.0.0.1:19092-19094 (SECURE=1: SASL/SCRAM + ACLs)
+	deploy/local/cluster.sh up $(if $(SECURE),--secure)
+	$(if $(SECURE),$(PY) -m nodes.cli acls apply --orgs un,osce,eu,nato,csto,sco --bootstrap $$(deploy/local/cluster.sh bootstrap) --security-protocol SASL_PLAINTEXT --sasl-username admin --sasl-password-file var/kafka-cluster/secrets/admin.password)
+
+cluster-down:  ## stop the cluster started by cluster-up
+	deploy/local/cluster.sh down
 
 browser:  ## Debian's chromium for the dashboard's browser test (idempotent; apt-get as root or sudo)
 	@command -v chromium >/dev/null 2>&1 || { \
