@@ -39,6 +39,8 @@ from nodes.trust_follower import TrustFollower
 
 log = structlog.get_logger(__name__)
 
+Batch = dict[TopicPartition, list]  # type: ignore[type-arg]  # aiokafka's getmany() result
+
 
 @dataclass(frozen=True)
 class NodeConfig:
@@ -224,12 +226,25 @@ class OrgNode:
                 await self._preverifier.start()
             await consumer.start()
             consumer.subscribe(pattern=cfg.topics.reports_pattern, listener=_SeekToStore(self))
-            while not self._stopping.is_set():
-                batch = await consumer.getmany(
-                    timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch
-                )
-                if batch:
-                    await self._process(consumer, batch)
+            # With verify workers, the next batch's signatures are checked while this process
+            # judges and stores the current one (one batch ahead; dropped unjudged on stop, so
+            # it is simply read again on restart).
+            ahead: tuple[Batch, asyncio.Task[set[tuple[bytes, bytes]]] | None] | None = None
+            try:
+                while not self._stopping.is_set():
+                    batch = await consumer.getmany(
+                        timeout_ms=0 if ahead else cfg.poll_timeout_ms, max_records=cfg.max_batch
+                    )
+                    current, ahead = ahead, None
+                    if batch and self._preverifier is not None:
+                        ahead = (batch, asyncio.create_task(self._preverify(batch)))
+                    elif batch:
+                        current = current or (batch, None)
+                    if current is not None:
+                        await self._process(consumer, current[0], current[1])
+            finally:
+                if ahead is not None and ahead[1] is not None:
+                    ahead[1].cancel()
         except KafkaError as exc:
             raise wrap(exc, "consuming reports") from exc
         finally:
@@ -241,12 +256,21 @@ class OrgNode:
             self.store.close()
             self._log.info("node_stopped", **self.counts)
 
-    async def _process(self, consumer: AIOKafkaConsumer, batch: dict[TopicPartition, list]) -> None:  # type: ignore[type-arg]
+    async def _preverify(self, batch: Batch) -> set[tuple[bytes, bytes]]:
+        assert self._preverifier is not None
+        keys = {a.key_id: a.public_key for a in self.keyring.accreditations(Role.OBSERVER)}
+        raws = [r.value for records in batch.values() for r in records if r.value]
+        return await self._preverifier.verdicts(raws, keys)
+
+    async def _process(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: Batch,
+        preverified: asyncio.Task[set[tuple[bytes, bytes]]] | None = None,
+    ) -> None:
         await self._mark_revoked(await self.registry.catch_up())
-        if self._preverifier is not None:
-            keys = {a.key_id: a.public_key for a in self.keyring.accreditations(Role.OBSERVER)}
-            raws = [r.value for records in batch.values() for r in records if r.value]
-            self.ingestor.preverified = await self._preverifier.verdicts(raws, keys)
+        if preverified is not None:
+            self.ingestor.preverified = await preverified
         outcomes: list[Outcome] = []
         touched: dict[tuple[str, int], int] = {}
         for tp, records in batch.items():
