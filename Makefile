@@ -82,8 +82,8 @@ demo: $(STAMP) kafka-fetch  ## start Kafka, six org nodes, observers and an audi
 demo-trust: $(STAMP) kafka-fetch  ## mandate rotation 4 of 6, a revocation, a restricted report; six nodes agree
 	$(PY) -m nodes.demo_trust
 
-bench: $(STAMP) kafka-fetch  ## benchmarks; prints a table and writes bench/results/*.json
-	$(PY) -m bench.run
+bench: $(STAMP) kafka-fetch  ## ratios to the Ed25519 ceiling; table + bench/results/*.json (BENCH_ARGS="--sizes 100000,1000000 --profile")
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:  ## remove venv, caches and local state (keeps downloaded Kafka jars in .cache)
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
