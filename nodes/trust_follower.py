@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from bus.errors import VerificationError
-from bus.kafka import wrap
+from bus.kafka import KafkaSecurity, client_options, wrap
 from bus.lifecycle import TrustTimeline
 from bus.model import Envelope, Revocation
 
@@ -33,7 +33,13 @@ class TrustFollower:
     """Reads the mandate and registry topics into a timeline, catching up on demand."""
 
     def __init__(
-        self, bootstrap: str, mandate_topic: str, registry_topic: str, timeline: TrustTimeline
+        self,
+        bootstrap: str,
+        mandate_topic: str,
+        registry_topic: str,
+        timeline: TrustTimeline,
+        *,
+        security: KafkaSecurity | None = None,
     ) -> None:
         self.timeline = timeline
         self.alarms: Counter[str] = Counter()  # mandate alarms by reason
@@ -41,7 +47,7 @@ class TrustFollower:
         self.applied_versions = 0
         self._mandate_tp = TopicPartition(mandate_topic, 0)
         self._registry_tp = TopicPartition(registry_topic, 0)
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        self._consumer = AIOKafkaConsumer(**client_options(bootstrap, security), group_id=None)
         self._positions = {self._mandate_tp: 0, self._registry_tp: 0}
 
     async def start(self) -> list[Revocation]:
