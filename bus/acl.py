@@ -7,7 +7,8 @@ The one source of truth for broker authorization. The local secure cluster
 
 The model, for every organization ``org`` of the mandate (principal ``User:<org>``):
 
-* WRITE its own ``<prefix>reports.<org>`` and ``<prefix>decisions.<org>``, and the shared
+* WRITE its own ``<prefix>reports.<org>``, ``<prefix>decisions.<org>`` and
+  ``<prefix>attachments.<org>`` (its gateway's attachment chunks), and the shared
   topics (``registry``, ``mandate``, ``checkpoints``, ``statements``): writing is what an
   organization's node and gateway do; nobody may write another organization's topics.
 * READ every topic under the prefix: every organization verifies everything itself.
@@ -40,11 +41,14 @@ ADMIN: Final = "admin"  # the super user (super.users=User:admin): creates topic
 class TopicNames(Protocol):
     """The topic names the model needs (:class:`bus.kafka.Topics` provides them)."""
 
-    prefix: str
+    @property
+    def prefix(self) -> str: ...
 
     def reports(self, org: str) -> str: ...
 
     def decisions(self, org: str) -> str: ...
+
+    def attachments(self, org: str) -> str: ...
 
     @property
     def registry(self) -> str: ...
@@ -112,7 +116,7 @@ def shared_topics(topics: TopicNames) -> tuple[str, ...]:
 
 def own_topics(topics: TopicNames, org: str) -> tuple[str, ...]:
     """Topics only this organization may write."""
-    return (topics.reports(org), topics.decisions(org))
+    return (topics.reports(org), topics.decisions(org), topics.attachments(org))
 
 
 def consumer_groups(topics: TopicNames, org: str) -> tuple[tuple[Pattern, str], ...]:

@@ -65,6 +65,12 @@ class Reason(enum.StrEnum):
     RECORD_MISSING = "record_missing"  # an offset of a partition is absent from the log
     RECORD_OUT_OF_ORDER = "record_out_of_order"  # an offset after a higher one, or twice
     EXPORT_CORRUPT = "export_corrupt"  # export file framing, order or digest is broken
+    # Attachments (README "Attachments"): chunks on <prefix>attachments.<org>, reassembled by
+    # every node and checked against the accepted report that references them
+    ATTACHMENT_HASH_MISMATCH = "attachment_hash_mismatch"  # bytes do not hash to the SHA-256
+    ATTACHMENT_SIZE_MISMATCH = "attachment_size_mismatch"  # size differs from the report's
+    ATTACHMENT_UNREFERENCED = "attachment_unreferenced"  # no accepted report references it
+    ATTACHMENT_INCOMPLETE = "attachment_incomplete"  # chunks still missing after the wait
 
 
 class BusError(Exception):

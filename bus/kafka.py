@@ -19,6 +19,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 
+from bus.attachment import TOPIC_MAX_MESSAGE_BYTES
 from bus.errors import ConfigError, TransportError
 from bus.model import (
     PAYLOAD_ENCRYPTION_KEY,
@@ -88,6 +89,15 @@ class Topics:
         """Organization id of a report topic, or None for any other topic."""
         head = f"{self.prefix}reports."
         return topic[len(head) :] if topic.startswith(head) else None
+
+    def attachments(self, org: str) -> str:
+        """Topic carrying the attachment chunks of one organization's observers."""
+        return f"{self.prefix}attachments.{org}"
+
+    @property
+    def attachments_pattern(self) -> str:
+        """Regex matching every organization's attachments topic."""
+        return "^" + re.escape(f"{self.prefix}attachments.") + r"[a-z0-9_-]+$"
 
 
 SECURITY_PROTOCOLS: Final = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -280,12 +290,20 @@ class TopicSpec:
 LOG_APPEND_TIME: Final = ("message.timestamp.type", "LogAppendTime")
 
 
+# Attachment chunks (bus/attachment.py): every record up to 1 MiB, whatever the broker default.
+ATTACHMENT_TOPIC_CONFIGS: Final = (
+    LOG_APPEND_TIME,
+    ("max.message.bytes", str(TOPIC_MAX_MESSAGE_BYTES)),
+)
+
+
 def standard_topics(topics: Topics, orgs: Iterable[str], partitions: int = 3) -> list[TopicSpec]:
     """The topics of DESIGN section 4 for the given organizations."""
     specs: list[TopicSpec] = []
     for org in orgs:
         specs.append(TopicSpec(topics.reports(org), partitions, (LOG_APPEND_TIME,)))
         specs.append(TopicSpec(topics.decisions(org), 1, (LOG_APPEND_TIME,)))
+        specs.append(TopicSpec(topics.attachments(org), partitions, ATTACHMENT_TOPIC_CONFIGS))
     compacted = (("cleanup.policy", "compact"), LOG_APPEND_TIME)
     specs.append(TopicSpec(topics.registry, 1, compacted))
     specs.append(TopicSpec(topics.mandate, 1, compacted))

@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 from bus import logs
+from bus.attachment import MAX_ATTACHMENT_BYTES, UNREFERENCED_TTL_MS, AttachmentLimits
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError
 from bus.kafka import Topics
@@ -87,6 +88,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         http_host=args.http_host,
         verify_workers=args.verify_workers,
+        attachments=_attachment_limits(args),
     )
     if args.decryption_key:  # restricted reports sealed to this organization (issue 4)
         import dataclasses  # noqa: PLC0415
@@ -99,6 +101,17 @@ def _cmd_node(args: argparse.Namespace) -> int:
     from nodes.witness_cli import run_with_witness  # noqa: PLC0415 - issue 5: the witness
 
     return asyncio.run(run_with_witness(args, config))
+
+
+def _attachment_limits(args: argparse.Namespace) -> AttachmentLimits | None:
+    """The attachment reassembler's limits (issue 3), or None with --no-attachments."""
+    if not args.attachments:
+        return None
+    return AttachmentLimits(
+        max_bytes=args.max_attachment_bytes,
+        unreferenced_ttl_ms=round(args.attachment_wait_hours * 3_600_000),
+        incomplete_ttl_ms=round(args.attachment_wait_hours * 3_600_000),
+    )
 
 
 def _node_key_for_policy(args: argparse.Namespace, policy: Policy | None) -> SigningKey | None:
@@ -202,6 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="check each batch's signatures in N worker processes first (same rule, same "
         "verdicts; default 0: all in the node process). Useful up to the number of cores.",
     )
+    att = node.add_argument_group(
+        "attachments",
+        "Reassemble the attachment chunks of <prefix>attachments.* (own consumer group, "
+        "<db stem>.attachments.db and <db stem>.attachments/), keep those an accepted report "
+        "references, by SHA-256; quarantine the rest with a reason.",
+    )
+    att.add_argument(
+        "--attachments", action=argparse.BooleanOptionalAction, default=True,
+        help="run the attachment reassembler (default: on)",
+    )  # fmt: skip
+    att.add_argument(
+        "--max-attachment-bytes", type=int, default=MAX_ATTACHMENT_BYTES, metavar="N",
+        help=f"larger attachments are quarantined as oversized (default {MAX_ATTACHMENT_BYTES})",
+    )  # fmt: skip
+    att.add_argument(
+        "--attachment-wait-hours", type=float, default=UNREFERENCED_TTL_MS / 3_600_000,
+        metavar="H", help="how long chunks wait for their report or their missing pieces "
+        "before they are quarantined (unreferenced, incomplete); default 168 (a week)",
+    )  # fmt: skip
     _common(node)
     node.set_defaults(func=_cmd_node)
 

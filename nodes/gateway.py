@@ -18,6 +18,27 @@ status  when                                                                    
 503     ``unavailable``: Kafka did not confirm; retry (with ``Retry-After``)          JSON
 ======  ============================================================================  ==========
 
+``PUT /v1/attachments/<sha256 hex>`` (body: the attachment's bytes) publishes an attachment
+that a report of this organization, already published here, references (README "Attachments"):
+
+======  ============================================================================  ==========
+status  when                                                                          body
+======  ============================================================================  ==========
+201     verified (SHA-256 and size as the report says) and its chunks published      JSON
+200     published before (the body is not read again)                                same JSON
+400     ``malformed``: the path is not a lower-case hex SHA-256                       JSON
+413     ``oversized``: larger than ``attachments.max_bytes``                          JSON
+422     ``attachment_unreferenced`` (no published report of this organization        JSON
+        references it), ``attachment_hash_mismatch``, ``attachment_size_mismatch``
+503     ``unavailable``: the attachments topic is missing or Kafka did not confirm    JSON
+======  ============================================================================  ==========
+
+No authentication is needed: the bytes are bound by hash to a report signed by an accredited
+observer of this organization, so only bytes such an observer committed to are ever published;
+repeating an upload is answered from the store. The chunks go to ``<prefix>attachments.<org>``
+(:func:`nodes.attachments.publish_attachment`); a crash between publishing them and recording
+them only means they are published again on the next upload, and nodes drop identical chunks.
+
 A receipt is a signed envelope (``application/protobuf``; see :mod:`bus.receipt`); JSON error
 bodies are ``{"reason": code, "detail": text}`` with the stable codes of
 :class:`bus.errors.Reason`. ``GET /v1/node`` returns the gateway's node-key accreditation (so an
@@ -63,6 +84,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from bus.attachment import CHUNK_OVERHEAD_BYTES, AttachmentLimits, check_upload, parse_hex_digest
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError, Reason, StoreError, VerificationError
 from bus.kafka import (
@@ -74,7 +96,16 @@ from bus.kafka import (
     topic_partitions,
     wrap,
 )
-from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Mandate, Receipt, Role, sha256
+from bus.model import (
+    PAYLOAD_ACCREDITATION,
+    Accreditation,
+    Attachment,
+    Envelope,
+    Mandate,
+    Receipt,
+    Role,
+    sha256,
+)
 from bus.receipt import sign_receipt
 from bus.trust import KeyRing, verify_accreditation
 from bus.verify import (
@@ -85,6 +116,7 @@ from bus.verify import (
     VerifiedReport,
     verify_report,
 )
+from nodes.attachments import publish_attachment, topic_message_limit
 from nodes.org_node import RegistryFollower
 
 log = structlog.get_logger(__name__)
@@ -151,6 +183,8 @@ class GatewayConfig:
     burst: int = 500
     registry_refresh_s: float = 5.0
     exit_after_publishes: int | None = None
+    # Attachments: size limit and chunk size (bus/attachment.py).
+    attachments: AttachmentLimits = field(default_factory=AttachmentLimits)
 
     def __post_init__(self) -> None:
         if self.max_body_bytes > self.limits.max_record_bytes:
@@ -226,6 +260,17 @@ CREATE TABLE IF NOT EXISTS chain_heads (
 );
 CREATE TABLE IF NOT EXISTS watermarks (
     partition INTEGER PRIMARY KEY, next_offset INTEGER NOT NULL
+);
+-- What accepted reports say about their attachments (written with the report's intent), and
+-- the attachments published.
+CREATE TABLE IF NOT EXISTS attachment_refs (
+    sha256 BLOB NOT NULL, report_id TEXT NOT NULL, size INTEGER NOT NULL,
+    media_type TEXT NOT NULL, name TEXT NOT NULL,
+    PRIMARY KEY (sha256, report_id)
+);
+CREATE TABLE IF NOT EXISTS attachments (
+    sha256 BLOB PRIMARY KEY, size INTEGER NOT NULL, answer BLOB NOT NULL,
+    published_at_ms INTEGER NOT NULL
 );
 """
 _ROW: Final = "report_id, observer_id, seq, digest, envelope, state, receipt"
@@ -309,9 +354,16 @@ class GatewayStore:
             out[str(s)] = int(n)
         return out
 
-    def record_intent(self, row: Row, now_ms: int) -> None:
-        """Commit the report as ``publishing`` together with its observer's new chain head."""
+    def record_intent(
+        self, row: Row, now_ms: int, attachments: tuple[Attachment, ...] = ()
+    ) -> None:
+        """Commit the report as ``publishing`` together with its observer's new chain head
+        (and what it says about its attachments)."""
         with self._tx() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO attachment_refs VALUES (?,?,?,?,?)",
+                [(a.sha256, row.report_id, a.size, a.media_type, a.name) for a in attachments],
+            )
             db.execute(
                 "INSERT INTO reports (report_id, observer_id, seq, digest, envelope, state,"
                 " accepted_at_ms) VALUES (?,?,?,?,?,?,?)",
@@ -343,6 +395,34 @@ class GatewayStore:
             ).fetchone()
             if left == 0:
                 self._raise_watermarks(db, {p: o + 1 for p, o in confirmed.items()})
+
+    def attachment_refs(self, digest: bytes) -> list[Attachment]:
+        """What this organization's published reports say about an attachment."""
+        rows = self._db.execute(
+            "SELECT a.size, a.media_type, a.name FROM attachment_refs a JOIN reports r"
+            " USING (report_id) WHERE a.sha256 = ? AND r.state = ?",
+            (digest, PUBLISHED),
+        )
+        return [Attachment(digest, int(s), str(m), str(n)) for s, m, n in rows]
+
+    def attachment_answer(self, digest: bytes) -> bytes | None:
+        """The JSON answer given when an attachment was published, or None."""
+        row = self._db.execute(
+            "SELECT answer FROM attachments WHERE sha256 = ?", (digest,)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def record_attachment(self, digest: bytes, size: int, answer: bytes, now_ms: int) -> None:
+        """Commit an attachment's publication."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO attachments VALUES (?,?,?,?)", (digest, size, answer, now_ms)
+            )
+
+    def attachment_count(self) -> int:
+        """Attachments published."""
+        (n,) = self._db.execute("SELECT count(*) FROM attachments").fetchone()
+        return int(n)
 
     def set_watermarks(self, marks: dict[int, int]) -> None:
         """Raise watermarks (never lowers one); only call with nothing ``publishing``."""
@@ -379,6 +459,9 @@ class Gateway:
         self._published_here = 0
         self._refresher: asyncio.Task[None] | None = None
         self._log = log.bind(org=config.org, topic=self.topic)
+        self.attachment_topic = config.topics.attachments(config.org)
+        self._attachments_ok = False
+        self._attachment_locks: dict[bytes, asyncio.Lock] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -396,10 +479,15 @@ class Gateway:
             await self._registry.start()
             # linger 0: one observer sends one report at a time, so waiting to batch is pure
             # latency; concurrent observers still share batches while a request is in flight.
-            self._producer = reliable_producer(cfg.bootstrap, linger_ms=0)
+            # max_request_size: room for one attachment chunk record (at least the default).
+            request_max = max(1_048_576, cfg.attachments.chunk_bytes + CHUNK_OVERHEAD_BYTES)
+            self._producer = reliable_producer(
+                cfg.bootstrap, linger_ms=0, max_request_size=request_max
+            )
             await self._producer.start()
         except KafkaError as exc:
             raise wrap(exc, "starting the gateway") from exc
+        await self._check_attachment_topic()
         await self.recover()
         self._refresher = asyncio.create_task(self._refresh_registry_forever())
         self._log.info(
@@ -417,6 +505,32 @@ class Gateway:
             await self._registry.stop()
         self.store.close()
         self._log.info("gateway_stopped", published_here=self._published_here)
+
+    async def _check_attachment_topic(self) -> bool:
+        """Whether the attachments topic exists and takes a chunk record (cached once true).
+
+        Raises:
+            ConfigError: the topic's max.message.bytes is smaller than a chunk record.
+            TransportError: the broker cannot be asked.
+        """
+        if self._attachments_ok:
+            return True
+        cfg = self.config
+        limit = await topic_message_limit(cfg.bootstrap, self.attachment_topic)
+        if limit is None:
+            self._log.warning("attachments_topic_missing", attachment_topic=self.attachment_topic)
+            return False
+        need = cfg.attachments.chunk_bytes + CHUNK_OVERHEAD_BYTES
+        if limit < need:
+            raise ConfigError(
+                "attachments.chunk_bytes",
+                f"chunk records of up to {need} bytes exceed {self.attachment_topic}'s"
+                f" max.message.bytes = {limit}",
+                f"use chunks of at most {limit - CHUNK_OVERHEAD_BYTES} bytes, or raise the"
+                " topic's max.message.bytes",
+            )
+        self._attachments_ok = True
+        return True
 
     async def _find_node_accreditation(self) -> tuple[bytes, Accreditation]:
         cfg = self.config
@@ -488,7 +602,7 @@ class Gateway:
             row = Row(report.report_id, report.observer_id, report.seq, digest, body,
                       PUBLISHING, None)  # fmt: skip
             try:
-                self.store.record_intent(row, _now_ms())
+                self.store.record_intent(row, _now_ms(), report.attachments)
             except StoreError:
                 self.chain = ChainBook(self.store.heads(), self.store.digest_of)
                 raise
@@ -497,6 +611,67 @@ class Gateway:
             if receipt is None:
                 return Reply.error(503, UNAVAILABLE, "Kafka did not confirm", retry_after_s=1)
             return Reply(201, receipt)
+
+    def attachment_limit(self, hex_digest: str) -> tuple[int, Reply | None]:
+        """Before reading an upload's body: how many bytes to accept, or the refusal.
+
+        The limit is the largest size a published report gives this SHA-256 (never more than
+        ``attachments.max_bytes``), so an upload nobody committed to is refused unread.
+        """
+        try:
+            digest = parse_hex_digest(hex_digest)
+        except VerificationError as exc:
+            return 0, self.refuse(exc)
+        answer = self.store.attachment_answer(digest)
+        if answer is not None:
+            return 0, Reply(200, answer, "application/json")
+        refs = self.store.attachment_refs(digest)
+        if not refs:
+            return 0, self.refuse(
+                VerificationError(
+                    Reason.ATTACHMENT_UNREFERENCED,
+                    f"no report of {self.config.org} published here references {hex_digest}",
+                )
+            )
+        return min(self.config.attachments.max_bytes, max(r.size for r in refs)), None
+
+    async def put_attachment(self, hex_digest: str, body: bytes) -> Reply:
+        """Check and publish one attachment (see the module docstring for the answers)."""
+        max_bytes = self.config.attachments.max_bytes
+        try:
+            digest = parse_hex_digest(hex_digest)
+            ref = check_upload(
+                hex_digest, body, self.store.attachment_refs(digest), max_bytes=max_bytes
+            )
+        except VerificationError as exc:
+            return self.refuse(exc)
+        async with self._attachment_locks.setdefault(digest, asyncio.Lock()):
+            answer = self.store.attachment_answer(digest)
+            if answer is not None:
+                return Reply(200, answer, "application/json")
+            if not await self._check_attachment_topic():
+                return Reply.error(
+                    503, UNAVAILABLE, f"{self.attachment_topic} does not exist", retry_after_s=5
+                )
+            assert self._producer is not None
+            try:
+                # As for reports: never wrap in a timeout (the producer's own timeouts decide).
+                where = await publish_attachment(
+                    self._producer, self.attachment_topic, body,
+                    chunk_size=self.config.attachments.chunk_bytes, org=self.config.org,
+                )  # fmt: skip
+            except KafkaError as exc:
+                self._log.warning("attachment_publish_failed", sha256=hex_digest, error=repr(exc))
+                return Reply.error(503, UNAVAILABLE, "Kafka did not confirm", retry_after_s=1)
+            doc = {
+                "sha256": hex_digest, "size": len(body), "media_type": ref.media_type,
+                "topic": where.topic, "partition": where.partition, "chunks": where.chunks,
+                "first_offset": where.first_offset, "last_offset": where.last_offset,
+            }  # fmt: skip
+            answer = json.dumps(doc).encode()
+            self.store.record_attachment(digest, len(body), answer, _now_ms())
+            self._log.info("attachment_published", **doc)
+            return Reply(201, answer, "application/json")
 
     async def _verify(self, body: bytes) -> VerifiedReport:
         if len(body) > self.config.max_body_bytes:
@@ -700,7 +875,8 @@ def _now_ms() -> int:
 
 
 def make_app(gateway: Gateway) -> web.Application:
-    """The aiohttp application: POST /v1/reports, GET /v1/node, GET /healthz."""
+    """The aiohttp application: POST /v1/reports, PUT /v1/attachments/<sha256>, GET /v1/node,
+    GET /healthz."""
     limit = gateway.config.max_body_bytes
 
     async def post_report(request: web.Request) -> web.Response:
@@ -732,11 +908,44 @@ def make_app(gateway: Gateway) -> web.Application:
     async def get_node(_: web.Request) -> web.Response:
         return web.Response(body=gateway.node_accreditation, content_type=RECEIPT_CONTENT_TYPE)
 
+    async def put_attachment(request: web.Request) -> web.Response:
+        hex_digest = request.match_info["sha256"]
+        most, refusal = gateway.attachment_limit(hex_digest)
+        if refusal is not None:
+            return _response(refusal)
+        size_limit = gateway.config.attachments.max_bytes
+        if request.content_length is not None and request.content_length > size_limit:
+            exc = VerificationError(
+                Reason.OVERSIZED, f"{request.content_length} bytes > {size_limit}"
+            )
+            return _response(gateway.refuse(exc))
+        chunks, total = [], 0
+        async for chunk in request.content.iter_chunked(256 * 1024):
+            total += len(chunk)
+            if total > most:  # larger than any report says: refuse without reading it all
+                reason = Reason.OVERSIZED if total > size_limit else Reason.ATTACHMENT_SIZE_MISMATCH
+                detail = f"more than {most} bytes, the size the report gives"
+                return _response(gateway.refuse(VerificationError(reason, detail)))
+            chunks.append(chunk)
+        try:
+            reply = await gateway.put_attachment(hex_digest, b"".join(chunks))
+        except BusError as exc:
+            log.exception("gateway_error", error=exc.diagnostics())
+            reply = Reply.error(503, UNAVAILABLE, exc.message, retry_after_s=1)
+        except Exception:  # a bug of ours: answer (retriable) and log it loudly
+            log.exception("gateway_internal_error")
+            reply = Reply.error(500, Reason.INTERNAL_ERROR.value, "internal error", 1)
+        return _response(reply)
+
     async def healthz(_: web.Request) -> web.Response:
         counts = gateway.store.counts()
-        return web.json_response({"org": gateway.config.org, "topic": gateway.topic, **counts})
+        return web.json_response(
+            {"org": gateway.config.org, "topic": gateway.topic, **counts,
+             "attachments": gateway.store.attachment_count()}
+        )  # fmt: skip
 
     app = web.Application(client_max_size=limit + 1)
+    app.router.add_put("/v1/attachments/{sha256}", put_attachment)
     app.router.add_post("/v1/reports", post_report)
     app.router.add_get("/v1/node", get_node)
     app.router.add_get("/healthz", healthz)

@@ -13,6 +13,10 @@ An observer's home directory (``--home``, default ``$OBUS_OBSERVER_HOME`` or
                                of possession: the observer's signature over the request)
 ``outbox.db``                  signed reports, chain head, delivery state, receipts
                                (:mod:`nodes.outbox`)
+``blobs/<sha256 hex>``         the bytes of attachments still to upload, copied in at submit
+                               (hashed while copied, fsynced, renamed into place), so a report
+                               stays deliverable when the original file is moved or edited;
+                               deleted once the gateway confirmed their publication
 =============================  ================================================================
 
 Delivery (:func:`sync`): strictly oldest first, one report at a time (the gateway checks the
@@ -23,16 +27,24 @@ is honoured, and so is ``unknown_key`` (the organization may not have published 
 accreditation yet); a refusal (any other 4xx) is recorded with the gateway's reason code and
 delivery moves on. Every outcome is written to the outbox before the next report is sent, so
 ``sync`` can be killed at any moment and run again.
+
+Attachments are uploaded (``PUT /v1/attachments/<sha256 hex>``, the bytes as body) right after
+their report's receipt and before the next report is sent: the gateway accepts only bytes that
+a report it accepted references. An upload fails and heals like a report; a refusal (with the
+gateway's reason) is recorded and does not stop delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import os
 import random
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -45,16 +57,27 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from bus.attachment import MAX_ATTACHMENT_BYTES
 from bus.crypto import SigningKey, pae
 from bus.errors import BusError, ConfigError, KeyStoreError, Reason, VerificationError
-from bus.model import Envelope, Mandate, Role, check_id
+from bus.model import Attachment, Envelope, Mandate, Role, check_id
 from bus.receipt import verify_receipt
-from bus.report_file import Identity, format_of, parse_report
+from bus.report_file import FieldProblem, Identity, ReportFileError, format_of, parse_report
 from bus.sign import ReportSigner
 from bus.trust import KeyRing, verify_accreditation, verify_mandate
 from bus.uuid7 import uuid7
 from bus.verify import ChainHead
-from nodes.outbox import DELIVERED, QUEUED, REJECTED, Entry, Outbox
+from nodes.outbox import (
+    DELIVERED,
+    PENDING,
+    QUEUED,
+    REFUSED,
+    REJECTED,
+    UPLOADED,
+    Entry,
+    Outbox,
+    Upload,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -178,6 +201,20 @@ class Home:
     def outbox(self) -> Path:
         return self.root / "outbox.db"
 
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs"
+
+    def blob(self, digest: bytes) -> Path:
+        """Where the bytes of an attachment are kept until uploaded."""
+        return self.blobs / digest.hex()
+
+    def release_blob(self, digest: bytes) -> None:
+        """Delete an attachment's bytes (no pending upload needs them any more)."""
+        with contextlib.suppress(FileNotFoundError):
+            self.blob(digest).unlink()
+        log.debug("blob_released", sha256=digest.hex())
+
     def load_config(self) -> ObserverConfig:
         """Read observer.json.
 
@@ -287,28 +324,89 @@ def accreditation_request(config: ObserverConfig, key: SigningKey, at_ms: int) -
 # Submit
 
 
-def _hash_file(base: Path) -> Callable[[str], tuple[bytes, int]]:
-    def resolve(path: str) -> tuple[bytes, int]:
-        p = (base / path) if not Path(path).is_absolute() else Path(path)
-        h, size = hashlib.sha256(), 0
-        with p.open("rb") as f:
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def store_blob(
+    blobs: Path, source: Path, *, max_bytes: int = MAX_ATTACHMENT_BYTES
+) -> tuple[bytes, int]:
+    """Copy a file into the blob directory under its SHA-256, atomically and durably.
+
+    The bytes are hashed while they are copied (so the name always matches the content, even if
+    the original changes meanwhile), fsynced, renamed into place and the directory fsynced. A
+    file larger than ``max_bytes`` is hashed to the end but not kept.
+
+    Returns:
+        (SHA-256, size) of what was read.
+
+    Raises:
+        OSError: the file cannot be read or the copy cannot be written.
+    """
+    blobs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    h, size = hashlib.sha256(), 0
+    fd, name = tempfile.mkstemp(dir=blobs, prefix=".incoming-")
+    tmp = Path(name)
+    try:
+        with source.open("rb") as f, os.fdopen(fd, "wb") as out:
             for chunk in iter(lambda: f.read(1 << 20), b""):
                 h.update(chunk)
                 size += len(chunk)
-        return h.digest(), size
+                if size <= max_bytes:
+                    out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        digest = h.digest()
+        if size > max_bytes:
+            tmp.unlink()
+            return digest, size
+        tmp.replace(blobs / digest.hex())
+        _fsync_dir(blobs)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return digest, size
+
+
+def _blob_resolver(base: Path, blobs: Path) -> Callable[[str], tuple[bytes, int]]:
+    def resolve(path: str) -> tuple[bytes, int]:
+        p = (base / path) if not Path(path).is_absolute() else Path(path)
+        return store_blob(blobs, p)
 
     return resolve
+
+
+def _attachment_problems(attachments: tuple[Attachment, ...]) -> list[FieldProblem]:
+    return [
+        FieldProblem(
+            f"attachments[{i}]",
+            f"{a.name or a.sha256.hex()[:16]} has {a.size} bytes",
+            f"at most {MAX_ATTACHMENT_BYTES} bytes ({MAX_ATTACHMENT_BYTES >> 20} MiB) each",
+        )
+        for i, a in enumerate(attachments)
+        if a.size > MAX_ATTACHMENT_BYTES
+    ]
 
 
 def submit_file(home: Home, outbox: Outbox, key: SigningKey, path: Path, *, at_ms: int) -> Entry:
     """Validate a report file, sign it as the next link of the chain and queue it durably.
 
+    Attachments given by ``path`` are copied into the home's blob directory first (see
+    :func:`store_blob`) and queued for upload with the report; one given by SHA-256 alone is
+    uploaded only if its bytes are still in the blob directory (e.g. queued with an earlier
+    report), else it is recorded as ``external``.
+
     Returns:
         The queued entry (committed to disk).
 
     Raises:
-        ReportFileError: the file has problems (all listed).
-        ConfigError: the file cannot be read, or the home is not initialised.
+        ReportFileError: the file has problems (all listed), an attachment too large included.
+        ConfigError: the file cannot be read, or the home is not initialised, or an attachment
+            copy vanished during submit (submit again).
         StoreError: the outbox could not commit (nothing was queued).
     """
     config = home.load_config()
@@ -323,16 +421,32 @@ def submit_file(home: Home, outbox: Outbox, key: SigningKey, path: Path, *, at_m
         now_ms=at_ms,
         fmt=format_of(path.name),
         mandate=mandate,
-        resolve_path=_hash_file(path.parent),
+        resolve_path=_blob_resolver(path.parent, home.blobs),
         source=str(path),
     )
+    problems = _attachment_problems(draft.attachments)
+    if problems:
+        raise ReportFileError(problems, source=str(path), reason=Reason.OVERSIZED)
+    attachments = [(a, home.blob(a.sha256).is_file()) for a in draft.attachments]
 
     def sign_next(head: ChainHead | None) -> tuple[str, bytes]:
+        # Inside the outbox transaction: a sync releasing blobs waits for it, so what is
+        # here now stays until the new rows are committed.
+        for a, held in attachments:
+            if held and not home.blob(a.sha256).is_file():
+                raise ConfigError(
+                    "attachment",
+                    f"the copy of {a.name or a.sha256.hex()} left {home.blobs} during submit",
+                    "submit the report again",
+                )
         report = draft.to_report(report_id=uuid7(at_ms), signed_at_ms=at_ms)
         return report.report_id, ReportSigner(key, head).sign(report)
 
-    entry = outbox.append(sign_next, source=path.name, now_ms=at_ms)
-    log.info("report_queued", report_id=entry.report_id, seq=entry.seq, source=entry.source)
+    entry = outbox.append(sign_next, source=path.name, now_ms=at_ms, attachments=attachments)
+    log.info(
+        "report_queued", report_id=entry.report_id, seq=entry.seq, source=entry.source,
+        attachments=len(attachments), to_upload=sum(held for _, held in attachments),
+    )  # fmt: skip
     return entry
 
 
@@ -380,9 +494,11 @@ class GatewayClient:
     async def _call(self, method: str, path: str, body: bytes | None = None) -> Answer:
         assert self._session is not None
         headers = {"content-type": "application/protobuf"} if body is not None else {}
+        # A file-like body: aiohttp streams it (raw bytes of megabytes would block its loop).
+        stream = None if body is None else io.BytesIO(body)
         try:
             async with self._session.request(
-                method, self.base_url + path, data=body, headers=headers
+                method, self.base_url + path, data=stream, headers=headers
             ) as resp:
                 data = await resp.read()
                 retry = resp.headers.get("Retry-After")
@@ -399,6 +515,10 @@ class GatewayClient:
         """POST the envelope bytes to /v1/reports."""
         return await self._call("POST", "/v1/reports", envelope)
 
+    async def put_attachment(self, digest: bytes, data: bytes) -> Answer:
+        """PUT an attachment's bytes to /v1/attachments/<sha256 hex>."""
+        return await self._call("PUT", f"/v1/attachments/{digest.hex()}", data)
+
     async def node_accreditation(self) -> Answer:
         """GET /v1/node: the gateway's node-key accreditation envelope."""
         return await self._call("GET", "/v1/node")
@@ -413,7 +533,8 @@ class Backoff:
 
     def delay(self, failures: int, rng: random.Random, retry_after_s: float | None) -> float:
         """Seconds to wait after ``failures`` consecutive failures (>= Retry-After if given)."""
-        bound = min(self.cap_s, self.base_s * 2 ** max(0, failures - 1))
+        # The exponent is bounded: a sync retrying for days must not overflow a float.
+        bound = min(self.cap_s, self.base_s * 2 ** min(max(0, failures - 1), 60))
         wait = rng.uniform(0, bound)
         return max(wait, retry_after_s or 0.0)
 
@@ -428,6 +549,10 @@ class SyncResult:
     failures: int = 0
     remaining: int = 0
     bad_receipts: int = 0
+    uploaded: int = 0  # attachments the gateway confirmed
+    uploaded_bytes: int = 0
+    refused_uploads: int = 0
+    remaining_uploads: int = 0
 
 
 def receipt_keyring(home: Home, outbox: Outbox, *, at_ms: int) -> KeyRing:
@@ -473,12 +598,15 @@ async def sync(
 ) -> SyncResult:
     """Deliver queued reports oldest first until none is left or the budget is spent.
 
+    The attachments of a delivered report are uploaded before the next report is sent.
+
     Args:
         max_seconds: stop retrying after this long (the queue stays for the next sync).
         max_failures: stop after this many consecutive failures (``submit`` uses 1).
 
     Returns:
-        Counts of what happened; ``remaining`` queued reports are left for the next run.
+        Counts of what happened; ``remaining`` queued reports (and ``remaining_uploads``
+        attachments) are left for the next run.
     """
     config = home.load_config()
     rng = rng or random.Random()
@@ -486,51 +614,135 @@ async def sync(
     result = SyncResult()
     ring: KeyRing | None = None
     failures = 0
-    while (entry := outbox.next_queued()) is not None:
-        bound = log.bind(report_id=entry.report_id, seq=entry.seq)
-        answer: Answer | None = None
-        try:
-            answer = await client.submit(entry.envelope)
-        except Unreachable as exc:
-            error = str(exc)
+    while True:
+        upload = outbox.next_upload()
+        if upload is not None:
+            answer, error = await _upload(home, outbox, client, upload, result)
+            if error is None:
+                failures = 0
+                continue
         else:
-            error = f"HTTP {answer.status}: {answer.error()[0]}"
-        if answer is not None and answer.status in (200, 201):
-            if ring is None or not _knows_signer(ring, answer.body):
-                ring = await _refresh_ring(client, home, outbox, config)
-            ok = _receipt_ok(ring, answer.body, entry.envelope)
-            outbox.mark_delivered(
-                entry.seq,
-                receipt=answer.body,
-                receipt_ok=ok,
-                http_status=answer.status,
-                now_ms=now_ms(),
+            entry = outbox.next_queued()
+            if entry is None:
+                break
+            answer, error, ring = await _deliver(
+                home, outbox, client, config, entry, ring=ring, result=result
             )
-            result.delivered += 1
-            result.duplicates += answer.status == 200
-            result.bad_receipts += not ok
-            bound.info("report_delivered", status=answer.status, receipt_ok=ok)
-            failures = 0
-            continue
-        if answer is not None and _is_refusal(answer):
-            reason, detail = answer.error()
-            outbox.mark_rejected(
-                entry.seq, reason=reason, detail=detail, http_status=answer.status, now_ms=now_ms()
-            )
-            result.rejected += 1
-            bound.warning("report_rejected", status=answer.status, reason=reason, detail=detail)
-            failures = 0
-            continue
-        outbox.record_failure(entry.seq, error)
+            if error is None:
+                failures = 0
+                continue
         failures += 1
         result.failures += 1
-        wait = backoff.delay(failures, rng, None if answer is None else answer.retry_after_s)
-        bound.info("delivery_failed", error=error, failures=failures, retry_in_s=round(wait, 2))
+        retry_s = None if answer is None else answer.retry_after_s
+        wait = backoff.delay(failures, rng, retry_s)
+        log.info("delivery_failed", error=error, failures=failures, retry_in_s=round(wait, 2))
         if (max_failures is not None and failures >= max_failures) or clock() + wait > deadline:
             break
         await sleep(wait)
     result.remaining = outbox.counts()[QUEUED]
+    result.remaining_uploads = outbox.upload_counts()[PENDING]
     return result
+
+
+async def _deliver(
+    home: Home,
+    outbox: Outbox,
+    client: GatewayClient,
+    config: ObserverConfig,
+    entry: Entry,
+    *,
+    ring: KeyRing | None,
+    result: SyncResult,
+) -> tuple[Answer | None, str | None, KeyRing | None]:
+    """Send one report; returns (answer, error or None once settled, key ring)."""
+    bound = log.bind(report_id=entry.report_id, seq=entry.seq)
+    answer: Answer | None = None
+    try:
+        answer = await client.submit(entry.envelope)
+    except Unreachable as exc:
+        error = str(exc)
+    else:
+        error = f"HTTP {answer.status}: {answer.error()[0]}"
+    if answer is not None and answer.status in (200, 201):
+        if ring is None or not _knows_signer(ring, answer.body):
+            ring = await _refresh_ring(client, home, outbox, config)
+        ok = _receipt_ok(ring, answer.body, entry.envelope)
+        outbox.mark_delivered(
+            entry.seq,
+            receipt=answer.body,
+            receipt_ok=ok,
+            http_status=answer.status,
+            now_ms=now_ms(),
+        )
+        result.delivered += 1
+        result.duplicates += answer.status == 200
+        result.bad_receipts += not ok
+        bound.info("report_delivered", status=answer.status, receipt_ok=ok)
+        return answer, None, ring
+    if answer is not None and _is_refusal(answer):
+        reason, detail = answer.error()
+        outbox.mark_rejected(
+            entry.seq,
+            reason=reason,
+            detail=detail,
+            http_status=answer.status,
+            now_ms=now_ms(),
+            release=home.release_blob,
+        )
+        result.rejected += 1
+        bound.warning("report_rejected", status=answer.status, reason=reason, detail=detail)
+        return answer, None, ring
+    outbox.record_failure(entry.seq, error)
+    return answer, error, ring
+
+
+# An upload the observer cannot make: the bytes are no longer in the blob directory (removed
+# by hand). Not a gateway reason code; recorded like a refusal so delivery goes on.
+BLOB_MISSING: Final = "blob_missing"
+
+
+async def _upload(
+    home: Home, outbox: Outbox, client: GatewayClient, upload: Upload, result: SyncResult
+) -> tuple[Answer | None, str | None]:
+    """Upload one attachment; returns (answer, error or None once settled)."""
+    bound = log.bind(report_id=upload.report_id, seq=upload.seq, sha256=upload.sha256.hex())
+    try:
+        data = home.blob(upload.sha256).read_bytes()
+    except FileNotFoundError:
+        outbox.finish_upload(
+            upload.seq, upload.sha256, state=REFUSED, http_status=None, now_ms=now_ms(),
+            reason=BLOB_MISSING, detail=f"{home.blob(upload.sha256)} is gone",
+        )  # fmt: skip
+        result.refused_uploads += 1
+        bound.warning("attachment_refused", reason=BLOB_MISSING)
+        return None, None
+    answer: Answer | None = None
+    try:
+        answer = await client.put_attachment(upload.sha256, data)
+    except Unreachable as exc:
+        error = str(exc)
+    else:
+        error = f"HTTP {answer.status}: {answer.error()[0]}"
+    if answer is not None and answer.status in (200, 201):
+        outbox.finish_upload(
+            upload.seq, upload.sha256, state=UPLOADED, http_status=answer.status,
+            now_ms=now_ms(), release=home.release_blob,
+        )  # fmt: skip
+        result.uploaded += 1
+        result.uploaded_bytes += len(data)
+        bound.info("attachment_uploaded", status=answer.status, size=len(data))
+        return answer, None
+    if answer is not None and _is_refusal(answer):
+        reason, detail = answer.error()
+        outbox.finish_upload(
+            upload.seq, upload.sha256, state=REFUSED, http_status=answer.status,
+            now_ms=now_ms(), reason=reason, detail=detail, release=home.release_blob,
+        )  # fmt: skip
+        result.refused_uploads += 1
+        bound.warning("attachment_refused", status=answer.status, reason=reason, detail=detail)
+        return answer, None
+    outbox.record_upload_failure(upload.seq, upload.sha256, error)
+    return answer, error
 
 
 # Refusals that heal by waiting: the gateway is busy, or the organization has not published
@@ -577,7 +789,8 @@ def _receipt_ok(ring: KeyRing, receipt: bytes, envelope: bytes) -> bool:
 
 
 def status(home: Home, outbox: Outbox) -> dict[str, Any]:
-    """A JSON-able summary: identity, chain head, counts, the oldest queued, every rejection."""
+    """A JSON-able summary: identity, chain head, counts, the oldest queued, every rejection,
+    and the attachments (counts per state; every one still pending or refused)."""
     config = home.load_config()
     head = outbox.head()
     queued = outbox.entries(QUEUED)
@@ -610,6 +823,26 @@ def status(home: Home, outbox: Outbox) -> dict[str, Any]:
             }
             for e in outbox.entries(REJECTED)
         ],
+        "attachments": {
+            "counts": outbox.upload_counts(),
+            "open": [
+                {
+                    "seq": u.seq,
+                    "report_id": u.report_id,
+                    "sha256": u.sha256.hex(),
+                    "size": u.size,
+                    "media_type": u.media_type,
+                    "name": u.name,
+                    "state": u.state,
+                    "attempts": u.attempts,
+                    "last_error": u.last_error,
+                    "reason": u.reason,
+                    "detail": u.detail,
+                }
+                for u in outbox.uploads()
+                if u.state in (PENDING, REFUSED)
+            ],
+        },
     }
 
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Final
 
 from rich.console import Console
 
+from bus.attachment import MAX_ATTACHMENT_BYTES
 from bus.errors import BusError, ConfigError
 from bus.kafka import Topics
 from bus.verify import DEFAULT_MAX_RECORD_BYTES
@@ -59,6 +60,10 @@ def _iso(ms: int | None) -> str:
     if not ms:
         return "-"
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
@@ -127,13 +132,18 @@ def _sync(
         if result.duplicates:
             parts.append(f"({result.duplicates} already at the gateway)")
         parts.append(f"rejected {result.rejected}, still queued {result.remaining}")
+        if result.uploaded or result.refused_uploads or result.remaining_uploads:
+            parts.append(
+                f"attachments: uploaded {result.uploaded} ({_mib(result.uploaded_bytes)}),"
+                f" refused {result.refused_uploads}, still to upload {result.remaining_uploads}"
+            )
         if result.bad_receipts:
             parts.append(f"- {result.bad_receipts} receipts DO NOT VERIFY")
         if result.remaining and quiet_offline:
             print(f"gateway {config.gateway} not reachable; {result.remaining} queued for sync")
         else:
             print(", ".join(parts))
-        return EXIT_QUEUED if result.remaining else 0
+        return EXIT_QUEUED if result.remaining or result.remaining_uploads else 0
 
     try:
         return asyncio.run(run())
@@ -188,6 +198,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"  [red]rejected[/] seq {r['seq']:>5} {r['report_id']} {r['source']}:"
             f" HTTP {r['http_status']} {r['reason']} - {r['detail']}"
         )
+    a = doc["attachments"]["counts"]
+    if any(a.values()):
+        out.print(
+            f"attachments  to upload {a['pending']}   uploaded {a['uploaded']}   refused"
+            f" {a['refused']}   dropped {a['dropped']}   by reference only {a['external']}"
+        )
+    for u in doc["attachments"]["open"]:
+        what = f"{u['name'] or u['sha256'][:16]} ({_mib(u['size'])}, {u['media_type']})"
+        if u["state"] == "pending":
+            err = f" - last error: {u['last_error']}" if u["last_error"] else ""
+            out.print(f"  to upload seq {u['seq']:>5} {what}, {u['attempts']} attempts{err}")
+        else:
+            out.print(f"  [red]refused[/]  seq {u['seq']:>5} {what}: {u['reason']} - {u['detail']}")
     return 0
 
 
@@ -225,6 +248,8 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     if mandate.organization(args.org) is None:
         known = ", ".join(o.org for o in mandate.organizations)
         raise ConfigError("org", f"{args.org!r} is not part of the mandate", f"one of {known}")
+    from bus.attachment import AttachmentLimits  # noqa: PLC0415
+
     fault = os.environ.get(FAULT_ENV)
     config = GatewayConfig(
         org=args.org,
@@ -239,6 +264,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         rate_per_s=args.rate,
         burst=args.burst,
         exit_after_publishes=int(fault) if fault else None,
+        attachments=AttachmentLimits(max_bytes=args.max_attachment_bytes),
     )
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     return asyncio.run(run_gateway(config))
@@ -296,7 +322,9 @@ def add_commands(
         help="run an organization's ingest gateway for its observers (HTTP)",
         description="POST /v1/reports: verify the envelope (this organization's accredited "
         "observers, within the mandate), check the observer's chain, publish exactly once "
-        "(idempotent producer, acks=all) and answer with a receipt signed by the node key.",
+        "(idempotent producer, acks=all) and answer with a receipt signed by the node key. "
+        "PUT /v1/attachments/<sha256>: publish the bytes of an attachment a published report "
+        "references, in chunks on <prefix>attachments.<org>.",
     )
     gw.add_argument("--org", required=True, help="this organization's id")
     gw.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
@@ -306,6 +334,10 @@ def add_commands(
     gw.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     gw.add_argument("--port", type=int, default=8480, help="listen port (default 8480)")
     gw.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_RECORD_BYTES)
+    gw.add_argument(
+        "--max-attachment-bytes", type=int, default=MAX_ATTACHMENT_BYTES, metavar="N",
+        help=f"largest attachment accepted (default {MAX_ATTACHMENT_BYTES}, 32 MiB)",
+    )  # fmt: skip
     gw.add_argument("--rate", type=float, default=10.0, help="reports/s per observer")
     gw.add_argument("--burst", type=int, default=500, help="burst per observer")
     common(gw)

@@ -23,6 +23,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from bus.attachment import AttachmentLimits
 from bus.crypto import SigningKey
 from bus.errors import BusError, StoreError, VerificationError
 from bus.ingest import Ingestor
@@ -34,6 +35,7 @@ from bus.sealed import DecryptionKey
 from bus.store import NodeStore, Outcome, Quarantined, RecordRef
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits
+from nodes.attachments import AttachmentNode, config_for_node
 from nodes.preverify import PreVerifier
 from nodes.trust_follower import TrustFollower
 
@@ -69,6 +71,9 @@ class NodeConfig:
     # Worker processes that check a batch's Ed25519 signatures in parallel before the
     # sequential path runs (nodes/preverify.py); 0: everything in this process.
     verify_workers: int = 0
+    # Attachments (issue 3): limits of the reassembler run beside the node by run_node (its
+    # own consumer group and store, nodes/attachments.py); None: no reassembler.
+    attachments: AttachmentLimits | None = field(default_factory=AttachmentLimits)
 
 
 class RegistryFollower:
@@ -331,6 +336,8 @@ async def run_node(config: NodeConfig, *, companions: Sequence[Companion] = ()) 
     import signal  # noqa: PLC0415 - only the process entry point handles signals
 
     parts: list[Companion] = [OrgNode(config), *companions]
+    if config.attachments is not None:  # after OrgNode: it reads the node's store
+        parts.append(AttachmentNode(config_for_node(config, config.attachments)))
 
     def stop_all() -> None:
         for part in parts:

@@ -12,7 +12,7 @@ PURE = [
     "bus.witness", "bus.export",
     "bus.ceremony", "bus.lifecycle", "bus.sealed",
     "bus.decision", "bus.statement",
-    "bus.receipt", "bus.report_file", "bus.acl",
+    "bus.receipt", "bus.report_file", "bus.acl", "bus.attachment",
 ]  # fmt: skip
 FORBIDDEN = ["asyncio", "aiokafka", "socket", "http", "aiohttp", "ssl", "selectors"]
 
