@@ -59,6 +59,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--topic-prefix", default="obus.", metavar="PREFIX", help="topic prefix (default obus.)"
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    from nodes.kafka_cli import add_security_args  # noqa: PLC0415 - issue 8: SASL/TLS
+
+    add_security_args(p)
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
@@ -77,7 +80,10 @@ def _cmd_node(args: argparse.Namespace) -> int:
     node_key = _node_key_for_policy(args, policy)
     if policy is not None:
         policy.check_mandate(mandate)
+    from nodes.kafka_cli import security_from_args  # noqa: PLC0415
+
     config = NodeConfig(
+        security=security_from_args(args),
         org=args.org,
         bootstrap=_bootstrap(args),
         db_path=Path(args.db),
@@ -149,7 +155,12 @@ def _cmd_topics(args: argparse.Namespace) -> int:
     if not orgs:
         raise BusError("no organizations: pass --mandate FILE or --orgs un,osce,...")
     specs = standard_topics(Topics(args.topic_prefix), orgs, partitions=args.partitions)
-    asyncio.run(ensure_topics(_bootstrap(args), specs, replication=args.replication))
+    from nodes.kafka_cli import security_from_args  # noqa: PLC0415
+
+    security = security_from_args(args)
+    asyncio.run(
+        ensure_topics(_bootstrap(args), specs, replication=args.replication, security=security)
+    )
     for s in specs:
         print(f"{s.name}  partitions={s.partitions}  {dict(s.configs)}")
     return 0
@@ -297,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
     from nodes.witness_cli import add_witness_commands  # noqa: PLC0415 - issue 5
 
     add_witness_commands(sub, _common, _bootstrap)
+
+    from nodes.kafka_cli import add_acl_commands  # noqa: PLC0415 - issue 8: broker ACLs
+
+    add_acl_commands(sub, _common, _bootstrap)
     return parser
 
 

@@ -27,7 +27,7 @@ from bus.attachment import AttachmentLimits
 from bus.crypto import SigningKey
 from bus.errors import BusError, StoreError, VerificationError
 from bus.ingest import Ingestor
-from bus.kafka import Topics, wrap
+from bus.kafka import KafkaSecurity, Topics, client_options, wrap
 from bus.lifecycle import TrustTimeline
 from bus.model import Envelope, Mandate, Revocation, Role
 from bus.policy import Policy
@@ -59,6 +59,8 @@ class NodeConfig:
     poll_timeout_ms: int = 500
     # How often new topics matching the report pattern are discovered.
     metadata_max_age_ms: int = 5000
+    # How this node authenticates to the brokers (None: PLAINTEXT); see bus.kafka.KafkaSecurity.
+    security: KafkaSecurity | None = None
     # Restricted reports (issue 4): this organization's X25519 keys, to read reports sealed to it.
     decryption_keys: tuple[DecryptionKey, ...] = ()
     # Follow-up and dashboard (issue 6): the key that signs published decisions (accredited
@@ -82,11 +84,18 @@ class RegistryFollower:
     Rejected registry records are logged and counted, never applied.
     """
 
-    def __init__(self, bootstrap: str, topic: str, keyring: KeyRing) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        keyring: KeyRing,
+        *,
+        security: KafkaSecurity | None = None,
+    ) -> None:
         self.keyring = keyring
         self.rejected = 0
         self._tp = TopicPartition(topic, 0)
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+        self._consumer = AIOKafkaConsumer(**client_options(bootstrap, security), group_id=None)
         self._position = 0
 
     async def start(self) -> None:
@@ -147,7 +156,11 @@ class OrgNode:
         # Mandate versions and key state over log time (README "Mandate versions").
         self.trust = TrustTimeline(config.mandate)
         self.registry = TrustFollower(
-            config.bootstrap, config.topics.mandate, config.topics.registry, self.trust
+            config.bootstrap,
+            config.topics.mandate,
+            config.topics.registry,
+            self.trust,
+            security=config.security,
         )
         self.chain = ChainBook(self.store.chain_heads(), self.store.report_digest)
         self.ingestor = Ingestor(self.keyring, self.chain, {}, config.limits)
@@ -217,7 +230,7 @@ class OrgNode:
         await self._mark_revoked(await self.registry.start())
         self._log.info("node_started", accredited_keys=len(self.keyring), db=str(cfg.db_path))
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap,
+            **client_options(cfg.bootstrap, cfg.security),
             group_id=f"{cfg.topics.prefix}node.{cfg.org}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -313,7 +326,14 @@ class OrgNode:
                 )
             else:
                 self.counts["accepted"] += 1
-        await consumer.commit({TopicPartition(t, p): o for (t, p), o in touched.items()})
+        try:
+            await consumer.commit({TopicPartition(t, p): o for (t, p), o in touched.items()})
+        except KafkaError as exc:
+            # The store, not the group offset, says where to resume (seek_to_store on every
+            # assignment), so a commit lost to a rebalance or a failed-over coordinator (a
+            # broker killed or frozen, a member dropped after its session timeout) costs
+            # nothing: log it and go on; the consumer rejoins on its next poll.
+            self._log.warning("offset_commit_failed", error=repr(exc), partitions=len(touched))
         self._log.debug("batch_stored", records=len(outcomes), **self.counts)
 
 
