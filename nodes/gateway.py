@@ -73,8 +73,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -107,6 +106,7 @@ from bus.model import (
     sha256,
 )
 from bus.receipt import sign_receipt
+from bus.store import sqlite_transaction
 from bus.trust import KeyRing, verify_accreditation
 from bus.verify import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -305,18 +305,8 @@ class GatewayStore:
         """Close the database."""
         self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"gateway store transaction failed: {exc}") from exc
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite_transaction(self._db, "gateway store")
 
     def by_digest(self, digest: bytes) -> Row | None:
         """The accepted report with these exact envelope bytes, or None."""

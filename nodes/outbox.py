@@ -29,14 +29,15 @@ the bytes of a report being queued.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from bus.errors import StoreError
 from bus.model import Attachment, sha256
+from bus.store import sqlite_transaction
 from bus.verify import ChainHead
 
 QUEUED: Final = "queued"
@@ -216,18 +217,8 @@ class Outbox:
         """Close the database."""
         self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"outbox transaction failed: {exc}") from exc
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return sqlite_transaction(self._db, "outbox")
 
     # -- writes ------------------------------------------------------------------------------
 
