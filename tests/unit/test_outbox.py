@@ -96,6 +96,9 @@ def test_two_processes_appending_at_once_never_fork_the_chain(tmp_path: Path) ->
             box.append(sign_next, source="t", now_ms=m.now)
         box.close()
 
+    # Create the database (schema, WAL) first: the race under test is two appends, not two
+    # processes switching a brand-new file's journal mode at the same instant.
+    Outbox(tmp_path / "o.db").close()
     threads = [threading.Thread(target=work) for _ in range(2)]
     for t in threads:
         t.start()
