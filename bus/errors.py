@@ -122,5 +122,15 @@ class StoreError(BusError):
     """The local store failed (disk full, read-only, corrupt). Consumption must stop."""
 
 
+class StoreConflictError(StoreError):
+    """Another worker sharing the store committed first what a batch was judged against.
+
+    Raised by :meth:`bus.store.NodeStore.commit_batch` when a partition's stored position, an
+    observer's chain head or a report id changed since the batch read them; nothing of the
+    batch was stored. Not a failure: the worker reloads the store's state, seeks back to its
+    positions and judges the records again.
+    """
+
+
 class KeyStoreError(BusError):
     """A key file cannot be read, decrypted or written."""

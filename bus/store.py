@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from bus.errors import StoreError
+from bus.errors import StoreConflictError, StoreError
 from bus.model import sha256
 from bus.policy import Decision, Evidence
 from bus.sealed import VerifiedSealed
@@ -223,6 +223,37 @@ def _add_missing_columns(db: sqlite3.Connection) -> None:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
 
+def _check_positions(
+    db: sqlite3.Connection,
+    positions: Mapping[tuple[str, int], int],
+    expected: Mapping[tuple[str, int], int],
+) -> None:
+    for topic, partition in positions:
+        row = db.execute(
+            "SELECT next_offset FROM positions WHERE topic = ? AND partition = ?",
+            (topic, partition),
+        ).fetchone()
+        have, want = (0 if row is None else row[0]), expected.get((topic, partition), 0)
+        if have != want:
+            raise StoreConflictError(
+                f"{topic}[{partition}] is stored up to {have}, the batch started at {want}",
+                topic=topic,
+                partition=partition,
+            )
+
+
+def _check_heads(db: sqlite3.Connection, expected: Mapping[str, ChainHead | None]) -> None:
+    for observer, head in expected.items():
+        row = db.execute(
+            "SELECT seq, digest FROM chain_heads WHERE observer_id = ?", (observer,)
+        ).fetchone()
+        have = None if row is None else ChainHead(row[0], bytes(row[1]))
+        if have != head:
+            raise StoreConflictError(
+                f"chain head of {observer} changed since the batch read it", observer=observer
+            )
+
+
 @contextmanager
 def sqlite_transaction(db: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
     """One ``BEGIN IMMEDIATE`` transaction on an autocommit connection: all or nothing.
@@ -253,7 +284,11 @@ class NodeStore:
                     f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10
                 )
                 return
-            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            # timeout: how long a write waits for another process's transaction (workers of
+            # one organization may share a store, see commit_batch).
+            self._db = sqlite3.connect(
+                str(path), isolation_level=None, check_same_thread=False, timeout=30
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode survives process crashes; a power loss may lose the last
             # transactions, which are then read again from Kafka (positions live here too).
@@ -279,13 +314,26 @@ class NodeStore:
         positions: dict[tuple[str, int], int],
         *,
         stored_at_ms: int | None = None,
+        expect_positions: Mapping[tuple[str, int], int] | None = None,
+        expect_heads: Mapping[str, ChainHead | None] | None = None,
     ) -> None:
         """Store a batch atomically (see module docstring).
 
         ``stored_at_ms`` (default: now) is written to every report row of the batch: when this
         node had the report durably, for latency measurements (``make bench``).
 
+        Several workers of one organization may share a store (``obus node --ingest-only``).
+        Each batch is then judged against what its worker last read, and it commits only if
+        that is still what the store holds: ``expect_positions`` gives the next offset the
+        batch started from for every partition in ``positions`` (0: never stored), and
+        ``expect_heads`` the chain head each changed observer had before the batch (None:
+        none). Checked inside the write transaction, so committed batches form one serial
+        history, each judged against exactly the state before it; a report id stored
+        meanwhile by another worker is the same kind of conflict.
+
         Raises:
+            StoreConflictError: another writer changed what the batch was judged against; nothing
+                of the batch was stored (reload, seek back and judge again).
             StoreError: the transaction failed and nothing of the batch was stored.
         """
         reports, quarantine, sealed_rows = [], [], []
@@ -317,11 +365,18 @@ class NodeStore:
                      ref.key, o.raw)
                 )  # fmt: skip
         with self._tx() as db:
+            if expect_positions is not None:
+                _check_positions(db, positions, expect_positions)
+            if expect_heads is not None:
+                _check_heads(db, expect_heads)
             stored = int(time.time() * 1000) if stored_at_ms is None else stored_at_ms
-            db.executemany(
-                f"INSERT INTO reports ({_REPORT_COLUMNS}) VALUES ({','.join('?' * 16)})",  # noqa: S608
-                [(*row, stored) for row in reports],
-            )
+            try:
+                db.executemany(
+                    f"INSERT INTO reports ({_REPORT_COLUMNS}) VALUES ({','.join('?' * 16)})",  # noqa: S608
+                    [(*row, stored) for row in reports],
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreConflictError(f"a report of the batch is already stored: {exc}") from exc
             db.executemany("INSERT INTO sealed_reports VALUES (?,?,?,?,?)", sealed_rows)
             db.executemany(
                 'INSERT INTO quarantine (topic, partition, "offset", reason, detail, log_time_ms,'

@@ -271,6 +271,9 @@ class ChainBook:
         self._heads = dict(heads)
         self._lookup = lookup_digest
         self._pending: dict[str, bytes] = {}
+        # Observers whose head changed since the last flushed(), with the head before the
+        # first change (None: no report before): what a shared store checks at commit time.
+        self._base: dict[str, ChainHead | None] = {}
 
     def head(self, observer_id: str) -> ChainHead | None:
         """The observer's chain head, or None before its first report."""
@@ -322,12 +325,29 @@ class ChainBook:
                 Reason.CHAIN_FORK,
                 f"observer {r.observer_id}: prev_digest is not the digest of seq {head.seq}",
             )
+        if r.observer_id not in self._base:
+            self._base[r.observer_id] = head
         self._heads[r.observer_id] = ChainHead(r.seq, envelope_digest)
         self._pending[r.report_id] = envelope_digest
 
     def flushed(self) -> None:
-        """Forget in-memory report ids once the store has committed them."""
+        """Forget in-memory report ids and changes once the store has committed them."""
         self._pending.clear()
+        self._base.clear()
+
+    def reload(self, heads: dict[str, ChainHead]) -> None:
+        """Start over from a store's heads, dropping everything not flushed (a lost batch)."""
+        self._heads = dict(heads)
+        self._pending.clear()
+        self._base.clear()
+
+    def changed(self) -> dict[str, ChainHead]:
+        """Heads changed since the last :meth:`flushed`: what a batch commit writes."""
+        return {o: self._heads[o] for o in self._base}
+
+    def bases(self) -> dict[str, ChainHead | None]:
+        """For each changed observer, its head before this batch (None: it had none)."""
+        return dict(self._base)
 
     def heads(self) -> dict[str, ChainHead]:
         """A copy of all chain heads."""

@@ -94,7 +94,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         http_host=args.http_host,
         verify_workers=args.verify_workers,
-        attachments=_attachment_limits(args),
+        attachments=None if args.ingest_only else _attachment_limits(args),
+        ingest_only=args.ingest_only,
     )
     if args.decryption_key:  # restricted reports sealed to this organization (issue 4)
         import dataclasses  # noqa: PLC0415
@@ -104,6 +105,10 @@ def _cmd_node(args: argparse.Namespace) -> int:
         keys = tuple(read_decryption_key(Path(f), args.org) for f in args.decryption_key)
         config = dataclasses.replace(config, decryption_keys=keys)
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    if args.ingest_only:  # an extra worker: the full node runs the witness and follow-up
+        from nodes.org_node import run_node  # noqa: PLC0415
+
+        return asyncio.run(run_node(config))
     from nodes.witness_cli import run_with_witness  # noqa: PLC0415 - issue 5: the witness
 
     return asyncio.run(run_with_witness(args, config))
@@ -225,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="check each batch's signatures in N worker processes first (same rule, same "
         "verdicts; default 0: all in the node process). Useful up to the number of cores.",
+    )
+    node.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="run an extra ingest worker of this organization's node: same --org and --db "
+        "(one SQLite file, same host) as the full node, sharing its consumer group and so its "
+        "partitions; it only verifies and stores (the full node runs follow-up, dashboard, "
+        "witness and attachments). Each batch commits only if the store still holds what it "
+        "was judged against, so workers never store a record twice or judge on stale chains.",
     )
     att = node.add_argument_group(
         "attachments",

@@ -14,6 +14,7 @@ statements) and the dashboard run beside the ingest loop and read the store on t
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from aiokafka.errors import KafkaError
 
 from bus.attachment import AttachmentLimits
 from bus.crypto import SigningKey
-from bus.errors import BusError, StoreError, VerificationError
+from bus.errors import BusError, StoreConflictError, StoreError, VerificationError
 from bus.ingest import Ingestor
 from bus.kafka import KafkaSecurity, Topics, client_options, wrap
 from bus.lifecycle import TrustTimeline
@@ -40,6 +41,9 @@ from nodes.preverify import PreVerifier
 from nodes.trust_follower import TrustFollower
 
 log = structlog.get_logger(__name__)
+
+# A worker that keeps losing commit races stops instead of spinning (see _lost_race).
+_MAX_CONFLICTS_IN_A_ROW = 100
 
 Batch = dict[TopicPartition, list]  # type: ignore[type-arg]  # aiokafka's getmany() result
 
@@ -76,6 +80,11 @@ class NodeConfig:
     # Attachments (issue 3): limits of the reassembler run beside the node by run_node (its
     # own consumer group and store, nodes/attachments.py); None: no reassembler.
     attachments: AttachmentLimits | None = field(default_factory=AttachmentLimits)
+    # An extra ingest worker of this organization's node (issue 7, scaling): it shares
+    # db_path and the consumer group with the full node and with other workers, and only
+    # consumes, verifies and stores (no follow-up, dashboard or attachments; the full node
+    # runs those). Batches commit only against unchanged store state (StoreConflictError).
+    ingest_only: bool = False
 
 
 class RegistryFollower:
@@ -137,10 +146,13 @@ class _SeekToStore(ConsumerRebalanceListener):  # type: ignore[misc]
         self._node = node
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        log.info("partitions_revoked", count=len(revoked))
+        # Let a store commit in flight finish before the partitions go to another worker.
+        async with self._node.commit_lock:
+            log.info("partitions_revoked", count=len(revoked))
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        self._node.seek_to_store(assigned)
+        async with self._node.commit_lock:
+            self._node.seek_to_store(assigned)
 
 
 class OrgNode:
@@ -174,6 +186,14 @@ class OrgNode:
         self.ingestor.decryption_keys = {k.key_id: k for k in config.decryption_keys}
         self.counts["revoked_after_acceptance"] = 0
         self._preverifier: PreVerifier | None = None
+        # Held around each store commit; rebalance callbacks wait for it (see _SeekToStore).
+        self.commit_lock = asyncio.Lock()
+        # Set when partitions were (re)assigned or a batch lost a commit race: batches fetched
+        # before are dropped and state is read again from the store (shared-store workers).
+        self._resync = False
+        self._stale_heads = False
+        self.conflicts = 0
+        self._conflicts_in_a_row = 0
 
     @property
     def keyring(self) -> KeyRing:
@@ -201,11 +221,28 @@ class OrgNode:
         self._stopping.set()
 
     def seek_to_store(self, assigned: list[TopicPartition]) -> None:
-        """Position the consumer at the store's next offset for each assigned partition."""
+        """Position the consumer at the store's next offset for each assigned partition.
+
+        Positions are read from the store again: a worker sharing it may have stored more of
+        these partitions while another worker owned them.
+        """
         assert self._consumer is not None
+        self._positions = self.store.positions()
         for tp in assigned:
             self._consumer.seek(tp, self._positions.get((tp.topic, tp.partition), 0))
+        # Chain heads are read again before the next batch is judged (not now: a batch judged
+        # against the old heads may be waiting to commit; the store fences it if they moved).
+        self._stale_heads = True
         self._log.info("partitions_assigned", count=len(assigned))
+
+    def _reload(self) -> None:
+        """Drop the judged batch and start again from the store (a lost commit race)."""
+        assert self._consumer is not None
+        self._positions = self.store.positions()
+        self.chain.reload(self.store.chain_heads())
+        for tp in self._consumer.assignment():
+            self._consumer.seek(tp, self._positions.get((tp.topic, tp.partition), 0))
+        self._resync = True
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records on the broker not yet stored, per assigned partition (as of the last fetch)."""
@@ -225,8 +262,10 @@ class OrgNode:
         cfg = self.config
         from nodes.followup import NodeExtras  # noqa: PLC0415 - nodes.followup imports this module
 
-        self.extras = extras = NodeExtras(self)
-        await extras.start()
+        extras = None if cfg.ingest_only else NodeExtras(self)
+        self.extras = extras
+        if extras is not None:
+            await extras.start()
         await self._mark_revoked(await self.registry.start())
         self._log.info("node_started", accredited_keys=len(self.keyring), db=str(cfg.db_path))
         consumer = AIOKafkaConsumer(
@@ -260,6 +299,13 @@ class OrgNode:
                         current = current or (batch, None)
                     if current is not None:
                         await self._process(consumer, current[0], current[1])
+                    if self._resync and ahead is not None:
+                        # The batch before it lost a commit race: the consumer now reads
+                        # again from the store's positions, so this one is read again too.
+                        if ahead[1] is not None:
+                            ahead[1].cancel()
+                        ahead = None
+                    self._resync = False
             finally:
                 if ahead is not None and ahead[1] is not None:
                     ahead[1].cancel()
@@ -270,9 +316,27 @@ class OrgNode:
             if self._preverifier is not None:
                 await asyncio.to_thread(self._preverifier.close)
             await self.registry.stop()
-            await extras.stop()
+            if extras is not None:
+                await extras.stop()
             self.store.close()
             self._log.info("node_stopped", **self.counts)
+
+    def _lost_race(self, exc: StoreConflictError, records: int) -> None:
+        # Another worker sharing the store committed first what this batch was judged against
+        # (a partition it owned before a rebalance, an observer whose reports it also read, a
+        # report id it stored). Nothing of the batch was stored: read the store's state again
+        # and judge these records again from there.
+        self.conflicts += 1
+        self._conflicts_in_a_row += 1
+        self._log.info("batch_lost_commit_race", records=records, detail=exc.message)
+        if self._conflicts_in_a_row > _MAX_CONFLICTS_IN_A_ROW:
+            raise StoreError(
+                f"{self._conflicts_in_a_row} batches in a row lost their commit to other "
+                f"writers of {self.config.db_path}; is another organization's node or a "
+                "second full node using this store? Give each node its own --db",
+                db=str(self.config.db_path),
+            ) from exc
+        self._reload()
 
     async def _preverify(self, batch: Batch) -> set[tuple[bytes, bytes]]:
         assert self._preverifier is not None
@@ -289,11 +353,16 @@ class OrgNode:
         await self._mark_revoked(await self.registry.catch_up())
         if preverified is not None:
             self.ingestor.preverified = await preverified
+        if self._stale_heads:  # partitions moved: other workers may have extended chains
+            self._stale_heads = False
+            self.chain.reload(await asyncio.to_thread(self.store.chain_heads))
         outcomes: list[Outcome] = []
         touched: dict[tuple[str, int], int] = {}
+        started: dict[tuple[str, int], int] = {}
         for tp, records in batch.items():
             org = self.config.topics.org_of_report_topic(tp.topic)
             start = self._positions.get((tp.topic, tp.partition), 0)
+            started[(tp.topic, tp.partition)] = start
             for rec in records:
                 if rec.offset < start:
                     continue  # stored before a crash or rebalance: never store twice
@@ -304,15 +373,28 @@ class OrgNode:
         self.ingestor.preverified = frozenset()
         if not touched:
             return
-        try:
-            await asyncio.to_thread(
-                self.store.commit_batch, outcomes, self.chain.heads(), [], touched
-            )
-        except StoreError:
-            self._log.exception("store_failed_stopping", pending=len(outcomes))
-            raise
-        self.chain.flushed()
-        self._positions.update(touched)
+        async with self.commit_lock:
+            try:
+                await asyncio.to_thread(
+                    functools.partial(
+                        self.store.commit_batch,
+                        outcomes,
+                        self.chain.changed(),
+                        [],
+                        touched,
+                        expect_positions={k: started[k] for k in touched},
+                        expect_heads=self.chain.bases(),
+                    )
+                )
+            except StoreConflictError as exc:
+                self._lost_race(exc, len(outcomes))
+                return
+            except StoreError:
+                self._log.exception("store_failed_stopping", pending=len(outcomes))
+                raise
+            self._conflicts_in_a_row = 0
+            self.chain.flushed()
+            self._positions.update(touched)
         for o in outcomes:
             if isinstance(o, Quarantined):
                 self.counts["quarantined"] += 1
@@ -356,7 +438,7 @@ async def run_node(config: NodeConfig, *, companions: Sequence[Companion] = ()) 
     import signal  # noqa: PLC0415 - only the process entry point handles signals
 
     parts: list[Companion] = [OrgNode(config), *companions]
-    if config.attachments is not None:  # after OrgNode: it reads the node's store
+    if config.attachments is not None and not config.ingest_only:  # reads the node's store
         parts.append(AttachmentNode(config_for_node(config, config.attachments)))
 
     def stop_all() -> None:
