@@ -414,6 +414,11 @@ class NodeStore:
         ).fetchone()
         return None if row is None else bytes(row[0])
 
+    def report_ids(self) -> Iterator[str]:
+        """Every stored report id (plain and sealed), in no particular order."""
+        for (report_id,) in self._db.execute("SELECT report_id FROM reports"):
+            yield report_id
+
     def envelopes(self) -> Iterator[bytes]:
         """Envelope bytes of every accepted plain report, in the order they were stored."""
         for (raw,) in self._db.execute(

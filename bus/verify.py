@@ -81,25 +81,31 @@ def verify_report(
     report = Report.decode(env.payload)
     zone = check_claims(report, acc, expected_org=expected_org, keyring=keyring)
     mandate = keyring.mandate
-    if not zone.contains(report.location.lat, report.location.lon):
+    location = report.location
+    if not zone.contains(location.lat, location.lon):
         raise VerificationError(
             Reason.OUTSIDE_ZONE,
-            f"location ({report.location.lat}, {report.location.lon}) outside zone {zone.id}",
+            f"location ({location.lat}, {location.lon}) outside zone {zone.id}",
         )
-    for name, at in (
-        ("observed_at_ms", report.observed_at_ms),
-        ("signed_at_ms", report.signed_at_ms),
-    ):
-        if not mandate.not_before_ms <= at <= mandate.not_after_ms:
-            raise VerificationError(
-                Reason.OUTSIDE_WINDOW, f"{name} outside the mandate window", field=name
-            )
-    if report.signed_at_ms > reference_ms + limits.max_clock_skew_ms:
+    observed_at_ms, signed_at_ms = report.observed_at_ms, report.signed_at_ms
+    not_before_ms, not_after_ms = mandate.not_before_ms, mandate.not_after_ms
+    if not not_before_ms <= observed_at_ms <= not_after_ms:
+        raise VerificationError(
+            Reason.OUTSIDE_WINDOW,
+            "observed_at_ms outside the mandate window",
+            field="observed_at_ms",
+        )
+    if not not_before_ms <= signed_at_ms <= not_after_ms:
+        raise VerificationError(
+            Reason.OUTSIDE_WINDOW, "signed_at_ms outside the mandate window", field="signed_at_ms"
+        )
+    max_clock_skew_ms = limits.max_clock_skew_ms
+    if signed_at_ms > reference_ms + max_clock_skew_ms:
         raise VerificationError(
             Reason.CLOCK_SKEW,
-            f"signed_at is {report.signed_at_ms - reference_ms} ms after the log time",
+            f"signed_at is {signed_at_ms - reference_ms} ms after the log time",
         )
-    if report.observed_at_ms > report.signed_at_ms + limits.max_clock_skew_ms:
+    if observed_at_ms > signed_at_ms + max_clock_skew_ms:
         raise VerificationError(
             Reason.INVALID_FIELD, "observed after it was signed", field="observed_at_ms"
         )
@@ -159,7 +165,9 @@ def open_observer_envelope(
         )
     sig = env.signatures[0]
     acc = keyring.lookup(sig.key_id)
-    if (acc.public_key, raw) not in preverified:
+    # An empty set holds no pair: skip building and hashing one (a Container without __len__
+    # is always truthy, so it is still asked).
+    if not preverified or (acc.public_key, raw) not in preverified:
         verify_pae(acc.public_key, env.payload_type, env.payload, sig.sig)
     return env, acc
 
@@ -329,6 +337,10 @@ class ChainBook:
             self._base[r.observer_id] = head
         self._heads[r.observer_id] = ChainHead(r.seq, envelope_digest)
         self._pending[r.report_id] = envelope_digest
+
+    def pending_ids(self) -> list[str]:
+        """Report ids accepted since the last :meth:`flushed` (what the next commit stores)."""
+        return list(self._pending)
 
     def flushed(self) -> None:
         """Forget in-memory report ids and changes once the store has committed them."""

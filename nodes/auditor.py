@@ -47,6 +47,7 @@ from rich.table import Table
 from bus.checkpoint import NoteKeys, origin_for, parse_origin, verify_checkpoint
 from bus.errors import Reason, VerificationError
 from bus.export import ExportProblem, ExportReader, LogRecord
+from bus.idfilter import IdFilter
 from bus.ingest import Ingestor
 from bus.kafka import Topics, end_offsets, replay
 from bus.lifecycle import TrustTimeline
@@ -166,6 +167,11 @@ class _Index:
         row = self.db.execute("SELECT digest FROM ids WHERE report_id = ?", (report_id,)).fetchone()
         return None if row is None else bytes(row[0])
 
+    def ids(self) -> Iterator[str]:
+        """Every report id added so far."""
+        for (report_id,) in self.db.execute("SELECT report_id FROM ids"):
+            yield report_id
+
     def add_ids(self, rows: list[tuple[str, bytes]]) -> None:
         self.db.execute("BEGIN")
         self.db.executemany("INSERT OR IGNORE INTO ids VALUES (?, ?)", rows)
@@ -243,6 +249,8 @@ class AuditRun:
         self._limits = limits or Limits()
         self._index = _Index(work_dir)
         self._ingestor: Ingestor | None = None
+        # Report ids already seen: the index behind a Bloom filter (bus.idfilter).
+        self._ids = IdFilter(self._index.digest, self._index.ids)
         self._pending_ids: list[tuple[str, bytes]] = []
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._note_keys: dict[int, NoteKeys] = {}
@@ -342,7 +350,7 @@ class AuditRun:
         self._end_checkpoints()
         self.records += 1
         if self._ingestor is None:
-            chain = ChainBook({}, self._index.digest)
+            chain = ChainBook({}, self._ids)
             self._ingestor = Ingestor(
                 self.timeline.current, chain, limits=self._limits, timeline=self.timeline
             )
@@ -376,6 +384,8 @@ class AuditRun:
     def _flush_ids(self) -> None:
         if self._pending_ids and self._ingestor is not None:
             self._index.add_ids(self._pending_ids)
+            for report_id, _ in self._pending_ids:
+                self._ids.add(report_id)
             self._pending_ids.clear()
             self._ingestor.chain.flushed()
 

@@ -27,6 +27,7 @@ from aiokafka.errors import KafkaError
 from bus.attachment import AttachmentLimits
 from bus.crypto import SigningKey
 from bus.errors import BusError, StoreConflictError, StoreError, VerificationError
+from bus.idfilter import IdFilter
 from bus.ingest import Ingestor
 from bus.kafka import KafkaSecurity, Topics, client_options, wrap
 from bus.lifecycle import TrustTimeline
@@ -174,7 +175,9 @@ class OrgNode:
             self.trust,
             security=config.security,
         )
-        self.chain = ChainBook(self.store.chain_heads(), self.store.report_digest)
+        # Report-id idempotency asks the store only for ids the filter cannot rule out.
+        self.known_ids = IdFilter(self.store.report_digest, self.store.report_ids)
+        self.chain = ChainBook(self.store.chain_heads(), self.known_ids)
         self.ingestor = Ingestor(self.keyring, self.chain, {}, config.limits)
         self._positions = self.store.positions()
         self._stopping = asyncio.Event()
@@ -240,6 +243,7 @@ class OrgNode:
         assert self._consumer is not None
         self._positions = self.store.positions()
         self.chain.reload(self.store.chain_heads())
+        self.known_ids.rebuild()  # with the ids other workers stored meanwhile
         for tp in self._consumer.assignment():
             self._consumer.seek(tp, self._positions.get((tp.topic, tp.partition), 0))
         self._resync = True
@@ -393,6 +397,8 @@ class OrgNode:
                 self._log.exception("store_failed_stopping", pending=len(outcomes))
                 raise
             self._conflicts_in_a_row = 0
+            for report_id in self.chain.pending_ids():
+                self.known_ids.add(report_id)
             self.chain.flushed()
             self._positions.update(touched)
         for o in outcomes:
