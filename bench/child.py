@@ -212,7 +212,7 @@ async def node(a: Args) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, n.stop)
     await n.run()
-    return {"counts": n.counts}
+    return {"counts": n.counts, "conflicts": n.conflicts}
 
 
 async def consumer(a: Args) -> dict[str, Any]:
