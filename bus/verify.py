@@ -279,8 +279,9 @@ class ChainBook:
         self._heads = dict(heads)
         self._lookup = lookup_digest
         self._pending: dict[str, bytes] = {}
-        # Observers whose head changed since the last flushed(), with the head before the
-        # first change (None: no report before): what a shared store checks at commit time.
+        # Observers whose head a verdict rested on since the last flushed() (accepted or not),
+        # with the head before the first change (None: no report before): what a shared
+        # store checks at commit time.
         self._base: dict[str, ChainHead | None] = {}
 
     def head(self, observer_id: str) -> ChainHead | None:
@@ -315,6 +316,8 @@ class ChainBook:
                 report_id=r.report_id,
             )
         head = self._heads.get(r.observer_id)
+        if r.observer_id not in self._base:  # this verdict rests on that head
+            self._base[r.observer_id] = head
         expected_seq = 1 if head is None else head.seq + 1
         if r.seq > expected_seq:
             raise VerificationError(
@@ -333,8 +336,6 @@ class ChainBook:
                 Reason.CHAIN_FORK,
                 f"observer {r.observer_id}: prev_digest is not the digest of seq {head.seq}",
             )
-        if r.observer_id not in self._base:
-            self._base[r.observer_id] = head
         self._heads[r.observer_id] = ChainHead(r.seq, envelope_digest)
         self._pending[r.report_id] = envelope_digest
 
@@ -355,10 +356,17 @@ class ChainBook:
 
     def changed(self) -> dict[str, ChainHead]:
         """Heads changed since the last :meth:`flushed`: what a batch commit writes."""
-        return {o: self._heads[o] for o in self._base}
+        out = {}
+        for o, base in self._base.items():
+            head = self._heads.get(o)
+            if head is not None and head != base:
+                out[o] = head
+        return out
 
     def bases(self) -> dict[str, ChainHead | None]:
-        """For each changed observer, its head before this batch (None: it had none)."""
+        """Every head a verdict since the last :meth:`flushed` rested on, as it was before
+        (None: the observer had none): a report quarantined as a gap or fork depends on its
+        observer's head as much as an accepted one."""
         return dict(self._base)
 
     def heads(self) -> dict[str, ChainHead]:

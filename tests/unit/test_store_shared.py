@@ -181,3 +181,23 @@ def test_interleaved_workers_end_as_one_serial_reader(tmp_path: Path) -> None:
     assert [r[2:4] for r in a.store.quarantine_rows()] == [(7, "malformed")]
     assert a.store.chain_heads() == solo.store.chain_heads()
     assert a.store.count_reports() == 20
+
+
+def test_a_gap_judged_on_a_stale_head_is_fenced_too(tmp_path: Path) -> None:
+    # b's verdict "chain gap" rests on a head that a extended meanwhile: b changed no head,
+    # but its batch must not commit that verdict.
+    m = make_mission()
+    r1, r2, r3 = _records(m, 3)
+    a, b = Worker(tmp_path / "n.db", m), Worker(tmp_path / "n.db", m)
+    out_b = Ingestor(m.keyring, b.chain).judge(ref("obus.reports.un", 0), r3, "un")
+    assert getattr(out_b, "reason", None) == "chain_gap"
+    assert b.chain.changed() == {}
+    a.commit(*a.judge([(0, r1), (1, r2)]))
+    with pytest.raises(StoreConflictError, match="chain head of un-obs-1"):
+        b.store.commit_batch(
+            [out_b], b.chain.changed(), [], {("obus.reports.un", 1): 1},
+            expect_positions={("obus.reports.un", 1): 0}, expect_heads=b.chain.bases(),
+        )  # fmt: skip
+    b.reload()
+    again = Ingestor(m.keyring, b.chain).judge(ref("obus.reports.un", 0), r3, "un")
+    assert type(again).__name__ == "Accepted"
