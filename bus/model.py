@@ -14,9 +14,11 @@ import enum
 import hashlib
 import math
 import re
-from dataclasses import dataclass, field
-from typing import Final, Protocol, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, Protocol, TypeVar, cast
 
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError, Message
 
 from bus._pb.obus.v1 import envelope_pb2, report_pb2, trust_pb2
@@ -50,27 +52,95 @@ def _invalid(field_name: str, problem: str) -> VerificationError:
     return VerificationError(Reason.INVALID_FIELD, f"{field_name}: {problem}", field=field_name)
 
 
+# Bound once: the hot decode path calls these for every record.
+_id_fullmatch: Final = _ID_RE.fullmatch
+_uuid7_fullmatch: Final = _UUID7_RE.fullmatch
+# Four ids joined by "/" (not an id character): matches exactly when each one is an id.
+_four_ids_fullmatch: Final = re.compile(
+    r"[a-z0-9][a-z0-9_-]{0,62}(?:/[a-z0-9][a-z0-9_-]{0,62}){3}"
+).fullmatch
+
+
 def check_id(field_name: str, value: str) -> None:
     """Raise invalid_field unless value is a safe lower-case identifier."""
-    if not _ID_RE.fullmatch(value):
+    if not _id_fullmatch(value):
         raise _invalid(field_name, f"{value!r} is not 1-63 chars of [a-z0-9_-] starting alnum")
 
 
 _M = TypeVar("_M", bound=Message)
+_T = TypeVar("_T")
+
+
+def _order_varies(descriptor: Descriptor, seen: set[str] | None = None) -> bool:
+    """True when this message (or one it contains) has a map field or extension ranges.
+
+    Those are the only things deterministic serialization changes: it sorts map entries and
+    extensions (upb: ``kUpb_EncodeOption_Deterministic``; likewise the C++ and pure-Python
+    encoders). Without them both serializations are the same bytes, and the plain call costs
+    less (no keyword parsing). tests/unit/test_model_decode.py checks both agree on every input.
+    """
+    seen = set() if seen is None else seen
+    if descriptor.full_name in seen:
+        return False
+    seen.add(descriptor.full_name)
+    if descriptor.extension_ranges:
+        return True
+    for f in descriptor.fields:
+        sub = f.message_type
+        if sub is not None and (sub.GetOptions().map_entry or _order_varies(sub, seen)):
+            return True
+    return False
+
+
+# Message class -> whether its canonical bytes need deterministic=True (see _order_varies).
+_DETERMINISTIC: dict[type[Message], bool] = {}
 
 
 def _parse(cls: type[_M], data: bytes, what: str) -> _M:
-    msg = cls()
     try:
-        msg.ParseFromString(data)
+        # FromString is a fresh message plus ParseFromString, in one call.
+        msg = cls.FromString(data)
     except (DecodeError, ValueError, RuntimeError) as exc:  # upb raises DecodeError; be safe
         raise VerificationError(Reason.MALFORMED, f"{what} does not parse: {exc}") from exc
     msg.DiscardUnknownFields()  # then any unknown field shows as a difference below
-    if msg.SerializeToString(deterministic=True) != data:
+    deterministic = _DETERMINISTIC.get(cls)
+    if deterministic is None:
+        deterministic = _DETERMINISTIC[cls] = _order_varies(cast(Descriptor, cls.DESCRIPTOR))
+    canonical = (
+        msg.SerializeToString(deterministic=True) if deterministic else msg.SerializeToString()
+    )
+    if canonical != data:
         raise VerificationError(
             Reason.MALFORMED, f"{what} is not canonically encoded (unknown or repeated fields)"
         )
     return msg
+
+
+def _unvalidated(cls: type[_T]) -> Callable[..., _T]:
+    """A constructor of ``cls`` (a frozen slots dataclass) that only stores the fields.
+
+    It takes every field positionally, in declaration order, and skips the generated
+    ``__init__``, so ``__post_init__`` does not run: the decoders below use it and then call
+    ``__post_init__`` themselves, exactly once, so decoded input passes through the very same
+    checks as the public constructors, without the frozen ``__init__``'s slow attribute stores.
+    Never hand out an object built with it without that call.
+    """
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    namespace: dict[str, Any] = {"_new": object.__new__, "_cls": cls}
+    defaults = ["_new=_new", "_cls=_cls"]
+    body = ["    self = _new(_cls)"]
+    for name in names:
+        namespace[f"_set_{name}"] = cls.__dict__[name].__set__  # the slot's member descriptor
+        defaults.append(f"_set_{name}=_set_{name}")
+        body.append(f"    _set_{name}(self, {name})")
+    source = (
+        f"def _unvalidated_{cls.__name__}({', '.join(names)}, *, {', '.join(defaults)}):\n"
+        + "\n".join(body)
+        + "\n    return self\n"
+    )
+    exec(source, namespace)  # noqa: S102 - built from dataclass field names only
+    fn: Callable[..., _T] = namespace[f"_unvalidated_{cls.__name__}"]
+    return fn
 
 
 class _ToPb(Protocol):
@@ -134,12 +204,22 @@ class Envelope:
                 when a signature entry has the wrong length.
         """
         pb = _parse(envelope_pb2.SignedEnvelope, data, "envelope")
-        if not pb.payload_type:
+        payload_type = pb.payload_type
+        if not payload_type:
             raise VerificationError(Reason.MALFORMED, "envelope has no payload_type")
-        if not pb.signatures:
+        pb_sigs = pb.signatures
+        if not pb_sigs:
             raise VerificationError(Reason.MISSING_SIGNATURE, "envelope carries no signature")
-        sigs = tuple(Signature(bytes(s.key_id), bytes(s.sig)) for s in pb.signatures)
-        return cls(pb.payload_type, bytes(pb.payload), sigs)
+        sigs = []
+        for s in pb_sigs:
+            sig = _unvalidated_signature(bytes(s.key_id), bytes(s.sig))
+            sig.__post_init__()  # the checks of Signature(...), once
+            sigs.append(sig)
+        return _unvalidated_envelope(payload_type, bytes(pb.payload), tuple(sigs))
+
+
+_unvalidated_signature: Final = _unvalidated(Signature)
+_unvalidated_envelope: Final = _unvalidated(Envelope)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,6 +303,12 @@ class Attachment:
             raise _invalid("attachments.name", "longer than 255 characters")
 
 
+# Wire value -> member: what Category(value) returns, without the enum call's cost.
+_CATEGORY_BY_VALUE: Final[dict[int, Category]] = {int(c): c for c in Category}
+_unvalidated_location: Final = _unvalidated(Location)
+_unvalidated_casualties: Final = _unvalidated(Casualties)
+_unvalidated_attachment: Final = _unvalidated(Attachment)
+
 # Bounds that hold for every report on the wire, whatever a node's own configuration says.
 MAX_NARRATIVE_CHARS: Final = 20_000
 MAX_ATTACHMENTS: Final = 64
@@ -253,31 +339,38 @@ class Report:
     corrects: str = ""
 
     def __post_init__(self) -> None:
-        if not _UUID7_RE.fullmatch(self.report_id):
+        if not _uuid7_fullmatch(self.report_id):
             raise _invalid("report_id", "must be a lower-case UUIDv7")
-        for name in ("mandate_id", "zone", "observer_id", "org"):
-            check_id(name, getattr(self, name))
-        if self.seq < 1:
+        if not _four_ids_fullmatch(
+            "/".join((self.mandate_id, self.zone, self.observer_id, self.org))
+        ):
+            # name the first one that is wrong, as one check_id after the other would
+            for name in ("mandate_id", "zone", "observer_id", "org"):
+                check_id(name, getattr(self, name))
+        seq = self.seq
+        if seq < 1:
             raise _invalid("seq", "must start at 1")
-        if self.seq == 1 and self.prev_digest:
+        if seq == 1 and self.prev_digest:
             raise _invalid("prev_digest", "must be empty when seq is 1")
-        if self.seq > 1 and len(self.prev_digest) != DIGEST_BYTES:
+        if seq > 1 and len(self.prev_digest) != DIGEST_BYTES:
             raise _invalid("prev_digest", f"must be {DIGEST_BYTES} bytes when seq > 1")
         if self.observed_at_ms <= 0 or self.signed_at_ms <= 0:
             raise _invalid("observed_at_ms", "timestamps must be positive Unix milliseconds")
         if not 1 <= self.severity <= 5:
             raise _invalid("severity", f"{self.severity} is not in 1..5")
-        if not (math.isfinite(self.confidence) and 0.0 <= self.confidence <= 1.0):
-            raise _invalid("confidence", f"{self.confidence} is not in 0.0..1.0")
+        confidence = self.confidence
+        if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
+            raise _invalid("confidence", f"{confidence} is not in 0.0..1.0")
         if len(self.sub_type) > MAX_SUB_TYPE_CHARS:
             raise _invalid("sub_type", f"longer than {MAX_SUB_TYPE_CHARS} characters")
         if len(self.narrative) > MAX_NARRATIVE_CHARS:
             raise _invalid("narrative", f"longer than {MAX_NARRATIVE_CHARS} characters")
         if len(self.attachments) > MAX_ATTACHMENTS:
             raise _invalid("attachments", f"more than {MAX_ATTACHMENTS}")
-        if self.corrects and not _UUID7_RE.fullmatch(self.corrects):
+        corrects = self.corrects
+        if corrects and not _uuid7_fullmatch(corrects):
             raise _invalid("corrects", "must be empty or a lower-case UUIDv7")
-        if self.corrects == self.report_id:
+        if corrects == self.report_id:
             raise _invalid("corrects", "a report cannot correct itself")
 
     def to_pb(self) -> report_pb2.ObserverReport:
@@ -320,42 +413,53 @@ class Report:
         Raises:
             VerificationError: ``malformed`` or ``invalid_field`` (naming the field).
         """
+        # Every object is built without its dataclass __init__ and then checked by its own
+        # __post_init__, once, in the order Report(Location(...), ..., Attachment(...)) would.
         pb = _parse(report_pb2.ObserverReport, data, "report")
         if not pb.HasField("location"):
             raise _invalid("location", "is required")
-        try:
-            category = Category(pb.category)
-        except ValueError:
-            raise _invalid("category", f"{pb.category} is not a known category") from None
-        return cls(
-            report_id=pb.report_id,
-            mandate_id=pb.mandate_id,
-            zone=pb.zone,
-            observer_id=pb.observer_id,
-            org=pb.org,
-            seq=pb.seq,
-            prev_digest=bytes(pb.prev_digest),
-            observed_at_ms=pb.observed_at_ms,
-            signed_at_ms=pb.signed_at_ms,
-            location=Location(
-                pb.location.lat, pb.location.lon, pb.location.precision_m, pb.location.place
-            ),
-            category=category,
-            sub_type=pb.sub_type,
-            severity=pb.severity,
-            confidence=pb.confidence,
-            casualties=Casualties(
-                pb.casualties.killed,
-                pb.casualties.injured,
-                pb.casualties.missing,
-                pb.casualties.civilian,
-            ),
-            narrative=pb.narrative,
-            attachments=tuple(
-                Attachment(bytes(a.sha256), a.size, a.media_type, a.name) for a in pb.attachments
-            ),
-            corrects=pb.corrects,
+        category = _CATEGORY_BY_VALUE.get(pb.category)
+        if category is None:
+            raise _invalid("category", f"{pb.category} is not a known category")
+        loc = pb.location
+        location = _unvalidated_location(loc.lat, loc.lon, loc.precision_m, loc.place)
+        location.__post_init__()
+        cas = pb.casualties
+        casualties = _unvalidated_casualties(cas.killed, cas.injured, cas.missing, cas.civilian)
+        attachments: tuple[Attachment, ...] = ()
+        pb_attachments = pb.attachments
+        if pb_attachments:
+            built = []
+            for a in pb_attachments:
+                att = _unvalidated_attachment(bytes(a.sha256), a.size, a.media_type, a.name)
+                att.__post_init__()
+                built.append(att)
+            attachments = tuple(built)
+        report: Report = _unvalidated_report(
+            pb.report_id,
+            pb.mandate_id,
+            pb.zone,
+            pb.observer_id,
+            pb.org,
+            pb.seq,
+            bytes(pb.prev_digest),
+            pb.observed_at_ms,
+            pb.signed_at_ms,
+            location,
+            category,
+            pb.severity,
+            pb.confidence,
+            pb.sub_type,
+            casualties,
+            pb.narrative,
+            attachments,
+            pb.corrects,
         )
+        report.__post_init__()
+        return report
+
+
+_unvalidated_report: Final = _unvalidated(Report)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -453,7 +557,10 @@ class Mandate:
 
     def zone(self, zone_id: str) -> Zone | None:
         """The zone with this id, or None."""
-        return next((z for z in self.zones if z.id == zone_id), None)
+        for z in self.zones:  # a loop, not next(generator): called for every report
+            if z.id == zone_id:
+                return z
+        return None
 
     def to_pb(self) -> trust_pb2.Mandate:
         """The generated protobuf message (for the codec only)."""
@@ -513,6 +620,8 @@ class Accreditation:
     not_after_ms: int
     serial: int
     mandate_id: str
+    # SHA-256 of public_key, computed once here: the key ring asks for it on every report.
+    _key_id: bytes = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_id("subject_id", self.subject_id)
@@ -522,11 +631,13 @@ class Accreditation:
             raise _invalid("public_key", "must be 32 bytes")
         if not 0 < self.not_before_ms < self.not_after_ms:
             raise _invalid("not_after_ms", "need 0 < not_before_ms < not_after_ms")
+        # frozen dataclass: __post_init__ is the one place that may set a field.
+        object.__setattr__(self, "_key_id", sha256(self.public_key))
 
     @property
     def key_id(self) -> bytes:
         """SHA-256 of the accredited public key."""
-        return sha256(self.public_key)
+        return self._key_id
 
     def to_pb(self) -> trust_pb2.Accreditation:
         """The generated protobuf message (for the codec only)."""
