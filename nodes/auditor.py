@@ -28,13 +28,14 @@ counters by organization, zone and day. Only the list of violations grows, with 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime as dt
 import json
 import sqlite3
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -52,10 +53,11 @@ from bus.ingest import Ingestor
 from bus.kafka import Topics, end_offsets, replay
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree
-from bus.model import Envelope, Mandate
+from bus.model import Envelope, Mandate, Role
 from bus.store import Accepted, AcceptedSealed, RecordRef
 from bus.trust import verify_mandate
 from bus.verify import ChainBook, Limits
+from nodes.preverify import PreVerifier
 
 log = structlog.get_logger(__name__)
 
@@ -252,6 +254,9 @@ class AuditRun:
         # Report ids already seen: the index behind a Bloom filter (bus.idfilter).
         self._ids = IdFilter(self._index.digest, self._index.ids)
         self._pending_ids: list[tuple[str, bytes]] = []
+        # (public key, raw) pairs whose signatures worker processes accepted (live audit with
+        # verify_workers; see nodes/preverify.py); empty otherwise.
+        self.preverified: Container[tuple[bytes, bytes]] = frozenset()
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._note_keys: dict[int, NoteKeys] = {}
         self._checkpoints_done = False
@@ -354,6 +359,7 @@ class AuditRun:
             self._ingestor = Ingestor(
                 self.timeline.current, chain, limits=self._limits, timeline=self.timeline
             )
+        self._ingestor.preverified = self.preverified
         org = self.topics.org_of_report_topic(rec.topic)
         ref = RecordRef(rec.topic, rec.partition, rec.offset, rec.timestamp_ms, rec.key)
         outcome = self._ingestor.judge(ref, rec.value, org)
@@ -531,6 +537,7 @@ async def audit(
     console: Console | None = None,
     require_witnessed: bool = False,
     work_dir: Path | None = None,
+    verify_workers: int = 0,
 ) -> AuditResult:
     """Replay the mandate, registry, checkpoints and every report topic and verify it all.
 
@@ -542,6 +549,10 @@ async def audit(
         console: where the progress bar goes (None: no progress bar).
         require_witnessed: every report record must be covered by a quorum checkpoint.
         work_dir: where the temporary index goes.
+        verify_workers: processes that check the Ed25519 signatures of the next batch of
+            records while this one judges the current batch (as ``obus node
+            --verify-workers``: same rule, same verdicts; rejections are always re-checked
+            here). 0: every check in this process.
     """
     topics = topics or Topics()
     run = AuditRun(
@@ -561,12 +572,66 @@ async def audit(
         total = sum((await end_offsets(bootstrap, topics.reports_pattern)).values())
         with _progress(console, "audit") as progress:
             task = progress.add_task("records", total=total)
-            async for rec in replay(bootstrap, pattern=topics.reports_pattern):
-                run.report_record(_as_record("reports", rec))
-                progress.advance(task)
+            if verify_workers > 0:
+                await _reports_with_workers(
+                    run, bootstrap, topics, verify_workers, lambda n: progress.advance(task, n)
+                )
+            else:
+                async for rec in replay(bootstrap, pattern=topics.reports_pattern):
+                    run.report_record(_as_record("reports", rec))
+                    progress.advance(task)
         return run.finish()
     finally:
         run.close()
+
+
+# Records per batch handed to the signature workers by the live audit.
+_AUDIT_BATCH: Final = 2000
+
+
+async def _reports_with_workers(
+    run: AuditRun,
+    bootstrap: str,
+    topics: Topics,
+    workers: int,
+    advance: Callable[[int], None],
+) -> None:
+    """The report topics in log order, the next batch's signatures checked by a pool while
+    the current batch is judged (one batch ahead, as the node does)."""
+    pool = PreVerifier(workers)
+    await pool.start()
+
+    def keys() -> dict[bytes, bytes]:
+        ring = run.timeline.current
+        return {a.key_id: a.public_key for a in ring.accreditations(Role.OBSERVER)}
+
+    async def judge(
+        batch: list[LogRecord], verdicts: asyncio.Task[set[tuple[bytes, bytes]]]
+    ) -> None:
+        run.preverified = await verdicts
+        for rec in batch:
+            run.report_record(rec)
+        run.preverified = frozenset()
+        advance(len(batch))
+
+    try:
+        ahead: tuple[list[LogRecord], asyncio.Task[set[tuple[bytes, bytes]]]] | None = None
+        batch: list[LogRecord] = []
+        async for rec in replay(bootstrap, pattern=topics.reports_pattern):
+            batch.append(_as_record("reports", rec))
+            if len(batch) >= _AUDIT_BATCH:
+                raws = [r.value for r in batch if r.value]
+                nxt = (batch, asyncio.create_task(pool.verdicts(raws, keys())))
+                if ahead is not None:
+                    await judge(*ahead)
+                ahead, batch = nxt, []
+        if ahead is not None:
+            await judge(*ahead)
+        if batch:
+            raws = [r.value for r in batch if r.value]
+            await judge(batch, asyncio.create_task(pool.verdicts(raws, keys())))
+    finally:
+        await asyncio.to_thread(pool.close)
 
 
 def audit_export(

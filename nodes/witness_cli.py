@@ -69,6 +69,12 @@ def add_witness_commands(sub: Any, common: Common, bootstrap: Bootstrap) -> None
         "--require-witnessed", action="store_true",
         help="every report record must be covered by a checkpoint signed by a quorum",
     )  # fmt: skip
+    aud.add_argument(
+        "--verify-workers", type=int, default=0, metavar="N",
+        help="live audit: check the next batch's signatures in N worker processes while this "
+        "one is judged (same rule, same verdicts; rejections re-checked in the auditor). "
+        "Default 0; useful up to the number of cores",
+    )  # fmt: skip
     audsub = aud.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
     prove = audsub.add_parser(
         "prove",
@@ -196,7 +202,7 @@ def cmd_audit(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
         result = asyncio.run(
             audit(
                 bootstrap(args), mandate, topics=Topics(args.topic_prefix), console=console,
-                require_witnessed=args.require_witnessed,
+                require_witnessed=args.require_witnessed, verify_workers=args.verify_workers,
             )
         )  # fmt: skip
     render(result, Console())
