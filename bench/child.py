@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import resource
 import signal
 import sys
 import tempfile
@@ -53,6 +54,14 @@ def tree_cpu_s() -> float:
                 mine.add(child_pid)
                 frontier.append(child_pid)
     return sum(cpu.get(p, 0.0) for p in mine)
+
+
+def _self_and_reaped_cpu_s() -> float:
+    """CPU seconds of this process plus its children that have exited (the audit's signature
+    workers are gone when it returns, so /proc no longer lists them)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def peak_rss_mib() -> float:
@@ -186,9 +195,12 @@ async def audit(a: Args) -> dict[str, Any]:
 
         profile = Profiler(async_mode="disabled")
         profile.start()
-    t0, c0 = time.perf_counter(), time.process_time()
-    result = await run_audit(a["bootstrap"], spec.scenario().mandate, topics=Topics(a["prefix"]))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    t0, c0 = time.perf_counter(), _self_and_reaped_cpu_s()
+    result = await run_audit(
+        a["bootstrap"], spec.scenario().mandate, topics=Topics(a["prefix"]),
+        verify_workers=a.get("verify_workers", 0),
+    )  # fmt: skip
+    wall, cpu = time.perf_counter() - t0, _self_and_reaped_cpu_s() - c0
     if profile is not None:
         profile.stop()
         text = profile.output_text(unicode=False, color=False)
