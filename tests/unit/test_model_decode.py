@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import pickle
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from google.protobuf import struct_pb2
@@ -156,7 +157,8 @@ def _report_pbs(draw: st.DrawFn) -> bytes:
         prev_digest=draw(st.one_of(st.just(b""), st.binary(min_size=31, max_size=33))),
         observed_at_ms=draw(st.one_of(st.integers(-1, 2**45), _i64)),
         signed_at_ms=draw(st.one_of(st.integers(-1, 2**45), _i64)),
-        category=draw(st.integers(0, 12)),  # proto3 enums are open: unknown values parse
+        # proto3 enums are open: unknown values parse
+        category=draw(st.integers(0, 12)),  # type: ignore[arg-type]
         sub_type=draw(st.one_of(_texts, st.just("s" * 65))),
         severity=draw(st.one_of(st.integers(0, 6), _u32)),
         confidence=draw(st.one_of(st.floats(-0.5, 1.5), _doubles)),
@@ -362,7 +364,7 @@ def test_each_check_runs_exactly_once_per_decoded_object(monkeypatch: pytest.Mon
     for cls in (Signature, Location, Attachment, Report):
         original = cls.__post_init__
 
-        def counting(self: object, _original: Callable[[object], None] = original) -> None:
+        def counting(self: Any, _original: Callable[[Any], None] = original) -> None:
             calls[type(self).__name__] = calls.get(type(self).__name__, 0) + 1
             _original(self)
 
@@ -385,6 +387,24 @@ def test_decoded_objects_stay_frozen() -> None:
         env.signatures[0].sig = b""  # type: ignore[misc]
 
 
+def test_decoded_objects_are_ordinary_instances() -> None:
+    report = Report.decode(_REPORT_RAW)
+    env = Envelope.decode(_ENVELOPE_RAW)
+    for obj, cls in (
+        (report, Report),
+        (report.location, Location),
+        (report.casualties, Casualties),
+        (report.attachments[0], Attachment),
+        (env, Envelope),
+        (env.signatures[0], Signature),
+    ):
+        assert type(obj) is cls
+        assert pickle.loads(pickle.dumps(obj)) == obj
+        assert dataclasses.replace(obj) == obj
+        assert hash(obj) == hash(dataclasses.replace(obj))
+    assert repr(report) == repr(_valid_report())
+
+
 def test_public_constructors_still_validate() -> None:
     good = _valid_report()
     for change, name in (
@@ -395,7 +415,7 @@ def test_public_constructors_still_validate() -> None:
         ({"corrects": good.report_id}, "corrects"),
     ):
         with pytest.raises(VerificationError) as exc:
-            dataclasses.replace(good, **change)  # type: ignore[arg-type]
+            dataclasses.replace(good, **change)
         assert exc.value.context["field"] == name
     with pytest.raises(VerificationError):
         Location(91.0, 0.0)
