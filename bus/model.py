@@ -124,33 +124,22 @@ def _unvalidated(cls: type[_T]) -> Callable[..., _T]:
     ``__post_init__`` themselves, exactly once, so decoded input passes through the very same
     checks as the public constructors. Never hand out an object built with it without that call.
 
-    The frozen ``__init__`` stores each field through ``object.__setattr__`` (slow). This fills
-    the same slots through a private mutable twin class (same ``__slots__``, same base, hence
-    the same memory layout) with plain attribute stores, then makes the object a ``cls`` by
-    ``__class__`` assignment, which CPython allows exactly between such layout-compatible
-    classes and refuses with TypeError otherwise (so a layout change fails loudly, at import).
+    The fields are stored through the slots' own descriptors (what ``object.__setattr__``
+    ends up calling, without the frozen class's ``__setattr__`` guard in front).
     """
     names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
     if tuple(getattr(cls, "__slots__", ())) != names:
         raise TypeError(f"{cls.__name__} must be a slots dataclass without extra slots")
-    params = ", ".join(names)
-    init_ns: dict[str, Any] = {}
-    exec(  # noqa: S102 - built from dataclass field names only
-        f"def __init__(self, {params}):\n" + "".join(f"    self.{n} = {n}\n" for n in names),
-        init_ns,
-    )
-    twin = type(f"_{cls.__name__}Fields", (), {"__slots__": names, "__init__": init_ns["__init__"]})
-    namespace: dict[str, Any] = {"_twin": twin, "_cls": cls}
-    exec(  # noqa: S102 - built from dataclass field names only
-        f"def _unvalidated_{cls.__name__}({params}, *, _twin=_twin, _cls=_cls):\n"
-        f"    self = _twin({params})\n"
-        "    self.__class__ = _cls\n"
-        "    return self\n",
-        namespace,
-    )
-    fn: Callable[..., _T] = namespace[f"_unvalidated_{cls.__name__}"]
-    fn(*range(len(names)))  # fails here, at import, if the layouts ever differ
-    return fn
+    setters = tuple(cls.__dict__[n].__set__ for n in names)
+    new = object.__new__
+
+    def build(*values: Any) -> _T:
+        obj = new(cls)
+        for set_field, value in zip(setters, values, strict=True):
+            set_field(obj, value)
+        return obj
+
+    return build
 
 
 class _ToPb(Protocol):
