@@ -35,7 +35,8 @@ Target = Callable[[bytes], object]
 _M = make_mission()
 _KEYRING = _M.keyring
 _MANDATE = _M.scenario.mandate
-_NOTE_KEYS: Final = {}  # open_note with no known key: every signature is "unknown"
+# open_note with no known key: every signature is "unknown"
+_NOTE_KEYS: Final[checkpoint.VerifierIndex] = {}
 _IDENTITY = report_file.Identity("un-obs-1", "un", _MANDATE.mandate_id)
 
 

@@ -63,11 +63,11 @@ def build_log(reports_per_observer: int = 6, *, cosign: bool = True) -> Log:
     for round_ in range(reports_per_observer):
         for org in ORGS:
             for i in (1, 2):
-                key = (f"{PREFIX}reports.{org}", i - 1)
+                part = (f"{PREFIX}reports.{org}", i - 1)
                 value = m.next_report(org, i)
-                parts.setdefault(key, []).append(value)
+                parts.setdefault(part, []).append(value)
                 for core in cores.values():
-                    core.append(*key, value)
+                    core.append(*part, value)
         notes += [note for _, note in cores["un"].due(now_ms=round_)]
     if cosign:
         for i, note in enumerate(list(notes)):

@@ -76,7 +76,7 @@ class Ceremony:
         return main([*argv])
 
     def sign_all(self, draft: Path, signers: list[str], previous: Path | None = None) -> list[str]:
-        files = []
+        files: list[str] = []
         for s in signers:
             out = self.root / f"{draft.name}.{s}.{len(files)}.sig"
             prev = ["--previous", str(previous)] if previous else []

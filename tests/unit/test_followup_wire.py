@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -79,7 +81,13 @@ def _revoked(m: Mission, key: SigningKey, last_valid_seq: int) -> None:
     m.apply(sign_revocation(rev, m.scenario.org_roots["osce"]))
 
 
-DECISION_CASES = {
+def _after_revocation(m: Mission, k: dict[str, SigningKey]) -> tuple[bytes, str]:
+    _revoked(m, k["osce"], 0)
+    return sign_decision(_decision(), k["osce"]), "osce"
+
+
+DecisionBuilder = Callable[[Mission, dict[str, SigningKey]], tuple[bytes, str]]
+DECISION_CASES: dict[str, tuple[DecisionBuilder, str]] = {
     # name: (builder(m, keys) -> (raw, topic_org), expected reason)
     "tampered payload": (lambda m, k: (_tampered(sign_decision(_decision(), k["osce"])), "osce"), "bad_signature"),
     "other payload type": (lambda m, k: (sign_envelope(PAYLOAD_STATEMENT, encode(_decision()), [k["osce"]]).encode(), "osce"), "wrong_payload_type"),
@@ -90,7 +98,7 @@ DECISION_CASES = {
     "on another org's topic": (lambda m, k: (sign_decision(_decision(), k["osce"]), "un"), "wrong_topic"),
     "other mandate": (lambda m, k: (sign_decision(_decision(mandate_id="other"), k["osce"]), "osce"), "wrong_mandate"),
     "signed after accreditation ended": (lambda m, k: (sign_decision(_decision(signed_at_ms=m.scenario.mandate.not_after_ms + 1), k["osce"]), "osce"), "key_expired"),
-    "seq after revocation": (lambda m, k: (_revoked(m, k["osce"], 0), sign_decision(_decision(), k["osce"]), "osce")[1:], "key_revoked"),
+    "seq after revocation": (_after_revocation, "key_revoked"),
     "garbage": (lambda m, k: (b"\x00\x01", "osce"), "malformed"),
 }  # fmt: skip
 
@@ -123,12 +131,14 @@ def test_revocation_cuts_published_decisions_at_their_seq() -> None:
 )  # fmt: skip
 def test_decision_invariants(field: str, value: object) -> None:
     with pytest.raises(VerificationError) as exc:
-        _decision(**{field: value})
+        changes: dict[str, Any] = {field: value}
+        _decision(**changes)
     assert exc.value.reason.value == "invalid_field"
 
 
 def test_payload_types_are_distinct() -> None:
-    assert PAYLOAD_DECISION != PAYLOAD_STATEMENT
+    decision: str = PAYLOAD_DECISION  # a plain str: the constants are distinct Final literals
+    assert decision != PAYLOAD_STATEMENT
 
 
 # -- joint statements --------------------------------------------------------------------------
@@ -163,12 +173,18 @@ def test_statement_becomes_valid_at_k_distinct_organizations() -> None:
     assert [s.statement.statement_id for s in book.statuses()] == [_statement().statement_id]
 
 
-STATEMENT_CASES = {
+def _conflicting_draft(m: Mission, k: dict[str, SigningKey], d: StatementBook) -> bytes:
+    m_apply(m, k, d)
+    return sign_statement(_statement(title="Other"), k["un"])
+
+
+StatementBuilder = Callable[[Mission, dict[str, SigningKey], StatementBook], bytes]
+STATEMENT_CASES: dict[str, tuple[StatementBuilder, str]] = {
     "draft not signed by its drafter": (lambda m, k, d: sign_statement(_statement(), k["osce"]), "wrong_org"),
     "drafter not in the mandate": (lambda m, k, d: sign_statement(_statement("who"), k["un"]), "wrong_org"),
     "unknown key only": (lambda m, k, d: sign_statement(_statement(), demo_key("x")), "unknown_key"),
     "observer key only": (lambda m, k, d: sign_statement(_statement(), m.observer("un", 1)[1]), "unknown_key"),
-    "other bytes under the same id": (lambda m, k, d: (m_apply(m, k, d), sign_statement(_statement(title="Other"), k["un"]))[1], "duplicate_conflict"),
+    "other bytes under the same id": (_conflicting_draft, "duplicate_conflict"),
     "other mandate": (lambda m, k, d: sign_statement(_statement(mandate_id="other"), k["un"]), "wrong_mandate"),
     "not a statement": (lambda m, k, d: sign_decision(_decision(), k["un"]), "wrong_payload_type"),
 }  # fmt: skip

@@ -11,7 +11,7 @@ from bus.ingest import Ingestor
 from bus.lifecycle import TrustTimeline
 from bus.model import Accreditation, Envelope, Mandate, Organization, Revocation, Role, Zone
 from bus.sign import sign_accreditation, sign_mandate, sign_revocation
-from bus.store import Accepted, Quarantined
+from bus.store import Accepted, Outcome, Quarantined
 from bus.verify import ChainBook
 from tests.mission import NOW_MS, Mission, demo_key, make_mission, ref
 
@@ -93,8 +93,8 @@ def test_copies_and_history_are_not_alarms() -> None:
     assert exc.value.reason is Reason.MANDATE_ROLLBACK
 
 
-def _judge(m: Mission, tl: TrustTimeline, raw: bytes, org: str, t: int) -> Accepted | Quarantined:
-    ing = Ingestor(tl.current, ChainBook({}, {}.get), timeline=tl)
+def _judge(m: Mission, tl: TrustTimeline, raw: bytes, org: str, t: int) -> Outcome:
+    ing = Ingestor(tl.current, ChainBook({}, lambda _rid: None), timeline=tl)
     return ing.judge(ref(f"obus.reports.{org}", 0, t), raw, org)
 
 

@@ -49,7 +49,7 @@ def test_appends_form_an_unbroken_chain(tmp_path: Path) -> None:
         box.append(_sign_next(m), source=f"r{i}.yaml", now_ms=m.now)
     entries = box.entries()
     assert [e.seq for e in entries] == list(range(1, 21))
-    chain = ChainBook({}, {}.get)
+    chain = ChainBook({}, lambda _rid: None)
     for e in entries:
         vr = verify_report(e.envelope, expected_org="un", keyring=m.keyring, reference_ms=m.now)
         chain.accept(vr)  # raises on any gap or fork
@@ -105,7 +105,7 @@ def test_two_processes_appending_at_once_never_fork_the_chain(tmp_path: Path) ->
     for t in threads:
         t.join()
     box = Outbox(tmp_path / "o.db")
-    chain = ChainBook({}, {}.get)
+    chain = ChainBook({}, lambda _rid: None)
     for e in box.entries():
         chain.accept(
             verify_report(e.envelope, expected_org="un", keyring=m.keyring, reference_ms=m.now)
@@ -186,7 +186,7 @@ def test_init_then_submit_queues_a_report_the_verifier_accepts(tmp_path: Path) -
     second = submit_file(home, box, key, example, at_ms=m.now + 1)
     assert (first.seq, second.seq) == (1, 2)
     assert first.report_id != second.report_id
-    chain = ChainBook({}, {}.get)
+    chain = ChainBook({}, lambda _rid: None)
     for e in (first, second):
         vr = verify_report(e.envelope, expected_org="un", keyring=m.keyring, reference_ms=m.now + 5)
         chain.accept(vr)

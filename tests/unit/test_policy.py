@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -77,7 +78,7 @@ def test_single_report_rule_matches_filters() -> None:
     assert _run(SIMPLE, [m.draft(zone="east")]) == []
 
 
-MATCH_CASES = {
+MATCH_CASES: dict[str, tuple[str, dict[str, Any], bool]] = {
     # name: (rule lines, report changes, matches?)
     "sub_type listed": ('sub_types = ["artillery"]', {}, True),
     "sub_type not listed": ('sub_types = ["mortar"]', {}, False),

@@ -33,8 +33,10 @@ def _keys(m: Mission) -> dict[bytes, bytes]:
     return {a.key_id: a.public_key for a in m.keyring.accreditations()}
 
 
-def _judge(m: Mission, records: Records, preverified: set[tuple[bytes, bytes]]) -> list[object]:
-    ing = Ingestor(m.keyring, ChainBook({}, {}.get))
+def _judge(
+    m: Mission, records: Records, preverified: set[tuple[bytes, bytes]]
+) -> list[tuple[str, str, bytes]]:
+    ing = Ingestor(m.keyring, ChainBook({}, lambda _rid: None))
     ing.preverified = preverified
     out = []
     for offset, (topic, raw, t) in enumerate(records):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -71,7 +72,9 @@ def _publish_keys(m: Mission, keys: dict[str, DecryptionKey]) -> dict[str, Encry
 
 
 def _ingestor(m: Mission, keys: list[DecryptionKey]) -> Ingestor:
-    return Ingestor(m.keyring, ChainBook({}, {}.get), decryption_keys={k.key_id: k for k in keys})
+    return Ingestor(
+        m.keyring, ChainBook({}, lambda _rid: None), decryption_keys={k.key_id: k for k in keys}
+    )
 
 
 def _sealed_raw(m: Mission, recipients: list[str], org: str = "un", i: int = 1) -> bytes:
@@ -154,20 +157,24 @@ def _wrong_recipient_key(m: Mission) -> bytes:
     # The observer seals to a key that is not UN's published one, but names UN's key id.
     d = m.draft()
     rogue = DecryptionKey("un", demo_key("x25519:rogue").seed)
-    ek = dataclasses.replace(m.keyring.encryption_key("un"), public_key=rogue.public_key)  # type: ignore[type-var]
+    published = m.keyring.encryption_key("un")
+    assert published is not None
+    ek = dataclasses.replace(published, public_key=rogue.public_key)
     sealed = seal_report(d, [ek])
-    right_id = m.keyring.encryption_key("un").key_id  # type: ignore[union-attr]
+    right_id = published.key_id
     fixed = dataclasses.replace(sealed.recipients[0], key_id=right_id)
     return _resign(m, dataclasses.replace(sealed, recipients=(fixed,)))
 
 
 def _inconsistent(m: Mission) -> bytes:
-    sealed = seal_report(m.draft(), [m.keyring.encryption_key("un")])  # type: ignore[list-item]
+    published = m.keyring.encryption_key("un")
+    assert published is not None
+    sealed = seal_report(m.draft(), [published])
     return _resign(m, dataclasses.replace(sealed, zone="south"))  # clear zone differs from inner
 
 
 # name -> (build raw, expected: a Reason (quarantined) or a Readability at the UN node)
-CASES = {
+CASES: dict[str, tuple[Callable[[Mission], bytes], Reason | Readability]] = {
     "tampered ciphertext": (lambda m: _tamper_ciphertext(_sealed_raw(m, ["un"])), Reason.BAD_SIGNATURE),
     "signature bit flipped": (
         lambda m: dataclasses.replace(Envelope.decode(r := _sealed_raw(m, ["un"])), signatures=(

@@ -233,7 +233,7 @@ def test_catalog_is_large_and_covers_every_report_reason() -> None:
 
 def test_genuine_chain_is_accepted_in_order() -> None:
     m = make_mission()
-    ing = Ingestor(m.keyring, ChainBook({}, {}.get))
+    ing = Ingestor(m.keyring, ChainBook({}, lambda _rid: None))
     outs = [ing.judge(ref(UN, i), m.next_report(), "un") for i in range(5)]
     assert all(isinstance(o, Accepted) for o in outs)
     assert [o.verified.report.seq for o in outs if isinstance(o, Accepted)] == [1, 2, 3, 4, 5]
@@ -272,7 +272,7 @@ class _BrokenKeyRing(KeyRing):
 
 def test_a_verifier_bug_quarantines_instead_of_crashing() -> None:
     m = make_mission()
-    ing = Ingestor(_BrokenKeyRing(m.scenario.mandate), ChainBook({}, {}.get))
+    ing = Ingestor(_BrokenKeyRing(m.scenario.mandate), ChainBook({}, lambda _rid: None))
     out = ing.judge(ref(), m.next_report(), "un")
     assert isinstance(out, Quarantined)
     assert out.reason == Reason.INTERNAL_ERROR.value
