@@ -27,7 +27,7 @@ import aiohttp
 
 from bus.ingest import Ingestor
 from bus.policy import Observation, PolicyEngine, decide_all, load_policy
-from bus.store import Accepted, NodeStore, Quarantined, RecordRef
+from bus.store import Accepted, NodeStore, Outcome, RecordRef
 from bus.trust import KeyRing
 from bus.verify import ChainBook
 from nodes.dashboard import Dashboard, DashboardConfig
@@ -41,7 +41,7 @@ def _log(n: int, now: int) -> list[tuple[str, int, int, int, Observation | None]
     sc = build_scenario(now)
     rng = random.Random(1)
     offsets: dict[tuple[str, int], int] = {}
-    out = []
+    out: list[tuple[str, int, int, int, Observation | None]] = []
     for i in range(n):
         obs = rng.choice(sc.observers)
         r = draft_report(rng, obs, sc.mandate, now)
@@ -81,7 +81,7 @@ def _store(path: Path, n: int) -> None:
     rng = random.Random(2)
     policy = load_policy(POLICIES / "osce.toml")
     engine = PolicyEngine(policy)
-    batch: list[Accepted | Quarantined] = []
+    batch: list[Outcome] = []
     for i in range(n):
         obs = rng.choice(sc.observers)
         raw = sc.signers[obs.observer_id].sign(draft_report(rng, obs, sc.mandate, now))
