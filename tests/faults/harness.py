@@ -15,9 +15,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -125,7 +126,7 @@ async def publish_with_fault(
     topics: Topics,
     stream: Stream,
     at: int,
-    fault: Callable[[], Awaitable[None]] | None = None,
+    fault: Callable[[], Coroutine[Any, Any, None]] | None = None,
     result: PublishResult | None = None,
 ) -> PublishResult:
     """Send the whole stream without waiting per record; start the fault after `at` sends.

@@ -92,7 +92,7 @@ async def _run_fault(
     assert log.records == len(stream.records), out
     expected, heads = stream.expected, stream.last_seq
     for org, snap in stores.items():
-        assert snap.reports == expected, f"{org}: {out['nodes']}"  # type: ignore[index]
+        assert snap.reports == expected, f"{org}: {out['nodes']}"
         assert snap.quarantine == {}, f"{org} quarantined {list(snap.quarantine.items())[:5]}"
         assert {o: s for o, (s, _) in snap.heads.items()} == heads
     first = next(iter(stores.values()))

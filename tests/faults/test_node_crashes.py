@@ -31,6 +31,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -166,7 +167,7 @@ def _without_dac_override() -> None:
             raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
 
 
-def _stop_events(log: Path) -> list[dict[str, object]]:
+def _stop_events(log: Path) -> list[dict[str, Any]]:
     lines = log.read_text(errors="replace").splitlines()
     return [json.loads(line) for line in lines if "store_failed_stopping" in line]
 

@@ -45,12 +45,12 @@ async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_audito
     try:
         for raw in big.registry:
             await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
-        for name, reason, records in plans:
-            for i, (topic, raw, _t) in enumerate(records):
+        for name, reason_code, records in plans:
+            for i, (topic, value, _t) in enumerate(records):
                 real_topic = topics.prefix + topic.removeprefix("obus.")
-                md = await producer.send_and_wait(real_topic, raw, key=f"{name}".encode())
+                md = await producer.send_and_wait(real_topic, value, key=f"{name}".encode())
                 if i == len(records) - 1:
-                    expected[(md.topic, md.partition, md.offset)] = (name, reason)
+                    expected[(md.topic, md.partition, md.offset)] = (name, reason_code)
                 else:
                     accepted += 1
     finally:

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from bus.store import NodeStore
 from nodes.org_node import OrgNode
 from tests.cdp import Browser, find_chromium
 from tests.integration.test_followup import (
@@ -109,4 +108,3 @@ async def test_operator_sees_reports_rejections_decisions_map_and_charts(
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 10_000
     # after the click: only north-zone reports (all of this mission's are in the north)
     assert "in zone north" in heading and len(north) == len(raws)
-    assert NodeStore  # the dashboard only read the store

@@ -17,7 +17,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,8 +101,8 @@ class World:
 
 
 async def _world(
-    bootstrap: str, tmp: Path, *, extra: list[tuple[str, str, SigningKey, dict[str, int]]] = ()
-) -> World:  # type: ignore[assignment]
+    bootstrap: str, tmp: Path, *, extra: Sequence[tuple[str, str, SigningKey, dict[str, int]]] = ()
+) -> World:
     t0 = now_ms()
     m = make_mission(2, now_ms=t0)
     topics = Topics(f"g{uuid.uuid4().hex[:10]}.")
@@ -188,7 +188,7 @@ async def _assert_exactly_once(w: World, n: int) -> None:
     assert max(digests.values()) == 1, "a report is doubled on Kafka"
     assert set(digests) == {e.digest for e in entries}, "a report is missing on Kafka"
     # the chain: one observer, one partition, offsets in seq order; every record verifies
-    chain = ChainBook({}, {}.get)
+    chain = ChainBook({}, lambda _rid: None)
     where: dict[bytes, tuple[int, int]] = {}
     for r in sorted(records, key=lambda r: (r.partition, r.offset)):
         vr = verify_report(
@@ -388,7 +388,7 @@ async def test_bad_submissions_are_refused_with_their_reason_and_nothing_is_publ
     async with GatewayServer(w.config(burst=3, rate_per_s=0.2)) as server:
         async with aiohttp.ClientSession() as s:
 
-            async def post(body: bytes) -> tuple[int, bytes, aiohttp.typedefs.LooseHeaders]:
+            async def post(body: bytes) -> tuple[int, bytes, Mapping[str, str]]:
                 async with s.post(f"{w.url}/v1/reports", data=body) as resp:
                     return resp.status, await resp.read(), resp.headers
 

@@ -351,8 +351,8 @@ async def test_cli_export_audit_and_prove(
         reader = ExportReader(f)
         header, records = reader.header, [r for r in reader if isinstance(r, LogRecord)]
     drop = next(i for i, r in enumerate(records) if r.section == "reports" and r.offset == 1)
-    with (tmp_path / "cut.jsonl").open("wb") as f:
-        w = ExportWriter(f, header)
+    with (tmp_path / "cut.jsonl").open("wb") as cut:
+        w = ExportWriter(cut, header)
         for r in records[:drop] + records[drop + 1 :]:
             w.write(r)
         w.finish()
