@@ -41,7 +41,7 @@ lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check bus nodes tests bench
 	$(VENV)/bin/ruff format --check bus nodes tests bench
 
-typecheck: $(STAMP)  ## mypy --strict on bus and nodes
+typecheck: $(STAMP)  ## mypy --strict on bus, nodes, tests and bench
 	$(VENV)/bin/mypy
 
 check: lint typecheck proto-check  ## all static checks
