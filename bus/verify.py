@@ -268,11 +268,27 @@ class ChainLink(Protocol):
 DigestLookup = Callable[[str], bytes | None]
 
 
+@dataclass(frozen=True, slots=True)
+class ChainBatch:
+    """What one batch judged through a :class:`ChainBook` changed and rested on.
+
+    ``changed``: the new heads to store; ``bases``: every head a verdict of the batch rested
+    on, as it was before the batch (None: none), for a store shared by several workers to check
+    at commit time; ``report_ids``: the ids the batch accepted.
+    """
+
+    changed: dict[str, ChainHead]
+    bases: dict[str, ChainHead | None]
+    report_ids: tuple[str, ...]
+
+
 class ChainBook:
     """Chain heads per observer plus report-id idempotency.
 
     ``lookup_digest`` asks the durable store for a report id; reports accepted through this
-    book but not yet stored are remembered in memory until :meth:`flushed`.
+    book but not yet stored are remembered in memory until :meth:`flushed` (or, batch by
+    batch, :meth:`seal` then :meth:`stored`: a node judges its next batch while the previous
+    one is being committed).
     """
 
     def __init__(self, heads: dict[str, ChainHead], lookup_digest: DigestLookup) -> None:
@@ -283,6 +299,7 @@ class ChainBook:
         # with the head before the first change (None: no report before): what a shared
         # store checks at commit time.
         self._base: dict[str, ChainHead | None] = {}
+        self._unsealed: list[str] = []  # ids accepted since the last seal()
 
     def head(self, observer_id: str) -> ChainHead | None:
         """The observer's chain head, or None before its first report."""
@@ -338,21 +355,33 @@ class ChainBook:
             )
         self._heads[r.observer_id] = ChainHead(r.seq, envelope_digest)
         self._pending[r.report_id] = envelope_digest
-
-    def pending_ids(self) -> list[str]:
-        """Report ids accepted since the last :meth:`flushed` (what the next commit stores)."""
-        return list(self._pending)
+        self._unsealed.append(r.report_id)
 
     def flushed(self) -> None:
         """Forget in-memory report ids and changes once the store has committed them."""
         self._pending.clear()
         self._base.clear()
+        self._unsealed.clear()
+
+    def seal(self) -> ChainBatch:
+        """Close the batch judged since the last seal; its ids stay known until
+        :meth:`stored`, and the next batch's verdicts rest on its heads."""
+        batch = ChainBatch(self.changed(), self.bases(), tuple(self._unsealed))
+        self._base.clear()
+        self._unsealed.clear()
+        return batch
+
+    def stored(self, batch: ChainBatch) -> None:
+        """A sealed batch is committed: the store answers for its ids from now on."""
+        for report_id in batch.report_ids:
+            self._pending.pop(report_id, None)
 
     def reload(self, heads: dict[str, ChainHead]) -> None:
-        """Start over from a store's heads, dropping everything not flushed (a lost batch)."""
+        """Start over from a store's heads, dropping everything not stored (a lost batch)."""
         self._heads = dict(heads)
         self._pending.clear()
         self._base.clear()
+        self._unsealed.clear()
 
     def changed(self) -> dict[str, ChainHead]:
         """Heads changed since the last :meth:`flushed`: what a batch commit writes."""

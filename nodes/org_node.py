@@ -3,8 +3,13 @@
 Resumption: the node's SQLite store holds the next offset of every topic-partition, written in
 the same transaction as the records it covers. On every partition assignment the consumer
 seeks to the store's position (0 when unknown), so a crash between the store commit and the
-Kafka offset commit never loses or doubles a record. Kafka group offsets are committed after
-each store commit only so that operators' lag tooling sees progress.
+Kafka offset commit never loses or doubles a record. Kafka group offsets (of stored records
+only) are committed at most once a second, and on stop, so that operators' lag tooling sees
+progress.
+
+Pipelining: batch N+1 is judged while batch N is written (one commit in flight, on a second
+SQLite connection, in a thread); N+1 is judged against the state N leaves and is committed
+only after N's commit succeeded (see :meth:`OrgNode._process`).
 
 Follow-up (this organization's decisions, their publication, others' decisions and joint
 statements) and the dashboard run beside the ingest loop and read the store on their own
@@ -15,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,7 +42,7 @@ from bus.policy import Policy
 from bus.sealed import DecryptionKey
 from bus.store import NodeStore, Outcome, Quarantined, RecordRef
 from bus.trust import KeyRing
-from bus.verify import ChainBook, Limits
+from bus.verify import ChainBatch, ChainBook, Limits
 from nodes.attachments import AttachmentNode, config_for_node
 from nodes.preverify import PreVerifier
 from nodes.trust_follower import TrustFollower
@@ -45,6 +51,8 @@ log = structlog.get_logger(__name__)
 
 # A worker that keeps losing commit races stops instead of spinning (see _lost_race).
 _MAX_CONFLICTS_IN_A_ROW = 100
+# Kafka group offsets (lag tooling only) are committed at most this often.
+OFFSET_COMMIT_INTERVAL_S = 1.0
 
 Batch = dict[TopicPartition, list]  # type: ignore[type-arg]  # aiokafka's getmany() result
 
@@ -195,6 +203,11 @@ class OrgNode:
         # before are dropped and state is read again from the store (shared-store workers).
         self._resync = False
         self._stale_heads = False
+        # The batch commit in flight (judging the next batch overlaps it); its own connection.
+        self._writer = NodeStore(config.db_path)
+        self._inflight: _Inflight | None = None
+        self._stored: dict[tuple[str, int], int] = {}  # stored, group offsets not committed
+        self._offsets_committed_at = 0.0
         self.conflicts = 0
         self._conflicts_in_a_row = 0
 
@@ -303,6 +316,8 @@ class OrgNode:
                         current = current or (batch, None)
                     if current is not None:
                         await self._process(consumer, current[0], current[1])
+                    elif self._inflight is not None and not batch:
+                        await self._settle()  # idle: let the last batch land now
                     if self._resync and ahead is not None:
                         # The batch before it lost a commit race: the consumer now reads
                         # again from the store's positions, so this one is read again too.
@@ -313,6 +328,9 @@ class OrgNode:
             finally:
                 if ahead is not None and ahead[1] is not None:
                     ahead[1].cancel()
+                if self._inflight is not None:  # never leave a commit behind on stop
+                    await self._settle()
+                await self._commit_offsets(force=True)
         except KafkaError as exc:
             raise wrap(exc, "consuming reports") from exc
         finally:
@@ -323,6 +341,7 @@ class OrgNode:
             if extras is not None:
                 await extras.stop()
             self.store.close()
+            self._writer.close()
             self._log.info("node_stopped", **self.counts)
 
     def _lost_race(self, exc: StoreConflictError, records: int) -> None:
@@ -354,10 +373,20 @@ class OrgNode:
         batch: Batch,
         preverified: asyncio.Task[set[tuple[bytes, bytes]]] | None = None,
     ) -> None:
+        """Judge a batch, wait for the previous batch's commit, then start this one's.
+
+        The batch is judged while the previous one is still being written (SQLite works in a
+        thread, without the GIL), against the state that previous batch leaves: positions,
+        chain heads and report ids it holds in memory until its commit lands. If that commit
+        is lost to another worker (:class:`StoreConflictError`), this batch is dropped unstored
+        too and both are read again from the store's positions.
+        """
         await self._mark_revoked(await self.registry.catch_up())
         if preverified is not None:
             self.ingestor.preverified = await preverified
         if self._stale_heads:  # partitions moved: other workers may have extended chains
+            if not await self._settle():
+                return
             self._stale_heads = False
             self.chain.reload(await asyncio.to_thread(self.store.chain_heads))
         outcomes: list[Outcome] = []
@@ -365,42 +394,63 @@ class OrgNode:
         started: dict[tuple[str, int], int] = {}
         for tp, records in batch.items():
             org = self.config.topics.org_of_report_topic(tp.topic)
-            start = self._positions.get((tp.topic, tp.partition), 0)
-            started[(tp.topic, tp.partition)] = start
+            key = (tp.topic, tp.partition)
+            start = self._positions.get(key, 0)
             for rec in records:
                 if rec.offset < start:
                     continue  # stored before a crash or rebalance: never store twice
                 ref = RecordRef(tp.topic, tp.partition, rec.offset, rec.timestamp, rec.key)
-                outcome = self.ingestor.judge(ref, rec.value, org)
-                outcomes.append(outcome)
-                touched[(tp.topic, tp.partition)] = rec.offset + 1
+                outcomes.append(self.ingestor.judge(ref, rec.value, org))
+                touched[key] = rec.offset + 1
+            if key in touched:
+                started[key] = start
         self.ingestor.preverified = frozenset()
         if not touched:
             return
-        async with self.commit_lock:
-            try:
-                await asyncio.to_thread(
-                    functools.partial(
-                        self.store.commit_batch,
-                        outcomes,
-                        self.chain.changed(),
-                        [],
-                        touched,
-                        expect_positions={k: started[k] for k in touched},
-                        expect_heads=self.chain.bases(),
-                    )
-                )
-            except StoreConflictError as exc:
-                self._lost_race(exc, len(outcomes))
-                return
-            except StoreError:
-                self._log.exception("store_failed_stopping", pending=len(outcomes))
-                raise
-            self._conflicts_in_a_row = 0
-            for report_id in self.chain.pending_ids():
-                self.known_ids.add(report_id)
-            self.chain.flushed()
-            self._positions.update(touched)
+        self._positions.update(touched)  # judged up to here; the store follows at commit
+        sealed = self.chain.seal()
+        if not await self._settle():
+            return  # judged on top of a batch that was not stored: read both again
+        write = functools.partial(
+            self._writer.commit_batch,
+            outcomes,
+            sealed.changed,
+            [],
+            touched,
+            expect_positions=started,
+            expect_heads=sealed.bases,
+        )
+        self._inflight = _Inflight(
+            asyncio.create_task(self._commit(write)), outcomes, sealed, touched
+        )
+
+    async def _commit(self, write: Callable[[], None]) -> None:
+        async with self.commit_lock:  # rebalance callbacks wait for a commit in flight
+            await asyncio.to_thread(write)
+
+    async def _settle(self) -> bool:
+        """Wait for the batch commit in flight, if any; False when it lost a commit race.
+
+        Raises:
+            StoreError: the store failed; the node stops without committing offsets for it.
+        """
+        inflight, self._inflight = self._inflight, None
+        if inflight is None:
+            return True
+        outcomes = inflight.outcomes
+        try:
+            await inflight.task
+        except StoreConflictError as exc:
+            self._lost_race(exc, len(outcomes))
+            return False
+        except StoreError:
+            self._log.exception("store_failed_stopping", pending=len(outcomes))
+            raise
+        self._conflicts_in_a_row = 0
+        for report_id in inflight.sealed.report_ids:
+            self.known_ids.add(report_id)
+        self.chain.stored(inflight.sealed)
+        self._stored.update(inflight.touched)
         for o in outcomes:
             if isinstance(o, Quarantined):
                 self.counts["quarantined"] += 1
@@ -414,15 +464,42 @@ class OrgNode:
                 )
             else:
                 self.counts["accepted"] += 1
-        try:
-            await consumer.commit({TopicPartition(t, p): o for (t, p), o in touched.items()})
-        except KafkaError as exc:
-            # The store, not the group offset, says where to resume (seek_to_store on every
-            # assignment), so a commit lost to a rebalance or a failed-over coordinator (a
-            # broker killed or frozen, a member dropped after its session timeout) costs
-            # nothing: log it and go on; the consumer rejoins on its next poll.
-            self._log.warning("offset_commit_failed", error=repr(exc), partitions=len(touched))
         self._log.debug("batch_stored", records=len(outcomes), **self.counts)
+        await self._commit_offsets()
+        return True
+
+    async def _commit_offsets(self, *, force: bool = False) -> None:
+        # Group offsets are only for operators' lag tooling (the store says where to resume),
+        # so they are committed at most once per OFFSET_COMMIT_INTERVAL_S, not per batch.
+        now = time.monotonic()
+        consumer = self._consumer
+        if (
+            consumer is None
+            or not self._stored
+            or (not force and now - self._offsets_committed_at < OFFSET_COMMIT_INTERVAL_S)
+        ):
+            return
+        offsets = {TopicPartition(t, p): o for (t, p), o in self._stored.items()}
+        self._offsets_committed_at = now
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            # A commit lost to a rebalance or a failed-over coordinator (a broker killed or
+            # frozen, a member dropped after its session timeout) costs nothing: log it and go
+            # on; the consumer rejoins on its next poll, and seeks to the store's positions.
+            self._log.warning("offset_commit_failed", error=repr(exc), partitions=len(offsets))
+            return
+        self._stored.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class _Inflight:
+    """A batch whose store commit is running: what its completion updates."""
+
+    task: asyncio.Task[None]
+    outcomes: list[Outcome]
+    sealed: ChainBatch
+    touched: dict[tuple[str, int], int]
 
 
 class Companion(Protocol):
