@@ -381,7 +381,13 @@ class OrgNode:
         is lost to another worker (:class:`StoreConflictError`), this batch is dropped unstored
         too and both are read again from the store's positions.
         """
-        await self._mark_revoked(await self.registry.catch_up())
+        revocations = await self.registry.catch_up()
+        if revocations:
+            # Reports of the batch in flight were judged before these revocations were known:
+            # it must be stored before they are marked (revoked after acceptance).
+            if not await self._settle():
+                return  # that batch was not stored: this one, read after it, goes too
+            await self._mark_revoked(revocations)
         if preverified is not None:
             self.ingestor.preverified = await preverified
         if self._stale_heads:  # partitions moved: other workers may have extended chains
