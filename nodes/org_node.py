@@ -306,8 +306,11 @@ class OrgNode:
             ahead: tuple[Batch, asyncio.Task[set[tuple[bytes, bytes]]] | None] | None = None
             try:
                 while not self._stopping.is_set():
+                    # Nothing buffered while a commit is in flight: settle it (below) at once
+                    # rather than after a whole poll timeout.
+                    busy = ahead is not None or self._inflight is not None
                     batch = await consumer.getmany(
-                        timeout_ms=0 if ahead else cfg.poll_timeout_ms, max_records=cfg.max_batch
+                        timeout_ms=0 if busy else cfg.poll_timeout_ms, max_records=cfg.max_batch
                     )
                     current, ahead = ahead, None
                     if batch and self._preverifier is not None:
