@@ -60,6 +60,9 @@ class IdFilter:
         if self._count >= self._capacity:
             self._capacity *= 2
             self.rebuild()
+        self._set(report_id)
+
+    def _set(self, report_id: str) -> None:
         bits = self._bits
         for p in self._positions(report_id):
             bits[p >> 3] |= 1 << (p & 7)
@@ -71,16 +74,22 @@ class IdFilter:
         return all(bits[p >> 3] & (1 << (p & 7)) for p in self._positions(report_id))
 
     def rebuild(self) -> None:
-        """Start again from the store's ids (sized for at least twice as many)."""
-        ids = list(self._stored_ids())
-        while self._capacity < 2 * len(ids):
-            self._capacity *= 2
-        nbits = 1 << (self._capacity * _BITS_PER_ID - 1).bit_length()
-        self._bits = bytearray(nbits // 8)
-        self._mask = nbits - 1
-        self._count = 0
-        for report_id in ids:
-            self.add(report_id)
+        """Start again from the store's ids, sized for at least twice as many.
+
+        Streams the ids (never holds them all: a rebuild must not be the auditor's memory
+        peak); when they turn out too many for the current size, it sizes up and reads again.
+        """
+        while True:
+            nbits = 1 << (self._capacity * _BITS_PER_ID - 1).bit_length()
+            self._bits = bytearray(nbits // 8)
+            self._mask = nbits - 1
+            self._count = 0
+            for report_id in self._stored_ids():
+                self._set(report_id)
+            if 2 * self._count <= self._capacity:
+                return
+            while self._capacity < 2 * self._count:
+                self._capacity *= 2
 
     def __call__(self, report_id: str) -> bytes | None:
         """The stored digest of ``report_id`` or None, as the lookup says, asking it only when
