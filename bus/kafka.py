@@ -397,6 +397,11 @@ async def topic_partitions(
     )
 
 
+# Read-ahead of a replay (auditor, exports): per partition and per fetch request.
+REPLAY_PARTITION_FETCH_BYTES: Final = 256 * 1024
+REPLAY_FETCH_BYTES: Final = 4 * 1024 * 1024
+
+
 async def replay(
     bootstrap: str,
     topic_names: Sequence[str] = (),
@@ -413,7 +418,14 @@ async def replay(
     if not tps:
         return
     consumer = AIOKafkaConsumer(
-        **client_options(bootstrap, security), enable_auto_commit=False, group_id=None
+        **client_options(bootstrap, security),
+        enable_auto_commit=False,
+        group_id=None,
+        # Bounded read-ahead: a replay of a long log must not hold megabytes per partition
+        # (the defaults, 1 MiB per partition and 50 MiB per fetch, made the auditor's peak
+        # memory grow with the log). Kafka still returns a record larger than these.
+        max_partition_fetch_bytes=REPLAY_PARTITION_FETCH_BYTES,
+        fetch_max_bytes=REPLAY_FETCH_BYTES,
     )
     try:
         await consumer.start()

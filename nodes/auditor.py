@@ -151,7 +151,7 @@ class _Index:
         self.db = sqlite3.connect(str(Path(self._tmp.name) / "index.db"), isolation_level=None)
         self.db.executescript(
             """
-            PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-8192;
+            PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF; PRAGMA cache_size=-2048;
             CREATE TABLE ids (report_id TEXT PRIMARY KEY, digest BLOB NOT NULL) WITHOUT ROWID;
             CREATE TABLE texts (id INTEGER PRIMARY KEY, origin TEXT NOT NULL,
                 size INTEGER NOT NULL, root BLOB NOT NULL, "offset" INTEGER NOT NULL,
