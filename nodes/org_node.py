@@ -488,17 +488,23 @@ class OrgNode:
             or (not force and now - self._offsets_committed_at < OFFSET_COMMIT_INTERVAL_S)
         ):
             return
-        offsets = {TopicPartition(t, p): o for (t, p), o in self._stored.items()}
+        # Only partitions still assigned: others moved to another worker, which commits them.
+        assigned = consumer.assignment()
+        offsets = {
+            tp: o for (t, p), o in self._stored.items() if (tp := TopicPartition(t, p)) in assigned
+        }
+        self._stored.clear()
         self._offsets_committed_at = now
+        if not offsets:
+            return
         try:
             await consumer.commit(offsets)
         except KafkaError as exc:
             # A commit lost to a rebalance or a failed-over coordinator (a broker killed or
             # frozen, a member dropped after its session timeout) costs nothing: log it and go
             # on; the consumer rejoins on its next poll, and seeks to the store's positions.
+            # The next stored batch commits its partitions' offsets again.
             self._log.warning("offset_commit_failed", error=repr(exc), partitions=len(offsets))
-            return
-        self._stored.clear()
 
 
 @dataclass(frozen=True, slots=True)
