@@ -94,6 +94,10 @@ class NodeConfig:
     # consumes, verifies and stores (no follow-up, dashboard or attachments; the full node
     # runs those). Batches commit only against unchanged store state (StoreConflictError).
     ingest_only: bool = False
+    # The consumer group (default <prefix>node.<org>, what `obus kafka acls` grants). Every
+    # process sharing db_path must use the same group: two groups would both read every
+    # partition, and all but one commit of each batch would be lost races.
+    group_id: str | None = None
 
 
 class RegistryFollower:
@@ -287,7 +291,7 @@ class OrgNode:
         self._log.info("node_started", accredited_keys=len(self.keyring), db=str(cfg.db_path))
         consumer = AIOKafkaConsumer(
             **client_options(cfg.bootstrap, cfg.security),
-            group_id=f"{cfg.topics.prefix}node.{cfg.org}",
+            group_id=cfg.group_id or f"{cfg.topics.prefix}node.{cfg.org}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=cfg.metadata_max_age_ms,

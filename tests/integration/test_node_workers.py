@@ -103,3 +103,55 @@ async def test_workers_joining_and_leaving_store_exactly_what_one_node_stores(
     assert a.chain_heads() == b.chain_heads()
     assert a.positions() == b.positions()
     assert sum(w.counts["accepted"] for w, _ in workers) >= genuine
+
+
+async def test_two_groups_on_one_store_race_every_batch_and_still_store_each_record_once(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path
+) -> None:
+    """A misconfiguration that maximizes commit races: two workers in different consumer
+    groups share one store, so both read every partition and judge the same records. Every
+    batch the slower one judged is refused at commit (StoreConflictError), dropped with the
+    batch judged behind it, and read again from the store: the store still ends as one
+    node's."""
+    m = make_mission()
+    shared = tmp_path / "un-shared.db"
+
+    def worker(group: str) -> OrgNode:
+        cfg = _config(kafka_bootstrap, topics, m, shared, "un")
+        return OrgNode(dataclasses.replace(cfg, ingest_only=True, max_batch=7, group_id=group))
+
+    producer = await _setup(kafka_bootstrap, topics, m)
+    total = 0
+    workers = [worker(f"{topics.prefix}a"), worker(f"{topics.prefix}b")]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    try:
+        total += await _publish_round(producer, topics, m, 8)
+        again = m.next_report("nato", 1)
+        await _publish(producer, topics, "nato", again)
+        await producer.send_and_wait(topics.reports("sco"), b"\x00junk", key=b"x")
+        total += await _publish_round(producer, topics, m, 8)
+        await _publish(producer, topics, "nato", again)  # replayed
+        total += 3
+        async with asyncio.timeout(180):
+            while await _stored(shared) < total:
+                for task in tasks:
+                    if task.done():
+                        await task
+                await asyncio.sleep(0.1)
+    finally:
+        await producer.stop()
+        for w in workers:
+            w.stop()
+        await asyncio.gather(*tasks)
+
+    solo = tmp_path / "un-solo.db"
+    await _run_until(OrgNode(_config(kafka_bootstrap, topics, m, solo, "un")), solo, total, 120)
+    a, b = NodeStore(shared, read_only=True), NodeStore(solo, read_only=True)
+    assert a.count_reports() == 6 * 2 * 16 + 1
+    assert a.accepted_digests() == b.accepted_digests()
+    assert a.quarantine_rows() == b.quarantine_rows()
+    assert sorted(r[3] for r in a.quarantine_rows()) == ["malformed", "replayed"]
+    assert a.chain_heads() == b.chain_heads()
+    assert a.positions() == b.positions()
+    print("lost commit races:", [w.conflicts for w in workers])
+    assert sum(w.conflicts for w in workers) > 0
