@@ -96,6 +96,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
         verify_workers=args.verify_workers,
         attachments=None if args.ingest_only else _attachment_limits(args),
         ingest_only=args.ingest_only,
+        fetch_min_bytes=args.fetch_min_bytes,
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
     )
     if args.decryption_key:  # restricted reports sealed to this organization (issue 4)
         import dataclasses  # noqa: PLC0415
@@ -240,6 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
         "witness and attachments). Each batch commits only if the store still holds what it "
         "was judged against, so workers never store a record twice or judge on stale chains.",
     )
+    node.add_argument(
+        "--fetch-min-bytes", type=int, default=64 * 1024, metavar="N",
+        help="the broker answers the node's fetch once N bytes of reports are ready or "
+        "--fetch-max-wait-ms passed (default 65536). Every batch has a fixed cost, so a "
+        "steady trickle read record by record costs far more CPU than the same reports in "
+        "batches; 1 reads each record the moment it lands",
+    )  # fmt: skip
+    node.add_argument(
+        "--fetch-max-wait-ms", type=int, default=50, metavar="MS",
+        help="longest a report waits on the broker to be batched with others (default 50)",
+    )  # fmt: skip
     att = node.add_argument_group(
         "attachments",
         "Reassemble the attachment chunks of <prefix>attachments.* (own consumer group, "
