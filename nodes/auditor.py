@@ -50,7 +50,7 @@ from bus.errors import Reason, VerificationError
 from bus.export import ExportProblem, ExportReader, LogRecord
 from bus.idfilter import IdFilter
 from bus.ingest import Ingestor
-from bus.kafka import Topics, end_offsets, replay
+from bus.kafka import KafkaSecurity, Topics, end_offsets, replay
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree
 from bus.model import Envelope, Mandate, Role
@@ -538,6 +538,7 @@ async def audit(
     require_witnessed: bool = False,
     work_dir: Path | None = None,
     verify_workers: int = 0,
+    security: KafkaSecurity | None = None,
 ) -> AuditResult:
     """Replay the mandate, registry, checkpoints and every report topic and verify it all.
 
@@ -553,6 +554,7 @@ async def audit(
             records while this one judges the current batch (as ``obus node
             --verify-workers``: same rule, same verdicts; rejections are always re-checked
             here). 0: every check in this process.
+        security: how to authenticate to the brokers (None: PLAINTEXT).
     """
     topics = topics or Topics()
     run = AuditRun(
@@ -567,17 +569,25 @@ async def audit(
             ("registry", topics.registry),
             ("checkpoints", topics.checkpoints),
         ):
-            async for rec in replay(bootstrap, [name]):
+            async for rec in replay(bootstrap, [name], security=security):
                 run.record(_as_record(section, rec))
-        total = sum((await end_offsets(bootstrap, topics.reports_pattern)).values())
+        ends = await end_offsets(bootstrap, topics.reports_pattern, security=security)
+        total = sum(ends.values())
         with _progress(console, "audit") as progress:
             task = progress.add_task("records", total=total)
             if verify_workers > 0:
                 await _reports_with_workers(
-                    run, bootstrap, topics, verify_workers, lambda n: progress.advance(task, n)
+                    run,
+                    bootstrap,
+                    topics,
+                    verify_workers,
+                    lambda n: progress.advance(task, n),
+                    security=security,
                 )
             else:
-                async for rec in replay(bootstrap, pattern=topics.reports_pattern):
+                async for rec in replay(
+                    bootstrap, pattern=topics.reports_pattern, security=security
+                ):
                     run.report_record(_as_record("reports", rec))
                     progress.advance(task)
         return run.finish()
@@ -595,6 +605,8 @@ async def _reports_with_workers(
     topics: Topics,
     workers: int,
     advance: Callable[[int], None],
+    *,
+    security: KafkaSecurity | None,
 ) -> None:
     """The report topics in log order, the next batch's signatures checked by a pool while
     the current batch is judged (one batch ahead, as the node does)."""
@@ -617,7 +629,7 @@ async def _reports_with_workers(
     try:
         ahead: tuple[list[LogRecord], asyncio.Task[set[tuple[bytes, bytes]]]] | None = None
         batch: list[LogRecord] = []
-        async for rec in replay(bootstrap, pattern=topics.reports_pattern):
+        async for rec in replay(bootstrap, pattern=topics.reports_pattern, security=security):
             batch.append(_as_record("reports", rec))
             if len(batch) >= _AUDIT_BATCH:
                 raws = [r.value for r in batch if r.value]

@@ -39,7 +39,14 @@ from aiokafka.errors import KafkaError
 from bus.crypto import SigningKey
 from bus.decision import PublishedDecision, sign_decision, verify_decision
 from bus.errors import BusError, Reason, StoreError, VerificationError
-from bus.kafka import Topics, reliable_producer, topic_partitions, wrap
+from bus.kafka import (
+    KafkaSecurity,
+    Topics,
+    client_options,
+    reliable_producer,
+    topic_partitions,
+    wrap,
+)
 from bus.model import Envelope, Mandate, Report, Role
 from bus.policy import Decision, Observation, Policy, PolicyEngine, watermark
 from bus.statement import StatementBook, StatementStatus
@@ -74,6 +81,7 @@ class FollowUpConfig:
         refresh_s: how often report partitions and their end offsets are asked for.
         poll_timeout_ms: longest wait for board records per loop turn.
         drain_s: on stop, how long to keep releasing reports already read.
+        security: how to authenticate to the brokers (the node's; None: PLAINTEXT).
     """
 
     org: str
@@ -87,6 +95,7 @@ class FollowUpConfig:
     refresh_s: float = 1.0
     poll_timeout_ms: int = 200
     drain_s: float = 5.0
+    security: KafkaSecurity | None = None
 
 
 class FollowUp:
@@ -133,9 +142,11 @@ class FollowUp:
         """Run until stop(); then release what the watermark allows within ``drain_s``."""
         cfg = self.config
         store = NodeStore(cfg.db_path)
-        registry = RegistryFollower(cfg.bootstrap, cfg.topics.registry, self.keyring)
+        registry = RegistryFollower(
+            cfg.bootstrap, cfg.topics.registry, self.keyring, security=cfg.security
+        )
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap, group_id=None, enable_auto_commit=False
+            **client_options(cfg.bootstrap, cfg.security), group_id=None, enable_auto_commit=False
         )
         producer: AIOKafkaProducer | None = None
         try:
@@ -149,7 +160,7 @@ class FollowUp:
             await registry.start()
             await consumer.start()
             if cfg.policy is not None and any(r.publish for r in cfg.policy.rules):
-                producer = reliable_producer(cfg.bootstrap)
+                producer = reliable_producer(cfg.bootstrap, security=cfg.security)
                 await producer.start()
             self._log.info(
                 "followup_started",
@@ -202,7 +213,9 @@ class FollowUp:
             (topics.reports_pattern, topics.decisions_pattern, f"^{re.escape(topics.statements)}$")
         )
         asked_at = _now_ms()  # before the requests: the ends they return are at least this new
-        tps = await topic_partitions(self.config.bootstrap, pattern=pattern)
+        tps = await topic_partitions(
+            self.config.bootstrap, pattern=pattern, security=self.config.security
+        )
         await self._assign_board(consumer, tps)
         if self.engine is None:
             return
@@ -419,6 +432,7 @@ class NodeExtras:
                 node_key=cfg.node_key,
                 topics=cfg.topics,
                 idle_margin_ms=cfg.idle_margin_ms,
+                security=cfg.security,
             )
         )
         self.dashboard: Any = None

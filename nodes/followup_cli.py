@@ -24,13 +24,14 @@ from rich.table import Table
 
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError, VerificationError
-from bus.kafka import Topics, ensure_topics, reliable_producer, replay
+from bus.kafka import KafkaSecurity, Topics, ensure_topics, reliable_producer, replay
 from bus.model import Envelope, Mandate
 from bus.policy import Evidence
 from bus.statement import JointStatement, StatementBook, StatementStatus, cosign, sign_statement
 from bus.store import NodeStore
 from bus.trust import KeyRing
 from bus.uuid7 import uuid7
+from nodes.kafka_cli import security_from_args
 
 Common = Callable[[argparse.ArgumentParser], None]
 Bootstrap = Callable[[argparse.Namespace], str]
@@ -45,9 +46,11 @@ class Board:
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # offset, reason, detail
 
 
-async def _keyring(bootstrap: str, topics: Topics, mandate: Mandate) -> KeyRing:
+async def _keyring(
+    bootstrap: str, topics: Topics, mandate: Mandate, security: KafkaSecurity | None
+) -> KeyRing:
     keyring = KeyRing(mandate)
-    async for rec in replay(bootstrap, [topics.registry]):
+    async for rec in replay(bootstrap, [topics.registry], security=security):
         try:
             keyring.apply(Envelope.decode(rec.value or b""))
         except VerificationError:
@@ -55,10 +58,12 @@ async def _keyring(bootstrap: str, topics: Topics, mandate: Mandate) -> KeyRing:
     return keyring
 
 
-async def read_board(bootstrap: str, topics: Topics, mandate: Mandate) -> Board:
+async def read_board(
+    bootstrap: str, topics: Topics, mandate: Mandate, *, security: KafkaSecurity | None = None
+) -> Board:
     """Replay the registry and the statements topic (no consumer group, nothing committed)."""
-    board = Board(StatementBook(await _keyring(bootstrap, topics, mandate)))
-    async for rec in replay(bootstrap, [topics.statements]):
+    board = Board(StatementBook(await _keyring(bootstrap, topics, mandate, security)))
+    async for rec in replay(bootstrap, [topics.statements], security=security):
         raw = rec.value or b""
         try:
             status, _ = board.book.apply(raw)
@@ -106,10 +111,12 @@ def check_references(db: Path, status: StatementStatus) -> list[str]:
         store.close()
 
 
-async def publish_statement_record(bootstrap: str, topics: Topics, raw: bytes) -> int:
+async def publish_statement_record(
+    bootstrap: str, topics: Topics, raw: bytes, *, security: KafkaSecurity | None = None
+) -> int:
     """Produce one statement record (acks=all, idempotent); returns its offset."""
-    await ensure_topics(bootstrap, [_statements_spec(topics)])
-    producer = reliable_producer(bootstrap)
+    await ensure_topics(bootstrap, [_statements_spec(topics)], security=security)
+    producer = reliable_producer(bootstrap, security=security)
     await producer.start()
     try:
         stmt = JointStatement.decode(Envelope.decode(raw).payload)
@@ -136,6 +143,7 @@ async def draft(
     text: str,
     references: tuple[Evidence, ...],
     now_ms: int | None = None,
+    security: KafkaSecurity | None = None,
 ) -> JointStatement:
     """Draft, sign and publish a statement; returns it."""
     stmt = JointStatement(
@@ -147,7 +155,7 @@ async def draft(
         references=references,
         created_at_ms=now_ms or time.time_ns() // 1_000_000,
     )
-    await publish_statement_record(bootstrap, topics, sign_statement(stmt, key))
+    await publish_statement_record(bootstrap, topics, sign_statement(stmt, key), security=security)
     return stmt
 
 
@@ -159,13 +167,14 @@ async def sign(
     statement_id: str,
     key: SigningKey,
     db: Path | None = None,
+    security: KafkaSecurity | None = None,
 ) -> StatementStatus:
     """Co-sign a drafted statement on the bus (after checking its references against ``db``).
 
     Raises:
         BusError: the statement is unknown, or its references do not match this store.
     """
-    board = await read_board(bootstrap, topics, mandate)
+    board = await read_board(bootstrap, topics, mandate, security=security)
     status = board.book.get(statement_id)
     if status is None:
         raise BusError(f"no verified statement {statement_id} on {topics.statements}")
@@ -174,7 +183,7 @@ async def sign(
         if problems:
             raise BusError("refusing to sign: " + "; ".join(problems))
     raw = cosign(board.drafts[statement_id], key)
-    await publish_statement_record(bootstrap, topics, raw)
+    await publish_statement_record(bootstrap, topics, raw, security=security)
     status, _ = board.book.apply(raw)
     return status
 
@@ -225,7 +234,7 @@ def _cmd_draft(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     stmt = asyncio.run(
         draft(
             bootstrap(args), Topics(args.topic_prefix), mandate, org=args.org, key=_key(args),
-            title=args.title, text=text, references=refs,
+            title=args.title, text=text, references=refs, security=security_from_args(args),
         )
     )  # fmt: skip
     print(f"drafted statement {stmt.statement_id} ({len(refs)} reports), signed by {args.org}")
@@ -238,7 +247,7 @@ def _cmd_sign(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
         sign(
             bootstrap(args), Topics(args.topic_prefix), _mandate(args),
             statement_id=args.statement_id, key=_key(args),
-            db=Path(args.db) if args.db else None,
+            db=Path(args.db) if args.db else None, security=security_from_args(args),
         )
     )  # fmt: skip
     print(
@@ -249,7 +258,12 @@ def _cmd_sign(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
 
 
 def _cmd_status(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
-    board = asyncio.run(read_board(bootstrap(args), Topics(args.topic_prefix), _mandate(args)))
+    board = asyncio.run(
+        read_board(
+            bootstrap(args), Topics(args.topic_prefix), _mandate(args),
+            security=security_from_args(args),
+        )
+    )  # fmt: skip
     if args.statement_id:
         status = board.book.get(args.statement_id)
         if status is None:

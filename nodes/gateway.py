@@ -87,7 +87,9 @@ from bus.attachment import CHUNK_OVERHEAD_BYTES, AttachmentLimits, check_upload,
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError, Reason, StoreError, VerificationError
 from bus.kafka import (
+    KafkaSecurity,
     Topics,
+    client_options,
     registry_key,
     reliable_producer,
     replay,
@@ -185,6 +187,8 @@ class GatewayConfig:
     exit_after_publishes: int | None = None
     # Attachments: size limit and chunk size (bus/attachment.py).
     attachments: AttachmentLimits = field(default_factory=AttachmentLimits)
+    # How the gateway authenticates to the brokers (None: PLAINTEXT); see bus.kafka.KafkaSecurity.
+    security: KafkaSecurity | None = None
 
     def __post_init__(self) -> None:
         if self.max_body_bytes > self.limits.max_record_bytes:
@@ -464,7 +468,9 @@ class Gateway:
         """
         cfg = self.config
         self.node_accreditation, self.node = await self._find_node_accreditation()
-        self._registry = RegistryFollower(cfg.bootstrap, cfg.topics.registry, self.keyring)
+        self._registry = RegistryFollower(
+            cfg.bootstrap, cfg.topics.registry, self.keyring, security=cfg.security
+        )
         try:
             await self._registry.start()
             # linger 0: one observer sends one report at a time, so waiting to batch is pure
@@ -472,7 +478,7 @@ class Gateway:
             # max_request_size: room for one attachment chunk record (at least the default).
             request_max = max(1_048_576, cfg.attachments.chunk_bytes + CHUNK_OVERHEAD_BYTES)
             self._producer = reliable_producer(
-                cfg.bootstrap, linger_ms=0, max_request_size=request_max
+                cfg.bootstrap, security=cfg.security, linger_ms=0, max_request_size=request_max
             )
             await self._producer.start()
         except KafkaError as exc:
@@ -506,7 +512,9 @@ class Gateway:
         if self._attachments_ok:
             return True
         cfg = self.config
-        limit = await topic_message_limit(cfg.bootstrap, self.attachment_topic)
+        limit = await topic_message_limit(
+            cfg.bootstrap, self.attachment_topic, security=cfg.security
+        )
         if limit is None:
             self._log.warning("attachments_topic_missing", attachment_topic=self.attachment_topic)
             return False
@@ -526,7 +534,7 @@ class Gateway:
         cfg = self.config
         wanted = registry_key(PAYLOAD_ACCREDITATION, cfg.node_key.key_id)
         raw = None
-        async for rec in replay(cfg.bootstrap, [cfg.topics.registry]):
+        async for rec in replay(cfg.bootstrap, [cfg.topics.registry], security=cfg.security):
             if rec.key == wanted:
                 raw = rec.value  # compacted topic: the last one for the key counts
         fix = (
@@ -802,7 +810,9 @@ class Gateway:
     async def _scan(self, digests: set[bytes]) -> dict[bytes, tuple[int, int, int]]:
         """Read every partition from its watermark to the end; positions of matching records."""
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.config.bootstrap, group_id=None, enable_auto_commit=False
+            **client_options(self.config.bootstrap, self.config.security),
+            group_id=None,
+            enable_auto_commit=False,
         )
         found: dict[bytes, tuple[int, int, int]] = {}
         marks = self.store.watermarks()
@@ -840,13 +850,17 @@ class Gateway:
         return found
 
     async def _partitions(self) -> list[TopicPartition]:
-        tps = await topic_partitions(self.config.bootstrap, [self.topic])
+        tps = await topic_partitions(
+            self.config.bootstrap, [self.topic], security=self.config.security
+        )
         if not tps:
             raise KafkaError(f"topic {self.topic} has no partitions")
         return tps
 
     async def _end_offsets(self) -> dict[int, int]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.config.bootstrap, group_id=None)
+        consumer = AIOKafkaConsumer(
+            **client_options(self.config.bootstrap, self.config.security), group_id=None
+        )
         tps = await self._partitions()
         await consumer.start()
         try:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bus.export import ExportHeader, ExportWriter, LogRecord
-from bus.kafka import Topics, end_offsets, replay
+from bus.kafka import KafkaSecurity, Topics, end_offsets, replay
 from bus.model import Envelope, Mandate, encode
 
 log = structlog.get_logger(__name__)
@@ -35,6 +35,7 @@ async def export_log(
     path: Path,
     *,
     console: Console | None = None,
+    security: KafkaSecurity | None = None,
 ) -> dict[str, int]:
     """Write every record of the log to ``path``.
 
@@ -45,6 +46,7 @@ async def export_log(
         root_mandate: its signed envelope bytes, embedded in the header.
         path: the export file to create (replaced if it exists).
         console: where the progress bar goes (None: none).
+        security: how to authenticate to the brokers (None: PLAINTEXT).
 
     Returns:
         Records written per section.
@@ -59,7 +61,8 @@ async def export_log(
         time.time_ns() // 1_000_000, mandate.mandate_id, topics.prefix, root_mandate
     )
     tmp = path.with_name(f".{path.name}.partial")
-    total = sum((await end_offsets(bootstrap, topics.reports_pattern)).values())
+    ends = await end_offsets(bootstrap, topics.reports_pattern, security=security)
+    total = sum(ends.values())
     progress = Progress(
         TextColumn("export"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, disable=console is None, transient=False,
@@ -72,10 +75,10 @@ async def export_log(
                 ("registry", topics.registry),
                 ("checkpoints", topics.checkpoints),
             ):
-                async for rec in replay(bootstrap, [name]):
+                async for rec in replay(bootstrap, [name], security=security):
                     writer.write(_record(section, rec))
             task = progress.add_task("reports", total=total)
-            async for rec in replay(bootstrap, pattern=topics.reports_pattern):
+            async for rec in replay(bootstrap, pattern=topics.reports_pattern, security=security):
                 writer.write(_record("reports", rec))
                 progress.advance(task)
             writer.finish()

@@ -249,6 +249,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         known = ", ".join(o.org for o in mandate.organizations)
         raise ConfigError("org", f"{args.org!r} is not part of the mandate", f"one of {known}")
     from bus.attachment import AttachmentLimits  # noqa: PLC0415
+    from nodes.kafka_cli import security_from_args  # noqa: PLC0415
 
     fault = os.environ.get(FAULT_ENV)
     config = GatewayConfig(
@@ -265,6 +266,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         burst=args.burst,
         exit_after_publishes=int(fault) if fault else None,
         attachments=AttachmentLimits(max_bytes=args.max_attachment_bytes),
+        security=security_from_args(args),
     )
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     return asyncio.run(run_gateway(config))

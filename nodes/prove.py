@@ -32,7 +32,7 @@ from bus.checkpoint import (
 )
 from bus.errors import Reason, VerificationError
 from bus.export import ExportProblem, ExportReader, LogRecord
-from bus.kafka import Topics, replay
+from bus.kafka import KafkaSecurity, Topics, replay
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree, leaf_hash, verify_inclusion
 from bus.model import Envelope, Mandate, Receipt, Report, sha256
@@ -279,8 +279,10 @@ def prove_from_file(
     return prover.result()
 
 
-async def _live(bootstrap: str, section: str, names: list[str]) -> AsyncIterator[LogRecord]:
-    async for rec in replay(bootstrap, names):
+async def _live(
+    bootstrap: str, section: str, names: list[str], security: KafkaSecurity | None
+) -> AsyncIterator[LogRecord]:
+    async for rec in replay(bootstrap, names, security=security):
         yield LogRecord(
             section, rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, rec.value
         )
@@ -293,8 +295,9 @@ async def prove_live(
     *,
     where: tuple[str, int, int] | None,
     report_id: str | None,
+    security: KafkaSecurity | None = None,
 ) -> InclusionProof:
-    """Prove a record of the live log.
+    """Prove a record of the live log (``security``: how to authenticate; None: PLAINTEXT).
 
     Raises:
         VerificationError: as :meth:`Prover.result`; ``record_missing`` for an unknown id.
@@ -302,7 +305,7 @@ async def prove_live(
     """
     if where is None:
         assert report_id is not None
-        async for rec in replay(bootstrap, pattern=topics.reports_pattern):
+        async for rec in replay(bootstrap, pattern=topics.reports_pattern, security=security):
             lr = LogRecord("reports", rec.topic, rec.partition, rec.offset, rec.timestamp,
                            rec.key, rec.value)  # fmt: skip
             if _matches(lr, report_id):
@@ -317,7 +320,7 @@ async def prove_live(
         ("checkpoints", topics.checkpoints),
         ("reports", where[0]),
     ):
-        async for lr in _live(bootstrap, section, [name]):
+        async for lr in _live(bootstrap, section, [name], security):
             prover.record(lr)
     return prover.result()
 

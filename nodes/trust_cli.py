@@ -23,6 +23,7 @@ import yaml
 from bus import ceremony
 from bus.crypto import pae, verify
 from bus.errors import ConfigError, KeyStoreError, Reason, VerificationError
+from bus.kafka import KafkaSecurity
 from bus.model import (
     PAYLOAD_MANDATE,
     Accreditation,
@@ -37,6 +38,7 @@ from bus.sealed import DecryptionKey
 from bus.sign import sign_accreditation, sign_encryption_key, sign_revocation
 from bus.trust import verify_mandate
 from nodes.files import load_mandate, read_key
+from nodes.kafka_cli import security_from_args
 
 log = structlog.get_logger(__name__)
 
@@ -207,13 +209,15 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-async def publish(bootstrap: str, topic: str, value: bytes, key: bytes) -> tuple[int, int]:
+async def publish(
+    bootstrap: str, topic: str, value: bytes, key: bytes, *, security: KafkaSecurity | None = None
+) -> tuple[int, int]:
     """Publish one record with the idempotent acks=all producer; returns (partition, offset)."""
     from aiokafka.errors import KafkaError  # noqa: PLC0415
 
     from bus.kafka import reliable_producer, wrap  # noqa: PLC0415
 
-    producer = reliable_producer(bootstrap)
+    producer = reliable_producer(bootstrap, security=security)
     try:
         await producer.start()
         md = await producer.send_and_wait(topic, value, key=key)
@@ -224,10 +228,11 @@ async def publish(bootstrap: str, topic: str, value: bytes, key: bytes) -> tuple
     return md.partition, md.offset
 
 
-async def _ensure(bootstrap: str, topics: Any, name: str) -> None:
+async def _ensure(bootstrap: str, topics: Any, name: str, security: KafkaSecurity | None) -> None:
     from bus.kafka import ensure_topics, standard_topics  # noqa: PLC0415
 
-    await ensure_topics(bootstrap, [s for s in standard_topics(topics, []) if s.name == name])
+    specs = [s for s in standard_topics(topics, []) if s.name == name]
+    await ensure_topics(bootstrap, specs, security=security)
 
 
 def _cmd_publish(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
@@ -239,8 +244,11 @@ def _cmd_publish(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     topics = Topics(args.topic_prefix)
 
     async def go() -> tuple[int, int]:
-        await _ensure(bootstrap(args), topics, topics.mandate)
-        return await publish(bootstrap(args), topics.mandate, raw, mandate_key(mandate))
+        security = security_from_args(args)
+        await _ensure(bootstrap(args), topics, topics.mandate, security)
+        return await publish(
+            bootstrap(args), topics.mandate, raw, mandate_key(mandate), security=security
+        )
 
     partition, offset = asyncio.run(go())
     print(
@@ -310,8 +318,9 @@ def _publish_registry(
     rkey = registry_key(env.payload_type, key_id)
 
     async def go() -> tuple[int, int]:
-        await _ensure(bootstrap(args), topics, topics.registry)
-        return await publish(bootstrap(args), topics.registry, raw, rkey)
+        security = security_from_args(args)
+        await _ensure(bootstrap(args), topics, topics.registry, security)
+        return await publish(bootstrap(args), topics.registry, raw, rkey, security=security)
 
     partition, offset = asyncio.run(go())
     print(f"published to {topics.registry}[{partition}]@{offset} (key {rkey.decode()})")

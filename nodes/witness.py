@@ -38,7 +38,7 @@ from aiokafka.errors import KafkaError
 from bus.checkpoint import NoteKeys, VerifiedCheckpoint, verify_checkpoint
 from bus.crypto import SigningKey
 from bus.errors import ConfigError, Reason, StoreError, VerificationError
-from bus.kafka import Topics, reliable_producer, wrap
+from bus.kafka import KafkaSecurity, Topics, client_options, reliable_producer, wrap
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree
 from bus.model import Mandate, Role
@@ -104,6 +104,7 @@ class WitnessConfig:
         poll_timeout_ms: longest wait for report records per loop turn.
         max_batch: most records handled per loop turn.
         metadata_max_age_ms: how soon new report topics are discovered.
+        security: how to authenticate to the brokers (the node's; None: PLAINTEXT).
     """
 
     org: str
@@ -116,6 +117,7 @@ class WitnessConfig:
     poll_timeout_ms: int = 500
     max_batch: int = 2000
     metadata_max_age_ms: int = 5000
+    security: KafkaSecurity | None = None
 
 
 @dataclass
@@ -283,7 +285,11 @@ class Witness:
         # Mandate versions and key state over log time, followed like the node does.
         self.trust = TrustTimeline(config.mandate)
         self.registry = TrustFollower(
-            config.bootstrap, config.topics.mandate, config.topics.registry, self.trust
+            config.bootstrap,
+            config.topics.mandate,
+            config.topics.registry,
+            self.trust,
+            security=config.security,
         )
         self._keys: dict[int, NoteKeys] = {}  # per key ring (one per mandate version)
         self._positions = self.store.positions()
@@ -382,14 +388,14 @@ class Witness:
                 fix=f"publish an accreditation of this key with role NODE by {cfg.org}",
             )
         reports = AIOKafkaConsumer(
-            bootstrap_servers=cfg.bootstrap,
+            **client_options(cfg.bootstrap, cfg.security),
             group_id=f"{cfg.topics.prefix}witness.{cfg.org}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=cfg.metadata_max_age_ms,
         )
-        checkpoints = AIOKafkaConsumer(bootstrap_servers=cfg.bootstrap, group_id=None)
-        producer = reliable_producer(cfg.bootstrap)
+        checkpoints = AIOKafkaConsumer(**client_options(cfg.bootstrap, cfg.security), group_id=None)
+        producer = reliable_producer(cfg.bootstrap, security=cfg.security)
         self._reports = reports
         cp_tp = TopicPartition(cfg.topics.checkpoints, _CHECKPOINTS_PARTITION)
         try:

@@ -25,6 +25,7 @@ from rich.console import Console
 
 from bus.errors import ConfigError, VerificationError
 from bus.kafka import Topics
+from nodes.kafka_cli import security_from_args
 
 Common = Callable[[argparse.ArgumentParser], None]
 Bootstrap = Callable[[argparse.Namespace], str]
@@ -145,6 +146,7 @@ def witness_config(args: argparse.Namespace, node: Any) -> Any:
         node_key=read_key(Path(args.node_key)),
         topics=node.topics,
         policy=WitnessPolicy(args.checkpoint_every, round(args.checkpoint_interval * 1000)),
+        security=node.security,
     )
 
 
@@ -203,6 +205,7 @@ def cmd_audit(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
             audit(
                 bootstrap(args), mandate, topics=Topics(args.topic_prefix), console=console,
                 require_witnessed=args.require_witnessed, verify_workers=args.verify_workers,
+                security=security_from_args(args),
             )
         )  # fmt: skip
     render(result, Console())
@@ -234,7 +237,7 @@ def cmd_prove(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
             proof = asyncio.run(
                 prove_live(
                     bootstrap(args), Topics(args.topic_prefix), mandate,
-                    where=where, report_id=args.report_id,
+                    where=where, report_id=args.report_id, security=security_from_args(args),
                 )
             )  # fmt: skip
     except VerificationError as exc:
@@ -264,7 +267,7 @@ def cmd_log_export(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     counts = asyncio.run(
         export_log(
             bootstrap(args), Topics(args.topic_prefix), mandate, raw, path,
-            console=Console(stderr=True),
+            console=Console(stderr=True), security=security_from_args(args),
         )
     )  # fmt: skip
     print(

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -24,9 +26,28 @@ from aiokafka.errors import (
 )
 
 from bus.acl import Operation, Resource, acl_model, allows, consumer_groups
-from bus.kafka import KafkaSecurity, Topics, client_options, ensure_topics, standard_topics
+from bus.attachment import AttachmentLimits
+from bus.kafka import (
+    KafkaSecurity,
+    Topics,
+    client_options,
+    ensure_topics,
+    registry_record_key,
+    reliable_producer,
+    report_headers,
+    standard_topics,
+)
 from bus.kafka_acl import apply_acls, describe_acls
+from bus.model import Envelope, Report, Role
+from bus.store import NodeStore
+from bus.witness import WitnessPolicy
+from nodes.attachments import AttachmentNode, config_for_node
+from nodes.auditor import audit
+from nodes.org_node import NodeConfig, OrgNode
+from nodes.scenario import demo_key
+from nodes.witness import Witness, WitnessConfig
 from tests.kafka_cluster import LocalKafkaCluster
+from tests.mission import make_mission
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(900)]
 ORGS = ("un", "osce", "eu", "nato", "csto", "sco")
@@ -193,3 +214,79 @@ async def test_organizations_create_nothing_and_strangers_get_nothing(
         password="not-the-password",
     )  # fmt: skip
     assert (await _try_write(prepared.bootstrap, wrong, TOPICS.reports("un"))) != "ok"
+
+
+async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization(
+    prepared: LocalKafkaCluster, tmp_path: Path
+) -> None:
+    """Every client of a full node (ingest, trust follower, follow-up, attachment reassembler,
+    witness) and of the auditor logs in as the organization, under its ACLs: a client built
+    without the node's SASL settings cannot even connect to this cluster."""
+    un = prepared.security("un")
+    m = make_mission()
+    node_key = demo_key("acls:node:un")
+    m.accredit("un-node", "un", node_key, Role.NODE)
+    raws = [m.next_report("un", 1) for _ in range(4)] + [m.next_report("un", 2)]
+    producer = reliable_producer(prepared.bootstrap, security=un)
+    async with asyncio.timeout(120):
+        await producer.start()
+        try:
+            for raw in [*m.scenario.accreditations, *m.registry]:
+                await producer.send_and_wait(TOPICS.registry, raw, key=registry_record_key(raw))
+            for raw in raws:
+                rep = Report.decode(Envelope.decode(raw).payload)
+                await producer.send_and_wait(
+                    TOPICS.reports("un"), raw, key=rep.observer_id.encode(),
+                    headers=report_headers(rep.report_id, rep.org, rep.observer_id),
+                )  # fmt: skip
+        finally:
+            await producer.stop()
+
+    cfg = NodeConfig(
+        org="un", bootstrap=prepared.bootstrap, db_path=tmp_path / "un.db",
+        mandate=m.scenario.mandate, topics=TOPICS, security=un, node_key=node_key,
+        poll_timeout_ms=200,
+    )  # fmt: skip
+    node = OrgNode(cfg)
+    witness = Witness(
+        WitnessConfig(
+            org="un", bootstrap=prepared.bootstrap, db_path=tmp_path / "un.witness.db",
+            mandate=m.scenario.mandate, node_key=node_key, topics=TOPICS, security=un,
+            policy=WitnessPolicy(checkpoint_every=1, checkpoint_interval_ms=200),
+            poll_timeout_ms=100,
+        )
+    )  # fmt: skip
+    reassembler = AttachmentNode(config_for_node(cfg, AttachmentLimits()))
+    parts: list[Any] = [node, witness, reassembler]
+    tasks = [asyncio.create_task(p.run()) for p in parts]
+    ours = {Report.decode(Envelope.decode(r).payload).report_id for r in raws}
+
+    def stored() -> set[str]:
+        store = NodeStore(cfg.db_path, read_only=True)
+        try:
+            return ours & set(store.report_ids())
+        finally:
+            store.close()
+
+    try:
+        async with asyncio.timeout(180):
+            while not (
+                cfg.db_path.exists()
+                and stored() == ours
+                and node.extras is not None
+                and node.extras.followup.started.is_set()
+                and witness.counts["checkpoints_published"] >= 1
+            ):
+                failed = [t for t in tasks if t.done()]
+                if failed:
+                    await failed[0]  # raises what stopped it
+                    raise AssertionError(f"{failed[0]} stopped early")
+                await asyncio.sleep(0.2)
+    finally:
+        for p in parts:
+            p.stop()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert [r for r in results if r is not None] == []  # every part stopped cleanly
+
+    result = await audit(prepared.bootstrap, m.scenario.mandate, topics=TOPICS, security=un)
+    assert result.accepted["un"] >= len(raws)
