@@ -79,7 +79,7 @@ from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
 from bus.errors import BusError, ConfigError
-from bus.model import Category, Mandate, Report, check_id
+from bus.model import PAYLOAD_REPORT, Category, Envelope, Mandate, Report, check_id
 
 PRIORITIES: Final = ("low", "medium", "high", "critical")
 GROUP_KEYS: Final = ("zone", "category", "sub_type", "org")
@@ -324,6 +324,23 @@ class Observation:
 
     report: Report
     digest: bytes
+
+
+def observation_from_stored(envelope: bytes, digest: bytes) -> Observation | None:
+    """What a policy sees of a report record a node stored: the report of a plain envelope.
+
+    A restricted (sealed) report gives ``None``: policies never read restricted content, even
+    where this node may decrypt it, because decisions and their evidence are published to
+    every organization, and a replay of the log by anyone must reach the same decisions. It
+    still counts in the canonical order, as any record does.
+
+    Raises:
+        VerificationError: the bytes are not a stored, verified envelope (a corrupt store).
+    """
+    env = Envelope.decode(envelope)
+    if env.payload_type != PAYLOAD_REPORT:
+        return None
+    return Observation(Report.decode(env.payload), digest)
 
 
 @dataclass

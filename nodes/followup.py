@@ -47,8 +47,8 @@ from bus.kafka import (
     topic_partitions,
     wrap,
 )
-from bus.model import Envelope, Mandate, Report, Role
-from bus.policy import Decision, Observation, Policy, PolicyEngine, watermark
+from bus.model import Mandate, Role
+from bus.policy import Decision, Policy, PolicyEngine, observation_from_stored, watermark
 from bus.statement import StatementBook, StatementStatus
 from bus.store import PUB_SIGNED, NodeStore, Quarantined, RecordRef
 from bus.trust import KeyRing
@@ -202,7 +202,7 @@ class FollowUp:
             for topic, part, off, log_time, digest, raw in rows:
                 obs = None
                 if raw is not None and digest is not None:
-                    obs = Observation(Report.decode(Envelope.decode(raw).payload), digest)
+                    obs = observation_from_stored(raw, digest)
                 self.engine.record(topic, part, off, log_time, obs)
         return len(rows)
 

@@ -21,14 +21,17 @@ from bus.model import (
     Signature,
     encode,
 )
+from bus.policy import load_policy, observation_from_stored
 from bus.sealed import DecryptionKey, Readability, open_sealed, seal_report
 from bus.sign import sign_encryption_key, sign_envelope
-from bus.store import AcceptedSealed, NodeStore, Quarantined
+from bus.store import Accepted, AcceptedSealed, NodeStore, Quarantined
 from bus.verify import ChainBook
+from nodes.followup import FollowUp, FollowUpConfig
 from tests.mission import NOW_MS, Mission, demo_key, make_mission, ref
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "rfc9180-x25519.json"
 UN = "obus.reports.un"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_pyhpke_matches_rfc9180_appendix_a11() -> None:
@@ -277,3 +280,33 @@ def test_open_sealed_never_raises_on_garbage_keys() -> None:
         dataclasses.replace(sealed, recipients=(garbage,)), {keys["un"].key_id: keys["un"]}
     )
     assert (state, report) == (Readability.UNDECRYPTABLE, None)
+
+
+def test_policies_see_plain_reports_only_and_a_sealed_one_never_stops_them(
+    tmp_path: Path,
+) -> None:
+    # A node with a policy used to crash (and crash again on every restart) on the first
+    # restricted report in its store: the follow-up decoded every stored envelope as a plain
+    # report. Policies never read restricted content (decisions are published to everyone).
+    m = make_mission()
+    keys = _keys()
+    _publish_keys(m, keys)
+    ing = _ingestor(m, [keys["osce"]])
+    outs = [ing.judge(ref(UN, 0), m.next_report(), "un"),
+            ing.judge(ref(UN, 1), _sealed_raw(m, ["osce"]), "un"),
+            ing.judge(ref(UN, 2), m.next_report(), "un")]  # fmt: skip
+    db = tmp_path / "osce.db"
+    store = NodeStore(db)
+    store.commit_batch(outs, ing.chain.heads(), [], {(UN, 0): 3})
+    rows, _, _ = store.log_records_since(0, 0)
+    seen = [observation_from_stored(raw, dg) for *_, dg, raw in rows if raw and dg]
+    assert [o is not None for o in seen] == [True, False, True]
+    assert [o.report.report_id for o in seen if o] == [
+        o.verified.report.report_id for o in outs if isinstance(o, Accepted)
+    ]
+
+    policy = load_policy(REPO / "deploy" / "policies" / "osce.toml")
+    followup = FollowUp(FollowUpConfig("osce", "127.0.0.1:9", db, m.scenario.mandate, policy))
+    assert followup._read_store(store) == 3  # every record counts in the canonical order
+    assert followup.pending == 2  # the two plain reports wait for evaluation; no crash
+    store.close()
