@@ -461,9 +461,11 @@ class NodeStore:
         return [(r, bytes(d)) for r, d in rows]
 
     def mark_revoked(self, key_id: bytes, last_valid_seq: int, org: str, detail: str) -> list[str]:
-        """Mark accepted reports signed by ``key_id`` with seq > ``last_valid_seq`` as revoked.
+        """Mark ``org``'s accepted reports signed by ``key_id`` with seq > ``last_valid_seq``.
 
-        Idempotent (a report is marked once, with the first revocation that reached it).
+        Only reports of the revoking organization: a revocation never reaches another
+        organization's accreditation of the same key (bus.trust.KeyRing). Idempotent (a
+        report is marked once, with the first revocation that reached it).
 
         Returns:
             The report ids newly marked.
@@ -473,9 +475,10 @@ class NodeStore:
         """
         with self._tx() as db:
             rows = db.execute(
-                "SELECT report_id, seq FROM reports WHERE key_id = ? AND seq > ? AND report_id"
-                " NOT IN (SELECT report_id FROM revoked_after_acceptance) ORDER BY seq",
-                (key_id, last_valid_seq),
+                "SELECT report_id, seq FROM reports WHERE key_id = ? AND org = ? AND seq > ?"
+                " AND report_id NOT IN (SELECT report_id FROM revoked_after_acceptance)"
+                " ORDER BY seq",
+                (key_id, org, last_valid_seq),
             ).fetchall()
             db.executemany(
                 "INSERT INTO revoked_after_acceptance VALUES (?,?,?,?,?,?)",

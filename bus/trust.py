@@ -138,8 +138,31 @@ def verify_accreditation(envelope: Envelope, mandate: Mandate) -> Accreditation:
     acc = Accreditation.decode(envelope.payload)
     if acc.mandate_id != mandate.mandate_id:
         raise VerificationError(Reason.WRONG_MANDATE, f"accreditation for {acc.mandate_id!r}")
+    check_subject_namespace(acc.subject_id, acc.org)
     _signed_by_org_root(envelope, mandate, acc.org)
     return acc
+
+
+def check_subject_namespace(subject_id: str, org: str) -> None:
+    """An organization accredits subjects only in its own namespace: ``<org>-<name>``.
+
+    Observer ids key the hash chains (one chain per observer id, in every node's store and in
+    every audit), so an id must belong to exactly one organization. Without the namespace,
+    one organization could accredit a key of its own as another's observer id and extend,
+    or fork, that observer's chain from its own topic.
+
+    Raises:
+        VerificationError: ``wrong_org`` when ``subject_id`` does not start with ``org`` + "-".
+    """
+    prefix = f"{org}-"
+    if not subject_id.startswith(prefix) or len(subject_id) == len(prefix):
+        raise VerificationError(
+            Reason.WRONG_ORG,
+            f"subject id {subject_id!r} is outside {org}'s namespace (ids must start with"
+            f" {prefix!r})",
+            subject_id=subject_id,
+            org=org,
+        )
 
 
 def verify_revocation(envelope: Envelope, mandate: Mandate) -> Revocation:
@@ -179,7 +202,10 @@ class KeyRing:
 
     def __post_init__(self) -> None:
         self._accredited: dict[bytes, Accreditation] = {}
-        self._revoked: dict[bytes, Revocation] = {}
+        # By (revoking organization, key id): a revocation only ever applies to an
+        # accreditation by the same organization, also when it reached the ring before any
+        # accreditation of the key (e.g. replayed into a mandate version after a root rotation).
+        self._revoked: dict[tuple[str, bytes], Revocation] = {}
         self._encryption: dict[str, EncryptionKey] = {}  # newest serial per organization
 
     def __len__(self) -> int:
@@ -211,9 +237,9 @@ class KeyRing:
             raise VerificationError(
                 Reason.WRONG_ORG, f"{rev.org} cannot revoke a key accredited by {acc.org}"
             )
-        known = self._revoked.get(rev.key_id)
+        known = self._revoked.get((rev.org, rev.key_id))
         if known is None or rev.last_valid_seq < known.last_valid_seq:
-            self._revoked[rev.key_id] = rev
+            self._revoked[(rev.org, rev.key_id)] = rev
 
     def revocations(self) -> list[Revocation]:
         """Every revocation in force (the earliest cut-off per key)."""
@@ -272,7 +298,7 @@ class KeyRing:
                 "signed outside the accreditation's validity window",
                 signed_at_ms=at_ms,
             )
-        rev = self._revoked.get(acc.key_id)
+        rev = self._revoked.get((acc.org, acc.key_id))
         if rev is not None and seq > rev.last_valid_seq:
             raise VerificationError(
                 Reason.KEY_REVOKED,

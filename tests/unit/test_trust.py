@@ -7,9 +7,20 @@ import dataclasses
 import pytest
 
 from bus.errors import Reason, VerificationError
-from bus.model import Envelope, Mandate, Organization, Revocation, Role, Signature, encode
-from bus.sign import sign_envelope, sign_mandate, sign_revocation
+from bus.lifecycle import TrustTimeline
+from bus.model import (
+    Accreditation,
+    Envelope,
+    Mandate,
+    Organization,
+    Revocation,
+    Role,
+    Signature,
+    encode,
+)
+from bus.sign import ReportSigner, sign_accreditation, sign_envelope, sign_mandate, sign_revocation
 from bus.trust import KeyRing, verify_accreditation, verify_mandate
+from bus.verify import ChainBook, ChainHead, verify_report
 from tests.mission import NOW_MS, demo_key, make_mission
 
 ORGS = ["un", "osce", "eu", "nato", "csto", "sco"]
@@ -166,3 +177,84 @@ def test_keyring_lookup_unknown() -> None:
 
 def test_mandate_round_trips_canonically() -> None:
     assert Mandate.decode(encode(V1)) == V1
+
+
+# -- found by review (2026-11-23): cross-organization chain takeover, revocation replay ------
+
+
+@pytest.mark.parametrize("subject", ["un-obs-1", "osce", "osce-", "osceobs-1", "osce_obs-1"])
+def test_an_organization_accredits_only_in_its_own_namespace(subject: str) -> None:
+    m = make_mission()
+    with pytest.raises(VerificationError) as exc:
+        m.accredit(subject, "osce", demo_key(f"ns:{subject}"), Role.OBSERVER)
+    assert exc.value.reason is Reason.WRONG_ORG
+    m.accredit("osce-obs-77", "osce", demo_key("ns:ok"), Role.OBSERVER)  # its own: accepted
+
+
+def test_no_organization_can_extend_or_fork_another_organizations_observer_chain() -> None:
+    # OSCE accredits a key of its own as UN's observer id and continues UN's public chain
+    # head from its own topic. Chains are keyed by observer id, so without the namespace
+    # rule this report was accepted and UN's genuine next report became a chain_fork.
+    m = make_mission()
+    book = ChainBook({}, lambda _rid: None)
+
+    def judge(raw: bytes, org: str) -> str:
+        try:
+            book.accept(verify_report(raw, expected_org=org, keyring=m.keyring, reference_ms=m.now))
+        except VerificationError as exc:
+            return exc.reason.value
+        return "accepted"
+
+    assert judge(m.next_report("un", 1), "un") == "accepted"
+    uid = m.observer("un", 1)[0]
+    evil = demo_key("osce:impostor")
+    with pytest.raises(VerificationError):
+        m.accredit(uid, "osce", evil, Role.OBSERVER)
+    head = book.head(uid)
+    assert head is not None
+    forged = ReportSigner(evil, ChainHead(head.seq, head.digest)).sign(
+        dataclasses.replace(m.draft("un", 1), org="osce")
+    )
+    assert judge(forged, "osce") == "unknown_key"
+    assert judge(m.next_report("un", 1), "un") == "accepted"
+
+
+def test_another_organizations_revocation_never_applies_even_after_a_root_rotation() -> None:
+    # OSCE's revocation of a UN key is refused; it stays in the registry. When UN rotates its
+    # root, the registry is replayed into the new version while UN's old accreditation no
+    # longer counts there, so the revocation used to be kept, and to revoke the key for good
+    # once UN re-accredited it under the new root.
+    m = make_mission()
+    sc, v1 = m.scenario, m.scenario.mandate
+    timeline = TrustTimeline(v1)
+    for raw in sc.accreditations:
+        timeline.apply_registry(Envelope.decode(raw))
+    uid, ukey = m.observer("un", 1)
+    hostile = Revocation("osce", ukey.key_id, 0, m.now, "hostile", 1, v1.mandate_id)
+    with pytest.raises(VerificationError) as exc:
+        timeline.apply_registry(sign_revocation(hostile, sc.org_roots["osce"]))
+    assert exc.value.reason is Reason.WRONG_ORG
+
+    new_root = demo_key("un:root:v2")
+    orgs = tuple(
+        Organization(o.org, o.name, new_root.public_key) if o.org == "un" else o
+        for o in v1.organizations
+    )
+    v2 = dataclasses.replace(v1, version=2, organizations=orgs)
+    timeline.offer_mandate(sign_mandate(v2, [*sc.org_roots.values(), new_root]), log_time_ms=m.now)
+    acc = Accreditation(uid, "un", Role.OBSERVER, ukey.public_key, v1.not_before_ms,
+                        v1.not_after_ms, 100, v1.mandate_id)  # fmt: skip
+    timeline.apply_registry(sign_accreditation(acc, new_root))
+    verify_report(
+        m.next_report("un", 1), expected_org="un", keyring=timeline.at(m.now + 1),
+        reference_ms=m.now,
+    )  # fmt: skip  # accepted: raises otherwise
+    # and UN's own revocation still works under v2
+    own = Revocation("un", ukey.key_id, 0, m.now, "lost", 101, v1.mandate_id)
+    timeline.apply_registry(sign_revocation(own, new_root))
+    with pytest.raises(VerificationError) as exc:
+        verify_report(
+            m.next_report("un", 1), expected_org="un", keyring=timeline.at(m.now + 1),
+            reference_ms=m.now,
+        )  # fmt: skip
+    assert exc.value.reason is Reason.KEY_REVOKED
