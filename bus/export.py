@@ -36,7 +36,6 @@ base64 (RFC 4648 section 4); ``null`` stands for a Kafka null key or value.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import json
 from collections.abc import Iterator
@@ -82,7 +81,7 @@ def _unb64(text: object, what: str) -> bytes | None:
         raise _corrupt(f"{what} must be base64 text or null")
     try:
         return base64.b64decode(text, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or a str with non-ASCII characters
         raise _corrupt(f"{what} is not base64") from exc
 
 
@@ -197,6 +196,8 @@ def _json(line: bytes, line_no: int) -> dict[str, Any]:
         obj = json.loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _corrupt(f"line {line_no} is not JSON") from exc
+    except RecursionError as exc:  # nesting deeper than the interpreter's stack allows
+        raise _corrupt(f"line {line_no} is nested too deeply") from exc
     if not isinstance(obj, dict):
         raise _corrupt(f"line {line_no} is not a JSON object")
     return obj
@@ -307,12 +308,12 @@ class ExportReader:
                 if "end" in obj:
                     yield from self._trailer(obj, counts)
                     return
-                self._digest.update(line)
                 rec = LogRecord.from_json(obj, self.line_no)
             except VerificationError as exc:
-                self._digest.update(line)
+                self._digest.update(line)  # once per line, usable or not
                 yield ExportProblem(self.line_no, exc.message)
                 continue
+            self._digest.update(line)
             index = SECTIONS.index(rec.section)
             if index < section:
                 yield ExportProblem(

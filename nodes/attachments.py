@@ -81,6 +81,9 @@ _UNKNOWN_TOPIC_OR_PARTITION: Final = 3  # Kafka protocol error code
 PARTIAL: Final = "partial"
 VERIFIED: Final = "verified"  # bytes hash right; waiting for a referencing report
 QUARANTINED: Final = "quarantined"
+# Group offsets are for operators' lag tooling only (the store holds the positions); aiokafka
+# retries a commit without limit while the coordinator is unknown, so it is given up after this.
+OFFSET_COMMIT_TIMEOUT_S: Final = 10.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,6 +247,27 @@ def _layout(row: Sequence[Any]) -> Layout:
     return Layout(bytes(row[0]), int(row[1]), int(row[2]))
 
 
+def _write_file(path: Path, data: bytes) -> None:
+    """Write, fsync and rename into place (then fsync the directory). Raises OSError."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class AttachmentStore:
     """A node's attachment state (SQLite) and content-addressed files. Not thread-safe.
 
@@ -388,13 +412,31 @@ class AttachmentStore:
         return lay
 
     def _matches_stored(self, chunk: Chunk, size: int) -> bool:
+        """Whether a chunk of a stored attachment holds the stored file's bytes.
+
+        Raises:
+            StoreError: the stored file is missing or unreadable. The database says it was
+                kept, so the blob directory was lost or restored without the database: no
+                verdict on the chunk can be made from it, and quarantining a genuine chunk as
+                contradicting would be a false one.
+        """
         lay = chunk.layout
         if lay.total_size != size:
             return False
         start, end = lay.span(chunk.index)
-        with self.path_of(lay.sha256).open("rb") as f:
-            f.seek(start)
-            return f.read(end - start) == chunk.data
+        path = self.path_of(lay.sha256)
+        try:
+            with path.open("rb") as f:
+                f.seek(start)
+                return f.read(end - start) == chunk.data
+        except OSError as exc:
+            raise StoreError(
+                f"stored attachment {lay.hex} cannot be read from {path}: {exc};"
+                f" fix: restore {self.blob_dir} from the same backup as the attachment database,"
+                " or move both away to have the node rebuild them from the attachments topics",
+                path=str(path),
+                blob_dir=str(self.blob_dir),
+            ) from exc
 
     @staticmethod
     def _quarantine(
@@ -514,23 +556,15 @@ class AttachmentStore:
 
     def _keep(self, layout: Layout, data: bytes, ref: Attachment, now: int) -> None:
         path = self.path_of(layout.sha256)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=".incoming-")
-        tmp = Path(name)
         try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(path)
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+            _write_file(path, data)
+        except OSError as exc:  # disk full, read-only, directory gone: the node must stop
+            raise StoreError(
+                f"cannot write attachment {layout.hex} to {path}: {exc};"
+                f" fix: free space in or make {self.blob_dir} writable, then restart the node",
+                path=str(path),
+                blob_dir=str(self.blob_dir),
+            ) from exc
         report_id = self._db.execute(
             "SELECT report_id FROM refs WHERE sha256 = ? AND size = ? ORDER BY rowid LIMIT 1",
             (layout.sha256, ref.size),
@@ -833,8 +867,8 @@ class AttachmentNode:
         if not offsets:
             return
         try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
+            await asyncio.wait_for(consumer.commit(offsets), OFFSET_COMMIT_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:  # TimeoutError: still retrying, broker away
             self._log.warning("offset_commit_failed", error=repr(exc))
 
     def _process(self, records: list[ChunkRecord]) -> None:

@@ -59,6 +59,9 @@ log = structlog.get_logger(__name__)
 _MAX_CONFLICTS_IN_A_ROW = 100
 # Kafka group offsets (lag tooling only) are committed at most this often.
 OFFSET_COMMIT_INTERVAL_S = 1.0
+# ... and given up after this long: aiokafka retries a commit without limit while the group
+# coordinator is unknown (broker down), which would stall the ingest loop and stop().
+OFFSET_COMMIT_TIMEOUT_S = 10.0
 
 Batch = dict[TopicPartition, list]  # type: ignore[type-arg]  # aiokafka's getmany() result
 
@@ -531,12 +534,13 @@ class OrgNode:
         if not offsets:
             return
         try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
+            await asyncio.wait_for(consumer.commit(offsets), OFFSET_COMMIT_TIMEOUT_S)
+        except (KafkaError, TimeoutError) as exc:
             # A commit lost to a rebalance or a failed-over coordinator (a broker killed or
-            # frozen, a member dropped after its session timeout) costs nothing: log it and go
-            # on; the consumer rejoins on its next poll, and seeks to the store's positions.
-            # The next stored batch commits its partitions' offsets again.
+            # frozen, a member dropped after its session timeout), or still retrying after
+            # OFFSET_COMMIT_TIMEOUT_S, costs nothing: log it and go on; the consumer rejoins on
+            # its next poll, and seeks to the store's positions. The next stored batch commits
+            # its partitions' offsets again.
             self._log.warning("offset_commit_failed", error=repr(exc), partitions=len(offsets))
 
 
@@ -587,6 +591,9 @@ async def run_node(config: NodeConfig, *, companions: Sequence[Companion] = ()) 
             log.error(  # noqa: TRY400 - diagnostics() carries the cause; no traceback for input
                 "node_failed", org=config.org, error=exc.diagnostics()
             )
+            code = 1
+        except Exception as exc:  # a bug: the other parts must still stop, with a traceback
+            log.exception("node_failed", org=config.org, error=repr(exc))
             code = 1
         stop_all()
     return code

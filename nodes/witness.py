@@ -87,6 +87,9 @@ CREATE TABLE IF NOT EXISTS alarms (
 );
 """
 _CHECKPOINTS_PARTITION: Final = 0
+# Group offsets of the report consumer are for lag tooling only; a commit still retrying after
+# this long (aiokafka retries while the coordinator is unknown) is given up.
+OFFSET_COMMIT_TIMEOUT_S: Final = 10.0
 
 
 @dataclass(frozen=True)
@@ -488,8 +491,16 @@ class Witness:
                 TopicPartition(t, p): o for (t, p), o in turn.positions.items() if t != cp_tp.topic
             }
             if commits:
-                with contextlib.suppress(KafkaError):  # only for operators' lag tooling
-                    await reports.commit(commits)
+                # Only for operators' lag tooling (both consumers resume at the store's
+                # positions): a failed commit, or one aiokafka still retries after
+                # OFFSET_COMMIT_TIMEOUT_S (coordinator unknown, broker down), is logged and the
+                # loop goes on.
+                try:
+                    await asyncio.wait_for(reports.commit(commits), OFFSET_COMMIT_TIMEOUT_S)
+                except (KafkaError, TimeoutError) as exc:
+                    self._log.warning(
+                        "offset_commit_failed", error=repr(exc), partitions=len(commits)
+                    )
 
     def _checkpoint_record(
         self,

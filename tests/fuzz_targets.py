@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib
+import io
 import json
 import struct
 from collections.abc import Callable
@@ -125,6 +126,7 @@ TARGETS: dict[str, Target] = {
     "merkle_consistency": _consistency,
     "export_header": export.ExportHeader.decode,
     "export_record": export.LogRecord.decode,
+    "export_reader": lambda d: list(export.ExportReader(io.BytesIO(d))),
     "ceremony_draft": ceremony.Draft.decode,
     "ceremony_signatures": ceremony.decode_signatures,
     "ceremony_description": _mandate_from_json,

@@ -1,0 +1,264 @@
+"""Kafka group-offset commits never stall a loop, and a part's bug still stops the others.
+
+aiokafka's ``consumer.commit()`` retries retriable errors (coordinator unknown, broker down)
+without limit. The node, the attachment reassembler and the witness commit group offsets only
+for operators' lag tooling (each resumes from its own store), so a commit still running after
+``OFFSET_COMMIT_TIMEOUT_S`` is given up like a failed one: a warning, and the loop goes on.
+No broker: the consumers are fakes whose commit never returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator, MutableMapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
+from structlog.testing import capture_logs
+
+from bus.errors import StoreError
+from bus.model import Role
+from bus.witness import WitnessCore, WitnessPolicy
+from nodes import attachments, org_node, witness
+from nodes.attachments import AttachmentNode, AttachmentNodeConfig
+from nodes.org_node import NodeConfig, OrgNode, run_node
+from nodes.scenario import demo_key
+from nodes.witness import Witness, WitnessConfig
+from tests.mission import make_mission
+
+TOPIC = "obus.reports.un"
+TP = TopicPartition(TOPIC, 0)
+TIMEOUT_S = 0.05  # the modules' OFFSET_COMMIT_TIMEOUT_S, shortened for the tests
+BOUND_S = 5.0  # far longer than TIMEOUT_S: returning within it proves the commit was bounded
+
+
+class HangingConsumer:
+    """A consumer whose commit never returns (aiokafka retrying while the broker is away)."""
+
+    def __init__(self, assigned: set[TopicPartition], records: dict[Any, list[Any]]) -> None:
+        self.assigned = assigned
+        self.records = records
+        self.commits: list[dict[TopicPartition, int]] = []
+        self.cancelled = 0
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+    async def getmany(self, *_tps: TopicPartition, **_kwargs: Any) -> dict[Any, list[Any]]:
+        out, self.records = self.records, {}
+        return out
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(offsets)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+
+
+class FailingConsumer(HangingConsumer):
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.commits.append(offsets)
+        raise KafkaConnectionError("broker away")
+
+
+@pytest.fixture(autouse=True)
+def _short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in (org_node, attachments, witness):
+        assert module.OFFSET_COMMIT_TIMEOUT_S == 10.0
+        monkeypatch.setattr(module, "OFFSET_COMMIT_TIMEOUT_S", TIMEOUT_S)
+
+
+class NoTrustFollower:
+    """Stands in for the registry reader, which would open a Kafka consumer."""
+
+    def __init__(self, *_args: object, **_kwargs: object) -> None:
+        pass
+
+    async def catch_up(self) -> None:
+        pass
+
+
+@pytest.fixture(autouse=True)
+def _no_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(org_node, "TrustFollower", NoTrustFollower)
+    monkeypatch.setattr(witness, "TrustFollower", NoTrustFollower)
+
+
+class Producer:
+    """Confirms every send at once."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    async def send(self, _topic: str, value: bytes, **_kwargs: object) -> asyncio.Future[None]:
+        self.sent.append(value)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+@pytest.fixture
+def logs() -> Iterator[list[MutableMapping[str, Any]]]:
+    with capture_logs() as captured:
+        yield captured
+
+
+def _warnings(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, Any]]:
+    return [e for e in logs if e["event"] == "offset_commit_failed"]
+
+
+# -- the node ----------------------------------------------------------------------------------
+
+
+def _node(tmp_path: Path, consumer: HangingConsumer) -> OrgNode:
+    m = make_mission()
+    node = OrgNode(NodeConfig("un", "127.0.0.1:1", tmp_path / "node.db", m.scenario.mandate))
+    node._consumer = cast(Any, consumer)
+    node._stored = {(TOPIC, 0): 7}
+    return node
+
+
+@pytest.mark.parametrize("consumer_type", [HangingConsumer, FailingConsumer])
+async def test_node_commit_is_bounded(
+    tmp_path: Path, logs: list[MutableMapping[str, Any]], consumer_type: type[HangingConsumer]
+) -> None:
+    consumer = consumer_type({TP}, {})
+    node = _node(tmp_path, consumer)
+    try:
+        await asyncio.wait_for(node._commit_offsets(force=True), BOUND_S)
+        assert consumer.commits == [{TP: 7}]
+        assert consumer.cancelled == (consumer_type is HangingConsumer)
+        [warning] = _warnings(logs)
+        assert warning["log_level"] == "warning" and warning["partitions"] == 1
+        # the next stored batch commits again
+        node._stored = {(TOPIC, 0): 9}
+        await asyncio.wait_for(node._commit_offsets(force=True), BOUND_S)
+        assert consumer.commits[-1] == {TP: 9}
+    finally:
+        node.store.close()
+        node._writer.close()
+
+
+# -- the attachment reassembler ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("consumer_type", [HangingConsumer, FailingConsumer])
+async def test_attachment_commit_is_bounded(
+    tmp_path: Path, logs: list[MutableMapping[str, Any]], consumer_type: type[HangingConsumer]
+) -> None:
+    node = AttachmentNode(
+        AttachmentNodeConfig("un", "127.0.0.1:1", tmp_path / "a.db", tmp_path / "blobs", None)
+    )
+    atp = TopicPartition("obus.attachments.un", 0)
+    node._positions = {(atp.topic, 0): 3}
+    consumer = consumer_type({atp}, {})
+    try:
+        await asyncio.wait_for(node._commit(cast(Any, consumer)), BOUND_S)
+    finally:
+        node.store.close()
+    assert consumer.commits == [{atp: 3}]
+    assert len(_warnings(logs)) == 1
+
+
+# -- the witness -------------------------------------------------------------------------------
+
+
+@dataclass
+class Rec:
+    offset: int
+    value: bytes
+    timestamp: int = 0
+
+
+async def test_witness_turn_is_bounded_and_stores_first(
+    tmp_path: Path, logs: list[MutableMapping[str, Any]]
+) -> None:
+    m = make_mission()
+    key = demo_key("test:node:un")
+    m.accredit("un-node", "un", key, Role.NODE)
+    config = WitnessConfig("un", "127.0.0.1:1", tmp_path / "w.db", m.scenario.mandate, key)
+    w = Witness(config)
+    w.core = WitnessCore(
+        org="un", subject_id="un-node", key=key, mandate_id=m.mandate_id,
+        is_report_topic=lambda t: t.startswith("obus.reports."), policy=WitnessPolicy(),
+        started_ms=0,
+    )  # fmt: skip
+    reports = HangingConsumer({TP}, {TP: [Rec(0, b"a"), Rec(1, b"b")]})
+    checkpoints = HangingConsumer(set(), {})
+    producer = Producer()
+    cp_tp = TopicPartition(config.topics.checkpoints, 0)
+    try:
+        await asyncio.wait_for(
+            w._turn(cast(Any, reports), cast(Any, checkpoints), producer, cp_tp),
+            BOUND_S,
+        )
+        # stored (and its checkpoint sent) before the commit was tried
+        assert w.store.positions() == {(TOPIC, 0): 2}
+    finally:
+        w.store.close()
+    assert reports.commits == [{TP: 2}] and reports.cancelled == 1
+    [warning] = _warnings(logs)
+    assert "TimeoutError" in warning["error"]
+
+
+# -- run_node ------------------------------------------------------------------------------------
+
+
+class Buggy:
+    """A part whose run() fails with something that is not a BusError (a bug)."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+        self.stopped = False
+
+    async def run(self) -> None:
+        await asyncio.sleep(0)
+        raise self.exc
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class Waiting:
+    """A part that works until stop()."""
+
+    def __init__(self) -> None:
+        self._stop = asyncio.Event()
+
+    async def run(self) -> None:
+        await self._stop.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@pytest.mark.parametrize(
+    "exc", [RuntimeError("a bug"), StoreError("disk full")], ids=["bug", "bus_error"]
+)
+async def test_run_node_stops_every_part_when_one_fails(
+    monkeypatch: pytest.MonkeyPatch, logs: list[MutableMapping[str, Any]], exc: Exception
+) -> None:
+    buggy = Buggy(exc)
+    monkeypatch.setattr(org_node, "OrgNode", lambda _config: buggy)
+    companion = Waiting()
+    config = cast(NodeConfig, SimpleNamespace(org="un", attachments=None, ingest_only=True))
+    loop = asyncio.get_running_loop()
+    try:
+        code = await asyncio.wait_for(run_node(config, companions=[companion]), BOUND_S)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    assert code == 1
+    assert companion._stop.is_set() and buggy.stopped
+    [failed] = [e for e in logs if e["event"] == "node_failed"]
+    assert failed["log_level"] == "error" and failed["org"] == "un"
+    # a bug is logged with its traceback; a BusError with its diagnostics only
+    assert failed.get("exc_info", False) is (not isinstance(exc, StoreError))
