@@ -7,16 +7,20 @@ Only this module (and the nodes) import aiokafka. Foreign errors are wrapped in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaError,
+    LeaderNotAvailableError,
+    TopicAlreadyExistsError,
+    for_code,
+)
 from aiokafka.helpers import create_ssl_context
 
 from bus.attachment import TOPIC_MAX_MESSAGE_BYTES
@@ -290,25 +294,38 @@ class TopicSpec:
 LOG_APPEND_TIME: Final = ("message.timestamp.type", "LogAppendTime")
 
 
+# Every topic keeps every record, whatever the broker defaults (log.retention.hours=168, i.e.
+# 7 days, on a stock broker): auditors replay each log from offset 0 and verify the hash chains
+# from seq 1, witnesses hash every record into their Merkle trees, and a node that joins late
+# must read everything. Compacted topics (registry, mandate) carry them too: harmless, and it
+# says explicitly that compaction is their only cleanup.
+KEEP_FOREVER: Final = (("retention.ms", "-1"), ("retention.bytes", "-1"))
+
 # Attachment chunks (bus/attachment.py): every record up to 1 MiB, whatever the broker default.
 ATTACHMENT_TOPIC_CONFIGS: Final = (
     LOG_APPEND_TIME,
     ("max.message.bytes", str(TOPIC_MAX_MESSAGE_BYTES)),
+    *KEEP_FOREVER,
 )
 
 
 def standard_topics(topics: Topics, orgs: Iterable[str], partitions: int = 3) -> list[TopicSpec]:
-    """The topics of DESIGN section 4 for the given organizations."""
+    """The topics of DESIGN section 4 for the given organizations.
+
+    Every one is created with ``retention.ms=-1`` and ``retention.bytes=-1`` (:data:`KEEP_FOREVER`):
+    the broker never deletes a record of them.
+    """
+    plain = (LOG_APPEND_TIME, *KEEP_FOREVER)
     specs: list[TopicSpec] = []
     for org in orgs:
-        specs.append(TopicSpec(topics.reports(org), partitions, (LOG_APPEND_TIME,)))
-        specs.append(TopicSpec(topics.decisions(org), 1, (LOG_APPEND_TIME,)))
+        specs.append(TopicSpec(topics.reports(org), partitions, plain))
+        specs.append(TopicSpec(topics.decisions(org), 1, plain))
         specs.append(TopicSpec(topics.attachments(org), partitions, ATTACHMENT_TOPIC_CONFIGS))
-    compacted = (("cleanup.policy", "compact"), LOG_APPEND_TIME)
+    compacted = (("cleanup.policy", "compact"), *plain)
     specs.append(TopicSpec(topics.registry, 1, compacted))
     specs.append(TopicSpec(topics.mandate, 1, compacted))
-    specs.append(TopicSpec(topics.checkpoints, 1, (LOG_APPEND_TIME,)))
-    specs.append(TopicSpec(topics.statements, 1, (LOG_APPEND_TIME,)))
+    specs.append(TopicSpec(topics.checkpoints, 1, plain))
+    specs.append(TopicSpec(topics.statements, 1, plain))
     return specs
 
 
@@ -319,15 +336,24 @@ async def ensure_topics(
     *,
     security: KafkaSecurity | None = None,
 ) -> None:
-    """Create missing topics; existing ones are left as they are.
+    """Create missing topics; existing ones are left as they are (their configs too).
+
+    Returns once every partition of ``specs`` has a leader.
 
     Raises:
-        TransportError: the brokers refused or did not answer (retriable errors are retried
-            for :data:`RETRY_S`).
+        TransportError: the brokers refused to create a topic (the message names the topic and
+            the broker's error; ``retriable`` False: e.g. a replication factor above the number
+            of brokers, or no CREATE permission), partitions still had no leader after
+            :data:`RETRY_S`, or the brokers did not answer (retriable errors are retried for
+            :data:`RETRY_S`).
     """
     await retrying(
         "creating topics", lambda: _ensure_topics(bootstrap, specs, replication, security)
     )
+
+
+# How long one attempt of ensure_topics waits for every partition to have a leader.
+LEADER_WAIT_S: Final = 10.0
 
 
 async def _ensure_topics(
@@ -346,21 +372,68 @@ async def _ensure_topics(
             if s.name not in existing
         ]
         if new:
-            with contextlib.suppress(TopicAlreadyExistsError):  # created meanwhile: fine
-                await admin.create_topics(new)
-            log.info("topics_created", topics=[t.name for t in new])
+            response = await admin.create_topics(new)
+            created = _created_topics(response)
+            if created:
+                log.info("topics_created", topics=created)
         # Producing before every partition has a leader only earns NotLeaderForPartition
         # retries; wait (bounded) until the metadata shows a leader everywhere.
         names = [s.name for s in specs]
-        for _ in range(100):
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + LEADER_WAIT_S
+        while True:
             described = await admin.describe_topics(names)
-            if all(p["leader"] >= 0 for t in described for p in t["partitions"]) and all(
-                t["partitions"] for t in described
-            ):
+            leaderless: list[str] = []
+            for t in described:
+                if not t["partitions"]:
+                    leaderless.append(f"{t['topic']} (no partitions in the metadata yet)")
+                leaderless += [
+                    f"{t['topic']}[{p['partition']}]" for p in t["partitions"] if p["leader"] < 0
+                ]
+            if not leaderless:
                 break
+            if loop.time() >= deadline:
+                # retriable: retrying() tries again until RETRY_S, then raises TransportError
+                raise LeaderNotAvailableError(
+                    f"no leader after {LEADER_WAIT_S:g} s for {', '.join(leaderless)}"
+                )
             await asyncio.sleep(0.1)
     finally:
         await admin.close()
+
+
+def _created_topics(response: Any) -> list[str]:
+    """Names the CreateTopics response reports as created.
+
+    aiokafka returns the broker's per-topic error codes instead of raising them. A topic that
+    already exists (created meanwhile by another node) is fine.
+
+    Raises:
+        KafkaError: a retriable per-topic error (``retrying`` tries again).
+        TransportError: any other per-topic error, naming the topics and the broker's errors.
+    """
+    created: list[str] = []
+    refused: list[str] = []
+    transient: list[tuple[type[KafkaError], str]] = []
+    for topic, code, *rest in response.topic_errors:
+        if code == 0:
+            created.append(topic)
+            continue
+        if code == TopicAlreadyExistsError.errno:  # 36: created meanwhile
+            continue
+        error = for_code(code)
+        detail = f"{topic}: {error.__name__} (error {code})"
+        if rest and rest[0]:
+            detail += f": {rest[0]}"
+        if error.retriable:
+            transient.append((error, detail))
+        else:
+            refused.append(detail)
+    if refused:
+        raise TransportError(f"the brokers refused to create {'; '.join(refused)}", retriable=False)
+    if transient:
+        raise transient[0][0](f"creating {'; '.join(d for _, d in transient)}")
+    return created
 
 
 async def topic_partitions(
@@ -401,6 +474,111 @@ async def topic_partitions(
 REPLAY_PARTITION_FETCH_BYTES: Final = 256 * 1024
 REPLAY_FETCH_BYTES: Final = 4 * 1024 * 1024
 
+# A read up to the end offsets gives up when, for this long, no partition it still reads moved
+# (a fetch neither returned records nor advanced a position): a broker that answers every fetch
+# with nothing must not hang a replay forever. Generous, since a leader election after a broker
+# failure stalls fetches for up to broker.session.timeout.ms (9 s) plus the metadata refresh.
+READ_STALL_S: Final = 60.0
+
+
+async def read_until(
+    consumer: AIOKafkaConsumer,
+    ends: Mapping[TopicPartition, int],
+    *,
+    stall_s: float = READ_STALL_S,
+    max_records: int = 2000,
+) -> AsyncIterator[Any]:
+    """Yield the records of ``ends``' partitions from their current positions up to the end
+    offsets (exclusive); records of one partition come in offset order.
+
+    The consumer must have the partitions assigned and positioned (seek or seek_to_beginning);
+    it should be built with ``auto_offset_reset="earliest"`` so that records deleted under the
+    read (retention, delete-records) move it to the new log start, not past what is left.
+    A partition is done when its position reaches its end offset, whether records or a log start
+    offset moved it there (all records below the end deleted: nothing to return); finished
+    partitions are paused.
+
+    Raises:
+        TransportError: no progress for ``stall_s`` (not retriable; the message names every
+            unfinished topic-partition with its position and end), or a position could not be
+            read within ``stall_s``.
+    """
+    loop = asyncio.get_running_loop()
+
+    async def position(tp: TopicPartition) -> int:
+        try:
+            async with asyncio.timeout(stall_s):
+                return int(await consumer.position(tp))
+        except TimeoutError:
+            raise TransportError(
+                f"reading {tp.topic}[{tp.partition}] up to offset {ends[tp]}: no position "
+                f"after {stall_s:g} s",
+                retriable=True,
+            ) from None
+
+    positions: dict[TopicPartition, int] = {}
+    for tp in sorted(ends):
+        positions[tp] = await position(tp)
+        if positions[tp] >= ends[tp]:
+            consumer.pause(tp)
+    remaining = {tp for tp in ends if positions[tp] < ends[tp]}
+    stalled_since: float | None = None
+    while remaining:
+        fetched_at = loop.time()
+        batch = await consumer.getmany(*remaining, timeout_ms=1000, max_records=max_records)
+        for tp, records in batch.items():
+            end = ends[tp]
+            for rec in records:
+                if rec.offset >= end:
+                    break
+                yield rec
+        progressed = False
+        for tp in sorted(remaining):
+            before, now = positions[tp], await position(tp)
+            if now != before:
+                progressed = True
+                positions[tp] = now
+                # offsets skipped (no record at the old position): deleted, or compacted?
+                records = batch.get(tp)
+                first = records[0].offset if records else now
+                if first > before:
+                    await _warn_if_deleted(consumer, tp, before)
+            if now >= ends[tp]:
+                remaining.discard(tp)
+                consumer.pause(tp)
+        if progressed:
+            stalled_since = None
+        elif stalled_since is None:
+            stalled_since = fetched_at
+        elif loop.time() - stalled_since >= stall_s:
+            stuck = ", ".join(
+                f"{tp.topic}[{tp.partition}] at position {positions[tp]} of end {ends[tp]}"
+                for tp in sorted(remaining)
+            )
+            raise TransportError(
+                f"reading up to the end offsets made no progress for {stall_s:g} s: {stuck}",
+                retriable=False,
+            )
+
+
+async def _warn_if_deleted(consumer: AIOKafkaConsumer, tp: TopicPartition, before: int) -> None:
+    """Log when a position jumped because the records after it were deleted under the read.
+
+    A compacted batch or a transaction marker moves a position without records too; only a log
+    start offset above the old position means deleted records.
+    """
+    try:
+        starts = await consumer.beginning_offsets([tp])
+    except KafkaError as exc:
+        log.warning("replay_log_start_unknown", topic=tp.topic, partition=tp.partition,
+                    error=repr(exc))  # fmt: skip
+        return
+    if starts[tp] > before:
+        log.warning(
+            "replay_records_deleted_during_read", topic=tp.topic, partition=tp.partition,
+            from_offset=before, log_start_offset=starts[tp],
+        )  # fmt: skip
+
 
 async def replay(
     bootstrap: str,
@@ -408,11 +586,21 @@ async def replay(
     pattern: str | None = None,
     *,
     security: KafkaSecurity | None = None,
+    stall_s: float = READ_STALL_S,
 ) -> AsyncIterator[Any]:
-    """Yield every record of the topics from offset 0 up to the end offsets seen at the start.
+    """Yield every record of the topics from their log start up to the end offsets seen at the
+    start.
 
     No consumer group is used: nothing is committed and nobody's position changes. Records of
-    one partition come in offset order.
+    one partition come in offset order. Topics keep every record (:data:`KEEP_FOREVER`), so the
+    log start is offset 0; where it is not (records deleted by retention or delete-records),
+    the records below it are gone: the replay says so in a ``replay_log_start_above_zero``
+    warning (topic, partition, log start offset) and returns what is left, so a reader's gap
+    detection (chain seq gaps, missing offsets) is explained, not hidden.
+
+    Raises:
+        TransportError: Kafka failed, or the replay made no progress for ``stall_s``
+            (see :func:`read_until`).
     """
     tps = await topic_partitions(bootstrap, topic_names, pattern, security=security)
     if not tps:
@@ -421,6 +609,8 @@ async def replay(
         **client_options(bootstrap, security),
         enable_auto_commit=False,
         group_id=None,
+        # records deleted under the replay: go on from the new log start, not from the end
+        auto_offset_reset="earliest",
         # Bounded read-ahead: a replay of a long log must not hold megabytes per partition
         # (the defaults, 1 MiB per partition and 50 MiB per fetch, made the auditor's peak
         # memory grow with the log). Kafka still returns a record larger than these.
@@ -432,19 +622,15 @@ async def replay(
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
+        starts = await consumer.beginning_offsets(tps)
         for tp in tps:
-            if ends[tp] == 0:
-                consumer.pause(tp)
-        while remaining:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=2000)
-            for tp, records in batch.items():
-                for rec in records:
-                    if rec.offset < ends[tp]:
-                        yield rec
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-                    consumer.pause(tp)
+            if starts[tp] > 0:
+                log.warning(
+                    "replay_log_start_above_zero", topic=tp.topic, partition=tp.partition,
+                    log_start_offset=starts[tp], end_offset=ends[tp],
+                )  # fmt: skip
+        async for rec in read_until(consumer, ends, stall_s=stall_s):
+            yield rec
     except KafkaError as exc:
         raise wrap(exc, "replaying topics") from exc
     finally:

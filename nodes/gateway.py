@@ -90,6 +90,7 @@ from bus.kafka import (
     KafkaSecurity,
     Topics,
     client_options,
+    read_until,
     registry_key,
     reliable_producer,
     replay,
@@ -808,11 +809,21 @@ class Gateway:
         return True
 
     async def _scan(self, digests: set[bytes]) -> dict[bytes, tuple[int, int, int]]:
-        """Read every partition from its watermark to the end; positions of matching records."""
+        """Read every partition from its watermark to the end; positions of matching records.
+
+        A partition is done when the consumer's position reaches the end offset read at the
+        start, so records deleted below it (a watermark under the log start offset, or records
+        deleted during the scan) end the scan instead of hanging it.
+
+        Raises:
+            KafkaError: Kafka failed, or the scan made no progress for ``READ_STALL_S``.
+        """
         consumer = AIOKafkaConsumer(
             **client_options(self.config.bootstrap, self.config.security),
             group_id=None,
             enable_auto_commit=False,
+            # deleted under the scan: go on from the new log start, not from the end
+            auto_offset_reset="earliest",
         )
         found: dict[bytes, tuple[int, int, int]] = {}
         marks = self.store.watermarks()
@@ -821,30 +832,27 @@ class Gateway:
         try:
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
-            todo = set()
+            starts = await consumer.beginning_offsets(tps)
             for tp in tps:
-                start = marks.get(tp.partition, 0)
-                if start < ends[tp]:
-                    consumer.seek(tp, start)
-                    todo.add(tp)
-                else:
-                    consumer.pause(tp)
+                mark = marks.get(tp.partition, 0)
+                if mark < starts[tp]:
+                    # the records in [mark, log start) are gone: a pending report among them
+                    # cannot be found, and is published again
+                    self._log.warning(
+                        "scan_watermark_below_log_start", partition=tp.partition,
+                        watermark=mark, log_start_offset=starts[tp], end_offset=ends[tp],
+                    )  # fmt: skip
+                consumer.seek(tp, min(max(mark, starts[tp]), ends[tp]))
             scanned = 0
-            while todo:
-                batch = await consumer.getmany(*todo, timeout_ms=1000, max_records=5000)
-                for tp, recs in batch.items():
-                    for rec in recs:
-                        if rec.offset >= ends[tp]:
-                            break
-                        scanned += 1
-                        d = sha256(rec.value or b"")
-                        if d in digests:
-                            found[d] = (tp.partition, rec.offset, rec.timestamp)
-                    if recs and recs[-1].offset + 1 >= ends[tp]:
-                        todo.discard(tp)
-                        consumer.pause(tp)
+            async for rec in read_until(consumer, ends, max_records=5000):
+                scanned += 1
+                d = sha256(rec.value or b"")
+                if d in digests:
+                    found[d] = (rec.partition, rec.offset, rec.timestamp)
             self._log.info("topic_scanned", records=scanned, looked_for=len(digests),
                            found=len(found), from_offsets=marks)  # fmt: skip
+        except BusError as exc:  # read_until: no progress (TransportError)
+            raise KafkaError(f"scanning {self.topic}: {exc}") from exc
         finally:
             await consumer.stop()
         return found

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, MutableMapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from structlog.testing import capture_logs
 
+import bus.kafka
+from bus.errors import TransportError
+from bus.kafka import KEEP_FOREVER, Topics, TopicSpec, ensure_topics, replay, standard_topics
 from tests.kafka_broker import LocalKafka, create_topics
 
 pytestmark = pytest.mark.kafka
@@ -301,3 +307,156 @@ def test_restart_keeps_topics_and_committed_offsets(tmp_path: Path) -> None:
             return rest
 
         assert asyncio.run(after()) == sent[4:]
+
+
+# -- bus.kafka against the broker: retention, topic creation errors, replay over deleted records
+
+
+async def topic_configs(bootstrap: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
+    """Each topic's effective configs, as the broker describes them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+        )
+    finally:
+        await admin.close()
+    out: dict[str, dict[str, str]] = {}
+    for response in responses:
+        for code, message, _type, name, entries in response.resources:
+            assert code == 0, (name, message)
+            out[name] = {entry[0]: entry[1] for entry in entries}
+    return out
+
+
+async def delete_records(bootstrap: str, before: dict[TopicPartition, int]) -> None:
+    """Delete every record below the given offsets (the broker raises the log start offset)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        low = await admin.delete_records({tp: RecordsToDelete(o) for tp, o in before.items()})
+    finally:
+        await admin.close()
+    assert low == before
+
+
+async def replayed(bootstrap: str, *topics: str, **kwargs: Any) -> list[Row]:
+    async with asyncio.timeout(WAIT_S):
+        return [row(r) async for r in replay(bootstrap, list(topics), **kwargs)]
+
+
+@asynccontextmanager
+async def kafka_logs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[list[MutableMapping[str, Any]]]:
+    """bus.kafka's structlog events (a fresh logger: another test may have cached the old one)."""
+    with capture_logs() as logs:
+        monkeypatch.setattr(bus.kafka, "log", structlog.get_logger("bus.kafka"))
+        yield logs
+
+
+async def test_standard_topics_keep_every_record(kafka_bootstrap: str) -> None:
+    topics = Topics(f"obus.test.{run_id()}.")
+    specs = standard_topics(topics, ["org1", "org2"], partitions=2)
+    assert len(specs) == 10  # reports, decisions, attachments x 2; registry, mandate, ...
+    await ensure_topics(kafka_bootstrap, specs)
+    described = await topic_configs(kafka_bootstrap, [s.name for s in specs])
+    assert set(described) == {s.name for s in specs}
+    for spec in specs:
+        config = described[spec.name]
+        # what the broker applies, not only what was asked: no 7-day default, no size limit
+        assert config["retention.ms"] == "-1", spec.name
+        assert config["retention.bytes"] == "-1", spec.name
+        assert {k: config[k] for k, _ in spec.configs} == dict(spec.configs), spec.name
+        assert set(KEEP_FOREVER) <= set(spec.configs)
+    assert described[topics.registry]["cleanup.policy"] == "compact"
+    assert described[topics.mandate]["cleanup.policy"] == "compact"
+    assert described[topics.reports("org1")]["cleanup.policy"] == "delete"
+    # a second call finds them all and changes nothing
+    await ensure_topics(kafka_bootstrap, specs)
+
+
+@pytest.mark.skipif(bool(os.environ.get("OBUS_BOOTSTRAP")), reason="needs a single broker")
+async def test_ensure_topics_raises_what_the_broker_refused(kafka_bootstrap: str) -> None:
+    refused = TopicSpec(f"obus.test.refused.{run_id()}", 1, KEEP_FOREVER)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TransportError, match=re.escape(refused.name)) as caught:
+        # replication 3 on the one test broker: the broker answers INVALID_REPLICATION_FACTOR
+        await ensure_topics(kafka_bootstrap, [refused], replication=3)
+    assert caught.value.retriable is False
+    assert "InvalidReplicationFactorError" in str(caught.value)
+    assert loop.time() - started < 30  # refused at once: neither retried nor waited for
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        assert refused.name not in await admin.list_topics()
+    finally:
+        await admin.close()
+
+
+async def test_replay_over_deleted_records_returns_what_is_left(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rid = run_id()
+    gone, half, empty = (f"obus.test.deleted.{rid}.{n}" for n in ("gone", "half", "empty"))
+    await create_topics(kafka_bootstrap, [gone, half, empty], partitions=1)
+    sent = {
+        topic: await produce(
+            kafka_bootstrap, topic, [(b"k", f"{topic}/{i}".encode()) for i in range(10)]
+        )
+        for topic in (gone, half)
+    }
+    await delete_records(kafka_bootstrap, {TopicPartition(gone, 0): 10, TopicPartition(half, 0): 5})
+
+    # log start == end > 0: seek_to_beginning lands at the end; the replay must not wait for
+    # records that will never come
+    async with kafka_logs(monkeypatch) as logs:
+        assert await replayed(kafka_bootstrap, gone) == []
+    warnings = [e for e in logs if e["event"] == "replay_log_start_above_zero"]
+    assert [(e["topic"], e["partition"], e["log_start_offset"]) for e in warnings] == [
+        (gone, 0, 10)
+    ]
+    assert warnings[0]["log_level"] == "warning"
+
+    # the first half deleted: exactly the second half, in offset order, and a warning
+    async with kafka_logs(monkeypatch) as logs:
+        assert await replayed(kafka_bootstrap, half) == sent[half][5:]
+    assert [
+        (e["topic"], e["log_start_offset"])
+        for e in logs
+        if e["event"] == "replay_log_start_above_zero"
+    ] == [(half, 5)]
+
+    # all three together (and an empty partition): one replay, nothing lost, nothing waited for
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await replayed(kafka_bootstrap, gone, half, empty) == sent[half][5:]
+    assert loop.time() - started < 10
+
+
+async def test_replay_goes_on_when_records_are_deleted_under_it(
+    kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    topic = f"obus.test.deleted-midway.{run_id()}"
+    await create_topics(kafka_bootstrap, [topic], partitions=1)
+    # 100 KiB records: a replay fetch (256 KiB per partition) holds only a few of them
+    big = 100 * 1024
+    sent = await produce(kafka_bootstrap, topic, [(b"k", bytes([i]) * big) for i in range(20)])
+    got: list[Row] = []
+    async with kafka_logs(monkeypatch) as logs:
+        async with asyncio.timeout(WAIT_S):
+            async for rec in replay(kafka_bootstrap, [topic]):
+                got.append(row(rec))
+                if len(got) == 1:
+                    await delete_records(kafka_bootstrap, {TopicPartition(topic, 0): 15})
+    offsets = [r[2] for r in got]
+    assert offsets == sorted(set(offsets))  # offset order, no record twice
+    assert got[-5:] == sent[15:]  # everything that survived
+    assert len(got) < 20  # records 1..14 went while the replay ran: they were not read
+    assert all(r in sent for r in got)
+    deleted = [e for e in logs if e["event"] == "replay_records_deleted_during_read"]
+    assert len(deleted) == 1
+    assert (deleted[0]["topic"], deleted[0]["log_start_offset"]) == (topic, 15)
+    assert deleted[0]["from_offset"] < 15

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from bus.crypto import SigningKey
 from bus.errors import Reason
@@ -436,3 +438,37 @@ async def test_bad_submissions_are_refused_with_their_reason_and_nothing_is_publ
             box.close()
     ends = await end_offsets(w.bootstrap, "^" + w.topics.reports("un").replace(".", r"\.") + "$")
     assert sum(ends.values()) == 2
+
+
+async def test_scan_ends_when_records_below_the_watermark_end_were_deleted(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The resolve scan reads from its watermarks (0 here) to the end; records deleted below
+    the end (log start offset above the watermark) must end the scan, not hang it."""
+    w = await _world(kafka_bootstrap, tmp_path)
+    topic = w.topics.reports("un")
+    values = {(p, i): f"record {p}/{i}".encode() for p in (0, 1) for i in range(6)}
+    async with GatewayServer(w.config()) as server:
+        producer = reliable_producer(w.bootstrap)
+        await producer.start()
+        try:  # past the gateway: its watermarks stay at 0
+            for (p, _), value in values.items():
+                await producer.send_and_wait(topic, value, partition=p)
+        finally:
+            await producer.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=w.bootstrap)
+        await admin.start()
+        try:  # partition 0: everything deleted; partition 1: the first half
+            await admin.delete_records(
+                {
+                    TopicPartition(topic, 0): RecordsToDelete(6),
+                    TopicPartition(topic, 1): RecordsToDelete(3),
+                }
+            )
+        finally:
+            await admin.close()
+        wanted = {sha256(values[k]): k for k in ((0, 1), (1, 1), (1, 4))}
+        async with asyncio.timeout(WAIT_S):
+            found = await server.gateway._scan(set(wanted))
+    # only what survived is found, at its offset
+    assert {wanted[d]: (p, o) for d, (p, o, _ts) in found.items()} == {(1, 4): (1, 4)}
