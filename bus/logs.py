@@ -12,6 +12,10 @@ import sys
 
 import structlog
 
+from bus.errors import ConfigError
+
+LEVELS: tuple[str, ...] = ("debug", "info", "warning", "error")  # every --log-level's choices
+
 
 def configure(*, json: bool | None = None, level: str = "info") -> None:
     """Configure structlog and stdlib logging once per process.
@@ -19,7 +23,12 @@ def configure(*, json: bool | None = None, level: str = "info") -> None:
     Args:
         json: force JSON (True) or console (False) output; None picks JSON unless stderr is a TTY.
         level: minimum level name (debug, info, warning, error).
+
+    Raises:
+        ConfigError: ``level`` is not one of :data:`LEVELS`.
     """
+    if level.lower() not in LEVELS:
+        raise ConfigError("--log-level", f"{level!r} is unknown", f"use one of {', '.join(LEVELS)}")
     as_json = (not sys.stderr.isatty()) if json is None else json
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()

@@ -28,7 +28,8 @@ _EPILOG = textwrap.dedent(
       make demo
 
     Run one organization's node against a broker you run:
-      obus node --org un --mandate mandate.bin --db var/un.db --policy deploy/policies/un.toml
+      obus node --org un --mandate mandate.bin --db var/un.db --policy deploy/policies/un.toml \\
+          --node-key un-node.json   # the witness (on by default) signs with a role NODE key
 
     Audit everything on the bus (exit 1 names every violation):
       obus audit --mandate mandate.bin --json-out audit.json --html-out audit.html
@@ -58,7 +59,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--topic-prefix", default="obus.", metavar="PREFIX", help="topic prefix (default obus.)"
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--log-level", default="info", choices=logs.LEVELS)
     from nodes.kafka_cli import add_security_args  # noqa: PLC0415 - issue 8: SASL/TLS
 
     add_security_args(p)
@@ -68,6 +69,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
     from nodes.files import load_mandate  # noqa: PLC0415 - keep `obus --help` fast
     from nodes.org_node import NodeConfig  # noqa: PLC0415
 
+    check_port("--http-port", args.http_port)
+    limits = None if args.ingest_only else _attachment_limits(args)
     mandate, _ = load_mandate(Path(args.mandate))
     policy = load_policy(Path(args.policy)) if args.policy else None
     if policy is not None and policy.org != args.org:
@@ -94,7 +97,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         http_port=args.http_port,
         http_host=args.http_host,
         verify_workers=args.verify_workers,
-        attachments=None if args.ingest_only else _attachment_limits(args),
+        attachments=limits,
         ingest_only=args.ingest_only,
         fetch_min_bytes=args.fetch_min_bytes,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
@@ -120,11 +123,28 @@ def _attachment_limits(args: argparse.Namespace) -> AttachmentLimits | None:
     """The attachment reassembler's limits (issue 3), or None with --no-attachments."""
     if not args.attachments:
         return None
-    return AttachmentLimits(
-        max_bytes=args.max_attachment_bytes,
-        unreferenced_ttl_ms=round(args.attachment_wait_hours * 3_600_000),
-        incomplete_ttl_ms=round(args.attachment_wait_hours * 3_600_000),
-    )
+    if args.max_attachment_bytes < 0:
+        raise ConfigError(
+            "--max-attachment-bytes", f"{args.max_attachment_bytes} is negative", "pass N >= 0"
+        )
+    if not args.attachment_wait_hours >= 0:  # also refuses nan
+        raise ConfigError(
+            "--attachment-wait-hours", f"{args.attachment_wait_hours} is negative", "pass H >= 0"
+        )
+    try:
+        return AttachmentLimits(
+            max_bytes=args.max_attachment_bytes,
+            unreferenced_ttl_ms=round(args.attachment_wait_hours * 3_600_000),
+            incomplete_ttl_ms=round(args.attachment_wait_hours * 3_600_000),
+        )
+    except (ValueError, OverflowError) as exc:
+        raise ConfigError("--attachment-wait-hours", str(exc), "pass a smaller value") from exc
+
+
+def check_port(flag: str, port: int | None) -> None:
+    """Refuse a TCP port outside 0..65535 (None: not given)."""
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(flag, f"{port} is not a TCP port", "pass a port in 0..65535")
 
 
 def _node_key_for_policy(args: argparse.Namespace, policy: Policy | None) -> SigningKey | None:
@@ -177,7 +197,12 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     from nodes.files import write_key  # noqa: PLC0415
 
     key = SigningKey.generate()
-    write_key(Path(args.path), key)
+    try:
+        write_key(Path(args.path), key)
+    except OSError as exc:
+        raise ConfigError(
+            "PATH", f"cannot write {args.path}: {exc.strerror}", "pick a writable path"
+        ) from exc
     print(f"wrote {args.path} (key id {key.key_id.hex()})")
     print(f"public key {key.public_key.hex()}")
     return 0
@@ -295,20 +320,24 @@ def build_parser() -> argparse.ArgumentParser:
         "topics",
         help="create the bus topics (idempotent)",
         description="Create every topic of the design for the mandate's organizations: "
-        "<prefix>reports.<org> and <prefix>decisions.<org> (broker log-append time), and the "
-        "shared registry, mandate (compacted, one partition) and checkpoints topics. Existing "
-        "topics are left as they are.",
+        "<prefix>reports.<org> and <prefix>attachments.<org> (--partitions each), "
+        "<prefix>decisions.<org> (one partition), and the shared registry and mandate "
+        "(compacted), checkpoints and statements topics (one partition each). All use broker "
+        "log-append time and keep every record. Existing topics are left as they are.",
     )
     tp.add_argument("--mandate", metavar="FILE", help="take the organizations from the mandate")
     tp.add_argument("--orgs", default="", help="or list them: un,osce,eu,nato,csto,sco")
-    tp.add_argument("--partitions", type=int, default=3, help="partitions of report topics")
+    tp.add_argument(
+        "--partitions", type=int, default=3,
+        help="partitions of the report and attachment topics (default 3)",
+    )  # fmt: skip
     tp.add_argument("--replication", type=int, default=1, help="replication factor (3 in prod)")
     _common(tp)
     tp.set_defaults(func=_cmd_topics)
 
     kg = sub.add_parser("keygen", help="generate an Ed25519 key file (mode 0600)")
     kg.add_argument("path", help="where to write the key file (must not exist)")
-    kg.add_argument("--log-level", default="info")
+    kg.add_argument("--log-level", default="info", choices=logs.LEVELS)
     kg.set_defaults(func=_cmd_keygen)
 
     demo = sub.add_parser(
@@ -317,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--reports-per-observer", type=int, default=12)
     demo.add_argument("--keep", action="store_true", help="keep var/demo after the run")
-    demo.add_argument("--log-level", default="warning")
+    demo.add_argument("--log-level", default="warning", choices=logs.LEVELS)
     demo.set_defaults(func=_cmd_demo)
 
     from nodes.trust_cli import add_trust_commands  # noqa: PLC0415 - issue 4: mandate, org
@@ -339,7 +368,18 @@ def build_parser() -> argparse.ArgumentParser:
     from nodes.kafka_cli import add_acl_commands  # noqa: PLC0415 - issue 8: broker ACLs
 
     add_acl_commands(sub, _common, _bootstrap)
+    _same_log_levels(parser)
     return parser
+
+
+def _same_log_levels(parser: argparse.ArgumentParser) -> None:
+    """Give every --log-level of every (sub-)command the same choices (logs.LEVELS)."""
+    for action in parser._actions:
+        if "--log-level" in action.option_strings:
+            action.choices = logs.LEVELS
+        if isinstance(action, argparse._SubParsersAction):
+            for child in {id(c): c for c in action.choices.values()}.values():
+                _same_log_levels(child)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -351,6 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         code: int = args.func(args)
     except BusError as exc:
         print(f"obus: error: {exc.diagnostics()}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # safety net: a path the user gave cannot be written or read
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"obus: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

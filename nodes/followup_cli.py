@@ -25,7 +25,8 @@ from rich.table import Table
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError, VerificationError
 from bus.kafka import KafkaSecurity, Topics, ensure_topics, reliable_producer, replay
-from bus.model import Envelope, Mandate
+from bus.logs import LEVELS
+from bus.model import Envelope, Mandate, Role
 from bus.policy import Evidence
 from bus.statement import JointStatement, StatementBook, StatementStatus, cosign, sign_statement
 from bus.store import NodeStore
@@ -72,6 +73,35 @@ async def read_board(
             continue
         board.drafts.setdefault(status.statement.statement_id, raw)
     return board
+
+
+def check_signing_key(keyring: KeyRing, key: SigningKey, org: str) -> None:
+    """Refuse a key whose signature would not count for ``org`` on a statement.
+
+    A statement signature counts for an organization when it is made by the organization's
+    root key or by a key the organization accredited with role NODE (bus/statement.py).
+
+    Raises:
+        ConfigError: ``--node-key`` is unknown, another organization's, or not role NODE.
+    """
+    fix = f"pass a key {org} accredited with role NODE (obus org accredit --role node)"
+    for o in keyring.mandate.organizations:
+        if o.root_key_id == key.key_id:
+            if o.org != org:
+                raise ConfigError("--node-key", f"key is the root key of {o.org}, not {org}", fix)
+            return
+    try:
+        acc = keyring.lookup(key.key_id)
+    except VerificationError as exc:
+        raise ConfigError(
+            "--node-key", f"key {key.key_id.hex()[:16]} is not accredited on the registry", fix
+        ) from exc
+    if acc.org != org:
+        raise ConfigError("--node-key", f"key is accredited to {acc.org}, not {org}", fix)
+    if acc.role != Role.NODE:
+        raise ConfigError(
+            "--node-key", f"key is accredited to {org} as {acc.role.name.lower()}, not node", fix
+        )
 
 
 def references_from_store(db: Path, report_ids: list[str]) -> tuple[Evidence, ...]:
@@ -127,9 +157,10 @@ async def publish_statement_record(
 
 
 def _statements_spec(topics: Topics) -> Any:
-    from bus.kafka import LOG_APPEND_TIME, TopicSpec  # noqa: PLC0415
+    """The statements topic exactly as ``obus topics`` makes it (log-append time, kept forever)."""
+    from bus.kafka import standard_topics  # noqa: PLC0415
 
-    return TopicSpec(topics.statements, 1, (LOG_APPEND_TIME,))
+    return next(s for s in standard_topics(topics, []) if s.name == topics.statements)
 
 
 async def draft(
@@ -168,13 +199,19 @@ async def sign(
     key: SigningKey,
     db: Path | None = None,
     security: KafkaSecurity | None = None,
+    org: str | None = None,
 ) -> StatementStatus:
     """Co-sign a drafted statement on the bus (after checking its references against ``db``).
 
+    With ``org``, the key must be that organization's (root key, or accredited role NODE).
+
     Raises:
+        ConfigError: ``key`` is not ``org``'s node key.
         BusError: the statement is unknown, or its references do not match this store.
     """
     board = await read_board(bootstrap, topics, mandate, security=security)
+    if org is not None:
+        check_signing_key(board.book.keyring, key, org)
     status = board.book.get(statement_id)
     if status is None:
         raise BusError(f"no verified statement {statement_id} on {topics.statements}")
@@ -227,16 +264,31 @@ def _cmd_draft(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     mandate = _mandate(args)
     if mandate.organization(args.org) is None:
         raise ConfigError("--org", f"{args.org!r} is not part of the mandate", "use your org id")
-    text = Path(args.text_file).read_text(encoding="utf-8") if args.text_file else args.text
+    if args.text_file and args.text:
+        raise ConfigError("--text-file", "given with --text", "pass one of the two")
+    text = args.text
+    if args.text_file:
+        try:
+            text = Path(args.text_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = exc.strerror if isinstance(exc, OSError) else "is not UTF-8 text"
+            raise ConfigError(
+                "--text-file", f"cannot read {args.text_file}: {problem}", "pass a UTF-8 text file"
+            ) from exc
     if not text:
         raise ConfigError("--text", "is missing", "pass --text TEXT or --text-file FILE")
     refs = references_from_store(Path(args.db), args.report)
-    stmt = asyncio.run(
-        draft(
-            bootstrap(args), Topics(args.topic_prefix), mandate, org=args.org, key=_key(args),
-            title=args.title, text=text, references=refs, security=security_from_args(args),
-        )
-    )  # fmt: skip
+    key, security, topics = _key(args), security_from_args(args), Topics(args.topic_prefix)
+
+    async def go() -> JointStatement:
+        keyring = await _keyring(bootstrap(args), topics, mandate, security)
+        check_signing_key(keyring, key, args.org)
+        return await draft(
+            bootstrap(args), topics, mandate, org=args.org, key=key,
+            title=args.title, text=text, references=refs, security=security,
+        )  # fmt: skip
+
+    stmt = asyncio.run(go())
     print(f"drafted statement {stmt.statement_id} ({len(refs)} reports), signed by {args.org}")
     print(f"others co-sign with: obus statement sign {stmt.statement_id} --org ORG ...")
     return 0
@@ -246,7 +298,7 @@ def _cmd_sign(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     status = asyncio.run(
         sign(
             bootstrap(args), Topics(args.topic_prefix), _mandate(args),
-            statement_id=args.statement_id, key=_key(args),
+            statement_id=args.statement_id, key=_key(args), org=args.org,
             db=Path(args.db) if args.db else None, security=security_from_args(args),
         )
     )  # fmt: skip
@@ -283,6 +335,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     from bus.policy import load_policy  # noqa: PLC0415
     from nodes.dashboard import DashboardConfig, serve  # noqa: PLC0415
 
+    if not 0 <= args.http_port <= 65535:
+        raise ConfigError("--http-port", f"{args.http_port} is not a TCP port", "pass 0..65535")
     db = Path(args.db)
     if not db.exists():
         raise ConfigError("--db", f"{db} does not exist", "pass the store of a node")
@@ -329,7 +383,9 @@ def add_followup_commands(sub: Any, common: Common, bootstrap: Bootstrap) -> Non
     common(s)
     s.set_defaults(func=lambda a: _cmd_sign(a, bootstrap))
 
-    t = ss.add_parser("status", help="every statement (or one: exit 0 valid, 3 pending)")
+    t = ss.add_parser(
+        "status", help="every statement (or one: exit 0 valid, 3 pending, 1 unknown id)"
+    )
     t.add_argument("statement_id", nargs="?")
     t.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
     common(t)
@@ -347,5 +403,5 @@ def add_followup_commands(sub: Any, common: Common, bootstrap: Bootstrap) -> Non
     dash.add_argument("--policy", metavar="FILE", help="for the early-warning charts")
     dash.add_argument("--http-port", type=int, default=8080)
     dash.add_argument("--http-host", default="127.0.0.1")
-    dash.add_argument("--log-level", default="info")
+    dash.add_argument("--log-level", default="info", choices=LEVELS)
     dash.set_defaults(func=_cmd_dashboard)

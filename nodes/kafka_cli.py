@@ -51,34 +51,89 @@ def add_security_args(p: argparse.ArgumentParser) -> None:
 def security_from_args(args: argparse.Namespace) -> KafkaSecurity | None:
     """The client security the options and environment ask for; None for plain PLAINTEXT.
 
+    Contradictions are refused, never dropped: SASL options need a SASL_* protocol, a SASL_*
+    protocol needs a username and a password, a password needs a username, and a CA file needs
+    a TLS protocol. Errors name the flag, or the OBUS_* variable the value came from.
+
     Raises:
-        ConfigError: unreadable password file or contradictory options.
+        ConfigError: unreadable password file, unknown values or contradictory options.
     """
 
-    def opt(name: str, env: str) -> str | None:
+    def opt(name: str, flag: str, env: str) -> tuple[str | None, str]:
+        """(value, its source: the flag, or the variable when it came from the environment)."""
         value = getattr(args, name, None)
-        return str(value) if value else os.environ.get(env) or None
+        if value:
+            return str(value), flag
+        from_env = os.environ.get(env)
+        return (from_env, env) if from_env else (None, flag)
 
-    protocol = opt("security_protocol", "OBUS_SECURITY_PROTOCOL")
-    username = opt("sasl_username", "OBUS_SASL_USERNAME")
-    mechanism = opt("sasl_mechanism", "OBUS_SASL_MECHANISM")
-    cafile = opt("ssl_cafile", "OBUS_SSL_CAFILE")
-    password_file = opt("sasl_password_file", "OBUS_SASL_PASSWORD_FILE")
-    password = os.environ.get("OBUS_SASL_PASSWORD") or None
+    protocol, protocol_key = opt(
+        "security_protocol", "--security-protocol", "OBUS_SECURITY_PROTOCOL"
+    )
+    username, username_key = opt("sasl_username", "--sasl-username", "OBUS_SASL_USERNAME")
+    mechanism, mechanism_key = opt("sasl_mechanism", "--sasl-mechanism", "OBUS_SASL_MECHANISM")
+    cafile, cafile_key = opt("ssl_cafile", "--ssl-cafile", "OBUS_SSL_CAFILE")
+    password_file, password_key = opt(
+        "sasl_password_file", "--sasl-password-file", "OBUS_SASL_PASSWORD_FILE"
+    )
+    password = None
     if password_file:
         try:
             password = Path(password_file).read_text(encoding="utf-8").strip()
         except OSError as exc:
             raise ConfigError(
-                "--sasl-password-file",
+                password_key,
                 f"cannot read {password_file}: {exc.strerror}",
                 "give a readable file",
             ) from exc
+    elif os.environ.get("OBUS_SASL_PASSWORD"):
+        password, password_key = os.environ["OBUS_SASL_PASSWORD"], "OBUS_SASL_PASSWORD"
+    if protocol is not None and protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(
+            protocol_key, f"{protocol!r} is unknown", f"use one of {', '.join(SECURITY_PROTOCOLS)}"
+        )
+    if mechanism is not None and mechanism not in SASL_MECHANISMS:
+        raise ConfigError(
+            mechanism_key, f"{mechanism!r} is unknown", f"use one of {', '.join(SASL_MECHANISMS)}"
+        )
+    if password is not None and not username:
+        raise ConfigError(
+            password_key,
+            "a SASL password needs a username",
+            "add --sasl-username USER (or set OBUS_SASL_USERNAME)",
+        )
+    given = ((username, username_key), (mechanism, mechanism_key), (password, password_key))
+    sasl_given = [key for value, key in given if value is not None]
+    explicit = protocol is not None
     if protocol is None:
-        if not (username or password or cafile):
+        if sasl_given:
+            protocol = "SASL_SSL" if cafile else "SASL_PLAINTEXT"
+        elif cafile:
+            protocol = "SSL"
+        else:
             return None
-        protocol = ("SASL_SSL" if cafile else "SASL_PLAINTEXT") if username else "SSL"
     sasl = protocol.startswith("SASL_")
+    if not sasl and sasl_given:
+        raise ConfigError(
+            sasl_given[0],
+            f"SASL options need a SASL_* protocol, but {protocol_key} is {protocol}",
+            f"use {protocol_key} SASL_SSL (or SASL_PLAINTEXT), or drop {', '.join(sasl_given)}",
+        )
+    if sasl and not (username and password):
+        missing = "--sasl-username" if not username else "--sasl-password-file"
+        why = protocol_key if explicit else sasl_given[0]
+        raise ConfigError(
+            missing,
+            f"{protocol} (asked for by {why}) needs a username and a password",
+            "pass --sasl-username USER and --sasl-password-file FILE (or set "
+            "OBUS_SASL_USERNAME and OBUS_SASL_PASSWORD_FILE or OBUS_SASL_PASSWORD)",
+        )
+    if cafile and not protocol.endswith("SSL"):
+        raise ConfigError(
+            cafile_key,
+            f"a CA file is for TLS, but {protocol_key} is {protocol}",
+            f"use {protocol_key} SSL or SASL_SSL, or drop {cafile_key}",
+        )
     return KafkaSecurity(
         protocol=protocol,
         sasl_mechanism=(mechanism or "SCRAM-SHA-512") if sasl else None,

@@ -24,6 +24,7 @@ from rich.console import Console
 from bus.attachment import MAX_ATTACHMENT_BYTES
 from bus.errors import BusError, ConfigError
 from bus.kafka import Topics
+from bus.logs import LEVELS
 from bus.verify import DEFAULT_MAX_RECORD_BYTES
 
 if TYPE_CHECKING:
@@ -66,9 +67,26 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:.1f} MiB"
 
 
+def check_gateway_url(flag: str, url: str) -> None:
+    """Refuse a gateway address that is not ``http(s)://host[:port][/path]``."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    fix = "pass your organization's gateway as http(s)://host[:port], e.g. https://gw.un.example"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when not a number in 0..65535
+    except ValueError as exc:
+        raise ConfigError(flag, f"{url!r} is not a URL: {exc}", fix) from exc
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(flag, f"{url!r} is not an http(s)://host[:port] URL", fix)
+    if port == 0 or parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(flag, f"{url!r} is not an http(s)://host[:port] URL", fix)
+
+
 def _cmd_init(args: argparse.Namespace) -> int:
     from nodes.observer import Home, init_observer, now_ms  # noqa: PLC0415
 
+    check_gateway_url("--gateway", args.gateway)
     home = Home(_home(args))
     try:
         mandate = Path(args.mandate).read_bytes()
@@ -251,6 +269,13 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     from bus.attachment import AttachmentLimits  # noqa: PLC0415
     from nodes.kafka_cli import security_from_args  # noqa: PLC0415
 
+    if args.max_attachment_bytes < 0:
+        raise ConfigError(
+            "--max-attachment-bytes", f"{args.max_attachment_bytes} is negative", "pass N >= 0"
+        )
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port", f"{args.port} is not a TCP port", "pass a port in 0..65535")
+
     fault = os.environ.get(FAULT_ENV)
     config = GatewayConfig(
         org=args.org,
@@ -289,7 +314,7 @@ def add_commands(
     def with_home(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--home", metavar="DIR", help="observer home (default $OBUS_OBSERVER_HOME "
                        "or ~/.obus/observer)")  # fmt: skip
-        p.add_argument("--log-level", default="warning", choices=["debug", "info", "warning"])
+        p.add_argument("--log-level", default="warning", choices=LEVELS)
         return p
 
     p = with_home(osub.add_parser("init", help="new key (encrypted) and accreditation request"))
@@ -304,7 +329,16 @@ def add_commands(
     p.add_argument("--no-deliver", action="store_true", help="queue only; deliver with sync")
     p.set_defaults(func=_cmd_submit)
 
-    p = with_home(osub.add_parser("sync", help="deliver everything queued, oldest first"))
+    p = with_home(
+        osub.add_parser(
+            "sync",
+            help="deliver everything queued, oldest first",
+            description="Deliver every queued report and attachment to the gateway, oldest "
+            "first, retrying with backoff until all is delivered or --max-seconds pass. Exit 0 "
+            f"when nothing is left queued, {EXIT_QUEUED} when reports or attachments are still "
+            "queued (gateway unreachable: run sync again later), 2 on a usage error.",
+        )
+    )
     p.add_argument("--max-seconds", type=float, default=600.0, help="give up after (default 600)")
     p.add_argument("--backoff-base", type=float, default=0.5, help="first retry bound, seconds")
     p.add_argument("--backoff-cap", type=float, default=60.0, help="longest retry wait, seconds")

@@ -24,6 +24,7 @@ from bus import ceremony
 from bus.crypto import pae, verify
 from bus.errors import ConfigError, KeyStoreError, Reason, VerificationError
 from bus.kafka import KafkaSecurity
+from bus.logs import LEVELS
 from bus.model import (
     PAYLOAD_MANDATE,
     Accreditation,
@@ -66,10 +67,15 @@ def _read(path: str, what: str) -> bytes:
         raise ConfigError(what, f"cannot read {path}: {exc.strerror}", f"check {what}") from exc
 
 
-def _write_new(path: str, data: bytes, what: str) -> None:
+def _write_new(path: str, data: bytes, what: str, flag: str = "--out") -> None:
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_bytes(data)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    except OSError as exc:
+        raise ConfigError(
+            flag, f"cannot write {path}: {exc.strerror or exc}", "pick a writable path"
+        ) from exc
     print(f"wrote {what} {p}")
 
 
@@ -109,6 +115,69 @@ def _load_any_mandate(path: str) -> tuple[Mandate, Envelope | None]:
 # obus mandate
 
 
+_ROTATION_FLAGS = (
+    ("threshold", "--threshold"),
+    ("add_org", "--add-org"),
+    ("remove_org", "--remove-org"),
+    ("replace_key", "--replace-key"),
+    ("not_after", "--not-after"),
+    ("text", "--text"),
+)
+
+
+def _problem(exc: ConfigError) -> str:
+    """The problem part of a ConfigError's message (without ``config KEY:`` and the fix)."""
+    text = exc.message.removeprefix(f"config {exc.key}: ")
+    return text.removesuffix(f"; fix: {exc.fix}").removeprefix(f"{exc.key}: ")
+
+
+def _hex_key(flag: str, org: str, text: str) -> bytes:
+    """A 32-byte root public key given as 64 hex characters on the command line."""
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise ConfigError(
+            flag, f"key of {org} ({text[:80]!r}) is not 64 hex characters", "paste the key"
+        )
+    return key
+
+
+def _rotation_changes(args: argparse.Namespace) -> ceremony.RotationChanges:
+    added = []
+    for i, (o, n, k) in enumerate(args.add_org or []):
+        try:
+            added.append(ceremony.organization_from({"org": o, "name": n, "root_public_key": k}, i))
+        except ConfigError as exc:
+            raise ConfigError("--add-org", f"{o}: {_problem(exc)}", exc.fix) from exc
+    return ceremony.RotationChanges(
+        threshold=args.threshold,
+        add=tuple(added),
+        remove=tuple(args.remove_org or ()),
+        replace_keys=tuple((o, _hex_key("--replace-key", o, k)) for o, k in args.replace_key or []),
+        not_after_ms=(
+            None
+            if args.not_after is None
+            else ceremony.parse_time_ms("--not-after", args.not_after)
+        ),
+        description=args.text,
+    )
+
+
+def _rotation_flag(args: argparse.Namespace, key: str) -> str | None:
+    """The rotation flag that set the mandate field ``key`` (None: it came from no flag)."""
+    if key == "threshold" and args.threshold is not None:
+        return "--threshold"
+    if key in ("threshold", "organizations"):  # fewer or more organizations than before
+        for attr, flag in _ROTATION_FLAGS[1:4]:
+            if getattr(args, attr, None):
+                return flag
+    if key.startswith("not_after") and args.not_after is not None:
+        return "--not-after"
+    return None
+
+
 def _cmd_draft(args: argparse.Namespace) -> int:
     previous = _previous(args)
     if previous is None and not args.description:
@@ -116,31 +185,31 @@ def _cmd_draft(args: argparse.Namespace) -> int:
             "DESCRIPTION", "missing", "pass a description file, or --previous FILE to rotate"
         )
     if previous is None:
+        for attr, rotation_flag in _ROTATION_FLAGS:
+            if getattr(args, attr, None) is not None:
+                raise ConfigError(
+                    rotation_flag,
+                    "rotation options need --previous",
+                    "edit the description file instead, or pass --previous",
+                )
         mandate = ceremony.mandate_from_description(_load_description(args.description))
     else:
-        changes = ceremony.RotationChanges(
-            threshold=args.threshold,
-            add=tuple(
-                ceremony.organization_from({"org": o, "name": n, "root_public_key": k}, i)
-                for i, (o, n, k) in enumerate(args.add_org or [])
-            ),
-            remove=tuple(args.remove_org or ()),
-            replace_keys=tuple(
-                (o, bytes.fromhex(k) if len(k) == 64 else b"") for o, k in args.replace_key or []
-            ),
-            not_after_ms=(
-                None
-                if args.not_after is None
-                else ceremony.parse_time_ms("--not-after", args.not_after)
-            ),
-            description=args.text,
-        )
-        for org, key in changes.replace_keys:
-            if len(key) != 32:
-                raise ConfigError("--replace-key", f"key of {org} is not 64 hex", "paste the key")
-        mandate = ceremony.next_version(previous, changes)
         if args.description:
             raise ConfigError("DESCRIPTION", "given with --previous", "pass one of the two")
+        changes = _rotation_changes(args)
+        try:
+            mandate = ceremony.next_version(previous, changes)
+        except ConfigError as exc:
+            flag = _rotation_flag(args, exc.key)
+            if flag is None:
+                raise
+            problem = _problem(exc)
+            if exc.key == "threshold" and flag != "--threshold":
+                problem = f"the threshold {problem} (organizations left after {flag})"
+                fix = "pass --threshold N as well (at most the number of organizations)"
+            else:
+                fix = f"correct {flag}"
+            raise ConfigError(flag, problem, fix) from exc
     draft = ceremony.Draft.of(mandate)
     _write_new(args.out, draft.encode(), "draft")
     print("\n".join(ceremony.describe(mandate, previous=previous)))
@@ -162,7 +231,9 @@ def _cmd_sign(args: argparse.Namespace) -> int:
     if args.bundle:
         bundle = Path(args.bundle)
         existing = bundle.read_bytes() if bundle.exists() else None
-        _write_new(args.bundle, ceremony.add_to_bundle(existing, sig), "signatures bundle")
+        _write_new(
+            args.bundle, ceremony.add_to_bundle(existing, sig), "signatures bundle", "--bundle"
+        )
     else:
         out = args.out or f"{args.draft}.{sig.org or key.key_id.hex()[:8]}.sig"
         _write_new(out, ceremony.encode_signatures([sig]), "signature")
@@ -186,8 +257,19 @@ def _cmd_combine(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     raw = _read(args.file, "FILE")
     previous = _previous(args)
-    env = Envelope.decode(raw)
+    if raw.lstrip().startswith(b"{"):
+        try:
+            ceremony.Draft.decode(raw)
+        except VerificationError:
+            pass
+        else:
+            print(
+                f"REJECTED ({Reason.WRONG_PAYLOAD_TYPE.value}): {args.file} is not a signed"
+                " mandate: this looks like a draft; combine signatures first (obus mandate combine)"
+            )
+            return 1
     try:
+        env = Envelope.decode(raw)
         mandate = verify_mandate(env, previous=previous, now_ms=_now_ms())
     except VerificationError as exc:
         print(f"REJECTED ({exc.reason.value}): {exc.message}")
@@ -304,6 +386,12 @@ def _root_for(args: argparse.Namespace, mandate: Mandate) -> Any:
     return key
 
 
+def _check_offline(args: argparse.Namespace) -> None:
+    """``--offline`` without ``--out`` would sign a record and throw it away."""
+    if args.offline and not args.out:
+        raise ConfigError("--offline", "nothing would be kept", "add --out FILE")
+
+
 def _publish_registry(
     args: argparse.Namespace, bootstrap: Bootstrap, env: Envelope, key_id: bytes
 ) -> None:
@@ -327,6 +415,7 @@ def _publish_registry(
 
 
 def _cmd_accredit(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    _check_offline(args)
     mandate, _ = load_mandate(Path(args.mandate))
     root = _root_for(args, mandate)
     role = Role[args.role.upper()]
@@ -345,11 +434,22 @@ def _cmd_accredit(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
             raise ConfigError(
                 "--public-key", "missing", "pass --subject ID --public-key HEX, or --request FILE"
             )
-        subject, public_key = args.subject, bytes.fromhex(args.public_key)
+        try:
+            subject, public_key = args.subject, bytes.fromhex(args.public_key)
+        except ValueError as exc:
+            raise ConfigError(
+                "--public-key",
+                f"{args.public_key[:80]!r} is not hex",
+                "paste the 64 hex characters `obus keygen` printed",
+            ) from exc
     check_id("subject", subject)
     from bus.crypto import validate_public_key  # noqa: PLC0415
 
-    validate_public_key(public_key)
+    try:
+        validate_public_key(public_key)
+    except VerificationError as exc:
+        flag = "--request" if args.request else "--public-key"
+        raise ConfigError(flag, exc.message, "pass the subject's Ed25519 public key") from exc
     not_before = (
         mandate.not_before_ms
         if args.not_before is None
@@ -380,6 +480,7 @@ def _cmd_accredit(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
 
 
 def _cmd_revoke(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    _check_offline(args)
     mandate, _ = load_mandate(Path(args.mandate))
     root = _root_for(args, mandate)
     try:
@@ -411,16 +512,61 @@ def _cmd_revoke(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
 DECRYPTION_KEY_TYPE = "obus-x25519-private"
 
 
+def _decryption_key_doc(key: DecryptionKey) -> bytes:
+    doc = {"type": DECRYPTION_KEY_TYPE, "org": key.org, "private": key.private_key.hex()}
+    return json.dumps(doc).encode()
+
+
+def _refuse_existing(path: Path) -> None:
+    if path.exists():
+        raise KeyStoreError(f"{path} exists; refusing to overwrite a key", path=str(path))
+
+
 def write_decryption_key(path: Path, key: DecryptionKey) -> None:
     """Write an organization's X25519 private key file, readable only by its owner."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = {"type": DECRYPTION_KEY_TYPE, "org": key.org, "private": key.private_key.hex()}
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError as exc:
         raise KeyStoreError(f"{path} exists; refusing to overwrite a key", path=str(path)) from exc
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(doc))
+    with os.fdopen(fd, "wb") as f:
+        f.write(_decryption_key_doc(key))
+
+
+def _stage_decryption_key(path: Path, key: DecryptionKey) -> Path:
+    """Write the key to a temporary file (mode 0600) beside ``path``; returns the temp path.
+
+    Nothing appears under ``path`` until :func:`_commit_decryption_key`, so a failed publish
+    leaves no orphaned private key behind (and a re-run is not refused).
+    """
+    _refuse_existing(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_decryption_key_doc(key))
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _commit_decryption_key(tmp: Path, path: Path) -> None:
+    """Move the staged key into place; never over an existing file."""
+    try:
+        os.link(tmp, path)  # atomic and refuses to overwrite
+    except FileExistsError as exc:
+        raise KeyStoreError(
+            f"{path} appeared meanwhile; the new private key is in {tmp}", path=str(path)
+        ) from exc
+    except OSError:  # a filesystem without hard links: same directory, so still atomic
+        _refuse_existing(path)
+        tmp.replace(path)
+        return
+    tmp.unlink()
 
 
 def read_decryption_key(path: Path, org: str | None = None) -> DecryptionKey:
@@ -444,10 +590,10 @@ def read_decryption_key(path: Path, org: str | None = None) -> DecryptionKey:
 
 
 def _cmd_enckey(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+    _check_offline(args)
     mandate, _ = load_mandate(Path(args.mandate))
     root = _root_for(args, mandate)
     key = DecryptionKey.generate(args.org)
-    write_decryption_key(Path(args.private_out), key)
     not_after = (
         mandate.not_after_ms
         if args.not_after is None
@@ -461,11 +607,23 @@ def _cmd_enckey(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
         serial=args.serial if args.serial is not None else _now_ms(),
         mandate_id=mandate.mandate_id,
     )
+    private_out = Path(args.private_out)
+    try:
+        tmp = _stage_decryption_key(private_out, key)
+    except OSError as exc:
+        raise ConfigError(
+            "--private-out", f"cannot write {private_out}: {exc.strerror}", "pick a writable path"
+        ) from exc
+    try:  # publish (or write --out) first: the private key is kept only once that worked
+        _publish_registry(args, bootstrap, sign_encryption_key(ek, root), ek.key_id)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _commit_decryption_key(tmp, private_out)
     print(
         f"encryption key of {args.org}: key id {ek.key_id.hex()}; private key in"
         f" {args.private_out} (give it to your node: obus node --decryption-key FILE)"
     )
-    _publish_registry(args, bootstrap, sign_encryption_key(ek, root), ek.key_id)
     return 0
 
 
@@ -507,7 +665,7 @@ def add_trust_commands(
     )
     d.add_argument("--not-after", metavar="TIME", help="new end of validity (RFC 3339)")
     d.add_argument("--text", metavar="TEXT", help="new description text")
-    d.add_argument("--log-level", default="warning")
+    d.add_argument("--log-level", default="warning", choices=LEVELS)
     d.set_defaults(func=_cmd_draft)
 
     s = msub.add_parser("sign", help="sign a draft with one organization's root key (offline)")
@@ -517,7 +675,7 @@ def add_trust_commands(
     g = s.add_mutually_exclusive_group()
     g.add_argument("--out", metavar="FILE", help="detached signature file (default DRAFT.ORG.sig)")
     g.add_argument("--bundle", metavar="FILE", help="append to a signatures bundle instead")
-    s.add_argument("--log-level", default="warning")
+    s.add_argument("--log-level", default="warning", choices=LEVELS)
     s.set_defaults(func=_cmd_sign)
 
     c = msub.add_parser("combine", help="draft + signatures -> the signed mandate file")
@@ -525,19 +683,21 @@ def add_trust_commands(
     c.add_argument("signatures", nargs="+", metavar="SIGNATURES")
     c.add_argument("--previous", metavar="FILE", help="signed previous version (rotation)")
     c.add_argument("--out", required=True, metavar="FILE")
-    c.add_argument("--log-level", default="warning")
+    c.add_argument("--log-level", default="warning", choices=LEVELS)
     c.set_defaults(func=_cmd_combine)
 
-    v = msub.add_parser("verify", help="verify a signed mandate file (exit 1 with the reason)")
+    v = msub.add_parser(
+        "verify", help="verify a signed mandate file (exit 1 with the reason if it does not verify)"
+    )
     v.add_argument("file", metavar="FILE")
     v.add_argument("--previous", metavar="FILE", help="verify as the successor of this version")
-    v.add_argument("--log-level", default="warning")
+    v.add_argument("--log-level", default="warning", choices=LEVELS)
     v.set_defaults(func=_cmd_verify)
 
     sh = msub.add_parser("show", help="print a draft or a signed mandate for humans")
     sh.add_argument("file", metavar="FILE")
     sh.add_argument("--previous", metavar="FILE", help="also show the changes from this version")
-    sh.add_argument("--log-level", default="warning")
+    sh.add_argument("--log-level", default="warning", choices=LEVELS)
     sh.set_defaults(func=_cmd_show)
 
     p = msub.add_parser("publish", help="put a signed version on <prefix>mandate")

@@ -85,14 +85,20 @@ def add_witness_commands(sub: Any, common: Common, bootstrap: Bootstrap) -> None
         "threshold of organizations, with the merged signed note, and verifies it. Exit 1 when "
         "the record cannot be proven (named reason).",
     )
-    prove.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    prove.add_argument("--mandate", metavar="FILE", help="signed mandate file (required)")
     prove.add_argument("--topic", help="the record's topic, e.g. obus.reports.un")
-    prove.add_argument("--partition", type=int, default=0)
+    prove.add_argument("--partition", type=int, help="the record's partition (default 0)")
     prove.add_argument("--offset", type=int)
     prove.add_argument("--report-id", help="or name the record by its report id")
     prove.add_argument("--from", dest="from_file", metavar="FILE", help="prove from an export")
     prove.add_argument("--json-out", metavar="FILE", help="also write the proof to a file")
     common(prove)
+    # An option prove shares with `obus audit` keeps its value when given before `prove`
+    # (`obus audit --from E prove ...`): without this, prove's default would overwrite it.
+    shared = {a.dest for a in aud._actions} - {"help"}
+    for action in prove._actions:
+        if action.dest in shared:
+            action.default = argparse.SUPPRESS
     prove.set_defaults(func=lambda a: cmd_prove(a, bootstrap))
 
     logp = sub.add_parser("log", help="the whole log: export it to a portable file")
@@ -209,11 +215,31 @@ def cmd_audit(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
             )
         )  # fmt: skip
     render(result, Console())
+    # A file that cannot be written is a usage error (exit 2), never "violations found" (1).
     if args.json_out:
-        write_json(result, Path(args.json_out))
+        _write_out("--json-out", args.json_out, lambda p: write_json(result, p))
     if args.html_out:
-        write_html(result, Path(args.html_out))
+        _write_out("--html-out", args.html_out, lambda p: write_html(result, p))
     return 0 if result.ok else 1
+
+
+def _write_out(flag: str, path: str, write: Callable[[Path], object]) -> None:
+    """Run ``write(Path(path))``; an OSError becomes a ConfigError naming ``flag``."""
+    try:
+        write(Path(path))
+    except OSError as exc:
+        raise ConfigError(
+            flag, f"cannot write {path}: {exc.strerror or exc}", "pick a writable path"
+        ) from exc
+
+
+# `obus audit` options that mean nothing to `obus audit prove` (given before `prove`):
+# (attribute, flag, default).
+_AUDIT_ONLY: tuple[tuple[str, str, object], ...] = (
+    ("html_out", "--html-out", None),
+    ("require_witnessed", "--require-witnessed", False),
+    ("verify_workers", "--verify-workers", 0),
+)
 
 
 def cmd_prove(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
@@ -221,11 +247,37 @@ def cmd_prove(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     from nodes.files import load_mandate  # noqa: PLC0415
     from nodes.prove import prove_from_file, prove_live  # noqa: PLC0415
 
-    if args.report_id is None and (args.topic is None or args.offset is None):
-        raise ConfigError(
-            "prove", "no record named", "pass --topic T --partition P --offset O or --report-id"
+    for attr, flag, default in _AUDIT_ONLY:
+        if getattr(args, attr, default) != default:
+            raise ConfigError(
+                flag, "is an option of `obus audit`, not of `obus audit prove`", "drop it"
+            )
+    if not args.mandate:
+        raise ConfigError("--mandate", "is required", "pass --mandate FILE (the signed mandate)")
+    by_position = [
+        flag
+        for flag, value in (
+            ("--topic", args.topic), ("--partition", args.partition), ("--offset", args.offset)
         )
-    where = None if args.topic is None else (args.topic, args.partition, args.offset)
+        if value is not None
+    ]  # fmt: skip
+    if args.report_id is not None and by_position:
+        raise ConfigError(
+            by_position[0], "given with --report-id", "name the record one way: drop one of them"
+        )
+    if args.report_id is None:
+        if args.topic is None:
+            raise ConfigError(
+                "--topic",
+                "no record named" if not by_position else f"{by_position[0]} needs --topic",
+                "pass --topic T --partition P --offset O, or --report-id ID",
+            )
+        if args.offset is None:
+            raise ConfigError(
+                "--offset", "--topic needs --offset", "pass --topic T --partition P --offset O"
+            )
+    partition = 0 if args.partition is None else args.partition
+    where = None if args.topic is None else (args.topic, partition, args.offset)
     err = Console(stderr=True)
     try:
         if args.from_file:
@@ -246,7 +298,7 @@ def cmd_prove(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     doc = json.dumps(proof.to_json(), indent=2)
     sys.stdout.write(doc + "\n")
     if args.json_out:
-        Path(args.json_out).write_text(doc + "\n", encoding="utf-8")
+        _write_out("--json-out", args.json_out, lambda p: p.write_text(doc + "\n", "utf-8"))
     cp = proof.checkpoint
     err.print(
         f"[green]verified[/green]: {proof.topic}[{proof.partition}]@{proof.offset} is leaf "
