@@ -38,7 +38,7 @@ from aiokafka.errors import KafkaError
 
 from bus.crypto import SigningKey
 from bus.decision import PublishedDecision, sign_decision, verify_decision
-from bus.errors import BusError, Reason, StoreError, VerificationError
+from bus.errors import BusError, Reason, StoreError, TransportError, VerificationError
 from bus.kafka import (
     KafkaSecurity,
     Topics,
@@ -52,7 +52,13 @@ from bus.policy import Decision, Policy, PolicyEngine, observation_from_stored, 
 from bus.statement import StatementBook, StatementStatus
 from bus.store import PUB_SIGNED, NodeStore, Quarantined, RecordRef
 from bus.trust import KeyRing
-from nodes.org_node import OrgNode, RegistryFollower
+from nodes.org_node import (
+    OUTAGE_RETRY_FIRST_S,
+    OUTAGE_RETRY_MAX_S,
+    OrgNode,
+    RegistryFollower,
+    transient,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -170,12 +176,30 @@ class FollowUp:
             )
             self.started.set()
             last_refresh = 0.0
+            delay = OUTAGE_RETRY_FIRST_S
             while not self._stopping.is_set():
-                if time.monotonic() - last_refresh >= cfg.refresh_s:
-                    await registry.catch_up()  # node keys accredited meanwhile
-                    await self._refresh(consumer)
-                    last_refresh = time.monotonic()
-                await self._turn(store, registry, consumer, producer)
+                try:
+                    if time.monotonic() - last_refresh >= cfg.refresh_s:
+                        await registry.catch_up()  # node keys accredited meanwhile
+                        await self._refresh(consumer)
+                        last_refresh = time.monotonic()
+                    await self._turn(store, registry, consumer, producer)
+                except (KafkaError, TransportError) as exc:
+                    # The brokers are away (restart, partition): wait, never exit for it.
+                    # A board batch read but not stored is read again from the positions.
+                    if not transient(exc):
+                        raise
+                    self._log.warning(
+                        "broker_unavailable_waiting", what="follow-up", error=repr(exc),
+                        retry_in_s=delay,
+                    )  # fmt: skip
+                    for tp in self._board_tps:
+                        consumer.seek(tp, self._board_pos.get((tp.topic, tp.partition), 0))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), delay)
+                    delay = min(2 * delay, OUTAGE_RETRY_MAX_S)
+                    continue
+                delay = OUTAGE_RETRY_FIRST_S
             deadline = time.monotonic() + cfg.drain_s
             while self.pending and time.monotonic() < deadline:
                 await self._refresh(consumer)

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from bus.attachment import AttachmentLimits
 from bus.crypto import SigningKey
@@ -37,6 +37,7 @@ from bus.errors import (
     ConfigError,
     StoreConflictError,
     StoreError,
+    TransportError,
     VerificationError,
 )
 from bus.idfilter import IdFilter
@@ -64,6 +65,20 @@ OFFSET_COMMIT_INTERVAL_S = 1.0
 OFFSET_COMMIT_TIMEOUT_S = 10.0
 
 Batch = dict[TopicPartition, list]  # type: ignore[type-arg]  # aiokafka's getmany() result
+# Backoff while the brokers cannot be reached (trust catch-up, follow-up): first and longest.
+OUTAGE_RETRY_FIRST_S = 0.5
+OUTAGE_RETRY_MAX_S = 10.0
+
+
+def transient(exc: BaseException) -> bool:
+    """True for a broker failure that waiting can cure: the cluster unreachable, a request
+    timed out, a leader moving (aiokafka's retriable errors, and its timeouts, which it does
+    not mark retriable). Refusals (authorization, bad configuration) are not transient."""
+    if isinstance(exc, TransportError):
+        return exc.retriable
+    return isinstance(exc, KafkaError) and (
+        bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaTimeoutError)
+    )
 
 
 @dataclass(frozen=True)
@@ -420,7 +435,10 @@ class OrgNode:
         is lost to another worker (:class:`StoreConflictError`), this batch is dropped unstored
         too and both are read again from the store's positions.
         """
-        revocations = await self.registry.catch_up()
+        caught_up = await self._catch_up_trust()
+        if caught_up is None:
+            return  # stopping while the brokers are away: the batch is read again on restart
+        revocations = caught_up
         if revocations:
             # Reports of the batch in flight were judged before these revocations were known:
             # it must be stored before they are marked (revoked after acceptance).
@@ -468,6 +486,30 @@ class OrgNode:
         self._inflight = _Inflight(
             asyncio.create_task(self._commit(write)), outcomes, sealed, touched
         )
+
+    async def _catch_up_trust(self) -> list[Revocation] | None:
+        """The trust topics read to their end before a batch is judged; None when stopping.
+
+        A batch is never judged on trust state that could not be brought up to date: while
+        the brokers cannot be reached (a cluster restart, a network partition), the node
+        waits with a growing backoff and logs ``broker_unavailable_waiting``, instead of
+        exiting. Refusals (e.g. authorization) still stop it.
+        """
+        delay = OUTAGE_RETRY_FIRST_S
+        while True:
+            try:
+                return await self.registry.catch_up()
+            except TransportError as exc:
+                if not exc.retriable:
+                    raise
+                if self._stopping.is_set():
+                    return None
+                self._log.warning(
+                    "broker_unavailable_waiting", what="trust catch-up", error=exc.message,
+                    retry_in_s=delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, OUTAGE_RETRY_MAX_S)
 
     async def _commit(self, write: Callable[[], None]) -> None:
         async with self.commit_lock:  # rebalance callbacks wait for a commit in flight

@@ -19,9 +19,9 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from bus.errors import VerificationError
+from bus.errors import TransportError, VerificationError
 from bus.kafka import KafkaSecurity, client_options, wrap
 from bus.lifecycle import TrustTimeline
 from bus.model import Envelope, Revocation
@@ -76,6 +76,8 @@ class TrustFollower:
                 ends[self._registry_tp],
                 lambda r: self._on_registry(r, revocations),
             )
+        except KafkaTimeoutError as exc:  # a timeout is worth waiting out; aiokafka says not
+            raise TransportError(f"following trust topics: {exc!r}", retriable=True) from exc
         except KafkaError as exc:
             raise wrap(exc, "following trust topics") from exc
         return revocations

@@ -37,13 +37,14 @@ from aiokafka.errors import KafkaError
 
 from bus.checkpoint import NoteKeys, VerifiedCheckpoint, verify_checkpoint
 from bus.crypto import SigningKey
-from bus.errors import ConfigError, Reason, StoreError, VerificationError
+from bus.errors import ConfigError, Reason, StoreError, TransportError, VerificationError
 from bus.kafka import KafkaSecurity, Topics, client_options, reliable_producer, wrap
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree
 from bus.model import Mandate, Role
 from bus.trust import KeyRing
 from bus.witness import Review, SplitViewAlarm, Verdict, WitnessCore, WitnessPolicy
+from nodes.org_node import OUTAGE_RETRY_FIRST_S, OUTAGE_RETRY_MAX_S, transient
 from nodes.trust_follower import TrustFollower
 
 log = structlog.get_logger(__name__)
@@ -408,8 +409,30 @@ class Witness:
             checkpoints.seek(cp_tp, self._positions.get((cp_tp.topic, cp_tp.partition), 0))
             await reports.start()
             reports.subscribe(pattern=cfg.topics.reports_pattern, listener=_SeekToStore(self))
+            delay = OUTAGE_RETRY_FIRST_S
             while not self._stopping.is_set():
-                await self._turn(reports, checkpoints, producer, cp_tp)
+                try:
+                    await self._turn(reports, checkpoints, producer, cp_tp)
+                except (KafkaError, TransportError) as exc:
+                    # The brokers are away (restart, partition): wait, never exit for it.
+                    # The turn's leaves may be in the trees but not in the store: start again
+                    # from the store, exactly as a restart would.
+                    if not transient(exc):
+                        raise
+                    self._log.warning(
+                        "broker_unavailable_waiting", what="witness", error=repr(exc),
+                        retry_in_s=delay,
+                    )  # fmt: skip
+                    self.core = None
+                    self._positions = self.store.positions()
+                    for tp in reports.assignment():
+                        reports.seek(tp, self._positions.get((tp.topic, tp.partition), 0))
+                    checkpoints.seek(cp_tp, self._positions.get((cp_tp.topic, cp_tp.partition), 0))
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), delay)
+                    delay = min(2 * delay, OUTAGE_RETRY_MAX_S)
+                    continue
+                delay = OUTAGE_RETRY_FIRST_S
         except KafkaError as exc:
             raise wrap(exc, "witnessing") from exc
         finally:

@@ -122,3 +122,41 @@ async def test_sigstop_broker_longer_than_session_timeout(
         return {"frozen_node": leader, "frozen_s": FREEZE_S}
 
     await _run_fault("sigstop_leader", healthy_cluster, stream, tmp_path, freeze)
+
+
+# Longer than every client-side bound: aiokafka's request timeout (40 s consumers) and
+# bus.kafka.RETRY_S (60 s) for admin and offset look-ups.
+CLUSTER_OUTAGE_S = 75
+
+
+def _logs_with(work: Path, event: str) -> list[str]:
+    """The node logs in work that contain the event."""
+    return [p.name for p in work.glob("*.log") if f'"{event}"' in p.read_text()]
+
+
+async def test_whole_cluster_down_longer_than_every_client_timeout(
+    healthy_cluster: LocalKafkaCluster, stream: Stream, tmp_path: Path
+) -> None:
+    """Every broker killed at once for 75 s (a power cut, the cluster restarted by its
+    operators), then brought back. Nodes must wait it out (`broker_unavailable_waiting`), not
+    exit: a node that exits on an outage stays down wherever nothing restarts it. Before
+    this, the follow-up's topic look-up gave up after 60 s and stopped every node."""
+    waited: list[str] = []
+
+    async def kill_all(_leader: int) -> dict[str, object]:
+        # An outage while they run, not at start-up (a node that cannot reach any broker at
+        # start exits with the error: more likely a wrong --bootstrap than an outage).
+        async with asyncio.timeout(180):
+            while len(await asyncio.to_thread(_logs_with, tmp_path, "partitions_assigned")) < 6:  # noqa: ASYNC110 - files written by other processes
+                await asyncio.sleep(0.5)
+        brokers = list(range(1, healthy_cluster.brokers + 1))
+        for b in brokers:
+            await asyncio.to_thread(healthy_cluster.kill, b)
+        await asyncio.sleep(CLUSTER_OUTAGE_S)
+        # Before the brokers return: every node is still running, and waiting.
+        waited.extend(await asyncio.to_thread(_logs_with, tmp_path, "broker_unavailable_waiting"))
+        await asyncio.to_thread(healthy_cluster.restart)
+        return {"killed_nodes": brokers, "down_s": CLUSTER_OUTAGE_S}
+
+    out = await _run_fault("kill9_whole_cluster", healthy_cluster, stream, tmp_path, kill_all)
+    assert waited, f"no node waited for the brokers: {out}"
