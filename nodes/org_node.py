@@ -330,10 +330,6 @@ class OrgNode:
 
         extras = None if cfg.ingest_only else NodeExtras(self)
         self.extras = extras
-        if extras is not None:
-            await extras.start()
-        await self._mark_revoked(await self.registry.start())
-        self._log.info("node_started", accredited_keys=len(self.keyring), db=str(cfg.db_path))
         consumer = AIOKafkaConsumer(
             **client_options(cfg.bootstrap, cfg.security),
             group_id=cfg.group_id or f"{cfg.topics.prefix}node.{cfg.org}",
@@ -345,7 +341,11 @@ class OrgNode:
             fetch_max_wait_ms=cfg.fetch_max_wait_ms,
         )
         self._consumer = consumer
-        try:
+        try:  # from here on, whatever fails, everything started below is stopped again
+            if extras is not None:
+                await extras.start()
+            await self._mark_revoked(await self.registry.start())
+            self._log.info("node_started", accredited_keys=len(self.keyring), db=str(cfg.db_path))
             if cfg.verify_workers > 0:
                 self._preverifier = PreVerifier(cfg.verify_workers)
                 await self._preverifier.start()
@@ -388,15 +388,17 @@ class OrgNode:
         except KafkaError as exc:
             raise wrap(exc, "consuming reports") from exc
         finally:
-            await consumer.stop()
-            if self._preverifier is not None:
-                await asyncio.to_thread(self._preverifier.close)
-            await self.registry.stop()
-            if extras is not None:
-                await extras.stop()
-            self.store.close()
-            self._writer.close()
-            self._log.info("node_stopped", **self.counts)
+            try:
+                await consumer.stop()
+                if self._preverifier is not None:
+                    await asyncio.to_thread(self._preverifier.close)
+                await self.registry.stop()
+                if extras is not None:
+                    await extras.stop()  # re-raises a failed follow-up's error
+            finally:
+                self.store.close()
+                self._writer.close()
+                self._log.info("node_stopped", **self.counts)
 
     def _lost_race(self, exc: StoreConflictError, records: int) -> None:
         # Another worker sharing the store committed first what this batch was judged against
