@@ -50,7 +50,10 @@ def configure(*, json: bool | None = None, level: str = "info") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.stdlib.LoggerFactory(),
-        cache_logger_on_first_use=True,
+        # Not cached: a logger follows a later configure() (tests, embedding applications).
+        # The hot paths log through loggers bound once per component, so the lookup this
+        # costs is per component, not per record.
+        cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(

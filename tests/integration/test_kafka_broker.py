@@ -22,12 +22,12 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from structlog.testing import capture_logs
 
 import bus.kafka
 from bus.errors import TransportError
 from bus.kafka import KEEP_FOREVER, Topics, TopicSpec, ensure_topics, replay, standard_topics
 from tests.kafka_broker import LocalKafka, create_topics
+from tests.logcapture import capture_all_logs
 
 pytestmark = pytest.mark.kafka
 
@@ -351,7 +351,7 @@ async def kafka_logs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[list[MutableMapping[str, Any]]]:
     """bus.kafka's structlog events (a fresh logger: another test may have cached the old one)."""
-    with capture_logs() as logs:
+    with capture_all_logs() as logs:
         monkeypatch.setattr(bus.kafka, "log", structlog.get_logger("bus.kafka"))
         yield logs
 

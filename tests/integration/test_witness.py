@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
-from structlog.testing import capture_logs
 
 from bus.checkpoint import Checkpoint, key_name, origin_for, signed_checkpoint
 from bus.errors import Reason
@@ -46,6 +45,7 @@ from nodes.witness import (
     witness_fingerprint,
     witness_status,
 )
+from tests.logcapture import capture_all_logs
 
 pytestmark = [pytest.mark.kafka]
 REPO = Path(__file__).resolve().parents[2]
@@ -198,7 +198,7 @@ async def test_forged_checkpoint_raises_the_split_view_alarm(
         note = signed_checkpoint(
             forged, sc.node_keys["nato"], key_name("nato", node_subject("nato"))
         )
-        with capture_logs() as logs:
+        with capture_all_logs() as logs:
             md = await producer.send_and_wait(topics.checkpoints, note, key=b"forged")
             async with asyncio.timeout(WAIT_S):
                 while not all(split_view_alarms(db) for db in dbs):

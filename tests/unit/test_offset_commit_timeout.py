@@ -20,7 +20,6 @@ from typing import Any, cast
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
-from structlog.testing import capture_logs
 
 from bus.errors import StoreError
 from bus.model import Role
@@ -30,6 +29,7 @@ from nodes.attachments import AttachmentNode, AttachmentNodeConfig
 from nodes.org_node import NodeConfig, OrgNode, run_node
 from nodes.scenario import demo_key
 from nodes.witness import Witness, WitnessConfig
+from tests.logcapture import capture_all_logs
 from tests.mission import make_mission
 
 TOPIC = "obus.reports.un"
@@ -107,7 +107,7 @@ class Producer:
 
 @pytest.fixture
 def logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    with capture_logs() as captured:
+    with capture_all_logs() as captured:
         yield captured
 
 
