@@ -721,11 +721,24 @@ class AttachmentStore:
         return out
 
     def verify_file(self, item: Stored) -> bool:
-        """Whether a kept file still hashes to its address (for audits and tests)."""
+        """Whether a kept file still hashes to its address (for audits and tests).
+
+        A missing file does not hold the attachment: False.
+
+        Raises:
+            StoreError: the file exists but cannot be read (names the path).
+        """
         h = hashlib.sha256()
-        with item.path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
+        try:
+            with item.path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StoreError(
+                f"cannot read attachment file {item.path}: {exc.strerror}", path=str(item.path)
+            ) from exc
         return h.digest() == item.sha256
 
 

@@ -85,3 +85,17 @@ def test_unwritable_blob_directory_is_a_store_error(
     assert w.store.sweep() == {"stored": 1}
     item = w.store.stored(_sha(DATA))
     assert item is not None and item.path.read_bytes() == DATA
+
+
+def test_verify_file_says_false_for_a_lost_file_and_names_an_unreadable_one(
+    tmp_path: Path,
+) -> None:
+    w, _ = _stored_world(tmp_path)
+    item = w.store.stored(_sha(DATA))
+    assert item is not None and w.store.verify_file(item)
+    item.path.unlink()
+    assert not w.store.verify_file(item)
+    item.path.mkdir()  # exists, but reading it fails (EISDIR)
+    with pytest.raises(StoreError) as exc:
+        w.store.verify_file(item)
+    assert str(item.path) in exc.value.message
