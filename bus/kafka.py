@@ -449,21 +449,35 @@ async def topic_partitions(
         TransportError: see :func:`ensure_topics`.
     """
 
-    async def describe() -> list[Any]:
+    async def describe() -> list[TopicPartition]:
         admin = AIOKafkaAdminClient(**client_options(bootstrap, security))
         try:
             await admin.start()
-            names = set(topic_names)
-            if pattern is not None:
-                rx = re.compile(pattern)
-                names |= {t for t in await admin.list_topics() if rx.match(t)}
-            if not names:
-                return []
-            return list(await admin.describe_topics(sorted(names)))
+            return await partitions_of(admin, topic_names, pattern)
         finally:
             await admin.close()
 
-    described = await retrying("describing topics", describe)
+    return await retrying("describing topics", describe)
+
+
+async def partitions_of(
+    admin: AIOKafkaAdminClient, topic_names: Sequence[str] = (), pattern: str | None = None
+) -> list[TopicPartition]:
+    """:func:`topic_partitions` through an admin client the caller keeps open (no retry).
+
+    For callers that ask again and again (the follow-up, every second): one connection, one
+    TLS handshake and one SASL login, instead of one per call.
+
+    Raises:
+        KafkaError: as aiokafka's admin client.
+    """
+    names = set(topic_names)
+    if pattern is not None:
+        rx = re.compile(pattern)
+        names |= {t for t in await admin.list_topics() if rx.match(t)}
+    if not names:
+        return []
+    described = await admin.describe_topics(sorted(names))
     return sorted(
         (TopicPartition(t["topic"], p["partition"]) for t in described for p in t["partitions"]),
         key=lambda tp: (tp.topic, tp.partition),

@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from bus.crypto import SigningKey
@@ -43,8 +44,8 @@ from bus.kafka import (
     KafkaSecurity,
     Topics,
     client_options,
+    partitions_of,
     reliable_producer,
-    topic_partitions,
     wrap,
 )
 from bus.model import Mandate, Role
@@ -129,6 +130,7 @@ class FollowUp:
         self._warned: set[str] = set()
         self._log = log.bind(org=config.org)
         self.started = asyncio.Event()
+        self._admin: AIOKafkaAdminClient | None = None
 
     def stop(self) -> None:
         """Ask run() to drain and return."""
@@ -210,6 +212,10 @@ class FollowUp:
             raise wrap(exc, "follow-up") from exc
         finally:
             self.started.set()
+            if self._admin is not None:
+                with contextlib.suppress(KafkaError):
+                    await self._admin.close()
+                self._admin = None
             if producer is not None:
                 await producer.stop()
             await consumer.stop()
@@ -237,9 +243,17 @@ class FollowUp:
             (topics.reports_pattern, topics.decisions_pattern, f"^{re.escape(topics.statements)}$")
         )
         asked_at = _now_ms()  # before the requests: the ends they return are at least this new
-        tps = await topic_partitions(
-            self.config.bootstrap, pattern=pattern, security=self.config.security
-        )
+        if self._admin is None:  # one client for the follow-up's life, not one per refresh
+            admin = AIOKafkaAdminClient(
+                **client_options(self.config.bootstrap, self.config.security)
+            )
+            try:
+                await admin.start()
+            except KafkaError:
+                await admin.close()
+                raise  # the run loop waits for the brokers, then this starts again
+            self._admin = admin
+        tps = await partitions_of(self._admin, pattern=pattern)
         await self._assign_board(consumer, tps)
         if self.engine is None:
             return
