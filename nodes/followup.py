@@ -54,9 +54,8 @@ from bus.statement import StatementBook, StatementStatus
 from bus.store import PUB_SIGNED, NodeStore, Quarantined, RecordRef
 from bus.trust import KeyRing
 from nodes.org_node import (
-    OUTAGE_RETRY_FIRST_S,
-    OUTAGE_RETRY_MAX_S,
     OrgNode,
+    OutageBackoff,
     RegistryFollower,
     transient,
 )
@@ -178,7 +177,7 @@ class FollowUp:
             )
             self.started.set()
             last_refresh = 0.0
-            delay = OUTAGE_RETRY_FIRST_S
+            backoff = OutageBackoff(self._log, "follow-up", self._stopping)
             while not self._stopping.is_set():
                 try:
                     if time.monotonic() - last_refresh >= cfg.refresh_s:
@@ -191,17 +190,11 @@ class FollowUp:
                     # A board batch read but not stored is read again from the positions.
                     if not transient(exc):
                         raise
-                    self._log.warning(
-                        "broker_unavailable_waiting", what="follow-up", error=repr(exc),
-                        retry_in_s=delay,
-                    )  # fmt: skip
                     for tp in self._board_tps:
                         consumer.seek(tp, self._board_pos.get((tp.topic, tp.partition), 0))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), delay)
-                    delay = min(2 * delay, OUTAGE_RETRY_MAX_S)
+                    await backoff.wait(exc)
                     continue
-                delay = OUTAGE_RETRY_FIRST_S
+                backoff.reset()
             deadline = time.monotonic() + cfg.drain_s
             while self.pending and time.monotonic() < deadline:
                 await self._refresh(consumer)

@@ -19,6 +19,7 @@ statements) and the dashboard run beside the ingest loop and read the store on t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -65,9 +66,34 @@ OFFSET_COMMIT_INTERVAL_S = 1.0
 OFFSET_COMMIT_TIMEOUT_S = 10.0
 
 Batch = dict[TopicPartition, list]  # type: ignore[type-arg]  # aiokafka's getmany() result
-# Backoff while the brokers cannot be reached (trust catch-up, follow-up): first and longest.
+# Backoff while the brokers cannot be reached (see OutageBackoff): first and longest wait.
 OUTAGE_RETRY_FIRST_S = 0.5
 OUTAGE_RETRY_MAX_S = 10.0
+
+
+class OutageBackoff:
+    """How every loop of a node waits for brokers it cannot reach (trust catch-up, follow-up,
+    witness): log ``broker_unavailable_waiting``, wait 0.5 s doubling up to 10 s, or until
+    stop is asked; :meth:`reset` after a turn that reached the brokers."""
+
+    def __init__(self, log: Any, what: str, stopping: asyncio.Event) -> None:
+        self._log = log
+        self._what = what
+        self._stopping = stopping
+        self.delay = OUTAGE_RETRY_FIRST_S
+
+    def reset(self) -> None:
+        """The brokers answered: the next outage starts from the shortest wait again."""
+        self.delay = OUTAGE_RETRY_FIRST_S
+
+    async def wait(self, exc: BaseException) -> None:
+        """Log the failure (a :func:`transient` one) and wait before the next try."""
+        self._log.warning(
+            "broker_unavailable_waiting", what=self._what, error=repr(exc), retry_in_s=self.delay
+        )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), self.delay)
+        self.delay = min(2 * self.delay, OUTAGE_RETRY_MAX_S)
 
 
 def transient(exc: BaseException) -> bool:
@@ -95,10 +121,10 @@ class NodeConfig:
     max_batch: int = 1000
     poll_timeout_ms: int = 500
     # Consumer-side batching: the broker answers a fetch once fetch_min_bytes of reports are
-    # ready or fetch_max_wait_ms have passed. Every batch costs a fixed ~2 ms of CPU whatever
-    # its size (a trust catch-up round trip, a fetch, a store commit), so a node fed one
-    # record at a time at 300 reports/s spent a third of its CPU on batches of two. The wait
-    # bounds the latency added; bench/README.md ("Batching") has the measurements.
+    # ready or fetch_max_wait_ms have passed. Every batch costs ~2.8 ms of CPU whatever its
+    # size (a fetch over every report partition, a trust catch-up round trip, a store
+    # commit), so a node fed 300 reports/s in batches of two used half a core (17 % with
+    # these defaults). The wait bounds the latency added; bench/README.md ("Batching").
     fetch_min_bytes: int = 64 * 1024
     fetch_max_wait_ms: int = 50
     # How often new topics matching the report pattern are discovered.
@@ -497,21 +523,16 @@ class OrgNode:
         waits with a growing backoff and logs ``broker_unavailable_waiting``, instead of
         exiting. Refusals (e.g. authorization) still stop it.
         """
-        delay = OUTAGE_RETRY_FIRST_S
+        backoff = OutageBackoff(self._log, "trust catch-up", self._stopping)
         while True:
             try:
                 return await self.registry.catch_up()
             except TransportError as exc:
-                if not exc.retriable:
+                if not transient(exc):
                     raise
                 if self._stopping.is_set():
                     return None
-                self._log.warning(
-                    "broker_unavailable_waiting", what="trust catch-up", error=exc.message,
-                    retry_in_s=delay,
-                )  # fmt: skip
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, OUTAGE_RETRY_MAX_S)
+                await backoff.wait(exc)
 
     async def _commit(self, write: Callable[[], None]) -> None:
         async with self.commit_lock:  # rebalance callbacks wait for a commit in flight

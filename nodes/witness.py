@@ -44,7 +44,7 @@ from bus.merkle import MerkleTree
 from bus.model import Mandate, Role
 from bus.trust import KeyRing
 from bus.witness import Review, SplitViewAlarm, Verdict, WitnessCore, WitnessPolicy
-from nodes.org_node import OUTAGE_RETRY_FIRST_S, OUTAGE_RETRY_MAX_S, transient
+from nodes.org_node import OutageBackoff, transient
 from nodes.trust_follower import TrustFollower
 
 log = structlog.get_logger(__name__)
@@ -409,7 +409,7 @@ class Witness:
             checkpoints.seek(cp_tp, self._positions.get((cp_tp.topic, cp_tp.partition), 0))
             await reports.start()
             reports.subscribe(pattern=cfg.topics.reports_pattern, listener=_SeekToStore(self))
-            delay = OUTAGE_RETRY_FIRST_S
+            backoff = OutageBackoff(self._log, "witness", self._stopping)
             while not self._stopping.is_set():
                 try:
                     await self._turn(reports, checkpoints, producer, cp_tp)
@@ -419,20 +419,14 @@ class Witness:
                     # from the store, exactly as a restart would.
                     if not transient(exc):
                         raise
-                    self._log.warning(
-                        "broker_unavailable_waiting", what="witness", error=repr(exc),
-                        retry_in_s=delay,
-                    )  # fmt: skip
                     self.core = None
                     self._positions = self.store.positions()
                     for tp in reports.assignment():
                         reports.seek(tp, self._positions.get((tp.topic, tp.partition), 0))
                     checkpoints.seek(cp_tp, self._positions.get((cp_tp.topic, cp_tp.partition), 0))
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), delay)
-                    delay = min(2 * delay, OUTAGE_RETRY_MAX_S)
+                    await backoff.wait(exc)
                     continue
-                delay = OUTAGE_RETRY_FIRST_S
+                backoff.reset()
         except KafkaError as exc:
             raise wrap(exc, "witnessing") from exc
         finally:

@@ -424,6 +424,20 @@ def test_logs_configure_refuses_an_unknown_level() -> None:
     assert exc.value.key == "--log-level"
 
 
+def _draft_of_mandate(files: dict[str, Path], tmp_path: Path) -> Path:
+    """An unsigned draft of the test mandate (what `obus mandate draft` writes)."""
+    from bus import ceremony  # noqa: PLC0415
+    from bus.trust import verify_mandate  # noqa: PLC0415
+
+    mandate = verify_mandate(
+        Envelope.decode(files["mandate"].read_bytes()), previous=None,
+        now_ms=time.time_ns() // 10**6,
+    )  # fmt: skip
+    draft = tmp_path / "v1.draft"
+    draft.write_bytes(ceremony.Draft.of(mandate).encode())
+    return draft
+
+
 def test_unwritable_keygen_path(capsys: pytest.CaptureFixture[str]) -> None:
     err = _refused(capsys, ["keygen", UNWRITABLE], "PATH")
     assert f"cannot write {UNWRITABLE}" in err
@@ -432,16 +446,7 @@ def test_unwritable_keygen_path(capsys: pytest.CaptureFixture[str]) -> None:
 def test_unwritable_mandate_signature(
     capsys: pytest.CaptureFixture[str], files: dict[str, Path], tmp_path: Path
 ) -> None:
-    draft = tmp_path / "v1.draft"
-    from bus import ceremony  # noqa: PLC0415
-    from bus.trust import verify_mandate  # noqa: PLC0415
-
-    mandate = verify_mandate(
-        Envelope.decode(files["mandate"].read_bytes()),
-        previous=None,
-        now_ms=time.time_ns() // 10**6,
-    )
-    draft.write_bytes(ceremony.Draft.of(mandate).encode())
+    draft = _draft_of_mandate(files, tmp_path)
     argv = ["mandate", "sign", "--key", str(files["un_root"]), str(draft), "--out", UNWRITABLE]
     err = _refused(capsys, argv, "--out")
     assert f"cannot write {UNWRITABLE}" in err
@@ -568,16 +573,7 @@ def test_mandate_verify_unparsable_is_exit_1(
     junk.write_bytes(b"\x00\xff not a mandate")
     assert main(["mandate", "verify", str(junk)]) == 1
     assert "REJECTED (malformed)" in capsys.readouterr().out
-    draft = tmp_path / "v1.draft"
-    from bus import ceremony  # noqa: PLC0415
-    from bus.trust import verify_mandate  # noqa: PLC0415
-
-    mandate = verify_mandate(
-        Envelope.decode(files["mandate"].read_bytes()),
-        previous=None,
-        now_ms=time.time_ns() // 10**6,
-    )
-    draft.write_bytes(ceremony.Draft.of(mandate).encode())
+    draft = _draft_of_mandate(files, tmp_path)
     assert main(["mandate", "verify", str(draft)]) == 1
     assert "this looks like a draft; combine signatures first" in capsys.readouterr().out
     assert main(["mandate", "verify", str(files["mandate"])]) == 0

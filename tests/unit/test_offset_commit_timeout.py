@@ -35,7 +35,9 @@ from tests.mission import make_mission
 TOPIC = "obus.reports.un"
 TP = TopicPartition(TOPIC, 0)
 TIMEOUT_S = 0.05  # the modules' OFFSET_COMMIT_TIMEOUT_S, shortened for the tests
-BOUND_S = 5.0  # far longer than TIMEOUT_S: returning within it proves the commit was bounded
+# A hang guard (100 x TIMEOUT_S), not a speed figure: without the bound these calls never
+# return. What proves the bound is that the hanging commit was cancelled (asserted below).
+BOUND_S = 5.0
 
 
 class HangingConsumer:
