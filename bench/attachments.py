@@ -34,15 +34,26 @@ from typing import Any
 import aiohttp
 
 from bus.attachment import AttachmentLimits
-from bus.kafka import Topics, ensure_topics, registry_record_key, reliable_producer, standard_topics
+from bus.kafka.client import (
+    Topics,
+    ensure_topics,
+    registry_record_key,
+    reliable_producer,
+    standard_topics,
+)
 from bus.model import Accreditation, Attachment, Category, Location, Report, Role, sha256
 from bus.sign import sign_accreditation
 from bus.uuid7 import uuid7
-from nodes.attachments import AttachmentNode, AttachmentStore, config_for_node, default_paths
-from nodes.demo import LocalBroker
-from nodes.gateway import GatewayConfig, GatewayServer
-from nodes.org_node import NodeConfig, OrgNode
-from nodes.scenario import ORGANIZATIONS, build_scenario, demo_key
+from nodes.demo.mission import LocalBroker
+from nodes.demo.scenario import ORGANIZATIONS, build_scenario, demo_key
+from nodes.gateway.service import GatewayConfig, GatewayServer
+from nodes.org_node.attachments import (
+    AttachmentNode,
+    AttachmentStore,
+    config_for_node,
+    default_paths,
+)
+from nodes.org_node.ingest import NodeConfig, OrgNode
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024

@@ -32,7 +32,7 @@ from pathlib import Path
 from bus.checkpoint import Checkpoint, Note, cosign, key_name, origin_for, signed_checkpoint
 from bus.export import ExportHeader, ExportWriter, LogRecord
 from bus.merkle import MerkleTree
-from nodes.scenario import ORGANIZATIONS, build_scenario, node_subject, signed_reports
+from nodes.demo.scenario import ORGANIZATIONS, build_scenario, node_subject, signed_reports
 
 PREFIX = "obus."
 PARTITIONS = 3
@@ -106,8 +106,8 @@ def _peak_rss_mib() -> float:
 
 def audit_child(path: Path, *, trace: bool) -> None:
     """Audit one file and print one JSON line of figures (run in a fresh process)."""
-    from nodes.auditor import audit_export  # noqa: PLC0415
-    from nodes.files import load_mandate  # noqa: PLC0415
+    from nodes.auditor.run import audit_export  # noqa: PLC0415
+    from nodes.runtime.files import load_mandate  # noqa: PLC0415
 
     mandate, _ = load_mandate(path.parent / "mandate.bin")
     rss_before = _peak_rss_mib()

@@ -21,8 +21,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from bench.gen import GenSpec
-from bus import logs
-from bus.kafka import Topics, topic_partitions
+from bus.kafka.client import Topics, topic_partitions
+from nodes.runtime import logs
 
 Args = dict[str, Any]
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -134,7 +134,7 @@ async def bare(a: Args) -> dict[str, Any]:
 
 
 def _node(a: Args, db: Path) -> Any:
-    from nodes.org_node import NodeConfig, OrgNode  # noqa: PLC0415
+    from nodes.org_node.ingest import NodeConfig, OrgNode  # noqa: PLC0415
 
     spec = GenSpec(**a["spec"])
     cfg = NodeConfig(
@@ -185,8 +185,8 @@ async def ingest(a: Args) -> dict[str, Any]:
 
 
 async def audit(a: Args) -> dict[str, Any]:
-    """``nodes.auditor.audit`` over the whole log (peak memory is read by the parent)."""
-    from nodes.auditor import audit as run_audit  # noqa: PLC0415
+    """``nodes.auditor.run.audit`` over the whole log (peak memory is read by the parent)."""
+    from nodes.auditor.run import audit as run_audit  # noqa: PLC0415
 
     spec = GenSpec(**a["spec"])
     profile = None

@@ -7,7 +7,7 @@
    evaluator) with each organization's shipped policy. CPU time (``time.process_time``), best
    and median of 5 runs.
 2. Dashboard: a node store with ``--store-reports`` verified reports, some quarantined records
-   and the decisions of the OSCE policy, served by :class:`nodes.dashboard.Dashboard` on
+   and the decisions of the OSCE policy, served by :class:`nodes.org_node.dashboard.Dashboard` on
    127.0.0.1; wall-clock latency of each route over 30 requests after one cold request (the
    cold one decodes every stored report once). Wall-clock numbers depend on the machine and
    its load; nothing asserts on them.
@@ -27,11 +27,11 @@ import aiohttp
 
 from bus.ingest import Ingestor
 from bus.policy import Observation, PolicyEngine, decide_all, load_policy
-from bus.store import Accepted, NodeStore, Outcome, RecordRef
+from bus.store.node import Accepted, NodeStore, Outcome, RecordRef
 from bus.trust import KeyRing
 from bus.verify import ChainBook
-from nodes.dashboard import Dashboard, DashboardConfig
-from nodes.scenario import ORGANIZATIONS, build_scenario, draft_report
+from nodes.demo.scenario import ORGANIZATIONS, build_scenario, draft_report
+from nodes.org_node.dashboard import Dashboard, DashboardConfig
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "deploy" / "policies"

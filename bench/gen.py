@@ -2,11 +2,11 @@
 
 The node and the auditor must accept every generated record (the bench fails otherwise), so the
 records go through the real codec: each observer gets a few drafts built with the ordinary
-:func:`nodes.scenario.draft_report` (validated :class:`bus.model.Report` objects); for every
+:func:`nodes.demo.scenario.draft_report` (validated :class:`bus.model.Report` objects); for every
 report only ``report_id``, ``seq`` and ``prev_digest`` of the draft's protobuf change, then it is
 signed with the observer's key over DSSE PAE exactly as :class:`bus.sign.ReportSigner` does.
 That skips re-validating a dataclass per report, which costs about as much as the signature,
-and observers are split over processes (``nodes.scenario.signed_reports``: ~4,300 reports/s on
+and observers are split over processes (``nodes.demo.scenario.signed_reports``: ~4,300 reports/s on
 one core here; this: ~10,000/s on the two cores, when the machine is otherwise idle).
 
 A generated set is a file of ``<observer index: u16><length: u32><envelope>`` records, cached
@@ -33,7 +33,7 @@ from bus._pb.obus.v1 import envelope_pb2, report_pb2
 from bus.crypto import SigningKey
 from bus.model import PAYLOAD_REPORT, Report, sha256
 from bus.uuid7 import uuid7
-from nodes.scenario import DAY_MS, ORGANIZATIONS, Scenario, build_scenario, draft_report
+from nodes.demo.scenario import DAY_MS, ORGANIZATIONS, Scenario, build_scenario, draft_report
 
 REPO: Final = Path(__file__).resolve().parent.parent
 CACHE_DIR: Final = REPO / "var" / "bench"

@@ -12,14 +12,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from bench.gen import GenSpec, read
-from bus.kafka import (
+from bus.kafka.client import (
     Topics,
     ensure_topics,
     registry_record_key,
     reliable_producer,
     standard_topics,
 )
-from nodes.scenario import ORGANIZATIONS
+from nodes.demo.scenario import ORGANIZATIONS
 
 ORGS = [o for o, _ in ORGANIZATIONS]
 PARTITIONS = 3

@@ -25,10 +25,10 @@ from typing import Any, ParamSpec, TypeVar
 
 from bench.gen import GenSpec, generate
 from bench.kafka_io import prepare, publish
-from bus.kafka import Topics
-from bus.store import NodeStore
-from nodes.demo import LocalBroker
-from nodes.org_node import NodeConfig, OrgNode
+from bus.kafka.client import Topics
+from bus.store.node import NodeStore
+from nodes.demo.mission import LocalBroker
+from nodes.org_node.ingest import NodeConfig, OrgNode
 
 P = ParamSpec("P")
 R = TypeVar("R")

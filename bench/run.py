@@ -35,9 +35,9 @@ from rich.table import Table
 
 from bench.gen import REPO, GenSpec, generate, read
 from bench.kafka_io import paced, prepare, publish
-from bus.kafka import Topics, reliable_producer
-from nodes.demo import LocalBroker
-from nodes.scenario import ORGANIZATIONS
+from bus.kafka.client import Topics, reliable_producer
+from nodes.demo.mission import LocalBroker
+from nodes.demo.scenario import ORGANIZATIONS
 
 RESULTS: Final = REPO / "bench" / "results"
 TARGETS: Final = {"ingest": 0.85, "audit": 0.90, "memory": 1.2, "latency_p99": 1.5}

@@ -2,7 +2,7 @@
 
 The one source of truth for broker authorization. The local secure cluster
 (``deploy/local/cluster.sh --secure`` + ``obus acls apply``), the compose file and the Strimzi
-``KafkaUser`` resources (``python -m nodes.manifests``) are all derived from
+``KafkaUser`` resources (``python -m nodes.demo.manifests``) are all derived from
 :func:`acl_model`, and tests compare each of them, and the brokers' actual answers, with it.
 
 The model, for every organization ``org`` of the mandate (principal ``User:<org>``):
@@ -39,7 +39,7 @@ ADMIN: Final = "admin"  # the super user (super.users=User:admin): creates topic
 
 
 class TopicNames(Protocol):
-    """The topic names the model needs (:class:`bus.kafka.Topics` provides them)."""
+    """The topic names the model needs (:class:`bus.kafka.client.Topics` provides them)."""
 
     @property
     def prefix(self) -> str: ...
@@ -122,7 +122,7 @@ def own_topics(topics: TopicNames, org: str) -> tuple[str, ...]:
 def consumer_groups(topics: TopicNames, org: str) -> tuple[tuple[Pattern, str], ...]:
     """Consumer groups of this organization: its node's, its witness's, and its own namespace.
 
-    The literal names are the group ids nodes/org_node.py and nodes/witness.py use.
+    The literal names are the group ids nodes/org_node/ingest.py and nodes/org_node/witness.py use.
     """
     return (
         (Pattern.LITERAL, f"{topics.prefix}node.{org}"),

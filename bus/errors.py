@@ -125,7 +125,7 @@ class StoreError(BusError):
 class StoreConflictError(StoreError):
     """Another worker sharing the store committed first what a batch was judged against.
 
-    Raised by :meth:`bus.store.NodeStore.commit_batch` when a partition's stored position, an
+    Raised by :meth:`bus.store.node.NodeStore.commit_batch` when a partition's stored position, an
     observer's chain head or a report id changed since the batch read them; nothing of the
     batch was stored. Not a failure: the worker reloads the store's state, seeks back to its
     positions and judges the records again.

@@ -2,8 +2,8 @@
 
 Pure glue of :func:`bus.verify.verify_report` and the per-observer :class:`~bus.verify.ChainBook`
 (follow-up policies run on accepted reports in :class:`bus.policy.PolicyEngine`). It never
-raises on input: every record ends as exactly one :class:`~bus.store.Accepted` or
-:class:`~bus.store.Quarantined` outcome.
+raises on input: every record ends as exactly one :class:`~bus.store.node.Accepted` or
+:class:`~bus.store.node.Quarantined` outcome.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from bus.errors import Reason, VerificationError
 from bus.lifecycle import TrustTimeline
 from bus.sealed import DecryptionKey, is_sealed, verify_sealed_report
-from bus.store import Accepted, AcceptedSealed, Outcome, Quarantined, RecordRef
+from bus.store.node import Accepted, AcceptedSealed, Outcome, Quarantined, RecordRef
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits, verify_report
 

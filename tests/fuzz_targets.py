@@ -25,9 +25,9 @@ from typing import Any, Final
 from bus import ceremony, checkpoint, crypto, export, merkle, model, receipt, report_file, trust
 from bus.errors import BusError
 from bus.ingest import Ingestor
-from bus.kafka import registry_record_key
+from bus.kafka.client import registry_record_key
 from bus.policy import parse_policy
-from bus.store import Accepted, Quarantined
+from bus.store.node import Accepted, Quarantined
 from bus.verify import ChainBook, verify_report
 from tests.mission import NOW_MS, make_mission, ref
 

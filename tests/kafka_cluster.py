@@ -23,7 +23,7 @@ from types import TracebackType
 
 from aiokafka.admin import AIOKafkaAdminClient
 
-from bus.kafka import KafkaSecurity, client_options
+from bus.kafka.client import KafkaSecurity, client_options
 from tests.kafka_broker import EXIT_PORT_IN_USE, REPO, free_ports
 
 CLUSTER_SH = REPO / "deploy" / "local" / "cluster.sh"

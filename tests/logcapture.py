@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 @contextmanager
 def capture_all_logs() -> Iterator[list[MutableMapping[str, Any]]]:
-    """Every event logged inside, at every level (bus.logs.configure may have set a level)."""
+    """Every event logged inside, at every level (nodes.runtime.logs.configure may have set a level)."""
     saved = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
     try:

@@ -18,10 +18,10 @@ from bus.model import (
     encode,
 )
 from bus.sign import ReportSigner, sign_accreditation, sign_envelope
-from bus.store import RecordRef
+from bus.store.node import RecordRef
 from bus.trust import KeyRing
 from bus.uuid7 import uuid7
-from nodes.scenario import Scenario, build_scenario, demo_key
+from nodes.demo.scenario import Scenario, build_scenario, demo_key
 
 # Fixed clock for reproducible tests: 2026-11-01T00:00:00Z.
 NOW_MS = 1_793_491_200_000

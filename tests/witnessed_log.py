@@ -14,7 +14,7 @@ from bus.crypto import SigningKey
 from bus.export import ExportHeader, ExportWriter, LogRecord
 from bus.model import Role
 from bus.witness import WitnessCore, WitnessPolicy
-from nodes.scenario import ORGANIZATIONS, demo_key
+from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from tests.mission import NOW_MS, Mission, make_mission
 
 ORGS = [o for o, _ in ORGANIZATIONS]

@@ -4,7 +4,7 @@
 # uses PLAIN (admin only) on CONTROLLER, because SCRAM credentials live in the metadata log the
 # controllers serve. SCRAM credentials of admin and every organization are written at format
 # time (kafka-storage format --add-scram), passwords from the compose secrets. ACLs are applied
-# by the init service (nodes/manifests.py generates its one-line-per-rule script).
+# by the init service (nodes/demo/manifests.py generates its one-line-per-rule script).
 set -euo pipefail
 pw() { tr -d '\n' <"/run/secrets/$1_password"; }
 ADMIN_PW=$(pw admin)

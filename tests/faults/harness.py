@@ -22,7 +22,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from bus.kafka import (
+from bus.kafka.client import (
     KafkaSecurity,
     Topics,
     ensure_topics,

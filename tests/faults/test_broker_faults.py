@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.kafka import Topics
+from bus.kafka.client import Topics
 from tests.faults.harness import (
     NodeProcesses,
     PublishResult,
@@ -125,7 +125,7 @@ async def test_sigstop_broker_longer_than_session_timeout(
 
 
 # Longer than every client-side bound: aiokafka's request timeout (40 s consumers) and
-# bus.kafka.RETRY_S (60 s) for admin and offset look-ups.
+# bus.kafka.client.RETRY_S (60 s) for admin and offset look-ups.
 CLUSTER_OUTAGE_S = 75
 
 

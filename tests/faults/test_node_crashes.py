@@ -36,9 +36,9 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from bus.kafka import Topics, reliable_producer, topic_partitions
+from bus.kafka.client import Topics, reliable_producer, topic_partitions
 from bus.sign import ReportSigner
-from nodes.scenario import demo_key
+from nodes.demo.scenario import demo_key
 from tests.faults.harness import (
     NodeProcesses,
     Stream,

@@ -29,7 +29,7 @@ import pytest
 from bus.attachment import CHUNK_BYTES, AttachmentLimits, Chunk, split
 from bus.crypto import SigningKey
 from bus.errors import Reason
-from bus.kafka import (
+from bus.kafka.client import (
     Topics,
     ensure_topics,
     registry_key,
@@ -38,13 +38,26 @@ from bus.kafka import (
     standard_topics,
 )
 from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Role
-from nodes.attachments import AttachmentNode, AttachmentStore, config_for_node, default_paths
-from nodes.files import write_key
-from nodes.gateway import GatewayConfig, GatewayServer
-from nodes.observer import Backoff, GatewayClient, Home, init_observer, now_ms, submit_file, sync
-from nodes.org_node import NodeConfig, OrgNode
-from nodes.outbox import EXTERNAL, UPLOADED, Outbox
-from nodes.scenario import ORGANIZATIONS, demo_key
+from nodes.demo.scenario import ORGANIZATIONS, demo_key
+from nodes.gateway.service import GatewayConfig, GatewayServer
+from nodes.observer.device import (
+    Backoff,
+    GatewayClient,
+    Home,
+    init_observer,
+    now_ms,
+    submit_file,
+    sync,
+)
+from nodes.observer.outbox import EXTERNAL, UPLOADED, Outbox
+from nodes.org_node.attachments import (
+    AttachmentNode,
+    AttachmentStore,
+    config_for_node,
+    default_paths,
+)
+from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.runtime.files import write_key
 from tests.kafka_broker import free_ports
 from tests.mission import Mission, make_mission
 

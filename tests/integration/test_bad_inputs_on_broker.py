@@ -15,10 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from bus.kafka import Topics, ensure_topics, registry_record_key, reliable_producer, standard_topics
-from bus.store import NodeStore
-from nodes.auditor import audit
-from nodes.org_node import NodeConfig, OrgNode
+from bus.kafka.client import (
+    Topics,
+    ensure_topics,
+    registry_record_key,
+    reliable_producer,
+    standard_topics,
+)
+from bus.store.node import NodeStore
+from nodes.auditor.run import audit
+from nodes.org_node.ingest import NodeConfig, OrgNode
 from tests.mission import make_mission
 from tests.unit.test_verify_table import CASES
 

@@ -27,7 +27,8 @@ from aiokafka.errors import (
 
 from bus.acl import Operation, Resource, acl_model, allows, consumer_groups
 from bus.attachment import AttachmentLimits
-from bus.kafka import (
+from bus.kafka.acl import apply_acls, describe_acls
+from bus.kafka.client import (
     KafkaSecurity,
     Topics,
     client_options,
@@ -37,15 +38,14 @@ from bus.kafka import (
     report_headers,
     standard_topics,
 )
-from bus.kafka_acl import apply_acls, describe_acls
 from bus.model import Envelope, Report, Role
-from bus.store import NodeStore
+from bus.store.node import NodeStore
 from bus.witness import WitnessPolicy
-from nodes.attachments import AttachmentNode, config_for_node
-from nodes.auditor import audit
-from nodes.org_node import NodeConfig, OrgNode
-from nodes.scenario import demo_key
-from nodes.witness import Witness, WitnessConfig
+from nodes.auditor.run import audit
+from nodes.demo.scenario import demo_key
+from nodes.org_node.attachments import AttachmentNode, config_for_node
+from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.org_node.witness import Witness, WitnessConfig
 from tests.kafka_cluster import LocalKafkaCluster
 from tests.mission import make_mission
 

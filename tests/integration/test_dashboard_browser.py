@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.org_node import OrgNode
+from nodes.org_node.ingest import OrgNode
 from tests.cdp import Browser, find_chromium
 from tests.integration.test_followup import (
     dashboard_url,

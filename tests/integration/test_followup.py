@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from bus.crypto import SigningKey
 from bus.decision import PublishedDecision, verify_decision
-from bus.kafka import (
+from bus.kafka.client import (
     Topics,
     ensure_topics,
     registry_record_key,
@@ -33,10 +33,10 @@ from bus.kafka import (
 )
 from bus.model import Category, Envelope, Report, Role, Signature
 from bus.policy import Observation, decide_all, load_policy
-from bus.store import NodeStore
-from nodes.followup_cli import draft, read_board, sign
-from nodes.org_node import NodeConfig, OrgNode
-from nodes.scenario import ORGANIZATIONS, demo_key
+from bus.store.node import NodeStore
+from nodes.cli.followup import draft, read_board, sign
+from nodes.demo.scenario import ORGANIZATIONS, demo_key
+from nodes.org_node.ingest import NodeConfig, OrgNode
 from tests.mission import Mission, make_mission
 
 pytestmark = [pytest.mark.kafka]
@@ -290,7 +290,7 @@ async def test_joint_statement_valid_at_four_of_six_and_blocks_nothing(
             await until(lambda: read(db, lambda s: s.own_decisions()), what="eu decides")
             # A forged co-signature (unaccredited key) counts for nothing.
             from bus.statement import cosign  # noqa: PLC0415
-            from nodes.followup_cli import publish_statement_record  # noqa: PLC0415
+            from nodes.cli.followup import publish_statement_record  # noqa: PLC0415
 
             board = await read_board(w.bootstrap, w.topics, mandate)
             forged = cosign(board.drafts[stmt.statement_id], demo_key("forger"))

@@ -23,9 +23,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-import bus.kafka
+import bus.kafka.client
 from bus.errors import TransportError
-from bus.kafka import KEEP_FOREVER, Topics, TopicSpec, ensure_topics, replay, standard_topics
+from bus.kafka.client import KEEP_FOREVER, Topics, TopicSpec, ensure_topics, replay, standard_topics
 from tests.kafka_broker import LocalKafka, create_topics
 from tests.logcapture import capture_all_logs
 
@@ -309,7 +309,7 @@ def test_restart_keeps_topics_and_committed_offsets(tmp_path: Path) -> None:
         assert asyncio.run(after()) == sent[4:]
 
 
-# -- bus.kafka against the broker: retention, topic creation errors, replay over deleted records
+# -- bus.kafka.client against the broker: retention, topic creation errors, replay over deleted records
 
 
 async def topic_configs(bootstrap: str, names: Iterable[str]) -> dict[str, dict[str, str]]:
@@ -350,9 +350,9 @@ async def replayed(bootstrap: str, *topics: str, **kwargs: Any) -> list[Row]:
 async def kafka_logs(
     monkeypatch: pytest.MonkeyPatch,
 ) -> AsyncIterator[list[MutableMapping[str, Any]]]:
-    """bus.kafka's structlog events (a fresh logger: another test may have cached the old one)."""
+    """bus.kafka.client's structlog events (a fresh logger: another test may have cached the old one)."""
     with capture_all_logs() as logs:
-        monkeypatch.setattr(bus.kafka, "log", structlog.get_logger("bus.kafka"))
+        monkeypatch.setattr(bus.kafka.client, "log", structlog.get_logger("bus.kafka.client"))
         yield logs
 
 

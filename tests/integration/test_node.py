@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bus.kafka import (
+from bus.kafka.client import (
     Topics,
     ensure_topics,
     registry_record_key,
@@ -26,10 +26,10 @@ from bus.kafka import (
 )
 from bus.model import Envelope, Report, Signature
 from bus.policy import load_policy
-from bus.store import NodeStore
-from nodes.auditor import audit
-from nodes.org_node import NodeConfig, OrgNode
-from nodes.scenario import ORGANIZATIONS, demo_key
+from bus.store.node import NodeStore
+from nodes.auditor.run import audit
+from nodes.demo.scenario import ORGANIZATIONS, demo_key
+from nodes.org_node.ingest import NodeConfig, OrgNode
 from tests.mission import Mission, make_mission
 
 pytestmark = [pytest.mark.kafka]

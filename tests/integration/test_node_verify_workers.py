@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bus.kafka import Topics
+from bus.kafka.client import Topics
 from bus.sign import ReportSigner
-from bus.store import NodeStore
-from nodes import auditor
-from nodes.org_node import OrgNode
-from nodes.scenario import demo_key
+from bus.store.node import NodeStore
+from nodes.auditor import run as auditor
+from nodes.demo.scenario import demo_key
+from nodes.org_node.ingest import OrgNode
 from tests.integration import test_node
 from tests.integration.test_node import ORGS, _config, _flip, _publish, _run_until, _setup
 from tests.mission import make_mission

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bus.kafka import Topics
-from bus.store import NodeStore
-from nodes.org_node import OrgNode
+from bus.kafka.client import Topics
+from bus.store.node import NodeStore
+from nodes.org_node.ingest import OrgNode
 from tests.integration import test_node
 from tests.integration.test_node import ORGS, _config, _publish, _run_until, _setup
 from tests.mission import Mission, make_mission

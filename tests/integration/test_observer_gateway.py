@@ -29,7 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from bus.crypto import SigningKey
 from bus.errors import Reason
-from bus.kafka import (
+from bus.kafka.client import (
     Topics,
     end_offsets,
     ensure_topics,
@@ -41,12 +41,12 @@ from bus.kafka import (
 from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Report, Role, sha256
 from bus.receipt import verify_receipt
 from bus.sign import ReportSigner
-from bus.store import NodeStore
+from bus.store.node import NodeStore
 from bus.trust import verify_accreditation
 from bus.verify import ChainBook, ChainHead, verify_report
-from nodes.files import write_key
-from nodes.gateway import GatewayConfig, GatewayServer
-from nodes.observer import (
+from nodes.demo.scenario import ORGANIZATIONS, demo_key
+from nodes.gateway.service import GatewayConfig, GatewayServer
+from nodes.observer.device import (
     Backoff,
     GatewayClient,
     Home,
@@ -56,9 +56,9 @@ from nodes.observer import (
     submit_file,
     sync,
 )
-from nodes.org_node import NodeConfig, OrgNode
-from nodes.outbox import DELIVERED, QUEUED, Outbox
-from nodes.scenario import ORGANIZATIONS, demo_key
+from nodes.observer.outbox import DELIVERED, QUEUED, Outbox
+from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.runtime.files import write_key
 from tests.kafka_broker import free_ports
 from tests.mission import Mission, make_mission
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from bus.kafka import (
+from bus.kafka.client import (
     Topics,
     ensure_topics,
     registry_key,
@@ -27,13 +27,13 @@ from bus.kafka import (
 )
 from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Location, Report, Zone
 from bus.sign import sign_mandate
-from bus.store import NodeStore
-from nodes.auditor import audit
-from nodes.cli import main
-from nodes.files import write_key
-from nodes.org_node import NodeConfig, OrgNode
-from nodes.scenario import ORGANIZATIONS
-from nodes.trust_cli import read_decryption_key
+from bus.store.node import NodeStore
+from nodes.auditor.run import audit
+from nodes.cli.main import main
+from nodes.cli.trust import read_decryption_key
+from nodes.demo.scenario import ORGANIZATIONS
+from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.runtime.files import write_key
 from tests.mission import Mission, make_mission
 
 pytestmark = [pytest.mark.kafka]
@@ -262,7 +262,7 @@ def _seqs_of(store: NodeStore, observer_id: str) -> set[int]:
 async def test_restricted_report_is_readable_by_two_organizations_only(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
-    from bus.kafka import replay  # noqa: PLC0415
+    from bus.kafka.client import replay  # noqa: PLC0415
     from bus.trust import KeyRing  # noqa: PLC0415
 
     m = make_mission()
@@ -345,7 +345,7 @@ async def test_trust_demo_runs_against_the_test_broker(kafka_bootstrap: str) -> 
     """`make demo-trust` end to end (six node processes, the ceremony CLI, auditor)."""
     env = {**os.environ, "OBUS_BOOTSTRAP": kafka_bootstrap, "OBUS_LOG_JSON": "1"}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "nodes.demo_trust",
+        sys.executable, "-m", "nodes.demo.trust_mission",
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     out, _ = await asyncio.wait_for(proc.communicate(), timeout=240)

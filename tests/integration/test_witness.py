@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaProducer
 from bus.checkpoint import Checkpoint, key_name, origin_for, signed_checkpoint
 from bus.errors import Reason
 from bus.export import ExportReader, ExportWriter, LogRecord
-from bus.kafka import (
+from bus.kafka.client import (
     Topics,
     ensure_topics,
     registry_record_key,
@@ -34,11 +34,17 @@ from bus.kafka import (
 from bus.model import Envelope
 from bus.trust import KeyRing
 from bus.witness import WitnessPolicy
-from nodes.auditor import audit, audit_export
-from nodes.log_export import export_log
-from nodes.prove import prove_live, verify_proof
-from nodes.scenario import ORGANIZATIONS, Scenario, build_scenario, node_subject, signed_reports
-from nodes.witness import (
+from nodes.auditor.log_export import export_log
+from nodes.auditor.prove import prove_live, verify_proof
+from nodes.auditor.run import audit, audit_export
+from nodes.demo.scenario import (
+    ORGANIZATIONS,
+    Scenario,
+    build_scenario,
+    node_subject,
+    signed_reports,
+)
+from nodes.org_node.witness import (
     Witness,
     WitnessConfig,
     split_view_alarms,

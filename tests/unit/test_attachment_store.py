@@ -15,9 +15,9 @@ from bus.attachment import AttachmentLimits, Chunk, split
 from bus.errors import Reason
 from bus.ingest import Ingestor
 from bus.model import Attachment
-from bus.store import NodeStore
+from bus.store.node import NodeStore
 from bus.verify import ChainBook
-from nodes.attachments import (
+from nodes.org_node.attachments import (
     PARTIAL,
     QUARANTINED,
     VERIFIED,

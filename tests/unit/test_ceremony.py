@@ -21,8 +21,8 @@ from bus.crypto import SigningKey
 from bus.errors import ConfigError, Reason, VerificationError
 from bus.model import Envelope, Mandate
 from bus.trust import verify_mandate
-from nodes.cli import main
-from nodes.files import write_key
+from nodes.cli.main import main
+from nodes.runtime.files import write_key
 from tests.mission import demo_key
 
 ORGS = ["un", "osce", "eu", "nato", "csto", "sco"]

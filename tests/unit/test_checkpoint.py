@@ -40,7 +40,7 @@ from bus.errors import Reason, VerificationError
 from bus.merkle import MerkleTree
 from bus.model import Revocation, Role
 from bus.sign import sign_revocation
-from nodes.scenario import demo_key
+from nodes.demo.scenario import demo_key
 from tests.mission import NOW_MS, Mission, make_mission
 
 VECTORS = json.loads(

@@ -1,6 +1,6 @@
 """User mistakes on the `obus` command line: a ConfigError naming the flag, exit 2, no traceback.
 
-Every case runs `nodes.cli.main` in-process (or one command function); none needs a broker.
+Every case runs `nodes.cli.main.main` in-process (or one command function); none needs a broker.
 Where a command would connect, the mistake is refused before (`--bootstrap 127.0.0.1:9` would
 fail fast otherwise, and the tests would notice by hanging in retries).
 """
@@ -21,11 +21,13 @@ from bus.errors import ConfigError
 from bus.model import Envelope
 from bus.statement import StatementBook
 from bus.trust import KeyRing
-from nodes import cli, followup_cli, trust_cli
-from nodes.cli import build_parser, main
-from nodes.files import write_key
-from nodes.kafka_cli import security_from_args
-from nodes.scenario import Scenario, build_scenario, demo_key
+from nodes.cli import followup as followup_cli
+from nodes.cli import main as cli
+from nodes.cli import trust as trust_cli
+from nodes.cli.kafka import security_from_args
+from nodes.cli.main import build_parser, main
+from nodes.demo.scenario import Scenario, build_scenario, demo_key
+from nodes.runtime.files import write_key
 
 NOWHERE = ["--bootstrap", "127.0.0.1:9"]
 UNWRITABLE = "/proc/obus-no-such-dir/out.file"
@@ -417,7 +419,7 @@ def test_every_log_level_has_the_same_choices(capsys: pytest.CaptureFixture[str]
 
 
 def test_logs_configure_refuses_an_unknown_level() -> None:
-    from bus import logs  # noqa: PLC0415
+    from nodes.runtime import logs  # noqa: PLC0415
 
     with pytest.raises(ConfigError) as exc:
         logs.configure(json=True, level="bogus")
@@ -489,13 +491,13 @@ def test_unwritable_audit_output_is_exit_2_not_1(
 def test_unwritable_prove_output(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, export: tuple[Path, Path]
 ) -> None:
-    import nodes.prove  # noqa: PLC0415
+    import nodes.auditor.prove  # noqa: PLC0415
 
     proof = SimpleNamespace(
         to_json=lambda: {"proof": []}, topic="t", partition=0, offset=0, leaf_index=0,
         checkpoint=SimpleNamespace(origin="o", size=1), orgs=["un"], quorum=1, proof=[],
     )  # fmt: skip
-    monkeypatch.setattr(nodes.prove, "prove_from_file", lambda *_a, **_k: proof)
+    monkeypatch.setattr(nodes.auditor.prove, "prove_from_file", lambda *_a, **_k: proof)
     path, mandate = export
     argv = ["audit", "prove", "--from", str(path), "--mandate", str(mandate), "--report-id", "x",
             "--json-out", UNWRITABLE]  # fmt: skip
@@ -616,7 +618,7 @@ def test_observer_init_refuses_a_bad_gateway_url(
 
 
 def test_observer_init_accepts_a_gateway_url() -> None:
-    from nodes.observer_cli import check_gateway_url  # noqa: PLC0415
+    from nodes.cli.observer import check_gateway_url  # noqa: PLC0415
 
     for url in ("http://127.0.0.1:8480", "https://gw.un.example", "https://gw.example/obus/"):
         check_gateway_url("--gateway", url)

@@ -15,9 +15,9 @@ import aiohttp
 import pytest
 
 from bus.ingest import Ingestor
-from bus.store import NodeStore
+from bus.store.node import NodeStore
 from bus.verify import ChainBook
-from nodes.dashboard import Dashboard, DashboardConfig
+from nodes.org_node.dashboard import Dashboard, DashboardConfig
 from tests.mission import make_mission, ref
 
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")

@@ -18,8 +18,8 @@ from bus.checkpoint import Checkpoint, key_name, signed_checkpoint
 from bus.errors import Reason, VerificationError
 from bus.export import ExportProblem, ExportReader, ExportWriter, LogRecord
 from bus.model import Envelope, Report
-from nodes.auditor import EXPORT_TOPIC, AuditResult, audit_export
-from nodes.scenario import demo_key
+from nodes.auditor.run import EXPORT_TOPIC, AuditResult, audit_export
+from nodes.demo.scenario import demo_key
 from tests.mission import NOW_MS
 from tests.witnessed_log import ORGS, PREFIX, Log, build_log, write
 
@@ -250,7 +250,7 @@ def test_report_counts_by_zone_and_day(log: Log, tmp_path: Path) -> None:
 
 
 def test_html_report_is_self_contained(log: Log, tmp_path: Path) -> None:
-    from nodes.audit_report import render_html  # noqa: PLC0415
+    from nodes.auditor.report import render_html  # noqa: PLC0415
 
     records = list(log.records)
     del records[_at(records, T, 0, 1)]

@@ -27,7 +27,7 @@ from bus.statement import (
     sign_statement,
 )
 from bus.uuid7 import uuid7
-from nodes.scenario import demo_key
+from nodes.demo.scenario import demo_key
 from tests.mission import NOW_MS, Mission, make_mission
 
 ORGS = ("un", "osce", "eu", "nato", "csto", "sco")

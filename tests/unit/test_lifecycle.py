@@ -11,7 +11,7 @@ from bus.ingest import Ingestor
 from bus.lifecycle import TrustTimeline
 from bus.model import Accreditation, Envelope, Mandate, Organization, Revocation, Role, Zone
 from bus.sign import sign_accreditation, sign_mandate, sign_revocation
-from bus.store import Accepted, Outcome, Quarantined
+from bus.store.node import Accepted, Outcome, Quarantined
 from bus.verify import ChainBook
 from tests.mission import NOW_MS, Mission, demo_key, make_mission, ref
 

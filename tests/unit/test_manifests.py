@@ -1,8 +1,8 @@
 """deploy/compose and deploy/k8s: generated from the code, valid, and carrying the one ACL model.
 
 No container engine runs here, so the manifests are checked, not run:
-* they are exactly what ``python -m nodes.manifests`` generates (from bus/acl.py and
-  bus/kafka.py), so they cannot drift from the model the secure local cluster enforces
+* they are exactly what ``python -m nodes.demo.manifests`` generates (from bus/acl.py and
+  bus/kafka/client.py), so they cannot drift from the model the secure local cluster enforces
   (tests/integration/test_broker_acls.py applies the same ``acl_model``);
 * the compose file validates against the compose-spec JSON schema (vendored by the
   check-jsonschema package); the Deployments and PVCs against the Kubernetes schemas of the
@@ -28,8 +28,8 @@ import pytest
 import yaml
 
 from bus.acl import ADMIN, AclRule, Operation, Pattern, Resource, acl_model, principal
-from bus.kafka import Topics, standard_topics
-from nodes import manifests
+from bus.kafka.client import Topics, standard_topics
+from nodes.demo import manifests
 
 REPO = Path(__file__).resolve().parents[2]
 ORGS = ("un", "osce", "eu", "nato", "csto", "sco")
@@ -42,7 +42,7 @@ def _load(rel: str) -> list[dict[str, Any]]:
 
 def test_checked_in_manifests_are_exactly_the_generated_ones() -> None:
     assert manifests.ORGS == ORGS
-    assert manifests.main(["--check"]) == 0, "run: python -m nodes.manifests"
+    assert manifests.main(["--check"]) == 0, "run: python -m nodes.demo.manifests"
 
 
 # -- compose ------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bus.errors import ConfigError
-from nodes.cli import build_parser
-from nodes.org_node import NodeConfig
+from nodes.cli.main import build_parser
+from nodes.org_node.ingest import NodeConfig
 from tests.mission import make_mission
 
 

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from bus.errors import BusError
-from nodes.org_node import NodeConfig, OrgNode
+from nodes.org_node.ingest import NodeConfig, OrgNode
 from tests.mission import make_mission
 
 

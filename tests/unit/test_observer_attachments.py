@@ -11,8 +11,8 @@ from bus.attachment import MAX_ATTACHMENT_BYTES
 from bus.errors import Reason
 from bus.model import Envelope, Report
 from bus.report_file import ReportFileError
-from nodes.observer import Home, init_observer, status, store_blob, submit_file
-from nodes.outbox import (
+from nodes.observer.device import Home, init_observer, status, store_blob, submit_file
+from nodes.observer.outbox import (
     DELIVERED,
     DROPPED,
     EXTERNAL,

@@ -24,11 +24,12 @@ from aiokafka.errors import KafkaConnectionError
 from bus.errors import StoreError
 from bus.model import Role
 from bus.witness import WitnessCore, WitnessPolicy
-from nodes import attachments, org_node, witness
-from nodes.attachments import AttachmentNode, AttachmentNodeConfig
-from nodes.org_node import NodeConfig, OrgNode, run_node
-from nodes.scenario import demo_key
-from nodes.witness import Witness, WitnessConfig
+from nodes.demo.scenario import demo_key
+from nodes.org_node import attachments, witness
+from nodes.org_node import ingest as org_node
+from nodes.org_node.attachments import AttachmentNode, AttachmentNodeConfig
+from nodes.org_node.ingest import NodeConfig, OrgNode, run_node
+from nodes.org_node.witness import Witness, WitnessConfig
 from tests.logcapture import capture_all_logs
 from tests.mission import make_mission
 

@@ -16,7 +16,7 @@ from bus.model import Envelope, Report, Role, sha256
 from bus.report_file import ReportFileError
 from bus.sign import ReportSigner
 from bus.verify import ChainBook, ChainHead, verify_report
-from nodes.observer import (
+from nodes.observer.device import (
     Backoff,
     Home,
     init_observer,
@@ -25,7 +25,7 @@ from nodes.observer import (
     submit_file,
     write_encrypted_key,
 )
-from nodes.outbox import DELIVERED, QUEUED, REJECTED, Outbox, SignNext
+from nodes.observer.outbox import DELIVERED, QUEUED, REJECTED, Outbox, SignNext
 from tests.mission import Mission, make_mission
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -28,7 +28,7 @@ from bus.policy import (
     window_counts,
 )
 from bus.uuid7 import uuid7
-from nodes.scenario import ORGANIZATIONS, build_scenario, draft_report
+from nodes.demo.scenario import ORGANIZATIONS, build_scenario, draft_report
 from tests.mission import NOW_MS, make_mission
 
 POLICIES = Path(__file__).resolve().parents[2] / "deploy" / "policies"

@@ -13,9 +13,9 @@ import pytest
 
 from bus.ingest import Ingestor
 from bus.model import Envelope, Signature
-from bus.store import Accepted, Outcome, Quarantined
+from bus.store.node import Accepted, Outcome, Quarantined
 from bus.verify import ChainBook, preverify_signatures
-from nodes.preverify import PreVerifier
+from nodes.runtime.preverify import PreVerifier
 from tests.mission import Mission, make_mission, ref
 from tests.unit.test_verify_table import CASES
 

@@ -11,7 +11,7 @@ import pytest
 from bus.checkpoint import Note, parse_note
 from bus.errors import Reason, VerificationError
 from bus.model import Envelope, Receipt, Report, sha256
-from nodes.prove import (
+from nodes.auditor.prove import (
     check_receipt_inclusion,
     proof_from_json,
     prove_from_file,

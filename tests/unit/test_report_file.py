@@ -15,7 +15,7 @@ from bus.errors import Reason, VerificationError
 from bus.model import Category, Report, encode
 from bus.report_file import Identity, ReportFileError, parse_report
 from bus.uuid7 import uuid7
-from nodes.scenario import build_scenario
+from nodes.demo.scenario import build_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "report.yaml"

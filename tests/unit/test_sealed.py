@@ -24,9 +24,9 @@ from bus.model import (
 from bus.policy import load_policy, observation_from_stored
 from bus.sealed import DecryptionKey, Readability, open_sealed, seal_report
 from bus.sign import sign_encryption_key, sign_envelope
-from bus.store import Accepted, AcceptedSealed, NodeStore, Quarantined
+from bus.store.node import Accepted, AcceptedSealed, NodeStore, Quarantined
 from bus.verify import ChainBook
-from nodes.followup import FollowUp, FollowUpConfig
+from nodes.org_node.followup import FollowUp, FollowUpConfig
 from tests.mission import NOW_MS, Mission, demo_key, make_mission, ref
 
 VECTORS = Path(__file__).resolve().parents[1] / "vectors" / "rfc9180-x25519.json"

@@ -14,8 +14,8 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-# Local demos run their own PLAINTEXT broker (nodes.demo.LocalBroker) and nothing else.
-EXEMPT = {"nodes/demo.py", "nodes/demo_trust.py"}
+# Local demos run their own PLAINTEXT broker (nodes.demo.mission.LocalBroker) and nothing else.
+EXEMPT = {"nodes/demo/mission.py", "nodes/demo/trust_mission.py"}
 CLIENTS = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient"}
 # Helpers that open clients (called by bare name); each takes ``security=`` and must get it.
 HELPERS = {
@@ -42,8 +42,10 @@ def _problems(source: str, rel: str) -> list[str]:
                 isinstance(v, ast.Call) and _name(v) == "client_options" and len(v.args) >= 2
                 for v in spread
             )
-            # bus.kafka.reliable_producer builds its options with client_options first.
-            ok = ok or (rel == "bus/kafka.py" and any(isinstance(v, ast.Name) for v in spread))
+            # bus.kafka.client.reliable_producer builds its options with client_options first.
+            ok = ok or (
+                rel == "bus/kafka/client.py" and any(isinstance(v, ast.Name) for v in spread)
+            )
             if not ok:
                 out.append(f"{where}: build it with **client_options(bootstrap, security)")
         elif name in HELPERS and isinstance(node.func, ast.Name):  # not consumer.end_offsets
@@ -74,7 +76,7 @@ def test_every_kafka_client_carries_the_security_settings() -> None:
 def test_the_check_sees_a_client_without_settings() -> None:
     probe = (
         "from aiokafka import AIOKafkaConsumer\n"
-        "from bus.kafka import client_options, replay\n"
+        "from bus.kafka.client import client_options, replay\n"
         "a = AIOKafkaConsumer(bootstrap_servers='x')\n"
         "b = AIOKafkaConsumer(**client_options('x'))\n"
         "c = AIOKafkaConsumer(**client_options('x', sec))\n"

@@ -8,7 +8,7 @@ import pytest
 
 from bus.errors import StoreError
 from bus.ingest import Ingestor
-from bus.store import Accepted, NodeStore, Quarantined
+from bus.store.node import Accepted, NodeStore, Quarantined
 from bus.verify import ChainBook
 from tests.mission import make_mission, ref
 

@@ -15,7 +15,7 @@ import pytest
 
 from bus.errors import StoreConflictError, StoreError
 from bus.ingest import Ingestor
-from bus.store import NodeStore, Outcome
+from bus.store.node import NodeStore, Outcome
 from bus.verify import ChainBook
 from tests.mission import Mission, make_mission, ref
 

@@ -6,7 +6,7 @@ import sqlite3
 from pathlib import Path
 
 from bus.ingest import Ingestor
-from bus.store import NodeStore
+from bus.store.node import NodeStore
 from bus.verify import ChainBook
 from tests.mission import make_mission, ref
 

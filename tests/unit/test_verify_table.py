@@ -22,7 +22,7 @@ from bus.model import (
     Signature,
     encode,
 )
-from bus.store import Accepted, Quarantined
+from bus.store.node import Accepted, Quarantined
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits, verify_report
 from tests.mission import NOW_MS, Mission, demo_key, make_mission, raw_report_envelope, ref

@@ -11,7 +11,7 @@ from bus.crypto import SigningKey
 from bus.merkle import MerkleTree
 from bus.model import Role
 from bus.witness import Verdict, WitnessCore, WitnessPolicy, judge
-from nodes.scenario import ORGANIZATIONS, demo_key
+from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from tests.mission import NOW_MS, Mission, make_mission
 
 ORGS = [o for o, _ in ORGANIZATIONS]

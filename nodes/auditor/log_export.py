@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bus.export import ExportHeader, ExportWriter, LogRecord
-from bus.kafka import KafkaSecurity, Topics, end_offsets, replay
+from bus.kafka.client import KafkaSecurity, Topics, end_offsets, replay
 from bus.model import Envelope, Mandate, encode
 
 log = structlog.get_logger(__name__)

@@ -1,6 +1,6 @@
 """``obus``: the one command-line entry point of observer-bus.
 
-Only this module (and nodes/demo.py) read the environment and files given on the command line;
+Only this module (and nodes/demo/mission.py) read the environment and files given on the command line;
 everything below it takes explicit configuration objects.
 """
 
@@ -13,12 +13,12 @@ import sys
 import textwrap
 from pathlib import Path
 
-from bus import logs
 from bus.attachment import MAX_ATTACHMENT_BYTES, UNREFERENCED_TTL_MS, AttachmentLimits
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError
-from bus.kafka import Topics
+from bus.kafka.client import Topics
 from bus.policy import Policy, load_policy
+from nodes.runtime import logs
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 
@@ -60,14 +60,14 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--topic-prefix", default="obus.", metavar="PREFIX", help="topic prefix (default obus.)"
     )
     p.add_argument("--log-level", default="info", choices=logs.LEVELS)
-    from nodes.kafka_cli import add_security_args  # noqa: PLC0415 - issue 8: SASL/TLS
+    from nodes.cli.kafka import add_security_args  # noqa: PLC0415 - issue 8: SASL/TLS
 
     add_security_args(p)
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
-    from nodes.files import load_mandate  # noqa: PLC0415 - keep `obus --help` fast
-    from nodes.org_node import NodeConfig  # noqa: PLC0415
+    from nodes.org_node.ingest import NodeConfig  # noqa: PLC0415
+    from nodes.runtime.files import load_mandate  # noqa: PLC0415 - keep `obus --help` fast
 
     check_port("--http-port", args.http_port)
     limits = None if args.ingest_only else _attachment_limits(args)
@@ -83,7 +83,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
     node_key = _node_key_for_policy(args, policy)
     if policy is not None:
         policy.check_mandate(mandate)
-    from nodes.kafka_cli import security_from_args  # noqa: PLC0415
+    from nodes.cli.kafka import security_from_args  # noqa: PLC0415
 
     config = NodeConfig(
         security=security_from_args(args),
@@ -105,16 +105,16 @@ def _cmd_node(args: argparse.Namespace) -> int:
     if args.decryption_key:  # restricted reports sealed to this organization (issue 4)
         import dataclasses  # noqa: PLC0415
 
-        from nodes.trust_cli import read_decryption_key  # noqa: PLC0415
+        from nodes.cli.trust import read_decryption_key  # noqa: PLC0415
 
         keys = tuple(read_decryption_key(Path(f), args.org) for f in args.decryption_key)
         config = dataclasses.replace(config, decryption_keys=keys)
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     if args.ingest_only:  # an extra worker: the full node runs the witness and follow-up
-        from nodes.org_node import run_node  # noqa: PLC0415
+        from nodes.org_node.ingest import run_node  # noqa: PLC0415
 
         return asyncio.run(run_node(config))
-    from nodes.witness_cli import run_with_witness  # noqa: PLC0415 - issue 5: the witness
+    from nodes.cli.audit import run_with_witness  # noqa: PLC0415 - issue 5: the witness
 
     return asyncio.run(run_with_witness(args, config))
 
@@ -149,7 +149,7 @@ def check_port(flag: str, port: int | None) -> None:
 
 def _node_key_for_policy(args: argparse.Namespace, policy: Policy | None) -> SigningKey | None:
     """The node key (--node-key); required when a rule of the policy publishes decisions."""
-    from nodes.files import read_key  # noqa: PLC0415
+    from nodes.runtime.files import read_key  # noqa: PLC0415
 
     if args.node_key:
         return read_key(Path(args.node_key))
@@ -166,23 +166,23 @@ def _node_key_for_policy(args: argparse.Namespace, policy: Policy | None) -> Sig
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from nodes.witness_cli import cmd_audit  # noqa: PLC0415 - live or --from an export
+    from nodes.cli.audit import cmd_audit  # noqa: PLC0415 - live or --from an export
 
     return cmd_audit(args, _bootstrap)
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
-    from bus.kafka import ensure_topics, standard_topics  # noqa: PLC0415
+    from bus.kafka.client import ensure_topics, standard_topics  # noqa: PLC0415
 
     orgs = [o.strip() for o in args.orgs.split(",") if o.strip()]
     if args.mandate:
-        from nodes.files import load_mandate  # noqa: PLC0415
+        from nodes.runtime.files import load_mandate  # noqa: PLC0415
 
         orgs = [o.org for o in load_mandate(Path(args.mandate))[0].organizations]
     if not orgs:
         raise BusError("no organizations: pass --mandate FILE or --orgs un,osce,...")
     specs = standard_topics(Topics(args.topic_prefix), orgs, partitions=args.partitions)
-    from nodes.kafka_cli import security_from_args  # noqa: PLC0415
+    from nodes.cli.kafka import security_from_args  # noqa: PLC0415
 
     security = security_from_args(args)
     asyncio.run(
@@ -194,7 +194,7 @@ def _cmd_topics(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from nodes.files import write_key  # noqa: PLC0415
+    from nodes.runtime.files import write_key  # noqa: PLC0415
 
     key = SigningKey.generate()
     try:
@@ -209,7 +209,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from nodes.demo import main as demo_main  # noqa: PLC0415
+    from nodes.demo.mission import main as demo_main  # noqa: PLC0415
 
     return demo_main(reports_per_observer=args.reports_per_observer, keep=args.keep)
 
@@ -349,23 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--log-level", default="warning", choices=logs.LEVELS)
     demo.set_defaults(func=_cmd_demo)
 
-    from nodes.trust_cli import add_trust_commands  # noqa: PLC0415 - issue 4: mandate, org
+    from nodes.cli.trust import add_trust_commands  # noqa: PLC0415 - issue 4: mandate, org
 
     add_trust_commands(sub, _common, _bootstrap)
 
-    from nodes.observer_cli import add_commands  # noqa: PLC0415 - issue 3: observer, gateway
+    from nodes.cli.observer import add_commands  # noqa: PLC0415 - issue 3: observer, gateway
 
     add_commands(sub, _common, _bootstrap)
 
-    from nodes.followup_cli import add_followup_commands  # noqa: PLC0415 - issue 6
+    from nodes.cli.followup import add_followup_commands  # noqa: PLC0415 - issue 6
 
     add_followup_commands(sub, _common, _bootstrap)
 
-    from nodes.witness_cli import add_witness_commands  # noqa: PLC0415 - issue 5
+    from nodes.cli.audit import add_witness_commands  # noqa: PLC0415 - issue 5
 
     add_witness_commands(sub, _common, _bootstrap)
 
-    from nodes.kafka_cli import add_acl_commands  # noqa: PLC0415 - issue 8: broker ACLs
+    from nodes.cli.kafka import add_acl_commands  # noqa: PLC0415 - issue 8: broker ACLs
 
     add_acl_commands(sub, _common, _bootstrap)
     _same_log_levels(parser)
@@ -399,7 +399,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
 """``obus observer ...`` and ``obus gateway``: argument parsing and the environment, nothing else.
 
-Registered into the one ``obus`` parser by :func:`add_commands` (nodes/cli.py). The passphrase
+Registered into the one ``obus`` parser by :func:`add_commands` (nodes/cli/main.py). The passphrase
 of an observer key comes from ``$OBUS_PASSPHRASE`` or a prompt, never from the command line
 (argv is visible to every user of the machine through ``ps``).
 """
@@ -23,26 +23,26 @@ from rich.console import Console
 
 from bus.attachment import MAX_ATTACHMENT_BYTES
 from bus.errors import BusError, ConfigError
-from bus.kafka import Topics
-from bus.logs import LEVELS
+from bus.kafka.client import Topics
 from bus.verify import DEFAULT_MAX_RECORD_BYTES
+from nodes.runtime.logs import LEVELS
 
 if TYPE_CHECKING:
-    from nodes.observer import Home
+    from nodes.observer.device import Home
 
-FAULT_ENV: Final = "OBUS_FAULT_EXIT_AFTER_PUBLISHES"  # crash tests only (nodes/gateway.py)
+FAULT_ENV: Final = "OBUS_FAULT_EXIT_AFTER_PUBLISHES"  # crash tests only (nodes/gateway/service.py)
 EXIT_QUEUED: Final = 3  # sync ended with reports still queued (gateway unreachable)
 
 
 def _home(args: argparse.Namespace) -> Path:
-    from nodes.observer import HOME_ENV  # noqa: PLC0415 - keep `obus --help` fast
+    from nodes.observer.device import HOME_ENV  # noqa: PLC0415 - keep `obus --help` fast
 
     raw = args.home or os.environ.get(HOME_ENV) or str(Path.home() / ".obus" / "observer")
     return Path(raw)
 
 
 def _passphrase(*, confirm: bool) -> str:
-    from nodes.observer import PASSPHRASE_ENV  # noqa: PLC0415
+    from nodes.observer.device import PASSPHRASE_ENV  # noqa: PLC0415
 
     env = os.environ.get(PASSPHRASE_ENV)
     if env:
@@ -84,7 +84,7 @@ def check_gateway_url(flag: str, url: str) -> None:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from nodes.observer import Home, init_observer, now_ms  # noqa: PLC0415
+    from nodes.observer.device import Home, init_observer, now_ms  # noqa: PLC0415
 
     check_gateway_url("--gateway", args.gateway)
     home = Home(_home(args))
@@ -108,8 +108,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from nodes.observer import Home, now_ms, read_encrypted_key, submit_file  # noqa: PLC0415
-    from nodes.outbox import Outbox  # noqa: PLC0415
+    from nodes.observer.device import Home, now_ms, read_encrypted_key, submit_file  # noqa: PLC0415
+    from nodes.observer.outbox import Outbox  # noqa: PLC0415
 
     home = Home(_home(args))
     home.load_config()
@@ -130,8 +130,8 @@ def _sync(
     home: Home, *, max_seconds: float, max_failures: int | None, quiet_offline: bool = False,
     backoff_base: float = 0.5, backoff_cap: float = 60.0,
 ) -> int:  # fmt: skip
-    from nodes.observer import Backoff, GatewayClient, sync  # noqa: PLC0415
-    from nodes.outbox import Outbox  # noqa: PLC0415
+    from nodes.observer.device import Backoff, GatewayClient, sync  # noqa: PLC0415
+    from nodes.observer.outbox import Outbox  # noqa: PLC0415
 
     config = home.load_config()
     outbox = Outbox(home.outbox)
@@ -170,7 +170,7 @@ def _sync(
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:
-    from nodes.observer import Home  # noqa: PLC0415
+    from nodes.observer.device import Home  # noqa: PLC0415
 
     return _sync(
         Home(_home(args)),
@@ -182,8 +182,8 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from nodes.observer import Home, status  # noqa: PLC0415
-    from nodes.outbox import Outbox  # noqa: PLC0415
+    from nodes.observer.device import Home, status  # noqa: PLC0415
+    from nodes.observer.outbox import Outbox  # noqa: PLC0415
 
     home = Home(_home(args))
     home.load_config()
@@ -233,8 +233,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_receipts(args: argparse.Namespace) -> int:
-    from nodes.observer import Home, check_receipts, now_ms  # noqa: PLC0415
-    from nodes.outbox import DELIVERED, Outbox  # noqa: PLC0415
+    from nodes.observer.device import Home, check_receipts, now_ms  # noqa: PLC0415
+    from nodes.observer.outbox import DELIVERED, Outbox  # noqa: PLC0415
 
     home = Home(_home(args))
     home.load_config()
@@ -259,15 +259,15 @@ def _cmd_receipts(args: argparse.Namespace) -> int:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
-    from nodes.files import load_mandate, read_key  # noqa: PLC0415
-    from nodes.gateway import GatewayConfig, run_gateway  # noqa: PLC0415
+    from nodes.gateway.service import GatewayConfig, run_gateway  # noqa: PLC0415
+    from nodes.runtime.files import load_mandate, read_key  # noqa: PLC0415
 
     mandate, _ = load_mandate(Path(args.mandate))
     if mandate.organization(args.org) is None:
         known = ", ".join(o.org for o in mandate.organizations)
         raise ConfigError("org", f"{args.org!r} is not part of the mandate", f"one of {known}")
     from bus.attachment import AttachmentLimits  # noqa: PLC0415
-    from nodes.kafka_cli import security_from_args  # noqa: PLC0415
+    from nodes.cli.kafka import security_from_args  # noqa: PLC0415
 
     if args.max_attachment_bytes < 0:
         raise ConfigError(

@@ -1,6 +1,6 @@
 """Attachments on Kafka: the gateway's chunk publisher and every node's reassembler.
 
-Publishing (:func:`publish_attachment`, used by :mod:`nodes.gateway`): the verified bytes are cut
+Publishing (:func:`publish_attachment`, used by :mod:`nodes.gateway.service`): the verified bytes are cut
 by :func:`bus.attachment.split` and produced to ``<prefix>attachments.<org>`` with the
 idempotent, ``acks=all`` producer, record key = hex SHA-256 (every chunk of one attachment in
 one partition, in order). :func:`topic_message_limit` reads the topic's ``max.message.bytes`` so
@@ -67,11 +67,11 @@ from bus.attachment import (
     split,
 )
 from bus.errors import BusError, Reason, StoreError, VerificationError
-from bus.kafka import CLOUDEVENTS_SPEC, KafkaSecurity, Topics, client_options, wrap
+from bus.kafka.client import CLOUDEVENTS_SPEC, KafkaSecurity, Topics, client_options, wrap
 from bus.model import PAYLOAD_REPORT, Attachment, Envelope, Report
 
 if TYPE_CHECKING:
-    from nodes.org_node import NodeConfig
+    from nodes.org_node.ingest import NodeConfig
 
 log = structlog.get_logger(__name__)
 
@@ -626,7 +626,7 @@ class AttachmentStore:
             with contextlib.closing(
                 sqlite3.connect(f"file:{self.node_db_path}?mode=ro", uri=True, timeout=10)
             ) as node:
-                # The node's `reports` table (bus/store.py): accepted reports only.
+                # The node's `reports` table (bus/store/node.py): accepted reports only.
                 rows = node.execute(
                     "SELECT rowid, report_id, envelope FROM reports WHERE rowid > ?"
                     " ORDER BY rowid LIMIT ?",

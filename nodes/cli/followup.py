@@ -24,15 +24,15 @@ from rich.table import Table
 
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError, VerificationError
-from bus.kafka import KafkaSecurity, Topics, ensure_topics, reliable_producer, replay
-from bus.logs import LEVELS
+from bus.kafka.client import KafkaSecurity, Topics, ensure_topics, reliable_producer, replay
 from bus.model import Envelope, Mandate, Role
 from bus.policy import Evidence
 from bus.statement import JointStatement, StatementBook, StatementStatus, cosign, sign_statement
-from bus.store import NodeStore
+from bus.store.node import NodeStore
 from bus.trust import KeyRing
 from bus.uuid7 import uuid7
-from nodes.kafka_cli import security_from_args
+from nodes.cli.kafka import security_from_args
+from nodes.runtime.logs import LEVELS
 
 Common = Callable[[argparse.ArgumentParser], None]
 Bootstrap = Callable[[argparse.Namespace], str]
@@ -158,7 +158,7 @@ async def publish_statement_record(
 
 def _statements_spec(topics: Topics) -> Any:
     """The statements topic exactly as ``obus topics`` makes it (log-append time, kept forever)."""
-    from bus.kafka import standard_topics  # noqa: PLC0415
+    from bus.kafka.client import standard_topics  # noqa: PLC0415
 
     return next(s for s in standard_topics(topics, []) if s.name == topics.statements)
 
@@ -249,13 +249,13 @@ def render_statuses(board: Board, console: Console) -> None:
 
 
 def _mandate(args: argparse.Namespace) -> Mandate:
-    from nodes.files import load_mandate  # noqa: PLC0415
+    from nodes.runtime.files import load_mandate  # noqa: PLC0415
 
     return load_mandate(Path(args.mandate))[0]
 
 
 def _key(args: argparse.Namespace) -> SigningKey:
-    from nodes.files import read_key  # noqa: PLC0415
+    from nodes.runtime.files import read_key  # noqa: PLC0415
 
     return read_key(Path(args.node_key))
 
@@ -333,7 +333,7 @@ def _cmd_status(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from bus.policy import load_policy  # noqa: PLC0415
-    from nodes.dashboard import DashboardConfig, serve  # noqa: PLC0415
+    from nodes.org_node.dashboard import DashboardConfig, serve  # noqa: PLC0415
 
     if not 0 <= args.http_port <= 65535:
         raise ConfigError("--http-port", f"{args.http_port} is not a TCP port", "pass 0..65535")

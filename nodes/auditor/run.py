@@ -50,14 +50,14 @@ from bus.errors import Reason, VerificationError
 from bus.export import ExportProblem, ExportReader, LogRecord
 from bus.idfilter import IdFilter
 from bus.ingest import Ingestor
-from bus.kafka import KafkaSecurity, Topics, end_offsets, replay
+from bus.kafka.client import KafkaSecurity, Topics, end_offsets, replay
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree
 from bus.model import Envelope, Mandate, Role
-from bus.store import Accepted, AcceptedSealed, RecordRef
+from bus.store.node import Accepted, AcceptedSealed, RecordRef
 from bus.trust import verify_mandate
 from bus.verify import ChainBook, Limits
-from nodes.preverify import PreVerifier
+from nodes.runtime.preverify import PreVerifier
 
 log = structlog.get_logger(__name__)
 
@@ -255,7 +255,7 @@ class AuditRun:
         self._ids = IdFilter(self._index.digest, self._index.ids)
         self._pending_ids: list[tuple[str, bytes]] = []
         # (public key, raw) pairs whose signatures worker processes accepted (live audit with
-        # verify_workers; see nodes/preverify.py); empty otherwise.
+        # verify_workers; see nodes/runtime/preverify.py); empty otherwise.
         self.preverified: Container[tuple[bytes, bytes]] = frozenset()
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._note_keys: dict[int, NoteKeys] = {}

@@ -51,7 +51,7 @@ from prometheus_client.registry import Collector
 from bus.errors import BusError, ConfigError, StoreError
 from bus.model import Category, Envelope, Mandate, Report
 from bus.policy import KIND_TREND, Policy, window_counts
-from bus.store import NodeStore, evidence_from_json
+from bus.store.node import NodeStore, evidence_from_json
 
 log = structlog.get_logger(__name__)
 
@@ -411,9 +411,12 @@ class ReadModel:
         """The witness's view, or why there is none."""
         path = self.config.witness_db
         try:
-            from nodes import witness  # noqa: PLC0415 - optional: the witnessed log (issue 5)
+            from nodes.org_node import witness  # noqa: PLC0415 - optional: the witnessed log (issue 5)
         except ImportError:
-            return {"available": False, "why": "this build has no witness (nodes/witness.py)"}
+            return {
+                "available": False,
+                "why": "this build has no witness (nodes/org_node/witness.py)",
+            }
         if path is None:
             path = witness.default_witness_db(self.config.db_path)
         if not path.exists():

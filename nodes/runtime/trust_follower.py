@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
 from bus.errors import TransportError, VerificationError
-from bus.kafka import KafkaSecurity, client_options, wrap
+from bus.kafka.client import KafkaSecurity, client_options, wrap
 from bus.lifecycle import TrustTimeline
 from bus.model import Envelope, Revocation
 

@@ -36,7 +36,7 @@ status  when                                                                    
 No authentication is needed: the bytes are bound by hash to a report signed by an accredited
 observer of this organization, so only bytes such an observer committed to are ever published;
 repeating an upload is answered from the store. The chunks go to ``<prefix>attachments.<org>``
-(:func:`nodes.attachments.publish_attachment`); a crash between publishing them and recording
+(:func:`nodes.org_node.attachments.publish_attachment`); a crash between publishing them and recording
 them only means they are published again on the next upload, and nodes drop identical chunks.
 
 A receipt is a signed envelope (``application/protobuf``; see :mod:`bus.receipt`); JSON error
@@ -46,7 +46,7 @@ observer can check receipts offline); ``GET /healthz`` returns counts.
 
 Verification is :func:`bus.verify.verify_report` with this organization as the expected one and
 the gateway's clock as the reference, against a :class:`~bus.trust.KeyRing` kept current by
-:class:`~nodes.org_node.RegistryFollower`; the per-observer chain is checked with
+:class:`~nodes.org_node.ingest.RegistryFollower`; the per-observer chain is checked with
 :class:`~bus.verify.ChainBook` against what this gateway already published.
 
 Crash safety (exactly once on the topic). The gateway keeps a small SQLite file: every report it
@@ -86,7 +86,7 @@ from aiokafka.errors import KafkaError
 from bus.attachment import CHUNK_OVERHEAD_BYTES, AttachmentLimits, check_upload, parse_hex_digest
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError, Reason, StoreError, VerificationError
-from bus.kafka import (
+from bus.kafka.client import (
     KafkaSecurity,
     Topics,
     client_options,
@@ -109,7 +109,7 @@ from bus.model import (
     sha256,
 )
 from bus.receipt import sign_receipt
-from bus.store import sqlite_transaction
+from bus.store.node import sqlite_transaction
 from bus.trust import KeyRing, verify_accreditation
 from bus.verify import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -119,8 +119,8 @@ from bus.verify import (
     VerifiedReport,
     verify_report,
 )
-from nodes.attachments import publish_attachment, topic_message_limit
-from nodes.org_node import RegistryFollower
+from nodes.org_node.attachments import publish_attachment, topic_message_limit
+from nodes.org_node.ingest import RegistryFollower
 
 log = structlog.get_logger(__name__)
 
@@ -188,7 +188,7 @@ class GatewayConfig:
     exit_after_publishes: int | None = None
     # Attachments: size limit and chunk size (bus/attachment.py).
     attachments: AttachmentLimits = field(default_factory=AttachmentLimits)
-    # How the gateway authenticates to the brokers (None: PLAINTEXT); see bus.kafka.KafkaSecurity.
+    # How the gateway authenticates to the brokers (None: PLAINTEXT); see bus.kafka.client.KafkaSecurity.
     security: KafkaSecurity | None = None
 
     def __post_init__(self) -> None:

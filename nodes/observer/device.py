@@ -12,7 +12,7 @@ An observer's home directory (``--home``, default ``$OBUS_OBSERVER_HOME`` or
 ``accreditation-request.json`` what the organization signs to accredit this key (with a proof
                                of possession: the observer's signature over the request)
 ``outbox.db``                  signed reports, chain head, delivery state, receipts
-                               (:mod:`nodes.outbox`)
+                               (:mod:`nodes.observer.outbox`)
 ``blobs/<sha256 hex>``         the bytes of attachments still to upload, copied in at submit
                                (hashed while copied, fsynced, renamed into place), so a report
                                stays deliverable when the original file is moved or edited;
@@ -67,7 +67,7 @@ from bus.sign import ReportSigner
 from bus.trust import KeyRing, verify_accreditation, verify_mandate
 from bus.uuid7 import uuid7
 from bus.verify import ChainHead
-from nodes.outbox import (
+from nodes.observer.outbox import (
     DELIVERED,
     PENDING,
     QUEUED,

@@ -23,8 +23,7 @@ import yaml
 from bus import ceremony
 from bus.crypto import pae, verify
 from bus.errors import ConfigError, KeyStoreError, Reason, VerificationError
-from bus.kafka import KafkaSecurity
-from bus.logs import LEVELS
+from bus.kafka.client import KafkaSecurity
 from bus.model import (
     PAYLOAD_MANDATE,
     Accreditation,
@@ -38,15 +37,16 @@ from bus.model import (
 from bus.sealed import DecryptionKey
 from bus.sign import sign_accreditation, sign_encryption_key, sign_revocation
 from bus.trust import verify_mandate
-from nodes.files import load_mandate, read_key
-from nodes.kafka_cli import security_from_args
+from nodes.cli.kafka import security_from_args
+from nodes.runtime.files import load_mandate, read_key
+from nodes.runtime.logs import LEVELS
 
 log = structlog.get_logger(__name__)
 
 Common = Callable[[argparse.ArgumentParser], None]
 Bootstrap = Callable[[argparse.Namespace], str]
 
-# The accreditation request written by `obus observer init` (nodes/observer.py, issue 3).
+# The accreditation request written by `obus observer init` (nodes/observer/device.py, issue 3).
 REQUEST_TYPE = "obus-accreditation-request"
 REQUEST_PAYLOAD_TYPE = "application/vnd.obus.accreditation-request.v1+json"
 
@@ -297,7 +297,7 @@ async def publish(
     """Publish one record with the idempotent acks=all producer; returns (partition, offset)."""
     from aiokafka.errors import KafkaError  # noqa: PLC0415
 
-    from bus.kafka import reliable_producer, wrap  # noqa: PLC0415
+    from bus.kafka.client import reliable_producer, wrap  # noqa: PLC0415
 
     producer = reliable_producer(bootstrap, security=security)
     try:
@@ -311,14 +311,14 @@ async def publish(
 
 
 async def _ensure(bootstrap: str, topics: Any, name: str, security: KafkaSecurity | None) -> None:
-    from bus.kafka import ensure_topics, standard_topics  # noqa: PLC0415
+    from bus.kafka.client import ensure_topics, standard_topics  # noqa: PLC0415
 
     specs = [s for s in standard_topics(topics, []) if s.name == name]
     await ensure_topics(bootstrap, specs, security=security)
 
 
 def _cmd_publish(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
-    from bus.kafka import Topics  # noqa: PLC0415
+    from bus.kafka.client import Topics  # noqa: PLC0415
 
     raw = _read(args.file, "FILE")
     # A version must at least carry its own threshold; its predecessor check is every reader's.
@@ -395,7 +395,7 @@ def _check_offline(args: argparse.Namespace) -> None:
 def _publish_registry(
     args: argparse.Namespace, bootstrap: Bootstrap, env: Envelope, key_id: bytes
 ) -> None:
-    from bus.kafka import Topics, registry_key  # noqa: PLC0415
+    from bus.kafka.client import Topics, registry_key  # noqa: PLC0415
 
     raw = env.encode()
     if args.out:

@@ -1,7 +1,7 @@
 """An organization's witness: Merkle trees over every report partition, signed checkpoints,
 cosignatures of consistent checkpoints and split-view alarms (issue 5).
 
-It runs next to the ingest loop of :mod:`nodes.org_node` but shares nothing with it: its own
+It runs next to the ingest loop of :mod:`nodes.org_node.ingest` but shares nothing with it: its own
 consumer group (``<prefix>witness.<org>``) on the report topics, its own reader of the
 checkpoints topic and of the registry, and its own SQLite file. Decisions are made by the pure
 :class:`bus.witness.WitnessCore`; this module moves bytes between Kafka, the core and SQLite.
@@ -38,14 +38,14 @@ from aiokafka.errors import KafkaError
 from bus.checkpoint import NoteKeys, VerifiedCheckpoint, verify_checkpoint
 from bus.crypto import SigningKey
 from bus.errors import ConfigError, Reason, StoreError, TransportError, VerificationError
-from bus.kafka import KafkaSecurity, Topics, client_options, reliable_producer, wrap
+from bus.kafka.client import KafkaSecurity, Topics, client_options, reliable_producer, wrap
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree
 from bus.model import Mandate, Role
 from bus.trust import KeyRing
 from bus.witness import Review, SplitViewAlarm, Verdict, WitnessCore, WitnessPolicy
-from nodes.org_node import OutageBackoff, transient
-from nodes.trust_follower import TrustFollower
+from nodes.org_node.ingest import OutageBackoff, transient
+from nodes.runtime.trust_follower import TrustFollower
 
 log = structlog.get_logger(__name__)
 

@@ -45,7 +45,7 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from bus.kafka import (
+from bus.kafka.client import (
     Topics,
     end_offsets,
     ensure_topics,
@@ -64,11 +64,17 @@ from bus.model import (
 )
 from bus.sign import ReportSigner, sign_mandate
 from bus.trust import KeyRing
-from nodes.auditor import audit, render
-from nodes.cli import main as obus
-from nodes.demo import REPO, LocalBroker, _fingerprint, _node_progress, _stop_nodes
-from nodes.files import write_key
-from nodes.scenario import ORGANIZATIONS, ObserverIdentity, build_scenario, demo_key, draft_report
+from nodes.auditor.run import audit, render
+from nodes.cli.main import main as obus
+from nodes.demo.mission import REPO, LocalBroker, _fingerprint, _node_progress, _stop_nodes
+from nodes.demo.scenario import (
+    ORGANIZATIONS,
+    ObserverIdentity,
+    build_scenario,
+    demo_key,
+    draft_report,
+)
+from nodes.runtime.files import write_key
 
 log = structlog.get_logger(__name__)
 
@@ -319,7 +325,7 @@ async def _run(console: Console, work: Path) -> bool:
 
 
 async def _registry(bootstrap: str, topics: Topics) -> list[bytes]:
-    from bus.kafka import replay  # noqa: PLC0415
+    from bus.kafka.client import replay  # noqa: PLC0415
 
     return [rec.value async for rec in replay(bootstrap, [topics.registry]) if rec.value]
 

@@ -13,7 +13,7 @@ only after N's commit succeeded (see :meth:`OrgNode._process`).
 
 Follow-up (this organization's decisions, their publication, others' decisions and joint
 statements) and the dashboard run beside the ingest loop and read the store on their own
-(:mod:`nodes.followup`, :mod:`nodes.dashboard`).
+(:mod:`nodes.org_node.followup`, :mod:`nodes.org_node.dashboard`).
 """
 
 from __future__ import annotations
@@ -43,17 +43,17 @@ from bus.errors import (
 )
 from bus.idfilter import IdFilter
 from bus.ingest import Ingestor
-from bus.kafka import KafkaSecurity, Topics, client_options, wrap
+from bus.kafka.client import KafkaSecurity, Topics, client_options, wrap
 from bus.lifecycle import TrustTimeline
 from bus.model import Envelope, Mandate, Revocation, Role
 from bus.policy import Policy
 from bus.sealed import DecryptionKey
-from bus.store import NodeStore, Outcome, Quarantined, RecordRef
+from bus.store.node import NodeStore, Outcome, Quarantined, RecordRef
 from bus.trust import KeyRing
 from bus.verify import ChainBatch, ChainBook, Limits
-from nodes.attachments import AttachmentNode, config_for_node
-from nodes.preverify import PreVerifier
-from nodes.trust_follower import TrustFollower
+from nodes.org_node.attachments import AttachmentNode, config_for_node
+from nodes.runtime.preverify import PreVerifier
+from nodes.runtime.trust_follower import TrustFollower
 
 log = structlog.get_logger(__name__)
 
@@ -129,7 +129,7 @@ class NodeConfig:
     fetch_max_wait_ms: int = 50
     # How often new topics matching the report pattern are discovered.
     metadata_max_age_ms: int = 5000
-    # How this node authenticates to the brokers (None: PLAINTEXT); see bus.kafka.KafkaSecurity.
+    # How this node authenticates to the brokers (None: PLAINTEXT); see bus.kafka.client.KafkaSecurity.
     security: KafkaSecurity | None = None
     # Restricted reports (issue 4): this organization's X25519 keys, to read reports sealed to it.
     decryption_keys: tuple[DecryptionKey, ...] = ()
@@ -141,10 +141,10 @@ class NodeConfig:
     http_host: str = "127.0.0.1"
     idle_margin_ms: int = 2000
     # Worker processes that check a batch's Ed25519 signatures in parallel before the
-    # sequential path runs (nodes/preverify.py); 0: everything in this process.
+    # sequential path runs (nodes/runtime/preverify.py); 0: everything in this process.
     verify_workers: int = 0
     # Attachments (issue 3): limits of the reassembler run beside the node by run_node (its
-    # own consumer group and store, nodes/attachments.py); None: no reassembler.
+    # own consumer group and store, nodes/org_node/attachments.py); None: no reassembler.
     attachments: AttachmentLimits | None = field(default_factory=AttachmentLimits)
     # An extra ingest worker of this organization's node (issue 7, scaling): it shares
     # db_path and the consumer group with the full node and with other workers, and only
@@ -267,7 +267,9 @@ class OrgNode:
         self._consumer: AIOKafkaConsumer | None = None
         self.counts: dict[str, int] = {"accepted": 0, "quarantined": 0}
         self._log = log.bind(org=config.org)
-        self.extras: Any = None  # follow-up and dashboard (nodes.followup.NodeExtras), in run()
+        self.extras: Any = (
+            None  # follow-up and dashboard (nodes.org_node.followup.NodeExtras), in run()
+        )
         self.ingestor.timeline = self.trust
         self.ingestor.decryption_keys = {k.key_id: k for k in config.decryption_keys}
         self.counts["revoked_after_acceptance"] = 0
@@ -352,7 +354,7 @@ class OrgNode:
     async def run(self) -> None:
         """Consume until stop(); every batch is stored before its offsets are committed."""
         cfg = self.config
-        from nodes.followup import NodeExtras  # noqa: PLC0415 - nodes.followup imports this module
+        from nodes.org_node.followup import NodeExtras  # noqa: PLC0415 - nodes.org_node.followup imports this module
 
         extras = None if cfg.ingest_only else NodeExtras(self)
         self.extras = extras

@@ -43,7 +43,7 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from bus.kafka import (
+from bus.kafka.client import (
     Topics,
     end_offsets,
     ensure_topics,
@@ -54,12 +54,11 @@ from bus.kafka import (
 )
 from bus.model import Envelope, Signature
 from bus.sign import ReportSigner
-from nodes.audit_report import write_html
-from nodes.auditor import audit, audit_export, render, write_json
-from nodes.files import write_key
-from nodes.log_export import export_log
-from nodes.prove import prove_from_file
-from nodes.scenario import (
+from nodes.auditor.log_export import export_log
+from nodes.auditor.prove import prove_from_file
+from nodes.auditor.report import write_html
+from nodes.auditor.run import audit, audit_export, render, write_json
+from nodes.demo.scenario import (
     ORGANIZATIONS,
     ObserverIdentity,
     Scenario,
@@ -69,11 +68,12 @@ from nodes.scenario import (
     escalation_reports,
     signed_reports,
 )
-from nodes.witness import default_witness_db, witness_fingerprint, witness_status
+from nodes.org_node.witness import default_witness_db, witness_fingerprint, witness_status
+from nodes.runtime.files import write_key
 
 log = structlog.get_logger(__name__)
 
-REPO: Final = Path(__file__).resolve().parent.parent
+REPO: Final = Path(__file__).resolve().parents[2]
 KAFKA_SH: Final = REPO / "deploy" / "local" / "kafka.sh"
 POLICIES: Final = REPO / "deploy" / "policies"
 WAIT_FOR_NODES_S: Final = 180
@@ -515,7 +515,7 @@ async def _joint_statement(
     """UN drafts a statement on the escalation; OSCE, EU and NATO co-sign it after checking the
     references against their own stores; CSTO and SCO do not sign. Then wait until every node
     shows it valid (and has made and published its own decisions meanwhile)."""
-    from nodes.followup_cli import draft, references_from_store, sign  # noqa: PLC0415
+    from nodes.cli.followup import draft, references_from_store, sign  # noqa: PLC0415
 
     mandate = scenario.mandate
     drafter, *cosigners = STATEMENT_SIGNERS
@@ -573,7 +573,7 @@ def _followup_counts(db: Path, org: str) -> dict[str, int]:
 
 
 def _show_followup(console: Console, work: Path, orgs: list[str]) -> bool:
-    from bus.store import NodeStore  # noqa: PLC0415
+    from bus.store.node import NodeStore  # noqa: PLC0415
 
     table = Table(title="Follow-up per organization (decided alone, published for transparency)")
     for col in ("org", "own decisions", "published", "early warnings", "others' decisions seen",
@@ -635,9 +635,3 @@ def main(*, reports_per_observer: int = 12, keep: bool = False) -> int:
     if not keep and ok:
         shutil.rmtree(work / "kafka", ignore_errors=True)
     return 0 if ok else 1
-
-
-if __name__ == "__main__":  # `make demo`: the same as `obus demo` (logs set up by the CLI)
-    from nodes.cli import main as cli_main
-
-    sys.exit(cli_main(["demo", *sys.argv[1:]]))

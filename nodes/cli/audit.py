@@ -1,4 +1,4 @@
-"""Command-line parts of the witnessed log (issue 5), hooked into ``obus`` by nodes/cli.py.
+"""Command-line parts of the witnessed log (issue 5), hooked into ``obus`` by nodes/cli/main.py.
 
 * ``obus node``: the witness options (``--witness``/``--no-witness``, default on, needs
   ``--node-key``; ``--checkpoint-every N``, ``--checkpoint-interval SECONDS``,
@@ -24,8 +24,8 @@ from typing import Any
 from rich.console import Console
 
 from bus.errors import ConfigError, VerificationError
-from bus.kafka import Topics
-from nodes.kafka_cli import security_from_args
+from bus.kafka.client import Topics
+from nodes.cli.kafka import security_from_args
 
 Common = Callable[[argparse.ArgumentParser], None]
 Bootstrap = Callable[[argparse.Namespace], str]
@@ -127,8 +127,8 @@ def witness_config(args: argparse.Namespace, node: Any) -> Any:
         ConfigError: the witness is on and no ``--node-key`` was given, or a limit is wrong.
     """
     from bus.witness import WitnessPolicy  # noqa: PLC0415
-    from nodes.files import read_key  # noqa: PLC0415
-    from nodes.witness import WitnessConfig, default_witness_db  # noqa: PLC0415
+    from nodes.org_node.witness import WitnessConfig, default_witness_db  # noqa: PLC0415
+    from nodes.runtime.files import read_key  # noqa: PLC0415
 
     if not getattr(args, "witness", False):
         return None
@@ -158,8 +158,8 @@ def witness_config(args: argparse.Namespace, node: Any) -> Any:
 
 async def run_with_witness(args: argparse.Namespace, node: Any) -> int:
     """Run the node of ``obus node`` with its witness (unless ``--no-witness``)."""
-    from nodes.org_node import run_node  # noqa: PLC0415
-    from nodes.witness import Witness  # noqa: PLC0415
+    from nodes.org_node.ingest import run_node  # noqa: PLC0415
+    from nodes.org_node.witness import Witness  # noqa: PLC0415
 
     cfg = witness_config(args, node)
     if cfg is None:
@@ -184,9 +184,9 @@ def _export_time(path: Path) -> int:
 
 def cmd_audit(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     """``obus audit`` live or ``--from FILE``; exit 1 names every violation."""
-    from nodes.audit_report import write_html  # noqa: PLC0415
-    from nodes.auditor import audit, audit_export, render, write_json  # noqa: PLC0415
-    from nodes.files import load_mandate  # noqa: PLC0415
+    from nodes.auditor.report import write_html  # noqa: PLC0415
+    from nodes.auditor.run import audit, audit_export, render, write_json  # noqa: PLC0415
+    from nodes.runtime.files import load_mandate  # noqa: PLC0415
 
     console = Console(stderr=True)
     if args.from_file:
@@ -244,8 +244,8 @@ _AUDIT_ONLY: tuple[tuple[str, str, object], ...] = (
 
 def cmd_prove(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     """``obus audit prove``: print and verify one record's inclusion proof."""
-    from nodes.files import load_mandate  # noqa: PLC0415
-    from nodes.prove import prove_from_file, prove_live  # noqa: PLC0415
+    from nodes.auditor.prove import prove_from_file, prove_live  # noqa: PLC0415
+    from nodes.runtime.files import load_mandate  # noqa: PLC0415
 
     for attr, flag, default in _AUDIT_ONLY:
         if getattr(args, attr, default) != default:
@@ -310,8 +310,8 @@ def cmd_prove(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
 
 def cmd_log_export(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     """``obus log export FILE``."""
-    from nodes.files import load_mandate  # noqa: PLC0415
-    from nodes.log_export import export_log  # noqa: PLC0415
+    from nodes.auditor.log_export import export_log  # noqa: PLC0415
+    from nodes.runtime.files import load_mandate  # noqa: PLC0415
 
     mandate, raw = load_mandate(Path(args.mandate))
     path = Path(args.path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bus.acl import acl_model
 from bus.errors import BusError, ConfigError
-from bus.kafka import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaSecurity, Topics
+from bus.kafka.client import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaSecurity, Topics
 
 Bootstrap = Callable[[argparse.Namespace], str]
 Common = Callable[[argparse.ArgumentParser], None]
@@ -145,7 +145,7 @@ def security_from_args(args: argparse.Namespace) -> KafkaSecurity | None:
 
 def _orgs(args: argparse.Namespace) -> list[str]:
     if args.mandate:
-        from nodes.files import load_mandate  # noqa: PLC0415
+        from nodes.runtime.files import load_mandate  # noqa: PLC0415
 
         return [o.org for o in load_mandate(Path(args.mandate))[0].organizations]
     orgs = [o.strip() for o in args.orgs.split(",") if o.strip()]
@@ -155,7 +155,7 @@ def _orgs(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_acls(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
-    from bus.kafka_acl import apply_acls, describe_acls  # noqa: PLC0415
+    from bus.kafka.acl import apply_acls, describe_acls  # noqa: PLC0415
 
     rules = acl_model(Topics(args.topic_prefix), _orgs(args))
     if args.acl_command == "show":

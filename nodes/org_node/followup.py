@@ -1,6 +1,6 @@
 """An organization's follow-up: its own decisions, their publication, and what others publish.
 
-Runs beside the ingest loop of :mod:`nodes.org_node` and shares only the node's SQLite file
+Runs beside the ingest loop of :mod:`nodes.org_node.ingest` and shares only the node's SQLite file
 with it (through its own connection):
 
 * **Decisions.** It reads every record the ingest loop stored (accepted reports and quarantined
@@ -40,7 +40,7 @@ from aiokafka.errors import KafkaError
 from bus.crypto import SigningKey
 from bus.decision import PublishedDecision, sign_decision, verify_decision
 from bus.errors import BusError, Reason, StoreError, TransportError, VerificationError
-from bus.kafka import (
+from bus.kafka.client import (
     KafkaSecurity,
     Topics,
     client_options,
@@ -51,9 +51,9 @@ from bus.kafka import (
 from bus.model import Mandate, Role
 from bus.policy import Decision, Policy, PolicyEngine, observation_from_stored, watermark
 from bus.statement import StatementBook, StatementStatus
-from bus.store import PUB_SIGNED, NodeStore, Quarantined, RecordRef
+from bus.store.node import PUB_SIGNED, NodeStore, Quarantined, RecordRef
 from bus.trust import KeyRing
-from nodes.org_node import (
+from nodes.org_node.ingest import (
     OrgNode,
     OutageBackoff,
     RegistryFollower,
@@ -443,7 +443,7 @@ async def wait_started(followup: FollowUp, timeout_s: float = 30) -> None:
 
 
 class NodeExtras:
-    """What runs beside an :class:`~nodes.org_node.OrgNode`: its follow-up and, when a port is
+    """What runs beside an :class:`~nodes.org_node.ingest.OrgNode`: its follow-up and, when a port is
     configured, its dashboard. Started before the ingest loop, stopped after it.
 
     A failing follow-up stops the node (and its error is raised by :meth:`stop`): decisions
@@ -473,7 +473,7 @@ class NodeExtras:
         """Start the follow-up task and the dashboard (raises when the port is taken)."""
         cfg = self.node.config
         if cfg.http_port is not None:
-            from nodes.dashboard import Dashboard, DashboardConfig  # noqa: PLC0415 - aiohttp
+            from nodes.org_node.dashboard import Dashboard, DashboardConfig  # noqa: PLC0415 - aiohttp
 
             self.dashboard = Dashboard(
                 DashboardConfig(

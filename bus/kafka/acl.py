@@ -20,7 +20,7 @@ from aiokafka.protocol.api import Request
 
 from bus.acl import AclRule, Operation, Pattern, Resource
 from bus.errors import TransportError
-from bus.kafka import KafkaSecurity, client_options, retrying
+from bus.kafka.client import KafkaSecurity, client_options, retrying
 
 log = structlog.get_logger(__name__)
 

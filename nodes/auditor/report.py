@@ -11,7 +11,7 @@ import html
 from pathlib import Path
 from typing import Final
 
-from nodes.auditor import AuditResult
+from nodes.auditor.run import AuditResult
 
 _MAX_ROWS: Final = 5000  # violations listed in the page; the JSON report has all of them
 _CSS: Final = """
