@@ -34,15 +34,11 @@ from typing import Any
 import aiohttp
 
 from bus.attachment import AttachmentLimits
-from bus.kafka.client import (
-    Topics,
-    ensure_topics,
-    registry_record_key,
-    reliable_producer,
-    standard_topics,
-)
+from bus.kafka.admin import ensure_topics
+from bus.kafka.client import reliable_producer
 from bus.model import Accreditation, Attachment, Category, Location, Report, Role, sha256
 from bus.sign import sign_accreditation
+from bus.topics import Topics, registry_record_key, standard_topics
 from bus.uuid7 import uuid7
 from nodes.demo.mission import LocalBroker
 from nodes.demo.scenario import ORGANIZATIONS, build_scenario, demo_key
@@ -53,7 +49,9 @@ from nodes.org_node.attachments import (
     config_for_node,
     default_paths,
 )
-from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.org_node.config import NodeConfig
+from nodes.org_node.ingest import OrgNode
+from nodes.org_node.process import build_node
 
 REPO = Path(__file__).resolve().parents[1]
 MIB = 1024 * 1024
@@ -153,7 +151,7 @@ async def run(bootstrap: str, work: Path, count: int, mib: int, nodes: int) -> d
         for org in node_orgs:
             cfg = NodeConfig(org, bootstrap, work / f"{org}.db", m, topics=topics,
                              poll_timeout_ms=100)  # fmt: skip
-            parts += [OrgNode(cfg), AttachmentNode(config_for_node(cfg, cfg.attachments))]
+            parts += [build_node(cfg), AttachmentNode(config_for_node(cfg, cfg.attachments))]
         tasks = [asyncio.create_task(p.run()) for p in parts]
         try:
             await asyncio.wait_for(wait_stored([sha256(b) for b in blobs[:count]]), 600)

@@ -21,7 +21,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from bench.gen import GenSpec
-from bus.kafka.client import Topics, topic_partitions
+from bus.kafka.admin import topic_partitions
+from bus.topics import Topics
+from nodes.org_node.process import build_node
 from nodes.runtime import logs
 
 Args = dict[str, Any]
@@ -134,7 +136,7 @@ async def bare(a: Args) -> dict[str, Any]:
 
 
 def _node(a: Args, db: Path) -> Any:
-    from nodes.org_node.ingest import NodeConfig, OrgNode  # noqa: PLC0415
+    from nodes.org_node.config import NodeConfig  # noqa: PLC0415
 
     spec = GenSpec(**a["spec"])
     cfg = NodeConfig(
@@ -142,7 +144,7 @@ def _node(a: Args, db: Path) -> Any:
         mandate=spec.scenario().mandate, topics=Topics(a["prefix"]),
         verify_workers=a.get("verify_workers", 0), **a.get("node", {}),
     )  # fmt: skip
-    return OrgNode(cfg)
+    return build_node(cfg)
 
 
 async def ingest(a: Args) -> dict[str, Any]:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import aiohttp
 
-from bus.ingest import Ingestor
+from bus.ingest import Accepted, Ingestor, Outcome, RecordRef
 from bus.policy import Observation, PolicyEngine, decide_all, load_policy
-from bus.store.node import Accepted, NodeStore, Outcome, RecordRef
+from bus.store.node import NodeStore
 from bus.trust import KeyRing
 from bus.verify import ChainBook
 from nodes.demo.scenario import ORGANIZATIONS, build_scenario, draft_report

@@ -12,13 +12,9 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
 from bench.gen import GenSpec, read
-from bus.kafka.client import (
-    Topics,
-    ensure_topics,
-    registry_record_key,
-    reliable_producer,
-    standard_topics,
-)
+from bus.kafka.admin import ensure_topics
+from bus.kafka.client import reliable_producer
+from bus.topics import Topics, registry_record_key, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS
 
 ORGS = [o for o, _ in ORGANIZATIONS]

@@ -25,10 +25,11 @@ from typing import Any, ParamSpec, TypeVar
 
 from bench.gen import GenSpec, generate
 from bench.kafka_io import prepare, publish
-from bus.kafka.client import Topics
 from bus.store.node import NodeStore
+from bus.topics import Topics
 from nodes.demo.mission import LocalBroker
-from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.org_node.config import NodeConfig
+from nodes.org_node.process import build_node
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -66,7 +67,7 @@ async def measure(bootstrap: str, records: int, work: Path) -> dict[str, Any]:
     topics = Topics(f"phases{int(time.time())}.")
     await prepare(bootstrap, topics, spec)
     await publish(bootstrap, topics, spec, generate(spec))
-    node = OrgNode(
+    node = build_node(
         NodeConfig(
             org="un", bootstrap=bootstrap, db_path=work / "node.db",
             mandate=spec.scenario().mandate, topics=topics,

@@ -35,7 +35,8 @@ from rich.table import Table
 
 from bench.gen import REPO, GenSpec, generate, read
 from bench.kafka_io import paced, prepare, publish
-from bus.kafka.client import Topics, reliable_producer
+from bus.kafka.client import reliable_producer
+from bus.topics import Topics
 from nodes.demo.mission import LocalBroker
 from nodes.demo.scenario import ORGANIZATIONS
 

@@ -11,13 +11,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Container
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from bus.errors import Reason, VerificationError
 from bus.lifecycle import TrustTimeline
-from bus.sealed import DecryptionKey, is_sealed, verify_sealed_report
-from bus.store.node import Accepted, AcceptedSealed, Outcome, Quarantined, RecordRef
+from bus.sealed import DecryptionKey, VerifiedSealed, is_sealed, verify_sealed_report
 from bus.trust import KeyRing
-from bus.verify import ChainBook, Limits, verify_report
+from bus.verify import ChainBook, Limits, VerifiedReport, verify_report
+
+if TYPE_CHECKING:
+    pass
 
 # stdlib logging (not structlog) keeps this module free of any I/O framework import.
 log = logging.getLogger(__name__)
@@ -85,3 +88,45 @@ class Ingestor:
             )
             return Quarantined(ref, Reason.INTERNAL_ERROR.value, repr(exc), value)
         return Accepted(ref, vr, raw)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRef:
+    """Where a Kafka record sits in the log, plus the broker's timestamp and record key."""
+
+    topic: str
+    partition: int
+    offset: int
+    log_time_ms: int
+    key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A record that verified and extended its chain."""
+
+    ref: RecordRef
+    verified: VerifiedReport
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A rejected record, kept with its reason code and raw bytes."""
+
+    ref: RecordRef
+    reason: str
+    detail: str
+    raw: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedSealed:
+    """A restricted report that verified and extended its chain (readable or not here)."""
+
+    ref: RecordRef
+    verified: VerifiedSealed
+    raw: bytes
+
+
+Outcome = Accepted | Quarantined | AcceptedSealed

@@ -24,10 +24,9 @@ from typing import Any, Final
 
 from bus import ceremony, checkpoint, crypto, export, merkle, model, receipt, report_file, trust
 from bus.errors import BusError
-from bus.ingest import Ingestor
-from bus.kafka.client import registry_record_key
+from bus.ingest import Accepted, Ingestor, Quarantined
 from bus.policy import parse_policy
-from bus.store.node import Accepted, Quarantined
+from bus.topics import registry_record_key
 from bus.verify import ChainBook, verify_report
 from tests.mission import NOW_MS, make_mission, ref
 

@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass, field
 
 from bus.crypto import SigningKey
+from bus.ingest import RecordRef
 from bus.model import (
     PAYLOAD_REPORT,
     Accreditation,
@@ -18,7 +19,6 @@ from bus.model import (
     encode,
 )
 from bus.sign import ReportSigner, sign_accreditation, sign_envelope
-from bus.store.node import RecordRef
 from bus.trust import KeyRing
 from bus.uuid7 import uuid7
 from nodes.demo.scenario import Scenario, build_scenario, demo_key

@@ -13,16 +13,17 @@ import json
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from bus.errors import StoreConflictError, StoreError
+from bus.ingest import Accepted, AcceptedSealed, Outcome, Quarantined, RecordRef
 from bus.model import sha256
 from bus.policy import Decision, Evidence
-from bus.sealed import VerifiedSealed
-from bus.verify import ChainHead, VerifiedReport
+from bus.store.sqlite import sqlite_transaction
+from bus.verify import ChainHead
 
 if TYPE_CHECKING:
     from bus.decision import VerifiedDecision
@@ -111,48 +112,6 @@ CREATE TABLE IF NOT EXISTS board_rejected (
     PRIMARY KEY (topic, partition, "offset")
 );
 """
-
-
-@dataclass(frozen=True, slots=True)
-class RecordRef:
-    """Where a Kafka record sits in the log, plus the broker's timestamp and record key."""
-
-    topic: str
-    partition: int
-    offset: int
-    log_time_ms: int
-    key: bytes | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Accepted:
-    """A record that verified and extended its chain."""
-
-    ref: RecordRef
-    verified: VerifiedReport
-    raw: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Quarantined:
-    """A rejected record, kept with its reason code and raw bytes."""
-
-    ref: RecordRef
-    reason: str
-    detail: str
-    raw: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class AcceptedSealed:
-    """A restricted report that verified and extended its chain (readable or not here)."""
-
-    ref: RecordRef
-    verified: VerifiedSealed
-    raw: bytes
-
-
-Outcome = Accepted | Quarantined | AcceptedSealed
 
 
 def _evidence_json(evidence: Iterable[Evidence]) -> str:
@@ -252,25 +211,6 @@ def _check_heads(db: sqlite3.Connection, expected: Mapping[str, ChainHead | None
             raise StoreConflictError(
                 f"chain head of {observer} changed since the batch read it", observer=observer
             )
-
-
-@contextmanager
-def sqlite_transaction(db: sqlite3.Connection, what: str) -> Iterator[sqlite3.Connection]:
-    """One ``BEGIN IMMEDIATE`` transaction on an autocommit connection: all or nothing.
-
-    Raises:
-        StoreError: any SQLite failure (naming ``what``); the transaction is rolled back.
-    """
-    try:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-    except sqlite3.Error as exc:
-        raise StoreError(f"{what} transaction failed: {exc}") from exc
 
 
 class NodeStore:

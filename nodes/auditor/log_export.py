@@ -21,8 +21,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bus.export import ExportHeader, ExportWriter, LogRecord
-from bus.kafka.client import KafkaSecurity, Topics, end_offsets, replay
+from bus.kafka.admin import end_offsets
+from bus.kafka.client import KafkaSecurity
+from bus.kafka.replay import replay
 from bus.model import Envelope, Mandate, encode
+from bus.topics import Topics
 
 log = structlog.get_logger(__name__)
 

@@ -32,10 +32,12 @@ from bus.checkpoint import (
 )
 from bus.errors import Reason, VerificationError
 from bus.export import ExportProblem, ExportReader, LogRecord
-from bus.kafka.client import KafkaSecurity, Topics, replay
+from bus.kafka.client import KafkaSecurity
+from bus.kafka.replay import replay
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree, leaf_hash, verify_inclusion
 from bus.model import Envelope, Mandate, Receipt, Report, sha256
+from bus.topics import Topics
 from bus.trust import KeyRing
 
 

@@ -49,12 +49,14 @@ from bus.checkpoint import NoteKeys, origin_for, parse_origin, verify_checkpoint
 from bus.errors import Reason, VerificationError
 from bus.export import ExportProblem, ExportReader, LogRecord
 from bus.idfilter import IdFilter
-from bus.ingest import Ingestor
-from bus.kafka.client import KafkaSecurity, Topics, end_offsets, replay
+from bus.ingest import Accepted, AcceptedSealed, Ingestor, RecordRef
+from bus.kafka.admin import end_offsets
+from bus.kafka.client import KafkaSecurity
+from bus.kafka.replay import replay
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree
 from bus.model import Envelope, Mandate, Role
-from bus.store.node import Accepted, AcceptedSealed, RecordRef
+from bus.topics import Topics
 from bus.trust import verify_mandate
 from bus.verify import ChainBook, Limits
 from nodes.runtime.preverify import PreVerifier

@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from bus.errors import ConfigError, VerificationError
-from bus.kafka.client import Topics
+from bus.topics import Topics
 from nodes.cli.kafka import security_from_args
 
 Common = Callable[[argparse.ArgumentParser], None]
@@ -158,7 +158,7 @@ def witness_config(args: argparse.Namespace, node: Any) -> Any:
 
 async def run_with_witness(args: argparse.Namespace, node: Any) -> int:
     """Run the node of ``obus node`` with its witness (unless ``--no-witness``)."""
-    from nodes.org_node.ingest import run_node  # noqa: PLC0415
+    from nodes.org_node.process import run_node  # noqa: PLC0415
     from nodes.org_node.witness import Witness  # noqa: PLC0415
 
     cfg = witness_config(args, node)

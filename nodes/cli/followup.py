@@ -24,11 +24,14 @@ from rich.table import Table
 
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError, VerificationError
-from bus.kafka.client import KafkaSecurity, Topics, ensure_topics, reliable_producer, replay
+from bus.kafka.admin import ensure_topics
+from bus.kafka.client import KafkaSecurity, reliable_producer
+from bus.kafka.replay import replay
 from bus.model import Envelope, Mandate, Role
 from bus.policy import Evidence
 from bus.statement import JointStatement, StatementBook, StatementStatus, cosign, sign_statement
 from bus.store.node import NodeStore
+from bus.topics import Topics
 from bus.trust import KeyRing
 from bus.uuid7 import uuid7
 from nodes.cli.kafka import security_from_args
@@ -158,7 +161,7 @@ async def publish_statement_record(
 
 def _statements_spec(topics: Topics) -> Any:
     """The statements topic exactly as ``obus topics`` makes it (log-append time, kept forever)."""
-    from bus.kafka.client import standard_topics  # noqa: PLC0415
+    from bus.topics import standard_topics  # noqa: PLC0415
 
     return next(s for s in standard_topics(topics, []) if s.name == topics.statements)
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from bus.acl import acl_model
 from bus.errors import BusError, ConfigError
-from bus.kafka.client import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaSecurity, Topics
+from bus.kafka.client import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaSecurity
+from bus.topics import Topics
 
 Bootstrap = Callable[[argparse.Namespace], str]
 Common = Callable[[argparse.ArgumentParser], None]

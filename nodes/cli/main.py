@@ -16,8 +16,8 @@ from pathlib import Path
 from bus.attachment import MAX_ATTACHMENT_BYTES, UNREFERENCED_TTL_MS, AttachmentLimits
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError
-from bus.kafka.client import Topics
 from bus.policy import Policy, load_policy
+from bus.topics import Topics
 from nodes.runtime import logs
 
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
@@ -66,7 +66,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
-    from nodes.org_node.ingest import NodeConfig  # noqa: PLC0415
+    from nodes.org_node.config import NodeConfig  # noqa: PLC0415
     from nodes.runtime.files import load_mandate  # noqa: PLC0415 - keep `obus --help` fast
 
     check_port("--http-port", args.http_port)
@@ -111,7 +111,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, decryption_keys=keys)
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     if args.ingest_only:  # an extra worker: the full node runs the witness and follow-up
-        from nodes.org_node.ingest import run_node  # noqa: PLC0415
+        from nodes.org_node.process import run_node  # noqa: PLC0415
 
         return asyncio.run(run_node(config))
     from nodes.cli.audit import run_with_witness  # noqa: PLC0415 - issue 5: the witness
@@ -172,7 +172,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
-    from bus.kafka.client import ensure_topics, standard_topics  # noqa: PLC0415
+    from bus.kafka.admin import ensure_topics  # noqa: PLC0415
+    from bus.topics import standard_topics  # noqa: PLC0415
 
     orgs = [o.strip() for o in args.orgs.split(",") if o.strip()]
     if args.mandate:

@@ -23,7 +23,7 @@ from rich.console import Console
 
 from bus.attachment import MAX_ATTACHMENT_BYTES
 from bus.errors import BusError, ConfigError
-from bus.kafka.client import Topics
+from bus.topics import Topics
 from bus.verify import DEFAULT_MAX_RECORD_BYTES
 from nodes.runtime.logs import LEVELS
 

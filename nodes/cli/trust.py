@@ -311,14 +311,15 @@ async def publish(
 
 
 async def _ensure(bootstrap: str, topics: Any, name: str, security: KafkaSecurity | None) -> None:
-    from bus.kafka.client import ensure_topics, standard_topics  # noqa: PLC0415
+    from bus.kafka.admin import ensure_topics  # noqa: PLC0415
+    from bus.topics import standard_topics  # noqa: PLC0415
 
     specs = [s for s in standard_topics(topics, []) if s.name == name]
     await ensure_topics(bootstrap, specs, security=security)
 
 
 def _cmd_publish(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
-    from bus.kafka.client import Topics  # noqa: PLC0415
+    from bus.topics import Topics  # noqa: PLC0415
 
     raw = _read(args.file, "FILE")
     # A version must at least carry its own threshold; its predecessor check is every reader's.
@@ -395,7 +396,7 @@ def _check_offline(args: argparse.Namespace) -> None:
 def _publish_registry(
     args: argparse.Namespace, bootstrap: Bootstrap, env: Envelope, key_id: bytes
 ) -> None:
-    from bus.kafka.client import Topics, registry_key  # noqa: PLC0415
+    from bus.topics import Topics, registry_key  # noqa: PLC0415
 
     raw = env.encode()
     if args.out:

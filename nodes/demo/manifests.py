@@ -28,7 +28,7 @@ from typing import Any, Final
 import yaml
 
 from bus.acl import ADMIN, AclRule, Pattern, acl_model
-from bus.kafka.client import Topics, TopicSpec, standard_topics
+from bus.topics import Topics, TopicSpec, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS
 
 REPO: Final = Path(__file__).resolve().parents[2]

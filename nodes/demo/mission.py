@@ -43,17 +43,11 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from bus.kafka.client import (
-    Topics,
-    end_offsets,
-    ensure_topics,
-    registry_record_key,
-    reliable_producer,
-    report_headers,
-    standard_topics,
-)
+from bus.kafka.admin import end_offsets, ensure_topics
+from bus.kafka.client import reliable_producer
 from bus.model import Envelope, Signature
 from bus.sign import ReportSigner
+from bus.topics import Topics, registry_record_key, report_headers, standard_topics
 from nodes.auditor.log_export import export_log
 from nodes.auditor.prove import prove_from_file
 from nodes.auditor.report import write_html

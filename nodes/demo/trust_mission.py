@@ -45,15 +45,8 @@ from aiokafka import AIOKafkaProducer
 from rich.console import Console
 from rich.table import Table
 
-from bus.kafka.client import (
-    Topics,
-    end_offsets,
-    ensure_topics,
-    registry_key,
-    reliable_producer,
-    report_headers,
-    standard_topics,
-)
+from bus.kafka.admin import end_offsets, ensure_topics
+from bus.kafka.client import reliable_producer
 from bus.model import (
     PAYLOAD_ACCREDITATION,
     PAYLOAD_SEALED_REPORT,
@@ -63,6 +56,7 @@ from bus.model import (
     SealedReport,
 )
 from bus.sign import ReportSigner, sign_mandate
+from bus.topics import Topics, registry_key, report_headers, standard_topics
 from bus.trust import KeyRing
 from nodes.auditor.run import audit, render
 from nodes.cli.main import main as obus
@@ -325,7 +319,7 @@ async def _run(console: Console, work: Path) -> bool:
 
 
 async def _registry(bootstrap: str, topics: Topics) -> list[bytes]:
-    from bus.kafka.client import replay  # noqa: PLC0415
+    from bus.kafka.replay import replay  # noqa: PLC0415
 
     return [rec.value async for rec in replay(bootstrap, [topics.registry]) if rec.value]
 

@@ -86,18 +86,10 @@ from aiokafka.errors import KafkaError
 from bus.attachment import CHUNK_OVERHEAD_BYTES, AttachmentLimits, check_upload, parse_hex_digest
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError, Reason, StoreError, VerificationError
-from bus.kafka.client import (
-    KafkaSecurity,
-    Topics,
-    client_options,
-    read_until,
-    registry_key,
-    reliable_producer,
-    replay,
-    report_headers,
-    topic_partitions,
-    wrap,
-)
+from bus.kafka.admin import topic_partitions
+from bus.kafka.attachments import publish_attachment, topic_message_limit
+from bus.kafka.client import KafkaSecurity, client_options, reliable_producer, wrap
+from bus.kafka.replay import read_until, replay
 from bus.model import (
     PAYLOAD_ACCREDITATION,
     Accreditation,
@@ -109,7 +101,8 @@ from bus.model import (
     sha256,
 )
 from bus.receipt import sign_receipt
-from bus.store.node import sqlite_transaction
+from bus.store.sqlite import sqlite_transaction
+from bus.topics import Topics, registry_key, report_headers
 from bus.trust import KeyRing, verify_accreditation
 from bus.verify import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -119,8 +112,7 @@ from bus.verify import (
     VerifiedReport,
     verify_report,
 )
-from nodes.org_node.attachments import publish_attachment, topic_message_limit
-from nodes.org_node.ingest import RegistryFollower
+from nodes.runtime.trust_follower import RegistryFollower
 
 log = structlog.get_logger(__name__)
 

@@ -37,7 +37,7 @@ from typing import Final
 
 from bus.errors import StoreError
 from bus.model import Attachment, sha256
-from bus.store.node import sqlite_transaction
+from bus.store.sqlite import sqlite_transaction
 from bus.verify import ChainHead
 
 QUEUED: Final = "queued"

@@ -40,25 +40,17 @@ from aiokafka.errors import KafkaError
 from bus.crypto import SigningKey
 from bus.decision import PublishedDecision, sign_decision, verify_decision
 from bus.errors import BusError, Reason, StoreError, TransportError, VerificationError
-from bus.kafka.client import (
-    KafkaSecurity,
-    Topics,
-    client_options,
-    partitions_of,
-    reliable_producer,
-    wrap,
-)
+from bus.ingest import Quarantined, RecordRef
+from bus.kafka.admin import partitions_of
+from bus.kafka.client import KafkaSecurity, client_options, reliable_producer, wrap
 from bus.model import Mandate, Role
 from bus.policy import Decision, Policy, PolicyEngine, observation_from_stored, watermark
 from bus.statement import StatementBook, StatementStatus
-from bus.store.node import PUB_SIGNED, NodeStore, Quarantined, RecordRef
+from bus.store.node import PUB_SIGNED, NodeStore
+from bus.topics import Topics
 from bus.trust import KeyRing
-from nodes.org_node.ingest import (
-    OrgNode,
-    OutageBackoff,
-    RegistryFollower,
-    transient,
-)
+from nodes.runtime.backoff import OutageBackoff, transient
+from nodes.runtime.trust_follower import RegistryFollower
 
 log = structlog.get_logger(__name__)
 
@@ -440,75 +432,3 @@ async def wait_started(followup: FollowUp, timeout_s: float = 30) -> None:
     """Wait until the follow-up has replayed the store and connected (tests, the dashboard)."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(followup.started.wait(), timeout_s)
-
-
-class NodeExtras:
-    """What runs beside an :class:`~nodes.org_node.ingest.OrgNode`: its follow-up and, when a port is
-    configured, its dashboard. Started before the ingest loop, stopped after it.
-
-    A failing follow-up stops the node (and its error is raised by :meth:`stop`): decisions
-    must not silently stop being made.
-    """
-
-    def __init__(self, node: OrgNode) -> None:
-        cfg = node.config
-        self.node = node
-        self.followup = FollowUp(
-            FollowUpConfig(
-                org=cfg.org,
-                bootstrap=cfg.bootstrap,
-                db_path=cfg.db_path,
-                mandate=cfg.mandate,
-                policy=cfg.policy,
-                node_key=cfg.node_key,
-                topics=cfg.topics,
-                idle_margin_ms=cfg.idle_margin_ms,
-                security=cfg.security,
-            )
-        )
-        self.dashboard: Any = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        """Start the follow-up task and the dashboard (raises when the port is taken)."""
-        cfg = self.node.config
-        if cfg.http_port is not None:
-            from nodes.org_node.dashboard import Dashboard, DashboardConfig  # noqa: PLC0415 - aiohttp
-
-            self.dashboard = Dashboard(
-                DashboardConfig(
-                    org=cfg.org,
-                    db_path=cfg.db_path,
-                    mandate=cfg.mandate,
-                    policy=cfg.policy,
-                    host=cfg.http_host,
-                    port=cfg.http_port,
-                ),
-                status=self.status,
-            )
-            await self.dashboard.start()
-        self._task = asyncio.create_task(self.followup.run(), name=f"followup-{cfg.org}")
-        self._task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("followup_failed", org=self.node.config.org, error=repr(task.exception()))
-            self.node.stop()
-
-    def status(self) -> dict[str, Any]:
-        """Live counters of the node and its follow-up (for /healthz and /metrics)."""
-        f = self.followup
-        return {
-            "node": dict(self.node.counts),
-            "lag": {f"{t}/{p}": n for (t, p), n in sorted(self.node.lag().items())},
-            "followup": {**f.counts, "pending": f.pending, "late": f.late},
-            "running": self._task is not None and not self._task.done(),
-        }
-
-    async def stop(self) -> None:
-        """Stop the dashboard, let the follow-up drain, and re-raise its failure if any."""
-        if self.dashboard is not None:
-            await self.dashboard.stop()
-        if self._task is not None:
-            self.followup.stop()
-            await self._task

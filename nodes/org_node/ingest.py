@@ -19,39 +19,31 @@ statements) and the dashboard run beside the ingest loop and read the store on t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError, KafkaTimeoutError
+from aiokafka.errors import KafkaError
 
-from bus.attachment import AttachmentLimits
-from bus.crypto import SigningKey
 from bus.errors import (
-    BusError,
-    ConfigError,
     StoreConflictError,
     StoreError,
     TransportError,
-    VerificationError,
 )
 from bus.idfilter import IdFilter
-from bus.ingest import Ingestor
-from bus.kafka.client import KafkaSecurity, Topics, client_options, wrap
+from bus.ingest import Ingestor, Outcome, Quarantined, RecordRef
+from bus.kafka.client import client_options, wrap
 from bus.lifecycle import TrustTimeline
-from bus.model import Envelope, Mandate, Revocation, Role
-from bus.policy import Policy
-from bus.sealed import DecryptionKey
-from bus.store.node import NodeStore, Outcome, Quarantined, RecordRef
+from bus.model import Revocation, Role
+from bus.store.node import NodeStore
 from bus.trust import KeyRing
-from bus.verify import ChainBatch, ChainBook, Limits
-from nodes.org_node.attachments import AttachmentNode, config_for_node
+from bus.verify import ChainBatch, ChainBook
+from nodes.org_node.config import NodeConfig
+from nodes.runtime.backoff import OutageBackoff, transient
 from nodes.runtime.preverify import PreVerifier
 from nodes.runtime.trust_follower import TrustFollower
 
@@ -66,163 +58,6 @@ OFFSET_COMMIT_INTERVAL_S = 1.0
 OFFSET_COMMIT_TIMEOUT_S = 10.0
 
 Batch = dict[TopicPartition, list]  # type: ignore[type-arg]  # aiokafka's getmany() result
-# Backoff while the brokers cannot be reached (see OutageBackoff): first and longest wait.
-OUTAGE_RETRY_FIRST_S = 0.5
-OUTAGE_RETRY_MAX_S = 10.0
-
-
-class OutageBackoff:
-    """How every loop of a node waits for brokers it cannot reach (trust catch-up, follow-up,
-    witness): log ``broker_unavailable_waiting``, wait 0.5 s doubling up to 10 s, or until
-    stop is asked; :meth:`reset` after a turn that reached the brokers."""
-
-    def __init__(self, log: Any, what: str, stopping: asyncio.Event) -> None:
-        self._log = log
-        self._what = what
-        self._stopping = stopping
-        self.delay = OUTAGE_RETRY_FIRST_S
-
-    def reset(self) -> None:
-        """The brokers answered: the next outage starts from the shortest wait again."""
-        self.delay = OUTAGE_RETRY_FIRST_S
-
-    async def wait(self, exc: BaseException) -> None:
-        """Log the failure (a :func:`transient` one) and wait before the next try."""
-        self._log.warning(
-            "broker_unavailable_waiting", what=self._what, error=repr(exc), retry_in_s=self.delay
-        )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), self.delay)
-        self.delay = min(2 * self.delay, OUTAGE_RETRY_MAX_S)
-
-
-def transient(exc: BaseException) -> bool:
-    """True for a broker failure that waiting can cure: the cluster unreachable, a request
-    timed out, a leader moving (aiokafka's retriable errors, and its timeouts, which it does
-    not mark retriable). Refusals (authorization, bad configuration) are not transient."""
-    if isinstance(exc, TransportError):
-        return exc.retriable
-    return isinstance(exc, KafkaError) and (
-        bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaTimeoutError)
-    )
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    """Everything a node needs; built by the CLI, never read from the environment here."""
-
-    org: str
-    bootstrap: str
-    db_path: Path
-    mandate: Mandate
-    policy: Policy | None = None
-    topics: Topics = field(default_factory=Topics)
-    limits: Limits = field(default_factory=Limits)
-    max_batch: int = 1000
-    poll_timeout_ms: int = 500
-    # Consumer-side batching: the broker answers a fetch once fetch_min_bytes of reports are
-    # ready or fetch_max_wait_ms have passed. Every batch costs ~2.8 ms of CPU whatever its
-    # size (a fetch over every report partition, a trust catch-up round trip, a store
-    # commit), so a node fed 300 reports/s in batches of two used half a core (17 % with
-    # these defaults). The wait bounds the latency added; bench/README.md ("Batching").
-    fetch_min_bytes: int = 64 * 1024
-    fetch_max_wait_ms: int = 50
-    # How often new topics matching the report pattern are discovered.
-    metadata_max_age_ms: int = 5000
-    # How this node authenticates to the brokers (None: PLAINTEXT); see bus.kafka.client.KafkaSecurity.
-    security: KafkaSecurity | None = None
-    # Restricted reports (issue 4): this organization's X25519 keys, to read reports sealed to it.
-    decryption_keys: tuple[DecryptionKey, ...] = ()
-    # Follow-up and dashboard (issue 6): the key that signs published decisions (accredited
-    # by this organization as NODE), the dashboard's address (None: no dashboard), and how far
-    # the broker's clock may run behind ours (bus/policy.py, canonical order).
-    node_key: SigningKey | None = None
-    http_port: int | None = None
-    http_host: str = "127.0.0.1"
-    idle_margin_ms: int = 2000
-    # Worker processes that check a batch's Ed25519 signatures in parallel before the
-    # sequential path runs (nodes/runtime/preverify.py); 0: everything in this process.
-    verify_workers: int = 0
-    # Attachments (issue 3): limits of the reassembler run beside the node by run_node (its
-    # own consumer group and store, nodes/org_node/attachments.py); None: no reassembler.
-    attachments: AttachmentLimits | None = field(default_factory=AttachmentLimits)
-    # An extra ingest worker of this organization's node (issue 7, scaling): it shares
-    # db_path and the consumer group with the full node and with other workers, and only
-    # consumes, verifies and stores (no follow-up, dashboard or attachments; the full node
-    # runs those). Batches commit only against unchanged store state (StoreConflictError).
-    ingest_only: bool = False
-    # The consumer group (default <prefix>node.<org>, what `obus kafka acls` grants). Every
-    # process sharing db_path must use the same group: two groups would both read every
-    # partition, and all but one commit of each batch would be lost races.
-    group_id: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.fetch_min_bytes < 1:
-            raise ConfigError(
-                "fetch_min_bytes (--fetch-min-bytes)",
-                f"{self.fetch_min_bytes} is not a byte count",
-                "give 1 (answer as soon as one record is ready) or more",
-            )
-        if not 0 <= self.fetch_max_wait_ms <= 10_000:
-            raise ConfigError(
-                "fetch_max_wait_ms (--fetch-max-wait-ms)",
-                f"{self.fetch_max_wait_ms} ms is outside 0..10000",
-                "give the longest time a report may wait to be batched, e.g. 50",
-            )
-
-
-class RegistryFollower:
-    """Reads ``obus.registry`` (one partition) into a :class:`KeyRing`, catching up on demand.
-
-    Rejected registry records are logged and counted, never applied.
-    """
-
-    def __init__(
-        self,
-        bootstrap: str,
-        topic: str,
-        keyring: KeyRing,
-        *,
-        security: KafkaSecurity | None = None,
-    ) -> None:
-        self.keyring = keyring
-        self.rejected = 0
-        self._tp = TopicPartition(topic, 0)
-        self._consumer = AIOKafkaConsumer(**client_options(bootstrap, security), group_id=None)
-        self._position = 0
-
-    async def start(self) -> None:
-        """Connect and read the registry to its current end."""
-        await self._consumer.start()
-        self._consumer.assign([self._tp])
-        self._consumer.seek(self._tp, 0)
-        await self.catch_up()
-
-    async def stop(self) -> None:
-        """Disconnect."""
-        await self._consumer.stop()
-
-    async def catch_up(self) -> int:
-        """Apply registry records up to the end offset seen now; returns how many were read."""
-        end = (await self._consumer.end_offsets([self._tp]))[self._tp]
-        read = 0
-        while self._position < end:
-            batch = await self._consumer.getmany(self._tp, timeout_ms=1000, max_records=1000)
-            for rec in batch.get(self._tp, []):
-                self._position = rec.offset + 1
-                read += 1
-                try:
-                    entry = self.keyring.apply(Envelope.decode(rec.value or b""))
-                    log.debug("registry_applied", kind=type(entry).__name__, offset=rec.offset)
-                except VerificationError as exc:
-                    self.rejected += 1
-                    log.warning(
-                        "registry_record_rejected",
-                        offset=rec.offset,
-                        reason=exc.reason.value,
-                        detail=exc.message,
-                    )
-        return read
 
 
 class _SeekToStore(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -239,6 +74,19 @@ class _SeekToStore(ConsumerRebalanceListener):  # type: ignore[misc]
             self._node.seek_to_store(assigned)
 
 
+class Extras(Protocol):
+    """What runs beside the ingest loop: started before it, stopped after it."""
+
+    async def start(self) -> None:
+        """Start (raises when it cannot, e.g. a dashboard port taken)."""
+
+    async def stop(self) -> None:
+        """Stop; re-raises the failure that stopped it, if any."""
+
+
+ExtrasFactory = Callable[["OrgNode"], Extras]
+
+
 class OrgNode:
     """One organization's subscriber: ``run()`` until ``stop()``.
 
@@ -246,7 +94,7 @@ class OrgNode:
     commits no offset for what it could not store.
     """
 
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, *, extras: ExtrasFactory | None = None) -> None:
         self.config = config
         self.store = NodeStore(config.db_path)
         # Mandate versions and key state over log time (README "Mandate versions").
@@ -267,9 +115,10 @@ class OrgNode:
         self._consumer: AIOKafkaConsumer | None = None
         self.counts: dict[str, int] = {"accepted": 0, "quarantined": 0}
         self._log = log.bind(org=config.org)
-        self.extras: Any = (
-            None  # follow-up and dashboard (nodes.org_node.followup.NodeExtras), in run()
-        )
+        # What runs beside the ingest loop (follow-up, dashboard), built in run() by the factory
+        # the composition root passed (nodes.org_node.process.NodeExtras); None: ingest only.
+        self._make_extras = extras
+        self.extras: Any = None  # an Extras; Any lets callers reach its follow-up and dashboard
         self.ingestor.timeline = self.trust
         self.ingestor.decryption_keys = {k.key_id: k for k in config.decryption_keys}
         self.counts["revoked_after_acceptance"] = 0
@@ -354,9 +203,8 @@ class OrgNode:
     async def run(self) -> None:
         """Consume until stop(); every batch is stored before its offsets are committed."""
         cfg = self.config
-        from nodes.org_node.followup import NodeExtras  # noqa: PLC0415 - nodes.org_node.followup imports this module
-
-        extras = None if cfg.ingest_only else NodeExtras(self)
+        make = None if cfg.ingest_only else self._make_extras
+        extras = None if make is None else make(self)
         self.extras = extras
         consumer = AIOKafkaConsumer(
             **client_options(cfg.bootstrap, cfg.security),
@@ -619,48 +467,3 @@ class _Inflight:
     outcomes: list[Outcome]
     sealed: ChainBatch
     touched: dict[tuple[str, int], int]
-
-
-class Companion(Protocol):
-    """Something that runs next to the node in its process (e.g. its witness)."""
-
-    async def run(self) -> None:
-        """Work until stop()."""
-
-    def stop(self) -> None:
-        """Ask run() to return soon."""
-
-
-async def run_node(config: NodeConfig, *, companions: Sequence[Companion] = ()) -> int:
-    """Run a node (and its companions) until SIGINT/SIGTERM; returns a process exit code.
-
-    When one part stops or fails, every other part is asked to stop; the code is 1 when any
-    part failed.
-    """
-    import signal  # noqa: PLC0415 - only the process entry point handles signals
-
-    parts: list[Companion] = [OrgNode(config), *companions]
-    if config.attachments is not None and not config.ingest_only:  # reads the node's store
-        parts.append(AttachmentNode(config_for_node(config, config.attachments)))
-
-    def stop_all() -> None:
-        for part in parts:
-            part.stop()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop_all)
-    code = 0
-    for done in asyncio.as_completed([asyncio.ensure_future(p.run()) for p in parts]):
-        try:
-            await done
-        except BusError as exc:
-            log.error(  # noqa: TRY400 - diagnostics() carries the cause; no traceback for input
-                "node_failed", org=config.org, error=exc.diagnostics()
-            )
-            code = 1
-        except Exception as exc:  # a bug: the other parts must still stop, with a traceback
-            log.exception("node_failed", org=config.org, error=repr(exc))
-            code = 1
-        stop_all()
-    return code

@@ -38,13 +38,14 @@ from aiokafka.errors import KafkaError
 from bus.checkpoint import NoteKeys, VerifiedCheckpoint, verify_checkpoint
 from bus.crypto import SigningKey
 from bus.errors import ConfigError, Reason, StoreError, TransportError, VerificationError
-from bus.kafka.client import KafkaSecurity, Topics, client_options, reliable_producer, wrap
+from bus.kafka.client import KafkaSecurity, client_options, reliable_producer, wrap
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree
 from bus.model import Mandate, Role
+from bus.topics import Topics
 from bus.trust import KeyRing
 from bus.witness import Review, SplitViewAlarm, Verdict, WitnessCore, WitnessPolicy
-from nodes.org_node.ingest import OutageBackoff, transient
+from nodes.runtime.backoff import OutageBackoff, transient
 from nodes.runtime.trust_follower import TrustFollower
 
 log = structlog.get_logger(__name__)

@@ -21,10 +21,14 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from bus.errors import TransportError, VerificationError
+from bus.errors import (
+    TransportError,
+    VerificationError,
+)
 from bus.kafka.client import KafkaSecurity, client_options, wrap
 from bus.lifecycle import TrustTimeline
 from bus.model import Envelope, Revocation
+from bus.trust import KeyRing
 
 log = structlog.get_logger(__name__)
 
@@ -141,3 +145,57 @@ class TrustFollower:
         log.debug("registry_applied", kind=type(entry).__name__, offset=offset)
         if isinstance(entry, Revocation):
             revocations.append(entry)
+
+
+class RegistryFollower:
+    """Reads ``obus.registry`` (one partition) into a :class:`KeyRing`, catching up on demand.
+
+    Rejected registry records are logged and counted, never applied.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        keyring: KeyRing,
+        *,
+        security: KafkaSecurity | None = None,
+    ) -> None:
+        self.keyring = keyring
+        self.rejected = 0
+        self._tp = TopicPartition(topic, 0)
+        self._consumer = AIOKafkaConsumer(**client_options(bootstrap, security), group_id=None)
+        self._position = 0
+
+    async def start(self) -> None:
+        """Connect and read the registry to its current end."""
+        await self._consumer.start()
+        self._consumer.assign([self._tp])
+        self._consumer.seek(self._tp, 0)
+        await self.catch_up()
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        await self._consumer.stop()
+
+    async def catch_up(self) -> int:
+        """Apply registry records up to the end offset seen now; returns how many were read."""
+        end = (await self._consumer.end_offsets([self._tp]))[self._tp]
+        read = 0
+        while self._position < end:
+            batch = await self._consumer.getmany(self._tp, timeout_ms=1000, max_records=1000)
+            for rec in batch.get(self._tp, []):
+                self._position = rec.offset + 1
+                read += 1
+                try:
+                    entry = self.keyring.apply(Envelope.decode(rec.value or b""))
+                    log.debug("registry_applied", kind=type(entry).__name__, offset=rec.offset)
+                except VerificationError as exc:
+                    self.rejected += 1
+                    log.warning(
+                        "registry_record_rejected",
+                        offset=rec.offset,
+                        reason=exc.reason.value,
+                        detail=exc.message,
+                    )
+        return read

@@ -22,16 +22,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from bus.kafka.client import (
-    KafkaSecurity,
-    Topics,
-    ensure_topics,
-    registry_record_key,
-    reliable_producer,
-    replay,
-    standard_topics,
-)
+from bus.kafka.admin import ensure_topics
+from bus.kafka.client import KafkaSecurity, reliable_producer
+from bus.kafka.replay import replay
 from bus.model import Envelope, Report, sha256
+from bus.topics import Topics, registry_record_key, standard_topics
 from tests.kafka_broker import REPO
 from tests.mission import Mission, make_mission
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bus.kafka.client import Topics
+from bus.topics import Topics
 from tests.faults.harness import (
     NodeProcesses,
     PublishResult,

@@ -36,8 +36,10 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from bus.kafka.client import Topics, reliable_producer, topic_partitions
+from bus.kafka.admin import topic_partitions
+from bus.kafka.client import reliable_producer
 from bus.sign import ReportSigner
+from bus.topics import Topics
 from nodes.demo.scenario import demo_key
 from tests.faults.harness import (
     NodeProcesses,

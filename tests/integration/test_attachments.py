@@ -29,15 +29,11 @@ import pytest
 from bus.attachment import CHUNK_BYTES, AttachmentLimits, Chunk, split
 from bus.crypto import SigningKey
 from bus.errors import Reason
-from bus.kafka.client import (
-    Topics,
-    ensure_topics,
-    registry_key,
-    reliable_producer,
-    replay,
-    standard_topics,
-)
+from bus.kafka.admin import ensure_topics
+from bus.kafka.client import reliable_producer
+from bus.kafka.replay import replay
 from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Role
+from bus.topics import Topics, registry_key, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.gateway.service import GatewayConfig, GatewayServer
 from nodes.observer.device import (
@@ -56,7 +52,9 @@ from nodes.org_node.attachments import (
     config_for_node,
     default_paths,
 )
-from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.org_node.config import NodeConfig
+from nodes.org_node.ingest import OrgNode
+from nodes.org_node.process import build_node
 from nodes.runtime.files import write_key
 from tests.kafka_broker import free_ports
 from tests.mission import Mission, make_mission
@@ -154,7 +152,7 @@ async def _nodes(w: World) -> AsyncIterator[None]:
             org, w.bootstrap, w.tmp / f"{org}.db", w.m.scenario.mandate, topics=w.topics,
             poll_timeout_ms=200,
         )  # fmt: skip
-        node = OrgNode(cfg)
+        node = build_node(cfg)
         att = AttachmentNode(config_for_node(cfg, cfg.attachments))
         parts += [node, att]
         tasks += [asyncio.create_task(node.run()), asyncio.create_task(att.run())]

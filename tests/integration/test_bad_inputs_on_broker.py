@@ -15,16 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from bus.kafka.client import (
-    Topics,
-    ensure_topics,
-    registry_record_key,
-    reliable_producer,
-    standard_topics,
-)
+from bus.kafka.admin import ensure_topics
+from bus.kafka.client import reliable_producer
 from bus.store.node import NodeStore
+from bus.topics import Topics, registry_record_key, standard_topics
 from nodes.auditor.run import audit
-from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.org_node.config import NodeConfig
+from nodes.org_node.process import build_node
 from tests.mission import make_mission
 from tests.unit.test_verify_table import CASES
 
@@ -64,7 +61,7 @@ async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_audito
     total = accepted + len(expected)
 
     nodes = {
-        org: OrgNode(
+        org: build_node(
             NodeConfig(
                 org=org,
                 bootstrap=kafka_bootstrap,

@@ -28,23 +28,17 @@ from aiokafka.errors import (
 from bus.acl import Operation, Resource, acl_model, allows, consumer_groups
 from bus.attachment import AttachmentLimits
 from bus.kafka.acl import apply_acls, describe_acls
-from bus.kafka.client import (
-    KafkaSecurity,
-    Topics,
-    client_options,
-    ensure_topics,
-    registry_record_key,
-    reliable_producer,
-    report_headers,
-    standard_topics,
-)
+from bus.kafka.admin import ensure_topics
+from bus.kafka.client import KafkaSecurity, client_options, reliable_producer
 from bus.model import Envelope, Report, Role
 from bus.store.node import NodeStore
+from bus.topics import Topics, registry_record_key, report_headers, standard_topics
 from bus.witness import WitnessPolicy
 from nodes.auditor.run import audit
 from nodes.demo.scenario import demo_key
 from nodes.org_node.attachments import AttachmentNode, config_for_node
-from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.org_node.config import NodeConfig
+from nodes.org_node.process import build_node
 from nodes.org_node.witness import Witness, WitnessConfig
 from tests.kafka_cluster import LocalKafkaCluster
 from tests.mission import make_mission
@@ -247,7 +241,7 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
         mandate=m.scenario.mandate, topics=TOPICS, security=un, node_key=node_key,
         poll_timeout_ms=200,
     )  # fmt: skip
-    node = OrgNode(cfg)
+    node = build_node(cfg)
     witness = Witness(
         WitnessConfig(
             org="un", bootstrap=prepared.bootstrap, db_path=tmp_path / "un.witness.db",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.org_node.ingest import OrgNode
+from nodes.org_node.process import build_node
 from tests.cdp import Browser, find_chromium
 from tests.integration.test_followup import (
     dashboard_url,
@@ -49,7 +49,7 @@ async def test_operator_sees_reports_rejections_decisions_map_and_charts(
 ) -> None:
     async with world(kafka_bootstrap, tmp_path) as w:
         raws = await pattern_reports(w)
-        osce, un = OrgNode(w.config("osce")), OrgNode(w.config("un"))
+        osce, un = build_node(w.config("osce")), build_node(w.config("un"))
         db = tmp_path / "osce.db"
         async with running(osce, un):
             await until(

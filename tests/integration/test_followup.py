@@ -22,21 +22,18 @@ from aiokafka import AIOKafkaProducer
 
 from bus.crypto import SigningKey
 from bus.decision import PublishedDecision, verify_decision
-from bus.kafka.client import (
-    Topics,
-    ensure_topics,
-    registry_record_key,
-    reliable_producer,
-    replay,
-    report_headers,
-    standard_topics,
-)
+from bus.kafka.admin import ensure_topics
+from bus.kafka.client import reliable_producer
+from bus.kafka.replay import replay
 from bus.model import Category, Envelope, Report, Role, Signature
 from bus.policy import Observation, decide_all, load_policy
 from bus.store.node import NodeStore
+from bus.topics import Topics, registry_record_key, report_headers, standard_topics
 from nodes.cli.followup import draft, read_board, sign
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
-from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.org_node.config import NodeConfig
+from nodes.org_node.ingest import OrgNode
+from nodes.org_node.process import build_node
 from tests.mission import Mission, make_mission
 
 pytestmark = [pytest.mark.kafka]
@@ -167,7 +164,7 @@ async def test_decisions_published_verified_and_shown_by_others_never_acted_upon
 ) -> None:
     async with world(kafka_bootstrap, tmp_path) as w:
         raws = await pattern_reports(w)
-        osce, un = OrgNode(w.config("osce")), OrgNode(w.config("un"))
+        osce, un = build_node(w.config("osce")), build_node(w.config("un"))
         async with running(osce, un):
             db_o, db_u = tmp_path / "osce.db", tmp_path / "un.db"
             await until(
@@ -231,12 +228,12 @@ async def test_restart_makes_no_decision_twice_and_publishes_nothing_twice(
     async with world(kafka_bootstrap, tmp_path) as w:
         await pattern_reports(w)
         db = tmp_path / "un.db"
-        async with running(OrgNode(w.config("un", http_port=None))):
+        async with running(build_node(w.config("un", http_port=None))):
             await until(lambda: read(db, lambda s: s.own_decisions()), what="un decides")
         first = read(db, lambda s: s.own_decisions())
         for _ in range(3):  # more reports after the restart
             await w.publish(w.m.next_report("nato", 2, severity=5))
-        async with running(OrgNode(w.config("un", http_port=None))):
+        async with running(build_node(w.config("un", http_port=None))):
             await until(
                 lambda: len(read(db, lambda s: s.own_decisions())) > len(first),
                 what="un decides on the new reports",
@@ -260,7 +257,7 @@ async def test_joint_statement_valid_at_four_of_six_and_blocks_nothing(
         detention = w.m.next_report("sco", 1, category=Category.DETENTION, severity=3)
         await w.publish(detention)  # the EU's own policy decides on this one
         raws.append(detention)
-        node = OrgNode(w.config("eu"))
+        node = build_node(w.config("eu"))
         db = tmp_path / "eu.db"
         async with running(node):
             await until(lambda: read(db, lambda s: s.count_reports() == len(raws)))
@@ -326,7 +323,7 @@ async def test_joint_statement_valid_at_four_of_six_and_blocks_nothing(
 async def test_dashboard_api_health_and_metrics(kafka_bootstrap: str, tmp_path: Path) -> None:
     async with world(kafka_bootstrap, tmp_path) as w:
         raws = await pattern_reports(w)
-        node = OrgNode(w.config("osce"))
+        node = build_node(w.config("osce"))
         db = tmp_path / "osce.db"
         async with running(node):
             await until(

@@ -25,7 +25,9 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 import bus.kafka.client
 from bus.errors import TransportError
-from bus.kafka.client import KEEP_FOREVER, Topics, TopicSpec, ensure_topics, replay, standard_topics
+from bus.kafka.admin import ensure_topics
+from bus.kafka.replay import replay
+from bus.topics import KEEP_FOREVER, Topics, TopicSpec, standard_topics
 from tests.kafka_broker import LocalKafka, create_topics
 from tests.logcapture import capture_all_logs
 

@@ -16,20 +16,17 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bus.kafka.client import (
-    Topics,
-    ensure_topics,
-    registry_record_key,
-    reliable_producer,
-    report_headers,
-    standard_topics,
-)
+from bus.kafka.admin import ensure_topics
+from bus.kafka.client import reliable_producer
 from bus.model import Envelope, Report, Signature
 from bus.policy import load_policy
 from bus.store.node import NodeStore
+from bus.topics import Topics, registry_record_key, report_headers, standard_topics
 from nodes.auditor.run import audit
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
-from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.org_node.config import NodeConfig
+from nodes.org_node.ingest import OrgNode
+from nodes.org_node.process import build_node
 from tests.mission import Mission, make_mission
 
 pytestmark = [pytest.mark.kafka]
@@ -119,7 +116,7 @@ async def test_node_stores_genuine_reports_and_quarantines_bad_ones(
         await producer.stop()
 
     db = tmp_path / "osce.db"
-    await _run_until(OrgNode(_config(kafka_bootstrap, topics, m, db)), db, genuine + 3)
+    await _run_until(build_node(_config(kafka_bootstrap, topics, m, db)), db, genuine + 3)
 
     store = NodeStore(db, read_only=True)
     assert store.count_reports() == genuine
@@ -146,7 +143,7 @@ async def test_restart_resumes_with_nothing_lost_or_doubled(
     try:
         for _ in range(10):
             await _publish(producer, topics, "un", m.next_report("un", 1))
-        await _run_until(OrgNode(_config(kafka_bootstrap, topics, m, db, "un")), db, 10)
+        await _run_until(build_node(_config(kafka_bootstrap, topics, m, db, "un")), db, 10)
         for _ in range(10):
             await _publish(producer, topics, "un", m.next_report("un", 1))
     finally:
@@ -166,7 +163,7 @@ async def test_restart_resumes_with_nothing_lost_or_doubled(
     finally:
         await consumer.stop()
 
-    await _run_until(OrgNode(_config(kafka_bootstrap, topics, m, db, "un")), db, 20)
+    await _run_until(build_node(_config(kafka_bootstrap, topics, m, db, "un")), db, 20)
     store = NodeStore(db, read_only=True)
     assert store.count_reports() == 20
     assert store.quarantine_rows() == []

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from bus.kafka.client import Topics
 from bus.sign import ReportSigner
 from bus.store.node import NodeStore
+from bus.topics import Topics
 from nodes.auditor import run as auditor
 from nodes.demo.scenario import demo_key
-from nodes.org_node.ingest import OrgNode
+from nodes.org_node.process import build_node
 from tests.integration import test_node
 from tests.integration.test_node import ORGS, _config, _flip, _publish, _run_until, _setup
 from tests.mission import make_mission
@@ -44,7 +44,7 @@ async def test_verify_workers_give_the_same_store(
         cfg = dataclasses.replace(
             _config(kafka_bootstrap, topics, m, db, org), verify_workers=workers
         )
-        await _run_until(OrgNode(cfg), db, total, timeout_s=120)
+        await _run_until(build_node(cfg), db, total, timeout_s=120)
         stores[workers] = NodeStore(db, read_only=True)
     plain, pooled = stores[0], stores[2]
     assert pooled.accepted_digests() == plain.accepted_digests()

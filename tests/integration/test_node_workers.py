@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from bus.kafka.client import Topics
 from bus.store.node import NodeStore
+from bus.topics import Topics
 from nodes.org_node.ingest import OrgNode
+from nodes.org_node.process import build_node
 from tests.integration import test_node
 from tests.integration.test_node import ORGS, _config, _publish, _run_until, _setup
 from tests.mission import Mission, make_mission
@@ -52,7 +53,7 @@ async def test_workers_joining_and_leaving_store_exactly_what_one_node_stores(
     def worker(ingest_only: bool) -> OrgNode:
         cfg = _config(kafka_bootstrap, topics, m, shared, "un")
         # Small batches: many commits, so partitions move between workers mid-batch.
-        return OrgNode(dataclasses.replace(cfg, ingest_only=ingest_only, max_batch=15))
+        return build_node(dataclasses.replace(cfg, ingest_only=ingest_only, max_batch=15))
 
     producer = await _setup(kafka_bootstrap, topics, m)
     total = 0
@@ -93,7 +94,7 @@ async def test_workers_joining_and_leaving_store_exactly_what_one_node_stores(
         await asyncio.gather(*(task for _, task in workers))
 
     solo = tmp_path / "un-solo.db"
-    await _run_until(OrgNode(_config(kafka_bootstrap, topics, m, solo, "un")), solo, total, 120)
+    await _run_until(build_node(_config(kafka_bootstrap, topics, m, solo, "un")), solo, total, 120)
     a, b = NodeStore(shared, read_only=True), NodeStore(solo, read_only=True)
     genuine = 6 * 2 * 35 + 1
     assert a.count_reports() == genuine
@@ -118,7 +119,7 @@ async def test_two_groups_on_one_store_race_every_batch_and_still_store_each_rec
 
     def worker(group: str) -> OrgNode:
         cfg = _config(kafka_bootstrap, topics, m, shared, "un")
-        return OrgNode(dataclasses.replace(cfg, ingest_only=True, max_batch=7, group_id=group))
+        return build_node(dataclasses.replace(cfg, ingest_only=True, max_batch=7, group_id=group))
 
     producer = await _setup(kafka_bootstrap, topics, m)
     total = 0
@@ -145,7 +146,7 @@ async def test_two_groups_on_one_store_race_every_batch_and_still_store_each_rec
         await asyncio.gather(*tasks)
 
     solo = tmp_path / "un-solo.db"
-    await _run_until(OrgNode(_config(kafka_bootstrap, topics, m, solo, "un")), solo, total, 120)
+    await _run_until(build_node(_config(kafka_bootstrap, topics, m, solo, "un")), solo, total, 120)
     a, b = NodeStore(shared, read_only=True), NodeStore(solo, read_only=True)
     assert a.count_reports() == 6 * 2 * 16 + 1
     assert a.accepted_digests() == b.accepted_digests()

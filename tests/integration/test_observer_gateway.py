@@ -29,19 +29,14 @@ from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from bus.crypto import SigningKey
 from bus.errors import Reason
-from bus.kafka.client import (
-    Topics,
-    end_offsets,
-    ensure_topics,
-    registry_key,
-    reliable_producer,
-    replay,
-    standard_topics,
-)
+from bus.kafka.admin import end_offsets, ensure_topics
+from bus.kafka.client import reliable_producer
+from bus.kafka.replay import replay
 from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Report, Role, sha256
 from bus.receipt import verify_receipt
 from bus.sign import ReportSigner
 from bus.store.node import NodeStore
+from bus.topics import Topics, registry_key, standard_topics
 from bus.trust import verify_accreditation
 from bus.verify import ChainBook, ChainHead, verify_report
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
@@ -57,7 +52,8 @@ from nodes.observer.device import (
     sync,
 )
 from nodes.observer.outbox import DELIVERED, QUEUED, Outbox
-from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.org_node.config import NodeConfig
+from nodes.org_node.process import build_node
 from nodes.runtime.files import write_key
 from tests.kafka_broker import free_ports
 from tests.mission import Mission, make_mission
@@ -348,7 +344,7 @@ async def test_gateway_killed_mid_batch_and_restarted(kafka_bootstrap: str, tmp_
 
     # and one organization node's store holds each report once, nothing quarantined
     db = tmp_path / "node.db"
-    node = OrgNode(
+    node = build_node(
         NodeConfig(
             "un", w.bootstrap, db, w.m.scenario.mandate, topics=w.topics, poll_timeout_ms=200
         )

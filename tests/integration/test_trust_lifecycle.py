@@ -17,22 +17,19 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from bus.kafka.client import (
-    Topics,
-    ensure_topics,
-    registry_key,
-    reliable_producer,
-    report_headers,
-    standard_topics,
-)
+from bus.kafka.admin import ensure_topics
+from bus.kafka.client import reliable_producer
 from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Location, Report, Zone
 from bus.sign import sign_mandate
 from bus.store.node import NodeStore
+from bus.topics import Topics, registry_key, report_headers, standard_topics
 from nodes.auditor.run import audit
 from nodes.cli.main import main
 from nodes.cli.trust import read_decryption_key
 from nodes.demo.scenario import ORGANIZATIONS
-from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.org_node.config import NodeConfig
+from nodes.org_node.ingest import OrgNode
+from nodes.org_node.process import build_node
 from nodes.runtime.files import write_key
 from tests.mission import Mission, make_mission
 
@@ -72,7 +69,7 @@ async def _publish(producer: AIOKafkaProducer, topics: Topics, raw: bytes) -> No
 def _node(
     bootstrap: str, topics: Topics, m: Mission, db: Path, org: str, keys: tuple[Path, ...] = ()
 ) -> OrgNode:
-    return OrgNode(
+    return build_node(
         NodeConfig(
             org=org,
             bootstrap=bootstrap,
@@ -262,7 +259,7 @@ def _seqs_of(store: NodeStore, observer_id: str) -> set[int]:
 async def test_restricted_report_is_readable_by_two_organizations_only(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
-    from bus.kafka.client import replay  # noqa: PLC0415
+    from bus.kafka.replay import replay  # noqa: PLC0415
     from bus.trust import KeyRing  # noqa: PLC0415
 
     m = make_mission()

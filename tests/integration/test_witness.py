@@ -24,14 +24,10 @@ from aiokafka import AIOKafkaProducer
 from bus.checkpoint import Checkpoint, key_name, origin_for, signed_checkpoint
 from bus.errors import Reason
 from bus.export import ExportReader, ExportWriter, LogRecord
-from bus.kafka.client import (
-    Topics,
-    ensure_topics,
-    registry_record_key,
-    reliable_producer,
-    standard_topics,
-)
+from bus.kafka.admin import ensure_topics
+from bus.kafka.client import reliable_producer
 from bus.model import Envelope
+from bus.topics import Topics, registry_record_key, standard_topics
 from bus.trust import KeyRing
 from bus.witness import WitnessPolicy
 from nodes.auditor.log_export import export_log

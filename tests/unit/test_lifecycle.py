@@ -7,11 +7,10 @@ import dataclasses
 import pytest
 
 from bus.errors import Reason, VerificationError
-from bus.ingest import Ingestor
+from bus.ingest import Accepted, Ingestor, Outcome, Quarantined
 from bus.lifecycle import TrustTimeline
 from bus.model import Accreditation, Envelope, Mandate, Organization, Revocation, Role, Zone
 from bus.sign import sign_accreditation, sign_mandate, sign_revocation
-from bus.store.node import Accepted, Outcome, Quarantined
 from bus.verify import ChainBook
 from tests.mission import NOW_MS, Mission, demo_key, make_mission, ref
 

@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from bus.acl import ADMIN, AclRule, Operation, Pattern, Resource, acl_model, principal
-from bus.kafka.client import Topics, standard_topics
+from bus.topics import Topics, standard_topics
 from nodes.demo import manifests
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import pytest
 
 from bus.errors import ConfigError
 from nodes.cli.main import build_parser
-from nodes.org_node.ingest import NodeConfig
+from nodes.org_node.config import NodeConfig
 from tests.mission import make_mission
 
 

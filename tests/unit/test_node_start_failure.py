@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 
 from bus.errors import BusError
-from nodes.org_node.ingest import NodeConfig, OrgNode
+from nodes.org_node.config import NodeConfig
+from nodes.org_node.process import build_node
 from tests.mission import make_mission
 
 
@@ -33,7 +34,7 @@ async def test_a_node_that_cannot_reach_a_broker_at_start_stops_what_it_started(
         org="un", bootstrap=f"127.0.0.1:{_closed_port()}", db_path=tmp_path / "un.db",
         mandate=make_mission().scenario.mandate, http_port=0, attachments=None,
     )  # fmt: skip
-    node = OrgNode(cfg)
+    node = build_node(cfg)
     with pytest.raises(BusError):
         await asyncio.wait_for(node.run(), 120)
     extras = node.extras

@@ -25,10 +25,12 @@ from bus.errors import StoreError
 from bus.model import Role
 from bus.witness import WitnessCore, WitnessPolicy
 from nodes.demo.scenario import demo_key
-from nodes.org_node import attachments, witness
+from nodes.org_node import attachments, process, witness
 from nodes.org_node import ingest as org_node
 from nodes.org_node.attachments import AttachmentNode, AttachmentNodeConfig
-from nodes.org_node.ingest import NodeConfig, OrgNode, run_node
+from nodes.org_node.config import NodeConfig
+from nodes.org_node.ingest import OrgNode
+from nodes.org_node.process import build_node, run_node
 from nodes.org_node.witness import Witness, WitnessConfig
 from tests.logcapture import capture_all_logs
 from tests.mission import make_mission
@@ -123,7 +125,7 @@ def _warnings(logs: list[MutableMapping[str, Any]]) -> list[MutableMapping[str, 
 
 def _node(tmp_path: Path, consumer: HangingConsumer) -> OrgNode:
     m = make_mission()
-    node = OrgNode(NodeConfig("un", "127.0.0.1:1", tmp_path / "node.db", m.scenario.mandate))
+    node = build_node(NodeConfig("un", "127.0.0.1:1", tmp_path / "node.db", m.scenario.mandate))
     node._consumer = cast(Any, consumer)
     node._stored = {(TOPIC, 0): 7}
     return node
@@ -250,7 +252,7 @@ async def test_run_node_stops_every_part_when_one_fails(
     monkeypatch: pytest.MonkeyPatch, logs: list[MutableMapping[str, Any]], exc: Exception
 ) -> None:
     buggy = Buggy(exc)
-    monkeypatch.setattr(org_node, "OrgNode", lambda _config: buggy)
+    monkeypatch.setattr(process, "build_node", lambda _config: buggy)
     companion = Waiting()
     config = cast(NodeConfig, SimpleNamespace(org="un", attachments=None, ingest_only=True))
     loop = asyncio.get_running_loop()

@@ -11,9 +11,8 @@ import dataclasses
 
 import pytest
 
-from bus.ingest import Ingestor
+from bus.ingest import Accepted, Ingestor, Outcome, Quarantined
 from bus.model import Envelope, Signature
-from bus.store.node import Accepted, Outcome, Quarantined
 from bus.verify import ChainBook, preverify_signatures
 from nodes.runtime.preverify import PreVerifier
 from tests.mission import Mission, make_mission, ref

@@ -11,7 +11,7 @@ import pytest
 from pyhpke import AEADId, CipherSuite, KDFId, KEMId
 
 from bus.errors import Reason
-from bus.ingest import Ingestor
+from bus.ingest import Accepted, AcceptedSealed, Ingestor, Quarantined
 from bus.model import (
     PAYLOAD_SEALED_REPORT,
     EncryptionKey,
@@ -24,7 +24,7 @@ from bus.model import (
 from bus.policy import load_policy, observation_from_stored
 from bus.sealed import DecryptionKey, Readability, open_sealed, seal_report
 from bus.sign import sign_encryption_key, sign_envelope
-from bus.store.node import Accepted, AcceptedSealed, NodeStore, Quarantined
+from bus.store.node import NodeStore
 from bus.verify import ChainBook
 from nodes.org_node.followup import FollowUp, FollowUpConfig
 from tests.mission import NOW_MS, Mission, demo_key, make_mission, ref

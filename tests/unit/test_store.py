@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from bus.errors import StoreError
-from bus.ingest import Ingestor
-from bus.store.node import Accepted, NodeStore, Quarantined
+from bus.ingest import Accepted, Ingestor, Quarantined
+from bus.store.node import NodeStore
 from bus.verify import ChainBook
 from tests.mission import make_mission, ref
 

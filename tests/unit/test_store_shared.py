@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from bus.errors import StoreConflictError, StoreError
-from bus.ingest import Ingestor
-from bus.store.node import NodeStore, Outcome
+from bus.ingest import Ingestor, Outcome
+from bus.store.node import NodeStore
 from bus.verify import ChainBook
 from tests.mission import Mission, make_mission, ref
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bus._pb.obus.v1 import envelope_pb2, report_pb2
 from bus.errors import Reason, VerificationError
-from bus.ingest import Ingestor
+from bus.ingest import Accepted, Ingestor, Quarantined
 from bus.model import (
     PAYLOAD_ACCREDITATION,
     Accreditation,
@@ -22,7 +22,6 @@ from bus.model import (
     Signature,
     encode,
 )
-from bus.store.node import Accepted, Quarantined
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits, verify_report
 from tests.mission import NOW_MS, Mission, demo_key, make_mission, raw_report_envelope, ref

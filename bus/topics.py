@@ -1,0 +1,176 @@
+"""Topic names, patterns and topic-level configs of the bus: pure, so an offline audit
+of an export never imports the Kafka client.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from bus.attachment import TOPIC_MAX_MESSAGE_BYTES
+from bus.model import (
+    PAYLOAD_ENCRYPTION_KEY,
+    PAYLOAD_REVOCATION,
+    Accreditation,
+    EncryptionKey,
+    Envelope,
+    Revocation,
+)
+
+CLOUDEVENTS_SPEC: Final = "1.0"
+
+
+REPORT_EVENT_TYPE: Final = "org.obus.report.v1"
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Topic names under a configurable prefix (default ``obus.``)."""
+
+    prefix: str = "obus."
+
+    def reports(self, org: str) -> str:
+        """Topic carrying one organization's observers' reports."""
+        return f"{self.prefix}reports.{org}"
+
+    def decisions(self, org: str) -> str:
+        """Topic carrying one organization's published decisions."""
+        return f"{self.prefix}decisions.{org}"
+
+    @property
+    def registry(self) -> str:
+        """Compacted topic of accreditations and revocations (one partition: one order)."""
+        return f"{self.prefix}registry"
+
+    @property
+    def mandate(self) -> str:
+        """Compacted topic of mandate versions."""
+        return f"{self.prefix}mandate"
+
+    @property
+    def checkpoints(self) -> str:
+        """Signed Merkle checkpoints."""
+        return f"{self.prefix}checkpoints"
+
+    @property
+    def statements(self) -> str:
+        """Joint statements: drafts and co-signatures (one partition: one order)."""
+        return f"{self.prefix}statements"
+
+    @property
+    def decisions_pattern(self) -> str:
+        """Regex matching every organization's decisions topic."""
+        return "^" + re.escape(f"{self.prefix}decisions.") + r"[a-z0-9_-]+$"
+
+    def org_of_decision_topic(self, topic: str) -> str | None:
+        """Organization id of a decisions topic, or None for any other topic."""
+        head = f"{self.prefix}decisions."
+        return topic[len(head) :] if topic.startswith(head) else None
+
+    @property
+    def reports_pattern(self) -> str:
+        """Regex matching every organization's report topic."""
+        return "^" + re.escape(f"{self.prefix}reports.") + r"[a-z0-9_-]+$"
+
+    def org_of_report_topic(self, topic: str) -> str | None:
+        """Organization id of a report topic, or None for any other topic."""
+        head = f"{self.prefix}reports."
+        return topic[len(head) :] if topic.startswith(head) else None
+
+    def attachments(self, org: str) -> str:
+        """Topic carrying the attachment chunks of one organization's observers."""
+        return f"{self.prefix}attachments.{org}"
+
+    @property
+    def attachments_pattern(self) -> str:
+        """Regex matching every organization's attachments topic."""
+        return "^" + re.escape(f"{self.prefix}attachments.") + r"[a-z0-9_-]+$"
+
+
+def report_headers(report_id: str, org: str, observer_id: str) -> list[tuple[str, bytes]]:
+    """CloudEvents binary-mode headers for generic tooling. Readers never trust headers."""
+    return [
+        ("ce_specversion", CLOUDEVENTS_SPEC.encode()),
+        ("ce_id", report_id.encode()),
+        ("ce_type", REPORT_EVENT_TYPE.encode()),
+        ("ce_source", f"/obus/{org}/{observer_id}".encode()),
+        ("content-type", b"application/protobuf"),
+    ]
+
+
+def registry_key(envelope_payload_type: str, key_id: bytes) -> bytes:
+    """Record key on the compacted registry: one slot per (kind, key id).
+
+    Accreditations and revocations of one key live in different slots, so compaction can never
+    let a revocation erase the accreditation it refers to (or the reverse).
+    """
+    kind = "rev" if envelope_payload_type == PAYLOAD_REVOCATION else "acc"
+    if envelope_payload_type == PAYLOAD_ENCRYPTION_KEY:
+        kind = "enc"  # an organization's X25519 key (restricted reports), keyed by its key id
+    return f"{kind}:{key_id.hex()}".encode()
+
+
+def registry_record_key(raw: bytes) -> bytes:
+    """The compaction key of a registry envelope (see :func:`registry_key`).
+
+    Raises:
+        VerificationError: the bytes are not an accreditation or revocation envelope.
+    """
+    env = Envelope.decode(raw)
+    if env.payload_type == PAYLOAD_REVOCATION:
+        return registry_key(env.payload_type, Revocation.decode(env.payload).key_id)
+    if env.payload_type == PAYLOAD_ENCRYPTION_KEY:
+        return registry_key(env.payload_type, EncryptionKey.decode(env.payload).key_id)
+    return registry_key(env.payload_type, Accreditation.decode(env.payload).key_id)
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """A topic to create: name, partitions and topic-level configs."""
+
+    name: str
+    partitions: int
+    configs: tuple[tuple[str, str], ...] = ()
+
+
+# The broker stamps every record with its own append time: the one clock all readers share,
+# used for clock-skew checks so every node and every replay judges a record identically.
+LOG_APPEND_TIME: Final = ("message.timestamp.type", "LogAppendTime")
+
+
+# Every topic keeps every record, whatever the broker defaults (log.retention.hours=168, i.e.
+# 7 days, on a stock broker): auditors replay each log from offset 0 and verify the hash chains
+# from seq 1, witnesses hash every record into their Merkle trees, and a node that joins late
+# must read everything. Compacted topics (registry, mandate) carry them too: harmless, and it
+# says explicitly that compaction is their only cleanup.
+KEEP_FOREVER: Final = (("retention.ms", "-1"), ("retention.bytes", "-1"))
+
+
+# Attachment chunks (bus/attachment.py): every record up to 1 MiB, whatever the broker default.
+ATTACHMENT_TOPIC_CONFIGS: Final = (
+    LOG_APPEND_TIME,
+    ("max.message.bytes", str(TOPIC_MAX_MESSAGE_BYTES)),
+    *KEEP_FOREVER,
+)
+
+
+def standard_topics(topics: Topics, orgs: Iterable[str], partitions: int = 3) -> list[TopicSpec]:
+    """The topics of DESIGN section 4 for the given organizations.
+
+    Every one is created with ``retention.ms=-1`` and ``retention.bytes=-1`` (:data:`KEEP_FOREVER`):
+    the broker never deletes a record of them.
+    """
+    plain = (LOG_APPEND_TIME, *KEEP_FOREVER)
+    specs: list[TopicSpec] = []
+    for org in orgs:
+        specs.append(TopicSpec(topics.reports(org), partitions, plain))
+        specs.append(TopicSpec(topics.decisions(org), 1, plain))
+        specs.append(TopicSpec(topics.attachments(org), partitions, ATTACHMENT_TOPIC_CONFIGS))
+    compacted = (("cleanup.policy", "compact"), *plain)
+    specs.append(TopicSpec(topics.registry, 1, compacted))
+    specs.append(TopicSpec(topics.mandate, 1, compacted))
+    specs.append(TopicSpec(topics.checkpoints, 1, plain))
+    specs.append(TopicSpec(topics.statements, 1, plain))
+    return specs

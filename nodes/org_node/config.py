@@ -1,0 +1,84 @@
+"""An organization node's configuration: built by the CLI (or a test), never read from the
+environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bus.attachment import AttachmentLimits
+from bus.crypto import SigningKey
+from bus.errors import (
+    ConfigError,
+)
+from bus.kafka.client import KafkaSecurity
+from bus.model import Mandate
+from bus.policy import Policy
+from bus.sealed import DecryptionKey
+from bus.topics import Topics
+from bus.verify import Limits
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything a node needs; built by the CLI, never read from the environment here."""
+
+    org: str
+    bootstrap: str
+    db_path: Path
+    mandate: Mandate
+    policy: Policy | None = None
+    topics: Topics = field(default_factory=Topics)
+    limits: Limits = field(default_factory=Limits)
+    max_batch: int = 1000
+    poll_timeout_ms: int = 500
+    # Consumer-side batching: the broker answers a fetch once fetch_min_bytes of reports are
+    # ready or fetch_max_wait_ms have passed. Every batch costs ~2.8 ms of CPU whatever its
+    # size (a fetch over every report partition, a trust catch-up round trip, a store
+    # commit), so a node fed 300 reports/s in batches of two used half a core (17 % with
+    # these defaults). The wait bounds the latency added; bench/README.md ("Batching").
+    fetch_min_bytes: int = 64 * 1024
+    fetch_max_wait_ms: int = 50
+    # How often new topics matching the report pattern are discovered.
+    metadata_max_age_ms: int = 5000
+    # How this node authenticates to the brokers (None: PLAINTEXT); see bus.kafka.client.KafkaSecurity.
+    security: KafkaSecurity | None = None
+    # Restricted reports (issue 4): this organization's X25519 keys, to read reports sealed to it.
+    decryption_keys: tuple[DecryptionKey, ...] = ()
+    # Follow-up and dashboard (issue 6): the key that signs published decisions (accredited
+    # by this organization as NODE), the dashboard's address (None: no dashboard), and how far
+    # the broker's clock may run behind ours (bus/policy.py, canonical order).
+    node_key: SigningKey | None = None
+    http_port: int | None = None
+    http_host: str = "127.0.0.1"
+    idle_margin_ms: int = 2000
+    # Worker processes that check a batch's Ed25519 signatures in parallel before the
+    # sequential path runs (nodes/runtime/preverify.py); 0: everything in this process.
+    verify_workers: int = 0
+    # Attachments (issue 3): limits of the reassembler run beside the node by run_node (its
+    # own consumer group and store, nodes/org_node/attachments.py); None: no reassembler.
+    attachments: AttachmentLimits | None = field(default_factory=AttachmentLimits)
+    # An extra ingest worker of this organization's node (issue 7, scaling): it shares
+    # db_path and the consumer group with the full node and with other workers, and only
+    # consumes, verifies and stores (no follow-up, dashboard or attachments; the full node
+    # runs those). Batches commit only against unchanged store state (StoreConflictError).
+    ingest_only: bool = False
+    # The consumer group (default <prefix>node.<org>, what `obus kafka acls` grants). Every
+    # process sharing db_path must use the same group: two groups would both read every
+    # partition, and all but one commit of each batch would be lost races.
+    group_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.fetch_min_bytes < 1:
+            raise ConfigError(
+                "fetch_min_bytes (--fetch-min-bytes)",
+                f"{self.fetch_min_bytes} is not a byte count",
+                "give 1 (answer as soon as one record is ready) or more",
+            )
+        if not 0 <= self.fetch_max_wait_ms <= 10_000:
+            raise ConfigError(
+                "fetch_max_wait_ms (--fetch-max-wait-ms)",
+                f"{self.fetch_max_wait_ms} ms is outside 0..10000",
+                "give the longest time a report may wait to be batched, e.g. 50",
+            )

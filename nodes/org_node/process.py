@@ -1,0 +1,147 @@
+"""The one place that wires an organization's node together: the ingest loop
+(:mod:`nodes.org_node.ingest`), its follow-up (:mod:`nodes.org_node.followup`) and dashboard
+(:mod:`nodes.org_node.dashboard`), its attachment reassembler (:mod:`nodes.org_node.attachments`)
+and whatever else runs in the same process (its witness, passed in as a companion).
+
+The parts never import each other; they meet here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from bus.errors import (
+    BusError,
+)
+from nodes.org_node.attachments import AttachmentNode, config_for_node
+from nodes.org_node.config import NodeConfig
+from nodes.org_node.followup import FollowUp, FollowUpConfig
+from nodes.org_node.ingest import OrgNode
+
+log = structlog.get_logger(__name__)
+
+
+class Companion(Protocol):
+    """Something that runs next to the node in its process (e.g. its witness)."""
+
+    async def run(self) -> None:
+        """Work until stop()."""
+
+    def stop(self) -> None:
+        """Ask run() to return soon."""
+
+
+async def run_node(config: NodeConfig, *, companions: Sequence[Companion] = ()) -> int:
+    """Run a node (and its companions) until SIGINT/SIGTERM; returns a process exit code.
+
+    When one part stops or fails, every other part is asked to stop; the code is 1 when any
+    part failed.
+    """
+    import signal  # noqa: PLC0415 - only the process entry point handles signals
+
+    parts: list[Companion] = [build_node(config), *companions]
+    if config.attachments is not None and not config.ingest_only:  # reads the node's store
+        parts.append(AttachmentNode(config_for_node(config, config.attachments)))
+
+    def stop_all() -> None:
+        for part in parts:
+            part.stop()
+
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_all)
+    code = 0
+    for done in asyncio.as_completed([asyncio.ensure_future(p.run()) for p in parts]):
+        try:
+            await done
+        except BusError as exc:
+            log.error(  # noqa: TRY400 - diagnostics() carries the cause; no traceback for input
+                "node_failed", org=config.org, error=exc.diagnostics()
+            )
+            code = 1
+        except Exception as exc:  # a bug: the other parts must still stop, with a traceback
+            log.exception("node_failed", org=config.org, error=repr(exc))
+            code = 1
+        stop_all()
+    return code
+
+
+class NodeExtras:
+    """What runs beside an :class:`~nodes.org_node.ingest.OrgNode`: its follow-up and, when a port is
+    configured, its dashboard. Started before the ingest loop, stopped after it.
+
+    A failing follow-up stops the node (and its error is raised by :meth:`stop`): decisions
+    must not silently stop being made.
+    """
+
+    def __init__(self, node: OrgNode) -> None:
+        cfg = node.config
+        self.node = node
+        self.followup = FollowUp(
+            FollowUpConfig(
+                org=cfg.org,
+                bootstrap=cfg.bootstrap,
+                db_path=cfg.db_path,
+                mandate=cfg.mandate,
+                policy=cfg.policy,
+                node_key=cfg.node_key,
+                topics=cfg.topics,
+                idle_margin_ms=cfg.idle_margin_ms,
+                security=cfg.security,
+            )
+        )
+        self.dashboard: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start the follow-up task and the dashboard (raises when the port is taken)."""
+        cfg = self.node.config
+        if cfg.http_port is not None:
+            from nodes.org_node.dashboard import Dashboard, DashboardConfig  # noqa: PLC0415 - aiohttp
+
+            self.dashboard = Dashboard(
+                DashboardConfig(
+                    org=cfg.org,
+                    db_path=cfg.db_path,
+                    mandate=cfg.mandate,
+                    policy=cfg.policy,
+                    host=cfg.http_host,
+                    port=cfg.http_port,
+                ),
+                status=self.status,
+            )
+            await self.dashboard.start()
+        self._task = asyncio.create_task(self.followup.run(), name=f"followup-{cfg.org}")
+        self._task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("followup_failed", org=self.node.config.org, error=repr(task.exception()))
+            self.node.stop()
+
+    def status(self) -> dict[str, Any]:
+        """Live counters of the node and its follow-up (for /healthz and /metrics)."""
+        f = self.followup
+        return {
+            "node": dict(self.node.counts),
+            "lag": {f"{t}/{p}": n for (t, p), n in sorted(self.node.lag().items())},
+            "followup": {**f.counts, "pending": f.pending, "late": f.late},
+            "running": self._task is not None and not self._task.done(),
+        }
+
+    async def stop(self) -> None:
+        """Stop the dashboard, let the follow-up drain, and re-raise its failure if any."""
+        if self.dashboard is not None:
+            await self.dashboard.stop()
+        if self._task is not None:
+            self.followup.stop()
+            await self._task
+
+
+def build_node(config: NodeConfig) -> OrgNode:
+    """An organization's node with its follow-up and dashboard (unless ``ingest_only``)."""
+    return OrgNode(config, extras=NodeExtras)
