@@ -509,7 +509,7 @@ async def _joint_statement(
     """UN drafts a statement on the escalation; OSCE, EU and NATO co-sign it after checking the
     references against their own stores; CSTO and SCO do not sign. Then wait until every node
     shows it valid (and has made and published its own decisions meanwhile)."""
-    from nodes.cli.followup import draft, references_from_store, sign  # noqa: PLC0415
+    from nodes.org_node.statements import draft, references_from_store, sign  # noqa: PLC0415
 
     mandate = scenario.mandate
     drafter, *cosigners = STATEMENT_SIGNERS

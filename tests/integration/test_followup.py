@@ -29,11 +29,11 @@ from bus.model import Category, Envelope, Report, Role, Signature
 from bus.policy import Observation, decide_all, load_policy
 from bus.store.node import NodeStore
 from bus.topics import Topics, registry_record_key, report_headers, standard_topics
-from nodes.cli.followup import draft, read_board, sign
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node
+from nodes.org_node.statements import draft, read_board, sign
 from tests.mission import Mission, make_mission
 
 pytestmark = [pytest.mark.kafka]
@@ -287,7 +287,7 @@ async def test_joint_statement_valid_at_four_of_six_and_blocks_nothing(
             await until(lambda: read(db, lambda s: s.own_decisions()), what="eu decides")
             # A forged co-signature (unaccredited key) counts for nothing.
             from bus.statement import cosign  # noqa: PLC0415
-            from nodes.cli.followup import publish_statement_record  # noqa: PLC0415
+            from nodes.org_node.statements import publish_statement_record  # noqa: PLC0415
 
             board = await read_board(w.bootstrap, w.topics, mandate)
             forged = cosign(board.drafts[stmt.statement_id], demo_key("forger"))

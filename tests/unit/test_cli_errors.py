@@ -27,6 +27,8 @@ from nodes.cli import trust as trust_cli
 from nodes.cli.kafka import security_from_args
 from nodes.cli.main import build_parser, main
 from nodes.demo.scenario import Scenario, build_scenario, demo_key
+from nodes.org_node import statements
+from nodes.org_node.statements import Board, check_signing_key
 from nodes.runtime.files import write_key
 
 NOWHERE = ["--bootstrap", "127.0.0.1:9"]
@@ -221,8 +223,8 @@ def _keyring(scenario: Scenario) -> KeyRing:
 
 def test_check_signing_key(scenario: Scenario) -> None:
     kr = _keyring(scenario)
-    followup_cli.check_signing_key(kr, scenario.node_keys["un"], "un")
-    followup_cli.check_signing_key(kr, scenario.org_roots["un"], "un")
+    check_signing_key(kr, scenario.node_keys["un"], "un")
+    check_signing_key(kr, scenario.org_roots["un"], "un")
     for key, org, problem in [
         (scenario.node_keys["osce"], "un", "accredited to osce, not un"),
         (scenario.org_roots["osce"], "un", "root key of osce, not un"),
@@ -230,7 +232,7 @@ def test_check_signing_key(scenario: Scenario) -> None:
         (demo_key("test-cli-errors:spare"), "un", "is not accredited"),
     ]:
         with pytest.raises(ConfigError) as exc:
-            followup_cli.check_signing_key(kr, key, org)
+            check_signing_key(kr, key, org)
         assert exc.value.key == "--node-key"
         assert problem in exc.value.message
 
@@ -241,10 +243,10 @@ def test_statement_sign_refuses_another_orgs_key(
     scenario: Scenario,
     files: dict[str, Path],
 ) -> None:
-    async def board(*_a: Any, **_k: Any) -> followup_cli.Board:
-        return followup_cli.Board(StatementBook(_keyring(scenario)))
+    async def board(*_a: Any, **_k: Any) -> Board:
+        return Board(StatementBook(_keyring(scenario)))
 
-    monkeypatch.setattr(followup_cli, "read_board", board)
+    monkeypatch.setattr(statements, "read_board", board)
     base = ["statement", "sign", "0190a000-0000-7000-8000-000000000000", "--org", "un",
             "--mandate", str(files["mandate"]), *NOWHERE]  # fmt: skip
     err = _refused(capsys, [*base, "--node-key", str(files["osce_node"])], "--node-key")
@@ -266,7 +268,7 @@ def test_statement_draft_refuses_another_orgs_key(
     async def no_publish(*_a: Any, **_k: Any) -> None:
         raise AssertionError("must not publish")
 
-    monkeypatch.setattr(followup_cli, "_keyring", keyring)
+    monkeypatch.setattr(followup_cli, "read_keyring", keyring)
     monkeypatch.setattr(followup_cli, "draft", no_publish)
     monkeypatch.setattr(followup_cli, "references_from_store", lambda *_a: ())
     argv = ["statement", "draft", "--org", "un", "--node-key", str(files["osce_node"]),
