@@ -22,7 +22,7 @@ from bus.errors import StoreConflictError, StoreError
 from bus.ingest import Accepted, AcceptedSealed, Outcome, Quarantined, RecordRef
 from bus.model import sha256
 from bus.policy import Decision, Evidence
-from bus.store.sqlite import sqlite_transaction
+from bus.store.sqlite import open_db, sqlite_transaction
 from bus.verify import ChainHead
 
 if TYPE_CHECKING:
@@ -218,23 +218,21 @@ class NodeStore:
 
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
         """Open (and create) the store; ``read_only`` opens an existing one for reading only."""
+        if read_only:
+            self._db = open_db(path, what="store", read_only=True)
+            return
+        # timeout: how long a write waits for another process's transaction (workers of one
+        # organization may share a store, see commit_batch). NORMAL in WAL mode survives
+        # process crashes; a power loss may lose the last transactions, which are then read
+        # again from Kafka (positions live here too).
+        self._db = open_db(
+            path,
+            what="store",
+            schema=_SCHEMA + _FOLLOWUP_SCHEMA,
+            synchronous="NORMAL",
+            threads=True,
+        )
         try:
-            if read_only:
-                self._db = sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10
-                )
-                return
-            # timeout: how long a write waits for another process's transaction (workers of
-            # one organization may share a store, see commit_batch).
-            self._db = sqlite3.connect(
-                str(path), isolation_level=None, check_same_thread=False, timeout=30
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode survives process crashes; a power loss may lose the last
-            # transactions, which are then read again from Kafka (positions live here too).
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            self._db.executescript(_FOLLOWUP_SCHEMA)
             _add_missing_columns(self._db)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}", path=str(path)) from exc

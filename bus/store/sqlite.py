@@ -1,16 +1,73 @@
-"""The one SQLite transaction helper every store of this project uses."""
+"""The SQLite helpers every store of this project uses: one way to open a store (read-write in
+WAL mode with its schema, or read-only), one transaction helper.
+
+Every store (the node's, the witness's, the attachments', the gateway's, the observer's outbox,
+the auditor's index) opens through :func:`open_db` so that the same failure ends as the same
+:class:`~bus.errors.StoreError`, and the same durability choice is written in one place.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Literal
 
 from bus.errors import StoreError
 
-if TYPE_CHECKING:
-    pass
+Synchronous = Literal["OFF", "NORMAL", "FULL"]
+
+
+def open_db(
+    path: Path | str,
+    *,
+    what: str,
+    schema: str = "",
+    read_only: bool = False,
+    synchronous: Synchronous = "FULL",
+    wal: bool = True,
+    timeout_s: float = 30,
+    threads: bool = False,
+) -> sqlite3.Connection:
+    """Open the SQLite database at ``path`` as an autocommit connection.
+
+    Args:
+        path: the database file (created unless ``read_only``).
+        what: what the store is, for the error message ("store", "outbox", ...).
+        schema: SQL script run once on a read-write open (``CREATE TABLE IF NOT EXISTS ...``).
+        read_only: open an existing file for reading only (``mode=ro``; waits 10 s for locks).
+        synchronous: ``PRAGMA synchronous``: FULL survives power loss; NORMAL in WAL mode
+            survives process crashes (a store whose positions let it read again what a power
+            loss took may choose it).
+        wal: journal in WAL mode, so readers never block the writer.
+        timeout_s: how long a write waits for another connection's transaction.
+        threads: the connection may be used from another thread than the one that opened it
+            (one at a time: ``asyncio.to_thread``).
+
+    Raises:
+        StoreError: the file cannot be opened or the schema cannot be applied.
+    """
+    try:
+        if read_only:
+            return sqlite3.connect(
+                f"file:{path}?mode=ro",
+                uri=True,
+                isolation_level=None,
+                timeout=10,
+                check_same_thread=not threads,
+            )
+        db = sqlite3.connect(
+            str(path), isolation_level=None, timeout=timeout_s, check_same_thread=not threads
+        )
+        if wal:
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={synchronous}")
+        if schema:
+            db.executescript(schema)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {what} {path}: {exc}", path=str(path)) from exc
+    return db
 
 
 @contextmanager
