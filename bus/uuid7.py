@@ -1,6 +1,13 @@
 """UUID version 7 (RFC 9562 section 5.7): 48-bit Unix milliseconds, then random bits.
 
 Pure: the caller supplies the time and the random bytes, so ids are reproducible in tests.
+
+Why not a library: the maintained ones (``uuid6``, ``uuid-utils``, Python 3.14's ``uuid.uuid7``)
+draw their random bits themselves, and the demo scenario and the tests need ids drawn from a
+seeded generator (the same scenario gives the same report ids). Nothing here relies on ids being
+monotonic within a millisecond: report ids are unique per observer, ordered by the chain's
+``seq``, never by id; statement ids only need to be unique. So the 74 random bits of RFC 9562's
+basic layout suffice and no counter is kept.
 """
 
 from __future__ import annotations
