@@ -37,9 +37,10 @@ proto: $(STAMP)  ## regenerate bus/_pb from schemas/
 proto-check: $(STAMP)  ## fail when the checked-in generated code is stale
 	$(PY) schemas/generate.py --check
 
-lint: $(STAMP)  ## ruff
+lint: $(STAMP)  ## ruff, and the import contracts of .importlinter (pure core, layers, no circles)
 	$(VENV)/bin/ruff check bus nodes tests bench
 	$(VENV)/bin/ruff format --check bus nodes tests bench
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)  ## mypy --strict on bus, nodes, tests and bench
 	$(VENV)/bin/mypy

@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import io
 import json
 import os
 import random
@@ -59,7 +58,6 @@ from bus.sign import ReportSigner, sign_mandate
 from bus.topics import Topics, registry_key, report_headers, standard_topics
 from bus.trust import KeyRing
 from nodes.auditor.run import audit, render
-from nodes.cli.main import main as obus
 from nodes.demo.mission import REPO, LocalBroker, _fingerprint, _node_progress, _stop_nodes
 from nodes.demo.scenario import (
     ORGANIZATIONS,
@@ -80,15 +78,16 @@ KEY_HOLDERS: Final = ("un", "osce", "eu")  # organizations that published encryp
 
 
 async def _cli(console: Console, *argv: str) -> int:
-    """Run one ``obus`` command in-process (its own event loop, in a thread), echoing it."""
+    """Run one ``obus`` command as its own process, as an operator would, echoing it."""
     console.print(f"[bold]$ obus {' '.join(argv)}[/bold]")
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = await asyncio.to_thread(obus, list(argv))
-    out = buf.getvalue().rstrip()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "nodes.cli", *argv, stdout=asyncio.subprocess.PIPE, cwd=REPO
+    )
+    stdout, _ = await proc.communicate()
+    out = stdout.decode(errors="replace").rstrip()
     if out:
         console.print(out, markup=False, highlight=False)
-    return code
+    return await proc.wait()
 
 
 class Mission:
