@@ -1,4 +1,4 @@
-"""Who may do what on the brokers: the per-organization Kafka ACL model (DESIGN section 4).
+"""Who may do what on the brokers: the per-organization Kafka ACL model.
 
 The one source of truth for broker authorization. The local secure cluster
 (``deploy/local/cluster.sh --secure`` + ``obus acls apply``), the compose file and the Strimzi

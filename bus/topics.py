@@ -157,7 +157,7 @@ ATTACHMENT_TOPIC_CONFIGS: Final = (
 
 
 def standard_topics(topics: Topics, orgs: Iterable[str], partitions: int = 3) -> list[TopicSpec]:
-    """The topics of DESIGN section 4 for the given organizations.
+    """Every topic of the bus for the given organizations.
 
     Every one is created with ``retention.ms=-1`` and ``retention.bytes=-1`` (:data:`KEEP_FOREVER`):
     the broker never deletes a record of them.

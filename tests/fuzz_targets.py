@@ -1,10 +1,9 @@
 """Every decoder and verifier of bus/, as a function of untrusted bytes, for fuzzing.
 
-The invariant (STYLE.md 6): for any input a target returns a verified object or raises a
+The invariant: for any input a target returns a verified object or raises a
 :class:`~bus.errors.BusError` subclass, never anything else. ``Ingestor.judge`` is stricter: it
 never raises at all. Shared by the Hypothesis tests (tests/unit/test_fuzz_invariant.py) and the
-long run (``make fuzz``, tests/fuzz/run.py). Modules another issue has not landed yet are
-skipped, not failed (:data:`MISSING`).
+long run (``make fuzz``, tests/fuzz/run.py).
 
 Seeds are valid inputs of each kind (a signed report, accreditation, mandate, receipt,
 checkpoint note, export lines, a report file, a policy), so mutations reach past the first
@@ -15,14 +14,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
 import io
 import json
 import struct
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
-from bus import ceremony, checkpoint, crypto, export, merkle, model, receipt, report_file, trust
+from bus import (
+    ceremony,
+    checkpoint,
+    crypto,
+    decision,
+    export,
+    merkle,
+    model,
+    receipt,
+    report_file,
+    sealed,
+    statement,
+    trust,
+)
 from bus.errors import BusError
 from bus.ingest import Accepted, Ingestor, Quarantined
 from bus.policy import parse_policy
@@ -138,34 +149,20 @@ TARGETS: dict[str, Target] = {
     "policy": lambda d: parse_policy(_text(d)),
 }
 
-# Decoders of modules other issues are still landing: fuzzed once they exist.
-_OPTIONAL: dict[str, tuple[str, Callable[[Any], Target]]] = {
-    "sealed_report": (
-        "bus.sealed",
-        lambda m: (
-            lambda d: m.verify_sealed_report(
-                d, expected_org="un", keyring=_KEYRING, reference_ms=NOW_MS
-            )
+TARGETS.update(
+    {
+        "sealed_report": lambda d: sealed.verify_sealed_report(
+            d, expected_org="un", keyring=_KEYRING, reference_ms=NOW_MS
         ),
-    ),
-    "encryption_key": ("bus.model", lambda m: m.EncryptionKey.decode),
-    "verify_encryption_key": (
-        "bus.trust",
-        lambda m: lambda d: m.verify_encryption_key(model.Envelope.decode(d), _MANDATE),
-    ),
-    "decision": ("bus.decision", lambda m: m.PublishedDecision.decode),
-    "verify_decision": (
-        "bus.decision",
-        lambda m: lambda d: m.verify_decision(d, _KEYRING, topic_org="un"),
-    ),
-    "statement": ("bus.statement", lambda m: m.JointStatement.decode),
-}
-MISSING: list[str] = []
-for _name, (_module, _make) in _OPTIONAL.items():
-    try:
-        TARGETS[_name] = _make(importlib.import_module(_module))
-    except (ImportError, AttributeError):
-        MISSING.append(_name)
+        "encryption_key": model.EncryptionKey.decode,
+        "verify_encryption_key": lambda d: trust.verify_encryption_key(
+            model.Envelope.decode(d), _MANDATE
+        ),
+        "decision": decision.PublishedDecision.decode,
+        "verify_decision": lambda d: decision.verify_decision(d, _KEYRING, topic_org="un"),
+        "statement": statement.JointStatement.decode,
+    }
+)
 
 
 def _seeds() -> dict[str, list[bytes]]:

@@ -60,9 +60,9 @@ SPECCHECK_STRICT_VERDICTS: dict[int, Reason | None] = {
 }
 
 # The same cases under pyca/cryptography (OpenSSL): upstream's "OpenSSL-3.0" and "PyCA" rows.
-# It accepts small-order A and R (0-2) and the non-canonical A of case 11. This is the
-# disagreement DESIGN.md §3 warns about: a node on cryptography would store records that a node
-# on libsodium quarantines.
+# It accepts small-order A and R (0-2) and the non-canonical A of case 11: the disagreement the
+# one-verdict rule exists to prevent (a node on cryptography would store records that a node on
+# libsodium quarantines).
 SPECCHECK_CRYPTOGRAPHY_ACCEPTS = frozenset({0, 1, 2, 3, 11})
 
 

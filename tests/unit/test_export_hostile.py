@@ -1,4 +1,4 @@
-"""Hostile export files end as ``export_corrupt``, never as a foreign exception (STYLE.md 6).
+"""Hostile export files end as ``export_corrupt``, never as a foreign exception or a traceback.
 
 Two inputs the standard library answers with something other than what the format reader
 catches: non-ASCII text where base64 is expected (``ValueError``, not ``binascii.Error``) and a
