@@ -42,7 +42,8 @@ from bus.topics import Topics, registry_record_key, standard_topics
 from bus.uuid7 import uuid7
 from nodes.demo.mission import LocalBroker
 from nodes.demo.scenario import ORGANIZATIONS, build_scenario, demo_key
-from nodes.gateway.service import GatewayConfig, GatewayServer
+from nodes.gateway.http import GatewayServer
+from nodes.gateway.service import GatewayConfig
 from nodes.org_node.attachments import (
     AttachmentNode,
     AttachmentStore,

@@ -259,7 +259,8 @@ def _cmd_receipts(args: argparse.Namespace) -> int:
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
-    from nodes.gateway.service import GatewayConfig, run_gateway  # noqa: PLC0415
+    from nodes.gateway.http import run_gateway  # noqa: PLC0415
+    from nodes.gateway.service import GatewayConfig  # noqa: PLC0415
     from nodes.runtime.files import load_mandate, read_key  # noqa: PLC0415
 
     mandate, _ = load_mandate(Path(args.mandate))

@@ -35,7 +35,8 @@ from bus.kafka.replay import replay
 from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Role
 from bus.topics import Topics, registry_key, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
-from nodes.gateway.service import GatewayConfig, GatewayServer
+from nodes.gateway.http import GatewayServer
+from nodes.gateway.service import GatewayConfig
 from nodes.observer.device import (
     Backoff,
     GatewayClient,

@@ -40,7 +40,8 @@ from bus.topics import Topics, registry_key, standard_topics
 from bus.trust import verify_accreditation
 from bus.verify import ChainBook, ChainHead, verify_report
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
-from nodes.gateway.service import GatewayConfig, GatewayServer
+from nodes.gateway.http import GatewayServer
+from nodes.gateway.service import GatewayConfig
 from nodes.observer.device import (
     Backoff,
     GatewayClient,

@@ -1,0 +1,265 @@
+"""The gateway's Kafka edge: its registry follower, its producer, and the read-back of its topic.
+
+:class:`GatewayKafka` is the only part of the gateway that talks to aiokafka. Every aiokafka
+failure leaves it as a :class:`~bus.errors.TransportError` (:func:`bus.kafka.client.wrap`,
+which keeps aiokafka's ``retriable``), so the gateway's logic catches only :mod:`bus.errors`
+types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import NamedTuple
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from bus.attachment import CHUNK_OVERHEAD_BYTES
+from bus.errors import TransportError
+from bus.kafka.admin import topic_partitions
+from bus.kafka.attachments import Published, publish_attachment, topic_message_limit
+from bus.kafka.client import KafkaSecurity, client_options, reliable_producer, wrap
+from bus.kafka.replay import read_until, replay
+from bus.model import sha256
+from bus.topics import report_headers
+from bus.trust import KeyRing
+from nodes.runtime.trust_follower import RegistryFollower
+
+
+class Position(NamedTuple):
+    """Where a record lies on the topic, and the broker's timestamp of it."""
+
+    partition: int
+    offset: int
+    logged_at_ms: int
+
+
+class GatewayKafka:
+    """The Kafka clients of one organization's gateway.
+
+    Args:
+        bootstrap, security: how to reach the brokers.
+        org: the gateway's organization (record headers).
+        topic: its reports topic; ``attachment_topic``: its attachments topic.
+        registry_topic: the registry, followed into ``keyring``.
+        chunk_bytes: the attachment chunk size (the producer's request size makes room for one).
+        log: the gateway's bound logger.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        security: KafkaSecurity | None,
+        org: str,
+        topic: str,
+        attachment_topic: str,
+        registry_topic: str,
+        keyring: KeyRing,
+        chunk_bytes: int,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.topic = topic
+        self.attachment_topic = attachment_topic
+        self._bootstrap, self._security = bootstrap, security
+        self._org = org
+        self._registry_topic = registry_topic
+        self._keyring = keyring
+        self._chunk_bytes = chunk_bytes
+        self._log = log
+        self._registry: RegistryFollower | None = None
+        self._registry_lock = asyncio.Lock()
+        self._producer: AIOKafkaProducer | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def registry_record(self, key: bytes) -> bytes | None:
+        """The registry's current value for ``key`` (the last one: the topic is compacted).
+
+        Raises:
+            TransportError: the registry cannot be read.
+        """
+        raw = None
+        async for rec in replay(self._bootstrap, [self._registry_topic], security=self._security):
+            if rec.key == key:
+                raw = rec.value
+        return raw
+
+    async def start(self) -> None:
+        """Read the registry to its end into the key ring, then start the producer.
+
+        Raises:
+            TransportError: Kafka is unreachable.
+        """
+        self._registry = RegistryFollower(
+            self._bootstrap, self._registry_topic, self._keyring, security=self._security
+        )
+        try:
+            await self._registry.start()
+            # linger 0: one observer sends one report at a time, so waiting to batch is pure
+            # latency; concurrent observers still share batches while a request is in flight.
+            # max_request_size: room for one attachment chunk record (at least the default).
+            request_max = max(1_048_576, self._chunk_bytes + CHUNK_OVERHEAD_BYTES)
+            self._producer = reliable_producer(
+                self._bootstrap, security=self._security, linger_ms=0, max_request_size=request_max
+            )
+            await self._producer.start()
+        except KafkaError as exc:
+            raise wrap(exc, "starting the gateway") from exc
+
+    async def stop(self) -> None:
+        """Stop the producer and the registry follower (those that were started)."""
+        if self._producer is not None:
+            await self._producer.stop()
+        if self._registry is not None:
+            await self._registry.stop()
+
+    async def catch_up_registry(self) -> int:
+        """Apply the registry records published since the last catch-up; how many were read.
+
+        Raises:
+            TransportError: the registry cannot be read.
+        """
+        assert self._registry is not None
+        async with self._registry_lock:
+            try:
+                return await self._registry.catch_up()
+            except KafkaError as exc:
+                raise wrap(exc, "following the registry") from exc
+
+    async def attachment_message_limit(self) -> int | None:
+        """The attachments topic's ``max.message.bytes``, or None when it does not exist.
+
+        Raises:
+            TransportError: the broker cannot be asked.
+        """
+        return await topic_message_limit(
+            self._bootstrap, self.attachment_topic, security=self._security
+        )
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    async def publish_report(
+        self, envelope: bytes, *, report_id: str, observer_id: str
+    ) -> Position:
+        """Produce one report (keyed by its observer) and wait for Kafka's confirmation.
+
+        Raises:
+            TransportError: Kafka did not confirm (the outcome is unknown: the record may be on
+                the topic).
+        """
+        assert self._producer is not None
+        try:
+            fut = await self._producer.send(
+                self.topic,
+                envelope,
+                key=observer_id.encode(),
+                headers=report_headers(report_id, self._org, observer_id),
+            )
+            md = await fut
+        except KafkaError as exc:
+            raise wrap(exc, f"publishing to {self.topic}") from exc
+        return Position(md.partition, md.offset, md.timestamp)
+
+    async def publish_attachment(self, data: bytes) -> Published:
+        """Produce every chunk of an attachment and wait for Kafka's confirmation of each.
+
+        Raises:
+            TransportError: a chunk was not confirmed (publishing again is safe: nodes drop
+                identical chunks).
+        """
+        assert self._producer is not None
+        try:
+            return await publish_attachment(
+                self._producer, self.attachment_topic, data,
+                chunk_size=self._chunk_bytes, org=self._org,
+            )  # fmt: skip
+        except KafkaError as exc:
+            raise wrap(exc, f"publishing to {self.attachment_topic}") from exc
+
+    # -- reading the topic back ----------------------------------------------------------------
+
+    async def find(
+        self, digests: set[bytes], from_offsets: dict[int, int]
+    ) -> dict[bytes, Position]:
+        """Read every partition from its offset in ``from_offsets`` (0 if absent) to the end;
+        the positions of the records whose SHA-256 is in ``digests``.
+
+        A partition is done when the consumer's position reaches the end offset read at the
+        start, so records deleted below it (an offset under the log start offset, or records
+        deleted during the scan) end the scan instead of hanging it.
+
+        Raises:
+            TransportError: Kafka failed, or the scan made no progress for
+                :data:`bus.kafka.replay.READ_STALL_S`.
+        """
+        try:
+            return await self._find(digests, from_offsets)
+        except KafkaError as exc:
+            raise wrap(exc, f"scanning {self.topic}") from exc
+
+    async def _find(
+        self, digests: set[bytes], from_offsets: dict[int, int]
+    ) -> dict[bytes, Position]:
+        consumer = AIOKafkaConsumer(
+            **client_options(self._bootstrap, self._security),
+            group_id=None,
+            enable_auto_commit=False,
+            # deleted under the scan: go on from the new log start, not from the end
+            auto_offset_reset="earliest",
+        )
+        found: dict[bytes, Position] = {}
+        tps = await self._partitions()
+        await consumer.start()
+        try:
+            consumer.assign(tps)
+            ends = await consumer.end_offsets(tps)
+            starts = await consumer.beginning_offsets(tps)
+            for tp in tps:
+                mark = from_offsets.get(tp.partition, 0)
+                if mark < starts[tp]:
+                    # the records in [mark, log start) are gone: a pending report among them
+                    # cannot be found, and is published again
+                    self._log.warning(
+                        "scan_watermark_below_log_start", partition=tp.partition,
+                        watermark=mark, log_start_offset=starts[tp], end_offset=ends[tp],
+                    )  # fmt: skip
+                consumer.seek(tp, min(max(mark, starts[tp]), ends[tp]))
+            scanned = 0
+            async for rec in read_until(consumer, ends, max_records=5000):
+                scanned += 1
+                d = sha256(rec.value or b"")
+                if d in digests:
+                    found[d] = Position(rec.partition, rec.offset, rec.timestamp)
+            self._log.info("topic_scanned", records=scanned, looked_for=len(digests),
+                           found=len(found), from_offsets=from_offsets)  # fmt: skip
+        finally:
+            await consumer.stop()
+        return found
+
+    async def end_offsets(self) -> dict[int, int]:
+        """Per partition of the topic, the offset the next record will get.
+
+        Raises:
+            TransportError: Kafka failed, or the topic has no partitions.
+        """
+        try:
+            consumer = AIOKafkaConsumer(
+                **client_options(self._bootstrap, self._security), group_id=None
+            )
+            tps = await self._partitions()
+            await consumer.start()
+            try:
+                ends = await consumer.end_offsets(tps)
+            finally:
+                await consumer.stop()
+        except KafkaError as exc:
+            raise wrap(exc, f"reading the end offsets of {self.topic}") from exc
+        return {tp.partition: o for tp, o in ends.items()}
+
+    async def _partitions(self) -> list[TopicPartition]:
+        tps = await topic_partitions(self._bootstrap, [self.topic], security=self._security)
+        if not tps:
+            raise TransportError(f"topic {self.topic} has no partitions", retriable=False)
+        return tps
