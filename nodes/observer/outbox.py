@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from bus.errors import StoreError
 from bus.model import Attachment, sha256
-from bus.store.sqlite import sqlite_transaction
+from bus.store.sqlite import open_db, sqlite_transaction
 from bus.verify import ChainHead
 
 QUEUED: Final = "queued"
@@ -200,18 +199,9 @@ class Outbox:
     """
 
     def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
-        try:
-            if read_only:
-                self._db = sqlite3.connect(
-                    f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=10
-                )
-                return
-            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open outbox {path}: {exc}", path=str(path)) from exc
+        self._db = open_db(
+            path, what="outbox", schema=_SCHEMA, read_only=read_only, synchronous="FULL"
+        )
 
     def close(self) -> None:
         """Close the database."""
