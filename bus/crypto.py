@@ -1,4 +1,5 @@
-"""Ed25519 signatures over DSSE v1 PAE, and the one verification rule every node applies.
+"""Ed25519 signatures over DSSE v1 PAE, the one verification rule every node applies, and the
+one way to make and open a singly signed envelope.
 
 Every envelope signature covers ``pae(payload_type, payload)`` (DSSE v1 Pre-Authentication
 Encoding), never the bare payload, so a signature made for one message type can never be replayed
@@ -38,6 +39,10 @@ verifies, median (best); CPython 3.11.7, PyNaCl 1.6.2 with its bundled libsodium
 
 So the strict rule is also the faster one here, about 1.9x, as DESIGN.md §3 expects.
 
+Most messages carry exactly one signature (reports, receipts, decisions, accreditations...):
+:func:`sign_single` makes such an envelope and :func:`open_single` opens and checks one, with
+the same checks, in the same order and with the same reason codes, for every payload type.
+
 This module is pure: no asyncio, Kafka, socket or HTTP imports.
 """
 
@@ -45,6 +50,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -52,6 +58,7 @@ import nacl.exceptions
 import nacl.signing
 
 from bus.errors import KeyStoreError, Reason, VerificationError
+from bus.model import Accreditation, Envelope, Signature
 
 __all__ = [
     "KEY_ID_BYTES",
@@ -60,7 +67,9 @@ __all__ = [
     "SIGNATURE_BYTES",
     "SigningKey",
     "key_id",
+    "open_single",
     "pae",
+    "sign_single",
     "validate_public_key",
     "verify",
     "verify_pae",
@@ -305,6 +314,76 @@ class SigningKey:
     def __reduce__(self) -> tuple[type[SigningKey], tuple[bytes]]:
         # Rebuild from the seed; the nacl object and derived fields are not picklable state.
         return (SigningKey, (self.seed,))
+
+
+def sign_single(payload_type: str, payload: bytes, key: SigningKey) -> Envelope:
+    """An envelope over ``payload`` with exactly one signature: ``key``'s over DSSE PAE.
+
+    The inverse of :func:`open_single` (Ed25519 is deterministic: the same key and payload
+    always give the same envelope bytes).
+
+    Raises:
+        VerificationError: ``INVALID_FIELD`` when ``payload_type`` has no UTF-8 encoding.
+        TypeError: wrong argument types.
+    """
+    sig = Signature(key.key_id, key.sign_pae(payload_type, payload))
+    return Envelope(payload_type, payload, (sig,))
+
+
+def open_single(
+    raw: bytes,
+    payload_type: str,
+    lookup: Callable[[bytes], Accreditation],
+    *,
+    what: str,
+    preverified: Container[tuple[bytes, bytes]] = frozenset(),
+) -> tuple[Envelope, Accreditation]:
+    """Open an envelope that must carry exactly one signature, by an accredited key.
+
+    Checks, in this order: the bytes are a canonical envelope, of ``payload_type``, with exactly
+    one signature, by a key ``lookup`` knows, that verifies over
+    ``pae(payload_type, payload)``. The inverse of :func:`sign_single`.
+
+    The signature check is skipped only when ``(public key, raw)`` is in ``preverified``: then
+    the same libsodium call has already accepted exactly these bytes under exactly this key
+    (:func:`bus.verify.preverify_signatures`), and it is deterministic. A signature found
+    invalid there is never in ``preverified`` and is verified again here, so the reason code is
+    always this function's own.
+
+    Args:
+        raw: the envelope bytes.
+        payload_type: the only payload type accepted.
+        lookup: the accreditation of a key id (:meth:`bus.trust.KeyRing.lookup`); raises
+            ``unknown_key`` for a key it does not know.
+        what: what the message is ("report", "receipt", ...), for the error message.
+        preverified: ``(public key, raw)`` pairs whose signature is known to verify.
+
+    Returns:
+        The envelope and the accreditation of its signing key.
+
+    Raises:
+        VerificationError: ``malformed``, ``missing_signature``, ``wrong_payload_type``,
+            ``invalid_field`` (not exactly one signature), ``unknown_key`` (from ``lookup``),
+            ``bad_signature``, ``malformed_key``.
+    """
+    env = Envelope.decode(raw)
+    if env.payload_type != payload_type:
+        raise VerificationError(
+            Reason.WRONG_PAYLOAD_TYPE,
+            f"expected {payload_type}, got {env.payload_type!r}",
+            payload_type=env.payload_type,
+        )
+    if len(env.signatures) != 1:
+        raise VerificationError(
+            Reason.INVALID_FIELD, f"a {what} carries exactly one signature", field="signatures"
+        )
+    sig = env.signatures[0]
+    acc = lookup(sig.key_id)
+    # An empty set holds no pair: skip building and hashing one (a Container without __len__
+    # is always truthy, so it is still asked).
+    if not preverified or (acc.public_key, raw) not in preverified:
+        verify_pae(acc.public_key, env.payload_type, env.payload, sig.sig)
+    return env, acc
 
 
 def _require_bytes(value: object, what: str) -> bytes:

@@ -8,7 +8,8 @@ organization reads, verifies and shows these decisions, and never acts on them.
 
 Verification rule (:func:`verify_decision`), the same on every node and for auditors:
 
-1. the bytes are a canonical envelope of type ``decision`` with exactly one signature;
+1. the bytes are a canonical envelope of type ``decision`` with exactly one signature (the
+   rule of every singly signed envelope, :func:`bus.crypto.open_single`);
 2. the signing key is accredited, its signature verifies under the pinned Ed25519 rule;
 3. the key is accredited as ``NODE`` by the organization the decision names, which is also the
    organization of the topic it was read from (``wrong_org`` / ``wrong_topic`` otherwise);
@@ -25,14 +26,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from bus._pb.obus.v1 import decision_pb2
-from bus.crypto import SigningKey, verify_pae
+from bus.crypto import SigningKey, open_single, sign_single
 from bus.errors import Reason, VerificationError
 from bus.model import (
     _UUID7_RE,
     DIGEST_BYTES,
-    Envelope,
     Role,
-    Signature,
     _invalid,
     _parse,
     check_id,
@@ -196,9 +195,7 @@ class PublishedDecision:
 
 def sign_decision(decision: PublishedDecision, node_key: SigningKey) -> bytes:
     """The envelope bytes of a decision signed by the node key (Ed25519 is deterministic)."""
-    payload = encode(decision)
-    sig = Signature(node_key.key_id, node_key.sign_pae(PAYLOAD_DECISION, payload))
-    return Envelope(PAYLOAD_DECISION, payload, (sig,)).encode()
+    return sign_single(PAYLOAD_DECISION, encode(decision), node_key).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,20 +216,7 @@ def verify_decision(raw: bytes, keyring: KeyRing, *, topic_org: str) -> Verified
             ``wrong_org``, ``wrong_topic``, ``wrong_role``, ``key_expired``, ``key_revoked`` or
             ``wrong_mandate``.
     """
-    env = Envelope.decode(raw)
-    if env.payload_type != PAYLOAD_DECISION:
-        raise VerificationError(
-            Reason.WRONG_PAYLOAD_TYPE,
-            f"expected {PAYLOAD_DECISION}, got {env.payload_type!r}",
-            payload_type=env.payload_type,
-        )
-    if len(env.signatures) != 1:
-        raise VerificationError(
-            Reason.INVALID_FIELD, "a decision carries exactly one signature", field="signatures"
-        )
-    sig = env.signatures[0]
-    acc = keyring.lookup(sig.key_id)
-    verify_pae(acc.public_key, env.payload_type, env.payload, sig.sig)
+    env, acc = open_single(raw, PAYLOAD_DECISION, keyring.lookup, what="decision")
     decision = PublishedDecision.decode(env.payload)
     if decision.org != acc.org:
         raise VerificationError(
@@ -245,4 +229,4 @@ def verify_decision(raw: bytes, keyring: KeyRing, *, topic_org: str) -> Verified
     if decision.mandate_id != keyring.mandate.mandate_id:
         raise VerificationError(Reason.WRONG_MANDATE, f"decision for {decision.mandate_id!r}")
     keyring.check_usable(acc, role=Role.NODE, at_ms=decision.signed_at_ms, seq=decision.seq)
-    return VerifiedDecision(decision, acc.subject_id, sig.key_id)
+    return VerifiedDecision(decision, acc.subject_id, env.signatures[0].key_id)

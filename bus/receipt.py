@@ -6,7 +6,8 @@ node key that the receipt's organization accredited with role ``NODE``.
 
 Verification rule (:func:`verify_receipt`), the same for observers and auditors:
 
-1. the bytes are a canonical envelope of type ``receipt`` with exactly one signature;
+1. the bytes are a canonical envelope of type ``receipt`` with exactly one signature (the
+   rule of every singly signed envelope, :func:`bus.crypto.open_single`);
 2. the signing key is accredited in the key ring, its signature verifies under the pinned
    Ed25519 rule (:mod:`bus.crypto`), and the receipt names that key (``node_key_id``), the
    accredited subject (``node_id``) and organization (``org``);
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from bus.crypto import SigningKey, verify_pae
+from bus.crypto import SigningKey, open_single, sign_single
 from bus.errors import Reason, VerificationError
 from bus.model import (
     PAYLOAD_RECEIPT,
@@ -34,7 +35,6 @@ from bus.model import (
     Receipt,
     Report,
     Role,
-    Signature,
     encode,
     sha256,
 )
@@ -53,9 +53,7 @@ def sign_receipt(receipt: Receipt, node_key: SigningKey) -> bytes:
     """
     if receipt.node_key_id != node_key.key_id:
         raise ValueError("receipt.node_key_id must be the signing node key's id")
-    payload = encode(receipt)
-    sig = Signature(node_key.key_id, node_key.sign_pae(PAYLOAD_RECEIPT, payload))
-    return Envelope(PAYLOAD_RECEIPT, payload, (sig,)).encode()
+    return sign_single(PAYLOAD_RECEIPT, encode(receipt), node_key).encode()
 
 
 def verify_receipt(raw: bytes, keyring: KeyRing, *, envelope: bytes | None = None) -> Receipt:
@@ -76,22 +74,9 @@ def verify_receipt(raw: bytes, keyring: KeyRing, *, envelope: bytes | None = Non
             ``subject_mismatch``, ``wrong_org``, ``wrong_role``, ``key_expired``,
             ``key_revoked``, ``wrong_mandate`` or ``receipt_mismatch``.
     """
-    env = Envelope.decode(raw)
-    if env.payload_type != PAYLOAD_RECEIPT:
-        raise VerificationError(
-            Reason.WRONG_PAYLOAD_TYPE,
-            f"expected {PAYLOAD_RECEIPT}, got {env.payload_type!r}",
-            payload_type=env.payload_type,
-        )
-    if len(env.signatures) != 1:
-        raise VerificationError(
-            Reason.INVALID_FIELD, "a receipt carries exactly one signature", field="signatures"
-        )
-    sig = env.signatures[0]
-    acc = keyring.lookup(sig.key_id)
-    verify_pae(acc.public_key, env.payload_type, env.payload, sig.sig)
+    env, acc = open_single(raw, PAYLOAD_RECEIPT, keyring.lookup, what="receipt")
     receipt = Receipt.decode(env.payload)
-    if receipt.node_key_id != sig.key_id:
+    if receipt.node_key_id != env.signatures[0].key_id:
         raise VerificationError(
             Reason.SUBJECT_MISMATCH, "receipt names another node key than the one that signed it"
         )

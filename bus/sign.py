@@ -1,11 +1,16 @@
-"""Making signed envelopes: generic signing and an observer's chained report signer (pure)."""
+"""Making signed envelopes: one per message type, and an observer's chained report signer (pure).
+
+Singly signed envelopes are made by :func:`bus.crypto.sign_single` (opened by its inverse,
+:func:`bus.crypto.open_single`); :func:`sign_envelope` signs with several keys at once (a
+mandate, signed by the organizations' root keys).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
 
-from bus.crypto import SigningKey
+from bus.crypto import SigningKey, sign_single
 from bus.model import (
     PAYLOAD_ACCREDITATION,
     PAYLOAD_ENCRYPTION_KEY,
@@ -45,12 +50,12 @@ def sign_mandate(mandate: Mandate, root_keys: Iterable[SigningKey]) -> Envelope:
 
 def sign_accreditation(acc: Accreditation, org_root: SigningKey) -> Envelope:
     """An accreditation envelope signed by the organization's root key."""
-    return sign_envelope(PAYLOAD_ACCREDITATION, encode(acc), [org_root])
+    return sign_single(PAYLOAD_ACCREDITATION, encode(acc), org_root)
 
 
 def sign_revocation(rev: Revocation, org_root: SigningKey) -> Envelope:
     """A revocation envelope signed by the organization's root key."""
-    return sign_envelope(PAYLOAD_REVOCATION, encode(rev), [org_root])
+    return sign_single(PAYLOAD_REVOCATION, encode(rev), org_root)
 
 
 class ReportSigner:
@@ -73,7 +78,7 @@ class ReportSigner:
         seq = 1 if self.head is None else self.head.seq + 1
         prev = b"" if self.head is None else self.head.digest
         report = dataclasses.replace(draft, seq=seq, prev_digest=prev)
-        raw = sign_envelope(PAYLOAD_REPORT, encode(report), [self._key]).encode()
+        raw = sign_single(PAYLOAD_REPORT, encode(report), self._key).encode()
         self.head = ChainHead(seq, sha256(raw))
         return raw
 
@@ -92,11 +97,11 @@ class ReportSigner:
         prev = b"" if self.head is None else self.head.digest
         report = dataclasses.replace(draft, seq=seq, prev_digest=prev)
         sealed = seal_report(report, recipients)
-        raw = sign_envelope(PAYLOAD_SEALED_REPORT, encode(sealed), [self._key]).encode()
+        raw = sign_single(PAYLOAD_SEALED_REPORT, encode(sealed), self._key).encode()
         self.head = ChainHead(seq, sha256(raw))
         return raw
 
 
 def sign_encryption_key(ek: EncryptionKey, org_root: SigningKey) -> Envelope:
     """An encryption key record signed by the organization's root key."""
-    return sign_envelope(PAYLOAD_ENCRYPTION_KEY, encode(ek), [org_root])
+    return sign_single(PAYLOAD_ENCRYPTION_KEY, encode(ek), org_root)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from bus.crypto import verify_pae
+from bus.crypto import open_single, verify_pae
 from bus.errors import Reason, VerificationError
 from bus.model import PAYLOAD_REPORT, Accreditation, Envelope, Report, Role, Zone, sha256
 from bus.trust import KeyRing
@@ -136,13 +136,9 @@ def open_observer_envelope(
     limits: Limits,
     preverified: Container[tuple[bytes, bytes]] = frozenset(),
 ) -> tuple[Envelope, Accreditation]:
-    """Size, envelope, payload type, exactly one signature, by an accredited key, verifying.
+    """Size, then the single-signature rule (:func:`bus.crypto.open_single`) for a report.
 
-    The signature check is skipped only when ``(public key, raw)`` is in ``preverified``: then
-    the same libsodium call has already accepted exactly these bytes under exactly this key
-    (:func:`preverify_signatures`), and it is deterministic. A signature found invalid there is
-    never in ``preverified`` and is verified again here, so the reason code is always this
-    function's own.
+    ``preverified`` skips the signature check as :func:`bus.crypto.open_single` explains.
 
     Raises:
         VerificationError: ``oversized``, ``malformed``, ``wrong_payload_type``,
@@ -152,24 +148,7 @@ def open_observer_envelope(
         raise VerificationError(
             Reason.OVERSIZED, f"{len(raw)} bytes > limit {limits.max_record_bytes}", size=len(raw)
         )
-    env = Envelope.decode(raw)
-    if env.payload_type != payload_type:
-        raise VerificationError(
-            Reason.WRONG_PAYLOAD_TYPE,
-            f"expected {payload_type}, got {env.payload_type!r}",
-            payload_type=env.payload_type,
-        )
-    if len(env.signatures) != 1:
-        raise VerificationError(
-            Reason.INVALID_FIELD, "a report carries exactly one signature", field="signatures"
-        )
-    sig = env.signatures[0]
-    acc = keyring.lookup(sig.key_id)
-    # An empty set holds no pair: skip building and hashing one (a Container without __len__
-    # is always truthy, so it is still asked).
-    if not preverified or (acc.public_key, raw) not in preverified:
-        verify_pae(acc.public_key, env.payload_type, env.payload, sig.sig)
-    return env, acc
+    return open_single(raw, payload_type, keyring.lookup, what="report", preverified=preverified)
 
 
 def preverify_signatures(
