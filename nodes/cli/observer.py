@@ -130,7 +130,8 @@ def _sync(
     home: Home, *, max_seconds: float, max_failures: int | None, quiet_offline: bool = False,
     backoff_base: float = 0.5, backoff_cap: float = 60.0,
 ) -> int:  # fmt: skip
-    from nodes.observer.device import Backoff, GatewayClient, sync  # noqa: PLC0415
+    from nodes.observer.client import GatewayClient  # noqa: PLC0415
+    from nodes.observer.delivery import Backoff, sync  # noqa: PLC0415
     from nodes.observer.outbox import Outbox  # noqa: PLC0415
 
     config = home.load_config()

@@ -37,15 +37,9 @@ from bus.topics import Topics, registry_key, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.gateway.http import GatewayServer
 from nodes.gateway.service import GatewayConfig
-from nodes.observer.device import (
-    Backoff,
-    GatewayClient,
-    Home,
-    init_observer,
-    now_ms,
-    submit_file,
-    sync,
-)
+from nodes.observer.client import GatewayClient
+from nodes.observer.delivery import Backoff, sync
+from nodes.observer.device import Home, init_observer, now_ms, submit_file
 from nodes.observer.outbox import EXTERNAL, UPLOADED, Outbox
 from nodes.org_node.attachments import (
     AttachmentNode,

@@ -42,16 +42,9 @@ from bus.verify import ChainBook, ChainHead, verify_report
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.gateway.http import GatewayServer
 from nodes.gateway.service import GatewayConfig
-from nodes.observer.device import (
-    Backoff,
-    GatewayClient,
-    Home,
-    check_receipts,
-    init_observer,
-    now_ms,
-    submit_file,
-    sync,
-)
+from nodes.observer.client import GatewayClient
+from nodes.observer.delivery import Backoff, sync
+from nodes.observer.device import Home, check_receipts, init_observer, now_ms, submit_file
 from nodes.observer.outbox import DELIVERED, QUEUED, Outbox
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.process import build_node

@@ -16,8 +16,8 @@ from bus.model import Envelope, Report, Role, sha256
 from bus.report_file import ReportFileError
 from bus.sign import ReportSigner
 from bus.verify import ChainBook, ChainHead, verify_report
+from nodes.observer.delivery import Backoff
 from nodes.observer.device import (
-    Backoff,
     Home,
     init_observer,
     read_encrypted_key,

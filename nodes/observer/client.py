@@ -1,0 +1,86 @@
+"""The observer's HTTP edge: the client of an organization's gateway.
+
+:class:`GatewayClient` sends a report (``POST /v1/reports``), an attachment
+(``PUT /v1/attachments/<sha256 hex>``) and asks for the gateway's node accreditation
+(``GET /v1/node``); every answer comes back as an :class:`Answer`, whatever its status, and a
+gateway that cannot be reached (refused or reset connection, timeout) as :class:`Unreachable`.
+What the answers mean for delivery is :mod:`nodes.observer.delivery`'s business.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+
+import aiohttp
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The gateway's HTTP answer."""
+
+    status: int
+    body: bytes
+    retry_after_s: float | None = None
+
+    def error(self) -> tuple[str, str]:
+        """(reason, detail) of a JSON error body, or ("http_<status>", text)."""
+        try:
+            doc = json.loads(self.body)
+            return str(doc["reason"]), str(doc.get("detail", ""))
+        except (ValueError, KeyError, TypeError):
+            return f"http_{self.status}", self.body[:200].decode("utf-8", "replace")
+
+
+class Unreachable(Exception):  # noqa: N818 - a state, not a failure of ours
+    """The gateway could not be reached (connection refused, reset, timeout)."""
+
+
+class GatewayClient:
+    """HTTP client of an organization gateway (aiohttp); ``async with`` opens the session."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 30.0, connect_timeout_s: float = 5.0):
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> GatewayClient:
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _call(self, method: str, path: str, body: bytes | None = None) -> Answer:
+        assert self._session is not None
+        headers = {"content-type": "application/protobuf"} if body is not None else {}
+        # A file-like body: aiohttp streams it (raw bytes of megabytes would block its loop).
+        stream = None if body is None else io.BytesIO(body)
+        try:
+            async with self._session.request(
+                method, self.base_url + path, data=stream, headers=headers
+            ) as resp:
+                data = await resp.read()
+                retry = resp.headers.get("Retry-After")
+                retry_s = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
+                return Answer(resp.status, data, retry_s)
+        except aiohttp.ClientConnectorError as exc:
+            raise Unreachable(f"cannot connect to {exc.host}:{exc.port} ({exc.os_error})") from exc
+        except TimeoutError as exc:
+            raise Unreachable(f"no answer from {self.base_url} in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def submit(self, envelope: bytes) -> Answer:
+        """POST the envelope bytes to /v1/reports."""
+        return await self._call("POST", "/v1/reports", envelope)
+
+    async def put_attachment(self, digest: bytes, data: bytes) -> Answer:
+        """PUT an attachment's bytes to /v1/attachments/<sha256 hex>."""
+        return await self._call("PUT", f"/v1/attachments/{digest.hex()}", data)
+
+    async def node_accreditation(self) -> Answer:
+        """GET /v1/node: the gateway's node-key accreditation envelope."""
+        return await self._call("GET", "/v1/node")

@@ -1,0 +1,293 @@
+"""Delivery of the observer's outbox to its organization's gateway, and of the attachments.
+
+Delivery (:func:`sync`): strictly oldest first, one report at a time (the gateway checks the
+chain, so order matters); a failure that can heal (no connection, timeout, HTTP 429/5xx) is
+retried with exponential backoff and full jitter (delay drawn uniformly from
+``[0, min(cap, base * 2^n)]``, the "full jitter" of AWS's backoff study), a ``Retry-After``
+is honoured, and so is ``unknown_key`` (the organization may not have published the
+accreditation yet); a refusal (any other 4xx) is recorded with the gateway's reason code and
+delivery moves on. Every outcome is written to the outbox before the next report is sent, so
+``sync`` can be killed at any moment and run again.
+
+Attachments are uploaded (``PUT /v1/attachments/<sha256 hex>``, the bytes as body) right after
+their report's receipt and before the next report is sent: the gateway accepts only bytes that
+a report it accepted references. An upload fails and heals like a report; a refusal (with the
+gateway's reason) is recorded and does not stop delivery.
+
+Each receipt is verified against the mandate and the gateway's node accreditation, fetched from
+the gateway (``GET /v1/node``) and kept in the outbox so receipts can be checked offline later
+(:func:`nodes.observer.device.check_receipts`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+
+from bus.errors import BusError, Reason, VerificationError
+from bus.model import Envelope, Role
+from bus.receipt import verify_receipt
+from bus.trust import KeyRing, verify_accreditation
+from nodes.observer.client import Answer, GatewayClient, Unreachable
+from nodes.observer.device import Home, ObserverConfig, now_ms, receipt_keyring
+from nodes.observer.outbox import PENDING, QUEUED, REFUSED, UPLOADED, Entry, Outbox, Upload
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with full jitter: attempt n waits U(0, min(cap, base * 2^(n-1)))."""
+
+    base_s: float = 0.5
+    cap_s: float = 60.0
+
+    def delay(self, failures: int, rng: random.Random, retry_after_s: float | None) -> float:
+        """Seconds to wait after ``failures`` consecutive failures (>= Retry-After if given)."""
+        # The exponent is bounded: a sync retrying for days must not overflow a float.
+        bound = min(self.cap_s, self.base_s * 2 ** min(max(0, failures - 1), 60))
+        wait = rng.uniform(0, bound)
+        return max(wait, retry_after_s or 0.0)
+
+
+@dataclass
+class SyncResult:
+    """What one sync run did."""
+
+    delivered: int = 0
+    duplicates: int = 0  # answered 200: the gateway had it already (an earlier lost answer)
+    rejected: int = 0
+    failures: int = 0
+    remaining: int = 0
+    bad_receipts: int = 0
+    uploaded: int = 0  # attachments the gateway confirmed
+    uploaded_bytes: int = 0
+    refused_uploads: int = 0
+    remaining_uploads: int = 0
+
+
+async def fetch_node_accreditation(
+    client: GatewayClient, home: Home, outbox: Outbox, config: ObserverConfig, *, at_ms: int
+) -> None:
+    """Fetch, verify and keep the gateway's node accreditation (for checking receipts).
+
+    Raises:
+        Unreachable: no answer.
+        VerificationError: the accreditation does not verify, is not a NODE of our org.
+    """
+    answer = await client.node_accreditation()
+    if answer.status != 200:
+        raise Unreachable(f"GET /v1/node answered {answer.status}")
+    mandate = home.load_mandate(now_ms=at_ms)
+    acc = verify_accreditation(Envelope.decode(answer.body), mandate)
+    if acc.role != Role.NODE or acc.org != config.org:
+        raise VerificationError(
+            Reason.WRONG_ROLE, f"gateway key is {acc.org}/{acc.role.name}, not {config.org}/NODE"
+        )
+    outbox.add_node_accreditation(acc.key_id, answer.body)
+
+
+async def sync(
+    home: Home,
+    outbox: Outbox,
+    client: GatewayClient,
+    *,
+    backoff: Backoff = Backoff(),
+    max_seconds: float = 600.0,
+    max_failures: int | None = None,
+    rng: random.Random | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> SyncResult:
+    """Deliver queued reports oldest first until none is left or the budget is spent.
+
+    The attachments of a delivered report are uploaded before the next report is sent.
+
+    Args:
+        max_seconds: stop retrying after this long (the queue stays for the next sync).
+        max_failures: stop after this many consecutive failures (``submit`` uses 1).
+
+    Returns:
+        Counts of what happened; ``remaining`` queued reports (and ``remaining_uploads``
+        attachments) are left for the next run.
+    """
+    config = home.load_config()
+    rng = rng or random.Random()
+    deadline = clock() + max_seconds
+    result = SyncResult()
+    ring: KeyRing | None = None
+    failures = 0
+    while True:
+        upload = outbox.next_upload()
+        if upload is not None:
+            answer, error = await _upload(home, outbox, client, upload, result)
+            if error is None:
+                failures = 0
+                continue
+        else:
+            entry = outbox.next_queued()
+            if entry is None:
+                break
+            answer, error, ring = await _deliver(
+                home, outbox, client, config, entry, ring=ring, result=result
+            )
+            if error is None:
+                failures = 0
+                continue
+        failures += 1
+        result.failures += 1
+        retry_s = None if answer is None else answer.retry_after_s
+        wait = backoff.delay(failures, rng, retry_s)
+        log.info("delivery_failed", error=error, failures=failures, retry_in_s=round(wait, 2))
+        if (max_failures is not None and failures >= max_failures) or clock() + wait > deadline:
+            break
+        await sleep(wait)
+    result.remaining = outbox.counts()[QUEUED]
+    result.remaining_uploads = outbox.upload_counts()[PENDING]
+    return result
+
+
+async def _deliver(
+    home: Home,
+    outbox: Outbox,
+    client: GatewayClient,
+    config: ObserverConfig,
+    entry: Entry,
+    *,
+    ring: KeyRing | None,
+    result: SyncResult,
+) -> tuple[Answer | None, str | None, KeyRing | None]:
+    """Send one report; returns (answer, error or None once settled, key ring)."""
+    bound = log.bind(report_id=entry.report_id, seq=entry.seq)
+    answer: Answer | None = None
+    try:
+        answer = await client.submit(entry.envelope)
+    except Unreachable as exc:
+        error = str(exc)
+    else:
+        error = f"HTTP {answer.status}: {answer.error()[0]}"
+    if answer is not None and answer.status in (200, 201):
+        if ring is None or not _knows_signer(ring, answer.body):
+            ring = await _refresh_ring(client, home, outbox, config)
+        ok = _receipt_ok(ring, answer.body, entry.envelope)
+        outbox.mark_delivered(
+            entry.seq,
+            receipt=answer.body,
+            receipt_ok=ok,
+            http_status=answer.status,
+            now_ms=now_ms(),
+        )
+        result.delivered += 1
+        result.duplicates += answer.status == 200
+        result.bad_receipts += not ok
+        bound.info("report_delivered", status=answer.status, receipt_ok=ok)
+        return answer, None, ring
+    if answer is not None and _is_refusal(answer):
+        reason, detail = answer.error()
+        outbox.mark_rejected(
+            entry.seq,
+            reason=reason,
+            detail=detail,
+            http_status=answer.status,
+            now_ms=now_ms(),
+            release=home.release_blob,
+        )
+        result.rejected += 1
+        bound.warning("report_rejected", status=answer.status, reason=reason, detail=detail)
+        return answer, None, ring
+    outbox.record_failure(entry.seq, error)
+    return answer, error, ring
+
+
+# An upload the observer cannot make: the bytes are no longer in the blob directory (removed
+# by hand). Not a gateway reason code; recorded like a refusal so delivery goes on.
+BLOB_MISSING: Final = "blob_missing"
+
+
+async def _upload(
+    home: Home, outbox: Outbox, client: GatewayClient, upload: Upload, result: SyncResult
+) -> tuple[Answer | None, str | None]:
+    """Upload one attachment; returns (answer, error or None once settled)."""
+    bound = log.bind(report_id=upload.report_id, seq=upload.seq, sha256=upload.sha256.hex())
+    try:
+        data = home.blob(upload.sha256).read_bytes()
+    except FileNotFoundError:
+        outbox.finish_upload(
+            upload.seq, upload.sha256, state=REFUSED, http_status=None, now_ms=now_ms(),
+            reason=BLOB_MISSING, detail=f"{home.blob(upload.sha256)} is gone",
+        )  # fmt: skip
+        result.refused_uploads += 1
+        bound.warning("attachment_refused", reason=BLOB_MISSING)
+        return None, None
+    answer: Answer | None = None
+    try:
+        answer = await client.put_attachment(upload.sha256, data)
+    except Unreachable as exc:
+        error = str(exc)
+    else:
+        error = f"HTTP {answer.status}: {answer.error()[0]}"
+    if answer is not None and answer.status in (200, 201):
+        outbox.finish_upload(
+            upload.seq, upload.sha256, state=UPLOADED, http_status=answer.status,
+            now_ms=now_ms(), release=home.release_blob,
+        )  # fmt: skip
+        result.uploaded += 1
+        result.uploaded_bytes += len(data)
+        bound.info("attachment_uploaded", status=answer.status, size=len(data))
+        return answer, None
+    if answer is not None and _is_refusal(answer):
+        reason, detail = answer.error()
+        outbox.finish_upload(
+            upload.seq, upload.sha256, state=REFUSED, http_status=answer.status,
+            now_ms=now_ms(), reason=reason, detail=detail, release=home.release_blob,
+        )  # fmt: skip
+        result.refused_uploads += 1
+        bound.warning("attachment_refused", status=answer.status, reason=reason, detail=detail)
+        return answer, None
+    outbox.record_upload_failure(upload.seq, upload.sha256, error)
+    return answer, error
+
+
+# Refusals that heal by waiting: the gateway is busy, or the organization has not published
+# this observer's accreditation yet (an observer may submit before it is accredited).
+RETRY_REASONS: Final = frozenset({Reason.RATE_LIMITED.value, Reason.UNKNOWN_KEY.value})
+
+
+def _is_refusal(answer: Answer) -> bool:
+    # A 4xx is the gateway's verdict on the report, except 408/429 and the reasons above.
+    if not 400 <= answer.status < 500 or answer.status in (408, 429):
+        return False
+    return answer.error()[0] not in RETRY_REASONS
+
+
+def _knows_signer(ring: KeyRing, receipt: bytes) -> bool:
+    try:
+        ring.lookup(Envelope.decode(receipt).signatures[0].key_id)
+    except (VerificationError, IndexError):
+        return False
+    return True
+
+
+async def _refresh_ring(
+    client: GatewayClient, home: Home, outbox: Outbox, config: ObserverConfig
+) -> KeyRing:
+    try:
+        await fetch_node_accreditation(client, home, outbox, config, at_ms=now_ms())
+    except (Unreachable, BusError) as exc:
+        log.warning("node_accreditation_unavailable", error=str(exc))
+    return receipt_keyring(home, outbox, at_ms=now_ms())
+
+
+def _receipt_ok(ring: KeyRing, receipt: bytes, envelope: bytes) -> bool:
+    try:
+        verify_receipt(receipt, ring, envelope=envelope)
+    except VerificationError as exc:
+        log.warning("receipt_invalid", reason=exc.reason.value, detail=exc.message)
+        return False
+    return True
