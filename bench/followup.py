@@ -26,7 +26,8 @@ from pathlib import Path
 import aiohttp
 
 from bus.ingest import Accepted, Ingestor, Outcome, RecordRef
-from bus.policy import Observation, PolicyEngine, decide_all, load_policy
+from bus.policy import Observation, PolicyEngine, decide_all
+from bus.policy_file import load_policy
 from bus.store.node import NodeStore
 from bus.trust import KeyRing
 from bus.verify import ChainBook

@@ -36,7 +36,7 @@ from bus import (
 )
 from bus.errors import BusError
 from bus.ingest import Accepted, Ingestor, Quarantined
-from bus.policy import parse_policy
+from bus.policy_file import parse_policy
 from bus.topics import registry_record_key
 from bus.verify import ChainBook, verify_report
 from tests.mission import NOW_MS, make_mission, ref

@@ -16,7 +16,8 @@ from pathlib import Path
 from bus.attachment import MAX_ATTACHMENT_BYTES, UNREFERENCED_TTL_MS, AttachmentLimits
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError
-from bus.policy import Policy, load_policy
+from bus.policy import Policy
+from bus.policy_file import load_policy
 from bus.topics import Topics
 from nodes.runtime import logs
 

@@ -26,7 +26,8 @@ from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.kafka.replay import replay
 from bus.model import Category, Envelope, Report, Role, Signature
-from bus.policy import Observation, decide_all, load_policy
+from bus.policy import Observation, decide_all
+from bus.policy_file import load_policy
 from bus.store.node import NodeStore
 from bus.topics import Topics, registry_record_key, report_headers, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS, demo_key

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.model import Envelope, Report, Signature
-from bus.policy import load_policy
+from bus.policy_file import load_policy
 from bus.store.node import NodeStore
 from bus.topics import Topics, registry_record_key, report_headers, standard_topics
 from nodes.auditor.run import audit

@@ -22,11 +22,10 @@ from bus.policy import (
     PolicyEngine,
     caught_up_partitions,
     decide_all,
-    load_policy,
-    parse_policy,
     watermark,
     window_counts,
 )
+from bus.policy_file import load_policy, parse_policy
 from bus.uuid7 import uuid7
 from nodes.demo.scenario import ORGANIZATIONS, build_scenario, draft_report
 from tests.mission import NOW_MS, make_mission

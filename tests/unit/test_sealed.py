@@ -21,7 +21,8 @@ from bus.model import (
     Signature,
     encode,
 )
-from bus.policy import load_policy, observation_from_stored
+from bus.policy import observation_from_stored
+from bus.policy_file import load_policy
 from bus.sealed import DecryptionKey, Readability, open_sealed, seal_report
 from bus.sign import sign_encryption_key, sign_envelope
 from bus.store.node import NodeStore
