@@ -32,7 +32,7 @@ from bus.store.node import NodeStore
 from bus.trust import KeyRing
 from bus.verify import ChainBook
 from nodes.demo.scenario import ORGANIZATIONS, build_scenario, draft_report
-from nodes.org_node.dashboard import Dashboard, DashboardConfig
+from nodes.org_node.dashboard.read_model import Dashboard, DashboardConfig
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "deploy" / "policies"

@@ -101,7 +101,10 @@ class NodeExtras:
         """Start the follow-up task and the dashboard (raises when the port is taken)."""
         cfg = self.node.config
         if cfg.http_port is not None:
-            from nodes.org_node.dashboard import Dashboard, DashboardConfig  # noqa: PLC0415 - aiohttp
+            from nodes.org_node.dashboard.read_model import (  # noqa: PLC0415 - aiohttp
+                Dashboard,
+                DashboardConfig,
+            )
 
             self.dashboard = Dashboard(
                 DashboardConfig(
