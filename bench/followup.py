@@ -7,10 +7,10 @@
    evaluator) with each organization's shipped policy. CPU time (``time.process_time``), best
    and median of 5 runs.
 2. Dashboard: a node store with ``--store-reports`` verified reports, some quarantined records
-   and the decisions of the OSCE policy, served by :class:`nodes.org_node.dashboard.Dashboard` on
-   127.0.0.1; wall-clock latency of each route over 30 requests after one cold request (the
-   cold one decodes every stored report once). Wall-clock numbers depend on the machine and
-   its load; nothing asserts on them.
+   and the decisions of the OSCE policy, served by
+   :class:`nodes.org_node.dashboard.server.Dashboard` on 127.0.0.1; wall-clock latency of each
+   route over 30 requests after one cold request (the cold one decodes every stored report
+   once). Wall-clock numbers depend on the machine and its load; nothing asserts on them.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from bus.store.node import NodeStore
 from bus.trust import KeyRing
 from bus.verify import ChainBook
 from nodes.demo.scenario import ORGANIZATIONS, build_scenario, draft_report
-from nodes.org_node.dashboard.read_model import Dashboard, DashboardConfig
+from nodes.org_node.dashboard.config import DashboardConfig
+from nodes.org_node.dashboard.server import Dashboard
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "deploy" / "policies"

@@ -149,7 +149,8 @@ def _cmd_status(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     from bus.policy_file import load_policy  # noqa: PLC0415
-    from nodes.org_node.dashboard.read_model import DashboardConfig, serve  # noqa: PLC0415
+    from nodes.org_node.dashboard.config import DashboardConfig  # noqa: PLC0415
+    from nodes.org_node.dashboard.server import serve  # noqa: PLC0415
 
     if not 0 <= args.http_port <= 65535:
         raise ConfigError("--http-port", f"{args.http_port} is not a TCP port", "pass 0..65535")

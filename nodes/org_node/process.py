@@ -101,10 +101,8 @@ class NodeExtras:
         """Start the follow-up task and the dashboard (raises when the port is taken)."""
         cfg = self.node.config
         if cfg.http_port is not None:
-            from nodes.org_node.dashboard.read_model import (  # noqa: PLC0415 - aiohttp
-                Dashboard,
-                DashboardConfig,
-            )
+            from nodes.org_node.dashboard.config import DashboardConfig  # noqa: PLC0415
+            from nodes.org_node.dashboard.server import Dashboard  # noqa: PLC0415 - aiohttp
 
             self.dashboard = Dashboard(
                 DashboardConfig(

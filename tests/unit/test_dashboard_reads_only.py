@@ -17,7 +17,8 @@ import pytest
 from bus.ingest import Ingestor
 from bus.store.node import NodeStore
 from bus.verify import ChainBook
-from nodes.org_node.dashboard.read_model import Dashboard, DashboardConfig
+from nodes.org_node.dashboard.config import DashboardConfig
+from nodes.org_node.dashboard.server import Dashboard
 from tests.mission import make_mission, ref
 
 WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")

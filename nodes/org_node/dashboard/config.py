@@ -1,0 +1,32 @@
+"""What a node's dashboard reads and where it listens (shared by the read model and the server)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from bus.model import Mandate
+from bus.policy import Policy
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    """Where the dashboard listens and what it reads.
+
+    Args:
+        org: this organization.
+        db_path: the node's SQLite store.
+        mandate: the verified mandate (zones for the map, k of n for statements).
+        policy: this organization's policy (early-warning charts); None: none shown.
+        host: listen address; 127.0.0.1 unless the operator decides otherwise.
+        port: listen port (0: any free port; see :attr:`Dashboard.port`).
+        witness_db: the witness's SQLite file; None: next to the node's, if it exists.
+    """
+
+    org: str
+    db_path: Path
+    mandate: Mandate
+    policy: Policy | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    witness_db: Path | None = None

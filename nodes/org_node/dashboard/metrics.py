@@ -1,0 +1,111 @@
+"""``GET /metrics``: the store's counts and a running node's live status in Prometheus text format.
+
+The families are built afresh for each scrape from the read model's snapshot
+(:meth:`~nodes.org_node.dashboard.read_model.ReadModel.metrics`) and the node's status, and
+exported through a one-shot collector on a private registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+
+class _OneShot(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def metrics_text(m: dict[str, Any], status: dict[str, Any] | None) -> bytes:
+    """Prometheus exposition text of the store's counts and the node's live status."""
+    fams: list[Metric] = []
+    consumed = CounterMetricFamily(
+        "obus_records_consumed", "Records read and stored, by topic kind", labels=["kind"]
+    )
+    for kind, n in sorted(m["consumed"].items()):
+        consumed.add_metric([kind], n)
+    fams.append(consumed)
+    fams.append(
+        CounterMetricFamily(
+            "obus_reports_verified", "Report records that verified and were stored", m["verified"]
+        )
+    )
+    q = CounterMetricFamily(
+        "obus_records_quarantined", "Report records quarantined, by reason", labels=["reason"]
+    )
+    for reason, n in sorted(m["quarantined"].items()):
+        q.add_metric([reason], n)
+    fams.append(q)
+    b = CounterMetricFamily(
+        "obus_board_records_rejected",
+        "Decision and statement records rejected, by reason",
+        labels=["reason"],
+    )
+    for reason, n in sorted(m["board_rejected"].items()):
+        b.add_metric([reason], n)
+    fams.append(b)
+    d = CounterMetricFamily(
+        "obus_decisions",
+        "This organization's decisions, by rule, priority and publication state",
+        labels=["rule", "priority", "publication"],
+    )
+    for rule, prio, state, n in m["decisions"]:
+        d.add_metric([rule, prio, state], n)
+    fams.append(d)
+    p = CounterMetricFamily(
+        "obus_peer_decisions", "Verified published decisions of other organizations", labels=["org"]
+    )
+    for org, n in sorted(m["peers"].items()):
+        p.add_metric([org], n)
+    fams.append(p)
+    s = GaugeMetricFamily("obus_statements", "Joint statements, by state", labels=["state"])
+    for state in ("pending", "valid"):
+        s.add_metric([state], m["statements"].get(state, 0))
+    fams.append(s)
+    if status is not None:
+        lag = GaugeMetricFamily(
+            "obus_consumer_lag",
+            "Report records on the broker not yet stored (last fetch)",
+            labels=["topic", "partition"],
+        )
+        for key, n in sorted(status.get("lag", {}).items()):
+            topic, _, part = key.rpartition("/")
+            lag.add_metric([topic, part], n)
+        fams.append(lag)
+        fams.append(
+            GaugeMetricFamily(
+                "obus_consumer_lag_records",
+                "Sum of obus_consumer_lag",
+                sum(status.get("lag", {}).values()),
+            )
+        )
+        f = status.get("followup", {})
+        fams.append(
+            GaugeMetricFamily(
+                "obus_policy_pending_reports",
+                "Reports read but not yet evaluated (waiting for the watermark)",
+                f.get("pending", 0),
+            )
+        )
+        fams.append(
+            CounterMetricFamily(
+                "obus_policy_late_records",
+                "Records that arrived below the released watermark",
+                f.get("late", 0),
+            )
+        )
+        fams.append(
+            GaugeMetricFamily(
+                "obus_followup_running", "1 while the follow-up runs", int(status.get("running", 0))
+            )
+        )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_OneShot(fams))
+    return generate_latest(registry)

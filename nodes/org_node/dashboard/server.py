@@ -1,0 +1,200 @@
+"""An organization node's operator dashboard and read API (aiohttp), on 127.0.0.1 by default.
+
+It reads the node's SQLite store through read-only connections (one per request, in a worker
+thread) and never writes, so it stays decoupled from the ingest loop and from the follow-up.
+Everything is served by this process: the page has no external script, style sheet, font or
+map tile; the map and the charts are inline SVG.
+
+Routes (JSON unless said otherwise):
+
+====================================  =========================================================
+``GET /``                             the dashboard (HTML)
+``GET /healthz``                      ``{"status": "ok", ...}``; 503 when the store cannot be read
+                                      or the node's follow-up stopped
+``GET /metrics``                      Prometheus text format
+``GET /api/summary``                  counts, mandate, policy
+``GET /api/reports?limit=&zone=``     newest accepted reports with their verification state
+``GET /api/quarantine``               rejected records with reason codes (reports and board)
+``GET /api/decisions``                this organization's decisions, evidence, publication
+``GET /api/decisions/others``         other organizations' published, verified decisions, with
+                                      whether their evidence matches the reports stored here
+``GET /api/trends``                   early-warning series per rule and group, reports per day
+``GET /api/statements``               joint statements, who signed, valid at k of n
+``GET /api/checkpoints``              the witness's checkpoint agreement (when it runs)
+``GET /map.svg``                      the map alone (SVG)
+====================================  =========================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from bus.errors import ConfigError, StoreError
+from nodes.org_node.dashboard.config import DashboardConfig
+from nodes.org_node.dashboard.metrics import metrics_text
+from nodes.org_node.dashboard.page import render_map, render_page
+from nodes.org_node.dashboard.read_model import FEED_LIMIT, ReadModel
+
+log = structlog.get_logger(__name__)
+
+Status = Callable[[], dict[str, Any]]
+
+
+class Dashboard:
+    """The HTTP server: ``await start()`` ... ``await stop()``.
+
+    Args:
+        config: where to listen and what to read.
+        status: live counters of a running node (lag, counts); None when run on a store alone.
+    """
+
+    def __init__(self, config: DashboardConfig, status: Status | None = None) -> None:
+        self.config = config
+        self.model = ReadModel(config)
+        self._status = status
+        self._runner: web.AppRunner | None = None
+        self.port = config.port
+
+    @property
+    def url(self) -> str:
+        """The dashboard's base URL."""
+        return f"http://{self.config.host}:{self.port}/"
+
+    def app(self) -> web.Application:
+        """The aiohttp application (routes in the module docstring)."""
+        app = web.Application()
+        app.add_routes(
+            [
+                web.get("/", self._page),
+                web.get("/healthz", self._healthz),
+                web.get("/metrics", self._metrics),
+                web.get("/map.svg", self._map),
+                web.get("/api/summary", self._json(lambda r: self.model.summary())),
+                web.get("/api/reports", self._json(self._reports)),
+                web.get("/api/quarantine", self._json(lambda r: self.model.quarantine())),
+                web.get("/api/decisions", self._json(lambda r: self.model.decisions())),
+                web.get("/api/decisions/others", self._json(lambda r: self.model.peer_decisions())),
+                web.get("/api/trends", self._json(lambda r: self.model.trends())),
+                web.get("/api/statements", self._json(lambda r: self.model.statements())),
+                web.get("/api/checkpoints", self._json(lambda r: self.model.checkpoints())),
+            ]
+        )
+        return app
+
+    async def start(self) -> None:
+        """Listen (binds ``host:port``; port 0 picks a free one).
+
+        Raises:
+            ConfigError: the address cannot be bound (names --http-port and the fix).
+        """
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                "--http-port",
+                f"cannot listen on {self.config.host}:{self.config.port} ({exc.strerror})",
+                "choose a free port",
+            ) from exc
+        server = site._server  # aiohttp exposes the bound port only here
+        sockets = getattr(server, "sockets", None) or []
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        self._runner = runner
+        log.info("dashboard_listening", org=self.config.org, url=self.url)
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    def _status_now(self) -> dict[str, Any] | None:
+        return None if self._status is None else self._status()
+
+    def _reports(self, request: web.Request) -> Any:
+        try:
+            limit = min(int(request.query.get("limit", FEED_LIMIT)), 10_000)
+        except ValueError:
+            raise web.HTTPBadRequest(text="limit must be a whole number") from None
+        return self.model.reports(limit=limit, zone=request.query.get("zone") or None)
+
+    def _json(self, fn: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
+        async def handler(request: web.Request) -> web.Response:
+            try:
+                data = await asyncio.to_thread(fn, request)
+            except (StoreError, sqlite3.Error) as exc:
+                return web.json_response({"error": str(exc)}, status=503)
+            return web.json_response(data, dumps=lambda o: json.dumps(o, default=str))
+
+        return handler
+
+    async def _page(self, request: web.Request) -> web.Response:
+        status = self._status_now()
+        zone = request.query.get("zone") or None
+        try:
+            body = await asyncio.to_thread(render_page, self.model, status, zone=zone)
+        except (StoreError, sqlite3.Error) as exc:
+            return web.Response(status=503, text=f"store unavailable: {exc}")
+        return web.Response(text=body, content_type="text/html")
+
+    async def _map(self, request: web.Request) -> web.Response:
+        points = await asyncio.to_thread(self.model.map_points)
+        svg = render_map(self.config.mandate, points)
+        return web.Response(text=svg, content_type="image/svg+xml")
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        status = self._status_now()
+        try:
+            summary = await asyncio.to_thread(self.model.summary)
+        except (StoreError, sqlite3.Error) as exc:
+            return web.json_response({"status": "unavailable", "error": str(exc)}, status=503)
+        running = True if status is None else bool(status.get("running", True))
+        body = {
+            "status": "ok" if running else "degraded",
+            "org": self.config.org,
+            "reports_verified": summary["reports_verified"],
+            "quarantined": summary["quarantined"],
+            "decisions": summary["decisions"],
+            "node": status,
+        }
+        return web.json_response(body, status=200 if running else 503)
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        status = self._status_now()
+        try:
+            snapshot = await asyncio.to_thread(self.model.metrics)
+        except (StoreError, sqlite3.Error) as exc:
+            return web.Response(status=503, text=f"# store unavailable: {exc}\n")
+        return web.Response(
+            body=metrics_text(snapshot, status),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+
+async def serve(config: DashboardConfig) -> int:
+    """Serve a store's dashboard alone (``obus dashboard``) until SIGINT/SIGTERM."""
+    import signal  # noqa: PLC0415 - process entry point
+
+    dash = Dashboard(config)
+    await dash.start()
+    print(f"dashboard of {config.org}: {dash.url}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await dash.stop()
+    return 0
