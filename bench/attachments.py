@@ -44,12 +44,8 @@ from nodes.demo.mission import LocalBroker
 from nodes.demo.scenario import ORGANIZATIONS, build_scenario, demo_key
 from nodes.gateway.http import GatewayServer
 from nodes.gateway.service import GatewayConfig
-from nodes.org_node.attachments import (
-    AttachmentNode,
-    AttachmentStore,
-    config_for_node,
-    default_paths,
-)
+from nodes.org_node.attachment_store import AttachmentStore
+from nodes.org_node.attachments import AttachmentNode, config_for_node, default_paths
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node

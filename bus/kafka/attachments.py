@@ -6,7 +6,7 @@ The chunks are cut by :func:`bus.attachment.split`; readers never trust the Clou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -23,12 +23,6 @@ from bus.topics import CLOUDEVENTS_SPEC
 
 CHUNK_EVENT_TYPE: Final = "org.obus.attachment-chunk.v1"
 _UNKNOWN_TOPIC_OR_PARTITION: Final = 3  # Kafka protocol error code
-
-if TYPE_CHECKING:
-    pass
-
-if TYPE_CHECKING:
-    pass
 
 
 def chunk_headers(chunk: Chunk, org: str) -> list[tuple[str, bytes]]:

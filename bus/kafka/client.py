@@ -1,23 +1,23 @@
 """The Kafka adapter's client side (aiokafka): security settings, client options, producers,
 retries and error wrapping.
 
-Only :mod:`bus.kafka` (and, for now, the long-running parts in ``nodes/``) import aiokafka.
-Foreign errors are wrapped in :class:`~bus.errors.TransportError` with ``retriable`` taken from
-aiokafka's own flag. Topic names live in the pure :mod:`bus.topics`.
+aiokafka's errors are wrapped here, at the edge, in :class:`~bus.errors.TransportError` with
+``retriable`` taken from aiokafka's own flag (:func:`wrap`, :func:`kafka_errors`), so that code
+in ``nodes/`` may build aiokafka clients yet catch only :mod:`bus.errors` types.
+Topic names live in the pure :mod:`bus.topics`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    KafkaError,
-)
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.helpers import create_ssl_context
 
 from bus.errors import ConfigError, TransportError
@@ -116,9 +116,30 @@ def client_options(bootstrap: str, security: KafkaSecurity | None = None) -> dic
 
 
 def wrap(exc: BaseException, what: str) -> TransportError:
-    """A TransportError for a foreign exception, keeping aiokafka's retriable flag."""
-    retriable = bool(getattr(exc, "retriable", False))
+    """A TransportError for a foreign exception, keeping aiokafka's retriable flag.
+
+    aiokafka's timeouts (:class:`~aiokafka.errors.KafkaTimeoutError`: a request or a batch
+    expired) are retriable too, although aiokafka does not mark them so: the brokers did not
+    refuse anything, and waiting for them can cure it.
+    """
+    retriable = bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaTimeoutError)
     return TransportError(f"{what}: {exc!r}", retriable=retriable)
+
+
+@contextmanager
+def kafka_errors(what: str) -> Iterator[None]:
+    """Re-raise an aiokafka error raised inside the block as a TransportError (see :func:`wrap`).
+
+    ``with kafka_errors("consuming reports"): await consumer.getmany(...)``: the message starts
+    with ``what``; any other exception passes through unchanged.
+
+    Raises:
+        TransportError: aiokafka failed inside the block (``from`` its error).
+    """
+    try:
+        yield
+    except KafkaError as exc:
+        raise wrap(exc, what) from exc
 
 
 # How long admin and offset look-ups retry retriable errors (a dead or frozen broker that the
@@ -131,6 +152,9 @@ _T = TypeVar("_T")
 
 async def retrying(what: str, op: Callable[[], Awaitable[_T]], *, within_s: float = RETRY_S) -> _T:
     """Run ``op`` again while it fails with a retriable Kafka error, for at most ``within_s``.
+
+    Retriable as aiokafka marks it: a timeout is not tried again here (each try of ``op`` may
+    already have waited a whole request timeout), only wrapped as retriable for the caller.
 
     Raises:
         TransportError: a non-retriable error, or a retriable one after ``within_s``.

@@ -127,7 +127,8 @@ def witness_config(args: argparse.Namespace, node: Any) -> Any:
         ConfigError: the witness is on and no ``--node-key`` was given, or a limit is wrong.
     """
     from bus.witness import WitnessPolicy  # noqa: PLC0415
-    from nodes.org_node.witness import WitnessConfig, default_witness_db  # noqa: PLC0415
+    from nodes.org_node.witness import WitnessConfig  # noqa: PLC0415
+    from nodes.org_node.witness_store import default_witness_db  # noqa: PLC0415
     from nodes.runtime.files import read_key  # noqa: PLC0415
 
     if not getattr(args, "witness", False):

@@ -62,7 +62,11 @@ from nodes.demo.scenario import (
     escalation_reports,
     signed_reports,
 )
-from nodes.org_node.witness import default_witness_db, witness_fingerprint, witness_status
+from nodes.org_node.witness_store import (
+    default_witness_db,
+    witness_fingerprint,
+    witness_status,
+)
 from nodes.runtime.files import write_key
 
 log = structlog.get_logger(__name__)

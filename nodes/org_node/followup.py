@@ -35,14 +35,13 @@ from typing import Any, Final
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaError
 
 from bus.crypto import SigningKey
 from bus.decision import PublishedDecision, sign_decision, verify_decision
 from bus.errors import BusError, Reason, StoreError, TransportError, VerificationError
 from bus.ingest import Quarantined, RecordRef
 from bus.kafka.admin import partitions_of
-from bus.kafka.client import KafkaSecurity, client_options, reliable_producer, wrap
+from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
 from bus.model import Mandate, Role
 from bus.policy import Decision, Policy, PolicyEngine, observation_from_stored, watermark
 from bus.statement import StatementBook, StatementStatus
@@ -149,56 +148,56 @@ class FollowUp:
         )
         producer: AIOKafkaProducer | None = None
         try:
-            self._known = store.decision_ids()
-            self._read_store(store)  # everything stored so far, before anything new
-            self._board_pos = {
-                tp: o
-                for tp, o in store.positions().items()
-                if tp[0] == cfg.topics.statements or cfg.topics.org_of_decision_topic(tp[0])
-            }
-            await registry.start()
-            await consumer.start()
-            if cfg.policy is not None and any(r.publish for r in cfg.policy.rules):
-                producer = reliable_producer(cfg.bootstrap, security=cfg.security)
-                await producer.start()
-            self._log.info(
-                "followup_started",
-                replayed=self.pending,
-                decisions=len(self._known),
-                publishing=producer is not None,
-            )
-            self.started.set()
-            last_refresh = 0.0
-            backoff = OutageBackoff(self._log, "follow-up", self._stopping)
-            while not self._stopping.is_set():
-                try:
-                    if time.monotonic() - last_refresh >= cfg.refresh_s:
-                        await registry.catch_up()  # node keys accredited meanwhile
-                        await self._refresh(consumer)
-                        last_refresh = time.monotonic()
-                    await self._turn(store, registry, consumer, producer)
-                except (KafkaError, TransportError) as exc:
-                    # The brokers are away (restart, partition): wait, never exit for it.
-                    # A board batch read but not stored is read again from the positions.
-                    if not transient(exc):
-                        raise
-                    for tp in self._board_tps:
-                        consumer.seek(tp, self._board_pos.get((tp.topic, tp.partition), 0))
-                    await backoff.wait(exc)
-                    continue
-                backoff.reset()
-            deadline = time.monotonic() + cfg.drain_s
-            while self.pending and time.monotonic() < deadline:
-                await self._refresh(consumer)
-                await self._decide(store)
-                await asyncio.sleep(0.1)
-            await self._publish(store, producer)
-        except KafkaError as exc:
-            raise wrap(exc, "follow-up") from exc
+            with kafka_errors("follow-up"):
+                self._known = store.decision_ids()
+                self._read_store(store)  # everything stored so far, before anything new
+                self._board_pos = {
+                    tp: o
+                    for tp, o in store.positions().items()
+                    if tp[0] == cfg.topics.statements or cfg.topics.org_of_decision_topic(tp[0])
+                }
+                await registry.start()
+                await consumer.start()
+                if cfg.policy is not None and any(r.publish for r in cfg.policy.rules):
+                    producer = reliable_producer(cfg.bootstrap, security=cfg.security)
+                    await producer.start()
+                self._log.info(
+                    "followup_started",
+                    replayed=self.pending,
+                    decisions=len(self._known),
+                    publishing=producer is not None,
+                )
+                self.started.set()
+                last_refresh = 0.0
+                backoff = OutageBackoff(self._log, "follow-up", self._stopping)
+                while not self._stopping.is_set():
+                    try:
+                        with kafka_errors("follow-up"):
+                            if time.monotonic() - last_refresh >= cfg.refresh_s:
+                                await registry.catch_up()  # node keys accredited meanwhile
+                                await self._refresh(consumer)
+                                last_refresh = time.monotonic()
+                            await self._turn(store, registry, consumer, producer)
+                    except TransportError as exc:
+                        # The brokers are away (restart, partition): wait, never exit for it.
+                        # A board batch read but not stored is read again from the positions.
+                        if not transient(exc):
+                            raise
+                        for tp in self._board_tps:
+                            consumer.seek(tp, self._board_pos.get((tp.topic, tp.partition), 0))
+                        await backoff.wait(exc)
+                        continue
+                    backoff.reset()
+                deadline = time.monotonic() + cfg.drain_s
+                while self.pending and time.monotonic() < deadline:
+                    await self._refresh(consumer)
+                    await self._decide(store)
+                    await asyncio.sleep(0.1)
+                await self._publish(store, producer)
         finally:
             self.started.set()
             if self._admin is not None:
-                with contextlib.suppress(KafkaError):
+                with contextlib.suppress(TransportError), kafka_errors("closing the admin client"):
                     await self._admin.close()
                 self._admin = None
             if producer is not None:
@@ -233,8 +232,9 @@ class FollowUp:
                 **client_options(self.config.bootstrap, self.config.security)
             )
             try:
-                await admin.start()
-            except KafkaError:
+                with kafka_errors("follow-up"):
+                    await admin.start()
+            except TransportError:
                 await admin.close()
                 raise  # the run loop waits for the brokers, then this starts again
             self._admin = admin

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bus.errors import (
     StoreConflictError,
@@ -36,7 +35,7 @@ from bus.errors import (
 )
 from bus.idfilter import IdFilter
 from bus.ingest import Ingestor, Outcome, Quarantined, RecordRef
-from bus.kafka.client import client_options, wrap
+from bus.kafka.client import client_options, kafka_errors
 from bus.lifecycle import TrustTimeline
 from bus.model import Revocation, Role
 from bus.store.node import NodeStore
@@ -44,6 +43,7 @@ from bus.trust import KeyRing
 from bus.verify import ChainBatch, ChainBook
 from nodes.org_node.config import NodeConfig
 from nodes.runtime.backoff import OutageBackoff, transient
+from nodes.runtime.consumer import SeekToStore, commit_offsets
 from nodes.runtime.preverify import PreVerifier
 from nodes.runtime.trust_follower import TrustFollower
 
@@ -53,25 +53,8 @@ log = structlog.get_logger(__name__)
 _MAX_CONFLICTS_IN_A_ROW = 100
 # Kafka group offsets (lag tooling only) are committed at most this often.
 OFFSET_COMMIT_INTERVAL_S = 1.0
-# ... and given up after this long: aiokafka retries a commit without limit while the group
-# coordinator is unknown (broker down), which would stall the ingest loop and stop().
-OFFSET_COMMIT_TIMEOUT_S = 10.0
 
 Batch = dict[TopicPartition, list]  # type: ignore[type-arg]  # aiokafka's getmany() result
-
-
-class _SeekToStore(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, node: OrgNode) -> None:
-        self._node = node
-
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
-        # Let a store commit in flight finish before the partitions go to another worker.
-        async with self._node.commit_lock:
-            log.info("partitions_revoked", count=len(revoked))
-
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        async with self._node.commit_lock:
-            self._node.seek_to_store(assigned)
 
 
 class Extras(Protocol):
@@ -123,7 +106,7 @@ class OrgNode:
         self.ingestor.decryption_keys = {k.key_id: k for k in config.decryption_keys}
         self.counts["revoked_after_acceptance"] = 0
         self._preverifier: PreVerifier | None = None
-        # Held around each store commit; rebalance callbacks wait for it (see _SeekToStore).
+        # Held around each store commit; rebalance callbacks wait for it (see SeekToStore).
         self.commit_lock = asyncio.Lock()
         # Set when partitions were (re)assigned or a batch lost a commit race: batches fetched
         # before are dropped and state is read again from the store (shared-store workers).
@@ -218,51 +201,8 @@ class OrgNode:
         )
         self._consumer = consumer
         try:  # from here on, whatever fails, everything started below is stopped again
-            if extras is not None:
-                await extras.start()
-            await self._mark_revoked(await self.registry.start())
-            self._log.info("node_started", accredited_keys=len(self.keyring), db=str(cfg.db_path))
-            if cfg.verify_workers > 0:
-                self._preverifier = PreVerifier(cfg.verify_workers)
-                await self._preverifier.start()
-            await consumer.start()
-            consumer.subscribe(pattern=cfg.topics.reports_pattern, listener=_SeekToStore(self))
-            # With verify workers, the next batch's signatures are checked while this process
-            # judges and stores the current one (one batch ahead; dropped unjudged on stop, so
-            # it is simply read again on restart).
-            ahead: tuple[Batch, asyncio.Task[set[tuple[bytes, bytes]]] | None] | None = None
-            try:
-                while not self._stopping.is_set():
-                    # Nothing buffered while a commit is in flight: settle it (below) at once
-                    # rather than after a whole poll timeout.
-                    busy = ahead is not None or self._inflight is not None
-                    batch = await consumer.getmany(
-                        timeout_ms=0 if busy else cfg.poll_timeout_ms, max_records=cfg.max_batch
-                    )
-                    current, ahead = ahead, None
-                    if batch and self._preverifier is not None:
-                        ahead = (batch, asyncio.create_task(self._preverify(batch)))
-                    elif batch:
-                        current = current or (batch, None)
-                    if current is not None:
-                        await self._process(consumer, current[0], current[1])
-                    elif self._inflight is not None and not batch:
-                        await self._settle()  # idle: let the last batch land now
-                    if self._resync and ahead is not None:
-                        # The batch before it lost a commit race: the consumer now reads
-                        # again from the store's positions, so this one is read again too.
-                        if ahead[1] is not None:
-                            ahead[1].cancel()
-                        ahead = None
-                    self._resync = False
-            finally:
-                if ahead is not None and ahead[1] is not None:
-                    ahead[1].cancel()
-                if self._inflight is not None:  # never leave a commit behind on stop
-                    await self._settle()
-                await self._commit_offsets(force=True)
-        except KafkaError as exc:
-            raise wrap(exc, "consuming reports") from exc
+            with kafka_errors("consuming reports"):
+                await self._consume(consumer, extras)
         finally:
             try:
                 await consumer.stop()
@@ -275,6 +215,55 @@ class OrgNode:
                 self.store.close()
                 self._writer.close()
                 self._log.info("node_stopped", **self.counts)
+
+    async def _consume(self, consumer: AIOKafkaConsumer, extras: Extras | None) -> None:
+        """Start what runs beside the loop, then judge and store batches until stop()."""
+        cfg = self.config
+        if extras is not None:
+            await extras.start()
+        await self._mark_revoked(await self.registry.start())
+        self._log.info("node_started", accredited_keys=len(self.keyring), db=str(cfg.db_path))
+        if cfg.verify_workers > 0:
+            self._preverifier = PreVerifier(cfg.verify_workers)
+            await self._preverifier.start()
+        await consumer.start()
+        # A store commit in flight finishes before its partitions go to another worker.
+        listener = SeekToStore(self.seek_to_store, lock=self.commit_lock, log=log)
+        consumer.subscribe(pattern=cfg.topics.reports_pattern, listener=listener)
+        # With verify workers, the next batch's signatures are checked while this process
+        # judges and stores the current one (one batch ahead; dropped unjudged on stop, so
+        # it is simply read again on restart).
+        ahead: tuple[Batch, asyncio.Task[set[tuple[bytes, bytes]]] | None] | None = None
+        try:
+            while not self._stopping.is_set():
+                # Nothing buffered while a commit is in flight: settle it (below) at once
+                # rather than after a whole poll timeout.
+                busy = ahead is not None or self._inflight is not None
+                batch = await consumer.getmany(
+                    timeout_ms=0 if busy else cfg.poll_timeout_ms, max_records=cfg.max_batch
+                )
+                current, ahead = ahead, None
+                if batch and self._preverifier is not None:
+                    ahead = (batch, asyncio.create_task(self._preverify(batch)))
+                elif batch:
+                    current = current or (batch, None)
+                if current is not None:
+                    await self._process(consumer, current[0], current[1])
+                elif self._inflight is not None and not batch:
+                    await self._settle()  # idle: let the last batch land now
+                if self._resync and ahead is not None:
+                    # The batch before it lost a commit race: the consumer now reads
+                    # again from the store's positions, so this one is read again too.
+                    if ahead[1] is not None:
+                        ahead[1].cancel()
+                    ahead = None
+                self._resync = False
+        finally:
+            if ahead is not None and ahead[1] is not None:
+                ahead[1].cancel()
+            if self._inflight is not None:  # never leave a commit behind on stop
+                await self._settle()
+            await self._commit_offsets(force=True)
 
     def _lost_race(self, exc: StoreConflictError, records: int) -> None:
         # Another worker sharing the store committed first what this batch was judged against
@@ -446,17 +435,7 @@ class OrgNode:
         }
         self._stored.clear()
         self._offsets_committed_at = now
-        if not offsets:
-            return
-        try:
-            await asyncio.wait_for(consumer.commit(offsets), OFFSET_COMMIT_TIMEOUT_S)
-        except (KafkaError, TimeoutError) as exc:
-            # A commit lost to a rebalance or a failed-over coordinator (a broker killed or
-            # frozen, a member dropped after its session timeout), or still retrying after
-            # OFFSET_COMMIT_TIMEOUT_S, costs nothing: log it and go on; the consumer rejoins on
-            # its next poll, and seeks to the store's positions. The next stored batch commits
-            # its partitions' offsets again.
-            self._log.warning("offset_commit_failed", error=repr(exc), partitions=len(offsets))
+        await commit_offsets(consumer, offsets, self._log)  # bounded; a failure costs nothing
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,11 +8,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from aiokafka.errors import KafkaError, KafkaTimeoutError
-
-from bus.errors import (
-    TransportError,
-)
+from bus.errors import TransportError
 
 # Backoff while the brokers cannot be reached (see OutageBackoff): first and longest wait.
 OUTAGE_RETRY_FIRST_S = 0.5
@@ -48,10 +44,8 @@ class OutageBackoff:
 
 def transient(exc: BaseException) -> bool:
     """True for a broker failure that waiting can cure: the cluster unreachable, a request
-    timed out, a leader moving (aiokafka's retriable errors, and its timeouts, which it does
-    not mark retriable). Refusals (authorization, bad configuration) are not transient."""
-    if isinstance(exc, TransportError):
-        return exc.retriable
-    return isinstance(exc, KafkaError) and (
-        bool(getattr(exc, "retriable", False)) or isinstance(exc, KafkaTimeoutError)
-    )
+    timed out, a leader moving (a retriable :class:`~bus.errors.TransportError`; the Kafka
+    adapter marks aiokafka's retriable errors and its timeouts so, see
+    :func:`bus.kafka.client.wrap`). Refusals (authorization, bad configuration) are not
+    transient."""
+    return isinstance(exc, TransportError) and exc.retriable

@@ -19,13 +19,9 @@ from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError, KafkaTimeoutError
 
-from bus.errors import (
-    TransportError,
-    VerificationError,
-)
-from bus.kafka.client import KafkaSecurity, client_options, wrap
+from bus.errors import VerificationError
+from bus.kafka.client import KafkaSecurity, client_options, kafka_errors
 from bus.lifecycle import TrustTimeline
 from bus.model import Envelope, Revocation
 from bus.trust import KeyRing
@@ -55,14 +51,16 @@ class TrustFollower:
         self._positions = {self._mandate_tp: 0, self._registry_tp: 0}
 
     async def start(self) -> list[Revocation]:
-        """Connect and read both topics to their current end; returns revocations applied."""
-        try:
+        """Connect and read both topics to their current end; returns revocations applied.
+
+        Raises:
+            TransportError: the brokers failed (see :meth:`catch_up`).
+        """
+        with kafka_errors("following trust topics"):
             await self._consumer.start()
             self._consumer.assign(list(self._positions))
             for tp in self._positions:
                 self._consumer.seek(tp, 0)
-        except KafkaError as exc:
-            raise wrap(exc, "following trust topics") from exc
         return await self.catch_up()
 
     async def stop(self) -> None:
@@ -70,8 +68,13 @@ class TrustFollower:
         await self._consumer.stop()
 
     async def catch_up(self) -> list[Revocation]:
-        """Apply both topics up to the end offsets seen now; returns new revocations."""
-        try:
+        """Apply both topics up to the end offsets seen now; returns new revocations.
+
+        Raises:
+            TransportError: the brokers failed; retriable when waiting can cure it (a timeout
+                too: a node waits out an outage rather than stopping for it).
+        """
+        with kafka_errors("following trust topics"):
             ends = await self._consumer.end_offsets(list(self._positions))
             await self._read(self._mandate_tp, ends[self._mandate_tp], self._on_mandate)
             revocations: list[Revocation] = []
@@ -80,10 +83,6 @@ class TrustFollower:
                 ends[self._registry_tp],
                 lambda r: self._on_registry(r, revocations),
             )
-        except KafkaTimeoutError as exc:  # a timeout is worth waiting out; aiokafka says not
-            raise TransportError(f"following trust topics: {exc!r}", retriable=True) from exc
-        except KafkaError as exc:
-            raise wrap(exc, "following trust topics") from exc
         return revocations
 
     async def _read(self, tp: TopicPartition, end: int, handle: Callable[[Any], None]) -> None:
@@ -150,7 +149,9 @@ class TrustFollower:
 class RegistryFollower:
     """Reads ``obus.registry`` (one partition) into a :class:`KeyRing`, catching up on demand.
 
-    Rejected registry records are logged and counted, never applied.
+    Rejected registry records are logged and counted, never applied. Broker failures come out
+    as aiokafka raises them: each caller wraps them with what it was doing
+    (:func:`bus.kafka.client.kafka_errors`).
     """
 
     def __init__(

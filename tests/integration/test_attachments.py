@@ -41,12 +41,8 @@ from nodes.observer.client import GatewayClient
 from nodes.observer.delivery import Backoff, sync
 from nodes.observer.device import Home, init_observer, now_ms, submit_file
 from nodes.observer.outbox import EXTERNAL, UPLOADED, Outbox
-from nodes.org_node.attachments import (
-    AttachmentNode,
-    AttachmentStore,
-    config_for_node,
-    default_paths,
-)
+from nodes.org_node.attachment_store import AttachmentStore
+from nodes.org_node.attachments import AttachmentNode, config_for_node, default_paths
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node

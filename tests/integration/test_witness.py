@@ -40,13 +40,8 @@ from nodes.demo.scenario import (
     node_subject,
     signed_reports,
 )
-from nodes.org_node.witness import (
-    Witness,
-    WitnessConfig,
-    split_view_alarms,
-    witness_fingerprint,
-    witness_status,
-)
+from nodes.org_node.witness import Witness, WitnessConfig
+from nodes.org_node.witness_store import split_view_alarms, witness_fingerprint, witness_status
 from tests.logcapture import capture_all_logs
 
 pytestmark = [pytest.mark.kafka]

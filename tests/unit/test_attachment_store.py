@@ -17,7 +17,7 @@ from bus.ingest import Ingestor
 from bus.model import Attachment
 from bus.store.node import NodeStore
 from bus.verify import ChainBook
-from nodes.org_node.attachments import (
+from nodes.org_node.attachment_store import (
     PARTIAL,
     QUARANTINED,
     VERIFIED,

@@ -25,19 +25,20 @@ from bus.errors import StoreError
 from bus.model import Role
 from bus.witness import WitnessCore, WitnessPolicy
 from nodes.demo.scenario import demo_key
-from nodes.org_node import attachments, process, witness
 from nodes.org_node import ingest as org_node
+from nodes.org_node import process, witness
 from nodes.org_node.attachments import AttachmentNode, AttachmentNodeConfig
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node, run_node
 from nodes.org_node.witness import Witness, WitnessConfig
+from nodes.runtime import consumer as runtime_consumer
 from tests.logcapture import capture_all_logs
 from tests.mission import make_mission
 
 TOPIC = "obus.reports.un"
 TP = TopicPartition(TOPIC, 0)
-TIMEOUT_S = 0.05  # the modules' OFFSET_COMMIT_TIMEOUT_S, shortened for the tests
+TIMEOUT_S = 0.05  # OFFSET_COMMIT_TIMEOUT_S of nodes.runtime.consumer, shortened for the tests
 # A hang guard (100 x TIMEOUT_S), not a speed figure: without the bound these calls never
 # return. What proves the bound is that the hanging commit was cancelled (asserted below).
 BOUND_S = 5.0
@@ -76,9 +77,8 @@ class FailingConsumer(HangingConsumer):
 
 @pytest.fixture(autouse=True)
 def _short_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
-    for module in (org_node, attachments, witness):
-        assert module.OFFSET_COMMIT_TIMEOUT_S == 10.0
-        monkeypatch.setattr(module, "OFFSET_COMMIT_TIMEOUT_S", TIMEOUT_S)
+    assert runtime_consumer.OFFSET_COMMIT_TIMEOUT_S == 10.0
+    monkeypatch.setattr(runtime_consumer, "OFFSET_COMMIT_TIMEOUT_S", TIMEOUT_S)
 
 
 class NoTrustFollower:
