@@ -1,10 +1,10 @@
-"""Command-line parts of the witnessed log (issue 5), hooked into ``obus`` by nodes/cli/main.py.
+"""Command-line parts of the witnessed log and the audit.
 
 * ``obus node``: the witness options (``--witness``/``--no-witness``, default on, needs
   ``--node-key``; ``--checkpoint-every N``, ``--checkpoint-interval SECONDS``,
-  ``--witness-db FILE``);
-* ``obus audit``: ``--from FILE`` (offline audit of an export), ``--html-out FILE``,
-  ``--require-witnessed``;
+  ``--witness-db FILE``) and running the node with its witness (for nodes/cli/node.py);
+* ``obus audit``: live, or ``--from FILE`` (offline audit of an export), ``--json-out FILE``,
+  ``--html-out FILE``, ``--require-witnessed``, ``--verify-workers N``;
 * ``obus audit prove``: the inclusion proof of one record against a quorum checkpoint;
 * ``obus log export FILE``: the portable export.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
 import time
@@ -25,19 +24,14 @@ from rich.console import Console
 
 from bus.errors import ConfigError, VerificationError
 from bus.topics import Topics
-from nodes.cli.kafka import security_from_args
+from nodes.cli.common import add_common_args, bootstrap, security_from_args
 
-Common = Callable[[argparse.ArgumentParser], None]
-Bootstrap = Callable[[argparse.Namespace], str]
+# ---------------------------------------------------------------------------------------------
+# obus node
 
 
-def add_witness_commands(sub: Any, common: Common, bootstrap: Bootstrap) -> None:
-    """Add the witnessed-log options and commands to the ``obus`` parser."""
-    node: argparse.ArgumentParser = sub.choices["node"]
-    with contextlib.suppress(argparse.ArgumentError):  # issue 6 may have added it already
-        node.add_argument(
-            "--node-key", metavar="FILE", help="node key (role NODE): signs checkpoints"
-        )
+def add_witness_args(node: argparse.ArgumentParser) -> None:
+    """The witness options of ``obus node`` (its ``--node-key`` signs the checkpoints)."""
     g = node.add_argument_group(
         "witness",
         "Keep a Merkle tree of every report partition, publish signed checkpoints to "
@@ -59,65 +53,6 @@ def add_witness_commands(sub: Any, common: Common, bootstrap: Bootstrap) -> None
     g.add_argument(
         "--witness-db", metavar="FILE", help="the witness's SQLite file (<db>.witness.db)"
     )
-
-    aud: argparse.ArgumentParser = sub.choices["audit"]
-    aud.add_argument(
-        "--from", dest="from_file", metavar="FILE",
-        help="audit an export file (obus log export) instead of the live bus; no broker needed",
-    )  # fmt: skip
-    aud.add_argument("--html-out", metavar="FILE", help="also write a self-contained HTML report")
-    aud.add_argument(
-        "--require-witnessed", action="store_true",
-        help="every report record must be covered by a checkpoint signed by a quorum",
-    )  # fmt: skip
-    aud.add_argument(
-        "--verify-workers", type=int, default=0, metavar="N",
-        help="live audit: check the next batch's signatures in N worker processes while this "
-        "one is judged (same rule, same verdicts; rejections re-checked in the auditor). "
-        "Default 0; useful up to the number of cores",
-    )  # fmt: skip
-    audsub = aud.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
-    prove = audsub.add_parser(
-        "prove",
-        help="prove one record's inclusion in a checkpoint signed by a quorum of organizations",
-        description="Prints (JSON) the RFC 9162 inclusion proof of one record against the "
-        "largest checkpoint of its partition signed or cosigned by at least the mandate's "
-        "threshold of organizations, with the merged signed note, and verifies it. Exit 1 when "
-        "the record cannot be proven (named reason).",
-    )
-    prove.add_argument("--mandate", metavar="FILE", help="signed mandate file (required)")
-    prove.add_argument("--topic", help="the record's topic, e.g. obus.reports.un")
-    prove.add_argument("--partition", type=int, help="the record's partition (default 0)")
-    prove.add_argument("--offset", type=int)
-    prove.add_argument("--report-id", help="or name the record by its report id")
-    prove.add_argument("--from", dest="from_file", metavar="FILE", help="prove from an export")
-    prove.add_argument("--json-out", metavar="FILE", help="also write the proof to a file")
-    common(prove)
-    # An option prove shares with `obus audit` keeps its value when given before `prove`
-    # (`obus audit --from E prove ...`): without this, prove's default would overwrite it.
-    shared = {a.dest for a in aud._actions} - {"help"}
-    for action in prove._actions:
-        if action.dest in shared:
-            action.default = argparse.SUPPRESS
-    prove.set_defaults(func=lambda a: cmd_prove(a, bootstrap))
-
-    logp = sub.add_parser("log", help="the whole log: export it to a portable file")
-    logsub = logp.add_subparsers(dest="log_command", required=True, metavar="SUBCOMMAND")
-    exp = logsub.add_parser(
-        "export",
-        help="write every record, checkpoint, mandate version and registry record to FILE",
-        description="Writes the obus-log-export v1 file (JSON Lines: header, mandate, registry, "
-        "checkpoints, reports, trailer; see README 'Export format'). Audit it offline with "
-        "obus audit --from FILE.",
-    )
-    exp.add_argument("path", metavar="FILE")
-    exp.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
-    common(exp)
-    exp.set_defaults(func=lambda a: cmd_log_export(a, bootstrap))
-
-
-# ---------------------------------------------------------------------------------------------
-# obus node
 
 
 def witness_config(args: argparse.Namespace, node: Any) -> Any:
@@ -183,7 +118,7 @@ def _export_time(path: Path) -> int:
         raise ConfigError("--from", f"cannot read {path}: {exc.strerror}", "pass FILE") from exc
 
 
-def cmd_audit(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+def cmd_audit(args: argparse.Namespace) -> int:
     """``obus audit`` live or ``--from FILE``; exit 1 names every violation."""
     from nodes.auditor.report import write_html  # noqa: PLC0415
     from nodes.auditor.run import audit, audit_export, render, write_json  # noqa: PLC0415
@@ -243,7 +178,7 @@ _AUDIT_ONLY: tuple[tuple[str, str, object], ...] = (
 )
 
 
-def cmd_prove(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+def cmd_prove(args: argparse.Namespace) -> int:
     """``obus audit prove``: print and verify one record's inclusion proof."""
     from nodes.auditor.prove import prove_from_file, prove_live  # noqa: PLC0415
     from nodes.runtime.files import load_mandate  # noqa: PLC0415
@@ -309,7 +244,7 @@ def cmd_prove(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     return 0
 
 
-def cmd_log_export(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+def cmd_log_export(args: argparse.Namespace) -> int:
     """``obus log export FILE``."""
     from nodes.auditor.log_export import export_log  # noqa: PLC0415
     from nodes.runtime.files import load_mandate  # noqa: PLC0415
@@ -329,3 +264,82 @@ def cmd_log_export(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
         + f" records in {time.monotonic() - started:.1f}s"
     )
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+
+
+def add_audit_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``audit`` and ``audit prove`` to the ``obus`` parser."""
+    aud = sub.add_parser(
+        "audit",
+        help="replay every topic (or an export file) and verify everything",
+        description="Replays the mandate, registry, checkpoints and every obus.reports.* topic "
+        "with its own consumer (no group, nothing committed), or reads an export file "
+        "(--from), and re-verifies every signature, accreditation, revocation, chain link and "
+        "checkpoint (Merkle roots recomputed from the records, split views, witness quorum); "
+        "prints a summary and exits 1 naming every violation.",
+    )
+    aud.add_argument(
+        "--mandate", metavar="FILE", help="signed mandate file (the trust root; required live)"
+    )
+    aud.add_argument("--json-out", metavar="FILE", help="also write the result as JSON")
+    add_common_args(aud)
+    aud.set_defaults(func=cmd_audit)
+    aud.add_argument(
+        "--from", dest="from_file", metavar="FILE",
+        help="audit an export file (obus log export) instead of the live bus; no broker needed",
+    )  # fmt: skip
+    aud.add_argument("--html-out", metavar="FILE", help="also write a self-contained HTML report")
+    aud.add_argument(
+        "--require-witnessed", action="store_true",
+        help="every report record must be covered by a checkpoint signed by a quorum",
+    )  # fmt: skip
+    aud.add_argument(
+        "--verify-workers", type=int, default=0, metavar="N",
+        help="live audit: check the next batch's signatures in N worker processes while this "
+        "one is judged (same rule, same verdicts; rejections re-checked in the auditor). "
+        "Default 0; useful up to the number of cores",
+    )  # fmt: skip
+    audsub = aud.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
+    prove = audsub.add_parser(
+        "prove",
+        help="prove one record's inclusion in a checkpoint signed by a quorum of organizations",
+        description="Prints (JSON) the RFC 9162 inclusion proof of one record against the "
+        "largest checkpoint of its partition signed or cosigned by at least the mandate's "
+        "threshold of organizations, with the merged signed note, and verifies it. Exit 1 when "
+        "the record cannot be proven (named reason).",
+    )
+    prove.add_argument("--mandate", metavar="FILE", help="signed mandate file (required)")
+    prove.add_argument("--topic", help="the record's topic, e.g. obus.reports.un")
+    prove.add_argument("--partition", type=int, help="the record's partition (default 0)")
+    prove.add_argument("--offset", type=int)
+    prove.add_argument("--report-id", help="or name the record by its report id")
+    prove.add_argument("--from", dest="from_file", metavar="FILE", help="prove from an export")
+    prove.add_argument("--json-out", metavar="FILE", help="also write the proof to a file")
+    add_common_args(prove)
+    # An option prove shares with `obus audit` keeps its value when given before `prove`
+    # (`obus audit --from E prove ...`): without this, prove's default would overwrite it.
+    shared = {a.dest for a in aud._actions} - {"help"}
+    for action in prove._actions:
+        if action.dest in shared:
+            action.default = argparse.SUPPRESS
+    prove.set_defaults(func=cmd_prove)
+
+
+def add_log_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``log export`` to the ``obus`` parser."""
+    logp = sub.add_parser("log", help="the whole log: export it to a portable file")
+    logsub = logp.add_subparsers(dest="log_command", required=True, metavar="SUBCOMMAND")
+    exp = logsub.add_parser(
+        "export",
+        help="write every record, checkpoint, mandate version and registry record to FILE",
+        description="Writes the obus-log-export v1 file (JSON Lines: header, mandate, registry, "
+        "checkpoints, reports, trailer; see README 'Export format'). Audit it offline with "
+        "obus audit --from FILE.",
+    )
+    exp.add_argument("path", metavar="FILE")
+    exp.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    add_common_args(exp)
+    exp.set_defaults(func=cmd_log_export)

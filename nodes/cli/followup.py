@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -25,20 +23,16 @@ from bus.errors import ConfigError
 from bus.model import Mandate
 from bus.statement import JointStatement
 from bus.topics import Topics
-from nodes.cli.kafka import security_from_args
+from nodes.cli.common import add_common_args, add_log_level, bootstrap, security_from_args
 from nodes.org_node.statements import (
     Board,
-    read_keyring,
     check_signing_key,
     draft,
     read_board,
+    read_keyring,
     references_from_store,
     sign,
 )
-from nodes.runtime.logs import LEVELS
-
-Common = Callable[[argparse.ArgumentParser], None]
-Bootstrap = Callable[[argparse.Namespace], str]
 
 
 def render_statuses(board: Board, console: Console) -> None:
@@ -76,7 +70,7 @@ def _key(args: argparse.Namespace) -> SigningKey:
     return read_key(Path(args.node_key))
 
 
-def _cmd_draft(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+def _cmd_draft(args: argparse.Namespace) -> int:
     mandate = _mandate(args)
     if mandate.organization(args.org) is None:
         raise ConfigError("--org", f"{args.org!r} is not part of the mandate", "use your org id")
@@ -110,7 +104,7 @@ def _cmd_draft(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     return 0
 
 
-def _cmd_sign(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+def _cmd_sign(args: argparse.Namespace) -> int:
     status = asyncio.run(
         sign(
             bootstrap(args), Topics(args.topic_prefix), _mandate(args),
@@ -125,7 +119,7 @@ def _cmd_sign(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
     return 0
 
 
-def _cmd_status(args: argparse.Namespace, bootstrap: Bootstrap) -> int:
+def _cmd_status(args: argparse.Namespace) -> int:
     board = asyncio.run(
         read_board(
             bootstrap(args), Topics(args.topic_prefix), _mandate(args),
@@ -168,7 +162,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return asyncio.run(serve(config))
 
 
-def add_followup_commands(sub: Any, common: Common, bootstrap: Bootstrap) -> None:
+def add_followup_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``statement`` and ``dashboard`` on the ``obus`` parser."""
     st = sub.add_parser(
         "statement",
@@ -188,8 +182,8 @@ def add_followup_commands(sub: Any, common: Common, bootstrap: Bootstrap) -> Non
     d.add_argument("--text", default="", help="the statement text")
     d.add_argument("--text-file", metavar="FILE", help="or read the text from a file")
     d.add_argument("--report", action="append", default=[], metavar="ID", help="repeatable")
-    common(d)
-    d.set_defaults(func=lambda a: _cmd_draft(a, bootstrap))
+    add_common_args(d)
+    d.set_defaults(func=_cmd_draft)
 
     s = ss.add_parser("sign", help="co-sign a drafted statement")
     s.add_argument("statement_id")
@@ -197,16 +191,16 @@ def add_followup_commands(sub: Any, common: Common, bootstrap: Bootstrap) -> Non
     s.add_argument("--node-key", required=True, metavar="FILE", help="your node key (NODE)")
     s.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
     s.add_argument("--db", metavar="FILE", help="check the references against your store")
-    common(s)
-    s.set_defaults(func=lambda a: _cmd_sign(a, bootstrap))
+    add_common_args(s)
+    s.set_defaults(func=_cmd_sign)
 
     t = ss.add_parser(
         "status", help="every statement (or one: exit 0 valid, 3 pending, 1 unknown id)"
     )
     t.add_argument("statement_id", nargs="?")
     t.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
-    common(t)
-    t.set_defaults(func=lambda a: _cmd_status(a, bootstrap))
+    add_common_args(t)
+    t.set_defaults(func=_cmd_status)
 
     dash = sub.add_parser(
         "dashboard",
@@ -220,5 +214,5 @@ def add_followup_commands(sub: Any, common: Common, bootstrap: Bootstrap) -> Non
     dash.add_argument("--policy", metavar="FILE", help="for the early-warning charts")
     dash.add_argument("--http-port", type=int, default=8080)
     dash.add_argument("--http-host", default="127.0.0.1")
-    dash.add_argument("--log-level", default="info", choices=LEVELS)
+    add_log_level(dash)
     dash.set_defaults(func=_cmd_dashboard)

@@ -1,8 +1,8 @@
 """``obus observer ...`` and ``obus gateway``: argument parsing and the environment, nothing else.
 
-Registered into the one ``obus`` parser by :func:`add_commands` (nodes/cli/main.py). The passphrase
-of an observer key comes from ``$OBUS_PASSPHRASE`` or a prompt, never from the command line
-(argv is visible to every user of the machine through ``ps``).
+Registered into the one ``obus`` parser by :func:`add_observer_commands` (nodes/cli/main.py).
+The passphrase of an observer key comes from ``$OBUS_PASSPHRASE`` or a prompt, never from the
+command line (argv is visible to every user of the machine through ``ps``).
 """
 
 from __future__ import annotations
@@ -15,17 +15,16 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
 from rich.console import Console
 
 from bus.attachment import MAX_ATTACHMENT_BYTES
-from bus.errors import BusError, ConfigError
+from bus.errors import ConfigError
 from bus.topics import Topics
 from bus.verify import DEFAULT_MAX_RECORD_BYTES
-from nodes.runtime.logs import LEVELS
+from nodes.cli.common import add_common_args, add_log_level, bootstrap, security_from_args
 
 if TYPE_CHECKING:
     from nodes.observer.device import Home
@@ -269,7 +268,6 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         known = ", ".join(o.org for o in mandate.organizations)
         raise ConfigError("org", f"{args.org!r} is not part of the mandate", f"one of {known}")
     from bus.attachment import AttachmentLimits  # noqa: PLC0415
-    from nodes.cli.kafka import security_from_args  # noqa: PLC0415
 
     if args.max_attachment_bytes < 0:
         raise ConfigError(
@@ -281,7 +279,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     fault = os.environ.get(FAULT_ENV)
     config = GatewayConfig(
         org=args.org,
-        bootstrap=args.bootstrap_resolved,
+        bootstrap=bootstrap(args),
         db_path=Path(args.db),
         mandate=mandate,
         node_key=read_key(Path(args.node_key)),
@@ -299,11 +297,7 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     return asyncio.run(run_gateway(config))
 
 
-def add_commands(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
-    common: Callable[[argparse.ArgumentParser], None],
-    bootstrap: Callable[[argparse.Namespace], str],
-) -> None:
+def add_observer_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``observer`` and ``gateway`` to the ``obus`` sub-command parser."""
     obs = sub.add_parser(
         "observer",
@@ -316,7 +310,7 @@ def add_commands(
     def with_home(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         p.add_argument("--home", metavar="DIR", help="observer home (default $OBUS_OBSERVER_HOME "
                        "or ~/.obus/observer)")  # fmt: skip
-        p.add_argument("--log-level", default="warning", choices=LEVELS)
+        add_log_level(p, "warning")
         return p
 
     p = with_home(osub.add_parser("init", help="new key (encrypted) and accreditation request"))
@@ -378,13 +372,8 @@ def add_commands(
     )  # fmt: skip
     gw.add_argument("--rate", type=float, default=10.0, help="reports/s per observer")
     gw.add_argument("--burst", type=int, default=500, help="burst per observer")
-    common(gw)
-
-    def gateway(args: argparse.Namespace) -> int:
-        args.bootstrap_resolved = bootstrap(args)
-        return _cmd_gateway(args)
-
-    gw.set_defaults(func=gateway)
+    add_common_args(gw)
+    gw.set_defaults(func=_cmd_gateway)
 
 
-__all__ = ["EXIT_QUEUED", "FAULT_ENV", "BusError", "add_commands"]
+__all__ = ["EXIT_QUEUED", "FAULT_ENV", "add_observer_commands"]

@@ -22,9 +22,8 @@ from bus.model import Envelope
 from bus.statement import StatementBook
 from bus.trust import KeyRing
 from nodes.cli import followup as followup_cli
-from nodes.cli import main as cli
 from nodes.cli import trust as trust_cli
-from nodes.cli.kafka import security_from_args
+from nodes.cli.common import security_from_args
 from nodes.cli.main import build_parser, main
 from nodes.demo.scenario import Scenario, build_scenario, demo_key
 from nodes.org_node import statements
@@ -462,7 +461,7 @@ def test_os_error_safety_net(
     def boom(_args: argparse.Namespace) -> int:
         raise PermissionError(13, "Permission denied", "/root/secret")
 
-    monkeypatch.setattr(cli, "_cmd_keygen", boom)
+    monkeypatch.setattr(trust_cli, "_cmd_keygen", boom)
     assert main(["keygen", "k.json"]) == 2
     err = capsys.readouterr().err
     assert "obus: error: cannot access /root/secret: Permission denied" in err

@@ -1,0 +1,192 @@
+"""``obus node``: run an organization's node (verify, store, quarantine, follow up, witness).
+
+Argument parsing and the environment only: the node itself is built and run by
+:mod:`nodes.org_node.process`; the witness options and the witness come from
+:mod:`nodes.cli.audit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+from pathlib import Path
+
+from bus.attachment import MAX_ATTACHMENT_BYTES, UNREFERENCED_TTL_MS, AttachmentLimits
+from bus.crypto import SigningKey
+from bus.errors import BusError, ConfigError
+from bus.policy import Policy
+from bus.policy_file import load_policy
+from bus.topics import Topics
+from nodes.cli.audit import add_witness_args, run_with_witness
+from nodes.cli.common import add_common_args, bootstrap, security_from_args
+from nodes.cli.trust import read_decryption_key
+from nodes.runtime.files import load_mandate, read_key
+
+
+def _cmd_node(args: argparse.Namespace) -> int:
+    from nodes.org_node.config import NodeConfig  # noqa: PLC0415 - keep `obus --help` fast
+
+    check_port("--http-port", args.http_port)
+    limits = None if args.ingest_only else _attachment_limits(args)
+    mandate, _ = load_mandate(Path(args.mandate))
+    policy = load_policy(Path(args.policy)) if args.policy else None
+    if policy is not None and policy.org != args.org:
+        raise BusError(
+            f"policy file is for org {policy.org!r}, not {args.org!r}; pass this org's policy"
+        )
+    if mandate.organization(args.org) is None:
+        known = ", ".join(o.org for o in mandate.organizations)
+        raise BusError(f"--org {args.org!r} is not part of the mandate; known: {known}")
+    node_key = _node_key_for_policy(args, policy)
+    if policy is not None:
+        policy.check_mandate(mandate)
+    config = NodeConfig(
+        security=security_from_args(args),
+        org=args.org,
+        bootstrap=bootstrap(args),
+        db_path=Path(args.db),
+        mandate=mandate,
+        policy=policy,
+        topics=Topics(args.topic_prefix),
+        node_key=node_key,
+        http_port=args.http_port,
+        http_host=args.http_host,
+        verify_workers=args.verify_workers,
+        attachments=limits,
+        ingest_only=args.ingest_only,
+        fetch_min_bytes=args.fetch_min_bytes,
+        fetch_max_wait_ms=args.fetch_max_wait_ms,
+    )
+    if args.decryption_key:  # restricted reports sealed to this organization
+        keys = tuple(read_decryption_key(Path(f), args.org) for f in args.decryption_key)
+        config = dataclasses.replace(config, decryption_keys=keys)
+    Path(args.db).parent.mkdir(parents=True, exist_ok=True)
+    if args.ingest_only:  # an extra worker: the full node runs the witness and follow-up
+        from nodes.org_node.process import run_node  # noqa: PLC0415 - keep `obus --help` fast
+
+        return asyncio.run(run_node(config))
+    return asyncio.run(run_with_witness(args, config))
+
+
+def _attachment_limits(args: argparse.Namespace) -> AttachmentLimits | None:
+    """The attachment reassembler's limits, or None with --no-attachments."""
+    if not args.attachments:
+        return None
+    if args.max_attachment_bytes < 0:
+        raise ConfigError(
+            "--max-attachment-bytes", f"{args.max_attachment_bytes} is negative", "pass N >= 0"
+        )
+    if not args.attachment_wait_hours >= 0:  # also refuses nan
+        raise ConfigError(
+            "--attachment-wait-hours", f"{args.attachment_wait_hours} is negative", "pass H >= 0"
+        )
+    try:
+        return AttachmentLimits(
+            max_bytes=args.max_attachment_bytes,
+            unreferenced_ttl_ms=round(args.attachment_wait_hours * 3_600_000),
+            incomplete_ttl_ms=round(args.attachment_wait_hours * 3_600_000),
+        )
+    except (ValueError, OverflowError) as exc:
+        raise ConfigError("--attachment-wait-hours", str(exc), "pass a smaller value") from exc
+
+
+def check_port(flag: str, port: int | None) -> None:
+    """Refuse a TCP port outside 0..65535 (None: not given)."""
+    if port is not None and not 0 <= port <= 65535:
+        raise ConfigError(flag, f"{port} is not a TCP port", "pass a port in 0..65535")
+
+
+def _node_key_for_policy(args: argparse.Namespace, policy: Policy | None) -> SigningKey | None:
+    """The node key (--node-key); required when a rule of the policy publishes decisions."""
+    if args.node_key:
+        return read_key(Path(args.node_key))
+    publishing = [r.name for r in policy.rules if r.publish] if policy is not None else []
+    if publishing:
+        raise ConfigError(
+            "--node-key",
+            f"rule {publishing[0]} of the policy has publish = true, and published decisions"
+            " are signed by the node key",
+            "pass --node-key FILE (a key your organization accredited with role NODE),"
+            " or set publish = false",
+        )
+    return None
+
+
+def add_node_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add ``node`` to the ``obus`` parser."""
+    node = sub.add_parser(
+        "node",
+        help="run an organization's node: verify, store and quarantine every report",
+        description="Subscribe to every obus.reports.* topic, verify each record against the "
+        "mandate and the accreditations on obus.registry, store accepted reports in SQLite, "
+        "quarantine rejected ones with a reason code, and apply this organization's policy. "
+        "Stops cleanly on SIGINT/SIGTERM; restarts resume exactly where the store stopped.",
+    )
+    node.add_argument("--org", required=True, help="this organization's id, e.g. un")
+    node.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    node.add_argument("--db", required=True, metavar="FILE", help="SQLite store of this node")
+    node.add_argument("--policy", metavar="FILE", help="this organization's rules (TOML)")
+    node.add_argument(
+        "--decryption-key",
+        action="append",
+        metavar="FILE",
+        help="this organization's X25519 key file (obus org enckey): read restricted reports",
+    )
+    node.add_argument(
+        "--node-key", metavar="FILE", help="node key (role NODE): signs published decisions"
+    )
+    node.add_argument(
+        "--http-port", type=int, metavar="PORT", help="serve the dashboard and API on this port"
+    )
+    node.add_argument("--http-host", default="127.0.0.1", help="dashboard address (127.0.0.1)")
+    node.add_argument(
+        "--verify-workers",
+        type=int,
+        default=0,
+        metavar="N",
+        help="check each batch's signatures in N worker processes first (same rule, same "
+        "verdicts; default 0: all in the node process). Useful up to the number of cores.",
+    )
+    node.add_argument(
+        "--ingest-only",
+        action="store_true",
+        help="run an extra ingest worker of this organization's node: same --org and --db "
+        "(one SQLite file, same host) as the full node, sharing its consumer group and so its "
+        "partitions; it only verifies and stores (the full node runs follow-up, dashboard, "
+        "witness and attachments). Each batch commits only if the store still holds what it "
+        "was judged against, so workers never store a record twice or judge on stale chains.",
+    )
+    node.add_argument(
+        "--fetch-min-bytes", type=int, default=64 * 1024, metavar="N",
+        help="the broker answers the node's fetch once N bytes of reports are ready or "
+        "--fetch-max-wait-ms passed (default 65536). Every batch has a fixed cost, so a "
+        "steady trickle read record by record costs far more CPU than the same reports in "
+        "batches; 1 reads each record the moment it lands",
+    )  # fmt: skip
+    node.add_argument(
+        "--fetch-max-wait-ms", type=int, default=50, metavar="MS",
+        help="longest a report waits on the broker to be batched with others (default 50)",
+    )  # fmt: skip
+    att = node.add_argument_group(
+        "attachments",
+        "Reassemble the attachment chunks of <prefix>attachments.* (own consumer group, "
+        "<db stem>.attachments.db and <db stem>.attachments/), keep those an accepted report "
+        "references, by SHA-256; quarantine the rest with a reason.",
+    )
+    att.add_argument(
+        "--attachments", action=argparse.BooleanOptionalAction, default=True,
+        help="run the attachment reassembler (default: on)",
+    )  # fmt: skip
+    att.add_argument(
+        "--max-attachment-bytes", type=int, default=MAX_ATTACHMENT_BYTES, metavar="N",
+        help=f"larger attachments are quarantined as oversized (default {MAX_ATTACHMENT_BYTES})",
+    )  # fmt: skip
+    att.add_argument(
+        "--attachment-wait-hours", type=float, default=UNREFERENCED_TTL_MS / 3_600_000,
+        metavar="H", help="how long chunks wait for their report or their missing pieces "
+        "before they are quarantined (unreferenced, incomplete); default 168 (a week)",
+    )  # fmt: skip
+    add_common_args(node)
+    add_witness_args(node)
+    node.set_defaults(func=_cmd_node)
