@@ -717,7 +717,7 @@ class Revocation:
 
 
 # ---------------------------------------------------------------------------------------------
-# Receipts (issue 3: observer delivery). Kept together at the end of the module.
+# Receipts (observer delivery). Kept together at the end of the module.
 
 from bus._pb.obus.v1 import receipt_pb2  # noqa: E402 - this section is self-contained
 
@@ -800,8 +800,8 @@ class Receipt:
 
 
 # ---------------------------------------------------------------------------------------------
-# Restricted reports and encryption keys (issue 4; schemas/obus/v1/sealed.proto). Kept together
-# at the end of the module.
+# Restricted reports and encryption keys (schemas/obus/v1/sealed.proto). Kept together at the
+# end of the module.
 
 from bus._pb.obus.v1 import sealed_pb2  # noqa: E402 - this section is self-contained
 
