@@ -292,6 +292,11 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         exit_after_publishes=int(fault) if fault else None,
         attachments=AttachmentLimits(max_bytes=args.max_attachment_bytes),
         security=security_from_args(args),
+        tls_cert=None if args.tls_cert is None else Path(args.tls_cert),
+        tls_key=None if args.tls_key is None else Path(args.tls_key),
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_connections=args.max_connections,
     )
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
     return asyncio.run(run_gateway(config))
@@ -351,7 +356,7 @@ def add_observer_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
 
     gw = sub.add_parser(
         "gateway",
-        help="run an organization's ingest gateway for its observers (HTTP)",
+        help="run an organization's ingest gateway for its observers (HTTP or HTTPS)",
         description="POST /v1/reports: verify the envelope (this organization's accredited "
         "observers, within the mandate), check the observer's chain, publish exactly once "
         "(idempotent producer, acks=all) and answer with a receipt signed by the node key. "
@@ -372,6 +377,24 @@ def add_observer_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     )  # fmt: skip
     gw.add_argument("--rate", type=float, default=10.0, help="reports/s per observer")
     gw.add_argument("--burst", type=int, default=500, help="burst per observer")
+    gw.add_argument(
+        "--header-timeout", type=float, default=20.0, metavar="SECONDS",
+        help="a connection that has not sent a request's headers this long after opening (or"
+        " after its previous answer) is closed (default 20)",
+    )  # fmt: skip
+    gw.add_argument(
+        "--body-timeout", type=float, default=30.0, metavar="SECONDS",
+        help="a request body that stops arriving for this long is dropped (408; default 30)",
+    )  # fmt: skip
+    gw.add_argument(
+        "--max-connections", type=int, default=16_384, metavar="N",
+        help="open connections served at once; beyond them a connection is answered 503 with"
+        " Retry-After and closed (default 16384, lowered to fit the open-files limit)",
+    )  # fmt: skip
+    gw.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate"
+                    " (chain, leaf first); needs --tls-key")  # fmt: skip
+    gw.add_argument("--tls-key", metavar="FILE", help="the certificate's unencrypted PEM private"
+                    " key")  # fmt: skip
     add_common_args(gw)
     gw.set_defaults(func=_cmd_gateway)
 

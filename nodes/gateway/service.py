@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -104,6 +105,17 @@ class GatewayConfig:
     # How the gateway authenticates to the brokers (None: PLAINTEXT); see
     # bus.kafka.client.KafkaSecurity.
     security: KafkaSecurity | None = None
+    # Slow and abusive clients (nodes/gateway/http.py, README "Gateway: TLS and limits"). A
+    # connection must finish a request's headers within header_timeout_s of opening (or of its
+    # previous answer); a body that stops arriving for body_timeout_s is dropped. The limit
+    # sits above the idle connections the gateway must hold (10,000); beyond it a connection is
+    # answered 503 at once and closed.
+    header_timeout_s: float = 20.0
+    body_timeout_s: float = 30.0
+    max_connections: int = 16_384
+    # HTTPS with this PEM certificate (chain) and unencrypted PEM private key; both or neither.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __post_init__(self) -> None:
         if self.max_body_bytes > self.limits.max_record_bytes:
@@ -114,6 +126,24 @@ class GatewayConfig:
             )
         if self.rate_per_s <= 0 or self.burst < 1:
             raise ConfigError("rate", "rate_per_s must be > 0 and burst >= 1", "fix the limits")
+        timeouts = {
+            "--header-timeout": self.header_timeout_s,
+            "--body-timeout": self.body_timeout_s,
+        }
+        for flag, seconds in timeouts.items():
+            if not 0 < seconds < math.inf:
+                raise ConfigError(flag, f"{seconds} is not a number of seconds > 0", "pass N > 0")
+        if self.max_connections < 1:
+            raise ConfigError(
+                "--max-connections", f"{self.max_connections} is below 1", "pass N >= 1"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = (
+                ("--tls-cert", "--tls-key") if self.tls_key is None else ("--tls-key", "--tls-cert")
+            )
+            raise ConfigError(
+                missing, f"{given} is given without {missing}", "give both or neither"
+            )
 
 
 class Outcome(enum.Enum):
