@@ -2,7 +2,8 @@
 
 Pure: no I/O. The observer's outbox keeps the bytes, the gateway publishes them with
 :func:`split`, and every organization node puts them back together with :class:`Assembly`
-(persisted by :mod:`nodes.org_node.attachment_store`; :class:`Reassembler` is the same logic in memory).
+(persisted by :mod:`nodes.org_node.attachment_store`; :class:`Reassembler` is the same logic
+in memory).
 
 Trust. A chunk (``schemas/obus/v1/attachment.proto``) carries no signature: the observer's
 signed report commits to the attachment's SHA-256 and size, and an attachment is kept only when

@@ -42,7 +42,8 @@ class NodeConfig:
     fetch_max_wait_ms: int = 50
     # How often new topics matching the report pattern are discovered.
     metadata_max_age_ms: int = 5000
-    # How this node authenticates to the brokers (None: PLAINTEXT); see bus.kafka.client.KafkaSecurity.
+    # How this node authenticates to the brokers (None: PLAINTEXT); see
+    # bus.kafka.client.KafkaSecurity.
     security: KafkaSecurity | None = None
     # Restricted reports (issue 4): this organization's X25519 keys, to read reports sealed to it.
     decryption_keys: tuple[DecryptionKey, ...] = ()

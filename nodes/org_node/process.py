@@ -71,8 +71,8 @@ async def run_node(config: NodeConfig, *, companions: Sequence[Companion] = ()) 
 
 
 class NodeExtras:
-    """What runs beside an :class:`~nodes.org_node.ingest.OrgNode`: its follow-up and, when a port is
-    configured, its dashboard. Started before the ingest loop, stopped after it.
+    """What runs beside an :class:`~nodes.org_node.ingest.OrgNode`: its follow-up and, when a
+    port is configured, its dashboard. Started before the ingest loop, stopped after it.
 
     A failing follow-up stops the node (and its error is raised by :meth:`stop`): decisions
     must not silently stop being made.
