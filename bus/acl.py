@@ -39,7 +39,7 @@ ADMIN: Final = "admin"  # the super user (super.users=User:admin): creates topic
 
 
 class TopicNames(Protocol):
-    """The topic names the model needs (:class:`bus.kafka.client.Topics` provides them)."""
+    """The topic names the model needs (:class:`bus.topics.Topics` provides them)."""
 
     @property
     def prefix(self) -> str: ...

@@ -6,7 +6,7 @@
 Both deployments carry the same model as the local secure cluster: three combined
 broker+controller KRaft nodes, replication factor 3, min.insync.replicas=2, SASL/SCRAM-SHA-512
 over TLS for clients and between brokers, one principal per organization plus ``admin``, and
-the ACLs of :func:`bus.acl.acl_model`, topic set of :func:`bus.kafka.client.standard_topics`.
+the ACLs of :func:`bus.acl.acl_model`, topic set of :func:`bus.topics.standard_topics`.
 
 * ``deploy/compose/docker-compose.yml``: a ``certs`` job (CA and broker keystores), brokers
   ``kafka-1..3`` (apache/kafka image, ``broker-start.sh`` formats storage with the SCRAM
@@ -121,7 +121,7 @@ def _init_script() -> str:
         "export PATH=/opt/kafka/bin:$PATH",
         ADMIN_PROPERTIES,
         f"BOOTSTRAP={_bootstrap()}",
-        "# topics (bus.kafka.client.standard_topics)",
+        "# topics (bus.topics.standard_topics)",
         *(topic_command(s) for s in _specs()),
         "# ACLs (bus.acl.acl_model): one rule per line",
         *(acl_command(r) for r in acl_model(TOPICS, ORGS)),
