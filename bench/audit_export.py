@@ -1,4 +1,4 @@
-"""Offline audit rate and peak memory on exported logs (issue 5).
+"""Offline audit rate and peak memory on exported logs.
 
     .venv/bin/python -m bench.audit_export                  # 25k and 100k records
     .venv/bin/python -m bench.audit_export --records 200000 --records 50000

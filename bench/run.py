@@ -1,4 +1,4 @@
-"""``make bench``: one run, one broker, every figure and ratio of issue 7.
+"""``make bench``: one run, one broker, every figure and ratio of the performance targets.
 
     python -m bench.run [--sizes 100000,300000] [--latency-seconds 15] [--profile]
 

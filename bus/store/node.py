@@ -442,7 +442,7 @@ class NodeStore:
             )
         )
 
-    # -- follow-up: own decisions and their publication (issue 6) ---------------------------
+    # -- follow-up: own decisions and their publication -------------------------------------
 
     def add_decisions(self, decisions: Iterable[Decision]) -> list[Decision]:
         """Store decisions whose id is not stored yet; returns those, in the given order.
@@ -561,7 +561,7 @@ class NodeStore:
                 (PUB_PUBLISHED, offset, decision_id),
             )
 
-    # -- follow-up: what other organizations publish (issue 6) ------------------------------
+    # -- follow-up: what other organizations publish ----------------------------------------
 
     def commit_board(
         self,
@@ -653,7 +653,7 @@ class NodeStore:
             )
         )
 
-    # -- follow-up: reads for the dashboard (issue 6) ---------------------------------------
+    # -- follow-up: reads for the dashboard -------------------------------------------------
 
     def reports_since(
         self, rowid: int, *, limit: int = 10_000

@@ -45,9 +45,9 @@ class NodeConfig:
     # How this node authenticates to the brokers (None: PLAINTEXT); see
     # bus.kafka.client.KafkaSecurity.
     security: KafkaSecurity | None = None
-    # Restricted reports (issue 4): this organization's X25519 keys, to read reports sealed to it.
+    # Restricted reports: this organization's X25519 keys, to read reports sealed to it.
     decryption_keys: tuple[DecryptionKey, ...] = ()
-    # Follow-up and dashboard (issue 6): the key that signs published decisions (accredited
+    # Follow-up and dashboard: the key that signs published decisions (accredited
     # by this organization as NODE), the dashboard's address (None: no dashboard), and how far
     # the broker's clock may run behind ours (bus/policy.py, canonical order).
     node_key: SigningKey | None = None
@@ -57,10 +57,10 @@ class NodeConfig:
     # Worker processes that check a batch's Ed25519 signatures in parallel before the
     # sequential path runs (nodes/runtime/preverify.py); 0: everything in this process.
     verify_workers: int = 0
-    # Attachments (issue 3): limits of the reassembler run beside the node by run_node (its
+    # Attachments: limits of the reassembler run beside the node by run_node (its
     # own consumer group and store, nodes/org_node/attachments.py); None: no reassembler.
     attachments: AttachmentLimits | None = field(default_factory=AttachmentLimits)
-    # An extra ingest worker of this organization's node (issue 7, scaling): it shares
+    # An extra ingest worker of this organization's node (scaling out): it shares
     # db_path and the consumer group with the full node and with other workers, and only
     # consumes, verifies and stores (no follow-up, dashboard or attachments; the full node
     # runs those). Batches commit only against unchanged store state (StoreConflictError).
