@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from bus.errors import TransportError
+
 
 @dataclass(frozen=True, slots=True)
 class Answer:
@@ -33,8 +35,12 @@ class Answer:
             return f"http_{self.status}", self.body[:200].decode("utf-8", "replace")
 
 
-class Unreachable(Exception):  # noqa: N818 - a state, not a failure of ours
-    """The gateway could not be reached (connection refused, reset, timeout)."""
+class Unreachable(TransportError):  # noqa: N818 - a state, not a failure of ours
+    """The gateway could not be reached (connection refused, reset, timeout): trying again later
+    can help, so it is a retriable :class:`~bus.errors.TransportError`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retriable=True)
 
 
 class GatewayClient:
