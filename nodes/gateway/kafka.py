@@ -13,13 +13,12 @@ from typing import NamedTuple
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from bus.attachment import CHUNK_OVERHEAD_BYTES
 from bus.errors import TransportError
 from bus.kafka.admin import topic_partitions
 from bus.kafka.attachments import Published, publish_attachment, topic_message_limit
-from bus.kafka.client import KafkaSecurity, client_options, reliable_producer, wrap
+from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
 from bus.kafka.replay import read_until, replay
 from bus.model import sha256
 from bus.topics import report_headers
@@ -95,7 +94,7 @@ class GatewayKafka:
         self._registry = RegistryFollower(
             self._bootstrap, self._registry_topic, self._keyring, security=self._security
         )
-        try:
+        with kafka_errors("starting the gateway"):
             await self._registry.start()
             # linger 0: one observer sends one report at a time, so waiting to batch is pure
             # latency; concurrent observers still share batches while a request is in flight.
@@ -105,8 +104,6 @@ class GatewayKafka:
                 self._bootstrap, security=self._security, linger_ms=0, max_request_size=request_max
             )
             await self._producer.start()
-        except KafkaError as exc:
-            raise wrap(exc, "starting the gateway") from exc
 
     async def stop(self) -> None:
         """Stop the producer and the registry follower (those that were started)."""
@@ -123,10 +120,8 @@ class GatewayKafka:
         """
         assert self._registry is not None
         async with self._registry_lock:
-            try:
+            with kafka_errors("following the registry"):
                 return await self._registry.catch_up()
-            except KafkaError as exc:
-                raise wrap(exc, "following the registry") from exc
 
     async def attachment_message_limit(self) -> int | None:
         """The attachments topic's ``max.message.bytes``, or None when it does not exist.
@@ -150,7 +145,7 @@ class GatewayKafka:
                 the topic).
         """
         assert self._producer is not None
-        try:
+        with kafka_errors(f"publishing to {self.topic}"):
             fut = await self._producer.send(
                 self.topic,
                 envelope,
@@ -158,8 +153,6 @@ class GatewayKafka:
                 headers=report_headers(report_id, self._org, observer_id),
             )
             md = await fut
-        except KafkaError as exc:
-            raise wrap(exc, f"publishing to {self.topic}") from exc
         return Position(md.partition, md.offset, md.timestamp)
 
     async def publish_attachment(self, data: bytes) -> Published:
@@ -170,13 +163,11 @@ class GatewayKafka:
                 identical chunks).
         """
         assert self._producer is not None
-        try:
+        with kafka_errors(f"publishing to {self.attachment_topic}"):
             return await publish_attachment(
                 self._producer, self.attachment_topic, data,
                 chunk_size=self._chunk_bytes, org=self._org,
             )  # fmt: skip
-        except KafkaError as exc:
-            raise wrap(exc, f"publishing to {self.attachment_topic}") from exc
 
     # -- reading the topic back ----------------------------------------------------------------
 
@@ -194,10 +185,8 @@ class GatewayKafka:
             TransportError: Kafka failed, or the scan made no progress for
                 :data:`bus.kafka.replay.READ_STALL_S`.
         """
-        try:
+        with kafka_errors(f"scanning {self.topic}"):
             return await self._find(digests, from_offsets)
-        except KafkaError as exc:
-            raise wrap(exc, f"scanning {self.topic}") from exc
 
     async def _find(
         self, digests: set[bytes], from_offsets: dict[int, int]
@@ -244,7 +233,7 @@ class GatewayKafka:
         Raises:
             TransportError: Kafka failed, or the topic has no partitions.
         """
-        try:
+        with kafka_errors(f"reading the end offsets of {self.topic}"):
             consumer = AIOKafkaConsumer(
                 **client_options(self._bootstrap, self._security), group_id=None
             )
@@ -254,8 +243,6 @@ class GatewayKafka:
                 ends = await consumer.end_offsets(tps)
             finally:
                 await consumer.stop()
-        except KafkaError as exc:
-            raise wrap(exc, f"reading the end offsets of {self.topic}") from exc
         return {tp.partition: o for tp, o in ends.items()}
 
     async def _partitions(self) -> list[TopicPartition]:
