@@ -44,9 +44,6 @@ def test_import_contract_lists_every_core_module() -> None:
 
 def test_topic_names_need_no_kafka_client() -> None:
     """An offline audit of an export needs topic names, never the Kafka client."""
-    code = (
-        "import sys, bus.topics, bus.export\n"
-        "print('aiokafka' in sys.modules)\n"
-    )
+    code = "import sys, bus.topics, bus.export\nprint('aiokafka' in sys.modules)\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
