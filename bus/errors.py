@@ -48,6 +48,12 @@ class Reason(enum.StrEnum):
     CHAIN_FORK = "chain_fork"
     DUPLICATE_CONFLICT = "duplicate_conflict"  # same report id, other bytes
     REPLAYED = "replayed"  # the same envelope again at a later log position
+    # Restricted reports (bus.sealed): the key commitment, the recipients' registered keys and
+    # the padding of the content. A recipient's own findings never change a verdict (README).
+    KEY_COMMITMENT_MISSING = "key_commitment_missing"  # sealed report v1: nothing commits a key
+    KEY_COMMITMENT_MISMATCH = "key_commitment_mismatch"  # unwrapped key is not the committed one
+    RECIPIENT_KEY_NOT_CURRENT = "recipient_key_not_current"  # not the org's current enc. key
+    PADDING_INVALID = "padding_invalid"  # content not followed by 0x80, zeros, to an allowed size
     # A verifier bug met this input. The record is kept like any other rejected one and the
     # node goes on; the log event carries the traceback so the bug can be fixed.
     INTERNAL_ERROR = "internal_error"

@@ -805,13 +805,14 @@ class Receipt:
 
 from bus._pb.obus.v1 import sealed_pb2  # noqa: E402 - this section is self-contained
 
-PAYLOAD_SEALED_REPORT: Final = "application/vnd.obus.sealed-report.v1+protobuf"
+PAYLOAD_SEALED_REPORT: Final = "application/vnd.obus.sealed-report.v2+protobuf"
 PAYLOAD_ENCRYPTION_KEY: Final = "application/vnd.obus.encryption-key.v1+protobuf"
 X25519_PUBLIC_KEY_BYTES: Final = 32
 HPKE_ENC_BYTES: Final = 32  # DHKEM(X25519) encapsulated key, RFC 9180 §7.1 Nenc
 WRAPPED_KEY_BYTES: Final = 32 + 16  # a 32-byte content key plus the AES-GCM tag
 GCM_NONCE_BYTES: Final = 12
 GCM_TAG_BYTES: Final = 16
+KEY_COMMITMENT_BYTES: Final = 32  # HMAC-SHA256 of the content key (bus.sealed)
 # Bounded so one record cannot make every node do unbounded HPKE work; 16 is more than the
 # organizations of any mandate we know of.
 MAX_RECIPIENTS: Final = 16
@@ -851,6 +852,7 @@ class SealedReport:
     recipients: tuple[SealedRecipient, ...]
     nonce: bytes
     ciphertext: bytes
+    key_commitment: bytes
 
     def __post_init__(self) -> None:
         if not _UUID7_RE.fullmatch(self.report_id):
@@ -874,6 +876,8 @@ class SealedReport:
             raise _invalid("nonce", f"must be {GCM_NONCE_BYTES} bytes")
         if len(self.ciphertext) < GCM_TAG_BYTES:
             raise _invalid("ciphertext", "shorter than the AES-GCM tag")
+        if len(self.key_commitment) != KEY_COMMITMENT_BYTES:
+            raise _invalid("key_commitment", f"must be {KEY_COMMITMENT_BYTES} bytes")
 
     @property
     def recipient_orgs(self) -> tuple[str, ...]:
@@ -899,6 +903,7 @@ class SealedReport:
             ],
             nonce=self.nonce,
             ciphertext=self.ciphertext,
+            key_commitment=self.key_commitment,
         )
 
     @classmethod
@@ -920,6 +925,7 @@ class SealedReport:
             ),
             nonce=bytes(pb.nonce),
             ciphertext=bytes(pb.ciphertext),
+            key_commitment=bytes(pb.key_commitment),
         )
 
 

@@ -277,10 +277,14 @@ def test_open_sealed_never_raises_on_garbage_keys() -> None:
     _publish_keys(m, keys)
     sealed = SealedReport.decode(Envelope.decode(_sealed_raw(m, ["un"])).payload)
     garbage = dataclasses.replace(sealed.recipients[0], enc=bytes(32))
-    state, report, _ = open_sealed(
+    opened = open_sealed(
         dataclasses.replace(sealed, recipients=(garbage,)), {keys["un"].key_id: keys["un"]}
     )
-    assert (state, report) == (Readability.UNDECRYPTABLE, None)
+    assert (opened.readability, opened.report, opened.reason) == (
+        Readability.UNDECRYPTABLE,
+        None,
+        None,
+    )
 
 
 def test_policies_see_plain_reports_only_and_a_sealed_one_never_stops_them(

@@ -19,7 +19,7 @@ class SealedRecipient(_message.Message):
     def __init__(self, org: _Optional[str] = ..., key_id: _Optional[bytes] = ..., enc: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ...) -> None: ...
 
 class SealedReport(_message.Message):
-    __slots__ = ("report_id", "mandate_id", "zone", "observer_id", "org", "seq", "prev_digest", "signed_at_ms", "recipients", "nonce", "ciphertext")
+    __slots__ = ("report_id", "mandate_id", "zone", "observer_id", "org", "seq", "prev_digest", "signed_at_ms", "recipients", "nonce", "ciphertext", "key_commitment")
     REPORT_ID_FIELD_NUMBER: _ClassVar[int]
     MANDATE_ID_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class SealedReport(_message.Message):
     RECIPIENTS_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    KEY_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     report_id: str
     mandate_id: str
     zone: str
@@ -42,7 +43,8 @@ class SealedReport(_message.Message):
     recipients: _containers.RepeatedCompositeFieldContainer[SealedRecipient]
     nonce: bytes
     ciphertext: bytes
-    def __init__(self, report_id: _Optional[str] = ..., mandate_id: _Optional[str] = ..., zone: _Optional[str] = ..., observer_id: _Optional[str] = ..., org: _Optional[str] = ..., seq: _Optional[int] = ..., prev_digest: _Optional[bytes] = ..., signed_at_ms: _Optional[int] = ..., recipients: _Optional[_Iterable[_Union[SealedRecipient, _Mapping]]] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+    key_commitment: bytes
+    def __init__(self, report_id: _Optional[str] = ..., mandate_id: _Optional[str] = ..., zone: _Optional[str] = ..., observer_id: _Optional[str] = ..., org: _Optional[str] = ..., seq: _Optional[int] = ..., prev_digest: _Optional[bytes] = ..., signed_at_ms: _Optional[int] = ..., recipients: _Optional[_Iterable[_Union[SealedRecipient, _Mapping]]] = ..., nonce: _Optional[bytes] = ..., ciphertext: _Optional[bytes] = ..., key_commitment: _Optional[bytes] = ...) -> None: ...
 
 class EncryptionKey(_message.Message):
     __slots__ = ("org", "public_key", "not_before_ms", "not_after_ms", "serial", "mandate_id")
