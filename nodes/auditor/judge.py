@@ -7,27 +7,45 @@ verification path as the nodes (:class:`bus.ingest.Ingestor`) and reports every 
 its topic, partition, offset and reason code.
 
 What it checks besides each report: the mandate chain and the registry (as every node does,
-:class:`bus.lifecycle.TrustTimeline`); every checkpoint record's signatures by accredited node
-keys (:func:`bus.checkpoint.verify_checkpoint`); two signed checkpoints of one partition and
-size with different roots (``split_view``); the records of every report partition against
-every checkpoint of it (``checkpoint_root_mismatch`` when they hash to another root at a signed
-size, ``checkpoint_beyond_log`` when a signed size exceeds the records held); offsets missing
-(``record_missing``) or out of order (``record_out_of_order``); and, with
-``require_witnessed``, that a checkpoint signed by a quorum (the mandate threshold) of
-organizations covers every record (``witness_quorum_not_met``). It recomputes every root from
-the records, which is stronger than checking inclusion and consistency proofs between
-checkpoints: every checkpoint that matches one append-only tree is consistent with the others.
+:class:`bus.lifecycle.TrustTimeline`), each registry record under the mandate version in force
+when it was logged (:class:`nodes.auditor.trust_feed.TrustFeed`); every checkpoint record's
+signatures by accredited node keys (:func:`bus.checkpoint.verify_checkpoint`); the records of
+every report partition against every checkpoint of it; offsets missing (``record_missing``) or
+out of order (``record_out_of_order``); and, with ``require_witnessed``, that a checkpoint
+signed by a quorum (the mandate threshold) of organizations covers every record
+(``witness_quorum_not_met``). It recomputes every root from the records, which is stronger
+than checking inclusion and consistency proofs between checkpoints: every checkpoint that
+matches one append-only tree is consistent with the others.
+
+Only a quorum speaks for the log. A checkpoint text signed or cosigned by at least the
+mandate's threshold of organizations is a *quorum checkpoint*; the others are *minority*
+checkpoints. The verdicts on checkpoints:
+
+* **The log forked** (violations, :attr:`AuditResult.violations`): two quorum checkpoints of one
+  partition and size with different roots (``split_view``); a quorum checkpoint whose root is
+  not the records' root at its size (``checkpoint_root_mismatch``) or whose size exceeds the
+  records held (``checkpoint_beyond_log``).
+* **Evidence against signers** (findings, :attr:`AuditResult.findings`; the records are judged
+  as usual): an organization that signed two texts of one partition and size with different
+  roots (``equivocation``: both texts, both signature lines, counted against it); a minority
+  checkpoint whose root is not the records' root at a size a quorum checkpoint vouches for
+  (``checkpoint_contradicts_quorum``, counted against its signers, except those already named
+  for equivocation at that size); a minority checkpoint that contradicts records no quorum has
+  witnessed, or signs more records than the log holds (``checkpoint_unconfirmed``: the
+  signers' word against the log's, counted against nobody; ``require_witnessed`` makes those
+  records violations).
 
 Memory does not grow with the log: one frontier-only Merkle tree per partition (at most 64
-hashes), report ids for duplicate detection and the checkpoints in a temporary SQLite file
-(:class:`nodes.auditor.index.AuditIndex`), and counters by organization, zone and day. Only the
-list of violations grows, with violations.
+hashes), report ids for duplicate detection, the checkpoints and the held-back mandate records
+in a temporary SQLite file (:class:`nodes.auditor.index.AuditIndex`), and counters by
+organization, zone and day. Only the lists of violations and findings grow, with them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 from collections import Counter
 from collections.abc import Container
 from dataclasses import dataclass, field
@@ -36,17 +54,18 @@ from typing import Any, Final
 
 import structlog
 
-from bus.checkpoint import NoteKeys, origin_for, parse_origin, verify_checkpoint
+from bus.checkpoint import Checkpoint, NoteKeys, origin_for, parse_origin, verify_checkpoint
 from bus.errors import Reason, VerificationError
 from bus.export import ExportProblem, LogRecord
 from bus.idfilter import IdFilter
 from bus.ingest import Accepted, AcceptedSealed, Ingestor, RecordRef
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree
-from bus.model import Envelope, Mandate
+from bus.model import Mandate
 from bus.topics import Topics
 from bus.verify import ChainBook, Limits
-from nodes.auditor.index import AuditIndex
+from nodes.auditor.index import AuditIndex, Text
+from nodes.auditor.trust_feed import TrustFeed
 
 log = structlog.get_logger(__name__)
 
@@ -66,13 +85,55 @@ class Violation:
     detail: str
 
 
+class FindingKind(enum.StrEnum):
+    """What a finding says about the organizations that signed checkpoints (module docstring)."""
+
+    EQUIVOCATION = "equivocation"
+    CHECKPOINT_CONTRADICTS_QUORUM = "checkpoint_contradicts_quorum"
+    CHECKPOINT_UNCONFIRMED = "checkpoint_unconfirmed"
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A signed checkpoint text a finding rests on: the text, one organization's signature line
+    on it, and the offset on the checkpoints topic of the record that carried that line."""
+
+    text: str
+    org: str
+    line: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Evidence against the signers of checkpoints, not a fault of the log.
+
+    ``against`` holds the organizations it counts against (empty: undecided); ``signers`` every
+    organization that signed the text(s) in question; ``size`` the checkpoint size at stake.
+    """
+
+    kind: str
+    against: tuple[str, ...]
+    signers: tuple[str, ...]
+    topic: str
+    partition: int
+    size: int
+    detail: str
+    evidence: tuple[Evidence, ...]
+
+
 @dataclass
 class AuditResult:
-    """Counts per organization and every violation found."""
+    """Counts per organization, every violation and every finding.
+
+    :attr:`ok` is the exit rule of ``obus audit``: no violation. Findings do not change it
+    (:attr:`clean` is the strict rule: no violation and no finding).
+    """
 
     accepted: Counter[str] = field(default_factory=Counter)
     rejected: Counter[str] = field(default_factory=Counter)
     violations: list[Violation] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
     registry_records: int = 0
     mandate_versions: list[int] = field(default_factory=list)  # versions applied from the topic
     sealed_verified: int = 0  # restricted reports verified without reading them
@@ -87,17 +148,31 @@ class AuditResult:
 
     @property
     def ok(self) -> bool:
-        """True when nothing failed."""
+        """True when the log is consistent and every record verified (no violation)."""
         return not self.violations
+
+    @property
+    def clean(self) -> bool:
+        """True when, besides, no organization's checkpoints were found wanting."""
+        return self.ok and not self.findings
 
     def violations_by_kind(self) -> Counter[str]:
         """How many violations of each reason code."""
         return Counter(v.reason for v in self.violations)
 
+    def findings_by_org(self) -> Counter[str]:
+        """How many findings count against each organization."""
+        return Counter(org for f in self.findings for org in f.against)
+
+    def findings_by_kind(self) -> Counter[str]:
+        """How many findings of each kind."""
+        return Counter(f.kind for f in self.findings)
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-serializable summary."""
         return {
             "ok": self.ok,
+            "clean": self.clean,
             "source": self.source,
             "trust_root": self.trust_root,
             "registry_records": self.registry_records,
@@ -113,6 +188,9 @@ class AuditResult:
             "witness": self.witness,
             "violations_by_kind": dict(self.violations_by_kind()),
             "violations": [dataclasses.asdict(v) for v in self.violations],
+            "findings_by_org": dict(self.findings_by_org()),
+            "findings_by_kind": dict(self.findings_by_kind()),
+            "findings": [dataclasses.asdict(f) for f in self.findings],
         }
 
 
@@ -129,7 +207,23 @@ class _Partition:
     witnessed_orgs: tuple[str, ...] = ()
     witnessed_offset: int = -1
     checked: int = 0
-    mismatched: int = 0
+    mismatched: int = 0  # quorum checkpoints the records contradict
+    disputed: int = 0  # minority checkpoints the records contradict
+
+
+@dataclass(frozen=True, slots=True)
+class _Dispute:
+    """A minority checkpoint the records contradict, judged once every size is known."""
+
+    origin: str
+    topic: str
+    partition: int
+    text: Text
+    ours: bytes
+
+
+def _short(root: bytes) -> str:
+    return f"{root.hex()[:16]}…"
 
 
 class AuditRun:
@@ -159,6 +253,7 @@ class AuditRun:
         self.timeline = TrustTimeline(mandate)
         self._limits = limits or Limits()
         self._index = AuditIndex(work_dir)
+        self._trust = TrustFeed(self.timeline, on_mandate=self._mandate_outcome, queue=self._index)
         self._ingestor: Ingestor | None = None
         # Report ids already seen: the index behind a Bloom filter (bus.idfilter).
         self._ids = IdFilter(self._index.digest, self._index.ids)
@@ -168,7 +263,13 @@ class AuditRun:
         self.preverified: Container[tuple[bytes, bytes]] = frozenset()
         self._parts: dict[tuple[str, int], _Partition] = {}
         self._note_keys: dict[int, NoteKeys] = {}
+        self._trust_done = False
         self._checkpoints_done = False
+        # (origin, size) -> organizations that signed two roots there; the records' root there
+        self._equivocated: dict[tuple[str, int], set[str]] = {}
+        self._roots_seen: dict[tuple[str, int], bytes] = {}
+        self._equivocations: list[tuple[str, int, dict[str, list[Text]]]] = []
+        self._disputes: list[_Dispute] = []
         self.records = 0
 
     def close(self) -> None:
@@ -179,6 +280,11 @@ class AuditRun:
         self.result.violations.append(
             Violation(rec.topic, rec.partition, rec.offset, reason, detail)
         )
+
+    @property
+    def quorum(self) -> int:
+        """Organizations a checkpoint needs to speak for the log (the newest threshold)."""
+        return self.timeline.mandate.threshold
 
     # -- sections ----------------------------------------------------------------------------
 
@@ -199,24 +305,39 @@ class AuditRun:
         handler(rec)
 
     def mandate_record(self, rec: LogRecord) -> None:
-        """A record of the mandate topic: a newer version, a copy, or an alarm."""
+        """A record of the mandate topic, offered once the registry reaches its log time."""
+        self._trust.mandate(rec)
+
+    def _mandate_outcome(
+        self, rec: LogRecord, applied: Mandate | None, error: VerificationError | None
+    ) -> None:
+        if error is not None:
+            self._violation(rec, error.reason.value, error.message)
+        elif applied is not None:
+            self.result.mandate_versions.append(applied.version)
+
+    def registry_record(self, rec: LogRecord) -> None:
+        """An accreditation or revocation record, judged under the version in force when it
+        was logged."""
+        self.result.registry_records += 1
         try:
-            env = Envelope.decode(rec.value or b"")
-            if self.timeline.offer_mandate(env, log_time_ms=rec.timestamp_ms) is not None:
-                self.result.mandate_versions.append(self.timeline.mandate.version)
+            self._trust.registry(rec)
         except VerificationError as exc:
             self._violation(rec, exc.reason.value, exc.message)
 
-    def registry_record(self, rec: LogRecord) -> None:
-        """An accreditation or revocation record."""
-        self.result.registry_records += 1
-        try:
-            self.timeline.apply_registry(Envelope.decode(rec.value or b""))
-        except VerificationError as exc:
-            self._violation(rec, exc.reason.value, exc.message)
+    def end_trust(self) -> None:
+        """The mandate and registry sections are over: every held mandate version is offered.
+
+        Called by the first checkpoint or report record; a feeder that needs the final key
+        state before that (signature workers) calls it itself.
+        """
+        if not self._trust_done:
+            self._trust_done = True
+            self._trust.settle()
 
     def checkpoint_record(self, rec: LogRecord) -> None:
         """A checkpoint or cosignature note: verified, then indexed by (origin, size, root)."""
+        self.end_trust()
         self.result.checkpoint_records += 1
         keyring = self.timeline.at(rec.timestamp_ms)
         keys = self._note_keys.get(id(keyring))
@@ -237,27 +358,41 @@ class AuditRun:
             )
             return
         cp = vc.checkpoint
-        self._index.add_checkpoint(cp.origin, cp.size, cp.root, rec.offset, set(vc.orgs))
+        self._index.add_checkpoint(
+            cp.origin, cp.size, cp.root, rec.offset, [(a.org, a.line) for a in vc.attestations]
+        )
 
     def _end_checkpoints(self) -> None:
+        """Every checkpoint is indexed: name the forks and the equivocations among them."""
+        self.end_trust()
         if self._checkpoints_done:
             return
         self._checkpoints_done = True
         self.result.checkpoint_texts = self._index.count_texts()
         for origin, size in self._index.split_views():
-            roots = self._index.roots_at(origin, size)
-            detail = "; ".join(
-                f"root {r.hex()[:16]}… signed by {', '.join(o)}" for r, o, _ in roots
-            )
-            self.result.violations.append(
-                Violation(
-                    self.topics.checkpoints,
-                    0,
-                    min(off for _, _, off in roots),
-                    Reason.SPLIT_VIEW.value,
-                    f"{origin} size {size}: {detail}",
+            texts = self._index.roots_at(origin, size)
+            quorum_texts = [t for t in texts if len(t.orgs) >= self.quorum]
+            if len(quorum_texts) > 1:
+                detail = "; ".join(
+                    f"root {_short(t.root)} signed by {', '.join(t.orgs)}" for t in quorum_texts
                 )
-            )
+                self.result.violations.append(
+                    Violation(
+                        self.topics.checkpoints,
+                        0,
+                        min(t.offset for t in quorum_texts),
+                        Reason.SPLIT_VIEW.value,
+                        f"{origin} size {size}: two quorum checkpoints: {detail}",
+                    )
+                )
+            signed: dict[str, list[Text]] = {}
+            for t in texts:
+                for org in t.orgs:
+                    signed.setdefault(org, []).append(t)
+            twice = {org: ts for org, ts in sorted(signed.items()) if len(ts) > 1}
+            if twice:
+                self._equivocated[(origin, size)] = set(twice)
+                self._equivocations.append((origin, size, twice))
 
     def report_record(self, rec: LogRecord) -> None:
         """A record of a report topic: verified, chained, counted and put in its tree."""
@@ -344,12 +479,19 @@ class AuditRun:
             return
         origin = self._origin(topic, partition)
         ours = state.tree.root()
-        for root, orgs, _ in self._index.roots_at(origin, size):
+        if (origin, size) in self._equivocated:
+            self._roots_seen[(origin, size)] = ours
+        for text in self._index.roots_at(origin, size):
             state.checked += 1
-            if root == ours:
-                if len(orgs) >= self.timeline.mandate.threshold and size >= state.witnessed_size:
-                    state.witnessed_size, state.witnessed_orgs = size, tuple(orgs)
+            quorum = len(text.orgs) >= self.quorum
+            if text.root == ours:
+                if quorum and size >= state.witnessed_size:
+                    state.witnessed_size, state.witnessed_orgs = size, text.orgs
                     state.witnessed_offset = state.last_offset
+                continue
+            if not quorum:  # the signers' word against the log's: judged in finish()
+                state.disputed += 1
+                self._disputes.append(_Dispute(origin, topic, partition, text, ours))
                 continue
             state.mismatched += 1
             self.result.violations.append(
@@ -358,18 +500,104 @@ class AuditRun:
                     partition,
                     state.last_offset,
                     Reason.CHECKPOINT_ROOT_MISMATCH.value,
-                    f"the first {size} records hash to {ours.hex()[:16]}…, but a checkpoint of"
-                    f" that size signed by {', '.join(orgs)} has root {root.hex()[:16]}…",
+                    f"the first {size} records hash to {_short(ours)}, but a quorum checkpoint"
+                    f" of that size signed by {', '.join(text.orgs)} has root {_short(text.root)}",
                 )
             )
         state.next_size = self._index.next_size(origin, size)
+
+    # -- findings ------------------------------------------------------------------------------
+
+    def _evidence(self, origin: str, text: Text, org: str) -> Evidence:
+        att = self._index.attestation(origin, text.size, text.root, org)
+        body = Checkpoint(origin, text.size, text.root).text().decode()
+        return Evidence(body, org, att.line.decode(), att.offset)
+
+    def _finding(
+        self, kind: FindingKind, against: tuple[str, ...], origin: str, text: Text, detail: str
+    ) -> None:
+        _, topic, partition = parse_origin(origin)
+        self.result.findings.append(
+            Finding(
+                kind.value, against, text.orgs, topic, partition, text.size, detail,
+                tuple(self._evidence(origin, text, org) for org in text.orgs),
+            )
+        )  # fmt: skip
+
+    def _equivocation_findings(self) -> None:
+        for origin, size, twice in self._equivocations:
+            _, topic, partition = parse_origin(origin)
+            ours = self._roots_seen.get((origin, size))
+            held = (
+                f"the records hash to {_short(ours)}"
+                if ours is not None
+                else f"the log holds fewer than {size} records"
+            )
+            for org, texts in twice.items():
+                roots = " and ".join(_short(t.root) for t in texts)
+                self.result.findings.append(
+                    Finding(
+                        FindingKind.EQUIVOCATION.value, (org,),
+                        tuple(sorted({o for t in texts for o in t.orgs})), topic, partition, size,
+                        f"{org} signed {len(texts)} roots for {origin} at size {size}: {roots};"
+                        f" {held}",
+                        tuple(self._evidence(origin, t, org) for t in texts),
+                    )
+                )  # fmt: skip
+
+    def _dispute_findings(self) -> None:
+        for d in self._disputes:
+            size = d.text.size
+            witnessed = self._parts[(d.topic, d.partition)].witnessed_size >= size
+            named = self._equivocated.get((d.origin, size), set())
+            against = tuple(o for o in d.text.orgs if o not in named)
+            says = (
+                f"the first {size} records hash to {_short(d.ours)}, but a minority checkpoint"
+                f" signed by {', '.join(d.text.orgs)} has root {_short(d.text.root)}"
+            )
+            if witnessed and not against:
+                continue  # every signer is named for equivocation at this size already
+            if witnessed:
+                self._finding(
+                    FindingKind.CHECKPOINT_CONTRADICTS_QUORUM, against, d.origin, d.text,
+                    f"{says}; a quorum checkpoint vouches for those records",
+                )  # fmt: skip
+            else:
+                self._finding(
+                    FindingKind.CHECKPOINT_UNCONFIRMED, (), d.origin, d.text,
+                    f"{says}; no quorum checkpoint covers those records yet: the signers' word"
+                    " against the log's (--require-witnessed makes such records violations)",
+                )  # fmt: skip
+
+    def _beyond_log(self, result: AuditResult) -> None:
+        for origin in self._index.origins():
+            _, topic, part = parse_origin(origin)
+            held = self._parts.get((topic, part))
+            size = 0 if held is None else held.tree.size
+            beyond = self._index.texts_above(origin, size)
+            quorum_sizes = [t.size for t in beyond if len(t.orgs) >= self.quorum]
+            if quorum_sizes:
+                result.violations.append(
+                    Violation(
+                        topic, part, size, Reason.CHECKPOINT_BEYOND_LOG.value,
+                        f"a quorum checkpoint signs {max(quorum_sizes)} records of"
+                        f" {topic}[{part}]; the log holds {size}",
+                    )
+                )  # fmt: skip
+            for t in beyond:
+                if len(t.orgs) < self.quorum:
+                    self._finding(
+                        FindingKind.CHECKPOINT_UNCONFIRMED, (), origin, t,
+                        f"a minority checkpoint signed by {', '.join(t.orgs)} signs {t.size}"
+                        f" records of {topic}[{part}]; the log holds {size}",
+                    )  # fmt: skip
 
     def finish(self) -> AuditResult:
         """Close every partition and return the result."""
         self._end_checkpoints()
         self._flush_ids()
         result = self.result
-        result.quorum = self.timeline.mandate.threshold
+        result.quorum = self.quorum
         for (topic, partition), state in sorted(self._parts.items()):
             for start, end in state.gaps:
                 missing = f"offset {start}" if end == start + 1 else f"offsets {start}..{end - 1}"
@@ -397,28 +625,21 @@ class AuditRun:
                     "root": state.tree.root().hex(),
                     "checkpoints_checked": state.checked,
                     "checkpoints_mismatched": state.mismatched,
+                    "checkpoints_disputed": state.disputed,
                     "witnessed_size": state.witnessed_size,
                     "witnessed_by": list(state.witnessed_orgs),
                     "unwitnessed": unwitnessed,
                 }
             )
-        for origin, largest in self._index.origins():
-            _, topic, part = parse_origin(origin)
-            held = self._parts.get((topic, part))
-            size = 0 if held is None else held.tree.size
-            if largest > size:
-                result.violations.append(
-                    Violation(
-                        topic, part, size, Reason.CHECKPOINT_BEYOND_LOG.value,
-                        f"a checkpoint signs {largest} records of {topic}[{part}];"
-                        f" the log holds {size}",
-                    )
-                )  # fmt: skip
+        self._beyond_log(result)
+        self._equivocation_findings()
+        self._dispute_findings()
         log.info(
             "audit_finished",
             ok=result.ok,
             records=self.records,
             violations=len(result.violations),
+            findings=len(result.findings),
             source=result.source,
         )
         return result

@@ -1,21 +1,30 @@
-"""``obus audit prove``: the inclusion proof of one record against a quorum checkpoint.
+"""``obus audit prove``: the inclusion proof of one record against a quorum checkpoint, and its
+verification against the log.
 
 A record is named by (topic, partition, offset) or by report id. The prover reads the log in
 the order of the export sections (live from Kafka, or from an export file): mandate versions
-and registry (to know the node keys), the checkpoints of that record's partition (each
-verified as the auditor does), then that partition's records, building its RFC 6962 tree. It
-picks the largest checkpoint that covers the record and is signed or cosigned by at least the
-mandate's threshold of distinct organizations, checks that the partition's records hash to
-that checkpoint's root, and returns the audit path. :func:`verify_proof` checks a proof from
-its own fields only (the merged note's signatures, the quorum, and RFC 9162 inclusion), which
-is what a third party would do with the printed JSON.
+and registry (to know the node keys at every log time, :class:`nodes.auditor.trust_feed.
+TrustFeed`), the checkpoints of that record's partition (each verified as the auditor does),
+then that partition's records, building its RFC 6962 tree. It picks the largest checkpoint that
+covers the record and is signed or cosigned by at least the mandate's threshold of distinct
+organizations, checks that the partition's records hash to that checkpoint's root, and returns
+the audit path with the merged signed note and the checkpoint records that carry its lines.
+
+A proof is checked against the log, never against itself (:func:`verify_proof`): each
+checkpoint record it names is read from the log (:class:`LogView`: the live topic or the
+export file), and that record's real position on the checkpoints topic and its real log time
+decide whether its signatures count (a node key revoked at or before the position, or used
+outside its accreditation window, counts for nothing). A proof whose stated position or time
+differs from what the log holds there is refused. :func:`verify_proof_from_file` and
+:func:`verify_proof_live` are what a third party runs on a printed proof
+(``obus audit prove --check FILE``).
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +37,7 @@ from bus.checkpoint import (
     origin_for,
     parse_checkpoint,
     parse_note,
+    parse_origin,
     verify_checkpoint,
 )
 from bus.errors import Reason, VerificationError
@@ -38,12 +48,37 @@ from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree, leaf_hash, verify_inclusion
 from bus.model import Envelope, Mandate, Receipt, Report, sha256
 from bus.topics import Topics
-from bus.trust import KeyRing
+from nodes.auditor.trust_feed import TrustFeed
+
+Position = tuple[str, int, int]  # (topic, partition, offset)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointRecord:
+    """A checkpoints-topic record a proof relies on, as the proof states it: its position and
+    its log time. The verifier reads both from the log and refuses a proof that differs."""
+
+    topic: str
+    partition: int
+    offset: int
+    log_time_ms: int
+
+    @property
+    def position(self) -> Position:
+        """(topic, partition, offset)."""
+        return self.topic, self.partition, self.offset
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
 
 
 @dataclass(frozen=True, slots=True)
 class InclusionProof:
-    """A record, the quorum checkpoint it is proven against, and the audit path."""
+    """A record, the quorum checkpoint it is proven against, and the audit path.
+
+    ``note`` is the checkpoint text with the signature lines the proof relies on; ``records``
+    the checkpoint records that carry those lines.
+    """
 
     topic: str
     partition: int
@@ -51,12 +86,11 @@ class InclusionProof:
     leaf_index: int
     value: bytes
     checkpoint: Checkpoint
-    note: bytes  # the checkpoint text with every verified signature line seen for it
+    note: bytes
     orgs: tuple[str, ...]
     quorum: int
     proof: tuple[bytes, ...]
-    note_time_ms: int  # latest log time of the records carrying those lines
-    note_seq: int  # latest checkpoints-topic position of those records, plus one
+    records: tuple[CheckpointRecord, ...]
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready form (hashes in hex, bytes in base64)."""
@@ -79,46 +113,145 @@ class InclusionProof:
                 "signed_by": list(self.orgs),
                 "quorum": self.quorum,
                 "note": self.note.decode(),
-                "note_time_ms": self.note_time_ms,
-                "note_seq": self.note_seq,
+                "records": [
+                    {
+                        "topic": r.topic,
+                        "partition": r.partition,
+                        "offset": r.offset,
+                        "log_time_ms": r.log_time_ms,
+                    }
+                    for r in self.records
+                ],
             },
             "inclusion_proof": [h.hex() for h in self.proof],
         }
 
 
-def verify_proof(proof: InclusionProof, keyring: KeyRing) -> frozenset[str]:
-    """Check a proof from its own fields: signatures, quorum and RFC 9162 inclusion.
+@dataclass(frozen=True, slots=True)
+class LogView:
+    """What a proof is verified against, read from the log: the key state over log time and
+    the records found at the checkpoints-topic positions the proof names (absent: not in the
+    log)."""
+
+    checkpoints_topic: str
+    timeline: TrustTimeline
+    records: Mapping[Position, LogRecord]
+
+
+def _refused(reason: Reason, message: str) -> VerificationError:
+    return VerificationError(reason, message)
+
+
+def _checkpoint_in_log(
+    ref: CheckpointRecord, view: LogView, expected: Checkpoint
+) -> VerifiedCheckpoint:
+    """The checkpoint record the proof names, verified at its real position and log time."""
+    if ref.topic != view.checkpoints_topic:
+        raise _refused(
+            Reason.INVALID_FIELD,
+            f"the proof names {ref}, which is not on the checkpoints topic"
+            f" {view.checkpoints_topic}",
+        )
+    rec = view.records.get(ref.position)
+    if rec is None:
+        raise _refused(Reason.RECORD_MISSING, f"the log holds no checkpoint record at {ref}")
+    if rec.timestamp_ms != ref.log_time_ms:
+        raise _refused(
+            Reason.INVALID_FIELD,
+            f"the checkpoint record at {ref} was logged at {rec.timestamp_ms} ms; the proof"
+            f" claims {ref.log_time_ms} ms",
+        )
+    try:
+        vc = verify_checkpoint(
+            rec.value or b"",
+            view.timeline.at(rec.timestamp_ms),
+            at_ms=rec.timestamp_ms,
+            seq=rec.offset + 1,
+        )
+    except VerificationError as exc:
+        raise _refused(
+            exc.reason, f"the checkpoint record at {ref} does not count: {exc.message}"
+        ) from exc
+    if vc.checkpoint != expected:
+        raise _refused(
+            Reason.INVALID_FIELD,
+            f"the checkpoint record at {ref} carries another checkpoint"
+            f" ({vc.checkpoint.origin} size {vc.checkpoint.size}), not the proof's",
+        )
+    return vc
+
+
+def verify_proof(proof: InclusionProof, view: LogView) -> frozenset[str]:
+    """Check a proof against the log: signatures where the log holds them, quorum, inclusion.
+
+    Every checkpoint record the proof names must be on the log's checkpoints topic at that
+    position with that log time, carry the proof's checkpoint, and verify under the key state
+    in force at that time and position (:func:`bus.checkpoint.verify_checkpoint`); every
+    signature line of the proof's note must be carried by one of them.
 
     Returns:
         The organizations whose signatures on the checkpoint verified.
 
     Raises:
-        VerificationError: the note does not verify (its reason), the organizations are fewer
-            than ``keyring.mandate.threshold`` (``witness_quorum_not_met``), the note is not
-            the stated checkpoint (``invalid_field``), or the path does not lead to its root
-            (``inclusion_proof_invalid``).
+        VerificationError: ``record_missing`` (no checkpoint record at a named position),
+            ``invalid_field`` (a named position off the checkpoints topic, another log time
+            than the log's, a record of another checkpoint, a note line no named record
+            carries, the note not the stated checkpoint, stated signers or quorum other than
+            the log's), the named record's own reason when it does not verify there
+            (``key_revoked``, ``key_expired``, ``bad_signature``, ``unknown_key``, ...),
+            ``witness_quorum_not_met`` (fewer organizations than the threshold), or
+            ``inclusion_proof_invalid`` (the path does not lead to the root).
     """
-    vc = verify_checkpoint(proof.note, keyring, at_ms=proof.note_time_ms, seq=proof.note_seq)
-    if vc.checkpoint != proof.checkpoint:
-        raise VerificationError(Reason.INVALID_FIELD, "the note is not the stated checkpoint")
-    if len(vc.orgs) < keyring.mandate.threshold:
-        raise VerificationError(
-            Reason.WITNESS_QUORUM_NOT_MET,
-            f"checkpoint signed by {len(vc.orgs)} organizations, {keyring.mandate.threshold}"
-            " required",
-        )
-    if (vc.topic, vc.partition) != (proof.topic, proof.partition):
-        raise VerificationError(Reason.INVALID_FIELD, "checkpoint of another partition")
     cp = proof.checkpoint
+    try:
+        mandate_id, topic, partition = parse_origin(cp.origin)
+        note = parse_note(proof.note)
+    except VerificationError as exc:
+        raise _refused(exc.reason, f"the proof's checkpoint: {exc.message}") from exc
+    if note.text != cp.text():
+        raise _refused(Reason.INVALID_FIELD, "the note is not the stated checkpoint")
+    if (topic, partition) != (proof.topic, proof.partition):
+        raise _refused(Reason.INVALID_FIELD, "checkpoint of another partition")
+    if mandate_id != view.timeline.mandate.mandate_id:
+        raise _refused(Reason.WRONG_MANDATE, f"checkpoint for mandate {mandate_id!r}")
+    if not proof.records:
+        raise _refused(Reason.INVALID_FIELD, "the proof names no checkpoint record")
+    carried: dict[bytes, str] = {}
+    for ref in proof.records:
+        for a in _checkpoint_in_log(ref, view, cp).attestations:
+            carried[a.line] = a.org
+    orgs: set[str] = set()
+    for sig in note.signatures:
+        org = carried.get(sig.line())
+        if org is None:
+            raise _refused(
+                Reason.INVALID_FIELD,
+                f"the note's signature line by {sig.name} is carried by none of the checkpoint"
+                " records the proof names",
+            )
+        orgs.add(org)
+    threshold = view.timeline.at(max(r.log_time_ms for r in proof.records)).mandate.threshold
+    if len(orgs) < threshold:
+        raise _refused(
+            Reason.WITNESS_QUORUM_NOT_MET,
+            f"checkpoint signed by {len(orgs)} organizations, {threshold} required",
+        )
+    if tuple(sorted(orgs)) != tuple(sorted(proof.orgs)) or proof.quorum != threshold:
+        raise _refused(
+            Reason.INVALID_FIELD,
+            f"the proof states signers {', '.join(sorted(proof.orgs))} and quorum"
+            f" {proof.quorum}; the log holds signatures by {', '.join(sorted(orgs))} and"
+            f" quorum {threshold}",
+        )
     verify_inclusion(leaf_hash(proof.value), proof.leaf_index, cp.size, proof.proof, cp.root)
-    return vc.orgs
+    return frozenset(orgs)
 
 
-def check_receipt_inclusion(proof: InclusionProof, receipt: Receipt, keyring: KeyRing) -> None:
+def check_receipt_inclusion(proof: InclusionProof, receipt: Receipt, view: LogView) -> None:
     """Check that a proof proves what a (verified) delivery receipt promised.
 
     The receipt names topic, partition, offset and the envelope's SHA-256; the proof must be of
-    that position and that value, and verify (:func:`verify_proof`).
+    that position and that value, and verify against the log (:func:`verify_proof`).
 
     Raises:
         VerificationError: ``receipt_mismatch`` when the proof is of another position or value;
@@ -131,7 +264,7 @@ def check_receipt_inclusion(proof: InclusionProof, receipt: Receipt, keyring: Ke
         raise VerificationError(
             Reason.RECEIPT_MISMATCH, "the logged record is not the envelope the receipt names"
         )
-    verify_proof(proof, keyring)
+    verify_proof(proof, view)
 
 
 @dataclass
@@ -139,19 +272,32 @@ class _Text:
     checkpoint: Checkpoint
     orgs: set[str] = field(default_factory=set)
     lines: list[bytes] = field(default_factory=list)
-    time_ms: int = 0
-    seq: int = 0
+    records: list[CheckpointRecord] = field(default_factory=list)
 
 
 class Prover:
     """Builds the inclusion proof of the record at (topic, partition, offset) from a log fed
-    in export-section order (see module docstring)."""
+    in export-section order (see module docstring).
 
-    def __init__(self, mandate: Mandate, topic: str, partition: int, offset: int) -> None:
+    Args:
+        mandate: the verified trust root.
+        topic, partition, offset: the record to prove.
+        checkpoints_topic: the log's checkpoints topic (records elsewhere are ignored).
+    """
+
+    def __init__(
+        self, mandate: Mandate, topic: str, partition: int, offset: int, *, checkpoints_topic: str
+    ) -> None:
         self.timeline = TrustTimeline(mandate)
+        # A refused version or registry record is the auditor's to name; the proof uses only
+        # what verifies.
+        self._trust = TrustFeed(self.timeline)
+        self._trust_done = False
         self.topic, self.partition, self.offset = topic, partition, offset
+        self.checkpoints_topic = checkpoints_topic
         self._origin = origin_for(mandate.mandate_id, topic, partition)
         self._texts: dict[bytes, _Text] = {}
+        self._records: dict[Position, LogRecord] = {}
         self._keys: dict[int, NoteKeys] = {}
         self._tree = MerkleTree()
         self._index: int | None = None
@@ -160,23 +306,28 @@ class Prover:
     def record(self, rec: LogRecord) -> None:
         """Take the next record of the log."""
         if rec.section == "mandate":
-            # A refused version or registry record is the auditor's to name; the proof uses
-            # only what verifies.
+            self._trust.mandate(rec)
+            return
+        if rec.section == "registry":
             with contextlib.suppress(VerificationError):
-                self.timeline.offer_mandate(
-                    Envelope.decode(rec.value or b""), log_time_ms=rec.timestamp_ms
-                )
-        elif rec.section == "registry":
-            with contextlib.suppress(VerificationError):
-                self.timeline.apply_registry(Envelope.decode(rec.value or b""))
-        elif rec.section == "checkpoints":
+                self._trust.registry(rec)
+            return
+        self._end_trust()
+        if rec.section == "checkpoints":
             self._checkpoint(rec)
         elif (rec.topic, rec.partition) == (self.topic, self.partition):
             if rec.offset == self.offset and self._index is None:
                 self._index, self._value = self._tree.size, rec.value or b""
             self._tree.append(rec.value or b"")
 
+    def _end_trust(self) -> None:
+        if not self._trust_done:
+            self._trust_done = True
+            self._trust.settle()
+
     def _checkpoint(self, rec: LogRecord) -> None:
+        if rec.topic != self.checkpoints_topic:
+            return
         keyring = self.timeline.at(rec.timestamp_ms)
         keys = self._keys.get(id(keyring))
         if keys is None or keys.stale():
@@ -189,20 +340,23 @@ class Prover:
             return
         if vc.checkpoint.origin != self._origin:
             return
+        ref = CheckpointRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
+        self._records[ref.position] = rec
         t = self._texts.setdefault(vc.text, _Text(vc.checkpoint))
         t.orgs |= vc.orgs
         t.lines.extend(a.line for a in vc.attestations)
-        t.time_ms = max(t.time_ms, rec.timestamp_ms)
-        t.seq = max(t.seq, rec.offset + 1)
+        t.records.append(ref)
 
     def result(self) -> InclusionProof:
-        """The proof, checked with :func:`verify_proof` before it is returned.
+        """The proof, checked with :func:`verify_proof` against the log read before it is
+        returned.
 
         Raises:
             VerificationError: ``record_missing`` (no record at that offset),
                 ``witness_quorum_not_met`` (no quorum checkpoint covers it yet),
                 ``checkpoint_root_mismatch`` (the records do not hash to the quorum's root).
         """
+        self._end_trust()
         where = f"{self.topic}[{self.partition}]@{self.offset}"
         if self._index is None:
             raise VerificationError(Reason.RECORD_MISSING, f"no record at {where}")
@@ -228,12 +382,14 @@ class Prover:
                 f"the records of {self.topic}[{self.partition}] do not hash to the root that"
                 f" {', '.join(sorted(t.orgs))} signed at size {cp.size}",
             )
+        latest = max(r.log_time_ms for r in t.records)
         proof = InclusionProof(
             self.topic, self.partition, self.offset, self._index, self._value, cp,
-            merge_notes(cp.text(), t.lines), tuple(sorted(t.orgs)), quorum,
-            tuple(self._tree.inclusion_proof(self._index, cp.size)), t.time_ms, t.seq,
+            merge_notes(cp.text(), t.lines), tuple(sorted(t.orgs)),
+            self.timeline.at(latest).mandate.threshold,
+            tuple(self._tree.inclusion_proof(self._index, cp.size)), tuple(t.records),
         )  # fmt: skip
-        verify_proof(proof, self.timeline.at(t.time_ms))
+        verify_proof(proof, LogView(self.checkpoints_topic, self.timeline, self._records))
         return proof
 
 
@@ -262,20 +418,34 @@ def _file_records(path: Path) -> Iterator[LogRecord]:
                 yield item
 
 
+def _file_topics(path: Path, mandate: Mandate) -> Topics:
+    """The export's topic naming (its mandate must be ``mandate``'s)."""
+    with path.open("rb") as f:
+        header = ExportReader(f).header
+    if header.mandate_id != mandate.mandate_id:
+        raise VerificationError(
+            Reason.WRONG_MANDATE,
+            f"export is of mandate {header.mandate_id!r}, not {mandate.mandate_id!r}",
+        )
+    return Topics(header.topic_prefix)
+
+
 def prove_from_file(
     path: Path, mandate: Mandate, *, where: tuple[str, int, int] | None, report_id: str | None
 ) -> InclusionProof:
     """Prove a record of an export file (two passes when it is named by report id).
 
     Raises:
-        VerificationError: as :meth:`Prover.result`; ``record_missing`` for an unknown id.
+        VerificationError: as :meth:`Prover.result`; ``record_missing`` for an unknown id;
+            ``wrong_mandate`` for an export of another mandate.
     """
+    topics = _file_topics(path, mandate)
     if where is None:
         assert report_id is not None
         where = locate(_file_records(path), report_id)
         if where is None:
             raise VerificationError(Reason.RECORD_MISSING, f"no report {report_id} in {path}")
-    prover = Prover(mandate, *where)
+    prover = Prover(mandate, *where, checkpoints_topic=topics.checkpoints)
     for rec in _file_records(path):
         prover.record(rec)
     return prover.result()
@@ -315,7 +485,7 @@ async def prove_live(
                 break
         if where is None:
             raise VerificationError(Reason.RECORD_MISSING, f"no report {report_id} on the bus")
-    prover = Prover(mandate, *where)
+    prover = Prover(mandate, *where, checkpoints_topic=topics.checkpoints)
     for section, name in (
         ("mandate", topics.mandate),
         ("registry", topics.registry),
@@ -325,6 +495,108 @@ async def prove_live(
         async for lr in _live(bootstrap, section, [name], security):
             prover.record(lr)
     return prover.result()
+
+
+# ---------------------------------------------------------------------------------------------
+# Verifying a printed proof against the log
+
+
+class _ViewBuilder:
+    """Collects a :class:`LogView` from the trust and checkpoint sections of a log."""
+
+    def __init__(self, mandate: Mandate, checkpoints_topic: str, wanted: set[Position]) -> None:
+        self.timeline = TrustTimeline(mandate)
+        self._trust = TrustFeed(self.timeline)
+        self._topic = checkpoints_topic
+        self._wanted = wanted
+        self._found: dict[Position, LogRecord] = {}
+
+    def record(self, rec: LogRecord) -> None:
+        if rec.section == "mandate":
+            self._trust.mandate(rec)
+        elif rec.section == "registry":
+            with contextlib.suppress(VerificationError):
+                self._trust.registry(rec)
+        elif rec.section == "checkpoints" and rec.topic == self._topic:
+            position = (rec.topic, rec.partition, rec.offset)
+            if position in self._wanted:
+                self._found[position] = rec
+
+    def view(self) -> LogView:
+        self._trust.settle()
+        return LogView(self._topic, self.timeline, self._found)
+
+
+def _wanted(proof: InclusionProof) -> set[Position]:
+    return {r.position for r in proof.records}
+
+
+def log_view_from_file(path: Path, mandate: Mandate, wanted: Iterable[Position]) -> LogView:
+    """The :class:`LogView` of an export file at the checkpoint positions ``wanted``, reading
+    only its trust and checkpoint sections.
+
+    Raises:
+        VerificationError: ``wrong_mandate`` for an export of another mandate.
+    """
+    builder = _ViewBuilder(mandate, _file_topics(path, mandate).checkpoints, set(wanted))
+    for rec in _file_records(path):
+        if rec.section == "reports":
+            break
+        builder.record(rec)
+    return builder.view()
+
+
+async def log_view_live(
+    bootstrap: str,
+    topics: Topics,
+    mandate: Mandate,
+    wanted: Iterable[Position],
+    *,
+    security: KafkaSecurity | None = None,
+) -> LogView:
+    """The :class:`LogView` of the live log at the checkpoint positions ``wanted``: the
+    mandate, registry and checkpoints topics are replayed.
+
+    Raises:
+        TransportError: the broker failed.
+    """
+    builder = _ViewBuilder(mandate, topics.checkpoints, set(wanted))
+    for section, name in (
+        ("mandate", topics.mandate),
+        ("registry", topics.registry),
+        ("checkpoints", topics.checkpoints),
+    ):
+        async for lr in _live(bootstrap, section, [name], security):
+            builder.record(lr)
+    return builder.view()
+
+
+def verify_proof_from_file(proof: InclusionProof, path: Path, mandate: Mandate) -> frozenset[str]:
+    """Verify a proof against an export file (:func:`verify_proof`).
+
+    Raises:
+        VerificationError: as :func:`verify_proof`; ``wrong_mandate`` for an export of another
+            mandate.
+    """
+    return verify_proof(proof, log_view_from_file(path, mandate, _wanted(proof)))
+
+
+async def verify_proof_live(
+    proof: InclusionProof,
+    bootstrap: str,
+    topics: Topics,
+    mandate: Mandate,
+    *,
+    security: KafkaSecurity | None = None,
+) -> frozenset[str]:
+    """Verify a proof against the live log (:func:`verify_proof`).
+
+    Raises:
+        VerificationError: as :func:`verify_proof`.
+        TransportError: the broker failed.
+    """
+    view = await log_view_live(bootstrap, topics, mandate, _wanted(proof), security=security)
+    return verify_proof(proof, view)
 
 
 def proof_from_json(doc: dict[str, Any]) -> InclusionProof:
@@ -337,12 +609,16 @@ def proof_from_json(doc: dict[str, Any]) -> InclusionProof:
         cpd = doc["checkpoint"]
         note = cpd["note"].encode()
         cp = parse_checkpoint(parse_note(note).text)
+        records = tuple(
+            CheckpointRecord(str(r["topic"]), int(r["partition"]), int(r["offset"]),
+                             int(r["log_time_ms"]))
+            for r in cpd["records"]
+        )  # fmt: skip
         return InclusionProof(
             doc["topic"], int(doc["partition"]), int(doc["offset"]), int(doc["leaf_index"]),
             base64.b64decode(doc["value_base64"], validate=True), cp, note,
             tuple(cpd["signed_by"]), int(cpd["quorum"]),
-            tuple(bytes.fromhex(h) for h in doc["inclusion_proof"]),
-            int(cpd["note_time_ms"]), int(cpd["note_seq"]),
+            tuple(bytes.fromhex(h) for h in doc["inclusion_proof"]), records,
         )  # fmt: skip
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise VerificationError(Reason.MALFORMED, f"not an inclusion proof: {exc}") from exc

@@ -4,11 +4,13 @@
 replaying every topic from the start with its own consumer (no group, nothing committed),
 optionally with signature workers one batch ahead; :func:`audit_export` feeds it from an export
 file. :func:`render` prints the result to a console and :func:`write_json` writes it as JSON.
-Exit code 0 means the whole log verified; 1 means at least one violation.
+Exit code 0 means the log is consistent and every record verified (findings against one
+organization's checkpoints are printed beside it); 1 means at least one violation, or, strict,
+any finding (``obus audit --strict``).
 
 This module is the auditor's entry point: it also exports what an audit returns
 (:class:`~nodes.auditor.judge.AuditResult`, :class:`~nodes.auditor.judge.Violation`,
-:data:`~nodes.auditor.judge.EXPORT_TOPIC`).
+:class:`~nodes.auditor.judge.Finding`, :data:`~nodes.auditor.judge.EXPORT_TOPIC`).
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ from bus.model import Envelope, Mandate, Role
 from bus.topics import Topics
 from bus.trust import verify_mandate
 from bus.verify import Limits
-from nodes.auditor.judge import EXPORT_TOPIC, AuditResult, AuditRun, Violation
+from nodes.auditor.judge import EXPORT_TOPIC, AuditResult, AuditRun, Finding, Violation
 from nodes.runtime.preverify import PreVerifier
 
 __all__ = [
     "EXPORT_TOPIC",
     "AuditResult",
+    "Finding",
     "Violation",
     "audit",
     "audit_export",
@@ -102,6 +105,7 @@ async def audit(
         ):
             async for rec in replay(bootstrap, [name], security=security):
                 run.record(_as_record(section, rec))
+        run.end_trust()  # the signature workers take the final key state
         ends = await end_offsets(bootstrap, topics.reports_pattern, security=security)
         total = sum(ends.values())
         with _progress(console, "audit") as progress:
@@ -242,7 +246,8 @@ def audit_export(
 
 
 def render(result: AuditResult, console: Console) -> None:
-    """Print the per-organization summary, the witness summary and every violation."""
+    """Print the per-organization summary, the witness summary, every violation and every
+    finding, and the verdict (violations decide it; findings are named beside it)."""
     table = Table(title="Audit: reports per organization")
     table.add_column("organization")
     table.add_column("verified", justify="right")
@@ -262,6 +267,18 @@ def render(result: AuditResult, console: Console) -> None:
                 style="red" if w["checkpoints_mismatched"] else None,
             )  # fmt: skip
         console.print(wt)
+    if result.findings:
+        ft = Table(title=f"{len(result.findings)} finding(s) against checkpoint signers")
+        for col in ("kind", "against", "partition", "size", "detail"):
+            ft.add_column(col)
+        for f in result.findings:
+            ft.add_row(
+                f.kind, ", ".join(f.against) or "(undecided)", f"{f.topic}[{f.partition}]",
+                str(f.size), f.detail,
+            )  # fmt: skip
+        console.print(ft)
+        by_org = ", ".join(f"{o} x{n}" for o, n in sorted(result.findings_by_org().items()))
+        console.print(f"[yellow]findings counted against: {by_org or 'nobody'}[/yellow]")
     if result.ok:
         console.print("[green]VERDICT: every record verified[/green]")
         return

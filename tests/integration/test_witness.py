@@ -1,6 +1,7 @@
 """The witnessed log on a real Kafka broker: six witnesses agree and cosign, a forged checkpoint
-raises the split-view alarm, a restarted witness resumes, and an exported log audits clean
-offline while tampered copies are named.
+raises the split-view alarm (and the auditor names its signer), a restarted witness resumes, an
+exported log audits clean offline while tampered copies are named, and inclusion proofs verify
+against the live log and the export.
 
 Every test uses its own topic prefix; the witnesses run in this process as asyncio tasks.
 """
@@ -26,12 +27,10 @@ from bus.errors import Reason
 from bus.export import ExportReader, ExportWriter, LogRecord
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
-from bus.model import Envelope
 from bus.topics import Topics, registry_record_key, standard_topics
-from bus.trust import KeyRing
 from bus.witness import WitnessPolicy
 from nodes.auditor.log_export import export_log
-from nodes.auditor.prove import prove_live, verify_proof
+from nodes.auditor.prove import prove_live, verify_proof_from_file, verify_proof_live
 from nodes.auditor.run import audit, audit_export
 from nodes.demo.scenario import (
     ORGANIZATIONS,
@@ -212,10 +211,14 @@ async def test_forged_checkpoint_raises_the_split_view_alarm(
     events = [e for e in logs if e["event"] == "split_view_detected"]
     assert {e["org"] for e in events} == set(orgs)
     assert all(w.counts["split_view_alarms"] == 1 for w, _ in fleet.tasks.values())
-    # Nobody cosigned the forged checkpoint; the auditor names the split view and the mismatch.
+    # Nobody cosigned the forged checkpoint. One organization's word is no fork of the log:
+    # the auditor names NATO's checkpoint as a finding (three witnesses of six are no quorum,
+    # so it is counted against nobody) and the log still verifies.
     result = await audit(kafka_bootstrap, sc.mandate, topics=topics)
-    reasons = {v.reason for v in result.violations}
-    assert reasons == {Reason.SPLIT_VIEW.value, Reason.CHECKPOINT_ROOT_MISMATCH.value}
+    assert result.ok, result.violations
+    assert [(f.kind, f.signers, f.against) for f in result.findings] == [
+        ("checkpoint_unconfirmed", ("nato",), ())
+    ]
 
 
 async def test_export_audits_clean_offline_and_tampering_is_named(
@@ -240,7 +243,7 @@ async def test_export_audits_clean_offline_and_tampering_is_named(
     assert clean.ok, clean.violations
     assert clean.quorum == 4
 
-    # A proof from the live log verifies from its own fields.
+    # A proof from the live log verifies against the live log and against the export.
     with path.open("rb") as f:
         first = next(
             r for r in ExportReader(f) if isinstance(r, LogRecord) and r.section == "reports"
@@ -249,7 +252,8 @@ async def test_export_audits_clean_offline_and_tampering_is_named(
         kafka_bootstrap, topics, sc.mandate, where=(first.topic, first.partition, first.offset),
         report_id=None,
     )  # fmt: skip
-    assert len(verify_proof(proof, _keyring(sc))) >= 4
+    assert len(await verify_proof_live(proof, kafka_bootstrap, topics, sc.mandate)) >= 4
+    assert verify_proof_from_file(proof, path, sc.mandate) == frozenset(proof.orgs)
 
     # Tampered copies (the trailer rewritten to match): each is named.
     with path.open("rb") as f:
@@ -284,13 +288,6 @@ async def test_export_audits_clean_offline_and_tampering_is_named(
             Reason.CHECKPOINT_ROOT_MISMATCH.value,
             Reason.CHECKPOINT_BEYOND_LOG.value,
         }, label
-
-
-def _keyring(sc: Scenario) -> KeyRing:
-    kr = KeyRing(sc.mandate)
-    for raw in [*sc.accreditations, *sc.node_accreditations]:
-        kr.apply(Envelope.decode(raw))
-    return kr
 
 
 async def test_cli_export_audit_and_prove(

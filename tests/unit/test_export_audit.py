@@ -188,8 +188,11 @@ def test_truncated_partition_is_named(log: Log, tmp_path: Path) -> None:
     }
 
 
-def test_forged_checkpoint_is_a_split_view(log: Log, tmp_path: Path) -> None:
-    """NATO's node key signs another root for a size everyone else signed."""
+def test_forged_checkpoint_by_one_organization_is_named_against_it(
+    log: Log, tmp_path: Path
+) -> None:
+    """NATO's node key signs another root for a size everyone else (NATO too) signed: evidence
+    against NATO, not a fork of the log (tests/unit/test_audit_verdicts.py has the rules)."""
     origin = f"obus/{log.mission.mandate_id}/{T}/0"
     forged = Checkpoint(origin, 3, bytes(32))
     note = signed_checkpoint(forged, log.keys["nato"], key_name("nato", "nato-node"))
@@ -200,11 +203,8 @@ def test_forged_checkpoint_is_a_split_view(log: Log, tmp_path: Path) -> None:
         LogRecord("checkpoints", cps[-1].topic, 0, cps[-1].offset + 1, NOW_MS - 1000, None, note),
     )
     result = _tamper(log, tmp_path, records)
-    split = [v for v in result.violations if v.reason == Reason.SPLIT_VIEW.value]
-    assert len(split) == 1 and "nato" in split[0].detail
-    mismatch = [v for v in result.violations if v.reason == Reason.CHECKPOINT_ROOT_MISMATCH.value]
-    assert [(v.topic, v.partition) for v in mismatch] == [(T, 0)]
-    assert "nato" in mismatch[0].detail
+    assert result.ok, result.violations
+    assert [(f.kind, f.against) for f in result.findings] == [("equivocation", ("nato",))]
 
 
 def test_checkpoint_by_an_unaccredited_key_is_named(log: Log, tmp_path: Path) -> None:

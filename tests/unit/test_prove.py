@@ -12,10 +12,14 @@ from bus.checkpoint import Note, parse_note
 from bus.errors import Reason, VerificationError
 from bus.model import Envelope, Receipt, Report, sha256
 from nodes.auditor.prove import (
+    InclusionProof,
+    LogView,
     check_receipt_inclusion,
+    log_view_from_file,
     proof_from_json,
     prove_from_file,
     verify_proof,
+    verify_proof_from_file,
 )
 from tests.witnessed_log import ORGS, PREFIX, Log, build_log, write
 
@@ -25,6 +29,12 @@ T = f"{PREFIX}reports.eu"
 @pytest.fixture(scope="module")
 def log() -> Log:
     return build_log()
+
+
+def _view(path: Path, log: Log, proof: InclusionProof) -> LogView:
+    return log_view_from_file(
+        path, log.mission.scenario.mandate, [r.position for r in proof.records]
+    )
 
 
 @pytest.mark.parametrize("offset", range(6))
@@ -38,7 +48,7 @@ def test_every_record_is_provable(log: Log, tmp_path: Path, offset: int) -> None
     assert sorted(proof.orgs) == sorted(ORGS)
     doc = json.loads(json.dumps(proof.to_json()))
     again = proof_from_json(doc)
-    assert verify_proof(again, log.mission.keyring) == frozenset(ORGS)
+    assert verify_proof_from_file(again, path, log.mission.scenario.mandate) == frozenset(ORGS)
 
 
 def test_by_report_id(log: Log, tmp_path: Path) -> None:
@@ -53,18 +63,18 @@ def test_by_report_id(log: Log, tmp_path: Path) -> None:
 def test_tampered_proofs_fail(log: Log, tmp_path: Path) -> None:
     path = write(tmp_path / "log.jsonl", log.header, log.records)
     proof = prove_from_file(path, log.mission.scenario.mandate, where=(T, 0, 2), report_id=None)
-    keyring = log.mission.keyring
+    view = _view(path, log, proof)
     bad_path = dataclasses.replace(proof, proof=(bytes(32), *proof.proof[1:]))
     other_value = dataclasses.replace(proof, value=proof.value + b"x")
     other_index = dataclasses.replace(proof, leaf_index=3)
     for bad in (bad_path, other_value, other_index):
         with pytest.raises(VerificationError) as exc:
-            verify_proof(bad, keyring)
+            verify_proof(bad, view)
         assert exc.value.reason is Reason.INCLUSION_PROOF_INVALID
     note = parse_note(proof.note)
     one_org = dataclasses.replace(proof, note=Note(note.text, note.signatures[:1]).encode())
     with pytest.raises(VerificationError) as exc:
-        verify_proof(one_org, keyring)
+        verify_proof(one_org, view)
     assert exc.value.reason is Reason.WITNESS_QUORUM_NOT_MET
 
 
@@ -106,11 +116,11 @@ def test_a_receipt_is_checked_against_its_proof(log: Log, tmp_path: Path) -> Non
         node_key_id=bytes(32), observer_id=rep.observer_id, seq=rep.seq,
         mandate_id=rep.mandate_id,
     )  # fmt: skip
-    check_receipt_inclusion(proof, receipt, log.mission.keyring)
+    check_receipt_inclusion(proof, receipt, _view(path, log, proof))
     for bad in (
         dataclasses.replace(receipt, offset=3),
         dataclasses.replace(receipt, envelope_digest=bytes(32)),
     ):
         with pytest.raises(VerificationError) as exc:
-            check_receipt_inclusion(proof, bad, log.mission.keyring)
+            check_receipt_inclusion(proof, bad, _view(path, log, proof))
         assert exc.value.reason is Reason.RECEIPT_MISMATCH
