@@ -389,14 +389,18 @@ def combine(
 ) -> Envelope:
     """The signed mandate envelope from a draft and detached signatures.
 
-    Duplicate signatures by one key are merged; signatures are ordered by key id so the result
-    does not depend on the order the files were given in.
+    Duplicate signatures by one key are merged (an identical copy is not verified again);
+    signatures are ordered by key id so the result does not depend on the order the files were
+    given in. The result carries at most one signature per root key of this and the previous
+    version, so it is within :func:`bus.trust.mandate_signature_limit`.
 
     Raises:
         VerificationError: ``invalid_field`` when a signature is over another draft,
             ``bad_signature`` when one does not verify, ``unknown_key`` when a key is no root of
             this or the previous version, else whatever :func:`verify_mandate` raises
-            (``threshold_not_met``, ``mandate_rollback``, ``mandate_expired``, ...).
+            (``oversized`` when the signed record would exceed
+            :data:`bus.trust.MAX_MANDATE_RECORD_BYTES`, ``threshold_not_met``,
+            ``mandate_rollback``, ``mandate_expired``, ...).
     """
     roots = {o.root_key_id: o for o in draft.mandate.organizations}
     if previous is not None:
@@ -417,8 +421,10 @@ def combine(
                 f"key {s.key_id.hex()[:16]} is not a root key of this or the previous version",
                 key_id=s.key_id.hex(),
             )
-        verify_pae(org.root_public_key, PAYLOAD_MANDATE, draft.payload, s.sig)
-        by_key[s.key_id] = Signature(s.key_id, s.sig)
+        sig = Signature(s.key_id, s.sig)
+        if by_key.get(s.key_id) != sig:
+            verify_pae(org.root_public_key, PAYLOAD_MANDATE, draft.payload, s.sig)
+            by_key[s.key_id] = sig
     env = Envelope(PAYLOAD_MANDATE, draft.payload, tuple(by_key[k] for k in sorted(by_key)))
     verify_mandate(env, previous=previous, now_ms=now_ms)
     return env

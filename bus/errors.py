@@ -35,6 +35,9 @@ class Reason(enum.StrEnum):
     WRONG_ORG = "wrong_org"  # claimed organization differs from the accrediting one
     WRONG_TOPIC = "wrong_topic"  # report of organization A on organization B's topic
     SUBJECT_MISMATCH = "subject_mismatch"  # signer accredited as another subject than claimed
+    # Bounded signature work (README "Trust records' limits"): refused before any signature of
+    # the record is verified
+    TOO_MANY_SIGNATURES = "too_many_signatures"  # above the bound, or two by one key id
     # Mandate
     THRESHOLD_NOT_MET = "threshold_not_met"
     MANDATE_EXPIRED = "mandate_expired"

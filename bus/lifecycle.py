@@ -25,6 +25,11 @@ band, then feeds every record of ``<prefix>mandate`` and ``<prefix>registry`` in
   re-accredit its keys under the new one (a rotated-out key may be the compromised one).
   Revocations are never undone: every revocation verified under any version stays in force in
   every later one.
+* **Bounded work** (:mod:`bus.trust`): a mandate record over
+  :data:`~bus.trust.MAX_MANDATE_RECORD_BYTES` is refused (``oversized``) before anything else,
+  a duplicate or history copy included. A registry record outside its bounds (size, exactly
+  one signature) is refused before it is kept, so it is never verified again under later
+  versions; every other one costs one verification per version that judges it.
 """
 
 from __future__ import annotations
@@ -43,7 +48,13 @@ from bus.model import (
     Revocation,
     encode,
 )
-from bus.trust import KeyRing, verify_mandate
+from bus.trust import (
+    MAX_MANDATE_RECORD_BYTES,
+    KeyRing,
+    check_record_size,
+    check_registry_record,
+    verify_mandate,
+)
 
 RegistryEntry = Accreditation | Revocation | EncryptionKey
 
@@ -106,9 +117,12 @@ class TrustTimeline:
             The entry as verified under the newest version.
 
         Raises:
-            VerificationError: the newest version refuses it (older versions may still count
-                it; a record that counts nowhere changes nothing).
+            VerificationError: ``oversized``, ``missing_signature`` or ``too_many_signatures``
+                (outside every version's bounds: not kept); or the newest version refuses it
+                (older versions may still count it; a record that counts nowhere changes
+                nothing).
         """
+        check_registry_record(envelope)
         self._registry.append(envelope)
         for v in self._versions[:-1]:
             with contextlib.suppress(VerificationError):  # counts under that version or not
@@ -128,10 +142,12 @@ class TrustTimeline:
             The new mandate when it was applied; None for a duplicate or older history.
 
         Raises:
-            VerificationError: an alarm, never applied: ``wrong_payload_type``, ``malformed``,
-                ``wrong_mandate``, ``mandate_rollback`` (older or conflicting version after a
-                newer one, or a skipped version), ``threshold_not_met``, ``mandate_expired``.
+            VerificationError: an alarm, never applied: ``oversized``, ``wrong_payload_type``,
+                ``malformed``, ``wrong_mandate``, ``mandate_rollback`` (older or conflicting
+                version after a newer one, or a skipped version), ``missing_signature``,
+                ``too_many_signatures``, ``threshold_not_met``, ``mandate_expired``.
         """
+        check_record_size(envelope.wire_size(), MAX_MANDATE_RECORD_BYTES, "mandate record")
         if envelope.payload_type != PAYLOAD_MANDATE:
             raise VerificationError(
                 Reason.WRONG_PAYLOAD_TYPE, f"not a mandate: {envelope.payload_type!r}"

@@ -9,11 +9,19 @@ signature can be checked against the exact bytes it covers).
 
 Counting (:class:`StatementBook`), like :func:`bus.trust.signing_organizations`: a statement is
 signed by an organization when a valid signature comes from that organization's root key or
-from a node key it accredited with role ``NODE``; one organization counts once however often it
-signs. A statement is **valid** when the distinct signing organizations reach the mandate's
-threshold k (of n organizations). Node keys have no sequence here, so a node key that was ever
-revoked signs nothing (fail closed, as for receipts). Other bytes under a known statement id are
-refused as ``duplicate_conflict``.
+from a node key it accredited with role ``NODE``; one organization counts once however many of
+its keys sign (two signatures by one key refuse the record, see below). A statement is
+**valid** when the distinct signing organizations reach the mandate's threshold k (of n
+organizations). Node keys have no sequence here, so a node key that was ever revoked signs
+nothing (fail closed, as for receipts). Other bytes under a known statement id are refused as
+``duplicate_conflict``.
+
+Bounded work per record: a statement record is at most :data:`MAX_STATEMENT_RECORD_BYTES`
+(``oversized``, checked before decoding) and carries at most as many signatures as the mandate
+has organizations, never two by one key id (``too_many_signatures``, checked before any
+signature is verified). Signatures by keys that are neither a root key nor an accredited,
+usable NODE key, and signatures of an organization already counted, are skipped without a
+verification, so a record costs at most one verification per organization.
 
 Statements are words, not gates: nothing in an organization's own policy or decisions waits for
 or reads them.
@@ -42,11 +50,14 @@ from bus.model import (
     sha256,
 )
 from bus.policy import Evidence
-from bus.trust import KeyRing
+from bus.trust import KeyRing, check_record_size, check_signature_count
 
 PAYLOAD_STATEMENT: Final = "application/vnd.obus.statement.v1+protobuf"
 MAX_TITLE_CHARS: Final = 200
 MAX_TEXT_CHARS: Final = 10_000
+# The largest valid statement (MAX_EVIDENCE references, MAX_TEXT_CHARS and MAX_TITLE_CHARS of
+# four-byte characters) encodes to about 190 KB; a signature adds 102 bytes.
+MAX_STATEMENT_RECORD_BYTES: Final = 256 * 1024
 # A co-signature record carries only its signer's signature; see the module docstring.
 _AFTER_EVERY_SEQ: Final = 2**64
 
@@ -128,22 +139,30 @@ def signing_orgs(envelope: Envelope, keyring: KeyRing, *, at_ms: int) -> dict[st
     """Organizations with a valid signature on the envelope -> who signed (root or node id).
 
     Invalid signatures, unknown keys, keys of other roles and revoked node keys are ignored.
+    A signature is verified only when its key is a root key or a usable NODE key, of an
+    organization not yet counted, and its key id was not tried before on this envelope.
     """
     roots = {o.root_key_id: o for o in keyring.mandate.organizations}
     out: dict[str, str] = {}
+    tried: set[bytes] = set()
     for s in envelope.signatures:
+        if s.key_id in tried:
+            continue
+        tried.add(s.key_id)
         root = roots.get(s.key_id)
         try:
             if root is not None:
-                verify_pae(root.root_public_key, envelope.payload_type, envelope.payload, s.sig)
-                out.setdefault(root.org, "root key")
+                org, public_key, signer = root.org, root.root_public_key, "root key"
+            else:
+                acc = keyring.lookup(s.key_id)
+                keyring.check_usable(acc, role=Role.NODE, at_ms=at_ms, seq=_AFTER_EVERY_SEQ)
+                org, public_key, signer = acc.org, acc.public_key, acc.subject_id
+            if org in out:
                 continue
-            acc = keyring.lookup(s.key_id)
-            verify_pae(acc.public_key, envelope.payload_type, envelope.payload, s.sig)
-            keyring.check_usable(acc, role=Role.NODE, at_ms=at_ms, seq=_AFTER_EVERY_SEQ)
+            verify_pae(public_key, envelope.payload_type, envelope.payload, s.sig)
         except VerificationError:
             continue
-        out.setdefault(acc.org, acc.subject_id)
+        out[org] = signer
     return out
 
 
@@ -179,18 +198,22 @@ class StatementBook:
         """Apply one record; returns the statement's status and the organizations it added.
 
         Raises:
-            VerificationError: ``malformed``, ``wrong_payload_type``, ``invalid_field``,
+            VerificationError: ``oversized`` (checked before decoding), ``malformed``,
+                ``missing_signature``, ``wrong_payload_type``, ``too_many_signatures`` (more
+                than the mandate's organizations, or two by one key id), ``invalid_field``,
                 ``wrong_mandate``, ``wrong_org`` (a draft not signed by its drafter),
                 ``unknown_key`` (no valid signature of any organization) or
                 ``duplicate_conflict`` (other bytes under a known statement id).
         """
+        check_record_size(len(raw), MAX_STATEMENT_RECORD_BYTES, "statement record")
         env = Envelope.decode(raw)
         if env.payload_type != PAYLOAD_STATEMENT:
             raise VerificationError(
                 Reason.WRONG_PAYLOAD_TYPE, f"expected {PAYLOAD_STATEMENT}, got {env.payload_type!r}"
             )
-        stmt = JointStatement.decode(env.payload)
         mandate = self.keyring.mandate
+        check_signature_count(env, len(mandate.organizations), "a statement record")
+        stmt = JointStatement.decode(env.payload)
         if stmt.mandate_id != mandate.mandate_id:
             raise VerificationError(Reason.WRONG_MANDATE, f"statement for {stmt.mandate_id!r}")
         if mandate.organization(stmt.drafted_by) is None:

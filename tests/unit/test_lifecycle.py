@@ -45,7 +45,7 @@ def _orgs(m: Mission, drop: str = "", rekey: str = "") -> tuple[Organization, ..
 OFFERS: dict[str, tuple[list[tuple[list[str], dict[str, object], int]], Reason | None]] = {
     "v2 signed by 4 of 6": ([(ORGS[:4], {}, 2)], None),
     "v2 signed by 3 of 6": ([(ORGS[:3], {}, 2)], Reason.THRESHOLD_NOT_MET),
-    "v2 signed four times by one organization": ([(["un"] * 4, {}, 2)], Reason.THRESHOLD_NOT_MET),
+    "v2 signed four times by one organization": ([(["un"] * 4, {}, 2)], Reason.TOO_MANY_SIGNATURES),
     "v3 skips a version": ([(ORGS, {}, 3)], Reason.MANDATE_ROLLBACK),
     "other mandate id": ([(ORGS, {"mandate_id": "other"}, 2)], Reason.WRONG_MANDATE),
     "expired at its log time": ([(ORGS, {"not_after_ms": T_V2 - 1}, 2)], Reason.MANDATE_EXPIRED),

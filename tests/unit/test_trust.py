@@ -48,7 +48,7 @@ ROOT_CASES = {
     "all six sign": (ORGS, None),
     "exactly four sign": (ORGS[:4], None),
     "three sign": (ORGS[:3], Reason.THRESHOLD_NOT_MET),
-    "one organization signs four times": (["un", "un", "un", "un"], Reason.THRESHOLD_NOT_MET),
+    "one organization signs four times": (["un", "un", "un", "un"], Reason.TOO_MANY_SIGNATURES),
     "three members plus an outsider": ([*ORGS[:3], "new1"], Reason.THRESHOLD_NOT_MET),
 }
 
