@@ -74,6 +74,20 @@ class Reason(enum.StrEnum):
     RECORD_MISSING = "record_missing"  # an offset of a partition is absent from the log
     RECORD_OUT_OF_ORDER = "record_out_of_order"  # an offset after a higher one, or twice
     EXPORT_CORRUPT = "export_corrupt"  # export file framing, order or digest is broken
+    # Seals (bus.seal): one text per epoch stating every partition's size and root and a time,
+    # final once k organizations signed it; and the witness's reasons not to cosign one
+    SEAL_EPOCH_FINAL = "seal_epoch_final"  # a seal record for an epoch that is already final
+    SEAL_EPOCH_AHEAD = "seal_epoch_ahead"  # a seal record for an epoch after the open one
+    SEAL_WRONG_PREV = "seal_wrong_prev"  # prev is not the digest of the epoch before's final seal
+    SEAL_TIME_NOT_INCREASING = "seal_time_not_increasing"  # t_e not after the epoch before's
+    SEAL_SIZE_SHRINKS = "seal_size_shrinks"  # a partition smaller than, or absent since, before
+    SEAL_EQUIVOCATION = "seal_equivocation"  # one organization signed two texts for one epoch
+    SEAL_ALREADY_COSIGNED = "seal_already_cosigned"  # this witness signed another text for it
+    SEAL_TIME_OUT_OF_TOLERANCE = "seal_time_out_of_tolerance"  # t_e too far from the clock
+    SEAL_UNKNOWN_PARTITION = "seal_unknown_partition"  # seals a topic that is not a bus topic
+    SEAL_BEYOND_LOG = "seal_beyond_log"  # seals more records than the partition holds
+    SEAL_ROOT_MISMATCH = "seal_root_mismatch"  # own root at the sealed size is another one
+    SEAL_FINAL_MISMATCH = "seal_final_mismatch"  # own log differs from what a final seal sealed
     # Attachments (README "Attachments"): chunks on <prefix>attachments.<org>, reassembled by
     # every node and checked against the accepted report that references them
     ATTACHMENT_HASH_MISMATCH = "attachment_hash_mismatch"  # bytes do not hash to the SHA-256

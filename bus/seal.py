@@ -1,0 +1,1173 @@
+"""Seals: one text per epoch that states what the whole bus holds, and which one is final.
+
+Pure code (no I/O, no clock): callers pass records, trust states, their own view of the log and
+the time they judge at. :mod:`bus.epoch` holds what a final seal states and the order it
+defines; this module makes, signs, parses and judges seals, and derives the final ones.
+
+Byte format of a record on ``<prefix>seals``
+--------------------------------------------
+Every record value is one C2SP *signed note* (``signed-note.md``, parsed as in
+:mod:`bus.checkpoint`), UTF-8, whose text is a *seal*, ASCII only::
+
+    obus-seal/v1/<mandate id>\\n            format, version, mandate: obus-seal/v1/jmm-2026
+    <epoch>\\n                              1, 2, 3, ...
+    <t_e>\\n                                the seal's time, UNIX milliseconds
+    <prev>\\n                               base64 of the final seal of epoch-1's digest
+    <topic> <partition> <size> <root>\\n    one line per sealed partition (0 to 2048)
+    \\n                                     a blank line ends the text
+    \u2014 <key name> <base64(key hash || signature body)>\\n     1 to 100 signature lines
+
+* ``<epoch>`` and ``<t_e>``: ASCII decimal in 1..2^63-1, no sign, no leading zero.
+* ``<prev>`` and ``<root>``: standard padded base64 of exactly 32 bytes, canonical (decoding
+  and encoding again gives the same 44 characters). ``<prev>`` of epoch 1 is 32 zero bytes
+  (:data:`bus.epoch.GENESIS_DIGEST`).
+* A partition line: a Kafka topic name (1 to 249 of ``[A-Za-z0-9._-]``), the partition
+  (decimal 0..2^31-1), the number of records sealed (decimal 1..2^64-1) and the RFC 6962 root
+  (:mod:`bus.merkle`) over their values in offset order (leaf i = value at offset i; a null
+  value counts as empty bytes), separated by one space each. Lines are sorted by topic (bytes)
+  then partition (number), each partition at most once. A partition with no record is not
+  listed, so one state of the log has exactly one text.
+* No other byte: no control character but the newlines, no blank line inside the text, no
+  trailing space. The signature lines take at most :data:`MAX_SIGNATURE_BLOCK_BYTES` (lines by
+  keys named otherwise could never count) and the record at most :data:`MAX_SEAL_RECORD_BYTES`.
+* The seal's **digest** is SHA-256 of its exact text (what the next seal's ``<prev>`` names).
+
+Signature lines are those of :mod:`bus.checkpoint`: key names ``obus/<org>/<subject id>`` of
+the signer's accreditation; type ``0x01`` (Ed25519 over the text) by the node that proposes the
+seal; type ``0x04`` (C2SP ``tlog-cosignature/v1``: 8-byte time in seconds, then Ed25519 over
+``cosignature/v1\\ntime <t>\\n`` || text) by every node that cosigns it. A cosignature record
+carries the same text with only the cosigner's line(s); records with the same text merge into
+one note (:func:`bus.checkpoint.merge_notes`).
+
+Domain separation: DSSE signs bytes beginning ``DSSEv1 ``, checkpoint texts begin ``obus/``
+(:func:`bus.checkpoint.verify_checkpoint` refuses any other origin), seal texts begin
+``obus-seal/v1/`` and cosignatures ``cosignature/v1``: a node key's signature made for one use
+never verifies for another.
+
+Which signatures count (:func:`verify_seal`, :class:`SealChain`)
+-----------------------------------------------------------------
+The trust state of a seal of epoch *e* is the key ring in force for epoch *e*: the mandate and
+registry as of the final seal of epoch *e-1* (trust records logged in an epoch take effect from
+the next). The caller supplies it per proposal (:data:`TrustFor`). A line counts only when its
+key is accredited there with role ``NODE`` by an organization of that mandate, inside the
+accreditation's validity window at *t_e*, and not revoked **at an epoch**: a node key revoked
+with ``last_valid_seq = L`` counts on seals of epochs ``<= L`` and for nothing on later ones
+(for node keys the "seq" is the epoch). Lines by keys the trust state does not know are ignored.
+Each line is judged on its own: one that fails counts for nothing and is reported with its
+reason, the others still count (a record may carry several organizations' lines, and one bad
+line must not cancel another organization's). Work per record is bounded: at most one line per
+key id is tried (a second line by the same key, of either type, is skipped), a key's standing
+is checked before its signature, so a line that could not count costs no verification, and a
+line whose organization's signature on that epoch is already settled is not verified again.
+
+Finality (:class:`SealChain`): a pure function of the seals topic
+-----------------------------------------------------------------
+A reader feeds every record of the single-partition seals topic in offset order. Epochs open one
+at a time: epoch *e* is *open* from the record that made epoch *e-1* final (from the start for
+epoch 1). A record for an epoch already final (``seal_epoch_final``) or not yet open
+(``seal_epoch_ahead``) is ignored and counted, never verified. In the open epoch:
+
+* an organization's **first** counted signature for the epoch (in topic order, on any text of
+  that epoch, valid or not) is its vote; a signature on another text of the same epoch is
+  **equivocation**, kept as evidence (:class:`Equivocation`: both texts, both lines, both
+  offsets) and never counted; the same text again changes nothing;
+* the proposer's own signature (type 0x01) counts as its organization's vote like a cosignature;
+* the **final seal of epoch e** is the first text, in topic order, to hold votes of ``k``
+  distinct organizations, ``k`` the threshold of the mandate in force for *e*, among texts that
+  name the mandate, whose ``<prev>`` is the final seal of *e-1*'s digest, whose *t_e* is
+  strictly after *t_{e-1}* and whose sizes never shrink (every partition of *e-1* is listed
+  again, with at least its size). Texts breaking a rule never become final (``seal_wrong_prev``,
+  ``seal_time_not_increasing``, ``seal_size_shrinks``), and votes on them are still votes.
+
+Nothing else enters: not a reader's clock, nor how it batches or interleaves topics, nor when it
+learnt a trust state (a record that needs one the caller does not have yet waits, and the
+records after it wait behind it), so every reader derives the same final seals.
+
+**Why a minority can neither forge nor block finality.** Say *f* organizations are dishonest
+(or their keys stolen) and ``f <= min(k - 1, n - k)`` of the mandate's *n*. *Forge*: a final
+text holds *k* votes, so at least ``k - f >= 1`` honest organization voted for it, and an
+honest witness only cosigns a text that matches its own log (:func:`decide_cosign`); the
+minority's own signatures, however many texts they sign, never add up to *k*. *Block*: the
+``n - f >= k`` honest organizations vote for the same text when honest witnesses follow the
+rule below, and nothing the minority publishes can cancel an honest vote: its signatures on
+other texts burn only its own votes, a copy of an honest line on another text does not verify,
+and a copy on the same text changes nothing. *Change*: among texts honest organizations vote
+for, the first to reach *k* wins; the minority can hurry that text (its votes count), and can
+decide between two honest texts only when the honest votes are split so that neither reaches
+*k* without it. Under an operator who shows readers different seals topics, two different
+final seals of one epoch need ``2k - n`` organizations to sign both, each such pair of
+signatures being an :class:`Equivocation` once the views meet; this is why a vote is one per
+epoch, not one per text.
+
+**What one vote per epoch costs.** Honest votes split over several texts of one epoch (two
+proposers at once, or a *t_e* at the edge of some witnesses' clock tolerance) may leave no text
+able to reach *k*; that epoch then never becomes final, and nothing in this module reopens it.
+The witness's discipline below keeps the honest votes together; the split shows as an open
+epoch whose votes add up to *n* without a final seal.
+
+The witness's rule (:func:`decide_cosign`)
+------------------------------------------
+A witness cosigns a proposal for the epoch after its newest final seal only when: the mandate
+matches; its organization has not signed another text for that epoch (at most one vote per
+epoch); the text follows the previous final seal (prev digest, time, sizes, as above); *t_e* is
+within its clock tolerance of its own now; every sealed partition is of a bus topic, the witness
+has read it at least up to the sealed size and its own root at that size is the sealed one; and
+its own roots at the previous final seal's sizes are that seal's. It *waits* while it has not
+read far enough, and *refuses* for good otherwise. To keep honest votes together, a witness
+judges the open epoch's proposals in topic order and cosigns the first it accepts, waiting on a
+proposal it cannot judge yet rather than skipping it; proposers should take turns (only the
+first proposal a witness accepts gets its vote, and each proposer's own signature is its
+organization's vote).
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import hashlib
+import re
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Final, Protocol
+
+from bus import crypto
+from bus.checkpoint import (
+    MAX_SIGNATURES,
+    SIG_COSIGNATURE_V1,
+    Note,
+    NoteKeys,
+    NoteSignature,
+    Verifier,
+    cosign,
+    cosignature_message,
+    key_name,
+    parse_note,
+    sign_note,
+)
+from bus.crypto import SigningKey
+from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
+from bus.errors import Reason, VerificationError
+from bus.merkle import EMPTY_ROOT, HASH_SIZE, MAX_TREE_SIZE, MerkleTree
+from bus.model import Accreditation, Role, check_id
+from bus.trust import KeyRing
+
+__all__ = [
+    "KIND_COSIGNATURE",
+    "KIND_PROPOSAL",
+    "MAX_EPOCH",
+    "MAX_PARTITION",
+    "MAX_SEAL_PARTITIONS",
+    "MAX_SEAL_RECORD_BYTES",
+    "MAX_SEAL_TEXT_BYTES",
+    "MAX_SIGNATURE_BLOCK_BYTES",
+    "SEAL_HEADER_PREFIX",
+    "ChainUpdate",
+    "Cosign",
+    "CosignDecision",
+    "Disposition",
+    "Equivocation",
+    "LogView",
+    "RecordVerdict",
+    "SealChain",
+    "SealProposal",
+    "SealRecord",
+    "SealSignature",
+    "TreeView",
+    "TrustFor",
+    "VerifiedSeal",
+    "check_successor",
+    "cosign_seal",
+    "decide_cosign",
+    "make_proposal",
+    "parse_seal",
+    "parse_seal_record",
+    "sign_proposal",
+    "verify_seal",
+]
+
+SEAL_HEADER_PREFIX: Final = "obus-seal/v1/"
+"""Start of every seal text: the format and its version, then the mandate id."""
+MAX_SEAL_PARTITIONS: Final = 2048
+"""Partition lines a seal may hold (every partition of every bus topic fits many times over)."""
+MAX_EPOCH: Final = 2**63 - 1
+"""Largest epoch number and largest *t_e* in milliseconds (a signed 64-bit integer)."""
+MAX_PARTITION: Final = 2**31 - 1
+"""Largest Kafka partition number (an int32)."""
+# The longest partition line: topic, partition, size (uint64: 20 digits), root, three spaces
+# and the newline; the longest header: the prefix, a mandate id, epoch, t_e and prev lines.
+_MAX_LINE_BYTES: Final = 249 + 10 + 20 + 44 + 3 + 1
+_MAX_HEADER_BYTES: Final = len(SEAL_HEADER_PREFIX) + 63 + 1 + 2 * (19 + 1) + 44 + 1
+MAX_SEAL_TEXT_BYTES: Final = _MAX_HEADER_BYTES + MAX_SEAL_PARTITIONS * _MAX_LINE_BYTES
+"""No valid seal text is longer (a bound checked before anything is split)."""
+_MAX_SIGNATURE_LINE_BYTES: Final = 256  # a key name of obus/<org>/<subject> and a 0x04 body
+MAX_SIGNATURE_BLOCK_BYTES: Final = MAX_SIGNATURES * _MAX_SIGNATURE_LINE_BYTES
+"""The signature lines of a seals record take at most this many bytes: 100 lines by keys named
+``obus/<org>/<subject id>`` fit (242 bytes each at most); longer lines could never count."""
+MAX_SEAL_RECORD_BYTES: Final = MAX_SEAL_TEXT_BYTES + 1 + MAX_SIGNATURE_BLOCK_BYTES
+"""A seals record is at most this long (under 700 kB, within Kafka's default 1 MiB limit)."""
+
+_MANDATE_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
+_TOPIC_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_NUMBER_RE: Final = re.compile(r"[1-9][0-9]{0,18}")  # 1..10^19-1; range checked after
+_HASH_B64_RE: Final = re.compile(r"[A-Za-z0-9+/]{43}=")
+_LINE_RE: Final = re.compile(
+    r"(?P<topic>[A-Za-z0-9._-]{1,249}) (?P<partition>0|[1-9][0-9]{0,9})"
+    r" (?P<size>[1-9][0-9]{0,19}) (?P<root>[A-Za-z0-9+/]{43}=)"
+)
+_NOT_TEXT_BYTE: Final = re.compile(rb"[^\x20-\x7e\n]")  # printable ASCII and newlines only
+_HEADER_LINES: Final = 4
+_TIMESTAMP_BYTES: Final = 8
+KIND_PROPOSAL: Final = "proposal"
+""":attr:`SealSignature.kind` of a type 0x01 line (the proposer's)."""
+KIND_COSIGNATURE: Final = "cosignature"
+""":attr:`SealSignature.kind` of a type 0x04 line (a cosigner's)."""
+
+
+def _malformed(problem: str, **context: object) -> VerificationError:
+    return VerificationError(Reason.MALFORMED, f"seal: {problem}", **context)
+
+
+def _invalid(problem: str, **context: object) -> VerificationError:
+    return VerificationError(Reason.INVALID_FIELD, f"seal: {problem}", **context)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# ---------------------------------------------------------------------------------------------
+# The seal text
+
+
+@dataclass(frozen=True, slots=True)
+class SealProposal:
+    """A seal's content: what one node proposes, and every organization cosigns, for an epoch.
+
+    Args:
+        mandate_id: the mandate the bus runs under.
+        epoch: the epoch this seal closes (1, 2, ...).
+        time_ms: *t_e*, the proposer's clock when it proposed, in UNIX milliseconds.
+        prev_digest: the digest of the final seal of ``epoch - 1`` (:data:`GENESIS_DIGEST`
+            for epoch 1).
+        partitions: every sealed partition (size >= 1) with its size and RFC 6962 root; stored
+            as a read-only mapping in canonical order.
+
+    Raises:
+        VerificationError: ``INVALID_FIELD`` when a field is out of the format's range.
+    """
+
+    mandate_id: str
+    epoch: int
+    time_ms: int
+    prev_digest: bytes
+    partitions: Mapping[PartitionRef, PartitionSeal]
+
+    def __post_init__(self) -> None:
+        check_id("mandate_id", self.mandate_id)
+        for name, value in (("epoch", self.epoch), ("time_ms", self.time_ms)):
+            if type(value) is not int or not 1 <= value <= MAX_EPOCH:
+                raise _invalid(f"{name} must be in 1..2^63-1", field=name)
+        if len(self.prev_digest) != HASH_SIZE:
+            raise _invalid(f"prev digest must be {HASH_SIZE} bytes", field="prev_digest")
+        if len(self.partitions) > MAX_SEAL_PARTITIONS:
+            raise _invalid(f"more than {MAX_SEAL_PARTITIONS} partitions", field="partitions")
+        for (topic, partition), sealed in self.partitions.items():
+            if not _TOPIC_RE.fullmatch(topic):
+                raise _invalid(f"{topic[:60]!r} is not a Kafka topic name", field="partitions")
+            if type(partition) is not int or not 0 <= partition <= MAX_PARTITION:
+                raise _invalid(f"partition {partition!r} of {topic}", field="partitions")
+            if type(sealed.size) is not int or not 1 <= sealed.size <= MAX_TREE_SIZE:
+                raise _invalid(f"size of {topic}/{partition} must be in 1..2^64-1")
+            if len(sealed.root) != HASH_SIZE:
+                raise _invalid(f"root of {topic}/{partition} must be {HASH_SIZE} bytes")
+        ordered = dict(sorted(self.partitions.items()))
+        # frozen dataclass: __post_init__ is the one place that may set a field.
+        object.__setattr__(self, "partitions", MappingProxyType(ordered))
+
+    def text(self) -> bytes:
+        """The exact seal text (see the module docstring)."""
+        lines = [
+            SEAL_HEADER_PREFIX + self.mandate_id,
+            str(self.epoch),
+            str(self.time_ms),
+            _b64(self.prev_digest),
+        ]
+        lines.extend(f"{t} {p} {s.size} {_b64(s.root)}" for (t, p), s in self.partitions.items())
+        return ("\n".join(lines) + "\n").encode()
+
+    @property
+    def digest(self) -> bytes:
+        """SHA-256 of :meth:`text`."""
+        return hashlib.sha256(self.text()).digest()
+
+    def size(self, ref: PartitionRef) -> int:
+        """Records of ``ref`` sealed (0 when not listed)."""
+        sealed = self.partitions.get(ref)
+        return 0 if sealed is None else sealed.size
+
+    def final(self, *, digest: bytes, signers: Iterable[str], offset: int) -> FinalSeal:
+        """This seal as the final one of its epoch (``digest`` is its text's, passed in so that
+        it is not computed twice)."""
+        return FinalSeal(
+            mandate_id=self.mandate_id,
+            epoch=self.epoch,
+            time_ms=self.time_ms,
+            partitions=self.partitions,
+            digest=digest,
+            prev_digest=self.prev_digest,
+            signers=frozenset(signers),
+            offset=offset,
+        )
+
+    @classmethod
+    def of_final(cls, final: FinalSeal) -> SealProposal:
+        """The seal a final seal was made from (``text()`` hashes to ``final.digest``)."""
+        return cls(
+            final.mandate_id, final.epoch, final.time_ms, final.prev_digest, final.partitions
+        )
+
+
+def _decimal(line: str, what: str, maximum: int) -> int:
+    if not _NUMBER_RE.fullmatch(line) or int(line) > maximum:
+        raise _malformed(f"{what} {line[:30]!r} is not a decimal in 1..{maximum}")
+    return int(line)
+
+
+def _hash(b64: str, what: str) -> bytes:
+    # The regex admits 43 base64 characters and "=": 32 bytes, whose last character carries 2
+    # unused bits; canonical base64 has them zero, which encoding again checks.
+    raw = base64.b64decode(b64, validate=True)
+    if _b64(raw) != b64:
+        raise _malformed(f"{what} is not canonical base64")
+    return raw
+
+
+def parse_seal(text: bytes) -> SealProposal:
+    """Parse a seal text strictly (the byte format of the module docstring).
+
+    Raises:
+        VerificationError: ``MALFORMED`` for any text that is not exactly a seal: not ASCII, a
+            control character, no final newline, a wrong first line, a number that is not
+            canonical decimal or out of range, a hash that is not canonical base64 of 32
+            bytes, a partition line of another shape, lines unsorted or repeated, more than
+            :data:`MAX_SEAL_PARTITIONS` lines, longer than :data:`MAX_SEAL_TEXT_BYTES`.
+    """
+    if not isinstance(text, bytes):
+        raise _malformed("text must be bytes")
+    if len(text) > MAX_SEAL_TEXT_BYTES:
+        raise _malformed(f"longer than {MAX_SEAL_TEXT_BYTES} bytes")
+    if _NOT_TEXT_BYTE.search(text):
+        raise _malformed("only printable ASCII and newlines")
+    if not text.endswith(b"\n"):
+        raise _malformed("text must end with a newline")
+    lines = text[:-1].decode("ascii").split("\n")
+    if len(lines) < _HEADER_LINES:
+        raise _malformed("needs header, epoch, time and prev lines")
+    if len(lines) - _HEADER_LINES > MAX_SEAL_PARTITIONS:
+        raise _malformed(f"more than {MAX_SEAL_PARTITIONS} partition lines")
+    header, epoch_s, time_s, prev_s = lines[:_HEADER_LINES]
+    if not header.startswith(SEAL_HEADER_PREFIX):
+        raise _malformed(f"first line must start with {SEAL_HEADER_PREFIX!r}")
+    mandate_id = header[len(SEAL_HEADER_PREFIX) :]
+    if not _MANDATE_RE.fullmatch(mandate_id):
+        raise _malformed(f"{mandate_id[:70]!r} is not a mandate id")
+    epoch = _decimal(epoch_s, "epoch", MAX_EPOCH)
+    time_ms = _decimal(time_s, "time", MAX_EPOCH)
+    if not _HASH_B64_RE.fullmatch(prev_s):
+        raise _malformed("prev must be base64 of 32 bytes")
+    prev = _hash(prev_s, "prev")
+    partitions: dict[PartitionRef, PartitionSeal] = {}
+    last: PartitionRef | None = None
+    for line in lines[_HEADER_LINES:]:
+        m = _LINE_RE.fullmatch(line)
+        if m is None:
+            raise _malformed(f"partition line {line[:80]!r} is not '<topic> <p> <size> <root>'")
+        ref = (m["topic"], int(m["partition"]))
+        size = int(m["size"])
+        if ref[1] > MAX_PARTITION or size > MAX_TREE_SIZE:
+            raise _malformed(f"partition or size out of range in {line[:80]!r}")
+        if last is not None and ref <= last:
+            raise _malformed(f"partition lines unsorted or repeated at {ref[0]}/{ref[1]}")
+        partitions[ref] = PartitionSeal(size, _hash(m["root"], "root"))
+        last = ref
+    return SealProposal(mandate_id, epoch, time_ms, prev, partitions)
+
+
+@dataclass(frozen=True, slots=True)
+class SealRecord:
+    """A seals record parsed, nothing verified: the seal, its exact text and digest, and the
+    note's signature lines in order."""
+
+    proposal: SealProposal
+    text: bytes
+    digest: bytes
+    signatures: tuple[NoteSignature, ...]
+
+
+def parse_seal_record(data: bytes) -> SealRecord:
+    """Split a seals record into seal and signature lines, verifying nothing.
+
+    The note is split where :func:`bus.checkpoint.parse_note` splits it (the last blank
+    line); the text is parsed first, so that a record that is no seal is refused at the cost of
+    one regular expression, then the signature lines by ``parse_note``.
+
+    Raises:
+        VerificationError: ``OVERSIZED`` beyond :data:`MAX_SEAL_RECORD_BYTES`; ``MALFORMED``
+            for a text :func:`parse_seal` refuses, signature lines longer than
+            :data:`MAX_SIGNATURE_BLOCK_BYTES`, or lines ``parse_note`` refuses (more than 100
+            included).
+    """
+    if not isinstance(data, bytes):
+        raise _malformed("record must be bytes")
+    if len(data) > MAX_SEAL_RECORD_BYTES:
+        raise VerificationError(
+            Reason.OVERSIZED, f"seal record of {len(data)} bytes > {MAX_SEAL_RECORD_BYTES}"
+        )
+    split = data.rfind(b"\n\n")
+    if split < 0:
+        raise _malformed("no blank line before the signatures")
+    text, block = data[: split + 1], data[split + 2 :]
+    proposal = parse_seal(text)
+    if len(block) > MAX_SIGNATURE_BLOCK_BYTES:
+        raise _malformed(f"signature lines longer than {MAX_SIGNATURE_BLOCK_BYTES} bytes")
+    # The block holds no blank line (the split is the last one) and cannot start with a
+    # newline (the split would be one byte later), so this note splits exactly there too.
+    note = parse_note(b"\n\n" + block, max_signatures=MAX_SIGNATURES)
+    return SealRecord(proposal, text, hashlib.sha256(text).digest(), note.signatures)
+
+
+def _successor_problem(proposal: SealProposal, previous: FinalSeal | None) -> Reason | None:
+    try:
+        check_successor(proposal, previous)
+    except VerificationError as exc:
+        return exc.reason
+    return None
+
+
+def check_successor(proposal: SealProposal, previous: FinalSeal | None) -> None:
+    """Check the rules a seal must keep with the final seal before it (None: epoch 1).
+
+    Raises:
+        VerificationError: ``SEAL_WRONG_PREV`` (prev digest or epoch number do not follow),
+            ``SEAL_TIME_NOT_INCREASING``, ``SEAL_SIZE_SHRINKS`` (a partition of the previous
+            seal smaller or absent).
+    """
+    if previous is None:
+        if proposal.epoch != 1 or proposal.prev_digest != GENESIS_DIGEST:
+            raise VerificationError(
+                Reason.SEAL_WRONG_PREV, "the first seal is epoch 1 with the genesis digest"
+            )
+        return
+    if proposal.epoch != previous.epoch + 1 or proposal.prev_digest != previous.digest:
+        raise VerificationError(
+            Reason.SEAL_WRONG_PREV,
+            f"seal of epoch {proposal.epoch} does not follow the final seal of {previous.epoch}",
+            epoch=proposal.epoch,
+        )
+    if proposal.time_ms <= previous.time_ms:
+        raise VerificationError(
+            Reason.SEAL_TIME_NOT_INCREASING,
+            f"t_e {proposal.time_ms} is not after {previous.time_ms}",
+            epoch=proposal.epoch,
+        )
+    for ref, sealed in previous.partitions.items():
+        if proposal.size(ref) < sealed.size:
+            raise VerificationError(
+                Reason.SEAL_SIZE_SHRINKS,
+                f"{ref[0]}/{ref[1]} sealed {sealed.size} records, now {proposal.size(ref)}",
+                topic=ref[0],
+                partition=ref[1],
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Signing
+
+
+def sign_proposal(proposal: SealProposal, key: SigningKey, name: str) -> bytes:
+    """The record a proposer publishes: the seal with its type 0x01 line by ``key``."""
+    text = proposal.text()
+    return Note(text, (sign_note(text, key, name),)).encode()
+
+
+def cosign_seal(text: bytes, key: SigningKey, name: str, *, now_ms: int) -> bytes:
+    """The record a witness publishes: the seal text with its tlog-cosignature/v1 line, timed
+    ``now_ms // 1000`` seconds."""
+    return Note(text, (cosign(text, key, name, now_ms // 1000),)).encode()
+
+
+# ---------------------------------------------------------------------------------------------
+# Which signatures count
+
+
+@dataclass(frozen=True, slots=True)
+class SealSignature:
+    """One organization's verified signature line on a seal text.
+
+    ``kind`` is ``"proposal"`` (type 0x01) or ``"cosignature"`` (type 0x04).
+    """
+
+    org: str
+    subject_id: str
+    key_id: bytes
+    kind: str
+    line: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedSeal:
+    """A seals record with the lines that count under one trust state.
+
+    ``signatures`` holds the first counted line of each organization, in line order;
+    ``refused`` every line by a known key that counted for nothing: (key name, reason).
+    """
+
+    record: SealRecord
+    signatures: tuple[SealSignature, ...]
+    refused: tuple[tuple[str, Reason], ...]
+
+    @property
+    def orgs(self) -> frozenset[str]:
+        """Organizations with a counted signature."""
+        return frozenset(s.org for s in self.signatures)
+
+
+class _Keys:
+    """The signed-note index of one trust state, and the state itself."""
+
+    def __init__(self, keyring: KeyRing) -> None:
+        self.keyring = keyring
+        self.notes = NoteKeys(keyring)
+
+
+def _verify_line(verifier: Verifier, text: bytes, sig: NoteSignature) -> None:
+    if verifier.sig_type == SIG_COSIGNATURE_V1:
+        ts = sig.timestamp
+        if ts is None:
+            raise VerificationError(Reason.BAD_SIGNATURE, "cosignature has the wrong length")
+        crypto.verify(
+            verifier.public_key, cosignature_message(text, ts), sig.body[_TIMESTAMP_BYTES:]
+        )
+    else:
+        crypto.verify(verifier.public_key, text, sig.body)
+
+
+def _standing(keyring: KeyRing, acc: Accreditation, proposal: SealProposal) -> None:
+    """Whether a key may count on this seal at all (before its signature is checked)."""
+    if keyring.mandate.organization(acc.org) is None:
+        raise VerificationError(Reason.WRONG_ORG, f"{acc.org} is not in the mandate")
+    keyring.check_usable(acc, role=Role.NODE, at_ms=proposal.time_ms, seq=proposal.epoch)
+
+
+def _judge_lines(
+    record: SealRecord, keys: _Keys, settled: Callable[[str], bool]
+) -> tuple[list[SealSignature], list[tuple[str, Reason]]]:
+    """Verify the lines of a record that can still change something.
+
+    ``settled(org)`` says that a further signature by that organization needs no check. At
+    most one line per key id is tried, and one counted line per organization is returned.
+    """
+    counted: list[SealSignature] = []
+    refused: list[tuple[str, Reason]] = []
+    tried: set[bytes] = set()
+    done: set[str] = set()
+    notes = keys.notes
+    for sig in record.signatures:
+        verifier = notes.by_name_hash.get((sig.name, sig.key_hash))
+        if verifier is None:
+            continue  # a key this trust state does not know: ignored (C2SP signed-note)
+        key_id = notes.key_id[(sig.name, sig.key_hash)]
+        if key_id in tried:
+            continue
+        tried.add(key_id)
+        acc = notes.accreditation(verifier)
+        try:
+            _standing(keys.keyring, acc, record.proposal)
+        except VerificationError as exc:
+            refused.append((sig.name, exc.reason))
+            continue
+        if acc.org in done or settled(acc.org):
+            continue
+        try:
+            _verify_line(verifier, record.text, sig)
+        except VerificationError:
+            refused.append((sig.name, Reason.BAD_SIGNATURE))
+            continue
+        done.add(acc.org)
+        kind = KIND_COSIGNATURE if verifier.sig_type == SIG_COSIGNATURE_V1 else KIND_PROPOSAL
+        counted.append(SealSignature(acc.org, acc.subject_id, acc.key_id, kind, sig.line()))
+    return counted, refused
+
+
+def verify_seal(data: bytes, keyring: KeyRing) -> VerifiedSeal:
+    """Parse one seals record and verify its lines under the trust state in force for its epoch.
+
+    Whether the seal is *final* is not decided here (that needs the whole seals topic:
+    :class:`SealChain`); this says who signed it.
+
+    Raises:
+        VerificationError: what :func:`parse_seal_record` raises; ``WRONG_MANDATE`` when the
+            seal names another mandate than ``keyring``'s.
+    """
+    record = parse_seal_record(data)
+    if record.proposal.mandate_id != keyring.mandate.mandate_id:
+        raise VerificationError(
+            Reason.WRONG_MANDATE, f"seal for mandate {record.proposal.mandate_id!r}"
+        )
+    counted, refused = _judge_lines(record, _Keys(keyring), lambda _org: False)
+    return VerifiedSeal(record, tuple(counted), tuple(refused))
+
+
+# ---------------------------------------------------------------------------------------------
+# Finality
+
+
+TrustFor = Callable[[SealProposal], KeyRing | None]
+"""The trust state a seal is judged under, or None while the caller cannot tell yet.
+
+Called with a proposal of the open epoch. For epoch *e >= 2* it returns the key ring in force
+for *e*: the mandate and registry records up to the sizes of the final seal of *e-1*, the same
+object for every proposal of that epoch. Before the first seal no trust record has taken effect
+and the mandate alone accredits no node key, so for epoch 1 the caller chooses a rule every
+reader applies alike, e.g. the mandate plus the registry records the proposal itself seals (a
+function of the proposal and the log, which is why the proposal is passed, not the epoch).
+What it returns for a proposal must never change afterwards (a later trust record must go into
+another key ring), or readers that asked at different moments would count different
+signatures. Returning None makes the chain wait on that record (and every record after it)
+until :meth:`SealChain.resume`.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Equivocation:
+    """One organization's two signatures on different texts for one epoch: evidence.
+
+    ``first`` is the signature that counts (the earlier one in the seals topic), ``second``
+    the one that never counts. Each (text, line) pair is a note anyone can verify again
+    (:meth:`notes`).
+    """
+
+    org: str
+    epoch: int
+    first_text: bytes
+    first: SealSignature
+    first_offset: int
+    second_text: bytes
+    second: SealSignature
+    second_offset: int
+
+    def notes(self) -> tuple[bytes, bytes]:
+        """The two signed notes: each text with its one line."""
+        return (
+            Note(self.first_text, ()).encode() + self.first.line,
+            Note(self.second_text, ()).encode() + self.second.line,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (texts as ASCII strings, lines as UTF-8, key ids in hex)."""
+        return {
+            "org": self.org,
+            "epoch": self.epoch,
+            "first": {
+                "offset": self.first_offset,
+                "text": self.first_text.decode(),
+                "line": self.first.line.decode(),
+                "key_id": self.first.key_id.hex(),
+            },
+            "second": {
+                "offset": self.second_offset,
+                "text": self.second_text.decode(),
+                "line": self.second.line.decode(),
+                "key_id": self.second.key_id.hex(),
+            },
+        }
+
+
+class Disposition(enum.StrEnum):
+    """What a :class:`SealChain` made of one record."""
+
+    FINAL = "final"  # its signatures made its text the final seal of its epoch
+    COUNTED = "counted"  # it carries at least one organization's first vote for the epoch
+    UNCOUNTED = "uncounted"  # judged in the open epoch; no line in it changes anything
+    IGNORED = "ignored"  # not for the open epoch, or for another mandate: not verified
+    REFUSED = "refused"  # not a seals record (malformed, oversized, null)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordVerdict:
+    """The verdict on one seals record.
+
+    Args:
+        offset: the record's offset on the seals topic.
+        disposition: see :class:`Disposition`.
+        reason: why it was ignored or refused; for a judged record, why its text can never be
+            final (``seal_wrong_prev``, ``seal_time_not_increasing``, ``seal_size_shrinks``).
+        proposal: the parsed seal (None when refused); a witness judges it with
+            :func:`decide_cosign` when ``epoch`` is the open one.
+        digest: the seal text's digest.
+        counted: organizations whose first vote for the epoch this record carries.
+        refused_lines: (key name, reason) of each line by a known key that counted for
+            nothing; ``seal_equivocation`` for an organization's signature on a second text.
+        final: the final seal it made, if any.
+        equivocations: evidence this record completed.
+    """
+
+    offset: int
+    disposition: Disposition
+    reason: Reason | None = None
+    proposal: SealProposal | None = None
+    digest: bytes | None = None
+    counted: tuple[str, ...] = ()
+    refused_lines: tuple[tuple[str, Reason], ...] = ()
+    final: FinalSeal | None = None
+    equivocations: tuple[Equivocation, ...] = ()
+
+    @property
+    def epoch(self) -> int | None:
+        """The epoch the record names (None when refused)."""
+        return None if self.proposal is None else self.proposal.epoch
+
+
+@dataclass(frozen=True, slots=True)
+class ChainUpdate:
+    """The verdicts on the records an :meth:`SealChain.offer` or ``resume`` judged, in order."""
+
+    verdicts: tuple[RecordVerdict, ...] = ()
+
+    @property
+    def finals(self) -> tuple[FinalSeal, ...]:
+        """Seals that became final, in epoch order."""
+        return tuple(v.final for v in self.verdicts if v.final is not None)
+
+    @property
+    def equivocations(self) -> tuple[Equivocation, ...]:
+        """Equivocation evidence found."""
+        return tuple(e for v in self.verdicts for e in v.equivocations)
+
+
+@dataclass
+class _Candidate:
+    """A text of the open epoch that is some organization's vote."""
+
+    record: SealRecord
+    problem: Reason | None  # why it can never be final (None: it can)
+    votes: dict[str, SealSignature] = field(default_factory=dict)
+
+
+@dataclass
+class _OpenEpoch:
+    """Votes in the open epoch. Texts are kept only when they are someone's vote, so at most
+    one per organization of the mandate."""
+
+    epoch: int
+    candidates: dict[bytes, _Candidate] = field(default_factory=dict)
+    # organization -> (digest of the text of its vote, offset, signature)
+    votes: dict[str, tuple[bytes, int, SealSignature]] = field(default_factory=dict)
+    equivocated: set[str] = field(default_factory=set)
+
+
+class _TrustUnknownError(Exception):
+    """The open epoch's trust state is not available yet (control flow inside the chain)."""
+
+
+class SealChain:
+    """Final seals derived from the seals topic alone (see the module docstring, "Finality").
+
+    Feed :meth:`offer` every record of the seals topic in offset order; each call returns the
+    verdicts on the records it could judge, with the seals that became final and the
+    equivocations found. Holds only the newest final seal and the open epoch's votes: the
+    caller keeps the final seals it is handed.
+
+    Args:
+        mandate_id: the mandate of the bus; seals naming another are ignored.
+        trust: the trust state of each proposal (:data:`TrustFor`).
+        latest: to continue after a restart, the newest final seal the caller kept (its
+            ``offset`` set); then feed records from :attr:`next_offset`. The open epoch's
+            votes are rebuilt from the records after the one that made ``latest`` final, so
+            the chain continues exactly as if it had read everything.
+    """
+
+    def __init__(
+        self, mandate_id: str, trust: TrustFor, *, latest: FinalSeal | None = None
+    ) -> None:
+        if latest is not None and (latest.offset < 0 or latest.mandate_id != mandate_id):
+            raise ValueError("latest must be a final seal of this mandate with its offset")
+        self.mandate_id = mandate_id
+        self._trust = trust
+        self._latest = latest
+        self._open = _OpenEpoch(1 if latest is None else latest.epoch + 1)
+        self._last_offset = -1 if latest is None else latest.offset
+        self._queue: deque[tuple[int, bytes | None]] = deque()
+        self._keys: tuple[KeyRing, _Keys] | None = None
+        self.equivocations: list[Equivocation] = []
+        """Every equivocation found, in topic order."""
+        self.counts: Counter[str] = Counter()
+        """Records by disposition, and by reason for those with one."""
+
+    # -- reads -------------------------------------------------------------------------------
+
+    @property
+    def latest(self) -> FinalSeal | None:
+        """The newest final seal (None before the first)."""
+        return self._latest
+
+    @property
+    def open_epoch(self) -> int:
+        """The epoch whose votes are being counted."""
+        return self._open.epoch
+
+    @property
+    def next_offset(self) -> int:
+        """The offset after the last record offered."""
+        return self._last_offset + 1
+
+    @property
+    def waiting(self) -> bool:
+        """True while a record waits for its trust state (call :meth:`resume` once known)."""
+        return bool(self._queue)
+
+    def votes(self) -> Mapping[str, bytes]:
+        """Each organization's vote in the open epoch: the digest of the text it signed first.
+
+        A witness reads its own organization's here: a vote it cast before a restart counts,
+        and it must not sign another text for the same epoch.
+        """
+        return {org: digest for org, (digest, _, _) in self._open.votes.items()}
+
+    # -- feeding -----------------------------------------------------------------------------
+
+    def offer(self, offset: int, value: bytes | None) -> ChainUpdate:
+        """Judge the next record of the seals topic (offsets strictly increasing; gaps allowed).
+
+        Raises:
+            ValueError: ``offset`` is not after the previous one.
+        """
+        if offset <= self._last_offset:
+            raise ValueError(f"offset {offset} is not after {self._last_offset}")
+        self._last_offset = offset
+        self._queue.append((offset, value))
+        return self.resume()
+
+    def resume(self) -> ChainUpdate:
+        """Judge the records that waited for a trust state, as far as trust is known now."""
+        verdicts: list[RecordVerdict] = []
+        while self._queue:
+            offset, value = self._queue[0]
+            try:
+                verdict = self._judge(offset, value)
+            except _TrustUnknownError:
+                break
+            self._queue.popleft()
+            self.counts[verdict.disposition.value] += 1
+            if verdict.reason is not None:
+                self.counts[verdict.reason.value] += 1
+            verdicts.append(verdict)
+        return ChainUpdate(tuple(verdicts))
+
+    # -- judging -----------------------------------------------------------------------------
+
+    def _keys_for(self, record: SealRecord) -> _Keys:
+        keyring = self._trust(record.proposal)
+        if keyring is None:
+            raise _TrustUnknownError
+        if keyring.mandate.mandate_id != self.mandate_id:
+            raise ValueError("the trust state is of another mandate")
+        cached = self._keys
+        if cached is None or cached[0] is not keyring or cached[1].notes.stale():
+            cached = self._keys = (keyring, _Keys(keyring))
+        return cached[1]
+
+    def _judge(self, offset: int, value: bytes | None) -> RecordVerdict:
+        if value is None:
+            return RecordVerdict(offset, Disposition.REFUSED, Reason.MALFORMED)
+        try:
+            record = parse_seal_record(value)
+        except VerificationError as exc:
+            return RecordVerdict(offset, Disposition.REFUSED, exc.reason)
+        p = record.proposal
+        if p.mandate_id != self.mandate_id:
+            return RecordVerdict(
+                offset, Disposition.IGNORED, Reason.WRONG_MANDATE, p, record.digest
+            )
+        open_ = self._open
+        if p.epoch != open_.epoch:
+            reason = Reason.SEAL_EPOCH_FINAL if p.epoch < open_.epoch else Reason.SEAL_EPOCH_AHEAD
+            return RecordVerdict(offset, Disposition.IGNORED, reason, p, record.digest)
+        keys = self._keys_for(record)  # may wait: nothing changed yet
+
+        def settled(org: str) -> bool:
+            vote = open_.votes.get(org)
+            return org in open_.equivocated or (vote is not None and vote[0] == record.digest)
+
+        signatures, refused = _judge_lines(record, keys, settled)
+        candidate = open_.candidates.get(record.digest)
+        problem = _successor_problem(p, self._latest) if candidate is None else candidate.problem
+        counted: list[str] = []
+        evidence: list[Equivocation] = []
+        for sig in signatures:
+            vote = open_.votes.get(sig.org)
+            if vote is not None:  # settled() let it through: a signature on another text
+                first_digest, first_offset, first_sig = vote
+                evidence.append(
+                    Equivocation(
+                        sig.org,
+                        p.epoch,
+                        open_.candidates[first_digest].record.text,
+                        first_sig,
+                        first_offset,
+                        record.text,
+                        sig,
+                        offset,
+                    )
+                )
+                open_.equivocated.add(sig.org)
+                refused.append((key_name(sig.org, sig.subject_id), Reason.SEAL_EQUIVOCATION))
+                continue
+            if candidate is None:
+                candidate = open_.candidates[record.digest] = _Candidate(record, problem)
+            open_.votes[sig.org] = (record.digest, offset, sig)
+            candidate.votes[sig.org] = sig
+            counted.append(sig.org)
+        self.equivocations.extend(evidence)
+        final: FinalSeal | None = None
+        if (
+            candidate is not None
+            and problem is None
+            and counted
+            and len(candidate.votes) >= keys.keyring.mandate.threshold
+        ):
+            final = p.final(digest=record.digest, signers=candidate.votes, offset=offset)
+            self._latest = final
+            self._open = _OpenEpoch(p.epoch + 1)
+        if final is not None:
+            disposition = Disposition.FINAL
+        elif counted:
+            disposition = Disposition.COUNTED
+        else:
+            disposition = Disposition.UNCOUNTED
+        return RecordVerdict(
+            offset,
+            disposition,
+            problem,
+            p,
+            record.digest,
+            tuple(counted),
+            tuple(refused),
+            final,
+            tuple(evidence),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The witness and the proposer
+
+
+class LogView(Protocol):
+    """What a witness or proposer has read of the bus, as :func:`decide_cosign` needs it."""
+
+    def covers(self, topic: str) -> bool:
+        """Whether seals cover this topic (a topic of the bus)."""
+        ...
+
+    def refs(self) -> Iterable[PartitionRef]:
+        """Every partition read so far."""
+        ...
+
+    def size(self, ref: PartitionRef) -> int:
+        """Records of ``ref`` read and hashed, in offset order from offset 0."""
+        ...
+
+    def root_at(self, ref: PartitionRef, size: int) -> bytes:
+        """The RFC 6962 root of the first ``size`` records read (``size <= self.size(ref)``)."""
+        ...
+
+    def log_end(self, ref: PartitionRef) -> int | None:
+        """Records the partition holds, as far as known (None: unknown)."""
+        ...
+
+
+@dataclass(frozen=True)
+class TreeView:
+    """A :class:`LogView` over per-partition Merkle trees (as :class:`bus.witness.WitnessCore`
+    keeps them).
+
+    Args:
+        trees: each partition's tree of the values read (trees must store their leaves).
+        covers_topic: whether a topic is a bus topic.
+        ends: each partition's end offset where known (from the broker).
+    """
+
+    trees: Mapping[PartitionRef, MerkleTree]
+    covers_topic: Callable[[str], bool]
+    ends: Mapping[PartitionRef, int] = field(default_factory=dict)
+
+    def covers(self, topic: str) -> bool:
+        """Whether seals cover this topic."""
+        return self.covers_topic(topic)
+
+    def refs(self) -> Iterable[PartitionRef]:
+        """Every partition with a tree."""
+        return self.trees.keys()
+
+    def size(self, ref: PartitionRef) -> int:
+        """The tree's size (0 without a tree)."""
+        tree = self.trees.get(ref)
+        return 0 if tree is None else tree.size
+
+    def root_at(self, ref: PartitionRef, size: int) -> bytes:
+        """The tree's root at ``size``."""
+        tree = self.trees.get(ref)
+        return EMPTY_ROOT if tree is None or size == 0 else tree.root_at(size)
+
+    def log_end(self, ref: PartitionRef) -> int | None:
+        """The known end offset, if any."""
+        return self.ends.get(ref)
+
+
+class Cosign(enum.StrEnum):
+    """What a witness does with a proposal."""
+
+    COSIGN = "cosign"  # publish a cosignature (:func:`cosign_seal`) and remember the vote
+    ALREADY = "already"  # this organization already voted for this very text: nothing to do
+    WAIT = "wait"  # not judgeable yet (read further, or the epoch before is not final here)
+    REFUSE = "refuse"  # never cosign this text; ``reason`` says why
+
+
+@dataclass(frozen=True, slots=True)
+class CosignDecision:
+    """A witness's decision on one proposal; ``ref`` names the partition it turned on."""
+
+    verdict: Cosign
+    reason: Reason | None = None
+    detail: str = ""
+    ref: PartitionRef | None = None
+
+
+def _refuse(reason: Reason, detail: str, ref: PartitionRef | None = None) -> CosignDecision:
+    return CosignDecision(Cosign.REFUSE, reason, detail, ref)
+
+
+def decide_cosign(
+    proposal: SealProposal,
+    view: LogView,
+    previous: FinalSeal | None,
+    *,
+    mandate_id: str,
+    now_ms: int,
+    tolerance_ms: int,
+    voted: Mapping[int, bytes],
+) -> CosignDecision:
+    """Whether a witness cosigns a proposal (the rule of the module docstring).
+
+    Args:
+        proposal: a seal read on the seals topic (its signatures already counted or not).
+        view: what this witness has read of the bus.
+        previous: its newest final seal (None before the first).
+        mandate_id: the mandate it serves.
+        now_ms: its clock.
+        tolerance_ms: how far *t_e* may be from ``now_ms``, either way.
+        voted: epoch -> digest of the text this witness's organization already signed for it
+            (:meth:`SealChain.votes` for the open epoch, plus what it signed and has not read
+            back yet).
+
+    Returns:
+        COSIGN, ALREADY, WAIT, or REFUSE with a reason: ``WRONG_MANDATE``,
+        ``SEAL_EPOCH_FINAL``, ``SEAL_ALREADY_COSIGNED``, ``SEAL_WRONG_PREV``,
+        ``SEAL_TIME_NOT_INCREASING``, ``SEAL_SIZE_SHRINKS``, ``SEAL_TIME_OUT_OF_TOLERANCE``,
+        ``SEAL_UNKNOWN_PARTITION``, ``SEAL_BEYOND_LOG``, ``SEAL_ROOT_MISMATCH`` (its own log
+        differs at a sealed size: a split view), ``SEAL_FINAL_MISMATCH`` (its own log differs
+        from the previous final seal).
+    """
+    if proposal.mandate_id != mandate_id:
+        return _refuse(Reason.WRONG_MANDATE, f"seal for mandate {proposal.mandate_id!r}")
+    open_epoch = 1 if previous is None else previous.epoch + 1
+    if proposal.epoch < open_epoch:
+        return _refuse(Reason.SEAL_EPOCH_FINAL, f"epoch {proposal.epoch} is final")
+    if proposal.epoch > open_epoch:
+        return CosignDecision(Cosign.WAIT, detail=f"epoch {proposal.epoch - 1} not final here")
+    digest = proposal.digest
+    mine = voted.get(proposal.epoch)
+    if mine is not None:
+        if mine == digest:
+            return CosignDecision(Cosign.ALREADY)
+        return _refuse(Reason.SEAL_ALREADY_COSIGNED, f"voted for another epoch {open_epoch} text")
+    try:
+        check_successor(proposal, previous)
+    except VerificationError as exc:
+        return _refuse(exc.reason, exc.message)
+    if abs(proposal.time_ms - now_ms) > tolerance_ms:
+        return _refuse(
+            Reason.SEAL_TIME_OUT_OF_TOLERANCE,
+            f"t_e {proposal.time_ms} is {proposal.time_ms - now_ms} ms from this clock",
+        )
+    behind: PartitionRef | None = None
+    for ref, sealed in proposal.partitions.items():
+        if not view.covers(ref[0]):
+            return _refuse(Reason.SEAL_UNKNOWN_PARTITION, f"{ref[0]} is not a bus topic", ref)
+        if sealed.size > view.size(ref):
+            end = view.log_end(ref)
+            if end is not None and sealed.size > end:
+                return _refuse(
+                    Reason.SEAL_BEYOND_LOG, f"{sealed.size} records sealed, {end} in the log", ref
+                )
+            behind = behind or ref
+        elif view.root_at(ref, sealed.size) != sealed.root:
+            return _refuse(Reason.SEAL_ROOT_MISMATCH, f"another root at size {sealed.size}", ref)
+    if previous is not None:
+        for ref, sealed in previous.partitions.items():
+            if sealed.size > view.size(ref):
+                behind = behind or ref
+            elif view.root_at(ref, sealed.size) != sealed.root:
+                return _refuse(
+                    Reason.SEAL_FINAL_MISMATCH,
+                    f"own root at size {sealed.size} differs from final seal {previous.epoch}'s",
+                    ref,
+                )
+    if behind is not None:
+        return CosignDecision(Cosign.WAIT, detail="not read up to the sealed size", ref=behind)
+    return CosignDecision(Cosign.COSIGN)
+
+
+def make_proposal(
+    view: LogView, previous: FinalSeal | None, *, mandate_id: str, now_ms: int
+) -> SealProposal | None:
+    """The seal a proposer publishes now: every covered partition it has read, at its size.
+
+    Returns:
+        The proposal (sign it with :func:`sign_proposal`), or None while the proposer has not
+        read every partition up to the previous final seal's sizes.
+
+    Raises:
+        VerificationError: ``SEAL_TIME_NOT_INCREASING`` when ``now_ms`` is not after *t_{e-1}*;
+            ``SEAL_FINAL_MISMATCH`` when its own log differs from the previous final seal's;
+            ``INVALID_FIELD`` beyond :data:`MAX_SEAL_PARTITIONS` partitions.
+    """
+    if previous is not None:
+        if any(view.size(ref) < s.size for ref, s in previous.partitions.items()):
+            return None
+        if now_ms <= previous.time_ms:
+            raise VerificationError(
+                Reason.SEAL_TIME_NOT_INCREASING, f"now {now_ms} is not after {previous.time_ms}"
+            )
+    partitions: dict[PartitionRef, PartitionSeal] = {}
+    for ref in view.refs():
+        size = view.size(ref)
+        if size > 0 and view.covers(ref[0]):
+            partitions[ref] = PartitionSeal(size, view.root_at(ref, size))
+    proposal = SealProposal(
+        mandate_id,
+        1 if previous is None else previous.epoch + 1,
+        now_ms,
+        GENESIS_DIGEST if previous is None else previous.digest,
+        partitions,
+    )
+    decision = decide_cosign(
+        proposal, view, previous, mandate_id=mandate_id, now_ms=now_ms, tolerance_ms=0, voted={}
+    )
+    if decision.verdict is not Cosign.COSIGN:
+        raise VerificationError(
+            decision.reason or Reason.INVALID_FIELD, decision.detail, ref=decision.ref
+        )
+    return proposal
