@@ -7,6 +7,9 @@
   ``--html-out FILE``, ``--require-witnessed``, ``--verify-workers N``;
 * ``obus audit prove``: the inclusion proof of one record against a quorum checkpoint;
 * ``obus log export FILE``: the portable export.
+
+All three sign and publish nothing, so they read a mandate that has ended too (archive mode,
+saying so in one line): every record is judged at its own log time, never by this machine's clock.
 """
 
 from __future__ import annotations
@@ -18,13 +21,17 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
 from bus.errors import ConfigError, VerificationError
 from bus.topics import Topics
-from nodes.cli.common import add_common_args, bootstrap, security_from_args
+from nodes.cli.common import add_common_args, bootstrap, read_only_mandate, security_from_args
+
+if TYPE_CHECKING:
+    from bus.export import ExportHeader
+    from bus.model import Mandate
 
 # ---------------------------------------------------------------------------------------------
 # obus node
@@ -107,42 +114,53 @@ async def run_with_witness(args: argparse.Namespace, node: Any) -> int:
 # obus audit, obus audit prove, obus log export
 
 
-def _export_time(path: Path) -> int:
-    """The export's creation time; raises ConfigError when the file cannot be read."""
+def _export_header(path: Path) -> ExportHeader:
+    """The export's header; raises ConfigError when the file cannot be read."""
     from bus.export import ExportReader  # noqa: PLC0415
 
     try:
         with path.open("rb") as f:
-            return ExportReader(f).header.created_at_ms
+            return ExportReader(f).header
     except OSError as exc:
         raise ConfigError("--from", f"cannot read {path}: {exc.strerror}", "pass FILE") from exc
+
+
+def _embedded_mandate(path: Path, header: ExportHeader) -> Mandate:
+    """The root mandate embedded in an export, verified against itself (archive mode when it
+    has ended, saying so)."""
+    from nodes.runtime.files import archive_notice, mandate_ended, open_mandate  # noqa: PLC0415
+
+    mandate = open_mandate(header.root_mandate, source=f"the mandate embedded in {path}")
+    if mandate_ended(mandate):
+        print(f"obus: {archive_notice(mandate)}", file=sys.stderr, flush=True)
+    return mandate
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """``obus audit`` live or ``--from FILE``; exit 1 names every violation."""
     from nodes.auditor.report import write_html  # noqa: PLC0415
     from nodes.auditor.run import audit, audit_export, render, write_json  # noqa: PLC0415
-    from nodes.runtime.files import load_mandate  # noqa: PLC0415
 
     console = Console(stderr=True)
     if args.from_file:
         path = Path(args.from_file)
-        created_at_ms = _export_time(path)
-        mandate = None
+        header = _export_header(path)
         if args.mandate:
-            # An export is audited as of when it was made: an old mandate has expired since.
-            mandate, _ = load_mandate(Path(args.mandate), now_ms=created_at_ms)
+            mandate, _ = read_only_mandate(args.mandate)
         else:
             console.print(
                 "[yellow]no --mandate: trusting the mandate embedded in the export[/yellow]"
             )
+            mandate = _embedded_mandate(path, header)
         result = audit_export(
             path, mandate, console=console, require_witnessed=args.require_witnessed
         )
+        if not args.mandate:
+            result.trust_root = "embedded"
     else:
         if not args.mandate:
             raise ConfigError("--mandate", "is required to audit the live bus", "pass FILE")
-        mandate, _ = load_mandate(Path(args.mandate))
+        mandate, _ = read_only_mandate(args.mandate)
         result = asyncio.run(
             audit(
                 bootstrap(args), mandate, topics=Topics(args.topic_prefix), console=console,
@@ -181,7 +199,6 @@ _AUDIT_ONLY: tuple[tuple[str, str, object], ...] = (
 def cmd_prove(args: argparse.Namespace) -> int:
     """``obus audit prove``: print and verify one record's inclusion proof."""
     from nodes.auditor.prove import prove_from_file, prove_live  # noqa: PLC0415
-    from nodes.runtime.files import load_mandate  # noqa: PLC0415
 
     for attr, flag, default in _AUDIT_ONLY:
         if getattr(args, attr, default) != default:
@@ -218,10 +235,11 @@ def cmd_prove(args: argparse.Namespace) -> int:
     try:
         if args.from_file:
             path = Path(args.from_file)
-            mandate, _ = load_mandate(Path(args.mandate), now_ms=_export_time(path))
+            _export_header(path)  # an unreadable file is named as --from
+            mandate, _ = read_only_mandate(args.mandate)
             proof = prove_from_file(path, mandate, where=where, report_id=args.report_id)
         else:
-            mandate, _ = load_mandate(Path(args.mandate))
+            mandate, _ = read_only_mandate(args.mandate)
             proof = asyncio.run(
                 prove_live(
                     bootstrap(args), Topics(args.topic_prefix), mandate,
@@ -247,9 +265,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
 def cmd_log_export(args: argparse.Namespace) -> int:
     """``obus log export FILE``."""
     from nodes.auditor.log_export import export_log  # noqa: PLC0415
-    from nodes.runtime.files import load_mandate  # noqa: PLC0415
 
-    mandate, raw = load_mandate(Path(args.mandate))
+    mandate, raw = read_only_mandate(args.mandate)
     path = Path(args.path)
     started = time.monotonic()
     counts = asyncio.run(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Final
@@ -29,8 +30,10 @@ from bus.kafka.client import (
     kafka_errors,
     reliable_producer,
 )
+from bus.model import Mandate
 from bus.topics import Topics, standard_topics
 from nodes.runtime import logs
+from nodes.runtime.files import archive_notice, load_mandate, mandate_ended
 
 DEFAULT_BOOTSTRAP: Final = "127.0.0.1:9092"
 
@@ -200,6 +203,19 @@ def configure_logs(level: str) -> None:
 def now_ms() -> int:
     """The wall clock in Unix milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+def read_only_mandate(path: str) -> tuple[Mandate, bytes]:
+    """The mandate file of a command that signs and publishes nothing (archive mode: accepted
+    after the mandate's end, saying so in one line on standard error).
+
+    Raises:
+        ConfigError: the file is missing or does not verify.
+    """
+    mandate, raw = load_mandate(Path(path), archive=True)
+    if mandate_ended(mandate):
+        print(f"obus: {archive_notice(mandate)}", file=sys.stderr, flush=True)
+    return mandate, raw
 
 
 def read_file(path: str, what: str) -> bytes:

@@ -6,6 +6,9 @@ A joint statement is drafted by one organization (signed with its node key, publ
 their own signature) and valid once the distinct signing organizations reach the mandate's
 threshold (see :mod:`bus.statement`). A co-signer checks the references against its own store
 first: it signs only reports it verified itself, with the same envelope digests.
+
+``draft`` and ``sign`` refuse a mandate that has ended; ``status`` and ``dashboard`` read it
+(archive mode, saying so).
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from bus.errors import ConfigError
 from bus.model import Mandate
 from bus.statement import JointStatement
 from bus.topics import Topics
-from nodes.cli.common import add_common_args, add_log_level, bootstrap, security_from_args
+from nodes.cli.common import (
+    add_common_args,
+    add_log_level,
+    bootstrap,
+    read_only_mandate,
+    security_from_args,
+)
 from nodes.org_node.statements import (
     Board,
     check_signing_key,
@@ -59,9 +68,15 @@ def render_statuses(board: Board, console: Console) -> None:
 
 
 def _mandate(args: argparse.Namespace) -> Mandate:
+    """The mandate of a command that signs: refused once it has ended."""
     from nodes.runtime.files import load_mandate  # noqa: PLC0415
 
     return load_mandate(Path(args.mandate))[0]
+
+
+def _read_only_mandate(args: argparse.Namespace) -> Mandate:
+    """The mandate of a command that only reads: accepted after its end, saying so."""
+    return read_only_mandate(args.mandate)[0]
 
 
 def _key(args: argparse.Namespace) -> SigningKey:
@@ -122,7 +137,7 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     board = asyncio.run(
         read_board(
-            bootstrap(args), Topics(args.topic_prefix), _mandate(args),
+            bootstrap(args), Topics(args.topic_prefix), _read_only_mandate(args),
             security=security_from_args(args),
         )
     )  # fmt: skip
@@ -154,7 +169,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     config = DashboardConfig(
         org=args.org,
         db_path=db,
-        mandate=_mandate(args),
+        mandate=_read_only_mandate(args),
         policy=load_policy(Path(args.policy)) if args.policy else None,
         host=args.http_host,
         port=args.http_port,

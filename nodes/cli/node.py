@@ -3,6 +3,11 @@
 Argument parsing and the environment only: the node itself is built and run by
 :mod:`nodes.org_node.process`; the witness options and the witness come from
 :mod:`nodes.cli.audit`.
+
+On a mandate that has ended the node starts in archive mode: it consumes what is on the log,
+verifies and stores it, and serves its dashboard, but signs and publishes nothing: its follow-up
+keeps decisions unpublished (and logs why), and the witness, whose whole output is signed
+checkpoints and cosignatures, is not started.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import argparse
 import asyncio
 import dataclasses
 from pathlib import Path
+
+import structlog
 
 from bus.attachment import MAX_ATTACHMENT_BYTES, UNREFERENCED_TTL_MS, AttachmentLimits
 from bus.crypto import SigningKey
@@ -21,7 +28,9 @@ from bus.topics import Topics
 from nodes.cli.audit import add_witness_args, run_with_witness
 from nodes.cli.common import add_common_args, bootstrap, security_from_args
 from nodes.cli.trust import read_decryption_key
-from nodes.runtime.files import load_mandate, read_key
+from nodes.runtime.files import archive_notice, ended_on, load_mandate, mandate_ended, read_key
+
+log = structlog.get_logger(__name__)
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
@@ -29,7 +38,8 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
     check_port("--http-port", args.http_port)
     limits = None if args.ingest_only else _attachment_limits(args)
-    mandate, _ = load_mandate(Path(args.mandate))
+    mandate, _ = load_mandate(Path(args.mandate), archive=True)
+    archive = mandate_ended(mandate)
     policy = load_policy(Path(args.policy)) if args.policy else None
     if policy is not None and policy.org != args.org:
         raise BusError(
@@ -62,7 +72,17 @@ def _cmd_node(args: argparse.Namespace) -> int:
         keys = tuple(read_decryption_key(Path(f), args.org) for f in args.decryption_key)
         config = dataclasses.replace(config, decryption_keys=keys)
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    if args.ingest_only:  # an extra worker: the full node runs the witness and follow-up
+    if archive:
+        log.warning(
+            "archive_mode", org=args.org, mandate_id=mandate.mandate_id,
+            version=mandate.version, ended=ended_on(mandate), notice=archive_notice(mandate),
+        )  # fmt: skip
+        if getattr(args, "witness", False) and not args.ingest_only:
+            log.warning(
+                "witness_not_started", org=args.org, reason="mandate_ended",
+                detail="a witness's output is signed checkpoints and cosignatures",
+            )  # fmt: skip
+    if args.ingest_only or archive:  # an extra worker, or nothing to witness: no witness
         from nodes.org_node.process import run_node  # noqa: PLC0415 - keep `obus --help` fast
 
         return asyncio.run(run_node(config))

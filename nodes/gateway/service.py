@@ -10,7 +10,8 @@ A report is published (acks=all) and answered with a signed receipt (see :mod:`b
 when it verifies, its observer is within its rate (a token bucket per observer) and it extends
 its observer's chain; the same bytes again get the same receipt. Anything else is refused with a
 stable reason code of :class:`bus.errors.Reason`, or answered ``unavailable`` when Kafka did not
-confirm (nothing is wrong with the input: retry).
+confirm (nothing is wrong with the input: retry). Once the mandate has ended, a new report is
+refused (``mandate_expired``, naming the end): nothing more is signed or published under it.
 
 An attachment is published when a report of this organization, already published here,
 references its SHA-256 and size (README "Attachments"). No authentication is needed: the bytes
@@ -67,6 +68,7 @@ from bus.trust import KeyRing, verify_accreditation
 from bus.verify import DEFAULT_MAX_RECORD_BYTES, ChainBook, Limits, VerifiedReport, verify_report
 from nodes.gateway.kafka import GatewayKafka, Position
 from nodes.gateway.store import PUBLISHED, PUBLISHING, GatewayStore, Row
+from nodes.runtime.files import ended_on, mandate_ended
 
 log = structlog.get_logger(__name__)
 
@@ -333,6 +335,16 @@ class Gateway:
         known = self.store.by_digest(digest)
         if known is not None:
             return await self._again(known)
+        mandate = self.config.mandate
+        if mandate_ended(mandate):
+            return self.refuse(
+                VerificationError(
+                    Reason.MANDATE_EXPIRED,
+                    f"mandate {mandate.mandate_id} ended on {ended_on(mandate)}: this gateway"
+                    " publishes no new report",
+                    not_after_ms=mandate.not_after_ms,
+                )
+            )
         try:
             vr = await self._verify(body)
         except VerificationError as exc:

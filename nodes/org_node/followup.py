@@ -13,7 +13,10 @@ with it (through its own connection):
 * **Publication.** Decisions whose rule says ``publish = true`` are signed with the node key
   (accredited by this organization with role NODE) and produced (idempotent, acks=all) to
   ``<prefix>decisions.<org>``, keyed by decision id. The signed envelope and its sequence
-  number are stored before sending, so a crash in between resends the same bytes.
+  number are stored before sending, so a crash in between resends the same bytes. Once the
+  mandate has ended nothing more is signed or sent: decisions are still made and stored, and
+  those waiting to be published stay so, logged once as ``decisions_unpublished_mandate_ended``
+  (archive mode; the dashboard still shows them).
 * **The board.** A consumer without group reads every ``<prefix>decisions.*`` topic and
   ``<prefix>statements`` from the positions stored in the node's ``positions`` table, verifies
   each record (:func:`bus.decision.verify_decision`, :class:`bus.statement.StatementBook`)
@@ -49,6 +52,7 @@ from bus.store.node import PUB_SIGNED, NodeStore
 from bus.topics import Topics
 from bus.trust import KeyRing
 from nodes.runtime.backoff import OutageBackoff, transient
+from nodes.runtime.files import ended_on, mandate_ended
 from nodes.runtime.trust_follower import RegistryFollower
 
 log = structlog.get_logger(__name__)
@@ -101,6 +105,7 @@ class FollowUp:
     def __init__(self, config: FollowUpConfig) -> None:
         self.config = config
         self.engine = PolicyEngine(config.policy) if config.policy is not None else None
+        self.publishes = config.policy is not None and any(r.publish for r in config.policy.rules)
         self.keyring = KeyRing(config.mandate)
         self.statements = StatementBook(self.keyring)
         self.counts: dict[str, int] = {
@@ -158,7 +163,8 @@ class FollowUp:
                 }
                 await registry.start()
                 await consumer.start()
-                if cfg.policy is not None and any(r.publish for r in cfg.policy.rules):
+                archive = mandate_ended(cfg.mandate)
+                if self.publishes and not archive:
                     producer = reliable_producer(cfg.bootstrap, security=cfg.security)
                     await producer.start()
                 self._log.info(
@@ -166,6 +172,7 @@ class FollowUp:
                     replayed=self.pending,
                     decisions=len(self._known),
                     publishing=producer is not None,
+                    archive=archive,
                 )
                 self.started.set()
                 last_refresh = 0.0
@@ -283,10 +290,17 @@ class FollowUp:
         return new
 
     async def _publish(self, store: NodeStore, producer: AIOKafkaProducer | None) -> None:
-        if producer is None:
+        if not self.publishes:
             return
         waiting = store.own_decisions(unpublished=True)
         if not waiting:
+            return
+        mandate = self.config.mandate
+        if producer is None or mandate_ended(mandate):  # no producer: ended before the start
+            self._warn_once(
+                "mandate_ended", "decisions_unpublished_mandate_ended", waiting=len(waiting),
+                mandate_id=mandate.mandate_id, version=mandate.version, ended=ended_on(mandate),
+            )  # fmt: skip
             return
         key = self.config.node_key
         if key is None:

@@ -2,6 +2,9 @@
 statement citing stored reports, co-sign one after checking its references against this node's
 own store. Used by ``obus statement`` and the demo; the board's rules are in
 :mod:`bus.statement`.
+
+Drafting and co-signing sign and publish, so both refuse once the mandate has ended; reading the
+board does not, and works on an ended mandate (archive mode).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from bus.store.node import NodeStore
 from bus.topics import Topics
 from bus.trust import KeyRing
 from bus.uuid7 import uuid7
+from nodes.runtime.files import refuse_if_ended
 
 
 @dataclass
@@ -163,7 +167,13 @@ async def draft(
     now_ms: int | None = None,
     security: KafkaSecurity | None = None,
 ) -> JointStatement:
-    """Draft, sign and publish a statement; returns it."""
+    """Draft, sign and publish a statement; returns it.
+
+    Raises:
+        ConfigError: the mandate has ended by ``now_ms`` (default: now).
+    """
+    created_at_ms = now_ms or time.time_ns() // 1_000_000
+    refuse_if_ended(mandate, now_ms=created_at_ms)
     stmt = JointStatement(
         statement_id=uuid7(now_ms),
         mandate_id=mandate.mandate_id,
@@ -171,7 +181,7 @@ async def draft(
         title=title,
         text=text,
         references=references,
-        created_at_ms=now_ms or time.time_ns() // 1_000_000,
+        created_at_ms=created_at_ms,
     )
     await publish_statement_record(bootstrap, topics, sign_statement(stmt, key), security=security)
     return stmt
@@ -193,9 +203,10 @@ async def sign(
     With ``org``, the key must be that organization's (root key, or accredited role NODE).
 
     Raises:
-        ConfigError: ``key`` is not ``org``'s node key.
+        ConfigError: the mandate has ended, or ``key`` is not ``org``'s node key.
         BusError: the statement is unknown, or its references do not match this store.
     """
+    refuse_if_ended(mandate)
     board = await read_board(bootstrap, topics, mandate, security=security)
     if org is not None:
         check_signing_key(board.book.keyring, key, org)
