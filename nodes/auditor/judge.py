@@ -61,7 +61,7 @@ from bus.idfilter import IdFilter
 from bus.ingest import Accepted, AcceptedSealed, Ingestor, RecordRef
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree
-from bus.model import Mandate
+from bus.model import Envelope, Mandate
 from bus.topics import Topics
 from bus.verify import ChainBook, Limits
 from nodes.auditor.index import AuditIndex, Text
@@ -270,6 +270,9 @@ class AuditRun:
         self._roots_seen: dict[tuple[str, int], bytes] = {}
         self._equivocations: list[tuple[str, int, dict[str, list[Text]]]] = []
         self._disputes: list[_Dispute] = []
+        # Registry records the version in force at their log time refused, with why; a later
+        # version may still count them (see registry_record).
+        self._refused: list[tuple[LogRecord, VerificationError]] = []
         self.records = 0
 
     def close(self) -> None:
@@ -315,15 +318,28 @@ class AuditRun:
             self._violation(rec, error.reason.value, error.message)
         elif applied is not None:
             self.result.mandate_versions.append(applied.version)
+            still: list[tuple[LogRecord, VerificationError]] = []
+            for refused, exc in self._refused:
+                try:  # counted by the new version from its start (as every node counts it)
+                    self.timeline.current.apply(Envelope.decode(refused.value or b""))
+                except VerificationError:
+                    still.append((refused, exc))
+            self._refused = still
 
     def registry_record(self, rec: LogRecord) -> None:
-        """An accreditation or revocation record, judged under the version in force when it
-        was logged."""
+        """An accreditation, revocation or encryption-key record.
+
+        It is judged under the version in force when it was logged, so a later rotation or
+        membership change never turns a record genuine then into a violation. One refused
+        there is a violation only if no later version counts it either (an organization that
+        accredits a key just before the version that admits it is logged: the key counts from
+        that version on, at every node).
+        """
         self.result.registry_records += 1
         try:
             self._trust.registry(rec)
         except VerificationError as exc:
-            self._violation(rec, exc.reason.value, exc.message)
+            self._refused.append((rec, exc))
 
     def end_trust(self) -> None:
         """The mandate and registry sections are over: every held mandate version is offered.
@@ -334,6 +350,9 @@ class AuditRun:
         if not self._trust_done:
             self._trust_done = True
             self._trust.settle()
+            for rec, exc in self._refused:
+                self._violation(rec, exc.reason.value, exc.message)
+            self._refused.clear()
 
     def checkpoint_record(self, rec: LogRecord) -> None:
         """A checkpoint or cosignature note: verified, then indexed by (origin, size, root)."""

@@ -4,8 +4,12 @@
   ``--node-key``; ``--checkpoint-every N``, ``--checkpoint-interval SECONDS``,
   ``--witness-db FILE``) and running the node with its witness (for nodes/cli/node.py);
 * ``obus audit``: live, or ``--from FILE`` (offline audit of an export), ``--json-out FILE``,
-  ``--html-out FILE``, ``--require-witnessed``, ``--verify-workers N``;
-* ``obus audit prove``: the inclusion proof of one record against a quorum checkpoint;
+  ``--html-out FILE``, ``--require-witnessed``, ``--verify-workers N``, ``--strict``; exit 0
+  when the log is consistent and every record verified (findings against one organization's
+  checkpoints are printed but do not fail it), 1 on any violation, or with ``--strict`` on any
+  finding too;
+* ``obus audit prove``: the inclusion proof of one record against a quorum checkpoint, or
+  ``--check FILE``: a printed proof verified against the log (live or ``--from``);
 * ``obus log export FILE``: the portable export.
 
 All three sign and publish nothing, so they read a mandate that has ended too (archive mode,
@@ -137,7 +141,8 @@ def _embedded_mandate(path: Path, header: ExportHeader) -> Mandate:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    """``obus audit`` live or ``--from FILE``; exit 1 names every violation."""
+    """``obus audit`` live or ``--from FILE``: exit 1 names every violation (with ``--strict``,
+    every finding as well)."""
     from nodes.auditor.report import write_html  # noqa: PLC0415
     from nodes.auditor.run import audit, audit_export, render, write_json  # noqa: PLC0415
 
@@ -174,7 +179,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         _write_out("--json-out", args.json_out, lambda p: write_json(result, p))
     if args.html_out:
         _write_out("--html-out", args.html_out, lambda p: write_html(result, p))
-    return 0 if result.ok else 1
+    return 0 if (result.clean if args.strict else result.ok) else 1
 
 
 def _write_out(flag: str, path: str, write: Callable[[Path], object]) -> None:
@@ -193,11 +198,58 @@ _AUDIT_ONLY: tuple[tuple[str, str, object], ...] = (
     ("html_out", "--html-out", None),
     ("require_witnessed", "--require-witnessed", False),
     ("verify_workers", "--verify-workers", 0),
+    ("strict", "--strict", False),
 )
 
 
+def _check_proof(args: argparse.Namespace, err: Console) -> int:
+    """``obus audit prove --check FILE``: a printed proof verified against the log."""
+    from nodes.auditor.prove import (  # noqa: PLC0415
+        proof_from_json,
+        verify_proof_from_file,
+        verify_proof_live,
+    )
+
+    for flag, value in (
+        ("--topic", args.topic), ("--partition", args.partition), ("--offset", args.offset),
+        ("--report-id", args.report_id), ("--json-out", args.json_out),
+    ):  # fmt: skip
+        if value is not None:
+            raise ConfigError(flag, "given with --check", "--check verifies the proof's record")
+    try:
+        doc = json.loads(Path(args.check).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError("--check", f"cannot read a proof from {args.check}: {exc}",
+                          "pass the JSON that obus audit prove printed") from exc  # fmt: skip
+    try:
+        proof = proof_from_json(doc if isinstance(doc, dict) else {})
+        mandate, _ = read_only_mandate(args.mandate)
+        if args.from_file:
+            path = Path(args.from_file)
+            _export_header(path)  # an unreadable file is named as --from
+            orgs = verify_proof_from_file(proof, path, mandate)
+        else:
+            orgs = asyncio.run(
+                verify_proof_live(
+                    proof, bootstrap(args), Topics(args.topic_prefix), mandate,
+                    security=security_from_args(args),
+                )
+            )  # fmt: skip
+    except VerificationError as exc:
+        err.print(f"[red]refused: {exc.reason.value}: {exc.message}[/red]")
+        return 1
+    err.print(
+        f"[green]verified[/green] against the log: {proof.topic}[{proof.partition}]@"
+        f"{proof.offset} is leaf {proof.leaf_index} of {proof.checkpoint.origin} at size "
+        f"{proof.checkpoint.size}, signed by {', '.join(sorted(orgs))} in checkpoint records "
+        + ", ".join(str(r) for r in proof.records)
+    )
+    return 0
+
+
 def cmd_prove(args: argparse.Namespace) -> int:
-    """``obus audit prove``: print and verify one record's inclusion proof."""
+    """``obus audit prove``: print and verify one record's inclusion proof, or (``--check``)
+    verify a printed one against the log."""
     from nodes.auditor.prove import prove_from_file, prove_live  # noqa: PLC0415
 
     for attr, flag, default in _AUDIT_ONLY:
@@ -207,6 +259,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
             )
     if not args.mandate:
         raise ConfigError("--mandate", "is required", "pass --mandate FILE (the signed mandate)")
+    if args.check is not None:
+        return _check_proof(args, Console(stderr=True))
     by_position = [
         flag
         for flag, value in (
@@ -296,7 +350,12 @@ def add_audit_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "with its own consumer (no group, nothing committed), or reads an export file "
         "(--from), and re-verifies every signature, accreditation, revocation, chain link and "
         "checkpoint (Merkle roots recomputed from the records, split views, witness quorum); "
-        "prints a summary and exits 1 naming every violation.",
+        "prints a summary. Only a quorum (the mandate threshold of organizations) speaks for "
+        "the log: exit 1 names every violation (a record that fails, a quorum checkpoint the "
+        "records or another quorum checkpoint contradict); checkpoints of fewer organizations "
+        "that contradict the log, and an organization that signed two roots for one partition "
+        "and size (equivocation), are printed as findings against those organizations and "
+        "leave exit 0, unless --strict.",
     )
     aud.add_argument(
         "--mandate", metavar="FILE", help="signed mandate file (the trust root; required live)"
@@ -319,14 +378,23 @@ def add_audit_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "one is judged (same rule, same verdicts; rejections re-checked in the auditor). "
         "Default 0; useful up to the number of cores",
     )  # fmt: skip
+    aud.add_argument(
+        "--strict", action="store_true",
+        help="exit 1 on any finding too (an equivocation or a minority checkpoint against the "
+        "log), not only on violations",
+    )  # fmt: skip
     audsub = aud.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
     prove = audsub.add_parser(
         "prove",
         help="prove one record's inclusion in a checkpoint signed by a quorum of organizations",
         description="Prints (JSON) the RFC 9162 inclusion proof of one record against the "
         "largest checkpoint of its partition signed or cosigned by at least the mandate's "
-        "threshold of organizations, with the merged signed note, and verifies it. Exit 1 when "
-        "the record cannot be proven (named reason).",
+        "threshold of organizations, with the merged signed note and the checkpoint records "
+        "(position and log time) that carry its signatures, and verifies it against the log. "
+        "--check FILE verifies a printed proof against the log instead: each named checkpoint "
+        "record must be there, at that position and log time, with signatures that count "
+        "there. Exit 1 when the record cannot be proven or the proof is refused (named "
+        "reason).",
     )
     prove.add_argument("--mandate", metavar="FILE", help="signed mandate file (required)")
     prove.add_argument("--topic", help="the record's topic, e.g. obus.reports.un")
@@ -335,6 +403,9 @@ def add_audit_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     prove.add_argument("--report-id", help="or name the record by its report id")
     prove.add_argument("--from", dest="from_file", metavar="FILE", help="prove from an export")
     prove.add_argument("--json-out", metavar="FILE", help="also write the proof to a file")
+    prove.add_argument(
+        "--check", metavar="FILE", help="verify a proof printed by obus audit prove against the log"
+    )
     add_common_args(prove)
     # An option prove shares with `obus audit` keeps its value when given before `prove`
     # (`obus audit --from E prove ...`): without this, prove's default would overwrite it.
