@@ -56,9 +56,12 @@ def _load_description(path: str) -> dict[str, Any]:
 
 
 def _previous(args: argparse.Namespace) -> Mandate | None:
+    """The version a new one follows (``--previous``). Read in archive mode: it only vouches for
+    its successor, so a mission whose mandate lapsed can still be extended by its organizations
+    (the new version must not have ended itself)."""
     if not getattr(args, "previous", None):
         return None
-    return load_mandate(Path(args.previous))[0]
+    return load_mandate(Path(args.previous), archive=True)[0]
 
 
 def _load_any_mandate(path: str) -> tuple[Mandate, Envelope | None]:

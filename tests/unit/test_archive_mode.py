@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bus.ceremony import format_time_ms
 from bus.errors import ConfigError, Reason
 from bus.model import Envelope, Mandate, Signature
 from bus.policy_file import load_policy
@@ -111,6 +112,26 @@ def test_a_current_mandate_loads_in_both_modes(tmp_path: Path) -> None:
     path = tmp_path / "mandate.bin"
     path.write_bytes(sc.mandate_envelope)
     assert load_mandate(path)[0] == load_mandate(path, archive=True)[0] == sc.mandate
+
+
+def test_organizations_can_extend_a_mandate_after_its_end(ended: Ended, tmp_path: Path) -> None:
+    """The ended version is read in archive mode as --previous; the new one must not have ended."""
+    v1, draft, v2 = str(ended.mandate), tmp_path / "v2.draft", tmp_path / "v2.bin"
+    future = format_time_ms(NOW + 30 * DAY_MS)
+    assert (
+        main(["mandate", "draft", "--previous", v1, "--not-after", future, "--out", str(draft)])
+        == 0
+    )
+    sigs = []
+    for org in ("un", "osce", "eu", "nato"):
+        write_key(tmp_path / f"{org}.key", ended.scenario.org_roots[org])
+        sigs.append(str(tmp_path / f"{org}.sig"))
+        argv = ["mandate", "sign", "--key", str(tmp_path / f"{org}.key"), str(draft),
+                "--previous", v1, "--out", sigs[-1]]  # fmt: skip
+        assert main(argv) == 0
+    assert main(["mandate", "combine", str(draft), *sigs, "--previous", v1, "--out", str(v2)]) == 0
+    mandate, _ = load_mandate(v2)  # normal mode: the mission goes on
+    assert mandate.version == 2 and not mandate_ended(mandate)
 
 
 # -- read-only commands work, saying so --------------------------------------------------------
