@@ -1,6 +1,6 @@
 """The gateway holding 10,000 idle connections: does a genuine submit still get its answer?
 
-    python -m bench.gateway_idle [--connections 10000] [--header-timeout 120]
+    python -m bench.gateway_idle [--connections 10000] [--header-timeout 300]
 
 Uses ``OBUS_BOOTSTRAP`` or starts a single-node broker with deploy/local/kafka.sh. The gateway
 runs as ``obus gateway`` in a child process (its own open-files budget, started at the usual
@@ -304,7 +304,7 @@ def main() -> int:
     """``python -m bench.gateway_idle``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", type=int, default=10_000)
-    parser.add_argument("--header-timeout", type=float, default=120.0, metavar="SECONDS")
+    parser.add_argument("--header-timeout", type=float, default=300.0, metavar="SECONDS")
     args = parser.parse_args()
     if raise_open_files(args.connections + SPARE_FDS) is None:
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -364,7 +364,8 @@ class _ServerLog(logging.LoggerAdapter[logging.Logger]):
         exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
         if isinstance(exc, HttpProcessingError | ConnectionError):
             detail = getattr(exc, "message", None) or str(exc)
-            log.info("client_bad_request", what=str(msg) % args, error=type(exc).__name__,
+            what = str(msg) % args if args else str(msg)
+            log.info("client_bad_request", what=what, error=type(exc).__name__,
                      detail=" ".join(str(detail).split())[:200])  # fmt: skip
             return
         self.logger.error(msg, *args, exc_info=exc_info, **kw)
