@@ -406,12 +406,19 @@ class SealRecord:
     signatures: tuple[NoteSignature, ...]
 
 
-def parse_seal_record(data: bytes) -> SealRecord:
+def parse_seal_record(
+    data: bytes, *, known: Mapping[bytes, SealProposal] | None = None
+) -> SealRecord:
     """Split a seals record into seal and signature lines, verifying nothing.
 
     The note is split where :func:`bus.checkpoint.parse_note` splits it (the last blank
     line); the text is parsed first, so that a record that is no seal is refused at the cost of
     one regular expression, then the signature lines by ``parse_note``.
+
+    Args:
+        data: the record value.
+        known: texts parsed before, by digest: a text with one of these digests is that text,
+            and is not parsed again (every cosignature record repeats its seal's text).
 
     Raises:
         VerificationError: ``OVERSIZED`` beyond :data:`MAX_SEAL_RECORD_BYTES`; ``MALFORMED``
@@ -429,13 +436,16 @@ def parse_seal_record(data: bytes) -> SealRecord:
     if split < 0:
         raise _malformed("no blank line before the signatures")
     text, block = data[: split + 1], data[split + 2 :]
-    proposal = parse_seal(text)
+    digest = hashlib.sha256(text).digest() if len(text) <= MAX_SEAL_TEXT_BYTES else b""
+    proposal = known.get(digest) if known else None
+    if proposal is None:
+        proposal = parse_seal(text)
     if len(block) > MAX_SIGNATURE_BLOCK_BYTES:
         raise _malformed(f"signature lines longer than {MAX_SIGNATURE_BLOCK_BYTES} bytes")
     # The block holds no blank line (the split is the last one) and cannot start with a
     # newline (the split would be one byte later), so this note splits exactly there too.
     note = parse_note(b"\n\n" + block, max_signatures=MAX_SIGNATURES)
-    return SealRecord(proposal, text, hashlib.sha256(text).digest(), note.signatures)
+    return SealRecord(proposal, text, digest, note.signatures)
 
 
 def _successor_problem(proposal: SealProposal, previous: FinalSeal | None) -> Reason | None:
@@ -792,8 +802,12 @@ class SealChain:
     def __init__(
         self, mandate_id: str, trust: TrustFor, *, latest: FinalSeal | None = None
     ) -> None:
-        if latest is not None and (latest.offset < 0 or latest.mandate_id != mandate_id):
-            raise ValueError("latest must be a final seal of this mandate with its offset")
+        if latest is not None and (
+            latest.offset < 0
+            or latest.mandate_id != mandate_id
+            or SealProposal.of_final(latest).digest != latest.digest
+        ):
+            raise ValueError("latest must be a final seal of this mandate, its digest, its offset")
         self.mandate_id = mandate_id
         self._trust = trust
         self._latest = latest
@@ -801,6 +815,10 @@ class SealChain:
         self._last_offset = -1 if latest is None else latest.offset
         self._queue: deque[tuple[int, bytes | None]] = deque()
         self._keys: tuple[KeyRing, _Keys] | None = None
+        # Texts parsed already, by digest: the newest final seal's and the open epoch's votes.
+        self._parsed: dict[bytes, SealProposal] = (
+            {} if latest is None else {latest.digest: SealProposal.of_final(latest)}
+        )
         self.equivocations: list[Equivocation] = []
         """Every equivocation found, in topic order."""
         self.counts: Counter[str] = Counter()
@@ -883,7 +901,7 @@ class SealChain:
         if value is None:
             return RecordVerdict(offset, Disposition.REFUSED, Reason.MALFORMED)
         try:
-            record = parse_seal_record(value)
+            record = parse_seal_record(value, known=self._parsed)
         except VerificationError as exc:
             return RecordVerdict(offset, Disposition.REFUSED, exc.reason)
         p = record.proposal
@@ -927,6 +945,7 @@ class SealChain:
                 continue
             if candidate is None:
                 candidate = open_.candidates[record.digest] = _Candidate(record, problem)
+                self._parsed[record.digest] = p
             open_.votes[sig.org] = (record.digest, offset, sig)
             candidate.votes[sig.org] = sig
             counted.append(sig.org)
@@ -941,6 +960,7 @@ class SealChain:
             final = p.final(digest=record.digest, signers=candidate.votes, offset=offset)
             self._latest = final
             self._open = _OpenEpoch(p.epoch + 1)
+            self._parsed = {record.digest: p}
         if final is not None:
             disposition = Disposition.FINAL
         elif counted:

@@ -773,8 +773,13 @@ def test_a_restart_from_the_newest_final_seal_continues_identically() -> None:
     again = chain_of(latest=latest)
     assert again.next_offset == 3
     assert feed(again, records[3:], start=3) == full[3:]
-    with pytest.raises(ValueError, match="offset"):
-        chain_of(latest=dataclasses.replace(latest, offset=-1))
+    for broken in (
+        dataclasses.replace(latest, offset=-1),
+        dataclasses.replace(latest, digest=root("other")),
+        dataclasses.replace(latest, time_ms=latest.time_ms + 1),
+    ):
+        with pytest.raises(ValueError, match="latest must be"):
+            chain_of(latest=broken)
 
 
 # -- equivocation ------------------------------------------------------------------------------
