@@ -23,6 +23,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from bus.errors import ConfigError
 from nodes.demo.scenario import demo_key
+from nodes.gateway import connections
 from nodes.gateway.connections import FD_RESERVE, ConnectionGate, fit_open_files, refusal_answer
 from nodes.gateway.service import GatewayConfig
 from nodes.gateway.tls import server_context
@@ -211,3 +212,38 @@ async def test_the_gate_counts_exactly_and_answers_503_beyond_its_limit() -> Non
             await server.wait_closed()
     refusals = [e for e in logs if e["event"] == "connections_refused"]
     assert len(refusals) == 1, "refusals are logged once per interval, not per connection"
+
+
+async def test_beyond_the_lingering_refusals_a_connection_is_reset_unanswered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A flood beyond the limit must not hold a descriptor per refusal: once MAX_REFUSING
+    refusals linger, the next connection is reset at once, without the 503."""
+    monkeypatch.setattr(connections, "MAX_REFUSING", 1)
+    monkeypatch.setattr(connections, "LINGER_S", 60.0)  # the lingering one stays for the test
+    gate = ConnectionGate(
+        _Echo, limit=1, answer=refusal_answer(1, 1, {}), log=structlog.get_logger()
+    )
+    server = await asyncio.get_running_loop().create_server(gate, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    streams = []
+    try:
+        streams.append(await asyncio.open_connection("127.0.0.1", port))
+        assert await streams[0][0].readexactly(8) == b"admitted"
+        streams.append(await asyncio.open_connection("127.0.0.1", port))
+        async with asyncio.timeout(10):  # the answer, then the gate's half-close
+            assert (await streams[1][0].read()).startswith(b"HTTP/1.1 503 ")
+        streams.append(await asyncio.open_connection("127.0.0.1", port))
+        async with asyncio.timeout(10):
+            try:
+                flooded = await streams[2][0].read()
+            except ConnectionResetError:
+                flooded = b""
+        assert flooded == b""
+        assert gate.counts() == {"open": 1, "limit": 1, "refused": 2}
+    finally:
+        for _, writer in streams:
+            writer.close()
+        gate.close()
+        server.close()
+        await server.wait_closed()
