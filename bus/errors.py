@@ -94,6 +94,10 @@ class Reason(enum.StrEnum):
     ATTACHMENT_SIZE_MISMATCH = "attachment_size_mismatch"  # size differs from the report's
     ATTACHMENT_UNREFERENCED = "attachment_unreferenced"  # no accepted report references it
     ATTACHMENT_INCOMPLETE = "attachment_incomplete"  # chunks still missing after the wait
+    # The final judge over sealed epochs (bus.judge, bus.sealed_reader): verdicts on the one
+    # order and the one clock (t_e, the time a quorum cosigned in the epoch's final seal)
+    DELIVERY_LAG = "delivery_lag"  # signed_at earlier than t_e minus the maximum delivery lag
+    SEALED_ROOT_MISMATCH = "sealed_root_mismatch"  # records hash to another root than sealed
 
 
 class BusError(Exception):
@@ -153,6 +157,27 @@ class StoreConflictError(StoreError):
     batch was stored. Not a failure: the worker reloads the store's state, seeks back to its
     positions and judges the records again.
     """
+
+
+class EpochInputError(BusError):
+    """What was handed to the final judge does not fit the seals: records that are not exactly
+    an epoch's (a partition's count differs from what its seal adds, an offset skipped or
+    offered twice with other bytes), or a seal out of epoch order or not chained to the
+    previous one. A caller's bug or a broken fetch, never a verdict: nothing was judged."""
+
+
+class SealedRootMismatchError(VerificationError):
+    """A partition's records hash to another RFC 6962 root than its final seal states: a
+    sealed record was altered or deleted (by the operator, or on the way). Nothing of that
+    epoch is judged; ``context`` names the topic, partition and sealed size."""
+
+    def __init__(self, message: str, *, topic: str, partition: int, size: int) -> None:
+        super().__init__(
+            Reason.SEALED_ROOT_MISMATCH, message, topic=topic, partition=partition, size=size
+        )
+        self.topic = topic
+        self.partition = partition
+        self.size = size
 
 
 class KeyStoreError(BusError):
