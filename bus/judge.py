@@ -1,0 +1,1051 @@
+"""The final judge: every verdict a function of the sealed log, in the one order, on the one clock.
+
+A :class:`FinalJudge` is given, out of band, the mandate the log starts under (its *root*, the
+version every reader of the bus starts from), the topic names and the verification limits. It is
+then handed the bus one final epoch at a time (:meth:`FinalJudge.judge_epoch`): the final seal of
+epoch *e* (:class:`bus.epoch.FinalSeal`) and exactly the records that seal adds to each
+partition. Its answer (:class:`EpochVerdicts`) is a deterministic function of the root, the
+seals and the records, and of nothing else: no broker timestamp, no local clock, no read order,
+no record key. Every node, witness and auditor that judges the same sealed log holds the same
+verdicts, reason codes, chain heads and state digest. :class:`bus.sealed_reader.SealedReader`
+feeds it from records read in any interleaving.
+
+Rules
+=====
+
+**The order.** Epochs are judged one after the other. Inside epoch *e* the judging order is:
+
+1. trust records (the mandate and registry topics), by :func:`bus.epoch.canonical_key`;
+2. the reports deferred from epoch *e-1* (see *Trust takes effect*), ordered as in 3;
+3. report records, by the position they claim: (organization, observer id, seq), then topic,
+   partition and offset. Ordering by claimed position lets an honest chain whose reports a
+   producer spread over several partitions verify in seq order whatever the partitioner did;
+   the claims are read from each record's own bytes, so every reader sorts alike, and a record
+   that claims falsely is quarantined on its own without moving the chain. Records whose claims
+   do not parse come first, by (topic, partition, offset): they change nothing;
+4. records of every other topic (decisions, statements, attachments, seals, checkpoints), by
+   canonical key, with status ``not_judged``: they have readers of their own, and are listed
+   so that no record of a sealed epoch goes without an answer.
+
+Trust records and reports of one epoch do not see each other (next rule): 1 before 3 is the
+listing order, not a dependency. :attr:`EpochVerdicts.verdicts` lists the verdicts in this order.
+
+**Trust takes effect at the next epoch.** Mandate versions, accreditations, revocations and
+encryption keys logged in epoch *e* take effect from epoch *e+1*; the reports of epoch *e* are
+judged under the trust in force at *e*.
+
+* A registry record of epoch *e* is verified under the mandate version in force at *e*: signed
+  by the root key, in that version, of the organization it names, for a subject in that
+  organization's namespace (``<org>-...``, and not inside the namespace of a longer org id of the
+  mandate: with ``un`` and ``un-women`` both members, ``un-women-obs-1`` is UN Women's alone).
+  A key is accredited to one subject: the first accreditation in the order wins and a later one
+  of the same key for another subject or organization is ``duplicate_conflict``. A revocation
+  names a key of its own organization (another organization's key: ``wrong_org``). Whatever
+  fails is quarantined with its reason and never applied; a null or undecodable record is
+  ``malformed``. A byte-identical copy of an applied record is applied again, changing nothing.
+* A mandate record of epoch *e* that is exactly version N+1 of the newest version known (in
+  force, or logged earlier in the same epoch) is verified against version N
+  (:func:`bus.trust.verify_mandate`, expiry judged at *t_e*) and takes effect from *e+1*. A
+  byte-identical copy of the newest version is applied again, changing nothing (the root
+  published on the topic); any other version at or below the newest, even a genuine old one,
+  is ``mandate_rollback``.
+* When a new version takes effect, the registry records applied so far count under it when
+  their organization is still a member with the same root key that signed them and their
+  subject is still in that organization's namespace (so an organization that leaves takes its
+  accreditations along, and one that rotates its root key re-accredits under the new key once
+  the new version is in force). Revocations are never undone: a revocation applied once stays
+  in force in every later version, whatever that version says of its organization.
+* **Deferral.** A report of epoch *e* signed by a key that is unknown at *e* but accredited by
+  a registry record of epoch *e* itself (an observer that starts reporting the moment it is
+  enrolled or re-keyed) is not quarantined: its epoch lists it ``deferred``, and it is judged
+  once more at the start of epoch *e+1*, under *e+1*'s trust and its own epoch's clock, before
+  the reports of *e+1*; that verdict is final. So the first reports of a new key do not
+  depend on how a seal cut the race, and the observer's chain does not break there. A report
+  logged one epoch or more before its key's accreditation is ``unknown_key``, and so is every
+  later report of that observer a gap behind it (``chain_gap``): at every reader the same.
+
+**The clock.** Every "now" is *t_e* (:attr:`bus.epoch.FinalSeal.time_ms`) of the record's own
+epoch, which a quorum of organizations cosigned; a broker timestamp is never read. A report must
+satisfy ``signed_at <= t_e + max_clock_skew_ms`` (else ``clock_skew``) and
+``signed_at >= t_e - max_delivery_lag_ms`` (else ``delivery_lag``, :class:`bus.verify.Limits`);
+the accreditation's validity window and the mandate window are judged at ``signed_at``. So the
+holder of an expired key can backdate a report by at most the delivery lag. The lag is checked
+after every check :func:`bus.verify.verify_report` makes, so a record that already fails one of
+those keeps today's reason code.
+
+**Scope.** Chains are keyed by (organization, observer id) and report ids by (organization,
+observer id, report id): another organization's observer using the same report id is a
+different report and never a conflict. A report is verified by :func:`bus.verify.verify_report`
+or :func:`bus.sealed.verify_sealed_report` under the epoch's key ring with ``reference_ms=t_e``,
+then extends its observer's chain: seq beyond the head + 1 is ``chain_gap``, at or below it or
+with another ``prev_digest`` is ``chain_fork``, a report id the observer already used is
+``replayed`` (same bytes) or ``duplicate_conflict`` (other bytes). A byte-identical copy of a
+report accepted earlier in the order (another partition, the same epoch or a later one) is
+``replayed`` before any other check, so which copy counts and what the other is called never
+depend on where the copies sit.
+
+**Revocation.** When a revocation (or a lower ``last_valid_seq`` for a key already revoked)
+takes effect at epoch *e+1*, the observer chains holding an accepted report signed by that key
+with ``seq > last_valid_seq`` are cut before the first such report: that report and every
+accepted report after it in the chain (they rest on it, whatever key signed them) change to
+``revoked_after_acceptance`` (:class:`VerdictChange`, ``at_epoch`` = *e+1*), and the chain head
+rewinds to the last report before the cut (none: the chain starts again at seq 1). The
+observer's next report, under a new key, continues from there, at every reader alike. Their
+report ids stay used.
+
+**What a reader compares.** :attr:`EpochVerdicts.state_digest` chains, epoch by epoch, the seal
+digest, every verdict (position, status, reason code), every verdict change, the heads changed
+and the mandate version in force next (:func:`state_digest`): two readers that hold the same
+digest after epoch *e* hold the same verdicts up to *e*. Details (human text) are not in it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, canonical_key
+from bus.errors import ConfigError, EpochInputError, Reason, VerificationError
+from bus.model import (
+    PAYLOAD_ACCREDITATION,
+    PAYLOAD_ENCRYPTION_KEY,
+    PAYLOAD_MANDATE,
+    PAYLOAD_REVOCATION,
+    PAYLOAD_SEALED_REPORT,
+    Accreditation,
+    EncryptionKey,
+    Envelope,
+    Mandate,
+    Report,
+    Revocation,
+    SealedReport,
+    encode,
+    sha256,
+)
+from bus.sealed import DecryptionKey, VerifiedSealed, is_sealed, verify_sealed_report
+from bus.topics import Topics
+from bus.trust import KeyRing, verify_accreditation, verify_mandate, verify_revocation
+from bus.verify import ChainHead, Limits, VerifiedReport, verify_report
+
+# stdlib logging (not structlog) keeps this module free of any I/O framework import.
+log = logging.getLogger(__name__)
+
+RecordPos = tuple[str, int, int]
+"""Where a record sits: (topic, partition, offset)."""
+
+ObserverKey = tuple[str, str]
+"""Whose chain: (organization, observer id)."""
+
+TrustEntry = Accreditation | Revocation | EncryptionKey
+
+SNAPSHOT_FORMAT: Final = "obus-judge-state-v1"
+_DIGEST_DOMAIN: Final = b"obus judge state v1\n"
+_NO_VALUE: Final = "record has no value"  # a null value: on an append-only topic, no tombstone
+
+
+class Status(enum.StrEnum):
+    """What the final judge says of a record (values are stored and compared: never renamed)."""
+
+    ACCEPTED = "accepted"  # a report that verified and extended its observer's chain
+    QUARANTINED = "quarantined"  # rejected, with a reason code
+    APPLIED = "applied"  # a trust record in force from the next epoch
+    DEFERRED = "deferred"  # judged again at the next epoch (its key's accreditation is pending)
+    REVOKED_AFTER_ACCEPTANCE = "revoked_after_acceptance"  # only in VerdictChange
+    NOT_JUDGED = "not_judged"  # a topic the final judge does not judge (module docstring)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The verdict on one record.
+
+    Args:
+        pos: (topic, partition, offset).
+        epoch: the epoch the record was sealed in (a deferred report's verdict comes with the
+            next epoch's answer but keeps its own epoch).
+        status: see :class:`Status`.
+        reason: the :class:`~bus.errors.Reason` code when quarantined, else "".
+        detail: one sentence for humans (not compared between readers).
+        observer: the chain a report claims, when its claims parse.
+        report: the verified report of an accepted report record.
+        trust: the verified entry or mandate of an applied trust record.
+    """
+
+    pos: RecordPos
+    epoch: int
+    status: Status
+    reason: str = ""
+    detail: str = ""
+    observer: ObserverKey | None = None
+    report: VerifiedReport | VerifiedSealed | None = None
+    trust: TrustEntry | Mandate | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VerdictChange:
+    """An accepted report that a revocation taking effect at ``at_epoch`` withdrew."""
+
+    pos: RecordPos
+    observer: ObserverKey
+    seq: int
+    report_id: str
+    key_id: bytes
+    at_epoch: int
+    detail: str
+    status: Status = Status.REVOKED_AFTER_ACCEPTANCE
+
+
+@dataclass(frozen=True, slots=True)
+class EpochVerdicts:
+    """The final judge's answer for one epoch.
+
+    Args:
+        epoch: the epoch judged.
+        seal_digest: its final seal's digest.
+        time_ms: its *t_e*.
+        verdicts: one per record of the epoch (``deferred`` for reports judged at the next
+            epoch), preceded by the final verdicts of the reports deferred from the previous
+            epoch; in judging order (module docstring).
+        changes: accepted reports withdrawn by revocations that take effect at ``epoch + 1``.
+        heads: the chain heads this epoch changed (extended or rewound), None for a chain
+            rewound to nothing.
+        mandate_version: the mandate version in force from ``epoch + 1``.
+        state_digest: the digest of the whole verdict state after this epoch.
+    """
+
+    epoch: int
+    seal_digest: bytes
+    time_ms: int
+    verdicts: tuple[Verdict, ...]
+    changes: tuple[VerdictChange, ...]
+    heads: Mapping[ObserverKey, ChainHead | None]
+    mandate_version: int
+    state_digest: bytes
+
+
+def state_digest(
+    previous: bytes,
+    seal_digest: bytes,
+    *,
+    epoch: int,
+    verdicts: Iterable[Verdict],
+    changes: Iterable[VerdictChange],
+    heads: Mapping[ObserverKey, ChainHead | None],
+    mandate_version: int,
+) -> bytes:
+    """SHA-256 of ``"obus judge state v1\\n" || previous || seal digest || body``.
+
+    ``body`` is compact JSON with sorted keys: ``epoch``; ``verdicts`` as [topic, partition,
+    offset, epoch, status, reason] in listing order; ``changes`` as [topic, partition, offset,
+    status, at_epoch]; ``heads`` as [org, observer id, seq, digest hex] sorted (seq 0 and ""
+    for a chain rewound to nothing); ``mandate_version``. The digest before epoch 1 is
+    :func:`genesis_digest` of the root.
+    """
+    body = {
+        "epoch": epoch,
+        "verdicts": [[*v.pos, v.epoch, v.status.value, v.reason] for v in verdicts],
+        "changes": [[*c.pos, c.status.value, c.at_epoch] for c in changes],
+        "heads": sorted(
+            [o, ob, 0 if h is None else h.seq, "" if h is None else h.digest.hex()]
+            for (o, ob), h in heads.items()
+        ),
+        "mandate_version": mandate_version,
+    }
+    text = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(b"".join((_DIGEST_DOMAIN, previous, seal_digest, text))).digest()
+
+
+def genesis_digest(root: Mandate) -> bytes:
+    """The state digest before the first epoch: SHA-256 of the domain and the root's bytes."""
+    return hashlib.sha256(_DIGEST_DOMAIN + b"genesis\n" + encode(root)).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """A registry record applied at some epoch: verified object, envelope, signing root."""
+
+    entry: TrustEntry
+    envelope: bytes
+    root_key_id: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Link:
+    """An accepted report in its chain (seq = position in the chain + 1)."""
+
+    seq: int
+    digest: bytes
+    key_id: bytes
+    pos: RecordPos
+    report_id: str
+
+
+@dataclass(slots=True)
+class _Chain:
+    links: list[_Link] = field(default_factory=list)
+    ids: dict[str, bytes] = field(default_factory=dict)  # every report id ever accepted
+
+    def head(self) -> ChainHead | None:
+        return ChainHead(self.links[-1].seq, self.links[-1].digest) if self.links else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Claims:
+    org: str
+    observer_id: str
+    seq: int
+    report_id: str
+    key_id: bytes | None  # of the single signature, None when there are several
+
+
+def _claims(raw: bytes) -> _Claims | None:
+    """The routing fields a report record claims, or None when they do not parse."""
+    try:
+        env = Envelope.decode(raw)
+        c: Report | SealedReport
+        if env.payload_type == PAYLOAD_SEALED_REPORT:
+            c = SealedReport.decode(env.payload)
+        else:
+            c = Report.decode(env.payload)
+    except Exception:  # noqa: BLE001 - any failure here is judged (and named) by the verifier
+        return None
+    key_id = env.signatures[0].key_id if len(env.signatures) == 1 else None
+    return _Claims(c.org, c.observer_id, c.seq, c.report_id, key_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Report:
+    """A report record to judge: where, its bytes, its topic's organization, what it claims,
+    and the epoch (and so the clock) it was sealed in."""
+
+    pos: RecordPos
+    value: bytes | None
+    org: str
+    claims: _Claims | None
+    epoch: int
+    time_ms: int
+
+
+def _report_order(r: _Report) -> tuple[int, str, str, int, str, int, int]:
+    """Judging order of reports: claimed (org, observer, seq), then position; unparsed first."""
+    c = r.claims
+    if c is None:
+        return (0, "", "", 0, *r.pos)
+    return (1, c.org, c.observer_id, c.seq, *r.pos)
+
+
+def _verify_mandate_record(
+    value: bytes | None, newest_payload: bytes, newest: Mandate, t: int
+) -> tuple[bytes, Mandate]:
+    """A mandate record against the newest version known; returns ``newest`` itself for a
+    byte-identical copy of it.
+
+    Raises:
+        VerificationError: ``malformed``, ``wrong_payload_type``, ``wrong_mandate``,
+            ``mandate_rollback``, ``threshold_not_met``, ``mandate_expired``.
+    """
+    if value is None:
+        raise VerificationError(Reason.MALFORMED, _NO_VALUE)
+    env = Envelope.decode(value)
+    if env.payload_type != PAYLOAD_MANDATE:
+        raise VerificationError(Reason.WRONG_PAYLOAD_TYPE, f"not a mandate: {env.payload_type!r}")
+    offered = Mandate.decode(env.payload)
+    if offered.mandate_id != newest.mandate_id:
+        raise VerificationError(
+            Reason.WRONG_MANDATE,
+            f"mandate id {offered.mandate_id!r} differs from {newest.mandate_id!r}",
+        )
+    if offered.version == newest.version and env.payload == newest_payload:
+        return newest_payload, newest
+    if offered.version <= newest.version:
+        raise VerificationError(
+            Reason.MANDATE_ROLLBACK,
+            f"version {offered.version} appears after version {newest.version}",
+            version=offered.version,
+        )
+    return env.payload, verify_mandate(env, previous=newest, now_ms=t)
+
+
+def _verify_registry_record(value: bytes | None, stage: KeyRing) -> TrustEntry:
+    """A registry record under ``stage``'s mandate, added to ``stage`` (the first of two
+    accreditations of one key wins).
+
+    Raises:
+        VerificationError: ``malformed``, ``wrong_payload_type``, ``wrong_mandate``,
+            ``wrong_org``, ``unknown_key``, ``bad_signature``, ``duplicate_conflict``.
+    """
+    if value is None:
+        raise VerificationError(Reason.MALFORMED, _NO_VALUE)
+    env = Envelope.decode(value)
+    mandate = stage.mandate
+    if env.payload_type == PAYLOAD_ACCREDITATION:
+        acc = verify_accreditation(env, mandate)
+        _check_namespace(acc, mandate)
+        stage.add_accreditation(acc)
+        return acc
+    if env.payload_type == PAYLOAD_REVOCATION:
+        rev = verify_revocation(env, mandate)
+        stage.add_revocation(rev)
+        return rev
+    if env.payload_type == PAYLOAD_ENCRYPTION_KEY:
+        ek = stage.apply(env)
+        assert isinstance(ek, EncryptionKey)
+        return ek
+    raise VerificationError(
+        Reason.WRONG_PAYLOAD_TYPE,
+        f"not a registry record: {env.payload_type!r}",
+        payload_type=env.payload_type,
+    )
+
+
+def namespace_owner(subject_id: str, mandate: Mandate) -> str | None:
+    """The organization whose namespace a subject id is in: the longest org id of the mandate
+    that the id starts with, followed by ``-`` (None: no organization's)."""
+    owners = [o.org for o in mandate.organizations if subject_id.startswith(f"{o.org}-")]
+    return max(owners, key=len) if owners else None
+
+
+def _check_namespace(acc: Accreditation, mandate: Mandate) -> None:
+    owner = namespace_owner(acc.subject_id, mandate)
+    if owner != acc.org:
+        raise VerificationError(
+            Reason.WRONG_ORG,
+            f"subject id {acc.subject_id!r} is in {owner}'s namespace, not {acc.org}'s",
+            subject_id=acc.subject_id,
+            org=acc.org,
+        )
+
+
+def _build_ring(mandate: Mandate, applied: Sequence[_Applied]) -> KeyRing:
+    """The key ring of ``mandate`` over every registry record applied so far (module
+    docstring: what counts under a version; revocations always)."""
+    ring = KeyRing(mandate)
+    for a in applied:  # revocations first: they are keyed by their own organization
+        if isinstance(a.entry, Revocation):
+            ring.add_revocation(a.entry)
+    roots = {o.org: o.root_key_id for o in mandate.organizations}
+    for a in applied:
+        entry = a.entry
+        if isinstance(entry, Revocation) or roots.get(entry.org) != a.root_key_id:
+            continue
+        if isinstance(entry, Accreditation):
+            if namespace_owner(entry.subject_id, mandate) != entry.org:
+                continue
+            # A key accredited to two subjects across versions: the first in the order wins.
+            with contextlib.suppress(VerificationError):
+                ring.add_accreditation(entry)
+        else:
+            ring.apply(Envelope.decode(a.envelope))  # verified when applied: same root key
+    return ring
+
+
+def _revocation_map(ring: KeyRing) -> dict[tuple[str, bytes], Revocation]:
+    return {(r.org, r.key_id): r for r in ring.revocations()}
+
+
+class FinalJudge:
+    """Judges final epochs in order (see the module docstring for every rule).
+
+    Args:
+        root: the mandate version the log starts under (out of band; verified by the caller).
+            Readers with different roots do not share verdicts: every reader of one bus starts
+            from the same root, whatever newer version its mandate file holds.
+        topics: topic names (which topics carry reports, the registry, the mandate).
+        limits: verification limits, the same at every reader of the mandate.
+        decryption_keys: this organization's X25519 keys by key id, to read restricted reports
+            (readability only: acceptance never depends on them).
+    """
+
+    def __init__(
+        self,
+        root: Mandate,
+        topics: Topics,
+        limits: Limits | None = None,
+        *,
+        decryption_keys: Mapping[bytes, DecryptionKey] | None = None,
+    ) -> None:
+        self._root = root
+        self._topics = topics
+        self._limits = limits or Limits()
+        self._keys = dict(decryption_keys or {})
+        self._epoch = 0
+        self._seal_digest = GENESIS_DIGEST
+        self._time_ms = 0
+        self._sizes: dict[PartitionRef, int] = {}
+        self._digest = genesis_digest(root)
+        # (first epoch in force, payload, mandate); the root is in force from epoch 1.
+        self._versions: list[tuple[int, bytes, Mandate]] = [(1, encode(root), root)]
+        self._applied: list[_Applied] = []
+        self._applied_digests: set[bytes] = set()  # SHA-256 of every applied envelope
+        self._ring = KeyRing(root)
+        self._chains: dict[ObserverKey, _Chain] = {}
+        self._by_key: dict[bytes, set[ObserverKey]] = {}  # key id -> chains it signed into
+        self._deferred: list[_Report] = []
+
+    # -- reads -------------------------------------------------------------------------------
+
+    @property
+    def epoch(self) -> int:
+        """The last epoch judged (0 before the first)."""
+        return self._epoch
+
+    @property
+    def seal_digest(self) -> bytes:
+        """The digest of the last epoch's final seal (the next seal's ``prev_digest``)."""
+        return self._seal_digest
+
+    @property
+    def time_ms(self) -> int:
+        """*t_e* of the last epoch judged (0 before the first)."""
+        return self._time_ms
+
+    @property
+    def sizes(self) -> dict[PartitionRef, int]:
+        """Every partition's size at the last epoch judged: where the next epoch begins."""
+        return dict(self._sizes)
+
+    @property
+    def digest(self) -> bytes:
+        """The state digest after the last epoch judged."""
+        return self._digest
+
+    @property
+    def keyring(self) -> KeyRing:
+        """The key ring in force for the next epoch (what a provisional judge uses)."""
+        return self._ring
+
+    @property
+    def mandate(self) -> Mandate:
+        """The mandate version in force for the next epoch."""
+        return self._ring.mandate
+
+    @property
+    def versions(self) -> tuple[tuple[int, Mandate], ...]:
+        """(first epoch in force, mandate) of every version applied, the root first."""
+        return tuple((e, m) for e, _, m in self._versions)
+
+    def heads(self) -> dict[ObserverKey, ChainHead]:
+        """Every observer's chain head after the last epoch judged."""
+        out = {}
+        for k, chain in self._chains.items():
+            h = chain.head()
+            if h is not None:
+                out[k] = h
+        return out
+
+    # -- judging -----------------------------------------------------------------------------
+
+    def judge_epoch(
+        self,
+        seal: FinalSeal,
+        records: Mapping[PartitionRef, Sequence[bytes | None]],
+        *,
+        preverified: Container[tuple[bytes, bytes]] = frozenset(),
+    ) -> EpochVerdicts:
+        """Judge the next epoch.
+
+        Args:
+            seal: the final seal of epoch :attr:`epoch` + 1.
+            records: for every partition the seal grows, its record values (None for a null
+                value) from the previous seal's size up to this seal's size, in offset order;
+                a partition the seal does not grow may be absent.
+            preverified: ``(public key, raw)`` pairs whose signature was already verified
+                (:func:`bus.verify.preverify_signatures`); the verdicts do not change.
+
+        Returns:
+            The epoch's verdicts; the judge's state is then that after the epoch.
+
+        Raises:
+            EpochInputError: the seal is not the next one (epoch, previous digest, mandate,
+                time not later, a size that shrinks) or the records are not exactly the
+                epoch's. Nothing was judged and the state is unchanged.
+        """
+        spans = self._spans(seal, records)
+        e, t = seal.epoch, seal.time_ms
+        ring = self._ring
+        trust: list[tuple[RecordPos, bytes | None]] = []
+        reports: list[_Report] = []
+        other: list[RecordPos] = []
+        topics = self._topics
+        for (topic, partition), (start, values) in spans.items():
+            org = topics.org_of_report_topic(topic)
+            is_trust = topic in {topics.registry, topics.mandate}
+            for i, value in enumerate(values):
+                pos = (topic, partition, start + i)
+                if is_trust:
+                    trust.append((pos, value))
+                elif org is not None:
+                    claims = None if value is None else _claims(value)
+                    reports.append(_Report(pos, value, org, claims, e, t))
+                else:
+                    other.append(pos)
+        trust.sort(key=lambda r: canonical_key((r[0][0], r[0][1]), r[0][2]))
+        other.sort(key=lambda p: canonical_key((p[0], p[1]), p[2]))
+
+        # 1. Trust records: verified under the version in force, applied to the next epoch.
+        out: list[Verdict] = []
+        pending_versions: list[tuple[bytes, Mandate]] = []
+        applied_now: list[_Applied] = []
+        stage: KeyRing | None = None  # the version in force plus this epoch's registry records
+        for pos, value in trust:
+            if pos[0] == topics.mandate:
+                out.append(self._judge_mandate(pos, e, t, value, pending_versions))
+                continue
+            if stage is None:
+                stage = _build_ring(ring.mandate, self._applied)
+            out.append(self._judge_registry(pos, e, value, stage, applied_now))
+        applied = self._applied + applied_now
+        versions = list(self._versions)
+        versions.extend((e + 1, payload, m) for payload, m in pending_versions)
+        if pending_versions:
+            next_ring = _build_ring(versions[-1][2], applied)
+        else:
+            next_ring = ring if stage is None else stage
+
+        # 2 and 3. Reports deferred from the previous epoch, then this epoch's.
+        pending_keys = {
+            a.entry.key_id
+            for a in applied_now
+            if isinstance(a.entry, Accreditation)
+            and not _accredits(ring, a.entry.key_id)
+            and _accredits(next_ring, a.entry.key_id)
+        }
+        touched: set[ObserverKey] = set()
+        again = sorted(self._deferred, key=_report_order)
+        out.extend(
+            self._judge_report(r, ring, frozenset(), preverified=preverified, touched=touched)
+            for r in again
+        )
+        deferred: list[_Report] = []
+        reports.sort(key=_report_order)
+        for r in reports:
+            v = self._judge_report(r, ring, pending_keys, preverified=preverified, touched=touched)
+            out.append(v)
+            if v.status is Status.DEFERRED:
+                deferred.append(r)
+        # 4. Every other topic.
+        not_here = "not a report or trust topic"
+        out.extend(Verdict(p, e, Status.NOT_JUDGED, detail=not_here) for p in other)
+
+        changes = self._cut_revoked(_revocation_map(ring), next_ring, e + 1, touched)
+        heads = {k: self._chains[k].head() for k in sorted(touched)}
+        version = next_ring.mandate.version
+        digest = state_digest(
+            self._digest,
+            seal.digest,
+            epoch=e,
+            verdicts=out,
+            changes=changes,
+            heads=heads,
+            mandate_version=version,
+        )
+        # Commit: from here on the judge stands after epoch e.
+        self._epoch, self._seal_digest, self._time_ms = e, seal.digest, t
+        for ref, (start, values) in spans.items():
+            self._sizes[ref] = start + len(values)
+        self._versions = versions
+        self._applied = applied
+        self._ring = next_ring
+        self._deferred = deferred
+        self._digest = digest
+        return EpochVerdicts(e, seal.digest, t, tuple(out), tuple(changes), heads, version, digest)
+
+    def _spans(
+        self, seal: FinalSeal, records: Mapping[PartitionRef, Sequence[bytes | None]]
+    ) -> dict[PartitionRef, tuple[int, Sequence[bytes | None]]]:
+        """Check that ``seal`` is the next final seal and ``records`` exactly its epoch's."""
+        if seal.epoch != self._epoch + 1:
+            raise EpochInputError(
+                f"seal of epoch {seal.epoch} offered after epoch {self._epoch}", epoch=seal.epoch
+            )
+        if seal.prev_digest != self._seal_digest:
+            raise EpochInputError(
+                f"seal of epoch {seal.epoch} does not name the previous final seal",
+                epoch=seal.epoch,
+            )
+        if seal.mandate_id != self._root.mandate_id:
+            raise EpochInputError(
+                f"seal for mandate {seal.mandate_id!r}, judging {self._root.mandate_id!r}",
+                epoch=seal.epoch,
+            )
+        if seal.time_ms <= self._time_ms:
+            raise EpochInputError(
+                f"seal of epoch {seal.epoch}: time {seal.time_ms} not after {self._time_ms}",
+                epoch=seal.epoch,
+            )
+        spans: dict[PartitionRef, tuple[int, Sequence[bytes | None]]] = {}
+        for ref in sorted(set(seal.partitions) | set(self._sizes) | set(records)):
+            start, end = self._sizes.get(ref, 0), seal.size(ref)
+            values = records.get(ref, ())
+            if end < start:
+                raise EpochInputError(
+                    f"{ref[0]}[{ref[1]}]: sealed size {end} below the previous {start}",
+                    topic=ref[0],
+                    partition=ref[1],
+                )
+            if len(values) != end - start:
+                raise EpochInputError(
+                    f"{ref[0]}[{ref[1]}]: epoch {seal.epoch} seals offsets {start}..{end - 1},"
+                    f" {len(values)} records given",
+                    topic=ref[0],
+                    partition=ref[1],
+                )
+            if values:
+                spans[ref] = (start, values)
+        return spans
+
+    # -- trust records -----------------------------------------------------------------------
+
+    def _judge_mandate(
+        self,
+        pos: RecordPos,
+        e: int,
+        t: int,
+        value: bytes | None,
+        pending: list[tuple[bytes, Mandate]],
+    ) -> Verdict:
+        """A mandate record: a new version joins ``pending``, in force from ``e + 1``."""
+        newest_payload, newest = pending[-1] if pending else self._versions[-1][1:]
+        try:
+            payload, mandate = _verify_mandate_record(value, newest_payload, newest, t)
+        except VerificationError as exc:
+            return Verdict(pos, e, Status.QUARANTINED, exc.reason.value, exc.message)
+        if mandate is newest:
+            return Verdict(pos, e, Status.APPLIED, detail="the newest version again", trust=newest)
+        pending.append((payload, mandate))
+        detail = f"version {mandate.version}, in force from epoch {e + 1}"
+        return Verdict(pos, e, Status.APPLIED, detail=detail, trust=mandate)
+
+    def _judge_registry(
+        self, pos: RecordPos, e: int, value: bytes | None, stage: KeyRing, out: list[_Applied]
+    ) -> Verdict:
+        """A registry record, verified under ``stage``'s version and added to it."""
+        mandate = stage.mandate
+        try:
+            entry = _verify_registry_record(value, stage)
+        except VerificationError as exc:
+            return Verdict(pos, e, Status.QUARANTINED, exc.reason.value, exc.message)
+        assert value is not None  # verified
+        org = mandate.organization(entry.org)
+        assert org is not None  # verified: signed by that organization's root key
+        digest = sha256(value)
+        if digest not in self._applied_digests:  # a copy changes nothing: kept once
+            self._applied_digests.add(digest)
+            out.append(_Applied(entry, value, org.root_key_id))
+        return Verdict(pos, e, Status.APPLIED, detail=f"in force from epoch {e + 1}", trust=entry)
+
+    # -- reports -----------------------------------------------------------------------------
+
+    def _judge_report(
+        self,
+        r: _Report,
+        ring: KeyRing,
+        pending_keys: Container[bytes],
+        *,
+        preverified: Container[tuple[bytes, bytes]],
+        touched: set[ObserverKey],
+    ) -> Verdict:
+        """One report under ``ring`` at its epoch's time; ``deferred`` when its key is unknown
+        to ``ring`` and one of ``pending_keys``."""
+        pos, e, value, claims = r.pos, r.epoch, r.value, r.claims
+        observer = None if claims is None else (claims.org, claims.observer_id)
+        if value is None:
+            return Verdict(pos, e, Status.QUARANTINED, Reason.MALFORMED.value, _NO_VALUE)
+        if claims is not None and claims.org == r.org:
+            chain = self._chains.get((claims.org, claims.observer_id))
+            if chain is not None and chain.ids.get(claims.report_id) == sha256(value):
+                detail = f"report {claims.report_id} is already accepted"
+                return Verdict(pos, e, Status.QUARANTINED, Reason.REPLAYED.value, detail, observer)
+        try:
+            verified, link = self._verify_report(r, value, ring, preverified)
+            self._extend((link.org, link.observer_id), link, verified, pos)
+        except VerificationError as exc:
+            if (
+                exc.reason is Reason.UNKNOWN_KEY
+                and claims is not None
+                and (claims.key_id in pending_keys)
+            ):
+                detail = f"its key is accredited from epoch {e + 1}"
+                return Verdict(pos, e, Status.DEFERRED, detail=detail, observer=observer)
+            return Verdict(pos, e, Status.QUARANTINED, exc.reason.value, exc.message, observer)
+        except Exception as exc:  # a reader never crashes on input (see Reason.INTERNAL_ERROR)
+            log.exception(
+                "verifier_internal_error",
+                extra={"topic": pos[0], "partition": pos[1], "offset": pos[2]},
+            )
+            reason = Reason.INTERNAL_ERROR.value
+            return Verdict(pos, e, Status.QUARANTINED, reason, repr(exc), observer)
+        touched.add((link.org, link.observer_id))
+        return Verdict(pos, e, Status.ACCEPTED, observer=observer, report=verified)
+
+    def _verify_report(
+        self,
+        r: _Report,
+        value: bytes,
+        ring: KeyRing,
+        preverified: Container[tuple[bytes, bytes]],
+    ) -> tuple[VerifiedReport | VerifiedSealed, Report | SealedReport]:
+        """Today's report checks at ``t_e``, then the delivery lag.
+
+        Raises:
+            VerificationError: the first check that fails.
+        """
+        t = r.time_ms
+        verified: VerifiedReport | VerifiedSealed
+        link: Report | SealedReport
+        if is_sealed(value):
+            verified = verify_sealed_report(
+                value,
+                expected_org=r.org,
+                keyring=ring,
+                reference_ms=t,
+                limits=self._limits,
+                keys=self._keys,
+            )
+            link = verified.sealed
+        else:
+            verified = verify_report(
+                value,
+                expected_org=r.org,
+                keyring=ring,
+                reference_ms=t,
+                limits=self._limits,
+                preverified=preverified,
+            )
+            link = verified.report
+        lag = self._limits.max_delivery_lag_ms
+        if link.signed_at_ms < t - lag:
+            raise VerificationError(
+                Reason.DELIVERY_LAG,
+                f"signed_at is {t - link.signed_at_ms} ms before the epoch's time (at most {lag})",
+            )
+        return verified, link
+
+    def _extend(
+        self,
+        key: ObserverKey,
+        r: Report | SealedReport,
+        verified: VerifiedReport | VerifiedSealed,
+        pos: RecordPos,
+    ) -> None:
+        """Extend an observer's chain (the rules of :class:`bus.verify.ChainBook`, with report
+        ids scoped to the observer).
+
+        Raises:
+            VerificationError: ``replayed``, ``duplicate_conflict``, ``chain_gap``, ``chain_fork``.
+        """
+        chain = self._chains.get(key)
+        if chain is None:
+            chain = self._chains[key] = _Chain()
+        digest = verified.envelope_digest
+        known = chain.ids.get(r.report_id)
+        if known is not None:
+            if known == digest:
+                raise VerificationError(
+                    Reason.REPLAYED,
+                    f"report {r.report_id} is already accepted",
+                    report_id=r.report_id,
+                )
+            raise VerificationError(
+                Reason.DUPLICATE_CONFLICT,
+                f"report id {r.report_id} already accepted with other content",
+                report_id=r.report_id,
+            )
+        head = chain.head()
+        expected = 1 if head is None else head.seq + 1
+        if r.seq > expected:
+            raise VerificationError(
+                Reason.CHAIN_GAP,
+                f"observer {key[0]}/{key[1]}: seq {r.seq} after {expected - 1}",
+                expected_seq=expected,
+            )
+        if r.seq < expected:
+            raise VerificationError(
+                Reason.CHAIN_FORK,
+                f"observer {key[0]}/{key[1]}: a second report at seq {r.seq}",
+                expected_seq=expected,
+            )
+        if head is not None and r.prev_digest != head.digest:
+            raise VerificationError(
+                Reason.CHAIN_FORK,
+                f"observer {key[0]}/{key[1]}: prev_digest is not the digest of seq {head.seq}",
+            )
+        chain.links.append(_Link(r.seq, digest, verified.key_id, pos, r.report_id))
+        chain.ids[r.report_id] = digest
+        self._by_key.setdefault(verified.key_id, set()).add(key)
+
+    def _cut_revoked(
+        self,
+        before: Mapping[tuple[str, bytes], Revocation],
+        ring: KeyRing,
+        at_epoch: int,
+        touched: set[ObserverKey],
+    ) -> list[VerdictChange]:
+        """Cut the chains that a revocation new in ``ring`` reaches (module docstring)."""
+        changes: list[VerdictChange] = []
+        now = _revocation_map(ring)
+        for k in sorted(now):
+            rev = now[k]
+            old = before.get(k)
+            if old is not None and old.last_valid_seq <= rev.last_valid_seq:
+                continue
+            for observer in sorted(self._by_key.get(rev.key_id, ())):
+                if observer[0] != rev.org:
+                    continue  # another organization's accreditation of the key: not revoked
+                chain = self._chains[observer]
+                cut = next(
+                    (
+                        link.seq
+                        for link in chain.links
+                        if link.key_id == rev.key_id and link.seq > rev.last_valid_seq
+                    ),
+                    None,
+                )
+                if cut is None:
+                    continue
+                for link in chain.links[cut - 1 :]:
+                    why = (
+                        f"key revoked after seq {rev.last_valid_seq}"
+                        if link.key_id == rev.key_id
+                        else f"rests on seq {cut}, signed by a key revoked after seq"
+                        f" {rev.last_valid_seq}"
+                    )
+                    changes.append(
+                        VerdictChange(
+                            link.pos, observer, link.seq, link.report_id, link.key_id, at_epoch, why
+                        )
+                    )
+                del chain.links[cut - 1 :]
+                touched.add(observer)
+        return changes
+
+    # -- state -------------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The judge's whole state after the last epoch judged, as canonical JSON bytes.
+
+        With :meth:`restore` (and the same root, topics and limits) a judge continues exactly
+        where this one stands: store it with the verdicts of the epoch it follows.
+        """
+        state: dict[str, Any] = {
+            "format": SNAPSHOT_FORMAT,
+            "config": self._config_digest().hex(),
+            "epoch": self._epoch,
+            "seal_digest": self._seal_digest.hex(),
+            "time_ms": self._time_ms,
+            "digest": self._digest.hex(),
+            "sizes": sorted([t, p, s] for (t, p), s in self._sizes.items()),
+            "versions": [[e, payload.hex()] for e, payload, _ in self._versions],
+            "applied": [[a.envelope.hex(), a.root_key_id.hex()] for a in self._applied],
+            "chains": [
+                [
+                    org,
+                    obs,
+                    [
+                        [ln.digest.hex(), ln.key_id.hex(), *ln.pos, ln.report_id]
+                        for ln in chain.links
+                    ],
+                    sorted([rid, d.hex()] for rid, d in chain.ids.items()),
+                ]
+                for (org, obs), chain in sorted(self._chains.items())
+            ],
+            "deferred": [
+                [*d.pos, (d.value or b"").hex(), d.epoch, d.time_ms] for d in self._deferred
+            ],
+        }
+        return json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def restore(
+        cls,
+        snapshot: bytes,
+        root: Mandate,
+        topics: Topics,
+        limits: Limits | None = None,
+        *,
+        decryption_keys: Mapping[bytes, DecryptionKey] | None = None,
+    ) -> FinalJudge:
+        """A judge standing where :meth:`snapshot` was taken.
+
+        The snapshot is the caller's own store (trusted like it): nothing in it is verified
+        again.
+
+        Raises:
+            ConfigError: the snapshot is of another format or was made with another root,
+                topics or limits.
+        """
+        judge = cls(root, topics, limits, decryption_keys=decryption_keys)
+        try:
+            s = json.loads(snapshot)
+            ok = s["format"] == SNAPSHOT_FORMAT and s["config"] == judge._config_digest().hex()
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                "judge snapshot",
+                "not a snapshot of a judge with this root mandate, topics and limits",
+                "resume with the configuration it was made with, or judge the log again from"
+                " the first epoch",
+            )
+        judge._epoch = s["epoch"]
+        judge._seal_digest = bytes.fromhex(s["seal_digest"])
+        judge._time_ms = s["time_ms"]
+        judge._digest = bytes.fromhex(s["digest"])
+        judge._sizes = {(t, p): size for t, p, size in s["sizes"]}
+        judge._versions = []
+        for e, payload in s["versions"]:
+            raw = bytes.fromhex(payload)
+            judge._versions.append((e, raw, Mandate.decode(raw)))
+        for env_hex, root_hex in s["applied"]:
+            env = Envelope.decode(bytes.fromhex(env_hex))
+            entry: TrustEntry
+            if env.payload_type == PAYLOAD_REVOCATION:
+                entry = Revocation.decode(env.payload)
+            elif env.payload_type == PAYLOAD_ENCRYPTION_KEY:
+                entry = EncryptionKey.decode(env.payload)
+            else:
+                entry = Accreditation.decode(env.payload)
+            raw = env.encode()
+            judge._applied.append(_Applied(entry, raw, bytes.fromhex(root_hex)))
+            judge._applied_digests.add(sha256(raw))
+        judge._ring = _build_ring(judge._versions[-1][2], judge._applied)
+        for org, obs, links, ids in s["chains"]:
+            chain = judge._chains[(org, obs)] = _Chain()
+            for i, (d, k, topic, partition, offset, rid) in enumerate(links):
+                pos = (topic, partition, offset)
+                link = _Link(i + 1, bytes.fromhex(d), bytes.fromhex(k), pos, rid)
+                chain.links.append(link)
+                judge._by_key.setdefault(link.key_id, set()).add((org, obs))
+            chain.ids = {rid: bytes.fromhex(d) for rid, d in ids}
+        for topic, p, o, v, e, t in s["deferred"]:
+            value = bytes.fromhex(v)
+            org = topics.org_of_report_topic(topic)
+            assert org is not None  # deferred records come from report topics only
+            judge._deferred.append(_Report((topic, p, o), value, org, _claims(value), e, t))
+        return judge
+
+    def _config_digest(self) -> bytes:
+        lim = self._limits
+        text = json.dumps(
+            [
+                encode(self._root).hex(),
+                self._topics.prefix,
+                lim.max_record_bytes,
+                lim.max_clock_skew_ms,
+                lim.max_delivery_lag_ms,
+            ]
+        )
+        return hashlib.sha256(text.encode()).digest()
+
+
+def _accredits(ring: KeyRing, key_id: bytes) -> bool:
+    try:
+        ring.lookup(key_id)
+    except VerificationError:
+        return False
+    return True

@@ -1,0 +1,318 @@
+"""The sealed reader: records read in any order in, final verdicts out, epoch by epoch (pure).
+
+What a node, a witness or an auditor runs over the bus. It is fed two streams, each in its own
+order and interleaved in any way: the records of every partition (:meth:`SealedReader.offer_record`
+and :meth:`SealedReader.offer_records`: each partition in offset order, partitions interleaved
+in any way, in batches of any size) and the final seals (:meth:`SealedReader.offer_final_seal`:
+in epoch order, before or after the records they seal). As soon as an epoch's final seal and
+all the records it seals are present, the reader checks every partition's RFC 6962 root at the
+sealed size against the seal (:mod:`bus.merkle`; leaf *i* is the value at offset *i*, a null
+value counting as empty bytes), then hands the epoch to its :class:`~bus.judge.FinalJudge` and
+returns the :class:`~bus.judge.EpochVerdicts`. Whatever the interleaving, fetch sizes, or the
+moment seals arrive, the verdicts are those of judging the sealed log epoch by epoch.
+
+**Altered or deleted records.** A partition whose records hash to another root than the seal
+states, or that lacks an offset the seal covers (offsets skipped in a fetch are taken as
+deleted), raises :class:`~bus.errors.SealedRootMismatchError` naming the topic, partition and
+size: a sealed record was altered or deleted. The reader stays where it was (nothing of that
+epoch is judged), so every call after it that needs the epoch raises again.
+
+**Bounded buffering.** The reader holds the records from each partition's last judged size
+onward and the seals not yet judged: what no judged epoch covers, nothing else.
+
+**Restarts.** The state that matters is the judge's after the last judged epoch plus the
+Merkle frontier of each partition: :meth:`SealedReader.snapshot` returns it as bytes, to store
+with the verdicts of that epoch; :meth:`SealedReader.resume` starts from it. The records and
+seals not yet judged are not in it: after a restart the caller fetches again from
+:meth:`SealedReader.positions` (each partition's judged size) and offers the final seals from
+:attr:`SealedReader.next_epoch`. Offers of records already judged, and of seals already judged,
+are ignored, so fetching again from earlier is harmless; starting a new reader and feeding the
+log from the beginning gives the same verdicts too.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from bus.epoch import FinalSeal, PartitionRef
+from bus.errors import ConfigError, EpochInputError, SealedRootMismatchError
+from bus.judge import EpochVerdicts, FinalJudge
+from bus.merkle import MerkleTree
+from bus.model import Mandate
+from bus.sealed import DecryptionKey
+from bus.topics import Topics
+from bus.verify import Limits
+
+SNAPSHOT_FORMAT: Final = "obus-sealed-reader-v1"
+
+
+class SealedReader:
+    """Buffers records and final seals, checks sealed roots, and judges each complete epoch.
+
+    Args:
+        root, topics, limits, decryption_keys: as for :class:`~bus.judge.FinalJudge`.
+    """
+
+    def __init__(
+        self,
+        root: Mandate,
+        topics: Topics,
+        limits: Limits | None = None,
+        *,
+        decryption_keys: Mapping[bytes, DecryptionKey] | None = None,
+    ) -> None:
+        self._judge = FinalJudge(root, topics, limits, decryption_keys=decryption_keys)
+        self._trees: dict[PartitionRef, MerkleTree] = {}  # frontier at each judged size
+        self._buffers: dict[PartitionRef, list[bytes | None]] = {}  # from the judged size on
+        self._holes: dict[PartitionRef, set[int]] = {}  # offsets skipped in the buffers
+        self._seals: list[FinalSeal] = []  # final seals not yet judged, in epoch order
+
+    # -- reads -------------------------------------------------------------------------------
+
+    @property
+    def judge(self) -> FinalJudge:
+        """The judge, standing after the last epoch judged (its key ring, heads, digest)."""
+        return self._judge
+
+    @property
+    def next_epoch(self) -> int:
+        """The epoch of the next final seal this reader expects."""
+        return self._judge.epoch + len(self._seals) + 1
+
+    def positions(self) -> dict[PartitionRef, int]:
+        """Each partition's judged size: where to fetch from after a restart."""
+        return self._judge.sizes
+
+    def buffered(self) -> int:
+        """Records held that no judged epoch covers yet."""
+        return sum(len(b) for b in self._buffers.values())
+
+    # -- feeding -----------------------------------------------------------------------------
+
+    def offer_record(
+        self, ref: PartitionRef, offset: int, value: bytes | None
+    ) -> list[EpochVerdicts]:
+        """One record of a partition, in that partition's offset order (see
+        :meth:`offer_records`).
+
+        Returns:
+            The verdicts of every epoch this record completed (often none).
+        """
+        return self.offer_records(ref, offset, (value,))
+
+    def offer_records(
+        self, ref: PartitionRef, offset: int, values: Sequence[bytes | None]
+    ) -> list[EpochVerdicts]:
+        """Consecutive records of one partition, the first at ``offset`` (a fetched batch).
+
+        Records below the partition's judged size are ignored (already judged), and so are
+        records already held when their bytes are the same. Offsets skipped are taken as
+        deleted from the log: a final seal that covers one raises
+        :class:`~bus.errors.SealedRootMismatchError`; offered later, it takes its place.
+
+        Raises:
+            EpochInputError: an offset offered again with other bytes.
+            SealedRootMismatchError: an epoch they completed lacks a record or does not hash
+                to its sealed roots.
+        """
+        base = self._judge.sizes.get(ref, 0)
+        buf = self._buffers.setdefault(ref, [])
+        holes = self._holes.setdefault(ref, set())
+        for i, value in enumerate(values):
+            at = offset + i
+            held = base + len(buf)
+            if at < base:
+                continue
+            if at in holes:
+                holes.discard(at)
+                buf[at - base] = value
+            elif at < held:
+                if buf[at - base] != value:
+                    raise EpochInputError(
+                        f"{ref[0]}[{ref[1]}]: offset {at} offered again with other bytes",
+                        topic=ref[0],
+                        partition=ref[1],
+                        offset=at,
+                    )
+            else:
+                holes.update(range(held, at))
+                buf.extend([None] * (at - held))
+                buf.append(value)
+        return self._drain()
+
+    def offer_final_seal(self, seal: FinalSeal) -> list[EpochVerdicts]:
+        """The final seal of the next epoch (seals of epochs already judged are ignored).
+
+        Returns:
+            The verdicts of every epoch now complete (this one, once its records are here).
+
+        Raises:
+            EpochInputError: a seal that skips an epoch, differs from the one already held for
+                its epoch, does not name the previous seal, is for another mandate, is not
+                later than the previous one, or shrinks a partition.
+            SealedRootMismatchError: an epoch it completed does not hash to its sealed roots.
+        """
+        judge = self._judge
+        if seal.epoch <= judge.epoch:
+            return []
+        if seal.epoch < self.next_epoch:
+            held = self._seals[seal.epoch - judge.epoch - 1]
+            if held.digest != seal.digest:
+                raise EpochInputError(
+                    f"a second final seal for epoch {seal.epoch}", epoch=seal.epoch
+                )
+            return []
+        if seal.epoch > self.next_epoch:
+            raise EpochInputError(
+                f"final seal of epoch {seal.epoch} offered, {self.next_epoch} expected",
+                epoch=seal.epoch,
+            )
+        self._check_follows(seal)
+        self._seals.append(seal)
+        return self._drain()
+
+    def _check_follows(self, seal: FinalSeal) -> None:
+        judge = self._judge
+        if self._seals:
+            prev = self._seals[-1]
+            digest, time_ms, sizes = prev.digest, prev.time_ms, prev.partitions
+            prev_sizes = {ref: p.size for ref, p in sizes.items()}
+        else:
+            digest, time_ms, prev_sizes = judge.seal_digest, judge.time_ms, judge.sizes
+        mandate_id = judge.versions[0][1].mandate_id
+        problem = ""
+        if seal.prev_digest != digest:
+            problem = "does not name the previous final seal"
+        elif seal.mandate_id != mandate_id:
+            problem = f"is for mandate {seal.mandate_id!r}, not {mandate_id!r}"
+        elif seal.time_ms <= time_ms:
+            problem = f"has time {seal.time_ms}, not after {time_ms}"
+        else:
+            shrunk = sorted(ref for ref, n in prev_sizes.items() if seal.size(ref) < n)
+            if shrunk:
+                problem = f"shrinks {shrunk[0][0]}[{shrunk[0][1]}]"
+        if problem:
+            raise EpochInputError(f"final seal of epoch {seal.epoch} {problem}", epoch=seal.epoch)
+
+    def _drain(self) -> list[EpochVerdicts]:
+        out: list[EpochVerdicts] = []
+        while self._seals:
+            seal = self._seals[0]
+            sizes = self._judge.sizes
+            if any(
+                sizes.get(ref, 0) + len(self._buffers.get(ref, ())) < p.size
+                for ref, p in seal.partitions.items()
+            ):
+                break
+            try:
+                records, trees = self._sealed_records(seal, sizes)
+            except SealedRootMismatchError:
+                if out:  # hand over the epochs judged; the next call raises again
+                    break
+                raise
+            out.append(self._judge.judge_epoch(seal, records))
+            self._trees.update(trees)
+            for ref, taken in records.items():
+                if taken:
+                    del self._buffers[ref][: len(taken)]
+            self._seals.pop(0)
+        return out
+
+    def _sealed_records(
+        self, seal: FinalSeal, sizes: Mapping[PartitionRef, int]
+    ) -> tuple[dict[PartitionRef, Sequence[bytes | None]], dict[PartitionRef, MerkleTree]]:
+        """The records ``seal`` adds and each partition's tree at its sealed size.
+
+        Raises:
+            SealedRootMismatchError: a partition's records hash to another root.
+        """
+        records: dict[PartitionRef, Sequence[bytes | None]] = {}
+        trees: dict[PartitionRef, MerkleTree] = {}
+        for ref, p in sorted(seal.partitions.items()):
+            base = sizes.get(ref, 0)
+            values = self._buffers.get(ref, [])[: p.size - base]
+            missing = sorted(o for o in self._holes.get(ref, ()) if o < p.size)
+            if missing:
+                raise SealedRootMismatchError(
+                    f"{ref[0]}[{ref[1]}]: offset {missing[0]} is sealed by epoch {seal.epoch}"
+                    " but absent from the log: a sealed record was deleted",
+                    topic=ref[0],
+                    partition=ref[1],
+                    size=p.size,
+                )
+            tree = self._trees.get(ref)
+            tree = (
+                MerkleTree(store_leaves=False)
+                if tree is None
+                else MerkleTree.from_frontier(tree.size, tree.frontier)
+            )
+            for v in values:
+                tree.append(v or b"")
+            if tree.root() != p.root:
+                raise SealedRootMismatchError(
+                    f"{ref[0]}[{ref[1]}]: offsets 0..{p.size - 1} hash to another root than"
+                    f" the final seal of epoch {seal.epoch} states: a record among offsets"
+                    f" {base}..{p.size - 1} was altered or deleted",
+                    topic=ref[0],
+                    partition=ref[1],
+                    size=p.size,
+                )
+            records[ref] = values
+            trees[ref] = tree
+        return records, trees
+
+    # -- restarts ----------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The reader's state after the last epoch judged (judge state and Merkle frontiers),
+        as canonical JSON bytes; buffered records and seals are not in it (module docstring)."""
+        state: dict[str, Any] = {
+            "format": SNAPSHOT_FORMAT,
+            "judge": self._judge.snapshot().decode(),
+            "trees": sorted(
+                [t, p, tree.size, [h.hex() for h in tree.frontier]]
+                for (t, p), tree in self._trees.items()
+            ),
+        }
+        return json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def resume(
+        cls,
+        snapshot: bytes,
+        root: Mandate,
+        topics: Topics,
+        limits: Limits | None = None,
+        *,
+        decryption_keys: Mapping[bytes, DecryptionKey] | None = None,
+    ) -> SealedReader:
+        """A reader standing where :meth:`snapshot` was taken; feed it again from
+        :meth:`positions` and :attr:`next_epoch`.
+
+        Raises:
+            ConfigError: not a reader snapshot, or made with another root, topics or limits.
+        """
+        reader = cls(root, topics, limits, decryption_keys=decryption_keys)
+        try:
+            s = json.loads(snapshot)
+            ok = s["format"] == SNAPSHOT_FORMAT
+            judge_state: str = s["judge"]
+            trees: Iterable[tuple[str, int, int, list[str]]] = s["trees"]
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                "reader snapshot",
+                "not a snapshot of a sealed reader",
+                "resume from what SealedReader.snapshot() returned, or read the log again from"
+                " the first epoch",
+            )
+        reader._judge = FinalJudge.restore(
+            judge_state.encode(), root, topics, limits, decryption_keys=decryption_keys
+        )
+        for topic, partition, size, frontier in trees:
+            tree = MerkleTree.from_frontier(size, (bytes.fromhex(h) for h in frontier))
+            reader._trees[(topic, partition)] = tree
+        return reader
