@@ -4,6 +4,11 @@ Pure glue of :func:`bus.verify.verify_report` and the per-observer :class:`~bus.
 (follow-up policies run on accepted reports in :class:`bus.policy.PolicyEngine`). It never
 raises on input: every record ends as exactly one :class:`~bus.store.node.Accepted` or
 :class:`~bus.store.node.Quarantined` outcome.
+
+A quarantined outcome never carries more of a record than a stored row may keep
+(:func:`kept_of`): a value larger than the record limit is judged ``oversized`` on its length
+alone, before anything reads it, and goes on as its size, its SHA-256 and its first
+:data:`QUARANTINE_PREFIX_BYTES` (README "Quarantine limits and quotas").
 """
 
 from __future__ import annotations
@@ -11,19 +16,34 @@ from __future__ import annotations
 import logging
 from collections.abc import Container
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Final
 
 from bus.errors import Reason, VerificationError
 from bus.lifecycle import TrustTimeline
+from bus.model import sha256
 from bus.sealed import DecryptionKey, VerifiedSealed, is_sealed, verify_sealed_report
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits, VerifiedReport, verify_report
 
-if TYPE_CHECKING:
-    pass
-
 # stdlib logging (not structlog) keeps this module free of any I/O framework import.
 log = logging.getLogger(__name__)
+
+# What a quarantine row keeps of a record larger than its limit: the first 4 KiB, enough to
+# show what it was (an envelope's first fields, the start of a text or of a file's header);
+# its exact size and SHA-256 stand for the rest. A constant of the core, so every node keeps
+# the same bytes of the same record.
+QUARANTINE_PREFIX_BYTES: Final = 4096
+
+
+def kept_of(value: bytes, limit: int) -> bytes:
+    """What a quarantine row keeps of a record's value: all of it when it is at most ``limit``
+    bytes, else its first :data:`QUARANTINE_PREFIX_BYTES` (and never more than ``limit``).
+
+    A slice of at most that many bytes is the only copy made of a larger value.
+    """
+    if len(value) <= limit:
+        return value
+    return value[: min(QUARANTINE_PREFIX_BYTES, limit)]
 
 
 @dataclass
@@ -53,10 +73,16 @@ class Ingestor:
     def judge(self, ref: RecordRef, raw: bytes | None, org: str | None) -> Outcome:
         """Verify one record and extend its observer's chain; never raises on bad input."""
         value = raw or b""
+        limit = self.limits.max_record_bytes
         if org is None:
-            return Quarantined(ref, Reason.WRONG_TOPIC.value, "not a report topic", value)
+            return Quarantined.bounded(ref, Reason.WRONG_TOPIC, "not a report topic", value, limit)
         if raw is None:
-            return Quarantined(ref, Reason.MALFORMED.value, "record has no value", value)
+            return Quarantined.bounded(ref, Reason.MALFORMED, "record has no value", value, limit)
+        if len(raw) > limit:
+            # On its length alone, before any parsing, preverified lookup or copy: the value
+            # the consumer decompressed goes no further than its size, digest and prefix.
+            detail = f"{len(raw)} bytes > limit {limit}"
+            return Quarantined.bounded(ref, Reason.OVERSIZED, detail, raw, limit)
         keyring = self.keyring if self.timeline is None else self.timeline.at(ref.log_time_ms)
         try:
             if is_sealed(raw):
@@ -80,13 +106,13 @@ class Ingestor:
             )
             self.chain.accept(vr)
         except VerificationError as exc:
-            return Quarantined(ref, exc.reason.value, exc.message, value)
+            return Quarantined.bounded(ref, exc.reason, exc.message, raw, limit)
         except Exception as exc:  # a node never crashes on input (see Reason.INTERNAL_ERROR)
             log.exception(
                 "verifier_internal_error",
                 extra={"topic": ref.topic, "partition": ref.partition, "offset": ref.offset},
             )
-            return Quarantined(ref, Reason.INTERNAL_ERROR.value, repr(exc), value)
+            return Quarantined.bounded(ref, Reason.INTERNAL_ERROR, repr(exc), raw, limit)
         return Accepted(ref, vr, raw)
 
 
@@ -112,12 +138,40 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Quarantined:
-    """A rejected record, kept with its reason code and raw bytes."""
+    """A rejected record, kept with its reason code, what is kept of its bytes, its size and
+    its SHA-256.
+
+    ``raw`` is what a quarantine row keeps of the value (:func:`kept_of`: all of it within the
+    record limit, else its prefix); ``size`` and ``sha256`` describe the whole value. Built with
+    ``size``/``sha256`` left None, ``raw`` is the whole value and they are derived from it
+    (:attr:`value_size`, :attr:`value_sha256`); stores bound such an outcome themselves.
+    """
 
     ref: RecordRef
     reason: str
     detail: str
     raw: bytes
+    size: int | None = None
+    sha256: bytes | None = None
+
+    @classmethod
+    def bounded(
+        cls, ref: RecordRef, reason: Reason | str, detail: str, value: bytes, limit: int
+    ) -> Quarantined:
+        """The outcome for ``value`` keeping at most :func:`kept_of` of it (its exact size and
+        SHA-256 computed over the whole value, which is read once and never copied)."""
+        code = reason.value if isinstance(reason, Reason) else reason
+        return cls(ref, code, detail, kept_of(value, limit), len(value), sha256(value))
+
+    @property
+    def value_size(self) -> int:
+        """Size of the whole record value in bytes."""
+        return len(self.raw) if self.size is None else self.size
+
+    @property
+    def value_sha256(self) -> bytes:
+        """SHA-256 of the whole record value."""
+        return sha256(self.raw) if self.sha256 is None else self.sha256
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,12 @@ quarantined records of a batch of Kafka records, the new chain heads, the decisi
 next offset of every topic-partition the batch touched. The store, not Kafka's committed group
 offsets, is the source of truth for where to resume, so a crash anywhere never loses a record
 and never stores one twice. Quarantine and report rows are unique by (topic, partition, offset).
+
+Quarantine rows (``quarantine``, and ``board_rejected`` for the decisions and statements topics)
+are bounded (:mod:`bus.store.quarantine`): at most the record limit of bytes, only the first
+4 KiB of a larger record, its exact ``size`` and ``sha256`` always, and no bytes at all once the
+topic is past its quarantine quota (``over_quota``); the row and the position are stored either
+way.
 """
 
 from __future__ import annotations
@@ -19,11 +25,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from bus.errors import StoreConflictError, StoreError
-from bus.ingest import Accepted, AcceptedSealed, Outcome, Quarantined, RecordRef
+from bus.ingest import Accepted, AcceptedSealed, Outcome, Quarantined, RecordRef, kept_of
 from bus.model import sha256
 from bus.policy import Decision, Evidence
+from bus.store.quarantine import (
+    DEFAULT_QUARANTINE_QUOTA_BYTES,
+    MAX_DETAIL_CHARS,
+    MAX_KEY_BYTES,
+    USAGE_SCHEMA,
+    QuarantineBudget,
+    QuarantineCharge,
+    QuotaUsage,
+    log_changes,
+    reconcile,
+    recount,
+    usage,
+)
 from bus.store.sqlite import open_db, sqlite_transaction
-from bus.verify import ChainHead
+from bus.verify import DEFAULT_MAX_RECORD_BYTES, ChainHead
 
 if TYPE_CHECKING:
     from bus.decision import VerifiedDecision
@@ -45,6 +64,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
     reason TEXT NOT NULL, detail TEXT NOT NULL, log_time_ms INTEGER NOT NULL,
     record_key BLOB, raw BLOB NOT NULL,
+    size INTEGER, sha256 BLOB, over_quota INTEGER NOT NULL DEFAULT 0,
     UNIQUE (topic, partition, "offset")
 );
 CREATE TABLE IF NOT EXISTS chain_heads (
@@ -109,6 +129,7 @@ CREATE TABLE IF NOT EXISTS statement_signatures (
 CREATE TABLE IF NOT EXISTS board_rejected (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
     reason TEXT NOT NULL, detail TEXT NOT NULL, log_time_ms INTEGER NOT NULL, raw BLOB NOT NULL,
+    size INTEGER, sha256 BLOB, over_quota INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (topic, partition, "offset")
 );
 """
@@ -154,6 +175,22 @@ PUB_PUBLISHED: Final = "published"
 
 
 @dataclass(frozen=True, slots=True)
+class QuarantineRecord:
+    """One stored quarantine row: where, why, the record's size and SHA-256, the bytes kept
+    (all, a prefix, or none when ``over_quota``)."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+    detail: str
+    size: int
+    sha256: bytes
+    raw: bytes
+    over_quota: bool
+
+
+@dataclass(frozen=True, slots=True)
 class StoredDecision:
     """An own decision with its publication state."""
 
@@ -172,14 +209,52 @@ _REPORT_COLUMNS: Final = (
 )
 # Columns added after the first release: (table, column, declaration). CREATE TABLE IF NOT
 # EXISTS never changes an existing table, so older stores get them through ALTER TABLE.
-_ADDED_COLUMNS: Final = (("reports", "stored_at_ms", "INTEGER"),)
+_ADDED_COLUMNS: Final = (
+    ("reports", "stored_at_ms", "INTEGER"),
+    ("quarantine", "size", "INTEGER"),
+    ("quarantine", "sha256", "BLOB"),
+    ("quarantine", "over_quota", "INTEGER NOT NULL DEFAULT 0"),
+    ("board_rejected", "size", "INTEGER"),
+    ("board_rejected", "sha256", "BLOB"),
+    ("board_rejected", "over_quota", "INTEGER NOT NULL DEFAULT 0"),
+)
+# The quarantine tables and the SQL of the bytes one of their rows keeps (its quota cost).
+_QUARANTINE_TABLES: Final = (
+    ("quarantine", "length(raw) + coalesce(length(record_key), 0)"),
+    ("board_rejected", "length(raw)"),
+)
 
 
-def _add_missing_columns(db: sqlite3.Connection) -> None:
+def _add_missing_columns(db: sqlite3.Connection) -> set[str]:
+    """Add the columns an older store lacks; returns the tables that got any."""
+    added = set()
     for table, column, decl in _ADDED_COLUMNS:
         have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
         if column not in have:
             db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+            added.add(table)
+    return added
+
+
+def _bound_old_rows(db: sqlite3.Connection, table: str, limit: int) -> None:
+    """Give quarantine rows stored before rows were bounded their size and SHA-256, and cut
+    them to the bounds (one row in memory at a time)."""
+    ids = [i for (i,) in db.execute(f"SELECT rowid FROM {table} WHERE size IS NULL")]  # noqa: S608
+    has_key = table == "quarantine"
+    for i in ids:
+        raw, detail, key = db.execute(
+            f"SELECT raw, detail, {'record_key' if has_key else 'NULL'} FROM {table}"  # noqa: S608
+            " WHERE rowid = ?",
+            (i,),
+        ).fetchone()
+        raw = bytes(raw)
+        db.execute(
+            f"UPDATE {table} SET raw = ?, detail = ?, size = ?, sha256 = ?"  # noqa: S608
+            + (", record_key = ?" if has_key else "")
+            + " WHERE rowid = ?",
+            (kept_of(raw, limit), detail[:MAX_DETAIL_CHARS], len(raw), sha256(raw),
+             *([None if key is None else bytes(key)[:MAX_KEY_BYTES]] if has_key else []), i),
+        )  # fmt: skip
 
 
 def _check_positions(
@@ -216,8 +291,23 @@ def _check_heads(db: sqlite3.Connection, expected: Mapping[str, ChainHead | None
 class NodeStore:
     """SQLite store of one organization node. Not thread-safe: use from one thread at a time."""
 
-    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
-        """Open (and create) the store; ``read_only`` opens an existing one for reading only."""
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        read_only: bool = False,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        quarantine_quota_bytes: int = DEFAULT_QUARANTINE_QUOTA_BYTES,
+    ) -> None:
+        """Open (and create) the store; ``read_only`` opens an existing one for reading only.
+
+        ``max_record_bytes`` (the verification limit) and ``quarantine_quota_bytes`` (bytes kept
+        per topic) bound the quarantine rows this store writes (:mod:`bus.store.quarantine`).
+        Every writer of one store should pass the same values.
+        """
+        self._path = str(path)
+        self._limit = max_record_bytes
+        self._quota = quarantine_quota_bytes
         if read_only:
             self._db = open_db(path, what="store", read_only=True)
             return
@@ -228,14 +318,19 @@ class NodeStore:
         self._db = open_db(
             path,
             what="store",
-            schema=_SCHEMA + _FOLLOWUP_SCHEMA,
+            schema=_SCHEMA + _FOLLOWUP_SCHEMA + USAGE_SCHEMA,
             synchronous="NORMAL",
             threads=True,
         )
-        try:
-            _add_missing_columns(self._db)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open store {path}: {exc}", path=str(path)) from exc
+        # One transaction, so that processes opening one store at once migrate it once.
+        with self._tx() as db:
+            older = _add_missing_columns(db) & {t for t, _ in _QUARANTINE_TABLES}
+            for table in sorted(older):
+                _bound_old_rows(db, table, max_record_bytes)
+            if older:
+                recount(db, _QUARANTINE_TABLES)
+            changes = reconcile(db, quarantine_quota_bytes)
+        log_changes(self._db, changes, quota_bytes=self._quota, store=self._path)
 
     def close(self) -> None:
         """Close the database."""
@@ -254,7 +349,7 @@ class NodeStore:
         stored_at_ms: int | None = None,
         expect_positions: Mapping[tuple[str, int], int] | None = None,
         expect_heads: Mapping[str, ChainHead | None] | None = None,
-    ) -> None:
+    ) -> QuarantineCharge:
         """Store a batch atomically (see module docstring).
 
         ``stored_at_ms`` (default: now) is written to every report row of the batch: when this
@@ -269,12 +364,19 @@ class NodeStore:
         history, each judged against exactly the state before it; a report id stored
         meanwhile by another worker is the same kind of conflict.
 
+        Quarantined outcomes are stored bounded and charged against their topic's quota
+        (:class:`~bus.store.quarantine.QuarantineBudget`); a topic this batch takes past its
+        quota is logged once, ``quarantine_quota_exceeded``.
+
+        Returns:
+            What the quarantined records did to the quotas.
+
         Raises:
             StoreConflictError: another writer changed what the batch was judged against; nothing
                 of the batch was stored (reload, seek back and judge again).
             StoreError: the transaction failed and nothing of the batch was stored.
         """
-        reports, quarantine, sealed_rows = [], [], []
+        reports, quarantined, sealed_rows = [], [], []
         for o in outcomes:
             ref = o.ref
             if isinstance(o, Accepted):
@@ -298,10 +400,7 @@ class NodeStore:
                      v.content or None)
                 )  # fmt: skip
             else:
-                quarantine.append(
-                    (ref.topic, ref.partition, ref.offset, o.reason, o.detail, ref.log_time_ms,
-                     ref.key, o.raw)
-                )  # fmt: skip
+                quarantined.append(o)
         with self._tx() as db:
             if expect_positions is not None:
                 _check_positions(db, positions, expect_positions)
@@ -316,11 +415,20 @@ class NodeStore:
             except sqlite3.IntegrityError as exc:
                 raise StoreConflictError(f"a report of the batch is already stored: {exc}") from exc
             db.executemany("INSERT INTO sealed_reports VALUES (?,?,?,?,?)", sealed_rows)
+            budget = self._budget(db)
+            rows = []
+            for q in quarantined:  # in log order: the quota keeps the first ones' bytes
+                b = budget.row(q)
+                rows.append(
+                    (q.ref.topic, q.ref.partition, q.ref.offset, q.reason, b.detail,
+                     q.ref.log_time_ms, b.key, b.raw, b.size, b.sha256, int(b.over_quota))
+                )  # fmt: skip
             db.executemany(
                 'INSERT INTO quarantine (topic, partition, "offset", reason, detail, log_time_ms,'
-                " record_key, raw) VALUES (?,?,?,?,?,?,?,?)",
-                quarantine,
+                " record_key, raw, size, sha256, over_quota) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
             )
+            charge = budget.flush()
             db.executemany(
                 "INSERT INTO chain_heads VALUES (?,?,?) ON CONFLICT(observer_id) DO UPDATE"
                 " SET seq=excluded.seq, digest=excluded.digest",
@@ -332,6 +440,16 @@ class NodeStore:
                 " SET next_offset=excluded.next_offset",
                 [(t, p, o) for (t, p), o in positions.items()],
             )
+        self._alarm(charge)
+        return charge
+
+    def _budget(self, db: sqlite3.Connection) -> QuarantineBudget:
+        return QuarantineBudget(db, self._quota, self._limit)
+
+    def _alarm(self, charge: QuarantineCharge) -> None:
+        """Log the topics a committed transaction took past their quota (once each)."""
+        changes = [(t, True) for t in charge.exceeded]
+        log_changes(self._db, changes, quota_bytes=self._quota, store=self._path)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -569,9 +687,15 @@ class NodeStore:
         statements: Iterable[tuple[RecordRef, StatementStatus, list[str]]],
         rejected: Iterable[Quarantined],
         positions: dict[tuple[str, int], int],
-    ) -> None:
+    ) -> QuarantineCharge:
         """Store verified decisions, statement signatures and rejected records of the decisions
         and statements topics, with their next offsets, in one transaction.
+
+        Rejected records are bounded and charged against their topic's quota like the
+        quarantine of :meth:`commit_batch`.
+
+        Returns:
+            What the rejected records did to the quotas.
 
         Raises:
             StoreError: the transaction failed and nothing was stored.
@@ -599,16 +723,30 @@ class NodeStore:
                     [(s.statement_id, org, st.signed_by[org], ref.topic, ref.partition,
                       ref.offset, ref.log_time_ms) for org in added],
                 )  # fmt: skip
-            db.executemany(
-                "INSERT OR IGNORE INTO board_rejected VALUES (?,?,?,?,?,?,?)",
-                [(q.ref.topic, q.ref.partition, q.ref.offset, q.reason, q.detail,
-                  q.ref.log_time_ms, q.raw) for q in rejected],
-            )  # fmt: skip
+            budget = self._budget(db)
+            for q in rejected:
+                stored = db.execute(
+                    "SELECT 1 FROM board_rejected"
+                    ' WHERE topic = ? AND partition = ? AND "offset" = ?',
+                    (q.ref.topic, q.ref.partition, q.ref.offset),
+                ).fetchone()
+                if stored is not None:
+                    continue  # read again after a restart: stored and charged once
+                b = budget.row(q)
+                db.execute(
+                    'INSERT INTO board_rejected (topic, partition, "offset", reason, detail,'
+                    " log_time_ms, raw, size, sha256, over_quota) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (q.ref.topic, q.ref.partition, q.ref.offset, q.reason, b.detail,
+                     q.ref.log_time_ms, b.raw, b.size, b.sha256, int(b.over_quota)),
+                )  # fmt: skip
+            charge = budget.flush()
             db.executemany(
                 "INSERT INTO positions VALUES (?,?,?) ON CONFLICT(topic, partition) DO UPDATE"
                 " SET next_offset=excluded.next_offset",
                 [(t, p, o) for (t, p), o in positions.items()],
             )
+        self._alarm(charge)
+        return charge
 
     def peer_decisions(self, *, limit: int = 1000) -> list[dict[str, Any]]:
         """Published decisions read from the decisions topics, newest first."""
@@ -668,14 +806,55 @@ class NodeStore:
         return [(i, t, p, o, lt, bytes(d), bytes(e)) for i, t, p, o, lt, d, e in rows]
 
     def quarantine_detail(self, *, limit: int = 1000) -> list[dict[str, Any]]:
-        """Quarantined records with reason, detail and log time, newest first."""
+        """Quarantined records with reason, detail and log time, newest first: ``size`` is the
+        record's, ``kept`` the bytes the row holds of it, ``sha256`` (hex) the record's digest,
+        ``over_quota`` 1 when the topic's quota left it no bytes."""
+        extra = (
+            "coalesce(size, length(raw)) AS size, sha256, length(raw) AS kept, over_quota"
+            if self._bounded_rows()
+            else "length(raw) AS size, NULL AS sha256, length(raw) AS kept, 0 AS over_quota"
+        )
         return _dicts(
             self._db.execute(
-                'SELECT id, topic, partition, "offset", reason, detail, log_time_ms, record_key,'
-                " length(raw) AS size FROM quarantine ORDER BY id DESC LIMIT ?",
+                'SELECT id, topic, partition, "offset", reason, detail, log_time_ms, record_key,'  # noqa: S608
+                f" {extra} FROM quarantine ORDER BY id DESC LIMIT ?",
                 (limit,),
             )
         )
+
+    def _bounded_rows(self) -> bool:
+        """Whether the quarantine tables have their size columns (a store opened read-only may
+        predate them until its node opens it)."""
+        cols = {row[1] for row in self._db.execute("PRAGMA table_info(quarantine)")}
+        return "over_quota" in cols
+
+    def quarantine_records(self, *, board: bool = False) -> list[QuarantineRecord]:
+        """Every row of the quarantine (``board``: of the rejected decision and statement
+        records), in position order, with what it keeps."""
+        table = "board_rejected" if board else "quarantine"
+        if not self._bounded_rows():
+            return [
+                QuarantineRecord(t, p, o, r, d, len(raw), sha256(raw), bytes(raw), False)
+                for t, p, o, r, d, raw in self._db.execute(
+                    f'SELECT topic, partition, "offset", reason, detail, raw FROM {table}'  # noqa: S608
+                    ' ORDER BY topic, partition, "offset"'
+                )
+            ]
+        return [
+            QuarantineRecord(t, p, o, r, d, n, bytes(h), bytes(raw), bool(q))
+            for t, p, o, r, d, n, h, raw, q in self._db.execute(
+                f'SELECT topic, partition, "offset", reason, detail, size, sha256, raw, over_quota'  # noqa: S608
+                f' FROM {table} ORDER BY topic, partition, "offset"'
+            )
+        ]
+
+    def quarantine_usage(self) -> dict[str, QuotaUsage]:
+        """Per topic: quarantine rows, bytes kept, rows kept without bytes past the quota, and
+        whether the topic is past its quota (what the metrics export)."""
+        try:
+            return usage(self._db)
+        except sqlite3.OperationalError:  # a read-only store that predates the quotas
+            return {}
 
     def quarantine_counts(self) -> dict[str, int]:
         """Quarantined records per reason code."""

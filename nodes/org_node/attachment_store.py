@@ -23,9 +23,11 @@ is settled (:meth:`AttachmentStore.settle`):
 A quarantined attachment keeps its chunks, and is settled again whenever a chunk or a reference
 arrives: quarantine is a verdict on what was there at the time, never a deletion. Records that
 are not chunks (``malformed``, ``invalid_field``, ``oversized``) and chunks contradicting an
-attachment already stored are quarantined with their raw bytes. A chunk of an attachment
-already stored that matches its bytes is a duplicate (the gateway re-publishes after a crash)
-and is dropped silently.
+attachment already stored are quarantined with their raw bytes, bounded like a node's
+quarantine (:mod:`bus.store.quarantine`): whole up to the chunk record limit, the first 4 KiB of
+a larger record, always its ``record_size`` and ``record_sha256``, and no bytes once the topic is
+past its quarantine quota (``over_quota``). A chunk of an attachment already stored that matches
+its bytes is a duplicate (the gateway re-publishes after a crash) and is dropped silently.
 """
 
 from __future__ import annotations
@@ -44,7 +46,9 @@ from typing import Any, Final
 import structlog
 
 from bus.attachment import (
+    CHUNK_OVERHEAD_BYTES,
     MAX_CANDIDATES,
+    MAX_CHUNK_BYTES,
     Assembly,
     AttachmentLimits,
     Chunk,
@@ -52,7 +56,17 @@ from bus.attachment import (
     check_reference,
 )
 from bus.errors import BusError, Reason, StoreError, VerificationError
-from bus.model import PAYLOAD_REPORT, Attachment, Envelope, Report
+from bus.ingest import Quarantined, RecordRef, kept_of
+from bus.model import PAYLOAD_REPORT, Attachment, Envelope, Report, sha256
+from bus.store.quarantine import (
+    DEFAULT_QUARANTINE_QUOTA_BYTES,
+    MAX_DETAIL_CHARS,
+    USAGE_SCHEMA,
+    QuarantineBudget,
+    log_changes,
+    reconcile,
+    recount,
+)
 from bus.store.sqlite import open_db, sqlite_transaction
 
 log = structlog.get_logger(__name__)
@@ -60,6 +74,8 @@ log = structlog.get_logger(__name__)
 PARTIAL: Final = "partial"
 VERIFIED: Final = "verified"  # bytes hash right; waiting for a referencing report
 QUARANTINED: Final = "quarantined"
+# The largest record an attachments topic may carry (Chunk.decode refuses larger ones).
+RECORD_LIMIT_BYTES: Final = MAX_CHUNK_BYTES + CHUNK_OVERHEAD_BYTES
 
 
 _SCHEMA: Final = """
@@ -93,13 +109,20 @@ CREATE TABLE IF NOT EXISTS ref_cursor (
 CREATE TABLE IF NOT EXISTS quarantine (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     sha256 BLOB, reason TEXT NOT NULL, detail TEXT NOT NULL,
-    topic TEXT, partition INTEGER, "offset" INTEGER, at_ms INTEGER NOT NULL, raw BLOB
+    topic TEXT, partition INTEGER, "offset" INTEGER, at_ms INTEGER NOT NULL, raw BLOB,
+    record_size INTEGER, record_sha256 BLOB, over_quota INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS positions (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, next_offset INTEGER NOT NULL,
     PRIMARY KEY (topic, partition)
 );
 """
+# Columns added after the first release (older stores get them through ALTER TABLE).
+_ADDED_COLUMNS: Final = (
+    ("quarantine", "record_size", "INTEGER"),
+    ("quarantine", "record_sha256", "BLOB"),
+    ("quarantine", "over_quota", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +198,7 @@ class AttachmentStore:
         node_db_path: the node's store, read (read-only) for the references of accepted
             reports; None: no references (everything waits, then is ``unreferenced``).
         limits: sizes and waiting times.
+        quarantine_quota_bytes: bytes of rejected records kept per topic.
 
     Raises:
         StoreError: the database cannot be opened or a transaction fails.
@@ -188,10 +212,13 @@ class AttachmentStore:
         limits: AttachmentLimits | None = None,
         *,
         read_only: bool = False,
+        quarantine_quota_bytes: int = DEFAULT_QUARANTINE_QUOTA_BYTES,
     ) -> None:
         self.blob_dir = blob_dir
         self.node_db_path = node_db_path
         self.limits = limits or AttachmentLimits()
+        self.quarantine_quota_bytes = quarantine_quota_bytes
+        self._path = str(db_path)
         if read_only:  # to look at a running node's state (tests, operators)
             self._db = open_db(db_path, what="attachment store", read_only=True)
             return
@@ -201,8 +228,50 @@ class AttachmentStore:
             raise StoreError(f"cannot open attachment store {db_path}: {exc}") from exc
         # The node runs store calls in a worker thread (asyncio.to_thread), one at a time.
         self._db = open_db(
-            db_path, what="attachment store", schema=_SCHEMA, synchronous="FULL", threads=True
+            db_path,
+            what="attachment store",
+            schema=_SCHEMA + USAGE_SCHEMA,
+            synchronous="FULL",
+            threads=True,
         )
+        with sqlite_transaction(self._db, "attachment store") as db:
+            if self._add_missing_columns(db):
+                self._bound_old_rows(db)
+                recount(db, [("quarantine", "coalesce(length(raw), 0)")])
+            changes = reconcile(db, quarantine_quota_bytes)
+        log_changes(self._db, changes, quota_bytes=quarantine_quota_bytes, store=self._path)
+
+    @staticmethod
+    def _add_missing_columns(db: sqlite3.Connection) -> bool:
+        added = False
+        for table, column, decl in _ADDED_COLUMNS:
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+                added = True
+        return added
+
+    @staticmethod
+    def _bound_old_rows(db: sqlite3.Connection) -> None:
+        """Size, SHA-256 and the bound for rows stored before rows were bounded (one row in
+        memory at a time)."""
+        ids = [
+            i
+            for (i,) in db.execute(
+                "SELECT id FROM quarantine WHERE raw IS NOT NULL AND record_size IS NULL"
+            )
+        ]
+        for i in ids:
+            raw, detail = db.execute(
+                "SELECT raw, detail FROM quarantine WHERE id = ?", (i,)
+            ).fetchone()
+            raw = bytes(raw)
+            db.execute(
+                "UPDATE quarantine SET raw = ?, detail = ?, record_size = ?, record_sha256 = ?"
+                " WHERE id = ?",
+                (kept_of(raw, RECORD_LIMIT_BYTES), detail[:MAX_DETAIL_CHARS], len(raw),
+                 sha256(raw), i),
+            )  # fmt: skip
 
     def close(self) -> None:
         """Close the database."""
@@ -225,9 +294,10 @@ class AttachmentStore:
         touched: set[Layout] = set()
         positions: dict[tuple[str, int], int] = {}
         with sqlite_transaction(self._db, "attachment store") as db:
+            budget = QuarantineBudget(db, self.quarantine_quota_bytes, RECORD_LIMIT_BYTES)
             for rec in records:
                 positions[(rec.topic, rec.partition)] = rec.offset + 1
-                layout = self._ingest_one(db, rec, now)
+                layout = self._ingest_one(db, rec, now, budget)
                 if layout is not None:
                     touched.add(layout)
             db.executemany(
@@ -235,16 +305,25 @@ class AttachmentStore:
                 " SET next_offset = excluded.next_offset",
                 [(t, p, o) for (t, p), o in positions.items()],
             )
+            charge = budget.flush()
+        log_changes(
+            self._db,
+            [(t, True) for t in charge.exceeded],
+            quota_bytes=self.quarantine_quota_bytes,
+            store=self._path,
+        )
         return touched
 
-    def _ingest_one(self, db: sqlite3.Connection, rec: ChunkRecord, now: int) -> Layout | None:
+    def _ingest_one(
+        self, db: sqlite3.Connection, rec: ChunkRecord, now: int, budget: QuarantineBudget
+    ) -> Layout | None:
         where = (rec.topic, rec.partition, rec.offset)
         try:
             chunk = Chunk.decode(rec.value, max_total_bytes=self.limits.max_bytes)
         except VerificationError as exc:
             sha = exc.context.get("sha256")
             digest = bytes.fromhex(sha) if sha else None
-            self._quarantine(db, digest, exc, now, where=where, raw=rec.value)
+            self._quarantine(db, digest, exc, now, where=where, raw=rec.value, budget=budget)
             return None
         lay = chunk.layout
         stored = db.execute(
@@ -256,7 +335,9 @@ class AttachmentStore:
                     Reason.ATTACHMENT_HASH_MISMATCH,
                     f"chunk {chunk.index} contradicts stored attachment {lay.hex}",
                 )
-                self._quarantine(db, lay.sha256, err, now, where=where, raw=rec.value)
+                self._quarantine(
+                    db, lay.sha256, err, now, where=where, raw=rec.value, budget=budget
+                )
             return None
         key = (lay.sha256, lay.total_size, lay.chunk_size, chunk.index)
         digest = chunk.digest
@@ -277,7 +358,7 @@ class AttachmentStore:
                 Reason.ATTACHMENT_HASH_MISMATCH,
                 f"chunk {chunk.index} of {lay.hex} has more than {MAX_CANDIDATES} versions",
             )
-            self._quarantine(db, lay.sha256, err, now, where=where, raw=rec.value)
+            self._quarantine(db, lay.sha256, err, now, where=where, raw=rec.value, budget=budget)
             return None
         db.execute(
             "INSERT INTO chunks VALUES (?,?,?,?,?,?,?,?,?,?)",
@@ -326,21 +407,44 @@ class AttachmentStore:
         *,
         where: tuple[str, int, int] | None = None,
         raw: bytes | None = None,
+        budget: QuarantineBudget | None = None,
     ) -> None:
-        topic, partition, offset = where if where is not None else (None, None, None)
+        """One quarantine event; a record's bytes (``raw`` at ``where``) are kept bounded and
+        charged to ``budget``."""
+        if where is None or raw is None or budget is None:  # a verdict on a whole attachment
+            db.execute(
+                "INSERT INTO quarantine (sha256, reason, detail, at_ms) VALUES (?,?,?,?)",
+                (digest, exc.reason.value, exc.message[:MAX_DETAIL_CHARS], now),
+            )
+            log.warning(
+                "attachment_quarantined",
+                sha256=None if digest is None else digest.hex(),
+                reason=exc.reason.value,
+                detail=exc.message,
+            )
+            return
+        topic, partition, offset = where
+        q = Quarantined(
+            RecordRef(topic, partition, offset, now), exc.reason.value, exc.message, raw
+        )
+        b = budget.row(q)
         db.execute(
             'INSERT INTO quarantine (sha256, reason, detail, topic, partition, "offset", at_ms,'
-            " raw) VALUES (?,?,?,?,?,?,?,?)",
-            (digest, exc.reason.value, exc.message, topic, partition, offset, now, raw),
-        )
+            " raw, record_size, record_sha256, over_quota) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (digest, exc.reason.value, b.detail, topic, partition, offset, now, b.raw, b.size,
+             b.sha256, int(b.over_quota)),
+        )  # fmt: skip
         log.warning(
             "attachment_quarantined",
             sha256=None if digest is None else digest.hex(),
             reason=exc.reason.value,
-            detail=exc.message,
+            detail=b.detail,
             topic=topic,
             partition=partition,
             offset=offset,
+            size=b.size,
+            record_sha256=b.sha256.hex(),
+            over_quota=b.over_quota,
         )
 
     # -- settling ------------------------------------------------------------------------------

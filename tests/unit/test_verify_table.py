@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bus._pb.obus.v1 import envelope_pb2, report_pb2
 from bus.errors import Reason, VerificationError
-from bus.ingest import Accepted, Ingestor, Quarantined
+from bus.ingest import Accepted, Ingestor, Quarantined, kept_of
 from bus.model import (
     PAYLOAD_ACCREDITATION,
     Accreditation,
@@ -21,6 +21,7 @@ from bus.model import (
     Role,
     Signature,
     encode,
+    sha256,
 )
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits, verify_report
@@ -212,7 +213,11 @@ def test_bad_input_is_quarantined_with_its_reason(name: str) -> None:
     assert all(isinstance(o, Accepted) for o in earlier), earlier
     assert isinstance(last, Quarantined)
     assert last.reason == reason.value, last.detail
-    assert last.raw == (records[-1][1] or b"")  # the bytes are kept exactly
+    value = records[-1][1] or b""
+    # The bytes are kept exactly within the record limit; beyond it, the first bytes only,
+    # with the whole value's size and SHA-256.
+    assert last.raw == kept_of(value, Limits().max_record_bytes)
+    assert (last.value_size, last.value_sha256) == (len(value), sha256(value))
 
 
 def test_catalog_is_large_and_covers_every_report_reason() -> None:
