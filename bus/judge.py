@@ -110,6 +110,7 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from bus._pb.obus.v1 import envelope_pb2, report_pb2, sealed_pb2
 from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, canonical_key
 from bus.errors import ConfigError, EpochInputError, Reason, VerificationError
 from bus.model import (
@@ -304,17 +305,21 @@ class _Claims:
 
 
 def _claims(raw: bytes) -> _Claims | None:
-    """The routing fields a report record claims, or None when they do not parse."""
+    """The routing fields a report record claims, or None when they do not parse.
+
+    Only the protobuf framing is read (no validation): the claims order the judging and find
+    byte-identical copies, and every check is the verifier's.
+    """
     try:
-        env = Envelope.decode(raw)
-        c: Report | SealedReport
+        env = envelope_pb2.SignedEnvelope.FromString(raw)
+        c: report_pb2.ObserverReport | sealed_pb2.SealedReport
         if env.payload_type == PAYLOAD_SEALED_REPORT:
-            c = SealedReport.decode(env.payload)
+            c = sealed_pb2.SealedReport.FromString(env.payload)
         else:
-            c = Report.decode(env.payload)
+            c = report_pb2.ObserverReport.FromString(env.payload)
     except Exception:  # noqa: BLE001 - any failure here is judged (and named) by the verifier
         return None
-    key_id = env.signatures[0].key_id if len(env.signatures) == 1 else None
+    key_id = bytes(env.signatures[0].key_id) if len(env.signatures) == 1 else None
     return _Claims(c.org, c.observer_id, c.seq, c.report_id, key_id)
 
 
