@@ -20,9 +20,10 @@ Rules
 3. report records, by the position they claim: (organization, observer id, seq), then topic,
    partition and offset. Ordering by claimed position lets an honest chain whose reports a
    producer spread over several partitions verify in seq order whatever the partitioner did;
-   the claims are read from each record's own bytes, so every reader sorts alike, and a record
-   that claims falsely is quarantined on its own without moving the chain. Records whose claims
-   do not parse come first, by (topic, partition, offset): they change nothing;
+   the claims are read from each record's own bytes (its protobuf framing, unvalidated), so
+   every reader sorts alike, and a record that claims falsely is quarantined on its own without
+   moving the chain. Records whose claims do not parse come first, by (topic, partition,
+   offset): they change nothing;
 4. records of every other topic (decisions, statements, attachments, seals, checkpoints), by
    canonical key, with status ``not_judged``: they have readers of their own, and are listed
    so that no record of a sealed epoch goes without an answer.
@@ -61,8 +62,9 @@ judged under the trust in force at *e*.
   once more at the start of epoch *e+1*, under *e+1*'s trust and its own epoch's clock, before
   the reports of *e+1*; that verdict is final. So the first reports of a new key do not
   depend on how a seal cut the race, and the observer's chain does not break there. A report
-  logged one epoch or more before its key's accreditation is ``unknown_key``, and so is every
-  later report of that observer a gap behind it (``chain_gap``): at every reader the same.
+  logged one epoch or more before its key's accreditation is ``unknown_key`` and the observer's
+  later reports are ``chain_gap`` behind it, until the report is logged again (a copy of a
+  report that was not accepted is judged afresh): at every reader the same.
 
 **The clock.** Every "now" is *t_e* (:attr:`bus.epoch.FinalSeal.time_ms`) of the record's own
 epoch, which a quorum of organizations cosigned; a broker timestamp is never read. A report must
@@ -79,10 +81,10 @@ different report and never a conflict. A report is verified by :func:`bus.verify
 or :func:`bus.sealed.verify_sealed_report` under the epoch's key ring with ``reference_ms=t_e``,
 then extends its observer's chain: seq beyond the head + 1 is ``chain_gap``, at or below it or
 with another ``prev_digest`` is ``chain_fork``, a report id the observer already used is
-``replayed`` (same bytes) or ``duplicate_conflict`` (other bytes). A byte-identical copy of a
-report accepted earlier in the order (another partition, the same epoch or a later one) is
-``replayed`` before any other check, so which copy counts and what the other is called never
-depend on where the copies sit.
+``replayed`` (same bytes) or ``duplicate_conflict`` (other bytes). A byte-identical copy, on
+its organization's topic, of a report accepted earlier in the order (another partition, the
+same epoch or a later one) is ``replayed`` before any other check, so which copy counts and
+what the other is called never depend on where the copies sit, nor on trust that changed since.
 
 **Revocation.** When a revocation (or a lower ``last_valid_seq`` for a key already revoked)
 takes effect at epoch *e+1*, the observer chains holding an accepted report signed by that key

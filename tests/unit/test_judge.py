@@ -268,29 +268,6 @@ def test_attack_4_reports_resting_on_a_revoked_report_are_withdrawn_with_it() ->
     )
 
 
-def test_attack_5_backdating_with_an_expired_key_is_bounded_by_the_delivery_lag() -> None:
-    m = make_mission()
-    _, key = m.observer("un", 1)
-    expiry = NOW_MS
-    m, log = _bus(m)
-    log.put(TOPICS.registry, _accredit(m, "un-obs-1", "un", key, not_after_ms=expiry))
-    log.seal(NOW_MS + 1)
-
-    def backdated(signed_at: int) -> bytes:
-        return m.next_report("un", 1, signed_at_ms=signed_at, observed_at_ms=signed_at - 60_000)
-
-    p_in = log.put(UN, backdated(expiry - 1_000))
-    log.seal(expiry + DAY_MS)  # a day after expiry: within the lag
-    p_lag = log.put(UN, backdated(expiry - 2_000))
-    log.seal(expiry + 8 * DAY_MS)  # the same trick eight days on: beyond the 7-day lag
-    p_after = log.put(UN, backdated(expiry + 1_000))
-    log.seal()
-    out = _same_everywhere(log)
-    assert _says(out, p_in) == "accepted"
-    assert _says(out, p_lag) == "delivery_lag"
-    assert _says(out, p_after) == "key_expired"  # windows judged at signed_at
-
-
 def test_attack_5_the_clock_is_the_seal_time_never_a_broker_timestamp() -> None:
     assert list(inspect.signature(FinalJudge.judge_epoch).parameters) == [
         "self",
@@ -375,6 +352,29 @@ def test_attack_8_a_report_an_epoch_ahead_of_its_accreditation_is_judged_alike_e
     assert _says(out, p1) == "unknown_key"
     # Judged in claimed order: the re-published seq 1 first, then seq 2 and 3 follow it.
     assert [_says(out, p) for p in (p1_again, p2, p3)] == ["accepted"] * 3
+
+
+def test_attack_11_backdating_with_an_expired_key_is_bounded_by_the_delivery_lag() -> None:
+    m = make_mission()
+    _, key = m.observer("un", 1)
+    expiry = NOW_MS
+    m, log = _bus(m)
+    log.put(TOPICS.registry, _accredit(m, "un-obs-1", "un", key, not_after_ms=expiry))
+    log.seal(NOW_MS + 1)
+
+    def backdated(signed_at: int) -> bytes:
+        return m.next_report("un", 1, signed_at_ms=signed_at, observed_at_ms=signed_at - 60_000)
+
+    p_in = log.put(UN, backdated(expiry - 1_000))
+    log.seal(expiry + DAY_MS)  # a day after expiry: within the lag
+    p_lag = log.put(UN, backdated(expiry - 2_000))
+    log.seal(expiry + 8 * DAY_MS)  # the same trick eight days on: beyond the 7-day lag
+    p_after = log.put(UN, backdated(expiry + 1_000))
+    log.seal()
+    out = _same_everywhere(log)
+    assert _says(out, p_in) == "accepted"
+    assert _says(out, p_lag) == "delivery_lag"
+    assert _says(out, p_after) == "key_expired"  # windows judged at signed_at
 
 
 def test_attack_11_subject_namespaces_cannot_collide() -> None:
