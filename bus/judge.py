@@ -22,8 +22,8 @@ Rules
    producer spread over several partitions verify in seq order whatever the partitioner did;
    the claims are read from each record's own bytes (its protobuf framing, unvalidated), so
    every reader sorts alike, and a record that claims falsely is quarantined on its own without
-   moving the chain. Records whose claims do not parse come first, by (topic, partition,
-   offset): they change nothing;
+   moving the chain. Records whose claims do not parse (or whose size exceeds the record limit:
+   never parsed) come first, by (topic, partition, offset): they change nothing;
 4. records of every other topic (decisions, statements, attachments, seals, checkpoints), by
    canonical key, with status ``not_judged``: they have readers of their own, and are listed
    so that no record of a sealed epoch goes without an answer.
@@ -587,7 +587,10 @@ class FinalJudge:
                 if is_trust:
                     trust.append((pos, value))
                 elif org is not None:
-                    claims = None if value is None else _claims(value)
+                    claims = None
+                    # An oversized value is refused on its length alone: never parsed.
+                    if value is not None and len(value) <= self._limits.max_record_bytes:
+                        claims = _claims(value)
                     reports.append(_Report(pos, value, org, claims, e, t))
                 else:
                     other.append(pos)

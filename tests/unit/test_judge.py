@@ -618,3 +618,12 @@ def test_snapshots_are_refused_under_another_configuration() -> None:
         FinalJudge.restore(snap, log.root, TOPICS, Limits(max_clock_skew_ms=1))
     with pytest.raises(ConfigError):
         SealedReader.resume(b"{}", log.root, TOPICS)
+
+
+def test_an_oversized_record_is_refused_on_its_length() -> None:
+    m, log = _bus()
+    pos = log.put(UN, b"\x0a" * (Limits().max_record_bytes + 1))
+    p1 = log.put(UN, m.next_report("un", 1))
+    log.seal()
+    out = _same_everywhere(log)
+    assert [_says(out, p) for p in (pos, p1)] == ["oversized", "accepted"]
