@@ -16,6 +16,7 @@ from bus.kafka.client import KafkaSecurity
 from bus.model import Mandate
 from bus.policy import Policy
 from bus.sealed import DecryptionKey
+from bus.store.quarantine import DEFAULT_QUARANTINE_QUOTA_BYTES
 from bus.topics import Topics
 from bus.verify import Limits
 
@@ -69,6 +70,10 @@ class NodeConfig:
     # process sharing db_path must use the same group: two groups would both read every
     # partition, and all but one commit of each batch would be lost races.
     group_id: str | None = None
+    # Bytes of rejected records the store keeps per topic; past it, their rows keep reason,
+    # size, SHA-256 and position only, and the node logs quarantine_quota_exceeded (README
+    # "Quarantine limits and quotas"). 0: keep no rejected bytes at all.
+    quarantine_quota_bytes: int = DEFAULT_QUARANTINE_QUOTA_BYTES
 
     def __post_init__(self) -> None:
         if self.fetch_min_bytes < 1:
@@ -82,4 +87,10 @@ class NodeConfig:
                 "fetch_max_wait_ms (--fetch-max-wait-ms)",
                 f"{self.fetch_max_wait_ms} ms is outside 0..10000",
                 "give the longest time a report may wait to be batched, e.g. 50",
+            )
+        if self.quarantine_quota_bytes < 0:
+            raise ConfigError(
+                "quarantine_quota_bytes",
+                f"{self.quarantine_quota_bytes} is not a byte count",
+                "give 0 (keep no rejected bytes) or more, e.g. 16777216",
             )

@@ -14,6 +14,13 @@ only after N's commit succeeded (see :meth:`OrgNode._process`).
 Follow-up (this organization's decisions, their publication, others' decisions and joint
 statements) and the dashboard run beside the ingest loop and read the store on their own
 (:mod:`nodes.org_node.followup`, :mod:`nodes.org_node.dashboard`).
+
+Hostile records: aiokafka hands over each record's value decompressed (whole batches are
+decompressed at once); the fetch limits below bound how many *compressed* bytes one fetch
+brings, not what they decompress to. A value larger than the record limit is judged on its
+length before anything else reads it (:meth:`bus.ingest.Ingestor.judge`), is never sent to the
+verify workers, and is stored as its size, SHA-256 and first 4 KiB, within the topic's
+quarantine quota (:mod:`bus.store.quarantine`).
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from bus.kafka.client import client_options, kafka_errors
 from bus.lifecycle import TrustTimeline
 from bus.model import Revocation, Role
 from bus.store.node import NodeStore
+from bus.store.quarantine import MAX_DETAIL_CHARS, QuarantineCharge
 from bus.trust import KeyRing
 from bus.verify import ChainBatch, ChainBook
 from nodes.org_node.config import NodeConfig
@@ -53,6 +61,11 @@ log = structlog.get_logger(__name__)
 _MAX_CONFLICTS_IN_A_ROW = 100
 # Kafka group offsets (lag tooling only) are committed at most this often.
 OFFSET_COMMIT_INTERVAL_S = 1.0
+# Compressed bytes one fetch may bring, in partition-fetch sizes (twice the record limit each):
+# 16 x 512 KiB = 8 MiB by default instead of aiokafka's 50 MiB. A batch larger than the
+# partition limit still comes whole when it is the first of its fetch (so that the consumer
+# progresses); the topic's max.message.bytes bounds that one.
+FETCH_MAX_PARTITION_FETCHES = 16
 
 Batch = dict[TopicPartition, list]  # type: ignore[type-arg]  # aiokafka's getmany() result
 
@@ -79,7 +92,7 @@ class OrgNode:
 
     def __init__(self, config: NodeConfig, *, extras: ExtrasFactory | None = None) -> None:
         self.config = config
-        self.store = NodeStore(config.db_path)
+        self.store = self._open_store()
         # Mandate versions and key state over log time (README "Mandate versions").
         self.trust = TrustTimeline(config.mandate)
         self.registry = TrustFollower(
@@ -96,7 +109,14 @@ class OrgNode:
         self._positions = self.store.positions()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
-        self.counts: dict[str, int] = {"accepted": 0, "quarantined": 0}
+        # quarantine_over_quota: rows stored without bytes (their topic past its quota);
+        # quarantine_quota_alarms: topics this process's commits took past their quota.
+        self.counts: dict[str, int] = {
+            "accepted": 0,
+            "quarantined": 0,
+            "quarantine_over_quota": 0,
+            "quarantine_quota_alarms": 0,
+        }
         self._log = log.bind(org=config.org)
         # What runs beside the ingest loop (follow-up, dashboard), built in run() by the factory
         # the composition root passed (nodes.org_node.process.NodeExtras); None: ingest only.
@@ -113,12 +133,19 @@ class OrgNode:
         self._resync = False
         self._stale_heads = False
         # The batch commit in flight (judging the next batch overlaps it); its own connection.
-        self._writer = NodeStore(config.db_path)
+        self._writer = self._open_store()
         self._inflight: _Inflight | None = None
         self._stored: dict[tuple[str, int], int] = {}  # stored, group offsets not committed
         self._offsets_committed_at = 0.0
         self.conflicts = 0
         self._conflicts_in_a_row = 0
+
+    def _open_store(self) -> NodeStore:
+        return NodeStore(
+            self.config.db_path,
+            max_record_bytes=self.config.limits.max_record_bytes,
+            quarantine_quota_bytes=self.config.quarantine_quota_bytes,
+        )
 
     @property
     def keyring(self) -> KeyRing:
@@ -189,13 +216,15 @@ class OrgNode:
         make = None if cfg.ingest_only else self._make_extras
         extras = None if make is None else make(self)
         self.extras = extras
+        partition_fetch = 2 * cfg.limits.max_record_bytes
         consumer = AIOKafkaConsumer(
             **client_options(cfg.bootstrap, cfg.security),
             group_id=cfg.group_id or f"{cfg.topics.prefix}node.{cfg.org}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=cfg.metadata_max_age_ms,
-            max_partition_fetch_bytes=2 * cfg.limits.max_record_bytes,
+            max_partition_fetch_bytes=partition_fetch,
+            fetch_max_bytes=FETCH_MAX_PARTITION_FETCHES * partition_fetch,
             fetch_min_bytes=cfg.fetch_min_bytes,
             fetch_max_wait_ms=cfg.fetch_max_wait_ms,
         )
@@ -285,7 +314,14 @@ class OrgNode:
     async def _preverify(self, batch: Batch) -> set[tuple[bytes, bytes]]:
         assert self._preverifier is not None
         keys = {a.key_id: a.public_key for a in self.keyring.accreditations(Role.OBSERVER)}
-        raws = [r.value for records in batch.values() for r in records if r.value]
+        limit = self.config.limits.max_record_bytes
+        # Oversized values are judged on their length alone: never pickled to a worker.
+        raws = [
+            r.value
+            for records in batch.values()
+            for r in records
+            if r.value and len(r.value) <= limit
+        ]
         return await self._preverifier.verdicts(raws, keys)
 
     async def _process(
@@ -373,9 +409,9 @@ class OrgNode:
                     return None
                 await backoff.wait(exc)
 
-    async def _commit(self, write: Callable[[], None]) -> None:
+    async def _commit(self, write: Callable[[], QuarantineCharge]) -> QuarantineCharge:
         async with self.commit_lock:  # rebalance callbacks wait for a commit in flight
-            await asyncio.to_thread(write)
+            return await asyncio.to_thread(write)
 
     async def _settle(self) -> bool:
         """Wait for the batch commit in flight, if any; False when it lost a commit race.
@@ -388,7 +424,7 @@ class OrgNode:
             return True
         outcomes = inflight.outcomes
         try:
-            await inflight.task
+            charge = await inflight.task
         except StoreConflictError as exc:
             self._lost_race(exc, len(outcomes))
             return False
@@ -400,6 +436,8 @@ class OrgNode:
             self.known_ids.add(report_id)
         self.chain.stored(inflight.sealed)
         self._stored.update(inflight.touched)
+        self.counts["quarantine_over_quota"] += len(charge.unkept)
+        self.counts["quarantine_quota_alarms"] += len(charge.exceeded)  # the store logged each
         for o in outcomes:
             if isinstance(o, Quarantined):
                 self.counts["quarantined"] += 1
@@ -409,7 +447,10 @@ class OrgNode:
                     partition=o.ref.partition,
                     offset=o.ref.offset,
                     reason=o.reason,
-                    detail=o.detail,
+                    detail=o.detail[:MAX_DETAIL_CHARS],
+                    size=o.value_size,
+                    sha256=o.value_sha256.hex(),
+                    over_quota=(o.ref.topic, o.ref.partition, o.ref.offset) in charge.unkept,
                 )
             else:
                 self.counts["accepted"] += 1
@@ -442,7 +483,7 @@ class OrgNode:
 class _Inflight:
     """A batch whose store commit is running: what its completion updates."""
 
-    task: asyncio.Task[None]
+    task: asyncio.Task[QuarantineCharge]
     outcomes: list[Outcome]
     sealed: ChainBatch
     touched: dict[tuple[str, int], int]
