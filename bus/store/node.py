@@ -39,6 +39,7 @@ from bus.store.quarantine import (
     log_changes,
     reconcile,
     recount,
+    settle_limits,
     usage,
 )
 from bus.store.sqlite import open_db, sqlite_transaction
@@ -296,18 +297,19 @@ class NodeStore:
         path: Path | str,
         *,
         read_only: bool = False,
-        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
-        quarantine_quota_bytes: int = DEFAULT_QUARANTINE_QUOTA_BYTES,
+        max_record_bytes: int | None = None,
+        quarantine_quota_bytes: int | None = None,
     ) -> None:
         """Open (and create) the store; ``read_only`` opens an existing one for reading only.
 
         ``max_record_bytes`` (the verification limit) and ``quarantine_quota_bytes`` (bytes kept
         per topic) bound the quarantine rows this store writes (:mod:`bus.store.quarantine`).
-        Every writer of one store should pass the same values.
+        The node passes them and they are recorded in the store; a writer that leaves them None
+        (the follow-up) uses the recorded ones, or the defaults (256 KiB, 16 MiB) when none are.
         """
         self._path = str(path)
-        self._limit = max_record_bytes
-        self._quota = quarantine_quota_bytes
+        self._limit = DEFAULT_MAX_RECORD_BYTES
+        self._quota = DEFAULT_QUARANTINE_QUOTA_BYTES
         if read_only:
             self._db = open_db(path, what="store", read_only=True)
             return
@@ -324,12 +326,15 @@ class NodeStore:
         )
         # One transaction, so that processes opening one store at once migrate it once.
         with self._tx() as db:
+            self._limit, self._quota = settle_limits(
+                db, max_record_bytes, quarantine_quota_bytes, default_limit=DEFAULT_MAX_RECORD_BYTES
+            )
             older = _add_missing_columns(db) & {t for t, _ in _QUARANTINE_TABLES}
             for table in sorted(older):
-                _bound_old_rows(db, table, max_record_bytes)
+                _bound_old_rows(db, table, self._limit)
             if older:
                 recount(db, _QUARANTINE_TABLES)
-            changes = reconcile(db, quarantine_quota_bytes)
+            changes = reconcile(db, self._quota)
         log_changes(self._db, changes, quota_bytes=self._quota, store=self._path)
 
     def close(self) -> None:

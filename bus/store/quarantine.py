@@ -14,7 +14,10 @@ above what a topic holds (at the next open) lets it keep bytes again.
 The state of every topic is the ``quarantine_usage`` table of the same database, written in the
 same transaction as the rows it counts, so it is exact after any crash and shared by every
 process writing the store. Each change of state is logged once, by the writer whose transaction
-made it: ``quarantine_quota_exceeded`` (warning) and ``quarantine_quota_restored`` (info).
+made it: ``quarantine_quota_exceeded`` (warning) and ``quarantine_quota_restored`` (info). The
+record limit and quota a node opened its store with are recorded there too
+(``quarantine_limits``), so writers that have no configuration of their own (the follow-up)
+bound their rows the same way (:func:`settle_limits`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,11 @@ CREATE TABLE IF NOT EXISTS quarantine_usage (
     topic TEXT PRIMARY KEY, rows INTEGER NOT NULL, kept_bytes INTEGER NOT NULL,
     over_quota_rows INTEGER NOT NULL,
     exceeded_at_quota INTEGER  -- the quota in force when the topic went past it; NULL: within
+);
+-- The bounds the node last opened the store with, for its other writers (the follow-up).
+CREATE TABLE IF NOT EXISTS quarantine_limits (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    record_limit_bytes INTEGER NOT NULL, quota_bytes INTEGER NOT NULL
 );
 """
 
@@ -152,6 +160,31 @@ class QuarantineBudget:
             [(t, *u) for t, u in self._usage.items()],
         )
         return QuarantineCharge(frozenset(self._unkept), tuple(self._exceeded))
+
+
+def settle_limits(
+    db: sqlite3.Connection,
+    record_limit: int | None,
+    quota_bytes: int | None,
+    *,
+    default_limit: int,
+) -> tuple[int, int]:
+    """The (record limit, quota) a writer uses, in the caller's transaction: the values given
+    are recorded for the store's other writers; a value left None is the recorded one (the
+    defaults when none is recorded)."""
+    row = db.execute(
+        "SELECT record_limit_bytes, quota_bytes FROM quarantine_limits WHERE id = 1"
+    ).fetchone()
+    have = (default_limit, DEFAULT_QUARANTINE_QUOTA_BYTES) if row is None else row
+    limit = have[0] if record_limit is None else record_limit
+    quota = have[1] if quota_bytes is None else quota_bytes
+    if row is None or (limit, quota) != tuple(row):
+        db.execute(
+            "INSERT INTO quarantine_limits VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE SET"
+            " record_limit_bytes = excluded.record_limit_bytes, quota_bytes = excluded.quota_bytes",
+            (limit, quota),
+        )
+    return int(limit), int(quota)
 
 
 def reconcile(db: sqlite3.Connection, quota_bytes: int) -> list[tuple[str, bool]]:

@@ -8,12 +8,15 @@ import hashlib
 import sqlite3
 from pathlib import Path
 
-from bus.errors import Reason
+import pytest
+
+from bus.errors import ConfigError, Reason
 from bus.ingest import QUARANTINE_PREFIX_BYTES, Ingestor, Quarantined, RecordRef
 from bus.store.node import NodeStore
 from bus.store.quarantine import MAX_DETAIL_CHARS, MAX_KEY_BYTES
 from bus.verify import ChainBook, Limits
 from nodes.org_node.attachment_store import RECORD_LIMIT_BYTES, AttachmentStore, ChunkRecord
+from nodes.org_node.config import NodeConfig
 from tests.logcapture import capture_all_logs
 from tests.mission import make_mission, ref
 
@@ -207,3 +210,38 @@ def test_attachment_store_quarantine_is_bounded_too(tmp_path: Path) -> None:
     # 4,096 bytes kept leave 1,904 of the quota: the next record takes the topic past it.
     assert [(r[2], r[3], r[5]) for r in rows[1:]] == [(0, 3000, 1), (0, 10, 1)]
     assert [q.offset for q in store.quarantine_rows()] == [0, 1, 2]
+
+
+def test_other_writers_use_the_bounds_the_node_opened_the_store_with(tmp_path: Path) -> None:
+    db = tmp_path / "n.db"
+    node = NodeStore(db, max_record_bytes=2048, quarantine_quota_bytes=3000)
+    node.commit_batch([_q(UN, 0, _big(2000)), _q(UN, 1, _big(2000))], {}, [], {(UN, 0): 2})
+    topic = "obus.statements"
+    with capture_all_logs() as logs:  # the follow-up opens it without bounds of its own
+        followup = NodeStore(db)
+        followup.commit_board([], [], [_q(topic, 0, _big(4000)), _q(topic, 1, _big(1000))], {})
+    # The node's topic stays past the node's quota (no "restored" from the second opener); the
+    # board's rows are cut at the node's limit and charged against the node's quota.
+    assert [e["event"] for e in logs if e["event"].startswith("quarantine_quota_")] == [
+        "quarantine_quota_exceeded"
+    ]
+    assert _alarms(logs) == [topic]
+    u = followup.quarantine_usage()
+    assert (u[UN].exceeded, u[UN].kept_bytes) == (True, 2000)
+    board = followup.quarantine_records(board=True)
+    assert [(len(r.raw), r.size, r.over_quota) for r in board] == [
+        (2048, 4000, False),
+        (0, 1000, True),
+    ]
+
+
+def test_a_negative_quarantine_quota_is_refused(tmp_path: Path) -> None:
+    m = make_mission()
+    with pytest.raises(ConfigError, match="quarantine_quota_bytes"):
+        NodeConfig(
+            org="un",
+            bootstrap="localhost:9092",
+            db_path=tmp_path / "n.db",
+            mandate=m.scenario.mandate,
+            quarantine_quota_bytes=-1,
+        )
