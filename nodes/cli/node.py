@@ -24,6 +24,7 @@ from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError
 from bus.policy import Policy
 from bus.policy_file import load_policy
+from bus.store.quarantine import DEFAULT_QUARANTINE_QUOTA_BYTES
 from bus.topics import Topics
 from nodes.cli.audit import add_witness_args, run_with_witness
 from nodes.cli.common import add_common_args, bootstrap, security_from_args
@@ -67,6 +68,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         ingest_only=args.ingest_only,
         fetch_min_bytes=args.fetch_min_bytes,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
+        quarantine_quota_bytes=args.quarantine_quota_bytes,
     )
     if args.decryption_key:  # restricted reports sealed to this organization
         keys = tuple(read_decryption_key(Path(f), args.org) for f in args.decryption_key)
@@ -187,6 +189,13 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     node.add_argument(
         "--fetch-max-wait-ms", type=int, default=50, metavar="MS",
         help="longest a report waits on the broker to be batched with others (default 50)",
+    )  # fmt: skip
+    node.add_argument(
+        "--quarantine-quota-bytes", type=int, default=DEFAULT_QUARANTINE_QUOTA_BYTES,
+        metavar="BYTES",
+        help="rejected bytes kept per topic; past it, rejected records keep their reason, size, "
+        "SHA-256 and position only, and quarantine_quota_exceeded is logged "
+        f"(default {DEFAULT_QUARANTINE_QUOTA_BYTES}; 0 keeps none)",
     )  # fmt: skip
     att = node.add_argument_group(
         "attachments",

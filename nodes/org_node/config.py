@@ -90,7 +90,7 @@ class NodeConfig:
             )
         if self.quarantine_quota_bytes < 0:
             raise ConfigError(
-                "quarantine_quota_bytes",
+                "quarantine_quota_bytes (--quarantine-quota-bytes)",
                 f"{self.quarantine_quota_bytes} is not a byte count",
                 "give 0 (keep no rejected bytes) or more, e.g. 16777216",
             )

@@ -40,5 +40,6 @@ def test_cli_defaults_are_the_library_defaults() -> None:
     defaults = {f.name: f.default for f in dataclasses.fields(NodeConfig)}
     assert args.fetch_min_bytes == defaults["fetch_min_bytes"] == 64 * 1024
     assert args.fetch_max_wait_ms == defaults["fetch_max_wait_ms"] == 50
+    assert args.quarantine_quota_bytes == defaults["quarantine_quota_bytes"]
     # the edges are accepted: 1 byte (no batching) and no wait at all
     assert _config(fetch_min_bytes=1, fetch_max_wait_ms=0).fetch_max_wait_ms == 0
