@@ -23,12 +23,20 @@ Routes (JSON unless said otherwise):
 ``GET /api/checkpoints``              the witness's checkpoint agreement (when it runs)
 ``GET /map.svg``                      the map alone (SVG)
 ====================================  =========================================================
+
+Every answer carries security headers (:func:`security_headers`): a Content-Security-Policy
+that allows nothing external (the page's one inline style sheet is allowed by its SHA-256, no
+script runs), ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY`` and
+``Referrer-Policy: no-referrer``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
+import re
 import sqlite3
 from collections.abc import Callable
 from typing import Any
@@ -45,6 +53,37 @@ from nodes.org_node.dashboard.read_model import FEED_LIMIT, ReadModel
 log = structlog.get_logger(__name__)
 
 Status = Callable[[], dict[str, Any]]
+
+# Everything but the page: nothing may load, nothing may frame it.
+_CSP_DEFAULT = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+_STYLE_RE = re.compile(r"<style>(.*?)</style>", re.DOTALL)
+
+
+def page_csp(html: str) -> str:
+    """The Content-Security-Policy of a dashboard page: its inline style sheets by their SHA-256,
+    images only from this server (the map) or data: URLs (the empty favicon), links and forms
+    only to this server, no script, no frame, nothing external."""
+    hashes = " ".join(
+        "'sha256-" + base64.b64encode(hashlib.sha256(m.encode()).digest()).decode() + "'"
+        for m in _STYLE_RE.findall(html)
+    )
+    style = hashes or "'none'"
+    return (
+        f"default-src 'none'; style-src {style}; "
+        "img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    )
+
+
+def security_headers(response: web.StreamResponse) -> None:
+    """Set the headers every dashboard answer carries (the page sets its own CSP first)."""
+    response.headers.setdefault("Content-Security-Policy", _CSP_DEFAULT)
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+
+
+async def _on_prepare(_request: web.Request, response: web.StreamResponse) -> None:
+    security_headers(response)
 
 
 class Dashboard:
@@ -70,6 +109,7 @@ class Dashboard:
     def app(self) -> web.Application:
         """The aiohttp application (routes in the module docstring)."""
         app = web.Application()
+        app.on_response_prepare.append(_on_prepare)
         app.add_routes(
             [
                 web.get("/", self._page),
@@ -146,7 +186,9 @@ class Dashboard:
             body = await asyncio.to_thread(render_page, self.model, status, zone=zone)
         except (StoreError, sqlite3.Error) as exc:
             return web.Response(status=503, text=f"store unavailable: {exc}")
-        return web.Response(text=body, content_type="text/html")
+        return web.Response(
+            text=body, content_type="text/html", headers={"Content-Security-Policy": page_csp(body)}
+        )
 
     async def _map(self, request: web.Request) -> web.Response:
         points = await asyncio.to_thread(self.model.map_points)
