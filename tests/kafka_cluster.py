@@ -2,7 +2,9 @@
 
 Started and stopped with ``deploy/local/cluster.sh`` (which runs every node through
 ``kafka.sh``), so the tests exercise the same scripts an operator uses. Every node stops by
-itself when this Python process ends, even by SIGKILL (``--exit-with``).
+itself when this Python process ends, even by SIGKILL (``--exit-with``). A ``secure`` cluster
+speaks SASL_SSL only: clients log in with SCRAM-SHA-512 over TLS and verify the brokers
+against the CA that ``cluster.sh`` made for this data dir (:attr:`LocalKafkaCluster.cafile`).
 
     with LocalKafkaCluster(brokers=3) as cluster:
         cluster.kill(2)          # kill -9 node 2
@@ -50,6 +52,7 @@ class LocalKafkaCluster:
         self.users = users
         self._timeout_s = timeout_s
         self.data_dir: Path | None = None
+        self.cafile: Path | None = None
         self.ports: list[int] = []
         self.frozen: set[int] = set()
         self.output = ""
@@ -102,6 +105,8 @@ class LocalKafkaCluster:
             outputs.append(proc.stdout)
             if proc.returncode == 0:
                 self.ports = ports[: self.brokers]
+                if self.secure:  # where an operator finds it: cluster.sh cafile
+                    self.cafile = Path(self.run("cafile").stdout.strip().splitlines()[-1])
                 return self.bootstrap
             self.stop()
             if proc.returncode != EXIT_PORT_IN_USE:
@@ -119,6 +124,7 @@ class LocalKafkaCluster:
             else:
                 shutil.rmtree(self.data_dir, ignore_errors=True)
         self.data_dir = None
+        self.cafile = None
 
     def restart(self) -> None:
         """Bring back every node that does not run (``cluster.sh up`` on the same data dir)."""
@@ -147,14 +153,17 @@ class LocalKafkaCluster:
         return (self.data_dir / "secrets" / f"{user}.password").read_text().strip()
 
     def security(self, user: str = "admin") -> KafkaSecurity | None:
-        """SASL/SCRAM-SHA-512 settings of a principal (None for a PLAINTEXT cluster)."""
+        """SASL_SSL settings of a principal: SCRAM-SHA-512 over TLS verified against the
+        cluster's CA (None for a PLAINTEXT cluster)."""
         if not self.secure:
             return None
+        assert self.cafile is not None
         return KafkaSecurity(
-            protocol="SASL_PLAINTEXT",
+            protocol="SASL_SSL",
             sasl_mechanism="SCRAM-SHA-512",
             username=user,
             password=self.password(user),
+            ssl_cafile=str(self.cafile),
         )
 
     # -- faults --------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 # broker+controller KRaft nodes (a static N-voter quorum) on 127.0.0.1, each one run by
 # deploy/local/kafka.sh (same jars, same start/stop/readiness logic as the single broker).
 # Replication factor N (max 3), min.insync.replicas=2; producers use acks=all + idempotence.
-# --secure adds SASL/SCRAM-SHA-512 principals (admin + one per organization) and KRaft's
+# --secure adds TLS (a CA and a broker certificate made once per data dir with the JDK's
+# keytool), SASL/SCRAM-SHA-512 principals (admin + one per organization) and KRaft's
 # StandardAuthorizer; the ACLs themselves come from bus/acl.py (`obus acls apply`).
 # Run `deploy/local/cluster.sh --help` for the commands.
 set -euo pipefail
@@ -14,6 +15,9 @@ PROG=deploy/local/cluster.sh
 KAFKA_SH=$HERE/kafka.sh
 DEFAULT_DATA_DIR=$REPO/var/kafka-cluster
 DEFAULT_USERS=un,osce,eu,nato,csto,sco
+CERT_DAYS=825
+# keytool is a short-lived JVM: the client compiler and the serial collector start it faster
+KEYTOOL_JVM=(-J-XX:TieredStopAtLevel=1 -J-XX:+UseSerialGC)
 EXIT_USAGE=2
 EXIT_NOT_RUNNING=3
 EXIT_PORT_IN_USE=4
@@ -34,6 +38,8 @@ Commands:
   status      Per node: running and answering (exit 0 when all are), else exit 1 or 3.
   pid         Print the pid of node --node I (for fault injection: kill -9, SIGSTOP).
   bootstrap   Print the bootstrap servers (host:port,host:port,...).
+  cafile      Print the path of the CA certificate (PEM) clients of a --secure cluster
+              verify the brokers with (--ssl-cafile).
   logs        Print the end of node --node I's log.
 
 Options:
@@ -41,9 +47,11 @@ Options:
   --brokers N             number of nodes, 1..9 (default 3)                   [up]
   --ports P1,P2,..        client ports (default 19092,19093,..)               [up]
   --controller-ports ..   controller ports (default 19192,19193,..)           [up]
-  --secure                SASL/SCRAM-SHA-512 on the client listener, SASL/PLAIN on the
-                          controller listener, StandardAuthorizer, super user admin; new
-                          random passwords in DATA_DIR/secrets/<user>.password (0600) [up]
+  --secure                TLS on every listener (SASL_SSL): SASL/SCRAM-SHA-512 for clients
+                          and between brokers, SASL/PLAIN on the controller listener,
+                          StandardAuthorizer, super user admin; new random passwords in
+                          DATA_DIR/secrets/<user>.password (0600); a CA and a broker
+                          certificate made once per data dir (see TLS below)   [up]
   --users U1,U2,..        SCRAM principals besides admin (default $DEFAULT_USERS) [up]
   --set KEY=VALUE         extra broker property for every node, repeatable    [up]
   --timeout S             seconds to wait for each node (default 120)         [up]
@@ -55,9 +63,18 @@ Broker settings (every node): default.replication.factor=min(N,3), min.insync.re
 (1 when N=1), offsets/transaction topics replicated the same way, no unclean leader election,
 broker.session.timeout.ms=9000 (the controller fences a silent broker after 9 s).
 
+TLS (--secure): the first 'up' makes, with the JDK's keytool, a CA (EC P-256, valid
+$CERT_DAYS days) and one broker certificate it signs (SAN IP:127.0.0.1, DNS:localhost) that
+every node presents; the CA's private key is discarded once it has signed. In
+DATA_DIR/secrets/: ca.crt (PEM, what clients trust), broker.p12 (PKCS12 key and chain) and
+broker-tls.properties (its random password, read by the brokers). Every listener (clients,
+inter-broker, controller) is TLS 1.3; clients connect with
+  --security-protocol SASL_SSL --ssl-cafile \$($PROG cafile)
+
 Examples:
   $PROG up                                  # 3 nodes on 127.0.0.1:19092-19094
-  $PROG up --secure                         # the same with SCRAM users and the authorizer
+  $PROG up --secure                         # the same over TLS, with SCRAM users and ACLs
+  $PROG cafile                              # DATA_DIR/secrets/ca.crt, for --ssl-cafile
   kill -9 \$($PROG pid --node 2); $PROG up  # crash node 2, then bring it back
   $PROG down
 EOF
@@ -96,6 +113,7 @@ secret() { # USER: the password file of USER (created with a random password whe
 }
 
 write_secure_files() { # USERS...: JAAS settings for the brokers (read via FileConfigProvider)
+  # and the readiness probe's login
   local admin_pw user
   admin_pw=$(cat "$(secret admin)")
   for user in "$@"; do
@@ -107,9 +125,83 @@ write_secure_files() { # USERS...: JAAS settings for the brokers (read via FileC
       printf 'scram_jaas=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="%s";\n' "$admin_pw"
       printf 'plain_jaas=org.apache.kafka.common.security.plain.PlainLoginModule required username="admin" password="%s" user_admin="%s";\n' "$admin_pw" "$admin_pw"
     } >"$DATA_DIR/secrets/broker-jaas.properties"
-    # what kafka_probe.py (kafka.sh's readiness check) logs in with
-    printf 'mechanism=SCRAM-SHA-512\nusername=admin\npassword=%s\n' "$admin_pw" >"$DATA_DIR/secrets/probe.sasl"
+    # what kafka_probe.py (kafka.sh's readiness check) connects and logs in with
+    printf 'mechanism=SCRAM-SHA-512\nusername=admin\npassword=%s\nssl_cafile=%s\n' \
+      "$admin_pw" "$DATA_DIR/secrets/ca.crt" >"$DATA_DIR/secrets/probe.sasl"
   )
+}
+
+KEYTOOL=
+find_keytool() { # the keytool of the Java that runs Kafka (kafka.sh: JAVA_HOME, else PATH)
+  local java
+  if [[ -n ${JAVA_HOME:-} && -x ${JAVA_HOME}/bin/keytool ]]; then
+    KEYTOOL=$JAVA_HOME/bin/keytool
+  elif java=$(command -v java) && [[ -x $(dirname "$(readlink -f "$java")")/keytool ]]; then
+    KEYTOOL=$(dirname "$(readlink -f "$java")")/keytool
+  else
+    KEYTOOL=$(command -v keytool || true)
+  fi
+  [[ -n $KEYTOOL ]] || die "keytool not found: --secure makes its certificates with the JDK's keytool (part of every Java runtime, e.g. apt-get install openjdk-17-jre-headless; or set JAVA_HOME)"
+}
+
+keytool_run() { # ARGS...: keytool, its chatter kept for the error message
+  local out
+  if ! out=$("$KEYTOOL" "${KEYTOOL_JVM[@]}" "$@" 2>&1 </dev/null); then
+    warn "keytool $1 failed:"
+    printf '%s\n' "$out" | sed 's/^/  /' >&2
+    return 1
+  fi
+}
+
+tls_complete() { [[ -s $1/ca.crt && -s $1/broker.p12 && -s $1/broker-tls.properties ]]; }
+
+make_tls() { # once per data dir: a CA, a broker key + certificate it signs, the client CA file
+  local dir=$DATA_DIR/secrets
+  tls_complete "$dir" && return 0
+  if command -v flock >/dev/null; then # two 'up' at once: one makes the set, the other waits
+    exec 7>"$DATA_DIR/.tls.lock"
+    flock 7
+    if tls_complete "$dir"; then
+      exec 7>&-
+      return 0
+    fi
+  fi
+  find_keytool
+  local work=$dir/tls.partial old_umask
+  old_umask=$(umask)
+  umask 077 # keys, keystores and their passwords: readable by this user only
+  rm -rf "$work"
+  mkdir -p "$work"
+  # shellcheck disable=SC2064 # a failed run leaves no CA key behind
+  trap "rm -rf '$work'" EXIT
+  # passwords travel in files, never on a command line (ps shows those)
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/ca.pass"
+  head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/broker.pass"
+  local ca=(-keystore "$work/ca.p12" -storetype PKCS12 -storepass:file "$work/ca.pass")
+  local broker=(-keystore "$work/broker.p12" -storetype PKCS12 -storepass:file "$work/broker.pass")
+  local ec=(-keyalg EC -groupname secp256r1 -sigalg SHA256withECDSA -validity "$CERT_DAYS")
+  say "making a CA and a broker certificate with keytool (once per data dir) ..."
+  keytool_run -genkeypair -alias ca "${ca[@]}" "${ec[@]}" \
+    -dname "CN=observer-bus local cluster CA $(date +%Y%m%d%H%M%S)" \
+    -ext bc:c=ca:true,pathlen:0 -ext ku:c=keyCertSign,cRLSign || die "could not make the CA"
+  keytool_run -exportcert -rfc -alias ca "${ca[@]}" -file "$work/ca.crt" || die "could not export the CA certificate"
+  keytool_run -genkeypair -alias broker "${broker[@]}" "${ec[@]}" -dname "CN=localhost" || die "could not make the broker key"
+  keytool_run -certreq -alias broker "${broker[@]}" -file "$work/broker.csr" || die "could not make the broker's certificate request"
+  keytool_run -gencert -alias ca "${ca[@]}" -infile "$work/broker.csr" -outfile "$work/broker.crt" \
+    -rfc -sigalg SHA256withECDSA -validity "$CERT_DAYS" -ext SAN=IP:127.0.0.1,DNS:localhost \
+    -ext bc:c=ca:false -ext ku:c=digitalSignature -ext eku=serverAuth,clientAuth || die "the CA could not sign the broker certificate"
+  cat "$work/broker.crt" "$work/ca.crt" >"$work/chain.pem"
+  # the signed chain replaces the self-signed certificate of the broker key
+  keytool_run -importcert -noprompt -alias broker "${broker[@]}" -file "$work/chain.pem" || die "could not install the broker certificate chain"
+  printf 'keystore_password=%s\n' "$(cat "$work/broker.pass")" >"$dir/broker-tls.properties"
+  mv -f "$work/broker.p12" "$dir/broker.p12"
+  chmod 0644 "$work/ca.crt" # public: what every client trusts
+  mv -f "$work/ca.crt" "$dir/ca.crt" # last: its presence says the set is complete
+  rm -rf "$work" # with the CA's key: nothing more can be signed by it
+  trap - EXIT
+  umask "$old_umask"
+  exec 7>&-
+  say "TLS: CA certificate $dir/ca.crt, broker certificate for IP:127.0.0.1, DNS:localhost (valid $CERT_DAYS days)"
 }
 
 cmd_up() {
@@ -195,20 +287,31 @@ cmd_up() {
     for user in admin "${user_list[@]}"; do
       scram+=(--add-scram "SCRAM-SHA-512=[name=$user,password=$(cat "$(secret "$user")")]")
     done
-    local jaas=$DATA_DIR/secrets/broker-jaas.properties
+    make_tls
+    local jaas=$DATA_DIR/secrets/broker-jaas.properties tls=$DATA_DIR/secrets/broker-tls.properties
     common+=(
-      --set "listener.security.protocol.map=SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:SASL_PLAINTEXT"
-      --set "inter.broker.listener.name=SASL_PLAINTEXT"
+      # TLS everywhere: clients, replication between brokers and the KRaft quorum
+      --set "listener.security.protocol.map=SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL"
+      --set "inter.broker.listener.name=SASL_SSL"
+      --set "ssl.enabled.protocols=TLSv1.3"
+      --set "ssl.protocol=TLSv1.3"
+      --set "ssl.keystore.type=PKCS12"
+      --set "ssl.keystore.location=$DATA_DIR/secrets/broker.p12"
+      --set "ssl.keystore.password=\${file:$tls:keystore_password}"
+      --set "ssl.key.password=\${file:$tls:keystore_password}"
+      # what a node verifies its peers (brokers, controllers) with: the CA, as a PEM file
+      --set "ssl.truststore.type=PEM"
+      --set "ssl.truststore.location=$DATA_DIR/secrets/ca.crt"
       --set "sasl.enabled.mechanisms=SCRAM-SHA-512"
       --set "sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512"
-      --set "listener.name.sasl_plaintext.sasl.enabled.mechanisms=SCRAM-SHA-512"
+      --set "listener.name.sasl_ssl.sasl.enabled.mechanisms=SCRAM-SHA-512"
       # SCRAM credentials live in the metadata log, which controllers need before they can
       # read it: the controller listener uses PLAIN with the admin user from the JAAS file.
       --set "listener.name.controller.sasl.enabled.mechanisms=PLAIN"
       --set "sasl.mechanism.controller.protocol=PLAIN"
       --set "config.providers=file"
       --set "config.providers.file.class=org.apache.kafka.common.config.provider.FileConfigProvider"
-      --set "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=\${file:$jaas:scram_jaas}"
+      --set "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=\${file:$jaas:scram_jaas}"
       --set "listener.name.controller.plain.sasl.jaas.config=\${file:$jaas:plain_jaas}"
       --set "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer"
       --set "super.users=User:admin"
@@ -233,8 +336,8 @@ cmd_up() {
     )
     if [[ -n $secure ]]; then
       node+=(
-        --set "listeners=SASL_PLAINTEXT://127.0.0.1:${port_list[i]},CONTROLLER://127.0.0.1:${cport_list[i]}"
-        --set "advertised.listeners=SASL_PLAINTEXT://127.0.0.1:${port_list[i]}"
+        --set "listeners=SASL_SSL://127.0.0.1:${port_list[i]},CONTROLLER://127.0.0.1:${cport_list[i]}"
+        --set "advertised.listeners=SASL_SSL://127.0.0.1:${port_list[i]}"
       )
     fi
     local -a with=()
@@ -260,7 +363,8 @@ cmd_up() {
     ((port_clash)) && exit "$EXIT_PORT_IN_USE"
     die "the cluster did not start (node logs in $DATA_DIR/node-*/logs)"
   fi
-  say "Kafka cluster of $brokers nodes ready: $(bootstrap) (data dir $DATA_DIR${secure:+, SASL/SCRAM-SHA-512 + ACL authorizer})"
+  say "Kafka cluster of $brokers nodes ready: $(bootstrap) (data dir $DATA_DIR${secure:+, SASL_SSL: TLS + SCRAM-SHA-512 + ACL authorizer})"
+  [[ -z $secure ]] || say "clients: --security-protocol SASL_SSL --ssl-cafile $DATA_DIR/secrets/ca.crt --sasl-username USER --sasl-password-file $DATA_DIR/secrets/USER.password"
 }
 
 bootstrap() {
@@ -371,6 +475,14 @@ main() {
       require_cluster "$data_dir"
       bootstrap
       echo
+      ;;
+    cafile)
+      local data_dir=''
+      [[ ${1:-} != --data-dir ]] || data_dir=${2:?--data-dir needs a value}
+      require_cluster "$data_dir"
+      [[ $(state SECURE) == 1 ]] || die "the cluster in $DATA_DIR is not --secure: it speaks PLAINTEXT and has no CA"
+      [[ -s $DATA_DIR/secrets/ca.crt ]] || die "no CA certificate yet in $DATA_DIR/secrets (run: $PROG up)"
+      echo "$DATA_DIR/secrets/ca.crt"
       ;;
     -h | --help | help) usage ;;
     *) usage_error "unknown command '$cmd'" ;;

@@ -10,7 +10,9 @@ Exit status: 0 when the broker answers, 1 when it does not (before --wait runs o
 
 A SASL listener (deploy/local/cluster.sh --secure) needs credentials: set
 OBUS_PROBE_SASL_FILE to a file of ``mechanism=SCRAM-SHA-512|SCRAM-SHA-256|PLAIN``,
-``username=...`` and ``password=...`` lines (a file, so no secret shows up in ``ps``).
+``username=...`` and ``password=...`` lines (a file, so no secret shows up in ``ps``). A
+``ssl_cafile=PATH`` line in it makes the probe speak TLS, verifying the broker's certificate
+and host name against that CA (a SASL_SSL listener).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import hmac
 import os
 import secrets
 import socket
+import ssl
 import struct
 import sys
 import time
+from pathlib import Path
 
 API_METADATA = 3
 API_SASL_HANDSHAKE = 17
@@ -138,20 +142,39 @@ def sasl_login(sock: socket.socket, mechanism: str, username: str, password: str
         raise ProbeError("SCRAM server signature does not verify")
 
 
-def _sasl_settings() -> tuple[str, str, str] | None:
+def _settings() -> dict[str, str]:
+    """The lines of OBUS_PROBE_SASL_FILE (none when it is not set)."""
     path = os.environ.get("OBUS_PROBE_SASL_FILE")
     if not path:
-        return None
-    with open(path, encoding="utf-8") as fh:
-        items = dict(line.strip().split("=", 1) for line in fh if "=" in line)
-    return items.get("mechanism", "SCRAM-SHA-512"), items["username"], items["password"]
+        return {}
+    with Path(path).open(encoding="utf-8") as fh:
+        return dict(line.strip().split("=", 1) for line in fh if "=" in line)
+
+
+def _connect(host: str, port: int, timeout: float, cafile: str | None) -> socket.socket:
+    """A TCP connection, wrapped in TLS verified against ``cafile`` when one is given."""
+    sock = socket.create_connection((host, port), timeout=timeout)
+    sock.settimeout(timeout)
+    if not cafile:
+        return sock
+    try:
+        return ssl.create_default_context(cafile=cafile).wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def probe(host: str, port: int, timeout: float) -> str:
     """Return a one-line description of the cluster, or raise OSError/ProbeError."""
-    sasl = _sasl_settings()
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
+    settings = _settings()
+    sasl = None
+    if "username" in settings:
+        sasl = (
+            settings.get("mechanism", "SCRAM-SHA-512"),
+            settings["username"],
+            settings["password"],
+        )
+    with _connect(host, port, timeout, settings.get("ssl_cafile")) as sock:
         reader = _request(sock, API_VERSIONS, 0, 1, b"")
         error = reader.take(">h")
         if error != 0:

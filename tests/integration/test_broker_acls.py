@@ -1,17 +1,28 @@
-"""Broker security: the secure local cluster enforces exactly the ACL model of bus/acl.py.
+"""Broker security: the secure local cluster speaks only TLS and enforces exactly the ACL
+model of bus/acl.py.
 
-Three KRaft nodes (deploy/local/cluster.sh --secure): SASL/SCRAM-SHA-512 for clients and
-between brokers, SASL/PLAIN on the controller listener, StandardAuthorizer, super user admin.
-The admin creates the topics and applies :func:`bus.acl.acl_model`; then each organization
-logs in as itself with aiokafka (SASL_PLAINTEXT, SCRAM-SHA-512) and tries to write every topic
+Three KRaft nodes (deploy/local/cluster.sh --secure): every listener SASL_SSL, with a CA and a
+broker certificate the script made for its data dir; SASL/SCRAM-SHA-512 for clients and between
+brokers, SASL/PLAIN on the controller listener, StandardAuthorizer, super user admin. The admin
+creates the topics and applies :func:`bus.acl.acl_model`; then each organization logs in as
+itself with aiokafka (SASL_SSL, SCRAM-SHA-512, the cluster's CA) and tries to write every topic
 and read every topic. What the broker answers must equal what the model says, request by
 request: all 30 cross-organization report writes (6 x 5) and 30 decision writes denied with
-TopicAuthorizationFailedError, every own and shared write and every read allowed.
+TopicAuthorizationFailedError, every own and shared write and every read allowed. Clients in the
+clear (PLAINTEXT, SASL_PLAINTEXT) and clients trusting another CA are turned away.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime
+import logging
+import os
+import socket
+import ssl
+import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +35,17 @@ from aiokafka.errors import (
     KafkaError,
     TopicAuthorizationFailedError,
 )
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import pkcs12
 
 from bus.acl import Operation, Resource, acl_model, allows, consumer_groups
 from bus.attachment import AttachmentLimits
+from bus.errors import TransportError
 from bus.kafka.acl import apply_acls, describe_acls
 from bus.kafka.admin import ensure_topics
-from bus.kafka.client import KafkaSecurity, client_options, reliable_producer
+from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
 from bus.model import Envelope, Report, Role
 from bus.store.node import NodeStore
 from bus.topics import Topics, registry_record_key, report_headers, standard_topics
@@ -40,6 +56,7 @@ from nodes.org_node.attachments import AttachmentNode, config_for_node
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.process import build_node
 from nodes.org_node.witness import Witness, WitnessConfig
+from tests.kafka_broker import REPO
 from tests.kafka_cluster import LocalKafkaCluster
 from tests.mission import make_mission
 
@@ -71,6 +88,126 @@ def prepared(secure_cluster: LocalKafkaCluster) -> LocalKafkaCluster:
     return secure_cluster
 
 
+def _another_ca(subject: x509.Name) -> bytes:
+    """A self-signed CA certificate (PEM) with the given name and a key of its own."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+async def _list_topics(bootstrap: str, security: KafkaSecurity | None) -> list[str]:
+    """Connect and list the topics, through the adapter's error wrapping (bounded)."""
+    admin = AIOKafkaAdminClient(**client_options(bootstrap, security))
+    try:
+        async with asyncio.timeout(CALL_S):
+            with kafka_errors("listing topics"):
+                await admin.start()
+                return list(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
+def test_the_cluster_made_its_own_ca_and_broker_certificate(
+    secure_cluster: LocalKafkaCluster,
+) -> None:
+    """cluster.sh made a CA and one broker certificate for IP 127.0.0.1 and DNS localhost, kept
+    the keys private and dropped the CA's key; every broker presents that certificate over
+    TLS 1.3; `cluster.sh status` (its probe) gets through TLS; `up` again keeps the CA."""
+    assert secure_cluster.data_dir is not None and secure_cluster.cafile is not None
+    secrets = secure_cluster.data_dir / "secrets"
+    assert secure_cluster.cafile == secrets / "ca.crt"
+    ca = x509.load_pem_x509_certificate(secure_cluster.cafile.read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    props = (secrets / "broker-tls.properties").read_text().splitlines()
+    password = dict(line.split("=", 1) for line in props)["keystore_password"]
+    _, leaf, chain = pkcs12.load_key_and_certificates(
+        (secrets / "broker.p12").read_bytes(), password.encode()
+    )
+    assert leaf is not None
+    leaf.verify_directly_issued_by(ca)
+    assert chain == [ca]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert san.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert not leaf.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for name in ("broker.p12", "broker-tls.properties", "admin.password", "un.password"):
+        assert stat.S_IMODE((secrets / name).stat().st_mode) & 0o077 == 0, name
+    assert sorted(p.name for p in secrets.iterdir() if p.suffix in (".p12", ".crt")) == [
+        "broker.p12",
+        "ca.crt",
+    ]  # the CA's own keystore is gone: nothing else can ever be signed by it
+
+    context = ssl.create_default_context(cafile=str(secure_cluster.cafile))
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    for port in secure_cluster.ports:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=CALL_S) as raw,
+            context.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            assert tls.version() == "TLSv1.3"
+            assert tls.getpeercert(binary_form=True) == der
+
+    secure_cluster.run("status")
+    before = secure_cluster.cafile.read_bytes()
+    secure_cluster.restart()
+    assert secure_cluster.cafile.read_bytes() == before
+
+
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_PLAINTEXT"])
+async def test_clients_in_the_clear_are_refused(
+    secure_cluster: LocalKafkaCluster, protocol: str
+) -> None:
+    """A client that does not start TLS gets nothing, not even with the right password: the
+    brokers close the connection and the client fails with a TransportError (no hang)."""
+    security = None
+    if protocol == "SASL_PLAINTEXT":
+        security = KafkaSecurity(
+            protocol=protocol, sasl_mechanism="SCRAM-SHA-512", username="un",
+            password=secure_cluster.password("un"),
+        )  # fmt: skip
+    with pytest.raises(TransportError, match="listing topics"):
+        await _list_topics(secure_cluster.bootstrap, security)
+    await _list_topics(secure_cluster.bootstrap, secure_cluster.security("un"))  # TLS gets in
+
+
+async def test_a_client_trusting_another_ca_fails_the_handshake(
+    secure_cluster: LocalKafkaCluster, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CA of the same name but another key: the client refuses every broker's certificate
+    and fails with a TransportError (no hang); the log names the certificate failure."""
+    assert secure_cluster.cafile is not None
+    real = x509.load_pem_x509_certificate(secure_cluster.cafile.read_bytes())
+    other = tmp_path / "other-ca.crt"
+    other.write_bytes(_another_ca(real.subject))
+    security = KafkaSecurity(
+        protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", username="un",
+        password=secure_cluster.password("un"), ssl_cafile=str(other),
+    )  # fmt: skip
+    with (
+        caplog.at_level(logging.ERROR, logger="aiokafka"),
+        pytest.raises(TransportError, match="listing topics"),
+    ):
+        await _list_topics(secure_cluster.bootstrap, security)
+    refused = {
+        port
+        for port in secure_cluster.ports
+        for r in caplog.records
+        if f":{port}" in r.getMessage() and "CERTIFICATE_VERIFY_FAILED" in r.getMessage()
+    }
+    assert refused == set(secure_cluster.ports), [r.getMessage() for r in caplog.records]
+
+
 async def _try_write(bootstrap: str, security: KafkaSecurity | None, topic: str) -> str:
     """'ok', 'denied' (TopicAuthorizationFailedError) or the repr of anything else."""
     producer = AIOKafkaProducer(
@@ -95,6 +232,24 @@ async def test_admin_applied_exactly_the_model(prepared: LocalKafkaCluster) -> N
     rules, others = await describe_acls(prepared.bootstrap, security=prepared.security("admin"))
     assert rules == set(acl_model(TOPICS, ORGS))
     assert others == []
+
+
+def test_the_cli_checks_the_acls_over_tls(prepared: LocalKafkaCluster) -> None:
+    """What an operator types (the Makefile's cluster-up SECURE=1 applies the same way)."""
+    assert prepared.data_dir is not None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OBUS_")}
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "nodes.cli", "acls", "check", "--orgs", ",".join(ORGS),
+            "--bootstrap", prepared.bootstrap, "--security-protocol", "SASL_SSL",
+            "--ssl-cafile", str(prepared.cafile), "--sasl-username", "admin",
+            "--sasl-password-file", str(prepared.data_dir / "secrets" / "admin.password"),
+        ],
+        cwd=REPO, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ACLs match the model" in proc.stdout
 
 
 async def test_writes_are_allowed_exactly_where_the_model_allows_them(
@@ -204,8 +359,8 @@ async def test_organizations_create_nothing_and_strangers_get_nothing(
         await admin.close()
 
     wrong = KafkaSecurity(
-        protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512", username="un",
-        password="not-the-password",
+        protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", username="un",
+        password="not-the-password", ssl_cafile=str(prepared.cafile),
     )  # fmt: skip
     assert (await _try_write(prepared.bootstrap, wrong, TOPICS.reports("un"))) != "ok"
 
@@ -214,8 +369,8 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
     prepared: LocalKafkaCluster, tmp_path: Path
 ) -> None:
     """Every client of a full node (ingest, trust follower, follow-up, attachment reassembler,
-    witness) and of the auditor logs in as the organization, under its ACLs: a client built
-    without the node's SASL settings cannot even connect to this cluster."""
+    witness) and of the auditor logs in as the organization over TLS, under its ACLs: a client
+    built without the node's SASL_SSL settings cannot even connect to this cluster."""
     un = prepared.security("un")
     m = make_mission()
     node_key = demo_key("acls:node:un")
