@@ -62,9 +62,9 @@ fuzz: $(STAMP)  ## $(FUZZ_RUNS) fuzz inputs over every decoder and verifier (ath
 	@$(PY) -m pip install --quiet 'atheris>=2.3,<4' 2>/dev/null || echo "atheris does not install here: fuzzing with Hypothesis"
 	$(PY) -m tests.fuzz.run --runs $(FUZZ_RUNS)
 
-cluster-up:  ## 3-node KRaft cluster on 127.0.0.1:19092-19094 (SECURE=1: SASL/SCRAM + ACLs)
+cluster-up:  ## 3-node KRaft cluster on 127.0.0.1:19092-19094 (SECURE=1: TLS + SASL/SCRAM + ACLs)
 	deploy/local/cluster.sh up $(if $(SECURE),--secure)
-	$(if $(SECURE),$(PY) -m nodes.cli acls apply --orgs un,osce,eu,nato,csto,sco --bootstrap $$(deploy/local/cluster.sh bootstrap) --security-protocol SASL_PLAINTEXT --sasl-username admin --sasl-password-file var/kafka-cluster/secrets/admin.password)
+	@if [ -n "$(SECURE)" ]; then set -x; $(PY) -m nodes.cli acls apply --orgs un,osce,eu,nato,csto,sco --bootstrap "$$(deploy/local/cluster.sh bootstrap)" --security-protocol SASL_SSL --ssl-cafile "$$(deploy/local/cluster.sh cafile)" --sasl-username admin --sasl-password-file var/kafka-cluster/secrets/admin.password; fi
 
 cluster-down:  ## stop the cluster started by cluster-up
 	deploy/local/cluster.sh down
