@@ -133,7 +133,14 @@ from bus.model import (
 )
 from bus.sealed import DecryptionKey, VerifiedSealed, is_sealed, verify_sealed_report
 from bus.topics import Topics
-from bus.trust import KeyRing, verify_accreditation, verify_mandate, verify_revocation
+from bus.trust import (
+    KeyRing,
+    decode_mandate_record,
+    decode_registry_record,
+    verify_accreditation,
+    verify_mandate,
+    verify_revocation,
+)
 from bus.verify import ChainHead, Limits, VerifiedReport, verify_report
 
 # stdlib logging (not structlog) keeps this module free of any I/O framework import.
@@ -358,7 +365,7 @@ def _verify_mandate_record(
     """
     if value is None:
         raise VerificationError(Reason.MALFORMED, _NO_VALUE)
-    env = Envelope.decode(value)
+    env = decode_mandate_record(value)
     if env.payload_type != PAYLOAD_MANDATE:
         raise VerificationError(Reason.WRONG_PAYLOAD_TYPE, f"not a mandate: {env.payload_type!r}")
     offered = Mandate.decode(env.payload)
@@ -388,7 +395,7 @@ def _verify_registry_record(value: bytes | None, stage: KeyRing) -> TrustEntry:
     """
     if value is None:
         raise VerificationError(Reason.MALFORMED, _NO_VALUE)
-    env = Envelope.decode(value)
+    env = decode_registry_record(value)
     mandate = stage.mandate
     if env.payload_type == PAYLOAD_ACCREDITATION:
         acc = verify_accreditation(env, mandate)

@@ -21,7 +21,8 @@ from typing import Protocol
 from bus.errors import VerificationError
 from bus.export import LogRecord
 from bus.lifecycle import RegistryEntry, TrustTimeline
-from bus.model import Envelope, Mandate
+from bus.model import Mandate
+from bus.trust import decode_mandate_record, decode_registry_record
 
 __all__ = ["MandateQueue", "MemoryQueue", "TrustFeed"]
 
@@ -88,7 +89,7 @@ class TrustFeed:
                 :meth:`TrustTimeline.apply_registry <bus.lifecycle.TrustTimeline.apply_registry>`).
         """
         self._offer(rec.timestamp_ms)
-        return self.timeline.apply_registry(Envelope.decode(rec.value or b""))
+        return self.timeline.apply_registry(decode_registry_record(rec.value or b""))
 
     def settle(self) -> None:
         """Offer every mandate record still held (the trust sections are over)."""
@@ -98,7 +99,7 @@ class TrustFeed:
         for rec in self._queue.take_until(until_ms):
             try:
                 applied = self.timeline.offer_mandate(
-                    Envelope.decode(rec.value or b""), log_time_ms=rec.timestamp_ms
+                    decode_mandate_record(rec.value or b""), log_time_ms=rec.timestamp_ms
                 )
             except VerificationError as exc:
                 if self._on_mandate is not None:

@@ -23,8 +23,8 @@ from typing import Final
 from bus.ceremony import format_time_ms
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError, KeyStoreError
-from bus.model import Envelope, Mandate
-from bus.trust import verify_mandate
+from bus.model import Mandate
+from bus.trust import decode_mandate_record, verify_mandate
 
 KEY_TYPE: Final = "obus-ed25519-seed"
 
@@ -91,7 +91,7 @@ def open_mandate(raw: bytes, *, source: str) -> Mandate:
         ConfigError: the bytes do not verify (``source`` names where they came from).
     """
     try:
-        envelope = Envelope.decode(raw)
+        envelope = decode_mandate_record(raw)
         claimed = Mandate.decode(envelope.payload)
         return verify_mandate(envelope, previous=None, now_ms=claimed.not_after_ms)
     except BusError as exc:

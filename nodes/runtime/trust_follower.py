@@ -23,8 +23,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bus.errors import VerificationError
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors
 from bus.lifecycle import TrustTimeline
-from bus.model import Envelope, Revocation
-from bus.trust import KeyRing
+from bus.model import Revocation
+from bus.trust import KeyRing, decode_mandate_record, decode_registry_record
 
 log = structlog.get_logger(__name__)
 
@@ -104,7 +104,7 @@ class TrustFollower:
     def _on_mandate(self, rec: Any) -> None:
         offset, timestamp = rec.offset, rec.timestamp
         try:
-            env = Envelope.decode(rec.value or b"")
+            env = decode_mandate_record(rec.value or b"")
             mandate = self.timeline.offer_mandate(env, log_time_ms=timestamp)
         except VerificationError as exc:
             self.alarms[exc.reason.value] += 1
@@ -131,7 +131,7 @@ class TrustFollower:
     def _on_registry(self, rec: Any, revocations: list[Revocation]) -> None:
         offset = rec.offset
         try:
-            entry = self.timeline.apply_registry(Envelope.decode(rec.value or b""))
+            entry = self.timeline.apply_registry(decode_registry_record(rec.value or b""))
         except VerificationError as exc:
             self.rejected += 1
             log.warning(
@@ -189,7 +189,7 @@ class RegistryFollower:
                 self._position = rec.offset + 1
                 read += 1
                 try:
-                    entry = self.keyring.apply(Envelope.decode(rec.value or b""))
+                    entry = self.keyring.apply(decode_registry_record(rec.value or b""))
                     log.debug("registry_applied", kind=type(entry).__name__, offset=rec.offset)
                 except VerificationError as exc:
                     self.rejected += 1
