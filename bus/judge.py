@@ -141,7 +141,7 @@ from bus.trust import (
     verify_mandate,
     verify_revocation,
 )
-from bus.verify import ChainHead, Limits, VerifiedReport, verify_report
+from bus.verify import ChainHead, Limits, VerifiedReport, check_link, verify_report
 
 # stdlib logging (not structlog) keeps this module free of any I/O framework import.
 log = logging.getLogger(__name__)
@@ -873,25 +873,7 @@ class FinalJudge:
                 f"report id {r.report_id} already accepted with other content",
                 report_id=r.report_id,
             )
-        head = chain.head()
-        expected = 1 if head is None else head.seq + 1
-        if r.seq > expected:
-            raise VerificationError(
-                Reason.CHAIN_GAP,
-                f"observer {key[0]}/{key[1]}: seq {r.seq} after {expected - 1}",
-                expected_seq=expected,
-            )
-        if r.seq < expected:
-            raise VerificationError(
-                Reason.CHAIN_FORK,
-                f"observer {key[0]}/{key[1]}: a second report at seq {r.seq}",
-                expected_seq=expected,
-            )
-        if head is not None and r.prev_digest != head.digest:
-            raise VerificationError(
-                Reason.CHAIN_FORK,
-                f"observer {key[0]}/{key[1]}: prev_digest is not the digest of seq {head.seq}",
-            )
+        check_link(f"observer {key[0]}/{key[1]}", chain.head(), r.seq, r.prev_digest)
         chain.links.append(_Link(r.seq, digest, verified.key_id, pos, r.report_id))
         chain.ids[r.report_id] = digest
         self._by_key.setdefault(verified.key_id, set()).add(key)

@@ -238,6 +238,34 @@ class ChainHead:
     digest: bytes
 
 
+def check_link(who: str, head: ChainHead | None, seq: int, prev_digest: bytes) -> None:
+    """The hash-chain rule: ``seq`` follows ``head`` by one and ``prev_digest`` names its digest.
+
+    Args:
+        who: how the chain is named in the error message (e.g. ``observer un-obs-1``).
+        head: the chain's current head, None before its first link.
+
+    Raises:
+        VerificationError: ``chain_gap`` (seq beyond the next one), ``chain_fork`` (a second
+            link at an earlier seq, or prev_digest not the head's digest).
+    """
+    expected_seq = 1 if head is None else head.seq + 1
+    if seq > expected_seq:
+        raise VerificationError(
+            Reason.CHAIN_GAP,
+            f"{who}: seq {seq} after {expected_seq - 1}",
+            expected_seq=expected_seq,
+        )
+    if seq < expected_seq:
+        raise VerificationError(
+            Reason.CHAIN_FORK, f"{who}: a second report at seq {seq}", expected_seq=expected_seq
+        )
+    if head is not None and prev_digest != head.digest:
+        raise VerificationError(
+            Reason.CHAIN_FORK, f"{who}: prev_digest is not the digest of seq {head.seq}"
+        )
+
+
 class ChainLink(Protocol):
     """What the chain needs of a report: its id, observer, position and predecessor digest."""
 
@@ -322,24 +350,7 @@ class ChainBook:
         head = self._heads.get(r.observer_id)
         if r.observer_id not in self._base:  # this verdict rests on that head
             self._base[r.observer_id] = head
-        expected_seq = 1 if head is None else head.seq + 1
-        if r.seq > expected_seq:
-            raise VerificationError(
-                Reason.CHAIN_GAP,
-                f"observer {r.observer_id}: seq {r.seq} after {expected_seq - 1}",
-                expected_seq=expected_seq,
-            )
-        if r.seq < expected_seq:
-            raise VerificationError(
-                Reason.CHAIN_FORK,
-                f"observer {r.observer_id}: a second report at seq {r.seq}",
-                expected_seq=expected_seq,
-            )
-        if head is not None and r.prev_digest != head.digest:
-            raise VerificationError(
-                Reason.CHAIN_FORK,
-                f"observer {r.observer_id}: prev_digest is not the digest of seq {head.seq}",
-            )
+        check_link(f"observer {r.observer_id}", head, r.seq, r.prev_digest)
         self._heads[r.observer_id] = ChainHead(r.seq, envelope_digest)
         self._pending[r.report_id] = envelope_digest
         self._unsealed.append(r.report_id)
