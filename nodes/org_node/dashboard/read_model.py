@@ -21,6 +21,7 @@ from bus.errors import BusError
 from bus.model import Envelope, Report
 from bus.policy import KIND_TREND, window_counts
 from bus.store.node import NodeStore, evidence_from_json
+from nodes.org_node import witness_store
 from nodes.org_node.dashboard.config import DashboardConfig
 
 FEED_LIMIT: Final = 200
@@ -340,22 +341,15 @@ class ReadModel:
     def checkpoints(self) -> dict[str, Any]:
         """The witness's view, or why there is none."""
         path = self.config.witness_db
-        try:
-            from nodes.org_node import witness_store as witness  # noqa: PLC0415 - optional: the witnessed log
-        except ImportError:
-            return {
-                "available": False,
-                "why": "this build has no witness (nodes/org_node/witness.py)",
-            }
         if path is None:
-            path = witness.default_witness_db(self.config.db_path)
+            path = witness_store.default_witness_db(self.config.db_path)
         if not path.exists():
             return {
                 "available": False,
                 "why": f"no witness runs for this node (no {path.name} next to its store)",
             }
         try:
-            status = witness.witness_status(path, self.config.mandate.threshold)
+            status = witness_store.witness_status(path, self.config.mandate.threshold)
         except (sqlite3.Error, BusError) as exc:
             return {"available": False, "why": f"witness store unreadable: {exc}"}
         return {"available": True, **status}
