@@ -1,5 +1,5 @@
 """Topic administration and log positions: creating the bus's topics, listing partitions,
-end offsets.
+end offsets, describing a consumer group's members and their assignments.
 """
 
 from __future__ import annotations
@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.protocol import ConsumerProtocol, ConsumerProtocolMemberAssignment
 from aiokafka.errors import (
     KafkaError,
     LeaderNotAvailableError,
@@ -198,3 +200,55 @@ async def end_offsets(
             await consumer.stop()
 
     return await retrying("reading end offsets", read)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupMember:
+    """One member of a consumer group as the group coordinator describes it.
+
+    ``client_id`` is what the member's client chose to call itself: a label, not an identity
+    (the brokers' ACLs decide which principals may join a group at all).
+    """
+
+    member_id: str
+    client_id: str
+    client_host: str
+    partitions: frozenset[tuple[str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDescription:
+    """A consumer group's state (``Stable``, ``PreparingRebalance``, ``Empty``...) and members."""
+
+    state: str
+    members: tuple[GroupMember, ...]
+
+
+async def describe_group(admin: AIOKafkaAdminClient, group_id: str) -> GroupDescription:
+    """The group's state, members and each member's assigned partitions, through an admin client
+    the caller keeps open (no retry).
+
+    Raises:
+        KafkaError: as aiokafka's admin client, or the coordinator's error for the group.
+    """
+    state = "Dead"
+    members: list[GroupMember] = []
+    for response in await admin.describe_consumer_groups([group_id]):
+        for group in response.groups:
+            error_code, name, group_state, protocol_type, _protocol, group_members = group[:6]
+            if name != group_id:
+                continue
+            if error_code:
+                raise for_code(error_code)(f"describing consumer group {group_id}")
+            state = group_state
+            for member_id, client_id, client_host, _meta, raw_assignment in group_members:
+                parts: frozenset[tuple[str, int]] = frozenset()
+                if raw_assignment and protocol_type == ConsumerProtocol.PROTOCOL_TYPE:
+                    assignment = ConsumerProtocolMemberAssignment.decode(raw_assignment)
+                    parts = frozenset(
+                        (topic, p)
+                        for topic, partitions in assignment.assignment
+                        for p in partitions
+                    )
+                members.append(GroupMember(member_id, client_id, client_host, parts))
+    return GroupDescription(state, tuple(sorted(members, key=lambda m: m.member_id)))

@@ -13,7 +13,9 @@ only after N's commit succeeded (see :meth:`OrgNode._process`).
 
 Follow-up (this organization's decisions, their publication, others' decisions and joint
 statements) and the dashboard run beside the ingest loop and read the store on their own
-(:mod:`nodes.org_node.followup`, :mod:`nodes.org_node.dashboard`).
+(:mod:`nodes.org_node.followup`, :mod:`nodes.org_node.dashboard`). The full node also checks
+who in its consumer group reads each report partition, and the real lag of every one
+(:mod:`nodes.org_node.health`); its consumer's client id says which members are its own.
 
 Hostile records: aiokafka hands over each record's value decompressed (whole batches are
 decompressed at once); the fetch limits below bound how many *compressed* bytes one fetch
@@ -50,6 +52,7 @@ from bus.store.quarantine import MAX_DETAIL_CHARS, QuarantineCharge
 from bus.trust import KeyRing
 from bus.verify import ChainBatch, ChainBook
 from nodes.org_node.config import NodeConfig
+from nodes.org_node.health import GroupCheck, own_client_ids
 from nodes.runtime.backoff import OutageBackoff, transient
 from nodes.runtime.consumer import SeekToStore, commit_offsets
 from nodes.runtime.preverify import PreVerifier
@@ -109,6 +112,8 @@ class OrgNode:
         self._positions = self.store.positions()
         self._stopping = asyncio.Event()
         self._consumer: AIOKafkaConsumer | None = None
+        # Who reads the report partitions (the full node only; its workers share its group).
+        self.group_check: GroupCheck | None = None
         # quarantine_over_quota: rows stored without bytes (their topic past its quota);
         # quarantine_quota_alarms: topics this process's commits took past their quota.
         self.counts: dict[str, int] = {
@@ -186,6 +191,8 @@ class OrgNode:
         # against the old heads may be waiting to commit; the store fences it if they moved).
         self._stale_heads = True
         self._log.info("partitions_assigned", count=len(assigned))
+        if self.group_check is not None:
+            self.group_check.poke()
 
     def _reload(self) -> None:
         """Drop the judged batch and start again from the store (a lost commit race)."""
@@ -196,6 +203,11 @@ class OrgNode:
         for tp in self._consumer.assignment():
             self._consumer.seek(tp, self._positions.get((tp.topic, tp.partition), 0))
         self._resync = True
+
+    @property
+    def group_id(self) -> str:
+        """The node's consumer group (shared by its ``ingest_only`` workers)."""
+        return self.config.group_id or f"{self.config.topics.prefix}node.{self.config.org}"
 
     def lag(self) -> dict[tuple[str, int], int]:
         """Records on the broker not yet stored, per assigned partition (as of the last fetch)."""
@@ -217,9 +229,13 @@ class OrgNode:
         extras = None if make is None else make(self)
         self.extras = extras
         partition_fetch = 2 * cfg.limits.max_record_bytes
+        node_id, worker_id = own_client_ids(cfg.org)
         consumer = AIOKafkaConsumer(
             **client_options(cfg.bootstrap, cfg.security),
-            group_id=cfg.group_id or f"{cfg.topics.prefix}node.{cfg.org}",
+            # How the group check tells this node's workers from foreign members (a label,
+            # not an authentication: see nodes.org_node.health).
+            client_id=worker_id if cfg.ingest_only else node_id,
+            group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             metadata_max_age_ms=cfg.metadata_max_age_ms,
@@ -234,6 +250,8 @@ class OrgNode:
                 await self._consume(consumer, extras)
         finally:
             try:
+                if self.group_check is not None:
+                    await self.group_check.stop()
                 await consumer.stop()
                 if self._preverifier is not None:
                     await asyncio.to_thread(self._preverifier.close)
@@ -259,6 +277,17 @@ class OrgNode:
         # A store commit in flight finishes before its partitions go to another worker.
         listener = SeekToStore(self.seek_to_store, lock=self.commit_lock, log=log)
         consumer.subscribe(pattern=cfg.topics.reports_pattern, listener=listener)
+        if not cfg.ingest_only:  # the full node answers for its workers (/healthz, /metrics)
+            self.group_check = GroupCheck(
+                consumer,
+                bootstrap=cfg.bootstrap,
+                security=cfg.security,
+                group_id=self.group_id,
+                pattern=cfg.topics.reports_pattern,
+                positions=self.store.positions,
+                own=own_client_ids(cfg.org),
+            )
+            self.group_check.start()
         # With verify workers, the next batch's signatures are checked while this process
         # judges and stores the current one (one batch ahead; dropped unjudged on stop, so
         # it is simply read again on restart).

@@ -125,10 +125,17 @@ class NodeExtras:
             self.node.stop()
 
     def status(self) -> dict[str, Any]:
-        """Live counters of the node and its follow-up (for /healthz and /metrics)."""
+        """Live counters of the node, its consumer group and its follow-up (/healthz, /metrics)."""
         f = self.followup
+        check = self.node.group_check
         return {
             "node": dict(self.node.counts),
+            # Who reads every report partition, and real lag on all of them (health module).
+            "group": (
+                {"state": "unknown", "why": "the consumer has not started"}
+                if check is None
+                else check.status()
+            ),
             "lag": {f"{t}/{p}": n for (t, p), n in sorted(self.node.lag().items())},
             "followup": {**f.counts, "pending": f.pending, "late": f.late},
             "running": self._task is not None and not self._task.done(),

@@ -23,6 +23,44 @@ class _OneShot(Collector):
         return self._families
 
 
+def _group_families(group: dict[str, Any]) -> list[Metric]:
+    """Who reads the report partitions, and real lag on every one (absent while unknown)."""
+    if group.get("state") not in ("ok", "starved"):
+        return []
+    parts = group["partitions"]
+    lag = GaugeMetricFamily(
+        "obus_partition_lag_records",
+        "Records on the broker not yet in the store, every report partition (whoever reads it)",
+        labels=["topic", "partition"],
+    )
+    for key, n in sorted(group["lag"].items()):
+        topic, _, part = key.rpartition("/")
+        lag.add_metric([topic, part], n)
+    return [
+        GaugeMetricFamily(
+            "obus_partitions_existing",
+            "Partitions of the topics matching the report pattern",
+            parts["exist"],
+        ),
+        GaugeMetricFamily(
+            "obus_partitions_assigned",
+            "Report partitions assigned to this node's own workers",
+            parts["assigned_here"],
+        ),
+        GaugeMetricFamily(
+            "obus_group_foreign_members",
+            "Members of the node's consumer group whose client id is not the node's own",
+            len(group["foreign_members"]),
+        ),
+        lag,
+        GaugeMetricFamily(
+            "obus_node_starved",
+            "1 when a partition no worker of this node reads holds records not yet stored",
+            int(group["state"] == "starved"),
+        ),
+    ]
+
+
 def metrics_text(m: dict[str, Any], status: dict[str, Any] | None) -> bytes:
     """Prometheus exposition text of the store's counts and the node's live status."""
     fams: list[Metric] = []
@@ -86,6 +124,7 @@ def metrics_text(m: dict[str, Any], status: dict[str, Any] | None) -> bytes:
                 sum(status.get("lag", {}).values()),
             )
         )
+        fams.extend(_group_families(status.get("group") or {}))
         f = status.get("followup", {})
         fams.append(
             GaugeMetricFamily(

@@ -9,8 +9,10 @@ Routes (JSON unless said otherwise):
 
 ====================================  =========================================================
 ``GET /``                             the dashboard (HTML)
-``GET /healthz``                      ``{"status": "ok", ...}``; 503 when the store cannot be read
-                                      or the node's follow-up stopped
+``GET /healthz``                      ``{"status": "ok", ...}``; 503 when the store cannot be read,
+                                      the node's follow-up stopped, or the node is starved
+                                      (``{"status": "starved", "why", "partitions",
+                                      "foreign_members"}``: nodes.org_node.health)
 ``GET /metrics``                      Prometheus text format
 ``GET /api/summary``                  counts, mandate, policy
 ``GET /api/reports?limit=&zone=``     newest accepted reports with their verification state
@@ -202,15 +204,21 @@ class Dashboard:
         except (StoreError, sqlite3.Error) as exc:
             return web.json_response({"status": "unavailable", "error": str(exc)}, status=503)
         running = True if status is None else bool(status.get("running", True))
-        body = {
-            "status": "ok" if running else "degraded",
+        group = {} if status is None else status.get("group") or {}
+        starved = group.get("state") == "starved"
+        body: dict[str, Any] = {
+            "status": "starved" if starved else "ok" if running else "degraded",
             "org": self.config.org,
             "reports_verified": summary["reports_verified"],
             "quarantined": summary["quarantined"],
             "decisions": summary["decisions"],
             "node": status,
         }
-        return web.json_response(body, status=200 if running else 503)
+        if starved:
+            body["why"] = group["why"]
+            body["partitions"] = group["partitions"]
+            body["foreign_members"] = group["foreign_members"]
+        return web.json_response(body, status=200 if running and not starved else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         status = self._status_now()
