@@ -61,10 +61,10 @@ from bus.attachment import CHUNK_OVERHEAD_BYTES, AttachmentLimits, check_upload,
 from bus.crypto import SigningKey
 from bus.errors import ConfigError, Reason, StoreError, TransportError, VerificationError
 from bus.kafka.client import KafkaSecurity
-from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Mandate, Receipt, Role, sha256
+from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Mandate, Receipt, Role, sha256
 from bus.receipt import sign_receipt
 from bus.topics import Topics, registry_key
-from bus.trust import KeyRing, verify_accreditation
+from bus.trust import KeyRing, decode_registry_record, verify_accreditation
 from bus.verify import DEFAULT_MAX_RECORD_BYTES, ChainBook, Limits, VerifiedReport, verify_report
 from nodes.gateway.kafka import GatewayKafka, Position
 from nodes.gateway.store import PUBLISHED, PUBLISHING, GatewayStore, Row
@@ -306,7 +306,7 @@ class Gateway:
         if raw is None:
             raise ConfigError("node key", "is not accredited on the registry", fix)
         try:
-            acc = verify_accreditation(Envelope.decode(raw), cfg.mandate)
+            acc = verify_accreditation(decode_registry_record(raw), cfg.mandate)
         except VerificationError as exc:
             raise ConfigError("node key", f"accreditation does not verify: {exc}", fix) from exc
         if acc.org != cfg.org or acc.role != Role.NODE or acc.key_id != cfg.node_key.key_id:

@@ -33,7 +33,7 @@ import structlog
 from bus.errors import BusError, Reason, VerificationError
 from bus.model import Envelope, Role
 from bus.receipt import verify_receipt
-from bus.trust import KeyRing, verify_accreditation
+from bus.trust import KeyRing, decode_registry_record, verify_accreditation
 from nodes.observer.client import Answer, GatewayClient, Unreachable
 from nodes.observer.device import Home, ObserverConfig, now_ms, receipt_keyring
 from nodes.observer.outbox import PENDING, QUEUED, REFUSED, UPLOADED, Entry, Outbox, Upload
@@ -85,7 +85,7 @@ async def fetch_node_accreditation(
     if answer.status != 200:
         raise Unreachable(f"GET /v1/node answered {answer.status}")
     mandate = home.load_mandate(now_ms=at_ms)
-    acc = verify_accreditation(Envelope.decode(answer.body), mandate)
+    acc = verify_accreditation(decode_registry_record(answer.body), mandate)
     if acc.role != Role.NODE or acc.org != config.org:
         raise VerificationError(
             Reason.WRONG_ROLE, f"gateway key is {acc.org}/{acc.role.name}, not {config.org}/NODE"

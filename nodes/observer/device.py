@@ -52,7 +52,7 @@ from bus.model import Attachment, Envelope, Mandate, Role, check_id
 from bus.receipt import verify_receipt
 from bus.report_file import FieldProblem, Identity, ReportFileError, format_of, parse_report
 from bus.sign import ReportSigner
-from bus.trust import KeyRing, verify_mandate
+from bus.trust import KeyRing, decode_registry_record, verify_mandate
 from bus.uuid7 import uuid7
 from bus.verify import ChainHead
 from nodes.observer.outbox import (
@@ -444,7 +444,7 @@ def receipt_keyring(home: Home, outbox: Outbox, *, at_ms: int) -> KeyRing:
     """A key ring of the mandate and the node accreditations kept in the outbox."""
     ring = KeyRing(home.load_mandate(now_ms=at_ms))
     for raw in outbox.node_accreditations():
-        ring.apply(Envelope.decode(raw))
+        ring.apply(decode_registry_record(raw))
     return ring
 
 

@@ -24,7 +24,7 @@ from bus.policy import Evidence
 from bus.statement import JointStatement, StatementBook, StatementStatus, cosign, sign_statement
 from bus.store.node import NodeStore
 from bus.topics import Topics
-from bus.trust import KeyRing
+from bus.trust import KeyRing, decode_registry_record
 from bus.uuid7 import uuid7
 from nodes.runtime.files import refuse_if_ended
 
@@ -44,7 +44,7 @@ async def read_keyring(
     keyring = KeyRing(mandate)
     async for rec in replay(bootstrap, [topics.registry], security=security):
         try:
-            keyring.apply(Envelope.decode(rec.value or b""))
+            keyring.apply(decode_registry_record(rec.value or b""))
         except VerificationError:
             continue  # the nodes and the auditor name these; a reader skips them
     return keyring
