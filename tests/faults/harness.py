@@ -198,8 +198,27 @@ class NodeProcesses:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
 
+    def started(self, org: str) -> bool:
+        """The latest process of ``org`` has logged ``node_started`` (its signal handlers are
+        installed: SIGTERM now asks it to stop instead of killing it)."""
+        if not self.log(org).exists():
+            return False
+        text = self.log(org).read_text(errors="replace")
+        return text.count('"event": "node_started"') >= self.starts[org]
+
     def stop(self, timeout_s: float = 60) -> dict[str, int | None]:
-        """SIGTERM every node, SIGKILL what is still there after timeout_s; exit codes."""
+        """SIGTERM every node, SIGKILL what is still there after timeout_s; exit codes.
+
+        A node restarted just before (the crash tests restart one right after its kill) is
+        first given up to timeout_s to finish starting: a SIGTERM that lands while Python is
+        still importing would kill it (exit -15) before it could stop cleanly, and what the
+        tests check is the clean stop.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and any(
+            p.poll() is None and not self.started(o) for o, p in self.procs.items()
+        ):
+            time.sleep(0.1)
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
