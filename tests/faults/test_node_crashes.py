@@ -118,7 +118,9 @@ async def test_kill_9_node_at_ten_random_points_equals_a_node_that_never_crashed
     nodes = NodeProcesses(
         healthy_cluster.bootstrap, topics, stream.mandate_file, tmp_path, ("un", "osce")
     )
-    points = sorted(rng.sample(range(total // 20, total - total // 20), KILLS))
+    # The last point leaves two batches' worth of records (max_batch 1000) and the random
+    # extra below, so even a node that stores a whole batch at once is killed before the end.
+    points = sorted(rng.sample(range(total // 20, total - total // 10), KILLS))
     killed_at: list[int] = []
     try:
         nodes.start()
@@ -127,8 +129,15 @@ async def test_kill_9_node_at_ten_random_points_equals_a_node_that_never_crashed
                 while nodes.progress("un") < point:
                     assert nodes.procs["un"].poll() is None, nodes.tails(["un"])
                     await asyncio.sleep(0.02)
-                # land anywhere: mid-batch, mid-transaction, between commits
-                await asyncio.sleep(rng.uniform(0, 0.3))
+                # land anywhere: mid-batch, mid-transaction, between commits — a random number
+                # of records further on, or at most 0.3 s later. (A random *time* alone let an
+                # idle machine store the rest of the stream first: a kill after the last record.)
+                further = point + rng.randint(0, total // 50)
+                deadline = asyncio.get_running_loop().time() + rng.uniform(0, 0.3)
+                while asyncio.get_running_loop().time() < deadline:
+                    if nodes.progress("un") >= further:
+                        break
+                    await asyncio.sleep(0.005)
                 killed_at.append(nodes.progress("un"))
                 nodes.kill("un")
                 nodes.start("un")
