@@ -21,6 +21,8 @@ from bus.model import (
 
 CLOUDEVENTS_SPEC: Final = "1.0"
 
+_ORG_RE: Final = re.compile(r"[a-z0-9_-]+")
+
 
 REPORT_EVENT_TYPE: Final = "org.obus.report.v1"
 
@@ -53,6 +55,24 @@ class Topics:
     def checkpoints(self) -> str:
         """Signed Merkle checkpoints."""
         return f"{self.prefix}checkpoints"
+
+    @property
+    def seals(self) -> str:
+        """Seals of the whole bus, proposals and cosignatures (one partition: one order;
+        :mod:`bus.seal`)."""
+        return f"{self.prefix}seals"
+
+    def is_sealed(self, topic: str) -> bool:
+        """Whether seals cover ``topic``: every topic of the bus that carries records a verdict
+        is made on (reports, decisions, attachments of every organization; registry, mandate,
+        statements). Not the seals topic itself, nor the legacy checkpoints topic."""
+        if topic in (self.registry, self.mandate, self.statements):
+            return True
+        for head in ("reports.", "decisions.", "attachments."):
+            lead = self.prefix + head
+            if topic.startswith(lead) and _ORG_RE.fullmatch(topic[len(lead) :]):
+                return True
+        return False
 
     @property
     def statements(self) -> str:
