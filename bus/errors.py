@@ -88,6 +88,7 @@ class Reason(enum.StrEnum):
     SEAL_BEYOND_LOG = "seal_beyond_log"  # seals more records than the partition holds
     SEAL_ROOT_MISMATCH = "seal_root_mismatch"  # own root at the sealed size is another one
     SEAL_FINAL_MISMATCH = "seal_final_mismatch"  # own log differs from what a final seal sealed
+    SEAL_NOT_ELECTABLE = "seal_not_electable"  # its trust state accredits node keys of < k orgs
     # Attachments (README "Attachments"): chunks on <prefix>attachments.<org>, reassembled by
     # every node and checked against the accepted report that references them
     ATTACHMENT_HASH_MISMATCH = "attachment_hash_mismatch"  # bytes do not hash to the SHA-256

@@ -39,7 +39,7 @@ from typing import Any, Final
 from bus.epoch import FinalSeal, PartitionRef
 from bus.errors import ConfigError, EpochInputError, SealedRootMismatchError
 from bus.judge import EpochVerdicts, FinalJudge
-from bus.merkle import MerkleTree
+from bus.merkle import EMPTY_ROOT, MerkleTree
 from bus.model import Mandate
 from bus.sealed import DecryptionKey
 from bus.topics import Topics
@@ -88,6 +88,52 @@ class SealedReader:
     def buffered(self) -> int:
         """Records held that no judged epoch covers yet."""
         return sum(len(b) for b in self._buffers.values())
+
+    def read_size(self, ref: PartitionRef) -> int:
+        """Records of ``ref`` held without a gap from offset 0: judged plus buffered up to the
+        first offset skipped (what a witness may seal or cosign)."""
+        base = self._judge.sizes.get(ref, 0)
+        buf = self._buffers.get(ref, ())
+        holes = self._holes.get(ref)
+        return base + (min(holes) - base if holes else len(buf))
+
+    def root_at(self, ref: PartitionRef, size: int) -> bytes:
+        """The RFC 6962 root of ``ref``'s first ``size`` records, for ``size`` between the
+        judged size and :meth:`read_size` (the frontier at the judged size, then the buffered
+        values: no leaf is kept).
+
+        Raises:
+            ValueError: ``size`` outside that range.
+        """
+        base = self._judge.sizes.get(ref, 0)
+        if not base <= size <= self.read_size(ref):
+            raise ValueError(f"{ref[0]}[{ref[1]}]: no root at {size} (holds {base}..)")
+        if size == 0:
+            return EMPTY_ROOT
+        tree = self._trees.get(ref)
+        tree = (
+            MerkleTree(store_leaves=False)
+            if tree is None
+            else MerkleTree.from_frontier(tree.size, tree.frontier)
+        )
+        for v in self._buffers.get(ref, ())[: size - base]:
+            tree.append(v or b"")
+        return tree.root()
+
+    def buffered_values(self, ref: PartitionRef, end: int) -> list[bytes | None]:
+        """The values held from the judged size up to ``end`` (at most :meth:`read_size`).
+
+        Raises:
+            ValueError: ``end`` outside the judged size .. :meth:`read_size`.
+        """
+        base = self._judge.sizes.get(ref, 0)
+        if not base <= end <= self.read_size(ref):
+            raise ValueError(f"{ref[0]}[{ref[1]}]: no values up to {end} (holds {base}..)")
+        return list(self._buffers.get(ref, ())[: end - base])
+
+    def refs(self) -> list[PartitionRef]:
+        """Every partition judged or buffered."""
+        return sorted(set(self._judge.sizes) | {r for r, b in self._buffers.items() if b})
 
     # -- feeding -----------------------------------------------------------------------------
 

@@ -1,0 +1,548 @@
+"""The bus reader: the whole sealed bus in, final seals and final verdicts out (pure).
+
+One object every role runs the same way, whatever it does with the answers: the node's sealer
+(which also proposes and cosigns), the auditor over a live log or an export, and tests. It
+joins the two halves of the core:
+
+* a :class:`~bus.seal.SealChain` over the seals topic, fed in offset order
+  (:meth:`BusReader.offer_seal`), derives the final seal of each epoch;
+* a :class:`~bus.sealed_reader.SealedReader`, fed every record of every sealed partition in any
+  interleaving (:meth:`BusReader.offer_records`), checks each final epoch's roots and judges it.
+
+**Which trust counts a seal's signatures.** The signatures on a seal of epoch *e* are judged
+under the key ring in force for *e* (:mod:`bus.seal`, "Which signatures count"): the judge's
+ring after epoch *e-1*. So the chain waits for a seal of epoch *e* until the reader has judged
+*e-1*, and the reader waits for the chain's final seal of *e*: the two advance in lockstep,
+whatever order the records arrive in.
+
+**Seal 1 (bootstrap).** Before any epoch, the root mandate accredits no node key, so nothing
+could sign the first seal. A proposal of epoch 1 is judged under the root mandate plus the
+registry records that proposal itself seals (offsets ``0 .. size-1`` of each registry
+partition it lists), applied with exactly the judge's rules for registry records
+(:class:`~bus.judge.FinalJudge`: signed by the organization's root key of the root mandate, in
+its namespace, first accreditation of a key wins). The trust of one proposal is a function of
+that proposal and the log alone; a reader that has not read the registry that far waits. When
+the registry records it holds do not hash to the roots that proposal states (a split view, or a
+record altered), no node key counts for it: the reader will name the mismatch when it judges
+epoch 1 under whichever seal becomes final.
+
+**A witness's vote** (:meth:`BusReader.cosign_candidate`): the open epoch's proposals, in the
+seals topic's order, are judged by :func:`~bus.seal.decide_cosign` against what this reader
+holds; the first one it accepts is the one to cosign, and a proposal it cannot judge yet
+(records not read that far) stops the walk, so every honest witness votes for the same text.
+
+**Restarts.** :meth:`BusReader.snapshot` holds the reader's state after the last judged epoch
+and that epoch's final seal; :meth:`BusReader.resume` continues from it: feed the seals topic
+again from :attr:`BusReader.seals_from` and every partition from
+:meth:`BusReader.positions`. Final seals and verdicts come out exactly as for a reader that
+never stopped.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
+from bus.errors import ConfigError, Reason, VerificationError
+from bus.judge import EpochVerdicts, FinalJudge
+from bus.merkle import EMPTY_ROOT, MerkleTree
+from bus.model import Mandate, Role
+from bus.seal import (
+    ChainUpdate,
+    Cosign,
+    CosignDecision,
+    Disposition,
+    Equivocation,
+    RecordVerdict,
+    SealChain,
+    SealProposal,
+    decide_cosign,
+    make_proposal,
+    parse_seal,
+)
+from bus.sealed import DecryptionKey
+from bus.sealed_reader import SealedReader
+from bus.topics import Topics
+from bus.trust import KeyRing
+from bus.verify import Limits
+
+SNAPSHOT_FORMAT: Final = "obus-bus-reader-v1"
+
+
+@dataclass(frozen=True)
+class BusUpdate:
+    """What one offer produced, in order of discovery.
+
+    Args:
+        seal_verdicts: the verdicts on the seals records judged.
+        finals: the seals that became final.
+        epochs: the epochs judged, each with its verdicts.
+        equivocations: evidence of an organization signing two texts for one epoch.
+    """
+
+    seal_verdicts: tuple[RecordVerdict, ...] = ()
+    finals: tuple[FinalSeal, ...] = ()
+    epochs: tuple[EpochVerdicts, ...] = ()
+    equivocations: tuple[Equivocation, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.seal_verdicts or self.finals or self.epochs)
+
+
+@dataclass
+class _Collector:
+    seal_verdicts: list[RecordVerdict] = field(default_factory=list)
+    finals: list[FinalSeal] = field(default_factory=list)
+    epochs: list[EpochVerdicts] = field(default_factory=list)
+
+    def chain(self, update: ChainUpdate) -> list[FinalSeal]:
+        self.seal_verdicts.extend(update.verdicts)
+        self.finals.extend(update.finals)
+        return list(update.finals)
+
+    def done(self) -> BusUpdate:
+        return BusUpdate(
+            tuple(self.seal_verdicts),
+            tuple(self.finals),
+            tuple(self.epochs),
+            tuple(e for v in self.seal_verdicts for e in v.equivocations),
+        )
+
+
+class BusReader:
+    """Final seals and final verdicts from the seals topic and every sealed partition.
+
+    Args:
+        root: the mandate the bus began under (out of band; the same at every reader).
+        topics: topic names.
+        limits: verification limits.
+        decryption_keys: this organization's keys for restricted reports (readability only).
+    """
+
+    def __init__(
+        self,
+        root: Mandate,
+        topics: Topics,
+        limits: Limits | None = None,
+        *,
+        decryption_keys: Mapping[bytes, DecryptionKey] | None = None,
+        _reader: SealedReader | None = None,
+        _judged: FinalSeal | None = None,
+    ) -> None:
+        self._root = root
+        self._topics = topics
+        self._limits = limits
+        self._decryption_keys = dict(decryption_keys or {})
+        self._reader = _reader or SealedReader(
+            root, topics, limits, decryption_keys=self._decryption_keys
+        )
+        self._judged = _judged  # the final seal of the last judged epoch
+        self._finals: dict[int, FinalSeal] = {}  # final, not yet judged, by epoch
+        self._chain = SealChain(root.mandate_id, self._trust, latest=_judged)
+        # The open epoch's proposals in topic order: (offset, proposal, digest).
+        self._proposals: list[tuple[int, SealProposal, bytes]] = []
+        self._bootstrap: dict[bytes, KeyRing] = {}
+
+    # -- reads -------------------------------------------------------------------------------
+
+    @property
+    def root(self) -> Mandate:
+        """The mandate the bus began under."""
+        return self._root
+
+    @property
+    def judge(self) -> FinalJudge:
+        """The final judge, after the last judged epoch."""
+        return self._reader.judge
+
+    @property
+    def chain(self) -> SealChain:
+        """The seal chain (its newest final seal, open epoch, votes, counts)."""
+        return self._chain
+
+    @property
+    def latest(self) -> FinalSeal | None:
+        """The newest final seal (judged or not)."""
+        return self._chain.latest
+
+    @property
+    def judged(self) -> FinalSeal | None:
+        """The final seal of the last judged epoch."""
+        return self._judged
+
+    @property
+    def seals_from(self) -> int:
+        """The next seals-topic offset to offer."""
+        return self._chain.next_offset
+
+    def positions(self) -> dict[PartitionRef, int]:
+        """Each partition's judged size: where to fetch from after a restart."""
+        return self._reader.positions()
+
+    def buffered(self) -> int:
+        """Records held that no judged epoch covers yet."""
+        return self._reader.buffered()
+
+    # -- feeding -----------------------------------------------------------------------------
+
+    def offer_seal(self, offset: int, value: bytes | None) -> BusUpdate:
+        """The next record of the seals topic (offsets increasing)."""
+        out = _Collector()
+        self._track(self._chain.offer(offset, value), out)
+        self._settle(out)
+        return out.done()
+
+    def offer_records(
+        self, ref: PartitionRef, offset: int, values: Sequence[bytes | None]
+    ) -> BusUpdate:
+        """Consecutive records of one sealed partition (see
+        :meth:`~bus.sealed_reader.SealedReader.offer_records`).
+
+        Raises:
+            SealedRootMismatchError: a final epoch's records do not hash to its roots.
+            EpochInputError: an offset offered again with other bytes.
+        """
+        out = _Collector()
+        out.epochs.extend(self._reader.offer_records(ref, offset, values))
+        self._after_judged(out)
+        if self._chain.waiting:
+            self._track(self._chain.resume(), out)
+        self._settle(out)
+        return out.done()
+
+    def _track(self, update: ChainUpdate, out: _Collector) -> None:
+        for v in update.verdicts:
+            if v.final is not None:
+                self._proposals = []
+            elif (
+                v.proposal is not None
+                and v.digest is not None
+                and v.disposition in (Disposition.COUNTED, Disposition.UNCOUNTED)
+                and v.proposal.epoch == self._chain.open_epoch
+                and v.reason is None
+                and all(d != v.digest for _, _, d in self._proposals)
+            ):
+                self._proposals.append((v.offset, v.proposal, v.digest))
+        for seal in out.chain(update):
+            self._finals[seal.epoch] = seal
+
+    def _settle(self, out: _Collector) -> None:
+        """Hand final seals to the reader and resume the chain while either makes progress."""
+        while True:
+            progressed = False
+            for epoch in sorted(self._finals):
+                seal = self._finals[epoch]
+                if epoch <= self._reader.judge.epoch:
+                    continue
+                judged = self._reader.offer_final_seal(seal)
+                if judged:
+                    out.epochs.extend(judged)
+                    progressed = True
+            self._after_judged(out)
+            if self._chain.waiting:
+                update = self._chain.resume()
+                if update.verdicts:
+                    self._track(update, out)
+                    progressed = True
+            if not progressed:
+                return
+
+    def _after_judged(self, out: _Collector) -> None:
+        """Forget the final seals the reader has judged; keep the newest as ``judged``."""
+        epoch = self._reader.judge.epoch
+        for e in sorted(e for e in self._finals if e <= epoch):
+            seal = self._finals.pop(e)
+            if e == epoch:
+                self._judged = seal
+
+    # -- trust for seals ---------------------------------------------------------------------
+
+    def _trust(self, proposal: SealProposal) -> KeyRing | None:
+        judge = self._reader.judge
+        if proposal.epoch != judge.epoch + 1:
+            return None
+        if proposal.epoch > 1:
+            return judge.keyring
+        return self._bootstrap_ring(proposal)
+
+    def _bootstrap_ring(self, proposal: SealProposal) -> KeyRing | None:
+        """The root mandate plus the registry records ``proposal`` seals (module docstring)."""
+        digest = proposal.digest
+        ring = self._bootstrap.get(digest)
+        if ring is not None:
+            return ring
+        registry = {r: p for r, p in proposal.partitions.items() if r[0] == self._topics.registry}
+        records: dict[PartitionRef, list[bytes | None]] = {}
+        for ref, sealed in registry.items():
+            if self._reader.read_size(ref) < sealed.size:
+                return None  # read further first
+            values = self._reader.buffered_values(ref, sealed.size)
+            tree = MerkleTree(store_leaves=False)
+            for v in values:
+                tree.append(v or b"")
+            if tree.root() != sealed.root:
+                ring = KeyRing(self._root)  # not the sealed registry: no node key counts
+                self._bootstrap[digest] = ring
+                return ring
+            records[ref] = list(values)
+        scratch = FinalJudge(self._root, self._topics, self._limits)
+        if registry:
+            seal = FinalSeal(
+                self._root.mandate_id,
+                1,
+                proposal.time_ms,
+                registry,
+                digest,
+                GENESIS_DIGEST,
+            )
+            scratch.judge_epoch(seal, records)
+        ring = scratch.keyring
+        self._bootstrap[digest] = ring
+        return ring
+
+    # -- witnessing --------------------------------------------------------------------------
+
+    def view(self, ends: Mapping[PartitionRef, int] | None = None) -> ReaderView:
+        """What this reader holds, as :func:`~bus.seal.decide_cosign` reads it."""
+        return ReaderView(self._reader, self._topics, dict(ends or {}))
+
+    def proposals(self) -> list[tuple[int, SealProposal, bytes]]:
+        """The open epoch's proposals seen so far, in topic order: (offset, seal, digest)."""
+        return list(self._proposals)
+
+    def electorate(self, proposal: SealProposal) -> frozenset[str] | None:
+        """The organizations whose node key could count on ``proposal`` (accredited with role
+        NODE in its trust state, usable at its epoch and time), or None while that trust state
+        is unknown here. A proposal whose electorate is smaller than the threshold can never
+        become final: a witness that voted for it would have burnt its vote for the epoch."""
+        ring = self._trust(proposal)
+        if ring is None:
+            return None
+        orgs: set[str] = set()
+        for acc in ring.accreditations(Role.NODE):
+            if ring.mandate.organization(acc.org) is None:
+                continue
+            try:
+                ring.check_usable(acc, role=Role.NODE, at_ms=proposal.time_ms, seq=proposal.epoch)
+            except VerificationError:
+                continue
+            orgs.add(acc.org)
+        return frozenset(orgs)
+
+    def _electable(self, proposal: SealProposal, org: str) -> CosignDecision | None:
+        """None when ``org``'s vote on ``proposal`` can help make it final, else WAIT or
+        REFUSE (``seal_not_electable``)."""
+        orgs = self.electorate(proposal)
+        if orgs is None:
+            return CosignDecision(Cosign.WAIT, detail="its trust state is not known here yet")
+        ring = self._trust(proposal)
+        assert ring is not None
+        k = ring.mandate.threshold
+        if len(orgs) < k or org not in orgs:
+            return CosignDecision(
+                Cosign.REFUSE,
+                Reason.SEAL_NOT_ELECTABLE,
+                f"node keys of {len(orgs)} organizations count on it (k = {k}),"
+                f" {org} {'among' if org in orgs else 'not among'} them",
+            )
+        return None
+
+    def cosign_candidate(
+        self,
+        *,
+        org: str,
+        now_ms: int,
+        tolerance_ms: int,
+        voted: Mapping[int, bytes],
+        ends: Mapping[PartitionRef, int] | None = None,
+    ) -> tuple[SealProposal | None, list[tuple[int, CosignDecision]]]:
+        """The proposal this witness should cosign now, if any (module docstring).
+
+        Args:
+            org: the witness's organization.
+            now_ms: the witness's clock.
+            tolerance_ms: how far *t_e* may be from it.
+            voted: epoch -> digest its organization already signed.
+            ends: partition end offsets known from the broker (for ``seal_beyond_log``).
+
+        Returns:
+            (the proposal to cosign or None, the decisions taken on the way, by offset).
+        """
+        view = self.view(ends)
+        decisions: list[tuple[int, CosignDecision]] = []
+        latest = self._chain.latest
+        for offset, proposal, _ in self._proposals:
+            refusal = self._electable(proposal, org)
+            if refusal is not None:
+                decisions.append((offset, refusal))
+                if refusal.verdict is Cosign.WAIT:
+                    return None, decisions
+                continue
+            d = decide_cosign(
+                proposal,
+                view,
+                latest,
+                mandate_id=self._root.mandate_id,
+                now_ms=now_ms,
+                tolerance_ms=tolerance_ms,
+                voted=voted,
+            )
+            decisions.append((offset, d))
+            if d.verdict is Cosign.COSIGN:
+                return proposal, decisions
+            if d.verdict in (Cosign.WAIT, Cosign.ALREADY):
+                return None, decisions
+        return None, decisions
+
+    def propose(self, *, org: str, now_ms: int) -> SealProposal | None:
+        """A proposal for the open epoch over everything held now, or None when there is
+        nothing new to seal, this reader is behind the newest final seal, the clock is not
+        after its time, or it could not become final with ``org``'s vote (its trust state
+        unknown here, or node keys of fewer than k organizations, ``org``'s among them, count
+        on it)."""
+        latest = self._chain.latest
+        if latest is not None and now_ms <= latest.time_ms:
+            return None
+        view = self.view()
+        if latest is not None and all(view.size(ref) == latest.size(ref) for ref in view.refs()):
+            return None  # nothing new: no epoch without records
+        if latest is None and not any(view.size(ref) for ref in view.refs()):
+            return None
+        proposal = make_proposal(view, latest, mandate_id=self._root.mandate_id, now_ms=now_ms)
+        if proposal is None or self._electable(proposal, org) is not None:
+            return None
+        return proposal
+
+    # -- restarts ----------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The state after the last judged epoch (module docstring), canonical JSON bytes."""
+        judged = self._judged
+        state: dict[str, Any] = {
+            "format": SNAPSHOT_FORMAT,
+            "reader": self._reader.snapshot().decode(),
+            "judged": None if judged is None else final_to_json(judged),
+        }
+        return json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def resume(
+        cls,
+        snapshot: bytes,
+        root: Mandate,
+        topics: Topics,
+        limits: Limits | None = None,
+        *,
+        decryption_keys: Mapping[bytes, DecryptionKey] | None = None,
+    ) -> BusReader:
+        """A reader standing where :meth:`snapshot` was taken.
+
+        Raises:
+            ConfigError: not a bus reader snapshot, or made with another root, topics, limits.
+        """
+        try:
+            s = json.loads(snapshot)
+            ok = s["format"] == SNAPSHOT_FORMAT
+            reader_state: str = s["reader"]
+            judged = None if s["judged"] is None else final_from_json(s["judged"])
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                "bus reader snapshot",
+                "not a snapshot of a bus reader",
+                "resume from what BusReader.snapshot() returned, or read the bus again",
+            )
+        reader = SealedReader.resume(
+            reader_state.encode(), root, topics, limits, decryption_keys=decryption_keys
+        )
+        if (judged is None) != (reader.judge.epoch == 0) or (
+            judged is not None and judged.digest != reader.judge.seal_digest
+        ):
+            raise ConfigError(
+                "bus reader snapshot",
+                "its final seal is not the one its judge stands after",
+                "read the bus again from the start",
+            )
+        return cls(
+            root, topics, limits, decryption_keys=decryption_keys, _reader=reader, _judged=judged
+        )
+
+
+class ReaderView:
+    """A :class:`~bus.seal.LogView` over a :class:`~bus.sealed_reader.SealedReader`: sizes are
+    the records held without a gap, roots are computed from the judged frontier on."""
+
+    def __init__(
+        self, reader: SealedReader, topics: Topics, ends: Mapping[PartitionRef, int]
+    ) -> None:
+        self._reader = reader
+        self._topics = topics
+        self._ends = ends
+        self._roots: dict[tuple[PartitionRef, int], bytes] = {}
+
+    def covers(self, topic: str) -> bool:
+        """Whether seals cover ``topic``."""
+        return self._topics.is_sealed(topic)
+
+    def refs(self) -> Iterable[PartitionRef]:
+        """Every partition held."""
+        return self._reader.refs()
+
+    def size(self, ref: PartitionRef) -> int:
+        """Records held without a gap."""
+        return self._reader.read_size(ref)
+
+    def root_at(self, ref: PartitionRef, size: int) -> bytes:
+        """The root at ``size`` (cached for this view's life)."""
+        if size == 0:
+            return EMPTY_ROOT
+        key = (ref, size)
+        root = self._roots.get(key)
+        if root is None:
+            root = self._roots[key] = self._reader.root_at(ref, size)
+        return root
+
+    def log_end(self, ref: PartitionRef) -> int | None:
+        """The broker's end offset, when known."""
+        return self._ends.get(ref)
+
+
+def final_to_json(seal: FinalSeal) -> dict[str, Any]:
+    """A final seal as JSON: its exact text (base64), signers and offset."""
+    text = SealProposal.of_final(seal).text()
+    return {
+        "text": base64.b64encode(text).decode(),
+        "signers": sorted(seal.signers),
+        "offset": seal.offset,
+    }
+
+
+def final_from_json(data: Mapping[str, Any]) -> FinalSeal:
+    """The inverse of :func:`final_to_json` (the text is parsed with the seal format's rules).
+
+    Raises:
+        VerificationError: the text is not a seal.
+        KeyError, TypeError, ValueError: not the JSON :func:`final_to_json` writes.
+    """
+    text = base64.b64decode(data["text"], validate=True)
+    proposal = parse_seal(text)
+    return proposal.final(
+        digest=proposal.digest,
+        signers=[str(s) for s in data["signers"]],
+        offset=int(data["offset"]),
+    )
+
+
+__all__ = [
+    "BusReader",
+    "BusUpdate",
+    "PartitionSeal",
+    "ReaderView",
+    "final_from_json",
+    "final_to_json",
+]
