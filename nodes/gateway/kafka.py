@@ -73,17 +73,20 @@ class GatewayKafka:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def registry_record(self, key: bytes) -> bytes | None:
-        """The registry's current value for ``key`` (the last one: the topic is compacted).
+    async def registry_records(self) -> list[bytes]:
+        """Every record of the registry up to its current end, in log order (record keys are
+        not read: the topic is append-only; a record without a value carries nothing).
 
         Raises:
             TransportError: the registry cannot be read.
         """
-        raw = None
-        async for rec in replay(self._bootstrap, [self._registry_topic], security=self._security):
-            if rec.key == key:
-                raw = rec.value
-        return raw
+        return [
+            rec.value
+            async for rec in replay(
+                self._bootstrap, [self._registry_topic], security=self._security
+            )
+            if rec.value is not None
+        ]
 
     async def start(self) -> None:
         """Read the registry to its end into the key ring, then start the producer.

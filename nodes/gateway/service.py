@@ -51,6 +51,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -63,8 +64,8 @@ from bus.errors import ConfigError, Reason, StoreError, TransportError, Verifica
 from bus.kafka.client import KafkaSecurity
 from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Mandate, Receipt, Role, sha256
 from bus.receipt import sign_receipt
-from bus.topics import Topics, registry_key
-from bus.trust import KeyRing, decode_registry_record, verify_accreditation
+from bus.topics import Topics
+from bus.trust import KeyRing, decode_registry_record
 from bus.verify import DEFAULT_MAX_RECORD_BYTES, ChainBook, Limits, VerifiedReport, verify_report
 from nodes.gateway.kafka import GatewayKafka, Position
 from nodes.gateway.store import PUBLISHED, PUBLISHING, GatewayStore, Row
@@ -208,6 +209,81 @@ class TokenBuckets:
         return (1 - tokens) / self._rate
 
 
+def find_node_accreditation(
+    records: Iterable[bytes],
+    mandate: Mandate,
+    *,
+    org: str,
+    key_id: bytes,
+    registry_topic: str = "the registry",
+) -> tuple[bytes, Accreditation]:
+    """The accreditation of the node key ``key_id`` among the registry's records, in log order.
+
+    Every record is judged as every node's key ring judges it (:class:`~bus.trust.KeyRing`):
+    records that do not verify under ``mandate`` count for nothing, the first organization to
+    accredit a key id owns it, a later accreditation of it by the same subject with a higher
+    serial supersedes the earlier one, and a revocation of the key by its organization stands
+    wherever it lies in the log (nothing re-validates a revoked key). Record keys play no part:
+    the registry is append-only, so no record can erase another.
+
+    Returns:
+        The record bytes (served to observers, who verify it themselves) and the accreditation.
+
+    Raises:
+        ConfigError: no verified accreditation of the key; the key is accredited to another
+            organization or with another role than NODE; or ``org`` revoked it.
+    """
+    fix = (
+        f"publish an accreditation of key {key_id.hex()} with role NODE, signed by the {org}"
+        f" root key, on {registry_topic}"
+    )
+    ring = KeyRing(mandate)
+    chosen: bytes | None = None
+    refused: VerificationError | None = None  # the last record about this key that was refused
+    for raw in records:
+        try:
+            envelope = decode_registry_record(raw)
+            judged = ring.apply(envelope)
+        except VerificationError as exc:
+            if _names_key(raw, key_id):
+                refused = exc
+            continue
+        # the accreditation the ring holds now: the first, or one with a higher serial
+        if (
+            isinstance(judged, Accreditation)
+            and judged.key_id == key_id
+            and ring.lookup(key_id) == judged
+        ):
+            chosen = raw
+    if chosen is None:
+        problem = "is not accredited on the registry"
+        if refused is not None:
+            problem += f" (a record of it was refused: {refused})"
+        raise ConfigError("node key", problem, fix)
+    acc = ring.lookup(key_id)
+    if acc.org != org or acc.role != Role.NODE:
+        raise ConfigError("node key", f"accredited as {acc.org}/{acc.role.name}", fix)
+    for rev in ring.revocations():
+        if rev.key_id == key_id and rev.org == org:
+            raise ConfigError(
+                "node key",
+                f"revoked by {org} (revocation serial {rev.serial}: {rev.reason!r})",
+                f"use another node key: {fix}",
+            )
+    return chosen, acc
+
+
+def _names_key(raw: bytes, key_id: bytes) -> bool:
+    """Whether a registry record, verified or not, names ``key_id`` as the key it accredits."""
+    try:
+        envelope = decode_registry_record(raw)
+        if envelope.payload_type != PAYLOAD_ACCREDITATION:
+            return False
+        return Accreditation.decode(envelope.payload).key_id == key_id
+    except VerificationError:
+        return False
+
+
 class Gateway:
     """The gateway's logic; :class:`~nodes.gateway.kafka.GatewayKafka` connects it to Kafka and
     :func:`nodes.gateway.http.make_app` puts HTTP in front of it."""
@@ -296,22 +372,11 @@ class Gateway:
 
     async def _find_node_accreditation(self) -> tuple[bytes, Accreditation]:
         cfg = self.config
-        raw = await self.kafka.registry_record(
-            registry_key(PAYLOAD_ACCREDITATION, cfg.node_key.key_id)
-        )
-        fix = (
-            f"publish an accreditation of key {cfg.node_key.key_id.hex()} with role NODE,"
-            f" signed by the {cfg.org} root key, on {cfg.topics.registry}"
-        )
-        if raw is None:
-            raise ConfigError("node key", "is not accredited on the registry", fix)
-        try:
-            acc = verify_accreditation(decode_registry_record(raw), cfg.mandate)
-        except VerificationError as exc:
-            raise ConfigError("node key", f"accreditation does not verify: {exc}", fix) from exc
-        if acc.org != cfg.org or acc.role != Role.NODE or acc.key_id != cfg.node_key.key_id:
-            raise ConfigError("node key", f"accredited as {acc.org}/{acc.role.name}", fix)
-        return raw, acc
+        records = await self.kafka.registry_records()
+        return find_node_accreditation(
+            records, cfg.mandate, org=cfg.org, key_id=cfg.node_key.key_id,
+            registry_topic=cfg.topics.registry,
+        )  # fmt: skip
 
     async def _catch_up_registry(self) -> None:
         try:
