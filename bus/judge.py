@@ -68,12 +68,16 @@ judged under the trust in force at *e*.
 
 **The clock.** Every "now" is *t_e* (:attr:`bus.epoch.FinalSeal.time_ms`) of the record's own
 epoch, which a quorum of organizations cosigned; a broker timestamp is never read. A report must
-satisfy ``signed_at <= t_e + max_clock_skew_ms`` (else ``clock_skew``) and
-``signed_at >= t_e - max_delivery_lag_ms`` (else ``delivery_lag``, :class:`bus.verify.Limits`);
-the accreditation's validity window and the mandate window are judged at ``signed_at``. So the
-holder of an expired key can backdate a report by at most the delivery lag. The lag is checked
-after every check :func:`bus.verify.verify_report` makes, so a record that already fails one of
-those keeps today's reason code.
+satisfy ``signed_at <= t_e + max_clock_skew_ms`` (else ``clock_skew``, :class:`bus.verify.Limits`)
+and ``signed_at >= t_e - lag`` (else ``delivery_lag``), where ``lag`` is the maximum delivery
+lag of the mandate version in force at the record's epoch
+(:attr:`bus.model.Mandate.delivery_lag_ms`: the organizations agree on it, and a version that
+changes it takes effect from the epoch after its own, like any trust record; a deferred report
+keeps its own epoch's lag with its own epoch's clock); the accreditation's validity window and
+the mandate window are judged at ``signed_at``. So the holder of an expired key can backdate a
+report by at most the delivery lag. The lag is checked after every check
+:func:`bus.verify.verify_report` makes, so a record that already fails one of those keeps
+today's reason code.
 
 **Scope.** Chains are keyed by (organization, observer id) and report ids by (organization,
 observer id, report id): another organization's observer using the same report id is a
@@ -835,13 +839,17 @@ class FinalJudge:
                 preverified=preverified,
             )
             link = verified.report
-        lag = self._limits.max_delivery_lag_ms
+        lag = self._mandate_at(r.epoch).delivery_lag_ms
         if link.signed_at_ms < t - lag:
             raise VerificationError(
                 Reason.DELIVERY_LAG,
                 f"signed_at is {t - link.signed_at_ms} ms before the epoch's time (at most {lag})",
             )
         return verified, link
+
+    def _mandate_at(self, epoch: int) -> Mandate:
+        """The mandate version in force at ``epoch`` (at most the epoch being judged)."""
+        return next(m for first, _, m in reversed(self._versions) if first <= epoch)
 
     def _extend(
         self,
@@ -1036,7 +1044,6 @@ class FinalJudge:
                 self._topics.prefix,
                 lim.max_record_bytes,
                 lim.max_clock_skew_ms,
-                lim.max_delivery_lag_ms,
             ]
         )
         return hashlib.sha256(text.encode()).digest()

@@ -541,9 +541,22 @@ class Zone:
         return self.min_lat <= lat <= self.max_lat and self.min_lon <= lon <= self.max_lon
 
 
+# The delivery lag a mandate sets (Mandate.max_delivery_lag_ms): how far a report's signed_at may
+# lie before the time of the epoch it is sealed in (bus.judge). An observer offline in the field
+# delivers days later; the lag also bounds backdating by the holder of an expired or withdrawn
+# key. 0 in a mandate means the default; a mandate may not allow more than the bound.
+DEFAULT_MAX_DELIVERY_LAG_MS: Final = 7 * 24 * 60 * 60 * 1000
+MAX_DELIVERY_LAG_BOUND_MS: Final = 90 * 24 * 60 * 60 * 1000
+
+
 @dataclass(frozen=True, slots=True)
 class Mandate:
-    """One version of the common mandate (the root of trust)."""
+    """One version of the common mandate (the root of trust).
+
+    ``max_delivery_lag_ms``: 0 for :data:`DEFAULT_MAX_DELIVERY_LAG_MS` (and then not encoded:
+    a mandate that leaves it unset keeps its bytes), else 1 ms to
+    :data:`MAX_DELIVERY_LAG_BOUND_MS`; :attr:`delivery_lag_ms` is the lag in force.
+    """
 
     mandate_id: str
     version: int
@@ -553,6 +566,7 @@ class Mandate:
     organizations: tuple[Organization, ...]
     threshold: int
     description: str = ""
+    max_delivery_lag_ms: int = 0
 
     def __post_init__(self) -> None:
         check_id("mandate_id", self.mandate_id)
@@ -575,6 +589,17 @@ class Mandate:
             raise _invalid("zones", "zone ids must be unique")
         if not 0 < self.not_before_ms < self.not_after_ms:
             raise _invalid("not_after_ms", "need 0 < not_before_ms < not_after_ms")
+        if not 0 <= self.max_delivery_lag_ms <= MAX_DELIVERY_LAG_BOUND_MS:
+            raise _invalid(
+                "max_delivery_lag_ms",
+                f"{self.max_delivery_lag_ms} must be in 0..{MAX_DELIVERY_LAG_BOUND_MS}"
+                " (0: the default of 7 days; at most 90 days)",
+            )
+
+    @property
+    def delivery_lag_ms(self) -> int:
+        """The maximum delivery lag in force under this version (the default for 0)."""
+        return self.max_delivery_lag_ms or DEFAULT_MAX_DELIVERY_LAG_MS
 
     def organization(self, org: str) -> Organization | None:
         """The organization with this id, or None."""
@@ -611,6 +636,7 @@ class Mandate:
             ],
             threshold=self.threshold,
             description=self.description,
+            max_delivery_lag_ms=self.max_delivery_lag_ms,
         )
 
     @classmethod
@@ -630,6 +656,7 @@ class Mandate:
             ),
             threshold=pb.threshold,
             description=pb.description,
+            max_delivery_lag_ms=pb.max_delivery_lag_ms,
         )
 
 

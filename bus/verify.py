@@ -26,28 +26,24 @@ from bus.trust import KeyRing
 DEFAULT_MAX_RECORD_BYTES: Final = 256 * 1024
 # How far a signed_at may run ahead of the broker's append time: observers' device clocks drift.
 DEFAULT_MAX_CLOCK_SKEW_MS: Final = 5 * 60 * 1000
-# How far a signed_at may lag behind the time of the epoch its record is sealed in (t_e, see
-# bus.judge): an observer offline in the field delivers days later. It also bounds backdating:
-# the holder of an expired or withdrawn key can claim an earlier signed_at only this far back.
-DEFAULT_MAX_DELIVERY_LAG_MS: Final = 7 * 24 * 60 * 60 * 1000
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Verification limits; every node of a mandate should use the same values."""
+    """Verification limits; every node of a mandate should use the same values.
+
+    The maximum delivery lag is not one of them: the mandate sets it, so that every reader
+    agrees (:attr:`bus.model.Mandate.delivery_lag_ms`).
+    """
 
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
     max_clock_skew_ms: int = DEFAULT_MAX_CLOCK_SKEW_MS
-    # Checked by the final judge (bus.judge): signed_at >= t_e - max_delivery_lag_ms.
-    max_delivery_lag_ms: int = DEFAULT_MAX_DELIVERY_LAG_MS
 
     def __post_init__(self) -> None:
         if self.max_record_bytes < 1024:
             raise ValueError("max_record_bytes must be at least 1024")
         if self.max_clock_skew_ms < 0:
             raise ValueError("max_clock_skew_ms must be >= 0")
-        if self.max_delivery_lag_ms < 0:
-            raise ValueError("max_delivery_lag_ms must be >= 0")
 
 
 @dataclass(frozen=True, slots=True)

@@ -491,19 +491,53 @@ def test_input_that_does_not_match_its_seal_is_refused_and_changes_nothing() -> 
 
 def test_state_digest_names_any_difference() -> None:
     m, log = _bus()
-    log.put(UN, m.next_report("un", 1))
-    log.seal()
+    t2 = log.time_ms + 1
+    log.put(UN, m.next_report("un", 1, signed_at_ms=t2 + 1_000))  # a second ahead of t_2
+    log.seal(t2)
     _, a = log.judge()
-    strict = FinalJudge(log.root, TOPICS, Limits(max_delivery_lag_ms=0))
+    strict = FinalJudge(log.root, TOPICS, Limits(max_clock_skew_ms=0))
     _, b = log.judge(strict)
+    assert _says(a, (UN, 0, 0)) == "accepted"
+    assert _says(b, (UN, 0, 0)) == "clock_skew"
     assert a[0].state_digest == b[0].state_digest  # the trust epoch judges alike
     assert a[1].state_digest != b[1].state_digest  # the report does not
 
 
-def test_delivery_lag_limit_is_validated() -> None:
-    assert Limits().max_delivery_lag_ms == 7 * DAY_MS
-    with pytest.raises(ValueError, match="max_delivery_lag_ms"):
-        Limits(max_delivery_lag_ms=-1)
+def test_the_delivery_lag_is_the_mandates_and_a_new_version_changes_it_from_the_next_epoch() -> (
+    None
+):
+    m, log = _bus()
+    assert log.root.max_delivery_lag_ms == 0 and log.root.delivery_lag_ms == 7 * DAY_MS
+    log.put(TOPICS.mandate, _v2(m, max_delivery_lag_ms=30 * DAY_MS))
+    t2 = NOW_MS + 10 * DAY_MS
+
+    def signed(days_before_t2: int, i: int = 1, **changes: object) -> bytes:
+        at = t2 - days_before_t2 * DAY_MS
+        return m.next_report("un", i, signed_at_ms=at, observed_at_ms=at - 60_000, **changes)
+
+    late = signed(10)  # ten days on the way: beyond the root's 7, within version 2's 30
+    p_before = log.put(UN, late)
+    key = demo_key("un-obs-9")
+    log.put(TOPICS.registry, _accredit(m, "un-obs-9", "un", key))
+    at = t2 - 10 * DAY_MS
+    p_deferred = log.put(  # deferred to epoch 3, judged with its own epoch's clock and lag
+        UN,
+        ReportSigner(key).sign(
+            m.draft("un", 1, observer_id="un-obs-9", signed_at_ms=at, observed_at_ms=at - 60_000)
+        ),
+    )
+    log.seal(t2)  # epoch 2: version 2 logged, in force from epoch 3
+    p_after = log.put(UN, late, partition=1)  # the same report logged again
+    p_far = log.put(UN, signed(31, 2))  # beyond version 2's lag too
+    log.seal(t2 + 1_000)
+    out = _same_everywhere(log)
+    assert [_says(out, p) for p in (p_before, p_deferred, p_after, p_far)] == [
+        "delivery_lag",
+        "delivery_lag",
+        "accepted",
+        "delivery_lag",
+    ]
+    assert "at most 2592000000" in _final(out)[p_far].detail
 
 
 # -- the reader ---------------------------------------------------------------------------------
