@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 import tomllib
 from pathlib import Path
@@ -18,7 +19,7 @@ import yaml
 
 from bus import ceremony
 from bus.errors import ConfigError, Reason, VerificationError
-from bus.model import PAYLOAD_MANDATE, Envelope, Mandate
+from bus.model import MAX_DELIVERY_LAG_BOUND_MS, PAYLOAD_MANDATE, Envelope, Mandate
 from bus.topics import Topics
 from bus.trust import verify_mandate
 from nodes.cli.common import (
@@ -55,6 +56,52 @@ def _load_description(path: str) -> dict[str, Any]:
     return doc
 
 
+_DURATION_UNITS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000}
+
+
+def _duration_ms(key: str, value: object) -> int:
+    """Milliseconds of a duration written ``<n>d``, ``<n>h``, ``<n>m`` or ``<n>s`` (n whole).
+
+    Raises:
+        ConfigError: naming ``key`` and the accepted forms.
+    """
+    fix = f"write {key} as a whole number of days, hours, minutes or seconds: 14d, 36h, 90m"
+    text = value.strip() if isinstance(value, str) else ""
+    number, unit = text[:-1], text[-1:]
+    if unit not in _DURATION_UNITS or not number.isdigit() or not number.isascii():
+        raise ConfigError(key, f"{value!r} is not a duration", fix)
+    return int(number) * _DURATION_UNITS[unit]
+
+
+def _delivery_lag_ms(key: str, value: object) -> int:
+    """The mandate's maximum delivery lag from a duration (``max_delivery_lag``, the flag) or,
+    for ``max_delivery_lag_ms``, whole milliseconds; bounded as :class:`bus.model.Mandate`
+    bounds it (0 is the default of 7 days)."""
+    if key.endswith("_ms"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"{value!r} is not a whole number", "write milliseconds")
+        ms = value
+    else:
+        ms = _duration_ms(key, value)
+    if not 0 <= ms <= MAX_DELIVERY_LAG_BOUND_MS:
+        raise ConfigError(
+            key,
+            f"{value!r} is outside 0..90 days",
+            "write at most 90d (0 for the default of 7 days)",
+        )
+    return ms
+
+
+def _with_delivery_lag(mandate: Mandate, doc: dict[str, Any]) -> Mandate:
+    """``mandate`` with the description's ``max_delivery_lag`` (or ``max_delivery_lag_ms``)."""
+    keys = [k for k in ("max_delivery_lag", "max_delivery_lag_ms") if k in doc]
+    if len(keys) > 1:
+        raise ConfigError(keys[1], f"given with {keys[0]}", "keep one of the two")
+    if not keys:
+        return mandate
+    return dataclasses.replace(mandate, max_delivery_lag_ms=_delivery_lag_ms(keys[0], doc[keys[0]]))
+
+
 def _previous(args: argparse.Namespace) -> Mandate | None:
     """The version a new one follows (``--previous``). Read in archive mode: it only vouches for
     its successor, so a mission whose mandate lapsed can still be extended by its organizations
@@ -86,6 +133,7 @@ _ROTATION_FLAGS = (
     ("replace_key", "--replace-key"),
     ("not_after", "--not-after"),
     ("text", "--text"),
+    ("max_delivery_lag", "--max-delivery-lag"),
 )
 
 
@@ -156,7 +204,8 @@ def _cmd_draft(args: argparse.Namespace) -> int:
                     "rotation options need --previous",
                     "edit the description file instead, or pass --previous",
                 )
-        mandate = ceremony.mandate_from_description(_load_description(args.description))
+        doc = _load_description(args.description)
+        mandate = _with_delivery_lag(ceremony.mandate_from_description(doc), doc)
     else:
         if args.description:
             raise ConfigError("DESCRIPTION", "given with --previous", "pass one of the two")
@@ -174,9 +223,17 @@ def _cmd_draft(args: argparse.Namespace) -> int:
             else:
                 fix = f"correct {flag}"
             raise ConfigError(flag, problem, fix) from exc
+        if args.max_delivery_lag is not None:
+            lag = _delivery_lag_ms("--max-delivery-lag", args.max_delivery_lag)
+            mandate = dataclasses.replace(mandate, max_delivery_lag_ms=lag)
     draft = ceremony.Draft.of(mandate)
     write_file(args.out, draft.encode(), "draft")
     print("\n".join(ceremony.describe(mandate, previous=previous)))
+    lag = mandate.delivery_lag_ms
+    print(
+        f"  max delivery lag: {lag} ms ({lag / 86_400_000:g} days"
+        + (", the default)" if not mandate.max_delivery_lag_ms else ")")
+    )
     return 0
 
 
@@ -298,7 +355,18 @@ def add_mandate_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     )
     msub = md.add_subparsers(dest="mandate_command", required=True, metavar="STEP")
 
-    d = msub.add_parser("draft", help="write a draft from a description or a previous version")
+    d = msub.add_parser(
+        "draft",
+        help="write a draft from a description or a previous version",
+        description="Keys of a description: mandate_id, version (default 1), description, "
+        "threshold, not_before/not_after (RFC 3339, or not_before_ms/not_after_ms), [[zones]] "
+        "(id, name, min_lat, min_lon, max_lat, max_lon) and [[organizations]] (org, name, "
+        "root_public_key hex), and optionally max_delivery_lag: how long after signing a report "
+        "may still arrive (a duration such as 14d, 36h or 90m; or max_delivery_lag_ms; at most "
+        "90 days; unset or 0: the default of 7 days). Observers offline for days need more; "
+        "the lag also bounds how far the holder of an expired key can backdate a report. A "
+        "new value takes effect from the epoch after the version is sealed.",
+    )
     d.add_argument("description", nargs="?", help="TOML or YAML description (first version)")
     d.add_argument("--previous", metavar="FILE", help="signed current version (draft N+1)")
     d.add_argument("--out", required=True, metavar="DRAFT", help="draft file to write")
@@ -312,6 +380,11 @@ def add_mandate_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
     )
     d.add_argument("--not-after", metavar="TIME", help="new end of validity (RFC 3339)")
     d.add_argument("--text", metavar="TEXT", help="new description text")
+    d.add_argument(
+        "--max-delivery-lag",
+        metavar="DURATION",
+        help="new maximum delivery lag (14d, 36h, 90m; at most 90d; 0d: the default of 7 days)",
+    )
     add_log_level(d, "warning")
     d.set_defaults(func=_cmd_draft)
 
