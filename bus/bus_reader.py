@@ -48,7 +48,7 @@ from typing import Any, Final
 
 from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
 from bus.errors import ConfigError, Reason, VerificationError
-from bus.judge import EpochVerdicts, FinalJudge
+from bus.judge import EpochVerdicts, FinalJudge, Status
 from bus.merkle import EMPTY_ROOT, MerkleTree
 from bus.model import Mandate, Role
 from bus.seal import (
@@ -142,10 +142,13 @@ class BusReader:
         )
         self._judged = _judged  # the final seal of the last judged epoch
         self._finals: dict[int, FinalSeal] = {}  # final, not yet judged, by epoch
-        self._chain = SealChain(root.mandate_id, self._trust, latest=_judged)
+        self._chain = SealChain(root.mandate_id, self.trust_for, latest=_judged)
         # The open epoch's proposals in topic order: (offset, proposal, digest).
         self._proposals: list[tuple[int, SealProposal, bytes]] = []
         self._bootstrap: dict[bytes, KeyRing] = {}
+        # Whether the last judged epoch left reports deferred to the next one (they need an
+        # epoch to be judged in, even when nothing new arrives).
+        self._deferred = bool(json.loads(self._reader.judge.snapshot())["deferred"])
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -254,6 +257,11 @@ class BusReader:
     def _after_judged(self, out: _Collector) -> None:
         """Forget the final seals the reader has judged; keep the newest as ``judged``."""
         epoch = self._reader.judge.epoch
+        if out.epochs and out.epochs[-1].epoch == epoch:
+            last = out.epochs[-1]
+            self._deferred = any(
+                v.status is Status.DEFERRED and v.epoch == epoch for v in last.verdicts
+            )
         for e in sorted(e for e in self._finals if e <= epoch):
             seal = self._finals.pop(e)
             if e == epoch:
@@ -261,7 +269,9 @@ class BusReader:
 
     # -- trust for seals ---------------------------------------------------------------------
 
-    def _trust(self, proposal: SealProposal) -> KeyRing | None:
+    def trust_for(self, proposal: SealProposal) -> KeyRing | None:
+        """The key ring that counts signatures on ``proposal`` (module docstring), or None while
+        this reader cannot know it yet."""
         judge = self._reader.judge
         if proposal.epoch != judge.epoch + 1:
             return None
@@ -319,7 +329,7 @@ class BusReader:
         NODE in its trust state, usable at its epoch and time), or None while that trust state
         is unknown here. A proposal whose electorate is smaller than the threshold can never
         become final: a witness that voted for it would have burnt its vote for the epoch."""
-        ring = self._trust(proposal)
+        ring = self.trust_for(proposal)
         if ring is None:
             return None
         orgs: set[str] = set()
@@ -339,7 +349,7 @@ class BusReader:
         orgs = self.electorate(proposal)
         if orgs is None:
             return CosignDecision(Cosign.WAIT, detail="its trust state is not known here yet")
-        ring = self._trust(proposal)
+        ring = self.trust_for(proposal)
         assert ring is not None
         k = ring.mandate.threshold
         if len(orgs) < k or org not in orgs:
@@ -400,7 +410,8 @@ class BusReader:
 
     def propose(self, *, org: str, now_ms: int) -> SealProposal | None:
         """A proposal for the open epoch over everything held now, or None when there is
-        nothing new to seal, this reader is behind the newest final seal, the clock is not
+        nothing new to seal (an epoch with no new record is proposed only when the last one
+        deferred reports to it), this reader is behind the newest final seal, the clock is not
         after its time, or it could not become final with ``org``'s vote (its trust state
         unknown here, or node keys of fewer than k organizations, ``org``'s among them, count
         on it)."""

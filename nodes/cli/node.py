@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -26,7 +27,7 @@ from bus.policy import Policy
 from bus.policy_file import load_policy
 from bus.store.quarantine import DEFAULT_QUARANTINE_QUOTA_BYTES
 from bus.topics import Topics
-from nodes.cli.audit import add_witness_args, run_with_witness
+from nodes.cli.audit import add_witness_args, witness_config
 from nodes.cli.common import add_common_args, bootstrap, security_from_args
 from nodes.cli.trust import read_decryption_key
 from nodes.runtime.files import archive_notice, ended_on, load_mandate, mandate_ended, read_key
@@ -88,7 +89,104 @@ def _cmd_node(args: argparse.Namespace) -> int:
         from nodes.org_node.process import run_node  # noqa: PLC0415 - keep `obus --help` fast
 
         return asyncio.run(run_node(config))
-    return asyncio.run(run_with_witness(args, config))
+    return asyncio.run(_run_full(args, config))
+
+
+async def _run_full(args: argparse.Namespace, config: Any) -> int:
+    """The node with its witness and its sealer (each unless switched off)."""
+    from nodes.org_node.process import run_node  # noqa: PLC0415 - keep `obus --help` fast
+    from nodes.org_node.witness import Witness  # noqa: PLC0415
+
+    companions: list[Any] = []
+    witness = witness_config(args, config)
+    if witness is not None:
+        companions.append(Witness(witness))
+    sealer = sealer_config(args, config)
+    if sealer is not None:
+        companions.append(sealer)
+    return await run_node(config, companions=companions)
+
+
+def sealer_config(args: argparse.Namespace, node: Any) -> Any:
+    """The sealer of ``obus node``, or None with ``--no-seal`` or when no root mandate (the
+    version the bus began under) is at hand: the sealer's verdicts are a function of the root,
+    so a node judging from another one would disagree with every other reader.
+
+    Raises:
+        ConfigError: a seal option out of range, or ``--root-mandate`` unreadable or of
+            another mandate.
+    """
+    from nodes.org_node.sealer import Sealer, SealerConfig  # noqa: PLC0415
+
+    if not args.seal:
+        return None
+    if args.seal_interval <= 0 or args.seal_tolerance <= 0:
+        raise ConfigError(
+            "--seal-interval", "must be > 0 (and --seal-tolerance > 0)", "fix the value"
+        )
+    root = node.mandate
+    if args.root_mandate:
+        root, _ = load_mandate(Path(args.root_mandate), archive=True)
+        if root.mandate_id != node.mandate.mandate_id:
+            raise ConfigError(
+                "--root-mandate",
+                f"is mandate {root.mandate_id!r}, the node runs {node.mandate.mandate_id!r}",
+                "pass version 1 of the mandate this node runs",
+            )
+    if root.version != 1:
+        log.warning(
+            "sealer_not_started", org=node.org, reason="no_root_mandate",
+            detail=f"the mandate file is version {root.version}; final verdicts are judged from"
+            " version 1", fix="pass --root-mandate FILE (version 1 of this mandate)",
+        )  # fmt: skip
+        return None
+    db = Path(args.final_db) if args.final_db else node.db_path.with_suffix(".final.db")
+    interval = round(args.seal_interval * 1000)
+    return Sealer(
+        SealerConfig(
+            org=node.org,
+            bootstrap=node.bootstrap,
+            db_path=db,
+            root=root,
+            node_key=read_key(Path(args.node_key)) if args.node_key else None,
+            topics=node.topics,
+            limits=node.limits,
+            decryption_keys={k.key_id: k for k in node.decryption_keys},
+            interval_ms=interval,
+            takeover_ms=interval,
+            tolerance_ms=round(args.seal_tolerance * 1000),
+            witness=args.node_key is not None,
+            security=node.security,
+        )
+    )
+
+
+def add_seal_args(node: argparse.ArgumentParser) -> None:
+    """The sealer options of ``obus node``."""
+    g = node.add_argument_group(
+        "seals",
+        "Read the whole bus, propose and cosign seals on <prefix>seals (with --node-key), and "
+        "keep the final verdict of every sealed record in <db stem>.final.db: the verdicts "
+        "every honest node and auditor share, whatever order they read the log in.",
+    )
+    g.add_argument(
+        "--seal", action=argparse.BooleanOptionalAction, default=True,
+        help="run the sealer (default: on)",
+    )  # fmt: skip
+    g.add_argument(
+        "--seal-interval", type=float, default=5.0, metavar="SECONDS",
+        help="propose the next epoch this long after the previous seal's time (default 5); "
+        "a silent turn owner is replaced after as long again per organization",
+    )  # fmt: skip
+    g.add_argument(
+        "--seal-tolerance", type=float, default=60.0, metavar="SECONDS",
+        help="cosign only seals whose time is within this of this host's clock (default 60)",
+    )  # fmt: skip
+    g.add_argument(
+        "--root-mandate", metavar="FILE",
+        help="version 1 of the mandate (the root every reader judges from); default: --mandate",
+    )  # fmt: skip
+    g.add_argument("--final-db", metavar="FILE", help="the final store (<db stem>.final.db)")
 
 
 def _attachment_limits(args: argparse.Namespace) -> AttachmentLimits | None:
@@ -218,4 +316,5 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )  # fmt: skip
     add_common_args(node)
     add_witness_args(node)
+    add_seal_args(node)
     node.set_defaults(func=_cmd_node)

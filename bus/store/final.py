@@ -1,0 +1,380 @@
+"""The final store: what a node's sealer derived from the sealed bus (final seals, final
+verdicts, chain heads, equivocation evidence), and what it needs to continue after a restart
+(its reader's snapshot, its own organization's votes).
+
+Written by one :class:`~nodes.org_node.sealer.Sealer`, one transaction per batch of judged
+epochs; read by the dashboard, the API and ``obus node final-state`` through a read-only
+connection at any time.
+
+**Same at every honest node.** The tables ``seals``, ``verdicts``, ``changes``, ``heads`` and
+``equivocations`` hold only what :class:`~bus.bus_reader.BusReader` derives from the sealed log,
+so two nodes (or a node and an auditor) that judged the same epochs hold the same rows, whatever
+order they read the log in and however often they restarted: :meth:`FinalStore.dump` writes
+them in one canonical byte form and :meth:`FinalStore.fingerprint` hashes it. ``votes``,
+``snapshot`` and ``meta`` are this node's own and are not in the dump.
+
+A report deferred at its own epoch (its key accredited in the same epoch) is stored ``deferred``
+and updated once, by the next epoch's answer: rows keep the epoch they were sealed in
+(``epoch``) and the epoch whose answer set them (``judged_epoch``).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from bus.epoch import FinalSeal
+from bus.errors import ConfigError, StoreError
+from bus.judge import EpochVerdicts, Verdict
+from bus.seal import Equivocation, SealProposal
+from bus.sealed import VerifiedSealed
+from bus.store.sqlite import open_db, sqlite_transaction
+from bus.verify import VerifiedReport
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seals (
+    epoch INTEGER PRIMARY KEY, digest BLOB NOT NULL, time_ms INTEGER NOT NULL,
+    seal_offset INTEGER NOT NULL, signers TEXT NOT NULL, text BLOB NOT NULL,
+    state_digest BLOB NOT NULL, mandate_version INTEGER NOT NULL, records INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS verdicts (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    epoch INTEGER NOT NULL, judged_epoch INTEGER NOT NULL, status TEXT NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, org TEXT, observer_id TEXT, report_id TEXT,
+    seq INTEGER, key_id BLOB,
+    PRIMARY KEY (topic, partition, "offset")
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS verdicts_by_report ON verdicts (org, observer_id, report_id);
+CREATE INDEX IF NOT EXISTS verdicts_by_status ON verdicts (status, reason);
+CREATE TABLE IF NOT EXISTS changes (
+    topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+    at_epoch INTEGER NOT NULL, status TEXT NOT NULL, org TEXT NOT NULL,
+    observer_id TEXT NOT NULL, seq INTEGER NOT NULL, report_id TEXT NOT NULL,
+    key_id BLOB NOT NULL, detail TEXT NOT NULL,
+    PRIMARY KEY (topic, partition, "offset", at_epoch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS heads (
+    org TEXT NOT NULL, observer_id TEXT NOT NULL, seq INTEGER NOT NULL, digest BLOB NOT NULL,
+    PRIMARY KEY (org, observer_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS equivocations (
+    org TEXT NOT NULL, epoch INTEGER NOT NULL, evidence TEXT NOT NULL,
+    PRIMARY KEY (org, epoch)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS votes (
+    epoch INTEGER PRIMARY KEY, digest BLOB NOT NULL, record BLOB NOT NULL,
+    kind TEXT NOT NULL, at_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshot (
+    id INTEGER PRIMARY KEY CHECK (id = 1), epoch INTEGER NOT NULL, state BLOB NOT NULL
+);
+"""
+
+# The tables every honest reader holds alike, in the order and sort order of the dump.
+_DUMPED: Final = (
+    ("seals", "epoch"),
+    ("verdicts", 'topic, partition, "offset"'),
+    ("changes", 'topic, partition, "offset", at_epoch'),
+    ("heads", "org, observer_id"),
+    ("equivocations", "org, epoch"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """This organization's signature for one epoch: the text's digest and the record sent."""
+
+    epoch: int
+    digest: bytes
+    record: bytes
+    kind: str  # "proposal" or "cosignature"
+
+
+def _report_fields(v: Verdict) -> tuple[str | None, str | None, int | None, bytes | None]:
+    """(report id, seq, key id) of an accepted report's verdict; Nones otherwise."""
+    r = v.report
+    if isinstance(r, VerifiedReport):
+        return r.report.report_id, r.report.observer_id, r.report.seq, r.key_id
+    if isinstance(r, VerifiedSealed):
+        return r.sealed.report_id, r.sealed.observer_id, r.sealed.seq, r.key_id
+    return None, None, None, None
+
+
+def _value(v: object) -> object:
+    if isinstance(v, bytes | memoryview):
+        return base64.b64encode(bytes(v)).decode()
+    return v
+
+
+class FinalStore:
+    """The final store's SQLite file. One writer; read-only readers at any time.
+
+    Args:
+        path: the file (created when missing).
+        read_only: open an existing file for reading only.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = path
+        # NORMAL: a power loss may take the last epochs; the sealer judges them again from the
+        # snapshot before them, and the rows it writes again are the same.
+        self._db = open_db(
+            path,
+            what="final store",
+            schema="" if read_only else _SCHEMA,
+            read_only=read_only,
+            synchronous="NORMAL",
+            timeout_s=5,
+            threads=True,
+        )
+
+    def close(self) -> None:
+        """Close the database."""
+        self._db.close()
+
+    def check_identity(self, org: str, mandate_id: str, root_digest: bytes) -> None:
+        """Bind the file to one organization, mandate and root mandate; refuse to mix.
+
+        Raises:
+            ConfigError: the file was made for another organization, mandate or root.
+        """
+        pairs = (("org", org), ("mandate_id", mandate_id), ("root", root_digest.hex()))
+        for key, value in pairs:
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                self._db.execute("INSERT INTO meta VALUES (?, ?)", (key, value))
+            elif row[0] != value:
+                raise ConfigError(
+                    "final store",
+                    f"{self.path} belongs to {key} {row[0]!r}, not {value!r}",
+                    "give this node its own --final-db, or start it with the root mandate the"
+                    " file was made with",
+                )
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def record(
+        self,
+        epochs: Sequence[EpochVerdicts],
+        finals: Iterable[FinalSeal],
+        equivocations: Iterable[Equivocation] = (),
+        *,
+        snapshot: tuple[int, bytes] | None = None,
+    ) -> None:
+        """Store judged epochs (with their final seals) in one transaction.
+
+        Args:
+            epochs: the epochs judged, in order.
+            finals: their final seals (at least one per epoch in ``epochs``).
+            equivocations: evidence found.
+            snapshot: (epoch, reader snapshot) to keep for restarts.
+        """
+        by_epoch = {f.epoch: f for f in finals}
+        with sqlite_transaction(self._db, "final store") as db:
+            for ev in epochs:
+                seal = by_epoch[ev.epoch]
+                db.execute(
+                    "INSERT OR REPLACE INTO seals VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        ev.epoch,
+                        seal.digest,
+                        seal.time_ms,
+                        seal.offset,
+                        ",".join(sorted(seal.signers)),
+                        SealProposal.of_final(seal).text(),
+                        ev.state_digest,
+                        ev.mandate_version,
+                        len(ev.verdicts),
+                    ),
+                )
+                rows = []
+                for v in ev.verdicts:
+                    report_id, observer_id, seq, key_id = _report_fields(v)
+                    org = None if v.observer is None else v.observer[0]
+                    if observer_id is None and v.observer is not None:
+                        observer_id = v.observer[1]
+                    rows.append(
+                        (
+                            *v.pos,
+                            v.epoch,
+                            ev.epoch,
+                            v.status.value,
+                            v.reason,
+                            v.detail,
+                            org,
+                            observer_id,
+                            report_id,
+                            seq,
+                            key_id,
+                        )
+                    )
+                db.executemany(
+                    "INSERT OR REPLACE INTO verdicts VALUES"
+                    " (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO changes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            *c.pos,
+                            c.at_epoch,
+                            c.status.value,
+                            c.observer[0],
+                            c.observer[1],
+                            c.seq,
+                            c.report_id,
+                            c.key_id,
+                            c.detail,
+                        )
+                        for c in ev.changes
+                    ],
+                )
+                for (org, observer_id), head in ev.heads.items():
+                    if head is None:
+                        db.execute(
+                            "DELETE FROM heads WHERE org = ? AND observer_id = ?",
+                            (org, observer_id),
+                        )
+                    else:
+                        db.execute(
+                            "INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?)",
+                            (org, observer_id, head.seq, head.digest),
+                        )
+            for eq in equivocations:
+                db.execute(
+                    "INSERT OR IGNORE INTO equivocations VALUES (?, ?, ?)",
+                    (eq.org, eq.epoch, json.dumps(eq.to_json(), sort_keys=True)),
+                )
+            if snapshot is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO snapshot VALUES (1, ?, ?)", (snapshot[0], snapshot[1])
+                )
+
+    def save_vote(self, vote: Vote, at_ms: int) -> None:
+        """Remember this organization's vote before it is published (one per epoch).
+
+        Raises:
+            StoreError: a vote for that epoch is already stored (the caller must never sign
+                two texts for one epoch).
+        """
+        with sqlite_transaction(self._db, "final store") as db:
+            db.execute(
+                "INSERT INTO votes VALUES (?, ?, ?, ?, ?)",
+                (vote.epoch, vote.digest, vote.record, vote.kind, at_ms),
+            )
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def votes(self, since_epoch: int = 0) -> dict[int, Vote]:
+        """This organization's stored votes from ``since_epoch`` on, by epoch."""
+        rows = self._db.execute(
+            "SELECT epoch, digest, record, kind FROM votes WHERE epoch >= ?", (since_epoch,)
+        )
+        return {e: Vote(e, bytes(d), bytes(r), k) for e, d, r, k in rows}
+
+    def snapshot(self) -> tuple[int, bytes] | None:
+        """(epoch, reader snapshot) stored last, if any."""
+        row = self._db.execute("SELECT epoch, state FROM snapshot WHERE id = 1").fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def last_epoch(self) -> tuple[int, bytes] | None:
+        """(epoch, state digest) of the last epoch stored."""
+        row = self._db.execute(
+            "SELECT epoch, state_digest FROM seals ORDER BY epoch DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def seals(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest final seals, newest first, as JSON-ready dicts."""
+        rows = self._db.execute(
+            "SELECT epoch, digest, time_ms, seal_offset, signers, state_digest,"
+            " mandate_version, records FROM seals ORDER BY epoch DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            {
+                "epoch": e,
+                "digest": base64.b64encode(bytes(d)).decode(),
+                "time_ms": t,
+                "offset": o,
+                "signers": s.split(",") if s else [],
+                "state_digest": base64.b64encode(bytes(sd)).decode(),
+                "mandate_version": mv,
+                "records": n,
+            }
+            for e, d, t, o, s, sd, mv, n in rows
+        ]
+
+    def verdict(self, topic: str, partition: int, offset: int) -> dict[str, Any] | None:
+        """The final verdict on one record, if its epoch is judged."""
+        cur = self._db.execute(
+            "SELECT epoch, judged_epoch, status, reason, detail FROM verdicts WHERE topic = ? AND"
+            ' partition = ? AND "offset" = ?',
+            (topic, partition, offset),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        e, je, status, reason, detail = row
+        return {
+            "epoch": e,
+            "judged_epoch": je,
+            "status": status,
+            "reason": reason,
+            "detail": detail,
+        }
+
+    def counts(self) -> dict[str, int]:
+        """Final verdicts by status, and quarantined ones by ``quarantined:<reason>``."""
+        out: dict[str, int] = {}
+        for status, reason, n in self._db.execute(
+            "SELECT status, reason, count(*) FROM verdicts GROUP BY status, reason"
+        ):
+            out[status] = out.get(status, 0) + n
+            if reason:
+                out[f"{status}:{reason}"] = n
+        out["revoked_after_acceptance"] = self._db.execute(
+            "SELECT count(*) FROM changes"
+        ).fetchone()[0]
+        return out
+
+    def dump(self) -> Iterator[bytes]:
+        """Every row every honest reader holds alike, one canonical JSON line each (table
+        name first), in a fixed order: equal dumps, equal final stores."""
+        for table, order in _DUMPED:
+            cur = self._db.execute(f"SELECT * FROM {table} ORDER BY {order}")  # noqa: S608
+            for row in cur:
+                line = json.dumps([table, *(_value(v) for v in row)], separators=(",", ":"))
+                yield line.encode() + b"\n"
+
+    def fingerprint(self) -> bytes:
+        """SHA-256 of :meth:`dump`."""
+        h = hashlib.sha256()
+        for line in self.dump():
+            h.update(line)
+        return h.digest()
+
+
+@contextlib.contextmanager
+def read_final_store(path: Path) -> Iterator[FinalStore | None]:
+    """A read-only final store, or None when the file does not exist (yet) or cannot be read."""
+    if not path.exists():
+        yield None
+        return
+    try:
+        store = FinalStore(path, read_only=True)
+    except StoreError:
+        yield None
+        return
+    try:
+        yield store
+    finally:
+        store.close()

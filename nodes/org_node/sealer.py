@@ -1,0 +1,465 @@
+"""An organization's sealer: it reads the whole bus, proposes and cosigns seals, and keeps the
+final verdicts of every sealed epoch in the node's final store.
+
+One :class:`~bus.bus_reader.BusReader` does the deciding (pure); this module moves bytes between
+Kafka, the reader and the :class:`~bus.store.final.FinalStore`:
+
+* **Reading.** One consumer without a group is assigned partition 0 of ``<prefix>seals`` and
+  every partition of every sealed topic (:meth:`bus.topics.Topics.is_sealed`; new topics and
+  partitions are found by refreshing metadata), each from where the reader stands (the judged
+  size, or the seals offset after the last judged epoch). Records go to the reader in the order
+  they arrive: the verdicts do not depend on it.
+* **Storing.** Every judged epoch is written with its final seal in one transaction; the
+  reader's snapshot is written with them every ``snapshot_every`` epochs and when the sealer
+  stops. After a restart the sealer resumes from the snapshot and reads again from there; epochs
+  judged again write the same rows.
+* **Proposing.** Proposers take turns: the proposer of epoch *e* is organization number
+  ``e mod n`` of the mandate in force (sorted ids). It proposes once ``interval_ms`` has passed
+  since *t_{e-1}* by its clock, when anything new is to be sealed; the organization *d* places
+  after it takes over after ``interval_ms + d * takeover_ms`` when no proposal it can vote for
+  appeared (the turn's owner down or lagging). A proposal is the proposer's vote.
+* **Cosigning.** The first proposal of the open epoch, in topic order, that this node accepts
+  (:meth:`bus.bus_reader.BusReader.cosign_candidate`) is cosigned. The vote (digest and the
+  record) is stored *before* it is published, so a restart can never sign a second text for the
+  same epoch, and a vote stored but never read back is published again.
+* **Alarms.** A sealed record altered or deleted (a root that does not match a final seal) stops
+  judging: ``sealed_root_mismatch`` is logged at error level with the partition and the size,
+  kept in :attr:`Sealer.alarm` and shown by the health endpoint; reading the seals topic goes
+  on. Equivocation evidence is stored and logged.
+* **Back-pressure.** While more than ``max_buffered`` records wait for a final seal (no quorum
+  seals), reading the data partitions pauses; the seals topic is still read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import structlog
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bus.bus_reader import BusReader, BusUpdate
+from bus.checkpoint import key_name
+from bus.crypto import SigningKey
+from bus.epoch import FinalSeal, PartitionRef
+from bus.errors import (
+    EpochInputError,
+    Reason,
+    SealedRootMismatchError,
+    TransportError,
+    VerificationError,
+)
+from bus.kafka.admin import partitions_of
+from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
+from bus.model import Mandate, Role, encode
+from bus.seal import Cosign, SealProposal, cosign_seal, sign_proposal
+from bus.sealed import DecryptionKey
+from bus.store.final import FinalStore, Vote
+from bus.topics import Topics
+from bus.verify import Limits
+from nodes.runtime.backoff import OutageBackoff, transient
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_INTERVAL_MS: Final = 5_000
+DEFAULT_TOLERANCE_MS: Final = 60_000
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True)
+class SealerConfig:
+    """Everything a sealer needs; built by the CLI.
+
+    Args:
+        org: this organization.
+        bootstrap: Kafka bootstrap servers.
+        db_path: the final store's SQLite file.
+        root: the mandate the bus began under (the same at every node and auditor).
+        node_key: this node's key (accredited by ``org`` with role NODE to sign seals).
+        topics: topic naming.
+        limits: verification limits (the same at every reader).
+        decryption_keys: this organization's keys for restricted reports.
+        interval_ms: the seal interval: how long after *t_{e-1}* epoch *e* is proposed.
+        takeover_ms: how much longer each next organization waits before proposing instead of
+            a silent turn owner.
+        tolerance_ms: how far a proposal's *t_e* may be from this node's clock to be cosigned.
+        snapshot_every: store the reader's snapshot every this many judged epochs.
+        max_buffered: pause data partitions while more records than this wait for a seal.
+        poll_timeout_ms: longest wait for records per loop turn.
+        max_batch: most records per fetch.
+        metadata_refresh_ms: how often new topics and partitions are looked for.
+        witness: propose and cosign (False: only read and judge, like an auditor).
+        security: how to authenticate to the brokers.
+    """
+
+    org: str
+    bootstrap: str
+    db_path: Path
+    root: Mandate
+    node_key: SigningKey | None
+    topics: Topics = field(default_factory=Topics)
+    limits: Limits | None = None
+    decryption_keys: Mapping[bytes, DecryptionKey] = field(default_factory=dict)
+    interval_ms: int = DEFAULT_INTERVAL_MS
+    takeover_ms: int = DEFAULT_INTERVAL_MS
+    tolerance_ms: int = DEFAULT_TOLERANCE_MS
+    snapshot_every: int = 20
+    max_buffered: int = 500_000
+    poll_timeout_ms: int = 200
+    max_batch: int = 5000
+    metadata_refresh_ms: int = 5_000
+    witness: bool = True
+    security: KafkaSecurity | None = None
+
+
+class Sealer:
+    """One organization's sealer: ``run()`` until ``stop()``.
+
+    Raises (from run): StoreError when the final store cannot commit; ConfigError when the
+    store was made for another organization, mandate or root; TransportError on broker
+    failures that waiting does not cure.
+    """
+
+    def __init__(self, config: SealerConfig) -> None:
+        self.config = config
+        self.store = FinalStore(config.db_path)
+        root_digest = hashlib.sha256(encode(config.root)).digest()
+        self.store.check_identity(config.org, config.root.mandate_id, root_digest)
+        self.reader = self._load_reader()
+        self._stopping = asyncio.Event()
+        self._positions: dict[PartitionRef, int] = dict(self.reader.positions())
+        self._seal_pos = self.reader.seals_from
+        self._finals: dict[int, FinalSeal] = {}
+        self._since_snapshot = 0
+        self._votes: dict[int, Vote] = self.store.votes()
+        self._sent: set[int] = set()  # epochs whose vote this run has published
+        self._refused: set[tuple[int, str]] = set()  # (offset, reason) logged once
+        self._epoch_seen_ms: dict[int, int] = {}  # open epoch -> when this node first saw it
+        self._paused = False
+        self.alarm: dict[str, Any] | None = None
+        self.counts: dict[str, int] = {
+            "epochs_judged": 0,
+            "records_judged": 0,
+            "proposals_published": 0,
+            "cosignatures_published": 0,
+            "equivocations": 0,
+            "refusals": 0,
+        }
+        self._log = log.bind(org=config.org, component="sealer")
+
+    def _load_reader(self) -> BusReader:
+        cfg = self.config
+        snap = self.store.snapshot()
+        if snap is not None:
+            return BusReader.resume(
+                snap[1], cfg.root, cfg.topics, cfg.limits, decryption_keys=cfg.decryption_keys
+            )
+        return BusReader(cfg.root, cfg.topics, cfg.limits, decryption_keys=cfg.decryption_keys)
+
+    def stop(self) -> None:
+        """Ask run() to finish its current turn and return."""
+        self._stopping.set()
+
+    def status(self) -> dict[str, Any]:
+        """For health and the dashboard: where sealing stands."""
+        latest = self.reader.latest
+        judge = self.reader.judge
+        return {
+            "judged_epoch": judge.epoch,
+            "final_epoch": 0 if latest is None else latest.epoch,
+            "open_epoch": self.reader.chain.open_epoch,
+            "buffered": self.reader.buffered(),
+            "paused": self._paused,
+            "state_digest": judge.digest.hex(),
+            "alarm": self.alarm,
+            **self.counts,
+        }
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read, judge, store, propose and cosign until stop()."""
+        cfg = self.config
+        consumer = AIOKafkaConsumer(
+            **client_options(cfg.bootstrap, cfg.security),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        producer = reliable_producer(cfg.bootstrap, security=cfg.security) if cfg.witness else None
+        admin = AIOKafkaAdminClient(**client_options(cfg.bootstrap, cfg.security))
+        self._log.info(
+            "sealer_started",
+            judged_epoch=self.reader.judge.epoch,
+            seals_from=self._seal_pos,
+            interval_ms=cfg.interval_ms,
+            witness=cfg.witness,
+        )
+        try:
+            with kafka_errors("sealing"):
+                if producer is not None:
+                    await producer.start()
+                await consumer.start()
+                await admin.start()
+            backoff = OutageBackoff(self._log, "sealer", self._stopping)
+            next_refresh = 0.0
+            while not self._stopping.is_set():
+                try:
+                    with kafka_errors("sealing"):
+                        if time.monotonic() >= next_refresh:
+                            await self._assign(consumer, admin)
+                            next_refresh = time.monotonic() + cfg.metadata_refresh_ms / 1000
+                        await self._turn(consumer, producer)
+                except TransportError as exc:
+                    if not transient(exc):
+                        raise
+                    await backoff.wait(exc)
+                    next_refresh = 0.0
+                    continue
+                backoff.reset()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(self._save_snapshot)
+            for client in (consumer, producer):
+                if client is not None:
+                    with contextlib.suppress(TransportError), kafka_errors("stopping"):
+                        await client.stop()
+            with contextlib.suppress(TransportError), kafka_errors("stopping"):
+                await admin.close()
+            self.store.close()
+            self._log.info("sealer_stopped", **self.status())
+
+    async def _assign(self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> None:
+        """Assign the seals partition and every partition of every sealed topic, each at this
+        sealer's position (assignment changes reset positions, so every one is sought)."""
+        topics = self.config.topics
+        names = [t for t in await admin.list_topics() if t == topics.seals or topics.is_sealed(t)]
+        wanted = await partitions_of(admin, names)
+        if set(wanted) == consumer.assignment():
+            return
+        consumer.assign(wanted)
+        for tp in wanted:
+            if tp.topic == topics.seals:
+                consumer.seek(tp, self._seal_pos)
+            else:
+                consumer.seek(tp, self._positions.get((tp.topic, tp.partition), 0))
+        self._paused = False
+        self._log.info("sealer_assigned", partitions=len(wanted))
+
+    async def _turn(self, consumer: AIOKafkaConsumer, producer: Any) -> None:
+        cfg = self.config
+        batch = await consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch)
+        updates: list[BusUpdate] = []
+        seals_topic = cfg.topics.seals
+        # The seals topic first: its records never wait for the data, the data may wait for it.
+        for tp in sorted(batch, key=lambda t: (t.topic != seals_topic, t.topic, t.partition)):
+            records = batch[tp]
+            if tp.topic == seals_topic:
+                for rec in records:
+                    if rec.offset < self._seal_pos:
+                        continue
+                    updates.append(self.reader.offer_seal(rec.offset, rec.value))
+                    self._seal_pos = rec.offset + 1
+            elif self.alarm is None:
+                updates.extend(self._offer_data((tp.topic, tp.partition), records))
+        await self._store(updates)
+        self._pace(consumer)
+        if producer is not None and self.alarm is None:
+            await self._witness(producer)
+
+    def _offer_data(self, ref: PartitionRef, records: list[Any]) -> list[BusUpdate]:
+        """Offer one partition's fetched records in runs of consecutive offsets."""
+        out: list[BusUpdate] = []
+        run: list[bytes | None] = []
+        start = -1
+        for rec in records:
+            if rec.offset < self._positions.get(ref, 0):
+                continue
+            if run and rec.offset != start + len(run):
+                out.extend(self._offer_run(ref, start, run))
+                run = []
+            if not run:
+                start = rec.offset
+            run.append(rec.value)
+        if run:
+            out.extend(self._offer_run(ref, start, run))
+        return out
+
+    def _offer_run(
+        self, ref: PartitionRef, start: int, values: list[bytes | None]
+    ) -> list[BusUpdate]:
+        self._positions[ref] = start + len(values)
+        try:
+            return [self.reader.offer_records(ref, start, values)]
+        except SealedRootMismatchError as exc:
+            self._raise_alarm(Reason.SEALED_ROOT_MISMATCH.value, exc.message, exc.context)
+        except EpochInputError as exc:
+            self._raise_alarm("epoch_input", exc.message, exc.context)
+        return []
+
+    def _raise_alarm(self, reason: str, detail: str, context: Mapping[str, object]) -> None:
+        self.alarm = {"reason": reason, "detail": detail, **{k: str(v) for k, v in context.items()}}
+        self._log.error("sealed_log_broken", reason=reason, detail=detail, **self.alarm)
+
+    async def _store(self, updates: list[BusUpdate]) -> None:
+        epochs = [ev for u in updates for ev in u.epochs]
+        equivocations = [e for u in updates for e in u.equivocations]
+        for u in updates:
+            for f in u.finals:
+                self._finals[f.epoch] = f
+                self._log.info(
+                    "seal_final", epoch=f.epoch, signers=sorted(f.signers), offset=f.offset
+                )
+        for eq in equivocations:
+            self.counts["equivocations"] += 1
+            self._log.error("seal_equivocation", equivocating_org=eq.org, epoch=eq.epoch)
+        if not epochs and not equivocations:
+            return
+        finals = [self._finals[ev.epoch] for ev in epochs]
+        self._since_snapshot += len(epochs)
+        snapshot = None
+        if self._since_snapshot >= self.config.snapshot_every:
+            snapshot = (self.reader.judge.epoch, self.reader.snapshot())
+            self._since_snapshot = 0
+        await asyncio.to_thread(self.store.record, epochs, finals, equivocations, snapshot=snapshot)
+        for ev in epochs:
+            self._finals.pop(ev.epoch, None)
+            self.counts["epochs_judged"] += 1
+            self.counts["records_judged"] += len(ev.verdicts)
+            self._log.info(
+                "epoch_judged",
+                epoch=ev.epoch,
+                records=len(ev.verdicts),
+                changes=len(ev.changes),
+                state_digest=ev.state_digest.hex()[:16],
+            )
+
+    def _save_snapshot(self) -> None:
+        if self.reader.judge.epoch:
+            self.store.record([], [], snapshot=(self.reader.judge.epoch, self.reader.snapshot()))
+
+    def _pace(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause the data partitions while too much waits for a seal; resume below half."""
+        buffered = self.reader.buffered()
+        data = [tp for tp in consumer.assignment() if tp.topic != self.config.topics.seals]
+        if not self._paused and buffered > self.config.max_buffered:
+            consumer.pause(*data)
+            self._paused = True
+            self._log.warning("sealer_paused", buffered=buffered, open=self.reader.chain.open_epoch)
+        elif self._paused and buffered <= self.config.max_buffered // 2:
+            consumer.resume(*data)
+            self._paused = False
+            self._log.info("sealer_resumed", buffered=buffered)
+
+    # -- witnessing --------------------------------------------------------------------------
+
+    def _key_name(self, proposal: SealProposal) -> str | None:
+        """This node key's signed-note name under the proposal's trust state (None: it does not
+        count there)."""
+        key = self.config.node_key
+        if key is None:
+            return None
+        ring = self.reader.trust_for(proposal)
+        if ring is None:
+            return None
+        try:
+            acc = ring.lookup(key.key_id)
+        except VerificationError:
+            return None
+        if acc.org != self.config.org or acc.role is not Role.NODE:
+            return None
+        return key_name(acc.org, acc.subject_id)
+
+    async def _witness(self, producer: Any) -> None:
+        cfg = self.config
+        key = cfg.node_key
+        if key is None:
+            return
+        chain = self.reader.chain
+        open_epoch = chain.open_epoch
+        now = _now_ms()
+        self._epoch_seen_ms.setdefault(open_epoch, now)
+        for e in [e for e in self._epoch_seen_ms if e < open_epoch]:
+            del self._epoch_seen_ms[e]
+        mine = self._votes.get(open_epoch)
+        if mine is not None:
+            # Voted already (maybe before a restart): publish it again if it never arrived.
+            if chain.votes().get(cfg.org) is None and open_epoch not in self._sent:
+                await self._publish(producer, mine)
+            return
+        voted = {e: v.digest for e, v in self._votes.items()}
+        theirs = chain.votes().get(cfg.org)
+        if theirs is not None:  # a vote of this organization read on the topic (another node)
+            voted[open_epoch] = theirs
+        proposal, decisions = self.reader.cosign_candidate(
+            org=cfg.org, now_ms=now, tolerance_ms=cfg.tolerance_ms, voted=voted
+        )
+        for offset, d in decisions:
+            if (
+                d.verdict is Cosign.REFUSE
+                and d.reason is not None
+                and (offset, d.reason.value) not in self._refused
+            ):
+                self._refused.add((offset, d.reason.value))
+                self.counts["refusals"] += 1
+                self._log.warning(
+                    "seal_refused", offset=offset, reason=d.reason.value, detail=d.detail
+                )
+        if theirs is not None:
+            return
+        if proposal is not None:
+            name = self._key_name(proposal)
+            if name is not None:
+                record = cosign_seal(proposal.text(), key, name, now_ms=now)
+                await self._vote(producer, Vote(proposal.epoch, proposal.digest, record, "cosign"))
+            return
+        if self._due(open_epoch, now):
+            proposal = self.reader.propose(org=cfg.org, now_ms=now)
+            if proposal is None:
+                return
+            name = self._key_name(proposal)
+            if name is None:
+                return
+            record = sign_proposal(proposal, key, name)
+            await self._vote(producer, Vote(proposal.epoch, proposal.digest, record, "proposal"))
+
+    def _due(self, epoch: int, now: int) -> bool:
+        """Whether this organization may propose ``epoch`` now (turns, then takeovers)."""
+        cfg = self.config
+        if any(True for _ in self.reader.proposals()) and not self._all_refused():
+            return False  # a proposal it may still vote for is on the topic
+        orgs = sorted(o.org for o in self.reader.judge.mandate.organizations)
+        if cfg.org not in orgs:
+            return False
+        owner = epoch % len(orgs)
+        place = (orgs.index(cfg.org) - owner) % len(orgs)
+        latest = self.reader.latest
+        base = self._epoch_seen_ms[epoch] if latest is None else latest.time_ms
+        return now >= base + cfg.interval_ms + place * cfg.takeover_ms
+
+    def _all_refused(self) -> bool:
+        offsets = {o for o, _, _ in self.reader.proposals()}
+        return all(any(o == r[0] for r in self._refused) for o in offsets)
+
+    async def _vote(self, producer: Any, vote: Vote) -> None:
+        await asyncio.to_thread(self.store.save_vote, vote, _now_ms())
+        self._votes[vote.epoch] = vote
+        await self._publish(producer, vote)
+
+    async def _publish(self, producer: Any, vote: Vote) -> None:
+        await producer.send_and_wait(self.config.topics.seals, vote.record, partition=0)
+        self._sent.add(vote.epoch)
+        kind = "proposals" if vote.kind == "proposal" else "cosignatures"
+        self.counts[f"{kind}_published"] += 1
+        self._log.info(f"seal_{vote.kind}_published", epoch=vote.epoch)
