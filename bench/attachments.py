@@ -38,7 +38,7 @@ from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.model import Accreditation, Attachment, Category, Location, Report, Role, sha256
 from bus.sign import sign_accreditation
-from bus.topics import Topics, registry_record_key, standard_topics
+from bus.topics import Topics, standard_topics
 from bus.uuid7 import uuid7
 from nodes.demo.mission import LocalBroker
 from nodes.demo.scenario import ORGANIZATIONS, build_scenario, demo_key
@@ -79,7 +79,7 @@ async def run(bootstrap: str, work: Path, count: int, mib: int, nodes: int) -> d
     await producer.start()
     try:
         for raw in [*sc.accreditations, node_acc]:
-            await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+            await producer.send_and_wait(topics.registry, raw)
     finally:
         await producer.stop()
     observer = next(o for o in sc.observers if o.org == "un")

@@ -14,7 +14,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from bench.gen import GenSpec, read
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
-from bus.topics import Topics, registry_record_key, standard_topics
+from bus.topics import Topics, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS
 
 ORGS = [o for o, _ in ORGANIZATIONS]
@@ -35,7 +35,7 @@ async def prepare(bootstrap: str, topics: Topics, spec: GenSpec) -> None:
     await producer.start()
     try:
         for raw in spec.scenario().accreditations:
-            await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+            await producer.send_and_wait(topics.registry, raw)
     finally:
         await producer.stop()
 

@@ -39,7 +39,7 @@ from typing import Any
 from bench.child import peak_rss_mib
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
-from bus.topics import Topics, registry_record_key, standard_topics
+from bus.topics import Topics, standard_topics
 from nodes.demo.mission import LocalBroker
 from tests.mission import make_mission
 
@@ -78,7 +78,7 @@ async def publish(
     await producer.start()
     try:
         for raw in mission.registry:
-            await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+            await producer.send_and_wait(topics.registry, raw)
     finally:
         await producer.stop()
     bomb = reliable_producer(bootstrap, compression_type=codec, max_request_size=MAX_REQUEST_BYTES)

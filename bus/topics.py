@@ -10,14 +10,6 @@ from dataclasses import dataclass
 from typing import Final
 
 from bus.attachment import TOPIC_MAX_MESSAGE_BYTES
-from bus.model import (
-    PAYLOAD_ENCRYPTION_KEY,
-    PAYLOAD_REVOCATION,
-    Accreditation,
-    EncryptionKey,
-    Envelope,
-    Revocation,
-)
 
 CLOUDEVENTS_SPEC: Final = "1.0"
 
@@ -43,12 +35,14 @@ class Topics:
 
     @property
     def registry(self) -> str:
-        """Compacted topic of accreditations and revocations (one partition: one order)."""
+        """Accreditations, revocations and encryption keys (one partition: one order; never
+        compacted: every record is kept and judged in the sealed order)."""
         return f"{self.prefix}registry"
 
     @property
     def mandate(self) -> str:
-        """Compacted topic of mandate versions."""
+        """Mandate versions (one partition: one order; never compacted: every version is kept
+        and judged in the sealed order)."""
         return f"{self.prefix}mandate"
 
     @property
@@ -120,32 +114,6 @@ def report_headers(report_id: str, org: str, observer_id: str) -> list[tuple[str
     ]
 
 
-def registry_key(envelope_payload_type: str, key_id: bytes) -> bytes:
-    """Record key on the compacted registry: one slot per (kind, key id).
-
-    Accreditations and revocations of one key live in different slots, so compaction can never
-    let a revocation erase the accreditation it refers to (or the reverse).
-    """
-    kind = "rev" if envelope_payload_type == PAYLOAD_REVOCATION else "acc"
-    if envelope_payload_type == PAYLOAD_ENCRYPTION_KEY:
-        kind = "enc"  # an organization's X25519 key (restricted reports), keyed by its key id
-    return f"{kind}:{key_id.hex()}".encode()
-
-
-def registry_record_key(raw: bytes) -> bytes:
-    """The compaction key of a registry envelope (see :func:`registry_key`).
-
-    Raises:
-        VerificationError: the bytes are not an accreditation or revocation envelope.
-    """
-    env = Envelope.decode(raw)
-    if env.payload_type == PAYLOAD_REVOCATION:
-        return registry_key(env.payload_type, Revocation.decode(env.payload).key_id)
-    if env.payload_type == PAYLOAD_ENCRYPTION_KEY:
-        return registry_key(env.payload_type, EncryptionKey.decode(env.payload).key_id)
-    return registry_key(env.payload_type, Accreditation.decode(env.payload).key_id)
-
-
 @dataclass(frozen=True, slots=True)
 class TopicSpec:
     """A topic to create: name, partitions and topic-level configs."""
@@ -163,13 +131,20 @@ LOG_APPEND_TIME: Final = ("message.timestamp.type", "LogAppendTime")
 # Every topic keeps every record, whatever the broker defaults (log.retention.hours=168, i.e.
 # 7 days, on a stock broker): auditors replay each log from offset 0 and verify the hash chains
 # from seq 1, witnesses hash every record into their Merkle trees, and a node that joins late
-# must read everything. Compacted topics (registry, mandate) carry them too: harmless, and it
-# says explicitly that compaction is their only cleanup.
+# must read everything.
 KEEP_FOREVER: Final = (("retention.ms", "-1"), ("retention.bytes", "-1"))
+
+
+# No topic of the bus is compacted, and each says so itself rather than trusting the broker's
+# default (log.cleanup.policy): compaction keeps only the last record per key, so whoever may
+# write a topic (any organization on the shared ones, or the operator) could erase a revocation,
+# an accreditation or a mandate version by writing another record, or a null one, under its key.
+DELETE_POLICY: Final = ("cleanup.policy", "delete")
 
 
 # Attachment chunks (bus/attachment.py): every record up to 1 MiB, whatever the broker default.
 ATTACHMENT_TOPIC_CONFIGS: Final = (
+    DELETE_POLICY,
     LOG_APPEND_TIME,
     ("max.message.bytes", str(TOPIC_MAX_MESSAGE_BYTES)),
     *KEEP_FOREVER,
@@ -179,18 +154,20 @@ ATTACHMENT_TOPIC_CONFIGS: Final = (
 def standard_topics(topics: Topics, orgs: Iterable[str], partitions: int = 3) -> list[TopicSpec]:
     """Every topic of the bus for the given organizations.
 
-    Every one is created with ``retention.ms=-1`` and ``retention.bytes=-1`` (:data:`KEEP_FOREVER`):
-    the broker never deletes a record of them.
+    Every one is created with ``cleanup.policy=delete`` (:data:`DELETE_POLICY`: none is
+    compacted, the trust topics neither) and ``retention.ms=-1``, ``retention.bytes=-1``
+    (:data:`KEEP_FOREVER`): the broker never deletes a record of them. The registry, mandate,
+    checkpoints, statements and seals topics have one partition each (one order).
     """
-    plain = (LOG_APPEND_TIME, *KEEP_FOREVER)
+    plain = (DELETE_POLICY, LOG_APPEND_TIME, *KEEP_FOREVER)
     specs: list[TopicSpec] = []
     for org in orgs:
         specs.append(TopicSpec(topics.reports(org), partitions, plain))
         specs.append(TopicSpec(topics.decisions(org), 1, plain))
         specs.append(TopicSpec(topics.attachments(org), partitions, ATTACHMENT_TOPIC_CONFIGS))
-    compacted = (("cleanup.policy", "compact"), *plain)
-    specs.append(TopicSpec(topics.registry, 1, compacted))
-    specs.append(TopicSpec(topics.mandate, 1, compacted))
+    specs.append(TopicSpec(topics.registry, 1, plain))
+    specs.append(TopicSpec(topics.mandate, 1, plain))
     specs.append(TopicSpec(topics.checkpoints, 1, plain))
     specs.append(TopicSpec(topics.statements, 1, plain))
+    specs.append(TopicSpec(topics.seals, 1, plain))
     return specs

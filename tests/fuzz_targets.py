@@ -37,7 +37,6 @@ from bus import (
 from bus.errors import BusError
 from bus.ingest import Accepted, Ingestor, Quarantined
 from bus.policy_file import parse_policy
-from bus.topics import registry_record_key
 from bus.verify import ChainBook, verify_report
 from tests.mission import NOW_MS, make_mission, ref
 
@@ -119,7 +118,7 @@ TARGETS: dict[str, Target] = {
     ),
     "verify_revocation": lambda d: trust.verify_revocation(model.Envelope.decode(d), _MANDATE),
     "keyring_apply": lambda d: trust.KeyRing(_MANDATE).apply(model.Envelope.decode(d)),
-    "registry_record_key": registry_record_key,
+    "decode_registry_record": trust.decode_registry_record,
     "verify_receipt": lambda d: receipt.verify_receipt(d, _KEYRING),
     "verify_receipt_for": lambda d: receipt.verify_receipt(d, _KEYRING, envelope=_M.next_report()),
     "crypto_verify": lambda d: crypto.verify(d[:32], d[96:], d[32:96]),

@@ -240,9 +240,10 @@ def write_file(path: str, data: bytes, what: str, flag: str = "--out") -> None:
 
 
 async def publish(
-    bootstrap: str, topic: str, value: bytes, key: bytes, *, security: KafkaSecurity | None = None
+    bootstrap: str, topic: str, value: bytes, *, security: KafkaSecurity | None = None
 ) -> tuple[int, int]:
-    """Publish one record with the idempotent acks=all producer; returns (partition, offset).
+    """Publish one record, without a key, with the idempotent acks=all producer; returns
+    (partition, offset).
 
     Raises:
         TransportError: the broker refused or could not be reached.
@@ -251,7 +252,7 @@ async def publish(
     try:
         with kafka_errors(f"publishing to {topic}"):
             await producer.start()
-            md = await producer.send_and_wait(topic, value, key=key)
+            md = await producer.send_and_wait(topic, value)
     finally:
         await producer.stop()
     return md.partition, md.offset

@@ -36,11 +36,6 @@ from nodes.cli.common import (
 from nodes.runtime.files import load_mandate, read_key
 
 
-def mandate_key(mandate: Mandate) -> bytes:
-    """Record key of a mandate version on the compacted mandate topic: ``<id>:<version>``."""
-    return f"{mandate.mandate_id}:{mandate.version}".encode()
-
-
 def _load_description(path: str) -> dict[str, Any]:
     raw = read_file(path, "DESCRIPTION")
     try:
@@ -323,14 +318,12 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     async def go() -> tuple[int, int]:
         security = security_from_args(args)
         await ensure_topic(bootstrap(args), topics, topics.mandate, security)
-        return await publish(
-            bootstrap(args), topics.mandate, raw, mandate_key(mandate), security=security
-        )
+        return await publish(bootstrap(args), topics.mandate, raw, security=security)
 
     partition, offset = asyncio.run(go())
     print(
         f"published mandate {mandate.mandate_id} version {mandate.version}"
-        f" to {topics.mandate}[{partition}]@{offset} (key {mandate_key(mandate).decode()})"
+        f" to {topics.mandate}[{partition}]@{offset}"
     )
     return 0
 

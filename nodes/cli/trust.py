@@ -21,7 +21,7 @@ from bus.errors import ConfigError, KeyStoreError, Reason, VerificationError
 from bus.model import Accreditation, EncryptionKey, Envelope, Mandate, Revocation, Role, check_id
 from bus.sealed import DecryptionKey
 from bus.sign import sign_accreditation, sign_encryption_key, sign_revocation
-from bus.topics import Topics, registry_key
+from bus.topics import Topics
 from nodes.cli.common import (
     add_common_args,
     add_log_level,
@@ -116,15 +116,14 @@ def _publish_registry(args: argparse.Namespace, env: Envelope, key_id: bytes) ->
     if args.offline:
         return
     topics = Topics(args.topic_prefix)
-    rkey = registry_key(env.payload_type, key_id)
 
     async def go() -> tuple[int, int]:
         security = security_from_args(args)
         await ensure_topic(bootstrap(args), topics, topics.registry, security)
-        return await publish(bootstrap(args), topics.registry, raw, rkey, security=security)
+        return await publish(bootstrap(args), topics.registry, raw, security=security)
 
     partition, offset = asyncio.run(go())
-    print(f"published to {topics.registry}[{partition}]@{offset} (key {rkey.decode()})")
+    print(f"published to {topics.registry}[{partition}]@{offset} (key id {key_id.hex()})")
 
 
 def _cmd_accredit(args: argparse.Namespace) -> int:

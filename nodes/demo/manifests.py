@@ -10,8 +10,10 @@ the ACLs of :func:`bus.acl.acl_model`, topic set of :func:`bus.topics.standard_t
 
 * ``deploy/compose/docker-compose.yml``: a ``certs`` job (CA and broker keystores), brokers
   ``kafka-1..3`` (apache/kafka image, ``broker-start.sh`` formats storage with the SCRAM
-  credentials), an ``init`` job that creates the topics and applies the ACLs with Kafka's own
-  ``kafka-topics.sh`` / ``kafka-acls.sh`` (one line per rule, generated here), and six nodes.
+  credentials), an ``init`` job that creates the topics, sets their configs on topics that
+  already existed (a trust topic created compacted becomes append-only) and applies the ACLs
+  with Kafka's own ``kafka-topics.sh`` / ``kafka-configs.sh`` / ``kafka-acls.sh`` (one line per
+  topic or rule, generated here), and six nodes.
 * ``deploy/k8s/``: Strimzi ``KafkaNodePool`` + ``Kafka`` (KRaft), ``KafkaTopic``s,
   ``KafkaUser``s whose ``acls`` are the model's rules, and a Deployment (+ PVC) per node.
 """
@@ -85,12 +87,24 @@ def acl_command(rule: AclRule) -> str:
 
 
 def topic_command(spec: TopicSpec) -> str:
+    """The kafka-topics.sh line that creates one topic unless it exists."""
     configs = [a for k, v in spec.configs for a in ("--config", f"{k}={v}")]
     return shlex.join([
         "kafka-topics.sh", "--bootstrap-server", "$BOOTSTRAP", "--command-config", ADMIN_CFG,
         "--create", "--if-not-exists", "--topic", spec.name, "--partitions", str(spec.partitions),
         "--replication-factor", str(REPLICATION),
         "--config", f"min.insync.replicas={MIN_ISR}", *configs,
+    ]).replace("'$BOOTSTRAP'", '"$BOOTSTRAP"')  # fmt: skip
+
+
+def topic_config_command(spec: TopicSpec) -> str:
+    """The kafka-configs.sh line that sets the topic's configs on a topic that already existed
+    (``--add-config`` changes only the configs named): a registry or mandate topic created
+    compacted by an older release becomes append-only, like :command:`obus topics` does."""
+    return shlex.join([
+        "kafka-configs.sh", "--bootstrap-server", "$BOOTSTRAP", "--command-config", ADMIN_CFG,
+        "--alter", "--entity-type", "topics", "--entity-name", spec.name,
+        "--add-config", ",".join(f"{k}={v}" for k, v in spec.configs),
     ]).replace("'$BOOTSTRAP'", '"$BOOTSTRAP"')  # fmt: skip
 
 
@@ -123,6 +137,8 @@ def _init_script() -> str:
         f"BOOTSTRAP={_bootstrap()}",
         "# topics (bus.topics.standard_topics)",
         *(topic_command(s) for s in _specs()),
+        "# configs of topics that already existed (none is compacted: bus.topics.DELETE_POLICY)",
+        *(topic_config_command(s) for s in _specs()),
         "# ACLs (bus.acl.acl_model): one rule per line",
         *(acl_command(r) for r in acl_model(TOPICS, ORGS)),
         "echo obus: topics and ACLs in place",

@@ -47,7 +47,7 @@ from bus.kafka.admin import end_offsets, ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.model import Envelope, Signature
 from bus.sign import ReportSigner
-from bus.topics import Topics, registry_record_key, report_headers, standard_topics
+from bus.topics import Topics, report_headers, standard_topics
 from nodes.auditor.log_export import export_log
 from nodes.auditor.prove import prove_from_file
 from nodes.auditor.report import write_html
@@ -159,7 +159,7 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         await producer.start()
         try:
             for raw in scenario.accreditations:
-                await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+                await producer.send_and_wait(topics.registry, raw)
             console.print(
                 f"{len(scenario.accreditations)} observers accredited on {topics.registry}"
             )
@@ -302,7 +302,7 @@ async def _accredit_node_keys(
     """Publish each organization's NODE accreditation; write its key file for its node."""
     files: dict[str, Path] = {}
     for raw in scenario.node_accreditations:
-        await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+        await producer.send_and_wait(topics.registry, raw)
     for org, key in scenario.node_keys.items():
         files[org] = work / "keys" / f"{org}-node.json"
         write_key(files[org], key)

@@ -47,15 +47,13 @@ from rich.table import Table
 from bus.kafka.admin import end_offsets, ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.model import (
-    PAYLOAD_ACCREDITATION,
     PAYLOAD_SEALED_REPORT,
-    Accreditation,
     Envelope,
     Report,
     SealedReport,
 )
 from bus.sign import ReportSigner, sign_mandate
-from bus.topics import Topics, registry_key, report_headers, standard_topics
+from bus.topics import Topics, report_headers, standard_topics
 from bus.trust import KeyRing
 from nodes.auditor.run import audit, render
 from nodes.demo.mission import REPO, LocalBroker, _fingerprint, _node_progress, _stop_nodes
@@ -188,10 +186,7 @@ async def _run(console: Console, work: Path) -> bool:
         await producer.start()
         try:
             for raw in m.scenario.accreditations:
-                acc = Accreditation.decode(Envelope.decode(raw).payload)
-                await producer.send_and_wait(
-                    topics.registry, raw, key=registry_key(PAYLOAD_ACCREDITATION, acc.key_id)
-                )
+                await producer.send_and_wait(topics.registry, raw)
             console.print(f"{len(m.scenario.accreditations)} observers accredited")
             for org in KEY_HOLDERS:
                 ok &= await _cli(console, "org", "enckey", "--org", org, "--root-key",

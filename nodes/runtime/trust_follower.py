@@ -1,10 +1,11 @@
 """Follow ``<prefix>mandate`` and ``<prefix>registry`` into a :class:`~bus.lifecycle.TrustTimeline`.
 
-Thin Kafka adapter: one consumer without a group, assigned partition 0 of both compacted
-topics, read from offset 0 on start. :meth:`TrustFollower.catch_up` reads both topics to the
-end offsets seen at the call (mandate first, so a registry record of an organization that a
-new version admits is judged under that version) and returns the revocations it newly
-applied, so the node can mark reports it accepted before the revocation reached it.
+Thin Kafka adapter: one consumer without a group, assigned partition 0 of both topics (one
+partition each, append-only: every record is kept), read from offset 0 on start.
+:meth:`TrustFollower.catch_up` reads both topics to the end offsets seen at the call (mandate
+first, so a registry record of an organization that a new version admits is judged under that
+version) and returns the revocations it newly applied, so the node can mark reports it accepted
+before the revocation reached it.
 
 Refused mandate versions (rollback, threshold not met, expired, ...) are logged as
 ``mandate_alarm`` and counted, never applied. Refused registry records are logged as

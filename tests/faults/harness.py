@@ -26,7 +26,7 @@ from bus.kafka.admin import ensure_topics
 from bus.kafka.client import KafkaSecurity, reliable_producer
 from bus.kafka.replay import replay
 from bus.model import Envelope, Report, sha256
-from bus.topics import Topics, registry_record_key, standard_topics
+from bus.topics import Topics, standard_topics
 from tests.kafka_broker import REPO
 from tests.mission import Mission, make_mission
 
@@ -96,7 +96,7 @@ async def prepare_topics(
         await producer.start()
         try:
             for raw in stream.mission.registry:
-                await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+                await producer.send_and_wait(topics.registry, raw)
         finally:
             await producer.stop()
 

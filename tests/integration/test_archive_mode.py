@@ -32,7 +32,7 @@ from bus.kafka.client import reliable_producer
 from bus.kafka.replay import replay
 from bus.model import Category, Envelope, Report, Role
 from bus.store.node import NodeStore
-from bus.topics import Topics, registry_record_key, report_headers, standard_topics
+from bus.topics import Topics, report_headers, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.runtime.files import write_key
 from tests.mission import Mission, make_mission
@@ -90,7 +90,7 @@ async def _ended_mission(bootstrap: str, tmp: Path) -> Ended:
             key=f"{mandate.mandate_id}:{mandate.version}".encode(),
         )  # fmt: skip
         for raw in m.registry:
-            await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+            await producer.send_and_wait(topics.registry, raw)
         for i in range(REPORTS):
             org = ("un", "osce")[i % 2]
             raw = m.next_report(org, 1, category=Category.SHELLING, severity=5)

@@ -32,8 +32,8 @@ from bus.errors import Reason
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.kafka.replay import replay
-from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Role
-from bus.topics import Topics, registry_key, standard_topics
+from bus.model import Role
+from bus.topics import Topics, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.gateway.http import GatewayServer
 from nodes.gateway.service import GatewayConfig
@@ -109,10 +109,7 @@ async def _world(bootstrap: str, tmp: Path) -> World:
     await producer.start()
     try:
         for raw in m.registry:
-            acc = Accreditation.decode(Envelope.decode(raw).payload)
-            await producer.send_and_wait(
-                topics.registry, raw, key=registry_key(PAYLOAD_ACCREDITATION, acc.key_id)
-            )
+            await producer.send_and_wait(topics.registry, raw)
     finally:
         await producer.stop()
     (tmp / "mandate.bin").write_bytes(m.scenario.mandate_envelope)

@@ -48,7 +48,7 @@ from bus.kafka.admin import ensure_topics
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
 from bus.model import Envelope, Report, Role
 from bus.store.node import NodeStore
-from bus.topics import Topics, registry_record_key, report_headers, standard_topics
+from bus.topics import Topics, report_headers, standard_topics
 from bus.witness import WitnessPolicy
 from nodes.auditor.run import audit
 from nodes.demo.scenario import demo_key
@@ -381,7 +381,7 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
         await producer.start()
         try:
             for raw in [*m.scenario.accreditations, *m.registry]:
-                await producer.send_and_wait(TOPICS.registry, raw, key=registry_record_key(raw))
+                await producer.send_and_wait(TOPICS.registry, raw)
             for raw in raws:
                 rep = Report.decode(Envelope.decode(raw).payload)
                 await producer.send_and_wait(

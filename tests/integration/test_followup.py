@@ -29,7 +29,7 @@ from bus.model import Category, Envelope, Report, Role, Signature
 from bus.policy import Observation, decide_all
 from bus.policy_file import load_policy
 from bus.store.node import NodeStore
-from bus.topics import Topics, registry_record_key, report_headers, standard_topics
+from bus.topics import Topics, report_headers, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.ingest import OrgNode
@@ -92,7 +92,7 @@ async def world(bootstrap: str, tmp: Path) -> AsyncIterator[World]:
     await producer.start()
     try:
         for raw in [*m.scenario.accreditations, *m.registry]:
-            await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+            await producer.send_and_wait(topics.registry, raw)
         yield World(bootstrap, topics, m, producer, tmp, keys)
     finally:
         await producer.stop()

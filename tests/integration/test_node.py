@@ -21,7 +21,7 @@ from bus.kafka.client import reliable_producer
 from bus.model import Envelope, Report, Signature
 from bus.policy_file import load_policy
 from bus.store.node import NodeStore
-from bus.topics import Topics, registry_record_key, report_headers, standard_topics
+from bus.topics import Topics, report_headers, standard_topics
 from nodes.auditor.run import audit
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.org_node.config import NodeConfig
@@ -44,7 +44,7 @@ async def _setup(bootstrap: str, topics: Topics, m: Mission) -> AIOKafkaProducer
     producer = reliable_producer(bootstrap)
     await producer.start()
     for raw in m.registry:
-        await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+        await producer.send_and_wait(topics.registry, raw)
     return producer
 
 

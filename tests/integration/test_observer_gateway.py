@@ -32,11 +32,11 @@ from bus.errors import Reason
 from bus.kafka.admin import end_offsets, ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.kafka.replay import replay
-from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Report, Role, sha256
+from bus.model import Envelope, Report, Role, sha256
 from bus.receipt import verify_receipt
 from bus.sign import ReportSigner
 from bus.store.node import NodeStore
-from bus.topics import Topics, registry_key, standard_topics
+from bus.topics import Topics, standard_topics
 from bus.trust import verify_accreditation
 from bus.verify import ChainBook, ChainHead, verify_report
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
@@ -120,10 +120,7 @@ async def _world(
     await producer.start()
     try:
         for raw in m.registry:
-            acc = Accreditation.decode(Envelope.decode(raw).payload)
-            await producer.send_and_wait(
-                topics.registry, raw, key=registry_key(PAYLOAD_ACCREDITATION, acc.key_id)
-            )
+            await producer.send_and_wait(topics.registry, raw)
     finally:
         await producer.stop()
     (tmp / "mandate.bin").write_bytes(m.scenario.mandate_envelope)

@@ -16,7 +16,7 @@ from bus.ingest import QUARANTINE_PREFIX_BYTES
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.store.node import NodeStore
-from bus.topics import Topics, registry_record_key, standard_topics
+from bus.topics import Topics, standard_topics
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.process import build_node
 from tests.mission import make_mission
@@ -41,7 +41,7 @@ async def test_gzip_bomb_of_50_mib_is_quarantined_as_oversized_with_a_bounded_ro
     await producer.start()
     try:
         for raw in mission.registry:
-            await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+            await producer.send_and_wait(topics.registry, raw)
     finally:
         await producer.stop()
 

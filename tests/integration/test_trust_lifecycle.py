@@ -19,10 +19,10 @@ from aiokafka import AIOKafkaProducer
 
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
-from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Envelope, Location, Report, Zone
+from bus.model import Envelope, Location, Report, Zone
 from bus.sign import sign_mandate
 from bus.store.node import NodeStore
-from bus.topics import Topics, registry_key, report_headers, standard_topics
+from bus.topics import Topics, report_headers, standard_topics
 from nodes.auditor.run import audit
 from nodes.cli.main import main
 from nodes.cli.trust import read_decryption_key
@@ -49,10 +49,7 @@ async def _setup(bootstrap: str, topics: Topics, m: Mission) -> AIOKafkaProducer
     producer = reliable_producer(bootstrap)
     await producer.start()
     for raw in m.scenario.accreditations:
-        acc = Accreditation.decode(Envelope.decode(raw).payload)
-        await producer.send_and_wait(
-            topics.registry, raw, key=registry_key(PAYLOAD_ACCREDITATION, acc.key_id)
-        )
+        await producer.send_and_wait(topics.registry, raw)
     return producer
 
 

@@ -27,7 +27,7 @@ from bus.errors import Reason
 from bus.export import ExportReader, ExportWriter, LogRecord
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
-from bus.topics import Topics, registry_record_key, standard_topics
+from bus.topics import Topics, standard_topics
 from bus.witness import WitnessPolicy
 from nodes.auditor.log_export import export_log
 from nodes.auditor.prove import prove_live, verify_proof_from_file, verify_proof_live
@@ -63,7 +63,7 @@ async def _setup(bootstrap: str, topics: Topics, sc: Scenario) -> AIOKafkaProduc
     producer = reliable_producer(bootstrap)
     await producer.start()
     for raw in [*sc.accreditations, *sc.node_accreditations]:
-        await producer.send_and_wait(topics.registry, raw, key=registry_record_key(raw))
+        await producer.send_and_wait(topics.registry, raw)
     return producer
 
 
