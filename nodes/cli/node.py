@@ -23,6 +23,7 @@ import structlog
 from bus.attachment import MAX_ATTACHMENT_BYTES, UNREFERENCED_TTL_MS, AttachmentLimits
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError
+from bus.model import Mandate
 from bus.policy import Policy
 from bus.policy_file import load_policy
 from bus.store.quarantine import DEFAULT_QUARANTINE_QUOTA_BYTES
@@ -70,6 +71,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         fetch_min_bytes=args.fetch_min_bytes,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
         quarantine_quota_bytes=args.quarantine_quota_bytes,
+        seal=None if args.ingest_only else seal_settings(args, mandate, args.org),
     )
     if args.decryption_key:  # restricted reports sealed to this organization
         keys = tuple(read_decryption_key(Path(f), args.org) for f in args.decryption_key)
@@ -93,7 +95,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
 
 
 async def _run_full(args: argparse.Namespace, config: Any) -> int:
-    """The node with its witness and its sealer (each unless switched off)."""
+    """The node with its witness (unless switched off); the sealer runs inside the node."""
     from nodes.org_node.process import run_node  # noqa: PLC0415 - keep `obus --help` fast
     from nodes.org_node.witness import Witness  # noqa: PLC0415
 
@@ -101,63 +103,44 @@ async def _run_full(args: argparse.Namespace, config: Any) -> int:
     witness = witness_config(args, config)
     if witness is not None:
         companions.append(Witness(witness))
-    sealer = sealer_config(args, config)
-    if sealer is not None:
-        companions.append(sealer)
     return await run_node(config, companions=companions)
 
 
-def sealer_config(args: argparse.Namespace, node: Any) -> Any:
-    """The sealer of ``obus node``, or None with ``--no-seal`` or when no root mandate (the
-    version the bus began under) is at hand: the sealer's verdicts are a function of the root,
+def seal_settings(args: argparse.Namespace, mandate: Mandate, org: str) -> Any:
+    """The sealer settings of ``obus node``, or None with ``--no-seal`` or when no root mandate
+    (the version the bus began under) is at hand: final verdicts are a function of the root,
     so a node judging from another one would disagree with every other reader.
 
     Raises:
-        ConfigError: a seal option out of range, or ``--root-mandate`` unreadable or of
-            another mandate.
+        ConfigError: a seal option out of range, or ``--root-mandate`` of another mandate.
     """
-    from nodes.org_node.sealer import Sealer, SealerConfig  # noqa: PLC0415
+    from nodes.org_node.config import SealSettings  # noqa: PLC0415
 
     if not args.seal:
         return None
-    if args.seal_interval <= 0 or args.seal_tolerance <= 0:
-        raise ConfigError(
-            "--seal-interval", "must be > 0 (and --seal-tolerance > 0)", "fix the value"
-        )
-    root = node.mandate
+    root = mandate
     if args.root_mandate:
         root, _ = load_mandate(Path(args.root_mandate), archive=True)
-        if root.mandate_id != node.mandate.mandate_id:
+        if root.mandate_id != mandate.mandate_id:
             raise ConfigError(
                 "--root-mandate",
-                f"is mandate {root.mandate_id!r}, the node runs {node.mandate.mandate_id!r}",
+                f"is mandate {root.mandate_id!r}, the node runs {mandate.mandate_id!r}",
                 "pass version 1 of the mandate this node runs",
             )
     if root.version != 1:
         log.warning(
-            "sealer_not_started", org=node.org, reason="no_root_mandate",
+            "sealer_not_started", org=org, reason="no_root_mandate",
             detail=f"the mandate file is version {root.version}; final verdicts are judged from"
             " version 1", fix="pass --root-mandate FILE (version 1 of this mandate)",
         )  # fmt: skip
         return None
-    db = Path(args.final_db) if args.final_db else node.db_path.with_suffix(".final.db")
-    interval = round(args.seal_interval * 1000)
-    return Sealer(
-        SealerConfig(
-            org=node.org,
-            bootstrap=node.bootstrap,
-            db_path=db,
-            root=root,
-            node_key=read_key(Path(args.node_key)) if args.node_key else None,
-            topics=node.topics,
-            limits=node.limits,
-            decryption_keys={k.key_id: k for k in node.decryption_keys},
-            interval_ms=interval,
-            takeover_ms=interval,
-            tolerance_ms=round(args.seal_tolerance * 1000),
-            witness=args.node_key is not None,
-            security=node.security,
-        )
+    db = Path(args.final_db) if args.final_db else Path(args.db).with_suffix(".final.db")
+    return SealSettings(
+        root=root,
+        db_path=db,
+        node_key=read_key(Path(args.node_key)) if args.node_key else None,
+        interval_ms=round(args.seal_interval * 1000),
+        tolerance_ms=round(args.seal_tolerance * 1000),
     )
 
 

@@ -22,6 +22,42 @@ from bus.verify import Limits
 
 
 @dataclass(frozen=True)
+class SealSettings:
+    """The node's sealer (nodes/org_node/sealer.py): it reads the whole bus, proposes and
+    cosigns seals with ``node_key`` (None: it only judges), and keeps final verdicts in
+    ``db_path``.
+
+    Args:
+        root: version 1 of the mandate, the root every reader of the bus judges from.
+        db_path: the final store.
+        node_key: signs proposals and cosignatures (accredited by the node's organization
+            with role NODE); None for a node that only judges.
+        interval_ms: the seal interval (also each takeover step).
+        tolerance_ms: how far a proposal's time may be from this host's clock.
+    """
+
+    root: Mandate
+    db_path: Path
+    node_key: SigningKey | None = None
+    interval_ms: int = 5_000
+    tolerance_ms: int = 60_000
+
+    def __post_init__(self) -> None:
+        if self.root.version != 1:
+            raise ConfigError(
+                "root mandate (--root-mandate)",
+                f"is version {self.root.version}; final verdicts are judged from version 1",
+                "pass the version the bus began under",
+            )
+        if self.interval_ms < 1 or self.tolerance_ms < 1:
+            raise ConfigError(
+                "seal interval (--seal-interval, --seal-tolerance)",
+                f"{self.interval_ms} ms / {self.tolerance_ms} ms",
+                "give positive durations, e.g. --seal-interval 5 --seal-tolerance 60",
+            )
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     """Everything a node needs; built by the CLI, never read from the environment here."""
 
@@ -74,6 +110,8 @@ class NodeConfig:
     # size, SHA-256 and position only, and the node logs quarantine_quota_exceeded (README
     # "Quarantine limits and quotas"). 0: keep no rejected bytes at all.
     quarantine_quota_bytes: int = DEFAULT_QUARANTINE_QUOTA_BYTES
+    # The sealer run beside the full node (final verdicts); None: no sealer.
+    seal: SealSettings | None = None
 
     def __post_init__(self) -> None:
         if self.fetch_min_bytes < 1:

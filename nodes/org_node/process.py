@@ -1,5 +1,6 @@
 """The one place that wires an organization's node together: the ingest loop
-(:mod:`nodes.org_node.ingest`), its follow-up (:mod:`nodes.org_node.followup`) and dashboard
+(:mod:`nodes.org_node.ingest`, provisional verdicts), its sealer (:mod:`nodes.org_node.sealer`,
+seals and final verdicts), its follow-up (:mod:`nodes.org_node.followup`) and dashboard
 (:mod:`nodes.org_node.dashboard`), its attachment reassembler (:mod:`nodes.org_node.attachments`)
 and whatever else runs in the same process (its witness, passed in as a companion).
 
@@ -21,6 +22,7 @@ from nodes.org_node.attachments import AttachmentNode, config_for_node
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.followup import FollowUp, FollowUpConfig
 from nodes.org_node.ingest import OrgNode
+from nodes.org_node.sealer import Sealer, SealerConfig
 
 log = structlog.get_logger(__name__)
 
@@ -94,8 +96,29 @@ class NodeExtras:
                 security=cfg.security,
             )
         )
+        self.sealer: Sealer | None = None
+        if cfg.seal is not None:
+            seal = cfg.seal
+            self.sealer = Sealer(
+                SealerConfig(
+                    org=cfg.org,
+                    bootstrap=cfg.bootstrap,
+                    db_path=seal.db_path,
+                    root=seal.root,
+                    node_key=seal.node_key,
+                    topics=cfg.topics,
+                    limits=cfg.limits,
+                    decryption_keys={k.key_id: k for k in cfg.decryption_keys},
+                    interval_ms=seal.interval_ms,
+                    takeover_ms=seal.interval_ms,
+                    tolerance_ms=seal.tolerance_ms,
+                    witness=seal.node_key is not None,
+                    security=cfg.security,
+                )
+            )
         self.dashboard: Any = None
         self._task: asyncio.Task[None] | None = None
+        self._seal_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Start the follow-up task and the dashboard (raises when the port is taken)."""
@@ -112,16 +135,24 @@ class NodeExtras:
                     policy=cfg.policy,
                     host=cfg.http_host,
                     port=cfg.http_port,
+                    final_db=None if cfg.seal is None else cfg.seal.db_path,
                 ),
                 status=self.status,
             )
             await self.dashboard.start()
         self._task = asyncio.create_task(self.followup.run(), name=f"followup-{cfg.org}")
         self._task.add_done_callback(self._done)
+        if self.sealer is not None:
+            self._seal_task = asyncio.create_task(self.sealer.run(), name=f"sealer-{cfg.org}")
+            self._seal_task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("followup_failed", org=self.node.config.org, error=repr(task.exception()))
+            log.error(
+                f"{task.get_name().split('-')[0]}_failed",
+                org=self.node.config.org,
+                error=repr(task.exception()),
+            )
             self.node.stop()
 
     def status(self) -> dict[str, Any]:
@@ -138,16 +169,28 @@ class NodeExtras:
             ),
             "lag": {f"{t}/{p}": n for (t, p), n in sorted(self.node.lag().items())},
             "followup": {**f.counts, "pending": f.pending, "late": f.late},
+            "seal": None if self.sealer is None else self.sealer.status(),
             "running": self._task is not None and not self._task.done(),
         }
 
     async def stop(self) -> None:
-        """Stop the dashboard, let the follow-up drain, and re-raise its failure if any."""
+        """Stop the dashboard, let the follow-up and the sealer drain, and re-raise the
+        first failure if any."""
         if self.dashboard is not None:
             await self.dashboard.stop()
-        if self._task is not None:
-            self.followup.stop()
-            await self._task
+        if self.sealer is not None:
+            self.sealer.stop()
+        failure: BaseException | None = None
+        for task, part in ((self._task, self.followup), (self._seal_task, self.sealer)):
+            if task is None or part is None:
+                continue
+            part.stop()
+            try:
+                await task
+            except Exception as exc:  # noqa: BLE001 - the other part still stops; first failure raised
+                failure = failure or exc
+        if failure is not None:
+            raise failure
 
 
 def build_node(config: NodeConfig) -> OrgNode:

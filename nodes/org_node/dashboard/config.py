@@ -21,6 +21,7 @@ class DashboardConfig:
         host: listen address; 127.0.0.1 unless the operator decides otherwise.
         port: listen port (0: any free port; see :attr:`Dashboard.port`).
         witness_db: the witness's SQLite file; None: next to the node's, if it exists.
+        final_db: the sealer's final store (:mod:`bus.store.final`); None: no sealer.
     """
 
     org: str
@@ -30,3 +31,4 @@ class DashboardConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     witness_db: Path | None = None
+    final_db: Path | None = None
