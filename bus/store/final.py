@@ -24,6 +24,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -361,6 +362,33 @@ class FinalStore:
         for line in self.dump():
             h.update(line)
         return h.digest()
+
+
+def provisional_verdicts(
+    node_db: sqlite3.Connection, positions: Iterable[tuple[str, int, int]]
+) -> dict[tuple[str, int, int], tuple[str, str]]:
+    """The node store's provisional verdicts at ``positions``: (status, reason), status
+    ``accepted`` (a stored report) or ``quarantined``; positions not judged yet are absent.
+
+    Args:
+        node_db: a (read-only) connection to the node's store (:mod:`bus.store.node`).
+        positions: (topic, partition, offset) of report records.
+    """
+    out: dict[tuple[str, int, int], tuple[str, str]] = {}
+    for pos in positions:
+        row = node_db.execute(
+            'SELECT 1 FROM reports WHERE topic = ? AND partition = ? AND "offset" = ?', pos
+        ).fetchone()
+        if row is not None:
+            out[pos] = ("accepted", "")
+            continue
+        row = node_db.execute(
+            'SELECT reason FROM quarantine WHERE topic = ? AND partition = ? AND "offset" = ?',
+            pos,
+        ).fetchone()
+        if row is not None:
+            out[pos] = ("quarantined", str(row[0]))
+    return out
 
 
 @contextlib.contextmanager

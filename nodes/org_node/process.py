@@ -113,6 +113,7 @@ class NodeExtras:
                     takeover_ms=seal.interval_ms,
                     tolerance_ms=seal.tolerance_ms,
                     witness=seal.node_key is not None,
+                    node_db=cfg.db_path,
                     security=cfg.security,
                 )
             )

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import sqlite3
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,12 +57,14 @@ from bus.errors import (
     TransportError,
     VerificationError,
 )
+from bus.judge import EpochVerdicts, Status
 from bus.kafka.admin import partitions_of
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
 from bus.model import Mandate, Role, encode
 from bus.seal import Cosign, SealProposal, cosign_seal, sign_proposal
 from bus.sealed import DecryptionKey
-from bus.store.final import FinalStore, Vote
+from bus.store.final import FinalStore, Vote, provisional_verdicts
+from bus.store.sqlite import open_db
 from bus.topics import Topics
 from bus.verify import Limits
 from nodes.runtime.backoff import OutageBackoff, transient
@@ -70,6 +73,8 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_INTERVAL_MS: Final = 5_000
 DEFAULT_TOLERANCE_MS: Final = 60_000
+# Final verdicts kept for comparison with provisional ones not made yet (bounded memory).
+_MAX_UNMATCHED: Final = 200_000
 
 
 def _now_ms() -> int:
@@ -99,6 +104,8 @@ class SealerConfig:
         max_batch: most records per fetch.
         metadata_refresh_ms: how often new topics and partitions are looked for.
         witness: propose and cosign (False: only read and judge, like an auditor).
+        node_db: the node's own store, whose provisional verdicts are compared with the final
+            ones (a difference is logged ``verdict_changed`` and counted); None: no comparison.
         security: how to authenticate to the brokers.
     """
 
@@ -119,6 +126,7 @@ class SealerConfig:
     max_batch: int = 5000
     metadata_refresh_ms: int = 5_000
     witness: bool = True
+    node_db: Path | None = None
     security: KafkaSecurity | None = None
 
 
@@ -154,7 +162,11 @@ class Sealer:
             "cosignatures_published": 0,
             "equivocations": 0,
             "refusals": 0,
+            "verdict_changes": 0,
         }
+        # Final verdicts on reports the ingest loop has not judged yet: compared later.
+        self._unmatched: dict[tuple[str, int, int], tuple[str, str]] = {}
+        self._node_db: sqlite3.Connection | None = None
         self._log = log.bind(org=config.org, component="sealer")
 
     def _load_reader(self) -> BusReader:
@@ -238,6 +250,8 @@ class Sealer:
             with contextlib.suppress(TransportError), kafka_errors("stopping"):
                 await admin.close()
             self.store.close()
+            if self._node_db is not None:
+                self._node_db.close()
             self._log.info("sealer_stopped", **self.status())
 
     async def _assign(self, consumer: AIOKafkaConsumer, admin: AIOKafkaAdminClient) -> None:
@@ -333,6 +347,8 @@ class Sealer:
             snapshot = (self.reader.judge.epoch, self.reader.snapshot())
             self._since_snapshot = 0
         await asyncio.to_thread(self.store.record, epochs, finals, equivocations, snapshot=snapshot)
+        self._remember_finals(epochs)
+        await asyncio.to_thread(self._compare_provisional)
         for ev in epochs:
             self._finals.pop(ev.epoch, None)
             self.counts["epochs_judged"] += 1
@@ -344,6 +360,40 @@ class Sealer:
                 changes=len(ev.changes),
                 state_digest=ev.state_digest.hex()[:16],
             )
+
+    def _remember_finals(self, epochs: list[EpochVerdicts]) -> None:
+        if self.config.node_db is None:
+            return
+        topics = self.config.topics
+        for ev in epochs:
+            for v in ev.verdicts:
+                if v.status is Status.DEFERRED or topics.org_of_report_topic(v.pos[0]) is None:
+                    continue
+                self._unmatched[v.pos] = (v.status.value, v.reason)
+            for c in ev.changes:
+                self._unmatched[c.pos] = (c.status.value, "")
+        while len(self._unmatched) > _MAX_UNMATCHED:  # oldest first: dicts keep insertion order
+            del self._unmatched[next(iter(self._unmatched))]
+
+    def _compare_provisional(self) -> None:
+        """Log and count every final verdict that differs from the node's provisional one."""
+        path = self.config.node_db
+        if path is None or not self._unmatched or not path.exists():
+            return
+        if self._node_db is None:
+            self._node_db = open_db(path, what="node store", read_only=True, threads=True)
+        found = provisional_verdicts(self._node_db, list(self._unmatched))
+        for pos, (p_status, p_reason) in found.items():
+            f_status, f_reason = self._unmatched.pop(pos)
+            if (p_status, p_reason) == (f_status, f_reason):
+                continue
+            self.counts["verdict_changes"] += 1
+            self._log.warning(
+                "verdict_changed",
+                topic=pos[0], partition=pos[1], offset=pos[2],
+                provisional=p_status, provisional_reason=p_reason,
+                final=f_status, final_reason=f_reason,
+            )  # fmt: skip
 
     def _save_snapshot(self) -> None:
         if self.reader.judge.epoch:
