@@ -301,3 +301,48 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     add_witness_args(node)
     add_seal_args(node)
     node.set_defaults(func=_cmd_node)
+
+    final = sub.add_parser(
+        "final-state",
+        help="print where a node's final verdicts stand: epoch, state digest, fingerprint",
+        description="Read a node's final store (<db stem>.final.db) and print, as JSON, the "
+        "last judged epoch and its state digest (base64), the SHA-256 of the store's canonical "
+        "dump (equal at every honest node that judged the same epochs, whatever order it read "
+        "the log in), the newest final seals and the final verdicts by status. Compare it with "
+        "another node's, or with `obus audit --final-digest`.",
+    )
+    final.add_argument("--final-db", required=True, metavar="FILE", help="the final store")
+    final.add_argument(
+        "--dump", action="store_true", help="print the canonical dump instead (JSON lines)"
+    )
+    final.set_defaults(func=_cmd_final_state)
+
+
+def _cmd_final_state(args: argparse.Namespace) -> int:
+    import base64  # noqa: PLC0415
+    import json  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    from bus.store.final import FinalStore  # noqa: PLC0415
+
+    path = Path(args.final_db)
+    if not path.exists():
+        raise ConfigError("--final-db", f"{path} does not exist", "pass a node's final store")
+    store = FinalStore(path, read_only=True)
+    try:
+        if args.dump:
+            for line in store.dump():
+                sys.stdout.buffer.write(line)
+            return 0
+        last = store.last_epoch()
+        out = {
+            "epoch": 0 if last is None else last[0],
+            "state_digest": None if last is None else base64.b64encode(last[1]).decode(),
+            "fingerprint": base64.b64encode(store.fingerprint()).decode(),
+            "verdicts": store.counts(),
+            "seals": store.seals(limit=5),
+        }
+    finally:
+        store.close()
+    print(json.dumps(out, indent=2, sort_keys=True))
+    return 0
