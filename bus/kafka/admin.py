@@ -1,5 +1,6 @@
-"""Topic administration and log positions: creating the bus's topics, listing partitions,
-end offsets, describing a consumer group's members and their assignments.
+"""Topic administration and log positions: creating the bus's topics, setting their configs on
+topics that already existed, listing partitions, end offsets, describing a consumer group's
+members and their assignments.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Any, Final
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.client import AIOKafkaClient
 from aiokafka.coordinator.protocol import ConsumerProtocol, ConsumerProtocolMemberAssignment
 from aiokafka.errors import (
     KafkaError,
@@ -20,6 +23,8 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     for_code,
 )
+from aiokafka.protocol.api import Request, RequestStruct, Response
+from aiokafka.protocol.types import Array, Boolean, Int8, Int16, Int32, Schema, String
 
 from bus.errors import TransportError
 from bus.kafka.client import KafkaSecurity, client_options, retrying
@@ -29,6 +34,9 @@ log = structlog.get_logger(__name__)
 
 # How long one attempt of ensure_topics waits for every partition to have a leader.
 LEADER_WAIT_S: Final = 10.0
+
+# How long align_topic_configs waits for the brokers to describe the configs it set.
+CONFIG_WAIT_S: Final = 10.0
 
 
 async def ensure_topics(
@@ -132,6 +140,214 @@ def _created_topics(response: Any) -> list[str]:
     if transient:
         raise transient[0][0](f"creating {'; '.join(d for _, d in transient)}")
     return created
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    """A config :func:`align_topic_configs` set on a topic: its value before (None: the broker
+    described none) and the value of the topic's spec it has now."""
+
+    topic: str
+    name: str
+    was: str | None
+    now: str
+
+
+async def align_topic_configs(
+    bootstrap: str, specs: Sequence[TopicSpec], *, security: KafkaSecurity | None = None
+) -> list[ConfigChange]:
+    """Give every existing topic of ``specs`` the configs its spec names; returns what changed.
+
+    :func:`ensure_topics` leaves a topic that already exists as it is, with whatever configs it
+    was created with (by hand, or by an older release: a compacted registry or mandate topic,
+    a retention limit). This sets each config the spec names whose value the brokers describe
+    differently, with IncrementalAlterConfigs (operation SET): configs the spec does not name
+    keep their values. Then it describes the topics again until every change is served (at
+    most :data:`CONFIG_WAIT_S`). Topics that do not exist are skipped. Changing a config does
+    not bring back records a former policy already removed.
+
+    Needs the ALTER_CONFIGS permission on the topics (the super user on a cluster with ACLs).
+
+    Raises:
+        TransportError: the brokers refused a change (not retriable; the message names the
+            topic and the broker's error, e.g. no permission), a change was not served after
+            :data:`CONFIG_WAIT_S`, or the brokers did not answer (retriable errors are retried
+            for :data:`RETRY_S`).
+    """
+    return await retrying(
+        "aligning topic configs", lambda: _align_topic_configs(bootstrap, specs, security)
+    )
+
+
+async def _align_topic_configs(
+    bootstrap: str, specs: Sequence[TopicSpec], security: KafkaSecurity | None
+) -> list[ConfigChange]:
+    admin = AIOKafkaAdminClient(**client_options(bootstrap, security))
+    try:
+        await admin.start()
+        existing = set(await admin.list_topics())
+        wanted = {s.name: dict(s.configs) for s in specs if s.name in existing and s.configs}
+        if not wanted:
+            return []
+        current = await _describe_topic_configs(admin, wanted)
+        changes = [
+            ConfigChange(topic, name, current[topic].get(name), value)
+            for topic, configs in sorted(wanted.items())
+            for name, value in configs.items()
+            if current[topic].get(name) != value
+        ]
+        if not changes:
+            return []
+        await _set_topic_configs(bootstrap, security, changes)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CONFIG_WAIT_S
+        while True:
+            # the controller commits a change before every broker's metadata has it
+            served = await _describe_topic_configs(admin, wanted)
+            pending = [c for c in changes if served[c.topic].get(c.name) != c.now]
+            if not pending:
+                break
+            if loop.time() >= deadline:
+                shown = ", ".join(
+                    f"{c.topic} {c.name}={served[c.topic].get(c.name)!r}" for c in pending
+                )
+                raise TransportError(
+                    f"the brokers accepted topic config changes but still describe {shown}"
+                    f" after {CONFIG_WAIT_S:g} s",
+                    retriable=True,
+                )
+            await asyncio.sleep(0.2)
+        log.warning(
+            "topic_configs_changed",
+            changes=[f"{c.topic} {c.name}: {c.was} -> {c.now}" for c in changes],
+        )
+        return changes
+    finally:
+        await admin.close()
+
+
+async def _describe_topic_configs(
+    admin: AIOKafkaAdminClient, wanted: dict[str, dict[str, str]]
+) -> dict[str, dict[str, str | None]]:
+    """The brokers' values of the named configs of each topic (no retry).
+
+    Raises:
+        KafkaError: a per-topic error the brokers answered (its own class, so ``retrying``
+            tries a retriable one again).
+    """
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, topic, dict.fromkeys(names))
+        for topic, names in wanted.items()
+    ]
+    out: dict[str, dict[str, str | None]] = {topic: {} for topic in wanted}
+    for response in await admin.describe_configs(resources):
+        for code, message, _type, name, entries in response.resources:
+            if code:
+                raise for_code(code)(f"describing the configs of {name}: {message}")
+            if name in out:
+                out[name] = {entry[0]: entry[1] for entry in entries}
+    return out
+
+
+# IncrementalAlterConfigs (API key 44), version 0: aiokafka 0.14 ships only the legacy
+# AlterConfigs, which replaces a topic's whole config set (every config not sent falls back to
+# the broker default: a retention of 7 days, for one). Version 0 is served by every broker
+# since Kafka 2.3, Kafka 4.x included.
+_SET: Final = 0  # AlterConfigOp.OpType.SET
+
+
+class _IncrementalAlterConfigsResponseV0(Response):  # type: ignore[misc]
+    API_KEY = 44
+    API_VERSION = 0
+    SCHEMA = Schema(
+        ("throttle_time_ms", Int32),
+        (
+            "responses",
+            Array(
+                ("error_code", Int16),
+                ("error_message", String("utf-8")),
+                ("resource_type", Int8),
+                ("resource_name", String("utf-8")),
+            ),
+        ),
+    )
+
+
+class _IncrementalAlterConfigsRequestV0(RequestStruct):  # type: ignore[misc]
+    API_KEY = 44
+    API_VERSION = 0
+    RESPONSE_TYPE = _IncrementalAlterConfigsResponseV0
+    SCHEMA = Schema(
+        (
+            "resources",
+            Array(
+                ("resource_type", Int8),
+                ("resource_name", String("utf-8")),
+                (
+                    "configs",
+                    Array(
+                        ("name", String("utf-8")),
+                        ("config_operation", Int8),
+                        ("value", String("utf-8")),
+                    ),
+                ),
+            ),
+        ),
+        ("validate_only", Boolean),
+    )
+
+
+class _IncrementalAlterConfigs(Request[_IncrementalAlterConfigsRequestV0]):  # type: ignore[misc]
+    API_KEY = 44
+
+    def __init__(self, resources: list[tuple[int, str, list[tuple[str, int, str]]]]) -> None:
+        self._resources = resources
+
+    def build(
+        self, request_struct_class: type[_IncrementalAlterConfigsRequestV0]
+    ) -> _IncrementalAlterConfigsRequestV0:
+        return request_struct_class(self._resources, False)
+
+
+async def _set_topic_configs(
+    bootstrap: str, security: KafkaSecurity | None, changes: Sequence[ConfigChange]
+) -> None:
+    """SET each change's config on its topic, in one request (no retry).
+
+    Raises:
+        KafkaError: a retriable per-topic error (``retrying`` tries again).
+        TransportError: any other per-topic error, naming the topics and the broker's errors.
+    """
+    by_topic: dict[str, list[tuple[str, int, str]]] = {}
+    for c in changes:
+        by_topic.setdefault(c.topic, []).append((c.name, _SET, c.now))
+    request = _IncrementalAlterConfigs(
+        [(int(ConfigResourceType.TOPIC), topic, configs) for topic, configs in by_topic.items()]
+    )
+    client = AIOKafkaClient(**client_options(bootstrap, security))
+    try:
+        await client.bootstrap()
+        response = await client.send(client.get_random_node(), request)
+    finally:
+        await client.close()
+    refused: list[str] = []
+    transient: list[tuple[type[KafkaError], str]] = []
+    for code, message, _type, topic in response.responses:
+        if code == 0:
+            continue
+        error = for_code(code)
+        detail = f"{topic}: {error.__name__} (error {code})" + (f": {message}" if message else "")
+        if error.retriable:
+            transient.append((error, detail))
+        else:
+            refused.append(detail)
+    if refused:
+        raise TransportError(
+            f"the brokers refused to change the configs of {'; '.join(refused)}",
+            retriable=False,
+        )
+    if transient:
+        raise transient[0][0](f"changing topic configs: {'; '.join(d for _, d in transient)}")
 
 
 async def topic_partitions(

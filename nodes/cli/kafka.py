@@ -12,7 +12,7 @@ from pathlib import Path
 
 from bus.acl import acl_model
 from bus.errors import BusError
-from bus.kafka.admin import ensure_topics
+from bus.kafka.admin import ConfigChange, align_topic_configs, ensure_topics
 from bus.topics import Topics, standard_topics
 from nodes.cli.common import add_common_args, bootstrap, security_from_args
 
@@ -31,11 +31,21 @@ def _orgs(args: argparse.Namespace) -> list[str]:
 def _cmd_topics(args: argparse.Namespace) -> int:
     specs = standard_topics(Topics(args.topic_prefix), _orgs(args), partitions=args.partitions)
     security = security_from_args(args)
-    asyncio.run(
-        ensure_topics(bootstrap(args), specs, replication=args.replication, security=security)
-    )
+
+    async def go() -> list[ConfigChange]:
+        await ensure_topics(bootstrap(args), specs, replication=args.replication, security=security)
+        return await align_topic_configs(bootstrap(args), specs, security=security)
+
+    changes = asyncio.run(go())
     for s in specs:
         print(f"{s.name}  partitions={s.partitions}  {dict(s.configs)}")
+    for c in changes:
+        print(f"changed {c.topic}: {c.name} {c.was} -> {c.now}")
+        if c.name == "cleanup.policy" and c.was is not None and "compact" in c.was:
+            print(
+                f"  {c.topic} was compacted: from now on every record is kept; records the log"
+                " cleaner already removed do not come back"
+            )
     return 0
 
 
@@ -70,12 +80,15 @@ def add_topics_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     """``obus topics``."""
     tp = sub.add_parser(
         "topics",
-        help="create the bus topics (idempotent)",
+        help="create the bus topics and set their configs (idempotent)",
         description="Create every topic of the design for the mandate's organizations: "
         "<prefix>reports.<org> and <prefix>attachments.<org> (--partitions each), "
-        "<prefix>decisions.<org> (one partition), and the shared registry and mandate "
-        "(compacted), checkpoints and statements topics (one partition each). All use broker "
-        "log-append time and keep every record. Existing topics are left as they are.",
+        "<prefix>decisions.<org> (one partition), and the shared registry, mandate, "
+        "checkpoints, statements and seals topics (one partition each). All use broker "
+        "log-append time, keep every record and are never compacted (cleanup.policy=delete). "
+        "On a topic that already exists, every one of these configs that differs is set "
+        "(e.g. a registry or mandate topic created compacted by an older release) and each "
+        "change is printed; partitions and replication are left as they are.",
     )
     tp.add_argument("--mandate", metavar="FILE", help="take the organizations from the mandate")
     tp.add_argument("--orgs", default="", help="or list them: un,osce,eu,nato,csto,sco")
