@@ -419,8 +419,12 @@ class BusReader:
         if latest is not None and now_ms <= latest.time_ms:
             return None
         view = self.view()
-        if latest is not None and all(view.size(ref) == latest.size(ref) for ref in view.refs()):
-            return None  # nothing new: no epoch without records
+        if (
+            latest is not None
+            and all(view.size(ref) == latest.size(ref) for ref in view.refs())
+            and not (self._deferred and self._reader.judge.epoch == latest.epoch)
+        ):
+            return None  # nothing new, nothing deferred: no empty epoch
         if latest is None and not any(view.size(ref) for ref in view.refs()):
             return None
         proposal = make_proposal(view, latest, mandate_id=self._root.mandate_id, now_ms=now_ms)

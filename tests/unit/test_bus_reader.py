@@ -260,3 +260,44 @@ def test_property_any_schedule_same_digests(seed: int) -> None:
     want = witnesses[0].digests
     assert all(w.digests == want for w in witnesses)
     assert replay(bus, random.Random(seed + 1)) == want
+
+
+def test_reports_deferred_by_the_last_epoch_get_an_epoch_when_nothing_new_arrives() -> None:
+    """Reports of epoch 1 signed by keys epoch 1 accredits are deferred to epoch 2; with no
+    new record, the next proposal is an epoch with no new record, and judges them."""
+    bus = Bus()
+    publish_trust(bus)
+    fresh = make_mission(observers_per_org=1)  # the same keys, chains from seq 1
+    for org in ("un", "osce", "un"):
+        bus.parts[(TOPICS.reports(org), 0)].append(fresh.next_report(org, 1))
+    reader = new_reader()
+    for ref, values in bus.parts.items():
+        reader.offer_records(ref, 0, values)
+    p = reader.propose(org="un", now_ms=NOW_MS)
+    assert p is not None
+    seals = [sign_proposal(p, M.scenario.node_keys["un"], name("un"))]
+    seals += [
+        cosign_seal(p.text(), M.scenario.node_keys[o], name(o), now_ms=NOW_MS)
+        for o in ORGS[1 : MANDATE.threshold]
+    ]
+    for off, raw in enumerate(seals):
+        reader.offer_seal(off, raw)
+    assert reader.judge.epoch == 1
+    p2 = reader.propose(org="osce", now_ms=NOW_MS + 1000)
+    assert p2 is not None and p2.epoch == 2
+    assert {r: s.size for r, s in p2.partitions.items()} == {
+        r: s.size for r, s in p.partitions.items()
+    }
+    seals = [sign_proposal(p2, M.scenario.node_keys["osce"], name("osce"))]
+    seals += [
+        cosign_seal(p2.text(), M.scenario.node_keys[o], name(o), now_ms=NOW_MS + 1000)
+        for o in ORGS[2 : 2 + MANDATE.threshold - 1]
+    ]
+    epochs = [
+        ev
+        for i, raw in enumerate(seals)
+        for ev in reader.offer_seal(len(seals) + i + 10, raw).epochs
+    ]
+    assert [ev.epoch for ev in epochs] == [2]
+    assert {v.status for v in epochs[0].verdicts} == {Status.ACCEPTED}
+    assert reader.propose(org="eu", now_ms=NOW_MS + 2000) is None  # nothing left: no epoch
