@@ -6,16 +6,35 @@ as a :class:`PublishedDecision` in an :class:`~bus.model.Envelope` of type
 ``NODE`` (schemas/obus/v1/decision.proto). Publishing is for transparency only: every other
 organization reads, verifies and shows these decisions, and never acts on them.
 
+**One chain per organization.** The decisions of one organization form one hash chain, like an
+observer's reports: ``seq`` 1, 2, ... and ``prev_digest`` the SHA-256 of the exact envelope
+bytes of the organization's decision at ``seq - 1`` (empty for seq 1), whichever of its node
+keys signed either. The publisher keeps its chain head (:func:`next_link` gives the next
+position) and continues from it after a restart; a reader extends the chain with
+:func:`bus.verify.check_link`, so a second decision at a seq already taken is refused
+(``chain_fork``) and one that skips a seq is ``chain_gap``: an organization cannot rewrite or
+leave out what it published, and a seq is not a number its signer picks.
+
 Verification rule (:func:`verify_decision`), the same on every node and for auditors:
 
-1. the bytes are a canonical envelope of type ``decision`` with exactly one signature (the
-   rule of every singly signed envelope, :func:`bus.crypto.open_single`);
+1. the bytes are at most the record limit, and a canonical envelope of type ``decision`` with
+   exactly one signature (the rule of every singly signed envelope,
+   :func:`bus.crypto.open_single`);
 2. the signing key is accredited, its signature verifies under the pinned Ed25519 rule;
 3. the key is accredited as ``NODE`` by the organization the decision names, which is also the
    organization of the topic it was read from (``wrong_org`` / ``wrong_topic`` otherwise);
-4. ``signed_at_ms`` lies in the accreditation's window, and a revocation of the node key cuts
-   at the decision's ``seq`` (per-node publication counter), exactly as for observers' chains;
-5. the decision is for the mandate the reader runs under.
+4. ``signed_at_ms`` lies in the accreditation's window, and the node key is not revoked at the
+   decision's **epoch**: for a node key, a revocation's ``last_valid_seq`` is the last epoch of
+   the bus whose records its signatures count on (the rule of seals, :mod:`bus.seal`), so a
+   decision sealed in a later epoch is ``key_revoked``. A reader that does not know the
+   record's epoch yet (a provisional reader) passes none, and then any revocation of the key
+   refuses it. The decision's own ``seq`` never counts here: its signer chooses it;
+5. the decision is for the mandate the reader runs under;
+6. with a reference time (*t_e* of the record's epoch, :mod:`bus.judge`), ``signed_at_ms`` is at
+   most the clock skew ahead of it (``clock_skew``).
+
+The chain and the delivery lag are the final judge's (:class:`bus.judge.FinalJudge`): they need
+the decisions before this one, in the order of the sealed log.
 
 Pure: no asyncio, Kafka, socket or HTTP imports.
 """
@@ -36,9 +55,11 @@ from bus.model import (
     _parse,
     check_id,
     encode,
+    sha256,
 )
 from bus.policy import KINDS, PRIORITIES, Decision, Evidence
 from bus.trust import KeyRing
+from bus.verify import ChainHead, Limits
 
 PAYLOAD_DECISION: Final = "application/vnd.obus.decision.v1+protobuf"
 # A decision rests on at most this many reports; a larger window is summarized by its first
@@ -46,6 +67,16 @@ PAYLOAD_DECISION: Final = "application/vnd.obus.decision.v1+protobuf"
 # broker's 1 MiB default (each entry is ~75 bytes).
 MAX_EVIDENCE: Final = 2000
 MAX_SUMMARY_CHARS: Final = 500
+# Beyond any revocation's last_valid_seq (a uint64): the position of a decision whose epoch the
+# reader does not know, so that every revocation of its key counts.
+_EPOCH_UNKNOWN: Final = 2**64
+_DEFAULT_LIMITS: Final = Limits()
+
+
+def next_link(head: ChainHead | None) -> tuple[int, bytes]:
+    """``(seq, prev_digest)`` of the decision that follows an organization's chain ``head``
+    (None: the organization has published none)."""
+    return (1, b"") if head is None else (head.seq + 1, head.digest)
 
 
 def _check_evidence(items: tuple[Evidence, ...], what: str) -> None:
@@ -69,6 +100,7 @@ class PublishedDecision:
     mandate_id: str
     org: str
     seq: int
+    prev_digest: bytes
     rule: str
     kind: str
     action: str
@@ -94,6 +126,10 @@ class PublishedDecision:
             raise _invalid("decision_id", "must start with '<org>:<rule>:' (at most 200 chars)")
         if self.seq < 1:
             raise _invalid("seq", "must be >= 1")
+        if self.seq == 1 and self.prev_digest:
+            raise _invalid("prev_digest", "must be empty when seq is 1")
+        if self.seq > 1 and len(self.prev_digest) != DIGEST_BYTES:
+            raise _invalid("prev_digest", f"must be {DIGEST_BYTES} bytes when seq > 1")
         if self.kind not in KINDS:
             raise _invalid("kind", f"{self.kind!r} is not one of {', '.join(KINDS)}")
         if self.priority not in PRIORITIES:
@@ -118,16 +154,19 @@ class PublishedDecision:
         decision: Decision,
         *,
         mandate_id: str,
-        seq: int,
+        after: ChainHead | None,
         signed_at_ms: int,
         policy_digest: bytes = b"",
     ) -> PublishedDecision:
-        """The wire form of a policy decision (evidence capped at MAX_EVIDENCE)."""
+        """The wire form of a policy decision (evidence capped at MAX_EVIDENCE), next in its
+        organization's chain after ``after`` (the chain head; None for the first)."""
+        seq, prev_digest = next_link(after)
         return cls(
             decision_id=decision.decision_id,
             mandate_id=mandate_id,
             org=decision.org,
             seq=seq,
+            prev_digest=prev_digest,
             rule=decision.rule,
             kind=decision.kind,
             action=decision.action,
@@ -166,6 +205,7 @@ class PublishedDecision:
             signed_at_ms=self.signed_at_ms,
             summary=self.summary,
             policy_digest=self.policy_digest,
+            prev_digest=self.prev_digest,
         )
 
     @classmethod
@@ -177,6 +217,7 @@ class PublishedDecision:
             mandate_id=pb.mandate_id,
             org=pb.org,
             seq=pb.seq,
+            prev_digest=bytes(pb.prev_digest),
             rule=pb.rule,
             kind=pb.kind,
             action=pb.action,
@@ -200,22 +241,47 @@ def sign_decision(decision: PublishedDecision, node_key: SigningKey) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class VerifiedDecision:
-    """A published decision whose signature and accreditation checked out."""
+    """A published decision whose signature and accreditation checked out; ``envelope_digest``
+    is SHA-256 of its exact bytes (what the next decision's ``prev_digest`` names)."""
 
     decision: PublishedDecision
     node_id: str
     key_id: bytes
+    envelope_digest: bytes = b""
 
 
-def verify_decision(raw: bytes, keyring: KeyRing, *, topic_org: str) -> VerifiedDecision:
-    """Verify decision envelope bytes read from ``topic_org``'s decisions topic.
+def verify_decision(
+    raw: bytes,
+    keyring: KeyRing,
+    *,
+    topic_org: str,
+    epoch: int | None = None,
+    reference_ms: int | None = None,
+    limits: Limits = _DEFAULT_LIMITS,
+) -> VerifiedDecision:
+    """Verify decision envelope bytes read from ``topic_org``'s decisions topic (the module
+    docstring's rule; not its chain, which needs the decisions before it).
+
+    Args:
+        raw: the record value.
+        keyring: the trust state the record is judged under (the final judge: the one in force
+            at its epoch).
+        topic_org: the organization of the decisions topic it was read from.
+        epoch: the epoch the record is sealed in, where node-key revocations cut; None when
+            not known yet: then any revocation of the signing key refuses it.
+        reference_ms: *t_e* of that epoch, for the clock-skew bound; None: not checked.
+        limits: the record size and clock-skew limits.
 
     Raises:
-        VerificationError: ``malformed``, ``missing_signature``, ``wrong_payload_type``,
-            ``invalid_field``, ``unknown_key``, ``bad_signature``, ``malformed_key``,
-            ``wrong_org``, ``wrong_topic``, ``wrong_role``, ``key_expired``, ``key_revoked`` or
-            ``wrong_mandate``.
+        VerificationError: ``oversized``, ``malformed``, ``missing_signature``,
+            ``wrong_payload_type``, ``invalid_field``, ``unknown_key``, ``bad_signature``,
+            ``malformed_key``, ``wrong_org``, ``wrong_topic``, ``wrong_mandate``,
+            ``wrong_role``, ``key_expired``, ``key_revoked`` or ``clock_skew``.
     """
+    if len(raw) > limits.max_record_bytes:
+        raise VerificationError(
+            Reason.OVERSIZED, f"{len(raw)} bytes > limit {limits.max_record_bytes}", size=len(raw)
+        )
     env, acc = open_single(raw, PAYLOAD_DECISION, keyring.lookup, what="decision")
     decision = PublishedDecision.decode(env.payload)
     if decision.org != acc.org:
@@ -228,5 +294,11 @@ def verify_decision(raw: bytes, keyring: KeyRing, *, topic_org: str) -> Verified
         )
     if decision.mandate_id != keyring.mandate.mandate_id:
         raise VerificationError(Reason.WRONG_MANDATE, f"decision for {decision.mandate_id!r}")
-    keyring.check_usable(acc, role=Role.NODE, at_ms=decision.signed_at_ms, seq=decision.seq)
-    return VerifiedDecision(decision, acc.subject_id, env.signatures[0].key_id)
+    position = _EPOCH_UNKNOWN if epoch is None else epoch
+    keyring.check_usable(acc, role=Role.NODE, at_ms=decision.signed_at_ms, seq=position)
+    if reference_ms is not None and decision.signed_at_ms > reference_ms + limits.max_clock_skew_ms:
+        raise VerificationError(
+            Reason.CLOCK_SKEW,
+            f"signed_at is {decision.signed_at_ms - reference_ms} ms after the epoch's time",
+        )
+    return VerifiedDecision(decision, acc.subject_id, env.signatures[0].key_id, sha256(raw))

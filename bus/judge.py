@@ -24,12 +24,17 @@ Rules
    every reader sorts alike, and a record that claims falsely is quarantined on its own without
    moving the chain. Records whose claims do not parse (or whose size exceeds the record limit:
    never parsed) come first, by (topic, partition, offset): they change nothing;
-4. records of every other topic (decisions, statements, attachments, seals, checkpoints), by
-   canonical key, with status ``not_judged``: they have readers of their own, and are listed
-   so that no record of a sealed epoch goes without an answer.
+4. the decisions deferred from epoch *e-1*, then the records of the decisions topics
+   (``<prefix>decisions.<org>``), by the position they claim: (the topic's organization, seq),
+   then topic, partition and offset, unparsed ones first, for the reasons given in 3 (see
+   *Decisions*);
+5. records of every other topic (statements, attachments, seals, checkpoints), by canonical
+   key, with status ``not_judged``: they have readers of their own, and are listed so that no
+   record of a sealed epoch goes without an answer.
 
-Trust records and reports of one epoch do not see each other (next rule): 1 before 3 is the
-listing order, not a dependency. :attr:`EpochVerdicts.verdicts` lists the verdicts in this order.
+Trust records and the reports and decisions of one epoch do not see each other (next rule): 1
+before 3 and 4 is the listing order, not a dependency. :attr:`EpochVerdicts.verdicts` lists the
+verdicts in this order.
 
 **Trust takes effect at the next epoch.** Mandate versions, accreditations, revocations and
 encryption keys logged in epoch *e* take effect from epoch *e+1*; the reports of epoch *e* are
@@ -99,10 +104,31 @@ rewinds to the last report before the cut (none: the chain starts again at seq 1
 observer's next report, under a new key, continues from there, at every reader alike. Their
 report ids stay used.
 
+**Decisions.** An organization's published decisions (:mod:`bus.decision`) form one hash
+chain per organization, whichever of its node keys signed them. A decision record of epoch *e*
+on ``<prefix>decisions.<org>`` is ``replayed`` when it is a byte-identical copy of a decision
+of that organization accepted earlier in the order (before any other check, as for reports:
+wherever the copies sit), else verified by :func:`bus.decision.verify_decision` under the key
+ring in force at *e* with ``reference_ms=t_e``: signed by a node key the topic's organization
+accredited with role ``NODE``, within its window at ``signed_at``, ``signed_at <= t_e +
+max_clock_skew_ms`` (``clock_skew``), and the key not revoked **at an epoch**: for a node key a
+revocation's ``last_valid_seq`` is the last epoch its signatures count on (the rule of seals,
+:mod:`bus.seal`), so its decisions of later epochs are ``key_revoked``. Then
+``signed_at >= t_e - lag`` (``delivery_lag``, as for reports), and the decision must extend its
+organization's chain (:func:`bus.verify.check_link`): seq beyond the head + 1 is
+``chain_gap``, at or below it (a repeated seq) or with another ``prev_digest`` is
+``chain_fork``. An accepted decision stays accepted: a revocation taking effect later never
+withdraws it (like a seal of an epoch before the revocation held), it refuses the key's
+decisions from then on. A decision signed by a node key that a registry record of its own
+epoch accredits is ``deferred`` and judged at the start of epoch *e+1* under *e+1*'s trust, its
+own epoch's clock and its own epoch as the revocation position, before *e+1*'s decisions (so a
+node that publishes the moment its new key is accredited does not break its chain).
+
 **What a reader compares.** :attr:`EpochVerdicts.state_digest` chains, epoch by epoch, the seal
-digest, every verdict (position, status, reason code), every verdict change, the heads changed
-and the mandate version in force next (:func:`state_digest`): two readers that hold the same
-digest after epoch *e* hold the same verdicts up to *e*. Details (human text) are not in it.
+digest, every verdict (position, status, reason code), every verdict change, the observer chain
+heads changed, the decision chain heads extended and the mandate version in force next
+(:func:`state_digest`): two readers that hold the same digest after epoch *e* hold the same
+verdicts up to *e*. Details (human text) are not in it.
 """
 
 from __future__ import annotations
@@ -116,7 +142,8 @@ from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bus._pb.obus.v1 import envelope_pb2, report_pb2, sealed_pb2
+from bus._pb.obus.v1 import decision_pb2, envelope_pb2, report_pb2, sealed_pb2
+from bus.decision import PAYLOAD_DECISION, VerifiedDecision, verify_decision
 from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, canonical_key
 from bus.errors import ConfigError, EpochInputError, Reason, VerificationError
 from bus.model import (
@@ -158,15 +185,15 @@ ObserverKey = tuple[str, str]
 
 TrustEntry = Accreditation | Revocation | EncryptionKey
 
-SNAPSHOT_FORMAT: Final = "obus-judge-state-v1"
-_DIGEST_DOMAIN: Final = b"obus judge state v1\n"
+SNAPSHOT_FORMAT: Final = "obus-judge-state-v2"
+_DIGEST_DOMAIN: Final = b"obus judge state v2\n"
 _NO_VALUE: Final = "record has no value"  # a null value: on an append-only topic, no tombstone
 
 
 class Status(enum.StrEnum):
     """What the final judge says of a record (values are stored and compared: never renamed)."""
 
-    ACCEPTED = "accepted"  # a report that verified and extended its observer's chain
+    ACCEPTED = "accepted"  # a report or decision that verified and extended its chain
     QUARANTINED = "quarantined"  # rejected, with a reason code
     APPLIED = "applied"  # a trust record in force from the next epoch
     DEFERRED = "deferred"  # judged again at the next epoch (its key's accreditation is pending)
@@ -188,6 +215,7 @@ class Verdict:
         observer: the chain a report claims, when its claims parse.
         report: the verified report of an accepted report record.
         trust: the verified entry or mandate of an applied trust record.
+        decision: the verified decision of an accepted decision record.
     """
 
     pos: RecordPos
@@ -198,6 +226,7 @@ class Verdict:
     observer: ObserverKey | None = None
     report: VerifiedReport | VerifiedSealed | None = None
     trust: TrustEntry | Mandate | None = None
+    decision: VerifiedDecision | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +259,7 @@ class EpochVerdicts:
             rewound to nothing.
         mandate_version: the mandate version in force from ``epoch + 1``.
         state_digest: the digest of the whole verdict state after this epoch.
+        decision_heads: the organizations' decision chain heads this epoch extended.
     """
 
     epoch: int
@@ -240,6 +270,7 @@ class EpochVerdicts:
     heads: Mapping[ObserverKey, ChainHead | None]
     mandate_version: int
     state_digest: bytes
+    decision_heads: Mapping[str, ChainHead] = field(default_factory=dict)
 
 
 def state_digest(
@@ -251,14 +282,16 @@ def state_digest(
     changes: Iterable[VerdictChange],
     heads: Mapping[ObserverKey, ChainHead | None],
     mandate_version: int,
+    decision_heads: Mapping[str, ChainHead],
 ) -> bytes:
-    """SHA-256 of ``"obus judge state v1\\n" || previous || seal digest || body``.
+    """SHA-256 of ``"obus judge state v2\\n" || previous || seal digest || body``.
 
     ``body`` is compact JSON with sorted keys: ``epoch``; ``verdicts`` as [topic, partition,
     offset, epoch, status, reason] in listing order; ``changes`` as [topic, partition, offset,
     status, at_epoch]; ``heads`` as [org, observer id, seq, digest hex] sorted (seq 0 and ""
-    for a chain rewound to nothing); ``mandate_version``. The digest before epoch 1 is
-    :func:`genesis_digest` of the root.
+    for a chain rewound to nothing); ``decision_heads`` as [org, seq, digest hex] sorted (the
+    organizations' decision chains the epoch extended); ``mandate_version``. The digest before
+    epoch 1 is :func:`genesis_digest` of the root.
     """
     body = {
         "epoch": epoch,
@@ -268,6 +301,7 @@ def state_digest(
             [o, ob, 0 if h is None else h.seq, "" if h is None else h.digest.hex()]
             for (o, ob), h in heads.items()
         ),
+        "decision_heads": sorted([o, h.seq, h.digest.hex()] for o, h in decision_heads.items()),
         "mandate_version": mandate_version,
     }
     text = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
@@ -355,6 +389,76 @@ def _report_order(r: _Report) -> tuple[int, str, str, int, str, int, int]:
     if c is None:
         return (0, "", "", 0, *r.pos)
     return (1, c.org, c.observer_id, c.seq, *r.pos)
+
+
+@dataclass(slots=True)
+class _DecisionChain:
+    """An organization's accepted decisions, by seq (digest of each envelope)."""
+
+    digests: list[bytes] = field(default_factory=list)
+    known: set[bytes] = field(default_factory=set)
+
+    def head(self) -> ChainHead | None:
+        return ChainHead(len(self.digests), self.digests[-1]) if self.digests else None
+
+
+@dataclass(frozen=True, slots=True)
+class _Decision:
+    """A decision record to judge: where, its bytes, its topic's organization, the seq and
+    key id it claims (None when they do not parse), its epoch and that epoch's clock."""
+
+    pos: RecordPos
+    value: bytes | None
+    org: str
+    seq: int | None
+    key_id: bytes | None
+    epoch: int
+    time_ms: int
+
+
+def _decision_claims(raw: bytes) -> tuple[int, bytes | None] | None:
+    """The seq and single signing key id a decision record claims, or None when its protobuf
+    framing does not parse (read unvalidated: it orders the judging, the verifier decides)."""
+    try:
+        env = envelope_pb2.SignedEnvelope.FromString(raw)
+        if env.payload_type != PAYLOAD_DECISION:
+            return None
+        seq = decision_pb2.Decision.FromString(env.payload).seq
+    except Exception:  # noqa: BLE001 - any failure here is judged (and named) by the verifier
+        return None
+    key_id = bytes(env.signatures[0].key_id) if len(env.signatures) == 1 else None
+    return seq, key_id
+
+
+def _decision_record(
+    pos: RecordPos, value: bytes | None, org: str, *, epoch: int, t: int, limit: int
+) -> _Decision:
+    # An oversized value is refused on its length alone: never parsed.
+    claims = None if value is None or len(value) > limit else _decision_claims(value)
+    seq, key_id = (None, None) if claims is None else claims
+    return _Decision(pos, value, org, seq, key_id, epoch, t)
+
+
+def _decision_order(d: _Decision) -> tuple[int, str, int, str, int, int]:
+    """Judging order of decisions: (organization, claimed seq), then position; unparsed first."""
+    if d.seq is None:
+        return (0, "", 0, *d.pos)
+    return (1, d.org, d.seq, *d.pos)
+
+
+def _check_delivery_lag(signed_at_ms: int, t: int, mandate: Mandate) -> None:
+    """``signed_at >= t_e - lag``, the lag of ``mandate`` (the version in force at the record's
+    epoch).
+
+    Raises:
+        VerificationError: ``delivery_lag``.
+    """
+    lag = mandate.delivery_lag_ms
+    if signed_at_ms < t - lag:
+        raise VerificationError(
+            Reason.DELIVERY_LAG,
+            f"signed_at is {t - signed_at_ms} ms before the epoch's time (at most {lag})",
+        )
 
 
 def _verify_mandate_record(
@@ -504,6 +608,8 @@ class FinalJudge:
         self._chains: dict[ObserverKey, _Chain] = {}
         self._by_key: dict[bytes, set[ObserverKey]] = {}  # key id -> chains it signed into
         self._deferred: list[_Report] = []
+        self._decisions: dict[str, _DecisionChain] = {}  # organization -> its decision chain
+        self._deferred_decisions: list[_Decision] = []
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -556,6 +662,15 @@ class FinalJudge:
                 out[k] = h
         return out
 
+    def decision_heads(self) -> dict[str, ChainHead]:
+        """Every organization's decision chain head after the last epoch judged."""
+        out = {}
+        for org, chain in self._decisions.items():
+            h = chain.head()
+            if h is not None:
+                out[org] = h
+        return out
+
     # -- judging -----------------------------------------------------------------------------
 
     def judge_epoch(
@@ -588,19 +703,26 @@ class FinalJudge:
         ring = self._ring
         trust: list[tuple[RecordPos, bytes | None]] = []
         reports: list[_Report] = []
+        decisions: list[_Decision] = []
         other: list[RecordPos] = []
         topics = self._topics
+        limit = self._limits.max_record_bytes
         for (topic, partition), (start, values) in spans.items():
             org = topics.org_of_report_topic(topic)
+            decider = topics.org_of_decision_topic(topic)
             is_trust = topic in {topics.registry, topics.mandate}
             for i, value in enumerate(values):
                 pos = (topic, partition, start + i)
                 if is_trust:
                     trust.append((pos, value))
+                elif decider is not None:
+                    decisions.append(
+                        _decision_record(pos, value, decider, epoch=e, t=t, limit=limit)
+                    )
                 elif org is not None:
                     claims = None
                     # An oversized value is refused on its length alone: never parsed.
-                    if value is not None and len(value) <= self._limits.max_record_bytes:
+                    if value is not None and len(value) <= limit:
                         claims = _claims(value)
                     reports.append(_Report(pos, value, org, claims, e, t))
                 else:
@@ -649,12 +771,28 @@ class FinalJudge:
             out.append(v)
             if v.status is Status.DEFERRED:
                 deferred.append(r)
-        # 4. Every other topic.
-        not_here = "not a report or trust topic"
+        # 4. Decisions deferred from the previous epoch, then this epoch's.
+        deciders: set[str] = set()
+        again_decisions = sorted(self._deferred_decisions, key=_decision_order)
+        out.extend(self._judge_decision(d, ring, frozenset(), deciders) for d in again_decisions)
+        deferred_decisions: list[_Decision] = []
+        decisions.sort(key=_decision_order)
+        for d in decisions:
+            v = self._judge_decision(d, ring, pending_keys, deciders)
+            out.append(v)
+            if v.status is Status.DEFERRED:
+                deferred_decisions.append(d)
+        # 5. Every other topic.
+        not_here = "not a report, decision or trust topic"
         out.extend(Verdict(p, e, Status.NOT_JUDGED, detail=not_here) for p in other)
 
         changes = self._cut_revoked(_revocation_map(ring), next_ring, e + 1, touched)
         heads = {k: self._chains[k].head() for k in sorted(touched)}
+        decision_heads: dict[str, ChainHead] = {}
+        for org in sorted(deciders):
+            head = self._decisions[org].head()
+            assert head is not None  # extended this epoch
+            decision_heads[org] = head
         version = next_ring.mandate.version
         digest = state_digest(
             self._digest,
@@ -664,6 +802,7 @@ class FinalJudge:
             changes=changes,
             heads=heads,
             mandate_version=version,
+            decision_heads=decision_heads,
         )
         # Commit: from here on the judge stands after epoch e.
         self._epoch, self._seal_digest, self._time_ms = e, seal.digest, t
@@ -673,8 +812,11 @@ class FinalJudge:
         self._applied = applied
         self._ring = next_ring
         self._deferred = deferred
+        self._deferred_decisions = deferred_decisions
         self._digest = digest
-        return EpochVerdicts(e, seal.digest, t, tuple(out), tuple(changes), heads, version, digest)
+        return EpochVerdicts(
+            e, seal.digest, t, tuple(out), tuple(changes), heads, version, digest, decision_heads
+        )
 
     def _spans(
         self, seal: FinalSeal, records: Mapping[PartitionRef, Sequence[bytes | None]]
@@ -839,12 +981,7 @@ class FinalJudge:
                 preverified=preverified,
             )
             link = verified.report
-        lag = self._mandate_at(r.epoch).delivery_lag_ms
-        if link.signed_at_ms < t - lag:
-            raise VerificationError(
-                Reason.DELIVERY_LAG,
-                f"signed_at is {t - link.signed_at_ms} ms before the epoch's time (at most {lag})",
-            )
+        _check_delivery_lag(link.signed_at_ms, t, self._mandate_at(r.epoch))
         return verified, link
 
     def _mandate_at(self, epoch: int) -> Mandate:
@@ -931,6 +1068,47 @@ class FinalJudge:
                 touched.add(observer)
         return changes
 
+    # -- decisions ---------------------------------------------------------------------------
+
+    def _judge_decision(
+        self, d: _Decision, ring: KeyRing, pending_keys: Container[bytes], deciders: set[str]
+    ) -> Verdict:
+        """One decision under ``ring`` at its epoch (its clock, its delivery lag, its position
+        for node-key revocations); ``deferred`` when its key is unknown to ``ring`` and one of
+        ``pending_keys``."""
+        pos, e, value, org = d.pos, d.epoch, d.value, d.org
+        if value is None:
+            return Verdict(pos, e, Status.QUARANTINED, Reason.MALFORMED.value, _NO_VALUE)
+        chain = self._decisions.get(org)
+        if chain is not None and sha256(value) in chain.known:
+            detail = f"decision seq {d.seq} of {org} is already accepted"
+            return Verdict(pos, e, Status.QUARANTINED, Reason.REPLAYED.value, detail)
+        try:
+            verified = verify_decision(
+                value, ring, topic_org=org, epoch=e, reference_ms=d.time_ms, limits=self._limits
+            )
+            decision = verified.decision
+            _check_delivery_lag(decision.signed_at_ms, d.time_ms, self._mandate_at(e))
+            head = None if chain is None else chain.head()
+            check_link(f"decisions of {org}", head, decision.seq, decision.prev_digest)
+        except VerificationError as exc:
+            if exc.reason is Reason.UNKNOWN_KEY and d.key_id in pending_keys:
+                detail = f"its key is accredited from epoch {e + 1}"
+                return Verdict(pos, e, Status.DEFERRED, detail=detail)
+            return Verdict(pos, e, Status.QUARANTINED, exc.reason.value, exc.message)
+        except Exception as exc:  # a reader never crashes on input (see Reason.INTERNAL_ERROR)
+            log.exception(
+                "verifier_internal_error",
+                extra={"topic": pos[0], "partition": pos[1], "offset": pos[2]},
+            )
+            return Verdict(pos, e, Status.QUARANTINED, Reason.INTERNAL_ERROR.value, repr(exc))
+        if chain is None:
+            chain = self._decisions[org] = _DecisionChain()
+        chain.digests.append(verified.envelope_digest)
+        chain.known.add(verified.envelope_digest)
+        deciders.add(org)
+        return Verdict(pos, e, Status.ACCEPTED, decision=verified)
+
     # -- state -------------------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
@@ -963,6 +1141,14 @@ class FinalJudge:
             ],
             "deferred": [
                 [*d.pos, (d.value or b"").hex(), d.epoch, d.time_ms] for d in self._deferred
+            ],
+            "decisions": [
+                [org, [d.hex() for d in chain.digests]]
+                for org, chain in sorted(self._decisions.items())
+            ],
+            "deferred_decisions": [
+                [*d.pos, (d.value or b"").hex(), d.epoch, d.time_ms]
+                for d in self._deferred_decisions
             ],
         }
         return json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
@@ -1034,6 +1220,16 @@ class FinalJudge:
             org = topics.org_of_report_topic(topic)
             assert org is not None  # deferred records come from report topics only
             judge._deferred.append(_Report((topic, p, o), value, org, _claims(value), e, t))
+        for org, digests in s["decisions"]:
+            decided = judge._decisions[org] = _DecisionChain([bytes.fromhex(d) for d in digests])
+            decided.known = set(decided.digests)
+        lim = judge._limits.max_record_bytes
+        for topic, p, o, v, e, t in s["deferred_decisions"]:
+            decider = topics.org_of_decision_topic(topic)
+            assert decider is not None  # deferred decisions come from decisions topics only
+            judge._deferred_decisions.append(
+                _decision_record((topic, p, o), bytes.fromhex(v), decider, epoch=e, t=t, limit=lim)
+            )
         return judge
 
     def _config_digest(self) -> bytes:

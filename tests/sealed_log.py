@@ -1,6 +1,7 @@
 """Test helpers for the final judge: a sealed log built in memory, and a generator of hostile
 logs (several organizations, rotations, revocations, re-keys, expiry, copies on other
-partitions, report ids reused across organizations), with no broker."""
+partitions, report ids reused across organizations, chained decisions signed by node keys that
+are rotated and revoked), with no broker."""
 
 from __future__ import annotations
 
@@ -13,17 +14,48 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from bus.crypto import SigningKey
+from bus.decision import PublishedDecision, sign_decision
 from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
 from bus.judge import EpochVerdicts, FinalJudge, RecordPos
 from bus.merkle import MerkleTree
-from bus.model import Accreditation, Mandate, Revocation, Role
+from bus.model import Accreditation, Mandate, Revocation, Role, sha256
+from bus.policy import Decision, Evidence
 from bus.sign import ReportSigner, sign_accreditation, sign_mandate, sign_revocation
 from bus.topics import Topics
+from bus.uuid7 import uuid7
 from bus.verify import ChainHead
+from nodes.demo.scenario import node_subject
 from tests.mission import NOW_MS, Mission, demo_key, make_mission
 
 TOPICS = Topics("obus.")
 DAY_MS = 86_400_000
+
+
+def make_decision(
+    mandate_id: str,
+    org: str,
+    key: SigningKey,
+    after: ChainHead | None,
+    *,
+    signed_at_ms: int = NOW_MS,
+    n: int = 0,
+    **changes: object,
+) -> bytes:
+    """An organization's decision, next after ``after`` in its chain, signed by ``key``
+    (``n`` makes the decision, and so its bytes, differ from another at the same place)."""
+    d = Decision(
+        org=org, rule="civilian-harm", kind="report", action="escalate", priority="high",
+        zone="north", group="north", window_start_ms=0, window_end_ms=0,
+        evidence=(Evidence(uuid7(NOW_MS, n.to_bytes(10, "big")), bytes(32)),),
+        decided_at_ms=signed_at_ms, summary=f"decision {n}", publish=True,
+    )  # fmt: skip
+    p = PublishedDecision.of(d, mandate_id=mandate_id, after=after, signed_at_ms=signed_at_ms)
+    return sign_decision(dataclasses.replace(p, **changes), key)  # type: ignore[arg-type]
+
+
+def decision_head(raw: bytes, seq: int) -> ChainHead:
+    """The chain head a decision at ``seq`` makes."""
+    return ChainHead(seq, sha256(raw))
 
 
 @dataclass
@@ -105,6 +137,7 @@ def project(v: EpochVerdicts) -> Projection:
         tuple(sorted(v.heads.items())),
         v.mandate_version,
         v.state_digest,
+        tuple(sorted(v.decision_heads.items())),
     )
 
 
@@ -115,6 +148,8 @@ OPS = (
     "report", "report", "report", "report", "report", "report", "report", "report",
     "seal", "seal", "seal", "tick", "copy", "copy", "squat", "revoke", "rekey", "expire",
     "rotate", "reaccredit", "junk", "late", "other_topic",
+    "decide", "decide", "decide", "decide", "node_rekey", "node_revoke", "decision_copy",
+    "decision_fork", "node_thief",
 )  # fmt: skip
 """Operation names a log is generated from (repeated for weight)."""
 
@@ -126,6 +161,16 @@ class _Observer:
     key: SigningKey
     signer: ReportSigner
     chain: list[ChainHead] = field(default_factory=list)  # what the observer signed, by seq
+
+
+@dataclass
+class _Node:
+    org: str
+    subject: str
+    key: SigningKey
+    head: ChainHead | None = None  # of the decisions it signed
+    before: ChainHead | None = None  # the head before that
+    revoked: list[SigningKey] = field(default_factory=list)  # its keys revoked so far
 
 
 class LogGenerator:
@@ -149,12 +194,16 @@ class LogGenerator:
         self.serial = 1000
         self.observers: list[_Observer] = []
         self.reports: list[tuple[str, bytes, str]] = []  # (topic, bytes, report id)
+        self.nodes = {org: _Node(org, node_subject(org), sc.node_keys[org]) for org in ORGS}
+        self.decisions: list[tuple[str, bytes]] = []  # (topic, bytes)
         self.log.put(TOPICS.mandate, sc.mandate_envelope)
         for org in ORGS:
             for i in range(1, observers_per_org + 1):
                 oid, key = self.m.observer(org, i)
                 self.observers.append(_Observer(org, oid, key, ReportSigner(key)))
         for raw in sc.accreditations:
+            self.log.put(TOPICS.registry, raw)
+        for raw in sc.node_accreditations:
             self.log.put(TOPICS.registry, raw)
         self.seal()
 
@@ -176,6 +225,12 @@ class LogGenerator:
             "junk": self.junk,
             "late": self.late,
             "other_topic": self.other_topic,
+            "decide": self.decide,
+            "node_rekey": self.node_rekey,
+            "node_revoke": self.node_revoke,
+            "decision_copy": self.decision_copy,
+            "decision_fork": self.decision_fork,
+            "node_thief": self.node_thief,
         }
         for op in ops:
             table[op]()
@@ -292,10 +347,13 @@ class LogGenerator:
         self.roots[org] = new_root
 
     def reaccredit(self) -> None:
+        """An organization accredits its observers' and its node's keys again (after its root
+        key changed, they count again from the next epoch)."""
         org = self.rng.choice(ORGS)
         for o in self.observers:
             if o.org == org:
                 self._accredit(o, o.key)
+        self._node_accredit(self.nodes[org], self.nodes[org].key)
 
     def junk(self) -> None:
         """Trust records that are not their signer's to write, or not records at all."""
@@ -319,7 +377,80 @@ class LogGenerator:
             self.log.put(TOPICS.mandate, self.m.scenario.mandate_envelope)
 
     def other_topic(self) -> None:
-        self.log.put(TOPICS.decisions("un"), self.rng.randbytes(20))
+        self.log.put(self.rng.choice((TOPICS.statements, TOPICS.decisions("un"))),
+                     self.rng.randbytes(20))  # fmt: skip
+
+    # -- decisions ---------------------------------------------------------------------------
+
+    def decide(self) -> None:
+        """An organization's node publishes the next decision of its chain, now or (rarely)
+        signed too long ago or ahead of time."""
+        node = self.nodes[self.rng.choice(ORGS)]
+        raw = self._decision(node, node.head)
+        node.before, node.head = node.head, decision_head(raw, self._seq_after(node.head))
+        topic = TOPICS.decisions(node.org)
+        self.log.put(topic, raw, self.rng.randrange(self.partitions))
+        self.decisions.append((topic, raw))
+
+    @staticmethod
+    def _seq_after(head: ChainHead | None) -> int:
+        return 1 if head is None else head.seq + 1
+
+    def _decision(self, node: _Node, after: ChainHead | None) -> bytes:
+        self.serial += 1
+        when = self.now - self.rng.choice((0, 0, 0, 1_000, 60_000, 8 * DAY_MS, -3_600_000))
+        return make_decision(self.mandate.mandate_id, node.org, node.key, after,
+                             signed_at_ms=when, n=self.serial)  # fmt: skip
+
+    def decision_fork(self) -> None:
+        """A second, different decision at the seq of the organization's last one."""
+        node = self.nodes[self.rng.choice(ORGS)]
+        if node.head is not None:
+            topic = TOPICS.decisions(node.org)
+            self.log.put(topic, self._decision(node, node.before), self.rng.randrange(2))
+
+    def _node_accredit(self, node: _Node, key: SigningKey | None = None) -> SigningKey:
+        self.serial += 1
+        if key is None:
+            key = demo_key(f"gen:node:{node.org}:{self.serial}")
+            node.subject = f"{node.org}-node-{self.serial}"
+        m = self.mandate
+        acc = Accreditation(node.subject, node.org, Role.NODE, key.public_key,
+                            m.not_before_ms, m.not_after_ms, self.serial, m.mandate_id)  # fmt: skip
+        self.log.put(TOPICS.registry, sign_accreditation(acc, self.roots[node.org]).encode())
+        return key
+
+    def node_rekey(self) -> None:
+        """A node key rotation: the chain continues under the new key at once."""
+        node = self.nodes[self.rng.choice(ORGS)]
+        node.key = self._node_accredit(node)
+
+    def node_revoke(self) -> None:
+        """The organization revokes its node key at an epoch around the current one and the
+        node continues its chain with a new key."""
+        node = self.nodes[self.rng.choice(ORGS)]
+        self.serial += 1
+        last_epoch = max(0, len(self.log.seals) + self.rng.randrange(-1, 3))
+        rev = Revocation(node.org, node.key.key_id, last_epoch, self.now, "stolen", self.serial,
+                         self.mandate.mandate_id)  # fmt: skip
+        self.log.put(TOPICS.registry, sign_revocation(rev, self.roots[node.org]).encode())
+        node.revoked.append(node.key)
+        node.key = self._node_accredit(node)
+
+    def node_thief(self) -> None:
+        """Whoever holds a revoked node key publishes the organization's next decision."""
+        node = self.nodes[self.rng.choice(ORGS)]
+        if node.revoked:
+            self.serial += 1
+            raw = make_decision(self.mandate.mandate_id, node.org, self.rng.choice(node.revoked),
+                                node.head, signed_at_ms=self.now, n=self.serial)  # fmt: skip
+            self.log.put(TOPICS.decisions(node.org), raw, self.rng.randrange(self.partitions))
+
+    def decision_copy(self) -> None:
+        """A byte-identical copy of an earlier decision on some partition of its topic."""
+        if self.decisions:
+            topic, raw = self.rng.choice(self.decisions)
+            self.log.put(topic, raw, self.rng.randrange(self.partitions))
 
 
 def generate(seed: int, ops: Sequence[str], **kwargs: int) -> SealedLog:
@@ -335,6 +466,8 @@ __all__ = [
     "TOPICS",
     "LogGenerator",
     "SealedLog",
+    "decision_head",
     "generate",
+    "make_decision",
     "project",
 ]

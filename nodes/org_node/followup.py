@@ -12,17 +12,22 @@ with it (through its own connection):
   read is caught up as of the moment of that request (see :func:`bus.policy.watermark`).
 * **Publication.** Decisions whose rule says ``publish = true`` are signed with the node key
   (accredited by this organization with role NODE) and produced (idempotent, acks=all) to
-  ``<prefix>decisions.<org>``, keyed by decision id. The signed envelope and its sequence
-  number are stored before sending, so a crash in between resends the same bytes. Once the
-  mandate has ended nothing more is signed or sent: decisions are still made and stored, and
-  those waiting to be published stay so, logged once as ``decisions_unpublished_mandate_ended``
-  (archive mode; the dashboard still shows them).
+  ``<prefix>decisions.<org>``, keyed by decision id. The organization's decisions form one hash
+  chain (:mod:`bus.decision`): each names the seq after the chain head and the SHA-256 of the
+  head's envelope. The head is the stored signed envelope with the highest seq, read from the
+  store at start, so a restart continues the chain where it stands. The signed envelope and
+  its seq are stored before sending, so a crash in between resends the same bytes, in seq
+  order before anything newer is signed. Once the mandate has ended nothing more is signed or
+  sent: decisions are still made and stored, and those waiting to be published stay so, logged
+  once as ``decisions_unpublished_mandate_ended`` (archive mode; the dashboard still shows
+  them).
 * **The board.** A consumer without group reads every ``<prefix>decisions.*`` topic and
   ``<prefix>statements`` from the positions stored in the node's ``positions`` table, verifies
   each record (:func:`bus.decision.verify_decision`, :class:`bus.statement.StatementBook`)
-  against its own :class:`~bus.trust.KeyRing` (its own registry reader), and stores verified
-  decisions, statement signatures and rejected records with their reason. Other organizations'
-  decisions are shown, never acted upon: nothing here feeds them to the policy.
+  against its own :class:`~bus.trust.KeyRing` (its own registry reader; it does not know a
+  record's epoch, so a node key revoked at any epoch counts for nothing here), and stores
+  verified decisions, statement signatures and rejected records with their reason. Other
+  organizations' decisions are shown, never acted upon: nothing here feeds them to the policy.
 """
 
 from __future__ import annotations
@@ -45,12 +50,13 @@ from bus.errors import BusError, Reason, StoreError, TransportError, Verificatio
 from bus.ingest import Quarantined, RecordRef
 from bus.kafka.admin import partitions_of
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
-from bus.model import Mandate, Role
+from bus.model import Mandate, Role, sha256
 from bus.policy import Decision, Policy, PolicyEngine, observation_from_stored, watermark
 from bus.statement import StatementBook, StatementStatus
 from bus.store.node import PUB_SIGNED, NodeStore
 from bus.topics import Topics
 from bus.trust import KeyRing
+from bus.verify import ChainHead
 from nodes.runtime.backoff import OutageBackoff, transient
 from nodes.runtime.files import ended_on, mandate_ended
 from nodes.runtime.trust_follower import RegistryFollower
@@ -64,6 +70,20 @@ DEFAULT_IDLE_MARGIN_MS: Final = 2000
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def stored_decision_head(store: NodeStore) -> ChainHead | None:
+    """The organization's decision chain head as this node stored it: the signed envelope with
+    the highest seq (None: it has signed none). Read from the node's own store (trusted)."""
+    signed = [
+        (sd.pub_seq, sd.pub_envelope)
+        for sd in store.own_decisions()
+        if sd.pub_seq is not None and sd.pub_envelope is not None
+    ]
+    if not signed:
+        return None
+    seq, envelope = max(signed)
+    return ChainHead(seq, sha256(envelope))
 
 
 @dataclass(frozen=True)
@@ -126,6 +146,7 @@ class FollowUp:
         self._log = log.bind(org=config.org)
         self.started = asyncio.Event()
         self._admin: AIOKafkaAdminClient | None = None
+        self._decision_head: ChainHead | None = None  # read from the store by run()
 
     def stop(self) -> None:
         """Ask run() to drain and return."""
@@ -155,6 +176,7 @@ class FollowUp:
         try:
             with kafka_errors("follow-up"):
                 self._known = store.decision_ids()
+                self._decision_head = stored_decision_head(store)
                 self._read_store(store)  # everything stored so far, before anything new
                 self._board_pos = {
                     tp: o
@@ -315,16 +337,17 @@ class FollowUp:
         for sd in waiting:
             raw = sd.pub_envelope
             if sd.pub_state != PUB_SIGNED or raw is None:
-                seq = store.next_publication_seq()
                 wire = PublishedDecision.of(
                     sd.decision,
                     mandate_id=self.config.mandate.mandate_id,
-                    seq=seq,
+                    after=self._decision_head,
                     signed_at_ms=_now_ms(),
                     policy_digest=policy_digest,
                 )
                 raw = sign_decision(wire, key)
-                store.mark_signed(sd.decision.decision_id, seq, raw)
+                # Stored before the head moves: a failed write leaves the chain where it was.
+                store.mark_signed(sd.decision.decision_id, wire.seq, raw)
+                self._decision_head = ChainHead(wire.seq, sha256(raw))
             md = await producer.send_and_wait(topic, raw, key=sd.decision.decision_id.encode())
             store.mark_published(sd.decision.decision_id, md.offset)
             self.counts["published"] += 1

@@ -21,15 +21,16 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from bus.crypto import SigningKey
-from bus.decision import PublishedDecision, verify_decision
+from bus.decision import PublishedDecision, next_link, verify_decision
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.kafka.replay import replay
-from bus.model import Category, Envelope, Report, Role, Signature
+from bus.model import Category, Envelope, Report, Role, Signature, sha256
 from bus.policy import Observation, decide_all
 from bus.policy_file import load_policy
 from bus.store.node import NodeStore
 from bus.topics import Topics, report_headers, standard_topics
+from bus.verify import ChainHead
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.ingest import OrgNode
@@ -248,6 +249,15 @@ async def test_restart_makes_no_decision_twice_and_publishes_nothing_twice(
         published = [sd for sd in after if sd.pub_state == "published"]
         assert len(records) == len(published) == sum(1 for sd in after if sd.decision.publish)
         assert sorted(sd.pub_seq for sd in published) == list(range(1, len(published) + 1))
+        # One chain on the topic, continued after the restart from the stored head.
+        before = sum(1 for sd in first if sd.pub_state == "published")
+        assert 0 < before < len(records)
+        head = None
+        for r in records:
+            assert r.value is not None
+            d = verify_decision(r.value, w.m.keyring, topic_org="un").decision
+            assert (d.seq, d.prev_digest) == next_link(head)
+            head = ChainHead(d.seq, sha256(r.value))
 
 
 async def test_joint_statement_valid_at_four_of_six_and_blocks_nothing(

@@ -12,11 +12,12 @@ from bus.crypto import SigningKey
 from bus.decision import (
     PAYLOAD_DECISION,
     PublishedDecision,
+    next_link,
     sign_decision,
     verify_decision,
 )
 from bus.errors import VerificationError
-from bus.model import Envelope, Revocation, Role, Signature, encode
+from bus.model import Envelope, Revocation, Role, Signature, encode, sha256
 from bus.policy import Decision, Evidence
 from bus.sign import sign_envelope, sign_revocation
 from bus.statement import (
@@ -27,6 +28,7 @@ from bus.statement import (
     sign_statement,
 )
 from bus.uuid7 import uuid7
+from bus.verify import ChainHead, Limits
 from nodes.demo.scenario import demo_key
 from tests.mission import NOW_MS, Mission, make_mission
 
@@ -49,7 +51,7 @@ def _decision(org: str = "osce", **changes: object) -> PublishedDecision:
         decided_at_ms=NOW_MS, summary="3 reports", publish=True,
     )  # fmt: skip
     p = PublishedDecision.of(
-        d, mandate_id="jmm-2026", seq=1, signed_at_ms=NOW_MS, policy_digest=bytes(32)
+        d, mandate_id="jmm-2026", after=None, signed_at_ms=NOW_MS, policy_digest=bytes(32)
     )
     return dataclasses.replace(p, **changes)  # type: ignore[arg-type]
 
@@ -114,20 +116,56 @@ def test_bad_decisions_are_rejected_with_their_reason(name: str) -> None:
     assert exc.value.reason.value == reason
 
 
-def test_revocation_cuts_published_decisions_at_their_seq() -> None:
+def test_a_node_key_revocation_cuts_at_the_epoch_never_at_the_signers_seq() -> None:
     m = make_mission()
     keys = _nodes(m)
-    _revoked(m, keys["osce"], 1)
-    verify_decision(sign_decision(_decision(seq=1), keys["osce"]), m.keyring, topic_org="osce")
+    _revoked(m, keys["osce"], 4)  # the node key's signatures count on epochs 1..4
+    raw = sign_decision(_decision(), keys["osce"])  # seq 1: a number its signer chose
+    assert verify_decision(raw, m.keyring, topic_org="osce", epoch=4).decision.seq == 1
+    for epoch in (5, None):  # a later epoch, or one a provisional reader does not know yet
+        with pytest.raises(VerificationError) as exc:
+            verify_decision(raw, m.keyring, topic_org="osce", epoch=epoch)
+        assert exc.value.reason.value == "key_revoked"
+
+
+def test_chained_decisions_and_the_clock() -> None:
+    m = make_mission()
+    keys = _nodes(m)
+    first = sign_decision(_decision(), keys["osce"])
+    vd = verify_decision(first, m.keyring, topic_org="osce")
+    assert vd.envelope_digest == sha256(first)
+    head = ChainHead(1, vd.envelope_digest)
+    assert next_link(None) == (1, b"")
+    assert next_link(head) == (2, sha256(first))
+    second = PublishedDecision.of(
+        Decision(
+            org="osce", rule="r", kind="report", action="a", priority="low", zone="north",
+            group="north", window_start_ms=0, window_end_ms=0,
+            evidence=(Evidence(uuid7(NOW_MS, bytes(10)), bytes(32)),), decided_at_ms=NOW_MS,
+            summary="", publish=True,
+        ),
+        mandate_id="jmm-2026", after=head, signed_at_ms=NOW_MS,
+    )  # fmt: skip
+    assert (second.seq, second.prev_digest) == (2, sha256(first))
+    raw = sign_decision(second, keys["osce"])
+    assert verify_decision(raw, m.keyring, topic_org="osce", reference_ms=NOW_MS - 300_000)
+    with pytest.raises(VerificationError) as exc:  # more than the clock skew ahead of t_e
+        verify_decision(raw, m.keyring, topic_org="osce", reference_ms=NOW_MS - 300_001)
+    assert exc.value.reason.value == "clock_skew"
+    evidence = tuple(sorted(Evidence(uuid7(NOW_MS + i, bytes(10)), bytes(32)) for i in range(20)))
+    big = sign_decision(dataclasses.replace(second, evidence=evidence), keys["osce"])
+    assert len(big) > 1024
+    verify_decision(big, m.keyring, topic_org="osce")
     with pytest.raises(VerificationError) as exc:
-        verify_decision(sign_decision(_decision(seq=2), keys["osce"]), m.keyring, topic_org="osce")
-    assert exc.value.reason.value == "key_revoked"
+        verify_decision(big, m.keyring, topic_org="osce", limits=Limits(max_record_bytes=1024))
+    assert exc.value.reason.value == "oversized"
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
     [("seq", 0), ("kind", "vote"), ("priority", "urgent"), ("evidence", ()), ("decision_id", "x"),
-     ("evidence", (Evidence("r", bytes(32)),)), ("policy_digest", b"\x01")],
+     ("evidence", (Evidence("r", bytes(32)),)), ("policy_digest", b"\x01"),
+     ("prev_digest", bytes(32)), ("seq", 2)],
 )  # fmt: skip
 def test_decision_invariants(field: str, value: object) -> None:
     with pytest.raises(VerificationError) as exc:

@@ -433,10 +433,13 @@ def test_mandate_copies_and_rollbacks() -> None:
 
 def test_other_topics_are_not_judged_here() -> None:
     _, log = _bus()
-    pos = log.put(TOPICS.decisions("un"), b"anything")
+    pos = log.put(TOPICS.statements, b"anything")
+    p_decision = log.put(TOPICS.decisions("un"), b"anything")  # decisions are judged
     log.seal()
-    v = _final(_same_everywhere(log))[pos]
+    out = _same_everywhere(log)
+    v = _final(out)[pos]
     assert (v.status, v.reason) == (Status.NOT_JUDGED, "")
+    assert _says(out, p_decision) == "malformed"
 
 
 def test_a_restricted_report_is_judged_like_a_plain_one() -> None:

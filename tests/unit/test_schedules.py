@@ -6,8 +6,9 @@ Logs come from :class:`tests.sealed_log.LogGenerator`: three organizations with 
 each, mandate rotations of root keys, revocations and re-keys (the observer continuing from its
 last valid report), expiry, re-accreditation, junk and other organizations' records on the trust
 topics, copies on other partitions, report ids reused across organizations, late and future
-reports, records of topics the judge does not judge, all cut into epochs at random seal
-boundaries. A schedule feeds a :class:`~bus.sealed_reader.SealedReader` in its own way: partition
+reports, chained decisions of each organization's node (forks, copies, late and future ones,
+node keys rotated and revoked at an epoch, a thief publishing with a revoked key), records of
+topics the judge does not judge, all cut into epochs at random seal boundaries. A schedule feeds a :class:`~bus.sealed_reader.SealedReader` in its own way: partition
 interleavings, fetch sizes, seals before or after their records, trust topics leading or
 lagging the report topics, and restarts at random points (from a snapshot just taken, from an
 older stored one, or from nothing) followed by fetching again from a little before where the
@@ -139,18 +140,36 @@ def test_every_schedule_reaches_the_verdicts_of_the_sealed_log(
         assert emitted == want, s
         assert reader.judge.digest == judge.digest
         assert reader.judge.heads() == judge.heads()
+        assert reader.judge.decision_heads() == judge.decision_heads()
         assert reader.buffered() == 0  # every generated record is sealed
 
 
 def test_generated_logs_cover_the_attacks() -> None:
     """The generator meets every verdict the property is about (so a pass says something)."""
     said: set[str] = set()
+    decided: set[str] = set()  # what decision records were told
     for seed in range(30):
         rng = random.Random(seed)
         _, out = generate(seed, [rng.choice(OPS) for _ in range(60)]).judge()
         for ev in out:
             said.update(v.reason or v.status.value for v in ev.verdicts)
             said.update(c.status.value for c in ev.changes)
+            decided.update(
+                v.reason or v.status.value
+                for v in ev.verdicts
+                if TOPICS.org_of_decision_topic(v.pos[0])
+            )
+    assert {
+        Status.ACCEPTED.value,
+        Status.DEFERRED.value,
+        "replayed",
+        "chain_gap",
+        "chain_fork",
+        "key_revoked",
+        "delivery_lag",
+        "clock_skew",
+        "malformed",
+    } <= decided
     assert {
         Status.ACCEPTED.value,
         Status.APPLIED.value,
