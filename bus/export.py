@@ -2,35 +2,46 @@
 
 Pure code over binary streams the caller opens (no Kafka, no asyncio).
 
-Format ``obus-log-export`` version 1: JSON Lines (RFC 8259 objects, UTF-8, one per line, each
-line ending in ``\\n``; the writer emits sorted keys and no spaces). Bytes are standard padded
-base64 (RFC 4648 section 4); ``null`` stands for a Kafka null key or value.
+Format ``obus-log-export`` version 2 (version 1 is still read, see below): JSON Lines (RFC 8259
+objects, UTF-8, one per line, each line ending in ``\\n``; the writer emits sorted keys and no
+spaces). Bytes are standard padded base64 (RFC 4648 section 4); ``null`` stands for a Kafka null
+key or value.
 
 1. One header line::
 
-       {"format": "obus-log-export", "version": 1, "created_at_ms": <int>,
+       {"format": "obus-log-export", "version": 2, "created_at_ms": <int>,
         "mandate_id": "<id>", "topic_prefix": "<prefix>", "root_mandate": "<base64>"}
 
    ``root_mandate`` is the signed mandate envelope the exporter started from (its out-of-band
-   trust root); an auditor should bring its own copy (``--mandate``) and uses this one only
-   when it has none, saying so in its report.
-2. Record lines, one per Kafka record, in four sections in this order: ``mandate`` (the mandate
-   topic), ``registry``, ``checkpoints``, ``reports`` (every report topic)::
+   trust root, the version the bus began under); an auditor should bring its own copy
+   (``--mandate``) and uses this one only when it has none, saying so in its report.
+2. Record lines, one per Kafka record, in eight sections in this order (:data:`SECTIONS`):
+   ``seals`` (the seals topic), ``mandate`` (the mandate topic), ``registry``, ``checkpoints``,
+   ``reports`` (every report topic), ``decisions`` (every decisions topic), ``statements``,
+   ``attachments`` (every attachments topic)::
 
        {"section": "<section>", "topic": "<topic>", "partition": <int>, "offset": <int>,
         "timestamp_ms": <int>, "key": "<base64>"|null, "value": "<base64>"|null}
 
-   Records of one topic-partition appear in offset order; partitions may interleave. Headers
-   are not exported (no reader trusts them). The checkpoints are exported before the reports
-   and were read before them, so every genuine checkpoint covers records the file holds.
+   Records of one topic-partition appear in offset order; partitions may interleave. Each
+   record sits in the section of its topic (:func:`section_of`); a record elsewhere is a
+   problem of the file. Headers are not exported (no reader trusts them). The seals are read
+   from the broker before any other topic, and the checkpoints before the reports, so every
+   genuine seal and checkpoint covers records the file holds: a sealed record the file lacks
+   was deleted from the log, not left out by the exporter.
 3. One trailer line::
 
-       {"end": true, "counts": {"mandate": <n>, "registry": <n>, "checkpoints": <n>,
-        "reports": <n>}, "sha256": "<hex SHA-256 of every byte before this line>"}
+       {"end": true, "counts": {"<section>": <n>, ... every section of the version},
+        "sha256": "<hex SHA-256 of every byte before this line>"}
 
    The counts and digest catch truncation and accidental damage only: anybody can recompute
-   them. What the records say is trusted through their signatures and the witnessed
+   them. What the records say is trusted through their signatures and the seals and
    checkpoints, which the auditor verifies.
+
+Version 1 (written before seals existed) has four sections, ``mandate``, ``registry``,
+``checkpoints``, ``reports`` (:data:`SECTIONS_V1`), and the same lines otherwise; it carries no
+seals, so an auditor reaches no final verdict from it. :class:`ExportReader` reads both;
+:class:`ExportWriter` writes the version its header names.
 """
 
 from __future__ import annotations
@@ -43,27 +54,73 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Final
 
 from bus.errors import Reason, VerificationError
+from bus.topics import Topics
 
 __all__ = [
     "FORMAT",
     "MAX_LINE_BYTES",
     "SECTIONS",
+    "SECTIONS_V1",
     "VERSION",
+    "VERSIONS",
     "ExportHeader",
     "ExportProblem",
     "ExportReader",
     "ExportWriter",
     "LogRecord",
+    "section_of",
+    "sections",
 ]
 
 FORMAT: Final = "obus-log-export"
-VERSION: Final = 1
-SECTIONS: Final = ("mandate", "registry", "checkpoints", "reports")
+VERSION: Final = 2
+"""The version written by default."""
+VERSIONS: Final = (1, 2)
+"""Every version the reader reads."""
+SECTIONS: Final = (
+    "seals", "mandate", "registry", "checkpoints", "reports", "decisions", "statements",
+    "attachments",
+)  # fmt: skip
+"""The sections of version 2, in file order."""
+SECTIONS_V1: Final = ("mandate", "registry", "checkpoints", "reports")
+"""The sections of version 1, in file order."""
 # A record value is at most ~1 MiB (Kafka's default message.max.bytes); base64 adds a third.
 MAX_LINE_BYTES: Final = 2 * 1024 * 1024
 _RECORD_KEYS: Final = frozenset(
     {"section", "topic", "partition", "offset", "timestamp_ms", "key", "value"}
 )
+
+
+def sections(version: int) -> tuple[str, ...]:
+    """The sections of a format version, in file order.
+
+    Raises:
+        ValueError: not a version of the format.
+    """
+    if version == 1:
+        return SECTIONS_V1
+    if version == 2:
+        return SECTIONS
+    raise ValueError(f"no {FORMAT} version {version}")
+
+
+def section_of(topics: Topics, topic: str) -> str | None:
+    """The section (version 2) where the records of ``topic`` go, or None for a topic that is
+    no part of the bus an export carries."""
+    fixed = {
+        topics.seals: "seals",
+        topics.mandate: "mandate",
+        topics.registry: "registry",
+        topics.checkpoints: "checkpoints",
+        topics.statements: "statements",
+    }
+    if topic in fixed:
+        return fixed[topic]
+    if topics.is_sealed(topic):  # one organization's reports, decisions or attachments
+        for section in ("reports", "decisions", "attachments"):
+            if topic.startswith(f"{topics.prefix}{section}."):
+                return section
+    return None
 
 
 def _corrupt(problem: str, **context: object) -> VerificationError:
@@ -91,19 +148,21 @@ def _line(obj: dict[str, Any]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ExportHeader:
-    """The first line: when, which mandate, which topic prefix, and the root mandate bytes."""
+    """The first line: when, which mandate, which topic prefix, the root mandate bytes, and the
+    format version (:data:`VERSION` unless reading an older file)."""
 
     created_at_ms: int
     mandate_id: str
     topic_prefix: str
     root_mandate: bytes
+    version: int = VERSION
 
     def encode(self) -> bytes:
         """The header line."""
         return _line(
             {
                 "format": FORMAT,
-                "version": VERSION,
+                "version": self.version,
                 "created_at_ms": self.created_at_ms,
                 "mandate_id": self.mandate_id,
                 "topic_prefix": self.topic_prefix,
@@ -116,11 +175,13 @@ class ExportHeader:
         """Parse the header line.
 
         Raises:
-            VerificationError: ``EXPORT_CORRUPT`` when it is not a version-1 header.
+            VerificationError: ``EXPORT_CORRUPT`` when it is not a header of a version the
+                reader reads (:data:`VERSIONS`).
         """
         obj = _json(line, 1)
-        if obj.get("format") != FORMAT or obj.get("version") != VERSION:
-            raise _corrupt(f"not an {FORMAT} version {VERSION} file")
+        version = obj.get("version")
+        if obj.get("format") != FORMAT or type(version) is not int or version not in VERSIONS:
+            raise _corrupt(f"not an {FORMAT} file of version {' or '.join(map(str, VERSIONS))}")
         created, mid, prefix = (
             obj.get("created_at_ms"),
             obj.get("mandate_id"),
@@ -131,7 +192,7 @@ class ExportHeader:
         root = _unb64(obj.get("root_mandate"), "root_mandate")
         if not root:
             raise _corrupt("header carries no root_mandate")
-        return cls(created, mid, prefix, root)
+        return cls(created, mid, prefix, root, version)
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,14 +268,19 @@ def _json(line: bytes, line_no: int) -> dict[str, Any]:
 class ExportWriter:
     """Writes an export to a binary stream: the header now, records, then :meth:`finish`.
 
-    Raises (from write): ValueError when a record's section comes before the current one.
+    The sections are those of the header's version (:func:`sections`).
+
+    Raises (from write): ValueError when a record's section is not one of the version's, or
+    comes before the current one.
     """
 
     stream: BinaryIO
     header: ExportHeader
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SECTIONS, 0))
+    counts: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
+        self._sections = sections(self.header.version)
+        self.counts = dict.fromkeys(self._sections, 0)
         self._digest = hashlib.sha256()
         self._section = 0
         self._put(self.header.encode())
@@ -225,9 +291,13 @@ class ExportWriter:
 
     def write(self, record: LogRecord) -> None:
         """Append one record line."""
-        index = SECTIONS.index(record.section)
+        if record.section not in self._sections:
+            raise ValueError(
+                f"no section {record.section} in {FORMAT} version {self.header.version}"
+            )
+        index = self._sections.index(record.section)
         if index < self._section:
-            raise ValueError(f"section {record.section} after {SECTIONS[self._section]}")
+            raise ValueError(f"section {record.section} after {self._sections[self._section]}")
         self._section = index
         self.counts[record.section] += 1
         self._put(record.encode())
@@ -249,9 +319,10 @@ class ExportProblem:
 class ExportReader:
     """Streams an export: the header at construction, then records and problems in file order.
 
-    Memory stays bounded by one line. Problems (bad lines, sections out of order, a missing
-    or wrong trailer, bytes after it) are yielded as :class:`ExportProblem` in place of the
-    damaged line, so a reader can name each and go on.
+    Memory stays bounded by one line. Problems (bad lines, a section the file's version does
+    not have, sections out of order, in version 2 a record outside its topic's section, a
+    missing or wrong trailer, bytes after it) are yielded as :class:`ExportProblem` in place of
+    the damaged line, so a reader can name each and go on.
 
     Raises (at construction): VerificationError ``EXPORT_CORRUPT`` when the header is unusable.
     """
@@ -265,6 +336,8 @@ class ExportReader:
         if first is None or not first.endswith(b"\n"):
             raise _corrupt("empty file or header line too long")
         self.header = ExportHeader.decode(first)
+        self._sections = sections(self.header.version)
+        self._topics = Topics(self.header.topic_prefix)
         self._digest.update(first)
         self.line_no = 1
 
@@ -286,8 +359,20 @@ class ExportReader:
     def __iter__(self) -> Iterator[LogRecord | ExportProblem]:
         return self._records()
 
+    def _misplaced(self, rec: LogRecord) -> str | None:
+        """Why ``rec`` may not stand where it is (its section), or None."""
+        if rec.section not in self._sections:
+            return f"no {rec.section} section in version {self.header.version}"
+        if self.header.version >= 2:
+            home = section_of(self._topics, rec.topic)
+            if home is None:
+                return f"a record of {rec.topic}, not a topic of the bus, in {rec.section}"
+            if home != rec.section:
+                return f"a record of {rec.topic} in the {rec.section} section, not in {home}"
+        return None
+
     def _records(self) -> Iterator[LogRecord | ExportProblem]:
-        counts = dict.fromkeys(SECTIONS, 0)
+        counts = dict.fromkeys(self._sections, 0)
         section = 0
         while True:
             line = self._readline()
@@ -314,10 +399,15 @@ class ExportReader:
                 yield ExportProblem(self.line_no, exc.message)
                 continue
             self._digest.update(line)
-            index = SECTIONS.index(rec.section)
+            misplaced = self._misplaced(rec)
+            if misplaced is not None:
+                yield ExportProblem(self.line_no, misplaced)
+                continue
+            index = self._sections.index(rec.section)
             if index < section:
                 yield ExportProblem(
-                    self.line_no, f"{rec.section} record after the {SECTIONS[section]} section"
+                    self.line_no,
+                    f"{rec.section} record after the {self._sections[section]} section",
                 )
                 continue
             section = index

@@ -1,17 +1,21 @@
 """``obus log export FILE``: copy the whole log from Kafka into a portable export file.
 
-The file format is :mod:`bus.export` (JSON Lines; documented there and in the README). Topics
-are read in the order of the format's sections, each from offset 0 to the end offset seen when
-its replay starts (no consumer group, nothing committed): the mandate topic, the registry, the
-checkpoints, then every report topic. Reading the checkpoints before the reports means every
-genuine checkpoint covers records that are in the file. The file is written under a temporary
-name and renamed when complete, so a crash never leaves a file that looks finished.
+The file format is :mod:`bus.export` (version 2, JSON Lines; documented there and in the
+README). Topics are read in the order of the format's sections, each from offset 0 to the end
+offset seen when its replay starts (no consumer group, nothing committed): the seals topic, the
+mandate topic, the registry, the checkpoints, every report topic, then every decisions topic,
+the statements topic and every attachments topic. Reading the seals before every topic they
+seal, and the checkpoints before the reports, means every genuine seal and checkpoint covers
+records that are in the file: a sealed record the file lacks was deleted from the log. The file
+is written under a temporary name and renamed when complete, so a crash never leaves a file
+that looks finished.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,21 @@ from bus.model import Envelope, Mandate, encode
 from bus.topics import Topics
 
 log = structlog.get_logger(__name__)
+
+
+def seals_pattern(topics: Topics) -> str:
+    """Regex matching the seals topic (a pattern: a bus without seals has no such topic)."""
+    return "^" + re.escape(topics.seals) + "$"
+
+
+def later_sections(topics: Topics) -> tuple[tuple[str, str], ...]:
+    """(section, topic regex) of the sealed topics after the reports, in section order: every
+    organization's decisions topic, the statements topic, every attachments topic."""
+    return (
+        ("decisions", topics.decisions_pattern),
+        ("statements", "^" + re.escape(topics.statements) + "$"),
+        ("attachments", topics.attachments_pattern),
+    )
 
 
 async def export_log(
@@ -64,8 +83,6 @@ async def export_log(
         time.time_ns() // 1_000_000, mandate.mandate_id, topics.prefix, root_mandate
     )
     tmp = path.with_name(f".{path.name}.partial")
-    ends = await end_offsets(bootstrap, topics.reports_pattern, security=security)
-    total = sum(ends.values())
     progress = Progress(
         TextColumn("export"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, disable=console is None, transient=False,
@@ -73,6 +90,9 @@ async def export_log(
     try:
         with tmp.open("wb") as f, progress:
             writer = ExportWriter(f, header)
+            # The seals before everything they seal (module docstring).
+            async for rec in replay(bootstrap, pattern=seals_pattern(topics), security=security):
+                writer.write(_record("seals", rec))
             for section, name in (
                 ("mandate", topics.mandate),
                 ("registry", topics.registry),
@@ -80,10 +100,14 @@ async def export_log(
             ):
                 async for rec in replay(bootstrap, [name], security=security):
                     writer.write(_record(section, rec))
-            task = progress.add_task("reports", total=total)
+            ends = await end_offsets(bootstrap, topics.reports_pattern, security=security)
+            task = progress.add_task("reports", total=sum(ends.values()))
             async for rec in replay(bootstrap, pattern=topics.reports_pattern, security=security):
                 writer.write(_record("reports", rec))
                 progress.advance(task)
+            for section, pattern in later_sections(topics):
+                async for rec in replay(bootstrap, pattern=pattern, security=security):
+                    writer.write(_record(section, rec))
             writer.finish()
             f.flush()
             os.fsync(f.fileno())

@@ -54,7 +54,11 @@ def test_export_lines_are_documented_json(log: Log) -> None:
     assert lines[0].startswith(b'{"created_at_ms":')
     assert b'"format":"obus-log-export"' in lines[0]
     assert lines[1].startswith(b'{"key":"aw==","offset":')
-    assert lines[2].startswith(b'{"counts":{"checkpoints":0,"mandate":0,"registry":0,"reports":1}')
+    assert b'"version":2' in lines[0]
+    assert lines[2].startswith(
+        b'{"counts":{"attachments":0,"checkpoints":0,"decisions":0,"mandate":0,"registry":0,'
+        b'"reports":1,"seals":0,"statements":0}'
+    )
 
 
 FILE_DAMAGE = {
@@ -91,6 +95,43 @@ def test_sections_out_of_order_are_named(log: Log) -> None:
     assert isinstance(items[0], LogRecord)
     assert isinstance(items[1], ExportProblem)
     assert "after the reports section" in items[1].detail
+
+
+def test_a_record_outside_its_topics_section_is_named(log: Log) -> None:
+    """Version 2 puts each topic's records in one section: a report line under "decisions", or
+    a topic that is no part of the bus, is a problem of the file, not a record."""
+    report = log.reports()[0]
+    moved = dataclasses.replace(report, section="decisions")
+    stranger = dataclasses.replace(report, topic="obus.elsewhere", offset=0)
+    buf = io.BytesIO()
+    w = ExportWriter(buf, log.header)
+    w.write(report)
+    w.write(stranger)
+    w.write(moved)
+    w.finish()
+    items = list(ExportReader(io.BytesIO(buf.getvalue())))
+    assert items[0] == report
+    assert isinstance(items[1], ExportProblem) and "not a topic of the bus" in items[1].detail
+    assert isinstance(items[2], ExportProblem) and "not in reports" in items[2].detail
+
+
+def test_a_version_1_file_reads_with_its_four_sections(log: Log) -> None:
+    header = dataclasses.replace(log.header, version=1)
+    buf = io.BytesIO()
+    w = ExportWriter(buf, header)
+    for r in log.records:
+        w.write(r)
+    with pytest.raises(ValueError, match="no section seals"):
+        w.write(LogRecord("seals", f"{PREFIX}seals", 0, 0, NOW_MS, None, b"x"))
+    w.finish()
+    data = buf.getvalue()
+    assert data.splitlines()[-1].startswith(
+        b'{"counts":{"checkpoints":%d,"mandate":1,'
+        % len([r for r in log.records if r.section == "checkpoints"])
+    )
+    reader = ExportReader(io.BytesIO(data))
+    assert reader.header == header
+    assert list(reader) == log.records  # no problem: the trailer's four counts match
 
 
 # -- the auditor on clean and tampered logs ------------------------------------------------
