@@ -35,10 +35,24 @@ checkpoints. The verdicts on checkpoints:
   signers' word against the log's, counted against nobody; ``require_witnessed`` makes those
   records violations).
 
+**Final verdicts.** Besides this per-record audit (the *legacy* audit, which judges by log time
+and read order), the run hands the seals topic and every sealed partition to a
+:class:`nodes.auditor.sealed.FinalCollector`, which judges them with the bus reader every node
+runs (:attr:`AuditResult.final`). Where a record has a final verdict, that verdict is the one
+that counts: a record the final judge quarantines (or accepted and a revocation withdrew) is a
+violation, and the legacy audit's verdict on it is not; where the two differ, the difference is
+listed (:attr:`AuditResult.differences`). A sealed record altered or deleted
+(``sealed_root_mismatch``), a proposal that seals registry records the log lacks
+(``seal_beyond_log``) and, in an export, one offset given two values (``export_corrupt``) are
+violations; an organization that signed two seal texts for one epoch is evidence against it
+(:attr:`AuditResult.clean` is false). Records after the last judged epoch have no final verdict
+("not sealed yet") and keep the legacy audit's.
+
 Memory does not grow with the log: one frontier-only Merkle tree per partition (at most 64
-hashes), report ids for duplicate detection, the checkpoints and the held-back mandate records
-in a temporary SQLite file (:class:`nodes.auditor.index.AuditIndex`), and counters by
-organization, zone and day. Only the lists of violations and findings grow, with them.
+hashes), report ids for duplicate detection, the checkpoints, the held-back mandate records and
+the sealed records in a temporary SQLite file (:class:`nodes.auditor.index.AuditIndex`), and
+counters by organization, zone and day. The lists of violations and findings grow with them, and
+the final verdicts with the log (one small row per sealed record).
 """
 
 from __future__ import annotations
@@ -59,12 +73,14 @@ from bus.errors import Reason, VerificationError
 from bus.export import ExportProblem, LogRecord
 from bus.idfilter import IdFilter
 from bus.ingest import Accepted, AcceptedSealed, Ingestor, RecordRef
+from bus.judge import RecordPos, Status
 from bus.lifecycle import TrustTimeline
 from bus.merkle import MerkleTree
 from bus.model import Envelope, Mandate
 from bus.topics import Topics
 from bus.verify import ChainBook, Limits
 from nodes.auditor.index import AuditIndex, Text
+from nodes.auditor.sealed import FinalAudit, FinalCollector, b64
 from nodes.auditor.trust_feed import TrustFeed
 
 log = structlog.get_logger(__name__)
@@ -122,12 +138,29 @@ class Finding:
     evidence: tuple[Evidence, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """A record on which the legacy per-record audit and the final verdict disagree (the final
+    verdict counts)."""
+
+    topic: str
+    partition: int
+    offset: int
+    epoch: int
+    legacy_status: str
+    legacy_reason: str
+    final_status: str
+    final_reason: str
+
+
 @dataclass
 class AuditResult:
-    """Counts per organization, every violation and every finding.
+    """Counts per organization, every violation and every finding, and the final verdicts.
 
     :attr:`ok` is the exit rule of ``obus audit``: no violation. Findings do not change it
-    (:attr:`clean` is the strict rule: no violation and no finding).
+    (:attr:`clean` is the strict rule: no violation, no finding and no seal equivocation).
+    ``accepted``, ``rejected``, ``by_zone`` and ``by_day`` count the legacy audit's verdicts;
+    :attr:`final` holds the final ones (module docstring) once the run is finished.
     """
 
     accepted: Counter[str] = field(default_factory=Counter)
@@ -145,6 +178,8 @@ class AuditResult:
     quorum: int = 0
     source: str = ""
     trust_root: str = "given"  # or "embedded": the export's own root mandate was used
+    final: FinalAudit | None = None
+    differences: list[Difference] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -153,8 +188,16 @@ class AuditResult:
 
     @property
     def clean(self) -> bool:
-        """True when, besides, no organization's checkpoints were found wanting."""
-        return self.ok and not self.findings
+        """True when, besides, no organization's checkpoints were found wanting and none
+        signed two seal texts for one epoch."""
+        return self.ok and not self.findings and not (self.final and self.final.equivocations)
+
+    def final_digest(self) -> dict[str, Any] | None:
+        """The last judged epoch and the state digest after it (base64), as ``obus node
+        final-state`` prints them from a node's store (epoch 0: the root's genesis digest);
+        None before the run is finished."""
+        f = self.final
+        return None if f is None else {"epoch": f.last_epoch, "state_digest": b64(f.state_digest)}
 
     def violations_by_kind(self) -> Counter[str]:
         """How many violations of each reason code."""
@@ -191,6 +234,13 @@ class AuditResult:
             "findings_by_org": dict(self.findings_by_org()),
             "findings_by_kind": dict(self.findings_by_kind()),
             "findings": [dataclasses.asdict(f) for f in self.findings],
+            "final_digest": self.final_digest(),
+            "final": None
+            if self.final is None
+            else {
+                **self.final.to_json(),
+                "differences": [dataclasses.asdict(d) for d in self.differences],
+            },
         }
 
 
@@ -273,6 +323,9 @@ class AuditRun:
         # Registry records the version in force at their log time refused, with why; a later
         # version may still count them (see registry_record).
         self._refused: list[tuple[LogRecord, VerificationError]] = []
+        # The legacy audit's rejections of report and trust records, by position.
+        self._legacy: dict[RecordPos, Violation] = {}
+        self._final = FinalCollector(mandate, topics, self._index, limits)
         self.records = 0
 
     def close(self) -> None:
@@ -283,6 +336,12 @@ class AuditRun:
         self.result.violations.append(
             Violation(rec.topic, rec.partition, rec.offset, reason, detail)
         )
+
+    def _rejected(self, rec: LogRecord, reason: str, detail: str) -> None:
+        """The legacy audit rejects a report or trust record (a verdict a final one replaces)."""
+        v = Violation(rec.topic, rec.partition, rec.offset, reason, detail)
+        self.result.violations.append(v)
+        self._legacy.setdefault((rec.topic, rec.partition, rec.offset), v)
 
     @property
     def quorum(self) -> int:
@@ -300,22 +359,36 @@ class AuditRun:
     def record(self, rec: LogRecord) -> None:
         """Dispatch a record by its section."""
         handler = {
+            "seals": self.seal_record,
             "mandate": self.mandate_record,
             "registry": self.registry_record,
             "checkpoints": self.checkpoint_record,
             "reports": self.report_record,
+            "decisions": self.sealed_record,
+            "statements": self.sealed_record,
+            "attachments": self.sealed_record,
         }[rec.section]
         handler(rec)
 
+    def seal_record(self, rec: LogRecord) -> None:
+        """A record of the seals topic (for the final verdicts)."""
+        self._final.seal(rec)
+
+    def sealed_record(self, rec: LogRecord) -> None:
+        """A record of a sealed topic only the final judge reads (decisions, statements,
+        attachments)."""
+        self._final.record(rec)
+
     def mandate_record(self, rec: LogRecord) -> None:
         """A record of the mandate topic, offered once the registry reaches its log time."""
+        self._final.record(rec)
         self._trust.mandate(rec)
 
     def _mandate_outcome(
         self, rec: LogRecord, applied: Mandate | None, error: VerificationError | None
     ) -> None:
         if error is not None:
-            self._violation(rec, error.reason.value, error.message)
+            self._rejected(rec, error.reason.value, error.message)
         elif applied is not None:
             self.result.mandate_versions.append(applied.version)
             still: list[tuple[LogRecord, VerificationError]] = []
@@ -336,6 +409,7 @@ class AuditRun:
         that version on, at every node).
         """
         self.result.registry_records += 1
+        self._final.record(rec)
         try:
             self._trust.registry(rec)
         except VerificationError as exc:
@@ -351,7 +425,7 @@ class AuditRun:
             self._trust_done = True
             self._trust.settle()
             for rec, exc in self._refused:
-                self._violation(rec, exc.reason.value, exc.message)
+                self._rejected(rec, exc.reason.value, exc.message)
             self._refused.clear()
 
     def checkpoint_record(self, rec: LogRecord) -> None:
@@ -416,6 +490,7 @@ class AuditRun:
     def report_record(self, rec: LogRecord) -> None:
         """A record of a report topic: verified, chained, counted and put in its tree."""
         self._end_checkpoints()
+        self._final.record(rec)
         self.records += 1
         if self._ingestor is None:
             chain = ChainBook({}, self._ids)
@@ -447,7 +522,7 @@ class AuditRun:
                 self._flush_ids()
         else:
             self.result.rejected[owner] += 1
-            self._violation(rec, outcome.reason, outcome.detail)
+            self._rejected(rec, outcome.reason, outcome.detail)
         self._witness(rec)
 
     def _flush_ids(self) -> None:
@@ -653,12 +728,72 @@ class AuditRun:
         self._beyond_log(result)
         self._equivocation_findings()
         self._dispute_findings()
+        self._final_verdicts(result)
+        result.violations.sort(key=lambda v: (v.topic, v.partition, v.offset, v.reason, v.detail))
         log.info(
             "audit_finished",
             ok=result.ok,
             records=self.records,
             violations=len(result.violations),
             findings=len(result.findings),
+            final_epoch=result.final.last_epoch if result.final else 0,
             source=result.source,
         )
         return result
+
+    # -- final verdicts --------------------------------------------------------------------------
+
+    def _legacy_judged(self, topic: str) -> bool:
+        """Whether the legacy audit gives records of ``topic`` a verdict of their own."""
+        t = self.topics
+        return topic in (t.registry, t.mandate) or t.org_of_report_topic(topic) is not None
+
+    def _final_verdicts(self, result: AuditResult) -> None:
+        """Judge the sealed log; its verdicts replace the legacy ones where they exist."""
+        final = result.final = self._final.judge()
+        pending = Status.DEFERRED.value
+        superseded = {
+            v
+            for pos, v in self._legacy.items()
+            if pos in final.verdicts and final.verdicts[pos].status != pending
+        }
+        result.violations = [v for v in result.violations if v not in superseded]
+        for pos in final.failed():
+            row = final.verdicts[pos]
+            result.violations.append(Violation(*pos, row.reason or row.status, row.detail))
+        for (topic, partition, offset), row in final.verdicts.items():
+            if row.status == pending or not self._legacy_judged(topic):
+                continue
+            legacy = self._legacy.get((topic, partition, offset))
+            if legacy is not None:
+                was = (Status.QUARANTINED.value, legacy.reason)
+            elif self.topics.org_of_report_topic(topic) is not None:
+                was = (Status.ACCEPTED.value, "")
+            else:
+                was = (Status.APPLIED.value, "")
+            if was != (row.status, row.reason):
+                result.differences.append(
+                    Difference(topic, partition, offset, row.epoch, *was, row.status, row.reason)
+                )
+        m = final.mismatch
+        if m is not None:
+            result.violations.append(
+                Violation(
+                    m.topic, m.partition, m.size, Reason.SEALED_ROOT_MISMATCH.value, m.message
+                )
+            )
+        if final.stuck is not None:
+            result.violations.append(
+                Violation(
+                    self.topics.seals, 0, final.stuck.offset, Reason.SEAL_BEYOND_LOG.value,
+                    final.stuck.detail,
+                )
+            )  # fmt: skip
+        for where, part, at, times in self._index.conflicts():
+            result.violations.append(
+                Violation(
+                    where or self.topics.seals, part, at, Reason.EXPORT_CORRUPT.value,
+                    f"offset {at} is given again with other bytes ({times} time(s)); the first"
+                    " value is the one judged",
+                )
+            )  # fmt: skip

@@ -3,10 +3,13 @@
 :func:`audit` feeds the judge (:class:`nodes.auditor.judge.AuditRun`) from the broker,
 replaying every topic from the start with its own consumer (no group, nothing committed),
 optionally with signature workers one batch ahead; :func:`audit_export` feeds it from an export
-file. :func:`render` prints the result to a console and :func:`write_json` writes it as JSON.
-Exit code 0 means the log is consistent and every record verified (findings against one
-organization's checkpoints are printed beside it); 1 means at least one violation, or, strict,
-any finding (``obus audit --strict``).
+file. Both read the seals topic first, then every other topic,
+as the exporter does (:mod:`nodes.auditor.log_export`), so every seal covers records the
+replays after it find.
+:func:`render` prints the result to a console and :func:`write_json` writes it as JSON.
+Exit code 0 means the log is consistent and every record verified, by its final verdict where
+it has one (findings against one organization's checkpoints or seals are printed beside it); 1
+means at least one violation, or, strict, any finding (``obus audit --strict``).
 
 This module is the auditor's entry point: it also exports what an audit returns
 (:class:`~nodes.auditor.judge.AuditResult`, :class:`~nodes.auditor.judge.Violation`,
@@ -35,6 +38,8 @@ from bus.topics import Topics
 from bus.trust import verify_mandate
 from bus.verify import Limits
 from nodes.auditor.judge import EXPORT_TOPIC, AuditResult, AuditRun, Finding, Violation
+from nodes.auditor.log_export import later_sections, seals_pattern
+from nodes.auditor.sealed import b64
 from nodes.runtime.preverify import PreVerifier
 
 __all__ = [
@@ -74,11 +79,13 @@ async def audit(
     verify_workers: int = 0,
     security: KafkaSecurity | None = None,
 ) -> AuditResult:
-    """Replay the mandate, registry, checkpoints and every report topic and verify it all.
+    """Replay the seals, the mandate, registry, checkpoints, every report topic and every other
+    sealed topic, and verify it all.
 
     Args:
         bootstrap: Kafka bootstrap servers.
-        mandate: the verified out-of-band mandate.
+        mandate: the verified out-of-band mandate: the version the bus began under (the root
+            every node starts from; the final verdicts and state digests chain from it).
         topics: topic naming (default prefix ``obus.``).
         limits: verification limits (must match the nodes').
         console: where the progress bar goes (None: no progress bar).
@@ -97,6 +104,9 @@ async def audit(
     )  # fmt: skip
     run.result.source = f"kafka {bootstrap} (prefix {topics.prefix})"
     try:
+        # The seals first: every seal then covers records the replays below still find.
+        async for rec in replay(bootstrap, pattern=seals_pattern(topics), security=security):
+            run.record(_as_record("seals", rec))
         # Checkpoints are read before the reports, so each one covers records replayed next.
         for section, name in (
             ("mandate", topics.mandate),
@@ -125,6 +135,9 @@ async def audit(
                 ):
                     run.report_record(_as_record("reports", rec))
                     progress.advance(task)
+        for section, pattern in later_sections(topics):
+            async for rec in replay(bootstrap, pattern=pattern, security=security):
+                run.record(_as_record(section, rec))
         return run.finish()
     finally:
         run.close()
@@ -190,12 +203,13 @@ def audit_export(
     require_witnessed: bool = False,
     work_dir: Path | None = None,
 ) -> AuditResult:
-    """Verify an export file (:mod:`bus.export`) offline, streaming it once.
+    """Verify an export file (:mod:`bus.export`, version 1 or 2) offline, streaming it once.
 
     Args:
         path: the export file.
-        mandate: the trust root; None uses the mandate embedded in the file (verified against
-            itself and the file's time) and says so in the result (``trust_root``).
+        mandate: the trust root, the version the bus began under; None uses the mandate
+            embedded in the file (verified against itself and the file's time) and says so in
+            the result (``trust_root``).
         limits: verification limits.
         console: where the progress bar goes (None: none).
         require_witnessed: every report record must be covered by a quorum checkpoint.
@@ -246,8 +260,9 @@ def audit_export(
 
 
 def render(result: AuditResult, console: Console) -> None:
-    """Print the per-organization summary, the witness summary, every violation and every
-    finding, and the verdict (violations decide it; findings are named beside it)."""
+    """Print the per-organization summary, the witness summary, every finding, the final
+    verdicts, every violation and the verdict (violations decide it; findings are named beside
+    it)."""
     table = Table(title="Audit: reports per organization")
     table.add_column("organization")
     table.add_column("verified", justify="right")
@@ -279,6 +294,7 @@ def render(result: AuditResult, console: Console) -> None:
         console.print(ft)
         by_org = ", ".join(f"{o} x{n}" for o, n in sorted(result.findings_by_org().items()))
         console.print(f"[yellow]findings counted against: {by_org or 'nobody'}[/yellow]")
+    _render_final(result, console)
     if result.ok:
         console.print("[green]VERDICT: every record verified[/green]")
         return
@@ -290,6 +306,79 @@ def render(result: AuditResult, console: Console) -> None:
     console.print(vt)
     kinds = ", ".join(f"{k} x{n}" for k, n in sorted(result.violations_by_kind().items()))
     console.print(f"[red]VERDICT: {len(result.violations)} violation(s): {kinds}[/red]")
+
+
+# Rows of the longer final-verdict tables shown on the console; the JSON report has all.
+_CONSOLE_ROWS: Final = 20
+
+
+def _render_final(result: AuditResult, console: Console) -> None:
+    """The final verdicts: counts, the last epochs, the final state, what is not sealed yet,
+    equivocations, the differences from the legacy audit, and what stopped the judging."""
+    f = result.final
+    if f is None:
+        return
+    if f.root_warning:
+        console.print(f"[yellow]root mandate: {f.root_warning}[/yellow]")
+    if f.seals_records == 0:
+        console.print(
+            "[yellow]final verdicts: none, the log holds no seals (an export of format version"
+            " 1, or a bus that is not sealed); every record keeps the legacy audit's verdict"
+            "[/yellow]"
+        )
+    else:
+        st = Table(title=f"Final verdicts ({f.last_epoch} epoch(s) judged; these count)")
+        st.add_column("status")
+        st.add_column("records", justify="right")
+        for status, n in sorted(f.by_status().items()):
+            st.add_row(status, str(n))
+        console.print(st)
+        if f.epochs:
+            et = Table(title=f"Final seals (the last {min(len(f.epochs), _CONSOLE_ROWS)})")
+            for col in ("epoch", "t_e", "signers", "records", "seal digest", "state digest"):
+                et.add_column(col)
+            for e in f.epochs[-_CONSOLE_ROWS:]:
+                et.add_row(
+                    str(e.epoch), str(e.time_ms), ", ".join(e.signers), str(e.records),
+                    b64(e.digest), b64(e.state_digest),
+                )  # fmt: skip
+            console.print(et)
+    final = result.final_digest()
+    if final is not None:
+        console.print(f"final state: epoch {final['epoch']}, state digest {final['state_digest']}")
+    if f.not_sealed:
+        n = sum(u.records for u in f.not_sealed)
+        console.print(
+            f"not sealed yet (no final verdict): {n} record(s) in {len(f.not_sealed)}"
+            " partition(s), after the last judged epoch"
+        )
+    for eq in f.equivocations:
+        console.print(
+            f"[yellow]seal equivocation: {eq.org} signed two texts for epoch {eq.epoch} (seals"
+            f" offsets {eq.first_offset} and {eq.second_offset})[/yellow]"
+        )
+    if result.differences:
+        dt = Table(
+            title=f"{len(result.differences)} record(s) where the legacy audit differs from the"
+            " final verdict (the final verdict counts)"
+        )
+        for col in ("topic", "partition", "offset", "epoch", "legacy", "final"):
+            dt.add_column(col)
+        for d in result.differences[:_CONSOLE_ROWS]:
+            dt.add_row(
+                d.topic, str(d.partition), str(d.offset), str(d.epoch),
+                " ".join(filter(None, (d.legacy_status, d.legacy_reason))),
+                " ".join(filter(None, (d.final_status, d.final_reason))),
+            )  # fmt: skip
+        console.print(dt)
+    if f.mismatch is not None:
+        m = f.mismatch
+        console.print(
+            f"[red]sealed record altered or deleted: {m.topic}[{m.partition}] at sealed size"
+            f" {m.size}: {m.message}[/red]"
+        )
+    if f.stuck is not None:
+        console.print(f"[red]seals offset {f.stuck.offset}: {f.stuck.detail}[/red]")
 
 
 def write_json(result: AuditResult, path: Path) -> None:

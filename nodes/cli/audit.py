@@ -4,10 +4,10 @@
   ``--node-key``; ``--checkpoint-every N``, ``--checkpoint-interval SECONDS``,
   ``--witness-db FILE``) and running the node with its witness (for nodes/cli/node.py);
 * ``obus audit``: live, or ``--from FILE`` (offline audit of an export), ``--json-out FILE``,
-  ``--html-out FILE``, ``--require-witnessed``, ``--verify-workers N``, ``--strict``; exit 0
-  when the log is consistent and every record verified (findings against one organization's
-  checkpoints are printed but do not fail it), 1 on any violation, or with ``--strict`` on any
-  finding too;
+  ``--html-out FILE``, ``--require-witnessed``, ``--verify-workers N``, ``--strict``,
+  ``--final-digest``; exit 0 when the log is consistent and every record verified, by its final
+  verdict where it has one (findings against one organization's checkpoints or seals are
+  printed but do not fail it), 1 on any violation, or with ``--strict`` on any finding too;
 * ``obus audit prove``: the inclusion proof of one record against a quorum checkpoint, or
   ``--check FILE``: a printed proof verified against the log (live or ``--from``);
 * ``obus log export FILE``: the portable export.
@@ -173,7 +173,12 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 security=security_from_args(args),
             )
         )  # fmt: skip
-    render(result, Console())
+    if args.final_digest:
+        # stdout carries the pair alone, for comparing with `obus node final-state`.
+        render(result, console)
+        print(json.dumps(result.final_digest(), sort_keys=True))
+    else:
+        render(result, Console())
     # A file that cannot be written is a usage error (exit 2), never "violations found" (1).
     if args.json_out:
         _write_out("--json-out", args.json_out, lambda p: write_json(result, p))
@@ -199,6 +204,7 @@ _AUDIT_ONLY: tuple[tuple[str, str, object], ...] = (
     ("require_witnessed", "--require-witnessed", False),
     ("verify_workers", "--verify-workers", 0),
     ("strict", "--strict", False),
+    ("final_digest", "--final-digest", False),
 )
 
 
@@ -346,20 +352,30 @@ def add_audit_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     aud = sub.add_parser(
         "audit",
         help="replay every topic (or an export file) and verify everything",
-        description="Replays the mandate, registry, checkpoints and every obus.reports.* topic "
-        "with its own consumer (no group, nothing committed), or reads an export file "
-        "(--from), and re-verifies every signature, accreditation, revocation, chain link and "
-        "checkpoint (Merkle roots recomputed from the records, split views, witness quorum); "
-        "prints a summary. Only a quorum (the mandate threshold of organizations) speaks for "
-        "the log: exit 1 names every violation (a record that fails, a quorum checkpoint the "
-        "records or another quorum checkpoint contradict); checkpoints of fewer organizations "
-        "that contradict the log, and an organization that signed two roots for one partition "
-        "and size (equivocation), are printed as findings against those organizations and "
-        "leave exit 0, unless --strict.",
+        description="Replays the seals, the mandate, registry, checkpoints, every obus.reports.* "
+        "topic and every decisions, statements and attachments topic with its own consumer (no "
+        "group, nothing committed), or reads an export file (--from). Final verdicts: the seals "
+        "topic and every sealed partition are judged by the same bus reader every node runs "
+        "(final seals, their roots recomputed from the records, verdicts epoch by epoch on the "
+        "seals' clock); where a record has a final verdict, it is the one that counts, and the "
+        "legacy per-record audit is listed beside it only where they differ. A sealed record "
+        "altered or deleted is named with its topic, partition and sealed size and fails the "
+        "audit; records after the last final seal are listed as not sealed yet. The legacy "
+        "audit re-verifies every signature, accreditation, revocation, chain link and "
+        "checkpoint (Merkle roots recomputed from the records, split views, witness quorum) and "
+        "judges the records not sealed yet. Only a quorum (the mandate threshold of "
+        "organizations) speaks for the log: exit 1 names every violation (a record that fails, "
+        "a quorum checkpoint the records or another quorum checkpoint contradict); checkpoints "
+        "of fewer organizations that contradict the log, and an organization that signed two "
+        "roots for one partition and size or two seal texts for one epoch (equivocation), are "
+        "printed as findings against those organizations and leave exit 0, unless --strict.",
     )
     aud.add_argument(
-        "--mandate", metavar="FILE", help="signed mandate file (the trust root; required live)"
-    )
+        "--mandate", metavar="FILE",
+        help="signed mandate file (the trust root; required live): the version the bus began "
+        "under, the root every node starts from (final verdicts and state digests chain from "
+        "it); without it, --from uses the one embedded in the export",
+    )  # fmt: skip
     aud.add_argument("--json-out", metavar="FILE", help="also write the result as JSON")
     add_common_args(aud)
     aud.set_defaults(func=cmd_audit)
@@ -382,6 +398,12 @@ def add_audit_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
         "--strict", action="store_true",
         help="exit 1 on any finding too (an equivocation or a minority checkpoint against the "
         "log), not only on violations",
+    )  # fmt: skip
+    aud.add_argument(
+        "--final-digest", action="store_true",
+        help="print only the last judged epoch and the state digest after it to stdout, as "
+        'JSON {"epoch": E, "state_digest": BASE64} (the summary goes to stderr): the pair '
+        "obus node final-state prints from a node's store, to compare",
     )  # fmt: skip
     audsub = aud.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
     prove = audsub.add_parser(
@@ -422,12 +444,17 @@ def add_log_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     logsub = logp.add_subparsers(dest="log_command", required=True, metavar="SUBCOMMAND")
     exp = logsub.add_parser(
         "export",
-        help="write every record, checkpoint, mandate version and registry record to FILE",
-        description="Writes the obus-log-export v1 file (JSON Lines: header, mandate, registry, "
-        "checkpoints, reports, trailer; see README 'Export format'). Audit it offline with "
-        "obus audit --from FILE.",
+        help="write every record of every bus topic, seals and checkpoints included, to FILE",
+        description="Writes the obus-log-export v2 file (JSON Lines: header, seals, mandate, "
+        "registry, checkpoints, reports, decisions, statements, attachments, trailer; see "
+        "README 'Export format'), the seals read first so every seal covers records in the "
+        "file. Audit it offline with obus audit --from FILE (v1 files are still read).",
     )
     exp.add_argument("path", metavar="FILE")
-    exp.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    exp.add_argument(
+        "--mandate", required=True, metavar="FILE",
+        help="signed mandate file: the version the bus began under (embedded in the export as "
+        "its root, which obus audit --from uses when given no --mandate)",
+    )  # fmt: skip
     add_common_args(exp)
     exp.set_defaults(func=cmd_log_export)

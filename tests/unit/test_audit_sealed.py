@@ -1,0 +1,587 @@
+"""The auditor's final verdicts: a sealed bus built in memory, exported, and audited offline.
+
+The bus is built as nodes would build it (no broker): the trust records, reports on two
+partitions per organization, a decision, a statement and an attachment chunk; every few
+records one node proposes a seal over everything and the others cosign it
+(:meth:`bus.bus_reader.BusReader.propose`, :func:`bus.seal.cosign_seal`), so the seals topic
+holds real proposals and cosignatures whose finality the auditor derives itself. The log is
+written as an export file and audited with :func:`nodes.auditor.run.audit_export` and
+``obus audit``; its final verdicts are compared with those of a bus reader fed the same log
+directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import io
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bus.bus_reader import BusReader, BusUpdate
+from bus.checkpoint import key_name
+from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
+from bus.errors import Reason
+from bus.export import ExportHeader, ExportReader, ExportWriter, LogRecord, section_of
+from bus.judge import Status
+from bus.seal import SealProposal, cosign_seal, make_proposal, sign_proposal
+from bus.topics import Topics
+from nodes.auditor.run import AuditResult, audit_export, write_json
+from nodes.cli.main import main
+from nodes.demo.scenario import node_subject
+from tests.mission import NOW_MS, Mission, make_mission
+
+TOPICS = Topics("obus.")
+REGISTRY: PartitionRef = (TOPICS.registry, 0)
+
+
+def name(org: str) -> str:
+    return key_name(org, node_subject(org))
+
+
+@dataclass
+class SealedBus:
+    """A bus in memory: partitions, the seals topic, and one honest witness view of it all."""
+
+    m: Mission
+    parts: dict[PartitionRef, list[bytes | None]] = field(default_factory=lambda: defaultdict(list))
+    times: dict[PartitionRef, list[int]] = field(default_factory=lambda: defaultdict(list))
+    seals: list[bytes] = field(default_factory=list)
+    clock: int = NOW_MS
+    witness: BusReader = field(init=False)
+    _fed: dict[PartitionRef, int] = field(default_factory=dict)
+    _seals_fed: int = 0
+
+    def __post_init__(self) -> None:
+        self.witness = BusReader(self.m.scenario.mandate, TOPICS)
+
+    @property
+    def orgs(self) -> list[str]:
+        return [o.org for o in self.m.scenario.mandate.organizations]
+
+    def put(self, topic: str, value: bytes | None, partition: int = 0, at_ms: int = NOW_MS) -> int:
+        ref = (topic, partition)
+        self.parts[ref].append(value)
+        self.times[ref].append(at_ms)
+        return len(self.parts[ref]) - 1
+
+    def catch_up(self) -> None:
+        """The witness reads every record and seals record it has not read yet."""
+        for ref, values in sorted(self.parts.items()):
+            start = self._fed.get(ref, 0)
+            if start < len(values):
+                self.witness.offer_records(ref, start, values[start:])
+                self._fed[ref] = len(values)
+        for off in range(self._seals_fed, len(self.seals)):
+            self.witness.offer_seal(off, self.seals[off])
+        self._seals_fed = len(self.seals)
+
+    def seal(self, cosigners: list[str] | None = None) -> SealProposal:
+        """The next epoch's turn-taking proposer proposes, ``cosigners`` (default: every other
+        organization) cosign; returns the proposal."""
+        self.catch_up()
+        self.clock += 1000
+        epoch = self.witness.chain.open_epoch
+        proposer = self.orgs[epoch % len(self.orgs)]
+        p = self.witness.propose(org=proposer, now_ms=self.clock)
+        assert p is not None and p.epoch == epoch
+        keys = self.m.scenario.node_keys
+        self.seals.append(sign_proposal(p, keys[proposer], name(proposer)))
+        for org in cosigners if cosigners is not None else self.orgs:
+            if org != proposer:
+                self.seals.append(cosign_seal(p.text(), keys[org], name(org), now_ms=self.clock))
+        self.catch_up()
+        return p
+
+    def records(self, order: str = "forward") -> list[LogRecord]:
+        """Every record as export lines, in section order; inside a section, partitions one
+        after the other (``forward``: sorted, ``reverse``: the other way round) or interleaved
+        record by record (``interleaved``)."""
+        by_section: dict[str, list[PartitionRef]] = defaultdict(list)
+        for ref in sorted(self.parts):
+            section = section_of(TOPICS, ref[0])
+            assert section is not None
+            by_section[section].append(ref)
+        out = [
+            LogRecord("seals", TOPICS.seals, 0, o, self.clock, None, v)
+            for o, v in enumerate(self.seals)
+        ]
+        for section in ("mandate", "registry", "reports", "decisions", "statements", "attachments"):
+            refs = by_section[section]
+            if order == "reverse":
+                refs = refs[::-1]
+            lines = [
+                [
+                    LogRecord(section, ref[0], ref[1], o, self.times[ref][o], None, v)
+                    for o, v in enumerate(self.parts[ref])
+                ]
+                for ref in refs
+            ]
+            if order == "interleaved":
+                longest = max((len(x) for x in lines), default=0)
+                out += [x[i] for i in range(longest) for x in lines if i < len(x)]
+            else:
+                out += [r for x in lines for r in x]
+        return out
+
+    def export(self, path: Path, records: list[LogRecord] | None = None, version: int = 2) -> Path:
+        sc = self.m.scenario
+        header = ExportHeader(NOW_MS, sc.mandate.mandate_id, TOPICS.prefix,
+                              sc.mandate_envelope, version)  # fmt: skip
+        with path.open("wb") as f:
+            w = ExportWriter(f, header)
+            for r in self.records() if records is None else records:
+                w.write(r)
+            w.finish()
+        return path
+
+
+def build(*, split_chains: bool = False, junk: bool = True, unsealed: int = 2) -> SealedBus:
+    """Four epochs: the trust records; reports of UN and OSCE observers; more reports and, with
+    ``junk``, records that are not what their topics carry (a decision, a statement, an
+    attachment chunk, a report); more reports. Then ``unsealed`` reports nobody sealed. Each
+    observer writes one partition of its organization's topic unless ``split_chains`` (then
+    the partition is random)."""
+    bus = SealedBus(make_mission(observers_per_org=1))
+    sc = bus.m.scenario
+    rng = random.Random(3)
+    bus.put(TOPICS.mandate, sc.mandate_envelope, at_ms=NOW_MS - 5000)
+    for raw in [*sc.accreditations, *sc.node_accreditations]:
+        bus.put(TOPICS.registry, raw, at_ms=NOW_MS - 4000)
+    bus.seal()
+
+    def reports(n: int) -> None:
+        for _ in range(n):
+            org = rng.choice(["un", "osce"])
+            partition = rng.randrange(2) if split_chains else {"un": 0, "osce": 1}[org]
+            bus.put(TOPICS.reports(org), bus.m.next_report(org, 1), partition)
+
+    reports(6)
+    bus.seal()
+    reports(4)
+    if junk:
+        bus.put(TOPICS.decisions("un"), b"a decision record")
+        bus.put(TOPICS.statements, b"a statement record")
+        bus.put(TOPICS.attachments("un"), b"an attachment chunk", 1)
+        bus.put(TOPICS.reports("eu"), b"not a report at all")
+    bus.seal()
+    reports(3)
+    bus.seal()
+    reports(unsealed)
+    return bus
+
+
+def reference(bus: SealedBus) -> tuple[dict[tuple[str, int, int], tuple[int, str, str]], BusReader]:
+    """A bus reader fed the log directly (all seals, then every partition): each record's final
+    (epoch, status, reason)."""
+    reader = BusReader(bus.m.scenario.mandate, TOPICS)
+    rows: dict[tuple[str, int, int], tuple[int, str, str]] = {}
+
+    def take(update: BusUpdate) -> None:
+        for ev in update.epochs:
+            for v in ev.verdicts:
+                rows[v.pos] = (v.epoch, v.status.value, v.reason)
+            for c in ev.changes:
+                rows[c.pos] = (rows[c.pos][0], c.status.value, "")
+
+    for off, raw in enumerate(bus.seals):
+        take(reader.offer_seal(off, raw))
+    for ref, values in sorted(bus.parts.items()):
+        take(reader.offer_records(ref, 0, values))
+    return rows, reader
+
+
+def audit(bus: SealedBus, path: Path, records: list[LogRecord] | None = None) -> AuditResult:
+    return audit_export(bus.export(path, records), bus.m.scenario.mandate, work_dir=path.parent)
+
+
+def obus(bus: SealedBus, tmp_path: Path, *flags: str) -> tuple[int, dict[str, Any]]:
+    path = tmp_path / "cli.jsonl"
+    if not path.exists():
+        bus.export(path)
+    mandate = tmp_path / "mandate.bin"
+    mandate.write_bytes(bus.m.scenario.mandate_envelope)
+    out = tmp_path / "audit.json"
+    code = main(
+        ["audit", "--from", str(path), "--mandate", str(mandate), "--json-out", str(out), *flags]
+    )
+    return code, json.loads(out.read_text())
+
+
+def reasons(result: AuditResult) -> set[str]:
+    return {v.reason for v in result.violations}
+
+
+def unsealed(result: AuditResult) -> set[tuple[str, int, int]]:
+    """The positions listed as not sealed yet."""
+    assert result.final is not None
+    return {
+        (u.topic, u.partition, o)
+        for u in result.final.not_sealed
+        for o in range(u.first_offset, u.last_offset + 1)
+    }
+
+
+# -- the final verdicts are the bus reader's -------------------------------------------------
+
+
+def test_final_verdicts_are_a_bus_readers(tmp_path: Path) -> None:
+    bus = build()
+    result = audit(bus, tmp_path / "log.jsonl")
+    want, reader = reference(bus)
+    final = result.final
+    assert final is not None
+    got = {pos: (r.epoch, r.status, r.reason) for pos, r in final.verdicts.items()}
+    assert got == want
+    # Every record of the four sealed epochs has its final verdict (decisions, statements and
+    # attachments too, whatever the final judge says of them), and the statuses the log was
+    # built to produce are there: trust applied, reports accepted, the record that is no
+    # report quarantined.
+    held = {(t, p, o) for (t, p), values in bus.parts.items() for o in range(len(values))}
+    assert set(got) == held - unsealed(result)
+    statuses = {(t.split(".")[1], s, r) for (t, _, _), (_, s, r) in got.items()}
+    assert ("registry", Status.APPLIED.value, "") in statuses
+    assert ("mandate", Status.APPLIED.value, "") in statuses
+    assert ("reports", Status.ACCEPTED.value, "") in statuses
+    assert ("reports", Status.QUARANTINED.value, Reason.MALFORMED.value) in statuses
+    # Per epoch: the final seal and the state digest, as the reader holds them.
+    assert [e.epoch for e in final.epochs] == [1, 2, 3, 4]
+    assert final.last_epoch == reader.judge.epoch == 4
+    assert final.state_digest == reader.judge.digest
+    latest = reader.latest
+    assert latest is not None
+    last = final.epochs[-1]
+    assert (last.digest, last.time_ms, last.seal_offset) == (
+        latest.digest,
+        latest.time_ms,
+        latest.offset,
+    )
+    assert set(last.signers) == set(latest.signers) and len(last.signers) >= 4
+    assert [e.prev_digest for e in final.epochs[1:]] == [e.digest for e in final.epochs[:-1]]
+    # The two reports published after the last seal: not sealed yet, no final verdict.
+    assert len(unsealed(result)) == sum(u.records for u in final.not_sealed) == 2
+    assert final.mismatch is None and final.stuck is None and final.equivocations == []
+    # The legacy audit agrees on every record it judges here; the violations are the final
+    # verdicts that reject a record, the record that is no report among them.
+    assert result.differences == []
+    failed = {p for p, (_, s, _) in got.items() if s == Status.QUARANTINED.value}
+    assert {(v.topic, v.partition, v.offset) for v in result.violations} == failed
+    assert (TOPICS.reports("eu"), 0, 0) in failed
+
+
+def test_obus_audit_prints_the_final_digest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bus = build()
+    _, reader = reference(bus)
+    code, doc = obus(bus, tmp_path, "--final-digest")
+    assert code == 1  # the record that is no report
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    pair = {"epoch": 4, "state_digest": base64.b64encode(reader.judge.digest).decode()}
+    assert printed == pair == doc["final_digest"]
+    assert doc["final"]["last_epoch"] == 4
+    assert doc["final"]["state_digest"] == pair["state_digest"]
+    assert [e["epoch"] for e in doc["final"]["epochs"]] == [1, 2, 3, 4]
+    assert doc["final"]["epochs"][-1]["state_digest"] == pair["state_digest"]
+    assert "counts" in doc["final"]["note"]
+    assert doc["final"]["sealed_root_mismatch"] is None
+
+
+# -- a sealed record altered or deleted -------------------------------------------------------
+
+
+def _replace(records: list[LogRecord], ref: PartitionRef, offset: int, value: bytes) -> None:
+    i = next(i for i, r in enumerate(records) if (r.topic, r.partition, r.offset) == (*ref, offset))
+    records[i] = dataclasses.replace(records[i], value=value)
+
+
+def _drop(records: list[LogRecord], ref: PartitionRef, offset: int) -> None:
+    i = next(i for i, r in enumerate(records) if (r.topic, r.partition, r.offset) == (*ref, offset))
+    del records[i]
+
+
+@pytest.mark.parametrize(
+    "ref", [(TOPICS.reports("un"), 0), (TOPICS.decisions("un"), 0), REGISTRY], ids=str
+)
+def test_an_altered_sealed_record_is_named_and_fails_the_audit(
+    tmp_path: Path, ref: PartitionRef
+) -> None:
+    bus = build()
+    records = bus.records()
+    _replace(records, ref, 0, b"altered by the operator")
+    result = audit(bus, tmp_path / "log.jsonl", records)
+    final = result.final
+    assert final is not None and final.mismatch is not None
+    m = final.mismatch
+    # Named at the first epoch that seals the partition; nothing from there on is final.
+    first = next(e for e in final_seals(bus) if e.size(ref) > 0)
+    assert (m.topic, m.partition, m.size) == (*ref, first.size(ref))
+    assert final.last_epoch == first.epoch - 1
+    assert "altered or deleted" in m.message
+    assert not result.ok
+    assert (ref[0], ref[1], m.size, Reason.SEALED_ROOT_MISMATCH.value) in {
+        (v.topic, v.partition, v.offset, v.reason) for v in result.violations
+    }
+    # The CLI fails, and its JSON names the partition and size.
+    bus.export(tmp_path / "cli.jsonl", records)
+    code, doc = obus(bus, tmp_path)
+    assert code == 1 and doc["ok"] is False
+    named = doc["final"]["sealed_root_mismatch"]
+    assert (named["topic"], named["partition"], named["size"]) == (*ref, first.size(ref))
+
+
+def test_a_registry_record_replaced_by_another_genuine_one_is_named(tmp_path: Path) -> None:
+    """The operator puts a copy of a genuine accreditation where another one was, in the
+    registry the first seal covers: every signature verifies, the first seal can never become
+    final over it, and the audit names the registry instead of passing a log with no final
+    verdict."""
+    bus = build(junk=False, unsealed=0)
+    records = bus.records()
+    _replace(records, REGISTRY, 0, bus.parts[REGISTRY][1] or b"")
+    result = audit(bus, tmp_path / "log.jsonl", records)
+    final = result.final
+    assert final is not None and final.last_epoch == 0 and final.mismatch is not None
+    m = final.mismatch
+    assert (m.topic, m.partition, m.size) == (*REGISTRY, final_seals(bus)[0].size(REGISTRY))
+    assert "signed the seal of epoch 1" in m.message
+    assert Reason.SEALED_ROOT_MISMATCH.value in reasons(result) and not result.ok
+
+
+def test_a_first_proposal_signed_by_a_minority_names_nothing(tmp_path: Path) -> None:
+    """A proposal for epoch 1 that the log contradicts, signed by three organizations (k = 4):
+    no seal is final and nobody is named; the records are simply not sealed yet."""
+    bus = SealedBus(make_mission(observers_per_org=1))
+    sc = bus.m.scenario
+    for raw in [*sc.accreditations, *sc.node_accreditations]:
+        bus.put(TOPICS.registry, raw, at_ms=NOW_MS - 4000)
+    bus.catch_up()
+    p = bus.witness.propose(org="un", now_ms=NOW_MS)
+    assert p is not None
+    bogus = dataclasses.replace(
+        p, partitions={REGISTRY: PartitionSeal(p.size(REGISTRY), bytes(32))}
+    )
+    keys = sc.node_keys
+    bus.seals.append(sign_proposal(bogus, keys["un"], name("un")))
+    for org in ("osce", "eu"):
+        bus.seals.append(cosign_seal(bogus.text(), keys[org], name(org), now_ms=NOW_MS))
+    result = audit(bus, tmp_path / "log.jsonl")
+    assert result.final is not None and result.final.mismatch is None
+    assert result.ok and len(unsealed(result)) == len(bus.parts[REGISTRY])
+
+
+def final_seals(bus: SealedBus) -> list[FinalSeal]:
+    """The final seals of the bus, in epoch order, as an honest reader derives them."""
+    reader = BusReader(bus.m.scenario.mandate, TOPICS)
+    out = [s for off, raw in enumerate(bus.seals) for s in reader.offer_seal(off, raw).finals]
+    for ref, values in sorted(bus.parts.items()):
+        out += reader.offer_records(ref, 0, values).finals
+    assert [s.epoch for s in out] == list(range(1, len(out) + 1))
+    return out
+
+
+def test_a_deleted_sealed_record_is_named(tmp_path: Path) -> None:
+    """An offset missing inside a sealed partition (a gap) is named as deleted."""
+    bus = build()
+    ref = (TOPICS.reports("un"), 0)
+    records = bus.records()
+    _drop(records, ref, 1)
+    result = audit(bus, tmp_path / "log.jsonl", records)
+    assert result.final is not None and result.final.mismatch is not None
+    m = result.final.mismatch
+    first = next(e for e in final_seals(bus) if e.size(ref) > 1)
+    assert (m.topic, m.partition, m.size) == (*ref, first.size(ref))
+    assert "offset 1" in m.message and "deleted" in m.message
+    assert Reason.SEALED_ROOT_MISMATCH.value in reasons(result) and not result.ok
+
+
+def test_sealed_records_cut_off_at_a_partitions_end_are_named(tmp_path: Path) -> None:
+    """The last sealed records of a partition are missing: no later offset shows the gap, the
+    seal's size does."""
+    bus = build(unsealed=0)
+    ref = (TOPICS.reports("osce"), 1)
+    size = final_seals(bus)[-1].size(ref)
+    records = [r for r in bus.records() if (r.topic, r.partition) != ref or r.offset < size - 2]
+    result = audit(bus, tmp_path / "log.jsonl", records)
+    assert result.final is not None and result.final.mismatch is not None
+    m = result.final.mismatch
+    assert (m.topic, m.partition, m.size) == (*ref, size)
+    assert f"offset {size - 2} " in m.message and "deleted" in m.message
+    assert not result.ok
+
+
+def test_a_whole_sealed_topic_left_out_is_named(tmp_path: Path) -> None:
+    """An export that lacks the attachments the seals cover (or a log they were deleted from)
+    cannot pass for complete."""
+    bus = build()
+    records = [r for r in bus.records() if r.section != "attachments"]
+    result = audit(bus, tmp_path / "log.jsonl", records)
+    assert result.final is not None and result.final.mismatch is not None
+    assert result.final.mismatch.topic == TOPICS.attachments("un")
+    assert not result.ok
+
+
+# -- equivocation ----------------------------------------------------------------------------
+
+
+def test_an_equivocation_is_shown(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """NATO signs another text for epoch 5, then cosigns the honest one: evidence against
+    NATO; the honest text becomes final with the others' votes."""
+    bus = build(junk=False, unsealed=0)
+    bus.put(TOPICS.reports("un"), bus.m.next_report("un", 1))
+    bus.catch_up()
+    latest = bus.witness.latest
+    assert latest is not None
+    keys = bus.m.scenario.node_keys
+    other = make_proposal(bus.witness.view(), latest, mandate_id=latest.mandate_id,
+                          now_ms=bus.clock + 777)  # fmt: skip
+    assert other is not None and other.epoch == 5
+    bus.seals.append(cosign_seal(other.text(), keys["nato"], name("nato"), now_ms=bus.clock))
+    honest = bus.seal(cosigners=["nato", "un", "osce", "eu", "csto"])
+    assert honest.text() != other.text()
+    result = audit(bus, tmp_path / "log.jsonl")
+    final = result.final
+    assert final is not None and final.last_epoch == 5
+    (eq,) = final.equivocations
+    assert (eq.org, eq.epoch) == ("nato", 5)
+    assert (eq.first_text, eq.second_text) == (other.text(), honest.text())
+    assert "nato" not in final.epochs[-1].signers
+    assert result.ok and not result.clean  # evidence against NATO, not a fault of the log
+    code, doc = obus(bus, tmp_path, "--strict")
+    assert code == 1
+    (shown,) = doc["final"]["equivocations"]
+    assert shown["org"] == "nato" and shown["epoch"] == 5
+    assert shown["first"]["text"] == other.text().decode()
+    assert "seal equivocation: nato" in capsys.readouterr().out
+    code, _ = obus(bus, tmp_path)
+    assert code == 0
+
+
+# -- read order ------------------------------------------------------------------------------
+
+
+def _json_of(bus: SealedBus, path: Path, order: str) -> bytes:
+    result = audit(bus, path, bus.records(order))
+    out = path.with_suffix(".json")
+    write_json(result, out)
+    return out.read_bytes()
+
+
+def test_two_partition_orders_give_byte_identical_json(tmp_path: Path) -> None:
+    """The same log with its partitions exported in another order (and interleaved), with a
+    quarantined record, an equivocation and records not sealed yet: the same JSON."""
+    bus = build()
+    keys = bus.m.scenario.node_keys
+    latest = bus.witness.latest
+    assert latest is not None
+    other = make_proposal(bus.witness.view(), latest, mandate_id=latest.mandate_id,
+                          now_ms=bus.clock + 5)  # fmt: skip
+    assert other is not None
+    bus.seals.append(cosign_seal(other.text(), keys["eu"], name("eu"), now_ms=bus.clock))
+    bus.seal()
+    bus.put(TOPICS.reports("un"), bus.m.next_report("un", 1))
+    path = tmp_path / "log.jsonl"
+    docs = [_json_of(bus, path, order) for order in ("forward", "reverse", "interleaved")]
+    assert docs[0] == docs[1] == docs[2]
+    doc = json.loads(docs[0])
+    assert doc["final"]["equivocations"] and doc["final"]["not_sealed_yet"]
+    assert doc["final"]["verdicts_by_status"][Status.QUARANTINED.value] >= 1
+
+
+def test_final_verdicts_count_where_the_legacy_audit_depends_on_read_order(
+    tmp_path: Path,
+) -> None:
+    """Observers whose chains a producer spread over two partitions: the legacy audit, which
+    judges in read order, breaks their chains in some orders; the final verdicts are the same
+    in every order, every report is accepted, and the audit passes, listing the differences."""
+    bus = build(split_chains=True, junk=False, unsealed=0)
+    path = tmp_path / "log.jsonl"
+    finals, all_differences = [], []
+    for order in ("forward", "reverse", "interleaved"):
+        result = audit(bus, path, bus.records(order))
+        assert result.final is not None
+        assert result.ok, result.violations
+        doc = result.to_json()["final"]
+        all_differences.append(doc.pop("differences"))
+        finals.append(doc)
+        assert {r["status"] for r in doc["verdicts"] if ".reports." in r["topic"]} == {"accepted"}
+    assert finals[0] == finals[1] == finals[2]
+    differing = [d for d in all_differences if d]
+    assert differing, "the legacy audit broke no chain in any order: the test proves nothing"
+    for diffs in differing:
+        assert {(d["final_status"], d["legacy_status"]) for d in diffs} == {
+            ("accepted", "quarantined")
+        }
+        assert {d["legacy_reason"] for d in diffs} <= {
+            Reason.CHAIN_GAP.value, Reason.CHAIN_FORK.value, Reason.REPLAYED.value,
+            Reason.DUPLICATE_CONFLICT.value,
+        }  # fmt: skip
+
+
+# -- seals the log cannot back ---------------------------------------------------------------
+
+
+def test_a_first_proposal_beyond_the_registry_is_named(tmp_path: Path) -> None:
+    """A proposal for epoch 1 that seals more registry records than the log holds: nobody can
+    judge its signatures, and every seals record after it waits behind it. The audit names it
+    instead of passing with no final verdict."""
+    bus = SealedBus(make_mission(observers_per_org=1))
+    sc = bus.m.scenario
+    for raw in [*sc.accreditations, *sc.node_accreditations]:
+        bus.put(TOPICS.registry, raw, at_ms=NOW_MS - 4000)
+    beyond = SealProposal(sc.mandate.mandate_id, 1, NOW_MS, GENESIS_DIGEST,
+                          {REGISTRY: PartitionSeal(999, bytes(32))})  # fmt: skip
+    bus.seals.append(sign_proposal(beyond, sc.node_keys["csto"], name("csto")))
+    result = audit(bus, tmp_path / "log.jsonl")
+    assert result.final is not None and result.final.stuck is not None
+    assert result.final.stuck.offset == 0 and result.final.last_epoch == 0
+    (v,) = result.violations
+    assert (v.topic, v.offset, v.reason) == (TOPICS.seals, 0, Reason.SEAL_BEYOND_LOG.value)
+
+
+# -- hostile exports and old exports -----------------------------------------------------------
+
+
+def test_an_offset_given_two_values_in_an_export_is_named(tmp_path: Path) -> None:
+    """The genuine record first, a forged one under the same offset after it: the first is
+    judged (it matches the seal) and the second is named."""
+    bus = build()
+    records = bus.records()
+    ref = (TOPICS.reports("osce"), 1)
+    i = next(i for i, r in enumerate(records) if (r.topic, r.partition, r.offset) == (*ref, 2))
+    records.insert(i + 1, dataclasses.replace(records[i], value=b"forged"))
+    result = audit(bus, tmp_path / "log.jsonl", records)
+    assert result.final is not None and result.final.mismatch is None
+    assert (ref[0], ref[1], 2, Reason.EXPORT_CORRUPT.value) in {
+        (v.topic, v.partition, v.offset, v.reason) for v in result.violations
+    }
+
+
+def test_a_version_1_export_still_loads(tmp_path: Path) -> None:
+    """An export written before seals: four sections, no final verdict, every record not
+    sealed yet, the legacy verdicts as before."""
+    bus = build()
+    records = [r for r in bus.records() if r.section in ("mandate", "registry", "reports")]
+    path = bus.export(tmp_path / "v1.jsonl", records, version=1)
+    assert b'"version":1' in path.read_bytes().splitlines()[0]
+    result = audit_export(path, bus.m.scenario.mandate)
+    final = result.final
+    assert final is not None and final.seals_records == 0 and final.epochs == []
+    assert final.verdicts == {} and final.last_epoch == 0
+    assert len(unsealed(result)) == len(records)
+    assert reasons(result) == {Reason.MALFORMED.value}  # the legacy audit's verdict
+    # A version 1 file has no seals section.
+    with path.open("rb") as f:
+        reader = ExportReader(f)
+        assert reader.header.version == 1
+        items = list(reader)
+    assert all(isinstance(i, LogRecord) for i in items)
+    seal_line = LogRecord("seals", TOPICS.seals, 0, 0, NOW_MS, None, b"x").encode()
+    data = path.read_bytes().splitlines(keepends=True)
+    bad = list(ExportReader(io.BytesIO(data[0] + seal_line + b"".join(data[1:]))))
+    assert "no seals section in version 1" in bad[0].detail  # type: ignore[union-attr]
