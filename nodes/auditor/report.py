@@ -1,8 +1,10 @@
 """A self-contained HTML audit report: no script, no external file, charts as inline SVG.
 
-Sections: the verdict; reports per organization, per zone and per day; violations by kind; the
-witnessed log per report partition (records, checkpoints checked, the size a quorum of
-organizations signed); and every violation with its position and reason.
+Sections: the verdict; the final verdicts (counts by status, the final state, what is not sealed
+yet, a sealed record altered or deleted, seal equivocations); reports per organization, per zone
+and per day; violations by kind; the witnessed log per report partition (records, checkpoints
+checked, the size a quorum of organizations signed); and every violation with its position and
+reason.
 
 The page is rendered from ``templates/report.html.j2`` with autoescaping, so every name, zone,
 reason and detail taken from the audited log is shown as text, never as markup; the charts'
@@ -114,8 +116,12 @@ def column_chart(title: str, items: list[tuple[str, int]], colour: str = "#18803
 
 def render_html(result: AuditResult) -> str:
     """The whole report as one HTML document."""
+    final = result.final
     return _TEMPLATES.get_template("report.html.j2").render(
         result=result,
+        final_digest=result.final_digest(),
+        final_counts=sorted(final.by_status().items()) if final else [],
+        not_sealed=sum(u.records for u in final.not_sealed) if final else 0,
         total=sum(result.accepted.values()),
         rejected=sum(result.rejected.values()),
         by_org=hbar_chart("Verified reports per organization", sorted(result.accepted.items())),

@@ -585,3 +585,20 @@ def test_a_version_1_export_still_loads(tmp_path: Path) -> None:
     data = path.read_bytes().splitlines(keepends=True)
     bad = list(ExportReader(io.BytesIO(data[0] + seal_line + b"".join(data[1:]))))
     assert "no seals section in version 1" in bad[0].detail  # type: ignore[union-attr]
+
+
+def test_the_html_report_shows_the_final_verdicts(tmp_path: Path) -> None:
+    from nodes.auditor.report import render_html  # noqa: PLC0415
+
+    bus = build()
+    clean = audit(bus, tmp_path / "log.jsonl")
+    page = render_html(clean)
+    digest = clean.final_digest()
+    assert digest is not None and digest["epoch"] == 4
+    assert f"<code>{digest['state_digest']}</code>" in page
+    assert "Records not sealed yet (no final verdict): 2." in page
+    records = bus.records()
+    _replace(records, (TOPICS.reports("osce"), 1), 0, b"altered")
+    page = render_html(audit(bus, tmp_path / "altered.jsonl", records))
+    assert f"Sealed record altered or deleted: {TOPICS.reports('osce')}[1]" in page
+    assert "<script" not in page
