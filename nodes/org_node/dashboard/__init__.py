@@ -4,6 +4,8 @@
   it reads.
 - :mod:`~nodes.org_node.dashboard.read_model`: :class:`ReadModel`, everything shown, read from
   the node's store through read-only connections.
+- :mod:`~nodes.org_node.dashboard.final_view`: provisional and final verdicts side by side (the
+  node's store joined to its sealer's final store, both read-only) and the final seals.
 - :mod:`~nodes.org_node.dashboard.metrics`: the Prometheus exposition of the store's counts.
 - :mod:`~nodes.org_node.dashboard.charts`: the geometry of the inline SVG map and charts.
 - :mod:`~nodes.org_node.dashboard.page`: the HTML page and the SVG map, rendered from Jinja2
