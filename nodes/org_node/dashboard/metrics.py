@@ -2,7 +2,12 @@
 
 The families are built afresh for each scrape from the read model's snapshot
 (:meth:`~nodes.org_node.dashboard.read_model.ReadModel.metrics`) and the node's status, and
-exported through a one-shot collector on a private registry.
+exported through a one-shot collector on a private registry. Counters (``_total``) count since
+the process started and only go up; gauges say where things stand.
+
+Sealing (while the node runs a sealer): ``obus_seal_*`` from the sealer's status, and
+``obus_verdict_changes`` (by ``kind``: report, board) from the final store joined to the node's:
+records whose final verdict differs from the provisional one.
 """
 
 from __future__ import annotations
@@ -61,6 +66,45 @@ def _group_families(group: dict[str, Any]) -> list[Metric]:
     ]
 
 
+def _seal_families(seal: dict[str, Any]) -> list[Metric]:
+    """The sealer's progress, what it published, and its alarms."""
+    counters = (
+        ("obus_seal_epochs_judged", "Epochs the sealer judged", "epochs_judged"),
+        (
+            "obus_seal_proposals_published",
+            "Seal proposals this node published",
+            "proposals_published",
+        ),
+        (
+            "obus_seal_cosignatures_published",
+            "Seal cosignatures this node published",
+            "cosignatures_published",
+        ),
+        (
+            "obus_seal_equivocations",
+            "Organizations found signing two seal texts for one epoch",
+            "equivocations",
+        ),
+    )
+    gauges = (
+        ("obus_seal_final_epoch", "The newest epoch with a final seal", "final_epoch"),
+        ("obus_seal_open_epoch", "The epoch being sealed now", "open_epoch"),
+        ("obus_seal_buffered_records", "Records read and waiting for a final seal", "buffered"),
+    )
+    fams: list[Metric] = [
+        CounterMetricFamily(name, doc, int(seal.get(key, 0))) for name, doc, key in counters
+    ]
+    fams += [GaugeMetricFamily(name, doc, int(seal.get(key, 0))) for name, doc, key in gauges]
+    fams.append(
+        GaugeMetricFamily(
+            "obus_seal_alarm",
+            "1 while a sealed record was found altered or deleted (judging stopped)",
+            int(bool(seal.get("alarm"))),
+        )
+    )
+    return fams
+
+
 def metrics_text(m: dict[str, Any], status: dict[str, Any] | None) -> bytes:
     """Prometheus exposition text of the store's counts and the node's live status."""
     fams: list[Metric] = []
@@ -107,6 +151,17 @@ def metrics_text(m: dict[str, Any], status: dict[str, Any] | None) -> bytes:
     for state in ("pending", "valid"):
         s.add_metric([state], m["statements"].get(state, 0))
     fams.append(s)
+    if m.get("verdict_changes") is not None:
+        vc = GaugeMetricFamily(
+            "obus_verdict_changes",
+            "Records whose final verdict differs from this node's provisional one, by kind",
+            labels=["kind"],
+        )
+        for kind, n in sorted(m["verdict_changes"].items()):
+            vc.add_metric([kind], n)
+        fams.append(vc)
+    if status is not None and status.get("seal") is not None:
+        fams.extend(_seal_families(status["seal"]))
     if status is not None:
         lag = GaugeMetricFamily(
             "obus_consumer_lag",

@@ -1,9 +1,12 @@
 """The dashboard's read model: everything the page and the JSON API show, read from the store.
 
-It reads the node's SQLite store through read-only connections (one per call; call it from a
-worker thread) and never writes, so it stays decoupled from the ingest loop and from the
-follow-up. Accepted reports are decoded once and kept in an index that grows with the store
-(the store is append-only).
+It reads the node's SQLite store, and the sealer's final store when the node runs one, through
+read-only connections (one per call; call it from a worker thread) and never writes, so it stays
+decoupled from the ingest loop, the follow-up and the sealer. Accepted reports are decoded once
+and kept in an index that grows with the store (the store is append-only).
+
+Every record shown carries its verdict, provisional or final, and whether sealing changed it
+(:mod:`~nodes.org_node.dashboard.final_view`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import contextlib
 import sqlite3
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -23,8 +26,20 @@ from bus.policy import KIND_TREND, window_counts
 from bus.store.node import NodeStore, evidence_from_json
 from nodes.org_node import witness_store
 from nodes.org_node.dashboard.config import DashboardConfig
+from nodes.org_node.dashboard.final_view import (
+    QUARANTINED,
+    REVOKED,
+    FinalRow,
+    FinalView,
+    Pos,
+    Provisional,
+    open_final_view,
+    verdict_json,
+)
 
 FEED_LIMIT: Final = 200
+SEALS_SHOWN: Final = 20  # final seals on the page and in /api/seals
+CHANGED_LIMIT: Final = 100  # changed verdicts per page of /api/verdicts/changed (default)
 TREND_WINDOWS: Final = 8  # windows shown per early-warning chart
 DAILY_DAYS: Final = 14
 DAY_MS: Final = 86_400_000
@@ -35,6 +50,11 @@ def utc_minute(ms: int | None) -> str:
     if not ms:
         return ""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%MZ")
+
+
+def utc_second(ms: int) -> str:
+    """A seal's time *t_e*, to the second (seals may be seconds apart)."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _day(ms: int) -> str:
@@ -90,6 +110,16 @@ class ReadModel:
                     idx.last_rowid = rowid
                 if len(batch) < 5000:
                     return idx
+
+    @contextlib.contextmanager
+    def _final(self) -> Iterator[FinalView | None]:
+        """The node store joined to the final store; None when the node runs no sealer or its
+        final store does not exist yet."""
+        if self.config.final_db is None:
+            yield None
+            return
+        with open_final_view(self.config.db_path, self.config.final_db) as view:
+            yield view
 
     @staticmethod
     def _revoked(store: NodeStore) -> set[str]:
@@ -147,19 +177,36 @@ class ReadModel:
         }
 
     def reports(self, *, limit: int = FEED_LIMIT, zone: str | None = None) -> list[dict[str, Any]]:
-        """Newest accepted reports first."""
+        """The newest reports first (by log time), each with its ``verdict``: every report this
+        node accepted, and every report it quarantined that the final judge accepted.
+
+        The content of a report accepted only finally is not shown (``content_verified``
+        False, its content fields None): the node's copy is the one it quarantined, and nothing
+        here vouches for those bytes; its org, observer, seq and id are the final judge's. Such
+        a report has no zone here, so a zone filter leaves it out.
+        """
         with self._store() as store:
             idx = self._refresh(store)
             revoked = self._revoked(store)
-        rows = [r for r in reversed(idx.rows) if zone is None or r.report.zone == zone]
-        return [self._report_json(r, revoked) for r in rows[:limit]]
+        rows = [r for r in reversed(idx.rows) if zone is None or r.report.zone == zone][:limit]
+        with self._final() as final:
+            finals = {} if final is None else final.final_at(_pos(r) for r in rows)
+            extra = [] if final is None or zone is not None else final.accepted_only_finally(limit)
+        out = [self._report_json(r, revoked, finals.get(_pos(r))) for r in rows]
+        out += [_final_only_json(*x) for x in extra]
+        out.sort(key=lambda r: -int(r["log_time_ms"]))  # stable: storage order among equals
+        return out[:limit]
 
     @staticmethod
-    def _report_json(row: _Row, revoked: set[str]) -> dict[str, Any]:
+    def _report_json(row: _Row, revoked: set[str], final: FinalRow | None) -> dict[str, Any]:
         r = row.report
+        withdrawn = r.report_id in revoked
+        own = Provisional(REVOKED if withdrawn else "accepted", "", r.report_id)
         return {
             "report_id": r.report_id,
-            "state": "revoked_after_acceptance" if r.report_id in revoked else "verified",
+            "state": "revoked_after_acceptance" if withdrawn else "verified",
+            "verdict": verdict_json(own, final),
+            "content_verified": True,
             "org": r.org,
             "observer_id": r.observer_id,
             "seq": r.seq,
@@ -178,25 +225,126 @@ class ReadModel:
             "envelope_digest": row.digest.hex(),
             "position": f"{row.topic}[{row.partition}]@{row.offset}",
             "logged_at": utc_minute(row.log_time_ms),
+            "log_time_ms": row.log_time_ms,
         }
 
     def quarantine(self, *, limit: int = 500) -> dict[str, Any]:
-        """Rejected report records and rejected board (decision/statement) records."""
+        """Rejected report records and rejected board (decision/statement) records, each with
+        its ``verdict`` (quarantined provisionally; final once its epoch is judged)."""
         with self._store() as store:
             rows = store.quarantine_detail(limit=limit)
             counts = store.quarantine_counts()
-            board = store.board_rejected()
+            board = [
+                {"topic": t, "partition": p, "offset": o, "reason": r, "detail": d}
+                for t, p, o, r, d in store.board_rejected()
+            ]
+        with self._final() as final:
+            finals = {} if final is None else final.final_at(_pos(r) for r in [*rows, *board])
         for r in rows:
             r["logged_at"] = utc_minute(int(str(r["log_time_ms"])))
             key = r.pop("record_key")
             r["record_key"] = bytes.fromhex(str(key)).decode(errors="replace") if key else ""
+        for r in [*rows, *board]:
+            own = Provisional(QUARANTINED, str(r["reason"]))
+            r["verdict"] = verdict_json(own, finals.get(_pos(r)))
+        return {"records": rows, "by_reason": counts, "board": board}
+
+    def verdict_changes(self, *, limit: int = CHANGED_LIMIT, offset: int = 0) -> dict[str, Any]:
+        """Records whose final verdict differs from this node's provisional one, newest epoch
+        first (``kind``: report, or board for the decisions topics), one page of them."""
+        page: dict[str, Any] = {"limit": limit, "offset": offset}
+        with self._final() as final:
+            if final is None:
+                return {
+                    **page,
+                    "available": False,
+                    "why": self._no_final_why(),
+                    "total": 0,
+                    "by_kind": {},
+                    "records": [],
+                }
+            counts = final.changed_counts()
+            records = final.changed(limit=limit, offset=offset)
+        for r in records:
+            r["logged_at"] = utc_minute(int(r["log_time_ms"]))
         return {
-            "records": rows,
-            "by_reason": counts,
-            "board": [
-                {"topic": t, "partition": p, "offset": o, "reason": r, "detail": d}
-                for t, p, o, r, d in board
-            ],
+            **page,
+            "available": True,
+            "why": "",
+            "total": sum(counts.values()),
+            "by_kind": counts,
+            "records": records,
+        }
+
+    def _no_final_why(self) -> str:
+        path = self.config.final_db
+        if path is None:
+            return "this node runs no sealer: every verdict shown is provisional"
+        return f"no final store yet ({path.name}): its sealer has not judged an epoch"
+
+    def seals(
+        self, sealer: Mapping[str, Any] | None, *, limit: int = SEALS_SHOWN
+    ) -> dict[str, Any]:
+        """The seals panel: the newest final seals, the sealer's live status (``sealer``: the
+        node's ``status()["seal"]``, None when unknown) and one honest ``state``.
+
+        ``state`` is ``alarm`` (the sealer found a sealed record altered or deleted),
+        ``equivocation`` (an organization signed two seal texts for one epoch), ``no_sealer``,
+        ``unsealed`` (no final seal judged yet: every verdict is provisional) or ``sealed``,
+        in that order of precedence: never ``sealed`` without a final seal, nor while an alarm
+        or an equivocation stands. ``alarms`` says each one in words.
+        """
+        live = dict(sealer) if sealer else None
+        view: dict[str, Any] = {
+            "seals": [],
+            "equivocations": [],
+            "provisional_records": None,
+            "verdicts_changed": None,
+        }
+        with self._final() as final:
+            if final is not None:
+                view = {
+                    "seals": final.seals(limit),
+                    "equivocations": final.equivocations(),
+                    "provisional_records": final.provisional_counts(),
+                    "verdicts_changed": final.changed_counts(),
+                }
+        for s in view["seals"]:
+            s["time"] = utc_second(int(s["time_ms"]))
+        alarms = []
+        alarm = None if live is None else live.get("alarm")
+        if alarm:
+            alarms.append(
+                "sealed log broken: "
+                + ": ".join(str(alarm[k]) for k in ("reason", "detail") if alarm.get(k))
+                + "; judging stopped"
+            )
+        alarms += [
+            f"equivocation: {e['org']} signed two seal texts for epoch {e['epoch']}"
+            for e in view["equivocations"]
+        ]
+        unrecorded = 0 if live is None else int(live.get("equivocations", 0))
+        if unrecorded and not view["equivocations"]:
+            alarms.append(f"equivocation: the sealer found {unrecorded}, not in its store yet")
+        seals = view["seals"]
+        if alarm:
+            state = "alarm"
+        elif alarms:
+            state = "equivocation"
+        elif self.config.final_db is None:
+            state = "no_sealer"
+        elif not seals:
+            state = "unsealed"
+        else:
+            state = "sealed"
+        return {
+            "state": state,
+            "alarms": alarms,
+            "why": "" if seals else self._no_final_why(),
+            "final_epoch": seals[0]["epoch"] if seals else 0,
+            "final_time": seals[0]["time"] if seals else "",
+            **view,
+            "sealer": live,
         }
 
     def decisions(self, *, limit: int = 500) -> list[dict[str, Any]]:
@@ -355,13 +503,18 @@ class ReadModel:
         return {"available": True, **status}
 
     def map_points(self) -> list[tuple[Report, str]]:
-        """Every accepted report with its state (for the map)."""
+        """Every accepted report with its state (for the map): ``verified``, ``revoked``, or
+        the final status when sealing changed it (``quarantined``)."""
         with self._store() as store:
             idx = self._refresh(store)
             revoked = self._revoked(store)
-        return [
-            (r.report, "revoked" if r.report.report_id in revoked else "verified") for r in idx.rows
-        ]
+        with self._final() as final:
+            changed = {} if final is None else final.changed_states()
+        out = []
+        for r in idx.rows:
+            state = changed.get(_pos(r), "revoked" if r.report.report_id in revoked else "verified")
+            out.append((r.report, "revoked" if state == REVOKED else state))
+        return out
 
     def metrics(self) -> dict[str, Any]:
         """What /metrics exports from the store."""
@@ -373,8 +526,13 @@ class ReadModel:
             peers = {o: n for o, n in store.peer_decision_counts().items() if o != self.config.org}
             stmts = store.statements()
             positions = store.positions()
+        with self._final() as final:
+            changes = None if final is None else final.changed_counts()
+        if changes is None and self.config.final_db is not None:
+            changes = {"report": 0, "board": 0}  # a sealer runs, nothing judged yet
         return {
             "verified": len(idx.rows),
+            "verdict_changes": changes,
             "quarantined": q,
             "board_rejected": dict(board),
             "decisions": own,
@@ -388,3 +546,41 @@ class ReadModel:
                 "board": sum(o for (t, _), o in positions.items() if ".reports." not in t),
             },
         }
+
+
+def _pos(row: _Row | Mapping[str, Any]) -> Pos:
+    """A row's position, (topic, partition, offset)."""
+    if isinstance(row, _Row):
+        return row.topic, row.partition, row.offset
+    return str(row["topic"]), int(row["partition"]), int(row["offset"])
+
+
+def _final_only_json(pos: Pos, log_time_ms: int, reason: str, final: FinalRow) -> dict[str, Any]:
+    """A report this node quarantined and the final judge accepted: what the final judge says
+    of it, and no content (:meth:`ReadModel.reports`)."""
+    topic, partition, offset = pos
+    return {
+        "report_id": final.report_id,
+        "state": "quarantined",
+        "verdict": verdict_json(Provisional(QUARANTINED, reason), final),
+        "content_verified": False,
+        "org": final.org,
+        "observer_id": final.observer_id,
+        "seq": final.seq,
+        "zone": None,
+        "category": None,
+        "sub_type": None,
+        "severity": None,
+        "confidence": None,
+        "observed_at_ms": None,
+        "observed_at": "",
+        "place": None,
+        "lat": None,
+        "lon": None,
+        "narrative": None,
+        "casualties": None,
+        "envelope_digest": None,
+        "position": f"{topic}[{partition}]@{offset}",
+        "logged_at": utc_minute(log_time_ms),
+        "log_time_ms": log_time_ms,
+    }

@@ -15,8 +15,16 @@ Routes (JSON unless said otherwise):
                                       "foreign_members"}``: nodes.org_node.health)
 ``GET /metrics``                      Prometheus text format
 ``GET /api/summary``                  counts, mandate, policy
-``GET /api/reports?limit=&zone=``     newest accepted reports with their verification state
-``GET /api/quarantine``               rejected records with reason codes (reports and board)
+``GET /api/reports?limit=&zone=``     newest reports with their verification state and their
+                                      ``verdict``: final or provisional, and whether sealing
+                                      changed it (nodes.org_node.dashboard.final_view)
+``GET /api/quarantine``               rejected records with reason codes (reports and board),
+                                      each with its ``verdict``
+``GET /api/seals``                    the newest final seals, the sealer's status, alarms and
+                                      equivocations, and the seal state
+``GET /api/verdicts/changed``         records whose final verdict differs from the provisional
+``?limit=&offset=``                   one, newest epoch first, one page (400 naming an unknown
+                                      or invalid query parameter)
 ``GET /api/decisions``                this organization's decisions, evidence, publication
 ``GET /api/decisions/others``         other organizations' published, verified decisions, with
                                       whether their evidence matches the reports stored here
@@ -41,7 +49,7 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import structlog
 from aiohttp import web
@@ -50,11 +58,15 @@ from bus.errors import ConfigError, StoreError
 from nodes.org_node.dashboard.config import DashboardConfig
 from nodes.org_node.dashboard.metrics import metrics_text
 from nodes.org_node.dashboard.page import render_map, render_page
-from nodes.org_node.dashboard.read_model import FEED_LIMIT, ReadModel
+from nodes.org_node.dashboard.read_model import CHANGED_LIMIT, FEED_LIMIT, ReadModel
 
 log = structlog.get_logger(__name__)
 
 Status = Callable[[], dict[str, Any]]
+
+MAX_PAGE: Final = 10_000  # rows per answer of a paged route, whatever the client asks
+_MAX_DIGITS: Final = 18  # a query number fits SQLite's 64-bit integers
+_MAX_NUMBER: Final = 10**_MAX_DIGITS - 1
 
 # Everything but the page: nothing may load, nothing may frame it.
 _CSP_DEFAULT = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
@@ -126,6 +138,8 @@ class Dashboard:
                 web.get("/api/trends", self._json(lambda r: self.model.trends())),
                 web.get("/api/statements", self._json(lambda r: self.model.statements())),
                 web.get("/api/checkpoints", self._json(lambda r: self.model.checkpoints())),
+                web.get("/api/seals", self._json(lambda r: self.model.seals(self._seal_now()))),
+                web.get("/api/verdicts/changed", self._json(self._changed)),
             ]
         )
         return app
@@ -163,6 +177,15 @@ class Dashboard:
 
     def _status_now(self) -> dict[str, Any] | None:
         return None if self._status is None else self._status()
+
+    def _seal_now(self) -> dict[str, Any] | None:
+        status = self._status_now()
+        return None if status is None else status.get("seal")
+
+    def _changed(self, request: web.Request) -> Any:
+        query = _query(request, {"limit": CHANGED_LIMIT, "offset": 0})
+        limit = min(query["limit"], MAX_PAGE)
+        return self.model.verdict_changes(limit=limit, offset=query["offset"])
 
     def _reports(self, request: web.Request) -> Any:
         try:
@@ -230,6 +253,33 @@ class Dashboard:
             body=metrics_text(snapshot, status),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
+
+
+def _query(request: web.Request, defaults: dict[str, int]) -> dict[str, int]:
+    """A route's query parameters: whole numbers >= 0, each at most once, only those named in
+    ``defaults`` (absent: its default).
+
+    Raises:
+        web.HTTPBadRequest: a parameter is unknown, repeated, or not a whole number >= 0
+            (the text names it).
+    """
+    for name in request.query:
+        if name not in defaults:
+            allowed = ", ".join(sorted(defaults))
+            raise web.HTTPBadRequest(text=f"unknown query parameter {name!r} (allowed: {allowed})")
+    out = dict(defaults)
+    for name in defaults:
+        values = request.query.getall(name, [])
+        if len(values) > 1:
+            raise web.HTTPBadRequest(text=f"query parameter {name!r} given more than once")
+        if values:
+            value = values[0]
+            if not (value.isascii() and value.isdigit() and len(value) <= _MAX_DIGITS):
+                raise web.HTTPBadRequest(
+                    text=f"query parameter {name!r} must be a whole number from 0 to {_MAX_NUMBER}"
+                )
+            out[name] = int(value)
+    return out
 
 
 async def serve(config: DashboardConfig) -> int:
