@@ -9,7 +9,7 @@ The model, for every organization ``org`` of the mandate (principal ``User:<org>
 
 * WRITE its own ``<prefix>reports.<org>``, ``<prefix>decisions.<org>`` and
   ``<prefix>attachments.<org>`` (its gateway's attachment chunks), and the shared
-  topics (``registry``, ``mandate``, ``checkpoints``, ``statements``): writing is what an
+  topics (``registry``, ``mandate``, ``checkpoints``, ``statements``, ``seals``): writing is what an
   organization's node and gateway do; nobody may write another organization's topics.
 * READ every topic under the prefix: every organization verifies everything itself.
 * READ its own consumer groups: its node's and witness's groups and any group under
@@ -62,6 +62,9 @@ class TopicNames(Protocol):
     @property
     def statements(self) -> str: ...
 
+    @property
+    def seals(self) -> str: ...
+
 
 class Resource(enum.StrEnum):
     """Kafka resource types (the names Kafka's tools and Strimzi use, lower-cased)."""
@@ -111,7 +114,13 @@ def principal(user: str) -> str:
 
 def shared_topics(topics: TopicNames) -> tuple[str, ...]:
     """Topics every organization may write."""
-    return (topics.registry, topics.mandate, topics.checkpoints, topics.statements)
+    return (
+        topics.registry,
+        topics.mandate,
+        topics.checkpoints,
+        topics.statements,
+        topics.seals,
+    )
 
 
 def own_topics(topics: TopicNames, org: str) -> tuple[str, ...]:

@@ -6,10 +6,11 @@ Written by one :class:`~nodes.org_node.sealer.Sealer`, one transaction per batch
 epochs; read by the dashboard, the API and ``obus node final-state`` through a read-only
 connection at any time.
 
-**Same at every honest node.** The tables ``seals``, ``verdicts``, ``changes``, ``heads`` and
-``equivocations`` hold only what :class:`~bus.bus_reader.BusReader` derives from the sealed log,
-so two nodes (or a node and an auditor) that judged the same epochs hold the same rows, whatever
-order they read the log in and however often they restarted: :meth:`FinalStore.dump` writes
+**Same at every honest node.** The tables ``seals``, ``verdicts``, ``changes``, ``heads``
+(observers' chains), ``decision_heads`` (organizations' decision chains) and ``equivocations``
+hold only what :class:`~bus.bus_reader.BusReader` derives from the sealed log, so two nodes (or
+a node and an auditor) that judged the same epochs hold the same rows, whatever order they read
+the log in and however often they restarted: :meth:`FinalStore.dump` writes
 them in one canonical byte form and :meth:`FinalStore.fingerprint` hashes it. ``votes``,
 ``snapshot`` and ``meta`` are this node's own and are not in the dump.
 
@@ -65,6 +66,9 @@ CREATE TABLE IF NOT EXISTS heads (
     org TEXT NOT NULL, observer_id TEXT NOT NULL, seq INTEGER NOT NULL, digest BLOB NOT NULL,
     PRIMARY KEY (org, observer_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS decision_heads (
+    org TEXT PRIMARY KEY, seq INTEGER NOT NULL, digest BLOB NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS equivocations (
     org TEXT NOT NULL, epoch INTEGER NOT NULL, evidence TEXT NOT NULL,
     PRIMARY KEY (org, epoch)
@@ -84,6 +88,7 @@ _DUMPED: Final = (
     ("verdicts", 'topic, partition, "offset"'),
     ("changes", 'topic, partition, "offset", at_epoch'),
     ("heads", "org, observer_id"),
+    ("decision_heads", "org"),
     ("equivocations", "org, epoch"),
 )
 
@@ -249,6 +254,10 @@ class FinalStore:
                             "INSERT OR REPLACE INTO heads VALUES (?, ?, ?, ?)",
                             (org, observer_id, head.seq, head.digest),
                         )
+                db.executemany(
+                    "INSERT OR REPLACE INTO decision_heads VALUES (?, ?, ?)",
+                    [(org, h.seq, h.digest) for org, h in ev.decision_heads.items()],
+                )
             for eq in equivocations:
                 db.execute(
                     "INSERT OR IGNORE INTO equivocations VALUES (?, ?, ?)",
