@@ -12,7 +12,8 @@ hold only what :class:`~bus.bus_reader.BusReader` derives from the sealed log, s
 a node and an auditor) that judged the same epochs hold the same rows, whatever order they read
 the log in and however often they restarted: :meth:`FinalStore.dump` writes
 them in one canonical byte form and :meth:`FinalStore.fingerprint` hashes it. ``votes``,
-``snapshot`` and ``meta`` are this node's own and are not in the dump.
+``judged_at`` (when this node stored each epoch: for latency figures), ``snapshot`` and
+``meta`` are this node's own and are not in the dump.
 
 A report deferred at its own epoch (its key accredited in the same epoch) is stored ``deferred``
 and updated once, by the next epoch's answer: rows keep the epoch they were sealed in
@@ -73,6 +74,9 @@ CREATE TABLE IF NOT EXISTS equivocations (
     org TEXT NOT NULL, epoch INTEGER NOT NULL, evidence TEXT NOT NULL,
     PRIMARY KEY (org, epoch)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS judged_at (
+    epoch INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS votes (
     epoch INTEGER PRIMARY KEY, digest BLOB NOT NULL, record BLOB NOT NULL,
     kind TEXT NOT NULL, at_ms INTEGER NOT NULL
@@ -173,6 +177,7 @@ class FinalStore:
         equivocations: Iterable[Equivocation] = (),
         *,
         snapshot: tuple[int, bytes] | None = None,
+        at_ms: int | None = None,
     ) -> None:
         """Store judged epochs (with their final seals) in one transaction.
 
@@ -181,6 +186,7 @@ class FinalStore:
             finals: their final seals (at least one per epoch in ``epochs``).
             equivocations: evidence found.
             snapshot: (epoch, reader snapshot) to keep for restarts.
+            at_ms: this host's time, kept per epoch in ``judged_at`` (first time only).
         """
         by_epoch = {f.epoch: f for f in finals}
         with sqlite_transaction(self._db, "final store") as db:
@@ -200,6 +206,8 @@ class FinalStore:
                         len(ev.verdicts),
                     ),
                 )
+                if at_ms is not None:
+                    db.execute("INSERT OR IGNORE INTO judged_at VALUES (?, ?)", (ev.epoch, at_ms))
                 rows = []
                 for v in ev.verdicts:
                     report_id, observer_id, seq, key_id = _report_fields(v)

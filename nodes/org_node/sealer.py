@@ -346,7 +346,9 @@ class Sealer:
         if self._since_snapshot >= self.config.snapshot_every:
             snapshot = (self.reader.judge.epoch, self.reader.snapshot())
             self._since_snapshot = 0
-        await asyncio.to_thread(self.store.record, epochs, finals, equivocations, snapshot=snapshot)
+        await asyncio.to_thread(
+            self.store.record, epochs, finals, equivocations, snapshot=snapshot, at_ms=_now_ms()
+        )
         self._remember_finals(epochs)
         await asyncio.to_thread(self._compare_provisional)
         for ev in epochs:
