@@ -17,6 +17,8 @@ from bus.model import Mandate, Report
 from nodes.org_node.dashboard.charts import daily_chart, legend, map_view, trend_chart
 from nodes.org_node.dashboard.read_model import ReadModel, utc_minute
 
+CHANGED_SHOWN: Final = 50  # changed verdicts listed on the page (the API pages through all)
+
 _TEMPLATES: Final = jinja2.Environment(
     loader=jinja2.PackageLoader("nodes.org_node.dashboard", "templates"),
     autoescape=True,
@@ -38,6 +40,8 @@ def render_page(model: ReadModel, status: dict[str, Any] | None, *, zone: str | 
     statements = model.statements()
     checkpoints = model.checkpoints()
     points = model.map_points()
+    seals = model.seals(None if status is None else status.get("seal"))
+    changed = model.verdict_changes(limit=CHANGED_SHOWN)
 
     tiles: list[tuple[str, object, str]] = [
         ("reports verified", s["reports_verified"], "t-verified"),
@@ -47,6 +51,9 @@ def render_page(model: ReadModel, status: dict[str, Any] | None, *, zone: str | 
         ("others' decisions", s["peer_decisions"], "t-peers"),
         ("joint statements", f"{s['statements_valid']}/{s['statements']} valid", "t-statements"),
     ]
+    if seals["state"] != "no_sealer":
+        tiles.append(("final epoch", seals["final_epoch"] or "none yet", "t-final"))
+        tiles.append(("verdicts changed by sealing", changed["total"], "t-changed"))
     if status is not None:
         tiles.append(("consumer lag", sum(status.get("lag", {}).values()), "t-lag"))
         tiles.append(("awaiting watermark", status.get("followup", {}).get("pending", 0), "t-pend"))
@@ -67,6 +74,8 @@ def render_page(model: ReadModel, status: dict[str, Any] | None, *, zone: str | 
         daily_view=daily_chart(trends["daily"]),
         statements=statements,
         checkpoints=checkpoints,
+        seals=seals,
+        changed=changed,
     )
 
 
