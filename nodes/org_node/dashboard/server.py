@@ -23,8 +23,8 @@ Routes (JSON unless said otherwise):
 ``GET /api/seals``                    the newest final seals, the sealer's status, alarms and
                                       equivocations, and the seal state
 ``GET /api/verdicts/changed``         records whose final verdict differs from the provisional
-``?limit=&offset=``                   one, newest epoch first, one page (400 naming an unknown
-                                      or invalid query parameter)
+                                      one, newest epoch first, one page (``?limit=&offset=``;
+                                      400 naming an unknown or invalid query parameter)
 ``GET /api/decisions``                this organization's decisions, evidence, publication
 ``GET /api/decisions/others``         other organizations' published, verified decisions, with
                                       whether their evidence matches the reports stored here
