@@ -408,6 +408,17 @@ class BusReader:
                 return None, decisions
         return None, decisions
 
+    def sealable(self) -> bool:
+        """Whether a proposal would seal something: records beyond the newest final seal's
+        sizes, or reports the last judged epoch deferred (cheap: no root is computed)."""
+        latest = self._chain.latest
+        view = self.view()
+        if latest is None:
+            return any(view.size(ref) for ref in view.refs())
+        if self._deferred and self._reader.judge.epoch == latest.epoch:
+            return True
+        return any(view.size(ref) > latest.size(ref) for ref in view.refs())
+
     def propose(self, *, org: str, now_ms: int) -> SealProposal | None:
         """A proposal for the open epoch over everything held now, or None when there is
         nothing new to seal (an epoch with no new record is proposed only when the last one

@@ -14,10 +14,12 @@ Kafka, the reader and the :class:`~bus.store.final.FinalStore`:
   stops. After a restart the sealer resumes from the snapshot and reads again from there; epochs
   judged again write the same rows.
 * **Proposing.** Proposers take turns: the proposer of epoch *e* is organization number
-  ``e mod n`` of the mandate in force (sorted ids). It proposes once ``interval_ms`` has passed
-  since *t_{e-1}* by its clock, when anything new is to be sealed; the organization *d* places
-  after it takes over after ``interval_ms + d * takeover_ms`` when no proposal it can vote for
-  appeared (the turn's owner down or lagging). A proposal is the proposer's vote.
+  ``e mod n`` of the mandate in force (sorted ids). An epoch is *ready* at a node once
+  ``interval_ms`` has passed since *t_{e-1}* by its clock and there is something to seal that
+  could become final; the turn's owner proposes as soon as it is ready, and the organization
+  *d* places after it takes over ``d * takeover_ms`` after the moment it found the epoch ready
+  itself, when no proposal it can vote for has appeared (the owner down or lagging). A
+  proposal is the proposer's vote.
 * **Cosigning.** The first proposal of the open epoch, in topic order, that this node accepts
   (:meth:`bus.bus_reader.BusReader.cosign_candidate`) is cosigned. The vote (digest and the
   record) is stored *before* it is published, so a restart can never sign a second text for the
@@ -152,7 +154,9 @@ class Sealer:
         self._votes: dict[int, Vote] = self.store.votes()
         self._sent: set[int] = set()  # epochs whose vote this run has published
         self._refused: set[tuple[int, str]] = set()  # (offset, reason) logged once
-        self._epoch_seen_ms: dict[int, int] = {}  # open epoch -> when this node first saw it
+        # Open epoch -> when this node first could propose it (something new, electable).
+        self._ready_ms: dict[int, int] = {}
+        self._next_probe_ms = 0
         self._paused = False
         self.alarm: dict[str, Any] | None = None
         self.counts: dict[str, int] = {
@@ -441,9 +445,8 @@ class Sealer:
         chain = self.reader.chain
         open_epoch = chain.open_epoch
         now = _now_ms()
-        self._epoch_seen_ms.setdefault(open_epoch, now)
-        for e in [e for e in self._epoch_seen_ms if e < open_epoch]:
-            del self._epoch_seen_ms[e]
+        for e in [e for e in self._ready_ms if e < open_epoch]:
+            del self._ready_ms[e]
         mine = self._votes.get(open_epoch)
         if mine is not None:
             # Voted already (maybe before a restart): publish it again if it never arrived.
@@ -487,18 +490,46 @@ class Sealer:
             await self._vote(producer, Vote(proposal.epoch, proposal.digest, record, "proposal"))
 
     def _due(self, epoch: int, now: int) -> bool:
-        """Whether this organization may propose ``epoch`` now (turns, then takeovers)."""
+        """Whether this organization may propose ``epoch`` now: the turn's owner (organization
+        ``epoch mod n`` of the mandate in force, sorted ids) as soon as the epoch is ready here,
+        each next organization ``takeover_ms`` later in turn. Ready: ``interval_ms`` after
+        *t_{e-1}* and something to seal that could become final. The delays count from the
+        moment this node found the epoch ready, never from *t_{e-1}* alone: after a quiet
+        spell, every node finds the first new record at about the same time, and the turns
+        still keep proposers apart (one proposal per epoch in the common case, whose votes
+        then all go to one text)."""
         cfg = self.config
         if any(True for _ in self.reader.proposals()) and not self._all_refused():
             return False  # a proposal it may still vote for is on the topic
         orgs = sorted(o.org for o in self.reader.judge.mandate.organizations)
         if cfg.org not in orgs:
             return False
-        owner = epoch % len(orgs)
-        place = (orgs.index(cfg.org) - owner) % len(orgs)
+        ready = self._ready(epoch, now)
+        if ready is None:
+            return False
+        place = (orgs.index(cfg.org) - epoch % len(orgs)) % len(orgs)
+        return now >= ready + place * cfg.takeover_ms
+
+    def _ready(self, epoch: int, now: int) -> int | None:
+        """When this node first found ``epoch`` ready to propose (see :meth:`_due`)."""
+        at = self._ready_ms.get(epoch)
+        if at is not None:
+            return at
         latest = self.reader.latest
-        base = self._epoch_seen_ms[epoch] if latest is None else latest.time_ms
-        return now >= base + cfg.interval_ms + place * cfg.takeover_ms
+        if now < self._next_probe_ms or (
+            latest is not None and now < latest.time_ms + self.config.interval_ms
+        ):
+            return None
+        if (
+            not self.reader.sealable()
+            or self.reader.propose(org=self.config.org, now_ms=now) is None
+        ):
+            # Nothing to seal, or not electable yet: look again a little later (each look
+            # computes the proposal's roots).
+            self._next_probe_ms = now + max(100, self.config.interval_ms // 4)
+            return None
+        self._ready_ms[epoch] = now
+        return now
 
     def _all_refused(self) -> bool:
         offsets = {o for o, _, _ in self.reader.proposals()}

@@ -220,3 +220,105 @@ async def test_six_sealers_agree_byte_for_byte_and_resume(
     for seed in (1, 2):
         digests = await _read_broker(kafka_bootstrap, topics, sc, seed)
         assert digests[last[0]] == last[1]
+
+
+def _verdicts(db: Path, topic: str) -> list[tuple[int, str, str]]:
+    """(offset, status, reason) of every final verdict on ``topic``, by offset."""
+    import sqlite3  # noqa: PLC0415
+
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+        rows = con.execute(
+            'SELECT "offset", status, reason FROM verdicts WHERE topic = ? ORDER BY "offset"',
+            (topic,),
+        )
+        return [(o, s, r) for o, s, r in rows]
+
+
+async def _until_epoch_covers(
+    fleet: Fleet, dbs: list[Path], topic: str, partition: int, size: int
+) -> None:
+    """Until every store has judged an epoch whose seal covers ``size`` records of a partition."""
+    import sqlite3  # noqa: PLC0415
+
+    def covered(db: Path) -> bool:
+        if not db.exists():
+            return False
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            n = con.execute(
+                "SELECT count(*) FROM verdicts WHERE topic = ? AND partition = ?",
+                (topic, partition),
+            ).fetchone()[0]
+        return int(n) >= size
+
+    async with asyncio.timeout(WAIT_S):
+        while not all(covered(db) for db in dbs):
+            fleet.check()
+            await asyncio.sleep(0.3)
+
+
+async def test_rotation_with_a_sealer_restarted_in_the_middle(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, fleet: Fleet
+) -> None:
+    """A mandate rotation (v2 adds a zone), a forged v3 and a replayed v1 on the mandate
+    topic, and one sealer stopped before the rotation and restarted after it: every store
+    holds the same final verdicts, byte for byte, and they are the rotation's rules: v2 in
+    force from the epoch after the one that logged it."""
+    import dataclasses  # noqa: PLC0415
+
+    from bus.model import Location, Zone  # noqa: PLC0415
+    from bus.sign import sign_mandate  # noqa: PLC0415
+    from tests.mission import make_mission  # noqa: PLC0415
+
+    m = make_mission(observers_per_org=2, now_ms=_now())
+    sc = m.scenario
+    roots = sc.org_roots
+    v1 = sc.mandate
+    west = Zone("west", "Lowlands", 47.0, 35.0, 48.0, 37.0)
+    v2 = dataclasses.replace(v1, version=2, zones=(*v1.zones, west))
+    v2_raw = sign_mandate(v2, [roots[o] for o in ("un", "osce", "eu", "csto")]).encode()
+    forged = dataclasses.replace(v1, version=3, zones=(west,), threshold=1)
+    forged_raw = sign_mandate(forged, [roots[o] for o in ("nato", "sco", "eu")]).encode()
+
+    def west_report(org: str, i: int) -> bytes:
+        return m.next_report(org, i, zone="west", location=Location(47.5, 36.0, 100, "Lowtown"))
+
+    producer = await _setup(kafka_bootstrap, topics, sc)
+    dbs = [tmp_path / f"{org}.final.db" for org in ORGS]
+    mandate_topic = topics.mandate
+    try:
+        await producer.send_and_wait(mandate_topic, sc.mandate_envelope)
+        for org in ORGS:
+            fleet.start(_config(kafka_bootstrap, topics, sc, org, tmp_path))
+        await producer.send_and_wait(topics.reports("un"), m.next_report("un", 1), partition=0)
+        await producer.send_and_wait(topics.reports("un"), west_report("un", 2), partition=0)
+        await _until_epoch_covers(fleet, dbs, topics.reports("un"), 0, 2)
+        await fleet.stop("nato")  # down across the rotation
+        await producer.send_and_wait(mandate_topic, v2_raw)
+        await producer.send_and_wait(mandate_topic, forged_raw)
+        await producer.send_and_wait(mandate_topic, sc.mandate_envelope)
+        live = [db for db in dbs if db.name != "nato.final.db"]
+        await _until_epoch_covers(fleet, live, mandate_topic, 0, 4)
+        # v2 is in force from the epoch after the one that sealed it: a west report now is in.
+        await producer.send_and_wait(topics.reports("osce"), west_report("osce", 1), partition=0)
+        fleet.start(_config(kafka_bootstrap, topics, sc, "nato", tmp_path))
+        await producer.send_and_wait(topics.reports("eu"), m.next_report("eu", 1), partition=1)
+        await _until_epoch_covers(fleet, dbs, topics.reports("eu"), 1, 1)
+        await _until_epoch_covers(fleet, dbs, topics.reports("osce"), 0, 1)
+    finally:
+        await producer.stop()
+    await fleet.stop()
+
+    prints = {db.name: _fingerprint(db) for db in dbs}
+    assert len(set(prints.values())) == 1, prints
+    for db in dbs:
+        assert _verdicts(db, mandate_topic) == [
+            (0, "applied", ""),  # the root, published
+            (1, "applied", ""),  # v2, signed by 4 of 6
+            (2, "quarantined", "threshold_not_met"),  # v3 signed by 3 of v2's 6
+            (3, "quarantined", "mandate_rollback"),  # v1 again
+        ], db.name
+        assert [v[1:] for v in _verdicts(db, topics.reports("un"))] == [
+            ("accepted", ""),
+            ("quarantined", "outside_zone"),  # before v2 took effect
+        ]
+        assert [v[1:] for v in _verdicts(db, topics.reports("osce"))] == [("accepted", "")]
