@@ -1,7 +1,8 @@
 """The auditor's judge: verify a whole log, fed section by section, and name every violation.
 
 One judge, :class:`AuditRun`, is fed the log section by section in the order of the export
-format (:mod:`bus.export`): mandate versions, registry, checkpoints, then every report record.
+format (:mod:`bus.export`): seals, mandate versions, registry, checkpoints, every report record,
+then decisions, statements and attachments (which only the final verdicts read).
 :mod:`nodes.auditor.run` feeds it, live from the broker or from an export file. It uses the same
 verification path as the nodes (:class:`bus.ingest.Ingestor`) and reports every violation with
 its topic, partition, offset and reason code.
