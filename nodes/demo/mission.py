@@ -15,7 +15,14 @@
    report partition, a checkpoint of its full size signed or cosigned by all six organizations,
    then shows the agreement (same trees everywhere, no split-view alarm), exports the log
    (``obus log export``), audits the export offline (``obus audit --from``, JSON and HTML
-   reports in var/demo) and proves one report's inclusion against a quorum checkpoint.
+   reports in var/demo) and proves one report's inclusion against a quorum checkpoint;
+7. (sealed bus) every node's sealer proposes and cosigns a seal a second
+   (:data:`nodes.demo.sealing.SEAL_INTERVAL_S`). The mission waits until every node's final
+   store has judged the epoch that covers every report, and before stopping the nodes until all
+   six stand at the same epoch with the whole bus sealed; then it shows the final seals, each
+   organization's proposals and cosignatures, the final verdicts, how provisional verdicts
+   became final, and that the six final stores, the live auditor and the offline audit hold the
+   same final state (identical fingerprints, the same state digest).
 
 Exit code 0 when everything above holds, 1 otherwise. Everything it starts is stopped.
 """
@@ -53,6 +60,7 @@ from nodes.auditor.prove import prove_from_file
 from nodes.auditor.report import write_html
 from nodes.auditor.run import audit, audit_export, render, write_json
 from nodes.demo.scenario import (
+    DAY_MS,
     ORGANIZATIONS,
     ObserverIdentity,
     Scenario,
@@ -61,6 +69,13 @@ from nodes.demo.scenario import (
     draft_report,
     escalation_reports,
     signed_reports,
+)
+from nodes.demo.sealing import (
+    SEAL_INTERVAL_S,
+    FinalSummary,
+    seal_args,
+    show_final,
+    wait_until_final,
 )
 from nodes.org_node.witness_store import (
     default_witness_db,
@@ -76,6 +91,9 @@ KAFKA_SH: Final = REPO / "deploy" / "local" / "kafka.sh"
 POLICIES: Final = REPO / "deploy" / "policies"
 WAIT_FOR_NODES_S: Final = 180
 CHECKPOINT_INTERVAL_S: Final = 2  # witnesses checkpoint the demo's small partitions quickly
+# The escalation's reports were signed up to three weeks ago (escalation_reports): the mandate
+# lets reports arrive that late, or their final verdict would be delivery_lag.
+MAX_DELIVERY_LAG_MS: Final = 30 * DAY_MS
 
 
 def free_port() -> int:
@@ -142,7 +160,9 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             broker.start()
             bootstrap, topics = broker.bootstrap, Topics()
         now = int(time.time() * 1000)
-        scenario = build_scenario(now, observers_per_org=3, threshold=4)
+        scenario = build_scenario(
+            now, observers_per_org=3, threshold=4, max_delivery_lag_ms=MAX_DELIVERY_LAG_MS
+        )
         orgs = [o for o, _ in ORGANIZATIONS]
         await ensure_topics(bootstrap, standard_topics(topics, orgs))
         mandate_file = work / "mandate.bin"
@@ -152,7 +172,8 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         console.print(
             f"mandate {scenario.mandate.mandate_id} v{scenario.mandate.version}: "
             f"{len(orgs)} organizations, threshold {scenario.mandate.threshold}, "
-            f"zones {', '.join(z.id for z in scenario.mandate.zones)}; "
+            f"zones {', '.join(z.id for z in scenario.mandate.zones)}, reports delivered up to"
+            f" {scenario.mandate.delivery_lag_ms // DAY_MS} days after signing; "
             f"signed by {len(Envelope.decode(scenario.mandate_envelope).signatures)} root keys"
         )
         producer = reliable_producer(bootstrap)
@@ -179,12 +200,15 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
                      "--policy", str(POLICIES / f"{org}.toml"), "--bootstrap", bootstrap,
                      "--topic-prefix", topics.prefix, "--node-key", str(node_keys[org]),
                      "--checkpoint-interval", str(CHECKPOINT_INTERVAL_S),
-                     "--http-port", str(ports[org])],
+                     "--http-port", str(ports[org]), *seal_args()],
                     stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
                     env={**os.environ, "OBUS_LOG_JSON": "1"},
                 )  # fmt: skip
             console.print(
-                f"started nodes: {', '.join(f'{o} (pid {p.pid})' for o, p in procs.items())}"
+                f"started nodes: {', '.join(f'{o} (pid {p.pid})' for o, p in procs.items())};"
+                f" each judges what it reads at once (provisional) and its sealer proposes or"
+                f" cosigns a seal every {SEAL_INTERVAL_S:g}s: verdicts are final once their"
+                f" epoch is sealed by {scenario.mandate.threshold} of {len(orgs)}"
             )
             for org in orgs:
                 console.print(f"  {org:5} dashboard and API: http://127.0.0.1:{ports[org]}/")
@@ -212,6 +236,7 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
                 console.print(f"[yellow]injected[/yellow] {label} at {topic}[{partition}]@{offset}")
         finally:
             await producer.stop()
+        published_at = time.monotonic()
 
         ends = await end_offsets(bootstrap, topics.reports_pattern)
         total = sum(ends.values())
@@ -230,18 +255,35 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             return False
         if not await _wait_for_witnesses(console, work, orgs, ends, procs):
             return False
+        reports_final = await wait_until_final(
+            console, work, procs, bootstrap=bootstrap, topics=topics,
+            only=lambda t: topics.org_of_report_topic(t) is not None,
+            what="every report published", since=published_at,
+        )  # fmt: skip
+        if reports_final is None:
+            return False
 
         console.rule("Follow-up: decisions, early warning, a joint statement (4 of 6)")
         followup_ok = await _joint_statement(
             console, work, bootstrap=bootstrap, topics=topics, scenario=scenario,
             escalation=[rid for _, rid, _ in escalation[-SURGE:]], orgs=orgs, ports=ports,
         )  # fmt: skip
+        settled = await wait_until_final(
+            console, work, procs, bootstrap=bootstrap, topics=topics, settle=True,
+            what="the whole bus (reports, trust records, decisions, statements)",
+        )  # fmt: skip
         _stop_nodes(procs)
+        if settled is None:
+            return False
 
         console.rule("5. What every node holds")
         ok = _show_nodes(console, work, orgs, len(stream), injected)
 
-        console.rule("6. The auditor replays the log")
+        console.rule("6. Seals: one order and one clock for the whole bus; final verdicts")
+        final = show_final(console, work, orgs, topics)
+        ok &= final.ok and _final_as_expected(console, final, topics, len(stream), injected)
+
+        console.rule("7. The auditor replays the log")
         result = await audit(bootstrap, scenario.mandate, topics=topics, console=console)
         render(result, console)
         expected = {(t, p, o) for t, p, o in injected.values()}
@@ -252,16 +294,17 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             + f"auditor named {len(found)} violation(s);"
             + f" expected exactly the {len(expected)} injected"
         )
+        audit_ok &= _same_final(console, "the auditor", result.final_digest(), final)
 
-        console.rule("7. Witnessed log: checkpoint agreement across the six organizations")
+        console.rule("8. Witnessed log: checkpoint agreement across the six organizations")
         witness_ok = _show_witnesses(console, work, orgs, ends)
 
-        console.rule("8. Export the log and audit the copy offline")
+        console.rule("9. Export the log and audit the copy offline")
         export_ok = await _export_and_audit(
             console, work, bootstrap=bootstrap, topics=topics, scenario=scenario,
-            expected=expected, report_id=stream[0][1],
+            expected=expected, report_id=stream[0][1], final=final,
         )  # fmt: skip
-        console.rule("9. Follow-up: each organization's own decisions, shown to the others")
+        console.rule("10. Follow-up: each organization's own decisions, shown to the others")
         followup_ok &= _show_followup(console, work, orgs)
         return ok and audit_ok and witness_ok and export_ok and followup_ok
     finally:
@@ -396,6 +439,7 @@ async def _export_and_audit(
     scenario: Scenario,
     expected: set[tuple[str, int, int]],
     report_id: str,
+    final: FinalSummary,
 ) -> bool:
     """`obus log export`, then `obus audit --from` (JSON + HTML) and one inclusion proof."""
     path = work / "log.obus.jsonl"
@@ -411,6 +455,7 @@ async def _export_and_audit(
     found = {(v.topic, v.partition, v.offset) for v in result.violations}
     witnessed = all(w["unwitnessed"] == 0 for w in result.witness)
     ok = found == expected and witnessed
+    ok &= _same_final(console, "the offline audit", result.final_digest(), final)
     console.print(
         ("[green]" if ok else "[red]")
         + f"offline audit named {len(found)} violation(s) (expected the {len(expected)}"
@@ -492,6 +537,44 @@ def _show_nodes(
     differ = distinct >= 2
     ok &= differ
     console.print(f"{distinct} distinct decision sets across {len(orgs)} organizations")
+    return ok
+
+
+def _final_as_expected(
+    console: Console,
+    final: FinalSummary,
+    topics: Topics,
+    genuine: int,
+    injected: dict[str, tuple[str, int, int]],
+) -> bool:
+    """The final verdicts on reports: every genuine one accepted, the injected ones quarantined
+    (and nothing left deferred)."""
+    reports = [r for r in final.any.rows if topics.org_of_report_topic(r.topic) is not None]
+    by = Counter(r.status for r in reports)
+    quarantined = {r.pos: r.reason for r in reports if r.status == "quarantined"}
+    ok = by["accepted"] == genuine and set(quarantined) == set(injected.values())
+    ok &= by["deferred"] == 0
+    console.print(
+        ("[green]" if ok else "[red]")
+        + f"final: {by['accepted']} reports accepted (expected {genuine}), quarantined"
+        f" {', '.join(sorted(quarantined.values())) or 'none'} (expected exactly the"
+        f" {len(injected)} injected)"
+    )
+    return ok
+
+
+def _same_final(
+    console: Console, who: str, digest: dict[str, object] | None, final: FinalSummary
+) -> bool:
+    """Whether ``who`` (an audit's final digest) holds the nodes' final state."""
+    want = {"epoch": final.any.epoch, "state_digest": final.state_digest_b64}
+    ok = digest == want
+    console.print(
+        f"[green]{who} derived the same final state as the six nodes: epoch {want['epoch']},"
+        f" state digest {want['state_digest']}[/green]"
+        if ok
+        else f"[red]{who}'s final state {digest} differs from the nodes' {want}[/red]"
+    )
     return ok
 
 

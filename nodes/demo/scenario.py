@@ -100,9 +100,19 @@ class Scenario:
 
 
 def build_scenario(
-    now_ms: int, *, observers_per_org: int = 3, threshold: int = 4, seed: str = "demo"
+    now_ms: int,
+    *,
+    observers_per_org: int = 3,
+    threshold: int = 4,
+    seed: str = "demo",
+    max_delivery_lag_ms: int = 0,
 ) -> Scenario:
-    """Six organizations, a mandate signed by all of them, and accredited observers."""
+    """Six organizations, a mandate signed by all of them, and accredited observers.
+
+    ``max_delivery_lag_ms`` is the mandate's maximum delivery lag (0: the default of 7 days):
+    a mission whose reports were signed longer ago than that, like the escalation of
+    :func:`escalation_reports`, needs a longer one, or their final verdict is ``delivery_lag``.
+    """
     roots = {org: demo_key(f"{seed}:root:{org}") for org, _ in ORGANIZATIONS}
     mandate = Mandate(
         mandate_id="jmm-2026",
@@ -115,6 +125,7 @@ def build_scenario(
         ),
         threshold=threshold,
         description="Joint monitoring mission (demonstration)",
+        max_delivery_lag_ms=max_delivery_lag_ms,
     )
     envelope = sign_mandate(mandate, roots.values()).encode()
     observers: list[ObserverIdentity] = []
