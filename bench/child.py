@@ -136,13 +136,21 @@ async def bare(a: Args) -> dict[str, Any]:
 
 
 def _node(a: Args, db: Path) -> Any:
-    from nodes.org_node.config import NodeConfig  # noqa: PLC0415
+    from nodes.org_node.config import NodeConfig, SealSettings  # noqa: PLC0415
 
     spec = GenSpec(**a["spec"])
+    sc = spec.scenario()
+    org = a.get("org", "un")
+    seal = None
+    if a.get("seal_interval_ms"):  # the node's sealer: seals and final verdicts
+        seal = SealSettings(
+            root=sc.mandate, db_path=db.with_suffix(".final.db"), node_key=sc.node_keys[org],
+            interval_ms=a["seal_interval_ms"],
+        )  # fmt: skip
     cfg = NodeConfig(
-        org=a.get("org", "un"), bootstrap=a["bootstrap"], db_path=db,
-        mandate=spec.scenario().mandate, topics=Topics(a["prefix"]),
-        verify_workers=a.get("verify_workers", 0), **a.get("node", {}),
+        org=org, bootstrap=a["bootstrap"], db_path=db, mandate=sc.mandate,
+        topics=Topics(a["prefix"]), verify_workers=a.get("verify_workers", 0), seal=seal,
+        **a.get("node", {}),
     )  # fmt: skip
     return build_node(cfg)
 

@@ -29,12 +29,14 @@ def bulk_producer(bootstrap: str) -> AIOKafkaProducer:
 
 
 async def prepare(bootstrap: str, topics: Topics, spec: GenSpec) -> None:
-    """Create the topics and publish the scenario's accreditations on the registry."""
+    """Create the topics and publish the scenario's accreditations (observers' and node keys')
+    on the registry."""
     await ensure_topics(bootstrap, standard_topics(topics, ORGS, partitions=PARTITIONS))
     producer = reliable_producer(bootstrap)
     await producer.start()
     try:
-        for raw in spec.scenario().accreditations:
+        sc = spec.scenario()
+        for raw in [*sc.accreditations, *sc.node_accreditations]:
             await producer.send_and_wait(topics.registry, raw)
     finally:
         await producer.stop()

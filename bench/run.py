@@ -154,8 +154,39 @@ def _lat(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def latency(bootstrap: str, prefix: str, rate: int, seconds: float, work: Path) -> Any:
-    """Bare produce -> consume (six plain consumers), then publish -> stored at six nodes.
+def _finals(db: Path) -> tuple[int, dict[tuple[str, int, int], float]]:
+    """(accepted final verdicts, time each report record became final) of a final store."""
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as con:
+            n = con.execute("SELECT count(*) FROM verdicts WHERE status = 'accepted'").fetchone()
+            rows = con.execute(
+                'SELECT v.topic, v.partition, v."offset", j.at_ms FROM verdicts v'
+                " JOIN judged_at j ON j.epoch = v.judged_epoch WHERE v.status = 'accepted'"
+            )
+            return int(n[0]), {(t, p, o): float(ms) for t, p, o, ms in rows}
+    except sqlite3.Error:
+        return 0, {}
+
+
+async def _wait_final(dbs: list[Path], total: int, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not all(_finals(db)[0] >= total for db in dbs):
+        if time.monotonic() > deadline:
+            got = [_finals(d)[0] for d in dbs]
+            raise RuntimeError(f"nodes did not judge {total} records final: {got}")
+        await asyncio.sleep(0.5)
+
+
+async def latency(
+    bootstrap: str,
+    prefix: str,
+    rate: int,
+    seconds: float,
+    work: Path,
+    seal_interval_ms: int = 0,
+) -> Any:
+    """Bare produce -> consume (six plain consumers), then publish -> stored at six nodes, then
+    (with ``seal_interval_ms``) publish -> stored and publish -> final at six sealing nodes.
 
     The bare phase starts with two unmeasured seconds at the same rate: the first records on
     fresh topics pay for the broker's warm-up (segment files, JIT), which would otherwise
@@ -164,7 +195,7 @@ async def latency(bootstrap: str, prefix: str, rate: int, seconds: float, work: 
     """
     n = int(rate * seconds)
     warm = 2 * rate
-    spec = GenSpec.today(warm + 2 * n + 600, observers_per_org=10, seed="latency")
+    spec = GenSpec.today(warm + 3 * n + 600, observers_per_org=10, seed="latency")
     parts = generate(spec)
     topics = Topics(prefix)
     await prepare(bootstrap, topics, spec)
@@ -173,6 +204,7 @@ async def latency(bootstrap: str, prefix: str, rate: int, seconds: float, work: 
         (topics.reports(ids[i].split("-obs-")[0]), ids[i].encode(), raw) for i, raw in read(parts)
     ]
     warmup, first, second = records[:warm], records[warm : warm + n], records[warm + n :][:n]
+    third = records[warm + 2 * n :][:n]
     orgs = [o for o, _ in ORGANIZATIONS]
     producer = reliable_producer(bootstrap)
     await producer.start()
@@ -218,6 +250,46 @@ async def latency(bootstrap: str, prefix: str, rate: int, seconds: float, work: 
                 finish(p, o)
     finally:
         await producer.stop()
+    stored = _stored_at(dbs)
+    node = [stored[(t, p, o)] - s for t, p, o, s in sent2]
+    if not seal_interval_ms:
+        return _lat(bare), _lat(node), None
+    # 3. six sealing nodes on fresh stores: they catch up on everything first (not measured).
+    sdbs = [work / f"seal-{org}.db" for org in orgs]
+    producer = reliable_producer(bootstrap)
+    await producer.start()
+    nodes = [
+        child("node", {"bootstrap": bootstrap, "prefix": prefix, "org": org, "db": str(db),
+                       "spec": spec_dict(spec), "seal_interval_ms": seal_interval_ms},
+              wait=False)
+        for org, db in zip(orgs, sdbs, strict=True)
+    ]  # fmt: skip
+    try:
+        fdbs = [db.with_suffix(".final.db") for db in sdbs]
+        await _wait_final(fdbs, warm + 2 * n, 300)
+        sent3 = await paced(producer, third, rate)
+        await _wait_final(fdbs, warm + 3 * n, 180)
+    finally:
+        await producer.stop()
+        for p, _ in nodes:
+            p.send_signal(signal.SIGTERM)
+        for p, o in nodes:
+            finish(p, o)
+    stored3 = _stored_at(sdbs)
+    final: dict[tuple[str, int, int], float] = {}
+    for db in fdbs:
+        for k, ms in _finals(db)[1].items():
+            final[k] = max(final.get(k, 0.0), ms)
+    sealed = {
+        "interval_ms": seal_interval_ms,
+        "stored": _lat([stored3[(t, p, o)] - s for t, p, o, s in sent3]),
+        "final": _lat([final[(t, p, o)] - s for t, p, o, s in sent3]),
+    }
+    return _lat(bare), _lat(node), sealed
+
+
+def _stored_at(dbs: list[Path]) -> dict[tuple[str, int, int], float]:
+    """The time the last of ``dbs`` stored each report (provisional)."""
     stored: dict[tuple[str, int, int], float] = {}
     for db in dbs:
         with sqlite3.connect(db) as con:
@@ -226,8 +298,7 @@ async def latency(bootstrap: str, prefix: str, rate: int, seconds: float, work: 
             ):
                 k = (t, p, o)
                 stored[k] = max(stored.get(k, 0.0), ms)
-    node = [stored[(t, p, o)] - s for t, p, o, s in sent2]
-    return _lat(bare), _lat(node)
+    return stored
 
 
 def spec_dict(spec: GenSpec) -> dict[str, Any]:
@@ -318,10 +389,17 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                 done(f"audit (profiled, not timed: {path.relative_to(REPO)})")
 
         if opts.latency_seconds > 0:
-            bare, node = await latency(
-                bootstrap, f"{base}lat.", opts.rate, opts.latency_seconds, work
+            bare, node, sealed = await latency(
+                bootstrap,
+                f"{base}lat.",
+                opts.rate,
+                opts.latency_seconds,
+                work,
+                round(opts.seal_interval * 1000),
             )
             res["latency"] = {"rate": opts.rate, "bare": bare, "node": node}
+            if sealed is not None:
+                res["latency"]["sealed"] = sealed
             done("latency")
     finally:
         if broker is not None:
@@ -405,6 +483,15 @@ def render(res: dict[str, Any], r: dict[str, float]) -> None:
                 f"p50 {x['p50_ms']:.1f} / p99 {x['p99_ms']:.1f} / max {x['max_ms']:.0f} ms",
                 "produce -> 6 consumers" if who == "bare" else "publish -> stored at 6 nodes",
             )
+        sealed = lat.get("sealed")
+        if sealed is not None:
+            for what in ("stored", "final"):
+                x = sealed[what]
+                t.add_row(
+                    f"latency sealing nodes @ {lat['rate']}/s",
+                    f"p50 {x['p50_ms']:.1f} / p99 {x['p99_ms']:.1f} / max {x['max_ms']:.0f} ms",
+                    f"publish -> {what} at 6 nodes, seal interval {sealed['interval_ms']} ms",
+                )
     t.add_section()
     checks = {
         "ingest_1": ("ingest", ">="), "ingest_all": ("ingest", ">="), "memory": ("memory", "<="),
@@ -431,6 +518,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--latency-seconds", type=float, default=10)
     p.add_argument("--rate", type=int, default=1000, help="reports/s in the latency run")
+    p.add_argument(
+        "--seal-interval",
+        type=float,
+        default=1.0,
+        help="seconds; the latency run also measures publish -> final at six sealing nodes "
+        "with this seal interval (0: skip that phase)",
+    )
     p.add_argument("--ceiling-seconds", type=float, default=4)
     p.add_argument("--workers", type=int, default=0, help="cores to use (default: all)")
     p.add_argument("--profile", action="store_true", help="also write pyinstrument profiles")
