@@ -367,6 +367,26 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                 child("ingest", {**args, "profile": str(path)})
                 done(f"{label} (profiled, not timed: {path.relative_to(REPO)})")
 
+        if opts.seal_interval > 0:
+            # The same node with its sealer; three more organizations' sealing nodes run
+            # beside it, so that seals reach k = 4 and every report gets its final verdict.
+            ms = round(opts.seal_interval * 1000)
+            peers = [
+                child("node", {**common, "org": org, "db": str(work / f"peer-{org}.db"),
+                               "seal_interval_ms": ms}, wait=False)
+                for org in ("osce", "eu", "nato")
+            ]  # fmt: skip
+            try:
+                res["ingest_sealed"] = child(
+                    "ingest", {**common, "verify_workers": 0, "seal_interval_ms": ms}
+                )[0]
+            finally:
+                for p, _ in peers:
+                    p.send_signal(signal.SIGTERM)
+                for p, o in peers:
+                    finish(p, o)
+            done("ingest_sealed")
+
         if opts.scaling:
             for workers, org in ((1, "osce"), (2, "eu")):
                 res[f"group_{workers}"] = group_ingest(bootstrap, prefix, spec, org, workers, work)
@@ -424,6 +444,11 @@ def ratios(res: dict[str, Any]) -> dict[str, float]:
         out[k] = res[k]["rate"] / res["ceiling_1"]["rate"]
     per_cpu = res["ceiling_1"]["per_cpu_s"]
     out["ingest_1_cpu"] = res["ingest_1"]["per_cpu_s"] / per_cpu
+    if "ingest_sealed" in res:
+        sealed = res["ingest_sealed"]
+        out["ingest_sealed_cpu"] = sealed["per_cpu_s"] / per_cpu
+        if sealed.get("final"):
+            out["ingest_sealed_final_cpu"] = sealed["final"]["per_cpu_s"] / per_cpu
     out["ingest_all_cpu"] = res["ingest_all"]["per_cpu_s"] / per_cpu
     for k in audits:
         out[f"{k}_cpu"] = res[k]["per_cpu_s"] / per_cpu
@@ -453,6 +478,11 @@ def render(res: dict[str, Any], r: dict[str, float]) -> None:
     t.add_row(f"Ed25519 ceiling, {res['cores']} processes", rate(res["ceiling_all"]), "")
     t.add_row("bare consume", rate(res["bare"]), "plain aiokafka, no parsing")
     t.add_row("node ingest, 1 worker", rate(res["ingest_1"]), "OrgNode, whole path")
+    if "ingest_sealed" in res:
+        sealed = res["ingest_sealed"]
+        t.add_row("node ingest + sealer, 1 worker", rate(sealed), "provisional verdicts stored")
+        if sealed.get("final"):
+            t.add_row("node ingest + sealer, to final", rate(sealed["final"]), "every report final")
     t.add_row(
         f"node ingest, {res['cores']} verify workers", rate(res["ingest_all"]), "+ worker CPU"
     )
