@@ -221,6 +221,11 @@ class FinalChange(NamedTuple):
     observer_id: str
     seq: int
 
+    @property
+    def pos(self) -> tuple[str, int, int]:
+        """(topic, partition, offset)."""
+        return self.topic, self.partition, self.offset
+
 
 @dataclass
 class NodeFinal:
@@ -235,6 +240,13 @@ class NodeFinal:
     rows: list[FinalRow]
     changes: list[FinalChange]
     events: Counter[str] = field(default_factory=Counter)
+
+    def judged_under(self, epoch: int) -> int:
+        """The mandate version epoch ``epoch`` was judged under: the one in force after the
+        epoch before (a version takes effect from the epoch after the one that seals it); the
+        root, version 1, for epoch 1."""
+        before = {int(s["epoch"]): int(s["mandate_version"]) for s in self.seals}
+        return before.get(epoch - 1, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,24 +332,22 @@ def show_final(console: Console, work: Path, orgs: list[str], topics: Topics) ->
         console.print(f"[red]no final store at node(s) {missing}[/red]")
         return FinalSummary(False, nodes)
     first = next(iter(nodes.values()))
-    _show_seals(console, first, orgs)
+    _show_seals(console, first)
     _show_work(console, nodes, first)
     _show_verdicts(console, first, topics)
     _show_provisional(console, work, nodes, topics)
     return FinalSummary(_show_agreement(console, nodes), nodes)
 
 
-def _show_seals(console: Console, node: NodeFinal, orgs: list[str]) -> None:
+def _show_seals(console: Console, node: NodeFinal) -> None:
     seals = node.seals
     table = Table(title=f"Final seals (the newest {min(len(seals), _SEAL_ROWS)} of {len(seals)})")
-    for col in ("epoch", "t_e (UTC)", "mandate", "new records", "verdicts", "cosigned by"):
+    for col in ("epoch", "t_e (UTC)", "judged under", "new records", "verdicts", "cosigned by"):
         table.add_column(col)
     for s in reversed(seals[:_SEAL_ROWS]):
-        signers = s["signers"]
         table.add_row(
-            str(s["epoch"]), _utc(s["time_ms"]), f"v{s['mandate_version']}",
-            str(node.sealed[s["epoch"]]), str(s["records"]),
-            f"{', '.join(signers)} ({len(signers)}/{len(orgs)})",
+            str(s["epoch"]), _utc(s["time_ms"]), f"mandate v{node.judged_under(s['epoch'])}",
+            str(node.sealed[s["epoch"]]), str(s["records"]), ", ".join(s["signers"]),
         )  # fmt: skip
     console.print(table)
     if seals:
@@ -379,22 +389,33 @@ def _show_verdicts(console: Console, node: NodeFinal, topics: Topics) -> None:
 def _show_provisional(
     console: Console, work: Path, nodes: dict[str, NodeFinal], topics: Topics
 ) -> None:
-    """Per node: its provisional verdicts on reports against the final ones."""
+    """Per node: its provisional verdicts on reports against the final ones, and the reports
+    it marked revoked after acceptance against the final changes."""
     table = Table(title="Reports: provisional (read at once) -> final (sealed)")
-    for col in ("node", "final", "deferred, then final", "same as provisional", "changed",
-                "verdict_changed logged"):  # fmt: skip
+    for col in ("node", "final", "deferred, then final", "revoked after acceptance",
+                "same as provisional", "changed", "verdict_changed logged"):  # fmt: skip
         table.add_column(col, justify="right")
     for org, n in nodes.items():
         reports = [r for r in n.rows if topics.org_of_report_topic(r.topic) is not None]
         final = {r.pos: (r.status, r.reason) for r in reports}
         deferred = sum(1 for r in reports if r.judged_epoch > r.epoch)
+        revoked = {c.pos for c in n.changes}
         with contextlib.closing(
             sqlite3.connect(f"file:{work / f'{org}.db'}?mode=ro", uri=True)
         ) as con:
             prov = provisional_verdicts(con, list(final))
-        same = sum(1 for pos, v in final.items() if prov.get(pos) == v)
+            marked = {
+                (t, p, o)
+                for t, p, o in con.execute(
+                    'SELECT r.topic, r.partition, r."offset" FROM revoked_after_acceptance x'
+                    " JOIN reports r ON r.report_id = x.report_id"
+                )
+            }
+        same = sum(1 for pos, v in final.items() if prov.get(pos) == v and
+                   (pos in revoked) == (pos in marked))  # fmt: skip
+        changed = len(final) - same + len(marked - final.keys())
         table.add_row(
-            org, str(len(final)), str(deferred), str(same), str(len(final) - same),
+            org, str(len(final)), str(deferred), str(len(revoked)), str(same), str(changed),
             str(n.events["verdict_changed"]),
         )  # fmt: skip
     console.print(table)

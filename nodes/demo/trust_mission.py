@@ -19,6 +19,18 @@
    accepts it (authorship and chain verified); UN and OSCE read it, the other four cannot;
 6. the auditor replays everything and names exactly the expected violations.
 
+**On seals.** Every node's sealer proposes and cosigns a seal a second with its node key
+(:mod:`nodes.demo.sealing`); trust records take effect from the epoch after the one that seals
+them. So the mission waits for version 2's epoch to be final before the African Union accredits
+its observer (under version 1 the AU root signs nothing that counts), for the UN observer's
+first reports to be final before the revocation, and for the revocation's epoch to be final
+before that observer's reports 4-5: final verdicts then say what the provisional ones say
+(report 3 accepted at its epoch and revoked after acceptance at the revocation's next epoch,
+4-5 ``key_revoked``). Halfway through, SCO's node is restarted from the version 2 file (with
+``--root-mandate`` version 1: final verdicts are judged from the root every reader shares). At
+the end all six final stores, and the auditor, hold the same final state, and the summary
+shows the rotation's epoch and the revoked key's reports with their final verdicts.
+
 Exit code 0 when everything above holds, 1 otherwise. Everything it starts is stopped.
 """
 
@@ -56,13 +68,27 @@ from bus.sign import ReportSigner, sign_mandate
 from bus.topics import Topics, report_headers, standard_topics
 from bus.trust import KeyRing
 from nodes.auditor.run import audit, render
-from nodes.demo.mission import REPO, LocalBroker, _fingerprint, _node_progress, _stop_nodes
+from nodes.demo.mission import (
+    REPO,
+    LocalBroker,
+    _fingerprint,
+    _node_progress,
+    _same_final,
+    _stop_nodes,
+)
 from nodes.demo.scenario import (
     ORGANIZATIONS,
     ObserverIdentity,
     build_scenario,
     demo_key,
     draft_report,
+)
+from nodes.demo.sealing import (
+    SEAL_INTERVAL_S,
+    FinalSummary,
+    seal_args,
+    show_final,
+    wait_until_final,
 )
 from nodes.runtime.files import write_key
 
@@ -98,6 +124,8 @@ class Mission:
         self.rng = random.Random(4)
         for org, key in self.scenario.org_roots.items():
             write_key(self.root_file(org), key)
+        for org, key in self.scenario.node_keys.items():
+            write_key(self.node_key_file(org), key)
         self.au_root = demo_key("trust-demo:root:au")
         self.au_observer = ObserverIdentity("au-obs-1", "au", demo_key("trust-demo:obs:au-obs-1"))
         self.au_signer = ReportSigner(self.au_observer.key)
@@ -105,6 +133,10 @@ class Mission:
 
     def root_file(self, org: str) -> Path:
         return self.work / "keys" / f"{org}-root.key"
+
+    def node_key_file(self, org: str) -> Path:
+        """The organization's node key (role NODE): its sealer signs seals with it."""
+        return self.work / "keys" / f"{org}-node.key"
 
     def observer(self, oid: str) -> ObserverIdentity:
         return next(o for o in self.scenario.observers if o.observer_id == oid)
@@ -153,6 +185,31 @@ async def _wait_until_processed(
     return False
 
 
+def _start_node(
+    m: Mission,
+    org: str,
+    common: list[str],
+    *,
+    mandate: str = "v1.bin",
+) -> subprocess.Popen[bytes]:
+    """Start ``org``'s node as its own process (log appended to logs/<org>.log). From a mandate
+    file other than version 1 it is given ``--root-mandate`` version 1: final verdicts are
+    judged from the root every reader shares, whatever file a node was started from."""
+    work = m.work
+    keys = work / "keys" / f"{org}.x25519"
+    extra = ["--decryption-key", str(keys)] if keys.exists() else []
+    if mandate != "v1.bin":
+        extra += ["--root-mandate", str(work / "v1.bin")]
+    logf = (work / "logs" / f"{org}.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "nodes.cli", "node", "--org", org, "--mandate",
+         str(work / mandate), "--db", str(work / f"{org}.db"), "--no-witness",
+         "--node-key", str(m.node_key_file(org)), *seal_args(), *extra, *common],
+        stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
+        env={**os.environ, "OBUS_LOG_JSON": "1"},
+    )  # fmt: skip
+
+
 def _alarms(work: Path, org: str) -> Counter[str]:
     out: Counter[str] = Counter()
     for line in (work / "logs" / f"{org}.log").read_text(errors="replace").splitlines():
@@ -177,6 +234,7 @@ async def _run(console: Console, work: Path) -> bool:
             broker.start()
             bootstrap, topics = broker.bootstrap, Topics()
         common = ["--bootstrap", bootstrap, "--topic-prefix", topics.prefix]
+        victim_at: dict[int, tuple[str, int, int]] = {}  # un-obs-2's reports by seq
         m = Mission(work, int(time.time() * 1000))
         await ensure_topics(bootstrap, standard_topics(topics, [*ORGS, "au"]))
 
@@ -188,22 +246,19 @@ async def _run(console: Console, work: Path) -> bool:
             for raw in m.scenario.accreditations:
                 await producer.send_and_wait(topics.registry, raw)
             console.print(f"{len(m.scenario.accreditations)} observers accredited")
+            for raw in m.scenario.node_accreditations:
+                await producer.send_and_wait(topics.registry, raw)
+            console.print(
+                f"{len(m.scenario.node_accreditations)} node keys accredited (role NODE): each"
+                f" node's sealer proposes and cosigns a seal every {SEAL_INTERVAL_S:g}s with it"
+            )
             for org in KEY_HOLDERS:
                 ok &= await _cli(console, "org", "enckey", "--org", org, "--root-key",
                                  str(m.root_file(org)), "--mandate", str(work / "v1.bin"),
                                  "--private-out", str(work / "keys" / f"{org}.x25519"),
                                  *common) == 0  # fmt: skip
             for org in ORGS:
-                keys = work / "keys" / f"{org}.x25519"
-                extra = ["--decryption-key", str(keys)] if keys.exists() else []
-                logf = (work / "logs" / f"{org}.log").open("wb")
-                procs[org] = subprocess.Popen(  # noqa: ASYNC220 - returns at once
-                    [sys.executable, "-m", "nodes.cli", "node", "--org", org, "--mandate",
-                     str(work / "v1.bin"), "--db", str(work / f"{org}.db"), "--no-witness",
-                     *extra, *common],
-                    stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
-                    env={**os.environ, "OBUS_LOG_JSON": "1"},
-                )  # fmt: skip
+                procs[org] = _start_node(m, org, common)
             console.print(f"nodes: {', '.join(f'{o} (pid {p.pid})' for o, p in procs.items())}")
             for oid in ("un-obs-1", "osce-obs-2", "eu-obs-1", "nato-obs-1", "csto-obs-1"):
                 await _send(producer, topics, m.report(oid))
@@ -227,6 +282,19 @@ async def _run(console: Console, work: Path) -> bool:
                        str(work / "v1.bin"), "--out", str(work / "v2.bin")) == 0  # fmt: skip
             ok &= await _cli(console, "mandate", "publish", str(work / "v2.bin"), "--previous",
                        str(work / "v1.bin"), *common) == 0  # fmt: skip
+            # Version 2 takes effect from the epoch after the one that seals it: until then
+            # the AU root signs nothing that counts, so the AU waits for that seal.
+            if await wait_until_final(
+                console, work, procs, bootstrap=bootstrap, topics=topics,
+                only=lambda t: t == topics.mandate, what="mandate version 2",
+            ) is None:  # fmt: skip
+                return False
+            console.print(
+                "version 2 is in force from the next epoch: the AU accredits its observer under"
+                f" it. SCO restarts its node from {work.name}/v2.bin (--root-mandate v1.bin)"
+            )
+            _stop_nodes({"sco": procs["sco"]})
+            procs["sco"] = _start_node(m, "sco", common, mandate="v2.bin")
             write_key(work / "keys" / "au-root.key", m.au_root)
             ok &= await _cli(console, "org", "accredit", "--org", "au", "--root-key",
                        str(work / "keys" / "au-root.key"), "--mandate", str(work / "v2.bin"),
@@ -247,18 +315,31 @@ async def _run(console: Console, work: Path) -> bool:
             )
 
             console.rule("4. Revocation after seq 2 of un-obs-2")
-            for _ in range(3):
-                await _send(producer, topics, m.report("un-obs-2"))
+            for seq in (1, 2, 3):
+                victim_at[seq] = await _send(producer, topics, m.report("un-obs-2"))
             if not await _wait_until_processed(work, bootstrap, topics, procs):
                 console.print("[red]nodes did not process the first reports[/red]")
+                return False
+            if await wait_until_final(
+                console, work, procs, bootstrap=bootstrap, topics=topics,
+                only=lambda t: topics.org_of_report_topic(t) is not None,
+                what="un-obs-2's reports 1-3",
+            ) is None:  # fmt: skip
                 return False
             victim = m.observer("un-obs-2").key
             ok &= await _cli(console, "org", "revoke", "--org", "un", "--root-key",
                        str(m.root_file("un")), "--mandate", str(work / "v1.bin"), "--key-id",
                        victim.key_id.hex(), "--last-valid-seq", "2", "--reason",
                        "device seized at a checkpoint", *common) == 0  # fmt: skip
-            for _ in range(2):
-                await _send(producer, topics, m.report("un-obs-2"))
+            # In force from the epoch after the one that seals it: reports 4-5 come later.
+            if await wait_until_final(
+                console, work, procs, bootstrap=bootstrap, topics=topics,
+                only=lambda t: t == topics.registry, what="the revocation",
+            ) is None:  # fmt: skip
+                return False
+            console.print("in force from the next epoch: un-obs-2 sends reports 4 and 5")
+            for seq in (4, 5):
+                victim_at[seq] = await _send(producer, topics, m.report("un-obs-2"))
 
             console.rule("5. A restricted report for UN and OSCE only")
             ring = KeyRing(m.scenario.mandate)
@@ -274,7 +355,7 @@ async def _run(console: Console, work: Path) -> bool:
             sealed_raw = m.scenario.signers[obs.observer_id].sign_sealed(
                 draft, [r for r in recipients if r is not None]
             )
-            where = await _send(producer, topics, sealed_raw)
+            where = restricted_at = await _send(producer, topics, sealed_raw)
             console.print(f"osce-obs-1 sealed a report to {', '.join(READERS)} at {where}")
             for oid in ("sco-obs-1", "un-obs-1"):
                 await _send(producer, topics, m.report(oid))
@@ -284,17 +365,38 @@ async def _run(console: Console, work: Path) -> bool:
         if not await _wait_until_processed(work, bootstrap, topics, procs):
             console.print(f"[red]nodes did not finish; see {work / 'logs'}[/red]")
             return False
+        settled = await wait_until_final(
+            console, work, procs, bootstrap=bootstrap, topics=topics, settle=True,
+            what="the whole bus",
+        )  # fmt: skip
         _stop_nodes(procs)
+        if settled is None:
+            return False
 
         console.rule("6. What every node holds")
         ok &= _show(console, work, victim_id="un-obs-2")
 
-        console.rule("7. The auditor replays the log")
+        console.rule("7. Seals: rotation and revocation in the one order; final verdicts")
+        final = show_final(console, work, ORGS, topics)
+        ok &= final.ok and _show_trust_final(
+            console, final, topics, victim_at=victim_at, au=(au_before, au_after),
+            injected=(md3.offset, md1.offset), restricted=restricted_at,
+        )  # fmt: skip
+
+        console.rule("8. The auditor replays the log")
         result = await audit(bootstrap, m.scenario.mandate, topics=topics, console=console)
         render(result, console)
         reasons = Counter(v.reason for v in result.violations)
+        # Report 3 of un-obs-2 was accepted at its epoch; the revocation voids it from the
+        # epoch after its own: the final verdict (which counts) is revoked_after_acceptance.
         expected = Counter(
-            {"key_revoked": 3, "unknown_key": 1, "threshold_not_met": 1, "mandate_rollback": 1}
+            {
+                "key_revoked": 2,
+                "revoked_after_acceptance": 1,
+                "unknown_key": 1,
+                "threshold_not_met": 1,
+                "mandate_rollback": 1,
+            }
         )
         audit_ok = reasons == expected and result.mandate_versions == [2]
         audit_ok &= result.sealed_verified == 1
@@ -304,6 +406,7 @@ async def _run(console: Console, work: Path) -> bool:
             f" verified without reading {result.sealed_verified}, violations {dict(reasons)}"
             f" (expected {dict(expected)})"
         )
+        audit_ok &= _same_final(console, "the auditor", result.final_digest(), final)
         return ok and audit_ok
     finally:
         _stop_nodes(procs)
@@ -366,6 +469,86 @@ def _show(console: Console, work: Path, *, victim_id: str) -> bool:
         else "[red]nodes disagree[/red]"
     )
     return ok and same
+
+
+Position = tuple[str, int, int]
+
+
+def _show_trust_final(
+    console: Console,
+    final: FinalSummary,
+    topics: Topics,
+    *,
+    victim_at: dict[int, Position],
+    au: tuple[Position, Position],
+    injected: tuple[int, int],
+    restricted: Position,
+) -> bool:
+    """The rotation and the revocation as the final verdicts have them: which epoch sealed
+    version 2 and from which epoch seals are judged under it, the injected mandate records,
+    the revoked key's reports and the AU observer's, each with its final verdict."""
+    node = final.any
+    rows = {r.pos: r for r in node.rows}
+    revoked_at = {c.pos: c.at_epoch for c in node.changes}
+
+    def verdict(pos: Position) -> str:
+        r = rows.get(pos)
+        if r is None:
+            return "not sealed"
+        text = " ".join(filter(None, (r.status, r.reason)))
+        if pos in revoked_at:
+            text += f", revoked after acceptance at epoch {revoked_at[pos]}"
+        return text
+
+    mt = Table(title="Mandate records (final verdicts)")
+    for col in ("offset", "sealed in epoch", "final verdict"):
+        mt.add_column(col)
+    mandate_rows = [r for r in node.rows if r.topic == topics.mandate]
+    for r in mandate_rows:
+        mt.add_row(str(r.offset), str(r.epoch), verdict(r.pos))
+    console.print(mt)
+    applied = [r for r in mandate_rows if r.status == "applied"]
+    rotation = applied[-1].epoch if len(applied) >= 2 else None
+    versions = {int(s["epoch"]): node.judged_under(int(s["epoch"])) for s in node.seals}
+    ok = rotation is not None and all(v == (2 if e > rotation else 1) for e, v in versions.items())
+    forged, again = ((topics.mandate, 0, o) for o in injected)
+    ok &= rows[forged].reason == "threshold_not_met" and rows[again].reason == "mandate_rollback"
+    newest = max(versions, default=0)
+    console.print(
+        ("[green]" if ok else "[red]")
+        + f"rotation: version 2 sealed in epoch {rotation}, in force from epoch"
+        f" {None if rotation is None else rotation + 1}: seals {versions and min(versions)}-"
+        f"{None if rotation is None else rotation} judged under version 1, the later ones up"
+        f" to {newest} under version 2; the forged version 3 and version 1 again are"
+        f" {rows[forged].reason} and {rows[again].reason}"
+    )
+    registry = [r for r in node.rows if r.topic == topics.registry and r.status == "applied"]
+    vt = Table(title="un-obs-2's reports (key revoked after seq 2; final verdicts)")
+    for col in ("seq", "position", "sealed in epoch", "final verdict"):
+        vt.add_column(col)
+    for seq, pos in sorted(victim_at.items()):
+        vt.add_row(str(seq), f"{pos[0]}[{pos[1]}]@{pos[2]}", str(rows[pos].epoch), verdict(pos))
+    console.print(vt)
+    void = {
+        seq for seq, pos in victim_at.items() if rows[pos].status != "accepted" or pos in revoked_at
+    }
+    revocation = registry[-1].epoch if registry else None
+    victim_ok = void == {3, 4, 5}
+    console.print(
+        ("[green]" if victim_ok else "[red]")
+        + f"revocation sealed in epoch {revocation}, in force from epoch"
+        f" {None if revocation is None else revocation + 1}: final verdicts void seq"
+        f" {','.join(map(str, sorted(void)))} of un-obs-2 (expected 3,4,5)"
+    )
+    before, after = au
+    au_ok = rows[before].reason == "unknown_key" and rows[after].status == "accepted"
+    au_ok &= rows[restricted].status == "accepted"
+    console.print(
+        ("[green]" if au_ok else "[red]")
+        + f"AU observer: the report before version 2 is {verdict(before)}, the one after"
+        f" it {verdict(after)}; the restricted report is {verdict(restricted)}"
+    )
+    return ok and victim_ok and au_ok
 
 
 def main(*, keep: bool = False) -> int:
