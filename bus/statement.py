@@ -31,16 +31,23 @@ Pure: no asyncio, Kafka, socket or HTTP imports.
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from bus._pb.obus.v1 import statement_pb2
 from bus.crypto import SigningKey, verify_pae
-from bus.decision import _check_evidence
-from bus.errors import Reason, VerificationError
+from bus.decision import VerifiedDecision, _check_evidence
+from bus.epoch import FinalSeal, PartitionRef
+from bus.errors import BusError, ConfigError, EpochInputError, Reason, VerificationError
+from bus.judge import RecordPos, Status, Verdict
 from bus.model import (
     _UUID7_RE,
     Envelope,
+    Mandate,
     Role,
     Signature,
     _invalid,
@@ -50,7 +57,10 @@ from bus.model import (
     sha256,
 )
 from bus.policy import Evidence
+from bus.sealed_reader import SealedReader
+from bus.topics import Topics
 from bus.trust import KeyRing, check_record_size, check_signature_count
+from bus.verify import Limits
 
 PAYLOAD_STATEMENT: Final = "application/vnd.obus.statement.v1+protobuf"
 MAX_TITLE_CHARS: Final = 200
@@ -135,13 +145,19 @@ def cosign(record: bytes, key: SigningKey) -> bytes:
     return Envelope(PAYLOAD_STATEMENT, env.payload, (sig,)).encode()
 
 
-def signing_orgs(envelope: Envelope, keyring: KeyRing, *, at_ms: int) -> dict[str, str]:
+def signing_orgs(
+    envelope: Envelope, keyring: KeyRing, *, at_ms: int, epoch: int | None = None
+) -> dict[str, str]:
     """Organizations with a valid signature on the envelope -> who signed (root or node id).
 
-    Invalid signatures, unknown keys, keys of other roles and revoked node keys are ignored.
-    A signature is verified only when its key is a root key or a usable NODE key, of an
-    organization not yet counted, and its key id was not tried before on this envelope.
+    Invalid signatures, unknown keys, keys of other roles and revoked node keys are ignored:
+    with the record's ``epoch``, a node key whose revocation's ``last_valid_seq`` (the last
+    epoch its signatures count on) is below it; without (not sealed yet), a node key revoked at
+    all. Root keys are those of ``keyring``'s mandate version: a root rotated out counts for
+    nothing. A signature is verified only when its key is a root key or a usable NODE key, of
+    an organization not yet counted, and its key id was not tried before on this envelope.
     """
+    position = _AFTER_EVERY_SEQ if epoch is None else epoch
     roots = {o.root_key_id: o for o in keyring.mandate.organizations}
     out: dict[str, str] = {}
     tried: set[bytes] = set()
@@ -155,7 +171,7 @@ def signing_orgs(envelope: Envelope, keyring: KeyRing, *, at_ms: int) -> dict[st
                 org, public_key, signer = root.org, root.root_public_key, "root key"
             else:
                 acc = keyring.lookup(s.key_id)
-                keyring.check_usable(acc, role=Role.NODE, at_ms=at_ms, seq=_AFTER_EVERY_SEQ)
+                keyring.check_usable(acc, role=Role.NODE, at_ms=at_ms, seq=position)
                 org, public_key, signer = acc.org, acc.public_key, acc.subject_id
             if org in out:
                 continue
@@ -188,14 +204,35 @@ class StatementStatus:
 
 
 class StatementBook:
-    """Folds the statements topic (one partition, in offset order) into statement statuses."""
+    """Folds the statements topic (one partition, in offset order) into statement statuses.
+
+    Args:
+        keyring: the trust state records are judged under unless :meth:`apply` is given one
+            (the board passes the key ring in force at each record's epoch).
+    """
 
     def __init__(self, keyring: KeyRing) -> None:
         self.keyring = keyring
         self._by_id: dict[str, StatementStatus] = {}
 
-    def apply(self, raw: bytes) -> tuple[StatementStatus, list[str]]:
+    def apply(
+        self,
+        raw: bytes,
+        *,
+        keyring: KeyRing | None = None,
+        epoch: int | None = None,
+        at_ms: int | None = None,
+    ) -> tuple[StatementStatus, list[str]]:
         """Apply one record; returns the statement's status and the organizations it added.
+
+        Args:
+            raw: the record value.
+            keyring: the trust state to judge it under (default: the book's).
+            epoch: the epoch the record is sealed in, where node-key revocations cut (None:
+                not sealed yet, any revocation refuses the key).
+            at_ms: when signing keys must be in their accreditation window: *t_e* of the
+                record's epoch on the sealed board; default the statement's ``created_at_ms``
+                (a time its drafter chose).
 
         Raises:
             VerificationError: ``oversized`` (checked before decoding), ``malformed``,
@@ -205,13 +242,14 @@ class StatementBook:
                 ``unknown_key`` (no valid signature of any organization) or
                 ``duplicate_conflict`` (other bytes under a known statement id).
         """
+        ring = keyring or self.keyring
         check_record_size(len(raw), MAX_STATEMENT_RECORD_BYTES, "statement record")
         env = Envelope.decode(raw)
         if env.payload_type != PAYLOAD_STATEMENT:
             raise VerificationError(
                 Reason.WRONG_PAYLOAD_TYPE, f"expected {PAYLOAD_STATEMENT}, got {env.payload_type!r}"
             )
-        mandate = self.keyring.mandate
+        mandate = ring.mandate
         check_signature_count(env, len(mandate.organizations), "a statement record")
         stmt = JointStatement.decode(env.payload)
         if stmt.mandate_id != mandate.mandate_id:
@@ -220,8 +258,8 @@ class StatementBook:
             raise VerificationError(
                 Reason.WRONG_ORG, f"{stmt.drafted_by!r} is not part of the mandate"
             )
-        # A signature carries no time of its own: keys are judged at the statement's creation.
-        signers = signing_orgs(env, self.keyring, at_ms=stmt.created_at_ms)
+        when = stmt.created_at_ms if at_ms is None else at_ms
+        signers = signing_orgs(env, ring, at_ms=when, epoch=epoch)
         if not signers:
             raise VerificationError(
                 Reason.UNKNOWN_KEY, "no valid signature of a mandate organization"
@@ -248,6 +286,20 @@ class StatementBook:
             status.signed_by[o] = signers[o]
         return status, added
 
+    def restore(self, status: StatementStatus) -> None:
+        """Take a status as stored earlier (a restart rebuilds the book from its store, so a
+        co-signature read after it counts for a statement drafted before it)."""
+        self._by_id[status.statement.statement_id] = status
+
+    def copy(self) -> StatementBook:
+        """An independent book with the same statuses (to apply provisional records on)."""
+        out = StatementBook(self.keyring)
+        for sid, st in self._by_id.items():
+            out._by_id[sid] = StatementStatus(
+                st.statement, st.digest, st.threshold, st.organizations, dict(st.signed_by)
+            )
+        return out
+
     def get(self, statement_id: str) -> StatementStatus | None:
         """The status of a statement, or None."""
         return self._by_id.get(statement_id)
@@ -255,3 +307,307 @@ class StatementBook:
     def statuses(self) -> list[StatementStatus]:
         """Every statement, oldest first."""
         return sorted(self._by_id.values(), key=lambda s: s.statement.statement_id)
+
+
+# ---------------------------------------------------------------------------------------------
+# The board on the sealed log
+
+
+@dataclass(frozen=True, slots=True)
+class BoardDecision:
+    """A decision record's final answer on the board.
+
+    Args:
+        pos: where it sits.
+        raw: its bytes (empty for a record with no value).
+        accepted: the verified decision when accepted, else None.
+        reason: the reason code when refused, else "".
+        detail: one sentence for humans.
+    """
+
+    pos: RecordPos
+    raw: bytes
+    accepted: VerifiedDecision | None
+    reason: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BoardStatement:
+    """A statement record's answer on the board.
+
+    Args:
+        pos: where it sits.
+        raw: its bytes (empty for a record with no value).
+        status: the statement after this record (None when the record was refused).
+        added: the organizations this record added.
+        signed: how many organizations had signed after this record.
+        reason: the reason code when refused, else "".
+        detail: one sentence for humans.
+    """
+
+    pos: RecordPos
+    raw: bytes
+    status: StatementStatus | None
+    added: tuple[str, ...] = ()
+    signed: int = 0
+    reason: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BoardEpoch:
+    """One sealed epoch of the board: decisions (in the judge's order) and statement records
+    (in offset order) with their answers."""
+
+    epoch: int
+    time_ms: int
+    seal_digest: bytes
+    decisions: tuple[BoardDecision, ...]
+    statements: tuple[BoardStatement, ...]
+
+
+BOARD_SNAPSHOT_FORMAT: Final = "obus-board-v1"
+
+
+class SealedBoard:
+    """Others' decisions and joint statements, judged epoch by epoch on the sealed log (pure).
+
+    What every part of a node and every reader of the board runs, so that one trust state
+    counts everywhere: the trust records (``registry``, ``mandate``), the decisions topics and
+    the statements topic, fed in any interleaving (:meth:`offer_records`: each partition in
+    offset order), and the node's final seals in epoch order (:meth:`judge`). A final seal's
+    partitions outside those topics are left out (the reports are the sealer's business), so
+    its roots are checked for exactly the records read here, and a
+    :class:`~bus.judge.FinalJudge` judges them: trust takes effect from the epoch after its
+    own, mandate versions replace root keys (a rotated-out root accredits nothing and signs
+    nothing), decisions are verified and chained per organization under their epoch's trust at
+    *t_e*. Statement records of epoch *e* are then applied under the key ring in force at *e*
+    (what the judge held before judging *e*), at *t_e*, with node keys revoked at an epoch
+    before *e* counting for nothing. So the board is a function of the sealed log: the same at
+    every node and reader, whatever order they read in and however often they restart.
+
+    Args:
+        root: the mandate the bus began under (the same at every reader).
+        topics: topic names.
+        limits: verification limits (the sealer's).
+        decisions: whether the decisions topics are read (a statements reader may leave them).
+        book: statements known before (a restarted board restores its book from its store).
+    """
+
+    def __init__(
+        self,
+        root: Mandate,
+        topics: Topics,
+        limits: Limits | None = None,
+        *,
+        decisions: bool = True,
+        book: StatementBook | None = None,
+        _reader: SealedReader | None = None,
+        _held: dict[RecordPos, bytes] | None = None,
+    ) -> None:
+        self._root = root
+        self._topics = topics
+        self._limits = limits
+        self._decisions = decisions
+        self._reader = _reader or SealedReader(root, topics, limits)
+        self.book = book or StatementBook(self._reader.judge.keyring)
+        self.book.keyring = self._reader.judge.keyring
+        # Deferred decisions' bytes, kept until the next epoch's answer on them.
+        self._held: dict[RecordPos, bytes] = dict(_held or {})
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def covers(self, topic: str) -> bool:
+        """Whether this board reads ``topic``."""
+        t = self._topics
+        if topic in (t.registry, t.mandate, t.statements):
+            return True
+        return self._decisions and t.org_of_decision_topic(topic) is not None
+
+    @property
+    def epoch(self) -> int:
+        """The last epoch judged (0 before the first)."""
+        return self._reader.judge.epoch
+
+    @property
+    def keyring(self) -> KeyRing:
+        """The final trust state in force for the next epoch."""
+        return self._reader.judge.keyring
+
+    def positions(self) -> dict[PartitionRef, int]:
+        """Each partition's judged size: where to read from after a restart."""
+        return self._reader.positions()
+
+    def read_size(self, ref: PartitionRef) -> int:
+        """Records of ``ref`` held without a gap from offset 0."""
+        return self._reader.read_size(ref)
+
+    def unsealed(self, ref: PartitionRef) -> tuple[int, list[bytes | None]]:
+        """(first offset, values) held beyond the last judged epoch without a gap."""
+        start = self.positions().get(ref, 0)
+        return start, self._reader.buffered_values(ref, self.read_size(ref))
+
+    def restricted(self, seal: FinalSeal) -> FinalSeal:
+        """``seal`` with only the partitions this board reads."""
+        parts = {r: p for r, p in seal.partitions.items() if self.covers(r[0])}
+        return dataclasses.replace(seal, partitions=parts)
+
+    def ready(self, seal: FinalSeal) -> bool:
+        """Whether every record ``seal`` covers here is held (it can be judged now)."""
+        return all(
+            self._reader.read_size(r) >= p.size for r, p in self.restricted(seal).partitions.items()
+        )
+
+    # -- feeding -----------------------------------------------------------------------------
+
+    def offer_records(self, ref: PartitionRef, offset: int, values: Sequence[bytes | None]) -> None:
+        """Consecutive records of one partition this board reads (others are ignored).
+
+        Raises:
+            EpochInputError: an offset offered again with other bytes.
+        """
+        if self.covers(ref[0]):
+            self._reader.offer_records(ref, offset, values)
+
+    def judge(self, seal: FinalSeal) -> BoardEpoch | None:
+        """Judge the next final seal's epoch, or None while its records are not all held.
+
+        Args:
+            seal: the final seal of epoch :attr:`epoch` + 1 (as the node's sealer found it).
+
+        Raises:
+            EpochInputError: not the next final seal.
+            SealedRootMismatchError: the records held do not hash to its roots (a sealed record
+                altered or deleted); nothing of the epoch is judged.
+        """
+        if seal.epoch != self.epoch + 1:
+            raise EpochInputError(
+                f"final seal of epoch {seal.epoch} offered to a board at epoch {self.epoch}",
+                epoch=seal.epoch,
+            )
+        mine = self.restricted(seal)
+        if not self.ready(mine):
+            return None
+        ring = self._reader.judge.keyring  # in force at this epoch
+        values: dict[RecordPos, bytes | None] = {}
+        for ref, p in mine.partitions.items():
+            if ref[0] == self._topics.registry or ref[0] == self._topics.mandate:
+                continue
+            start = self.positions().get(ref, 0)
+            for i, value in enumerate(self._reader.buffered_values(ref, p.size)):
+                values[(ref[0], ref[1], start + i)] = value
+        [ev] = self._reader.offer_final_seal(mine)
+        self.book.keyring = self._reader.judge.keyring
+        decisions = []
+        for verdict in ev.verdicts:
+            if self._topics.org_of_decision_topic(verdict.pos[0]) is None:
+                continue
+            if verdict.status is Status.DEFERRED:
+                self._held[verdict.pos] = values.get(verdict.pos) or b""
+                continue
+            raw = values.get(verdict.pos) or self._held.pop(verdict.pos, b"")
+            decisions.append(_board_decision(verdict, raw))
+        stmt_positions = sorted(p for p in values if p[0] == self._topics.statements)
+        statements = [self._statement(p, values[p], ring, seal) for p in stmt_positions]
+        return BoardEpoch(
+            seal.epoch, seal.time_ms, seal.digest, tuple(decisions), tuple(statements)
+        )
+
+    def _statement(
+        self, pos: RecordPos, value: bytes | None, ring: KeyRing, seal: FinalSeal
+    ) -> BoardStatement:
+        if value is None:
+            return BoardStatement(pos, b"", None, reason=Reason.MALFORMED.value,
+                                  detail="record has no value")  # fmt: skip
+        try:
+            status, added = self.book.apply(
+                value, keyring=ring, epoch=seal.epoch, at_ms=seal.time_ms
+            )
+        except VerificationError as exc:
+            return BoardStatement(pos, value, None, reason=exc.reason.value, detail=exc.message)
+        except BusError as exc:  # never crash on input
+            return BoardStatement(pos, value, None, reason=Reason.MALFORMED.value,
+                                  detail=exc.message)  # fmt: skip
+        return BoardStatement(pos, value, status, tuple(added), len(status.signed_by))
+
+    def provisional(self, now_ms: int) -> tuple[StatementBook, list[BoardStatement]]:
+        """The statements topic beyond the last judged epoch applied to a copy of the book,
+        under the trust in force next, at ``now_ms``, any revoked node key refused: what will
+        probably be final once sealed, never stored as such."""
+        book = self.book.copy()
+        book.keyring = self.keyring
+        out = []
+        ref = (self._topics.statements, 0)
+        start, values = self.unsealed(ref)
+        for i, value in enumerate(values):
+            pos = (ref[0], ref[1], start + i)
+            if value is None:
+                out.append(BoardStatement(pos, b"", None, reason=Reason.MALFORMED.value))
+                continue
+            try:
+                status, added = book.apply(value, at_ms=now_ms)
+            except BusError as exc:
+                reason = exc.reason.value if isinstance(exc, VerificationError) else "malformed"
+                out.append(BoardStatement(pos, value, None, reason=reason, detail=exc.message))
+                continue
+            out.append(BoardStatement(pos, value, status, tuple(added), len(status.signed_by)))
+        return book, out
+
+    # -- restarts ----------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        """The board's state after the last judged epoch (its judge and Merkle frontiers, the
+        bytes of decisions deferred to the next epoch), canonical JSON; the book is not in it
+        (it is stored row by row with the epochs that made it)."""
+        state: dict[str, Any] = {
+            "format": BOARD_SNAPSHOT_FORMAT,
+            "decisions": self._decisions,
+            "reader": self._reader.snapshot().decode(),
+            "held": sorted(
+                [t, p, o, base64.b64encode(raw).decode()] for (t, p, o), raw in self._held.items()
+            ),
+        }
+        return json.dumps(state, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def resume(
+        cls,
+        snapshot: bytes,
+        root: Mandate,
+        topics: Topics,
+        limits: Limits | None = None,
+        *,
+        book: StatementBook | None = None,
+    ) -> SealedBoard:
+        """A board standing where :meth:`snapshot` was taken, with the statements of ``book``;
+        feed it again from :meth:`positions`.
+
+        Raises:
+            ConfigError: not a board snapshot, or made with another root, topics or limits.
+        """
+        try:
+            s = json.loads(snapshot)
+            ok = s["format"] == BOARD_SNAPSHOT_FORMAT
+            decisions = bool(s["decisions"])
+            reader_state: str = s["reader"]
+            held = {
+                (str(t), int(p), int(o)): base64.b64decode(b, validate=True)
+                for t, p, o, b in s["held"]
+            }
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise ConfigError(
+                "board snapshot",
+                "not a snapshot of a sealed board",
+                "read the board again from the first epoch",
+            )
+        reader = SealedReader.resume(reader_state.encode(), root, topics, limits)
+        return cls(root, topics, limits, decisions=decisions, book=book, _reader=reader, _held=held)
+
+
+def _board_decision(v: Verdict, raw: bytes) -> BoardDecision:
+    if v.status is not Status.ACCEPTED or v.decision is None:
+        return BoardDecision(v.pos, raw, None, v.reason or Reason.MALFORMED.value, v.detail)
+    return BoardDecision(v.pos, raw, v.decision)

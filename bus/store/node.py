@@ -133,6 +133,11 @@ CREATE TABLE IF NOT EXISTS board_rejected (
     size INTEGER, sha256 BLOB, over_quota INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (topic, partition, "offset")
 );
+-- The board's state after the last sealed epoch it judged (bus.statement.SealedBoard), written
+-- with the rows that epoch produced: a restart continues from it.
+CREATE TABLE IF NOT EXISTS board_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1), epoch INTEGER NOT NULL, state BLOB NOT NULL
+);
 """
 
 
@@ -692,12 +697,20 @@ class NodeStore:
         statements: Iterable[tuple[RecordRef, StatementStatus, list[str]]],
         rejected: Iterable[Quarantined],
         positions: dict[tuple[str, int], int],
+        *,
+        board_state: tuple[int, bytes] | None = None,
     ) -> QuarantineCharge:
         """Store verified decisions, statement signatures and rejected records of the decisions
         and statements topics, with their next offsets, in one transaction.
 
         Rejected records are bounded and charged against their topic's quota like the
         quarantine of :meth:`commit_batch`.
+
+        Args:
+            decisions, statements, rejected: the board's answers.
+            positions: next offsets to store (the board on the sealed log keeps its position
+                in ``board_state`` instead and passes none).
+            board_state: (epoch, snapshot) of the board after the epochs these rows come from.
 
         Returns:
             What the rejected records did to the quotas.
@@ -706,6 +719,12 @@ class NodeStore:
             StoreError: the transaction failed and nothing was stored.
         """
         with self._tx() as db:
+            if board_state is not None:
+                db.execute(
+                    "INSERT INTO board_state VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE"
+                    " SET epoch = excluded.epoch, state = excluded.state",
+                    board_state,
+                )
             for ref, vd, raw in decisions:
                 d = vd.decision
                 db.execute(
@@ -752,6 +771,41 @@ class NodeStore:
             )
         self._alarm(charge)
         return charge
+
+    def board_state(self) -> tuple[int, bytes] | None:
+        """(epoch, snapshot) of the board as last committed, or None."""
+        row = self._db.execute("SELECT epoch, state FROM board_state WHERE id = 1").fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def reset_board(self) -> None:
+        """Forget every row the board derived (others' decisions, statements and their
+        signatures, rejected board records with their quota counts, its state), in one
+        transaction: a board with no stored state judges the sealed log again from its first
+        epoch, and rows judged under another trust state must not stay beside its own."""
+        with self._tx() as db:
+            topics = [t for (t,) in db.execute("SELECT DISTINCT topic FROM board_rejected")]
+            db.executemany("DELETE FROM quarantine_usage WHERE topic = ?", [(t,) for t in topics])
+            for table in ("peer_decisions", "statements", "statement_signatures",
+                          "board_rejected", "board_state"):  # fmt: skip
+                db.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed names
+
+    def statement_rows(self) -> list[dict[str, Any]]:
+        """Every stored statement with what rebuilds its status: its fields, the digest its
+        signatures cover (hex), threshold, organizations and ``signers`` (org -> signer)."""
+        out = _dicts(
+            self._db.execute(
+                "SELECT statement_id, drafted_by, title, text, references_json, created_at_ms,"
+                " digest, threshold, organizations FROM statements ORDER BY statement_id"
+            )
+        )
+        sigs: dict[str, dict[str, str]] = {}
+        for sid, org, signer in self._db.execute(
+            "SELECT statement_id, org, signer FROM statement_signatures"
+        ):
+            sigs.setdefault(sid, {})[org] = signer
+        for s in out:
+            s["signers"] = sigs.get(str(s["statement_id"]), {})
+        return out
 
     def peer_decisions(self, *, limit: int = 1000) -> list[dict[str, Any]]:
         """Published decisions read from the decisions topics, newest first."""

@@ -7,6 +7,12 @@ their own signature) and valid once the distinct signing organizations reach the
 threshold (see :mod:`bus.statement`). A co-signer checks the references against its own store
 first: it signs only reports it verified itself, with the same envelope digests.
 
+Which keys count is the final trust state of the organization's own node (``--final-db``, by
+default beside ``--db``): the final judge's key ring from version 1 of the mandate
+(``--root-mandate``) and the sealed trust records, the same the node's follow-up uses, never
+one built from the mandate file alone. ``status`` shows each statement final (as the sealed
+epochs leave it, the same at every node) and now (with the records not sealed yet).
+
 ``draft`` and ``sign`` refuse a mandate that has ended; ``status`` and ``dashboard`` read it
 (archive mode, saying so).
 """
@@ -37,30 +43,70 @@ from nodes.org_node.statements import (
     Board,
     check_signing_key,
     draft,
+    final_store_of,
     read_board,
-    read_keyring,
     references_from_store,
     sign,
 )
 
 
 def render_statuses(board: Board, console: Console) -> None:
-    """A table of every statement and who signed it."""
-    table = Table(title=f"Joint statements on the bus ({len(board.book.statuses())})")
-    for col in ("statement id", "title", "drafted by", "signed by", "k of n", "state"):
+    """A table of every statement, who signed it, and its state: final (as the sealed epochs
+    leave it, the same at every node) and now (with the records not sealed yet)."""
+    table = Table(
+        title=f"Joint statements on the bus ({len(board.book.statuses())}),"
+        f" final up to epoch {board.epoch}"
+    )
+    for col in ("statement id", "title", "drafted by", "signed by", "k of n", "final", "now"):
         table.add_column(col)
     for s in board.book.statuses():
+        final = board.final.get(s.statement.statement_id)
         table.add_row(
             s.statement.statement_id,
             s.statement.title,
             s.statement.drafted_by,
             ", ".join(sorted(s.signed_by)),
             f"{len(s.signed_by)} of {s.organizations} (k = {s.threshold})",
-            "[green]valid" if s.valid else "[yellow]pending",
+            "not sealed yet" if final is None else _state(final.valid),
+            _state(s.valid),
         )
     console.print(table)
+    unsealed = set(board.unsealed)
     for offset, reason, detail in board.rejected:
-        console.print(f"[red]rejected[/red] record at offset {offset}: {reason}: {detail}")
+        when = "not sealed yet" if offset in unsealed else "final"
+        console.print(f"[red]rejected[/red] record at offset {offset} ({when}): {reason}: {detail}")
+
+
+def _state(valid: bool) -> str:
+    return "[green]valid" if valid else "[yellow]pending"
+
+
+def _root(args: argparse.Namespace, mandate: Mandate) -> Mandate:
+    """The root mandate (version 1) the node's sealer judges from: ``--root-mandate``, else the
+    mandate file when it is version 1.
+
+    Raises:
+        ConfigError: no version 1 at hand, or a root of another mandate.
+    """
+    root = read_only_mandate(args.root_mandate)[0] if args.root_mandate else mandate
+    if root.mandate_id != mandate.mandate_id:
+        raise ConfigError(
+            "--root-mandate",
+            f"is mandate {root.mandate_id!r}, not {mandate.mandate_id!r}",
+            "pass version 1 of the mandate of --mandate",
+        )
+    if root.version != 1:
+        raise ConfigError(
+            "--root-mandate",
+            f"is missing and the mandate file is version {root.version}",
+            "pass version 1 of the mandate (--root-mandate FILE): final trust is judged from it",
+        )
+    return root
+
+
+def _final_db(args: argparse.Namespace) -> Path:
+    db = getattr(args, "db", None)
+    return final_store_of(Path(db) if db else None, Path(args.final_db) if args.final_db else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,10 +150,13 @@ def _cmd_draft(args: argparse.Namespace) -> int:
         raise ConfigError("--text", "is missing", "pass --text TEXT or --text-file FILE")
     refs = references_from_store(Path(args.db), args.report)
     key, security, topics = _key(args), security_from_args(args), Topics(args.topic_prefix)
+    root, final_db = _root(args, mandate), _final_db(args)
 
     async def go() -> JointStatement:
-        keyring = await read_keyring(bootstrap(args), topics, mandate, security)
-        check_signing_key(keyring, key, args.org)
+        board = await read_board(
+            bootstrap(args), topics, root, final_db=final_db, security=security
+        )
+        check_signing_key(board.keyring, key, args.org)
         return await draft(
             bootstrap(args), topics, mandate, org=args.org, key=key,
             title=args.title, text=text, references=refs, security=security,
@@ -120,11 +169,13 @@ def _cmd_draft(args: argparse.Namespace) -> int:
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
+    mandate = _mandate(args)
     status = asyncio.run(
         sign(
-            bootstrap(args), Topics(args.topic_prefix), _mandate(args),
+            bootstrap(args), Topics(args.topic_prefix), mandate,
             statement_id=args.statement_id, key=_key(args), org=args.org,
             db=Path(args.db) if args.db else None, security=security_from_args(args),
+            final_db=_final_db(args), root=_root(args, mandate),
         )
     )  # fmt: skip
     print(
@@ -135,10 +186,11 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    mandate = _read_only_mandate(args)
     board = asyncio.run(
         read_board(
-            bootstrap(args), Topics(args.topic_prefix), _read_only_mandate(args),
-            security=security_from_args(args),
+            bootstrap(args), Topics(args.topic_prefix), _root(args, mandate),
+            final_db=_final_db(args), security=security_from_args(args),
         )
     )  # fmt: skip
     if args.statement_id:
@@ -146,12 +198,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
         if status is None:
             print(f"obus: no verified statement {args.statement_id}", file=sys.stderr)
             return 1
+        final = board.final.get(args.statement_id)
+        sealed = (
+            "not sealed yet" if final is None else f"final: {final.state} at epoch {board.epoch}"
+        )
         print(
             f"{status.statement.title}: signed by {', '.join(sorted(status.signed_by))}; "
             f"{len(status.signed_by)} of {status.organizations} (k = {status.threshold}): "
-            f"{status.state}"
+            f"{status.state} ({sealed})"
         )
-        return 0 if status.valid else 3
+        return 0 if final is not None and final.valid else 3
     render_statuses(board, Console())
     return 0
 
@@ -177,6 +233,19 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return asyncio.run(serve(config))
 
 
+def _add_trust_args(p: argparse.ArgumentParser) -> None:
+    """Where the trust state comes from: the organization's own node."""
+    p.add_argument(
+        "--final-db", metavar="FILE",
+        help="your node's final store (default: <db stem>.final.db): its final seals and the"
+        " sealed trust records decide which keys count, as at your node",
+    )  # fmt: skip
+    p.add_argument(
+        "--root-mandate", metavar="FILE",
+        help="version 1 of the mandate, the root your node judges from (default: --mandate)",
+    )  # fmt: skip
+
+
 def add_followup_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Register ``statement`` and ``dashboard`` on the ``obus`` parser."""
     st = sub.add_parser(
@@ -197,6 +266,7 @@ def add_followup_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     d.add_argument("--text", default="", help="the statement text")
     d.add_argument("--text-file", metavar="FILE", help="or read the text from a file")
     d.add_argument("--report", action="append", default=[], metavar="ID", help="repeatable")
+    _add_trust_args(d)
     add_common_args(d)
     d.set_defaults(func=_cmd_draft)
 
@@ -206,14 +276,19 @@ def add_followup_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     s.add_argument("--node-key", required=True, metavar="FILE", help="your node key (NODE)")
     s.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
     s.add_argument("--db", metavar="FILE", help="check the references against your store")
+    _add_trust_args(s)
     add_common_args(s)
     s.set_defaults(func=_cmd_sign)
 
     t = ss.add_parser(
-        "status", help="every statement (or one: exit 0 valid, 3 pending, 1 unknown id)"
+        "status",
+        help="every statement (or one: exit 0 valid and final, 3 pending or not sealed yet,"
+        " 1 unknown id)",
     )
     t.add_argument("statement_id", nargs="?")
     t.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")
+    t.add_argument("--db", metavar="FILE", help="your node's store (its final store beside it)")
+    _add_trust_args(t)
     add_common_args(t)
     t.set_defaults(func=_cmd_status)
 

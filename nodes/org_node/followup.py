@@ -21,13 +21,22 @@ with it (through its own connection):
   sent: decisions are still made and stored, and those waiting to be published stay so, logged
   once as ``decisions_unpublished_mandate_ended`` (archive mode; the dashboard still shows
   them).
-* **The board.** A consumer without group reads every ``<prefix>decisions.*`` topic and
-  ``<prefix>statements`` from the positions stored in the node's ``positions`` table, verifies
-  each record (:func:`bus.decision.verify_decision`, :class:`bus.statement.StatementBook`)
-  against its own :class:`~bus.trust.KeyRing` (its own registry reader; it does not know a
-  record's epoch, so a node key revoked at any epoch counts for nothing here), and stores
-  verified decisions, statement signatures and rejected records with their reason. Other
-  organizations' decisions are shown, never acted upon: nothing here feeds them to the policy.
+* **The board.** A consumer without group reads the trust topics (``<prefix>registry``,
+  ``<prefix>mandate``), every ``<prefix>decisions.*`` topic and ``<prefix>statements`` into a
+  :class:`bus.statement.SealedBoard`, which judges them one final epoch at a time, with the
+  final seals the node's sealer stored (its final store, :class:`FinalSource`): decisions as
+  the final judge judges them (verified and chained under their epoch's trust at *t_e*), and
+  statement signatures under the key ring in force at their epoch. That key ring is the final
+  judge's, built from the root mandate and the sealed trust records, never from the node's
+  mandate file: a root rotated out accredits nothing and signs nothing, and every node holds
+  the same board whatever mandate file it was started with. Verified decisions, statement
+  signatures and rejected records are stored with the board's state after their epoch in one
+  transaction, and a restart continues from that state with the statement book rebuilt from
+  the stored statements (so a co-signature read after a restart counts for a statement drafted
+  before it). Other organizations' decisions are shown, never acted upon: nothing here feeds
+  them to the policy. The node key that signs published decisions is checked against the same
+  key ring. Without a final store (a node run without its sealer) the board does not run and
+  nothing is published, which is logged once.
 """
 
 from __future__ import annotations
@@ -36,6 +45,7 @@ import asyncio
 import contextlib
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -45,21 +55,28 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bus.crypto import SigningKey
-from bus.decision import PublishedDecision, sign_decision, verify_decision
-from bus.errors import BusError, Reason, StoreError, TransportError, VerificationError
+from bus.decision import PublishedDecision, sign_decision
+from bus.errors import (
+    EpochInputError,
+    Reason,
+    SealedRootMismatchError,
+    StoreError,
+    TransportError,
+    VerificationError,
+)
 from bus.ingest import Quarantined, RecordRef
 from bus.kafka.admin import partitions_of
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
-from bus.model import Mandate, Role, sha256
+from bus.model import Mandate, Role, encode, sha256
 from bus.policy import Decision, Policy, PolicyEngine, observation_from_stored, watermark
-from bus.statement import StatementBook, StatementStatus
-from bus.store.node import PUB_SIGNED, NodeStore
+from bus.statement import BoardEpoch, JointStatement, SealedBoard, StatementBook, StatementStatus
+from bus.store.final_reads import FinalReads
+from bus.store.node import PUB_SIGNED, NodeStore, evidence_from_json
 from bus.topics import Topics
 from bus.trust import KeyRing
-from bus.verify import ChainHead
+from bus.verify import ChainHead, Limits
 from nodes.runtime.backoff import OutageBackoff, transient
 from nodes.runtime.files import ended_on, mandate_ended
-from nodes.runtime.trust_follower import RegistryFollower
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +104,53 @@ def stored_decision_head(store: NodeStore) -> ChainHead | None:
 
 
 @dataclass(frozen=True)
+class FinalSource:
+    """Where the node's final verdicts are: its sealer's final store, the root mandate the bus
+    began under (version 1, the same at every reader) and the verification limits the sealer
+    judges with."""
+
+    db_path: Path
+    root: Mandate
+    limits: Limits = field(default_factory=Limits)
+
+
+def statement_status(row: dict[str, Any], mandate_id: str) -> StatementStatus:
+    """A statement's status as :meth:`bus.store.node.NodeStore.statement_rows` stored it (the
+    store holds only statements the board verified for ``mandate_id``)."""
+    stmt = JointStatement(
+        statement_id=str(row["statement_id"]),
+        mandate_id=mandate_id,
+        drafted_by=str(row["drafted_by"]),
+        title=str(row["title"]),
+        text=str(row["text"]),
+        references=evidence_from_json(str(row["references_json"])),
+        created_at_ms=int(row["created_at_ms"]),
+    )
+    return StatementStatus(
+        stmt,
+        bytes.fromhex(str(row["digest"])),
+        int(row["threshold"]),
+        int(row["organizations"]),
+        dict(row["signers"]),
+    )
+
+
+def load_board(store: NodeStore, final: FinalSource, topics: Topics) -> SealedBoard:
+    """The board as the store holds it: its state after the last epoch it committed, with the
+    statement book rebuilt from the stored statements. A store with no board state (never
+    judged on the sealed log) forgets the board rows it has, which the board derives again
+    from the first epoch."""
+    state = store.board_state()
+    if state is None:
+        store.reset_board()
+        return SealedBoard(final.root, topics, final.limits)
+    book = StatementBook(KeyRing(final.root))
+    for row in store.statement_rows():
+        book.restore(statement_status(row, final.root.mandate_id))
+    return SealedBoard.resume(state[1], final.root, topics, final.limits, book=book)
+
+
+@dataclass(frozen=True)
 class FollowUpConfig:
     """What the follow-up needs (built from the node's configuration).
 
@@ -103,6 +167,7 @@ class FollowUpConfig:
         poll_timeout_ms: longest wait for board records per loop turn.
         drain_s: on stop, how long to keep releasing reports already read.
         security: how to authenticate to the brokers (the node's; None: PLAINTEXT).
+        final: the node's final store (its sealer's); None: no board and nothing published.
     """
 
     org: str
@@ -117,6 +182,7 @@ class FollowUpConfig:
     poll_timeout_ms: int = 200
     drain_s: float = 5.0
     security: KafkaSecurity | None = None
+    final: FinalSource | None = None
 
 
 class FollowUp:
@@ -126,14 +192,16 @@ class FollowUp:
         self.config = config
         self.engine = PolicyEngine(config.policy) if config.policy is not None else None
         self.publishes = config.policy is not None and any(r.publish for r in config.policy.rules)
-        self.keyring = KeyRing(config.mandate)
-        self.statements = StatementBook(self.keyring)
+        self.board: SealedBoard | None = None  # loaded from the store by run()
+        self.board_alarm: dict[str, Any] | None = None
+        self._final: FinalReads | None = None
         self.counts: dict[str, int] = {
             "decisions": 0,
             "published": 0,
             "peer_decisions": 0,
             "statement_signatures": 0,
             "board_rejected": 0,
+            "board_epoch": 0,
         }
         self._stopping = asyncio.Event()
         self._marks = (0, 0)
@@ -141,7 +209,6 @@ class FollowUp:
         self._report_tps: set[tuple[str, int]] = set()
         self._caught_up: dict[tuple[str, int], int] = {}
         self._board_tps: set[TopicPartition] = set()
-        self._board_pos: dict[tuple[str, int], int] = {}
         self._warned: set[str] = set()
         self._log = log.bind(org=config.org)
         self.started = asyncio.Event()
@@ -151,6 +218,12 @@ class FollowUp:
     def stop(self) -> None:
         """Ask run() to drain and return."""
         self._stopping.set()
+
+    @property
+    def keyring(self) -> KeyRing | None:
+        """The final trust state in force for the next epoch (the board's, which is the final
+        judge's), or None while the board has not started."""
+        return None if self.board is None else self.board.keyring
 
     @property
     def pending(self) -> int:
@@ -166,9 +239,6 @@ class FollowUp:
         """Run until stop(); then release what the watermark allows within ``drain_s``."""
         cfg = self.config
         store = NodeStore(cfg.db_path)
-        registry = RegistryFollower(
-            cfg.bootstrap, cfg.topics.registry, self.keyring, security=cfg.security
-        )
         consumer = AIOKafkaConsumer(
             **client_options(cfg.bootstrap, cfg.security), group_id=None, enable_auto_commit=False
         )
@@ -178,12 +248,15 @@ class FollowUp:
                 self._known = store.decision_ids()
                 self._decision_head = stored_decision_head(store)
                 self._read_store(store)  # everything stored so far, before anything new
-                self._board_pos = {
-                    tp: o
-                    for tp, o in store.positions().items()
-                    if tp[0] == cfg.topics.statements or cfg.topics.org_of_decision_topic(tp[0])
-                }
-                await registry.start()
+                if cfg.final is not None:
+                    self.board = await asyncio.to_thread(load_board, store, cfg.final, cfg.topics)
+                    self.counts["board_epoch"] = self.board.epoch
+                else:
+                    self._log.warning(
+                        "board_not_running", reason="no_final_store",
+                        detail="others' decisions and statements are judged on the sealed log,"
+                        " and decisions published, only beside the node's sealer",
+                    )  # fmt: skip
                 await consumer.start()
                 archive = mandate_ended(cfg.mandate)
                 if self.publishes and not archive:
@@ -193,6 +266,7 @@ class FollowUp:
                     "followup_started",
                     replayed=self.pending,
                     decisions=len(self._known),
+                    board_epoch=self.counts["board_epoch"],
                     publishing=producer is not None,
                     archive=archive,
                 )
@@ -203,17 +277,15 @@ class FollowUp:
                     try:
                         with kafka_errors("follow-up"):
                             if time.monotonic() - last_refresh >= cfg.refresh_s:
-                                await registry.catch_up()  # node keys accredited meanwhile
                                 await self._refresh(consumer)
                                 last_refresh = time.monotonic()
-                            await self._turn(store, registry, consumer, producer)
+                            await self._turn(store, consumer, producer)
                     except TransportError as exc:
                         # The brokers are away (restart, partition): wait, never exit for it.
-                        # A board batch read but not stored is read again from the positions.
+                        # What the board holds stays; reading goes on where it stands.
                         if not transient(exc):
                             raise
-                        for tp in self._board_tps:
-                            consumer.seek(tp, self._board_pos.get((tp.topic, tp.partition), 0))
+                        self._seek_board(consumer)
                         await backoff.wait(exc)
                         continue
                     backoff.reset()
@@ -232,7 +304,9 @@ class FollowUp:
             if producer is not None:
                 await producer.stop()
             await consumer.stop()
-            await registry.stop()
+            if self._final is not None:
+                self._final.close()
+                self._final = None
             store.close()
             self._log.info("followup_stopped", pending=self.pending, **self.counts)
 
@@ -252,8 +326,13 @@ class FollowUp:
     async def _refresh(self, consumer: AIOKafkaConsumer) -> None:
         """Learn the topics; which report partitions the engine has read to the end."""
         topics = self.config.topics
+        exact = (topics.statements, topics.registry, topics.mandate)
         pattern = "|".join(
-            (topics.reports_pattern, topics.decisions_pattern, f"^{re.escape(topics.statements)}$")
+            (
+                topics.reports_pattern,
+                topics.decisions_pattern,
+                *(f"^{re.escape(t)}$" for t in exact),
+            )
         )
         asked_at = _now_ms()  # before the requests: the ends they return are at least this new
         if self._admin is None:  # one client for the follow-up's life, not one per refresh
@@ -359,12 +438,15 @@ class FollowUp:
             )
 
     def _node_key_problem(self, key: SigningKey) -> str | None:
+        """Why the final trust state would not count ``key`` on a decision (None: it would)."""
+        ring = self.keyring
+        if ring is None:
+            return "no_final_trust_state"
         try:
-            acc = self.keyring.lookup(key.key_id)
+            acc = ring.lookup(key.key_id)
+            ring.check_usable(acc, role=Role.NODE, at_ms=_now_ms(), seq=ring_epoch(self))
         except VerificationError as exc:
             return exc.reason.value
-        if acc.role != Role.NODE:
-            return Reason.WRONG_ROLE.value
         if acc.org != self.config.org:
             return Reason.WRONG_ORG.value
         return None
@@ -379,7 +461,6 @@ class FollowUp:
     async def _turn(
         self,
         store: NodeStore,
-        registry: RegistryFollower,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer | None,
     ) -> None:
@@ -388,57 +469,111 @@ class FollowUp:
         if not self._board_tps:
             await asyncio.sleep(self.config.poll_timeout_ms / 1000)
             return
-        batch = await consumer.getmany(timeout_ms=self.config.poll_timeout_ms, max_records=500)
-        if not batch:
+        batch = await consumer.getmany(timeout_ms=self.config.poll_timeout_ms, max_records=2000)
+        board = self.board
+        if board is None:
             return
-        await registry.catch_up()
+        for tp, records in batch.items():
+            if self.board_alarm is None:
+                self._offer_board((tp.topic, tp.partition), records)
+        if self.board_alarm is None:
+            await self._judge_board(store, board)
+
+    def _offer_board(self, ref: tuple[str, int], records: list[Any]) -> None:
+        """Offer one partition's fetched records in runs of consecutive offsets."""
+        assert self.board is not None
+        run: list[bytes | None] = []
+        start = -1
+        try:
+            for rec in records:
+                if run and rec.offset != start + len(run):
+                    self.board.offer_records(ref, start, run)
+                    run = []
+                if not run:
+                    start = rec.offset
+                run.append(rec.value)
+            if run:
+                self.board.offer_records(ref, start, run)
+        except EpochInputError as exc:
+            self._raise_alarm("epoch_input", exc.message, exc.context)
+
+    def _raise_alarm(self, reason: str, detail: str, context: Mapping[str, object]) -> None:
+        """A sealed record altered or deleted, or read twice with other bytes: the board stops
+        judging (it stays where it stands) and says so once, in the log and its status."""
+        extra = {k: str(v) for k, v in context.items()}
+        self.board_alarm = {"reason": reason, "detail": detail, **extra}
+        self._log.error("board_log_broken", **self.board_alarm)
+
+    def _final_reads(self) -> FinalReads | None:
+        """The node's final store, opened once it exists (the sealer creates it)."""
+        final = self.config.final
+        if self._final is None and final is not None and final.db_path.exists():
+            self._final = FinalReads(final.db_path)
+            self._final.check_root(sha256(encode(final.root)))
+        return self._final
+
+    async def _judge_board(self, store: NodeStore, board: SealedBoard) -> None:
+        """Judge every final seal the sealer stored whose records the board holds; store the
+        answers with the board's state in one transaction."""
+        final = self._final_reads()
+        if final is None:
+            return
+        epochs: list[BoardEpoch] = []
+        for seal in await asyncio.to_thread(final.seals, board.epoch, 200):
+            try:
+                ep = board.judge(seal)
+            except SealedRootMismatchError as exc:
+                self._raise_alarm(Reason.SEALED_ROOT_MISMATCH.value, exc.message, exc.context)
+                break
+            except EpochInputError as exc:
+                self._raise_alarm("epoch_input", exc.message, exc.context)
+                break
+            if ep is None:
+                break  # its records are not all read yet
+            epochs.append(ep)
+        if not epochs:
+            return
         decisions: list[tuple[RecordRef, Any, bytes]] = []
         signed: list[tuple[RecordRef, StatementStatus, list[str]]] = []
         rejected: list[Quarantined] = []
-        positions: dict[tuple[str, int], int] = {}
-        counted: dict[int, int] = {}  # statement record offset -> signers after it
-        topics = self.config.topics
-        for tp, records in batch.items():
-            for rec in records:
-                if rec.offset < self._board_pos.get((tp.topic, tp.partition), 0):
-                    continue
-                ref = RecordRef(tp.topic, tp.partition, rec.offset, rec.timestamp, rec.key)
-                raw = rec.value or b""
-                positions[(tp.topic, tp.partition)] = rec.offset + 1
-                try:
-                    org = topics.org_of_decision_topic(tp.topic)
-                    if org is not None:
-                        decisions.append(
-                            (ref, verify_decision(raw, self.keyring, topic_org=org), raw)
-                        )
-                    else:
-                        status, added = self.statements.apply(raw)
-                        signed.append((ref, status, added))
-                        counted[ref.offset] = len(status.signed_by)
-                except VerificationError as exc:
-                    rejected.append(Quarantined(ref, exc.reason.value, exc.message, raw))
-                except BusError as exc:  # never crash on input
-                    rejected.append(Quarantined(ref, Reason.MALFORMED.value, exc.message, raw))
+        for ep in epochs:
+            for d in ep.decisions:
+                ref = RecordRef(d.pos[0], d.pos[1], d.pos[2], ep.time_ms)
+                if d.accepted is not None:
+                    decisions.append((ref, d.accepted, d.raw))
+                else:
+                    rejected.append(Quarantined(ref, d.reason, d.detail, d.raw))
+            for st in ep.statements:
+                ref = RecordRef(st.pos[0], st.pos[1], st.pos[2], ep.time_ms)
+                if st.status is not None:
+                    signed.append((ref, st.status, list(st.added)))
+                else:
+                    rejected.append(Quarantined(ref, st.reason, st.detail, st.raw))
+        state = (board.epoch, board.snapshot())
         try:
-            await asyncio.to_thread(store.commit_board, decisions, signed, rejected, positions)
+            await asyncio.to_thread(
+                store.commit_board, decisions, signed, rejected, {}, board_state=state
+            )
         except StoreError:
             self._log.exception("board_store_failed")
             raise
-        self._board_pos.update(positions)
+        self.counts["board_epoch"] = board.epoch
         self.counts["peer_decisions"] += len(decisions)
         self.counts["statement_signatures"] += sum(len(a) for _, _, a in signed)
         self.counts["board_rejected"] += len(rejected)
-        for ref, st, added in signed:
-            if added:
-                self._log.info(
-                    "statement_signed",
-                    statement_id=st.statement.statement_id,
-                    by=added,
-                    signed=counted[ref.offset],
-                    threshold=st.threshold,
-                    valid=counted[ref.offset] >= st.threshold,
-                    offset=ref.offset,
-                )
+        for ep in epochs:
+            for st in ep.statements:
+                if st.status is not None and st.added:
+                    self._log.info(
+                        "statement_signed",
+                        statement_id=st.status.statement.statement_id,
+                        by=list(st.added),
+                        signed=st.signed,
+                        threshold=st.status.threshold,
+                        valid=st.signed >= st.status.threshold,
+                        offset=st.pos[2],
+                        epoch=ep.epoch,
+                    )
         for q in rejected:
             self._log.warning(
                 "board_record_rejected",
@@ -449,20 +584,29 @@ class FollowUp:
                 detail=q.detail,
             )
 
+    def _seek_board(self, consumer: AIOKafkaConsumer) -> None:
+        """Position every board partition after the records the board holds."""
+        board = self.board
+        for tp in self._board_tps:
+            held = 0 if board is None else board.read_size((tp.topic, tp.partition))
+            consumer.seek(tp, held)
+
     async def _assign_board(self, consumer: AIOKafkaConsumer, found: list[TopicPartition]) -> None:
-        topics = self.config.topics
-        tps = {
-            tp
-            for tp in found
-            if tp.topic == topics.statements or topics.org_of_decision_topic(tp.topic) is not None
-        }
+        board = self.board
+        if board is None:
+            return
+        tps = {tp for tp in found if board.covers(tp.topic)}
         if tps == self._board_tps:
             return
         consumer.assign(sorted(tps, key=lambda tp: (tp.topic, tp.partition)))
-        for tp in tps:
-            consumer.seek(tp, self._board_pos.get((tp.topic, tp.partition), 0))
         self._board_tps = tps
+        self._seek_board(consumer)
         self._log.info("board_assigned", partitions=len(tps))
+
+
+def ring_epoch(followup: FollowUp) -> int:
+    """The epoch the final trust state is in force for (the board's next)."""
+    return 0 if followup.board is None else followup.board.epoch + 1
 
 
 async def wait_started(followup: FollowUp, timeout_s: float = 30) -> None:

@@ -20,7 +20,7 @@ from bus.errors import (
 )
 from nodes.org_node.attachments import AttachmentNode, config_for_node
 from nodes.org_node.config import NodeConfig
-from nodes.org_node.followup import FollowUp, FollowUpConfig
+from nodes.org_node.followup import FinalSource, FollowUp, FollowUpConfig
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.sealer import Sealer, SealerConfig
 
@@ -83,19 +83,6 @@ class NodeExtras:
     def __init__(self, node: OrgNode) -> None:
         cfg = node.config
         self.node = node
-        self.followup = FollowUp(
-            FollowUpConfig(
-                org=cfg.org,
-                bootstrap=cfg.bootstrap,
-                db_path=cfg.db_path,
-                mandate=cfg.mandate,
-                policy=cfg.policy,
-                node_key=cfg.node_key,
-                topics=cfg.topics,
-                idle_margin_ms=cfg.idle_margin_ms,
-                security=cfg.security,
-            )
-        )
         self.sealer: Sealer | None = None
         if cfg.seal is not None:
             seal = cfg.seal
@@ -117,6 +104,24 @@ class NodeExtras:
                     security=cfg.security,
                 )
             )
+        # The follow-up judges the board and its final rules on the sealer's final store: one
+        # trust state (the final judge's) for every part of the node.
+        self.followup = FollowUp(
+            FollowUpConfig(
+                org=cfg.org,
+                bootstrap=cfg.bootstrap,
+                db_path=cfg.db_path,
+                mandate=cfg.mandate,
+                policy=cfg.policy,
+                node_key=cfg.node_key,
+                topics=cfg.topics,
+                idle_margin_ms=cfg.idle_margin_ms,
+                security=cfg.security,
+                final=None
+                if cfg.seal is None
+                else FinalSource(cfg.seal.db_path, cfg.seal.root, cfg.limits),
+            )
+        )
         self.dashboard: Any = None
         self._task: asyncio.Task[None] | None = None
         self._seal_task: asyncio.Task[None] | None = None

@@ -243,11 +243,15 @@ def test_statement_sign_refuses_another_orgs_key(
     files: dict[str, Path],
 ) -> None:
     async def board(*_a: Any, **_k: Any) -> Board:
-        return Board(StatementBook(_keyring(scenario)))
+        book = StatementBook(_keyring(scenario))
+        return Board(book, book, book.keyring)
 
     monkeypatch.setattr(statements, "read_board", board)
     base = ["statement", "sign", "0190a000-0000-7000-8000-000000000000", "--org", "un",
             "--mandate", str(files["mandate"]), *NOWHERE]  # fmt: skip
+    # Trust comes from the node's final store: without one (nor --db beside it), nothing.
+    _refused(capsys, [*base, "--node-key", str(files["un_node"])], "--final-db")
+    base += ["--final-db", "un.final.db"]
     err = _refused(capsys, [*base, "--node-key", str(files["osce_node"])], "--node-key")
     assert "accredited to osce, not un" in err
     # un's own node key passes the check and reaches the (empty) board
@@ -261,13 +265,14 @@ def test_statement_draft_refuses_another_orgs_key(
     scenario: Scenario,
     files: dict[str, Path],
 ) -> None:
-    async def keyring(*_a: Any, **_k: Any) -> KeyRing:
-        return _keyring(scenario)
+    async def board(*_a: Any, **_k: Any) -> Board:
+        book = StatementBook(_keyring(scenario))
+        return Board(book, book, book.keyring)
 
     async def no_publish(*_a: Any, **_k: Any) -> None:
         raise AssertionError("must not publish")
 
-    monkeypatch.setattr(followup_cli, "read_keyring", keyring)
+    monkeypatch.setattr(followup_cli, "read_board", board)
     monkeypatch.setattr(followup_cli, "draft", no_publish)
     monkeypatch.setattr(followup_cli, "references_from_store", lambda *_a: ())
     argv = ["statement", "draft", "--org", "un", "--node-key", str(files["osce_node"]),
