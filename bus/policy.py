@@ -16,28 +16,33 @@ Rule kinds:
   (compared exactly, in rational arithmetic). A baseline of zero makes ``min_count`` alone
   decide: activity where there was none.
 
-Determinism. Kafka orders records only within a partition, and nodes interleave partitions
-differently, so decisions never depend on arrival order. The node feeds every record to
-:class:`CanonicalOrder` with its log position and broker log-append time (the one clock every
-reader shares); it releases accepted reports in one total order, ``(effective log time, topic,
-partition, offset)``, where a partition's effective time is the running maximum of its records'
-log times (so it never goes backwards, whatever the broker clock did), and only up to a
-watermark that every partition has passed. :class:`Evaluator` then decides on that order, so
-every node and every replay of the same log makes the same decisions with the same ids,
-evidence (sorted by report id, each with its envelope digest) and ``decided_at_ms``. The one
-assumption: a partition whose end the node has reached gets no later record stamped before
-``last fetch - idle margin`` (the broker's clock is not that far behind the node's); a record
-that breaks it is counted in :attr:`CanonicalOrder.late` and decided on at once.
+Provisional or final. Each rule says which verdicts it acts on (``verdicts`` in the file):
+
+* **final** (the default): the rule sees a report once its final verdict is ``accepted``, the
+  verdict every node and auditor reaches on the sealed log (:mod:`bus.judge`), and sees the
+  reports in the one canonical order: epoch after epoch (the epoch whose answer accepted the
+  report), and inside an epoch the judge's order (reports deferred from the epoch before first,
+  then by organization, observer id and seq, then position). Its "now" is *t_e* of that epoch.
+  So every node, and every replay of the sealed log by anyone, makes the same final decisions
+  with the same ids, evidence (sorted by report id, each with its envelope digest) and
+  ``decided_at_ms``, and each names the epoch and final seal it rests on
+  (:class:`SealRef`). :meth:`PolicyEngine.on_final` takes the accepted reports of one epoch;
+  :func:`decide_all` replays a whole sealed log.
+* **provisional**: the rule acts at once on what this node accepted, in the order the node
+  stored it (:meth:`PolicyEngine.on_stored`), with the record's log time as its time. Quick,
+  and this node's own view: another node, or a replay, may decide otherwise, a verdict that
+  changes on sealing is not taken back, and its decisions name no seal.
+
+Nothing here reads a clock.
 """
 
 from __future__ import annotations
 
-import heapq
 import math
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Final, Generic, TypeVar
+from typing import Final
 
 from bus.errors import ConfigError
 from bus.model import PAYLOAD_REPORT, Category, Envelope, Mandate, Report
@@ -48,6 +53,10 @@ KIND_REPORT: Final = "report"
 KIND_AGGREGATE: Final = "aggregate"
 KIND_TREND: Final = "trend"
 KINDS: Final = (KIND_REPORT, KIND_AGGREGATE, KIND_TREND)
+# Which verdicts a rule acts on (see the module docstring).
+VERDICTS_FINAL: Final = "final"
+VERDICTS_PROVISIONAL: Final = "provisional"
+VERDICTS: Final = (VERDICTS_FINAL, VERDICTS_PROVISIONAL)
 # IUGG mean Earth radius (km): haversine distances for `near`; metres don't matter at this scale.
 EARTH_RADIUS_KM: Final = 6371.0088
 
@@ -156,6 +165,7 @@ class Rule:
     distinct_orgs_at_least: int = 1
     group_by: tuple[str, ...] = ("zone",)
     trend: Trend | None = None
+    verdicts: str = VERDICTS_FINAL
 
     @property
     def kind(self) -> str:
@@ -230,11 +240,23 @@ class Evidence:
 
 
 @dataclass(frozen=True, slots=True)
+class SealRef:
+    """The final seal an epoch's verdicts rest on: the epoch, the seal's digest and *t_e*."""
+
+    epoch: int
+    digest: bytes
+    time_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """A follow-up decision of one organization, naming its rule and its evidence.
 
-    ``decided_at_ms`` is the canonical log time of the report that made the rule fire (a
-    broker timestamp, the same on every node), not anybody's wall clock.
+    ``decided_at_ms`` is, for a final rule, *t_e* of the epoch whose verdicts made the rule
+    fire (the same on every node), and that epoch and its final seal's digest are
+    ``seal_epoch`` and ``seal_digest``; for a provisional rule, the log time of the report that
+    made it fire as this node read it, with ``seal_epoch`` 0 and no digest. Never anybody's
+    wall clock.
     """
 
     org: str
@@ -250,6 +272,13 @@ class Decision:
     decided_at_ms: int
     summary: str
     publish: bool = False
+    seal_epoch: int = 0
+    seal_digest: bytes = b""
+
+    @property
+    def final(self) -> bool:
+        """Whether it rests on final verdicts (a final rule's decision)."""
+        return self.seal_epoch > 0
 
     @property
     def decision_id(self) -> str:
@@ -301,23 +330,30 @@ class _Window:
 
 
 class Evaluator:
-    """Applies a policy to reports **given in canonical order** (see :class:`PolicyEngine`).
+    """Applies a policy's rules to reports in the order given (see :class:`PolicyEngine`).
 
     State: per (rule, group, window) the matching reports, observers and organizations, and
     whether the window already fired. The same sequence of calls yields the same decisions.
+
+    Args:
+        policy: the policy.
+        verdicts: evaluate only the rules acting on these verdicts (:data:`VERDICTS`); None:
+            every rule.
     """
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, verdicts: str | None = None) -> None:
         self.policy = policy
+        self.rules = tuple(r for r in policy.rules if verdicts is None or r.verdicts == verdicts)
         self._windows: dict[tuple[str, str, int], _Window] = {}
         self.evaluated = 0
 
-    def evaluate(self, obs: Observation, at_ms: int) -> list[Decision]:
-        """Decisions the report triggers at canonical time ``at_ms`` (possibly none)."""
+    def evaluate(self, obs: Observation, at_ms: int, seal: SealRef | None = None) -> list[Decision]:
+        """Decisions the report triggers at time ``at_ms`` (possibly none), resting on
+        ``seal`` when the report's verdict is final."""
         self.evaluated += 1
         r = obs.report
         out: list[Decision] = []
-        for rule in self.policy.rules:
+        for rule in self.rules:
             if not rule.matches(r):
                 continue
             if rule.kind == KIND_REPORT:
@@ -331,6 +367,7 @@ class Evaluator:
                         at_ms=at_ms,
                         summary=f"{r.category.label} severity {r.severity} in {r.zone}"
                         f" ({r.location.place or 'no place name'})",
+                        seal=seal,
                     )
                 )
                 continue
@@ -357,6 +394,7 @@ class Evaluator:
                         evidence=win.evidence(),
                         at_ms=at_ms,
                         summary=summary,
+                        seal=seal,
                     )
                 )
         return out
@@ -399,6 +437,7 @@ class Evaluator:
         evidence: tuple[Evidence, ...],
         at_ms: int,
         summary: str,
+        seal: SealRef | None,
     ) -> Decision:
         zone = r.zone if rule.kind == KIND_REPORT or "zone" in rule.group_by else "*"
         return Decision(
@@ -415,6 +454,8 @@ class Evaluator:
             decided_at_ms=at_ms,
             summary=summary,
             publish=rule.publish,
+            seal_epoch=0 if seal is None else seal.epoch,
+            seal_digest=b"" if seal is None else seal.digest,
         )
 
 
@@ -432,156 +473,53 @@ def window_counts(rule: Rule, reports: Iterable[Report]) -> dict[str, dict[int, 
 
 
 # ---------------------------------------------------------------------------------------------
-# Canonical order across partitions
-
-T = TypeVar("T")
-TopicPartition = tuple[str, int]
-
-
-class CanonicalOrder(Generic[T]):
-    """Merges per-partition record streams into one total order every reader computes alike.
-
-    Feed *every* record of every partition with :meth:`record`, each partition in offset order
-    (interleave partitions any way); items (accepted reports) come out of :meth:`release` in
-    the order ``(effective time, topic, partition, offset)``, and only once every partition
-    has passed them (the watermark). A partition's effective time is the running maximum of
-    its log-append times, so it never goes backwards.
-    """
-
-    def __init__(self) -> None:
-        self._time: dict[TopicPartition, int] = {}
-        self._last: dict[TopicPartition, int] = {}
-        self._heap: list[tuple[int, str, int, int, T]] = []
-        self.watermark = 0
-        self.late = 0  # items that arrived below the released watermark (assumption broken)
-
-    def __len__(self) -> int:
-        return len(self._heap)
-
-    def record(
-        self, topic: str, partition: int, offset: int, log_time_ms: int, item: T | None
-    ) -> int | None:
-        """Note one record; returns its effective time, or None when it was seen before."""
-        tp = (topic, partition)
-        if offset <= self._last.get(tp, -1):
-            return None
-        self._last[tp] = offset
-        eff = max(self._time.get(tp, log_time_ms), log_time_ms)
-        self._time[tp] = eff
-        if item is not None:
-            if eff < self.watermark:
-                self.late += 1
-            heapq.heappush(self._heap, (eff, topic, partition, offset, item))
-        return eff
-
-    def next_offsets(self) -> dict[TopicPartition, int]:
-        """The next offset expected of every partition seen so far."""
-        return {tp: o + 1 for tp, o in self._last.items()}
-
-    def progress(self) -> dict[TopicPartition, int]:
-        """Effective time of every partition seen so far."""
-        return dict(self._time)
-
-    def release(self, watermark_ms: int) -> list[tuple[int, T]]:
-        """Pop every item whose effective time is below the watermark, in canonical order.
-
-        Strictly below: another partition may still deliver a record at exactly the watermark.
-        """
-        self.watermark = max(self.watermark, watermark_ms)
-        out: list[tuple[int, T]] = []
-        while self._heap and self._heap[0][0] < self.watermark:
-            eff, _, _, _, item = heapq.heappop(self._heap)
-            out.append((eff, item))
-        return out
-
-
-def watermark(
-    progress: Mapping[TopicPartition, int],
-    assigned: Iterable[TopicPartition],
-    caught_up: Mapping[TopicPartition, int],
-    idle_margin_ms: int,
-) -> int:
-    """The time up to which every assigned partition is known.
-
-    Args:
-        progress: effective time per partition (:meth:`CanonicalOrder.progress`).
-        assigned: every partition the reader consumes.
-        caught_up: partitions whose end the reader has reached, with the reader's clock at the
-            fetch that showed that end: nothing stamped before it, less the margin, can follow.
-        idle_margin_ms: how far the broker's clock may run behind the reader's.
-
-    Returns:
-        The minimum over assigned partitions (0 when there are none or one is unread).
-    """
-    values = []
-    for tp in assigned:
-        t = progress.get(tp, 0)
-        if tp in caught_up:
-            t = max(t, caught_up[tp] - idle_margin_ms)
-        values.append(t)
-    return min(values, default=0)
+# Provisional and final evaluation
 
 
 class PolicyEngine:
-    """Canonical order plus evaluator: what a node (or a replay) runs.
+    """A policy's provisional and final rules, each fed its own stream (module docstring).
 
-    ``record()`` every record as it is read, then ``advance(watermark)`` for the decisions the
-    released reports make. Nothing here reads a clock.
+    ``on_stored`` every report as the node stores it, for the provisional rules; ``on_final``
+    every epoch's accepted reports, in the judge's order and epoch after epoch, for the final
+    rules. Nothing here reads a clock.
     """
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.order: CanonicalOrder[Observation] = CanonicalOrder()
-        self.evaluator = Evaluator(policy)
+        self.provisional = Evaluator(policy, VERDICTS_PROVISIONAL)
+        self.final = Evaluator(policy, VERDICTS_FINAL)
+        self.final_epoch = 0  # the last epoch whose verdicts the final rules saw
 
-    def record(
-        self,
-        topic: str,
-        partition: int,
-        offset: int,
-        log_time_ms: int,
-        observation: Observation | None,
-    ) -> None:
-        """Note a record (observation None for a quarantined one)."""
-        self.order.record(topic, partition, offset, log_time_ms, observation)
+    def on_stored(self, observation: Observation, log_time_ms: int) -> list[Decision]:
+        """Decisions the provisional rules make on a report this node just accepted."""
+        if not self.provisional.rules:
+            return []
+        return self.provisional.evaluate(observation, log_time_ms)
 
-    def advance(self, watermark_ms: int) -> list[Decision]:
-        """Evaluate every report released by the watermark, in canonical order."""
+    def on_final(self, seal: SealRef, observations: Iterable[Observation]) -> list[Decision]:
+        """Decisions the final rules make on the reports accepted by epoch ``seal.epoch``'s
+        answer, given in the judge's order.
+
+        Raises:
+            ValueError: the epoch is not the one after :attr:`final_epoch`.
+        """
+        if seal.epoch != self.final_epoch + 1:
+            raise ValueError(f"epoch {seal.epoch} given after epoch {self.final_epoch}")
+        self.final_epoch = seal.epoch
         out: list[Decision] = []
-        for at_ms, obs in self.order.release(watermark_ms):
-            out.extend(self.evaluator.evaluate(obs, at_ms))
+        if self.final.rules:
+            for obs in observations:
+                out.extend(self.final.evaluate(obs, seal.time_ms, seal))
         return out
-
-    @property
-    def pending(self) -> int:
-        """Reports read but not yet evaluated (waiting for the watermark)."""
-        return len(self.order)
 
 
 def decide_all(
-    policy: Policy,
-    records: Iterable[tuple[str, int, int, int, Observation | None]],
+    policy: Policy, epochs: Iterable[tuple[SealRef, Sequence[Observation]]]
 ) -> list[Decision]:
-    """Every decision over a complete log: ``(topic, partition, offset, log time, obs)``.
-
-    Each partition's records must come in offset order; partitions may interleave any way.
-    """
+    """Every decision a policy's final rules make over a sealed log: each epoch's seal with
+    its accepted reports in the judge's order, epochs in order from the first."""
     engine = PolicyEngine(policy)
-    for topic, partition, offset, log_time, obs in records:
-        engine.record(topic, partition, offset, log_time, obs)
-    return engine.advance(2**63 - 1)
-
-
-def caught_up_partitions(
-    assigned: Collection[TopicPartition],
-    positions: Mapping[TopicPartition, int],
-    highwater: Mapping[TopicPartition, int | None],
-    polled_at: Mapping[TopicPartition, int | None],
-) -> dict[TopicPartition, int]:
-    """Partitions read to the end of what the last fetch showed, with that fetch's time."""
-    out: dict[TopicPartition, int] = {}
-    for tp in assigned:
-        hw, at = highwater.get(tp), polled_at.get(tp)
-        if hw is not None and at is not None and positions.get(tp, 0) >= hw:
-            out[tp] = at
+    out: list[Decision] = []
+    for seal, observations in epochs:
+        out.extend(engine.on_final(seal, observations))
     return out

@@ -20,6 +20,7 @@ A policy file belongs to one organization; nobody else has a say in it. Example:
     action = "escalate"                              # its own word for it
     priority = "high"                                # low | medium | high | critical
     publish = true                                   # sign and publish the decision
+    verdicts = "final"                               # final (default) | provisional
 
     [[rule]]
     name = "corroborated-clashes"
@@ -39,6 +40,12 @@ A policy file belongs to one organization; nobody else has a say in it. Example:
     action = "early_warning"
     priority = "high"
 
+``verdicts`` says which verdicts a rule acts on. ``final`` (the default): a report counts once
+its final verdict is ``accepted`` (its epoch sealed by k organizations and judged), in the one
+canonical order of the sealed log, and the decision names the seal it rests on: every node and
+every replay decides alike. ``provisional``: the rule acts at once on what this node accepted,
+in the order it stored it; faster, this node's view only, and its decisions name no seal.
+
 What the rules mean (report, aggregate and trend rules) and how they are evaluated:
 :mod:`bus.policy`. Every mistake in a file is a :class:`~bus.errors.ConfigError` naming the key
 (``rule[<name>].<key>``) and the fix.
@@ -54,7 +61,18 @@ from typing import Any, Final
 
 from bus.errors import BusError, ConfigError
 from bus.model import Category, check_id
-from bus.policy import GROUP_KEYS, PRIORITIES, Area, Match, Near, Policy, Rule, Trend
+from bus.policy import (
+    GROUP_KEYS,
+    PRIORITIES,
+    VERDICTS,
+    VERDICTS_FINAL,
+    Area,
+    Match,
+    Near,
+    Policy,
+    Rule,
+    Trend,
+)
 
 _MINUTE_MS: Final = 60_000
 # A window longer than a year is a configuration mistake, not a policy.
@@ -66,7 +84,7 @@ _RULE_KEYS: Final = {
     "name", "categories", "sub_types", "min_severity", "max_severity", "min_confidence",
     "min_casualties", "zones", "area", "near", "action", "priority", "publish",
     "count_at_least", "distinct_observers_at_least", "distinct_orgs_at_least",
-    "window_minutes", "window_hours", "window_days", "group_by", "trend",
+    "window_minutes", "window_hours", "window_days", "group_by", "trend", "verdicts",
 }  # fmt: skip
 _AREA_KEYS: Final = ("min_lat", "min_lon", "max_lat", "max_lon")
 _NEAR_KEYS: Final = ("lat", "lon", "radius_km")
@@ -203,6 +221,13 @@ def _rule(index: int, raw: Any) -> Rule:
     publish = raw.get("publish", False)
     if not isinstance(publish, bool):
         raise _err(f"{where}.publish", f"{publish!r} is not true or false", "publish = true")
+    verdicts = raw.get("verdicts", VERDICTS_FINAL)
+    if verdicts not in VERDICTS:
+        raise _err(
+            f"{where}.verdicts",
+            f"{verdicts!r} is not final or provisional",
+            'write verdicts = "final" (sealed, the same at every node) or "provisional"',
+        )
     match = _match(where, raw)
     window = _window_ms(where, raw)
     count = _whole(f"{where}.count_at_least", raw.get("count_at_least", 1), 1, 1_000_000)
@@ -257,6 +282,7 @@ def _rule(index: int, raw: Any) -> Rule:
         distinct_orgs_at_least=orgs,
         group_by=group_by,
         trend=trend,
+        verdicts=str(verdicts),
     )
 
 

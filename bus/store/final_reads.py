@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bus.epoch import FinalSeal
 from bus.errors import ConfigError, StoreError, VerificationError
+from bus.policy import SealRef
 from bus.seal import parse_seal
 from bus.store.sqlite import open_db
 
@@ -98,6 +99,14 @@ class FinalReads:
                 )
             )
         return out
+
+    def seal_refs(self, first: int, last: int) -> list[SealRef]:
+        """(epoch, digest, *t_e*) of the final seals of epochs ``first`` .. ``last`` stored."""
+        rows = self._db.execute(
+            "SELECT epoch, digest, time_ms FROM seals WHERE epoch BETWEEN ? AND ? ORDER BY epoch",
+            (first, last),
+        )
+        return [SealRef(int(e), bytes(d), int(t)) for e, d, t in rows]
 
     def seal_digest(self, epoch: int) -> bytes | None:
         """The digest of the final seal of ``epoch``, or None when it is not stored."""

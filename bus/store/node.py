@@ -104,7 +104,8 @@ CREATE TABLE IF NOT EXISTS decision_details (
     decision_id TEXT PRIMARY KEY, kind TEXT NOT NULL, grp TEXT NOT NULL,
     window_start_ms INTEGER NOT NULL, window_end_ms INTEGER NOT NULL,
     evidence_json TEXT NOT NULL, summary TEXT NOT NULL, publish INTEGER NOT NULL,
-    pub_state TEXT NOT NULL, pub_seq INTEGER UNIQUE, pub_envelope BLOB, pub_offset INTEGER
+    pub_state TEXT NOT NULL, pub_seq INTEGER UNIQUE, pub_envelope BLOB, pub_offset INTEGER,
+    seal_epoch INTEGER NOT NULL DEFAULT 0, seal_digest BLOB
 );
 CREATE TABLE IF NOT EXISTS peer_decisions (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL,
@@ -162,11 +163,11 @@ def _insert_decisions(db: sqlite3.Connection, decisions: Iterable[Decision]) -> 
         if cur.rowcount:
             db.execute(
                 "INSERT OR IGNORE INTO decision_details (decision_id, kind, grp, window_start_ms,"
-                " window_end_ms, evidence_json, summary, publish, pub_state)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
+                " window_end_ms, evidence_json, summary, publish, pub_state, seal_epoch,"
+                " seal_digest) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (d.decision_id, d.kind, d.group, d.window_start_ms, d.window_end_ms,
                  _evidence_json(d.evidence), d.summary, int(d.publish),
-                 PUB_PENDING if d.publish else PUB_LOCAL),
+                 PUB_PENDING if d.publish else PUB_LOCAL, d.seal_epoch, d.seal_digest or None),
             )  # fmt: skip
             new.append(d)
     return new
@@ -223,6 +224,8 @@ _ADDED_COLUMNS: Final = (
     ("board_rejected", "size", "INTEGER"),
     ("board_rejected", "sha256", "BLOB"),
     ("board_rejected", "over_quota", "INTEGER NOT NULL DEFAULT 0"),
+    ("decision_details", "seal_epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("decision_details", "seal_digest", "BLOB"),
 )
 # The quarantine tables and the SQL of the bytes one of their rows keeps (its quota cost).
 _QUARANTINE_TABLES: Final = (
@@ -637,12 +640,14 @@ class NodeStore:
     ) -> list[StoredDecision]:
         """Own decisions, newest first; ``unpublished``: only those waiting to be published
         (oldest first then, the order they are published in)."""
+        # A store opened read-only before its node added the seal columns: none rests on one.
+        seal = "dd.seal_epoch, dd.seal_digest" if self._has_seal_columns() else "0, NULL"
         rows = self._db.execute(
-            "SELECT d.decision_id, d.org, d.rule, d.action, d.priority, d.zone, d.evidence,"
+            "SELECT d.decision_id, d.org, d.rule, d.action, d.priority, d.zone, d.evidence,"  # noqa: S608
             " d.decided_at_ms, coalesce(dd.kind, 'report'), coalesce(dd.grp, d.zone),"
             " coalesce(dd.window_start_ms, 0), coalesce(dd.window_end_ms, 0), dd.evidence_json,"
             " coalesce(dd.summary, ''), coalesce(dd.publish, 0), coalesce(dd.pub_state, 'local'),"
-            " dd.pub_seq, dd.pub_envelope, dd.pub_offset"
+            f" dd.pub_seq, dd.pub_envelope, dd.pub_offset, {seal}"
             " FROM decisions d LEFT JOIN decision_details dd USING (decision_id)"
             " WHERE ?1 = 0 OR dd.pub_state IN ('pending', 'signed')"
             # newest first to show; to publish: signed ones in seq order, then oldest first
@@ -652,15 +657,48 @@ class NodeStore:
         )
         out = []
         for (_, org, rule, action, prio, zone, ev_ids, at, kind, grp, ws, we, ev_json, summary,
-             publish, state, seq, env, offset) in rows:  # fmt: skip
+             publish, state, seq, env, offset, seal_epoch, seal_digest) in rows:  # fmt: skip
             evidence = (
                 evidence_from_json(ev_json)
                 if ev_json
                 else tuple(Evidence(r, b"") for r in ev_ids.split(",") if r)
             )
             d = Decision(org, rule, kind, action, prio, zone, grp, ws, we, evidence, at, summary,
-                         bool(publish))  # fmt: skip
+                         bool(publish), int(seal_epoch or 0),
+                         b"" if seal_digest is None else bytes(seal_digest))  # fmt: skip
             out.append(StoredDecision(d, state, seq, None if env is None else bytes(env), offset))
+        return out
+
+    def _has_seal_columns(self) -> bool:
+        cols = {row[1] for row in self._db.execute("PRAGMA table_info(decision_details)")}
+        return "seal_epoch" in cols
+
+    def report_contents(
+        self, positions: Iterable[tuple[str, int, int]]
+    ) -> dict[tuple[str, int, int], bytes | None]:
+        """The bytes this node read at report-topic positions, for the follow-up's final
+        rules: the envelope of a report it accepted, or the record of one it quarantined when
+        the row keeps all of it; None when it quarantined the record and kept only part of it
+        (or none, past the quota). A position the node has not stored yet is absent."""
+        out: dict[tuple[str, int, int], bytes | None] = {}
+        bounded = self._bounded_rows()
+        for pos in positions:
+            row = self._db.execute(
+                'SELECT envelope FROM reports WHERE topic = ? AND partition = ? AND "offset" = ?',
+                pos,
+            ).fetchone()
+            if row is not None:
+                out[pos] = bytes(row[0])
+                continue
+            size = "size" if bounded else "length(raw)"
+            row = self._db.execute(
+                f"SELECT raw, {size} FROM quarantine"  # noqa: S608
+                ' WHERE topic = ? AND partition = ? AND "offset" = ?',
+                pos,
+            ).fetchone()
+            if row is not None:
+                raw = bytes(row[0])
+                out[pos] = raw if row[1] is None or int(row[1]) == len(raw) else None
         return out
 
     def next_publication_seq(self) -> int:

@@ -85,12 +85,10 @@ class NodeConfig:
     # Restricted reports: this organization's X25519 keys, to read reports sealed to it.
     decryption_keys: tuple[DecryptionKey, ...] = ()
     # Follow-up and dashboard: the key that signs published decisions (accredited
-    # by this organization as NODE), the dashboard's address (None: no dashboard), and how far
-    # the broker's clock may run behind ours (bus/policy.py, canonical order).
+    # by this organization as NODE) and the dashboard's address (None: no dashboard).
     node_key: SigningKey | None = None
     http_port: int | None = None
     http_host: str = "127.0.0.1"
-    idle_margin_ms: int = 2000
     # Worker processes that check a batch's Ed25519 signatures in parallel before the
     # sequential path runs (nodes/runtime/preverify.py); 0: everything in this process.
     verify_workers: int = 0

@@ -3,13 +3,16 @@
 Runs beside the ingest loop of :mod:`nodes.org_node.ingest` and shares only the node's SQLite file
 with it (through its own connection):
 
-* **Decisions.** It reads every record the ingest loop stored (accepted reports and quarantined
-  records, in offset order per partition) into a :class:`bus.policy.PolicyEngine`, releases
-  them in canonical order up to the watermark, and stores the decisions (stable ids, so a
-  restart that replays the store re-derives the same ones and stores nothing twice). The
-  watermark needs to know when a partition is caught up: every ``refresh_s`` it asks the broker
-  for the end offsets of the report partitions; a partition whose records the engine has all
-  read is caught up as of the moment of that request (see :func:`bus.policy.watermark`).
+* **Decisions.** Each rule of the policy acts on final or provisional verdicts
+  (:mod:`bus.policy`). Final rules see, epoch after epoch as the node's sealer stores them in
+  its final store (:class:`FinalSource`), the reports whose final verdict is ``accepted``, in
+  the judge's order, with *t_e* as their time: an epoch is evaluated once the node's own store
+  holds the bytes of each of them (the envelope it accepted, or the record it quarantined when
+  its row keeps all of it, checked to be the report the judge named); a report whose bytes the
+  node did not keep is left out, counted in :attr:`FollowUp.late` and logged. Provisional rules
+  see every report the ingest loop accepted, at once, in the order it stored them. Decisions
+  are stored with stable ids, so a restart that replays the store and the final store
+  re-derives the same ones and stores nothing twice.
 * **Publication.** Decisions whose rule says ``publish = true`` are signed with the node key
   (accredited by this organization with role NODE) and produced (idempotent, acks=all) to
   ``<prefix>decisions.<org>``, keyed by decision id. The organization's decisions form one hash
@@ -57,6 +60,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from bus.crypto import SigningKey
 from bus.decision import PublishedDecision, sign_decision
 from bus.errors import (
+    BusError,
     EpochInputError,
     Reason,
     SealedRootMismatchError,
@@ -68,9 +72,15 @@ from bus.ingest import Quarantined, RecordRef
 from bus.kafka.admin import partitions_of
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
 from bus.model import Mandate, Role, encode, sha256
-from bus.policy import Decision, Policy, PolicyEngine, observation_from_stored, watermark
+from bus.policy import (
+    Decision,
+    Observation,
+    Policy,
+    PolicyEngine,
+    observation_from_stored,
+)
 from bus.statement import BoardEpoch, JointStatement, SealedBoard, StatementBook, StatementStatus
-from bus.store.final_reads import FinalReads
+from bus.store.final_reads import AcceptedReport, FinalReads
 from bus.store.node import PUB_SIGNED, NodeStore, evidence_from_json
 from bus.topics import Topics
 from bus.trust import KeyRing
@@ -80,9 +90,8 @@ from nodes.runtime.files import ended_on, mandate_ended
 
 log = structlog.get_logger(__name__)
 
-# How far the broker's clock may run behind this node's before canonical order could differ
-# between nodes (bus/policy.py). Same host or NTP: well under a second; 2 s leaves room.
-DEFAULT_IDLE_MARGIN_MS: Final = 2000
+# Final epochs evaluated per turn (a restart replays every epoch from the first).
+_EPOCHS_PER_TURN: Final = 500
 
 
 def _now_ms() -> int:
@@ -162,12 +171,12 @@ class FollowUpConfig:
         policy: this organization's policy; None: decide nothing (the board still runs).
         node_key: signs published decisions; None: publishable decisions wait, with a warning.
         topics: topic naming.
-        idle_margin_ms: see :data:`DEFAULT_IDLE_MARGIN_MS`.
-        refresh_s: how often report partitions and their end offsets are asked for.
+        refresh_s: how often new decisions topics and partitions are looked for.
         poll_timeout_ms: longest wait for board records per loop turn.
-        drain_s: on stop, how long to keep releasing reports already read.
+        drain_s: on stop, how long to keep evaluating final epochs already stored.
         security: how to authenticate to the brokers (the node's; None: PLAINTEXT).
-        final: the node's final store (its sealer's); None: no board and nothing published.
+        final: the node's final store (its sealer's); None: no board, no final decision and
+            nothing published.
     """
 
     org: str
@@ -177,7 +186,6 @@ class FollowUpConfig:
     policy: Policy | None = None
     node_key: SigningKey | None = None
     topics: Topics = field(default_factory=Topics)
-    idle_margin_ms: int = DEFAULT_IDLE_MARGIN_MS
     refresh_s: float = 1.0
     poll_timeout_ms: int = 200
     drain_s: float = 5.0
@@ -206,8 +214,8 @@ class FollowUp:
         self._stopping = asyncio.Event()
         self._marks = (0, 0)
         self._known: set[str] = set()
-        self._report_tps: set[tuple[str, int]] = set()
-        self._caught_up: dict[tuple[str, int], int] = {}
+        self._pending = 0  # final epochs stored by the sealer, not evaluated yet
+        self._unreadable = 0
         self._board_tps: set[TopicPartition] = set()
         self._warned: set[str] = set()
         self._log = log.bind(org=config.org)
@@ -227,16 +235,18 @@ class FollowUp:
 
     @property
     def pending(self) -> int:
-        """Reports read but not yet evaluated (waiting for the watermark)."""
-        return 0 if self.engine is None else self.engine.pending
+        """Final epochs the sealer stored that the final rules have not evaluated yet (their
+        reports not all in the node's store yet, or not reached)."""
+        return self._pending
 
     @property
     def late(self) -> int:
-        """Records that arrived below the released watermark (see bus/policy.py)."""
-        return 0 if self.engine is None else self.engine.order.late
+        """Finally accepted reports the final rules could not read: this node quarantined the
+        record and kept only part of it (or another record at that position)."""
+        return self._unreadable
 
     async def run(self) -> None:
-        """Run until stop(); then release what the watermark allows within ``drain_s``."""
+        """Run until stop(); then evaluate the final epochs stored, for at most ``drain_s``."""
         cfg = self.config
         store = NodeStore(cfg.db_path)
         consumer = AIOKafkaConsumer(
@@ -247,15 +257,14 @@ class FollowUp:
             with kafka_errors("follow-up"):
                 self._known = store.decision_ids()
                 self._decision_head = stored_decision_head(store)
-                self._read_store(store)  # everything stored so far, before anything new
                 if cfg.final is not None:
                     self.board = await asyncio.to_thread(load_board, store, cfg.final, cfg.topics)
                     self.counts["board_epoch"] = self.board.epoch
                 else:
                     self._log.warning(
                         "board_not_running", reason="no_final_store",
-                        detail="others' decisions and statements are judged on the sealed log,"
-                        " and decisions published, only beside the node's sealer",
+                        detail="others' decisions and statements are judged, final rules"
+                        " decide and decisions are published only beside the node's sealer",
                     )  # fmt: skip
                 await consumer.start()
                 archive = mandate_ended(cfg.mandate)
@@ -264,7 +273,6 @@ class FollowUp:
                     await producer.start()
                 self._log.info(
                     "followup_started",
-                    replayed=self.pending,
                     decisions=len(self._known),
                     board_epoch=self.counts["board_epoch"],
                     publishing=producer is not None,
@@ -290,9 +298,10 @@ class FollowUp:
                         continue
                     backoff.reset()
                 deadline = time.monotonic() + cfg.drain_s
-                while self.pending and time.monotonic() < deadline:
-                    await self._refresh(consumer)
+                while time.monotonic() < deadline:
                     await self._decide(store)
+                    if not self.pending:
+                        break
                     await asyncio.sleep(0.1)
                 await self._publish(store, producer)
         finally:
@@ -312,29 +321,80 @@ class FollowUp:
 
     # -- decisions ---------------------------------------------------------------------------
 
-    def _read_store(self, store: NodeStore) -> int:
+    def _read_store(self, store: NodeStore) -> list[Decision]:
+        """What the provisional rules decide on the reports stored since the last call."""
+        engine = self.engine
+        if engine is None or not engine.provisional.rules:
+            return []
         rows, r_mark, q_mark = store.log_records_since(*self._marks)
         self._marks = (r_mark, q_mark)
-        if self.engine is not None:
-            for topic, part, off, log_time, digest, raw in rows:
+        out: list[Decision] = []
+        for _, _, _, log_time, digest, raw in rows:
+            if raw is not None and digest is not None:
+                obs = observation_from_stored(raw, digest)
+                if obs is not None:
+                    out.extend(engine.on_stored(obs, log_time))
+        return out
+
+    def _read_final(self, store: NodeStore) -> list[Decision]:
+        """What the final rules decide on the epochs the sealer stored since the last call (at
+        most :data:`_EPOCHS_PER_TURN`), up to the first whose reports the node has not all
+        stored yet."""
+        engine = self.engine
+        final = self._final_reads()
+        if engine is None or not engine.final.rules or final is None:
+            return []
+        last = final.last_epoch()
+        first = engine.final_epoch + 1
+        upto = min(last, first + _EPOCHS_PER_TURN - 1)
+        out: list[Decision] = []
+        if upto >= first:
+            rows = final.accepted_reports(first, upto)
+            contents = store.report_contents((r.topic, r.partition, r.offset) for r in rows)
+            by_epoch: dict[int, list[AcceptedReport]] = {}
+            for r in rows:
+                by_epoch.setdefault(r.judged_epoch, []).append(r)
+            for seal in final.seal_refs(first, upto):
+                accepted = by_epoch.get(seal.epoch, [])
+                if any((r.topic, r.partition, r.offset) not in contents for r in accepted):
+                    break  # the ingest loop has not stored them yet
+                seen = [self._observation(r, contents[(r.topic, r.partition, r.offset)])
+                        for r in accepted]  # fmt: skip
+                out.extend(engine.on_final(seal, [o for o in seen if o is not None]))
+        self._pending = last - engine.final_epoch
+        return out
+
+    def _observation(self, r: AcceptedReport, content: bytes | None) -> Observation | None:
+        """What a final rule sees of a finally accepted report: this node's bytes at its
+        position, when they are that report (None: restricted, or unreadable here)."""
+        obs = None
+        if content is not None:
+            try:
+                obs = observation_from_stored(content, sha256(content))
+            except BusError:
                 obs = None
-                if raw is not None and digest is not None:
-                    obs = observation_from_stored(raw, digest)
-                self.engine.record(topic, part, off, log_time, obs)
-        return len(rows)
+            else:
+                if obs is None:
+                    return None  # a restricted report: policies never read its content
+                rep = obs.report
+                if (rep.org, rep.observer_id, rep.seq, rep.report_id) != (
+                    r.org, r.observer_id, r.seq, r.report_id,
+                ):  # fmt: skip
+                    obs = None
+        if obs is None:
+            self._unreadable += 1
+            self._log.warning(
+                "final_report_unreadable", topic=r.topic, partition=r.partition, offset=r.offset,
+                report_id=r.report_id,
+                detail="the node did not keep this record, or kept another one at its position",
+            )  # fmt: skip
+        return obs
 
     async def _refresh(self, consumer: AIOKafkaConsumer) -> None:
-        """Learn the topics; which report partitions the engine has read to the end."""
+        """Learn the board's topics and partitions."""
         topics = self.config.topics
-        exact = (topics.statements, topics.registry, topics.mandate)
-        pattern = "|".join(
-            (
-                topics.reports_pattern,
-                topics.decisions_pattern,
-                *(f"^{re.escape(t)}$" for t in exact),
-            )
-        )
-        asked_at = _now_ms()  # before the requests: the ends they return are at least this new
+        exact = [f"^{re.escape(t)}$" for t in (topics.statements, topics.registry, topics.mandate)]
+        pattern = "|".join((topics.decisions_pattern, *exact))
         if self._admin is None:  # one client for the follow-up's life, not one per refresh
             admin = AIOKafkaAdminClient(
                 **client_options(self.config.bootstrap, self.config.security)
@@ -348,29 +408,11 @@ class FollowUp:
             self._admin = admin
         tps = await partitions_of(self._admin, pattern=pattern)
         await self._assign_board(consumer, tps)
-        if self.engine is None:
-            return
-        reports = [tp for tp in tps if topics.org_of_report_topic(tp.topic) is not None]
-        ends = await consumer.end_offsets(reports) if reports else {}
-        read = self.engine.order.next_offsets()
-        self._report_tps = {(tp.topic, tp.partition) for tp in reports}
-        self._caught_up = {
-            (tp.topic, tp.partition): asked_at
-            for tp, end in ends.items()
-            if read.get((tp.topic, tp.partition), 0) >= end
-        }
 
     async def _decide(self, store: NodeStore) -> list[Decision]:
-        self._read_store(store)
-        if self.engine is None:
-            return []
-        w = watermark(
-            self.engine.order.progress(),
-            self._report_tps,
-            self._caught_up,
-            self.config.idle_margin_ms,
-        )
-        fresh = [d for d in self.engine.advance(w) if d.decision_id not in self._known]
+        decided = await asyncio.to_thread(self._read_store, store)
+        decided += await asyncio.to_thread(self._read_final, store)
+        fresh = [d for d in decided if d.decision_id not in self._known]
         if not fresh:
             return []
         new = await asyncio.to_thread(store.add_decisions, fresh)
@@ -387,6 +429,7 @@ class FollowUp:
                 zone=d.zone,
                 evidence=len(d.evidence),
                 publish=d.publish,
+                seal_epoch=d.seal_epoch,
             )
         return new
 

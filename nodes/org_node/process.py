@@ -115,7 +115,6 @@ class NodeExtras:
                 policy=cfg.policy,
                 node_key=cfg.node_key,
                 topics=cfg.topics,
-                idle_margin_ms=cfg.idle_margin_ms,
                 security=cfg.security,
                 final=None
                 if cfg.seal is None

@@ -76,7 +76,6 @@ class World:
             poll_timeout_ms=200,
             node_key=self.node_keys[org],
             http_port=0,
-            idle_margin_ms=500,
         )
         return dataclasses.replace(cfg, **changes)
 

@@ -1,9 +1,9 @@
-"""Follow-up policies: matching, aggregation, early warning, canonical order and config errors."""
+"""Follow-up policies: matching, aggregation, early warning, provisional and final rules, the
+final order, and config errors."""
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import random
 from pathlib import Path
 from typing import Any
@@ -15,14 +15,12 @@ from hypothesis import strategies as st
 from bus.errors import ConfigError
 from bus.model import Casualties, Category, Location, Report
 from bus.policy import (
-    CanonicalOrder,
     Decision,
     Evaluator,
     Observation,
     PolicyEngine,
-    caught_up_partitions,
+    SealRef,
     decide_all,
-    watermark,
     window_counts,
 )
 from bus.policy_file import load_policy, parse_policy
@@ -233,106 +231,89 @@ def test_window_counts_for_trend_charts() -> None:
     assert counts == {"east": {week0 - WEEK: 2, week0: 5}}
 
 
-# -- canonical order and determinism -----------------------------------------------------------
+# -- provisional and final rules, the final order ----------------------------------------------
+
+BOTH = """
+org = "un"
+[[rule]]
+name = "grave-now"
+categories = ["shelling"]
+min_severity = 4
+action = "alert"
+verdicts = "provisional"
+[[rule]]
+name = "grave-sealed"
+categories = ["shelling"]
+min_severity = 4
+action = "escalate"
+"""
 
 
-def test_canonical_order_releases_below_the_watermark_in_key_order() -> None:
-    order: CanonicalOrder[str] = CanonicalOrder()
-    order.record("t", 1, 0, 100, "b0")
-    order.record("t", 0, 0, 100, "a0")
-    order.record("t", 0, 1, 90, "a1")  # broker clock stepped back: effective time stays 100
-    order.record("t", 0, 1, 90, "dup")  # the same offset again is ignored
-    order.record("t", 1, 1, 120, None)  # a quarantined record still moves time on
-    assert order.progress() == {("t", 0): 100, ("t", 1): 120}
-    assert order.release(100) == []  # strictly below: another record may still come at 100
-    assert order.release(101) == [(100, "a0"), (100, "a1"), (100, "b0")]
-    order.record("t", 2, 0, 50, "late")
-    assert order.late == 1
-    assert order.release(101) == [(50, "late")]
+def _seal(epoch: int) -> SealRef:
+    return SealRef(epoch, bytes([epoch]) * 32, NOW_MS + epoch * 1000)
 
 
-def test_watermark_is_the_slowest_partition_unless_caught_up() -> None:
-    progress = {("t", 0): 100, ("t", 1): 300}
-    assigned = [("t", 0), ("t", 1), ("t", 2)]
-    assert watermark(progress, assigned, {}, 10) == 0  # partition 2 not read at all
-    assert watermark(progress, assigned, {("t", 2): 500}, 10) == 100
-    assert watermark(progress, assigned, {("t", 0): 250, ("t", 2): 500}, 10) == 240
-    assert watermark(progress, [], {}, 10) == 0
-    caught = caught_up_partitions(
-        assigned,
-        {("t", 0): 5, ("t", 1): 3},
-        {("t", 0): 5, ("t", 1): 9, ("t", 2): None},
-        {("t", 0): 1000, ("t", 1): 1000, ("t", 2): 1000},
-    )
-    assert caught == {("t", 0): 1000}
+def test_rules_act_on_final_verdicts_unless_they_say_provisional() -> None:
+    policy = parse_policy(BOTH)
+    assert [r.verdicts for r in policy.rules] == ["provisional", "final"]
+    engine = PolicyEngine(policy)
+    obs = _obs(make_mission().draft(severity=5))
+    [now] = engine.on_stored(obs, NOW_MS - 5)  # at once, as this node stored it
+    assert (now.rule, now.decided_at_ms, now.seal_epoch, now.seal_digest) == (
+        "grave-now", NOW_MS - 5, 0, b"",
+    )  # fmt: skip
+    assert not now.final
+    assert engine.on_final(_seal(1), []) == []
+    [sealed] = engine.on_final(_seal(2), [obs])  # once its final verdict is accepted
+    assert (sealed.rule, sealed.decided_at_ms) == ("grave-sealed", _seal(2).time_ms)
+    assert (sealed.seal_epoch, sealed.seal_digest) == (2, _seal(2).digest) and sealed.final
+    with pytest.raises(ValueError, match="epoch 2 given after epoch 2"):
+        engine.on_final(_seal(2), [obs])  # epochs in order, each once
+    with pytest.raises(ValueError, match="epoch 4 given after epoch 2"):
+        engine.on_final(_seal(4), [obs])
 
 
-def _log(seed: int, n: int = 120) -> list[list[tuple[str, int, int, int, Observation | None]]]:
-    """Per-partition record streams of a small mission (some records quarantined)."""
+def _epochs(seed: int, n: int = 120) -> list[tuple[SealRef, list[Observation]]]:
+    """A sealed stream of a small mission: each epoch's accepted reports in the judge's order."""
     sc = build_scenario(NOW_MS)
     rng = random.Random(seed)
-    parts: dict[tuple[str, int], list[tuple[str, int, int, int, Observation | None]]] = {}
-    clock = NOW_MS
+    out: list[tuple[SealRef, list[Observation]]] = []
+    batch: list[Observation] = []
     for _ in range(n):
         obs = rng.choice(sc.observers)
-        r = draft_report(rng, obs, sc.mandate, NOW_MS)
-        tp = (f"obus.reports.{obs.org}", hash(obs.observer_id) % 2)
-        clock += rng.randrange(0, 3)  # ties across partitions are common
-        stream = parts.setdefault(tp, [])
-        item = None if rng.random() < 0.1 else Observation(r, rng.randbytes(32))
-        stream.append((tp[0], tp[1], len(stream), clock, item))
-    return list(parts.values())
-
-
-def _interleave(streams, rng: random.Random):  # type: ignore[no-untyped-def]
-    cursors = [0] * len(streams)
-    out = []
-    while any(c < len(s) for c, s in zip(cursors, streams, strict=True)):
-        i = rng.choice([i for i, s in enumerate(streams) if cursors[i] < len(s)])
-        out.append(streams[i][cursors[i]])
-        cursors[i] += 1
+        batch.append(Observation(draft_report(rng, obs, sc.mandate, NOW_MS), rng.randbytes(32)))
+        if rng.random() < 0.1:
+            out.append((_seal(len(out) + 1), batch))
+            batch = []
+    out.append((_seal(len(out) + 1), batch))
     return out
 
 
 @pytest.mark.parametrize("org", [o for o, _ in ORGANIZATIONS])
-@settings(max_examples=15, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 2**32 - 1))
-def test_same_log_same_decisions_whatever_the_interleaving(org: str, seed: int) -> None:
+def test_final_decisions_are_a_function_of_the_sealed_stream(org: str, seed: int) -> None:
+    """A node that evaluates epoch after epoch as seals come (restarting at any epoch, which
+    replays the stream from the first) decides exactly as a replay of the whole sealed log."""
     policy = load_policy(POLICIES / f"{org}.toml")
-    streams = _log(seed % 7)
-    expected = decide_all(policy, itertools.chain.from_iterable(streams))
-    got = decide_all(policy, _interleave(streams, random.Random(seed)))
-    assert got == expected
-
-
-def test_incremental_release_equals_one_pass() -> None:
-    """A node releasing in many small steps decides exactly as a replay of the whole log."""
-    policy = load_policy(POLICIES / "osce.toml")
-    streams = _log(3, 300)
-    assert decide_all(policy, itertools.chain.from_iterable(streams))
-    rng = random.Random(1)
+    epochs = _epochs(seed % 7, 300)
+    expected = decide_all(policy, epochs)
+    restart = random.Random(seed).randrange(len(epochs))
     engine = PolicyEngine(policy)
-    got = []
-    for rec in _interleave(streams, rng):
-        engine.record(*rec)
-        if rng.random() < 0.2:
-            w = watermark(
-                engine.order.progress(), {(r[0], r[1]) for s in streams for r in s[:1]}, {}, 0
-            )
-            got += engine.advance(w)
-    got += engine.advance(2**62)
-    assert got == decide_all(policy, itertools.chain.from_iterable(streams))
-    assert engine.order.late == 0
+    got = [d for seal, obs in epochs[:restart] for d in engine.on_final(seal, obs)]
+    engine = PolicyEngine(policy)  # restarted: the store keeps decisions by id
+    again = [d for seal, obs in epochs for d in engine.on_final(seal, obs)]
+    assert got == again[: len(got)]
+    assert again == expected
+    assert all(d.final and d.decided_at_ms == NOW_MS + d.seal_epoch * 1000 for d in expected)
 
 
 def test_decisions_differ_across_organizations_on_the_same_log() -> None:
-    streams = _log(5, 400)
+    epochs = _epochs(5, 400)
     sets = {
         org: {
             d.decision_id.split(":", 1)[1]
-            for d in decide_all(
-                load_policy(POLICIES / f"{org}.toml"), itertools.chain.from_iterable(streams)
-            )
+            for d in decide_all(load_policy(POLICIES / f"{org}.toml"), epochs)
         }
         for org, _ in ORGANIZATIONS
     }
@@ -395,6 +376,7 @@ BAD = {
     "trend with count": (R + "window_days=7\ncount_at_least=2\ntrend={baseline_windows=1,factor=2.0,min_count=3}", "rule[a].trend"),
     "trend baseline too long": (R + "window_days=7\ntrend={baseline_windows=99,factor=2.0,min_count=3}", "rule[a].trend.baseline_windows"),
     "duplicate rule name": (R + '[[rule]]\nname="a"\naction="y"', "rule[a].name"),
+    "verdicts not final or provisional": (R + 'verdicts="sealed"', "rule[a].verdicts"),
 }  # fmt: skip
 
 
