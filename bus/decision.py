@@ -31,7 +31,13 @@ Verification rule (:func:`verify_decision`), the same on every node and for audi
    refuses it. The decision's own ``seq`` never counts here: its signer chooses it;
 5. the decision is for the mandate the reader runs under;
 6. with a reference time (*t_e* of the record's epoch, :mod:`bus.judge`), ``signed_at_ms`` is at
-   most the clock skew ahead of it (``clock_skew``).
+   most the clock skew ahead of it (``clock_skew``);
+7. the seal it rests on (:func:`check_seal_reference`): a decision on final verdicts names the
+   epoch and the digest of the final seal they were final at (``seal_epoch``,
+   ``seal_digest``; 0 and empty for one on provisional verdicts). With the record's epoch, a
+   ``seal_epoch`` at or after it is ``invalid_field`` (evidence cannot be final after the
+   decision citing it was sealed); a reader holding the final seals also checks the digest
+   (``invalid_field`` when it is not the final seal of that epoch).
 
 The chain and the delivery lag are the final judge's (:class:`bus.judge.FinalJudge`): they need
 the decisions before this one, in the order of the sealed log.
@@ -41,6 +47,7 @@ Pure: no asyncio, Kafka, socket or HTTP imports.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -114,6 +121,13 @@ class PublishedDecision:
     signed_at_ms: int
     summary: str
     policy_digest: bytes
+    seal_epoch: int = 0
+    seal_digest: bytes = b""
+
+    @property
+    def final(self) -> bool:
+        """Whether it rests on final verdicts (names a seal)."""
+        return self.seal_epoch > 0
 
     def __post_init__(self) -> None:
         check_id("org", self.org)
@@ -147,6 +161,12 @@ class PublishedDecision:
             raise _invalid("summary", f"longer than {MAX_SUMMARY_CHARS} characters")
         if len(self.policy_digest) not in (0, DIGEST_BYTES):
             raise _invalid("policy_digest", f"must be empty or {DIGEST_BYTES} bytes")
+        if self.seal_epoch < 0:
+            raise _invalid("seal_epoch", "must be >= 0")
+        if self.seal_epoch == 0 and self.seal_digest:
+            raise _invalid("seal_digest", "must be empty on provisional verdicts (seal_epoch 0)")
+        if self.seal_epoch > 0 and len(self.seal_digest) != DIGEST_BYTES:
+            raise _invalid("seal_digest", f"must be {DIGEST_BYTES} bytes when seal_epoch > 0")
 
     @classmethod
     def of(
@@ -180,6 +200,8 @@ class PublishedDecision:
             signed_at_ms=signed_at_ms,
             summary=decision.summary[:MAX_SUMMARY_CHARS],
             policy_digest=policy_digest,
+            seal_epoch=decision.seal_epoch,
+            seal_digest=decision.seal_digest,
         )
 
     def to_pb(self) -> decision_pb2.Decision:
@@ -206,6 +228,8 @@ class PublishedDecision:
             summary=self.summary,
             policy_digest=self.policy_digest,
             prev_digest=self.prev_digest,
+            seal_epoch=self.seal_epoch,
+            seal_digest=self.seal_digest,
         )
 
     @classmethod
@@ -231,6 +255,42 @@ class PublishedDecision:
             signed_at_ms=pb.signed_at_ms,
             summary=pb.summary,
             policy_digest=bytes(pb.policy_digest),
+            seal_epoch=pb.seal_epoch,
+            seal_digest=bytes(pb.seal_digest),
+        )
+
+
+def check_seal_reference(
+    decision: PublishedDecision,
+    *,
+    epoch: int | None = None,
+    seal_digest: Callable[[int], bytes | None] | None = None,
+) -> None:
+    """Check the seal a decision names (module docstring, rule 7).
+
+    Args:
+        decision: the decision.
+        epoch: the epoch its record is sealed in; None: not known (not checked).
+        seal_digest: the digest of the final seal of an epoch (None when that seal is not
+            known); None: digests are not checked.
+
+    Raises:
+        VerificationError: ``invalid_field``.
+    """
+    if not decision.final:
+        return
+    if epoch is not None and decision.seal_epoch >= epoch:
+        raise VerificationError(
+            Reason.INVALID_FIELD,
+            f"rests on the seal of epoch {decision.seal_epoch}, not final when the decision was"
+            f" sealed in epoch {epoch}",
+            seal_epoch=decision.seal_epoch,
+        )
+    if seal_digest is not None and seal_digest(decision.seal_epoch) != decision.seal_digest:
+        raise VerificationError(
+            Reason.INVALID_FIELD,
+            f"names a seal digest that is not the final seal of epoch {decision.seal_epoch}",
+            seal_epoch=decision.seal_epoch,
         )
 
 
@@ -258,6 +318,7 @@ def verify_decision(
     epoch: int | None = None,
     reference_ms: int | None = None,
     limits: Limits = _DEFAULT_LIMITS,
+    seal_digest: Callable[[int], bytes | None] | None = None,
 ) -> VerifiedDecision:
     """Verify decision envelope bytes read from ``topic_org``'s decisions topic (the module
     docstring's rule; not its chain, which needs the decisions before it).
@@ -271,12 +332,15 @@ def verify_decision(
             not known yet: then any revocation of the signing key refuses it.
         reference_ms: *t_e* of that epoch, for the clock-skew bound; None: not checked.
         limits: the record size and clock-skew limits.
+        seal_digest: the digest of the final seal of an epoch (None: that seal is unknown),
+            to check the seal the decision names; None: not checked.
 
     Raises:
         VerificationError: ``oversized``, ``malformed``, ``missing_signature``,
             ``wrong_payload_type``, ``invalid_field``, ``unknown_key``, ``bad_signature``,
             ``malformed_key``, ``wrong_org``, ``wrong_topic``, ``wrong_mandate``,
-            ``wrong_role``, ``key_expired``, ``key_revoked`` or ``clock_skew``.
+            ``wrong_role``, ``key_expired``, ``key_revoked``, ``clock_skew`` or, for the
+            seal it names, ``invalid_field``.
     """
     if len(raw) > limits.max_record_bytes:
         raise VerificationError(
@@ -301,4 +365,5 @@ def verify_decision(
             Reason.CLOCK_SKEW,
             f"signed_at is {decision.signed_at_ms - reference_ms} ms after the epoch's time",
         )
+    check_seal_reference(decision, epoch=epoch, seal_digest=seal_digest)
     return VerifiedDecision(decision, acc.subject_id, env.signatures[0].key_id, sha256(raw))

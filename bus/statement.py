@@ -34,13 +34,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from bus._pb.obus.v1 import statement_pb2
 from bus.crypto import SigningKey, verify_pae
-from bus.decision import VerifiedDecision, _check_evidence
+from bus.decision import VerifiedDecision, _check_evidence, check_seal_reference
 from bus.epoch import FinalSeal, PartitionRef
 from bus.errors import BusError, ConfigError, EpochInputError, Reason, VerificationError
 from bus.judge import RecordPos, Status, Verdict
@@ -387,6 +387,11 @@ class SealedBoard:
     before *e* counting for nothing. So the board is a function of the sealed log: the same at
     every node and reader, whatever order they read in and however often they restart.
 
+    Given the final seals' digests (:meth:`judge`), an accepted decision that names a seal
+    whose digest is not the final seal of that epoch is refused here (``invalid_field``,
+    :func:`bus.decision.check_seal_reference`); every reader holding the final seals refuses it
+    alike.
+
     Args:
         root: the mandate the bus began under (the same at every reader).
         topics: topic names.
@@ -470,11 +475,15 @@ class SealedBoard:
         if self.covers(ref[0]):
             self._reader.offer_records(ref, offset, values)
 
-    def judge(self, seal: FinalSeal) -> BoardEpoch | None:
+    def judge(
+        self, seal: FinalSeal, seal_digest: Callable[[int], bytes | None] | None = None
+    ) -> BoardEpoch | None:
         """Judge the next final seal's epoch, or None while its records are not all held.
 
         Args:
             seal: the final seal of epoch :attr:`epoch` + 1 (as the node's sealer found it).
+            seal_digest: the digest of the final seal of an earlier epoch (None: unknown), to
+                check the seal each accepted decision names; None: not checked.
 
         Raises:
             EpochInputError: not the next final seal.
@@ -507,7 +516,7 @@ class SealedBoard:
                 self._held[verdict.pos] = values.get(verdict.pos) or b""
                 continue
             raw = values.get(verdict.pos) or self._held.pop(verdict.pos, b"")
-            decisions.append(_board_decision(verdict, raw))
+            decisions.append(_board_decision(verdict, raw, seal_digest))
         stmt_positions = sorted(p for p in values if p[0] == self._topics.statements)
         statements = [self._statement(p, values[p], ring, seal) for p in stmt_positions]
         return BoardEpoch(
@@ -607,7 +616,14 @@ class SealedBoard:
         return cls(root, topics, limits, decisions=decisions, book=book, _reader=reader, _held=held)
 
 
-def _board_decision(v: Verdict, raw: bytes) -> BoardDecision:
+def _board_decision(
+    v: Verdict, raw: bytes, seal_digest: Callable[[int], bytes | None] | None
+) -> BoardDecision:
     if v.status is not Status.ACCEPTED or v.decision is None:
         return BoardDecision(v.pos, raw, None, v.reason or Reason.MALFORMED.value, v.detail)
+    if seal_digest is not None:
+        try:
+            check_seal_reference(v.decision.decision, seal_digest=seal_digest)
+        except VerificationError as exc:
+            return BoardDecision(v.pos, raw, None, exc.reason.value, exc.message)
     return BoardDecision(v.pos, raw, v.decision)

@@ -115,6 +115,7 @@ CREATE TABLE IF NOT EXISTS peer_decisions (
     window_start_ms INTEGER NOT NULL, window_end_ms INTEGER NOT NULL,
     evidence_json TEXT NOT NULL, decided_at_ms INTEGER NOT NULL, signed_at_ms INTEGER NOT NULL,
     summary TEXT NOT NULL, digest BLOB NOT NULL, envelope BLOB NOT NULL,
+    seal_epoch INTEGER NOT NULL DEFAULT 0, seal_digest BLOB,
     PRIMARY KEY (topic, partition, "offset")
 );
 CREATE TABLE IF NOT EXISTS statements (
@@ -226,6 +227,8 @@ _ADDED_COLUMNS: Final = (
     ("board_rejected", "over_quota", "INTEGER NOT NULL DEFAULT 0"),
     ("decision_details", "seal_epoch", "INTEGER NOT NULL DEFAULT 0"),
     ("decision_details", "seal_digest", "BLOB"),
+    ("peer_decisions", "seal_epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("peer_decisions", "seal_digest", "BLOB"),
 )
 # The quarantine tables and the SQL of the bytes one of their rows keeps (its quota cost).
 _QUARANTINE_TABLES: Final = (
@@ -641,7 +644,11 @@ class NodeStore:
         """Own decisions, newest first; ``unpublished``: only those waiting to be published
         (oldest first then, the order they are published in)."""
         # A store opened read-only before its node added the seal columns: none rests on one.
-        seal = "dd.seal_epoch, dd.seal_digest" if self._has_seal_columns() else "0, NULL"
+        seal = (
+            "dd.seal_epoch, dd.seal_digest"
+            if self._has_column("decision_details", "seal_epoch")
+            else "0, NULL"
+        )
         rows = self._db.execute(
             "SELECT d.decision_id, d.org, d.rule, d.action, d.priority, d.zone, d.evidence,"  # noqa: S608
             " d.decided_at_ms, coalesce(dd.kind, 'report'), coalesce(dd.grp, d.zone),"
@@ -669,9 +676,10 @@ class NodeStore:
             out.append(StoredDecision(d, state, seq, None if env is None else bytes(env), offset))
         return out
 
-    def _has_seal_columns(self) -> bool:
-        cols = {row[1] for row in self._db.execute("PRAGMA table_info(decision_details)")}
-        return "seal_epoch" in cols
+    def _has_column(self, table: str, column: str) -> bool:
+        """Whether ``table`` has ``column`` (a store opened read-only may predate it)."""
+        cols = {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+        return column in cols
 
     def report_contents(
         self, positions: Iterable[tuple[str, int, int]]
@@ -766,12 +774,16 @@ class NodeStore:
             for ref, vd, raw in decisions:
                 d = vd.decision
                 db.execute(
-                    "INSERT OR IGNORE INTO peer_decisions VALUES"
-                    " (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    'INSERT OR IGNORE INTO peer_decisions (topic, partition, "offset",'
+                    " log_time_ms, decision_id, org, node_id, seq, rule, kind, action, priority,"
+                    " zone, grp, window_start_ms, window_end_ms, evidence_json, decided_at_ms,"
+                    " signed_at_ms, summary, digest, envelope, seal_epoch, seal_digest)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (ref.topic, ref.partition, ref.offset, ref.log_time_ms, d.decision_id, d.org,
                      vd.node_id, d.seq, d.rule, d.kind, d.action, d.priority, d.zone, d.group,
                      d.window_start_ms, d.window_end_ms, _evidence_json(d.evidence),
-                     d.decided_at_ms, d.signed_at_ms, d.summary, sha256(raw), raw),
+                     d.decided_at_ms, d.signed_at_ms, d.summary, sha256(raw), raw, d.seal_epoch,
+                     d.seal_digest or None),
                 )  # fmt: skip
             for ref, st, added in statements:
                 s = st.statement
@@ -846,11 +858,17 @@ class NodeStore:
         return out
 
     def peer_decisions(self, *, limit: int = 1000) -> list[dict[str, Any]]:
-        """Published decisions read from the decisions topics, newest first."""
+        """Published decisions read from the decisions topics, newest first; ``seal_epoch``
+        and ``seal_digest`` (hex) name the final seal each rests on (0 and None: provisional)."""
+        seal = (
+            "seal_epoch, seal_digest"
+            if self._has_column("peer_decisions", "seal_epoch")
+            else "0 AS seal_epoch, NULL AS seal_digest"  # a read-only store of an older node
+        )
         cur = self._db.execute(
-            'SELECT topic, partition, "offset", log_time_ms, decision_id, org, node_id, seq, rule,'
+            'SELECT topic, partition, "offset", log_time_ms, decision_id, org, node_id, seq, rule,'  # noqa: S608
             " kind, action, priority, zone, grp, window_start_ms, window_end_ms, evidence_json,"
-            " decided_at_ms, signed_at_ms, summary FROM peer_decisions"
+            f" decided_at_ms, signed_at_ms, summary, {seal} FROM peer_decisions"
             ' ORDER BY log_time_ms DESC, topic, "offset" DESC LIMIT ?',
             (limit,),
         )

@@ -13,7 +13,8 @@ with it (through its own connection):
   see every report the ingest loop accepted, at once, in the order it stored them. Decisions
   are stored with stable ids, so a restart that replays the store and the final store
   re-derives the same ones and stores nothing twice.
-* **Publication.** Decisions whose rule says ``publish = true`` are signed with the node key
+* **Publication.** Decisions whose rule says ``publish = true`` (each naming the epoch and
+  final seal it rests on, or none for a provisional rule's) are signed with the node key
   (accredited by this organization with role NODE) and produced (idempotent, acks=all) to
   ``<prefix>decisions.<org>``, keyed by decision id. The organization's decisions form one hash
   chain (:mod:`bus.decision`): each names the seq after the chain head and the SHA-256 of the
@@ -478,6 +479,8 @@ class FollowUp:
                 decision_id=sd.decision.decision_id,
                 topic=topic,
                 offset=md.offset,
+                seal_epoch=sd.decision.seal_epoch,  # 0: on provisional verdicts
+                seal_digest=sd.decision.seal_digest.hex(),
             )
 
     def _node_key_problem(self, key: SigningKey) -> str | None:
@@ -564,7 +567,7 @@ class FollowUp:
         epochs: list[BoardEpoch] = []
         for seal in await asyncio.to_thread(final.seals, board.epoch, 200):
             try:
-                ep = board.judge(seal)
+                ep = board.judge(seal, final.seal_digest)
             except SealedRootMismatchError as exc:
                 self._raise_alarm(Reason.SEALED_ROOT_MISMATCH.value, exc.message, exc.context)
                 break

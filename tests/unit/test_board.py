@@ -417,3 +417,41 @@ async def test_board_rows_from_another_trust_state_are_judged_again(tmp_path: Pa
     await f._judge_board(store, f.board)
     assert [r["signed_by"] for r in store.statements()] == [["un"]]
     store.close()
+
+
+def test_a_decision_must_name_a_final_seal_before_its_own_epoch() -> None:
+    """The final judge refuses a decision naming a seal at or after its own epoch; the board,
+    holding the final seals, also refuses one naming a digest that is not that epoch's seal."""
+    m, log = _bus()
+    key = m.scenario.node_keys["osce"]
+    log.seal()  # epoch 2
+    good = make_decision(m.mandate_id, "osce", key, None, n=1, seal_epoch=2,
+                         seal_digest=log.seals[1].digest)  # fmt: skip
+    p_good = log.put(TOPICS.decisions("osce"), good)
+    head = ChainHead(1, sha256(good))
+    p_wrong = log.put(
+        TOPICS.decisions("osce"),
+        make_decision(m.mandate_id, "osce", key, head, n=2, seal_epoch=1, seal_digest=bytes(32)),
+    )
+    p_ahead = log.put(
+        TOPICS.decisions("osce"),
+        make_decision(m.mandate_id, "osce", key, head, n=3, seal_epoch=3,
+                      seal_digest=bytes(32)),
+    )  # fmt: skip
+    log.seal()  # epoch 3
+    _, full = log.judge()
+    judged = {v.pos: v.reason or v.status.value for ev in full for v in ev.verdicts}
+    assert judged[p_ahead] == "invalid_field"  # at every reader: not final when sealed
+    assert judged[p_wrong] == "accepted"  # the judge holds no earlier seal digests
+    board = SealedBoard(log.root, TOPICS)
+    _feed(board, log)
+    digests = {s.epoch: s.digest for s in log.seals}
+    said = {}
+    for seal in log.seals:
+        ep = board.judge(seal, digests.get)
+        assert ep is not None
+        said.update({d.pos: d for d in ep.decisions})
+    assert said[p_good].accepted is not None
+    assert said[p_good].accepted.decision.seal_epoch == 2
+    assert (said[p_wrong].accepted, said[p_wrong].reason) == (None, "invalid_field")
+    assert (said[p_ahead].accepted, said[p_ahead].reason) == (None, "invalid_field")

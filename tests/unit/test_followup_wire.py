@@ -174,6 +174,50 @@ def test_decision_invariants(field: str, value: object) -> None:
     assert exc.value.reason.value == "invalid_field"
 
 
+def test_a_decision_names_the_seal_it_rests_on() -> None:
+    m = make_mission()
+    keys = _nodes(m)
+    seal = bytes(range(32))
+    final = _decision(seal_epoch=7, seal_digest=seal)
+    assert final.final and not _decision().final
+    assert PublishedDecision.decode(encode(final)) == final
+    raw = sign_decision(final, keys["osce"])
+    known = {7: seal, 8: bytes(32)}
+    vd = verify_decision(raw, m.keyring, topic_org="osce", epoch=8, seal_digest=known.get)
+    assert (vd.decision.seal_epoch, vd.decision.seal_digest) == (7, seal)
+    for epoch in (7, 3):  # sealed no later than the evidence it names was final
+        with pytest.raises(VerificationError) as exc:
+            verify_decision(raw, m.keyring, topic_org="osce", epoch=epoch)
+        assert exc.value.reason.value == "invalid_field"
+    for digests in ({7: bytes(32)}, {}):  # another seal of that epoch, or none known
+        with pytest.raises(VerificationError) as exc:
+            verify_decision(raw, m.keyring, topic_org="osce", seal_digest=digests.get)
+        assert exc.value.reason.value == "invalid_field"
+    # A decision on provisional verdicts names none, and nothing about seals is checked.
+    provisional = sign_decision(_decision(), keys["osce"])
+    assert verify_decision(provisional, m.keyring, topic_org="osce", epoch=1, seal_digest={}.get)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"seal_epoch": 0, "seal_digest": bytes(32)}, {"seal_epoch": 2, "seal_digest": b""},
+     {"seal_epoch": 2, "seal_digest": bytes(31)}],
+)  # fmt: skip
+def test_seal_reference_invariants(changes: dict[str, Any]) -> None:
+    with pytest.raises(VerificationError) as exc:
+        _decision(**changes)
+    assert exc.value.reason.value == "invalid_field"
+
+
+def test_a_decision_published_before_seals_reads_as_provisional() -> None:
+    """Fields 19 and 20 absent (a decision of an older node): seal_epoch 0, no digest."""
+    pb = _decision().to_pb()
+    pb.ClearField("seal_epoch")
+    pb.ClearField("seal_digest")
+    d = PublishedDecision.decode(pb.SerializeToString(deterministic=True))
+    assert (d.seal_epoch, d.seal_digest) == (0, b"")
+
+
 def test_payload_types_are_distinct() -> None:
     decision: str = PAYLOAD_DECISION  # a plain str: the constants are distinct Final literals
     assert decision != PAYLOAD_STATEMENT

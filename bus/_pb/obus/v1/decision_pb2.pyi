@@ -15,7 +15,7 @@ class ReportRef(_message.Message):
     def __init__(self, report_id: _Optional[str] = ..., envelope_digest: _Optional[bytes] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("decision_id", "mandate_id", "org", "seq", "rule", "kind", "action", "priority", "zone", "group", "window_start_ms", "window_end_ms", "evidence", "decided_at_ms", "signed_at_ms", "summary", "policy_digest", "prev_digest")
+    __slots__ = ("decision_id", "mandate_id", "org", "seq", "rule", "kind", "action", "priority", "zone", "group", "window_start_ms", "window_end_ms", "evidence", "decided_at_ms", "signed_at_ms", "summary", "policy_digest", "prev_digest", "seal_epoch", "seal_digest")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     MANDATE_ID_FIELD_NUMBER: _ClassVar[int]
     ORG_FIELD_NUMBER: _ClassVar[int]
@@ -34,6 +34,8 @@ class Decision(_message.Message):
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     POLICY_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PREV_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SEAL_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    SEAL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     mandate_id: str
     org: str
@@ -52,4 +54,6 @@ class Decision(_message.Message):
     summary: str
     policy_digest: bytes
     prev_digest: bytes
-    def __init__(self, decision_id: _Optional[str] = ..., mandate_id: _Optional[str] = ..., org: _Optional[str] = ..., seq: _Optional[int] = ..., rule: _Optional[str] = ..., kind: _Optional[str] = ..., action: _Optional[str] = ..., priority: _Optional[str] = ..., zone: _Optional[str] = ..., group: _Optional[str] = ..., window_start_ms: _Optional[int] = ..., window_end_ms: _Optional[int] = ..., evidence: _Optional[_Iterable[_Union[ReportRef, _Mapping]]] = ..., decided_at_ms: _Optional[int] = ..., signed_at_ms: _Optional[int] = ..., summary: _Optional[str] = ..., policy_digest: _Optional[bytes] = ..., prev_digest: _Optional[bytes] = ...) -> None: ...
+    seal_epoch: int
+    seal_digest: bytes
+    def __init__(self, decision_id: _Optional[str] = ..., mandate_id: _Optional[str] = ..., org: _Optional[str] = ..., seq: _Optional[int] = ..., rule: _Optional[str] = ..., kind: _Optional[str] = ..., action: _Optional[str] = ..., priority: _Optional[str] = ..., zone: _Optional[str] = ..., group: _Optional[str] = ..., window_start_ms: _Optional[int] = ..., window_end_ms: _Optional[int] = ..., evidence: _Optional[_Iterable[_Union[ReportRef, _Mapping]]] = ..., decided_at_ms: _Optional[int] = ..., signed_at_ms: _Optional[int] = ..., summary: _Optional[str] = ..., policy_digest: _Optional[bytes] = ..., prev_digest: _Optional[bytes] = ..., seal_epoch: _Optional[int] = ..., seal_digest: _Optional[bytes] = ...) -> None: ...
