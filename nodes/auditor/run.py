@@ -3,9 +3,8 @@
 :func:`audit` feeds the judge (:class:`nodes.auditor.judge.AuditRun`) from the broker,
 replaying every topic from the start with its own consumer (no group, nothing committed),
 optionally with signature workers one batch ahead; :func:`audit_export` feeds it from an export
-file. Both read the seals topic first, then every other topic,
-as the exporter does (:mod:`nodes.auditor.log_export`), so every seal covers records the
-replays after it find.
+file. Both read the seals topic first, then every other topic, as the exporter does
+(:mod:`nodes.auditor.log_export`), so every seal covers records the replays after it find.
 :func:`render` prints the result to a console and :func:`write_json` writes it as JSON.
 Exit code 0 means the log is consistent and every record verified, by its final verdict where
 it has one (findings against one organization's checkpoints or seals are printed beside it); 1
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -374,11 +374,11 @@ def _render_final(result: AuditResult, console: Console) -> None:
     if f.mismatch is not None:
         m = f.mismatch
         console.print(
-            f"[red]sealed record altered or deleted: {m.topic}[{m.partition}] at sealed size"
-            f" {m.size}: {m.message}[/red]"
+            f"[red]sealed record altered or deleted: {m.topic}\\[{m.partition}] at sealed size"
+            f" {m.size}: {escape(m.message)}[/red]"
         )
     if f.stuck is not None:
-        console.print(f"[red]seals offset {f.stuck.offset}: {f.stuck.detail}[/red]")
+        console.print(f"[red]seals offset {f.stuck.offset}: {escape(f.stuck.detail)}[/red]")
 
 
 def write_json(result: AuditResult, path: Path) -> None:
