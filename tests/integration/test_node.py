@@ -6,8 +6,10 @@ Every test uses its own topic prefix, so tests share one broker without seeing e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -20,6 +22,7 @@ from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.model import Envelope, Report, Signature
 from bus.policy_file import load_policy
+from bus.store.final import FinalStore
 from bus.store.node import NodeStore
 from bus.topics import Topics, report_headers, standard_topics
 from nodes.auditor.run import audit
@@ -182,3 +185,32 @@ async def test_demo_command_runs_against_the_test_broker(kafka_bootstrap: str) -
     assert proc.returncode == 0, text[-4000:]
     assert "all six nodes hold the identical set of reports" in text
     assert "DEMO OK" in text
+    assert "all 6 final stores are identical" in text
+    assert "the auditor derived the same final state as the six nodes" in text
+    assert "the offline audit derived the same final state as the six nodes" in text
+    # The six final stores, read here: one final state, every report final, each seal made
+    # final by 4 organizations at least.
+    states = set()
+    for org, _ in ORGANIZATIONS:
+        path = REPO / "var" / "demo" / f"{org}.final.db"
+        store = FinalStore(path, read_only=True)
+        try:
+            states.add((store.last_epoch(), store.fingerprint()))
+            seals = store.seals(limit=1000)
+        finally:
+            store.close()
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+            reports = dict(
+                con.execute(
+                    "SELECT status || ':' || reason, count(*) FROM verdicts"
+                    " WHERE topic LIKE '%.reports.%' GROUP BY status, reason"
+                ).fetchall()
+            )
+        # 18 observers x 4 reports and the 12 of the escalation; the 2 injected records
+        assert reports == {
+            "accepted:": 84,
+            "quarantined:bad_signature": 1,
+            "quarantined:unknown_key": 1,
+        }, org
+        assert seals and all(len(s["signers"]) >= 4 for s in seals), org
+    assert len(states) == 1, states

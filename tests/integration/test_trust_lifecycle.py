@@ -21,6 +21,7 @@ from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.model import Envelope, Location, Report, Zone
 from bus.sign import sign_mandate
+from bus.store.final import FinalStore
 from bus.store.node import NodeStore
 from bus.topics import Topics, report_headers, standard_topics
 from nodes.auditor.run import audit
@@ -347,3 +348,25 @@ async def test_trust_demo_runs_against_the_test_broker(kafka_bootstrap: str) -> 
     assert proc.returncode == 0, text[-4000:]
     assert "agree that seq 3-5 of un-obs-2 do not count" in text
     assert "DEMO-TRUST OK" in text
+    assert "all 6 final stores are identical" in text
+    assert "the auditor derived the same final state as the six nodes" in text
+    # The six final stores, read here (SCO's node restarted from version 2 among them): one
+    # final state; version 2 in force after the epoch that sealed it; reports 3-5 of the
+    # revoked key void (3 revoked after acceptance, 4-5 key_revoked).
+    states = set()
+    for org, _ in ORGANIZATIONS:
+        store = FinalStore(REPO / "var" / "demo-trust" / f"{org}.final.db", read_only=True)
+        try:
+            states.add((store.last_epoch(), store.fingerprint()))
+            counts = store.counts()
+            versions = [s["mandate_version"] for s in reversed(store.seals(limit=1000))]
+        finally:
+            store.close()
+        assert counts["revoked_after_acceptance"] == 1, org
+        assert counts["quarantined:key_revoked"] == 2, org
+        assert counts["quarantined:unknown_key"] == 1, org
+        assert counts["quarantined:threshold_not_met"] == 1, org
+        assert counts["quarantined:mandate_rollback"] == 1, org
+        assert counts.get("deferred", 0) == 0, org
+        assert versions[0] == 1 and versions[-1] == 2 and versions == sorted(versions), org
+    assert len(states) == 1, states
