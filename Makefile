@@ -77,10 +77,10 @@ browser:  ## Debian's chromium for the dashboard's browser test (idempotent; apt
 	  || { echo "error: could not install chromium; run: apt-get install -y chromium"; exit 1; }; }
 	@chromium --version 2>/dev/null
 
-demo: $(STAMP) kafka-fetch  ## start Kafka, six org nodes, observers and an auditor; show the result
+demo: $(STAMP) kafka-fetch  ## start Kafka, six org nodes, observers and an auditor; seals, final verdicts, the result
 	$(PY) -m nodes.cli demo
 
-demo-trust: $(STAMP) kafka-fetch  ## mandate rotation 4 of 6, a revocation, a restricted report; six nodes agree
+demo-trust: $(STAMP) kafka-fetch  ## mandate rotation 4 of 6, a revocation, a restricted report, on seals; six nodes agree
 	$(PY) -m nodes.demo.trust_mission
 
 bench: $(STAMP) kafka-fetch  ## ratios to the Ed25519 ceiling; table + bench/results/*.json (BENCH_ARGS="--sizes 100000,1000000 --profile")
