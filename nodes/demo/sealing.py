@@ -390,10 +390,11 @@ def _show_provisional(
     console: Console, work: Path, nodes: dict[str, NodeFinal], topics: Topics
 ) -> None:
     """Per node: its provisional verdicts on reports against the final ones, and the reports
-    it marked revoked after acceptance against the final changes."""
+    it marked revoked after acceptance against the final changes ("deferred first": final at
+    the epoch after their own; "changes logged": the sealer's ``verdict_changed`` events)."""
     table = Table(title="Reports: provisional (read at once) -> final (sealed)")
-    for col in ("node", "final", "deferred, then final", "revoked after acceptance",
-                "same as provisional", "changed", "verdict_changed logged"):  # fmt: skip
+    for col in ("node", "final", "deferred first", "revoked after acc.", "as provisional",
+                "changed", "changes logged"):  # fmt: skip
         table.add_column(col, justify="right")
     for org, n in nodes.items():
         reports = [r for r in n.rows if topics.org_of_report_topic(r.topic) is not None]
