@@ -1,9 +1,34 @@
-"""One verification path for nodes and auditors: record bytes -> accepted or quarantined.
+"""A node's provisional verdicts: record bytes -> accepted or quarantined, the moment it reads them.
 
 Pure glue of :func:`bus.verify.verify_report` and the per-observer :class:`~bus.verify.ChainBook`
 (follow-up policies run on accepted reports in :class:`bus.policy.PolicyEngine`). It never
 raises on input: every record ends as exactly one :class:`~bus.store.node.Accepted` or
 :class:`~bus.store.node.Quarantined` outcome.
+
+These verdicts are **provisional**: the final ones are made in the sealed order on the sealed
+clock *t_e* (:mod:`bus.judge`), and the node's sealer compares the two. A provisional verdict is
+the node's best guess of the final one, from what the node knows when it reads the record:
+
+* **Trust:** the key ring of the newest mandate version the node has applied, with the registry
+  as read so far (:attr:`bus.lifecycle.TrustTimeline.current`, kept in :attr:`Ingestor.keyring`
+  by the caller).
+* **Clock:** the node's own clock when it judges (:attr:`Ingestor.clock`), which stands for the
+  *t_e* of the epoch the record will be sealed in: ``signed_at <= now + max_clock_skew_ms``
+  (``clock_skew``, :class:`bus.verify.Limits`) and, after every other check of
+  :func:`bus.verify.verify_report`, ``signed_at >= now - lag`` (``delivery_lag``), ``lag`` being
+  the maximum delivery lag of that mandate version (:attr:`bus.model.Mandate.delivery_lag_ms`),
+  as the final judge checks it. A record read long after it was logged (a node catching up on
+  a backlog, or in archive mode) is therefore ``delivery_lag`` provisionally once it is older
+  than the lag: its final verdict, at its own epoch's time, is the one that counts.
+
+The broker's timestamp of a record (:attr:`RecordRef.log_time_ms`) decides none of this: a
+hostile operator sets it (CreateTime topics, or the broker's clock). It is kept as information
+only (when the broker says it appended the record).
+
+:attr:`Ingestor.timeline` is the one exception, for the auditor's legacy per-record audit only:
+given a :class:`~bus.lifecycle.TrustTimeline`, records are judged under the version in effect at
+their log time (:meth:`~bus.lifecycle.TrustTimeline.at`) with the log time as the clock and no
+delivery-lag check, as that audit always did. A node never sets it.
 
 A quarantined outcome never carries more of a record than a stored row may keep
 (:func:`kept_of`): a value larger than the record limit is judged ``oversized`` on its length
@@ -14,13 +39,14 @@ alone, before anything reads it, and goes on as its size, its SHA-256 and its fi
 from __future__ import annotations
 
 import logging
-from collections.abc import Container
+import time
+from collections.abc import Callable, Container
 from dataclasses import dataclass, field
 from typing import Final
 
 from bus.errors import Reason, VerificationError
 from bus.lifecycle import TrustTimeline
-from bus.model import sha256
+from bus.model import Mandate, sha256
 from bus.sealed import DecryptionKey, VerifiedSealed, is_sealed, verify_sealed_report
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits, VerifiedReport, verify_report
@@ -46,17 +72,26 @@ def kept_of(value: bytes, limit: int) -> bytes:
     return value[: min(QUARANTINE_PREFIX_BYTES, limit)]
 
 
+def wall_clock_ms() -> int:
+    """This machine's clock, in milliseconds since the epoch (a node's "now")."""
+    return time.time_ns() // 1_000_000
+
+
 @dataclass
 class Ingestor:
-    """Judges report records in log order.
+    """Judges report records as they are read (module docstring: provisional verdicts).
 
     Args:
-        keyring: accreditations under the mandate (kept current by the caller).
+        keyring: the trust the node knows now: the newest applied mandate version and the
+            registry as read (kept current by the caller, e.g. from
+            :attr:`bus.lifecycle.TrustTimeline.current` before each batch).
         chain: chain heads and report-id idempotency.
         org_of_topic: maps a topic name to the organization whose topic it is (None: not a
             report topic).
         limits: verification limits.
-        timeline: mandate versions over log time (None: ``keyring`` judges every record).
+        timeline: the auditor's legacy log-time audit only (module docstring); None for a node.
+        clock: "now" in milliseconds, read once per record when it is judged (default: this
+            machine's clock).
     """
 
     keyring: KeyRing
@@ -69,6 +104,7 @@ class Ingestor:
     # (public key, raw) pairs whose signature worker processes already verified under the one
     # rule (bus.verify.preverify_signatures); set per batch by the node, empty otherwise.
     preverified: Container[tuple[bytes, bytes]] = frozenset()
+    clock: Callable[[], int] = wall_clock_ms
 
     def judge(self, ref: RecordRef, raw: bytes | None, org: str | None) -> Outcome:
         """Verify one record and extend its observer's chain; never raises on bad input."""
@@ -83,27 +119,32 @@ class Ingestor:
             # the consumer decompressed goes no further than its size, digest and prefix.
             detail = f"{len(raw)} bytes > limit {limit}"
             return Quarantined.bounded(ref, Reason.OVERSIZED, detail, raw, limit)
-        keyring = self.keyring if self.timeline is None else self.timeline.at(ref.log_time_ms)
+        if self.timeline is None:
+            keyring, now, lag_of = self.keyring, self.clock(), self.keyring.mandate
+        else:  # the auditor's legacy log-time audit (module docstring)
+            keyring, now, lag_of = self.timeline.at(ref.log_time_ms), ref.log_time_ms, None
         try:
             if is_sealed(raw):
                 vs = verify_sealed_report(
                     raw,
                     expected_org=org,
                     keyring=keyring,
-                    reference_ms=ref.log_time_ms,
+                    reference_ms=now,
                     limits=self.limits,
                     keys=self.decryption_keys,
                 )
+                _check_delivery_lag(vs.sealed.signed_at_ms, now, lag_of)
                 self.chain.accept_link(vs.sealed, vs.envelope_digest)
                 return AcceptedSealed(ref, vs, raw)
             vr = verify_report(
                 raw,
                 expected_org=org,
                 keyring=keyring,
-                reference_ms=ref.log_time_ms,
+                reference_ms=now,
                 limits=self.limits,
                 preverified=self.preverified,
             )
+            _check_delivery_lag(vr.report.signed_at_ms, now, lag_of)
             self.chain.accept(vr)
         except VerificationError as exc:
             return Quarantined.bounded(ref, exc.reason, exc.message, raw, limit)
@@ -116,9 +157,30 @@ class Ingestor:
         return Accepted(ref, vr, raw)
 
 
+def _check_delivery_lag(signed_at_ms: int, now_ms: int, mandate: Mandate | None) -> None:
+    """``signed_at >= now - lag``, the maximum delivery lag of ``mandate`` (None: no check,
+    the legacy log-time audit).
+
+    Raises:
+        VerificationError: ``delivery_lag``.
+    """
+    if mandate is None:
+        return
+    lag = mandate.delivery_lag_ms
+    if signed_at_ms < now_ms - lag:
+        raise VerificationError(
+            Reason.DELIVERY_LAG,
+            f"signed_at is {now_ms - signed_at_ms} ms before this node's clock (at most {lag})",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RecordRef:
-    """Where a Kafka record sits in the log, plus the broker's timestamp and record key."""
+    """Where a Kafka record sits in the log, plus the broker's timestamp and record key.
+
+    ``log_time_ms`` is information only (when the broker says it appended the record, stored
+    as such): the operator sets it, so no node verdict reads it.
+    """
 
     topic: str
     partition: int

@@ -12,12 +12,18 @@ band, then feeds every record of ``<prefix>mandate`` and ``<prefix>registry`` in
   and ignored (a node given version 2 out of band meets version 1 first); an older version, or
   a different one with the current number, appearing **after** a newer one is a rollback alarm,
   even as an identical copy of a genuine old version (the classic replay).
-* **When a version takes effect** is the broker's log-append time of its record on the
-  mandate topic (the one clock every reader shares, see README "Clock"). A report is judged
-  under the version in effect at its own log-append time (:meth:`TrustTimeline.at`), so every
-  node, however it interleaves topics, and every later replay reach the same verdict. The
-  out-of-band version is in effect from the beginning of the log. Its freshness check
-  (``mandate_expired``) also uses the record's log time, never a local clock.
+* **The trust a node judges by** is the newest version it has applied, with the registry as
+  read so far (:attr:`TrustTimeline.current`): a node's provisional verdicts
+  (:class:`bus.ingest.Ingestor`) use the trust it knows when it judges, never a version chosen by
+  a broker timestamp. Final verdicts put each trust record at its sealed epoch instead
+  (:mod:`bus.judge`). A version's freshness (``mandate_expired``) is judged at the reader's
+  ``now_ms``: a node passes its own clock, so no broker timestamp decides whether a version
+  is applied.
+* **Log-time axis (legacy readers only).** Each applied version also keeps the broker's
+  log-append time of its record (``active_from_ms``), and :meth:`TrustTimeline.at` returns the
+  version in effect at a given log time. Only readers that still judge by log time read it (the
+  auditor's legacy per-record audit and checkpoint proofs, the checkpoint witness): the operator
+  sets those timestamps, so no node verdict reads that axis.
 * **Key state under each version** is rebuilt from every registry record seen so far, verified
   against that version: an accreditation counts while its organization is a member **and** its
   signature is by that organization's root key in that version. So an organization that
@@ -61,7 +67,9 @@ RegistryEntry = Accreditation | Revocation | EncryptionKey
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    """A mandate version in effect from ``active_from_ms`` (log time) with its key ring."""
+    """An applied mandate version with its key ring; ``active_from_ms`` is where it sits on the
+    legacy log-time axis of :meth:`TrustTimeline.at` (the broker's timestamp of its record,
+    read by no node verdict)."""
 
     active_from_ms: int
     payload: bytes
@@ -74,7 +82,8 @@ class Version:
 
 
 class TrustTimeline:
-    """Mandate versions in log-time order, each with its key ring (see module docstring).
+    """Mandate versions in the order they were applied, each with its key ring (see module
+    docstring).
 
     Args:
         root: the out-of-band mandate (already verified by the caller).
@@ -105,7 +114,12 @@ class TrustTimeline:
         return tuple(self._versions)
 
     def at(self, log_time_ms: int) -> KeyRing:
-        """The key ring of the version in effect at a record's log-append time."""
+        """The key ring of the version in effect at a record's log-append time.
+
+        For the legacy log-time readers only (module docstring): a broker timestamp is set by
+        the operator, so a node never chooses the trust it judges by with it; it judges by
+        :attr:`current`.
+        """
         return self._versions[bisect.bisect_right(self._starts, log_time_ms) - 1].keyring
 
     # -- registry ----------------------------------------------------------------------------
@@ -135,8 +149,18 @@ class TrustTimeline:
 
     # -- mandate -----------------------------------------------------------------------------
 
-    def offer_mandate(self, envelope: Envelope, *, log_time_ms: int) -> Mandate | None:
-        """Consider a mandate record read from the mandate topic at ``log_time_ms``.
+    def offer_mandate(
+        self, envelope: Envelope, *, log_time_ms: int, now_ms: int | None = None
+    ) -> Mandate | None:
+        """Consider a mandate record read from the mandate topic.
+
+        Args:
+            envelope: the record.
+            log_time_ms: the broker's timestamp of the record: where an applied version starts
+                on the legacy log-time axis of :meth:`at`, never read by a node verdict.
+            now_ms: the reader's clock, at which the version's freshness is judged (a node:
+                its own clock when it reads the record). None: ``log_time_ms`` (the legacy
+                log-time readers).
 
         Returns:
             The new mandate when it was applied; None for a duplicate or older history.
@@ -175,7 +199,8 @@ class TrustTimeline:
                 f" {max(newest_before, current.version)}",
                 version=offered.version,
             )
-        mandate = verify_mandate(envelope, previous=current, now_ms=log_time_ms)
+        now = log_time_ms if now_ms is None else now_ms
+        mandate = verify_mandate(envelope, previous=current, now_ms=now)
         self._activate(mandate, envelope.payload, log_time_ms)
         self._newest_on_topic = max(newest_before, mandate.version)
         return mandate

@@ -2,8 +2,10 @@
 
 ``verify_report`` turns the raw bytes of one Kafka record into a :class:`VerifiedReport` or
 raises :class:`~bus.errors.VerificationError` with a stable reason code; it never raises anything
-else. Its only clock is ``reference_ms``, which callers take from the broker's log-append
-timestamp of the record, so every node (and a replay years later) judges clock skew identically.
+else. Its only clock is ``reference_ms``, the "now" the caller judges at: *t_e* of the record's
+sealed epoch for a final verdict (:mod:`bus.judge`), the node's own clock for a provisional one
+(:mod:`bus.ingest`), the gateway's when it takes a report in. A node never passes a broker
+timestamp, which the operator sets (only the auditor's legacy per-record audit still does).
 
 ``ChainBook`` holds each observer's chain head and decides, per record, whether it extends the
 chain, repeats an envelope already stored (``replayed``), reuses a report id with other bytes
@@ -24,7 +26,7 @@ from bus.trust import KeyRing
 # Largest record value accepted by default. Kafka's default message.max.bytes is 1 MiB; reports
 # are small (bounded narrative, attachments travel by reference), so 256 KiB leaves headroom.
 DEFAULT_MAX_RECORD_BYTES: Final = 256 * 1024
-# How far a signed_at may run ahead of the broker's append time: observers' device clocks drift.
+# How far a signed_at may run ahead of the time it is judged at: observers' device clocks drift.
 DEFAULT_MAX_CLOCK_SKEW_MS: Final = 5 * 60 * 1000
 
 
@@ -70,7 +72,8 @@ def verify_report(
         raw: the record value exactly as read from Kafka.
         expected_org: organization whose topic the record was read from.
         keyring: accreditations and revocations under the current mandate.
-        reference_ms: the broker's timestamp of the record (the common clock).
+        reference_ms: "now" for this record (module docstring): ``signed_at`` may run at
+            most ``limits.max_clock_skew_ms`` ahead of it.
         limits: size and clock-skew limits.
         preverified: ``(public key, raw)`` pairs whose signature :func:`preverify_signatures`
             already found valid (see there); every other record is verified here.
@@ -107,7 +110,7 @@ def verify_report(
     if signed_at_ms > reference_ms + max_clock_skew_ms:
         raise VerificationError(
             Reason.CLOCK_SKEW,
-            f"signed_at is {signed_at_ms - reference_ms} ms after the log time",
+            f"signed_at is {signed_at_ms - reference_ms} ms after the time it is judged at",
         )
     if observed_at_ms > signed_at_ms + max_clock_skew_ms:
         raise VerificationError(

@@ -66,7 +66,7 @@ def _chunks(data: bytes, size: int = 32) -> list[bytes]:
 
 def _judge(data: bytes) -> object:
     """Ingestor.judge must never raise, whatever the bytes (topic org 'un')."""
-    ingestor = Ingestor(_KEYRING, ChainBook({}, lambda _rid: None))
+    ingestor = Ingestor(_KEYRING, ChainBook({}, lambda _rid: None), clock=_M.clock)
     out = ingestor.judge(ref(), data, "un")
     if not isinstance(out, Accepted | Quarantined):
         raise TypeError(f"judge returned {out!r}")

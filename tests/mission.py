@@ -43,6 +43,10 @@ class Mission:
     registry: list[bytes] = field(default_factory=list)
     rng: random.Random = field(default_factory=lambda: random.Random(7))
 
+    def clock(self) -> int:
+        """The mission's "now": the clock a node judging this mission's records reads."""
+        return self.now
+
     def view(self, base: int) -> Mission:
         """The same mission (shared keys, signers and registry) with observers shifted by base."""
         return dataclasses.replace(self, base=base)
@@ -105,6 +109,8 @@ class Mission:
 
 
 def ref(topic: str = "obus.reports.un", offset: int = 0, log_time_ms: int = NOW_MS) -> RecordRef:
+    """A record's position; ``log_time_ms`` is the broker's timestamp it carries, which no
+    verdict of a node reads (only the auditor's legacy log-time audit)."""
     return RecordRef(topic, 0, offset, log_time_ms, None)
 
 

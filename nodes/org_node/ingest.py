@@ -11,6 +11,13 @@ Pipelining: batch N+1 is judged while batch N is written (one commit in flight, 
 SQLite connection, in a thread); N+1 is judged against the state N leaves and is committed
 only after N's commit succeeded (see :meth:`OrgNode._process`).
 
+Provisional verdicts: every batch is judged the moment it is read (:mod:`bus.ingest`) under the
+trust this node knows then, the newest mandate version and the registry as read to their ends
+just before the batch (:meth:`OrgNode._catch_up_trust`), and on this machine's clock. A record's
+broker timestamp is stored (``log_time_ms``: when the broker says it appended the record) and
+never decides a verdict. The node's sealer makes the final verdicts, in the sealed order on the
+sealed clock, and logs each provisional verdict that changes.
+
 Follow-up (this organization's decisions, their publication, others' decisions and joint
 statements) and the dashboard run beside the ingest loop and read the store on their own
 (:mod:`nodes.org_node.followup`, :mod:`nodes.org_node.dashboard`). The full node also checks
@@ -96,7 +103,8 @@ class OrgNode:
     def __init__(self, config: NodeConfig, *, extras: ExtrasFactory | None = None) -> None:
         self.config = config
         self.store = self._open_store()
-        # Mandate versions and key state over log time (README "Mandate versions").
+        # Mandate versions and key state as read from the trust topics (README "Mandate
+        # versions"); provisional verdicts use the newest (see _process).
         self.trust = TrustTimeline(config.mandate)
         self.registry = TrustFollower(
             config.bootstrap,
@@ -127,7 +135,6 @@ class OrgNode:
         # the composition root passed (nodes.org_node.process.NodeExtras); None: ingest only.
         self._make_extras = extras
         self.extras: Any = None  # an Extras; Any lets callers reach its follow-up and dashboard
-        self.ingestor.timeline = self.trust
         self.ingestor.decryption_keys = {k.key_id: k for k in config.decryption_keys}
         self.counts["revoked_after_acceptance"] = 0
         self._preverifier: PreVerifier | None = None
@@ -377,6 +384,9 @@ class OrgNode:
             if not await self._settle():
                 return  # that batch was not stored: this one, read after it, goes too
             await self._mark_revoked(revocations)
+        # The trust this node knows now judges the batch (a new version applied by the
+        # catch-up above replaces the key ring; registry records extend it in place).
+        self.ingestor.keyring = self.keyring
         if preverified is not None:
             self.ingestor.preverified = await preverified
         if self._stale_heads:  # partitions moved: other workers may have extended chains
@@ -394,6 +404,7 @@ class OrgNode:
             for rec in records:
                 if rec.offset < start:
                     continue  # stored before a crash or rebalance: never store twice
+                # The broker's timestamp is stored as information; no verdict reads it.
                 ref = RecordRef(tp.topic, tp.partition, rec.offset, rec.timestamp, rec.key)
                 outcomes.append(self.ingestor.judge(ref, rec.value, org))
                 touched[key] = rec.offset + 1

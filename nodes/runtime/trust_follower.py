@@ -7,6 +7,13 @@ first, so a registry record of an organization that a new version admits is judg
 version) and returns the revocations it newly applied, so the node can mark reports it accepted
 before the revocation reached it.
 
+A node judges by the newest version it has applied (:attr:`TrustTimeline.current
+<bus.lifecycle.TrustTimeline.current>`); a version's freshness (``mandate_expired``) is judged at
+this machine's clock when the record is read (``clock``), never at the broker's timestamp, which
+the operator sets. That timestamp is passed on only to place the version on the timeline's
+legacy log-time axis (:meth:`TrustTimeline.at <bus.lifecycle.TrustTimeline.at>`), which the
+checkpoint witness still reads and no node verdict does.
+
 Refused mandate versions (rollback, threshold not met, expired, ...) are logged as
 ``mandate_alarm`` and counted, never applied. Refused registry records are logged as
 ``registry_record_rejected`` and counted.
@@ -22,6 +29,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bus.errors import VerificationError
+from bus.ingest import wall_clock_ms
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors
 from bus.lifecycle import TrustTimeline
 from bus.model import Revocation
@@ -31,7 +39,12 @@ log = structlog.get_logger(__name__)
 
 
 class TrustFollower:
-    """Reads the mandate and registry topics into a timeline, catching up on demand."""
+    """Reads the mandate and registry topics into a timeline, catching up on demand.
+
+    Args:
+        clock: "now" in milliseconds, at which a new mandate version's freshness is judged
+            (default: this machine's clock).
+    """
 
     def __init__(
         self,
@@ -41,8 +54,10 @@ class TrustFollower:
         timeline: TrustTimeline,
         *,
         security: KafkaSecurity | None = None,
+        clock: Callable[[], int] = wall_clock_ms,
     ) -> None:
         self.timeline = timeline
+        self.clock = clock
         self.alarms: Counter[str] = Counter()  # mandate alarms by reason
         self.rejected = 0  # registry records refused by the newest version
         self.applied_versions = 0
@@ -103,10 +118,11 @@ class TrustFollower:
         self._consumer.pause(tp)
 
     def _on_mandate(self, rec: Any) -> None:
-        offset, timestamp = rec.offset, rec.timestamp
+        offset, now = rec.offset, self.clock()
         try:
             env = decode_mandate_record(rec.value or b"")
-            mandate = self.timeline.offer_mandate(env, log_time_ms=timestamp)
+            # The broker's timestamp only places the version on the legacy log-time axis.
+            mandate = self.timeline.offer_mandate(env, log_time_ms=rec.timestamp, now_ms=now)
         except VerificationError as exc:
             self.alarms[exc.reason.value] += 1
             log.error(  # noqa: TRY400 - refused input, not a bug: no traceback
@@ -125,7 +141,7 @@ class TrustFollower:
                 version=mandate.version,
                 organizations=[o.org for o in mandate.organizations],
                 threshold=mandate.threshold,
-                active_from_ms=timestamp,
+                applied_at_ms=now,
                 offset=offset,
             )
 

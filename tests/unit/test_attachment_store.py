@@ -49,7 +49,8 @@ class World:
         self.report_offset = 0
 
     def accept_report(self, *attachments: Attachment) -> None:
-        ing = Ingestor(self.m.keyring, ChainBook(self.node.chain_heads(), self.node.report_digest))
+        chain = ChainBook(self.node.chain_heads(), self.node.report_digest)
+        ing = Ingestor(self.m.keyring, chain, clock=self.m.clock)
         out = ing.judge(
             ref(offset=self.report_offset), self.m.next_report(attachments=attachments), "un"
         )

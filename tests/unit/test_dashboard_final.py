@@ -182,7 +182,8 @@ def bare(tmp_path: Path) -> Iterator[World]:
             topics=TOPICS,
         )
     )
-    ingestor = Ingestor(_node_keyring(m), ChainBook(node.chain_heads(), node.report_digest))
+    chain = ChainBook(node.chain_heads(), node.report_digest)
+    ingestor = Ingestor(_node_keyring(m), chain, clock=m.clock)
     w = World(tmp_path, m, sealer, node, ingestor)
     for raw in [*m.scenario.accreditations, *m.scenario.node_accreditations]:
         w.registry(raw)

@@ -28,7 +28,7 @@ def _fill(db: Path) -> int:
     """Five verified reports of two observers and one rejected record; returns reports."""
     m = make_mission()
     store = NodeStore(db)
-    ing = Ingestor(m.keyring, ChainBook(store.chain_heads(), store.report_digest))
+    ing = Ingestor(m.keyring, ChainBook(store.chain_heads(), store.report_digest), clock=m.clock)
     raws = [m.next_report("un", 1 + i % 2) for i in range(5)]
     outs = [ing.judge(ref(offset=i), raw, "un") for i, raw in enumerate(raws)]
     outs.append(ing.judge(ref(offset=5), b"not an envelope", "un"))

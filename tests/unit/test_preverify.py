@@ -16,9 +16,7 @@ from bus.model import Envelope, Signature
 from bus.verify import ChainBook, preverify_signatures
 from nodes.runtime.preverify import PreVerifier
 from tests.mission import Mission, make_mission, ref
-from tests.unit.test_verify_table import CASES
-
-Records = list[tuple[str, bytes | None, int]]
+from tests.unit.test_verify_table import CASES, Records
 
 
 def _summary(o: Outcome) -> tuple[str, str, bytes]:
@@ -35,11 +33,11 @@ def _keys(m: Mission) -> dict[bytes, bytes]:
 def _judge(
     m: Mission, records: Records, preverified: set[tuple[bytes, bytes]]
 ) -> list[tuple[str, str, bytes]]:
-    ing = Ingestor(m.keyring, ChainBook({}, lambda _rid: None))
+    ing = Ingestor(m.keyring, ChainBook({}, lambda _rid: None), clock=m.clock)
     ing.preverified = preverified
     out = []
-    for offset, (topic, raw, t) in enumerate(records):
-        out.append(_summary(ing.judge(ref(topic, offset, t), raw, topic.rsplit(".", 1)[-1])))
+    for offset, (topic, raw) in enumerate(records):
+        out.append(_summary(ing.judge(ref(topic, offset), raw, topic.rsplit(".", 1)[-1])))
     return out
 
 
@@ -51,7 +49,7 @@ def _built(name: str) -> tuple[Mission, Records]:
 @pytest.mark.parametrize("name", list(CASES))
 def test_named_bad_input_same_outcome_with_and_without_preverified_signatures(name: str) -> None:
     m, records = _built(name)
-    raws = [raw for _, raw, _ in records if raw is not None]
+    raws = [raw for _, raw in records if raw is not None]
     pre = {(pk, raws[i]) for i, pk in preverify_signatures(raws, _keys(m))}
     assert _judge(m, records, pre) == _judge(m, records, set())
     assert _judge(m, records, set())[-1][:2] == ("quarantined", CASES[name][1].value)
@@ -78,7 +76,7 @@ def test_a_pair_under_another_key_does_not_skip_verification() -> None:
         env, signatures=(Signature(s.key_id, bytes([s.sig[0] ^ 1]) + s.sig[1:]),)
     ).encode()
     other_pk = m.observer("un", 2)[1].public_key
-    records: Records = [("obus.reports.un", flipped, m.now)]
+    records: Records = [("obus.reports.un", flipped)]
     assert _judge(m, records, {(other_pk, flipped)})[0][:2] == ("quarantined", "bad_signature")
 
 
@@ -89,7 +87,7 @@ async def test_process_pool_gives_the_same_outcomes_on_every_named_case() -> Non
     try:
         await pool.start()
         for m, records in built.values():
-            raws = [raw for _, raw, _ in records if raw is not None]
+            raws = [raw for _, raw in records if raw is not None]
             pre = await pool.verdicts(raws, _keys(m))
             skipped += len(pre)
             assert _judge(m, records, pre) == _judge(m, records, set())

@@ -41,7 +41,7 @@ def _alarms(logs: list) -> list[str]:  # type: ignore[type-arg]
 def test_oversized_value_is_judged_on_its_length_and_keeps_size_sha256_and_prefix() -> None:
     m = make_mission()
     digests: dict[str, bytes] = {}
-    ing = Ingestor(m.keyring, ChainBook({}, digests.get))
+    ing = Ingestor(m.keyring, ChainBook({}, digests.get), clock=m.clock)
     value = bytes(5 * 1024 * 1024)  # 5 MiB of zeros, as a decompressed gzip bomb hands it over
     out = ing.judge(ref(UN, 0), value, "un")
     assert isinstance(out, Quarantined)

@@ -77,7 +77,10 @@ def _publish_keys(m: Mission, keys: dict[str, DecryptionKey]) -> dict[str, Encry
 
 def _ingestor(m: Mission, keys: list[DecryptionKey]) -> Ingestor:
     return Ingestor(
-        m.keyring, ChainBook({}, lambda _rid: None), decryption_keys={k.key_id: k for k in keys}
+        m.keyring,
+        ChainBook({}, lambda _rid: None),
+        decryption_keys={k.key_id: k for k in keys},
+        clock=m.clock,
     )
 
 

@@ -15,7 +15,7 @@ from tests.mission import make_mission, ref
 
 def _batch(store: NodeStore, start: int, n: int):  # type: ignore[no-untyped-def]
     m = _batch.mission  # type: ignore[attr-defined]
-    ing = Ingestor(m.keyring, ChainBook(store.chain_heads(), store.report_digest))
+    ing = Ingestor(m.keyring, ChainBook(store.chain_heads(), store.report_digest), clock=m.clock)
     outs = [ing.judge(ref(offset=start + i), m.next_report(), "un") for i in range(n)]
     outs.append(ing.judge(ref(offset=start + n), b"junk", "un"))
     return outs, ing.chain.heads()

@@ -33,7 +33,7 @@ class Worker:
         self.positions = self.store.positions()
 
     def judge(self, records: list[tuple[int, bytes]]) -> tuple[list[Outcome], dict, dict]:  # type: ignore[type-arg]
-        ing = Ingestor(self.mission.keyring, self.chain)
+        ing = Ingestor(self.mission.keyring, self.chain, clock=self.mission.clock)
         start = self.positions.get(TP, 0)
         outs = [ing.judge(ref(offset=o), raw, "un") for o, raw in records if o >= start]
         touched = {TP: records[-1][0] + 1}
@@ -91,7 +91,7 @@ def test_stale_chain_head_conflicts_even_on_another_partition(tmp_path: Path) ->
     a.commit(*a.judge([(0, r1)]))
     b.reload()
     outs_a = a.judge([(1, r2)])  # seq 2 on partition 0
-    ing = Ingestor(m.keyring, b.chain)
+    ing = Ingestor(m.keyring, b.chain, clock=m.clock)
     out_b = ing.judge(ref("obus.reports.un", 0), r2, "un")  # b also judged seq 2 (elsewhere)
     a.commit(*outs_a)
     with pytest.raises(StoreConflictError, match="chain head of un-obs-1"):
@@ -114,7 +114,7 @@ def test_report_id_stored_by_another_worker_is_a_conflict(tmp_path: Path) -> Non
     m = make_mission()
     (r1,) = _records(m, 1)
     a, b = Worker(tmp_path / "n.db", m), Worker(tmp_path / "n.db", m)
-    outs_b = Ingestor(m.keyring, b.chain).judge(ref("obus.reports.un", 7), r1, "un")
+    outs_b = Ingestor(m.keyring, b.chain, clock=m.clock).judge(ref("obus.reports.un", 7), r1, "un")
     b_bases = b.chain.bases()
     a.commit(*a.judge([(0, r1)]))
     with pytest.raises(StoreConflictError):
@@ -189,7 +189,7 @@ def test_a_gap_judged_on_a_stale_head_is_fenced_too(tmp_path: Path) -> None:
     m = make_mission()
     r1, r2, r3 = _records(m, 3)
     a, b = Worker(tmp_path / "n.db", m), Worker(tmp_path / "n.db", m)
-    out_b = Ingestor(m.keyring, b.chain).judge(ref("obus.reports.un", 0), r3, "un")
+    out_b = Ingestor(m.keyring, b.chain, clock=m.clock).judge(ref("obus.reports.un", 0), r3, "un")
     assert getattr(out_b, "reason", None) == "chain_gap"
     assert b.chain.changed() == {}
     a.commit(*a.judge([(0, r1), (1, r2)]))
@@ -199,5 +199,5 @@ def test_a_gap_judged_on_a_stale_head_is_fenced_too(tmp_path: Path) -> None:
             expect_positions={("obus.reports.un", 1): 0}, expect_heads=b.chain.bases(),
         )  # fmt: skip
     b.reload()
-    again = Ingestor(m.keyring, b.chain).judge(ref("obus.reports.un", 0), r3, "un")
+    again = Ingestor(m.keyring, b.chain, clock=m.clock).judge(ref("obus.reports.un", 0), r3, "un")
     assert type(again).__name__ == "Accepted"

@@ -26,7 +26,7 @@ CREATE TABLE reports (
 
 def _commit(store: NodeStore, n: int, stored_at_ms: int | None) -> None:
     m = make_mission()
-    ing = Ingestor(m.keyring, ChainBook(store.chain_heads(), store.report_digest))
+    ing = Ingestor(m.keyring, ChainBook(store.chain_heads(), store.report_digest), clock=m.clock)
     outs = [ing.judge(ref(offset=i), m.next_report(), "un") for i in range(n)]
     store.commit_batch(
         outs, ing.chain.heads(), [], {("obus.reports.un", 0): n}, stored_at_ms=stored_at_ms

@@ -27,13 +27,15 @@ from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits, verify_report
 from tests.mission import NOW_MS, Mission, demo_key, make_mission, raw_report_envelope, ref
 
-# A case builds (mission -> list of (topic, raw bytes, log time)); the LAST record is judged.
-Case = Callable[[Mission], list[tuple[str, bytes | None, int]]]
+# A case builds (mission -> list of (topic, raw bytes)); the LAST record is judged, on the
+# mission's clock (the node's "now").
+Records = list[tuple[str, bytes | None]]
+Case = Callable[[Mission], Records]
 UN = "obus.reports.un"
 
 
-def one(raw: bytes | None, topic: str = UN, t: int = NOW_MS) -> list[tuple[str, bytes | None, int]]:
-    return [(topic, raw, t)]
+def one(raw: bytes | None, topic: str = UN) -> Records:
+    return [(topic, raw)]
 
 
 def _flip_sig(raw: bytes) -> bytes:
@@ -89,7 +91,13 @@ def _expired(m: Mission) -> bytes:
     return raw_report_envelope(encode(m.draft(observer_id=m.sid("un-exp"))), key)
 
 
-def _revoked(m: Mission) -> list[tuple[str, bytes | None, int]]:
+def _late(m: Mission) -> bytes:
+    """Signed (and observed) 1 ms longer before the node's clock than the mandate allows."""
+    t = m.now - m.scenario.mandate.delivery_lag_ms - 1
+    return m.next_report(observed_at_ms=t, signed_at_ms=t)
+
+
+def _revoked(m: Mission) -> Records:
     from bus.model import Revocation  # noqa: PLC0415
     from bus.sign import sign_revocation  # noqa: PLC0415
 
@@ -97,43 +105,43 @@ def _revoked(m: Mission) -> list[tuple[str, bytes | None, int]]:
     _, key = m.observer()
     rev = Revocation("un", key.key_id, 1, m.now, "device lost", 1, m.mandate_id)
     m.apply(sign_revocation(rev, m.scenario.org_roots["un"]))
-    return [(UN, first, NOW_MS), (UN, m.next_report(), NOW_MS)]
+    return [(UN, first), (UN, m.next_report())]
 
 
-def _gap(m: Mission) -> list[tuple[str, bytes | None, int]]:
+def _gap(m: Mission) -> Records:
     first = m.next_report()
     m.next_report()  # seq 2 signed but never published
-    return [(UN, first, NOW_MS), (UN, m.next_report(), NOW_MS)]
+    return [(UN, first), (UN, m.next_report())]
 
 
-def _fork_same_seq(m: Mission) -> list[tuple[str, bytes | None, int]]:
+def _fork_same_seq(m: Mission) -> Records:
     first = m.next_report()
     head = m.signer().head
     second = m.next_report()
     m.signer().head = head  # sign another report at the same position
-    return [(UN, first, NOW_MS), (UN, second, NOW_MS), (UN, m.next_report(), NOW_MS)]
+    return [(UN, first), (UN, second), (UN, m.next_report())]
 
 
-def _fork_prev_digest(m: Mission) -> list[tuple[str, bytes | None, int]]:
+def _fork_prev_digest(m: Mission) -> Records:
     from bus.verify import ChainHead  # noqa: PLC0415
 
     first = m.next_report()
     m.signer().head = ChainHead(1, b"\x42" * 32)  # seq 2 pointing at a report we never saw
-    return [(UN, first, NOW_MS), (UN, m.next_report(), NOW_MS)]
+    return [(UN, first), (UN, m.next_report())]
 
 
-def _replayed(m: Mission) -> list[tuple[str, bytes | None, int]]:
+def _replayed(m: Mission) -> Records:
     first = m.next_report()
-    return [(UN, first, NOW_MS), (UN, first, NOW_MS)]
+    return [(UN, first), (UN, first)]
 
 
-def _dup_conflict(m: Mission) -> list[tuple[str, bytes | None, int]]:
+def _dup_conflict(m: Mission) -> Records:
     first = m.next_report()
     rid = Envelope.decode(first)
     from bus.model import Report  # noqa: PLC0415
 
     report_id = Report.decode(rid.payload).report_id
-    return [(UN, first, NOW_MS), (UN, m.next_report(report_id=report_id), NOW_MS)]
+    return [(UN, first), (UN, m.next_report(report_id=report_id))]
 
 
 def _accreditation_as_report(m: Mission) -> bytes:
@@ -181,6 +189,7 @@ CASES: dict[str, tuple[Case, Reason]] = {
     "signed far in the future": (
         lambda m: one(m.next_report(signed_at_ms=m.now + 3_600_000)), Reason.CLOCK_SKEW,
     ),
+    "signed longer ago than the delivery lag": (lambda m: one(_late(m)), Reason.DELIVERY_LAG),
     "severity 0": (lambda m: one(_pb_report(m, severity=0)), Reason.INVALID_FIELD),
     "severity 9": (lambda m: one(_pb_report(m, severity=9)), Reason.INVALID_FIELD),
     "confidence above 1": (lambda m: one(_pb_report(m, confidence=1.5)), Reason.INVALID_FIELD),
@@ -203,12 +212,12 @@ def test_bad_input_is_quarantined_with_its_reason(name: str) -> None:
     build, reason = CASES[name]
     m = make_mission()
     digests: dict[str, bytes] = {}
-    ing = Ingestor(m.keyring, ChainBook({}, digests.get))
+    ing = Ingestor(m.keyring, ChainBook({}, digests.get), clock=m.clock)
     records = build(m)
     outcomes = []
-    for offset, (topic, raw, t) in enumerate(records):
+    for offset, (topic, raw) in enumerate(records):
         org = topic.rsplit(".", 1)[-1]
-        outcomes.append(ing.judge(ref(topic, offset, t), raw, org))
+        outcomes.append(ing.judge(ref(topic, offset), raw, org))
     *earlier, last = outcomes
     assert all(isinstance(o, Accepted) for o in earlier), earlier
     assert isinstance(last, Quarantined)
@@ -229,7 +238,8 @@ def test_catalog_is_large_and_covers_every_report_reason() -> None:
         Reason.MISSING_SIGNATURE, Reason.BAD_SIGNATURE, Reason.UNKNOWN_KEY, Reason.KEY_REVOKED,
         Reason.KEY_EXPIRED, Reason.WRONG_ROLE, Reason.WRONG_ORG, Reason.WRONG_TOPIC,
         Reason.SUBJECT_MISMATCH, Reason.WRONG_MANDATE, Reason.OUTSIDE_ZONE,
-        Reason.OUTSIDE_WINDOW, Reason.CLOCK_SKEW, Reason.CHAIN_GAP, Reason.CHAIN_FORK,
+        Reason.OUTSIDE_WINDOW, Reason.CLOCK_SKEW, Reason.DELIVERY_LAG, Reason.CHAIN_GAP,
+        Reason.CHAIN_FORK,
         Reason.DUPLICATE_CONFLICT, Reason.REPLAYED,
     }  # fmt: skip
     assert report_path <= reasons
@@ -237,7 +247,7 @@ def test_catalog_is_large_and_covers_every_report_reason() -> None:
 
 def test_genuine_chain_is_accepted_in_order() -> None:
     m = make_mission()
-    ing = Ingestor(m.keyring, ChainBook({}, lambda _rid: None))
+    ing = Ingestor(m.keyring, ChainBook({}, lambda _rid: None), clock=m.clock)
     outs = [ing.judge(ref(UN, i), m.next_report(), "un") for i in range(5)]
     assert all(isinstance(o, Accepted) for o in outs)
     assert [o.verified.report.seq for o in outs if isinstance(o, Accepted)] == [1, 2, 3, 4, 5]
@@ -276,7 +286,9 @@ class _BrokenKeyRing(KeyRing):
 
 def test_a_verifier_bug_quarantines_instead_of_crashing() -> None:
     m = make_mission()
-    ing = Ingestor(_BrokenKeyRing(m.scenario.mandate), ChainBook({}, lambda _rid: None))
+    ing = Ingestor(
+        _BrokenKeyRing(m.scenario.mandate), ChainBook({}, lambda _rid: None), clock=m.clock
+    )
     out = ing.judge(ref(), m.next_report(), "un")
     assert isinstance(out, Quarantined)
     assert out.reason == Reason.INTERNAL_ERROR.value
