@@ -123,8 +123,11 @@ class TopicSpec:
     configs: tuple[tuple[str, str], ...] = ()
 
 
-# The broker stamps every record with its own append time: the one clock all readers share,
-# used for clock-skew checks so every node and every replay judges a record identically.
+# An operator default: the broker stamps every record with its own append time, which the
+# node stores as information (when the broker says it appended the record). It is no clock
+# readers rely on: the operator can switch a topic to CreateTime or set the broker's clock, so
+# final verdicts are judged at the sealed epoch's time t_e (bus.judge) and a node's provisional
+# ones at its own clock (bus.ingest).
 LOG_APPEND_TIME: Final = ("message.timestamp.type", "LogAppendTime")
 
 
