@@ -26,10 +26,13 @@ the registry records it holds do not hash to the roots that proposal states (a s
 record altered), no node key counts for it: the reader will name the mismatch when it judges
 epoch 1 under whichever seal becomes final.
 
-**A witness's vote** (:meth:`BusReader.cosign_candidate`): the open epoch's proposals, in the
+**A witness's vote** (:meth:`BusReader.cosign_candidate`): the open round's proposals, in the
 seals topic's order, are judged by :func:`~bus.seal.decide_cosign` against what this reader
 holds; the first one it accepts is the one to cosign, and a proposal it cannot judge yet
 (records not read that far) stops the walk, so every honest witness votes for the same text.
+When a round's votes are split so that no text of it can become final, the chain opens the next
+round (:class:`~bus.seal.RoundOpened`, in :attr:`BusUpdate.rounds_opened`) at the same record
+for every reader; the proposals of the dead round are forgotten and witnesses vote again.
 
 **Restarts.** :meth:`BusReader.snapshot` holds the reader's state after the last judged epoch
 and that epoch's final seal; :meth:`BusReader.resume` continues from it: feed the seals topic
@@ -47,10 +50,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
-from bus.errors import ConfigError, Reason, VerificationError
+from bus.errors import ConfigError, Reason
 from bus.judge import EpochVerdicts, FinalJudge, Status
 from bus.merkle import EMPTY_ROOT, MerkleTree
-from bus.model import Mandate, Role
+from bus.model import Mandate
 from bus.seal import (
     ChainUpdate,
     Cosign,
@@ -58,10 +61,12 @@ from bus.seal import (
     Disposition,
     Equivocation,
     RecordVerdict,
+    RoundOpened,
     SealChain,
     SealProposal,
     decide_cosign,
     make_proposal,
+    node_electorate,
     parse_seal,
 )
 from bus.sealed import DecryptionKey
@@ -81,13 +86,16 @@ class BusUpdate:
         seal_verdicts: the verdicts on the seals records judged.
         finals: the seals that became final.
         epochs: the epochs judged, each with its verdicts.
-        equivocations: evidence of an organization signing two texts for one epoch.
+        equivocations: evidence of an organization signing two texts in one round.
+        rounds_opened: rounds that opened because no text of the round before could become
+            final.
     """
 
     seal_verdicts: tuple[RecordVerdict, ...] = ()
     finals: tuple[FinalSeal, ...] = ()
     epochs: tuple[EpochVerdicts, ...] = ()
     equivocations: tuple[Equivocation, ...] = ()
+    rounds_opened: tuple[RoundOpened, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.seal_verdicts or self.finals or self.epochs)
@@ -110,6 +118,7 @@ class _Collector:
             tuple(self.finals),
             tuple(self.epochs),
             tuple(e for v in self.seal_verdicts for e in v.equivocations),
+            tuple(v.opened for v in self.seal_verdicts if v.opened is not None),
         )
 
 
@@ -143,7 +152,7 @@ class BusReader:
         self._judged = _judged  # the final seal of the last judged epoch
         self._finals: dict[int, FinalSeal] = {}  # final, not yet judged, by epoch
         self._chain = SealChain(root.mandate_id, self.trust_for, latest=_judged)
-        # The open epoch's proposals in topic order: (offset, proposal, digest).
+        # The open round's proposals in topic order: (offset, proposal, digest).
         self._proposals: list[tuple[int, SealProposal, bytes]] = []
         self._bootstrap: dict[bytes, KeyRing] = {}
         # Whether the last judged epoch left reports deferred to the next one (they need an
@@ -164,7 +173,7 @@ class BusReader:
 
     @property
     def chain(self) -> SealChain:
-        """The seal chain (its newest final seal, open epoch, votes, counts)."""
+        """The seal chain (its newest final seal, open epoch and round, votes, counts)."""
         return self._chain
 
     @property
@@ -218,14 +227,15 @@ class BusReader:
         return out.done()
 
     def _track(self, update: ChainUpdate, out: _Collector) -> None:
+        chain = self._chain
         for v in update.verdicts:
-            if v.final is not None:
+            if v.final is not None or v.opened is not None:
                 self._proposals = []
             elif (
                 v.proposal is not None
                 and v.digest is not None
                 and v.disposition in (Disposition.COUNTED, Disposition.UNCOUNTED)
-                and v.proposal.epoch == self._chain.open_epoch
+                and (v.proposal.epoch, v.proposal.round) == (chain.open_epoch, chain.open_round)
                 and v.reason is None
                 and all(d != v.digest for _, _, d in self._proposals)
             ):
@@ -321,27 +331,20 @@ class BusReader:
         return ReaderView(self._reader, self._topics, dict(ends or {}))
 
     def proposals(self) -> list[tuple[int, SealProposal, bytes]]:
-        """The open epoch's proposals seen so far, in topic order: (offset, seal, digest)."""
+        """The open round's proposals seen so far, in topic order: (offset, seal, digest)."""
         return list(self._proposals)
 
     def electorate(self, proposal: SealProposal) -> frozenset[str] | None:
         """The organizations whose node key could count on ``proposal`` (accredited with role
-        NODE in its trust state, usable at its epoch and time), or None while that trust state
-        is unknown here. A proposal whose electorate is smaller than the threshold can never
-        become final: a witness that voted for it would have burnt its vote for the epoch."""
+        NODE in its trust state, usable at its epoch and time: :func:`~bus.seal.node_electorate`,
+        the rule the chain counts signatures and opens rounds by), or None while that trust
+        state is unknown here. A proposal whose electorate is smaller than the threshold can
+        never become final: a witness that voted for it would have burnt its vote for the
+        round."""
         ring = self.trust_for(proposal)
         if ring is None:
             return None
-        orgs: set[str] = set()
-        for acc in ring.accreditations(Role.NODE):
-            if ring.mandate.organization(acc.org) is None:
-                continue
-            try:
-                ring.check_usable(acc, role=Role.NODE, at_ms=proposal.time_ms, seq=proposal.epoch)
-            except VerificationError:
-                continue
-            orgs.add(acc.org)
-        return frozenset(orgs)
+        return node_electorate(ring, proposal)
 
     def _electable(self, proposal: SealProposal, org: str) -> CosignDecision | None:
         """None when ``org``'s vote on ``proposal`` can help make it final, else WAIT or
@@ -367,16 +370,18 @@ class BusReader:
         org: str,
         now_ms: int,
         tolerance_ms: int,
-        voted: Mapping[int, bytes],
+        voted: Mapping[tuple[int, int], bytes],
         ends: Mapping[PartitionRef, int] | None = None,
     ) -> tuple[SealProposal | None, list[tuple[int, CosignDecision]]]:
-        """The proposal this witness should cosign now, if any (module docstring).
+        """The proposal of the open round this witness should cosign now, if any (module
+        docstring).
 
         Args:
             org: the witness's organization.
             now_ms: the witness's clock.
             tolerance_ms: how far *t_e* may be from it.
-            voted: epoch -> digest its organization already signed.
+            voted: (epoch, round) -> digest of the text its organization already signed in
+                that round.
             ends: partition end offsets known from the broker (for ``seal_beyond_log``).
 
         Returns:
@@ -400,6 +405,7 @@ class BusReader:
                 now_ms=now_ms,
                 tolerance_ms=tolerance_ms,
                 voted=voted,
+                open_round=self._chain.open_round,
             )
             decisions.append((offset, d))
             if d.verdict is Cosign.COSIGN:
@@ -420,12 +426,12 @@ class BusReader:
         return any(view.size(ref) > latest.size(ref) for ref in view.refs())
 
     def propose(self, *, org: str, now_ms: int) -> SealProposal | None:
-        """A proposal for the open epoch over everything held now, or None when there is
-        nothing new to seal (an epoch with no new record is proposed only when the last one
-        deferred reports to it), this reader is behind the newest final seal, the clock is not
-        after its time, or it could not become final with ``org``'s vote (its trust state
-        unknown here, or node keys of fewer than k organizations, ``org``'s among them, count
-        on it)."""
+        """A proposal for the open round of the open epoch over everything held now, or None
+        when there is nothing new to seal (an epoch with no new record is proposed only when
+        the last one deferred reports to it), this reader is behind the newest final seal, the
+        clock is not after its time, or it could not become final with ``org``'s vote (its
+        trust state unknown here, or node keys of fewer than k organizations, ``org``'s among
+        them, count on it)."""
         latest = self._chain.latest
         if latest is not None and now_ms <= latest.time_ms:
             return None
@@ -438,7 +444,13 @@ class BusReader:
             return None  # nothing new, nothing deferred: no empty epoch
         if latest is None and not any(view.size(ref) for ref in view.refs()):
             return None
-        proposal = make_proposal(view, latest, mandate_id=self._root.mandate_id, now_ms=now_ms)
+        proposal = make_proposal(
+            view,
+            latest,
+            mandate_id=self._root.mandate_id,
+            now_ms=now_ms,
+            open_round=self._chain.open_round,
+        )
         if proposal is None or self._electable(proposal, org) is not None:
             return None
         return proposal

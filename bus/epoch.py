@@ -12,6 +12,9 @@ RFC 6962 root, plus a time *t_e* that a quorum of organizations cosigned. From t
 * **The clock.** Wherever a verdict needs "now", it is *t_e* of the record's epoch, never a
   broker timestamp or a local clock.
 
+An epoch's votes may take several rounds (:mod:`bus.seal`); only the final seal counts here,
+whichever round it was final in.
+
 This module holds only the data both sides agree on (:class:`FinalSeal`) and the pure functions
 over it; it has no I/O and no clock.
 """
@@ -50,6 +53,8 @@ class FinalSeal:
             epoch 1).
         signers: the organizations whose cosignatures made it final.
         offset: where the cosignature that made it final sits on the seals topic.
+        round: the epoch's voting round it was final in (1 unless a round of split votes died
+            first, :mod:`bus.seal`); part of its text, so of ``digest``.
     """
 
     mandate_id: str
@@ -60,6 +65,7 @@ class FinalSeal:
     prev_digest: bytes
     signers: frozenset[str] = field(default_factory=frozenset)
     offset: int = -1
+    round: int = 1
 
     def size(self, ref: PartitionRef) -> int:
         """Records of ``ref`` sealed up to and including this epoch."""

@@ -78,10 +78,12 @@ class Reason(enum.StrEnum):
     # final once k organizations signed it; and the witness's reasons not to cosign one
     SEAL_EPOCH_FINAL = "seal_epoch_final"  # a seal record for an epoch that is already final
     SEAL_EPOCH_AHEAD = "seal_epoch_ahead"  # a seal record for an epoch after the open one
+    SEAL_ROUND_CLOSED = "seal_round_closed"  # a seal record for a dead round of the open epoch
+    SEAL_ROUND_AHEAD = "seal_round_ahead"  # a seal record for a round after the open one
     SEAL_WRONG_PREV = "seal_wrong_prev"  # prev is not the digest of the epoch before's final seal
     SEAL_TIME_NOT_INCREASING = "seal_time_not_increasing"  # t_e not after the epoch before's
     SEAL_SIZE_SHRINKS = "seal_size_shrinks"  # a partition smaller than, or absent since, before
-    SEAL_EQUIVOCATION = "seal_equivocation"  # one organization signed two texts for one epoch
+    SEAL_EQUIVOCATION = "seal_equivocation"  # one organization signed two texts in one round
     SEAL_ALREADY_COSIGNED = "seal_already_cosigned"  # this witness signed another text for it
     SEAL_TIME_OUT_OF_TOLERANCE = "seal_time_out_of_tolerance"  # t_e too far from the clock
     SEAL_UNKNOWN_PARTITION = "seal_unknown_partition"  # seals a topic that is not a bus topic

@@ -11,13 +11,15 @@ Every record value is one C2SP *signed note* (``signed-note.md``, parsed as in
 
     obus-seal/v1/<mandate id>\\n            format, version, mandate: obus-seal/v1/jmm-2026
     <epoch>\\n                              1, 2, 3, ...
+    <round>\\n                              the epoch's voting round: 1, 2, 3, ...
     <t_e>\\n                                the seal's time, UNIX milliseconds
     <prev>\\n                               base64 of the final seal of epoch-1's digest
     <topic> <partition> <size> <root>\\n    one line per sealed partition (0 to 2048)
     \\n                                     a blank line ends the text
     \u2014 <key name> <base64(key hash || signature body)>\\n     1 to 100 signature lines
 
-* ``<epoch>`` and ``<t_e>``: ASCII decimal in 1..2^63-1, no sign, no leading zero.
+* ``<epoch>`` and ``<t_e>``: ASCII decimal in 1..2^63-1, no sign, no leading zero; ``<round>``
+  likewise in 1..2^31-1 (:data:`MAX_ROUND`).
 * ``<prev>`` and ``<root>``: standard padded base64 of exactly 32 bytes, canonical (decoding
   and encoding again gives the same 44 characters). ``<prev>`` of epoch 1 is 32 zero bytes
   (:data:`bus.epoch.GENESIS_DIGEST`).
@@ -26,11 +28,13 @@ Every record value is one C2SP *signed note* (``signed-note.md``, parsed as in
   (:mod:`bus.merkle`) over their values in offset order (leaf i = value at offset i; a null
   value counts as empty bytes), separated by one space each. Lines are sorted by topic (bytes)
   then partition (number), each partition at most once. A partition with no record is not
-  listed, so one state of the log has exactly one text.
+  listed, so one state of the log has exactly one text per round.
 * No other byte: no control character but the newlines, no blank line inside the text, no
   trailing space. The signature lines take at most :data:`MAX_SIGNATURE_BLOCK_BYTES` (lines by
   keys named otherwise could never count) and the record at most :data:`MAX_SEAL_RECORD_BYTES`.
-* The seal's **digest** is SHA-256 of its exact text (what the next seal's ``<prev>`` names).
+* The seal's **digest** is SHA-256 of its exact text (what the next seal's ``<prev>`` names);
+  the round is part of it, so a final seal states the round it was final in
+  (:attr:`bus.epoch.FinalSeal.round`).
 
 Signature lines are those of :mod:`bus.checkpoint`: key names ``obus/<org>/<subject id>`` of
 the signer's accreditation; type ``0x01`` (Ed25519 over the text) by the node that proposes the
@@ -58,66 +62,116 @@ reason, the others still count (a record may carry several organizations' lines,
 line must not cancel another organization's). Work per record is bounded: at most one line per
 key id is tried (a second line by the same key, of either type, is skipped), a key's standing
 is checked before its signature, so a line that could not count costs no verification, and a
-line whose organization's signature on that epoch is already settled is not verified again.
+line whose organization's signature in that round is already settled is not verified again.
+
+The **electorate** of a text (:func:`node_electorate`) is the organizations of the mandate
+with a node key that could count on it by the rule above: accredited with role ``NODE``, inside
+the window at its *t_e*, not revoked at its epoch. The electorate of an epoch
+(:func:`epoch_electorate`) holds every organization that could be in the electorate of some
+text of the epoch that may become final (*t_e* after *t_{e-1}*).
 
 Finality (:class:`SealChain`): a pure function of the seals topic
 -----------------------------------------------------------------
 A reader feeds every record of the single-partition seals topic in offset order. Epochs open one
-at a time: epoch *e* is *open* from the record that made epoch *e-1* final (from the start for
-epoch 1). A record for an epoch already final (``seal_epoch_final``) or not yet open
-(``seal_epoch_ahead``) is ignored and counted, never verified. In the open epoch:
+at a time and, inside the open epoch, voting **rounds** open one at a time: epoch *e* is *open*
+in round 1 from the record that made epoch *e-1* final (from the start for epoch 1); round *r+1*
+opens at the record that made round *r* **dead** (below). A record for an epoch already final
+(``seal_epoch_final``) or not yet open (``seal_epoch_ahead``), or for a round of the open epoch
+that is dead (``seal_round_closed``) or not yet open (``seal_round_ahead``), is ignored and
+counted, never verified. In the open round:
 
-* an organization's **first** counted signature for the epoch (in topic order, on any text of
-  that epoch, valid or not) is its vote; a signature on another text of the same epoch is
-  **equivocation**, kept as evidence (:class:`Equivocation`: both texts, both lines, both
-  offsets) and never counted; the same text again changes nothing;
+* an organization's **first** counted signature in the round (in topic order, on any text of
+  that epoch and round, valid or not) is its **vote** in the round; a signature on another text
+  of the same round is **equivocation**, kept as evidence (:class:`Equivocation`: both texts,
+  both lines, both offsets) and never counted; the same text again changes nothing. Signatures
+  in different rounds are different votes, never equivocation;
 * the proposer's own signature (type 0x01) counts as its organization's vote like a cosignature;
 * the **final seal of epoch e** is the first text, in topic order, to hold votes of ``k``
-  distinct organizations, ``k`` the threshold of the mandate in force for *e*, among texts that
-  name the mandate, whose ``<prev>`` is the final seal of *e-1*'s digest, whose *t_e* is
-  strictly after *t_{e-1}* and whose sizes never shrink (every partition of *e-1* is listed
-  again, with at least its size). Texts breaking a rule never become final (``seal_wrong_prev``,
-  ``seal_time_not_increasing``, ``seal_size_shrinks``), and votes on them are still votes.
+  distinct organizations in its round, ``k`` the threshold of the mandate in force for *e*,
+  among texts that name the mandate, whose ``<prev>`` is the final seal of *e-1*'s digest, whose
+  *t_e* is strictly after *t_{e-1}* and whose sizes never shrink (every partition of *e-1* is
+  listed again, with at least its size). Texts breaking a rule never become final
+  (``seal_wrong_prev``, ``seal_time_not_increasing``, ``seal_size_shrinks``), and votes on them
+  are still votes;
+* round *r* is **dead** once no text of it can reach ``k`` any more, whoever votes next. With
+  ``V`` the organizations that voted in round *r*: every text *t* of the round that may become
+  final has ``votes(t) + |E(t) - V| < k`` (``E(t)`` its electorate), and a text nobody signed
+  yet could not reach ``k`` either: ``|E - V| < k``, ``E`` the epoch's electorate (for epoch 1,
+  whose trust state may differ from text to text, :data:`TrustFor`, every organization of the
+  mandate). Votes only accumulate, so a dead round stays dead; the record whose vote made it
+  dead opens round *r+1* (:class:`RoundOpened` on its verdict). A record of the dead round that
+  comes later could have changed no final seal, which is why it is not looked at (a second text
+  signed there is not reported as equivocation: it could never count). Round
+  :data:`MAX_ROUND` never dies.
 
 Nothing else enters: not a reader's clock, nor how it batches or interleaves topics, nor when it
 learnt a trust state (a record that needs one the caller does not have yet waits, and the
-records after it wait behind it), so every reader derives the same final seals.
+records after it wait behind it), so every reader of one seals topic derives the same final
+seals and opens the same rounds at the same records.
 
 **Why a minority can neither forge nor block finality.** Say *f* organizations are dishonest
 (or their keys stolen) and ``f <= min(k - 1, n - k)`` of the mandate's *n*. *Forge*: a final
-text holds *k* votes, so at least ``k - f >= 1`` honest organization voted for it, and an
-honest witness only cosigns a text that matches its own log (:func:`decide_cosign`); the
-minority's own signatures, however many texts they sign, never add up to *k*. *Block*: the
-``n - f >= k`` honest organizations vote for the same text when honest witnesses follow the
-rule below, and nothing the minority publishes can cancel an honest vote: its signatures on
-other texts burn only its own votes, a copy of an honest line on another text does not verify,
-and a copy on the same text changes nothing. *Change*: among texts honest organizations vote
-for, the first to reach *k* wins; the minority can hurry that text (its votes count), and can
-decide between two honest texts only when the honest votes are split so that neither reaches
-*k* without it. Under an operator who shows readers different seals topics, two different
-final seals of one epoch need ``2k - n`` organizations to sign both, each such pair of
-signatures being an :class:`Equivocation` once the views meet; this is why a vote is one per
-epoch, not one per text.
+text holds *k* votes of one round, so at least ``k - f >= 1`` honest organization voted for it,
+and an honest witness only cosigns a text that matches its own log (:func:`decide_cosign`); the
+minority's own signatures, however many texts and rounds they sign, never add up to *k*.
+*Block*: the ``n - f >= k`` honest organizations vote for the same text of a round when honest
+witnesses follow the rule below, and nothing the minority publishes can cancel an honest vote:
+its signatures on other texts burn only its own votes, a copy of an honest line on another text
+does not verify, a copy on the same text changes nothing, and records of other rounds are not
+looked at. Nor can it kill a round in which the honest votes go to one text *T*: honest votes on
+*T* plus honest organizations yet to vote are always ``n - f >= k``, so *T* can still reach
+*k*. *Change*: among texts honest organizations vote for, the first to reach *k* wins; the
+minority can hurry that text (its votes count), and can decide between two honest texts only
+when the honest votes are split so that neither reaches *k* without it.
 
-**What one vote per epoch costs.** Honest votes split over several texts of one epoch (two
-proposers at once, or a *t_e* at the edge of some witnesses' clock tolerance) may leave no text
-able to reach *k*; that epoch then never becomes final, and nothing in this module reopens it.
-The witness's discipline below keeps the honest votes together; the split shows as an open
-epoch whose votes add up to *n* without a final seal.
+**What an operator who hides records can do.** The seals topic is one partition, but its
+operator may show readers different seals topics (records left out, in another order). Two
+readers then derive different final seals of one epoch only when organizations signed two texts
+of one round, each such pair of signatures an :class:`Equivocation` once the views meet:
+
+* *in one round*: two texts with *k* votes each need ``2k - n`` organizations that signed both;
+* *across rounds*: text *T* of round *r* is final for reader A with signers *S*
+  (``|S| >= k``, all in ``E(T)``), and round *r* is dead for reader B. Hiding a vote makes its
+  organization one that has not voted yet, so it never makes a round look *more* dead; B sees
+  round *r* dead only because of votes it was shown. For *T* in B, ``votes(T) + |E(T) - V| < k``
+  (or ``|E - V| < k`` when B was shown no vote for *T*, and ``E(T)`` is within ``E``), so fewer
+  than *k* members of *S* voted for *T* or have not voted in B's view: at least
+  ``|S| - k + 1`` of them voted in round *r* for another text in B's view, while in A's view the
+  same organization's vote in round *r* is for *T*. An honest organization signs one text per
+  round, so each is an equivocating organization, named by its two signatures.
+
+That second bound is at least one organization, where a fork inside one round needs
+``2k - n`` (two for 4 of 6). It is the price of reopening an epoch at all: a round may only die
+once its best text misses *k* by one vote; asking for a margin of ``2k - n`` votes would keep
+the commonest split, two texts with ``n / 2`` votes each, open for good at 4 of 6. So a fork
+still names at least one organization that equivocated, and needs the operator's help.
+
+**What one vote per round costs.** Honest votes split over several texts of one round (two
+proposers at once, a *t_e* at the edge of some witnesses' clock tolerance, a network partition)
+may leave no text able to reach *k*; once every organization that could still change that has
+voted, the round is dead and the next one opens, at the same record for every reader, with
+another proposer's turn (below). A round stays open while some text could still reach *k* with
+the votes of organizations that have not voted: when they stay silent (their nodes down, or a
+dishonest minority that withholds its votes after splitting the honest ones), the epoch waits
+for them, since nothing in the seals topic tells a silent organization from a slow one.
 
 The witness's rule (:func:`decide_cosign`)
 ------------------------------------------
-A witness cosigns a proposal for the epoch after its newest final seal only when: the mandate
-matches; its organization has not signed another text for that epoch (at most one vote per
-epoch); the text follows the previous final seal (prev digest, time, sizes, as above); *t_e* is
+A witness cosigns a proposal for the open round of the epoch after its newest final seal only
+when: the mandate matches; the proposal is of the round open at this witness (an earlier round
+is refused, ``seal_round_closed``: its votes can no longer make a seal final; a later one is
+waited on); its organization has not signed another text in that round (at most one vote per
+round); the text follows the previous final seal (prev digest, time, sizes, as above); *t_e* is
 within its clock tolerance of its own now; every sealed partition is of a bus topic, the witness
 has read it at least up to the sealed size and its own root at that size is the sealed one; and
 its own roots at the previous final seal's sizes are that seal's. It *waits* while it has not
 read far enough, and *refuses* for good otherwise. To keep honest votes together, a witness
-judges the open epoch's proposals in topic order and cosigns the first it accepts, waiting on a
-proposal it cannot judge yet rather than skipping it; proposers should take turns (only the
-first proposal a witness accepts gets its vote, and each proposer's own signature is its
-organization's vote).
+judges the open round's proposals in topic order and cosigns the first it accepts, waiting on a
+proposal it cannot judge yet rather than skipping it; proposers should take turns, round *r* of
+epoch *e* first by organization number ``(e + r - 1) mod n`` (so each new round has another
+first proposer), the others later by their place after it, the delays counted from when the
+round opened (only the first proposal a witness accepts gets its vote, and each proposer's own
+signature is its organization's vote).
 """
 
 from __future__ import annotations
@@ -158,6 +212,7 @@ __all__ = [
     "KIND_PROPOSAL",
     "MAX_EPOCH",
     "MAX_PARTITION",
+    "MAX_ROUND",
     "MAX_SEAL_PARTITIONS",
     "MAX_SEAL_RECORD_BYTES",
     "MAX_SEAL_TEXT_BYTES",
@@ -170,6 +225,7 @@ __all__ = [
     "Equivocation",
     "LogView",
     "RecordVerdict",
+    "RoundOpened",
     "SealChain",
     "SealProposal",
     "SealRecord",
@@ -180,7 +236,9 @@ __all__ = [
     "check_successor",
     "cosign_seal",
     "decide_cosign",
+    "epoch_electorate",
     "make_proposal",
+    "node_electorate",
     "parse_seal",
     "parse_seal_record",
     "sign_proposal",
@@ -195,10 +253,12 @@ MAX_EPOCH: Final = 2**63 - 1
 """Largest epoch number and largest *t_e* in milliseconds (a signed 64-bit integer)."""
 MAX_PARTITION: Final = 2**31 - 1
 """Largest Kafka partition number (an int32)."""
+MAX_ROUND: Final = 2**31 - 1
+"""Largest round number (an int32); this round of an epoch never dies."""
 # The longest partition line: topic, partition, size (uint64: 20 digits), root, three spaces
-# and the newline; the longest header: the prefix, a mandate id, epoch, t_e and prev lines.
+# and the newline; the longest header: the prefix, a mandate id, epoch, round, t_e and prev.
 _MAX_LINE_BYTES: Final = 249 + 10 + 20 + 44 + 3 + 1
-_MAX_HEADER_BYTES: Final = len(SEAL_HEADER_PREFIX) + 63 + 1 + 2 * (19 + 1) + 44 + 1
+_MAX_HEADER_BYTES: Final = len(SEAL_HEADER_PREFIX) + 63 + 1 + 2 * (19 + 1) + 10 + 1 + 44 + 1
 MAX_SEAL_TEXT_BYTES: Final = _MAX_HEADER_BYTES + MAX_SEAL_PARTITIONS * _MAX_LINE_BYTES
 """No valid seal text is longer (a bound checked before anything is split)."""
 _MAX_SIGNATURE_LINE_BYTES: Final = 256  # a key name of obus/<org>/<subject> and a 0x04 body
@@ -217,7 +277,7 @@ _LINE_RE: Final = re.compile(
     r" (?P<size>[1-9][0-9]{0,19}) (?P<root>[A-Za-z0-9+/]{43}=)"
 )
 _NOT_TEXT_BYTE: Final = re.compile(rb"[^\x20-\x7e\n]")  # printable ASCII and newlines only
-_HEADER_LINES: Final = 4
+_HEADER_LINES: Final = 5
 _TIMESTAMP_BYTES: Final = 8
 KIND_PROPOSAL: Final = "proposal"
 """:attr:`SealSignature.kind` of a type 0x01 line (the proposer's)."""
@@ -253,6 +313,8 @@ class SealProposal:
             for epoch 1).
         partitions: every sealed partition (size >= 1) with its size and RFC 6962 root; stored
             as a read-only mapping in canonical order.
+        round: the epoch's voting round it is proposed in (1, 2, ...; the text's second
+            number line, after the epoch).
 
     Raises:
         VerificationError: ``INVALID_FIELD`` when a field is out of the format's range.
@@ -263,12 +325,15 @@ class SealProposal:
     time_ms: int
     prev_digest: bytes
     partitions: Mapping[PartitionRef, PartitionSeal]
+    round: int = 1
 
     def __post_init__(self) -> None:
         check_id("mandate_id", self.mandate_id)
         for name, value in (("epoch", self.epoch), ("time_ms", self.time_ms)):
             if type(value) is not int or not 1 <= value <= MAX_EPOCH:
                 raise _invalid(f"{name} must be in 1..2^63-1", field=name)
+        if type(self.round) is not int or not 1 <= self.round <= MAX_ROUND:
+            raise _invalid("round must be in 1..2^31-1", field="round")
         if len(self.prev_digest) != HASH_SIZE:
             raise _invalid(f"prev digest must be {HASH_SIZE} bytes", field="prev_digest")
         if len(self.partitions) > MAX_SEAL_PARTITIONS:
@@ -291,6 +356,7 @@ class SealProposal:
         lines = [
             SEAL_HEADER_PREFIX + self.mandate_id,
             str(self.epoch),
+            str(self.round),
             str(self.time_ms),
             _b64(self.prev_digest),
         ]
@@ -319,13 +385,19 @@ class SealProposal:
             prev_digest=self.prev_digest,
             signers=frozenset(signers),
             offset=offset,
+            round=self.round,
         )
 
     @classmethod
     def of_final(cls, final: FinalSeal) -> SealProposal:
         """The seal a final seal was made from (``text()`` hashes to ``final.digest``)."""
         return cls(
-            final.mandate_id, final.epoch, final.time_ms, final.prev_digest, final.partitions
+            final.mandate_id,
+            final.epoch,
+            final.time_ms,
+            final.prev_digest,
+            final.partitions,
+            final.round,
         )
 
 
@@ -364,16 +436,17 @@ def parse_seal(text: bytes) -> SealProposal:
         raise _malformed("text must end with a newline")
     lines = text[:-1].decode("ascii").split("\n")
     if len(lines) < _HEADER_LINES:
-        raise _malformed("needs header, epoch, time and prev lines")
+        raise _malformed("needs header, epoch, round, time and prev lines")
     if len(lines) - _HEADER_LINES > MAX_SEAL_PARTITIONS:
         raise _malformed(f"more than {MAX_SEAL_PARTITIONS} partition lines")
-    header, epoch_s, time_s, prev_s = lines[:_HEADER_LINES]
+    header, epoch_s, round_s, time_s, prev_s = lines[:_HEADER_LINES]
     if not header.startswith(SEAL_HEADER_PREFIX):
         raise _malformed(f"first line must start with {SEAL_HEADER_PREFIX!r}")
     mandate_id = header[len(SEAL_HEADER_PREFIX) :]
     if not _MANDATE_RE.fullmatch(mandate_id):
         raise _malformed(f"{mandate_id[:70]!r} is not a mandate id")
     epoch = _decimal(epoch_s, "epoch", MAX_EPOCH)
+    round_ = _decimal(round_s, "round", MAX_ROUND)
     time_ms = _decimal(time_s, "time", MAX_EPOCH)
     if not _HASH_B64_RE.fullmatch(prev_s):
         raise _malformed("prev must be base64 of 32 bytes")
@@ -392,7 +465,7 @@ def parse_seal(text: bytes) -> SealProposal:
             raise _malformed(f"partition lines unsorted or repeated at {ref[0]}/{ref[1]}")
         partitions[ref] = PartitionSeal(size, _hash(m["root"], "root"))
         last = ref
-    return SealProposal(mandate_id, epoch, time_ms, prev, partitions)
+    return SealProposal(mandate_id, epoch, time_ms, prev, partitions, round_)
 
 
 @dataclass(frozen=True, slots=True)
@@ -571,6 +644,39 @@ def _standing(keyring: KeyRing, acc: Accreditation, proposal: SealProposal) -> N
     keyring.check_usable(acc, role=Role.NODE, at_ms=proposal.time_ms, seq=proposal.epoch)
 
 
+def node_electorate(keyring: KeyRing, proposal: SealProposal) -> frozenset[str]:
+    """The organizations whose node key could count on ``proposal`` under ``keyring`` (its trust
+    state): accredited with role NODE by an organization of the mandate, inside the window at
+    its *t_e*, not revoked at its epoch (exactly the standing a signature line needs)."""
+    orgs: set[str] = set()
+    for acc in keyring.accreditations(Role.NODE):
+        if acc.org in orgs:
+            continue
+        try:
+            _standing(keyring, acc, proposal)
+        except VerificationError:
+            continue
+        orgs.add(acc.org)
+    return frozenset(orgs)
+
+
+def epoch_electorate(keyring: KeyRing, epoch: int, after_ms: int) -> frozenset[str]:
+    """Every organization in the electorate (:func:`node_electorate`) of some text of ``epoch``
+    that may become final under ``keyring``: a text whose *t_e* is after ``after_ms``
+    (*t_{e-1}*). A node key counts there when it is usable at some time after ``after_ms``."""
+    orgs: set[str] = set()
+    for acc in keyring.accreditations(Role.NODE):
+        if acc.org in orgs or keyring.mandate.organization(acc.org) is None:
+            continue
+        earliest = max(after_ms + 1, acc.not_before_ms)
+        try:
+            keyring.check_usable(acc, role=Role.NODE, at_ms=earliest, seq=epoch)
+        except VerificationError:
+            continue
+        orgs.add(acc.org)
+    return frozenset(orgs)
+
+
 def _judge_lines(
     record: SealRecord, keys: _Keys, settled: Callable[[str], bool]
 ) -> tuple[list[SealSignature], list[tuple[str, Reason]]]:
@@ -637,22 +743,24 @@ def verify_seal(data: bytes, keyring: KeyRing) -> VerifiedSeal:
 TrustFor = Callable[[SealProposal], KeyRing | None]
 """The trust state a seal is judged under, or None while the caller cannot tell yet.
 
-Called with a proposal of the open epoch. For epoch *e >= 2* it returns the key ring in force
-for *e*: the mandate and registry records up to the sizes of the final seal of *e-1*, the same
-object for every proposal of that epoch. Before the first seal no trust record has taken effect
-and the mandate alone accredits no node key, so for epoch 1 the caller chooses a rule every
-reader applies alike, e.g. the mandate plus the registry records the proposal itself seals (a
-function of the proposal and the log, which is why the proposal is passed, not the epoch).
-What it returns for a proposal must never change afterwards (a later trust record must go into
-another key ring), or readers that asked at different moments would count different
-signatures. Returning None makes the chain wait on that record (and every record after it)
-until :meth:`SealChain.resume`.
+Called with a proposal of the open epoch and round. For epoch *e >= 2* it returns the key ring
+in force for *e*: the mandate and registry records up to the sizes of the final seal of *e-1*,
+the same object for every proposal of that epoch, whatever its round (the chain relies on it to
+bound who could still vote on a text not signed yet). Before the first seal no trust record has
+taken effect and the mandate alone accredits no node key, so for epoch 1 the caller chooses a
+rule every reader applies alike, e.g. the mandate plus the registry records the proposal itself
+seals (a function of the proposal and the log, which is why the proposal is passed, not the
+epoch; the chain then counts every organization of the mandate as able to vote on a text not
+signed yet). What it returns for a proposal must never change afterwards (a later trust record
+must go into another key ring), or readers that asked at different moments would count
+different signatures. Returning None makes the chain wait on that record (and every record
+after it) until :meth:`SealChain.resume`.
 """
 
 
 @dataclass(frozen=True, slots=True)
 class Equivocation:
-    """One organization's two signatures on different texts for one epoch: evidence.
+    """One organization's two signatures on different texts of one round of an epoch: evidence.
 
     ``first`` is the signature that counts (the earlier one in the seals topic), ``second``
     the one that never counts. Each (text, line) pair is a note anyone can verify again
@@ -661,6 +769,7 @@ class Equivocation:
 
     org: str
     epoch: int
+    round: int
     first_text: bytes
     first: SealSignature
     first_offset: int
@@ -680,6 +789,7 @@ class Equivocation:
         return {
             "org": self.org,
             "epoch": self.epoch,
+            "round": self.round,
             "first": {
                 "offset": self.first_offset,
                 "text": self.first_text.decode(),
@@ -699,10 +809,45 @@ class Disposition(enum.StrEnum):
     """What a :class:`SealChain` made of one record."""
 
     FINAL = "final"  # its signatures made its text the final seal of its epoch
-    COUNTED = "counted"  # it carries at least one organization's first vote for the epoch
-    UNCOUNTED = "uncounted"  # judged in the open epoch; no line in it changes anything
-    IGNORED = "ignored"  # not for the open epoch, or for another mandate: not verified
+    COUNTED = "counted"  # it carries at least one organization's vote in the open round
+    UNCOUNTED = "uncounted"  # judged in the open round; no line in it changes anything
+    IGNORED = "ignored"  # not for the open round, or for another mandate: not verified
     REFUSED = "refused"  # not a seals record (malformed, oversized, null)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundOpened:
+    """Round ``round`` of ``epoch`` opened at the record at ``offset``: with its vote, no text
+    of the round before could reach ``threshold`` any more.
+
+    Args:
+        epoch: the open epoch.
+        round: the round that opened (the dead one is ``round - 1``).
+        offset: the seals record whose vote made the round before dead.
+        threshold: *k*.
+        tallies: the votes of each text of the dead round that could have become final, most
+            first.
+        void: votes on texts of the dead round that could never become final.
+        undecided: organizations of the epoch's electorate that had not voted in it.
+    """
+
+    epoch: int
+    round: int
+    offset: int
+    threshold: int
+    tallies: tuple[int, ...]
+    void: int
+    undecided: int
+
+    @property
+    def why(self) -> str:
+        """Why the round before died, in words."""
+        tallies = ", ".join(str(n) for n in self.tallies) or "none"
+        return (
+            f"no text of round {self.round - 1} can reach k = {self.threshold}: votes per text"
+            f" {tallies}, {self.void} on texts that can never be final, {self.undecided}"
+            " organizations yet to vote"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -715,13 +860,15 @@ class RecordVerdict:
         reason: why it was ignored or refused; for a judged record, why its text can never be
             final (``seal_wrong_prev``, ``seal_time_not_increasing``, ``seal_size_shrinks``).
         proposal: the parsed seal (None when refused); a witness judges it with
-            :func:`decide_cosign` when ``epoch`` is the open one.
+            :func:`decide_cosign` when its epoch and round are the open ones.
         digest: the seal text's digest.
-        counted: organizations whose first vote for the epoch this record carries.
+        counted: organizations whose vote in the open round this record carries.
         refused_lines: (key name, reason) of each line by a known key that counted for
-            nothing; ``seal_equivocation`` for an organization's signature on a second text.
+            nothing; ``seal_equivocation`` for an organization's signature on a second text of
+            the round.
         final: the final seal it made, if any.
         equivocations: evidence this record completed.
+        opened: the round its votes opened, when they made the open round dead.
     """
 
     offset: int
@@ -733,11 +880,17 @@ class RecordVerdict:
     refused_lines: tuple[tuple[str, Reason], ...] = ()
     final: FinalSeal | None = None
     equivocations: tuple[Equivocation, ...] = ()
+    opened: RoundOpened | None = None
 
     @property
     def epoch(self) -> int | None:
         """The epoch the record names (None when refused)."""
         return None if self.proposal is None else self.proposal.epoch
+
+    @property
+    def round(self) -> int | None:
+        """The round the record names (None when refused)."""
+        return None if self.proposal is None else self.proposal.round
 
 
 @dataclass(frozen=True, slots=True)
@@ -756,26 +909,39 @@ class ChainUpdate:
         """Equivocation evidence found."""
         return tuple(e for v in self.verdicts for e in v.equivocations)
 
+    @property
+    def rounds_opened(self) -> tuple[RoundOpened, ...]:
+        """Rounds that opened, in order."""
+        return tuple(v.opened for v in self.verdicts if v.opened is not None)
+
 
 @dataclass
 class _Candidate:
-    """A text of the open epoch that is some organization's vote."""
+    """A text of the open round that is some organization's vote."""
 
     record: SealRecord
     problem: Reason | None  # why it can never be final (None: it can)
+    electorate: frozenset[str]  # organizations whose signature could count on it
+    threshold: int  # k of its trust state
     votes: dict[str, SealSignature] = field(default_factory=dict)
 
 
 @dataclass
-class _OpenEpoch:
-    """Votes in the open epoch. Texts are kept only when they are someone's vote, so at most
-    one per organization of the mandate."""
+class _OpenRound:
+    """Votes in the open round of the open epoch. Texts are kept only when they are someone's
+    vote, so at most one per organization of the mandate."""
 
     epoch: int
+    round: int
     candidates: dict[bytes, _Candidate] = field(default_factory=dict)
     # organization -> (digest of the text of its vote, offset, signature)
     votes: dict[str, tuple[bytes, int, SealSignature]] = field(default_factory=dict)
     equivocated: set[str] = field(default_factory=set)
+
+
+def _final_text(latest: FinalSeal | None) -> dict[bytes, SealProposal]:
+    """The newest final seal's text by digest (a cosignature record of it is not parsed)."""
+    return {} if latest is None else {latest.digest: SealProposal.of_final(latest)}
 
 
 class _TrustUnknownError(Exception):
@@ -786,17 +952,17 @@ class SealChain:
     """Final seals derived from the seals topic alone (see the module docstring, "Finality").
 
     Feed :meth:`offer` every record of the seals topic in offset order; each call returns the
-    verdicts on the records it could judge, with the seals that became final and the
-    equivocations found. Holds only the newest final seal and the open epoch's votes: the
-    caller keeps the final seals it is handed.
+    verdicts on the records it could judge, with the seals that became final, the rounds that
+    opened and the equivocations found. Holds only the newest final seal and the open round's
+    votes: the caller keeps the final seals it is handed.
 
     Args:
         mandate_id: the mandate of the bus; seals naming another are ignored.
         trust: the trust state of each proposal (:data:`TrustFor`).
         latest: to continue after a restart, the newest final seal the caller kept (its
             ``offset`` set); then feed records from :attr:`next_offset`. The open epoch's
-            votes are rebuilt from the records after the one that made ``latest`` final, so
-            the chain continues exactly as if it had read everything.
+            rounds and votes are rebuilt from the records after the one that made ``latest``
+            final, so the chain continues exactly as if it had read everything.
     """
 
     def __init__(
@@ -811,14 +977,12 @@ class SealChain:
         self.mandate_id = mandate_id
         self._trust = trust
         self._latest = latest
-        self._open = _OpenEpoch(1 if latest is None else latest.epoch + 1)
+        self._open = _OpenRound(1 if latest is None else latest.epoch + 1, 1)
         self._last_offset = -1 if latest is None else latest.offset
         self._queue: deque[tuple[int, bytes | None]] = deque()
         self._keys: tuple[KeyRing, _Keys] | None = None
-        # Texts parsed already, by digest: the newest final seal's and the open epoch's votes.
-        self._parsed: dict[bytes, SealProposal] = (
-            {} if latest is None else {latest.digest: SealProposal.of_final(latest)}
-        )
+        # Texts parsed already, by digest: the newest final seal's and the open round's votes.
+        self._parsed = _final_text(latest)
         self.equivocations: list[Equivocation] = []
         """Every equivocation found, in topic order."""
         self.counts: Counter[str] = Counter()
@@ -837,6 +1001,11 @@ class SealChain:
         return self._open.epoch
 
     @property
+    def open_round(self) -> int:
+        """The round of the open epoch whose votes are being counted."""
+        return self._open.round
+
+    @property
     def next_offset(self) -> int:
         """The offset after the last record offered."""
         return self._last_offset + 1
@@ -847,10 +1016,10 @@ class SealChain:
         return bool(self._queue)
 
     def votes(self) -> Mapping[str, bytes]:
-        """Each organization's vote in the open epoch: the digest of the text it signed first.
+        """Each organization's vote in the open round: the digest of the text it signed first.
 
         A witness reads its own organization's here: a vote it cast before a restart counts,
-        and it must not sign another text for the same epoch.
+        and it must not sign another text in the same round.
         """
         return {org: digest for org, (digest, _, _) in self._open.votes.items()}
 
@@ -913,6 +1082,9 @@ class SealChain:
         if p.epoch != open_.epoch:
             reason = Reason.SEAL_EPOCH_FINAL if p.epoch < open_.epoch else Reason.SEAL_EPOCH_AHEAD
             return RecordVerdict(offset, Disposition.IGNORED, reason, p, record.digest)
+        if p.round != open_.round:
+            reason = Reason.SEAL_ROUND_CLOSED if p.round < open_.round else Reason.SEAL_ROUND_AHEAD
+            return RecordVerdict(offset, Disposition.IGNORED, reason, p, record.digest)
         keys = self._keys_for(record)  # may wait: nothing changed yet
 
         def settled(org: str) -> bool:
@@ -932,6 +1104,7 @@ class SealChain:
                     Equivocation(
                         sig.org,
                         p.epoch,
+                        p.round,
                         open_.candidates[first_digest].record.text,
                         first_sig,
                         first_offset,
@@ -944,23 +1117,34 @@ class SealChain:
                 refused.append((key_name(sig.org, sig.subject_id), Reason.SEAL_EQUIVOCATION))
                 continue
             if candidate is None:
-                candidate = open_.candidates[record.digest] = _Candidate(record, problem)
+                candidate = open_.candidates[record.digest] = _Candidate(
+                    record,
+                    problem,
+                    node_electorate(keys.keyring, p),
+                    keys.keyring.mandate.threshold,
+                )
                 self._parsed[record.digest] = p
             open_.votes[sig.org] = (record.digest, offset, sig)
             candidate.votes[sig.org] = sig
             counted.append(sig.org)
         self.equivocations.extend(evidence)
         final: FinalSeal | None = None
+        opened: RoundOpened | None = None
         if (
             candidate is not None
             and problem is None
             and counted
-            and len(candidate.votes) >= keys.keyring.mandate.threshold
+            and len(candidate.votes) >= candidate.threshold
         ):
             final = p.final(digest=record.digest, signers=candidate.votes, offset=offset)
             self._latest = final
-            self._open = _OpenEpoch(p.epoch + 1)
+            self._open = _OpenRound(p.epoch + 1, 1)
             self._parsed = {record.digest: p}
+        elif counted:
+            opened = self._dead(open_, keys.keyring, offset)
+            if opened is not None:
+                self._open = _OpenRound(p.epoch, opened.round)
+                self._parsed = _final_text(self._latest)
         if final is not None:
             disposition = Disposition.FINAL
         elif counted:
@@ -977,6 +1161,44 @@ class SealChain:
             tuple(refused),
             final,
             tuple(evidence),
+            opened,
+        )
+
+    def _dead(self, open_: _OpenRound, keyring: KeyRing, offset: int) -> RoundOpened | None:
+        """The next round, when no text of the open round can reach k any more (module
+        docstring, "Finality"); None while one still can. ``keyring`` is the trust state of
+        the record just counted."""
+        if open_.round == MAX_ROUND:
+            return None
+        voted = open_.votes.keys()
+        tallies: list[int] = []
+        void = 0
+        for c in open_.candidates.values():
+            if c.problem is not None:
+                void += len(c.votes)
+            elif len(c.votes) + len(c.electorate.difference(voted)) >= c.threshold:
+                return None
+            else:
+                tallies.append(len(c.votes))
+        latest = self._latest
+        if latest is None:
+            # Epoch 1: each text's trust state may be its own (TrustFor), so a text not signed
+            # yet could be counted under node keys of any organization of the mandate.
+            electorate = frozenset(o.org for o in keyring.mandate.organizations)
+        else:
+            electorate = epoch_electorate(keyring, open_.epoch, latest.time_ms)
+        undecided = len(electorate.difference(voted))
+        threshold = keyring.mandate.threshold
+        if undecided >= threshold:
+            return None
+        return RoundOpened(
+            open_.epoch,
+            open_.round + 1,
+            offset,
+            threshold,
+            tuple(sorted(tallies, reverse=True)),
+            void,
+            undecided,
         )
 
 
@@ -1051,7 +1273,7 @@ class Cosign(enum.StrEnum):
 
     COSIGN = "cosign"  # publish a cosignature (:func:`cosign_seal`) and remember the vote
     ALREADY = "already"  # this organization already voted for this very text: nothing to do
-    WAIT = "wait"  # not judgeable yet (read further, or the epoch before is not final here)
+    WAIT = "wait"  # not judgeable yet (read further, or its epoch or round is not open here)
     REFUSE = "refuse"  # never cosign this text; ``reason`` says why
 
 
@@ -1077,7 +1299,8 @@ def decide_cosign(
     mandate_id: str,
     now_ms: int,
     tolerance_ms: int,
-    voted: Mapping[int, bytes],
+    voted: Mapping[tuple[int, int], bytes],
+    open_round: int,
 ) -> CosignDecision:
     """Whether a witness cosigns a proposal (the rule of the module docstring).
 
@@ -1088,13 +1311,16 @@ def decide_cosign(
         mandate_id: the mandate it serves.
         now_ms: its clock.
         tolerance_ms: how far *t_e* may be from ``now_ms``, either way.
-        voted: epoch -> digest of the text this witness's organization already signed for it
-            (:meth:`SealChain.votes` for the open epoch, plus what it signed and has not read
-            back yet).
+        voted: (epoch, round) -> digest of the text this witness's organization already
+            signed in that round (:meth:`SealChain.votes` for the open round, plus what it
+            signed and has not read back yet).
+        open_round: the round of the open epoch open at this witness
+            (:attr:`SealChain.open_round`).
 
     Returns:
         COSIGN, ALREADY, WAIT, or REFUSE with a reason: ``WRONG_MANDATE``,
-        ``SEAL_EPOCH_FINAL``, ``SEAL_ALREADY_COSIGNED``, ``SEAL_WRONG_PREV``,
+        ``SEAL_EPOCH_FINAL``, ``SEAL_ROUND_CLOSED``, ``SEAL_ALREADY_COSIGNED``,
+        ``SEAL_WRONG_PREV``,
         ``SEAL_TIME_NOT_INCREASING``, ``SEAL_SIZE_SHRINKS``, ``SEAL_TIME_OUT_OF_TOLERANCE``,
         ``SEAL_UNKNOWN_PARTITION``, ``SEAL_BEYOND_LOG``, ``SEAL_ROOT_MISMATCH`` (its own log
         differs at a sealed size: a split view), ``SEAL_FINAL_MISMATCH`` (its own log differs
@@ -1107,12 +1333,21 @@ def decide_cosign(
         return _refuse(Reason.SEAL_EPOCH_FINAL, f"epoch {proposal.epoch} is final")
     if proposal.epoch > open_epoch:
         return CosignDecision(Cosign.WAIT, detail=f"epoch {proposal.epoch - 1} not final here")
+    if proposal.round < open_round:
+        return _refuse(
+            Reason.SEAL_ROUND_CLOSED, f"round {proposal.round} of epoch {open_epoch} is dead"
+        )
+    if proposal.round > open_round:
+        return CosignDecision(Cosign.WAIT, detail=f"round {proposal.round} not open here")
     digest = proposal.digest
-    mine = voted.get(proposal.epoch)
+    mine = voted.get((proposal.epoch, proposal.round))
     if mine is not None:
         if mine == digest:
             return CosignDecision(Cosign.ALREADY)
-        return _refuse(Reason.SEAL_ALREADY_COSIGNED, f"voted for another epoch {open_epoch} text")
+        return _refuse(
+            Reason.SEAL_ALREADY_COSIGNED,
+            f"voted for another text in round {open_round} of epoch {open_epoch}",
+        )
     try:
         check_successor(proposal, previous)
     except VerificationError as exc:
@@ -1151,9 +1386,15 @@ def decide_cosign(
 
 
 def make_proposal(
-    view: LogView, previous: FinalSeal | None, *, mandate_id: str, now_ms: int
+    view: LogView,
+    previous: FinalSeal | None,
+    *,
+    mandate_id: str,
+    now_ms: int,
+    open_round: int = 1,
 ) -> SealProposal | None:
-    """The seal a proposer publishes now: every covered partition it has read, at its size.
+    """The seal a proposer publishes now, in ``open_round`` of the epoch after ``previous``:
+    every covered partition it has read, at its size.
 
     Returns:
         The proposal (sign it with :func:`sign_proposal`), or None while the proposer has not
@@ -1182,9 +1423,17 @@ def make_proposal(
         now_ms,
         GENESIS_DIGEST if previous is None else previous.digest,
         partitions,
+        open_round,
     )
     decision = decide_cosign(
-        proposal, view, previous, mandate_id=mandate_id, now_ms=now_ms, tolerance_ms=0, voted={}
+        proposal,
+        view,
+        previous,
+        mandate_id=mandate_id,
+        now_ms=now_ms,
+        tolerance_ms=0,
+        voted={},
+        open_round=open_round,
     )
     if decision.verdict is not Cosign.COSIGN:
         raise VerificationError(

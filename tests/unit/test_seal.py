@@ -8,11 +8,13 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
+import itertools
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bus import crypto
@@ -32,6 +34,7 @@ from bus.errors import BusError, Reason, VerificationError
 from bus.merkle import MerkleTree
 from bus.model import Accreditation, Envelope, Mandate, Revocation, Role
 from bus.seal import (
+    MAX_ROUND,
     MAX_SEAL_PARTITIONS,
     MAX_SEAL_RECORD_BYTES,
     MAX_SIGNATURE_BLOCK_BYTES,
@@ -45,7 +48,9 @@ from bus.seal import (
     check_successor,
     cosign_seal,
     decide_cosign,
+    epoch_electorate,
     make_proposal,
+    node_electorate,
     parse_seal,
     parse_seal_record,
     sign_proposal,
@@ -102,6 +107,7 @@ def seal(
     time_ms: int = NOW_MS,
     parts: dict[PartitionRef, int] | None = None,
     mandate_id: str = MID,
+    round_: int = 1,
 ) -> SealProposal:
     """A seal whose roots are a function of (partition, size), like one honest log's."""
     sizes = {REPORTS_UN: 10 * epoch, REGISTRY: 2 * epoch} if parts is None else parts
@@ -111,6 +117,7 @@ def seal(
         time_ms,
         prev,
         {ref: PartitionSeal(n, root((ref, n))) for ref, n in sizes.items()},
+        round_,
     )
 
 
@@ -180,10 +187,12 @@ def test_the_seal_text_byte_for_byte() -> None:
             ("obus.registry", 0): PartitionSeal(3, bytes([2]) * 32),
             ("obus.reports.un", 9): PartitionSeal(1, bytes([3]) * 32),
         },
+        round=3,
     )
     want = (
         b"obus-seal/v1/jmm-2026\n"
         b"2\n"
+        b"3\n"
         b"1793491200123\n"
         b"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n"
         b"obus.registry 0 3 AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=\n"
@@ -206,7 +215,7 @@ def test_the_seal_text_byte_for_byte() -> None:
 
 def test_an_empty_bus_has_a_seal_too() -> None:
     p = seal(parts={})
-    assert p.text().count(b"\n") == 4
+    assert p.text().count(b"\n") == 5
     assert parse_seal(p.text()) == p
 
 
@@ -218,18 +227,21 @@ _SEALS = st.builds(PartitionSeal, st.integers(1, 2**64 - 1), st.binary(min_size=
 @settings(max_examples=200, deadline=None)
 @given(
     epoch=st.integers(1, 2**63 - 1),
+    round_=st.integers(1, 2**31 - 1),
     time_ms=st.integers(1, 2**63 - 1),
     prev=st.binary(min_size=32, max_size=32),
     parts=st.dictionaries(_REFS, _SEALS, max_size=12),
 )
 def test_text_round_trip(
-    epoch: int, time_ms: int, prev: bytes, parts: dict[PartitionRef, PartitionSeal]
+    epoch: int, round_: int, time_ms: int, prev: bytes, parts: dict[PartitionRef, PartitionSeal]
 ) -> None:
-    p = SealProposal(MID, epoch, time_ms, prev, parts)
+    p = SealProposal(MID, epoch, time_ms, prev, parts, round_)
     text = p.text()
     assert parse_seal(text) == p
     assert parse_seal(text).text() == text
-    assert SealProposal.of_final(p.final(digest=p.digest, signers=(), offset=0)).text() == text
+    final = p.final(digest=p.digest, signers=(), offset=0)
+    assert final.round == round_
+    assert SealProposal.of_final(final).text() == text
 
 
 GOOD = seal(3, prev=bytes(32), parts={REPORTS_UN: 5, REGISTRY: 2}).text()
@@ -261,6 +273,11 @@ MALFORMED_TEXTS: dict[str, bytes] = {
     "epoch negative": _sub("\n3\n", "\n-3\n"),
     "epoch 2^63": _sub("\n3\n", f"\n{2**63}\n"),
     "epoch with spaces": _sub("\n3\n", "\n 3\n"),
+    "round zero": _sub("\n3\n1\n", "\n3\n0\n"),
+    "round leading zero": _sub("\n3\n1\n", "\n3\n01\n"),
+    "round 2^31": _sub("\n3\n1\n", f"\n3\n{2**31}\n"),
+    "round missing": _sub("\n3\n1\n", "\n3\n"),
+    "round negative": _sub("\n3\n1\n", "\n3\n-1\n"),
     "time zero": _sub(f"\n{NOW_MS}\n", "\n0\n"),
     "time not a number": _sub(f"\n{NOW_MS}\n", "\n1e12\n"),
     "prev not canonical base64": _sub(
@@ -308,12 +325,15 @@ def test_malformed_seal_texts_are_refused(text: bytes) -> None:
 
 
 def test_the_table_starts_from_a_good_text() -> None:
-    assert parse_seal(GOOD).epoch == 3
+    assert (parse_seal(GOOD).epoch, parse_seal(GOOD).round) == (3, 1)
     assert parse_seal(GOOD.split(b"obus.registry")[0]).partitions == {}
 
 
 INVALID_FIELDS: dict[str, dict[str, Any]] = {
     "epoch zero": {"epoch": 0},
+    "round zero": {"round": 0},
+    "round beyond int32": {"round": 2**31},
+    "round not an int": {"round": True},
     "time beyond int64": {"time_ms": 2**63},
     "prev 31 bytes": {"prev_digest": bytes(31)},
     "mandate id": {"mandate_id": "JMM"},
@@ -658,7 +678,19 @@ def test_a_seal_that_does_not_follow_never_becomes_final(
     assert verdicts[1].counted == ORGS
     assert [f.epoch for f in finals(verdicts)] == [1]  # votes on the broken text were votes
     assert chain.counts[reason.value] == 1
-    assert {e.org for e in chain.equivocations} == set(ORGS)
+    # Every organization's round-1 vote went to a text that can never be final: the round is
+    # dead, and the good text of round 1 comes too late.
+    opened = verdicts[1].opened
+    assert opened is not None and (opened.epoch, opened.round) == (2, 2)
+    assert (opened.tallies, opened.void, opened.undecided) == ((), len(ORGS), 0)
+    assert (verdicts[2].disposition, verdicts[2].reason) == (
+        Disposition.IGNORED,
+        Reason.SEAL_ROUND_CLOSED,
+    )
+    assert chain.equivocations == []
+    again = dataclasses.replace(good, round=2)
+    (last,) = feed(chain, [merged(again, ORGS[:4])], start=3)
+    assert last.final is not None and (last.final.digest, last.final.round) == (again.digest, 2)
     with pytest.raises(VerificationError) as exc:
         check_successor(bad, finals(verdicts)[0])
     assert exc.value.reason is reason
@@ -822,6 +854,358 @@ def test_votes_of_the_open_epoch_are_readable() -> None:
     assert chain.votes() == {UN: p.digest, EU: p.digest}
 
 
+# -- rounds ------------------------------------------------------------------------------------
+
+A1 = seal(parts={REPORTS_UN: 5, REGISTRY: 1})
+B1 = seal(parts={REPORTS_UN: 6, REGISTRY: 1})
+C1 = seal(parts={REPORTS_UN: 7, REGISTRY: 1})
+# Six votes split 3-2-1 over A1, B1 and C1: round 1 of epoch 1 dies at the last one.
+SPLIT_3_2_1 = [
+    proposed(A1, UN),
+    proposed(B1, NATO),
+    cosigned(A1, OSCE),
+    cosigned(B1, CSTO),
+    cosigned(A1, EU),  # A 3, B 2, SCO yet to vote: A can still reach 4
+    proposed(C1, SCO),  # 3, 2, 1: no text can
+]
+
+
+def _again(p: SealProposal, round_: int) -> SealProposal:
+    """The same content proposed again in another round (another text, another digest)."""
+    return dataclasses.replace(p, round=round_)
+
+
+def _dead_after(votes: Sequence[tuple[str, int]], k: int = K) -> int | None:
+    """The oracle: after how many of ``votes`` ((org, text index), an organization's first one
+    counting) no text can reach k, every organization of the mandate able to vote; None when
+    never."""
+    first: dict[str, int] = {}
+    for i, (org, text) in enumerate(votes):
+        first.setdefault(org, text)
+        tallies = Counter(first.values())
+        undecided = len(ORGS) - len(first)
+        if max([*tallies.values(), 0]) + undecided < k:
+            return i + 1
+    return None
+
+
+def test_a_split_of_six_votes_over_three_texts_opens_round_2_where_round_2_becomes_final() -> None:
+    records = [*SPLIT_3_2_1, merged(A1, (NATO, CSTO, SCO))]  # round 1 is dead: no change
+    chain = chain_of()
+    verdicts = feed(chain, records)
+    assert [v.disposition for v in verdicts] == [Disposition.COUNTED] * 6 + [Disposition.IGNORED]
+    assert [v.opened for v in verdicts[:5]] == [None] * 5
+    opened = verdicts[5].opened
+    assert opened is not None
+    assert (opened.epoch, opened.round, opened.offset, opened.threshold) == (1, 2, 5, K)
+    assert (opened.tallies, opened.void, opened.undecided) == ((3, 2, 1), 0, 0)
+    assert opened.why == (
+        "no text of round 1 can reach k = 4: votes per text 3, 2, 1, 0 on texts that can"
+        " never be final, 0 organizations yet to vote"
+    )
+    assert verdicts[6].reason is Reason.SEAL_ROUND_CLOSED
+    assert (chain.open_epoch, chain.open_round, chain.votes(), chain.latest) == (1, 2, {}, None)
+    assert ChainUpdate(tuple(verdicts)).rounds_opened == (opened,)
+    # Round 2: the next turn proposes again (the same content is another text), votes anew.
+    a2 = _again(A1, 2)
+    assert a2.digest != A1.digest
+    more = [proposed(a2, OSCE), merged(a2, (EU, NATO)), cosigned(a2, SCO), cosigned(a2, UN)]
+    after = feed(chain, more, start=len(records))
+    (final,) = finals(after)
+    assert (final.epoch, final.round, final.digest) == (1, 2, a2.digest)
+    assert final.signers == {OSCE, EU, NATO, SCO} and final.offset == len(records) + 2
+    assert after[3].reason is Reason.SEAL_EPOCH_FINAL
+    assert SealProposal.of_final(final) == a2
+    assert chain.equivocations == []  # one vote per round: signing again in round 2 is no fault
+    # Deterministic: another reader of the same topic, resuming trust late, does the same.
+    known: set[int] = set()
+    late = chain_of(lambda p: KR if p.epoch in known else None)
+    got = feed(late, [*records, *more])
+    assert got == []
+    known.add(1)
+    assert list(late.resume().verdicts) == [*verdicts, *after]
+
+
+@pytest.mark.parametrize(
+    "split",
+    [(0, 0, 1, 1, 2, 2), (0, 0, 0, 1, 1, 2), (0, 0, 0, 1, 1, 1)],
+    ids=["2-2-2", "3-2-1", "3-3"],
+)
+def test_the_round_opens_at_the_first_record_that_leaves_no_text_able_to_reach_k(
+    split: tuple[int, ...],
+) -> None:
+    """Every order of six votes split over texts: round 2 opens exactly where the oracle says
+    (a 2-2-1 split with one organization yet to vote is already dead, 3-2 with one is not)."""
+    votes = list(zip(ORGS, split, strict=True))
+    texts = (A1, B1, C1)
+    for order in itertools.permutations(range(len(votes))):
+        ordered = [votes[i] for i in order]
+        verdicts = feed(chain_of(), [cosigned(texts[t], org) for org, t in ordered])
+        opened_at = [v.offset + 1 for v in verdicts if v.opened is not None]
+        assert opened_at == [_dead_after(ordered)], ordered
+
+
+def test_a_round_is_not_opened_while_some_text_can_still_reach_k() -> None:
+    split = [proposed(A1, UN), cosigned(A1, OSCE), cosigned(A1, EU), proposed(B1, NATO)]
+    split.append(cosigned(B1, CSTO))
+    # A holds 3 votes, SCO has not voted: A can still reach 4.
+    chain = chain_of()
+    verdicts = feed(chain, split)
+    assert all(v.opened is None for v in verdicts) and chain.open_round == 1
+    # SCO's vote for A makes it final ...
+    (v,) = feed(chain, [cosigned(A1, SCO)], start=len(split))
+    assert v.final is not None and v.final.signers == {UN, OSCE, EU, SCO}
+    # ... and for B (3 to 3) kills the round.
+    chain = chain_of()
+    feed(chain, split)
+    (v,) = feed(chain, [cosigned(B1, SCO)], start=len(split))
+    assert v.final is None and v.opened is not None and v.opened.tallies == (3, 3)
+    # Two votes, one per text, four organizations yet to vote: a fresh text could reach 4.
+    chain = chain_of()
+    assert all(v.opened is None for v in feed(chain, [proposed(A1, UN), proposed(B1, OSCE)]))
+
+
+def test_votes_on_texts_that_can_never_be_final_count_as_votes_for_the_round() -> None:
+    """A text breaking a successor rule burns the votes on it: with them, no text can reach k."""
+    broken = seal(prev=root("not genesis"))
+    records = [merged(broken, (UN, OSCE)), merged(A1, (EU, NATO, CSTO)), cosigned(broken, SCO)]
+    verdicts = feed(chain_of(), records)
+    assert verdicts[0].reason is Reason.SEAL_WRONG_PREV
+    assert [v.opened for v in verdicts[:2]] == [None, None]  # A could still reach 4 with SCO
+    opened = verdicts[2].opened
+    assert opened is not None
+    assert (opened.tallies, opened.void, opened.undecided) == ((3,), 3, 0)
+    # Three votes burnt at once leave three organizations: a fresh text could not reach 4.
+    (v,) = feed(chain_of(), [merged(broken, (UN, OSCE, EU))])
+    assert v.opened is not None and (v.opened.tallies, v.opened.undecided) == ((), 3)
+
+
+def test_a_record_of_a_closed_round_changes_nothing() -> None:
+    kill = SPLIT_3_2_1
+    late = [
+        merged(A1, ORGS),  # every organization on a text of the dead round
+        cosigned(B1, UN),  # UN signs a second text of round 1: never looked at
+        b"junk",
+        merged(_again(C1, 3), ORGS),  # a round not open yet: ignored, and not kept for later
+    ]
+    chain = chain_of()
+    before = feed(chain, kill)
+    assert before[-1].opened is not None and before[-1].opened.round == 2
+    got = feed(chain, late, start=len(kill))
+    assert [(v.disposition, v.reason) for v in got] == [
+        (Disposition.IGNORED, Reason.SEAL_ROUND_CLOSED),
+        (Disposition.IGNORED, Reason.SEAL_ROUND_CLOSED),
+        (Disposition.REFUSED, Reason.MALFORMED),
+        (Disposition.IGNORED, Reason.SEAL_ROUND_AHEAD),
+    ]
+    assert all(v.counted == () and v.refused_lines == () for v in got)
+    assert (chain.open_round, chain.votes(), chain.equivocations, chain.latest) == (2, {}, [], None)
+    assert chain.counts["seal_round_closed"] == 2 and chain.counts["seal_round_ahead"] == 1
+    # The same topic without those records opens and ends the same rounds.
+    a2 = _again(A1, 2)
+    tail = [merged(a2, ORGS[:4])]
+    with_late = feed(chain_of(), [*kill, *late, *tail])
+    without = feed(chain_of(), [*kill, *tail])
+    assert [f.digest for f in finals(with_late)] == [f.digest for f in finals(without)]
+    assert [f.digest for f in finals(without)] == [a2.digest]
+
+
+def test_equivocation_is_per_round_and_votes_in_two_rounds_are_not_equivocation() -> None:
+    records = [
+        proposed(A1, UN),
+        cosigned(B1, UN),  # UN's second text in round 1: evidence
+        cosigned(A1, OSCE),
+        proposed(B1, NATO),
+        cosigned(A1, SCO),
+        cosigned(B1, EU),  # A 3, B 2, CSTO yet to vote
+        proposed(C1, CSTO),  # 3, 2, 1: dead
+        cosigned(_again(A1, 2), UN),  # a vote in round 2
+        cosigned(_again(B1, 2), UN),  # a second text in round 2: evidence again
+    ]
+    chain = chain_of()
+    verdicts = feed(chain, records)
+    assert verdicts[6].opened is not None
+    first, second = chain.equivocations
+    assert (first.org, first.epoch, first.round, first.first_offset, first.second_offset) == (
+        UN, 1, 1, 0, 1,
+    )  # fmt: skip
+    assert (second.org, second.epoch, second.round, second.first_offset) == (UN, 1, 2, 7)
+    assert second.second_offset == 8 and second.to_json()["round"] == 2
+    assert verdicts[7].counted == (UN,) and verdicts[7].equivocations == ()
+    assert verdicts[8].equivocations == (second,)
+    assert chain.votes() == {UN: _again(A1, 2).digest}
+
+
+def _ring_with_node_keys(orgs: Sequence[str]) -> KeyRing:
+    kr = KeyRing(MANDATE)
+    for acc in KR.accreditations(Role.NODE):
+        if acc.org in orgs:
+            kr.add_accreditation(acc)
+    return kr
+
+
+def test_the_electorate_is_the_key_ring_s() -> None:
+    """Only organizations whose node key could count are waited for: a 3-2 split among five
+    is dead when the sixth has no usable node key, alive when it has one."""
+    one = seal()
+    two = successor(one)
+    other = successor(one, parts={REPORTS_UN: 40, REGISTRY: 9})
+    split = [merged(two, (OSCE, EU, NATO)), merged(other, (CSTO, SCO))]
+    start = [merged(one, ORGS[:4])]
+    all_keys = feed(chain_of(), [*start, *split])
+    assert all_keys[-1].opened is None  # UN could still make `two` final
+    kr = keyring()
+    un_node = KR.lookup(node_key(UN).key_id)
+    kr.apply(sign_revocation(Revocation(UN, un_node.key_id, 1, NOW_MS, "lost", 1, MID),
+                             M.scenario.org_roots[UN]))  # fmt: skip
+    revoked = feed(chain_of(kr), [*start, *split])
+    assert [f.epoch for f in finals(revoked)] == [1]
+    opened = revoked[-1].opened
+    assert opened is not None and (opened.epoch, opened.round) == (2, 2)
+    assert (opened.tallies, opened.undecided) == ((3, 2), 0)
+    # Epoch 1 (the bootstrap): a text's trust state may be its own, so an organization without
+    # a node key in one text's ring could still vote on another text: every organization of
+    # the mandate is waited for on a text nobody signed yet.
+    four = _ring_with_node_keys((UN, OSCE, EU, NATO))
+    two_votes = [proposed(A1, UN), proposed(B1, OSCE)]
+    assert [v.opened for v in feed(chain_of(four), two_votes)] == [None, None]
+    # From epoch 2 on, one ring counts every text of the epoch: its node keys are the limit
+    # (neither text can get more than 1 + 2 votes, nor a fresh one more than 2).
+    first = final_of(one)
+    p, q = successor(one), successor(one, parts={REPORTS_UN: 40, REGISTRY: 9})
+    verdicts = feed(chain_of(four, latest=first), [proposed(p, UN), proposed(q, OSCE)],
+                    start=first.offset + 1)  # fmt: skip
+    opened = verdicts[1].opened
+    assert opened is not None and (opened.tallies, opened.undecided) == ((1, 1), 2)
+
+
+def test_epoch_electorate_counts_keys_usable_after_the_previous_seal() -> None:
+    kr = keyring()
+    spare = SigningKey.from_seed(b"\x0a" * 32)
+    acc = Accreditation("sco-node-2", SCO, Role.NODE, spare.public_key, NOW_MS - 10, NOW_MS,
+                        104, MID)  # fmt: skip
+    only_spare = KeyRing(MANDATE)
+    only_spare.add_accreditation(acc)
+    assert epoch_electorate(only_spare, 2, NOW_MS - 1) == {SCO}
+    assert epoch_electorate(only_spare, 2, NOW_MS) == frozenset()  # expired by t_e > t_{e-1}
+    assert epoch_electorate(kr, 2, NOW_MS) == frozenset(ORGS)
+    assert node_electorate(kr, seal(2, prev=bytes(32))) == frozenset(ORGS)
+
+
+def test_the_last_round_never_dies() -> None:
+    last = seal(round_=MAX_ROUND)
+    other = seal(parts={REPORTS_UN: 3}, round_=MAX_ROUND)
+    with pytest.raises(VerificationError):
+        dataclasses.replace(last, round=MAX_ROUND + 1)
+    chain = chain_of()
+    # Reaching the last round takes 2^31 - 1 dead rounds: the chain is put there directly.
+    chain._open.round = MAX_ROUND
+    verdicts = feed(chain, [merged(last, (UN, OSCE, EU)), merged(other, (NATO, CSTO, SCO))])
+    assert [v.opened for v in verdicts] == [None, None]
+    assert chain.open_round == MAX_ROUND
+
+
+_VOTE = st.tuples(st.sampled_from(ORGS), st.integers(0, 2), st.booleans())
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(votes=st.lists(_VOTE, min_size=1, max_size=14))
+def test_a_round_dies_exactly_when_no_text_can_reach_k(
+    votes: list[tuple[str, int, bool]],
+) -> None:
+    """Any sequence of signatures on three texts (an organization's first one is its vote,
+    later ones equivocation or repeats): the first text to reach k is final, and otherwise the
+    round dies at exactly the first record after which no text can reach k."""
+    texts = (A1, B1, C1)
+    records = [
+        proposed(texts[t], org) if as_proposer else cosigned(texts[t], org)
+        for org, t, as_proposer in votes
+    ]
+    verdicts = feed(chain_of(), records)
+    first: dict[str, int] = {}
+    want_final = want_open = None
+    for i, (org, t, _) in enumerate(votes):
+        first.setdefault(org, t)
+        tallies = Counter(first.values())
+        if tallies[t] >= K and first[org] == t:
+            want_final = (i, texts[t].digest)
+            break
+        if _dead_after([(o, t) for o, t, _ in votes[: i + 1]]) == i + 1:
+            want_open = i
+            break
+    event("final" if want_final else "round 2 opened" if want_open is not None else "open")
+    got_final = [(v.offset, v.final.digest) for v in verdicts if v.final is not None]
+    got_open = [v.offset for v in verdicts if v.opened is not None]
+    assert got_final == ([] if want_final is None else [want_final])
+    assert got_open == ([] if want_open is None else [want_open])
+    # After either, nothing of round 1 counts.
+    stop = want_final[0] if want_final else want_open
+    if stop is not None:
+        assert all(v.disposition is Disposition.IGNORED for v in verdicts[stop + 1 :])
+
+
+def test_one_equivocating_signer_and_a_hiding_operator_can_kill_a_round_final_elsewhere() -> None:
+    """The bound is tight: A is final for one reader with exactly k signers; a reader shown
+    NATO's other text of round 1 first (NATO signed two) and nothing else sees round 1 dead,
+    and can end epoch 1 in round 2 on another text. NATO alone equivocated, and the two views
+    together prove it."""
+    nato_a, nato_b = cosigned(A1, NATO), cosigned(B1, NATO)
+    honest = [proposed(A1, UN), cosigned(A1, OSCE), cosigned(A1, EU)]
+    view_a = [*honest, nato_a]
+    (final_a,) = finals(feed(chain_of(), view_a))
+    assert final_a.signers == {UN, OSCE, EU, NATO}
+    b2 = _again(B1, 2)
+    view_b = [nato_b, *honest, cosigned(C1, CSTO), cosigned(C1, SCO), merged(b2, ORGS[:4])]
+    verdicts = feed(chain_of(), view_b)
+    (final_b,) = finals(verdicts)
+    assert (final_b.digest, final_b.round) == (b2.digest, 2) != (final_a.digest, final_a.round)
+    seen = chain_of()
+    feed(seen, [*honest, nato_b, nato_a])  # a reader shown both of NATO's round-1 records
+    assert {(e.org, e.round) for e in seen.equivocations} == {(NATO, 1)}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_hiding_records_kills_a_round_another_reader_finalised_only_by_equivocation(
+    data: st.DataObject,
+) -> None:
+    """An operator shows two readers different subsets of one epoch's round-1 records, in any
+    order. Honest organizations sign one text; dishonest ones sign any texts. When reader A
+    finds a text T final in round 1 with signers S and reader B finds round 1 dead, at least
+    |S| - k + 1 members of S signed another text of round 1: equivocation, which the two
+    views together prove (module docstring, "What an operator who hides records can do")."""
+    orgs = data.draw(st.permutations(ORGS))
+    dishonest = set(orgs[: data.draw(st.integers(0, 3))])
+    texts = (A1, B1, C1)
+    records: list[bytes] = []
+    signed: dict[str, set[int]] = {o: set() for o in ORGS}
+    text = st.sampled_from([0, 0, 0, 1, 2])  # most honest votes on one text
+    for org in ORGS:
+        choices = (
+            data.draw(st.lists(text, min_size=1, max_size=3, unique=True))
+            if org in dishonest
+            else [data.draw(text)]
+        )
+        for t in choices:
+            signed[org].add(t)
+            records.append(cosigned(texts[t], org))
+
+    def view() -> list[bytes]:
+        shown = data.draw(st.permutations(records))
+        return shown[: len(shown) - data.draw(st.integers(0, 2))]
+
+    view_a, view_b = view(), view()
+    finals_a = finals(feed(chain_of(), view_a))
+    opened_b = [v.opened for v in feed(chain_of(), view_b) if v.opened is not None]
+    event(f"final for A: {bool(finals_a)}, round 2 for B: {bool(opened_b)}")
+    if finals_a and opened_b:
+        final = finals_a[0]
+        t = next(i for i, p in enumerate(texts) if p.digest == final.digest)
+        equivocators = {o for o in final.signers if len(signed[o]) > 1 and t in signed[o]}
+        assert len(equivocators) >= len(final.signers) - K + 1
+        assert equivocators <= dishonest
+
+
 # -- the witness's rule ------------------------------------------------------------------------
 
 LOG: dict[PartitionRef, list[bytes]] = {
@@ -863,7 +1247,14 @@ def test_a_proposer_seals_what_it_read_and_every_witness_cosigns_it() -> None:
         ref: len(v) for ref, v in LOG.items()
     }
     decision = decide_cosign(
-        p, view(), previous, mandate_id=MID, now_ms=NOW_MS + 6_000, tolerance_ms=60_000, voted={}
+        p,
+        view(),
+        previous,
+        mandate_id=MID,
+        now_ms=NOW_MS + 6_000,
+        tolerance_ms=60_000,
+        voted={},
+        open_round=1,
     )
     assert decision.verdict is Cosign.COSIGN
     record = cosign_seal(p.text(), node_key(EU), name(EU), now_ms=NOW_MS + 6_000)
@@ -876,6 +1267,7 @@ def _decide(p: SealProposal, v: TreeView | None = None, **kw: Any) -> tuple[Cosi
         "now_ms": p.time_ms,
         "tolerance_ms": 60_000,
         "voted": {},
+        "open_round": 1,
     }
     args.update(kw)
     previous = args.pop("previous", first_final())
@@ -919,13 +1311,29 @@ WITNESS_CASES: dict[
         Reason.SEAL_EPOCH_FINAL,
     ),
     "epoch not open here yet": (lambda: _decide(_next(epoch=3)), Cosign.WAIT, None),
+    "round dead here": (
+        lambda: _decide(_next(), open_round=2),
+        Cosign.REFUSE,
+        Reason.SEAL_ROUND_CLOSED,
+    ),
+    "round not open here yet": (lambda: _decide(_next(round=2)), Cosign.WAIT, None),
+    "voted in an earlier round": (
+        lambda: _decide(_next(round=2), open_round=2, voted={(2, 1): root("other")}),
+        Cosign.COSIGN,
+        None,
+    ),
+    "voted for another text in this round": (
+        lambda: _decide(_next(round=2), open_round=2, voted={(2, 2): root("other")}),
+        Cosign.REFUSE,
+        Reason.SEAL_ALREADY_COSIGNED,
+    ),
     "voted for this text": (
-        lambda: _decide(_next(), voted={2: _next().digest}),
+        lambda: _decide(_next(), voted={(2, 1): _next().digest}),
         Cosign.ALREADY,
         None,
     ),
     "voted for another text": (
-        lambda: _decide(_next(), voted={2: root("other")}),
+        lambda: _decide(_next(), voted={(2, 1): root("other")}),
         Cosign.REFUSE,
         Reason.SEAL_ALREADY_COSIGNED,
     ),
@@ -1036,7 +1444,9 @@ def test_a_proposer_waits_and_refuses_like_a_witness() -> None:
     assert exc.value.reason is Reason.SEAL_FINAL_MISMATCH
     outside = {**LOG, ("elsewhere", 0): [b"x"]}
     p = make_proposal(view(log=outside), previous, mandate_id=MID, now_ms=NOW_MS + 1)
-    assert p is not None and ("elsewhere", 0) not in p.partitions
+    assert p is not None and ("elsewhere", 0) not in p.partitions and p.round == 1
+    later = make_proposal(view(), previous, mandate_id=MID, now_ms=NOW_MS + 1, open_round=3)
+    assert later == dataclasses.replace(p, round=3)
 
 
 # -- properties: what a dishonest minority can and cannot do ------------------------------------
@@ -1260,14 +1670,42 @@ def test_a_dishonest_minority_cannot_forge_a_final_seal(data: st.DataObject) -> 
         assert len(got) == 1
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(world=worlds(), data=st.data())
-def test_verdicts_do_not_depend_on_when_trust_is_known_nor_on_restarts(
-    world: World, data: st.DataObject
-) -> None:
-    """Every reader fed the same seals topic derives the same verdicts, whenever it learns each
-    epoch's trust state (a record waits for it) and wherever it restarts from a final seal."""
-    log = world.log()
+@st.composite
+def split_logs(draw: st.DrawFn) -> tuple[list[bytes], int]:
+    """A seals topic where honest organizations split their votes: in each round every
+    organization, in a random order, signs one of up to three texts of the round (proposing
+    or cosigning), until a text is final or the round dies; one to three epochs. From the
+    third round of an epoch on, everyone signs the first text, so every epoch ends."""
+    chain = chain_of()
+    log: list[bytes] = []
+    epochs = draw(st.integers(1, 3))
+    while chain.latest is None or chain.latest.epoch < epochs:
+        at = (chain.open_epoch, chain.open_round)
+        n_texts = 1 if at[1] >= 3 else draw(st.integers(1, 3))
+        if chain.latest is None:
+            texts = [
+                seal(parts={REPORTS_UN: 10 + i, REGISTRY: 2}, round_=at[1]) for i in range(n_texts)
+            ]
+        else:
+            before = SealProposal.of_final(chain.latest)
+            texts = [
+                successor(before, parts={r: p.size + 1 + i for r, p in before.partitions.items()},
+                          round_=at[1])
+                for i in range(n_texts)
+            ]  # fmt: skip
+        for org in draw(st.permutations(ORGS)):
+            p = texts[draw(st.integers(0, n_texts - 1))]
+            log.append(proposed(p, org) if draw(st.booleans()) else cosigned(p, org))
+            chain.offer(len(log) - 1, log[-1])
+            if (chain.open_epoch, chain.open_round) != at:
+                break
+    return log, epochs
+
+
+def _any_reader_agrees(log: list[bytes], data: st.DataObject) -> None:
+    """Every reader fed ``log`` derives the verdicts of one that read it straight, whenever it
+    learns each epoch's trust state (a record waits for it) and wherever it restarts from a
+    final seal."""
     baseline = feed(chain_of(), log)
     known: set[int] = set()
     chain = chain_of(lambda p: KR if p.epoch in known else None)
@@ -1286,3 +1724,27 @@ def test_verdicts_do_not_depend_on_when_trust_is_known_nor_on_restarts(
         again = chain_of(latest=latest)
         rest = feed(again, log[latest.offset + 1 :], start=latest.offset + 1)
         assert rest == baseline[latest.offset + 1 :]
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(world=worlds(), data=st.data())
+def test_verdicts_do_not_depend_on_when_trust_is_known_nor_on_restarts(
+    world: World, data: st.DataObject
+) -> None:
+    """A dishonest minority's records anywhere: see :func:`_any_reader_agrees`."""
+    _any_reader_agrees(world.log(), data)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(built=split_logs(), data=st.data())
+def test_rounds_do_not_depend_on_when_trust_is_known_nor_on_restarts(
+    built: tuple[list[bytes], int], data: st.DataObject
+) -> None:
+    """Split votes and the rounds they open: see :func:`_any_reader_agrees`; every epoch the
+    log was built for is final."""
+    log, epochs = built
+    verdicts = feed(chain_of(), log)
+    assert [f.epoch for f in finals(verdicts)] == list(range(1, epochs + 1))
+    rounds = [v.opened for v in verdicts if v.opened is not None]
+    event(f"rounds opened: {min(len(rounds), 3)}")
+    _any_reader_agrees(log, data)
