@@ -1,6 +1,6 @@
 """The final store: what a node's sealer derived from the sealed bus (final seals, final
 verdicts, chain heads, equivocation evidence), and what it needs to continue after a restart
-(its reader's snapshot, its own organization's votes).
+(its reader's snapshot, its own organization's votes, one per round of an epoch).
 
 Written by one :class:`~nodes.org_node.sealer.Sealer`, one transaction per batch of judged
 epochs; read by the dashboard, the API and ``obus node final-state`` through a read-only
@@ -11,7 +11,7 @@ connection at any time.
 hold only what :class:`~bus.bus_reader.BusReader` derives from the sealed log, so two nodes (or
 a node and an auditor) that judged the same epochs hold the same rows, whatever order they read
 the log in and however often they restarted: :meth:`FinalStore.dump` writes
-them in one canonical byte form and :meth:`FinalStore.fingerprint` hashes it. ``votes``,
+them in one canonical byte form and :meth:`FinalStore.fingerprint` hashes it. ``seal_votes``,
 ``judged_at`` (when this node stored each epoch: for latency figures), ``snapshot`` and
 ``meta`` are this node's own and are not in the dump.
 
@@ -77,10 +77,13 @@ CREATE TABLE IF NOT EXISTS equivocations (
 CREATE TABLE IF NOT EXISTS judged_at (
     epoch INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS votes (
-    epoch INTEGER PRIMARY KEY, digest BLOB NOT NULL, record BLOB NOT NULL,
-    kind TEXT NOT NULL, at_ms INTEGER NOT NULL
-);
+-- Votes per epoch, of seal texts without a round line that no reader parses any more.
+DROP TABLE IF EXISTS votes;
+CREATE TABLE IF NOT EXISTS seal_votes (
+    epoch INTEGER NOT NULL, round INTEGER NOT NULL, digest BLOB NOT NULL, record BLOB NOT NULL,
+    kind TEXT NOT NULL, at_ms INTEGER NOT NULL,
+    PRIMARY KEY (epoch, round)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 1), epoch INTEGER NOT NULL, state BLOB NOT NULL
 );
@@ -99,9 +102,11 @@ _DUMPED: Final = (
 
 @dataclass(frozen=True, slots=True)
 class Vote:
-    """This organization's signature for one epoch: the text's digest and the record sent."""
+    """This organization's signature in one round of an epoch: the text's digest and the
+    record sent."""
 
     epoch: int
+    round: int
     digest: bytes
     record: bytes
     kind: str  # "proposal" or "cosignature"
@@ -277,26 +282,27 @@ class FinalStore:
                 )
 
     def save_vote(self, vote: Vote, at_ms: int) -> None:
-        """Remember this organization's vote before it is published (one per epoch).
+        """Remember this organization's vote before it is published (one per round).
 
         Raises:
-            StoreError: a vote for that epoch is already stored (the caller must never sign
-                two texts for one epoch).
+            StoreError: a vote for that epoch and round is already stored (the caller must
+                never sign two texts in one round).
         """
         with sqlite_transaction(self._db, "final store") as db:
             db.execute(
-                "INSERT INTO votes VALUES (?, ?, ?, ?, ?)",
-                (vote.epoch, vote.digest, vote.record, vote.kind, at_ms),
+                "INSERT INTO seal_votes VALUES (?, ?, ?, ?, ?, ?)",
+                (vote.epoch, vote.round, vote.digest, vote.record, vote.kind, at_ms),
             )
 
     # -- reading -----------------------------------------------------------------------------
 
-    def votes(self, since_epoch: int = 0) -> dict[int, Vote]:
-        """This organization's stored votes from ``since_epoch`` on, by epoch."""
+    def votes(self, since_epoch: int = 0) -> dict[tuple[int, int], Vote]:
+        """This organization's stored votes from ``since_epoch`` on, by (epoch, round)."""
         rows = self._db.execute(
-            "SELECT epoch, digest, record, kind FROM votes WHERE epoch >= ?", (since_epoch,)
+            "SELECT epoch, round, digest, record, kind FROM seal_votes WHERE epoch >= ?",
+            (since_epoch,),
         )
-        return {e: Vote(e, bytes(d), bytes(r), k) for e, d, r, k in rows}
+        return {(e, n): Vote(e, n, bytes(d), bytes(r), k) for e, n, d, r, k in rows}
 
     def snapshot(self) -> tuple[int, bytes] | None:
         """(epoch, reader snapshot) stored last, if any."""

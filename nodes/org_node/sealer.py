@@ -13,17 +13,22 @@ Kafka, the reader and the :class:`~bus.store.final.FinalStore`:
   reader's snapshot is written with them every ``snapshot_every`` epochs and when the sealer
   stops. After a restart the sealer resumes from the snapshot and reads again from there; epochs
   judged again write the same rows.
-* **Proposing.** Proposers take turns: the proposer of epoch *e* is organization number
-  ``e mod n`` of the mandate in force (sorted ids). An epoch is *ready* at a node once
-  ``interval_ms`` has passed since *t_{e-1}* by its clock and there is something to seal that
-  could become final; the turn's owner proposes as soon as it is ready, and the organization
-  *d* places after it takes over ``d * takeover_ms`` after the moment it found the epoch ready
-  itself, when no proposal it can vote for has appeared (the owner down or lagging). A
-  proposal is the proposer's vote.
-* **Cosigning.** The first proposal of the open epoch, in topic order, that this node accepts
+* **Proposing.** Proposers take turns: the first proposer of round *r* of epoch *e* is
+  organization number ``(e + r - 1) mod n`` of the mandate in force (sorted ids), so round 1
+  is organization ``e mod n``'s and each new round another's. A round is *ready* at a node once
+  ``interval_ms`` has passed since *t_{e-1}* by its clock, the round is open there and there is
+  something to seal that could become final; the turn's owner proposes as soon as it is ready,
+  and the organization *d* places after it takes over ``d * takeover_ms`` after the moment it
+  found the round ready itself, when no proposal of the round it can vote for has appeared (the
+  owner down or lagging). A proposal is the proposer's vote in its round.
+* **Cosigning.** The first proposal of the open round, in topic order, that this node accepts
   (:meth:`bus.bus_reader.BusReader.cosign_candidate`) is cosigned. The vote (digest and the
-  record) is stored *before* it is published, so a restart can never sign a second text for the
-  same epoch, and a vote stored but never read back is published again.
+  record) is stored per (epoch, round) *before* it is published, so a restart can never sign a
+  second text in one round, and a vote stored but never read back is published again while its
+  round is open.
+* **Rounds.** When the votes of a round are split so that no text of it can become final any
+  more, the seal chain opens the next round (the same record at every reader); the sealer logs
+  ``seal_round_opened`` (epoch, round, why) at warning level and votes again.
 * **Alarms.** A sealed record altered or deleted (a root that does not match a final seal) stops
   judging: ``sealed_root_mismatch`` is logged at error level with the partition and the size,
   kept in :attr:`Sealer.alarm` and shown by the health endpoint; reading the seals topic goes
@@ -151,11 +156,14 @@ class Sealer:
         self._seal_pos = self.reader.seals_from
         self._finals: dict[int, FinalSeal] = {}
         self._since_snapshot = 0
-        self._votes: dict[int, Vote] = self.store.votes()
-        self._sent: set[int] = set()  # epochs whose vote this run has published
+        self._votes: dict[tuple[int, int], Vote] = self.store.votes(
+            since_epoch=self.reader.chain.open_epoch
+        )
+        self._sent: set[tuple[int, int]] = set()  # (epoch, round) whose vote this run published
         self._refused: set[tuple[int, str]] = set()  # (offset, reason) logged once
-        # Open epoch -> when this node first could propose it (something new, electable).
-        self._ready_ms: dict[int, int] = {}
+        # Open (epoch, round) -> when this node first could propose in it (something new,
+        # electable).
+        self._ready_ms: dict[tuple[int, int], int] = {}
         self._next_probe_ms = 0
         self._paused = False
         self.alarm: dict[str, Any] | None = None
@@ -165,6 +173,7 @@ class Sealer:
             "proposals_published": 0,
             "cosignatures_published": 0,
             "equivocations": 0,
+            "rounds_opened": 0,
             "refusals": 0,
             "verdict_changes": 0,
         }
@@ -194,6 +203,7 @@ class Sealer:
             "judged_epoch": judge.epoch,
             "final_epoch": 0 if latest is None else latest.epoch,
             "open_epoch": self.reader.chain.open_epoch,
+            "open_round": self.reader.chain.open_round,
             "buffered": self.reader.buffered(),
             "paused": self._paused,
             "state_digest": judge.digest.hex(),
@@ -339,9 +349,21 @@ class Sealer:
                 self._log.info(
                     "seal_final", epoch=f.epoch, signers=sorted(f.signers), offset=f.offset
                 )
+        for u in updates:
+            for opened in u.rounds_opened:
+                self.counts["rounds_opened"] += 1
+                self._log.warning(
+                    "seal_round_opened",
+                    epoch=opened.epoch,
+                    round=opened.round,
+                    offset=opened.offset,
+                    why=opened.why,
+                )
         for eq in equivocations:
             self.counts["equivocations"] += 1
-            self._log.error("seal_equivocation", equivocating_org=eq.org, epoch=eq.epoch)
+            self._log.error(
+                "seal_equivocation", equivocating_org=eq.org, epoch=eq.epoch, round=eq.round
+            )
         if not epochs and not equivocations:
             return
         finals = [self._finals[ev.epoch] for ev in epochs]
@@ -443,20 +465,22 @@ class Sealer:
         if key is None:
             return
         chain = self.reader.chain
-        open_epoch = chain.open_epoch
+        open_ = (chain.open_epoch, chain.open_round)
         now = _now_ms()
-        for e in [e for e in self._ready_ms if e < open_epoch]:
-            del self._ready_ms[e]
-        mine = self._votes.get(open_epoch)
+        for stale in [k for k in self._ready_ms if k < open_]:
+            del self._ready_ms[stale]
+        for stale in [k for k in self._votes if k[0] < open_[0]]:
+            del self._votes[stale]
+        mine = self._votes.get(open_)
         if mine is not None:
             # Voted already (maybe before a restart): publish it again if it never arrived.
-            if chain.votes().get(cfg.org) is None and open_epoch not in self._sent:
+            if chain.votes().get(cfg.org) is None and open_ not in self._sent:
                 await self._publish(producer, mine)
             return
-        voted = {e: v.digest for e, v in self._votes.items()}
+        voted = {k: v.digest for k, v in self._votes.items()}
         theirs = chain.votes().get(cfg.org)
         if theirs is not None:  # a vote of this organization read on the topic (another node)
-            voted[open_epoch] = theirs
+            voted[open_] = theirs
         proposal, decisions = self.reader.cosign_candidate(
             org=cfg.org, now_ms=now, tolerance_ms=cfg.tolerance_ms, voted=voted
         )
@@ -477,9 +501,12 @@ class Sealer:
             name = self._key_name(proposal)
             if name is not None:
                 record = cosign_seal(proposal.text(), key, name, now_ms=now)
-                await self._vote(producer, Vote(proposal.epoch, proposal.digest, record, "cosign"))
+                await self._vote(
+                    producer,
+                    Vote(proposal.epoch, proposal.round, proposal.digest, record, "cosign"),
+                )
             return
-        if self._due(open_epoch, now):
+        if self._due(*open_, now):
             proposal = self.reader.propose(org=cfg.org, now_ms=now)
             if proposal is None:
                 return
@@ -487,32 +514,37 @@ class Sealer:
             if name is None:
                 return
             record = sign_proposal(proposal, key, name)
-            await self._vote(producer, Vote(proposal.epoch, proposal.digest, record, "proposal"))
+            await self._vote(
+                producer,
+                Vote(proposal.epoch, proposal.round, proposal.digest, record, "proposal"),
+            )
 
-    def _due(self, epoch: int, now: int) -> bool:
-        """Whether this organization may propose ``epoch`` now: the turn's owner (organization
-        ``epoch mod n`` of the mandate in force, sorted ids) as soon as the epoch is ready here,
-        each next organization ``takeover_ms`` later in turn. Ready: ``interval_ms`` after
-        *t_{e-1}* and something to seal that could become final. The delays count from the
-        moment this node found the epoch ready, never from *t_{e-1}* alone: after a quiet
-        spell, every node finds the first new record at about the same time, and the turns
-        still keep proposers apart (one proposal per epoch in the common case, whose votes
+    def _due(self, epoch: int, round_: int, now: int) -> bool:
+        """Whether this organization may propose in round ``round_`` of ``epoch`` now: the
+        turn's owner (organization ``(epoch + round_ - 1) mod n`` of the mandate in force,
+        sorted ids) as soon as the round is ready here, each next organization
+        ``takeover_ms`` later in turn. Ready: ``interval_ms`` after *t_{e-1}*, the round open
+        here and something to seal that could become final. The delays count from the moment
+        this node found the round ready, never from *t_{e-1}* alone: after a quiet spell (or
+        when a round opens) every node finds it ready at about the same time, and the turns
+        still keep proposers apart (one proposal per round in the common case, whose votes
         then all go to one text)."""
         cfg = self.config
         if any(True for _ in self.reader.proposals()) and not self._all_refused():
-            return False  # a proposal it may still vote for is on the topic
+            return False  # a proposal of the round it may still vote for is on the topic
         orgs = sorted(o.org for o in self.reader.judge.mandate.organizations)
         if cfg.org not in orgs:
             return False
-        ready = self._ready(epoch, now)
+        ready = self._ready(epoch, round_, now)
         if ready is None:
             return False
-        place = (orgs.index(cfg.org) - epoch % len(orgs)) % len(orgs)
+        place = (orgs.index(cfg.org) - (epoch + round_ - 1) % len(orgs)) % len(orgs)
         return now >= ready + place * cfg.takeover_ms
 
-    def _ready(self, epoch: int, now: int) -> int | None:
-        """When this node first found ``epoch`` ready to propose (see :meth:`_due`)."""
-        at = self._ready_ms.get(epoch)
+    def _ready(self, epoch: int, round_: int, now: int) -> int | None:
+        """When this node first found round ``round_`` of ``epoch`` ready to propose in (see
+        :meth:`_due`)."""
+        at = self._ready_ms.get((epoch, round_))
         if at is not None:
             return at
         latest = self.reader.latest
@@ -528,7 +560,7 @@ class Sealer:
             # computes the proposal's roots).
             self._next_probe_ms = now + max(100, self.config.interval_ms // 4)
             return None
-        self._ready_ms[epoch] = now
+        self._ready_ms[(epoch, round_)] = now
         return now
 
     def _all_refused(self) -> bool:
@@ -537,12 +569,12 @@ class Sealer:
 
     async def _vote(self, producer: Any, vote: Vote) -> None:
         await asyncio.to_thread(self.store.save_vote, vote, _now_ms())
-        self._votes[vote.epoch] = vote
+        self._votes[(vote.epoch, vote.round)] = vote
         await self._publish(producer, vote)
 
     async def _publish(self, producer: Any, vote: Vote) -> None:
         await producer.send_and_wait(self.config.topics.seals, vote.record, partition=0)
-        self._sent.add(vote.epoch)
+        self._sent.add((vote.epoch, vote.round))
         kind = "proposals" if vote.kind == "proposal" else "cosignatures"
         self.counts[f"{kind}_published"] += 1
-        self._log.info(f"seal_{vote.kind}_published", epoch=vote.epoch)
+        self._log.info(f"seal_{vote.kind}_published", epoch=vote.epoch, round=vote.round)
