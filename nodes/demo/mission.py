@@ -72,6 +72,7 @@ from nodes.demo.scenario import (
 )
 from nodes.demo.sealing import (
     SEAL_INTERVAL_S,
+    BusEnds,
     FinalSummary,
     seal_args,
     show_final,
@@ -149,6 +150,7 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
     external = os.environ.get("OBUS_BOOTSTRAP")
     broker: LocalBroker | None = None
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    bus: BusEnds | None = None  # the sealed topics' end offsets, for the waits
     try:
         if external:
             bootstrap = external
@@ -165,6 +167,8 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         )
         orgs = [o for o, _ in ORGANIZATIONS]
         await ensure_topics(bootstrap, standard_topics(topics, orgs))
+        bus = BusEnds(bootstrap, topics)
+        await bus.start()
         mandate_file = work / "mandate.bin"
         mandate_file.write_bytes(scenario.mandate_envelope)
 
@@ -256,7 +260,7 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         if not await _wait_for_witnesses(console, work, orgs, ends, procs):
             return False
         reports_final = await wait_until_final(
-            console, work, procs, bootstrap=bootstrap, topics=topics,
+            console, work, procs, bus,
             only=lambda t: topics.org_of_report_topic(t) is not None,
             what="every report published", since=published_at,
         )  # fmt: skip
@@ -269,7 +273,7 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             escalation=[rid for _, rid, _ in escalation[-SURGE:]], orgs=orgs, ports=ports,
         )  # fmt: skip
         settled = await wait_until_final(
-            console, work, procs, bootstrap=bootstrap, topics=topics, settle=True,
+            console, work, procs, bus, settle=True,
             what="the whole bus (reports, trust records, decisions, statements)",
         )  # fmt: skip
         _stop_nodes(procs)
@@ -309,6 +313,8 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         return ok and audit_ok and witness_ok and export_ok and followup_ok
     finally:
         _stop_nodes(procs)
+        if bus is not None:
+            await bus.stop()
         if broker is not None:
             console.rule("Stopping Kafka")
             broker.stop()

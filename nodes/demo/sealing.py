@@ -32,12 +32,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
+from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 from rich.console import Console
 from rich.table import Table
 
 from bus.epoch import PartitionRef
+from bus.errors import TransportError
 from bus.judge import Status
-from bus.kafka.admin import end_offsets
+from bus.kafka.admin import partitions_of
+from bus.kafka.client import client_options, kafka_errors
 from bus.seal import parse_seal
 from bus.store.final import FinalStore, provisional_verdicts
 from bus.topics import Topics
@@ -109,26 +113,59 @@ def final_progress(path: Path) -> FinalProgress | None:
     return FinalProgress(int(row[0]), bytes(row[1]), sizes, int(deferred))
 
 
-async def sealed_ends(
-    bootstrap: str, topics: Topics, only: Callable[[str], bool] | None = None
-) -> dict[PartitionRef, int]:
-    """End offset of every non-empty partition of every topic seals cover (``only``: of the
-    topics it admits)."""
-    ends = await end_offsets(bootstrap, "^" + re.escape(topics.prefix))
-    return {
-        ref: n
-        for ref, n in ends.items()
-        if n > 0 and topics.is_sealed(ref[0]) and (only is None or only(ref[0]))
-    }
+class BusEnds:
+    """The end offsets of the topics seals cover, asked through one admin client and one
+    consumer kept open from :meth:`start` to :meth:`stop`: a fresh pair per question costs a
+    second or more on a loaded machine, which every wait would add to the demo.
+
+    Raises (from start and ends): TransportError when the brokers cannot be reached.
+    """
+
+    def __init__(self, bootstrap: str, topics: Topics) -> None:
+        self.topics = topics
+        self._admin = AIOKafkaAdminClient(**client_options(bootstrap))
+        self._consumer = AIOKafkaConsumer(
+            **client_options(bootstrap), group_id=None, enable_auto_commit=False
+        )
+        self._started = False
+
+    async def start(self) -> None:
+        """Connect both clients."""
+        with kafka_errors("reading end offsets"):
+            await self._admin.start()
+            await self._consumer.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        """Close both clients (nothing when never started)."""
+        if self._started:
+            self._started = False
+            with contextlib.suppress(TransportError), kafka_errors("stopping"):
+                await self._consumer.stop()
+            with contextlib.suppress(TransportError), kafka_errors("stopping"):
+                await self._admin.close()
+
+    async def ends(self, only: Callable[[str], bool] | None = None) -> dict[PartitionRef, int]:
+        """End offset of every non-empty partition of every topic seals cover (``only``: of
+        the topics it admits)."""
+        with kafka_errors("reading end offsets"):
+            tps = [
+                tp
+                for tp in await partitions_of(
+                    self._admin, pattern="^" + re.escape(self.topics.prefix)
+                )
+                if self.topics.is_sealed(tp.topic) and (only is None or only(tp.topic))
+            ]
+            ends = await self._consumer.end_offsets(tps) if tps else {}
+        return {(tp.topic, tp.partition): n for tp, n in ends.items() if n > 0}
 
 
 async def wait_until_final(
     console: Console,
     work: Path,
     procs: Mapping[str, subprocess.Popen[bytes]],
+    bus: BusEnds,
     *,
-    bootstrap: str,
-    topics: Topics,
     only: Callable[[str], bool] | None = None,
     settle: bool = False,
     what: str = "every record",
@@ -145,7 +182,7 @@ async def wait_until_final(
     """
     started = time.monotonic()
     since = started if since is None else since
-    ends = await sealed_ends(bootstrap, topics, only)
+    ends = await bus.ends(only)
     progress: dict[str, FinalProgress | None] = {}
     while time.monotonic() - started < WAIT_FOR_FINAL_S:
         dead = [o for o, p in procs.items() if p.poll() is not None]
@@ -153,12 +190,12 @@ async def wait_until_final(
             console.print(f"[red]node(s) exited early: {dead}; see {work / 'logs'}[/red]")
             return None
         if settle:
-            ends = await sealed_ends(bootstrap, topics, only)
+            ends = await bus.ends(only)
         progress = {org: final_progress(final_db(work, org)) for org in procs}
         done = {o: p for o, p in progress.items() if p is not None and p.covers(ends)}
         if len(done) == len(procs):
             same = len({(p.epoch, p.state_digest) for p in done.values()}) == 1
-            if not settle or (same and await sealed_ends(bootstrap, topics, only) == ends):
+            if not settle or (same and await bus.ends(only) == ends):
                 epochs = sorted({p.epoch for p in done.values()})
                 at = (
                     f"epoch {epochs[0]}"

@@ -85,6 +85,7 @@ from nodes.demo.scenario import (
 )
 from nodes.demo.sealing import (
     SEAL_INTERVAL_S,
+    BusEnds,
     FinalSummary,
     seal_args,
     show_final,
@@ -224,6 +225,7 @@ async def _run(console: Console, work: Path) -> bool:
     external = os.environ.get("OBUS_BOOTSTRAP")
     broker: LocalBroker | None = None
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    bus: BusEnds | None = None  # the sealed topics' end offsets, for the waits
     try:
         if external:
             bootstrap, topics = external, Topics(f"obus.trust{int(time.time())}.")
@@ -237,6 +239,8 @@ async def _run(console: Console, work: Path) -> bool:
         victim_at: dict[int, tuple[str, int, int]] = {}  # un-obs-2's reports by seq
         m = Mission(work, int(time.time() * 1000))
         await ensure_topics(bootstrap, standard_topics(topics, [*ORGS, "au"]))
+        bus = BusEnds(bootstrap, topics)
+        await bus.start()
 
         console.rule("2. Mandate v1, accreditations, encryption keys, six nodes")
         ok = await _cli(console, "mandate", "publish", str(work / "v1.bin"), *common) == 0
@@ -285,7 +289,7 @@ async def _run(console: Console, work: Path) -> bool:
             # Version 2 takes effect from the epoch after the one that seals it: until then
             # the AU root signs nothing that counts, so the AU waits for that seal.
             if await wait_until_final(
-                console, work, procs, bootstrap=bootstrap, topics=topics,
+                console, work, procs, bus,
                 only=lambda t: t == topics.mandate, what="mandate version 2",
             ) is None:  # fmt: skip
                 return False
@@ -321,7 +325,7 @@ async def _run(console: Console, work: Path) -> bool:
                 console.print("[red]nodes did not process the first reports[/red]")
                 return False
             if await wait_until_final(
-                console, work, procs, bootstrap=bootstrap, topics=topics,
+                console, work, procs, bus,
                 only=lambda t: topics.org_of_report_topic(t) is not None,
                 what="un-obs-2's reports 1-3",
             ) is None:  # fmt: skip
@@ -333,7 +337,7 @@ async def _run(console: Console, work: Path) -> bool:
                        "device seized at a checkpoint", *common) == 0  # fmt: skip
             # In force from the epoch after the one that seals it: reports 4-5 come later.
             if await wait_until_final(
-                console, work, procs, bootstrap=bootstrap, topics=topics,
+                console, work, procs, bus,
                 only=lambda t: t == topics.registry, what="the revocation",
             ) is None:  # fmt: skip
                 return False
@@ -366,7 +370,7 @@ async def _run(console: Console, work: Path) -> bool:
             console.print(f"[red]nodes did not finish; see {work / 'logs'}[/red]")
             return False
         settled = await wait_until_final(
-            console, work, procs, bootstrap=bootstrap, topics=topics, settle=True,
+            console, work, procs, bus, settle=True,
             what="the whole bus",
         )  # fmt: skip
         _stop_nodes(procs)
@@ -410,6 +414,8 @@ async def _run(console: Console, work: Path) -> bool:
         return ok and audit_ok
     finally:
         _stop_nodes(procs)
+        if bus is not None:
+            await bus.stop()
         if broker is not None:
             console.rule("Stopping Kafka")
             broker.stop()
