@@ -451,7 +451,7 @@ def test_a_decision_must_name_a_final_seal_before_its_own_epoch() -> None:
         ep = board.judge(seal, digests.get)
         assert ep is not None
         said.update({d.pos: d for d in ep.decisions})
-    assert said[p_good].accepted is not None
-    assert said[p_good].accepted.decision.seal_epoch == 2
+    good_vd = said[p_good].accepted
+    assert good_vd is not None and good_vd.decision.seal_epoch == 2
     assert (said[p_wrong].accepted, said[p_wrong].reason) == (None, "invalid_field")
     assert (said[p_ahead].accepted, said[p_ahead].reason) == (None, "invalid_field")

@@ -195,7 +195,8 @@ def test_a_decision_names_the_seal_it_rests_on() -> None:
         assert exc.value.reason.value == "invalid_field"
     # A decision on provisional verdicts names none, and nothing about seals is checked.
     provisional = sign_decision(_decision(), keys["osce"])
-    assert verify_decision(provisional, m.keyring, topic_org="osce", epoch=1, seal_digest={}.get)
+    none: dict[int, bytes] = {}
+    assert verify_decision(provisional, m.keyring, topic_org="osce", epoch=1, seal_digest=none.get)
 
 
 @pytest.mark.parametrize(
