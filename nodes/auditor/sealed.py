@@ -111,9 +111,11 @@ class FinalRow:
 
 @dataclass(frozen=True, slots=True)
 class EpochRow:
-    """One judged epoch: its final seal and the state digest after it."""
+    """One judged epoch: its final seal (and the voting round it was final in) and the state
+    digest after it."""
 
     epoch: int
+    round: int
     time_ms: int
     signers: tuple[str, ...]
     digest: bytes
@@ -127,6 +129,7 @@ class EpochRow:
         """JSON-ready, digests in base64."""
         return {
             "epoch": self.epoch,
+            "round": self.round,
             "t_e": self.time_ms,
             "signers": list(self.signers),
             "digest": b64(self.digest),
@@ -179,8 +182,8 @@ class FinalAudit:
         """Take one judged epoch's answer."""
         self.epochs.append(
             EpochRow(
-                ev.epoch, ev.time_ms, tuple(sorted(seal.signers)), seal.digest, seal.prev_digest,
-                seal.offset, ev.state_digest, ev.mandate_version,
+                ev.epoch, seal.round, ev.time_ms, tuple(sorted(seal.signers)), seal.digest,
+                seal.prev_digest, seal.offset, ev.state_digest, ev.mandate_version,
                 sum(1 for v in ev.verdicts if v.epoch == ev.epoch),
             )
         )  # fmt: skip

@@ -96,10 +96,11 @@ def test_final_verdicts_are_a_bus_readers(tmp_path: Path) -> None:
     latest = reader.latest
     assert latest is not None
     last = final.epochs[-1]
-    assert (last.digest, last.time_ms, last.seal_offset) == (
+    assert (last.digest, last.time_ms, last.seal_offset, last.round) == (
         latest.digest,
         latest.time_ms,
         latest.offset,
+        latest.round,
     )
     assert set(last.signers) == set(latest.signers) and len(last.signers) >= 4
     assert [e.prev_digest for e in final.epochs[1:]] == [e.digest for e in final.epochs[:-1]]
