@@ -194,11 +194,14 @@ class AuditResult:
         return self.ok and not self.findings and not (self.final and self.final.equivocations)
 
     def final_digest(self) -> dict[str, Any] | None:
-        """The last judged epoch and the state digest after it (base64), as ``obus node
-        final-state`` prints them from a node's store (epoch 0: the root's genesis digest);
-        None before the run is finished."""
+        """The last judged epoch and the state digest after it (base64; None before the first
+        epoch), the pair ``obus node final-state`` prints from a node's store; None before the
+        run is finished."""
         f = self.final
-        return None if f is None else {"epoch": f.last_epoch, "state_digest": b64(f.state_digest)}
+        if f is None:
+            return None
+        digest = b64(f.state_digest) if f.last_epoch else None
+        return {"epoch": f.last_epoch, "state_digest": digest}
 
     def violations_by_kind(self) -> Counter[str]:
         """How many violations of each reason code."""

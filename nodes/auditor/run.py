@@ -343,9 +343,8 @@ def _render_final(result: AuditResult, console: Console) -> None:
                     b64(e.digest), b64(e.state_digest),
                 )  # fmt: skip
             console.print(et)
-    final = result.final_digest()
-    if final is not None:
-        console.print(f"final state: epoch {final['epoch']}, state digest {final['state_digest']}")
+    if f.last_epoch:
+        console.print(f"final state: epoch {f.last_epoch}, state digest {b64(f.state_digest)}")
     if f.not_sealed:
         n = sum(u.records for u in f.not_sealed)
         console.print(

@@ -218,7 +218,7 @@ class FinalAudit:
             "seals_by_disposition": dict(self.seal_counts),
             "epochs": [e.to_json() for e in self.epochs],
             "last_epoch": self.last_epoch,
-            "state_digest": b64(self.state_digest),
+            "state_digest": b64(self.state_digest) if self.last_epoch else None,
             "verdicts_by_status": dict(self.by_status()),
             "verdicts": [
                 {

@@ -402,8 +402,9 @@ def add_audit_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     aud.add_argument(
         "--final-digest", action="store_true",
         help="print only the last judged epoch and the state digest after it to stdout, as "
-        'JSON {"epoch": E, "state_digest": BASE64} (the summary goes to stderr): the pair '
-        "obus node final-state prints from a node's store, to compare",
+        'JSON {"epoch": E, "state_digest": BASE64} (null before the first epoch; the summary '
+        "goes to stderr): the pair obus node final-state prints from a node's final store, to "
+        "compare",
     )  # fmt: skip
     audsub = aud.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
     prove = audsub.add_parser(

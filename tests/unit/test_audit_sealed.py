@@ -403,6 +403,7 @@ def test_a_version_1_export_still_loads(tmp_path: Path) -> None:
     final = result.final
     assert final is not None and final.seals_records == 0 and final.epochs == []
     assert final.verdicts == {} and final.last_epoch == 0
+    assert result.final_digest() == {"epoch": 0, "state_digest": None}  # as a node prints it
     assert len(unsealed(result)) == len(records)
     assert reasons(result) == {Reason.MALFORMED.value}  # the legacy audit's verdict
     # A version 1 file has no seals section.
