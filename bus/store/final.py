@@ -391,7 +391,9 @@ def provisional_verdicts(
     node_db: sqlite3.Connection, positions: Iterable[tuple[str, int, int]]
 ) -> dict[tuple[str, int, int], tuple[str, str]]:
     """The node store's provisional verdicts at ``positions``: (status, reason), status
-    ``accepted`` (a stored report) or ``quarantined``; positions not judged yet are absent.
+    ``accepted`` (a stored report), ``revoked_after_acceptance`` (a stored report the node
+    marked so when a revocation reached it) or ``quarantined``; positions not judged yet are
+    absent.
 
     Args:
         node_db: a (read-only) connection to the node's store (:mod:`bus.store.node`).
@@ -400,10 +402,13 @@ def provisional_verdicts(
     out: dict[tuple[str, int, int], tuple[str, str]] = {}
     for pos in positions:
         row = node_db.execute(
-            'SELECT 1 FROM reports WHERE topic = ? AND partition = ? AND "offset" = ?', pos
+            'SELECT report_id FROM reports WHERE topic = ? AND partition = ? AND "offset" = ?', pos
         ).fetchone()
         if row is not None:
-            out[pos] = ("accepted", "")
+            revoked = node_db.execute(
+                "SELECT 1 FROM revoked_after_acceptance WHERE report_id = ?", (row[0],)
+            ).fetchone()
+            out[pos] = ("revoked_after_acceptance" if revoked else "accepted", "")
             continue
         row = node_db.execute(
             'SELECT reason FROM quarantine WHERE topic = ? AND partition = ? AND "offset" = ?',

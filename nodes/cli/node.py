@@ -29,7 +29,7 @@ from bus.policy_file import load_policy
 from bus.store.quarantine import DEFAULT_QUARANTINE_QUOTA_BYTES
 from bus.topics import Topics
 from nodes.cli.audit import add_witness_args, witness_config
-from nodes.cli.common import add_common_args, bootstrap, security_from_args
+from nodes.cli.common import add_common_args, add_log_level, bootstrap, security_from_args
 from nodes.cli.trust import read_decryption_key
 from nodes.runtime.files import archive_notice, ended_on, load_mandate, mandate_ended, read_key
 
@@ -315,6 +315,7 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     final.add_argument(
         "--dump", action="store_true", help="print the canonical dump instead (JSON lines)"
     )
+    add_log_level(final)
     final.set_defaults(func=_cmd_final_state)
 
 
