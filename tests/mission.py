@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import time
 from dataclasses import dataclass, field
 
 from bus.crypto import SigningKey
@@ -122,6 +123,13 @@ def make_mission(observers_per_org: int = 2, now_ms: int = NOW_MS) -> Mission:
     return Mission(sc, kr, now=now_ms, registry=list(sc.accreditations))
 
 
+def live_mission(observers_per_org: int = 2) -> Mission:
+    """A mission whose "now" is this machine's clock: for tests that run real nodes, which
+    judge provisionally on their own clock (reports of a mission fixed in the past would be
+    older than the delivery lag)."""
+    return make_mission(observers_per_org, now_ms=time.time_ns() // 1_000_000)
+
+
 def raw_report_envelope(
     payload: bytes, key: SigningKey, payload_type: str = PAYLOAD_REPORT
 ) -> bytes:
@@ -129,4 +137,13 @@ def raw_report_envelope(
     return sign_envelope(payload_type, payload, [key]).encode()
 
 
-__all__ = ["NOW_MS", "Mission", "demo_key", "encode", "make_mission", "raw_report_envelope", "ref"]
+__all__ = [
+    "NOW_MS",
+    "Mission",
+    "demo_key",
+    "encode",
+    "live_mission",
+    "make_mission",
+    "raw_report_envelope",
+    "ref",
+]

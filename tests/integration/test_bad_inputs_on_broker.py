@@ -1,9 +1,10 @@
 """The whole catalog of named bad inputs, published to a real broker and judged by six nodes.
 
 Each case of tests/unit/test_verify_table.py gets its own observers (a shifted view of one
-mission), so all cases share one stream and one set of topics. Every node and the auditor must
-quarantine exactly the last record of each case with the case's reason code, accept everything
-else, and keep running.
+mission at this machine's clock, which the nodes judge by), so all cases share one stream and
+one set of topics. Every node and the auditor must quarantine exactly the last record of each
+case with the case's reason code (the auditor's legacy audit all but ``delivery_lag``), accept
+everything else, and keep running.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_audito
         for raw in big.registry:
             await producer.send_and_wait(topics.registry, raw)
         for name, reason_code, records in plans:
-            for i, (topic, value, _t) in enumerate(records):
+            for i, (topic, value) in enumerate(records):
                 real_topic = topics.prefix + topic.removeprefix("obus.")
                 md = await producer.send_and_wait(real_topic, value, key=f"{name}".encode())
                 if i == len(records) - 1:
@@ -106,6 +107,10 @@ async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_audito
 
     result = await audit(kafka_bootstrap, big.scenario.mandate, topics=topics)
     audited = {(v.topic, v.partition, v.offset): v.reason for v in result.violations}
-    assert audited == {pos: reason for pos, (_, reason) in expected.items()}
-    assert sum(result.accepted.values()) == accepted
+    # The auditor's legacy per-record audit judges at each record's log time and knows no
+    # delivery lag (the nodes do, on their clock, and so do final verdicts, at t_e): it
+    # accepts the report signed beyond the lag.
+    legacy = {pos: reason for pos, (_, reason) in expected.items() if reason != "delivery_lag"}
+    assert audited == legacy
+    assert sum(result.accepted.values()) == accepted + len(expected) - len(legacy)
     assert len(expected) == len(CASES) >= 30

@@ -58,7 +58,7 @@ from nodes.org_node.process import build_node
 from nodes.org_node.witness import Witness, WitnessConfig
 from tests.kafka_broker import REPO
 from tests.kafka_cluster import LocalKafkaCluster
-from tests.mission import make_mission
+from tests.mission import live_mission
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(900)]
 ORGS = ("un", "osce", "eu", "nato", "csto", "sco")
@@ -372,7 +372,7 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
     witness) and of the auditor logs in as the organization over TLS, under its ACLs: a client
     built without the node's SASL_SSL settings cannot even connect to this cluster."""
     un = prepared.security("un")
-    m = make_mission()
+    m = live_mission()
     node_key = demo_key("acls:node:un")
     m.accredit("un-node", "un", node_key, Role.NODE)
     raws = [m.next_report("un", 1) for _ in range(4)] + [m.next_report("un", 2)]

@@ -18,19 +18,20 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from bus.kafka.admin import ensure_topics
+from bus.kafka.admin import align_topic_configs, ensure_topics
 from bus.kafka.client import reliable_producer
-from bus.model import Envelope, Report, Signature
+from bus.model import Envelope, Location, Report, Signature, Zone
 from bus.policy_file import load_policy
+from bus.sign import sign_mandate
 from bus.store.final import FinalStore
 from bus.store.node import NodeStore
-from bus.topics import Topics, report_headers, standard_topics
+from bus.topics import Topics, TopicSpec, report_headers, standard_topics
 from nodes.auditor.run import audit
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node
-from tests.mission import Mission, make_mission
+from tests.mission import Mission, live_mission
 
 pytestmark = [pytest.mark.kafka]
 REPO = Path(__file__).resolve().parents[2]
@@ -100,7 +101,7 @@ def _flip(raw: bytes) -> bytes:
 async def test_node_stores_genuine_reports_and_quarantines_bad_ones(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
-    m = make_mission()
+    m = live_mission()
     producer = await _setup(kafka_bootstrap, topics, m)
     genuine = 0
     try:
@@ -140,7 +141,7 @@ async def test_node_stores_genuine_reports_and_quarantines_bad_ones(
 async def test_restart_resumes_with_nothing_lost_or_doubled(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
-    m = make_mission()
+    m = live_mission()
     producer = await _setup(kafka_bootstrap, topics, m)
     db = tmp_path / "un.db"
     try:
@@ -214,3 +215,115 @@ async def test_demo_command_runs_against_the_test_broker(kafka_bootstrap: str) -
         }, org
         assert seals and all(len(s["signers"]) >= 4 for s in seals), org
     assert len(states) == 1, states
+
+
+LONG_MAX = str(2**63 - 1)
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+WEST = Zone("west", "Lowlands", 47.0, 35.0, 48.0, 37.0)
+
+
+async def _create_time_topics(bootstrap: str, topics: Topics) -> None:
+    """The bus's topics, then what a hostile operator may do: the report and trust topics
+    switched to CreateTime, so clients set every broker timestamp, any distance away."""
+    specs = standard_topics(topics, ORGS, partitions=2)
+    await ensure_topics(bootstrap, specs)
+    configs = (
+        ("message.timestamp.type", "CreateTime"),
+        ("message.timestamp.before.max.ms", LONG_MAX),
+        ("message.timestamp.after.max.ms", LONG_MAX),
+    )
+    trust = (topics.registry, topics.mandate)
+    switched = [
+        TopicSpec(s.name, s.partitions, configs)
+        for s in specs
+        if topics.org_of_report_topic(s.name) or s.name in trust
+    ]
+    changes = await align_topic_configs(bootstrap, switched)
+    assert {(c.topic, c.name) for c in changes} >= {
+        (s.name, "message.timestamp.type") for s in switched
+    }
+
+
+async def test_broker_timestamps_decide_no_provisional_verdict(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The same records (registry, a mandate version and reports) are published to two
+    prefixes on CreateTime topics, with broker timestamps that differ everywhere (0, far past,
+    far future, "just now" on a backdated report, the signer's claimed time on a report from
+    the future, a mandate version stamped after its own end). A node reads each prefix: it
+    applies the version in both runs, and every record gets the same provisional verdict, the
+    one its own clock gives (``delivery_lag`` beyond the mandate's lag, ``clock_skew`` beyond
+    the skew), with the same chain heads. The timestamps are stored as they came, as
+    information."""
+    m = live_mission()
+    now, lag = m.now, m.scenario.mandate.delivery_lag_ms
+    past, future = now - 400 * DAY_MS, now + 300 * DAY_MS
+    v1 = m.scenario.mandate
+    v2 = dataclasses.replace(v1, version=2, zones=(*v1.zones, WEST))
+    v2_raw = sign_mandate(v2, [m.scenario.org_roots[o] for o in ORGS[:4]]).encode()
+    honest = [m.next_report("un", 1) for _ in range(3)]
+    backdated = now - lag - DAY_MS
+    late = m.next_report("eu", 1, observed_at_ms=backdated - HOUR_MS, signed_at_ms=backdated)
+    ahead = now + HOUR_MS
+    early = m.next_report("osce", 1, observed_at_ms=now - 600_000, signed_at_ms=ahead)
+    west = m.next_report("nato", 1, zone="west", location=Location(47.5, 36.0, 100, "Lowtown"))
+    # (organization, record, its broker timestamp in run 0 and in run 1)
+    timed = [
+        ("un", honest[0], (past, future)),
+        ("un", honest[1], (0, now + 50 * 60_000)),
+        ("un", honest[2], (future, 1)),
+        ("eu", late, (now, backdated)),
+        ("osce", early, (ahead, past)),
+        ("nato", west, (1, now)),
+    ]
+    expected = [
+        ("accepted", ""),
+        ("accepted", ""),
+        ("accepted", ""),
+        ("quarantined", "delivery_lag"),
+        ("quarantined", "clock_skew"),
+        ("accepted", ""),
+    ]
+    runs = []
+    for run in (0, 1):
+        topics = Topics(f"t{uuid.uuid4().hex[:10]}.")
+        await _create_time_topics(kafka_bootstrap, topics)
+        producer = reliable_producer(kafka_bootstrap)
+        await producer.start()
+        sent: list[tuple[str, int, int]] = []
+        try:
+            for i, raw in enumerate(m.registry):
+                stamp = past + i if run == 0 else future - i
+                await producer.send_and_wait(topics.registry, raw, timestamp_ms=stamp)
+            # Stamped after version 2's end in run 0, at 0 in run 1.
+            await producer.send_and_wait(topics.mandate, v2_raw, timestamp_ms=(2**63 - 1, 0)[run])
+            for org, raw, stamps in timed:
+                md = await producer.send_and_wait(
+                    topics.reports(org), raw, partition=0, timestamp_ms=stamps[run]
+                )
+                sent.append((md.topic, md.partition, md.offset))
+        finally:
+            await producer.stop()
+        db = tmp_path / f"run{run}.db"
+        node = build_node(_config(kafka_bootstrap, topics, m, db))
+        await _run_until(node, db, len(timed))
+        assert node.trust.mandate.version == 2
+        assert dict(node.registry.alarms) == {}
+        store = NodeStore(db, read_only=True)
+        try:
+            quarantined = {(t, p, o): r for t, p, o, r, _ in store.quarantine_rows()}
+            logged = {(t, p, o): lt for t, p, o, lt, _, _ in store.log_records()}
+            heads = store.chain_heads()
+        finally:
+            store.close()
+        verdicts = [
+            ("quarantined", quarantined[pos]) if pos in quarantined else ("accepted", "")
+            for pos in sent
+        ]
+        assert verdicts == expected, run
+        # Kept as the broker gave them: information, decided nothing.
+        assert [logged[pos] for pos in sent] == [s[run] for _, _, s in timed]
+        runs.append(heads)
+    assert runs[0] == runs[1]
+    assert runs[0]["un-obs-1"].seq == 3

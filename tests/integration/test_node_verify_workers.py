@@ -15,7 +15,7 @@ from nodes.demo.scenario import demo_key
 from nodes.org_node.process import build_node
 from tests.integration import test_node
 from tests.integration.test_node import ORGS, _config, _flip, _publish, _run_until, _setup
-from tests.mission import make_mission
+from tests.mission import live_mission
 
 pytestmark = [pytest.mark.kafka]
 topics = test_node.topics  # the fixture: a fresh topic prefix per test
@@ -24,7 +24,7 @@ topics = test_node.topics  # the fixture: a fresh topic prefix per test
 async def test_verify_workers_give_the_same_store(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
-    m = make_mission()
+    m = live_mission()
     producer = await _setup(kafka_bootstrap, topics, m)
     try:
         for _ in range(20):  # 240 records: batches large enough for the pool (>= 64)
@@ -56,7 +56,7 @@ async def test_verify_workers_give_the_same_store(
 async def test_audit_with_verify_workers_finds_exactly_what_a_plain_audit_finds(
     kafka_bootstrap: str, topics: Topics, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    m = make_mission()
+    m = live_mission()
     producer = await _setup(kafka_bootstrap, topics, m)
     try:
         for _ in range(25):  # 300 genuine records

@@ -20,7 +20,7 @@ from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node
 from tests.integration import test_node
 from tests.integration.test_node import ORGS, _config, _publish, _run_until, _setup
-from tests.mission import Mission, make_mission
+from tests.mission import Mission, live_mission
 
 pytestmark = [pytest.mark.kafka]
 topics = test_node.topics  # the fixture: a fresh topic prefix per test
@@ -47,7 +47,7 @@ async def _stored(db: Path) -> int:
 async def test_workers_joining_and_leaving_store_exactly_what_one_node_stores(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
-    m = make_mission()
+    m = live_mission()
     shared = tmp_path / "un-shared.db"
 
     def worker(ingest_only: bool) -> OrgNode:
@@ -114,7 +114,7 @@ async def test_two_groups_on_one_store_race_every_batch_and_still_store_each_rec
     batch the slower one judged is refused at commit (StoreConflictError), dropped with the
     batch judged behind it, and read again from the store: the store still ends as one
     node's."""
-    m = make_mission()
+    m = live_mission()
     shared = tmp_path / "un-shared.db"
 
     def worker(group: str) -> OrgNode:

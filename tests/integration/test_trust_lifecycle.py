@@ -32,7 +32,7 @@ from nodes.org_node.config import NodeConfig
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node
 from nodes.runtime.files import write_key
-from tests.mission import Mission, make_mission
+from tests.mission import Mission, live_mission
 
 pytestmark = [pytest.mark.kafka]
 ORGS = [o for o, _ in ORGANIZATIONS]
@@ -110,7 +110,7 @@ def _west_report(m: Mission, org: str, i: int) -> bytes:
 async def test_nodes_and_auditor_follow_a_rotation_signed_by_four_of_six(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
-    m = make_mission()
+    m = live_mission()
     roots = m.scenario.org_roots
     v1 = m.scenario.mandate
     v2 = dataclasses.replace(v1, version=2, zones=(*v1.zones, WEST))
@@ -126,10 +126,16 @@ async def test_nodes_and_auditor_follow_a_rotation_signed_by_four_of_six(
     common = ["--bootstrap", kafka_bootstrap, "--topic-prefix", topics.prefix]
 
     producer = await _setup(kafka_bootstrap, topics, m)
+    live = None
     try:
         assert await _cli("mandate", "publish", str(v1_file), *common) == 0
         await _publish(producer, topics, m.next_report("un", 1))
         await _publish(producer, topics, _west_report(m, "un", 2))  # before v2: outside_zone
+        # UN's node runs while only version 1 is on the bus: it judges both reports at once.
+        un_db = tmp_path / "un.db"
+        live = _node(kafka_bootstrap, topics, m, un_db, "un")
+        live_task = asyncio.create_task(live.run())
+        await _until_processed(un_db, 2, live_task)
         assert (
             await _cli("mandate", "publish", str(v2_file), "--previous", str(v1_file), *common) == 0
         )
@@ -138,22 +144,34 @@ async def test_nodes_and_auditor_follow_a_rotation_signed_by_four_of_six(
         await producer.send_and_wait(topics.mandate, forged_file.read_bytes(), key=b"jmm-2026:3")
         await producer.send_and_wait(topics.mandate, v1_file.read_bytes(), key=b"jmm-2026:1b")
         await _publish(producer, topics, m.next_report("eu", 1))
+        await _until_processed(un_db, 4, live_task)
     finally:
         await producer.stop()
+        if live is not None:
+            live.stop()
+            await live_task
 
-    for org in ("un", "nato"):
-        db = tmp_path / f"{org}.db"
-        node = _node(kafka_bootstrap, topics, m, db, org)
-        task = asyncio.create_task(node.run())
-        await _until_processed(db, 4, task)
-        node.stop()
-        await task
+    # NATO's node starts only now: it reads version 2 before any report.
+    nato_db = tmp_path / "nato.db"
+    late = _node(kafka_bootstrap, topics, m, nato_db, "nato")
+    task = asyncio.create_task(late.run())
+    await _until_processed(nato_db, 4, task)
+    late.stop()
+    await task
+    # Provisional verdicts use the trust each node knew when it judged, never a log time: the
+    # west report logged before version 2 is outside_zone at the node that judged it before
+    # version 2 existed, and accepted at the node that already knew version 2 (its final
+    # verdict, in the sealed order, is version 1's at every node).
+    quarantined = {"un": ["outside_zone"], "nato": []}
+    for org, node in (("un", live), ("nato", late)):
+        assert node is not None
         assert node.trust.mandate.version == 2
         assert [v.mandate.version for v in node.trust.versions] == [1, 2]
         assert dict(node.registry.alarms) == {"threshold_not_met": 1, "mandate_rollback": 1}
-        store = NodeStore(db, read_only=True)
-        assert store.count_reports() == 3
-        assert [r[3] for r in store.quarantine_rows()] == ["outside_zone"]
+        store = NodeStore(tmp_path / f"{org}.db", read_only=True)
+        assert store.count_reports() == 4 - len(quarantined[org])
+        assert [r[3] for r in store.quarantine_rows()] == quarantined[org]
+        store.close()
 
     result = await audit(kafka_bootstrap, v1, topics=topics)
     assert result.mandate_versions == [2]
@@ -165,7 +183,7 @@ async def test_nodes_and_auditor_follow_a_rotation_signed_by_four_of_six(
 async def test_revocation_quarantines_later_reports_at_every_node_and_in_the_audit(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
-    m = make_mission()
+    m = live_mission()
     root_file = tmp_path / "un-root.key"
     write_key(root_file, m.scenario.org_roots["un"])
     mandate_file = tmp_path / "mandate.bin"
@@ -260,7 +278,7 @@ async def test_restricted_report_is_readable_by_two_organizations_only(
     from bus.kafka.replay import replay  # noqa: PLC0415
     from bus.trust import KeyRing  # noqa: PLC0415
 
-    m = make_mission()
+    m = live_mission()
     mandate_file = tmp_path / "mandate.bin"
     mandate_file.write_bytes(m.scenario.mandate_envelope)
     common = ["--bootstrap", kafka_bootstrap, "--topic-prefix", topics.prefix]
