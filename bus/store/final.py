@@ -72,7 +72,8 @@ CREATE TABLE IF NOT EXISTS decision_heads (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS equivocations (
     org TEXT NOT NULL, epoch INTEGER NOT NULL, evidence TEXT NOT NULL,
-    PRIMARY KEY (org, epoch)
+    round INTEGER NOT NULL DEFAULT 1,
+    PRIMARY KEY (org, epoch, round)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS judged_at (
     epoch INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL
@@ -96,7 +97,7 @@ _DUMPED: Final = (
     ("changes", 'topic, partition, "offset", at_epoch'),
     ("heads", "org, observer_id"),
     ("decision_heads", "org"),
-    ("equivocations", "org, epoch"),
+    ("equivocations", "org, epoch, round"),
 )
 
 
@@ -149,6 +150,27 @@ class FinalStore:
             timeout_s=5,
             threads=True,
         )
+        if not read_only:
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Files made before seal rounds keyed equivocations by (org, epoch): move their rows
+        into the table keyed by (org, epoch, round), as round 1."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(equivocations)")}
+        if "round" in columns:
+            return
+        with sqlite_transaction(self._db, "final store") as db:
+            db.execute("ALTER TABLE equivocations RENAME TO equivocations_before_rounds")
+            db.execute(
+                "CREATE TABLE equivocations (org TEXT NOT NULL, epoch INTEGER NOT NULL,"
+                " evidence TEXT NOT NULL, round INTEGER NOT NULL DEFAULT 1,"
+                " PRIMARY KEY (org, epoch, round)) WITHOUT ROWID"
+            )
+            db.execute(
+                "INSERT INTO equivocations SELECT org, epoch, evidence, 1"
+                " FROM equivocations_before_rounds"
+            )
+            db.execute("DROP TABLE equivocations_before_rounds")
 
     def close(self) -> None:
         """Close the database."""
@@ -273,8 +295,9 @@ class FinalStore:
                 )
             for eq in equivocations:
                 db.execute(
-                    "INSERT OR IGNORE INTO equivocations VALUES (?, ?, ?)",
-                    (eq.org, eq.epoch, json.dumps(eq.to_json(), sort_keys=True)),
+                    "INSERT OR IGNORE INTO equivocations (org, epoch, round, evidence)"
+                    " VALUES (?, ?, ?, ?)",
+                    (eq.org, eq.epoch, eq.round, json.dumps(eq.to_json(), sort_keys=True)),
                 )
             if snapshot is not None:
                 db.execute(

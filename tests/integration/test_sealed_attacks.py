@@ -64,7 +64,6 @@ WAIT_S: Final = 90
 HOUR_MS: Final = 3_600_000
 # How long every store must stand at the same last epoch before the fleet counts as settled.
 SETTLE_S: Final = 1.0
-TAKEOVER_MS: Final = 60_000
 LONG_MAX: Final = str(2**63 - 1)
 
 Pos = tuple[str, int, int]
@@ -233,12 +232,7 @@ class Bus:
             node_key=None if late else self.sc.node_keys[org],
             topics=self.topics,
             interval_ms=300,
-            # Only the turn's owner proposes: takeovers are placed after t_{e-1}, so after any
-            # pause longer than interval + 5 takeovers every organization would be due at once
-            # when a record arrives, and proposals published together can split the votes of
-            # an epoch so that none reaches k, for good (bus/seal.py: "What one vote per epoch
-            # costs"). No sealer is down in these tests: no takeover is needed.
-            takeover_ms=TAKEOVER_MS,
+            takeover_ms=300,
             snapshot_every=2,
             poll_timeout_ms=100,
             metadata_refresh_ms=1000,

@@ -161,3 +161,19 @@ def test_provisional_verdicts_read_the_node_store(tmp_path: Path) -> None:
 def test_read_final_store_yields_none_without_a_file(tmp_path: Path) -> None:
     with read_final_store(tmp_path / "absent.db") as store:
         assert store is None
+
+
+def test_a_store_from_before_seal_rounds_is_migrated(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as con:
+        con.execute(
+            "CREATE TABLE equivocations (org TEXT NOT NULL, epoch INTEGER NOT NULL,"
+            " evidence TEXT NOT NULL, PRIMARY KEY (org, epoch)) WITHOUT ROWID"
+        )
+        con.execute("INSERT INTO equivocations VALUES ('eu', 3, '{}')")
+    store = FinalStore(path)
+    try:
+        rows = list(store.dump())
+        assert rows == [b'["equivocations","eu",3,"{}",1]\n']
+    finally:
+        store.close()
