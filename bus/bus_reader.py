@@ -18,13 +18,16 @@ whatever order the records arrive in.
 **Seal 1 (bootstrap).** Before any epoch, the root mandate accredits no node key, so nothing
 could sign the first seal. A proposal of epoch 1 is judged under the root mandate plus the
 registry records that proposal itself seals (offsets ``0 .. size-1`` of each registry
-partition it lists), applied with exactly the judge's rules for registry records
-(:class:`~bus.judge.FinalJudge`: signed by the organization's root key of the root mandate, in
-its namespace, first accreditation of a key wins). The trust of one proposal is a function of
-that proposal and the log alone; a reader that has not read the registry that far waits. When
-the registry records it holds do not hash to the roots that proposal states (a split view, or a
-record altered), no node key counts for it: the reader will name the mismatch when it judges
-epoch 1 under whichever seal becomes final.
+partition it lists), as this reader holds them, applied with exactly the judge's rules for
+registry records (:class:`~bus.judge.FinalJudge`: signed by the organization's root key of the
+root mandate, in its namespace, first accreditation of a key wins). The trust of one proposal
+is a function of that proposal and the log alone; a reader that has not read the registry that
+far waits. Records that do not hash to the roots the proposal states are used all the same
+(each node key among them is genuinely accredited): a seal signed by k organizations becomes
+final, and judging epoch 1 names the altered record. Known limit: an epoch-1 proposal that
+claims more registry records than the log will ever hold (an organization may write the seals
+topic) makes every reader wait on it; node keys named in the root mandate itself would remove
+the wait and are not built.
 
 **A witness's vote** (:meth:`BusReader.cosign_candidate`): the open round's proposals, in the
 seals topic's order, are judged by :func:`~bus.seal.decide_cosign` against what this reader
@@ -52,7 +55,7 @@ from typing import Any, Final
 from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
 from bus.errors import ConfigError, Reason
 from bus.judge import EpochVerdicts, FinalJudge, Status
-from bus.merkle import EMPTY_ROOT, MerkleTree
+from bus.merkle import EMPTY_ROOT
 from bus.model import Mandate
 from bus.seal import (
     ChainUpdate,
@@ -300,15 +303,13 @@ class BusReader:
         for ref, sealed in registry.items():
             if self._reader.read_size(ref) < sealed.size:
                 return None  # read further first
-            values = self._reader.buffered_values(ref, sealed.size)
-            tree = MerkleTree(store_leaves=False)
-            for v in values:
-                tree.append(v or b"")
-            if tree.root() != sealed.root:
-                ring = KeyRing(self._root)  # not the sealed registry: no node key counts
-                self._bootstrap[digest] = ring
-                return ring
-            records[ref] = list(values)
+            # The records as this reader holds them, even when they do not hash to the root the
+            # proposal states (a bogus proposal, or records altered for this reader): every
+            # node key among them is genuinely accredited (verified as the judge verifies), so
+            # a seal still becomes final here when k organizations signed it, and judging its
+            # epoch then names the altered record (SealedRootMismatchError) instead of this
+            # reader waiting in silence.
+            records[ref] = self._reader.buffered_values(ref, sealed.size)
         scratch = FinalJudge(self._root, self._topics, self._limits)
         if registry:
             seal = FinalSeal(

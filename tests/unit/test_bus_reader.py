@@ -432,3 +432,30 @@ def test_proposers_at_once_split_round_1_and_round_2_seals_the_epoch() -> None:
     final = witnesses[0].reader.latest
     assert final is not None and final_from_json(final_to_json(final)) == final
     assert replay(bus, random.Random(8)) == witnesses[0].digests
+
+
+def test_a_registry_record_altered_under_seal_one_is_named_not_waited_on() -> None:
+    """The operator shows one reader a registry whose observer accreditation was replaced by a
+    copy of another genuine record: seal 1 still becomes final there (the node keys it holds
+    are genuine), and judging epoch 1 names the altered record."""
+    bus = Bus()
+    publish_trust(bus)
+    honest = new_reader()
+    for ref, values in bus.parts.items():
+        honest.offer_records(ref, 0, values)
+    p = honest.propose(org="un", now_ms=NOW_MS)
+    assert p is not None
+    seals = [sign_proposal(p, M.scenario.node_keys["un"], name("un"))]
+    seals += [
+        cosign_seal(p.text(), M.scenario.node_keys[o], name(o), now_ms=NOW_MS)
+        for o in ORGS[1 : MANDATE.threshold]
+    ]
+    shown = list(bus.parts[REGISTRY])
+    shown[0] = shown[1]  # an observer's accreditation replaced by a copy of another one
+    victim = new_reader()
+    for off, raw in enumerate(seals):
+        victim.offer_seal(off, raw)
+    with pytest.raises(SealedRootMismatchError) as exc:
+        victim.offer_records(REGISTRY, 0, shown)
+    assert exc.value.context["topic"] == TOPICS.registry
+    assert victim.latest is not None and victim.latest.epoch == 1
