@@ -14,12 +14,12 @@ the node's best guess of the final one, from what the node knows when it reads t
   by the caller).
 * **Clock:** the node's own clock when it judges (:attr:`Ingestor.clock`), which stands for the
   *t_e* of the epoch the record will be sealed in: ``signed_at <= now + max_clock_skew_ms``
-  (``clock_skew``, :class:`bus.verify.Limits`) and, after every other check of
-  :func:`bus.verify.verify_report`, ``signed_at >= now - lag`` (``delivery_lag``), ``lag`` being
-  the maximum delivery lag of that mandate version (:attr:`bus.model.Mandate.delivery_lag_ms`),
-  as the final judge checks it. A record read long after it was logged (a node catching up on
-  a backlog, or in archive mode) is therefore ``delivery_lag`` provisionally once it is older
-  than the lag: its final verdict, at its own epoch's time, is the one that counts.
+  (``clock_skew``, :class:`bus.verify.Limits`).
+* **No delivery lag.** The maximum delivery lag (``signed_at >= t_e - lag``, the mandate's) is
+  the final judge's alone: against this node's clock it would refuse every record a node reads
+  long after it was logged (a node joining late, catching up on a backlog, or in archive
+  mode), and each of those refusals would then change at finality. A report beyond the lag is
+  accepted here and ``delivery_lag`` finally (the sealer logs the change).
 
 The broker's timestamp of a record (:attr:`RecordRef.log_time_ms`) decides none of this: a
 hostile operator sets it (CreateTime topics, or the broker's clock). It is kept as information
@@ -27,8 +27,8 @@ only (when the broker says it appended the record).
 
 :attr:`Ingestor.timeline` is the one exception, for the auditor's legacy per-record audit only:
 given a :class:`~bus.lifecycle.TrustTimeline`, records are judged under the version in effect at
-their log time (:meth:`~bus.lifecycle.TrustTimeline.at`) with the log time as the clock and no
-delivery-lag check, as that audit always did. A node never sets it.
+their log time (:meth:`~bus.lifecycle.TrustTimeline.at`) with the log time as the clock, as
+that audit always did. A node never sets it.
 
 A quarantined outcome never carries more of a record than a stored row may keep
 (:func:`kept_of`): a value larger than the record limit is judged ``oversized`` on its length
@@ -46,7 +46,7 @@ from typing import Final
 
 from bus.errors import Reason, VerificationError
 from bus.lifecycle import TrustTimeline
-from bus.model import Mandate, sha256
+from bus.model import sha256
 from bus.sealed import DecryptionKey, VerifiedSealed, is_sealed, verify_sealed_report
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits, VerifiedReport, verify_report
@@ -120,9 +120,9 @@ class Ingestor:
             detail = f"{len(raw)} bytes > limit {limit}"
             return Quarantined.bounded(ref, Reason.OVERSIZED, detail, raw, limit)
         if self.timeline is None:
-            keyring, now, lag_of = self.keyring, self.clock(), self.keyring.mandate
+            keyring, now = self.keyring, self.clock()
         else:  # the auditor's legacy log-time audit (module docstring)
-            keyring, now, lag_of = self.timeline.at(ref.log_time_ms), ref.log_time_ms, None
+            keyring, now = self.timeline.at(ref.log_time_ms), ref.log_time_ms
         try:
             if is_sealed(raw):
                 vs = verify_sealed_report(
@@ -133,7 +133,6 @@ class Ingestor:
                     limits=self.limits,
                     keys=self.decryption_keys,
                 )
-                _check_delivery_lag(vs.sealed.signed_at_ms, now, lag_of)
                 self.chain.accept_link(vs.sealed, vs.envelope_digest)
                 return AcceptedSealed(ref, vs, raw)
             vr = verify_report(
@@ -144,7 +143,6 @@ class Ingestor:
                 limits=self.limits,
                 preverified=self.preverified,
             )
-            _check_delivery_lag(vr.report.signed_at_ms, now, lag_of)
             self.chain.accept(vr)
         except VerificationError as exc:
             return Quarantined.bounded(ref, exc.reason, exc.message, raw, limit)
@@ -155,23 +153,6 @@ class Ingestor:
             )
             return Quarantined.bounded(ref, Reason.INTERNAL_ERROR, repr(exc), raw, limit)
         return Accepted(ref, vr, raw)
-
-
-def _check_delivery_lag(signed_at_ms: int, now_ms: int, mandate: Mandate | None) -> None:
-    """``signed_at >= now - lag``, the maximum delivery lag of ``mandate`` (None: no check,
-    the legacy log-time audit).
-
-    Raises:
-        VerificationError: ``delivery_lag``.
-    """
-    if mandate is None:
-        return
-    lag = mandate.delivery_lag_ms
-    if signed_at_ms < now_ms - lag:
-        raise VerificationError(
-            Reason.DELIVERY_LAG,
-            f"signed_at is {now_ms - signed_at_ms} ms before this node's clock (at most {lag})",
-        )
 
 
 @dataclass(frozen=True, slots=True)

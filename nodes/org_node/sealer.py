@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import structlog
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bus.bus_reader import BusReader, BusUpdate
@@ -304,7 +304,7 @@ class Sealer:
         await self._store(updates)
         self._pace(consumer)
         if producer is not None and self.alarm is None:
-            await self._witness(producer)
+            await self._witness(producer, consumer)
 
     def _offer_data(self, ref: PartitionRef, records: list[Any]) -> list[BusUpdate]:
         """Offer one partition's fetched records in runs of consecutive offsets."""
@@ -459,7 +459,7 @@ class Sealer:
             return None
         return key_name(acc.org, acc.subject_id)
 
-    async def _witness(self, producer: Any) -> None:
+    async def _witness(self, producer: Any, consumer: AIOKafkaConsumer) -> None:
         cfg = self.config
         key = cfg.node_key
         if key is None:
@@ -506,7 +506,7 @@ class Sealer:
                     Vote(proposal.epoch, proposal.round, proposal.digest, record, "cosign"),
                 )
             return
-        if self._due(*open_, now):
+        if self._due(*open_, now) and await self._seals_read(consumer):
             proposal = self.reader.propose(org=cfg.org, now_ms=now)
             if proposal is None:
                 return
@@ -518,6 +518,15 @@ class Sealer:
                 producer,
                 Vote(proposal.epoch, proposal.round, proposal.digest, record, "proposal"),
             )
+
+    async def _seals_read(self, consumer: AIOKafkaConsumer) -> bool:
+        """Whether this sealer has read the seals topic to its end: a proposal it has not read
+        yet (its fetches busy with a backlog of data) would otherwise look absent, and its
+        own proposal would split the votes of the round."""
+        tp = TopicPartition(self.config.topics.seals, 0)
+        ends = await consumer.end_offsets([tp])
+        end: int = ends[tp]
+        return self._seal_pos >= end
 
     def _due(self, epoch: int, round_: int, now: int) -> bool:
         """Whether this organization may propose in round ``round_`` of ``epoch`` now: the

@@ -3,7 +3,7 @@
 Each case of tests/unit/test_verify_table.py gets its own observers (a shifted view of one
 mission at this machine's clock, which the nodes judge by), so all cases share one stream and
 one set of topics. Every node and the auditor must quarantine exactly the last record of each
-case with the case's reason code (the auditor's legacy audit all but ``delivery_lag``), accept
+case with the case's reason code, accept
 everything else, and keep running.
 """
 
@@ -107,10 +107,6 @@ async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_audito
 
     result = await audit(kafka_bootstrap, big.scenario.mandate, topics=topics)
     audited = {(v.topic, v.partition, v.offset): v.reason for v in result.violations}
-    # The auditor's legacy per-record audit judges at each record's log time and knows no
-    # delivery lag (the nodes do, on their clock, and so do final verdicts, at t_e): it
-    # accepts the report signed beyond the lag.
-    legacy = {pos: reason for pos, (_, reason) in expected.items() if reason != "delivery_lag"}
-    assert audited == legacy
-    assert sum(result.accepted.values()) == accepted + len(expected) - len(legacy)
+    assert audited == {pos: reason for pos, (_, reason) in expected.items()}
+    assert sum(result.accepted.values()) == accepted
     assert len(expected) == len(CASES) >= 30

@@ -15,7 +15,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 # Local demos run their own PLAINTEXT broker (nodes.demo.mission.LocalBroker) and nothing else.
-EXEMPT = {"nodes/demo/mission.py", "nodes/demo/trust_mission.py"}
+EXEMPT = {"nodes/demo/mission.py", "nodes/demo/trust_mission.py", "nodes/demo/sealing.py"}
 CLIENTS = {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaAdminClient"}
 # Helpers that open clients (called by bare name); each takes ``security=`` and must get it.
 HELPERS = {
