@@ -29,8 +29,17 @@ from bus.crypto import key_id
 from bus.epoch import FinalSeal, PartitionRef
 from bus.errors import BusError
 from bus.ingest import Ingestor, RecordRef
-from bus.judge import EpochVerdicts
-from bus.model import Accreditation, Envelope, Report, Revocation
+from bus.judge import EpochVerdicts, Status
+from bus.model import Accreditation, Envelope, Report, Revocation, sha256
+from bus.policy import (
+    VERDICTS_PROVISIONAL,
+    Observation,
+    Policy,
+    PolicyEngine,
+    Rule,
+    SealRef,
+    observation_from_stored,
+)
 from bus.seal import Equivocation, SealProposal, cosign_seal, sign_proposal
 from bus.sign import sign_revocation
 from bus.store.node import NodeStore
@@ -240,7 +249,7 @@ async def _get(url: str) -> tuple[int, Any]:
 
 class _Rows(HTMLParser):
     """A page's table rows (attributes, and each cell's attributes and text) and its
-    paragraphs with an id (attributes and text)."""
+    paragraphs and tiles (``p`` and ``div``) with an id (attributes and text)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -255,14 +264,14 @@ class _Rows(HTMLParser):
             self.rows.append((a, []))
         elif tag == "td" and self.rows:
             self._cell = (a, [])
-        elif tag == "p" and "id" in a:
+        elif tag in ("p", "div") and "id" in a:
             self._para = (a, [])
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "td" and self._cell is not None:
             self.rows[-1][1].append((self._cell[0], "".join(self._cell[1]).strip()))
             self._cell = None
-        elif tag == "p" and self._para is not None:
+        elif tag in ("p", "div") and self._para is not None:
             self.ids[self._para[0]["id"]] = (self._para[0], "".join(self._para[1]).strip())
             self._para = None
 
@@ -648,3 +657,101 @@ async def test_every_route_leaves_both_stores_unchanged(world: World) -> None:
     ):
         assert view is not None
         view._db.execute("DELETE FROM final.verdicts")  # the connection the dashboard reads with
+
+
+# -- own decisions: the seal each rests on -----------------------------------------------------
+
+
+def _observation(w: World, pos: tuple[str, int, int]) -> Observation:
+    raw = w.parts[(pos[0], pos[1])][pos[2]]
+    obs = observation_from_stored(raw, sha256(raw))
+    assert obs is not None
+    return obs
+
+
+async def test_own_decisions_name_the_final_seal_they_rest_on(bare: World) -> None:
+    """One final rule and one provisional rule over un's two reports, decided by the node's
+    policy engine as its follow-up does (final: epoch by epoch on the sealed verdicts; and
+    provisional: on what the node stored) and stored in its node store: the API and the page
+    name epoch 2's final seal for the final decisions, "provisional" for the others."""
+    w, m = bare, bare.m
+    epochs = w.seal(NOW_MS)
+    w.report("u1", "un", m.next_report("un", 1))
+    w.report("u2", "un", m.next_report("un", 1))
+    epochs += w.seal(NOW_MS + MINUTE)
+    policy = Policy(
+        "un",
+        (
+            Rule("on-final", "review", priority="high", publish=True),
+            Rule("on-provisional", "alert", priority="low", verdicts=VERDICTS_PROVISIONAL),
+        ),
+    )
+    engine = PolicyEngine(policy)
+    decisions = [
+        d for n in ("u1", "u2") for d in engine.on_stored(_observation(w, w.offsets[n]), NOW_MS)
+    ]
+    for ev in epochs:
+        accepted = [
+            _observation(w, v.pos)
+            for v in ev.verdicts
+            if v.status is Status.ACCEPTED and v.report is not None
+        ]
+        decisions += engine.on_final(SealRef(ev.epoch, ev.seal_digest, ev.time_ms), accepted)
+    assert len(decisions) == 4
+    w.node.add_decisions(decisions)
+    dash = Dashboard(w.config(policy=policy), status=w.status)
+    await dash.start()
+    try:
+        status, api = await _get(dash.url + "api/decisions")
+        _, seals = await _get(dash.url + "api/seals")
+        _, html = await _get(dash.url)
+    finally:
+        await dash.stop()
+    assert status == 200
+    epoch2 = next(s for s in seals["seals"] if s["epoch"] == 2)
+    by_rule: dict[str, list[dict[str, Any]]] = {}
+    for d in api:
+        by_rule.setdefault(d["rule"], []).append(d)
+    for d in by_rule["on-final"]:
+        assert (d["verdicts"], d["seal_epoch"], d["seal_digest"]) == ("final", 2, epoch2["digest"])
+        assert d["decided_at"] == "2026-11-01 00:01Z"  # t_e of epoch 2, not a log time
+    for d in by_rule["on-provisional"]:
+        assert (d["verdicts"], d["seal_epoch"], d["seal_digest"]) == ("provisional", 0, None)
+    assert {r for r, ds in by_rule.items() if len(ds) == 2} == {"on-final", "on-provisional"}
+    rows = {
+        row["data-decision-id"]: (row, cells)
+        for row, cells in _parse(html).rows
+        if "data-decision-id" in row
+    }
+    for d in api:
+        row, cells = rows[d["decision_id"]]
+        [(attrs, text)] = [c for c in cells if "seal-ref" in c[0].get("class", "")]
+        assert row["data-seal-epoch"] == str(d["seal_epoch"])
+        if d["seal_epoch"]:
+            assert text == f"final seal of epoch 2{epoch2['digest']}"
+        else:
+            assert text == "provisional" and "provisional" in attrs["class"]
+
+
+# -- the follow-up -----------------------------------------------------
+
+
+async def test_followup_tiles_and_metrics_say_epochs_and_reports_not_kept(world: World) -> None:
+    status = {**world.status(), "followup": {"pending": 2, "late": 5}}
+    dash = Dashboard(world.config(), status=lambda: status)
+    await dash.start()
+    try:
+        _, html = await _get(dash.url)
+        _, metrics = await _get(dash.url + "metrics")
+    finally:
+        await dash.stop()
+    assert "watermark" not in html and "watermark" not in metrics
+    tiles = _parse(html).ids
+    assert tiles["t-pend"][1] == "2final epochs awaiting our policy"
+    assert tiles["t-late"][1] == "5finally accepted reports not kept"
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    pending, late = families["obus_policy_pending_reports"], families["obus_policy_late_records"]
+    assert pending.type == "gauge" and "Final epochs" in pending.documentation
+    assert late.type == "counter" and "Finally accepted reports" in late.documentation
+    assert [s.value for s in pending.samples] == [2.0]
+    assert [s.value for s in late.samples if s.name.endswith("_total")] == [5.0]

@@ -184,14 +184,16 @@ def metrics_text(m: dict[str, Any], status: dict[str, Any] | None) -> bytes:
         fams.append(
             GaugeMetricFamily(
                 "obus_policy_pending_reports",
-                "Reports read but not yet evaluated (waiting for the watermark)",
+                "Final epochs the sealer stored that this node's final rules have not evaluated"
+                " yet (their reports not all in the node's store yet, or not reached)",
                 f.get("pending", 0),
             )
         )
         fams.append(
             CounterMetricFamily(
                 "obus_policy_late_records",
-                "Records that arrived below the released watermark",
+                "Finally accepted reports the final rules could not evaluate: this node"
+                " quarantined the record and did not keep all of its bytes",
                 f.get("late", 0),
             )
         )

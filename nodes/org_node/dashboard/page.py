@@ -56,7 +56,9 @@ def render_page(model: ReadModel, status: dict[str, Any] | None, *, zone: str | 
         tiles.append(("verdicts changed by sealing", changed["total"], "t-changed"))
     if status is not None:
         tiles.append(("consumer lag", sum(status.get("lag", {}).values()), "t-lag"))
-        tiles.append(("awaiting watermark", status.get("followup", {}).get("pending", 0), "t-pend"))
+        followup = status.get("followup", {})
+        tiles.append(("final epochs awaiting our policy", followup.get("pending", 0), "t-pend"))
+        tiles.append(("finally accepted reports not kept", followup.get("late", 0), "t-late"))
     return _TEMPLATES.get_template("page.html.j2").render(
         org=cfg.org,
         m=s["mandate"],

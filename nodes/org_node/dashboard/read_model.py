@@ -11,6 +11,7 @@ Every record shown carries its verdict, provisional or final, and whether sealin
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import sqlite3
 import threading
@@ -348,7 +349,13 @@ class ReadModel:
         }
 
     def decisions(self, *, limit: int = 500) -> list[dict[str, Any]]:
-        """This organization's decisions, newest first."""
+        """This organization's decisions, newest first.
+
+        Each names what it rests on: a final rule's decision the final seal of the epoch whose
+        verdicts made it fire (``seal_epoch``, ``seal_digest`` in base64, ``verdicts``
+        ``final``); a provisional rule's none (``seal_epoch`` 0, ``seal_digest`` None,
+        ``verdicts`` ``provisional``).
+        """
         with self._store() as store:
             idx = self._refresh(store)
             stored = store.own_decisions(limit=limit)
@@ -384,6 +391,9 @@ class ReadModel:
                     "publication": sd.pub_state,
                     "publication_seq": sd.pub_seq,
                     "publication_offset": sd.pub_offset,
+                    "verdicts": "final" if d.final else "provisional",
+                    "seal_epoch": d.seal_epoch,
+                    "seal_digest": base64.b64encode(d.seal_digest).decode() if d.final else None,
                 }
             )
         return out
