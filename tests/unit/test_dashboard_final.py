@@ -733,7 +733,7 @@ async def test_own_decisions_name_the_final_seal_they_rest_on(bare: World) -> No
             assert text == "provisional" and "provisional" in attrs["class"]
 
 
-# -- the follow-up -----------------------------------------------------
+# -- the follow-up and seal rounds -----------------------------------------------------
 
 
 async def test_followup_tiles_and_metrics_say_epochs_and_reports_not_kept(world: World) -> None:
@@ -755,3 +755,35 @@ async def test_followup_tiles_and_metrics_say_epochs_and_reports_not_kept(world:
     assert late.type == "counter" and "Finally accepted reports" in late.documentation
     assert [s.value for s in pending.samples] == [2.0]
     assert [s.value for s in late.samples if s.name.endswith("_total")] == [5.0]
+
+
+async def test_a_split_vote_opens_round_2_shown_in_metrics_and_the_panel(world: World) -> None:
+    """Four organizations propose epoch 4 at once (four texts, one vote each: none can reach
+    k = 4 of 6 any more): the node's sealer opens round 2 and counts it."""
+    w = world
+    proposers = sorted(w.m.scenario.org_roots)[:4]
+    updates = []
+    for i, org in enumerate(proposers):
+        p = w.sealer.reader.propose(org=org, now_ms=NOW_MS + 9 * DAY + i)
+        assert p is not None and p.round == 1
+        updates += w._sign(p, org, NOW_MS + 9 * DAY + i, propose=True)
+    await w.sealer._store(updates)  # what the sealer's loop does with what it read
+    live = w.sealer.status()
+    assert (live["open_epoch"], live["open_round"], live["rounds_opened"]) == (4, 2, 1)
+    dash = Dashboard(w.config(), status=w.status)
+    await dash.start()
+    try:
+        _, metrics = await _get(dash.url + "metrics")
+        _, html = await _get(dash.url)
+        _, seals = await _get(dash.url + "api/seals")
+    finally:
+        await dash.stop()
+    families = {f.name: f for f in text_string_to_metric_families(metrics)}
+    assert families["obus_seal_open_round"].type == "gauge"
+    assert families["obus_seal_rounds_opened"].type == "counter"
+    samples = {s.name: s.value for f in families.values() for s in f.samples}
+    assert samples["obus_seal_open_round"] == 2.0
+    assert samples["obus_seal_rounds_opened_total"] == 1.0
+    [cells] = [cells for row, cells in _parse(html).rows if row.get("id") == "seal-round"]
+    assert cells[1][1] == "round 2 (1)"
+    assert seals["sealer"]["open_round"] == 2 and seals["state"] == "sealed"

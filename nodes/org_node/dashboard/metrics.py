@@ -85,10 +85,17 @@ def _seal_families(seal: dict[str, Any]) -> list[Metric]:
             "Organizations found signing two seal texts for one epoch",
             "equivocations",
         ),
+        (
+            "obus_seal_rounds_opened",
+            "Voting rounds opened because a split vote left no text of the round before able"
+            " to become final",
+            "rounds_opened",
+        ),
     )
     gauges = (
         ("obus_seal_final_epoch", "The newest epoch with a final seal", "final_epoch"),
         ("obus_seal_open_epoch", "The epoch being sealed now", "open_epoch"),
+        ("obus_seal_open_round", "The voting round of the epoch being sealed now", "open_round"),
         ("obus_seal_buffered_records", "Records read and waiting for a final seal", "buffered"),
     )
     fams: list[Metric] = [
