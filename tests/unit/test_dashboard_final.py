@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bus.checkpoint import key_name
 from bus.crypto import key_id
 from bus.epoch import FinalSeal, PartitionRef
-from bus.errors import BusError
+from bus.errors import BusError, SealedRootMismatchError
 from bus.ingest import Ingestor, RecordRef
 from bus.judge import EpochVerdicts, Status
 from bus.model import Accreditation, Envelope, Report, Revocation, sha256
@@ -659,7 +659,7 @@ async def test_every_route_leaves_both_stores_unchanged(world: World) -> None:
         view._db.execute("DELETE FROM final.verdicts")  # the connection the dashboard reads with
 
 
-# -- own decisions: the seal each rests on -----------------------------------------------------
+# -- own decisions: the seal each rests on ---------------------------------------------------------
 
 
 def _observation(w: World, pos: tuple[str, int, int]) -> Observation:
@@ -733,7 +733,7 @@ async def test_own_decisions_name_the_final_seal_they_rest_on(bare: World) -> No
             assert text == "provisional" and "provisional" in attrs["class"]
 
 
-# -- the follow-up and seal rounds -----------------------------------------------------
+# -- the follow-up, seal rounds and health ---------------------------------------------------------
 
 
 async def test_followup_tiles_and_metrics_say_epochs_and_reports_not_kept(world: World) -> None:
@@ -787,3 +787,66 @@ async def test_a_split_vote_opens_round_2_shown_in_metrics_and_the_panel(world: 
     [cells] = [cells for row, cells in _parse(html).rows if row.get("id") == "seal-round"]
     assert cells[1][1] == "round 2 (1)"
     assert seals["sealer"]["open_round"] == 2 and seals["state"] == "sealed"
+
+
+async def test_healthz_says_sealed_log_broken_when_a_sealed_record_was_altered(
+    world: World,
+) -> None:
+    """The node restarts its sealer on a fresh final store and reads the log again, where the
+    operator altered a sealed report of epoch 2: its reader finds the sealed root broken, the
+    sealer keeps the alarm, and /healthz answers 503 naming it, never ok, whatever keys the
+    alarm carries; the healthy node before it answers 200 ok."""
+    w = world
+    dash = Dashboard(w.config(), status=w.status)
+    await dash.start()
+    try:
+        code, healthy = await _get(dash.url + "healthz")
+    finally:
+        await dash.stop()
+    assert (code, healthy["status"]) == (200, "ok")
+    restarted = Sealer(
+        SealerConfig(
+            org="un",
+            bootstrap="127.0.0.1:1",
+            db_path=w.tmp / "un-final-2.db",
+            root=w.m.scenario.mandate,
+            node_key=None,
+            topics=TOPICS,
+        )
+    )
+    try:
+        for offset, raw in enumerate(w.seals):
+            restarted.reader.offer_seal(offset, raw)
+        topic, part, at = w.offsets["u2"]
+        tampered = list(w.parts[(topic, part)])
+        tampered[at] = w.m.next_report("un", 1)  # other bytes at a sealed position
+        with pytest.raises(SealedRootMismatchError) as caught:
+            for ref, values in sorted(w.parts.items()):
+                changed = tampered if ref == (topic, part) else values
+                restarted.reader.offer_records(ref, 0, changed)
+        # The sealer's alarm on this error, as its loop keeps it (Sealer._raise_alarm).
+        exc = caught.value
+        context = {k: str(v) for k, v in exc.context.items()}
+        restarted.alarm = {"reason": "sealed_root_mismatch", "detail": exc.message, **context}
+        dash = Dashboard(
+            w.config(final_db=restarted.config.db_path),
+            status=lambda: {**w.status(), "seal": restarted.status()},
+        )
+        await dash.start()
+        try:
+            code, body = await _get(dash.url + "healthz")
+            found = restarted.alarm
+            restarted.alarm = {**found, "status": "ok", "org": "nato"}
+            code_2, body_2 = await _get(dash.url + "healthz")
+            restarted.alarm = found
+        finally:
+            await dash.stop()
+    finally:
+        restarted.store.close()
+    assert (code_2, body_2["status"], body_2["org"]) == (503, "sealed_log_broken", "un")
+    assert code == 503
+    assert body["status"] == "sealed_log_broken"
+    assert body["reason"] == "sealed_root_mismatch" and body["detail"]
+    for key, value in restarted.alarm.items():  # its keys, never over the answer's own
+        assert body[key] == value or key in ("status", "org", "node")
+    assert body["org"] == "un" and body["node"]["seal"]["alarm"] == restarted.alarm

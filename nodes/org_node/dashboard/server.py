@@ -10,9 +10,12 @@ Routes (JSON unless said otherwise):
 ====================================  =========================================================
 ``GET /``                             the dashboard (HTML)
 ``GET /healthz``                      ``{"status": "ok", ...}``; 503 when the store cannot be read,
-                                      the node's follow-up stopped, or the node is starved
-                                      (``{"status": "starved", "why", "partitions",
-                                      "foreign_members"}``: nodes.org_node.health)
+                                      the node's sealer found a sealed record altered or
+                                      deleted (``{"status": "sealed_log_broken", "reason",
+                                      "detail", ...}``: its alarm, judging stopped), the node
+                                      is starved (``{"status": "starved", "why",
+                                      "partitions", "foreign_members"}``:
+                                      nodes.org_node.health), or its follow-up stopped
 ``GET /metrics``                      Prometheus text format
 ``GET /api/summary``                  counts, mandate, policy
 ``GET /api/reports?limit=&zone=``     newest reports with their verification state and their
@@ -221,6 +224,9 @@ class Dashboard:
         return web.Response(text=svg, content_type="image/svg+xml")
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        """``ok`` (200) only while nothing below holds; otherwise 503 with the first that does:
+        ``sealed_log_broken`` (the sealer's alarm: its keys at the top level, judging stopped),
+        ``starved``, ``degraded`` (the follow-up stopped)."""
         status = self._status_now()
         try:
             summary = await asyncio.to_thread(self.model.summary)
@@ -229,6 +235,8 @@ class Dashboard:
         running = True if status is None else bool(status.get("running", True))
         group = {} if status is None else status.get("group") or {}
         starved = group.get("state") == "starved"
+        seal = None if status is None else status.get("seal")
+        alarm: dict[str, Any] = dict((seal or {}).get("alarm") or {})
         body: dict[str, Any] = {
             "status": "starved" if starved else "ok" if running else "degraded",
             "org": self.config.org,
@@ -241,7 +249,11 @@ class Dashboard:
             body["why"] = group["why"]
             body["partitions"] = group["partitions"]
             body["foreign_members"] = group["foreign_members"]
-        return web.json_response(body, status=200 if running and not starved else 503)
+        if alarm:
+            # The alarm's own keys never replace the answer's (its context is free-form).
+            body = {**alarm, **body, "status": "sealed_log_broken"}
+        healthy = running and not starved and not alarm
+        return web.json_response(body, status=200 if healthy else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         status = self._status_now()
