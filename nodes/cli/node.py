@@ -71,7 +71,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         fetch_min_bytes=args.fetch_min_bytes,
         fetch_max_wait_ms=args.fetch_max_wait_ms,
         quarantine_quota_bytes=args.quarantine_quota_bytes,
-        seal=None if args.ingest_only else seal_settings(args, mandate, args.org),
+        seal=None if args.ingest_only else seal_settings(args, mandate, args.org, archive=archive),
     )
     if args.decryption_key:  # restricted reports sealed to this organization
         keys = tuple(read_decryption_key(Path(f), args.org) for f in args.decryption_key)
@@ -106,7 +106,9 @@ async def _run_full(args: argparse.Namespace, config: Any) -> int:
     return await run_node(config, companions=companions)
 
 
-def seal_settings(args: argparse.Namespace, mandate: Mandate, org: str) -> Any:
+def seal_settings(
+    args: argparse.Namespace, mandate: Mandate, org: str, *, archive: bool = False
+) -> Any:
     """The sealer settings of ``obus node``, or None with ``--no-seal`` or when no root mandate
     (the version the bus began under) is at hand: final verdicts are a function of the root,
     so a node judging from another one would disagree with every other reader.
@@ -138,7 +140,8 @@ def seal_settings(args: argparse.Namespace, mandate: Mandate, org: str) -> Any:
     return SealSettings(
         root=root,
         db_path=db,
-        node_key=read_key(Path(args.node_key)) if args.node_key else None,
+        # After the mandate's end a node signs nothing: it judges the seals made before.
+        node_key=read_key(Path(args.node_key)) if args.node_key and not archive else None,
         interval_ms=round(args.seal_interval * 1000),
         tolerance_ms=round(args.seal_tolerance * 1000),
     )

@@ -167,9 +167,16 @@ async def test_node_on_an_ended_mandate_stores_and_serves_but_publishes_no_decis
 ) -> None:
     e = await _ended_mission(kafka_bootstrap, tmp_path)
     db, log, port = tmp_path / "un.db", tmp_path / "node.log", _free_port()
+    # The mission's log was never sealed (no quorum of sealers ran while it was live): the
+    # UN's rules act on provisional verdicts here, so that the node decides at all.
+    policy = tmp_path / "un.toml"
+    text = (REPO / "deploy" / "policies" / "un.toml").read_text(encoding="utf-8")
+    policy.write_text(
+        text.replace("[[rule]]\n", '[[rule]]\nverdicts = "provisional"\n'), encoding="utf-8"
+    )
     argv = [
         sys.executable, "-m", "nodes.cli", "node", "--org", "un", "--mandate", str(e.mandate),
-        "--db", str(db), "--policy", str(REPO / "deploy" / "policies" / "un.toml"),
+        "--db", str(db), "--policy", str(policy),
         "--node-key", str(e.node_key), "--http-port", str(port), "--no-attachments",
         "--topic-prefix", e.topics.prefix,
     ]  # fmt: skip

@@ -79,12 +79,16 @@ async def _run_until(node: OrgNode, db: Path, processed: int, timeout_s: float =
 
 
 def _config(bootstrap: str, topics: Topics, m: Mission, db: Path, org: str = "osce") -> NodeConfig:
+    # A lone node, with no sealers beside it to make verdicts final: its rules act on
+    # provisional verdicts.
+    policy = load_policy(REPO / "deploy" / "policies" / f"{org}.toml")
+    rules = tuple(dataclasses.replace(r, verdicts="provisional") for r in policy.rules)
     return NodeConfig(
         org=org,
         bootstrap=bootstrap,
         db_path=db,
         mandate=m.scenario.mandate,
-        policy=load_policy(REPO / "deploy" / "policies" / f"{org}.toml"),
+        policy=dataclasses.replace(policy, rules=rules),
         topics=topics,
         poll_timeout_ms=200,
     )
