@@ -338,7 +338,7 @@ class Sealer:
 
     def _raise_alarm(self, reason: str, detail: str, context: Mapping[str, object]) -> None:
         self.alarm = {"reason": reason, "detail": detail, **{k: str(v) for k, v in context.items()}}
-        self._log.error("sealed_log_broken", reason=reason, detail=detail, **self.alarm)
+        self._log.error("sealed_log_broken", **self.alarm)
 
     async def _store(self, updates: list[BusUpdate]) -> None:
         epochs = [ev for u in updates for ev in u.epochs]
