@@ -368,13 +368,14 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                 done(f"{label} (profiled, not timed: {path.relative_to(REPO)})")
 
         if opts.seal_interval > 0:
-            # The same node with its sealer; three more organizations' sealing nodes run
-            # beside it, so that seals reach k = 4 and every report gets its final verdict.
+            # The same node with its sealer; the five other organizations' sealing nodes run
+            # beside it, so that seals reach k = 4 (and a split round can be reopened: every
+            # organization votes) and every report gets its final verdict.
             ms = round(opts.seal_interval * 1000)
             peers = [
                 child("node", {**common, "org": org, "db": str(work / f"peer-{org}.db"),
                                "seal_interval_ms": ms}, wait=False)
-                for org in ("osce", "eu", "nato")
+                for org in ("osce", "eu", "nato", "csto", "sco")
             ]  # fmt: skip
             try:
                 res["ingest_sealed"] = child(

@@ -164,6 +164,7 @@ class Sealer:
         # Open (epoch, round) -> when this node first could propose in it (something new,
         # electable).
         self._ready_ms: dict[tuple[int, int], int] = {}
+        self._caught_up = False  # every data partition read to its last known end
         self._next_probe_ms = 0
         self._paused = False
         self.alarm: dict[str, Any] | None = None
@@ -467,6 +468,7 @@ class Sealer:
         chain = self.reader.chain
         open_ = (chain.open_epoch, chain.open_round)
         now = _now_ms()
+        self._caught_up = self._at_highwater(consumer)
         for stale in [k for k in self._ready_ms if k < open_]:
             del self._ready_ms[stale]
         for stale in [k for k in self._votes if k[0] < open_[0]]:
@@ -557,8 +559,10 @@ class Sealer:
         if at is not None:
             return at
         latest = self.reader.latest
-        if now < self._next_probe_ms or (
-            latest is not None and now < latest.time_ms + self.config.interval_ms
+        if (
+            now < self._next_probe_ms
+            or (latest is not None and now < latest.time_ms + self.config.interval_ms)
+            or not self._caught_up
         ):
             return None
         if (
@@ -571,6 +575,19 @@ class Sealer:
             return None
         self._ready_ms[(epoch, round_)] = now
         return now
+
+    def _at_highwater(self, consumer: AIOKafkaConsumer) -> bool:
+        """Whether this sealer has read every data partition up to the end the broker last
+        told it: a node still catching up on a backlog does not count an epoch ready (the
+        turns are placed from the moment each node is ready, so nodes catching up at different
+        speeds would otherwise fall due together)."""
+        for tp in consumer.assignment():
+            if tp.topic == self.config.topics.seals:
+                continue
+            end = consumer.highwater(tp)
+            if end is None or self._positions.get((tp.topic, tp.partition), 0) < end:
+                return False
+        return True
 
     def _all_refused(self) -> bool:
         offsets = {o for o, _, _ in self.reader.proposals()}

@@ -2,7 +2,8 @@
 protocol, shows what an operator must see; a screenshot is kept as a test artifact.
 
 Two organization nodes run on the real broker (osce with its dashboard, un publishing
-decisions the osce node shows). Chromium is installed by ``make browser`` (part of ``make
+decisions the osce node shows), with sealers of two more organizations so that seals become
+final. Chromium is installed by ``make browser`` (part of ``make
 test``); when it is missing this test fails with the command that installs it.
 """
 
@@ -20,6 +21,7 @@ from tests.integration.test_followup import (
     pattern_reports,
     read,
     running,
+    sealers,
     until,
     world,
 )
@@ -47,7 +49,9 @@ def chromium() -> str:
 async def test_operator_sees_reports_rejections_decisions_map_and_charts(
     kafka_bootstrap: str, tmp_path: Path, chromium: str
 ) -> None:
-    async with world(kafka_bootstrap, tmp_path) as w:
+    # Sealers of eu and nato beside the two nodes: k = 4 organizations seal, so the final
+    # rules of the policies fire.
+    async with world(kafka_bootstrap, tmp_path) as w, sealers(w, "eu", "nato"):
         raws = await pattern_reports(w)
         osce, un = build_node(w.config("osce")), build_node(w.config("un"))
         db = tmp_path / "osce.db"
