@@ -39,9 +39,11 @@ Every record value is one C2SP *signed note* (``signed-note.md``, parsed as in
 Signature lines are those of :mod:`bus.checkpoint`: key names ``obus/<org>/<subject id>`` of
 the signer's accreditation; type ``0x01`` (Ed25519 over the text) by the node that proposes the
 seal; type ``0x04`` (C2SP ``tlog-cosignature/v1``: 8-byte time in seconds, then Ed25519 over
-``cosignature/v1\\ntime <t>\\n`` || text) by every node that cosigns it. A cosignature record
-carries the same text with only the cosigner's line(s); records with the same text merge into
-one note (:func:`bus.checkpoint.merge_notes`).
+``cosignature/v1\\ntime <t>\\n`` || text) by every node that cosigns it, the proposer
+included. Only cosignatures are votes: the proposer's ``0x01`` line says who published the
+text, is parsed like any line and is never verified nor counted (a record with only that line
+changes no vote). A cosignature record carries the same text with only the cosigner's line(s);
+records with the same text merge into one note (:func:`bus.checkpoint.merge_notes`).
 
 Domain separation: DSSE signs bytes beginning ``DSSEv1 ``, checkpoint texts begin ``obus/``
 (:func:`bus.checkpoint.verify_checkpoint` refuses any other origin), seal texts begin
@@ -52,17 +54,19 @@ Which signatures count (:func:`verify_seal`, :class:`SealChain`)
 -----------------------------------------------------------------
 The trust state of a seal of epoch *e* is the key ring in force for epoch *e*: the mandate and
 registry as of the final seal of epoch *e-1* (trust records logged in an epoch take effect from
-the next). The caller supplies it per proposal (:data:`TrustFor`). A line counts only when its
-key is accredited there with role ``NODE`` by an organization of that mandate, inside the
-accreditation's validity window at *t_e*, and not revoked **at an epoch**: a node key revoked
-with ``last_valid_seq = L`` counts on seals of epochs ``<= L`` and for nothing on later ones
-(for node keys the "seq" is the epoch). Lines by keys the trust state does not know are ignored.
-Each line is judged on its own: one that fails counts for nothing and is reported with its
-reason, the others still count (a record may carry several organizations' lines, and one bad
-line must not cancel another organization's). Work per record is bounded: at most one line per
-key id is tried (a second line by the same key, of either type, is skipped), a key's standing
-is checked before its signature, so a line that could not count costs no verification, and a
-line whose organization's signature in that round is already settled is not verified again.
+the next). The caller supplies it per proposal (:data:`TrustFor`). Only cosignature lines (type
+``0x04``) are judged; a type ``0x01`` line is skipped like a line by an unknown key. A
+cosignature counts only when its key is accredited there with role ``NODE`` by an organization
+of that mandate, inside the accreditation's validity window at *t_e*, and not revoked **at an
+epoch**: a node key revoked with ``last_valid_seq = L`` counts on seals of epochs ``<= L`` and
+for nothing on later ones (for node keys the "seq" is the epoch). Lines by keys the trust state
+does not know are ignored. Each line is judged on its own: one that fails counts for nothing and
+is reported with its reason, the others still count (a record may carry several organizations'
+lines, and one bad line must not cancel another organization's). Work per record is bounded: at
+most one cosignature line per key id is tried (a second one by the same key is skipped), a
+key's standing is checked before its signature, so a line that could not count costs no
+verification, and a line whose organization's vote in that round is already settled is not
+verified again.
 
 The **electorate** of a text (:func:`node_electorate`) is the organizations of the mandate
 with a node key that could count on it by the rule above: accredited with role ``NODE``, inside
@@ -80,12 +84,15 @@ opens at the record that made round *r* **dead** (below). A record for an epoch 
 that is dead (``seal_round_closed``) or not yet open (``seal_round_ahead``), is ignored and
 counted, never verified. In the open round:
 
-* an organization's **first** counted signature in the round (in topic order, on any text of
-  that epoch and round, valid or not) is its **vote** in the round; a signature on another text
-  of the same round is **equivocation**, kept as evidence (:class:`Equivocation`: both texts,
-  both lines, both offsets) and never counted; the same text again changes nothing. Signatures
-  in different rounds are different votes, never equivocation;
-* the proposer's own signature (type 0x01) counts as its organization's vote like a cosignature;
+* an organization's **first** counted cosignature in the round (in topic order, on any text
+  of that epoch and round, valid or not) is its **vote** in the round; a cosignature on another
+  text of the same round is **equivocation**, kept as evidence (:class:`Equivocation`: both
+  texts, both lines, both offsets) and never counted; the same text again changes nothing.
+  Cosignatures in different rounds are different votes, never equivocation;
+* proposing is not voting: a proposer's type 0x01 line counts for nothing, so two proposals
+  published at the same moment cost no organization its vote (every witness, both proposers
+  included, cosigns the first of them in topic order, below), and a proposer votes for its own
+  text only by cosigning it, once like anyone else;
 * the **final seal of epoch e** is the first text, in topic order, to hold votes of ``k``
   distinct organizations in its round, ``k`` the threshold of the mandate in force for *e*,
   among texts that name the mandate, whose ``<prev>`` is the final seal of *e-1*'s digest, whose
@@ -113,7 +120,9 @@ seals and opens the same rounds at the same records.
 (or their keys stolen) and ``f <= min(k - 1, n - k)`` of the mandate's *n*. *Forge*: a final
 text holds *k* votes of one round, so at least ``k - f >= 1`` honest organization voted for it,
 and an honest witness only cosigns a text that matches its own log (:func:`decide_cosign`); the
-minority's own signatures, however many texts and rounds they sign, never add up to *k*.
+minority's own signatures, however many texts and rounds they sign, never add up to *k*:
+nothing it signs counts unless it is a cosignature, one per organization and round, and its
+proposals count for nothing at all.
 *Block*: the ``n - f >= k`` honest organizations vote for the same text of a round when honest
 witnesses follow the rule below, and nothing the minority publishes can cancel an honest vote:
 its signatures on other texts burn only its own votes, a copy of an honest line on another text
@@ -146,11 +155,13 @@ once its best text misses *k* by one vote; asking for a margin of ``2k - n`` vot
 the commonest split, two texts with ``n / 2`` votes each, open for good at 4 of 6. So a fork
 still names at least one organization that equivocated, and needs the operator's help.
 
-**What one vote per round costs.** Honest votes split over several texts of one round (two
-proposers at once, a *t_e* at the edge of some witnesses' clock tolerance, a network partition)
-may leave no text able to reach *k*; once every organization that could still change that has
-voted, the round is dead and the next one opens, at the same record for every reader, with
-another proposer's turn (below). A round stays open while some text could still reach *k* with
+**What one vote per round costs.** Two proposers at once split nothing by themselves: neither
+proposal is a vote, and every witness cosigns the first acceptable one in topic order, which
+all read alike. Honest votes still split when witnesses judge the first proposal differently (a
+*t_e* at the edge of some witnesses' clock tolerance, a network partition), which may leave no
+text able to reach *k*; once every organization that could still change that has voted, the
+round is dead and the next one opens, at the same record for every reader, with another
+proposer's turn (below). A round stays open while some text could still reach *k* with
 the votes of organizations that have not voted: when they stay silent (their nodes down, or a
 dishonest minority that withholds its votes after splitting the honest ones), the epoch waits
 for them, since nothing in the seals topic tells a silent organization from a slow one.
@@ -166,12 +177,15 @@ within its clock tolerance of its own now; every sealed partition is of a bus to
 has read it at least up to the sealed size and its own root at that size is the sealed one; and
 its own roots at the previous final seal's sizes are that seal's. It *waits* while it has not
 read far enough, and *refuses* for good otherwise. To keep honest votes together, a witness
-judges the open round's proposals in topic order and cosigns the first it accepts, waiting on a
-proposal it cannot judge yet rather than skipping it; proposers should take turns, round *r* of
-epoch *e* first by organization number ``(e + r - 1) mod n`` (so each new round has another
-first proposer), the others later by their place after it, the delays counted from when the
-round opened (only the first proposal a witness accepts gets its vote, and each proposer's own
-signature is its organization's vote).
+judges the open round's proposals in topic order and cosigns the first it accepts, **its own
+proposal included**: a proposer does not vote by proposing, it reads the seals topic and
+cosigns the first acceptable proposal like every witness, which is often its own and may be
+another's published just before. It waits on a proposal it cannot judge yet rather than
+skipping it. Proposers should take turns, round *r* of epoch *e* first by organization number
+``(e + r - 1) mod n`` (so each new round has another first proposer), the others later by their
+place after it, the delays counted from when the round opened; a proposer proposes at most once
+per round. Turns only make a second proposal rare: when two appear, every reader sees them in
+the same order and the votes still go to the first.
 """
 
 from __future__ import annotations
@@ -208,8 +222,6 @@ from bus.model import Accreditation, Role, check_id
 from bus.trust import KeyRing
 
 __all__ = [
-    "KIND_COSIGNATURE",
-    "KIND_PROPOSAL",
     "MAX_EPOCH",
     "MAX_PARTITION",
     "MAX_ROUND",
@@ -279,10 +291,6 @@ _LINE_RE: Final = re.compile(
 _NOT_TEXT_BYTE: Final = re.compile(rb"[^\x20-\x7e\n]")  # printable ASCII and newlines only
 _HEADER_LINES: Final = 5
 _TIMESTAMP_BYTES: Final = 8
-KIND_PROPOSAL: Final = "proposal"
-""":attr:`SealSignature.kind` of a type 0x01 line (the proposer's)."""
-KIND_COSIGNATURE: Final = "cosignature"
-""":attr:`SealSignature.kind` of a type 0x04 line (a cosigner's)."""
 
 
 def _malformed(problem: str, **context: object) -> VerificationError:
@@ -587,15 +595,11 @@ def cosign_seal(text: bytes, key: SigningKey, name: str, *, now_ms: int) -> byte
 
 @dataclass(frozen=True, slots=True)
 class SealSignature:
-    """One organization's verified signature line on a seal text.
-
-    ``kind`` is ``"proposal"`` (type 0x01) or ``"cosignature"`` (type 0x04).
-    """
+    """One organization's verified cosignature line (type 0x04) on a seal text: its vote."""
 
     org: str
     subject_id: str
     key_id: bytes
-    kind: str
     line: bytes
 
 
@@ -603,8 +607,9 @@ class SealSignature:
 class VerifiedSeal:
     """A seals record with the lines that count under one trust state.
 
-    ``signatures`` holds the first counted line of each organization, in line order;
-    ``refused`` every line by a known key that counted for nothing: (key name, reason).
+    ``signatures`` holds the first counted cosignature of each organization, in line order;
+    ``refused`` every cosignature line by a known key that counted for nothing: (key name,
+    reason). Type 0x01 lines are in neither.
     """
 
     record: SealRecord
@@ -625,16 +630,11 @@ class _Keys:
         self.notes = NoteKeys(keyring)
 
 
-def _verify_line(verifier: Verifier, text: bytes, sig: NoteSignature) -> None:
-    if verifier.sig_type == SIG_COSIGNATURE_V1:
-        ts = sig.timestamp
-        if ts is None:
-            raise VerificationError(Reason.BAD_SIGNATURE, "cosignature has the wrong length")
-        crypto.verify(
-            verifier.public_key, cosignature_message(text, ts), sig.body[_TIMESTAMP_BYTES:]
-        )
-    else:
-        crypto.verify(verifier.public_key, text, sig.body)
+def _verify_cosignature(verifier: Verifier, text: bytes, sig: NoteSignature) -> None:
+    ts = sig.timestamp
+    if ts is None:
+        raise VerificationError(Reason.BAD_SIGNATURE, "cosignature has the wrong length")
+    crypto.verify(verifier.public_key, cosignature_message(text, ts), sig.body[_TIMESTAMP_BYTES:])
 
 
 def _standing(keyring: KeyRing, acc: Accreditation, proposal: SealProposal) -> None:
@@ -680,10 +680,12 @@ def epoch_electorate(keyring: KeyRing, epoch: int, after_ms: int) -> frozenset[s
 def _judge_lines(
     record: SealRecord, keys: _Keys, settled: Callable[[str], bool]
 ) -> tuple[list[SealSignature], list[tuple[str, Reason]]]:
-    """Verify the lines of a record that can still change something.
+    """Verify the cosignature lines of a record that can still change something (type 0x01
+    lines are no votes and are skipped unverified).
 
     ``settled(org)`` says that a further signature by that organization needs no check. At
-    most one line per key id is tried, and one counted line per organization is returned.
+    most one cosignature line per key id is tried, and one counted line per organization is
+    returned.
     """
     counted: list[SealSignature] = []
     refused: list[tuple[str, Reason]] = []
@@ -692,8 +694,10 @@ def _judge_lines(
     notes = keys.notes
     for sig in record.signatures:
         verifier = notes.by_name_hash.get((sig.name, sig.key_hash))
-        if verifier is None:
-            continue  # a key this trust state does not know: ignored (C2SP signed-note)
+        if verifier is None or verifier.sig_type != SIG_COSIGNATURE_V1:
+            # A key this trust state does not know is ignored (C2SP signed-note); a proposer's
+            # type 0x01 line is no vote, so it is not verified and takes no key's turn.
+            continue
         key_id = notes.key_id[(sig.name, sig.key_hash)]
         if key_id in tried:
             continue
@@ -707,13 +711,12 @@ def _judge_lines(
         if acc.org in done or settled(acc.org):
             continue
         try:
-            _verify_line(verifier, record.text, sig)
+            _verify_cosignature(verifier, record.text, sig)
         except VerificationError:
             refused.append((sig.name, Reason.BAD_SIGNATURE))
             continue
         done.add(acc.org)
-        kind = KIND_COSIGNATURE if verifier.sig_type == SIG_COSIGNATURE_V1 else KIND_PROPOSAL
-        counted.append(SealSignature(acc.org, acc.subject_id, acc.key_id, kind, sig.line()))
+        counted.append(SealSignature(acc.org, acc.subject_id, acc.key_id, sig.line()))
     return counted, refused
 
 
@@ -721,7 +724,8 @@ def verify_seal(data: bytes, keyring: KeyRing) -> VerifiedSeal:
     """Parse one seals record and verify its lines under the trust state in force for its epoch.
 
     Whether the seal is *final* is not decided here (that needs the whole seals topic:
-    :class:`SealChain`); this says who signed it.
+    :class:`SealChain`); this says who cosigned it (a proposer's type 0x01 line is no vote and
+    is neither verified nor listed).
 
     Raises:
         VerificationError: what :func:`parse_seal_record` raises; ``WRONG_MANDATE`` when the
