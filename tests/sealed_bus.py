@@ -1,8 +1,8 @@
 """A sealed bus built in memory, as nodes would build it (no broker), for the auditor's tests.
 
 :class:`SealedBus` holds partitions of records and the seals topic; one honest witness view of
-it all (a :class:`bus.bus_reader.BusReader`) proposes each seal, and the other organizations'
-node keys cosign it (:meth:`SealedBus.seal`), so the seals topic holds real proposals and
+it all (a :class:`bus.bus_reader.BusReader`) proposes each seal, and the organizations' node keys
+(the proposer's too) cosign it (:meth:`SealedBus.seal`), so the seals topic holds real proposals and
 cosignatures whose finality a reader derives itself. :func:`build` makes the log the auditor's
 tests use; :meth:`SealedBus.records` gives it as export lines in any partition order, and
 :func:`reference` the final verdicts of a bus reader fed it directly.
@@ -80,8 +80,9 @@ class SealedBus:
         self._seals_fed = len(self.seals)
 
     def seal(self, cosigners: list[str] | None = None) -> SealProposal:
-        """The next epoch's turn-taking proposer proposes, ``cosigners`` (default: every other
-        organization) cosign in that order; returns the proposal."""
+        """The next epoch's turn-taking proposer proposes, ``cosigners`` (default: every
+        organization, the proposer included, since proposing is no vote) cosign in that order;
+        returns the proposal."""
         self.catch_up()
         self.clock += 1000
         epoch = self.witness.chain.open_epoch
@@ -91,8 +92,7 @@ class SealedBus:
         keys = self.m.scenario.node_keys
         self.seals.append(sign_proposal(p, keys[proposer], name(proposer)))
         for org in cosigners if cosigners is not None else self.orgs:
-            if org != proposer:
-                self.seals.append(cosign_seal(p.text(), keys[org], name(org), now_ms=self.clock))
+            self.seals.append(cosign_seal(p.text(), keys[org], name(org), now_ms=self.clock))
         self.catch_up()
         return p
 

@@ -208,7 +208,7 @@ def test_a_first_proposal_signed_by_a_minority_names_nothing(tmp_path: Path) -> 
     )
     keys = sc.node_keys
     bus.seals.append(sign_proposal(bogus, keys["un"], name("un")))
-    for org in ("osce", "eu"):
+    for org in ("un", "osce", "eu"):
         bus.seals.append(cosign_seal(bogus.text(), keys[org], name(org), now_ms=NOW_MS))
     result = audit(bus, tmp_path / "log.jsonl")
     assert result.final is not None and result.final.mismatch is None

@@ -115,23 +115,26 @@ class World:
         return [self.sealer.reader.offer_seal(len(self.seals) - 1, raw)]
 
     def seal(self, now_ms: int, proposer: str = "un") -> list[EpochVerdicts]:
-        """Seal everything published: ``proposer`` proposes, k-1 others cosign; the epochs
-        judged go to the final store as the sealer stores them."""
+        """Seal everything published: ``proposer`` proposes, then it and k-1 others cosign
+        (proposing is no vote); the epochs judged go to the final store as the sealer stores
+        them."""
         p = self.sealer.reader.propose(org=proposer, now_ms=now_ms)
         assert p is not None
         k = self.m.scenario.mandate.threshold
         cosigners = [o for o in sorted(self.m.scenario.org_roots) if o != proposer][: k - 1]
         updates = self._sign(p, proposer, now_ms, propose=True)
-        for org in cosigners:
+        for org in [proposer, *cosigners]:
             updates += self._sign(p, org, now_ms, propose=False)
         return self._store(updates)
 
     def equivocate(self, now_ms: int, org: str, other: str) -> list[Equivocation]:
-        """``org`` proposes one text for the open epoch and cosigns ``other``'s, another."""
+        """``org`` proposes and cosigns one text for the open epoch, then cosigns ``other``'s,
+        another."""
         a = self.sealer.reader.propose(org=org, now_ms=now_ms)
         b = self.sealer.reader.propose(org=other, now_ms=now_ms + 1000)
         assert a is not None and b is not None and a.digest != b.digest
         updates = self._sign(a, org, now_ms, propose=True)
+        updates += self._sign(a, org, now_ms, propose=False)
         updates += self._sign(b, other, now_ms + 1000, propose=True)
         updates += self._sign(b, org, now_ms + 1000, propose=False)
         self._store(updates)
@@ -758,8 +761,9 @@ async def test_followup_tiles_and_metrics_say_epochs_and_reports_not_kept(world:
 
 
 async def test_a_split_vote_opens_round_2_shown_in_metrics_and_the_panel(world: World) -> None:
-    """Four organizations propose epoch 4 at once (four texts, one vote each: none can reach
-    k = 4 of 6 any more): the node's sealer opens round 2 and counts it."""
+    """Four organizations propose epoch 4 at once and each cosigns its own (four texts, one
+    vote each: none can reach k = 4 of 6 any more): the node's sealer opens round 2 and counts
+    it."""
     w = world
     proposers = sorted(w.m.scenario.org_roots)[:4]
     updates = []
@@ -767,6 +771,7 @@ async def test_a_split_vote_opens_round_2_shown_in_metrics_and_the_panel(world: 
         p = w.sealer.reader.propose(org=org, now_ms=NOW_MS + 9 * DAY + i)
         assert p is not None and p.round == 1
         updates += w._sign(p, org, NOW_MS + 9 * DAY + i, propose=True)
+        updates += w._sign(p, org, NOW_MS + 9 * DAY + i, propose=False)
     await w.sealer._store(updates)  # what the sealer's loop does with what it read
     live = w.sealer.status()
     assert (live["open_epoch"], live["open_round"], live["rounds_opened"]) == (4, 2, 1)
