@@ -32,7 +32,9 @@ the wait and are not built.
 **A witness's vote** (:meth:`BusReader.cosign_candidate`): the open round's proposals, in the
 seals topic's order, are judged by :func:`~bus.seal.decide_cosign` against what this reader
 holds; the first one it accepts is the one to cosign, and a proposal it cannot judge yet
-(records not read that far) stops the walk, so every honest witness votes for the same text.
+(records not read that far) stops the walk, so every honest witness votes for the same text. A
+proposer is a witness like any other: its proposal is no vote (:mod:`bus.seal`), and it cosigns
+the first acceptable proposal, its own or one published just before it.
 When a round's votes are split so that no text of it can become final, the chain opens the next
 round (:class:`~bus.seal.RoundOpened`, in :attr:`BusUpdate.rounds_opened`) at the same record
 for every reader; the proposals of the dead round are forgotten and witnesses vote again.
