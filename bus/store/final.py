@@ -110,7 +110,7 @@ class Vote:
     round: int
     digest: bytes
     record: bytes
-    kind: str  # "proposal" or "cosignature"
+    kind: str  # "cosign": a proposal is no vote (rows of kind "proposal" are dropped on open)
 
 
 def _report_fields(v: Verdict) -> tuple[str | None, str | None, int | None, bytes | None]:
@@ -154,8 +154,12 @@ class FinalStore:
             self._migrate()
 
     def _migrate(self) -> None:
-        """Files made before seal rounds keyed equivocations by (org, epoch): move their rows
-        into the table keyed by (org, epoch, round), as round 1."""
+        """Files made while a proposal counted as its proposer's vote hold proposals among the
+        votes: a proposal is no vote, and its row would keep this organization from cosigning
+        in that round, so those rows go. Files made before seal rounds keyed equivocations by
+        (org, epoch): move their rows into the table keyed by (org, epoch, round), as round 1."""
+        with sqlite_transaction(self._db, "final store") as db:
+            db.execute("DELETE FROM seal_votes WHERE kind = 'proposal'")
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(equivocations)")}
         if "round" in columns:
             return

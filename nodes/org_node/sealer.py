@@ -20,12 +20,16 @@ Kafka, the reader and the :class:`~bus.store.final.FinalStore`:
   something to seal that could become final; the turn's owner proposes as soon as it is ready,
   and the organization *d* places after it takes over ``d * takeover_ms`` after the moment it
   found the round ready itself, when no proposal of the round it can vote for has appeared (the
-  owner down or lagging). A proposal is the proposer's vote in its round.
+  owner down or lagging). A node proposes at most once per round (remembered in memory) and
+  only before it voted there. A proposal is no vote (:mod:`bus.seal`): the proposer cosigns like
+  every witness, once it has read its proposal back, so two proposals published at the same
+  moment (turns make that rare, never impossible: nodes find a round ready at different times)
+  still get every vote on the first of them.
 * **Cosigning.** The first proposal of the open round, in topic order, that this node accepts
-  (:meth:`bus.bus_reader.BusReader.cosign_candidate`) is cosigned. The vote (digest and the
-  record) is stored per (epoch, round) *before* it is published, so a restart can never sign a
-  second text in one round, and a vote stored but never read back is published again while its
-  round is open.
+  (:meth:`bus.bus_reader.BusReader.cosign_candidate`), its own included, is cosigned. The vote
+  (digest and the record) is stored per (epoch, round) *before* it is published, so a restart
+  can never sign a second text in one round, and a vote stored but never read back is
+  published again while its round is open.
 * **Rounds.** When the votes of a round are split so that no text of it can become final any
   more, the seal chain opens the next round (the same record at every reader); the sealer logs
   ``seal_round_opened`` (epoch, round, why) at warning level and votes again.
@@ -160,6 +164,7 @@ class Sealer:
             since_epoch=self.reader.chain.open_epoch
         )
         self._sent: set[tuple[int, int]] = set()  # (epoch, round) whose vote this run published
+        self._proposed: set[tuple[int, int]] = set()  # (epoch, round) this run proposed in
         self._refused: set[tuple[int, str]] = set()  # (offset, reason) logged once
         # Open (epoch, round) -> when this node first could propose in it (something new,
         # electable).
@@ -471,6 +476,7 @@ class Sealer:
         self._caught_up = self._at_highwater(consumer)
         for stale in [k for k in self._ready_ms if k < open_]:
             del self._ready_ms[stale]
+        self._proposed = {k for k in self._proposed if k >= open_}
         for stale in [k for k in self._votes if k[0] < open_[0]]:
             del self._votes[stale]
         mine = self._votes.get(open_)
@@ -508,23 +514,24 @@ class Sealer:
                     Vote(proposal.epoch, proposal.round, proposal.digest, record, "cosign"),
                 )
             return
-        if self._due(*open_, now) and await self._seals_read(consumer):
+        if (
+            open_ not in self._proposed
+            and self._due(*open_, now)
+            and await self._seals_read(consumer)
+        ):
             proposal = self.reader.propose(org=cfg.org, now_ms=now)
             if proposal is None:
                 return
             name = self._key_name(proposal)
             if name is None:
                 return
-            record = sign_proposal(proposal, key, name)
-            await self._vote(
-                producer,
-                Vote(proposal.epoch, proposal.round, proposal.digest, record, "proposal"),
-            )
+            # No vote: this node cosigns the first proposal of the round once it reads it.
+            await self._propose(producer, proposal, sign_proposal(proposal, key, name))
 
     async def _seals_read(self, consumer: AIOKafkaConsumer) -> bool:
         """Whether this sealer has read the seals topic to its end: a proposal it has not read
-        yet (its fetches busy with a backlog of data) would otherwise look absent, and its
-        own proposal would split the votes of the round."""
+        yet (its fetches busy with a backlog of data) would otherwise look absent, and it would
+        publish a needless second proposal."""
         tp = TopicPartition(self.config.topics.seals, 0)
         ends = await consumer.end_offsets([tp])
         end: int = ends[tp]
@@ -593,7 +600,16 @@ class Sealer:
         offsets = {o for o, _, _ in self.reader.proposals()}
         return all(any(o == r[0] for r in self._refused) for o in offsets)
 
+    async def _propose(self, producer: Any, proposal: SealProposal, record: bytes) -> None:
+        """Publish a proposal (no vote, so nothing is stored) and remember it for its round."""
+        await producer.send_and_wait(self.config.topics.seals, record, partition=0)
+        self._proposed.add((proposal.epoch, proposal.round))
+        self.counts["proposals_published"] += 1
+        self._log.info("seal_proposal_published", epoch=proposal.epoch, round=proposal.round)
+
     async def _vote(self, producer: Any, vote: Vote) -> None:
+        """Store this organization's cosignature, then publish it: a restart never signs a
+        second text in its round."""
         await asyncio.to_thread(self.store.save_vote, vote, _now_ms())
         self._votes[(vote.epoch, vote.round)] = vote
         await self._publish(producer, vote)
@@ -601,6 +617,5 @@ class Sealer:
     async def _publish(self, producer: Any, vote: Vote) -> None:
         await producer.send_and_wait(self.config.topics.seals, vote.record, partition=0)
         self._sent.add((vote.epoch, vote.round))
-        kind = "proposals" if vote.kind == "proposal" else "cosignatures"
-        self.counts[f"{kind}_published"] += 1
-        self._log.info(f"seal_{vote.kind}_published", epoch=vote.epoch, round=vote.round)
+        self.counts["cosignatures_published"] += 1
+        self._log.info("seal_cosign_published", epoch=vote.epoch, round=vote.round)

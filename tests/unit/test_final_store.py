@@ -14,9 +14,9 @@ import pytest
 
 from bus.bus_reader import BusReader, BusUpdate
 from bus.epoch import FinalSeal, PartitionRef
-from bus.errors import ConfigError
+from bus.errors import ConfigError, StoreError
 from bus.judge import EpochVerdicts
-from bus.store.final import FinalStore, provisional_verdicts, read_final_store
+from bus.store.final import FinalStore, Vote, provisional_verdicts, read_final_store
 from nodes.cli.main import main
 from tests.sealed_bus import SealedBus, build
 
@@ -175,5 +175,29 @@ def test_a_store_from_before_seal_rounds_is_migrated(tmp_path: Path) -> None:
     try:
         rows = list(store.dump())
         assert rows == [b'["equivocations","eu",3,"{}",1]\n']
+    finally:
+        store.close()
+
+
+def test_votes_are_one_per_round_and_a_stored_proposal_is_no_vote(tmp_path: Path) -> None:
+    """A cosignature is stored once per (epoch, round); a file from when a proposal counted as
+    its proposer's vote loses those rows on open, so the organization can cosign in that
+    round."""
+    path = tmp_path / "final.db"
+    store = FinalStore(path)
+    try:
+        store.save_vote(Vote(4, 1, b"a" * 32, b"proposal record", "proposal"), 1)
+        store.save_vote(Vote(4, 2, b"b" * 32, b"cosignature record", "cosign"), 2)
+        with pytest.raises(StoreError):
+            store.save_vote(Vote(4, 2, b"c" * 32, b"another text", "cosign"), 3)
+    finally:
+        store.close()
+    store = FinalStore(path)
+    try:
+        assert store.votes(since_epoch=4) == {
+            (4, 2): Vote(4, 2, b"b" * 32, b"cosignature record", "cosign")
+        }
+        store.save_vote(Vote(4, 1, b"a" * 32, b"cosignature record", "cosign"), 4)
+        assert set(store.votes()) == {(4, 1), (4, 2)}
     finally:
         store.close()
