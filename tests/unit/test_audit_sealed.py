@@ -178,9 +178,9 @@ def test_an_altered_sealed_record_is_named_and_fails_the_audit(
 
 def test_a_registry_record_replaced_by_another_genuine_one_is_named(tmp_path: Path) -> None:
     """The operator puts a copy of a genuine accreditation where another one was, in the
-    registry the first seal covers: every signature verifies, the first seal can never become
-    final over it, and the audit names the registry instead of passing a log with no final
-    verdict."""
+    registry the first seal covers: every signature verifies, the first seal becomes final all
+    the same (its node keys are genuine), and judging epoch 1 names the registry instead of
+    passing a log with no final verdict."""
     bus = build(junk=False, unsealed=0)
     records = bus.records()
     _replace(records, REGISTRY, 0, bus.parts[REGISTRY][1] or b"")
@@ -189,7 +189,7 @@ def test_a_registry_record_replaced_by_another_genuine_one_is_named(tmp_path: Pa
     assert final is not None and final.last_epoch == 0 and final.mismatch is not None
     m = final.mismatch
     assert (m.topic, m.partition, m.size) == (*REGISTRY, final_seals(bus)[0].size(REGISTRY))
-    assert "signed the seal of epoch 1" in m.message
+    assert "hash to another root than the final seal of epoch 1" in m.message
     assert Reason.SEALED_ROOT_MISMATCH.value in reasons(result) and not result.ok
 
 
