@@ -179,8 +179,21 @@ def _without_dac_override() -> None:
 
 
 def _stop_events(log: Path) -> list[dict[str, Any]]:
-    lines = log.read_text(errors="replace").splitlines()
-    return [json.loads(line) for line in lines if "store_failed_stopping" in line]
+    """The events that say the node stopped because its store failed: the ingest's
+    ``store_failed_stopping``, or a part of the node (the follow-up writes the store too)
+    failing on a store error, which stops every part."""
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if not line.startswith("{"):
+            continue
+        event = json.loads(line)
+        error = str(event.get("error", ""))
+        if event.get("event") == "store_failed_stopping" or (
+            str(event.get("event", "")).endswith("_failed")
+            and ("store" in error.lower() or "database" in error.lower())
+        ):
+            out.append(event)
+    return out
 
 
 async def _store_failure_then_recovery(
@@ -215,7 +228,7 @@ async def _store_failure_then_recovery(
         proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
             [sys.executable, "-m", "nodes.cli", "node", "--org", "un", "--mandate",
              str(stream.mandate_file), "--db", str(nodes.db("un")), "--bootstrap",
-             cluster.bootstrap, "--topic-prefix", topics.prefix, "--no-witness"],
+             cluster.bootstrap, "--topic-prefix", topics.prefix, "--no-witness", "--no-seal"],
             stdout=logf, stderr=subprocess.STDOUT, env=proc_env,
             preexec_fn=preexec,  # noqa: PLW1509 - rlimit/capabilities of the child only
         )  # fmt: skip
