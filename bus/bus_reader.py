@@ -56,7 +56,7 @@ from typing import Any, Final
 
 from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
 from bus.errors import ConfigError, Reason
-from bus.judge import EpochVerdicts, FinalJudge, Status
+from bus.judge import EpochVerdicts, FinalJudge
 from bus.merkle import EMPTY_ROOT
 from bus.model import Mandate
 from bus.seal import (
@@ -160,9 +160,6 @@ class BusReader:
         # The open round's proposals in topic order: (offset, proposal, digest).
         self._proposals: list[tuple[int, SealProposal, bytes]] = []
         self._bootstrap: dict[bytes, KeyRing] = {}
-        # Whether the last judged epoch left reports deferred to the next one (they need an
-        # epoch to be judged in, even when nothing new arrives).
-        self._deferred = bool(json.loads(self._reader.judge.snapshot())["deferred"])
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -272,11 +269,6 @@ class BusReader:
     def _after_judged(self, out: _Collector) -> None:
         """Forget the final seals the reader has judged; keep the newest as ``judged``."""
         epoch = self._reader.judge.epoch
-        if out.epochs and out.epochs[-1].epoch == epoch:
-            last = out.epochs[-1]
-            self._deferred = any(
-                v.status is Status.DEFERRED and v.epoch == epoch for v in last.verdicts
-            )
         for e in sorted(e for e in self._finals if e <= epoch):
             seal = self._finals.pop(e)
             if e == epoch:
@@ -424,7 +416,7 @@ class BusReader:
         view = self.view()
         if latest is None:
             return any(view.size(ref) for ref in view.refs())
-        if self._deferred and self._reader.judge.epoch == latest.epoch:
+        if self._reader.judge.deferred and self._reader.judge.epoch == latest.epoch:
             return True
         return any(view.size(ref) > latest.size(ref) for ref in view.refs())
 
@@ -442,7 +434,7 @@ class BusReader:
         if (
             latest is not None
             and all(view.size(ref) == latest.size(ref) for ref in view.refs())
-            and not (self._deferred and self._reader.judge.epoch == latest.epoch)
+            and not (self._reader.judge.deferred and self._reader.judge.epoch == latest.epoch)
         ):
             return None  # nothing new, nothing deferred: no empty epoch
         if latest is None and not any(view.size(ref) for ref in view.refs()):

@@ -639,6 +639,12 @@ class FinalJudge:
         return self._digest
 
     @property
+    def deferred(self) -> int:
+        """Reports and decisions the last epoch judged deferred to the next one (they need a
+        next epoch to be judged in)."""
+        return len(self._deferred) + len(self._deferred_decisions)
+
+    @property
     def keyring(self) -> KeyRing:
         """The key ring in force for the next epoch (what a provisional judge uses)."""
         return self._ring

@@ -359,6 +359,7 @@ def test_reports_deferred_by_the_last_epoch_get_an_epoch_when_nothing_new_arrive
     for off, raw in enumerate(seals):
         reader.offer_seal(off, raw)
     assert reader.judge.epoch == 1
+    assert reader.judge.deferred == 3  # the three reports, deferred to epoch 2
     p2 = reader.propose(org="osce", now_ms=NOW_MS + 1000)
     assert p2 is not None and p2.epoch == 2
     assert {r: s.size for r, s in p2.partitions.items()} == {
@@ -376,6 +377,7 @@ def test_reports_deferred_by_the_last_epoch_get_an_epoch_when_nothing_new_arrive
     ]
     assert [ev.epoch for ev in epochs] == [2]
     assert {v.status for v in epochs[0].verdicts} == {Status.ACCEPTED}
+    assert reader.judge.deferred == 0
     assert reader.propose(org="eu", now_ms=NOW_MS + 2000) is None  # nothing left: no epoch
 
 
