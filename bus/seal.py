@@ -1019,6 +1019,12 @@ class SealChain:
         """True while a record waits for its trust state (call :meth:`resume` once known)."""
         return bool(self._queue)
 
+    @property
+    def queued(self) -> int:
+        """Records offered and waiting for their trust state (the caller bounds how many it
+        offers while they wait: each is held until then)."""
+        return len(self._queue)
+
     def votes(self) -> Mapping[str, bytes]:
         """Each organization's vote in the open round: the digest of the text it signed first.
 

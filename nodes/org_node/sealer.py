@@ -86,6 +86,8 @@ DEFAULT_INTERVAL_MS: Final = 5_000
 DEFAULT_TOLERANCE_MS: Final = 60_000
 # Final verdicts kept for comparison with provisional ones not made yet (bounded memory).
 _MAX_UNMATCHED: Final = 200_000
+# Seals records held while they wait for their trust state (each at most MAX_SEAL_RECORD_BYTES).
+_MAX_QUEUED_SEALS: Final = 2_000
 
 
 def _now_ms() -> int:
@@ -172,6 +174,7 @@ class Sealer:
         self._caught_up = False  # every data partition read to its last known end
         self._next_probe_ms = 0
         self._paused = False
+        self._seals_paused = False
         self.alarm: dict[str, Any] | None = None
         self.counts: dict[str, int] = {
             "epochs_judged": 0,
@@ -288,7 +291,7 @@ class Sealer:
                 consumer.seek(tp, self._seal_pos)
             else:
                 consumer.seek(tp, self._positions.get((tp.topic, tp.partition), 0))
-        self._paused = False
+        self._paused = self._seals_paused = False  # a new assignment pauses nothing
         self._log.info("sealer_assigned", partitions=len(wanted))
 
     async def _turn(self, consumer: AIOKafkaConsumer, producer: Any) -> None:
@@ -434,7 +437,20 @@ class Sealer:
             self.store.record([], [], snapshot=(self.reader.judge.epoch, self.reader.snapshot()))
 
     def _pace(self, consumer: AIOKafkaConsumer) -> None:
-        """Pause the data partitions while too much waits for a seal; resume below half."""
+        """Pause the data partitions while too much waits for a seal, and the seals topic
+        while too many of its records wait for their trust state (a hostile organization may
+        write seals records faster than a blocked epoch resolves); resume below half."""
+        seals = TopicPartition(self.config.topics.seals, 0)
+        queued = self.reader.chain.queued
+        if seals in consumer.assignment():
+            if not self._seals_paused and queued > _MAX_QUEUED_SEALS:
+                consumer.pause(seals)
+                self._seals_paused = True
+                self._log.warning("sealer_seals_paused", queued=queued)
+            elif self._seals_paused and queued <= _MAX_QUEUED_SEALS // 2:
+                consumer.resume(seals)
+                self._seals_paused = False
+                self._log.info("sealer_seals_resumed", queued=queued)
         buffered = self.reader.buffered()
         data = [tp for tp in consumer.assignment() if tp.topic != self.config.topics.seals]
         if not self._paused and buffered > self.config.max_buffered:

@@ -7,6 +7,7 @@ dict of partitions and the seals topic a list, appended to as a Kafka topic woul
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -502,3 +503,27 @@ def test_a_registry_record_altered_under_seal_one_is_named_not_waited_on() -> No
         victim.offer_records(REGISTRY, 0, shown)
     assert exc.value.context["topic"] == TOPICS.registry
     assert victim.latest is not None and victim.latest.epoch == 1
+
+
+def test_records_behind_an_unjudgeable_first_proposal_are_counted_while_they_wait() -> None:
+    """An epoch-1 proposal claiming more registry records than the log holds makes the chain
+    wait (the documented limit of seal 1); every seals record after it waits too, and
+    ``queued`` tells the caller how many it holds, so that it can stop reading."""
+    bus = Bus()
+    publish_trust(bus)
+    reader = new_reader()
+    reader.offer_records(REGISTRY, 0, bus.parts[REGISTRY])
+    p = make_proposal(reader.view(), None, mandate_id=MANDATE.mandate_id, now_ms=NOW_MS)
+    assert p is not None
+    from bus.epoch import PartitionSeal  # noqa: PLC0415
+
+    claim = dataclasses.replace(
+        p, partitions={REGISTRY: PartitionSeal(10**6, p.partitions[REGISTRY].root)}
+    )
+    reader.offer_seal(0, sign_proposal(claim, M.scenario.node_keys["eu"], name("eu")))
+    assert reader.chain.waiting and reader.chain.queued == 1
+    for off in range(1, 6):
+        reader.offer_seal(
+            off, cosign_seal(p.text(), M.scenario.node_keys["un"], name("un"), now_ms=NOW_MS)
+        )
+    assert reader.chain.queued == 6
