@@ -50,7 +50,11 @@ def main() -> int:
             extra = [
                 p.relative_to(OUT).as_posix()
                 for p in OUT.rglob("*.py*")
-                if p.is_file() and not (fresh / p.relative_to(OUT)).exists()
+                # Bytecode caches are Python's, not generated code (written wherever
+                # PYTHONDONTWRITEBYTECODE is unset, as on a fresh machine).
+                if p.is_file()
+                and "__pycache__" not in p.relative_to(OUT).parts
+                and not (fresh / p.relative_to(OUT)).exists()
             ]
             if stale or extra:
                 print(f"generated code is stale: {stale + extra}; run `make proto`", file=sys.stderr)
