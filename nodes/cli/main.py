@@ -31,7 +31,7 @@ _EPILOG = textwrap.dedent(
 
     Run one organization's node against a broker you run:
       obus node --org un --mandate mandate.bin --db var/un.db --policy deploy/policies/un.toml \\
-          --node-key un-node.json   # the witness (on by default) signs with a role NODE key
+          --node-key un-node.json   # the sealer (on by default) signs seals with a role NODE key
 
     Audit everything on the bus (exit 1 names every violation):
       obus audit --mandate mandate.bin --json-out audit.json --html-out audit.html
