@@ -1,13 +1,12 @@
-"""``obus node``: run an organization's node (verify, store, quarantine, follow up, witness).
+"""``obus node``: run an organization's node (verify, store, quarantine, follow up, seal).
 
 Argument parsing and the environment only: the node itself is built and run by
-:mod:`nodes.org_node.process`; the witness options and the witness come from
-:mod:`nodes.cli.audit`.
+:mod:`nodes.org_node.process`.
 
 On a mandate that has ended the node starts in archive mode: it consumes what is on the log,
 verifies and stores it, and serves its dashboard, but signs and publishes nothing: its follow-up
-keeps decisions unpublished (and logs why), and the witness, whose whole output is signed
-checkpoints and cosignatures, is not started.
+keeps decisions unpublished (and logs why), and its sealer judges the seals made before the end
+and proposes and cosigns none.
 """
 
 from __future__ import annotations
@@ -28,7 +27,6 @@ from bus.policy import Policy
 from bus.policy_file import load_policy
 from bus.store.quarantine import DEFAULT_QUARANTINE_QUOTA_BYTES
 from bus.topics import Topics
-from nodes.cli.audit import add_witness_args, witness_config
 from nodes.cli.common import add_common_args, add_log_level, bootstrap, security_from_args
 from nodes.cli.trust import read_decryption_key
 from nodes.runtime.files import archive_notice, ended_on, load_mandate, mandate_ended, read_key
@@ -82,28 +80,9 @@ def _cmd_node(args: argparse.Namespace) -> int:
             "archive_mode", org=args.org, mandate_id=mandate.mandate_id,
             version=mandate.version, ended=ended_on(mandate), notice=archive_notice(mandate),
         )  # fmt: skip
-        if getattr(args, "witness", False) and not args.ingest_only:
-            log.warning(
-                "witness_not_started", org=args.org, reason="mandate_ended",
-                detail="a witness's output is signed checkpoints and cosignatures",
-            )  # fmt: skip
-    if args.ingest_only or archive:  # an extra worker, or nothing to witness: no witness
-        from nodes.org_node.process import run_node  # noqa: PLC0415 - keep `obus --help` fast
-
-        return asyncio.run(run_node(config))
-    return asyncio.run(_run_full(args, config))
-
-
-async def _run_full(args: argparse.Namespace, config: Any) -> int:
-    """The node with its witness (unless switched off); the sealer runs inside the node."""
     from nodes.org_node.process import run_node  # noqa: PLC0415 - keep `obus --help` fast
-    from nodes.org_node.witness import Witness  # noqa: PLC0415
 
-    companions: list[Any] = []
-    witness = witness_config(args, config)
-    if witness is not None:
-        companions.append(Witness(witness))
-    return await run_node(config, companions=companions)
+    return asyncio.run(run_node(config))
 
 
 def seal_settings(
@@ -260,7 +239,7 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         help="run an extra ingest worker of this organization's node: same --org and --db "
         "(one SQLite file, same host) as the full node, sharing its consumer group and so its "
         "partitions; it only verifies and stores (the full node runs follow-up, dashboard, "
-        "witness and attachments). Each batch commits only if the store still holds what it "
+        "sealer and attachments). Each batch commits only if the store still holds what it "
         "was judged against, so workers never store a record twice or judge on stale chains.",
     )
     node.add_argument(
@@ -301,7 +280,6 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "before they are quarantined (unreferenced, incomplete); default 168 (a week)",
     )  # fmt: skip
     add_common_args(node)
-    add_witness_args(node)
     add_seal_args(node)
     node.set_defaults(func=_cmd_node)
 

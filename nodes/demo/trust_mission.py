@@ -204,7 +204,7 @@ def _start_node(
     logf = (work / "logs" / f"{org}.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "nodes.cli", "node", "--org", org, "--mandate",
-         str(work / mandate), "--db", str(work / f"{org}.db"), "--no-witness",
+         str(work / mandate), "--db", str(work / f"{org}.db"),
          "--node-key", str(m.node_key_file(org)), *seal_args(), *extra, *common],
         stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
         env={**os.environ, "OBUS_LOG_JSON": "1"},

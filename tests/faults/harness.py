@@ -187,7 +187,7 @@ class NodeProcesses:
                     [sys.executable, "-m", "nodes.cli", "node", "--org", o,
                      "--mandate", str(self.mandate_file), "--db", str(self.db(o)),
                      "--bootstrap", self.bootstrap, "--topic-prefix", self.topics.prefix,
-                     "--log-level", "info", "--no-witness", "--no-seal", *self.extra_args],
+                     "--log-level", "info", "--no-seal", *self.extra_args],
                     stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
                     env={**os.environ, "OBUS_LOG_JSON": "1", **self.env},
                 )  # fmt: skip

@@ -228,7 +228,7 @@ async def _store_failure_then_recovery(
         proc = subprocess.Popen(  # noqa: ASYNC220 - returns at once
             [sys.executable, "-m", "nodes.cli", "node", "--org", "un", "--mandate",
              str(stream.mandate_file), "--db", str(nodes.db("un")), "--bootstrap",
-             cluster.bootstrap, "--topic-prefix", topics.prefix, "--no-witness", "--no-seal"],
+             cluster.bootstrap, "--topic-prefix", topics.prefix, "--no-seal"],
             stdout=logf, stderr=subprocess.STDOUT, env=proc_env,
             preexec_fn=preexec,  # noqa: PLW1509 - rlimit/capabilities of the child only
         )  # fmt: skip
@@ -290,7 +290,7 @@ async def test_read_only_database_stops_the_node_without_committing(
 ) -> None:
     def read_only(nodes: NodeProcesses) -> Callable[[], None]:
         db = nodes.db("un")
-        # the store file only: the node's other files (attachments, witness) stay writable,
+        # the store file only: the node's other files (attachments, final store) stay writable,
         # so what fails is the store's commit, not the start
         for path in db.parent.glob(db.name + "*"):
             path.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)

@@ -208,7 +208,9 @@ async def test_node_on_an_ended_mandate_stores_and_serves_but_publishes_no_decis
     assert code == 0, log.read_text()
     events = {ev["event"]: ev for ev in _events(log)}
     assert events["archive_mode"]["ended"] == e.end
-    assert events["witness_not_started"]["reason"] == "mandate_ended"
+    # The sealer starts without a signing key: it judges the seals made before the end and
+    # proposes and cosigns nothing.
+    assert events["sealer_started"]["witness"] is False
     assert events["followup_started"]["archive"] is True
     # Decided, stored and shown, never signed or sent: nothing on the decisions topic.
     decisions = _read(db, lambda s: s.own_decisions())
@@ -216,3 +218,4 @@ async def test_node_on_an_ended_mandate_stores_and_serves_but_publishes_no_decis
     assert all(sd.pub_state != "published" and sd.pub_envelope is None for sd in decisions)
     published = [r async for r in replay(kafka_bootstrap, [e.topics.decisions("un")])]
     assert published == []
+    assert [r async for r in replay(kafka_bootstrap, [e.topics.seals])] == []

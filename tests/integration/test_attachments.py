@@ -147,7 +147,7 @@ async def _nodes(w: World) -> AsyncIterator[None]:
     log = (w.tmp / "un-node.log").open("ab")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nodes.cli", "node", "--org", "un",
-        "--mandate", str(w.tmp / "mandate.bin"), "--db", str(w.tmp / "un.db"), "--no-witness",
+        "--mandate", str(w.tmp / "mandate.bin"), "--db", str(w.tmp / "un.db"),
         "--bootstrap", w.bootstrap, "--topic-prefix", w.topics.prefix,
         cwd=REPO, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=log,

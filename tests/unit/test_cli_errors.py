@@ -144,7 +144,7 @@ def test_security_mistake_through_the_cli(
     for var in [v for v in os.environ if v.startswith(("OBUS_SASL", "OBUS_SSL", "OBUS_SECUR"))]:
         monkeypatch.delenv(var)
     argv = ["node", "--org", "un", "--mandate", str(files["mandate"]), "--db",
-            str(files["mandate"].parent / "un.db"), "--no-witness", *NOWHERE,
+            str(files["mandate"].parent / "un.db"), *NOWHERE,
             "--security-protocol", "PLAINTEXT", "--sasl-username", "un"]  # fmt: skip
     _refused(capsys, argv, "--sasl-username")
 
@@ -354,7 +354,7 @@ def test_epilog_node_example_passes_a_node_key() -> None:
     example = epilog.split("  obus node ", 1)[1].split("\n\n", 1)[0]
     argv = shlex.split(example.replace("\\\n", " "), comments=True)
     args = build_parser().parse_args(["node", *argv])
-    assert args.witness and args.node_key == "un-node.json"
+    assert args.seal and args.node_key == "un-node.json"
 
 
 # -- 6. values and paths that used to raise tracebacks ------------------------------------------
@@ -372,7 +372,7 @@ def test_node_limits_name_the_flag(
     capsys: pytest.CaptureFixture[str], files: dict[str, Path], extra: list[str], flag: str
 ) -> None:
     argv = ["node", "--org", "un", "--mandate", str(files["mandate"]), "--db",
-            str(files["mandate"].parent / "un.db"), "--no-witness", *NOWHERE, *extra]  # fmt: skip
+            str(files["mandate"].parent / "un.db"), *NOWHERE, *extra]  # fmt: skip
     _refused(capsys, argv, flag)
 
 
