@@ -15,18 +15,26 @@ file (``--sasl-password-file``, or ``OBUS_SASL_PASSWORD_FILE``) or from ``OBUS_S
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from bus.errors import ConfigError
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError
+
+from bus.errors import ConfigError, TransportError
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import (
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
     KafkaSecurity,
+    client_options,
     kafka_errors,
     reliable_producer,
 )
@@ -36,6 +44,29 @@ from nodes.runtime import logs
 from nodes.runtime.files import archive_notice, load_mandate, mandate_ended
 
 DEFAULT_BOOTSTRAP: Final = "127.0.0.1:9092"
+DEFAULT_CONNECT_TIMEOUT_S: Final = 15.0
+
+# Exit codes of every ``obus`` command (documented in ``obus --help`` and the README).
+EXIT_OK: Final = 0
+EXIT_VERIFICATION: Final = 1  # something was judged and failed: a violation, a refusal
+EXIT_USAGE: Final = 2  # usage or configuration error: wrong option, file, key or record
+EXIT_BROKER: Final = 3  # the Kafka brokers could not be reached (or failed) in the time given
+
+
+class BrokerUnreachableError(TransportError):
+    """No bootstrap server answered a metadata request within the connect timeout.
+
+    ``bootstrap`` names the servers tried; the message is one line with the fix.
+    """
+
+    def __init__(self, bootstrap: str, detail: str) -> None:
+        super().__init__(
+            f"broker unreachable: no Kafka broker answered at {bootstrap} ({detail}); fix: start"
+            " the broker, or point --bootstrap (or OBUS_BOOTSTRAP) at a running one;"
+            " --connect-timeout (OBUS_CONNECT_TIMEOUT) waits longer",
+            retriable=True,
+        )
+        self.bootstrap = bootstrap
 
 
 # ---------------------------------------------------------------------------------------------
@@ -47,12 +78,90 @@ def bootstrap(args: argparse.Namespace) -> str:
     return str(args.bootstrap or os.environ.get("OBUS_BOOTSTRAP") or DEFAULT_BOOTSTRAP)
 
 
+def connect_timeout_s(args: argparse.Namespace) -> float:
+    """How long a one-shot command waits for the brokers: ``--connect-timeout``, else
+    ``$OBUS_CONNECT_TIMEOUT``, else 15 s.
+
+    Raises:
+        ConfigError: the value is not a positive number of seconds.
+    """
+    key, text = "--connect-timeout", getattr(args, "connect_timeout", None)
+    if text is None:
+        key, text = "OBUS_CONNECT_TIMEOUT", os.environ.get("OBUS_CONNECT_TIMEOUT")
+    if text is None:
+        return DEFAULT_CONNECT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:  # an hour bounds a typo, not a use
+        raise ConfigError(key, f"{text!r} is not a number of seconds", "write e.g. 15 or 2.5")
+    return value
+
+
+@contextlib.contextmanager
+def _quiet_kafka_client() -> Iterator[None]:
+    """aiokafka logs every failed bootstrap attempt itself; the probe says it once."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+async def probe_brokers(
+    bootstrap_servers: str, security: KafkaSecurity | None, timeout_s: float
+) -> int:
+    """Ask the bootstrap servers for the cluster's metadata, for at most ``timeout_s``;
+    returns how many brokers the cluster has (at least 1).
+
+    Raises:
+        BrokerUnreachableError: no server answered in time (refused, unresolvable, silent,
+            or the security handshake failed).
+    """
+    client = AIOKafkaClient(
+        **client_options(bootstrap_servers, security),
+        request_timeout_ms=max(1, int(timeout_s * 1000)),
+    )
+    try:
+        with _quiet_kafka_client():
+            await asyncio.wait_for(client.bootstrap(), timeout_s)
+        return max(1, len(client.cluster.brokers()))
+    except TimeoutError:
+        detail = f"no answer within {timeout_s:g} s"
+        raise BrokerUnreachableError(bootstrap_servers, detail) from None
+    except (KafkaError, OSError):
+        # aiokafka's text is a Python repr of its host tuples: the servers are named above
+        detail = "connection refused, host unknown or handshake failed"
+        raise BrokerUnreachableError(bootstrap_servers, detail) from None
+    finally:
+        with _quiet_kafka_client():
+            await client.close()
+
+
+def check_broker(args: argparse.Namespace) -> int:
+    """:func:`probe_brokers` with the command's bootstrap, security and connect timeout; the
+    number of brokers. Called before a one-shot command signs or publishes anything."""
+    return asyncio.run(
+        probe_brokers(bootstrap(args), security_from_args(args), connect_timeout_s(args))
+    )
+
+
 def add_common_args(p: argparse.ArgumentParser) -> None:
-    """--bootstrap, --topic-prefix, --log-level and the broker security options."""
+    """--bootstrap, --connect-timeout, --topic-prefix, --log-level and the broker security
+    options."""
     p.add_argument(
         "--bootstrap",
         metavar="HOST:PORT",
         help=f"Kafka bootstrap servers (default: $OBUS_BOOTSTRAP or {DEFAULT_BOOTSTRAP})",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        metavar="SECONDS",
+        help="how long a one-shot command waits for the brokers before it gives up with exit 3"
+        f" (default: $OBUS_CONNECT_TIMEOUT or {DEFAULT_CONNECT_TIMEOUT_S:g})",
     )
     p.add_argument(
         "--topic-prefix", default="obus.", metavar="PREFIX", help="topic prefix (default obus.)"

@@ -12,10 +12,18 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from importlib.metadata import PackageNotFoundError, version
 
-from bus.errors import BusError
+from bus.errors import BusError, TransportError
 from nodes.cli.audit import add_audit_commands, add_log_commands
-from nodes.cli.common import configure_logs
+from nodes.cli.common import (
+    EXIT_BROKER,
+    EXIT_USAGE,
+    BrokerUnreachableError,
+    bootstrap,
+    check_broker,
+    configure_logs,
+)
 from nodes.cli.demo import add_demo_commands
 from nodes.cli.followup import add_followup_commands
 from nodes.cli.kafka import add_acl_commands, add_topics_commands
@@ -42,10 +50,44 @@ _EPILOG = textwrap.dedent(
       obus audit prove --mandate mandate.bin --topic obus.reports.un --partition 0 --offset 7
 
     Environment:
-      OBUS_BOOTSTRAP   Kafka bootstrap servers (default 127.0.0.1:9092); --bootstrap overrides it
-      OBUS_LOG_JSON    1 forces JSON logs, 0 forces console logs (default: JSON unless a TTY)
+      OBUS_BOOTSTRAP        Kafka bootstrap servers (default 127.0.0.1:9092); --bootstrap
+                            overrides it
+      OBUS_CONNECT_TIMEOUT  seconds a one-shot command waits for the brokers (default 15);
+                            --connect-timeout overrides it
+      OBUS_LOG_JSON         1 forces JSON logs, 0 forces console logs (default: JSON unless a TTY)
+      OBUS_ROOT_KEY_PASSPHRASE, OBUS_NODE_KEY_PASSPHRASE
+                            passphrases of encrypted root and node key files (else a prompt)
+
+    Exit codes:
+      0  ok
+      1  verification failure: a violation found, a record or file that does not verify
+      2  usage or configuration error: a wrong option, file, key or record (nothing published)
+      3  broker unreachable: no Kafka broker answered in time (or the brokers failed)
     """
 )
+
+# Long-running processes wait out a broker outage by design (nodes/runtime/backoff.py): no
+# connect check before they start.
+_WAITS_OUT_OUTAGES = frozenset({"node", "gateway"})
+
+
+def package_version() -> str:
+    """The installed distribution's version (``obus --version``)."""
+    try:
+        return version("observer-bus")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _needs_broker_check(args: argparse.Namespace) -> bool:
+    """Whether to check the brokers answer before the command runs: commands that talk to
+    them, unless they check at the right moment themselves (after their own refusals:
+    ``broker_check=False``), run offline (``--offline``, ``--from FILE``) or run long."""
+    if not hasattr(args, "bootstrap") or args.command in _WAITS_OUT_OUTAGES:
+        return False
+    if getattr(args, "offline", False) or getattr(args, "from_file", None):
+        return False
+    return bool(getattr(args, "broker_check", True))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"obus {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_node_commands(sub)  # node
     add_audit_commands(sub)  # audit, audit prove
@@ -77,14 +120,27 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logs(args.log_level)
     try:
+        if _needs_broker_check(args):
+            check_broker(args)
         code: int = args.func(args)
+    except BrokerUnreachableError as exc:
+        print(f"obus: error: {exc.message}", file=sys.stderr)
+        return EXIT_BROKER
+    except TransportError as exc:
+        if not hasattr(args, "bootstrap"):  # an HTTP failure (the observer's gateway)
+            print(f"obus: error: {exc.diagnostics()}", file=sys.stderr)
+            return EXIT_USAGE
+        print(
+            f"obus: error: the brokers at {bootstrap(args)} failed: {exc.message}", file=sys.stderr
+        )
+        return EXIT_BROKER
     except BusError as exc:
         print(f"obus: error: {exc.diagnostics()}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except OSError as exc:  # safety net: a path the user gave cannot be written or read
         where = f" {exc.filename}" if exc.filename else ""
         print(f"obus: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     return code
