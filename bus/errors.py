@@ -101,6 +101,8 @@ class Reason(enum.StrEnum):
     # order and the one clock (t_e, the time a quorum cosigned in the epoch's final seal)
     DELIVERY_LAG = "delivery_lag"  # signed_at earlier than t_e minus the maximum delivery lag
     SEALED_ROOT_MISMATCH = "sealed_root_mismatch"  # records hash to another root than sealed
+    # Schema versions (bus.model): the mandate in force names the versions reports may state
+    SCHEMA_NOT_ALLOWED = "schema_not_allowed"  # version outside the mandate's, or newer fields
 
 
 class BusError(Exception):
