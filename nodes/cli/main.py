@@ -21,7 +21,6 @@ from nodes.cli.common import (
     EXIT_USAGE,
     BrokerUnreachableError,
     bootstrap,
-    check_broker,
     configure_logs,
 )
 from nodes.cli.demo import add_demo_commands
@@ -62,13 +61,9 @@ _EPILOG = textwrap.dedent(
       0  ok
       1  verification failure: a violation found, a record or file that does not verify
       2  usage or configuration error: a wrong option, file, key or record (nothing published)
-      3  broker unreachable: no Kafka broker answered in time (or the brokers failed)
+      3  broker unreachable: no Kafka broker answered within the connect timeout
     """
 )
-
-# Long-running processes wait out a broker outage by design (nodes/runtime/backoff.py): no
-# connect check before they start.
-_WAITS_OUT_OUTAGES = frozenset({"node", "gateway"})
 
 
 def package_version() -> str:
@@ -77,17 +72,6 @@ def package_version() -> str:
         return version("observer-bus")
     except PackageNotFoundError:  # run from a checkout that was never installed
         return "unknown (not installed)"
-
-
-def _needs_broker_check(args: argparse.Namespace) -> bool:
-    """Whether to check the brokers answer before the command runs: commands that talk to
-    them, unless they check at the right moment themselves (after their own refusals:
-    ``broker_check=False``), run offline (``--offline``, ``--from FILE``) or run long."""
-    if not hasattr(args, "bootstrap") or args.command in _WAITS_OUT_OUTAGES:
-        return False
-    if getattr(args, "offline", False) or getattr(args, "from_file", None):
-        return False
-    return bool(getattr(args, "broker_check", True))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,20 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     configure_logs(args.log_level)
     try:
-        if _needs_broker_check(args):
-            check_broker(args)
         code: int = args.func(args)
     except BrokerUnreachableError as exc:
         print(f"obus: error: {exc.message}", file=sys.stderr)
         return EXIT_BROKER
     except TransportError as exc:
-        if not hasattr(args, "bootstrap"):  # an HTTP failure (the observer's gateway)
+        if hasattr(args, "bootstrap"):  # else an HTTP failure (the observer's gateway)
+            where = f"the brokers at {bootstrap(args)} failed: "
+            print(f"obus: error: {where}{exc.diagnostics()}", file=sys.stderr)
+        else:
             print(f"obus: error: {exc.diagnostics()}", file=sys.stderr)
-            return EXIT_USAGE
-        print(
-            f"obus: error: the brokers at {bootstrap(args)} failed: {exc.message}", file=sys.stderr
-        )
-        return EXIT_BROKER
+        return EXIT_USAGE
     except BusError as exc:
         print(f"obus: error: {exc.diagnostics()}", file=sys.stderr)
         return EXIT_USAGE
