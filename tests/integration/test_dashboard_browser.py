@@ -82,8 +82,12 @@ async def test_operator_sees_reports_rejections_decisions_map_and_charts(
                 resources = await page.evaluate(
                     "performance.getEntriesByType('resource').map(e => e.name)"
                 )
-                placeholder = await page.evaluate(
-                    "document.querySelector('#checkpoints').innerText"
+                no_checkpoints = await page.evaluate("document.querySelector('#checkpoints')")
+                seal_state = await page.evaluate(
+                    "document.querySelector('#seal-state').dataset.state"
+                )
+                sealed_by = await page.evaluate(
+                    "document.querySelector('#seals-table tbody tr.seal td:nth-child(3)').innerText"
                 )
                 shot = await page.screenshot(ARTIFACTS / "dashboard.png")
                 # A person narrows the feed to one zone by clicking its link.
@@ -108,7 +112,10 @@ async def test_operator_sees_reports_rejections_decisions_map_and_charts(
     assert dots == len(raws)
     assert [z.split(":")[0] for z in zones] == ["north", "east", "south"]
     assert resources == []  # no script, style sheet, font, tile or icon fetched at all
-    assert "Checkpoint agreement is not shown" in placeholder
+    # the seals panel, not a checkpoint panel: sealed over a final seal of k organizations
+    assert no_checkpoints is None
+    assert seal_state == "sealed"
+    assert len(sealed_by.split(", ")) >= 4
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 10_000
     # after the click: only north-zone reports (all of this mission's are in the north)
     assert "in zone north" in heading and len(north) == len(raws)

@@ -506,8 +506,12 @@ async def test_dashboard_api_health_and_metrics(kafka_bootstrap: str, tmp_path: 
                 _, trends = await get("api/trends")
                 assert {s["rule"] for s in trends["early_warning"]} <= {"ceasefire-escalation"}
                 assert "north" in trends["daily"]["zones"]
-                _, cp = await get("api/checkpoints")
-                assert cp["available"] is False and cp["why"]
+                # Seals replace the checkpoint witness: its API is gone, and the seals panel
+                # says "sealed" only over a final seal a quorum of organizations signed.
+                assert (await get("api/checkpoints"))[0] == 404
+                _, seals = await get("api/seals")
+                assert seals["state"] == "sealed"
+                assert len(set(seals["seals"][0]["signers"])) >= w.m.scenario.mandate.threshold
                 status, metrics = await get("metrics")
                 assert status == 200
                 assert f"obus_reports_verified_total {float(len(raws))}" in metrics

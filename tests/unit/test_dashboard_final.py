@@ -517,7 +517,8 @@ async def test_seals_api_and_panel_show_the_newest_final_seals(served: tuple[Wor
 
 
 async def test_no_green_without_a_final_seal(bare: World) -> None:
-    """No sealer, a final store not created yet, and one with no seal: never "sealed"."""
+    """No sealer, a final store not created yet, and one with no seal: never "sealed"; and
+    no other panel or route (the checkpoint witness's are gone) says the log is witnessed."""
     w = bare
     w.report("u1", "un", w.m.next_report("un", 1))
     cases = [
@@ -533,9 +534,11 @@ async def test_no_green_without_a_final_seal(bare: World) -> None:
             _, html = await _get(dash.url)
             _, reports = await _get(dash.url + "api/reports")
             _, changed = await _get(dash.url + "api/verdicts/changed")
+            gone, _ = await _get(dash.url + "api/checkpoints")
         finally:
             await dash.stop()
         assert body["state"] == state and body["seals"] == [] and body["why"]
+        assert gone == 404 and 'id="checkpoints"' not in html and "witnessed" not in html
         attrs, _ = _parse(html).ids["seal-state"]
         assert attrs["data-state"] == state and attrs["class"] != "ok", state
         assert 'class="ok" id="seal-state"' not in html

@@ -20,7 +20,6 @@ class DashboardConfig:
         policy: this organization's policy (early-warning charts); None: none shown.
         host: listen address; 127.0.0.1 unless the operator decides otherwise.
         port: listen port (0: any free port; see :attr:`Dashboard.port`).
-        witness_db: the witness's SQLite file; None: next to the node's, if it exists.
         final_db: the sealer's final store (:mod:`bus.store.final`); None: no sealer.
     """
 
@@ -30,5 +29,4 @@ class DashboardConfig:
     policy: Policy | None = None
     host: str = "127.0.0.1"
     port: int = 8080
-    witness_db: Path | None = None
     final_db: Path | None = None

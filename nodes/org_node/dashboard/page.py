@@ -38,7 +38,6 @@ def render_page(model: ReadModel, status: dict[str, Any] | None, *, zone: str | 
     peers = model.peer_decisions()
     trends = model.trends()
     statements = model.statements()
-    checkpoints = model.checkpoints()
     points = model.map_points()
     seals = model.seals(None if status is None else status.get("seal"))
     changed = model.verdict_changes(limit=CHANGED_SHOWN)
@@ -75,7 +74,6 @@ def render_page(model: ReadModel, status: dict[str, Any] | None, *, zone: str | 
         trend_charts=[(sr, trend_chart(sr)) for sr in trends["early_warning"]],
         daily_view=daily_chart(trends["daily"]),
         statements=statements,
-        checkpoints=checkpoints,
         seals=seals,
         changed=changed,
     )

@@ -21,11 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from bus.errors import BusError
 from bus.model import Envelope, Report
 from bus.policy import KIND_TREND, window_counts
 from bus.store.node import NodeStore, evidence_from_json
-from nodes.org_node import witness_store
 from nodes.org_node.dashboard.config import DashboardConfig
 from nodes.org_node.dashboard.final_view import (
     QUARANTINED,
@@ -495,22 +493,6 @@ class ReadModel:
                 "zones": {z: [per.get(d, 0) for d in days] for z, per in sorted(daily.items())},
             },
         }
-
-    def checkpoints(self) -> dict[str, Any]:
-        """The witness's view, or why there is none."""
-        path = self.config.witness_db
-        if path is None:
-            path = witness_store.default_witness_db(self.config.db_path)
-        if not path.exists():
-            return {
-                "available": False,
-                "why": f"no witness runs for this node (no {path.name} next to its store)",
-            }
-        try:
-            status = witness_store.witness_status(path, self.config.mandate.threshold)
-        except (sqlite3.Error, BusError) as exc:
-            return {"available": False, "why": f"witness store unreadable: {exc}"}
-        return {"available": True, **status}
 
     def map_points(self) -> list[tuple[Report, str]]:
         """Every accepted report with its state (for the map): ``verified``, ``revoked``, or

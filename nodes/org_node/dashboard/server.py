@@ -33,7 +33,6 @@ Routes (JSON unless said otherwise):
                                       whether their evidence matches the reports stored here
 ``GET /api/trends``                   early-warning series per rule and group, reports per day
 ``GET /api/statements``               joint statements, who signed, valid at k of n
-``GET /api/checkpoints``              the witness's checkpoint agreement (when it runs)
 ``GET /map.svg``                      the map alone (SVG)
 ====================================  =========================================================
 
@@ -140,7 +139,6 @@ class Dashboard:
                 web.get("/api/decisions/others", self._json(lambda r: self.model.peer_decisions())),
                 web.get("/api/trends", self._json(lambda r: self.model.trends())),
                 web.get("/api/statements", self._json(lambda r: self.model.statements())),
-                web.get("/api/checkpoints", self._json(lambda r: self.model.checkpoints())),
                 web.get("/api/seals", self._json(lambda r: self.model.seals(self._seal_now()))),
                 web.get("/api/verdicts/changed", self._json(self._changed)),
             ]
