@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv test test-faults fuzz cluster-up cluster-down browser unit check lint typecheck proto proto-check demo demo-trust kafka-up kafka-down kafka-fetch bench clean
+.PHONY: help venv test test-faults fuzz cluster-up cluster-down browser unit check lint typecheck proto proto-check demo demo-trust kafka-up kafka-down kafka-fetch bench native clean
 
 help:  ## show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -21,6 +21,20 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install observer-bus with dev dependencies
+
+NATIVE_SRC := $(wildcard bus/_native/Cargo.toml bus/_native/Cargo.lock bus/_native/pyproject.toml bus/_native/src/*.rs)
+NATIVE_STAMP := $(VENV)/.native-stamp
+
+native: $(STAMP)  ## the optional compiled Ed25519 verifier obus_ed25519 (Rust; rebuilt when its sources change; skipped without cargo)
+	@if command -v cargo >/dev/null 2>&1; then $(MAKE) --no-print-directory $(NATIVE_STAMP); \
+	else echo "no cargo: skipping the compiled verifier obus_ed25519 (PyNaCl verifies)"; fi
+
+$(NATIVE_STAMP): $(STAMP) $(NATIVE_SRC)
+	$(PY) -m pip install --quiet 'maturin>=1.7,<2'
+	rm -rf bus/_native/target/wheels
+	cd bus/_native && ../../$(VENV)/bin/maturin build --release --quiet -i ../../$(PY) -o target/wheels
+	$(PY) -m pip install --quiet --force-reinstall --no-deps bus/_native/target/wheels/obus_ed25519-*.whl
+	@touch $@
 
 kafka-fetch:  ## download Apache Kafka jars via Maven into .cache/kafka (idempotent)
 	deploy/local/kafka.sh fetch
@@ -50,7 +64,7 @@ check: lint typecheck proto-check  ## all static checks
 unit: $(STAMP)  ## unit tests only (no broker)
 	$(PY) -m pytest tests/unit -q
 
-test: $(STAMP) kafka-fetch  ## all tests; integration tests start their own broker on a free port
+test: $(STAMP) kafka-fetch native  ## all tests; integration tests start their own broker on a free port
 	@$(MAKE) --no-print-directory browser || echo "warning: no chromium: the dashboard's browser test will fail (see above)"
 	$(PY) -m pytest -q
 
@@ -77,13 +91,13 @@ browser:  ## Debian's chromium for the dashboard's browser test (idempotent; apt
 	  || { echo "error: could not install chromium; run: apt-get install -y chromium"; exit 1; }; }
 	@chromium --version 2>/dev/null
 
-demo: $(STAMP) kafka-fetch  ## start Kafka, six org nodes, observers and an auditor; seals, final verdicts, the result
+demo: $(STAMP) kafka-fetch native  ## start Kafka, six org nodes, observers and an auditor; seals, final verdicts, the result
 	$(PY) -m nodes.cli demo
 
 demo-trust: $(STAMP) kafka-fetch  ## mandate rotation 4 of 6, a revocation, a restricted report, on seals; six nodes agree
 	$(PY) -m nodes.demo.trust_mission
 
-bench: $(STAMP) kafka-fetch  ## ratios to the Ed25519 ceiling; table + bench/results/*.json (BENCH_ARGS="--sizes 100000,1000000 --profile")
+bench: $(STAMP) kafka-fetch native  ## ratios to the Ed25519 ceiling; table + bench/results/*.json (BENCH_ARGS="--sizes 100000,1000000 --profile")
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:  ## remove venv, caches and local state (keeps downloaded Kafka jars in .cache)
