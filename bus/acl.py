@@ -9,12 +9,14 @@ The model, for every organization ``org`` of the mandate (principal ``User:<org>
 
 * WRITE its own ``<prefix>reports.<org>``, ``<prefix>decisions.<org>`` and
   ``<prefix>attachments.<org>`` (its gateway's attachment chunks), and the shared
-  topics (``registry``, ``mandate``, ``checkpoints``, ``statements``, ``seals``): writing is what an
+  topics (``registry``, ``mandate``, ``statements``, ``seals``): writing is what an
   organization's node and gateway do; nobody may write another organization's topics.
 * READ every topic under the prefix: every organization verifies everything itself.
-* READ its own consumer groups: its node's and witness's groups and any group under
-  ``<prefix><org>.``; never another organization's group (joining it would steal that
-  organization's partitions).
+* READ its own consumer groups: its node's group and any group under ``<prefix><org>.``; never
+  another organization's group (joining it would steal that organization's partitions).
+
+A ``<prefix>checkpoints`` topic left by an older release (seals replaced its per-partition
+checkpoints) is no topic of the model: nobody may write it, and nothing reads it.
 
 Nothing else: no CREATE (an operator, the super user, creates topics), no ALTER, no DENY rules
 (Kafka denies whatever no rule allows). Signatures, not ACLs, are what readers rely on; ACLs are
@@ -55,9 +57,6 @@ class TopicNames(Protocol):
 
     @property
     def mandate(self) -> str: ...
-
-    @property
-    def checkpoints(self) -> str: ...
 
     @property
     def statements(self) -> str: ...
@@ -117,7 +116,6 @@ def shared_topics(topics: TopicNames) -> tuple[str, ...]:
     return (
         topics.registry,
         topics.mandate,
-        topics.checkpoints,
         topics.statements,
         topics.seals,
     )
@@ -129,13 +127,14 @@ def own_topics(topics: TopicNames, org: str) -> tuple[str, ...]:
 
 
 def consumer_groups(topics: TopicNames, org: str) -> tuple[tuple[Pattern, str], ...]:
-    """Consumer groups of this organization: its node's, its witness's, and its own namespace.
+    """Consumer groups of this organization: its node's and its own namespace.
 
-    The literal names are the group ids nodes/org_node/ingest.py and nodes/org_node/witness.py use.
+    The literal name is the group id nodes/org_node/ingest.py uses (its ``ingest_only``
+    workers share it); the attachment reassembler's is under the organization's namespace,
+    and the sealer and the follow-up use none.
     """
     return (
         (Pattern.LITERAL, f"{topics.prefix}node.{org}"),
-        (Pattern.LITERAL, f"{topics.prefix}witness.{org}"),
         (Pattern.PREFIXED, f"{topics.prefix}{org}."),
     )
 

@@ -133,8 +133,8 @@ LOG_APPEND_TIME: Final = ("message.timestamp.type", "LogAppendTime")
 
 # Every topic keeps every record, whatever the broker defaults (log.retention.hours=168, i.e.
 # 7 days, on a stock broker): auditors replay each log from offset 0 and verify the hash chains
-# from seq 1, witnesses hash every record into their Merkle trees, and a node that joins late
-# must read everything.
+# from seq 1, sealers hash every record into the partitions' Merkle trees, and a node that joins
+# late must read everything.
 KEEP_FOREVER: Final = (("retention.ms", "-1"), ("retention.bytes", "-1"))
 
 
@@ -160,7 +160,7 @@ def standard_topics(topics: Topics, orgs: Iterable[str], partitions: int = 3) ->
     Every one is created with ``cleanup.policy=delete`` (:data:`DELETE_POLICY`: none is
     compacted, the trust topics neither) and ``retention.ms=-1``, ``retention.bytes=-1``
     (:data:`KEEP_FOREVER`): the broker never deletes a record of them. The registry, mandate,
-    checkpoints, statements and seals topics have one partition each (one order).
+    statements and seals topics have one partition each (one order).
     """
     plain = (DELETE_POLICY, LOG_APPEND_TIME, *KEEP_FOREVER)
     specs: list[TopicSpec] = []
@@ -170,7 +170,6 @@ def standard_topics(topics: Topics, orgs: Iterable[str], partitions: int = 3) ->
         specs.append(TopicSpec(topics.attachments(org), partitions, ATTACHMENT_TOPIC_CONFIGS))
     specs.append(TopicSpec(topics.registry, 1, plain))
     specs.append(TopicSpec(topics.mandate, 1, plain))
-    specs.append(TopicSpec(topics.checkpoints, 1, plain))
     specs.append(TopicSpec(topics.statements, 1, plain))
     specs.append(TopicSpec(topics.seals, 1, plain))
     return specs

@@ -84,11 +84,12 @@ def add_topics_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
         description="Create every topic of the design for the mandate's organizations: "
         "<prefix>reports.<org> and <prefix>attachments.<org> (--partitions each), "
         "<prefix>decisions.<org> (one partition), and the shared registry, mandate, "
-        "checkpoints, statements and seals topics (one partition each). All use broker "
+        "statements and seals topics (one partition each). All use broker "
         "log-append time, keep every record and are never compacted (cleanup.policy=delete). "
         "On a topic that already exists, every one of these configs that differs is set "
         "(e.g. a registry or mandate topic created compacted by an older release) and each "
-        "change is printed; partitions and replication are left as they are.",
+        "change is printed; partitions and replication are left as they are. A checkpoints "
+        "topic of an older release is left alone: no reader uses it any more.",
     )
     tp.add_argument("--mandate", metavar="FILE", help="take the organizations from the mandate")
     tp.add_argument("--orgs", default="", help="or list them: un,osce,eu,nato,csto,sco")

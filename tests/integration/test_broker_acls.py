@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 
-from bus.acl import Operation, Resource, acl_model, allows, consumer_groups
+from bus.acl import Operation, Pattern, Resource, acl_model, allows, consumer_groups
 from bus.attachment import AttachmentLimits
 from bus.errors import TransportError
 from bus.kafka.acl import apply_acls, describe_acls
@@ -49,13 +49,11 @@ from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliab
 from bus.model import Envelope, Report, Role
 from bus.store.node import NodeStore
 from bus.topics import Topics, report_headers, standard_topics
-from bus.witness import WitnessPolicy
 from nodes.auditor.run import audit
 from nodes.demo.scenario import demo_key
 from nodes.org_node.attachments import AttachmentNode, config_for_node
-from nodes.org_node.config import NodeConfig
+from nodes.org_node.config import NodeConfig, SealSettings
 from nodes.org_node.process import build_node
-from nodes.org_node.witness import Witness, WitnessConfig
 from tests.kafka_broker import REPO
 from tests.kafka_cluster import LocalKafkaCluster
 from tests.mission import live_mission
@@ -339,10 +337,13 @@ async def test_own_consumer_groups_only(prepared: LocalKafkaCluster) -> None:
             await consumer.stop()
 
     for org, other in zip(ORGS, ORGS[1:] + ORGS[:1], strict=True):
-        for _, group in consumer_groups(TOPICS, org)[:2]:
-            assert await commit_as(org, group) == "ok", (org, group)
+        for pattern, group in consumer_groups(TOPICS, org):
+            if pattern is Pattern.LITERAL:
+                assert await commit_as(org, group) == "ok", (org, group)
         assert await commit_as(org, f"obus.{org}.analytics") == "ok"
         assert await commit_as(org, f"obus.node.{other}") == "denied", (org, other)
+        # the group of the checkpoint witness that seals replaced is nobody's any more
+        assert await commit_as(org, f"obus.witness.{org}") == "denied", org
 
 
 async def test_organizations_create_nothing_and_strangers_get_nothing(
@@ -369,12 +370,16 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
     prepared: LocalKafkaCluster, tmp_path: Path
 ) -> None:
     """Every client of a full node (ingest, trust follower, follow-up, attachment reassembler,
-    witness) and of the auditor logs in as the organization over TLS, under its ACLs: a client
+    sealer) and of the auditor logs in as the organization over TLS, under its ACLs: a client
     built without the node's SASL_SSL settings cannot even connect to this cluster."""
     un = prepared.security("un")
     m = live_mission()
     node_key = demo_key("acls:node:un")
     m.accredit("un-node", "un", node_key, Role.NODE)
+    # Node keys of k organizations: only then can a seal become final, and only then does the
+    # UN's sealer propose one (its own node alone never makes a quorum here).
+    for org in ORGS[1 : m.scenario.mandate.threshold]:
+        m.accredit(f"{org}-node", org, demo_key(f"acls:node:{org}"), Role.NODE)
     raws = [m.next_report("un", 1) for _ in range(4)] + [m.next_report("un", 2)]
     producer = reliable_producer(prepared.bootstrap, security=un)
     async with asyncio.timeout(120):
@@ -395,18 +400,14 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
         org="un", bootstrap=prepared.bootstrap, db_path=tmp_path / "un.db",
         mandate=m.scenario.mandate, topics=TOPICS, security=un, node_key=node_key,
         poll_timeout_ms=200,
+        seal=SealSettings(
+            root=m.scenario.mandate, db_path=tmp_path / "un.final.db", node_key=node_key,
+            interval_ms=200,
+        ),
     )  # fmt: skip
     node = build_node(cfg)
-    witness = Witness(
-        WitnessConfig(
-            org="un", bootstrap=prepared.bootstrap, db_path=tmp_path / "un.witness.db",
-            mandate=m.scenario.mandate, node_key=node_key, topics=TOPICS, security=un,
-            policy=WitnessPolicy(checkpoint_every=1, checkpoint_interval_ms=200),
-            poll_timeout_ms=100,
-        )
-    )  # fmt: skip
     reassembler = AttachmentNode(config_for_node(cfg, AttachmentLimits()))
-    parts: list[Any] = [node, witness, reassembler]
+    parts: list[Any] = [node, reassembler]
     tasks = [asyncio.create_task(p.run()) for p in parts]
     ours = {Report.decode(Envelope.decode(r).payload).report_id for r in raws}
 
@@ -424,7 +425,9 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
                 and stored() == ours
                 and node.extras is not None
                 and node.extras.followup.started.is_set()
-                and witness.counts["checkpoints_published"] >= 1
+                and node.extras.sealer is not None
+                # wrote the seals topic (a proposal, then its own cosignature read back)
+                and node.extras.sealer.counts["cosignatures_published"] >= 1
             ):
                 failed = [t for t in tasks if t.done()]
                 if failed:
