@@ -10,10 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import difflib
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml
 
@@ -48,7 +50,107 @@ def _load_description(path: str) -> dict[str, Any]:
         raise ConfigError("DESCRIPTION", f"{path} does not parse: {exc}", "fix its syntax") from exc
     if not isinstance(doc, dict):
         raise ConfigError("DESCRIPTION", f"{path} is not a table", "see obus mandate draft -h")
+    check_description(doc, path)
     return doc
+
+
+# The keys of a mandate description, each with the types it takes and how to write it (None:
+# the value is parsed, and refused with its own message, where it is read). Every key not listed
+# is refused: a misspelled key would otherwise drop its value without a word.
+_TEXT: Final = ((str,), "a quoted string")
+_WHOLE: Final = ((int,), "a whole number, unquoted")
+_DEGREES: Final = ((int, float), "a number of degrees, unquoted, e.g. 48.5")
+_TABLES: Final = ((list,), "a list of tables: [[{key}]] sections in TOML, a list in YAML")
+KeySpec = tuple[tuple[type, ...], str] | None
+DESCRIPTION_KEYS: Final[dict[str, KeySpec]] = {
+    "mandate_id": _TEXT,
+    "version": _WHOLE,
+    "description": _TEXT,
+    "threshold": _WHOLE,
+    "not_before": None,  # RFC 3339 text or a TOML/YAML date-time (bus.ceremony.parse_time_ms)
+    "not_after": None,
+    "not_before_ms": None,
+    "not_after_ms": None,
+    "max_delivery_lag": None,  # a duration (_duration_ms)
+    "max_delivery_lag_ms": None,
+    "zones": _TABLES,
+    "organizations": _TABLES,
+}
+ZONE_KEYS: Final[dict[str, KeySpec]] = {
+    "id": _TEXT,
+    "name": _TEXT,
+    "min_lat": _DEGREES,
+    "min_lon": _DEGREES,
+    "max_lat": _DEGREES,
+    "max_lon": _DEGREES,
+}
+ORGANIZATION_KEYS: Final[dict[str, KeySpec]] = {
+    "org": _TEXT,
+    "name": _TEXT,
+    "root_public_key": ((str,), "the 64 hex characters `obus keygen` printed, quoted"),
+}
+_SECTIONS: Final = (("zones", ZONE_KEYS), ("organizations", ORGANIZATION_KEYS))
+
+
+def _type_name(value: object) -> str:
+    return {bool: "true/false", int: "a whole number", float: "a number", str: "a string",
+            list: "a list", dict: "a table"}.get(type(value), type(value).__name__)  # fmt: skip
+
+
+def _table_problems(
+    doc: Mapping[Any, Any], keys: Mapping[str, KeySpec], where: str
+) -> list[tuple[str, str, str]]:
+    """(key, problem, fix) for each unknown key and each value of the wrong type in ``doc``."""
+    problems = []
+    for key, value in doc.items():
+        name = f"{where}{key}"
+        if key not in keys:
+            near = difflib.get_close_matches(str(key), list(keys), n=1)
+            fix = (
+                f"did you mean {where}{near[0]}?"
+                if near
+                else f"use one of: {', '.join(f'{where}{k}' for k in keys)}"
+            )
+            problems.append((name, "is not a key of a mandate description", fix))
+            continue
+        spec = keys[key]
+        if spec is None:
+            continue
+        types, how = spec
+        if isinstance(value, bool) or not isinstance(value, types):
+            fix = f"write {name} as {how.format(key=key)}"
+            problems.append((name, f"{value!r} is {_type_name(value)}", fix))
+    return problems
+
+
+def check_description(doc: Mapping[Any, Any], path: str = "DESCRIPTION") -> None:
+    """Refuse a description with an unknown (misspelled) key or a value of the wrong type,
+    naming every such key, the nearest valid one (difflib) and the fix; what is left (missing
+    keys, values out of range) is refused where the mandate is built.
+
+    Raises:
+        ConfigError: the key, the problem and the fix; several at once under ``DESCRIPTION``.
+    """
+    problems = _table_problems(doc, DESCRIPTION_KEYS, "")
+    for section, keys in _SECTIONS:
+        entries = doc.get(section)
+        if not isinstance(entries, list):
+            continue
+        for i, entry in enumerate(entries):
+            where = f"{section}[{i}]"
+            if isinstance(entry, dict):
+                problems += _table_problems(entry, keys, f"{where}.")
+            else:
+                problems.append((where, f"{entry!r} is not a table", f"write {where} as a table"))
+    if len(problems) == 1:
+        raise ConfigError(*problems[0])
+    if problems:
+        listed = "".join(f"\n  {key}: {problem} ({fix})" for key, problem, fix in problems)
+        raise ConfigError(
+            "DESCRIPTION",
+            f"{path} has {len(problems)} problems:{listed}\n",
+            "correct each key named above",
+        )
 
 
 _DURATION_UNITS = {"d": 86_400_000, "h": 3_600_000, "m": 60_000, "s": 1000}
