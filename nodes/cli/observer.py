@@ -276,6 +276,22 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port", f"{args.port} is not a TCP port", "pass a port in 0..65535")
 
+    if not args.final_db:
+        raise ConfigError(
+            "--final-db",
+            "is missing: the gateway judges with its node's final trust state",
+            "pass the final store of this organization's node (obus node --final-db FILE)",
+        )
+    final_db = Path(args.final_db)
+    if not final_db.is_file():
+        raise ConfigError(
+            "--final-db",
+            f"{final_db} is not a file",
+            "start the organization's node (with its sealer) first, and pass its final store",
+        )
+    root = None
+    if args.root_mandate:
+        root, _ = load_mandate(Path(args.root_mandate), archive=True)
     fault = os.environ.get(FAULT_ENV)
     config = GatewayConfig(
         org=args.org,
@@ -284,6 +300,8 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         mandate=mandate,
         node_key=read_key(Path(args.node_key)),
         topics=Topics(args.topic_prefix),
+        final_db=final_db,
+        root=root,
         host=args.host,
         port=args.port,
         max_body_bytes=args.max_body_bytes,
@@ -368,6 +386,17 @@ def add_observer_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     gw.add_argument("--node-key", required=True, metavar="FILE", help="node key (obus keygen), "
                     "accredited by the organization with role NODE")  # fmt: skip
     gw.add_argument("--db", required=True, metavar="FILE", help="the gateway's SQLite state")
+    gw.add_argument(
+        "--final-db", metavar="FILE",
+        help="the final store of this organization's node (obus node --final-db; by default"
+        " <node db stem>.final.db): the gateway judges with its final trust state and publishes"
+        " nothing before the first final seal (503 not_sealed_yet)",
+    )  # fmt: skip
+    gw.add_argument(
+        "--root-mandate", metavar="FILE",
+        help="version 1 of the mandate (the root the final trust state is judged from);"
+        " default: --mandate",
+    )  # fmt: skip
     gw.add_argument("--host", default="127.0.0.1", help="listen address (default 127.0.0.1)")
     gw.add_argument("--port", type=int, default=8480, help="listen port (default 8480)")
     gw.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_RECORD_BYTES)

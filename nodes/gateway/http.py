@@ -17,6 +17,9 @@ status  when                                                                    
 422     every other verification reason (``outside_zone``, ``clock_skew``, ...)      JSON
 429     ``rate_limited`` (token bucket per observer), with ``Retry-After``           JSON
 503     ``unavailable``: Kafka did not confirm; retry (with ``Retry-After``)          JSON
+503     ``not_sealed_yet``: no final seal judged yet, so no trust state to judge     JSON
+        with (:mod:`nodes.gateway.trust`); ``sealed_log_broken``: a sealed trust
+        record was altered or deleted (both with ``Retry-After``)
 ======  ============================================================================  ==========
 
 ``PUT /v1/attachments/<sha256 hex>`` (body: the attachment's bytes, sent as
@@ -183,6 +186,8 @@ def make_app(
         return _response(reply)
 
     async def get_node(_: web.Request) -> web.Response:
+        if not gateway.node_accreditation:
+            return _response(gateway.not_ready())
         return web.Response(body=gateway.node_accreditation, content_type=RECEIPT_CONTENT_TYPE)
 
     async def put_attachment(request: web.Request) -> web.StreamResponse:

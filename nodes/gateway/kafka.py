@@ -1,4 +1,4 @@
-"""The gateway's Kafka edge: its registry follower, its producer, and the read-back of its topic.
+"""The gateway's Kafka edge: its trust reader, its producer, and the read-back of its topic.
 
 :class:`GatewayKafka` is the only part of the gateway that talks to aiokafka. Every aiokafka
 failure leaves it as a :class:`~bus.errors.TransportError` (:func:`bus.kafka.client.wrap`,
@@ -9,21 +9,22 @@ types.
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import NamedTuple
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bus.attachment import CHUNK_OVERHEAD_BYTES
-from bus.errors import TransportError
+from bus.errors import ConfigError, StoreError, TransportError
 from bus.kafka.admin import topic_partitions
 from bus.kafka.attachments import Published, publish_attachment, topic_message_limit
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
-from bus.kafka.replay import read_until, replay
-from bus.model import sha256
-from bus.topics import report_headers
-from bus.trust import KeyRing
-from nodes.runtime.trust_follower import RegistryFollower
+from bus.kafka.replay import read_until
+from bus.model import Mandate, encode, sha256
+from bus.store.final_reads import FinalReads
+from bus.topics import Topics, report_headers
+from nodes.gateway.trust import SealedTrust
 
 
 class Position(NamedTuple):
@@ -41,7 +42,6 @@ class GatewayKafka:
         bootstrap, security: how to reach the brokers.
         org: the gateway's organization (record headers).
         topic: its reports topic; ``attachment_topic``: its attachments topic.
-        registry_topic: the registry, followed into ``keyring``.
         chunk_bytes: the attachment chunk size (the producer's request size makes room for one).
         log: the gateway's bound logger.
     """
@@ -54,8 +54,6 @@ class GatewayKafka:
         org: str,
         topic: str,
         attachment_topic: str,
-        registry_topic: str,
-        keyring: KeyRing,
         chunk_bytes: int,
         log: structlog.typing.FilteringBoundLogger,
     ) -> None:
@@ -63,42 +61,19 @@ class GatewayKafka:
         self.attachment_topic = attachment_topic
         self._bootstrap, self._security = bootstrap, security
         self._org = org
-        self._registry_topic = registry_topic
-        self._keyring = keyring
         self._chunk_bytes = chunk_bytes
         self._log = log
-        self._registry: RegistryFollower | None = None
-        self._registry_lock = asyncio.Lock()
         self._producer: AIOKafkaProducer | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def registry_records(self) -> list[bytes]:
-        """Every record of the registry up to its current end, in log order (record keys are
-        not read: the topic is append-only; a record without a value carries nothing).
-
-        Raises:
-            TransportError: the registry cannot be read.
-        """
-        return [
-            rec.value
-            async for rec in replay(
-                self._bootstrap, [self._registry_topic], security=self._security
-            )
-            if rec.value is not None
-        ]
-
     async def start(self) -> None:
-        """Read the registry to its end into the key ring, then start the producer.
+        """Start the producer.
 
         Raises:
             TransportError: Kafka is unreachable.
         """
-        self._registry = RegistryFollower(
-            self._bootstrap, self._registry_topic, self._keyring, security=self._security
-        )
         with kafka_errors("starting the gateway"):
-            await self._registry.start()
             # linger 0: one observer sends one report at a time, so waiting to batch is pure
             # latency; concurrent observers still share batches while a request is in flight.
             # max_request_size: room for one attachment chunk record (at least the default).
@@ -109,22 +84,9 @@ class GatewayKafka:
             await self._producer.start()
 
     async def stop(self) -> None:
-        """Stop the producer and the registry follower (those that were started)."""
+        """Stop the producer (when it was started)."""
         if self._producer is not None:
             await self._producer.stop()
-        if self._registry is not None:
-            await self._registry.stop()
-
-    async def catch_up_registry(self) -> int:
-        """Apply the registry records published since the last catch-up; how many were read.
-
-        Raises:
-            TransportError: the registry cannot be read.
-        """
-        assert self._registry is not None
-        async with self._registry_lock:
-            with kafka_errors("following the registry"):
-                return await self._registry.catch_up()
 
     async def attachment_message_limit(self) -> int | None:
         """The attachments topic's ``max.message.bytes``, or None when it does not exist.
@@ -253,3 +215,100 @@ class GatewayKafka:
         if not tps:
             raise TransportError(f"topic {self.topic} has no partitions", retriable=False)
         return tps
+
+
+class TrustReader:
+    """Feeds a :class:`~nodes.gateway.trust.SealedTrust`: the trust topics from the bus (one
+    consumer without a group, every partition of ``<prefix>registry`` and ``<prefix>mandate``
+    from offset 0) and the final seals from the node's final store (read-only).
+
+    Args:
+        bootstrap, security: how to reach the brokers.
+        topics: topic names.
+        trust: the trust state to feed.
+        final_db: the organization's node's final store (``obus node --final-db``).
+        root: version 1 of the mandate; the final store must have been judged from it.
+
+    Raises (at construction):
+        ConfigError: ``final_db`` is missing, unreadable, or judged from another root.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        security: KafkaSecurity | None,
+        topics: Topics,
+        trust: SealedTrust,
+        final_db: Path,
+        root: Mandate,
+    ) -> None:
+        self._bootstrap, self._security = bootstrap, security
+        self._topics = topics
+        self.trust = trust
+        fix = "pass the final store of this organization's node (obus node --final-db FILE)"
+        try:
+            self._reads = FinalReads(final_db)
+        except StoreError as exc:
+            problem = f"{final_db} cannot be read: {exc.message}"
+            raise ConfigError("--final-db", problem, fix) from exc
+        try:
+            self._reads.check_root(sha256(encode(root)))
+        except ConfigError as exc:
+            self._reads.close()
+            raise ConfigError(
+                "--final-db",
+                f"{final_db} was not judged from version 1 of mandate {root.mandate_id}",
+                f"{fix}, and version 1 of the mandate (--root-mandate FILE)",
+            ) from exc
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tps: list[TopicPartition] = []
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Connect and position the consumer where the trust state stands.
+
+        Raises:
+            TransportError: Kafka is unreachable, or a trust topic does not exist.
+        """
+        with kafka_errors("reading the trust topics"):
+            names = [self._topics.registry, self._topics.mandate]
+            self._tps = await topic_partitions(self._bootstrap, names, security=self._security)
+            if {tp.topic for tp in self._tps} != set(names):
+                raise TransportError(
+                    f"the trust topics {', '.join(names)} do not all exist", retriable=True
+                )
+            self._consumer = AIOKafkaConsumer(
+                **client_options(self._bootstrap, self._security),
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            await self._consumer.start()
+            self._consumer.assign(self._tps)
+            for tp in self._tps:
+                self._consumer.seek(tp, self.trust.read_size((tp.topic, tp.partition)))
+
+    async def stop(self) -> None:
+        """Stop the consumer and close the final store."""
+        if self._consumer is not None:
+            await self._consumer.stop()
+        self._reads.close()
+
+    async def catch_up(self) -> int:
+        """Read the trust topics to their current ends and judge every final seal stored since
+        the last call that the records allow; how many epochs were judged.
+
+        Raises:
+            TransportError: Kafka failed.
+            StoreError: the final store cannot be read.
+            SealedRootMismatchError: a sealed trust record was altered or deleted.
+        """
+        assert self._consumer is not None
+        async with self._lock:
+            with kafka_errors("reading the trust topics"):
+                ends = await self._consumer.end_offsets(self._tps)
+                async for rec in read_until(self._consumer, ends):
+                    self.trust.offer_records((rec.topic, rec.partition), rec.offset, [rec.value])
+            seals = await asyncio.to_thread(self._reads.seals, self.trust.epoch, 1000)
+            return self.trust.advance(seals)

@@ -23,9 +23,19 @@ recording them only means they are published again on the next upload, and nodes
 identical chunks.
 
 Verification is :func:`bus.verify.verify_report` with this organization as the expected one and
-the gateway's clock as the reference, against a :class:`~bus.trust.KeyRing` kept current by
-:class:`~nodes.runtime.trust_follower.RegistryFollower`; the per-observer chain is checked with
-:class:`~bus.verify.ChainBook` against what this gateway already published.
+the gateway's clock as the reference, against the **final trust state of the organization's
+node** (:mod:`nodes.gateway.trust`): the mandate version in force and the key ring the node's
+final judge holds after the newest final seal, read from the node's final store
+(``final_db``) and the trust topics, refreshed every ``registry_refresh_s`` and at once when a
+report names a key not known yet. The mandate file only names the mandate (and, as version 1,
+the root the final judge starts from: ``root``); a root rotated out accredits nothing here, and
+gateways started from different mandate files judge alike. Before the first final seal the
+gateway publishes nothing: reports are answered 503 ``not_sealed_yet`` (retry). The node key
+must be accredited by this organization with role NODE, unrevoked, in that trust state;
+``GET /v1/node`` serves the record that accredits it. The per-observer chain is checked with
+:class:`~bus.verify.ChainBook` against what this gateway already published; chains are keyed by
+observer id, not by key, so a report signed by the observer's new key (accredited for the same
+observer id, the old one revoked) continues the chain where the old key left it.
 
 Crash safety (exactly once on the topic). The gateway keeps a small SQLite file: every report it
 accepted (id, digest, envelope, state, position, receipt), the chain heads, and per partition a
@@ -46,12 +56,12 @@ organization (the topic's only writer, DESIGN §4).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import json
 import math
 import os
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -60,15 +70,23 @@ import structlog
 
 from bus.attachment import CHUNK_OVERHEAD_BYTES, AttachmentLimits, check_upload, parse_hex_digest
 from bus.crypto import SigningKey
-from bus.errors import ConfigError, Reason, StoreError, TransportError, VerificationError
+from bus.errors import (
+    ConfigError,
+    Reason,
+    SealedRootMismatchError,
+    StoreError,
+    TransportError,
+    VerificationError,
+)
 from bus.kafka.client import KafkaSecurity
-from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Mandate, Receipt, Role, sha256
+from bus.model import Accreditation, Mandate, Receipt, Role, sha256
 from bus.receipt import sign_receipt
 from bus.topics import Topics
-from bus.trust import KeyRing, decode_registry_record
+from bus.trust import KeyRing
 from bus.verify import DEFAULT_MAX_RECORD_BYTES, ChainBook, Limits, VerifiedReport, verify_report
-from nodes.gateway.kafka import GatewayKafka, Position
+from nodes.gateway.kafka import GatewayKafka, Position, TrustReader
 from nodes.gateway.store import PUBLISHED, PUBLISHING, GatewayStore, Row
+from nodes.gateway.trust import NOT_SEALED_YET, SEALED_LOG_BROKEN, SealedTrust
 from nodes.runtime.files import ended_on, mandate_ended
 
 log = structlog.get_logger(__name__)
@@ -93,6 +111,12 @@ class GatewayConfig:
     mandate: Mandate
     node_key: SigningKey
     topics: Topics = field(default_factory=Topics)
+    # The organization's node's final store (obus node --final-db): the gateway's trust state.
+    # Required to start; None is refused by Gateway.start naming --final-db.
+    final_db: Path | None = None
+    # Version 1 of the mandate, the root the final judge starts from (None: ``mandate``, which
+    # must then be version 1).
+    root: Mandate | None = None
     limits: Limits = field(default_factory=Limits)
     host: str = "127.0.0.1"
     port: int = 8480
@@ -101,7 +125,8 @@ class GatewayConfig:
     # the rate covers steady work. Both far above any person's writing speed.
     rate_per_s: float = 10.0
     burst: int = 500
-    registry_refresh_s: float = 5.0
+    # How often the trust topics and the node's final store are read for new final seals.
+    registry_refresh_s: float = 1.0
     exit_after_publishes: int | None = None
     # Attachments: size limit and chunk size (bus/attachment.py).
     attachments: AttachmentLimits = field(default_factory=AttachmentLimits)
@@ -136,6 +161,13 @@ class GatewayConfig:
         for flag, seconds in timeouts.items():
             if not 0 < seconds < math.inf:
                 raise ConfigError(flag, f"{seconds} is not a number of seconds > 0", "pass N > 0")
+        if self.root is not None and self.root.mandate_id != self.mandate.mandate_id:
+            raise ConfigError(
+                "--root-mandate",
+                f"is mandate {self.root.mandate_id!r}; the gateway runs"
+                f" {self.mandate.mandate_id!r}",
+                "pass version 1 of the same mandate",
+            )
         if self.max_connections < 1:
             raise ConfigError(
                 "--max-connections", f"{self.max_connections} is below 1", "pass N >= 1"
@@ -185,9 +217,10 @@ class Reply:
         return cls(Outcome.REFUSED, body, JSON_CONTENT_TYPE, exc.reason, retry_after_s)
 
     @classmethod
-    def unavailable(cls, detail: str, retry_after_s: float) -> Reply:
-        """Nothing is wrong with the input, but it could not be published now."""
-        body = error_body(UNAVAILABLE, detail)
+    def unavailable(cls, detail: str, retry_after_s: float, why: str = UNAVAILABLE) -> Reply:
+        """Nothing is wrong with the input, but it could not be published now; ``why`` is the
+        body's reason (``unavailable``, ``not_sealed_yet``, ``sealed_log_broken``)."""
+        body = error_body(why, detail)
         return cls(Outcome.UNAVAILABLE, body, JSON_CONTENT_TYPE, retry_after_s=retry_after_s)
 
 
@@ -209,79 +242,43 @@ class TokenBuckets:
         return (1 - tokens) / self._rate
 
 
-def find_node_accreditation(
-    records: Iterable[bytes],
-    mandate: Mandate,
-    *,
-    org: str,
-    key_id: bytes,
-    registry_topic: str = "the registry",
+def node_accreditation(
+    trust: SealedTrust, *, org: str, key_id: bytes
 ) -> tuple[bytes, Accreditation]:
-    """The accreditation of the node key ``key_id`` among the registry's records, in log order.
-
-    Every record is judged as every node's key ring judges it (:class:`~bus.trust.KeyRing`):
-    records that do not verify under ``mandate`` count for nothing, the first organization to
-    accredit a key id owns it, a later accreditation of it by the same subject with a higher
-    serial supersedes the earlier one, and a revocation of the key by its organization stands
-    wherever it lies in the log (nothing re-validates a revoked key). Record keys play no part:
-    the registry is append-only, so no record can erase another.
+    """The accreditation of the node key ``key_id`` in the final trust state ``trust``.
 
     Returns:
-        The record bytes (served to observers, who verify it themselves) and the accreditation.
+        The registry record accrediting it under the mandate in force (served to observers,
+        who verify it themselves) and the accreditation.
 
     Raises:
-        ConfigError: no verified accreditation of the key; the key is accredited to another
-            organization or with another role than NODE; or ``org`` revoked it.
+        ConfigError: the key is not accredited in that trust state (or by no record that
+            verifies under the mandate in force: accredited only by a rotated-out root); it is
+            accredited to another organization or with another role than NODE; or ``org``
+            revoked it.
     """
     fix = (
         f"publish an accreditation of key {key_id.hex()} with role NODE, signed by the {org}"
-        f" root key, on {registry_topic}"
+        f" root key, on the registry, and wait for it to be sealed"
     )
-    ring = KeyRing(mandate)
-    chosen: bytes | None = None
-    refused: VerificationError | None = None  # the last record about this key that was refused
-    for raw in records:
-        try:
-            envelope = decode_registry_record(raw)
-            judged = ring.apply(envelope)
-        except VerificationError as exc:
-            if _names_key(raw, key_id):
-                refused = exc
-            continue
-        # the accreditation the ring holds now: the first, or one with a higher serial
-        if (
-            isinstance(judged, Accreditation)
-            and judged.key_id == key_id
-            and ring.lookup(key_id) == judged
-        ):
-            chosen = raw
-    if chosen is None:
-        problem = "is not accredited on the registry"
-        if refused is not None:
-            problem += f" (a record of it was refused: {refused})"
-        raise ConfigError("node key", problem, fix)
-    acc = ring.lookup(key_id)
+    found = trust.accreditation_record(key_id)
+    if found is None:
+        raise ConfigError(
+            "node key",
+            f"is not accredited in the final trust state after epoch {trust.epoch}",
+            fix,
+        )
+    raw, acc = found
     if acc.org != org or acc.role != Role.NODE:
         raise ConfigError("node key", f"accredited as {acc.org}/{acc.role.name}", fix)
-    for rev in ring.revocations():
+    for rev in trust.keyring.revocations():
         if rev.key_id == key_id and rev.org == org:
             raise ConfigError(
                 "node key",
                 f"revoked by {org} (revocation serial {rev.serial}: {rev.reason!r})",
                 f"use another node key: {fix}",
             )
-    return chosen, acc
-
-
-def _names_key(raw: bytes, key_id: bytes) -> bool:
-    """Whether a registry record, verified or not, names ``key_id`` as the key it accredits."""
-    try:
-        envelope = decode_registry_record(raw)
-        if envelope.payload_type != PAYLOAD_ACCREDITATION:
-            return False
-        return Accreditation.decode(envelope.payload).key_id == key_id
-    except VerificationError:
-        return False
+    return raw, acc
 
 
 class Gateway:
@@ -293,7 +290,10 @@ class Gateway:
         self.topic = config.topics.reports(config.org)
         self.attachment_topic = config.topics.attachments(config.org)
         self.store = GatewayStore(config.db_path)
-        self.keyring = KeyRing(config.mandate)
+        self.root = config.root or config.mandate
+        self.trust = SealedTrust(
+            self.root, config.topics, config.limits, watch_key=config.node_key.key_id
+        )
         self.chain = ChainBook(self.store.heads(), self.store.digest_of)
         self.buckets = TokenBuckets(config.rate_per_s, config.burst)
         self.node_accreditation: bytes = b""
@@ -305,8 +305,6 @@ class Gateway:
             org=config.org,
             topic=self.topic,
             attachment_topic=self.attachment_topic,
-            registry_topic=config.topics.registry,
-            keyring=self.keyring,
             chunk_bytes=config.attachments.chunk_bytes,
             log=self._log,
         )
@@ -317,31 +315,83 @@ class Gateway:
         self._refresher: asyncio.Task[None] | None = None
         self._attachments_ok = False
         self._attachment_locks: dict[bytes, asyncio.Lock] = {}
+        self._trust_reader: TrustReader | None = None
+        self._trust_broken: str | None = None  # why the trust state stopped (sealed log broken)
+        self._not_ready = f"no final seal judged yet: {config.org}'s node has not sealed"
+        self._recovered = False
+
+    @property
+    def keyring(self) -> KeyRing:
+        """The key ring in force (the final trust state's; empty before the first seal)."""
+        return self.trust.keyring
+
+    @property
+    def mandate(self) -> Mandate:
+        """The mandate version in force (version 1 before the first seal)."""
+        return self.trust.mandate
+
+    @property
+    def ready(self) -> bool:
+        """Whether the gateway holds a final trust state in which its node key is usable and has
+        resolved what it left unpublished: only then does it publish."""
+        return self.node is not None and self._recovered and self._trust_broken is None
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Read the registry, find this node's accreditation, connect, resolve pending reports.
+        """Open the node's final store, read the trust state, connect, and (once a final seal
+        is judged) check this node's accreditation and resolve pending reports.
 
         Raises:
-            ConfigError: the node key is not accredited by this organization as NODE.
+            ConfigError: ``final_db`` is missing, unreadable or of another root; the root is not
+                version 1; the node key is not accredited by this organization as NODE in the
+                final trust state.
             TransportError: Kafka is unreachable.
         """
-        self.node_accreditation, self.node = await self._find_node_accreditation()
+        cfg = self.config
+        if cfg.final_db is None:
+            raise ConfigError(
+                "--final-db",
+                "is missing: the gateway judges with its node's final trust state",
+                "pass the final store of this organization's node (obus node --final-db FILE)",
+            )
+        if self.root.version != 1:
+            raise ConfigError(
+                "--root-mandate",
+                f"the mandate file is version {self.root.version}; the final trust state is"
+                " judged from version 1",
+                "pass --root-mandate FILE (version 1 of this mandate)",
+            )
+        self._trust_reader = TrustReader(
+            bootstrap=cfg.bootstrap, security=cfg.security, topics=cfg.topics, trust=self.trust,
+            final_db=cfg.final_db, root=self.root,
+        )  # fmt: skip
+        await self._trust_reader.start()
+        await self._trust_reader.catch_up()
         await self.kafka.start()
         await self._check_attachment_topic()
-        await self.recover()
-        self._refresher = asyncio.create_task(self._refresh_registry_forever())
+        if self.trust.sealed:
+            self.node_accreditation, self.node = node_accreditation(
+                self.trust, org=cfg.org, key_id=cfg.node_key.key_id
+            )
+            await self._recover_once()
+        else:
+            self._log.warning("gateway_waiting_for_first_seal", final_db=str(cfg.final_db))
+        self._refresher = asyncio.create_task(self._refresh_trust_forever())
         self._log.info(
-            "gateway_started", node_id=self.node.subject_id, accredited_keys=len(self.keyring),
-            **self.store.counts(),
+            "gateway_started", epoch=self.trust.epoch, accredited_keys=len(self.keyring),
+            node_id=None if self.node is None else self.node.subject_id, **self.store.counts(),
         )  # fmt: skip
 
     async def stop(self) -> None:
         """Stop the Kafka clients and close the store."""
         if self._refresher is not None:
             self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
         await self.kafka.stop()
+        if self._trust_reader is not None:
+            await self._trust_reader.stop()
         self.store.close()
         self._log.info("gateway_stopped", published_here=self._published_here)
 
@@ -370,27 +420,69 @@ class Gateway:
         self._attachments_ok = True
         return True
 
-    async def _find_node_accreditation(self) -> tuple[bytes, Accreditation]:
-        cfg = self.config
-        records = await self.kafka.registry_records()
-        return find_node_accreditation(
-            records, cfg.mandate, org=cfg.org, key_id=cfg.node_key.key_id,
-            registry_topic=cfg.topics.registry,
-        )  # fmt: skip
+    async def _recover_once(self) -> None:
+        if not self._recovered:
+            await self.recover()
+            self._recovered = True
 
-    async def _catch_up_registry(self) -> None:
+    async def refresh_trust(self) -> int:
+        """Read new trust records and final seals; how many epochs were judged. Re-checks the
+        node key when the trust state moved; never raises (failures are logged and leave the
+        trust state where it was)."""
+        assert self._trust_reader is not None
+        if self._trust_broken is not None:
+            return 0
         try:
-            read = await self.kafka.catch_up_registry()
-        except TransportError as exc:
-            self._log.warning("registry_catch_up_failed", error=repr(exc))
-            return
-        if read:
-            self._log.info("registry_updated", records=read, accredited_keys=len(self.keyring))
+            judged = await self._trust_reader.catch_up()
+        except SealedRootMismatchError as exc:
+            self._trust_broken = exc.message
+            self._log.error("sealed_log_broken", **exc.context)
+            return 0
+        except (TransportError, StoreError) as exc:
+            self._log.warning("trust_refresh_failed", error=repr(exc))
+            return 0
+        if judged:
+            self._log.info(
+                "trust_state_updated", epoch=self.trust.epoch, judged=judged,
+                mandate_version=self.mandate.version, accredited_keys=len(self.keyring),
+            )  # fmt: skip
+            self._check_node_key()
+            if self.node is not None:
+                try:
+                    await self._recover_once()
+                except TransportError as exc:
+                    self._log.warning("recovery_failed", error=repr(exc))
+        return judged
 
-    async def _refresh_registry_forever(self) -> None:
+    def _check_node_key(self) -> None:
+        cfg = self.config
+        try:
+            self.node_accreditation, self.node = node_accreditation(
+                self.trust, org=cfg.org, key_id=cfg.node_key.key_id
+            )
+        except ConfigError as exc:
+            # logged each time the trust state moves (at most once per final seal)
+            self._log.error("node_key_unusable", epoch=self.trust.epoch, error=exc.message)
+            self.node_accreditation, self.node = b"", None
+
+    async def _refresh_trust_forever(self) -> None:
         while True:
             await asyncio.sleep(self.config.registry_refresh_s)
-            await self._catch_up_registry()
+            await self.refresh_trust()
+
+    def not_ready(self) -> Reply:
+        """The answer while the gateway does not publish (see :attr:`ready`)."""
+        if self._trust_broken is not None:
+            return Reply.unavailable(self._trust_broken, retry_after_s=60, why=SEALED_LOG_BROKEN)
+        if not self.trust.sealed:
+            return Reply.unavailable(self._not_ready, retry_after_s=5, why=NOT_SEALED_YET)
+        if self.node is None:
+            return Reply.unavailable(
+                f"the node key of {self.config.org} is not usable in the final trust state after"
+                f" epoch {self.trust.epoch}",
+                retry_after_s=30,
+            )
+        return Reply.unavailable("resolving earlier publications", retry_after_s=1)
 
     # -- the request -------------------------------------------------------------------------
 
@@ -398,9 +490,13 @@ class Gateway:
         """Judge and publish one envelope (see the module docstring for the answers)."""
         digest = sha256(body)
         known = self.store.by_digest(digest)
+        if known is not None and known.state == PUBLISHED and known.receipt is not None:
+            return await self._again(known)
+        if not self.ready:
+            return self.not_ready()
         if known is not None:
             return await self._again(known)
-        mandate = self.config.mandate
+        mandate = self.mandate
         if mandate_ended(mandate):
             return self.refuse(
                 VerificationError(
@@ -517,7 +613,8 @@ class Gateway:
             except VerificationError as exc:
                 if exc.reason is not Reason.UNKNOWN_KEY or attempt == 2:
                     raise
-                await self._catch_up_registry()  # maybe accredited a moment ago
+                if not await self.refresh_trust():  # maybe sealed a moment ago
+                    raise
         raise AssertionError("unreachable")  # pragma: no cover
 
     def refuse(self, exc: VerificationError, retry_after_s: float = 0) -> Reply:
