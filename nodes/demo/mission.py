@@ -11,11 +11,8 @@
 5. waits until every node has stored or quarantined every record, stops the nodes, and shows:
    identical accepted sets on all six nodes, both bad records quarantined with their reasons at
    every node, each organization's own decisions, and the auditor's verdict;
-6. (witnessed log) before stopping the nodes, waits until each node's witness holds, for every
-   report partition, a checkpoint of its full size signed or cosigned by all six organizations,
-   then shows the agreement (same trees everywhere, no split-view alarm), exports the log
-   (``obus log export``), audits the export offline (``obus audit --from``, JSON and HTML
-   reports in var/demo) and proves one report's inclusion against a quorum checkpoint;
+6. (exported log) exports the log with its seals (``obus log export``) and audits the export
+   offline (``obus audit --from``, JSON and HTML reports in var/demo);
 7. (sealed bus) every node's sealer proposes and cosigns a seal a second
    (:data:`nodes.demo.sealing.SEAL_INTERVAL_S`). The mission waits until every node's final
    store has judged the epoch that covers every report, and before stopping the nodes until all
@@ -56,7 +53,6 @@ from bus.model import Envelope, Signature
 from bus.sign import ReportSigner
 from bus.topics import Topics, report_headers, standard_topics
 from nodes.auditor.log_export import export_log
-from nodes.auditor.prove import prove_from_file
 from nodes.auditor.report import write_html
 from nodes.auditor.run import audit, audit_export, render, write_json
 from nodes.demo.scenario import (
@@ -78,11 +74,6 @@ from nodes.demo.sealing import (
     show_final,
     wait_until_final,
 )
-from nodes.org_node.witness_store import (
-    default_witness_db,
-    witness_fingerprint,
-    witness_status,
-)
 from nodes.runtime.files import write_key
 
 log = structlog.get_logger(__name__)
@@ -91,7 +82,6 @@ REPO: Final = Path(__file__).resolve().parents[2]
 KAFKA_SH: Final = REPO / "deploy" / "local" / "kafka.sh"
 POLICIES: Final = REPO / "deploy" / "policies"
 WAIT_FOR_NODES_S: Final = 180
-CHECKPOINT_INTERVAL_S: Final = 2  # witnesses checkpoint the demo's small partitions quickly
 # The escalation's reports were signed up to three weeks ago (escalation_reports): the mandate
 # lets reports arrive that late, or their final verdict would be delivery_lag.
 MAX_DELIVERY_LAG_MS: Final = 30 * DAY_MS
@@ -190,8 +180,8 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             )
             node_keys = await _accredit_node_keys(producer, scenario, topics, work)
             console.print(
-                f"{len(node_keys)} node keys accredited (role NODE): each node's witness signs"
-                " checkpoints with it"
+                f"{len(node_keys)} node keys accredited (role NODE): each node's sealer signs"
+                " its seal proposals and cosignatures with it"
             )
 
             console.rule("3. Six organization nodes")
@@ -203,7 +193,6 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
                      "--mandate", str(mandate_file), "--db", str(work / f"{org}.db"),
                      "--policy", str(POLICIES / f"{org}.toml"), "--bootstrap", bootstrap,
                      "--topic-prefix", topics.prefix, "--node-key", str(node_keys[org]),
-                     "--checkpoint-interval", str(CHECKPOINT_INTERVAL_S),
                      "--http-port", str(ports[org]), *seal_args()],
                     stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
                     env={**os.environ, "OBUS_LOG_JSON": "1"},
@@ -257,8 +246,6 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         else:
             console.print(f"[red]nodes did not finish within {WAIT_FOR_NODES_S}s: {done}[/red]")
             return False
-        if not await _wait_for_witnesses(console, work, orgs, ends, procs):
-            return False
         reports_final = await wait_until_final(
             console, work, procs, bus,
             only=lambda t: topics.org_of_report_topic(t) is not None,
@@ -300,17 +287,14 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         )
         audit_ok &= _same_final(console, "the auditor", result.final_digest(), final)
 
-        console.rule("8. Witnessed log: checkpoint agreement across the six organizations")
-        witness_ok = _show_witnesses(console, work, orgs, ends)
-
-        console.rule("9. Export the log and audit the copy offline")
+        console.rule("8. Export the log and audit the copy offline")
         export_ok = await _export_and_audit(
             console, work, bootstrap=bootstrap, topics=topics, scenario=scenario,
-            expected=expected, report_id=stream[0][1], final=final,
+            expected=expected, final=final,
         )  # fmt: skip
-        console.rule("10. Follow-up: each organization's own decisions, shown to the others")
+        console.rule("9. Follow-up: each organization's own decisions, shown to the others")
         followup_ok &= _show_followup(console, work, orgs)
-        return ok and audit_ok and witness_ok and export_ok and followup_ok
+        return ok and audit_ok and export_ok and followup_ok
     finally:
         _stop_nodes(procs)
         if bus is not None:
@@ -358,84 +342,6 @@ async def _accredit_node_keys(
     return files
 
 
-def _witness_db(work: Path, org: str) -> Path:
-    return default_witness_db(work / f"{org}.db")
-
-
-async def _wait_for_witnesses(
-    console: Console,
-    work: Path,
-    orgs: list[str],
-    ends: dict[tuple[str, int], int],
-    procs: dict[str, subprocess.Popen[bytes]],
-) -> bool:
-    """Wait until every node's witness holds, for every report partition, a checkpoint of the
-    partition's full size signed or cosigned by all six organizations."""
-    want = {(t, p): n for (t, p), n in ends.items() if n > 0}
-    deadline = time.monotonic() + WAIT_FOR_NODES_S
-    while time.monotonic() < deadline:
-        if any(p.poll() is not None for p in procs.values()):
-            console.print(f"[red]a node exited early; see {work / 'logs'}[/red]")
-            return False
-        agreed = 0
-        for org in orgs:
-            try:
-                parts = witness_status(_witness_db(work, org), len(orgs))["partitions"]
-            except sqlite3.Error:
-                break
-            full = {
-                (w["topic"], w["partition"])
-                for w in parts
-                if w["quorum_size"] == w["size"] == want.get((w["topic"], w["partition"]))
-            }
-            agreed += full == set(want)
-        if agreed == len(orgs):
-            return True
-        await asyncio.sleep(0.5)
-    console.print(f"[red]witnesses did not agree within {WAIT_FOR_NODES_S}s[/red]")
-    return False
-
-
-def _show_witnesses(
-    console: Console, work: Path, orgs: list[str], ends: dict[tuple[str, int], int]
-) -> bool:
-    """Per partition: the checkpoint all six signed; per node: its tree fingerprint, alarms."""
-    statuses = {org: witness_status(_witness_db(work, org), len(orgs)) for org in orgs}
-    table = Table(title="Checkpoints of every report partition, signed or cosigned by all six")
-    for col in ("partition", "records", "checkpoint root (base64)", "signed by"):
-        table.add_column(col)
-    for w in statuses[orgs[0]]["partitions"]:
-        table.add_row(
-            f"{w['topic']}[{w['partition']}]", str(w["quorum_size"]),
-            (w["quorum_root"] or "")[:20] + "…", f"{len(w['quorum_orgs'])}/{len(orgs)}",
-        )  # fmt: skip
-    console.print(table)
-    nt = Table(title="Each node's witness")
-    for col in ("node", "partitions", "leaves", "trees fingerprint", "split-view alarms"):
-        nt.add_column(col)
-    prints = set()
-    alarms = 0
-    for org in orgs:
-        st = statuses[org]
-        fp = witness_fingerprint(_witness_db(work, org))
-        prints.add(fp)
-        alarms += len(st["alarms"])
-        nt.add_row(
-            org, str(len(st["partitions"])), str(sum(w["size"] for w in st["partitions"])), fp,
-            str(len(st["alarms"])),
-        )  # fmt: skip
-    console.print(nt)
-    total = sum(ends.values())
-    ok = len(prints) == 1 and alarms == 0
-    console.print(
-        f"[green]all six witnesses hold the same trees over {total} records, every checkpoint"
-        " cosigned by all six organizations, no split-view alarm[/green]"
-        if ok
-        else "[red]the witnesses disagree or raised alarms[/red]"
-    )
-    return ok
-
-
 async def _export_and_audit(
     console: Console,
     work: Path,
@@ -444,39 +350,28 @@ async def _export_and_audit(
     topics: Topics,
     scenario: Scenario,
     expected: set[tuple[str, int, int]],
-    report_id: str,
     final: FinalSummary,
 ) -> bool:
-    """`obus log export`, then `obus audit --from` (JSON + HTML) and one inclusion proof."""
+    """`obus log export` (the seals with every sealed topic), then `obus audit --from` (JSON +
+    HTML): the copy names the injected records and holds the nodes' final state."""
     path = work / "log.obus.jsonl"
     counts = await export_log(bootstrap, topics, scenario.mandate, scenario.mandate_envelope, path)
     console.print(
         f"exported {path.relative_to(REPO)} ({path.stat().st_size // 1024} KiB): "
         + ", ".join(f"{n} {k}" for k, n in counts.items())
     )
-    result = audit_export(path, scenario.mandate, console=console, require_witnessed=True)
+    result = audit_export(path, scenario.mandate, console=console)
     render(result, console)
     write_json(result, work / "audit.json")
     write_html(result, work / "audit.html")
     found = {(v.topic, v.partition, v.offset) for v in result.violations}
-    witnessed = all(w["unwitnessed"] == 0 for w in result.witness)
-    ok = found == expected and witnessed
-    ok &= _same_final(console, "the offline audit", result.final_digest(), final)
+    ok = found == expected
     console.print(
         ("[green]" if ok else "[red]")
         + f"offline audit named {len(found)} violation(s) (expected the {len(expected)}"
-        + " injected); every record covered by a checkpoint of a quorum"
-        + f" ({result.quorum}): {witnessed}; reports in"
-        + f" {(work / 'audit.html').relative_to(REPO)} and audit.json"
+        + f" injected); reports in {(work / 'audit.html').relative_to(REPO)} and audit.json"
     )
-    proof = prove_from_file(path, scenario.mandate, where=None, report_id=report_id)
-    console.print(
-        f"inclusion proof of report {report_id}: leaf {proof.leaf_index} of"
-        f" {proof.checkpoint.origin} at size {proof.checkpoint.size}, signed by"
-        f" {len(proof.orgs)} organizations, {len(proof.proof)} hashes: [green]verified[/green]"
-        f" (obus audit prove --from {path.relative_to(REPO)} --report-id {report_id})"
-    )
-    return ok
+    return _same_final(console, "the offline audit", result.final_digest(), final) and ok
 
 
 def _stop_nodes(procs: dict[str, subprocess.Popen[bytes]]) -> None:

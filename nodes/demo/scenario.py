@@ -94,7 +94,7 @@ class Scenario:
     accreditations: list[bytes]
     signers: dict[str, ReportSigner] = field(default_factory=dict)
     # One node key per organization, accredited with role NODE (subject "<org>-node-1"): it
-    # signs the witness's checkpoints and cosignatures.
+    # signs the sealer's seal proposals and cosignatures, and published decisions.
     node_keys: dict[str, SigningKey] = field(default_factory=dict)
     node_accreditations: list[bytes] = field(default_factory=list)
 
