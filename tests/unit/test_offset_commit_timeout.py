@@ -1,7 +1,7 @@
 """Kafka group-offset commits never stall a loop, and a part's bug still stops the others.
 
 aiokafka's ``consumer.commit()`` retries retriable errors (coordinator unknown, broker down)
-without limit. The node, the attachment reassembler and the witness commit group offsets only
+without limit. The node and the attachment reassembler commit group offsets only
 for operators' lag tooling (each resumes from its own store), so a commit still running after
 ``OFFSET_COMMIT_TIMEOUT_S`` is given up like a failed one: a warning, and the loop goes on.
 No broker: the consumers are fakes whose commit never returns.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Iterator, MutableMapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -22,16 +21,12 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from bus.errors import StoreError
-from bus.model import Role
-from bus.witness import WitnessCore, WitnessPolicy
-from nodes.demo.scenario import demo_key
 from nodes.org_node import ingest as org_node
-from nodes.org_node import process, witness
+from nodes.org_node import process
 from nodes.org_node.attachments import AttachmentNode, AttachmentNodeConfig
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node, run_node
-from nodes.org_node.witness import Witness, WitnessConfig
 from nodes.runtime import consumer as runtime_consumer
 from tests.logcapture import capture_all_logs
 from tests.mission import make_mission
@@ -94,20 +89,6 @@ class NoTrustFollower:
 @pytest.fixture(autouse=True)
 def _no_registry(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(org_node, "TrustFollower", NoTrustFollower)
-    monkeypatch.setattr(witness, "TrustFollower", NoTrustFollower)
-
-
-class Producer:
-    """Confirms every send at once."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    async def send(self, _topic: str, value: bytes, **_kwargs: object) -> asyncio.Future[None]:
-        self.sent.append(value)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
 
 
 @pytest.fixture
@@ -171,47 +152,6 @@ async def test_attachment_commit_is_bounded(
         node.store.close()
     assert consumer.commits == [{atp: 3}]
     assert len(_warnings(logs)) == 1
-
-
-# -- the witness -------------------------------------------------------------------------------
-
-
-@dataclass
-class Rec:
-    offset: int
-    value: bytes
-    timestamp: int = 0
-
-
-async def test_witness_turn_is_bounded_and_stores_first(
-    tmp_path: Path, logs: list[MutableMapping[str, Any]]
-) -> None:
-    m = make_mission()
-    key = demo_key("test:node:un")
-    m.accredit("un-node", "un", key, Role.NODE)
-    config = WitnessConfig("un", "127.0.0.1:1", tmp_path / "w.db", m.scenario.mandate, key)
-    w = Witness(config)
-    w.core = WitnessCore(
-        org="un", subject_id="un-node", key=key, mandate_id=m.mandate_id,
-        is_report_topic=lambda t: t.startswith("obus.reports."), policy=WitnessPolicy(),
-        started_ms=0,
-    )  # fmt: skip
-    reports = HangingConsumer({TP}, {TP: [Rec(0, b"a"), Rec(1, b"b")]})
-    checkpoints = HangingConsumer(set(), {})
-    producer = Producer()
-    cp_tp = TopicPartition(config.topics.checkpoints, 0)
-    try:
-        await asyncio.wait_for(
-            w._turn(cast(Any, reports), cast(Any, checkpoints), producer, cp_tp),
-            BOUND_S,
-        )
-        # stored (and its checkpoint sent) before the commit was tried
-        assert w.store.positions() == {(TOPIC, 0): 2}
-    finally:
-        w.store.close()
-    assert reports.commits == [{TP: 2}] and reports.cancelled == 1
-    [warning] = _warnings(logs)
-    assert "TimeoutError" in warning["error"]
 
 
 # -- run_node ------------------------------------------------------------------------------------
