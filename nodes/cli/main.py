@@ -1,7 +1,8 @@
 """``obus``: the one command-line entry point of observer-bus: the parser and the dispatch.
 
 Each command family registers its commands through its ``add_*_commands`` function
-(nodes/cli/node.py, audit.py, kafka.py, trust.py, mandate.py, observer.py, followup.py, demo.py)
+(nodes/cli/node.py, audit.py, kafka.py, trust.py, mandate.py, observer.py, followup.py, demo.py,
+export.py)
 and takes the options every command shares from nodes/cli/common.py. Only the CLI (and
 nodes/demo/mission.py) read the environment and files given on the command line; everything
 below it takes explicit configuration objects.
@@ -24,6 +25,7 @@ from nodes.cli.common import (
     configure_logs,
 )
 from nodes.cli.demo import add_demo_commands
+from nodes.cli.export import add_export_commands
 from nodes.cli.followup import add_followup_commands
 from nodes.cli.kafka import add_acl_commands, add_topics_commands
 from nodes.cli.mandate import add_mandate_commands
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_followup_commands(sub)  # statement ..., dashboard
     add_log_commands(sub)  # log export
     add_acl_commands(sub)  # acls
+    add_export_commands(sub)  # export reports
     return parser
 
 
