@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import sqlite3
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -484,12 +484,12 @@ class ReportQuery:
             raise StoreError(f"store read failed: {exc}") from exc
 
     def rows(
-        self, f: ReportFilter, page: Page = Page(), *, scanned: list[int] | None = None
+        self, f: ReportFilter, page: Page = Page(), *, on_read: Callable[[], None] | None = None
     ) -> Iterator[ReportRow]:
         """The matching reports, one at a time, in the page's order (at most ``page.limit``).
 
-        ``scanned``, when given, gets one element added per report read (matching or not):
-        progress for a caller that shows it.
+        ``on_read``, when given, is called once per report read (matching or not): progress
+        for a caller that shows it.
 
         Raises:
             StoreError: the store cannot be read, or holds a report that does not decode.
@@ -501,8 +501,8 @@ class ReportQuery:
             cur = self._db.cursor()
             cur.row_factory = sqlite3.Row
             for values in cur.execute(sql, args):
-                if scanned is not None:
-                    scanned.append(1)
+                if on_read is not None:
+                    on_read()
                 row = _row(values, f.include_restricted)
                 if f.since_ms is not None and row.signed_at_ms < f.since_ms:
                     continue
