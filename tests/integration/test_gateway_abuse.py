@@ -410,7 +410,7 @@ async def test_ten_thousand_idle_connections_do_not_stop_a_genuine_submit(world:
     argv = ["--org", "un", "--mandate", str(world.tmp / "mandate.bin"),
             "--node-key", str(world.tmp / "node-key.json"),
             "--db", str(world.tmp / "idle-gateway.db"), "--port", str(port),
-            "--bootstrap", world.bootstrap, "--topic-prefix", world.topics.prefix,
+            "--final-db", str(world.final_db), "--bootstrap", world.bootstrap, "--topic-prefix", world.topics.prefix,
             "--header-timeout", "300"]  # fmt: skip
     log = world.tmp / "idle-gateway.log"
     async with gateway_process(argv, url, log) as proc:

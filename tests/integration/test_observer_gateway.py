@@ -32,9 +32,11 @@ from bus.errors import Reason
 from bus.kafka.admin import end_offsets, ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.kafka.replay import replay
-from bus.model import Envelope, Report, Role, sha256
+from bus.model import Envelope, Mandate, Report, Role, encode, sha256
 from bus.receipt import verify_receipt
+from bus.sealed_reader import SealedReader
 from bus.sign import ReportSigner
+from bus.store.final import FinalStore
 from bus.store.node import NodeStore
 from bus.topics import Topics, standard_topics
 from bus.trust import verify_accreditation
@@ -51,6 +53,7 @@ from nodes.org_node.process import build_node
 from nodes.runtime.files import write_key
 from tests.kafka_broker import free_ports
 from tests.mission import Mission, make_mission
+from tests.sealed_log import SealedLog
 
 pytestmark = [pytest.mark.kafka]
 REPO = Path(__file__).resolve().parents[2]
@@ -60,9 +63,48 @@ N = 100
 PASSPHRASE = "field observer passphrase"
 
 
+class TrustSealer:
+    """Stands in for the organization's node's sealer where the node is not what a test is
+    about: each :meth:`seal` seals the trust topics as they stand on the broker in the next
+    epoch (the RFC 6962 roots of their real records) and stores the epoch as judged by a
+    :class:`~bus.sealed_reader.SealedReader`, with its final seal, in a final store, exactly
+    the rows a sealer writes for those partitions. The gateway reads that store and the
+    topics, and checks the roots itself. Tests of sealing run real sealers
+    (tests/integration/test_gateway_final_trust.py)."""
+
+    def __init__(self, bootstrap: str, topics: Topics, root: Mandate, path: Path) -> None:
+        self.bootstrap, self.topics, self.path = bootstrap, topics, path
+        self.log = SealedLog(root)
+        self.reader = SealedReader(root, topics)
+        store = FinalStore(path)
+        try:
+            store.check_identity("un", root.mandate_id, sha256(encode(root)))
+        finally:
+            store.close()
+
+    async def seal(self) -> int:
+        """Seal the trust topics as they stand; the epoch sealed."""
+        held = {ref: len(v) for ref, v in self.log.partitions.items()}
+        async for rec in replay(self.bootstrap, [self.topics.registry, self.topics.mandate]):
+            ref = (rec.topic, rec.partition)
+            if rec.offset >= held.get(ref, 0):
+                self.log.put(rec.topic, rec.value, rec.partition)
+        seal = self.log.seal(now_ms())
+        for ref, values in self.log.partitions.items():
+            self.reader.offer_records(ref, 0, values)
+        epochs = self.reader.offer_final_seal(seal)
+        store = FinalStore(self.path)
+        try:
+            store.record(epochs, [seal])
+        finally:
+            store.close()
+        return seal.epoch
+
+
 @dataclass
 class World:
-    """One mission on the broker: topics, registry, a node key and one observer's home."""
+    """One mission on the broker: topics, registry (sealed once), a node key and one
+    observer's home."""
 
     bootstrap: str
     topics: Topics
@@ -72,10 +114,15 @@ class World:
     home: Home
     observer_key: SigningKey
     port: int
+    sealer: TrustSealer
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def final_db(self) -> Path:
+        return self.sealer.path
 
     def config(self, **changes: object) -> GatewayConfig:
         base: dict[str, object] = {
@@ -87,6 +134,7 @@ class World:
             "topics": self.topics,
             "port": self.port,
             "registry_refresh_s": 1.0,
+            "final_db": self.final_db,
         }
         base.update(changes)
         return GatewayConfig(**base)  # type: ignore[arg-type]
@@ -125,7 +173,9 @@ async def _world(
         await producer.stop()
     (tmp / "mandate.bin").write_bytes(m.scenario.mandate_envelope)
     write_key(tmp / "node-key.json", node_key)
-    return World(bootstrap, topics, m, tmp, node_key, home, observer_key, port)
+    sealer = TrustSealer(bootstrap, topics, m.scenario.mandate, tmp / "un.final.db")
+    await sealer.seal()
+    return World(bootstrap, topics, m, tmp, node_key, home, observer_key, port, sealer)
 
 
 def _report_file(tmp: Path) -> Path:
@@ -206,7 +256,7 @@ async def _gateway_process(
             sys.executable, "-m", "nodes.cli", "gateway", "--org", "un",
             "--mandate", str(w.tmp / "mandate.bin"), "--node-key", str(w.tmp / "node-key.json"),
             "--db", str(w.tmp / "gateway.db"), "--port", str(w.port),
-            "--bootstrap", w.bootstrap, "--topic-prefix", w.topics.prefix,
+            "--final-db", str(w.final_db), "--bootstrap", w.bootstrap, "--topic-prefix", w.topics.prefix,
             cwd=REPO, env=env, stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL, stderr=err,
         )  # fmt: skip
