@@ -10,22 +10,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import difflib
 import json
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bus import ceremony
 from bus.crypto import SigningKey, pae, validate_public_key, verify
-from bus.errors import ConfigError, KeyStoreError, Reason, VerificationError
+from bus.errors import BusError, ConfigError, KeyStoreError, Reason, VerificationError
+from bus.lifecycle import TrustTimeline
 from bus.model import Accreditation, EncryptionKey, Envelope, Mandate, Revocation, Role, check_id
 from bus.sealed import DecryptionKey
 from bus.sign import sign_accreditation, sign_encryption_key, sign_revocation
 from bus.topics import Topics
+from bus.trust import KeyRing, check_subject_namespace, decode_mandate_record
 from nodes.cli.common import (
     add_common_args,
     add_log_level,
     bootstrap,
+    check_broker,
     ensure_topic,
     now_ms,
     publish,
@@ -115,6 +122,7 @@ def _publish_registry(args: argparse.Namespace, env: Envelope, key_id: bytes) ->
         write_file(args.out, raw, "registry record")
     if args.offline:
         return
+    check_broker(args)
     topics = Topics(args.topic_prefix)
 
     async def go() -> tuple[int, int]:
@@ -124,6 +132,133 @@ def _publish_registry(args: argparse.Namespace, env: Envelope, key_id: bytes) ->
 
     partition, offset = asyncio.run(go())
     print(f"published to {topics.registry}[{partition}]@{offset} (key id {key_id.hex()})")
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryView:
+    """The registry as a node judges it: the key ring in force and the records it refused."""
+
+    keyring: KeyRing
+    refused: list[tuple[int, str, str]]  # (offset, reason code, message)
+    source: str
+
+
+async def _read_registry_live(args: argparse.Namespace, root: Mandate) -> RegistryView:
+    """Replay the mandate and registry topics (no consumer group) and judge them as a node
+    does: mandate versions from the file's version on (:class:`bus.lifecycle.TrustTimeline`),
+    every registry record under each version."""
+    from bus.kafka.replay import replay  # noqa: PLC0415 - keep `obus --help` fast
+
+    topics, security = Topics(args.topic_prefix), security_from_args(args)
+    timeline = TrustTimeline(root)
+    present = await _existing_topics(args, [topics.mandate, topics.registry])
+    if topics.mandate in present:
+        async for rec in replay(bootstrap(args), [topics.mandate], security=security):
+            with contextlib.suppress(BusError):  # an alarm at a node, never applied
+                timeline.offer_mandate(
+                    decode_mandate_record(rec.value), log_time_ms=rec.timestamp, now_ms=now_ms()
+                )
+    refused: list[tuple[int, str, str]] = []
+    if topics.registry in present:
+        async for rec in replay(bootstrap(args), [topics.registry], security=security):
+            try:
+                timeline.apply_registry(Envelope.decode(rec.value))
+            except VerificationError as exc:
+                refused.append((rec.offset, exc.reason.value, exc.message))
+    return RegistryView(timeline.current, refused, f"{topics.registry} (live read)")
+
+
+async def _existing_topics(args: argparse.Namespace, names: list[str]) -> set[str]:
+    """Which of ``names`` exist (a pattern lists them: naming a missing topic would be retried
+    as a transient error)."""
+    from bus.kafka.admin import topic_partitions  # noqa: PLC0415
+
+    pattern = "|".join(f"{re.escape(n)}$" for n in names)
+    parts = await topic_partitions(
+        bootstrap(args), pattern=pattern, security=security_from_args(args)
+    )
+    return {tp.topic for tp in parts}
+
+
+def read_registry(args: argparse.Namespace, mandate: Mandate) -> RegistryView:
+    """Who is accredited: from the node's final store (``--final-db``: its final trust state,
+    the one its verdicts rest on), else a live read with the same rules. Checks the brokers
+    answer first (exit 3 when not)."""
+    check_broker(args)
+    final_db = getattr(args, "final_db", None)
+    if not final_db:
+        return asyncio.run(_read_registry_live(args, mandate))
+    from nodes.org_node.statements import read_board  # noqa: PLC0415
+
+    if mandate.version != 1:
+        raise ConfigError(
+            "--mandate",
+            f"is version {mandate.version}; a final store is judged from version 1",
+            "pass version 1 of the mandate with --final-db, or drop --final-db for a live read",
+        )
+    board = asyncio.run(
+        read_board(
+            bootstrap(args),
+            Topics(args.topic_prefix),
+            mandate,
+            final_db=Path(final_db),
+            security=security_from_args(args),
+        )
+    )
+    return RegistryView(board.keyring, [], f"final store {final_db}")
+
+
+def check_accreditation(acc: Accreditation, mandate: Mandate) -> None:
+    """What a node checks of an accreditation before it counts, and what makes one useless,
+    checked before anything is signed: the subject inside the organization's namespace and in
+    no other organization's (no org id a '-'-prefix of another), the organization a member,
+    the validity window inside the mandate's.
+
+    Raises:
+        ConfigError: naming the flag, the problem and the fix.
+    """
+    if mandate.organization(acc.org) is None:
+        known = ", ".join(o.org for o in mandate.organizations)
+        raise ConfigError("--org", f"{acc.org!r} is not in the mandate", f"use one of: {known}")
+    try:
+        check_subject_namespace(acc.subject_id, acc.org)
+    except VerificationError as exc:
+        raise ConfigError(
+            "--subject",
+            f"{exc.message}: every node would refuse the record ({exc.reason.value})",
+            f"name the subject {acc.org}-<name>, e.g. {acc.org}-obs-7 or {acc.org}-node-1",
+        ) from exc
+    for other in mandate.organizations:
+        if other.org != acc.org and acc.subject_id.startswith(f"{other.org}-"):
+            raise ConfigError(
+                "--subject",
+                f"{acc.subject_id!r} is also inside {other.org}'s namespace ({other.org}-):"
+                f" the org ids {acc.org} and {other.org} overlap",
+                f"pick a subject id that does not start with {other.org}-",
+            )
+    window = (
+        f"the mandate's window {ceremony.format_time_ms(mandate.not_before_ms)} .."
+        f" {ceremony.format_time_ms(mandate.not_after_ms)}"
+    )
+    if acc.not_before_ms < mandate.not_before_ms:
+        raise ConfigError("--not-before", f"is before {window}", "drop it or move it inside")
+    if acc.not_after_ms > mandate.not_after_ms:
+        raise ConfigError("--not-after", f"is after {window}", "drop it or move it inside")
+
+
+def _check_against_registry(acc: Accreditation, view: RegistryView) -> None:
+    """A key identifies one subject: the first accreditation of a key wins at every node."""
+    for known in view.keyring.accreditations():
+        if known.key_id == acc.key_id and (known.org, known.subject_id) != (
+            acc.org,
+            acc.subject_id,
+        ):
+            raise ConfigError(
+                "--public-key",
+                f"key {acc.key_id.hex()} is already accredited to {known.org}/{known.subject_id}:"
+                f" every node would refuse this record ({Reason.DUPLICATE_CONFLICT.value})",
+                "accredit a new key for this subject (obus keygen, or obus observer init)",
+            )
 
 
 def _cmd_accredit(args: argparse.Namespace) -> int:
@@ -180,6 +315,9 @@ def _cmd_accredit(args: argparse.Namespace) -> int:
         serial=args.serial if args.serial is not None else now_ms(),
         mandate_id=mandate.mandate_id,
     )
+    check_accreditation(acc, mandate)
+    if not args.offline:
+        _check_against_registry(acc, read_registry(args, mandate))
     env = sign_accreditation(acc, root)
     print(
         f"accreditation: {args.org}/{subject} as {role.name.lower()}, key id {acc.key_id.hex()},"
@@ -189,18 +327,83 @@ def _cmd_accredit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_revoke(args: argparse.Namespace) -> int:
-    _check_offline(args)
-    mandate, _ = load_mandate(Path(args.mandate))
-    root = _root_for(args, mandate)
+def _revoked_after(view: RegistryView, acc: Accreditation) -> int | None:
+    """The cut-off seq of the revocation in force on ``acc``'s key, or None."""
+    cut = [
+        r.last_valid_seq
+        for r in view.keyring.revocations()
+        if (r.org, r.key_id) == (acc.org, acc.key_id)
+    ]
+    return min(cut) if cut else None
+
+
+def _describe(view: RegistryView, acc: Accreditation) -> str:
+    revoked = _revoked_after(view, acc)
+    state = "active" if revoked is None else f"revoked after seq {revoked}"
+    start, end = (ceremony.format_time_ms(t) for t in (acc.not_before_ms, acc.not_after_ms))
+    window = f"{start} .. {end}"
+    return f"{acc.key_id.hex()}  {acc.role.name.lower():8} {window}  {state}"
+
+
+def _key_to_revoke(args: argparse.Namespace, mandate: Mandate) -> bytes:
+    """The key id to revoke: ``--key-id``, or the one key ``--subject`` holds in the registry
+    (read as a node reads it). Refused: an ambiguous or unknown subject, a key this
+    organization did not accredit (no node would apply it)."""
+    if args.offline:
+        if args.subject:
+            raise ConfigError(
+                "--subject",
+                "naming the key by subject needs the registry, which --offline does not read",
+                "pass --key-id HEX with --offline",
+            )
+        return _hex_key_id(args.key_id)
+    view = read_registry(args, mandate)
+    own = [a for a in view.keyring.accreditations() if a.org == args.org]
+    if args.key_id:
+        key_id = _hex_key_id(args.key_id)
+        if not any(a.key_id == key_id for a in own):
+            raise ConfigError(
+                "--key-id",
+                f"{key_id.hex()} is not a key {args.org} accredited ({view.source})",
+                f"pass the key id of one of {args.org}'s subjects (obus org list --org {args.org})",
+            )
+        return key_id
+    held = [a for a in own if a.subject_id == args.subject]
+    if not held:
+        near = difflib.get_close_matches(args.subject, sorted({a.subject_id for a in own}), n=3)
+        fix = f"did you mean {', '.join(near)}?" if near else f"see obus org list --org {args.org}"
+        raise ConfigError(
+            "--subject", f"{args.subject!r} holds no key accredited by {args.org}", fix
+        )
+    if len(held) > 1:
+        listed = "".join(f"\n    {_describe(view, a)}" for a in held)
+        raise ConfigError(
+            "--subject",
+            f"{args.subject!r} holds {len(held)} keys:{listed}\n",
+            "pick one with --key-id HEX",
+        )
+    return held[0].key_id
+
+
+def _hex_key_id(text: str) -> bytes:
     try:
-        key_id = bytes.fromhex(args.key_id)
+        key_id = bytes.fromhex(text)
     except ValueError:
         key_id = b""
     if len(key_id) != 32:
         raise ConfigError("--key-id", "is not 64 hex characters", "pass the revoked key's id")
+    return key_id
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    _check_offline(args)
+    mandate, _ = load_mandate(Path(args.mandate))
+    root = _root_for(args, mandate)
     if args.last_valid_seq < 0:
         raise ConfigError("--last-valid-seq", "is negative", "0 revokes everything the key signed")
+    if args.key_id is not None:
+        _hex_key_id(args.key_id)  # a malformed id is refused before the registry is read
+    key_id = _key_to_revoke(args, mandate)
     rev = Revocation(
         org=args.org,
         key_id=key_id,
@@ -216,6 +419,24 @@ def _cmd_revoke(args: argparse.Namespace) -> int:
         f" {args.last_valid_seq} stop counting ({args.reason})"
     )
     _publish_registry(args, env, key_id)
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    mandate, _ = load_mandate(Path(args.mandate), archive=True)
+    if args.org and mandate.organization(args.org) is None:
+        known = ", ".join(o.org for o in mandate.organizations)
+        raise ConfigError("--org", f"{args.org!r} is not in the mandate", f"use one of: {known}")
+    view = read_registry(args, mandate)
+    accs = [a for a in view.keyring.accreditations() if not args.org or a.org == args.org]
+    print(f"accredited keys under mandate {view.keyring.mandate.mandate_id} version"
+          f" {view.keyring.mandate.version}, from {view.source}:")  # fmt: skip
+    for acc in sorted(accs, key=lambda a: (a.org, a.subject_id, a.serial)):
+        print(f"  {acc.org:6} {acc.subject_id:20} {_describe(view, acc)}")
+    if not accs:
+        print("  (none)")
+    for offset, reason, message in view.refused:
+        print(f"refused registry record @{offset} ({reason}): {message}")
     return 0
 
 
@@ -351,7 +572,9 @@ def add_keygen_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
 
 def add_org_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``org`` and its actions to the ``obus`` parser."""
-    org = sub.add_parser("org", help="an organization's registry records: accredit, revoke")
+    org = sub.add_parser(
+        "org", help="an organization's registry records: accredit, revoke, list, enckey"
+    )
     osub = org.add_subparsers(dest="org_command", required=True, metavar="ACTION")
 
     def registry_args(q: argparse.ArgumentParser) -> None:
@@ -382,10 +605,28 @@ def add_org_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         "marked revoked_after_acceptance.",
     )
     registry_args(r)
-    r.add_argument("--key-id", required=True, metavar="HEX", help="SHA-256 of the revoked key")
+    which = r.add_mutually_exclusive_group(required=True)
+    which.add_argument("--key-id", metavar="HEX", help="SHA-256 of the revoked key")
+    which.add_argument(
+        "--subject", metavar="ID", help="or the subject whose one accredited key is revoked"
+    )
     r.add_argument("--last-valid-seq", required=True, type=int, metavar="N")
     r.add_argument("--reason", required=True, metavar="TEXT")
     r.set_defaults(func=_cmd_revoke)
+
+    ls = osub.add_parser(
+        "list",
+        help="who is accredited: subject, role, key id, window, revoked or not",
+        description="Reads the registry topic and judges it as a node does: from the node's "
+        "final store (--final-db: its final trust state; --mandate must then be version 1), "
+        "else a live read of the mandate and registry topics with the same rules. Records a "
+        "node refuses are listed with their reason.",
+    )
+    ls.add_argument("--mandate", required=True, metavar="FILE", help="mandate file")
+    ls.add_argument("--org", help="only this organization's subjects")
+    ls.add_argument("--final-db", metavar="FILE", help="the node's final store")
+    add_common_args(ls)
+    ls.set_defaults(func=_cmd_list)
 
     e = osub.add_parser(
         "enckey",
