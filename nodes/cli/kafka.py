@@ -1,6 +1,6 @@
 """``obus topics`` and ``obus acls``: the broker's topics and access rules for a mandate.
 
-obus topics --mandate mandate.bin --replication 3
+obus topics --mandate mandate.bin              # replication factor min(3, brokers)
 obus acls apply --mandate mandate.bin --sasl-username admin --sasl-password-file admin.pw
 """
 
@@ -11,10 +11,10 @@ import asyncio
 from pathlib import Path
 
 from bus.acl import acl_model
-from bus.errors import BusError
+from bus.errors import BusError, ConfigError
 from bus.kafka.admin import ConfigChange, align_topic_configs, ensure_topics
 from bus.topics import Topics, standard_topics
-from nodes.cli.common import add_common_args, bootstrap, security_from_args
+from nodes.cli.common import add_common_args, bootstrap, check_broker, security_from_args
 
 
 def _orgs(args: argparse.Namespace) -> list[str]:
@@ -28,15 +28,41 @@ def _orgs(args: argparse.Namespace) -> list[str]:
     return orgs
 
 
+def replication_factor(asked: int | None, brokers: int, *, force: bool) -> int:
+    """The replication factor of new topics: ``asked``, else min(3, brokers).
+
+    Raises:
+        ConfigError: more replicas than brokers, fewer than 1, or 1 on a cluster of several
+            brokers without ``force`` (one broker's disk would hold the only copy of the log).
+    """
+    if asked is None:
+        return min(3, brokers)
+    if not 1 <= asked <= brokers:
+        raise ConfigError(
+            "--replication-factor",
+            f"{asked} does not fit a cluster of {brokers} broker(s)",
+            f"use 1..{brokers}, or leave it out for {min(3, brokers)}",
+        )
+    if asked == 1 and brokers > 1 and not force:
+        raise ConfigError(
+            "--replication-factor",
+            f"1 on a cluster of {brokers} brokers keeps a single copy of every record",
+            f"leave it out for {min(3, brokers)}, or add --force to keep one copy",
+        )
+    return asked
+
+
 def _cmd_topics(args: argparse.Namespace) -> int:
     specs = standard_topics(Topics(args.topic_prefix), _orgs(args), partitions=args.partitions)
     security = security_from_args(args)
+    replication = replication_factor(args.replication_factor, check_broker(args), force=args.force)
 
     async def go() -> list[ConfigChange]:
-        await ensure_topics(bootstrap(args), specs, replication=args.replication, security=security)
+        await ensure_topics(bootstrap(args), specs, replication=replication, security=security)
         return await align_topic_configs(bootstrap(args), specs, security=security)
 
     changes = asyncio.run(go())
+    print(f"replication factor of new topics: {replication}")
     for s in specs:
         print(f"{s.name}  partitions={s.partitions}  {dict(s.configs)}")
     for c in changes:
@@ -59,6 +85,7 @@ def _cmd_acls(args: argparse.Namespace) -> int:
             print(f"{r.principal:12} {what} {r.name}")
         return 0
     security = security_from_args(args)
+    check_broker(args)
     if args.acl_command == "apply":
         count = asyncio.run(apply_acls(bootstrap(args), rules, security=security))
         print(f"applied {count} ACL rules for {len(_orgs(args))} organizations")
@@ -97,7 +124,12 @@ def add_topics_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
         "--partitions", type=int, default=3,
         help="partitions of the report and attachment topics (default 3)",
     )  # fmt: skip
-    tp.add_argument("--replication", type=int, default=1, help="replication factor (3 in prod)")
+    tp.add_argument(
+        "--replication-factor", "--replication", type=int, metavar="N",
+        help="replicas of each new topic (default: min(3, brokers in the cluster); 1 on a "
+        "cluster of several brokers only with --force)",
+    )  # fmt: skip
+    tp.add_argument("--force", action="store_true", help="allow --replication-factor 1")
     add_common_args(tp)
     tp.set_defaults(func=_cmd_topics)
 

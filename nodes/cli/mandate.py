@@ -28,6 +28,7 @@ from nodes.cli.common import (
     add_common_args,
     add_log_level,
     bootstrap,
+    check_broker,
     ensure_topic,
     now_ms,
     publish,
@@ -416,6 +417,7 @@ def _cmd_publish(args: argparse.Namespace) -> int:
     # A version must at least carry its own threshold; its predecessor check is every reader's.
     mandate = verify_mandate(Envelope.decode(raw), previous=_previous(args), now_ms=now_ms())
     topics = Topics(args.topic_prefix)
+    check_broker(args)
 
     async def go() -> tuple[int, int]:
         security = security_from_args(args)
