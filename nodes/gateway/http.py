@@ -95,6 +95,7 @@ from nodes.gateway.service import (
     error_body,
 )
 from nodes.gateway.tls import server_context
+from nodes.gateway.webapp import add_webapp
 
 log = structlog.get_logger(__name__)
 
@@ -267,6 +268,7 @@ def make_app(
     app.router.add_post("/v1/reports", post_report)
     app.router.add_get("/v1/node", get_node)
     app.router.add_get("/healthz", healthz)
+    add_webapp(app)  # the observers' web form at /app/ (nodes/gateway/webapp.py)
     return app
 
 
