@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv test test-faults fuzz cluster-up cluster-down browser unit check lint typecheck proto proto-check demo demo-trust kafka-up kafka-down kafka-fetch bench native clean
+.PHONY: help venv web test test-faults fuzz cluster-up cluster-down browser unit check lint typecheck proto proto-check demo demo-trust kafka-up kafka-down kafka-fetch bench native clean
 
 help:  ## show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,26 @@ kafka-up:  ## start a single-node KRaft broker on 127.0.0.1 (or use $$OBUS_BOOTS
 
 kafka-down:  ## stop the broker started by kafka-up
 	deploy/local/kafka.sh down
+
+# The observers' web form (nodes/observer_web, served by the gateway at /app/): npm ci from the
+# lockfile, the rules exported from the Python modules, TypeScript generated from schemas/,
+# type-checked and bundled into nodes/observer_web/dist. Rebuilt only when an input changed.
+WEB := nodes/observer_web
+WEB_BUILT := $(WEB)/dist/version.txt
+WEB_INPUTS := $(WEB)/package.json $(WEB)/buf.gen.yaml $(WEB)/build.mjs $(WEB)/export_rules.py \
+	$(WEB)/tsconfig.json $(WEB)/tsconfig.sw.json $(wildcard $(WEB)/src/*.ts $(WEB)/static/*) \
+	$(wildcard schemas/obus/v1/*.proto bus/*.py) nodes/observer/device.py
+
+$(WEB)/node_modules/.package-lock.json: $(WEB)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "error: npm is needed for the web form; run: apt-get install -y nodejs npm"; exit 1; }
+	cd $(WEB) && npm ci --no-audit --no-fund
+	@touch $@
+
+$(WEB_BUILT): $(STAMP) $(WEB)/node_modules/.package-lock.json $(WEB_INPUTS)
+	$(PY) $(WEB)/export_rules.py $(WEB)/build/rules.json
+	cd $(WEB) && npm run --silent build
+
+web: $(WEB_BUILT)  ## the observers' web form: npm ci (lockfile), generate, bundle; skips when up to date
 
 proto: $(STAMP)  ## regenerate bus/_pb from schemas/
 	$(PY) schemas/generate.py
