@@ -84,7 +84,7 @@ check: lint typecheck proto-check  ## all static checks
 unit: $(STAMP)  ## unit tests only (no broker)
 	$(PY) -m pytest tests/unit -q
 
-test: $(STAMP) kafka-fetch native  ## all tests; integration tests start their own broker on a free port
+test: $(STAMP) kafka-fetch native web  ## all tests; integration tests start their own broker on a free port
 	@$(MAKE) --no-print-directory browser || echo "warning: no chromium: the dashboard's browser test will fail (see above)"
 	$(PY) -m pytest -q
 
@@ -111,7 +111,7 @@ browser:  ## Debian's chromium for the dashboard's browser test (idempotent; apt
 	  || { echo "error: could not install chromium; run: apt-get install -y chromium"; exit 1; }; }
 	@chromium --version 2>/dev/null
 
-demo: $(STAMP) kafka-fetch native  ## start Kafka, six org nodes, observers and an auditor; seals, final verdicts, the result
+demo: $(STAMP) kafka-fetch native web  ## start Kafka, six org nodes, observers and an auditor; seals, final verdicts, the result
 	$(PY) -m nodes.cli demo
 
 demo-trust: $(STAMP) kafka-fetch  ## mandate rotation 4 of 6, a revocation, a restricted report, on seals; six nodes agree
