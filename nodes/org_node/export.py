@@ -39,9 +39,16 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, TextIO
+from typing import Any, Final, Protocol
 
 from bus.store.report_query import ReportRow
+
+
+class TextSink(Protocol):
+    """Where an export goes: anything with ``write(str)`` (a file, a response body writer)."""
+
+    def write(self, s: str, /) -> object:
+        """Write ``s``."""
 
 
 class Format(enum.StrEnum):
@@ -160,7 +167,7 @@ def _cell(value: Any) -> str:
     return neutralize(str(value))
 
 
-def _write_csv(rows: Iterable[ReportRow], out: TextIO, *, hxl: bool) -> int:
+def _write_csv(rows: Iterable[ReportRow], out: TextSink, *, hxl: bool) -> int:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow([c.name for c in COLUMNS])
     if hxl:
@@ -185,7 +192,7 @@ def feature(r: ReportRow) -> dict[str, Any]:
     }
 
 
-def _write_geojson(rows: Iterable[ReportRow], out: TextIO) -> int:
+def _write_geojson(rows: Iterable[ReportRow], out: TextSink) -> int:
     out.write('{"type":"FeatureCollection","features":[')
     n = 0
     for r in rows:
@@ -196,7 +203,7 @@ def _write_geojson(rows: Iterable[ReportRow], out: TextIO) -> int:
     return n
 
 
-def write_reports(rows: Iterable[ReportRow], out: TextIO, fmt: Format) -> int:
+def write_reports(rows: Iterable[ReportRow], out: TextSink, fmt: Format) -> int:
     """Write ``rows`` to ``out`` in ``fmt`` as they come; returns how many were written.
 
     ``out`` is a text stream (for CSV and HXL opened with ``newline=""``); nothing is kept
