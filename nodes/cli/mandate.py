@@ -74,6 +74,8 @@ DESCRIPTION_KEYS: Final[dict[str, KeySpec]] = {
     "not_after_ms": None,
     "max_delivery_lag": None,  # a duration (_duration_ms)
     "max_delivery_lag_ms": None,
+    "min_schema_version": _WHOLE,
+    "max_schema_version": _WHOLE,
     "zones": _TABLES,
     "organizations": _TABLES,
 }
@@ -232,6 +234,8 @@ _ROTATION_FLAGS = (
     ("not_after", "--not-after"),
     ("text", "--text"),
     ("max_delivery_lag", "--max-delivery-lag"),
+    ("min_schema_version", "--min-schema-version"),
+    ("max_schema_version", "--max-schema-version"),
 )
 
 
@@ -272,6 +276,8 @@ def _rotation_changes(args: argparse.Namespace) -> ceremony.RotationChanges:
             else ceremony.parse_time_ms("--not-after", args.not_after)
         ),
         description=args.text,
+        min_schema_version=args.min_schema_version,
+        max_schema_version=args.max_schema_version,
     )
 
 
@@ -482,6 +488,14 @@ def add_mandate_commands(sub: argparse._SubParsersAction) -> None:  # type: igno
         metavar="DURATION",
         help="new maximum delivery lag (14d, 36h, 90m; at most 90d; 0d: the default of 7 days)",
     )
+    for end in ("min", "max"):
+        d.add_argument(
+            f"--{end}-schema-version",
+            type=int,
+            metavar="N",
+            help=f"new {'oldest' if end == 'min' else 'newest'} report schema version allowed"
+            " (raise the newest once every organization runs readers of it)",
+        )
     add_log_level(d, "warning")
     d.set_defaults(func=_cmd_draft)
 
