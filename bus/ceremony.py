@@ -141,7 +141,9 @@ def mandate_from_description(doc: Mapping[str, Any]) -> Mandate:
     """A mandate from a parsed description (TOML/YAML mapping).
 
     Keys: ``mandate_id``, ``version`` (default 1), ``description``, ``threshold``,
-    ``not_before``/``not_after`` (or ``*_ms``), ``zones`` and ``organizations`` lists.
+    ``not_before``/``not_after`` (or ``*_ms``), ``zones`` and ``organizations`` lists, and
+    optionally ``min_schema_version``/``max_schema_version`` (the report schema versions
+    allowed; default 1).
 
     Raises:
         ConfigError: a key is missing or wrong; the message names it and the fix.
@@ -153,6 +155,8 @@ def mandate_from_description(doc: Mapping[str, Any]) -> Mandate:
     try:
         threshold = int(_req(doc, "threshold"))
         version = int(doc.get("version", 1))
+        min_schema = int(doc.get("min_schema_version", 0))
+        max_schema = int(doc.get("max_schema_version", 0))
     except (TypeError, ValueError) as exc:
         raise ConfigError("threshold", str(exc), "write threshold and version as integers") from exc
     try:
@@ -165,6 +169,8 @@ def mandate_from_description(doc: Mapping[str, Any]) -> Mandate:
             organizations=tuple(organization_from(o, i) for i, o in enumerate(orgs)),
             threshold=threshold,
             description=str(doc.get("description", "")),
+            min_schema_version=min_schema,
+            max_schema_version=max_schema,
         )
     except VerificationError as exc:
         raise _as_config_error(exc, "mandate") from exc
@@ -181,6 +187,8 @@ class RotationChanges:
     not_after_ms: int | None = None
     description: str | None = None
     zones: tuple[Zone, ...] | None = None
+    min_schema_version: int | None = None
+    max_schema_version: int | None = None
 
 
 def next_version(previous: Mandate, changes: RotationChanges) -> Mandate:
@@ -216,6 +224,16 @@ def next_version(previous: Mandate, changes: RotationChanges) -> Mandate:
                 previous.description if changes.description is None else changes.description
             ),
             zones=previous.zones if changes.zones is None else changes.zones,
+            min_schema_version=(
+                previous.min_schema_version
+                if changes.min_schema_version is None
+                else changes.min_schema_version
+            ),
+            max_schema_version=(
+                previous.max_schema_version
+                if changes.max_schema_version is None
+                else changes.max_schema_version
+            ),
         )
     except VerificationError as exc:
         raise _as_config_error(exc, "mandate") from exc
@@ -447,6 +465,8 @@ def describe(
     ]
     if mandate.description:
         lines.append(f"  description: {mandate.description}")
+    low, high = mandate.schema_versions
+    lines.append(f"  report schema versions allowed: {low}..{high}")
     lines.append("  organizations:")
     signed: set[str] = set()
     old_signed: set[str] = set()

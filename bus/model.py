@@ -6,6 +6,32 @@ closed: the bytes must parse, carry no unknown fields, and be the canonical (det
 encoding of what they parse to, so one logical message has exactly one byte form on the bus and
 one digest. Every decode failure is a :class:`~bus.errors.VerificationError` with reason
 ``malformed``; every invariant failure names the field, with reason ``invalid_field``.
+
+Forward compatibility. One message is open to additions: the observer report
+(:data:`OPEN_MESSAGES`), so that six organizations can upgrade on separate days. Its bytes may
+carry, after the canonical encoding of every field this software knows, a tail of fields it
+does not know, which :func:`_scan_unknown` accepts only when that tail is unambiguous: field
+numbers in :data:`ADDITION_FIELDS` (100..199) above every number known here, in increasing
+order (a number repeats only consecutively and length-delimited: a repeated field), wire types
+varint, fixed64, length-delimited or fixed32 (never the deprecated groups), every varint in its
+shortest form, at most :data:`MAX_UNKNOWN_BYTES` in all. The tail is kept byte for byte
+(:attr:`Report.unknown_bytes`, re-encoded as received: the signature covers it) and shown as its
+field numbers (:attr:`Report.unknown_fields`). Anything else unknown is ``malformed``, as is
+every unknown field of any other message: trust records (mandate, accreditation, revocation,
+encryption key) are rules every node must apply alike, so a node never skips a part of one.
+
+Schema versions. A report states the version it is written in (:attr:`Report.schema_version`);
+:data:`SCHEMA_VERSION` is the newest this software knows and :data:`FIELD_VERSIONS` names the
+version that added each later field. A report using a known field of a newer version than it
+states, or carrying unknown fields while stating a version this software knows in full, is
+``schema_not_allowed`` (the fields are not part of the version it claims). The mandate in
+force names the versions allowed (:attr:`Mandate.schema_versions`, checked by
+:func:`check_schema_allowed`); writers build reports through :func:`stamp_schema_version`, which
+states the lowest version covering the fields used and refuses one the mandate does not allow.
+A node that knows every version its mandate allows judges exactly as every other such node; a
+node behind (the mandate allows a version it does not know) accepts the unknown fields of that
+version unread, so it never quarantines a genuine report, though it may accept a forged value
+in a field it cannot read: the upgrade order is readers first, then the mandate, then writers.
 """
 
 from __future__ import annotations
@@ -15,7 +41,7 @@ import hashlib
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Protocol, TypeVar, cast
 
 from google.protobuf.descriptor import Descriptor
@@ -114,6 +140,125 @@ def _parse(cls: type[_M], data: bytes, what: str) -> _M:
             Reason.MALFORMED, f"{what} is not canonically encoded (unknown or repeated fields)"
         )
     return msg
+
+
+# The field numbers reserved for additions in every open message (see the module docstring).
+ADDITION_FIELDS: Final = range(100, 200)
+# Bound on the unknown tail of one message: what a node stores and shows without reading it.
+MAX_UNKNOWN_BYTES: Final = 32 * 1024
+# Full names of the messages open to additions.
+OPEN_MESSAGES: Final = frozenset({"obus.v1.ObserverReport"})
+_WIRE_VARINT: Final = 0
+_WIRE_I64: Final = 1
+_WIRE_LEN: Final = 2
+_WIRE_I32: Final = 5
+
+
+def _malformed_tail(what: str, problem: str) -> VerificationError:
+    return VerificationError(Reason.MALFORMED, f"{what}: unknown fields {problem}")
+
+
+def _varint(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    """The shortest-form varint at ``pos`` and the position after it (malformed otherwise)."""
+    value = shift = 0
+    start = pos
+    while True:
+        if pos >= len(data) or pos - start >= 10:
+            raise _malformed_tail(what, "end inside a varint")
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            if byte == 0 and pos - start > 1:
+                raise _malformed_tail(what, "carry a varint that is not in its shortest form")
+            if value >= 1 << 64:
+                raise _malformed_tail(what, "carry a varint over 64 bits")
+            return value, pos
+
+
+def _scan_unknown(tail: bytes, above: int, what: str) -> tuple[int, ...]:
+    """The field numbers of an unknown tail, checked as the module docstring says.
+
+    Args:
+        tail: the bytes after the canonical encoding of the known fields.
+        above: the highest field number of the message known here.
+
+    Raises:
+        VerificationError: ``malformed`` naming what is wrong.
+    """
+    if len(tail) > MAX_UNKNOWN_BYTES:
+        raise _malformed_tail(what, f"take {len(tail)} bytes, more than {MAX_UNKNOWN_BYTES}")
+    numbers: list[int] = []
+    pos, last, last_wire = 0, 0, -1
+    end = len(tail)
+    while pos < end:
+        key, pos = _varint(tail, pos, what)
+        number, wire = key >> 3, key & 7
+        if number not in ADDITION_FIELDS or number <= above:
+            raise _malformed_tail(
+                what,
+                f"include field {number}, outside the addition range"
+                f" {max(above + 1, ADDITION_FIELDS.start)}..{ADDITION_FIELDS.stop - 1}",
+            )
+        if number < last:
+            raise _malformed_tail(what, f"are out of order (field {number} after {last})")
+        if number == last and not (wire == last_wire == _WIRE_LEN):
+            raise _malformed_tail(what, f"repeat field {number} (only length-delimited may)")
+        if wire == _WIRE_VARINT:
+            _, pos = _varint(tail, pos, what)
+        elif wire == _WIRE_I64:
+            pos += 8
+        elif wire == _WIRE_I32:
+            pos += 4
+        elif wire == _WIRE_LEN:
+            length, pos = _varint(tail, pos, what)
+            pos += length
+        else:
+            raise _malformed_tail(what, f"use wire type {wire} in field {number}")
+        if pos > end:
+            raise _malformed_tail(what, f"end inside field {number}")
+        if number != last:
+            numbers.append(number)
+        last, last_wire = number, wire
+    return tuple(numbers)
+
+
+# Message class -> the highest field number it declares (the floor of its unknown fields).
+_HIGHEST_FIELD: dict[type[Message], int] = {}
+
+
+def _parse_open(cls: type[_M], data: bytes, what: str) -> tuple[_M, bytes, tuple[int, ...]]:
+    """:func:`_parse` for a message open to additions: also the unknown tail and its numbers.
+
+    Raises:
+        VerificationError: ``malformed`` as for :func:`_parse`, or an unacceptable tail.
+    """
+    try:
+        msg = cls.FromString(data)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise VerificationError(Reason.MALFORMED, f"{what} does not parse: {exc}") from exc
+    msg.DiscardUnknownFields()
+    deterministic = _DETERMINISTIC.get(cls)
+    if deterministic is None:
+        deterministic = _DETERMINISTIC[cls] = _order_varies(cast(Descriptor, cls.DESCRIPTOR))
+    canonical = (
+        msg.SerializeToString(deterministic=True) if deterministic else msg.SerializeToString()
+    )
+    if canonical == data:
+        return msg, b"", ()
+    if not data.startswith(canonical):
+        raise VerificationError(
+            Reason.MALFORMED,
+            f"{what} is not canonically encoded (unknown or repeated fields)",
+        )
+    highest = _HIGHEST_FIELD.get(cls)
+    if highest is None:
+        highest = _HIGHEST_FIELD[cls] = max(
+            f.number for f in cast(Descriptor, cls.DESCRIPTOR).fields
+        )
+    tail = data[len(canonical) :]
+    return msg, tail, _scan_unknown(tail, highest, what)
 
 
 def _unvalidated(cls: type[_T]) -> Callable[..., _T]:
@@ -334,6 +479,12 @@ _unvalidated_location: Final = _unvalidated(Location)
 _unvalidated_casualties: Final = _unvalidated(Casualties)
 _unvalidated_attachment: Final = _unvalidated(Attachment)
 
+# Report schema versions (module docstring): the newest one this software knows, the version
+# that added each field after version 1, and the largest version a mandate may name.
+SCHEMA_VERSION: Final = 1
+FIELD_VERSIONS: Final[dict[str, int]] = {}
+MAX_SCHEMA_VERSION_BOUND: Final = 1000
+
 # Bounds that hold for every report on the wire, whatever a node's own configuration says.
 MAX_NARRATIVE_CHARS: Final = 20_000
 MAX_ATTACHMENTS: Final = 64
@@ -342,7 +493,12 @@ MAX_SUB_TYPE_CHARS: Final = 64
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """An observer report (see schemas/obus/v1/report.proto for field meanings)."""
+    """An observer report (see schemas/obus/v1/report.proto for field meanings).
+
+    ``schema_version``: the version it is written in (1 is encoded as absent).
+    ``unknown_fields``/``unknown_bytes``: the field numbers and the exact bytes of the fields
+    this software does not know (module docstring); empty for every report built here.
+    """
 
     report_id: str
     mandate_id: str
@@ -362,6 +518,9 @@ class Report:
     narrative: str = ""
     attachments: tuple[Attachment, ...] = ()
     corrects: str = ""
+    schema_version: int = 1
+    unknown_fields: tuple[int, ...] = ()
+    unknown_bytes: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if not _uuid7_fullmatch(self.report_id):
@@ -397,11 +556,39 @@ class Report:
             raise _invalid("corrects", "must be empty or a lower-case UUIDv7")
         if corrects == self.report_id:
             raise _invalid("corrects", "a report cannot correct itself")
+        version = self.schema_version
+        if not 1 <= version <= MAX_SCHEMA_VERSION_BOUND:
+            raise _invalid("schema_version", f"{version} is not in 1..{MAX_SCHEMA_VERSION_BOUND}")
+        if version < SCHEMA_VERSION and version < self.required_schema_version:
+            newer = [n for n, v in FIELD_VERSIONS.items() if v > version and getattr(self, n)]
+            raise VerificationError(
+                Reason.SCHEMA_NOT_ALLOWED,
+                f"states schema version {version} but uses {', '.join(newer)} of version"
+                f" {self.required_schema_version}",
+                schema_version=version,
+            )
+        if self.unknown_bytes or self.unknown_fields:
+            numbers = _scan_unknown(self.unknown_bytes, _REPORT_HIGHEST_FIELD, "report")
+            if numbers != self.unknown_fields or not numbers:
+                raise _invalid("unknown_fields", "must name the fields of unknown_bytes")
+            if version <= SCHEMA_VERSION:
+                raise VerificationError(
+                    Reason.SCHEMA_NOT_ALLOWED,
+                    f"states schema version {version} but carries fields"
+                    f" {', '.join(map(str, numbers))}, which that version does not have",
+                    schema_version=version,
+                )
+
+    @property
+    def required_schema_version(self) -> int:
+        """The lowest schema version that has every known field this report uses."""
+        used = [v for n, v in FIELD_VERSIONS.items() if getattr(self, n)]
+        return max(used, default=1)
 
     def to_pb(self) -> report_pb2.ObserverReport:
         """The generated protobuf message (for the codec only)."""
         loc, cas = self.location, self.casualties
-        return report_pb2.ObserverReport(
+        pb = report_pb2.ObserverReport(
             report_id=self.report_id,
             mandate_id=self.mandate_id,
             zone=self.zone,
@@ -429,18 +616,29 @@ class Report:
                 for a in self.attachments
             ],
             corrects=self.corrects,
+            schema_version=0 if self.schema_version == 1 else self.schema_version,
         )
+        if self.unknown_bytes:
+            # Kept after the known fields, where the encoder puts unknown fields: the bytes
+            # come out exactly as they were signed.
+            pb.MergeFromString(self.unknown_bytes)
+        return pb
 
     @classmethod
     def decode(cls, data: bytes) -> Report:
         """Parse and validate report payload bytes.
 
+        Fields this software does not know are kept when acceptable (module docstring).
+
         Raises:
-            VerificationError: ``malformed`` or ``invalid_field`` (naming the field).
+            VerificationError: ``malformed``, ``invalid_field`` (naming the field) or
+                ``schema_not_allowed`` (fields of a version newer than the one stated).
         """
         # Every object is built without its dataclass __init__ and then checked by its own
         # __post_init__, once, in the order Report(Location(...), ..., Attachment(...)) would.
-        pb = _parse(report_pb2.ObserverReport, data, "report")
+        pb, unknown_bytes, unknown_fields = _parse_open(report_pb2.ObserverReport, data, "report")
+        if pb.schema_version == 1:
+            raise _invalid("schema_version", "version 1 is written as 0 (left out)")
         if not pb.HasField("location"):
             raise _invalid("location", "is required")
         category = _CATEGORY_BY_VALUE.get(pb.category)
@@ -479,12 +677,70 @@ class Report:
             pb.narrative,
             attachments,
             pb.corrects,
+            pb.schema_version or 1,
+            unknown_fields,
+            unknown_bytes,
         )
         report.__post_init__()
         return report
 
 
 _unvalidated_report: Final = _unvalidated(Report)
+_REPORT_HIGHEST_FIELD: Final = max(f.number for f in report_pb2.ObserverReport.DESCRIPTOR.fields)
+
+
+def check_schema_allowed(version: int, mandate: Mandate) -> None:
+    """A report of schema ``version`` is allowed under ``mandate`` (the version in force).
+
+    Raises:
+        VerificationError: ``schema_not_allowed`` naming the versions the mandate allows.
+    """
+    low, high = mandate.schema_versions
+    if not low <= version <= high:
+        raise VerificationError(
+            Reason.SCHEMA_NOT_ALLOWED,
+            f"schema version {version} is not allowed: mandate {mandate.mandate_id} version"
+            f" {mandate.version} allows {low}..{high}",
+            schema_version=version,
+        )
+
+
+def stamp_schema_version(report: Report, mandate: Mandate | None) -> Report:
+    """``report`` stating the lowest schema version that covers its fields and ``mandate``
+    allows: what every writer signs (the observer client through
+    :meth:`bus.report_file.ReportDraft.to_report`, :class:`bus.sign.ReportSigner` given a
+    mandate). Without a mandate, the versions every mandate allows by default (1 only).
+
+    Raises:
+        VerificationError: ``schema_not_allowed`` when the report uses fields of a version the
+            mandate does not allow yet (or the mandate names versions newer than this
+            software knows).
+    """
+    low, high = (1, 1) if mandate is None else mandate.schema_versions
+    which = (
+        "the default (no mandate)"
+        if mandate is None
+        else f"mandate {mandate.mandate_id} version {mandate.version}"
+    )
+    version = max(report.required_schema_version, low)
+    if version > SCHEMA_VERSION:
+        raise VerificationError(
+            Reason.SCHEMA_NOT_ALLOWED,
+            f"{which} requires schema version {low} or later; this software writes"
+            f" 1..{SCHEMA_VERSION}",
+            schema_version=version,
+        )
+    if version > high:
+        newer = [n for n, v in FIELD_VERSIONS.items() if v > high and getattr(report, n)]
+        raise VerificationError(
+            Reason.SCHEMA_NOT_ALLOWED,
+            f"{', '.join(newer)} needs schema version {version}; {which} allows {low}..{high}",
+            schema_version=version,
+            field=newer[0],
+        )
+    if report.unknown_fields:
+        raise _invalid("unknown_fields", "a writer emits only fields it knows")
+    return report if version == report.schema_version else replace(report, schema_version=version)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,6 +812,9 @@ class Mandate:
     ``max_delivery_lag_ms``: 0 for :data:`DEFAULT_MAX_DELIVERY_LAG_MS` (and then not encoded:
     a mandate that leaves it unset keeps its bytes), else 1 ms to
     :data:`MAX_DELIVERY_LAG_BOUND_MS`; :attr:`delivery_lag_ms` is the lag in force.
+    ``min_schema_version``/``max_schema_version``: the report schema versions allowed (0 for
+    1, likewise not encoded); :attr:`schema_versions` is the pair in force. A mandate may name
+    versions newer than this software knows: its readers then accept their unknown fields.
     """
 
     mandate_id: str
@@ -567,6 +826,8 @@ class Mandate:
     threshold: int
     description: str = ""
     max_delivery_lag_ms: int = 0
+    min_schema_version: int = 0
+    max_schema_version: int = 0
 
     def __post_init__(self) -> None:
         check_id("mandate_id", self.mandate_id)
@@ -595,6 +856,17 @@ class Mandate:
                 f"{self.max_delivery_lag_ms} must be in 0..{MAX_DELIVERY_LAG_BOUND_MS}"
                 " (0: the default of 7 days; at most 90 days)",
             )
+        for name in ("min_schema_version", "max_schema_version"):
+            if not 0 <= getattr(self, name) <= MAX_SCHEMA_VERSION_BOUND:
+                raise _invalid(name, f"must be in 0..{MAX_SCHEMA_VERSION_BOUND} (0: version 1)")
+        low, high = self.schema_versions
+        if low > high:
+            raise _invalid("min_schema_version", f"{low} is above max_schema_version {high}")
+
+    @property
+    def schema_versions(self) -> tuple[int, int]:
+        """The report schema versions in force under this version: (oldest, newest) allowed."""
+        return self.min_schema_version or 1, self.max_schema_version or 1
 
     @property
     def delivery_lag_ms(self) -> int:
@@ -637,6 +909,8 @@ class Mandate:
             threshold=self.threshold,
             description=self.description,
             max_delivery_lag_ms=self.max_delivery_lag_ms,
+            min_schema_version=self.min_schema_version,
+            max_schema_version=self.max_schema_version,
         )
 
     @classmethod
@@ -657,6 +931,8 @@ class Mandate:
             threshold=pb.threshold,
             description=pb.description,
             max_delivery_lag_ms=pb.max_delivery_lag_ms,
+            min_schema_version=pb.min_schema_version,
+            max_schema_version=pb.max_schema_version,
         )
 
 

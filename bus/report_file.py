@@ -29,7 +29,11 @@ observer_id                  submitting a colleague's file with the wrong identi
 =================  ========  ==================================================================
 
 ``report_id``, ``seq``, ``prev_digest`` and ``signed_at`` are filled in by the client and are
-refused in a file. Unknown fields are refused (a typo must not silently drop data).
+refused in a file. So is the schema version: :meth:`ReportDraft.to_report` states the lowest
+version that covers the fields used and the mandate allows
+(:func:`bus.model.stamp_schema_version`); a field of a version the mandate does not allow yet
+is refused (``schema_not_allowed``). Unknown fields are refused (a typo must not silently drop
+data).
 
 Every problem found is reported at once as a :class:`FieldProblem` (which field, what is wrong,
 what is allowed) inside one :class:`ReportFileError` (a
@@ -62,6 +66,7 @@ from bus.model import (
     Location,
     Mandate,
     Report,
+    stamp_schema_version,
 )
 
 # Devices' clocks drift; an observation a few minutes "in the future" is a clock, not a lie.
@@ -137,15 +142,20 @@ class ReportDraft:
     narrative: str = ""
     attachments: tuple[Attachment, ...] = ()
     corrects: str = ""
+    mandate: Mandate | None = None
 
     def to_report(self, *, report_id: str, signed_at_ms: int) -> Report:
         """The report to sign; seq and prev_digest are placeholders the signer replaces.
 
+        Its schema version is the lowest that covers its fields and the mandate the draft was
+        parsed under allows (without one, the versions every mandate allows by default).
+
         Raises:
-            VerificationError: ``invalid_field`` (e.g. a report id that is not a UUIDv7).
+            VerificationError: ``invalid_field`` (e.g. a report id that is not a UUIDv7),
+                ``schema_not_allowed`` (a field of a version the mandate does not allow).
         """
         ident = self.identity
-        return Report(
+        report = Report(
             report_id=report_id,
             mandate_id=ident.mandate_id,
             zone=self.zone,
@@ -165,6 +175,7 @@ class ReportDraft:
             attachments=self.attachments,
             corrects=self.corrects,
         )
+        return stamp_schema_version(report, self.mandate)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -307,6 +318,7 @@ class _Parser:
             narrative=narrative,
             attachments=attachments,
             corrects=corrects,
+            mandate=self.mandate,
         )
 
     # -- fields ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from bus.model import (
     Signature,
     encode,
     sha256,
+    stamp_schema_version,
 )
 from bus.verify import ChainHead
 
@@ -62,24 +63,38 @@ class ReportSigner:
     """Signs an observer's reports in chain order: fills seq and prev_digest, returns bytes.
 
     The caller persists :attr:`head` together with each envelope it keeps (the observer's
-    outbox), so a restart continues the chain exactly where it stopped.
+    outbox), so a restart continues the chain exactly where it stopped. Given ``mandate``, every
+    report states the schema version :func:`bus.model.stamp_schema_version` gives under it, and
+    one using fields of a version the mandate does not allow is refused before signing.
     """
 
-    def __init__(self, key: SigningKey, head: ChainHead | None = None) -> None:
+    def __init__(
+        self, key: SigningKey, head: ChainHead | None = None, *, mandate: Mandate | None = None
+    ) -> None:
         self._key = key
         self.head = head
+        self._mandate = mandate
+
+    def _next(self, draft: Report) -> Report:
+        seq = 1 if self.head is None else self.head.seq + 1
+        prev = b"" if self.head is None else self.head.digest
+        report = dataclasses.replace(draft, seq=seq, prev_digest=prev)
+        if self._mandate is not None:
+            report = stamp_schema_version(report, self._mandate)
+        return report
 
     def sign(self, draft: Report) -> bytes:
         """Sign the next report; draft's seq and prev_digest are replaced.
 
         Returns:
             The envelope bytes exactly as they go on the bus.
+
+        Raises:
+            VerificationError: ``schema_not_allowed`` (given a mandate, see the class).
         """
-        seq = 1 if self.head is None else self.head.seq + 1
-        prev = b"" if self.head is None else self.head.digest
-        report = dataclasses.replace(draft, seq=seq, prev_digest=prev)
+        report = self._next(draft)
         raw = sign_single(PAYLOAD_REPORT, encode(report), self._key).encode()
-        self.head = ChainHead(seq, sha256(raw))
+        self.head = ChainHead(report.seq, sha256(raw))
         return raw
 
     def sign_sealed(self, draft: Report, recipients: Sequence[EncryptionKey]) -> bytes:
@@ -93,12 +108,10 @@ class ReportSigner:
         """
         from bus.sealed import seal_report  # noqa: PLC0415 - HPKE only when sealing
 
-        seq = 1 if self.head is None else self.head.seq + 1
-        prev = b"" if self.head is None else self.head.digest
-        report = dataclasses.replace(draft, seq=seq, prev_digest=prev)
+        report = self._next(draft)
         sealed = seal_report(report, recipients)
         raw = sign_single(PAYLOAD_SEALED_REPORT, encode(sealed), self._key).encode()
-        self.head = ChainHead(seq, sha256(raw))
+        self.head = ChainHead(report.seq, sha256(raw))
         return raw
 
 

@@ -20,7 +20,16 @@ from typing import Final, Protocol
 
 from bus.crypto import open_single, verify_pae
 from bus.errors import Reason, VerificationError
-from bus.model import PAYLOAD_REPORT, Accreditation, Envelope, Report, Role, Zone, sha256
+from bus.model import (
+    PAYLOAD_REPORT,
+    Accreditation,
+    Envelope,
+    Report,
+    Role,
+    Zone,
+    check_schema_allowed,
+    sha256,
+)
 from bus.trust import KeyRing
 
 # Largest record value accepted by default. Kafka's default message.max.bytes is 1 MiB; reports
@@ -82,12 +91,15 @@ def verify_report(
         The verified report with the SHA-256 of ``raw`` (the chain digest) and the signer key id.
 
     Raises:
-        VerificationError: the first check that fails, with its reason code.
+        VerificationError: the first check that fails, with its reason code
+            (``schema_not_allowed`` for a schema version the mandate in ``keyring`` does not
+            allow: under the final judge, the mandate in force at the record's epoch).
     """
     env, acc = open_observer_envelope(raw, PAYLOAD_REPORT, keyring, limits, preverified)
     report = Report.decode(env.payload)
     zone = check_claims(report, acc, expected_org=expected_org, keyring=keyring)
     mandate = keyring.mandate
+    check_schema_allowed(report.schema_version, mandate)
     location = report.location
     if not zone.contains(location.lat, location.lon):
         raise VerificationError(

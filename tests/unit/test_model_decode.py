@@ -5,7 +5,10 @@ The decoders build their dataclasses without the generated ``__init__`` and then
 (non-deterministic) serialization when a message has no maps or extensions. The reference below
 is the earlier implementation, word for word: public constructors for every object, a fresh
 message plus ``ParseFromString``, ``SerializeToString(deterministic=True)``. For any bytes both
-must return equal objects or raise the same error (reason, message, context).
+must return equal objects or raise the same error (reason, message, context). The reference
+for reports also keeps an acceptable unknown tail (through ``_scan_unknown``, checked against
+protobuf's own unknown-field parser in tests/unit/test_model_unknown.py) and reads
+``schema_version``, as forward-compatible reading added them.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from bus.model import (
     Role,
     Signature,
     _order_varies,
+    _scan_unknown,
     encode,
 )
 from bus.uuid7 import uuid7
@@ -69,8 +73,27 @@ def _reference_envelope(data: bytes) -> Envelope:
 
 
 def _reference_report(data: bytes) -> Report:
-    pb = _reference_parse(report_pb2.ObserverReport, data, "report")
+    tail: bytes = b""
+    numbers: tuple[int, ...] = ()
+    try:
+        pb = _reference_parse(report_pb2.ObserverReport, data, "report")
+    except VerificationError as exc:
+        if "canonically" not in exc.message:
+            raise
+        pb = report_pb2.ObserverReport.FromString(data)
+        pb.DiscardUnknownFields()
+        known = pb.SerializeToString(deterministic=True)
+        if not data.startswith(known):
+            raise
+        tail = data[len(known) :]
+        numbers = _scan_unknown(tail, 19, "report")
     assert isinstance(pb, report_pb2.ObserverReport)
+    if pb.schema_version == 1:
+        raise VerificationError(
+            Reason.INVALID_FIELD,
+            "schema_version: version 1 is written as 0 (left out)",
+            field="schema_version",
+        )
     if not pb.HasField("location"):
         raise VerificationError(Reason.INVALID_FIELD, "location: is required", field="location")
     try:
@@ -109,6 +132,9 @@ def _reference_report(data: bytes) -> Report:
             Attachment(bytes(a.sha256), a.size, a.media_type, a.name) for a in pb.attachments
         ),
         corrects=pb.corrects,
+        schema_version=pb.schema_version or 1,
+        unknown_fields=numbers,
+        unknown_bytes=tail,
     )
 
 
@@ -145,7 +171,7 @@ _doubles = st.floats(allow_nan=True, allow_infinity=True)
 
 
 @st.composite
-def _report_pbs(draw: st.DrawFn) -> bytes:
+def _report_pbs(draw: st.DrawFn, with_tails: bool = True) -> bytes:
     valid_shape = draw(st.booleans())  # half the time: close to valid, so later checks run
     pb = report_pb2.ObserverReport(
         report_id=draw(_uuid7s if valid_shape else st.one_of(_uuid7s, _strings)),
@@ -164,6 +190,7 @@ def _report_pbs(draw: st.DrawFn) -> bytes:
         confidence=draw(st.one_of(st.floats(-0.5, 1.5), _doubles)),
         narrative=draw(st.one_of(_texts, st.just("n" * 20_001))),
         corrects=draw(st.one_of(st.just(""), _uuid7s, _strings)),
+        schema_version=draw(st.one_of(st.just(0), st.integers(1, 3), _u32)),
     )
     if draw(st.integers(0, 9)):  # mostly present: location is required
         pb.location.lat = draw(st.one_of(st.floats(-91, 91), _doubles))
@@ -184,7 +211,23 @@ def _report_pbs(draw: st.DrawFn) -> bytes:
         att.name = draw(st.one_of(_texts, st.just("f" * 256)))
     if draw(st.booleans()):  # let the ordering check after the others decide, sometimes
         pb.corrects = pb.report_id
-    return pb.SerializeToString(deterministic=True)
+    # sometimes fields this software does not know, acceptable or not
+    tails = st.one_of(st.just(b""), st.binary(max_size=6), st.sampled_from(_TAILS))
+    extra = draw(tails) if with_tails else b""
+    return pb.SerializeToString(deterministic=True) + extra
+
+
+# Unknown tails: acceptable (addition range, in order) and not (below it, out of order, a group).
+_TAILS = [
+    b"\xa2\x06\x02en",  # field 100, length-delimited
+    b"\xa0\x06\x01\xaa\x06\x00",  # 100 varint, 101 empty string
+    b"\xaa\x06\x00\xa2\x06\x00",  # 101 before 100
+    b"\xa0\x06\x01\xa0\x06\x02",  # 100 twice as a varint
+    b"\x98\x01\x01",  # field 19 (schema_version) a second time
+    b"\xa3\x06\xa4\x06",  # field 100 as a group
+    b"\xb8\x0c\x01",  # field 199
+    b"\xc0\x0c\x01",  # field 200
+]
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -353,7 +396,7 @@ def test_plain_serialization_is_canonical_only_without_maps_or_extensions() -> N
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_report_pbs())
+@given(_report_pbs(with_tails=False))
 def test_plain_and_deterministic_serialization_agree(data: bytes) -> None:
     pb = report_pb2.ObserverReport.FromString(data)
     assert pb.SerializeToString() == pb.SerializeToString(deterministic=True) == data

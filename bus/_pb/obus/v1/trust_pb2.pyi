@@ -45,7 +45,7 @@ class Zone(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., min_lat: _Optional[float] = ..., min_lon: _Optional[float] = ..., max_lat: _Optional[float] = ..., max_lon: _Optional[float] = ...) -> None: ...
 
 class Mandate(_message.Message):
-    __slots__ = ("mandate_id", "version", "zones", "not_before_ms", "not_after_ms", "organizations", "threshold", "description", "max_delivery_lag_ms")
+    __slots__ = ("mandate_id", "version", "zones", "not_before_ms", "not_after_ms", "organizations", "threshold", "description", "max_delivery_lag_ms", "min_schema_version", "max_schema_version")
     MANDATE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ZONES_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,8 @@ class Mandate(_message.Message):
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MAX_DELIVERY_LAG_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     mandate_id: str
     version: int
     zones: _containers.RepeatedCompositeFieldContainer[Zone]
@@ -64,7 +66,9 @@ class Mandate(_message.Message):
     threshold: int
     description: str
     max_delivery_lag_ms: int
-    def __init__(self, mandate_id: _Optional[str] = ..., version: _Optional[int] = ..., zones: _Optional[_Iterable[_Union[Zone, _Mapping]]] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., organizations: _Optional[_Iterable[_Union[Organization, _Mapping]]] = ..., threshold: _Optional[int] = ..., description: _Optional[str] = ..., max_delivery_lag_ms: _Optional[int] = ...) -> None: ...
+    min_schema_version: int
+    max_schema_version: int
+    def __init__(self, mandate_id: _Optional[str] = ..., version: _Optional[int] = ..., zones: _Optional[_Iterable[_Union[Zone, _Mapping]]] = ..., not_before_ms: _Optional[int] = ..., not_after_ms: _Optional[int] = ..., organizations: _Optional[_Iterable[_Union[Organization, _Mapping]]] = ..., threshold: _Optional[int] = ..., description: _Optional[str] = ..., max_delivery_lag_ms: _Optional[int] = ..., min_schema_version: _Optional[int] = ..., max_schema_version: _Optional[int] = ...) -> None: ...
 
 class Accreditation(_message.Message):
     __slots__ = ("subject_id", "org", "role", "public_key", "not_before_ms", "not_after_ms", "serial", "mandate_id")
