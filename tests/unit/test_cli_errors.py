@@ -357,6 +357,25 @@ def test_epilog_node_example_passes_a_node_key() -> None:
     assert args.seal and args.node_key == "un-node.json"
 
 
+@pytest.mark.parametrize(
+    "old",
+    [["--no-witness"], ["--witness"], ["--checkpoint-every", "5"],
+     ["--checkpoint-interval", "2"], ["--witness-db", "un.witness.db"]],
+    ids=lambda old: old[0],
+)  # fmt: skip
+def test_the_checkpoint_witness_flags_are_refused_as_unknown(
+    capsys: pytest.CaptureFixture[str], files: dict[str, Path], old: list[str]
+) -> None:
+    """Seals replaced the checkpoint witness: its flags are argparse errors (exit 2), never
+    silently ignored, so a deployment still passing them learns that at once."""
+    argv = ["node", "--org", "un", "--mandate", str(files["mandate"]), "--db",
+            str(files["mandate"].parent / "un.db"), *NOWHERE, *old]  # fmt: skip
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert f"unrecognized arguments: {' '.join(old)}" in capsys.readouterr().err
+
+
 # -- 6. values and paths that used to raise tracebacks ------------------------------------------
 
 
