@@ -80,28 +80,42 @@ def peak_rss_mib() -> float:
 
 
 def ceiling(a: Args) -> dict[str, Any]:
-    """Ed25519 verifies per second of the pinned rule (PyNaCl/libsodium) on ~1 KiB messages."""
+    """Ed25519 verifies per second of the pinned rule on ~1 KiB messages: parse the envelope,
+    then verify its PAE with libsodium (PyNaCl), or with the compiled ``obus_ed25519`` when
+    ``a["verifier"]`` is ``"native"``."""
     import nacl.signing  # noqa: PLC0415
 
+    from bench.lean_peer import verifier  # noqa: PLC0415
+    from bus._pb.obus.v1 import envelope_pb2  # noqa: PLC0415
     from bus.crypto import pae  # noqa: PLC0415
     from bus.model import PAYLOAD_REPORT  # noqa: PLC0415
+
+    verify = verifier(a.get("verifier", "pynacl"))
 
     keys = [nacl.signing.SigningKey(bytes([i]) * 32) for i in range(8)]
     msgs = []
     for i in range(256):
         k = keys[i % len(keys)]
-        m = pae(PAYLOAD_REPORT, os.urandom(a.get("payload_bytes", 900)))
-        msgs.append((bytes(k.verify_key), m, k.sign(m).signature))
+        payload = os.urandom(a.get("payload_bytes", 900))
+        sig = k.sign(pae(PAYLOAD_REPORT, payload)).signature
+        env = envelope_pb2.SignedEnvelope(
+            payload_type=PAYLOAD_REPORT, payload=payload,
+            signatures=[envelope_pb2.Signature(key_id=bytes(32), sig=sig)],
+        )  # fmt: skip
+        msgs.append((bytes(k.verify_key), env.SerializeToString()))
     deadline = time.perf_counter() + a["seconds"]
     n, t0, c0 = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() < deadline:
-        for pk, m, s in msgs:
-            nacl.signing.VerifyKey(pk).verify(m, s)
+        for pk, raw in msgs:
+            e = envelope_pb2.SignedEnvelope()
+            e.ParseFromString(raw)
+            if not verify(pk, pae(e.payload_type, e.payload), e.signatures[0].sig):
+                raise RuntimeError("ceiling: a valid signature did not verify")
         n += len(msgs)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     return {
         "verifies": n, "seconds": wall, "rate": n / wall, "cpu_s": cpu, "per_cpu_s": n / cpu,
-        "message_bytes": len(msgs[0][1]),
+        "message_bytes": len(msgs[0][1]), "verifier": a.get("verifier", "pynacl"),
     }  # fmt: skip
 
 
@@ -291,9 +305,26 @@ async def consumer(a: Args) -> dict[str, Any]:
     return {"received": got}
 
 
+async def lean(a: Args) -> dict[str, Any]:
+    """The lean peer (bench.lean_peer) over every report record once, on a fresh store."""
+    from bench.lean_peer import run as run_lean  # noqa: PLC0415
+
+    db = Path(tempfile.mkdtemp(prefix="obus-bench-lean-")) / "lean.db"
+    return await run_lean({**a, "db": str(db)}, tree_cpu_s)
+
+
+def agreement(a: Args) -> dict[str, Any]:
+    """The lean peer's verdicts against the project's on valid and damaged records."""
+    from bench.gen import generate  # noqa: PLC0415
+    from bench.lean_peer import agreement as agree  # noqa: PLC0415
+
+    spec = GenSpec(**a["spec"])
+    return agree(spec, generate(spec), a["records"])
+
+
 KINDS: dict[str, Callable[[Args], Any]] = {
     "ceiling": ceiling, "bare": bare, "ingest": ingest, "audit": audit, "node": node,
-    "consumer": consumer,
+    "consumer": consumer, "lean": lean, "agreement": agreement,
 }  # fmt: skip
 
 

@@ -5,10 +5,16 @@
 Starts a single-node broker on free ports with deploy/local/kafka.sh (or uses
 ``OBUS_BOOTSTRAP``, with a unique topic prefix), generates ~1 KiB signed chained reports once
 (cached in var/bench/), publishes them with producer batches, then measures in child
-processes: the Ed25519 ceiling (one process, then one per core at once), a bare consumer, a
-node on one worker and with signature workers on every core, the auditor (rate and peak RSS via
+processes: the Ed25519 ceiling (parse + verify; one process, then one per core at once; with
+libsodium and, when ``make native`` built it, with the compiled verifier), a bare consumer, the
+lean peer (bench/lean_peer.py: the simplest honest node, with each verifier, after checking
+that it gives the project's verdicts on valid and damaged records), a node on one worker (with
+each verifier) and with signature workers on every core, the auditor (rate and peak RSS via
 ``os.wait4``) at each size, and publish -> stored latency at six nodes against a bare
 produce -> consume at a fixed rate. Prints a table and writes bench/results/<time>.json.
+
+Every child runs with ``OBUS_VERIFIER=pynacl`` (libsodium verifies, as the figures of earlier
+runs) except the rows marked "compiled verifier", which run with ``OBUS_VERIFIER=native``.
 
 Absolute numbers on a shared machine are noise; the ratios, measured in one run, are the result.
 """
@@ -17,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import shutil
@@ -41,16 +48,24 @@ from nodes.demo.mission import LocalBroker
 from nodes.demo.scenario import ORGANIZATIONS
 
 RESULTS: Final = REPO / "bench" / "results"
-TARGETS: Final = {"ingest": 0.85, "audit": 0.90, "memory": 1.2, "latency_p99": 1.5}
+TARGETS: Final = {
+    "ingest": 0.85, "audit": 0.90, "memory": 1.2, "latency_p99": 1.5, "vs_lean": 1.0,
+    "native": 1.1,
+}  # fmt: skip
 console = Console()
 
 
-def child(kind: str, args: dict[str, Any], *, wait: bool = True) -> Any:
-    """Run ``bench.child KIND`` and return (result, peak RSS in MiB); or the Popen if not wait."""
+def child(kind: str, args: dict[str, Any], *, wait: bool = True, verifier: str = "pynacl") -> Any:
+    """Run ``bench.child KIND`` and return (result, peak RSS in MiB); or the Popen if not wait.
+
+    ``verifier`` is the child's ``OBUS_VERIFIER`` (and the lean peer's and ceiling's own choice).
+    """
     out = Path(tempfile.mkstemp(prefix=f"obus-bench-{kind}-", suffix=".json")[1])
+    env = {**os.environ, "OBUS_VERIFIER": verifier}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.child", kind, json.dumps(args), str(out)], cwd=REPO
-    )
+        [sys.executable, "-m", "bench.child", kind, json.dumps({**args, "verifier": verifier}),
+         str(out)], cwd=REPO, env=env,
+    )  # fmt: skip
     if not wait:
         return proc, out
     return finish(proc, out)
@@ -66,9 +81,16 @@ def finish(proc: subprocess.Popen[bytes], out: Path) -> tuple[dict[str, Any], fl
     return result, usage.ru_maxrss / 1024  # Linux: KiB
 
 
-def ceiling(seconds: float, procs: int) -> dict[str, float]:
+def native_built() -> bool:
+    """Whether the compiled verifier ``obus_ed25519`` (make native) is installed."""
+    return importlib.util.find_spec("obus_ed25519") is not None
+
+
+def ceiling(seconds: float, procs: int, verifier: str = "pynacl") -> dict[str, float]:
     """Verifies/s of ``procs`` processes at once (sum), and per CPU second (mean)."""
-    running = [child("ceiling", {"seconds": seconds}, wait=False) for _ in range(procs)]
+    running = [
+        child("ceiling", {"seconds": seconds}, wait=False, verifier=verifier) for _ in range(procs)
+    ]
     results = [finish(p, o)[0] for p, o in running]
     return {
         "rate": sum(r["rate"] for r in results),
@@ -349,6 +371,8 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             sets[size] = (spec, prefix)
 
         res["ceiling_1"] = ceiling(opts.ceiling_seconds, 1)
+        if native_built():
+            res["ceiling_1_native"] = ceiling(opts.ceiling_seconds, 1, "native")
         res["ceiling_all"] = ceiling(opts.ceiling_seconds, cores)
         res["load_at_ceiling"] = os.getloadavg()
         done("ceiling")
@@ -358,10 +382,24 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                   "spec": spec_dict(spec)}  # fmt: skip
         res["bare"] = child("bare", common)[0]
         done("bare consume")
+        res["agreement"] = child(
+            "agreement", {"spec": spec_dict(spec), "records": min(spec.total, opts.agreement)}
+        )[0]
+        if res["agreement"]["agree"] != res["agreement"]["records"]:
+            raise RuntimeError(f"the lean peer's verdicts differ: {res['agreement']}")
+        done("lean peer agreement")
+        verifiers = ["pynacl", "native"] if native_built() else ["pynacl"]
+        for v in verifiers:
+            sfx = "" if v == "pynacl" else "_native"
+            res[f"lean{sfx}"] = child("lean", common, verifier=v)[0]
+            done(f"lean peer ({v})")
+            res[f"ingest_1{sfx}"] = child("ingest", {**common, "verify_workers": 0}, verifier=v)[0]
+            done(f"ingest_1 ({v})")
         for label, workers in (("ingest_1", 0), ("ingest_all", cores)):
             args = {**common, "verify_workers": workers}
-            res[label] = child("ingest", args)[0]
-            done(label)
+            if label != "ingest_1":
+                res[label] = child("ingest", args)[0]
+                done(label)
             if opts.profile:
                 path = RESULTS / f"profile-{label}.txt"
                 child("ingest", {**args, "profile": str(path)})
@@ -445,6 +483,11 @@ def ratios(res: dict[str, Any]) -> dict[str, float]:
         out[k] = res[k]["rate"] / res["ceiling_1"]["rate"]
     per_cpu = res["ceiling_1"]["per_cpu_s"]
     out["ingest_1_cpu"] = res["ingest_1"]["per_cpu_s"] / per_cpu
+    out["lean_cpu"] = res["lean"]["per_cpu_s"] / per_cpu
+    if "ceiling_1_native" in res:
+        out["ceiling_native_cpu"] = res["ceiling_1_native"]["per_cpu_s"] / per_cpu
+        out["lean_native_cpu"] = res["lean_native"]["per_cpu_s"] / per_cpu
+        out["ingest_1_native_cpu"] = res["ingest_1_native"]["per_cpu_s"] / per_cpu
     if "ingest_sealed" in res:
         sealed = res["ingest_sealed"]
         out["ingest_sealed_cpu"] = sealed["per_cpu_s"] / per_cpu
@@ -456,6 +499,15 @@ def ratios(res: dict[str, Any]) -> dict[str, float]:
     for k in (k for k in res if k.startswith("auditw_")):
         out[k] = res[k]["rate"] / res["ceiling_all"]["rate"]
         out[f"{k}_cpu"] = res[k]["per_cpu_s"] / per_cpu
+    # The same per CPU second against the lean peer (same verifier: libsodium, else compiled).
+    lean = res["lean"]["per_cpu_s"]
+    for k in ("ingest_1", "ingest_all", "ingest_sealed", *audits):
+        if k in res:
+            out[f"{k}_vs_lean"] = res[k]["per_cpu_s"] / lean
+    if "lean_native" in res:
+        out["ingest_1_native_vs_lean_native"] = (
+            res["ingest_1_native"]["per_cpu_s"] / res["lean_native"]["per_cpu_s"]
+        )
     if len(audits) > 1:
         out["memory"] = res[audits[-1]]["peak_rss_mib"] / res[audits[0]]["peak_rss_mib"]
     if "group_2" in res:
@@ -475,10 +527,22 @@ def render(res: dict[str, Any], r: dict[str, float]) -> None:
     def rate(x: dict[str, Any]) -> str:
         return f"{x['rate']:,.0f}/s ({x['per_cpu_s']:,.0f}/cpu-s)"
 
-    t.add_row("Ed25519 ceiling, 1 process", rate(res["ceiling_1"]), "PyNaCl strict, ~1 KiB")
+    t.add_row("Ed25519 ceiling, 1 process", rate(res["ceiling_1"]), "parse + libsodium, ~1 KiB")
+    if "ceiling_1_native" in res:
+        t.add_row("Ed25519 ceiling, compiled verifier", rate(res["ceiling_1_native"]),
+                  "parse + obus_ed25519, same rule")  # fmt: skip
     t.add_row(f"Ed25519 ceiling, {res['cores']} processes", rate(res["ceiling_all"]), "")
     t.add_row("bare consume", rate(res["bare"]), "plain aiokafka, no parsing")
+    ag = res["agreement"]
+    t.add_row("lean peer = project verdicts", f"{ag['agree']:,} of {ag['records']:,}",
+              f"valid + damaged records ({ag['accepted']:,} accepted)")  # fmt: skip
+    t.add_row("lean peer", rate(res["lean"]), "bench/lean_peer.py, libsodium")
+    if "lean_native" in res:
+        t.add_row("lean peer, compiled verifier", rate(res["lean_native"]), "obus_ed25519")
     t.add_row("node ingest, 1 worker", rate(res["ingest_1"]), "OrgNode, whole path")
+    if "ingest_1_native" in res:
+        t.add_row("node ingest, 1 worker, compiled verifier", rate(res["ingest_1_native"]),
+                  "OBUS_VERIFIER=native")  # fmt: skip
     if "ingest_sealed" in res:
         sealed = res["ingest_sealed"]
         t.add_row("node ingest + sealer, 1 worker", rate(sealed), "provisional verdicts stored")
@@ -527,10 +591,13 @@ def render(res: dict[str, Any], r: dict[str, float]) -> None:
     checks = {
         "ingest_1": ("ingest", ">="), "ingest_all": ("ingest", ">="), "memory": ("memory", "<="),
         "latency_p99": ("latency_p99", "<="), "ingest_1_cpu": ("ingest", ">="),
-        "ingest_all_cpu": ("ingest", ">="),
+        "ingest_all_cpu": ("ingest", ">="), "ingest_1_vs_lean": ("vs_lean", ">="),
+        "ingest_all_vs_lean": ("vs_lean", ">="), "ingest_sealed_vs_lean": ("vs_lean", ">="),
+        "ingest_1_native_vs_lean_native": ("vs_lean", ">="),
+        "ingest_1_native_cpu": ("native", ">="),
     }  # fmt: skip
     for k, v in r.items():
-        is_audit = k.startswith(("audit_", "auditw_"))
+        is_audit = k.startswith(("audit_", "auditw_")) and not k.endswith("_vs_lean")
         target, op = checks.get(k, ("audit", ">=") if is_audit else ("", ""))
         goal = TARGETS.get(target)
         ok = goal is not None and (v >= goal if op == ">=" else v <= goal)
@@ -557,6 +624,11 @@ def main(argv: list[str] | None = None) -> int:
         "with this seal interval (0: skip that phase)",
     )
     p.add_argument("--ceiling-seconds", type=float, default=4)
+    p.add_argument(
+        "--agreement", type=int, default=2000,
+        help="valid records (each with ~10 damaged copies) on which the lean peer's verdicts "
+        "are checked against the project's (default 2000)",
+    )  # fmt: skip
     p.add_argument("--workers", type=int, default=0, help="cores to use (default: all)")
     p.add_argument("--profile", action="store_true", help="also write pyinstrument profiles")
     p.add_argument(
