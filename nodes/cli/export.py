@@ -109,7 +109,8 @@ def cmd_export_reports(args: argparse.Namespace) -> int:
             console=console, disable=console is None, transient=True,
         )  # fmt: skip
         with progress:
-            task = progress.add_task("export", total=query.candidates(filt, page))
+            total = None if console is None else query.candidates(filt, page)
+            task = progress.add_task("export", total=total)
             last: list[int] = []
             rows = _noting(query.rows(filt, page, on_read=lambda: progress.advance(task)), last)
             with _output(args.output) as out:

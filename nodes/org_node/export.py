@@ -149,20 +149,28 @@ COLUMNS: Final = (
 )
 
 
+_FORMULA_START_SET: Final = frozenset(FORMULA_STARTS)
+
+
 def neutralize(text: str) -> str:
     """A text cell a spreadsheet never evaluates (module docstring)."""
-    return "'" + text if text.startswith(FORMULA_STARTS) else text
+    return "'" + text if text[:1] in _FORMULA_START_SET else text
 
 
 def _cell(value: Any) -> str:
-    """A JSON value of a column as a CSV cell."""
+    """A JSON value of a column as a CSV cell (dispatch on the exact type: the hot path)."""
+    kind = type(value)
+    if kind is str:
+        return neutralize(value)
     if value is None:
         return ""
-    if isinstance(value, bool):
+    if kind is bool:
         return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value) if isinstance(value, float) else str(value)
-    if isinstance(value, list):
+    if kind is int:
+        return str(value)
+    if kind is float:
+        return repr(value)
+    if kind is list:
         return neutralize(" ".join(str(v) for v in value))
     return neutralize(str(value))
 
