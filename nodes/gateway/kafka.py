@@ -308,6 +308,7 @@ class TrustReader:
         async with self._lock:
             with kafka_errors("reading the trust topics"):
                 ends = await self._consumer.end_offsets(self._tps)
+                self._consumer.resume(*self._tps)  # read_until paused them at their ends
                 async for rec in read_until(self._consumer, ends):
                     self.trust.offer_records((rec.topic, rec.partition), rec.offset, [rec.value])
             seals = await asyncio.to_thread(self._reads.seals, self.trust.epoch, 1000)
