@@ -68,8 +68,9 @@ web: $(WEB_BUILT)  ## the observers' web form: npm ci (lockfile), generate, bund
 proto: $(STAMP)  ## regenerate bus/_pb from schemas/
 	$(PY) schemas/generate.py
 
-proto-check: $(STAMP)  ## fail when the checked-in generated code is stale
+proto-check: $(STAMP)  ## fail when the generated code is stale or a schema change breaks the last release
 	$(PY) schemas/generate.py --check
+	$(PY) schemas/breaking.py
 
 lint: $(STAMP)  ## ruff, and the import contracts of .importlinter (pure core, layers, no circles)
 	$(VENV)/bin/ruff check bus nodes tests bench
