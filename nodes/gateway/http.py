@@ -60,6 +60,24 @@ that hangs up or resets mid-request is one ``client_aborted`` info event, a requ
 cannot parse one ``client_bad_request`` info event (and aiohttp's 400), never a traceback: both
 are the client's doing. Errors with tracebacks are left for the gateway's own faults.
 
+Reads for observers (JSON, no body; from the gateway's own state and its final trust state):
+
+``GET /v1/time``
+    ``{"now_ms": int, "max_skew_ms": int}``: the gateway's clock and how far a report's
+    ``signed_at`` may run ahead of it (the nodes' limit): a device checks its clock before
+    signing.
+``GET /v1/observers/{observer_id}/head``
+    ``{"org", "observer_id", "seq", "digest_b64", "as_of_ms", "node_key_id_b64",
+    "signature_b64"}``: the observer's chain head accepted here, signed by the node key over
+    :func:`~nodes.gateway.service.head_payload` (seq 0 and an empty digest before its first
+    report): a new device continues the chain from it. 400 ``invalid_field`` for a malformed
+    id; 503 while the node key is not usable.
+``GET /v1/recipients``
+    ``{"suite", "info", "mandate_id", "epoch", "recipients": [{"org", "key_id_b64",
+    "public_key_b64", "serial", "not_before_ms", "not_after_ms"}]}``: each organization's
+    current encryption key for restricted reports in the final trust state (what the nodes
+    decrypt with); 503 ``not_sealed_yet`` before the first seal.
+
 A receipt is a signed envelope (``application/protobuf``; see :mod:`bus.receipt`); JSON error
 bodies are ``{"reason": code, "detail": text}`` with the stable codes of
 :class:`bus.errors.Reason` (and the three above). ``GET /v1/node`` returns the gateway's
@@ -156,7 +174,8 @@ def make_app(
     connection_counts: Callable[[], Mapping[str, int]] = dict,
 ) -> web.Application:
     """The aiohttp application: POST /v1/reports, PUT /v1/attachments/<sha256>, GET /v1/node,
-    GET /healthz; ``tls`` adds ``Strict-Transport-Security``; ``connection_counts`` goes into
+    GET /v1/time, GET /v1/observers/{observer_id}/head, GET /v1/recipients, GET /healthz;
+    ``tls`` adds ``Strict-Transport-Security``; ``connection_counts`` goes into
     ``/healthz`` (:meth:`~nodes.gateway.connections.ConnectionGate.counts`)."""
     limit = gateway.config.max_body_bytes
     body_timeout_s = gateway.config.body_timeout_s
@@ -219,6 +238,16 @@ def make_app(
             return _internal_error()
         return _response(reply)
 
+    async def get_time(_: web.Request) -> web.Response:
+        return web.json_response(gateway.clock())
+
+    async def get_head(request: web.Request) -> web.Response:
+        reply = gateway.observer_head(request.match_info["observer_id"])
+        return _response(reply)
+
+    async def get_recipients(_: web.Request) -> web.Response:
+        return _response(gateway.recipients())
+
     async def healthz(_: web.Request) -> web.Response:
         counts = gateway.store.counts()
         return web.json_response(
@@ -267,6 +296,9 @@ def make_app(
     app.router.add_put("/v1/attachments/{sha256}", put_attachment)
     app.router.add_post("/v1/reports", post_report)
     app.router.add_get("/v1/node", get_node)
+    app.router.add_get("/v1/time", get_time)
+    app.router.add_get("/v1/observers/{observer_id}/head", get_head)
+    app.router.add_get("/v1/recipients", get_recipients)
     app.router.add_get("/healthz", healthz)
     add_webapp(app)  # the observers' web form at /app/ (nodes/gateway/webapp.py)
     return app

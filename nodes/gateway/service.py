@@ -6,9 +6,16 @@ judges each request and answers with a :class:`Reply` saying what became of it
 status of every answer), :mod:`nodes.gateway.kafka` is its Kafka edge and
 :mod:`nodes.gateway.store` its SQLite file.
 
-A report is published (acks=all) and answered with a signed receipt (see :mod:`bus.receipt`)
+A report, plain or restricted (a sealed report, :mod:`bus.sealed`: encrypted to chosen
+organizations, which the gateway cannot read), is published (acks=all) and answered with a
+signed receipt (see :mod:`bus.receipt`)
 when it verifies, its observer is within its rate (a token bucket per observer) and it extends
-its observer's chain; the same bytes again get the same receipt. Anything else is refused with a
+its observer's chain; the same bytes again get the same receipt. Of a restricted report the
+gateway checks what it can without decrypting: the signature over the sealed payload, the
+observer's accreditation, the clear fields (mandate, zone, organization, times), the recipients'
+keys (each the organization's current encryption key), the chain and the rate; the content is
+its recipients' to judge, and any attachment it references is not uploaded here (the gateway
+cannot see the reference). Anything else is refused with a
 stable reason code of :class:`bus.errors.Reason`, or answered ``unavailable`` when Kafka did not
 confirm (nothing is wrong with the input: retry). Once the mandate has ended, a new report is
 refused (``mandate_expired``, naming the end): nothing more is signed or published under it.
@@ -56,6 +63,7 @@ organization (the topic's only writer, DESIGN §4).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import enum
 import json
@@ -79,8 +87,9 @@ from bus.errors import (
     VerificationError,
 )
 from bus.kafka.client import KafkaSecurity
-from bus.model import Accreditation, Mandate, Receipt, Role, sha256
+from bus.model import Accreditation, Mandate, Receipt, Role, check_id, sha256
 from bus.receipt import sign_receipt
+from bus.sealed import HPKE_INFO, VerifiedSealed, is_sealed, verify_sealed_report
 from bus.topics import Topics
 from bus.trust import KeyRing
 from bus.verify import DEFAULT_MAX_RECORD_BYTES, ChainBook, Limits, VerifiedReport, verify_report
@@ -92,8 +101,13 @@ from nodes.runtime.files import ended_on, mandate_ended
 log = structlog.get_logger(__name__)
 
 UNAVAILABLE: Final = "unavailable"  # not a Reason: nothing wrong with the input, retry
+# The observer chain head statement (GET /v1/observers/{id}/head): signed by the node key over
+# pae(HEAD_PAYLOAD_TYPE, head_payload(...)); see head_payload.
+HEAD_PAYLOAD_TYPE: Final = "application/vnd.obus.observer-head.v1+json"
 RECEIPT_CONTENT_TYPE: Final = "application/protobuf"
 JSON_CONTENT_TYPE: Final = "application/json"
+# The HPKE suite of restricted reports (bus/sealed.py), as RFC 9180 names it.
+HPKE_SUITE_NAME: Final = "DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM"
 
 
 @dataclass(frozen=True)
@@ -222,6 +236,30 @@ class Reply:
         body's reason (``unavailable``, ``not_sealed_yet``, ``sealed_log_broken``)."""
         body = error_body(why, detail)
         return cls(Outcome.UNAVAILABLE, body, JSON_CONTENT_TYPE, retry_after_s=retry_after_s)
+
+
+def head_payload(
+    *, org: str, observer_id: str, seq: int, digest: bytes, as_of_ms: int, node_key_id: bytes
+) -> bytes:
+    """The canonical bytes a chain head statement signs: UTF-8 JSON of exactly these keys,
+    sorted, no whitespace, integers as JSON numbers, bytes in standard base64 with padding::
+
+        {"as_of_ms":N,"digest_b64":"...","node_key_id_b64":"...","observer_id":"...",
+         "org":"...","seq":N}
+
+    The signature is the node key's Ed25519 signature of DSSE ``pae(HEAD_PAYLOAD_TYPE, these
+    bytes)`` (:func:`bus.crypto.pae`): domain-separated from every envelope, receipt and seal
+    by its payload type. ``seq`` 0 with an empty digest: no report of this observer yet.
+    """
+    doc = {
+        "org": org,
+        "observer_id": observer_id,
+        "seq": seq,
+        "digest_b64": base64.b64encode(digest).decode(),
+        "as_of_ms": as_of_ms,
+        "node_key_id_b64": base64.b64encode(node_key_id).decode(),
+    }
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class TokenBuckets:
@@ -510,7 +548,8 @@ class Gateway:
             vr = await self._verify(body)
         except VerificationError as exc:
             return self.refuse(exc)
-        report = vr.report
+        report = vr.report if isinstance(vr, VerifiedReport) else vr.sealed
+        attachments = vr.report.attachments if isinstance(vr, VerifiedReport) else ()
         wait = self.buckets.take(report.observer_id, time.monotonic())
         if wait > 0:
             return self.refuse(
@@ -525,13 +564,13 @@ class Gateway:
             if unresolved and not await self._resolve(unresolved):
                 return Reply.unavailable("Kafka unavailable", retry_after_s=1)
             try:
-                self.chain.accept(vr)
+                self.chain.accept_link(report, vr.envelope_digest)
             except VerificationError as exc:
                 return self.refuse(exc)
             row = Row(report.report_id, report.observer_id, report.seq, digest, body,
                       PUBLISHING, None)  # fmt: skip
             try:
-                self.store.record_intent(row, _now_ms(), report.attachments)
+                self.store.record_intent(row, _now_ms(), attachments)
             except StoreError:
                 self.chain = ChainBook(self.store.heads(), self.store.digest_of)
                 raise
@@ -540,6 +579,73 @@ class Gateway:
             if receipt is None:
                 return Reply.unavailable("Kafka did not confirm", retry_after_s=1)
             return Reply(Outcome.PUBLISHED, receipt)
+
+    def clock(self) -> dict[str, int]:
+        """``GET /v1/time``: this gateway's clock and the skew the nodes allow a report's
+        ``signed_at`` ahead of the time it is judged at (so a device can check its own clock
+        before signing)."""
+        return {"now_ms": _now_ms(), "max_skew_ms": self.config.limits.max_clock_skew_ms}
+
+    def observer_head(self, observer_id: str) -> Reply:
+        """``GET /v1/observers/{id}/head``: the observer's chain head accepted here, signed by
+        the node key (:func:`head_payload`); a new device continues the chain from it.
+
+        The head is the last report this gateway accepted for the observer (published, or
+        being published: a report left ``publishing`` is published by recovery, never
+        dropped), whatever key signed it: chains are keyed by (organization, observer id).
+        """
+        try:
+            check_id("observer_id", observer_id)
+        except VerificationError as exc:
+            return self.refuse(exc)
+        if self.node is None:
+            return self.not_ready()
+        head = self.store.heads_of(observer_id)
+        seq, digest = (0, b"") if head is None else (head.seq, head.digest)
+        key = self.config.node_key
+        at = _now_ms()
+        payload = head_payload(
+            org=self.config.org, observer_id=observer_id, seq=seq, digest=digest, as_of_ms=at,
+            node_key_id=key.key_id,
+        )  # fmt: skip
+        doc = {
+            "org": self.config.org,
+            "observer_id": observer_id,
+            "seq": seq,
+            "digest_b64": base64.b64encode(digest).decode(),
+            "as_of_ms": at,
+            "node_key_id_b64": base64.b64encode(key.key_id).decode(),
+            "signature_b64": base64.b64encode(key.sign_pae(HEAD_PAYLOAD_TYPE, payload)).decode(),
+        }
+        return Reply(Outcome.KNOWN, json.dumps(doc).encode(), JSON_CONTENT_TYPE)
+
+    def recipients(self) -> Reply:
+        """``GET /v1/recipients``: each organization's current encryption key for restricted
+        reports in the final trust state (the key nodes decrypt with), with its key id, serial
+        and validity, and the HPKE suite (:mod:`bus.sealed`)."""
+        if not self.trust.sealed:
+            return self.not_ready()
+        out = []
+        for o in self.mandate.organizations:
+            ek = self.keyring.encryption_key(o.org)
+            if ek is None:
+                continue
+            out.append({
+                "org": ek.org,
+                "key_id_b64": base64.b64encode(ek.key_id).decode(),
+                "public_key_b64": base64.b64encode(ek.public_key).decode(),
+                "serial": ek.serial,
+                "not_before_ms": ek.not_before_ms,
+                "not_after_ms": ek.not_after_ms,
+            })  # fmt: skip
+        doc = {
+            "suite": HPKE_SUITE_NAME,
+            "info": HPKE_INFO.decode(),
+            "mandate_id": self.mandate.mandate_id,
+            "epoch": self.trust.epoch,
+            "recipients": out,
+        }
+        return Reply(Outcome.KNOWN, json.dumps(doc).encode(), JSON_CONTENT_TYPE)
 
     def attachment_limit(self, hex_digest: str) -> tuple[int, Reply | None]:
         """Before reading an upload's body: how many bytes to accept, or the refusal.
@@ -596,13 +702,18 @@ class Gateway:
             self._log.info("attachment_published", **doc)
             return Reply(Outcome.PUBLISHED, answer, JSON_CONTENT_TYPE)
 
-    async def _verify(self, body: bytes) -> VerifiedReport:
+    async def _verify(self, body: bytes) -> VerifiedReport | VerifiedSealed:
         if len(body) > self.config.max_body_bytes:
             raise VerificationError(
                 Reason.OVERSIZED, f"{len(body)} bytes > limit {self.config.max_body_bytes}"
             )
         for attempt in (1, 2):
             try:
+                if is_sealed(body):  # restricted: the clear fields and signature, no content
+                    return verify_sealed_report(
+                        body, expected_org=self.config.org, keyring=self.keyring,
+                        reference_ms=_now_ms(), limits=self.config.limits,
+                    )  # fmt: skip
                 return verify_report(
                     body,
                     expected_org=self.config.org,

@@ -129,6 +129,13 @@ class GatewayStore:
         rows = self._db.execute("SELECT observer_id, seq, digest FROM chain_heads")
         return {o: ChainHead(int(s), bytes(d)) for o, s, d in rows}
 
+    def heads_of(self, observer_id: str) -> ChainHead | None:
+        """One observer's chain head as accepted here, or None."""
+        row = self._db.execute(
+            "SELECT seq, digest FROM chain_heads WHERE observer_id = ?", (observer_id,)
+        ).fetchone()
+        return None if row is None else ChainHead(int(row[0]), bytes(row[1]))
+
     def watermarks(self) -> dict[int, int]:
         """Per partition, the offset below which every record of this gateway is confirmed."""
         return {int(p): int(o) for p, o in self._db.execute("SELECT * FROM watermarks")}
