@@ -487,6 +487,21 @@ export async function verifyEncryptionKey(raw: Uint8Array, mandate: Mandate): Pr
   return ek;
 }
 
+/** An encryption key as the gateway lists it (GET /v1/recipients). */
+export function encryptionKey(
+  org: string,
+  publicKey: Uint8Array,
+  mandateId: string,
+  serial: number,
+  notBeforeMs: number,
+  notAfterMs: number,
+): EncryptionKey {
+  return create(EncryptionKeySchema, {
+    org, publicKey, mandateId, serial: BigInt(serial),
+    notBeforeMs: BigInt(notBeforeMs), notAfterMs: BigInt(notAfterMs),
+  });
+}
+
 /** bus.receipt.verify_receipt with the envelope delivered: signed by the accredited node key,
  * naming that key, node and organization, issued inside the key's validity, and answering
  * exactly this envelope (digest, report id, observer, seq, organization). */

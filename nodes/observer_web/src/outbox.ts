@@ -151,25 +151,43 @@ export async function refreshFromGateway(profile: Profile): Promise<void> {
     await core.verifyNodeAccreditation(node.body, mandate, profile.org);
     await store.setMeta("node", node.body);
   }
+  // GET /v1/recipients: each organization's current encryption key in the gateway's final
+  // trust state. Checked for shape, mandate and key id; a wrong key would only make the nodes
+  // quarantine the report (recipient_key_not_current), never expose it to another key holder
+  // than the one the gateway names.
   const rec = await call("GET", "/v1/recipients");
   if (rec.status === 200) {
-    const doc = JSON.parse(new TextDecoder().decode(rec.body)) as { keys?: { record_b64: string }[] };
-    const keys: Uint8Array[] = [];
-    for (const k of doc.keys ?? []) {
-      const raw = core.unb64(k.record_b64);
-      await core.verifyEncryptionKey(raw, mandate);
-      keys.push(raw);
+    const doc = JSON.parse(new TextDecoder().decode(rec.body)) as {
+      mandate_id: string;
+      recipients: { org: string; key_id_b64: string; public_key_b64: string; serial: number;
+        not_before_ms: number; not_after_ms: number }[];
+    };
+    const keys = [];
+    for (const r of doc.recipients ?? []) {
+      const publicKey = core.unb64(r.public_key_b64);
+      const known = mandate.organizations.some((o) => o.org === r.org);
+      if (doc.mandate_id !== mandate.mandateId || !known || publicKey.length !== 32) continue;
+      if (!core.equalBytes(await core.sha256(publicKey), core.unb64(r.key_id_b64))) continue;
+      keys.push({ org: r.org, publicKey, serial: r.serial, notBeforeMs: r.not_before_ms, notAfterMs: r.not_after_ms });
     }
     await store.setMeta("recipients", keys);
   }
 }
 
+interface RecipientKey {
+  org: string;
+  publicKey: Uint8Array;
+  serial: number;
+  notBeforeMs: number;
+  notAfterMs: number;
+}
+
+/** The recipients' keys last fetched, usable now. */
 export async function recipientKeys(profile: Profile): Promise<core.EncryptionKey[]> {
-  const { mandate } = await core.verifyMandate(profile.mandate, Date.now());
-  const out = [];
-  for (const raw of (await store.getMeta<Uint8Array[]>("recipients")) ?? [])
-    out.push(await core.verifyEncryptionKey(raw, mandate));
-  return out;
+  const at = await now();
+  return ((await store.getMeta<RecipientKey[]>("recipients")) ?? [])
+    .filter((k) => k.notBeforeMs <= at && at <= k.notAfterMs)
+    .map((k) => core.encryptionKey(k.org, k.publicKey, profile.mandateId, k.serial, k.notBeforeMs, k.notAfterMs));
 }
 
 async function checkReceipt(profile: Profile, e: Entry, receipt: Uint8Array): Promise<[boolean, string, string]> {
