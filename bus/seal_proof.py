@@ -385,8 +385,8 @@ def check_path(proof: SealProof) -> SealProposal:
 
     Raises:
         VerificationError: ``oversized`` beyond a bound; ``malformed`` (the note is no seals
-            record); ``invalid_field`` (leaf index not the offset, a size other than the
-            seal's for the partition, or the partition not in the seal);
+            record, or not in canonical form); ``invalid_field`` (leaf index not the offset, a
+            size other than the seal's for the partition, or the partition not in the seal);
             ``inclusion_proof_invalid`` (the path does not lead to the root).
     """
     _bound(len(proof.path), MAX_PATH_HASHES, "audit path hashes")
@@ -394,6 +394,9 @@ def check_path(proof: SealProof) -> SealProposal:
     _bound(len(proof.registry), MAX_REGISTRY_RECORDS, "registry records")
     _bound(len(proof.value), MAX_VALUE_BYTES, "value bytes")
     seal = proof.seal()
+    if parse_note(proof.note).encode() != proof.note:
+        # base64 with other unused bits decodes to the same signature: one note, one text.
+        raise _bad(Reason.MALFORMED, "the note is not in canonical form")
     if proof.leaf_index != proof.offset:
         raise _bad(
             Reason.INVALID_FIELD,
@@ -416,7 +419,7 @@ def check_path(proof: SealProof) -> SealProposal:
         verify_inclusion(leaf_hash(proof.value), proof.leaf_index, sealed.size, proof.path,
                          sealed.root)  # fmt: skip
     except VerificationError as exc:
-        raise _bad(exc.reason, exc.message, **exc.context) from exc
+        raise _bad(exc.reason, exc.message) from exc
     return seal
 
 
