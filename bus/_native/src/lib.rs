@@ -18,6 +18,9 @@
 //!
 //! Inputs of the wrong length are rejected. There is no other outcome: no panic, no error.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
 use curve25519_dalek::edwards::{CompressedEdwardsY, EdwardsPoint};
 use curve25519_dalek::scalar::Scalar;
 use pyo3::prelude::*;
@@ -64,6 +67,28 @@ const SMALL_ORDER: [[u8; 32]; 7] = [
     ],
 ];
 
+/// Decoded keys, negated, by encoding: a node verifies many signatures under few keys, and
+/// decoding costs a field exponentiation. Decoding is a pure function of the 32 bytes, so a
+/// cached point is the point libsodium decodes again each time. Bounded: emptied when full.
+const KEY_CACHE_MAX: usize = 4096;
+static KEY_CACHE: OnceLock<Mutex<HashMap<[u8; 32], EdwardsPoint>>> = OnceLock::new();
+
+/// `ge25519_frombytes_negate_vartime`: -A, or None when A is not on the curve.
+fn negated_key(pk: &[u8; 32]) -> Option<EdwardsPoint> {
+    let cache = KEY_CACHE.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(p) = cache.lock().ok().and_then(|c| c.get(pk).copied()) {
+        return Some(p);
+    }
+    let minus_a = -CompressedEdwardsY(*pk).decompress()?;
+    if let Ok(mut c) = cache.lock() {
+        if c.len() >= KEY_CACHE_MAX {
+            c.clear();
+        }
+        c.insert(*pk, minus_a);
+    }
+    Some(minus_a)
+}
+
 /// `sc25519_is_canonical`: s < L, all 256 bits counted.
 fn scalar_is_canonical(s: &[u8; 32]) -> bool {
     for i in (0..32).rev() {
@@ -104,7 +129,7 @@ pub fn verify_strict_libsodium(public_key: &[u8], message: &[u8], signature: &[u
     if !point_is_canonical(pk) || has_small_order(pk) {
         return false;
     }
-    let Some(a) = CompressedEdwardsY(*pk).decompress() else {
+    let Some(minus_a) = negated_key(pk) else {
         return false;
     };
     let k = Scalar::from_bytes_mod_order_wide(
@@ -117,7 +142,7 @@ pub fn verify_strict_libsodium(public_key: &[u8], message: &[u8], signature: &[u
     );
     // S < L was checked above, so this is S itself (from_bits would also keep it).
     let s = Scalar::from_bytes_mod_order(*s);
-    let check = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &(-a), &s);
+    let check = EdwardsPoint::vartime_double_scalar_mul_basepoint(&k, &minus_a, &s);
     check.compress().as_bytes() == r
 }
 
@@ -134,6 +159,9 @@ fn verify(py: Python<'_>, public_key: &[u8], message: &[u8], signature: &[u8]) -
 #[pymodule]
 fn obus_ed25519(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(verify, m)?)?;
-    m.add("RULE", "libsodium crypto_sign_verify_detached (1.0.19-1.0.21, strict)")?;
+    m.add(
+        "RULE",
+        "libsodium crypto_sign_verify_detached (1.0.19-1.0.21, strict)",
+    )?;
     Ok(())
 }
