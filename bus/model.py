@@ -481,8 +481,11 @@ _unvalidated_attachment: Final = _unvalidated(Attachment)
 
 # Report schema versions (module docstring): the newest one this software knows, the version
 # that added each field after version 1, and the largest version a mandate may name.
-SCHEMA_VERSION: Final = 1
-FIELD_VERSIONS: Final[dict[str, int]] = {}
+SCHEMA_VERSION: Final = 2
+FIELD_VERSIONS: Final[dict[str, int]] = {"language": 2}
+# A BCP 47 language tag (RFC 5646) in its usual shape: a language subtag, then subtags.
+LANGUAGE_TAG_RE: Final = re.compile(r"[a-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
+MAX_LANGUAGE_CHARS: Final = 35
 MAX_SCHEMA_VERSION_BOUND: Final = 1000
 
 # Bounds that hold for every report on the wire, whatever a node's own configuration says.
@@ -518,6 +521,7 @@ class Report:
     narrative: str = ""
     attachments: tuple[Attachment, ...] = ()
     corrects: str = ""
+    language: str = ""
     schema_version: int = 1
     unknown_fields: tuple[int, ...] = ()
     unknown_bytes: bytes = field(default=b"", repr=False)
@@ -556,17 +560,14 @@ class Report:
             raise _invalid("corrects", "must be empty or a lower-case UUIDv7")
         if corrects == self.report_id:
             raise _invalid("corrects", "a report cannot correct itself")
+        language = self.language
+        if language and (
+            len(language) > MAX_LANGUAGE_CHARS or not LANGUAGE_TAG_RE.fullmatch(language)
+        ):
+            raise _invalid("language", f"{language!r} is not a BCP 47 language tag (e.g. uk, en)")
         version = self.schema_version
         if not 1 <= version <= MAX_SCHEMA_VERSION_BOUND:
             raise _invalid("schema_version", f"{version} is not in 1..{MAX_SCHEMA_VERSION_BOUND}")
-        if version < SCHEMA_VERSION and version < self.required_schema_version:
-            newer = [n for n, v in FIELD_VERSIONS.items() if v > version and getattr(self, n)]
-            raise VerificationError(
-                Reason.SCHEMA_NOT_ALLOWED,
-                f"states schema version {version} but uses {', '.join(newer)} of version"
-                f" {self.required_schema_version}",
-                schema_version=version,
-            )
         if self.unknown_bytes or self.unknown_fields:
             numbers = _scan_unknown(self.unknown_bytes, _REPORT_HIGHEST_FIELD, "report")
             if numbers != self.unknown_fields or not numbers:
@@ -584,6 +585,23 @@ class Report:
         """The lowest schema version that has every known field this report uses."""
         used = [v for n, v in FIELD_VERSIONS.items() if getattr(self, n)]
         return max(used, default=1)
+
+    def check_stated_version(self) -> None:
+        """The version stated has every known field used (checked on decoding; writers state
+        it through :func:`stamp_schema_version`, so a report built here may be a draft).
+
+        Raises:
+            VerificationError: ``schema_not_allowed`` naming the newer fields.
+        """
+        version = self.schema_version
+        if version < SCHEMA_VERSION and version < self.required_schema_version:
+            newer = [n for n, v in FIELD_VERSIONS.items() if v > version and getattr(self, n)]
+            raise VerificationError(
+                Reason.SCHEMA_NOT_ALLOWED,
+                f"states schema version {version} but uses {', '.join(newer)} of version"
+                f" {self.required_schema_version}",
+                schema_version=version,
+            )
 
     def to_pb(self) -> report_pb2.ObserverReport:
         """The generated protobuf message (for the codec only)."""
@@ -617,6 +635,7 @@ class Report:
             ],
             corrects=self.corrects,
             schema_version=0 if self.schema_version == 1 else self.schema_version,
+            language=self.language,
         )
         if self.unknown_bytes:
             # Kept after the known fields, where the encoder puts unknown fields: the bytes
@@ -677,11 +696,13 @@ class Report:
             pb.narrative,
             attachments,
             pb.corrects,
+            pb.language,
             pb.schema_version or 1,
             unknown_fields,
             unknown_bytes,
         )
         report.__post_init__()
+        report.check_stated_version()
         return report
 
 

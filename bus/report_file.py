@@ -24,6 +24,8 @@ narrative          no        text, up to 20,000 characters
 attachments        no        list (up to 64) of ``{sha256, size, media_type, name}``, or of
                              ``{path, media_type?, name?}`` when the caller can hash files
 corrects           no        report id (UUIDv7) of an earlier report this one corrects
+language           no        BCP 47 tag of the narrative's language (``uk``, ``en``,
+                             ``sr-Latn``); schema version 2: refused until the mandate allows it
 mandate_id, org,   no        if present, must equal the observer's own (a guard against
 observer_id                  submitting a colleague's file with the wrong identity)
 =================  ========  ==================================================================
@@ -57,7 +59,10 @@ import yaml
 
 from bus.errors import Reason, VerificationError
 from bus.model import (
+    FIELD_VERSIONS,
+    LANGUAGE_TAG_RE,
     MAX_ATTACHMENTS,
+    MAX_LANGUAGE_CHARS,
     MAX_NARRATIVE_CHARS,
     MAX_SUB_TYPE_CHARS,
     Attachment,
@@ -76,6 +81,7 @@ MAX_FUTURE_MS: Final = 5 * 60 * 1000
 _TOP_FIELDS: Final = (
     "zone", "observed_at", "location", "category", "sub_type", "severity", "confidence",
     "casualties", "narrative", "attachments", "corrects", "mandate_id", "org", "observer_id",
+    "language",
 )  # fmt: skip
 _CLIENT_FIELDS: Final = ("report_id", "seq", "prev_digest", "signed_at", "signed_at_ms")
 _LOCATION_FIELDS: Final = ("lat", "lon", "precision_m", "place")
@@ -142,6 +148,7 @@ class ReportDraft:
     narrative: str = ""
     attachments: tuple[Attachment, ...] = ()
     corrects: str = ""
+    language: str = ""
     mandate: Mandate | None = None
 
     def to_report(self, *, report_id: str, signed_at_ms: int) -> Report:
@@ -174,6 +181,7 @@ class ReportDraft:
             narrative=self.narrative,
             attachments=self.attachments,
             corrects=self.corrects,
+            language=self.language,
         )
         return stamp_schema_version(report, self.mandate)
 
@@ -301,6 +309,7 @@ class _Parser:
         casualties = self._casualties(doc.get("casualties"))
         attachments = self._attachments(doc.get("attachments"))
         corrects = self._corrects(doc.get("corrects"))
+        language = self._language(doc)
         if self.problems:
             raise ReportFileError(self.problems, source=source, reason=Reason.INVALID_FIELD)
         assert zone is not None and observed is not None and location is not None
@@ -318,6 +327,7 @@ class _Parser:
             narrative=narrative,
             attachments=attachments,
             corrects=corrects,
+            language=language,
             mandate=self.mandate,
         )
 
@@ -491,6 +501,25 @@ class _Parser:
         except VerificationError as exc:
             self.bad(name, exc.message, allowed)
             return None
+
+    def _language(self, doc: Mapping[Any, Any]) -> str:
+        value = self._text(doc, "language", MAX_LANGUAGE_CHARS)
+        if not value:
+            return ""
+        tag = "a BCP 47 language tag such as uk, en or sr-Latn"
+        if not LANGUAGE_TAG_RE.fullmatch(value):
+            self.bad("language", f"{value!r} is not a language tag", tag)
+            return ""
+        version = FIELD_VERSIONS["language"]
+        low, high = (1, 1) if self.mandate is None else self.mandate.schema_versions
+        if high < version:
+            self.bad(
+                "language",
+                f"needs report schema version {version}; the mandate allows {low}..{high}",
+                "leave it out until the organizations raise the mandate's max_schema_version",
+            )
+            return ""
+        return value
 
     def _corrects(self, value: Any) -> str:
         if value is None:

@@ -65,7 +65,9 @@ class ReportSigner:
     The caller persists :attr:`head` together with each envelope it keeps (the observer's
     outbox), so a restart continues the chain exactly where it stopped. Given ``mandate``, every
     report states the schema version :func:`bus.model.stamp_schema_version` gives under it, and
-    one using fields of a version the mandate does not allow is refused before signing.
+    one using fields of a version the mandate does not allow is refused before signing; without
+    one, a report states at least the version its fields need (the caller answers for the
+    mandate, as the observer client does through :meth:`bus.report_file.ReportDraft.to_report`).
     """
 
     def __init__(
@@ -80,7 +82,9 @@ class ReportSigner:
         prev = b"" if self.head is None else self.head.digest
         report = dataclasses.replace(draft, seq=seq, prev_digest=prev)
         if self._mandate is not None:
-            report = stamp_schema_version(report, self._mandate)
+            return stamp_schema_version(report, self._mandate)
+        if report.schema_version < report.required_schema_version:
+            return dataclasses.replace(report, schema_version=report.required_schema_version)
         return report
 
     def sign(self, draft: Report) -> bytes:

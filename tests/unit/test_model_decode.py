@@ -86,7 +86,7 @@ def _reference_report(data: bytes) -> Report:
         if not data.startswith(known):
             raise
         tail = data[len(known) :]
-        numbers = _scan_unknown(tail, 19, "report")
+        numbers = _scan_unknown(tail, _HIGHEST_KNOWN, "report")
     assert isinstance(pb, report_pb2.ObserverReport)
     if pb.schema_version == 1:
         raise VerificationError(
@@ -104,7 +104,7 @@ def _reference_report(data: bytes) -> Report:
             f"category: {pb.category} is not a known category",
             field="category",
         ) from None
-    return Report(
+    report = Report(
         report_id=pb.report_id,
         mandate_id=pb.mandate_id,
         zone=pb.zone,
@@ -132,12 +132,16 @@ def _reference_report(data: bytes) -> Report:
             Attachment(bytes(a.sha256), a.size, a.media_type, a.name) for a in pb.attachments
         ),
         corrects=pb.corrects,
+        language=pb.language,
         schema_version=pb.schema_version or 1,
         unknown_fields=numbers,
         unknown_bytes=tail,
     )
+    report.check_stated_version()
+    return report
 
 
+_HIGHEST_KNOWN = max(f.number for f in report_pb2.ObserverReport.DESCRIPTOR.fields)
 Outcome = tuple[object, ...]
 
 
@@ -191,6 +195,7 @@ def _report_pbs(draw: st.DrawFn, with_tails: bool = True) -> bytes:
         narrative=draw(st.one_of(_texts, st.just("n" * 20_001))),
         corrects=draw(st.one_of(st.just(""), _uuid7s, _strings)),
         schema_version=draw(st.one_of(st.just(0), st.integers(1, 3), _u32)),
+        language=draw(st.one_of(st.just(""), st.sampled_from(["uk", "sr-Latn", "EN"]), _texts)),
     )
     if draw(st.integers(0, 9)):  # mostly present: location is required
         pb.location.lat = draw(st.one_of(st.floats(-91, 91), _doubles))

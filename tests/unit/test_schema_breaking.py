@@ -166,8 +166,8 @@ def test_an_addition_in_the_addition_range_of_an_open_message_passes(tmp_path: P
     schemas = _changed(
         tmp_path,
         "report.proto",
-        "uint32 schema_version = 19;",
-        "uint32 schema_version = 19;\n  string language = 100;\n  repeated string tags = 101;",
+        "string language = 100;",
+        "string language = 100;\n  string position_source = 101;\n  repeated string tags = 102;",
     )
     out = _run(schemas)
     assert out.returncode == 0, out.stderr
@@ -181,8 +181,8 @@ def test_an_addition_above_the_range_fails(tmp_path: Path) -> None:
     schemas = _changed(
         tmp_path,
         "report.proto",
-        "uint32 schema_version = 19;",
-        "uint32 schema_version = 19;\n  string language = 200;",
+        "string language = 100;",
+        "string language = 100;\n  string extra = 200;",
     )
     out = _run(schemas)
     assert out.returncode == 1
