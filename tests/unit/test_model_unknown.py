@@ -30,6 +30,7 @@ from bus.model import (
     encode,
     stamp_schema_version,
 )
+from bus.report_file import Identity, ReportFileError, parse_report
 from bus.sign import ReportSigner
 from bus.trust import KeyRing
 from bus.verify import verify_report
@@ -420,3 +421,27 @@ def test_a_version_2_report_is_quarantined_until_the_mandate_allows_it() -> None
     assert err.value.reason is Reason.SCHEMA_NOT_ALLOWED
     vr = verify_report(raw, expected_org="un", keyring=_allowing(m, 1, 2), reference_ms=m.now)
     assert vr.report.language == "uk"
+
+
+def _report_file(language: str) -> str:
+    return (
+        "zone: north\nobserved_at: 2026-10-31T23:00:00Z\n"
+        "location: {lat: 48.2, lon: 38.0}\ncategory: shelling\nseverity: 3\nconfidence: 0.8\n"
+        f"narrative: Обстріл з півночі.\nlanguage: {language}\n"
+    )
+
+
+def test_report_files_state_language_only_once_the_mandate_allows_version_2() -> None:
+    m = make_mission()
+    me = Identity("un-obs-1", "un", m.mandate_id)
+    with pytest.raises(ReportFileError) as err:
+        parse_report(_report_file("uk"), identity=me, now_ms=m.now, mandate=m.scenario.mandate)
+    assert [p.field for p in err.value.problems] == ["language"]
+    assert "allows 1..1" in str(err.value.problems[0])
+    allowing = dataclasses.replace(m.scenario.mandate, max_schema_version=2)
+    draft = parse_report(_report_file("uk"), identity=me, now_ms=m.now, mandate=allowing)
+    report = draft.to_report(report_id=m.draft().report_id, signed_at_ms=m.now)
+    assert (report.language, report.schema_version) == ("uk", 2)
+    with pytest.raises(ReportFileError) as err:
+        parse_report(_report_file("Ukrainian"), identity=me, now_ms=m.now, mandate=allowing)
+    assert [p.field for p in err.value.problems] == ["language"]
