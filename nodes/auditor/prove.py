@@ -1,401 +1,175 @@
-"""``obus audit prove``: the inclusion proof of one record against a quorum checkpoint, and its
-verification against the log.
+"""``obus audit prove``: one record's inclusion proof against a final seal, and the checks of a
+printed proof (:mod:`bus.seal_proof` holds the proof, its JSON form and both checks).
 
-A record is named by (topic, partition, offset) or by report id. The prover reads the log in
-the order of the export sections (live from Kafka, or from an export file): mandate versions
-and registry (to know the node keys at every log time, :class:`nodes.auditor.trust_feed.
-TrustFeed`), the checkpoints of that record's partition (each verified as the auditor does),
-then that partition's records, building its RFC 6962 tree. It picks the largest checkpoint that
-covers the record and is signed or cosigned by at least the mandate's threshold of distinct
-organizations, checks that the partition's records hash to that checkpoint's root, and returns
-the audit path with the merged signed note and the checkpoint records that carry its lines.
+A record is named by (topic, partition, offset) or by report id. The prover reads the seals
+topic, the two trust topics (mandate, registry) and the record's partition, live from Kafka or
+from an export file, and nothing else: :class:`bus.seal_proof.SealedTrust` derives the final
+seals and each epoch's key ring from the first three, the record's partition is hashed into an
+RFC 6962 tree, and the proof is made against the first final seal that covers the record (or the
+final seal of the epoch the caller names), after checking that the partition's records hash to
+the sealed root. The proof carries the seal's note (the votes that made it final) and the
+cosigning node keys' accreditations, so an observer can check it with the mandate file alone.
 
-A proof is checked against the log, never against itself (:func:`verify_proof`): each
-checkpoint record it names is read from the log (:class:`LogView`: the live topic or the
-export file), and that record's real position on the checkpoints topic and its real log time
-decide whether its signatures count (a node key revoked at or before the position, or used
-outside its accreditation window, counts for nothing). A proof whose stated position or time
-differs from what the log holds there is refused. :func:`verify_proof_from_file` and
-:func:`verify_proof_live` are what a third party runs on a printed proof
-(``obus audit prove --check FILE``).
+Checking a printed proof (``obus audit prove --check FILE``):
+
+* **full** (:func:`check_from_file`, :func:`check_live`): the seals and trust topics of the log
+  (or an export) give the final seal of the note's epoch and the key ring in force for it, and
+  :func:`bus.seal_proof.verify_full` checks the proof against them;
+* **light** (``--light``, :func:`bus.seal_proof.verify_light`): the mandate file alone, no log.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
-from bus.checkpoint import (
-    Checkpoint,
-    NoteKeys,
-    VerifiedCheckpoint,
-    merge_notes,
-    origin_for,
-    parse_checkpoint,
-    parse_note,
-    parse_origin,
-    verify_checkpoint,
-)
+from bus.epoch import FinalSeal
 from bus.errors import Reason, VerificationError
 from bus.export import ExportProblem, ExportReader, LogRecord
 from bus.kafka.client import KafkaSecurity
 from bus.kafka.replay import replay
-from bus.lifecycle import TrustTimeline
-from bus.merkle import MerkleTree, leaf_hash, verify_inclusion
-from bus.model import Envelope, Mandate, Receipt, Report, sha256
+from bus.merkle import MerkleTree
+from bus.model import Envelope, Mandate, Report
+from bus.seal_proof import SealedTrust, SealProof, build_proof, verify_full
 from bus.topics import Topics
-from nodes.auditor.trust_feed import TrustFeed
+
+__all__ = [
+    "Prover",
+    "check_from_file",
+    "check_live",
+    "file_topics",
+    "locate",
+    "prove_from_file",
+    "prove_live",
+]
 
 Position = tuple[str, int, int]  # (topic, partition, offset)
 
 
-@dataclass(frozen=True, slots=True)
-class CheckpointRecord:
-    """A checkpoints-topic record a proof relies on, as the proof states it: its position and
-    its log time. The verifier reads both from the log and refuses a proof that differs."""
+class _Log:
+    """Seals and trust records from a log in any interleaving, into a :class:`SealedTrust`
+    (offsets of one partition in order; a gap is a deleted record)."""
 
-    topic: str
-    partition: int
-    offset: int
-    log_time_ms: int
+    def __init__(self, trust: SealedTrust, topics: Topics) -> None:
+        self.trust = trust
+        self.topics = topics
+        self._next: dict[tuple[str, int], int] = {}
 
-    @property
-    def position(self) -> Position:
-        """(topic, partition, offset)."""
-        return self.topic, self.partition, self.offset
-
-    def __str__(self) -> str:
-        return f"{self.topic}[{self.partition}]@{self.offset}"
-
-
-@dataclass(frozen=True, slots=True)
-class InclusionProof:
-    """A record, the quorum checkpoint it is proven against, and the audit path.
-
-    ``note`` is the checkpoint text with the signature lines the proof relies on; ``records``
-    the checkpoint records that carry those lines.
-    """
-
-    topic: str
-    partition: int
-    offset: int
-    leaf_index: int
-    value: bytes
-    checkpoint: Checkpoint
-    note: bytes
-    orgs: tuple[str, ...]
-    quorum: int
-    proof: tuple[bytes, ...]
-    records: tuple[CheckpointRecord, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready form (hashes in hex, bytes in base64)."""
-        report_id = None
-        with contextlib.suppress(VerificationError):
-            report_id = Report.decode(Envelope.decode(self.value).payload).report_id
-        return {
-            "topic": self.topic,
-            "partition": self.partition,
-            "offset": self.offset,
-            "report_id": report_id,
-            "leaf_index": self.leaf_index,
-            "leaf_hash": leaf_hash(self.value).hex(),
-            "envelope_sha256": sha256(self.value).hex(),
-            "value_base64": base64.b64encode(self.value).decode(),
-            "checkpoint": {
-                "origin": self.checkpoint.origin,
-                "size": self.checkpoint.size,
-                "root": self.checkpoint.root.hex(),
-                "signed_by": list(self.orgs),
-                "quorum": self.quorum,
-                "note": self.note.decode(),
-                "records": [
-                    {
-                        "topic": r.topic,
-                        "partition": r.partition,
-                        "offset": r.offset,
-                        "log_time_ms": r.log_time_ms,
-                    }
-                    for r in self.records
-                ],
-            },
-            "inclusion_proof": [h.hex() for h in self.proof],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class LogView:
-    """What a proof is verified against, read from the log: the key state over log time and
-    the records found at the checkpoints-topic positions the proof names (absent: not in the
-    log)."""
-
-    checkpoints_topic: str
-    timeline: TrustTimeline
-    records: Mapping[Position, LogRecord]
-
-
-def _refused(reason: Reason, message: str) -> VerificationError:
-    return VerificationError(reason, message)
-
-
-def _checkpoint_in_log(
-    ref: CheckpointRecord, view: LogView, expected: Checkpoint
-) -> VerifiedCheckpoint:
-    """The checkpoint record the proof names, verified at its real position and log time."""
-    if ref.topic != view.checkpoints_topic:
-        raise _refused(
-            Reason.INVALID_FIELD,
-            f"the proof names {ref}, which is not on the checkpoints topic"
-            f" {view.checkpoints_topic}",
-        )
-    rec = view.records.get(ref.position)
-    if rec is None:
-        raise _refused(Reason.RECORD_MISSING, f"the log holds no checkpoint record at {ref}")
-    if rec.timestamp_ms != ref.log_time_ms:
-        raise _refused(
-            Reason.INVALID_FIELD,
-            f"the checkpoint record at {ref} was logged at {rec.timestamp_ms} ms; the proof"
-            f" claims {ref.log_time_ms} ms",
-        )
-    try:
-        vc = verify_checkpoint(
-            rec.value or b"",
-            view.timeline.at(rec.timestamp_ms),
-            at_ms=rec.timestamp_ms,
-            seq=rec.offset + 1,
-        )
-    except VerificationError as exc:
-        raise _refused(
-            exc.reason, f"the checkpoint record at {ref} does not count: {exc.message}"
-        ) from exc
-    if vc.checkpoint != expected:
-        raise _refused(
-            Reason.INVALID_FIELD,
-            f"the checkpoint record at {ref} carries another checkpoint"
-            f" ({vc.checkpoint.origin} size {vc.checkpoint.size}), not the proof's",
-        )
-    return vc
-
-
-def verify_proof(proof: InclusionProof, view: LogView) -> frozenset[str]:
-    """Check a proof against the log: signatures where the log holds them, quorum, inclusion.
-
-    Every checkpoint record the proof names must be on the log's checkpoints topic at that
-    position with that log time, carry the proof's checkpoint, and verify under the key state
-    in force at that time and position (:func:`bus.checkpoint.verify_checkpoint`); every
-    signature line of the proof's note must be carried by one of them.
-
-    Returns:
-        The organizations whose signatures on the checkpoint verified.
-
-    Raises:
-        VerificationError: ``record_missing`` (no checkpoint record at a named position),
-            ``invalid_field`` (a named position off the checkpoints topic, another log time
-            than the log's, a record of another checkpoint, a note line no named record
-            carries, the note not the stated checkpoint, stated signers or quorum other than
-            the log's), the named record's own reason when it does not verify there
-            (``key_revoked``, ``key_expired``, ``bad_signature``, ``unknown_key``, ...),
-            ``witness_quorum_not_met`` (fewer organizations than the threshold), or
-            ``inclusion_proof_invalid`` (the path does not lead to the root).
-    """
-    cp = proof.checkpoint
-    try:
-        mandate_id, topic, partition = parse_origin(cp.origin)
-        note = parse_note(proof.note)
-    except VerificationError as exc:
-        raise _refused(exc.reason, f"the proof's checkpoint: {exc.message}") from exc
-    if note.text != cp.text():
-        raise _refused(Reason.INVALID_FIELD, "the note is not the stated checkpoint")
-    if (topic, partition) != (proof.topic, proof.partition):
-        raise _refused(Reason.INVALID_FIELD, "checkpoint of another partition")
-    if mandate_id != view.timeline.mandate.mandate_id:
-        raise _refused(Reason.WRONG_MANDATE, f"checkpoint for mandate {mandate_id!r}")
-    if not proof.records:
-        raise _refused(Reason.INVALID_FIELD, "the proof names no checkpoint record")
-    carried: dict[bytes, str] = {}
-    for ref in proof.records:
-        for a in _checkpoint_in_log(ref, view, cp).attestations:
-            carried[a.line] = a.org
-    orgs: set[str] = set()
-    for sig in note.signatures:
-        org = carried.get(sig.line())
-        if org is None:
-            raise _refused(
-                Reason.INVALID_FIELD,
-                f"the note's signature line by {sig.name} is carried by none of the checkpoint"
-                " records the proof names",
-            )
-        orgs.add(org)
-    threshold = view.timeline.at(max(r.log_time_ms for r in proof.records)).mandate.threshold
-    if len(orgs) < threshold:
-        raise _refused(
-            Reason.WITNESS_QUORUM_NOT_MET,
-            f"checkpoint signed by {len(orgs)} organizations, {threshold} required",
-        )
-    if tuple(sorted(orgs)) != tuple(sorted(proof.orgs)) or proof.quorum != threshold:
-        raise _refused(
-            Reason.INVALID_FIELD,
-            f"the proof states signers {', '.join(sorted(proof.orgs))} and quorum"
-            f" {proof.quorum}; the log holds signatures by {', '.join(sorted(orgs))} and"
-            f" quorum {threshold}",
-        )
-    verify_inclusion(leaf_hash(proof.value), proof.leaf_index, cp.size, proof.proof, cp.root)
-    return frozenset(orgs)
-
-
-def check_receipt_inclusion(proof: InclusionProof, receipt: Receipt, view: LogView) -> None:
-    """Check that a proof proves what a (verified) delivery receipt promised.
-
-    The receipt names topic, partition, offset and the envelope's SHA-256; the proof must be of
-    that position and that value, and verify against the log (:func:`verify_proof`).
-
-    Raises:
-        VerificationError: ``receipt_mismatch`` when the proof is of another position or value;
-            otherwise as :func:`verify_proof`.
-    """
-    where = (receipt.topic, receipt.partition, receipt.offset)
-    if (proof.topic, proof.partition, proof.offset) != where:
-        raise VerificationError(Reason.RECEIPT_MISMATCH, "the proof is of another record")
-    if sha256(proof.value) != receipt.envelope_digest:
-        raise VerificationError(
-            Reason.RECEIPT_MISMATCH, "the logged record is not the envelope the receipt names"
-        )
-    verify_proof(proof, view)
-
-
-@dataclass
-class _Text:
-    checkpoint: Checkpoint
-    orgs: set[str] = field(default_factory=set)
-    lines: list[bytes] = field(default_factory=list)
-    records: list[CheckpointRecord] = field(default_factory=list)
+    def record(self, rec: LogRecord) -> None:
+        """Take a record of the seals or a trust topic; records of other topics are ignored."""
+        t = self.topics
+        if rec.topic == t.seals and rec.partition == 0:
+            self.trust.offer_seal(rec.offset, rec.value)
+        if rec.topic in (t.registry, t.mandate):
+            ref = (rec.topic, rec.partition)
+            want = self._next.get(ref, 0)
+            if rec.offset != want:
+                raise VerificationError(
+                    Reason.RECORD_MISSING,
+                    f"{rec.topic}[{rec.partition}]: offset {want} is absent from the log (next"
+                    f" record at {rec.offset})",
+                    topic=rec.topic,
+                    partition=rec.partition,
+                )
+            self._next[ref] = want + 1
+            self.trust.offer_trust(ref, rec.offset, rec.value)
 
 
 class Prover:
-    """Builds the inclusion proof of the record at (topic, partition, offset) from a log fed
-    in export-section order (see module docstring).
+    """Builds the proof of the record at (topic, partition, offset) from a log fed in any
+    order (module docstring).
 
     Args:
-        mandate: the verified trust root.
+        root: the mandate the bus began under (the root every node starts from).
+        topics: topic naming of the log.
         topic, partition, offset: the record to prove.
-        checkpoints_topic: the log's checkpoints topic (records elsewhere are ignored).
+        epoch: prove against the final seal of this epoch (it must cover the record); None:
+            the first final seal that covers it.
     """
 
     def __init__(
-        self, mandate: Mandate, topic: str, partition: int, offset: int, *, checkpoints_topic: str
+        self,
+        root: Mandate,
+        topics: Topics,
+        topic: str,
+        partition: int,
+        offset: int,
+        *,
+        epoch: int | None = None,
     ) -> None:
-        self.timeline = TrustTimeline(mandate)
-        # A refused version or registry record is the auditor's to name; the proof uses only
-        # what verifies.
-        self._trust = TrustFeed(self.timeline)
-        self._trust_done = False
-        self.topic, self.partition, self.offset = topic, partition, offset
-        self.checkpoints_topic = checkpoints_topic
-        self._origin = origin_for(mandate.mandate_id, topic, partition)
-        self._texts: dict[bytes, _Text] = {}
-        self._records: dict[Position, LogRecord] = {}
-        self._keys: dict[int, NoteKeys] = {}
+        self.ref = (topic, partition)
+        self.offset = offset
+        self.epoch = epoch
+        self._first: int | None = None
+        self._log = _Log(SealedTrust(root, topics, keep=self._keep), topics)
         self._tree = MerkleTree()
-        self._index: int | None = None
-        self._value = b""
+        self._value: bytes | None = None
+
+    def _keep(self, seal: FinalSeal) -> bool:
+        if seal.size(self.ref) <= self.offset:
+            return False
+        if self.epoch is not None:
+            return seal.epoch == self.epoch
+        if self._first is None:
+            self._first = seal.epoch
+        return seal.epoch == self._first
 
     def record(self, rec: LogRecord) -> None:
-        """Take the next record of the log."""
-        if rec.section == "mandate":
-            self._trust.mandate(rec)
-            return
-        if rec.section == "registry":
-            with contextlib.suppress(VerificationError):
-                self._trust.registry(rec)
-            return
-        self._end_trust()
-        if rec.section == "checkpoints":
-            self._checkpoint(rec)
-        elif (rec.topic, rec.partition) == (self.topic, self.partition):
-            if rec.offset == self.offset and self._index is None:
-                self._index, self._value = self._tree.size, rec.value or b""
-            self._tree.append(rec.value or b"")
+        """Take the next record of the log (records of unrelated topics are ignored).
 
-    def _end_trust(self) -> None:
-        if not self._trust_done:
-            self._trust_done = True
-            self._trust.settle()
-
-    def _checkpoint(self, rec: LogRecord) -> None:
-        if rec.topic != self.checkpoints_topic:
+        Raises:
+            VerificationError: ``record_missing`` (an offset absent from a trust topic or the
+                record's partition), ``sealed_root_mismatch`` (a trust topic contradicts a
+                final seal).
+        """
+        self._log.record(rec)
+        if (rec.topic, rec.partition) != self.ref:
             return
-        keyring = self.timeline.at(rec.timestamp_ms)
-        keys = self._keys.get(id(keyring))
-        if keys is None or keys.stale():
-            keys = self._keys[id(keyring)] = NoteKeys(keyring)
-        try:
-            vc: VerifiedCheckpoint = verify_checkpoint(
-                rec.value or b"", keyring, at_ms=rec.timestamp_ms, seq=rec.offset + 1, keys=keys
+        if rec.offset != self._tree.size:
+            raise VerificationError(
+                Reason.RECORD_MISSING,
+                f"{rec.topic}[{rec.partition}]: offset {self._tree.size} is absent from the log",
             )
-        except VerificationError:
-            return
-        if vc.checkpoint.origin != self._origin:
-            return
-        ref = CheckpointRecord(rec.topic, rec.partition, rec.offset, rec.timestamp_ms)
-        self._records[ref.position] = rec
-        t = self._texts.setdefault(vc.text, _Text(vc.checkpoint))
-        t.orgs |= vc.orgs
-        t.lines.extend(a.line for a in vc.attestations)
-        t.records.append(ref)
+        if rec.offset == self.offset:
+            self._value = rec.value or b""
+        self._tree.append(rec.value or b"")
 
-    def result(self) -> InclusionProof:
-        """The proof, checked with :func:`verify_proof` against the log read before it is
-        returned.
+    def result(self) -> SealProof:
+        """The proof, checked with :func:`bus.seal_proof.verify_full` against the log read.
 
         Raises:
             VerificationError: ``record_missing`` (no record at that offset),
-                ``witness_quorum_not_met`` (no quorum checkpoint covers it yet),
-                ``checkpoint_root_mismatch`` (the records do not hash to the quorum's root).
+                ``record_not_sealed`` (no final seal covers it yet, or the one named does not),
+                ``sealed_root_mismatch`` (the partition's records hash to another root than
+                sealed).
         """
-        self._end_trust()
-        where = f"{self.topic}[{self.partition}]@{self.offset}"
-        if self._index is None:
+        where = f"{self.ref[0]}[{self.ref[1]}]@{self.offset}"
+        if self._value is None:
             raise VerificationError(Reason.RECORD_MISSING, f"no record at {where}")
-        quorum = self.timeline.mandate.threshold
-        covering = [
-            t
-            for t in self._texts.values()
-            if len(t.orgs) >= quorum and self._index < t.checkpoint.size <= self._tree.size
-        ]
-        if not covering:
-            best = max((t.checkpoint.size for t in self._texts.values() if len(t.orgs) >= quorum),
-                       default=0)  # fmt: skip
+        trust = self._log.trust
+        epoch = self.epoch if self.epoch is not None else self._first
+        seal = None if epoch is None else trust.final(epoch)
+        note = None if epoch is None else trust.note(epoch)
+        if seal is None or note is None:
+            last = trust.finals[-1].epoch if trust.finals else 0
+            named = "" if self.epoch is None else f" in epoch {self.epoch}"
             raise VerificationError(
-                Reason.WITNESS_QUORUM_NOT_MET,
-                f"no checkpoint signed by {quorum} organizations covers {where} yet"
-                f" (leaf {self._index}; largest quorum checkpoint: size {best})",
+                Reason.RECORD_NOT_SEALED,
+                f"no final seal{named} covers {where} (final seals up to epoch {last})",
             )
-        t = max(covering, key=lambda x: x.checkpoint.size)
-        cp = t.checkpoint
-        if self._tree.root_at(cp.size) != cp.root:
-            raise VerificationError(
-                Reason.CHECKPOINT_ROOT_MISMATCH,
-                f"the records of {self.topic}[{self.partition}] do not hash to the root that"
-                f" {', '.join(sorted(t.orgs))} signed at size {cp.size}",
-            )
-        latest = max(r.log_time_ms for r in t.records)
-        proof = InclusionProof(
-            self.topic, self.partition, self.offset, self._index, self._value, cp,
-            merge_notes(cp.text(), t.lines), tuple(sorted(t.orgs)),
-            self.timeline.at(latest).mandate.threshold,
-            tuple(self._tree.inclusion_proof(self._index, cp.size)), tuple(t.records),
+        proof = build_proof(
+            *self.ref, self.offset, self._tree, seal=seal, note=note,
+            registry=trust.registry_for(seal.epoch), value=self._value,
         )  # fmt: skip
-        verify_proof(proof, LogView(self.checkpoints_topic, self.timeline, self._records))
+        ring = trust.keyring(seal.epoch)
+        assert ring is not None  # kept with its note
+        verify_full(proof, seal, ring)  # what a third party's full check will find
         return proof
 
 
-def _matches(rec: LogRecord, report_id: str) -> bool:
+def _is_report(rec: LogRecord, report_id: str, topics: Topics) -> bool:
     value = rec.value or b""
-    if rec.section != "reports" or report_id.encode() not in value:
+    if topics.org_of_report_topic(rec.topic) is None or report_id.encode() not in value:
         return False
     try:
         return Report.decode(Envelope.decode(value).payload).report_id == report_id
@@ -403,10 +177,10 @@ def _matches(rec: LogRecord, report_id: str) -> bool:
         return False
 
 
-def locate(records: Iterable[LogRecord], report_id: str) -> tuple[str, int, int] | None:
+def locate(records: Iterable[LogRecord], report_id: str, topics: Topics) -> Position | None:
     """(topic, partition, offset) of the first report record with this id, or None."""
     for rec in records:
-        if _matches(rec, report_id):
+        if _is_report(rec, report_id, topics):
             return rec.topic, rec.partition, rec.offset
     return None
 
@@ -418,8 +192,12 @@ def _file_records(path: Path) -> Iterator[LogRecord]:
                 yield item
 
 
-def _file_topics(path: Path, mandate: Mandate) -> Topics:
-    """The export's topic naming (its mandate must be ``mandate``'s)."""
+def file_topics(path: Path, mandate: Mandate) -> Topics:
+    """The export's topic naming (its mandate must be ``mandate``'s).
+
+    Raises:
+        VerificationError: ``wrong_mandate``.
+    """
     with path.open("rb") as f:
         header = ExportReader(f).header
     if header.mandate_id != mandate.mandate_id:
@@ -431,44 +209,49 @@ def _file_topics(path: Path, mandate: Mandate) -> Topics:
 
 
 def prove_from_file(
-    path: Path, mandate: Mandate, *, where: tuple[str, int, int] | None, report_id: str | None
-) -> InclusionProof:
+    path: Path,
+    root: Mandate,
+    *,
+    where: Position | None,
+    report_id: str | None,
+    epoch: int | None = None,
+) -> SealProof:
     """Prove a record of an export file (two passes when it is named by report id).
 
     Raises:
         VerificationError: as :meth:`Prover.result`; ``record_missing`` for an unknown id;
             ``wrong_mandate`` for an export of another mandate.
     """
-    topics = _file_topics(path, mandate)
+    topics = file_topics(path, root)
     if where is None:
         assert report_id is not None
-        where = locate(_file_records(path), report_id)
+        where = locate(_file_records(path), report_id, topics)
         if where is None:
             raise VerificationError(Reason.RECORD_MISSING, f"no report {report_id} in {path}")
-    prover = Prover(mandate, *where, checkpoints_topic=topics.checkpoints)
+    prover = Prover(root, topics, *where, epoch=epoch)
     for rec in _file_records(path):
         prover.record(rec)
     return prover.result()
 
 
 async def _live(
-    bootstrap: str, section: str, names: list[str], security: KafkaSecurity | None
+    bootstrap: str, names: list[str], security: KafkaSecurity | None
 ) -> AsyncIterator[LogRecord]:
     async for rec in replay(bootstrap, names, security=security):
-        yield LogRecord(
-            section, rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, rec.value
-        )
+        yield LogRecord("live", rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key,
+                        rec.value)  # fmt: skip
 
 
 async def prove_live(
     bootstrap: str,
     topics: Topics,
-    mandate: Mandate,
+    root: Mandate,
     *,
-    where: tuple[str, int, int] | None,
+    where: Position | None,
     report_id: str | None,
+    epoch: int | None = None,
     security: KafkaSecurity | None = None,
-) -> InclusionProof:
+) -> SealProof:
     """Prove a record of the live log (``security``: how to authenticate; None: PLAINTEXT).
 
     Raises:
@@ -478,147 +261,76 @@ async def prove_live(
     if where is None:
         assert report_id is not None
         async for rec in replay(bootstrap, pattern=topics.reports_pattern, security=security):
-            lr = LogRecord("reports", rec.topic, rec.partition, rec.offset, rec.timestamp,
-                           rec.key, rec.value)  # fmt: skip
-            if _matches(lr, report_id):
+            lr = LogRecord("live", rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key,
+                           rec.value)  # fmt: skip
+            if _is_report(lr, report_id, topics):
                 where = (lr.topic, lr.partition, lr.offset)
                 break
         if where is None:
             raise VerificationError(Reason.RECORD_MISSING, f"no report {report_id} on the bus")
-    prover = Prover(mandate, *where, checkpoints_topic=topics.checkpoints)
-    for section, name in (
-        ("mandate", topics.mandate),
-        ("registry", topics.registry),
-        ("checkpoints", topics.checkpoints),
-        ("reports", where[0]),
-    ):
-        async for lr in _live(bootstrap, section, [name], security):
+    prover = Prover(root, topics, *where, epoch=epoch)
+    for names in ([topics.seals, topics.mandate, topics.registry], [where[0]]):
+        async for lr in _live(bootstrap, names, security):
             prover.record(lr)
     return prover.result()
 
 
 # ---------------------------------------------------------------------------------------------
-# Verifying a printed proof against the log
+# The full check of a printed proof
 
 
-class _ViewBuilder:
-    """Collects a :class:`LogView` from the trust and checkpoint sections of a log."""
-
-    def __init__(self, mandate: Mandate, checkpoints_topic: str, wanted: set[Position]) -> None:
-        self.timeline = TrustTimeline(mandate)
-        self._trust = TrustFeed(self.timeline)
-        self._topic = checkpoints_topic
-        self._wanted = wanted
-        self._found: dict[Position, LogRecord] = {}
-
-    def record(self, rec: LogRecord) -> None:
-        if rec.section == "mandate":
-            self._trust.mandate(rec)
-        elif rec.section == "registry":
-            with contextlib.suppress(VerificationError):
-                self._trust.registry(rec)
-        elif rec.section == "checkpoints" and rec.topic == self._topic:
-            position = (rec.topic, rec.partition, rec.offset)
-            if position in self._wanted:
-                self._found[position] = rec
-
-    def view(self) -> LogView:
-        self._trust.settle()
-        return LogView(self._topic, self.timeline, self._found)
+def _checker(proof: SealProof, root: Mandate, topics: Topics) -> tuple[_Log, int]:
+    epoch = proof.seal().epoch  # malformed notes are refused before the log is read
+    return _Log(SealedTrust(root, topics, keep=lambda s: s.epoch == epoch), topics), epoch
 
 
-def _wanted(proof: InclusionProof) -> set[Position]:
-    return {r.position for r in proof.records}
+def _full(proof: SealProof, log: _Log, epoch: int) -> frozenset[str]:
+    final, ring = log.trust.final(epoch), log.trust.keyring(epoch)
+    if final is None or ring is None:
+        last = log.trust.finals[-1].epoch if log.trust.finals else 0
+        raise VerificationError(
+            Reason.SEAL_NOT_FINAL,
+            f"seal proof: the log holds no final seal of epoch {epoch} (final seals up to epoch"
+            f" {last})",
+        )
+    return verify_full(proof, final, ring)
 
 
-def log_view_from_file(path: Path, mandate: Mandate, wanted: Iterable[Position]) -> LogView:
-    """The :class:`LogView` of an export file at the checkpoint positions ``wanted``, reading
-    only its trust and checkpoint sections.
+def check_from_file(proof: SealProof, path: Path, root: Mandate) -> frozenset[str]:
+    """The full check of a proof against an export file (only its seals and trust sections
+    are read).
+
+    Returns:
+        The organizations whose cosignatures count.
 
     Raises:
-        VerificationError: ``wrong_mandate`` for an export of another mandate.
+        VerificationError: as :func:`bus.seal_proof.verify_full`; ``seal_not_final`` when the
+            file holds no final seal of the proof's epoch; ``wrong_mandate`` for an export of
+            another mandate; ``record_missing``/``sealed_root_mismatch`` for trust records
+            deleted or altered under a seal.
     """
-    builder = _ViewBuilder(mandate, _file_topics(path, mandate).checkpoints, set(wanted))
+    log, epoch = _checker(proof, root, file_topics(path, root))
     for rec in _file_records(path):
-        if rec.section == "reports":
-            break
-        builder.record(rec)
-    return builder.view()
+        log.record(rec)
+    return _full(proof, log, epoch)
 
 
-async def log_view_live(
+async def check_live(
+    proof: SealProof,
     bootstrap: str,
     topics: Topics,
-    mandate: Mandate,
-    wanted: Iterable[Position],
-    *,
-    security: KafkaSecurity | None = None,
-) -> LogView:
-    """The :class:`LogView` of the live log at the checkpoint positions ``wanted``: the
-    mandate, registry and checkpoints topics are replayed.
-
-    Raises:
-        TransportError: the broker failed.
-    """
-    builder = _ViewBuilder(mandate, topics.checkpoints, set(wanted))
-    for section, name in (
-        ("mandate", topics.mandate),
-        ("registry", topics.registry),
-        ("checkpoints", topics.checkpoints),
-    ):
-        async for lr in _live(bootstrap, section, [name], security):
-            builder.record(lr)
-    return builder.view()
-
-
-def verify_proof_from_file(proof: InclusionProof, path: Path, mandate: Mandate) -> frozenset[str]:
-    """Verify a proof against an export file (:func:`verify_proof`).
-
-    Raises:
-        VerificationError: as :func:`verify_proof`; ``wrong_mandate`` for an export of another
-            mandate.
-    """
-    return verify_proof(proof, log_view_from_file(path, mandate, _wanted(proof)))
-
-
-async def verify_proof_live(
-    proof: InclusionProof,
-    bootstrap: str,
-    topics: Topics,
-    mandate: Mandate,
+    root: Mandate,
     *,
     security: KafkaSecurity | None = None,
 ) -> frozenset[str]:
-    """Verify a proof against the live log (:func:`verify_proof`).
+    """The full check of a proof against the live log (the seals and trust topics are
+    replayed).
 
     Raises:
-        VerificationError: as :func:`verify_proof`.
+        VerificationError: as :func:`check_from_file`.
         TransportError: the broker failed.
     """
-    view = await log_view_live(bootstrap, topics, mandate, _wanted(proof), security=security)
-    return verify_proof(proof, view)
-
-
-def proof_from_json(doc: dict[str, Any]) -> InclusionProof:
-    """Rebuild a proof from :meth:`InclusionProof.to_json` output (for re-verification).
-
-    Raises:
-        VerificationError: ``malformed`` when fields are missing or of the wrong type.
-    """
-    try:
-        cpd = doc["checkpoint"]
-        note = cpd["note"].encode()
-        cp = parse_checkpoint(parse_note(note).text)
-        records = tuple(
-            CheckpointRecord(str(r["topic"]), int(r["partition"]), int(r["offset"]),
-                             int(r["log_time_ms"]))
-            for r in cpd["records"]
-        )  # fmt: skip
-        return InclusionProof(
-            doc["topic"], int(doc["partition"]), int(doc["offset"]), int(doc["leaf_index"]),
-            base64.b64decode(doc["value_base64"], validate=True), cp, note,
-            tuple(cpd["signed_by"]), int(cpd["quorum"]),
-            tuple(bytes.fromhex(h) for h in doc["inclusion_proof"]), records,
-        )  # fmt: skip
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise VerificationError(Reason.MALFORMED, f"not an inclusion proof: {exc}") from exc
+    log, epoch = _checker(proof, root, topics)
+    async for rec in _live(bootstrap, [topics.seals, topics.mandate, topics.registry], security):
+        log.record(rec)
+    return _full(proof, log, epoch)

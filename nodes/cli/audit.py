@@ -8,8 +8,9 @@
   ``--final-digest``; exit 0 when the log is consistent and every record verified, by its final
   verdict where it has one (findings against one organization's checkpoints or seals are
   printed but do not fail it), 1 on any violation, or with ``--strict`` on any finding too;
-* ``obus audit prove``: the inclusion proof of one record against a quorum checkpoint, or
-  ``--check FILE``: a printed proof verified against the log (live or ``--from``);
+* ``obus audit prove``: the inclusion proof of one record against a final seal, or
+  ``--check FILE``: a printed proof checked against the log (live or ``--from``), or with
+  ``--light`` against the mandate file alone;
 * ``obus log export FILE``: the portable export.
 
 All three sign and publish nothing, so they read a mandate that has ended too (archive mode,
@@ -209,53 +210,59 @@ _AUDIT_ONLY: tuple[tuple[str, str, object], ...] = (
 
 
 def _check_proof(args: argparse.Namespace, err: Console) -> int:
-    """``obus audit prove --check FILE``: a printed proof verified against the log."""
-    from nodes.auditor.prove import (  # noqa: PLC0415
-        proof_from_json,
-        verify_proof_from_file,
-        verify_proof_live,
-    )
+    """``obus audit prove --check FILE``: a printed proof checked against the log (live or
+    ``--from``), or with ``--light`` against the mandate file alone."""
+    from bus.seal_proof import SealProof, verify_light  # noqa: PLC0415
+    from nodes.auditor.prove import check_from_file, check_live  # noqa: PLC0415
 
     for flag, value in (
         ("--topic", args.topic), ("--partition", args.partition), ("--offset", args.offset),
-        ("--report-id", args.report_id), ("--json-out", args.json_out),
+        ("--report-id", args.report_id), ("--json-out", args.json_out), ("--epoch", args.epoch),
     ):  # fmt: skip
         if value is not None:
             raise ConfigError(flag, "given with --check", "--check verifies the proof's record")
+    if args.light and args.from_file:
+        raise ConfigError("--from", "given with --light", "the light check reads no log: drop one")
     try:
         doc = json.loads(Path(args.check).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError("--check", f"cannot read a proof from {args.check}: {exc}",
                           "pass the JSON that obus audit prove printed") from exc  # fmt: skip
+    mandate, _ = read_only_mandate(args.mandate)
     try:
-        proof = proof_from_json(doc if isinstance(doc, dict) else {})
-        mandate, _ = read_only_mandate(args.mandate)
-        if args.from_file:
+        proof = SealProof.from_json(doc)
+        if args.light:
+            orgs = verify_light(proof, mandate)
+            how = f"with mandate {mandate.mandate_id} version {mandate.version} alone (light)"
+        elif args.from_file:
             path = Path(args.from_file)
             _export_header(path)  # an unreadable file is named as --from
-            orgs = verify_proof_from_file(proof, path, mandate)
+            orgs = check_from_file(proof, path, mandate)
+            how = f"against the log in {path}"
         else:
             orgs = asyncio.run(
-                verify_proof_live(
+                check_live(
                     proof, bootstrap(args), Topics(args.topic_prefix), mandate,
                     security=security_from_args(args),
                 )
             )  # fmt: skip
+            how = "against the live log"
     except VerificationError as exc:
         err.print(f"[red]refused: {exc.reason.value}: {exc.message}[/red]")
         return 1
+    seal = proof.seal()
     err.print(
-        f"[green]verified[/green] against the log: {proof.topic}[{proof.partition}]@"
-        f"{proof.offset} is leaf {proof.leaf_index} of {proof.checkpoint.origin} at size "
-        f"{proof.checkpoint.size}, signed by {', '.join(sorted(orgs))} in checkpoint records "
-        + ", ".join(str(r) for r in proof.records)
+        f"[green]verified[/green] {how}: {proof.topic}[{proof.partition}]@{proof.offset} is leaf"
+        f" {proof.leaf_index} of {proof.size} under the final seal of epoch {seal.epoch}"
+        f" (t_e {seal.time_ms}, seals offset {proof.seal_offset}), cosigned by"
+        f" {', '.join(sorted(orgs))}"
     )
     return 0
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    """``obus audit prove``: print and verify one record's inclusion proof, or (``--check``)
-    verify a printed one against the log."""
+    """``obus audit prove``: print one record's inclusion proof against a final seal, or
+    (``--check``) check a printed one."""
     from nodes.auditor.prove import prove_from_file, prove_live  # noqa: PLC0415
 
     for attr, flag, default in _AUDIT_ONLY:
@@ -267,6 +274,8 @@ def cmd_prove(args: argparse.Namespace) -> int:
         raise ConfigError("--mandate", "is required", "pass --mandate FILE (the signed mandate)")
     if args.check is not None:
         return _check_proof(args, Console(stderr=True))
+    if args.light:
+        raise ConfigError("--light", "needs --check FILE", "pass the proof to check")
     by_position = [
         flag
         for flag, value in (
@@ -293,17 +302,18 @@ def cmd_prove(args: argparse.Namespace) -> int:
     where = None if args.topic is None else (args.topic, partition, args.offset)
     err = Console(stderr=True)
     try:
+        mandate, _ = read_only_mandate(args.mandate)
         if args.from_file:
             path = Path(args.from_file)
             _export_header(path)  # an unreadable file is named as --from
-            mandate, _ = read_only_mandate(args.mandate)
-            proof = prove_from_file(path, mandate, where=where, report_id=args.report_id)
+            proof = prove_from_file(
+                path, mandate, where=where, report_id=args.report_id, epoch=args.epoch
+            )
         else:
-            mandate, _ = read_only_mandate(args.mandate)
             proof = asyncio.run(
                 prove_live(
-                    bootstrap(args), Topics(args.topic_prefix), mandate,
-                    where=where, report_id=args.report_id, security=security_from_args(args),
+                    bootstrap(args), Topics(args.topic_prefix), mandate, where=where,
+                    report_id=args.report_id, epoch=args.epoch, security=security_from_args(args),
                 )
             )  # fmt: skip
     except VerificationError as exc:
@@ -313,11 +323,13 @@ def cmd_prove(args: argparse.Namespace) -> int:
     sys.stdout.write(doc + "\n")
     if args.json_out:
         _write_out("--json-out", args.json_out, lambda p: p.write_text(doc + "\n", "utf-8"))
-    cp = proof.checkpoint
+    seal = proof.seal()
     err.print(
-        f"[green]verified[/green]: {proof.topic}[{proof.partition}]@{proof.offset} is leaf "
-        f"{proof.leaf_index} of {cp.origin} at size {cp.size}, signed by "
-        f"{', '.join(proof.orgs)} (quorum {proof.quorum}); audit path of {len(proof.proof)} hashes"
+        f"[green]verified[/green] against the log: {proof.topic}[{proof.partition}]@"
+        f"{proof.offset} is leaf {proof.leaf_index} of {proof.size} under the final seal of"
+        f" epoch {seal.epoch}"
+        f" (seals offset {proof.seal_offset}); audit path of {len(proof.path)} hashes,"
+        f" {len(proof.registry)} accreditations for the light check"
     )
     return 0
 
@@ -409,26 +421,35 @@ def add_audit_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     audsub = aud.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
     prove = audsub.add_parser(
         "prove",
-        help="prove one record's inclusion in a checkpoint signed by a quorum of organizations",
-        description="Prints (JSON) the RFC 9162 inclusion proof of one record against the "
-        "largest checkpoint of its partition signed or cosigned by at least the mandate's "
-        "threshold of organizations, with the merged signed note and the checkpoint records "
-        "(position and log time) that carry its signatures, and verifies it against the log. "
-        "--check FILE verifies a printed proof against the log instead: each named checkpoint "
-        "record must be there, at that position and log time, with signatures that count "
-        "there. Exit 1 when the record cannot be proven or the proof is refused (named "
-        "reason).",
+        help="prove one record's inclusion in the sealed log (a final seal), or check a proof",
+        description="Prints (JSON, format obus-seal-proof/v1) the RFC 9162 inclusion proof of "
+        "one record against the first final seal that covers it (or the final seal of --epoch): "
+        "the value, its leaf index (the offset), the partition's sealed size, the audit path to "
+        "the seal's root, the seal's signed note with the cosignatures that made it final and "
+        "its offset on the seals topic, and the cosigning node keys' accreditations. Reads the "
+        "seals, mandate and registry topics and the record's partition (live, or --from an "
+        "export). --check FILE checks a printed proof: against the log (its final seal of that "
+        "epoch, byte for byte, and the trust in force for it), or with --light against the "
+        "mandate file alone (k organizations' node keys, accredited by their roots in that "
+        "file, cosigned the seal). Exit 1 when the record cannot be proven or the proof is "
+        "refused (named reason).",
     )
     prove.add_argument("--mandate", metavar="FILE", help="signed mandate file (required)")
     prove.add_argument("--topic", help="the record's topic, e.g. obus.reports.un")
     prove.add_argument("--partition", type=int, help="the record's partition (default 0)")
     prove.add_argument("--offset", type=int)
     prove.add_argument("--report-id", help="or name the record by its report id")
+    prove.add_argument(
+        "--epoch", type=int, metavar="E",
+        help="prove against the final seal of epoch E (default: the first that covers it)",
+    )  # fmt: skip
     prove.add_argument("--from", dest="from_file", metavar="FILE", help="prove from an export")
     prove.add_argument("--json-out", metavar="FILE", help="also write the proof to a file")
+    prove.add_argument("--check", metavar="FILE", help="check a proof printed by obus audit prove")
     prove.add_argument(
-        "--check", metavar="FILE", help="verify a proof printed by obus audit prove against the log"
-    )
+        "--light", action="store_true",
+        help="with --check: the light check, with the mandate file alone (no log read)",
+    )  # fmt: skip
     add_common_args(prove)
     # An option prove shares with `obus audit` keeps its value when given before `prove`
     # (`obus audit --from E prove ...`): without this, prove's default would overwrite it.

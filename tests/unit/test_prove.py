@@ -1,4 +1,6 @@
-"""Inclusion proofs of single records against quorum checkpoints, from an export file."""
+"""``obus audit prove`` on seals: proofs of single records against final seals, from an export
+file, and the command line that prints them and checks printed ones (fully against the export,
+or lightly with the mandate file alone)."""
 
 from __future__ import annotations
 
@@ -8,119 +10,111 @@ from pathlib import Path
 
 import pytest
 
-from bus.checkpoint import Note, parse_note
 from bus.errors import Reason, VerificationError
-from bus.model import Envelope, Receipt, Report, sha256
-from nodes.auditor.prove import (
-    InclusionProof,
-    LogView,
-    check_receipt_inclusion,
-    log_view_from_file,
-    proof_from_json,
-    prove_from_file,
-    verify_proof,
-    verify_proof_from_file,
-)
-from tests.witnessed_log import ORGS, PREFIX, Log, build_log, write
+from bus.model import Envelope, Report
+from bus.seal_proof import SealProof, verify_light
+from nodes.auditor.prove import check_from_file, prove_from_file
+from nodes.cli.main import main
+from tests.sealed_bus import SealedBus, build, final_seals
 
-T = f"{PREFIX}reports.eu"
+UN = "obus.reports.un"
 
 
 @pytest.fixture(scope="module")
-def log() -> Log:
-    return build_log()
+def bus() -> SealedBus:
+    return build()
 
 
-def _view(path: Path, log: Log, proof: InclusionProof) -> LogView:
-    return log_view_from_file(
-        path, log.mission.scenario.mandate, [r.position for r in proof.records]
-    )
+@pytest.fixture(scope="module")
+def files(bus: SealedBus, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("prove")
+    mandate = d / "mandate.bin"
+    mandate.write_bytes(bus.m.scenario.mandate_envelope)
+    return bus.export(d / "log.jsonl"), mandate
 
 
-@pytest.mark.parametrize("offset", range(6))
-def test_every_record_is_provable(log: Log, tmp_path: Path, offset: int) -> None:
-    path = write(tmp_path / "log.jsonl", log.header, log.records)
-    proof = prove_from_file(
-        path, log.mission.scenario.mandate, where=(T, 1, offset), report_id=None
-    )
-    assert proof.leaf_index == offset
-    assert proof.checkpoint.size == 6  # the largest quorum checkpoint covering it
-    assert sorted(proof.orgs) == sorted(ORGS)
-    doc = json.loads(json.dumps(proof.to_json()))
-    again = proof_from_json(doc)
-    assert verify_proof_from_file(again, path, log.mission.scenario.mandate) == frozenset(ORGS)
+def test_every_sealed_report_is_proven_against_its_first_final_seal(
+    bus: SealedBus, files: tuple[Path, Path]
+) -> None:
+    export, _ = files
+    root = bus.m.scenario.mandate
+    finals = final_seals(bus)
+    for ref in [(UN, 0), ("obus.reports.osce", 1), ("obus.registry", 0), ("obus.mandate", 0)]:
+        for offset in range(finals[-1].size(ref)):
+            p = prove_from_file(export, root, where=(*ref, offset), report_id=None)
+            first = next(s for s in finals if s.size(ref) > offset)
+            assert p.seal().epoch == first.epoch and p.value == (bus.parts[ref][offset] or b"")
+            assert check_from_file(p, export, root) == first.signers
+            assert verify_light(p, root) == first.signers
 
 
-def test_by_report_id(log: Log, tmp_path: Path) -> None:
-    path = write(tmp_path / "log.jsonl", log.header, log.records)
-    rec = next(r for r in log.reports() if (r.topic, r.partition, r.offset) == (T, 0, 4))
-    rid = Report.decode(Envelope.decode(rec.value or b"").payload).report_id
-    proof = prove_from_file(path, log.mission.scenario.mandate, where=None, report_id=rid)
-    assert (proof.topic, proof.partition, proof.offset) == (T, 0, 4)
-    assert proof.to_json()["report_id"] == rid
+def test_by_report_id_and_against_a_later_seal(bus: SealedBus, files: tuple[Path, Path]) -> None:
+    export, _ = files
+    root = bus.m.scenario.mandate
+    raw = bus.parts[(UN, 0)][1]
+    assert raw is not None
+    rid = Report.decode(Envelope.decode(raw).payload).report_id
+    p = prove_from_file(export, root, where=None, report_id=rid)
+    assert p.position == (UN, 0, 1) and p.to_json()["report_id"] == rid
+    later = prove_from_file(export, root, where=(UN, 0, 1), report_id=None, epoch=4)
+    assert later.seal().epoch == 4 and later.size > p.size
+    assert check_from_file(later, export, root)
 
 
-def test_tampered_proofs_fail(log: Log, tmp_path: Path) -> None:
-    path = write(tmp_path / "log.jsonl", log.header, log.records)
-    proof = prove_from_file(path, log.mission.scenario.mandate, where=(T, 0, 2), report_id=None)
-    view = _view(path, log, proof)
-    bad_path = dataclasses.replace(proof, proof=(bytes(32), *proof.proof[1:]))
-    other_value = dataclasses.replace(proof, value=proof.value + b"x")
-    other_index = dataclasses.replace(proof, leaf_index=3)
-    for bad in (bad_path, other_value, other_index):
-        with pytest.raises(VerificationError) as exc:
-            verify_proof(bad, view)
-        assert exc.value.reason is Reason.INCLUSION_PROOF_INVALID
-    note = parse_note(proof.note)
-    one_org = dataclasses.replace(proof, note=Note(note.text, note.signatures[:1]).encode())
-    with pytest.raises(VerificationError) as exc:
-        verify_proof(one_org, view)
-    assert exc.value.reason is Reason.WITNESS_QUORUM_NOT_MET
+@pytest.mark.parametrize(
+    ("where", "report_id", "epoch", "reason"),
+    [
+        ((UN, 0, 99), None, None, Reason.RECORD_MISSING),
+        (None, "01900000-0000-7000-8000-000000000000", None, Reason.RECORD_MISSING),
+        ((UN, 0, 1), None, 1, Reason.RECORD_NOT_SEALED),  # epoch 1 sealed no report
+        ((UN, 0, 1), None, 9, Reason.RECORD_NOT_SEALED),  # no such epoch
+    ],
+)
+def test_what_cannot_be_proven_is_named(
+    bus: SealedBus,
+    files: tuple[Path, Path],
+    where: tuple[str, int, int] | None,
+    report_id: str | None,
+    epoch: int | None,
+    reason: Reason,
+) -> None:
+    with pytest.raises(VerificationError) as info:
+        prove_from_file(files[0], bus.m.scenario.mandate, where=where, report_id=report_id,
+                        epoch=epoch)  # fmt: skip
+    assert info.value.reason is reason
 
 
-def test_unprovable_records(tmp_path: Path) -> None:
-    log = build_log(cosign=False)
-    path = write(tmp_path / "log.jsonl", log.header, log.records)
-    mandate = log.mission.scenario.mandate
-    with pytest.raises(VerificationError) as exc:
-        prove_from_file(path, mandate, where=(T, 0, 1), report_id=None)
-    assert exc.value.reason is Reason.WITNESS_QUORUM_NOT_MET
-    with pytest.raises(VerificationError) as exc:
-        prove_from_file(path, mandate, where=(T, 0, 99), report_id=None)
-    assert exc.value.reason is Reason.RECORD_MISSING
-    with pytest.raises(VerificationError) as exc:
-        prove_from_file(path, mandate, where=None, report_id="0190a000-0000-7000-8000-000000000000")
-    assert exc.value.reason is Reason.RECORD_MISSING
+def test_records_after_the_last_final_seal_are_not_sealed_yet(
+    bus: SealedBus, files: tuple[Path, Path]
+) -> None:
+    last = len(bus.parts[(UN, 0)]) - 1
+    assert final_seals(bus)[-1].size((UN, 0)) <= last
+    with pytest.raises(VerificationError) as info:
+        prove_from_file(files[0], bus.m.scenario.mandate, where=(UN, 0, last), report_id=None)
+    assert info.value.reason is Reason.RECORD_NOT_SEALED
 
 
-def test_log_that_does_not_match_the_quorum(log: Log, tmp_path: Path) -> None:
-    records = [
-        dataclasses.replace(r, value=(r.value or b"") + b"!")
-        if (r.section, r.topic, r.partition, r.offset) == ("reports", T, 0, 0)
-        else r
-        for r in log.records
-    ]
-    path = write(tmp_path / "log.jsonl", log.header, records)
-    with pytest.raises(VerificationError) as exc:
-        prove_from_file(path, log.mission.scenario.mandate, where=(T, 0, 3), report_id=None)
-    assert exc.value.reason is Reason.CHECKPOINT_ROOT_MISMATCH
-
-
-def test_a_receipt_is_checked_against_its_proof(log: Log, tmp_path: Path) -> None:
-    path = write(tmp_path / "log.jsonl", log.header, log.records)
-    proof = prove_from_file(path, log.mission.scenario.mandate, where=(T, 0, 2), report_id=None)
-    rep = Report.decode(Envelope.decode(proof.value).payload)
-    receipt = Receipt(
-        report_id=rep.report_id, envelope_digest=sha256(proof.value), topic=T, partition=0,
-        offset=2, logged_at_ms=1, issued_at_ms=1, org="eu", node_id="eu-node",
-        node_key_id=bytes(32), observer_id=rep.observer_id, seq=rep.seq,
-        mandate_id=rep.mandate_id,
-    )  # fmt: skip
-    check_receipt_inclusion(proof, receipt, _view(path, log, proof))
-    for bad in (
-        dataclasses.replace(receipt, offset=3),
-        dataclasses.replace(receipt, envelope_digest=bytes(32)),
-    ):
-        with pytest.raises(VerificationError) as exc:
-            check_receipt_inclusion(proof, bad, _view(path, log, proof))
-        assert exc.value.reason is Reason.RECEIPT_MISMATCH
+def test_cli_prints_a_proof_and_checks_it_fully_and_lightly(
+    files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    export, mandate = files
+    out_file = tmp_path / "proof.json"
+    argv = ["audit", "prove", "--from", str(export), "--mandate", str(mandate), "--topic", UN,
+            "--partition", "0", "--offset", "2", "--json-out", str(out_file)]  # fmt: skip
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc == json.loads(out_file.read_text()) and doc["format"] == "obus-seal-proof/v1"
+    assert "verified" in err and doc["seal"]["epoch"] == 2
+    check = ["audit", "prove", "--mandate", str(mandate), "--check", str(out_file)]
+    assert main([*check, "--from", str(export)]) == 0
+    assert "against the log in" in capsys.readouterr().err
+    assert main([*check, "--light"]) == 0
+    assert "(light)" in capsys.readouterr().err
+    proof = SealProof.from_json(doc)
+    bad = dataclasses.replace(proof, value=proof.value[:-1] + b"\0")
+    out_file.write_text(json.dumps(bad.to_json()))
+    assert main([*check, "--from", str(export)]) == 1
+    assert "refused: inclusion_proof_invalid" in capsys.readouterr().err
+    assert main([*check, "--light"]) == 1
+    assert "refused: inclusion_proof_invalid" in capsys.readouterr().err
