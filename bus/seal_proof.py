@@ -206,7 +206,7 @@ class SealProof:
                 "seals_offset": self.seal_offset,
                 "note": self.note.decode(),
             },
-            "audit_path": [h.hex() for h in self.path],
+            "inclusion_proof": [h.hex() for h in self.path],
             "registry": [_b64(r) for r in self.registry],
         }
 
@@ -224,7 +224,7 @@ class SealProof:
             top = _dict(doc, "the proof")
             _check_format(top)
             s = _dict(top["seal"], "seal")
-            path_hex = _list(top["audit_path"], "audit_path")
+            path_hex = _list(top["inclusion_proof"], "inclusion_proof")
             registry_b64 = _list(top["registry"], "registry")
             _bound(len(path_hex), MAX_PATH_HASHES, "audit path hashes")
             _bound(len(registry_b64), MAX_REGISTRY_RECORDS, "registry records")

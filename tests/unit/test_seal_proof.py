@@ -346,7 +346,7 @@ def test_json_forms_that_are_not_proofs_are_refused(bus: SealedBus) -> None:
     broken: object
     for broken in (
         [], {}, {**doc, "format": "other"}, {**doc, "offset": "2"},
-        {**doc, "value_base64": "!!"}, {**doc, "audit_path": ["zz"]},
+        {**doc, "value_base64": "!!"}, {**doc, "inclusion_proof": ["zz"]},
         {**doc, "seal": {**doc["seal"], "note": "no note"}},
     ):  # fmt: skip
         refused(Reason.MALFORMED, SealProof.from_json, broken)
