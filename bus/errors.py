@@ -106,6 +106,15 @@ class Reason(enum.StrEnum):
     SEALED_ROOT_MISMATCH = "sealed_root_mismatch"  # records hash to another root than sealed
     # Schema versions (bus.model): the mandate in force names the versions reports may state
     SCHEMA_NOT_ALLOWED = "schema_not_allowed"  # version outside the mandate's, or newer fields
+    # Amendments (bus.verify.check_amendment): a correction (corrects) or retraction (retracts)
+    # names a report of its own chain accepted before it in the canonical order
+    AMEND_TARGET_MISSING = "amend_target_missing"  # no accepted report with that id before it
+    AMEND_OTHER_OBSERVER = "amend_other_observer"  # the target is another observer's (same org)
+    AMEND_OTHER_ORG = "amend_other_org"  # the target is an observer's of another organization
+    AMEND_SUPERSEDED = "amend_superseded"  # the target has a later version: amend the latest
+    AMEND_TARGET_RETRACTED = "amend_target_retracted"  # the target is retracted
+    RETRACTION_OF_RETRACTION = "retraction_of_retraction"  # the target is itself a retraction
+    CORRECTION_OF_RETRACTION = "correction_of_retraction"  # a retraction cannot be corrected
 
 
 class BusError(Exception):
