@@ -32,6 +32,12 @@ A node that knows every version its mandate allows judges exactly as every other
 node behind (the mandate allows a version it does not know) accepts the unknown fields of that
 version unread, so it never quarantines a genuine report, though it may accept a forged value
 in a field it cannot read: the upgrade order is readers first, then the mandate, then writers.
+
+Amendments. A report may correct (``corrects``, version 1) or retract (``retracts`` with a
+``retraction_reason``, version 3) an earlier report; the codec checks only the shape (a UUIDv7,
+not itself, not both, a reason exactly for a retraction). Whether the target may be amended
+(same chain, accepted before, latest version, not retracted) is judged against the chain by
+:func:`bus.verify.check_amendment`.
 """
 
 from __future__ import annotations
@@ -481,12 +487,14 @@ _unvalidated_attachment: Final = _unvalidated(Attachment)
 
 # Report schema versions (module docstring): the newest one this software knows, the version
 # that added each field after version 1, and the largest version a mandate may name.
-SCHEMA_VERSION: Final = 2
-FIELD_VERSIONS: Final[dict[str, int]] = {"language": 2}
+SCHEMA_VERSION: Final = 3
+FIELD_VERSIONS: Final[dict[str, int]] = {"language": 2, "retracts": 3, "retraction_reason": 3}
 # A BCP 47 language tag (RFC 5646) in its usual shape: a language subtag, then subtags.
 LANGUAGE_TAG_RE: Final = re.compile(r"[a-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 MAX_LANGUAGE_CHARS: Final = 35
 MAX_SCHEMA_VERSION_BOUND: Final = 1000
+# A retraction's reason: long enough for a sentence, short enough to show in a feed row.
+MAX_RETRACTION_REASON_CHARS: Final = 500
 
 # Bounds that hold for every report on the wire, whatever a node's own configuration says.
 MAX_NARRATIVE_CHARS: Final = 20_000
@@ -501,6 +509,9 @@ class Report:
     ``schema_version``: the version it is written in (1 is encoded as absent).
     ``unknown_fields``/``unknown_bytes``: the field numbers and the exact bytes of the fields
     this software does not know (module docstring); empty for every report built here.
+    ``corrects``/``retracts``: the report id this one corrects or retracts (at most one of
+    them); ``retraction_reason`` says why, exactly when ``retracts`` is set. Whether the target
+    may be amended is a rule of the chain, not of the bytes (:mod:`bus.verify`, amendments).
     """
 
     report_id: str
@@ -522,6 +533,8 @@ class Report:
     attachments: tuple[Attachment, ...] = ()
     corrects: str = ""
     language: str = ""
+    retracts: str = ""
+    retraction_reason: str = ""
     schema_version: int = 1
     unknown_fields: tuple[int, ...] = ()
     unknown_bytes: bytes = field(default=b"", repr=False)
@@ -560,6 +573,22 @@ class Report:
             raise _invalid("corrects", "must be empty or a lower-case UUIDv7")
         if corrects == self.report_id:
             raise _invalid("corrects", "a report cannot correct itself")
+        retracts = self.retracts
+        if retracts:
+            if not _uuid7_fullmatch(retracts):
+                raise _invalid("retracts", "must be empty or a lower-case UUIDv7")
+            if retracts == self.report_id:
+                raise _invalid("retracts", "a report cannot retract itself")
+            if corrects:
+                raise _invalid("retracts", "a report either corrects or retracts, not both")
+            if not self.retraction_reason.strip():
+                raise _invalid("retraction_reason", "a retraction says why")
+        elif self.retraction_reason:
+            raise _invalid("retraction_reason", "only a retraction has a reason")
+        if len(self.retraction_reason) > MAX_RETRACTION_REASON_CHARS:
+            raise _invalid(
+                "retraction_reason", f"longer than {MAX_RETRACTION_REASON_CHARS} characters"
+            )
         language = self.language
         if language and (
             len(language) > MAX_LANGUAGE_CHARS or not LANGUAGE_TAG_RE.fullmatch(language)
@@ -579,6 +608,11 @@ class Report:
                     f" {', '.join(map(str, numbers))}, which that version does not have",
                     schema_version=version,
                 )
+
+    @property
+    def amends(self) -> str:
+        """The report id this report corrects or retracts ("" for neither)."""
+        return self.corrects or self.retracts
 
     @property
     def required_schema_version(self) -> int:
@@ -636,6 +670,8 @@ class Report:
             corrects=self.corrects,
             schema_version=0 if self.schema_version == 1 else self.schema_version,
             language=self.language,
+            retracts=self.retracts,
+            retraction_reason=self.retraction_reason,
         )
         if self.unknown_bytes:
             # Kept after the known fields, where the encoder puts unknown fields: the bytes
@@ -697,6 +733,8 @@ class Report:
             attachments,
             pb.corrects,
             pb.language,
+            pb.retracts,
+            pb.retraction_reason,
             pb.schema_version or 1,
             unknown_fields,
             unknown_bytes,

@@ -69,7 +69,7 @@ class Attachment(_message.Message):
     def __init__(self, sha256: _Optional[bytes] = ..., size: _Optional[int] = ..., media_type: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ObserverReport(_message.Message):
-    __slots__ = ("report_id", "mandate_id", "zone", "observer_id", "org", "seq", "prev_digest", "observed_at_ms", "signed_at_ms", "location", "category", "sub_type", "severity", "confidence", "casualties", "narrative", "attachments", "corrects", "schema_version", "language")
+    __slots__ = ("report_id", "mandate_id", "zone", "observer_id", "org", "seq", "prev_digest", "observed_at_ms", "signed_at_ms", "location", "category", "sub_type", "severity", "confidence", "casualties", "narrative", "attachments", "corrects", "schema_version", "language", "retracts", "retraction_reason")
     REPORT_ID_FIELD_NUMBER: _ClassVar[int]
     MANDATE_ID_FIELD_NUMBER: _ClassVar[int]
     ZONE_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,8 @@ class ObserverReport(_message.Message):
     CORRECTS_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_VERSION_FIELD_NUMBER: _ClassVar[int]
     LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    RETRACTS_FIELD_NUMBER: _ClassVar[int]
+    RETRACTION_REASON_FIELD_NUMBER: _ClassVar[int]
     report_id: str
     mandate_id: str
     zone: str
@@ -110,4 +112,6 @@ class ObserverReport(_message.Message):
     corrects: str
     schema_version: int
     language: str
-    def __init__(self, report_id: _Optional[str] = ..., mandate_id: _Optional[str] = ..., zone: _Optional[str] = ..., observer_id: _Optional[str] = ..., org: _Optional[str] = ..., seq: _Optional[int] = ..., prev_digest: _Optional[bytes] = ..., observed_at_ms: _Optional[int] = ..., signed_at_ms: _Optional[int] = ..., location: _Optional[_Union[Location, _Mapping]] = ..., category: _Optional[_Union[Category, str]] = ..., sub_type: _Optional[str] = ..., severity: _Optional[int] = ..., confidence: _Optional[float] = ..., casualties: _Optional[_Union[Casualties, _Mapping]] = ..., narrative: _Optional[str] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., corrects: _Optional[str] = ..., schema_version: _Optional[int] = ..., language: _Optional[str] = ...) -> None: ...
+    retracts: str
+    retraction_reason: str
+    def __init__(self, report_id: _Optional[str] = ..., mandate_id: _Optional[str] = ..., zone: _Optional[str] = ..., observer_id: _Optional[str] = ..., org: _Optional[str] = ..., seq: _Optional[int] = ..., prev_digest: _Optional[bytes] = ..., observed_at_ms: _Optional[int] = ..., signed_at_ms: _Optional[int] = ..., location: _Optional[_Union[Location, _Mapping]] = ..., category: _Optional[_Union[Category, str]] = ..., sub_type: _Optional[str] = ..., severity: _Optional[int] = ..., confidence: _Optional[float] = ..., casualties: _Optional[_Union[Casualties, _Mapping]] = ..., narrative: _Optional[str] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ..., corrects: _Optional[str] = ..., schema_version: _Optional[int] = ..., language: _Optional[str] = ..., retracts: _Optional[str] = ..., retraction_reason: _Optional[str] = ...) -> None: ...
