@@ -167,7 +167,7 @@ def test_an_addition_in_the_addition_range_of_an_open_message_passes(tmp_path: P
         tmp_path,
         "report.proto",
         "string language = 100;",
-        "string language = 100;\n  string position_source = 101;\n  repeated string tags = 102;",
+        "string language = 100;\n  string position_source = 103;\n  repeated string tags = 104;",
     )
     out = _run(schemas)
     assert out.returncode == 0, out.stderr
