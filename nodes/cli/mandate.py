@@ -37,6 +37,7 @@ from nodes.cli.common import (
     write_file,
 )
 from nodes.runtime.files import load_mandate, read_key
+from nodes.runtime.keyfile import KeyKind
 
 
 def _load_description(path: str) -> dict[str, Any]:
@@ -344,7 +345,7 @@ def _cmd_draft(args: argparse.Namespace) -> int:
 def _cmd_sign(args: argparse.Namespace) -> int:
     draft = ceremony.Draft.decode(read_file(args.draft, "DRAFT"))
     previous = _previous(args)
-    key = read_key(Path(args.key))
+    key = read_key(Path(args.key), kind=KeyKind.ROOT)
     sig = ceremony.sign_draft(draft, key, previous=previous)
     print("\n".join(ceremony.describe(draft.mandate, previous=previous)))
     if not sig.org:

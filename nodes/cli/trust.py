@@ -1,5 +1,6 @@
-"""``obus keygen`` and ``obus org ...``: key files, and an organization's registry records
-(accreditations, revocations, encryption keys).
+"""``obus keygen``, ``obus key encrypt`` and ``obus org ...``: key files (encrypted at rest:
+:mod:`nodes.runtime.keyfile`), and an organization's registry records (accreditations,
+revocations, encryption keys).
 
 Record formats and their verification live in the pure core (:mod:`bus.model`,
 :mod:`bus.trust`); this module only reads and writes files, publishes to Kafka and prints.
@@ -40,7 +41,14 @@ from nodes.cli.common import (
     security_from_args,
     write_file,
 )
-from nodes.runtime.files import load_mandate, read_key, write_key
+from nodes.runtime.files import (
+    encrypt_key_file,
+    load_mandate,
+    read_key,
+    write_encrypted_key,
+    write_key,
+)
+from nodes.runtime.keyfile import PASSPHRASE_ENV, KeyKind, new_passphrase
 
 # The accreditation request written by `obus observer init` (nodes/observer/device.py).
 REQUEST_TYPE = "obus-accreditation-request"
@@ -52,15 +60,33 @@ REQUEST_PAYLOAD_TYPE = "application/vnd.obus.accreditation-request.v1+json"
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    key = SigningKey.generate()
+    key, path, kind = SigningKey.generate(), Path(args.path), KeyKind(args.kind)
+    if path.exists():  # before a passphrase is asked for
+        raise KeyStoreError(f"{path} exists; refusing to overwrite a key", path=str(path))
     try:
-        write_key(Path(args.path), key)
+        if args.plaintext_key:
+            write_key(path, key)
+        else:
+            passphrase = new_passphrase(kind, path)
+            write_encrypted_key(path, key, kind=kind, passphrase=passphrase.text)
     except OSError as exc:
         raise ConfigError(
             "PATH", f"cannot write {args.path}: {exc.strerror}", "pick a writable path"
         ) from exc
-    print(f"wrote {args.path} (key id {key.key_id.hex()})")
+    at_rest = "plaintext: tests and demos only" if args.plaintext_key else "encrypted"
+    print(f"wrote {args.path} ({kind} key, {at_rest}; key id {key.key_id.hex()})")
     print(f"public key {key.public_key.hex()}")
+    return 0
+
+
+def _cmd_key_encrypt(args: argparse.Namespace) -> int:
+    path, kind = Path(args.path), KeyKind(args.kind)
+    key, already = encrypt_key_file(path, kind=kind)
+    if key is None:
+        print(f"{path} is already encrypted ({already or 'observer'} key); left as it is")
+    else:
+        print(f"encrypted {path} ({kind} key {key.key_id.hex()}); passphrase from"
+              f" {PASSPHRASE_ENV[kind]} or the prompt from now on")  # fmt: skip
     return 0
 
 
@@ -95,7 +121,7 @@ def read_accreditation_request(data: bytes) -> tuple[str, str, bytes, Role | Non
 
 
 def _root_for(args: argparse.Namespace, mandate: Mandate) -> Any:
-    key = read_key(Path(args.root_key))
+    key = read_key(Path(args.root_key), kind=KeyKind.ROOT)
     org = mandate.organization(args.org)
     if org is None:
         known = ", ".join(o.org for o in mandate.organizations)
@@ -563,11 +589,44 @@ def _cmd_enckey(args: argparse.Namespace) -> int:
 
 
 def add_keygen_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add ``keygen`` to the ``obus`` parser."""
-    kg = sub.add_parser("keygen", help="generate an Ed25519 key file (mode 0600)")
+    """Add ``keygen`` and ``key encrypt`` to the ``obus`` parser."""
+    kg = sub.add_parser(
+        "keygen",
+        help="generate an Ed25519 root or node key file, encrypted (mode 0600)",
+        description="The key is encrypted at rest (scrypt, AES-256-GCM) under the passphrase of"
+        " its kind: $OBUS_ROOT_KEY_PASSPHRASE or $OBUS_NODE_KEY_PASSPHRASE, else asked twice on"
+        " the terminal. Every command that reads the file asks for the same passphrase.",
+    )
     kg.add_argument("path", help="where to write the key file (must not exist)")
+    kg.add_argument(
+        "--kind", required=True, choices=[KeyKind.ROOT.value, KeyKind.NODE.value],
+        help="root: the organization's root key (mandate, accreditations); node: a node key",
+    )  # fmt: skip
+    kg.add_argument(
+        "--plaintext-key", action="store_true",
+        help="write the seed unencrypted (tests and demos only: anyone who reads the file can"
+        " sign as this key)",
+    )  # fmt: skip
     add_log_level(kg)
     kg.set_defaults(func=_cmd_keygen)
+
+    key = sub.add_parser("key", help="key files at rest: encrypt a plaintext one")
+    ksub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
+    enc = ksub.add_parser(
+        "encrypt",
+        help="encrypt a plaintext root or node key file in place (idempotent)",
+        description="Replaces a plaintext key file (written before keys were encrypted, or with"
+        " --plaintext-key) by the same key encrypted under the passphrase of its kind"
+        " ($OBUS_ROOT_KEY_PASSPHRASE or $OBUS_NODE_KEY_PASSPHRASE, else asked twice on the"
+        " terminal); atomically, mode 0600. A file already encrypted is left as it is (exit 0).",
+    )
+    enc.add_argument("path", metavar="FILE", help="the key file")
+    enc.add_argument(
+        "--kind", required=True, choices=[KeyKind.ROOT.value, KeyKind.NODE.value],
+        help="which passphrase encrypts it: root or node",
+    )  # fmt: skip
+    add_log_level(enc)
+    enc.set_defaults(func=_cmd_key_encrypt)
 
 
 def add_org_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

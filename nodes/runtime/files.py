@@ -1,8 +1,16 @@
 """File formats the command line reads and writes: key files and the mandate file.
 
-A key file is JSON ``{"type": "obus-ed25519-seed", "seed": "<64 hex>"}`` written with mode 0600.
-(Observer keys encrypted at rest come with the observer client.) A mandate file holds the raw
-bytes of a signed mandate envelope, exactly as published on ``obus.mandate``.
+Key files (formats in :mod:`nodes.runtime.keyfile`, mode 0600) are written encrypted
+(:func:`write_encrypted_key`: scrypt and AES-256-GCM under the passphrase of the key's kind) or,
+for tests and the demo only, in plaintext (:func:`write_key`). :func:`read_key` reads both: an
+encrypted file with the passphrase of the kind it states (``$OBUS_ROOT_KEY_PASSPHRASE``,
+``$OBUS_NODE_KEY_PASSPHRASE``, else a prompt on a terminal), a plaintext one with one warning
+event (``key_file_unencrypted``) naming the file and ``obus key encrypt FILE --kind KIND``,
+which :func:`encrypt_key_file` implements. A process decrypts each file once: the key is kept
+for the same path and bytes, so a command that needs the key twice asks once.
+
+A mandate file holds the raw bytes of a signed mandate envelope, exactly as published on
+``obus.mandate``.
 
 A mandate ends at its ``not_after``. After that nothing may be signed or published under it,
 but everything it logged can still be read and verified: :func:`load_mandate` opens the file in
@@ -14,46 +22,131 @@ depends on this machine's clock; the clock only decides whether the mission has 
 
 from __future__ import annotations
 
-import json
-import os
+import hashlib
 import time
 from pathlib import Path
-from typing import Final
+
+import structlog
 
 from bus.ceremony import format_time_ms
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError, KeyStoreError
 from bus.model import Mandate
 from bus.trust import decode_mandate_record, verify_mandate
+from nodes.runtime.keyfile import (
+    SCRYPT_N,
+    KeyKind,
+    PassphraseSource,
+    decrypt_key,
+    encrypt_key,
+    new_passphrase,
+    parse_key_file,
+    passphrase_from_env_or_terminal,
+    plaintext_key,
+    read_plaintext_key,
+    replace_key_file,
+    write_new_key_file,
+)
 
-KEY_TYPE: Final = "obus-ed25519-seed"
+log = structlog.get_logger(__name__)
+
+# Keys this process already read: (resolved path, SHA-256 of the file's bytes) -> key.
+_loaded: dict[tuple[str, bytes], SigningKey] = {}
 
 
 def write_key(path: Path, key: SigningKey) -> None:
-    """Write a key file readable only by its owner (refuses to overwrite)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = json.dumps({"type": KEY_TYPE, "seed": key.seed.hex()}).encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise KeyStoreError(f"{path} exists; refusing to overwrite a key", path=str(path)) from exc
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
+    """Write a plaintext key file readable only by its owner (refuses to overwrite): for tests
+    and the demo (``obus keygen --plaintext-key``); real keys use :func:`write_encrypted_key`."""
+    write_new_key_file(path, plaintext_key(key))
 
 
-def read_key(path: Path) -> SigningKey:
-    """Read a key file.
+def write_encrypted_key(
+    path: Path, key: SigningKey, *, kind: KeyKind, passphrase: str, scrypt_n: int = SCRYPT_N
+) -> None:
+    """Write a key file encrypted under ``passphrase`` (mode 0600; refuses to overwrite).
 
     Raises:
-        KeyStoreError: missing file or wrong format (the message says which).
+        KeyStoreError: the file exists or the passphrase is too short.
+    """
+    write_new_key_file(path, encrypt_key(key, passphrase, kind, n=scrypt_n))
+
+
+def read_key(
+    path: Path,
+    *,
+    kind: KeyKind = KeyKind.NODE,
+    passphrase: PassphraseSource = passphrase_from_env_or_terminal,
+) -> SigningKey:
+    """Read a key file, encrypted or plaintext.
+
+    Args:
+        path: the key file.
+        kind: the key the command expects (a node key unless it says otherwise); a file that
+            states another kind is refused.
+        passphrase: where the passphrase of an encrypted file comes from (default: the kind's
+            variable, else a prompt on a terminal).
+
+    Raises:
+        KeyStoreError: missing or malformed file, a key of another kind, a wrong passphrase
+            (naming where it came from).
+        ConfigError: an encrypted file and no passphrase at hand (naming the variable).
     """
     try:
-        doc = json.loads(path.read_bytes())
-        if doc.get("type") != KEY_TYPE:
-            raise KeyStoreError(f"{path}: not an {KEY_TYPE} key file", path=str(path))
-        return SigningKey.from_seed(bytes.fromhex(doc["seed"]))
-    except (OSError, ValueError, KeyError, AttributeError) as exc:
-        raise KeyStoreError(f"cannot read key file {path}: {exc}", path=str(path)) from exc
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyStoreError(
+            f"cannot read key file {path}: {exc.strerror or exc}", path=str(path)
+        ) from exc
+    cache_key = (str(path.resolve()), hashlib.sha256(data).digest())
+    if cache_key in _loaded:
+        return _loaded[cache_key]
+    parsed = parse_key_file(data, source=str(path))
+    if parsed.kind is not None and parsed.kind != kind:
+        raise KeyStoreError(
+            f"{path} holds a {parsed.kind} key; a {kind} key is expected here",
+            path=str(path),
+        )
+    if parsed.encrypted:
+        key = decrypt_key(parsed, passphrase(kind, path), source=str(path))
+    else:
+        key = read_plaintext_key(parsed, source=str(path))
+        log.warning(
+            "key_file_unencrypted", path=str(path), kind=kind.value,
+            fix=f"obus key encrypt {path} --kind {kind.value}",
+        )  # fmt: skip
+    _loaded[cache_key] = key
+    return key
+
+
+def encrypt_key_file(
+    path: Path,
+    *,
+    kind: KeyKind,
+    passphrase: PassphraseSource = new_passphrase,
+    scrypt_n: int = SCRYPT_N,
+) -> tuple[SigningKey | None, KeyKind | None]:
+    """Encrypt a plaintext key file in place (atomically, mode 0600); idempotent.
+
+    Returns:
+        (the key, None) when the file was encrypted now; (None, the kind it states) when it
+        already was, untouched.
+
+    Raises:
+        KeyStoreError: missing or malformed file, or a passphrase too short.
+        ConfigError: no passphrase at hand (naming the variable).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise KeyStoreError(
+            f"cannot read key file {path}: {exc.strerror or exc}", path=str(path)
+        ) from exc
+    parsed = parse_key_file(data, source=str(path))
+    if parsed.encrypted:
+        return None, parsed.kind
+    key = read_plaintext_key(parsed, source=str(path))
+    replace_key_file(path, encrypt_key(key, passphrase(kind, path).text, kind, n=scrypt_n))
+    return key, None
 
 
 def load_mandate(path: Path, *, archive: bool = False) -> tuple[Mandate, bytes]:

@@ -434,7 +434,7 @@ def test_every_log_level_has_the_same_choices(capsys: pytest.CaptureFixture[str]
     assert len(found) > 10
     for path, action in found:
         assert list(action.choices) == ["debug", "info", "warning", "error"], path
-    for argv in (["keygen", "--log-level", "bogus", "k.json"],
+    for argv in (["keygen", "--kind", "root", "--log-level", "bogus", "k.json"],
                  ["mandate", "verify", "--log-level", "bogus", "m.bin"],
                  ["dashboard", "--org", "un", "--db", "d", "--mandate", "m", "--log-level", "x"]):  # fmt: skip
         with pytest.raises(SystemExit) as exc:
@@ -465,8 +465,11 @@ def _draft_of_mandate(files: dict[str, Path], tmp_path: Path) -> Path:
     return draft
 
 
-def test_unwritable_keygen_path(capsys: pytest.CaptureFixture[str]) -> None:
-    err = _refused(capsys, ["keygen", UNWRITABLE], "PATH")
+def test_unwritable_keygen_path(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OBUS_ROOT_KEY_PASSPHRASE", "a long enough passphrase")
+    err = _refused(capsys, ["keygen", "--kind", "root", UNWRITABLE], "PATH")
     assert f"cannot write {UNWRITABLE}" in err
 
 
@@ -486,7 +489,7 @@ def test_os_error_safety_net(
         raise PermissionError(13, "Permission denied", "/root/secret")
 
     monkeypatch.setattr(trust_cli, "_cmd_keygen", boom)
-    assert main(["keygen", "k.json"]) == 2
+    assert main(["keygen", "--kind", "node", "k.json"]) == 2
     err = capsys.readouterr().err
     assert "obus: error: cannot access /root/secret: Permission denied" in err
     assert "Traceback" not in err
