@@ -35,6 +35,8 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 WAIT_S = 90
 PASSPHRASE = "field observer passphrase"
+ROOT_PASSPHRASE = "un root key passphrase"
+NODE_PASSPHRASE = "un node key passphrase"
 
 
 def _install(venv: Path, tmp: Path) -> Path:
@@ -69,6 +71,10 @@ class Obus:
         self.exe, self.cwd, self.prefix = exe, cwd, prefix
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("OBUS_")}
         self.env.update(OBUS_BOOTSTRAP=bootstrap, OBUS_LOG_JSON="1", PYTHONPATH="")
+        # root and node keys are encrypted at rest; their passphrases come from the environment
+        self.env.update(
+            OBUS_ROOT_KEY_PASSPHRASE=ROOT_PASSPHRASE, OBUS_NODE_KEY_PASSPHRASE=NODE_PASSPHRASE
+        )
 
     def __call__(self, *argv: str, code: int | None = 0, prefix: bool = True) -> str:
         """Run one command; assert its exit code (unless None) and that no traceback shows."""
@@ -130,10 +136,17 @@ def test_first_deployment_from_the_installed_package(kafka_bootstrap: str, tmp_p
     obus = Obus(obus_exe, work, kafka_bootstrap, prefix)
     assert re.fullmatch(r"obus \d+\.\d+\.\d+\S*\n", obus("--version", prefix=False))
 
-    # Keys: the organization's root key and a node key.
-    root_pub = re.search(r"public key ([0-9a-f]{64})", obus("keygen", "un-root.json", prefix=False))
-    node_pub = re.search(r"public key ([0-9a-f]{64})", obus("keygen", "un-node.json", prefix=False))
+    # Keys: the organization's root key and a node key, encrypted at rest.
+    root_pub = re.search(
+        r"public key ([0-9a-f]{64})", obus("keygen", "--kind", "root", "un-root.json", prefix=False)
+    )
+    node_pub = re.search(
+        r"public key ([0-9a-f]{64})", obus("keygen", "--kind", "node", "un-node.json", prefix=False)
+    )
     assert root_pub and node_pub
+    for name in ("un-root.json", "un-node.json"):
+        assert '"obus-ed25519-encrypted"' in (work / name).read_text()
+        assert (work / name).stat().st_mode & 0o777 == 0o600
 
     # The mandate from the example file: un's root key pasted in, threshold 1 (one
     # organization trying it out); a typo is refused with the nearest key.
