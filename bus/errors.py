@@ -91,6 +91,7 @@ class Reason(enum.StrEnum):
     SEAL_ROOT_MISMATCH = "seal_root_mismatch"  # own root at the sealed size is another one
     SEAL_FINAL_MISMATCH = "seal_final_mismatch"  # own log differs from what a final seal sealed
     SEAL_NOT_ELECTABLE = "seal_not_electable"  # its trust state accredits node keys of < k orgs
+    SEAL_WITHDRAW_NO_VOTE = "seal_withdraw_no_vote"  # a withdrawal by an org with no vote there
     SEAL_NOT_FINAL = "seal_not_final"  # a proof names a seal that is not its epoch's final one
     SEAL_QUORUM_NOT_MET = "seal_quorum_not_met"  # cosignatures of fewer than k organizations count
     RECORD_NOT_SEALED = "record_not_sealed"  # no final seal covers the record (yet)
