@@ -52,7 +52,7 @@ WEB := nodes/observer_web
 WEB_BUILT := $(WEB)/dist/version.txt
 WEB_INPUTS := $(WEB)/package.json $(WEB)/buf.gen.yaml $(WEB)/build.mjs $(WEB)/export_rules.py \
 	$(WEB)/tsconfig.json $(WEB)/tsconfig.sw.json $(wildcard $(WEB)/src/*.ts $(WEB)/static/*) \
-	$(wildcard schemas/obus/v1/*.proto bus/*.py) nodes/observer/device.py
+	$(wildcard schemas/obus/v1/*.proto bus/*.py) nodes/observer/device.py nodes/gateway/service.py
 
 $(WEB)/node_modules/.package-lock.json: $(WEB)/package-lock.json
 	@command -v npm >/dev/null 2>&1 || { echo "error: npm is needed for the web form; run: apt-get install -y nodejs npm"; exit 1; }
