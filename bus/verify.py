@@ -9,13 +9,48 @@ timestamp, which the operator sets (only the auditor's legacy per-record audit s
 
 ``ChainBook`` holds each observer's chain head and decides, per record, whether it extends the
 chain, repeats an envelope already stored (``replayed``), reuses a report id with other bytes
-(``duplicate_conflict``), leaves a gap (``chain_gap``) or forks it (``chain_fork``).
+(``duplicate_conflict``), leaves a gap (``chain_gap``) or forks it (``chain_fork``), and, for a
+correction or a retraction, whether it may amend its target (below).
+
+Amendments
+==========
+
+A report amends an earlier one by naming it: ``corrects`` (a new version of the report) or
+``retracts`` with a ``retraction_reason`` (schema version 3: the report is withdrawn and says
+why). Both are ordinary signed reports that take the next place in the observer's chain, so
+nothing is deleted and the original bytes stay in the log. :func:`check_amendment` is the one
+rule, applied by the node's provisional verdicts (:class:`ChainBook`) and by the final judge
+(:mod:`bus.judge`) alike, after the report verified and its chain link held:
+
+* **Own chain only.** The target must be a report of the amending report's own chain (same
+  organization, same observer id): another observer's is ``amend_other_observer``, an
+  observer's of another organization ``amend_other_org``. An organization does not amend its
+  observers' reports: a chain has one writer, the observer's accredited key, and a second
+  writer (a supervisor role) would have to sign into that chain (forking it) or into another
+  one whose order against the observer's is not fixed. An organization that must withdraw an
+  observer's reports revokes the key (a revocation cuts the chain after ``last_valid_seq``,
+  :mod:`bus.judge`).
+* **Before it.** The target must be accepted before the amendment in the bus's canonical order
+  (the final judge's epoch order); a target not (yet) accepted, or later, is
+  ``amend_target_missing``. In one chain that means an earlier seq.
+* **The latest version.** A correction of a correction is allowed: the versions form one
+  line, resolved to the latest. Amending a version that already has a later one is
+  ``amend_superseded`` (so the line never forks and the latest is always well defined).
+* **Retractions are final.** Correcting or retracting a retracted report is
+  ``amend_target_retracted``; retracting a retraction is ``retraction_of_retraction`` and
+  correcting one ``correction_of_retraction``.
+
+A restricted (sealed) report's content, and so any ``corrects`` or ``retracts`` in it, is
+readable only by its recipients: no verdict may rest on it, so a sealed report never amends
+(its inner fields are not judged) but may be the target of a plain amendment (its clear
+fields name its chain). A refused amendment is quarantined like any refused report and does
+not extend the chain; the observer signs again at that seq.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Container, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final, Protocol
 
 from bus.crypto import open_single, verify_pae
@@ -26,6 +61,7 @@ from bus.model import (
     Envelope,
     Report,
     Role,
+    SealedReport,
     Zone,
     check_schema_allowed,
     sha256,
@@ -295,6 +331,95 @@ DigestLookup = Callable[[str], bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
+class Amendable:
+    """What the amendment rule needs of an accepted report (a possible target).
+
+    Args:
+        org, observer_id: its chain.
+        retraction: the report is itself a retraction.
+        corrected_by: the id of the correction that superseded it ("": the latest version).
+        retracted_by: the id of the retraction that withdrew it ("": not retracted).
+    """
+
+    org: str
+    observer_id: str
+    retraction: bool = False
+    corrected_by: str = ""
+    retracted_by: str = ""
+
+
+# (org, observer id, report id) -> the accepted report with that id in that chain, else one
+# in another chain (of the same organization first), else None.
+AmendLookup = Callable[[str, str, str], Amendable | None]
+
+
+def check_amendment(report: Report, target: Amendable | None) -> None:
+    """The amendment rule (module docstring) for ``report`` against its target's state.
+
+    Args:
+        report: a verified plain report (nothing to check unless it corrects or retracts).
+        target: what the caller's book holds of the report named, accepted before ``report``
+            (None: nothing).
+
+    Raises:
+        VerificationError: ``amend_target_missing``, ``amend_other_org``,
+            ``amend_other_observer``, ``retraction_of_retraction``,
+            ``correction_of_retraction``, ``amend_target_retracted``, ``amend_superseded``.
+    """
+    rid = report.amends
+    if not rid:
+        return
+    what = "retracts" if report.retracts else "corrects"
+    if target is None:
+        raise VerificationError(
+            Reason.AMEND_TARGET_MISSING,
+            f"{what} {rid}, which is not an accepted report before it",
+            report_id=report.report_id,
+            target=rid,
+        )
+    if target.org != report.org:
+        raise VerificationError(
+            Reason.AMEND_OTHER_ORG,
+            f"{what} {rid}, a report of {target.org}/{target.observer_id}: only its own"
+            " observer may amend it",
+            target=rid,
+        )
+    if target.observer_id != report.observer_id:
+        raise VerificationError(
+            Reason.AMEND_OTHER_OBSERVER,
+            f"{what} {rid}, a report of observer {target.observer_id}: only its own observer"
+            " may amend it",
+            target=rid,
+        )
+    if target.retraction:
+        reason = (
+            Reason.RETRACTION_OF_RETRACTION
+            if report.retracts
+            else (Reason.CORRECTION_OF_RETRACTION)
+        )
+        raise VerificationError(reason, f"{what} {rid}, which is a retraction", target=rid)
+    if target.retracted_by:
+        raise VerificationError(
+            Reason.AMEND_TARGET_RETRACTED,
+            f"{what} {rid}, which {target.retracted_by} retracted",
+            target=rid,
+        )
+    if target.corrected_by:
+        raise VerificationError(
+            Reason.AMEND_SUPERSEDED,
+            f"{what} {rid}, which {target.corrected_by} corrected: amend the latest version",
+            target=rid,
+        )
+
+
+def amended(report: Report, target: Amendable) -> Amendable:
+    """The target's state once ``report`` (which passed :func:`check_amendment`) amends it."""
+    if report.retracts:
+        return replace(target, retracted_by=report.report_id)
+    return replace(target, corrected_by=report.report_id)
+
+
+@dataclass(frozen=True, slots=True)
 class ChainBatch:
     """What one batch judged through a :class:`ChainBook` changed and rested on.
 
@@ -315,11 +440,25 @@ class ChainBook:
     book but not yet stored are remembered in memory until :meth:`flushed` (or, batch by
     batch, :meth:`seal` then :meth:`stored`: a node judges its next batch while the previous
     one is being committed).
+
+    ``amendments`` asks the durable store for a target's state (module docstring,
+    *Amendments*); the states this book changed but the store does not hold yet are kept in
+    memory likewise. Without it (a reader that keeps no accepted reports, such as the
+    gateway) corrections and retractions are not judged here: the nodes judge them.
     """
 
-    def __init__(self, heads: dict[str, ChainHead], lookup_digest: DigestLookup) -> None:
+    def __init__(
+        self,
+        heads: dict[str, ChainHead],
+        lookup_digest: DigestLookup,
+        amendments: AmendLookup | None = None,
+    ) -> None:
         self._heads = dict(heads)
         self._lookup = lookup_digest
+        self._amendments = amendments
+        # report id -> (its state, the id of the accepted report that set it): states not in
+        # the store yet (a report accepted, or a target it amended).
+        self._amend_pending: dict[str, tuple[Amendable, str]] = {}
         self._pending: dict[str, bytes] = {}
         # Observers whose head a verdict rested on since the last flushed() (accepted or not),
         # with the head before the first change (None: no report before): what a shared
@@ -335,9 +474,18 @@ class ChainBook:
         """Extend the observer's chain with a verified report.
 
         Raises:
-            VerificationError: ``replayed``, ``duplicate_conflict``, ``chain_gap``, ``chain_fork``.
+            VerificationError: ``replayed``, ``duplicate_conflict``, ``chain_gap``,
+                ``chain_fork``, then the amendment refusals of :func:`check_amendment`.
         """
-        self.accept_link(vr.report, vr.envelope_digest)
+        r = vr.report
+        self._accept(r, vr.envelope_digest, r if self._amendments is not None else None)
+
+    def _target(self, r: Report, rid: str) -> Amendable | None:
+        pending = self._amend_pending.get(rid)
+        if pending is not None:
+            return pending[0]
+        assert self._amendments is not None
+        return self._amendments(r.org, r.observer_id, rid)
 
     def accept_link(self, r: ChainLink, envelope_digest: bytes) -> None:
         """Extend a chain with any verified report, plain or sealed (same rules as accept).
@@ -345,6 +493,14 @@ class ChainBook:
         Raises:
             VerificationError: ``replayed``, ``duplicate_conflict``, ``chain_gap``, ``chain_fork``.
         """
+        self._accept(r, envelope_digest, None)
+        if self._amendments is not None and isinstance(r, SealedReport):
+            # a target like any report (its clear fields name its chain), never an amendment
+            self._amend_pending[r.report_id] = (Amendable(r.org, r.observer_id), r.report_id)
+
+    def _accept(self, r: ChainLink, envelope_digest: bytes, plain: Report | None) -> None:
+        """The chain rules, then (``plain``: a plain report, amendments judged) the amendment
+        rule; remembers what the acceptance changed."""
         known = self._pending.get(r.report_id) or self._lookup(r.report_id)
         if known is not None:
             if known == envelope_digest:
@@ -362,6 +518,14 @@ class ChainBook:
         if r.observer_id not in self._base:  # this verdict rests on that head
             self._base[r.observer_id] = head
         check_link(f"observer {r.observer_id}", head, r.seq, r.prev_digest)
+        if plain is not None:
+            target_id = plain.amends
+            target = self._target(plain, target_id) if target_id else None
+            check_amendment(plain, target)
+            if target is not None:
+                self._amend_pending[target_id] = (amended(plain, target), plain.report_id)
+            state = Amendable(plain.org, plain.observer_id, retraction=bool(plain.retracts))
+            self._amend_pending[plain.report_id] = (state, plain.report_id)
         self._heads[r.observer_id] = ChainHead(r.seq, envelope_digest)
         self._pending[r.report_id] = envelope_digest
         self._unsealed.append(r.report_id)
@@ -371,6 +535,7 @@ class ChainBook:
         self._pending.clear()
         self._base.clear()
         self._unsealed.clear()
+        self._amend_pending.clear()
 
     def seal(self) -> ChainBatch:
         """Close the batch judged since the last seal; its ids stay known until
@@ -384,6 +549,9 @@ class ChainBook:
         """A sealed batch is committed: the store answers for its ids from now on."""
         for report_id in batch.report_ids:
             self._pending.pop(report_id, None)
+        ids = set(batch.report_ids)
+        for rid in [k for k, (_, by) in self._amend_pending.items() if by in ids]:
+            del self._amend_pending[rid]
 
     def reload(self, heads: dict[str, ChainHead]) -> None:
         """Start over from a store's heads, dropping everything not stored (a lost batch)."""
@@ -391,6 +559,7 @@ class ChainBook:
         self._pending.clear()
         self._base.clear()
         self._unsealed.clear()
+        self._amend_pending.clear()
 
     def changed(self) -> dict[str, ChainHead]:
         """Heads changed since the last :meth:`flushed`: what a batch commit writes."""
