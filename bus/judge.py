@@ -95,6 +95,19 @@ its organization's topic, of a report accepted earlier in the order (another par
 same epoch or a later one) is ``replayed`` before any other check, so which copy counts and
 what the other is called never depend on where the copies sit, nor on trust that changed since.
 
+**Amendments.** A plain report that corrects or retracts another (:mod:`bus.verify`,
+*Amendments*) is judged by :func:`bus.verify.check_amendment` once its chain link held, against
+the reports accepted before it in this order: its target must be a report of its own chain
+(else ``amend_other_observer`` / ``amend_other_org``, when another chain holds an accepted
+report of that id, of the same organization first; else ``amend_target_missing``), the latest
+version of it (``amend_superseded``), not retracted (``amend_target_retracted``) and not a
+retraction (``retraction_of_retraction``, ``correction_of_retraction``). The order makes
+"before" the same at every reader: within a chain, an earlier seq; across chains, the epoch
+order, then (organization, observer id, seq). A report cut by a revocation takes its
+amendments along (its target is the latest version again), as the chain rewinds. The verdicts
+carry the reports, so a reader derives the links ("corrected by", "retracted") from the
+accepted reports and the changes (:mod:`bus.store.final`).
+
 **Revocation.** When a revocation (or a lower ``last_valid_seq`` for a key already revoked)
 takes effect at epoch *e+1*, the observer chains holding an accepted report signed by that key
 with ``seq > last_valid_seq`` are cut before the first such report: that report and every
@@ -139,7 +152,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Container, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from bus._pb.obus.v1 import decision_pb2, envelope_pb2, report_pb2, sealed_pb2
@@ -172,7 +185,15 @@ from bus.trust import (
     verify_mandate,
     verify_revocation,
 )
-from bus.verify import ChainHead, Limits, VerifiedReport, check_link, verify_report
+from bus.verify import (
+    Amendable,
+    ChainHead,
+    Limits,
+    VerifiedReport,
+    check_amendment,
+    check_link,
+    verify_report,
+)
 
 # stdlib logging (not structlog) keeps this module free of any I/O framework import.
 log = logging.getLogger(__name__)
@@ -324,22 +345,44 @@ class _Applied:
 
 @dataclass(frozen=True, slots=True)
 class _Link:
-    """An accepted report in its chain (seq = position in the chain + 1)."""
+    """An accepted report in its chain (seq = position in the chain + 1), with the report id
+    it amends ("" for none; always "" for a sealed report) and whether it retracts it."""
 
     seq: int
     digest: bytes
     key_id: bytes
     pos: RecordPos
     report_id: str
+    amends: str = ""
+    retraction: bool = False
 
 
 @dataclass(slots=True)
 class _Chain:
     links: list[_Link] = field(default_factory=list)
     ids: dict[str, bytes] = field(default_factory=dict)  # every report id ever accepted
+    # The amendment state of every report of ``links``, by report id (module docstring).
+    states: dict[str, Amendable] = field(default_factory=dict)
 
     def head(self) -> ChainHead | None:
         return ChainHead(self.links[-1].seq, self.links[-1].digest) if self.links else None
+
+    def add_state(self, key: ObserverKey, link: _Link) -> None:
+        """Record what an accepted ``link`` is and what it amended."""
+        if link.amends:
+            target = self.states[link.amends]
+            self.states[link.amends] = (
+                replace(target, retracted_by=link.report_id)
+                if link.retraction
+                else replace(target, corrected_by=link.report_id)
+            )
+        self.states[link.report_id] = Amendable(key[0], key[1], retraction=link.retraction)
+
+    def rebuild_states(self, key: ObserverKey) -> None:
+        """The states of the links left (after a revocation cut the chain)."""
+        self.states = {}
+        for link in self.links:
+            self.add_state(key, link)
 
 
 @dataclass(frozen=True, slots=True)
@@ -607,6 +650,8 @@ class FinalJudge:
         self._ring = KeyRing(root)
         self._chains: dict[ObserverKey, _Chain] = {}
         self._by_key: dict[bytes, set[ObserverKey]] = {}  # key id -> chains it signed into
+        # report id -> the chains holding an accepted report of that id (amendment targets)
+        self._holders: dict[str, set[ObserverKey]] = {}
         self._deferred: list[_Report] = []
         self._decisions: dict[str, _DecisionChain] = {}  # organization -> its decision chain
         self._deferred_decisions: list[_Decision] = []
@@ -1025,9 +1070,29 @@ class FinalJudge:
                 report_id=r.report_id,
             )
         check_link(f"observer {key[0]}/{key[1]}", chain.head(), r.seq, r.prev_digest)
-        chain.links.append(_Link(r.seq, digest, verified.key_id, pos, r.report_id))
+        amends, retraction = "", False
+        if isinstance(r, Report):
+            amends, retraction = r.amends, bool(r.retracts)
+            check_amendment(r, self._target(key, amends) if amends else None)
+        link = _Link(r.seq, digest, verified.key_id, pos, r.report_id, amends, retraction)
+        chain.links.append(link)
         chain.ids[r.report_id] = digest
+        chain.add_state(key, link)
+        self._holders.setdefault(r.report_id, set()).add(key)
         self._by_key.setdefault(verified.key_id, set()).add(key)
+
+    def _target(self, key: ObserverKey, report_id: str) -> Amendable | None:
+        """The accepted report ``report_id`` of chain ``key``, else of another chain (same
+        organization first, then by chain), else None: what an amendment names."""
+        own = self._chains.get(key)
+        if own is not None and report_id in own.states:
+            return own.states[report_id]
+        others = sorted(self._holders.get(report_id, ()), key=lambda k: (k[0] != key[0], k))
+        for other in others:
+            state = self._chains[other].states.get(report_id)
+            if state is not None:
+                return state
+        return None
 
     def _cut_revoked(
         self,
@@ -1070,7 +1135,14 @@ class FinalJudge:
                             link.pos, observer, link.seq, link.report_id, link.key_id, at_epoch, why
                         )
                     )
+                for link in chain.links[cut - 1 :]:
+                    holders = self._holders.get(link.report_id)
+                    if holders is not None:
+                        holders.discard(observer)
+                        if not holders:
+                            del self._holders[link.report_id]
                 del chain.links[cut - 1 :]
+                chain.rebuild_states(observer)
                 touched.add(observer)
         return changes
 
@@ -1125,6 +1197,9 @@ class FinalJudge:
         """
         state: dict[str, Any] = {
             "format": SNAPSHOT_FORMAT,
+            # Links carry what they amend: a snapshot without it (made before amendments were
+            # judged) cannot continue, as its chains do not say which reports were corrected.
+            "amendments": 1,
             "config": self._config_digest().hex(),
             "epoch": self._epoch,
             "seal_digest": self._seal_digest.hex(),
@@ -1138,7 +1213,14 @@ class FinalJudge:
                     org,
                     obs,
                     [
-                        [ln.digest.hex(), ln.key_id.hex(), *ln.pos, ln.report_id]
+                        [
+                            ln.digest.hex(),
+                            ln.key_id.hex(),
+                            *ln.pos,
+                            ln.report_id,
+                            ln.amends,
+                            int(ln.retraction),
+                        ]
                         for ln in chain.links
                     ],
                     sorted([rid, d.hex()] for rid, d in chain.ids.items()),
@@ -1181,7 +1263,11 @@ class FinalJudge:
         judge = cls(root, topics, limits, decryption_keys=decryption_keys)
         try:
             s = json.loads(snapshot)
-            ok = s["format"] == SNAPSHOT_FORMAT and s["config"] == judge._config_digest().hex()
+            ok = (
+                s["format"] == SNAPSHOT_FORMAT
+                and s.get("amendments") == 1
+                and s["config"] == judge._config_digest().hex()
+            )
         except (ValueError, KeyError, TypeError):
             ok = False
         if not ok:
@@ -1215,10 +1301,14 @@ class FinalJudge:
         judge._ring = _build_ring(judge._versions[-1][2], judge._applied)
         for org, obs, links, ids in s["chains"]:
             chain = judge._chains[(org, obs)] = _Chain()
-            for i, (d, k, topic, partition, offset, rid) in enumerate(links):
+            for i, (d, k, topic, partition, offset, rid, amends, retraction) in enumerate(links):
                 pos = (topic, partition, offset)
-                link = _Link(i + 1, bytes.fromhex(d), bytes.fromhex(k), pos, rid)
+                link = _Link(
+                    i + 1, bytes.fromhex(d), bytes.fromhex(k), pos, rid, amends, bool(retraction)
+                )
                 chain.links.append(link)
+                chain.add_state((org, obs), link)
+                judge._holders.setdefault(rid, set()).add((org, obs))
                 judge._by_key.setdefault(link.key_id, set()).add((org, obs))
             chain.ids = {rid: bytes.fromhex(d) for rid, d in ids}
         for topic, p, o, v, e, t in s["deferred"]:
