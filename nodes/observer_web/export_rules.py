@@ -3,9 +3,10 @@
 The form validates every field before it signs, with the very rules the nodes enforce: the
 limits, patterns, ranges and taxonomy below are read from the Python modules that enforce them
 (:mod:`bus.model`, :mod:`bus.report_file`, :mod:`bus.verify`, :mod:`bus.attachment`,
-:mod:`bus.trust`, :mod:`bus.sealed`, :mod:`nodes.observer.device`), never written a second
-time by hand. The form's code knows only the kinds of rule (a range, a length in characters, a
-pattern, a member of a list); every number, pattern and name comes from this file's output.
+:mod:`bus.trust`, :mod:`bus.sealed`, :mod:`nodes.observer.device`, :mod:`nodes.gateway.service`),
+never written a second time by hand. The form's code knows only the kinds of rule (a range, a
+length in characters, a pattern, a member of a list); every number, pattern and name comes from
+this file's output.
 
 Usage: ``python nodes/observer_web/export_rules.py OUT.json`` (``make web`` runs it); the
 output is deterministic (sorted keys), so an unchanged rule set leaves the file unchanged.
@@ -23,6 +24,7 @@ from bus.attachment import MAX_ATTACHMENT_BYTES
 from bus.crypto import SIGNATURE_BYTES
 from bus.model import Category, Role
 from bus.verify import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES
+from nodes.gateway.service import HEAD_PAYLOAD_TYPE
 from nodes.observer.device import REQUEST_PAYLOAD_TYPE, REQUEST_TYPE
 
 
@@ -49,6 +51,8 @@ def rules() -> dict[str, Any]:
             "payload_type": REQUEST_PAYLOAD_TYPE,
             "role": Role.OBSERVER.name.lower(),
         },
+        # GET /v1/observers/{id}/head: the node key signs pae(this type, the head's JSON).
+        "observer_head": {"payload_type": HEAD_PAYLOAD_TYPE},
         # Role numbers as they are on the wire (trust.proto).
         "roles": {r.name.lower(): int(r) for r in Role},
         "patterns": {

@@ -81,7 +81,8 @@ async function onEnrol(): Promise<void> {
   const key = await core.generateKey();
   const who = { observerId, org, mandateId: v.mandate.mandateId };
   const request = await core.accreditationRequest(key, who, Date.now());
-  profile = { ...who, mandate: pendingMandate, key, request, createdAtMs: Date.now() };
+  const takeover = $<HTMLInputElement>("takeover").checked;
+  profile = { ...who, mandate: pendingMandate, key, request, createdAtMs: Date.now(), takeover };
   await store.setMeta("profile", profile);
   await start();
 }
@@ -149,12 +150,15 @@ function showProblems(problems: Problem[]): void {
   $("problems-box").hidden = problems.length === 0;
 }
 
+/** A report checked and ready to sign, held while the observer answers the clock warning. */
+let held: { draft: core.Draft; files: Photo[]; keys: core.EncryptionKey[]; tap: number } | null = null;
+
 async function onSubmit(ev: Event): Promise<void> {
   ev.preventDefault();
   if (profile === null || mandate === null) return;
   const tap = performance.now();
   const files = await photos();
-  const { draft, problems } = validate(readForm(files), mandate, await outbox.now());
+  const { draft, problems } = validate(readForm(files), mandate, outbox.now());
   showProblems(problems);
   if (draft === null) {
     $("problems-box").scrollIntoView();
@@ -162,6 +166,25 @@ async function onSubmit(ev: Event): Promise<void> {
   }
   const chosen = Array.from(document.querySelectorAll<HTMLInputElement>("#recipients input:checked")).map((i) => i.value);
   const keys = (await outbox.recipientKeys(profile)).filter((k) => chosen.includes(k.org));
+  held = { draft, files, keys, tap };
+  // The clock check before signing: a report the nodes would refuse as clock_skew is not
+  // signed unless the observer says so (the gateway is asked again when it can be reached,
+  // so a clock set right since the last check is seen at once).
+  const clock = await outbox.clockCheck();
+  renderClock(clock);
+  if (clock?.refused === true) {
+    $("clock-box").hidden = false;
+    $("clock-box").scrollIntoView();
+    return;
+  }
+  await queueHeld();
+}
+
+async function queueHeld(): Promise<void> {
+  if (profile === null || held === null) return;
+  const { draft, files, keys, tap } = held;
+  held = null;
+  $("clock-box").hidden = true;
   await outbox.signAndQueue(profile, draft, files, keys);
   lastQueueMs = performance.now() - tap;
   ($("report-form") as HTMLFormElement).reset();
@@ -170,9 +193,24 @@ async function onSubmit(ev: Event): Promise<void> {
   void deliver();
 }
 
+function renderClock(c: outbox.ClockCheck | null): void {
+  const warn = $("clock");
+  const ahead = c === null ? 0 : c.aheadMs;
+  warn.hidden = c === null || (!c.refused && Math.abs(ahead) <= c.maxSkewMs / 2);
+  if (c === null) return;
+  const values = { s: Math.abs(Math.round(ahead / 1000)), max: Math.round(c.maxSkewMs / 1000) };
+  warn.textContent = t(ahead >= 0 ? "clock_ahead" : "clock_behind", values);
+  $("clock-refuse").textContent = t("clock_refuse", values);
+}
+
+/** A datetime-local value (the device's local time, to the second) for a Unix time. */
+function localTime(ms: number): string {
+  const local = new Date(ms - new Date(ms).getTimezoneOffset() * 60000);
+  return local.toISOString().slice(0, 19);
+}
+
 function defaults(): void {
-  const local = new Date(Date.now() - new Date().getTimezoneOffset() * 60000);
-  $<HTMLInputElement>("observed-at").value = local.toISOString().slice(0, 16);
+  $<HTMLInputElement>("observed-at").value = localTime(Date.now() - (Date.now() % 60000));
 }
 
 function usePosition(): void {
@@ -195,6 +233,7 @@ async function fix(e: Entry): Promise<void> {
     $<HTMLInputElement>(id).value = String(value);
   };
   set("zone", d.zone);
+  set("observed-at", localTime(d.observedAtMs));
   set("lat", d.lat);
   set("lon", d.lon);
   set("precision", d.precisionM);
@@ -209,6 +248,8 @@ async function fix(e: Entry): Promise<void> {
   $<HTMLInputElement>("civilian").checked = d.civilian;
   set("narrative", d.narrative);
   set("corrects", d.corrects);
+  for (const box of document.querySelectorAll<HTMLInputElement>("#recipients input"))
+    box.checked = e.sealedFor.includes(box.value);
   $("report-form").scrollIntoView();
 }
 
@@ -240,11 +281,11 @@ async function renderStatus(): Promise<void> {
       return li;
     }),
   );
-  const offset = (await store.getMeta<number>("clock_offset_ms")) ?? 0;
-  const skew = (await store.getMeta<number>("max_skew_ms")) ?? core.rules.limits.max_clock_skew_ms;
-  const warn = $("clock");
-  warn.hidden = Math.abs(offset) <= skew / 2;
-  warn.textContent = t("clock_warning", { s: Math.round(offset / 1000) });
+  const base = await store.base();
+  $("chain-base").hidden = base === null;
+  if (base !== null) $("chain-base").textContent = t("chain_base", { seq: base.seq });
+  const waiting = profile?.takeover === true && base === null && !rows.some((e) => e.state === "delivered");
+  $("chain-wait").hidden = !waiting;
 }
 
 async function renderRecipients(): Promise<void> {
@@ -273,6 +314,7 @@ async function onOnline(): Promise<void> {
   failures = 0;
   if (profile !== null) {
     await outbox.refreshFromGateway(profile).catch(() => undefined);
+    renderClock(await outbox.clockCheck());
     await renderRecipients();
   }
   await deliver();
@@ -306,6 +348,8 @@ async function main(): Promise<void> {
   $("enrol-button").addEventListener("click", () => void onEnrol());
   $("report-form").addEventListener("submit", (e) => void onSubmit(e));
   $("use-position").addEventListener("click", usePosition);
+  $("clock-confirm").addEventListener("click", () => void queueHeld());
+  $("clock-recheck").addEventListener("click", () => $<HTMLFormElement>("report-form").requestSubmit());
   window.addEventListener("online", () => void onOnline());
   window.addEventListener("offline", applyLabels);
   applyLabels();

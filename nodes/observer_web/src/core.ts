@@ -536,6 +536,63 @@ export function decodeAccreditation(payload: Uint8Array): Accreditation {
   return fromBinary(AccreditationSchema, payload);
 }
 
+// -- the observer's chain head as the gateway signs it (GET /v1/observers/{id}/head) --------
+
+/** The head statement as served: JSON of the signed fields plus the node's signature. */
+export interface HeadDoc {
+  org: string;
+  observer_id: string;
+  seq: number;
+  digest_b64: string;
+  as_of_ms: number;
+  node_key_id_b64: string;
+  signature_b64: string;
+}
+
+/** nodes.gateway.service.head_payload: the canonical JSON the node key signs. */
+export function headPayload(d: HeadDoc): Uint8Array {
+  const body = {
+    as_of_ms: d.as_of_ms,
+    digest_b64: d.digest_b64,
+    node_key_id_b64: d.node_key_id_b64,
+    observer_id: d.observer_id,
+    org: d.org,
+    seq: d.seq,
+  };
+  return utf8.encode(canonicalJson(body));
+}
+
+/** Check a served chain head: signed by the gateway's accredited node key (``node``, from
+ * verifyNodeAccreditation) over its canonical bytes, naming this observer and organization;
+ * seq 0 with an empty digest means no report yet (returns null). A new device continues the
+ * chain after the head returned. */
+export async function verifyHead(
+  d: HeadDoc,
+  node: Accreditation,
+  who: { observerId: string; org: string },
+): Promise<ChainHead | null> {
+  const isInt = (x: unknown): x is number => Number.isSafeInteger(x) && (x as number) >= 0;
+  if (typeof d !== "object" || d === null || !isInt(d.seq) || !isInt(d.as_of_ms))
+    throw new CheckError("malformed", "not a chain head statement");
+  for (const k of ["org", "observer_id", "digest_b64", "node_key_id_b64", "signature_b64"] as const)
+    if (typeof d[k] !== "string") throw new CheckError("malformed", `${k} is not text`);
+  if (d.org !== who.org || d.observer_id !== who.observerId)
+    throw new CheckError("subject_mismatch", `head of ${d.org}/${d.observer_id}`);
+  const keyId = await sha256(node.publicKey);
+  if (!equalBytes(unb64(d.node_key_id_b64), keyId))
+    throw new CheckError("unknown_key", "head signed by another key than the gateway's node");
+  const payload = headPayload(d);
+  if (!(await verifyBytes(node.publicKey, pae(rules.observer_head.payload_type, payload), unb64(d.signature_b64))))
+    throw new CheckError("bad_signature", "the head's signature does not verify");
+  const digest = unb64(d.digest_b64);
+  if (d.seq === 0) {
+    if (digest.length !== 0) throw new CheckError("malformed", "seq 0 with a digest");
+    return null;
+  }
+  if (digest.length !== 32) throw new CheckError("malformed", "digest: 32 bytes");
+  return { seq: d.seq, digest };
+}
+
 // -- the accreditation request (nodes/observer/device.py accreditation_request) --------------
 
 /** JSON with sorted keys and no spaces, as Python's json.dumps(sort_keys=True,

@@ -6,6 +6,17 @@
 // A refused report never stays in the chain: the head goes back to the report before it and the
 // reports queued after it are signed again in order (same ids, new chain positions), so one
 // refusal never silences the observer. Attachments are uploaded after their report's receipt.
+//
+// Times are the device's own: a report states when this device signed it, never a figure
+// taken from the gateway. Before signing, clockCheck() compares the device clock with the
+// gateway's (GET /v1/time) so the page can warn about a report the nodes would refuse as
+// clock_skew (signed more than the nodes' limit ahead of their clock).
+//
+// A new device taking over an observer id (Profile.takeover) continues that observer's chain:
+// until its first report is delivered, every delivery attempt first fetches the observer's head
+// from the gateway (GET /v1/observers/{id}/head), checks it is signed by the gateway's
+// accredited node key, and signs the queued reports again after it (same ids, positions
+// seq+1, seq+2, ... with that digest). Nothing is sent before that check passed.
 import * as core from "./core";
 import * as store from "./store";
 import type { Entry, Profile } from "./store";
@@ -14,9 +25,58 @@ const RETRY_REASONS = new Set(["rate_limited", "unknown_key"]);
 const BASE_S = 0.5;
 const CAP_S = 60;
 
-/** The device clock corrected by the gateway's, when the gateway was ever asked. */
-export async function now(): Promise<number> {
-  return Date.now() + ((await store.getMeta<number>("clock_offset_ms")) ?? 0);
+/** The device clock: what a report states as its signing time. */
+export function now(): number {
+  return Date.now();
+}
+
+/** The last comparison of the device clock with the gateway's. */
+export interface ClockCheck {
+  /** How far the device clock runs ahead of the gateway's (negative: behind), in ms. */
+  aheadMs: number;
+  /** The nodes' limit: a report signed more than this ahead of their clock is refused. */
+  maxSkewMs: number;
+  /** Half the round trip of the measurement: how uncertain aheadMs is. */
+  errorMs: number;
+  /** Device time of the measurement. */
+  atMs: number;
+  /** True when a report signed now would be refused as clock_skew. */
+  refused: boolean;
+}
+
+const CLOCK_TIMEOUT_MS = 4000;
+/** A measurement younger than this that found the clock right is not repeated before signing. */
+const CLOCK_FRESH_MS = 60_000;
+
+/** Measure the device clock against the gateway's (GET /v1/time) and keep the result; when
+ * the gateway cannot be reached, the last measurement (or null when there was none). A recent
+ * measurement that found the clock right is used as it is; one that found it wrong is always
+ * repeated, so a clock set right since is seen at once. */
+export async function clockCheck(): Promise<ClockCheck | null> {
+  const last = await store.getMeta<Omit<ClockCheck, "refused">>("clock");
+  const good = (m: Omit<ClockCheck, "refused">): boolean => m.aheadMs + m.errorMs <= m.maxSkewMs;
+  const fresh = last !== undefined && good(last) && Math.abs(Date.now() - last.atMs) < CLOCK_FRESH_MS;
+  if (!fresh) await measureClock();
+  const m = await store.getMeta<Omit<ClockCheck, "refused">>("clock");
+  return m === undefined ? null : { ...m, refused: !good(m) };
+}
+
+async function measureClock(): Promise<void> {
+  try {
+    const t0 = Date.now();
+    const r = await fetch("/v1/time", { cache: "no-store", signal: AbortSignal.timeout(CLOCK_TIMEOUT_MS) });
+    const t1 = Date.now();
+    if (r.status === 200) {
+      const doc = (await r.json()) as { now_ms: number; max_skew_ms: number };
+      if (Number.isSafeInteger(doc.now_ms) && Number.isSafeInteger(doc.max_skew_ms)) {
+        const m = { aheadMs: Math.round((t0 + t1) / 2) - doc.now_ms, maxSkewMs: doc.max_skew_ms,
+          errorMs: Math.ceil((t1 - t0) / 2), atMs: t1 };
+        await store.setMeta("clock", m);
+      }
+    }
+  } catch {
+    /* offline or slow: judge with the last measurement */
+  }
 }
 
 async function chainLock<T>(work: () => Promise<T>): Promise<T> {
@@ -32,7 +92,7 @@ export async function signAndQueue(
 ): Promise<Entry> {
   return chainLock(async () => {
     const head = await store.head();
-    const at = await now();
+    const at = now();
     const who = identity(profile);
     const signed = await core.signReport(profile.key, who, draft, core.uuid7(at), at, head, recipients);
     const entry = newEntry(signed, draft, at);
@@ -71,24 +131,70 @@ function newEntry(signed: core.Signed, draft: core.Draft, at: number): Entry {
   };
 }
 
-/** After a refusal at ``refused.seq``: the head goes back before it, later queued reports are
- * signed again after it, in their order. */
+/** Sign ``queued`` again, in order, after ``head``; store them with ``first`` (an entry
+ * changed by the caller) and the new head in one transaction. */
+async function resign(
+  profile: Profile,
+  queued: Entry[],
+  head: core.ChainHead | null,
+  recipients: core.EncryptionKey[],
+  first: Entry[] = [],
+): Promise<void> {
+  const changed = [...first];
+  for (const e of queued) {
+    const keys = recipients.filter((r) => e.sealedFor.includes(r.org));
+    const s = await core.signReport(profile.key, identity(profile), e.draft, e.reportId, now(), head, keys);
+    changed.push({ ...e, seq: s.seq, envelope: s.envelope, digest: s.digest, attempts: 0 });
+    head = { seq: s.seq, digest: s.digest };
+  }
+  await store.rewrite(changed, head);
+}
+
+/** After a refusal at ``refused.seq``: the head goes back before it (to the last delivered
+ * report, else to where this device's chain starts), later queued reports are signed again
+ * after it, in their order. */
 async function unwindAfterRefusal(profile: Profile, refused: Entry, recipients: core.EncryptionKey[]): Promise<void> {
   await chainLock(async () => {
     const all = (await store.entries()).filter((e) => e.state !== "refused" || e.slot === refused.slot);
-    const before = all.filter((e) => e.state === "delivered" && e.seq < refused.seq);
-    const last = before.at(-1);
-    let head: core.ChainHead | null = last === undefined ? null : { seq: last.seq, digest: last.digest };
-    const changed: Entry[] = [refused];
-    for (const e of all.filter((x) => x.state === "queued" && (x.slot ?? 0) > (refused.slot ?? 0))) {
-      const keys = recipients.filter((r) => e.sealedFor.includes(r.org));
-      const at = await now();
-      const s = await core.signReport(profile.key, identity(profile), e.draft, e.reportId, at, head, keys);
-      changed.push({ ...e, seq: s.seq, envelope: s.envelope, digest: s.digest, attempts: 0 });
-      head = { seq: s.seq, digest: s.digest };
-    }
-    await store.rewrite(changed, head);
+    const last = all.filter((e) => e.state === "delivered" && e.seq < refused.seq).at(-1);
+    const head = last === undefined ? await store.base() : { seq: last.seq, digest: last.digest };
+    const later = all.filter((x) => x.state === "queued" && (x.slot ?? 0) > (refused.slot ?? 0));
+    await resign(profile, later, head, recipients, [refused]);
   });
+}
+
+/** A device taking over an observer id, before its first delivery: the observer's head as the
+ * gateway signed it becomes where this device's chain starts, and the queued reports are
+ * signed again after it when it moved. Throws when the head cannot be fetched or checked. */
+async function continueChain(profile: Profile): Promise<void> {
+  const answer = await call("GET", `/v1/observers/${encodeURIComponent(profile.observerId)}/head`);
+  if (answer.status !== 200) {
+    const [reason, detail] = reasonOf(answer);
+    throw new core.CheckError(reason, `chain head: HTTP ${answer.status} ${detail}`);
+  }
+  const doc = JSON.parse(new TextDecoder().decode(answer.body)) as core.HeadDoc;
+  const node = await nodeAccreditation(profile);
+  const head = await core.verifyHead(doc, node, profile);
+  await chainLock(async () => {
+    const base = await store.base();
+    const same = base === null ? head === null : head !== null && base.seq === head.seq && core.equalBytes(base.digest, head.digest);
+    if (same) return;
+    const queued = (await store.entries()).filter((e) => e.state === "queued");
+    await store.setBase(head);
+    await resign(profile, queued, head, await recipientKeys(profile));
+  });
+}
+
+/** The gateway's node accreditation, checked against the mandate (fetched once if missing). */
+async function nodeAccreditation(profile: Profile): Promise<core.Accreditation> {
+  const { mandate } = await core.verifyMandate(profile.mandate, Date.now());
+  let raw = await store.getMeta<Uint8Array>("node");
+  if (raw === undefined) {
+    await refreshFromGateway(profile);
+    raw = await store.getMeta<Uint8Array>("node");
+  }
+  if (raw === undefined) throw new core.CheckError("unknown_key", "no node accreditation from the gateway");
+  return core.verifyNodeAccreditation(raw, mandate, profile.org);
 }
 
 export interface SyncReport {
@@ -134,18 +240,7 @@ function isRefusal(a: Answer): boolean {
  * recipients' encryption keys, and its clock. Each is verified before it is kept. */
 export async function refreshFromGateway(profile: Profile): Promise<void> {
   const { mandate } = await core.verifyMandate(profile.mandate, Date.now());
-  const t0 = Date.now();
-  try {
-    const a = await call("GET", "/v1/time");
-    if (a.status === 200) {
-      const doc = JSON.parse(new TextDecoder().decode(a.body)) as { now_ms: number; max_skew_ms: number };
-      const offset = doc.now_ms - Math.round((t0 + Date.now()) / 2);
-      await store.setMeta("clock_offset_ms", Math.abs(offset) > 1000 ? offset : 0);
-      await store.setMeta("max_skew_ms", doc.max_skew_ms);
-    }
-  } catch {
-    /* offline: the last known offset stays */
-  }
+  await measureClock();
   const node = await call("GET", "/v1/node");
   if (node.status === 200) {
     await core.verifyNodeAccreditation(node.body, mandate, profile.org);
@@ -184,7 +279,7 @@ interface RecipientKey {
 
 /** The recipients' keys last fetched, usable now. */
 export async function recipientKeys(profile: Profile): Promise<core.EncryptionKey[]> {
-  const at = await now();
+  const at = now();
   return ((await store.getMeta<RecipientKey[]>("recipients")) ?? [])
     .filter((k) => k.notBeforeMs <= at && at <= k.notAfterMs)
     .map((k) => core.encryptionKey(k.org, k.publicKey, profile.mandateId, k.serial, k.notBeforeMs, k.notAfterMs));
@@ -193,13 +288,7 @@ export async function recipientKeys(profile: Profile): Promise<core.EncryptionKe
 async function checkReceipt(profile: Profile, e: Entry, receipt: Uint8Array): Promise<[boolean, string, string]> {
   try {
     const { mandate } = await core.verifyMandate(profile.mandate, Date.now());
-    let nodeRaw = await store.getMeta<Uint8Array>("node");
-    if (nodeRaw === undefined) {
-      await refreshFromGateway(profile);
-      nodeRaw = await store.getMeta<Uint8Array>("node");
-    }
-    if (nodeRaw === undefined) return [false, "unknown_key: no node accreditation", ""];
-    const node = await core.verifyNodeAccreditation(nodeRaw, mandate, profile.org);
+    const node = await nodeAccreditation(profile);
     const r = await core.verifyReceipt(receipt, node, mandate, e.envelope, {
       reportId: e.reportId,
       observerId: profile.observerId,
@@ -235,8 +324,13 @@ export async function sync(profile: Profile, failures: number): Promise<SyncRepo
             continue;
           }
         } else {
-          const next = all.find((e) => e.state === "queued");
+          let next = all.find((e) => e.state === "queued");
           if (next === undefined) return;
+          if (profile.takeover && !all.some((e) => e.state === "delivered")) {
+            await continueChain(profile);
+            next = (await store.entries()).find((e) => e.state === "queued");
+            if (next === undefined) return;
+          }
           next.attempts++;
           answer = await call("POST", "/v1/reports", next.envelope);
           if (answer.status === 200 || answer.status === 201) {
@@ -259,8 +353,10 @@ export async function sync(profile: Profile, failures: number): Promise<SyncRepo
         }
       } catch (err) {
         answer = { status: 0, body: new Uint8Array(), retryAfterS: 0 };
-        const next = all.find((e) => e.state === "queued");
-        if (next !== undefined) await store.put({ ...next, lastError: String(err) });
+        // Read again: the chain may have been signed again (continueChain) since ``all``.
+        const next = (await store.entries()).find((e) => e.state === "queued");
+        const why = err instanceof core.CheckError ? `${err.reason}: ${err.message}` : String(err);
+        if (next !== undefined) await store.put({ ...next, lastError: why });
       }
       out.failed = true;
       const bound = Math.min(CAP_S, BASE_S * 2 ** Math.min(failures, 60));

@@ -46,6 +46,9 @@ export interface Profile {
   key: DeviceKey;
   request: Record<string, string | number>;
   createdAtMs: number;
+  /** This observer id reported from another device before: continue its chain from the head
+   * the gateway signs (outbox.ts), never start a second chain at seq 1. */
+  takeover: boolean;
 }
 
 interface Schema extends DBSchema {
@@ -81,6 +84,16 @@ export async function entries(): Promise<Entry[]> {
 
 export async function head(): Promise<ChainHead | null> {
   return ((await getMeta<ChainHead>("head")) ?? null) as ChainHead | null;
+}
+
+/** Where this device's chain starts: null for a new observer (seq 1), or the head of the
+ * observer's chain a device taking over continues after (its first report is seq + 1). */
+export async function base(): Promise<ChainHead | null> {
+  return ((await getMeta<ChainHead | null>("base")) ?? null) as ChainHead | null;
+}
+
+export async function setBase(b: ChainHead | null): Promise<void> {
+  await setMeta("base", b);
 }
 
 /** Queue a signed report with its attachments and move the head to it, in one transaction. */
