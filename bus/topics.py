@@ -47,7 +47,10 @@ class Topics:
 
     @property
     def checkpoints(self) -> str:
-        """Signed Merkle checkpoints."""
+        """The per-partition checkpoints topic of older releases, which seals replaced: only its
+        name, to recognise its records in old export files. No topic of the bus any more:
+        not created (:func:`standard_topics`), nobody may write it (:mod:`bus.acl`), no node
+        or auditor reads it from a broker, and one an older deployment created is left alone."""
         return f"{self.prefix}checkpoints"
 
     @property
@@ -59,7 +62,7 @@ class Topics:
     def is_sealed(self, topic: str) -> bool:
         """Whether seals cover ``topic``: every topic of the bus that carries records a verdict
         is made on (reports, decisions, attachments of every organization; registry, mandate,
-        statements). Not the seals topic itself, nor the legacy checkpoints topic."""
+        statements). Not the seals topic itself, nor the checkpoints topic of older releases."""
         if topic in (self.registry, self.mandate, self.statements):
             return True
         for head in ("reports.", "decisions.", "attachments."):
