@@ -11,6 +11,12 @@ are bounded (:mod:`bus.store.quarantine`): at most the record limit of bytes, on
 4 KiB of a larger record, its exact ``size`` and ``sha256`` always, and no bytes at all once the
 topic is past its quarantine quota (``over_quota``); the row and the position are stored either
 way.
+
+Amendments (:mod:`bus.verify`): a report row keeps what it ``corrects`` or ``retracts`` (with the
+``retraction_reason``), and the row of its target the link back, ``corrected_by`` or
+``retracted_by``, written in the same transaction; :meth:`NodeStore.amendment_of` answers the
+node's :class:`~bus.verify.ChainBook` from them. Rows stored before these columns existed have
+them empty.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from bus.store.quarantine import (
     usage,
 )
 from bus.store.sqlite import open_db, sqlite_transaction
-from bus.verify import DEFAULT_MAX_RECORD_BYTES, ChainHead
+from bus.verify import DEFAULT_MAX_RECORD_BYTES, Amendable, ChainHead
 
 if TYPE_CHECKING:
     from bus.decision import VerifiedDecision
@@ -213,12 +219,18 @@ class StoredDecision:
 # _add_missing_columns to a store created before it existed).
 _REPORT_COLUMNS: Final = (
     'report_id, topic, partition, "offset", observer_id, org, seq, zone, category, severity,'
-    " observed_at_ms, log_time_ms, digest, key_id, envelope, stored_at_ms"
+    " observed_at_ms, log_time_ms, digest, key_id, envelope, corrects, retracts,"
+    " retraction_reason, stored_at_ms"
 )
 # Columns added after the first release: (table, column, declaration). CREATE TABLE IF NOT
 # EXISTS never changes an existing table, so older stores get them through ALTER TABLE.
 _ADDED_COLUMNS: Final = (
     ("reports", "stored_at_ms", "INTEGER"),
+    ("reports", "corrects", "TEXT NOT NULL DEFAULT ''"),
+    ("reports", "retracts", "TEXT NOT NULL DEFAULT ''"),
+    ("reports", "retraction_reason", "TEXT NOT NULL DEFAULT ''"),
+    ("reports", "corrected_by", "TEXT NOT NULL DEFAULT ''"),
+    ("reports", "retracted_by", "TEXT NOT NULL DEFAULT ''"),
     ("quarantine", "size", "INTEGER"),
     ("quarantine", "sha256", "BLOB"),
     ("quarantine", "over_quota", "INTEGER NOT NULL DEFAULT 0"),
@@ -393,6 +405,8 @@ class NodeStore:
             StoreError: the transaction failed and nothing of the batch was stored.
         """
         reports, quarantined, sealed_rows = [], [], []
+        # (the target's column, the amending report id, the target), in log order
+        links: list[tuple[str, str, str]] = []
         for o in outcomes:
             ref = o.ref
             if isinstance(o, Accepted):
@@ -400,8 +414,12 @@ class NodeStore:
                 reports.append(
                     (r.report_id, ref.topic, ref.partition, ref.offset, r.observer_id, r.org,
                      r.seq, r.zone, r.category.label, r.severity, r.observed_at_ms,
-                     ref.log_time_ms, o.verified.envelope_digest, o.verified.key_id, o.raw)
+                     ref.log_time_ms, o.verified.envelope_digest, o.verified.key_id, o.raw,
+                     r.corrects, r.retracts, r.retraction_reason)
                 )  # fmt: skip
+                if r.amends:
+                    column = "retracted_by" if r.retracts else "corrected_by"
+                    links.append((column, r.report_id, r.amends))
             elif isinstance(o, AcceptedSealed):
                 s, inner, v = o.verified.sealed, o.verified.report, o.verified
                 reports.append(
@@ -409,7 +427,7 @@ class NodeStore:
                      s.seq, s.zone, inner.category.label if inner else "sealed",
                      inner.severity if inner else 0,
                      inner.observed_at_ms if inner else s.signed_at_ms, ref.log_time_ms,
-                     v.envelope_digest, v.key_id, o.raw)
+                     v.envelope_digest, v.key_id, o.raw, "", "", "")
                 )  # fmt: skip
                 sealed_rows.append(
                     (s.report_id, ",".join(s.recipient_orgs), v.readability.value, v.detail,
@@ -425,12 +443,17 @@ class NodeStore:
             stored = int(time.time() * 1000) if stored_at_ms is None else stored_at_ms
             try:
                 db.executemany(
-                    f"INSERT INTO reports ({_REPORT_COLUMNS}) VALUES ({','.join('?' * 16)})",  # noqa: S608
+                    f"INSERT INTO reports ({_REPORT_COLUMNS}) VALUES ({','.join('?' * 19)})",  # noqa: S608
                     [(*row, stored) for row in reports],
                 )
             except sqlite3.IntegrityError as exc:
                 raise StoreConflictError(f"a report of the batch is already stored: {exc}") from exc
             db.executemany("INSERT INTO sealed_reports VALUES (?,?,?,?,?)", sealed_rows)
+            for column, by, target in links:
+                db.execute(
+                    f"UPDATE reports SET {column} = ? WHERE report_id = ?",  # noqa: S608
+                    (by, target),
+                )
             budget = self._budget(db)
             rows = []
             for q in quarantined:  # in log order: the quota keeps the first ones' bytes
@@ -485,6 +508,36 @@ class NodeStore:
             "SELECT digest FROM reports WHERE report_id = ?", (report_id,)
         ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def amendment_of(self, org: str, observer_id: str, report_id: str) -> Amendable | None:
+        """The stored report ``report_id`` as an amendment target (:data:`bus.verify.AmendLookup`;
+        report ids are unique in this store, so ``org`` and ``observer_id`` pick nothing)."""
+        del org, observer_id
+        row = self._db.execute(
+            "SELECT org, observer_id, retracts <> '', corrected_by, retracted_by FROM reports"
+            " WHERE report_id = ?",
+            (report_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        return Amendable(str(row[0]), str(row[1]), bool(row[2]), str(row[3]), str(row[4]))
+
+    def amendments(self) -> list[dict[str, str]]:
+        """Every stored link, in storage order: ``report_id`` amended ``target`` (``kind``
+        ``correction`` or ``retraction``, with the ``reason`` of a retraction)."""
+        rows = self._db.execute(
+            "SELECT report_id, corrects, retracts, retraction_reason FROM reports"
+            " WHERE corrects <> '' OR retracts <> '' ORDER BY rowid"
+        )
+        return [
+            {
+                "report_id": rid,
+                "target": retracts or corrects,
+                "kind": "retraction" if retracts else "correction",
+                "reason": reason,
+            }
+            for rid, corrects, retracts, reason in rows
+        ]
 
     def report_ids(self) -> Iterator[str]:
         """Every stored report id (plain and sealed), in no particular order."""
