@@ -115,7 +115,7 @@ class OrgNode:
         )
         # Report-id idempotency asks the store only for ids the filter cannot rule out.
         self.known_ids = IdFilter(self.store.report_digest, self.store.report_ids)
-        self.chain = ChainBook(self.store.chain_heads(), self.known_ids)
+        self.chain = ChainBook(self.store.chain_heads(), self.known_ids, self.store.amendment_of)
         self.ingestor = Ingestor(self.keyring, self.chain, {}, config.limits)
         self._positions = self.store.positions()
         self._stopping = asyncio.Event()
