@@ -7,10 +7,11 @@ epochs; read by the dashboard, the API and ``obus node final-state`` through a r
 connection at any time.
 
 **Same at every honest node.** The tables ``seals``, ``verdicts``, ``changes``, ``heads``
-(observers' chains), ``decision_heads`` (organizations' decision chains) and ``equivocations``
-hold only what :class:`~bus.bus_reader.BusReader` derives from the sealed log, so two nodes (or
-a node and an auditor) that judged the same epochs hold the same rows, whatever order they read
-the log in and however often they restarted: :meth:`FinalStore.dump` writes
+(observers' chains), ``decision_heads`` (organizations' decision chains), ``equivocations`` and
+``amendments`` hold only what :class:`~bus.bus_reader.BusReader` derives from the sealed log,
+so two nodes (or a node and an auditor) that judged the same epochs hold the same rows,
+whatever order they read the log in and however often they restarted: :meth:`FinalStore.dump`
+writes
 them in one canonical byte form and :meth:`FinalStore.fingerprint` hashes it. ``seal_votes``,
 ``judged_at`` (when this node stored each epoch: for latency figures), ``snapshot`` and
 ``meta`` are this node's own and are not in the dump.
@@ -18,6 +19,12 @@ them in one canonical byte form and :meth:`FinalStore.fingerprint` hashes it. ``
 A report deferred at its own epoch (its key accredited in the same epoch) is stored ``deferred``
 and updated once, by the next epoch's answer: rows keep the epoch they were sealed in
 (``epoch``) and the epoch whose answer set them (``judged_epoch``).
+
+``amendments`` holds the final links (:mod:`bus.verify`, *Amendments*): report ``report_id`` of
+chain (``org``, ``observer_id``) was corrected (``kind`` ``correction``) or retracted
+(``retraction``, with its ``reason``) by ``by_report_id``, accepted at ``epoch``'s answer. It is
+derived from the accepted reports of each answer; a link whose amending report a revocation
+withdrew is removed with it (the target is the latest version again).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from typing import Any, Final
 
 from bus.epoch import FinalSeal
 from bus.errors import ConfigError, StoreError
-from bus.judge import EpochVerdicts, Verdict
+from bus.judge import EpochVerdicts, Status, Verdict
 from bus.seal import Equivocation, SealProposal
 from bus.sealed import VerifiedSealed
 from bus.store.sqlite import open_db, sqlite_transaction
@@ -75,6 +82,11 @@ CREATE TABLE IF NOT EXISTS equivocations (
     round INTEGER NOT NULL DEFAULT 1,
     PRIMARY KEY (org, epoch, round)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS amendments (
+    org TEXT NOT NULL, observer_id TEXT NOT NULL, report_id TEXT NOT NULL, kind TEXT NOT NULL,
+    by_report_id TEXT NOT NULL, reason TEXT NOT NULL, epoch INTEGER NOT NULL,
+    PRIMARY KEY (org, observer_id, report_id, kind)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS judged_at (
     epoch INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL
 );
@@ -98,6 +110,7 @@ _DUMPED: Final = (
     ("heads", "org, observer_id"),
     ("decision_heads", "org"),
     ("equivocations", "org, epoch, round"),
+    ("amendments", "org, observer_id, report_id, kind"),
 )
 
 
@@ -266,6 +279,21 @@ class FinalStore:
                     rows,
                 )
                 db.executemany(
+                    "INSERT OR REPLACE INTO amendments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (r.org, r.observer_id, r.amends,
+                         "retraction" if r.retracts else "correction", r.report_id,
+                         r.retraction_reason, ev.epoch)
+                        for v in ev.verdicts
+                        if v.status is Status.ACCEPTED and isinstance(v.report, VerifiedReport)
+                        and (r := v.report.report).amends
+                    ],
+                )  # fmt: skip
+                db.executemany(
+                    "DELETE FROM amendments WHERE org = ? AND observer_id = ? AND by_report_id = ?",
+                    [(c.observer[0], c.observer[1], c.report_id) for c in ev.changes],
+                )
+                db.executemany(
                     "INSERT OR REPLACE INTO changes VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
                         (
@@ -382,6 +410,21 @@ class FinalStore:
             "reason": reason,
             "detail": detail,
         }
+
+    def amendments(self, org: str, observer_id: str, report_id: str) -> dict[str, Any]:
+        """The final links of one report: ``corrected_by`` and ``retracted_by`` (report ids,
+        "" for none) and the ``retraction_reason``."""
+        out: dict[str, Any] = {"corrected_by": "", "retracted_by": "", "retraction_reason": ""}
+        for kind, by, reason in self._db.execute(
+            "SELECT kind, by_report_id, reason FROM amendments WHERE org = ? AND observer_id = ?"
+            " AND report_id = ?",
+            (org, observer_id, report_id),
+        ):
+            if kind == "retraction":
+                out["retracted_by"], out["retraction_reason"] = by, reason
+            else:
+                out["corrected_by"] = by
+        return out
 
     def counts(self) -> dict[str, int]:
         """Final verdicts by status, and quarantined ones by ``quarantined:<reason>``."""
