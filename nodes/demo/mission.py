@@ -11,8 +11,10 @@
 5. waits until every node has stored or quarantined every record, stops the nodes, and shows:
    identical accepted sets on all six nodes, both bad records quarantined with their reasons at
    every node, each organization's own decisions, and the auditor's verdict;
-6. (exported log) exports the log with its seals (``obus log export``) and audits the export
-   offline (``obus audit --from``, JSON and HTML reports in var/demo);
+6. (exported log) exports the log with its seals (``obus log export``), audits the export
+   offline (``obus audit --from``, JSON and HTML reports in var/demo) and proves one report's
+   inclusion against the first final seal that covers it (``obus audit prove``), checked
+   against the export and with the mandate file alone;
 7. (sealed bus) every node's sealer proposes and cosigns a seal a second
    (:data:`nodes.demo.sealing.SEAL_INTERVAL_S`). The mission waits until every node's final
    store has judged the epoch that covers every report, and before stopping the nodes until all
@@ -50,9 +52,11 @@ from rich.table import Table
 from bus.kafka.admin import end_offsets, ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.model import Envelope, Signature
+from bus.seal_proof import verify_light
 from bus.sign import ReportSigner
 from bus.topics import Topics, report_headers, standard_topics
 from nodes.auditor.log_export import export_log
+from nodes.auditor.prove import check_from_file, prove_from_file
 from nodes.auditor.report import write_html
 from nodes.auditor.run import audit, audit_export, render, write_json
 from nodes.demo.scenario import (
@@ -290,7 +294,7 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         console.rule("8. Export the log and audit the copy offline")
         export_ok = await _export_and_audit(
             console, work, bootstrap=bootstrap, topics=topics, scenario=scenario,
-            expected=expected, final=final,
+            expected=expected, report_id=stream[0][1], final=final,
         )  # fmt: skip
         console.rule("9. Follow-up: each organization's own decisions, shown to the others")
         followup_ok &= _show_followup(console, work, orgs)
@@ -350,10 +354,12 @@ async def _export_and_audit(
     topics: Topics,
     scenario: Scenario,
     expected: set[tuple[str, int, int]],
+    report_id: str,
     final: FinalSummary,
 ) -> bool:
     """`obus log export` (the seals with every sealed topic), then `obus audit --from` (JSON +
-    HTML): the copy names the injected records and holds the nodes' final state."""
+    HTML): the copy names the injected records and holds the nodes' final state; and one
+    report's inclusion proof against a final seal, checked fully and lightly."""
     path = work / "log.obus.jsonl"
     counts = await export_log(bootstrap, topics, scenario.mandate, scenario.mandate_envelope, path)
     console.print(
@@ -371,7 +377,20 @@ async def _export_and_audit(
         + f"offline audit named {len(found)} violation(s) (expected the {len(expected)}"
         + f" injected); reports in {(work / 'audit.html').relative_to(REPO)} and audit.json"
     )
-    return _same_final(console, "the offline audit", result.final_digest(), final) and ok
+    ok &= _same_final(console, "the offline audit", result.final_digest(), final)
+    proof = prove_from_file(path, scenario.mandate, where=None, report_id=report_id)
+    full = check_from_file(proof, path, scenario.mandate)
+    light = verify_light(proof, scenario.mandate)
+    seal = proof.seal()
+    console.print(
+        f"inclusion proof of report {report_id}: leaf {proof.leaf_index} of"
+        f" {proof.topic}[{proof.partition}] at size {proof.size} in the final seal of epoch"
+        f" {seal.epoch}, {len(proof.path)} hashes, cosigned by {len(full)} organizations:"
+        f" [green]verified[/green] against the export and with the mandate file alone"
+        f" ({len(light)} organizations)"
+        f" (obus audit prove --from {path.relative_to(REPO)} --report-id {report_id})"
+    )
+    return ok and full == light and len(full) >= scenario.mandate.threshold
 
 
 def _stop_nodes(procs: dict[str, subprocess.Popen[bytes]]) -> None:
