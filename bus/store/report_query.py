@@ -15,6 +15,9 @@ sealed revocation withdrew it) and the final seal it rests on (the epoch whose a
 it, or the epoch of the revocation); ``provisional`` until then, with the node's own status
 (``accepted``, or ``revoked_after_acceptance`` when a revocation reached the node).
 
+**Amendments.** Each row says what the report retracts (and why) and which reports corrected or
+retracted it (``corrected_by``, ``retracted_by``: the links the node stored, :mod:`bus.store.node`).
+
 **Restricted reports.** A restricted (sealed) report's clear fields (report id, observer,
 organization, zone, seq, signed_at, recipients) are always listed. Its content (category,
 severity, position, narrative, ...) is listed only when the caller asks for it
@@ -194,6 +197,12 @@ class ReportRow:
     seal_epoch: int | None  # the final seal the verdict rests on (None: provisional)
     seal_digest: bytes | None
     detail: str = ""  # the final judge's sentence
+    # amendments (bus.verify), as this node stored them: what this report retracts (and why),
+    # and the reports that corrected or retracted it ("" for none)
+    retracts: str = ""
+    retraction_reason: str = ""
+    corrected_by: str = ""
+    retracted_by: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +342,7 @@ _MULTI: Final = frozenset({"zone", "category", "org", "observer", "verdict", "st
 _BASE: Final = """
 SELECT r.rowid AS rid, r.report_id, r.topic, r.partition, r."offset", r.observer_id, r.org,
        r.seq, r.zone, r.category, r.severity, r.log_time_ms, r.digest, r.key_id, r.envelope,
+       r.retracts, r.retraction_reason, r.corrected_by, r.retracted_by,
        s.report_id IS NOT NULL AS restricted, s.recipients, s.readability, s.content,
        CASE WHEN x.report_id IS NULL THEN 'accepted' ELSE 'revoked_after_acceptance' END
            AS p_status,
@@ -614,4 +624,8 @@ def _row(r: sqlite3.Row, include_restricted: bool) -> ReportRow:
         seal_epoch=None if r["rests_on"] is None else int(r["rests_on"]),
         seal_digest=None if digest is None else bytes(digest),
         detail=str(r["f_detail"] or "") if state == "final" else "",
+        retracts=str(r["retracts"]),
+        retraction_reason=str(r["retraction_reason"]),
+        corrected_by=str(r["corrected_by"]),
+        retracted_by=str(r["retracted_by"]),
     )
