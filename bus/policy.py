@@ -33,6 +33,16 @@ Provisional or final. Each rule says which verdicts it acts on (``verdicts`` in 
   and this node's own view: another node, or a replay, may decide otherwise, a verdict that
   changes on sealing is not taken back, and its decisions name no seal.
 
+Corrections and retractions (:mod:`bus.verify`, *Amendments*). A report and the corrections
+that follow it are one *line* (its chain and the id of its first version); rules count a line
+once, as its latest version, and never a retracted line nor a retraction itself. A correction
+takes the earlier version's place: it leaves every window that held the earlier version (which
+may be another window or group, when the correction moved the time, place or category) and
+enters its own when it matches; a retraction only leaves. A report rule fires at most once per
+line (at the first version that matches). What already fired is not taken back (a decision may
+be published): a window keeps its decision when a retraction brings it under the threshold, and
+its later evidence and counts are without the retracted report.
+
 Nothing here reads a clock.
 """
 
@@ -318,15 +328,65 @@ def observation_from_stored(envelope: bytes, digest: bytes) -> Observation | Non
     return Observation(Report.decode(env.payload), digest)
 
 
+# A report's line (module docstring): (organization, observer id, id of the first version).
+Line = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    report_id: str  # the line's latest version
+    digest: bytes
+    observer_id: str
+    org: str
+
+
 @dataclass
 class _Window:
-    reports: dict[str, bytes] = field(default_factory=dict)
-    observers: set[str] = field(default_factory=set)
-    orgs: set[str] = field(default_factory=set)
+    entries: dict[Line, _Entry] = field(default_factory=dict)
     fired: bool = False
 
+    @property
+    def count(self) -> int:
+        return len(self.entries)
+
+    def observers(self) -> int:
+        return len({(e.org, e.observer_id) for e in self.entries.values()})
+
+    def orgs(self) -> set[str]:
+        return {e.org for e in self.entries.values()}
+
     def evidence(self) -> tuple[Evidence, ...]:
-        return tuple(Evidence(rid, self.reports[rid]) for rid in sorted(self.reports))
+        return tuple(sorted(Evidence(e.report_id, e.digest) for e in self.entries.values()))
+
+
+class Lines:
+    """Which line each report belongs to (module docstring), fed reports in order."""
+
+    def __init__(self) -> None:
+        # (org, observer id, id of a correction) -> the id of its line's first version
+        self._first: dict[Line, str] = {}
+
+    def line_of(self, r: Report) -> Line:
+        """The line ``r`` continues (a retraction: the line it retracts), remembering it."""
+        org, observer = r.org, r.observer_id
+        target = r.amends
+        if not target:
+            return (org, observer, r.report_id)
+        first = self._first.get((org, observer, target), target)
+        if r.corrects:
+            self._first[(org, observer, r.report_id)] = first
+        return (org, observer, first)
+
+
+def latest_versions(reports: Iterable[Report]) -> list[Report]:
+    """The latest version of every line in ``reports`` (given in their order), without
+    retracted lines and retractions, each where its line first appeared."""
+    lines = Lines()
+    latest: dict[Line, Report | None] = {}
+    for r in reports:
+        line = lines.line_of(r)
+        latest[line] = None if r.retracts or (line in latest and latest[line] is None) else r
+    return [r for r in latest.values() if r is not None]
 
 
 class Evaluator:
@@ -345,6 +405,10 @@ class Evaluator:
         self.policy = policy
         self.rules = tuple(r for r in policy.rules if verdicts is None or r.verdicts == verdicts)
         self._windows: dict[tuple[str, str, int], _Window] = {}
+        self._lines = Lines()
+        self._placed: dict[Line, set[tuple[str, str, int]]] = {}  # line -> windows holding it
+        self._fired_lines: set[tuple[str, Line]] = set()  # (report rule, line) that fired
+        self._retracted: set[Line] = set()
         self.evaluated = 0
 
     def evaluate(self, obs: Observation, at_ms: int, seal: SealRef | None = None) -> list[Decision]:
@@ -352,11 +416,23 @@ class Evaluator:
         ``seal`` when the report's verdict is final."""
         self.evaluated += 1
         r = obs.report
+        line = self._lines.line_of(r)
+        if line in self._retracted:
+            return []
+        if r.amends:  # the earlier version leaves every window that held it
+            for key in self._placed.pop(line, ()):
+                del self._windows[key].entries[line]
+        if r.retracts:
+            self._retracted.add(line)
+            return []
         out: list[Decision] = []
         for rule in self.rules:
             if not rule.matches(r):
                 continue
             if rule.kind == KIND_REPORT:
+                if (rule.name, line) in self._fired_lines:
+                    continue
+                self._fired_lines.add((rule.name, line))
                 out.append(
                     self._decision(
                         rule,
@@ -373,12 +449,13 @@ class Evaluator:
                 continue
             group = rule.group_of(r)
             index = r.observed_at_ms // rule.window_ms
-            win = self._windows.setdefault((rule.name, group, index), _Window())
-            if r.report_id in win.reports:
+            key = (rule.name, group, index)
+            win = self._windows.setdefault(key, _Window())
+            held = win.entries.get(line)
+            if held is not None and held.report_id == r.report_id:
                 continue
-            win.reports[r.report_id] = obs.digest
-            win.observers.add(r.observer_id)
-            win.orgs.add(r.org)
+            win.entries[line] = _Entry(r.report_id, obs.digest, r.observer_id, r.org)
+            self._placed.setdefault(line, set()).add(key)
             if win.fired:
                 continue
             summary = self._check(rule, group, index, win)
@@ -400,11 +477,11 @@ class Evaluator:
         return out
 
     def _check(self, rule: Rule, group: str, index: int, win: _Window) -> str | None:
-        count = len(win.reports)
+        count = win.count
         if rule.trend is not None:
             t = rule.trend
             base = sum(
-                len(w.reports)
+                w.count
                 for k in range(1, t.baseline_windows + 1)
                 if (w := self._windows.get((rule.name, group, index - k))) is not None
             )
@@ -416,15 +493,16 @@ class Evaluator:
                 f"{count} reports in the window against a baseline of {float(mean):g}"
                 f" per window over the previous {t.baseline_windows} ({ratio})"
             )
+        observers, orgs = win.observers(), win.orgs()
         if (
             count < rule.count_at_least
-            or len(win.observers) < rule.distinct_observers_at_least
-            or len(win.orgs) < rule.distinct_orgs_at_least
+            or observers < rule.distinct_observers_at_least
+            or len(orgs) < rule.distinct_orgs_at_least
         ):
             return None
         return (
-            f"{count} reports in the window by {len(win.observers)} observers of"
-            f" {len(win.orgs)} organizations ({', '.join(sorted(win.orgs))})"
+            f"{count} reports in the window by {observers} observers of"
+            f" {len(orgs)} organizations ({', '.join(sorted(orgs))})"
         )
 
     def _decision(
@@ -460,11 +538,12 @@ class Evaluator:
 
 
 def window_counts(rule: Rule, reports: Iterable[Report]) -> dict[str, dict[int, int]]:
-    """Matching reports per group and window start (ms) for a windowed rule (trend charts)."""
+    """Matching reports per group and window start (ms) for a windowed rule (trend charts),
+    each line counted once as its latest version and retracted ones not at all."""
     if not rule.window_ms:
         raise ValueError(f"rule {rule.name} has no window")
     out: dict[str, dict[int, int]] = {}
-    for r in reports:
+    for r in latest_versions(reports):
         if rule.matches(r):
             start = r.observed_at_ms // rule.window_ms * rule.window_ms
             per = out.setdefault(rule.group_of(r), {})
