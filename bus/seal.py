@@ -230,6 +230,7 @@ __all__ = [
     "MAX_SEAL_TEXT_BYTES",
     "MAX_SIGNATURE_BLOCK_BYTES",
     "SEAL_HEADER_PREFIX",
+    "WITHDRAW_HEADER_PREFIX",
     "ChainUpdate",
     "Cosign",
     "CosignDecision",
@@ -242,9 +243,11 @@ __all__ = [
     "SealProposal",
     "SealRecord",
     "SealSignature",
+    "SealWithdrawal",
     "TreeView",
     "TrustFor",
     "VerifiedSeal",
+    "WithdrawalRecord",
     "check_successor",
     "cosign_seal",
     "decide_cosign",
@@ -253,12 +256,17 @@ __all__ = [
     "node_electorate",
     "parse_seal",
     "parse_seal_record",
+    "parse_withdrawal",
+    "parse_withdrawal_record",
     "sign_proposal",
+    "sign_withdrawal",
     "verify_seal",
 ]
 
 SEAL_HEADER_PREFIX: Final = "obus-seal/v1/"
 """Start of every seal text: the format and its version, then the mandate id."""
+WITHDRAW_HEADER_PREFIX: Final = "obus-seal-withdraw/v1/"
+"""Start of every withdrawal text (module docstring, "Withdrawals")."""
 MAX_SEAL_PARTITIONS: Final = 2048
 """Partition lines a seal may hold (every partition of every bus topic fits many times over)."""
 MAX_EPOCH: Final = 2**63 - 1
@@ -279,6 +287,10 @@ MAX_SIGNATURE_BLOCK_BYTES: Final = MAX_SIGNATURES * _MAX_SIGNATURE_LINE_BYTES
 ``obus/<org>/<subject id>`` fit (242 bytes each at most); longer lines could never count."""
 MAX_SEAL_RECORD_BYTES: Final = MAX_SEAL_TEXT_BYTES + 1 + MAX_SIGNATURE_BLOCK_BYTES
 """A seals record is at most this long (under 700 kB, within Kafka's default 1 MiB limit)."""
+# A withdrawal text: the prefix and a mandate id, epoch and round, each line with its newline.
+_MAX_WITHDRAW_TEXT_BYTES: Final = len(WITHDRAW_HEADER_PREFIX) + 63 + 1 + 19 + 1 + 10 + 1
+_WITHDRAW_PREFIX_BYTES: Final = WITHDRAW_HEADER_PREFIX.encode()
+_KEY_NAME_RE: Final = re.compile(r"obus/(?P<org>[a-z0-9][a-z0-9_-]{0,62})/[^/]+")
 
 _MANDATE_RE: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 _TOPIC_RE: Final = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -590,6 +602,102 @@ def cosign_seal(text: bytes, key: SigningKey, name: str, *, now_ms: int) -> byte
 
 
 # ---------------------------------------------------------------------------------------------
+# Withdrawals
+
+
+@dataclass(frozen=True, slots=True)
+class SealWithdrawal:
+    """An organization's withdrawal from one round of an epoch (module docstring,
+    "Withdrawals"): from its record on, that organization's vote in the round counts for no
+    text.
+
+    Raises:
+        VerificationError: ``INVALID_FIELD`` when a field is out of the format's range.
+    """
+
+    mandate_id: str
+    epoch: int
+    round: int
+
+    def __post_init__(self) -> None:
+        check_id("mandate_id", self.mandate_id)
+        if type(self.epoch) is not int or not 1 <= self.epoch <= MAX_EPOCH:
+            raise _invalid("epoch must be in 1..2^63-1", field="epoch")
+        if type(self.round) is not int or not 1 <= self.round <= MAX_ROUND:
+            raise _invalid("round must be in 1..2^31-1", field="round")
+
+    def text(self) -> bytes:
+        """The exact withdrawal text."""
+        return f"{WITHDRAW_HEADER_PREFIX}{self.mandate_id}\n{self.epoch}\n{self.round}\n".encode()
+
+
+def parse_withdrawal(text: bytes) -> SealWithdrawal:
+    """Parse a withdrawal text strictly: ``obus-seal-withdraw/v1/<mandate>``, the epoch and the
+    round, each line ended by a newline, nothing else.
+
+    Raises:
+        VerificationError: ``MALFORMED`` for any other bytes.
+    """
+    if not isinstance(text, bytes) or len(text) > _MAX_WITHDRAW_TEXT_BYTES:
+        raise _malformed(f"a withdrawal text is bytes, at most {_MAX_WITHDRAW_TEXT_BYTES}")
+    if _NOT_TEXT_BYTE.search(text) or not text.endswith(b"\n"):
+        raise _malformed("a withdrawal text is printable ASCII lines, each ending in a newline")
+    lines = text[:-1].decode("ascii").split("\n")
+    if len(lines) != 3 or not lines[0].startswith(WITHDRAW_HEADER_PREFIX):
+        raise _malformed(f"a withdrawal is {WITHDRAW_HEADER_PREFIX}<mandate>, epoch and round")
+    mandate_id = lines[0][len(WITHDRAW_HEADER_PREFIX) :]
+    if not _MANDATE_RE.fullmatch(mandate_id):
+        raise _malformed(f"{mandate_id[:70]!r} is not a mandate id")
+    epoch = _decimal(lines[1], "epoch", MAX_EPOCH)
+    round_ = _decimal(lines[2], "round", MAX_ROUND)
+    return SealWithdrawal(mandate_id, epoch, round_)
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalRecord:
+    """A withdrawal record parsed, nothing verified: the withdrawal, its exact text and the
+    note's signature lines in order."""
+
+    withdrawal: SealWithdrawal
+    text: bytes
+    signatures: tuple[NoteSignature, ...]
+
+
+def parse_withdrawal_record(data: bytes) -> WithdrawalRecord:
+    """Split a withdrawal record into text and signature lines, verifying nothing.
+
+    Raises:
+        VerificationError: ``OVERSIZED`` beyond :data:`MAX_SEAL_RECORD_BYTES`; ``MALFORMED``
+            for a text :func:`parse_withdrawal` refuses or signature lines ``parse_note``
+            refuses (more than 100, or longer than :data:`MAX_SIGNATURE_BLOCK_BYTES`).
+    """
+    if not isinstance(data, bytes):
+        raise _malformed("record must be bytes")
+    if len(data) > MAX_SEAL_RECORD_BYTES:
+        raise VerificationError(
+            Reason.OVERSIZED, f"seal record of {len(data)} bytes > {MAX_SEAL_RECORD_BYTES}"
+        )
+    split = data.rfind(b"\n\n")
+    if split < 0:
+        raise _malformed("no blank line before the signatures")
+    text, block = data[: split + 1], data[split + 2 :]
+    withdrawal = parse_withdrawal(text)
+    if len(block) > MAX_SIGNATURE_BLOCK_BYTES:
+        raise _malformed(f"signature lines longer than {MAX_SIGNATURE_BLOCK_BYTES} bytes")
+    note = parse_note(b"\n\n" + block, max_signatures=MAX_SIGNATURES)
+    return WithdrawalRecord(withdrawal, text, note.signatures)
+
+
+def sign_withdrawal(
+    withdrawal: SealWithdrawal, key: SigningKey, name: str, *, now_ms: int
+) -> bytes:
+    """The record an organization publishes to withdraw from a round: the withdrawal text with
+    its tlog-cosignature/v1 line by its node key, timed ``now_ms // 1000`` seconds."""
+    text = withdrawal.text()
+    return Note(text, (cosign(text, key, name, now_ms // 1000),)).encode()
+
+
+# ---------------------------------------------------------------------------------------------
 # Which signatures count
 
 
@@ -814,6 +922,7 @@ class Disposition(enum.StrEnum):
 
     FINAL = "final"  # its signatures made its text the final seal of its epoch
     COUNTED = "counted"  # it carries at least one organization's vote in the open round
+    WITHDRAWN = "withdrawn"  # it withdrew at least one organization's vote in the open round
     UNCOUNTED = "uncounted"  # judged in the open round; no line in it changes anything
     IGNORED = "ignored"  # not for the open round, or for another mandate: not verified
     REFUSED = "refused"  # not a seals record (malformed, oversized, null)
@@ -833,6 +942,7 @@ class RoundOpened:
             first.
         void: votes on texts of the dead round that could never become final.
         undecided: organizations of the epoch's electorate that had not voted in it.
+        withdrawn: organizations that had withdrawn their vote in it.
     """
 
     epoch: int
@@ -842,15 +952,17 @@ class RoundOpened:
     tallies: tuple[int, ...]
     void: int
     undecided: int
+    withdrawn: int = 0
 
     @property
     def why(self) -> str:
         """Why the round before died, in words."""
         tallies = ", ".join(str(n) for n in self.tallies) or "none"
+        withdrawn = f", {self.withdrawn} withdrawn" if self.withdrawn else ""
         return (
             f"no text of round {self.round - 1} can reach k = {self.threshold}: votes per text"
             f" {tallies}, {self.void} on texts that can never be final, {self.undecided}"
-            " organizations yet to vote"
+            f" organizations yet to vote{withdrawn}"
         )
 
 
@@ -872,7 +984,10 @@ class RecordVerdict:
             the round.
         final: the final seal it made, if any.
         equivocations: evidence this record completed.
-        opened: the round its votes opened, when they made the open round dead.
+        opened: the round its votes (or withdrawals) opened, when they made the open round
+            dead.
+        withdrawal: the withdrawal, for a withdrawal record (``proposal`` is None then).
+        withdrawn: organizations whose vote in the open round this record withdrew.
     """
 
     offset: int
@@ -885,16 +1000,20 @@ class RecordVerdict:
     final: FinalSeal | None = None
     equivocations: tuple[Equivocation, ...] = ()
     opened: RoundOpened | None = None
+    withdrawal: SealWithdrawal | None = None
+    withdrawn: tuple[str, ...] = ()
 
     @property
     def epoch(self) -> int | None:
         """The epoch the record names (None when refused)."""
-        return None if self.proposal is None else self.proposal.epoch
+        named = self.proposal or self.withdrawal
+        return None if named is None else named.epoch
 
     @property
     def round(self) -> int | None:
         """The round the record names (None when refused)."""
-        return None if self.proposal is None else self.proposal.round
+        named = self.proposal or self.withdrawal
+        return None if named is None else named.round
 
 
 @dataclass(frozen=True, slots=True)
@@ -941,6 +1060,9 @@ class _OpenRound:
     # organization -> (digest of the text of its vote, offset, signature)
     votes: dict[str, tuple[bytes, int, SealSignature]] = field(default_factory=dict)
     equivocated: set[str] = field(default_factory=set)
+    # organization -> offset of its counted withdrawal (its vote stays in ``votes``: it has
+    # voted in the round, for no text)
+    withdrawn: dict[str, int] = field(default_factory=dict)
 
 
 def _final_text(latest: FinalSeal | None) -> dict[bytes, SealProposal]:
@@ -1026,12 +1148,17 @@ class SealChain:
         return len(self._queue)
 
     def votes(self) -> Mapping[str, bytes]:
-        """Each organization's vote in the open round: the digest of the text it signed first.
+        """Each organization's vote in the open round: the digest of the text it signed first,
+        withdrawn or not.
 
         A witness reads its own organization's here: a vote it cast before a restart counts,
         and it must not sign another text in the same round.
         """
         return {org: digest for org, (digest, _, _) in self._open.votes.items()}
+
+    def withdrawn(self) -> frozenset[str]:
+        """Organizations that withdrew their vote in the open round."""
+        return frozenset(self._open.withdrawn)
 
     # -- feeding -----------------------------------------------------------------------------
 
@@ -1079,6 +1206,8 @@ class SealChain:
     def _judge(self, offset: int, value: bytes | None) -> RecordVerdict:
         if value is None:
             return RecordVerdict(offset, Disposition.REFUSED, Reason.MALFORMED)
+        if value.startswith(_WITHDRAW_PREFIX_BYTES):
+            return self._judge_withdrawal(offset, value)
         try:
             record = parse_seal_record(value, known=self._parsed)
         except VerificationError as exc:
@@ -1174,6 +1303,80 @@ class SealChain:
             opened,
         )
 
+    def _judge_withdrawal(self, offset: int, value: bytes) -> RecordVerdict:
+        """A withdrawal record (module docstring, "Withdrawals"). Its lines are judged under
+        the trust state of the text each organization voted for, by the standing rule of votes
+        on that text; a line of an organization with no live vote in the round is not
+        verified."""
+        try:
+            record = parse_withdrawal_record(value)
+        except VerificationError as exc:
+            return RecordVerdict(offset, Disposition.REFUSED, exc.reason)
+        w = record.withdrawal
+        if w.mandate_id != self.mandate_id:
+            return RecordVerdict(offset, Disposition.IGNORED, Reason.WRONG_MANDATE, withdrawal=w)
+        open_ = self._open
+        if w.epoch != open_.epoch:
+            reason = Reason.SEAL_EPOCH_FINAL if w.epoch < open_.epoch else Reason.SEAL_EPOCH_AHEAD
+            return RecordVerdict(offset, Disposition.IGNORED, reason, withdrawal=w)
+        if w.round != open_.round:
+            reason = Reason.SEAL_ROUND_CLOSED if w.round < open_.round else Reason.SEAL_ROUND_AHEAD
+            return RecordVerdict(offset, Disposition.IGNORED, reason, withdrawal=w)
+        withdrawn: list[str] = []
+        refused: list[tuple[str, Reason]] = []
+        tried: set[bytes] = set()
+        keyring: KeyRing | None = None
+        for sig in record.signatures:
+            m = _KEY_NAME_RE.fullmatch(sig.name)
+            if m is None:
+                continue  # no obus node key is named so: a key nobody here knows
+            org = m["org"]
+            vote = open_.votes.get(org)
+            if vote is None:
+                refused.append((sig.name, Reason.SEAL_WITHDRAW_NO_VOTE))
+                continue
+            if org in open_.withdrawn or org in withdrawn:
+                continue  # withdrawn already: nothing left to change
+            candidate = open_.candidates[vote[0]]
+            keys = self._keys_for(candidate.record)  # known: it counted the vote
+            verifier = keys.notes.by_name_hash.get((sig.name, sig.key_hash))
+            if verifier is None or verifier.sig_type != SIG_COSIGNATURE_V1:
+                continue
+            key_id = keys.notes.key_id[(sig.name, sig.key_hash)]
+            if key_id in tried:
+                continue
+            tried.add(key_id)
+            acc = keys.notes.accreditation(verifier)
+            if acc.org != org:
+                continue
+            try:
+                _standing(keys.keyring, acc, candidate.record.proposal)
+                _verify_cosignature(verifier, record.text, sig)
+            except VerificationError as exc:
+                refused.append((sig.name, exc.reason))
+                continue
+            withdrawn.append(org)
+            keyring = keys.keyring
+        for org in withdrawn:
+            open_.candidates[open_.votes[org][0]].votes.pop(org, None)
+            open_.withdrawn[org] = offset
+        opened: RoundOpened | None = None
+        if keyring is not None:
+            opened = self._dead(open_, keyring, offset)
+            if opened is not None:
+                self._open = _OpenRound(open_.epoch, opened.round)
+                self._parsed = _final_text(self._latest)
+        no_vote = not withdrawn and any(r is Reason.SEAL_WITHDRAW_NO_VOTE for _, r in refused)
+        return RecordVerdict(
+            offset,
+            Disposition.WITHDRAWN if withdrawn else Disposition.UNCOUNTED,
+            Reason.SEAL_WITHDRAW_NO_VOTE if no_vote else None,
+            refused_lines=tuple(refused),
+            opened=opened,
+            withdrawal=w,
+            withdrawn=tuple(withdrawn),
+        )
+
     def _dead(self, open_: _OpenRound, keyring: KeyRing, offset: int) -> RoundOpened | None:
         """The next round, when no text of the open round can reach k any more (module
         docstring, "Finality"); None while one still can. ``keyring`` is the trust state of
@@ -1209,6 +1412,7 @@ class SealChain:
             tuple(sorted(tallies, reverse=True)),
             void,
             undecided,
+            len(open_.withdrawn),
         )
 
 
