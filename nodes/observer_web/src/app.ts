@@ -360,7 +360,7 @@ async function main(): Promise<void> {
 
 // For the tests and for diagnosis: the same functions the page uses, and what it measured.
 Object.assign(globalThis, {
-  obus: { core, store, outbox, validate, deliver, lastQueueMs: () => lastQueueMs, setLanguage },
+  obus: { core, store, outbox, validate, isObserverId, deliver, lastQueueMs: () => lastQueueMs, setLanguage },
 });
 
 void main();

@@ -1,6 +1,14 @@
 // Every rule the nodes enforce on a report, applied before signing, with every problem listed at
 // once (as bus/report_file.py lists them). The numbers, patterns and the taxonomy come from
 // build/rules.json, exported from the Python modules at build time (export_rules.py).
+//
+// What is typed is read as a report file's value would be: a number is JSON number syntax
+// (leading and trailing spaces aside; "0x10", ".5", "1,5" are not numbers), a whole number has
+// no fraction or exponent ("3.0" is refused where an integer is required, as YAML's 3.0 is);
+// an empty number, zone, category, time or report id is a missing field; a category is matched
+// as bus.model.Category.parse matches it (case and surrounding spaces aside). The differential
+// test tests/integration/test_observer_web_rules.py checks that this refuses exactly what the
+// Python rules refuse, naming the same fields.
 import { rules, type Draft, type Mandate } from "./core";
 
 /** What the form holds, as typed (strings from inputs; files hashed already). */
@@ -37,6 +45,10 @@ const re = (source: string): RegExp => new RegExp(source);
 const idPattern = re(rules.patterns.id);
 const uuid7Pattern = re(rules.patterns.uuid7);
 const mediaTypePattern = re(rules.patterns.media_type);
+/** JSON's number and integer syntax (RFC 8259): what a report file's number is. */
+const NUMBER = /^-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?$/;
+const INTEGER = /^-?(0|[1-9][0-9]*)$/;
+const plusZero = (x: number): number => (Object.is(x, -0) ? 0 : x);
 
 /** Characters as Python counts them (code points, not UTF-16 units). */
 export function chars(s: string): number {
@@ -60,14 +72,18 @@ export function validate(
     problems.push({ field, code, values });
   };
   const num = (field: string, text: string, [lo, hi]: number[], integer: boolean): number => {
-    if (text.trim() === "") {
+    const typed = text.trim();
+    if (typed === "") {
       bad(field, "required", { low: lo, high: hi });
       return NaN;
     }
-    const v = Number(text);
+    if (integer && !INTEGER.test(typed)) {
+      bad(field, "integer", { low: lo, high: hi });
+      return NaN;
+    }
+    const v = NUMBER.test(typed) ? Number(typed) : NaN;
     if (!Number.isFinite(v) || v < lo || v > hi) bad(field, "range", { low: lo, high: hi });
-    else if (integer && !Number.isInteger(v)) bad(field, "integer", { low: lo, high: hi });
-    else return v;
+    else return plusZero(v);
     return NaN;
   };
   const optInt = (field: string, text: string, range: number[]): number =>
@@ -103,7 +119,8 @@ export function validate(
   const precisionM = optInt("location.precision_m", f.precisionM, L.precision_m);
   const place = text("location.place", f.place, L.place_chars);
 
-  const category = rules.categories.find((c) => c.label === f.category);
+  const typedCategory = f.category.trim().toUpperCase();
+  const category = rules.categories.find((c) => c.label.toUpperCase() === typedCategory);
   if (category === undefined)
     bad("category", "not_allowed", { allowed: rules.categories.map((c) => c.label).join(", ") });
   const subType = text("sub_type", f.subType, L.sub_type_chars);
@@ -119,8 +136,10 @@ export function validate(
   f.attachments.forEach((a, i) => {
     if (a.size > L.attachment_bytes)
       bad(`attachments[${i}]`, "too_large", { limit: L.attachment_bytes, given: a.size });
-    if (!mediaTypePattern.test(a.mediaType) || a.mediaType.length > L.media_type_chars)
+    if (!mediaTypePattern.test(a.mediaType))
       bad(`attachments[${i}].media_type`, "pattern", { given: a.mediaType });
+    else if (chars(a.mediaType) > L.media_type_chars)
+      bad(`attachments[${i}]`, "too_long", { limit: L.media_type_chars, given: chars(a.mediaType) });
     text(`attachments[${i}].name`, a.name, L.attachment_name_chars);
   });
   const corrects = f.corrects.trim();
