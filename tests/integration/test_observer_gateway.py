@@ -509,3 +509,74 @@ async def test_scan_ends_when_records_below_the_watermark_end_were_deleted(
             found = await server.gateway._scan(set(wanted))
     # only what survived is found, at its offset
     assert {wanted[d]: (p, o) for d, (p, o, _ts) in found.items()} == {(1, 4): (1, 4)}
+
+
+async def test_restricted_reports_the_head_the_clock_and_the_recipients(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """A restricted report is published through the gateway (verified without decrypting) and
+    continues the chain; the signed head, the clock and the recipients' keys are served."""
+    import base64  # noqa: PLC0415
+
+    from bus.crypto import verify_pae  # noqa: PLC0415
+    from bus.model import EncryptionKey  # noqa: PLC0415
+    from bus.sealed import DecryptionKey  # noqa: PLC0415
+    from bus.sign import sign_encryption_key  # noqa: PLC0415
+    from nodes.gateway.service import HEAD_PAYLOAD_TYPE, head_payload  # noqa: PLC0415
+
+    w = await _world(kafka_bootstrap, tmp_path)
+    m = w.m
+    mandate = m.scenario.mandate
+    eks = {}
+    producer = reliable_producer(kafka_bootstrap)
+    await producer.start()
+    try:
+        for org in ("un", "osce"):
+            k = DecryptionKey(org, demo_key(f"x25519:{org}:{w.topics.prefix}").seed)
+            ek = EncryptionKey(org, k.public_key, mandate.not_before_ms, mandate.not_after_ms, 1,
+                               m.mandate_id)  # fmt: skip
+            m.apply(sign_encryption_key(ek, m.scenario.org_roots[org]))
+            await producer.send_and_wait(w.topics.registry, m.registry[-1])
+            eks[org] = ek
+    finally:
+        await producer.stop()
+    await w.sealer.seal()
+    plain = m.next_report("un", 1)
+    sealed = m.signer("un", 1).sign_sealed(m.draft("un", 1), [eks["un"], eks["osce"]])
+    async with GatewayServer(w.config()), aiohttp.ClientSession() as s:
+
+        async def get(path: str) -> tuple[int, dict[str, object]]:
+            async with s.get(w.url + path) as r:
+                return r.status, await r.json()
+
+        status, clock = await get("/v1/time")
+        assert status == 200 and clock["max_skew_ms"] == 5 * 60 * 1000
+        assert abs(int(clock["now_ms"]) - now_ms()) < 60_000  # type: ignore[call-overload]
+        status, rec = await get("/v1/recipients")
+        assert status == 200
+        listed = {r["org"]: r for r in rec["recipients"]}  # type: ignore[attr-defined]
+        assert sorted(listed) == ["osce", "un"]
+        assert base64.b64decode(listed["osce"]["public_key_b64"]) == eks["osce"].public_key
+        status, head = await get("/v1/observers/un-obs-1/head")
+        assert status == 200 and (head["seq"], head["digest_b64"]) == (0, "")
+        for body, want in ((plain, 201), (sealed, 201), (sealed, 200)):
+            async with s.post(w.url + "/v1/reports", data=body,
+                              headers={"content-type": "application/protobuf"}) as r:  # fmt: skip
+                assert r.status == want, await r.read()
+                # bus.receipt checks the envelope's fields for plain reports only: for a
+                # restricted one, the signature and the digest it names
+                rc = verify_receipt(await r.read(), m.keyring)
+                assert rc.envelope_digest == sha256(body) and rc.observer_id == "un-obs-1"
+        status, head = await get("/v1/observers/un-obs-1/head")
+        assert (head["seq"], base64.b64decode(str(head["digest_b64"]))) == (2, sha256(sealed))
+        payload = head_payload(
+            org="un", observer_id="un-obs-1", seq=2, digest=sha256(sealed),
+            as_of_ms=int(head["as_of_ms"]),  # type: ignore[call-overload]
+            node_key_id=w.node_key.key_id,
+        )  # fmt: skip
+        signature = base64.b64decode(str(head["signature_b64"]))
+        verify_pae(w.node_key.public_key, HEAD_PAYLOAD_TYPE, payload, signature)
+        status, bad = await get("/v1/observers/UN OBS/head")
+        assert status == 422 and bad["reason"] == "invalid_field"
+    records = [r async for r in replay(w.bootstrap, [w.topics.reports("un")])]
+    assert sorted(r.value for r in records) == sorted([plain, sealed])
