@@ -10,6 +10,7 @@ accredits nothing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import pytest
 
@@ -49,7 +50,7 @@ def _rev(sc: Scenario, org: str = "un", *, key: SigningKey = NODE_KEY, serial: i
     return sign_revocation(rev, sc.org_roots[org]).encode()
 
 
-def _sealed(sc: Scenario, *epochs: list[bytes | None]) -> SealedTrust:
+def _sealed(sc: Scenario, *epochs: Sequence[bytes | None]) -> SealedTrust:
     """A trust state after one sealed epoch per list of registry records (the mandate first)."""
     log = SealedLog(sc.mandate)
     log.put(TOPICS.mandate, sc.mandate_envelope)
