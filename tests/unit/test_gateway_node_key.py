@@ -66,7 +66,7 @@ def _sealed(sc: Scenario, *epochs: Sequence[bytes | None]) -> SealedTrust:
 
 
 def _find(
-    sc: Scenario, *epochs: list[bytes | None], org: str = "un"
+    sc: Scenario, *epochs: Sequence[bytes | None], org: str = "un"
 ) -> tuple[bytes, Accreditation]:
     return node_accreditation(_sealed(sc, *epochs), org=org, key_id=NODE_KEY.key_id)
 
