@@ -2,22 +2,22 @@
 
 Pure code over binary streams the caller opens (no Kafka, no asyncio).
 
-Format ``obus-log-export`` version 2 (version 1 is still read, see below): JSON Lines (RFC 8259
-objects, UTF-8, one per line, each line ending in ``\\n``; the writer emits sorted keys and no
-spaces). Bytes are standard padded base64 (RFC 4648 section 4); ``null`` stands for a Kafka null
-key or value.
+Format ``obus-log-export`` version 3 (versions 1 and 2 are still read, see below): JSON Lines
+(RFC 8259 objects, UTF-8, one per line, each line ending in ``\\n``; the writer emits sorted keys
+and no spaces). Bytes are standard padded base64 (RFC 4648 section 4); ``null`` stands for a
+Kafka null key or value.
 
 1. One header line::
 
-       {"format": "obus-log-export", "version": 2, "created_at_ms": <int>,
+       {"format": "obus-log-export", "version": 3, "created_at_ms": <int>,
         "mandate_id": "<id>", "topic_prefix": "<prefix>", "root_mandate": "<base64>"}
 
    ``root_mandate`` is the signed mandate envelope the exporter started from (its out-of-band
    trust root, the version the bus began under); an auditor should bring its own copy
    (``--mandate``) and uses this one only when it has none, saying so in its report.
-2. Record lines, one per Kafka record, in eight sections in this order (:data:`SECTIONS`):
-   ``seals`` (the seals topic), ``mandate`` (the mandate topic), ``registry``, ``checkpoints``,
-   ``reports`` (every report topic), ``decisions`` (every decisions topic), ``statements``,
+2. Record lines, one per Kafka record, in seven sections in this order (:data:`SECTIONS`):
+   ``seals`` (the seals topic), ``mandate`` (the mandate topic), ``registry``, ``reports``
+   (every report topic), ``decisions`` (every decisions topic), ``statements``,
    ``attachments`` (every attachments topic)::
 
        {"section": "<section>", "topic": "<topic>", "partition": <int>, "offset": <int>,
@@ -25,23 +25,27 @@ key or value.
 
    Records of one topic-partition appear in offset order; partitions may interleave. Each
    record sits in the section of its topic (:func:`section_of`); a record elsewhere is a
-   problem of the file. Headers are not exported (no reader trusts them). The seals are read
-   from the broker before any other topic, and the checkpoints before the reports, so every
-   genuine seal and checkpoint covers records the file holds: a sealed record the file lacks
-   was deleted from the log, not left out by the exporter.
+   problem of the file. Headers are not exported (no reader trusts them), and ``timestamp_ms``
+   (the broker's) is information only: no verdict reads it. The seals are read from the broker
+   before any other topic, so every genuine seal covers records the file holds: a sealed record
+   the file lacks was deleted from the log, not left out by the exporter.
 3. One trailer line::
 
        {"end": true, "counts": {"<section>": <n>, ... every section of the version},
         "sha256": "<hex SHA-256 of every byte before this line>"}
 
    The counts and digest catch truncation and accidental damage only: anybody can recompute
-   them. What the records say is trusted through their signatures and the seals and
-   checkpoints, which the auditor verifies.
+   them. What the records say is trusted through their signatures and the final seals, which
+   the auditor verifies.
 
-Version 1 (written before seals existed) has four sections, ``mandate``, ``registry``,
-``checkpoints``, ``reports`` (:data:`SECTIONS_V1`), and the same lines otherwise; it carries no
-seals, so an auditor reaches no final verdict from it. :class:`ExportReader` reads both;
-:class:`ExportWriter` writes the version its header names.
+Older versions, still read: version 2 has an eighth section, ``checkpoints`` (the records of
+``<prefix>checkpoints``, the per-partition checkpoints that seals replaced), between
+``registry`` and ``reports`` (:data:`SECTIONS_V2`); version 1 (written before seals existed) has
+four, ``mandate``, ``registry``, ``checkpoints``, ``reports`` (:data:`SECTIONS_V1`), and carries
+no seals, so no record of it has a final verdict. A reader gets the checkpoints section's
+records like any other; the auditor skips them and says so in its report. :class:`ExportReader`
+reads every version; :class:`ExportWriter` writes the version its header names (the older ones
+for tests of the reader).
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ __all__ = [
     "MAX_LINE_BYTES",
     "SECTIONS",
     "SECTIONS_V1",
+    "SECTIONS_V2",
     "VERSION",
     "VERSIONS",
     "ExportHeader",
@@ -73,17 +78,22 @@ __all__ = [
 ]
 
 FORMAT: Final = "obus-log-export"
-VERSION: Final = 2
+VERSION: Final = 3
 """The version written by default."""
-VERSIONS: Final = (1, 2)
+VERSIONS: Final = (1, 2, 3)
 """Every version the reader reads."""
 SECTIONS: Final = (
+    "seals", "mandate", "registry", "reports", "decisions", "statements", "attachments",
+)  # fmt: skip
+"""The sections of version 3, in file order."""
+SECTIONS_V2: Final = (
     "seals", "mandate", "registry", "checkpoints", "reports", "decisions", "statements",
     "attachments",
 )  # fmt: skip
 """The sections of version 2, in file order."""
 SECTIONS_V1: Final = ("mandate", "registry", "checkpoints", "reports")
 """The sections of version 1, in file order."""
+_CHECKPOINTS: Final = "checkpoints"  # the section of versions 1 and 2 that seals replaced
 # A record value is at most ~1 MiB (Kafka's default message.max.bytes); base64 adds a third.
 MAX_LINE_BYTES: Final = 2 * 1024 * 1024
 _RECORD_KEYS: Final = frozenset(
@@ -100,20 +110,23 @@ def sections(version: int) -> tuple[str, ...]:
     if version == 1:
         return SECTIONS_V1
     if version == 2:
+        return SECTIONS_V2
+    if version == 3:
         return SECTIONS
     raise ValueError(f"no {FORMAT} version {version}")
 
 
-def section_of(topics: Topics, topic: str) -> str | None:
-    """The section (version 2) where the records of ``topic`` go, or None for a topic that is
-    no part of the bus an export carries."""
+def section_of(topics: Topics, topic: str, version: int = VERSION) -> str | None:
+    """The section where the records of ``topic`` go in a file of ``version`` (2 or later), or
+    None for a topic that is no part of the bus such a file carries."""
     fixed = {
         topics.seals: "seals",
         topics.mandate: "mandate",
         topics.registry: "registry",
-        topics.checkpoints: "checkpoints",
         topics.statements: "statements",
     }
+    if version == 2:  # the one version with both seals and checkpoints
+        fixed[topics.checkpoints] = _CHECKPOINTS
     if topic in fixed:
         return fixed[topic]
     if topics.is_sealed(topic):  # one organization's reports, decisions or attachments
@@ -237,7 +250,7 @@ class LogRecord:
             raise _corrupt(f"line {line_no}: record fields must be {sorted(_RECORD_KEYS)}")
         section, topic = obj["section"], obj["topic"]
         partition, offset, ts = obj["partition"], obj["offset"], obj["timestamp_ms"]
-        if section not in SECTIONS or not isinstance(topic, str) or not topic:
+        if section not in SECTIONS_V2 or not isinstance(topic, str) or not topic:
             raise _corrupt(f"line {line_no}: unknown section or empty topic")
         if not all(type(v) is int and v >= 0 for v in (partition, offset)) or type(ts) is not int:
             raise _corrupt(f"line {line_no}: partition, offset, timestamp_ms must be integers")
@@ -320,7 +333,7 @@ class ExportReader:
     """Streams an export: the header at construction, then records and problems in file order.
 
     Memory stays bounded by one line. Problems (bad lines, a section the file's version does
-    not have, sections out of order, in version 2 a record outside its topic's section, a
+    not have, sections out of order, from version 2 on a record outside its topic's section, a
     missing or wrong trailer, bytes after it) are yielded as :class:`ExportProblem` in place of
     the damaged line, so a reader can name each and go on.
 
@@ -363,8 +376,8 @@ class ExportReader:
         """Why ``rec`` may not stand where it is (its section), or None."""
         if rec.section not in self._sections:
             return f"no {rec.section} section in version {self.header.version}"
-        if self.header.version >= 2:
-            home = section_of(self._topics, rec.topic)
+        if self.header.version >= 2:  # version 1 has no per-topic sections
+            home = section_of(self._topics, rec.topic, self.header.version)
             if home is None:
                 return f"a record of {rec.topic}, not a topic of the bus, in {rec.section}"
             if home != rec.section:

@@ -1,4 +1,4 @@
-"""A small sealed log in export form, as six organization nodes would build it.
+"""A small sealed log in export form (format version 3), as six organization nodes would build it.
 
 Signed reports in two partitions per organization, the mandate and the registry (observers'
 and node keys' accreditations); after the trust records and after every round of reports, the
@@ -25,12 +25,14 @@ PREFIX = "obus."
 
 @dataclasses.dataclass
 class Log:
-    """The mission, its node keys, the export header and every record in export order."""
+    """The mission, its node keys, the export header, every record in export order, and the
+    bus in memory (to seal more)."""
 
     mission: Mission
     keys: dict[str, SigningKey]
     header: ExportHeader
     records: list[LogRecord]
+    bus: SealedBus
 
     def reports(self) -> list[LogRecord]:
         """The report records."""
@@ -53,7 +55,7 @@ def build_log(reports_per_observer: int = 6) -> Log:
                 bus.put(t.reports(org), m.next_report(org, i), i - 1)
         bus.seal()
     header = ExportHeader(bus.clock, m.mandate_id, PREFIX, sc.mandate_envelope)
-    return Log(m, dict(sc.node_keys), header, bus.records())
+    return Log(m, dict(sc.node_keys), header, bus.records(), bus)
 
 
 def write(path: Path, header: ExportHeader, records: list[LogRecord]) -> Path:

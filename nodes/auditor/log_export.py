@@ -1,12 +1,12 @@
 """``obus log export FILE``: copy the whole log from Kafka into a portable export file.
 
-The file format is :mod:`bus.export` (version 2, JSON Lines; documented there and in the
+The file format is :mod:`bus.export` (version 3, JSON Lines; documented there and in the
 README). Topics are read in the order of the format's sections, each from offset 0 to the end
 offset seen when its replay starts (no consumer group, nothing committed): the seals topic, the
-mandate topic, the registry, the checkpoints, every report topic, then every decisions topic,
-the statements topic and every attachments topic. Reading the seals before every topic they
-seal, and the checkpoints before the reports, means every genuine seal and checkpoint covers
-records that are in the file: a sealed record the file lacks was deleted from the log. The file
+mandate topic, the registry, every report topic, then every decisions topic, the statements
+topic and every attachments topic. Reading the seals before every topic they seal means every
+genuine seal covers records that are in the file: a sealed record the file lacks was deleted
+from the log. The file
 is written under a temporary name and renamed when complete, so a crash never leaves a file
 that looks finished.
 """
@@ -93,11 +93,7 @@ async def export_log(
             # The seals before everything they seal (module docstring).
             async for rec in replay(bootstrap, pattern=seals_pattern(topics), security=security):
                 writer.write(_record("seals", rec))
-            for section, name in (
-                ("mandate", topics.mandate),
-                ("registry", topics.registry),
-                ("checkpoints", topics.checkpoints),
-            ):
+            for section, name in (("mandate", topics.mandate), ("registry", topics.registry)):
                 async for rec in replay(bootstrap, [name], security=security):
                     writer.write(_record(section, rec))
             ends = await end_offsets(bootstrap, topics.reports_pattern, security=security)

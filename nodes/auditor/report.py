@@ -1,10 +1,10 @@
 """A self-contained HTML audit report: no script, no external file, charts as inline SVG.
 
-Sections: the verdict; the final verdicts (counts by status, the final state, what is not sealed
-yet, a sealed record altered or deleted, seal equivocations); reports per organization, per zone
-and per day; violations by kind; the witnessed log per report partition (records, checkpoints
-checked, the size a quorum of organizations signed); and every violation with its position and
-reason.
+Sections: the verdict and the notes; the final verdicts (counts by status, the final state, what
+is not sealed yet, a sealed record altered or deleted, seal equivocations); the final seals
+(epoch, t_e, the organizations whose signatures made each final, digests); reports per
+organization, per zone and per day and violations by kind, all by final verdicts; and every
+violation with its position and reason.
 
 The page is rendered from ``templates/report.html.j2`` with autoescaping, so every name, zone,
 reason and detail taken from the audited log is shown as text, never as markup; the charts'
@@ -20,8 +20,9 @@ from typing import ClassVar, Final
 import jinja2
 
 from nodes.auditor.run import AuditResult
+from nodes.auditor.sealed import b64
 
-_MAX_ROWS: Final = 5000  # violations listed in the page; the JSON report has all of them
+_MAX_ROWS: Final = 5000  # violations (and seals) listed in the page; the JSON report has all
 _TEMPLATES: Final = jinja2.Environment(
     loader=jinja2.PackageLoader("nodes.auditor", "templates"),
     autoescape=True,
@@ -131,6 +132,7 @@ def render_html(result: AuditResult) -> str:
             "Violations by kind", sorted(result.violations_by_kind().items()), colour="#d93025"
         ),
         max_rows=_MAX_ROWS,
+        b64=b64,
     )
 
 

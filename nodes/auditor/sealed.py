@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -65,9 +66,10 @@ from bus.judge import EpochVerdicts, FinalJudge, RecordPos, Status
 from bus.merkle import MerkleTree
 from bus.model import PAYLOAD_MANDATE, Mandate
 from bus.seal import Equivocation, SealProposal, parse_seal_record, verify_seal
+from bus.sealed import VerifiedSealed
 from bus.topics import Topics
 from bus.trust import decode_mandate_record
-from bus.verify import Limits
+from bus.verify import Limits, VerifiedReport
 from nodes.auditor.index import AuditIndex
 
 __all__ = ["EpochRow", "FinalAudit", "FinalCollector", "FinalRow", "Stuck", "Unsealed"]
@@ -79,15 +81,26 @@ _SEALS_CHUNK: Final = 256
 
 FINAL_NOTE: Final = (
     "Final verdicts are those every node reaches from the sealed log (the seals topic and every"
-    " sealed partition, read with the bus reader the nodes run); where a record has one, it is"
-    " the verdict that counts, and the legacy per-record audit is listed beside it only where"
-    " the two differ."
+    " sealed partition, read with the bus reader the nodes run); a record's final verdict is"
+    " the one that counts, and the audit's only one: records after the last judged epoch have"
+    " none yet."
 )
 
 
 def b64(data: bytes) -> str:
     """Standard padded base64 text."""
     return base64.b64encode(data).decode()
+
+
+def _where_and_when(report: VerifiedReport | VerifiedSealed | None) -> tuple[str, str]:
+    """(zone, UTC observation day) of a verified report, "" where unknown."""
+    if report is None:
+        return "", ""
+    inner = report.report
+    if inner is None:  # restricted, content unread: the zone is on the outside
+        return (report.sealed.zone if isinstance(report, VerifiedSealed) else ""), ""
+    day = dt.datetime.fromtimestamp(inner.observed_at_ms / 1000, dt.UTC).date().isoformat()
+    return inner.zone, day
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +113,9 @@ class FinalRow:
         reason: the reason code when quarantined, else "".
         detail: one sentence for humans.
         changed_at: for ``revoked_after_acceptance``, the epoch the revocation took effect at.
+        zone: for a report the judge verified, the zone it names, else "".
+        day: for a report whose content was read, the UTC day it was observed on (ISO 8601),
+            else "" (a restricted report's content stays sealed to its recipients).
     """
 
     epoch: int
@@ -107,6 +123,8 @@ class FinalRow:
     reason: str
     detail: str
     changed_at: int | None = None
+    zone: str = ""
+    day: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +195,7 @@ class FinalAudit:
     stuck: Stuck | None = None
     last_epoch: int = 0
     state_digest: bytes = b""
+    mandate_versions: list[int] = field(default_factory=list)  # applied from the topic
 
     def add_epoch(self, ev: EpochVerdicts, seal: FinalSeal) -> None:
         """Take one judged epoch's answer."""
@@ -188,7 +207,14 @@ class FinalAudit:
             )
         )  # fmt: skip
         for v in ev.verdicts:  # a deferred report's final verdict replaces "deferred"
-            self.verdicts[v.pos] = FinalRow(v.epoch, v.status.value, v.reason, v.detail)
+            newest = self.mandate_versions[-1] if self.mandate_versions else self.root_version
+            trust = v.trust
+            if v.status is Status.APPLIED and isinstance(trust, Mandate) and trust.version > newest:
+                self.mandate_versions.append(trust.version)  # not a copy of the one in force
+            zone, day = _where_and_when(v.report)
+            self.verdicts[v.pos] = FinalRow(
+                v.epoch, v.status.value, v.reason, v.detail, zone=zone, day=day
+            )
         for c in ev.changes:
             self.verdicts[c.pos] = dataclasses.replace(
                 self.verdicts[c.pos],
@@ -218,6 +244,7 @@ class FinalAudit:
             "seals_by_disposition": dict(self.seal_counts),
             "epochs": [e.to_json() for e in self.epochs],
             "last_epoch": self.last_epoch,
+            "mandate_versions": self.mandate_versions,
             "state_digest": b64(self.state_digest) if self.last_epoch else None,
             "verdicts_by_status": dict(self.by_status()),
             "verdicts": [

@@ -1,20 +1,18 @@
-"""Command-line parts of the witnessed log and the audit.
+"""Command-line parts of the audit.
 
-* ``obus node``: the witness options (``--witness``/``--no-witness``, default on, needs
-  ``--node-key``; ``--checkpoint-every N``, ``--checkpoint-interval SECONDS``,
-  ``--witness-db FILE``) and running the node with its witness (for nodes/cli/node.py);
 * ``obus audit``: live, or ``--from FILE`` (offline audit of an export), ``--json-out FILE``,
-  ``--html-out FILE``, ``--require-witnessed``, ``--verify-workers N``, ``--strict``,
-  ``--final-digest``; exit 0 when the log is consistent and every record verified, by its final
-  verdict where it has one (findings against one organization's checkpoints or seals are
-  printed but do not fail it), 1 on any violation, or with ``--strict`` on any finding too;
+  ``--html-out FILE``, ``--strict``, ``--final-digest``; every record judged by its final
+  verdict, the one every node reaches from the sealed log; exit 0 when no final verdict rejects
+  a record and the log is consistent with its final seals (an organization's seal equivocation
+  is printed but does not fail it), 1 on any violation, or with ``--strict`` on an equivocation
+  too;
 * ``obus audit prove``: the inclusion proof of one record against a final seal, or
   ``--check FILE``: a printed proof checked against the log (live or ``--from``), or with
   ``--light`` against the mandate file alone;
 * ``obus log export FILE``: the portable export.
 
 All three sign and publish nothing, so they read a mandate that has ended too (archive mode,
-saying so in one line): every record is judged at its own log time, never by this machine's clock.
+saying so in one line): every record is judged on the seals' clock, never by this machine's.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
@@ -37,83 +35,6 @@ from nodes.cli.common import add_common_args, bootstrap, read_only_mandate, secu
 if TYPE_CHECKING:
     from bus.export import ExportHeader
     from bus.model import Mandate
-
-# ---------------------------------------------------------------------------------------------
-# obus node
-
-
-def add_witness_args(node: argparse.ArgumentParser) -> None:
-    """The witness options of ``obus node`` (its ``--node-key`` signs the checkpoints)."""
-    g = node.add_argument_group(
-        "witness",
-        "Keep a Merkle tree of every report partition, publish signed checkpoints to "
-        "<prefix>checkpoints, cosign other organizations' consistent checkpoints and raise a "
-        "split-view alarm on inconsistent ones. Needs --node-key (accredited with role NODE).",
-    )
-    g.add_argument(
-        "--witness", action=argparse.BooleanOptionalAction, default=True,
-        help="run the witness (default: on)",
-    )  # fmt: skip
-    g.add_argument(
-        "--checkpoint-every", type=int, default=1000, metavar="N",
-        help="publish a checkpoint at every multiple of N records of a partition (1000)",
-    )  # fmt: skip
-    g.add_argument(
-        "--checkpoint-interval", type=float, default=10.0, metavar="SECONDS",
-        help="and after this long when the partition grew (10)",
-    )  # fmt: skip
-    g.add_argument(
-        "--witness-db", metavar="FILE", help="the witness's SQLite file (<db>.witness.db)"
-    )
-
-
-def witness_config(args: argparse.Namespace, node: Any) -> Any:
-    """The witness configuration for ``obus node``, or None with ``--no-witness``.
-
-    Raises:
-        ConfigError: the witness is on and no ``--node-key`` was given, or a limit is wrong.
-    """
-    from bus.witness import WitnessPolicy  # noqa: PLC0415
-    from nodes.org_node.witness import WitnessConfig  # noqa: PLC0415
-    from nodes.org_node.witness_store import default_witness_db  # noqa: PLC0415
-    from nodes.runtime.files import read_key  # noqa: PLC0415
-
-    if not getattr(args, "witness", False):
-        return None
-    if not getattr(args, "node_key", None):
-        raise ConfigError(
-            "--node-key",
-            "the witness signs checkpoints with the node key",
-            "pass --node-key FILE (a key your organization accredited with role NODE:"
-            " obus org accredit --role node), or --no-witness",
-        )
-    if args.checkpoint_every < 1 or args.checkpoint_interval < 0:
-        raise ConfigError(
-            "--checkpoint-every", "must be >= 1 (and --checkpoint-interval >= 0)", "fix the value"
-        )
-    db = Path(args.witness_db) if args.witness_db else default_witness_db(Path(args.db))
-    return WitnessConfig(
-        org=node.org,
-        bootstrap=node.bootstrap,
-        db_path=db,
-        mandate=node.mandate,
-        node_key=read_key(Path(args.node_key)),
-        topics=node.topics,
-        policy=WitnessPolicy(args.checkpoint_every, round(args.checkpoint_interval * 1000)),
-        security=node.security,
-    )
-
-
-async def run_with_witness(args: argparse.Namespace, node: Any) -> int:
-    """Run the node of ``obus node`` with its witness (unless ``--no-witness``)."""
-    from nodes.org_node.process import run_node  # noqa: PLC0415
-    from nodes.org_node.witness import Witness  # noqa: PLC0415
-
-    cfg = witness_config(args, node)
-    if cfg is None:
-        return await run_node(node)
-    return await run_node(node, companions=[Witness(cfg)])
-
 
 # ---------------------------------------------------------------------------------------------
 # obus audit, obus audit prove, obus log export
@@ -143,7 +64,7 @@ def _embedded_mandate(path: Path, header: ExportHeader) -> Mandate:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """``obus audit`` live or ``--from FILE``: exit 1 names every violation (with ``--strict``,
-    every finding as well)."""
+    every seal equivocation as well)."""
     from nodes.auditor.report import write_html  # noqa: PLC0415
     from nodes.auditor.run import audit, audit_export, render, write_json  # noqa: PLC0415
 
@@ -158,9 +79,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 "[yellow]no --mandate: trusting the mandate embedded in the export[/yellow]"
             )
             mandate = _embedded_mandate(path, header)
-        result = audit_export(
-            path, mandate, console=console, require_witnessed=args.require_witnessed
-        )
+        result = audit_export(path, mandate, console=console)
         if not args.mandate:
             result.trust_root = "embedded"
     else:
@@ -170,7 +89,6 @@ def cmd_audit(args: argparse.Namespace) -> int:
         result = asyncio.run(
             audit(
                 bootstrap(args), mandate, topics=Topics(args.topic_prefix), console=console,
-                require_witnessed=args.require_witnessed, verify_workers=args.verify_workers,
                 security=security_from_args(args),
             )
         )  # fmt: skip
@@ -202,8 +120,6 @@ def _write_out(flag: str, path: str, write: Callable[[Path], object]) -> None:
 # (attribute, flag, default).
 _AUDIT_ONLY: tuple[tuple[str, str, object], ...] = (
     ("html_out", "--html-out", None),
-    ("require_witnessed", "--require-witnessed", False),
-    ("verify_workers", "--verify-workers", 0),
     ("strict", "--strict", False),
     ("final_digest", "--final-digest", False),
 )
@@ -364,23 +280,19 @@ def add_audit_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     aud = sub.add_parser(
         "audit",
         help="replay every topic (or an export file) and verify everything",
-        description="Replays the seals, the mandate, registry, checkpoints, every obus.reports.* "
-        "topic and every decisions, statements and attachments topic with its own consumer (no "
-        "group, nothing committed), or reads an export file (--from). Final verdicts: the seals "
-        "topic and every sealed partition are judged by the same bus reader every node runs "
-        "(final seals, their roots recomputed from the records, verdicts epoch by epoch on the "
-        "seals' clock); where a record has a final verdict, it is the one that counts, and the "
-        "legacy per-record audit is listed beside it only where they differ. A sealed record "
-        "altered or deleted is named with its topic, partition and sealed size and fails the "
-        "audit; records after the last final seal are listed as not sealed yet. The legacy "
-        "audit re-verifies every signature, accreditation, revocation, chain link and "
-        "checkpoint (Merkle roots recomputed from the records, split views, witness quorum) and "
-        "judges the records not sealed yet. Only a quorum (the mandate threshold of "
-        "organizations) speaks for the log: exit 1 names every violation (a record that fails, "
-        "a quorum checkpoint the records or another quorum checkpoint contradict); checkpoints "
-        "of fewer organizations that contradict the log, and an organization that signed two "
-        "roots for one partition and size or two seal texts for one epoch (equivocation), are "
-        "printed as findings against those organizations and leave exit 0, unless --strict.",
+        description="Replays the seals, the mandate, the registry, every obus.reports.* topic "
+        "and every decisions, statements and attachments topic with its own consumer (no group, "
+        "nothing committed), or reads an export file (--from), and judges it all with the same "
+        "bus reader every node runs: final seals (their roots recomputed from the records) and, "
+        "epoch by epoch on the seals' clock, the final verdict of every sealed record (signature, "
+        "accreditation, revocation, chain, report-id scope). A record whose final verdict "
+        "rejects it, a sealed record altered or deleted (named with its topic, partition and "
+        "sealed size), a first seal over registry records the log lacks, and a damaged export "
+        "file are violations: exit 1 names each. Records after the last final seal are listed "
+        "as not sealed yet (no verdict). An organization that signed two seal texts for one "
+        "epoch (equivocation) is printed as evidence against it and leaves exit 0, unless "
+        "--strict. The checkpoints section of an export of format version 1 or 2 is skipped, "
+        "with a note.",
     )
     aud.add_argument(
         "--mandate", metavar="FILE",
@@ -397,19 +309,9 @@ def add_audit_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
     )  # fmt: skip
     aud.add_argument("--html-out", metavar="FILE", help="also write a self-contained HTML report")
     aud.add_argument(
-        "--require-witnessed", action="store_true",
-        help="every report record must be covered by a checkpoint signed by a quorum",
-    )  # fmt: skip
-    aud.add_argument(
-        "--verify-workers", type=int, default=0, metavar="N",
-        help="live audit: check the next batch's signatures in N worker processes while this "
-        "one is judged (same rule, same verdicts; rejections re-checked in the auditor). "
-        "Default 0; useful up to the number of cores",
-    )  # fmt: skip
-    aud.add_argument(
         "--strict", action="store_true",
-        help="exit 1 on any finding too (an equivocation or a minority checkpoint against the "
-        "log), not only on violations",
+        help="exit 1 on a seal equivocation too (an organization that signed two seal texts "
+        "for one epoch), not only on violations",
     )  # fmt: skip
     aud.add_argument(
         "--final-digest", action="store_true",
@@ -466,11 +368,12 @@ def add_log_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     logsub = logp.add_subparsers(dest="log_command", required=True, metavar="SUBCOMMAND")
     exp = logsub.add_parser(
         "export",
-        help="write every record of every bus topic, seals and checkpoints included, to FILE",
-        description="Writes the obus-log-export v2 file (JSON Lines: header, seals, mandate, "
-        "registry, checkpoints, reports, decisions, statements, attachments, trailer; see "
-        "README 'Export format'), the seals read first so every seal covers records in the "
-        "file. Audit it offline with obus audit --from FILE (v1 files are still read).",
+        help="write every record of every bus topic, the seals included, to FILE",
+        description="Writes the obus-log-export v3 file (JSON Lines: header, seals, mandate, "
+        "registry, reports, decisions, statements, attachments, trailer; see README 'Export "
+        "format'), the seals read first so every seal covers records in the file. Audit it "
+        "offline with obus audit --from FILE (v1 and v2 files are still read, their "
+        "checkpoints section skipped).",
     )
     exp.add_argument("path", metavar="FILE")
     exp.add_argument(

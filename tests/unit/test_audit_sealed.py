@@ -107,9 +107,8 @@ def test_final_verdicts_are_a_bus_readers(tmp_path: Path) -> None:
     # The two reports published after the last seal: not sealed yet, no final verdict.
     assert len(unsealed(result)) == sum(u.records for u in final.not_sealed) == 2
     assert final.mismatch is None and final.stuck is None and final.equivocations == []
-    # The legacy audit agrees on every record it judges here; the violations are the final
-    # verdicts that reject a record, the record that is no report among them.
-    assert result.differences == []
+    # The violations are the final verdicts that reject a record, the record that is no
+    # report among them.
     failed = {p for p, (_, s, _) in got.items() if s == Status.QUARANTINED.value}
     assert {(v.topic, v.partition, v.offset) for v in result.violations} == failed
     assert (TOPICS.reports("eu"), 0, 0) in failed
@@ -323,34 +322,23 @@ def test_two_partition_orders_give_byte_identical_json(tmp_path: Path) -> None:
     assert doc["final"]["verdicts_by_status"][Status.QUARANTINED.value] >= 1
 
 
-def test_final_verdicts_count_where_the_legacy_audit_depends_on_read_order(
+def test_chains_spread_over_two_partitions_give_one_verdict_in_every_read_order(
     tmp_path: Path,
 ) -> None:
-    """Observers whose chains a producer spread over two partitions: the legacy audit, which
-    judges in read order, breaks their chains in some orders; the final verdicts are the same
-    in every order, every report is accepted, and the audit passes, listing the differences."""
+    """Observers whose chains a producer spread over two partitions: the final verdicts are the
+    same whichever order the partitions are read in, every report is accepted, and the audit
+    passes."""
     bus = build(split_chains=True, junk=False, unsealed=0)
     path = tmp_path / "log.jsonl"
-    finals, all_differences = [], []
+    finals = []
     for order in ("forward", "reverse", "interleaved"):
         result = audit(bus, path, bus.records(order))
         assert result.final is not None
         assert result.ok, result.violations
         doc = result.to_json()["final"]
-        all_differences.append(doc.pop("differences"))
         finals.append(doc)
         assert {r["status"] for r in doc["verdicts"] if ".reports." in r["topic"]} == {"accepted"}
     assert finals[0] == finals[1] == finals[2]
-    differing = [d for d in all_differences if d]
-    assert differing, "the legacy audit broke no chain in any order: the test proves nothing"
-    for diffs in differing:
-        assert {(d["final_status"], d["legacy_status"]) for d in diffs} == {
-            ("accepted", "quarantined")
-        }
-        assert {d["legacy_reason"] for d in diffs} <= {
-            Reason.CHAIN_GAP.value, Reason.CHAIN_FORK.value, Reason.REPLAYED.value,
-            Reason.DUPLICATE_CONFLICT.value,
-        }  # fmt: skip
 
 
 # -- seals the log cannot back ---------------------------------------------------------------
@@ -394,9 +382,12 @@ def test_an_offset_given_two_values_in_an_export_is_named(tmp_path: Path) -> Non
 
 def test_a_version_1_export_still_loads(tmp_path: Path) -> None:
     """An export written before seals: four sections, no final verdict, every record not
-    sealed yet, the legacy verdicts as before."""
+    sealed yet, no violation (nothing is judged), and its checkpoints section skipped with a
+    note."""
     bus = build()
     records = [r for r in bus.records() if r.section in ("mandate", "registry", "reports")]
+    checkpoint = LogRecord("checkpoints", TOPICS.checkpoints, 0, 0, NOW_MS, None, b"a note")
+    records.insert(next(i for i, r in enumerate(records) if r.section == "reports"), checkpoint)
     path = bus.export(tmp_path / "v1.jsonl", records, version=1)
     assert b'"version":1' in path.read_bytes().splitlines()[0]
     result = audit_export(path, bus.m.scenario.mandate)
@@ -404,8 +395,13 @@ def test_a_version_1_export_still_loads(tmp_path: Path) -> None:
     assert final is not None and final.seals_records == 0 and final.epochs == []
     assert final.verdicts == {} and final.last_epoch == 0
     assert result.final_digest() == {"epoch": 0, "state_digest": None}  # as a node prints it
-    assert len(unsealed(result)) == len(records)
-    assert reasons(result) == {Reason.MALFORMED.value}  # the legacy audit's verdict
+    assert len(unsealed(result)) == len(records) - 1
+    assert result.ok and result.accepted == {}
+    assert result.checkpoint_records_skipped == 1
+    assert result.notes == [
+        "1 record(s) of the checkpoints section of this export (format version 1) were skipped:"
+        " per-partition checkpoints are no longer verified, final seals replace them"
+    ]
     # A version 1 file has no seals section.
     with path.open("rb") as f:
         reader = ExportReader(f)

@@ -1,11 +1,11 @@
-"""The auditor's verdicts on checkpoints and trust records: what is a fork of the log, what is
-evidence against one organization, and registry records judged under the version in force when
-they were logged.
+"""The auditor's verdicts on trust changes, by final verdicts: mandate rotations, membership
+changes, revocations and registry records under the version in force at their epoch.
 
-Logs are built in memory (:mod:`tests.witnessed_log`: six organizations, quorum 4, UN's witness
-publishing checkpoints at sizes 3 and 6 of every partition and the five others cosigning them),
-changed, written as export files and audited offline, through the judge and through
-``obus audit``.
+Logs are built in memory (:mod:`tests.witnessed_log`: six organizations, quorum 4, every round
+sealed by all six), extended with trust records and reports in later epochs, written as export
+files and audited offline, through the judge and through ``obus audit``. Trust records of epoch
+*e* take effect from epoch *e+1* (:mod:`bus.judge`), so each change below is sealed in an epoch
+of its own before the reports it should affect.
 """
 
 from __future__ import annotations
@@ -15,66 +15,34 @@ import json
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from bus.checkpoint import Checkpoint, Note, cosign, key_name, sign_note, signed_checkpoint
 from bus.crypto import SigningKey
 from bus.errors import Reason
-from bus.export import LogRecord
+from bus.judge import Status
 from bus.model import Accreditation, Envelope, Mandate, Organization, Revocation, Role
 from bus.sign import sign_accreditation, sign_mandate, sign_revocation
-from nodes.auditor.judge import FindingKind
 from nodes.auditor.run import AuditResult, audit_export
 from nodes.cli.main import main
 from nodes.demo.scenario import demo_key
 from tests.mission import NOW_MS
-from tests.witnessed_log import ORGS, PREFIX, Log, build_log, write
+from tests.witnessed_log import ORGS, PREFIX, Log, build_log
 
-T = f"{PREFIX}reports.osce"
-CHECKPOINTS = f"{PREFIX}checkpoints"
-
-
-@pytest.fixture(scope="module")
-def log() -> Log:
-    return build_log()
+UN = f"{PREFIX}reports.un"
+NEW_UN_ROOT = demo_key("test:new-root:un")
 
 
-def _origin(log: Log, partition: int = 0) -> str:
-    return f"obus/{log.mission.mandate_id}/{T}/{partition}"
+def _log() -> Log:
+    """Epoch 1 seals the trust records, epoch 2 one report of each observer. (Each test's
+    epochs then fall to proposers that its trust changes leave accredited.)"""
+    return build_log(reports_per_observer=1)
 
 
-def _signed_by(log: Log, cp: Checkpoint, orgs: list[str]) -> bytes:
-    """A checkpoint note signed by the node keys of ``orgs`` (the first publishes, the others
-    cosign, as witnesses do)."""
-    text = cp.text()
-    first, *others = orgs
-    lines = [sign_note(text, log.keys[first], key_name(first, f"{first}-node"))]
-    lines += [cosign(text, log.keys[o], key_name(o, f"{o}-node"), NOW_MS // 1000) for o in others]
-    return Note(text, tuple(lines)).encode()
+def _audit(log: Log, tmp_path: Path) -> AuditResult:
+    path = log.bus.export(tmp_path / "log.jsonl", version=3)
+    return audit_export(path, log.mission.scenario.mandate, work_dir=tmp_path)
 
 
-def _with_checkpoints(log: Log, *notes: bytes) -> list[LogRecord]:
-    """The log with notes appended to its checkpoints topic."""
-    records = list(log.records)
-    last = max(i for i, r in enumerate(records) if r.section == "checkpoints")
-    offset = records[last].offset
-    for i, note in enumerate(notes, start=1):
-        rec = LogRecord("checkpoints", CHECKPOINTS, 0, offset + i, NOW_MS - 1000, b"x", note)
-        records.insert(last + i, rec)
-    return records
-
-
-def _audit(
-    log: Log, tmp_path: Path, records: list[LogRecord], *, require_witnessed: bool = False
-) -> AuditResult:
-    path = write(tmp_path / "log.jsonl", log.header, records)
-    return audit_export(path, log.mission.scenario.mandate, require_witnessed=require_witnessed)
-
-
-def _obus(
-    log: Log, tmp_path: Path, records: list[LogRecord], *flags: str
-) -> tuple[int, dict[str, Any]]:
-    path = write(tmp_path / "cli.jsonl", log.header, records)
+def _obus(log: Log, tmp_path: Path, *flags: str) -> tuple[int, dict[str, Any]]:
+    path = log.bus.export(tmp_path / "cli.jsonl", version=3)
     mandate = tmp_path / "mandate.bin"
     mandate.write_bytes(log.mission.scenario.mandate_envelope)
     out = tmp_path / "audit.json"
@@ -84,129 +52,14 @@ def _obus(
     return code, json.loads(out.read_text())
 
 
-# -- one organization's bogus checkpoint: evidence against it, not a fork -----------------------
-
-
-def test_one_organizations_bogus_checkpoint_is_an_equivocation_not_a_fork(
-    log: Log, tmp_path: Path
-) -> None:
-    """NATO, which cosigned the genuine size-3 checkpoint, signs another root for that size."""
-    bogus = signed_checkpoint(
-        Checkpoint(_origin(log), 3, bytes(32)), log.keys["nato"], key_name("nato", "nato-node")
-    )
-    records = _with_checkpoints(log, bogus)
-    result = _audit(log, tmp_path, records, require_witnessed=True)
-    assert result.ok, result.violations  # the log is consistent and every record verifies
-    assert sum(result.accepted.values()) == len(log.reports())
-    assert not result.clean
-    (finding,) = result.findings
-    assert finding.kind == FindingKind.EQUIVOCATION
-    assert finding.against == ("nato",)
-    assert (finding.topic, finding.partition, finding.size) == (T, 0, 3)
-    assert result.findings_by_org() == {"nato": 1}
-    # Both texts, both of NATO's signature lines, and where each was logged.
-    genuine, forged = finding.evidence
-    assert {e.org for e in finding.evidence} == {"nato"}
-    assert forged.text == Checkpoint(_origin(log), 3, bytes(32)).text().decode()
-    assert genuine.text != forged.text and genuine.text.startswith(_origin(log) + "\n3\n")
-    assert all(e.line.startswith("\u2014 obus/nato/nato-node ") for e in finding.evidence)
-    assert forged.offset == records[[r.value for r in records].index(bogus)].offset
-    assert forged.line.encode() in bogus
-    # The records are judged as usual: no root mismatch, no split view, fully witnessed.
-    assert all(w["checkpoints_mismatched"] == 0 for w in result.witness)
-    assert all(w["unwitnessed"] == 0 for w in result.witness)
-
-    code, doc = _obus(log, tmp_path, records)
-    assert code == 0
-    assert doc["ok"] is True and doc["clean"] is False
-    assert doc["findings_by_org"] == {"nato": 1}
-    assert doc["findings"][0]["kind"] == "equivocation"
-    assert len(doc["findings"][0]["evidence"]) == 2
-    code, _ = _obus(log, tmp_path, records, "--strict")
-    assert code == 1
-
-
-def test_a_minority_checkpoint_the_quorum_contradicts_counts_against_its_signer(
-    log: Log, tmp_path: Path
-) -> None:
-    """A root for a size nobody else signed: the quorum-witnessed records contradict it."""
-    bogus = _signed_by(log, Checkpoint(_origin(log), 4, bytes(32)), ["nato", "csto"])
-    result = _audit(log, tmp_path, _with_checkpoints(log, bogus))
-    assert result.ok, result.violations
-    (finding,) = result.findings
-    assert finding.kind == FindingKind.CHECKPOINT_CONTRADICTS_QUORUM
-    assert finding.against == finding.signers == ("csto", "nato")
-    assert {e.org for e in finding.evidence} == {"csto", "nato"}
-    assert result.findings_by_org() == {"csto": 1, "nato": 1}
-
-
-def test_a_minority_checkpoint_beyond_the_log_decides_nothing(log: Log, tmp_path: Path) -> None:
-    """One organization signing a size the log never reached cannot fail the audit."""
-    bogus = _signed_by(log, Checkpoint(_origin(log), 1000, bytes(32)), ["nato"])
-    result = _audit(log, tmp_path, _with_checkpoints(log, bogus))
-    assert result.ok, result.violations
-    (finding,) = result.findings
-    assert finding.kind == FindingKind.CHECKPOINT_UNCONFIRMED
-    assert finding.against == () and finding.signers == ("nato",)
-    assert result.findings_by_org() == {}
-
-
-# -- the log forked: a quorum against the records, or two quorums against each other ------------
-
-
-def test_a_quorum_checkpoint_against_the_records_is_a_fork(log: Log, tmp_path: Path) -> None:
-    """Four organizations (a quorum) sign a root at size 4 that the records do not have."""
-    forged = _signed_by(log, Checkpoint(_origin(log), 4, bytes(32)), ORGS[:4])
-    records = _with_checkpoints(log, forged)
-    result = _audit(log, tmp_path, records)
-    assert {v.reason for v in result.violations} == {Reason.CHECKPOINT_ROOT_MISMATCH.value}
-    (v,) = result.violations
-    assert (v.topic, v.partition) == (T, 0)
-    assert result.findings == []
-    code, doc = _obus(log, tmp_path, records)
-    assert code == 1 and doc["ok"] is False
-
-
-def test_two_quorum_checkpoints_of_one_size_are_a_split_view(log: Log, tmp_path: Path) -> None:
-    """A quorum signs another root for a size all six signed: a fork, and each of the four
-    organizations that signed both is named for equivocation."""
-    forged = _signed_by(log, Checkpoint(_origin(log), 3, bytes(32)), ORGS[:4])
-    result = _audit(log, tmp_path, _with_checkpoints(log, forged))
-    assert {v.reason for v in result.violations} == {
-        Reason.SPLIT_VIEW.value,
-        Reason.CHECKPOINT_ROOT_MISMATCH.value,
-    }
-    assert [f.kind for f in result.findings] == [FindingKind.EQUIVOCATION] * 4
-    assert result.findings_by_org() == dict.fromkeys(ORGS[:4], 1)
-
-
-def test_a_record_that_is_not_what_the_quorum_signed_is_a_fork(log: Log, tmp_path: Path) -> None:
-    records = list(log.records)
-    i = next(
-        i
-        for i, r in enumerate(records)
-        if r.section == "reports" and (r.topic, r.partition, r.offset) == (T, 1, 4)
-    )
-    records[i] = dataclasses.replace(records[i], value=(records[i].value or b"") + b"!")
-    result = _audit(log, tmp_path, records)
-    assert Reason.CHECKPOINT_ROOT_MISMATCH.value in {v.reason for v in result.violations}
-    assert not result.ok
-
-
-# -- registry records under the version in force when they were logged --------------------------
-
-T_V2 = NOW_MS - 3000  # between the registry (NOW_MS - 4000) and the checkpoints (NOW_MS - 1000)
-NEW_UN_ROOT = demo_key("test:new-root:un")
-
-
-def _version(log: Log, version: int, organizations: tuple[Organization, ...]) -> Envelope:
+def _version(log: Log, version: int, organizations: tuple[Organization, ...]) -> bytes:
     old = log.mission.scenario.mandate
     new: Mandate = dataclasses.replace(old, version=version, organizations=organizations)
     roots = log.mission.scenario.org_roots
     signers: list[SigningKey] = [roots[o] for o in ORGS[1:5]]
     if any(o.root_public_key == NEW_UN_ROOT.public_key for o in organizations):
         signers.append(NEW_UN_ROOT)
-    return sign_mandate(new, signers)
+    return sign_mandate(new, signers).encode()
 
 
 def _rotated(log: Log) -> tuple[Organization, ...]:
@@ -216,90 +69,113 @@ def _rotated(log: Log) -> tuple[Organization, ...]:
     )
 
 
-def _insert(records: list[LogRecord], section: str, time_ms: int, *values: bytes) -> None:
-    """Append values to a trust section at a log time."""
-    last = max(i for i, r in enumerate(records) if r.section == section)
-    for i, value in enumerate(values, start=1):
-        prev = records[last + i - 1]
-        records.insert(
-            last + i, LogRecord(section, prev.topic, 0, prev.offset + 1, time_ms, None, value)
-        )
-
-
 def _un_reaccredited(log: Log) -> list[bytes]:
     """Every UN accreditation of the log signed again by UN's new root key."""
     out = []
-    for rec in log.records:
-        if rec.section != "registry":
-            continue
-        acc = Accreditation.decode(Envelope.decode(rec.value or b"").payload)
+    for value in log.bus.parts[log.bus.registry]:
+        acc = Accreditation.decode(Envelope.decode(value or b"").payload)
         if acc.org == "un":
             out.append(sign_accreditation(acc, NEW_UN_ROOT).encode())
     return out
 
 
-def test_a_root_rotation_leaves_old_registry_records_valid(log: Log, tmp_path: Path) -> None:
-    """UN rotates its root key in version 2 and re-accredits its keys under the new one: the
-    records its old root signed before were genuine when logged and stay so."""
-    records = list(log.records)
-    _insert(records, "mandate", T_V2, _version(log, 2, _rotated(log)).encode())
-    _insert(records, "registry", T_V2 + 500, *_un_reaccredited(log))
-    result = _audit(log, tmp_path, records, require_witnessed=True)
-    assert result.mandate_versions == [2]
+def _round(log: Log) -> None:
+    """One report by each of the two observers of every organization, then a seal."""
+    for org in ORGS:
+        for i in (1, 2):
+            log.bus.put(log.bus.topics.reports(org), log.mission.next_report(org, i), i - 1)
+    log.bus.seal()
+
+
+def test_a_root_rotation_leaves_old_registry_records_valid(tmp_path: Path) -> None:
+    """UN rotates its root key in version 2 and re-accredits its keys under the new one: every
+    report before and after is accepted, and the version is followed."""
+    log = _log()
+    bus = log.bus
+    bus.put(bus.topics.mandate, _version(log, 2, _rotated(log)))
+    bus.seal()
+    # Under version 2 (from the next epoch), only what UN's new root signs counts.
+    for raw in _un_reaccredited(log):
+        bus.put(bus.topics.registry, raw)
+    bus.seal()
+    _round(log)
+    result = _audit(log, tmp_path)
     assert result.ok, result.violations
-    assert result.findings == []
-    assert sum(result.accepted.values()) == len(log.reports())
+    assert result.mandate_versions == [2]
+    assert sum(result.accepted.values()) == 2 * 2 * len(ORGS) and result.rejected == {}
+    code, doc = _obus(log, tmp_path, "--strict")
+    assert code == 0 and doc["mandate_versions"] == [2]
 
 
-def test_a_membership_change_leaves_old_registry_records_valid(log: Log, tmp_path: Path) -> None:
-    """SCO leaves in version 2, after every record: its accreditations were genuine."""
-    records = list(log.records)
+def test_a_membership_change_leaves_earlier_reports_accepted(tmp_path: Path) -> None:
+    """SCO leaves in version 2: its reports sealed before stay accepted; its reports after the
+    version takes effect are refused, and only those."""
+    log = _log()
+    bus = log.bus
     remaining = tuple(o for o in log.mission.scenario.mandate.organizations if o.org != "sco")
-    _insert(records, "mandate", NOW_MS + 1000, _version(log, 2, remaining).encode())
-    result = _audit(log, tmp_path, records)
+    bus.put(bus.topics.mandate, _version(log, 2, remaining))
+    bus.seal()
+    _round(log)
+    result = _audit(log, tmp_path)
     assert result.mandate_versions == [2]
-    assert result.ok, result.violations
-    code, _ = _obus(log, tmp_path, records, "--strict")
-    assert code == 0
+    assert result.accepted["sco"] == 2
+    assert result.rejected == {"sco": 2}
+    assert {(v.topic, v.partition) for v in result.violations} == {
+        (f"{PREFIX}reports.sco", 0),
+        (f"{PREFIX}reports.sco", 1),
+    }
+    code, _ = _obus(log, tmp_path)
+    assert code == 1
 
 
-def test_a_revocation_logged_before_a_rotation_stays_in_force(log: Log, tmp_path: Path) -> None:
-    """UN revokes an observer, then rotates its root and re-accredits every key (that one
-    too): the revocation, signed by the old root before the rotation, still holds."""
+def test_a_revocation_withdraws_the_keys_reports_at_every_reader(tmp_path: Path) -> None:
+    """UN revokes its second observer's key (no report counts): its accepted reports become
+    ``revoked_after_acceptance`` once the revocation takes effect, its later ones are
+    ``key_revoked``; nothing else changes."""
+    log = _log()
+    bus = log.bus
     _, key = log.mission.observer("un", 2)
     rev = Revocation("un", key.key_id, 0, NOW_MS, "lost", 1, log.mission.mandate_id)
-    revocation = sign_revocation(rev, log.mission.scenario.org_roots["un"]).encode()
-    records = list(log.records)
-    _insert(records, "registry", T_V2 - 500, revocation)
-    _insert(records, "mandate", T_V2, _version(log, 2, _rotated(log)).encode())
-    _insert(records, "registry", T_V2 + 500, *_un_reaccredited(log))
-    result = _audit(log, tmp_path, records)
-    reasons = {(v.topic, v.partition, v.reason) for v in result.violations}
-    assert reasons == {(f"{PREFIX}reports.un", 1, Reason.KEY_REVOKED.value)}
-    assert result.rejected == {"un": 6}
+    roots = log.mission.scenario.org_roots
+    bus.put(bus.topics.registry, sign_revocation(rev, roots["un"]).encode())
+    revoked_in = bus.seal().epoch
+    _round(log)
+    result = _audit(log, tmp_path)
+    assert not result.ok
+    got = {(v.topic, v.partition, v.offset, v.reason) for v in result.violations}
+    assert got == {
+        (UN, 1, 0, Status.REVOKED_AFTER_ACCEPTANCE.value),
+        (UN, 1, 1, Reason.KEY_REVOKED.value),
+    }
+    assert result.rejected == {"un": 2} and result.accepted["un"] == 2
+    assert result.final is not None
+    row = result.final.verdicts[(UN, 1, 0)]
+    assert row.changed_at == revoked_in + 1  # trust takes effect at the next epoch
+    code, doc = _obus(log, tmp_path)
+    assert code == 1 and doc["ok"] is False
+    assert doc["violations_by_kind"] == {
+        Status.REVOKED_AFTER_ACCEPTANCE.value: 1,
+        Reason.KEY_REVOKED.value: 1,
+    }
 
 
-def test_a_registry_record_counts_from_the_version_that_admits_it(log: Log, tmp_path: Path) -> None:
-    """The African Union accredits an observer just before the version admitting it is logged
-    (every node counts the key from that version on): no violation. SCO accredits one after
-    the version that drops it: no version counts it, a violation."""
+def test_a_registry_record_of_an_organization_that_left_is_quarantined(tmp_path: Path) -> None:
+    """SCO accredits an observer after the version that drops it took effect: the record is
+    quarantined with its reason, a violation at its position, and the key counts nowhere."""
+    log = _log()
+    bus = log.bus
     mandate = log.mission.scenario.mandate
-    au_root = demo_key("test:root:au")
-    au = Organization("au", "African Union", au_root.public_key)
-    au_obs = Accreditation("au-obs-1", "au", Role.OBSERVER, demo_key("au-obs-1").public_key,
-                           mandate.not_before_ms, mandate.not_after_ms, 1, mandate.mandate_id)  # fmt: skip
-    sco_obs = dataclasses.replace(au_obs, subject_id="sco-obs-9", org="sco",
-                                  public_key=demo_key("sco-obs-9").public_key)  # fmt: skip
-    joined = (*mandate.organizations, au)
-    left = tuple(o for o in joined if o.org != "sco")
-    records = list(log.records)
-    _insert(records, "registry", T_V2 - 500, sign_accreditation(au_obs, au_root).encode())
-    _insert(records, "mandate", T_V2, _version(log, 2, joined).encode())
-    _insert(records, "mandate", NOW_MS + 1000, _version(log, 3, left).encode())
-    sco_late = sign_accreditation(sco_obs, log.mission.scenario.org_roots["sco"]).encode()
-    _insert(records, "registry", NOW_MS + 2000, sco_late)
-    result = _audit(log, tmp_path, records)
-    assert result.mandate_versions == [2, 3]
+    remaining = tuple(o for o in mandate.organizations if o.org != "sco")
+    bus.put(bus.topics.mandate, _version(log, 2, remaining))
+    bus.seal()
+    sco_obs = Accreditation("sco-obs-9", "sco", Role.OBSERVER, demo_key("sco-obs-9").public_key,
+                            mandate.not_before_ms, mandate.not_after_ms, 1, mandate.mandate_id)  # fmt: skip
+    late = sign_accreditation(sco_obs, log.mission.scenario.org_roots["sco"]).encode()
+    at = bus.put(bus.topics.registry, late)
+    bus.seal()
+    result = _audit(log, tmp_path)
     (v,) = result.violations
-    late = next(r for r in records if r.value == sco_late)
-    assert (v.topic, v.offset, v.reason) == (late.topic, late.offset, Reason.WRONG_ORG.value)
+    assert (v.topic, v.partition, v.offset) == (bus.topics.registry, 0, at)
+    assert v.reason == Reason.WRONG_ORG.value
+    assert result.final is not None
+    assert result.final.verdicts[(bus.topics.registry, 0, at)].status == Status.QUARANTINED.value

@@ -557,8 +557,8 @@ def test_prove_names_the_record_one_way(
     ("parent", "flag"),
     [
         (["--html-out", "a.html"], "--html-out"),
-        (["--require-witnessed"], "--require-witnessed"),
-        (["--verify-workers", "2"], "--verify-workers"),
+        (["--strict"], "--strict"),
+        (["--final-digest"], "--final-digest"),
     ],
 )
 def test_prove_refuses_audit_options(

@@ -1,9 +1,10 @@
 """The export format, and the offline auditor on clean and tampered export files (no broker).
 
-A small witnessed log is built in memory the way six organization nodes would build it: signed
-reports in two partitions per organization, each node's witness core publishing checkpoints and
-the others cosigning them. Tampered copies are written back through the writer, so the trailer
-(counts and digest) always matches: what catches the tampering is the content.
+A small sealed log is built in memory the way six organization nodes would build it
+(:mod:`tests.witnessed_log`): signed reports in two partitions per organization, every round
+sealed and cosigned by all six. Tampered copies are written back through the writer, so the
+trailer (counts and digest) always matches: what catches the tampering is the content, against
+the final seals.
 """
 
 from __future__ import annotations
@@ -14,23 +15,42 @@ from pathlib import Path
 
 import pytest
 
-from bus.checkpoint import Checkpoint, key_name, signed_checkpoint
 from bus.errors import Reason, VerificationError
 from bus.export import ExportProblem, ExportReader, ExportWriter, LogRecord
+from bus.judge import Status
 from bus.model import Envelope, Report
 from nodes.auditor.run import EXPORT_TOPIC, AuditResult, audit_export
-from nodes.demo.scenario import demo_key
 from tests.mission import NOW_MS
 from tests.witnessed_log import ORGS, PREFIX, Log, build_log, write
+
+T = f"{PREFIX}reports.osce"
 
 
 def reasons(result: AuditResult) -> set[str]:
     return {v.reason for v in result.violations}
 
 
+def named(result: AuditResult) -> set[tuple[str, str, int]]:
+    """(reason, topic, partition) of every violation."""
+    return {(v.reason, v.topic, v.partition) for v in result.violations}
+
+
 @pytest.fixture(scope="module")
 def log() -> Log:
     return build_log()
+
+
+def _audit(log: Log, tmp_path: Path, records: list[LogRecord]) -> AuditResult:
+    path = write(tmp_path / "log.jsonl", log.header, records)
+    return audit_export(path, log.mission.scenario.mandate, work_dir=tmp_path)
+
+
+def _at(records: list[LogRecord], topic: str, partition: int, offset: int) -> int:
+    return next(
+        i
+        for i, r in enumerate(records)
+        if r.section == "reports" and (r.topic, r.partition, r.offset) == (topic, partition, offset)
+    )
 
 
 # -- format --------------------------------------------------------------------------------
@@ -40,7 +60,7 @@ def test_export_round_trip(log: Log, tmp_path: Path) -> None:
     path = write(tmp_path / "log.jsonl", log.header, log.records)
     with path.open("rb") as f:
         reader = ExportReader(f)
-        assert reader.header == log.header
+        assert reader.header == log.header and reader.header.version == 3
         assert list(reader) == log.records
         assert reader.bytes_read == path.stat().st_size
 
@@ -53,12 +73,23 @@ def test_export_lines_are_documented_json(log: Log) -> None:
     lines = buf.getvalue().splitlines()
     assert lines[0].startswith(b'{"created_at_ms":')
     assert b'"format":"obus-log-export"' in lines[0]
-    assert lines[1].startswith(b'{"key":"aw==","offset":')
-    assert b'"version":2' in lines[0]
+    assert b'"version":3' in lines[0]
+    assert lines[1].startswith(b'{"key":null,"offset":')
     assert lines[2].startswith(
-        b'{"counts":{"attachments":0,"checkpoints":0,"decisions":0,"mandate":0,"registry":0,'
-        b'"reports":1,"seals":0,"statements":0}'
+        b'{"counts":{"attachments":0,"decisions":0,"mandate":0,"registry":0,"reports":1,'
+        b'"seals":0,"statements":0}'
     )
+
+
+def test_version_3_has_no_checkpoints_section(log: Log) -> None:
+    w = ExportWriter(io.BytesIO(), log.header)
+    with pytest.raises(ValueError, match="no section checkpoints"):
+        w.write(LogRecord("checkpoints", f"{PREFIX}checkpoints", 0, 0, NOW_MS, None, b"x"))
+    # A reader names such a line as a problem of the file, not a record.
+    line = LogRecord("checkpoints", f"{PREFIX}checkpoints", 0, 0, NOW_MS, None, b"x").encode()
+    items = list(ExportReader(io.BytesIO(log.header.encode() + line + b"{}\n")))
+    assert isinstance(items[0], ExportProblem)
+    assert "no checkpoints section in version 3" in items[0].detail
 
 
 FILE_DAMAGE = {
@@ -77,6 +108,7 @@ def test_damaged_file_is_named_not_crashed(log: Log, tmp_path: Path, damage: str
     result = audit_export(path, log.mission.scenario.mandate, work_dir=tmp_path)
     assert Reason.EXPORT_CORRUPT.value in reasons(result)
     assert any(v.topic == EXPORT_TOPIC for v in result.violations)
+    assert not result.ok
 
 
 def test_unusable_header_is_refused(tmp_path: Path) -> None:
@@ -98,8 +130,8 @@ def test_sections_out_of_order_are_named(log: Log) -> None:
 
 
 def test_a_record_outside_its_topics_section_is_named(log: Log) -> None:
-    """Version 2 puts each topic's records in one section: a report line under "decisions", or
-    a topic that is no part of the bus, is a problem of the file, not a record."""
+    """Each topic's records go in one section: a report line under "decisions", or a topic
+    that is no part of the bus, is a problem of the file, not a record."""
     report = log.reports()[0]
     moved = dataclasses.replace(report, section="decisions")
     stranger = dataclasses.replace(report, topic="obus.elsewhere", offset=0)
@@ -115,23 +147,57 @@ def test_a_record_outside_its_topics_section_is_named(log: Log) -> None:
     assert isinstance(items[2], ExportProblem) and "not in reports" in items[2].detail
 
 
+def _with_checkpoints(log: Log, n: int) -> list[LogRecord]:
+    """The log with ``n`` records of the old checkpoints section before the reports."""
+    cps = [
+        LogRecord("checkpoints", f"{PREFIX}checkpoints", 0, o, NOW_MS, None, b"o/x/0\n1\nAQE=\n")
+        for o in range(n)
+    ]
+    first = min(i for i, r in enumerate(log.records) if r.section == "reports")
+    return [*log.records[:first], *cps, *log.records[first:]]
+
+
+def test_a_version_2_file_is_read_and_its_checkpoints_skipped_with_a_note(
+    log: Log, tmp_path: Path
+) -> None:
+    """A version 2 file (seals and checkpoints): read as before; the auditor skips the
+    checkpoints (they decide nothing) and says so, and the final verdicts are those of the
+    same log in version 3."""
+    records = _with_checkpoints(log, 3)
+    v2 = write(tmp_path / "v2.jsonl", dataclasses.replace(log.header, version=2), records)
+    with v2.open("rb") as f:
+        reader = ExportReader(f)
+        assert reader.header.version == 2
+        assert list(reader) == records  # no problem: the trailer's eight counts match
+    old = audit_export(v2, log.mission.scenario.mandate, work_dir=tmp_path)
+    new = _audit(log, tmp_path, log.records)
+    assert old.ok and new.ok, (old.violations, new.violations)
+    assert old.checkpoint_records_skipped == 3 and new.checkpoint_records_skipped == 0
+    assert old.notes == [
+        "3 record(s) of the checkpoints section of this export (format version 2) were skipped:"
+        " per-partition checkpoints are no longer verified, final seals replace them"
+    ]
+    assert new.notes == []
+    assert old.final is not None and new.final is not None
+    assert old.final.to_json() == new.final.to_json()
+    assert old.to_json()["checkpoint_records_skipped"] == 3
+
+
 def test_a_version_1_file_reads_with_its_four_sections(log: Log) -> None:
     header = dataclasses.replace(log.header, version=1)
+    kept = [r for r in _with_checkpoints(log, 2) if r.section != "seals"]
     buf = io.BytesIO()
     w = ExportWriter(buf, header)
-    for r in log.records:
+    for r in kept:
         w.write(r)
     with pytest.raises(ValueError, match="no section seals"):
         w.write(LogRecord("seals", f"{PREFIX}seals", 0, 0, NOW_MS, None, b"x"))
     w.finish()
     data = buf.getvalue()
-    assert data.splitlines()[-1].startswith(
-        b'{"counts":{"checkpoints":%d,"mandate":1,'
-        % len([r for r in log.records if r.section == "checkpoints"])
-    )
+    assert data.splitlines()[-1].startswith(b'{"counts":{"checkpoints":2,"mandate":1,')
     reader = ExportReader(io.BytesIO(data))
     assert reader.header == header
-    assert list(reader) == log.records  # no problem: the trailer's four counts match
+    assert list(reader) == kept  # no problem: the trailer's four counts match
 
 
 # -- the auditor on clean and tampered logs ------------------------------------------------
@@ -139,52 +205,38 @@ def test_a_version_1_file_reads_with_its_four_sections(log: Log) -> None:
 
 def test_clean_export_audits_clean(log: Log, tmp_path: Path) -> None:
     path = write(tmp_path / "log.jsonl", log.header, log.records)
-    result = audit_export(path, log.mission.scenario.mandate, require_witnessed=True)
-    assert result.ok, result.violations
+    result = audit_export(path, log.mission.scenario.mandate, work_dir=tmp_path)
+    assert result.ok and result.clean, result.violations
     assert sum(result.accepted.values()) == len(log.reports())
-    assert result.quorum == 4
-    assert all(w["witnessed_size"] == w["records"] > 0 for w in result.witness)
-    assert all(sorted(w["witnessed_by"]) == sorted(ORGS) for w in result.witness)
+    assert sorted(result.accepted) == sorted(ORGS) and result.rejected == {}
+    final = result.final
+    assert final is not None and final.last_epoch == 7 and final.not_sealed == []
+    assert all(len(e.signers) >= 4 and set(e.signers) <= set(ORGS) for e in final.epochs)
+    assert final.by_status()[Status.ACCEPTED.value] == len(log.reports())
     assert result.trust_root == "given"
-    embedded = audit_export(path, None)
+    embedded = audit_export(path, None, work_dir=tmp_path)
     assert embedded.ok and embedded.trust_root == "embedded"
-
-
-def _tamper(log: Log, tmp_path: Path, records: list[LogRecord]) -> AuditResult:
-    path = write(tmp_path / "tampered.jsonl", log.header, records)
-    return audit_export(path, log.mission.scenario.mandate, require_witnessed=True)
-
-
-def _at(records: list[LogRecord], topic: str, partition: int, offset: int) -> int:
-    return next(
-        i
-        for i, r in enumerate(records)
-        if r.section == "reports" and (r.topic, r.partition, r.offset) == (topic, partition, offset)
-    )
-
-
-T = f"{PREFIX}reports.osce"
+    assert embedded.to_json()["final"] == result.to_json()["final"]
 
 
 def test_dropped_record_is_named(log: Log, tmp_path: Path) -> None:
     records = list(log.records)
     del records[_at(records, T, 0, 1)]
-    result = _tamper(log, tmp_path, records)
-    named = {(v.reason, v.topic, v.partition, v.offset) for v in result.violations}
-    assert (Reason.RECORD_MISSING.value, T, 0, 1) in named
-    assert Reason.CHECKPOINT_ROOT_MISMATCH.value in reasons(result)
-    assert Reason.CHAIN_GAP.value in reasons(result)  # the observer's next report
+    result = _audit(log, tmp_path, records)
+    assert (Reason.SEALED_ROOT_MISMATCH.value, T, 0) in named(result)
+    assert not result.ok
 
 
-def test_reordered_records_are_named(log: Log, tmp_path: Path) -> None:
+def test_records_in_another_line_order_change_nothing(log: Log, tmp_path: Path) -> None:
+    """Two records of a partition written in the wrong order, under their own offsets: each is
+    judged at its offset, so the verdicts are those of the log as it is."""
     records = list(log.records)
     i = _at(records, T, 0, 1)
     records[i], records[i + 1] = records[i + 1], records[i]
-    result = _tamper(log, tmp_path, records)
-    named = {(v.reason, v.topic, v.partition, v.offset) for v in result.violations}
-    assert (Reason.RECORD_OUT_OF_ORDER.value, T, 0, 1) in named
-    assert Reason.RECORD_MISSING.value not in reasons(result)
-    assert Reason.CHECKPOINT_ROOT_MISMATCH.value in reasons(result)
+    result = _audit(log, tmp_path, records)
+    clean = _audit(log, tmp_path, log.records)
+    assert result.ok, result.violations
+    assert result.to_json()["final"] == clean.to_json()["final"]
 
 
 def test_values_swapped_under_the_same_offsets_are_named(log: Log, tmp_path: Path) -> None:
@@ -195,9 +247,8 @@ def test_values_swapped_under_the_same_offsets_are_named(log: Log, tmp_path: Pat
         dataclasses.replace(a, value=b.value),
         dataclasses.replace(b, value=a.value),
     )
-    result = _tamper(log, tmp_path, records)
-    assert Reason.CHECKPOINT_ROOT_MISMATCH.value in reasons(result)
-    assert reasons(result) & {Reason.CHAIN_GAP.value, Reason.CHAIN_FORK.value}
+    result = _audit(log, tmp_path, records)
+    assert (Reason.SEALED_ROOT_MISMATCH.value, T, 0) in named(result)
 
 
 def test_altered_record_is_named(log: Log, tmp_path: Path) -> None:
@@ -208,10 +259,10 @@ def test_altered_record_is_named(log: Log, tmp_path: Path) -> None:
     records[i] = dataclasses.replace(
         records[i], value=value[:pos] + b"Nothing seen at." + value[pos + 16 :]
     )
-    result = _tamper(log, tmp_path, records)
-    named = {(v.reason, v.topic, v.partition, v.offset) for v in result.violations}
-    assert (Reason.BAD_SIGNATURE.value, T, 1, 2) in named
-    assert Reason.CHECKPOINT_ROOT_MISMATCH.value in reasons(result)
+    result = _audit(log, tmp_path, records)
+    assert (Reason.SEALED_ROOT_MISMATCH.value, T, 1) in named(result)
+    assert result.final is not None and result.final.mismatch is not None
+    assert "altered" in result.final.mismatch.message
 
 
 def test_truncated_partition_is_named(log: Log, tmp_path: Path) -> None:
@@ -221,73 +272,41 @@ def test_truncated_partition_is_named(log: Log, tmp_path: Path) -> None:
         for r in log.records
         if (r.section, r.topic, r.partition, r.offset) != ("reports", T, 0, last)
     ]
-    result = _tamper(log, tmp_path, records)
-    # The checkpoint at 3 still matches; the one at 6 signs a record the file lacks.
-    assert reasons(result) == {
-        Reason.CHECKPOINT_BEYOND_LOG.value,
-        Reason.WITNESS_QUORUM_NOT_MET.value,
-    }
+    result = _audit(log, tmp_path, records)
+    (v,) = result.violations
+    assert (v.reason, v.topic, v.partition, v.offset) == (
+        Reason.SEALED_ROOT_MISMATCH.value, T, 0, last + 1,
+    )  # fmt: skip
+    assert f"offset {last} is sealed" in v.detail and "deleted" in v.detail
 
 
-def test_forged_checkpoint_by_one_organization_is_named_against_it(
-    log: Log, tmp_path: Path
-) -> None:
-    """NATO's node key signs another root for a size everyone else (NATO too) signed: evidence
-    against NATO, not a fork of the log (tests/unit/test_audit_verdicts.py has the rules)."""
-    origin = f"obus/{log.mission.mandate_id}/{T}/0"
-    forged = Checkpoint(origin, 3, bytes(32))
-    note = signed_checkpoint(forged, log.keys["nato"], key_name("nato", "nato-node"))
-    cps = [r for r in log.records if r.section == "checkpoints"]
-    records = [*log.records]
-    records.insert(
-        records.index(cps[-1]) + 1,
-        LogRecord("checkpoints", cps[-1].topic, 0, cps[-1].offset + 1, NOW_MS - 1000, None, note),
-    )
-    result = _tamper(log, tmp_path, records)
-    assert result.ok, result.violations
-    assert [(f.kind, f.against) for f in result.findings] == [("equivocation", ("nato",))]
-
-
-def test_checkpoint_by_an_unaccredited_key_is_named(log: Log, tmp_path: Path) -> None:
-    origin = f"obus/{log.mission.mandate_id}/{T}/0"
-    note = signed_checkpoint(Checkpoint(origin, 1, bytes(32)), demo_key("rogue"), "obus/un/un-node")
-    records = [*log.records]
-    cps = [r for r in records if r.section == "checkpoints"]
-    records.insert(
-        records.index(cps[-1]) + 1,
-        LogRecord("checkpoints", cps[-1].topic, 0, cps[-1].offset + 1, NOW_MS, None, note),
-    )
-    result = _tamper(log, tmp_path, records)
-    assert reasons(result) == {Reason.UNKNOWN_KEY.value}
-
-
-def test_unwitnessed_records_fail_only_when_required(tmp_path: Path) -> None:
-    log = build_log(cosign=False)  # only UN signed: 1 of the 4 needed
-    path = write(tmp_path / "log.jsonl", log.header, log.records)
-    assert audit_export(path, log.mission.scenario.mandate).ok
-    result = audit_export(path, log.mission.scenario.mandate, require_witnessed=True)
-    assert reasons(result) == {Reason.WITNESS_QUORUM_NOT_MET.value}
-    assert len(result.violations) == len(result.witness) == 12
-
-
-def test_duplicate_report_id_across_the_flush_boundary(tmp_path: Path) -> None:
-    """Report ids live in the on-disk index: a replay far later is still caught."""
+def test_a_copy_of_a_sealed_report_is_a_violation(tmp_path: Path) -> None:
+    """The operator appends a byte-identical copy of a report to another partition and a
+    quorum seals it: its final verdict is ``replayed``, wherever it sits."""
     log = build_log(reports_per_observer=1)
+    bus = log.bus
     first = log.reports()[0]
-    again = dataclasses.replace(first, offset=first.offset + 100)
-    records = [*log.records, again]
-    path = write(tmp_path / "log.jsonl", log.header, records)
-    result = audit_export(path, log.mission.scenario.mandate)
-    assert Reason.REPLAYED.value in reasons(result)
-    assert Reason.RECORD_MISSING.value in reasons(result)  # offsets 1..100 of that partition
+    bus.put(first.topic, first.value, 1 - first.partition)
+    bus.seal()
+    result = audit_export(
+        bus.export(tmp_path / "copy.jsonl"), log.mission.scenario.mandate, work_dir=tmp_path
+    )
+    (v,) = result.violations
+    copy_at = len(bus.parts[(first.topic, 1 - first.partition)]) - 1
+    assert (v.reason, v.topic, v.partition, v.offset) == (
+        Reason.REPLAYED.value, first.topic, 1 - first.partition, copy_at,
+    )  # fmt: skip
+    org = first.topic.removeprefix(f"{PREFIX}reports.")
+    assert result.rejected == {org: 1}
 
 
 def test_report_counts_by_zone_and_day(log: Log, tmp_path: Path) -> None:
-    path = write(tmp_path / "log.jsonl", log.header, log.records)
-    result = audit_export(path, log.mission.scenario.mandate)
+    result = _audit(log, tmp_path, log.records)
     assert sum(result.by_zone.values()) == sum(result.by_day.values()) == len(log.reports())
     reports = [Report.decode(Envelope.decode(r.value or b"").payload) for r in log.reports()]
     assert set(result.by_zone) == {r.zone for r in reports}
+    doc = result.to_json()
+    assert doc["reports_by_zone"] == dict(result.by_zone)
 
 
 def test_html_report_is_self_contained(log: Log, tmp_path: Path) -> None:
@@ -299,5 +318,6 @@ def test_html_report_is_self_contained(log: Log, tmp_path: Path) -> None:
     page = render_html(result)
     assert page.count("<svg") == 4
     assert "<script" not in page and "http://" not in page.replace("http://www.w3.org", "")
-    assert "record_missing" in page and "VERDICT" in page
+    assert "sealed_root_mismatch" in page and "VERDICT" in page
+    assert "Final seals (" in page
     assert "mandate embedded in the export" in page
