@@ -59,8 +59,8 @@ def tree_cpu_s() -> float:
 
 
 def _self_and_reaped_cpu_s() -> float:
-    """CPU seconds of this process plus its children that have exited (the audit's signature
-    workers are gone when it returns, so /proc no longer lists them)."""
+    """CPU seconds of this process plus its children that have exited (any worker process the
+    auditor starts is gone when it returns, so /proc no longer lists it)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
@@ -249,10 +249,7 @@ async def audit(a: Args) -> dict[str, Any]:
         profile = Profiler(async_mode="disabled")
         profile.start()
     t0, c0 = time.perf_counter(), _self_and_reaped_cpu_s()
-    result = await run_audit(
-        a["bootstrap"], spec.scenario().mandate, topics=Topics(a["prefix"]),
-        verify_workers=a.get("verify_workers", 0),
-    )  # fmt: skip
+    result = await run_audit(a["bootstrap"], spec.scenario().mandate, topics=Topics(a["prefix"]))
     wall, cpu = time.perf_counter() - t0, _self_and_reaped_cpu_s() - c0
     if profile is not None:
         profile.stop()

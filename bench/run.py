@@ -438,10 +438,6 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             r["wait4_maxrss_mib"] = rss  # includes the parent's image (see child.peak_rss_mib)
             res[f"audit_{spec.total}"] = r
             done(f"audit {spec.total}")
-            if size == sizes[0] and cores > 1:
-                r, _ = child("audit", {**args, "verify_workers": cores})
-                res[f"auditw_{spec.total}"] = r
-                done(f"audit {spec.total} with {cores} signature workers")
             if opts.profile and size == sizes[0]:
                 path = RESULTS / f"profile-audit-{spec.total}.txt"
                 child("audit", {**args, "profile": str(path)})
@@ -495,9 +491,6 @@ def ratios(res: dict[str, Any]) -> dict[str, float]:
             out["ingest_sealed_final_cpu"] = sealed["final"]["per_cpu_s"] / per_cpu
     out["ingest_all_cpu"] = res["ingest_all"]["per_cpu_s"] / per_cpu
     for k in audits:
-        out[f"{k}_cpu"] = res[k]["per_cpu_s"] / per_cpu
-    for k in (k for k in res if k.startswith("auditw_")):
-        out[k] = res[k]["rate"] / res["ceiling_all"]["rate"]
         out[f"{k}_cpu"] = res[k]["per_cpu_s"] / per_cpu
     # The same per CPU second against the lean peer (same verifier: libsodium, else compiled).
     lean = res["lean"]["per_cpu_s"]
@@ -555,10 +548,6 @@ def render(res: dict[str, Any], r: dict[str, float]) -> None:
         a = res[k]
         t.add_row(f"audit {int(k[6:]):,}", rate(a),
                   f"peak RSS {a['peak_rss_mib']:.0f} MiB, {a['seconds']:.0f} s")  # fmt: skip
-    for k in (k for k in res if k.startswith("auditw_")):
-        a = res[k]
-        t.add_row(f"audit {int(k[7:]):,}, {res['cores']} signature workers", rate(a),
-                  f"peak RSS {a['peak_rss_mib']:.0f} MiB, {a['seconds']:.0f} s")  # fmt: skip
     for k in ("group_1", "group_2"):
         if k in res:
             g = res[k]
@@ -597,7 +586,7 @@ def render(res: dict[str, Any], r: dict[str, float]) -> None:
         "ingest_1_native_cpu": ("native", ">="),
     }  # fmt: skip
     for k, v in r.items():
-        is_audit = k.startswith(("audit_", "auditw_")) and not k.endswith("_vs_lean")
+        is_audit = k.startswith("audit_") and not k.endswith("_vs_lean")
         target, op = checks.get(k, ("audit", ">=") if is_audit else ("", ""))
         goal = TARGETS.get(target)
         ok = goal is not None and (v >= goal if op == ">=" else v <= goal)
