@@ -37,7 +37,7 @@ from nodes.org_node.followup import FollowUp, FollowUpConfig
 from nodes.runtime.files import ended_on, load_mandate, mandate_ended, write_key
 from tests.logcapture import capture_all_logs
 from tests.mission import make_mission
-from tests.sealed_bus import build
+from tests.sealed_bus import SealedBus, build, final_seals
 
 REPO = Path(__file__).resolve().parents[2]
 DAY_MS = 86_400_000
@@ -55,6 +55,7 @@ class Ended:
     export: Path
     un_root: Path
     un_node: Path
+    bus: SealedBus
 
     @property
     def end(self) -> str:
@@ -72,7 +73,7 @@ def ended(tmp_path_factory: pytest.TempPathFactory) -> Ended:
     export = bus.export(root / "log.jsonl")
     write_key(root / "un-root.key", sc.org_roots["un"])
     write_key(root / "un-node.key", sc.node_keys["un"])
-    return Ended(sc, root / "mandate.bin", export, root / "un-root.key", root / "un-node.key")
+    return Ended(sc, root / "mandate.bin", export, root / "un-root.key", root / "un-node.key", bus)
 
 
 # -- load_mandate: normal and archive mode ----------------------------------------------------
@@ -273,6 +274,9 @@ async def test_followup_keeps_decisions_unpublished_after_the_end_and_logs_why(
 
 
 async def test_gateway_refuses_a_new_report_after_the_end(ended: Ended, tmp_path: Path) -> None:
+    """The gateway holds the ended mission's final trust state (its trust topics sealed, as
+    its node's sealer hands them over) with its node key usable, and still publishes nothing
+    new: the mandate in force has ended."""
     sc = ended.scenario
     gw = Gateway(
         GatewayConfig(
@@ -281,6 +285,14 @@ async def test_gateway_refuses_a_new_report_after_the_end(ended: Ended, tmp_path
         )
     )  # fmt: skip
     try:
+        for ref, values in ended.bus.parts.items():
+            gw.trust.offer_records(ref, 0, values)  # the trust partitions; others are ignored
+        assert gw.trust.advance(final_seals(ended.bus)) == 4
+        # What start() does once a final seal is judged, without a broker: check the node key
+        # in the final trust state; recovery has nothing to resolve (nothing was published).
+        gw._check_node_key()
+        gw._recovered = True
+        assert gw.ready, gw.not_ready().body
         m = make_mission(now_ms=PAST)
         reply = await gw.submit(m.next_report("un", 1))
     finally:
