@@ -10,7 +10,6 @@ import pytest
 from bus.sign import ReportSigner
 from bus.store.node import NodeStore
 from bus.topics import Topics
-from nodes.auditor import run as auditor
 from nodes.demo.scenario import demo_key
 from nodes.org_node.process import build_node
 from tests.integration import test_node
@@ -51,36 +50,3 @@ async def test_verify_workers_give_the_same_store(
     assert len(plain.accepted_digests()) == 240
     assert pooled.quarantine_rows() == plain.quarantine_rows()
     assert sorted(r[3] for r in plain.quarantine_rows()) == ["bad_signature", "unknown_key"]
-
-
-async def test_audit_with_verify_workers_finds_exactly_what_a_plain_audit_finds(
-    kafka_bootstrap: str, topics: Topics, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    m = live_mission()
-    producer = await _setup(kafka_bootstrap, topics, m)
-    try:
-        for _ in range(25):  # 300 genuine records
-            for org in ORGS:
-                for i in (1, 2):
-                    await _publish(producer, topics, org, m.next_report(org, i))
-        await _publish(producer, topics, "un", _flip(m.next_report("un", 1)))  # + later gaps
-        rogue = ReportSigner(demo_key("rogue")).sign(m.draft("eu", 1))
-        await _publish(producer, topics, "eu", rogue)
-        await _publish(producer, topics, "osce", m.next_report("osce", 2))
-    finally:
-        await producer.stop()
-    # Small batches so that one batch is judged while the next one's signatures are checked.
-    monkeypatch.setattr(auditor, "_AUDIT_BATCH", 70)
-    mandate = m.scenario.mandate
-    plain = await auditor.audit(kafka_bootstrap, mandate, topics=topics)
-    pooled = await auditor.audit(kafka_bootstrap, mandate, topics=topics, verify_workers=2)
-    assert sum(plain.accepted.values()) == 301
-    assert pooled.accepted == plain.accepted
-    assert pooled.rejected == plain.rejected
-
-    # Partitions interleave differently from one replay to the next: compare as sets.
-    def where(v: auditor.Violation) -> tuple[str, int, int]:
-        return (v.topic, v.partition, v.offset)
-
-    assert sorted(pooled.violations, key=where) == sorted(plain.violations, key=where)
-    assert sorted(v.reason for v in plain.violations) == ["bad_signature", "unknown_key"]
