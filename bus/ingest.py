@@ -25,11 +25,6 @@ The broker's timestamp of a record (:attr:`RecordRef.log_time_ms`) decides none 
 hostile operator sets it (CreateTime topics, or the broker's clock). It is kept as information
 only (when the broker says it appended the record).
 
-:attr:`Ingestor.timeline` is the one exception, for the auditor's legacy per-record audit only:
-given a :class:`~bus.lifecycle.TrustTimeline`, records are judged under the version in effect at
-their log time (:meth:`~bus.lifecycle.TrustTimeline.at`) with the log time as the clock, as
-that audit always did. A node never sets it.
-
 A quarantined outcome never carries more of a record than a stored row may keep
 (:func:`kept_of`): a value larger than the record limit is judged ``oversized`` on its length
 alone, before anything reads it, and goes on as its size, its SHA-256 and its first
@@ -45,7 +40,6 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from bus.errors import Reason, VerificationError
-from bus.lifecycle import TrustTimeline
 from bus.model import sha256
 from bus.sealed import DecryptionKey, VerifiedSealed, is_sealed, verify_sealed_report
 from bus.trust import KeyRing
@@ -89,7 +83,6 @@ class Ingestor:
         org_of_topic: maps a topic name to the organization whose topic it is (None: not a
             report topic).
         limits: verification limits.
-        timeline: the auditor's legacy log-time audit only (module docstring); None for a node.
         clock: "now" in milliseconds, read once per record when it is judged (default: this
             machine's clock).
     """
@@ -98,7 +91,6 @@ class Ingestor:
     chain: ChainBook
     org_of_topic: dict[str, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
-    timeline: TrustTimeline | None = None
     # This organization's X25519 keys by key id, to read restricted reports sealed to it.
     decryption_keys: dict[bytes, DecryptionKey] = field(default_factory=dict)
     # (public key, raw) pairs whose signature worker processes already verified under the one
@@ -119,10 +111,7 @@ class Ingestor:
             # the consumer decompressed goes no further than its size, digest and prefix.
             detail = f"{len(raw)} bytes > limit {limit}"
             return Quarantined.bounded(ref, Reason.OVERSIZED, detail, raw, limit)
-        if self.timeline is None:
-            keyring, now = self.keyring, self.clock()
-        else:  # the auditor's legacy log-time audit (module docstring)
-            keyring, now = self.timeline.at(ref.log_time_ms), ref.log_time_ms
+        keyring, now = self.keyring, self.clock()
         try:
             if is_sealed(raw):
                 vs = verify_sealed_report(
