@@ -33,6 +33,17 @@ Kafka, the reader and the :class:`~bus.store.final.FinalStore`:
 * **Rounds.** When the votes of a round are split so that no text of it can become final any
   more, the seal chain opens the next round (the same record at every reader); the sealer logs
   ``seal_round_opened`` (epoch, round, why) at warning level and votes again.
+* **Withdrawals.** A round whose votes are split may stay open because organizations that
+  have not voted stay silent (their nodes down, or a dishonest minority). When its vote in the
+  open round is ``withdraw_after_ms`` old by this node's clock (counted from when this run
+  cast it or, after a restart, first found it stored) and the epoch is still not final here,
+  the sealer publishes a signed withdrawal (:func:`bus.seal.sign_withdrawal`; its vote then
+  counts for no text, :mod:`bus.seal`, "Withdrawals") once per round, logs
+  ``seal_withdrawn`` at warning level, and never votes again in that round: with at least k
+  organizations doing so the round dies and the next one opens. The timeout must be well
+  above the time a healthy round takes (proposal, k cosignatures, reading them back): a
+  shorter one trades nothing for liveness and gives an operator who delays records an easier
+  fork (:mod:`bus.seal`, "What an operator who hides records can do").
 * **Alarms.** A sealed record altered or deleted (a root that does not match a final seal) stops
   judging: ``sealed_root_mismatch`` is logged at error level with the partition and the size,
   kept in :attr:`Sealer.alarm` and shown by the health endpoint; reading the seals topic goes
@@ -72,7 +83,15 @@ from bus.judge import EpochVerdicts, Status
 from bus.kafka.admin import partitions_of
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
 from bus.model import Mandate, Role, encode
-from bus.seal import Cosign, SealProposal, cosign_seal, sign_proposal
+from bus.seal import (
+    Cosign,
+    SealProposal,
+    SealWithdrawal,
+    cosign_seal,
+    parse_seal_record,
+    sign_proposal,
+    sign_withdrawal,
+)
 from bus.sealed import DecryptionKey
 from bus.store.final import FinalStore, Vote, provisional_verdicts
 from bus.store.sqlite import open_db
@@ -84,6 +103,9 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_INTERVAL_MS: Final = 5_000
 DEFAULT_TOLERANCE_MS: Final = 60_000
+# Seal intervals a vote waits before it is withdrawn: a healthy round (a proposal, k
+# cosignatures read back) takes about one.
+WITHDRAW_AFTER_INTERVALS: Final = 6
 # Final verdicts kept for comparison with provisional ones not made yet (bounded memory).
 _MAX_UNMATCHED: Final = 200_000
 # Seals records held while they wait for their trust state (each at most MAX_SEAL_RECORD_BYTES).
@@ -111,6 +133,9 @@ class SealerConfig:
         takeover_ms: how much longer each next organization waits before proposing instead of
             a silent turn owner.
         tolerance_ms: how far a proposal's *t_e* may be from this node's clock to be cosigned.
+        withdraw_after_ms: how long this node's vote in a round that is not final may be old
+            before it withdraws it (module docstring, "Withdrawals"); None:
+            :data:`WITHDRAW_AFTER_INTERVALS` seal intervals.
         snapshot_every: store the reader's snapshot every this many judged epochs.
         max_buffered: pause data partitions while more records than this wait for a seal.
         poll_timeout_ms: longest wait for records per loop turn.
@@ -133,6 +158,7 @@ class SealerConfig:
     interval_ms: int = DEFAULT_INTERVAL_MS
     takeover_ms: int = DEFAULT_INTERVAL_MS
     tolerance_ms: int = DEFAULT_TOLERANCE_MS
+    withdraw_after_ms: int | None = None
     snapshot_every: int = 20
     max_buffered: int = 500_000
     poll_timeout_ms: int = 200
@@ -167,6 +193,13 @@ class Sealer:
         )
         self._sent: set[tuple[int, int]] = set()  # (epoch, round) whose vote this run published
         self._proposed: set[tuple[int, int]] = set()  # (epoch, round) this run proposed in
+        # (epoch, round) -> when this run cast its vote there, or first found it stored.
+        self._voted_at: dict[tuple[int, int], int] = {}
+        self._withdrawn: set[tuple[int, int]] = set()  # (epoch, round) this run withdrew from
+        after = config.withdraw_after_ms
+        self._withdraw_after_ms = (
+            WITHDRAW_AFTER_INTERVALS * config.interval_ms if after is None else after
+        )
         self._refused: set[tuple[int, str]] = set()  # (offset, reason) logged once
         # Open (epoch, round) -> when this node first could propose in it (something new,
         # electable).
@@ -183,6 +216,8 @@ class Sealer:
             "cosignatures_published": 0,
             "equivocations": 0,
             "rounds_opened": 0,
+            "withdrawals_published": 0,
+            "withdrawals_counted": 0,
             "refusals": 0,
             "verdict_changes": 0,
         }
@@ -213,6 +248,8 @@ class Sealer:
             "final_epoch": 0 if latest is None else latest.epoch,
             "open_epoch": self.reader.chain.open_epoch,
             "open_round": self.reader.chain.open_round,
+            "open_round_withdrawn": sorted(self.reader.chain.withdrawn()),
+            "withdraw_after_ms": self._withdraw_after_ms,
             "buffered": self.reader.buffered(),
             "paused": self._paused,
             "state_digest": judge.digest.hex(),
@@ -359,6 +396,16 @@ class Sealer:
                     "seal_final", epoch=f.epoch, signers=sorted(f.signers), offset=f.offset
                 )
         for u in updates:
+            for v in u.seal_verdicts:
+                if v.withdrawn:
+                    self.counts["withdrawals_counted"] += len(v.withdrawn)
+                    self._log.info(
+                        "seal_withdrawal_counted",
+                        epoch=v.epoch,
+                        round=v.round,
+                        orgs=list(v.withdrawn),
+                        offset=v.offset,
+                    )
             for opened in u.rounds_opened:
                 self.counts["rounds_opened"] += 1
                 self._log.warning(
@@ -493,6 +540,9 @@ class Sealer:
         for stale in [k for k in self._ready_ms if k < open_]:
             del self._ready_ms[stale]
         self._proposed = {k for k in self._proposed if k >= open_}
+        self._withdrawn = {k for k in self._withdrawn if k >= open_}
+        for stale in [k for k in self._voted_at if k < open_]:
+            del self._voted_at[stale]
         for stale in [k for k in self._votes if k[0] < open_[0]]:
             del self._votes[stale]
         mine = self._votes.get(open_)
@@ -500,6 +550,8 @@ class Sealer:
             # Voted already (maybe before a restart): publish it again if it never arrived.
             if chain.votes().get(cfg.org) is None and open_ not in self._sent:
                 await self._publish(producer, mine)
+            else:
+                await self._withdraw_if_due(producer, mine, now)
             return
         voted = {k: v.digest for k, v in self._votes.items()}
         theirs = chain.votes().get(cfg.org)
@@ -543,6 +595,35 @@ class Sealer:
                 return
             # No vote: this node cosigns the first proposal of the round once it reads it.
             await self._propose(producer, proposal, sign_proposal(proposal, key, name))
+
+    async def _withdraw_if_due(self, producer: Any, vote: Vote, now: int) -> None:
+        """Withdraw this organization's vote in the open round once it is
+        ``withdraw_after_ms`` old here and the epoch is still not final (it is the open one),
+        once per round (module docstring, "Withdrawals")."""
+        at = (vote.epoch, vote.round)
+        since = self._voted_at.setdefault(at, now)
+        if (
+            at in self._withdrawn
+            or self.config.org in self.reader.chain.withdrawn()
+            or now - since < self._withdraw_after_ms
+        ):
+            return
+        key = self.config.node_key
+        name = None if key is None else self._key_name(parse_seal_record(vote.record).proposal)
+        if key is None or name is None:
+            return
+        withdrawal = SealWithdrawal(self.config.root.mandate_id, vote.epoch, vote.round)
+        record = sign_withdrawal(withdrawal, key, name, now_ms=now)
+        await producer.send_and_wait(self.config.topics.seals, record, partition=0)
+        self._withdrawn.add(at)
+        self.counts["withdrawals_published"] += 1
+        self._log.warning(
+            "seal_withdrawn",
+            epoch=vote.epoch,
+            round=vote.round,
+            vote_age_ms=now - since,
+            votes=len(self.reader.chain.votes()),
+        )
 
     async def _seals_read(self, consumer: AIOKafkaConsumer) -> bool:
         """Whether this sealer has read the seals topic to its end: a proposal it has not read
@@ -626,8 +707,10 @@ class Sealer:
     async def _vote(self, producer: Any, vote: Vote) -> None:
         """Store this organization's cosignature, then publish it: a restart never signs a
         second text in its round."""
-        await asyncio.to_thread(self.store.save_vote, vote, _now_ms())
+        now = _now_ms()
+        await asyncio.to_thread(self.store.save_vote, vote, now)
         self._votes[(vote.epoch, vote.round)] = vote
+        self._voted_at[(vote.epoch, vote.round)] = now
         await self._publish(producer, vote)
 
     async def _publish(self, producer: Any, vote: Vote) -> None:
