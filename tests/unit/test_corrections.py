@@ -56,7 +56,8 @@ class Bus:
         for raw in self.m.scenario.accreditations:
             self.keyring.apply(Envelope.decode(raw))
         self.order: list[tuple[RecordPos, str, bytes]] = []  # log order: (pos, org, raw)
-        self.store = NodeStore(tmp_path / "node.db")
+        self.store_path = tmp_path / "node.db"
+        self.store = NodeStore(self.store_path)
         self.ids: dict[RecordPos, str] = {}
 
     def put(self, raw: bytes, org: str = "un", partition: int = 0) -> RecordPos:

@@ -187,11 +187,15 @@ class ReadModel:
         with self._store() as store:
             idx = self._refresh(store)
             revoked = self._revoked(store)
+            links = _links(store.amendments())
         rows = [r for r in reversed(idx.rows) if zone is None or r.report.zone == zone][:limit]
         with self._final() as final:
             finals = {} if final is None else final.final_at(_pos(r) for r in rows)
             extra = [] if final is None or zone is not None else final.accepted_only_finally(limit)
-        out = [self._report_json(r, revoked, finals.get(_pos(r))) for r in rows]
+        out = [
+            {**self._report_json(r, revoked, finals.get(_pos(r))), **_amendment_json(r, links)}
+            for r in rows
+        ]
         out += [_final_only_json(*x) for x in extra]
         out.sort(key=lambda r: -int(r["log_time_ms"]))  # stable: storage order among equals
         return out[:limit]
@@ -538,6 +542,32 @@ class ReadModel:
                 "board": sum(o for (t, _), o in positions.items() if ".reports." not in t),
             },
         }
+
+
+def _links(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    """The node store's amendment links (:meth:`bus.store.node.NodeStore.amendments`) by the
+    report amended: ``corrected_by``, ``retracted_by`` and ``retraction_reason``."""
+    out: dict[str, dict[str, str]] = {}
+    for link in rows:
+        entry = out.setdefault(link["target"], {})
+        if link["kind"] == "retraction":
+            entry["retracted_by"], entry["retraction_reason"] = link["report_id"], link["reason"]
+        else:
+            entry["corrected_by"] = link["report_id"]
+    return out
+
+
+def _amendment_json(row: _Row, links: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """What a feed row says of corrections and retractions: what the report corrects or
+    retracts (and why), and the report that corrected or retracted it ("" for none)."""
+    r, link = row.report, links.get(row.report.report_id, {})
+    return {
+        "corrects": r.corrects,
+        "retracts": r.retracts,
+        "retraction_reason": r.retraction_reason or link.get("retraction_reason", ""),
+        "corrected_by": link.get("corrected_by", ""),
+        "retracted_by": link.get("retracted_by", ""),
+    }
 
 
 def _pos(row: _Row | Mapping[str, Any]) -> Pos:
