@@ -8,6 +8,13 @@ never written a second time by hand. The form's code knows only the kinds of rul
 length in characters, a pattern, a member of a list); every number, pattern and name comes from
 this file's output.
 
+Some bounds exist in Python only as literals inside the checks (``bus.model.Location``,
+``Attachment`` and ``Report.__post_init__``, ``bus.report_file``): severity 1..5, confidence
+0..1, latitude and longitude, precision and casualties up to 1,000,000, place 200 and
+attachment name 255 characters, media type 127. They are repeated below;
+``tests/integration/test_observer_web_rules.py`` runs the form's validation and the Python
+rules on the boundary values of each and fails when the two disagree.
+
 Usage: ``python nodes/observer_web/export_rules.py OUT.json`` (``make web`` runs it); the
 output is deterministic (sorted keys), so an unchanged rule set leaves the file unchanged.
 """
