@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import resource
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -41,10 +42,15 @@ from pathlib import Path
 
 import aiohttp
 
+from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionSeal
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
-from bus.model import Accreditation, Category, Location, Report, Role
+from bus.kafka.replay import replay
+from bus.merkle import MerkleTree
+from bus.model import Accreditation, Category, Location, Mandate, Report, Role, encode, sha256
+from bus.sealed_reader import SealedReader
 from bus.sign import sign_accreditation
+from bus.store.final import FinalStore
 from bus.topics import Topics, standard_topics
 from bus.uuid7 import uuid7
 from nodes.demo.mission import LocalBroker
@@ -251,6 +257,34 @@ async def gateway_process(
                 await proc.wait()
 
 
+async def seal_trust(bootstrap: str, topics: Topics, root: Mandate, path: Path) -> None:
+    """A final store holding one final seal of the trust topics as they stand (the gateway
+    judges with its node's final trust state, and no node runs here): epoch 1 over the RFC 6962
+    roots of the real registry and mandate records, judged by a SealedReader as a sealer
+    would, so the gateway checks those roots itself and the submit is really published."""
+    held: dict[tuple[str, int], list[bytes | None]] = defaultdict(list)
+    async for rec in replay(bootstrap, [topics.registry, topics.mandate]):
+        held[(rec.topic, rec.partition)].append(rec.value)
+    parts = {}
+    for ref, values in sorted(held.items()):
+        tree = MerkleTree(store_leaves=False)
+        for v in values:
+            tree.append(v or b"")
+        parts[ref] = PartitionSeal(len(values), tree.root())
+    seal = FinalSeal(root.mandate_id, 1, time.time_ns() // 1_000_000, parts,
+                     hashlib.sha256(b"bench trust seal").digest(), GENESIS_DIGEST,
+                     frozenset(o for o, _ in ORGANIZATIONS))  # fmt: skip
+    reader = SealedReader(root, topics)
+    for ref, values in held.items():
+        reader.offer_records(ref, 0, values)
+    store = FinalStore(path)
+    try:
+        store.check_identity("un", root.mandate_id, sha256(encode(root)))
+        store.record(reader.offer_final_seal(seal), [seal])
+    finally:
+        store.close()
+
+
 async def run(bootstrap: str, work: Path, count: int, header_timeout_s: float) -> Figures:
     """A mission on the broker, the gateway as a child process, and :func:`measure`."""
     now = time.time_ns() // 1_000_000
@@ -273,6 +307,7 @@ async def run(bootstrap: str, work: Path, count: int, header_timeout_s: float) -
         await producer.stop()
     (work / "mandate.bin").write_bytes(sc.mandate_envelope)
     write_key(work / "node-key.json", node_key)
+    await seal_trust(bootstrap, topics, m, work / "un.final.db")
     observer = next(o for o in sc.observers if o.org == "un")
     signer = sc.signers[observer.observer_id]
 
@@ -294,6 +329,7 @@ async def run(bootstrap: str, work: Path, count: int, header_timeout_s: float) -
     argv = ["--org", "un", "--mandate", str(work / "mandate.bin"),
             "--node-key", str(work / "node-key.json"), "--db", str(work / "gateway.db"),
             "--port", str(port), "--bootstrap", bootstrap, "--topic-prefix", topics.prefix,
+            "--final-db", str(work / "un.final.db"),
             "--header-timeout", str(header_timeout_s)]  # fmt: skip
     log = work / "gateway.log"
     async with gateway_process(argv, url, log) as proc:
