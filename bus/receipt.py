@@ -17,7 +17,10 @@ Verification rule (:func:`verify_receipt`), the same for observers and auditors:
    that was ever revoked fails closed with ``key_revoked``. The log stays the ground truth: the
    observer can still find its report at the receipt's position;
 5. when the caller passes the envelope it delivered, the receipt must name exactly that
-   envelope (report id, digest, observer, seq), else ``receipt_mismatch``.
+   envelope (report id, digest, observer, seq), else ``receipt_mismatch``. The envelope is a
+   plain report or a restricted one (:mod:`bus.sealed`): a restricted report's receipt answers
+   the sealed envelope's digest and its clear fields (report id, observer, organization, seq),
+   which are the ones the gateway judged and published; nothing is decrypted.
 
 Pure: no asyncio, Kafka, socket or HTTP imports.
 """
@@ -31,10 +34,12 @@ from bus.errors import Reason, VerificationError
 from bus.model import (
     PAYLOAD_RECEIPT,
     PAYLOAD_REPORT,
+    PAYLOAD_SEALED_REPORT,
     Envelope,
     Receipt,
     Report,
     Role,
+    SealedReport,
     encode,
     sha256,
 )
@@ -105,9 +110,13 @@ def _check_answers(receipt: Receipt, envelope: bytes) -> None:
             report_id=receipt.report_id,
         )
     env = Envelope.decode(envelope)
-    if env.payload_type != PAYLOAD_REPORT:
+    report: Report | SealedReport
+    if env.payload_type == PAYLOAD_REPORT:
+        report = Report.decode(env.payload)
+    elif env.payload_type == PAYLOAD_SEALED_REPORT:  # restricted: its clear fields
+        report = SealedReport.decode(env.payload)
+    else:
         raise VerificationError(Reason.WRONG_PAYLOAD_TYPE, "the receipted envelope is no report")
-    report = Report.decode(env.payload)
     mine = (report.report_id, report.observer_id, report.seq, report.org)
     theirs = (receipt.report_id, receipt.observer_id, receipt.seq, receipt.org)
     if mine != theirs:
