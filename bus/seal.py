@@ -45,10 +45,16 @@ text, is parsed like any line and is never verified nor counted (a record with o
 changes no vote). A cosignature record carries the same text with only the cosigner's line(s);
 records with the same text merge into one note (:func:`bus.checkpoint.merge_notes`).
 
+The seals topic carries one other kind of record, a *withdrawal* (below, "Withdrawals"): a
+signed note whose text is ``obus-seal-withdraw/v1/<mandate id>\n<epoch>\n<round>\n`` (the same
+number rules) with type ``0x04`` lines by node keys.
+
 Domain separation: DSSE signs bytes beginning ``DSSEv1 ``, checkpoint texts begin ``obus/``
 (:func:`bus.checkpoint.verify_checkpoint` refuses any other origin), seal texts begin
-``obus-seal/v1/`` and cosignatures ``cosignature/v1``: a node key's signature made for one use
-never verifies for another.
+``obus-seal/v1/``, withdrawal texts ``obus-seal-withdraw/v1/`` and cosignatures
+``cosignature/v1``: a node key's signature made for one use never verifies for another (a
+withdrawal is no seal, :func:`parse_seal_record` refuses it, and a vote's line pasted under a
+withdrawal text, or the reverse, does not verify).
 
 Which signatures count (:func:`verify_seal`, :class:`SealChain`)
 -----------------------------------------------------------------
@@ -100,13 +106,21 @@ counted, never verified. In the open round:
   listed again, with at least its size). Texts breaking a rule never become final
   (``seal_wrong_prev``, ``seal_time_not_increasing``, ``seal_size_shrinks``), and votes on them
   are still votes;
+* a counted **withdrawal** (below) by an organization that voted in the round takes its vote
+  off its text from that record on; the organization still counts as having voted (for no
+  text). ``votes(t)`` below are a text's votes not withdrawn, and a text is final at the first
+  record at which it holds ``k`` of them (a withdrawal after that changes nothing: the epoch
+  is final);
 * round *r* is **dead** once no text of it can reach ``k`` any more, whoever votes next. With
-  ``V`` the organizations that voted in round *r*: every text *t* of the round that may become
-  final has ``votes(t) + |E(t) - V| < k`` (``E(t)`` its electorate), and a text nobody signed
+  ``V`` the organizations that voted in round *r* (withdrawn or not): every text *t* of the
+  round that may become final has ``votes(t) + |E(t) - V| < k`` (``E(t)`` its electorate),
+  and a text nobody signed
   yet could not reach ``k`` either: ``|E - V| < k``, ``E`` the epoch's electorate (for epoch 1,
   whose trust state may differ from text to text, :data:`TrustFor`, every organization of the
-  mandate). Votes only accumulate, so a dead round stays dead; the record whose vote made it
-  dead opens round *r+1* (:class:`RoundOpened` on its verdict). A record of the dead round that
+  mandate). ``V`` only grows and ``votes(t)`` only grows by votes of organizations leaving
+  ``E(t) - V``, so no record makes a text able to reach ``k`` again: a dead round stays
+  dead; the record whose vote or withdrawal made it dead opens round *r+1*
+  (:class:`RoundOpened` on its verdict). A record of the dead round that
   comes later could have changed no final seal, which is why it is not looked at (a second text
   signed there is not reported as equivocation: it could never count). Round
   :data:`MAX_ROUND` never dies.
@@ -114,7 +128,10 @@ counted, never verified. In the open round:
 Nothing else enters: not a reader's clock, nor how it batches or interleaves topics, nor when it
 learnt a trust state (a record that needs one the caller does not have yet waits, and the
 records after it wait behind it), so every reader of one seals topic derives the same final
-seals and opens the same rounds at the same records.
+seals, counts the same withdrawals and opens the same rounds at the same records. A
+withdrawal's effect depends only on the records before it (which votes it can take back) and
+on the trust state of the text its organization voted for, which that reader already had to
+count the vote: a withdrawal never waits, and never makes a reader wait.
 
 **Why a minority can neither forge nor block finality.** Say *f* organizations are dishonest
 (or their keys stolen) and ``f <= min(k - 1, n - k)`` of the mandate's *n*. *Forge*: a final
@@ -125,18 +142,23 @@ nothing it signs counts unless it is a cosignature, one per organization and rou
 proposals count for nothing at all.
 *Block*: the ``n - f >= k`` honest organizations vote for the same text of a round when honest
 witnesses follow the rule below, and nothing the minority publishes can cancel an honest vote:
-its signatures on other texts burn only its own votes, a copy of an honest line on another text
-does not verify, a copy on the same text changes nothing, and records of other rounds are not
-looked at. Nor can it kill a round in which the honest votes go to one text *T*: honest votes on
-*T* plus honest organizations yet to vote are always ``n - f >= k``, so *T* can still reach
-*k*. *Change*: among texts honest organizations vote for, the first to reach *k* wins; the
+its signatures on other texts burn only its own votes, its withdrawals take back only its own
+(a withdrawal line counts only by the organization's own node key), a copy of an honest line on
+another text does not verify, a copy on the same text changes nothing, and records of other
+rounds are not looked at. Nor can it kill a round in which the honest votes go to one text
+*T*: honest votes on *T* plus honest organizations yet to vote are always ``n - f >= k`` until
+honest organizations withdraw, which they do only when *T* is not final a timeout after their
+vote, so *T* reaches *k* first whenever honest nodes read each other within the timeout.
+*Change*: among texts honest organizations vote for, the first to reach *k* wins; the
 minority can hurry that text (its votes count), and can decide between two honest texts only
 when the honest votes are split so that neither reaches *k* without it.
 
-**What an operator who hides records can do.** The seals topic is one partition, but its
-operator may show readers different seals topics (records left out, in another order). Two
-readers then derive different final seals of one epoch only when organizations signed two texts
-of one round, each such pair of signatures an :class:`Equivocation` once the views meet:
+**What an operator who hides records can do, without withdrawals.** (The bounds this design
+had before withdrawals; "Withdrawals", (c), says what they change.) The seals topic is one
+partition, but its operator may show readers different seals topics (records left out, in
+another order). Without withdrawals, two readers derive different final seals of one epoch
+only when organizations signed two texts of one round, each such pair of signatures an
+:class:`Equivocation` once the views meet:
 
 * *in one round*: two texts with *k* votes each need ``2k - n`` organizations that signed both;
 * *across rounds*: text *T* of round *r* is final for reader A with signers *S*
@@ -152,8 +174,9 @@ of one round, each such pair of signatures an :class:`Equivocation` once the vie
 That second bound is at least one organization, where a fork inside one round needs
 ``2k - n`` (two for 4 of 6). It is the price of reopening an epoch at all: a round may only die
 once its best text misses *k* by one vote; asking for a margin of ``2k - n`` votes would keep
-the commonest split, two texts with ``n / 2`` votes each, open for good at 4 of 6. So a fork
-still names at least one organization that equivocated, and needs the operator's help.
+the commonest split, two texts with ``n / 2`` votes each, open for good at 4 of 6. So, without
+withdrawals, a fork names at least one organization that equivocated, and needs the operator's
+help; with them, a withdrawal may stand where the second signature stood ("Withdrawals", (c)).
 
 **What one vote per round costs.** Two proposers at once split nothing by themselves: neither
 proposal is a vote, and every witness cosigns the first acceptable one in topic order, which
@@ -161,10 +184,115 @@ all read alike. Honest votes still split when witnesses judge the first proposal
 *t_e* at the edge of some witnesses' clock tolerance, a network partition), which may leave no
 text able to reach *k*; once every organization that could still change that has voted, the
 round is dead and the next one opens, at the same record for every reader, with another
-proposer's turn (below). A round stays open while some text could still reach *k* with
+proposer's turn (below). A round also stays open while some text could still reach *k* with
 the votes of organizations that have not voted: when they stay silent (their nodes down, or a
-dishonest minority that withholds its votes after splitting the honest ones), the epoch waits
-for them, since nothing in the seals topic tells a silent organization from a slow one.
+dishonest minority that withholds its votes after splitting the honest ones), the voters'
+withdrawals end it ("Withdrawals", (b)).
+
+Withdrawals
+-----------
+Why they exist: a round stays open while some text could still reach ``k`` with the votes of
+organizations that have not voted, and nothing in the seals topic tells a silent organization
+from a slow one. So at ``k = 4`` of ``n = 6``, when honest votes split 2-2 (a *t_e* at the edge
+of some witnesses' clock tolerance, published first by a dishonest proposer, or by accident)
+and two organizations stay silent (dishonest, or merely their nodes down), each text holds
+``2 + 2 = k`` and the epoch would wait for the silent ones for ever: two organizations would
+block finality for everyone. A withdrawal lets the organizations that did vote take their
+votes back, so the silent ones stop mattering.
+
+*The record*: the text above, with one ``0x04`` (tlog-cosignature/v1) line per withdrawing
+organization, by any of its node keys; :func:`sign_withdrawal` makes one. *Which lines count*
+(:meth:`SealChain.offer`), for the open round of the open epoch only (others are ignored and
+counted like seals records, never verified):
+
+* the line's key name ``obus/<org>/<subject>`` names the organization; an organization with no
+  counted vote in the round gets ``seal_withdraw_no_vote`` and nothing changes (not verified:
+  abstaining without having voted would let an organization count as decided without looking
+  at a text, and an honest sealer never does it), nor does one already withdrawn;
+* the line is judged under the trust state of the text that organization voted for, by the
+  standing rule of votes on that text (a node key of the organization, accredited, inside
+  its window at that text's *t_e*, not revoked at the epoch) and then verified; a key that
+  trust state does not know is ignored; at most one line per key id is tried and one
+  withdrawal per organization and round counts. Work per record: dictionary look-ups, and at
+  most one verification per organization with a live vote;
+* a counted withdrawal takes the organization's vote off its text from this record on (the
+  vote stays its vote: a cosignature on another text of the round later is equivocation, the
+  same text again changes nothing); death is then checked as above, so a withdrawal may open
+  the next round.
+
+*The honest rule* (:mod:`nodes.org_node.sealer`): an organization withdraws from a round only
+after its vote there is a timeout old on its own clock (several seal intervals), only while
+the epoch is not final in its view, and never votes again in that round. Timeouts and clocks
+enter nobody's verdict: they only decide when an honest organization publishes a record,
+and every reader judges the record where it stands in the topic.
+
+**(a) Determinism.** Finality, rounds and withdrawals are a function of the seals topic and the
+trust states (above); ``tests/unit/test_seal_withdraw.py`` checks the rule against a naive
+oracle and any reader (trust learnt late, restarts from any final seal) against a straight
+one, over random schedules of votes, proposals and withdrawals and random ``k`` and
+electorates.
+
+**(b) Liveness.** Say at least ``max(k, n - k + 1)`` organizations run honestly (so the others,
+silent, down or dishonest, number at most ``k - 1``), read each other's records within the
+timeout, and propose and vote in each round (a witness that refuses every proposal proposes
+its own, and cosigns the first acceptable one). In any round that is not final, each honest
+organization votes and, a timeout later, withdraws. Once they all have, every honest
+organization is in ``V`` and holds no vote on any text, so for every text ``votes(t) + |E(t) -
+V|`` counts only the others: at most ``k - 1``. The round is dead, at the latest at the last
+honest withdrawal, whatever the others did. A round ends in finality when the honest votes
+go to one text: every honest witness accepts the round's first proposal when it is honest
+(clocks within each other's tolerance, one log), which the turns make the common case. A
+dishonest organization that publishes a clock-edge text first in *every* round can keep the
+honest votes split, each time at the cost of one timeout per round; binding a round's votes to
+the proposal of the organization whose turn it is would confine that to its own turns, and is
+not built.
+
+**(c) Safety under an operator who shows readers different seals topics** (the fork analysis
+of "Finality" above, with withdrawals). A fork of epoch *e* is two readers holding different
+final seals of *e*.
+
+* *In one round*: two texts with ``k`` votes each need ``2k - n`` organizations that signed
+  both, each an :class:`Equivocation`. Unchanged: a withdrawal never adds a vote.
+* *Across rounds*: *T* final in round *r* for reader A with signers *S*, round *r* dead for
+  reader B. Hiding a vote or a withdrawal never makes a round look more dead (a hidden vote
+  leaves its organization undecided, which counts for every text; a withdrawal only takes
+  away). So fewer than ``k`` members of *S* still hold their vote on *T* or have not voted in
+  B's view: at least ``|S| - k + 1`` of them, in B's view, **signed another text of round
+  r (equivocation) or withdrew**. Withdrawing is what an honest organization does when it
+  has not seen its text final within the timeout. So, unlike before withdrawals, *the operator
+  alone* can fork one epoch: it keeps *T*'s finality from ``|S| - k + 1`` of its honest signers
+  for longer than their timeout (hiding the others' votes from them), shows them their
+  withdrawals and round *r+1*, and shows reader A the votes before the withdrawals. No
+  signature names anyone; the two readers hold one record at different offsets, or records the
+  other was never shown, which names the operator to whoever compares them.
+* *Beyond epoch e*: each honest organization holds one final seal per epoch for good (its
+  view only grows, its sealer keeps the final seals it judged) and cosigns only texts naming
+  that seal as ``<prev>`` (:func:`decide_cosign`). Both sides of a fork continuing to *e+1*
+  need ``k`` cosignatures each on texts of *e+1* naming two different ``<prev>``, so at least
+  ``2k - n`` organizations signed texts of one epoch naming two different previous seals,
+  which no honest organization does in any round; each is named by its two lines (on records
+  of the two sides' final seals of *e+1*). The claim that they signed two texts *of one
+  round* would be wrong: the two sides count rounds of *e+1* separately, and signing texts of
+  two rounds is honest; it is the ``<prev>`` that convicts. With fewer than ``2k - n``
+  dishonest organizations only one side ever passes epoch *e*; the other sees no final seal
+  again (a stall every node's health shows, not a quiet divergence), and the first text of
+  the other side it is shown carries ``k`` cosignatures over a ``<prev>`` that is not its
+  final seal (``seal_wrong_prev``, its votes void): evidence of the fork at *e*.
+
+So withdrawals weaken one bound: a fork confined to one epoch no longer needs an equivocating
+organization, only an operator who withholds records from the honest sealers for longer than
+their withdrawal timeout. It is the right trade because without them two silent
+organizations (or two nodes down at a clock edge, a fault the field will produce) block
+finality for everyone for good, with no evidence and nothing any honest party can do, which
+breaks the rule "a minority cannot block"; with them, a fork needs the operator's active
+partitioning for a configured time, stays within one epoch unless ``2k - n`` organizations
+sign conflicting histories (named), and shows at the losing side as a stall. The timeout is the
+knob: it must be well above the time a healthy round takes, and the longer it is, the longer
+the operator must hide records. Two alternatives were weighed: asking a dead round for a margin
+of ``2k - n`` does nothing against silence; Tendermint-style locks (a voter keeps voting for
+its text in later rounds until a quorum certificate releases it) keep the per-epoch bound but
+need a second voting phase and certificates carried across rounds, with their own liveness
+rules, far beyond one record kind.
 
 The witness's rule (:func:`decide_cosign`)
 ------------------------------------------
@@ -185,7 +313,9 @@ skipping it. Proposers should take turns, round *r* of epoch *e* first by organi
 ``(e + r - 1) mod n`` (so each new round has another first proposer), the others later by their
 place after it, the delays counted from when the round opened; a proposer proposes at most once
 per round. Turns only make a second proposal rare: when two appear, every reader sees them in
-the same order and the votes still go to the first.
+the same order and the votes still go to the first. A witness whose vote in the open round has
+waited a timeout on its clock while the epoch is not final withdraws it and never votes again
+in that round ("Withdrawals").
 """
 
 from __future__ import annotations
