@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from bus.crypto import sign_single
 from bus.errors import Reason, VerificationError
 from bus.model import (
     PAYLOAD_RECEIPT,
@@ -19,7 +20,7 @@ from bus.model import (
 )
 from bus.receipt import sign_receipt, verify_receipt
 from bus.sealed import DecryptionKey
-from bus.sign import sign_encryption_key, sign_single
+from bus.sign import sign_encryption_key
 from tests.mission import NOW_MS, Mission, demo_key, make_mission
 
 NODE = demo_key("receipt-restricted:un-node")
