@@ -1,8 +1,8 @@
 """The one place that wires an organization's node together: the ingest loop
 (:mod:`nodes.org_node.ingest`, provisional verdicts), its sealer (:mod:`nodes.org_node.sealer`,
 seals and final verdicts), its follow-up (:mod:`nodes.org_node.followup`) and dashboard
-(:mod:`nodes.org_node.dashboard`), its attachment reassembler (:mod:`nodes.org_node.attachments`)
-and whatever else runs in the same process (its witness, passed in as a companion).
+(:mod:`nodes.org_node.dashboard`) and its attachment reassembler
+(:mod:`nodes.org_node.attachments`).
 
 The parts never import each other; they meet here.
 """
@@ -10,7 +10,6 @@ The parts never import each other; they meet here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -27,8 +26,8 @@ from nodes.org_node.sealer import Sealer, SealerConfig
 log = structlog.get_logger(__name__)
 
 
-class Companion(Protocol):
-    """Something that runs next to the node in its process (e.g. its witness)."""
+class Part(Protocol):
+    """What runs in the node's process: the node itself, its attachment reassembler."""
 
     async def run(self) -> None:
         """Work until stop()."""
@@ -37,15 +36,16 @@ class Companion(Protocol):
         """Ask run() to return soon."""
 
 
-async def run_node(config: NodeConfig, *, companions: Sequence[Companion] = ()) -> int:
-    """Run a node (and its companions) until SIGINT/SIGTERM; returns a process exit code.
+async def run_node(config: NodeConfig) -> int:
+    """Run a node (and its attachment reassembler) until SIGINT/SIGTERM; returns a process exit
+    code.
 
     When one part stops or fails, every other part is asked to stop; the code is 1 when any
     part failed.
     """
     import signal  # noqa: PLC0415 - only the process entry point handles signals
 
-    parts: list[Companion] = [build_node(config), *companions]
+    parts: list[Part] = [build_node(config)]
     if config.attachments is not None and not config.ingest_only:  # reads the node's store
         parts.append(AttachmentNode(config_for_node(config, config.attachments)))
 

@@ -193,16 +193,19 @@ async def test_run_node_stops_every_part_when_one_fails(
 ) -> None:
     buggy = Buggy(exc)
     monkeypatch.setattr(process, "build_node", lambda _config: buggy)
-    companion = Waiting()
-    config = cast(NodeConfig, SimpleNamespace(org="un", attachments=None, ingest_only=True))
+    # the other part of the process: the attachment reassembler, working until stopped
+    reassembler = Waiting()
+    monkeypatch.setattr(process, "config_for_node", lambda _config, _limits: None)
+    monkeypatch.setattr(process, "AttachmentNode", lambda _config: reassembler)
+    config = cast(NodeConfig, SimpleNamespace(org="un", attachments=object(), ingest_only=False))
     loop = asyncio.get_running_loop()
     try:
-        code = await asyncio.wait_for(run_node(config, companions=[companion]), BOUND_S)
+        code = await asyncio.wait_for(run_node(config), BOUND_S)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
     assert code == 1
-    assert companion._stop.is_set() and buggy.stopped
+    assert reassembler._stop.is_set() and buggy.stopped
     [failed] = [e for e in logs if e["event"] == "node_failed"]
     assert failed["log_level"] == "error" and failed["org"] == "un"
     # a bug is logged with its traceback; a BusError with its diagnostics only
