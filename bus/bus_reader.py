@@ -37,7 +37,12 @@ proposer is a witness like any other: its proposal is no vote (:mod:`bus.seal`),
 the first acceptable proposal, its own or one published just before it.
 When a round's votes are split so that no text of it can become final, the chain opens the next
 round (:class:`~bus.seal.RoundOpened`, in :attr:`BusUpdate.rounds_opened`) at the same record
-for every reader; the proposals of the dead round are forgotten and witnesses vote again.
+for every reader; the proposals of the dead round are forgotten and witnesses vote again. The
+same happens at a withdrawal (:func:`~bus.seal.sign_withdrawal`, :mod:`bus.seal`,
+"Withdrawals") that leaves no text of the round able to reach k: votes split while some
+organizations stay silent end that way. A withdrawal is judged by the chain alone (its
+verdict, in :attr:`BusUpdate.seal_verdicts`, names the organizations it withdrew); it is no
+proposal, so it never enters :meth:`BusReader.proposals`.
 
 **Restarts.** :meth:`BusReader.snapshot` holds the reader's state after the last judged epoch
 and that epoch's final seal; :meth:`BusReader.resume` continues from it: feed the seals topic

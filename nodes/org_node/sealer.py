@@ -73,6 +73,7 @@ from bus.checkpoint import key_name
 from bus.crypto import SigningKey
 from bus.epoch import FinalSeal, PartitionRef
 from bus.errors import (
+    ConfigError,
     EpochInputError,
     Reason,
     SealedRootMismatchError,
@@ -200,6 +201,12 @@ class Sealer:
         self._withdraw_after_ms = (
             WITHDRAW_AFTER_INTERVALS * config.interval_ms if after is None else after
         )
+        if self._withdraw_after_ms < 1:
+            raise ConfigError(
+                "seal withdrawal timeout",
+                f"{self._withdraw_after_ms} ms",
+                "give a positive duration, several seal intervals (the default is six)",
+            )
         self._refused: set[tuple[int, str]] = set()  # (offset, reason) logged once
         # Open (epoch, round) -> when this node first could propose in it (something new,
         # electable).

@@ -24,10 +24,12 @@ from bus.judge import Status
 from bus.seal import (
     Cosign,
     SealProposal,
+    SealWithdrawal,
     cosign_seal,
     decide_cosign,
     make_proposal,
     sign_proposal,
+    sign_withdrawal,
 )
 from bus.topics import Topics
 from nodes.demo.scenario import node_subject
@@ -527,3 +529,53 @@ def test_records_behind_an_unjudgeable_first_proposal_are_counted_while_they_wai
             off, cosign_seal(p.text(), M.scenario.node_keys["un"], name("un"), now_ms=NOW_MS)
         )
     assert reader.chain.queued == 6
+
+
+def test_a_2_2_split_with_two_silent_organizations_ends_by_withdrawals() -> None:
+    """k = 4: four witnesses split 2-2 over two proposals of round 1, the other two
+    organizations never speak, so both texts can still reach k and round 1 stays open. Each
+    voter then withdraws (the sealer does so a timeout after its vote); the withdrawal that
+    leaves no text able to reach k opens round 2 at every reader, whose proposals list is
+    emptied; the four cosign round 2's text, which is final; every witness and an auditor
+    reading in another order stand at the same final seal and state digest."""
+    rng = random.Random(11)
+    bus = Bus()
+    publish_trust(bus)
+    publish_reports(bus, rng, 4)
+    witnesses = [Witness(org, new_reader()) for org in ORGS]
+    running = witnesses[:4]  # ORGS[4:] silent
+    for w in running:
+        w.catch_up(bus, rng)
+    first = propose(running[0], bus, NOW_MS)
+    second = propose(running[2], bus, NOW_MS + 1)
+    assert first is not None and second is not None and first.digest != second.digest
+    for w, p in zip(running, (first, first, second, second), strict=True):
+        w.voted[(1, 1)] = p.digest
+        bus.seals.append(
+            cosign_seal(p.text(), M.scenario.node_keys[w.org], name(w.org), now_ms=NOW_MS)
+        )
+    for w in running:
+        w.catch_up(bus, rng)
+        assert w.rounds == [] and w.reader.chain.open_round == 1
+        assert cosign(w, bus, NOW_MS + 2) is None  # voted: nothing more to sign in round 1
+    for w in (running[0], running[2]):  # one voter of each text withdraws
+        withdrawal = SealWithdrawal(MANDATE.mandate_id, 1, 1)
+        key = M.scenario.node_keys[w.org]
+        bus.seals.append(sign_withdrawal(withdrawal, key, name(w.org), now_ms=NOW_MS + 30_000))
+    opened_at = len(bus.seals) - 1
+    for w in running:
+        w.catch_up(bus, rng)
+        assert w.rounds == [(1, 2, opened_at)]
+        assert w.reader.chain.open_round == 2 and w.reader.proposals() == []
+    p2 = propose(running[1], bus, NOW_MS + 40_000)
+    assert p2 is not None and p2.round == 2
+    for w in running:
+        w.catch_up(bus, rng)
+        assert cosign(w, bus, NOW_MS + 40_000) == p2
+    auditor = Witness("auditor", new_reader())
+    for w in [*running, auditor]:
+        w.catch_up(bus, rng)
+        latest = w.reader.latest
+        assert latest is not None and (latest.epoch, latest.round) == (1, 2)
+        assert latest.digest == p2.digest and latest.signers == {w.org for w in running}
+        assert w.digests == running[0].digests and 1 in w.digests
