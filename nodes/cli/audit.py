@@ -30,7 +30,13 @@ from rich.console import Console
 
 from bus.errors import ConfigError, VerificationError
 from bus.topics import Topics
-from nodes.cli.common import add_common_args, bootstrap, read_only_mandate, security_from_args
+from nodes.cli.common import (
+    add_common_args,
+    bootstrap,
+    check_broker,
+    read_only_mandate,
+    security_from_args,
+)
 
 if TYPE_CHECKING:
     from bus.export import ExportHeader
@@ -86,6 +92,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         if not args.mandate:
             raise ConfigError("--mandate", "is required to audit the live bus", "pass FILE")
         mandate, _ = read_only_mandate(args.mandate)
+        check_broker(args)
         result = asyncio.run(
             audit(
                 bootstrap(args), mandate, topics=Topics(args.topic_prefix), console=console,
@@ -256,6 +263,7 @@ def cmd_log_export(args: argparse.Namespace) -> int:
 
     mandate, raw = read_only_mandate(args.mandate)
     path = Path(args.path)
+    check_broker(args)
     started = time.monotonic()
     counts = asyncio.run(
         export_log(
