@@ -121,9 +121,12 @@ async def probe_brokers(
         BrokerUnreachableError: no server answered in time (refused, unresolvable, silent,
             or the security handshake failed).
     """
+    # The client tries the servers one after another: a silent one (a stopped broker) must not
+    # use up the whole budget before a live one is asked.
+    servers = max(1, len([s for s in bootstrap_servers.split(",") if s.strip()]))
     client = AIOKafkaClient(
         **client_options(bootstrap_servers, security),
-        request_timeout_ms=max(1, int(timeout_s * 1000)),
+        request_timeout_ms=max(1, int(timeout_s * 1000 / servers)),
     )
     try:
         with _quiet_kafka_client():

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import Final
 
 from rich.console import Console
 from rich.table import Table
@@ -36,6 +37,7 @@ from nodes.cli.common import (
     add_common_args,
     add_log_level,
     bootstrap,
+    check_broker,
     read_only_mandate,
     security_from_args,
 )
@@ -48,6 +50,10 @@ from nodes.org_node.statements import (
     references_from_store,
     sign,
 )
+
+# `obus statement status ID`: the statement is known but not valid and final (yet); 3 is taken
+# by the broker being unreachable (nodes/cli/common.py), so a script can tell the two apart.
+EXIT_NOT_FINAL: Final = 4
 
 
 def render_statuses(board: Board, console: Console) -> None:
@@ -151,6 +157,7 @@ def _cmd_draft(args: argparse.Namespace) -> int:
     refs = references_from_store(Path(args.db), args.report)
     key, security, topics = _key(args), security_from_args(args), Topics(args.topic_prefix)
     root, final_db = _root(args, mandate), _final_db(args)
+    check_broker(args)
 
     async def go() -> JointStatement:
         board = await read_board(
@@ -170,12 +177,15 @@ def _cmd_draft(args: argparse.Namespace) -> int:
 
 def _cmd_sign(args: argparse.Namespace) -> int:
     mandate = _mandate(args)
+    key, security = _key(args), security_from_args(args)
+    final_db, root = _final_db(args), _root(args, mandate)
+    check_broker(args)
     status = asyncio.run(
         sign(
             bootstrap(args), Topics(args.topic_prefix), mandate,
-            statement_id=args.statement_id, key=_key(args), org=args.org,
-            db=Path(args.db) if args.db else None, security=security_from_args(args),
-            final_db=_final_db(args), root=_root(args, mandate),
+            statement_id=args.statement_id, key=key, org=args.org,
+            db=Path(args.db) if args.db else None, security=security,
+            final_db=final_db, root=root,
         )
     )  # fmt: skip
     print(
@@ -187,12 +197,13 @@ def _cmd_sign(args: argparse.Namespace) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     mandate = _read_only_mandate(args)
+    root, final_db, security = _root(args, mandate), _final_db(args), security_from_args(args)
+    check_broker(args)
     board = asyncio.run(
         read_board(
-            bootstrap(args), Topics(args.topic_prefix), _root(args, mandate),
-            final_db=_final_db(args), security=security_from_args(args),
+            bootstrap(args), Topics(args.topic_prefix), root, final_db=final_db, security=security
         )
-    )  # fmt: skip
+    )
     if args.statement_id:
         status = board.book.get(args.statement_id)
         if status is None:
@@ -207,7 +218,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
             f"{len(status.signed_by)} of {status.organizations} (k = {status.threshold}): "
             f"{status.state} ({sealed})"
         )
-        return 0 if final is not None and final.valid else 3
+        return 0 if final is not None and final.valid else EXIT_NOT_FINAL
     render_statuses(board, Console())
     return 0
 
@@ -282,8 +293,8 @@ def add_followup_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
 
     t = ss.add_parser(
         "status",
-        help="every statement (or one: exit 0 valid and final, 3 pending or not sealed yet,"
-        " 1 unknown id)",
+        help="every statement (or one: exit 0 valid and final, 4 pending or not sealed yet,"
+        " 1 unknown id; 3 is the broker unreachable, as for every command)",
     )
     t.add_argument("statement_id", nargs="?")
     t.add_argument("--mandate", required=True, metavar="FILE", help="signed mandate file")

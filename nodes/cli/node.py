@@ -27,7 +27,13 @@ from bus.policy import Policy
 from bus.policy_file import load_policy
 from bus.store.quarantine import DEFAULT_QUARANTINE_QUOTA_BYTES
 from bus.topics import Topics
-from nodes.cli.common import add_common_args, add_log_level, bootstrap, security_from_args
+from nodes.cli.common import (
+    add_common_args,
+    add_log_level,
+    bootstrap,
+    check_broker,
+    security_from_args,
+)
 from nodes.cli.trust import read_decryption_key
 from nodes.runtime.files import archive_notice, ended_on, load_mandate, mandate_ended, read_key
 
@@ -82,6 +88,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         )  # fmt: skip
     from nodes.org_node.process import run_node  # noqa: PLC0415 - keep `obus --help` fast
 
+    check_broker(args)  # once, at start: later outages are waited out (nodes/runtime/backoff)
     return asyncio.run(run_node(config))
 
 

@@ -20,6 +20,7 @@ import pytest
 from bus.errors import ConfigError
 from bus.model import Envelope
 from bus.statement import StatementBook
+from bus.store.node import NodeStore
 from bus.trust import KeyRing
 from nodes.cli import followup as followup_cli
 from nodes.cli import trust as trust_cli
@@ -28,7 +29,8 @@ from nodes.cli.main import build_parser, main
 from nodes.demo.scenario import Scenario, build_scenario, demo_key
 from nodes.org_node import statements
 from nodes.org_node.statements import Board, check_signing_key
-from nodes.runtime.files import write_key
+from nodes.runtime.files import write_encrypted_key, write_key
+from tests.kafka_broker import free_ports
 
 NOWHERE = ["--bootstrap", "127.0.0.1:9"]
 UNWRITABLE = "/proc/obus-no-such-dir/out.file"
@@ -247,6 +249,7 @@ def test_statement_sign_refuses_another_orgs_key(
         return Board(book, book, book.keyring)
 
     monkeypatch.setattr(statements, "read_board", board)
+    monkeypatch.setattr(followup_cli, "check_broker", lambda _args: 1)  # the board is faked
     base = ["statement", "sign", "0190a000-0000-7000-8000-000000000000", "--org", "un",
             "--mandate", str(files["mandate"]), *NOWHERE]  # fmt: skip
     # Trust comes from the node's final store: without one (nor --db beside it), nothing.
@@ -273,6 +276,7 @@ def test_statement_draft_refuses_another_orgs_key(
         raise AssertionError("must not publish")
 
     monkeypatch.setattr(followup_cli, "read_board", board)
+    monkeypatch.setattr(followup_cli, "check_broker", lambda _args: 1)  # the board is faked
     monkeypatch.setattr(followup_cli, "draft", no_publish)
     monkeypatch.setattr(followup_cli, "references_from_store", lambda *_a: ())
     argv = ["statement", "draft", "--org", "un", "--node-key", str(files["osce_node"]),
@@ -650,3 +654,50 @@ def test_observer_init_accepts_a_gateway_url() -> None:
 
     for url in ("http://127.0.0.1:8480", "https://gw.un.example", "https://gw.example/obus/"):
         check_gateway_url("--gateway", url)
+
+
+# -- broker unreachable: every command that connects says so in one line, exit 3 --------------
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["log", "export", "log.jsonl", "--mandate", "{mandate}"],
+        ["audit", "--mandate", "{mandate}"],
+        ["statement", "status", "--mandate", "{mandate}", "--final-db", "un.final.db"],
+        ["statement", "sign", "0190a000-0000-7000-8000-000000000000", "--org", "un",
+         "--node-key", "{un_node}", "--mandate", "{mandate}", "--final-db", "un.final.db"],
+        ["statement", "draft", "--org", "un", "--node-key", "{un_node}", "--mandate",
+         "{mandate}", "--db", "un.db", "--title", "t", "--text", "x"],
+        ["node", "--org", "un", "--mandate", "{mandate}", "--db", "un.db", "--node-key",
+         "{un_node}"],
+    ],
+    ids=["log-export", "audit", "statement-status", "statement-sign", "statement-draft", "node"],
+)  # fmt: skip
+def test_no_broker_is_one_line_and_exit_3_for_every_command_that_connects(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    files: dict[str, Path],
+    scenario: Scenario,
+    tmp_path: Path,
+    command: list[str],
+) -> None:
+    from nodes.runtime.keyfile import KeyKind  # noqa: PLC0415
+
+    node_key = tmp_path / "un-node-encrypted.json"  # encrypted: no plaintext warning on stderr
+    monkeypatch.setenv("OBUS_NODE_KEY_PASSPHRASE", "node key passphrase")
+    write_encrypted_key(
+        node_key, scenario.node_keys["un"], kind=KeyKind.NODE, passphrase="node key passphrase"
+    )
+    monkeypatch.chdir(tmp_path)
+    if command[:2] == ["statement", "draft"]:  # its store is read before it connects
+        NodeStore(tmp_path / "un.db").close()
+    (port,) = free_ports(1)
+    argv = [a.format(mandate=files["mandate"], un_node=node_key) for a in command]
+    code = main([*argv, "--bootstrap", f"127.0.0.1:{port}", "--connect-timeout", "5"])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert err.count("\n") == 1 and err.startswith("obus: error: broker unreachable"), err
+    assert f"127.0.0.1:{port}" in err and "fix:" in err
+    assert not (tmp_path / "log.jsonl").exists()
+    assert command[0] != "node" or not (tmp_path / "un.db").exists()
