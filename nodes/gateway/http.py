@@ -77,6 +77,25 @@ Reads for observers (JSON, no body; from the gateway's own state and its final t
     "public_key_b64", "serial", "not_before_ms", "not_after_ms"}]}``: each organization's
     current encryption key for restricted reports in the final trust state (what the nodes
     decrypt with); 503 ``not_sealed_yet`` before the first seal.
+``GET /v1/proofs/{topic}/{partition}/{offset}``
+    The inclusion proof of a report published through this gateway against the first final
+    seal that covers it (:mod:`nodes.gateway.proofs`), the JSON of
+    :meth:`bus.seal_proof.SealProof.to_json` (format ``obus-seal-proof/v1``): an observer
+    checks it against its receipt and mandate file alone
+    (:func:`bus.seal_proof.check_receipt_inclusion`). Only this organization's reports topic.
+
+    ======  ======================================================================  ==========
+    status  when                                                                    body
+    ======  ======================================================================  ==========
+    200     the proof                                                               JSON
+    400     ``malformed``: partition or offset not a decimal integer                 JSON
+    404     ``record_not_sealed``: no final seal covers it yet (``Retry-After``);    JSON
+            ``record_missing``: no report published here at that position;
+            ``wrong_topic``: not this organization's reports topic
+    503     ``unavailable``: too many proofs being served, or Kafka failed;           JSON
+            ``sealed_log_broken``: the log lost a record or contradicts a final
+            seal (all with ``Retry-After``)
+    ======  ======================================================================  ==========
 
 A receipt is a signed envelope (``application/protobuf``; see :mod:`bus.receipt`); JSON error
 bodies are ``{"reason": code, "detail": text}`` with the stable codes of
@@ -159,6 +178,12 @@ _STATUS: Final = {
         403,
     ),
 }
+# GET /v1/proofs/...: what is not there (yet) is 404, whatever it would be for a report.
+_PROOF_STATUS: Final = {
+    Reason.RECORD_NOT_SEALED: 404,
+    Reason.RECORD_MISSING: 404,
+    Reason.WRONG_TOPIC: 404,
+}
 _OUTCOME_STATUS: Final = {Outcome.PUBLISHED: 201, Outcome.KNOWN: 200, Outcome.UNAVAILABLE: 503}
 
 
@@ -174,7 +199,8 @@ def make_app(
     connection_counts: Callable[[], Mapping[str, int]] = dict,
 ) -> web.Application:
     """The aiohttp application: POST /v1/reports, PUT /v1/attachments/<sha256>, GET /v1/node,
-    GET /v1/time, GET /v1/observers/{observer_id}/head, GET /v1/recipients, GET /healthz;
+    GET /v1/time, GET /v1/observers/{observer_id}/head, GET /v1/recipients,
+    GET /v1/proofs/{topic}/{partition}/{offset}, GET /healthz;
     ``tls`` adds ``Strict-Transport-Security``; ``connection_counts`` goes into
     ``/healthz`` (:meth:`~nodes.gateway.connections.ConnectionGate.counts`)."""
     limit = gateway.config.max_body_bytes
@@ -248,6 +274,18 @@ def make_app(
     async def get_recipients(_: web.Request) -> web.Response:
         return _response(gateway.recipients())
 
+    async def get_proof(request: web.Request) -> web.Response:
+        m = request.match_info
+        try:
+            reply = await gateway.proof(m["topic"], m["partition"], m["offset"])
+        except Exception:  # a bug of ours: answer (retriable) and log it loudly
+            log.exception("gateway_internal_error")
+            return _internal_error()
+        if reply.outcome is Outcome.REFUSED and reply.reason in _PROOF_STATUS:
+            return _web_response(_PROOF_STATUS[reply.reason], reply.body, reply.content_type,
+                                 reply.retry_after_s)  # fmt: skip
+        return _response(reply)
+
     async def healthz(_: web.Request) -> web.Response:
         counts = gateway.store.counts()
         return web.json_response(
@@ -299,6 +337,7 @@ def make_app(
     app.router.add_get("/v1/time", get_time)
     app.router.add_get("/v1/observers/{observer_id}/head", get_head)
     app.router.add_get("/v1/recipients", get_recipients)
+    app.router.add_get("/v1/proofs/{topic}/{partition}/{offset}", get_proof)
     app.router.add_get("/healthz", healthz)
     add_webapp(app)  # the observers' web form at /app/ (nodes/gateway/webapp.py)
     return app

@@ -1,4 +1,5 @@
-"""The gateway's Kafka edge: its trust reader, its producer, and the read-back of its topic.
+"""The gateway's Kafka edge: its trust reader, its producer, the read-back of its topic, and the
+log reader behind its inclusion proofs.
 
 :class:`GatewayKafka` is the only part of the gateway that talks to aiokafka. Every aiokafka
 failure leaves it as a :class:`~bus.errors.TransportError` (:func:`bus.kafka.client.wrap`,
@@ -9,6 +10,8 @@ types.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -24,6 +27,7 @@ from bus.kafka.replay import read_until
 from bus.model import Mandate, encode, sha256
 from bus.store.final_reads import FinalReads
 from bus.topics import Topics, report_headers
+from nodes.gateway.proofs import ProofBook
 from nodes.gateway.trust import SealedTrust
 
 
@@ -313,3 +317,78 @@ class TrustReader:
                     self.trust.offer_records((rec.topic, rec.partition), rec.offset, [rec.value])
             seals = await asyncio.to_thread(self._reads.seals, self.trust.epoch, 1000)
             return self.trust.advance(seals)
+
+
+class ProofReader:
+    """Feeds a :class:`~nodes.gateway.proofs.ProofBook`: the seals topic, the trust topics and
+    the book's reports topic, every partition from where the book stands, with one consumer
+    without a group, started on the first :meth:`ensure` (a gateway nobody asks for proofs reads
+    nothing).
+
+    Args:
+        bootstrap, security: how to reach the brokers.
+        book: the book to feed.
+        min_interval_s: the log is read forward at most this often.
+    """
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        security: KafkaSecurity | None,
+        book: ProofBook,
+        min_interval_s: float,
+    ) -> None:
+        self._bootstrap, self._security = bootstrap, security
+        self.book = book
+        self._min_interval_s = min_interval_s
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tps: list[TopicPartition] = []
+        self._lock = asyncio.Lock()
+        self._last = -float("inf")
+
+    async def stop(self) -> None:
+        """Stop the consumer (when it was started)."""
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def ensure(self, done: Callable[[], bool]) -> None:
+        """Read the log forward to its current end unless ``done()`` holds already or the last
+        read ended less than ``min_interval_s`` ago (concurrent callers share one read).
+
+        Raises:
+            TransportError: Kafka failed, or a topic is missing.
+            LogBrokenError: a record is missing, or the trust records contradict a final seal.
+        """
+        async with self._lock:
+            if done() or time.monotonic() - self._last < self._min_interval_s:
+                return
+            with kafka_errors("reading the log for proofs"):
+                await self._catch_up()
+            self._last = time.monotonic()
+
+    async def _catch_up(self) -> None:
+        book = self.book
+        if self._consumer is None:
+            t = book.topics
+            names = [t.seals, t.registry, t.mandate, book.topic]
+            tps = await topic_partitions(self._bootstrap, names, security=self._security)
+            if {tp.topic for tp in tps} != set(names):
+                raise TransportError(
+                    f"the topics {', '.join(names)} do not all exist", retriable=True
+                )
+            consumer = AIOKafkaConsumer(
+                **client_options(self._bootstrap, self._security),
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",  # deleted records show as a gap: the book names it
+            )
+            await consumer.start()
+            consumer.assign(tps)
+            for tp in tps:
+                consumer.seek(tp, book.read_from((tp.topic, tp.partition)))
+            self._consumer, self._tps = consumer, tps
+        ends = await self._consumer.end_offsets(self._tps)
+        self._consumer.resume(*self._tps)  # read_until leaves them paused at their ends
+        async for rec in read_until(self._consumer, ends):
+            book.offer(rec.topic, rec.partition, rec.offset, rec.value)

@@ -93,7 +93,13 @@ from bus.sealed import HPKE_INFO, VerifiedSealed, is_sealed, verify_sealed_repor
 from bus.topics import Topics
 from bus.trust import KeyRing
 from bus.verify import DEFAULT_MAX_RECORD_BYTES, ChainBook, Limits, VerifiedReport, verify_report
-from nodes.gateway.kafka import GatewayKafka, Position, TrustReader
+from nodes.gateway.kafka import GatewayKafka, Position, ProofReader, TrustReader
+from nodes.gateway.proofs import (
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MIN_CATCH_UP_S,
+    LogBrokenError,
+    ProofBook,
+)
 from nodes.gateway.store import PUBLISHED, PUBLISHING, GatewayStore, Row
 from nodes.gateway.trust import NOT_SEALED_YET, SEALED_LOG_BROKEN, SealedTrust
 from nodes.runtime.files import ended_on, mandate_ended
@@ -158,6 +164,10 @@ class GatewayConfig:
     # HTTPS with this PEM certificate (chain) and unencrypted PEM private key; both or neither.
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # Inclusion proofs (nodes/gateway/proofs.py): served at once at most, and how often the log
+    # is read forward on their behalf.
+    proof_max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    proof_min_catch_up_s: float = DEFAULT_MIN_CATCH_UP_S
 
     def __post_init__(self) -> None:
         if self.max_body_bytes > self.limits.max_record_bytes:
@@ -357,6 +367,12 @@ class Gateway:
         self._trust_broken: str | None = None  # why the trust state stopped (sealed log broken)
         self._not_ready = f"no final seal judged yet: {config.org}'s node has not sealed"
         self._recovered = False
+        self.proofs = ProofBook(self.root, config.topics, self.topic, config.limits)
+        self._proof_reader = ProofReader(
+            bootstrap=config.bootstrap, security=config.security, book=self.proofs,
+            min_interval_s=config.proof_min_catch_up_s,
+        )  # fmt: skip
+        self._proofs_active = 0
 
     @property
     def keyring(self) -> KeyRing:
@@ -428,6 +444,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
         await self.kafka.stop()
+        await self._proof_reader.stop()
         if self._trust_reader is not None:
             await self._trust_reader.stop()
         self.store.close()
@@ -647,6 +664,58 @@ class Gateway:
         }
         return Reply(Outcome.KNOWN, json.dumps(doc).encode(), JSON_CONTENT_TYPE)
 
+    async def proof(self, topic: str, partition: str, offset: str) -> Reply:
+        """``GET /v1/proofs/{topic}/{partition}/{offset}``: the inclusion proof of a report
+        published here against the first final seal that covers it, in the JSON form of
+        :meth:`bus.seal_proof.SealProof.to_json` (:mod:`nodes.gateway.proofs`).
+
+        Refusals: ``malformed`` (partition or offset not a decimal integer), ``wrong_topic``
+        (not this organization's reports topic), ``record_missing`` (no report published here
+        at that position, or the partition not read that far yet), ``record_not_sealed`` (no
+        final seal covers it yet; both with ``Retry-After``); ``unavailable`` when too many
+        proofs are being served or Kafka failed, ``sealed_log_broken`` when the log contradicts
+        a final seal or lost a record.
+        """
+        try:
+            p, o = _index(partition, "partition"), _index(offset, "offset")
+        except VerificationError as exc:
+            return self.refuse(exc)
+        if topic != self.topic:
+            return self.refuse(
+                VerificationError(
+                    Reason.WRONG_TOPIC,
+                    f"this gateway proves records of {self.topic} only (obus audit prove proves"
+                    " any record of the bus)",
+                )
+            )
+        value = self.store.envelope_at(p, o)
+        if value is None:
+            return self.refuse(
+                VerificationError(
+                    Reason.RECORD_MISSING,
+                    f"no report published through this gateway at {topic}[{p}]@{o}",
+                )
+            )
+        if self._proofs_active >= self.config.proof_max_concurrent:
+            return Reply.unavailable("too many proofs being served; retry", retry_after_s=1)
+        self._proofs_active += 1
+        try:
+            await self._proof_reader.ensure(lambda: self.proofs.covered(p, o))
+            proof = self.proofs.prove(p, o, value)
+        except TransportError as exc:
+            self._log.warning("proof_read_failed", error=repr(exc))
+            return Reply.unavailable("Kafka unavailable", retry_after_s=1)
+        except LogBrokenError as exc:
+            self._log.error("proof_log_broken", detail=str(exc))
+            return Reply.unavailable(str(exc), retry_after_s=60, why=SEALED_LOG_BROKEN)
+        except VerificationError as exc:
+            wait = 5 if exc.reason in (Reason.RECORD_NOT_SEALED, Reason.RECORD_MISSING) else 0
+            return self.refuse(exc, retry_after_s=wait)
+        finally:
+            self._proofs_active -= 1
+        self._log.info("proof_served", partition=p, offset=o, epoch=proof.seal().epoch)
+        return Reply(Outcome.KNOWN, json.dumps(proof.to_json()).encode(), JSON_CONTENT_TYPE)
+
     def attachment_limit(self, hex_digest: str) -> tuple[int, Reply | None]:
         """Before reading an upload's body: how many bytes to accept, or the refusal.
 
@@ -851,3 +920,15 @@ class Gateway:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _index(text: str, name: str) -> int:
+    """A partition or offset from a URL path: ASCII decimal digits, below 2^63.
+
+    Raises:
+        VerificationError: ``malformed``.
+    """
+    if not (text.isascii() and text.isdecimal() and len(text) <= 19) or int(text) >= 2**63:
+        raise VerificationError(Reason.MALFORMED, f"{name} must be a decimal integer, not"
+                                f" {text[:30]!r}")  # fmt: skip
+    return int(text)

@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS reports (
     UNIQUE (observer_id, seq)
 );
 CREATE INDEX IF NOT EXISTS reports_state ON reports (state);
+CREATE INDEX IF NOT EXISTS reports_position ON reports (partition, "offset");
 CREATE TABLE IF NOT EXISTS chain_heads (
     observer_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, digest BLOB NOT NULL
 );
@@ -108,6 +109,14 @@ class GatewayStore:
         """The accepted report with these exact envelope bytes, or None."""
         r = self._db.execute(f"SELECT {_ROW} FROM reports WHERE digest = ?", (digest,)).fetchone()  # noqa: S608
         return None if r is None else _row(r)
+
+    def envelope_at(self, partition: int, offset: int) -> bytes | None:
+        """The envelope published here at (partition, offset) of the topic, or None."""
+        r = self._db.execute(
+            'SELECT envelope FROM reports WHERE state = ? AND partition = ? AND "offset" = ?',
+            (PUBLISHED, partition, offset),
+        ).fetchone()
+        return None if r is None else bytes(r[0])
 
     def digest_of(self, report_id: str) -> bytes | None:
         """Digest of an accepted report id, or None."""

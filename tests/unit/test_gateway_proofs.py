@@ -1,0 +1,118 @@
+"""The gateway's proof book (nodes/gateway/proofs.py), pure: fed a real seals topic (proposals
+and cosignatures by the organizations' node keys) in any interleaving with the trust topics and
+UN's reports topic, it proves every sealed UN report against the first final seal that covers
+it, with the proof a third party derives from the whole log; the light check passes from the
+mandate file alone; an unsealed record, a gap and an altered record are named."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from bus.errors import Reason, VerificationError
+from bus.seal_proof import SealProof, verify_light
+from nodes.gateway.proofs import LogBrokenError, ProofBook
+from tests.sealed_bus import SealedBus, build
+from tests.unit.test_seal_proof import prove, trusted
+
+Record = tuple[str, int, int, bytes | None]
+
+
+@pytest.fixture(scope="module")
+def bus() -> SealedBus:
+    return build(unsealed=2)
+
+
+def _records(bus: SealedBus, seed: int) -> list[Record]:
+    """Every record of the seals, trust and UN reports topics, partitions interleaved at random
+    (each partition in offset order)."""
+    t = bus.topics
+    queues: list[list[Record]] = [[(t.seals, 0, o, v) for o, v in enumerate(bus.seals)]]
+    for (topic, p), values in sorted(bus.parts.items()):
+        if topic in (t.registry, t.mandate, t.reports("un"), t.reports("osce")):
+            queues.append([(topic, p, o, v) for o, v in enumerate(values)])
+    rng = random.Random(seed)
+    out: list[Record] = []
+    while queues:
+        q = rng.choice(queues)
+        out.append(q.pop(0))
+        if not q:
+            queues.remove(q)
+    return out
+
+
+def _book(bus: SealedBus, records: list[Record]) -> ProofBook:
+    book = ProofBook(bus.m.scenario.mandate, bus.topics, bus.topics.reports("un"))
+    for r in records:
+        book.offer(*r)
+    return book
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_sealed_report_is_proven_as_the_whole_log_proves_it(
+    bus: SealedBus, seed: int
+) -> None:
+    book = _book(bus, _records(bus, seed))
+    ref = (bus.topics.reports("un"), 0)
+    values = bus.parts[ref]
+    last = trusted(bus).finals[-1]
+    sealed = last.size(ref)
+    assert 0 < sealed < len(values)  # some sealed, some not
+    whole = trusted(bus)
+    for offset in range(sealed):
+        assert book.covered(0, offset)
+        value = values[offset]
+        assert value is not None
+        proof = book.prove(0, offset, value)
+        assert proof == prove(bus, ref, offset, whole)
+        assert len(verify_light(proof, bus.m.scenario.mandate)) >= bus.m.scenario.mandate.threshold
+        assert SealProof.from_json(proof.to_json()) == proof
+    for offset in range(sealed, len(values)):
+        assert not book.covered(0, offset)
+        value = values[offset]
+        assert value is not None
+        with pytest.raises(VerificationError) as info:
+            book.prove(0, offset, value)
+        assert info.value.reason is Reason.RECORD_NOT_SEALED
+
+
+def test_only_seals_covering_new_reports_of_the_topic_keep_their_note(bus: SealedBus) -> None:
+    book = _book(bus, _records(bus, 0))
+    ref = (bus.topics.reports("un"), 0)
+    kept = [s.epoch for s in book.trust.finals if book.trust.note(s.epoch) is not None]
+    grew = [
+        s.epoch
+        for prev, s in zip([None, *book.trust.finals], book.trust.finals, strict=False)
+        if s.size(ref) > (0 if prev is None else prev.size(ref))
+    ]
+    assert kept == grew and len(kept) < len(book.trust.finals)
+
+
+def test_a_value_that_is_not_the_record_is_refused(bus: SealedBus) -> None:
+    book = _book(bus, _records(bus, 1))
+    with pytest.raises(VerificationError) as info:
+        book.prove(0, 0, b"not the record at offset 0")
+    assert info.value.reason is Reason.INVALID_FIELD
+
+
+def test_a_gap_stops_the_book(bus: SealedBus) -> None:
+    topic = bus.topics.reports("un")
+    records = [r for r in _records(bus, 2) if not (r[0] == topic and r[2] == 1)]
+    with pytest.raises(LogBrokenError, match="offset 1 is absent"):
+        _book(bus, records)
+
+
+def test_an_altered_sealed_record_stops_the_book(bus: SealedBus) -> None:
+    topic = bus.topics.reports("un")
+    records = [
+        (t, p, o, b"altered" if (t, o) == (topic, 0) else v) for t, p, o, v in _records(bus, 0)
+    ]
+    book = _book(bus, records)
+    value = bus.parts[(topic, 0)][1]
+    assert value is not None
+    with pytest.raises(LogBrokenError, match="another root"):
+        book.prove(0, 1, value)
+    with pytest.raises(LogBrokenError):
+        book.prove(0, 2, value)
+    assert book.broken is not None
