@@ -7,7 +7,8 @@
 3. starts six organization nodes as separate processes with separate SQLite stores;
 4. publishes a stream of signed, chained reports through each organization's idempotent
    producer, then injects directly into Kafka one report with a broken signature and one signed
-   by an unaccredited key;
+   by an unaccredited key; an observer reports through UN's gateway from the web form, driven in
+   headless Chromium (:mod:`nodes.demo.webform`; skipped, saying so, without Chromium);
 5. waits until every node has stored or quarantined every record, stops the nodes, and shows:
    identical accepted sets on all six nodes, both bad records quarantined with their reasons at
    every node, each organization's own decisions, and the auditor's verdict;
@@ -78,6 +79,7 @@ from nodes.demo.sealing import (
     show_final,
     wait_until_final,
 )
+from nodes.demo.webform import WebForm, report_through_form
 from nodes.runtime.files import write_key
 
 log = structlog.get_logger(__name__)
@@ -145,6 +147,7 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
     broker: LocalBroker | None = None
     procs: dict[str, subprocess.Popen[bytes]] = {}
     bus: BusEnds | None = None  # the sealed topics' end offsets, for the waits
+    form: WebForm | None = None  # UN's gateway serving the web form
     try:
         if external:
             bootstrap = external
@@ -233,6 +236,10 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
                 console.print(f"[yellow]injected[/yellow] {label} at {topic}[{partition}]@{offset}")
         finally:
             await producer.stop()
+        form = await report_through_form(
+            console, work, bootstrap=bootstrap, topics=topics, scenario=scenario
+        )
+        genuine = len(stream) + len(form.envelopes)  # the form's reports are genuine too
         published_at = time.monotonic()
 
         ends = await end_offsets(bootstrap, topics.reports_pattern)
@@ -272,18 +279,18 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             return False
 
         console.rule("5. What every node holds")
-        ok = _show_nodes(console, work, orgs, len(stream), injected)
+        ok = form.ok and _show_nodes(console, work, orgs, genuine, injected)
 
         console.rule("6. Seals: one order and one clock for the whole bus; final verdicts")
         final = show_final(console, work, orgs, topics)
-        ok &= final.ok and _final_as_expected(console, final, topics, len(stream), injected)
+        ok &= final.ok and _final_as_expected(console, final, topics, genuine, injected)
 
         console.rule("7. The auditor replays the log")
         result = await audit(bootstrap, scenario.mandate, topics=topics, console=console)
         render(result, console)
         expected = {(t, p, o) for t, p, o in injected.values()}
         found = {(v.topic, v.partition, v.offset) for v in result.violations}
-        audit_ok = found == expected and sum(result.accepted.values()) == len(stream)
+        audit_ok = found == expected and sum(result.accepted.values()) == genuine
         console.print(
             ("[green]" if audit_ok else "[red]")
             + f"auditor named {len(found)} violation(s);"
@@ -301,6 +308,8 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
         return ok and audit_ok and export_ok and followup_ok
     finally:
         _stop_nodes(procs)
+        if form is not None:
+            await form.stop()
         if bus is not None:
             await bus.stop()
         if broker is not None:
