@@ -321,7 +321,9 @@ async def test_offline_form_enrol_queue_reload_deliver_and_verify(
         request = await _enrol(page, w, OBSERVER)
         await _accredit(w, request.encode())
         # The recipients' keys (GET /v1/recipients) are fetched while online.
-        listed = "[...document.querySelectorAll('#recipients input')].map(i => i.value).sort().join(',')"
+        listed = (
+            "[...document.querySelectorAll('#recipients input')].map(i => i.value).sort().join(',')"
+        )
         await until(lambda: page.evaluate(f"{listed} === 'eu,osce,un'"), "the recipients listed")
 
         # Offline: three reports filled in and queued on the device.
