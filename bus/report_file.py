@@ -26,6 +26,10 @@ attachments        no        list (up to 64) of ``{sha256, size, media_type, nam
 corrects           no        report id (UUIDv7) of an earlier report this one corrects
 language           no        BCP 47 tag of the narrative's language (``uk``, ``en``,
                              ``sr-Latn``); schema version 2: refused until the mandate allows it
+retracts           no        report id (UUIDv7) of an earlier report this one retracts; not with
+                             ``corrects``; schema version 3: refused until the mandate allows it
+retraction_reason  with      why the report is retracted, 1..500 characters; exactly with
+                   retracts  ``retracts``
 mandate_id, org,   no        if present, must equal the observer's own (a guard against
 observer_id                  submitting a colleague's file with the wrong identity)
 =================  ========  ==================================================================
@@ -64,6 +68,7 @@ from bus.model import (
     MAX_ATTACHMENTS,
     MAX_LANGUAGE_CHARS,
     MAX_NARRATIVE_CHARS,
+    MAX_RETRACTION_REASON_CHARS,
     MAX_SUB_TYPE_CHARS,
     Attachment,
     Casualties,
@@ -81,7 +86,7 @@ MAX_FUTURE_MS: Final = 5 * 60 * 1000
 _TOP_FIELDS: Final = (
     "zone", "observed_at", "location", "category", "sub_type", "severity", "confidence",
     "casualties", "narrative", "attachments", "corrects", "mandate_id", "org", "observer_id",
-    "language",
+    "language", "retracts", "retraction_reason",
 )  # fmt: skip
 _CLIENT_FIELDS: Final = ("report_id", "seq", "prev_digest", "signed_at", "signed_at_ms")
 _LOCATION_FIELDS: Final = ("lat", "lon", "precision_m", "place")
@@ -149,6 +154,8 @@ class ReportDraft:
     attachments: tuple[Attachment, ...] = ()
     corrects: str = ""
     language: str = ""
+    retracts: str = ""
+    retraction_reason: str = ""
     mandate: Mandate | None = None
 
     def to_report(self, *, report_id: str, signed_at_ms: int) -> Report:
@@ -182,6 +189,8 @@ class ReportDraft:
             attachments=self.attachments,
             corrects=self.corrects,
             language=self.language,
+            retracts=self.retracts,
+            retraction_reason=self.retraction_reason,
         )
         return stamp_schema_version(report, self.mandate)
 
@@ -310,6 +319,7 @@ class _Parser:
         attachments = self._attachments(doc.get("attachments"))
         corrects = self._corrects(doc.get("corrects"))
         language = self._language(doc)
+        retracts, reason = self._retraction(doc, corrects)
         if self.problems:
             raise ReportFileError(self.problems, source=source, reason=Reason.INVALID_FIELD)
         assert zone is not None and observed is not None and location is not None
@@ -328,6 +338,8 @@ class _Parser:
             attachments=attachments,
             corrects=corrects,
             language=language,
+            retracts=retracts,
+            retraction_reason=reason,
             mandate=self.mandate,
         )
 
@@ -521,11 +533,33 @@ class _Parser:
             return ""
         return value
 
-    def _corrects(self, value: Any) -> str:
+    def _retraction(self, doc: Mapping[Any, Any], corrects: str) -> tuple[str, str]:
+        """``retracts`` and ``retraction_reason`` (a retraction: schema version 3)."""
+        target = self._corrects(doc.get("retracts"), "retracts")
+        reason = self._text(doc, "retraction_reason", MAX_RETRACTION_REASON_CHARS)
+        if not target:
+            if reason:
+                self.bad("retraction_reason", "only a retraction has a reason", "add retracts")
+            return "", ""
+        if corrects:
+            self.bad("retracts", "a report either corrects or retracts", "keep one of them")
+        if not reason.strip():
+            self.bad("retraction_reason", "is required with retracts", "say why, in a sentence")
+        version = FIELD_VERSIONS["retracts"]
+        low, high = (1, 1) if self.mandate is None else self.mandate.schema_versions
+        if high < version:
+            self.bad(
+                "retracts",
+                f"needs report schema version {version}; the mandate allows {low}..{high}",
+                "wait until the organizations raise the mandate's max_schema_version",
+            )
+        return target, reason
+
+    def _corrects(self, value: Any, name: str = "corrects") -> str:
         if value is None:
             return ""
         if not isinstance(value, str) or not _UUID7_RE.fullmatch(value):
-            self.bad("corrects", f"{value!r} is not a report id", "a lower-case UUIDv7")
+            self.bad(name, f"{value!r} is not a report id", "a lower-case UUIDv7")
             return ""
         return value
 

@@ -19,6 +19,7 @@ from bus.ingest import Accepted, Ingestor, Quarantined, RecordRef
 from bus.judge import EpochVerdicts, FinalJudge, RecordPos, Status
 from bus.model import Envelope, Mandate, Report, Revocation, stamp_schema_version
 from bus.policy import Evaluator, Observation, Policy, Rule, window_counts
+from bus.report_file import Identity, ReportFileError, parse_report
 from bus.sealed_reader import SealedReader
 from bus.sign import sign_mandate, sign_revocation
 from bus.store.final import FinalStore
@@ -263,6 +264,38 @@ def test_a_retraction_needs_version_3_in_the_mandate() -> None:
         stamp_schema_version(draft, allows_2)
     assert err.value.reason is Reason.SCHEMA_NOT_ALLOWED
     assert stamp_schema_version(draft, _allowing_v3(m)).schema_version == 3
+
+
+def _retraction_file(target: str, extra: str = "") -> str:
+    return (
+        "zone: north\nobserved_at: 2026-10-31T23:00:00Z\n"
+        "location: {lat: 48.2, lon: 38.0}\ncategory: shelling\nseverity: 3\nconfidence: 0.8\n"
+        f"retracts: {target}\n{extra}"
+    )
+
+
+def test_report_files_write_a_retraction_only_once_the_mandate_allows_version_3() -> None:
+    m = make_mission()
+    me = Identity("un-obs-1", "un", m.mandate_id)
+    target = m.draft().report_id
+    text = _retraction_file(target, f"retraction_reason: '{REASON}'\n")
+    allows_2 = dataclasses.replace(m.scenario.mandate, max_schema_version=2)
+    with pytest.raises(ReportFileError) as err:
+        parse_report(text, identity=me, now_ms=m.now, mandate=allows_2)
+    assert [p.field for p in err.value.problems] == ["retracts"]
+    draft = parse_report(text, identity=me, now_ms=m.now, mandate=_allowing_v3(m))
+    report = draft.to_report(report_id=m.draft().report_id, signed_at_ms=m.now)
+    assert (report.retracts, report.retraction_reason, report.schema_version) == (
+        target,
+        REASON,
+        3,
+    )
+    # a retraction says why, and never corrects at the same time
+    for extra, field in (("", "retraction_reason"), (f"corrects: {target}\n", "retracts")):
+        bad = _retraction_file(target, extra)
+        with pytest.raises(ReportFileError) as err:
+            parse_report(bad, identity=me, now_ms=m.now, mandate=_allowing_v3(m))
+        assert field in [p.field for p in err.value.problems]
 
 
 @pytest.mark.parametrize(
