@@ -31,9 +31,10 @@ from typing import Final
 import structlog
 
 from bus.errors import BusError, Reason, VerificationError
-from bus.model import Envelope, Role
+from bus.model import PAYLOAD_SEALED_REPORT, Envelope, Report, Role, SealedReport
 from bus.receipt import verify_receipt
 from bus.trust import KeyRing, decode_registry_record, verify_accreditation
+from bus.verify import ChainHead
 from nodes.observer.client import Answer, GatewayClient, Unreachable
 from nodes.observer.device import Home, ObserverConfig, now_ms, receipt_keyring
 from nodes.observer.outbox import PENDING, QUEUED, REFUSED, UPLOADED, Entry, Outbox, Upload
@@ -70,6 +71,19 @@ class SyncResult:
     uploaded_bytes: int = 0
     refused_uploads: int = 0
     remaining_uploads: int = 0
+    held: int = 0  # queued after a refused report: re-signed before they are sent
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """What :func:`sync` tells its ``progress`` callback before each wait for a retry."""
+
+    error: str  # why the last attempt failed
+    failures: int  # consecutive failures so far
+    retry_in_s: float
+    queued: int  # reports still to deliver
+    elapsed_s: float
+    budget_s: float  # max_seconds
 
 
 async def fetch_node_accreditation(
@@ -104,6 +118,7 @@ async def sync(
     rng: random.Random | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    progress: Callable[[Waiting], None] | None = None,
 ) -> SyncResult:
     """Deliver queued reports oldest first until none is left or the budget is spent.
 
@@ -112,6 +127,8 @@ async def sync(
     Args:
         max_seconds: stop retrying after this long (the queue stays for the next sync).
         max_failures: stop after this many consecutive failures (``submit`` uses 1).
+        progress: told before every wait for a retry (so a person offline for minutes sees
+            why and until when).
 
     Returns:
         Counts of what happened; ``remaining`` queued reports (and ``remaining_uploads``
@@ -119,7 +136,8 @@ async def sync(
     """
     config = home.load_config()
     rng = rng or random.Random()
-    deadline = clock() + max_seconds
+    started = clock()
+    deadline = started + max_seconds
     result = SyncResult()
     ring: KeyRing | None = None
     failures = 0
@@ -131,7 +149,7 @@ async def sync(
                 failures = 0
                 continue
         else:
-            entry = outbox.next_queued()
+            entry = outbox.next_deliverable()
             if entry is None:
                 break
             answer, error, ring = await _deliver(
@@ -147,7 +165,11 @@ async def sync(
         log.info("delivery_failed", error=error, failures=failures, retry_in_s=round(wait, 2))
         if (max_failures is not None and failures >= max_failures) or clock() + wait > deadline:
             break
+        if progress is not None:
+            queued = outbox.counts()[QUEUED] - len(outbox.held())
+            progress(Waiting(str(error), failures, wait, queued, clock() - started, max_seconds))
         await sleep(wait)
+    result.held = len(outbox.held())
     result.remaining = outbox.counts()[QUEUED]
     result.remaining_uploads = outbox.upload_counts()[PENDING]
     return result
@@ -196,13 +218,27 @@ async def _deliver(
             detail=detail,
             http_status=answer.status,
             now_ms=now_ms(),
-            release=home.release_blob,
+            prev=_signed_on(entry.envelope),
         )
         result.rejected += 1
-        bound.warning("report_rejected", status=answer.status, reason=reason, detail=detail)
+        held = len(outbox.held())
+        bound.warning(
+            "report_rejected", status=answer.status, reason=reason, detail=detail, held=held
+        )
         return answer, None, ring
     outbox.record_failure(entry.seq, error)
     return answer, error, ring
+
+
+def _signed_on(envelope: bytes) -> ChainHead | None:
+    """The chain position a report was signed on: (seq - 1, its prev_digest), None at seq 1."""
+    env = Envelope.decode(envelope)
+    r: Report | SealedReport
+    if env.payload_type == PAYLOAD_SEALED_REPORT:
+        r = SealedReport.decode(env.payload)
+    else:
+        r = Report.decode(env.payload)
+    return None if r.seq == 1 else ChainHead(r.seq - 1, r.prev_digest)
 
 
 # An upload the observer cannot make: the bytes are no longer in the blob directory (removed

@@ -28,6 +28,7 @@ again offline.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -35,7 +36,7 @@ import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -46,13 +47,23 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from bus.attachment import MAX_ATTACHMENT_BYTES
-from bus.crypto import SigningKey, pae
+from bus.crypto import SigningKey, pae, verify_pae
 from bus.errors import BusError, ConfigError, KeyStoreError, Reason, VerificationError
-from bus.model import Attachment, Envelope, Mandate, Role, check_id
+from bus.model import (
+    PAYLOAD_SEALED_REPORT,
+    Attachment,
+    EncryptionKey,
+    Envelope,
+    Mandate,
+    Report,
+    Role,
+    check_id,
+    encode,
+)
 from bus.receipt import verify_receipt
 from bus.report_file import FieldProblem, Identity, ReportFileError, format_of, parse_report
 from bus.sign import ReportSigner
-from bus.trust import KeyRing, decode_registry_record, verify_mandate
+from bus.trust import KeyRing, decode_registry_record, verify_accreditation, verify_mandate
 from bus.uuid7 import uuid7
 from bus.verify import ChainHead
 from nodes.observer.outbox import (
@@ -63,6 +74,7 @@ from nodes.observer.outbox import (
     REJECTED,
     Entry,
     Outbox,
+    Resign,
 )
 
 log = structlog.get_logger(__name__)
@@ -78,6 +90,9 @@ SCRYPT_N: Final = 2**15
 SCRYPT_R: Final = 8
 SCRYPT_P: Final = 1
 MIN_PASSPHRASE_CHARS: Final = 8
+# The payload type of the gateway's signed chain head statement (GET /v1/observers/{id}/head;
+# nodes.gateway.service.HEAD_PAYLOAD_TYPE: roles share no code, a test keeps the two equal).
+HEAD_PAYLOAD_TYPE: Final = "application/vnd.obus.observer-head.v1+json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,8 +393,24 @@ def _attachment_problems(attachments: tuple[Attachment, ...]) -> list[FieldProbl
     ]
 
 
-def submit_file(home: Home, outbox: Outbox, key: SigningKey, path: Path, *, at_ms: int) -> Entry:
+def submit_file(
+    home: Home,
+    outbox: Outbox,
+    key: SigningKey,
+    path: Path,
+    *,
+    at_ms: int,
+    recipients: Sequence[EncryptionKey] = (),
+    fixes: str | None = None,
+) -> Entry:
     """Validate a report file, sign it as the next link of the chain and queue it durably.
+
+    With ``recipients`` the report is restricted: sealed to those organizations' encryption
+    keys (:mod:`bus.sealed`; :func:`recipient_keys` picks them). With ``fixes`` (the id of a
+    report the gateway refused) the file is that report corrected: it keeps the refused
+    report's id and takes the next chain position (the refused report's own seq when nothing
+    was signed since). Reports held by a refusal (:mod:`nodes.observer.outbox`) are re-signed
+    first, or right after the fix, so the new report follows them.
 
     Attachments given by ``path`` are copied into the home's blob directory first (see
     :func:`store_blob`) and queued for upload with the report; one given by SHA-256 alone is
@@ -414,6 +445,17 @@ def submit_file(home: Home, outbox: Outbox, key: SigningKey, path: Path, *, at_m
     if problems:
         raise ReportFileError(problems, source=str(path), reason=Reason.OVERSIZED)
     attachments = [(a, home.blob(a.sha256).is_file()) for a in draft.attachments]
+    report_id = uuid7(at_ms)
+    if fixes is not None:
+        refused = [e for e in outbox.entries(REJECTED) if e.report_id == fixes]
+        if not refused:
+            raise ConfigError(
+                "--fixes", f"no refused report {fixes!r} in the outbox", "obus observer status"
+            )
+        report_id = fixes
+    else:
+        resign_held(home, outbox, key, at_ms=at_ms)
+    kept: tuple[bytes, str] | None = None
 
     def sign_next(head: ChainHead | None) -> tuple[str, bytes]:
         # Inside the outbox transaction: a sync releasing blobs waits for it, so what is
@@ -425,15 +467,273 @@ def submit_file(home: Home, outbox: Outbox, key: SigningKey, path: Path, *, at_m
                     f"the copy of {a.name or a.sha256.hex()} left {home.blobs} during submit",
                     "submit the report again",
                 )
-        report = draft.to_report(report_id=uuid7(at_ms), signed_at_ms=at_ms)
-        return report.report_id, ReportSigner(key, head).sign(report)
+        nonlocal kept
+        report = draft.to_report(report_id=report_id, signed_at_ms=at_ms)
+        signer = ReportSigner(key, head)
+        if not recipients:
+            return report.report_id, signer.sign(report)
+        kept = (encode(report), _recipients_json(recipients))
+        return report.report_id, signer.sign_sealed(report, recipients)
 
-    entry = outbox.append(sign_next, source=path.name, now_ms=at_ms, attachments=attachments)
+    if recipients:
+        _check_recipients(config, recipients)
+    entry = outbox.append(
+        sign_next, source=path.name, now_ms=at_ms, attachments=attachments,
+        draft=lambda: kept, release=home.release_blob,
+    )  # fmt: skip
+    if fixes is not None:
+        resign_held(home, outbox, key, at_ms=at_ms)
     log.info(
         "report_queued", report_id=entry.report_id, seq=entry.seq, source=entry.source,
         attachments=len(attachments), to_upload=sum(held for _, held in attachments),
     )  # fmt: skip
     return entry
+
+
+# ---------------------------------------------------------------------------------------------
+# Re-signing after a refusal (nodes/observer/outbox.py: the chain never advances past one)
+
+
+def _resign_one(outbox: Outbox, key: SigningKey, at_ms: int) -> Resign:
+    """Re-signs an entry: same report id and content, signed at ``at_ms`` on the given head
+    (a restricted report is sealed again to the keys it was sealed to)."""
+
+    def sign(entry: Entry, head: ChainHead | None) -> bytes:
+        env = Envelope.decode(entry.envelope)
+        signer = ReportSigner(key, head)
+        if env.payload_type == PAYLOAD_SEALED_REPORT:
+            kept = outbox.draft(entry.report_id)
+            if kept is None:
+                raise ConfigError(
+                    "outbox", f"restricted report {entry.report_id} has no kept draft",
+                    "submit it again as a new report",
+                )  # fmt: skip
+            report = dataclasses.replace(Report.decode(kept[0]), signed_at_ms=at_ms)
+            return signer.sign_sealed(report, _recipients_from_json(kept[1]))
+        report = dataclasses.replace(Report.decode(env.payload), signed_at_ms=at_ms)
+        return signer.sign(report)
+
+    return sign
+
+
+def _holds(home: Home) -> Callable[[bytes], bool]:
+    return lambda digest: home.blob(digest).is_file()
+
+
+def resign_held(
+    home: Home, outbox: Outbox, key: SigningKey, *, at_ms: int, refused: Sequence[str] = ()
+) -> list[Entry]:
+    """Re-sign, at the next chain positions: first the refused reports named in ``refused``
+    (report ids; same content, signed now: a refusal that healed, such as a clock set
+    right), then every held report, in seq order.
+
+    Returns:
+        The re-signed entries at their new seqs.
+
+    Raises:
+        ConfigError: a named report is not a refused one in the outbox.
+        StoreError: the outbox could not commit.
+    """
+    by_id = {e.report_id: e for e in outbox.entries(REJECTED)}
+    missing = [r for r in refused if r not in by_id]
+    if missing:
+        raise ConfigError(
+            "--refused", f"no refused report {', '.join(missing)} in the outbox",
+            "obus observer status lists the refused reports",
+        )  # fmt: skip
+    sign = _resign_one(outbox, key, at_ms)
+    out = []
+    for rid in refused:
+        e = next(x for x in outbox.entries(REJECTED) if x.report_id == rid)
+        out.append(
+            outbox.resign(e.seq, sign, now_ms=at_ms, holds=_holds(home), release=home.release_blob)
+        )
+    out.extend(
+        outbox.resign(e.seq, sign, now_ms=at_ms, release=home.release_blob) for e in outbox.held()
+    )
+    for e in out:
+        log.info("report_resigned", report_id=e.report_id, seq=e.seq)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Restricted reports: the recipients' keys from the gateway (GET /v1/recipients)
+
+
+def _recipients_json(keys: Sequence[EncryptionKey]) -> str:
+    return json.dumps([
+        {"org": k.org, "public_key": k.public_key.hex(), "not_before_ms": k.not_before_ms,
+         "not_after_ms": k.not_after_ms, "serial": k.serial, "mandate_id": k.mandate_id}
+        for k in keys
+    ])  # fmt: skip
+
+
+def _recipients_from_json(text: str) -> list[EncryptionKey]:
+    return [
+        EncryptionKey(
+            d["org"],
+            bytes.fromhex(d["public_key"]),
+            d["not_before_ms"],
+            d["not_after_ms"],
+            d["serial"],
+            d["mandate_id"],
+        )
+        for d in json.loads(text)
+    ]
+
+
+def _check_recipients(config: ObserverConfig, keys: Sequence[EncryptionKey]) -> None:
+    if not any(k.org == config.org for k in keys):
+        log.info("restricted_without_own_org", org=config.org)
+
+
+def recipient_keys(doc: object, mandate: Mandate, orgs: Sequence[str]) -> list[EncryptionKey]:
+    """The encryption keys of ``orgs`` from a ``GET /v1/recipients`` answer, checked against
+    the observer's mandate: each organization is one of the mandate's, named once, and has a
+    key of this mandate whose key id is its public key's.
+
+    The keys are served by the gateway, not signed for the observer: a gateway that served
+    another key would only get the report refused by every node
+    (``recipient_key_not_current``), never read by a wrong party, since nodes accept a
+    restricted report only sealed to each organization's current key on the registry.
+
+    Raises:
+        ConfigError: an organization not in the mandate, named twice, without a key, or an
+            answer that is not the gateway's recipients document for this mandate.
+    """
+    fix = "name organizations of the mandate, e.g. --to un,osce"
+    known = {o.org for o in mandate.organizations}
+    unknown = [o for o in orgs if o not in known]
+    if unknown or len(set(orgs)) != len(orgs) or not orgs:
+        what = f"{', '.join(unknown)} not in mandate {mandate.mandate_id}" if unknown else (
+            "an organization named twice" if orgs else "no organization")  # fmt: skip
+        raise ConfigError("--to", what, fix)
+    try:
+        assert isinstance(doc, dict)
+        if doc["mandate_id"] != mandate.mandate_id:
+            raise ConfigError(
+                "--to", f"the gateway serves keys of mandate {doc['mandate_id']!r}",
+                f"use a gateway of mandate {mandate.mandate_id}",
+            )  # fmt: skip
+        served = {}
+        for r in doc["recipients"]:
+            ek = EncryptionKey(
+                r["org"], base64.b64decode(r["public_key_b64"], validate=True),
+                r["not_before_ms"], r["not_after_ms"], r["serial"], mandate.mandate_id,
+            )  # fmt: skip
+            if ek.key_id == base64.b64decode(r["key_id_b64"], validate=True):
+                served[ek.org] = ek
+    except (AssertionError, KeyError, TypeError, ValueError, BusError) as exc:
+        raise ConfigError(
+            "--to", f"the gateway's recipients answer is not usable: {exc}", "check --gateway"
+        ) from exc
+    lacking = [o for o in orgs if o not in served]
+    if lacking:
+        raise ConfigError(
+            "--to", f"no current encryption key for {', '.join(lacking)}",
+            "leave them out, or ask them to publish one (obus org enckey)",
+        )  # fmt: skip
+    return [served[o] for o in orgs]
+
+
+# ---------------------------------------------------------------------------------------------
+# A new device continuing the chain; the clock check before signing
+
+
+def continue_chain(
+    home: Home, outbox: Outbox, head_doc: object, node_accreditation: bytes, *, at_ms: int
+) -> ChainHead | None:
+    """Continue this observer's chain from the head its gateway accepted (``GET
+    /v1/observers/{id}/head``), on a new device or key accredited for the same observer id.
+
+    The head statement must be signed by the gateway's node key (``node_accreditation``,
+    ``GET /v1/node``, verified under the mandate: a NODE of this organization) over
+    :func:`nodes.gateway.service.head_payload`'s canonical bytes, and name this observer and
+    organization. The outbox then signs its first report at the head's seq + 1 on its digest.
+
+    Returns:
+        The head set (None: the observer has no accepted report yet; nothing to set).
+
+    Raises:
+        VerificationError: the accreditation or the signature does not verify
+            (``bad_signature``), or the head is another observer's (``subject_mismatch``).
+        StoreError: this outbox has signed reports already.
+    """
+    config = home.load_config()
+    acc = verify_accreditation(
+        decode_registry_record(node_accreditation), home.load_mandate(now_ms=at_ms)
+    )
+    if acc.role != Role.NODE or acc.org != config.org:
+        raise VerificationError(
+            Reason.WRONG_ROLE, f"gateway key is {acc.org}/{acc.role.name}, not {config.org}/NODE"
+        )
+    try:
+        assert isinstance(head_doc, dict)
+        seq, digest = int(head_doc["seq"]), base64.b64decode(head_doc["digest_b64"])
+        fields = {
+            "org": str(head_doc["org"]), "observer_id": str(head_doc["observer_id"]),
+            "seq": seq, "digest_b64": base64.b64encode(digest).decode(),
+            "as_of_ms": int(head_doc["as_of_ms"]),
+            "node_key_id_b64": base64.b64encode(acc.key_id).decode(),
+        }  # fmt: skip
+        signature = base64.b64decode(head_doc["signature_b64"], validate=True)
+    except (AssertionError, KeyError, TypeError, ValueError) as exc:
+        raise VerificationError(Reason.MALFORMED, f"not a chain head statement: {exc}") from exc
+    if (fields["org"], fields["observer_id"]) != (config.org, config.observer_id):
+        raise VerificationError(
+            Reason.SUBJECT_MISMATCH,
+            f"the head is of {fields['org']}/{fields['observer_id']}, not"
+            f" {config.org}/{config.observer_id}",
+        )
+    payload = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    verify_pae(acc.public_key, HEAD_PAYLOAD_TYPE, payload.encode(), signature)
+    if seq == 0:
+        return None
+    head = ChainHead(seq, digest)
+    outbox.set_head(head)
+    log.info("chain_continued", seq=seq, digest=digest.hex())
+    return head
+
+
+@dataclass(frozen=True, slots=True)
+class ClockCheck:
+    """The device clock against the gateway's (``GET /v1/time``)."""
+
+    ahead_ms: int  # how far the device runs ahead of the gateway (negative: behind)
+    max_skew_ms: int  # how far ahead of the nodes' time a report's signed_at may be
+    uncertainty_ms: int  # half the round trip
+
+    @property
+    def refused(self) -> bool:
+        """Whether a report signed now would be refused ``clock_skew`` (certainly)."""
+        return self.ahead_ms - self.uncertainty_ms > self.max_skew_ms
+
+    def describe(self) -> str:
+        """One line for people."""
+        side = "ahead of" if self.ahead_ms >= 0 else "behind"
+        return (
+            f"this device's clock is {abs(self.ahead_ms) / 1000:.1f} s {side} the gateway's"
+            f" (± {self.uncertainty_ms / 1000:.1f} s); reports may be signed at most"
+            f" {self.max_skew_ms / 1000:.0f} s ahead"
+        )
+
+
+def clock_check(doc: object, *, sent_ms: int, received_ms: int) -> ClockCheck:
+    """Compare the device clock with a ``GET /v1/time`` answer read between ``sent_ms`` and
+    ``received_ms`` (device time): the gateway's time is taken at the midpoint.
+
+    Raises:
+        ConfigError: the answer is not the gateway's time document.
+    """
+    try:
+        assert isinstance(doc, dict)
+        gateway_ms, skew = int(doc["now_ms"]), int(doc["max_skew_ms"])
+    except (AssertionError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(
+            "gateway", f"GET /v1/time answered no time: {exc}", "check --gateway"
+        ) from exc
+    half = max(0, received_ms - sent_ms) // 2
+    return ClockCheck(sent_ms + half - gateway_ms, skew, half)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,17 @@ Crash safety rests on two rules:
   (crash, dropped link) is sent again with the **same bytes**, and the gateway's idempotency
   answers with the same receipt.
 
+The chain never advances past a refused report. A refusal (:meth:`Outbox.mark_rejected`) of
+the report at seq *s* rewinds the chain head to *s - 1* (the refused report's own seq and
+previous digest): nothing after it was accepted, and the next report signed takes *s* again.
+Reports queued after it were signed on a position that no longer exists: they are **held**
+(still ``queued``, but their seq lies beyond the head) and are never sent as they are; each is
+re-signed (:meth:`Outbox.resign`: same report id, same content, a new signing time, the next
+seq and the new previous digest, its attachment rows moved along) before delivery. A refused
+report is re-signed the same way when it is fixed or its refusal healed (a clock set right),
+at the seq it had if nothing was signed in between; when another report takes its seq, the
+refused one moves to the ``refused`` history (its attachments' bytes are released then).
+
 ``synchronous=FULL`` because the outbox lives on a field device that may lose power: a submit
 the person saw succeed must survive it.
 
@@ -35,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
+from bus.errors import StoreError
 from bus.model import Attachment, sha256
 from bus.store.sqlite import open_db, sqlite_transaction
 from bus.verify import ChainHead
@@ -92,12 +104,26 @@ CREATE TABLE IF NOT EXISTS attachments (
     PRIMARY KEY (seq, sha256)
 );
 CREATE INDEX IF NOT EXISTS attachments_state ON attachments (state, seq);
+-- Refused reports whose seq another report took (see the module docstring).
+CREATE TABLE IF NOT EXISTS refused (
+    report_id TEXT NOT NULL, seq INTEGER NOT NULL, envelope BLOB NOT NULL, digest BLOB NOT NULL,
+    source TEXT NOT NULL, http_status INTEGER, reason TEXT NOT NULL, detail TEXT NOT NULL,
+    done_at_ms INTEGER, PRIMARY KEY (digest)
+);
+-- The report inside a restricted envelope and the keys it was sealed to, so it can be
+-- re-signed (the envelope alone cannot be opened by the observer).
+CREATE TABLE IF NOT EXISTS drafts (
+    report_id TEXT PRIMARY KEY, report BLOB NOT NULL, recipients TEXT NOT NULL
+);
 """
 
 # Called inside the append transaction with the current head; returns (report id, envelope).
 SignNext = Callable[[ChainHead | None], tuple[str, bytes]]
 # Called inside a transaction with an attachment's SHA-256 once no pending row needs its bytes.
 Release = Callable[[bytes], None]
+# Called inside the re-sign transaction with the entry and the head it is re-signed on; returns
+# the new envelope bytes (same report id).
+Resign = Callable[["Entry", ChainHead | None], bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +245,8 @@ class Outbox:
         source: str,
         now_ms: int,
         attachments: Sequence[tuple[Attachment, bool]] = (),
+        draft: Callable[[], tuple[bytes, str] | None] | None = None,
+        release: Release | None = None,
     ) -> Entry:
         """Sign the next report against the stored head and queue it, atomically.
 
@@ -228,19 +256,29 @@ class Outbox:
             now_ms: the queueing time.
             attachments: the report's attachments, each with whether this observer holds
                 its bytes (``pending`` upload) or not (``external``).
+            draft: called after ``sign_next``: for a restricted report, (the inner report's
+                bytes, the recipients' keys as JSON), kept so that it can be re-signed.
+            release: releases the bytes of a refused report moved to the history.
 
         Returns:
             The queued entry; it is on disk when this returns.
 
         Raises:
-            StoreError: nothing was queued and the head did not move.
+            StoreError: nothing was queued and the head did not move; or a held report
+                occupies the next seq (re-sign the held reports first: :meth:`resign`).
             BusError: whatever ``sign_next`` raises (nothing was queued).
         """
         with self._tx() as db:
             head = self._read_head(db)
+            seq = 1 if head is None else head.seq + 1
+            self._free(db, seq, release)
             report_id, envelope = sign_next(head)
             digest = sha256(envelope)
-            seq = 1 if head is None else head.seq + 1
+            kept = None if draft is None else draft()
+            if kept is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO drafts VALUES (?, ?, ?)", (report_id, kept[0], kept[1])
+                )
             db.execute(
                 "INSERT INTO outbox (seq, report_id, envelope, digest, source, created_at_ms,"
                 " state) VALUES (?,?,?,?,?,?,?)",
@@ -262,6 +300,117 @@ class Outbox:
         entry = self.get(seq)
         assert entry is not None
         return entry
+
+    def _free(self, db: sqlite3.Connection, seq: int, release: Release | None) -> None:
+        """Make ``seq`` free for a new signature: a refused report there moves to the history
+        (its attachment rows go, their bytes are released when nothing else needs them).
+
+        Raises:
+            StoreError: a report that is not refused holds ``seq`` (a held report: re-sign
+                the held reports first).
+        """
+        row = db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE seq = ?", (seq,)).fetchone()  # noqa: S608
+        if row is None:
+            return
+        e = _entry(row)
+        if e.state != REJECTED:
+            raise StoreError(
+                f"seq {seq} is held by report {e.report_id} ({e.state}): re-sign the held"
+                " reports first (obus observer resign)"
+            )
+        db.execute(
+            "INSERT OR REPLACE INTO refused VALUES (?,?,?,?,?,?,?,?,?)",
+            (e.report_id, e.seq, e.envelope, e.digest, e.source, e.http_status, e.reason,
+             e.detail, e.done_at_ms),
+        )  # fmt: skip
+        shas = [bytes(r[0]) for r in db.execute("SELECT sha256 FROM attachments WHERE seq = ?",
+                                                (seq,))]  # fmt: skip
+        db.execute("DELETE FROM attachments WHERE seq = ?", (seq,))
+        db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+        self._release_unneeded(db, shas, release)
+
+    def resign(
+        self,
+        seq: int,
+        sign: Resign,
+        *,
+        now_ms: int,
+        holds: Callable[[bytes], bool] = lambda _sha: False,
+        release: Release | None = None,
+    ) -> Entry:
+        """Re-sign a held or refused report at the next chain position, atomically: same
+        report id, the envelope ``sign`` returns on the current head, the seq after the head
+        (a refused report still there is moved to the history first), attempts reset. A
+        refused report's attachment rows become ``pending`` again when ``holds`` says the bytes
+        are still here, else ``external``.
+
+        Returns:
+            The entry at its new seq.
+
+        Raises:
+            StoreError: no held or refused report at ``seq``, or a report not refused holds
+                the next seq.
+            BusError: whatever ``sign`` raises (nothing changed).
+        """
+        with self._tx() as db:
+            head = self._read_head(db)
+            at = 0 if head is None else head.seq
+            row = db.execute(f"SELECT {_COLUMNS} FROM outbox WHERE seq = ?", (seq,)).fetchone()  # noqa: S608
+            e = None if row is None else _entry(row)
+            if e is None or not (e.state == REJECTED or (e.state == QUEUED and e.seq > at)):
+                raise StoreError(f"no held or refused report at seq {seq}")
+            new = at + 1
+            if new != seq:
+                self._free(db, new, release)
+            envelope = sign(e, head)
+            digest = sha256(envelope)
+            db.execute(
+                "UPDATE outbox SET seq = ?, envelope = ?, digest = ?, state = ?, attempts = 0,"
+                " last_error = '', http_status = NULL, reason = '', detail = '',"
+                " receipt = NULL, receipt_ok = NULL, done_at_ms = NULL, created_at_ms = ?"
+                " WHERE seq = ?",
+                (new, envelope, digest, QUEUED, now_ms, seq),
+            )
+            for (sha,) in db.execute(
+                "SELECT sha256 FROM attachments WHERE seq = ? AND state = ?", (seq, DROPPED)
+            ).fetchall():
+                again = PENDING if holds(bytes(sha)) else EXTERNAL
+                db.execute(
+                    "UPDATE attachments SET state = ?, reason = '', done_at_ms = NULL"
+                    " WHERE seq = ? AND sha256 = ?",
+                    (again, seq, sha),
+                )
+            db.execute("UPDATE attachments SET seq = ? WHERE seq = ?", (new, seq))
+            db.execute(
+                "INSERT INTO chain_head VALUES (1, ?, ?) ON CONFLICT(id) DO UPDATE"
+                " SET seq=excluded.seq, digest=excluded.digest",
+                (new, digest),
+            )
+        entry = self.get(new)
+        assert entry is not None
+        return entry
+
+    def set_head(self, head: ChainHead) -> None:
+        """Continue a chain another device began (:func:`nodes.observer.device.continue_chain`):
+        the head becomes ``head``, only while this outbox has signed nothing.
+
+        Raises:
+            StoreError: the outbox already holds reports or a head.
+        """
+        with self._tx() as db:
+            if (
+                self._read_head(db) is not None
+                or db.execute("SELECT 1 FROM outbox LIMIT 1").fetchone()
+            ):
+                raise StoreError("this outbox has signed reports already: its chain is its own")
+            db.execute("INSERT INTO chain_head VALUES (1, ?, ?)", (head.seq, head.digest))
+
+    def draft(self, report_id: str) -> tuple[bytes, str] | None:
+        """The kept inner report and recipients (JSON) of a restricted report, or None."""
+        row = self._db.execute(
+            "SELECT report, recipients FROM drafts WHERE report_id = ?", (report_id,)
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), str(row[1]))
 
     def record_failure(self, seq: int, error: str) -> None:
         """Count a failed delivery attempt of a queued report (it stays queued)."""
@@ -290,27 +439,32 @@ class Outbox:
         detail: str,
         http_status: int,
         now_ms: int,
-        release: Release | None = None,
+        prev: ChainHead | None = None,
     ) -> None:
-        """Record the gateway's refusal; the report is not sent again, nor its attachments."""
+        """Record the gateway's refusal: the report is not sent again as it is, its
+        attachments are ``dropped`` (their bytes kept, in case it is re-signed), and the chain
+        head rewinds to ``prev``, the position the refused report was signed on (None: it was
+        seq 1), so the reports queued after it are held (module docstring)."""
         with self._tx() as db:
             db.execute(
                 "UPDATE outbox SET state = ?, reason = ?, detail = ?, http_status = ?,"
                 " attempts = attempts + 1, done_at_ms = ? WHERE seq = ?",
                 (REJECTED, reason, detail[:2000], http_status, now_ms, seq),
             )
-            shas = [
-                bytes(r[0])
-                for r in db.execute(
-                    "SELECT sha256 FROM attachments WHERE seq = ? AND state = ?", (seq, PENDING)
-                )
-            ]
             db.execute(
                 "UPDATE attachments SET state = ?, reason = 'report_rejected', done_at_ms = ?"
                 " WHERE seq = ? AND state = ?",
                 (DROPPED, now_ms, seq, PENDING),
             )
-            self._release_unneeded(db, shas, release)
+            head = self._read_head(db)
+            if head is not None and head.seq >= seq:
+                if prev is None:
+                    db.execute("DELETE FROM chain_head")
+                else:
+                    db.execute(
+                        "UPDATE chain_head SET seq = ?, digest = ? WHERE id = 1",
+                        (prev.seq, prev.digest),
+                    )
 
     # -- attachments -------------------------------------------------------------------------
 
@@ -430,6 +584,35 @@ class Outbox:
             (QUEUED,),
         ).fetchone()
         return None if row is None else _entry(row)
+
+    def next_deliverable(self) -> Entry | None:
+        """The oldest queued entry that is not held (its seq at or below the head), or None."""
+        head = self.head()
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE state = ? AND seq <= ?"  # noqa: S608
+            " ORDER BY seq LIMIT 1",
+            (QUEUED, 0 if head is None else head.seq),
+        ).fetchone()
+        return None if row is None else _entry(row)
+
+    def held(self) -> list[Entry]:
+        """Queued entries signed on a chain position a refusal took away (seq beyond the
+        head), in seq order: re-signed before delivery."""
+        head = self.head()
+        rows = self._db.execute(
+            f"SELECT {_COLUMNS} FROM outbox WHERE state = ? AND seq > ? ORDER BY seq",  # noqa: S608
+            (QUEUED, 0 if head is None else head.seq),
+        )
+        return [_entry(r) for r in rows]
+
+    def refused_history(self) -> list[tuple[str, int, str, str]]:
+        """Refused reports another report's seq replaced: (report id, seq, reason, detail)."""
+        return [
+            (str(r[0]), int(r[1]), str(r[2]), str(r[3]))
+            for r in self._db.execute(
+                "SELECT report_id, seq, reason, detail FROM refused ORDER BY seq, report_id"
+            )
+        ]
 
     def entries(self, state: str | None = None) -> list[Entry]:
         """Entries in seq order, optionally of one state."""

@@ -146,12 +146,18 @@ def test_a_rejected_report_drops_its_uploads(tmp_path: Path) -> None:
     (tmp_path / "field" / "crater.jpg").write_bytes(PHOTO)
     entry = submit_file(home, box, key, _report(tmp_path, "  - path: crater.jpg\n"), at_ms=NOW)  # type: ignore[arg-type]
     box.mark_rejected(
-        entry.seq, reason="outside_zone", detail="x", http_status=422, now_ms=NOW,
-        release=home.release_blob,
+        entry.seq, reason="outside_zone", detail="x", http_status=422, now_ms=NOW
     )  # fmt: skip
     assert [u.state for u in box.uploads()] == [DROPPED]
-    assert not home.blob(_sha(PHOTO)).exists()
     assert box.upload_counts()[DROPPED] == 1
+    # the bytes stay while the refused report may still be re-signed ...
+    assert home.blob(_sha(PHOTO)).exists()
+    assert box.head() is None  # the chain rewound: seq 1 is free again
+    # ... and go once another report takes its seq (the refused one moves to the history)
+    other = submit_file(home, box, key, _report(tmp_path, ""), at_ms=NOW + 1)  # type: ignore[arg-type]
+    assert other.seq == entry.seq
+    assert box.uploads() == [] and not home.blob(_sha(PHOTO)).exists()
+    assert [(rid, seq) for rid, seq, _, _ in box.refused_history()] == [(entry.report_id, 1)]
 
 
 def test_a_refusal_ends_every_delivered_row_of_those_bytes(tmp_path: Path) -> None:
