@@ -16,7 +16,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from rich.console import Console
 
@@ -106,18 +106,88 @@ def _cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _gateway_reads(
+    url: str, *, recipients: bool
+) -> tuple[object | None, tuple[int, int], object | None]:
+    """GET /v1/time (with the device times around it) and, when asked, /v1/recipients; None
+    for what could not be read (offline)."""
+    from nodes.observer.client import GatewayClient, Unreachable  # noqa: PLC0415
+    from nodes.observer.device import now_ms  # noqa: PLC0415
+
+    time_doc = keys_doc = None
+    sent = received = 0
+    async with GatewayClient(url, timeout_s=10, connect_timeout_s=5) as client:
+        try:
+            sent = now_ms()
+            answer = await client.time()
+            received = now_ms()
+            time_doc = client.json(answer)
+            if recipients:
+                keys_doc = client.json(await client.recipients())
+        except Unreachable as exc:
+            print(f"gateway {url}: {exc}")
+    return time_doc, (sent, received), keys_doc
+
+
+def _check_clock(time_doc: object | None, around: tuple[int, int], *, force: bool) -> None:
+    """Warn about the device clock, and refuse to sign what the nodes would refuse as
+    clock_skew unless --force."""
+    from nodes.observer.device import clock_check  # noqa: PLC0415
+
+    if time_doc is None:
+        print("clock not checked (gateway not reachable): make sure this device's time is right")
+        return
+    check = clock_check(time_doc, sent_ms=around[0], received_ms=around[1])
+    if check.refused:
+        if not force:
+            raise ConfigError(
+                "clock",
+                f"clock_skew: {check.describe()}; the nodes would refuse the report",
+                "set this device's clock right (or sign anyway with --force)",
+            )
+        print(f"WARNING {check.describe()}: signing anyway (--force); expect clock_skew")
+    elif abs(check.ahead_ms) > check.max_skew_ms // 2:
+        print(f"warning: {check.describe()}")
+
+
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from nodes.observer.device import Home, now_ms, read_encrypted_key, submit_file  # noqa: PLC0415
+    from nodes.observer.device import (  # noqa: PLC0415
+        Home,
+        now_ms,
+        read_encrypted_key,
+        recipient_keys,
+        submit_file,
+    )
     from nodes.observer.outbox import Outbox  # noqa: PLC0415
 
     home = Home(_home(args))
-    home.load_config()
+    config = home.load_config()
+    orgs = [o.strip() for o in args.to.split(",")] if args.to else []
+    time_doc, around, keys_doc = asyncio.run(_gateway_reads(config.gateway, recipients=bool(orgs)))
+    _check_clock(time_doc, around, force=args.force)
+    keys = []
+    if orgs:
+        cache = home.root / "recipients.json"
+        if keys_doc is None:
+            try:
+                keys_doc = json.loads(cache.read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(
+                    "--to", "the recipients' keys are not known offline",
+                    "connect to the gateway once (it serves them), then submit again",
+                ) from exc  # fmt: skip
+            print(f"recipients' keys from {cache} (gateway not reachable)")
+        keys = recipient_keys(keys_doc, home.load_mandate(now_ms=now_ms()), orgs)
+        cache.write_text(json.dumps(keys_doc))
     key = read_encrypted_key(home.key, _passphrase(confirm=False))
     outbox = Outbox(home.outbox)
     try:
         for name in args.files:
-            entry = submit_file(home, outbox, key, Path(name), at_ms=now_ms())
-            print(f"queued {name}: report {entry.report_id} (seq {entry.seq})")
+            entry = submit_file(
+                home, outbox, key, Path(name), at_ms=now_ms(), recipients=keys, fixes=args.fixes
+            )
+            to = f", restricted to {', '.join(orgs)}" if orgs else ""
+            print(f"queued {name}: report {entry.report_id} (seq {entry.seq}{to})")
     finally:
         outbox.close()
     if not args.no_deliver:  # queued is success: delivery goes on with `sync`
@@ -130,11 +200,18 @@ def _sync(
     backoff_base: float = 0.5, backoff_cap: float = 60.0,
 ) -> int:  # fmt: skip
     from nodes.observer.client import GatewayClient  # noqa: PLC0415
-    from nodes.observer.delivery import Backoff, sync  # noqa: PLC0415
+    from nodes.observer.delivery import Backoff, Waiting, sync  # noqa: PLC0415
     from nodes.observer.outbox import Outbox  # noqa: PLC0415
 
     config = home.load_config()
     outbox = Outbox(home.outbox)
+
+    def waiting(w: Waiting) -> None:
+        print(
+            f"{w.queued} queued; gateway {config.gateway}: {w.error}; retry {w.failures} in"
+            f" {w.retry_in_s:.0f} s ({w.elapsed_s:.0f} of {w.budget_s:.0f} s)",
+            flush=True,
+        )
 
     async def run() -> int:
         async with GatewayClient(config.gateway) as client:
@@ -145,6 +222,7 @@ def _sync(
                 backoff=Backoff(backoff_base, backoff_cap),
                 max_seconds=max_seconds,
                 max_failures=max_failures,
+                progress=None if quiet_offline else waiting,
             )
         parts = [f"delivered {result.delivered}"]
         if result.duplicates:
@@ -157,6 +235,11 @@ def _sync(
             )
         if result.bad_receipts:
             parts.append(f"- {result.bad_receipts} receipts DO NOT VERIFY")
+        if result.held:
+            parts.append(
+                f"- {result.held} held after a refused report: re-sign them (obus observer"
+                " resign, or fix the refused one: submit --fixes ID FILE)"
+            )
         if result.remaining and quiet_offline:
             print(f"gateway {config.gateway} not reachable; {result.remaining} queued for sync")
         else:
@@ -179,6 +262,63 @@ def _cmd_sync(args: argparse.Namespace) -> int:
         backoff_base=args.backoff_base,
         backoff_cap=args.backoff_cap,
     )
+
+
+def _cmd_resign(args: argparse.Namespace) -> int:
+    from nodes.observer.device import (  # noqa: PLC0415
+        Home,
+        now_ms,
+        read_encrypted_key,
+        resign_held,
+    )
+    from nodes.observer.outbox import Outbox  # noqa: PLC0415
+
+    home = Home(_home(args))
+    config = home.load_config()
+    time_doc, around, _ = asyncio.run(_gateway_reads(config.gateway, recipients=False))
+    _check_clock(time_doc, around, force=args.force)
+    key = read_encrypted_key(home.key, _passphrase(confirm=False))
+    outbox = Outbox(home.outbox)
+    try:
+        done = resign_held(home, outbox, key, at_ms=now_ms(), refused=args.refused or ())
+    finally:
+        outbox.close()
+    for e in done:
+        print(f"re-signed report {e.report_id} at seq {e.seq}")
+    print(f"{len(done)} re-signed; deliver with obus observer sync")
+    return 0
+
+
+def _cmd_continue(args: argparse.Namespace) -> int:
+    from nodes.observer.client import GatewayClient  # noqa: PLC0415
+    from nodes.observer.device import Home, continue_chain, now_ms  # noqa: PLC0415
+    from nodes.observer.outbox import Outbox  # noqa: PLC0415
+
+    home = Home(_home(args))
+    config = home.load_config()
+
+    async def fetch() -> tuple[object, bytes]:
+        async with GatewayClient(config.gateway) as client:
+            node = await client.node_accreditation()
+            if node.status != 200:
+                raise ConfigError("gateway", f"GET /v1/node answered {node.status}", "retry")
+            return client.json(await client.head(config.observer_id)), node.body
+
+    doc, node = asyncio.run(fetch())
+    outbox = Outbox(home.outbox)
+    try:
+        head = continue_chain(home, outbox, doc, node, at_ms=now_ms())
+    finally:
+        outbox.close()
+    if head is None:
+        print(f"{config.observer_id} has no accepted report yet: the chain starts at seq 1")
+    else:
+        digest = head.digest.hex()[:16]
+        print(
+            f"continuing {config.observer_id}'s chain after seq {head.seq} (digest {digest}…),"
+            " as the gateway's node key signed it"
+        )
+    return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -238,6 +378,8 @@ def _cmd_receipts(args: argparse.Namespace) -> int:
 
     home = Home(_home(args))
     home.load_config()
+    if args.inclusion:
+        return _inclusion(home, as_json=args.json)
     outbox = Outbox(home.outbox)
     try:
         if not args.verify:
@@ -256,6 +398,40 @@ def _cmd_receipts(args: argparse.Namespace) -> int:
             print(f"{'ok  ' if c.ok else 'FAIL'} seq {c.seq:>5} {c.report_id} {where}")
         print(f"{len(checks) - len(bad)} of {len(checks)} receipts verify")
     return 1 if bad else 0
+
+
+def _inclusion(home: Home, *, as_json: bool) -> int:
+    from nodes.observer.client import GatewayClient  # noqa: PLC0415
+    from nodes.observer.delivery import VERIFIED, check_inclusion  # noqa: PLC0415
+    from nodes.observer.device import now_ms  # noqa: PLC0415
+    from nodes.observer.outbox import Outbox  # noqa: PLC0415
+
+    config = home.load_config()
+    outbox = Outbox(home.outbox, read_only=True)
+
+    async def run() -> list[Any]:
+        async with GatewayClient(config.gateway) as client:
+            return await check_inclusion(home, outbox, client, at_ms=now_ms())
+
+    try:
+        checks = asyncio.run(run())
+    finally:
+        outbox.close()
+    if as_json:
+        print(json.dumps([dataclasses.asdict(c) for c in checks], indent=2))
+    else:
+        for c in checks:
+            if c.state == VERIFIED:
+                what = f"verified: sealed in epoch {c.epoch}, cosigned by {', '.join(c.orgs)}"
+            elif c.reason == "record_not_sealed":
+                what = "not sealed yet"
+            else:
+                what = f"refused: {c.reason} - {c.detail}"
+            print(f"seq {c.seq:>5} {c.report_id} {what}")
+        n = sum(c.state == VERIFIED for c in checks)
+        print(f"{n} of {len(checks)} receipted reports verified in the sealed log")
+    refused = [c for c in checks if c.state != VERIFIED and c.reason != "record_not_sealed"]
+    return 1 if refused else 0
 
 
 def _cmd_gateway(args: argparse.Namespace) -> int:
@@ -346,7 +522,46 @@ def add_observer_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     p = with_home(osub.add_parser("submit", help="validate, sign and queue report files"))
     p.add_argument("files", nargs="+", metavar="FILE", help="report file(s), YAML or JSON")
     p.add_argument("--no-deliver", action="store_true", help="queue only; deliver with sync")
+    p.add_argument(
+        "--to", metavar="ORGS",
+        help="restricted: readable only by these organizations, e.g. un,osce (HPKE to the keys"
+        " the gateway serves)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fixes", metavar="REPORT_ID",
+        help="the file corrects this refused report: same report id, signed at the next seq"
+        " (its own when nothing came between)",
+    )  # fmt: skip
+    p.add_argument("--force", action="store_true", help="sign even when the clock check says "
+                   "the nodes would refuse the report as clock_skew")  # fmt: skip
     p.set_defaults(func=_cmd_submit)
+
+    p = with_home(
+        osub.add_parser(
+            "resign",
+            help="re-sign reports held after a refusal (and refused ones named)",
+            description="A refused report stops the chain where it was: reports queued after "
+            "it are held. Re-sign them at the next positions (same report ids, signed now), "
+            "first the refused reports named with --refused (same content: e.g. refused as "
+            "clock_skew before the clock was set right).",
+        )
+    )
+    p.add_argument("--refused", action="append", metavar="REPORT_ID", help="re-sign this "
+                   "refused report first, at its seq (repeatable)")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="sign despite the clock check")
+    p.set_defaults(func=_cmd_resign)
+
+    p = with_home(
+        osub.add_parser(
+            "continue",
+            help="on a new device or key: continue the chain from the gateway's signed head",
+            description="Once this key is accredited for the same observer id (and the old one "
+            "revoked), fetch the observer's accepted chain head from the gateway, check the node "
+            "key's signature on it, and sign the next report after it. Only before this outbox "
+            "signed anything.",
+        )
+    )
+    p.set_defaults(func=_cmd_continue)
 
     p = with_home(
         osub.add_parser(
@@ -369,6 +584,9 @@ def add_observer_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
 
     p = with_home(osub.add_parser("receipts", help="list or verify the gateway's receipts"))
     p.add_argument("--verify", action="store_true", help="check every receipt's signature")
+    p.add_argument("--inclusion", action="store_true", help="with --verify: fetch each "
+                   "report's proof from the gateway and check it is in the log sealed by k "
+                   "organizations, with the mandate file alone")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_receipts)
 

@@ -2,7 +2,8 @@
 
 :class:`GatewayClient` sends a report (``POST /v1/reports``), an attachment
 (``PUT /v1/attachments/<sha256 hex>``) and asks for the gateway's node accreditation
-(``GET /v1/node``); every answer comes back as an :class:`Answer`, whatever its status, and a
+(``GET /v1/node``), its clock, an observer's signed chain head, the recipients' keys and
+inclusion proofs; every answer comes back as an :class:`Answer`, whatever its status, and a
 gateway that cannot be reached (refused or reset connection, timeout) as :class:`Unreachable`.
 What the answers mean for delivery is :mod:`nodes.observer.delivery`'s business.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import aiohttp
 
@@ -90,3 +92,33 @@ class GatewayClient:
     async def node_accreditation(self) -> Answer:
         """GET /v1/node: the gateway's node-key accreditation envelope."""
         return await self._call("GET", "/v1/node")
+
+    async def time(self) -> Answer:
+        """GET /v1/time: the gateway's clock and the skew the nodes allow."""
+        return await self._call("GET", "/v1/time")
+
+    async def head(self, observer_id: str) -> Answer:
+        """GET /v1/observers/{id}/head: the observer's accepted chain head, signed."""
+        return await self._call("GET", f"/v1/observers/{quote(observer_id, safe='')}/head")
+
+    async def recipients(self) -> Answer:
+        """GET /v1/recipients: the organizations' current encryption keys."""
+        return await self._call("GET", "/v1/recipients")
+
+    async def proof(self, topic: str, partition: int, offset: int) -> Answer:
+        """GET /v1/proofs/{topic}/{partition}/{offset}: a record's inclusion proof."""
+        return await self._call("GET", f"/v1/proofs/{quote(topic, safe='')}/{partition}/{offset}")
+
+    def json(self, answer: Answer) -> object:
+        """The JSON body of a 200 answer.
+
+        Raises:
+            Unreachable: another status, or a body that is not JSON.
+        """
+        if answer.status != 200:
+            reason, detail = answer.error()
+            raise Unreachable(f"{self.base_url} answered {answer.status} {reason}: {detail}")
+        try:
+            return json.loads(answer.body)
+        except ValueError as exc:
+            raise Unreachable(f"{self.base_url} answered no JSON: {exc}") from exc

@@ -22,6 +22,7 @@ the gateway (``GET /v1/node``) and kept in the outbox so receipts can be checked
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -33,11 +34,21 @@ import structlog
 from bus.errors import BusError, Reason, VerificationError
 from bus.model import PAYLOAD_SEALED_REPORT, Envelope, Report, Role, SealedReport
 from bus.receipt import verify_receipt
+from bus.seal_proof import SealProof, check_receipt_inclusion
 from bus.trust import KeyRing, decode_registry_record, verify_accreditation
 from bus.verify import ChainHead
 from nodes.observer.client import Answer, GatewayClient, Unreachable
 from nodes.observer.device import Home, ObserverConfig, now_ms, receipt_keyring
-from nodes.observer.outbox import PENDING, QUEUED, REFUSED, UPLOADED, Entry, Outbox, Upload
+from nodes.observer.outbox import (
+    DELIVERED,
+    PENDING,
+    QUEUED,
+    REFUSED,
+    UPLOADED,
+    Entry,
+    Outbox,
+    Upload,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -327,3 +338,71 @@ def _receipt_ok(ring: KeyRing, receipt: bytes, envelope: bytes) -> bool:
         log.warning("receipt_invalid", reason=exc.reason.value, detail=exc.message)
         return False
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Inclusion of receipted reports in the sealed log
+
+VERIFIED: Final = "verified"
+NOT_SEALED_YET: Final = "not_sealed_yet"
+NOT_VERIFIED: Final = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class InclusionCheck:
+    """One delivered report's inclusion: ``verified`` (with the organizations whose
+    cosignatures count), ``not_sealed_yet``, or ``refused`` with a reason code."""
+
+    seq: int
+    report_id: str
+    state: str
+    reason: str = ""
+    detail: str = ""
+    epoch: int = 0
+    orgs: tuple[str, ...] = ()
+
+
+async def check_inclusion(
+    home: Home, outbox: Outbox, client: GatewayClient, *, at_ms: int
+) -> list[InclusionCheck]:
+    """For every delivered report, fetch the proof of the record its receipt names
+    (``GET /v1/proofs/...``) and run the light check against the observer's mandate file
+    (:func:`bus.seal_proof.check_receipt_inclusion`: the receipt verified first, then the
+    proof is of that record and *k* organizations of the mandate cosigned its seal).
+
+    Raises:
+        Unreachable: the gateway could not be reached (a check not made is not a verdict).
+    """
+    mandate = home.load_mandate(now_ms=at_ms)
+    ring = receipt_keyring(home, outbox, at_ms=at_ms)
+    out = []
+    for e in outbox.entries(DELIVERED):
+        try:
+            receipt = verify_receipt(e.receipt or b"", ring, envelope=e.envelope)
+        except VerificationError as exc:
+            out.append(InclusionCheck(e.seq, e.report_id, NOT_VERIFIED, exc.reason.value,
+                                      f"receipt: {exc.message}"))  # fmt: skip
+            continue
+        answer = await client.proof(receipt.topic, receipt.partition, receipt.offset)
+        reason, detail = answer.error() if answer.status != 200 else ("", "")
+        if reason == Reason.RECORD_NOT_SEALED.value:
+            out.append(InclusionCheck(e.seq, e.report_id, NOT_SEALED_YET, reason, detail))
+            continue
+        if answer.status != 200:
+            if answer.status in (408, 429) or answer.status >= 500:
+                raise Unreachable(f"GET proof answered {answer.status} {reason}: {detail}")
+            out.append(InclusionCheck(e.seq, e.report_id, NOT_VERIFIED, reason, detail))
+            continue
+        try:
+            proof = SealProof.from_json(json.loads(answer.body))
+            orgs = check_receipt_inclusion(proof, receipt, mandate)
+        except ValueError as exc:
+            out.append(InclusionCheck(e.seq, e.report_id, NOT_VERIFIED, "malformed", str(exc)))
+        except VerificationError as exc:
+            out.append(
+                InclusionCheck(e.seq, e.report_id, NOT_VERIFIED, exc.reason.value, exc.message)
+            )
+        else:
+            out.append(InclusionCheck(e.seq, e.report_id, VERIFIED, epoch=proof.seal().epoch,
+                                      orgs=tuple(sorted(orgs))))  # fmt: skip
+    return out
