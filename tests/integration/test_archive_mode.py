@@ -117,10 +117,10 @@ async def test_log_export_and_live_audit_of_an_ended_mission(
     assert notice in out and f"{REPORTS} reports" in out
     code, out = await e.obus("audit", "--mandate", str(e.mandate))
     assert code == 0, out
-    assert notice in out and "VERDICT: every record verified" in out
+    assert notice in out and "VERDICT: every sealed record verified" in out
     code, out = await e.obus("audit", "--from", str(export), "--mandate", str(e.mandate))
     assert code == 0, out
-    assert notice in out and "VERDICT: every record verified" in out
+    assert notice in out and "VERDICT: every sealed record verified" in out
 
 
 def _free_port() -> int:
