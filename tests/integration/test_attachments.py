@@ -47,6 +47,7 @@ from nodes.org_node.config import NodeConfig
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node
 from nodes.runtime.files import write_key
+from tests.integration.test_observer_gateway import TrustSealer
 from tests.kafka_broker import free_ports
 from tests.mission import Mission, make_mission
 
@@ -73,6 +74,7 @@ class World:
     observer_key: SigningKey
     node_key: SigningKey
     port: int
+    sealer: TrustSealer
 
     @property
     def url(self) -> str:
@@ -82,7 +84,7 @@ class World:
         return GatewayConfig(
             org="un", bootstrap=self.bootstrap, db_path=self.tmp / "gateway.db",
             mandate=self.m.scenario.mandate, node_key=self.node_key, topics=self.topics,
-            port=self.port, registry_refresh_s=1.0,
+            port=self.port, registry_refresh_s=1.0, final_db=self.sealer.path,
             attachments=AttachmentLimits(max_bytes=4 * MIB),
         )  # fmt: skip
 
@@ -114,7 +116,11 @@ async def _world(bootstrap: str, tmp: Path) -> World:
         await producer.stop()
     (tmp / "mandate.bin").write_bytes(m.scenario.mandate_envelope)
     write_key(tmp / "node-key.json", node_key)
-    return World(bootstrap, topics, m, tmp, home, observer_key, node_key, port)
+    # The gateway judges with a final trust state; the trust topics sealed as they stand
+    # (UN's own node, started later, keeps its final store at un.final.db).
+    sealer = TrustSealer(bootstrap, topics, m.scenario.mandate, tmp / "gateway-trust.final.db")
+    await sealer.seal()
+    return World(bootstrap, topics, m, tmp, home, observer_key, node_key, port, sealer)
 
 
 def _report(w: World, name: str, attachments: str) -> Path:

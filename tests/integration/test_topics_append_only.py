@@ -28,6 +28,7 @@ from bus.topics import KEEP_FOREVER, LOG_APPEND_TIME, Topics, TopicSpec, standar
 from nodes.cli.main import main
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.gateway.service import Gateway, GatewayConfig
+from tests.integration.test_observer_gateway import TrustSealer
 from tests.mission import make_mission
 
 pytestmark = [pytest.mark.kafka]
@@ -123,9 +124,11 @@ async def test_gateway_finds_its_node_key_among_unkeyed_registry_records(
     finally:
         await producer.stop()
 
+    sealer = TrustSealer(kafka_bootstrap, topics, m.scenario.mandate, tmp_path / "un.final.db")
+    await sealer.seal()
     config = GatewayConfig(
         org="un", bootstrap=kafka_bootstrap, db_path=tmp_path / "gateway.db",
-        mandate=m.scenario.mandate, node_key=node_key, topics=topics,
+        mandate=m.scenario.mandate, node_key=node_key, topics=topics, final_db=sealer.path,
     )  # fmt: skip
     gateway = Gateway(config)
     await gateway.start()
@@ -146,9 +149,10 @@ async def test_gateway_finds_its_node_key_among_unkeyed_registry_records(
         )
     finally:
         await producer.stop()
+    await sealer.seal()  # the revocation takes effect once sealed
     later = Gateway(dataclasses.replace(config, db_path=tmp_path / "later.db"))
     try:
         with pytest.raises(ConfigError, match="revoked by un"):
             await later.start()
     finally:
-        later.store.close()
+        await later.stop()  # its Kafka clients and trust reader started before the refusal
