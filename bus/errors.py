@@ -92,6 +92,8 @@ class Reason(enum.StrEnum):
     SEAL_FINAL_MISMATCH = "seal_final_mismatch"  # own log differs from what a final seal sealed
     SEAL_NOT_ELECTABLE = "seal_not_electable"  # its trust state accredits node keys of < k orgs
     SEAL_WITHDRAW_NO_VOTE = "seal_withdraw_no_vote"  # a withdrawal by an org with no vote there
+    SEAL_CARRIED_TRUST_MISMATCH = "seal_carried_trust_mismatch"  # seal 1 carries other NODE accs
+    SEAL_FORK = "seal_fork"  # k organizations signed a text of an epoch outside this history
     SEAL_NOT_FINAL = "seal_not_final"  # a proof names a seal that is not its epoch's final one
     SEAL_QUORUM_NOT_MET = "seal_quorum_not_met"  # cosignatures of fewer than k organizations count
     RECORD_NOT_SEALED = "record_not_sealed"  # no final seal covers the record (yet)
