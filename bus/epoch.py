@@ -55,6 +55,9 @@ class FinalSeal:
         offset: where the cosignature that made it final sits on the seals topic.
         round: the epoch's voting round it was final in (1 unless a round of split votes died
             first, :mod:`bus.seal`); part of its text, so of ``digest``.
+        carried: for epoch 1, the registry records accrediting node keys its text carries (the
+            trust its votes were counted under, :mod:`bus.seal`); part of its text. Empty for
+            every later epoch.
     """
 
     mandate_id: str
@@ -66,6 +69,7 @@ class FinalSeal:
     signers: frozenset[str] = field(default_factory=frozenset)
     offset: int = -1
     round: int = 1
+    carried: tuple[bytes, ...] = ()
 
     def size(self, ref: PartitionRef) -> int:
         """Records of ``ref`` sealed up to and including this epoch."""
