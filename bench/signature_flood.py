@@ -126,7 +126,7 @@ def main() -> None:
 
     def mandate(raw: bytes) -> Callable[[], str]:
         return lambda: _outcome(
-            lambda: TrustTimeline(v1).offer_mandate(Envelope.decode(raw), log_time_ms=NOW_MS)
+            lambda: TrustTimeline(v1).offer_mandate(Envelope.decode(raw), now_ms=NOW_MS)
         )
 
     def registry(raw: bytes) -> Callable[[], str]:
@@ -144,7 +144,7 @@ def main() -> None:
 
         def mandate_bytes(raw: bytes) -> Callable[[], str]:
             return lambda: _outcome(
-                lambda: TrustTimeline(v1).offer_mandate(decode_first(raw), log_time_ms=NOW_MS)
+                lambda: TrustTimeline(v1).offer_mandate(decode_first(raw), now_ms=NOW_MS)
             )
 
         name = "mandate, genuine + flood, decode_mandate_record"

@@ -181,9 +181,7 @@ async def _read_registry_live(args: argparse.Namespace, root: Mandate) -> Regist
     if topics.mandate in present:
         async for rec in replay(bootstrap(args), [topics.mandate], security=security):
             with contextlib.suppress(BusError):  # an alarm at a node, never applied
-                timeline.offer_mandate(
-                    decode_mandate_record(rec.value), log_time_ms=rec.timestamp, now_ms=now_ms()
-                )
+                timeline.offer_mandate(decode_mandate_record(rec.value), now_ms=now_ms())
     refused: list[tuple[int, str, str]] = []
     if topics.registry in present:
         async for rec in replay(bootstrap(args), [topics.registry], security=security):

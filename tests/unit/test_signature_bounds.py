@@ -114,7 +114,7 @@ def test_mandate_record_with_10000_garbage_signatures_is_refused_without_verifyi
     timeline = TrustTimeline(m.scenario.mandate)
     with counting_verifies() as verifies:
         # The path nodes take: the record decoded, then offered.
-        err = _refused(lambda: timeline.offer_mandate(Envelope.decode(raw), log_time_ms=NOW_MS))
+        err = _refused(lambda: timeline.offer_mandate(Envelope.decode(raw), now_ms=NOW_MS))
         assert err.reason is Reason.OVERSIZED
         assert err.context["size"] == len(raw)
         err = _refused(lambda: verify_mandate(flood, previous=m.scenario.mandate, now_ms=NOW_MS))
@@ -123,7 +123,7 @@ def test_mandate_record_with_10000_garbage_signatures_is_refused_without_verifyi
     assert verifies[0] == 0
     assert timeline.mandate.version == 1
     # The genuine record still applies afterwards.
-    assert timeline.offer_mandate(genuine, log_time_ms=NOW_MS) is not None
+    assert timeline.offer_mandate(genuine, now_ms=NOW_MS) is not None
 
 
 def test_oversized_mandate_record_is_refused_before_decoding() -> None:
@@ -135,7 +135,7 @@ def test_oversized_mandate_record_is_refused_before_decoding() -> None:
     with counting_verifies() as verifies:
         assert _refused(lambda: decode_mandate_record(junk)).reason is Reason.OVERSIZED
         assert _refused(lambda: decode_mandate_record(big.encode())).reason is Reason.OVERSIZED
-        err = _refused(lambda: timeline.offer_mandate(big, log_time_ms=NOW_MS))
+        err = _refused(lambda: timeline.offer_mandate(big, now_ms=NOW_MS))
         assert err.reason is Reason.OVERSIZED
         assert err.context["limit"] == MAX_MANDATE_RECORD_BYTES
     assert verifies[0] == 0
@@ -160,7 +160,7 @@ def test_mandate_record_with_more_signatures_than_root_keys_is_refused() -> None
         err = _refused(lambda: verify_mandate(seventh, previous=m.scenario.mandate, now_ms=NOW_MS))
         assert err.reason is Reason.TOO_MANY_SIGNATURES
         assert (err.context["signatures"], err.context["allowed"]) == (7, 6)
-        err = _refused(lambda: timeline.offer_mandate(flood, log_time_ms=NOW_MS))
+        err = _refused(lambda: timeline.offer_mandate(flood, now_ms=NOW_MS))
         assert err.reason is Reason.TOO_MANY_SIGNATURES
     assert verifies[0] == 0
 
@@ -208,7 +208,7 @@ def test_k_of_n_rotation_verifies_each_signature_once() -> None:
     env = sign_mandate(v2, [roots["un"], new_un, roots["osce"], roots["eu"], roots["csto"]])
     timeline = TrustTimeline(m.scenario.mandate)
     with counting_verifies() as verifies:
-        assert timeline.offer_mandate(env, log_time_ms=NOW_MS) == v2
+        assert timeline.offer_mandate(env, now_ms=NOW_MS) == v2
     # Five signatures, each verified once although four organizations are in both versions.
     assert verifies[0] == 5
 
@@ -347,7 +347,7 @@ def test_refused_registry_record_is_not_kept_for_later_versions() -> None:
     assert _refused(lambda: timeline.apply_registry(flood)).reason is Reason.TOO_MANY_SIGNATURES
     v2 = sign_mandate(_v2(m), _roots(m)[:4])
     with counting_verifies() as verifies:
-        assert timeline.offer_mandate(v2, log_time_ms=NOW_MS) is not None
+        assert timeline.offer_mandate(v2, now_ms=NOW_MS) is not None
     assert verifies[0] == 4 + len(m.registry)  # the version, then each kept record once
 
 
