@@ -17,13 +17,8 @@ band, then feeds every record of ``<prefix>mandate`` and ``<prefix>registry`` in
   (:class:`bus.ingest.Ingestor`) use the trust it knows when it judges, never a version chosen by
   a broker timestamp. Final verdicts put each trust record at its sealed epoch instead
   (:mod:`bus.judge`). A version's freshness (``mandate_expired``) is judged at the reader's
-  ``now_ms``: a node passes its own clock, so no broker timestamp decides whether a version
-  is applied.
-* **Log-time axis (legacy readers only).** Each applied version also keeps the broker's
-  log-append time of its record (``active_from_ms``), and :meth:`TrustTimeline.at` returns the
-  version in effect at a given log time. Only readers that still judge by log time read it (the
-  auditor's legacy per-record audit and checkpoint proofs, the checkpoint witness): the operator
-  sets those timestamps, so no node verdict reads that axis.
+  ``now_ms``: a node passes its own clock. The broker's timestamp of a record is never an
+  argument here: the operator sets it, so it cannot decide whether or when a version counts.
 * **Key state under each version** is rebuilt from every registry record seen so far, verified
   against that version: an accreditation counts while its organization is a member **and** its
   signature is by that organization's root key in that version. So an organization that
@@ -40,7 +35,6 @@ band, then feeds every record of ``<prefix>mandate`` and ``<prefix>registry`` in
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 from dataclasses import dataclass
 
@@ -67,11 +61,8 @@ RegistryEntry = Accreditation | Revocation | EncryptionKey
 
 @dataclass(frozen=True, slots=True)
 class Version:
-    """An applied mandate version with its key ring; ``active_from_ms`` is where it sits on the
-    legacy log-time axis of :meth:`TrustTimeline.at` (the broker's timestamp of its record,
-    read by no node verdict)."""
+    """An applied mandate version: its canonical encoding and its key ring."""
 
-    active_from_ms: int
     payload: bytes
     keyring: KeyRing
 
@@ -91,8 +82,7 @@ class TrustTimeline:
 
     def __init__(self, root: Mandate) -> None:
         # Decoding is canonical, so the encoding is the payload every copy of it carries.
-        self._versions: list[Version] = [Version(0, encode(root), KeyRing(root))]
-        self._starts: list[int] = [0]
+        self._versions: list[Version] = [Version(encode(root), KeyRing(root))]
         self._registry: list[Envelope] = []
         self._newest_on_topic = 0  # highest version number seen on the mandate topic
 
@@ -112,15 +102,6 @@ class TrustTimeline:
     def versions(self) -> tuple[Version, ...]:
         """Every applied version, oldest first."""
         return tuple(self._versions)
-
-    def at(self, log_time_ms: int) -> KeyRing:
-        """The key ring of the version in effect at a record's log-append time.
-
-        For the legacy log-time readers only (module docstring): a broker timestamp is set by
-        the operator, so a node never chooses the trust it judges by with it; it judges by
-        :attr:`current`.
-        """
-        return self._versions[bisect.bisect_right(self._starts, log_time_ms) - 1].keyring
 
     # -- registry ----------------------------------------------------------------------------
 
@@ -149,18 +130,13 @@ class TrustTimeline:
 
     # -- mandate -----------------------------------------------------------------------------
 
-    def offer_mandate(
-        self, envelope: Envelope, *, log_time_ms: int, now_ms: int | None = None
-    ) -> Mandate | None:
+    def offer_mandate(self, envelope: Envelope, *, now_ms: int) -> Mandate | None:
         """Consider a mandate record read from the mandate topic.
 
         Args:
             envelope: the record.
-            log_time_ms: the broker's timestamp of the record: where an applied version starts
-                on the legacy log-time axis of :meth:`at`, never read by a node verdict.
             now_ms: the reader's clock, at which the version's freshness is judged (a node:
-                its own clock when it reads the record). None: ``log_time_ms`` (the legacy
-                log-time readers).
+                its own clock when it reads the record; never a broker timestamp).
 
         Returns:
             The new mandate when it was applied; None for a duplicate or older history.
@@ -199,13 +175,12 @@ class TrustTimeline:
                 f" {max(newest_before, current.version)}",
                 version=offered.version,
             )
-        now = log_time_ms if now_ms is None else now_ms
-        mandate = verify_mandate(envelope, previous=current, now_ms=now)
-        self._activate(mandate, envelope.payload, log_time_ms)
+        mandate = verify_mandate(envelope, previous=current, now_ms=now_ms)
+        self._activate(mandate, envelope.payload)
         self._newest_on_topic = max(newest_before, mandate.version)
         return mandate
 
-    def _activate(self, mandate: Mandate, payload: bytes, log_time_ms: int) -> None:
+    def _activate(self, mandate: Mandate, payload: bytes) -> None:
         keyring = KeyRing(mandate)
         for env in self._registry:
             with contextlib.suppress(VerificationError):  # left, re-keyed: does not count
@@ -213,6 +188,4 @@ class TrustTimeline:
         for rev in self.current.revocations():
             with contextlib.suppress(VerificationError):  # key now another org's: cannot revoke
                 keyring.add_revocation(rev)
-        start = max(log_time_ms, self._starts[-1])
-        self._versions.append(Version(start, payload, keyring))
-        self._starts.append(start)
+        self._versions.append(Version(payload, keyring))

@@ -9,10 +9,8 @@ before the revocation reached it.
 
 A node judges by the newest version it has applied (:attr:`TrustTimeline.current
 <bus.lifecycle.TrustTimeline.current>`); a version's freshness (``mandate_expired``) is judged at
-this machine's clock when the record is read (``clock``), never at the broker's timestamp, which
-the operator sets. That timestamp is passed on only to place the version on the timeline's
-legacy log-time axis (:meth:`TrustTimeline.at <bus.lifecycle.TrustTimeline.at>`), which the
-checkpoint witness still reads and no node verdict does.
+this machine's clock when the record is read (``clock``). The broker's timestamp of a trust
+record, which the operator sets, is not read at all.
 
 Refused mandate versions (rollback, threshold not met, expired, ...) are logged as
 ``mandate_alarm`` and counted, never applied. Refused registry records are logged as
@@ -121,8 +119,7 @@ class TrustFollower:
         offset, now = rec.offset, self.clock()
         try:
             env = decode_mandate_record(rec.value or b"")
-            # The broker's timestamp only places the version on the legacy log-time axis.
-            mandate = self.timeline.offer_mandate(env, log_time_ms=rec.timestamp, now_ms=now)
+            mandate = self.timeline.offer_mandate(env, now_ms=now)
         except VerificationError as exc:
             self.alarms[exc.reason.value] += 1
             log.error(  # noqa: TRY400 - refused input, not a bug: no traceback

@@ -241,12 +241,12 @@ def test_another_organizations_revocation_never_applies_even_after_a_root_rotati
         for o in v1.organizations
     )
     v2 = dataclasses.replace(v1, version=2, organizations=orgs)
-    timeline.offer_mandate(sign_mandate(v2, [*sc.org_roots.values(), new_root]), log_time_ms=m.now)
+    timeline.offer_mandate(sign_mandate(v2, [*sc.org_roots.values(), new_root]), now_ms=m.now)
     acc = Accreditation(uid, "un", Role.OBSERVER, ukey.public_key, v1.not_before_ms,
                         v1.not_after_ms, 100, v1.mandate_id)  # fmt: skip
     timeline.apply_registry(sign_accreditation(acc, new_root))
     verify_report(
-        m.next_report("un", 1), expected_org="un", keyring=timeline.at(m.now + 1),
+        m.next_report("un", 1), expected_org="un", keyring=timeline.current,
         reference_ms=m.now,
     )  # fmt: skip  # accepted: raises otherwise
     # and UN's own revocation still works under v2
@@ -254,7 +254,7 @@ def test_another_organizations_revocation_never_applies_even_after_a_root_rotati
     timeline.apply_registry(sign_revocation(own, new_root))
     with pytest.raises(VerificationError) as exc:
         verify_report(
-            m.next_report("un", 1), expected_org="un", keyring=timeline.at(m.now + 1),
+            m.next_report("un", 1), expected_org="un", keyring=timeline.current,
             reference_ms=m.now,
         )  # fmt: skip
     assert exc.value.reason is Reason.KEY_REVOKED
