@@ -13,9 +13,10 @@
    identical accepted sets on all six nodes, both bad records quarantined with their reasons at
    every node, each organization's own decisions, and the auditor's verdict;
 6. (exported log) exports the log with its seals (``obus log export``), audits the export
-   offline (``obus audit --from``, JSON and HTML reports in var/demo) and proves one report's
-   inclusion against the first final seal that covers it (``obus audit prove``), checked
-   against the export and with the mandate file alone;
+   offline (``obus audit --from``, JSON and HTML reports in the working directory: ``obus demo
+   --dir``, var/demo for ``make demo``) and proves one report's inclusion against the first
+   final seal that covers it (``obus audit prove``), checked against the export and with the
+   mandate file alone;
 7. (sealed bus) every node's sealer proposes and cosigns a seal a second
    (:data:`nodes.demo.sealing.SEAL_INTERVAL_S`). The mission waits until every node's final
    store has judged the epoch that covers every report, and before stopping the nodes until all
@@ -87,6 +88,7 @@ log = structlog.get_logger(__name__)
 REPO: Final = Path(__file__).resolve().parents[2]
 KAFKA_SH: Final = REPO / "deploy" / "local" / "kafka.sh"
 POLICIES: Final = REPO / "deploy" / "policies"
+DEMO_MARKER: Final = ".obus-demo"  # in the demo's working directory
 WAIT_FOR_NODES_S: Final = 180
 # The escalation's reports were signed up to three weeks ago (escalation_reports): the mandate
 # lets reports arrive that late, or their final verdict would be delivery_lag.
@@ -372,7 +374,7 @@ async def _export_and_audit(
     path = work / "log.obus.jsonl"
     counts = await export_log(bootstrap, topics, scenario.mandate, scenario.mandate_envelope, path)
     console.print(
-        f"exported {path.relative_to(REPO)} ({path.stat().st_size // 1024} KiB): "
+        f"exported {shown(path)} ({path.stat().st_size // 1024} KiB): "
         + ", ".join(f"{n} {k}" for k, n in counts.items())
     )
     result = audit_export(path, scenario.mandate, console=console)
@@ -384,7 +386,7 @@ async def _export_and_audit(
     console.print(
         ("[green]" if ok else "[red]")
         + f"offline audit named {len(found)} violation(s) (expected the {len(expected)}"
-        + f" injected); reports in {(work / 'audit.html').relative_to(REPO)} and audit.json"
+        + f" injected); reports in {shown(work / 'audit.html')} and audit.json"
     )
     ok &= _same_final(console, "the offline audit", result.final_digest(), final)
     proof = prove_from_file(path, scenario.mandate, where=None, report_id=report_id)
@@ -397,7 +399,7 @@ async def _export_and_audit(
         f" {seal.epoch}, {len(proof.path)} hashes, cosigned by {len(full)} organizations:"
         f" [green]verified[/green] against the export and with the mandate file alone"
         f" ({len(light)} organizations)"
-        f" (obus audit prove --from {path.relative_to(REPO)} --report-id {report_id})"
+        f" (obus audit prove --from {shown(path)} --report-id {report_id})"
     )
     return ok and full == light and len(full) >= scenario.mandate.threshold
 
@@ -628,19 +630,29 @@ def _show_followup(console: Console, work: Path, orgs: list[str]) -> bool:
     return ok
 
 
-def main(*, reports_per_observer: int = 12, keep: bool = False) -> int:
+def shown(path: Path) -> str:
+    """A path for people: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def main(*, reports_per_observer: int = 12, keep: bool = False, work: Path | None = None) -> int:
     """Run the demo; returns the process exit code."""
     console = Console()
-    work = REPO / "var" / "demo"
+    # absolute: the nodes run in another working directory
+    work = (REPO / "var" / "demo" if work is None else work).resolve()
     shutil.rmtree(work, ignore_errors=True)
     (work / "logs").mkdir(parents=True)
+    (work / DEMO_MARKER).touch()  # `obus demo --dir` clears only a directory holding this
     started = time.monotonic()
     ok = asyncio.run(_run(console, work, reports_per_observer))
     console.rule()
     console.print(
         ("[bold green]DEMO OK" if ok else "[bold red]DEMO FAILED")
         + f"[/] in {time.monotonic() - started:.0f}s;"
-        + f" node logs and stores in {work.relative_to(REPO)}"
+        + f" node logs and stores in {shown(work)}"
     )
     if not keep and ok:
         shutil.rmtree(work / "kafka", ignore_errors=True)
