@@ -113,7 +113,7 @@ browser:  ## Debian's chromium for the dashboard's browser test (idempotent; apt
 	@chromium --version 2>/dev/null
 
 demo: $(STAMP) kafka-fetch native web  ## start Kafka, six org nodes, observers and an auditor; seals, final verdicts, the result
-	$(PY) -m nodes.cli demo
+	$(PY) -m nodes.cli demo --dir var/demo
 
 demo-trust: $(STAMP) kafka-fetch  ## mandate rotation 4 of 6, a revocation, a restricted report, on seals; six nodes agree
 	$(PY) -m nodes.demo.trust_mission
