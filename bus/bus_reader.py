@@ -16,18 +16,22 @@ ring after epoch *e-1*. So the chain waits for a seal of epoch *e* until the rea
 whatever order the records arrive in.
 
 **Seal 1 (bootstrap).** Before any epoch, the root mandate accredits no node key, so nothing
-could sign the first seal. A proposal of epoch 1 is judged under the root mandate plus the
-registry records that proposal itself seals (offsets ``0 .. size-1`` of each registry
-partition it lists), as this reader holds them, applied with exactly the judge's rules for
-registry records (:class:`~bus.judge.FinalJudge`: signed by the organization's root key of the
-root mandate, in its namespace, first accreditation of a key wins). The trust of one proposal
-is a function of that proposal and the log alone; a reader that has not read the registry that
-far waits. Records that do not hash to the roots the proposal states are used all the same
-(each node key among them is genuinely accredited): a seal signed by k organizations becomes
-final, and judging epoch 1 names the altered record. Known limit: an epoch-1 proposal that
-claims more registry records than the log will ever hold (an organization may write the seals
-topic) makes every reader wait on it; node keys named in the root mandate itself would remove
-the wait and are not built.
+could sign the first seal. An epoch-1 text carries, inside its signed text, the node
+accreditations it relies on (:mod:`bus.seal`, "Seal 1"), and its votes are counted under the
+root mandate plus those records (:func:`~bus.seal.carried_trust`): a function of the text
+alone, so the chain never waits on the log for seal 1, and a proposal claiming registry records
+the log will never hold costs a reader nothing but its own verdict. A witness cosigns an
+epoch-1 text only once it has read the registry prefix the text seals and the carried set is
+exactly the node accreditations of that prefix (:func:`~bus.seal.node_accreditations`); the
+proposer carries them. When epoch 1 is judged (its roots checked), a final text whose carried
+set is not the sealed prefix's is named (:class:`~bus.seal.SealAlarm`,
+``seal_carried_trust_mismatch``, in :attr:`BusUpdate.alarms`) and the final seal stands: k
+organizations signed it.
+
+**Forks.** The chain's fork evidence (:class:`~bus.seal.SealAlarm`, ``seal_fork``: k
+organizations' votes on a text of the open epoch that does not follow this reader's final
+seal, or on a second text of the newest final epoch) comes out in :attr:`BusUpdate.alarms`
+too.
 
 **A witness's vote** (:meth:`BusReader.cosign_candidate`): the open round's proposals, in the
 seals topic's order, are judged by :func:`~bus.seal.decide_cosign` against what this reader
@@ -59,7 +63,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
+from bus.epoch import FinalSeal, PartitionRef, PartitionSeal
 from bus.errors import ConfigError, Reason
 from bus.judge import EpochVerdicts, FinalJudge
 from bus.merkle import EMPTY_ROOT
@@ -72,10 +76,13 @@ from bus.seal import (
     Equivocation,
     RecordVerdict,
     RoundOpened,
+    SealAlarm,
     SealChain,
     SealProposal,
+    carried_trust,
     decide_cosign,
     make_proposal,
+    node_accreditations,
     node_electorate,
     parse_seal,
 )
@@ -86,6 +93,8 @@ from bus.trust import KeyRing
 from bus.verify import Limits
 
 SNAPSHOT_FORMAT: Final = "obus-bus-reader-v1"
+# Epoch-1 texts whose carried trust is kept (each is computed again, alike, when evicted).
+_MAX_BOOTSTRAP_RINGS: Final = 64
 
 
 @dataclass(frozen=True)
@@ -99,6 +108,9 @@ class BusUpdate:
         equivocations: evidence of an organization signing two texts in one round.
         rounds_opened: rounds that opened because no text of the round before could become
             final.
+        alarms: evidence that the seals contradict this reader's history (``seal_fork``) or
+            that seal 1 carried other node accreditations than its registry prefix holds
+            (``seal_carried_trust_mismatch``).
     """
 
     seal_verdicts: tuple[RecordVerdict, ...] = ()
@@ -106,9 +118,10 @@ class BusUpdate:
     epochs: tuple[EpochVerdicts, ...] = ()
     equivocations: tuple[Equivocation, ...] = ()
     rounds_opened: tuple[RoundOpened, ...] = ()
+    alarms: tuple[SealAlarm, ...] = ()
 
     def __bool__(self) -> bool:
-        return bool(self.seal_verdicts or self.finals or self.epochs)
+        return bool(self.seal_verdicts or self.finals or self.epochs or self.alarms)
 
 
 @dataclass
@@ -116,6 +129,7 @@ class _Collector:
     seal_verdicts: list[RecordVerdict] = field(default_factory=list)
     finals: list[FinalSeal] = field(default_factory=list)
     epochs: list[EpochVerdicts] = field(default_factory=list)
+    alarms: list[SealAlarm] = field(default_factory=list)
 
     def chain(self, update: ChainUpdate) -> list[FinalSeal]:
         self.seal_verdicts.extend(update.verdicts)
@@ -129,6 +143,7 @@ class _Collector:
             tuple(self.epochs),
             tuple(e for v in self.seal_verdicts for e in v.equivocations),
             tuple(v.opened for v in self.seal_verdicts if v.opened is not None),
+            (*(v.alarm for v in self.seal_verdicts if v.alarm is not None), *self.alarms),
         )
 
 
@@ -165,6 +180,10 @@ class BusReader:
         # The open round's proposals in topic order: (offset, proposal, digest).
         self._proposals: list[tuple[int, SealProposal, bytes]] = []
         self._bootstrap: dict[bytes, KeyRing] = {}
+        # Registry records offered before epoch 1 is judged, by partition and offset: what
+        # seal 1's carried set is checked against once its roots are (dropped then).
+        self._early: dict[PartitionRef, dict[int, bytes | None]] = {}
+        self._honest: dict[tuple[tuple[PartitionRef, int], ...], tuple[bytes, ...]] = {}
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -226,6 +245,10 @@ class BusReader:
             EpochInputError: an offset offered again with other bytes.
         """
         out = _Collector()
+        if ref[0] == self._topics.registry and self._reader.judge.epoch == 0:
+            early = self._early.setdefault(ref, {})
+            for i, value in enumerate(values):
+                early.setdefault(offset + i, value)
         out.epochs.extend(self._reader.offer_records(ref, offset, values))
         self._after_judged(out)
         if self._chain.waiting:
@@ -276,8 +299,36 @@ class BusReader:
         epoch = self._reader.judge.epoch
         for e in sorted(e for e in self._finals if e <= epoch):
             seal = self._finals.pop(e)
+            if e == 1:
+                self._check_carried(seal, out)
             if e == epoch:
                 self._judged = seal
+
+    def _check_carried(self, seal: FinalSeal, out: _Collector) -> None:
+        """Name a final seal 1 whose carried set is not its (root-checked) registry prefix's."""
+        records = {
+            ref: [self._early.get(ref, {}).get(o) for o in range(p.size)]
+            for ref, p in seal.partitions.items()
+            if ref[0] == self._topics.registry
+        }
+        self._early.clear()
+        self._honest.clear()
+        expected = node_accreditations(self._root, self._topics, records)
+        if expected == seal.carried:
+            return
+        missing = len(set(expected) - set(seal.carried))
+        extra = len(set(seal.carried) - set(expected))
+        out.alarms.append(
+            SealAlarm(
+                Reason.SEAL_CARRIED_TRUST_MISMATCH,
+                1,
+                f"the final seal of epoch 1 ({', '.join(sorted(seal.signers))} signed it)"
+                f" carries {len(seal.carried)} node accreditations; its sealed registry gives"
+                f" {len(expected)}: {missing} missing, {extra} not in it. The seal stands",
+                (SealProposal.of_final(seal).text(),),
+                seal.offset,
+            )
+        )
 
     # -- trust for seals ---------------------------------------------------------------------
 
@@ -291,38 +342,36 @@ class BusReader:
             return judge.keyring
         return self._bootstrap_ring(proposal)
 
-    def _bootstrap_ring(self, proposal: SealProposal) -> KeyRing | None:
-        """The root mandate plus the registry records ``proposal`` seals (module docstring)."""
+    def _bootstrap_ring(self, proposal: SealProposal) -> KeyRing:
+        """The root mandate plus the node accreditations ``proposal`` carries (module
+        docstring): never waits."""
         digest = proposal.digest
         ring = self._bootstrap.get(digest)
-        if ring is not None:
-            return ring
-        registry = {r: p for r, p in proposal.partitions.items() if r[0] == self._topics.registry}
-        records: dict[PartitionRef, list[bytes | None]] = {}
-        for ref, sealed in registry.items():
-            if self._reader.read_size(ref) < sealed.size:
-                return None  # read further first
-            # The records as this reader holds them, even when they do not hash to the root the
-            # proposal states (a bogus proposal, or records altered for this reader): every
-            # node key among them is genuinely accredited (verified as the judge verifies), so
-            # a seal still becomes final here when k organizations signed it, and judging its
-            # epoch then names the altered record (SealedRootMismatchError) instead of this
-            # reader waiting in silence.
-            records[ref] = self._reader.buffered_values(ref, sealed.size)
-        scratch = FinalJudge(self._root, self._topics, self._limits)
-        if registry:
-            seal = FinalSeal(
-                self._root.mandate_id,
-                1,
-                proposal.time_ms,
-                registry,
-                digest,
-                GENESIS_DIGEST,
-            )
-            scratch.judge_epoch(seal, records)
-        ring = scratch.keyring
-        self._bootstrap[digest] = ring
+        if ring is None:
+            if len(self._bootstrap) >= _MAX_BOOTSTRAP_RINGS:
+                del self._bootstrap[next(iter(self._bootstrap))]
+            ring = self._bootstrap[digest] = carried_trust(self._root, self._topics, proposal)
         return ring
+
+    def _honest_carried(self, proposal: SealProposal) -> tuple[bytes, ...]:
+        """The node accreditations of the registry prefix ``proposal`` seals, as this reader
+        holds it (it has read that far: :func:`~bus.seal.decide_cosign` asks only then)."""
+        sizes = tuple(
+            (ref, p.size)
+            for ref, p in proposal.partitions.items()
+            if ref[0] == self._topics.registry
+        )
+        return self._carried_at(sizes)
+
+    def _carried_at(self, sizes: tuple[tuple[PartitionRef, int], ...]) -> tuple[bytes, ...]:
+        honest = self._honest.get(sizes)
+        if honest is None:
+            if self._reader.judge.epoch != 0:
+                return ()  # epoch 1 is judged: no epoch-1 text is cosigned or proposed any more
+            records = {ref: self._reader.buffered_values(ref, size) for ref, size in sizes}
+            honest = node_accreditations(self._root, self._topics, records)
+            self._honest = {sizes: honest}  # the newest prefix only: it only grows
+        return honest
 
     # -- witnessing --------------------------------------------------------------------------
 
@@ -406,6 +455,7 @@ class BusReader:
                 tolerance_ms=tolerance_ms,
                 voted=voted,
                 open_round=self._chain.open_round,
+                carried=self._honest_carried,
             )
             decisions.append((offset, d))
             if d.verdict is Cosign.COSIGN:
@@ -444,12 +494,21 @@ class BusReader:
             return None  # nothing new, nothing deferred: no empty epoch
         if latest is None and not any(view.size(ref) for ref in view.refs()):
             return None
+        carried: tuple[bytes, ...] = ()
+        if latest is None:
+            sizes = tuple(
+                (ref, view.size(ref))
+                for ref in sorted(view.refs())
+                if ref[0] == self._topics.registry and view.size(ref) > 0
+            )
+            carried = self._carried_at(sizes)
         proposal = make_proposal(
             view,
             latest,
             mandate_id=self._root.mandate_id,
             now_ms=now_ms,
             open_round=self._chain.open_round,
+            carried=carried,
         )
         if proposal is None or self._electable(proposal, org) is not None:
             return None

@@ -325,7 +325,7 @@ import enum
 import hashlib
 import re
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final, Protocol
@@ -347,11 +347,17 @@ from bus.checkpoint import (
 from bus.crypto import SigningKey
 from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
 from bus.errors import Reason, VerificationError
+from bus.judge import FinalJudge, Status, Verdict
 from bus.merkle import EMPTY_ROOT, HASH_SIZE, MAX_TREE_SIZE, MerkleTree
-from bus.model import Accreditation, Role, check_id
-from bus.trust import KeyRing
+from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Mandate, Role, check_id
+from bus.topics import Topics
+from bus.trust import KeyRing, decode_registry_record
 
 __all__ = [
+    "CARRIED_PREFIX",
+    "MAX_CARRIED",
+    "MAX_CARRIED_PER_ORG",
+    "MAX_CARRIED_RECORD_BYTES",
     "MAX_EPOCH",
     "MAX_PARTITION",
     "MAX_ROUND",
@@ -378,11 +384,13 @@ __all__ = [
     "TrustFor",
     "VerifiedSeal",
     "WithdrawalRecord",
+    "carried_trust",
     "check_successor",
     "cosign_seal",
     "decide_cosign",
     "epoch_electorate",
     "make_proposal",
+    "node_accreditations",
     "node_electorate",
     "parse_seal",
     "parse_seal_record",
@@ -405,18 +413,33 @@ MAX_PARTITION: Final = 2**31 - 1
 """Largest Kafka partition number (an int32)."""
 MAX_ROUND: Final = 2**31 - 1
 """Largest round number (an int32); this round of an epoch never dies."""
+MAX_CARRIED: Final = 256
+"""Accreditation lines an epoch-1 text may carry (module docstring, "Seal 1")."""
+MAX_CARRIED_PER_ORG: Final = 8
+"""Node accreditations of one organization an honest epoch-1 text carries, at most."""
+MAX_CARRIED_RECORD_BYTES: Final = 512
+"""A carried registry record is at most this long (a node accreditation with the longest ids
+is under 400 bytes); a longer one is never carried."""
+CARRIED_PREFIX: Final = "accreditation "
+"""Start of a carried-accreditation line of an epoch-1 text."""
 # The longest partition line: topic, partition, size (uint64: 20 digits), root, three spaces
 # and the newline; the longest header: the prefix, a mandate id, epoch, round, t_e and prev.
 _MAX_LINE_BYTES: Final = 249 + 10 + 20 + 44 + 3 + 1
 _MAX_HEADER_BYTES: Final = len(SEAL_HEADER_PREFIX) + 63 + 1 + 2 * (19 + 1) + 10 + 1 + 44 + 1
-MAX_SEAL_TEXT_BYTES: Final = _MAX_HEADER_BYTES + MAX_SEAL_PARTITIONS * _MAX_LINE_BYTES
+# A carried line: the prefix, base64 of at most MAX_CARRIED_RECORD_BYTES, the newline.
+_MAX_CARRIED_LINE_BYTES: Final = len(CARRIED_PREFIX) + 4 * -(-MAX_CARRIED_RECORD_BYTES // 3) + 1
+MAX_SEAL_TEXT_BYTES: Final = (
+    _MAX_HEADER_BYTES
+    + MAX_SEAL_PARTITIONS * _MAX_LINE_BYTES
+    + MAX_CARRIED * _MAX_CARRIED_LINE_BYTES
+)
 """No valid seal text is longer (a bound checked before anything is split)."""
 _MAX_SIGNATURE_LINE_BYTES: Final = 256  # a key name of obus/<org>/<subject> and a 0x04 body
 MAX_SIGNATURE_BLOCK_BYTES: Final = MAX_SIGNATURES * _MAX_SIGNATURE_LINE_BYTES
 """The signature lines of a seals record take at most this many bytes: 100 lines by keys named
 ``obus/<org>/<subject id>`` fit (242 bytes each at most); longer lines could never count."""
 MAX_SEAL_RECORD_BYTES: Final = MAX_SEAL_TEXT_BYTES + 1 + MAX_SIGNATURE_BLOCK_BYTES
-"""A seals record is at most this long (under 700 kB, within Kafka's default 1 MiB limit)."""
+"""A seals record is at most this long (under 900 kB, within Kafka's default 1 MiB limit)."""
 # A withdrawal text: the prefix and a mandate id, epoch and round, each line with its newline.
 _MAX_WITHDRAW_TEXT_BYTES: Final = len(WITHDRAW_HEADER_PREFIX) + 63 + 1 + 19 + 1 + 10 + 1
 _WITHDRAW_PREFIX_BYTES: Final = WITHDRAW_HEADER_PREFIX.encode()
@@ -429,6 +452,9 @@ _HASH_B64_RE: Final = re.compile(r"[A-Za-z0-9+/]{43}=")
 _LINE_RE: Final = re.compile(
     r"(?P<topic>[A-Za-z0-9._-]{1,249}) (?P<partition>0|[1-9][0-9]{0,9})"
     r" (?P<size>[1-9][0-9]{0,19}) (?P<root>[A-Za-z0-9+/]{43}=)"
+)
+_CARRIED_RE: Final = re.compile(
+    r"accreditation (?P<b64>(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?)"
 )
 _NOT_TEXT_BYTE: Final = re.compile(rb"[^\x20-\x7e\n]")  # printable ASCII and newlines only
 _HEADER_LINES: Final = 5
@@ -465,6 +491,10 @@ class SealProposal:
             as a read-only mapping in canonical order.
         round: the epoch's voting round it is proposed in (1, 2, ...; the text's second
             number line, after the epoch).
+        carried: epoch 1 only: the registry records accrediting node keys its votes are
+            counted under (module docstring, "Seal 1"), each 1 to
+            :data:`MAX_CARRIED_RECORD_BYTES` bytes, at most :data:`MAX_CARRIED`; stored sorted
+            by their lines, each once.
 
     Raises:
         VerificationError: ``INVALID_FIELD`` when a field is out of the format's range.
@@ -476,6 +506,7 @@ class SealProposal:
     prev_digest: bytes
     partitions: Mapping[PartitionRef, PartitionSeal]
     round: int = 1
+    carried: tuple[bytes, ...] = ()
 
     def __post_init__(self) -> None:
         check_id("mandate_id", self.mandate_id)
@@ -497,9 +528,19 @@ class SealProposal:
                 raise _invalid(f"size of {topic}/{partition} must be in 1..2^64-1")
             if len(sealed.root) != HASH_SIZE:
                 raise _invalid(f"root of {topic}/{partition} must be {HASH_SIZE} bytes")
+        if self.carried and self.epoch != 1:
+            raise _invalid("only an epoch-1 seal carries accreditations", field="carried")
+        if len(self.carried) > MAX_CARRIED:
+            raise _invalid(f"more than {MAX_CARRIED} carried records", field="carried")
+        for raw in self.carried:
+            if not isinstance(raw, bytes) or not 1 <= len(raw) <= MAX_CARRIED_RECORD_BYTES:
+                raise _invalid(
+                    f"a carried record is 1..{MAX_CARRIED_RECORD_BYTES} bytes", field="carried"
+                )
         ordered = dict(sorted(self.partitions.items()))
         # frozen dataclass: __post_init__ is the one place that may set a field.
         object.__setattr__(self, "partitions", MappingProxyType(ordered))
+        object.__setattr__(self, "carried", tuple(sorted(set(self.carried), key=_b64)))
 
     def text(self) -> bytes:
         """The exact seal text (see the module docstring)."""
@@ -511,6 +552,7 @@ class SealProposal:
             _b64(self.prev_digest),
         ]
         lines.extend(f"{t} {p} {s.size} {_b64(s.root)}" for (t, p), s in self.partitions.items())
+        lines.extend(CARRIED_PREFIX + _b64(raw) for raw in self.carried)
         return ("\n".join(lines) + "\n").encode()
 
     @property
@@ -536,6 +578,7 @@ class SealProposal:
             signers=frozenset(signers),
             offset=offset,
             round=self.round,
+            carried=self.carried,
         )
 
     @classmethod
@@ -548,6 +591,7 @@ class SealProposal:
             final.prev_digest,
             final.partitions,
             final.round,
+            final.carried,
         )
 
 
@@ -574,7 +618,10 @@ def parse_seal(text: bytes) -> SealProposal:
             control character, no final newline, a wrong first line, a number that is not
             canonical decimal or out of range, a hash that is not canonical base64 of 32
             bytes, a partition line of another shape, lines unsorted or repeated, more than
-            :data:`MAX_SEAL_PARTITIONS` lines, longer than :data:`MAX_SEAL_TEXT_BYTES`.
+            :data:`MAX_SEAL_PARTITIONS` lines, longer than :data:`MAX_SEAL_TEXT_BYTES`; a
+            carried line that is not canonical base64 of 1 to
+            :data:`MAX_CARRIED_RECORD_BYTES` bytes, before a partition line, unsorted or
+            repeated, more than :data:`MAX_CARRIED`, or in a text of an epoch after 1.
     """
     if not isinstance(text, bytes):
         raise _malformed("text must be bytes")
@@ -587,8 +634,8 @@ def parse_seal(text: bytes) -> SealProposal:
     lines = text[:-1].decode("ascii").split("\n")
     if len(lines) < _HEADER_LINES:
         raise _malformed("needs header, epoch, round, time and prev lines")
-    if len(lines) - _HEADER_LINES > MAX_SEAL_PARTITIONS:
-        raise _malformed(f"more than {MAX_SEAL_PARTITIONS} partition lines")
+    if len(lines) - _HEADER_LINES > MAX_SEAL_PARTITIONS + MAX_CARRIED:
+        raise _malformed(f"more than {MAX_SEAL_PARTITIONS + MAX_CARRIED} lines")
     header, epoch_s, round_s, time_s, prev_s = lines[:_HEADER_LINES]
     if not header.startswith(SEAL_HEADER_PREFIX):
         raise _malformed(f"first line must start with {SEAL_HEADER_PREFIX!r}")
@@ -603,7 +650,14 @@ def parse_seal(text: bytes) -> SealProposal:
     prev = _hash(prev_s, "prev")
     partitions: dict[PartitionRef, PartitionSeal] = {}
     last: PartitionRef | None = None
-    for line in lines[_HEADER_LINES:]:
+    body = lines[_HEADER_LINES:]
+    split = len(body)
+    while split and _is_carried_line(body[split - 1]):
+        split -= 1  # a partition line has three spaces, a carried line one
+    carried = _parse_carried(body[split:], epoch)
+    if len(body) - len(carried) > MAX_SEAL_PARTITIONS:
+        raise _malformed(f"more than {MAX_SEAL_PARTITIONS} partition lines")
+    for line in body[:split]:
         m = _LINE_RE.fullmatch(line)
         if m is None:
             raise _malformed(f"partition line {line[:80]!r} is not '<topic> <p> <size> <root>'")
@@ -615,7 +669,37 @@ def parse_seal(text: bytes) -> SealProposal:
             raise _malformed(f"partition lines unsorted or repeated at {ref[0]}/{ref[1]}")
         partitions[ref] = PartitionSeal(size, _hash(m["root"], "root"))
         last = ref
-    return SealProposal(mandate_id, epoch, time_ms, prev, partitions, round_)
+    return SealProposal(mandate_id, epoch, time_ms, prev, partitions, round_, carried)
+
+
+def _is_carried_line(line: str) -> bool:
+    return line.startswith(CARRIED_PREFIX) and " " not in line[len(CARRIED_PREFIX) :]
+
+
+def _parse_carried(lines: list[str], epoch: int) -> tuple[bytes, ...]:
+    """The carried-accreditation lines at the end of a text (strictly: sorted, each once)."""
+    if not lines:
+        return ()
+    if epoch != 1:
+        raise _malformed("only an epoch-1 seal carries accreditations")
+    if len(lines) > MAX_CARRIED:
+        raise _malformed(f"more than {MAX_CARRIED} carried accreditations")
+    out: list[bytes] = []
+    previous = ""
+    for line in lines:
+        m = _CARRIED_RE.fullmatch(line)
+        if m is None or not m["b64"]:
+            raise _malformed(f"carried line {line[:80]!r} is not 'accreditation <base64>'")
+        if line <= previous:
+            raise _malformed("carried lines unsorted or repeated")
+        raw = base64.b64decode(m["b64"], validate=True)
+        if _b64(raw) != m["b64"] or len(raw) > MAX_CARRIED_RECORD_BYTES:
+            raise _malformed(
+                f"a carried record is canonical base64 of 1..{MAX_CARRIED_RECORD_BYTES} bytes"
+            )
+        out.append(raw)
+        previous = line
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -713,6 +797,88 @@ def check_successor(proposal: SealProposal, previous: FinalSeal | None) -> None:
                 topic=ref[0],
                 partition=ref[1],
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# Seal 1: the trust it carries
+
+
+def _node_accreditation(raw: bytes | None) -> Accreditation | None:
+    """The node accreditation a registry record claims (decoded, not verified), or None."""
+    try:
+        env = decode_registry_record(raw or b"")
+        if env.payload_type != PAYLOAD_ACCREDITATION:
+            return None
+        acc = Accreditation.decode(env.payload)
+    except VerificationError:
+        return None
+    return acc if acc.role is Role.NODE else None
+
+
+def _registry_epoch(
+    root: Mandate, topics: Topics, records: Mapping[PartitionRef, Sequence[bytes | None]]
+) -> tuple[FinalJudge, tuple[Verdict, ...]]:
+    """A scratch judge that judged ``records`` (registry partitions from offset 0) as epoch 1,
+    by the judge's own rules for registry records."""
+    judge = FinalJudge(root, topics)
+    parts = {ref: list(v) for ref, v in records.items() if ref[0] == topics.registry and v}
+    if not parts:
+        return judge, ()
+    sizes = {ref: PartitionSeal(len(v), EMPTY_ROOT) for ref, v in parts.items()}
+    seal = FinalSeal(root.mandate_id, 1, 1, sizes, GENESIS_DIGEST, GENESIS_DIGEST)
+    return judge, judge.judge_epoch(seal, parts).verdicts
+
+
+def node_accreditations(
+    root: Mandate, topics: Topics, records: Mapping[PartitionRef, Sequence[bytes | None]]
+) -> tuple[bytes, ...]:
+    """The registry records an honest epoch-1 text carries (module docstring, "Seal 1").
+
+    Args:
+        root: the mandate the bus began under.
+        topics: topic names (which topic is the registry).
+        records: the registry prefix the text seals: each registry partition's values from
+            offset 0 up to its sealed size (other topics are ignored).
+
+    Returns:
+        The exact bytes of every record the judge applies as an accreditation with role NODE
+        (:class:`~bus.judge.FinalJudge`: under the root mandate, signed by the organization's
+        root key, in its namespace, the first accreditation of a key wins), at most
+        :data:`MAX_CARRIED_RECORD_BYTES` long, each once, each organization's first ``c`` in
+        the judge's order (``c = min(MAX_CARRIED_PER_ORG, max(1, MAX_CARRIED // n))``, ``n``
+        the root's organizations; beyond :data:`MAX_CARRIED` in all, the organizations first
+        in id order), sorted as the text lists them.
+    """
+    _, verdicts = _registry_epoch(root, topics, records)
+    cap = min(MAX_CARRIED_PER_ORG, max(1, MAX_CARRIED // len(root.organizations)))
+    taken: dict[str, list[bytes]] = {}
+    for v in verdicts:
+        acc = v.trust
+        if v.status is not Status.APPLIED or not isinstance(acc, Accreditation):
+            continue
+        raw = records[(v.pos[0], v.pos[1])][v.pos[2]]
+        mine = taken.setdefault(acc.org, [])
+        if (
+            acc.role is not Role.NODE
+            or raw is None
+            or len(raw) > MAX_CARRIED_RECORD_BYTES
+            or raw in mine
+            or len(mine) >= cap
+        ):
+            continue
+        mine.append(raw)
+    chosen = [raw for org in sorted(taken) for raw in taken[org]][:MAX_CARRIED]
+    return tuple(sorted(set(chosen), key=_b64))
+
+
+def carried_trust(root: Mandate, topics: Topics, proposal: SealProposal) -> KeyRing:
+    """The trust state an epoch-1 text's votes are counted under: the root mandate plus the
+    node accreditations the text carries, verified and applied by the judge's rules for
+    registry records, in the text's order (a carried record that is no node accreditation, or
+    that the judge quarantines, counts for nothing). A function of the text alone."""
+    node = [raw for raw in proposal.carried if _node_accreditation(raw) is not None]
+    judge, _ = _registry_epoch(root, topics, {(topics.registry, 0): node})
+    return judge.keyring
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1047,6 +1213,42 @@ class Equivocation:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class SealAlarm:
+    """Evidence that the seals contradict this reader's history (module docstring, "Forks"),
+    or that its final seal 1 carried other node accreditations than its registry held.
+
+    Args:
+        reason: ``seal_fork`` or ``seal_carried_trust_mismatch``.
+        epoch: the epoch concerned.
+        detail: one sentence for humans.
+        notes: signed notes anyone can verify again: for a fork, this reader's final seal (its
+            text with the lines that made it final here; the text alone after a restart, or
+            nothing before seal 1) and the other text with the lines of the organizations that
+            signed it; for a carried mismatch, the final text of epoch 1.
+        offset: the seals record that completed the evidence.
+        signers: the organizations whose lines on the other text count (a fork).
+    """
+
+    reason: Reason
+    epoch: int
+    detail: str
+    notes: tuple[bytes, ...]
+    offset: int
+    signers: frozenset[str] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (notes as UTF-8 text)."""
+        return {
+            "reason": self.reason.value,
+            "epoch": self.epoch,
+            "detail": self.detail,
+            "offset": self.offset,
+            "signers": sorted(self.signers),
+            "notes": [n.decode() for n in self.notes],
+        }
+
+
 class Disposition(enum.StrEnum):
     """What a :class:`SealChain` made of one record."""
 
@@ -1118,6 +1320,7 @@ class RecordVerdict:
             dead.
         withdrawal: the withdrawal, for a withdrawal record (``proposal`` is None then).
         withdrawn: organizations whose vote in the open round this record withdrew.
+        alarm: the fork evidence this record completed (module docstring, "Forks").
     """
 
     offset: int
@@ -1132,6 +1335,7 @@ class RecordVerdict:
     opened: RoundOpened | None = None
     withdrawal: SealWithdrawal | None = None
     withdrawn: tuple[str, ...] = ()
+    alarm: SealAlarm | None = None
 
     @property
     def epoch(self) -> int | None:
@@ -1167,6 +1371,11 @@ class ChainUpdate:
         """Rounds that opened, in order."""
         return tuple(v.opened for v in self.verdicts if v.opened is not None)
 
+    @property
+    def alarms(self) -> tuple[SealAlarm, ...]:
+        """Fork evidence found, in order."""
+        return tuple(v.alarm for v in self.verdicts if v.alarm is not None)
+
 
 @dataclass
 class _Candidate:
@@ -1193,6 +1402,22 @@ class _OpenRound:
     # organization -> offset of its counted withdrawal (its vote stays in ``votes``: it has
     # voted in the round, for no text)
     withdrawn: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Watched:
+    """Another text of the newest final epoch, with the votes verified on it (fork watch)."""
+
+    record: SealRecord
+    votes: dict[str, SealSignature] = field(default_factory=dict)
+
+
+_MAX_WATCHED_PER_ORG: Final = 8
+"""Texts of the newest final epoch one organization's lines are verified on (fork watch)."""
+
+
+def _note(text: bytes, lines: Iterable[bytes]) -> bytes:
+    return Note(text, ()).encode() + b"".join(lines)
 
 
 def _final_text(latest: FinalSeal | None) -> dict[bytes, SealProposal]:
@@ -1241,6 +1466,14 @@ class SealChain:
         self._parsed = _final_text(latest)
         self.equivocations: list[Equivocation] = []
         """Every equivocation found, in topic order."""
+        self.alarms: list[SealAlarm] = []
+        """Every fork found, in topic order (module docstring, "Forks")."""
+        # The fork watch: the lines and trust state that made the newest final seal final
+        # (unknown after a restart until the next one), and the other texts of its epoch.
+        self._final_lines: tuple[bytes, ...] = ()
+        self._final_keys: _Keys | None = None
+        self._watch: dict[bytes, _Watched] = {}
+        self._forked: set[bytes] = set()
         self.counts: Counter[str] = Counter()
         """Records by disposition, and by reason for those with one."""
 
@@ -1350,7 +1583,10 @@ class SealChain:
         open_ = self._open
         if p.epoch != open_.epoch:
             reason = Reason.SEAL_EPOCH_FINAL if p.epoch < open_.epoch else Reason.SEAL_EPOCH_AHEAD
-            return RecordVerdict(offset, Disposition.IGNORED, reason, p, record.digest)
+            watched = self._watch_final(offset, record)
+            return RecordVerdict(
+                offset, Disposition.IGNORED, reason, p, record.digest, alarm=watched
+            )
         if p.round != open_.round:
             reason = Reason.SEAL_ROUND_CLOSED if p.round < open_.round else Reason.SEAL_ROUND_AHEAD
             return RecordVerdict(offset, Disposition.IGNORED, reason, p, record.digest)
@@ -1399,6 +1635,7 @@ class SealChain:
         self.equivocations.extend(evidence)
         final: FinalSeal | None = None
         opened: RoundOpened | None = None
+        alarm: SealAlarm | None = None
         if (
             candidate is not None
             and problem is None
@@ -1407,8 +1644,26 @@ class SealChain:
         ):
             final = p.final(digest=record.digest, signers=candidate.votes, offset=offset)
             self._latest = final
+            self._final_lines = tuple(v.line for v in candidate.votes.values())
+            self._final_keys = keys
+            self._watch = {
+                d: _Watched(c.record, dict(c.votes))
+                for d, c in open_.candidates.items()
+                if d != record.digest
+            }
             self._open = _OpenRound(p.epoch + 1, 1)
             self._parsed = {record.digest: p}
+        elif (
+            candidate is not None
+            and problem is Reason.SEAL_WRONG_PREV
+            and counted
+            and len(candidate.votes) >= candidate.threshold
+        ):
+            alarm = self._fork(offset, record, candidate.votes, "does not follow")
+            opened = self._dead(open_, keys.keyring, offset)
+            if opened is not None:
+                self._open = _OpenRound(p.epoch, opened.round)
+                self._parsed = _final_text(self._latest)
         elif counted:
             opened = self._dead(open_, keys.keyring, offset)
             if opened is not None:
@@ -1431,7 +1686,65 @@ class SealChain:
             final,
             tuple(evidence),
             opened,
+            alarm=alarm,
         )
+
+    def _fork(
+        self, offset: int, record: SealRecord, votes: Mapping[str, SealSignature], how: str
+    ) -> SealAlarm | None:
+        """Fork evidence for ``record``'s text, once per text."""
+        if record.digest in self._forked:
+            return None
+        self._forked.add(record.digest)
+        latest = self._latest
+        ours = (
+            ()
+            if latest is None
+            else (_note(SealProposal.of_final(latest).text(), self._final_lines),)
+        )
+        mine = "none" if latest is None else f"epoch {latest.epoch}'s"
+        alarm = SealAlarm(
+            Reason.SEAL_FORK,
+            record.proposal.epoch,
+            f"{', '.join(sorted(votes))} signed a text of epoch {record.proposal.epoch} (round"
+            f" {record.proposal.round}) that {how} this reader's final seal ({mine}): two"
+            " histories of the bus exist",
+            (*ours, _note(record.text, (v.line for v in votes.values()))),
+            offset,
+            frozenset(votes),
+        )
+        self.alarms.append(alarm)
+        return alarm
+
+    def _watch_final(self, offset: int, record: SealRecord) -> SealAlarm | None:
+        """Count the votes on another text of the newest final epoch (module docstring,
+        "Forks"): k of them make it a second final-looking text."""
+        latest, keys = self._latest, self._final_keys
+        if (
+            latest is None
+            or keys is None
+            or record.proposal.epoch != latest.epoch
+            or record.digest == latest.digest
+            or record.digest in self._forked
+        ):
+            return None
+        watched = self._watch.get(record.digest)
+        per_org = Counter(org for w in self._watch.values() for org in w.votes)
+
+        def settled(org: str) -> bool:
+            on_it = watched is not None and org in watched.votes
+            return on_it or per_org[org] >= _MAX_WATCHED_PER_ORG
+
+        signatures, _ = _judge_lines(record, keys, settled)
+        if not signatures:
+            return None
+        if watched is None:
+            watched = self._watch[record.digest] = _Watched(record)
+        for sig in signatures:
+            watched.votes.setdefault(sig.org, sig)
+        if len(watched.votes) < keys.keyring.mandate.threshold:
+            return None
+        return self._fork(offset, record, watched.votes, "is another than")
 
     def _judge_withdrawal(self, offset: int, value: bytes) -> RecordVerdict:
         """A withdrawal record (module docstring, "Withdrawals"). Its lines are judged under
@@ -1645,6 +1958,7 @@ def decide_cosign(
     tolerance_ms: int,
     voted: Mapping[tuple[int, int], bytes],
     open_round: int,
+    carried: Callable[[SealProposal], Sequence[bytes]] | None = None,
 ) -> CosignDecision:
     """Whether a witness cosigns a proposal (the rule of the module docstring).
 
@@ -1660,6 +1974,10 @@ def decide_cosign(
             signed and has not read back yet).
         open_round: the round of the open epoch open at this witness
             (:attr:`SealChain.open_round`).
+        carried: for an epoch-1 proposal, the node accreditations this witness computes from
+            the registry prefix the proposal seals (:func:`node_accreditations`); called only
+            once the witness has read every sealed partition up to its size. None: it expects
+            none (a log whose registry accredits no node key).
 
     Returns:
         COSIGN, ALREADY, WAIT, or REFUSE with a reason: ``WRONG_MANDATE``,
@@ -1668,7 +1986,8 @@ def decide_cosign(
         ``SEAL_TIME_NOT_INCREASING``, ``SEAL_SIZE_SHRINKS``, ``SEAL_TIME_OUT_OF_TOLERANCE``,
         ``SEAL_UNKNOWN_PARTITION``, ``SEAL_BEYOND_LOG``, ``SEAL_ROOT_MISMATCH`` (its own log
         differs at a sealed size: a split view), ``SEAL_FINAL_MISMATCH`` (its own log differs
-        from the previous final seal).
+        from the previous final seal), ``SEAL_CARRIED_TRUST_MISMATCH`` (an epoch-1 text that
+        carries other node accreditations than its sealed registry prefix holds).
     """
     if proposal.mandate_id != mandate_id:
         return _refuse(Reason.WRONG_MANDATE, f"seal for mandate {proposal.mandate_id!r}")
@@ -1726,6 +2045,15 @@ def decide_cosign(
                 )
     if behind is not None:
         return CosignDecision(Cosign.WAIT, detail="not read up to the sealed size", ref=behind)
+    if proposal.epoch == 1:
+        expected = tuple(sorted(set(carried(proposal) if carried else ()), key=_b64))
+        if proposal.carried != expected:
+            return _refuse(
+                Reason.SEAL_CARRIED_TRUST_MISMATCH,
+                f"carries {len(proposal.carried)} node accreditations, the sealed registry"
+                f" gives {len(expected)}, {len(set(expected) - set(proposal.carried))} of them"
+                " missing",
+            )
     return CosignDecision(Cosign.COSIGN)
 
 
@@ -1736,9 +2064,11 @@ def make_proposal(
     mandate_id: str,
     now_ms: int,
     open_round: int = 1,
+    carried: Sequence[bytes] = (),
 ) -> SealProposal | None:
     """The seal a proposer publishes now, in ``open_round`` of the epoch after ``previous``:
-    every covered partition it has read, at its size.
+    every covered partition it has read, at its size; for epoch 1, ``carried``: the node
+    accreditations of the registry it seals (:func:`node_accreditations`).
 
     Returns:
         The proposal (sign it with :func:`sign_proposal`), or None while the proposer has not
@@ -1768,6 +2098,7 @@ def make_proposal(
         GENESIS_DIGEST if previous is None else previous.digest,
         partitions,
         open_round,
+        tuple(carried) if previous is None else (),
     )
     decision = decide_cosign(
         proposal,
@@ -1778,6 +2109,7 @@ def make_proposal(
         tolerance_ms=0,
         voted={},
         open_round=open_round,
+        carried=lambda p: p.carried,
     )
     if decision.verdict is not Cosign.COSIGN:
         raise VerificationError(

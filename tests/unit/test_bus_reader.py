@@ -7,6 +7,7 @@ dict of partitions and the seals topic a list, appended to as a Kafka topic woul
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import random
 from collections import defaultdict
@@ -21,8 +22,10 @@ from bus.checkpoint import key_name
 from bus.epoch import PartitionRef
 from bus.errors import Reason, SealedRootMismatchError
 from bus.judge import Status
+from bus.model import Accreditation, Envelope
 from bus.seal import (
     Cosign,
+    SealAlarm,
     SealProposal,
     SealWithdrawal,
     cosign_seal,
@@ -37,6 +40,10 @@ from tests.mission import NOW_MS, make_mission
 
 TOPICS = Topics("obus.")
 REGISTRY: PartitionRef = (TOPICS.registry, 0)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
 
 
 @dataclass
@@ -57,6 +64,7 @@ class Witness:
     proposed: set[tuple[int, int]] = field(default_factory=set)  # (epoch, round) proposed in
     digests: dict[int, bytes] = field(default_factory=dict)
     rounds: list[tuple[int, int, int]] = field(default_factory=list)  # (epoch, round, offset)
+    alarms: list[SealAlarm] = field(default_factory=list)
 
     def read(self, bus: Bus, rng: random.Random) -> None:
         """Read a random amount of a random partition (or of the seals topic)."""
@@ -85,6 +93,7 @@ class Witness:
         # A seal record may wait for its epoch's trust state: rounds open, and epochs are
         # judged, as records of any topic arrive.
         self.rounds += [(r.epoch, r.round, r.offset) for r in update.rounds_opened]
+        self.alarms += update.alarms
         for ev in update.epochs:
             assert ev.epoch not in self.digests
             self.digests[ev.epoch] = ev.state_digest
@@ -135,15 +144,18 @@ def propose(w: Witness, bus: Bus, now_ms: int) -> SealProposal | None:
     return proposal
 
 
-def cosign(w: Witness, bus: Bus, now_ms: int) -> SealProposal | None:
-    """``w`` cosigns the proposal of its open round its reader says it should, if any."""
+def cosign(
+    w: Witness, bus: Bus, now_ms: int, ends: dict[PartitionRef, int] | None = None
+) -> SealProposal | None:
+    """``w`` cosigns the proposal of its open round its reader says it should, if any
+    (``ends``: the partitions' end offsets, as the broker tells a sealer)."""
     voted = dict(w.voted)
     chain = w.reader.chain
     mine = chain.votes().get(w.org)
     if mine is not None:
         voted[(chain.open_epoch, chain.open_round)] = mine
     proposal, _ = w.reader.cosign_candidate(
-        org=w.org, now_ms=now_ms, tolerance_ms=10**9, voted=voted
+        org=w.org, now_ms=now_ms, tolerance_ms=10**9, voted=voted, ends=ends
     )
     if proposal is not None:
         w.voted[(proposal.epoch, proposal.round)] = proposal.digest
@@ -244,7 +256,8 @@ def test_witnesses_and_auditor_agree_on_every_epoch(seed: int, together: float) 
 
 def test_seal_one_counts_node_keys_it_seals_itself() -> None:
     """The bootstrap: the root mandate accredits no node key; the first seal's signatures count
-    under the node accreditations that very seal covers."""
+    under the node accreditations its text carries, so it is final from the seals topic alone,
+    before any record is read; reading the records then judges epoch 1."""
     bus = Bus()
     publish_trust(bus)
     publish_reports(bus, random.Random(5), 3)
@@ -260,7 +273,9 @@ def test_seal_one_counts_node_keys_it_seals_itself() -> None:
     auditor = new_reader()
     for off, raw in enumerate(bus.seals):
         auditor.offer_seal(off, raw)
-    assert auditor.latest is None  # records not read yet: the seal's trust is unknown
+    assert p.carried == tuple(sorted(M.scenario.node_accreditations, key=_b64))
+    assert auditor.latest is not None and auditor.latest.carried == p.carried
+    assert auditor.judge.epoch == 0  # final, not judged: no record read yet
     update = None
     for ref, values in sorted(bus.parts.items()):
         update = auditor.offer_records(ref, 0, values)
@@ -507,28 +522,93 @@ def test_a_registry_record_altered_under_seal_one_is_named_not_waited_on() -> No
     assert victim.latest is not None and victim.latest.epoch == 1
 
 
-def test_records_behind_an_unjudgeable_first_proposal_are_counted_while_they_wait() -> None:
-    """An epoch-1 proposal claiming more registry records than the log holds makes the chain
-    wait (the documented limit of seal 1); every seals record after it waits too, and
-    ``queued`` tells the caller how many it holds, so that it can stop reading."""
+def test_a_bogus_first_proposal_claiming_10_to_the_9_registry_records_blocks_nobody() -> None:
+    """EU publishes, first on the seals topic, an epoch-1 proposal claiming 10^9 registry
+    records (and carrying the genuine node accreditations, so that it looks electable). Its
+    trust is a function of its text, so no reader ever waits on it: the chain judges it and
+    every record after it at once. Witnesses that know the registry's end refuse it
+    (``seal_beyond_log``), the turn's proposer proposes the honest text, and it becomes final
+    at every witness and at an auditor reading the seals topic before any record."""
+    rng = random.Random(8)
     bus = Bus()
     publish_trust(bus)
-    reader = new_reader()
-    reader.offer_records(REGISTRY, 0, bus.parts[REGISTRY])
-    p = make_proposal(reader.view(), None, mandate_id=MANDATE.mandate_id, now_ms=NOW_MS)
-    assert p is not None
+    publish_reports(bus, rng, 3)
+    witnesses = [Witness(org, new_reader()) for org in ORGS]
+    for w in witnesses:
+        w.catch_up(bus, rng)
+    honest = witnesses[0].reader.propose(org=ORGS[0], now_ms=NOW_MS)
+    assert honest is not None and len(honest.carried) == len(ORGS)
     from bus.epoch import PartitionSeal  # noqa: PLC0415
 
-    claim = dataclasses.replace(
-        p, partitions={REGISTRY: PartitionSeal(10**6, p.partitions[REGISTRY].root)}
+    bogus = dataclasses.replace(
+        honest,
+        partitions={**honest.partitions, REGISTRY: PartitionSeal(10**9, bytes(32))},
     )
-    reader.offer_seal(0, sign_proposal(claim, M.scenario.node_keys["eu"], name("eu")))
-    assert reader.chain.waiting and reader.chain.queued == 1
-    for off in range(1, 6):
-        reader.offer_seal(
-            off, cosign_seal(p.text(), M.scenario.node_keys["un"], name("un"), now_ms=NOW_MS)
+    bus.seals.append(sign_proposal(bogus, M.scenario.node_keys["eu"], name("eu")))
+    ends = {r: len(v) for r, v in bus.parts.items()}
+    for w in witnesses:
+        w.catch_up(bus, rng)
+        assert not w.reader.chain.waiting and w.reader.chain.queued == 0
+        assert w.reader.proposals()[0][1] == bogus
+        proposal, decisions = w.reader.cosign_candidate(
+            org=w.org, now_ms=NOW_MS, tolerance_ms=10**9, voted={}, ends=ends
         )
-    assert reader.chain.queued == 6
+        assert proposal is None and decisions[0][1].reason is Reason.SEAL_BEYOND_LOG
+    p = propose(next(w for w in witnesses if w.org == turn_of(w.reader)), bus, NOW_MS + 1)
+    assert p is not None and p.carried == honest.carried
+    for w in witnesses:
+        w.catch_up(bus, rng)
+        got = cosign(w, bus, NOW_MS + 1, ends=ends)
+        assert got == p or (w.reader.latest is not None and w.reader.latest.digest == p.digest)
+    auditor = new_reader()
+    for off, raw in enumerate(bus.seals):  # the seals topic alone: nothing waits
+        update = auditor.offer_seal(off, raw)
+        assert not auditor.chain.waiting and not update.alarms
+    assert auditor.latest is not None and auditor.latest.digest == p.digest
+    for w in witnesses:
+        w.catch_up(bus, rng)
+        assert w.reader.latest is not None and w.reader.latest.digest == p.digest
+        assert w.reader.judge.epoch == 1
+    assert replay(bus, random.Random(9)) == witnesses[0].digests
+
+
+def test_a_final_seal_one_carrying_other_trust_is_named_and_stands() -> None:
+    """Four organizations (k) sign an epoch-1 text that leaves out the other two's node
+    accreditations (an honest witness refuses it: ``seal_carried_trust_mismatch``). It is final
+    all the same, k signed it; once epoch 1 is judged, every reader names the mismatch."""
+    rng = random.Random(12)
+    bus = Bus()
+    publish_trust(bus)
+    publish_reports(bus, rng, 2)
+    reader = new_reader()
+    reader.offer_records(REGISTRY, 0, bus.parts[REGISTRY])
+    honest = reader.propose(org=ORGS[0], now_ms=NOW_MS)
+    assert honest is not None
+    signers = ORGS[: MANDATE.threshold]
+    mine = {
+        raw
+        for raw in honest.carried
+        if Accreditation.decode(Envelope.decode(raw).payload).org in signers
+    }
+    short = dataclasses.replace(honest, carried=tuple(sorted(mine)))
+    assert len(short.carried) == len(signers)
+    d = decide_cosign(
+        short, reader.view(), None, mandate_id=MANDATE.mandate_id, now_ms=NOW_MS,
+        tolerance_ms=10**9, voted={}, open_round=1, carried=lambda _p: honest.carried,
+    )  # fmt: skip
+    assert d.verdict is Cosign.REFUSE and d.reason is Reason.SEAL_CARRIED_TRUST_MISMATCH
+    bus.seals.append(sign_proposal(short, M.scenario.node_keys["un"], name("un")))
+    for org in signers:
+        key = M.scenario.node_keys[org]
+        bus.seals.append(cosign_seal(short.text(), key, name(org), now_ms=NOW_MS))
+    for order in range(3):
+        auditor = Witness("auditor", new_reader())
+        auditor.catch_up(bus, random.Random(order))
+        alarms = auditor.alarms
+        assert auditor.reader.judge.epoch == 1
+        assert auditor.reader.latest is not None and auditor.reader.latest.digest == short.digest
+        assert [(a.reason, a.epoch) for a in alarms] == [(Reason.SEAL_CARRIED_TRUST_MISMATCH, 1)]
+        assert alarms[0].notes == (short.text(),)
 
 
 def test_a_2_2_split_with_two_silent_organizations_ends_by_withdrawals() -> None:
