@@ -14,7 +14,9 @@ whatever order they read the log in and however often they restarted: :meth:`Fin
 writes
 them in one canonical byte form and :meth:`FinalStore.fingerprint` hashes it. ``seal_votes``,
 ``judged_at`` (when this node stored each epoch: for latency figures), ``snapshot`` and
-``meta`` are this node's own and are not in the dump.
+``meta`` are this node's own and are not in the dump, nor is ``seal_alarms`` (fork evidence,
+and a seal 1 whose carried trust differs from its registry: :class:`bus.seal.SealAlarm`),
+which a node may find or miss depending on when it restarted.
 
 A report deferred at its own epoch (its key accredited in the same epoch) is stored ``deferred``
 and updated once, by the next epoch's answer: rows keep the epoch they were sealed in
@@ -42,7 +44,7 @@ from typing import Any, Final
 from bus.epoch import FinalSeal
 from bus.errors import ConfigError, StoreError
 from bus.judge import EpochVerdicts, Status, Verdict
-from bus.seal import Equivocation, SealProposal
+from bus.seal import Equivocation, SealAlarm, SealProposal
 from bus.sealed import VerifiedSealed
 from bus.store.sqlite import open_db, sqlite_transaction
 from bus.verify import VerifiedReport
@@ -96,6 +98,12 @@ CREATE TABLE IF NOT EXISTS seal_votes (
     epoch INTEGER NOT NULL, round INTEGER NOT NULL, digest BLOB NOT NULL, record BLOB NOT NULL,
     kind TEXT NOT NULL, at_ms INTEGER NOT NULL,
     PRIMARY KEY (epoch, round)
+) WITHOUT ROWID;
+-- Fork and carried-trust evidence (bus.seal.SealAlarm), kept once per (reason, epoch, record).
+CREATE TABLE IF NOT EXISTS seal_alarms (
+    reason TEXT NOT NULL, epoch INTEGER NOT NULL, seal_offset INTEGER NOT NULL,
+    evidence TEXT NOT NULL,
+    PRIMARY KEY (reason, epoch, seal_offset)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshot (
     id INTEGER PRIMARY KEY CHECK (id = 1), epoch INTEGER NOT NULL, state BLOB NOT NULL
@@ -425,6 +433,24 @@ class FinalStore:
             else:
                 out["corrected_by"] = by
         return out
+
+    def save_alarms(self, alarms: Iterable[SealAlarm]) -> None:
+        """Keep seal alarms as evidence (each once; one transaction)."""
+        rows = [
+            (a.reason.value, a.epoch, a.offset, json.dumps(a.to_json(), sort_keys=True))
+            for a in alarms
+        ]
+        if not rows:
+            return
+        with sqlite_transaction(self._db, "final store") as db:
+            db.executemany("INSERT OR IGNORE INTO seal_alarms VALUES (?, ?, ?, ?)", rows)
+
+    def alarms(self) -> list[dict[str, Any]]:
+        """Every seal alarm kept, oldest first, as JSON-ready dicts."""
+        cur = self._db.execute(
+            "SELECT evidence FROM seal_alarms ORDER BY epoch, seal_offset, reason"
+        )
+        return [json.loads(row[0]) for row in cur]
 
     def counts(self) -> dict[str, int]:
         """Final verdicts by status, and quarantined ones by ``quarantined:<reason>``."""

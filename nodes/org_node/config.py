@@ -34,6 +34,8 @@ class SealSettings:
             with role NODE); None for a node that only judges.
         interval_ms: the seal interval (also each takeover step).
         tolerance_ms: how far a proposal's time may be from this host's clock.
+        withdraw_after_ms: how old this node's vote in a round that is not final may grow
+            before the node withdraws it (None: six seal intervals; 0: never withdraw).
     """
 
     root: Mandate
@@ -41,6 +43,7 @@ class SealSettings:
     node_key: SigningKey | None = None
     interval_ms: int = 5_000
     tolerance_ms: int = 60_000
+    withdraw_after_ms: int | None = None
 
     def __post_init__(self) -> None:
         if self.root.version != 1:
@@ -54,6 +57,12 @@ class SealSettings:
                 "seal interval (--seal-interval, --seal-tolerance)",
                 f"{self.interval_ms} ms / {self.tolerance_ms} ms",
                 "give positive durations, e.g. --seal-interval 5 --seal-tolerance 60",
+            )
+        if self.withdraw_after_ms is not None and self.withdraw_after_ms < 0:
+            raise ConfigError(
+                "seal withdrawal timeout (--seal-withdraw-after)",
+                f"{self.withdraw_after_ms} ms",
+                "give 0 (never withdraw) or a duration of several seal intervals",
             )
 
 

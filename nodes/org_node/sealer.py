@@ -43,11 +43,26 @@ Kafka, the reader and the :class:`~bus.store.final.FinalStore`:
   organizations doing so the round dies and the next one opens. The timeout must be well
   above the time a healthy round takes (proposal, k cosignatures, reading them back): a
   shorter one trades nothing for liveness and gives an operator who delays records an easier
-  fork (:mod:`bus.seal`, "What an operator who hides records can do").
+  fork (:mod:`bus.seal`, "What an operator who hides records can do"). The default is six
+  seal intervals (a healthy round takes about one); 0 never withdraws (an operator then needs
+  an equivocating organization to fork, and two silent organizations at a split can stall an
+  epoch for good).
 * **Alarms.** A sealed record altered or deleted (a root that does not match a final seal) stops
   judging: ``sealed_root_mismatch`` is logged at error level with the partition and the size,
   kept in :attr:`Sealer.alarm` and shown by the health endpoint; reading the seals topic goes
-  on. Equivocation evidence is stored and logged.
+  on. A fork (:mod:`bus.seal`, "Forks": k organizations' votes on a text of the open epoch
+  that does not follow this node's final seal, or on a second text of its newest final epoch)
+  does the same with reason ``seal_fork``: its history is in doubt, so it stops judging and
+  witnessing. A final seal 1 whose carried node accreditations are not its registry's
+  (``seal_carried_trust_mismatch``) is logged and shown and judging goes on: the seal stands.
+  Both notes of every such alarm are kept in the final store (``seal_alarms``) and listed in
+  the health JSON (``seal_alarms``). Equivocation evidence is stored and logged.
+* **Proposals beyond the log.** A proposal that seals more records of a partition than this
+  node has read is waited on, and every later proposal of its round behind it; so while the
+  first proposal it waits on is behind, the sealer asks the broker for that partition's end
+  (a partition not in its metadata holds nothing) and refuses the proposal
+  (``seal_beyond_log``) when it claims more: a proposal claiming records the log will never
+  hold costs one look-up, not the round.
 * **Back-pressure.** While more than ``max_buffered`` records wait for a final seal (no quorum
   seals), reading the data partitions pauses; the seals topic is still read.
 """
@@ -136,7 +151,7 @@ class SealerConfig:
         tolerance_ms: how far a proposal's *t_e* may be from this node's clock to be cosigned.
         withdraw_after_ms: how long this node's vote in a round that is not final may be old
             before it withdraws it (module docstring, "Withdrawals"); None:
-            :data:`WITHDRAW_AFTER_INTERVALS` seal intervals.
+            :data:`WITHDRAW_AFTER_INTERVALS` seal intervals; 0: never.
         snapshot_every: store the reader's snapshot every this many judged epochs.
         max_buffered: pause data partitions while more records than this wait for a seal.
         poll_timeout_ms: longest wait for records per loop turn.
@@ -201,11 +216,11 @@ class Sealer:
         self._withdraw_after_ms = (
             WITHDRAW_AFTER_INTERVALS * config.interval_ms if after is None else after
         )
-        if self._withdraw_after_ms < 1:
+        if self._withdraw_after_ms < 0:
             raise ConfigError(
                 "seal withdrawal timeout",
                 f"{self._withdraw_after_ms} ms",
-                "give a positive duration, several seal intervals (the default is six)",
+                "give 0 (never withdraw) or several seal intervals (the default is six)",
             )
         self._refused: set[tuple[int, str]] = set()  # (offset, reason) logged once
         # Open (epoch, round) -> when this node first could propose in it (something new,
@@ -227,7 +242,9 @@ class Sealer:
             "withdrawals_counted": 0,
             "refusals": 0,
             "verdict_changes": 0,
+            "seal_alarms": 0,
         }
+        self.seal_alarms: list[dict[str, Any]] = []  # summaries of every SealAlarm found
         # Final verdicts on reports the ingest loop has not judged yet: compared later.
         self._unmatched: dict[tuple[str, int, int], tuple[str, str]] = {}
         self._node_db: sqlite3.Connection | None = None
@@ -261,6 +278,7 @@ class Sealer:
             "paused": self._paused,
             "state_digest": judge.digest.hex(),
             "alarm": self.alarm,
+            "seal_alarms": self.seal_alarms[-10:],
             **self.counts,
         }
 
@@ -396,6 +414,18 @@ class Sealer:
     async def _store(self, updates: list[BusUpdate]) -> None:
         epochs = [ev for u in updates for ev in u.epochs]
         equivocations = [e for u in updates for e in u.equivocations]
+        alarms = [a for u in updates for a in u.alarms]
+        for a in alarms:
+            self.counts["seal_alarms"] += 1
+            summary = {"reason": a.reason.value, "epoch": a.epoch, "offset": a.offset,
+                       "signers": sorted(a.signers), "detail": a.detail}  # fmt: skip
+            self.seal_alarms.append(summary)
+            if a.reason is Reason.SEAL_FORK:
+                self._raise_alarm(a.reason.value, a.detail, {"epoch": a.epoch, "offset": a.offset})
+            else:
+                self._log.error(a.reason.value, **summary)
+        if alarms:
+            await asyncio.to_thread(self.store.save_alarms, alarms)
         for u in updates:
             for f in u.finals:
                 self._finals[f.epoch] = f
@@ -567,6 +597,14 @@ class Sealer:
         proposal, decisions = self.reader.cosign_candidate(
             org=cfg.org, now_ms=now, tolerance_ms=cfg.tolerance_ms, voted=voted
         )
+        behind = (
+            decisions[-1][1].ref if decisions and decisions[-1][1].verdict is Cosign.WAIT else None
+        )
+        if proposal is None and behind is not None and behind[0] != cfg.topics.seals:
+            ends = await self._ends(consumer, behind)
+            proposal, decisions = self.reader.cosign_candidate(
+                org=cfg.org, now_ms=now, tolerance_ms=cfg.tolerance_ms, voted=voted, ends=ends
+            )
         for offset, d in decisions:
             if (
                 d.verdict is Cosign.REFUSE
@@ -610,7 +648,8 @@ class Sealer:
         at = (vote.epoch, vote.round)
         since = self._voted_at.setdefault(at, now)
         if (
-            at in self._withdrawn
+            self._withdraw_after_ms == 0
+            or at in self._withdrawn
             or self.config.org in self.reader.chain.withdrawn()
             or now - since < self._withdraw_after_ms
         ):
@@ -631,6 +670,16 @@ class Sealer:
             vote_age_ms=now - since,
             votes=len(self.reader.chain.votes()),
         )
+
+    async def _ends(self, consumer: AIOKafkaConsumer, ref: PartitionRef) -> dict[PartitionRef, int]:
+        """The broker's end offset of ``ref`` (0 for a partition not in this sealer's
+        metadata: it holds nothing a proposer could have read)."""
+        tp = TopicPartition(*ref)
+        if tp not in consumer.assignment():
+            return {ref: 0}
+        ends = await consumer.end_offsets([tp])
+        end: int = ends[tp]
+        return {ref: end}
 
     async def _seals_read(self, consumer: AIOKafkaConsumer) -> bool:
         """Whether this sealer has read the seals topic to its end: a proposal it has not read
