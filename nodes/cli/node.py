@@ -130,6 +130,9 @@ def seal_settings(
         node_key=read_key(Path(args.node_key)) if args.node_key and not archive else None,
         interval_ms=round(args.seal_interval * 1000),
         tolerance_ms=round(args.seal_tolerance * 1000),
+        withdraw_after_ms=(
+            None if args.seal_withdraw_after is None else round(args.seal_withdraw_after * 1000)
+        ),
     )
 
 
@@ -153,6 +156,14 @@ def add_seal_args(node: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--seal-tolerance", type=float, default=60.0, metavar="SECONDS",
         help="cosign only seals whose time is within this of this host's clock (default 60)",
+    )  # fmt: skip
+    g.add_argument(
+        "--seal-withdraw-after", type=float, default=None, metavar="SECONDS",
+        help="withdraw this node's vote from a seal round not final this long after casting "
+        "it (default: six seal intervals; 0: never). Withdrawals let k running organizations "
+        "finish an epoch whose votes split while others stay silent; the price: an operator "
+        "who hides votes from some nodes for longer than this can fork one epoch, detectably "
+        "(seal_fork)",
     )  # fmt: skip
     g.add_argument(
         "--root-mandate", metavar="FILE",

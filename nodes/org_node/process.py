@@ -99,6 +99,7 @@ class NodeExtras:
                     interval_ms=seal.interval_ms,
                     takeover_ms=seal.interval_ms,
                     tolerance_ms=seal.tolerance_ms,
+                    withdraw_after_ms=seal.withdraw_after_ms,
                     witness=seal.node_key is not None,
                     node_db=cfg.db_path,
                     security=cfg.security,
