@@ -79,7 +79,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from bus.checkpoint import MAX_SIGNATURES, Note, key_name, parse_note
-from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal, epoch_of
+from bus.epoch import FinalSeal, PartitionRef, PartitionSeal, epoch_of
 from bus.errors import Reason, SealedRootMismatchError, VerificationError
 from bus.judge import FinalJudge
 from bus.merkle import MerkleTree, leaf_hash, verify_inclusion
@@ -91,6 +91,7 @@ from bus.seal import (
     Disposition,
     SealChain,
     SealProposal,
+    carried_trust,
     parse_seal_record,
     verify_seal,
 )
@@ -723,23 +724,10 @@ class SealedTrust:
         if proposal.epoch > 1:
             return self._judge.keyring
         ring = self._bootstrap.get(proposal.digest)
-        if ring is not None:
-            return ring
-        registry = {r: p for r, p in proposal.partitions.items() if r[0] == self._topics.registry}
-        records: dict[PartitionRef, list[bytes | None]] = {}
-        for ref, sealed in registry.items():
-            held = self._values.get(ref, [])
-            if len(held) < sealed.size:
-                return None
-            records[ref] = held[: sealed.size]
-        scratch = FinalJudge(self._root, self._topics, self._limits)
-        if registry:
-            scratch.judge_epoch(
-                FinalSeal(self._root.mandate_id, 1, proposal.time_ms, registry, proposal.digest,
-                          GENESIS_DIGEST),
-                records,
-            )  # fmt: skip
-        ring = self._bootstrap[proposal.digest] = scratch.keyring
+        if ring is None:  # seal 1: the node accreditations its text carries (bus.seal)
+            ring = self._bootstrap[proposal.digest] = carried_trust(
+                self._root, self._topics, proposal
+            )
         return ring
 
     def _take(self, update: ChainUpdate) -> None:
