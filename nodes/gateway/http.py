@@ -69,7 +69,7 @@ Reads for observers (JSON, no body; from the gateway's own state and its final t
 ``GET /v1/observers/{observer_id}/head``
     ``{"org", "observer_id", "seq", "digest_b64", "as_of_ms", "node_key_id_b64",
     "signature_b64"}``: the observer's chain head accepted here, signed by the node key over
-    :func:`~nodes.gateway.service.head_payload` (seq 0 and an empty digest before its first
+    :func:`~bus.receipt.head_payload` (seq 0 and an empty digest before its first
     report): a new device continues the chain from it. 422 ``invalid_field`` for a malformed
     id; 503 while the node key is not usable.
 ``GET /v1/recipients``

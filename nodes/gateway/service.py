@@ -88,7 +88,12 @@ from bus.errors import (
 )
 from bus.kafka.client import KafkaSecurity
 from bus.model import Accreditation, Mandate, Receipt, Role, check_id, sha256
-from bus.receipt import sign_receipt
+
+# The chain head statement is bus.receipt's (one definition for the gateway and the observers);
+# its payload type and canonical bytes stay importable from here for the web form's rules.
+from bus.receipt import HEAD_PAYLOAD_TYPE as HEAD_PAYLOAD_TYPE  # noqa: PLC0414 - re-exported
+from bus.receipt import ObserverHead, sign_head, sign_receipt
+from bus.receipt import head_payload as head_payload  # noqa: PLC0414 - re-exported
 from bus.sealed import HPKE_INFO, VerifiedSealed, is_sealed, verify_sealed_report
 from bus.topics import Topics
 from bus.trust import KeyRing
@@ -107,9 +112,6 @@ from nodes.runtime.files import ended_on, mandate_ended
 log = structlog.get_logger(__name__)
 
 UNAVAILABLE: Final = "unavailable"  # not a Reason: nothing wrong with the input, retry
-# The observer chain head statement (GET /v1/observers/{id}/head): signed by the node key over
-# pae(HEAD_PAYLOAD_TYPE, head_payload(...)); see head_payload.
-HEAD_PAYLOAD_TYPE: Final = "application/vnd.obus.observer-head.v1+json"
 RECEIPT_CONTENT_TYPE: Final = "application/protobuf"
 JSON_CONTENT_TYPE: Final = "application/json"
 # The HPKE suite of restricted reports (bus/sealed.py), as RFC 9180 names it.
@@ -246,30 +248,6 @@ class Reply:
         body's reason (``unavailable``, ``not_sealed_yet``, ``sealed_log_broken``)."""
         body = error_body(why, detail)
         return cls(Outcome.UNAVAILABLE, body, JSON_CONTENT_TYPE, retry_after_s=retry_after_s)
-
-
-def head_payload(
-    *, org: str, observer_id: str, seq: int, digest: bytes, as_of_ms: int, node_key_id: bytes
-) -> bytes:
-    """The canonical bytes a chain head statement signs: UTF-8 JSON of exactly these keys,
-    sorted, no whitespace, integers as JSON numbers, bytes in standard base64 with padding::
-
-        {"as_of_ms":N,"digest_b64":"...","node_key_id_b64":"...","observer_id":"...",
-         "org":"...","seq":N}
-
-    The signature is the node key's Ed25519 signature of DSSE ``pae(HEAD_PAYLOAD_TYPE, these
-    bytes)`` (:func:`bus.crypto.pae`): domain-separated from every envelope, receipt and seal
-    by its payload type. ``seq`` 0 with an empty digest: no report of this observer yet.
-    """
-    doc = {
-        "org": org,
-        "observer_id": observer_id,
-        "seq": seq,
-        "digest_b64": base64.b64encode(digest).decode(),
-        "as_of_ms": as_of_ms,
-        "node_key_id_b64": base64.b64encode(node_key_id).decode(),
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 class TokenBuckets:
@@ -605,7 +583,7 @@ class Gateway:
 
     def observer_head(self, observer_id: str) -> Reply:
         """``GET /v1/observers/{id}/head``: the observer's chain head accepted here, signed by
-        the node key (:func:`head_payload`); a new device continues the chain from it.
+        the node key (:func:`bus.receipt.sign_head`); a new device continues the chain from it.
 
         The head is the last report this gateway accepted for the observer (published, or
         being published: a report left ``publishing`` is published by recovery, never
@@ -620,20 +598,8 @@ class Gateway:
         head = self.store.heads_of(observer_id)
         seq, digest = (0, b"") if head is None else (head.seq, head.digest)
         key = self.config.node_key
-        at = _now_ms()
-        payload = head_payload(
-            org=self.config.org, observer_id=observer_id, seq=seq, digest=digest, as_of_ms=at,
-            node_key_id=key.key_id,
-        )  # fmt: skip
-        doc = {
-            "org": self.config.org,
-            "observer_id": observer_id,
-            "seq": seq,
-            "digest_b64": base64.b64encode(digest).decode(),
-            "as_of_ms": at,
-            "node_key_id_b64": base64.b64encode(key.key_id).decode(),
-            "signature_b64": base64.b64encode(key.sign_pae(HEAD_PAYLOAD_TYPE, payload)).decode(),
-        }
+        statement = ObserverHead(self.config.org, observer_id, seq, digest, _now_ms(), key.key_id)
+        doc = sign_head(statement, key)
         return Reply(Outcome.KNOWN, json.dumps(doc).encode(), JSON_CONTENT_TYPE)
 
     def recipients(self) -> Reply:

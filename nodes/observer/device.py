@@ -47,7 +47,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from bus.attachment import MAX_ATTACHMENT_BYTES
-from bus.crypto import SigningKey, pae, verify_pae
+from bus.crypto import SigningKey, pae
 from bus.errors import BusError, ConfigError, KeyStoreError, Reason, VerificationError
 from bus.model import (
     PAYLOAD_SEALED_REPORT,
@@ -60,7 +60,7 @@ from bus.model import (
     check_id,
     encode,
 )
-from bus.receipt import verify_receipt
+from bus.receipt import verify_head, verify_receipt
 from bus.report_file import FieldProblem, Identity, ReportFileError, format_of, parse_report
 from bus.sign import ReportSigner
 from bus.trust import KeyRing, decode_registry_record, verify_accreditation, verify_mandate
@@ -90,9 +90,6 @@ SCRYPT_N: Final = 2**15
 SCRYPT_R: Final = 8
 SCRYPT_P: Final = 1
 MIN_PASSPHRASE_CHARS: Final = 8
-# The payload type of the gateway's signed chain head statement (GET /v1/observers/{id}/head;
-# nodes.gateway.service.HEAD_PAYLOAD_TYPE: roles share no code, a test keeps the two equal).
-HEAD_PAYLOAD_TYPE: Final = "application/vnd.obus.observer-head.v1+json"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -647,16 +644,18 @@ def continue_chain(
     /v1/observers/{id}/head``), on a new device or key accredited for the same observer id.
 
     The head statement must be signed by the gateway's node key (``node_accreditation``,
-    ``GET /v1/node``, verified under the mandate: a NODE of this organization) over
-    :func:`nodes.gateway.service.head_payload`'s canonical bytes, and name this observer and
-    organization. The outbox then signs its first report at the head's seq + 1 on its digest.
+    ``GET /v1/node``, verified under the mandate: a NODE of this organization;
+    :func:`bus.receipt.verify_head`), and name this observer and organization. The outbox
+    then signs its first report at the head's seq + 1 on its digest.
 
     Returns:
         The head set (None: the observer has no accepted report yet; nothing to set).
 
     Raises:
-        VerificationError: the accreditation or the signature does not verify
-            (``bad_signature``), or the head is another observer's (``subject_mismatch``).
+        VerificationError: the accreditation does not verify, the statement is not one
+            (``malformed``, ``invalid_field``) or not signed by that node key
+            (``bad_signature``, ``subject_mismatch``), or the head is another observer's
+            (``subject_mismatch``).
         StoreError: this outbox has signed reports already.
     """
     config = home.load_config()
@@ -667,26 +666,14 @@ def continue_chain(
         raise VerificationError(
             Reason.WRONG_ROLE, f"gateway key is {acc.org}/{acc.role.name}, not {config.org}/NODE"
         )
-    try:
-        assert isinstance(head_doc, dict)
-        seq, digest = int(head_doc["seq"]), base64.b64decode(head_doc["digest_b64"])
-        fields = {
-            "org": str(head_doc["org"]), "observer_id": str(head_doc["observer_id"]),
-            "seq": seq, "digest_b64": base64.b64encode(digest).decode(),
-            "as_of_ms": int(head_doc["as_of_ms"]),
-            "node_key_id_b64": base64.b64encode(acc.key_id).decode(),
-        }  # fmt: skip
-        signature = base64.b64decode(head_doc["signature_b64"], validate=True)
-    except (AssertionError, KeyError, TypeError, ValueError) as exc:
-        raise VerificationError(Reason.MALFORMED, f"not a chain head statement: {exc}") from exc
-    if (fields["org"], fields["observer_id"]) != (config.org, config.observer_id):
+    stated = verify_head(head_doc, acc)
+    if (stated.org, stated.observer_id) != (config.org, config.observer_id):
         raise VerificationError(
             Reason.SUBJECT_MISMATCH,
-            f"the head is of {fields['org']}/{fields['observer_id']}, not"
+            f"the head is of {stated.org}/{stated.observer_id}, not"
             f" {config.org}/{config.observer_id}",
         )
-    payload = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    verify_pae(acc.public_key, HEAD_PAYLOAD_TYPE, payload.encode(), signature)
+    seq, digest = stated.seq, stated.digest
     if seq == 0:
         return None
     head = ChainHead(seq, digest)

@@ -4,7 +4,6 @@ own chain rule."""
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 
@@ -13,11 +12,9 @@ import pytest
 from bus.crypto import SigningKey
 from bus.errors import Reason, StoreError, VerificationError
 from bus.model import Envelope, Report, Role
+from bus.receipt import ObserverHead, sign_head
 from bus.verify import ChainBook, ChainHead, verify_report
-from nodes.gateway.service import HEAD_PAYLOAD_TYPE as GATEWAY_HEAD_TYPE
-from nodes.gateway.service import head_payload
 from nodes.observer.device import (
-    HEAD_PAYLOAD_TYPE,
     Home,
     clock_check,
     continue_chain,
@@ -124,22 +121,12 @@ def test_a_new_report_waits_behind_the_held_ones(tmp_path: Path) -> None:
 
 def _head_doc(key: SigningKey, n: int, digest: bytes, **changes: object) -> dict[str, object]:
     """A head statement signed over seq ``n``, then ``changes`` applied to the JSON."""
-    seq = n
-    fields = {"org": "un", "observer_id": "un-obs-7", "seq": seq, "digest": digest,
-              "as_of_ms": NOW, "node_key_id": key.key_id}  # fmt: skip
-    payload = head_payload(**fields)  # type: ignore[arg-type]
-    doc = {
-        "org": "un", "observer_id": "un-obs-7", "seq": seq,
-        "digest_b64": base64.b64encode(digest).decode(), "as_of_ms": NOW,
-        "node_key_id_b64": base64.b64encode(key.key_id).decode(),
-        "signature_b64": base64.b64encode(key.sign_pae(GATEWAY_HEAD_TYPE, payload)).decode(),
-    }  # fmt: skip
+    doc = sign_head(ObserverHead("un", "un-obs-7", n, digest, NOW, key.key_id), key)
     doc.update(changes)
     return doc
 
 
 def test_a_new_device_continues_the_chain_from_the_signed_head(tmp_path: Path) -> None:
-    assert HEAD_PAYLOAD_TYPE == GATEWAY_HEAD_TYPE
     m = make_mission(1, now_ms=NOW)
     m.accredit("un-node", "un", NODE, Role.NODE)
     node_record = m.registry[-1]
