@@ -1,51 +1,43 @@
-"""Signed Merkle checkpoints of the witnessed log: C2SP signed notes, checkpoints, cosignatures.
+"""C2SP signed notes as obus uses them: signature lines, cosignatures, key names, verifier keys.
 
-Pure code (no I/O, no clock): callers pass the time and the log position they judge at.
+Pure code (no I/O, no clock). The records of ``<prefix>seals`` (:mod:`bus.seal`: seals and
+withdrawals) are signed notes, and a seal's proof (:mod:`bus.seal_proof`) carries one; this
+module is the note layer under them, the texts are theirs.
 
-Byte format of a record on ``<prefix>checkpoints``
----------------------------------------------------
-Every record value is one C2SP *signed note* (``signed-note.md``), UTF-8, whose text is a C2SP
-*checkpoint* (``tlog-checkpoint.md``) without extension lines::
+Byte format of a signed note (C2SP ``signed-note.md``)
+-----------------------------------------------------
+UTF-8, a text of one or more newline-terminated lines, a blank line, then signature lines::
 
-    obus/<mandate id>/<topic>/<partition>\\n      origin line, e.g. obus/jmm-2026/obus.reports.un/0
-    <tree size>\\n                                ASCII decimal, no sign, no leading zero
-    <root hash>\\n                                standard padded base64 of the 32-byte root
+    <text, every line ending in \\n>
     \\n                                           a blank line ends the text
     \u2014 <key name> <base64(key hash || signature body)>\\n     1 to 100 signature lines
 
-* The tree is RFC 6962 (:mod:`bus.merkle`) over the exact record values of that topic-partition
-  in offset order: leaf ``i`` is the value of the ``i``-th record (a null value counts as empty
-  bytes). Report topics keep every record, so leaf ``i`` is the record at offset ``i``.
 * ``\u2014`` is U+2014 EM DASH, followed by one space.
 * ``<key name>`` of a node key is ``obus/<org>/<subject id>`` of its accreditation
   (:func:`key_name`); names never contain spaces or ``+``.
 * ``<key hash>`` is 4 bytes: the start of SHA-256(key name || 0x0A || type || 32-byte Ed25519
-  public key), as in C2SP signed-note.
-* Type ``0x01`` (Ed25519 note signature): the body is the 64-byte Ed25519 signature of the text.
-  The node that *publishes* a checkpoint signs it this way.
+  public key), as in C2SP signed-note (:func:`note_key_hash`).
+* Type ``0x01`` (Ed25519 note signature): the body is the 64-byte Ed25519 signature of the text
+  (:func:`sign_note`).
 * Type ``0x04`` (C2SP ``tlog-cosignature`` v1): the body is an 8-byte big-endian UNIX time in
   seconds followed by the 64-byte Ed25519 signature of
-  ``b"cosignature/v1\\ntime " + decimal(seconds) + b"\\n" + text``. Another organization's node
-  that found the checkpoint consistent with its own tree *cosigns* it this way, and publishes
-  the same text with only its cosignature line as a record of its own.
+  ``b"cosignature/v1\\ntime " + decimal(seconds) + b"\\n" + text`` (:func:`cosign`).
+* Verifier keys are Go's text form ``<name>+<hex key hash>+<base64(type || key)>``
+  (:func:`format_vkey`, :func:`parse_vkey`).
 
-The text is the unit of agreement: checkpoint records and cosignature records with the same text
-can be merged into one note carrying every organization's line. Notes are parsed with the
-semantics of Go's ``golang.org/x/mod/sumdb/note.Open`` (pinned by the vectors in
+The text is the unit of agreement: records with the same text can be merged into one note
+carrying every signer's line (:func:`merge_notes`). Notes are parsed with the semantics of Go's
+``golang.org/x/mod/sumdb/note.Open`` (:func:`open_note`, pinned by the vectors in
 ``tests/vectors/signed-note.json``): at most 100 signature lines; lines by unknown keys are
 ignored; one invalid line by a known key rejects the note; a note with no verified line is
 rejected. Signatures are checked with the one strict Ed25519 rule of :mod:`bus.crypto`.
 
 Domain separation: a node key also signs DSSE envelopes, whose signed bytes begin with
-``DSSEv1 ``; checkpoint texts begin with ``obus/`` and cosigned messages with ``cosignature/v1``,
-so no signature can be replayed from one use to another.
-
-Which signatures count (:func:`verify_checkpoint`): the key must be accredited by its
-organization under the mandate with role ``NODE`` and usable (validity window, revocation). The
-clock is the broker's append time of the checkpoint record and the position is its offset on
-the checkpoints topic: a node-key revocation with ``last_valid_seq = K`` stops counting that key
-on checkpoint records at offsets ``>= K`` (``seq = offset + 1``), the same log-position rule as
-for observers, so every reader decides identically.
+``DSSEv1 ``; cosigned messages begin with ``cosignature/v1`` and the texts of :mod:`bus.seal`
+with ``obus-seal/v1/`` or ``obus-seal-withdraw/v1/``, so no signature can be replayed from one
+use to another. Which signatures count, and at which position and time, is the business of the
+module whose texts they sign (:func:`bus.seal.verify_seal`); :class:`NoteKeys` only indexes a
+key ring's keys under their note names.
 """
 
 from __future__ import annotations
@@ -61,8 +53,7 @@ from typing import Final
 from bus import crypto
 from bus.crypto import SigningKey
 from bus.errors import Reason, VerificationError
-from bus.merkle import HASH_SIZE, MAX_TREE_SIZE
-from bus.model import Accreditation, Role
+from bus.model import Accreditation
 from bus.trust import KeyRing
 
 __all__ = [
@@ -70,14 +61,12 @@ __all__ = [
     "MAX_SIGNATURES",
     "SIG_COSIGNATURE_V1",
     "SIG_ED25519",
-    "Attestation",
-    "Checkpoint",
     "Note",
     "NoteKeys",
     "NoteSignature",
     "OpenedNote",
-    "VerifiedCheckpoint",
     "Verifier",
+    "VerifierIndex",
     "cosign",
     "cosignature_message",
     "format_vkey",
@@ -85,20 +74,15 @@ __all__ = [
     "merge_notes",
     "note_key_hash",
     "open_note",
-    "origin_for",
-    "parse_checkpoint",
     "parse_note",
-    "parse_origin",
     "parse_vkey",
     "sign_note",
-    "signed_checkpoint",
-    "verify_checkpoint",
 ]
 
 SIG_ED25519: Final = 0x01
 """C2SP signed-note signature type of a plain Ed25519 note signature."""
 SIG_COSIGNATURE_V1: Final = 0x04
-"""C2SP tlog-cosignature signature type (Ed25519 over a timestamped checkpoint)."""
+"""C2SP tlog-cosignature signature type (Ed25519 over a timestamped text)."""
 MAX_SIGNATURES: Final = 100
 """Go's note.Open refuses notes with more signature lines: bounded work per record."""
 COSIGNATURE_PREFIX: Final = b"cosignature/v1\ntime "
@@ -107,17 +91,8 @@ COSIGNATURE_PREFIX: Final = b"cosignature/v1\ntime "
 _SIG_PREFIX: Final = "\u2014 ".encode()  # EM DASH + space opens every signature line
 _KEY_HASH_BYTES: Final = 4
 _TIMESTAMP_BYTES: Final = 8
-_ORIGIN_PREFIX: Final = "obus/"
 _KEY_NAME_PREFIX: Final = "obus/"
-# Kafka topic names: [a-zA-Z0-9._-], at most 249 characters.
-_ORIGIN_RE: Final = re.compile(
-    r"^obus/(?P<mandate>[a-z0-9][a-z0-9_-]{0,62})/(?P<topic>[A-Za-z0-9._-]{1,249})"
-    r"/(?P<partition>0|[1-9][0-9]{0,9})$"
-)
-_SIZE_RE: Final = re.compile(r"^(0|[1-9][0-9]*)$")
 _HEX8_RE: Final = re.compile(r"^[0-9a-fA-F]{8}$")
-_KIND_CHECKPOINT: Final = "checkpoint"
-_KIND_COSIGNATURE: Final = "cosignature"
 
 
 def _malformed(problem: str, **context: object) -> VerificationError:
@@ -380,149 +355,10 @@ def open_note(data: bytes, verifiers: VerifierIndex) -> OpenedNote:
     return OpenedNote(note.text, tuple(verified), tuple(unverified))
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def origin_for(mandate_id: str, topic: str, partition: int) -> str:
-    """The checkpoint origin of a report topic-partition: ``obus/<mandate>/<topic>/<p>``."""
-    return f"{_ORIGIN_PREFIX}{mandate_id}/{topic}/{partition}"
-
-
-def parse_origin(origin: str) -> tuple[str, str, int]:
-    """(mandate id, topic, partition) of an obus origin.
-
-    Raises:
-        VerificationError: ``CHECKPOINT_UNKNOWN_ORIGIN`` when it is not of that form.
-    """
-    m = _ORIGIN_RE.fullmatch(origin)
-    if m is None:
-        raise VerificationError(
-            Reason.CHECKPOINT_UNKNOWN_ORIGIN, f"origin {origin!r} is not obus/<mandate>/<t>/<p>"
-        )
-    return m["mandate"], m["topic"], int(m["partition"])
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """A tree head: origin, tree size and root hash (plus C2SP extension lines, if any)."""
-
-    origin: str
-    size: int
-    root: bytes
-    extensions: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.origin or "\n" in self.origin:
-            raise VerificationError(Reason.INVALID_FIELD, "checkpoint origin must be one line")
-        if type(self.size) is not int or not 0 <= self.size <= MAX_TREE_SIZE:
-            raise VerificationError(Reason.INVALID_FIELD, "checkpoint size must be a uint64")
-        if any(not e or "\n" in e for e in self.extensions):
-            raise VerificationError(Reason.INVALID_FIELD, "extension lines must be non-empty")
-
-    def text(self) -> bytes:
-        """The note text: origin, size and base64 root, each line newline-terminated."""
-        lines = [self.origin, str(self.size), base64.b64encode(self.root).decode()]
-        return ("\n".join([*lines, *self.extensions]) + "\n").encode()
-
-    @property
-    def partition_ref(self) -> tuple[str, int]:
-        """(topic, partition) named by an obus origin (``CHECKPOINT_UNKNOWN_ORIGIN`` if not)."""
-        _, topic, partition = parse_origin(self.origin)
-        return topic, partition
-
-
-def parse_checkpoint(text: bytes, *, hash_size: int | None = HASH_SIZE) -> Checkpoint:
-    """Parse checkpoint text (C2SP tlog-checkpoint; transparency-dev/formats semantics).
-
-    Args:
-        text: the note text, newline-terminated.
-        hash_size: required root length; None accepts any (as transparency-dev/formats does).
-
-    Raises:
-        VerificationError: ``MALFORMED`` when a line is missing, the origin is empty, the size is
-            not a canonical uint64, the root is not canonical base64 of ``hash_size`` bytes, or
-            an extension line is empty (C2SP: extension lines are non-empty).
-    """
-    try:
-        decoded = text.decode("utf-8", errors="strict")
-    except UnicodeDecodeError as exc:
-        raise VerificationError(Reason.MALFORMED, "checkpoint is not UTF-8") from exc
-    if not decoded.endswith("\n"):
-        raise VerificationError(Reason.MALFORMED, "checkpoint text must end with a newline")
-    lines = decoded[:-1].split("\n")
-    if len(lines) < 3:
-        raise VerificationError(Reason.MALFORMED, "checkpoint needs origin, size and root lines")
-    origin, size_s, root_s, *ext = lines
-    if not origin:
-        raise VerificationError(Reason.MALFORMED, "checkpoint origin is empty")
-    # 20 digits hold any uint64; the length check first keeps int() cheap on hostile input.
-    if len(size_s) > 20 or not _SIZE_RE.fullmatch(size_s) or int(size_s) > MAX_TREE_SIZE:
-        raise VerificationError(Reason.MALFORMED, f"checkpoint size {size_s[:30]!r} not a uint64")
-    try:
-        root = base64.b64decode(root_s, validate=True)
-    except ValueError as exc:  # binascii.Error, or non-ASCII text (found by make fuzz)
-        raise VerificationError(Reason.MALFORMED, "checkpoint root is not base64") from exc
-    if base64.b64encode(root).decode() != root_s:
-        raise VerificationError(Reason.MALFORMED, "checkpoint root is not canonical base64")
-    if hash_size is not None and len(root) != hash_size:
-        raise VerificationError(Reason.MALFORMED, f"checkpoint root must be {hash_size} bytes")
-    if any(not e for e in ext):
-        raise VerificationError(Reason.MALFORMED, "checkpoint extension lines must be non-empty")
-    return Checkpoint(origin, int(size_s), root, tuple(ext))
-
-
-def signed_checkpoint(checkpoint: Checkpoint, key: SigningKey, name: str) -> bytes:
-    """The record bytes of a checkpoint signed (type 0x01) by one node key."""
-    text = checkpoint.text()
-    return Note(text, (sign_note(text, key, name),)).encode()
-
-
-# ---------------------------------------------------------------------------------------------
-# Verification against the mandate's accredited node keys
-
-
-@dataclass(frozen=True, slots=True)
-class Attestation:
-    """One organization's verified signature on a checkpoint text.
-
-    ``kind`` is ``"checkpoint"`` (type 0x01, the publisher) or ``"cosignature"`` (type 0x04);
-    ``timestamp`` is the cosignature time in UNIX seconds (None for checkpoint signatures).
-    """
-
-    org: str
-    subject_id: str
-    key_id: bytes
-    kind: str
-    timestamp: int | None
-    line: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class VerifiedCheckpoint:
-    """A checkpoint note with at least one valid signature by an accredited node key."""
-
-    checkpoint: Checkpoint
-    mandate_id: str
-    topic: str
-    partition: int
-    attestations: tuple[Attestation, ...]
-
-    @property
-    def text(self) -> bytes:
-        """The checkpoint text every attestation signed."""
-        return self.checkpoint.text()
-
-    @property
-    def orgs(self) -> frozenset[str]:
-        """Distinct organizations that signed or cosigned this text."""
-        return frozenset(a.org for a in self.attestations)
-
-
 class NoteKeys:
     """Signed-note verifiers for every accredited key of a key ring, under its key name.
 
-    Every role is indexed so that a checkpoint signed by an observer key is refused as
+    Every role is indexed so that a seal signed by an observer key is refused as
     ``wrong_role`` rather than ignored. Build a new one after the key ring changes
     (:meth:`stale` tells).
     """
@@ -548,57 +384,8 @@ class NoteKeys:
         return len(self._keyring) != self._count
 
 
-def _attestation(acc: Accreditation, sig: NoteSignature, ts: int | None, kind: str) -> Attestation:
-    return Attestation(acc.org, acc.subject_id, acc.key_id, kind, ts, sig.line())
-
-
-def verify_checkpoint(
-    data: bytes,
-    keyring: KeyRing,
-    *,
-    at_ms: int,
-    seq: int,
-    keys: NoteKeys | None = None,
-) -> VerifiedCheckpoint:
-    """Verify a checkpoint record against the mandate's accredited node keys.
-
-    Args:
-        data: the record value (a signed note).
-        keyring: accreditations and revocations under the mandate.
-        at_ms: the broker's append time of the record (validity windows are judged at it).
-        seq: the record's offset on the checkpoints topic plus one (revocation cut-off).
-        keys: a prebuilt :class:`NoteKeys` index of ``keyring`` (rebuilt when None or stale).
-
-    Returns:
-        The checkpoint with one attestation per verified line.
-
-    Raises:
-        VerificationError: ``MALFORMED`` (note or checkpoint text), ``CHECKPOINT_UNKNOWN_ORIGIN``,
-            ``WRONG_MANDATE`` (origin names another mandate), ``BAD_SIGNATURE``,
-            ``UNKNOWN_KEY`` (no line by an accredited key), ``WRONG_ROLE``, ``KEY_EXPIRED``,
-            ``KEY_REVOKED``.
-    """
-    if keys is None or keys.stale():
-        keys = NoteKeys(keyring)
-    opened = open_note(data, keys.by_name_hash)
-    cp = parse_checkpoint(opened.text)
-    if cp.extensions:
-        raise VerificationError(Reason.MALFORMED, "obus checkpoints carry no extension lines")
-    mandate_id, topic, partition = parse_origin(cp.origin)
-    if mandate_id != keyring.mandate.mandate_id:
-        raise VerificationError(
-            Reason.WRONG_MANDATE, f"checkpoint for mandate {mandate_id!r}", origin=cp.origin
-        )
-    attestations: list[Attestation] = []
-    for verifier, sig, ts in opened.verified:
-        acc = keys.accreditation(verifier)
-        keyring.check_usable(acc, role=Role.NODE, at_ms=at_ms, seq=seq)
-        kind = _KIND_COSIGNATURE if verifier.sig_type == SIG_COSIGNATURE_V1 else _KIND_CHECKPOINT
-        attestations.append(_attestation(acc, sig, ts, kind))
-    return VerifiedCheckpoint(cp, mandate_id, topic, partition, tuple(attestations))
-
-
 def merge_notes(text: bytes, lines: Iterable[bytes]) -> bytes:
-    """One note carrying every distinct signature line of a text (checkpoint + cosignatures)."""
+    """One note carrying every distinct signature line of a text (a seal's proposer and
+    cosigners)."""
     unique = list(dict.fromkeys(lines))
     return text + b"\n" + b"".join(unique)

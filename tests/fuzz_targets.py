@@ -6,8 +6,8 @@ never raises at all. Shared by the Hypothesis tests (tests/unit/test_fuzz_invari
 long run (``make fuzz``, tests/fuzz/run.py).
 
 Seeds are valid inputs of each kind (a signed report, accreditation, mandate, receipt,
-checkpoint note, export lines, a report file, a policy), so mutations reach past the first
-length check.
+seal record, export lines, a report file, a policy), so mutations reach past the first length
+check.
 """
 
 from __future__ import annotations
@@ -30,19 +30,24 @@ from bus import (
     model,
     receipt,
     report_file,
+    seal,
     sealed,
     statement,
     trust,
 )
+from bus.epoch import GENESIS_DIGEST, PartitionSeal
 from bus.errors import BusError
 from bus.ingest import Accepted, Ingestor, Quarantined
 from bus.policy_file import parse_policy
 from bus.verify import ChainBook, verify_report
+from nodes.demo.scenario import node_subject
 from tests.mission import NOW_MS, make_mission, ref
 
 Target = Callable[[bytes], object]
 
 _M = make_mission()
+for _raw in _M.scenario.node_accreditations:  # node keys, so seal lines reach verification
+    _M.apply(model.Envelope.decode(_raw))
 _KEYRING = _M.keyring
 _MANDATE = _M.scenario.mandate
 # open_note with no known key: every signature is "unknown"
@@ -127,10 +132,11 @@ TARGETS: dict[str, Target] = {
     ),
     "note": checkpoint.parse_note,
     "open_note": lambda d: checkpoint.open_note(d, _NOTE_KEYS),
-    "checkpoint": checkpoint.parse_checkpoint,
-    "verify_checkpoint": lambda d: checkpoint.verify_checkpoint(d, _KEYRING, at_ms=NOW_MS, seq=1),
     "vkey": lambda d: checkpoint.parse_vkey(_text(d)),
-    "origin": lambda d: checkpoint.parse_origin(_text(d)),
+    "seal": seal.parse_seal,
+    "seal_record": seal.parse_seal_record,
+    "verify_seal": lambda d: seal.verify_seal(d, _KEYRING),
+    "withdrawal_record": seal.parse_withdrawal_record,
     "merkle_inclusion": _inclusion,
     "merkle_consistency": _consistency,
     "export_header": export.ExportHeader.decode,
@@ -168,9 +174,12 @@ def _seeds() -> dict[str, list[bytes]]:
     report = _M.next_report()
     acc_env = model.Envelope.decode(_M.scenario.accreditations[0])
     export_header = json.dumps({"format": "obus-log-export", "version": 1}).encode()
-    cp = checkpoint.Checkpoint(checkpoint.origin_for("jmm", "obus.reports.un", 0), 1, b"\1" * 32)
-    key = _M.scenario.observers[0].key
-    note = checkpoint.signed_checkpoint(cp, key, "un/un-obs-1")
+    proposal = seal.SealProposal(
+        _MANDATE.mandate_id, 1, NOW_MS, GENESIS_DIGEST,
+        {("obus.reports.un", 0): PartitionSeal(1, b"\1" * 32)},
+    )  # fmt: skip
+    node_key, node_name = _M.scenario.node_keys["un"], checkpoint.key_name("un", node_subject("un"))
+    note = seal.cosign_seal(proposal.text(), node_key, node_name, now_ms=NOW_MS)
     yaml_report = (
         b"category: shelling\nseverity: 3\nzone: north\nobserved_at: 2026-10-31T23:00:00Z\n"
         b"location: {lat: 48.2, lon: 38.0}\nnarrative: Impacts counted.\n"

@@ -1,10 +1,9 @@
-"""Signed notes, checkpoints and cosignatures: C2SP / Go vectors, then obus's own rules."""
+"""Signed notes and cosignatures (the layer under seals): C2SP / Go vectors, then obus's rules."""
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,9 @@ from hypothesis import strategies as st
 
 from bus.checkpoint import (
     SIG_COSIGNATURE_V1,
-    Checkpoint,
+    SIG_ED25519,
     Note,
+    NoteKeys,
     NoteSignature,
     Verifier,
     cosign,
@@ -26,22 +26,15 @@ from bus.checkpoint import (
     merge_notes,
     note_key_hash,
     open_note,
-    origin_for,
-    parse_checkpoint,
     parse_note,
-    parse_origin,
     parse_vkey,
     sign_note,
-    signed_checkpoint,
-    verify_checkpoint,
 )
 from bus.crypto import SigningKey
 from bus.errors import Reason, VerificationError
-from bus.merkle import MerkleTree
-from bus.model import Revocation, Role
-from bus.sign import sign_revocation
+from bus.model import Role
 from nodes.demo.scenario import demo_key
-from tests.mission import NOW_MS, Mission, make_mission
+from tests.mission import Mission, make_mission
 
 VECTORS = json.loads(
     (Path(__file__).resolve().parents[1] / "vectors" / "signed-note.json").read_text()
@@ -146,85 +139,48 @@ def test_every_open_case_is_covered() -> None:
     assert {c["id"] for c in VECTORS["note_open_cases"]} == set(OPEN_CASES)
 
 
-def test_sum_golang_org_checkpoint_with_witness_signatures() -> None:
+def test_sum_golang_org_note_with_extra_signatures() -> None:
+    """A real log's note with three more signers: every known line verifies; with only the
+    log's key known, the other lines are unverified and ignored."""
     case = VECTORS["checkpoints"][0]
-    opened = open_note(
-        case["with_extra_cosigner_signatures"].encode(), _index(case["verifier_keys"])
-    )
+    note = case["with_extra_cosigner_signatures"].encode()
+    opened = open_note(note, _index(case["verifier_keys"]))
     assert [v.name for v, _, _ in opened.verified] == [s["key_name"] for s in case["signatures"]]
-    cp = parse_checkpoint(opened.text)
-    assert (cp.origin, cp.size, cp.root.hex()) == (
-        case["origin"],
-        case["tree_size"],
-        case["root_hash_hex"],
-    )
-    assert cp.text() == case["text"].encode()
+    assert opened.text == case["text"].encode()
+    log_only = open_note(note, _index(case["verifier_keys"][:1]))
+    assert [v.name for v, _, _ in log_only.verified] == ["sum.golang.org"]
+    assert [s.name for s in log_only.unverified] == ["monkeys", "bananas", "witness"]
 
 
-def test_c2sp_checkpoint_and_cosignature_examples_parse() -> None:
-    """The C2SP examples publish no keys: their layout is checked, not their signatures."""
-    cp_case, cosig_case = VECTORS["checkpoints"][1], VECTORS["checkpoints"][2]
-    note = parse_note(cp_case["checkpoint"].encode())
-    cp = parse_checkpoint(note.text)
-    assert (cp.origin, cp.size, base64.b64encode(cp.root).decode()) == (
-        cp_case["origin"],
-        cp_case["tree_size"],
-        cp_case["root_hash_b64"],
-    )
-    note = parse_note(cosig_case["checkpoint"].encode())
+def test_c2sp_example_note_round_trips() -> None:
+    case = VECTORS["checkpoints"][1]
+    note = parse_note(case["checkpoint"].encode())
+    assert note.text == case["text"].encode()
+    assert note.encode() == case["checkpoint"].encode()
+
+
+def test_c2sp_cosignature_example_layout() -> None:
+    """The C2SP examples publish no keys: the layout of their lines is checked, not their
+    signatures (a type 0x04 line is a vote on a seal)."""
+    case = VECTORS["checkpoints"][2]
+    note = parse_note(case["checkpoint"].encode())
+    assert note.text == case["text"].encode()
     witness = note.signatures[1]
-    want = cosig_case["signatures"][1]
+    want = case["signatures"][1]
     assert witness.name == want["key_name"]
     assert witness.key_hash.hex() == want["key_id_hex"]
     assert witness.timestamp == want["cosignature_v1_timestamp"]
     assert witness.body[8:].hex() == want["ed25519_signature_hex"]
     assert (
         cosignature_message(note.text, want["cosignature_v1_timestamp"]).decode()
-        == cosig_case["cosignature_v1_signed_message"]
+        == case["cosignature_v1_signed_message"]
     )
-    assert note.encode() == cosig_case["checkpoint"].encode()
+    assert note.encode() == case["checkpoint"].encode()
 
 
-# transparency-dev/formats accepts roots of any length and empty extension lines; obus pins
-# 32-byte roots by default, and follows C2SP (extension lines are non-empty) on the second.
-C2SP_DEVIATIONS = {"Log\n9944\ndGhlIHZpZXcgZnJvbSB0aGUgdHJlZSB0b3BzIGlzIGdyZWF0IQ==\n\n\n\n"}
+# -- obus: node keys under their note names ----------------------------------------------------
 
-
-@pytest.mark.parametrize(
-    "case", VECTORS["checkpoint_text_parsing"]["cases"], ids=lambda c: repr(c["input"])[:40]
-)
-def test_checkpoint_text_parsing(case: dict[str, Any]) -> None:
-    text = case["input"].encode()
-    if case["expected"].startswith("accept") and case["input"] not in C2SP_DEVIATIONS:
-        cp = parse_checkpoint(text, hash_size=None)
-        if "origin" in case:
-            assert (cp.origin, cp.size) == (case["origin"], case["size"])
-            assert base64.b64encode(cp.root).decode() == case["hash_b64"]
-        rest = "".join(f"{e}\n" for e in cp.extensions)
-        assert rest == case.get("rest", rest)
-        assert cp.text() == text
-    else:
-        with pytest.raises(VerificationError) as exc:
-            parse_checkpoint(text, hash_size=None)
-        assert exc.value.reason is Reason.MALFORMED
-
-
-def test_checkpoint_text_rules_beyond_the_vectors() -> None:
-    root = base64.b64encode(bytes(32)).decode()
-    for bad in (
-        f"o\n007\n{root}\n",  # leading zero: one checkpoint, one byte form
-        f"o\n18446744073709551616\n{root}\n",  # 2**64
-        f"o\n1\n{root[:-1]}A=\n",  # non-canonical base64 of the same bytes
-        "o\n1\nYmFuYW5hcw==\n",  # not 32 bytes
-        f"o\n1\n{root}",  # no final newline
-        "o\n" + "9" * 5000 + f"\n{root}\n",  # huge number refused before int()
-    ):
-        with pytest.raises(VerificationError) as exc:
-            parse_checkpoint(bad.encode())
-        assert exc.value.reason is Reason.MALFORMED, bad[:40]
-
-
-# -- obus checkpoints ----------------------------------------------------------------------
+TEXT = b"obus-seal/v1/jmm-2026\n1\n1\n1793491200000\n" + base64.b64encode(bytes(32)) + b"\n"
 
 
 def _mission_with_nodes() -> tuple[Mission, dict[str, SigningKey]]:
@@ -236,49 +192,78 @@ def _mission_with_nodes() -> tuple[Mission, dict[str, SigningKey]]:
     return m, keys
 
 
-def _checkpoint(m: Mission, size: int = 3, root: bytes | None = None) -> Checkpoint:
-    tree = MerkleTree()
-    for i in range(size):
-        tree.append(b"record %d" % i)
-    origin = origin_for(m.mandate_id, "obus.reports.un", 0)
-    return Checkpoint(origin, size, tree.root() if root is None else root)
-
-
-def test_origin_round_trip_and_refusals() -> None:
-    assert parse_origin(origin_for("jmm-2026", "obus.reports.un", 2)) == (
-        "jmm-2026",
-        "obus.reports.un",
-        2,
-    )
-    for bad in ("go.sum database tree", "obus/jmm/obus.reports.un/01", "obus/JMM/t/0", "obus/j/t/"):
-        with pytest.raises(VerificationError) as exc:
-            parse_origin(bad)
-        assert exc.value.reason is Reason.CHECKPOINT_UNKNOWN_ORIGIN
-
-
-def test_checkpoint_signed_and_cosigned_by_accredited_node_keys() -> None:
+def test_note_keys_index_every_accredited_key_under_both_types() -> None:
     m, keys = _mission_with_nodes()
-    cp = _checkpoint(m)
-    record = signed_checkpoint(cp, keys["un"], key_name("un", "un-node"))
-    vc = verify_checkpoint(record, m.keyring, at_ms=NOW_MS, seq=1)
-    assert vc.checkpoint == cp
-    assert (vc.topic, vc.partition, vc.mandate_id) == ("obus.reports.un", 0, m.mandate_id)
-    assert [(a.org, a.kind, a.timestamp) for a in vc.attestations] == [("un", "checkpoint", None)]
+    index = NoteKeys(m.keyring)
+    name = key_name("un", "un-node")
+    assert name == "obus/un/un-node"
+    for sig_type in (SIG_ED25519, SIG_COSIGNATURE_V1):
+        v = index.by_name_hash[(name, note_key_hash(name, sig_type, keys["un"].public_key))]
+        assert (v.sig_type, v.public_key) == (sig_type, keys["un"].public_key)
+        assert index.accreditation(v).key_id == keys["un"].key_id
+    obs_id, obs_key = m.observer("un", 1)
+    obs_name = key_name("un", obs_id)
+    obs = index.by_name_hash[(obs_name, note_key_hash(obs_name, SIG_ED25519, obs_key.public_key))]
+    assert index.accreditation(obs).role is Role.OBSERVER  # indexed, so refused as wrong_role
+    assert not index.stale()
+    m.accredit("sco-node", "sco", demo_key("test:node:sco"), Role.NODE)
+    assert index.stale()
 
-    text = cp.text()
+
+def test_signed_and_cosigned_lines_merge_and_verify() -> None:
+    m, keys = _mission_with_nodes()
+    index = NoteKeys(m.keyring).by_name_hash
+    proposer = sign_note(TEXT, keys["un"], key_name("un", "un-node"))
     cosigs = [
-        cosign(text, keys[o], key_name(o, f"{o}-node"), 1_793_491_200 + i)
+        cosign(TEXT, keys[o], key_name(o, f"{o}-node"), 1_793_491_200 + i)
         for i, o in enumerate(("osce", "eu"))
     ]
-    one = Note(text, (cosigs[0],)).encode()
-    vc1 = verify_checkpoint(one, m.keyring, at_ms=NOW_MS, seq=2)
-    assert [(a.org, a.kind, a.timestamp) for a in vc1.attestations] == [
-        ("osce", "cosignature", 1_793_491_200)
-    ]
     merged = merge_notes(
-        text, [parse_note(record).signatures[0].line(), *(c.line() for c in cosigs)]
+        TEXT, [proposer.line(), cosigs[0].line(), proposer.line(), cosigs[1].line()]
     )
-    assert verify_checkpoint(merged, m.keyring, at_ms=NOW_MS, seq=3).orgs == {"un", "osce", "eu"}
+    assert merged.count(proposer.line()) == 1  # a repeated line is kept once
+    opened = open_note(merged, index)
+    assert opened.text == TEXT
+    assert [(v.name, v.sig_type, ts) for v, _, ts in opened.verified] == [
+        ("obus/un/un-node", SIG_ED25519, None),
+        ("obus/osce/osce-node", SIG_COSIGNATURE_V1, 1_793_491_200),
+        ("obus/eu/eu-node", SIG_COSIGNATURE_V1, 1_793_491_201),
+    ]
+
+
+def test_note_refusals_table() -> None:
+    m, keys = _mission_with_nodes()
+    index = NoteKeys(m.keyring).by_name_hash
+    name = key_name("un", "un-node")
+    good = Note(TEXT, (sign_note(TEXT, keys["un"], name),)).encode()
+    flipped = bytearray(good)
+    flipped[-10] ^= 1  # inside the base64 of the signature
+    cos = cosign(TEXT, keys["osce"], key_name("osce", "osce-node"), 7)
+    short = NoteSignature(cos.name, cos.key_hash, cos.body[:-1])
+    other_time = NoteSignature(cos.name, cos.key_hash, (8).to_bytes(8, "big") + cos.body[8:])
+    bad_line = parse_note(bytes(flipped)).signatures[0]
+    cases: dict[str, tuple[bytes, Reason]] = {
+        "not a note": (b"hello", Reason.MALFORMED),
+        "bad signature by a node key": (bytes(flipped), Reason.BAD_SIGNATURE),
+        "unaccredited key": (
+            Note(TEXT, (sign_note(TEXT, demo_key("rogue"), name),)).encode(),
+            Reason.UNKNOWN_KEY,
+        ),
+        "key under another org's name": (
+            Note(TEXT, (sign_note(TEXT, keys["osce"], name),)).encode(),
+            Reason.UNKNOWN_KEY,
+        ),
+        "cosignature of the wrong length": (Note(TEXT, (short,)).encode(), Reason.BAD_SIGNATURE),
+        "cosignature over another time": (Note(TEXT, (other_time,)).encode(), Reason.BAD_SIGNATURE),
+        "a known key's bad line after a good one": (
+            Note(TEXT, (cos, bad_line)).encode(),
+            Reason.BAD_SIGNATURE,
+        ),
+    }
+    for label, (record, reason) in cases.items():
+        with pytest.raises(VerificationError) as exc:
+            open_note(record, index)
+        assert exc.value.reason is reason, label
 
 
 def test_cosignature_key_hash_differs_from_the_note_key_hash() -> None:
@@ -288,83 +273,28 @@ def test_cosignature_key_hash_differs_from_the_note_key_hash() -> None:
     )
 
 
-def _reject(m: Mission, record: bytes, reason: Reason, **kw: int) -> None:
-    at_ms = kw.get("at_ms", NOW_MS)
-    with pytest.raises(VerificationError) as exc:
-        verify_checkpoint(record, m.keyring, at_ms=at_ms, seq=kw.get("seq", 1))
-    assert exc.value.reason is reason
-
-
-def test_checkpoint_refusals_table() -> None:
-    m, keys = _mission_with_nodes()
-    cp = _checkpoint(m)
-    name = key_name("un", "un-node")
-    good = signed_checkpoint(cp, keys["un"], name)
-    _, obs_key = m.observer("un", 1)
-    obs_name = key_name("un", m.observer("un", 1)[0])
-    flipped = bytearray(good)
-    flipped[-10] ^= 1  # inside the base64 of the signature
-    other_mandate = dataclasses.replace(cp, origin=origin_for("other", "obus.reports.un", 0))
-    cases: dict[str, tuple[bytes, Reason]] = {
-        "not a note": (b"hello", Reason.MALFORMED),
-        "bad signature by a node key": (bytes(flipped), Reason.BAD_SIGNATURE),
-        "unaccredited key": (signed_checkpoint(cp, demo_key("rogue"), name), Reason.UNKNOWN_KEY),
-        "key under another org's name": (
-            signed_checkpoint(cp, keys["osce"], name),
-            Reason.UNKNOWN_KEY,
-        ),
-        "observer key": (signed_checkpoint(cp, obs_key, obs_name), Reason.WRONG_ROLE),
-        "another mandate": (
-            signed_checkpoint(other_mandate, keys["un"], name),
-            Reason.WRONG_MANDATE,
-        ),
-        "not an obus origin": (
-            signed_checkpoint(dataclasses.replace(cp, origin="example.com/log"), keys["un"], name),
-            Reason.CHECKPOINT_UNKNOWN_ORIGIN,
-        ),
-        "extension line": (
-            signed_checkpoint(dataclasses.replace(cp, extensions=("x",)), keys["un"], name),
-            Reason.MALFORMED,
-        ),
-        "root not 32 bytes": (
-            signed_checkpoint(dataclasses.replace(cp, root=b"short"), keys["un"], name),
-            Reason.MALFORMED,
-        ),
-    }
-    for label, (record, reason) in cases.items():
-        with pytest.raises(VerificationError) as exc:
-            verify_checkpoint(record, m.keyring, at_ms=NOW_MS, seq=1)
-        assert exc.value.reason is reason, label
-    _reject(m, good, Reason.KEY_EXPIRED, at_ms=m.scenario.mandate.not_after_ms + 1)
-
-
-def test_node_key_revocation_counts_from_a_checkpoints_topic_position() -> None:
-    m, keys = _mission_with_nodes()
-    record = signed_checkpoint(_checkpoint(m), keys["un"], key_name("un", "un-node"))
-    rev = Revocation("un", keys["un"].key_id, 10, NOW_MS, "lost", 1, m.mandate_id)
-    m.apply(sign_revocation(rev, m.scenario.org_roots["un"]))
-    assert verify_checkpoint(record, m.keyring, at_ms=NOW_MS, seq=10).orgs == {"un"}
-    _reject(m, record, Reason.KEY_REVOKED, seq=11)
+def test_cosignature_time_must_be_a_uint64() -> None:
+    for bad in (-1, 2**64):
+        with pytest.raises(ValueError, match="uint64"):
+            cosign(TEXT, demo_key("k"), "obus/un/un-node", bad)
 
 
 def test_a_line_by_an_unknown_key_is_ignored_next_to_a_good_one() -> None:
     m, keys = _mission_with_nodes()
-    cp = _checkpoint(m)
-    text = cp.text()
-    lines = [
-        sign_note(text, demo_key("stranger"), "example.com/stranger"),
-        sign_note(text, keys["un"], key_name("un", "un-node")),
-    ]
-    vc = verify_checkpoint(Note(text, tuple(lines)).encode(), m.keyring, at_ms=NOW_MS, seq=1)
-    assert vc.orgs == {"un"}
+    lines = (
+        sign_note(TEXT, demo_key("stranger"), "example.com/stranger"),
+        sign_note(TEXT, keys["un"], key_name("un", "un-node")),
+    )
+    opened = open_note(Note(TEXT, lines).encode(), NoteKeys(m.keyring).by_name_hash)
+    assert [v.name for v, _, _ in opened.verified] == ["obus/un/un-node"]
+    assert opened.unverified == (lines[0],)
 
 
 @settings(max_examples=300, deadline=None)
 @given(data=st.binary(max_size=400) | st.text(max_size=300).map(str.encode))
-def test_any_bytes_verify_or_raise_verification_error(data: bytes) -> None:
-    m, _ = FUZZ_MISSION
+def test_any_bytes_open_or_raise_verification_error(data: bytes) -> None:
     with contextlib.suppress(VerificationError):  # anything else fails the test
-        verify_checkpoint(data, m.keyring, at_ms=NOW_MS, seq=1)
+        open_note(data, FUZZ_INDEX)
 
 
 @settings(max_examples=200, deadline=None)
@@ -381,9 +311,8 @@ def test_any_bytes_verify_or_raise_verification_error(data: bytes) -> None:
     )
 )
 def test_structurally_valid_notes_parse_back(lines: list[NoteSignature]) -> None:
-    m, _ = FUZZ_MISSION
-    note = Note(_checkpoint(m).text(), tuple(lines))
+    note = Note(TEXT, tuple(lines))
     assert parse_note(note.encode()) == note
 
 
-FUZZ_MISSION = _mission_with_nodes()
+FUZZ_INDEX = NoteKeys(_mission_with_nodes()[0].keyring).by_name_hash

@@ -2,7 +2,7 @@
 
 The targets (tests/fuzz_targets.py) cover every decoder and verifier of bus/: envelopes,
 reports, mandates, accreditations, revocations, receipts, sealed reports, encryption keys,
-decisions, statements, checkpoints and signed notes, Merkle proofs, log exports, mandate
+decisions, statements, seals and signed notes, Merkle proofs, log exports, mandate
 ceremony files, report files and policies. Inputs are random bytes or mutated valid seeds
 (bit flips, cuts, insertions, truncation), so they get past the first length check. The long
 run of the same targets is ``make fuzz``.
@@ -56,7 +56,7 @@ REGRESSIONS = {
     "yaml_unhashable_key": ("report_file_yaml", b"? [a, b]\n: 1\n"),
     "yaml_deep_nesting": ("report_file_yaml", b"[" * 50_000),
     "json_deep_nesting": ("report_file_json", b"[" * 50_000),
-    "checkpoint_root_not_ascii": ("checkpoint", "o/x/0\n1\nAQE\u2014\n".encode()),
+    "seal_root_not_ascii": ("seal", "obus-seal/v1/jmm\n1\n1\n1\nAQE\u2014\n".encode()),
     "vkey_not_ascii": ("vkey", "un/un-obs-1+01234567+AQ\u2014".encode()),
 }
 

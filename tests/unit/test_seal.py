@@ -19,21 +19,19 @@ from hypothesis import strategies as st
 
 from bus import crypto
 from bus.checkpoint import (
-    Checkpoint,
     Note,
     NoteSignature,
     cosign,
+    cosignature_message,
     key_name,
     parse_note,
     sign_note,
-    signed_checkpoint,
-    verify_checkpoint,
 )
 from bus.crypto import SigningKey, pae
 from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
 from bus.errors import BusError, Reason, VerificationError
 from bus.merkle import MerkleTree
-from bus.model import Accreditation, Envelope, Mandate, Revocation, Role
+from bus.model import PAYLOAD_REPORT, Accreditation, Envelope, Mandate, Revocation, Role
 from bus.seal import (
     MAX_ROUND,
     MAX_SEAL_PARTITIONS,
@@ -45,6 +43,7 @@ from bus.seal import (
     RecordVerdict,
     SealChain,
     SealProposal,
+    SealWithdrawal,
     TreeView,
     check_successor,
     cosign_seal,
@@ -55,6 +54,7 @@ from bus.seal import (
     parse_seal,
     parse_seal_record,
     sign_proposal,
+    sign_withdrawal,
     verify_seal,
 )
 from bus.sign import sign_accreditation, sign_revocation
@@ -372,10 +372,8 @@ def test_record_bounds() -> None:
             Reason.MALFORMED,
         ),
         "line not a signature": (p.text() + b"\nhello\n", Reason.MALFORMED),
-        "text is a checkpoint": (
-            signed_checkpoint(
-                Checkpoint("obus/jmm-2026/obus.reports.un/0", 1, bytes(32)), node_key(UN), name(UN)
-            ),
+        "text is a withdrawal": (
+            sign_withdrawal(SealWithdrawal(MID, 1, 1), node_key(UN), name(UN), now_ms=NOW_MS),
             Reason.MALFORMED,
         ),
     }
@@ -387,23 +385,39 @@ def test_record_bounds() -> None:
 
 
 def test_seal_signatures_never_serve_another_use() -> None:
-    """A node key signs DSSE envelopes, checkpoints and seals: the signed bytes start apart."""
-    p = seal()
-    assert p.text().startswith(b"obus-seal/v1/")
-    assert pae("application/x", b"").startswith(b"DSSEv1 ")
-    with pytest.raises(VerificationError) as exc:
-        verify_checkpoint(proposed(p, UN), KR, at_ms=NOW_MS, seq=1)
-    assert exc.value.reason in (Reason.MALFORMED, Reason.CHECKPOINT_UNKNOWN_ORIGIN)
-    # A checkpoint line moved under a seal text does not verify there.
-    cp = signed_checkpoint(
-        Checkpoint("obus/jmm-2026/obus.reports.un/0", 1, bytes(32)), node_key(UN), name(UN)
-    )
-    forged = p.text() + b"\n" + line_of(cp)
-    assert verify_seal(forged, KR).refused == ()  # a type 0x01 line is no vote: never tried
-    # Nor does a checkpoint's cosignature moved under a seal text.
-    cp_text = parse_note(cp).text
-    forged = Note(p.text(), (cosign(cp_text, node_key(UN), name(UN), NOW_MS // 1000),)).encode()
-    assert verify_seal(forged, KR).refused == ((name(UN), Reason.BAD_SIGNATURE),)
+    """A node key signs DSSE envelopes, seal texts (type 0x01) and cosignatures (type 0x04): the
+    signed bytes start apart (``DSSEv1 ``, ``obus-seal/v1/``, ``cosignature/v1``), so a signature
+    made for one use never verifies for another, even over the same text."""
+    p, key, t = seal(), node_key(UN), NOW_MS // 1000
+    text = p.text()
+    dsse = pae(PAYLOAD_REPORT, text)  # an envelope whose payload is the seal text itself
+    assert text.startswith(b"obus-seal/v1/")
+    assert dsse.startswith(b"DSSEv1 ")
+    assert cosignature_message(text, t).startswith(b"cosignature/v1\ntime ")
+    vote = cosign(text, key, name(UN), t)
+    assert verify_seal(Note(text, (vote,)).encode(), KR).orgs == {UN}  # the genuine vote
+
+    def as_vote(signature: bytes) -> bytes:
+        line = NoteSignature(vote.name, vote.key_hash, t.to_bytes(8, "big") + signature)
+        return Note(text, (line,)).encode()
+
+    refused = ((name(UN), Reason.BAD_SIGNATURE),)
+    # An envelope's signature, or the proposer's note signature of the very text, is no vote.
+    assert verify_seal(as_vote(key.sign(dsse)), KR).refused == refused
+    assert verify_seal(as_vote(sign_note(text, key, name(UN)).body), KR).refused == refused
+    # A vote for another text (the next epoch's seal, a withdrawal) moved under this one.
+    for other in (
+        successor(p).text(),
+        parse_note(sign_withdrawal(SealWithdrawal(MID, 1, 1), key, name(UN), now_ms=NOW_MS)).text,
+    ):
+        assert verify_seal(as_vote(cosign(other, key, name(UN), t).body[8:]), KR).refused == refused
+    # And the other way round: the vote verifies neither as an envelope nor as a note signature.
+    for message in (dsse, text):
+        with pytest.raises(VerificationError) as exc:
+            crypto.verify(key.public_key, message, vote.body[8:])
+        assert exc.value.reason is Reason.BAD_SIGNATURE
+    # A type 0x01 line is no vote: under a seal text it is never tried.
+    assert verify_seal(text + b"\n" + sign_note(text, key, name(UN)).line(), KR).refused == ()
 
 
 _SEED_RECORDS = [proposed(seal(), UN), merged(successor(seal()), ORGS)]
