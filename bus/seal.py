@@ -15,6 +15,7 @@ Every record value is one C2SP *signed note* (``signed-note.md``, parsed as in
     <t_e>\\n                                the seal's time, UNIX milliseconds
     <prev>\\n                               base64 of the final seal of epoch-1's digest
     <topic> <partition> <size> <root>\\n    one line per sealed partition (0 to 2048)
+    accreditation <base64>\\n               epoch 1 only: a carried node accreditation (0 to 256)
     \\n                                     a blank line ends the text
     \u2014 <key name> <base64(key hash || signature body)>\\n     1 to 100 signature lines
 
@@ -29,6 +30,10 @@ Every record value is one C2SP *signed note* (``signed-note.md``, parsed as in
   value counts as empty bytes), separated by one space each. Lines are sorted by topic (bytes)
   then partition (number), each partition at most once. A partition with no record is not
   listed, so one state of the log has exactly one text per round.
+* A carried line (epoch 1 only, after every partition line): ``accreditation``, one space and
+  the canonical standard padded base64 of one registry record's exact bytes (1 to
+  :data:`MAX_CARRIED_RECORD_BYTES`); lines sorted (ASCII), each once, at most
+  :data:`MAX_CARRIED`. A text of a later epoch with such a line is malformed. See "Seal 1".
 * No other byte: no control character but the newlines, no blank line inside the text, no
   trailing space. The signature lines take at most :data:`MAX_SIGNATURE_BLOCK_BYTES` (lines by
   keys named otherwise could never count) and the record at most :data:`MAX_SEAL_RECORD_BYTES`.
@@ -58,9 +63,10 @@ withdrawal text, or the reverse, does not verify).
 
 Which signatures count (:func:`verify_seal`, :class:`SealChain`)
 -----------------------------------------------------------------
-The trust state of a seal of epoch *e* is the key ring in force for epoch *e*: the mandate and
-registry as of the final seal of epoch *e-1* (trust records logged in an epoch take effect from
-the next). The caller supplies it per proposal (:data:`TrustFor`). Only cosignature lines (type
+The trust state of a seal of epoch *e >= 2* is the key ring in force for epoch *e*: the
+mandate and registry as of the final seal of epoch *e-1* (trust records logged in an epoch take
+effect from the next); that of an epoch-1 text is the one it carries ("Seal 1"). The caller
+supplies it per proposal (:data:`TrustFor`). Only cosignature lines (type
 ``0x04``) are judged; a type ``0x01`` line is skipped like a line by an unknown key. A
 cosignature counts only when its key is accredited there with role ``NODE`` by an organization
 of that mandate, inside the accreditation's validity window at *t_e*, and not revoked **at an
@@ -88,7 +94,8 @@ in round 1 from the record that made epoch *e-1* final (from the start for epoch
 opens at the record that made round *r* **dead** (below). A record for an epoch already final
 (``seal_epoch_final``) or not yet open (``seal_epoch_ahead``), or for a round of the open epoch
 that is dead (``seal_round_closed``) or not yet open (``seal_round_ahead``), is ignored and
-counted, never verified. In the open round:
+counted, never verified for finality (another text of the newest final epoch is verified for
+the fork watch only, "Forks"). In the open round:
 
 * an organization's **first** counted cosignature in the round (in topic order, on any text
   of that epoch and round, valid or not) is its **vote** in the round; a cosignature on another
@@ -188,6 +195,56 @@ proposer's turn (below). A round also stays open while some text could still rea
 the votes of organizations that have not voted: when they stay silent (their nodes down, or a
 dishonest minority that withholds its votes after splitting the honest ones), the voters'
 withdrawals end it ("Withdrawals", (b)).
+
+Seal 1
+------
+Before any epoch the root mandate accredits no node key, so the first seal's votes need a trust
+state no final seal has fixed yet. An epoch-1 text therefore **carries** the node accreditations
+it relies on, inside its signed text (the carried lines), and its votes are counted under the
+root mandate plus those records (:func:`carried_trust`), verified and applied with exactly the
+judge's rules for registry records (:class:`bus.judge.FinalJudge`: signed by the
+organization's root key in the root mandate, for a subject in its namespace, role ``NODE``,
+the first accreditation of a key wins; the window is judged at *t_e* like every vote). That is
+a function of the text alone: no reader waits on the log to count seal-1 votes, so a proposal
+claiming registry records that will never exist (any organization may write the seals topic)
+costs every reader one verdict and nothing else. Revocations logged in epoch 1, like every
+trust record, take effect from epoch 2: they never enter seal 1's trust.
+
+*The honest set* (:func:`node_accreditations`): the registry records of the prefix the text
+seals that the judge applies as accreditations with role ``NODE``, each once, at most
+:data:`MAX_CARRIED_RECORD_BYTES` long, each organization's first
+``min(MAX_CARRIED_PER_ORG, max(1, MAX_CARRIED // n))`` in the judge's order (so one
+organization that accredits hundreds of node keys takes only its own places, never another's).
+The proposer carries it (:func:`make_proposal`); a witness cosigns an epoch-1 text only once it
+has read every partition the text seals up to its size (it waits until then, as for any seal)
+and the carried set is exactly the one it computes from that prefix (else
+``seal_carried_trust_mismatch``, :func:`decide_cosign`). So a final seal 1, holding at least one
+honest vote whenever fewer than *k* organizations are dishonest, carries the sealed registry's
+node accreditations. When epoch 1 is judged (its roots checked), every reader compares the
+final text's carried set with the sealed prefix (:mod:`bus.bus_reader`) and names a mismatch
+(``seal_carried_trust_mismatch``); the final seal stands: *k* organizations signed it, and
+finality is a function of the seals topic alone.
+
+Forks
+-----
+A reader names a fork (:class:`SealAlarm`, ``seal_fork``, on the verdict of the record that
+completed the evidence, and in :attr:`SealChain.alarms`) when it sees *k* organizations' votes
+(cosignatures that count under the trust state of the text) on
+
+* a text of the open round of the open epoch whose ``<prev>`` is not its own final seal's
+  digest (``seal_wrong_prev``: no honest witness signs one, so *k* of them mean a second
+  history; "Withdrawals", (c)); or
+* another text of its newest final epoch (two final-looking texts for one epoch). Records of
+  that epoch are no longer counted for finality; their lines are verified for this watch only,
+  under the trust state that made the epoch final, at most one try per key and record and on
+  at most eight texts per organization (work and memory stay bounded whatever a hostile
+  organization writes). After a restart from a final seal the watch starts at the next final
+  seal (the trust state of the one restarted from is not at hand).
+
+The alarm keeps both notes: this reader's final seal (its text with the lines that made it
+final here) and the other text with the *k* lines; anyone can verify them again. Texts of
+other rounds of the open epoch, or of older epochs, are not watched: the two sides of a fork
+number rounds apart, and the next epoch's texts of the other side carry the evidence again.
 
 Withdrawals
 -----------
@@ -1155,14 +1212,13 @@ Called with a proposal of the open epoch and round. For epoch *e >= 2* it return
 in force for *e*: the mandate and registry records up to the sizes of the final seal of *e-1*,
 the same object for every proposal of that epoch, whatever its round (the chain relies on it to
 bound who could still vote on a text not signed yet). Before the first seal no trust record has
-taken effect and the mandate alone accredits no node key, so for epoch 1 the caller chooses a
-rule every reader applies alike, e.g. the mandate plus the registry records the proposal itself
-seals (a function of the proposal and the log, which is why the proposal is passed, not the
-epoch; the chain then counts every organization of the mandate as able to vote on a text not
-signed yet). What it returns for a proposal must never change afterwards (a later trust record
-must go into another key ring), or readers that asked at different moments would count
-different signatures. Returning None makes the chain wait on that record (and every record
-after it) until :meth:`SealChain.resume`.
+taken effect and the mandate alone accredits no node key, so for epoch 1 it returns the trust
+the text carries (:func:`carried_trust`, module docstring "Seal 1": a function of the text,
+which is why the proposal is passed, not the epoch; the chain then counts every organization of
+the mandate as able to vote on a text not signed yet). What it returns for a proposal must
+never change afterwards (a later trust record must go into another key ring), or readers that
+asked at different moments would count different signatures. Returning None makes the chain
+wait on that record (and every record after it) until :meth:`SealChain.resume`.
 """
 
 
