@@ -397,19 +397,26 @@ class OrgNode:
         outcomes: list[Outcome] = []
         touched: dict[tuple[str, int], int] = {}
         started: dict[tuple[str, int], int] = {}
-        for tp, records in batch.items():
-            org = self.config.topics.org_of_report_topic(tp.topic)
-            key = (tp.topic, tp.partition)
+        judge, org_of = self.ingestor.judge, self.config.topics.org_of_report_topic
+        for tp, fetched in batch.items():
+            topic, partition = tp.topic, tp.partition
+            key = (topic, partition)
             start = self._positions.get(key, 0)
-            for rec in records:
-                if rec.offset < start:
-                    continue  # stored before a crash or rebalance: never store twice
-                # The broker's timestamp is stored as information; no verdict reads it.
-                ref = RecordRef(tp.topic, tp.partition, rec.offset, rec.timestamp, rec.key)
-                outcomes.append(self.ingestor.judge(ref, rec.value, org))
-                touched[key] = rec.offset + 1
-            if key in touched:
-                started[key] = start
+            # A fetch returns each partition's records in offset order: what was stored before
+            # a crash or rebalance is a prefix of them, skipped (never stored twice).
+            if not fetched or fetched[-1].offset < start:
+                continue
+            records = fetched
+            if records[0].offset < start:
+                records = [r for r in fetched if r.offset >= start]
+            org = org_of(topic)
+            # The broker's timestamp is stored as information; no verdict reads it.
+            outcomes.extend(
+                judge(RecordRef(topic, partition, r.offset, r.timestamp, r.key), r.value, org)
+                for r in records
+            )
+            touched[key] = records[-1].offset + 1
+            started[key] = start
         self.ingestor.preverified = frozenset()
         if not touched:
             return
@@ -478,22 +485,21 @@ class OrgNode:
         self._stored.update(inflight.touched)
         self.counts["quarantine_over_quota"] += len(charge.unkept)
         self.counts["quarantine_quota_alarms"] += len(charge.exceeded)  # the store logged each
-        for o in outcomes:
-            if isinstance(o, Quarantined):
-                self.counts["quarantined"] += 1
-                self._log.warning(
-                    "record_quarantined",
-                    topic=o.ref.topic,
-                    partition=o.ref.partition,
-                    offset=o.ref.offset,
-                    reason=o.reason,
-                    detail=o.detail[:MAX_DETAIL_CHARS],
-                    size=o.value_size,
-                    sha256=o.value_sha256.hex(),
-                    over_quota=(o.ref.topic, o.ref.partition, o.ref.offset) in charge.unkept,
-                )
-            else:
-                self.counts["accepted"] += 1
+        quarantined = [o for o in outcomes if isinstance(o, Quarantined)]
+        self.counts["quarantined"] += len(quarantined)
+        self.counts["accepted"] += len(outcomes) - len(quarantined)
+        for o in quarantined:
+            self._log.warning(
+                "record_quarantined",
+                topic=o.ref.topic,
+                partition=o.ref.partition,
+                offset=o.ref.offset,
+                reason=o.reason,
+                detail=o.detail[:MAX_DETAIL_CHARS],
+                size=o.value_size,
+                sha256=o.value_sha256.hex(),
+                over_quota=(o.ref.topic, o.ref.partition, o.ref.offset) in charge.unkept,
+            )
         self._log.debug("batch_stored", records=len(outcomes), **self.counts)
         await self._commit_offsets()
         return True
