@@ -1468,6 +1468,8 @@ class _Watched:
     votes: dict[str, SealSignature] = field(default_factory=dict)
 
 
+_NOT_FOLLOWING: Final = "does not follow"
+_ANOTHER: Final = "is another than"
 _MAX_WATCHED_PER_ORG: Final = 8
 """Texts of the newest final epoch one organization's lines are verified on (fork watch)."""
 
@@ -1645,7 +1647,10 @@ class SealChain:
             )
         if p.round != open_.round:
             reason = Reason.SEAL_ROUND_CLOSED if p.round < open_.round else Reason.SEAL_ROUND_AHEAD
-            return RecordVerdict(offset, Disposition.IGNORED, reason, p, record.digest)
+            watched = self._watch_other_round(offset, record)
+            return RecordVerdict(
+                offset, Disposition.IGNORED, reason, p, record.digest, alarm=watched
+            )
         keys = self._keys_for(record)  # may wait: nothing changed yet
 
         def settled(org: str) -> bool:
@@ -1692,6 +1697,10 @@ class SealChain:
         final: FinalSeal | None = None
         opened: RoundOpened | None = None
         alarm: SealAlarm | None = None
+        if problem is Reason.SEAL_WRONG_PREV and signatures:
+            alarm = self._watch_add(
+                offset, record, signatures, keys.keyring.mandate.threshold, _NOT_FOLLOWING
+            )
         if (
             candidate is not None
             and problem is None
@@ -1702,24 +1711,15 @@ class SealChain:
             self._latest = final
             self._final_lines = tuple(v.line for v in candidate.votes.values())
             self._final_keys = keys
-            self._watch = {
-                d: _Watched(c.record, dict(c.votes))
-                for d, c in open_.candidates.items()
-                if d != record.digest
-            }
+            # The other texts of the epoch now final: those watched already (named another
+            # prev) and the round's other candidates, with their votes.
+            watch = {d: w for d, w in self._watch.items() if w.record.proposal.epoch == p.epoch}
+            for d, c in open_.candidates.items():
+                if d != record.digest:
+                    watch.setdefault(d, _Watched(c.record)).votes.update(c.votes)
+            self._watch = watch
             self._open = _OpenRound(p.epoch + 1, 1)
             self._parsed = {record.digest: p}
-        elif (
-            candidate is not None
-            and problem is Reason.SEAL_WRONG_PREV
-            and counted
-            and len(candidate.votes) >= candidate.threshold
-        ):
-            alarm = self._fork(offset, record, candidate.votes, "does not follow")
-            opened = self._dead(open_, keys.keyring, offset)
-            if opened is not None:
-                self._open = _OpenRound(p.epoch, opened.round)
-                self._parsed = _final_text(self._latest)
         elif counted:
             opened = self._dead(open_, keys.keyring, offset)
             if opened is not None:
@@ -1744,6 +1744,58 @@ class SealChain:
             opened,
             alarm=alarm,
         )
+
+    def _watch_add(
+        self, offset: int, record: SealRecord, signatures: Iterable[SealSignature], k: int, how: str
+    ) -> SealAlarm | None:
+        """Add verified lines to a watched text's votes (module docstring, "Forks"); k of them
+        make a fork."""
+        if record.digest in self._forked:
+            return None
+        watched = self._watch.get(record.digest)
+        per_org = Counter(org for w in self._watch.values() for org in w.votes)
+        for sig in signatures:
+            if watched is not None and sig.org in watched.votes:
+                continue
+            if per_org[sig.org] >= _MAX_WATCHED_PER_ORG:
+                continue
+            if watched is None:
+                watched = self._watch[record.digest] = _Watched(record)
+            watched.votes[sig.org] = sig
+            per_org[sig.org] += 1
+        if watched is None or len(watched.votes) < k:
+            return None
+        return self._fork(offset, record, watched.votes, how)
+
+    def _watched_lines(self, record: SealRecord, keys: _Keys) -> list[SealSignature]:
+        """The lines of ``record`` that could still add to the watch, verified (bounded like
+        any record's: one try per key id, none for an organization already counted on it or
+        at its cap)."""
+        watched = self._watch.get(record.digest)
+        per_org = Counter(org for w in self._watch.values() for org in w.votes)
+
+        def settled(org: str) -> bool:
+            on_it = watched is not None and org in watched.votes
+            return on_it or per_org[org] >= _MAX_WATCHED_PER_ORG
+
+        signatures, _ = _judge_lines(record, keys, settled)
+        return signatures
+
+    def _watch_other_round(self, offset: int, record: SealRecord) -> SealAlarm | None:
+        """A text of another round of the open epoch that names another prev than this
+        reader's final seal: its votes go to the watch when its trust state is at hand (never
+        waited on: the record is ignored for finality)."""
+        p = record.proposal
+        if record.digest in self._forked or _successor_problem(p, self._latest) not in (
+            Reason.SEAL_WRONG_PREV,
+        ):
+            return None
+        try:
+            keys = self._keys_for(record)
+        except _TrustUnknownError:
+            return None
+        k = keys.keyring.mandate.threshold
+        return self._watch_add(offset, record, self._watched_lines(record, keys), k, _NOT_FOLLOWING)
 
     def _fork(
         self, offset: int, record: SealRecord, votes: Mapping[str, SealSignature], how: str
@@ -1784,23 +1836,8 @@ class SealChain:
             or record.digest in self._forked
         ):
             return None
-        watched = self._watch.get(record.digest)
-        per_org = Counter(org for w in self._watch.values() for org in w.votes)
-
-        def settled(org: str) -> bool:
-            on_it = watched is not None and org in watched.votes
-            return on_it or per_org[org] >= _MAX_WATCHED_PER_ORG
-
-        signatures, _ = _judge_lines(record, keys, settled)
-        if not signatures:
-            return None
-        if watched is None:
-            watched = self._watch[record.digest] = _Watched(record)
-        for sig in signatures:
-            watched.votes.setdefault(sig.org, sig)
-        if len(watched.votes) < keys.keyring.mandate.threshold:
-            return None
-        return self._fork(offset, record, watched.votes, "is another than")
+        k = keys.keyring.mandate.threshold
+        return self._watch_add(offset, record, self._watched_lines(record, keys), k, _ANOTHER)
 
     def _judge_withdrawal(self, offset: int, value: bytes) -> RecordVerdict:
         """A withdrawal record (module docstring, "Withdrawals"). Its lines are judged under
