@@ -29,7 +29,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -41,9 +41,12 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import ConsumerRecord
 
 from bus.bus_reader import BusReader
+from bus.checkpoint import key_name
+from bus.epoch import GENESIS_DIGEST, PartitionSeal
 from bus.kafka.admin import align_topic_configs, ensure_topics, topic_partitions
 from bus.kafka.client import client_options, reliable_producer
 from bus.model import Accreditation, Report, Revocation, Role, sha256
+from bus.seal import SealProposal, sign_proposal
 from bus.sign import ReportSigner, sign_accreditation, sign_revocation
 from bus.store.final import FinalStore
 from bus.topics import DELETE_POLICY, Topics, TopicSpec, standard_topics
@@ -54,6 +57,7 @@ from nodes.demo.scenario import (
     Scenario,
     build_scenario,
     draft_report,
+    node_subject,
 )
 from nodes.org_node.sealer import Sealer, SealerConfig
 
@@ -239,7 +243,11 @@ class Bus:
             witness=not late,
         )
 
-    async def open(self, registry_timestamps: Iterable[int] | None = None) -> list[Pos]:
+    async def open(
+        self,
+        registry_timestamps: Iterable[int] | None = None,
+        before_start: Callable[[], Awaitable[None]] | None = None,
+    ) -> list[Pos]:
         """Create the topics (CreateTime ones when asked), publish every accreditation, start
         the fleet and wait until the accreditations are final. Returns their positions.
 
@@ -272,6 +280,8 @@ class Bus:
             await self.send(self.topics.registry, raw, timestamp_ms=stamps[i] if stamps else None)
             for i, raw in enumerate(trust)
         ]
+        if before_start is not None:
+            await before_start()
         for org in ORGS:
             self.start(org, self.config(org))
         await self.until_final(positions)
@@ -747,3 +757,44 @@ async def test_attack_7_copies_on_another_partition(
     assert judged.heads[("un", "un-obs-1")] == (4, sha256(raw[3]))
     assert judged.verdicts[copy3][0] > judged.verdicts[orig3][0]
     assert judged.verdicts[orig1][0] > judged.verdicts[copy1][0]
+
+
+# -- seal 1 ---------------------------------------------------------------------------------
+
+
+async def test_seal_one_a_bogus_first_proposal_blocks_nobody(
+    kafka_bootstrap: str, tmp_path: Path, buses: list[Bus]
+) -> None:
+    """Before any sealer starts, EU publishes the first record of the seals topic: an epoch-1
+    proposal claiming 10^9 registry records (carrying every genuine node accreditation, so it
+    looks electable). Its votes' trust is a function of its text, so no reader waits on it;
+    every sealer asks the broker for the registry's end and refuses it (seal_beyond_log); the
+    honest proposal becomes final, and every reader agrees (six stores, a late sealer, two
+    shuffled auditors)."""
+    now = _now()
+    sc = build_scenario(now, observers_per_org=1)
+    bus = _bus(buses, kafka_bootstrap, sc, tmp_path)
+    t = bus.topics
+
+    async def bogus() -> None:
+        claim = SealProposal(
+            sc.mandate.mandate_id,
+            1,
+            now,
+            GENESIS_DIGEST,
+            {(t.registry, 0): PartitionSeal(10**9, bytes(32))},
+            1,
+            tuple(sc.node_accreditations),
+        )
+        record = sign_proposal(claim, sc.node_keys["eu"], key_name("eu", node_subject("eu")))
+        await bus.send(t.seals, record)
+
+    await bus.open(before_start=bogus)
+    reports = Reports(sc, now)
+    _, raw = reports.sign("un-obs-1")
+    pos = await bus.send(t.reports("un"), raw)
+    await bus.until_final([pos])
+    refusals = {org: s.status()["refusals"] for org, (s, _) in bus.sealers.items()}
+    assert all(n >= 1 for n in refusals.values()), refusals
+    judged, _ = await bus.settle()
+    assert judged.of(pos) == ("accepted", "")
