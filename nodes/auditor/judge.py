@@ -31,9 +31,14 @@ per-partition Merkle checkpoints that seals replaced). Its records are skipped, 
 nothing (a seal commits to every partition, checkpoints to report partitions only, and their
 signatures counted at broker timestamps, which the operator sets).
 
-Memory: the records wait in a temporary SQLite file (:class:`nodes.auditor.index.AuditIndex`)
-and the bus reader holds about one epoch at a time; the final verdicts grow with the log (one
-small row per sealed record), the violations with the records that fail.
+Memory: the records wait in a temporary SQLite file (:class:`nodes.auditor.index.AuditIndex`),
+the bus reader holds about one epoch's records at a time, and the final verdicts go to another
+temporary SQLite file as each epoch is judged (:class:`nodes.auditor.verdicts.VerdictTable`);
+the counts per organization, zone and day are read from it at the end. What still grows with
+the log in memory: the violations, with the records that fail; one row per judged epoch; and
+the final judge's own per-report state (:mod:`bus.judge`: every accepted report's chain link,
+id and amendment state, which replays, duplicates, amendments and revocations are judged
+against).
 """
 
 from __future__ import annotations
@@ -127,8 +132,9 @@ class AuditResult:
         """How many violations of each reason code."""
         return Counter(v.reason for v in self.violations)
 
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-serializable summary."""
+    def to_json(self, *, verdicts: bool = True) -> dict[str, Any]:
+        """A JSON-serializable summary; ``verdicts=False`` leaves the final verdicts' per-record
+        list out (:meth:`FinalAudit.to_json`)."""
         return {
             "ok": self.ok,
             "clean": self.clean,
@@ -145,7 +151,7 @@ class AuditResult:
             "violations_by_kind": dict(self.violations_by_kind()),
             "violations": [dataclasses.asdict(v) for v in self.violations],
             "final_digest": self.final_digest(),
-            "final": None if self.final is None else self.final.to_json(),
+            "final": None if self.final is None else self.final.to_json(verdicts=verdicts),
         }
 
 
@@ -173,7 +179,7 @@ class AuditRun:
         self.topics = topics
         self._export_version = export_version
         self._index = AuditIndex(work_dir)
-        self._final = FinalCollector(mandate, topics, self._index, limits)
+        self._final = FinalCollector(mandate, topics, self._index, limits, work_dir=work_dir)
         self.records = 0
 
     def close(self) -> None:
@@ -207,8 +213,7 @@ class AuditRun:
             )
         final = result.final = self._final.judge()
         self._count(result, final)
-        for pos in final.failed():
-            row = final.verdicts[pos]
+        for pos, row in final.verdicts.failed():
             result.violations.append(Violation(*pos, row.reason or row.status, row.detail))
         m = final.mismatch
         if m is not None:
@@ -246,16 +251,16 @@ class AuditRun:
     def _count(self, result: AuditResult, final: FinalAudit) -> None:
         """Report records per organization, zone and day by their final verdicts."""
         rejected = (Status.QUARANTINED.value, Status.REVOKED_AFTER_ACCEPTANCE.value)
-        for (topic, _, _), row in final.verdicts.items():
+        for topic, status, zone, day, n in final.verdicts.counts():
             org = self.topics.org_of_report_topic(topic)
             if org is None:
                 continue
-            if row.status == Status.ACCEPTED.value:
-                result.accepted[org] += 1
-                result.by_zone[row.zone] += 1
-                if row.day:
-                    result.by_day[row.day] += 1
+            if status == Status.ACCEPTED.value:
+                result.accepted[org] += n
+                result.by_zone[zone] += n
+                if day:
+                    result.by_day[day] += n
                 else:
-                    result.sealed_verified += 1
-            elif row.status in rejected:
-                result.rejected[org] += 1
+                    result.sealed_verified += n
+            elif status in rejected:
+                result.rejected[org] += n

@@ -18,6 +18,7 @@ This module is the auditor's entry point: it also exports what an audit returns
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -37,7 +38,7 @@ from bus.trust import verify_mandate
 from bus.verify import Limits
 from nodes.auditor.judge import EXPORT_TOPIC, AuditResult, AuditRun, Violation
 from nodes.auditor.log_export import later_sections, seals_pattern
-from nodes.auditor.sealed import b64
+from nodes.auditor.sealed import FinalAudit, b64, verdict_json
 
 __all__ = [
     "EXPORT_TOPIC",
@@ -257,6 +258,28 @@ def _render_final(result: AuditResult, console: Console) -> None:
         console.print(f"[red]seals offset {f.stuck.offset}: {escape(f.stuck.detail)}[/red]")
 
 
+class _Streamed(list[Any]):
+    """A JSON array whose items are produced while it is written: json's encoder (the
+    pure-Python one :func:`json.dump` uses when indenting) asks a list only whether it is
+    empty and then iterates it, so the per-record verdicts go from the verdict table to the
+    file one by one and never sit in memory together."""
+
+    def __init__(self, final: FinalAudit) -> None:
+        super().__init__()
+        self._final = final
+
+    def __iter__(self) -> Iterator[Any]:
+        return (verdict_json(row) for row in self._final.verdicts.items())
+
+    def __bool__(self) -> bool:
+        return len(self._final.verdicts) > 0
+
+
 def write_json(result: AuditResult, path: Path) -> None:
-    """Write the machine-readable audit report."""
-    path.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True), encoding="utf-8")
+    """Write the machine-readable audit report (:meth:`AuditResult.to_json`), streaming the
+    per-record verdicts."""
+    doc = result.to_json(verdicts=False)
+    if result.final is not None:
+        doc["final"]["verdicts"] = _Streamed(result.final)
+    with path.open("w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2, sort_keys=True)

@@ -46,7 +46,8 @@ the chain waits for a trust state or has made a final seal not yet judged; every
 then fed up to that seal's sizes, which judges the epoch and lets the chain go on. The first
 seal's trust is the root mandate plus the registry records it seals, so while the chain waits
 for it the registry is fed in chunks. The reader thus holds about one epoch's records at a time;
-the log itself stays on disk.
+the log itself stays on disk, and so do the final verdicts, written to a
+:class:`nodes.auditor.verdicts.VerdictTable` as each epoch is judged.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ import dataclasses
 import datetime as dt
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final
 
 from bus.bus_reader import BusReader, BusUpdate
@@ -71,8 +73,17 @@ from bus.topics import Topics
 from bus.trust import decode_mandate_record
 from bus.verify import Limits, VerifiedReport
 from nodes.auditor.index import AuditIndex
+from nodes.auditor.verdicts import FinalRow, VerdictTable
 
-__all__ = ["EpochRow", "FinalAudit", "FinalCollector", "FinalRow", "Stuck", "Unsealed"]
+__all__ = [
+    "EpochRow",
+    "FinalAudit",
+    "FinalCollector",
+    "FinalRow",
+    "Stuck",
+    "Unsealed",
+    "verdict_json",
+]
 
 # Records written to the index per transaction, and read from it per query.
 _FLUSH: Final = 1000
@@ -101,30 +112,6 @@ def _where_and_when(report: VerifiedReport | VerifiedSealed | None) -> tuple[str
         return (report.sealed.zone if isinstance(report, VerifiedSealed) else ""), ""
     day = dt.datetime.fromtimestamp(inner.observed_at_ms / 1000, dt.UTC).date().isoformat()
     return inner.zone, day
-
-
-@dataclass(frozen=True, slots=True)
-class FinalRow:
-    """The final verdict on one record.
-
-    Args:
-        epoch: the epoch the record was sealed in.
-        status: a :class:`bus.judge.Status` value.
-        reason: the reason code when quarantined, else "".
-        detail: one sentence for humans.
-        changed_at: for ``revoked_after_acceptance``, the epoch the revocation took effect at.
-        zone: for a report the judge verified, the zone it names, else "".
-        day: for a report whose content was read, the UTC day it was observed on (ISO 8601),
-            else "" (a restricted report's content stays sealed to its recipients).
-    """
-
-    epoch: int
-    status: str
-    reason: str
-    detail: str
-    changed_at: int | None = None
-    zone: str = ""
-    day: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,11 +171,11 @@ class FinalAudit:
 
     root_mandate_id: str
     root_version: int
+    verdicts: VerdictTable
     root_warning: str | None = None
     seals_records: int = 0
     seal_counts: Counter[str] = field(default_factory=Counter)
     epochs: list[EpochRow] = field(default_factory=list)
-    verdicts: dict[RecordPos, FinalRow] = field(default_factory=dict)
     equivocations: list[Equivocation] = field(default_factory=list)
     not_sealed: list[Unsealed] = field(default_factory=list)
     mismatch: SealedRootMismatchError | None = None
@@ -206,35 +193,27 @@ class FinalAudit:
                 sum(1 for v in ev.verdicts if v.epoch == ev.epoch),
             )
         )  # fmt: skip
+        rows: list[tuple[RecordPos, FinalRow]] = []
         for v in ev.verdicts:  # a deferred report's final verdict replaces "deferred"
             newest = self.mandate_versions[-1] if self.mandate_versions else self.root_version
             trust = v.trust
             if v.status is Status.APPLIED and isinstance(trust, Mandate) and trust.version > newest:
                 self.mandate_versions.append(trust.version)  # not a copy of the one in force
             zone, day = _where_and_when(v.report)
-            self.verdicts[v.pos] = FinalRow(
-                v.epoch, v.status.value, v.reason, v.detail, zone=zone, day=day
-            )
-        for c in ev.changes:
-            self.verdicts[c.pos] = dataclasses.replace(
-                self.verdicts[c.pos],
-                status=c.status.value,
-                reason="",
-                detail=c.detail,
-                changed_at=c.at_epoch,
-            )
+            rows.append((v.pos, FinalRow(v.epoch, v.status.value, v.reason, v.detail, None,
+                                         zone, day)))  # fmt: skip
+        self.verdicts.put(rows)
+        if ev.changes:
+            self.verdicts.change((c.pos, c.status.value, c.detail, c.at_epoch) for c in ev.changes)
 
     def by_status(self) -> Counter[str]:
         """How many records hold each final status."""
-        return Counter(r.status for r in self.verdicts.values())
+        return self.verdicts.by_status()
 
-    def failed(self) -> list[RecordPos]:
-        """Records whose final verdict rejects them: quarantined, or accepted and withdrawn."""
-        bad = (Status.QUARANTINED.value, Status.REVOKED_AFTER_ACCEPTANCE.value)
-        return [pos for pos, r in self.verdicts.items() if r.status in bad]
-
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready; every list in an order that depends on the log alone."""
+    def to_json(self, *, verdicts: bool = True) -> dict[str, Any]:
+        """JSON-ready; every list in an order that depends on the log alone (the verdicts by
+        topic, partition and offset). ``verdicts=False`` leaves the per-record list out (one
+        entry per sealed record: :func:`verdict_json` gives them one by one)."""
         m = self.mismatch
         return {
             "note": FINAL_NOTE,
@@ -247,19 +226,11 @@ class FinalAudit:
             "mandate_versions": self.mandate_versions,
             "state_digest": b64(self.state_digest) if self.last_epoch else None,
             "verdicts_by_status": dict(self.by_status()),
-            "verdicts": [
-                {
-                    "topic": t,
-                    "partition": p,
-                    "offset": o,
-                    "epoch": r.epoch,
-                    "status": r.status,
-                    "reason": r.reason,
-                    "detail": r.detail,
-                    "changed_at_epoch": r.changed_at,
-                }
-                for (t, p, o), r in self.verdicts.items()
-            ],
+            **(
+                {"verdicts": [verdict_json(row) for row in self.verdicts.items()]}
+                if verdicts
+                else {}
+            ),
             "equivocations": [e.to_json() for e in self.equivocations],
             "not_sealed_yet": [dataclasses.asdict(u) for u in self.not_sealed],
             "sealed_root_mismatch": None
@@ -267,6 +238,21 @@ class FinalAudit:
             else {"topic": m.topic, "partition": m.partition, "size": m.size, "detail": m.message},
             "seals_stuck": None if self.stuck is None else dataclasses.asdict(self.stuck),
         }
+
+
+def verdict_json(row: tuple[RecordPos, FinalRow]) -> dict[str, Any]:
+    """One entry of the per-record verdict list of :meth:`FinalAudit.to_json`."""
+    (t, p, o), r = row
+    return {
+        "topic": t,
+        "partition": p,
+        "offset": o,
+        "epoch": r.epoch,
+        "status": r.status,
+        "reason": r.reason,
+        "detail": r.detail,
+        "changed_at_epoch": r.changed_at,
+    }
 
 
 class FinalCollector:
@@ -277,12 +263,21 @@ class FinalCollector:
         topics: topic naming of the log.
         index: the audit's on-disk index, where the records wait.
         limits: verification limits (the nodes').
+        work_dir: where the verdict table's temporary file goes (default: the system's
+            temporary directory).
     """
 
     def __init__(
-        self, root: Mandate, topics: Topics, index: AuditIndex, limits: Limits | None = None
+        self,
+        root: Mandate,
+        topics: Topics,
+        index: AuditIndex,
+        limits: Limits | None = None,
+        *,
+        work_dir: Path | None = None,
     ) -> None:
         self._root = root
+        self._work_dir = work_dir
         self._topics = topics
         self._index = index
         self._limits = limits
@@ -331,7 +326,7 @@ class FinalCollector:
     def judge(self) -> FinalAudit:
         """Feed everything held to a new bus reader and collect its answers."""
         self._flush()
-        out = FinalAudit(self._root.mandate_id, self._root.version)
+        out = FinalAudit(self._root.mandate_id, self._root.version, VerdictTable(self._work_dir))
         if self._earlier is not None:
             out.root_warning = (
                 f"the mandate topic holds a record claiming version {self._earlier} of"
