@@ -10,8 +10,9 @@ three partitions per organization, one node key per organization, and a seal eve
 honest witness read, and cosigned by all six node keys), the trust records sealed first. Then
 it audits the file in a fresh process (every record of every sealed epoch judged by its final
 verdict: signature, accreditation, chain; every seal's roots recomputed from the records) and
-prints: records, file size, final epochs, wall time, records per second, the process's peak RSS
-and the Python heap's peak (tracemalloc). The audit must find no violation and leave no record
+prints: records, file size, final epochs, wall time, records per second (wall clock and per
+CPU-second of the auditing process), the process's peak RSS and the Python heap's peak
+(tracemalloc). The audit must find no violation and leave no record
 unsealed. Nothing is asserted about time; the point is the figures, and that peak memory does
 not grow with the number of records.
 """
@@ -156,6 +157,12 @@ def _peak_rss_mib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process (the auditor runs no workers)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def audit_child(path: Path, *, trace: bool) -> None:
     """Audit one file and print one JSON line of figures (run in a fresh process)."""
     from nodes.auditor.run import audit_export  # noqa: PLC0415
@@ -165,9 +172,11 @@ def audit_child(path: Path, *, trace: bool) -> None:
     rss_before = _peak_rss_mib()
     if trace:
         tracemalloc.start()
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     result = audit_export(path, mandate, work_dir=path.parent)
     elapsed = time.perf_counter() - started
+    cpu = _cpu_seconds() - cpu_before
     heap_peak = tracemalloc.get_traced_memory()[1] if trace else 0
     tracemalloc.stop()
     final = result.final
@@ -180,6 +189,8 @@ def audit_child(path: Path, *, trace: bool) -> None:
                 "bytes": path.stat().st_size,
                 "seconds": round(elapsed, 2),
                 "records_per_s": round(records / elapsed),
+                "cpu_seconds": round(cpu, 2),
+                "records_per_cpu_s": round(records / cpu),
                 "peak_rss_mib": _peak_rss_mib(),
                 "rss_before_audit_mib": rss_before,
                 "heap_peak_mib": round(heap_peak / 2**20, 1),
@@ -215,13 +226,13 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     print()
-    print(f"{'records':>9} {'MiB':>7} {'epochs':>6} {'audit s':>8} {'rec/s':>7} "
-          f"{'peak RSS MiB':>13} {'heap peak MiB':>14} {'violations':>10}")  # fmt: skip
+    print(f"{'records':>9} {'MiB':>7} {'epochs':>6} {'audit s':>8} {'rec/s':>7} {'rec/CPU-s':>9}"
+          f" {'peak RSS MiB':>13} {'heap peak MiB':>14} {'violations':>10}")  # fmt: skip
     for r in rows:
         print(
             f"{r['records']:>9} {r['bytes'] / 2**20:>7.1f} {r['epochs']:>6} {r['seconds']:>8} "
-            f"{r['records_per_s']:>7} {r['peak_rss_mib']:>13} {r['heap_peak_mib']:>14} "
-            f"{r['violations']:>10}"
+            f"{r['records_per_s']:>7} {r['records_per_cpu_s']:>9} {r['peak_rss_mib']:>13} "
+            f"{r['heap_peak_mib']:>14} {r['violations']:>10}"
         )
     return 0 if all(r["violations"] == 0 and r["not_sealed"] == 0 for r in rows) else 1
 
