@@ -33,8 +33,8 @@ import zlib
 from pathlib import Path
 
 from bus.bus_reader import BusReader
-from bus.checkpoint import key_name
 from bus.export import ExportHeader, ExportWriter, LogRecord
+from bus.note import key_name
 from bus.seal import cosign_seal, sign_proposal
 from bus.topics import Topics
 from nodes.demo.scenario import (

@@ -7,7 +7,7 @@ defines; this module makes, signs, parses and judges seals, and derives the fina
 Byte format of a record on ``<prefix>seals``
 --------------------------------------------
 Every record value is one C2SP *signed note* (``signed-note.md``, parsed as in
-:mod:`bus.checkpoint`), UTF-8, whose text is a *seal*, ASCII only::
+:mod:`bus.note`), UTF-8, whose text is a *seal*, ASCII only::
 
     obus-seal/v1/<mandate id>\\n            format, version, mandate: obus-seal/v1/jmm-2026
     <epoch>\\n                              1, 2, 3, ...
@@ -41,21 +41,20 @@ Every record value is one C2SP *signed note* (``signed-note.md``, parsed as in
   the round is part of it, so a final seal states the round it was final in
   (:attr:`bus.epoch.FinalSeal.round`).
 
-Signature lines are those of :mod:`bus.checkpoint`: key names ``obus/<org>/<subject id>`` of
+Signature lines are those of :mod:`bus.note`: key names ``obus/<org>/<subject id>`` of
 the signer's accreditation; type ``0x01`` (Ed25519 over the text) by the node that proposes the
 seal; type ``0x04`` (C2SP ``tlog-cosignature/v1``: 8-byte time in seconds, then Ed25519 over
 ``cosignature/v1\\ntime <t>\\n`` || text) by every node that cosigns it, the proposer
 included. Only cosignatures are votes: the proposer's ``0x01`` line says who published the
 text, is parsed like any line and is never verified nor counted (a record with only that line
 changes no vote). A cosignature record carries the same text with only the cosigner's line(s);
-records with the same text merge into one note (:func:`bus.checkpoint.merge_notes`).
+records with the same text merge into one note (:func:`bus.note.merge_notes`).
 
 The seals topic carries one other kind of record, a *withdrawal* (below, "Withdrawals"): a
 signed note whose text is ``obus-seal-withdraw/v1/<mandate id>\n<epoch>\n<round>\n`` (the same
 number rules) with type ``0x04`` lines by node keys.
 
-Domain separation: DSSE signs bytes beginning ``DSSEv1 ``, checkpoint texts begin ``obus/``
-(:func:`bus.checkpoint.verify_checkpoint` refuses any other origin), seal texts begin
+Domain separation: DSSE signs bytes beginning ``DSSEv1 ``, seal texts begin
 ``obus-seal/v1/``, withdrawal texts ``obus-seal-withdraw/v1/`` and cosignatures
 ``cosignature/v1``: a node key's signature made for one use never verifies for another (a
 withdrawal is no seal, :func:`parse_seal_record` refuses it, and a vote's line pasted under a
@@ -388,7 +387,13 @@ from types import MappingProxyType
 from typing import Any, Final, Protocol
 
 from bus import crypto
-from bus.checkpoint import (
+from bus.crypto import SigningKey
+from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
+from bus.errors import Reason, VerificationError
+from bus.judge import FinalJudge, Status, Verdict
+from bus.merkle import EMPTY_ROOT, HASH_SIZE, MAX_TREE_SIZE, MerkleTree
+from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Mandate, Role, check_id
+from bus.note import (
     MAX_SIGNATURES,
     SIG_COSIGNATURE_V1,
     Note,
@@ -401,12 +406,6 @@ from bus.checkpoint import (
     parse_note,
     sign_note,
 )
-from bus.crypto import SigningKey
-from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
-from bus.errors import Reason, VerificationError
-from bus.judge import FinalJudge, Status, Verdict
-from bus.merkle import EMPTY_ROOT, HASH_SIZE, MAX_TREE_SIZE, MerkleTree
-from bus.model import PAYLOAD_ACCREDITATION, Accreditation, Mandate, Role, check_id
 from bus.topics import Topics
 from bus.trust import KeyRing, decode_registry_record
 
@@ -775,7 +774,7 @@ def parse_seal_record(
 ) -> SealRecord:
     """Split a seals record into seal and signature lines, verifying nothing.
 
-    The note is split where :func:`bus.checkpoint.parse_note` splits it (the last blank
+    The note is split where :func:`bus.note.parse_note` splits it (the last blank
     line); the text is parsed first, so that a record that is no seal is refused at the cost of
     one regular expression, then the signature lines by ``parse_note``.
 

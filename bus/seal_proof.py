@@ -78,13 +78,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from bus.checkpoint import MAX_SIGNATURES, Note, key_name, parse_note
 from bus.epoch import FinalSeal, PartitionRef, PartitionSeal, epoch_of
 from bus.errors import Reason, SealedRootMismatchError, VerificationError
 from bus.judge import FinalJudge
 from bus.merkle import MerkleTree, leaf_hash, verify_inclusion
 from bus.model import PAYLOAD_ACCREDITATION, PAYLOAD_REVOCATION, Envelope, Mandate, Receipt, Report
 from bus.model import Accreditation as _Accreditation
+from bus.note import MAX_SIGNATURES, Note, key_name, parse_note
 from bus.seal import (
     MAX_SEAL_RECORD_BYTES,
     ChainUpdate,
@@ -123,7 +123,7 @@ MAX_NOTE_BYTES: Final = MAX_SEAL_RECORD_BYTES
 """A proof's note is at most as long as a seals record may be."""
 MAX_REGISTRY_RECORDS: Final = 2 * MAX_SIGNATURES
 """Registry records a proof carries at most: an accreditation and a revocation for each of the
-at most :data:`bus.checkpoint.MAX_SIGNATURES` lines of a note."""
+at most :data:`bus.note.MAX_SIGNATURES` lines of a note."""
 MAX_VALUE_BYTES: Final = 16 * 1024 * 1024
 """A proven value is at most this long (more than any bus topic accepts)."""
 

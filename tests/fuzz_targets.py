@@ -22,12 +22,12 @@ from typing import Final
 
 from bus import (
     ceremony,
-    checkpoint,
     crypto,
     decision,
     export,
     merkle,
     model,
+    note,
     receipt,
     report_file,
     seal,
@@ -51,7 +51,7 @@ for _raw in _M.scenario.node_accreditations:  # node keys, so seal lines reach v
 _KEYRING = _M.keyring
 _MANDATE = _M.scenario.mandate
 # open_note with no known key: every signature is "unknown"
-_NOTE_KEYS: Final[checkpoint.VerifierIndex] = {}
+_NOTE_KEYS: Final[note.VerifierIndex] = {}
 _IDENTITY = report_file.Identity("un-obs-1", "un", _MANDATE.mandate_id)
 
 
@@ -130,9 +130,9 @@ TARGETS: dict[str, Target] = {
     "crypto_verify_pae": lambda d: crypto.verify_pae(
         d[:32], model.PAYLOAD_REPORT, d[96:], d[32:96]
     ),
-    "note": checkpoint.parse_note,
-    "open_note": lambda d: checkpoint.open_note(d, _NOTE_KEYS),
-    "vkey": lambda d: checkpoint.parse_vkey(_text(d)),
+    "note": note.parse_note,
+    "open_note": lambda d: note.open_note(d, _NOTE_KEYS),
+    "vkey": lambda d: note.parse_vkey(_text(d)),
     "seal": seal.parse_seal,
     "seal_record": seal.parse_seal_record,
     "verify_seal": lambda d: seal.verify_seal(d, _KEYRING),
@@ -178,8 +178,8 @@ def _seeds() -> dict[str, list[bytes]]:
         _MANDATE.mandate_id, 1, NOW_MS, GENESIS_DIGEST,
         {("obus.reports.un", 0): PartitionSeal(1, b"\1" * 32)},
     )  # fmt: skip
-    node_key, node_name = _M.scenario.node_keys["un"], checkpoint.key_name("un", node_subject("un"))
-    note = seal.cosign_seal(proposal.text(), node_key, node_name, now_ms=NOW_MS)
+    node_key, node_name = _M.scenario.node_keys["un"], note.key_name("un", node_subject("un"))
+    seal_note = seal.cosign_seal(proposal.text(), node_key, node_name, now_ms=NOW_MS)
     yaml_report = (
         b"category: shelling\nseverity: 3\nzone: north\nobserved_at: 2026-10-31T23:00:00Z\n"
         b"location: {lat: 48.2, lon: 38.0}\nnarrative: Impacts counted.\n"
@@ -188,10 +188,10 @@ def _seeds() -> dict[str, list[bytes]]:
     envelopes = [report, _M.scenario.mandate_envelope, *_M.scenario.accreditations[:2]]
     return {
         "bytes": [
-            *envelopes, acc_env.payload, note, export_header, yaml_report, policy,
+            *envelopes, acc_env.payload, seal_note, export_header, yaml_report, policy,
             dataclasses.replace(model.Envelope.decode(report), signatures=()).encode(),
         ],
-        "text": [yaml_report, policy, b"un/un-obs-1+01234567+AQ", note, export_header],
+        "text": [yaml_report, policy, b"un/un-obs-1+01234567+AQ", seal_note, export_header],
     }  # fmt: skip
 
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bus.bus_reader import BusReader, BusUpdate
-from bus.checkpoint import key_name
 from bus.epoch import FinalSeal, PartitionRef
 from bus.export import ExportHeader, ExportWriter, LogRecord, section_of
+from bus.note import key_name
 from bus.seal import SealProposal, cosign_seal, sign_proposal
 from bus.topics import Topics
 from nodes.demo.scenario import node_subject

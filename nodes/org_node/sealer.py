@@ -84,7 +84,6 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bus.bus_reader import BusReader, BusUpdate
-from bus.checkpoint import key_name
 from bus.crypto import SigningKey
 from bus.epoch import FinalSeal, PartitionRef
 from bus.errors import (
@@ -99,6 +98,7 @@ from bus.judge import EpochVerdicts, Status
 from bus.kafka.admin import partitions_of
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
 from bus.model import Mandate, Role, encode
+from bus.note import key_name
 from bus.seal import (
     Cosign,
     SealProposal,

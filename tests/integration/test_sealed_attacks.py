@@ -41,11 +41,11 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.structs import ConsumerRecord
 
 from bus.bus_reader import BusReader
-from bus.checkpoint import key_name
 from bus.epoch import GENESIS_DIGEST, PartitionSeal
 from bus.kafka.admin import align_topic_configs, ensure_topics, topic_partitions
 from bus.kafka.client import client_options, reliable_producer
 from bus.model import Accreditation, Report, Revocation, Role, sha256
+from bus.note import key_name
 from bus.seal import SealProposal, sign_proposal
 from bus.sign import ReportSigner, sign_accreditation, sign_revocation
 from bus.store.final import FinalStore

@@ -24,11 +24,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from bus.bus_reader import BusReader
-from bus.checkpoint import key_name
 from bus.epoch import PartitionSeal
 from bus.errors import Reason
 from bus.kafka.admin import ensure_topics, topic_partitions
 from bus.kafka.client import client_options, reliable_producer
+from bus.note import key_name
 from bus.seal import SealProposal, sign_proposal
 from bus.store.final import FinalStore
 from bus.topics import Topics, standard_topics

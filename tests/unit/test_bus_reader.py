@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bus.bus_reader import BusReader, BusUpdate, final_from_json, final_to_json
-from bus.checkpoint import key_name
 from bus.epoch import PartitionRef
 from bus.errors import Reason, SealedRootMismatchError
 from bus.judge import Status
 from bus.model import Accreditation, Envelope
+from bus.note import key_name
 from bus.seal import (
     Cosign,
     SealAlarm,

@@ -24,13 +24,13 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bus.checkpoint import key_name
 from bus.crypto import key_id
 from bus.epoch import FinalSeal, PartitionRef
 from bus.errors import BusError, SealedRootMismatchError
 from bus.ingest import Ingestor, RecordRef
 from bus.judge import EpochVerdicts, Status
 from bus.model import Accreditation, Envelope, Report, Revocation, sha256
+from bus.note import key_name
 from bus.policy import (
     VERDICTS_PROVISIONAL,
     Observation,

@@ -25,11 +25,11 @@ from typing import Any
 import geojson  # type: ignore[import-untyped]
 import pytest
 
-from bus.checkpoint import key_name
 from bus.epoch import PartitionRef
 from bus.errors import BusError
 from bus.ingest import Ingestor, RecordRef
 from bus.model import Attachment, Casualties, Category, EncryptionKey, Location, Report
+from bus.note import key_name
 from bus.seal import cosign_seal, sign_proposal
 from bus.sealed import DecryptionKey
 from bus.sign import sign_encryption_key

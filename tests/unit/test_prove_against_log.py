@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from bus.checkpoint import cosign
 from bus.errors import Reason, VerificationError
 from bus.export import LogRecord
 from bus.model import Revocation
+from bus.note import cosign
 from bus.seal_proof import SealProof, verify_light
 from bus.sign import sign_revocation
 from nodes.auditor.prove import check_from_file, prove_from_file

@@ -18,7 +18,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bus import crypto
-from bus.checkpoint import (
+from bus.crypto import SigningKey, pae
+from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
+from bus.errors import BusError, Reason, VerificationError
+from bus.merkle import MerkleTree
+from bus.model import PAYLOAD_REPORT, Accreditation, Envelope, Mandate, Revocation, Role
+from bus.note import (
     Note,
     NoteSignature,
     cosign,
@@ -27,11 +32,6 @@ from bus.checkpoint import (
     parse_note,
     sign_note,
 )
-from bus.crypto import SigningKey, pae
-from bus.epoch import GENESIS_DIGEST, FinalSeal, PartitionRef, PartitionSeal
-from bus.errors import BusError, Reason, VerificationError
-from bus.merkle import MerkleTree
-from bus.model import PAYLOAD_REPORT, Accreditation, Envelope, Mandate, Revocation, Role
 from bus.seal import (
     MAX_ROUND,
     MAX_SEAL_PARTITIONS,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from bus.checkpoint import key_name
 from bus.epoch import GENESIS_DIGEST, PartitionRef, PartitionSeal
 from bus.errors import Reason, VerificationError
 from bus.model import Accreditation, Envelope
+from bus.note import key_name
 from bus.seal import (
     MAX_CARRIED,
     MAX_CARRIED_RECORD_BYTES,

@@ -14,11 +14,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bus.checkpoint import cosign
 from bus.epoch import FinalSeal, PartitionRef
 from bus.errors import Reason, VerificationError
 from bus.merkle import MerkleTree
 from bus.model import Accreditation, Envelope, Receipt, Revocation
+from bus.note import cosign
 from bus.seal import cosign_seal, sign_proposal
 from bus.seal_proof import (
     MAX_PATH_HASHES,

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from bus import crypto
-from bus.checkpoint import NoteSignature, cosign, key_name, parse_note
 from bus.crypto import SigningKey
 from bus.epoch import FinalSeal
 from bus.errors import Reason, VerificationError
 from bus.model import Revocation, Role
+from bus.note import NoteSignature, cosign, key_name, parse_note
 from bus.seal import (
     MAX_ROUND,
     WITHDRAW_HEADER_PREFIX,

@@ -12,7 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus.checkpoint import (
+from bus.crypto import SigningKey
+from bus.errors import Reason, VerificationError
+from bus.model import Role
+from bus.note import (
     SIG_COSIGNATURE_V1,
     SIG_ED25519,
     Note,
@@ -30,9 +33,6 @@ from bus.checkpoint import (
     parse_vkey,
     sign_note,
 )
-from bus.crypto import SigningKey
-from bus.errors import Reason, VerificationError
-from bus.model import Role
 from nodes.demo.scenario import demo_key
 from tests.mission import Mission, make_mission
 
