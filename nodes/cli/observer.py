@@ -378,6 +378,8 @@ def _cmd_receipts(args: argparse.Namespace) -> int:
 
     home = Home(_home(args))
     home.load_config()
+    if args.verify or args.inclusion:
+        _archive_notice(home)
     if args.inclusion:
         return _inclusion(home, as_json=args.json)
     outbox = Outbox(home.outbox)
@@ -398,6 +400,16 @@ def _cmd_receipts(args: argparse.Namespace) -> int:
             print(f"{'ok  ' if c.ok else 'FAIL'} seq {c.seq:>5} {c.report_id} {where}")
         print(f"{len(checks) - len(bad)} of {len(checks)} receipts verify")
     return 1 if bad else 0
+
+
+def _archive_notice(home: Home) -> None:
+    """Say so (on standard error) when receipts are checked under a mandate that has ended."""
+    from nodes.observer.device import now_ms  # noqa: PLC0415
+    from nodes.runtime.files import archive_notice, mandate_ended  # noqa: PLC0415
+
+    mandate = home.load_mandate(now_ms=now_ms(), archive=True)
+    if mandate_ended(mandate):
+        print(f"obus: {archive_notice(mandate)}", file=sys.stderr, flush=True)
 
 
 def _inclusion(home: Home, *, as_json: bool) -> int:

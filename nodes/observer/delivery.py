@@ -368,13 +368,14 @@ async def check_inclusion(
     """For every delivered report, fetch the proof of the record its receipt names
     (``GET /v1/proofs/...``) and run the light check against the observer's mandate file
     (:func:`bus.seal_proof.check_receipt_inclusion`: the receipt verified first, then the
-    proof is of that record and *k* organizations of the mandate cosigned its seal).
+    proof is of that record and *k* organizations of the mandate cosigned its seal). Also
+    once the mandate has ended: receipts are judged at their issue times and seals at *t_e*.
 
     Raises:
         Unreachable: the gateway could not be reached (a check not made is not a verdict).
     """
-    mandate = home.load_mandate(now_ms=at_ms)
-    ring = receipt_keyring(home, outbox, at_ms=at_ms)
+    mandate = home.load_mandate(now_ms=at_ms, archive=True)
+    ring = receipt_keyring(home, outbox, at_ms=at_ms, archive=True)
     out = []
     for e in outbox.entries(DELIVERED):
         try:

@@ -227,16 +227,23 @@ class Home:
                 "observer home", f"{self.root} is not initialised ({exc})", "run obus observer init"
             ) from exc
 
-    def load_mandate(self, *, now_ms: int) -> Mandate:
+    def load_mandate(self, *, now_ms: int, archive: bool = False) -> Mandate:
         """The mandate kept at init (verified again, as any input).
 
+        Args:
+            now_ms: this device's time.
+            archive: for what only checks what the mission logged (receipts, inclusion):
+                a mandate that has ended is accepted, verified as of its own end. Signing and
+                delivering (``archive`` False) refuse it.
+
         Raises:
-            ConfigError: missing or no longer valid.
+            ConfigError: missing, does not verify, or (not ``archive``) ended.
         """
         try:
-            return verify_mandate(
-                Envelope.decode(self.mandate.read_bytes()), previous=None, now_ms=now_ms
-            )
+            envelope = Envelope.decode(self.mandate.read_bytes())
+            if archive:
+                now_ms = min(now_ms, Mandate.decode(envelope.payload).not_after_ms)
+            return verify_mandate(envelope, previous=None, now_ms=now_ms)
         except (OSError, BusError) as exc:
             raise ConfigError(
                 "mandate", f"{self.mandate} cannot be used: {exc}", "run obus observer init again"
@@ -727,9 +734,10 @@ def clock_check(doc: object, *, sent_ms: int, received_ms: int) -> ClockCheck:
 # Status and receipts
 
 
-def receipt_keyring(home: Home, outbox: Outbox, *, at_ms: int) -> KeyRing:
-    """A key ring of the mandate and the node accreditations kept in the outbox."""
-    ring = KeyRing(home.load_mandate(now_ms=at_ms))
+def receipt_keyring(home: Home, outbox: Outbox, *, at_ms: int, archive: bool = False) -> KeyRing:
+    """A key ring of the mandate and the node accreditations kept in the outbox (``archive``:
+    of a mandate that may have ended, :meth:`Home.load_mandate`)."""
+    ring = KeyRing(home.load_mandate(now_ms=at_ms, archive=archive))
     for raw in outbox.node_accreditations():
         ring.apply(decode_registry_record(raw))
     return ring
@@ -808,8 +816,9 @@ class ReceiptCheck:
 
 
 def check_receipts(home: Home, outbox: Outbox, *, at_ms: int) -> list[ReceiptCheck]:
-    """Verify every stored receipt against the mandate and the kept node accreditations."""
-    ring = receipt_keyring(home, outbox, at_ms=at_ms)
+    """Verify every stored receipt against the mandate and the kept node accreditations (also
+    once the mandate has ended: a receipt is judged at its own issue time)."""
+    ring = receipt_keyring(home, outbox, at_ms=at_ms, archive=True)
     out = []
     for e in outbox.entries(DELIVERED):
         try:

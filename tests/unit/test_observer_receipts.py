@@ -1,0 +1,99 @@
+"""The observer checks its receipts (signature, and inclusion through the gateway's proofs) also
+once the mandate has ended: the mission's record is read after the mission; only signing and
+delivering stop at the mandate's end."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from bus.errors import ConfigError
+from bus.model import Receipt, Role
+from bus.receipt import sign_receipt
+from nodes.observer.client import GatewayClient
+from nodes.observer.delivery import NOT_SEALED_YET, check_inclusion
+from nodes.observer.device import Home, check_receipts, init_observer, submit_file
+from nodes.observer.outbox import Outbox
+from tests.kafka_broker import free_ports
+from tests.mission import Mission, demo_key, make_mission
+
+ROOT = Path(__file__).resolve().parents[2]
+NOW = 1_793_491_200_000 + 21 * 86_400_000  # inside the test mandate's window
+NODE = demo_key("observer-receipts:un-node")
+
+
+def _delivered(tmp: Path, m: Mission) -> tuple[Home, Outbox]:
+    """An observer home with one report delivered and its receipt signed by UN's node key."""
+    home = Home(tmp / "home")
+    key = init_observer(
+        home, observer_id="un-obs-7", org="un", mandate_envelope=m.scenario.mandate_envelope,
+        gateway="http://127.0.0.1:9", passphrase="correct horse battery", at_ms=NOW,
+        scrypt_n=2**10,
+    )  # fmt: skip
+    m.accredit("un-obs-7", "un", key, Role.OBSERVER)
+    m.accredit("un-node", "un", NODE, Role.NODE)
+    path = tmp / "report.yaml"
+    path.write_text((ROOT / "examples" / "report.yaml").read_text())
+    box = Outbox(home.outbox)
+    e = submit_file(home, box, key, path, at_ms=NOW)
+    receipt = sign_receipt(
+        Receipt(e.report_id, e.digest, "obus.reports.un", 0, 7, NOW + 5, NOW + 6, "un",
+                "un-node", NODE.key_id, "un-obs-7", e.seq, m.scenario.mandate.mandate_id),
+        NODE,
+    )  # fmt: skip
+    box.mark_delivered(e.seq, receipt=receipt, receipt_ok=True, http_status=201, now_ms=NOW + 6)
+    box.add_node_accreditation(NODE.key_id, m.registry[-1])
+    return home, box
+
+
+def test_receipts_verify_after_the_mandate_ended(tmp_path: Path) -> None:
+    m = make_mission(1, now_ms=NOW)
+    home, box = _delivered(tmp_path, m)
+    try:
+        ended = m.scenario.mandate.not_after_ms + 86_400_000
+        for at in (NOW + 10, ended):
+            [check] = check_receipts(home, box, at_ms=at)
+            assert check.ok and (check.partition, check.offset) == (0, 7), (at, check)
+        with pytest.raises(ConfigError, match="expired"):  # nothing is signed under it
+            home.load_mandate(now_ms=ended)
+    finally:
+        box.close()
+
+
+@asynccontextmanager
+async def _gateway_answering(status: int, doc: dict[str, str]) -> AsyncIterator[str]:
+    """A gateway stand-in on 127.0.0.1 that answers every proof request with ``doc``."""
+
+    async def proof(_: web.Request) -> web.Response:
+        return web.json_response(doc, status=status)
+
+    app = web.Application()
+    app.router.add_get("/v1/proofs/{topic}/{partition}/{offset}", proof)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    (port,) = free_ports(1)
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+async def test_inclusion_is_checked_after_the_mandate_ended(tmp_path: Path) -> None:
+    m = make_mission(1, now_ms=NOW)
+    home, box = _delivered(tmp_path, m)
+    not_sealed = {"reason": "record_not_sealed", "detail": "no final seal covers it yet"}
+    try:
+        async with _gateway_answering(404, not_sealed) as url, GatewayClient(url) as client:
+            ended = m.scenario.mandate.not_after_ms + 86_400_000
+            [check] = await check_inclusion(home, box, client, at_ms=ended)
+    finally:
+        box.close()
+    assert (check.state, check.reason) == (NOT_SEALED_YET, "record_not_sealed"), json.dumps(
+        [check.state, check.reason, check.detail]
+    )
