@@ -5,7 +5,10 @@
 (``GET /v1/node``), its clock, an observer's signed chain head, the recipients' keys and
 inclusion proofs; every answer comes back as an :class:`Answer`, whatever its status, and a
 gateway that cannot be reached (refused or reset connection, timeout) as :class:`Unreachable`.
-What the answers mean for delivery is :mod:`nodes.observer.delivery`'s business.
+An answer's body is read up to ``max_answer_bytes`` (default :data:`MAX_ANSWER_BYTES`) and no
+further: a longer one is :class:`AnswerTooLarge`, so a hostile or broken gateway cannot make
+the observer's device hold an unbounded answer (the inclusion check does not trust the
+gateway). What the answers mean for delivery is :mod:`nodes.observer.delivery`'s business.
 """
 
 from __future__ import annotations
@@ -13,11 +16,18 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import quote
 
 import aiohttp
 
 from bus.errors import TransportError
+from bus.seal_proof import MAX_VALUE_BYTES
+
+# The largest answer is an inclusion proof: its value (at most MAX_VALUE_BYTES) in base64 (4/3
+# of it), with a note and the cosigners' registry records far below the remaining third.
+MAX_ANSWER_BYTES: Final = 2 * MAX_VALUE_BYTES
+_READ_CHUNK: Final = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +55,27 @@ class Unreachable(TransportError):  # noqa: N818 - a state, not a failure of our
         super().__init__(message, retriable=True)
 
 
+class AnswerTooLarge(Unreachable):
+    """The gateway's answer is longer than the client reads (``max_answer_bytes``): nothing of
+    it is used. Retriable like :class:`Unreachable` (a gateway that answers so is broken or
+    hostile; the report stays queued), and named so that a check can say why."""
+
+
 class GatewayClient:
     """HTTP client of an organization gateway (aiohttp); ``async with`` opens the session."""
 
-    def __init__(self, base_url: str, *, timeout_s: float = 30.0, connect_timeout_s: float = 5.0):
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout_s: float = 30.0,
+        connect_timeout_s: float = 5.0,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s, connect=connect_timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self.max_answer_bytes = max_answer_bytes
 
     async def __aenter__(self) -> GatewayClient:
         self._session = aiohttp.ClientSession(timeout=self._timeout)
@@ -70,7 +94,7 @@ class GatewayClient:
             async with self._session.request(
                 method, self.base_url + path, data=stream, headers=headers
             ) as resp:
-                data = await resp.read()
+                data = await self._read(resp, path)
                 retry = resp.headers.get("Retry-After")
                 retry_s = float(retry) if retry and retry.replace(".", "", 1).isdigit() else None
                 return Answer(resp.status, data, retry_s)
@@ -80,6 +104,20 @@ class GatewayClient:
             raise Unreachable(f"no answer from {self.base_url} in time") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise Unreachable(f"{type(exc).__name__}: {exc}") from exc
+
+    async def _read(self, resp: aiohttp.ClientResponse, path: str) -> bytes:
+        """The body, refused as soon as it is longer than ``max_answer_bytes`` (a declared
+        length is believed only to refuse early; the bytes read are what counts)."""
+        limit = self.max_answer_bytes
+        declared = resp.content_length
+        if declared is not None and declared > limit:
+            raise AnswerTooLarge(f"{path}: the answer declares {declared} bytes, more than {limit}")
+        data = bytearray()
+        async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+            data += chunk
+            if len(data) > limit:
+                raise AnswerTooLarge(f"{path}: the answer runs past {limit} bytes")
+        return bytes(data)
 
     async def submit(self, envelope: bytes) -> Answer:
         """POST the envelope bytes to /v1/reports."""

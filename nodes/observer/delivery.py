@@ -37,7 +37,7 @@ from bus.receipt import verify_receipt
 from bus.seal_proof import SealProof, check_receipt_inclusion
 from bus.trust import KeyRing, decode_registry_record, verify_accreditation
 from bus.verify import ChainHead
-from nodes.observer.client import Answer, GatewayClient, Unreachable
+from nodes.observer.client import Answer, AnswerTooLarge, GatewayClient, Unreachable
 from nodes.observer.device import Home, ObserverConfig, now_ms, receipt_keyring
 from nodes.observer.outbox import (
     DELIVERED,
@@ -371,6 +371,8 @@ async def check_inclusion(
     proof is of that record and *k* organizations of the mandate cosigned its seal). Also
     once the mandate has ended: receipts are judged at their issue times and seals at *t_e*.
 
+    A proof answer longer than the client reads is refused ``oversized``.
+
     Raises:
         Unreachable: the gateway could not be reached (a check not made is not a verdict).
     """
@@ -384,7 +386,12 @@ async def check_inclusion(
             out.append(InclusionCheck(e.seq, e.report_id, NOT_VERIFIED, exc.reason.value,
                                       f"receipt: {exc.message}"))  # fmt: skip
             continue
-        answer = await client.proof(receipt.topic, receipt.partition, receipt.offset)
+        try:
+            answer = await client.proof(receipt.topic, receipt.partition, receipt.offset)
+        except AnswerTooLarge as exc:  # no proof is that long: the gateway's answer is refused
+            out.append(InclusionCheck(e.seq, e.report_id, NOT_VERIFIED, Reason.OVERSIZED.value,
+                                      str(exc)))  # fmt: skip
+            continue
         reason, detail = answer.error() if answer.status != 200 else ("", "")
         if reason == Reason.RECORD_NOT_SEALED.value:
             out.append(InclusionCheck(e.seq, e.report_id, NOT_SEALED_YET, reason, detail))

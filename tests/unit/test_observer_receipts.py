@@ -1,11 +1,12 @@
 """The observer checks its receipts (signature, and inclusion through the gateway's proofs) also
 once the mandate has ended: the mission's record is read after the mission; only signing and
-delivering stop at the mandate's end."""
+delivering stop at the mandate's end. The gateway's answers are read up to a bound: a longer
+one, declared or streamed, is refused (``oversized`` for a proof)."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -15,8 +16,8 @@ from aiohttp import web
 from bus.errors import ConfigError
 from bus.model import Receipt, Role
 from bus.receipt import sign_receipt
-from nodes.observer.client import GatewayClient
-from nodes.observer.delivery import NOT_SEALED_YET, check_inclusion
+from nodes.observer.client import AnswerTooLarge, GatewayClient
+from nodes.observer.delivery import NOT_SEALED_YET, NOT_VERIFIED, check_inclusion
 from nodes.observer.device import Home, check_receipts, init_observer, submit_file
 from nodes.observer.outbox import Outbox
 from tests.kafka_broker import free_ports
@@ -65,6 +66,9 @@ def test_receipts_verify_after_the_mandate_ended(tmp_path: Path) -> None:
         box.close()
 
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
 @asynccontextmanager
 async def _gateway_answering(status: int, doc: dict[str, str]) -> AsyncIterator[str]:
     """A gateway stand-in on 127.0.0.1 that answers every proof request with ``doc``."""
@@ -72,6 +76,12 @@ async def _gateway_answering(status: int, doc: dict[str, str]) -> AsyncIterator[
     async def proof(_: web.Request) -> web.Response:
         return web.json_response(doc, status=status)
 
+    async with _serving(proof) as url:
+        yield url
+
+
+@asynccontextmanager
+async def _serving(proof: Handler) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_get("/v1/proofs/{topic}/{partition}/{offset}", proof)
     runner = web.AppRunner(app)
@@ -97,3 +107,37 @@ async def test_inclusion_is_checked_after_the_mandate_ended(tmp_path: Path) -> N
     assert (check.state, check.reason) == (NOT_SEALED_YET, "record_not_sealed"), json.dumps(
         [check.state, check.reason, check.detail]
     )
+
+
+async def _declared(_: web.Request) -> web.Response:
+    return web.Response(body=b"x" * 5000, content_type="application/json")
+
+
+async def _streamed(request: web.Request) -> web.StreamResponse:
+    resp = web.StreamResponse()  # chunked: no length declared
+    resp.content_type = "application/json"
+    await resp.prepare(request)
+    for _ in range(5):
+        await resp.write(b"x" * 1000)
+    await resp.write_eof()
+    return resp
+
+
+@pytest.mark.parametrize("handler", [_declared, _streamed], ids=["declared", "streamed"])
+async def test_a_proof_answer_past_the_bound_is_refused_oversized(
+    tmp_path: Path, handler: Handler
+) -> None:
+    m = make_mission(1, now_ms=NOW)
+    home, box = _delivered(tmp_path, m)
+    try:
+        async with _serving(handler) as url:
+            async with GatewayClient(url, max_answer_bytes=4999) as client:
+                with pytest.raises(AnswerTooLarge):
+                    await client.proof("obus.reports.un", 0, 7)
+                [check] = await check_inclusion(home, box, client, at_ms=NOW + 10)
+            async with GatewayClient(url, max_answer_bytes=5000) as client:  # at the bound
+                answer = await client.proof("obus.reports.un", 0, 7)
+    finally:
+        box.close()
+    assert (check.state, check.reason) == (NOT_VERIFIED, "oversized"), check
+    assert (answer.status, answer.body) == (200, b"x" * 5000)
