@@ -47,6 +47,7 @@ from bus.kafka.acl import apply_acls, describe_acls
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
 from bus.model import Envelope, Report, Role
+from bus.store.final import FinalStore
 from bus.store.node import NodeStore
 from bus.topics import Topics, report_headers, standard_topics
 from nodes.auditor.run import audit
@@ -54,6 +55,7 @@ from nodes.demo.scenario import demo_key
 from nodes.org_node.attachments import AttachmentNode, config_for_node
 from nodes.org_node.config import NodeConfig, SealSettings
 from nodes.org_node.process import build_node
+from nodes.org_node.sealer import Sealer, SealerConfig
 from tests.kafka_broker import REPO
 from tests.kafka_cluster import LocalKafkaCluster
 from tests.mission import live_mission
@@ -371,15 +373,17 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
 ) -> None:
     """Every client of a full node (ingest, trust follower, follow-up, attachment reassembler,
     sealer) and of the auditor logs in as the organization over TLS, under its ACLs: a client
-    built without the node's SASL_SSL settings cannot even connect to this cluster."""
+    built without the node's SASL_SSL settings cannot even connect to this cluster. Sealers of
+    k - 1 more organizations, each logged in as itself, cosign with the UN's so that the bus is
+    sealed and the auditor's verdicts are final."""
     un = prepared.security("un")
     m = live_mission()
     node_key = demo_key("acls:node:un")
     m.accredit("un-node", "un", node_key, Role.NODE)
-    # Node keys of k organizations: only then can a seal become final, and only then does the
-    # UN's sealer propose one (its own node alone never makes a quorum here).
-    for org in ORGS[1 : m.scenario.mandate.threshold]:
-        m.accredit(f"{org}-node", org, demo_key(f"acls:node:{org}"), Role.NODE)
+    # Node keys of k organizations: only then can a seal become final.
+    others = {org: demo_key(f"acls:node:{org}") for org in ORGS[1 : m.scenario.mandate.threshold]}
+    for org, key in others.items():
+        m.accredit(f"{org}-node", org, key, Role.NODE)
     raws = [m.next_report("un", 1) for _ in range(4)] + [m.next_report("un", 2)]
     producer = reliable_producer(prepared.bootstrap, security=un)
     async with asyncio.timeout(120):
@@ -387,12 +391,14 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
         try:
             for raw in [*m.scenario.accreditations, *m.registry]:
                 await producer.send_and_wait(TOPICS.registry, raw)
+            positions = []
             for raw in raws:
                 rep = Report.decode(Envelope.decode(raw).payload)
-                await producer.send_and_wait(
+                md = await producer.send_and_wait(
                     TOPICS.reports("un"), raw, key=rep.observer_id.encode(),
                     headers=report_headers(rep.report_id, rep.org, rep.observer_id),
                 )  # fmt: skip
+                positions.append((md.topic, md.partition, md.offset))
         finally:
             await producer.stop()
 
@@ -407,7 +413,17 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
     )  # fmt: skip
     node = build_node(cfg)
     reassembler = AttachmentNode(config_for_node(cfg, AttachmentLimits()))
-    parts: list[Any] = [node, reassembler]
+    sealers = [
+        Sealer(
+            SealerConfig(
+                org=org, bootstrap=prepared.bootstrap, db_path=tmp_path / f"{org}.final.db",
+                root=m.scenario.mandate, node_key=key, topics=TOPICS, interval_ms=200,
+                takeover_ms=200, poll_timeout_ms=100, security=prepared.security(org),
+            )
+        )
+        for org, key in others.items()
+    ]  # fmt: skip
+    parts: list[Any] = [node, reassembler, *sealers]
     tasks = [asyncio.create_task(p.run()) for p in parts]
     ours = {Report.decode(Envelope.decode(r).payload).report_id for r in raws}
 
@@ -418,6 +434,17 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
         finally:
             store.close()
 
+    def final() -> list[str]:
+        """The UN's final verdicts on its reports, as far as its sealer judged them."""
+        if not (tmp_path / "un.final.db").exists():
+            return []
+        store = FinalStore(tmp_path / "un.final.db", read_only=True)
+        try:
+            verdicts = [store.verdict(*pos) for pos in positions]
+        finally:
+            store.close()
+        return [str(v["status"]) for v in verdicts if v is not None]
+
     try:
         async with asyncio.timeout(180):
             while not (
@@ -425,9 +452,11 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
                 and stored() == ours
                 and node.extras is not None
                 and node.extras.followup.started.is_set()
-                and node.extras.sealer is not None
-                # wrote the seals topic (a proposal, then its own cosignature read back)
-                and node.extras.sealer.counts["cosignatures_published"] >= 1
+                # the seals topic written and read under each organization's ACLs: every
+                # report finally judged under a final seal (the reports of the epoch that
+                # sealed their observers' accreditations are judged in the next one)
+                and len(final()) == len(raws)
+                and "deferred" not in final()
             ):
                 failed = [t for t in tasks if t.done()]
                 if failed:
@@ -441,4 +470,6 @@ async def test_a_whole_node_and_the_auditor_work_logged_in_as_their_organization
     assert [r for r in results if r is not None] == []  # every part stopped cleanly
 
     result = await audit(prepared.bootstrap, m.scenario.mandate, topics=TOPICS, security=un)
+    assert result.final is not None and result.final.last_epoch >= 1
+    assert final() == ["accepted"] * len(raws)
     assert result.accepted["un"] >= len(raws)
