@@ -30,8 +30,9 @@ Args = dict[str, Any]
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu_s() -> float:
-    """CPU seconds (user + system) of this process and every live descendant (Linux /proc).
+def tree_cpu_s(root: int | None = None) -> float:
+    """CPU seconds (user + system) of process ``root`` (default: this one) and every live
+    descendant (Linux /proc).
 
     On a machine shared with other work, wall-clock rates say how much CPU we were given;
     rates per CPU second say how much work each CPU second did. The bench reports both.
@@ -48,7 +49,8 @@ def tree_cpu_s() -> float:
         fields = stat[stat.rindex(")") + 2 :].split()
         parents[int(d.name)] = int(fields[1])
         cpu[int(d.name)] = (int(fields[11]) + int(fields[12])) / _TICK
-    mine, frontier = {os.getpid()}, [os.getpid()]
+    top = os.getpid() if root is None else root
+    mine, frontier = {top}, [top]
     while frontier:
         pid = frontier.pop()
         for child_pid, parent in parents.items():
@@ -173,15 +175,10 @@ async def ingest(a: Args) -> dict[str, Any]:
     """A whole node (OrgNode: consume, parse, verify, chain, store) on a fresh store.
 
     The rate counts from the first stored batch to the last, so group join and the workers'
-    start are left out.
+    start are left out. (``make bench --profile`` runs this child under py-spy: bench.run.)
     """
     db = Path(tempfile.mkdtemp(prefix="obus-bench-")) / "node.db"
     node = _node(a, db)
-    profile = None
-    if a.get("profile"):
-        from pyinstrument import Profiler  # noqa: PLC0415
-
-        profile = Profiler(async_mode="disabled")
     task = asyncio.create_task(node.run())
     t_first, n_first, n = 0.0, 0, 0
     while n < a["total"]:
@@ -191,8 +188,6 @@ async def ingest(a: Args) -> dict[str, Any]:
         n = node.counts["accepted"] + node.counts["quarantined"]
         if n and not t_first:
             t_first, n_first, c_first = time.perf_counter(), n, tree_cpu_s()
-            if profile is not None:
-                profile.start()
         await asyncio.sleep(0.005)
     wall, cpu = time.perf_counter() - t_first, tree_cpu_s() - c_first
     final: dict[str, Any] = {}
@@ -207,10 +202,6 @@ async def ingest(a: Args) -> dict[str, Any]:
             "seconds": f_wall, "rate": (done - n_first) / f_wall, "cpu_s": f_cpu,
             "per_cpu_s": (done - n_first) / f_cpu,
         }  # fmt: skip
-    if profile is not None:
-        profile.stop()
-        text = profile.output_text(unicode=False, color=False)
-        await asyncio.to_thread(Path(a["profile"]).write_text, text)
     counts = dict(node.counts)
     node.stop()
     await task

@@ -40,8 +40,11 @@ from typing import Any, Final
 from rich.console import Console
 from rich.table import Table
 
+from bench.child import tree_cpu_s
 from bench.gen import REPO, GenSpec, generate, read
 from bench.kafka_io import paced, prepare, publish
+from bench.spy import fold
+from bench.spy import table as spy_table
 from bus.kafka.client import reliable_producer
 from bus.topics import Topics
 from nodes.demo.mission import LocalBroker
@@ -55,17 +58,29 @@ TARGETS: Final = {
 console = Console()
 
 
-def child(kind: str, args: dict[str, Any], *, wait: bool = True, verifier: str = "pynacl") -> Any:
+def child(
+    kind: str,
+    args: dict[str, Any],
+    *,
+    wait: bool = True,
+    verifier: str = "pynacl",
+    spy: Path | None = None,
+) -> Any:
     """Run ``bench.child KIND`` and return (result, peak RSS in MiB); or the Popen if not wait.
 
     ``verifier`` is the child's ``OBUS_VERIFIER`` (and the lean peer's and ceiling's own choice).
+    ``spy``: run the child under py-spy (every thread and subprocess, native frames included)
+    and write its raw samples there (``bench.spy`` folds them).
     """
     out = Path(tempfile.mkstemp(prefix=f"obus-bench-{kind}-", suffix=".json")[1])
     env = {**os.environ, "OBUS_VERIFIER": verifier}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.child", kind, json.dumps({**args, "verifier": verifier}),
-         str(out)], cwd=REPO, env=env,
-    )  # fmt: skip
+    cmd = [sys.executable, "-m", "bench.child", kind, json.dumps({**args, "verifier": verifier}),
+           str(out)]  # fmt: skip
+    if spy is not None:
+        py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+        cmd = [py_spy, "record", "--threads", "--subprocesses", "--native", "--rate", "200",
+               "--format", "raw", "--output", str(spy), "--", *cmd]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env)
     if not wait:
         return proc, out
     return finish(proc, out)
@@ -199,6 +214,11 @@ async def _wait_final(dbs: list[Path], total: int, timeout_s: float) -> None:
         await asyncio.sleep(0.5)
 
 
+async def _until_ready(paths: list[Path]) -> None:
+    while not all(r.exists() for r in paths):  # noqa: ASYNC110 - files from children
+        await asyncio.sleep(0.1)
+
+
 async def latency(
     bootstrap: str,
     prefix: str,
@@ -206,18 +226,25 @@ async def latency(
     seconds: float,
     work: Path,
     seal_interval_ms: int = 0,
-) -> Any:
-    """Bare produce -> consume (six plain consumers), then publish -> stored at six nodes, then
-    (with ``seal_interval_ms``) publish -> stored and publish -> final at six sealing nodes.
+    fetch: tuple[tuple[int, int], ...] = (),
+) -> dict[str, Any]:
+    """At ``rate`` reports/s: bare produce -> consume (six plain consumers; "one" is the first
+    consumer, "six" the last of them to receive); then one node alone, publish -> provisional
+    verdict (its store's ``stored_at_ms``) and the node's CPU per report, once with the node's
+    default fetch settings and once per ``(fetch_min_bytes, fetch_max_wait_ms)`` of ``fetch``;
+    then (with ``seal_interval_ms``) six sealing nodes: publish -> provisional and publish ->
+    final verdict (its epoch's ``judged_at`` in the final store) at one node (the UN's) and at
+    all six.
 
     The bare phase starts with two unmeasured seconds at the same rate: the first records on
     fresh topics pay for the broker's warm-up (segment files, JIT), which would otherwise
-    inflate the bare p99 that the node's p99 is divided by. The node phase needs none: the
-    nodes first catch up on the bare phase's records.
+    inflate the bare p99 that the nodes' p99 is divided by. The node phases need none: each
+    node first catches up on every record published before (not measured).
     """
     n = int(rate * seconds)
     warm = 2 * rate
-    spec = GenSpec.today(warm + 3 * n + 600, observers_per_org=10, seed="latency")
+    phases = 1 + 1 + len(fetch) + (1 if seal_interval_ms else 0)
+    spec = GenSpec.today(warm + phases * n + 600, observers_per_org=10, seed="latency")
     parts = generate(spec)
     topics = Topics(prefix)
     await prepare(bootstrap, topics, spec)
@@ -225,59 +252,67 @@ async def latency(
     records = [
         (topics.reports(ids[i].split("-obs-")[0]), ids[i].encode(), raw) for i, raw in read(parts)
     ]
-    warmup, first, second = records[:warm], records[warm : warm + n], records[warm + n :][:n]
-    third = records[warm + 2 * n :][:n]
+    chunks = [records[warm + i * n : warm + (i + 1) * n] for i in range(phases)]
     orgs = [o for o, _ in ORGANIZATIONS]
+    out: dict[str, Any] = {"rate": rate, "records_per_phase": n}
+    published = warm
     producer = reliable_producer(bootstrap)
     await producer.start()
     try:
         # 1. bare: six plain consumers at the end of every report partition.
-        ready = [work / f"ready-{i}" for i in range(len(orgs))]
+        ready = [work / f"ready-{rate}-{i}" for i in range(len(orgs))]
         cons = [
             child("consumer", {"bootstrap": bootstrap, "prefix": prefix, "ready": str(r)},
                   wait=False)
             for r in ready
         ]  # fmt: skip
-        while not all(r.exists() for r in ready):  # noqa: ASYNC110 - files from children
-            await asyncio.sleep(0.1)
-        sent = (await paced(producer, warmup + first, rate))[warm:]
+        await _until_ready(ready)
+        sent = (await paced(producer, records[:warm] + chunks[0], rate))[warm:]
+        published += n
         await asyncio.sleep(2)
         for p, _ in cons:
             p.send_signal(signal.SIGTERM)
         got = [finish(p, o)[0]["received"] for p, o in cons]
-        recv: dict[tuple[str, int, int], float] = {}
-        for g in got:
-            for t, p, off, ms in g:
-                k = (t, p, off)
-                recv[k] = max(recv.get(k, 0.0), ms)
-        bare = [recv[(t, p, o)] - s for t, p, o, s in sent if (t, p, o) in recv]
-        if len(bare) != len(sent):
-            raise RuntimeError(f"bare consumers missed {len(sent) - len(bare)} records")
+        per_consumer = [{(t, p, off): ms for t, p, off, ms in g} for g in got]
+        if any(len(c) < len(sent) for c in per_consumer):
+            raise RuntimeError("a bare consumer missed records")
+        out["bare"] = {
+            "one": _lat([per_consumer[0][(t, p, o)] - s for t, p, o, s in sent]),
+            "six": _lat([max(c[(t, p, o)] for c in per_consumer) - s for t, p, o, s in sent]),
+        }
 
-        # 2. six nodes; they first catch up on the bare phase's records (warm-up).
-        dbs = [work / f"lat-{org}.db" for org in orgs]
-        nodes = [
-            child("node", {"bootstrap": bootstrap, "prefix": prefix, "org": org, "db": str(db),
-                           "spec": spec_dict(spec)}, wait=False)
-            for org, db in zip(orgs, dbs, strict=True)
-        ]  # fmt: skip
-        try:
-            await _wait_stored(dbs, warm + n, 180)
-            sent2 = await paced(producer, second, rate)
-            await _wait_stored(dbs, warm + 2 * n, 120)
-        finally:
-            for p, _ in nodes:
-                p.send_signal(signal.SIGTERM)
-            for p, o in nodes:
-                finish(p, o)
+        # 2. one node alone (no sealer): publish -> provisional, and its CPU per report.
+        settings: list[tuple[str, dict[str, int]]] = [("default", {})]
+        settings += [(f"{b}:{w}", {"fetch_min_bytes": b, "fetch_max_wait_ms": w}) for b, w in fetch]
+        out["one_node"] = {}
+        for i, (label, node_cfg) in enumerate(settings, start=1):
+            db = work / f"lat-{rate}-one-{i}.db"
+            proc, o = child("node", {"bootstrap": bootstrap, "prefix": prefix, "org": "un",
+                                     "db": str(db), "spec": spec_dict(spec), "node": node_cfg},
+                            wait=False)  # fmt: skip
+            try:
+                await _wait_stored([db], published, 180)
+                c0, t0 = tree_cpu_s(proc.pid), time.perf_counter()
+                sent2 = await paced(producer, chunks[i], rate)
+                published += n
+                await _wait_stored([db], published, 120)
+                cpu, wall = tree_cpu_s(proc.pid) - c0, time.perf_counter() - t0
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                finish(proc, o)
+            stored = _stored_at([db])
+            out["one_node"][label] = {
+                "provisional": _lat([stored[(t, p, o)] - s for t, p, o, s in sent2]),
+                "cpu_share": cpu / wall,
+                "cpu_us_per_report": cpu / n * 1e6,
+            }
     finally:
         await producer.stop()
-    stored = _stored_at(dbs)
-    node = [stored[(t, p, o)] - s for t, p, o, s in sent2]
     if not seal_interval_ms:
-        return _lat(bare), _lat(node), None
+        return out
     # 3. six sealing nodes on fresh stores: they catch up on everything first (not measured).
-    sdbs = [work / f"seal-{org}.db" for org in orgs]
+    sdbs = [work / f"seal-{rate}-{org}.db" for org in orgs]
+    fdbs = [db.with_suffix(".final.db") for db in sdbs]
     producer = reliable_producer(bootstrap)
     await producer.start()
     nodes = [
@@ -287,27 +322,28 @@ async def latency(
         for org, db in zip(orgs, sdbs, strict=True)
     ]  # fmt: skip
     try:
-        fdbs = [db.with_suffix(".final.db") for db in sdbs]
-        await _wait_final(fdbs, warm + 2 * n, 300)
-        sent3 = await paced(producer, third, rate)
-        await _wait_final(fdbs, warm + 3 * n, 180)
+        await _wait_final(fdbs, published, 300)
+        await _wait_stored(sdbs, published, 300)
+        sent3 = await paced(producer, chunks[-1], rate)
+        # The sealer reads on its own: a node's final verdict can come before its provisional.
+        await _wait_final(fdbs, published + n, 180)
+        await _wait_stored(sdbs, published + n, 180)
     finally:
         await producer.stop()
         for p, _ in nodes:
             p.send_signal(signal.SIGTERM)
         for p, o in nodes:
             finish(p, o)
-    stored3 = _stored_at(sdbs)
-    final: dict[tuple[str, int, int], float] = {}
-    for db in fdbs:
-        for k, ms in _finals(db)[1].items():
-            final[k] = max(final.get(k, 0.0), ms)
-    sealed = {
+    finals = [_finals(db)[1] for db in fdbs]
+    stored_one, stored_six = _stored_at(sdbs[:1]), _stored_at(sdbs)
+    out["sealed"] = {
         "interval_ms": seal_interval_ms,
-        "stored": _lat([stored3[(t, p, o)] - s for t, p, o, s in sent3]),
-        "final": _lat([final[(t, p, o)] - s for t, p, o, s in sent3]),
+        "provisional_one": _lat([stored_one[(t, p, o)] - s for t, p, o, s in sent3]),
+        "provisional_six": _lat([stored_six[(t, p, o)] - s for t, p, o, s in sent3]),
+        "final_one": _lat([finals[0][(t, p, o)] - s for t, p, o, s in sent3]),
+        "final_six": _lat([max(f[(t, p, o)] for f in finals) - s for t, p, o, s in sent3]),
     }
-    return _lat(bare), _lat(node), sealed
+    return out
 
 
 def _stored_at(dbs: list[Path]) -> dict[tuple[str, int, int], float]:
@@ -401,9 +437,11 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                 res[label] = child("ingest", args)[0]
                 done(label)
             if opts.profile:
-                path = RESULTS / f"profile-{label}.txt"
-                child("ingest", {**args, "profile": str(path)})
-                done(f"{label} (profiled, not timed: {path.relative_to(REPO)})")
+                raw = RESULTS / f"profile-{label}.raw"
+                r = child("ingest", args, spy=raw)[0]
+                path = raw.with_suffix(".txt")
+                path.write_text(spy_table(fold(raw), 1e6 / r["per_cpu_s"]) + "\n")
+                done(f"{label} (profiled by py-spy, not timed: {path.relative_to(REPO)})")
 
         if opts.seal_interval > 0:
             # The same node with its sealer; the five other organizations' sealing nodes run
@@ -444,18 +482,17 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                 done(f"audit (profiled, not timed: {path.relative_to(REPO)})")
 
         if opts.latency_seconds > 0:
-            bare, node, sealed = await latency(
-                bootstrap,
-                f"{base}lat.",
-                opts.rate,
-                opts.latency_seconds,
-                work,
-                round(opts.seal_interval * 1000),
+            sweep = tuple(
+                (int(b), int(w))
+                for b, w in (x.split(":") for x in opts.fetch_sweep.split(",") if x)
             )
-            res["latency"] = {"rate": opts.rate, "bare": bare, "node": node}
-            if sealed is not None:
-                res["latency"]["sealed"] = sealed
-            done("latency")
+            res["latency"] = {}
+            for rate in sorted(int(r) for r in opts.rates.split(",")):
+                res["latency"][str(rate)] = await latency(
+                    bootstrap, f"{base}lat{rate}.", rate, opts.latency_seconds, work,
+                    round(opts.seal_interval * 1000), sweep,
+                )  # fmt: skip
+                done(f"latency {rate}/s")
     finally:
         if broker is not None:
             broker.stop()
@@ -505,9 +542,11 @@ def ratios(res: dict[str, Any]) -> dict[str, float]:
         out["memory"] = res[audits[-1]]["peak_rss_mib"] / res[audits[0]]["peak_rss_mib"]
     if "group_2" in res:
         out["scaling_1_to_2"] = res["group_2"]["rate"] / res["group_1"]["rate"]
-    if "latency" in res:
-        lat = res["latency"]
-        out["latency_p99"] = lat["node"]["p99_ms"] / lat["bare"]["p99_ms"]
+    for rate, lat in res.get("latency", {}).items():
+        bare_p99 = lat["bare"]["one"]["p99_ms"]
+        out[f"latency_p99_{rate}"] = lat["one_node"]["default"]["provisional"]["p99_ms"] / bare_p99
+        if "sealed" in lat:
+            out[f"latency_final_p99_{rate}"] = lat["sealed"]["final_one"]["p99_ms"] / bare_p99
     return out
 
 
@@ -558,28 +597,31 @@ def render(res: dict[str, Any], r: dict[str, float]) -> None:
             t.add_row(
                 f"consumer group, {g['workers']} ingest worker(s)", f"{g['rate']:,.0f}/s", rows
             )
-    if "latency" in res:
-        lat = res["latency"]
-        for who in ("bare", "node"):
-            x = lat[who]
-            t.add_row(
-                f"latency {who} @ {lat['rate']}/s",
-                f"p50 {x['p50_ms']:.1f} / p99 {x['p99_ms']:.1f} / max {x['max_ms']:.0f} ms",
-                "produce -> 6 consumers" if who == "bare" else "publish -> stored at 6 nodes",
-            )
-        sealed = lat.get("sealed")
+
+    def lat(x: dict[str, Any]) -> str:
+        return f"p50 {x['p50_ms']:,.0f} / p99 {x['p99_ms']:,.0f} / max {x['max_ms']:,.0f} ms"
+
+    for per_s, lt in res.get("latency", {}).items():
+        at = f"@ {int(per_s):,}/s"
+        t.add_row(f"latency bare, one consumer {at}", lat(lt["bare"]["one"]), "produce -> consume")
+        t.add_row(f"latency bare, six consumers {at}", lat(lt["bare"]["six"]), "the last of six")
+        for label, x in lt["one_node"].items():
+            fetch = "default fetch" if label == "default" else f"fetch min bytes:wait ms {label}"
+            t.add_row(f"latency one node {at}", lat(x["provisional"]),
+                      f"publish -> provisional; {fetch}; {x['cpu_share']:.0%} of a core, "
+                      f"{x['cpu_us_per_report']:,.0f} µs CPU per report")  # fmt: skip
+        sealed = lt.get("sealed")
         if sealed is not None:
-            for what in ("stored", "final"):
-                x = sealed[what]
-                t.add_row(
-                    f"latency sealing nodes @ {lat['rate']}/s",
-                    f"p50 {x['p50_ms']:.1f} / p99 {x['p99_ms']:.1f} / max {x['max_ms']:.0f} ms",
-                    f"publish -> {what} at 6 nodes, seal interval {sealed['interval_ms']} ms",
-                )
+            every = f"seal interval {sealed['interval_ms']:,} ms"
+            for key, what in (("provisional_one", "publish -> provisional at one of six"),
+                              ("provisional_six", "publish -> provisional at all six"),
+                              ("final_one", "publish -> final at one of six"),
+                              ("final_six", "publish -> final at all six")):  # fmt: skip
+                t.add_row(f"latency sealing nodes {at}", lat(sealed[key]), f"{what}; {every}")
     t.add_section()
     checks = {
         "ingest_1": ("ingest", ">="), "ingest_all": ("ingest", ">="), "memory": ("memory", "<="),
-        "latency_p99": ("latency_p99", "<="), "ingest_1_cpu": ("ingest", ">="),
+        "ingest_1_cpu": ("ingest", ">="),
         "ingest_all_cpu": ("ingest", ">="), "ingest_1_vs_lean": ("vs_lean", ">="),
         "ingest_all_vs_lean": ("vs_lean", ">="), "ingest_sealed_vs_lean": ("vs_lean", ">="),
         "ingest_1_native_vs_lean_native": ("vs_lean", ">="),
@@ -588,6 +630,8 @@ def render(res: dict[str, Any], r: dict[str, float]) -> None:
     for k, v in r.items():
         is_audit = k.startswith("audit_") and not k.endswith("_vs_lean")
         target, op = checks.get(k, ("audit", ">=") if is_audit else ("", ""))
+        if k.startswith("latency_p99_"):
+            target, op = "latency_p99", "<="
         goal = TARGETS.get(target)
         ok = goal is not None and (v >= goal if op == ">=" else v <= goal)
         mark = "" if goal is None else ("[green]met[/green]" if ok else "[red]missed[/red]")
@@ -604,12 +648,20 @@ def main(argv: list[str] | None = None) -> int:
         "100000,1000000 takes ~10 more minutes on 2 cores)",
     )
     p.add_argument("--latency-seconds", type=float, default=10)
-    p.add_argument("--rate", type=int, default=1000, help="reports/s in the latency run")
+    p.add_argument(
+        "--rates", default="100,1000",
+        help="reports/s of the latency runs, comma-separated (default 100,1000)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fetch-sweep", default="",
+        help="MIN_BYTES:WAIT_MS,... : the one-node latency phase again with each node fetch "
+        "setting, e.g. 1:500,65536:10,65536:50,65536:100 (default: none)",
+    )  # fmt: skip
     p.add_argument(
         "--seal-interval",
         type=float,
         default=1.0,
-        help="seconds; the latency run also measures publish -> final at six sealing nodes "
+        help="seconds; the latency runs also measure publish -> final at six sealing nodes "
         "with this seal interval (0: skip that phase)",
     )
     p.add_argument("--ceiling-seconds", type=float, default=4)
@@ -619,7 +671,10 @@ def main(argv: list[str] | None = None) -> int:
         "are checked against the project's (default 2000)",
     )  # fmt: skip
     p.add_argument("--workers", type=int, default=0, help="cores to use (default: all)")
-    p.add_argument("--profile", action="store_true", help="also write pyinstrument profiles")
+    p.add_argument(
+        "--profile", action="store_true",
+        help="also profile node ingest (py-spy, whole process tree) and audit (pyinstrument)",
+    )  # fmt: skip
     p.add_argument(
         "--no-scaling", dest="scaling", action="store_false",
         help="skip 1 vs 2 node processes in one consumer group",
