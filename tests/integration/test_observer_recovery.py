@@ -1,5 +1,6 @@
 """Recovery through the observer's CLI library (not the web form), on a real broker with a real
-gateway and organization nodes: a device clock six minutes fast, and a lost device.
+gateway and organization nodes running their sealers: a device clock six minutes fast, and a
+lost device.
 
 Silenced observer: the clock check against ``GET /v1/time`` says the nodes would refuse a
 report signed now; signed anyway, the gateway refuses it ``clock_skew`` and the outbox goes
@@ -7,8 +8,11 @@ back before it (the report queued after it is held, not sent). Once the clock is
 refused report is re-signed at the same seq (same id) and the held one after it; both are
 accepted, and so is a later one. Lost device: a new key for the same observer id, the old one
 revoked after the report it delivered and the new one accredited (both sealed), the new device
-continues the chain from the gateway's signed head; its reports are accepted. In both, three
-organizations' nodes read the bus and store exactly the accepted reports, quarantining nothing.
+continues the chain from the gateway's signed head; its reports are accepted. In both, four
+organizations' nodes run their sealers (the mandate's k = 4), UN's gateway judges with UN's
+node's final store, and every node's final store ends with a final verdict ``accepted`` on
+exactly the observer's delivered reports, at the positions their receipts name, and on nothing
+else of the topic.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from bus.model import Accreditation, Envelope, Report, Revocation, Role, sha256
+from bus.receipt import verify_receipt
 from bus.sign import sign_accreditation, sign_revocation
 from nodes.gateway.http import GatewayServer
 from nodes.observer.client import GatewayClient
@@ -29,19 +34,25 @@ from nodes.observer.device import (
     continue_chain,
     init_observer,
     now_ms,
+    receipt_keyring,
     resign_held,
     submit_file,
 )
-from nodes.observer.outbox import DELIVERED, QUEUED, REJECTED, Outbox
-from tests.integration.test_observer_gateway import PASSPHRASE, World, _report_file, _world
-from tests.integration.test_observer_web import _nodes_store, _publish
+from nodes.observer.outbox import DELIVERED, QUEUED, REJECTED, Entry, Outbox
+from tests.integration.test_observer_gateway import PASSPHRASE, _report_file
+from tests.integration.test_observer_inclusion import (
+    SealedWorld,
+    final_verdicts,
+    publish_trust,
+    sealed_world,
+    until_judged,
+)
 
 pytestmark = [pytest.mark.kafka]
 SKEW_MS = 6 * 60 * 1000
-NODES = ("un", "osce", "eu")
 
 
-async def _sync(w: World, home: Home) -> tuple[int, int, int]:
+async def _sync(w: SealedWorld, home: Home) -> tuple[int, int, int]:
     box = Outbox(home.outbox)
     try:
         async with GatewayClient(w.url, timeout_s=15) as client:
@@ -55,11 +66,31 @@ def _reports(raws: list[bytes]) -> list[Report]:
     return [Report.decode(Envelope.decode(raw).payload) for raw in raws]
 
 
+async def _every_node_accepts(w: SealedWorld, home: Home, entries: list[Entry]) -> None:
+    """Once sealed, every sealing node's final store holds a final verdict ``accepted`` on
+    exactly these delivered reports, at the positions their receipts name (verified with the
+    node accreditation ``home``'s outbox keeps), and on nothing else of the topic."""
+    box = Outbox(home.outbox, read_only=True)
+    try:
+        ring = receipt_keyring(home, box, at_ms=now_ms())
+    finally:
+        box.close()
+    receipts = [verify_receipt(e.receipt or b"", ring, envelope=e.envelope) for e in entries]
+    topic = w.topics.reports("un")
+    await until_judged(w, topic, len(entries))
+    want = sorted((r.partition, r.offset, "accepted", "", r.report_id) for r in receipts)
+    for org in w.sealing:
+        assert final_verdicts(w, org, topic) == want, org
+
+
 async def test_a_clock_six_minutes_fast_then_fixed_leaves_the_observer_heard(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    w = await _world(kafka_bootstrap, tmp_path)
-    path = _report_file(tmp_path)
+    async with sealed_world(kafka_bootstrap, tmp_path) as w:
+        await _silenced_then_heard(w, _report_file(tmp_path))
+
+
+async def _silenced_then_heard(w: SealedWorld, path: Path) -> None:
     async with GatewayServer(w.config()):
         async with GatewayClient(w.url) as client:
             sent = now_ms() + SKEW_MS
@@ -102,15 +133,17 @@ async def test_a_clock_six_minutes_fast_then_fixed_leaves_the_observer_heard(
             box.close()
     assert [(e.seq, e.state) for e in entries] == [(1, DELIVERED), (2, DELIVERED), (3, DELIVERED)]
     assert [e.report_id for e in entries[:2]] == [first.report_id, second.report_id]
-    await w.sealer.seal()
-    await _nodes_store(w, NODES, [e.envelope for e in entries])
+    await _every_node_accepts(w, w.home, entries)
 
 
 async def test_a_lost_device_continues_the_chain_from_the_served_head(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    w = await _world(kafka_bootstrap, tmp_path)
-    path = _report_file(tmp_path)
+    async with sealed_world(kafka_bootstrap, tmp_path) as w:
+        await _lost_device_continues(w, _report_file(tmp_path), tmp_path)
+
+
+async def _lost_device_continues(w: SealedWorld, path: Path, tmp_path: Path) -> None:
     async with GatewayServer(w.config()):
         box = Outbox(w.home.outbox)
         try:
@@ -137,8 +170,8 @@ async def test_a_lost_device_continues_the_chain_from_the_served_head(
                          mandate.mandate_id)  # fmt: skip
         acc = Accreditation("un-obs-field", "un", Role.OBSERVER, key.public_key,
                             mandate.not_before_ms, mandate.not_after_ms, 2, mandate.mandate_id)  # fmt: skip
-        await _publish(w, sign_revocation(rev, roots["un"]).encode(),
-                       sign_accreditation(acc, roots["un"]).encode())  # fmt: skip
+        await publish_trust(w, sign_revocation(rev, roots["un"]).encode(),
+                            sign_accreditation(acc, roots["un"]).encode())  # fmt: skip
         async with GatewayClient(w.url) as client:
             node = (await client.node_accreditation()).body
             head_doc = client.json(await client.head("un-obs-field"))
@@ -168,5 +201,4 @@ async def test_a_lost_device_continues_the_chain_from_the_served_head(
     assert reports[1].prev_digest == sha256(raws[0]) and reports[2].prev_digest == sha256(raws[1])
     signers = [Envelope.decode(raw).signatures[0].key_id for raw in raws]
     assert signers == [w.observer_key.key_id, key.key_id, key.key_id]
-    await w.sealer.seal()
-    await _nodes_store(w, NODES, raws)
+    await _every_node_accepts(w, home, [delivered, *later])
