@@ -120,6 +120,10 @@ COLUMNS: Final = (
     Column("place", "#loc+name", lambda r: r.place),
     Column("narrative", "#description", lambda r: r.narrative),
     Column("corrects", "#event+id+corrects", lambda r: r.corrects),
+    Column("retracts", "#event+id+retracts", lambda r: r.retracts),
+    Column("retraction_reason", "#description+retraction", lambda r: r.retraction_reason),
+    Column("corrected_by", "#event+id+corrected_by", lambda r: r.corrected_by),
+    Column("retracted_by", "#event+id+retracted_by", lambda r: r.retracted_by),
     Column(
         "attachments",
         "#meta+attachments+num",

@@ -5,7 +5,9 @@ retracted one never; and a property over random schedules of amendments (pure, n
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import random
 import tempfile
 from pathlib import Path
@@ -24,9 +26,11 @@ from bus.sealed_reader import SealedReader
 from bus.sign import sign_mandate, sign_revocation
 from bus.store.final import FinalStore
 from bus.store.node import NodeStore
+from bus.store.report_query import ReportQuery, parse_params
 from bus.trust import KeyRing
 from bus.uuid7 import uuid7
 from bus.verify import ChainBook
+from nodes.org_node.export import Format, write_reports
 from tests.mission import NOW_MS, Mission, make_mission
 from tests.sealed_log import TOPICS, SealedLog, project
 
@@ -469,3 +473,20 @@ def test_property_any_schedule_same_verdicts_everywhere(tmp_path: Path, seed: in
     assert len(canonical) == len(by_pos)  # every report record has its one final verdict
     for verdict in sorted(set(final.values())):
         event(verdict)
+
+
+def test_the_analyst_export_carries_the_links(tmp_path: Path) -> None:
+    """``obus export reports`` names what a report corrects or retracts and what amended it."""
+    bus = Bus(tmp_path)
+    _, a_id = bus.report(severity=2)
+    _, c_id = bus.report(corrects=a_id, severity=3)
+    _, r_id = bus.report(retracts=c_id, retraction_reason=REASON)
+    bus.provisional()
+    filt, page = parse_params({}, max_limit=None)
+    out = io.StringIO(newline="")
+    with ReportQuery(bus.store_path) as q:
+        write_reports(q.rows(filt, page), out, Format.CSV)
+    rows = {r["report_id"]: r for r in csv.DictReader(io.StringIO(out.getvalue(), newline=""))}
+    assert rows[a_id]["corrected_by"] == c_id and rows[a_id]["retracted_by"] == ""
+    assert rows[c_id]["corrects"] == a_id and rows[c_id]["retracted_by"] == r_id
+    assert rows[r_id]["retracts"] == c_id and rows[r_id]["retraction_reason"] == REASON
