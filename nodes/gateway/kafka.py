@@ -353,16 +353,25 @@ class ProofReader:
             await self._consumer.stop()
 
     async def ensure(self, done: Callable[[], bool]) -> None:
-        """Read the log forward to its current end unless ``done()`` holds already or the last
-        read ended less than ``min_interval_s`` ago (concurrent callers share one read).
+        """Read the log forward to its current end unless ``done()`` holds already. Reads are
+        at least ``min_interval_s`` apart: a caller that comes sooner after the last one waits
+        for the interval to pass (and reads then, unless another caller's read made ``done()``
+        hold), rather than being answered from a view of the log that may be up to that old
+        (a record sealed a moment ago would be called not sealed). Callers queue on one lock;
+        the gateway bounds how many wait (``proof_max_concurrent``).
 
         Raises:
             TransportError: Kafka failed, or a topic is missing.
             LogBrokenError: a record is missing, or the trust records contradict a final seal.
         """
         async with self._lock:
-            if done() or time.monotonic() - self._last < self._min_interval_s:
+            if done():
                 return
+            wait = self._min_interval_s - (time.monotonic() - self._last)
+            if wait > 0:
+                await asyncio.sleep(wait)
+                if done():
+                    return
             with kafka_errors("reading the log for proofs"):
                 await self._catch_up()
             self._last = time.monotonic()

@@ -26,9 +26,10 @@ covers a record is one of them), so what is kept grows with the topic, not with 
 
 **Bounded cost per request.** A proof is a lookup and an audit path (logarithmic in the
 partition's size). Reading the log forward is shared by every request and happens at most once
-per ``min_catch_up_s`` (only when the record asked about is not covered yet by what is held);
-at most ``max_concurrent`` requests are served at once, others are answered ``503 unavailable``
-with ``Retry-After``.
+per ``min_catch_up_s`` (only when the record asked about is not covered yet by what is held;
+a request that comes sooner waits for the interval, so a record sealed a moment ago is not
+called unsealed); at most ``max_concurrent`` requests are served at once, others are answered
+``503 unavailable`` with ``Retry-After``.
 
 A gap in a partition the book reads (a record deleted) or records that hash to another root
 than a final seal states (``sealed_root_mismatch``) stop the book: every later request is

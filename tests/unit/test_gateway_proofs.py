@@ -6,12 +6,14 @@ mandate file alone; an unsealed record, a gap and an altered record are named.""
 
 from __future__ import annotations
 
+import functools
 import random
 
 import pytest
 
 from bus.errors import Reason, VerificationError
 from bus.seal_proof import SealProof, verify_light
+from nodes.gateway.kafka import ProofReader
 from nodes.gateway.proofs import LogBrokenError, ProofBook
 from tests.sealed_bus import SealedBus, build
 from tests.unit.test_seal_proof import prove, trusted
@@ -116,3 +118,40 @@ def test_an_altered_sealed_record_stops_the_book(bus: SealedBus) -> None:
     with pytest.raises(LogBrokenError):
         book.prove(0, 2, value)
     assert book.broken is not None
+
+
+class _GrowingLog(ProofReader):
+    """The gateway's proof reader over a log the test grows: what Kafka would return is the
+    list ``log`` (each partition in offset order); what is under test is when it reads."""
+
+    def __init__(self, book: ProofBook, log: list[Record], min_interval_s: float) -> None:
+        super().__init__(bootstrap="127.0.0.1:9", security=None, book=book,
+                         min_interval_s=min_interval_s)  # fmt: skip
+        self.log = log
+        self.reads = 0
+
+    async def _catch_up(self) -> None:
+        self.reads += 1
+        for topic, partition, offset, value in self.log:
+            if offset >= self.book.read_from((topic, partition)):
+                self.book.offer(topic, partition, offset, value)
+
+
+async def test_a_record_sealed_a_moment_after_the_last_read_is_read_not_called_unsealed(
+    bus: SealedBus,
+) -> None:
+    t = bus.topics
+    records = _records(bus, 0)
+    book = ProofBook(bus.m.scenario.mandate, t, t.reports("un"))
+    reader = _GrowingLog(book, [r for r in records if r[0] != t.seals], min_interval_s=0.2)
+    covered = functools.partial(book.covered, 0, 0)
+    await reader.ensure(covered)  # the log holds the report, no seal yet
+    assert (covered(), reader.reads) == (False, 1)
+    reader.log.extend(r for r in records if r[0] == t.seals)  # sealed a moment later
+    await reader.ensure(covered)  # sooner than the interval: waits for it, then reads
+    assert (covered(), reader.reads) == (True, 2)
+    await reader.ensure(covered)  # covered now: nothing more is read
+    assert reader.reads == 2
+    value = bus.parts[(t.reports("un"), 0)][0]
+    assert value is not None
+    assert book.prove(0, 0, value).seal().epoch >= 1
