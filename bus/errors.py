@@ -63,14 +63,9 @@ class Reason(enum.StrEnum):
     # Delivery (observer gateway and receipts)
     RATE_LIMITED = "rate_limited"  # too many submissions by one observer; retry after a while
     RECEIPT_MISMATCH = "receipt_mismatch"  # receipt does not name the envelope it answers
-    # Witnessed log (Merkle checkpoints, cosignatures, exported logs)
+    # Sealed log (Merkle proofs, signed notes, exported logs)
     INCLUSION_PROOF_INVALID = "inclusion_proof_invalid"  # audit path does not reach the root
     CONSISTENCY_PROOF_INVALID = "consistency_proof_invalid"  # new tree does not extend old
-    SPLIT_VIEW = "split_view"  # two signed checkpoints: same origin and size, other roots
-    CHECKPOINT_ROOT_MISMATCH = "checkpoint_root_mismatch"  # records hash to another root
-    CHECKPOINT_BEYOND_LOG = "checkpoint_beyond_log"  # signed size exceeds the records held
-    CHECKPOINT_UNKNOWN_ORIGIN = "checkpoint_unknown_origin"  # origin names no report partition
-    WITNESS_QUORUM_NOT_MET = "witness_quorum_not_met"  # records no quorum checkpoint covers
     RECORD_MISSING = "record_missing"  # an offset of a partition is absent from the log
     RECORD_OUT_OF_ORDER = "record_out_of_order"  # an offset after a higher one, or twice
     EXPORT_CORRUPT = "export_corrupt"  # export file framing, order or digest is broken

@@ -569,11 +569,12 @@ class PolicyEngine:
         self.final = Evaluator(policy, VERDICTS_FINAL)
         self.final_epoch = 0  # the last epoch whose verdicts the final rules saw
 
-    def on_stored(self, observation: Observation, log_time_ms: int) -> list[Decision]:
-        """Decisions the provisional rules make on a report this node just accepted."""
+    def on_stored(self, observation: Observation, now_ms: int) -> list[Decision]:
+        """Decisions the provisional rules make on a report this node just accepted, at
+        ``now_ms``: when the node stored it, by its own clock (never a broker timestamp)."""
         if not self.provisional.rules:
             return []
-        return self.provisional.evaluate(observation, log_time_ms)
+        return self.provisional.evaluate(observation, now_ms)
 
     def on_final(self, seal: SealRef, observations: Iterable[Observation]) -> list[Decision]:
         """Decisions the final rules make on the reports accepted by epoch ``seal.epoch``'s

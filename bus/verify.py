@@ -4,8 +4,8 @@
 raises :class:`~bus.errors.VerificationError` with a stable reason code; it never raises anything
 else. Its only clock is ``reference_ms``, the "now" the caller judges at: *t_e* of the record's
 sealed epoch for a final verdict (:mod:`bus.judge`), the node's own clock for a provisional one
-(:mod:`bus.ingest`), the gateway's when it takes a report in. A node never passes a broker
-timestamp, which the operator sets (only the auditor's legacy per-record audit still does).
+(:mod:`bus.ingest`), the gateway's when it takes a report in. Nothing passes a broker
+timestamp, which the operator sets.
 
 ``ChainBook`` holds each observer's chain head and decides, per record, whether it extends the
 chain, repeats an envelope already stored (``replayed``), reuses a report id with other bytes

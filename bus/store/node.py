@@ -664,13 +664,16 @@ class NodeStore:
 
         Returns:
             ``(records, report_rowid, quarantine_id)``: the records as in :meth:`log_records`
-            (in offset order per partition), and the marks to pass next time.
+            (in offset order per partition), except that a report's time is when this node
+            stored it, by its own clock (``stored_at_ms``; the log time only for rows stored
+            before that column existed), never a broker timestamp: the follow-up's provisional
+            rules read it as "now". Then the marks to pass next time.
         """
         try:
             self._db.execute("BEGIN")  # one snapshot: a batch is seen whole or not at all
             reports = self._db.execute(
-                'SELECT rowid, topic, partition, "offset", log_time_ms, digest, envelope'
-                " FROM reports WHERE rowid > ?",
+                'SELECT rowid, topic, partition, "offset", COALESCE(stored_at_ms, log_time_ms),'
+                " digest, envelope FROM reports WHERE rowid > ?",
                 (report_rowid,),
             ).fetchall()
             quarantined = self._db.execute(

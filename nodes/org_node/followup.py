@@ -330,11 +330,11 @@ class FollowUp:
         rows, r_mark, q_mark = store.log_records_since(*self._marks)
         self._marks = (r_mark, q_mark)
         out: list[Decision] = []
-        for _, _, _, log_time, digest, raw in rows:
+        for _, _, _, stored_at, digest, raw in rows:
             if raw is not None and digest is not None:
                 obs = observation_from_stored(raw, digest)
                 if obs is not None:
-                    out.extend(engine.on_stored(obs, log_time))
+                    out.extend(engine.on_stored(obs, stored_at))
         return out
 
     def _read_final(self, store: NodeStore) -> list[Decision]:
