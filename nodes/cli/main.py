@@ -105,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``obus`` console script."""
     args = build_parser().parse_args(argv)
+    # The command line as given, for reports that name it (obus audit's header).
+    args.command_line = ["obus", *(sys.argv[1:] if argv is None else argv)]
     configure_logs(args.log_level)
     try:
         code: int = args.func(args)
