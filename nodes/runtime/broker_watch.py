@@ -1,0 +1,272 @@
+"""Whether this process reaches its brokers, and the Kafka client's error flood cut down to one
+event per change.
+
+While the brokers are unreachable, aiokafka logs every failed connection attempt, metadata
+request, heartbeat and fetch of every client of the process: a node wrote about 370 such lines a
+second during a 50 s outage, which buries everything else in the log. :class:`KafkaLogGate` is a
+:class:`logging.Filter` on the process's log handlers that turns this into one event per state
+change:
+
+* ``reachable``: aiokafka's lines pass as usual. The first of its warnings or errors that says a
+  connection failed (:func:`connection_failure`) or a failed probe turns the state
+  ``unreachable`` and logs one ``kafka_broker_unreachable`` event with what failed.
+* ``unreachable``: every warning and error of aiokafka is counted and dropped (never silently:
+  the count is logged at the next change and exported as a metric). A probe that reaches the
+  brokers turns the state ``reachable`` again and logs one ``kafka_broker_reachable`` event with
+  how long the outage lasted and how many lines were suppressed.
+
+:class:`BrokerWatch` is the probe: every :data:`PROBE_INTERVAL_S` (and at once after a failure
+line) a fresh client asks the bootstrap servers for the cluster's metadata, bounded by
+:data:`PROBE_TIMEOUT_S`. It is the only way back to ``reachable``, so it runs whether or not the
+process serves its ops port; the ops server's ``/readyz`` reads its verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+import structlog
+from aiokafka import AIOKafkaClient
+from aiokafka.errors import KafkaError
+
+from bus.kafka.client import KafkaSecurity, client_options
+
+log = structlog.get_logger(__name__)
+
+PROBE_INTERVAL_S: Final = 5.0
+PROBE_TIMEOUT_S: Final = 5.0
+KAFKA_LOGGER: Final = "aiokafka"
+# What aiokafka says when a broker cannot be reached (its own texts, and the errors it names).
+_FAILURE = re.compile(
+    r"unable connect|unable to (request|update) metadata|connection|connect ?error|"
+    r"timed? ?out|timeout|coordinator dead|coordinator request failed|node ?not ?ready|"
+    r"heartbeat send request failed|failed fetch|cannot send|could not send",
+    re.IGNORECASE,
+)
+_MAX_FIRST_CHARS: Final = 300  # the failure line quoted in the event
+
+
+def connection_failure(record: logging.LogRecord) -> bool:
+    """Whether an aiokafka warning or error says a broker could not be reached."""
+    if record.levelno < logging.WARNING or not record.name.startswith(KAFKA_LOGGER):
+        return False
+    text = record.getMessage()
+    if record.exc_info and record.exc_info[1] is not None:
+        text += f" {record.exc_info[1]!r}"
+    return _FAILURE.search(text) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerState:
+    """Where the watch stands: ``reachable`` (None: not probed yet), why not, since when
+    (monotonic seconds), and the counts exported as metrics."""
+
+    reachable: bool | None
+    why: str
+    since_s: float
+    suppressed_now: int
+    suppressed_total: int
+    changes_total: int
+
+
+class KafkaLogGate(logging.Filter):
+    """The filter (module docstring). Thread-safe: aiokafka may log from any thread.
+
+    Args:
+        clock: monotonic seconds (outage durations).
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._reachable: bool | None = None
+        self._why = "not probed yet"
+        self._since = clock()
+        self._suppressed = 0
+        self._suppressed_total = 0
+        self._changes = 0
+        self._handlers: list[logging.Handler] = []
+        self.on_failure: Callable[[], None] | None = None  # called when a line turns it
+
+    def state(self) -> BrokerState:
+        """A snapshot of the state and counts."""
+        with self._lock:
+            return BrokerState(
+                self._reachable, self._why, self._since, self._suppressed,
+                self._suppressed_total, self._changes,
+            )  # fmt: skip
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop (and count) aiokafka's warnings and errors while unreachable; turn the state
+        on the first connection failure."""
+        if record.levelno < logging.WARNING or not record.name.startswith(KAFKA_LOGGER):
+            return True
+        with self._lock:
+            if self._reachable is False:
+                self._suppressed += 1
+                self._suppressed_total += 1
+                return False
+        if not connection_failure(record):
+            return True
+        self.unreachable(f"{record.name}: {record.getMessage()}"[:_MAX_FIRST_CHARS])
+        if self.on_failure is not None:
+            self.on_failure()
+        return False
+
+    def unreachable(self, why: str) -> None:
+        """The brokers could not be reached: one event when this changes the state."""
+        with self._lock:
+            if self._reachable is False:
+                return
+            self._reachable, self._why, self._since = False, why, self._clock()
+            self._suppressed = 0
+            self._changes += 1
+        log.warning(
+            "kafka_broker_unreachable", why=why,
+            note="further Kafka client warnings are counted, not logged, until it is reachable",
+        )  # fmt: skip
+
+    def reachable(self) -> None:
+        """The brokers answered: one event (with the suppressed count) when this changes the
+        state."""
+        with self._lock:
+            if self._reachable is True:
+                return
+            was, suppressed = self._reachable, self._suppressed
+            outage_s = self._clock() - self._since
+            self._reachable, self._why, self._since = True, "", self._clock()
+            self._suppressed = 0
+            self._changes += 1
+        if was is False:
+            log.info(
+                "kafka_broker_reachable", outage_s=round(outage_s, 1), suppressed_lines=suppressed
+            )
+
+    def install(self) -> None:
+        """Filter every handler the root logger has now (logs.configure() set them up)."""
+        for handler in logging.getLogger().handlers:
+            if self not in handler.filters:
+                handler.addFilter(self)
+                self._handlers.append(handler)
+
+    def uninstall(self) -> None:
+        """Remove the filter; an outage still on is logged once with its suppressed count."""
+        for handler in self._handlers:
+            handler.removeFilter(self)
+        self._handlers.clear()
+        state = self.state()
+        if state.reachable is False and state.suppressed_now:
+            log.warning(
+                "kafka_broker_unreachable_at_exit", why=state.why,
+                outage_s=round(self._clock() - state.since_s, 1),
+                suppressed_lines=state.suppressed_now,
+            )  # fmt: skip
+
+
+async def probe(bootstrap: str, security: KafkaSecurity | None, timeout_s: float) -> str:
+    """Ask the bootstrap servers for the cluster's metadata; "" when they answered, otherwise
+    why not (one line)."""
+    client = AIOKafkaClient(
+        **client_options(bootstrap, security), request_timeout_ms=max(1, int(timeout_s * 1000))
+    )
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout_s)
+    except TimeoutError:
+        return f"{bootstrap}: no answer within {timeout_s:g} s"
+    except (KafkaError, OSError) as exc:
+        return f"{bootstrap}: {type(exc).__name__}: {exc}"[:_MAX_FIRST_CHARS]
+    finally:
+        with contextlib.suppress(KafkaError, OSError):
+            await client.close()
+    return ""
+
+
+class BrokerWatch:
+    """Probes the brokers until :meth:`stop` and keeps :class:`KafkaLogGate` in step.
+
+    ``async with BrokerWatch(bootstrap, security):`` installs the gate on the log handlers and
+    starts probing; leaving uninstalls it.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        security: KafkaSecurity | None,
+        *,
+        interval_s: float = PROBE_INTERVAL_S,
+        timeout_s: float = PROBE_TIMEOUT_S,
+        gate: KafkaLogGate | None = None,
+    ) -> None:
+        self.bootstrap = bootstrap
+        self._security = security
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self.gate = gate or KafkaLogGate()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.probes_total = 0
+        self.probe_failures_total = 0
+
+    def state(self) -> BrokerState:
+        """The gate's state."""
+        return self.gate.state()
+
+    async def check(self) -> bool:
+        """Probe once and update the state; whether the brokers answered."""
+        why = await probe(self.bootstrap, self._security, self._timeout_s)
+        self.probes_total += 1
+        if why:
+            self.probe_failures_total += 1
+            self.gate.unreachable(why)
+            return False
+        self.gate.reachable()
+        return True
+
+    def _poke(self) -> None:
+        # Called from the filter, possibly on another thread than the loop's.
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def start(self) -> None:
+        """Install the gate and start probing (the first probe runs at once)."""
+        self._loop = asyncio.get_running_loop()
+        self.gate.on_failure = self._poke
+        self.gate.install()
+        self._task = asyncio.create_task(self._run(), name="broker-watch")
+
+    async def stop(self) -> None:
+        """Stop probing and uninstall the gate."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        self.gate.on_failure = None
+        self._loop = None
+        self.gate.uninstall()
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            await self.check()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._interval_s):
+                    await self._wake.wait()
+
+    async def __aenter__(self) -> BrokerWatch:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
