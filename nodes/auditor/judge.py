@@ -57,6 +57,7 @@ from bus.judge import Status
 from bus.model import Mandate
 from bus.topics import Topics
 from bus.verify import Limits
+from nodes.auditor.header import AuditHeader
 from nodes.auditor.index import AuditIndex
 from nodes.auditor.sealed import FinalAudit, FinalCollector, b64
 
@@ -102,6 +103,7 @@ class AuditResult:
     source: str = ""
     trust_root: str = "given"  # or "embedded": the export's own root mandate was used
     final: FinalAudit | None = None
+    header: AuditHeader | None = None  # set by nodes.auditor.run when the audit has finished
 
     @property
     def ok(self) -> bool:
@@ -136,6 +138,7 @@ class AuditResult:
         """A JSON-serializable summary; ``verdicts=False`` leaves the final verdicts' per-record
         list out (:meth:`FinalAudit.to_json`)."""
         return {
+            "header": None if self.header is None else self.header.to_json(),
             "ok": self.ok,
             "clean": self.clean,
             "source": self.source,
@@ -181,6 +184,7 @@ class AuditRun:
         self._index = AuditIndex(work_dir)
         self._final = FinalCollector(mandate, topics, self._index, limits, work_dir=work_dir)
         self.records = 0
+        self.ends: dict[tuple[str, int], int] = {}  # every partition's end as read
 
     def close(self) -> None:
         """Remove the temporary index."""
@@ -195,6 +199,8 @@ class AuditRun:
     def record(self, rec: LogRecord) -> None:
         """One record of any section (module docstring: checkpoints are skipped)."""
         self.records += 1
+        ref = (rec.topic, rec.partition)
+        self.ends[ref] = max(self.ends.get(ref, 0), rec.offset + 1)
         if rec.section == "checkpoints":
             self.result.checkpoint_records_skipped += 1
         elif rec.section == "seals":

@@ -18,9 +18,10 @@ This module is the auditor's entry point: it also exports what an audit returns
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, BinaryIO, Final, cast
 
 from rich.console import Console
 from rich.markup import escape
@@ -36,6 +37,14 @@ from bus.model import Envelope, Mandate
 from bus.topics import Topics
 from bus.trust import verify_mandate
 from bus.verify import Limits
+from nodes.auditor.header import (
+    AuditHeader,
+    ExportSource,
+    HashingReader,
+    LiveSource,
+    MandateRef,
+    tool_version,
+)
 from nodes.auditor.judge import EXPORT_TOPIC, AuditResult, AuditRun, Violation
 from nodes.auditor.log_export import later_sections, seals_pattern
 from nodes.auditor.sealed import FinalAudit, b64, verdict_json
@@ -47,6 +56,7 @@ __all__ = [
     "audit",
     "audit_export",
     "render",
+    "render_header",
     "write_json",
 ]
 
@@ -55,6 +65,26 @@ def _progress(console: Console | None, what: str) -> Progress:
     return Progress(
         TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, disable=console is None, transient=False,
+    )  # fmt: skip
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _header(
+    result: AuditResult,
+    root: Mandate,
+    started_ms: int,
+    command: Sequence[str],
+    source: ExportSource | LiveSource,
+) -> AuditHeader:
+    """The report's header (:mod:`nodes.auditor.header`), the audit just finished."""
+    final = result.final
+    in_force = root if final is None or final.in_force is None else final.in_force
+    return AuditHeader(
+        started_ms, _now_ms(), tool_version(), tuple(command), MandateRef.of(root),
+        MandateRef.of(in_force), source,
     )  # fmt: skip
 
 
@@ -73,6 +103,7 @@ async def audit(
     console: Console | None = None,
     work_dir: Path | None = None,
     security: KafkaSecurity | None = None,
+    command: Sequence[str] = (),
 ) -> AuditResult:
     """Replay the seals, the mandate, the registry, every report topic and every other sealed
     topic, and judge them by their final verdicts.
@@ -86,7 +117,9 @@ async def audit(
         console: where the progress bar goes (None: no progress bar).
         work_dir: where the temporary index goes.
         security: how to authenticate to the brokers (None: PLAINTEXT).
+        command: the command line, secrets redacted, for the report's header.
     """
+    started = _now_ms()
     topics = topics or Topics()
     run = AuditRun(mandate, topics=topics, limits=limits, work_dir=work_dir)
     run.result.source = f"kafka {bootstrap} (prefix {topics.prefix})"
@@ -106,7 +139,14 @@ async def audit(
         for section, pattern in later_sections(topics):
             async for rec in replay(bootstrap, pattern=pattern, security=security):
                 run.record(_as_record(section, rec))
-        return run.finish()
+        result = run.finish()
+        newest = result.final.epochs[-1] if result.final and result.final.epochs else None
+        end = LiveSource(
+            bootstrap, topics.prefix, dict(run.ends), 0 if newest is None else newest.epoch,
+            None if newest is None else newest.time_ms, None if newest is None else newest.digest,
+        )  # fmt: skip
+        result.header = _header(result, mandate, started, command, end)
+        return result
     finally:
         run.close()
 
@@ -118,6 +158,7 @@ def audit_export(
     limits: Limits | None = None,
     console: Console | None = None,
     work_dir: Path | None = None,
+    command: Sequence[str] = (),
 ) -> AuditResult:
     """Verify an export file (:mod:`bus.export`, any version it reads) offline, streaming it
     once (the checkpoints section of versions 1 and 2 is skipped with a note).
@@ -130,14 +171,19 @@ def audit_export(
         limits: verification limits.
         console: where the progress bar goes (None: none).
         work_dir: where the temporary index goes.
+        command: the command line, secrets redacted, for the report's header (which also
+            gives the SHA-256 of every byte of the file, read as it is audited).
 
     Raises:
         VerificationError: ``EXPORT_CORRUPT`` when the header is unusable, or the embedded
             mandate does not verify (``threshold_not_met``, ...).
         OSError: the file cannot be read.
     """
+    started = _now_ms()
     with path.open("rb") as f:
-        reader = ExportReader(f)
+        hashing = HashingReader(f)
+        # ExportReader reads lines only: the digest covers the bytes it judged.
+        reader = ExportReader(cast(BinaryIO, hashing))
         header = reader.header
         trust_root = "given"
         if mandate is None:
@@ -170,14 +216,37 @@ def audit_export(
                         progress.update(task, completed=reader.bytes_read)
                         done = reader.bytes_read
                 progress.update(task, completed=reader.bytes_read)
-            return run.finish()
+            result = run.finish()
+            digest = hashing.drain()
+            source = ExportSource(str(path), hashing.size, digest)
+            result.header = _header(result, mandate, started, command, source)
+            return result
         finally:
             run.close()
 
 
+def render_header(result: AuditResult, console: Console) -> None:
+    """Print the report's header (:mod:`nodes.auditor.header`), each value on one line in full:
+    never cropped or wrapped, whatever the console's width (a pipe's included)."""
+    if result.header is None:
+        return
+    console.print("[bold]observer-bus audit[/bold]")
+    for label, value in result.header.lines():
+        console.print(f"{label}: {escape(value)}", soft_wrap=True, highlight=False)
+    console.print(
+        "encodings: "
+        + "; ".join(f"{escape(what)}: {escape(how)}" for what, how in result.header.legend),
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
 def render(result: AuditResult, console: Console) -> None:
-    """Print the reports per organization, the notes, the final verdicts, every violation and
-    the verdict."""
+    """Print the header, the reports per organization, the notes, the final verdicts, every
+    violation and the verdict. Reason codes are never cut: their column is as wide as the
+    longest and never wraps (a console that is not a terminal is 80 columns wide unless told:
+    the other columns fold instead)."""
+    render_header(result, console)
     table = Table(title="Audit: reports per organization (final verdicts)")
     table.add_column("organization")
     table.add_column("verified", justify="right")
@@ -192,13 +261,19 @@ def render(result: AuditResult, console: Console) -> None:
         console.print("[green]VERDICT: every sealed record verified[/green]")
         return
     vt = Table(title=f"{len(result.violations)} violation(s)")
-    for col in ("topic", "partition", "offset", "reason", "detail"):
-        vt.add_column(col)
+    widest = max(len(v.reason) for v in result.violations)
+    vt.add_column("topic", overflow="fold")
+    vt.add_column("partition", overflow="fold")
+    vt.add_column("offset", overflow="fold")
+    vt.add_column("reason", no_wrap=True, min_width=widest, overflow="ignore")
+    vt.add_column("detail", overflow="fold")
     for v in result.violations:
         vt.add_row(v.topic, str(v.partition), str(v.offset), v.reason, escape(v.detail))
     console.print(vt)
     kinds = ", ".join(f"{k} x{n}" for k, n in sorted(result.violations_by_kind().items()))
-    console.print(f"[red]VERDICT: {len(result.violations)} violation(s): {kinds}[/red]")
+    console.print(
+        f"[red]VERDICT: {len(result.violations)} violation(s): {kinds}[/red]", soft_wrap=True
+    )
 
 
 # Rows of the longer final-verdict tables shown on the console; the JSON report has all.
@@ -220,15 +295,17 @@ def _render_final(result: AuditResult, console: Console) -> None:
         )
     else:
         st = Table(title=f"Final verdicts ({f.last_epoch} epoch(s) judged)")
-        st.add_column("status")
+        st.add_column("status", no_wrap=True, overflow="ignore")
         st.add_column("records", justify="right")
         for status, n in sorted(f.by_status().items()):
             st.add_row(status, str(n))
         console.print(st)
         if f.epochs:
             et = Table(title=f"Final seals (the last {min(len(f.epochs), _CONSOLE_ROWS)})")
-            for col in ("epoch", "t_e", "signers", "records", "seal digest", "state digest"):
-                et.add_column(col)
+            for col in ("epoch", "t_e", "signers", "records"):
+                et.add_column(col, overflow="fold")
+            for col in ("seal digest", "state digest"):  # base64, 44 characters, never cut
+                et.add_column(col, no_wrap=True, min_width=44, overflow="ignore")
             for e in f.epochs[-_CONSOLE_ROWS:]:
                 et.add_row(
                     str(e.epoch), str(e.time_ms), ", ".join(e.signers), str(e.records),
@@ -236,7 +313,10 @@ def _render_final(result: AuditResult, console: Console) -> None:
                 )  # fmt: skip
             console.print(et)
     if f.last_epoch:
-        console.print(f"final state: epoch {f.last_epoch}, state digest {b64(f.state_digest)}")
+        console.print(
+            f"final state: epoch {f.last_epoch}, state digest {b64(f.state_digest)}",
+            soft_wrap=True,
+        )
     if f.not_sealed:
         n = sum(u.records for u in f.not_sealed)
         console.print(

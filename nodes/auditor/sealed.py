@@ -183,6 +183,7 @@ class FinalAudit:
     last_epoch: int = 0
     state_digest: bytes = b""
     mandate_versions: list[int] = field(default_factory=list)  # applied from the topic
+    in_force: Mandate | None = None  # the version in force at the last judged epoch
 
     def add_epoch(self, ev: EpochVerdicts, seal: FinalSeal) -> None:
         """Take one judged epoch's answer."""
@@ -231,13 +232,22 @@ class FinalAudit:
                 if verdicts
                 else {}
             ),
-            "equivocations": [e.to_json() for e in self.equivocations],
+            "equivocations": [_equivocation_json(e) for e in self.equivocations],
             "not_sealed_yet": [dataclasses.asdict(u) for u in self.not_sealed],
             "sealed_root_mismatch": None
             if m is None
             else {"topic": m.topic, "partition": m.partition, "size": m.size, "detail": m.message},
             "seals_stuck": None if self.stuck is None else dataclasses.asdict(self.stuck),
         }
+
+
+def _equivocation_json(e: Equivocation) -> dict[str, Any]:
+    """An equivocation's evidence, its key ids in base64 like every other digest and key id
+    the audit shows."""
+    doc = e.to_json()
+    doc["first"]["key_id"] = b64(e.first.key_id)
+    doc["second"]["key_id"] = b64(e.second.key_id)
+    return doc
 
 
 def verdict_json(row: tuple[RecordPos, FinalRow]) -> dict[str, Any]:
@@ -352,6 +362,10 @@ class FinalCollector:
         out.seal_counts = Counter(reader.chain.counts)
         out.last_epoch = reader.judge.epoch
         out.state_digest = reader.judge.digest
+        out.in_force = next(
+            (m for first, m in reversed(reader.judge.versions) if first <= out.last_epoch),
+            self._root,
+        )
         positions = reader.positions()
         for ref in self._index.sealed_partitions():
             tail = self._index.sealed_tail(ref, positions.get(ref, 0))

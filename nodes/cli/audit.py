@@ -71,10 +71,12 @@ def _embedded_mandate(path: Path, header: ExportHeader) -> Mandate:
 def cmd_audit(args: argparse.Namespace) -> int:
     """``obus audit`` live or ``--from FILE``: exit 1 names every violation (with ``--strict``,
     every seal equivocation as well)."""
+    from nodes.auditor.header import redact_argv  # noqa: PLC0415
     from nodes.auditor.report import write_html  # noqa: PLC0415
     from nodes.auditor.run import audit, audit_export, render, write_json  # noqa: PLC0415
 
     console = Console(stderr=True)
+    command = redact_argv(getattr(args, "command_line", ["obus", "audit"]))
     if args.from_file:
         path = Path(args.from_file)
         header = _export_header(path)
@@ -85,7 +87,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 "[yellow]no --mandate: trusting the mandate embedded in the export[/yellow]"
             )
             mandate = _embedded_mandate(path, header)
-        result = audit_export(path, mandate, console=console)
+        result = audit_export(path, mandate, console=console, command=command)
         if not args.mandate:
             result.trust_root = "embedded"
     else:
@@ -96,7 +98,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
         result = asyncio.run(
             audit(
                 bootstrap(args), mandate, topics=Topics(args.topic_prefix), console=console,
-                security=security_from_args(args),
+                security=security_from_args(args), command=command,
             )
         )  # fmt: skip
     if args.final_digest:
@@ -104,13 +106,18 @@ def cmd_audit(args: argparse.Namespace) -> int:
         render(result, console)
         print(json.dumps(result.final_digest(), sort_keys=True))
     else:
-        render(result, Console())
+        # Not a terminal (a pipe, a file): wide enough that no table folds a digest; reason
+        # codes are never cut at any width (nodes.auditor.run.render).
+        render(result, Console(width=None if sys.stdout.isatty() else _PIPE_WIDTH))
     # A file that cannot be written is a usage error (exit 2), never "violations found" (1).
     if args.json_out:
         _write_out("--json-out", args.json_out, lambda p: write_json(result, p))
     if args.html_out:
         _write_out("--html-out", args.html_out, lambda p: write_html(result, p))
     return 0 if (result.clean if args.strict else result.ok) else 1
+
+
+_PIPE_WIDTH = 200  # columns of the console report written to a pipe or file
 
 
 def _write_out(flag: str, path: str, write: Callable[[Path], object]) -> None:
