@@ -44,6 +44,7 @@ against).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,9 @@ from nodes.auditor.sealed import FinalAudit, FinalCollector, b64
 
 log = structlog.get_logger(__name__)
 
+# Days the per-day counts span at most with zero-filled days (ten years); a wider span (an
+# observation date far off) lists the days with reports only, and says so.
+MAX_DAYS: Final = 3660
 EXPORT_TOPIC: Final = "(export file)"  # Violation.topic of problems with the file itself
 CHECKPOINTS_NOTE: Final = (
     "{n} record(s) of the checkpoints section of this export (format version {version}) were"
@@ -130,6 +134,19 @@ class AuditResult:
         digest = b64(f.state_digest) if f.last_epoch else None
         return {"epoch": f.last_epoch, "state_digest": digest}
 
+    def days(self) -> tuple[list[tuple[str, int]], bool]:
+        """Accepted reports per observation day (UTC), every day from the first to the last,
+        days without a report as 0; and whether it is so (False when the span is over
+        :data:`MAX_DAYS` days: then only the days with reports are listed)."""
+        if not self.by_day:
+            return [], True
+        first, last = (dt.date.fromisoformat(d) for d in (min(self.by_day), max(self.by_day)))
+        span = (last - first).days + 1
+        if span > MAX_DAYS:
+            return sorted(self.by_day.items()), False
+        every = (first + dt.timedelta(days=i) for i in range(span))
+        return [(d.isoformat(), self.by_day.get(d.isoformat(), 0)) for d in every], True
+
     def violations_by_kind(self) -> Counter[str]:
         """How many violations of each reason code."""
         return Counter(v.reason for v in self.violations)
@@ -149,7 +166,8 @@ class AuditResult:
             "accepted": dict(self.accepted),
             "rejected": dict(self.rejected),
             "reports_by_zone": dict(self.by_zone),
-            "reports_by_day": dict(sorted(self.by_day.items())),
+            "reports_by_day": dict(self.days()[0]),
+            "reports_by_day_complete": self.days()[1],
             "checkpoint_records_skipped": self.checkpoint_records_skipped,
             "violations_by_kind": dict(self.violations_by_kind()),
             "violations": [dataclasses.asdict(v) for v in self.violations],
