@@ -88,8 +88,48 @@ def _cmd_node(args: argparse.Namespace) -> int:
         )  # fmt: skip
     from nodes.org_node.process import run_node  # noqa: PLC0415 - keep `obus --help` fast
 
+    ops = node_ops(args)
     check_broker(args)  # once, at start: later outages are waited out (nodes/runtime/backoff)
-    return asyncio.run(run_node(config))
+    return asyncio.run(run_node(config, ops))
+
+
+def node_ops(args: argparse.Namespace) -> Any:
+    """The node's ops server settings (a NodeOps), or None with ``--no-ops`` or
+    ``--ingest-only`` (the full node answers for its workers).
+
+    Raises:
+        ConfigError: ``--ops-listen`` is not HOST:PORT, or ``--ready-max-lag`` is negative.
+    """
+    from nodes.org_node.process import NodeOps  # noqa: PLC0415 - keep `obus --help` fast
+    from nodes.runtime.ops import DEFAULT_NODE_OPS, parse_listen  # noqa: PLC0415
+
+    if args.ready_max_lag < 0:
+        raise ConfigError("--ready-max-lag", f"{args.ready_max_lag} is negative", "pass N >= 0")
+    if not args.ops or args.ingest_only:
+        return None
+    if args.ops_listen is None:
+        return NodeOps(parse_listen(DEFAULT_NODE_OPS, explicit=False), args.ready_max_lag)
+    return NodeOps(parse_listen(args.ops_listen), args.ready_max_lag)
+
+
+def add_ops_args(p: argparse.ArgumentParser, default: str, what: str) -> None:
+    """--ops-listen and --no-ops of a long-running process (node, gateway)."""
+    g = p.add_argument_group(
+        "ops",
+        f"/healthz (liveness), /readyz (readiness, every check with its reason) and /metrics "
+        f"(Prometheus) of the {what}, on their own address apart from everything else it "
+        "serves: scrape it without access to any report.",
+    )
+    g.add_argument(
+        "--ops-listen", metavar="HOST:PORT",
+        help=f"where the ops server listens (default {default}; port 0 picks a free one). "
+        "A named address that is taken stops the start; the default one taken is logged "
+        "(ops_port_unavailable) and the process runs without ops",
+    )  # fmt: skip
+    g.add_argument(
+        "--ops", action=argparse.BooleanOptionalAction, default=True,
+        help="serve the ops port (default: on)",
+    )  # fmt: skip
 
 
 def seal_settings(
@@ -299,6 +339,14 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
     )  # fmt: skip
     add_common_args(node)
     add_seal_args(node)
+    add_ops_args(
+        node, "127.0.0.1:9464", "node (the full node answers for its --ingest-only workers)"
+    )
+    node.add_argument(
+        "--ready-max-lag", type=int, default=10_000, metavar="N",
+        help="/readyz says lagging while more than N report records on the broker are not in "
+        "the store yet (default 10000)",
+    )  # fmt: skip
     node.set_defaults(func=_cmd_node)
 
     final = sub.add_parser(

@@ -15,6 +15,11 @@ the brokers' ACLs are what keep other principals out of the group (README "Broke
 every member with another client id is reported as foreign, and the node is **starved** when
 a partition assigned to a foreign member or to no member at all holds records the store has
 not read (its position lags the partition's end).
+
+:func:`node_checks` is the node's readiness beyond the broker and its stores (the ops server's
+``/readyz``, :mod:`nodes.runtime.ops`), a pure function of the node's status: caught up within
+a lag bound on every report partition (as the last group check measured it), not starved, the
+sealer not alarmed (``sealed_log_broken``, ``seal_fork``), the follow-up running.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from bus.errors import TransportError
 from bus.kafka.admin import GroupMember, describe_group
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors
+from nodes.runtime.ops import Check
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +47,9 @@ log = structlog.get_logger(__name__)
 CHECK_INTERVAL_S: Final = 5.0
 # One check that takes longer than this (brokers unreachable) makes the verdict unknown.
 CHECK_TIMEOUT_S: Final = 15.0
+# Records on the broker not yet in the store (every report partition) that a ready node may be
+# behind by: a few seconds of a busy day (obus node --ready-max-lag).
+DEFAULT_READY_MAX_LAG: Final = 10_000
 
 Partition = tuple[str, int]
 
@@ -306,3 +315,47 @@ class GroupCheck:
             state=group.state,
             this_process=((tp.topic, tp.partition) for tp in consumer.assignment()),
         )
+
+
+def node_checks(status: Mapping[str, Any], *, max_lag: int) -> list[Check]:
+    """The node's own readiness checks from its status (module docstring).
+
+    ``lag``: the records not yet stored over every report partition, from the last group
+    check (``lag_unknown`` while there is none: not checked yet, or the brokers did not
+    answer); ``lagging`` above ``max_lag``.
+    """
+    group = status.get("group") or {}
+    checks: list[Check] = []
+    if group.get("state") in ("ok", "starved"):
+        behind = sum(int(n) for n in group.get("lag", {}).values())
+        checks.append(
+            Check("lag", True, detail=f"{behind} records behind")
+            if behind <= max_lag
+            else Check(
+                "lag", False, "lagging", f"{behind} records not yet stored (bound {max_lag})"
+            )
+        )
+        checks.append(
+            Check("consumer_group", False, "starved", str(group.get("why", "")))
+            if group["state"] == "starved"
+            else Check("consumer_group", True)
+        )
+    else:
+        why = str(group.get("why", "not checked yet"))
+        checks.append(Check("lag", False, "lag_unknown", why))
+        checks.append(Check("consumer_group", False, "lag_unknown", why))
+    seal = status.get("seal")
+    alarm = None if seal is None else seal.get("alarm")
+    if alarm:
+        reason = "seal_fork" if alarm.get("reason") == "seal_fork" else "sealed_log_broken"
+        detail = f"{alarm.get('reason')}: {alarm.get('detail', '')}"
+        checks.append(Check("sealer", False, reason, detail))
+    else:
+        checks.append(Check("sealer", True, detail="no sealer" if seal is None else ""))
+    running = bool(status.get("running", True))
+    checks.append(
+        Check("followup", True)
+        if running
+        else Check("followup", False, "followup_stopped", "the follow-up stopped")
+    )
+    return checks

@@ -1,8 +1,11 @@
 """The one place that wires an organization's node together: the ingest loop
 (:mod:`nodes.org_node.ingest`, provisional verdicts), its sealer (:mod:`nodes.org_node.sealer`,
 seals and final verdicts), its follow-up (:mod:`nodes.org_node.followup`) and dashboard
-(:mod:`nodes.org_node.dashboard`) and its attachment reassembler
-(:mod:`nodes.org_node.attachments`).
+(:mod:`nodes.org_node.dashboard`), its attachment reassembler
+(:mod:`nodes.org_node.attachments`), its broker watch and its ops server
+(:mod:`nodes.runtime.broker_watch`, :mod:`nodes.runtime.ops`: ``/healthz``, ``/readyz``,
+``/metrics`` on their own address; the full node only, which answers for its ``ingest_only``
+workers).
 
 The parts never import each other; they meet here.
 """
@@ -10,6 +13,7 @@ The parts never import each other; they meet here.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -19,9 +23,13 @@ from bus.errors import (
 )
 from nodes.org_node.attachments import AttachmentNode, config_for_node
 from nodes.org_node.config import NodeConfig
+from nodes.org_node.dashboard.metrics import node_families, store_snapshot
 from nodes.org_node.followup import FinalSource, FollowUp, FollowUpConfig
+from nodes.org_node.health import DEFAULT_READY_MAX_LAG, node_checks
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.sealer import Sealer, SealerConfig
+from nodes.runtime.broker_watch import BrokerWatch
+from nodes.runtime.ops import Check, Listen, OpsServer, store_writable
 
 log = structlog.get_logger(__name__)
 
@@ -36,16 +44,30 @@ class Part(Protocol):
         """Ask run() to return soon."""
 
 
-async def run_node(config: NodeConfig) -> int:
+@dataclass(frozen=True, slots=True)
+class NodeOps:
+    """The ops server of a node: where it listens, and the lag a ready node may have."""
+
+    listen: Listen
+    max_lag: int = DEFAULT_READY_MAX_LAG
+
+
+async def run_node(config: NodeConfig, ops: NodeOps | None = None) -> int:
     """Run a node (and its attachment reassembler) until SIGINT/SIGTERM; returns a process exit
-    code.
+    code. The broker watch runs for the whole process; the ops server (``ops``) with the full
+    node.
 
     When one part stops or fails, every other part is asked to stop; the code is 1 when any
     part failed.
     """
+    async with BrokerWatch(config.bootstrap, config.security) as watch:
+        return await _run_parts(config, ops, watch)
+
+
+async def _run_parts(config: NodeConfig, ops: NodeOps | None, watch: BrokerWatch) -> int:
     import signal  # noqa: PLC0415 - only the process entry point handles signals
 
-    parts: list[Part] = [build_node(config)]
+    parts: list[Part] = [build_node(config, ops=ops, broker=watch)]
     if config.attachments is not None and not config.ingest_only:  # reads the node's store
         parts.append(AttachmentNode(config_for_node(config, config.attachments)))
 
@@ -73,16 +95,22 @@ async def run_node(config: NodeConfig) -> int:
 
 
 class NodeExtras:
-    """What runs beside an :class:`~nodes.org_node.ingest.OrgNode`: its follow-up and, when a
-    port is configured, its dashboard. Started before the ingest loop, stopped after it.
+    """What runs beside an :class:`~nodes.org_node.ingest.OrgNode`: its follow-up, its sealer,
+    its ops server (with ``ops``) and, when a port is configured, its dashboard. Started before
+    the ingest loop, stopped after it.
 
     A failing follow-up stops the node (and its error is raised by :meth:`stop`): decisions
     must not silently stop being made.
     """
 
-    def __init__(self, node: OrgNode) -> None:
+    def __init__(
+        self, node: OrgNode, *, ops: NodeOps | None = None, broker: BrokerWatch | None = None
+    ) -> None:
         cfg = node.config
         self.node = node
+        self._ops_settings = ops
+        self._broker = broker
+        self.ops: OpsServer | None = None
         self.sealer: Sealer | None = None
         if cfg.seal is not None:
             seal = cfg.seal
@@ -127,8 +155,19 @@ class NodeExtras:
         self._seal_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Start the follow-up task and the dashboard (raises when the port is taken)."""
+        """Start the ops server, the dashboard, the follow-up and the sealer.
+
+        Raises:
+            ConfigError: the dashboard's port or a named ops address is taken.
+        """
         cfg = self.node.config
+        if self._ops_settings is not None:
+            ops = OpsServer(
+                self._ops_settings.listen, what=f"node {cfg.org}", alive=self._alive,
+                ready=self._ready, families=self._families, broker=self._broker,
+            )  # fmt: skip
+            if await ops.start():
+                self.ops = ops
         if cfg.http_port is not None:
             from nodes.org_node.dashboard.config import DashboardConfig  # noqa: PLC0415
             from nodes.org_node.dashboard.server import Dashboard  # noqa: PLC0415 - aiohttp
@@ -161,8 +200,31 @@ class NodeExtras:
             )
             self.node.stop()
 
+    def _alive(self) -> Check:
+        for task in (self._task, self._seal_task):
+            if task is not None and task.done() and not task.cancelled() and task.exception():
+                return Check("alive", False, "part_failed", f"{task.get_name()}: stopped")
+        return Check("alive", True)
+
+    async def _ready(self) -> list[Check]:
+        assert self._ops_settings is not None
+        cfg = self.node.config
+        checks = node_checks(self.status(), max_lag=self._ops_settings.max_lag)
+        stores = [("store", cfg.db_path)]
+        if cfg.seal is not None:
+            stores.append(("final_store", cfg.seal.db_path))
+        for name, path in stores:
+            checks.append(await asyncio.to_thread(store_writable, name, path))
+        return checks
+
+    async def _families(self) -> list[Any]:
+        cfg = self.node.config
+        final = None if cfg.seal is None else cfg.seal.db_path
+        snapshot = await asyncio.to_thread(store_snapshot, cfg.db_path, final, cfg.org)
+        return node_families(snapshot, self.status())
+
     def status(self) -> dict[str, Any]:
-        """Live counters of the node, its consumer group and its follow-up (/healthz, /metrics)."""
+        """Live counters of the node, its consumer group and its follow-up (ops and dashboard)."""
         f = self.followup
         check = self.node.group_check
         return {
@@ -180,10 +242,12 @@ class NodeExtras:
         }
 
     async def stop(self) -> None:
-        """Stop the dashboard, let the follow-up and the sealer drain, and re-raise the
-        first failure if any."""
+        """Stop the dashboard and the ops server, let the follow-up and the sealer drain, and
+        re-raise the first failure if any."""
         if self.dashboard is not None:
             await self.dashboard.stop()
+        if self.ops is not None:
+            await self.ops.stop()
         if self.sealer is not None:
             self.sealer.stop()
         failure: BaseException | None = None
@@ -199,6 +263,9 @@ class NodeExtras:
             raise failure
 
 
-def build_node(config: NodeConfig) -> OrgNode:
-    """An organization's node with its follow-up and dashboard (unless ``ingest_only``)."""
-    return OrgNode(config, extras=NodeExtras)
+def build_node(
+    config: NodeConfig, *, ops: NodeOps | None = None, broker: BrokerWatch | None = None
+) -> OrgNode:
+    """An organization's node with its follow-up, sealer, dashboard and ops server (unless
+    ``ingest_only``)."""
+    return OrgNode(config, extras=lambda node: NodeExtras(node, ops=ops, broker=broker))

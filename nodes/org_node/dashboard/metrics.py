@@ -1,9 +1,14 @@
-"""``GET /metrics``: the store's counts and a running node's live status in Prometheus text format.
+"""A node's Prometheus families: its store's counts and its live status, served by the ops
+server's ``/metrics`` (:mod:`nodes.runtime.ops`, wired in :mod:`nodes.org_node.process`).
 
-The families are built afresh for each scrape from the read model's snapshot
-(:meth:`~nodes.org_node.dashboard.read_model.ReadModel.metrics`) and the node's status, and
-exported through a one-shot collector on a private registry. Counters (``_total``) count since
-the process started and only go up; gauges say where things stand.
+:func:`store_snapshot` reads the counts from the node's store (and its final store) through
+read-only connections; :func:`node_families` turns them and the node's status
+(:meth:`nodes.org_node.process.NodeExtras.status`) into families, built afresh for each scrape.
+
+Conventions: counters only go up and end in ``_total`` (store counts that only grow, or counts
+since the process started); states are gauges. Decisions in particular: ``obus_decisions``
+(gauge, by ``state``: local, pending, signed, published) says where they stand, and
+``obus_decisions_published_total`` (counter) only grows, so ``rate()`` works on it.
 
 Sealing (while the node runs a sealer): ``obus_seal_*`` from the sealer's status, and
 ``obus_verdict_changes`` (by ``kind``: report, board) from the final store joined to the node's:
@@ -12,12 +17,52 @@ records whose final verdict differs from the provisional one.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from bus.store.node import NodeStore
+from nodes.org_node.dashboard.final_view import open_final_view
+
+
+def store_snapshot(db_path: Path, final_db: Path | None, org: str) -> dict[str, Any]:
+    """The store counts :func:`node_families` exports (blocking: call it in a worker thread).
+
+    Raises:
+        StoreError: the node store cannot be opened.
+    """
+    store = NodeStore(db_path, read_only=True)
+    try:
+        positions = store.positions()
+        snapshot: dict[str, Any] = {
+            "verified": store.count_reports(),
+            "quarantined": store.quarantine_counts(),
+            "board_rejected": dict(Counter(r for *_, r, _ in store.board_rejected())),
+            "decisions": store.decision_counts(),
+            "peers": {o: n for o, n in store.peer_decision_counts().items() if o != org},
+            "statements": Counter(
+                "valid" if len(s["signed_by"]) >= int(str(s["threshold"])) else "pending"
+                for s in store.statements()
+            ),
+            "consumed": {
+                "reports": sum(o for (t, _), o in positions.items() if ".reports." in t),
+                "board": sum(o for (t, _), o in positions.items() if ".reports." not in t),
+            },
+        }
+    finally:
+        store.close()
+    changes = None
+    if final_db is not None:
+        with open_final_view(db_path, final_db) as view:
+            # a sealer runs and has judged nothing yet: no change so far
+            changes = {"report": 0, "board": 0} if view is None else view.changed_counts()
+    snapshot["verdict_changes"] = changes
+    return snapshot
 
 
 class _OneShot(Collector):
@@ -112,8 +157,9 @@ def _seal_families(seal: dict[str, Any]) -> list[Metric]:
     return fams
 
 
-def metrics_text(m: dict[str, Any], status: dict[str, Any] | None) -> bytes:
-    """Prometheus exposition text of the store's counts and the node's live status."""
+def node_families(m: dict[str, Any], status: dict[str, Any] | None) -> list[Metric]:
+    """The families of a store snapshot (:func:`store_snapshot`) and the node's live status
+    (None: a store alone)."""
     fams: list[Metric] = []
     consumed = CounterMetricFamily(
         "obus_records_consumed", "Records read and stored, by topic kind", labels=["kind"]
@@ -140,14 +186,26 @@ def metrics_text(m: dict[str, Any], status: dict[str, Any] | None) -> bytes:
     for reason, n in sorted(m["board_rejected"].items()):
         b.add_metric([reason], n)
     fams.append(b)
-    d = CounterMetricFamily(
+    d = GaugeMetricFamily(
         "obus_decisions",
-        "This organization's decisions, by rule, priority and publication state",
-        labels=["rule", "priority", "publication"],
+        "This organization's decisions, by rule, priority and publication state (local,"
+        " pending, signed, published)",
+        labels=["rule", "priority", "state"],
     )
+    published: Counter[tuple[str, str]] = Counter()
     for rule, prio, state, n in m["decisions"]:
         d.add_metric([rule, prio, state], n)
+        if state == "published":
+            published[(rule, prio)] += n
     fams.append(d)
+    pub = CounterMetricFamily(
+        "obus_decisions_published",
+        "This organization's decisions published on its decisions topic, by rule and priority",
+        labels=["rule", "priority"],
+    )
+    for (rule, prio), n in sorted(published.items()):
+        pub.add_metric([rule, prio], n)
+    fams.append(pub)
     p = CounterMetricFamily(
         "obus_peer_decisions", "Verified published decisions of other organizations", labels=["org"]
     )
@@ -171,8 +229,9 @@ def metrics_text(m: dict[str, Any], status: dict[str, Any] | None) -> bytes:
         fams.extend(_seal_families(status["seal"]))
     if status is not None:
         lag = GaugeMetricFamily(
-            "obus_consumer_lag",
-            "Report records on the broker not yet stored (last fetch)",
+            "obus_consumer_partition_lag_records",
+            "Report records on the broker not yet stored, per partition this process reads"
+            " (as of its last fetch; the group check measures every partition)",
             labels=["topic", "partition"],
         )
         for key, n in sorted(status.get("lag", {}).items()):
@@ -182,8 +241,24 @@ def metrics_text(m: dict[str, Any], status: dict[str, Any] | None) -> bytes:
         fams.append(
             GaugeMetricFamily(
                 "obus_consumer_lag_records",
-                "Sum of obus_consumer_lag",
+                "Sum of obus_consumer_partition_lag_records",
                 sum(status.get("lag", {}).values()),
+            )
+        )
+        node = status.get("node") or {}
+        ingest = CounterMetricFamily(
+            "obus_ingest_records",
+            "Report records judged and stored since the process started, by outcome",
+            labels=["outcome"],
+        )
+        for outcome in ("accepted", "quarantined"):
+            ingest.add_metric([outcome], node.get(outcome, 0))
+        fams.append(ingest)
+        fams.append(
+            CounterMetricFamily(
+                "obus_reports_revoked_after_acceptance",
+                "Accepted reports marked revoked by a later revocation, since the process started",
+                node.get("revoked_after_acceptance", 0),
             )
         )
         fams.extend(_group_families(status.get("group") or {}))
@@ -209,6 +284,11 @@ def metrics_text(m: dict[str, Any], status: dict[str, Any] | None) -> bytes:
                 "obus_followup_running", "1 while the follow-up runs", int(status.get("running", 0))
             )
         )
+    return fams
+
+
+def metrics_text(m: dict[str, Any], status: dict[str, Any] | None) -> bytes:
+    """:func:`node_families` alone in Prometheus exposition text (a private registry)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_OneShot(fams))
+    registry.register(_OneShot(node_families(m, status)))
     return generate_latest(registry)
