@@ -2,7 +2,10 @@
 
 Numbers only: positions, sizes and colours are computed here, from the read model's data; the
 markup is in ``templates/charts.svg.j2``, which places every text through autoescaping. Nothing
-here is fetched from elsewhere: no map tile, the zones are drawn from the mandate.
+here is fetched from elsewhere: no map tile. The basemap is generated from the mandate itself:
+a graticule (parallels and meridians at a round step, labelled in degrees) under the zones'
+outlines and names, so every report's position reads against coordinates an observer's device
+shows, with nothing to download or keep up to date.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
-from bus.model import Category, Mandate, Report
+from bus.model import Category, Mandate
 from nodes.org_node.dashboard.read_model import utc_minute
 
 # One colour per category (the legend says which); a colour-blind-safe palette (Okabe-Ito).
@@ -27,6 +30,7 @@ CATEGORY_COLOURS: Final = {
     Category.PROTEST: "#999933",
     Category.OTHER: "#777777",
 }
+_COLOUR_BY_LABEL: Final = {c.label: colour for c, colour in CATEGORY_COLOURS.items()}
 ZONE_COLOURS: Final = ("#4477aa", "#228833", "#aa3377", "#ccbb44", "#66ccee", "#ee6677")
 
 
@@ -43,11 +47,20 @@ class MapZone:
     colour: str
 
 
+# A report on the map: report id, lat, lon, category label, severity, place, observed at
+# (Unix ms), state (verified, revoked, quarantined). Category, severity, place and time are
+# None when its content is not shown.
+MapPoint = tuple[str, float, float, str | None, int | None, str | None, int | None, str]
+
+
 @dataclass(frozen=True, slots=True)
 class MapDot:
     """A report's location: a dot sized by severity, dashed unless its state is verified."""
 
-    report: Report
+    report_id: str
+    category: str
+    severity: int
+    place: str
     state: str
     observed_at: str
     x: float
@@ -57,17 +70,45 @@ class MapDot:
 
 
 @dataclass(frozen=True, slots=True)
+class GridLine:
+    """One graticule line (a parallel or a meridian) and its label."""
+
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+    label: str
+    label_x: float
+    label_y: float
+
+
+@dataclass(frozen=True, slots=True)
 class MapView:
-    """The map: zone outlines and report dots on a ``width`` x ``height`` canvas."""
+    """The map: graticule, zone outlines and report dots on a ``width`` x ``height`` canvas."""
 
     width: int
     height: int
     zones: list[MapZone]
     dots: list[MapDot]
+    grid: list[GridLine]
 
 
-def map_view(mandate: Mandate, points: list[tuple[Report, str]], *, width: int = 640) -> MapView:
-    """Zone outlines and report locations, equirectangular around the mandate's zones."""
+_STEPS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0)
+
+
+def grid_step(span: float, lines: int = 6) -> float:
+    """The round step (degrees) giving about ``lines`` lines over ``span`` degrees."""
+    return next((s for s in _STEPS if span / s <= lines), _STEPS[-1])
+
+
+def _degrees(value: float, pos: str, neg: str, step: float) -> str:
+    digits = 0 if step >= 1 else 1 if step >= 0.1 else 2
+    return f"{abs(value):.{digits}f}°{pos if value >= 0 else neg}"
+
+
+def map_view(mandate: Mandate, points: list[MapPoint], *, width: int = 640) -> MapView:
+    """Graticule, zone outlines and report locations, equirectangular around the mandate's
+    zones."""
     zones = mandate.zones
     lat0 = min(z.min_lat for z in zones)
     lat1 = max(z.max_lat for z in zones)
@@ -89,11 +130,29 @@ def map_view(mandate: Mandate, points: list[tuple[Report, str]], *, width: int =
         colour = ZONE_COLOURS[i % len(ZONE_COLOURS)]
         outlines.append(MapZone(z.id, z.name, x0, y0, round(x1 - x0, 1), round(y1 - y0, 1), colour))
     dots = []
-    for r, state in points:
-        x, y = xy(r.location.lat, r.location.lon)
-        colour = CATEGORY_COLOURS.get(r.category, "#777")
-        dots.append(MapDot(r, state, utc_minute(r.observed_at_ms), x, y, 2 + r.severity, colour))
-    return MapView(width, height, outlines, dots)
+    for report_id, lat, lon, category, severity, place, observed, state in points:
+        x, y = xy(lat, lon)
+        colour = _COLOUR_BY_LABEL.get(category or "", "#777777")
+        sev = severity or 1
+        dots.append(
+            MapDot(
+                report_id, category or "restricted", sev, place or "", state,
+                utc_minute(observed), x, y, 2 + sev, colour,
+            )
+        )  # fmt: skip
+    grid = []
+    step = grid_step(max(lat1 - lat0, lon1 - lon0))
+    lat = math.ceil(lat0 / step) * step
+    while lat <= lat1:
+        _, y = xy(lat, lon0)
+        grid.append(GridLine(0, y, width, y, _degrees(lat, "N", "S", step), 3, y - 3))
+        lat += step
+    lon = math.ceil(lon0 / step) * step
+    while lon <= lon1:
+        x, _ = xy(lat0, lon)
+        grid.append(GridLine(x, 0, x, height, _degrees(lon, "E", "W", step), x + 3, height - 4))
+        lon += step
+    return MapView(width, height, outlines, dots, grid)
 
 
 def legend() -> list[tuple[str, str]]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bus.model import Mandate
 from bus.policy import Policy
+from nodes.org_node.dashboard.auth import DashboardAuth
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,8 @@ class DashboardConfig:
         host: listen address; 127.0.0.1 unless the operator decides otherwise.
         port: listen port (0: any free port; see :attr:`Dashboard.port`).
         final_db: the sealer's final store (:mod:`bus.store.final`); None: no sealer.
+        auth: who may read it (:mod:`~nodes.org_node.dashboard.auth`); the default lets
+            nobody in.
     """
 
     org: str
@@ -30,3 +33,4 @@ class DashboardConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     final_db: Path | None = None
+    auth: DashboardAuth = field(default_factory=DashboardAuth)

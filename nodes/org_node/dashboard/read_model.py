@@ -27,7 +27,6 @@ from bus.store.node import NodeStore, evidence_from_json
 from nodes.org_node.dashboard.config import DashboardConfig
 from nodes.org_node.dashboard.final_view import (
     QUARANTINED,
-    REVOKED,
     FinalRow,
     FinalView,
     Pos,
@@ -175,61 +174,16 @@ class ReadModel:
             "records_consumed": sum(o for (t, _), o in positions.items() if ".reports." in t),
         }
 
-    def reports(self, *, limit: int = FEED_LIMIT, zone: str | None = None) -> list[dict[str, Any]]:
-        """The newest reports first (by log time), each with its ``verdict``: every report this
-        node accepted, and every report it quarantined that the final judge accepted.
-
-        The content of a report accepted only finally is not shown (``content_verified``
-        False, its content fields None): the node's copy is the one it quarantined, and nothing
-        here vouches for those bytes; its org, observer, seq and id are the final judge's. Such
-        a report has no zone here, so a zone filter leaves it out.
-        """
-        with self._store() as store:
-            idx = self._refresh(store)
-            revoked = self._revoked(store)
-            links = _links(store.amendments())
-        rows = [r for r in reversed(idx.rows) if zone is None or r.report.zone == zone][:limit]
+    def accepted_only_finally(self, *, limit: int = FEED_LIMIT) -> list[dict[str, Any]]:
+        """Reports this node quarantined and the final judge accepted, newest first, each with
+        its ``verdict`` and without content (``content_verified`` False, content fields
+        None): the node's copy is the one it quarantined, and nothing here vouches for those
+        bytes; its org, observer, seq and id are the final judge's. The paged feed lists the
+        reports this node accepted (:mod:`~nodes.org_node.dashboard.reports_view`); these
+        are shown beside it."""
         with self._final() as final:
-            finals = {} if final is None else final.final_at(_pos(r) for r in rows)
-            extra = [] if final is None or zone is not None else final.accepted_only_finally(limit)
-        out = [
-            {**self._report_json(r, revoked, finals.get(_pos(r))), **_amendment_json(r, links)}
-            for r in rows
-        ]
-        out += [_final_only_json(*x) for x in extra]
-        out.sort(key=lambda r: -int(r["log_time_ms"]))  # stable: storage order among equals
-        return out[:limit]
-
-    @staticmethod
-    def _report_json(row: _Row, revoked: set[str], final: FinalRow | None) -> dict[str, Any]:
-        r = row.report
-        withdrawn = r.report_id in revoked
-        own = Provisional(REVOKED if withdrawn else "accepted", "", r.report_id)
-        return {
-            "report_id": r.report_id,
-            "state": "revoked_after_acceptance" if withdrawn else "verified",
-            "verdict": verdict_json(own, final),
-            "content_verified": True,
-            "org": r.org,
-            "observer_id": r.observer_id,
-            "seq": r.seq,
-            "zone": r.zone,
-            "category": r.category.label,
-            "sub_type": r.sub_type,
-            "severity": r.severity,
-            "confidence": r.confidence,
-            "observed_at_ms": r.observed_at_ms,
-            "observed_at": utc_minute(r.observed_at_ms),
-            "place": r.location.place,
-            "lat": r.location.lat,
-            "lon": r.location.lon,
-            "narrative": r.narrative,
-            "casualties": {"killed": r.casualties.killed, "injured": r.casualties.injured},
-            "envelope_digest": row.digest.hex(),
-            "position": f"{row.topic}[{row.partition}]@{row.offset}",
-            "logged_at": utc_minute(row.log_time_ms),
-            "log_time_ms": row.log_time_ms,
-        }
+            extra = [] if final is None else final.accepted_only_finally(limit)
+        return [_final_only_json(*x) for x in extra]
 
     def quarantine(self, *, limit: int = 500) -> dict[str, Any]:
         """Rejected report records and rejected board (decision/statement) records, each with
@@ -498,20 +452,6 @@ class ReadModel:
             },
         }
 
-    def map_points(self) -> list[tuple[Report, str]]:
-        """Every accepted report with its state (for the map): ``verified``, ``revoked``, or
-        the final status when sealing changed it (``quarantined``)."""
-        with self._store() as store:
-            idx = self._refresh(store)
-            revoked = self._revoked(store)
-        with self._final() as final:
-            changed = {} if final is None else final.changed_states()
-        out = []
-        for r in idx.rows:
-            state = changed.get(_pos(r), "revoked" if r.report.report_id in revoked else "verified")
-            out.append((r.report, "revoked" if state == REVOKED else state))
-        return out
-
     def metrics(self) -> dict[str, Any]:
         """What /metrics exports from the store."""
         with self._store() as store:
@@ -542,32 +482,6 @@ class ReadModel:
                 "board": sum(o for (t, _), o in positions.items() if ".reports." not in t),
             },
         }
-
-
-def _links(rows: list[dict[str, str]]) -> dict[str, dict[str, str]]:
-    """The node store's amendment links (:meth:`bus.store.node.NodeStore.amendments`) by the
-    report amended: ``corrected_by``, ``retracted_by`` and ``retraction_reason``."""
-    out: dict[str, dict[str, str]] = {}
-    for link in rows:
-        entry = out.setdefault(link["target"], {})
-        if link["kind"] == "retraction":
-            entry["retracted_by"], entry["retraction_reason"] = link["report_id"], link["reason"]
-        else:
-            entry["corrected_by"] = link["report_id"]
-    return out
-
-
-def _amendment_json(row: _Row, links: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-    """What a feed row says of corrections and retractions: what the report corrects or
-    retracts (and why), and the report that corrected or retracted it ("" for none)."""
-    r, link = row.report, links.get(row.report.report_id, {})
-    return {
-        "corrects": r.corrects,
-        "retracts": r.retracts,
-        "retraction_reason": r.retraction_reason or link.get("retraction_reason", ""),
-        "corrected_by": link.get("corrected_by", ""),
-        "retracted_by": link.get("retracted_by", ""),
-    }
 
 
 def _pos(row: _Row | Mapping[str, Any]) -> Pos:

@@ -46,10 +46,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
+import contextlib
 import hashlib
 import json
 import re
 import sqlite3
+import threading
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -57,10 +60,26 @@ import structlog
 from aiohttp import web
 
 from bus.errors import ConfigError, StoreError
+from bus.store.report_query import FilterError
+from nodes.org_node.dashboard import auth
 from nodes.org_node.dashboard.config import DashboardConfig
 from nodes.org_node.dashboard.metrics import metrics_text
-from nodes.org_node.dashboard.page import render_map, render_page
-from nodes.org_node.dashboard.read_model import CHANGED_LIMIT, FEED_LIMIT, ReadModel
+from nodes.org_node.dashboard.openapi import openapi_document
+from nodes.org_node.dashboard.page import (
+    map_points,
+    render_detail,
+    render_login,
+    render_map,
+    render_page,
+)
+from nodes.org_node.dashboard.read_model import CHANGED_LIMIT, ReadModel
+from nodes.org_node.dashboard.reports_view import (
+    INLINE_TYPES,
+    ReportsView,
+    dashboard_params,
+    report_json,
+)
+from nodes.org_node.export import CONTENT_TYPES, SUFFIXES, Format
 
 log = structlog.get_logger(__name__)
 
@@ -113,6 +132,8 @@ class Dashboard:
     def __init__(self, config: DashboardConfig, status: Status | None = None) -> None:
         self.config = config
         self.model = ReadModel(config)
+        self.reports = ReportsView(config)
+        self.sessions = auth.Sessions(config.auth)
         self._status = status
         self._runner: web.AppRunner | None = None
         self.port = config.port
@@ -124,16 +145,26 @@ class Dashboard:
 
     def app(self) -> web.Application:
         """The aiohttp application (routes in the module docstring)."""
-        app = web.Application()
+        app = web.Application(middlewares=[auth.middleware(self.sessions)])
         app.on_response_prepare.append(_on_prepare)
         app.add_routes(
             [
+                web.get(auth.LOGIN_PATH, self._login_page),
+                web.post(auth.LOGIN_PATH, self._login),
+                web.post(auth.LOGOUT_PATH, self._logout),
                 web.get("/", self._page),
+                web.get("/reports/{report_id}", self._detail_page),
+                web.get("/attachments/{sha256}", self._attachment),
                 web.get("/healthz", self._healthz),
                 web.get("/metrics", self._metrics),
                 web.get("/map.svg", self._map),
                 web.get("/api/summary", self._json(lambda r: self.model.summary())),
+                web.get("/api/openapi.json", self._openapi),
                 web.get("/api/reports", self._json(self._reports)),
+                web.get("/api/reports.csv", self._exporter(Format.CSV)),
+                web.get("/api/reports.geojson", self._exporter(Format.GEOJSON)),
+                web.get("/api/reports.hxl", self._exporter(Format.HXL)),
+                web.get("/api/reports/{report_id}", self._json(self._report)),
                 web.get("/api/quarantine", self._json(lambda r: self.model.quarantine())),
                 web.get("/api/decisions", self._json(lambda r: self.model.decisions())),
                 web.get("/api/decisions/others", self._json(lambda r: self.model.peer_decisions())),
@@ -189,16 +220,37 @@ class Dashboard:
         return self.model.verdict_changes(limit=limit, offset=query["offset"])
 
     def _reports(self, request: web.Request) -> Any:
-        try:
-            limit = min(int(request.query.get("limit", FEED_LIMIT)), 10_000)
-        except ValueError:
-            raise web.HTTPBadRequest(text="limit must be a whole number") from None
-        return self.model.reports(limit=limit, zone=request.query.get("zone") or None)
+        f, page = dashboard_params(_params(request))
+        got = self.reports.page(f, page)
+        return {
+            "reports": [report_json(r) for r in got.rows],
+            "next_cursor": got.next_cursor,
+            "limit": page.limit,
+            "order": "newest" if page.newest_first else "oldest",
+        }
+
+    def _report(self, request: web.Request) -> Any:
+        if request.query:
+            raise FilterError(next(iter(request.query)), "is no parameter here", "give none")
+        found = self.reports.detail(request.match_info["report_id"])
+        if found is None:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": "no such report here", "reason": "not_found"}),
+                content_type="application/json",
+            )
+        return {
+            **found["report"],
+            "verdict_detail": found["verdict"],
+            "prev_digest": found["prev_digest"],
+            "attachments": found["attachments"],
+        }
 
     def _json(self, fn: Callable[[web.Request], Any]) -> Callable[[web.Request], Any]:
         async def handler(request: web.Request) -> web.Response:
             try:
                 data = await asyncio.to_thread(fn, request)
+            except FilterError as exc:
+                return _bad_parameter(exc)
             except (StoreError, sqlite3.Error) as exc:
                 return web.json_response({"error": str(exc)}, status=503)
             return web.json_response(data, dumps=lambda o: json.dumps(o, default=str))
@@ -207,18 +259,118 @@ class Dashboard:
 
     async def _page(self, request: web.Request) -> web.Response:
         status = self._status_now()
-        zone = request.query.get("zone") or None
+        params = _params(request)
         try:
-            body = await asyncio.to_thread(render_page, self.model, status, zone=zone)
+            f, page = dashboard_params(params, drop_empty=True)
+            feed = await asyncio.to_thread(self.reports.page, f, page)
+            body = await asyncio.to_thread(
+                render_page, self.model, status, feed=feed, params=params, user=request["user"]
+            )
+        except FilterError as exc:
+            return web.Response(status=400, text=f"query parameter {exc.key!r}: {exc.message}")
         except (StoreError, sqlite3.Error) as exc:
             return web.Response(status=503, text=f"store unavailable: {exc}")
+        return _html(body)
+
+    async def _detail_page(self, request: web.Request) -> web.Response:
+        report_id = request.match_info["report_id"]
+        try:
+            found = await asyncio.to_thread(self.reports.detail, report_id)
+        except (StoreError, sqlite3.Error) as exc:
+            return web.Response(status=503, text=f"store unavailable: {exc}")
+        if found is None:
+            return web.Response(status=404, text=f"no report {report_id[:80]!r} in this store")
+        return _html(render_detail(self.config.org, found, user=request["user"]))
+
+    async def _attachment(self, request: web.Request) -> web.Response:
+        """A kept attachment's bytes, served only when they hash to the address asked for:
+        images inline, anything else as a download (never rendered by the browser)."""
+        try:
+            found = await asyncio.to_thread(
+                self.reports.attachment_bytes, request.match_info["sha256"]
+            )
+        except StoreError as exc:
+            return web.Response(status=503, text=f"store unavailable: {exc}")
+        if found is None:
+            return web.Response(status=404, text="no verified attachment with this SHA-256 here")
+        data, media_type, name = found
+        inline = media_type in INLINE_TYPES
+        filename = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:100] or request.match_info["sha256"]
         return web.Response(
-            text=body, content_type="text/html", headers={"Content-Security-Policy": page_csp(body)}
+            body=data,
+            headers={
+                "Content-Type": media_type if inline else "application/octet-stream",
+                "Content-Disposition": f"{'inline' if inline else 'attachment'}; "
+                f'filename="{filename}"',
+                "Cache-Control": "private, max-age=3600, immutable",
+            },
         )
 
+    async def _openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document(self.config.org))
+
+    async def _login_page(self, request: web.Request) -> web.Response:
+        target = auth.safe_next(request.query.get("next", "/"))
+        return _html(render_login(self.config.org, self.config.auth.configured, target, ""))
+
+    async def _login(self, request: web.Request) -> web.Response:
+        form = await request.post()
+        user, password = str(form.get("user", "")), str(form.get("password", ""))
+        target = auth.safe_next(str(form.get("next", "/")))
+        if auth.NAME_RE.fullmatch(user) and await self.sessions.login(user, password):
+            log.info("dashboard_login", org=self.config.org, user=user, peer=request.remote)
+            response = web.HTTPSeeOther(target)
+            response.set_cookie(
+                auth.COOKIE,
+                self.sessions.issue(user),
+                max_age=round(self.config.auth.session_hours * 3600),
+                path="/",
+                httponly=True,
+                samesite="Strict",
+                secure=request.secure,
+            )
+            raise response
+        log.warning(
+            "dashboard_login_refused", org=self.config.org, user=user[:64], peer=request.remote
+        )
+        body = render_login(
+            self.config.org, self.config.auth.configured, target, "wrong user name or password"
+        )
+        return _html(body, status=401)
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        response = web.HTTPSeeOther(auth.LOGIN_PATH)
+        response.del_cookie(auth.COOKIE, path="/")
+        raise response
+
+    def _exporter(self, fmt: Format) -> Callable[[web.Request], Any]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            try:
+                f, page = dashboard_params(_params(request), export=True)
+            except FilterError as exc:
+                return _bad_parameter(exc)
+            name = f"{self.config.org}-reports{SUFFIXES[fmt]}"
+            response = web.StreamResponse(
+                headers={
+                    "Content-Type": CONTENT_TYPES[fmt],
+                    "Content-Disposition": f'attachment; filename="{name}"',
+                }
+            )
+            await response.prepare(request)
+            await stream_text(response, lambda sink: self.reports.export(f, page, fmt, sink))
+            await response.write_eof()
+            return response
+
+        return handler
+
     async def _map(self, request: web.Request) -> web.Response:
-        points = await asyncio.to_thread(self.model.map_points)
-        svg = render_map(self.config.mandate, points)
+        """The reports of one page of the feed (same filters) on the map."""
+        try:
+            f, page = dashboard_params(_params(request))
+        except FilterError as exc:
+            return _bad_parameter(exc)
+        feed = await asyncio.to_thread(self.reports.page, f, page)
+        svg = render_map(self.config.mandate, map_points(feed.rows))
         return web.Response(text=svg, content_type="image/svg+xml")
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -263,6 +415,105 @@ class Dashboard:
             body=metrics_text(snapshot, status),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
+
+
+def _html(body: str, *, status: int = 200) -> web.Response:
+    """An HTML page with its own Content-Security-Policy (its inline style by hash)."""
+    return web.Response(
+        text=body,
+        status=status,
+        content_type="text/html",
+        headers={"Content-Security-Policy": page_csp(body)},
+    )
+
+
+def _params(request: web.Request) -> dict[str, list[str]]:
+    """A request's query parameters, name -> every value given."""
+    return {k: request.query.getall(k) for k in dict.fromkeys(request.query.keys())}
+
+
+def _bad_parameter(exc: FilterError) -> web.Response:
+    """400 naming the parameter (``parameter``) and what is wrong."""
+    return web.json_response(
+        {"error": exc.message, "reason": "invalid_parameter", "parameter": exc.key, "fix": exc.fix},
+        status=400,
+    )
+
+
+class _StoppedError(Exception):
+    """The client went away: the export's reading thread stops."""
+
+
+class _ChunkSink:
+    """A text sink for a worker thread that hands ~64 KiB chunks to the event loop through a
+    bounded queue (the thread waits while the client is slow: constant memory)."""
+
+    CHUNK: Final = 64 * 1024
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[bytes | None]) -> None:
+        self._loop, self._queue = loop, queue
+        self._parts: list[str] = []
+        self._size = 0
+        self.stop = threading.Event()
+
+    def write(self, s: str, /) -> int:
+        self._parts.append(s)
+        self._size += len(s)
+        if self._size >= self.CHUNK:
+            self.flush()
+        return len(s)
+
+    def flush(self) -> None:
+        if self._parts:
+            self.put("".join(self._parts).encode())
+            self._parts, self._size = [], 0
+
+    def put(self, item: bytes | None) -> None:
+        fut = asyncio.run_coroutine_threadsafe(self._queue.put(item), self._loop)
+        while True:
+            try:
+                fut.result(timeout=1)
+            except concurrent.futures.TimeoutError:
+                if self.stop.is_set():
+                    fut.cancel()
+                    raise _StoppedError from None
+            else:
+                return
+
+
+async def stream_text(
+    response: web.StreamResponse, produce: Callable[[_ChunkSink], object]
+) -> None:
+    """Run ``produce(sink)`` in a worker thread and write what it writes to ``response`` as it
+    comes. A store failure midway ends the connection without the final chunk, so a client
+    never takes a cut export for a whole one."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=8)
+    sink = _ChunkSink(loop, queue)
+
+    def work() -> None:
+        try:
+            produce(sink)
+            sink.flush()
+        finally:
+            with contextlib.suppress(_StoppedError):
+                sink.put(None)
+
+    task = asyncio.create_task(asyncio.to_thread(work))
+    try:
+        while (chunk := await queue.get()) is not None:
+            await response.write(chunk)
+    finally:
+        sink.stop.set()
+        while not queue.empty():
+            queue.get_nowait()
+        try:
+            await task
+        except _StoppedError:
+            pass
+        except (StoreError, sqlite3.Error) as exc:
+            log.error("dashboard_export_failed", error=str(exc))  # noqa: TRY400 - no traceback for a store failure
+            raise
 
 
 def _query(request: web.Request, defaults: dict[str, int]) -> dict[str, int]:
