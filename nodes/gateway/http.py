@@ -133,6 +133,7 @@ from nodes.gateway.service import (
 )
 from nodes.gateway.tls import server_context
 from nodes.gateway.webapp import add_webapp
+from nodes.runtime.ops import GatewayOps
 
 log = structlog.get_logger(__name__)
 
@@ -505,6 +506,7 @@ class GatewayServer:
         self.gateway = Gateway(config)
         self.gate: ConnectionGate | None = None
         self._runner: web.AppRunner | None = None
+        self.middlewares: list[Any] = []  # added last (innermost), e.g. GatewayOps.requests
 
     @property
     def url(self) -> str:
@@ -528,6 +530,7 @@ class GatewayServer:
             tls=self._tls is not None,
             connection_counts=lambda: {} if self.gate is None else self.gate.counts(),
         )
+        app.middlewares.extend(self.middlewares)
         # keepalive_timeout: aiohttp closes a connection that has not sent a request's headers
         # this long after it opened or after its last answer, whatever it sent meanwhile.
         self._runner = web.AppRunner(
@@ -567,8 +570,9 @@ class GatewayServer:
         await self.stop()
 
 
-async def run_gateway(config: GatewayConfig) -> int:
-    """Serve until SIGINT/SIGTERM; returns a process exit code.
+async def run_gateway(config: GatewayConfig, ops: GatewayOps | None = None) -> int:
+    """Serve until SIGINT/SIGTERM; returns a process exit code. ``ops``: the broker watch,
+    request metrics and ops server (:mod:`nodes.runtime.ops`).
 
     Raises:
         ConfigError: the TLS files are unusable (before anything starts).
@@ -580,14 +584,21 @@ async def run_gateway(config: GatewayConfig) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stopping.set)
     server = GatewayServer(config)
+    if ops is not None:
+        server.middlewares.append(ops.requests.middleware)
+        await ops.start(server)
     try:
-        await server.start()
-    except BusError as exc:
-        log.error("gateway_failed", org=config.org, error=exc.diagnostics())  # noqa: TRY400
-        await server.gateway.stop()
-        return 1
-    try:
-        await stopping.wait()
+        try:
+            await server.start()
+        except BusError as exc:
+            log.error("gateway_failed", org=config.org, error=exc.diagnostics())  # noqa: TRY400
+            await server.gateway.stop()
+            return 1
+        try:
+            await stopping.wait()
+        finally:
+            await server.stop()
     finally:
-        await server.stop()
+        if ops is not None:
+            await ops.stop()
     return 0
