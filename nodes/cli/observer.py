@@ -25,6 +25,7 @@ from bus.errors import ConfigError
 from bus.topics import Topics
 from bus.verify import DEFAULT_MAX_RECORD_BYTES
 from nodes.cli.common import add_common_args, add_log_level, bootstrap, security_from_args
+from nodes.cli.node import add_ops_args
 
 if TYPE_CHECKING:
     from nodes.observer.device import Home
@@ -505,7 +506,14 @@ def _cmd_gateway(args: argparse.Namespace) -> int:
         max_connections=args.max_connections,
     )
     Path(args.db).parent.mkdir(parents=True, exist_ok=True)
-    return asyncio.run(run_gateway(config))
+    from nodes.runtime.ops import DEFAULT_GATEWAY_OPS, GatewayOps, parse_listen  # noqa: PLC0415
+
+    listen = None
+    if args.ops:
+        given = args.ops_listen is not None
+        listen = parse_listen(args.ops_listen or DEFAULT_GATEWAY_OPS, explicit=given)
+    ops = GatewayOps(listen, bootstrap=config.bootstrap, security=config.security)
+    return asyncio.run(run_gateway(config, ops))
 
 
 def add_observer_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -655,6 +663,7 @@ def add_observer_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     gw.add_argument("--tls-key", metavar="FILE", help="the certificate's unencrypted PEM private"
                     " key")  # fmt: skip
     add_common_args(gw)
+    add_ops_args(gw, "127.0.0.1:9465", "gateway")
     gw.set_defaults(func=_cmd_gateway)
 
 

@@ -485,3 +485,91 @@ def gauge(name: str, doc: str, values: Mapping[str, int] | int, label: str = "")
     for key, n in sorted(values.items()):
         fam.add_metric([key], n)
     return fam
+
+
+# -- the gateway's ops ------------------------------------------------------------------------
+
+
+class GatewayOps:
+    """The ops of ``obus gateway``: the broker watch for the whole process, request metrics on
+    its public port (:attr:`requests`, installed by :func:`nodes.gateway.http.run_gateway`
+    before it listens) and, unless ``listen`` is None (``--no-ops``), the ops server.
+
+    The gateway is read through its public surface only (``server.gateway.ready``,
+    ``not_ready()``, ``store.counts()``, ``store.attachment_count()``, ``trust.epoch``,
+    ``config.db_path``; ``server.gate.counts()``), so this module needs no import of it.
+
+    Readiness: the broker, the gateway's store writable, and ``trust``: the gateway publishes
+    (a final trust state in which its node key is usable, earlier publications resolved;
+    otherwise the reason it answers reports with: ``not_sealed_yet``, ``sealed_log_broken``,
+    ``unavailable``).
+    """
+
+    def __init__(self, listen: Listen | None, *, bootstrap: str, security: Any) -> None:
+        self.listen = listen
+        self.watch = BrokerWatch(bootstrap, security)
+        self.requests = RequestMetrics("obus_gateway", timed=("POST", "/v1/reports", 201))
+        self.server: OpsServer | None = None
+        self._gw: Any = None  # the GatewayServer, from start()
+
+    async def start(self, gateway_server: Any) -> None:
+        """Start the broker watch and the ops server (see :meth:`OpsServer.start`)."""
+        self._gw = gateway_server
+        await self.watch.start()
+        if self.listen is None:
+            return
+        server = OpsServer(
+            self.listen, what=f"gateway {gateway_server.gateway.config.org}",
+            alive=lambda: Check("alive", True), ready=self._ready, families=self._families,
+            broker=self.watch,
+        )  # fmt: skip
+        if await server.start():
+            self.server = server
+
+    async def stop(self) -> None:
+        """Stop the ops server and the broker watch."""
+        if self.server is not None:
+            await self.server.stop()
+            self.server = None
+        await self.watch.stop()
+
+    async def _ready(self) -> list[Check]:
+        gw = self._gw.gateway
+        checks = [await asyncio.to_thread(store_writable, "store", Path(gw.config.db_path))]
+        if gw.ready:
+            checks.append(Check("trust", True))
+        else:
+            reply = gw.not_ready()
+            m = re.match(rb'\s*\{\s*"reason"\s*:\s*"([a-z0-9_]{1,64})"', reply.body)
+            why = "unavailable" if m is None else m[1].decode()
+            checks.append(Check("trust", False, why, reply.body.decode(errors="replace")[:300]))
+        return checks
+
+    async def _families(self) -> list[Metric]:
+        gw = self._gw.gateway
+        gate = self._gw.gate
+        conns: Mapping[str, int] = {} if gate is None else gate.counts()
+        return [
+            *self.requests.families(),
+            gauge(
+                "obus_gateway_reports",
+                "Reports in the gateway's store by state (publishing: waiting for Kafka's"
+                " confirmation, the publish queue)",
+                dict(gw.store.counts()),
+                "state",
+            ),
+            gauge("obus_gateway_attachments", "Attachments published", gw.store.attachment_count()),
+            gauge("obus_gateway_connections_open", "Open connections", conns.get("open", 0)),
+            gauge("obus_gateway_connections_limit", "Connection limit", conns.get("limit", 0)),
+            CounterMetricFamily(
+                "obus_gateway_connections_refused",
+                "Connections refused at the limit since the process started",
+                conns.get("refused", 0),
+            ),
+            gauge(
+                "obus_gateway_trust_epoch",
+                "The epoch of the final trust state the gateway judges with",
+                int(gw.trust.epoch),
+            ),
+            gauge("obus_gateway_ready", "1 while the gateway publishes", int(bool(gw.ready))),
+        ]
