@@ -1,9 +1,9 @@
 """RFC 6962 / RFC 9162 Merkle tree: incremental roots, inclusion and consistency proofs.
 
 Pure code: no I/O, no clock, no asyncio. A node keeps one :class:`MerkleTree` per Kafka
-topic-partition and appends the hash of every record in log order; checkpoints carry
-``(size, root())``; other organizations and auditors check them with :func:`verify_inclusion`
-and :func:`verify_consistency`.
+topic-partition and appends the hash of every record in log order; seals carry
+``(size, root())`` of every partition (:mod:`bus.seal`); other organizations and auditors check
+them, and proofs against them, with :func:`verify_inclusion` and :func:`verify_consistency`.
 
 Hashing (RFC 9162 section 2.1.1, SHA-256)::
 
@@ -95,7 +95,7 @@ class MerkleTree:
         store_leaves: keep every complete subtree hash so that :meth:`root_at`,
             :meth:`inclusion_proof`, :meth:`consistency_proof` and :meth:`leaf_hash_at` work.
             With ``False`` the tree keeps only the frontier (at most 64 hashes): enough for
-            :meth:`root` and for a streaming auditor that checks checkpoints as it replays.
+            :meth:`root` and for a streaming reader that checks sealed roots as it replays.
     """
 
     __slots__ = ("_frontier", "_levels", "_size")
@@ -111,7 +111,7 @@ class MerkleTree:
 
     @classmethod
     def from_frontier(cls, size: int, frontier: Iterable[bytes]) -> MerkleTree:
-        """Resume a frontier-only tree, e.g. from a witness's saved state.
+        """Resume a frontier-only tree, e.g. from a reader's saved state.
 
         Args:
             size: number of leaves the frontier covers.

@@ -1981,8 +1981,8 @@ class LogView(Protocol):
 
 @dataclass(frozen=True)
 class TreeView:
-    """A :class:`LogView` over per-partition Merkle trees (as :class:`bus.witness.WitnessCore`
-    keeps them).
+    """A :class:`LogView` over per-partition Merkle trees (as a reader that keeps every
+    partition's tree holds them).
 
     Args:
         trees: each partition's tree of the values read (trees must store their leaves).

@@ -1,8 +1,8 @@
 """The SQLite helpers every store of this project uses: one way to open a store (read-write in
 WAL mode with its schema, or read-only), one transaction helper.
 
-Every store (the node's, the witness's, the attachments', the gateway's, the observer's outbox,
-the auditor's index) opens through :func:`open_db` so that the same failure ends as the same
+Every store (the node's, the final store, the attachments', the gateway's, the observer's
+outbox, the auditor's index) opens through :func:`open_db` so that the same failure ends as the same
 :class:`~bus.errors.StoreError`, and the same durability choice is written in one place.
 """
 

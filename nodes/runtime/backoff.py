@@ -19,7 +19,7 @@ OUTAGE_RETRY_MAX_S = 10.0
 
 class OutageBackoff:
     """How every loop of a node waits for brokers it cannot reach (trust catch-up, follow-up,
-    witness): log ``broker_unavailable_waiting``, wait 0.5 s doubling up to 10 s, or until
+    sealer): log ``broker_unavailable_waiting``, wait 0.5 s doubling up to 10 s, or until
     stop is asked; :meth:`reset` after a turn that reached the brokers."""
 
     def __init__(self, log: Any, what: str, stopping: asyncio.Event) -> None:

@@ -1,7 +1,7 @@
 """What every group consumer of a node shares: it resumes from its own store, and commits Kafka
 group offsets only for operators' lag tooling, within a bound.
 
-The ingest loop, the witness's report consumer and the attachment reassembler each keep the next
+The ingest loop and the attachment reassembler each keep the next
 offset of every partition in their own SQLite store, written in the same transaction as the
 records it covers. On every partition assignment the consumer seeks to those positions
 (:class:`SeekToStore`), so a crash between a store commit and a group-offset commit never loses
