@@ -24,6 +24,7 @@ from nodes.cli.common import (
     bootstrap,
     configure_logs,
 )
+from nodes.cli.dashboard import add_dashboard_commands
 from nodes.cli.demo import add_demo_commands
 from nodes.cli.export import add_export_commands
 from nodes.cli.followup import add_followup_commands
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_org_commands(sub)  # org accredit|revoke|enckey
     add_observer_commands(sub)  # observer ..., gateway
     add_followup_commands(sub)  # statement ..., dashboard
+    add_dashboard_commands(sub)  # dashboard-user add|list
     add_log_commands(sub)  # log export
     add_acl_commands(sub)  # acls
     add_export_commands(sub)  # export reports
