@@ -34,6 +34,7 @@ from nodes.cli.common import (
     check_broker,
     security_from_args,
 )
+from nodes.cli.dashboard import add_auth_args, auth_from_args
 from nodes.cli.trust import read_decryption_key
 from nodes.runtime.files import archive_notice, ended_on, load_mandate, mandate_ended, read_key
 
@@ -69,6 +70,7 @@ def _cmd_node(args: argparse.Namespace) -> int:
         node_key=node_key,
         http_port=args.http_port,
         http_host=args.http_host,
+        dashboard_auth=None if args.http_port is None else auth_from_args(args),
         verify_workers=args.verify_workers,
         attachments=limits,
         ingest_only=args.ingest_only,
@@ -337,6 +339,7 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         metavar="H", help="how long chunks wait for their report or their missing pieces "
         "before they are quarantined (unreferenced, incomplete); default 168 (a week)",
     )  # fmt: skip
+    add_auth_args(node)
     add_common_args(node)
     add_seal_args(node)
     add_ops_args(
