@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bus.attachment import AttachmentLimits
 from bus.crypto import SigningKey
@@ -19,6 +20,9 @@ from bus.sealed import DecryptionKey
 from bus.store.quarantine import DEFAULT_QUARANTINE_QUOTA_BYTES
 from bus.topics import Topics
 from bus.verify import Limits
+
+if TYPE_CHECKING:
+    from nodes.org_node.dashboard.auth import DashboardAuth
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class NodeConfig:
     node_key: SigningKey | None = None
     http_port: int | None = None
     http_host: str = "127.0.0.1"
+    # Who may log in to the dashboard (nodes.org_node.dashboard.auth); None: nobody.
+    dashboard_auth: DashboardAuth | None = None
     # Worker processes that check a batch's Ed25519 signatures in parallel before the
     # sequential path runs (nodes/runtime/preverify.py); 0: everything in this process.
     verify_workers: int = 0

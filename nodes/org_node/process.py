@@ -169,6 +169,7 @@ class NodeExtras:
             if await ops.start():
                 self.ops = ops
         if cfg.http_port is not None:
+            from nodes.org_node.dashboard.auth import DashboardAuth  # noqa: PLC0415
             from nodes.org_node.dashboard.config import DashboardConfig  # noqa: PLC0415
             from nodes.org_node.dashboard.server import Dashboard  # noqa: PLC0415 - aiohttp
 
@@ -181,6 +182,7 @@ class NodeExtras:
                     host=cfg.http_host,
                     port=cfg.http_port,
                     final_db=None if cfg.seal is None else cfg.seal.db_path,
+                    auth=cfg.dashboard_auth or DashboardAuth(),
                 ),
                 status=self.status,
             )
