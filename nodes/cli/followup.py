@@ -41,6 +41,7 @@ from nodes.cli.common import (
     read_only_mandate,
     security_from_args,
 )
+from nodes.cli.dashboard import add_auth_args, auth_from_args
 from nodes.org_node.statements import (
     Board,
     check_signing_key,
@@ -240,6 +241,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         policy=load_policy(Path(args.policy)) if args.policy else None,
         host=args.http_host,
         port=args.http_port,
+        auth=auth_from_args(args),
     )
     return asyncio.run(serve(config))
 
@@ -315,5 +317,6 @@ def add_followup_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
     dash.add_argument("--policy", metavar="FILE", help="for the early-warning charts")
     dash.add_argument("--http-port", type=int, default=8080)
     dash.add_argument("--http-host", default="127.0.0.1")
+    add_auth_args(dash)
     add_log_level(dash)
     dash.set_defaults(func=_cmd_dashboard)
