@@ -221,7 +221,7 @@ def test_reason_codes_in_full_in_the_html_charts() -> None:
     for t in labels:  # right-aligned at x: the label's left edge stays inside the drawing
         assert float(t.get("x", "0")) - GLYPH * len(t.text or "") >= 0
         assert t.get("text-anchor") == "end"
-    assert f"<code>{longest}</code>" in page
+    assert f'<code class="reason">{longest}</code>' in page
     zone = _chart(page, "Verified reports per zone")
     (label,) = [t for t in zone.iter(f"{SVG}text") if t.get("class") == "label"]
     assert float(label.get("x", "0")) - GLYPH * len(label.text or "") >= 0
