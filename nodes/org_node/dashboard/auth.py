@@ -64,6 +64,7 @@ MAX_P: Final = 4
 SALT_BYTES: Final = 16
 KEY_BYTES: Final = 32
 MAX_PASSWORD_CHARS: Final = 1024
+USER_KEY: Final = web.RequestKey("user", str)  # who sent a request, for the handlers
 NAME_RE: Final = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -362,7 +363,7 @@ def safe_next(target: str) -> str:
 
 def middleware(sessions: Sessions) -> Middleware:
     """Refuse every request without credentials but the login page's (module docstring); the
-    user is ``request["user"]`` for the handlers."""
+    user is ``request[USER_KEY]`` for the handlers."""
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -381,7 +382,7 @@ def middleware(sessions: Sessions) -> Middleware:
                 status=401,
                 headers={"WWW-Authenticate": f'Cookie realm="obus", form="{LOGIN_PATH}"'},
             )
-        request["user"] = user
+        request[USER_KEY] = user
         return await handler(request)
 
     return check

@@ -264,7 +264,12 @@ class Dashboard:
             f, page = dashboard_params(params, drop_empty=True)
             feed = await asyncio.to_thread(self.reports.page, f, page)
             body = await asyncio.to_thread(
-                render_page, self.model, status, feed=feed, params=params, user=request["user"]
+                render_page,
+                self.model,
+                status,
+                feed=feed,
+                params=params,
+                user=request[auth.USER_KEY],
             )
         except FilterError as exc:
             return web.Response(status=400, text=f"query parameter {exc.key!r}: {exc.message}")
@@ -280,7 +285,7 @@ class Dashboard:
             return web.Response(status=503, text=f"store unavailable: {exc}")
         if found is None:
             return web.Response(status=404, text=f"no report {report_id[:80]!r} in this store")
-        return _html(render_detail(self.config.org, found, user=request["user"]))
+        return _html(render_detail(self.config.org, found, user=request[auth.USER_KEY]))
 
     async def _attachment(self, request: web.Request) -> web.Response:
         """A kept attachment's bytes, served only when they hash to the address asked for:
