@@ -95,6 +95,7 @@ class KafkaLogGate(logging.Filter):
         self._suppressed_total = 0
         self._changes = 0
         self._handlers: list[logging.Handler] = []
+        self._last: tuple[logging.LogRecord, bool] | None = None  # the record judged last
         self.on_failure: Callable[[], None] | None = None  # called when a line turns it
 
     def state(self) -> BrokerState:
@@ -107,9 +108,19 @@ class KafkaLogGate(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Drop (and count) aiokafka's warnings and errors while unreachable; turn the state
-        on the first connection failure."""
+        on the first connection failure. Every handler of the root logger asks about the same
+        record: it is judged (and counted) once."""
         if record.levelno < logging.WARNING or not record.name.startswith(KAFKA_LOGGER):
             return True
+        with self._lock:
+            if self._last is not None and self._last[0] is record:
+                return self._last[1]
+        keep = self._judge(record)
+        with self._lock:
+            self._last = (record, keep)
+        return keep
+
+    def _judge(self, record: logging.LogRecord) -> bool:
         with self._lock:
             if self._reachable is False:
                 self._suppressed += 1
