@@ -1,11 +1,12 @@
 """Receipts checked for inclusion in the sealed log, end to end on a real broker with real sealers.
 
 Four organizations' nodes run their sealers (the mandate's k = 4: each final seal needs all of
-them); UN's gateway judges with UN's node's final store. An observer submits three reports with
-the CLI (``obus observer submit``, one restricted to UN and OSCE with ``--to un,osce``); once
-every sealer has judged them, ``obus observer receipts --verify --inclusion`` fetches each
-report's proof from the gateway (``GET /v1/proofs/...``) and checks it with the mandate file
-alone: every receipt is verified, with its epoch and the four cosigning organizations. The proof
+them); UN's gateway judges with UN's node's final store. An observer submits reports with the
+CLI (``obus observer submit``, one restricted to UN and OSCE with ``--to un,osce``; two, then a
+third once the first two are sealed); once every sealer has judged them, ``obus observer
+receipts --verify --inclusion`` fetches each report's proof from the gateway (``GET
+/v1/proofs/...``) and checks it with the mandate file alone: every receipt is verified, with its
+epoch (the third's a later one) and the four cosigning organizations. The proof
 the gateway serves is the one ``obus audit prove`` builds from the log, and the full check
 against the log passes. Then a hostile gateway (a proxy in front of the real one) serves a proof
 for another offset and a note with a cosignature line removed, and the outbox holds another
@@ -252,6 +253,12 @@ async def hostile_gateway(
         await runner.cleanup()
 
 
+async def _deliver(w: SealedWorld) -> None:
+    """``obus observer sync``: whatever ``submit`` could not deliver at once is delivered."""
+    code, out = await obus(w.home, "sync", "--max-seconds", "60", "--backoff-cap", "1")
+    assert code == 0 and "still queued 0" in out, out
+
+
 def _without_last_cosignature(note: str) -> str:
     lines = note.splitlines(keepends=True)
     last = max(i for i, line in enumerate(lines) if line.startswith("\u2014 "))
@@ -269,7 +276,14 @@ async def test_receipts_are_verified_in_the_log_the_sealers_sealed(
             assert (await obus(w.home, "submit", str(path)))[0] == 0
             code, out = await obus(w.home, "submit", "--to", "un,osce", str(path))
             assert code == 0 and "restricted to un, osce" in out, out
+            await _deliver(w)
+            await until_judged(w, topic, 2)
+            code, out = await obus(w.home, "receipts", "--verify", "--inclusion", "--json")
+            assert code == 0 and [c["state"] for c in json.loads(out)] == ["verified"] * 2, out
+
+            # a third report, sealed in a later epoch: the gateway's proofs grow with the log
             assert (await obus(w.home, "submit", str(path)))[0] == 0
+            await _deliver(w)
             box = Outbox(w.home.outbox, read_only=True)
             try:
                 entries = box.entries(DELIVERED)
@@ -290,6 +304,7 @@ async def test_receipts_are_verified_in_the_log_the_sealers_sealed(
             assert code == 0, out
             assert [c["state"] for c in checks] == ["verified"] * 3, checks
             assert all(c["epoch"] > 0 and c["orgs"] == sorted(SEALING) for c in checks), checks
+            assert checks[2]["epoch"] > checks[0]["epoch"], checks
             code, out = await obus(w.home, "receipts", "--verify", "--inclusion")
             assert code == 0 and "3 of 3 receipted reports verified" in out, out
             assert f"cosigned by {', '.join(sorted(SEALING))}" in out, out
