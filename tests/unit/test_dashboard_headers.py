@@ -14,6 +14,7 @@ import aiohttp
 from nodes.org_node.dashboard.config import DashboardConfig
 from nodes.org_node.dashboard.server import Dashboard, page_csp
 from tests.mission import make_mission
+from tests.unit.test_dashboard_auth import dashboard_auth, jar, logged_in
 from tests.unit.test_dashboard_reads_only import _fill
 
 COMMON = {
@@ -31,13 +32,22 @@ async def test_every_route_carries_the_security_headers(tmp_path: Path) -> None:
     db = tmp_path / "un.db"
     _fill(db)
     mandate = make_mission().scenario.mandate
-    dash = Dashboard(DashboardConfig(org="un", db_path=db, mandate=mandate, port=0))
+    dash = Dashboard(
+        DashboardConfig(org="un", db_path=db, mandate=mandate, port=0, auth=dashboard_auth())
+    )
     paths = sorted(
         {info["path"] for r in dash.app().router.routes() if "path" in (info := r.get_info())}
     )
     await dash.start()
     try:
-        async with aiohttp.ClientSession() as http:
+        async with aiohttp.ClientSession(cookie_jar=jar()) as anonymous:
+            # Refusals carry them too.
+            for path in ["/", "/api/reports"]:
+                async with anonymous.get(dash.url.rstrip("/") + path) as resp:
+                    assert resp.status == 401
+                    for name, value in COMMON.items():
+                        assert resp.headers.get(name) == value, (path, name)
+        async with logged_in(dash.url) as http:
             for path in [*paths, "/no-such-route"]:
                 async with http.get(dash.url.rstrip("/") + path) as resp:
                     for name, value in COMMON.items():
@@ -46,7 +56,7 @@ async def test_every_route_carries_the_security_headers(tmp_path: Path) -> None:
                     assert csp["default-src"] == "'none'", path
                     assert csp["frame-ancestors"] == "'none'", path
                     assert "script-src" not in csp, path  # default-src 'none': no script
-                    if path == "/":
+                    if path in ("/", "/login"):
                         page = await resp.text()
                         styles = re.findall(r"<style>(.*?)</style>", page, re.DOTALL)
                         assert styles, "the page has its inline style sheet"

@@ -38,14 +38,16 @@ def render_page(
     status: dict[str, Any] | None,
     *,
     feed: ReportPage,
+    reasons: Mapping[str, str],
     params: Mapping[str, Sequence[str]],
     user: str,
 ) -> str:
     """The whole dashboard page (server-rendered; no script): ``feed`` is the page of reports
-    the query ``params`` (the filter form's fields) asked for; the map shows those reports."""
+    the query ``params`` (the filter form's fields) asked for, ``reasons`` why the reports that
+    retracted some of them did; the map shows those reports."""
     cfg = model.config
     s = model.summary()
-    rows = [feed_row(r) for r in feed.rows]
+    rows = [feed_row(r, reasons) for r in feed.rows]
     final_only = model.accepted_only_finally()
     quarantine = model.quarantine()
     own = model.decisions()
@@ -152,6 +154,7 @@ def render_detail(org: str, found: dict[str, Any], *, user: str) -> str:
         observed_at=utc_minute(r.observed_at_ms),
         signed_at=utc_minute(r.signed_at_ms),
         logged_at=utc_minute(r.log_time_ms),
+        retracted_because=found["retracted_because"],
         user=user,
     )
 

@@ -123,10 +123,12 @@ def report_json(r: ReportRow) -> dict[str, Any]:
     return out
 
 
-def feed_row(r: ReportRow) -> dict[str, Any]:
-    """One report as the page's feed shows it."""
+def feed_row(r: ReportRow, reasons: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One report as the page's feed shows it; ``reasons``: why the reports that retracted
+    listed ones did (:meth:`ReportsView.retraction_reasons`)."""
     return {
         "row": r,
+        "retracted_because": (reasons or {}).get(r.retracted_by, "") if r.retracted_by else "",
         "report_id": r.report_id,
         "own_state": "verified" if r.provisional_status == "accepted" else r.provisional_status,
         "verdict": verdict_of(r),
@@ -179,6 +181,22 @@ class ReportsView:
         """One page of matching reports and the next page's cursor."""
         with self._query() as q:
             return q.page(f, page)
+
+    def retraction_reasons(self, rows: Sequence[ReportRow]) -> dict[str, str]:
+        """The reason each retracting report of ``rows``' ``retracted_by`` gives, by its id."""
+        ids = sorted({r.retracted_by for r in rows if r.retracted_by})
+        if not ids:
+            return {}
+        db = open_db(self.config.db_path, what="store", read_only=True)
+        try:
+            found = db.execute(
+                "SELECT report_id, retraction_reason FROM reports"  # noqa: S608 - placeholders
+                f" WHERE report_id IN ({','.join('?' * len(ids))})",
+                ids,
+            ).fetchall()
+        finally:
+            db.close()
+        return {str(i): str(reason) for i, reason in found}
 
     def export(self, f: ReportFilter, page: Page, fmt: Format, out: TextSink) -> int:
         """Write the matching reports to ``out`` as they are read; returns how many."""
@@ -234,6 +252,7 @@ class ReportsView:
             "row": r,
             "verdict": verdict_of(r),
             "prev_digest": prev,
+            "retracted_because": self.retraction_reasons([r]).get(r.retracted_by, ""),
             "attachments": [a.json() for a in views],
             "attachment_views": views,
         }

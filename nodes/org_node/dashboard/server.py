@@ -9,14 +9,6 @@ Routes (JSON unless said otherwise):
 
 ====================================  =========================================================
 ``GET /``                             the dashboard (HTML)
-``GET /healthz``                      ``{"status": "ok", ...}``; 503 when the store cannot be read,
-                                      the node's sealer found a sealed record altered or
-                                      deleted (``{"status": "sealed_log_broken", "reason",
-                                      "detail", ...}``: its alarm, judging stopped), the node
-                                      is starved (``{"status": "starved", "why",
-                                      "partitions", "foreign_members"}``:
-                                      nodes.org_node.health), or its follow-up stopped
-``GET /metrics``                      Prometheus text format
 ``GET /api/summary``                  counts, mandate, policy
 ``GET /api/reports?limit=&zone=``     newest reports with their verification state and their
                                       ``verdict``: final or provisional, and whether sealing
@@ -63,7 +55,6 @@ from bus.errors import ConfigError, StoreError
 from bus.store.report_query import FilterError
 from nodes.org_node.dashboard import auth
 from nodes.org_node.dashboard.config import DashboardConfig
-from nodes.org_node.dashboard.metrics import metrics_text
 from nodes.org_node.dashboard.openapi import openapi_document
 from nodes.org_node.dashboard.page import (
     map_points,
@@ -155,8 +146,6 @@ class Dashboard:
                 web.get("/", self._page),
                 web.get("/reports/{report_id}", self._detail_page),
                 web.get("/attachments/{sha256}", self._attachment),
-                web.get("/healthz", self._healthz),
-                web.get("/metrics", self._metrics),
                 web.get("/map.svg", self._map),
                 web.get("/api/summary", self._json(lambda r: self.model.summary())),
                 web.get("/api/openapi.json", self._openapi),
@@ -263,11 +252,13 @@ class Dashboard:
         try:
             f, page = dashboard_params(params, drop_empty=True)
             feed = await asyncio.to_thread(self.reports.page, f, page)
+            reasons = await asyncio.to_thread(self.reports.retraction_reasons, feed.rows)
             body = await asyncio.to_thread(
                 render_page,
                 self.model,
                 status,
                 feed=feed,
+                reasons=reasons,
                 params=params,
                 user=request[auth.USER_KEY],
             )
@@ -377,49 +368,6 @@ class Dashboard:
         feed = await asyncio.to_thread(self.reports.page, f, page)
         svg = render_map(self.config.mandate, map_points(feed.rows))
         return web.Response(text=svg, content_type="image/svg+xml")
-
-    async def _healthz(self, request: web.Request) -> web.Response:
-        """``ok`` (200) only while nothing below holds; otherwise 503 with the first that does:
-        ``sealed_log_broken`` (the sealer's alarm: its keys at the top level, judging stopped),
-        ``starved``, ``degraded`` (the follow-up stopped)."""
-        status = self._status_now()
-        try:
-            summary = await asyncio.to_thread(self.model.summary)
-        except (StoreError, sqlite3.Error) as exc:
-            return web.json_response({"status": "unavailable", "error": str(exc)}, status=503)
-        running = True if status is None else bool(status.get("running", True))
-        group = {} if status is None else status.get("group") or {}
-        starved = group.get("state") == "starved"
-        seal = None if status is None else status.get("seal")
-        alarm: dict[str, Any] = dict((seal or {}).get("alarm") or {})
-        body: dict[str, Any] = {
-            "status": "starved" if starved else "ok" if running else "degraded",
-            "org": self.config.org,
-            "reports_verified": summary["reports_verified"],
-            "quarantined": summary["quarantined"],
-            "decisions": summary["decisions"],
-            "node": status,
-        }
-        if starved:
-            body["why"] = group["why"]
-            body["partitions"] = group["partitions"]
-            body["foreign_members"] = group["foreign_members"]
-        if alarm:
-            # The alarm's own keys never replace the answer's (its context is free-form).
-            body = {**alarm, **body, "status": "sealed_log_broken"}
-        healthy = running and not starved and not alarm
-        return web.json_response(body, status=200 if healthy else 503)
-
-    async def _metrics(self, request: web.Request) -> web.Response:
-        status = self._status_now()
-        try:
-            snapshot = await asyncio.to_thread(self.model.metrics)
-        except (StoreError, sqlite3.Error) as exc:
-            return web.Response(status=503, text=f"# store unavailable: {exc}\n")
-        return web.Response(
-            body=metrics_text(snapshot, status),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
-        )
 
 
 def _html(body: str, *, status: int = 200) -> web.Response:
