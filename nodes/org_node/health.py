@@ -322,11 +322,17 @@ def node_checks(status: Mapping[str, Any], *, max_lag: int) -> list[Check]:
 
     ``lag``: the records not yet stored over every report partition, from the last group
     check (``lag_unknown`` while there is none: not checked yet, or the brokers did not
-    answer); ``lagging`` above ``max_lag``.
+    answer; ``no_report_partitions`` while no report topic exists); ``lagging`` above
+    ``max_lag``.
     """
     group = status.get("group") or {}
     checks: list[Check] = []
-    if group.get("state") in ("ok", "starved"):
+    exist = int((group.get("partitions") or {}).get("exist", 0))
+    if group.get("state") in ("ok", "starved") and exist == 0:
+        why = "no topic matches the report pattern (wrong --topic-prefix, or obus topics not run)"
+        checks.append(Check("lag", False, "no_report_partitions", why))
+        checks.append(Check("consumer_group", False, "no_report_partitions", why))
+    elif group.get("state") in ("ok", "starved"):
         behind = sum(int(n) for n in group.get("lag", {}).values())
         checks.append(
             Check("lag", True, detail=f"{behind} records behind")

@@ -375,7 +375,12 @@ def _samples(fams: list[Metric]) -> dict[tuple[str, tuple[str, ...]], float]:
 
 def _status(**changes: Any) -> dict[str, Any]:
     status: dict[str, Any] = {
-        "group": {"state": "ok", "lag": {"t/0": 3, "t/1": 4}, "why": ""},
+        "group": {
+            "state": "ok",
+            "lag": {"t/0": 3, "t/1": 4},
+            "why": "",
+            "partitions": {"exist": 2},
+        },
         "seal": {"alarm": None},
         "running": True,
     }
@@ -396,7 +401,14 @@ def test_a_caught_up_node_is_ready() -> None:
 def test_what_makes_a_node_not_ready() -> None:
     lagging = _by_name(node_checks(_status(), max_lag=6))["lag"]
     assert (lagging.ok, lagging.reason) == (False, "lagging")
-    starved = _status(group={"state": "starved", "lag": {}, "why": "2 of 4 partitions ..."})
+    starved = _status(
+        group={
+            "state": "starved",
+            "lag": {},
+            "why": "2 of 4 partitions ...",
+            "partitions": {"exist": 4},
+        }
+    )
     group = _by_name(node_checks(starved, max_lag=6))["consumer_group"]
     assert (group.ok, group.reason, group.detail) == (False, "starved", "2 of 4 partitions ...")
     unknown = _status(group={"state": "unknown", "why": "no answer within 15 s"})
@@ -409,6 +421,9 @@ def test_what_makes_a_node_not_ready() -> None:
     sealer = _by_name(node_checks(broken, max_lag=9))["sealer"]
     assert (sealer.ok, sealer.reason) == (False, "sealed_log_broken")
     assert sealer.detail == "sealed_root_mismatch: altered"
+    empty = _status(group={"state": "ok", "lag": {}, "why": "", "partitions": {"exist": 0}})
+    lag = _by_name(node_checks(empty, max_lag=9))["lag"]
+    assert (lag.ok, lag.reason) == (False, "no_report_partitions")
     stopped = _by_name(node_checks(_status(running=False), max_lag=9))["followup"]
     assert (stopped.ok, stopped.reason) == (False, "followup_stopped")
     no_sealer = _by_name(node_checks(_status(seal=None), max_lag=9))["sealer"]
