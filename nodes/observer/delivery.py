@@ -362,8 +362,40 @@ class InclusionCheck:
     orgs: tuple[str, ...] = ()
 
 
+# A proof request the gateway answers "busy" (408, 429, 5xx) is asked again after its
+# Retry-After (1 s when none), at most PROOF_ATTEMPTS times in all, and only while the wait asked
+# for is short: a longer one (such as sealed_log_broken's) ends the check at once.
+PROOF_ATTEMPTS: Final = 3
+PROOF_MAX_WAIT_S: Final = 5.0
+
+
+def _busy(answer: Answer) -> bool:
+    return answer.status in (408, 429) or answer.status >= 500
+
+
+async def _proof(
+    client: GatewayClient, topic: str, partition: int, offset: int,
+    sleep: Callable[[float], Awaitable[None]],
+) -> Answer:  # fmt: skip
+    """The gateway's answer to a proof request, asked again while it is briefly busy."""
+    answer = await client.proof(topic, partition, offset)
+    for _ in range(PROOF_ATTEMPTS - 1):
+        wait = answer.retry_after_s or 1.0
+        if not _busy(answer) or wait > PROOF_MAX_WAIT_S:
+            break
+        log.info("proof_busy", status=answer.status, reason=answer.error()[0], retry_in_s=wait)
+        await sleep(wait)
+        answer = await client.proof(topic, partition, offset)
+    return answer
+
+
 async def check_inclusion(
-    home: Home, outbox: Outbox, client: GatewayClient, *, at_ms: int
+    home: Home,
+    outbox: Outbox,
+    client: GatewayClient,
+    *,
+    at_ms: int,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> list[InclusionCheck]:
     """For every delivered report, fetch the proof of the record its receipt names
     (``GET /v1/proofs/...``) and run the light check against the observer's mandate file
@@ -371,10 +403,13 @@ async def check_inclusion(
     proof is of that record and *k* organizations of the mandate cosigned its seal). Also
     once the mandate has ended: receipts are judged at their issue times and seals at *t_e*.
 
-    A proof answer longer than the client reads is refused ``oversized``.
+    A proof answer longer than the client reads is refused ``oversized``. A gateway briefly
+    busy (408, 429, 5xx with a ``Retry-After`` of at most :data:`PROOF_MAX_WAIT_S`) is asked
+    again, :data:`PROOF_ATTEMPTS` times in all.
 
     Raises:
-        Unreachable: the gateway could not be reached (a check not made is not a verdict).
+        Unreachable: the gateway could not be reached, or stayed busy (a check not made is not
+            a verdict).
     """
     mandate = home.load_mandate(now_ms=at_ms, archive=True)
     ring = receipt_keyring(home, outbox, at_ms=at_ms, archive=True)
@@ -387,7 +422,8 @@ async def check_inclusion(
                                       f"receipt: {exc.message}"))  # fmt: skip
             continue
         try:
-            answer = await client.proof(receipt.topic, receipt.partition, receipt.offset)
+            answer = await _proof(client, receipt.topic, receipt.partition, receipt.offset,
+                                  sleep)  # fmt: skip
         except AnswerTooLarge as exc:  # no proof is that long: the gateway's answer is refused
             out.append(InclusionCheck(e.seq, e.report_id, NOT_VERIFIED, Reason.OVERSIZED.value,
                                       str(exc)))  # fmt: skip
@@ -397,7 +433,7 @@ async def check_inclusion(
             out.append(InclusionCheck(e.seq, e.report_id, NOT_SEALED_YET, reason, detail))
             continue
         if answer.status != 200:
-            if answer.status in (408, 429) or answer.status >= 500:
+            if _busy(answer):
                 raise Unreachable(f"GET proof answered {answer.status} {reason}: {detail}")
             out.append(InclusionCheck(e.seq, e.report_id, NOT_VERIFIED, reason, detail))
             continue

@@ -16,7 +16,7 @@ from aiohttp import web
 from bus.errors import ConfigError
 from bus.model import Receipt, Role
 from bus.receipt import sign_receipt
-from nodes.observer.client import AnswerTooLarge, GatewayClient
+from nodes.observer.client import AnswerTooLarge, GatewayClient, Unreachable
 from nodes.observer.delivery import NOT_SEALED_YET, NOT_VERIFIED, check_inclusion
 from nodes.observer.device import Home, check_receipts, init_observer, submit_file
 from nodes.observer.outbox import Outbox
@@ -141,3 +141,61 @@ async def test_a_proof_answer_past_the_bound_is_refused_oversized(
         box.close()
     assert (check.state, check.reason) == (NOT_VERIFIED, "oversized"), check
     assert (answer.status, answer.body) == (200, b"x" * 5000)
+
+
+Reply = tuple[int, dict[str, str], str | None]
+
+
+class _Replies:
+    """A proof handler answering each request with the next reply (status, JSON, Retry-After),
+    the last one again when they run out; ``asked`` counts the requests."""
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies, self.asked = replies, 0
+
+    async def answer(self, _: web.Request) -> web.Response:
+        status, doc, retry = self.replies[min(self.asked, len(self.replies) - 1)]
+        self.asked += 1
+        headers = {} if retry is None else {"Retry-After": retry}
+        return web.json_response(doc, status=status, headers=headers)
+
+
+BUSY: Reply = (503, {"reason": "unavailable", "detail": "too many proofs being served; retry"}, "1")
+NOT_SEALED: Reply = (404, {"reason": "record_not_sealed", "detail": "not yet"}, "5")
+BROKEN: Reply = (503, {"reason": "sealed_log_broken", "detail": "a record was deleted"}, "60")
+
+
+@pytest.mark.parametrize(
+    ("replies", "waits", "outcome"),
+    [
+        ((BUSY, NOT_SEALED), [1.0], NOT_SEALED_YET),  # busy a moment: asked again
+        ((BUSY, BUSY, BUSY, NOT_SEALED), [1.0, 1.0], "unavailable"),  # stays busy: no verdict
+        ((BROKEN, NOT_SEALED), [], "sealed_log_broken"),  # a long wait asked for: at once
+    ],
+    ids=["busy-then-answer", "stays-busy", "broken"],
+)
+async def test_a_busy_gateway_is_asked_again_a_few_times(
+    tmp_path: Path,
+    replies: tuple[Reply, ...],
+    waits: list[float],
+    outcome: str,
+) -> None:
+    m = make_mission(1, now_ms=NOW)
+    home, box = _delivered(tmp_path, m)
+    handler = _Replies(*replies)
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    try:
+        async with _serving(handler.answer) as url, GatewayClient(url) as client:
+            try:
+                [check] = await check_inclusion(home, box, client, at_ms=NOW + 10, sleep=sleep)
+                got = check.state
+            except Unreachable as exc:
+                got = next(r for r in ("unavailable", "sealed_log_broken") if r in str(exc))
+    finally:
+        box.close()
+    assert (got, slept) == (outcome, waits)
+    assert handler.asked == len(waits) + 1
