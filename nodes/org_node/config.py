@@ -81,7 +81,11 @@ class NodeConfig:
     policy: Policy | None = None
     topics: Topics = field(default_factory=Topics)
     limits: Limits = field(default_factory=Limits)
-    max_batch: int = 1000
+    # Most records judged and committed as one batch (a backlog: catching up, a burst). Each
+    # batch pays a trust catch-up round trip and a store transaction; 4,000 of the bench's
+    # ~1 KiB reports (within one 8 MiB fetch) gave 7 % more per CPU-second than 1,000
+    # (bench/README.md, "Node ingest"). At a steady rate the fetch wait below sets batches.
+    max_batch: int = 4000
     poll_timeout_ms: int = 500
     # Consumer-side batching: the broker answers a fetch once fetch_min_bytes of reports are
     # ready or fetch_max_wait_ms have passed. Every batch costs ~2.8 ms of CPU whatever its
