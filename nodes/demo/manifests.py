@@ -44,6 +44,7 @@ KAFKA_VERSION: Final = "4.1.1"
 KAFKA_IMAGE: Final = f"apache/kafka:{KAFKA_VERSION}"
 OBUS_IMAGE: Final = "observer-bus:0.1.0"
 CLIENT_PORT: Final = 9094  # SASL_SSL, SCRAM-SHA-512: clients and inter-broker
+OPS_PORT: Final = 9464  # obus node --ops-listen: /healthz, /readyz, /metrics (nodes/runtime/ops.py)
 CONTROLLER_PORT: Final = 9093  # SASL_SSL, PLAIN (admin only): the KRaft quorum
 CLUSTER: Final = "obus"  # Strimzi cluster name
 ADMIN_CFG: Final = "/etc/obus/admin.properties"  # the admin's client settings in a container
@@ -219,7 +220,16 @@ def compose() -> dict[str, Any]:
                 "obus", "node", "--org", org, "--mandate", "/run/secrets/mandate",
                 "--db", f"/data/{org}.db", "--policy", f"/app/deploy/policies/{org}.toml",
                 "--node-key", f"/run/secrets/{org}_node_key", "--bootstrap", _bootstrap(),
+                # ops (/healthz, /readyz, /metrics) on the compose network only, apart from
+                # the dashboard (not started here): a scraper never reaches any report
+                "--ops-listen", f"0.0.0.0:{OPS_PORT}",
             ],
+            "expose": [str(OPS_PORT)],
+            "healthcheck": {
+                "test": ["CMD", "python", "-c", "import urllib.request as u;"
+                         f" u.urlopen('http://127.0.0.1:{OPS_PORT}/healthz', timeout=3)"],
+                "interval": "10s", "timeout": "5s", "retries": 3,
+            },
             "environment": {
                 "OBUS_SECURITY_PROTOCOL": "SASL_SSL",
                 "OBUS_SASL_MECHANISM": "SCRAM-SHA-512",
@@ -358,7 +368,12 @@ def k8s() -> dict[str, list[dict[str, Any]]]:
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": labels},
                 "template": {
-                    "metadata": {"labels": labels},
+                    "metadata": {"labels": labels, "annotations": {
+                        # scraped on the ops port, never the dashboard's
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(OPS_PORT),
+                        "prometheus.io/path": "/metrics",
+                    }},
                     "spec": {
                         "containers": [{
                             "name": "node",
@@ -370,7 +385,19 @@ def k8s() -> dict[str, list[dict[str, Any]]]:
                                 "--policy", f"/app/deploy/policies/{org}.toml",
                                 "--node-key", "/etc/obus/node-key/node.json",
                                 "--bootstrap", f"{CLUSTER}-kafka-bootstrap:{CLIENT_PORT}",
+                                "--ops-listen", f"0.0.0.0:{OPS_PORT}",
                             ],
+                            "ports": [{"name": "ops", "containerPort": OPS_PORT}],
+                            "livenessProbe": {
+                                "httpGet": {"path": "/healthz", "port": "ops"},
+                                "periodSeconds": 10, "failureThreshold": 3,
+                            },
+                            # not ready while the brokers are unreachable, the node lags, its
+                            # sealer is alarmed or its store is not writable (reasons: /readyz)
+                            "readinessProbe": {
+                                "httpGet": {"path": "/readyz", "port": "ops"},
+                                "periodSeconds": 10, "failureThreshold": 1,
+                            },
                             "env": [
                                 {"name": "OBUS_SECURITY_PROTOCOL", "value": "SASL_SSL"},
                                 {"name": "OBUS_SASL_MECHANISM", "value": "SCRAM-SHA-512"},
