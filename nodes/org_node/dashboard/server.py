@@ -353,8 +353,11 @@ class Dashboard:
                 }
             )
             await response.prepare(request)
-            await stream_text(response, lambda sink: self.reports.export(f, page, fmt, sink))
-            await response.write_eof()
+            try:
+                await stream_text(response, lambda sink: self.reports.export(f, page, fmt, sink))
+                await response.write_eof()
+            except ConnectionResetError:  # the client went away: its reading thread stopped
+                log.info("dashboard_export_abandoned", org=self.config.org, format=str(fmt))
             return response
 
         return handler
