@@ -12,8 +12,11 @@ change:
   ``unreachable`` and logs one ``kafka_broker_unreachable`` event with what failed.
 * ``unreachable``: every warning and error of aiokafka is counted and dropped (never silently:
   the count is logged at the next change and exported as a metric). A probe that reaches the
-  brokers turns the state ``reachable`` again and logs one ``kafka_broker_reachable`` event with
-  how long the outage lasted and how many lines were suppressed.
+  brokers makes the state reachable again at once (readiness follows it), but the clients of
+  the process take a moment to reconnect and keep logging failures meanwhile: those are still
+  counted and dropped until the next probe also answers, which ends the outage with one
+  ``kafka_broker_reachable`` event saying how long it lasted (to the first answer) and how many
+  lines were suppressed. A probe that fails before then continues the same outage (no event).
 
 :class:`BrokerWatch` is the probe: every :data:`PROBE_INTERVAL_S` (and at once after a failure
 line) a fresh client asks the bootstrap servers for the cluster's metadata, bounded by
@@ -94,6 +97,8 @@ class KafkaLogGate(logging.Filter):
         self._suppressed = 0
         self._suppressed_total = 0
         self._changes = 0
+        self._settling = False  # reachable again, the outage not closed yet (docstring)
+        self._outage_s = 0.0
         self._handlers: list[logging.Handler] = []
         self._last: tuple[logging.LogRecord, bool] | None = None  # the record judged last
         self.on_failure: Callable[[], None] | None = None  # called when a line turns it
@@ -122,7 +127,7 @@ class KafkaLogGate(logging.Filter):
 
     def _judge(self, record: logging.LogRecord) -> bool:
         with self._lock:
-            if self._reachable is False:
+            if self._reachable is False or self._settling:
                 self._suppressed += 1
                 self._suppressed_total += 1
                 return False
@@ -134,11 +139,15 @@ class KafkaLogGate(logging.Filter):
         return False
 
     def unreachable(self, why: str) -> None:
-        """The brokers could not be reached: one event when this changes the state."""
+        """The brokers could not be reached: one event when this starts an outage."""
         with self._lock:
             if self._reachable is False:
                 return
-            self._reachable, self._why, self._since = False, why, self._clock()
+            self._reachable, self._why = False, why
+            if self._settling:  # the same outage goes on
+                self._settling = False
+                return
+            self._since = self._clock()
             self._suppressed = 0
             self._changes += 1
         log.warning(
@@ -147,20 +156,26 @@ class KafkaLogGate(logging.Filter):
         )  # fmt: skip
 
     def reachable(self) -> None:
-        """The brokers answered: one event (with the suppressed count) when this changes the
-        state."""
+        """The brokers answered: reachable at once; after an outage, the second answer in a
+        row ends it with one event (with the suppressed count)."""
         with self._lock:
-            if self._reachable is True:
+            if self._reachable is False:
+                self._reachable, self._why, self._settling = True, "", True
+                self._outage_s = self._clock() - self._since
                 return
-            was, suppressed = self._reachable, self._suppressed
-            outage_s = self._clock() - self._since
-            self._reachable, self._why, self._since = True, "", self._clock()
+            if self._reachable is True and not self._settling:
+                return
+            settled, suppressed = self._settling, self._suppressed
+            self._reachable, self._why, self._settling = True, "", False
+            self._since = self._clock()
             self._suppressed = 0
-            self._changes += 1
-        if was is False:
+            if settled:
+                self._changes += 1
+        if settled:
             log.info(
-                "kafka_broker_reachable", outage_s=round(outage_s, 1), suppressed_lines=suppressed
-            )
+                "kafka_broker_reachable", outage_s=round(self._outage_s, 1),
+                suppressed_lines=suppressed,
+            )  # fmt: skip
 
     def install(self) -> None:
         """Filter every handler the root logger has now (logs.configure() set them up)."""
@@ -175,7 +190,9 @@ class KafkaLogGate(logging.Filter):
             handler.removeFilter(self)
         self._handlers.clear()
         state = self.state()
-        if state.reachable is False and state.suppressed_now:
+        with self._lock:
+            open_outage = state.reachable is False or self._settling
+        if open_outage and state.suppressed_now:
             log.warning(
                 "kafka_broker_unreachable_at_exit", why=state.why,
                 outage_s=round(self._clock() - state.since_s, 1),

@@ -18,11 +18,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from bus.errors import ConfigError
+from nodes.demo.scenario import demo_key
+from nodes.gateway.http import GatewayServer
+from nodes.gateway.service import GatewayConfig
 from nodes.org_node.health import node_checks
 from nodes.runtime import ops as ops_module
 from nodes.runtime.broker_watch import BrokerWatch, KafkaLogGate, connection_failure
 from nodes.runtime.ops import (
     Check,
+    GatewayOps,
     Listen,
     OpsServer,
     RequestMetrics,
@@ -30,6 +34,8 @@ from nodes.runtime.ops import (
     store_writable,
 )
 from tests.kafka_broker import free_ports
+from tests.mission import make_mission
+from tests.sealed_log import TOPICS
 
 # -- listen addresses ----------------------------------------------------------------------------
 
@@ -92,8 +98,14 @@ def test_the_outage_flood_is_one_event_per_change_with_the_suppressed_count(
         _flood(200)  # 400 lines: the first turns the state, the rest are counted
         logging.getLogger("nodes.org_node.ingest").warning("our own line")
         clock[0] += 50.0
+        gate.reachable()  # reachable at once, the outage still open ...
+        assert gate.state().reachable is True
+        _flood(3)  # ... while the clients reconnect: counted, no new outage
+        gate.unreachable("probe: no answer within 5 s")  # the same outage goes on
         gate.reachable()
-        _flood(3)
+        clock[0] += 5.0
+        gate.reachable()  # a second answer in a row ends it
+        _flood(2)
         gate.unreachable("probe: no answer within 5 s")  # already unreachable: no event
         gate.uninstall()
     kafka = [line for line in lines.lines if line.startswith("aiokafka")]
@@ -108,10 +120,10 @@ def test_the_outage_flood_is_one_event_per_change_with_the_suppressed_count(
         "kafka_broker_unreachable_at_exit",
     ]
     assert "Unable connect to node with id 1" in changes[0]["why"]
-    assert changes[1]["suppressed_lines"] == 399 and changes[1]["outage_s"] == 50.0
-    assert changes[3]["suppressed_lines"] == 5
+    assert changes[1]["suppressed_lines"] == 399 + 6 and changes[1]["outage_s"] == 50.0
+    assert changes[3]["suppressed_lines"] == 3
     state = gate.state()
-    assert state.suppressed_total == 404 and state.changes_total == 4
+    assert state.suppressed_total == 408 and state.changes_total == 3
     # uninstalled: aiokafka's lines pass again
     _flood(1)
     assert len([line for line in lines.lines if line.startswith("aiokafka")]) == 3
@@ -428,3 +440,43 @@ def test_what_makes_a_node_not_ready() -> None:
     assert (stopped.ok, stopped.reason) == (False, "followup_stopped")
     no_sealer = _by_name(node_checks(_status(seal=None), max_lag=9))["sealer"]
     assert no_sealer.ok and no_sealer.detail == "no sealer"
+
+
+# -- the gateway's ops -----------------------------------------------------------------------------
+
+
+async def test_gateway_ops_say_why_a_gateway_is_not_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A gateway before its first seal, with no broker: not ready, naming both reasons, and its
+    metrics parse (requests, publish queue, trust epoch)."""
+    monkeypatch.setattr(ops_module, "CACHE_S", 0.0)  # answers after the probe's verdict below
+    (dead,) = free_ports(1)
+    cfg = GatewayConfig(
+        org="un", bootstrap=f"127.0.0.1:{dead}", db_path=tmp_path / "gw.db",
+        mandate=make_mission(1).scenario.mandate, node_key=demo_key("ops-unit"),
+        topics=TOPICS, final_db=tmp_path / "un.final.db",
+    )  # fmt: skip
+    server = GatewayServer(cfg)
+    ops = GatewayOps(Listen("127.0.0.1", 0), bootstrap=cfg.bootstrap, security=None)
+    with capture_logs():
+        await ops.start(server)
+        try:
+            assert ops.server is not None
+            await ops.watch.check()  # the probe's verdict, whatever the first one's timing
+            status, text, _ = await _get(ops.server.url + "readyz")
+            _, metrics, _ = await _get(ops.server.url + "metrics")
+        finally:
+            await ops.stop()
+            server.gateway.store.close()
+    body = json.loads(text)
+    assert status == 503 and body["process"] == "gateway un"
+    assert body["reasons"] == ["broker_unreachable", "not_sealed_yet"]
+    assert body["checks"]["store"]["ok"] is True
+    fams = {f.name: f for f in text_string_to_metric_families(metrics)}
+    reports = {s.labels["state"]: s.value for s in fams["obus_gateway_reports"].samples}
+    assert reports == {"publishing": 0.0, "published": 0.0}
+    assert fams["obus_gateway_trust_epoch"].samples[0].value == 0.0
+    assert fams["obus_gateway_ready"].samples[0].value == 0.0
+    assert fams["obus_gateway_publish_latency_seconds"].type == "histogram"
+    assert fams["obus_broker_reachable"].samples[0].value == 0.0
