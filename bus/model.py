@@ -431,6 +431,23 @@ class Category(enum.IntEnum):
             raise _invalid("category", f"{text!r} is not one of: {allowed}") from None
 
 
+# Bounds of a report's fields, checked by Location, Attachment and Report below, by the report
+# file reader (bus.report_file) and, through nodes/observer_web/export_rules.py, by the web form.
+MAX_LAT: Final = 90.0  # WGS 84 degrees, either side of the equator
+MAX_LON: Final = 180.0  # WGS 84 degrees, either side of the prime meridian
+MAX_PRECISION_M: Final = 1_000_000
+MAX_PLACE_CHARS: Final = 200
+MAX_MEDIA_TYPE_CHARS: Final = 127  # RFC 6838 4.2 caps each of type and subtype at 127
+MAX_ATTACHMENT_NAME_CHARS: Final = 255  # the longest file name of common file systems
+MIN_SEVERITY: Final = 1  # minor
+MAX_SEVERITY: Final = 5  # grave
+MIN_CONFIDENCE: Final = 0.0
+MAX_CONFIDENCE: Final = 1.0
+# An observer (or any accredited subject) id is "<org>" + this + "<name>" (bus.trust,
+# check_subject_namespace): the organization's namespace.
+SUBJECT_NAMESPACE_SEPARATOR: Final = "-"
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     """WGS 84 position with an uncertainty radius in metres and a place name."""
@@ -441,14 +458,18 @@ class Location:
     place: str = ""
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.lat) and -90.0 <= self.lat <= 90.0):
-            raise _invalid("location.lat", f"{self.lat} is not a latitude in [-90, 90]")
-        if not (math.isfinite(self.lon) and -180.0 <= self.lon <= 180.0):
-            raise _invalid("location.lon", f"{self.lon} is not a longitude in [-180, 180]")
-        if not 0 <= self.precision_m <= 1_000_000:
-            raise _invalid("location.precision_m", "must be 0..1,000,000 metres")
-        if len(self.place) > 200:
-            raise _invalid("location.place", "longer than 200 characters")
+        if not (math.isfinite(self.lat) and -MAX_LAT <= self.lat <= MAX_LAT):
+            raise _invalid(
+                "location.lat", f"{self.lat} is not a latitude in [-{MAX_LAT:g}, {MAX_LAT:g}]"
+            )
+        if not (math.isfinite(self.lon) and -MAX_LON <= self.lon <= MAX_LON):
+            raise _invalid(
+                "location.lon", f"{self.lon} is not a longitude in [-{MAX_LON:g}, {MAX_LON:g}]"
+            )
+        if not 0 <= self.precision_m <= MAX_PRECISION_M:
+            raise _invalid("location.precision_m", f"must be 0..{MAX_PRECISION_M:,} metres")
+        if len(self.place) > MAX_PLACE_CHARS:
+            raise _invalid("location.place", f"longer than {MAX_PLACE_CHARS} characters")
 
 
 @dataclass(frozen=True, slots=True)
@@ -473,10 +494,12 @@ class Attachment:
     def __post_init__(self) -> None:
         if len(self.sha256) != DIGEST_BYTES:
             raise _invalid("attachments.sha256", f"must be {DIGEST_BYTES} bytes")
-        if "/" not in self.media_type or len(self.media_type) > 127:
+        if "/" not in self.media_type or len(self.media_type) > MAX_MEDIA_TYPE_CHARS:
             raise _invalid("attachments.media_type", f"{self.media_type!r} is not a media type")
-        if len(self.name) > 255:
-            raise _invalid("attachments.name", "longer than 255 characters")
+        if len(self.name) > MAX_ATTACHMENT_NAME_CHARS:
+            raise _invalid(
+                "attachments.name", f"longer than {MAX_ATTACHMENT_NAME_CHARS} characters"
+            )
 
 
 # Wire value -> member: what Category(value) returns, without the enum call's cost.
@@ -557,11 +580,13 @@ class Report:
             raise _invalid("prev_digest", f"must be {DIGEST_BYTES} bytes when seq > 1")
         if self.observed_at_ms <= 0 or self.signed_at_ms <= 0:
             raise _invalid("observed_at_ms", "timestamps must be positive Unix milliseconds")
-        if not 1 <= self.severity <= 5:
-            raise _invalid("severity", f"{self.severity} is not in 1..5")
+        if not MIN_SEVERITY <= self.severity <= MAX_SEVERITY:
+            raise _invalid("severity", f"{self.severity} is not in {MIN_SEVERITY}..{MAX_SEVERITY}")
         confidence = self.confidence
-        if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
-            raise _invalid("confidence", f"{confidence} is not in 0.0..1.0")
+        if not (math.isfinite(confidence) and MIN_CONFIDENCE <= confidence <= MAX_CONFIDENCE):
+            raise _invalid(
+                "confidence", f"{confidence} is not in {MIN_CONFIDENCE}..{MAX_CONFIDENCE}"
+            )
         if len(self.sub_type) > MAX_SUB_TYPE_CHARS:
             raise _invalid("sub_type", f"longer than {MAX_SUB_TYPE_CHARS} characters")
         if len(self.narrative) > MAX_NARRATIVE_CHARS:

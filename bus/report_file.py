@@ -65,11 +65,20 @@ from bus.errors import Reason, VerificationError
 from bus.model import (
     FIELD_VERSIONS,
     LANGUAGE_TAG_RE,
+    MAX_ATTACHMENT_NAME_CHARS,
     MAX_ATTACHMENTS,
+    MAX_CONFIDENCE,
     MAX_LANGUAGE_CHARS,
+    MAX_LAT,
+    MAX_LON,
     MAX_NARRATIVE_CHARS,
+    MAX_PLACE_CHARS,
+    MAX_PRECISION_M,
     MAX_RETRACTION_REASON_CHARS,
+    MAX_SEVERITY,
     MAX_SUB_TYPE_CHARS,
+    MIN_CONFIDENCE,
+    MIN_SEVERITY,
     Attachment,
     Casualties,
     Category,
@@ -82,6 +91,9 @@ from bus.model import (
 # Devices' clocks drift; an observation a few minutes "in the future" is a clock, not a lie.
 # Same bound as the verifier's default clock skew (bus.verify.DEFAULT_MAX_CLOCK_SKEW_MS).
 MAX_FUTURE_MS: Final = 5 * 60 * 1000
+# Casualty counts on the wire are unbounded integers; a file (and the web form) stays within a
+# count no event reaches, so a typo of extra digits is caught before it is signed.
+MAX_CASUALTIES: Final = 1_000_000
 
 _TOP_FIELDS: Final = (
     "zone", "observed_at", "location", "category", "sub_type", "severity", "confidence",
@@ -311,8 +323,17 @@ class _Parser:
         observed = self._time(doc.get("observed_at"))
         location = self._location(doc.get("location"), zone)
         category = self._category(doc.get("category"))
-        severity = self._int(doc, "severity", 1, 5, required=True, allowed="an integer 1..5")
-        confidence = self._number(doc.get("confidence"), "confidence", 0.0, 1.0)
+        severity = self._int(
+            doc,
+            "severity",
+            MIN_SEVERITY,
+            MAX_SEVERITY,
+            required=True,
+            allowed=f"an integer {MIN_SEVERITY}..{MAX_SEVERITY}",
+        )
+        confidence = self._number(
+            doc.get("confidence"), "confidence", MIN_CONFIDENCE, MAX_CONFIDENCE
+        )
         sub_type = self._text(doc, "sub_type", MAX_SUB_TYPE_CHARS)
         narrative = self._text(doc, "narrative", MAX_NARRATIVE_CHARS)
         casualties = self._casualties(doc.get("casualties"))
@@ -412,10 +433,10 @@ class _Parser:
             self.bad("location", f"is a {_kind(value)}", "a mapping with lat, lon, ...")
             return None
         self._unknown(value, "location.", _LOCATION_FIELDS)
-        lat = self._number(value.get("lat"), "location.lat", -90.0, 90.0)
-        lon = self._number(value.get("lon"), "location.lon", -180.0, 180.0)
-        precision = self._int(value, "precision_m", 0, 1_000_000, prefix="location.")
-        place = self._text(value, "place", 200, prefix="location.")
+        lat = self._number(value.get("lat"), "location.lat", -MAX_LAT, MAX_LAT)
+        lon = self._number(value.get("lon"), "location.lon", -MAX_LON, MAX_LON)
+        precision = self._int(value, "precision_m", 0, MAX_PRECISION_M, prefix="location.")
+        place = self._text(value, "place", MAX_PLACE_CHARS, prefix="location.")
         if lat is None or lon is None:
             return None
         zone = self.mandate.zone(zone_id) if self.mandate and zone_id else None
@@ -448,7 +469,7 @@ class _Parser:
             return Casualties()
         self._unknown(value, "casualties.", _CASUALTY_FIELDS)
         counts = [
-            self._int(value, name, 0, 1_000_000, prefix="casualties.") or 0
+            self._int(value, name, 0, MAX_CASUALTIES, prefix="casualties.") or 0
             for name in ("killed", "injured", "missing")
         ]
         civilian = value.get("civilian", False)
@@ -479,7 +500,7 @@ class _Parser:
             self.bad(name, f"is a {_kind(item)}", allowed)
             return None
         self._unknown(item, f"{name}.", _ATTACHMENT_FIELDS)
-        label = self._text(item, "name", 255, prefix=f"{name}.")
+        label = self._text(item, "name", MAX_ATTACHMENT_NAME_CHARS, prefix=f"{name}.")
         path = item.get("path")
         if path is not None:
             if "sha256" in item or "size" in item:

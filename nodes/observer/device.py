@@ -81,6 +81,7 @@ log = structlog.get_logger(__name__)
 
 ENCRYPTED_KEY_TYPE: Final = "obus-ed25519-encrypted"
 REQUEST_TYPE: Final = "obus-accreditation-request"
+REQUEST_VERSION: Final = 1  # the "version" of an accreditation request's JSON
 REQUEST_PAYLOAD_TYPE: Final = "application/vnd.obus.accreditation-request.v1+json"
 PASSPHRASE_ENV: Final = "OBUS_PASSPHRASE"  # noqa: S105 - a variable name
 HOME_ENV: Final = "OBUS_OBSERVER_HOME"
@@ -312,7 +313,7 @@ def accreditation_request(config: ObserverConfig, key: SigningKey, at_ms: int) -
     """
     body = {
         "type": REQUEST_TYPE,
-        "version": 1,
+        "version": REQUEST_VERSION,
         "observer_id": config.observer_id,
         "org": config.org,
         "role": Role.OBSERVER.name.lower(),

@@ -8,12 +8,11 @@ never written a second time by hand. The form's code knows only the kinds of rul
 length in characters, a pattern, a member of a list); every number, pattern and name comes from
 this file's output.
 
-Some bounds exist in Python only as literals inside the checks (``bus.model.Location``,
-``Attachment`` and ``Report.__post_init__``, ``bus.report_file``): severity 1..5, confidence
-0..1, latitude and longitude, precision and casualties up to 1,000,000, place 200 and
-attachment name 255 characters, media type 127. They are repeated below;
-``tests/integration/test_observer_web_rules.py`` runs the form's validation and the Python
-rules on the boundary values of each and fails when the two disagree.
+Each bound is a named constant of the module whose checks use it (``bus.model``'s
+``Location``, ``Attachment`` and ``Report``, ``bus.report_file``'s casualty counts,
+``nodes.observer.device``'s request version), so a change there changes the form at the next
+build; ``tests/integration/test_observer_web_rules.py`` runs the form's validation and the
+Python rules on the boundary values of each and fails when the two disagree.
 
 Usage: ``python nodes/observer_web/export_rules.py OUT.json`` (``make web`` runs it); the
 output is deterministic (sorted keys), so an unchanged rule set leaves the file unchanged.
@@ -32,7 +31,7 @@ from bus.crypto import SIGNATURE_BYTES
 from bus.model import Category, Role
 from bus.verify import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES
 from nodes.gateway.service import HEAD_PAYLOAD_TYPE
-from nodes.observer.device import REQUEST_PAYLOAD_TYPE, REQUEST_TYPE
+from nodes.observer.device import REQUEST_PAYLOAD_TYPE, REQUEST_TYPE, REQUEST_VERSION
 
 
 def _pattern(regex: Any) -> str:
@@ -54,7 +53,7 @@ def rules() -> dict[str, Any]:
         },
         "accreditation_request": {
             "type": REQUEST_TYPE,
-            "version": 1,
+            "version": REQUEST_VERSION,
             "payload_type": REQUEST_PAYLOAD_TYPE,
             "role": Role.OBSERVER.name.lower(),
         },
@@ -68,22 +67,22 @@ def rules() -> dict[str, Any]:
             "media_type": _pattern(report_file._MEDIA_TYPE_RE),
         },
         # bus.trust.check_subject_namespace: an observer id starts with "<org>-".
-        "subject_namespace_separator": "-",
+        "subject_namespace_separator": model.SUBJECT_NAMESPACE_SEPARATOR,
         "categories": [{"label": c.label, "value": int(c)} for c in Category],
         "limits": {
-            "severity": [1, 5],
-            "confidence": [0.0, 1.0],
-            "lat": [-90.0, 90.0],
-            "lon": [-180.0, 180.0],
-            "precision_m": [0, 1_000_000],
-            "casualties": [0, 1_000_000],
-            "place_chars": 200,
+            "severity": [model.MIN_SEVERITY, model.MAX_SEVERITY],
+            "confidence": [model.MIN_CONFIDENCE, model.MAX_CONFIDENCE],
+            "lat": [-model.MAX_LAT, model.MAX_LAT],
+            "lon": [-model.MAX_LON, model.MAX_LON],
+            "precision_m": [0, model.MAX_PRECISION_M],
+            "casualties": [0, report_file.MAX_CASUALTIES],
+            "place_chars": model.MAX_PLACE_CHARS,
             "sub_type_chars": model.MAX_SUB_TYPE_CHARS,
             "narrative_chars": model.MAX_NARRATIVE_CHARS,
             "attachments": model.MAX_ATTACHMENTS,
             "attachment_bytes": MAX_ATTACHMENT_BYTES,
-            "attachment_name_chars": 255,
-            "media_type_chars": 127,
+            "attachment_name_chars": model.MAX_ATTACHMENT_NAME_CHARS,
+            "media_type_chars": model.MAX_MEDIA_TYPE_CHARS,
             "max_future_ms": report_file.MAX_FUTURE_MS,
             "max_clock_skew_ms": DEFAULT_MAX_CLOCK_SKEW_MS,
             "max_record_bytes": DEFAULT_MAX_RECORD_BYTES,
