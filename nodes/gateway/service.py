@@ -88,12 +88,7 @@ from bus.errors import (
 )
 from bus.kafka.client import KafkaSecurity
 from bus.model import Accreditation, Mandate, Receipt, Role, check_id, sha256
-
-# The chain head statement is bus.receipt's (one definition for the gateway and the observers);
-# its payload type and canonical bytes stay importable from here for the web form's rules.
-from bus.receipt import HEAD_PAYLOAD_TYPE as HEAD_PAYLOAD_TYPE  # noqa: PLC0414 - re-exported
 from bus.receipt import ObserverHead, sign_head, sign_receipt
-from bus.receipt import head_payload as head_payload  # noqa: PLC0414 - re-exported
 from bus.sealed import HPKE_INFO, VerifiedSealed, is_sealed, verify_sealed_report
 from bus.topics import Topics
 from bus.trust import KeyRing

@@ -3,7 +3,7 @@
 The form validates every field before it signs, with the very rules the nodes enforce: the
 limits, patterns, ranges and taxonomy below are read from the Python modules that enforce them
 (:mod:`bus.model`, :mod:`bus.report_file`, :mod:`bus.verify`, :mod:`bus.attachment`,
-:mod:`bus.trust`, :mod:`bus.sealed`, :mod:`nodes.observer.device`, :mod:`nodes.gateway.service`),
+:mod:`bus.trust`, :mod:`bus.sealed`, :mod:`bus.receipt`, :mod:`nodes.observer.device`),
 never written a second time by hand. The form's code knows only the kinds of rule (a range, a
 length in characters, a pattern, a member of a list); every number, pattern and name comes from
 this file's output.
@@ -29,8 +29,8 @@ from bus import model, report_file, sealed
 from bus.attachment import MAX_ATTACHMENT_BYTES
 from bus.crypto import SIGNATURE_BYTES
 from bus.model import Category, Role
+from bus.receipt import HEAD_PAYLOAD_TYPE
 from bus.verify import DEFAULT_MAX_CLOCK_SKEW_MS, DEFAULT_MAX_RECORD_BYTES
-from nodes.gateway.service import HEAD_PAYLOAD_TYPE
 from nodes.observer.device import REQUEST_PAYLOAD_TYPE, REQUEST_TYPE, REQUEST_VERSION
 
 

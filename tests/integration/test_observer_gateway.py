@@ -520,9 +520,9 @@ async def test_restricted_reports_the_head_the_clock_and_the_recipients(
 
     from bus.crypto import verify_pae  # noqa: PLC0415
     from bus.model import EncryptionKey  # noqa: PLC0415
+    from bus.receipt import HEAD_PAYLOAD_TYPE, head_payload  # noqa: PLC0415
     from bus.sealed import DecryptionKey  # noqa: PLC0415
     from bus.sign import sign_encryption_key  # noqa: PLC0415
-    from nodes.gateway.service import HEAD_PAYLOAD_TYPE, head_payload  # noqa: PLC0415
 
     w = await _world(kafka_bootstrap, tmp_path)
     m = w.m

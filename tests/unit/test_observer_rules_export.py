@@ -9,6 +9,7 @@ apart. (The browser test tests/integration/test_observer_web_rules.py runs the f
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 from typing import Any
@@ -16,9 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from bus.crypto import SigningKey
+from bus.crypto import SigningKey, verify_pae
 from bus.errors import Reason, VerificationError
 from bus.model import Attachment, Location
+from bus.receipt import ObserverHead, head_payload, sign_head
 from bus.report_file import Identity, ReportFileError, parse_report
 from bus.trust import check_subject_namespace
 from nodes.observer.device import ObserverConfig, accreditation_request
@@ -131,3 +133,17 @@ def test_exported_request_version_and_namespace_are_the_ones_written_and_checked
     with pytest.raises(VerificationError) as caught:
         check_subject_namespace("unobs-1", "un")
     assert caught.value.reason is Reason.WRONG_ORG
+
+
+def test_exported_head_payload_type_verifies_a_gateways_signed_head() -> None:
+    node_key = SigningKey.generate()
+    head = ObserverHead("un", "un-obs-1", 3, b"\x01" * 32, NOW_MS, node_key.key_id)
+    signed = sign_head(head, node_key)
+    payload = head_payload(
+        org="un", observer_id="un-obs-1", seq=3, digest=b"\x01" * 32, as_of_ms=NOW_MS,
+        node_key_id=node_key.key_id,
+    )  # fmt: skip
+    signature = base64.b64decode(signed["signature_b64"])
+    verify_pae(node_key.public_key, rules()["observer_head"]["payload_type"], payload, signature)
+    with pytest.raises(VerificationError):
+        verify_pae(node_key.public_key, rules()["payload_types"]["receipt"], payload, signature)
