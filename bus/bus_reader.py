@@ -87,7 +87,7 @@ from bus.seal import (
     parse_seal,
 )
 from bus.sealed import DecryptionKey
-from bus.sealed_reader import SealedReader
+from bus.sealed_reader import PreverifiedSource, SealedReader
 from bus.topics import Topics
 from bus.trust import KeyRing
 from bus.verify import Limits
@@ -155,6 +155,8 @@ class BusReader:
         topics: topic names.
         limits: verification limits.
         decryption_keys: this organization's keys for restricted reports (readability only).
+        preverified: signatures verified ahead of the judge, asked for epoch by epoch
+            (:class:`~bus.sealed_reader.PreverifiedSource`; the verdicts are the same without).
     """
 
     def __init__(
@@ -164,6 +166,7 @@ class BusReader:
         limits: Limits | None = None,
         *,
         decryption_keys: Mapping[bytes, DecryptionKey] | None = None,
+        preverified: PreverifiedSource | None = None,
         _reader: SealedReader | None = None,
         _judged: FinalSeal | None = None,
     ) -> None:
@@ -172,7 +175,7 @@ class BusReader:
         self._limits = limits
         self._decryption_keys = dict(decryption_keys or {})
         self._reader = _reader or SealedReader(
-            root, topics, limits, decryption_keys=self._decryption_keys
+            root, topics, limits, decryption_keys=self._decryption_keys, preverified=preverified
         )
         self._judged = _judged  # the final seal of the last judged epoch
         self._finals: dict[int, FinalSeal] = {}  # final, not yet judged, by epoch
@@ -535,6 +538,7 @@ class BusReader:
         limits: Limits | None = None,
         *,
         decryption_keys: Mapping[bytes, DecryptionKey] | None = None,
+        preverified: PreverifiedSource | None = None,
     ) -> BusReader:
         """A reader standing where :meth:`snapshot` was taken.
 
@@ -555,7 +559,12 @@ class BusReader:
                 "resume from what BusReader.snapshot() returned, or read the bus again",
             )
         reader = SealedReader.resume(
-            reader_state.encode(), root, topics, limits, decryption_keys=decryption_keys
+            reader_state.encode(),
+            root,
+            topics,
+            limits,
+            decryption_keys=decryption_keys,
+            preverified=preverified,
         )
         if (judged is None) != (reader.judge.epoch == 0) or (
             judged is not None and judged.digest != reader.judge.seal_digest

@@ -28,13 +28,25 @@ seals not yet judged are not in it: after a restart the caller fetches again fro
 :attr:`SealedReader.next_epoch`. Offers of records already judged, and of seals already judged,
 are ignored, so fetching again from earlier is harmless; starting a new reader and feeding the
 log from the beginning gives the same verdicts too.
+
+**Signatures verified elsewhere** (``preverified``, a :class:`PreverifiedSource`). Just before
+an epoch is judged, the reader asks the source for the ``(public key, raw)`` pairs it vouches
+for among that epoch's records and hands them to :meth:`~bus.judge.FinalJudge.judge_epoch`,
+which then skips exactly those signature checks (:func:`bus.crypto.open_single`: the pair says
+libsodium's rule already accepted exactly these bytes under exactly this key). The container
+is used for that one epoch and dropped: the reader keeps no pair, and a source hands out the
+pairs of the epochs asked for and forgets them (its memory is its own to bound). The verdicts
+are the same with or without a source, whatever it holds: a record whose pair is absent is
+verified here, and a pair can only name a signature that verified, so a source that holds
+nothing, or only part of an epoch, costs time, never a verdict. It must never hold a pair for
+a signature that was not verified: that is the one way it could change a verdict.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import Container, Iterable, Mapping, Sequence
+from typing import Any, Final, Protocol
 
 from bus.epoch import FinalSeal, PartitionRef
 from bus.errors import ConfigError, EpochInputError, SealedRootMismatchError
@@ -47,12 +59,33 @@ from bus.verify import Limits
 
 SNAPSHOT_FORMAT: Final = "obus-sealed-reader-v1"
 
+# An epoch's records handed to a PreverifiedSource: per partition, the offset of its first
+# record in the epoch and the values from there.
+EpochSpans = Mapping[PartitionRef, tuple[int, Sequence[bytes | None]]]
+
+
+class PreverifiedSource(Protocol):
+    """Signatures verified ahead of the judge (module docstring, "Signatures verified
+    elsewhere")."""
+
+    def epoch_pairs(self, epoch: int, spans: EpochSpans) -> Container[tuple[bytes, bytes]]:
+        """The ``(public key, raw)`` pairs whose signature verified, among ``spans`` (the
+        records epoch ``epoch`` adds), for the judge of that epoch only.
+
+        Only pairs produced by a successful verification of exactly those bytes under exactly
+        that key under :func:`bus.crypto.verify_pae` may be in it; anything else is simply
+        absent (verified by the judge).
+        """
+        ...
+
 
 class SealedReader:
     """Buffers records and final seals, checks sealed roots, and judges each complete epoch.
 
     Args:
         root, topics, limits, decryption_keys: as for :class:`~bus.judge.FinalJudge`.
+        preverified: signatures verified ahead of the judge, asked for epoch by epoch
+            (module docstring); None: the judge verifies every signature.
     """
 
     def __init__(
@@ -62,8 +95,10 @@ class SealedReader:
         limits: Limits | None = None,
         *,
         decryption_keys: Mapping[bytes, DecryptionKey] | None = None,
+        preverified: PreverifiedSource | None = None,
     ) -> None:
         self._judge = FinalJudge(root, topics, limits, decryption_keys=decryption_keys)
+        self._preverified = preverified
         self._trees: dict[PartitionRef, MerkleTree] = {}  # frontier at each judged size
         self._buffers: dict[PartitionRef, list[bytes | None]] = {}  # from the judged size on
         self._holes: dict[PartitionRef, set[int]] = {}  # offsets skipped in the buffers
@@ -258,13 +293,27 @@ class SealedReader:
                 if out:  # hand over the epochs judged; the next call raises again
                     break
                 raise
-            out.append(self._judge.judge_epoch(seal, records))
+            out.append(self._judge_epoch(seal, records, sizes))
             self._trees.update(trees)
             for ref, taken in records.items():
                 if taken:
                     del self._buffers[ref][: len(taken)]
             self._seals.pop(0)
         return out
+
+    def _judge_epoch(
+        self,
+        seal: FinalSeal,
+        records: Mapping[PartitionRef, Sequence[bytes | None]],
+        sizes: Mapping[PartitionRef, int],
+    ) -> EpochVerdicts:
+        """Judge one root-checked epoch, with the pairs the source vouches for (if any): the
+        container lives for this call only."""
+        if self._preverified is None:
+            return self._judge.judge_epoch(seal, records)
+        spans = {ref: (sizes.get(ref, 0), values) for ref, values in records.items() if values}
+        pairs = self._preverified.epoch_pairs(seal.epoch, spans)
+        return self._judge.judge_epoch(seal, records, preverified=pairs)
 
     def _sealed_records(
         self, seal: FinalSeal, sizes: Mapping[PartitionRef, int]
@@ -333,6 +382,7 @@ class SealedReader:
         limits: Limits | None = None,
         *,
         decryption_keys: Mapping[bytes, DecryptionKey] | None = None,
+        preverified: PreverifiedSource | None = None,
     ) -> SealedReader:
         """A reader standing where :meth:`snapshot` was taken; feed it again from
         :meth:`positions` and :attr:`next_epoch`.
@@ -340,7 +390,7 @@ class SealedReader:
         Raises:
             ConfigError: not a reader snapshot, or made with another root, topics or limits.
         """
-        reader = cls(root, topics, limits, decryption_keys=decryption_keys)
+        reader = cls(root, topics, limits, decryption_keys=decryption_keys, preverified=preverified)
         try:
             s = json.loads(snapshot)
             ok = s["format"] == SNAPSHOT_FORMAT
