@@ -27,7 +27,7 @@ from nodes.org_node.dashboard.metrics import node_families, store_snapshot
 from nodes.org_node.followup import FinalSource, FollowUp, FollowUpConfig
 from nodes.org_node.health import DEFAULT_READY_MAX_LAG, node_checks
 from nodes.org_node.ingest import OrgNode
-from nodes.org_node.sealer import Sealer, SealerConfig
+from nodes.org_node.sealer import Sealer, SealerConfig, SignatureMemo, recording
 from nodes.runtime.broker_watch import BrokerWatch
 from nodes.runtime.ops import Check, Listen, OpsServer, store_writable
 
@@ -114,6 +114,10 @@ class NodeExtras:
         self.sealer: Sealer | None = None
         if cfg.seal is not None:
             seal = cfg.seal
+            # What the ingest loop accepted (its signature verified here), for the sealer's
+            # final judge not to verify again: the one place the two parts meet.
+            memo = SignatureMemo()
+            node.ingestor.judge = recording(node.ingestor.judge, memo)  # type: ignore[method-assign]
             self.sealer = Sealer(
                 SealerConfig(
                     org=cfg.org,
@@ -131,6 +135,7 @@ class NodeExtras:
                     witness=seal.node_key is not None,
                     node_db=cfg.db_path,
                     security=cfg.security,
+                    memo=memo,
                 )
             )
         # The follow-up judges the board and its final rules on the sealer's final store: one

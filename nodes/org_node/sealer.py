@@ -65,6 +65,20 @@ Kafka, the reader and the :class:`~bus.store.final.FinalStore`:
   hold costs one look-up, not the round.
 * **Back-pressure.** While more than ``max_buffered`` records wait for a final seal (no quorum
   seals), reading the data partitions pauses; the seals topic is still read.
+* **Each signature verified once** (:class:`SignatureMemo`). The node's ingest loop and its
+  sealer run in one process, and both judge every report: the provisional verdict first, the
+  final one when its epoch is sealed. The ingest loop notes every report it *accepted* (its
+  signature verified, by this process or by the node's own verify workers, under the one rule)
+  in a memo shared with the sealer (:func:`recording`, wired by :mod:`nodes.org_node.process`);
+  the sealer's judge skips the signature check of exactly those bytes under exactly that key
+  and verifies everything else itself. The memo is keyed by the record's SHA-256 (the
+  envelope digest the ingest already computed) and holds the signing key's id
+  (SHA-256 of the public key), so a pair vouches for one byte string under one key: a copy
+  with one bit changed, or the same bytes under another key, is not in it. A record the
+  ingest refused, or never saw (another worker's partition, a report that reached the sealer
+  first), is not in it either: the sealer verifies it. Entries are handed to the judge of the
+  epoch that holds them and forgotten; at most ``max_entries`` wait (the oldest are dropped
+  first: dropping one costs one verification, never a verdict).
 """
 
 from __future__ import annotations
@@ -73,11 +87,12 @@ import asyncio
 import contextlib
 import hashlib
 import sqlite3
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, ParamSpec
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -94,6 +109,7 @@ from bus.errors import (
     TransportError,
     VerificationError,
 )
+from bus.ingest import Accepted, Outcome
 from bus.judge import EpochVerdicts, Status
 from bus.kafka.admin import partitions_of
 from bus.kafka.client import KafkaSecurity, client_options, kafka_errors, reliable_producer
@@ -109,6 +125,7 @@ from bus.seal import (
     sign_withdrawal,
 )
 from bus.sealed import DecryptionKey
+from bus.sealed_reader import EpochSpans
 from bus.store.final import FinalStore, Vote, provisional_verdicts
 from bus.store.sqlite import open_db
 from bus.topics import Topics
@@ -126,6 +143,100 @@ WITHDRAW_AFTER_INTERVALS: Final = 6
 _MAX_UNMATCHED: Final = 200_000
 # Seals records held while they wait for their trust state (each at most MAX_SEAL_RECORD_BYTES).
 _MAX_QUEUED_SEALS: Final = 2_000
+# Reports the ingest loop verified that wait for their epoch's final judge (64 bytes and a dict
+# slot each, ~15 MiB): several seal intervals at the node's full rate.
+DEFAULT_MEMO_ENTRIES: Final = 131_072
+
+_P = ParamSpec("_P")
+
+
+class SignatureMemo:
+    """Reports whose signature this process verified, waiting for their epoch's final judge
+    (module docstring, "Each signature verified once"); a
+    :class:`~bus.sealed_reader.PreverifiedSource`.
+
+    Safe to share between threads. Only :meth:`note_accepted` adds an entry, and only from an
+    :class:`~bus.ingest.Accepted` outcome: what the ingest's judge returns once a report's
+    every check, its signature's first, passed.
+
+    Raises:
+        ValueError: ``max_entries`` < 1.
+    """
+
+    def __init__(self, max_entries: int = DEFAULT_MEMO_ENTRIES) -> None:
+        if max_entries < 1:
+            raise ValueError("max_entries must be >= 1")
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._by_digest: dict[bytes, bytes] = {}  # SHA-256 of the record -> signer's key id
+        self.counts = {"noted": 0, "handed": 0, "dropped": 0}
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def note_accepted(self, outcome: Outcome) -> None:
+        """Remember the record of an accepted outcome (anything else is ignored)."""
+        if type(outcome) is not Accepted:
+            return
+        vr = outcome.verified
+        with self._lock:
+            memo = self._by_digest
+            if len(memo) >= self.max_entries:
+                del memo[next(iter(memo))]  # the oldest: its epoch is long judged, or far off
+                self.counts["dropped"] += 1
+            memo[vr.envelope_digest] = vr.key_id
+            self.counts["noted"] += 1
+
+    def epoch_pairs(self, epoch: int, spans: EpochSpans) -> _VerifiedPairs:
+        """The pairs of the epoch's records held here, taken out of the memo (a record is
+        judged finally once)."""
+        found: dict[bytes, bytes] = {}
+        with self._lock:
+            memo = self._by_digest
+            if memo:
+                for _, values in spans.values():
+                    for value in values:
+                        if value is None:
+                            continue
+                        key_id = memo.pop(hashlib.sha256(value).digest(), None)
+                        if key_id is not None:
+                            found[value] = key_id
+            self.counts["handed"] += len(found)
+        return _VerifiedPairs(found)
+
+
+class _VerifiedPairs:
+    """One epoch's pairs: ``(public key, raw)`` is in it when ``raw`` is a record the memo held
+    and the key's id is the one it verified under."""
+
+    __slots__ = ("_key_ids",)
+
+    def __init__(self, key_ids: dict[bytes, bytes]) -> None:
+        self._key_ids = key_ids
+
+    def __len__(self) -> int:
+        return len(self._key_ids)
+
+    def __contains__(self, item: object) -> bool:
+        if not isinstance(item, tuple) or len(item) != 2:
+            return False
+        public_key, raw = item
+        if not isinstance(public_key, bytes) or not isinstance(raw, bytes):
+            return False
+        key_id = self._key_ids.get(raw)
+        return key_id is not None and key_id == hashlib.sha256(public_key).digest()
+
+
+def recording(judge: Callable[_P, Outcome], memo: SignatureMemo) -> Callable[_P, Outcome]:
+    """``judge`` (the ingest's :meth:`bus.ingest.Ingestor.judge`) noting every record it
+    accepts in ``memo``; its outcomes are returned unchanged."""
+
+    def judged(*args: _P.args, **kwargs: _P.kwargs) -> Outcome:
+        outcome = judge(*args, **kwargs)
+        memo.note_accepted(outcome)
+        return outcome
+
+    return judged
 
 
 def _now_ms() -> int:
@@ -161,6 +272,8 @@ class SealerConfig:
         node_db: the node's own store, whose provisional verdicts are compared with the final
             ones (a difference is logged ``verdict_changed`` and counted); None: no comparison.
         security: how to authenticate to the brokers.
+        memo: the reports this process's ingest loop verified (module docstring); None: the
+            sealer verifies every signature itself.
     """
 
     org: str
@@ -183,6 +296,7 @@ class SealerConfig:
     witness: bool = True
     node_db: Path | None = None
     security: KafkaSecurity | None = None
+    memo: SignatureMemo | None = None
 
 
 class Sealer:
@@ -255,9 +369,20 @@ class Sealer:
         snap = self.store.snapshot()
         if snap is not None:
             return BusReader.resume(
-                snap[1], cfg.root, cfg.topics, cfg.limits, decryption_keys=cfg.decryption_keys
+                snap[1],
+                cfg.root,
+                cfg.topics,
+                cfg.limits,
+                decryption_keys=cfg.decryption_keys,
+                preverified=cfg.memo,
             )
-        return BusReader(cfg.root, cfg.topics, cfg.limits, decryption_keys=cfg.decryption_keys)
+        return BusReader(
+            cfg.root,
+            cfg.topics,
+            cfg.limits,
+            decryption_keys=cfg.decryption_keys,
+            preverified=cfg.memo,
+        )
 
     def stop(self) -> None:
         """Ask run() to finish its current turn and return."""
@@ -267,6 +392,7 @@ class Sealer:
         """For health and the dashboard: where sealing stands."""
         latest = self.reader.latest
         judge = self.reader.judge
+        memo = self.config.memo
         return {
             "judged_epoch": judge.epoch,
             "final_epoch": 0 if latest is None else latest.epoch,
@@ -279,6 +405,8 @@ class Sealer:
             "state_digest": judge.digest.hex(),
             "alarm": self.alarm,
             "seal_alarms": self.seal_alarms[-10:],
+            # Signatures the ingest loop verified that the final judge did not check again.
+            "signatures_reused": 0 if memo is None else memo.counts["handed"],
             **self.counts,
         }
 
