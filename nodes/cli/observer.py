@@ -31,7 +31,10 @@ if TYPE_CHECKING:
     from nodes.observer.device import Home
 
 FAULT_ENV: Final = "OBUS_FAULT_EXIT_AFTER_PUBLISHES"  # crash tests only (nodes/gateway/service.py)
-EXIT_QUEUED: Final = 3  # sync ended with reports still queued (gateway unreachable)
+# `obus observer sync` ended with reports or attachments still queued (gateway unreachable):
+# not done yet, run it again later; the code `obus statement status` gives a statement not final
+# yet. 3 is taken by the broker being unreachable (nodes/cli/common.py).
+EXIT_QUEUED: Final = 4
 
 
 def _home(args: argparse.Namespace) -> Path:
@@ -590,7 +593,8 @@ def add_observer_commands(sub: argparse._SubParsersAction) -> None:  # type: ign
             description="Deliver every queued report and attachment to the gateway, oldest "
             "first, retrying with backoff until all is delivered or --max-seconds pass. Exit 0 "
             f"when nothing is left queued, {EXIT_QUEUED} when reports or attachments are still "
-            "queued (gateway unreachable: run sync again later), 2 on a usage error.",
+            "queued (not done yet: the gateway is unreachable, run sync again later), 2 on a "
+            "usage error.",
         )
     )
     p.add_argument("--max-seconds", type=float, default=600.0, help="give up after (default 600)")

@@ -626,7 +626,7 @@ def test_help_texts(capsys: pytest.CaptureFixture[str]) -> None:
     topics = _help(capsys, "topics")
     assert "<prefix>attachments.<org>" in topics and "statements" in topics
     assert "report and attachment topics" in topics
-    assert "3 when reports or attachments are still queued" in _help(capsys, "observer", "sync")
+    assert "4 when reports or attachments are still queued" in _help(capsys, "observer", "sync")
     statement = _help(capsys, "statement")
     assert "1 unknown id" in statement
 
