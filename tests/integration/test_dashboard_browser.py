@@ -3,7 +3,8 @@ protocol, shows what an operator must see; a screenshot is kept as a test artifa
 
 Two organization nodes run on the real broker (osce with its dashboard, un publishing
 decisions the osce node shows), with sealers of two more organizations so that seals become
-final. Chromium is installed by ``make browser`` (part of ``make
+final. The browser logs in first (the dashboard refuses everything else without credentials).
+Chromium is installed by ``make browser`` (part of ``make
 test``); when it is missing this test fails with the command that installs it.
 """
 
@@ -25,6 +26,7 @@ from tests.integration.test_followup import (
     until,
     world,
 )
+from tests.unit.test_dashboard_auth import PASSWORD, USER
 
 pytestmark = [pytest.mark.kafka]
 ARTIFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artifacts"
@@ -66,7 +68,13 @@ async def test_operator_sees_reports_rejections_decisions_map_and_charts(
             url = dashboard_url(osce)
             async with Browser.launch(chromium) as browser:
                 page = await browser.new_page()
-                await page.goto(url)
+                await page.goto(url)  # sent to the login page first
+                assert await page.evaluate("location.pathname") == "/login"
+                for field, value in (("user", USER), ("password", PASSWORD)):
+                    await page.evaluate(
+                        f"document.querySelector('#{field}').value = {json.dumps(value)}"
+                    )
+                await page.click("#login-button")
                 title = await page.evaluate("document.title")
                 feed = await page.evaluate(_ROWS % json.dumps("#feed tbody tr"))
                 rejected = await page.evaluate(_ROWS % json.dumps("#quarantine-table tbody tr"))
@@ -90,10 +98,12 @@ async def test_operator_sees_reports_rejections_decisions_map_and_charts(
                     "document.querySelector('#seals-table tbody tr.seal td:nth-child(3)').innerText"
                 )
                 shot = await page.screenshot(ARTIFACTS / "dashboard.png")
-                # A person narrows the feed to one zone by clicking its link.
-                await page.click("a[href='/?zone=north#reports']")
+                # A person narrows the feed to one zone with the filter form.
+                await page.evaluate("document.querySelector(\"[name='zone']\").value = 'north'")
+                await page.click("#apply")
                 north = await page.evaluate(_ROWS % json.dumps("#feed tbody tr"))
                 heading = await page.evaluate("document.querySelector('#reports h2').innerText")
+                search = await page.evaluate("location.search")
                 await page.screenshot(ARTIFACTS / "dashboard-north.png")
 
     assert title == "OSCE node: observer-bus dashboard"
@@ -118,4 +128,4 @@ async def test_operator_sees_reports_rejections_decisions_map_and_charts(
     assert len(sealed_by.split(", ")) >= 4
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 10_000
     # after the click: only north-zone reports (all of this mission's are in the north)
-    assert "in zone north" in heading and len(north) == len(raws)
+    assert "filtered" in heading and "zone=north" in search and len(north) == len(raws)

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -43,6 +42,7 @@ from nodes.org_node.process import build_node
 from nodes.org_node.sealer import Sealer, SealerConfig
 from nodes.org_node.statements import draft, read_board, sign
 from tests.mission import Mission, make_mission
+from tests.unit.test_dashboard_auth import dashboard_auth, logged_in
 
 pytestmark = [pytest.mark.kafka]
 REPO = Path(__file__).resolve().parents[2]
@@ -82,6 +82,7 @@ class World:
             poll_timeout_ms=200,
             node_key=self.node_keys[org],
             http_port=0,
+            dashboard_auth=dashboard_auth(),
             seal=SealSettings(
                 root=self.m.scenario.mandate,
                 db_path=self.final_db(org),
@@ -247,7 +248,7 @@ async def test_decisions_published_verified_and_shown_by_others_never_acted_upon
                 what="osce sees un's published decisions",
             )
             async with (
-                aiohttp.ClientSession() as http,
+                logged_in(dashboard_url(un)) as http,
                 http.get(dashboard_url(un) + "api/decisions/others") as resp,
             ):
                 assert resp.status == 200
@@ -442,7 +443,7 @@ async def test_joint_statement_valid_at_four_of_six_and_blocks_nothing(
             rejected = await until(lambda: read(db, lambda s: s.board_rejected()))
             assert [r[3] for r in rejected] == ["unknown_key"]
             async with (
-                aiohttp.ClientSession() as http,
+                logged_in(dashboard_url(node)) as http,
                 http.get(dashboard_url(node) + "api/statements") as resp,
             ):
                 [st] = await resp.json()
@@ -480,7 +481,7 @@ async def test_dashboard_api_health_and_metrics(kafka_bootstrap: str, tmp_path: 
             )  # fmt: skip
             base = dashboard_url(node)
             assert base.startswith("http://127.0.0.1:")
-            async with aiohttp.ClientSession() as http:
+            async with logged_in(base) as http:
 
                 async def get(path: str) -> tuple[int, Any]:
                     async with http.get(base + path) as r:
@@ -491,10 +492,12 @@ async def test_dashboard_api_health_and_metrics(kafka_bootstrap: str, tmp_path: 
                 assert status == 200 and health["status"] == "ok"
                 assert health["reports_verified"] == len(raws)
                 assert health["node"]["running"] is True
-                _, reports = await get("api/reports?limit=3")
-                assert len(reports) == 3 and {r["state"] for r in reports} == {"verified"}
+                _, page = await get("api/reports?limit=3")
+                reports = page["reports"]
+                assert len(reports) == 3
+                assert {r["provisional_status"] for r in reports} == {"accepted"}
                 _, zone = await get("api/reports?zone=east")
-                assert zone == []
+                assert zone["reports"] == []
                 assert (await get("api/reports?limit=x"))[0] == 400
                 _, q = await get("api/quarantine")
                 assert [r["reason"] for r in q["records"]] == ["bad_signature"]

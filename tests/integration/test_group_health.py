@@ -20,6 +20,7 @@ from bus.store.node import NodeStore
 from nodes.demo.scenario import ORGANIZATIONS
 from nodes.org_node.process import build_node
 from tests.integration.test_followup import dashboard_url, running, world
+from tests.unit.test_dashboard_auth import jar, login
 
 pytestmark = [pytest.mark.kafka]
 ORGS = [o for o, _ in ORGANIZATIONS]
@@ -54,7 +55,7 @@ async def test_foreign_member_in_the_group_starves_the_node_until_it_leaves(
         node = build_node(w.config("un"))
         group = f"{w.topics.prefix}node.un"
         exist = len(ORGS) * PARTITIONS
-        async with running(node), aiohttp.ClientSession() as http:
+        async with running(node), aiohttp.ClientSession(cookie_jar=jar()) as http:
 
             async def dashboard_up() -> bool:
                 await asyncio.sleep(0)
@@ -63,6 +64,7 @@ async def test_foreign_member_in_the_group_starves_the_node_until_it_leaves(
 
             await _poll(dashboard_up, "the dashboard listens")
             base = dashboard_url(node)
+            await login(http, base)
 
             async def get(path: str) -> tuple[int, Any]:
                 async with http.get(base + path) as r:
