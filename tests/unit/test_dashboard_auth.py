@@ -24,7 +24,6 @@ from nodes.org_node.dashboard.auth import DashboardAuth, PasswordHash, Sessions,
 from nodes.org_node.dashboard.config import DashboardConfig
 from nodes.org_node.dashboard.server import Dashboard
 from tests.mission import make_mission
-from tests.unit.test_dashboard_reads_only import _fill
 
 USER = "operator"
 PASSWORD = "correct horse battery staple"
@@ -72,6 +71,13 @@ async def dash(tmp_path: Path) -> AsyncIterator[Dashboard]:
         yield d
     finally:
         await d.stop()
+
+
+def _fill(db: Path) -> int:
+    # test_dashboard_reads_only logs in with this module's helpers: imported here, not above
+    from tests.unit.test_dashboard_reads_only import _fill as fill  # noqa: PLC0415
+
+    return fill(db)
 
 
 def _get_paths(d: Dashboard) -> list[str]:
