@@ -42,7 +42,12 @@ must be accredited by this organization with role NODE, unrevoked, in that trust
 ``GET /v1/node`` serves the record that accredits it. The per-observer chain is checked with
 :class:`~bus.verify.ChainBook` against what this gateway already published; chains are keyed by
 observer id, not by key, so a report signed by the observer's new key (accredited for the same
-observer id, the old one revoked) continues the chain where the old key left it.
+observer id, the old one revoked) continues the chain where the old key left it. A correction
+or retraction is judged there too, by the amendment rule every node applies
+(:func:`bus.verify.check_amendment`) against the reports this gateway published, so an
+observer learns at submission what the nodes would quarantine. The gateway holds its own
+organization's chains only: a target it never published is ``amend_target_missing`` here,
+including another organization's report, which the nodes name ``amend_other_org``.
 
 Crash safety (exactly once on the topic). The gateway keeps a small SQLite file: every report it
 accepted (id, digest, envelope, state, position, receipt), the chain heads, and per partition a
@@ -315,7 +320,7 @@ class Gateway:
         self.trust = SealedTrust(
             self.root, config.topics, config.limits, watch_key=config.node_key.key_id
         )
-        self.chain = ChainBook(self.store.heads(), self.store.digest_of)
+        self.chain = self._chain_book()
         self.buckets = TokenBuckets(config.rate_per_s, config.burst)
         self.node_accreditation: bytes = b""
         self.node: Accreditation | None = None
@@ -554,21 +559,39 @@ class Gateway:
             if unresolved and not await self._resolve(unresolved):
                 return Reply.unavailable("Kafka unavailable", retry_after_s=1)
             try:
-                self.chain.accept_link(report, vr.envelope_digest)
+                if isinstance(vr, VerifiedReport):
+                    self.chain.accept(vr)  # the chain, then the amendment rule
+                else:
+                    self.chain.accept_link(report, vr.envelope_digest)
             except VerificationError as exc:
                 return self.refuse(exc)
             row = Row(report.report_id, report.observer_id, report.seq, digest, body,
                       PUBLISHING, None)  # fmt: skip
+            plain = vr.report if isinstance(vr, VerifiedReport) else None
             try:
-                self.store.record_intent(row, _now_ms(), attachments)
+                self.store.record_intent(
+                    row, _now_ms(), attachments,
+                    amends=plain.amends if plain else "",
+                    retraction=bool(plain and plain.retracts),
+                )  # fmt: skip
             except StoreError:
-                self.chain = ChainBook(self.store.heads(), self.store.digest_of)
+                self.chain = self._chain_book()
                 raise
             self.chain.flushed()
             receipt = await self._publish(row)
             if receipt is None:
                 return Reply.unavailable("Kafka did not confirm", retry_after_s=1)
             return Reply(Outcome.PUBLISHED, receipt)
+
+    def _chain_book(self) -> ChainBook:
+        """The chains as this gateway published them, with the amendment rule judged against
+        the reports it published (its organization's: see the module docstring)."""
+        org = self.config.org
+        return ChainBook(
+            self.store.heads(),
+            self.store.digest_of,
+            amendments=lambda _org, _observer, rid: self.store.amendable(org, rid),
+        )
 
     def clock(self) -> dict[str, int]:
         """``GET /v1/time``: this gateway's clock and the skew the nodes allow a report's

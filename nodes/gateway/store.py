@@ -7,7 +7,10 @@ Kafka confirmed it. Per partition a *watermark* says below which offset every re
 gateway is confirmed; it moves up only when no report at all is ``publishing``, so the read-back
 that resolves a report left ``publishing`` starts there (:mod:`nodes.gateway.service` tells the
 whole recovery). The file also keeps what accepted reports say about their attachments and the
-answer given for each attachment published.
+answer given for each attachment published, and each accepted report's amendment link (which
+report it corrects or retracts, if any): enough for the amendment rule of :mod:`bus.verify` on
+this organization's chains, the only ones the gateway judges (:meth:`GatewayStore.amendable`).
+A file from before the links were kept gets them from its stored envelopes when it is opened.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from bus.model import Attachment
+from bus.model import Attachment, Envelope, Report
+from bus.sealed import is_sealed
 from bus.store.sqlite import open_db, sqlite_transaction
-from bus.verify import ChainHead
+from bus.verify import Amendable, ChainHead
 
 PUBLISHING: Final = "publishing"
 PUBLISHED: Final = "published"
@@ -67,6 +71,13 @@ CREATE TABLE IF NOT EXISTS attachments (
     sha256 BLOB PRIMARY KEY, size INTEGER NOT NULL, answer BLOB NOT NULL,
     published_at_ms INTEGER NOT NULL
 );
+-- Per accepted report (written with its intent): the report it corrects or retracts ('' for
+-- neither; a restricted report never amends) and whether it is a retraction.
+CREATE TABLE IF NOT EXISTS amend_links (
+    report_id TEXT PRIMARY KEY REFERENCES reports (report_id),
+    amends TEXT NOT NULL, retraction INTEGER NOT NULL CHECK (retraction IN (0, 1))
+);
+CREATE INDEX IF NOT EXISTS amend_links_amends ON amend_links (amends) WHERE amends != '';
 """
 _ROW: Final = "report_id, observer_id, seq, digest, envelope, state, receipt"
 
@@ -97,6 +108,27 @@ class GatewayStore:
         self._db = open_db(
             path, what="gateway store", schema=_SCHEMA, synchronous="FULL", timeout_s=5
         )
+        self._link_unlinked()
+
+    def _link_unlinked(self) -> None:
+        """Amendment links for reports accepted before links were kept (read from their
+        envelopes, which the gateway verified when it accepted them); nothing once done."""
+        rows = self._db.execute(
+            "SELECT report_id, envelope FROM reports"
+            " WHERE report_id NOT IN (SELECT report_id FROM amend_links)"
+        ).fetchall()
+        if not rows:
+            return
+        links = []
+        for rid, raw in rows:
+            envelope = bytes(raw)
+            if is_sealed(envelope):
+                links.append((str(rid), "", 0))
+                continue
+            report = Report.decode(Envelope.decode(envelope).payload)
+            links.append((str(rid), report.amends, int(bool(report.retracts))))
+        with self._tx() as db:
+            db.executemany("INSERT OR IGNORE INTO amend_links VALUES (?,?,?)", links)
 
     def close(self) -> None:
         """Close the database."""
@@ -156,11 +188,42 @@ class GatewayStore:
             out[str(s)] = int(n)
         return out
 
+    def amendable(self, org: str, report_id: str) -> Amendable | None:
+        """The amendment rule's view of an accepted report (:class:`bus.verify.Amendable`):
+        its chain, whether it is a retraction, and the correction or retraction that amended
+        it; None when this gateway accepted no report with that id.
+
+        Args:
+            org: this gateway's organization (every report here is one of its observers').
+        """
+        row = self._db.execute(
+            "SELECT r.observer_id, l.retraction FROM reports r JOIN amend_links l"
+            " USING (report_id) WHERE report_id = ?",
+            (report_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        by = {0: "", 1: ""}
+        for rid, retraction in self._db.execute(
+            "SELECT report_id, retraction FROM amend_links WHERE amends = ?", (report_id,)
+        ):
+            by[int(retraction)] = str(rid)
+        return Amendable(
+            org, str(row[0]), retraction=bool(row[1]), corrected_by=by[0], retracted_by=by[1]
+        )
+
     def record_intent(
-        self, row: Row, now_ms: int, attachments: tuple[Attachment, ...] = ()
+        self,
+        row: Row,
+        now_ms: int,
+        attachments: tuple[Attachment, ...] = (),
+        *,
+        amends: str = "",
+        retraction: bool = False,
     ) -> None:
         """Commit the report as ``publishing`` together with its observer's new chain head
-        (and what it says about its attachments)."""
+        (and what it says about its attachments, and the report it corrects or retracts:
+        ``amends``, a retraction when ``retraction``)."""
         with self._tx() as db:
             db.executemany(
                 "INSERT OR IGNORE INTO attachment_refs VALUES (?,?,?,?,?)",
@@ -172,6 +235,10 @@ class GatewayStore:
                 (row.report_id, row.observer_id, row.seq, row.digest, row.envelope, PUBLISHING,
                  now_ms),
             )  # fmt: skip
+            db.execute(
+                "INSERT INTO amend_links VALUES (?,?,?)",
+                (row.report_id, amends, int(retraction)),
+            )
             db.execute(
                 "INSERT INTO chain_heads VALUES (?,?,?) ON CONFLICT(observer_id) DO UPDATE"
                 " SET seq=excluded.seq, digest=excluded.digest",
