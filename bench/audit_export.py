@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.audit_export                  # 25k and 100k records
     .venv/bin/python -m bench.audit_export --records 200000 --records 50000
+    .venv/bin/python -m bench.audit_export --records 100000 --verify-workers 1 --verify-workers 2
 
 For each size it builds, in a scratch directory, an export file the way the bus would hold it:
 six organizations with ten accredited observers each, signed and chained reports spread over
@@ -11,7 +12,8 @@ honest witness read, and cosigned by all six node keys), the trust records seale
 it audits the file in a fresh process (every record of every sealed epoch judged by its final
 verdict: signature, accreditation, chain; every seal's roots recomputed from the records) and
 prints: records, file size, final epochs, wall time, records per second (wall clock and per
-CPU-second of the auditing process), the process's peak RSS and the Python heap's peak
+CPU-second of the auditing process and its signature workers, ``--verify-workers``, each
+count given: default 0, none), the process's peak RSS and the Python heap's peak
 (tracemalloc). The audit must find no violation and leave no record
 unsealed. Nothing is asserted about time; the point is the figures, and that peak memory does
 not grow with the number of records.
@@ -134,8 +136,9 @@ def _read_and_seal(
     sealer.seal()
 
 
-def _child(path: Path, *, trace: bool) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "bench.audit_export", "--audit-only", str(path)]
+def _child(path: Path, *, trace: bool, workers: int) -> dict[str, float]:
+    cmd = [sys.executable, "-m", "bench.audit_export", "--audit-only", str(path),
+           "--verify-workers", str(workers)]  # fmt: skip
     out = subprocess.run(
         [*cmd, *(["--trace"] if trace else [])], check=True, capture_output=True, text=True,
         env={**os.environ, "OBUS_LOG_JSON": "1"},
@@ -158,12 +161,16 @@ def _peak_rss_mib() -> float:
 
 
 def _cpu_seconds() -> float:
-    """User + system CPU time of this process (the auditor runs no workers)."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    """User + system CPU time of this process and of its children that have exited (the
+    signature workers: the audit waits for them before it returns)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
-def audit_child(path: Path, *, trace: bool) -> None:
+def audit_child(path: Path, *, trace: bool, workers: int) -> None:
     """Audit one file and print one JSON line of figures (run in a fresh process)."""
     from nodes.auditor.run import audit_export  # noqa: PLC0415
     from nodes.runtime.files import load_mandate  # noqa: PLC0415
@@ -174,7 +181,7 @@ def audit_child(path: Path, *, trace: bool) -> None:
         tracemalloc.start()
     cpu_before = _cpu_seconds()
     started = time.perf_counter()
-    result = audit_export(path, mandate, work_dir=path.parent)
+    result = audit_export(path, mandate, work_dir=path.parent, verify_workers=workers)
     elapsed = time.perf_counter() - started
     cpu = _cpu_seconds() - cpu_before
     heap_peak = tracemalloc.get_traced_memory()[1] if trace else 0
@@ -186,6 +193,7 @@ def audit_child(path: Path, *, trace: bool) -> None:
         json.dumps(
             {
                 "records": records,
+                "verify_workers": workers,
                 "bytes": path.stat().st_size,
                 "seconds": round(elapsed, 2),
                 "records_per_s": round(records / elapsed),
@@ -207,9 +215,14 @@ def main() -> int:
     parser.add_argument("--records", type=int, action="append", help="(repeatable)")
     parser.add_argument("--audit-only", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--verify-workers", type=int, action="append",
+        help="signature worker processes of the audit (repeatable: one audit each; default 0)",
+    )  # fmt: skip
     args = parser.parse_args()
+    worker_counts = args.verify_workers or [0]
     if args.audit_only:
-        audit_child(args.audit_only, trace=args.trace)
+        audit_child(args.audit_only, trace=args.trace, workers=worker_counts[0])
         return 0
     sizes = args.records or [25_000, 100_000]
     rows = []
@@ -219,18 +232,23 @@ def main() -> int:
             t = time.perf_counter()
             build(path, n)
             built = time.perf_counter() - t
-            row = _child(path, trace=False)
-            # A second pass under tracemalloc (several times slower) for the heap's peak.
-            row["heap_peak_mib"] = _child(path, trace=True)["heap_peak_mib"]
-            row["build_seconds"] = round(built, 1)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for workers in worker_counts:
+                row = _child(path, trace=False, workers=workers)
+                # A second pass under tracemalloc (several times slower) for the heap's peak.
+                traced = _child(path, trace=True, workers=workers)
+                row["heap_peak_mib"] = traced["heap_peak_mib"]
+                row["build_seconds"] = round(built, 1)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     print()
-    print(f"{'records':>9} {'MiB':>7} {'epochs':>6} {'audit s':>8} {'rec/s':>7} {'rec/CPU-s':>9}"
-          f" {'peak RSS MiB':>13} {'heap peak MiB':>14} {'violations':>10}")  # fmt: skip
+    print(
+        f"{'records':>9} {'workers':>7} {'MiB':>7} {'epochs':>6} {'audit s':>8} {'rec/s':>7}"
+        f" {'rec/CPU-s':>9} {'peak RSS MiB':>13} {'heap peak MiB':>14} {'violations':>10}"
+    )
     for r in rows:
         print(
-            f"{r['records']:>9} {r['bytes'] / 2**20:>7.1f} {r['epochs']:>6} {r['seconds']:>8} "
+            f"{r['records']:>9} {r['verify_workers']:>7} {r['bytes'] / 2**20:>7.1f}"
+            f" {r['epochs']:>6} {r['seconds']:>8} "
             f"{r['records_per_s']:>7} {r['records_per_cpu_s']:>9} {r['peak_rss_mib']:>13} "
             f"{r['heap_peak_mib']:>14} {r['violations']:>10}"
         )

@@ -185,6 +185,8 @@ class AuditRun:
         limits: verification limits (must match the nodes').
         work_dir: where the temporary index goes (default: the system's temp directory).
         export_version: the format version of the export file fed (None: a live replay).
+        verify_workers: worker processes checking signatures ahead of the final judge
+            (:mod:`nodes.auditor.preverify`); 0: none. The verdicts are the same.
     """
 
     def __init__(
@@ -195,12 +197,15 @@ class AuditRun:
         limits: Limits | None = None,
         work_dir: Path | None = None,
         export_version: int | None = None,
+        verify_workers: int = 0,
     ) -> None:
         self.result = AuditResult()
         self.topics = topics
         self._export_version = export_version
         self._index = AuditIndex(work_dir)
-        self._final = FinalCollector(mandate, topics, self._index, limits, work_dir=work_dir)
+        self._final = FinalCollector(
+            mandate, topics, self._index, limits, work_dir=work_dir, verify_workers=verify_workers
+        )
         self.records = 0
         self.ends: dict[tuple[str, int], int] = {}  # every partition's end as read
 

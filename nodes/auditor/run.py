@@ -104,6 +104,7 @@ async def audit(
     work_dir: Path | None = None,
     security: KafkaSecurity | None = None,
     command: Sequence[str] = (),
+    verify_workers: int = 0,
 ) -> AuditResult:
     """Replay the seals, the mandate, the registry, every report topic and every other sealed
     topic, and judge them by their final verdicts.
@@ -118,10 +119,14 @@ async def audit(
         work_dir: where the temporary index goes.
         security: how to authenticate to the brokers (None: PLAINTEXT).
         command: the command line, secrets redacted, for the report's header.
+        verify_workers: worker processes checking signatures one epoch ahead of the final
+            judge (:mod:`nodes.auditor.preverify`); 0: none. The verdicts are the same.
     """
     started = _now_ms()
     topics = topics or Topics()
-    run = AuditRun(mandate, topics=topics, limits=limits, work_dir=work_dir)
+    run = AuditRun(
+        mandate, topics=topics, limits=limits, work_dir=work_dir, verify_workers=verify_workers
+    )
     run.result.source = f"kafka {bootstrap} (prefix {topics.prefix})"
     try:
         # The seals first: every seal then covers records the replays below still find.
@@ -159,6 +164,7 @@ def audit_export(
     console: Console | None = None,
     work_dir: Path | None = None,
     command: Sequence[str] = (),
+    verify_workers: int = 0,
 ) -> AuditResult:
     """Verify an export file (:mod:`bus.export`, any version it reads) offline, streaming it
     once (the checkpoints section of versions 1 and 2 is skipped with a note).
@@ -173,6 +179,7 @@ def audit_export(
         work_dir: where the temporary index goes.
         command: the command line, secrets redacted, for the report's header (which also
             gives the SHA-256 of every byte of the file, read as it is audited).
+        verify_workers: as for :func:`audit`.
 
     Raises:
         VerificationError: ``EXPORT_CORRUPT`` when the header is unusable, or the embedded
@@ -198,7 +205,7 @@ def audit_export(
             )
         run = AuditRun(
             mandate, topics=Topics(header.topic_prefix), limits=limits, work_dir=work_dir,
-            export_version=header.version,
+            export_version=header.version, verify_workers=verify_workers,
         )  # fmt: skip
         run.result.source = str(path)
         run.result.trust_root = trust_root

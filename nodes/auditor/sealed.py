@@ -53,6 +53,7 @@ the log itself stays on disk, and so do the final verdicts, written to a
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 from collections import Counter, deque
@@ -66,13 +67,14 @@ from bus.errors import SealedRootMismatchError, VerificationError
 from bus.export import LogRecord
 from bus.judge import EpochVerdicts, FinalJudge, RecordPos, Status
 from bus.merkle import MerkleTree
-from bus.model import PAYLOAD_MANDATE, Mandate
+from bus.model import PAYLOAD_MANDATE, Mandate, Role
 from bus.seal import Equivocation, SealProposal, parse_seal_record, verify_seal
 from bus.sealed import VerifiedSealed
 from bus.topics import Topics
 from bus.trust import decode_mandate_record
 from bus.verify import Limits, VerifiedReport
 from nodes.auditor.index import AuditIndex
+from nodes.auditor.preverify import MAX_AHEAD, EpochPreverifier
 from nodes.auditor.verdicts import FinalRow, VerdictTable
 
 __all__ = [
@@ -275,6 +277,9 @@ class FinalCollector:
         limits: verification limits (the nodes').
         work_dir: where the verdict table's temporary file goes (default: the system's
             temporary directory).
+        verify_workers: worker processes that check report signatures one epoch ahead of the
+            judge (:mod:`nodes.auditor.preverify`; the verdicts are the same); 0: the judge
+            checks every one itself.
     """
 
     def __init__(
@@ -285,7 +290,11 @@ class FinalCollector:
         limits: Limits | None = None,
         *,
         work_dir: Path | None = None,
+        verify_workers: int = 0,
     ) -> None:
+        if verify_workers < 0:
+            raise ValueError("verify_workers must be >= 0")
+        self._verify_workers = verify_workers
         self._root = root
         self._work_dir = work_dir
         self._topics = topics
@@ -344,12 +353,19 @@ class FinalCollector:
                 f" {self._root.version}): if the bus began under it, audit with that version"
             )
         out.seals_records = self._index.count_seals()
-        reader = BusReader(self._root, self._topics, self._limits)
-        feeder = _Feeder(reader, self._index, self._topics, out)
-        try:
-            feeder.run()
-        except SealedRootMismatchError as exc:
-            out.mismatch = exc
+        with contextlib.ExitStack() as stack:
+            pre = None
+            if self._verify_workers:
+                limit = (self._limits or Limits()).max_record_bytes
+                pre = stack.enter_context(
+                    EpochPreverifier(self._verify_workers, self._index, max_record_bytes=limit)
+                )
+            reader = BusReader(self._root, self._topics, self._limits, preverified=pre)
+            feeder = _Feeder(reader, self._index, self._topics, out, pre)
+            try:
+                feeder.run()
+            except SealedRootMismatchError as exc:
+                out.mismatch = exc
         if out.mismatch is None and reader.judge.epoch == 0 and out.seals_records:
             out.mismatch = self._first_seal_contradicted()
         if out.mismatch is None and reader.chain.waiting:
@@ -450,8 +466,14 @@ class _Feeder:
     """Feeds one bus reader from the index in the order of the module docstring."""
 
     def __init__(
-        self, reader: BusReader, index: AuditIndex, topics: Topics, out: FinalAudit
+        self,
+        reader: BusReader,
+        index: AuditIndex,
+        topics: Topics,
+        out: FinalAudit,
+        pre: EpochPreverifier | None = None,
     ) -> None:
+        self._pre = pre
         self._reader = reader
         self._index = index
         self._topics = topics
@@ -472,6 +494,8 @@ class _Feeder:
             self._offer_seals()
             latest = reader.latest
             if latest is not None and latest.epoch > reader.judge.epoch:
+                if self._pre is not None:
+                    self._verify_ahead(latest)
                 for ref in sorted(latest.partitions):
                     end = latest.size(ref)
                     while self._pos.get(ref, 0) < end and self._feed(ref, end):
@@ -482,6 +506,20 @@ class _Feeder:
             if reader.chain.waiting and self._feed_registry():
                 continue
             return
+
+    def _verify_ahead(self, latest: FinalSeal) -> None:
+        """Have the workers check the report records ``latest`` seals and as many again after
+        them (the next epoch, checked while this one is judged)."""
+        pre = self._pre
+        assert pre is not None
+        ring = self._reader.judge.keyring
+        pre.set_keys({a.key_id: a.public_key for a in ring.accreditations(Role.OBSERVER)})
+        sizes = self._reader.positions()
+        for ref in sorted(latest.partitions):
+            if self._topics.org_of_report_topic(ref[0]) is None:
+                continue
+            start, end = sizes.get(ref, 0), latest.size(ref)
+            pre.ahead(ref, start, end + min(end - start, MAX_AHEAD))
 
     def _unjudged(self) -> bool:
         latest = self._reader.latest

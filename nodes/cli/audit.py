@@ -87,7 +87,9 @@ def cmd_audit(args: argparse.Namespace) -> int:
                 "[yellow]no --mandate: trusting the mandate embedded in the export[/yellow]"
             )
             mandate = _embedded_mandate(path, header)
-        result = audit_export(path, mandate, console=console, command=command)
+        result = audit_export(
+            path, mandate, console=console, command=command, verify_workers=_workers(args)
+        )
         if not args.mandate:
             result.trust_root = "embedded"
     else:
@@ -99,6 +101,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
             audit(
                 bootstrap(args), mandate, topics=Topics(args.topic_prefix), console=console,
                 security=security_from_args(args), command=command,
+                verify_workers=_workers(args),
             )
         )  # fmt: skip
     if args.final_digest:
@@ -115,6 +118,22 @@ def cmd_audit(args: argparse.Namespace) -> int:
     if args.html_out:
         _write_out("--html-out", args.html_out, lambda p: write_html(result, p))
     return 0 if (result.clean if args.strict else result.ok) else 1
+
+
+def _workers(args: argparse.Namespace) -> int:
+    """``--verify-workers``: the cores this process may use when not given.
+
+    Raises:
+        ConfigError: a negative count.
+    """
+    from nodes.auditor.preverify import default_workers  # noqa: PLC0415
+
+    n: int | None = args.verify_workers
+    if n is None:
+        return default_workers()
+    if n < 0:
+        raise ConfigError("--verify-workers", str(n), "give 0 (none) or a number of processes")
+    return n
 
 
 _PIPE_WIDTH = 200  # columns of the console report written to a pipe or file
@@ -323,6 +342,11 @@ def add_audit_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore
         help="audit an export file (obus log export) instead of the live bus; no broker needed",
     )  # fmt: skip
     aud.add_argument("--html-out", metavar="FILE", help="also write a self-contained HTML report")
+    aud.add_argument(
+        "--verify-workers", type=int, metavar="N", default=None,
+        help="worker processes that check report signatures one epoch ahead of the final "
+        "judge (default: the cores this process may use; 0: none); the verdicts are the same",
+    )  # fmt: skip
     aud.add_argument(
         "--strict", action="store_true",
         help="exit 1 on a seal equivocation too (an organization that signed two seal texts "
