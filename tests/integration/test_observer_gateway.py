@@ -47,7 +47,7 @@ from nodes.gateway.service import GatewayConfig
 from nodes.observer.client import GatewayClient
 from nodes.observer.delivery import Backoff, sync
 from nodes.observer.device import Home, check_receipts, init_observer, now_ms, submit_file
-from nodes.observer.outbox import DELIVERED, QUEUED, Outbox
+from nodes.observer.outbox import DELIVERED, QUEUED, REJECTED, Entry, Outbox
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.process import build_node
 from nodes.runtime.files import write_key
@@ -580,3 +580,50 @@ async def test_restricted_reports_the_head_the_clock_and_the_recipients(
         assert status == 422 and bad["reason"] == "invalid_field"
     records = [r async for r in replay(w.bootstrap, [w.topics.reports("un")])]
     assert sorted(r.value for r in records) == sorted([plain, sealed])
+
+
+async def test_a_correction_the_nodes_would_quarantine_is_refused_at_submission(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """The observer learns at submission, not from a quarantine it never sees: a correction of
+    a report that is not in its chain, and a second correction of a report already corrected,
+    are refused by the gateway with the nodes' reason codes and never reach the topic; the fix
+    (signed again at the same seq, naming the latest version) is published with a receipt."""
+    w = await _world(kafka_bootstrap, tmp_path)
+    base = _report_file(tmp_path).read_text()
+
+    def file(name: str, corrects: str) -> Path:
+        path = tmp_path / name
+        path.write_text(f"{base}\ncorrects: {corrects}\n")
+        return path
+
+    async def submit_and_sync(path: Path, fixes: str | None = None) -> Entry:
+        box = Outbox(w.home.outbox)
+        try:
+            entry = submit_file(w.home, box, w.observer_key, path, at_ms=now_ms(), fixes=fixes)
+        finally:
+            box.close()
+        await _sync(w)
+        box = Outbox(w.home.outbox, read_only=True)
+        try:
+            return next(e for e in box.entries() if e.report_id == entry.report_id)
+        finally:
+            box.close()
+
+    async with GatewayServer(w.config()):
+        original = await submit_and_sync(_report_file(tmp_path))
+        assert original.state == DELIVERED
+        nowhere = w.m.draft().report_id  # a report id no chain holds
+        refused = await submit_and_sync(file("nowhere.yaml", nowhere))
+        assert (refused.state, refused.http_status, refused.reason) == (
+            REJECTED, 422, Reason.AMEND_TARGET_MISSING.value,
+        )  # fmt: skip
+        fixed = await submit_and_sync(file("fixed.yaml", original.report_id), refused.report_id)
+        assert (fixed.state, fixed.seq, fixed.report_id) == (DELIVERED, 2, refused.report_id)
+        stale = await submit_and_sync(file("stale.yaml", original.report_id))
+        assert (stale.state, stale.reason) == (REJECTED, Reason.AMEND_SUPERSEDED.value)
+        assert original.report_id in stale.detail and fixed.report_id in stale.detail
+    records = [r async for r in replay(w.bootstrap, [w.topics.reports("un")])]
+    assert [sha256(r.value) for r in records] == [original.digest, fixed.digest]
+    rc = verify_receipt(fixed.receipt or b"", w.m.keyring, envelope=records[1].value)
+    assert (rc.report_id, rc.seq) == (fixed.report_id, 2)
