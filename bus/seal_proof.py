@@ -82,7 +82,16 @@ from bus.epoch import FinalSeal, PartitionRef, PartitionSeal, epoch_of
 from bus.errors import Reason, SealedRootMismatchError, VerificationError
 from bus.judge import FinalJudge
 from bus.merkle import MerkleTree, leaf_hash, verify_inclusion
-from bus.model import PAYLOAD_ACCREDITATION, PAYLOAD_REVOCATION, Envelope, Mandate, Receipt, Report
+from bus.model import (
+    PAYLOAD_ACCREDITATION,
+    PAYLOAD_REVOCATION,
+    PAYLOAD_SEALED_REPORT,
+    Envelope,
+    Mandate,
+    Receipt,
+    Report,
+    SealedReport,
+)
 from bus.model import Accreditation as _Accreditation
 from bus.note import MAX_SIGNATURES, Note, key_name, parse_note
 from bus.seal import (
@@ -183,7 +192,9 @@ class SealProof:
     def to_json(self) -> dict[str, Any]:
         """The JSON form: bytes in base64, hashes of the path in hex, the note as text. Fields
         derived from others (leaf hash, envelope digest, report id, and the seal's epoch,
-        *t_e*, mandate, digest and root) are there for readers and checked on reading."""
+        *t_e*, mandate, digest and root) are there for readers and checked on reading. The
+        report id is a restricted report's too (it is in clear); a proof from before, with a
+        null id for a restricted report, is still read."""
         seal = self.seal()
         record = self.note[: self.note.rfind(b"\n\n") + 1]
         sealed = seal.partitions.get((self.topic, self.partition))
@@ -250,7 +261,9 @@ class SealProof:
         stated, stated_seal = top, s
         fresh = proof.to_json()  # parses the note: malformed when it is no seals record
         for key in ("leaf_hash", "envelope_sha256", "report_id"):
-            if stated.get(key) != fresh[key]:
+            if stated.get(key) != fresh[key] and not _written_before_sealed_ids(
+                key, stated, proof.value
+            ):
                 raise _bad(Reason.INVALID_FIELD, f"{key} is not the value's", field=key)
         for key in ("mandate_id", "epoch", "t_e", "digest", "root"):
             if stated_seal.get(key) != fresh["seal"][key]:
@@ -293,10 +306,24 @@ def _int(value: object) -> int:
 
 
 def _report_id(value: bytes) -> str | None:
-    """The report id when the value is a signed report (for readers of the JSON form)."""
+    """The report id when the value is a signed report, plain or restricted (a sealed report
+    carries its id among its clear fields, :mod:`bus.sealed`), for readers of the JSON form;
+    None for any other value."""
     with contextlib.suppress(VerificationError):
-        return Report.decode(Envelope.decode(value).payload).report_id
+        envelope = Envelope.decode(value)
+        if envelope.payload_type == PAYLOAD_SEALED_REPORT:
+            return SealedReport.decode(envelope.payload).report_id
+        return Report.decode(envelope.payload).report_id
     return None
+
+
+def _written_before_sealed_ids(key: str, stated: Mapping[str, Any], value: bytes) -> bool:
+    """A proof of a restricted report written when the JSON form left its report id null."""
+    if key != "report_id" or stated.get(key, "") is not None:
+        return False
+    with contextlib.suppress(VerificationError):
+        return Envelope.decode(value).payload_type == PAYLOAD_SEALED_REPORT
+    return False
 
 
 def build_proof(

@@ -12,7 +12,10 @@ import random
 import pytest
 
 from bus.errors import Reason, VerificationError
+from bus.model import EncryptionKey
 from bus.seal_proof import SealProof, verify_light
+from bus.sealed import DecryptionKey
+from nodes.demo.scenario import demo_key
 from nodes.gateway.kafka import ProofReader
 from nodes.gateway.proofs import LogBrokenError, ProofBook
 from tests.sealed_bus import SealedBus, build
@@ -155,3 +158,31 @@ async def test_a_record_sealed_a_moment_after_the_last_read_is_read_not_called_u
     value = bus.parts[(t.reports("un"), 0)][0]
     assert value is not None
     assert book.prove(0, 0, value).seal().epoch >= 1
+
+
+def test_a_restricted_report_s_proof_names_its_report_id() -> None:
+    """A sealed report carries its report id in clear (bus.sealed), so its proof names it as a
+    plain report's does; a proof written when that field was null still reads, another id not."""
+    sealed_bus = build(unsealed=0)
+    m = sealed_bus.m
+    mandate = m.scenario.mandate
+    recipient = EncryptionKey(
+        "osce", DecryptionKey("osce", demo_key("x25519:osce-proof").seed).public_key,
+        mandate.not_before_ms, mandate.not_after_ms, 1, mandate.mandate_id,
+    )  # fmt: skip
+    draft = m.draft("un", 1)
+    raw = m.signer("un", 1).sign_sealed(draft, [recipient])
+    ref = (sealed_bus.topics.reports("un"), 0)
+    offset = sealed_bus.put(ref[0], raw)
+    sealed_bus.seal()
+    proof = prove(sealed_bus, ref, offset, trusted(sealed_bus))
+    doc = proof.to_json()
+    assert doc["report_id"] == draft.report_id
+    assert SealProof.from_json(doc) == proof
+    assert SealProof.from_json({**doc, "report_id": None}) == proof  # the older form
+    with pytest.raises(VerificationError) as caught:
+        SealProof.from_json({**doc, "report_id": m.draft("un", 1).report_id})
+    assert caught.value.reason is Reason.INVALID_FIELD
+    plain = prove(sealed_bus, ref, 0, trusted(sealed_bus))  # a plain report's: null refused
+    with pytest.raises(VerificationError):
+        SealProof.from_json({**plain.to_json(), "report_id": None})
