@@ -48,7 +48,7 @@ from bus.verify import ChainBook
 from nodes.demo.scenario import node_subject
 from nodes.org_node.dashboard.config import DashboardConfig
 from nodes.org_node.dashboard.final_view import open_final_view
-from nodes.org_node.dashboard.metrics import metrics_text
+from nodes.org_node.dashboard.metrics import metrics_text, store_snapshot
 from nodes.org_node.dashboard.read_model import ReadModel
 from nodes.org_node.dashboard.reports_view import ReportsView, dashboard_params, verdict_of
 from nodes.org_node.dashboard.server import Dashboard
@@ -250,6 +250,11 @@ async def _get(url: str) -> tuple[int, Any]:
     async with logged_in(url) as http, http.get(url) as resp:
         body = await (resp.json() if "json" in resp.content_type else resp.text())
         return resp.status, body
+
+
+def _metrics(w: World, status: dict[str, Any]) -> str:
+    """The node's metrics of this store and live status (served on its ops port)."""
+    return metrics_text(store_snapshot(w.node_db, w.final_db, "un"), status).decode()
 
 
 def _verdicts(w: World) -> dict[int, dict[str, Any]]:
@@ -466,7 +471,10 @@ async def test_revocation_final_change_is_shown_unless_the_node_saw_it(bare: Wor
     assert {verdicts[s]["status"] for s in (2, 3)} == {"revoked_after_acceptance"}
     assert not any(v["changed"] for v in verdicts.values())
     assert model.verdict_changes()["total"] == 0
-    assert model.metrics()["verdict_changes"] == {"report": 0, "board": 0}
+    assert store_snapshot(w.node_db, w.final_db, "un")["verdict_changes"] == {
+        "report": 0,
+        "board": 0,
+    }
 
 
 async def test_a_deferred_report_stays_provisional_until_the_next_epoch(bare: World) -> None:
@@ -570,9 +578,9 @@ async def test_alarm_and_equivocation_are_red_and_never_sealed(world: World) -> 
     try:
         _, seals = await _get(dash.url + "api/seals")
         _, html = await _get(dash.url)
-        _, metrics = await _get(dash.url + "metrics")
     finally:
         await dash.stop()
+    metrics = _metrics(w, w.status())
     assert seals["state"] == "alarm"
     assert "sealed_root_mismatch" in seals["alarms"][0]
     page = _parse(html)
@@ -591,9 +599,8 @@ async def test_alarm_and_equivocation_are_red_and_never_sealed(world: World) -> 
 
 
 async def test_metrics_export_sealing_and_verdict_changes(served: tuple[World, str]) -> None:
-    _, url = served
-    status, text = await _get(url + "metrics")
-    assert status == 200
+    w, _ = served
+    text = _metrics(w, w.status())
     families = {f.name: f for f in text_string_to_metric_families(text)}
     kinds = {
         "obus_seal_epochs_judged": "counter",
@@ -624,8 +631,8 @@ async def test_metrics_export_sealing_and_verdict_changes(served: tuple[World, s
 
 
 def test_metrics_leave_out_sealing_when_the_node_runs_no_sealer(world: World) -> None:
-    model = ReadModel(world.config(final_db=None))
-    text = metrics_text(model.metrics(), {**world.status(), "seal": None}).decode()
+    snapshot = store_snapshot(world.node_db, None, "un")
+    text = metrics_text(snapshot, {**world.status(), "seal": None}).decode()
     assert "obus_seal_" not in text and "obus_verdict_changes" not in text
 
 
@@ -754,9 +761,9 @@ async def test_followup_tiles_and_metrics_say_epochs_and_reports_not_kept(world:
     await dash.start()
     try:
         _, html = await _get(dash.url)
-        _, metrics = await _get(dash.url + "metrics")
     finally:
         await dash.stop()
+    metrics = _metrics(world, status)
     assert "watermark" not in html and "watermark" not in metrics
     tiles = _parse(html).ids
     assert tiles["t-pend"][1] == "2final epochs awaiting our policy"
@@ -787,11 +794,11 @@ async def test_a_split_vote_opens_round_2_shown_in_metrics_and_the_panel(world: 
     dash = Dashboard(w.config(), status=w.status)
     await dash.start()
     try:
-        _, metrics = await _get(dash.url + "metrics")
         _, html = await _get(dash.url)
         _, seals = await _get(dash.url + "api/seals")
     finally:
         await dash.stop()
+    metrics = _metrics(w, w.status())
     families = {f.name: f for f in text_string_to_metric_families(metrics)}
     assert families["obus_seal_open_round"].type == "gauge"
     assert families["obus_seal_rounds_opened"].type == "counter"
@@ -803,21 +810,21 @@ async def test_a_split_vote_opens_round_2_shown_in_metrics_and_the_panel(world: 
     assert seals["sealer"]["open_round"] == 2 and seals["state"] == "sealed"
 
 
-async def test_healthz_says_sealed_log_broken_when_a_sealed_record_was_altered(
+async def test_seals_panel_says_judging_stopped_when_a_sealed_record_was_altered(
     world: World,
 ) -> None:
     """The node restarts its sealer on a fresh final store and reads the log again, where the
     operator altered a sealed report of epoch 2: its reader finds the sealed root broken, the
-    sealer keeps the alarm, and /healthz answers 503 naming it, never ok, whatever keys the
-    alarm carries; the healthy node before it answers 200 ok."""
+    sealer keeps the alarm, and the dashboard turns red naming it, never sealed; the healthy
+    node before it is sealed (its ops port's readiness says the same: nodes/runtime/ops.py)."""
     w = world
     dash = Dashboard(w.config(), status=w.status)
     await dash.start()
     try:
-        code, healthy = await _get(dash.url + "healthz")
+        _, healthy = await _get(dash.url + "api/seals")
     finally:
         await dash.stop()
-    assert (code, healthy["status"]) == (200, "ok")
+    assert healthy["state"] == "sealed" and healthy["alarms"] == []
     restarted = Sealer(
         SealerConfig(
             org="un",
@@ -848,19 +855,14 @@ async def test_healthz_says_sealed_log_broken_when_a_sealed_record_was_altered(
         )
         await dash.start()
         try:
-            code, body = await _get(dash.url + "healthz")
-            found = restarted.alarm
-            restarted.alarm = {**found, "status": "ok", "org": "nato"}
-            code_2, body_2 = await _get(dash.url + "healthz")
-            restarted.alarm = found
+            _, body = await _get(dash.url + "api/seals")
+            _, html = await _get(dash.url)
         finally:
             await dash.stop()
     finally:
         restarted.store.close()
-    assert (code_2, body_2["status"], body_2["org"]) == (503, "sealed_log_broken", "un")
-    assert code == 503
-    assert body["status"] == "sealed_log_broken"
-    assert body["reason"] == "sealed_root_mismatch" and body["detail"]
-    for key, value in restarted.alarm.items():  # its keys, never over the answer's own
-        assert body[key] == value or key in ("status", "org", "node")
-    assert body["org"] == "un" and body["node"]["seal"]["alarm"] == restarted.alarm
+    assert body["state"] == "alarm"
+    assert body["alarms"][0].startswith("sealed log broken: sealed_root_mismatch")
+    assert body["alarms"][0].endswith("judging stopped")
+    attrs, _ = _parse(html).ids["seal-state"]
+    assert attrs["data-state"] == "alarm" and attrs["class"] == "bad"

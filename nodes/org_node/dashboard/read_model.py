@@ -452,37 +452,6 @@ class ReadModel:
             },
         }
 
-    def metrics(self) -> dict[str, Any]:
-        """What /metrics exports from the store."""
-        with self._store() as store:
-            idx = self._refresh(store)
-            q = store.quarantine_counts()
-            board = Counter(r for *_, r, _ in store.board_rejected())
-            own = store.decision_counts()
-            peers = {o: n for o, n in store.peer_decision_counts().items() if o != self.config.org}
-            stmts = store.statements()
-            positions = store.positions()
-        with self._final() as final:
-            changes = None if final is None else final.changed_counts()
-        if changes is None and self.config.final_db is not None:
-            changes = {"report": 0, "board": 0}  # a sealer runs, nothing judged yet
-        return {
-            "verified": len(idx.rows),
-            "verdict_changes": changes,
-            "quarantined": q,
-            "board_rejected": dict(board),
-            "decisions": own,
-            "peers": dict(peers),
-            "statements": Counter(
-                "valid" if len(s["signed_by"]) >= int(str(s["threshold"])) else "pending"
-                for s in stmts
-            ),
-            "consumed": {
-                "reports": sum(o for (t, _), o in positions.items() if ".reports." in t),
-                "board": sum(o for (t, _), o in positions.items() if ".reports." not in t),
-            },
-        }
-
 
 def _pos(row: _Row | Mapping[str, Any]) -> Pos:
     """A row's position, (topic, partition, offset)."""
