@@ -41,7 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.child import tree_cpu_s
-from bench.gen import REPO, GenSpec, generate, read
+from bench.gen import CACHE_DIR, REPO, GenSpec, generate, read
 from bench.kafka_io import paced, prepare, publish
 from bench.spy import fold
 from bench.spy import table as spy_table
@@ -437,9 +437,10 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
                 res[label] = child("ingest", args)[0]
                 done(label)
             if opts.profile:
-                raw = RESULTS / f"profile-{label}.raw"
+                # The raw samples (megabytes) stay beside the cached sets, out of git.
+                raw = CACHE_DIR / f"profile-{label}.raw"
                 r = child("ingest", args, spy=raw)[0]
-                path = raw.with_suffix(".txt")
+                path = RESULTS / f"profile-{label}.txt"
                 path.write_text(spy_table(fold(raw), 1e6 / r["per_cpu_s"]) + "\n")
                 done(f"{label} (profiled by py-spy, not timed: {path.relative_to(REPO)})")
 
