@@ -20,7 +20,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import aiohttp
 import pytest
 
 from bus.ceremony import format_time_ms
@@ -33,11 +32,13 @@ from nodes.cli.main import main
 from nodes.demo.scenario import Scenario, build_scenario
 from nodes.gateway.service import Gateway, GatewayConfig, Outcome
 from nodes.org_node import statements
+from nodes.org_node.dashboard.auth import add_user
 from nodes.org_node.followup import FollowUp, FollowUpConfig
 from nodes.runtime.files import ended_on, load_mandate, mandate_ended, write_key
 from tests.logcapture import capture_all_logs
 from tests.mission import make_mission
 from tests.sealed_bus import SealedBus, build, final_seals
+from tests.unit.test_dashboard_auth import PASSWORD, USER, logged_in
 
 REPO = Path(__file__).resolve().parents[2]
 DAY_MS = 86_400_000
@@ -175,9 +176,11 @@ def test_prove_from_an_export_after_the_end_works_in_archive_mode(
 async def test_dashboard_serves_the_store_of_an_ended_mission(ended: Ended, tmp_path: Path) -> None:
     db = tmp_path / "un.db"
     NodeStore(db).close()
+    users = tmp_path / "users"
+    add_user(users, USER, PASSWORD, log2_n=4)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "nodes.cli", "dashboard", "--org", "un", "--db", str(db),
-        "--mandate", str(ended.mandate), "--http-port", "0",
+        "--mandate", str(ended.mandate), "--http-port", "0", "--dashboard-users", str(users),
         cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None and proc.stderr is not None
@@ -187,7 +190,7 @@ async def test_dashboard_serves_the_store_of_an_ended_mission(ended: Ended, tmp_
             line + (await proc.stderr.read(4000)).decode()
         )
         url = line.split(": ", 1)[1].strip()
-        async with aiohttp.ClientSession() as http, http.get(url + "api/summary") as resp:
+        async with logged_in(url) as http, http.get(url + "api/summary") as resp:
             assert resp.status == 200
             summary = await resp.json()
         assert summary["mandate"]["id"] == ended.scenario.mandate.mandate_id
