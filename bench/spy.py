@@ -15,7 +15,7 @@ samples. Each sample is one stack of one thread that was running; it is charged 
   the node loop is the Kafka client).
 
 With ``--us-per-record`` (the child's CPU per record), shares are also given as microseconds per
-record. Start-up, and thread-pool workers blocked on their queue (which py-spy's ``--native``
+record. Start-up, and threads blocked on a queue or a lock (which py-spy's ``--native``
 sampling counts as running), are excluded from the shares: they are not per record.
 """
 
@@ -63,17 +63,22 @@ DEEPEST: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
         re.compile(r"\((nodes/org_node/ingest|bus/ingest)\.py"),
     ),
     ("Kafka client (aiokafka fetch, decode of record batches)", re.compile(r"\((aiokafka|kafka)/")),
+    (
+        "verify workers: hand-off (pickle, pipes)",
+        re.compile(r"\(nodes/runtime/preverify\.py|\((multiprocessing|concurrent)/|^_pickle_"),
+    ),
     ("event loop, sockets", re.compile(r"\((asyncio|selectors)/|\(selectors\.py|socketmodule")),
     ("garbage collector (per-record objects)", re.compile(r"^gc_collect_main ")),
 )
-IDLE: Final = "idle pool threads (sampled as running; not per record)"
+_BLOCKED: Final = ("_queue_SimpleQueue_get", "Condition.wait ", "lock_PyThread_acquire_lock")
+IDLE: Final = "threads blocked on a queue or lock (not per record)"
 OTHER: Final = "other"
 
 
 def group_of(frames: list[str]) -> str:
     """The group one sampled stack (root first) is charged to."""
-    if any(f.startswith("_queue_SimpleQueue_get") for f in frames):
-        return IDLE  # a thread-pool worker blocked on its queue: py-spy counts it as running
+    if any(f.startswith(_BLOCKED) for f in frames):
+        return IDLE  # a thread blocked on a queue or lock: py-spy's --native counts it as running
     for name, pattern in WHOLE:
         if any(pattern.search(f) for f in frames):
             return name
