@@ -13,7 +13,6 @@ the reachable event counts what it suppressed (also ``obus_kafka_log_lines_suppr
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import os
 import subprocess
@@ -43,7 +42,7 @@ OUTAGE_S = 20.0  # long enough for every client of the node to retry many times
 
 async def _publish(bootstrap: str, topics: Topics, records: list[tuple[str, bytes]]) -> None:
     await ensure_topics(
-        bootstrap, standard_topics(topics, [o for o, _ in ORGANIZATIONS], partitions=2)
+        bootstrap, standard_topics(topics, [o for o, _ in ORGANIZATIONS], partitions=1)
     )
     producer = reliable_producer(bootstrap)
     await producer.start()
@@ -164,10 +163,14 @@ def test_readyz_follows_a_broker_outage_and_the_client_flood_is_one_event_per_ch
 
             _up_again(kafka, port)
             _poll(proc, log, f"{ops}/readyz", lambda s, _: s == 200, "ready after the outage")
-            _, metrics = asyncio.run(_get(f"{ops}/metrics"))
+            # the outage ends (its event logged) at the second probe answer in a row
+            _, metrics = _poll(
+                proc, log, f"{ops}/metrics",
+                lambda s, t: s == 200 and "obus_broker_state_changes_total 2.0" in t,
+                "the outage closed",
+            )  # fmt: skip
             after = _samples(metrics)
             assert after[("obus_broker_reachable", ())] == 1.0
-            assert after[("obus_broker_state_changes_total", ())] >= 2.0
             suppressed = after[("obus_kafka_log_lines_suppressed_total", ())]
             assert suppressed > 0
         finally:
@@ -183,14 +186,11 @@ def test_readyz_follows_a_broker_outage_and_the_client_flood_is_one_event_per_ch
     kinds = [e["event"] for e in changes]
     print(
         f"outage {outage_s:.0f} s: {len(kafka_lines)} Kafka client lines logged,"
-        f" {suppressed:.0f} suppressed, {len(changes)} state-change events"
+        f" {suppressed:.0f} suppressed, {len(changes)} state-change events:",
+        [(e["event"], e.get("why", e.get("suppressed_lines"))) for e in changes],
     )
-    # One event per change, alternating, the first on the outage, ending reachable.
-    assert kinds and kinds[0] == "kafka_broker_unreachable"
-    assert all(a != b for a, b in itertools.pairwise(kinds))
-    assert kinds[-1] == "kafka_broker_reachable"
-    assert len(changes) <= 6
-    reachable = [e for e in changes if e["event"] == "kafka_broker_reachable"]
-    assert sum(e["suppressed_lines"] for e in reachable) >= suppressed - 0.5 > 0
+    # One event per change: the outage, then its end with what it suppressed.
+    assert kinds == ["kafka_broker_unreachable", "kafka_broker_reachable"]
+    assert changes[1]["suppressed_lines"] == suppressed > 0
     # The flood: a handful of client lines over the whole outage, not hundreds a second.
     assert len(kafka_lines) <= 20, [e.get("event") for e in kafka_lines]
