@@ -10,6 +10,7 @@ Topic names live in the pure :mod:`bus.topics`.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Final, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.helpers import create_ssl_context
 
@@ -186,3 +188,64 @@ def reliable_producer(
     }
     options.update(overrides)
     return AIOKafkaProducer(**options)
+
+
+class BrokerUnreachableError(TransportError):
+    """No bootstrap server answered a metadata request within the connect timeout.
+
+    ``bootstrap`` names the servers tried; the message is one line with the fix.
+    """
+
+    def __init__(self, bootstrap: str, detail: str) -> None:
+        super().__init__(
+            f"broker unreachable: no Kafka broker answered at {bootstrap} ({detail}); fix: start"
+            " the broker, or point --bootstrap (or OBUS_BOOTSTRAP) at a running one;"
+            " --connect-timeout (OBUS_CONNECT_TIMEOUT) waits longer",
+            retriable=True,
+        )
+        self.bootstrap = bootstrap
+
+
+@contextmanager
+def _quiet_kafka_client() -> Iterator[None]:
+    """aiokafka logs every failed bootstrap attempt itself; the probe says it once."""
+    logger = logging.getLogger("aiokafka")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+async def probe_brokers(
+    bootstrap_servers: str, security: KafkaSecurity | None, timeout_s: float
+) -> int:
+    """Ask the bootstrap servers for the cluster's metadata, for at most ``timeout_s``;
+    returns how many brokers the cluster has (at least 1).
+
+    Raises:
+        BrokerUnreachableError: no server answered in time (refused, unresolvable, silent,
+            or the security handshake failed).
+    """
+    # The client tries the servers one after another: a silent one (a stopped broker) must not
+    # use up the whole budget before a live one is asked.
+    servers = max(1, len([s for s in bootstrap_servers.split(",") if s.strip()]))
+    client = AIOKafkaClient(
+        **client_options(bootstrap_servers, security),
+        request_timeout_ms=max(1, int(timeout_s * 1000 / servers)),
+    )
+    try:
+        with _quiet_kafka_client():
+            await asyncio.wait_for(client.bootstrap(), timeout_s)
+        return max(1, len(client.cluster.brokers()))
+    except TimeoutError:
+        detail = f"no answer within {timeout_s:g} s"
+        raise BrokerUnreachableError(bootstrap_servers, detail) from None
+    except (KafkaError, OSError):
+        # aiokafka's text is a Python repr of its host tuples: the servers are named above
+        detail = "connection refused, host unknown or handshake failed"
+        raise BrokerUnreachableError(bootstrap_servers, detail) from None
+    finally:
+        with _quiet_kafka_client():
+            await client.close()

@@ -16,26 +16,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from aiokafka.client import AIOKafkaClient
-from aiokafka.errors import KafkaError
-
-from bus.errors import ConfigError, TransportError
+from bus.errors import ConfigError
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import (
     SASL_MECHANISMS,
     SECURITY_PROTOCOLS,
     KafkaSecurity,
-    client_options,
     kafka_errors,
+    probe_brokers,
     reliable_producer,
 )
 from bus.model import Mandate
@@ -51,22 +45,6 @@ EXIT_OK: Final = 0
 EXIT_VERIFICATION: Final = 1  # something was judged and failed: a violation, a refusal
 EXIT_USAGE: Final = 2  # usage or configuration error: wrong option, file, key or record
 EXIT_BROKER: Final = 3  # the Kafka brokers could not be reached (or failed) in the time given
-
-
-class BrokerUnreachableError(TransportError):
-    """No bootstrap server answered a metadata request within the connect timeout.
-
-    ``bootstrap`` names the servers tried; the message is one line with the fix.
-    """
-
-    def __init__(self, bootstrap: str, detail: str) -> None:
-        super().__init__(
-            f"broker unreachable: no Kafka broker answered at {bootstrap} ({detail}); fix: start"
-            " the broker, or point --bootstrap (or OBUS_BOOTSTRAP) at a running one;"
-            " --connect-timeout (OBUS_CONNECT_TIMEOUT) waits longer",
-            retriable=True,
-        )
-        self.bootstrap = bootstrap
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,51 +75,6 @@ def connect_timeout_s(args: argparse.Namespace) -> float:
     if not 0 < value <= 3600:  # an hour bounds a typo, not a use
         raise ConfigError(key, f"{text!r} is not a number of seconds", "write e.g. 15 or 2.5")
     return value
-
-
-@contextlib.contextmanager
-def _quiet_kafka_client() -> Iterator[None]:
-    """aiokafka logs every failed bootstrap attempt itself; the probe says it once."""
-    logger = logging.getLogger("aiokafka")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-async def probe_brokers(
-    bootstrap_servers: str, security: KafkaSecurity | None, timeout_s: float
-) -> int:
-    """Ask the bootstrap servers for the cluster's metadata, for at most ``timeout_s``;
-    returns how many brokers the cluster has (at least 1).
-
-    Raises:
-        BrokerUnreachableError: no server answered in time (refused, unresolvable, silent,
-            or the security handshake failed).
-    """
-    # The client tries the servers one after another: a silent one (a stopped broker) must not
-    # use up the whole budget before a live one is asked.
-    servers = max(1, len([s for s in bootstrap_servers.split(",") if s.strip()]))
-    client = AIOKafkaClient(
-        **client_options(bootstrap_servers, security),
-        request_timeout_ms=max(1, int(timeout_s * 1000 / servers)),
-    )
-    try:
-        with _quiet_kafka_client():
-            await asyncio.wait_for(client.bootstrap(), timeout_s)
-        return max(1, len(client.cluster.brokers()))
-    except TimeoutError:
-        detail = f"no answer within {timeout_s:g} s"
-        raise BrokerUnreachableError(bootstrap_servers, detail) from None
-    except (KafkaError, OSError):
-        # aiokafka's text is a Python repr of its host tuples: the servers are named above
-        detail = "connection refused, host unknown or handshake failed"
-        raise BrokerUnreachableError(bootstrap_servers, detail) from None
-    finally:
-        with _quiet_kafka_client():
-            await client.close()
 
 
 def check_broker(args: argparse.Namespace) -> int:

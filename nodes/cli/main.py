@@ -16,11 +16,11 @@ import textwrap
 from importlib.metadata import PackageNotFoundError, version
 
 from bus.errors import BusError, TransportError
+from bus.kafka.client import BrokerUnreachableError
 from nodes.cli.audit import add_audit_commands, add_log_commands
 from nodes.cli.common import (
     EXIT_BROKER,
     EXIT_USAGE,
-    BrokerUnreachableError,
     bootstrap,
     configure_logs,
 )
