@@ -37,6 +37,7 @@ from nodes.org_node.dashboard.config import DashboardConfig
 from nodes.org_node.dashboard.server import Dashboard
 from tests.mission import NOW_MS, Mission, make_mission
 from tests.unit.test_dashboard_auth import dashboard_auth, logged_in
+from tests.unit.test_export_reports import _populate, _world
 
 HOUR = 3_600_000
 SPAN_MS = 6 * 24 * HOUR  # signed within the mandate's delivery lag (7 days)
@@ -402,3 +403,53 @@ async def test_openapi_document_is_valid_and_names_every_route_and_filter(
     assert api_routes == documented
     params = {p["name"] for p in doc["paths"]["/api/reports"]["get"]["parameters"]}
     assert params == set(PARAMS)
+
+
+async def test_restricted_reports_are_shown_without_content_when_unreadable(
+    tmp_path: Path,
+) -> None:
+    """The export test's sealed world (tests/unit/test_export_reports.py): "mine" is sealed to
+    un and osce (this node reads it), "theirs" to osce only (it cannot)."""
+    with _world(tmp_path) as w:
+        _populate(w)
+        config = DashboardConfig(
+            org="un",
+            db_path=w.node_db,
+            final_db=w.final_db,
+            mandate=w.m.scenario.mandate,
+            port=0,
+            auth=dashboard_auth(),
+        )
+        dash = Dashboard(config)
+        await dash.start()
+        try:
+            mine, theirs = w.drafts["mine"].report_id, w.drafts["theirs"].report_id
+            async with logged_in(dash.url) as http:
+                async with http.get(dash.url + "api/reports?limit=100") as resp:
+                    rows = {r["report_id"]: r for r in (await resp.json())["reports"]}
+                async with http.get(dash.url + f"reports/{theirs}") as resp:
+                    hidden = await resp.text()
+                async with http.get(dash.url + f"api/reports/{theirs}") as resp:
+                    hidden_json = await resp.json()
+                async with http.get(dash.url) as resp:
+                    page = await resp.text()
+                async with http.get(dash.url + "api/reports?verdict=final&limit=100") as resp:
+                    final = (await resp.json())["reports"]
+                async with http.get(dash.url + "api/summary") as resp:
+                    summary = await resp.json()
+        finally:
+            await dash.stop()
+    assert rows[mine]["content"] == "included"
+    assert rows[mine]["narrative"] == "Restricted: detainees seen."
+    assert rows[theirs]["content"] == "unreadable" and rows[theirs]["narrative"] is None
+    assert rows[theirs]["org"] == "un" and rows[theirs]["signer_key_id"]  # clear fields shown
+    assert "Only OSCE may read this." not in hidden + page + json.dumps(hidden_json)
+    assert 'id="content-hidden"' in hidden and "cannot read its content" in hidden
+    # Its chain position is in clear: seq and the previous report's digest.
+    assert hidden_json["prev_digest"] == w.drafts["theirs"].prev_digest.hex() != ""
+    assert hidden_json["attachments"] == []
+    assert "content not readable by this node" in page
+    # The counts take restricted reports in (the read model never decodes them as plain).
+    assert summary["reports_verified"] == len(rows) == len(w.drafts)
+    # Final verdicts name the seal they rest on (epoch and base64 digest).
+    assert final and all(r["seal_epoch"] and len(r["seal_digest"]) == 44 for r in final)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from bus.model import Envelope, Report
+from bus.model import PAYLOAD_REPORT, Envelope, Report, SealedReport
 from bus.policy import KIND_TREND, window_counts
 from bus.store.node import NodeStore, evidence_from_json
 from nodes.org_node.dashboard.config import DashboardConfig
@@ -72,10 +72,14 @@ class _Row:
 
 @dataclass
 class _Index:
-    """Decoded accepted reports, grown incrementally (the store is append-only)."""
+    """Decoded accepted reports, grown incrementally (the store is append-only). Restricted
+    (sealed) reports are counted and their envelope digests kept (``sealed``: report id ->
+    digest), their content never: the counts and charts are of plain reports, and the feed
+    (:mod:`~nodes.org_node.dashboard.reports_view`) shows what this node may show of the rest."""
 
     rows: list[_Row] = field(default_factory=list)
     by_id: dict[str, _Row] = field(default_factory=dict)
+    sealed: dict[str, bytes] = field(default_factory=dict)
     last_rowid: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -101,11 +105,15 @@ class ReadModel:
             while True:
                 batch = store.reports_since(idx.last_rowid, limit=5000)
                 for rowid, topic, part, off, lt, digest, raw in batch:
-                    r = Report.decode(Envelope.decode(raw).payload)
+                    env = Envelope.decode(raw)
+                    idx.last_rowid = rowid
+                    if env.payload_type != PAYLOAD_REPORT:
+                        idx.sealed[SealedReport.decode(env.payload).report_id] = digest
+                        continue
+                    r = Report.decode(env.payload)
                     row = _Row(rowid, r, digest, topic, part, off, lt)
                     idx.rows.append(row)
                     idx.by_id[r.report_id] = row
-                    idx.last_rowid = rowid
                 if len(batch) < 5000:
                     return idx
 
@@ -163,7 +171,7 @@ class ReadModel:
                 ],
                 "digest": p.digest.hex(),
             },
-            "reports_verified": len(idx.rows),
+            "reports_verified": len(idx.rows) + len(idx.sealed),
             "quarantined": sum(q.values()),
             "quarantined_by_reason": q,
             "decisions": sum(n for *_, n in own),
@@ -360,15 +368,22 @@ class ReadModel:
             idx = self._refresh(store)
             rows = store.peer_decisions(limit=limit)
         out = []
+        sealed = idx.sealed
         for r in rows:
             if r["org"] == self.config.org:
                 continue
             evidence = evidence_from_json(str(r.pop("evidence_json")))
+            digests = {
+                e.report_id: idx.by_id[e.report_id].digest
+                if e.report_id in idx.by_id
+                else sealed.get(e.report_id)
+                for e in evidence
+            }
             match = Counter(
                 "unknown"
-                if e.report_id not in idx.by_id
+                if digests[e.report_id] is None
                 else "matches"
-                if idx.by_id[e.report_id].digest == e.digest
+                if digests[e.report_id] == e.digest
                 else "differs"
                 for e in evidence
             )

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from bus.errors import BusError, StoreError
-from bus.model import Envelope, Report
+from bus.model import Envelope, Report, SealedReport
 from bus.store.report_query import (
     MAX_PAGE,
     Page,
@@ -220,15 +220,14 @@ class ReportsView:
         db = open_db(self.config.db_path, what="store", read_only=True)
         try:
             found = db.execute(
-                "SELECT r.rowid, r.envelope, s.content FROM reports r LEFT JOIN sealed_reports s"
-                " ON s.report_id = r.report_id WHERE r.report_id = ?",
+                "SELECT rowid, envelope FROM reports WHERE report_id = ?",
                 (report_id,),
             ).fetchone()
         finally:
             db.close()
         if found is None:
             return None
-        rowid, raw, inner = int(found[0]), bytes(found[1]), found[2]
+        rowid, raw = int(found[0]), bytes(found[1])
         # The keyset page that starts just above this row holds exactly it, first.
         with self._query() as q:
             rows = q.page(
@@ -237,15 +236,13 @@ class ReportsView:
         if not rows or rows[0].report_id != report_id:
             return None
         r = rows[0]
-        prev = None
-        if r.content in ("plain", "included"):
-            try:
-                payload = Envelope.decode(raw).payload if inner is None else bytes(inner)
-                prev = Report.decode(payload).prev_digest.hex()
-            except BusError as exc:
-                raise StoreError(
-                    f"stored report {report_id} does not decode: {exc.message}"
-                ) from exc
+        try:
+            payload = Envelope.decode(raw).payload
+            # A restricted report's chain position is in clear (its content need not be).
+            chain = SealedReport.decode(payload) if r.restricted else Report.decode(payload)
+            prev = chain.prev_digest.hex()
+        except BusError as exc:
+            raise StoreError(f"stored report {report_id} does not decode: {exc.message}") from exc
         views = self.attachments(r)
         return {
             "report": report_json(r),
