@@ -35,6 +35,7 @@ import dataclasses
 import hashlib
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -81,6 +82,7 @@ from nodes.demo.sealing import (
     wait_until_final,
 )
 from nodes.demo.webform import WebForm, report_through_form
+from nodes.org_node.dashboard.auth import add_user
 from nodes.runtime.files import write_key
 
 log = structlog.get_logger(__name__)
@@ -195,6 +197,10 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
 
             console.rule("3. Six organization nodes")
             ports = {org: free_port() for org in orgs}
+            # The dashboards need a login: one demo user, a fresh password shown once.
+            users, password = work / "dashboard-users", secrets.token_urlsafe(12)
+            users.unlink(missing_ok=True)
+            add_user(users, "demo", password)
             for org in orgs:
                 logf = (work / "logs" / f"{org}.log").open("wb")
                 procs[org] = subprocess.Popen(  # noqa: ASYNC220 - returns at once
@@ -202,7 +208,8 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
                      "--mandate", str(mandate_file), "--db", str(work / f"{org}.db"),
                      "--policy", str(POLICIES / f"{org}.toml"), "--bootstrap", bootstrap,
                      "--topic-prefix", topics.prefix, "--node-key", str(node_keys[org]),
-                     "--http-port", str(ports[org]), *seal_args()],
+                     "--http-port", str(ports[org]), "--dashboard-users", str(users),
+                     *seal_args()],
                     stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
                     env={**os.environ, "OBUS_LOG_JSON": "1"},
                 )  # fmt: skip
@@ -214,6 +221,7 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             )
             for org in orgs:
                 console.print(f"  {org:5} dashboard and API: http://127.0.0.1:{ports[org]}/")
+            console.print(f"  log in to the dashboards as demo, password {password}")
 
             console.rule("4. Observers publish signed reports")
             rng = random.Random(2026)
@@ -626,6 +634,7 @@ def _show_followup(console: Console, work: Path, orgs: list[str]) -> bool:
         "dashboards stop with the nodes; serve a store again with: .venv/bin/obus dashboard"
         f" --org un --db {work / 'un.db'} --mandate {work / 'mandate.bin'}"
         f" --policy {POLICIES / 'un.toml'} --http-port 8080"
+        f" --dashboard-users {work / 'dashboard-users'}"
     )
     return ok
 
