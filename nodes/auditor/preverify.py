@@ -145,8 +145,8 @@ class EpochPreverifier:
     def ahead(self, ref: PartitionRef, start: int, end: int) -> None:
         """Send the records of ``ref`` from ``start`` (the judged size) below ``end`` not sent
         yet, in chunks of :data:`CHUNK`."""
-        if self.failed:
-            return
+        if self.failed or not self._keys:
+            return  # no key known yet (before epoch 1 is judged): nothing a worker could pass
         sent = max(self._sent.get(ref, 0), start)
         chunks = self._chunks.setdefault(ref, deque())
         while sent < end:
@@ -158,7 +158,7 @@ class EpochPreverifier:
                 if v is not None and len(v) <= self._limit and not is_sealed(v)
             ]
             future = None
-            if values and self._keys:
+            if values:
                 future = self._pool.submit(preverify_signatures, [v for _, v in values], self._keys)
                 self.counts["sent"] += len(values)
             chunks.append(_Chunk(sent, stop, values, future))
