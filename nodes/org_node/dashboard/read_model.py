@@ -1,4 +1,6 @@
-"""The dashboard's read model: everything the page and the JSON API show, read from the store.
+"""The dashboard's read model: what the page and the JSON API show beside the reports feed
+(counts, quarantine, decisions, statements, trends, seals), read from the store. The feed and
+a report's detail are :mod:`~nodes.org_node.dashboard.reports_view`'s.
 
 It reads the node's SQLite store, and the sealer's final store when the node runs one, through
 read-only connections (one per call; call it from a worker thread) and never writes, so it stays

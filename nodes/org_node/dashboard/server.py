@@ -3,16 +3,31 @@
 It reads the node's SQLite store through read-only connections (one per request, in a worker
 thread) and never writes, so it stays decoupled from the ingest loop and from the follow-up.
 Everything is served by this process: the page has no external script, style sheet, font or
-map tile; the map and the charts are inline SVG.
+map tile; the map (over a basemap generated from the mandate's zones) and the charts are
+inline SVG.
+
+Every route but the login page needs credentials (:mod:`~nodes.org_node.dashboard.auth`:
+a session cookie from ``POST /login``, or a trusted reverse proxy's user header); without them
+a page answers 303 to ``/login`` and everything else 401 ``{"reason": "login_required"}``.
+The reports routes take the filters and paging of :mod:`bus.store.report_query`
+(:mod:`~nodes.org_node.dashboard.reports_view`: newest first, keyset ``cursor``); an unknown
+or wrong parameter is 400 ``{"reason": "invalid_parameter", "parameter"}``. Health and metrics
+are served on the ops port (:mod:`nodes.runtime.ops`), never beside reports.
 
 Routes (JSON unless said otherwise):
 
 ====================================  =========================================================
-``GET /``                             the dashboard (HTML)
+``GET /login``, ``POST /login``       the login page (HTML) and the login (sets the cookie)
+``POST /logout``                      ends the session
+``GET /``                             the dashboard (HTML): one page of the filtered reports
+``GET /reports/<id>``                 one report (HTML): envelope facts, verdict and seal,
+                                      amendments, attachments with their hash check
+``GET /attachments/<sha256>``         a kept attachment's bytes, only when they hash to it
+``GET /api/openapi.json``             the OpenAPI document of this API
+``GET /api/reports``                  one page of reports: ``{reports, next_cursor}``
+``GET /api/reports/<id>``             one report with its attachments and previous digest
+``GET /api/reports.csv|.geojson|.hxl`` every matching report, streamed (the analyst export)
 ``GET /api/summary``                  counts, mandate, policy
-``GET /api/reports?limit=&zone=``     newest reports with their verification state and their
-                                      ``verdict``: final or provisional, and whether sealing
-                                      changed it (nodes.org_node.dashboard.final_view)
 ``GET /api/quarantine``               rejected records with reason codes (reports and board),
                                       each with its ``verdict``
 ``GET /api/seals``                    the newest final seals, the sealer's status, alarms and
@@ -25,7 +40,7 @@ Routes (JSON unless said otherwise):
                                       whether their evidence matches the reports stored here
 ``GET /api/trends``                   early-warning series per rule and group, reports per day
 ``GET /api/statements``               joint statements, who signed, valid at k of n
-``GET /map.svg``                      the map alone (SVG)
+``GET /map.svg``                      the map of one page of reports (SVG, the same filters)
 ====================================  =========================================================
 
 Every answer carries security headers (:func:`security_headers`): a Content-Security-Policy
