@@ -2,10 +2,11 @@
 
 Numbers only: positions, sizes and colours are computed here, from the read model's data; the
 markup is in ``templates/charts.svg.j2``, which places every text through autoescaping. Nothing
-here is fetched from elsewhere: no map tile. The basemap is generated from the mandate itself:
-a graticule (parallels and meridians at a round step, labelled in degrees) under the zones'
-outlines and names, so every report's position reads against coordinates an observer's device
-shows, with nothing to download or keep up to date.
+here is fetched from elsewhere: no map tile. The basemap is Natural Earth's countries and
+coastlines shipped with the package (:mod:`~nodes.org_node.dashboard.basemap`), cut to the
+mandate's area, under a graticule (parallels and meridians at a round step, labelled in
+degrees) and the zones' outlines and names, so every report's position reads against borders,
+coasts and the coordinates an observer's device shows.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from bus.model import Category, Mandate
+from nodes.org_node.dashboard.basemap import Land, land
 from nodes.org_node.dashboard.read_model import utc_minute
 
 # One colour per category (the legend says which); a colour-blind-safe palette (Okabe-Ito).
@@ -91,6 +93,7 @@ class MapView:
     zones: list[MapZone]
     dots: list[MapDot]
     grid: list[GridLine]
+    land: list[Land]
 
 
 _STEPS: Final = (0.01, 0.02, 0.05, 0.1, 0.2, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 15.0, 30.0)
@@ -152,7 +155,7 @@ def map_view(mandate: Mandate, points: list[MapPoint], *, width: int = 640) -> M
         x, _ = xy(lat0, lon)
         grid.append(GridLine(x, 0, x, height, _degrees(lon, "E", "W", step), x + 3, height - 4))
         lon += step
-    return MapView(width, height, outlines, dots, grid)
+    return MapView(width, height, outlines, dots, grid, land((lon0, lat0, lon1, lat1), xy))
 
 
 def legend() -> list[tuple[str, str]]:
