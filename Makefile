@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: help venv web test test-faults fuzz cluster-up cluster-down browser unit check lint typecheck proto proto-check demo demo-trust kafka-up kafka-down kafka-fetch bench native clean
+.PHONY: help venv web test test-faults fuzz cluster-up cluster-down basemap browser unit check lint typecheck proto proto-check demo demo-trust kafka-up kafka-down kafka-fetch bench native clean
 
 help:  ## show the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -103,6 +103,10 @@ cluster-up:  ## 3-node KRaft cluster on 127.0.0.1:19092-19094 (SECURE=1: TLS + S
 
 cluster-down:  ## stop the cluster started by cluster-up
 	deploy/local/cluster.sh down
+
+basemap: $(STAMP)  ## rebuild the dashboard's offline basemap (Natural Earth 1:50m via npm world-atlas 2.0.2)
+	@tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent world-atlas@2.0.2 >/dev/null && tar xzf world-atlas-2.0.2.tgz) \
+	  && $(PY) -m nodes.org_node.dashboard.basemap $$tmp/package/countries-50m.json; status=$$?; rm -rf $$tmp; exit $$status
 
 browser:  ## Debian's chromium for the dashboard's browser test (idempotent; apt-get as root or sudo)
 	@command -v chromium >/dev/null 2>&1 || { \
