@@ -283,6 +283,10 @@ class Sessions:
         self._secret = secrets.token_bytes(32)
         self._now = now
         self._checks = asyncio.Semaphore(MAX_CONCURRENT_CHECKS)
+        cost = max((h.log2_n for h in auth.users.values()), default=DEFAULT_LOG2_N)
+        self._decoy = PasswordHash(
+            cost, 8, 1, secrets.token_bytes(SALT_BYTES), secrets.token_bytes(KEY_BYTES)
+        )
 
     def _mac(self, body: str) -> str:
         digest = hmac.new(self._secret, body.encode(), hashlib.sha256).digest()
@@ -306,12 +310,13 @@ class Sessions:
         return user
 
     async def login(self, user: str, password: str) -> bool:
-        """Whether ``user`` and ``password`` match the users file (bounded concurrency)."""
+        """Whether ``user`` and ``password`` match the users file (bounded concurrency). An
+        unknown user costs a check too (against a random key), so the time taken does not
+        tell which names exist."""
         stored = self.auth.users.get(user)
-        if stored is None or not password:
-            return False
         async with self._checks:
-            return await asyncio.to_thread(stored.check, password)
+            ok = await asyncio.to_thread((stored or self._decoy).check, password)
+        return ok and stored is not None
 
     def proxy_user(self, request: web.Request) -> str | None:
         """The user a trusted proxy names, or None (module docstring)."""
