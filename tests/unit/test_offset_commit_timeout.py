@@ -10,6 +10,7 @@ No broker: the consumers are fakes whose commit never returns.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
@@ -28,6 +29,7 @@ from nodes.org_node.config import NodeConfig
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node, run_node
 from nodes.runtime import consumer as runtime_consumer
+from nodes.runtime.broker_watch import BrokerWatch
 from tests.logcapture import capture_all_logs
 from tests.mission import make_mission
 
@@ -192,12 +194,29 @@ async def test_run_node_stops_every_part_when_one_fails(
     monkeypatch: pytest.MonkeyPatch, logs: list[MutableMapping[str, Any]], exc: Exception
 ) -> None:
     buggy = Buggy(exc)
-    monkeypatch.setattr(process, "build_node", lambda _config: buggy)
+    watches: list[BrokerWatch | None] = []
+
+    def failing_node(_config: NodeConfig, **kwargs: Any) -> Buggy:
+        watches.append(kwargs["broker"])
+        return buggy
+
+    monkeypatch.setattr(process, "build_node", failing_node)
     # the other part of the process: the attachment reassembler, working until stopped
     reassembler = Waiting()
     monkeypatch.setattr(process, "config_for_node", lambda _config, _limits: None)
     monkeypatch.setattr(process, "AttachmentNode", lambda _config: reassembler)
-    config = cast(NodeConfig, SimpleNamespace(org="un", attachments=object(), ingest_only=False))
+    # The process's broker watch is real: it probes an address where no broker listens (the
+    # probe fails at once) and must be stopped with the parts.
+    config = cast(
+        NodeConfig,
+        SimpleNamespace(
+            org="un",
+            bootstrap="127.0.0.1:1",
+            security=None,
+            attachments=object(),
+            ingest_only=False,
+        ),
+    )
     loop = asyncio.get_running_loop()
     try:
         code = await asyncio.wait_for(run_node(config), BOUND_S)
@@ -206,6 +225,11 @@ async def test_run_node_stops_every_part_when_one_fails(
             loop.remove_signal_handler(sig)
     assert code == 1
     assert reassembler._stop.is_set() and buggy.stopped
+    # the node got the process's broker watch, and it stopped with the parts: its log gate is
+    # off every handler and no probe task is left
+    [watch] = watches
+    assert watch is not None and watch._task is None
+    assert not any(watch.gate in h.filters for h in logging.getLogger().handlers)
     [failed] = [e for e in logs if e["event"] == "node_failed"]
     assert failed["log_level"] == "error" and failed["org"] == "un"
     # a bug is logged with its traceback; a BusError with its diagnostics only
