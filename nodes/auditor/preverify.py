@@ -31,7 +31,6 @@ itself: same verdicts, slower.
 from __future__ import annotations
 
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -54,14 +53,6 @@ log = structlog.get_logger(__name__)
 CHUNK: Final = 512
 # Records of a partition checked ahead of the epoch being fed, at most.
 MAX_AHEAD: Final = 20_000
-
-
-def default_workers() -> int:
-    """The cores this process may run on: the default of ``--verify-workers``."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 @dataclass
@@ -205,4 +196,4 @@ class EpochPreverifier:
         return chunk.results
 
 
-__all__ = ["CHUNK", "MAX_AHEAD", "EpochPreverifier", "VerifiedPairs", "default_workers"]
+__all__ = ["CHUNK", "MAX_AHEAD", "EpochPreverifier", "VerifiedPairs"]
