@@ -8,9 +8,16 @@
    (``time.process_time``), best and median of 5 runs.
 2. Dashboard: a node store with ``--store-reports`` verified reports, some quarantined records
    and the decisions of the OSCE policy, served by
-   :class:`nodes.org_node.dashboard.server.Dashboard` on 127.0.0.1; wall-clock latency of each
-   route over 30 requests after one cold request (the cold one decodes every stored report
-   once). Wall-clock numbers depend on the machine and its load; nothing asserts on them.
+   :class:`nodes.org_node.dashboard.server.Dashboard` on 127.0.0.1 (logged in through its
+   reverse-proxy header mode, 127.0.0.1 trusted); wall-clock latency of each route over 30
+   requests after one cold request (the cold one decodes every stored report once).
+3. Ops: ``/metrics``, ``/readyz`` and ``/healthz`` of an :class:`nodes.runtime.ops.OpsServer`
+   on the same store (the node's store families and its store check; no broker, no live
+   status), on its own free port as in a node. The server computes readiness and metrics at
+   most once a second: the first request pays the store scan, the 30 after it mostly read the
+   cached answer, as a scraper's would.
+
+Wall-clock numbers depend on the machine and its load; nothing asserts on them.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -33,11 +41,15 @@ from bus.store.node import NodeStore
 from bus.trust import KeyRing
 from bus.verify import ChainBook
 from nodes.demo.scenario import ORGANIZATIONS, build_scenario, draft_report
+from nodes.org_node.dashboard.auth import DashboardAuth
 from nodes.org_node.dashboard.config import DashboardConfig
+from nodes.org_node.dashboard.metrics import node_families, store_snapshot
 from nodes.org_node.dashboard.server import Dashboard
+from nodes.runtime.ops import Check, Listen, OpsServer, store_writable
 
 REPO = Path(__file__).resolve().parent.parent
 POLICIES = REPO / "deploy" / "policies"
+USER_HEADER = "X-Remote-User"  # the dashboard's reverse-proxy login, 127.0.0.1 trusted
 
 
 def _log(n: int, now: int) -> list[tuple[SealRef, list[Observation]]]:
@@ -113,6 +125,49 @@ def _store(path: Path, n: int) -> None:
     store.close()
 
 
+async def _timed(
+    http: aiohttp.ClientSession, base: str, routes: list[str], headers: dict[str, str]
+) -> None:
+    """Print each route's size, first (cold) and median/p95 latency over 30 more requests."""
+    for route in routes:
+        t0 = time.perf_counter()
+        async with http.get(base + route, headers=headers) as r:
+            body = await r.read()
+            assert r.status == 200, (route, r.status, body[:300])
+        cold = time.perf_counter() - t0
+        times = []
+        for _ in range(30):
+            t0 = time.perf_counter()
+            async with http.get(base + route, headers=headers) as r:
+                body = await r.read()
+                assert r.status == 200, (route, r.status, body[:300])
+            times.append(time.perf_counter() - t0)
+        times.sort()
+        print(
+            f"  GET /{route:15} {len(body) / 1024:8.0f} KiB"
+            f"  first {cold * 1000:7.1f} ms"
+            f"  median {statistics.median(times) * 1000:7.1f} ms"
+            f"  p95 {times[int(len(times) * 0.95) - 1] * 1000:7.1f} ms"
+        )
+
+
+def _ops(db: Path, org: str) -> OpsServer:
+    """An ops server on a free port of 127.0.0.1 over the store alone (what a node's serves,
+    without a broker or live status)."""
+
+    async def ready() -> list[Check]:
+        return [await asyncio.to_thread(store_writable, "store", db)]
+
+    async def families() -> list[Any]:
+        snapshot = await asyncio.to_thread(store_snapshot, db, None, org)
+        return node_families(snapshot, None)
+
+    return OpsServer(
+        Listen("127.0.0.1", 0), what=f"bench {org}", alive=lambda: Check("alive", True),
+        ready=ready, families=families, broker=None,
+    )  # fmt: skip
+
+
 async def bench_dashboard(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "osce.db"
@@ -120,34 +175,27 @@ async def bench_dashboard(n: int) -> None:
         _store(db, n)
         print(f"dashboard: store of {n} reports built in {time.perf_counter() - t0:.1f}s")
         sc = build_scenario(int(time.time() * 1000))
-        dash = Dashboard(
-            DashboardConfig("osce", db, sc.mandate, load_policy(POLICIES / "osce.toml"), port=0)
+        auth = DashboardAuth(
+            proxy_header=USER_HEADER, trusted_proxies=DashboardAuth.networks(["127.0.0.1"])
         )
+        dash = Dashboard(
+            DashboardConfig(
+                "osce", db, sc.mandate, load_policy(POLICIES / "osce.toml"), port=0, auth=auth
+            )
+        )
+        ops = _ops(db, "osce")
         await dash.start()
         try:
+            if not await ops.start():
+                raise SystemExit("the ops server could not listen on a free port")
             async with aiohttp.ClientSession() as http:
                 routes = ["", "api/reports", "api/decisions", "api/trends", "api/quarantine",
-                          "map.svg", "metrics", "healthz"]  # fmt: skip
-                for route in routes:
-                    t0 = time.perf_counter()
-                    async with http.get(dash.url + route) as r:
-                        body = await r.read()
-                    cold = time.perf_counter() - t0
-                    times = []
-                    for _ in range(30):
-                        t0 = time.perf_counter()
-                        async with http.get(dash.url + route) as r:
-                            body = await r.read()
-                            assert r.status == 200, (route, r.status)
-                        times.append(time.perf_counter() - t0)
-                    times.sort()
-                    print(
-                        f"  GET /{route:15} {len(body) / 1024:8.0f} KiB"
-                        f"  first {cold * 1000:7.1f} ms"
-                        f"  median {statistics.median(times) * 1000:7.1f} ms"
-                        f"  p95 {times[int(len(times) * 0.95) - 1] * 1000:7.1f} ms"
-                    )
+                          "map.svg"]  # fmt: skip
+                await _timed(http, dash.url, routes, {USER_HEADER: "bench"})
+                print(f"ops: {ops.url}")
+                await _timed(http, ops.url, ["metrics", "readyz", "healthz"], {})
         finally:
+            await ops.stop()
             await dash.stop()
 
 
