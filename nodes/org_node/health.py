@@ -100,7 +100,8 @@ class GroupHealth:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON form used by ``/healthz`` and ``/metrics``."""
+        """The JSON form in the node's status: read by :func:`node_checks` (``/readyz``) and
+        by the node's metric families (``/metrics``), both on the ops port."""
         return {
             "state": "starved" if self.starved else "ok",
             "group_state": self.state,
