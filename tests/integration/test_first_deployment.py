@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import re
 import shutil
@@ -23,6 +24,7 @@ import sysconfig
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -103,18 +105,45 @@ def _registry_end(bootstrap: str, topics: Topics) -> int:
     return sum(ends.values())
 
 
-async def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
-    async with aiohttp.ClientSession() as s, asyncio.timeout(WAIT_S):
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"exited {proc.returncode}:\n{log.read_text()}")  # noqa: ASYNC240 - failure path
+def _ops_url(proc: subprocess.Popen[bytes], log: Path) -> str:
+    """The ops server's base URL, from the process's ``ops_listening`` event (it was started
+    with ``--ops-listen 127.0.0.1:0``: a free port, known only from its log)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        for line in log.read_text().splitlines():
             try:
-                async with s.get(f"{url}/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict) and event.get("event") == "ops_listening":
+                return str(event["url"])
+        assert proc.poll() is None, f"exited {proc.returncode}:\n{log.read_text()}"
+        assert time.monotonic() < deadline, f"no ops_listening event:\n{log.read_text()}"
+        time.sleep(0.2)
+
+
+async def _wait_ops(
+    url: str, route: str, proc: subprocess.Popen[bytes], log: Path
+) -> dict[str, Any]:
+    """Poll the ops server's ``route`` (``healthz`` or ``readyz``) until it answers 200; its
+    body. Fails when the process exits, or with the last answer after :data:`WAIT_S`."""
+    last: Any = None
+    async with aiohttp.ClientSession() as s:
+        try:
+            async with asyncio.timeout(WAIT_S):
+                while True:
+                    if proc.poll() is not None:
+                        raise AssertionError(f"exited {proc.returncode}:\n{log.read_text()}")  # noqa: ASYNC240 - failure path
+                    try:
+                        async with s.get(url + route) as resp:
+                            last = await resp.json()
+                            if resp.status == 200:
+                                return dict(last)
+                    except aiohttp.ClientError as exc:
+                        last = exc
+                    await asyncio.sleep(0.2)
+        except TimeoutError:
+            raise AssertionError(f"{url}{route} not 200 within {WAIT_S} s: {last!r}") from None
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -204,7 +233,7 @@ def test_first_deployment_from_the_installed_package(kafka_bootstrap: str, tmp_p
     assert _registry_end(kafka_bootstrap, topics) == after_node
 
     # An observer: init (key encrypted), the organization accredits its request.
-    gw_port, node_port = free_ports(2)
+    (gw_port,) = free_ports(1)
     obus.env.update(OBUS_OBSERVER_HOME=str(work / "observer"), OBUS_PASSPHRASE=PASSPHRASE)
     obus("observer", "init", "--observer-id", "un-obs-7", "--org", "un", "--mandate",
          "mandate.bin", "--gateway", f"http://127.0.0.1:{gw_port}", prefix=False)  # fmt: skip
@@ -230,16 +259,25 @@ def test_first_deployment_from_the_installed_package(kafka_bootstrap: str, tmp_p
     # A node, a gateway, an observer's report delivered.
     policy = work / "un.toml"
     shutil.copy(REPO / "deploy" / "policies" / "un.toml", policy)
+    # The README's commands, with the ops servers on free ports (the defaults 9464 and 9465 may
+    # be taken by another test on this host).
     node = obus.start("node", "--org", "un", "--mandate", "mandate.bin", "--db", "un.db",
                       "--policy", str(policy), "--node-key", "un-node.json",
-                      "--http-port", str(node_port), log=work / "node.log")  # fmt: skip
+                      "--ops-listen", "127.0.0.1:0", log=work / "node.log")  # fmt: skip
     gateway = None
     try:
-        asyncio.run(_wait_healthy(f"http://127.0.0.1:{node_port}", node, work / "node.log"))
+        node_ops = _ops_url(node, work / "node.log")
+        # ready: the broker answers, every report partition read, stores writable, sealer calm
+        ready = asyncio.run(_wait_ops(node_ops, "readyz", node, work / "node.log"))
+        assert ready["ready"] is True and ready["reasons"] == [], ready
         gateway = obus.start("gateway", "--org", "un", "--mandate", "mandate.bin", "--node-key",
                              "un-node.json", "--db", "gateway.db", "--final-db", "un.final.db",
-                             "--port", str(gw_port), log=work / "gateway.log")  # fmt: skip
-        asyncio.run(_wait_healthy(f"http://127.0.0.1:{gw_port}", gateway, work / "gateway.log"))
+                             "--port", str(gw_port), "--ops-listen", "127.0.0.1:0",
+                             log=work / "gateway.log")  # fmt: skip
+        gw_ops = _ops_url(gateway, work / "gateway.log")
+        assert gw_ops != node_ops
+        health = asyncio.run(_wait_ops(gw_ops, "healthz", gateway, work / "gateway.log"))
+        assert health["status"] == "ok", health
         observed = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
         (work / "report.yaml").write_text(
             (REPO / "examples" / "report.yaml")
