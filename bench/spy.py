@@ -64,7 +64,7 @@ DEEPEST: Final[tuple[tuple[str, re.Pattern[str]], ...]] = (
     ),
     ("Kafka client (aiokafka fetch, decode of record batches)", re.compile(r"\((aiokafka|kafka)/")),
     (
-        "verify workers: hand-off (pickle, pipes)",
+        "thread and process hand-off (executors, pickle, pipes)",
         re.compile(r"\(nodes/runtime/preverify\.py|\((multiprocessing|concurrent)/|^_pickle_"),
     ),
     ("event loop, sockets", re.compile(r"\((asyncio|selectors)/|\(selectors\.py|socketmodule")),
