@@ -268,8 +268,7 @@ def new_passphrase(kind: KeyKind, path: Path) -> Passphrase:
     if len(given.text) < MIN_PASSPHRASE_CHARS:
         raise ConfigError(
             PASSPHRASE_ENV[kind],
-            f"the passphrase from {given.source} is shorter than {MIN_PASSPHRASE_CHARS}"
-            " characters",
+            f"the passphrase from {given.source} is shorter than {MIN_PASSPHRASE_CHARS} characters",
             "choose a longer one (a few words)",
         )
     return given
