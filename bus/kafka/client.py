@@ -10,6 +10,7 @@ Topic names live in the pure :mod:`bus.topics`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -197,6 +198,8 @@ class BrokerUnreachableError(TransportError):
     """
 
     def __init__(self, bootstrap: str, detail: str) -> None:
+        self.bootstrap = bootstrap
+        self.detail = detail
         super().__init__(
             f"broker unreachable: no Kafka broker answered at {bootstrap} ({detail}); fix: start"
             " the broker, or point --bootstrap (or OBUS_BOOTSTRAP) at a running one;"
@@ -219,10 +222,16 @@ def _quiet_kafka_client() -> Iterator[None]:
 
 
 async def probe_brokers(
-    bootstrap_servers: str, security: KafkaSecurity | None, timeout_s: float
+    bootstrap_servers: str,
+    security: KafkaSecurity | None,
+    timeout_s: float,
+    *,
+    quiet: bool = True,
 ) -> int:
     """Ask the bootstrap servers for the cluster's metadata, for at most ``timeout_s``;
-    returns how many brokers the cluster has (at least 1).
+    returns how many brokers the cluster has (at least 1). ``quiet`` silences aiokafka's own
+    lines meanwhile (a one-shot command says it once); a long-running process that filters
+    them itself (:mod:`nodes.runtime.broker_watch`) passes False.
 
     Raises:
         BrokerUnreachableError: no server answered in time (refused, unresolvable, silent,
@@ -236,7 +245,7 @@ async def probe_brokers(
         request_timeout_ms=max(1, int(timeout_s * 1000 / servers)),
     )
     try:
-        with _quiet_kafka_client():
+        with _quiet_kafka_client() if quiet else contextlib.nullcontext():
             await asyncio.wait_for(client.bootstrap(), timeout_s)
         return max(1, len(client.cluster.brokers()))
     except TimeoutError:
@@ -247,5 +256,5 @@ async def probe_brokers(
         detail = "connection refused, host unknown or handshake failed"
         raise BrokerUnreachableError(bootstrap_servers, detail) from None
     finally:
-        with _quiet_kafka_client():
+        with _quiet_kafka_client() if quiet else contextlib.nullcontext():
             await client.close()

@@ -37,10 +37,8 @@ from dataclasses import dataclass
 from typing import Final
 
 import structlog
-from aiokafka import AIOKafkaClient
-from aiokafka.errors import KafkaError
 
-from bus.kafka.client import KafkaSecurity, client_options
+from bus.kafka.client import BrokerUnreachableError, KafkaSecurity, probe_brokers
 
 log = structlog.get_logger(__name__)
 
@@ -203,18 +201,10 @@ class KafkaLogGate(logging.Filter):
 async def probe(bootstrap: str, security: KafkaSecurity | None, timeout_s: float) -> str:
     """Ask the bootstrap servers for the cluster's metadata; "" when they answered, otherwise
     why not (one line)."""
-    client = AIOKafkaClient(
-        **client_options(bootstrap, security), request_timeout_ms=max(1, int(timeout_s * 1000))
-    )
     try:
-        await asyncio.wait_for(client.bootstrap(), timeout_s)
-    except TimeoutError:
-        return f"{bootstrap}: no answer within {timeout_s:g} s"
-    except (KafkaError, OSError) as exc:
-        return f"{bootstrap}: {type(exc).__name__}: {exc}"[:_MAX_FIRST_CHARS]
-    finally:
-        with contextlib.suppress(KafkaError, OSError):
-            await client.close()
+        await probe_brokers(bootstrap, security, timeout_s, quiet=False)
+    except BrokerUnreachableError as exc:
+        return f"{bootstrap}: {exc.detail}"[:_MAX_FIRST_CHARS]
     return ""
 
 
