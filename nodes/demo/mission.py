@@ -4,7 +4,9 @@
    ``OBUS_BOOTSTRAP`` names one you run (then topics get a unique prefix);
 2. creates a mandate for UN, OSCE, EU, NATO, CSTO and SCO with threshold 4 and accredits three
    observers per organization on ``obus.registry``;
-3. starts six organization nodes as separate processes with separate SQLite stores;
+3. starts six organization nodes as separate processes with separate SQLite stores, each with
+   its dashboard and its ops server (``/healthz``, ``/readyz``, ``/metrics``) on free ports of
+   127.0.0.1 of its own (printed);
 4. publishes a stream of signed, chained reports through each organization's idempotent
    producer, then injects directly into Kafka one report with a broken signature and one signed
    by an unaccredited key; an observer reports through UN's gateway from the web form, driven in
@@ -31,6 +33,7 @@ Exit code 0 when everything above holds, 1 otherwise. Everything it starts is st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -99,9 +102,17 @@ MAX_DELIVERY_LAG_MS: Final = 30 * DAY_MS
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct TCP ports on 127.0.0.1 that are free right now (all held bound until
+    every one is chosen, so none is handed out twice)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 class LocalBroker:
@@ -196,7 +207,11 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
             )
 
             console.rule("3. Six organization nodes")
-            ports = {org: free_port() for org in orgs}
+            # Each node's dashboard and its ops server (/healthz, /readyz, /metrics) on ports
+            # of their own: six nodes on one host cannot all take the default ops port.
+            chosen = free_ports(2 * len(orgs))
+            ports = dict(zip(orgs, chosen[: len(orgs)], strict=True))
+            ops_ports = dict(zip(orgs, chosen[len(orgs) :], strict=True))
             # The dashboards need a login: one demo user, a fresh password shown once.
             users, password = work / "dashboard-users", secrets.token_urlsafe(12)
             users.unlink(missing_ok=True)
@@ -209,7 +224,7 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
                      "--policy", str(POLICIES / f"{org}.toml"), "--bootstrap", bootstrap,
                      "--topic-prefix", topics.prefix, "--node-key", str(node_keys[org]),
                      "--http-port", str(ports[org]), "--dashboard-users", str(users),
-                     *seal_args()],
+                     "--ops-listen", f"127.0.0.1:{ops_ports[org]}", *seal_args()],
                     stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
                     env={**os.environ, "OBUS_LOG_JSON": "1"},
                 )  # fmt: skip
@@ -220,7 +235,10 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
                 f" epoch is sealed by {scenario.mandate.threshold} of {len(orgs)}"
             )
             for org in orgs:
-                console.print(f"  {org:5} dashboard and API: http://127.0.0.1:{ports[org]}/")
+                console.print(
+                    f"  {org:5} dashboard and API: http://127.0.0.1:{ports[org]}/"
+                    f"  ops (healthz, readyz, metrics): http://127.0.0.1:{ops_ports[org]}/"
+                )
             console.print(f"  log in to the dashboards as demo, password {password}")
 
             console.rule("4. Observers publish signed reports")
