@@ -235,9 +235,9 @@ async def _run(console: Console, work: Path, reports_per_observer: int) -> bool:
                 f" epoch is sealed by {scenario.mandate.threshold} of {len(orgs)}"
             )
             for org in orgs:
+                console.print(f"  {org:5} dashboard and API: http://127.0.0.1:{ports[org]}/")
                 console.print(
-                    f"  {org:5} dashboard and API: http://127.0.0.1:{ports[org]}/"
-                    f"  ops (healthz, readyz, metrics): http://127.0.0.1:{ops_ports[org]}/"
+                    f"        ops (healthz, readyz, metrics): http://127.0.0.1:{ops_ports[org]}/"
                 )
             console.print(f"  log in to the dashboards as demo, password {password}")
 
