@@ -41,6 +41,7 @@ from bus.kafka.client import reliable_producer
 from bus.sign import ReportSigner
 from bus.topics import Topics
 from nodes.demo.scenario import demo_key
+from nodes.org_node.config import NodeConfig
 from tests.faults.harness import (
     NodeProcesses,
     Stream,
@@ -118,9 +119,14 @@ async def test_kill_9_node_at_ten_random_points_equals_a_node_that_never_crashed
     nodes = NodeProcesses(
         healthy_cluster.bootstrap, topics, stream.mandate_file, tmp_path, ("un", "osce")
     )
-    # The last point leaves two batches' worth of records (max_batch 1000) and the random
-    # extra below, so even a node that stores a whole batch at once is killed before the end.
-    points = sorted(rng.sample(range(total // 20, total - total // 10), KILLS))
+    # The last point leaves two batches' worth of records (the node's max_batch) and the
+    # random extra below, so even a node that stores a whole batch at once is killed before
+    # the end.
+    batch = NodeConfig.__dataclass_fields__["max_batch"].default
+    assert isinstance(batch, int)
+    last = total - 2 * batch - total // 50
+    assert last > total // 20 + KILLS, "the stream is too short for the node's batches"
+    points = sorted(rng.sample(range(total // 20, last), KILLS))
     killed_at: list[int] = []
     try:
         nodes.start()
