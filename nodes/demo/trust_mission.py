@@ -75,6 +75,7 @@ from nodes.demo.mission import (
     _node_progress,
     _same_final,
     _stop_nodes,
+    free_ports,
 )
 from nodes.demo.scenario import (
     ORGANIZATIONS,
@@ -127,6 +128,9 @@ class Mission:
             write_key(self.root_file(org), key)
         for org, key in self.scenario.node_keys.items():
             write_key(self.node_key_file(org), key)
+        # each node's ops server (/healthz, /readyz, /metrics) on a port of its own, kept when
+        # the node restarts: six nodes on one host cannot all take the default ops port
+        self.ops_ports = dict(zip(ORGS, free_ports(len(ORGS)), strict=True))
         self.au_root = demo_key("trust-demo:root:au")
         self.au_observer = ObserverIdentity("au-obs-1", "au", demo_key("trust-demo:obs:au-obs-1"))
         self.au_signer = ReportSigner(self.au_observer.key)
@@ -205,7 +209,8 @@ def _start_node(
     return subprocess.Popen(
         [sys.executable, "-m", "nodes.cli", "node", "--org", org, "--mandate",
          str(work / mandate), "--db", str(work / f"{org}.db"),
-         "--node-key", str(m.node_key_file(org)), *seal_args(), *extra, *common],
+         "--node-key", str(m.node_key_file(org)), "--ops-listen",
+         f"127.0.0.1:{m.ops_ports[org]}", *seal_args(), *extra, *common],
         stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
         env={**os.environ, "OBUS_LOG_JSON": "1"},
     )  # fmt: skip
@@ -264,6 +269,10 @@ async def _run(console: Console, work: Path) -> bool:
             for org in ORGS:
                 procs[org] = _start_node(m, org, common)
             console.print(f"nodes: {', '.join(f'{o} (pid {p.pid})' for o, p in procs.items())}")
+            for org in ORGS:
+                console.print(
+                    f"  {org:5} ops (healthz, readyz, metrics): http://127.0.0.1:{m.ops_ports[org]}/"
+                )
             for oid in ("un-obs-1", "osce-obs-2", "eu-obs-1", "nato-obs-1", "csto-obs-1"):
                 await _send(producer, topics, m.report(oid))
 
