@@ -13,29 +13,35 @@ import sqlite3
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from bus.judge import RecordPos as Pos
 from bus.kafka.admin import align_topic_configs, ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.model import Envelope, Location, Report, Signature, Zone
 from bus.policy_file import load_policy
-from bus.sign import sign_mandate
+from bus.sign import ReportSigner, sign_mandate
 from bus.store.final import FinalStore
 from bus.store.node import NodeStore
 from bus.topics import Topics, TopicSpec, report_headers, standard_topics
 from nodes.auditor.run import audit
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
-from nodes.org_node.config import NodeConfig
+from nodes.org_node.config import NodeConfig, SealSettings
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node
+from nodes.org_node.sealer import Sealer, SealerConfig
 from tests.mission import Mission, live_mission
 
 pytestmark = [pytest.mark.kafka]
 REPO = Path(__file__).resolve().parents[2]
 ORGS = [o for o, _ in ORGANIZATIONS]
+SEAL_INTERVAL_MS = 300
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -94,6 +100,70 @@ def _config(bootstrap: str, topics: Topics, m: Mission, db: Path, org: str = "os
     )
 
 
+def _sealing_config(
+    bootstrap: str, topics: Topics, m: Mission, db: Path, final_db: Path, org: str = "osce"
+) -> NodeConfig:
+    """A node with its own sealer, which proposes and cosigns seals with the organization's
+    accredited node key; the shipped policy, whose rules act on final verdicts."""
+    key = m.scenario.node_keys[org]
+    return NodeConfig(
+        org=org,
+        bootstrap=bootstrap,
+        db_path=db,
+        mandate=m.scenario.mandate,
+        policy=load_policy(REPO / "deploy" / "policies" / f"{org}.toml"),
+        topics=topics,
+        poll_timeout_ms=200,
+        node_key=key,
+        seal=SealSettings(
+            root=m.scenario.mandate, db_path=final_db, node_key=key, interval_ms=SEAL_INTERVAL_MS
+        ),
+    )
+
+
+@contextlib.asynccontextmanager
+async def _sealers(
+    bootstrap: str, topics: Topics, m: Mission, tmp: Path, orgs: Sequence[str]
+) -> AsyncIterator[None]:
+    """Sealers of ``orgs`` alone (no node), proposing and cosigning seals beside a node, with
+    their own final stores in ``tmp``; stopped and awaited on exit."""
+    running = [
+        Sealer(
+            SealerConfig(
+                org=org,
+                bootstrap=bootstrap,
+                db_path=tmp / f"{org}.final.db",
+                root=m.scenario.mandate,
+                node_key=m.scenario.node_keys[org],
+                topics=topics,
+                interval_ms=SEAL_INTERVAL_MS,
+                takeover_ms=SEAL_INTERVAL_MS,
+                poll_timeout_ms=100,
+                metadata_refresh_ms=1000,
+            )
+        )
+        for org in orgs
+    ]
+    tasks = [asyncio.create_task(s.run()) for s in running]
+    try:
+        yield
+        for task in tasks:
+            if task.done():
+                await task  # surface a sealer's exception
+    finally:
+        for s in running:
+            s.stop()
+        await asyncio.gather(*tasks)
+
+
+def _read(db: Path, fn: Callable[[NodeStore], T]) -> T:
+    store = NodeStore(db, read_only=True)
+    try:
+        return fn(store)
+    finally:
+        store.close()
+
+
 def _flip(raw: bytes) -> bytes:
     env = Envelope.decode(raw)
     s = env.signatures[0]
@@ -102,44 +172,121 @@ def _flip(raw: bytes) -> bytes:
     ).encode()
 
 
+async def _publish_at(
+    producer: AIOKafkaProducer, topics: Topics, org: str, raw: bytes
+) -> tuple[str, int, int]:
+    """Publish like :func:`_publish`; the record's position on the log."""
+    rep = Report.decode(Envelope.decode(raw).payload)
+    md = await producer.send_and_wait(
+        topics.reports(org),
+        raw,
+        key=rep.observer_id.encode(),
+        headers=report_headers(rep.report_id, rep.org, rep.observer_id),
+    )
+    return md.topic, md.partition, md.offset
+
+
+def _final_verdicts(db: Path, positions: list[tuple[str, int, int]]) -> dict[Pos, tuple[str, str]]:
+    """(status, reason) of the final verdicts a final store holds on ``positions`` (those
+    whose epoch is judged; none when the store does not exist yet)."""
+    if not db.exists():
+        return {}
+    store = FinalStore(db, read_only=True)
+    try:
+        rows = {pos: store.verdict(*pos) for pos in positions}
+    finally:
+        store.close()
+    return {pos: (r["status"], r["reason"]) for pos, r in rows.items() if r is not None}
+
+
 async def test_node_stores_genuine_reports_and_quarantines_bad_ones(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
+    """An OSCE node, its sealer and sealers of three more organizations (k = 4) seal the log:
+    the node stores every genuine report and quarantines the three bad records; its final
+    verdicts, and the auditor's over the same sealed log, accept every genuine report and
+    reject exactly those three records, with the node's reasons."""
     m = live_mission()
+    sc = m.scenario
+    # The node keys that propose and cosign seals, accredited by their organizations.
+    sealing = ["osce", "un", "eu", "nato"]
+    assert len(sealing) == sc.mandate.threshold
     producer = await _setup(kafka_bootstrap, topics, m)
-    genuine = 0
+    genuine: list[Pos] = []
+    bad: dict[Pos, str] = {}
     try:
+        for raw in sc.node_accreditations:
+            await producer.send_and_wait(topics.registry, raw)
         for _ in range(5):
-            for org in ORGS:
-                for i in (1, 2):
-                    await _publish(producer, topics, org, m.next_report(org, i))
-                    genuine += 1
-        await _publish(producer, topics, "un", _flip(m.next_report("un", 1)))
-        rogue = m.draft("eu", 1)
-        from bus.sign import ReportSigner  # noqa: PLC0415
-
-        await _publish(producer, topics, "eu", ReportSigner(demo_key("rogue")).sign(rogue))
-        await _publish(producer, topics, "nato", m.next_report("sco", 1))  # on the wrong topic
+            genuine += [
+                await _publish_at(producer, topics, org, m.next_report(org, i))
+                for org in ORGS
+                for i in (1, 2)
+            ]
+        flipped = _flip(m.next_report("un", 1))
+        bad[await _publish_at(producer, topics, "un", flipped)] = "bad_signature"
+        rogue = ReportSigner(demo_key("rogue")).sign(m.draft("eu", 1))
+        bad[await _publish_at(producer, topics, "eu", rogue)] = "unknown_key"
+        misplaced = m.next_report("sco", 1)  # on the wrong topic
+        bad[await _publish_at(producer, topics, "nato", misplaced)] = "wrong_topic"
     finally:
         await producer.stop()
 
-    db = tmp_path / "osce.db"
-    await _run_until(build_node(_config(kafka_bootstrap, topics, m, db)), db, genuine + 3)
+    db, final_db = tmp_path / "osce.db", tmp_path / "osce.final.db"
+    node = build_node(_sealing_config(kafka_bootstrap, topics, m, db, final_db))
+    everything = [*genuine, *bad]
+    async with _sealers(kafka_bootstrap, topics, m, tmp_path, sealing[1:]):
+        task = asyncio.create_task(node.run())
+        try:
+            async with asyncio.timeout(120):
+                # Every record covered by a final seal and judged, and the OSCE policy's
+                # decision made on those final verdicts.
+                while len(_final_verdicts(final_db, everything)) < len(everything) or not (
+                    db.exists() and _read(db, NodeStore.decisions)
+                ):
+                    if task.done():
+                        await task  # surface the node's exception
+                    await asyncio.sleep(0.2)
+        finally:
+            node.stop()
+            await task
 
     store = NodeStore(db, read_only=True)
-    assert store.count_reports() == genuine
-    reasons = sorted(r[3] for r in store.quarantine_rows())
-    assert reasons == ["bad_signature", "unknown_key", "wrong_topic"]
-    heads = store.chain_heads()
+    try:
+        assert store.count_reports() == len(genuine)
+        node_q = {(t, p, o): r for t, p, o, r, _ in store.quarantine_rows()}
+        heads = store.chain_heads()
+        assert store.decisions(), "the OSCE policy decides on this data"
+    finally:
+        store.close()
+    assert node_q == bad
     assert all(heads[f"{org}-obs-{i}"].seq == 5 for org in ORGS for i in (1, 2))
-    assert store.decisions(), "the OSCE policy decides on this data"
 
-    # The auditor replays the same log and names exactly the three bad records.
-    result = await audit(kafka_bootstrap, m.scenario.mandate, topics=topics)
-    assert sum(result.accepted.values()) == genuine
-    assert sorted(v.reason for v in result.violations) == reasons
-    node_q = {(t, p, o) for t, p, o, _, _ in store.quarantine_rows()}
-    assert {(v.topic, v.partition, v.offset) for v in result.violations} == node_q
+    # The node's final verdicts: the same as its provisional ones.
+    final = _final_verdicts(final_db, everything)
+    assert final == {**dict.fromkeys(genuine, ("accepted", "")), **{
+        pos: ("quarantined", reason) for pos, reason in bad.items()
+    }}  # fmt: skip
+    fs = FinalStore(final_db, read_only=True)
+    try:
+        last = fs.last_epoch()
+    finally:
+        fs.close()
+    assert last is not None
+
+    # The auditor replays the same log: every report is sealed, every genuine one accepted,
+    # and the violations are exactly the node's quarantined positions, with its reasons.
+    result = await audit(kafka_bootstrap, sc.mandate, topics=topics, work_dir=tmp_path)
+    assert result.final is not None
+    assert result.final.mismatch is None and result.final.stuck is None
+    assert not [u for u in result.final.not_sealed if topics.org_of_report_topic(u.topic)]
+    assert sum(result.accepted.values()) == len(genuine)
+    assert {(v.topic, v.partition, v.offset): v.reason for v in result.violations} == node_q
+    audited = {pos: result.final.verdicts[pos] for pos in everything}
+    assert {pos: (r.status, r.reason) for pos, r in audited.items()} == final
+    # ... from the same final state as the node's sealer at the node's last epoch.
+    states = {row.epoch: row.state_digest for row in result.final.epochs}
+    assert states[last[0]] == last[1]
 
 
 async def test_restart_resumes_with_nothing_lost_or_doubled(
