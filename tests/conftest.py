@@ -8,10 +8,12 @@ you already run instead.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 
 import pytest
+import structlog
 
 from tests.kafka_broker import LocalKafka
 
@@ -49,3 +51,17 @@ def kafka_bootstrap(local_kafka: LocalKafka | None) -> str:
     if local_kafka is None:
         return os.environ["OBUS_BOOTSTRAP"]
     return local_kafka.bootstrap
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging() -> Iterator[None]:
+    """Each test starts from the logging it found: a command run in-process (``main([...])``)
+    configures the root logger with a handler on that test's captured stderr, which pytest
+    closes after the test; left in place, it would make later tests' log lines fail."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**config)
