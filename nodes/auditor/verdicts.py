@@ -111,6 +111,9 @@ class VerdictTable:
             synchronous="OFF",
             wal=False,
             timeout_s=5,
+            # Used by one audit at a time, which may run in a worker thread, and closed by a
+            # finalizer on whatever thread collects it.
+            threads=True,
         )
         self._closer = weakref.finalize(self, _close, self._db, tmp)
 
