@@ -34,8 +34,10 @@ from bus.model import Category, Envelope, Report, Role
 from bus.store.node import NodeStore
 from bus.topics import Topics, report_headers, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
+from nodes.org_node.dashboard.auth import hash_password
 from nodes.runtime.files import write_key
 from tests.mission import Mission, make_mission
+from tests.unit.test_dashboard_auth import PASSWORD, USER, logged_in
 
 pytestmark = [pytest.mark.kafka]
 REPO = Path(__file__).resolve().parents[2]
@@ -174,11 +176,14 @@ async def test_node_on_an_ended_mandate_stores_and_serves_but_publishes_no_decis
     policy.write_text(
         text.replace("[[rule]]\n", '[[rule]]\nverdicts = "provisional"\n'), encoding="utf-8"
     )
+    # The dashboard lets in its users only: one operator, cheaply hashed (tests check logic).
+    users = tmp_path / "dashboard-users"
+    users.write_text(f"{USER}:{hash_password(PASSWORD, log2_n=4)}\n", encoding="utf-8")
     argv = [
         sys.executable, "-m", "nodes.cli", "node", "--org", "un", "--mandate", str(e.mandate),
         "--db", str(db), "--policy", str(policy),
         "--node-key", str(e.node_key), "--http-port", str(port), "--no-attachments",
-        "--topic-prefix", e.topics.prefix,
+        "--dashboard-users", str(users), "--topic-prefix", e.topics.prefix,
     ]  # fmt: skip
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
@@ -194,10 +199,11 @@ async def test_node_on_an_ended_mandate_stores_and_serves_but_publishes_no_decis
             "the follow-up says why it publishes nothing",
         )
         assert said[0]["ended"] == e.end
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{port}/api/summary") as resp,
-        ):
+        summary = f"http://127.0.0.1:{port}/api/summary"
+        async with aiohttp.ClientSession() as anon, anon.get(summary) as resp:
+            assert resp.status == 401  # archive mode serves its operators, not everybody
+            assert (await resp.json())["reason"] == "login_required"
+        async with logged_in(summary) as http, http.get(summary) as resp:
             assert resp.status == 200
             assert (await resp.json())["mandate"]["id"] == e.m.scenario.mandate.mandate_id
         assert proc.returncode is None, log.read_text()
