@@ -361,7 +361,14 @@ async def kafka_logs(
 async def test_standard_topics_keep_every_record(kafka_bootstrap: str) -> None:
     topics = Topics(f"obus.test.{run_id()}.")
     specs = standard_topics(topics, ["org1", "org2"], partitions=2)
-    assert len(specs) == 11  # reports, decisions, attachments x 2; registry, mandate, ...
+    # reports, decisions, attachments of each organization; the one-partition trust topics
+    assert [s.name for s in specs] == [
+        *(t for org in ("org1", "org2") for t in (
+            topics.reports(org), topics.decisions(org), topics.attachments(org)
+        )),
+        topics.registry, topics.mandate, topics.statements, topics.seals,
+    ]  # fmt: skip
+    assert len(specs) == 10
     await ensure_topics(kafka_bootstrap, specs)
     described = await topic_configs(kafka_bootstrap, [s.name for s in specs])
     assert set(described) == {s.name for s in specs}
