@@ -2,32 +2,89 @@
 
 Each case of tests/unit/test_verify_table.py gets its own observers (a shifted view of one
 mission at this machine's clock, which the nodes judge by), so all cases share one stream and
-one set of topics. Every node and the auditor must quarantine exactly the last record of each
-case with the case's reason code, accept
-everything else, and keep running.
+one set of topics. Every node (alone, judging provisionally on its own clock) must quarantine
+exactly the last record of each case with the case's reason code, accept everything else, and
+keep running. Sealers of k = 4 organizations seal the same log beside the nodes; their final
+verdicts and the auditor's, over the sealed log, must name the same records with the same
+reasons.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
 
+from bus.judge import RecordPos as Pos
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
+from bus.store.final import FinalStore
 from bus.store.node import NodeStore
 from bus.topics import Topics, standard_topics
 from nodes.auditor.run import audit
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.process import build_node
-from tests.mission import make_mission
+from nodes.org_node.sealer import Sealer, SealerConfig
+from tests.mission import Mission, make_mission
 from tests.unit.test_verify_table import CASES
 
 pytestmark = [pytest.mark.kafka]
 ORGS = ["un", "osce", "eu", "nato", "csto", "sco"]
+SEALING = ["un", "osce", "eu", "nato"]  # k of them: their node keys propose and cosign seals
+SEAL_INTERVAL_MS = 300
+
+
+@contextlib.asynccontextmanager
+async def _sealers(
+    bootstrap: str, topics: Topics, m: Mission, tmp: Path, orgs: Sequence[str]
+) -> AsyncIterator[None]:
+    """Sealers of ``orgs`` (no node), proposing and cosigning seals with their accredited node
+    keys, with their own final stores in ``tmp``; stopped and awaited on exit."""
+    running = [
+        Sealer(
+            SealerConfig(
+                org=org,
+                bootstrap=bootstrap,
+                db_path=tmp / f"{org}.final.db",
+                root=m.scenario.mandate,
+                node_key=m.scenario.node_keys[org],
+                topics=topics,
+                interval_ms=SEAL_INTERVAL_MS,
+                takeover_ms=SEAL_INTERVAL_MS,
+                poll_timeout_ms=100,
+                metadata_refresh_ms=1000,
+            )
+        )
+        for org in orgs
+    ]
+    tasks = [asyncio.create_task(s.run()) for s in running]
+    try:
+        yield
+        for task in tasks:
+            if task.done():
+                await task  # surface a sealer's exception
+    finally:
+        for s in running:
+            s.stop()
+        await asyncio.gather(*tasks)
+
+
+def _final_verdicts(db: Path, positions: Sequence[Pos]) -> dict[Pos, tuple[str, str]]:
+    """(status, reason) of the final verdicts a final store holds on ``positions`` (those
+    whose epoch is judged; none when the store does not exist yet)."""
+    if not db.exists():
+        return {}
+    store = FinalStore(db, read_only=True)
+    try:
+        rows = {pos: store.verdict(*pos) for pos in positions}
+    finally:
+        store.close()
+    return {pos: (r["status"], r["reason"]) for pos, r in rows.items() if r is not None}
 
 
 async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_auditor(
@@ -44,10 +101,10 @@ async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_audito
 
     producer = reliable_producer(kafka_bootstrap)
     await producer.start()
-    expected: dict[tuple[str, int, int], tuple[str, str]] = {}
-    accepted = 0
+    expected: dict[Pos, tuple[str, str]] = {}
+    genuine: list[Pos] = []
     try:
-        for raw in big.registry:
+        for raw in [*big.registry, *big.scenario.node_accreditations]:
             await producer.send_and_wait(topics.registry, raw)
         for name, reason_code, records in plans:
             for i, (topic, value) in enumerate(records):
@@ -56,10 +113,14 @@ async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_audito
                 if i == len(records) - 1:
                     expected[(md.topic, md.partition, md.offset)] = (name, reason_code)
                 else:
-                    accepted += 1
+                    genuine.append((md.topic, md.partition, md.offset))
     finally:
         await producer.stop()
+    accepted = len(genuine)
     total = accepted + len(expected)
+    everything = [*genuine, *expected]
+    final_dbs = tmp_path / "sealers"
+    final_dbs.mkdir()
 
     nodes = {
         org: build_node(
@@ -74,25 +135,31 @@ async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_audito
         )
         for org in ORGS
     }
-    tasks = [asyncio.create_task(n.run()) for n in nodes.values()]
-    try:
-        async with asyncio.timeout(120):
-            while True:
-                for t in tasks:
-                    if t.done():
-                        await t
-                done = []
-                for org in ORGS:
-                    reader = NodeStore(tmp_path / f"{org}.db", read_only=True)
-                    done.append(sum(reader.positions().values()))
-                    reader.close()
-                if all(d >= total for d in done):
-                    break
-                await asyncio.sleep(0.3)
-    finally:
-        for n in nodes.values():
-            n.stop()
-        await asyncio.gather(*tasks)
+    async with _sealers(kafka_bootstrap, topics, big, final_dbs, SEALING):
+        tasks = [asyncio.create_task(n.run()) for n in nodes.values()]
+        try:
+            async with asyncio.timeout(120):
+                while True:
+                    for t in tasks:
+                        if t.done():
+                            await t
+                    done = []
+                    for org in ORGS:
+                        reader = NodeStore(tmp_path / f"{org}.db", read_only=True)
+                        done.append(sum(reader.positions().values()))
+                        reader.close()
+                    # ... and every record covered by a final seal and judged by every sealer
+                    sealed = [
+                        len(_final_verdicts(final_dbs / f"{org}.final.db", everything))
+                        for org in SEALING
+                    ]
+                    if all(d >= total for d in done) and all(n == total for n in sealed):
+                        break
+                    await asyncio.sleep(0.3)
+        finally:
+            for n in nodes.values():
+                n.stop()
+            await asyncio.gather(*tasks)
 
     for org in ORGS:
         store = NodeStore(tmp_path / f"{org}.db", read_only=True)
@@ -105,8 +172,41 @@ async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_audito
         assert set(got) == set(want), f"{org}: quarantined records outside the catalog"
         assert store.count_reports() == accepted
 
-    result = await audit(kafka_bootstrap, big.scenario.mandate, topics=topics)
+    # The sealers' final verdicts: every genuine record accepted, the last of each case
+    # quarantined with the case's reason, the same at every sealing organization.
+    want_final = {
+        **dict.fromkeys(genuine, ("accepted", "")),
+        **{pos: ("quarantined", reason) for pos, (_, reason) in expected.items()},
+    }
+    for org in SEALING:
+        final = _final_verdicts(final_dbs / f"{org}.final.db", everything)
+        wrong_final = {
+            expected[pos][0] if pos in expected else f"genuine {pos}": (want, final.get(pos))
+            for pos, want in want_final.items()
+            if final.get(pos) != want
+        }
+        assert not wrong_final, f"{org} final: case -> (expected, got): {wrong_final}"
+    last_epochs = set()
+    for org in SEALING:
+        fs = FinalStore(final_dbs / f"{org}.final.db", read_only=True)
+        try:
+            last_epochs.add(fs.last_epoch())
+        finally:
+            fs.close()
+
+    # The auditor replays the sealed log and names exactly the same records and reasons.
+    result = await audit(kafka_bootstrap, big.scenario.mandate, topics=topics, work_dir=tmp_path)
+    assert result.final is not None
+    assert result.final.mismatch is None and result.final.stuck is None
+    assert not [u for u in result.final.not_sealed if topics.org_of_report_topic(u.topic)]
     audited = {(v.topic, v.partition, v.offset): v.reason for v in result.violations}
     assert audited == {pos: reason for pos, (_, reason) in expected.items()}
     assert sum(result.accepted.values()) == accepted
+    final_audited = {pos: result.final.verdicts[pos] for pos in everything}
+    assert {pos: (r.status, r.reason) for pos, r in final_audited.items()} == want_final
+    # ... from the same final state as every sealer at its last epoch.
+    states = {row.epoch: row.state_digest for row in result.final.epochs}
+    for last in last_epochs:
+        assert last is not None
+        assert states[last[0]] == last[1]
     assert len(expected) == len(CASES) >= 30
