@@ -1,23 +1,31 @@
 """Trust lifecycle on a real Kafka broker: mandate rotation followed by nodes and the auditor,
 revocation through `obus org revoke` quarantining later reports everywhere.
 
-Every test uses its own topic prefix. Nodes run in this process as asyncio tasks.
+Every test uses its own topic prefix. Nodes run in this process as asyncio tasks, beside
+sealers of k = 4 organizations (their accredited node keys) that seal the bus, so that the
+auditor, which judges final verdicts only, has a verdict on every record. Where a trust change
+must be in force for a later record, the test waits until the epoch that sealed the change is
+final before logging the record: trust takes effect at the epoch after its own (:mod:`bus.judge`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from bus.kafka.admin import ensure_topics
+from bus.judge import RecordPos as Pos
+from bus.kafka.admin import end_offsets, ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.model import Envelope, Location, Report, Zone
 from bus.sign import sign_mandate
@@ -31,6 +39,7 @@ from nodes.demo.scenario import ORGANIZATIONS
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node
+from nodes.org_node.sealer import Sealer, SealerConfig
 from nodes.runtime.files import write_key
 from tests.mission import Mission, live_mission
 
@@ -38,6 +47,8 @@ pytestmark = [pytest.mark.kafka]
 ORGS = [o for o, _ in ORGANIZATIONS]
 REPO = Path(__file__).resolve().parents[2]
 WEST = Zone("west", "Lowlands", 47.0, 35.0, 48.0, 37.0)
+SEALING = ("un", "osce", "eu", "nato")  # k = 4 organizations' node keys seal the bus
+SEAL_INTERVAL_MS = 300
 
 
 @pytest.fixture
@@ -49,19 +60,75 @@ async def _setup(bootstrap: str, topics: Topics, m: Mission) -> AIOKafkaProducer
     await ensure_topics(bootstrap, standard_topics(topics, ORGS, partitions=2))
     producer = reliable_producer(bootstrap)
     await producer.start()
-    for raw in m.scenario.accreditations:
+    # The observers' accreditations, and the node keys the sealers propose and cosign with.
+    for raw in [*m.scenario.accreditations, *m.scenario.node_accreditations]:
         await producer.send_and_wait(topics.registry, raw)
     return producer
 
 
-async def _publish(producer: AIOKafkaProducer, topics: Topics, raw: bytes) -> None:
+async def _publish(producer: AIOKafkaProducer, topics: Topics, raw: bytes) -> Pos:
+    """Publish a report on its organization's topic; its position on the log."""
     rep = Report.decode(Envelope.decode(raw).payload)
-    await producer.send_and_wait(
+    md = await producer.send_and_wait(
         topics.reports(rep.org),
         raw,
         key=rep.observer_id.encode(),
         headers=report_headers(rep.report_id, rep.org, rep.observer_id),
     )
+    return md.topic, md.partition, md.offset
+
+
+@contextlib.asynccontextmanager
+async def _sealers(bootstrap: str, topics: Topics, m: Mission, tmp: Path) -> AsyncIterator[Path]:
+    """Sealers of the :data:`SEALING` organizations alone (no node), with final stores of their
+    own in ``tmp``; yields the first one's final store. Stopped and awaited on exit, a
+    sealer's exception surfaced."""
+
+    def config(org: str) -> SealerConfig:
+        return SealerConfig(
+            org=org, bootstrap=bootstrap, db_path=tmp / f"{org}.final.db",
+            root=m.scenario.mandate, node_key=m.scenario.node_keys[org], topics=topics,
+            interval_ms=SEAL_INTERVAL_MS, takeover_ms=SEAL_INTERVAL_MS, poll_timeout_ms=100,
+            metadata_refresh_ms=1000,
+        )  # fmt: skip
+
+    running = [Sealer(config(org)) for org in SEALING]
+    tasks = [asyncio.create_task(s.run()) for s in running]
+    try:
+        yield tmp / f"{SEALING[0]}.final.db"
+        for task in tasks:
+            if task.done():
+                await task  # surface a sealer's exception
+    finally:
+        for s in running:
+            s.stop()
+        await asyncio.gather(*tasks)
+
+
+def _final_verdicts(db: Path, positions: list[Pos]) -> dict[Pos, tuple[str, str]]:
+    """(status, reason) of the final verdicts a final store holds on ``positions`` (those
+    whose epoch is judged; none while the store does not exist)."""
+    if not db.exists():
+        return {}
+    store = FinalStore(db, read_only=True)
+    try:
+        rows = {pos: store.verdict(*pos) for pos in positions}
+    finally:
+        store.close()
+    return {pos: (r["status"], r["reason"]) for pos, r in rows.items() if r is not None}
+
+
+async def _until_sealed(bootstrap: str, topics: Topics, final_db: Path) -> None:
+    """Until every record now on the report, mandate and registry topics has a final verdict
+    in ``final_db`` (epochs seal prefixes of each partition: its last record then suffices)."""
+    pattern = "^" + re.escape(topics.prefix) + r"(reports\.[a-z0-9_-]+|mandate|registry)$"
+    ends = await end_offsets(bootstrap, pattern)
+    lasts = [(t, p, end - 1) for (t, p), end in ends.items() if end > 0]
+    async with asyncio.timeout(120):
+        while True:
+            if len(await asyncio.to_thread(_final_verdicts, final_db, lasts)) == len(lasts):
+                return
+            await asyncio.sleep(0.2)
 
 
 def _node(
@@ -127,37 +194,47 @@ async def test_nodes_and_auditor_follow_a_rotation_signed_by_four_of_six(
 
     producer = await _setup(kafka_bootstrap, topics, m)
     live = None
-    try:
-        assert await _cli("mandate", "publish", str(v1_file), *common) == 0
-        await _publish(producer, topics, m.next_report("un", 1))
-        await _publish(producer, topics, _west_report(m, "un", 2))  # before v2: outside_zone
-        # UN's node runs while only version 1 is on the bus: it judges both reports at once.
-        un_db = tmp_path / "un.db"
-        live = _node(kafka_bootstrap, topics, m, un_db, "un")
-        live_task = asyncio.create_task(live.run())
-        await _until_processed(un_db, 2, live_task)
-        assert (
-            await _cli("mandate", "publish", str(v2_file), "--previous", str(v1_file), *common) == 0
-        )
-        await _publish(producer, topics, _west_report(m, "osce", 1))  # after v2: accepted
-        # The forged v3 is refused by `publish` itself; push it raw as a hostile operator would.
-        await producer.send_and_wait(topics.mandate, forged_file.read_bytes(), key=b"jmm-2026:3")
-        await producer.send_and_wait(topics.mandate, v1_file.read_bytes(), key=b"jmm-2026:1b")
-        await _publish(producer, topics, m.next_report("eu", 1))
-        await _until_processed(un_db, 4, live_task)
-    finally:
-        await producer.stop()
-        if live is not None:
-            live.stop()
-            await live_task
+    async with _sealers(kafka_bootstrap, topics, m, tmp_path) as final_db:
+        try:
+            assert await _cli("mandate", "publish", str(v1_file), *common) == 0
+            await _publish(producer, topics, m.next_report("un", 1))
+            west_before = await _publish(producer, topics, _west_report(m, "un", 2))  # outside_zone
+            # UN's node runs while only version 1 is on the bus: it judges both reports at once.
+            un_db = tmp_path / "un.db"
+            live = _node(kafka_bootstrap, topics, m, un_db, "un")
+            live_task = asyncio.create_task(live.run())
+            await _until_processed(un_db, 2, live_task)
+            assert (
+                await _cli("mandate", "publish", str(v2_file), "--previous", str(v1_file), *common)
+                == 0
+            )
+            # Version 2 sealed: the west report logged from now on is judged under it.
+            await _until_sealed(kafka_bootstrap, topics, final_db)
+            west_after = await _publish(producer, topics, _west_report(m, "osce", 1))  # accepted
+            # The forged v3 is refused by `publish` itself; push it raw as a hostile operator
+            # would.
+            forged_md = await producer.send_and_wait(
+                topics.mandate, forged_file.read_bytes(), key=b"jmm-2026:3"
+            )
+            rollback_md = await producer.send_and_wait(
+                topics.mandate, v1_file.read_bytes(), key=b"jmm-2026:1b"
+            )
+            await _publish(producer, topics, m.next_report("eu", 1))
+            await _until_processed(un_db, 4, live_task)
+        finally:
+            await producer.stop()
+            if live is not None:
+                live.stop()
+                await live_task
 
-    # NATO's node starts only now: it reads version 2 before any report.
-    nato_db = tmp_path / "nato.db"
-    late = _node(kafka_bootstrap, topics, m, nato_db, "nato")
-    task = asyncio.create_task(late.run())
-    await _until_processed(nato_db, 4, task)
-    late.stop()
-    await task
+        # NATO's node starts only now: it reads version 2 before any report.
+        nato_db = tmp_path / "nato.db"
+        late = _node(kafka_bootstrap, topics, m, nato_db, "nato")
+        task = asyncio.create_task(late.run())
+        await _until_processed(nato_db, 4, task)
+        late.stop()
+        await task
+        await _until_sealed(kafka_bootstrap, topics, final_db)
     # Provisional verdicts use the trust each node knew when it judged, never a log time: the
     # west report logged before version 2 is outside_zone at the node that judged it before
     # version 2 existed, and accepted at the node that already knew version 2 (its final
@@ -173,10 +250,20 @@ async def test_nodes_and_auditor_follow_a_rotation_signed_by_four_of_six(
         assert [r[3] for r in store.quarantine_rows()] == quarantined[org]
         store.close()
 
-    result = await audit(kafka_bootstrap, v1, topics=topics)
+    # The auditor judges the sealed log from version 1: version 2 applied; the forged version
+    # and the rollback rejected; the west report logged before version 2 outside the zone, the
+    # one logged after it accepted.
+    result = await audit(kafka_bootstrap, v1, topics=topics, work_dir=tmp_path)
+    assert result.final is not None
+    assert result.final.mismatch is None and result.final.stuck is None
+    assert not [u for u in result.final.not_sealed if topics.is_sealed(u.topic)]
     assert result.mandate_versions == [2]
-    reasons = sorted(v.reason for v in result.violations)
-    assert reasons == ["mandate_rollback", "outside_zone", "threshold_not_met"]
+    assert {(v.topic, v.partition, v.offset): v.reason for v in result.violations} == {
+        west_before: "outside_zone",
+        (forged_md.topic, forged_md.partition, forged_md.offset): "threshold_not_met",
+        (rollback_md.topic, rollback_md.partition, rollback_md.offset): "mandate_rollback",
+    }
+    assert result.final.verdicts[west_after].status == "accepted"
     assert sum(result.accepted.values()) == 3
 
 
@@ -193,38 +280,45 @@ async def test_revocation_quarantines_later_reports_at_every_node_and_in_the_aud
 
     producer = await _setup(kafka_bootstrap, topics, m)
     early: dict[str, tuple[OrgNode, asyncio.Task[None]]] = {}
-    try:
-        for _ in range(3):
-            await _publish(producer, topics, m.next_report("un", 1))  # seq 1, 2, 3
-            await _publish(producer, topics, m.next_report("osce", 1))
-        # Two nodes run while seq 3 is accepted; the revocation reaches them afterwards.
-        for org in ("un", "osce"):
-            node = _node(kafka_bootstrap, topics, m, tmp_path / f"{org}.db", org)
-            early[org] = (node, asyncio.create_task(node.run()))
-        for org, (_, task) in early.items():
-            await _until_processed(tmp_path / f"{org}.db", 6, task)
-        code = await _cli(
-            "org", "revoke", "--org", "un", "--root-key", str(root_file), "--mandate",
-            str(mandate_file), "--key-id", victim.key_id.hex(), "--last-valid-seq", "2",
-            "--reason", "device seized", *common,
-        )  # fmt: skip
-        assert code == 0
-        for _ in range(2):
-            await _publish(producer, topics, m.next_report("un", 1))  # seq 4, 5: revoked
-            await _publish(producer, topics, m.next_report("osce", 1))
-    finally:
-        await producer.stop()
+    victim_at: dict[Pos, int] = {}  # the victim's reports: position -> seq
+    async with _sealers(kafka_bootstrap, topics, m, tmp_path) as final_db:
+        try:
+            for seq in (1, 2, 3):
+                victim_at[await _publish(producer, topics, m.next_report("un", 1))] = seq
+                await _publish(producer, topics, m.next_report("osce", 1))
+            # Two nodes run while seq 3 is accepted; the revocation reaches them afterwards.
+            for org in ("un", "osce"):
+                node = _node(kafka_bootstrap, topics, m, tmp_path / f"{org}.db", org)
+                early[org] = (node, asyncio.create_task(node.run()))
+            for org, (_, task) in early.items():
+                await _until_processed(tmp_path / f"{org}.db", 6, task)
+            # Seq 3 is also sealed, and so finally accepted, before the revocation is logged.
+            await _until_sealed(kafka_bootstrap, topics, final_db)
+            code = await _cli(
+                "org", "revoke", "--org", "un", "--root-key", str(root_file), "--mandate",
+                str(mandate_file), "--key-id", victim.key_id.hex(), "--last-valid-seq", "2",
+                "--reason", "device seized", *common,
+            )  # fmt: skip
+            assert code == 0
+            # The revocation sealed: seq 4 and 5, logged from now on, are judged under it.
+            await _until_sealed(kafka_bootstrap, topics, final_db)
+            for seq in (4, 5):  # revoked
+                victim_at[await _publish(producer, topics, m.next_report("un", 1))] = seq
+                await _publish(producer, topics, m.next_report("osce", 1))
+        finally:
+            await producer.stop()
 
-    for org, (node, task) in early.items():
-        await _until_processed(tmp_path / f"{org}.db", 10, task)
-        node.stop()
+        for org, (node, task) in early.items():
+            await _until_processed(tmp_path / f"{org}.db", 10, task)
+            node.stop()
+            await task
+        # A third node starts only now: it reads the revocation before any report.
+        late = _node(kafka_bootstrap, topics, m, tmp_path / "eu.db", "eu")
+        task = asyncio.create_task(late.run())
+        await _until_processed(tmp_path / "eu.db", 10, task)
+        late.stop()
         await task
-    # A third node starts only now: it reads the revocation before any report.
-    late = _node(kafka_bootstrap, topics, m, tmp_path / "eu.db", "eu")
-    task = asyncio.create_task(late.run())
-    await _until_processed(tmp_path / "eu.db", 10, task)
-    late.stop()
-    await task
+        await _until_sealed(kafka_bootstrap, topics, final_db)
 
     def invalid_seqs(store: NodeStore) -> dict[int, str]:
         out = {}
@@ -253,9 +347,15 @@ async def test_revocation_quarantines_later_reports_at_every_node_and_in_the_aud
     # Every node ends with the same verdict: seq 1-2 valid, seq 3-5 not.
     assert {frozenset(s) for s in states.values()} == {frozenset({3, 4, 5})}
 
-    result = await audit(kafka_bootstrap, m.scenario.mandate, topics=topics)
-    revoked = [v for v in result.violations if v.reason == "key_revoked"]
-    assert len(revoked) == 3
+    # The auditor's final verdicts on the sealed log: seq 3, sealed and accepted before the
+    # revocation, withdrawn by it; seq 4 and 5, logged after it took effect, key_revoked (the
+    # verdicts of the nodes that ran through the revocation); nothing else fails.
+    result = await audit(kafka_bootstrap, m.scenario.mandate, topics=topics, work_dir=tmp_path)
+    assert result.final is not None
+    assert result.final.mismatch is None and result.final.stuck is None
+    assert not [u for u in result.final.not_sealed if topics.is_sealed(u.topic)]
+    audited = {victim_at[(v.topic, v.partition, v.offset)]: v.reason for v in result.violations}
+    assert audited == states["un"]
     assert len(result.violations) == 3
     assert sum(result.accepted.values()) == 7
 
@@ -283,30 +383,35 @@ async def test_restricted_report_is_readable_by_two_organizations_only(
     mandate_file.write_bytes(m.scenario.mandate_envelope)
     common = ["--bootstrap", kafka_bootstrap, "--topic-prefix", topics.prefix]
     producer = await _setup(kafka_bootstrap, topics, m)
-    try:
-        for org in ("un", "osce", "eu"):
-            root = tmp_path / f"{org}-root.key"
-            write_key(root, m.scenario.org_roots[org])
-            code = await _cli(
-                "org", "enckey", "--org", org, "--root-key", str(root), "--mandate",
-                str(mandate_file), "--private-out", str(tmp_path / f"{org}.x25519"), *common,
-            )  # fmt: skip
-            assert code == 0
-        # The observer takes the recipients' current keys from the registry.
-        ring = KeyRing(m.scenario.mandate)
-        async for rec in replay(kafka_bootstrap, [topics.registry]):
-            ring.apply(Envelope.decode(rec.value))
-        recipients = [ring.encryption_key("un"), ring.encryption_key("osce")]
-        assert all(r is not None for r in recipients)
-        await _publish(producer, topics, m.next_report("un", 1))
-        sealed_raw = m.signer("un", 1).sign_sealed(
-            m.draft("un", 1, narrative="Names of detainees: restricted."),
-            [r for r in recipients if r is not None],
-        )
-        await _publish_sealed(producer, topics, sealed_raw)
-        await _publish(producer, topics, m.next_report("un", 1))
-    finally:
-        await producer.stop()
+    async with _sealers(kafka_bootstrap, topics, m, tmp_path) as final_db:
+        try:
+            for org in ("un", "osce", "eu"):
+                root = tmp_path / f"{org}-root.key"
+                write_key(root, m.scenario.org_roots[org])
+                code = await _cli(
+                    "org", "enckey", "--org", org, "--root-key", str(root), "--mandate",
+                    str(mandate_file), "--private-out", str(tmp_path / f"{org}.x25519"), *common,
+                )  # fmt: skip
+                assert code == 0
+            # The encryption keys sealed: the restricted report, logged from now on, is judged
+            # with them in force.
+            await _until_sealed(kafka_bootstrap, topics, final_db)
+            # The observer takes the recipients' current keys from the registry.
+            ring = KeyRing(m.scenario.mandate)
+            async for rec in replay(kafka_bootstrap, [topics.registry]):
+                ring.apply(Envelope.decode(rec.value))
+            recipients = [ring.encryption_key("un"), ring.encryption_key("osce")]
+            assert all(r is not None for r in recipients)
+            await _publish(producer, topics, m.next_report("un", 1))
+            sealed_raw = m.signer("un", 1).sign_sealed(
+                m.draft("un", 1, narrative="Names of detainees: restricted."),
+                [r for r in recipients if r is not None],
+            )
+            await _publish_sealed(producer, topics, sealed_raw)
+            await _publish(producer, topics, m.next_report("un", 1))
+        finally:
+            await producer.stop()
+        await _until_sealed(kafka_bootstrap, topics, final_db)
 
     readability, prints = {}, set()
     for org in ("un", "osce", "eu", "nato"):
@@ -336,7 +441,11 @@ async def test_restricted_report_is_readable_by_two_organizations_only(
     }  # fmt: skip
     assert len(prints) == 1  # every node holds the same reports, sealed or not
 
-    result = await audit(kafka_bootstrap, m.scenario.mandate, topics=topics)
+    # The auditor's final verdicts: the three reports accepted, the restricted one verified
+    # without reading its content.
+    result = await audit(kafka_bootstrap, m.scenario.mandate, topics=topics, work_dir=tmp_path)
+    assert result.final is not None
+    assert not [u for u in result.final.not_sealed if topics.is_sealed(u.topic)]
     assert result.violations == []
     assert result.sealed_verified == 1
     assert sum(result.accepted.values()) == 3
