@@ -42,9 +42,6 @@ from pathlib import Path
 from typing import Any, Final
 
 import structlog
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from bus.attachment import MAX_ATTACHMENT_BYTES
 from bus.crypto import SigningKey, pae
@@ -76,83 +73,55 @@ from nodes.observer.outbox import (
     Outbox,
     Resign,
 )
+from nodes.runtime.keyfile import (
+    ENCRYPTED_TYPE,
+    SCRYPT_N,
+    KeyKind,
+    Passphrase,
+    decrypt_key,
+    encrypt_key,
+    parse_key_file,
+    write_new_key_file,
+)
 
 log = structlog.get_logger(__name__)
 
-ENCRYPTED_KEY_TYPE: Final = "obus-ed25519-encrypted"
 REQUEST_TYPE: Final = "obus-accreditation-request"
 REQUEST_VERSION: Final = 1  # the "version" of an accreditation request's JSON
 REQUEST_PAYLOAD_TYPE: Final = "application/vnd.obus.accreditation-request.v1+json"
 PASSPHRASE_ENV: Final = "OBUS_PASSPHRASE"  # noqa: S105 - a variable name
 HOME_ENV: Final = "OBUS_OBSERVER_HOME"
-# scrypt cost: n=2^15, r=8 is the interactive-login setting of the scrypt paper (Percival
-# 2009) and RFC 7914's examples; about 32 MiB and ~0.1 s here, paid once per submit.
-SCRYPT_N: Final = 2**15
-SCRYPT_R: Final = 8
-SCRYPT_P: Final = 1
-MIN_PASSPHRASE_CHARS: Final = 8
 
 
 # ---------------------------------------------------------------------------------------------
 # Key at rest
 
 
-def _kdf(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
-    return Scrypt(salt=salt, length=32, n=n, r=r, p=p).derive(passphrase.encode("utf-8"))
-
-
 def write_encrypted_key(path: Path, key: SigningKey, passphrase: str, *, n: int = SCRYPT_N) -> None:
-    """Write the key encrypted under the passphrase (mode 0600; refuses to overwrite).
+    """Write the key encrypted under the passphrase (mode 0600; refuses to overwrite), in the
+    key file format every obus key shares (:mod:`nodes.runtime.keyfile`, kind ``observer``).
 
     Raises:
         KeyStoreError: the passphrase is too short or the file exists.
     """
-    if len(passphrase) < MIN_PASSPHRASE_CHARS:
-        raise KeyStoreError(f"passphrase must have at least {MIN_PASSPHRASE_CHARS} characters")
-    salt, nonce = os.urandom(16), os.urandom(12)
-    secret = _kdf(passphrase, salt, n, SCRYPT_R, SCRYPT_P)
-    ciphertext = AESGCM(secret).encrypt(nonce, key.seed, key.key_id)
-    doc = {
-        "type": ENCRYPTED_KEY_TYPE,
-        "key_id": key.key_id.hex(),
-        "public_key": key.public_key.hex(),
-        "kdf": {"name": "scrypt", "n": n, "r": SCRYPT_R, "p": SCRYPT_P, "salt": salt.hex()},
-        "cipher": {"name": "aes-256-gcm", "nonce": nonce.hex(), "ciphertext": ciphertext.hex()},
-    }
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise KeyStoreError(f"{path} exists; refusing to overwrite a key", path=str(path)) from exc
-    with os.fdopen(fd, "w") as f:
-        json.dump(doc, f, indent=2)
-        f.flush()
-        os.fsync(f.fileno())
+    write_new_key_file(path, encrypt_key(key, passphrase, KeyKind.OBSERVER, n=n))
 
 
 def read_encrypted_key(path: Path, passphrase: str) -> SigningKey:
-    """Decrypt a key file.
+    """Decrypt a key file (:mod:`nodes.runtime.keyfile`: its scrypt cost is bounded before any
+    work, so a crafted file cannot make loading it unbounded).
 
     Raises:
         KeyStoreError: missing or malformed file, or a wrong passphrase (the message says which).
     """
     try:
-        doc = json.loads(path.read_bytes())
-        if doc.get("type") != ENCRYPTED_KEY_TYPE:
-            raise KeyStoreError(f"{path}: not an {ENCRYPTED_KEY_TYPE} key file", path=str(path))
-        kdf, cipher = doc["kdf"], doc["cipher"]
-        key_id = bytes.fromhex(doc["key_id"])
-        secret = _kdf(passphrase, bytes.fromhex(kdf["salt"]), kdf["n"], kdf["r"], kdf["p"])
-        nonce, ciphertext = bytes.fromhex(cipher["nonce"]), bytes.fromhex(cipher["ciphertext"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        data = path.read_bytes()
+    except OSError as exc:
         raise KeyStoreError(f"cannot read key file {path}: {exc}", path=str(path)) from exc
-    try:
-        seed = AESGCM(secret).decrypt(nonce, ciphertext, key_id)
-    except InvalidTag:
-        raise KeyStoreError("wrong passphrase (or the key file was altered)") from None
-    key = SigningKey.from_seed(seed)
-    if key.key_id != key_id:
-        raise KeyStoreError(f"{path}: key id does not match the decrypted key", path=str(path))
-    return key
+    parsed = parse_key_file(data, source=str(path))
+    if not parsed.encrypted:
+        raise KeyStoreError(f"{path}: not an {ENCRYPTED_TYPE} key file", path=str(path))
+    return decrypt_key(parsed, Passphrase(passphrase, PASSPHRASE_ENV), source=str(path))
 
 
 # ---------------------------------------------------------------------------------------------
