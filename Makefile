@@ -25,9 +25,9 @@ venv: $(STAMP)  ## create .venv and install observer-bus with dev dependencies
 NATIVE_SRC := $(wildcard bus/_native/Cargo.toml bus/_native/Cargo.lock bus/_native/pyproject.toml bus/_native/src/*.rs)
 NATIVE_STAMP := $(VENV)/.native-stamp
 
-native: $(STAMP)  ## the optional compiled Ed25519 verifier obus_ed25519 (Rust; rebuilt when its sources change; skipped without cargo)
-	@if command -v cargo >/dev/null 2>&1; then $(MAKE) --no-print-directory $(NATIVE_STAMP); \
-	else echo "no cargo: skipping the compiled verifier obus_ed25519 (PyNaCl verifies)"; fi
+native: $(STAMP)  ## the optional compiled Ed25519 verifier obus_ed25519 (Rust; rebuilt when its sources change; skipped without a working cargo)
+	@if cargo --version >/dev/null 2>&1; then $(MAKE) --no-print-directory $(NATIVE_STAMP); \
+	else echo "no working cargo (none on PATH, or rustup has no default toolchain): skipping the compiled verifier obus_ed25519 (PyNaCl verifies)"; fi
 
 $(NATIVE_STAMP): $(STAMP) $(NATIVE_SRC)
 	$(PY) -m pip install --quiet 'maturin>=1.7,<2'
