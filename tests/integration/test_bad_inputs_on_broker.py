@@ -30,6 +30,7 @@ from nodes.auditor.run import audit
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.process import build_node
 from nodes.org_node.sealer import Sealer, SealerConfig
+from tests.final_rows import settled_verdicts
 from tests.mission import Mission, make_mission
 from tests.unit.test_verify_table import CASES
 
@@ -72,19 +73,6 @@ async def _sealers(
         for s in running:
             s.stop()
         await asyncio.gather(*tasks)
-
-
-def _final_verdicts(db: Path, positions: Sequence[Pos]) -> dict[Pos, tuple[str, str]]:
-    """(status, reason) of the final verdicts a final store holds on ``positions`` (those
-    whose epoch is judged; none when the store does not exist yet)."""
-    if not db.exists():
-        return {}
-    store = FinalStore(db, read_only=True)
-    try:
-        rows = {pos: store.verdict(*pos) for pos in positions}
-    finally:
-        store.close()
-    return {pos: (r["status"], r["reason"]) for pos, r in rows.items() if r is not None}
 
 
 async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_auditor(
@@ -150,7 +138,7 @@ async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_audito
                         reader.close()
                     # ... and every record covered by a final seal and judged by every sealer
                     sealed = [
-                        len(_final_verdicts(final_dbs / f"{org}.final.db", everything))
+                        len(settled_verdicts(final_dbs / f"{org}.final.db", everything))
                         for org in SEALING
                     ]
                     if all(d >= total for d in done) and all(n == total for n in sealed):
@@ -179,7 +167,7 @@ async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_audito
         **{pos: ("quarantined", reason) for pos, (_, reason) in expected.items()},
     }
     for org in SEALING:
-        final = _final_verdicts(final_dbs / f"{org}.final.db", everything)
+        final = settled_verdicts(final_dbs / f"{org}.final.db", everything)
         wrong_final = {
             expected[pos][0] if pos in expected else f"genuine {pos}": (want, final.get(pos))
             for pos, want in want_final.items()

@@ -36,6 +36,7 @@ from nodes.org_node.config import NodeConfig, SealSettings
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node
 from nodes.org_node.sealer import Sealer, SealerConfig
+from tests.final_rows import settled_verdicts
 from tests.mission import Mission, live_mission
 
 pytestmark = [pytest.mark.kafka]
@@ -187,19 +188,6 @@ async def _publish_at(
     return md.topic, md.partition, md.offset
 
 
-def _final_verdicts(db: Path, positions: list[tuple[str, int, int]]) -> dict[Pos, tuple[str, str]]:
-    """(status, reason) of the final verdicts a final store holds on ``positions`` (those
-    whose epoch is judged; none when the store does not exist yet)."""
-    if not db.exists():
-        return {}
-    store = FinalStore(db, read_only=True)
-    try:
-        rows = {pos: store.verdict(*pos) for pos in positions}
-    finally:
-        store.close()
-    return {pos: (r["status"], r["reason"]) for pos, r in rows.items() if r is not None}
-
-
 async def test_node_stores_genuine_reports_and_quarantines_bad_ones(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path
 ) -> None:
@@ -242,7 +230,7 @@ async def test_node_stores_genuine_reports_and_quarantines_bad_ones(
             async with asyncio.timeout(120):
                 # Every record covered by a final seal and judged, and the OSCE policy's
                 # decision made on those final verdicts.
-                while len(_final_verdicts(final_db, everything)) < len(everything) or not (
+                while len(settled_verdicts(final_db, everything)) < len(everything) or not (
                     db.exists() and _read(db, NodeStore.decisions)
                 ):
                     if task.done():
@@ -264,7 +252,7 @@ async def test_node_stores_genuine_reports_and_quarantines_bad_ones(
     assert all(heads[f"{org}-obs-{i}"].seq == 5 for org in ORGS for i in (1, 2))
 
     # The node's final verdicts: the same as its provisional ones.
-    final = _final_verdicts(final_db, everything)
+    final = settled_verdicts(final_db, everything)
     assert final == {**dict.fromkeys(genuine, ("accepted", "")), **{
         pos: ("quarantined", reason) for pos, reason in bad.items()
     }}  # fmt: skip

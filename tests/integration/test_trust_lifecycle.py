@@ -41,6 +41,7 @@ from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node
 from nodes.org_node.sealer import Sealer, SealerConfig
 from nodes.runtime.files import write_key
+from tests.final_rows import settled_verdicts
 from tests.mission import Mission, live_mission
 
 pytestmark = [pytest.mark.kafka]
@@ -105,19 +106,6 @@ async def _sealers(bootstrap: str, topics: Topics, m: Mission, tmp: Path) -> Asy
         await asyncio.gather(*tasks)
 
 
-def _final_verdicts(db: Path, positions: list[Pos]) -> dict[Pos, tuple[str, str]]:
-    """(status, reason) of the final verdicts a final store holds on ``positions`` (those
-    whose epoch is judged; none while the store does not exist)."""
-    if not db.exists():
-        return {}
-    store = FinalStore(db, read_only=True)
-    try:
-        rows = {pos: store.verdict(*pos) for pos in positions}
-    finally:
-        store.close()
-    return {pos: (r["status"], r["reason"]) for pos, r in rows.items() if r is not None}
-
-
 async def _until_sealed(bootstrap: str, topics: Topics, final_db: Path) -> None:
     """Until every record now on the report, mandate and registry topics has a final verdict
     in ``final_db`` (epochs seal prefixes of each partition: its last record then suffices)."""
@@ -126,7 +114,7 @@ async def _until_sealed(bootstrap: str, topics: Topics, final_db: Path) -> None:
     lasts = [(t, p, end - 1) for (t, p), end in ends.items() if end > 0]
     async with asyncio.timeout(120):
         while True:
-            if len(await asyncio.to_thread(_final_verdicts, final_db, lasts)) == len(lasts):
+            if len(await asyncio.to_thread(settled_verdicts, final_db, lasts)) == len(lasts):
                 return
             await asyncio.sleep(0.2)
 
