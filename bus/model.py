@@ -276,20 +276,23 @@ def _unvalidated(cls: type[_T]) -> Callable[..., _T]:
     checks as the public constructors. Never hand out an object built with it without that call.
 
     The fields are stored through the slots' own descriptors (what ``object.__setattr__``
-    ends up calling, without the frozen class's ``__setattr__`` guard in front).
+    ends up calling, without the frozen class's ``__setattr__`` guard in front), one call per
+    field in straight-line code generated once per class, as :mod:`dataclasses` generates its
+    own ``__init__`` (a loop over the fields cost about three times as much per object, on the
+    ingest path of every record). The generated source holds only positional parameter names
+    ``v0``..``vN``; no field name or value reaches it.
     """
     names = tuple(f.name for f in fields(cls))  # type: ignore[arg-type]
     if tuple(getattr(cls, "__slots__", ())) != names:
         raise TypeError(f"{cls.__name__} must be a slots dataclass without extra slots")
-    setters = tuple(cls.__dict__[n].__set__ for n in names)
-    new = object.__new__
-
-    def build(*values: Any) -> _T:
-        obj = new(cls)
-        for set_field, value in zip(setters, values, strict=True):
-            set_field(obj, value)
-        return obj
-
+    scope: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    for i, n in enumerate(names):
+        scope[f"s{i}"] = cls.__dict__[n].__set__
+    params = ", ".join(f"v{i}" for i in range(len(names)))
+    body = "".join(f"    s{i}(obj, v{i})\n" for i in range(len(names)))
+    source = f"def build({params}):\n    obj = new(cls)\n{body}    return obj\n"
+    exec(compile(source, f"<unvalidated {cls.__name__}>", "exec"), scope)  # noqa: S102
+    build: Callable[..., _T] = scope["build"]
     return build
 
 
@@ -362,10 +365,13 @@ class Envelope:
             raise VerificationError(Reason.MISSING_SIGNATURE, "envelope carries no signature")
         sigs = []
         for s in pb_sigs:
-            sig = _unvalidated_signature(bytes(s.key_id), bytes(s.sig))
-            sig.__post_init__()  # the checks of Signature(...), once
-            sigs.append(sig)
-        return _unvalidated_envelope(payload_type, bytes(pb.payload), tuple(sigs))
+            key_id, sig_bytes = s.key_id, s.sig  # upb hands out bytes (no copy needed)
+            # the checks of Signature.__post_init__, in its order, inline (one call less per
+            # signature on the ingest path); tests/unit/test_model_decode.py pins the reasons
+            if len(key_id) != DIGEST_BYTES or len(sig_bytes) != ED25519_SIGNATURE_BYTES:
+                _unvalidated_signature(key_id, sig_bytes).__post_init__()
+            sigs.append(_unvalidated_signature(key_id, sig_bytes))
+        return _unvalidated_envelope(payload_type, pb.payload, tuple(sigs))
 
     def wire_size(self) -> int:
         """The length of :meth:`encode`'s bytes, computed without encoding them.
@@ -512,6 +518,8 @@ _unvalidated_attachment: Final = _unvalidated(Attachment)
 # that added each field after version 1, and the largest version a mandate may name.
 SCHEMA_VERSION: Final = 3
 FIELD_VERSIONS: Final[dict[str, int]] = {"language": 2, "retracts": 3, "retraction_reason": 3}
+if set(FIELD_VERSIONS) != {"language", "retracts", "retraction_reason"}:  # pragma: no cover
+    raise RuntimeError("Report.check_stated_version's fast path names the fields of each version")
 # A BCP 47 language tag (RFC 5646) in its usual shape: a language subtag, then subtags.
 LANGUAGE_TAG_RE: Final = re.compile(r"[a-z]{2,3}(?:-[A-Za-z0-9]{1,8})*")
 MAX_LANGUAGE_CHARS: Final = 35
@@ -653,7 +661,11 @@ class Report:
             VerificationError: ``schema_not_allowed`` naming the newer fields.
         """
         version = self.schema_version
-        if version < SCHEMA_VERSION and version < self.required_schema_version:
+        if version >= SCHEMA_VERSION or not (
+            self.language or self.retracts or self.retraction_reason
+        ):
+            return  # the fast path of every report that uses no field newer than version 1
+        if version < self.required_schema_version:
             newer = [n for n, v in FIELD_VERSIONS.items() if v > version and getattr(self, n)]
             raise VerificationError(
                 Reason.SCHEMA_NOT_ALLOWED,
@@ -745,7 +757,7 @@ class Report:
             pb.observer_id,
             pb.org,
             pb.seq,
-            bytes(pb.prev_digest),
+            pb.prev_digest,
             pb.observed_at_ms,
             pb.signed_at_ms,
             location,
