@@ -190,6 +190,7 @@ def _check_proof(args: argparse.Namespace, err: Console) -> int:
             orgs = check_from_file(proof, path, mandate)
             how = f"against the log in {path}"
         else:
+            check_broker(args)  # exit 3 naming the brokers, before any wait on the log
             orgs = asyncio.run(
                 check_live(
                     proof, bootstrap(args), Topics(args.topic_prefix), mandate,
@@ -260,6 +261,7 @@ def cmd_prove(args: argparse.Namespace) -> int:
                 path, mandate, where=where, report_id=args.report_id, epoch=args.epoch
             )
         else:
+            check_broker(args)  # exit 3 naming the brokers, before any wait on the log
             proof = asyncio.run(
                 prove_live(
                     bootstrap(args), Topics(args.topic_prefix), mandate, where=where,

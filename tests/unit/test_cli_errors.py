@@ -664,6 +664,8 @@ def test_observer_init_accepts_a_gateway_url() -> None:
     [
         ["log", "export", "log.jsonl", "--mandate", "{mandate}"],
         ["audit", "--mandate", "{mandate}"],
+        ["audit", "prove", "--mandate", "{mandate}", "--topic", "obus.reports.un", "--offset",
+         "0"],
         ["statement", "status", "--mandate", "{mandate}", "--final-db", "un.final.db"],
         ["statement", "sign", "0190a000-0000-7000-8000-000000000000", "--org", "un",
          "--node-key", "{un_node}", "--mandate", "{mandate}", "--final-db", "un.final.db"],
@@ -672,7 +674,7 @@ def test_observer_init_accepts_a_gateway_url() -> None:
         ["node", "--org", "un", "--mandate", "{mandate}", "--db", "un.db", "--node-key",
          "{un_node}"],
     ],
-    ids=["log-export", "audit", "statement-status", "statement-sign", "statement-draft", "node"],
+    ids=["log-export", "audit", "audit-prove", "statement-status", "statement-sign", "statement-draft", "node"],
 )  # fmt: skip
 def test_no_broker_is_one_line_and_exit_3_for_every_command_that_connects(
     capsys: pytest.CaptureFixture[str],
