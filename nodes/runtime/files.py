@@ -6,8 +6,11 @@ for tests and the demo only, in plaintext (:func:`write_key`). :func:`read_key` 
 encrypted file with the passphrase of the kind it states (``$OBUS_ROOT_KEY_PASSPHRASE``,
 ``$OBUS_NODE_KEY_PASSPHRASE``, else a prompt on a terminal), a plaintext one with one warning
 event (``key_file_unencrypted``) naming the file and ``obus key encrypt FILE --kind KIND``,
-which :func:`encrypt_key_file` implements. A process decrypts each file once: the key is kept
-for the same path and bytes, so a command that needs the key twice asks once.
+which :func:`encrypt_key_file` implements. An organization's X25519 decryption key file
+(``obus org enckey --private-out``) is read the same way by :func:`read_decryption_key_file`
+(``$OBUS_DECRYPTION_KEY_PASSPHRASE``; the fix of a plaintext one is ``--kind decryption``). A
+process decrypts each file once: the key is kept for the same path and bytes, so a command that
+needs the key twice asks once.
 
 A mandate file holds the raw bytes of a signed mandate envelope, exactly as published on
 ``obus.mandate``.
@@ -32,17 +35,22 @@ from bus.ceremony import format_time_ms
 from bus.crypto import SigningKey
 from bus.errors import BusError, ConfigError, KeyStoreError
 from bus.model import Mandate
+from bus.sealed import DecryptionKey
 from bus.trust import decode_mandate_record, verify_mandate
 from nodes.runtime.keyfile import (
     SCRYPT_N,
+    KeyFile,
     KeyKind,
     PassphraseSource,
+    decrypt_decryption_key,
     decrypt_key,
+    encrypt_decryption_key,
     encrypt_key,
     new_passphrase,
     parse_key_file,
     passphrase_from_env_or_terminal,
     plaintext_key,
+    read_plaintext_decryption_key,
     read_plaintext_key,
     replace_key_file,
     write_new_key_file,
@@ -51,7 +59,7 @@ from nodes.runtime.keyfile import (
 log = structlog.get_logger(__name__)
 
 # Keys this process already read: (resolved path, SHA-256 of the file's bytes) -> key.
-_loaded: dict[tuple[str, bytes], SigningKey] = {}
+_loaded: dict[tuple[str, bytes], SigningKey | DecryptionKey] = {}
 
 
 def write_key(path: Path, key: SigningKey) -> None:
@@ -69,6 +77,22 @@ def write_encrypted_key(
         KeyStoreError: the file exists or the passphrase is too short.
     """
     write_new_key_file(path, encrypt_key(key, passphrase, kind, n=scrypt_n))
+
+
+def _read_key_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise KeyStoreError(
+            f"cannot read key file {path}: {exc.strerror or exc}", path=str(path)
+        ) from exc
+
+
+def _warn_unencrypted(path: Path, kind: KeyKind) -> None:
+    log.warning(
+        "key_file_unencrypted", path=str(path), kind=kind.value,
+        fix=f"obus key encrypt {path} --kind {kind.value}",
+    )  # fmt: skip
 
 
 def read_key(
@@ -90,32 +114,71 @@ def read_key(
         KeyStoreError: missing or malformed file, a key of another kind, a wrong passphrase
             (naming where it came from).
         ConfigError: an encrypted file and no passphrase at hand (naming the variable).
+        ValueError: ``kind`` is ``decryption`` (not a signing key; see
+            :func:`read_decryption_key_file`).
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyStoreError(
-            f"cannot read key file {path}: {exc.strerror or exc}", path=str(path)
-        ) from exc
+    if kind is KeyKind.DECRYPTION:
+        raise ValueError("a decryption key is read with read_decryption_key_file")
+    data = _read_key_bytes(path)
     cache_key = (str(path.resolve()), hashlib.sha256(data).digest())
-    if cache_key in _loaded:
-        return _loaded[cache_key]
-    parsed = parse_key_file(data, source=str(path))
-    if parsed.kind is not None and parsed.kind != kind:
-        raise KeyStoreError(
-            f"{path} holds a {parsed.kind} key; a {kind} key is expected here",
-            path=str(path),
-        )
+    cached = _loaded.get(cache_key)
+    if isinstance(cached, SigningKey):
+        return cached
+    parsed = _parse_expecting(data, path, kind)
     if parsed.encrypted:
         key = decrypt_key(parsed, passphrase(kind, path), source=str(path))
     else:
         key = read_plaintext_key(parsed, source=str(path))
-        log.warning(
-            "key_file_unencrypted", path=str(path), kind=kind.value,
-            fix=f"obus key encrypt {path} --kind {kind.value}",
-        )  # fmt: skip
+        _warn_unencrypted(path, kind)
     _loaded[cache_key] = key
     return key
+
+
+def read_decryption_key_file(
+    path: Path, *, passphrase: PassphraseSource = passphrase_from_env_or_terminal
+) -> DecryptionKey:
+    """Read an organization's X25519 decryption key file (``obus org enckey --private-out``),
+    encrypted or plaintext (one ``key_file_unencrypted`` warning naming ``obus key encrypt FILE
+    --kind decryption``).
+
+    Args:
+        path: the key file.
+        passphrase: where the passphrase of an encrypted file comes from (default:
+            ``$OBUS_DECRYPTION_KEY_PASSPHRASE``, else a prompt on a terminal).
+
+    Raises:
+        KeyStoreError: missing or malformed file, an Ed25519 key file, a wrong passphrase
+            (naming where it came from) or an altered file.
+        ConfigError: an encrypted file and no passphrase at hand (naming the variable).
+    """
+    kind = KeyKind.DECRYPTION
+    data = _read_key_bytes(path)
+    cache_key = (str(path.resolve()), hashlib.sha256(data).digest())
+    cached = _loaded.get(cache_key)
+    if isinstance(cached, DecryptionKey):
+        return cached
+    parsed = _parse_expecting(data, path, kind)
+    if parsed.encrypted:
+        key = decrypt_decryption_key(parsed, passphrase(kind, path), source=str(path))
+    else:
+        key = read_plaintext_decryption_key(parsed, source=str(path))
+        _warn_unencrypted(path, kind)
+    _loaded[cache_key] = key
+    return key
+
+
+def _parse_expecting(data: bytes, path: Path, kind: KeyKind) -> KeyFile:
+    """Parse a key file and refuse one that states another kind than ``kind`` (every X25519
+    file states ``decryption``; an Ed25519 file without a kind is taken as ``kind``)."""
+    parsed = parse_key_file(data, source=str(path))
+    if (parsed.kind is not None and parsed.kind != kind) or (
+        parsed.kind is None and kind is KeyKind.DECRYPTION
+    ):
+        held = f"a {parsed.kind}" if parsed.kind else "an Ed25519 signing"
+        raise KeyStoreError(
+            f"{path} holds {held} key; a {kind} key is expected here", path=str(path)
+        )
+    return parsed
 
 
 def encrypt_key_file(
@@ -124,26 +187,35 @@ def encrypt_key_file(
     kind: KeyKind,
     passphrase: PassphraseSource = new_passphrase,
     scrypt_n: int = SCRYPT_N,
-) -> tuple[SigningKey | None, KeyKind | None]:
+) -> tuple[SigningKey | DecryptionKey | None, KeyKind | None]:
     """Encrypt a plaintext key file in place (atomically, mode 0600); idempotent.
+
+    ``kind`` ``decryption`` encrypts a plaintext X25519 decryption key file (and nothing else);
+    the other kinds a plaintext Ed25519 key file (and never an X25519 one).
 
     Returns:
         (the key, None) when the file was encrypted now; (None, the kind it states) when it
         already was, untouched.
 
     Raises:
-        KeyStoreError: missing or malformed file, or a passphrase too short.
+        KeyStoreError: missing or malformed file, a plaintext key of the other algorithm (left
+            as it is), or a passphrase too short.
         ConfigError: no passphrase at hand (naming the variable).
     """
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise KeyStoreError(
-            f"cannot read key file {path}: {exc.strerror or exc}", path=str(path)
-        ) from exc
+    data = _read_key_bytes(path)
     parsed = parse_key_file(data, source=str(path))
     if parsed.encrypted:
         return None, parsed.kind
+    if parsed.x25519 != (kind is KeyKind.DECRYPTION):
+        held = "an X25519 decryption" if parsed.x25519 else "an Ed25519 signing"
+        raise KeyStoreError(
+            f"{path} holds {held} key, not a {kind} key; left as it is", path=str(path)
+        )
+    if parsed.x25519:
+        x_key = read_plaintext_decryption_key(parsed, source=str(path))
+        text = passphrase(kind, path).text
+        replace_key_file(path, encrypt_decryption_key(x_key, text, n=scrypt_n))
+        return x_key, None
     key = read_plaintext_key(parsed, source=str(path))
     replace_key_file(path, encrypt_key(key, passphrase(kind, path).text, kind, n=scrypt_n))
     return key, None
