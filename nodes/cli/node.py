@@ -276,7 +276,9 @@ def add_node_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[
         "--decryption-key",
         action="append",
         metavar="FILE",
-        help="this organization's X25519 key file (obus org enckey): read restricted reports",
+        help="this organization's X25519 key file (obus org enckey): read restricted reports;"
+        " an encrypted one takes its passphrase from $OBUS_DECRYPTION_KEY_PASSPHRASE, else the"
+        " terminal",
     )
     node.add_argument(
         "--node-key", metavar="FILE", help="node key (role NODE): signs published decisions"

@@ -1,6 +1,6 @@
 """``obus keygen``, ``obus key encrypt`` and ``obus org ...``: key files (encrypted at rest:
-:mod:`nodes.runtime.keyfile`), and an organization's registry records (accreditations,
-revocations, encryption keys).
+:mod:`nodes.runtime.keyfile`; root, node and an organization's X25519 decryption keys), and an
+organization's registry records (accreditations, revocations, encryption keys).
 
 Record formats and their verification live in the pure core (:mod:`bus.model`,
 :mod:`bus.trust`); this module only reads and writes files, publishes to Kafka and prints.
@@ -44,11 +44,23 @@ from nodes.cli.common import (
 from nodes.runtime.files import (
     encrypt_key_file,
     load_mandate,
+    read_decryption_key_file,
     read_key,
     write_encrypted_key,
     write_key,
 )
-from nodes.runtime.keyfile import PASSPHRASE_ENV, KeyKind, new_passphrase
+from nodes.runtime.keyfile import (
+    PASSPHRASE_ENV,
+    SCRYPT_N,
+    X25519_PLAINTEXT_TYPE,
+    KeyKind,
+    PassphraseSource,
+    encrypt_decryption_key,
+    new_passphrase,
+    passphrase_from_env_or_terminal,
+    plaintext_decryption_key,
+    write_new_key_file,
+)
 
 # The accreditation request written by `obus observer init` (nodes/observer/device.py).
 REQUEST_TYPE = "obus-accreditation-request"
@@ -81,7 +93,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _cmd_key_encrypt(args: argparse.Namespace) -> int:
     path, kind = Path(args.path), KeyKind(args.kind)
-    key, already = encrypt_key_file(path, kind=kind)
+    key, already = encrypt_key_file(path, kind=kind)  # refuses a plaintext key of another type
     if key is None:
         print(f"{path} is already encrypted ({already or 'observer'} key); left as it is")
     else:
@@ -464,12 +476,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-DECRYPTION_KEY_TYPE = "obus-x25519-private"
-
-
-def _decryption_key_doc(key: DecryptionKey) -> bytes:
-    doc = {"type": DECRYPTION_KEY_TYPE, "org": key.org, "private": key.private_key.hex()}
-    return json.dumps(doc).encode()
+DECRYPTION_KEY_TYPE = X25519_PLAINTEXT_TYPE  # the plaintext format (--plaintext-key)
 
 
 def _refuse_existing(path: Path) -> None:
@@ -477,19 +484,28 @@ def _refuse_existing(path: Path) -> None:
         raise KeyStoreError(f"{path} exists; refusing to overwrite a key", path=str(path))
 
 
-def write_decryption_key(path: Path, key: DecryptionKey) -> None:
-    """Write an organization's X25519 private key file, readable only by its owner."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError as exc:
-        raise KeyStoreError(f"{path} exists; refusing to overwrite a key", path=str(path)) from exc
-    with os.fdopen(fd, "wb") as f:
-        f.write(_decryption_key_doc(key))
+def _decryption_key_bytes(key: DecryptionKey, passphrase: str | None, scrypt_n: int) -> bytes:
+    if passphrase is None:
+        return plaintext_decryption_key(key)
+    return encrypt_decryption_key(key, passphrase, n=scrypt_n)
 
 
-def _stage_decryption_key(path: Path, key: DecryptionKey) -> Path:
-    """Write the key to a temporary file (mode 0600) beside ``path``; returns the temp path.
+def write_decryption_key(
+    path: Path, key: DecryptionKey, *, passphrase: str | None = None, scrypt_n: int = SCRYPT_N
+) -> None:
+    """Write an organization's X25519 private key file, readable only by its owner (refuses to
+    overwrite): encrypted under ``passphrase`` (:mod:`nodes.runtime.keyfile`), or in plaintext
+    without one (tests and demos only).
+
+    Raises:
+        KeyStoreError: the file exists or the passphrase is too short.
+    """
+    write_new_key_file(path, _decryption_key_bytes(key, passphrase, scrypt_n))
+
+
+def _stage_decryption_key(path: Path, data: bytes) -> Path:
+    """Write the key file's bytes to a temporary file (mode 0600) beside ``path``; returns the
+    temp path.
 
     Nothing appears under ``path`` until :func:`_commit_decryption_key`, so a failed publish
     leaves no orphaned private key behind (and a re-run is not refused).
@@ -500,7 +516,7 @@ def _stage_decryption_key(path: Path, key: DecryptionKey) -> Path:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(_decryption_key_doc(key))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
     except BaseException:
@@ -524,23 +540,30 @@ def _commit_decryption_key(tmp: Path, path: Path) -> None:
     tmp.unlink()
 
 
-def read_decryption_key(path: Path, org: str | None = None) -> DecryptionKey:
-    """Read an X25519 private key file (``obus org enckey --private-out``).
+def read_decryption_key(
+    path: Path,
+    org: str | None = None,
+    *,
+    passphrase: PassphraseSource = passphrase_from_env_or_terminal,
+) -> DecryptionKey:
+    """Read an X25519 private key file (``obus org enckey --private-out``), encrypted (the
+    passphrase from ``$OBUS_DECRYPTION_KEY_PASSPHRASE``, else a prompt on a terminal) or
+    plaintext (one ``key_file_unencrypted`` warning naming ``obus key encrypt FILE --kind
+    decryption``).
 
     Raises:
-        ConfigError: unreadable, wrong format, or the key of another organization than ``org``.
+        KeyStoreError: unreadable, not a decryption key file, a wrong passphrase or an altered
+            file (:func:`nodes.runtime.files.read_decryption_key_file`).
+        ConfigError: an encrypted file and no passphrase at hand (naming the variable), or the
+            key of another organization than ``org``.
     """
-    fix = "pass the file `obus org enckey --private-out` wrote for your organization"
-    try:
-        doc = json.loads(path.read_bytes())
-        kind = doc.get("type")
-        key = DecryptionKey(str(doc["org"]), bytes.fromhex(doc["private"]))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError("--decryption-key", f"cannot read {path}: {exc}", fix) from exc
-    if kind != DECRYPTION_KEY_TYPE:
-        raise ConfigError("--decryption-key", f"{path} is not an {DECRYPTION_KEY_TYPE} file", fix)
+    key = read_decryption_key_file(path, passphrase=passphrase)
     if org is not None and key.org != org:
-        raise ConfigError("--decryption-key", f"{path} is the key of {key.org}, not {org}", fix)
+        raise ConfigError(
+            "--decryption-key",
+            f"{path} is the key of {key.org}, not {org}",
+            "pass the file `obus org enckey --private-out` wrote for your organization",
+        )
     return key
 
 
@@ -548,6 +571,10 @@ def _cmd_enckey(args: argparse.Namespace) -> int:
     _check_offline(args)
     mandate, _ = load_mandate(Path(args.mandate))
     root = _root_for(args, mandate)
+    private_out = Path(args.private_out)
+    _refuse_existing(private_out)  # before a passphrase is asked for
+    kind = KeyKind.DECRYPTION
+    passphrase = None if args.plaintext_key else new_passphrase(kind, private_out).text
     key = DecryptionKey.generate(args.org)
     not_after = (
         mandate.not_after_ms
@@ -562,9 +589,8 @@ def _cmd_enckey(args: argparse.Namespace) -> int:
         serial=args.serial if args.serial is not None else now_ms(),
         mandate_id=mandate.mandate_id,
     )
-    private_out = Path(args.private_out)
     try:
-        tmp = _stage_decryption_key(private_out, key)
+        tmp = _stage_decryption_key(private_out, _decryption_key_bytes(key, passphrase, SCRYPT_N))
     except OSError as exc:
         raise ConfigError(
             "--private-out", f"cannot write {private_out}: {exc.strerror}", "pick a writable path"
@@ -575,9 +601,14 @@ def _cmd_enckey(args: argparse.Namespace) -> int:
         tmp.unlink(missing_ok=True)
         raise
     _commit_decryption_key(tmp, private_out)
+    at_rest = (
+        "plaintext: tests and demos only"
+        if passphrase is None
+        else f"encrypted; the node takes the passphrase from {PASSPHRASE_ENV[kind]} or the prompt"
+    )
     print(
         f"encryption key of {args.org}: key id {ek.key_id.hex()}; private key in"
-        f" {args.private_out} (give it to your node: obus node --decryption-key FILE)"
+        f" {args.private_out} ({at_rest}; give it to your node: obus node --decryption-key FILE)"
     )
     return 0
 
@@ -612,16 +643,21 @@ def add_keygen_commands(sub: argparse._SubParsersAction) -> None:  # type: ignor
     ksub = key.add_subparsers(dest="key_command", required=True, metavar="ACTION")
     enc = ksub.add_parser(
         "encrypt",
-        help="encrypt a plaintext root or node key file in place (idempotent)",
+        help="encrypt a plaintext root, node or decryption key file in place (idempotent)",
         description="Replaces a plaintext key file (written before keys were encrypted, or with"
         " --plaintext-key) by the same key encrypted under the passphrase of its kind"
-        " ($OBUS_ROOT_KEY_PASSPHRASE or $OBUS_NODE_KEY_PASSPHRASE, else asked twice on the"
-        " terminal); atomically, mode 0600. A file already encrypted is left as it is (exit 0).",
+        " ($OBUS_ROOT_KEY_PASSPHRASE, $OBUS_NODE_KEY_PASSPHRASE or"
+        " $OBUS_DECRYPTION_KEY_PASSPHRASE, else asked twice on the terminal); atomically, mode"
+        " 0600. A file already encrypted is left as it is (exit 0); a plaintext key of the other"
+        " type (an Ed25519 key with --kind decryption, an X25519 one with root or node) is"
+        " refused and left as it is.",
     )
     enc.add_argument("path", metavar="FILE", help="the key file")
     enc.add_argument(
-        "--kind", required=True, choices=[KeyKind.ROOT.value, KeyKind.NODE.value],
-        help="which passphrase encrypts it: root or node",
+        "--kind", required=True,
+        choices=[KeyKind.ROOT.value, KeyKind.NODE.value, KeyKind.DECRYPTION.value],
+        help="which passphrase encrypts it: root or node (Ed25519 keys), decryption (an"
+        " organization's X25519 key from obus org enckey --private-out)",
     )  # fmt: skip
     add_log_level(enc)
     enc.set_defaults(func=_cmd_key_encrypt)
@@ -690,10 +726,17 @@ def add_org_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
         help="new X25519 key for restricted reports: write the private key, publish the public",
         description="Observers seal restricted reports to the newest encryption key each "
         "recipient organization published on the registry; this organization's nodes read them "
-        "with the private key file (obus node --decryption-key FILE).",
+        "with the private key file (obus node --decryption-key FILE). The private key is "
+        "encrypted at rest (scrypt, AES-256-GCM) under $OBUS_DECRYPTION_KEY_PASSPHRASE, else a "
+        "passphrase asked twice on the terminal; the node asks for the same one.",
     )
     registry_args(e)
     e.add_argument("--private-out", required=True, metavar="FILE", help="private key file")
+    e.add_argument(
+        "--plaintext-key", action="store_true",
+        help="write the private key unencrypted (tests and demos only: anyone who reads the"
+        " file reads this organization's restricted reports)",
+    )  # fmt: skip
     e.add_argument("--not-after", metavar="TIME", help="default: the mandate's end")
     e.set_defaults(func=_cmd_enckey)
 

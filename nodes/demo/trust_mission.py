@@ -265,7 +265,7 @@ async def _run(console: Console, work: Path) -> bool:
                 ok &= await _cli(console, "org", "enckey", "--org", org, "--root-key",
                                  str(m.root_file(org)), "--mandate", str(work / "v1.bin"),
                                  "--private-out", str(work / "keys" / f"{org}.x25519"),
-                                 *common) == 0  # fmt: skip
+                                 "--plaintext-key", *common) == 0  # fmt: skip
             for org in ORGS:
                 procs[org] = _start_node(m, org, common)
             console.print(f"nodes: {', '.join(f'{o} (pid {p.pid})' for o, p in procs.items())}")
