@@ -378,7 +378,8 @@ async def test_restricted_report_is_readable_by_two_organizations_only(
                 write_key(root, m.scenario.org_roots[org])
                 code = await _cli(
                     "org", "enckey", "--org", org, "--root-key", str(root), "--mandate",
-                    str(mandate_file), "--private-out", str(tmp_path / f"{org}.x25519"), *common,
+                    str(mandate_file), "--private-out", str(tmp_path / f"{org}.x25519"),
+                    "--plaintext-key", *common,
                 )  # fmt: skip
                 assert code == 0
             # The encryption keys sealed: the restricted report, logged from now on, is judged

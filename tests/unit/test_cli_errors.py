@@ -315,7 +315,8 @@ def test_offline_without_out_is_refused(
 
 def _enckey(files: dict[str, Path], tmp_path: Path, *extra: str) -> list[str]:
     return ["org", "enckey", "--org", "un", "--root-key", str(files["un_root"]), "--mandate",
-            str(files["mandate"]), "--private-out", str(tmp_path / "priv.json"), *extra]  # fmt: skip
+            str(files["mandate"]), "--private-out", str(tmp_path / "priv.json"),
+            "--plaintext-key", *extra]  # fmt: skip
 
 
 def test_enckey_failed_publish_leaves_no_private_key(
