@@ -33,3 +33,15 @@ def settled_verdicts(db: Path, positions: Iterable[Pos]) -> dict[Pos, tuple[str,
         for pos, r in rows.items()
         if r is not None and r["status"] != "deferred"
     }
+
+
+def last_epoch(db: Path) -> int:
+    """The last epoch the final store ``db`` holds (0 while it holds none or does not exist)."""
+    if not db.exists():
+        return 0
+    store = FinalStore(db, read_only=True)
+    try:
+        last = store.last_epoch()
+    finally:
+        store.close()
+    return 0 if last is None else last[0]

@@ -161,7 +161,10 @@ class NodeProcesses:
         orgs: Iterable[str] = ORGS,
         extra_args: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        org_args: dict[str, tuple[str, ...]] | None = None,
     ) -> None:
+        """``org_args``: arguments of one organization's node only (e.g. its ``--node-key``);
+        a node seals only when its own arguments or ``extra_args`` say ``--seal``."""
         self.bootstrap = bootstrap
         self.topics = topics
         self.mandate_file = mandate_file
@@ -169,6 +172,7 @@ class NodeProcesses:
         self.orgs = tuple(orgs)
         self.extra_args = extra_args
         self.env = env or {}
+        self.org_args = org_args or {}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.starts: Counter[str] = Counter()
 
@@ -187,7 +191,8 @@ class NodeProcesses:
                     [sys.executable, "-m", "nodes.cli", "node", "--org", o,
                      "--mandate", str(self.mandate_file), "--db", str(self.db(o)),
                      "--bootstrap", self.bootstrap, "--topic-prefix", self.topics.prefix,
-                     "--log-level", "info", "--no-seal", *self.extra_args],
+                     "--log-level", "info", "--no-seal", *self.extra_args,
+                     *self.org_args.get(o, ())],
                     stdout=logf, stderr=subprocess.STDOUT, cwd=REPO,
                     env={**os.environ, "OBUS_LOG_JSON": "1", **self.env},
                 )  # fmt: skip

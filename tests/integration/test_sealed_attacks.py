@@ -60,6 +60,7 @@ from nodes.demo.scenario import (
     node_subject,
 )
 from nodes.org_node.sealer import Sealer, SealerConfig
+from tests.final_rows import last_epoch
 
 pytestmark = [pytest.mark.kafka]
 
@@ -127,17 +128,6 @@ def _verdict(db: Path, pos: Pos) -> dict[str, Any] | None:
     store = FinalStore(db, read_only=True)
     try:
         return store.verdict(*pos)
-    finally:
-        store.close()
-
-
-def _last_epoch(db: Path) -> int:
-    if not db.exists():
-        return 0
-    store = FinalStore(db, read_only=True)
-    try:
-        last = store.last_epoch()
-        return 0 if last is None else last[0]
     finally:
         store.close()
 
@@ -350,7 +340,7 @@ class Bus:
             last, since = -1, time.monotonic()
             while True:
                 self.check_running()
-                epochs = {_last_epoch(db) for db in self.fleet_dbs}
+                epochs = {last_epoch(db) for db in self.fleet_dbs}
                 current = epochs.pop() if len(epochs) == 1 else -1
                 now = time.monotonic()
                 if current < 0 or current != last:
@@ -372,7 +362,7 @@ class Bus:
         late = self.config("un", late=True)
         self.start("late", late)
         async with asyncio.timeout(WAIT_S):
-            while _last_epoch(late.db_path) < last:
+            while last_epoch(late.db_path) < last:
                 self.check_running()
                 await asyncio.sleep(0.2)
         await self.stop("late")
