@@ -478,13 +478,18 @@ class BusReader:
             return True
         return any(view.size(ref) > latest.size(ref) for ref in view.refs())
 
-    def propose(self, *, org: str, now_ms: int) -> SealProposal | None:
+    def electable(self, proposal: SealProposal, org: str) -> bool:
+        """Whether ``org``'s vote on ``proposal`` can help make it final: its trust state is
+        known here, and node keys of at least k organizations, ``org``'s among them, count on
+        it."""
+        return self._electable(proposal, org) is None
+
+    def propose(self, *, org: str, now_ms: int, electable_only: bool = True) -> SealProposal | None:
         """A proposal for the open round of the open epoch over everything held now, or None
         when there is nothing new to seal (an epoch with no new record is proposed only when
         the last one deferred reports to it), this reader is behind the newest final seal, the
-        clock is not after its time, or it could not become final with ``org``'s vote (its
-        trust state unknown here, or node keys of fewer than k organizations, ``org``'s among
-        them, count on it)."""
+        clock is not after its time, or (``electable_only``, the default) it could not become
+        final with ``org``'s vote (:meth:`electable`)."""
         latest = self._chain.latest
         if latest is not None and now_ms <= latest.time_ms:
             return None
@@ -513,7 +518,7 @@ class BusReader:
             open_round=self._chain.open_round,
             carried=carried,
         )
-        if proposal is None or self._electable(proposal, org) is not None:
+        if proposal is None or (electable_only and self._electable(proposal, org) is not None):
             return None
         return proposal
 

@@ -337,6 +337,7 @@ class Sealer:
                 "give 0 (never withdraw) or several seal intervals (the default is six)",
             )
         self._refused: set[tuple[int, str]] = set()  # (offset, reason) logged once
+        self._key_problem = ""  # why this node key cannot vote, as last logged ("": it can)
         # Open (epoch, round) -> when this node first could propose in it (something new,
         # electable).
         self._ready_ms: dict[tuple[int, int], int] = {}
@@ -687,11 +688,35 @@ class Sealer:
             return None
         try:
             acc = ring.lookup(key.key_id)
-        except VerificationError:
+        except VerificationError as exc:
+            self._cannot_vote(exc.reason.value, proposal.epoch)
             return None
         if acc.org != self.config.org or acc.role is not Role.NODE:
+            self._cannot_vote(f"accredited by {acc.org} with role {acc.role.name}", proposal.epoch)
             return None
+        if self._key_problem:
+            self._log.info("seal_key_accredited", epoch=proposal.epoch)
+            self._key_problem = ""
         return key_name(acc.org, acc.subject_id)
+
+    def _cannot_vote(self, why: str, epoch: int) -> None:
+        """Say once (until it changes) that this node's key cannot propose or cosign: without
+        it the node judges and stores final verdicts but never votes, and with fewer than k
+        voting organizations no epoch becomes final."""
+        if why == self._key_problem:
+            return
+        self._key_problem = why
+        key = self.config.node_key
+        self._log.warning(
+            "seal_key_not_accredited",
+            epoch=epoch,
+            key_id=None if key is None else key.key_id.hex(),
+            why=why,
+            fix=f"accredit this node key with role node: obus org accredit --org"
+            f" {self.config.org} --root-key ROOT_KEY --mandate MANDATE --role node --subject"
+            f" {self.config.org}-node-1 --public-key <this key's public key> (README, first"
+            " deployment)",
+        )
 
     async def _witness(self, producer: Any, consumer: AIOKafkaConsumer) -> None:
         cfg = self.config
@@ -853,12 +878,18 @@ class Sealer:
             or not self._caught_up
         ):
             return None
+        draft = (
+            self.reader.propose(org=self.config.org, now_ms=now, electable_only=False)
+            if self.reader.sealable()
+            else None
+        )
         if (
-            not self.reader.sealable()
-            or self.reader.propose(org=self.config.org, now_ms=now) is None
+            draft is None
+            or self._key_name(draft) is None  # says once why this node key cannot vote
+            or not self.reader.electable(draft, self.config.org)
         ):
-            # Nothing to seal, or not electable yet: look again a little later (each look
-            # computes the proposal's roots).
+            # Nothing to seal, this key cannot sign it, or not electable yet: look again a
+            # little later (each look computes the proposal's roots).
             self._next_probe_ms = now + max(100, self.config.interval_ms // 4)
             return None
         self._ready_ms[(epoch, round_)] = now

@@ -40,6 +40,7 @@ from nodes.demo.scenario import (
     signed_reports,
 )
 from nodes.org_node.sealer import Sealer, SealerConfig
+from tests.final_rows import last_epoch
 from tests.logcapture import capture_all_logs
 
 pytestmark = [pytest.mark.kafka]
@@ -128,6 +129,15 @@ async def fleet() -> AsyncIterator[Fleet]:
         await f.stop()
 
 
+def _config(bootstrap: str, topics: Topics, sc: Scenario, org: str, db: Path) -> SealerConfig:
+    """A sealer of ``org`` with its accredited node key, sealing every 300 ms."""
+    return SealerConfig(
+        org=org, bootstrap=bootstrap, db_path=db, root=sc.mandate, node_key=sc.node_keys[org],
+        topics=topics, interval_ms=300, takeover_ms=300, poll_timeout_ms=100,
+        metadata_refresh_ms=1000,
+    )  # fmt: skip
+
+
 def _first_seal(db: Path) -> dict[str, object] | None:
     if not db.exists():
         return None
@@ -160,13 +170,7 @@ async def test_a_forged_seal_is_refused_by_every_sealer_and_never_final(
     dbs = {org: tmp_path / f"{org}.final.db" for org in HONEST}
     with capture_all_logs() as logs:
         for org in HONEST:
-            fleet.start(
-                SealerConfig(
-                    org=org, bootstrap=kafka_bootstrap, db_path=dbs[org], root=sc.mandate,
-                    node_key=sc.node_keys[org], topics=topics, interval_ms=300,
-                    takeover_ms=300, poll_timeout_ms=100, metadata_refresh_ms=1000,
-                )
-            )  # fmt: skip
+            fleet.start(_config(kafka_bootstrap, topics, sc, org, dbs[org]))
         async with asyncio.timeout(WAIT_S):
             while not all(_first_seal(db) for db in dbs.values()):
                 fleet.check()
@@ -190,3 +194,75 @@ async def test_a_forged_seal_is_refused_by_every_sealer_and_never_final(
     signers = first["signers"]
     assert isinstance(signers, list) and "nato" not in signers
     assert len(signers) >= sc.mandate.threshold
+
+
+async def test_a_node_key_nobody_accredited_is_named_once_and_votes_once_accredited(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, fleet: Fleet
+) -> None:
+    """SCO's node runs with a node key its organization has not accredited yet: it judges the
+    sealed log like every node but cannot vote, and says so once (``seal_key_not_accredited``,
+    naming the key and the command that fixes it) instead of staying silent, however many
+    rounds it sees. Once SCO
+    accredits the key, it votes from the first epoch that trusts it."""
+    sc = build_scenario(_now(), observers_per_org=1)
+    sco_acc = sc.node_accreditations[ORGS.index("sco")]
+    sc.node_accreditations.remove(sco_acc)
+    producer = await _setup(kafka_bootstrap, topics, sc)
+    dbs = {org: tmp_path / f"{org}.final.db" for org in ORGS}
+    try:
+        with capture_all_logs() as logs:
+            # SCO's sealer alone first: at its turn to propose epoch 1 (the others are silent,
+            # so the turn reaches it) it finds its key cannot sign, and says so.
+            fleet.start(_config(kafka_bootstrap, topics, sc, "sco", dbs["sco"]))
+            async with asyncio.timeout(WAIT_S):
+                while not any(e["event"] == "seal_key_not_accredited" for e in logs):
+                    fleet.check()
+                    await asyncio.sleep(0.1)
+            for org in ORGS:
+                if org != "sco":
+                    fleet.start(_config(kafka_bootstrap, topics, sc, org, dbs[org]))
+            async with asyncio.timeout(WAIT_S):
+                while not all(last_epoch(db) >= 1 for db in dbs.values()):
+                    fleet.check()
+                    await asyncio.sleep(0.3)
+            before = fleet.tasks["sco"][0].status()
+            # SCO accredits its node key; more reports arrive, then more again once the
+            # epoch holding the accreditation is final (trust takes effect after its epoch).
+            await producer.send_and_wait(topics.registry, sco_acc)
+            for round_ in (1, 2):
+                target = max(last_epoch(db) for db in dbs.values()) + 1
+                for obs, _, raw in signed_reports(sc, 1, _now(), random.Random(10 + round_)):
+                    await producer.send_and_wait(
+                        topics.reports(obs.org), raw, key=obs.observer_id.encode()
+                    )
+                async with asyncio.timeout(WAIT_S):
+                    while not all(last_epoch(db) >= target for db in dbs.values()):
+                        fleet.check()
+                        await asyncio.sleep(0.3)
+            async with asyncio.timeout(WAIT_S):
+                while True:
+                    fleet.check()
+                    after = fleet.tasks["sco"][0].status()
+                    if after["proposals_published"] + after["cosignatures_published"] > 0:
+                        break
+                    await asyncio.sleep(0.3)
+    finally:
+        await producer.stop()
+    await fleet.stop()
+
+    assert before["proposals_published"] + before["cosignatures_published"] == 0
+    named = [e for e in logs if e["event"] == "seal_key_not_accredited"]
+    assert [e["org"] for e in named] == ["sco"], named
+    assert named[0]["why"] == Reason.UNKNOWN_KEY.value
+    assert named[0]["key_id"] == sc.node_keys["sco"].key_id.hex()
+    assert "obus org accredit --org sco" in named[0]["fix"]
+    assert [e["org"] for e in logs if e["event"] == "seal_key_accredited"] == ["sco"]
+    # Every node, SCO's too, judged the same epochs alike.
+    prints = set()
+    for db in dbs.values():
+        store = FinalStore(db, read_only=True)
+        try:
+            prints.add((store.last_epoch(), store.fingerprint()))
+        finally:
+            store.close()
+    assert len(prints) == 1
