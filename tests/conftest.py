@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 import structlog
 
 from tests.kafka_broker import LocalKafka
+
+if TYPE_CHECKING:
+    from tests.sealers import Fleet
 
 KAFKA_FIXTURES = ("kafka_bootstrap", "local_kafka")
 
@@ -51,6 +55,19 @@ def kafka_bootstrap(local_kafka: LocalKafka | None) -> str:
     if local_kafka is None:
         return os.environ["OBUS_BOOTSTRAP"]
     return local_kafka.bootstrap
+
+
+@pytest.fixture
+async def fleet() -> AsyncIterator[Fleet]:
+    """An empty :class:`tests.sealers.Fleet` of sealer tasks, every one stopped and awaited at
+    the end of the test (imported here only when a test asks for it)."""
+    from tests.sealers import Fleet  # noqa: PLC0415
+
+    f = Fleet()
+    try:
+        yield f
+    finally:
+        await f.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -12,10 +12,8 @@ reasons.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -29,50 +27,15 @@ from bus.topics import Topics, standard_topics
 from nodes.auditor.run import audit
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.process import build_node
-from nodes.org_node.sealer import Sealer, SealerConfig
 from tests.final_rows import settled_verdicts
-from tests.mission import Mission, make_mission
+from tests.mission import make_mission
+from tests.sealers import running_sealers
 from tests.unit.test_verify_table import CASES
 
 pytestmark = [pytest.mark.kafka]
 ORGS = ["un", "osce", "eu", "nato", "csto", "sco"]
 SEALING = ["un", "osce", "eu", "nato"]  # k of them: their node keys propose and cosign seals
 SEAL_INTERVAL_MS = 300
-
-
-@contextlib.asynccontextmanager
-async def _sealers(
-    bootstrap: str, topics: Topics, m: Mission, tmp: Path, orgs: Sequence[str]
-) -> AsyncIterator[None]:
-    """Sealers of ``orgs`` (no node), proposing and cosigning seals with their accredited node
-    keys, with their own final stores in ``tmp``; stopped and awaited on exit."""
-    running = [
-        Sealer(
-            SealerConfig(
-                org=org,
-                bootstrap=bootstrap,
-                db_path=tmp / f"{org}.final.db",
-                root=m.scenario.mandate,
-                node_key=m.scenario.node_keys[org],
-                topics=topics,
-                interval_ms=SEAL_INTERVAL_MS,
-                takeover_ms=SEAL_INTERVAL_MS,
-                poll_timeout_ms=100,
-                metadata_refresh_ms=1000,
-            )
-        )
-        for org in orgs
-    ]
-    tasks = [asyncio.create_task(s.run()) for s in running]
-    try:
-        yield
-        for task in tasks:
-            if task.done():
-                await task  # surface a sealer's exception
-    finally:
-        for s in running:
-            s.stop()
-        await asyncio.gather(*tasks)
 
 
 async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_auditor(
@@ -123,7 +86,9 @@ async def test_every_named_bad_input_is_quarantined_by_every_node_and_the_audito
         )
         for org in ORGS
     }
-    async with _sealers(kafka_bootstrap, topics, big, final_dbs, SEALING):
+    async with running_sealers(
+        kafka_bootstrap, topics, big.scenario, final_dbs, SEALING, interval_ms=SEAL_INTERVAL_MS
+    ):
         tasks = [asyncio.create_task(n.run()) for n in nodes.values()]
         try:
             async with asyncio.timeout(120):

@@ -29,8 +29,8 @@ from bus.topics import Topics, TopicSpec, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.gateway.service import Gateway, GatewayConfig, Outcome, Reply
 from nodes.gateway.trust import NOT_SEALED_YET
-from tests.integration.test_sealer import Fleet, _config
 from tests.mission import Mission, make_mission
+from tests.sealers import Fleet, sealer_config
 
 pytestmark = [pytest.mark.kafka]
 ORGS = [o for o, _ in ORGANIZATIONS]
@@ -117,7 +117,11 @@ async def test_a_rotated_out_root_accredits_no_observer_at_any_gateway(
         for raw in registry:
             await producer.send_and_wait(topics.registry, raw)
         # the node's final store exists, but nothing is sealed yet: the gateway waits
-        fleet.start(_config(kafka_bootstrap, topics, sc, "un", tmp_path))
+        fleet.start(
+            sealer_config(
+                kafka_bootstrap, topics, sc, "un", tmp_path / "un.final.db", snapshot_every=2
+            )
+        )
         await _until(fleet, final_db.exists, "the final store")
         live = Gateway(base)
         await live.start()
@@ -128,7 +132,11 @@ async def test_a_rotated_out_root_accredits_no_observer_at_any_gateway(
         else:
             assert reply.outcome is Outcome.UNAVAILABLE and NOT_SEALED_YET.encode() in reply.body
         for org in ORGS[1:]:
-            fleet.start(_config(kafka_bootstrap, topics, sc, org, tmp_path))
+            fleet.start(
+                sealer_config(
+                    kafka_bootstrap, topics, sc, org, tmp_path / f"{org}.final.db", snapshot_every=2
+                )
+            )
         await _until(
             fleet, lambda: _mandate_covered(final_db, topics.registry, len(registry)), "registry"
         )

@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,9 +35,9 @@ from nodes.demo.scenario import ORGANIZATIONS, demo_key
 from nodes.org_node.config import NodeConfig, SealSettings
 from nodes.org_node.ingest import OrgNode
 from nodes.org_node.process import build_node
-from nodes.org_node.sealer import Sealer, SealerConfig
 from tests.final_rows import settled_verdicts
 from tests.mission import Mission, live_mission
+from tests.sealers import running_sealers
 
 pytestmark = [pytest.mark.kafka]
 REPO = Path(__file__).resolve().parents[2]
@@ -123,41 +123,6 @@ def _sealing_config(
     )
 
 
-@contextlib.asynccontextmanager
-async def _sealers(
-    bootstrap: str, topics: Topics, m: Mission, tmp: Path, orgs: Sequence[str]
-) -> AsyncIterator[None]:
-    """Sealers of ``orgs`` alone (no node), proposing and cosigning seals beside a node, with
-    their own final stores in ``tmp``; stopped and awaited on exit."""
-    running = [
-        Sealer(
-            SealerConfig(
-                org=org,
-                bootstrap=bootstrap,
-                db_path=tmp / f"{org}.final.db",
-                root=m.scenario.mandate,
-                node_key=m.scenario.node_keys[org],
-                topics=topics,
-                interval_ms=SEAL_INTERVAL_MS,
-                takeover_ms=SEAL_INTERVAL_MS,
-                poll_timeout_ms=100,
-                metadata_refresh_ms=1000,
-            )
-        )
-        for org in orgs
-    ]
-    tasks = [asyncio.create_task(s.run()) for s in running]
-    try:
-        yield
-        for task in tasks:
-            if task.done():
-                await task  # surface a sealer's exception
-    finally:
-        for s in running:
-            s.stop()
-        await asyncio.gather(*tasks)
-
-
 def _read(db: Path, fn: Callable[[NodeStore], T]) -> T:
     store = NodeStore(db, read_only=True)
     try:
@@ -224,7 +189,9 @@ async def test_node_stores_genuine_reports_and_quarantines_bad_ones(
     db, final_db = tmp_path / "osce.db", tmp_path / "osce.final.db"
     node = build_node(_sealing_config(kafka_bootstrap, topics, m, db, final_db))
     everything = [*genuine, *bad]
-    async with _sealers(kafka_bootstrap, topics, m, tmp_path, sealing[1:]):
+    async with running_sealers(
+        kafka_bootstrap, topics, m.scenario, tmp_path, sealing[1:], interval_ms=SEAL_INTERVAL_MS
+    ):
         task = asyncio.create_task(node.run())
         try:
             async with asyncio.timeout(120):

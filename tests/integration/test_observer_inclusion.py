@@ -52,9 +52,9 @@ from nodes.observer.device import Home, init_observer, now_ms, receipt_keyring
 from nodes.observer.outbox import DELIVERED, Outbox
 from nodes.runtime.files import write_key
 from tests.integration.test_observer_gateway import PASSPHRASE, _report_file
-from tests.integration.test_sealer import Fleet, _config
 from tests.kafka_broker import free_ports
 from tests.mission import Mission, make_mission
+from tests.sealers import Fleet, sealer_config
 
 pytestmark = [pytest.mark.kafka]
 REPO = Path(__file__).resolve().parents[2]
@@ -193,7 +193,9 @@ async def sealed_world(
     fleet = Fleet()
     try:
         for org in sealing:
-            fleet.start(_config(bootstrap, topics, sc, org, tmp))
+            fleet.start(
+                sealer_config(bootstrap, topics, sc, org, tmp / f"{org}.final.db", snapshot_every=2)
+            )
         w = SealedWorld(bootstrap, topics, m, tmp, node_key, home, observer_key, port, fleet,
                         sealing, len(registry))  # fmt: skip
         await until_judged(w, topics.registry, len(registry))

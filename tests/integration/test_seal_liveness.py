@@ -15,33 +15,28 @@ of the broker derives the same final seal, withdrawals and state digest.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bus.bus_reader import BusReader
 from bus.epoch import FinalSeal
 from bus.errors import Reason
-from bus.kafka.admin import ensure_topics, topic_partitions
-from bus.kafka.client import client_options, reliable_producer
 from bus.note import key_name
 from bus.seal import RoundOpened, SealProposal, sign_proposal
 from bus.store.final import FinalStore
-from bus.topics import Topics, standard_topics
+from bus.topics import Topics
 from nodes.demo.scenario import (
     ORGANIZATIONS,
     Scenario,
     build_scenario,
     node_subject,
-    signed_reports,
 )
-from nodes.org_node.sealer import Sealer, SealerConfig
+from nodes.org_node.sealer import SealerConfig
 from tests.logcapture import capture_all_logs
+from tests.sealers import Fleet, read_sealed_log, set_up_bus, whole_log_proposal
 
 pytestmark = [pytest.mark.kafka]
 ORGS = [o for o, _ in ORGANIZATIONS]
@@ -61,86 +56,10 @@ def topics() -> Topics:
     return Topics(f"w{uuid.uuid4().hex[:10]}.")
 
 
-class Fleet:
-    """Sealers running as tasks; stop() stops and awaits them."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[str, tuple[Sealer, asyncio.Task[None]]] = {}
-
-    def start(self, cfg: SealerConfig) -> None:
-        s = Sealer(cfg)
-        self.tasks[cfg.org] = (s, asyncio.create_task(s.run()))
-
-    async def stop(self) -> None:
-        for org in list(self.tasks):
-            s, task = self.tasks.pop(org)
-            s.stop()
-            await task
-
-    def check(self) -> None:
-        for s, task in self.tasks.values():
-            if task.done():
-                task.result()
-                raise AssertionError(f"sealer {s.config.org} stopped")
-
-
-@pytest.fixture
-async def fleet() -> AsyncIterator[Fleet]:
-    f = Fleet()
-    try:
-        yield f
-    finally:
-        await f.stop()
-
-
-async def _setup(bootstrap: str, topics: Topics, sc: Scenario) -> AIOKafkaProducer:
-    await ensure_topics(bootstrap, standard_topics(topics, ORGS, partitions=2))
-    producer = reliable_producer(bootstrap)
-    await producer.start()
-    for raw in [*sc.accreditations, *sc.node_accreditations]:
-        await producer.send_and_wait(topics.registry, raw)
-    stream = signed_reports(sc, 3, _now(), random.Random(5))
-    sent = [
-        await producer.send(topics.reports(obs.org), raw, key=obs.observer_id.encode())
-        for obs, _, raw in stream
-    ]
-    await asyncio.gather(*sent)
-    return producer
-
-
-async def _read_all(bootstrap: str, topics: Topics) -> dict[TopicPartition, list[bytes | None]]:
-    """Every record of the seals topic and of every sealed partition, from offset 0."""
-    tps = await topic_partitions(
-        bootstrap, [topics.seals, topics.registry, topics.mandate, topics.statements]
-    )
-    tps += await topic_partitions(bootstrap, pattern=topics.reports_pattern)
-    tps += await topic_partitions(bootstrap, pattern=topics.decisions_pattern)
-    values: dict[TopicPartition, list[bytes | None]] = {}
-    consumer = AIOKafkaConsumer(**client_options(bootstrap), group_id=None)
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, 0)
-            got: list[bytes | None] = []
-            while len(got) < ends[tp]:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                got.extend(r.value for r in batch.get(tp, []))
-            values[tp] = got
-    finally:
-        await consumer.stop()
-    return values
-
-
 async def _edge_proposal(bootstrap: str, topics: Topics, sc: Scenario) -> SealProposal:
     """What CSTO proposes: the whole bus as it is, honestly sealed, timed EDGE_MS ago."""
-    reader = BusReader(sc.mandate, topics)
-    for tp, got in (await _read_all(bootstrap, topics)).items():
-        if tp.topic != topics.seals:
-            reader.offer_records((tp.topic, tp.partition), 0, got)
-    proposal = reader.propose(org="csto", now_ms=_now() - EDGE_MS)
-    assert proposal is not None and (proposal.epoch, proposal.round) == (1, 1)
+    proposal = await whole_log_proposal(bootstrap, topics, sc, "csto", _now() - EDGE_MS)
+    assert (proposal.epoch, proposal.round) == (1, 1)
     return proposal
 
 
@@ -155,7 +74,7 @@ class _Replay:
         self.digests: dict[int, bytes] = {}
 
     async def run(self, bootstrap: str, topics: Topics) -> None:
-        values = await _read_all(bootstrap, topics)
+        values = await read_sealed_log(bootstrap, topics)
         for tp, got in values.items():
             if tp.topic != topics.seals:
                 u = self.reader.offer_records((tp.topic, tp.partition), 0, got)
@@ -182,7 +101,7 @@ async def test_a_split_round_with_two_silent_organizations_ends_after_withdrawal
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, fleet: Fleet
 ) -> None:
     sc = build_scenario(_now(), observers_per_org=1)
-    producer = await _setup(kafka_bootstrap, topics, sc)
+    producer = await set_up_bus(kafka_bootstrap, topics, sc, 3, 5)
     try:
         edge = await _edge_proposal(kafka_bootstrap, topics, sc)
         note = sign_proposal(edge, sc.node_keys["csto"], key_name("csto", node_subject("csto")))

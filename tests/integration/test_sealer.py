@@ -12,19 +12,19 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 
 from bus.bus_reader import BusReader
-from bus.kafka.admin import ensure_topics, topic_partitions
-from bus.kafka.client import client_options, reliable_producer
+from bus.kafka.admin import ensure_topics
+from bus.kafka.client import reliable_producer
 from bus.store.final import FinalStore
 from bus.topics import Topics, TopicSpec, standard_topics
 from nodes.demo.scenario import ORGANIZATIONS, Scenario, build_scenario, signed_reports
-from nodes.org_node.sealer import Sealer, SealerConfig
+from nodes.org_node.sealer import SealerConfig
+from tests.sealers import Fleet, read_sealed_log, sealer_config
 
 pytestmark = [pytest.mark.kafka]
 ORGS = [o for o, _ in ORGANIZATIONS]
@@ -63,52 +63,7 @@ async def _publish(producer: AIOKafkaProducer, topics: Topics, sc: Scenario, n: 
 
 
 def _config(bootstrap: str, topics: Topics, sc: Scenario, org: str, tmp: Path) -> SealerConfig:
-    return SealerConfig(
-        org=org,
-        bootstrap=bootstrap,
-        db_path=tmp / f"{org}.final.db",
-        root=sc.mandate,
-        node_key=sc.node_keys[org],
-        topics=topics,
-        interval_ms=300,
-        takeover_ms=300,
-        snapshot_every=2,
-        poll_timeout_ms=100,
-        metadata_refresh_ms=1000,
-    )
-
-
-class Fleet:
-    """Sealers running as tasks; stop() stops and awaits them."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[str, tuple[Sealer, asyncio.Task[None]]] = {}
-
-    def start(self, cfg: SealerConfig) -> Sealer:
-        s = Sealer(cfg)
-        self.tasks[cfg.org] = (s, asyncio.create_task(s.run()))
-        return s
-
-    async def stop(self, org: str | None = None) -> None:
-        for o in [org] if org else list(self.tasks):
-            s, task = self.tasks.pop(o)
-            s.stop()
-            await task
-
-    def check(self) -> None:
-        for s, task in self.tasks.values():
-            if task.done():
-                task.result()
-                raise AssertionError(f"sealer {s.config.org} stopped")
-
-
-@pytest.fixture
-async def fleet() -> AsyncIterator[Fleet]:
-    f = Fleet()
-    try:
-        yield f
-    finally:
-        await f.stop()
+    return sealer_config(bootstrap, topics, sc, org, tmp / f"{org}.final.db", snapshot_every=2)
 
 
 def _accepted(db: Path) -> int:
@@ -141,26 +96,7 @@ async def _read_broker(bootstrap: str, topics: Topics, sc: Scenario, seed: int) 
     """An independent reader: every sealed partition fetched in a shuffled order and in
     random slices, the seals topic interleaved, all from offset 0; returns each epoch's state
     digest."""
-    tps = await topic_partitions(
-        bootstrap, [topics.seals, topics.registry, topics.mandate, topics.statements]
-    )
-    tps += await topic_partitions(bootstrap, pattern=topics.reports_pattern)
-    tps += await topic_partitions(bootstrap, pattern=topics.decisions_pattern)
-    values: dict[TopicPartition, list[bytes | None]] = {}
-    consumer = AIOKafkaConsumer(**client_options(bootstrap), group_id=None)
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, 0)
-            got: list[bytes | None] = []
-            while len(got) < ends[tp]:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                got.extend(r.value for r in batch.get(tp, []))
-            values[tp] = got
-    finally:
-        await consumer.stop()
+    values = await read_sealed_log(bootstrap, topics)
     rng = random.Random(seed)
     reader = BusReader(sc.mandate, topics)
     cursor = dict.fromkeys(values, 0)
@@ -191,6 +127,7 @@ async def test_six_sealers_agree_byte_for_byte_and_resume(
         await _until_judged(fleet, dbs, total)
 
         # One sealer stops while the bus grows, and resumes from its own store.
+        osce_before = fleet.tasks["osce"][0].status()
         await fleet.stop("osce")
         total += await _publish(producer, topics, sc, 3)
         await asyncio.sleep(1.0)
@@ -206,9 +143,11 @@ async def test_six_sealers_agree_byte_for_byte_and_resume(
     assert len(set(prints.values())) == 1, prints
     assert all(s["alarm"] is None for s in statuses.values())
     assert sum(s["proposals_published"] for s in statuses.values()) >= 2
-    assert all(
-        s["proposals_published"] + s["cosignatures_published"] > 0 for s in statuses.values()
-    )
+    # Every organization took part. (OSCE over both of its lives: once restarted it may find
+    # each later epoch final on four faster votes before it casts its own, which is no fault.)
+    votes = {o: s["proposals_published"] + s["cosignatures_published"] for o, s in statuses.items()}
+    votes["osce"] += osce_before["proposals_published"] + osce_before["cosignatures_published"]
+    assert all(n > 0 for n in votes.values()), votes
 
     # An independent reader, fetching in another order, stands at the same state digest.
     store = FinalStore(dbs[0], read_only=True)

@@ -17,21 +17,18 @@ import dataclasses
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from bus.bus_reader import BusReader
 from bus.epoch import PartitionSeal
 from bus.errors import Reason
-from bus.kafka.admin import ensure_topics, topic_partitions
-from bus.kafka.client import client_options, reliable_producer
 from bus.note import key_name
 from bus.seal import SealProposal, sign_proposal
 from bus.store.final import FinalStore
-from bus.topics import Topics, standard_topics
+from bus.topics import Topics
 from nodes.demo.scenario import (
     ORGANIZATIONS,
     Scenario,
@@ -39,9 +36,10 @@ from nodes.demo.scenario import (
     node_subject,
     signed_reports,
 )
-from nodes.org_node.sealer import Sealer, SealerConfig
+from nodes.org_node.sealer import SealerConfig
 from tests.final_rows import last_epoch
 from tests.logcapture import capture_all_logs
+from tests.sealers import Fleet, sealer_config, set_up_bus, whole_log_proposal
 
 pytestmark = [pytest.mark.kafka]
 ORGS = [o for o, _ in ORGANIZATIONS]
@@ -58,84 +56,16 @@ def topics() -> Topics:
     return Topics(f"f{uuid.uuid4().hex[:10]}.")
 
 
-async def _setup(bootstrap: str, topics: Topics, sc: Scenario) -> AIOKafkaProducer:
-    await ensure_topics(bootstrap, standard_topics(topics, ORGS, partitions=2))
-    producer = reliable_producer(bootstrap)
-    await producer.start()
-    for raw in [*sc.accreditations, *sc.node_accreditations]:
-        await producer.send_and_wait(topics.registry, raw)
-    stream = signed_reports(sc, 3, _now(), random.Random(3))
-    sent = [
-        await producer.send(topics.reports(obs.org), raw, key=obs.observer_id.encode())
-        for obs, _, raw in stream
-    ]
-    await asyncio.gather(*sent)
-    return producer
-
-
 async def _honest_proposal(bootstrap: str, topics: Topics, sc: Scenario) -> SealProposal:
     """What an honest reader of the whole broker would propose for epoch 1 now."""
-    tps = await topic_partitions(bootstrap, [topics.registry, topics.mandate, topics.statements])
-    tps += await topic_partitions(bootstrap, pattern=topics.reports_pattern)
-    reader = BusReader(sc.mandate, topics)
-    consumer = AIOKafkaConsumer(**client_options(bootstrap), group_id=None)
-    await consumer.start()
-    try:
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, 0)
-            got: list[bytes | None] = []
-            while len(got) < ends[tp]:
-                batch = await consumer.getmany(tp, timeout_ms=1000)
-                got.extend(r.value for r in batch.get(tp, []))
-            reader.offer_records((tp.topic, tp.partition), 0, got)
-    finally:
-        await consumer.stop()
-    proposal = reader.propose(org="nato", now_ms=_now())
-    assert proposal is not None and proposal.epoch == 1
+    proposal = await whole_log_proposal(bootstrap, topics, sc, "nato", _now())
+    assert proposal.epoch == 1
     return proposal
-
-
-class Fleet:
-    """Sealers running as tasks; stop() stops and awaits them."""
-
-    def __init__(self) -> None:
-        self.tasks: dict[str, tuple[Sealer, asyncio.Task[None]]] = {}
-
-    def start(self, cfg: SealerConfig) -> None:
-        s = Sealer(cfg)
-        self.tasks[cfg.org] = (s, asyncio.create_task(s.run()))
-
-    async def stop(self) -> None:
-        for org in list(self.tasks):
-            s, task = self.tasks.pop(org)
-            s.stop()
-            await task
-
-    def check(self) -> None:
-        for s, task in self.tasks.values():
-            if task.done():
-                task.result()
-                raise AssertionError(f"sealer {s.config.org} stopped")
-
-
-@pytest.fixture
-async def fleet() -> AsyncIterator[Fleet]:
-    f = Fleet()
-    try:
-        yield f
-    finally:
-        await f.stop()
 
 
 def _config(bootstrap: str, topics: Topics, sc: Scenario, org: str, db: Path) -> SealerConfig:
     """A sealer of ``org`` with its accredited node key, sealing every 300 ms."""
-    return SealerConfig(
-        org=org, bootstrap=bootstrap, db_path=db, root=sc.mandate, node_key=sc.node_keys[org],
-        topics=topics, interval_ms=300, takeover_ms=300, poll_timeout_ms=100,
-        metadata_refresh_ms=1000,
-    )  # fmt: skip
+    return sealer_config(bootstrap, topics, sc, org, db)
 
 
 def _first_seal(db: Path) -> dict[str, object] | None:
@@ -155,7 +85,7 @@ async def test_a_forged_seal_is_refused_by_every_sealer_and_never_final(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, fleet: Fleet
 ) -> None:
     sc = build_scenario(_now(), observers_per_org=1)
-    producer = await _setup(kafka_bootstrap, topics, sc)
+    producer = await set_up_bus(kafka_bootstrap, topics, sc, 3, 3)
     try:
         honest = await _honest_proposal(kafka_bootstrap, topics, sc)
         ref = next(r for r in honest.partitions if topics.org_of_report_topic(r[0]) is not None)
@@ -196,18 +126,33 @@ async def test_a_forged_seal_is_refused_by_every_sealer_and_never_final(
     assert len(signers) >= sc.mandate.threshold
 
 
+async def _more_reports(
+    producer: AIOKafkaProducer, topics: Topics, sc: Scenario, seed: int
+) -> None:
+    for obs, _, raw in signed_reports(sc, 1, _now(), random.Random(seed)):
+        await producer.send_and_wait(topics.reports(obs.org), raw, key=obs.observer_id.encode())
+
+
+async def _until_epoch(fleet: Fleet, dbs: Iterable[Path], epoch: int) -> None:
+    """Until every final store in ``dbs`` holds ``epoch`` (bounded; a stopped sealer fails)."""
+    dbs = list(dbs)
+    async with asyncio.timeout(WAIT_S):
+        while not all(last_epoch(db) >= epoch for db in dbs):
+            fleet.check()
+            await asyncio.sleep(0.3)
+
+
 async def test_a_node_key_nobody_accredited_is_named_once_and_votes_once_accredited(
     kafka_bootstrap: str, topics: Topics, tmp_path: Path, fleet: Fleet
 ) -> None:
     """SCO's node runs with a node key its organization has not accredited yet: it judges the
     sealed log like every node but cannot vote, and says so once (``seal_key_not_accredited``,
     naming the key and the command that fixes it) instead of staying silent, however many
-    rounds it sees. Once SCO
-    accredits the key, it votes from the first epoch that trusts it."""
+    rounds it sees. Once SCO accredits the key, it votes in the epochs that trust it."""
     sc = build_scenario(_now(), observers_per_org=1)
     sco_acc = sc.node_accreditations[ORGS.index("sco")]
     sc.node_accreditations.remove(sco_acc)
-    producer = await _setup(kafka_bootstrap, topics, sc)
+    producer = await set_up_bus(kafka_bootstrap, topics, sc, 3, 3)
     dbs = {org: tmp_path / f"{org}.final.db" for org in ORGS}
     try:
         with capture_all_logs() as logs:
@@ -226,26 +171,20 @@ async def test_a_node_key_nobody_accredited_is_named_once_and_votes_once_accredi
                     fleet.check()
                     await asyncio.sleep(0.3)
             before = fleet.tasks["sco"][0].status()
-            # SCO accredits its node key; more reports arrive, then more again once the
-            # epoch holding the accreditation is final (trust takes effect after its epoch).
+            # SCO accredits its node key; more reports arrive. Trust takes effect after the
+            # epoch that seals it, so every sealer first judges that epoch...
             await producer.send_and_wait(topics.registry, sco_acc)
-            for round_ in (1, 2):
-                target = max(last_epoch(db) for db in dbs.values()) + 1
-                for obs, _, raw in signed_reports(sc, 1, _now(), random.Random(10 + round_)):
-                    await producer.send_and_wait(
-                        topics.reports(obs.org), raw, key=obs.observer_id.encode()
-                    )
-                async with asyncio.timeout(WAIT_S):
-                    while not all(last_epoch(db) >= target for db in dbs.values()):
-                        fleet.check()
-                        await asyncio.sleep(0.3)
-            async with asyncio.timeout(WAIT_S):
-                while True:
-                    fleet.check()
-                    after = fleet.tasks["sco"][0].status()
-                    if after["proposals_published"] + after["cosignatures_published"] > 0:
-                        break
-                    await asyncio.sleep(0.3)
+            await _more_reports(producer, topics, sc, 11)
+            target = max(last_epoch(db) for db in dbs.values()) + 1
+            await _until_epoch(fleet, dbs.values(), target)
+            # ... then CSTO and NATO stop: with UN, OSCE, EU and SCO running and k = 4, no
+            # later epoch is final without SCO's vote.
+            await fleet.stop("csto")
+            await fleet.stop("nato")
+            running = {org: db for org, db in dbs.items() if org in fleet.tasks}
+            await _more_reports(producer, topics, sc, 12)
+            await _until_epoch(fleet, running.values(), target + 1)
+            after = fleet.tasks["sco"][0].status()
     finally:
         await producer.stop()
     await fleet.stop()
@@ -257,9 +196,11 @@ async def test_a_node_key_nobody_accredited_is_named_once_and_votes_once_accredi
     assert named[0]["key_id"] == sc.node_keys["sco"].key_id.hex()
     assert "obus org accredit --org sco" in named[0]["fix"]
     assert [e["org"] for e in logs if e["event"] == "seal_key_accredited"] == ["sco"]
-    # Every node, SCO's too, judged the same epochs alike.
+    assert after["proposals_published"] + after["cosignatures_published"] > 0
+    # Every running node, SCO's too, judged the same epochs alike (no record came after the
+    # last one, so no later epoch).
     prints = set()
-    for db in dbs.values():
+    for db in running.values():
         store = FinalStore(db, read_only=True)
         try:
             prints.add((store.last_epoch(), store.fingerprint()))
