@@ -11,9 +11,8 @@ seals and the auditor must then count among the genuine reports. The gateway kee
 form (its address is printed) until the demo ends.
 
 Without Chromium (or without the built form) this says so in one line and the demo publishes
-every report directly, as before. The DevTools client here is the least the demo needs (start
-the browser with a throwaway profile, one tab, evaluate, set a file input); the tests drive
-the same form with ``tests/cdp.py``.
+every report directly, as before. Chromium is driven with :mod:`nodes.demo.cdp`, the DevTools
+client the browser tests drive the same form with.
 """
 
 from __future__ import annotations
@@ -21,21 +20,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import itertools
 import json
-import re
-import shutil
 import socket
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-import aiohttp
 from rich.console import Console
 
 from bus.topics import Topics
+from nodes.demo.cdp import Browser, BrowserError, Page, find_chromium
 from nodes.demo.scenario import Scenario
 from nodes.demo.sealing import final_db
 from nodes.gateway.http import GatewayServer
@@ -43,15 +38,6 @@ from nodes.gateway.service import GatewayConfig
 from nodes.gateway.webapp import DIST
 from nodes.runtime.files import write_key
 
-CHROMIUM_NAMES: Final = ("chromium", "chromium-browser")
-CHROMIUM_FLAGS: Final = (
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--no-default-browser-check", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-extensions",
-    "--disable-dev-shm-usage", "--remote-debugging-address=127.0.0.1",
-    "--remote-debugging-port=0",
-)  # fmt: skip
-_DEVTOOLS: Final = re.compile(rb"DevTools listening on (ws://\S+)")
 OBSERVER: Final = "un-obs-web"
 WAIT_S: Final = 90
 # What the observer types, one report per row (the position is the zone's middle).
@@ -63,117 +49,6 @@ REPORTS: Final = (
     {"category": "troop_movement", "severity": "2", "confidence": "0.6",
      "narrative": "Колонна из 12 машин движется на восток."},
 )  # fmt: skip
-
-
-class BrowserError(Exception):
-    """Chromium did not start, or the page did not do what was asked in time."""
-
-
-class _Tab:
-    """One Chromium tab over the DevTools protocol (flattened session)."""
-
-    def __init__(self) -> None:
-        self._ids = itertools.count(1)
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._session = ""
-
-    async def _read(self) -> None:
-        assert self._ws is not None
-        async for msg in self._ws:
-            if msg.type != aiohttp.WSMsgType.TEXT:
-                continue
-            data = json.loads(msg.data)
-            fut = self._pending.pop(data.get("id", -1), None)
-            if fut is not None and not fut.done():
-                if "error" in data:
-                    fut.set_exception(BrowserError(f"DevTools: {data['error']}"))
-                else:
-                    fut.set_result(data.get("result", {}))
-
-    async def send(self, method: str, *, browser: bool = False, **params: Any) -> dict[str, Any]:
-        assert self._ws is not None
-        msg_id = next(self._ids)
-        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[msg_id] = fut
-        msg: dict[str, Any] = {"id": msg_id, "method": method, "params": params}
-        if not browser:
-            msg["sessionId"] = self._session
-        await self._ws.send_str(json.dumps(msg))
-        return await asyncio.wait_for(fut, 30)
-
-    async def evaluate(self, expression: str) -> Any:
-        """The JSON value of ``expression`` in the page (promises awaited)."""
-        res = await self.send(
-            "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
-        )
-        if "exceptionDetails" in res:
-            raise BrowserError(f"page script failed: {res['exceptionDetails'].get('text')}")
-        return res["result"].get("value")
-
-    async def until(self, expression: str, what: str) -> Any:
-        """Evaluate until the value is truthy (a navigation in between is waited out)."""
-        async with asyncio.timeout(WAIT_S):
-            while True:
-                with contextlib.suppress(BrowserError):
-                    got = await self.evaluate(expression)
-                    if got:
-                        return got
-                await asyncio.sleep(0.25)
-        raise BrowserError(what)
-
-    async def set_files(self, selector: str, paths: list[Path]) -> None:
-        doc = await self.send("DOM.getDocument")
-        node = await self.send("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector=selector)
-        await self.send(
-            "DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(p) for p in paths]
-        )
-
-    @classmethod
-    @contextlib.asynccontextmanager
-    async def open(cls, binary: str) -> Any:
-        """Start Chromium headless with a throwaway profile and attach to one tab."""
-        tab = cls()
-        profile = tempfile.mkdtemp(prefix="obus-demo-chromium-")
-        proc = await asyncio.create_subprocess_exec(
-            binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "about:blank",
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        http = aiohttp.ClientSession()
-        tasks: list[asyncio.Task[Any]] = []
-        try:
-            assert proc.stderr is not None
-            seen = b""
-            async with asyncio.timeout(60):
-                while (m := _DEVTOOLS.search(seen)) is None:
-                    line = await proc.stderr.readline()
-                    if not line:
-                        raise BrowserError(f"chromium exited: {seen.decode(errors='replace')}")
-                    seen += line
-            tasks.append(asyncio.create_task(proc.stderr.read()))  # never a full pipe
-            tab._ws = await http.ws_connect(m.group(1).decode(), max_msg_size=0)
-            tasks.append(asyncio.create_task(tab._read()))
-            target = await tab.send("Target.createTarget", browser=True, url="about:blank")
-            attached = await tab.send(
-                "Target.attachToTarget", browser=True, targetId=target["targetId"], flatten=True
-            )
-            tab._session = attached["sessionId"]
-            await tab.send("Runtime.enable")
-            yield tab
-        finally:
-            if tab._ws is not None:
-                await tab._ws.close()
-            await http.close()
-            for task in tasks:
-                task.cancel()
-            if proc.returncode is None:
-                proc.terminate()
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
-            shutil.rmtree(profile, ignore_errors=True)
 
 
 @dataclass
@@ -190,15 +65,6 @@ class WebForm:
     async def stop(self) -> None:
         """Stop the gateway (idempotent)."""
         await self._stack.aclose()
-
-
-def find_chromium() -> str | None:
-    """Debian's Chromium, or None."""
-    for name in CHROMIUM_NAMES:
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
 
 
 async def report_through_form(
@@ -227,7 +93,8 @@ async def report_through_form(
     form.url = f"{server.url}/app/"
     console.print(f"UN's gateway serves the observers' web form at {form.url}")
     try:
-        async with _Tab.open(chromium) as tab:
+        async with Browser.launch(chromium) as browser:
+            tab = await browser.new_page()
             await _drive(tab, form, work, bootstrap=bootstrap, topics=topics, scenario=scenario)
     except (BrowserError, TimeoutError, OSError) as exc:
         console.print(f"[red]the web form did not deliver its reports: {exc!r}[/red]")
@@ -242,7 +109,7 @@ async def report_through_form(
 
 
 async def _drive(
-    tab: _Tab, form: WebForm, work: Path, *, bootstrap: str, topics: Topics, scenario: Scenario
+    tab: Page, form: WebForm, work: Path, *, bootstrap: str, topics: Topics, scenario: Scenario
 ) -> None:
     await tab.send("Emulation.setDeviceMetricsOverride", width=390, height=844,
                    deviceScaleFactor=1, mobile=True)  # fmt: skip
@@ -281,7 +148,7 @@ async def _drive(
     form.envelopes = [base64.b64decode(e) for e in got]
 
 
-async def _poll(tab: _Tab, check: str, nudge: str, what: str) -> None:
+async def _poll(tab: Page, check: str, nudge: str, what: str) -> None:
     async with asyncio.timeout(WAIT_S):
         while not await tab.evaluate(check):
             await tab.evaluate(f"{nudge}, true")

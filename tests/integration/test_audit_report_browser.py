@@ -1,4 +1,4 @@
-"""The HTML audit report in Debian's Chromium (DevTools protocol, :mod:`tests.cdp`), no broker:
+"""The HTML audit report in Debian's Chromium (DevTools protocol, :mod:`nodes.demo.cdp`), no broker:
 a sealed log built in memory (:mod:`tests.sealed_bus`) with a quiet day and violations is
 exported and audited with ``obus audit --from``, and the page is opened from the file. As laid
 out by the browser, no chart label is clipped by its drawing and no two date labels overlap; the
@@ -15,7 +15,7 @@ import pytest
 from bus.errors import Reason
 from bus.topics import Topics
 from nodes.cli.main import main
-from tests.cdp import Browser, find_chromium
+from nodes.demo.cdp import Browser, find_chromium
 from tests.mission import NOW_MS, make_mission
 from tests.sealed_bus import SealedBus
 

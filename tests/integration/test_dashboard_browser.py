@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from nodes.demo.cdp import Browser, find_chromium
 from nodes.org_node.process import build_node
-from tests.cdp import Browser, find_chromium
 from tests.integration.test_followup import (
     dashboard_url,
     pattern_reports,

@@ -1,4 +1,4 @@
-"""The dashboard on a real day, in a real browser: Debian's headless Chromium (tests/cdp.py)
+"""The dashboard on a real day, in a real browser: Debian's headless Chromium (nodes/demo/cdp.py)
 logs in, pages and filters 20,000 reports, opens a report's detail with its photo, and is
 refused without credentials. Screenshots and the first page's weight and time to render are
 kept under var/test-artifacts/.
@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 
 from bus.model import sha256
+from nodes.demo.cdp import Browser, Page, find_chromium
 from nodes.org_node.dashboard.server import Dashboard
-from tests.cdp import Browser, Page, find_chromium
 from tests.unit.test_dashboard_auth import PASSWORD, USER
 from tests.unit.test_dashboard_reports import Day, build_day
 

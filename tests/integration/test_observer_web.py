@@ -49,12 +49,12 @@ from bus.sealed import DecryptionKey
 from bus.sign import sign_accreditation, sign_encryption_key
 from bus.store.node import NodeStore
 from nodes.cli.trust import read_accreditation_request
+from nodes.demo.cdp import Browser, Page, find_chromium
 from nodes.demo.scenario import demo_key
 from nodes.gateway.http import GatewayServer
 from nodes.gateway.webapp import DIST
 from nodes.org_node.config import NodeConfig
 from nodes.org_node.process import build_node
-from tests.cdp import Browser, Page, find_chromium
 from tests.integration.test_observer_gateway import World, _world
 
 pytestmark = [pytest.mark.kafka]

@@ -34,8 +34,8 @@ from bus.model import (
 from bus.sealed import DecryptionKey, Readability, verify_sealed_report
 from bus.sign import sign_accreditation, sign_encryption_key
 from bus.verify import verify_report
+from nodes.demo.cdp import Browser, find_chromium
 from nodes.gateway.webapp import DIST, add_webapp
-from tests.cdp import Browser, find_chromium
 from tests.kafka_broker import free_ports
 from tests.mission import make_mission
 

@@ -30,8 +30,8 @@ import pytest
 
 from bus.model import Envelope, Report, Revocation, sha256
 from bus.sign import sign_revocation
+from nodes.demo.cdp import Browser, Page
 from nodes.gateway.http import GatewayServer
-from tests.cdp import Browser, Page
 from tests.integration.test_observer_gateway import _world
 from tests.integration.test_observer_web import (
     _accredit,

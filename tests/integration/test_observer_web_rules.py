@@ -32,9 +32,9 @@ from bus.errors import VerificationError
 from bus.model import Category, check_id, encode
 from bus.report_file import Identity, ReportFileError, parse_report
 from bus.trust import check_subject_namespace
+from nodes.demo.cdp import Browser
 from nodes.observer.device import _attachment_problems
 from nodes.observer_web.export_rules import rules
-from tests.cdp import Browser
 from tests.integration.test_observer_web_crosslang import chromium, serving_form
 from tests.mission import make_mission
 

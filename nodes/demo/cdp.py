@@ -1,10 +1,14 @@
-"""A small Chrome DevTools Protocol client over aiohttp, driving Debian's headless Chromium.
+"""A small Chrome DevTools Protocol client over aiohttp, driving Debian's headless Chromium:
+``make demo`` fills the observers' web form with it, and the browser tests drive the form, the
+dashboard and the audit report with it.
 
 No browser download: it starts ``/usr/bin/chromium`` (Debian package ``chromium``; ``make
 browser`` installs it) with the flags this machine needs (no sandbox as root, no GPU, no
 background networking: the sandbox network is closed) and a throwaway profile, reads the
-DevTools address Chromium prints, and speaks CDP in flattened-session mode. Tests that need it
-fail, never skip, when Chromium is missing.
+DevTools address Chromium prints, and speaks CDP in flattened-session mode. What goes wrong
+(Chromium exits, a DevTools error, a page script that throws, a wait that runs out) raises
+:class:`BrowserError`. The tests that need Chromium fail, never skip, when it is missing; the
+demo says so in one line and goes on without the form.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 
 import aiohttp
 
+from bus.errors import BusError
+
 CHROMIUM_CANDIDATES = ("chromium", "/usr/bin/chromium", "chromium-browser")
 FLAGS = (
     "--headless",
@@ -40,6 +46,11 @@ FLAGS = (
     "--remote-debugging-port=0",
 )
 _DEVTOOLS = re.compile(rb"DevTools listening on (ws://\S+)")
+
+
+class BrowserError(BusError):
+    """Chromium did not start, DevTools refused a command, a page script threw, or the page
+    did not get where it was asked to in time."""
 
 
 def find_chromium() -> str | None:
@@ -78,7 +89,7 @@ class Page:
             "Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True
         )
         if "exceptionDetails" in res:
-            raise AssertionError(f"page script failed: {res['exceptionDetails']}")
+            raise BrowserError(f"page script failed: {res['exceptionDetails']}")
         return res["result"].get("value")
 
     async def click(self, selector: str, timeout_s: float = 30) -> None:
@@ -96,6 +107,28 @@ class Page:
                 clickCount=1,
             )  # fmt: skip
         await asyncio.wait_for(waiter, timeout_s)
+
+    async def until(self, expression: str, what: str, timeout_s: float = 90) -> Any:
+        """Evaluate ``expression`` until its value is truthy and return it; a navigation in
+        between is waited out. Raises :class:`BrowserError` naming ``what`` on timeout."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    with contextlib.suppress(BrowserError):
+                        got = await self.evaluate(expression)
+                        if got:
+                            return got
+                    await asyncio.sleep(0.25)
+        except TimeoutError as exc:
+            raise BrowserError(f"waited {timeout_s:g} s for {what}") from exc
+
+    async def set_files(self, selector: str, paths: list[Path]) -> None:
+        """Choose ``paths`` in the file input ``selector`` (as a user picking files would)."""
+        doc = await self.send("DOM.getDocument")
+        node = await self.send("DOM.querySelector", nodeId=doc["root"]["nodeId"], selector=selector)
+        await self.send(
+            "DOM.setFileInputFiles", nodeId=node["nodeId"], files=[str(p) for p in paths]
+        )
 
     async def screenshot(self, path: Path) -> bytes:
         """A full-page PNG, written to path."""
@@ -151,7 +184,7 @@ class Browser:
             if "id" in data and data["id"] in self._pending:
                 fut = self._pending.pop(data["id"])
                 if "error" in data:
-                    fut.set_exception(AssertionError(f"CDP error: {data['error']}"))
+                    fut.set_exception(BrowserError(f"DevTools: {data['error']}"))
                 else:
                     fut.set_result(data.get("result", {}))
                 continue
@@ -192,7 +225,7 @@ class Browser:
                 while (m := _DEVTOOLS.search(seen)) is None:
                     line = await proc.stderr.readline()
                     if not line:
-                        raise AssertionError(f"chromium exited: {seen.decode(errors='replace')}")
+                        raise BrowserError(f"chromium exited: {seen.decode(errors='replace')}")
                     seen += line
             # keep reading stderr so Chromium never blocks on a full pipe
             drain = asyncio.create_task(proc.stderr.read())
