@@ -62,16 +62,47 @@ class IdFilter:
             self.rebuild()
         self._set(report_id)
 
+    def add_many(self, report_ids: Iterable[str]) -> None:
+        """Remember ids, as :meth:`add` of each (a stored batch's)."""
+        for report_id in report_ids:
+            if self._count >= self._capacity:
+                self._capacity *= 2
+                self.rebuild()
+            self._set(report_id)
+
     def _set(self, report_id: str) -> None:
-        bits = self._bits
-        for p in self._positions(report_id):
-            bits[p >> 3] |= 1 << (p & 7)
+        # _positions written out (this runs for every stored id).
+        h = hash(report_id)
+        h1, h2 = h & 0xFFFF_FFFF, ((h >> 32) & 0xFFFF_FFFF) | 1
+        m, bits = self._mask, self._bits
+        p = h1 & m
+        bits[p >> 3] |= 1 << (p & 7)
+        p = (h1 + h2) & m
+        bits[p >> 3] |= 1 << (p & 7)
+        p = (h1 + 2 * h2) & m
+        bits[p >> 3] |= 1 << (p & 7)
+        p = (h1 + 3 * h2) & m
+        bits[p >> 3] |= 1 << (p & 7)
         self._count += 1
 
     def might_contain(self, report_id: str) -> bool:
         """False only when ``report_id`` was never added."""
-        bits = self._bits
-        return all(bits[p >> 3] & (1 << (p & 7)) for p in self._positions(report_id))
+        # _positions written out, stopping at the first clear bit (this runs for every
+        # record judged, and the first position alone rules out most new ids).
+        h = hash(report_id)
+        h1, h2 = h & 0xFFFF_FFFF, ((h >> 32) & 0xFFFF_FFFF) | 1
+        m, bits = self._mask, self._bits
+        p = h1 & m
+        if not bits[p >> 3] & (1 << (p & 7)):
+            return False
+        p = (h1 + h2) & m
+        if not bits[p >> 3] & (1 << (p & 7)):
+            return False
+        p = (h1 + 2 * h2) & m
+        if not bits[p >> 3] & (1 << (p & 7)):
+            return False
+        p = (h1 + 3 * h2) & m
+        return bool(bits[p >> 3] & (1 << (p & 7)))
 
     def rebuild(self) -> None:
         """Start again from the store's ids, sized for at least twice as many.

@@ -63,6 +63,7 @@ from bus.model import (
     Role,
     SealedReport,
     Zone,
+    _unvalidated,
     check_schema_allowed,
     sha256,
 )
@@ -100,6 +101,10 @@ class VerifiedReport:
     report: Report
     envelope_digest: bytes
     key_id: bytes
+
+
+# See _new_head (below).
+_new_verified: Callable[[Report, bytes, bytes], VerifiedReport] = _unvalidated(VerifiedReport)
 
 
 def verify_report(
@@ -164,7 +169,7 @@ def verify_report(
         raise VerificationError(
             Reason.INVALID_FIELD, "observed after it was signed", field="observed_at_ms"
         )
-    return VerifiedReport(report, sha256(raw), env.signatures[0].key_id)
+    return _new_verified(report, sha256(raw), env.signatures[0].key_id)
 
 
 class Claims(Protocol):
@@ -283,6 +288,11 @@ class ChainHead:
 
     seq: int
     digest: bytes
+
+
+# Built for every record judged: straight-line constructors that only store the fields
+# (bus.model._unvalidated; these classes have no __post_init__, so the objects are the same).
+_new_head: Callable[[int, bytes], ChainHead] = _unvalidated(ChainHead)
 
 
 def check_link(who: str, head: ChainHead | None, seq: int, prev_digest: bytes) -> None:
@@ -419,6 +429,14 @@ def amended(report: Report, target: Amendable) -> Amendable:
     return replace(target, corrected_by=report.report_id)
 
 
+def _state(pending: Amendable | Report) -> Amendable:
+    """A pending amendment state; an accepted plain report's own is its chain and whether it
+    is a retraction (nothing amended it yet)."""
+    if isinstance(pending, Amendable):
+        return pending
+    return Amendable(pending.org, pending.observer_id, retraction=bool(pending.retracts))
+
+
 @dataclass(frozen=True, slots=True)
 class ChainBatch:
     """What one batch judged through a :class:`ChainBook` changed and rested on.
@@ -457,8 +475,9 @@ class ChainBook:
         self._lookup = lookup_digest
         self._amendments = amendments
         # report id -> (its state, the id of the accepted report that set it): states not in
-        # the store yet (a report accepted, or a target it amended).
-        self._amend_pending: dict[str, tuple[Amendable, str]] = {}
+        # the store yet (a report accepted, or a target it amended). An accepted plain report
+        # stands for its own first state (see _state), built only if something amends it.
+        self._amend_pending: dict[str, tuple[Amendable | Report, str]] = {}
         self._pending: dict[str, bytes] = {}
         # Observers whose head a verdict rested on since the last flushed() (accepted or not),
         # with the head before the first change (None: no report before): what a shared
@@ -483,7 +502,7 @@ class ChainBook:
     def _target(self, r: Report, rid: str) -> Amendable | None:
         pending = self._amend_pending.get(rid)
         if pending is not None:
-            return pending[0]
+            return _state(pending[0])
         assert self._amendments is not None
         return self._amendments(r.org, r.observer_id, rid)
 
@@ -501,34 +520,40 @@ class ChainBook:
     def _accept(self, r: ChainLink, envelope_digest: bytes, plain: Report | None) -> None:
         """The chain rules, then (``plain``: a plain report, amendments judged) the amendment
         rule; remembers what the acceptance changed."""
-        known = self._pending.get(r.report_id) or self._lookup(r.report_id)
+        report_id, observer_id, seq = r.report_id, r.observer_id, r.seq
+        known = self._pending.get(report_id) or self._lookup(report_id)
         if known is not None:
             if known == envelope_digest:
                 raise VerificationError(
                     Reason.REPLAYED,
-                    f"report {r.report_id} is already stored",
-                    report_id=r.report_id,
+                    f"report {report_id} is already stored",
+                    report_id=report_id,
                 )
             raise VerificationError(
                 Reason.DUPLICATE_CONFLICT,
-                f"report id {r.report_id} already stored with other content",
-                report_id=r.report_id,
+                f"report id {report_id} already stored with other content",
+                report_id=report_id,
             )
-        head = self._heads.get(r.observer_id)
-        if r.observer_id not in self._base:  # this verdict rests on that head
-            self._base[r.observer_id] = head
-        check_link(f"observer {r.observer_id}", head, r.seq, r.prev_digest)
+        head = self._heads.get(observer_id)
+        if observer_id not in self._base:  # this verdict rests on that head
+            self._base[observer_id] = head
+        # check_link's rule; its message is only built for a link that breaks it.
+        if not (
+            (seq == 1 and head is None)
+            or (head is not None and seq == head.seq + 1 and r.prev_digest == head.digest)
+        ):
+            check_link(f"observer {observer_id}", head, seq, r.prev_digest)
         if plain is not None:
             target_id = plain.amends
-            target = self._target(plain, target_id) if target_id else None
-            check_amendment(plain, target)
-            if target is not None:
-                self._amend_pending[target_id] = (amended(plain, target), plain.report_id)
-            state = Amendable(plain.org, plain.observer_id, retraction=bool(plain.retracts))
-            self._amend_pending[plain.report_id] = (state, plain.report_id)
-        self._heads[r.observer_id] = ChainHead(r.seq, envelope_digest)
-        self._pending[r.report_id] = envelope_digest
-        self._unsealed.append(r.report_id)
+            if target_id:
+                target = self._target(plain, target_id)
+                check_amendment(plain, target)
+                if target is not None:
+                    self._amend_pending[target_id] = (amended(plain, target), report_id)
+            self._amend_pending[report_id] = (plain, report_id)
+        self._heads[observer_id] = _new_head(seq, envelope_digest)
+        self._pending[report_id] = envelope_digest
+        self._unsealed.append(report_id)
 
     def flushed(self) -> None:
         """Forget in-memory report ids and changes once the store has committed them."""

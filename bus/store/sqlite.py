@@ -29,6 +29,8 @@ def open_db(
     wal: bool = True,
     timeout_s: float = 30,
     threads: bool = False,
+    cache_mib: int | None = None,
+    page_size: int | None = None,
 ) -> sqlite3.Connection:
     """Open the SQLite database at ``path`` as an autocommit connection.
 
@@ -44,6 +46,10 @@ def open_db(
         timeout_s: how long a write waits for another connection's transaction.
         threads: the connection may be used from another thread than the one that opened it
             (one at a time: ``asyncio.to_thread``).
+        cache_mib: the connection's page cache (``PRAGMA cache_size``; None: SQLite's 2 MiB),
+            an upper bound that fills only as pages are read.
+        page_size: the page size of a database this call creates (``PRAGMA page_size``; None:
+            SQLite's 4 KiB); an existing file keeps its own.
 
     Raises:
         StoreError: the file cannot be opened or the schema cannot be applied.
@@ -60,9 +66,13 @@ def open_db(
         db = sqlite3.connect(
             str(path), isolation_level=None, timeout=timeout_s, check_same_thread=not threads
         )
+        if page_size is not None:  # before WAL mode and the first table, else it is ignored
+            db.execute(f"PRAGMA page_size={int(page_size)}")
         if wal:
             db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={synchronous}")
+        if cache_mib is not None:
+            db.execute(f"PRAGMA cache_size=-{int(cache_mib) * 1024}")
         if schema:
             db.executescript(schema)
     except sqlite3.Error as exc:
