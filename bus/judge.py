@@ -153,7 +153,7 @@ import json
 import logging
 from collections.abc import Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from bus._pb.obus.v1 import decision_pb2, envelope_pb2, report_pb2, sealed_pb2
 from bus.decision import PAYLOAD_DECISION, VerifiedDecision, verify_decision
@@ -343,18 +343,23 @@ class _Applied:
     root_key_id: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class _Link:
+class _Link(NamedTuple):
     """An accepted report in its chain (seq = position in the chain + 1), with the report id
     it amends ("" for none; always "" for a sealed report) and whether it retracts it."""
 
     seq: int
     digest: bytes
     key_id: bytes
-    pos: RecordPos
+    topic: str  # the position, flat (no tuple per link: the judge keeps every accepted one)
+    partition: int
+    offset: int
     report_id: str
     amends: str = ""
     retraction: bool = False
+
+    @property
+    def pos(self) -> RecordPos:
+        return (self.topic, self.partition, self.offset)
 
 
 @dataclass(slots=True)
@@ -363,6 +368,9 @@ class _Chain:
     ids: dict[str, bytes] = field(default_factory=dict)  # every report id ever accepted
     # The amendment state of every report of ``links``, by report id (module docstring).
     states: dict[str, Amendable] = field(default_factory=dict)
+    # The state of a plain report of this chain (not a retraction, not amended), one object
+    # shared by all of them: Amendable is frozen, an amendment replaces its target's entry.
+    plain: Amendable | None = None
 
     def head(self) -> ChainHead | None:
         return ChainHead(self.links[-1].seq, self.links[-1].digest) if self.links else None
@@ -376,7 +384,13 @@ class _Chain:
                 if link.retraction
                 else replace(target, corrected_by=link.report_id)
             )
-        self.states[link.report_id] = Amendable(key[0], key[1], retraction=link.retraction)
+        if link.retraction:
+            self.states[link.report_id] = Amendable(key[0], key[1], retraction=True)
+            return
+        plain = self.plain
+        if plain is None:
+            plain = self.plain = Amendable(key[0], key[1])
+        self.states[link.report_id] = plain
 
     def rebuild_states(self, key: ObserverKey) -> None:
         """The states of the links left (after a revocation cut the chain)."""
@@ -385,8 +399,7 @@ class _Chain:
             self.add_state(key, link)
 
 
-@dataclass(frozen=True, slots=True)
-class _Claims:
+class _Claims(NamedTuple):
     org: str
     observer_id: str
     seq: int
@@ -413,8 +426,7 @@ def _claims(raw: bytes) -> _Claims | None:
     return _Claims(c.org, c.observer_id, c.seq, c.report_id, key_id)
 
 
-@dataclass(frozen=True, slots=True)
-class _Report:
+class _Report(NamedTuple):
     """A report record to judge: where, its bytes, its topic's organization, what it claims,
     and the epoch (and so the clock) it was sealed in."""
 
@@ -650,8 +662,11 @@ class FinalJudge:
         self._ring = KeyRing(root)
         self._chains: dict[ObserverKey, _Chain] = {}
         self._by_key: dict[bytes, set[ObserverKey]] = {}  # key id -> chains it signed into
-        # report id -> the chains holding an accepted report of that id (amendment targets)
-        self._holders: dict[str, set[ObserverKey]] = {}
+        # report id -> the chains holding an accepted report of that id (amendment targets): the
+        # one chain, or a set when several do (an id is nearly always one observer's alone)
+        self._holders: dict[str, ObserverKey | set[ObserverKey]] = {}
+        self._key_ids: dict[bytes, bytes] = {}  # one bytes object per signing key id held
+        self._observers: dict[ObserverKey, ObserverKey] = {}  # one tuple per chain
         self._deferred: list[_Report] = []
         self._decisions: dict[str, _DecisionChain] = {}  # organization -> its decision chain
         self._deferred_decisions: list[_Decision] = []
@@ -972,7 +987,8 @@ class FinalJudge:
             return Verdict(pos, e, Status.QUARANTINED, Reason.MALFORMED.value, _NO_VALUE)
         if claims is not None and claims.org == r.org:
             chain = self._chains.get((claims.org, claims.observer_id))
-            if chain is not None and chain.ids.get(claims.report_id) == sha256(value):
+            known = None if chain is None else chain.ids.get(claims.report_id)
+            if known is not None and known == sha256(value):
                 detail = f"report {claims.report_id} is already accepted"
                 return Verdict(pos, e, Status.QUARANTINED, Reason.REPLAYED.value, detail, observer)
         try:
@@ -1037,6 +1053,9 @@ class FinalJudge:
 
     def _mandate_at(self, epoch: int) -> Mandate:
         """The mandate version in force at ``epoch`` (at most the epoch being judged)."""
+        newest = self._versions[-1]
+        if newest[0] <= epoch:  # nearly always: the newest version
+            return newest[2]
         return next(m for first, _, m in reversed(self._versions) if first <= epoch)
 
     def _extend(
@@ -1052,6 +1071,8 @@ class FinalJudge:
         Raises:
             VerificationError: ``replayed``, ``duplicate_conflict``, ``chain_gap``, ``chain_fork``.
         """
+        # One key object per chain: every report id it holds refers to it.
+        key = self._observers.setdefault(key, key)
         chain = self._chains.get(key)
         if chain is None:
             chain = self._chains[key] = _Chain()
@@ -1069,17 +1090,54 @@ class FinalJudge:
                 f"report id {r.report_id} already accepted with other content",
                 report_id=r.report_id,
             )
-        check_link(f"observer {key[0]}/{key[1]}", chain.head(), r.seq, r.prev_digest)
+        links = chain.links
+        if links:
+            last = links[-1]
+            follows = r.seq == last.seq + 1 and r.prev_digest == last.digest
+        else:
+            follows = r.seq == 1
+        if not follows:  # check_link's own rule, for its reason and message
+            check_link(f"observer {key[0]}/{key[1]}", chain.head(), r.seq, r.prev_digest)
         amends, retraction = "", False
         if isinstance(r, Report):
             amends, retraction = r.amends, bool(r.retracts)
             check_amendment(r, self._target(key, amends) if amends else None)
-        link = _Link(r.seq, digest, verified.key_id, pos, r.report_id, amends, retraction)
+        key_id = self._key_ids.setdefault(verified.key_id, verified.key_id)
+        link = _Link(r.seq, digest, key_id, *pos, r.report_id, amends, retraction)
         chain.links.append(link)
         chain.ids[r.report_id] = digest
         chain.add_state(key, link)
-        self._holders.setdefault(r.report_id, set()).add(key)
-        self._by_key.setdefault(verified.key_id, set()).add(key)
+        self._hold(r.report_id, key)
+        self._by_key.setdefault(key_id, set()).add(key)
+
+    def _hold(self, report_id: str, key: ObserverKey) -> None:
+        """Chain ``key`` holds an accepted report ``report_id``."""
+        held = self._holders.get(report_id)
+        if held is None:
+            self._holders[report_id] = key
+        elif isinstance(held, set):
+            held.add(key)
+        elif held != key:
+            self._holders[report_id] = {held, key}
+
+    def _holders_of(self, report_id: str) -> Iterable[ObserverKey]:
+        """The chains holding an accepted report ``report_id``."""
+        held = self._holders.get(report_id)
+        if held is None:
+            return ()
+        return held if isinstance(held, set) else (held,)
+
+    def _release(self, report_id: str, key: ObserverKey) -> None:
+        """Chain ``key`` no longer holds an accepted report ``report_id``."""
+        held = self._holders.get(report_id)
+        if isinstance(held, set):
+            held.discard(key)
+            if len(held) == 1:
+                self._holders[report_id] = next(iter(held))
+            elif not held:
+                del self._holders[report_id]
+        elif held == key:
+            del self._holders[report_id]
 
     def _target(self, key: ObserverKey, report_id: str) -> Amendable | None:
         """The accepted report ``report_id`` of chain ``key``, else of another chain (same
@@ -1087,7 +1145,7 @@ class FinalJudge:
         own = self._chains.get(key)
         if own is not None and report_id in own.states:
             return own.states[report_id]
-        others = sorted(self._holders.get(report_id, ()), key=lambda k: (k[0] != key[0], k))
+        others = sorted(self._holders_of(report_id), key=lambda k: (k[0] != key[0], k))
         for other in others:
             state = self._chains[other].states.get(report_id)
             if state is not None:
@@ -1136,11 +1194,7 @@ class FinalJudge:
                         )
                     )
                 for link in chain.links[cut - 1 :]:
-                    holders = self._holders.get(link.report_id)
-                    if holders is not None:
-                        holders.discard(observer)
-                        if not holders:
-                            del self._holders[link.report_id]
+                    self._release(link.report_id, observer)
                 del chain.links[cut - 1 :]
                 chain.rebuild_states(observer)
                 touched.add(observer)
@@ -1300,16 +1354,19 @@ class FinalJudge:
             judge._applied_digests.add(sha256(raw))
         judge._ring = _build_ring(judge._versions[-1][2], judge._applied)
         for org, obs, links, ids in s["chains"]:
-            chain = judge._chains[(org, obs)] = _Chain()
+            observer = judge._observers.setdefault((org, obs), (org, obs))
+            chain = judge._chains[observer] = _Chain()
             for i, (d, k, topic, partition, offset, rid, amends, retraction) in enumerate(links):
-                pos = (topic, partition, offset)
+                key_id = bytes.fromhex(k)
+                key_id = judge._key_ids.setdefault(key_id, key_id)
                 link = _Link(
-                    i + 1, bytes.fromhex(d), bytes.fromhex(k), pos, rid, amends, bool(retraction)
-                )
+                    i + 1, bytes.fromhex(d), key_id, topic, partition, offset, rid, amends,
+                    bool(retraction),
+                )  # fmt: skip
                 chain.links.append(link)
-                chain.add_state((org, obs), link)
-                judge._holders.setdefault(rid, set()).add((org, obs))
-                judge._by_key.setdefault(link.key_id, set()).add((org, obs))
+                chain.add_state(observer, link)
+                judge._hold(rid, observer)
+                judge._by_key.setdefault(link.key_id, set()).add(observer)
             chain.ids = {rid: bytes.fromhex(d) for rid, d in ids}
         for topic, p, o, v, e, t in s["deferred"]:
             value = bytes.fromhex(v)
