@@ -51,6 +51,7 @@ for tests of the reader).
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 from collections.abc import Iterator
@@ -96,6 +97,7 @@ SECTIONS_V1: Final = ("mandate", "registry", "checkpoints", "reports")
 _CHECKPOINTS: Final = "checkpoints"  # the section of versions 1 and 2 that seals replaced
 # A record value is at most ~1 MiB (Kafka's default message.max.bytes); base64 adds a third.
 MAX_LINE_BYTES: Final = 2 * 1024 * 1024
+_HOMES_CACHED: Final = 1024  # topics whose section a reader remembers
 _RECORD_KEYS: Final = frozenset(
     {"section", "topic", "partition", "offset", "timestamp_ms", "key", "value"}
 )
@@ -149,10 +151,22 @@ def _unb64(text: object, what: str) -> bytes | None:
         return None
     if not isinstance(text, str):
         raise _corrupt(f"{what} must be base64 text or null")
-    try:
-        return base64.b64decode(text, validate=True)
+    try:  # base64.b64decode(text, validate=True), without its wrapper
+        return binascii.a2b_base64(text, strict_mode=True)
     except ValueError as exc:  # binascii.Error, or a str with non-ASCII characters
         raise _corrupt(f"{what} is not base64") from exc
+
+
+def _unb64_field(text: object, line_no: int, name: str) -> bytes | None:
+    """:func:`_unb64` of a record line's field (what it names built only on error)."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        try:
+            return binascii.a2b_base64(text, strict_mode=True)
+        except ValueError:
+            pass
+    return _unb64(text, f"line {line_no} {name}")  # raises, naming the field
 
 
 def _line(obj: dict[str, Any]) -> bytes:
@@ -246,13 +260,19 @@ class LogRecord:
     @classmethod
     def from_json(cls, obj: dict[str, Any], line_no: int = 0) -> LogRecord:
         """Build a record from a parsed record line (``EXPORT_CORRUPT`` when malformed)."""
-        if set(obj) != _RECORD_KEYS:
+        if obj.keys() != _RECORD_KEYS:
             raise _corrupt(f"line {line_no}: record fields must be {sorted(_RECORD_KEYS)}")
         section, topic = obj["section"], obj["topic"]
         partition, offset, ts = obj["partition"], obj["offset"], obj["timestamp_ms"]
         if section not in SECTIONS_V2 or not isinstance(topic, str) or not topic:
             raise _corrupt(f"line {line_no}: unknown section or empty topic")
-        if not all(type(v) is int and v >= 0 for v in (partition, offset)) or type(ts) is not int:
+        if (
+            type(partition) is not int
+            or partition < 0
+            or type(offset) is not int
+            or offset < 0
+            or type(ts) is not int
+        ):
             raise _corrupt(f"line {line_no}: partition, offset, timestamp_ms must be integers")
         return cls(
             section,
@@ -260,14 +280,35 @@ class LogRecord:
             partition,
             offset,
             ts,
-            _unb64(obj["key"], f"line {line_no} key"),
-            _unb64(obj["value"], f"line {line_no} value"),
+            _unb64_field(obj["key"], line_no, "key"),
+            _unb64_field(obj["value"], line_no, "value"),
         )
+
+
+_DECODER: Final = json.JSONDecoder()  # json.loads' own, with its defaults
+
+
+def _loads(line: bytes) -> Any:
+    """``json.loads(line)``.
+
+    Raises:
+        ValueError: as json.loads (not JSON, not UTF-8).
+        RecursionError: as json.loads.
+    """
+    if line[:1] != b"{" or line[1:2] == b"\0":
+        return json.loads(line)
+    # What json.loads does with bytes it detects as UTF-8 (a first byte "{" and a second not
+    # NUL), minus the detection; then JSONDecoder.decode (no whitespace before the object).
+    text = line.decode("utf-8", "surrogatepass")
+    obj, end = _DECODER.raw_decode(text)
+    if end != len(text) and text[end:].strip(" \t\n\r"):
+        raise ValueError("extra data after the JSON value")
+    return obj
 
 
 def _json(line: bytes, line_no: int) -> dict[str, Any]:
     try:
-        obj = json.loads(line)
+        obj = _loads(line)
     except (ValueError, UnicodeDecodeError) as exc:
         raise _corrupt(f"line {line_no} is not JSON") from exc
     except RecursionError as exc:  # nesting deeper than the interpreter's stack allows
@@ -351,6 +392,7 @@ class ExportReader:
         self.header = ExportHeader.decode(first)
         self._sections = sections(self.header.version)
         self._topics = Topics(self.header.topic_prefix)
+        self._homes: dict[str, str | None] = {}  # topic -> section_of (cleared when full)
         self._digest.update(first)
         self.line_no = 1
 
@@ -377,7 +419,13 @@ class ExportReader:
         if rec.section not in self._sections:
             return f"no {rec.section} section in version {self.header.version}"
         if self.header.version >= 2:  # version 1 has no per-topic sections
-            home = section_of(self._topics, rec.topic, self.header.version)
+            homes = self._homes
+            if rec.topic in homes:
+                home = homes[rec.topic]
+            else:
+                if len(homes) >= _HOMES_CACHED:
+                    homes.clear()
+                home = homes[rec.topic] = section_of(self._topics, rec.topic, self.header.version)
             if home is None:
                 return f"a record of {rec.topic}, not a topic of the bus, in {rec.section}"
             if home != rec.section:
