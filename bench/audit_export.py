@@ -15,8 +15,9 @@ prints: records, file size, final epochs, wall time, records per second (wall cl
 CPU-second of the auditing process and its signature workers, ``--verify-workers``, each
 count given: default 0, none), the process's peak RSS and the Python heap's peak
 (tracemalloc). The audit must find no violation and leave no record
-unsealed. Nothing is asserted about time; the point is the figures, and that peak memory does
-not grow with the number of records.
+unsealed. Nothing is asserted about time; the point is the figures, and how peak memory grows
+with the number of records (the final judge keeps a little state per accepted report:
+:mod:`nodes.auditor.judge`, "Memory").
 """
 
 from __future__ import annotations

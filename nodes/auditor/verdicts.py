@@ -29,7 +29,7 @@ from typing import Any, Final
 from bus.judge import RecordPos, Status
 from bus.store.sqlite import open_db, sqlite_transaction
 
-__all__ = ["FinalRow", "VerdictTable"]
+__all__ = ["FinalRow", "FlatRow", "VerdictTable"]
 
 _SCHEMA: Final = """
     PRAGMA journal_mode=OFF; PRAGMA cache_size=-2048;
@@ -78,6 +78,8 @@ class FinalRow:
 
 
 Row = tuple[RecordPos, FinalRow]
+FlatRow = tuple[str, int, int, int, str, str, str, int | None, str, str]
+"""A row as written: topic, partition, offset, then the fields of :class:`FinalRow`."""
 
 
 def _row(r: Any) -> Row:
@@ -125,12 +127,15 @@ class VerdictTable:
 
     def put(self, rows: Iterable[Row]) -> None:
         """Write rows in one transaction; a row at a position held replaces it."""
+        self.put_flat(
+            (*pos, r.epoch, r.status, r.reason, r.detail, r.changed_at, r.zone, r.day)
+            for pos, r in rows
+        )
+
+    def put_flat(self, rows: Iterable[FlatRow]) -> None:
+        """:meth:`put` of rows given flat (:data:`FlatRow`: no object per row)."""
         with sqlite_transaction(self._db, "audit verdicts") as db:
-            db.executemany(
-                _PUT,
-                ((*pos, r.epoch, r.status, r.reason, r.detail, r.changed_at, r.zone, r.day)
-                 for pos, r in rows),
-            )  # fmt: skip
+            db.executemany(_PUT, rows)
 
     def change(self, changes: Iterable[tuple[RecordPos, str, str, int]]) -> None:
         """Give held rows a new status, detail and ``changed_at`` epoch (reason cleared), in
