@@ -1,6 +1,7 @@
 """``make bench``: one run, one broker, every figure and ratio of the performance targets.
 
     python -m bench.run [--sizes 100000,300000] [--latency-seconds 15] [--profile]
+    python -m bench.run --only ingest [--repeat 3] [--profile]   # ceiling, lean peer, ingest_1
 
 Starts a single-node broker on free ports with deploy/local/kafka.sh (or uses
 ``OBUS_BOOTSTRAP``, with a unique topic prefix), generates ~1 KiB signed chained reports once
@@ -394,7 +395,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         done("broker")
 
         sets = {}
-        for size in sizes:
+        for size in sizes[:1] if opts.only == "ingest" else sizes:
             spec = GenSpec.today(size)
             parts = generate(spec)
             done(f"generate {spec.total}")
@@ -409,6 +410,11 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         res["ceiling_1"] = ceiling(opts.ceiling_seconds, 1)
         if native_built():
             res["ceiling_1_native"] = ceiling(opts.ceiling_seconds, 1, "native")
+        if opts.only == "ingest":
+            done("ceiling")
+            spec, prefix = sets[sizes[0]]
+            ingest_only(res, opts, bootstrap, prefix, spec, done)
+            return res
         res["ceiling_all"] = ceiling(opts.ceiling_seconds, cores)
         res["load_at_ceiling"] = os.getloadavg()
         done("ceiling")
@@ -499,6 +505,52 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
             broker.stop()
         shutil.rmtree(work, ignore_errors=True)
     return res
+
+
+def ingest_only(
+    res: dict[str, Any],
+    opts: argparse.Namespace,
+    bootstrap: str,
+    prefix: str,
+    spec: GenSpec,
+    done: Any,
+) -> None:
+    """``--only ingest``: the lean peer and node ingest on one worker, ``--repeat`` times
+    interleaved (each verifier), then the profiled ingest with ``--profile``; ~40 s per
+    repetition on the 50k set instead of a whole ``make bench``."""
+    common = {"bootstrap": bootstrap, "prefix": prefix, "total": spec.total,
+              "spec": spec_dict(spec)}  # fmt: skip
+    verifiers = ["pynacl", "native"] if native_built() else ["pynacl"]
+    for i in range(opts.repeat):
+        for v in verifiers:
+            sfx = "" if v == "pynacl" else "_native"
+            res.setdefault(f"lean{sfx}_runs", []).append(child("lean", common, verifier=v)[0])
+            args = {**common, "verify_workers": 0}
+            res.setdefault(f"ingest_1{sfx}_runs", []).append(child("ingest", args, verifier=v)[0])
+            done(f"lean peer and ingest_1 ({v}), run {i + 1}")
+    if opts.profile:
+        raw = CACHE_DIR / "profile-ingest_1.raw"
+        r = child("ingest", {**common, "verify_workers": 0}, spy=raw)[0]
+        path = RESULTS / "profile-ingest_1.txt"
+        path.write_text(spy_table(fold(raw), 1e6 / r["per_cpu_s"]) + "\n")
+        done(f"ingest_1 (profiled by py-spy, not timed: {path.relative_to(REPO)})")
+
+
+def render_ingest_only(res: dict[str, Any]) -> None:
+    """The table of ``--only ingest``: every run per CPU-second, and node / lean peer per run."""
+    t = Table(title=f"node ingest against the lean peer ({res['cores']} cores)")
+    t.add_column("path")
+    t.add_column("per CPU-second, each run", justify="right")
+    t.add_column("node / lean peer, each run", justify="right")
+    for sfx, what in (("", "libsodium"), ("_native", "compiled verifier")):
+        if f"lean{sfx}_runs" not in res:
+            continue
+        lean = [r["per_cpu_s"] for r in res[f"lean{sfx}_runs"]]
+        node = [r["per_cpu_s"] for r in res[f"ingest_1{sfx}_runs"]]
+        t.add_row(f"lean peer, {what}", ", ".join(f"{x:,.0f}" for x in lean), "")
+        t.add_row(f"node ingest, 1 worker, {what}", ", ".join(f"{x:,.0f}" for x in node),
+                  ", ".join(f"{n / m:.2f}" for n, m in zip(node, lean, strict=True)))  # fmt: skip
+    console.print(t)
 
 
 def ratios(res: dict[str, Any]) -> dict[str, float]:
@@ -680,9 +732,21 @@ def main(argv: list[str] | None = None) -> int:
         "--no-scaling", dest="scaling", action="store_false",
         help="skip 1 vs 2 node processes in one consumer group",
     )  # fmt: skip
+    p.add_argument(
+        "--only", choices=["ingest"], default=None,
+        help="ingest: only the ceiling, the lean peer and node ingest on one worker (each "
+        "verifier), --repeat times interleaved (~40 s each)",
+    )  # fmt: skip
+    p.add_argument("--repeat", type=int, default=3, help="runs of each with --only (default 3)")
     opts = p.parse_args(argv)
     RESULTS.mkdir(parents=True, exist_ok=True)
     res = asyncio.run(run(opts))
+    if opts.only == "ingest":
+        path = RESULTS / f"ingest-{time.strftime('%Y%m%dT%H%M%S')}.json"
+        path.write_text(json.dumps(res, indent=2, default=str))
+        render_ingest_only(res)
+        console.print(f"written {path.relative_to(REPO)}")
+        return 0
     res["ratios"] = r = ratios(res)
     res["targets"] = TARGETS
     path = RESULTS / f"bench-{time.strftime('%Y%m%dT%H%M%S')}.json"
