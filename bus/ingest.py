@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from bus.errors import Reason, VerificationError
-from bus.model import _unvalidated, sha256
+from bus.model import sha256, unvalidated
 from bus.sealed import DecryptionKey, VerifiedSealed, is_sealed, verify_sealed_report
 from bus.trust import KeyRing
 from bus.verify import ChainBook, Limits, VerifiedReport, verify_report
@@ -218,8 +218,8 @@ class AcceptedSealed:
 Outcome = Accepted | Quarantined | AcceptedSealed
 
 # Built for every record read: straight-line constructors that only store the fields
-# (bus.model._unvalidated). Neither class has a __post_init__, so the objects are exactly
+# (bus.model.unvalidated). Neither class has a __post_init__, so the objects are exactly
 # those of their own __init__, at about half the cost.
-record_ref: Callable[[str, int, int, int, bytes | None], RecordRef] = _unvalidated(RecordRef)
+record_ref: Callable[[str, int, int, int, bytes | None], RecordRef] = unvalidated(RecordRef)
 """``RecordRef(topic, partition, offset, log_time_ms, key)``, every argument positional."""
-_new_accepted: Callable[[RecordRef, VerifiedReport, bytes], Accepted] = _unvalidated(Accepted)
+_new_accepted: Callable[[RecordRef, VerifiedReport, bytes], Accepted] = unvalidated(Accepted)

@@ -267,13 +267,16 @@ def _parse_open(cls: type[_M], data: bytes, what: str) -> tuple[_M, bytes, tuple
     return msg, tail, _scan_unknown(tail, highest, what)
 
 
-def _unvalidated(cls: type[_T]) -> Callable[..., _T]:
+def unvalidated(cls: type[_T]) -> Callable[..., _T]:
     """A constructor of ``cls`` (a frozen slots dataclass) that only stores the fields.
 
     It takes every field positionally, in declaration order, and skips the generated
     ``__init__``, so ``__post_init__`` does not run: the decoders below use it and then call
     ``__post_init__`` themselves, exactly once, so decoded input passes through the very same
-    checks as the public constructors. Never hand out an object built with it without that call.
+    checks as the public constructors. Never hand out an object built with it without that call
+    (for a class without ``__post_init__``, such as :class:`bus.verify.VerifiedReport` or
+    :class:`bus.ingest.RecordRef`, the object is the same as its constructor's: the per-record
+    objects of the ingest path are built with it).
 
     The fields are stored through the slots' own descriptors (what ``object.__setattr__``
     ends up calling, without the frozen class's ``__setattr__`` guard in front), one call per
@@ -400,8 +403,8 @@ SIGNATURE_WIRE_BYTES: Final = _delimited_size(
     _delimited_size(DIGEST_BYTES) + _delimited_size(ED25519_SIGNATURE_BYTES)
 )
 
-_unvalidated_signature: Final = _unvalidated(Signature)
-_unvalidated_envelope: Final = _unvalidated(Envelope)
+_unvalidated_signature: Final = unvalidated(Signature)
+_unvalidated_envelope: Final = unvalidated(Envelope)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,9 +513,9 @@ class Attachment:
 
 # Wire value -> member: what Category(value) returns, without the enum call's cost.
 _CATEGORY_BY_VALUE: Final[dict[int, Category]] = {int(c): c for c in Category}
-_unvalidated_location: Final = _unvalidated(Location)
-_unvalidated_casualties: Final = _unvalidated(Casualties)
-_unvalidated_attachment: Final = _unvalidated(Attachment)
+_unvalidated_location: Final = unvalidated(Location)
+_unvalidated_casualties: Final = unvalidated(Casualties)
+_unvalidated_attachment: Final = unvalidated(Attachment)
 
 # Report schema versions (module docstring): the newest one this software knows, the version
 # that added each field after version 1, and the largest version a mandate may name.
@@ -781,7 +784,7 @@ class Report:
         return report
 
 
-_unvalidated_report: Final = _unvalidated(Report)
+_unvalidated_report: Final = unvalidated(Report)
 _REPORT_HIGHEST_FIELD: Final = max(f.number for f in report_pb2.ObserverReport.DESCRIPTOR.fields)
 
 

@@ -63,9 +63,9 @@ from bus.model import (
     Role,
     SealedReport,
     Zone,
-    _unvalidated,
     check_schema_allowed,
     sha256,
+    unvalidated,
 )
 from bus.trust import KeyRing
 
@@ -104,7 +104,7 @@ class VerifiedReport:
 
 
 # See _new_head (below).
-_new_verified: Callable[[Report, bytes, bytes], VerifiedReport] = _unvalidated(VerifiedReport)
+_new_verified: Callable[[Report, bytes, bytes], VerifiedReport] = unvalidated(VerifiedReport)
 
 
 def verify_report(
@@ -291,8 +291,8 @@ class ChainHead:
 
 
 # Built for every record judged: straight-line constructors that only store the fields
-# (bus.model._unvalidated; these classes have no __post_init__, so the objects are the same).
-_new_head: Callable[[int, bytes], ChainHead] = _unvalidated(ChainHead)
+# (bus.model.unvalidated; these classes have no __post_init__, so the objects are the same).
+_new_head: Callable[[int, bytes], ChainHead] = unvalidated(ChainHead)
 
 
 def check_link(who: str, head: ChainHead | None, seq: int, prev_digest: bytes) -> None:
