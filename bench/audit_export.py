@@ -7,8 +7,9 @@
 For each size it builds, in a scratch directory, an export file the way the bus would hold it:
 six organizations with ten accredited observers each, signed and chained reports spread over
 three partitions per organization, one node key per organization, and a seal every
-:data:`SEAL_EVERY` report records (proposed in turn by one organization's node over what an
-honest witness read, and cosigned by all six node keys), the trust records sealed first. Then
+:data:`bench.sealing.SEAL_EVERY` report records (proposed in turn by one organization's node
+over what an honest witness read, and cosigned by all six node keys), the trust records
+sealed first. Then
 it audits the file in a fresh process (every record of every sealed epoch judged by its final
 verdict: signature, accreditation, chain; every seal's roots recomputed from the records) and
 prints: records, file size, final epochs, wall time, records per second (wall clock and per
@@ -35,56 +36,17 @@ import tracemalloc
 import zlib
 from pathlib import Path
 
-from bus.bus_reader import BusReader
+from bench.sealing import SEAL_EVERY, HonestSealer
 from bus.export import ExportHeader, ExportWriter, LogRecord
-from bus.note import key_name
-from bus.seal import cosign_seal, sign_proposal
 from bus.topics import Topics
 from nodes.demo.scenario import (
-    ORGANIZATIONS,
-    Scenario,
     build_scenario,
-    node_subject,
     signed_reports,
 )
 
 PREFIX = "obus."
 PARTITIONS = 3
 OBSERVERS_PER_ORG = 10
-SEAL_EVERY = 5000
-
-
-class _Sealer:
-    """An honest witness over the log being built: reads every record, and seals what it read
-    when told (the next organization in turn proposes, all six cosign)."""
-
-    def __init__(self, sc: Scenario, topics: Topics, now: int) -> None:
-        self._sc = sc
-        self._orgs = [o for o, _ in ORGANIZATIONS]
-        self._witness = BusReader(sc.mandate, topics)
-        self._now = now
-        self.seals: list[bytes] = []
-
-    def read(self, ref: tuple[str, int], offset: int, values: list[bytes | None]) -> None:
-        self._witness.offer_records(ref, offset, values)
-
-    def seal(self) -> None:
-        keys = self._sc.node_keys
-        epoch = self._witness.chain.open_epoch
-        proposer = self._orgs[epoch % len(self._orgs)]
-        t_e = self._now + epoch * 1000
-        proposal = self._witness.propose(org=proposer, now_ms=t_e)
-        if proposal is None:
-            raise RuntimeError(f"{proposer} could not propose a seal for epoch {epoch}")
-        name = key_name(proposer, node_subject(proposer))
-        new = [sign_proposal(proposal, keys[proposer], name)]
-        new += [
-            cosign_seal(proposal.text(), keys[o], key_name(o, node_subject(o)), now_ms=t_e)
-            for o in self._orgs
-        ]
-        for raw in new:
-            self._witness.offer_seal(len(self.seals), raw)
-            self.seals.append(raw)
 
 
 def build(path: Path, records: int) -> None:
@@ -93,7 +55,7 @@ def build(path: Path, records: int) -> None:
     now = time.time_ns() // 1_000_000
     sc = build_scenario(now, observers_per_org=OBSERVERS_PER_ORG, threshold=4)
     topics = Topics(PREFIX)
-    sealer = _Sealer(sc, topics, now)
+    sealer = HonestSealer(sc, topics, now)
     trust = [*sc.accreditations, *sc.node_accreditations]
     sealer.read((topics.mandate, 0), 0, [sc.mandate_envelope])
     sealer.read((topics.registry, 0), 0, list(trust))
@@ -125,7 +87,7 @@ def build(path: Path, records: int) -> None:
 
 
 def _read_and_seal(
-    sealer: _Sealer,
+    sealer: HonestSealer,
     parts: dict[tuple[str, int], list[bytes | None]],
     unsealed: dict[tuple[str, int], int],
 ) -> None:
