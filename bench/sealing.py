@@ -39,9 +39,12 @@ class HonestSealer:
         self._witness = BusReader(sc.mandate, topics)
         self._start_ms = start_ms
         self.seals: list[bytes] = []
+        # Records read so far per partition (for a caller that feeds what is new since).
+        self.held: dict[tuple[str, int], int] = {}
 
     def read(self, ref: tuple[str, int], offset: int, values: list[bytes | None]) -> None:
         self._witness.offer_records(ref, offset, values)
+        self.held[ref] = offset + len(values)
 
     def seal(self) -> list[bytes]:
         """Propose and cosign the open epoch over everything read; returns its seals records."""

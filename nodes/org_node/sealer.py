@@ -338,6 +338,9 @@ class Sealer:
             )
         self._refused: set[tuple[int, str]] = set()  # (offset, reason) logged once
         self._key_problem = ""  # why this node key cannot vote, as last logged ("": it can)
+        # status() while the reader judges in its worker thread (_turn)
+        self._reader_busy = False
+        self._reader_status: dict[str, Any] | None = None
         # Open (epoch, round) -> when this node first could propose in it (something new,
         # electable).
         self._ready_ms: dict[tuple[int, int], int] = {}
@@ -390,7 +393,19 @@ class Sealer:
         self._stopping.set()
 
     def status(self) -> dict[str, Any]:
-        """For health and the dashboard: where sealing stands."""
+        """For health and the dashboard: where sealing stands. While the reader is judging in
+        its worker thread (:meth:`_turn`), the reader's part is the snapshot taken just before
+        (reading it then could meet a dictionary in the middle of a change)."""
+        if self._reader_busy and self._reader_status is not None:
+            return {
+                **self._reader_status,
+                "alarm": self.alarm,
+                "seal_alarms": self.seal_alarms[-10:],
+                **self.counts,
+            }
+        return self._status_now()
+
+    def _status_now(self) -> dict[str, Any]:
         latest = self.reader.latest
         judge = self.reader.judge
         memo = self.config.memo
@@ -489,7 +504,26 @@ class Sealer:
         cfg = self.config
         batch = await consumer.getmany(timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_batch)
         updates: list[BusUpdate] = []
-        seals_topic = cfg.topics.seals
+        if batch:
+            # Judging runs in a worker thread: an epoch that became final may hold hours of
+            # records (sealing stalled without a quorum, then resumed), and judging it on the
+            # event loop would stall this process's Kafka heartbeats, ingest and ops server
+            # for as long. Only this coroutine touches the reader, one call at a time.
+            self._reader_status = self._status_now()
+            self._reader_busy = True
+            try:
+                updates = await asyncio.to_thread(self._offer_batch, batch)
+            finally:
+                self._reader_busy = False
+        await self._store(updates)
+        self._pace(consumer)
+        if producer is not None and self.alarm is None:
+            await self._witness(producer, consumer)
+
+    def _offer_batch(self, batch: Mapping[TopicPartition, list[Any]]) -> list[BusUpdate]:
+        """Offer one fetched batch to the reader (in the worker thread)."""
+        updates: list[BusUpdate] = []
+        seals_topic = self.config.topics.seals
         # The seals topic first: its records never wait for the data, the data may wait for it.
         for tp in sorted(batch, key=lambda t: (t.topic != seals_topic, t.topic, t.partition)):
             records = batch[tp]
@@ -501,10 +535,7 @@ class Sealer:
                     self._seal_pos = rec.offset + 1
             elif self.alarm is None:
                 updates.extend(self._offer_data((tp.topic, tp.partition), records))
-        await self._store(updates)
-        self._pace(consumer)
-        if producer is not None and self.alarm is None:
-            await self._witness(producer, consumer)
+        return updates
 
     def _offer_data(self, ref: PartitionRef, records: list[Any]) -> list[BusUpdate]:
         """Offer one partition's fetched records in runs of consecutive offsets."""

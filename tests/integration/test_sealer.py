@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sqlite3
 import time
 import uuid
 from pathlib import Path
@@ -17,12 +18,18 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from bench.sealing import HonestSealer
 from bus.bus_reader import BusReader
 from bus.kafka.admin import ensure_topics
 from bus.kafka.client import reliable_producer
 from bus.store.final import FinalStore
 from bus.topics import Topics, TopicSpec, standard_topics
-from nodes.demo.scenario import ORGANIZATIONS, Scenario, build_scenario, signed_reports
+from nodes.demo.scenario import (
+    ORGANIZATIONS,
+    Scenario,
+    build_scenario,
+    signed_reports,
+)
 from nodes.org_node.sealer import SealerConfig
 from tests.sealers import Fleet, read_sealed_log, sealer_config
 
@@ -261,3 +268,55 @@ async def test_rotation_with_a_sealer_restarted_in_the_middle(
             ("quarantined", "outside_zone"),  # before v2 took effect
         ]
         assert [v[1:] for v in _verdicts(db, topics.reports("osce"))] == [("accepted", "")]
+
+
+async def test_a_large_epoch_is_judged_off_the_event_loop(
+    kafka_bootstrap: str, topics: Topics, tmp_path: Path, fleet: Fleet
+) -> None:
+    """A sealer judges in a worker thread: while it judges a large final epoch (here 3,000
+    reports sealed at once, as after a stall without a quorum), the process's event loop keeps
+    running (Kafka heartbeats, ingest, the ops server), and status() answers from the snapshot
+    taken before, never from a reader in the middle of a change."""
+    sc = build_scenario(_now(), observers_per_org=5)
+    producer = await _setup(kafka_bootstrap, topics, sc)
+    witness = HonestSealer(sc, topics, _now())
+
+    async def seal_what_is_new() -> None:
+        """Six organizations seal everything published so far (bench/sealing.py)."""
+        for tp, values in (await read_sealed_log(kafka_bootstrap, topics)).items():
+            held = witness.held.get((tp.topic, tp.partition), 0)
+            if tp.topic != topics.seals and len(values) > held:
+                witness.read((tp.topic, tp.partition), held, values[held:])
+        for raw in witness.seal():
+            await producer.send_and_wait(topics.seals, raw, partition=0)
+
+    try:
+        await seal_what_is_new()  # epoch 1: the accreditations (trust takes effect after it)
+        total = await _publish(producer, topics, sc, 100)
+        await seal_what_is_new()  # epoch 2: 3,000 reports at once
+    finally:
+        await producer.stop()
+    db = tmp_path / "osce.final.db"
+    sealer = fleet.start(
+        sealer_config(kafka_bootstrap, topics, sc, "osce", db, witness=False, max_batch=500)
+    )
+    seen: list[dict[str, object]] = []
+    async with asyncio.timeout(WAIT_S):
+        while _accepted_or_zero(db) < total:
+            fleet.check()
+            if sealer._reader_busy:  # the loop runs while the reader judges in its thread
+                seen.append(sealer.status())
+            await asyncio.sleep(0)
+    await fleet.stop()
+    assert seen, "the event loop never ran while the reader was judging"
+    assert all({"judged_epoch", "final_epoch", "state_digest"} <= s.keys() for s in seen)
+    assert {s["judged_epoch"] for s in seen} <= {0, 1, 2}
+    assert _accepted(db) == total
+
+
+def _accepted_or_zero(db: Path) -> int:
+    """:func:`_accepted`, 0 while the sealer has not created its store yet."""
+    try:
+        return _accepted(db) if db.exists() else 0
+    except sqlite3.Error:
+        return 0
