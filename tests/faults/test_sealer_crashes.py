@@ -152,6 +152,9 @@ async def test_kill_9_a_sealing_node_mid_sealing_ends_in_the_same_final_store(
                 nodes.start(VICTIM)
             # k = 4 of the 4 running: nothing more is final until the victim is back and votes
             await settled(published)
+        # The sealers read the log on their own; each node's ingest (its provisional store,
+        # compared below) may still be storing the last chunk.
+        await nodes.wait_for(total, 600)
     finally:
         codes = nodes.stop()
     assert codes == dict.fromkeys(SEALERS, 0), nodes.tails(codes)
