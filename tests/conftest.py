@@ -57,6 +57,20 @@ def kafka_bootstrap(local_kafka: LocalKafka | None) -> str:
     return local_kafka.bootstrap
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's Chromium, for the browser tests; the test fails (never skips) without it."""
+    from nodes.demo.cdp import find_chromium  # noqa: PLC0415
+
+    path = find_chromium()
+    if path is None:
+        pytest.fail(
+            "Debian's chromium is not installed, so this cannot be tested in a browser; run"
+            " `make browser` (apt-get install -y chromium) or `make test`, which does it"
+        )
+    return path
+
+
 @pytest.fixture
 async def fleet() -> AsyncIterator[Fleet]:
     """An empty :class:`tests.sealers.Fleet` of sealer tasks, every one stopped and awaited at

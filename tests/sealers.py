@@ -1,6 +1,7 @@
 """Sealers in a broker test: started as asyncio tasks of the test's own process, with their
 organizations' accredited node keys and their own final stores, and stopped and awaited
-whatever the test's outcome; and a plain reader of everything a seal covers.
+whatever the test's outcome; a plain reader of everything a seal covers; and the publishing
+helpers broker tests share (:func:`set_up_bus`, :func:`publish_records`).
 
 The broker tests of seals (``test_sealer``, ``test_sealer_refusals``, ``test_seal_liveness``,
 ``test_gateway_final_trust``, ``test_observer_inclusion``, ``test_node``,
@@ -25,7 +26,7 @@ from bus.kafka.admin import ensure_topics, topic_partitions
 from bus.kafka.client import client_options, reliable_producer
 from bus.seal import SealProposal
 from bus.topics import Topics, standard_topics
-from nodes.demo.scenario import Scenario, signed_reports
+from nodes.demo.scenario import ORGANIZATIONS, Scenario, signed_reports
 from nodes.org_node.sealer import Sealer, SealerConfig
 
 
@@ -141,6 +142,22 @@ async def read_sealed_log(
     finally:
         await consumer.stop()
     return values
+
+
+async def publish_records(
+    bootstrap: str, topics: Topics, records: list[tuple[str, bytes]], partitions: int = 1
+) -> None:
+    """The standard topics (``partitions`` each), then ``records`` (topic, value) in order,
+    each acknowledged before the next."""
+    orgs = [o for o, _ in ORGANIZATIONS]
+    await ensure_topics(bootstrap, standard_topics(topics, orgs, partitions=partitions))
+    producer = reliable_producer(bootstrap)
+    await producer.start()
+    try:
+        for topic, value in records:
+            await producer.send_and_wait(topic, value)
+    finally:
+        await producer.stop()
 
 
 async def set_up_bus(

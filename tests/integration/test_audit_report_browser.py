@@ -10,12 +10,10 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-import pytest
-
 from bus.errors import Reason
 from bus.topics import Topics
 from nodes.cli.main import main
-from nodes.demo.cdp import Browser, find_chromium
+from nodes.demo.cdp import Browser
 from tests.mission import NOW_MS, make_mission
 from tests.sealed_bus import SealedBus
 
@@ -32,17 +30,6 @@ _BOXES = """(() => [...document.querySelectorAll('svg[role=img]')].flatMap(svg =
             r.left, r.right, s.left, s.right];
   });
 }))()"""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        pytest.fail(
-            "Debian's chromium is not installed, so the audit report cannot be tested in a"
-            " browser; run `make browser` (apt-get install -y chromium)"
-        )
-    return path
 
 
 def _log(tmp_path: Path) -> tuple[Path, Path]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from nodes.demo.cdp import Browser, find_chromium
+from nodes.demo.cdp import Browser
 from nodes.org_node.process import build_node
 from tests.integration.test_followup import (
     dashboard_url,
@@ -35,17 +35,6 @@ ARTIFACTS = Path(__file__).resolve().parents[2] / "var" / "test-artifacts"
 _ROWS = (
     "[...document.querySelectorAll(%s)].filter(e => e.offsetParent !== null).map(e => e.innerText)"
 )
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        pytest.fail(
-            "Debian's chromium is not installed, so the dashboard cannot be tested in a browser;"
-            " run `make browser` (apt-get install -y chromium) or `make test`, which does it"
-        )
-    return path
 
 
 async def test_operator_sees_reports_rejections_decisions_map_and_charts(

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from bus.model import sha256
-from nodes.demo.cdp import Browser, Page, find_chromium
+from nodes.demo.cdp import Browser, Page
 from nodes.org_node.dashboard.server import Dashboard
 from tests.unit.test_dashboard_auth import PASSWORD, USER
 from tests.unit.test_dashboard_reports import Day, build_day
@@ -38,17 +38,6 @@ _TIMING = """(() => { const n = performance.getEntriesByType('navigation')[0];
           dom_ms: n.domComplete - n.startTime, load_ms: n.loadEventEnd - n.startTime,
           height_px: document.documentElement.scrollHeight,
           resources: performance.getEntriesByType('resource').map(e => e.name)}; })()"""
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        pytest.fail(
-            "Debian's chromium is not installed, so the dashboard cannot be tested in a browser;"
-            " run `make browser` (apt-get install -y chromium) or `make test`, which does it"
-        )
-    return path
 
 
 @pytest.fixture

@@ -49,7 +49,7 @@ from bus.sealed import DecryptionKey
 from bus.sign import sign_accreditation, sign_encryption_key
 from bus.store.node import NodeStore
 from nodes.cli.trust import read_accreditation_request
-from nodes.demo.cdp import Browser, Page, find_chromium
+from nodes.demo.cdp import Browser, Page
 from nodes.demo.scenario import demo_key
 from nodes.gateway.http import GatewayServer
 from nodes.gateway.webapp import DIST
@@ -64,15 +64,11 @@ OBSERVER = "un-obs-web"
 
 
 @pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        pytest.fail(
-            "Debian's chromium is not installed; run `make browser` (apt-get install -y chromium)"
-        )
+def chromium(chromium: str) -> str:
+    """Chromium (tests/conftest.py), and the web form built."""
     if not (DIST / "index.html").is_file():
         pytest.fail("the web form is not built: run `make web`")
-    return path
+    return chromium
 
 
 async def until(

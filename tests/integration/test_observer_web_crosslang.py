@@ -34,7 +34,7 @@ from bus.model import (
 from bus.sealed import DecryptionKey, Readability, verify_sealed_report
 from bus.sign import sign_accreditation, sign_encryption_key
 from bus.verify import verify_report
-from nodes.demo.cdp import Browser, find_chromium
+from nodes.demo.cdp import Browser
 from nodes.gateway.webapp import DIST, add_webapp
 from tests.kafka_broker import free_ports
 from tests.mission import make_mission
@@ -103,16 +103,6 @@ _GENERATE = r"""
   return { publicKey: core.hex(st.key.publicKey), reports: out };
 })
 """
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = find_chromium()
-    if path is None:
-        pytest.fail(
-            "Debian's chromium is not installed; run `make browser` (apt-get install -y chromium)"
-        )
-    return path
 
 
 @asynccontextmanager

@@ -27,30 +27,15 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bus.kafka.admin import ensure_topics
-from bus.kafka.client import reliable_producer
-from bus.topics import Topics, standard_topics
-from nodes.demo.scenario import ORGANIZATIONS
+from bus.topics import Topics
 from tests.kafka_broker import LocalKafka, free_ports
 from tests.mission import live_mission
+from tests.sealers import publish_records
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow, pytest.mark.timeout(900)]
 ROOT = Path(__file__).resolve().parents[2]
 WAIT_S = 120.0
 OUTAGE_S = 20.0  # long enough for every client of the node to retry many times
-
-
-async def _publish(bootstrap: str, topics: Topics, records: list[tuple[str, bytes]]) -> None:
-    await ensure_topics(
-        bootstrap, standard_topics(topics, [o for o, _ in ORGANIZATIONS], partitions=1)
-    )
-    producer = reliable_producer(bootstrap)
-    await producer.start()
-    try:
-        for topic, value in records:
-            await producer.send_and_wait(topic, value)
-    finally:
-        await producer.stop()
 
 
 async def _get(url: str) -> tuple[int, str]:
@@ -115,7 +100,7 @@ def test_readyz_follows_a_broker_outage_and_the_client_flood_is_one_event_per_ch
         records = [(topics.mandate, m.scenario.mandate_envelope)]
         records += [(topics.registry, raw) for raw in m.scenario.accreditations]
         records += [(topics.reports("un"), m.next_report("un", 1)) for _ in range(5)]
-        asyncio.run(_publish(kafka.bootstrap, topics, records))
+        asyncio.run(publish_records(kafka.bootstrap, topics, records))
         (tmp_path / "mandate.bin").write_bytes(m.scenario.mandate_envelope)
         (ops_port,) = free_ports(1)
         log = tmp_path / "node.log"

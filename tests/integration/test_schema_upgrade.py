@@ -29,13 +29,11 @@ from pathlib import Path
 import pytest
 
 from bus.errors import Reason, VerificationError
-from bus.kafka.admin import ensure_topics
-from bus.kafka.client import reliable_producer
 from bus.model import Envelope, Report
 from bus.sign import ReportSigner, sign_mandate
-from bus.topics import Topics, standard_topics
-from nodes.demo.scenario import ORGANIZATIONS
+from bus.topics import Topics
 from tests.mission import live_mission
+from tests.sealers import publish_records
 
 pytestmark = [pytest.mark.kafka]
 ROOT = Path(__file__).resolve().parents[2]
@@ -138,19 +136,6 @@ def _shown(tree: Path, db: Path) -> list[list[object]]:
     return shown
 
 
-async def _publish(bootstrap: str, topics: Topics, records: list[tuple[str, bytes]]) -> None:
-    await ensure_topics(
-        bootstrap, standard_topics(topics, [o for o, _ in ORGANIZATIONS], partitions=1)
-    )
-    producer = reliable_producer(bootstrap)
-    await producer.start()
-    try:
-        for topic, value in records:
-            await producer.send_and_wait(topic, value)
-    finally:
-        await producer.stop()
-
-
 def test_old_and_new_nodes_accept_main_s_version_2_reports_once_the_mandate_allows_them(
     kafka_bootstrap: str, baseline: Path, tmp_path: Path
 ) -> None:
@@ -174,7 +159,7 @@ def test_old_and_new_nodes_accept_main_s_version_2_reports_once_the_mandate_allo
     records = [(topics.mandate, m.scenario.mandate_envelope), (topics.mandate, v2_env)]
     records += [(topics.registry, raw) for raw in m.scenario.accreditations]
     records += [(topics.reports("un"), raw) for raw in reports]
-    asyncio.run(_publish(kafka_bootstrap, topics, records))
+    asyncio.run(publish_records(kafka_bootstrap, topics, records))
 
     (tmp_path / "mandate.bin").write_bytes(m.scenario.mandate_envelope)
     nodes = {

@@ -147,17 +147,22 @@ def test_a_refused_record_never_enters_the_memo() -> None:
     assert len(held) == 0
 
 
+def _report_spans(log: SealedLog) -> dict[tuple[str, int], tuple[int, list[bytes | None]]]:
+    """Every report partition of ``log`` as one span from offset 0 (what an epoch hands)."""
+    return {
+        ref: (0, values)
+        for ref, values in log.partitions.items()
+        if TOPICS.org_of_report_topic(ref[0]) is not None
+    }
+
+
 def test_a_pair_vouches_for_its_bytes_under_its_key_only() -> None:
     """The memo holds genuine accepted reports: the same bytes under another key, one bit
     changed under the same key, or anything that is not a pair, are not in it."""
     log, _ = hostile_log(1)
     memo = SignatureMemo()
     ingest(log, memo)
-    spans = {
-        ref: (0, values)
-        for ref, values in log.partitions.items()
-        if TOPICS.org_of_report_topic(ref[0]) is not None
-    }
+    spans = _report_spans(log)
     pairs = memo.epoch_pairs(2, spans)
     keys = _keys(log)
     public_key, raw = next(
@@ -184,11 +189,7 @@ def test_a_forged_record_under_a_noted_key_is_still_verified() -> None:
     log, _ = hostile_log(3)
     memo = SignatureMemo()
     ingest(log, memo)
-    spans = {
-        ref: (0, values)
-        for ref, values in log.partitions.items()
-        if TOPICS.org_of_report_topic(ref[0]) is not None
-    }
+    spans = _report_spans(log)
     pairs = memo.epoch_pairs(1, spans)
     genuine = next(v for _, values in spans.values() for v in values if v is not None
                    and any((pk, v) in pairs for pk in _keys(log)))  # fmt: skip
