@@ -35,10 +35,8 @@ from bus.trust import check_subject_namespace
 from nodes.demo.cdp import Browser
 from nodes.observer.device import _attachment_problems
 from nodes.observer_web.export_rules import rules
-from tests.integration.test_observer_web_crosslang import chromium, serving_form
+from tests.integration.test_observer_web_crosslang import serving_form
 from tests.mission import make_mission
-
-__all__ = ["chromium"]  # the fixture, shared with test_observer_web_crosslang
 
 _NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
 COMBINATIONS = 400
