@@ -37,7 +37,7 @@ from nodes.demo.scenario import (
     signed_reports,
 )
 from nodes.org_node.sealer import SealerConfig
-from tests.final_rows import last_epoch
+from tests.final_rows import Pos, last_epoch, settled_verdicts
 from tests.logcapture import capture_all_logs
 from tests.sealers import Fleet, sealer_config, set_up_bus, whole_log_proposal
 
@@ -128,9 +128,24 @@ async def test_a_forged_seal_is_refused_by_every_sealer_and_never_final(
 
 async def _more_reports(
     producer: AIOKafkaProducer, topics: Topics, sc: Scenario, seed: int
-) -> None:
+) -> list[tuple[str, int, int]]:
+    """One more report of every observer; their positions."""
+    out = []
     for obs, _, raw in signed_reports(sc, 1, _now(), random.Random(seed)):
-        await producer.send_and_wait(topics.reports(obs.org), raw, key=obs.observer_id.encode())
+        md = await producer.send_and_wait(
+            topics.reports(obs.org), raw, key=obs.observer_id.encode()
+        )
+        out.append((md.topic, md.partition, md.offset))
+    return out
+
+
+async def _until_settled(fleet: Fleet, dbs: Iterable[Path], positions: list[Pos]) -> None:
+    """Until every final store in ``dbs`` holds a settled verdict on every position."""
+    dbs = list(dbs)
+    async with asyncio.timeout(WAIT_S):
+        while not all(len(settled_verdicts(db, positions)) == len(positions) for db in dbs):
+            fleet.check()
+            await asyncio.sleep(0.3)
 
 
 async def _until_epoch(fleet: Fleet, dbs: Iterable[Path], epoch: int) -> None:
@@ -173,17 +188,21 @@ async def test_a_node_key_nobody_accredited_is_named_once_and_votes_once_accredi
             before = fleet.tasks["sco"][0].status()
             # SCO accredits its node key; more reports arrive. Trust takes effect after the
             # epoch that seals it, so every sealer first judges that epoch...
-            await producer.send_and_wait(topics.registry, sco_acc)
-            await _more_reports(producer, topics, sc, 11)
-            target = max(last_epoch(db) for db in dbs.values()) + 1
-            await _until_epoch(fleet, dbs.values(), target)
+            md = await producer.send_and_wait(topics.registry, sco_acc)
+            first = await _more_reports(producer, topics, sc, 11)
+            await _until_settled(fleet, dbs.values(), [(md.topic, md.partition, md.offset)])
+            await _until_settled(fleet, dbs.values(), first)
             # ... then CSTO and NATO stop: with UN, OSCE, EU and SCO running and k = 4, no
-            # later epoch is final without SCO's vote.
+            # later epoch is final without SCO's vote (and every later epoch trusts its key:
+            # the accreditation's epoch is final everywhere).
             await fleet.stop("csto")
             await fleet.stop("nato")
             running = {org: db for org, db in dbs.items() if org in fleet.tasks}
-            await _more_reports(producer, topics, sc, 12)
-            await _until_epoch(fleet, running.values(), target + 1)
+            target = max(last_epoch(db) for db in running.values()) + 1
+            second = await _more_reports(producer, topics, sc, 12)
+            await _until_epoch(fleet, running.values(), target)
+            # every running store at the epoch that holds the last report (none follows it)
+            await _until_settled(fleet, running.values(), second)
             after = fleet.tasks["sco"][0].status()
     finally:
         await producer.stop()
